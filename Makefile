@@ -1,0 +1,46 @@
+# Set-up is automatic: each target creates .venv when it is missing and installs the
+# package (editable) with the extras it needs. Only python3 is required.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PYTEST_ARGS ?=
+export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+
+.PHONY: test test-slow bench notebooks lint clean info
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+
+# One stamp per set of extras; reinstalled when pyproject.toml changes.
+$(VENV)/.stamp-test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[test,bench,examples]"
+	touch $@
+
+$(VENV)/.stamp-bench: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[bench,test]"
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+test: $(VENV)/.stamp-test
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-slow: $(VENV)/.stamp-test
+	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
+
+bench: $(VENV)/.stamp-bench
+	$(PY) -m fastconv.cli info
+	$(PY) -m fastconv.cli bench --out bench/results
+
+info: $(VENV)/.stamp-bench
+	$(PY) -m fastconv.cli info
+
+lint: $(VENV)/.stamp-dev
+	$(PY) -m ruff check fastconv tests bench
+
+clean:
+	rm -rf $(VENV) .numba_cache .pytest_cache .benchmarks bench/results build *.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

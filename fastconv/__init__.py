@@ -1,0 +1,7 @@
+"""fastconv: a Numba-accelerated im2col convolution engine for NumPy arrays."""
+
+from . import _runtime  # noqa: F401  (threading layer and cache dir, before any kernel)
+from . import config  # noqa: F401
+from .conv import ALGORITHMS, conv2d  # noqa: F401
+
+__version__ = "0.1.0"

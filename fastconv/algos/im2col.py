@@ -1,0 +1,150 @@
+"""im2col + GEMM: unfold receptive fields into a column buffer, then one BLAS GEMM.
+
+NCHW: for each image, cols[(c*KH + a)*KW + b, i*Wo + j] = x[n, c, s_h*i + r_h*a - p_top,
+s_w*j + r_w*b - p_left] (zero outside), so y[n] = W (D, C*KH*KW) @ cols (per group).
+NHWC: one row per output pixel, cols[p, g, (a*KW + b)*Cg + c], so y (pixels, D) =
+cols @ W (KH*KW*Cg, D) (per group); the channel copies are contiguous.
+
+The batch is processed in tiles (a run of whole images, or a band of output rows of one
+image) sized by ``config.IM2COL_CHUNK_BYTES`` so each unfolded tile is still in cache when
+its GEMM reads it; the column buffer never exceeds ``config.WORKSPACE_BYTES`` (a single
+output row of one image is the smallest tile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from .. import config
+from .._runtime import parallel_guard
+from ._common import valid_range
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """x (N, C, H, W) -> cols (B, C*KH*KW, band*Wo) for images n0.. and output rows i0.."""
+    _, _, h, wd = x.shape
+    nb, ckk, length = cols.shape
+    band = length // wo
+    kk = kh * kw
+    for task in prange(nb * ckk):
+        bi = task // ckk
+        r = task % ckk
+        c = r // kk
+        a = (r // kw) % kh
+        b = r % kw
+        row = cols[bi, r]
+        img = x[n0 + bi, c]
+        j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
+        for ii in range(band):
+            seg = row[ii * wo:(ii + 1) * wo]
+            src = (i0 + ii) * sh + a * rh - pt
+            if src < 0 or src >= h:
+                seg[:] = 0
+                continue
+            line = img[src]
+            seg[:j_lo] = 0
+            for j in range(j_lo, j_hi):
+                seg[j] = line[j * sw + b * rw - pl]
+            seg[j_hi:] = 0
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _im2col_nhwc(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
+    """x (N, H, W, C) -> cols (B*band*Wo, G, KH*KW*Cg) for images n0.. and rows i0.."""
+    _, h, wd, _ = x.shape
+    n_pix, groups, kkc = cols.shape
+    cg = kkc // (kh * kw)
+    per_img = band * wo
+    for p in prange(n_pix):
+        n = n0 + p // per_img
+        i = i0 + (p % per_img) // wo
+        j = p % wo
+        dst = cols[p]
+        for a in range(kh):
+            src_i = i * sh + a * rh - pt
+            inside_i = 0 <= src_i < h
+            for b in range(kw):
+                src_j = j * sw + b * rw - pl
+                k0 = (a * kw + b) * cg
+                if inside_i and 0 <= src_j < wd:
+                    px = x[n, src_i, src_j]
+                    for g in range(groups):
+                        dst[g, k0:k0 + cg] = px[g * cg:(g + 1) * cg]
+                else:
+                    dst[:, k0:k0 + cg] = 0
+
+
+def _view(a: np.ndarray, shape) -> np.ndarray:
+    """Reshape without copying (raises if a copy would be needed)."""
+    v = a.view()
+    v.shape = shape
+    return v
+
+
+@dataclass(frozen=True)
+class Tiling:
+    """How the batch is cut: ``images`` whole images per tile, or a ``band`` of output
+    rows of one image (images == 1 and band < h_out)."""
+
+    images: int
+    band: int
+    col_bytes: int  # size of the column buffer
+
+
+def tiling(args, chunk_bytes: int | None = None, budget: int | None = None) -> Tiling:
+    """Pick the tile for ``args`` (see the module docstring)."""
+    chunk = config.IM2COL_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    budget = config.WORKSPACE_BYTES if budget is None else budget
+    chunk = max(1, min(chunk, budget))
+    item = args.dtype.itemsize
+    ckk = args.c_in * args.kh * args.kw
+    row_bytes = ckk * args.w_out * item
+    image_bytes = row_bytes * args.h_out
+    if image_bytes <= chunk:
+        images = max(1, min(args.n, chunk // max(image_bytes, 1)))
+        return Tiling(images, args.h_out, images * image_bytes)
+    band = max(1, min(args.h_out, chunk // max(row_bytes, 1)))
+    return Tiling(1, band, band * row_bytes)
+
+
+def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray) -> None:
+    """im2col convolution into ``out`` (caller's layout). Wraps ``_im2col_nchw`` /
+    ``_im2col_nhwc`` and numpy's BLAS matmul."""
+    if args.n == 0:
+        return
+    t = tiling(args)
+    x = np.ascontiguousarray(x)
+    g, dg = args.groups, args.c_out // args.groups
+    cgkk = (args.c_in // g) * args.kh * args.kw
+    conv = (args.w_out, args.stride[0], args.stride[1], args.padding[0][0],
+            args.padding[1][0], args.dilation[0], args.dilation[1], args.kh, args.kw)
+    wo = args.w_out
+    if args.layout == "NCHW":
+        wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
+        buf = np.empty(t.images * g * cgkk * t.band * wo, args.dtype)
+    else:
+        # HWIO (KH, KW, Cg, D) -> (G, KH*KW*Cg, Dg)
+        wmat = np.ascontiguousarray(
+            w.reshape(cgkk, g, dg).transpose(1, 0, 2))
+        buf = np.empty(t.images * t.band * wo * g * cgkk, args.dtype)
+    for n0 in range(0, args.n, t.images):
+        nb = min(t.images, args.n - n0)
+        for i0 in range(0, args.h_out, t.band):
+            band = min(t.band, args.h_out - i0)
+            length = band * wo
+            if args.layout == "NCHW":
+                cols = _view(buf[:nb * g * cgkk * length], (nb, g * cgkk, length))
+                with parallel_guard():
+                    _im2col_nchw(x, cols, n0, i0, *conv)
+                y = _view(out[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
+                np.matmul(wmat, _view(cols, (nb, g, cgkk, length)), out=y)
+            else:
+                cols = _view(buf[:nb * length * g * cgkk], (nb * length, g, cgkk))
+                with parallel_guard():
+                    _im2col_nhwc(x, cols, n0, i0, *conv, band)
+                y = _view(out[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
+                np.matmul(cols.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))

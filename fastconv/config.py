@@ -1,0 +1,62 @@
+"""Every tunable of fastconv in one place.
+
+Values are read once at import from environment variables and may be changed at run
+time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = ...``).
+
+| attribute            | environment variable          | default                    |
+|----------------------|-------------------------------|----------------------------|
+| WORKSPACE_BYTES      | FASTCONV_WORKSPACE_MB         | 256 MiB                    |
+| IM2COL_CHUNK_BYTES   | FASTCONV_IM2COL_CHUNK_MB      | 8 MiB                      |
+| FFT_MIN_KERNEL_AREA  | FASTCONV_FFT_MIN_KERNEL_AREA  | 121 (11x11)                |
+| CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
+| THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"config: environment variable {name}={raw!r} must be a number") from None
+    if value <= 0:
+        raise ValueError(f"config: environment variable {name}={raw!r} must be positive")
+    return value
+
+
+MIB = 1 << 20
+
+#: Upper bound on the im2col column buffer (bytes). Larger batches are unfolded in chunks.
+WORKSPACE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_MB", 256) * MIB)
+
+#: Target size of one unfolded chunk (bytes): small enough to stay in the last-level cache
+#: between the unfold and its GEMM. Never larger than WORKSPACE_BYTES.
+IM2COL_CHUNK_BYTES: int = int(_env_float("FASTCONV_IM2COL_CHUNK_MB", 8) * MIB)
+
+#: Uncalibrated auto rule: kernels with at least this many taps (and stride 1) use FFT.
+FFT_MIN_KERNEL_AREA: int = int(_env_float("FASTCONV_FFT_MIN_KERNEL_AREA", 121))
+
+#: fastmath flags for the njit kernels. No "nnan"/"ninf": NaN and Inf must propagate and
+#: np.isnan must keep working (NUMBA.md).
+FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
+
+#: fastconv's own cache directory (calibration profile; numba's cache when no other
+#: writable location exists).
+CACHE_DIR: str = os.environ.get("FASTCONV_CACHE_DIR") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
+    "fastconv",
+)
+
+#: Threading layers tried in order when NUMBA_THREADING_LAYER is unset. TBB is both
+#: thread-safe and fork-safe; omp is thread-safe only; workqueue is neither, so calls into
+#: parallel kernels are serialised with a lock when it is the layer in use.
+THREADING_LAYER_PREFERENCE = ("tbb", "omp", "workqueue")
+
+#: Threads scipy.fft may use for batched transforms.
+FFT_WORKERS: int = int(_env_float("FASTCONV_FFT_WORKERS", os.cpu_count() or 1))

@@ -1,0 +1,96 @@
+"""conv2d: validate, pick the algorithm, dispatch, package."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import _args
+from .algos import fft, im2col, naive
+
+ALGORITHMS = ("naive", "im2col", "fft")
+_FORWARD = {"naive": naive.forward, "im2col": im2col.forward, "fft": fft.forward}
+
+
+def check_algo(op: str, algo) -> str:
+    if algo != "auto" and algo not in ALGORITHMS:
+        raise ValueError(f"{op}: algo={algo!r} is not known; acceptable algorithms are "
+                         f"'auto', {', '.join(repr(a) for a in ALGORITHMS)}")
+    return algo
+
+
+def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout):
+    """Validate arrays and arguments; returns (x, w, bias, ConvArgs) with x 4-D."""
+    x = _args.check_array(op, "input", x)
+    w = _args.check_array(op, "weight", w)
+    if bias is not None:
+        bias = _args.check_array(op, "bias", bias)
+    dtype = _args.check_same_dtype(op, input=x, weight=w, bias=bias)
+    args = _args.conv_args_from_shapes(op, x.shape, w.shape, stride, padding, dilation,
+                                       groups, layout, dtype)
+    if bias is not None and bias.shape != (args.c_out,):
+        raise ValueError(f"{op}: bias must have shape (C_out,) = ({args.c_out},), got "
+                         f"{bias.shape}")
+    if args.unbatched:
+        x = x[None]
+    return x, w, bias, args
+
+
+def resolve_algorithm(args, algo: str) -> str:
+    if algo != "auto":
+        return algo
+    from .autotune import choose_algorithm_for
+
+    return choose_algorithm_for(args)
+
+
+def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
+           algo="auto"):
+    """2-D cross-correlation, as torch.nn.functional.conv2d.
+
+    Parameters
+    ----------
+    x : ndarray, (N, C_in, H, W) for layout "NCHW" or (N, H, W, C_in) for "NHWC";
+        3-D (unbatched) input is accepted and gives 3-D output.
+    w : ndarray, (C_out, C_in/groups, kh, kw) "OIHW" for NCHW, (kh, kw, C_in/groups, C_out)
+        "HWIO" for NHWC.
+    bias : ndarray (C_out,) or None.
+    stride, dilation : int or (h, w).
+    padding : int, (h, w), ((top, bottom), (left, right)), "valid" or "same" (stride 1).
+    groups : int dividing C_in and C_out.
+    layout : "NCHW" (default) or "NHWC".
+    algo : "auto", "naive", "im2col" or "fft".
+
+    Returns
+    -------
+    y : ndarray (N, C_out, H_out, W_out) or (N, H_out, W_out, C_out), dtype of x, with
+        H_out = floor((H + p_top + p_bottom - dilation_h*(kh-1) - 1) / stride_h) + 1
+        (likewise W_out).
+
+    Notes
+    -----
+    float32 and float64 are computed in that dtype. "naive" is slow (direct loops);
+    "fft" pays off for large kernels; "auto" chooses (see ``fastconv.choose_algorithm``).
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> w = np.array([[[[0.0, 1.0], [2.0, 3.0]]]])
+    >>> fastconv.conv2d(x, w)[0, 0]
+    array([[19., 25.],
+           [37., 43.]])
+    """
+    op = "conv2d"
+    check_algo(op, algo)
+    x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
+    out = np.empty(_layout_shape(args.y_shape, layout), args.dtype)
+    if args.n > 0:
+        _FORWARD[resolve_algorithm(args, algo)](x, w, args, out)
+        if bias is not None:
+            out += bias if layout == "NHWC" else bias[:, None, None]
+    return out[0] if args.unbatched else out
+
+
+def _layout_shape(nchw_shape, layout):
+    n, c, h, w = nchw_shape
+    return (n, c, h, w) if layout == "NCHW" else (n, h, w, c)

@@ -1,0 +1,72 @@
+"""What fastconv runs on: versions, threading layer, BLAS, cache, CUDA."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+
+def blas_info() -> list[dict]:
+    """The BLAS libraries loaded in this process (threadpoolctl), with their kernels."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    import numpy  # noqa: F401  (loads numpy's BLAS)
+    import scipy.linalg  # noqa: F401  (loads scipy's BLAS, used by np.dot inside njit)
+
+    return [
+        {k: v for k, v in lib.items() if k in ("internal_api", "version", "num_threads",
+                                               "threading_layer", "architecture", "filepath")}
+        for lib in threadpool_info() if lib.get("user_api") == "blas"
+    ]
+
+
+def blas_summary() -> str:
+    libs = blas_info()
+    if not libs:
+        return "unknown (install threadpoolctl)"
+    return "; ".join(f"{b.get('internal_api')} {b.get('version')} kernel={b.get('architecture')} "
+                     f"threads={b.get('num_threads')}" for b in libs)
+
+
+def cuda_status() -> str:
+    try:
+        from numba import cuda
+    except Exception as exc:  # pragma: no cover - depends on the install
+        return f"unavailable ({exc})"
+    try:
+        if cuda.is_available():
+            return f"available ({cuda.get_current_device().name})"
+    except Exception as exc:  # pragma: no cover
+        return f"unavailable ({exc})"
+    return "unavailable (no CUDA driver or GPU found)"
+
+
+def collect() -> dict:
+    """Everything ``fastconv info`` prints, as a dict."""
+    import numba
+    import numpy
+    import scipy
+
+    from . import __version__, _runtime, config
+
+    env_blas = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                           "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+                if k in os.environ}
+    return {
+        "fastconv": __version__,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "numba": numba.__version__,
+        "threading_layer": _runtime.threading_layer(),
+        "numba_threads": numba.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "blas": blas_summary(),
+        "blas_env": env_blas,
+        "numba_cache_dir": numba.config.CACHE_DIR or os.environ.get("NUMBA_CACHE_DIR")
+        or "(beside the package, __pycache__)",
+        "workspace_mib": config.WORKSPACE_BYTES / config.MIB,
+        "cuda": cuda_status(),
+    }

@@ -1,0 +1,53 @@
+"""The canonical argument record and the output-size law."""
+
+import numpy as np
+import pytest
+
+from fastconv._args import conv_args_from_shapes, conv_output_size, same_padding
+
+
+@pytest.mark.parametrize("n,k,s,p,r,want", [
+    (3, 2, 1, 0, 1, 2),        # the seed's n - k + 1
+    (28, 5, 1, 0, 1, 24),
+    (56, 3, 2, 1, 1, 28),
+    (224, 7, 2, 3, 1, 112),
+    (56, 3, 1, 2, 2, 56),      # dilated "same"
+    (5, 3, 3, 0, 1, 1),
+    (7, 3, 2, 0, 1, 3),
+])
+def test_output_size_law(n, k, s, p, r, want):
+    assert conv_output_size(n, k, s, p, p, r) == want
+    # brute force: count window starts that fit inside the padded input
+    starts = [i for i in range(0, n + 2 * p) if i % s == 0 and i + r * (k - 1) < n + 2 * p]
+    assert len(starts) == want
+
+
+@pytest.mark.parametrize("k,r,want", [(3, 1, (1, 1)), (4, 1, (1, 2)), (3, 2, (2, 2)),
+                                      (1, 1, (0, 0)), (2, 3, (1, 2))])
+def test_same_padding_splits_floor_half_first(k, r, want):
+    assert same_padding(k, r) == want
+    assert conv_output_size(10, k, 1, *want, r) == 10
+
+
+def test_record_is_canonical_and_frozen():
+    a = conv_args_from_shapes("conv2d", (2, 8, 10, 12), (4, 4, 3, 5), stride=(2, 1),
+                              padding=((1, 2), (0, 3)), dilation=2, groups=2)
+    assert a.stride == (2, 1) and a.dilation == (2, 2)
+    assert a.padding == ((1, 2), (0, 3))
+    assert (a.h_out, a.w_out) == (conv_output_size(10, 3, 2, 1, 2, 2),
+                                  conv_output_size(12, 5, 1, 0, 3, 2))
+    assert a.y_shape == (2, 4, a.h_out, a.w_out)
+    with pytest.raises(Exception):
+        a.groups = 1
+
+
+def test_nhwc_shapes_map_to_the_same_record():
+    a = conv_args_from_shapes("conv2d", (2, 8, 10, 12), (4, 8, 3, 3), padding=1)
+    b = conv_args_from_shapes("conv2d", (2, 10, 12, 8), (3, 3, 8, 4), padding=1,
+                              layout="NHWC")
+    assert a.x_shape == b.x_shape and a.w_shape == b.w_shape and a.y_shape == b.y_shape
+
+
+def test_flops_counts_multiply_adds_twice():
+    a = conv_args_from_shapes("conv2d", (1, 4, 5, 5), (2, 2, 3, 3), groups=2, dtype=np.float64)
+    assert a.flops == 2 * 1 * 2 * 3 * 3 * 2 * 9
