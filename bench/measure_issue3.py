@@ -26,10 +26,10 @@ sys.path.insert(0, str(HERE))
 
 import numba  # noqa: E402
 import numpy as np  # noqa: E402
+import numpy_baselines as nb  # noqa: E402
 import threadpoolctl  # noqa: E402
 
 import fastconv  # noqa: E402
-import numpy_baselines as nb  # noqa: E402
 from fastconv._runtime import threading_layer  # noqa: E402
 
 
@@ -127,7 +127,7 @@ def main(argv=None):
     check("batch_norm", yb, ybn, 1e-4)
     bgrads = fastconv.batch_norm_backward(gy, x, mean, invstd, bw)
     for name, u, v in zip(("grad_x", "grad_weight", "grad_bias"), bgrads,
-                          nb.batch_norm_backward(gy, x, mean_n, invstd_n, bw)):
+                          nb.batch_norm_backward(gy, x, mean_n, invstd_n, bw), strict=True):
         check(f"batch_norm_backward {name}", u, v, 1e-3)
     rows.append(("batch_norm (training)", "forward",
                  lambda: fastconv.batch_norm(x, *stats, bw, bb, training=True,

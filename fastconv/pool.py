@@ -22,6 +22,7 @@ from numba import njit, prange
 
 from . import config
 from ._args import check_array, check_layout, pair
+from ._memory import allocate
 from ._runtime import parallel_guard
 from .algos._common import valid_range
 
@@ -325,8 +326,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     a = pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
     _check_flag(op, "return_indices", return_indices)
     x4 = _nchw(x, a.unbatched)
-    y = np.empty(a.y_shape if not a.unbatched else (1,) + a.y_shape, x.dtype)
-    idx = np.empty(y.shape, np.int64)
+    y = allocate(op, "output", a.y_shape if not a.unbatched else (1,) + a.y_shape, x.dtype)
+    idx = allocate(op, "indices", y.shape, np.int64)
     geom = (*a.kernel, *a.stride, *a.padding, *a.dilation)
     if y.size:
         with parallel_guard():
@@ -384,7 +385,8 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW"):
                          f"values from {indices.min()} to {indices.max()}")
     gy = _nchw(grad_y, unbatched)
     ix = _nchw(indices, unbatched)
-    gx = np.zeros((1,) + shape if unbatched else shape, grad_y.dtype)
+    gx = allocate(op, "gradient", (1,) + shape if unbatched else shape, grad_y.dtype)
+    gx[...] = 0
     if gy.size:
         with parallel_guard():
             if layout == "NCHW":
@@ -582,7 +584,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     a, geom = _avg_args(op, x.shape, kernel_size, stride, padding, ceil_mode,
                         count_include_pad, layout)
     x4 = _nchw(x, a.unbatched)
-    y = np.empty(a.y_shape if not a.unbatched else (1,) + a.y_shape, x.dtype)
+    y = allocate(op, "output", a.y_shape if not a.unbatched else (1,) + a.y_shape, x.dtype)
     if y.size:
         with parallel_guard():
             if layout == "NCHW":
@@ -610,7 +612,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
                         count_include_pad, layout)
     grad_y = _check_grad_y(op, grad_y, a.y_shape)
     gy = _nchw(grad_y, a.unbatched)
-    gx = np.empty((1,) + shape if a.unbatched else shape, grad_y.dtype)
+    gx = allocate(op, "gradient", (1,) + shape if a.unbatched else shape, grad_y.dtype)
     if gx.size:   # (the output is at least 1x1, so grad_y is empty only when gx is)
         with parallel_guard():
             if layout == "NCHW":
@@ -686,7 +688,7 @@ def global_avg_pool2d_backward(grad_y, input_shape, *, layout="NCHW"):
         raise ValueError(f"{op}: input_shape {shape} has no pixels (H={h}, W={w})")
     want = (n, c, 1, 1) if layout == "NCHW" else (n, 1, 1, c)
     grad_y = _check_grad_y(op, grad_y, want[1:] if unbatched else want)
-    gx = np.empty(shape, grad_y.dtype)
+    gx = allocate(op, "gradient", shape, grad_y.dtype)
     gx[...] = grad_y / grad_y.dtype.type(h * w)
     return gx
 

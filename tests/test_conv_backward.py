@@ -47,7 +47,7 @@ def _explicit(x, w, gy, a):
 FD_CASES = [c for c in CASES if c[0] * c[1] * c[2] * c[3] <= 400]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _finite_differences(k):
     """Central differences of L = sum(grad_y * conv2d(x, w, b)) for FD_CASES[k], float64,
     through the reference forward (independent of the code under test)."""
@@ -65,7 +65,7 @@ def _finite_differences(k):
 @pytest.mark.parametrize("k", range(len(FD_CASES)), ids=[_case_id(c) for c in FD_CASES])
 def test_explicit_reference_matches_finite_differences(k):
     x, w, gy, kwargs, a = _problem(FD_CASES[k], np.float64)
-    for got, want in zip(_explicit(x, w, gy, a), _finite_differences(k)):
+    for got, want in zip(_explicit(x, w, gy, a), _finite_differences(k), strict=True):
         assert ref.rel_error(got, want) <= 1e-10
 
 
@@ -75,7 +75,8 @@ def test_explicit_reference_matches_finite_differences(k):
 def test_gradients_match_finite_differences(k, algo, layout):
     x, w, gy, kwargs, a = _problem(FD_CASES[k], np.float64)
     got = _backward(gy, x, w, kwargs, layout, algo)
-    for name, g, want in zip(("grad_x", "grad_w", "grad_bias"), got, _finite_differences(k)):
+    names = ("grad_x", "grad_w", "grad_bias")
+    for name, g, want in zip(names, got, _finite_differences(k), strict=True):
         assert g.dtype == np.float64
         assert ref.rel_error(g, want) <= 1e-10, name
 
@@ -88,7 +89,7 @@ def test_matches_explicit_reference(case, algo, dtype, layout):
     x, w, gy, kwargs, a = _problem(case, dtype)
     want = _explicit(x, w, gy, a)
     got = _backward(gy, x, w, kwargs, layout, algo)
-    for name, g, wnt in zip(("grad_x", "grad_w", "grad_bias"), got, want):
+    for name, g, wnt in zip(("grad_x", "grad_w", "grad_bias"), got, want, strict=True):
         assert g.dtype == dtype, name
         assert g.shape == wnt.shape, name
         assert ref.rel_error(g, wnt) <= ref.tolerance(dtype, algo), name
@@ -148,7 +149,7 @@ def test_non_contiguous_views(algo, rng):
     kw = dict(stride=(1, 2), padding=((1, 1), (0, 2)))
     want = ref.conv2d_backward(gy, x, w, (1, 2), ((1, 1), (0, 2)))
     got = fastconv.conv2d_backward(gy, x, w, **kw, algo=algo)
-    for g, wnt in zip(got, want):
+    for g, wnt in zip(got, want, strict=True):
         assert ref.rel_error(g, wnt) <= 1e-10
 
 
@@ -166,7 +167,7 @@ def test_workspace_budget_chunks_give_the_same_gradients(algo, layout, monkeypat
     t = tiling(a)
     assert t.images == 1 and t.band < a.h_out     # the bands really are exercised
     got = _backward(gy, x, w, kwargs, layout, algo)
-    for g, wnt in zip(got, want):
+    for g, wnt in zip(got, want, strict=True):
         assert ref.rel_error(g, wnt) <= ref.tolerance(np.float32, algo)
 
 
@@ -180,10 +181,10 @@ def test_overlapping_windows_are_deterministic(algo, layout, rng):
     gy = rng.standard_normal((3, 8, 12, 12)).astype(np.float32)
     runs = [_backward(gy, x, w, dict(padding=2), layout, algo) for _ in range(3)]
     for r in runs[1:]:
-        for g, g0 in zip(r, runs[0]):
+        for g, g0 in zip(r, runs[0], strict=True):
             np.testing.assert_array_equal(g, g0)
     want = ref.conv2d_backward(gy, x, w, padding=((2, 2), (2, 2)))
-    for g, wnt in zip(runs[0], want):
+    for g, wnt in zip(runs[0], want, strict=True):
         assert ref.rel_error(g, wnt) <= 1e-4
 
 

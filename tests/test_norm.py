@@ -78,7 +78,7 @@ def test_backward_matches_reference(shape, training, affine, dtype, layout):
     assert gx.dtype == gw.dtype == gb.dtype == dtype
     assert gx.shape == _to(x, layout).shape and gw.shape == gb.shape == (shape[1],)
     tol = ref.tolerance(dtype, "bn")
-    for got, wnt in zip((_from(gx, layout), gw, gb), want):
+    for got, wnt in zip((_from(gx, layout), gw, gb), want, strict=True):
         assert ref.rel_error(got, wnt) <= tol
 
 
@@ -98,10 +98,11 @@ def test_gradients_match_finite_differences(training, layout):
                                           return_stats=True)
     gx, gw, gb = fastconv.batch_norm_backward(_to(gy, layout), _to(x, layout), mean, invstd,
                                               w, training=training, layout=layout)
-    for got, want in zip((_from(gx, layout), gw, gb), fd):
+    for got, want in zip((_from(gx, layout), gw, gb), fd, strict=True):
         assert ref.rel_error(got, want) <= 1e-7
     # and the step-by-step reference agrees with the finite differences too
-    for got, want in zip(ref.batch_norm_backward(gy, x, w, eps_bn, training, rm, rv), fd):
+    steps = ref.batch_norm_backward(gy, x, w, eps_bn, training, rm, rv)
+    for got, want in zip(steps, fd, strict=True):
         assert ref.rel_error(got, want) <= 1e-7
 
 
@@ -185,7 +186,7 @@ def test_eval_uses_running_stats_and_float32_stats_are_accepted():
     a = fastconv.batch_norm_backward(gy, x, mean, invstd, w, training=False)
     b32 = fastconv.batch_norm_backward(gy, x, mean.astype(np.float32),
                                        invstd.astype(np.float32), w, training=False)
-    for u, v in zip(a, b32):
+    for u, v in zip(a, b32, strict=True):
         assert ref.rel_error(u, v) <= 1e-5
 
 

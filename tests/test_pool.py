@@ -328,7 +328,7 @@ X = np.zeros((2, 3, 8, 8), np.float32)
     ("avg", dict(x=X.astype(np.float16)), TypeError, r"avg_pool2d: input has dtype float16"),
     ("max", dict(x=np.zeros((8, 8), np.float32)), ValueError,
      r"max_pool2d: input must be 4-D \(batched\) or 3-D \(unbatched\) in layout NCHW, got 2-D"),
-    ("avg", dict(x=[[1.0]]), ValueError, r"avg_pool2d: input must be 4-D"),
+    ("avg", dict(x=[[1.0]]), TypeError, r"avg_pool2d: input must be a numpy.ndarray, got list"),
     ("max", dict(x="x"), TypeError, r"max_pool2d: input must be a numpy.ndarray, got str"),
 ])
 def test_bad_pool_arguments_are_named(fn, kwargs, exc, match):
@@ -390,3 +390,7 @@ def test_bad_avg_and_global_backward_arguments():
         fastconv.global_avg_pool2d_backward(np.zeros((2, 3, 1, 1), np.int64), (2, 3, 8, 8))
     with pytest.raises(ValueError, match=r"global_avg_pool2d: input has no pixels \(H=0, W=4\)"):
         fastconv.global_avg_pool2d(np.zeros((1, 2, 0, 4)))
+    with pytest.raises(MemoryError, match=r"max_pool2d_backward: the gradient of shape "
+                       r"\(1, 1, 4000000000, 4000000000\) \(float64\) needs"):
+        fastconv.max_pool2d_backward(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1), np.int64),
+                                     (1, 1, 4 * 10**9, 4 * 10**9))
