@@ -1,6 +1,6 @@
 """Timings of the backward passes, pooling and batch norm.
 
-    python bench/measure_issue3.py [--batch 32] [--repeat 9]
+    python bench/measure_issue3.py [--batch 32] [--repeat 9] [--threads N]
 
 On x of shape (batch, 64, 56, 56) float32, NCHW:
 (a) conv2d_backward time / conv2d time for im2col (3x3, 64 -> 64, padding 1);
@@ -8,7 +8,10 @@ On x of shape (batch, 64, 56, 56) float32, NCHW:
     and backward, fastconv against the plain-NumPy versions in bench/numpy_baselines.py.
 Every result is checked against its counterpart before anything is timed. Each timing is
 the median of --repeat calls after one warm-up call (compilation excluded); the machine's
-BLAS, threading layer and load are printed with the numbers.
+BLAS, threading layer and load are printed with the numbers. ``--threads N`` caps both
+numba's and BLAS's threads at N for the whole run; on a shared machine a multi-threaded
+BLAS call waits whenever one of its threads is not scheduled, so compare runs only at the
+same setting and load.
 """
 
 from __future__ import annotations
@@ -67,7 +70,17 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=9)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="cap numba and BLAS threads (default: leave both as they are)")
     args = ap.parse_args(argv)
+    if args.threads is not None:
+        numba.set_num_threads(args.threads)
+        with threadpoolctl.threadpool_limits(args.threads):
+            return run(args)
+    return run(args)
+
+
+def run(args):
     r = args.repeat
     rng = np.random.default_rng(0)
     shape = (args.batch, 64, 56, 56)
