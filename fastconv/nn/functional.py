@@ -13,6 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import conv as _conv
+from .. import norm as _norm
+from .. import pool as _pool
 from ..autograd import (
     Function,
     LogSoftmax,
@@ -64,8 +66,6 @@ class MaxPool2d(Function):
     @staticmethod
     def forward(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                 layout="NCHW"):
-        from .. import pool as _pool
-
         y, idx = _pool.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
                                   layout=layout, return_indices=True)
         ctx.save_for_backward(idx)
@@ -74,8 +74,6 @@ class MaxPool2d(Function):
 
     @staticmethod
     def backward(ctx, g):
-        from .. import pool as _pool
-
         (idx,) = ctx.saved_tensors
         return _pool.max_pool2d_backward(g, idx, ctx.shape, layout=ctx.layout)
 
@@ -94,14 +92,10 @@ class AvgPool2d(Function):
         ctx.shape = x.shape
         ctx.args = (kernel_size, stride, padding, ceil_mode, count_include_pad)
         ctx.layout = layout
-        from .. import pool as _pool
-
         return _pool.avg_pool2d(x, *ctx.args, layout=layout)
 
     @staticmethod
     def backward(ctx, g):
-        from .. import pool as _pool
-
         return _pool.avg_pool2d_backward(g, ctx.shape, *ctx.args, layout=ctx.layout)
 
 
@@ -117,14 +111,10 @@ class GlobalAvgPool2d(Function):
     @staticmethod
     def forward(ctx, x, layout="NCHW"):
         ctx.shape, ctx.layout = x.shape, layout
-        from .. import pool as _pool
-
         return _pool.global_avg_pool2d(x, layout=layout)
 
     @staticmethod
     def backward(ctx, g):
-        from .. import pool as _pool
-
         return _pool.global_avg_pool2d_backward(g, ctx.shape, layout=ctx.layout)
 
 
@@ -150,8 +140,6 @@ class BatchNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=False,
                 momentum=0.1, eps=1e-5, layout="NCHW"):
-        from .. import norm as _norm
-
         y, mean, invstd = _norm.batch_norm(x, running_mean, running_var, weight, bias,
                                            training, momentum, eps, layout=layout,
                                            return_stats=True)
@@ -161,8 +149,6 @@ class BatchNorm(Function):
 
     @staticmethod
     def backward(ctx, g):
-        from .. import norm as _norm
-
         x, mean, invstd, weight = ctx.saved_tensors
         gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
                                                training=ctx.training, layout=ctx.layout)
