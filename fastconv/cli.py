@@ -68,8 +68,8 @@ def add_train_parser(sub) -> None:
                         "MNIST")
     pt.add_argument("--model", choices=["lenet", "resnet"], default="lenet")
     pt.add_argument("--dataset", choices=["digits", "synthetic", "mnist"], default="digits")
-    pt.add_argument("--epochs", type=int, default=10)
-    pt.add_argument("--batch-size", type=int, default=32)
+    pt.add_argument("--epochs", type=int, default=15)
+    pt.add_argument("--batch-size", type=int, default=16)
     pt.add_argument("--lr", type=float, default=0.05,
                     help="initial learning rate (cosine-annealed to 0 over the epochs)")
     pt.add_argument("--seed", type=int, default=0)
