@@ -94,7 +94,7 @@ def main(argv=None) -> int:
 
     # first steps: the same weights and batches give the same loss
     first = {name: step(0) for name, (step, _) in runners.items()}
-    for name, (step, ev) in runners.items():       # warm-up (numba compiles, caches)
+    for step, ev in runners.values():              # warm-up (numba compiles, caches)
         for i in range(1, 4):
             step(i)
             ev(i)
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
         print(f"torch {torch.__version__}: {torch.get_num_threads()} threads")
     print(f"LeNet-5, 28x28x1 input, batch {args.batch}, float32, SGD(momentum=0.9); "
           f"{args.rounds} rounds x {args.steps} steps per framework")
-    print(f"first-step loss: " + ", ".join(f"{k} {v:.6f}" for k, v in first.items()))
+    print("first-step loss: " + ", ".join(f"{k} {v:.6f}" for k, v in first.items()))
     print(f"{'':10s} {'train step ms (q1 / median / q3)':>34s} {'train img/s':>12s} "
           f"{'eval ms (median)':>17s} {'eval img/s':>11s}")
     for name in runners:

@@ -37,19 +37,19 @@ def is_grad_enabled() -> bool:
 class no_grad(contextlib.ContextDecorator):
     """Context manager (or decorator) in which no graph is recorded, as torch.no_grad.
 
-    Per thread; nests.
+    Per thread; nests (the previous states are kept on a per-thread stack, so one
+    instance may be entered from several threads or recursively).
     """
 
-    def __init__(self):
-        self._prev = []
-
     def __enter__(self):
-        self._prev.append(is_grad_enabled())
+        if not hasattr(_state, "saved"):
+            _state.saved = []
+        _state.saved.append(is_grad_enabled())
         _state.grad_enabled = False
         return self
 
     def __exit__(self, *exc):
-        _state.grad_enabled = self._prev.pop()
+        _state.grad_enabled = _state.saved.pop()
         return False
 
 

@@ -1,6 +1,8 @@
 """Autograd: every op's gradient against central finite differences (float64, tiny
 shapes), the engine (accumulation, shared inputs, no_grad, errors), dtype keeping."""
 
+import threading
+
 import numpy as np
 import pytest
 import scipy.special
@@ -350,11 +352,17 @@ def test_no_grad(rng):
     assert (x * 2).requires_grad
 
     @no_grad()
-    def f(t):
-        return t * 3
+    def f(t, depth=0):
+        return f(t, depth - 1) if depth > 0 else t * 3
 
-    assert not f(x).requires_grad
+    assert not f(x).requires_grad and not f(x, 3).requires_grad
     assert fastconv.autograd.is_grad_enabled()
+    seen = []
+    worker = threading.Thread(target=lambda: seen.append((x * 2).requires_grad))
+    with no_grad():                      # per thread: another thread still records
+        worker.start()
+        worker.join()
+    assert seen == [True]
 
 
 def test_leaf_facts_detach_item(rng):
