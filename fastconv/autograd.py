@@ -104,8 +104,14 @@ class Tensor:
     shape = property(lambda self: self.data.shape)
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
-    size = property(lambda self: self.data.size)
     is_leaf = property(lambda self: self._ctx is None)
+
+    def size(self, dim=None):
+        """The shape, or the length of axis ``dim`` (torch's size())."""
+        return self.shape if dim is None else self.shape[_axis(dim, self.ndim)]
+
+    def numel(self) -> int:
+        return self.data.size
 
     def __len__(self) -> int:
         return len(self.data)

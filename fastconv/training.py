@@ -134,7 +134,7 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
     sched = optim.CosineAnnealingLR(opt, T_max=epochs)
     loader = data.DataLoader((x_tr, y_tr), batch_size, shuffle=True, seed=seed + 1)
     log(f"{model} on {dataset}: {len(y_tr)} training / {len(y_te)} test images of shape "
-        f"{x_tr.shape[1:]}, {sum(p.size for p in net.parameters())} parameters")
+        f"{x_tr.shape[1:]}, {sum(p.numel() for p in net.parameters())} parameters")
 
     history, start = [], time.perf_counter()
     for epoch in range(1, epochs + 1):

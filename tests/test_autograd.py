@@ -368,6 +368,7 @@ def test_no_grad(rng):
 def test_leaf_facts_detach_item(rng):
     x = _t(rng, 2, 3)
     assert x.shape == (2, 3) and x.ndim == 2 and x.dtype == np.float64 and len(x) == 2
+    assert x.size() == (2, 3) and x.size(-1) == 3 and x.numel() == 6
     assert x.is_leaf and not (x * 1).is_leaf
     d = (x * 2).detach()
     assert not d.requires_grad and d._ctx is None
