@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from fastconv import cli, data, models, nn, optim, training
+from fastconv import cli, config, data, models, nn, optim, training
 from fastconv.nn import functional as F
 
 
@@ -125,6 +125,34 @@ def test_cli_train(tmp_path, capsys):
     x, y = data.make_shapes(2000, 16, seed=1)
     _, x_te, _, y_te = data.train_test_split(x, y, test_size=0.2, seed=1)
     assert training.evaluate(net, x_te, y_te)[1] == metrics["test_accuracy"]
+
+
+def test_cli_train_on_mnist_files_from_a_local_mirror(tmp_path, monkeypatch, capsys, rng):
+    """The mnist path end to end on tiny IDX files (the real ones need the network)."""
+    import gzip
+    import hashlib
+
+    src = tmp_path / "mirror"
+    src.mkdir()
+    sums = {}
+    for prefix, n in (("train", 40), ("t10k", 10)):
+        imgs = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, n).astype(np.uint8)
+        for kind, arr, code in (("images-idx3", imgs, 3), ("labels-idx1", labels, 1)):
+            head = bytes([0, 0, 8, code]) + b"".join(int(d).to_bytes(4, "big")
+                                                     for d in arr.shape)
+            blob = gzip.compress(head + arr.tobytes())
+            name = f"{prefix}-{kind}-ubyte.gz"
+            (src / name).write_bytes(blob)
+            sums[name] = hashlib.sha256(blob).hexdigest()
+    monkeypatch.setattr(config, "MNIST_MIRROR", str(src))
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setitem(data.MNIST_DATASETS, "mnist", (data.MNIST_DATASETS["mnist"][0], sums))
+    assert cli.main(["train", "--dataset", "mnist", "--epochs", "1", "--batch-size", "16",
+                     "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "40 training / 10 test images of shape (1, 28, 28)" in out
+    assert "test accuracy:" in out
 
 
 def test_train_errors():
