@@ -1,8 +1,9 @@
 """Training throughput of LeNet-5 on 28x28 inputs: fastconv against torch, in one run.
 
 Both train the same network (same initial weights, same batches, SGD with momentum 0.9)
-in float32. Steps are timed one by one and the frameworks alternate in rounds, so that
-load on a shared machine hits both alike; the report gives medians and quartiles.
+in float32. Steps are timed one by one and the frameworks alternate step by step, so
+that load on a shared machine hits both alike; the report gives medians and quartiles
+of the step times and images/s = batch / median step time.
 
     python bench/train_throughput.py [--batch 64] [--steps 20] [--rounds 5] [--threads 2]
 
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per round")
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=5, help="timed steps = rounds * steps")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     args = ap.parse_args(argv)
 
@@ -99,18 +100,21 @@ def main(argv=None) -> int:
             step(i)
             ev(i)
 
+    # the frameworks alternate step by step, so that a load spike on the shared machine
+    # hits both alike
     train_t = {name: [] for name in runners}
     eval_t = {name: [] for name in runners}
-    for _ in range(args.rounds):
-        for name, (step, ev) in runners.items():
-            for i in range(args.steps):
-                t0 = time.perf_counter()
-                step(i)
-                train_t[name].append(time.perf_counter() - t0)
-            for i in range(args.steps):
-                t0 = time.perf_counter()
-                ev(i)
-                eval_t[name].append(time.perf_counter() - t0)
+    load_before = os.getloadavg()
+    for i in range(args.rounds * args.steps):
+        for name, (step, _) in runners.items():
+            t0 = time.perf_counter()
+            step(i)
+            train_t[name].append(time.perf_counter() - t0)
+    for i in range(args.rounds * args.steps):
+        for name, (_, ev) in runners.items():
+            t0 = time.perf_counter()
+            ev(i)
+            eval_t[name].append(time.perf_counter() - t0)
 
     import numba
     from threadpoolctl import threadpool_info
@@ -118,14 +122,15 @@ def main(argv=None) -> int:
     blas = "; ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')} "
                      f"{i['num_threads']} threads" for i in threadpool_info()
                      if i["user_api"] == "blas")
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average {', '.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"1-minute load average {load_before[0]:.2f} before the timed steps, "
+          f"{os.getloadavg()[0]:.2f} after")
     print(f"fastconv {fastconv.__version__}: numba {numba.__version__} "
           f"({numba.threading_layer()}, {numba.get_num_threads()} threads); BLAS: {blas}")
     if torch is not None:
         print(f"torch {torch.__version__}: {torch.get_num_threads()} threads")
     print(f"LeNet-5, 28x28x1 input, batch {args.batch}, float32, SGD(momentum=0.9); "
-          f"{args.rounds} rounds x {args.steps} steps per framework")
+          f"{args.rounds * args.steps} timed train and eval steps per framework, interleaved")
     print("first-step loss: " + ", ".join(f"{k} {v:.6f}" for k, v in first.items()))
     print(f"{'':10s} {'train step ms (q1 / median / q3)':>34s} {'train img/s':>12s} "
           f"{'eval ms (median)':>17s} {'eval img/s':>11s}")
