@@ -146,8 +146,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                          f"{grad_y.shape}")
     if args.unbatched:
         grad_y = grad_y[None]
-    grad_x = np.empty(x.shape, args.dtype)
-    grad_w = np.empty(w.shape, args.dtype)
+    grad_x = allocate(op, "input gradient", x.shape, args.dtype)
+    grad_w = allocate(op, "weight gradient", w.shape, args.dtype)
     if args.n > 0:
         _BACKWARD[resolve_algorithm(args, algo)](grad_y, x, w, args, grad_x, grad_w)
     else:

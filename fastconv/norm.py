@@ -23,6 +23,7 @@ from numba import njit, prange
 
 from . import config
 from ._args import check_array, check_layout, check_same_dtype
+from ._memory import allocate
 from ._runtime import parallel_guard
 
 _ROWS = 256  # pixels per partial sum in the NHWC reductions
@@ -276,7 +277,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                          f"input shape {x.shape}")
 
     xc = np.ascontiguousarray(x)
-    y = np.empty(x.shape, x.dtype)
+    y = allocate(op, "output", x.shape, x.dtype)
     w64, b64 = _f64(weight, c, 1.0), _f64(bias, c, 0.0)
     if training:
         if count == 0:
@@ -359,7 +360,7 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     mean64, invstd64 = mean.astype(np.float64), invstd.astype(np.float64)
     w64 = _f64(weight, c, 1.0)
 
-    gx = np.empty(x.shape, x.dtype)
+    gx = allocate(op, "gradient", x.shape, x.dtype)
     sum_dy, sum_dy_xmu = np.zeros(c), np.zeros(c)
     if count > 0:
         gyc, xc = np.ascontiguousarray(grad_y), np.ascontiguousarray(x)

@@ -190,7 +190,9 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x: np.
     gy_kept = grad_y[:, :, keep_rows][:, :, :, keep_cols]
     acc = np.zeros((g, dg, cg, n_freq), kf.dtype)
 
-    per_image = max(image_bytes(args), 1)
+    # Per image the backward holds the spectra of grad_y, x and grad_x and two real arrays
+    # of about the same size: under 3x the forward's (C_in + C_out) spectra.
+    per_image = max(3 * image_bytes(args), 1)
     batch = max(1, min(args.n, config.WORKSPACE_BYTES // per_image))
     for n0 in range(0, args.n, batch):
         nb = min(batch, args.n - n0)
