@@ -109,7 +109,7 @@ def test_eval_mode_gradients(rng):
     ours(rng.standard_normal((4, 2, 9, 8)))    # move the running statistics off 0 / 1
     theirs(torch.from_numpy(rng.standard_normal((4, 2, 9, 8))))
     sd = {k.replace("4.", "4.1.", 1) if k.startswith("4.") else k: torch.from_numpy(v)
-                     for k, v in ours.state_dict().items()}
+          for k, v in ours.state_dict().items()}
     theirs.load_state_dict(sd)
     ours.eval()
     theirs.eval()
