@@ -7,6 +7,7 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 |----------------------|-------------------------------|----------------------------|
 | WORKSPACE_BYTES      | FASTCONV_WORKSPACE_MB         | 256 MiB                    |
 | IM2COL_CHUNK_BYTES   | FASTCONV_IM2COL_CHUNK_MB      | 8 MiB                      |
+| WORKSPACE_CACHE_BYTES| FASTCONV_WORKSPACE_CACHE_MB   | 32 MiB                     |
 | FFT_MIN_KERNEL_AREA  | FASTCONV_FFT_MIN_KERNEL_AREA  | 121 (11x11)                |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
@@ -38,6 +39,10 @@ WORKSPACE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_MB", 256) * MIB)
 #: Target size of one unfolded chunk (bytes): small enough to stay in the last-level cache
 #: between the unfold and its GEMM. Never larger than WORKSPACE_BYTES.
 IM2COL_CHUNK_BYTES: int = int(_env_float("FASTCONV_IM2COL_CHUNK_MB", 8) * MIB)
+
+#: Scratch buffers up to this size are kept per thread and reused across calls (no page
+#: faults on every call); larger ones are allocated per call.
+WORKSPACE_CACHE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_CACHE_MB", 32) * MIB)
 
 #: Uncalibrated auto rule: kernels with at least this many taps (and stride 1) use FFT.
 FFT_MIN_KERNEL_AREA: int = int(_env_float("FASTCONV_FFT_MIN_KERNEL_AREA", 121))

@@ -85,9 +85,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
     out = np.empty(_layout_shape(args.y_shape, layout), args.dtype)
     if args.n > 0:
-        _FORWARD[resolve_algorithm(args, algo)](x, w, args, out)
-        if bias is not None:
-            out += bias if layout == "NHWC" else bias[:, None, None]
+        _FORWARD[resolve_algorithm(args, algo)](x, w, args, out, bias)
     return out[0] if args.unbatched else out
 
 

@@ -69,8 +69,9 @@ def image_bytes(args) -> int:
     return (args.c_in + args.c_out) * fh * (fw // 2 + 1) * complex_item
 
 
-def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray) -> None:
-    """FFT convolution into ``out`` (caller's layout). Wraps ``_freq_channel_sum``."""
+def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
+    """FFT convolution into ``out`` (caller's layout), plus ``bias`` when given.
+    Wraps ``_freq_channel_sum``."""
     if args.n == 0:
         return
     if args.layout == "NHWC":
@@ -109,4 +110,6 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray) -> None:
                         workers=workers)
         y = z[:, :, rows[:, None], cols[None, :]]
         y[:, :, ~mask] = 0  # windows lying wholly in the padding give exactly zero
+        if bias is not None:
+            y += bias[:, None, None]
         y_all[n0:n0 + nb] = y

@@ -20,36 +20,73 @@ from numba import njit, prange
 
 from .. import config
 from .._runtime import parallel_guard
-from ._common import valid_range
+from ._common import U, valid_range, workspace
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
-    """x (N, C, H, W) -> cols (B, C*KH*KW, band*Wo) for images n0.. and output rows i0.."""
+    """x (N, C, H, W) -> cols (C*KH*KW, B, band*Wo) for images n0.. and output rows i0..
+
+    cols[(c*KH + a)*KW + b, bi, ii*Wo + j] = x[n0+bi, c, (i0+ii)*sh + a*rh - pt,
+    j*sw + b*rw - pl], zero outside. One task per (row of cols, image), writing one
+    contiguous run of cols. Inner loops index with unsigned offsets (see
+    ``_common.U``) so that the copies vectorise."""
     _, _, h, wd = x.shape
-    nb, ckk, length = cols.shape
+    ckk, nb, length = cols.shape
     band = length // wo
     kk = kh * kw
-    for task in prange(nb * ckk):
-        bi = task // ckk
-        r = task % ckk
+    zero = cols.dtype.type(0)
+    for task in prange(ckk * nb):
+        r = task // nb
+        bi = task % nb
         c = r // kk
         a = (r // kw) % kh
         b = r % kw
-        row = cols[bi, r]
+        dst = cols[r, bi]
         img = x[n0 + bi, c]
-        j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
+        off = b * rw - pl
+        j_lo, j_hi = valid_range(wo, off, sw, wd)
+        first = U(j_lo * sw + off)  # input column of output column j_lo
+        step = U(sw)
         for ii in range(band):
-            seg = row[ii * wo:(ii + 1) * wo]
+            base = U(ii * wo)
             src = (i0 + ii) * sh + a * rh - pt
             if src < 0 or src >= h:
-                seg[:] = 0
+                for j in range(U(wo)):
+                    dst[base + j] = zero
                 continue
             line = img[src]
-            seg[:j_lo] = 0
-            for j in range(j_lo, j_hi):
-                seg[j] = line[j * sw + b * rw - pl]
-            seg[j_hi:] = 0
+            for j in range(U(j_lo)):
+                dst[base + j] = zero
+            d0 = base + U(j_lo)
+            if sw == 1:
+                for j in range(U(j_hi - j_lo)):
+                    dst[d0 + j] = line[first + j]
+            else:
+                for j in range(U(j_hi - j_lo)):
+                    dst[d0 + j] = line[first + j * step]
+            for j in range(U(j_hi), U(wo)):
+                dst[base + j] = zero
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _scatter_nchw(tmp, out, n0, i0, bias):
+    """tmp (D, B, band*Wo) -> out[n0+bi, d, i0:i0+band, :] = tmp[d, bi] (+ bias[d] when
+    bias has D entries; an empty bias adds nothing)."""
+    d_all, nb, length = tmp.shape
+    wo = out.shape[3]
+    band = length // wo
+    with_bias = bias.shape[0] == d_all
+    for task in prange(d_all * nb):
+        d = task // nb
+        bi = task % nb
+        src = tmp[d, bi]
+        bv = bias[d] if with_bias else src.dtype.type(0)
+        for ii in range(band):
+            row = out[n0 + bi, d, i0 + ii]
+            base = U(ii * wo)
+            for j in range(U(wo)):
+                row[j] = src[base + j] + bv
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -111,40 +148,96 @@ def tiling(args, chunk_bytes: int | None = None, budget: int | None = None) -> T
     return Tiling(1, band, band * row_bytes)
 
 
-def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray) -> None:
-    """im2col convolution into ``out`` (caller's layout). Wraps ``_im2col_nchw`` /
-    ``_im2col_nhwc`` and numpy's BLAS matmul."""
+def is_pointwise(args) -> bool:
+    """1x1 kernel, stride 1, no padding: the input already is the column matrix."""
+    return (args.kh == args.kw == 1 and args.stride == (1, 1)
+            and args.padding == ((0, 0), (0, 0)))
+
+
+def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
+    """im2col convolution into ``out`` (caller's layout), plus ``bias`` when given.
+
+    Wraps ``_im2col_nchw`` / ``_im2col_nhwc`` (unfold), numpy's BLAS matmul and
+    ``_scatter_nchw`` (tile -> output, fused bias add)."""
     if args.n == 0:
         return
-    t = tiling(args)
     x = np.ascontiguousarray(x)
+    if args.layout == "NCHW":
+        _forward_nchw(x, w, args, out, bias)
+    else:
+        _forward_nhwc(x, w, args, out, bias)
+
+
+def _conv_params(args) -> tuple:
+    return (args.w_out, args.stride[0], args.stride[1], args.padding[0][0],
+            args.padding[1][0], args.dilation[0], args.dilation[1], args.kh, args.kw)
+
+
+def _forward_nchw(x, w, args, out, bias) -> None:
+    """NCHW: per tile, cols (G*Cg*KH*KW, B*band*Wo) and one GEMM per group,
+    W (G, Dg, Cg*KH*KW) @ cols. A tile of one image is multiplied straight into ``out``;
+    a tile of several small images goes through a scratch (D, B*band*Wo) result that
+    ``_scatter_nchw`` spreads into ``out`` with the bias."""
     g, dg = args.groups, args.c_out // args.groups
     cgkk = (args.c_in // g) * args.kh * args.kw
-    conv = (args.w_out, args.stride[0], args.stride[1], args.padding[0][0],
-            args.padding[1][0], args.dilation[0], args.dilation[1], args.kh, args.kw)
+    wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
+    bias_g = None if bias is None else bias.reshape(g, dg, 1)
+    if is_pointwise(args):
+        hw = args.h * args.w
+        y = _view(out, (args.n, g, dg, hw))
+        np.matmul(wmat, _view(x, (args.n, g, args.c_in // g, hw)), out=y)
+        if bias_g is not None:
+            y += bias_g
+        return
+    t = tiling(args)
     wo = args.w_out
-    if args.layout == "NCHW":
-        wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
-        buf = np.empty(t.images * g * cgkk * t.band * wo, args.dtype)
-    else:
-        # HWIO (KH, KW, Cg, D) -> (G, KH*KW*Cg, Dg)
-        wmat = np.ascontiguousarray(
-            w.reshape(cgkk, g, dg).transpose(1, 0, 2))
-        buf = np.empty(t.images * t.band * wo * g * cgkk, args.dtype)
+    conv = _conv_params(args)
+    buf = workspace("im2col.cols", t.col_bytes // args.dtype.itemsize, args.dtype)
+    if t.images > 1:
+        tmp = workspace("im2col.gemm", args.c_out * t.images * t.band * wo, args.dtype)
+        bias_flat = np.zeros(0, args.dtype) if bias is None else np.ascontiguousarray(bias)
     for n0 in range(0, args.n, t.images):
         nb = min(t.images, args.n - n0)
         for i0 in range(0, args.h_out, t.band):
             band = min(t.band, args.h_out - i0)
             length = band * wo
-            if args.layout == "NCHW":
-                cols = _view(buf[:nb * g * cgkk * length], (nb, g * cgkk, length))
-                with parallel_guard():
-                    _im2col_nchw(x, cols, n0, i0, *conv)
-                y = _view(out[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
-                np.matmul(wmat, _view(cols, (nb, g, cgkk, length)), out=y)
+            cols = _view(buf[:g * cgkk * nb * length], (g * cgkk, nb, length))
+            with parallel_guard():
+                _im2col_nchw(x, cols, n0, i0, *conv)
+            cols_g = _view(cols, (g, cgkk, nb * length))
+            if t.images == 1:
+                y = _view(out[n0, :, i0:i0 + band, :], (g, dg, length))
+                np.matmul(wmat, cols_g, out=y)
+                if bias_g is not None:
+                    y += bias_g
             else:
-                cols = _view(buf[:nb * length * g * cgkk], (nb * length, g, cgkk))
+                y = _view(tmp[:args.c_out * nb * length], (g, dg, nb * length))
+                np.matmul(wmat, cols_g, out=y)
                 with parallel_guard():
-                    _im2col_nhwc(x, cols, n0, i0, *conv, band)
-                y = _view(out[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
-                np.matmul(cols.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
+                    _scatter_nchw(_view(y, (args.c_out, nb, length)), out, n0, i0, bias_flat)
+
+
+def _forward_nhwc(x, w, args, out, bias) -> None:
+    """NHWC: per tile, cols (B*band*Wo, G, KH*KW*Cg) and W (G, KH*KW*Cg, Dg); the GEMM
+    writes (pixels, G, Dg), which is the output tile itself."""
+    t = tiling(args)
+    g, dg = args.groups, args.c_out // args.groups
+    cgkk = (args.c_in // g) * args.kh * args.kw
+    wo = args.w_out
+    conv = _conv_params(args)
+    # HWIO (KH, KW, Cg, D) -> (G, KH*KW*Cg, Dg)
+    wmat = np.ascontiguousarray(w.reshape(cgkk, g, dg).transpose(1, 0, 2))
+    bias_g = None if bias is None else bias.reshape(g, dg)
+    buf = workspace("im2col.cols", t.col_bytes // args.dtype.itemsize, args.dtype)
+    for n0 in range(0, args.n, t.images):
+        nb = min(t.images, args.n - n0)
+        for i0 in range(0, args.h_out, t.band):
+            band = min(t.band, args.h_out - i0)
+            length = band * wo
+            cols = _view(buf[:nb * length * g * cgkk], (nb * length, g, cgkk))
+            with parallel_guard():
+                _im2col_nhwc(x, cols, n0, i0, *conv, band)
+            y = _view(out[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
+            np.matmul(cols.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
+            if bias_g is not None:
+                y += bias_g

@@ -42,15 +42,17 @@ def _conv_direct_nchw(x, w, out, sh, sw, pt, pl, rh, rw, groups):
                             plane[i, j] += wv * row[j * sw + b * rw - pl]
 
 
-def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray) -> None:
-    """Direct convolution into ``out`` (caller's layout). Wraps ``_conv_direct_nchw``."""
+def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
+    """Direct convolution into ``out`` (caller's layout), plus ``bias`` when given.
+    Wraps ``_conv_direct_nchw``."""
     if args.layout == "NHWC":
         x = x.transpose(0, 3, 1, 2)
         w = w.transpose(3, 2, 0, 1)
-        y = np.zeros(args.y_shape, args.dtype)
+        y = np.empty(args.y_shape, args.dtype)
     else:
         y = out
-        y[...] = 0
+    # The kernel accumulates onto its output: start from the bias (or zero).
+    y[...] = 0 if bias is None else bias[:, None, None]
     with parallel_guard():
         _conv_direct_nchw(np.ascontiguousarray(x), np.ascontiguousarray(w), y,
                           args.stride[0], args.stride[1], args.padding[0][0],
