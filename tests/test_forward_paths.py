@@ -97,3 +97,31 @@ def test_workspace_is_reused_and_results_do_not_alias(rng):
     y2 = fastconv.conv2d(2 * x, w, padding=1, algo="im2col")
     assert not np.shares_memory(y1, y2)
     np.testing.assert_allclose(y2, 2 * y1, rtol=1e-5, atol=1e-5)
+
+
+def _random_case(rng):
+    kh, kw = rng.integers(1, 6, size=2)
+    rh, rw = rng.integers(1, 4, size=2)
+    sh, sw = rng.integers(1, 4, size=2)
+    pads = tuple(tuple(int(p) for p in rng.integers(0, 2 * k + 2, size=2)) for k in (kh, kw))
+    h = int(rng.integers(max(1, rh * (kh - 1) + 1 - sum(pads[0])), 14))
+    w = int(rng.integers(max(1, rw * (kw - 1) + 1 - sum(pads[1])), 14))
+    g = int(rng.choice([1, 2]))
+    x = rng.standard_normal((2, 2 * g, h, w))
+    wt = rng.standard_normal((2 * g, 2, kh, kw))
+    return x, wt, dict(stride=(int(sh), int(sw)), padding=pads, dilation=(int(rh), int(rw)),
+                       groups=g)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fft_shortest_transform_has_no_wraparound(seed):
+    """The forward FFT uses the shortest transform that keeps the requested outputs free
+    of wrap-around; random strides, dilations and (large, uneven) paddings."""
+    from fastconv.algos import fft
+
+    rng = np.random.default_rng(seed)
+    x, w, kwargs = _random_case(rng)
+    a = conv_args_from_shapes("t", x.shape, w.shape, **kwargs)
+    fh, fw = fft.forward_transform_shape(a)
+    assert fh <= fft.transform_shape(a)[0] and fw <= fft.transform_shape(a)[1]
+    _check(x, w, None, "fft", **kwargs)
