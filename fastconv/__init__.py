@@ -2,6 +2,7 @@
 
 from . import _runtime  # noqa: F401  (threading layer and cache dir, before any kernel)
 from . import config  # noqa: F401
+from .autotune import Plan, choose_algorithm, plan  # noqa: F401
 from .conv import ALGORITHMS, conv2d  # noqa: F401
 
 __version__ = "0.1.0"

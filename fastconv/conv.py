@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _args
+from . import _args, autotune
 from .algos import fft, im2col, naive
 
 ALGORITHMS = ("naive", "im2col", "fft")
@@ -38,9 +38,7 @@ def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout):
 def resolve_algorithm(args, algo: str) -> str:
     if algo != "auto":
         return algo
-    from .autotune import choose_algorithm_for
-
-    return choose_algorithm_for(args)
+    return autotune.choose_algorithm_for(args)
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
