@@ -167,8 +167,11 @@ def _im2col_cost(a, p: Profile) -> tuple[float, int, str]:
     t = im2col.tiling(a)
     n_tiles = math.ceil(a.n / t.images) * math.ceil(a.h_out / t.band)
     pixels = a.n * a.h_out * a.w_out / n_tiles  # output pixels per tile (average)
-    col_bytes = a.n * a.c_in * a.kh * a.kw * a.h_out * a.w_out * item
-    segments = a.n * a.c_in * a.kh * a.kw * a.h_out
+    ckk = a.c_in * a.kh * a.kw
+    col_bytes = a.n * ckk * a.h_out * a.w_out * item
+    # contiguous runs the unfold copies: an output row of one image, or (several images,
+    # image index innermost) an output row of the whole tile
+    segments = ckk * a.h_out * (a.n if t.images == 1 else n_tiles)
     unfold = col_bytes / (p.copy_gbs * 1e9) + segments * p.copy_row_ns * 1e-9
     if a.layout == "NCHW":
         gemm = n_tiles * gemm_seconds(p, dg, cgkk, int(pixels), g, item)
@@ -177,9 +180,11 @@ def _im2col_cost(a, p: Profile) -> tuple[float, int, str]:
     workspace = t.col_bytes
     scatter = 0.0
     if a.layout == "NCHW" and t.images > 1:
+        # input to image-last order, GEMM result back to NCHW (strided reads)
+        in_bytes = a.n * a.c_in * a.h * a.w * item
         out_bytes = a.n * a.c_out * a.h_out * a.w_out * item
-        scatter = 2 * out_bytes / (p.copy_gbs * 1e9)
-        workspace += a.c_out * t.images * t.band * a.w_out * item
+        scatter = 4 * (in_bytes + out_bytes) / (p.copy_gbs * 1e9)
+        workspace += (a.c_out * a.h_out * a.w_out + a.c_in * a.h * a.w) * t.images * item
     secs = (p.call_us + n_tiles * p.tile_us) * 1e-6 + unfold + gemm + scatter
     detail = (f"{n_tiles} tiles, GEMM {dg}x{cgkk}x{int(pixels)}"
               f"{f' x{g} groups' if g > 1 else ''} {1e3 * gemm:.3g} ms, unfold "
@@ -477,7 +482,7 @@ def _probes(rng) -> dict:
 
     def unfold(n, c, hw):
         x = rng.standard_normal((n, c, hw, hw)).astype(f32)
-        cols = np.empty((c * 9, n, hw * hw), f32)
+        cols = np.empty((n, c * 9, hw * hw), f32)
         return lambda: im2col._im2col_nchw(x, cols, 0, 0, hw, 1, 1, 1, 1, 1, 1, 3, 3)
 
     probes["unfold_long"] = unfold(*UNFOLD_PROBES["unfold_long"])
@@ -506,7 +511,7 @@ def _probes(rng) -> dict:
 
 GEMM_PROBES = {"gemm": (256, 1152, 1024), "gemm_m": (8, 1152, 1024),
                "gemm_k": (256, 16, 1024), "gemm_n": (256, 1152, 32)}
-UNFOLD_PROBES = {"unfold_long": (1, 64, 56), "unfold_short": (64, 64, 7)}
+UNFOLD_PROBES = {"unfold_long": (1, 64, 56), "unfold_short": (16, 64, 7)}
 DIRECT_PROBE = ((2, 16, 32, 32), (16, 16, 3, 3))
 DEPTHWISE_PROBE = ((4, 32, 56, 56), (32, 1, 3, 3))
 

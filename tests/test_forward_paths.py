@@ -35,6 +35,8 @@ DEPTHWISE = [
     (2, 2, 13, 9, 5, (1, 3), 0, (1, 2)),
     (5, 1, 6, 6, 1, 1, 0, 1),
     (2, 1, 4, 4, 3, 1, 3, 1),               # padding larger than the kernel
+    (1, 6, 12, 11, 5, 1, 0, 1),             # single input channel, groups=1 (LeNet c1)
+    (1, 1, 20, 17, 7, 1, 0, 1),             # single channel in and out
 ]
 
 
@@ -47,6 +49,7 @@ def test_depthwise_kernel(case, dtype, rng):
     w = rng.standard_normal((c * mult, 1, kh, kw)).astype(dtype)
     b = rng.standard_normal(c * mult).astype(dtype)
     assert naive.is_depthwise(conv_args_from_shapes("t", x.shape, w.shape, groups=c))
+    assert not naive.is_depthwise(conv_args_from_shapes("t", (1, 2, 5, 5), (2, 2, 3, 3)))
     for bias in (None, b):
         _check(x, w, bias, "naive", stride=stride, padding=padding, dilation=dilation,
                groups=c)

@@ -25,24 +25,24 @@ from ._common import U, valid_range, workspace
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
-    """x (N, C, H, W) -> cols (C*KH*KW, B, band*Wo) for images n0.. and output rows i0..
+    """x (N, C, H, W) -> cols (B, C*KH*KW, band*Wo) for images n0.. and output rows i0..
 
-    cols[(c*KH + a)*KW + b, bi, ii*Wo + j] = x[n0+bi, c, (i0+ii)*sh + a*rh - pt,
-    j*sw + b*rw - pl], zero outside. One task per (row of cols, image), writing one
-    contiguous run of cols. Inner loops index with unsigned offsets (see
-    ``_common.U``) so that the copies vectorise."""
+    cols[bi, (c*KH + a)*KW + b, ii*Wo + j] = x[n0+bi, c, (i0+ii)*sh + a*rh - pt,
+    j*sw + b*rw - pl], zero outside. One task per (image, row of cols), writing one
+    contiguous run. Inner loops index with unsigned offsets (``_common.U``) so that the
+    copies vectorise."""
     _, _, h, wd = x.shape
-    ckk, nb, length = cols.shape
+    nb, ckk, length = cols.shape
     band = length // wo
     kk = kh * kw
     zero = cols.dtype.type(0)
-    for task in prange(ckk * nb):
-        r = task // nb
-        bi = task % nb
+    for task in prange(nb * ckk):
+        bi = task // ckk
+        r = task % ckk
         c = r // kk
         a = (r // kw) % kh
         b = r % kw
-        dst = cols[r, bi]
+        dst = cols[bi, r]
         img = x[n0 + bi, c]
         off = b * rw - pl
         j_lo, j_hi = valid_range(wo, off, sw, wd)
@@ -70,23 +70,86 @@ def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _scatter_nchw(tmp, out, n0, i0, bias):
-    """tmp (D, B, band*Wo) -> out[n0+bi, d, i0:i0+band, :] = tmp[d, bi] (+ bias[d] when
-    bias has D entries; an empty bias adds nothing)."""
-    d_all, nb, length = tmp.shape
+def _to_chwn(x, xt, n0):
+    """xt[c, i, j, b] = x[n0 + b, c, i, j]: a run of B images with the image index last."""
+    _, c_all, h, wd = x.shape
+    nb = xt.shape[3]
+    for task in prange(c_all * h):
+        c = task // h
+        i = task % h
+        dst = xt[c, i]
+        for j in range(wd):
+            for b in range(nb):
+                dst[j, b] = x[n0 + b, c, i, j]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _im2col_chwn(xt, cols, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """xt (C, H, W, B) flattened -> cols (C*KH*KW, band*Wo*B):
+
+    cols[(c*KH + a)*KW + b, (ii*Wo + j)*B + n] = xt[c, (i0+ii)*sh + a*rh - pt,
+    j*sw + b*rw - pl, n], zero outside. With the image index innermost, a stride-1 row
+    of the tile is one contiguous run of (valid columns) * B elements, long even for
+    small images (rows of 8 pixels copy slowly; 8 pixels x 64 images do not)."""
+    c_all, h, wd, nb = xt.shape
+    flat = xt.reshape(c_all * h * wd * nb)
+    ckk, length = cols.shape
+    row_len = wo * nb
+    band = length // row_len
+    kk = kh * kw
+    zero = cols.dtype.type(0)
+    for task in prange(ckk * band):
+        r = task // band
+        ii = task % band
+        c = r // kk
+        a = (r // kw) % kh
+        b = r % kw
+        dst = cols[r]
+        base = U(ii * row_len)
+        src = (i0 + ii) * sh + a * rh - pt
+        if src < 0 or src >= h:
+            for t in range(U(row_len)):
+                dst[base + t] = zero
+            continue
+        off = b * rw - pl
+        j_lo, j_hi = valid_range(wo, off, sw, wd)
+        line = U((c * h + src) * wd * nb)  # start of input row src of channel c
+        for t in range(U(j_lo * nb)):
+            dst[base + t] = zero
+        d0 = base + U(j_lo * nb)
+        if sw == 1:
+            s0 = line + U((j_lo + off) * nb)
+            for t in range(U((j_hi - j_lo) * nb)):
+                dst[d0 + t] = flat[s0 + t]
+        else:
+            for j in range(j_lo, j_hi):
+                s0 = line + U((j * sw + off) * nb)
+                dj = d0 + U((j - j_lo) * nb)
+                for t in range(U(nb)):
+                    dst[dj + t] = flat[s0 + t]
+        for t in range(U(j_hi * nb), U(row_len)):
+            dst[base + t] = zero
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _scatter_chwn(tmp, out, n0, i0, nb, bias):
+    """tmp (D, band*Wo*B) -> out[n0+n, d, i0+ii, j] = tmp[d, (ii*Wo + j)*B + n] for
+    n < B = nb (+ bias[d] when bias has D entries; an empty bias adds nothing)."""
+    d_all, length = tmp.shape
     wo = out.shape[3]
-    band = length // wo
+    band = length // (wo * nb)
     with_bias = bias.shape[0] == d_all
+    step = U(nb)
     for task in prange(d_all * nb):
         d = task // nb
-        bi = task % nb
-        src = tmp[d, bi]
+        n = task % nb
+        src = tmp[d]
         bv = bias[d] if with_bias else src.dtype.type(0)
         for ii in range(band):
-            row = out[n0 + bi, d, i0 + ii]
-            base = U(ii * wo)
+            row = out[n0 + n, d, i0 + ii]
+            base = U(ii * wo * nb + n)
             for j in range(U(wo)):
-                row[j] = src[base + j] + bv
+                row[j] = src[base + j * step] + bv
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -157,8 +220,9 @@ def is_pointwise(args) -> bool:
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
     """im2col convolution into ``out`` (caller's layout), plus ``bias`` when given.
 
-    Wraps ``_im2col_nchw`` / ``_im2col_nhwc`` (unfold), numpy's BLAS matmul and
-    ``_scatter_nchw`` (tile -> output, fused bias add)."""
+    Wraps the unfold kernels ``_im2col_nchw`` / ``_to_chwn`` + ``_im2col_chwn`` /
+    ``_im2col_nhwc``, numpy's BLAS matmul, and ``_scatter_chwn`` (a tile of several
+    images -> output, with the bias)."""
     if args.n == 0:
         return
     x = np.ascontiguousarray(x)
@@ -174,12 +238,15 @@ def _conv_params(args) -> tuple:
 
 
 def _forward_nchw(x, w, args, out, bias) -> None:
-    """NCHW: per tile, cols (G*Cg*KH*KW, B*band*Wo) and one GEMM per group,
-    W (G, Dg, Cg*KH*KW) @ cols. A tile of one image is multiplied straight into ``out``;
-    a tile of several small images goes through a scratch (D, B*band*Wo) result that
-    ``_scatter_nchw`` spreads into ``out`` with the bias."""
+    """NCHW. A tile of one image (or a band of its output rows): cols (C*KH*KW, pixels)
+    from ``_im2col_nchw`` and one GEMM per group, W (G, Dg, Cg*KH*KW) @ cols, written
+    straight into ``out``. A tile of B small images: the images are first put image-index
+    last (``_to_chwn``, a pass over the input only), unfolded with long contiguous runs
+    (``_im2col_chwn``), multiplied in one GEMM of B times the width, and the result is
+    spread into ``out`` with the bias (``_scatter_chwn``)."""
     g, dg = args.groups, args.c_out // args.groups
     cgkk = (args.c_in // g) * args.kh * args.kw
+    ckk = g * cgkk
     wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
     bias_g = None if bias is None else bias.reshape(g, dg, 1)
     if is_pointwise(args):
@@ -193,28 +260,35 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     wo = args.w_out
     conv = _conv_params(args)
     buf = workspace("im2col.cols", t.col_bytes // args.dtype.itemsize, args.dtype)
-    if t.images > 1:
-        tmp = workspace("im2col.gemm", args.c_out * t.images * t.band * wo, args.dtype)
-        bias_flat = np.zeros(0, args.dtype) if bias is None else np.ascontiguousarray(bias)
-    for n0 in range(0, args.n, t.images):
-        nb = min(t.images, args.n - n0)
-        for i0 in range(0, args.h_out, t.band):
-            band = min(t.band, args.h_out - i0)
-            length = band * wo
-            cols = _view(buf[:g * cgkk * nb * length], (g * cgkk, nb, length))
-            with parallel_guard():
-                _im2col_nchw(x, cols, n0, i0, *conv)
-            cols_g = _view(cols, (g, cgkk, nb * length))
-            if t.images == 1:
+    if t.images == 1:
+        for n0 in range(args.n):
+            for i0 in range(0, args.h_out, t.band):
+                band = min(t.band, args.h_out - i0)
+                length = band * wo
+                cols = _view(buf[:ckk * length], (1, ckk, length))
+                with parallel_guard():
+                    _im2col_nchw(x, cols, n0, i0, *conv)
                 y = _view(out[n0, :, i0:i0 + band, :], (g, dg, length))
-                np.matmul(wmat, cols_g, out=y)
+                np.matmul(wmat, _view(cols, (g, cgkk, length)), out=y)
                 if bias_g is not None:
                     y += bias_g
-            else:
-                y = _view(tmp[:args.c_out * nb * length], (g, dg, nb * length))
-                np.matmul(wmat, cols_g, out=y)
-                with parallel_guard():
-                    _scatter_nchw(_view(y, (args.c_out, nb, length)), out, n0, i0, bias_flat)
+        return
+    image = args.c_in * args.h * args.w
+    xt_buf = workspace("im2col.chwn", image * t.images, args.dtype)
+    tmp = workspace("im2col.gemm", args.c_out * t.images * args.h_out * wo, args.dtype)
+    bias_flat = np.zeros(0, args.dtype) if bias is None else np.ascontiguousarray(bias)
+    for n0 in range(0, args.n, t.images):
+        nb = min(t.images, args.n - n0)
+        length = args.h_out * wo * nb
+        xt = _view(xt_buf[:image * nb], (args.c_in, args.h, args.w, nb))
+        cols = _view(buf[:ckk * length], (ckk, length))
+        with parallel_guard():
+            _to_chwn(x, xt, n0)
+            _im2col_chwn(xt, cols, 0, *conv)
+        y = _view(tmp[:args.c_out * length], (g, dg, length))
+        np.matmul(wmat, _view(cols, (g, cgkk, length)), out=y)
+        with parallel_guard():
+            _scatter_chwn(_view(y, (args.c_out, length)), out, n0, 0, nb, bias_flat)
 
 
 def _forward_nhwc(x, w, args, out, bias) -> None:

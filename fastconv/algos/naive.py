@@ -7,10 +7,11 @@ One parallel task per (image, output channel); each task owns its output plane. 
 the benchmark baseline, so it does no reordering beyond keeping the innermost loop on
 contiguous output columns.
 
-Depthwise layers (one input channel per group, ``C_in == groups``) have no channel sum
-to turn into a GEMM, so im2col gains nothing there; the direct algorithm runs them with
-``_conv_depthwise_nchw``, a kernel written to vectorise (long unit-stride multiply-adds
-over a padded plane, unsigned inner offsets).
+Layers with one input channel per group (``C_in == groups``: depthwise layers, and
+single-channel inputs such as a grayscale image or LeNet's first layer) have no channel
+sum to turn into a GEMM, so im2col gains little there; the direct algorithm runs them
+with ``_conv_depthwise_nchw``, a kernel written to vectorise (long unit-stride
+multiply-adds over a padded plane, unsigned inner offsets).
 """
 
 from __future__ import annotations
@@ -116,8 +117,9 @@ def _conv_depthwise_nchw(x, w, out, sh, sw, pt, pl, rh, rw, bias):
 
 
 def is_depthwise(args) -> bool:
-    """One input channel per group (``C_in == groups > 1``): the depthwise kernel runs."""
-    return args.groups > 1 and args.c_in == args.groups
+    """One input channel per group (``C_in == groups``; a single-channel input with
+    groups=1 counts): the depthwise kernel runs."""
+    return args.c_in == args.groups
 
 
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
