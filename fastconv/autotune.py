@@ -306,7 +306,8 @@ def _measure_plan(a, p: Profile, budget: float = 1.0) -> Plan:
             n, a.h_out, a.w_out, a.c_out)
         out = np.empty(y_shape, a.dtype)
         fn = conv._FORWARD[algo]
-        secs = median_time(lambda: fn(x[:n], w, sub, out), repeats=3, max_time=2 * budget)
+        secs = median_time(lambda fn=fn, xb=x[:n], sub=sub, out=out: fn(xb, w, sub, out),
+                           repeats=3, max_time=2 * budget)
         est[algo] = secs * a.n / n
         if n < a.n:
             notes.append(f"{algo} timed on {n} of {a.n} images and scaled")
@@ -555,7 +556,7 @@ def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0
         e = min(max(rate(f"gemm_{d}") / rate("gemm"), 0.05), 0.98)
         half[d] = GEMM_PROBES[f"gemm_{d}"][i] * (1 / e - 1)
     peak = rate("gemm") / math.prod(_efficiency(v, half[d])
-                                     for d, v in zip("mkn", GEMM_PROBES["gemm"]))
+                                     for d, v in zip("mkn", GEMM_PROBES["gemm"], strict=True))
 
     def unfold_bytes_rows(name):
         n, c, hw = UNFOLD_PROBES[name]

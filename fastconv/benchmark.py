@@ -310,19 +310,19 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
                                                    "gflops": gf}
         x, w = arrays[shape.name]
         if algo in ALGOS:
-            def make(xb, algo=algo):
+            def make(xb, algo=algo, shape=shape, w=w):
                 return _fastconv_runner(shape, algo, xb, w, backward)
         elif algo == "torch":
             if _torch_runner(shape, x[:1], w, backward) is None:
                 continue
 
-            def make(xb):
+            def make(xb, shape=shape, w=w):
                 return _torch_runner(shape, xb, w, backward)
         else:
             if backward or _scipy_runner(algo, shape, x[:1], w) is None:
                 continue
 
-            def make(xb, algo=algo):
+            def make(xb, algo=algo, shape=shape, w=w):
                 return _scipy_runner(algo, shape, xb, w)
         budget = naive_budget if algo == "naive" else 0.0
         secs, b = _time_scaled(make, x, shape.n, repeats, max_time, budget)
@@ -498,10 +498,11 @@ def plot(report: Report, out_dir: str) -> list[str]:
             fig, ax = plt.subplots(figsize=(8, 5))
             ks = [int(s[1:]) for s in shapes]
             for algo in algos:
-                pts = [(k, 1e3 * by[(s, algo)]) for k, s in zip(ks, shapes) if (s, algo) in by]
+                pts = [(k, 1e3 * by[(s, algo)]) for k, s in zip(ks, shapes, strict=True)
+                       if (s, algo) in by]
                 if pts:
                     style = "--" if algo not in ALGOS else ("o-" if algo != "auto" else ":")
-                    ax.plot(*zip(*pts), style, label=algo, markersize=3)
+                    ax.plot(*zip(*pts, strict=True), style, label=algo, markersize=3)
             ax.set_yscale("log")
             ax.set_xlabel("kernel size k (k x k, 256x256 single-channel image, valid)")
             ax.set_ylabel("median time (ms)")

@@ -1,6 +1,7 @@
 """choose_algorithm / plan: the cost model's choices, the cache, calibration profiles,
 measure=True, and that auto's choice always computes the right result."""
 
+import dataclasses
 import json
 import warnings
 
@@ -35,8 +36,8 @@ def test_plan_fields():
     assert p.workspace_bytes == p.workspaces[p.algorithm] > 0
     assert not p.measured
     assert p.why.startswith(f"{p.algorithm}: estimated") and "default profile" in p.why
-    with pytest.raises(Exception):
-        p.algorithm = "fft"  # frozen
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.algorithm = "fft"
     d = p.as_dict()
     assert json.loads(json.dumps(d))["estimates"] == dict(p.estimates)
 

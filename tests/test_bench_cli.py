@@ -92,7 +92,8 @@ def test_suites_cover_the_default_layers():
     assert names == ["lenet_c1", "lenet_c2", "cifar", "resnet_56", "resnet_28", "resnet_14",
                      "stride2", "pointwise", "depthwise", "stem", "dilated", "bigkernel"]
     assert [s.name for s in benchmark.QUICK_SUITE] == names
-    assert all(q.n <= d.n for q, d in zip(benchmark.QUICK_SUITE, benchmark.DEFAULT_SUITE))
+    assert all(q.n <= d.n for q, d in zip(benchmark.QUICK_SUITE, benchmark.DEFAULT_SUITE,
+                                                     strict=True))
     dw = benchmark.DEFAULT_SUITE[8]
     assert (dw.groups, dw.c, dw.c_out) == (128, 128, 128)
     assert benchmark.DEFAULT_SUITE[-1].single_channel()
