@@ -55,11 +55,13 @@ class Profile:
     copy_gbs: float          # unfold bandwidth (bytes of columns written per second / 1e9)
     copy_row_ns: float       # extra cost per copied row segment of the unfold
     fft_ns: float            # real 2-D transform: ns per point * log2(points)
+    fft_plane_us: float      # fixed cost per transformed plane
+    fft_call_us: float       # fixed cost of one FFT convolution beyond a conv2d call
     fft_gmacs: float         # channel-sum complex multiply-adds per second / 1e9
-    direct_gflops: float     # the direct ("naive") kernel
-    depthwise_gmacs: float   # the depthwise kernel: multiply-adds per second / 1e9
+    direct_gflops: float     # the direct ("naive") kernel, per thread
+    depthwise_gmacs: float   # the depthwise kernel, multiply-adds per second / 1e9, per thread
     call_us: float           # fixed cost of one conv2d call (validation, dispatch)
-    tile_us: float           # fixed cost of one im2col tile (kernel launch, GEMM call)
+    tile_us: float           # fixed cost of one more im2col tile (launches, GEMM call)
     threads: int             # numba threads the profile was measured with
     source: str = "default"  # "default" or "calibrated <when> on <cpu>"
 
@@ -70,9 +72,10 @@ class Profile:
 #: Rates measured with ``fastconv calibrate`` on a 2-core AVX-512 machine (AMD EPYC,
 #: OpenBLAS SkylakeX kernel), rounded: a sound default where nothing was calibrated.
 DEFAULT_PROFILE = Profile(
-    gemm_gflops=190.0, gemm_half_m=4.0, gemm_half_k=12.0, gemm_half_n=24.0,
-    copy_gbs=40.0, copy_row_ns=6.0, fft_ns=1.0, fft_gmacs=1.0, direct_gflops=3.0,
-    depthwise_gmacs=20.0, call_us=20.0, tile_us=10.0, threads=2,
+    gemm_gflops=210.0, gemm_half_m=21.0, gemm_half_k=29.0, gemm_half_n=15.0,
+    copy_gbs=28.0, copy_row_ns=3.2, fft_ns=0.10, fft_plane_us=0.1, fft_call_us=285.0,
+    fft_gmacs=2.2, direct_gflops=2.6, depthwise_gmacs=9.4, call_us=25.0, tile_us=4.0,
+    threads=2,
 )
 
 
@@ -151,10 +154,6 @@ def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
     return batch * 2.0 * m * k * n / rate
 
 
-def _threads_busy(tasks: int, threads: int) -> float:
-    return min(max(tasks, 1), threads) / threads
-
-
 def _im2col_cost(a, p: Profile) -> tuple[float, int, str]:
     from .algos import im2col
 
@@ -171,22 +170,25 @@ def _im2col_cost(a, p: Profile) -> tuple[float, int, str]:
     col_bytes = a.n * ckk * a.h_out * a.w_out * item
     # contiguous runs the unfold copies: an output row of one image, or (several images,
     # image index innermost) an output row of the whole tile
-    segments = ckk * a.h_out * (a.n if t.images == 1 else n_tiles)
+    segments = ckk * a.h_out * (n_tiles if t.image_last else a.n)
     unfold = col_bytes / (p.copy_gbs * 1e9) + segments * p.copy_row_ns * 1e-9
+    # one GEMM per tile and group (image-last tiles), else one per image, band and group
+    gemms = n_tiles if t.image_last else n_tiles * t.images
+    width = int(a.n * a.h_out * a.w_out / gemms)
     if a.layout == "NCHW":
-        gemm = n_tiles * gemm_seconds(p, dg, cgkk, int(pixels), g, item)
+        gemm = gemm_seconds(p, dg, cgkk, width, gemms * g, item)
     else:
         gemm = n_tiles * gemm_seconds(p, int(pixels), cgkk, dg, g, item)
     workspace = t.col_bytes
     scatter = 0.0
-    if a.layout == "NCHW" and t.images > 1:
+    if t.image_last:
         # input to image-last order, GEMM result back to NCHW (strided reads)
         in_bytes = a.n * a.c_in * a.h * a.w * item
         out_bytes = a.n * a.c_out * a.h_out * a.w_out * item
         scatter = 4 * (in_bytes + out_bytes) / (p.copy_gbs * 1e9)
         workspace += (a.c_out * a.h_out * a.w_out + a.c_in * a.h * a.w) * t.images * item
     secs = (p.call_us + n_tiles * p.tile_us) * 1e-6 + unfold + gemm + scatter
-    detail = (f"{n_tiles} tiles, GEMM {dg}x{cgkk}x{int(pixels)}"
+    detail = (f"{n_tiles} tiles, GEMM {dg}x{cgkk}x{width}"
               f"{f' x{g} groups' if g > 1 else ''} {1e3 * gemm:.3g} ms, unfold "
               f"{col_bytes / 1e6:.3g} MB {1e3 * unfold:.3g} ms")
     return secs, workspace, detail
@@ -200,6 +202,7 @@ def _fft_cost(a, p: Profile) -> tuple[float, int, str]:
     per_plane = points * math.log2(max(points, 2)) * p.fft_ns * 1e-9
     if a.dtype.itemsize == 8:
         per_plane *= 1.4
+    per_plane += p.fft_plane_us * 1e-6
     keff_h = a.dilation[0] * (a.kh - 1) + 1
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
     kernel_planes = a.c_out * cg * (0.5 + 0.5 * keff_h / fh)  # pruned row transforms
@@ -211,7 +214,7 @@ def _fft_cost(a, p: Profile) -> tuple[float, int, str]:
     per_image = fft.image_bytes(a, (fh, fw))
     batch = max(1, min(a.n, config.WORKSPACE_BYTES // max(per_image, 1)))
     workspace = batch * per_image + a.c_out * cg * fh * (fw // 2 + 1) * 2 * a.dtype.itemsize
-    secs = p.call_us * 1e-6 + transforms + channel_sum + copy
+    secs = (p.call_us + p.fft_call_us) * 1e-6 + transforms + channel_sum + copy
     detail = (f"{fh}x{fw} transforms {1e3 * transforms:.3g} ms, channel sum "
               f"{1e3 * channel_sum:.3g} ms")
     return secs, workspace, detail
@@ -221,7 +224,7 @@ def _naive_cost(a, p: Profile) -> tuple[float, int, str]:
     from .algos import naive
 
     item = a.dtype.itemsize
-    busy = _threads_busy(a.n * a.c_out, p.threads)
+    busy = min(max(a.n * a.c_out, 1), p.threads)  # one task per (image, output channel)
     if naive.is_depthwise(a):
         unit = a.stride == (1, 1)
         width = a.w_out + a.dilation[1] * (a.kw - 1) if unit else a.w_out
@@ -238,6 +241,22 @@ def _naive_cost(a, p: Profile) -> tuple[float, int, str]:
 
 
 _COSTS = {"naive": _naive_cost, "im2col": _im2col_cost, "fft": _fft_cost}
+
+#: conv2d_backward's im2col and FFT paths do about three times their forward's work (the
+#: weight and input gradients each cost a forward-sized product, plus folds/transforms).
+BACKWARD_FACTOR = 3.0
+
+
+def _backward_cost(algo: str, a, p: Profile) -> tuple[float, int, str]:
+    """Model time of conv2d_backward. Its direct algorithm is the formula as loops for
+    every layer (no depthwise kernel): twice the forward's FLOPs at the direct rate."""
+    if algo == "naive":
+        busy = min(max(a.n * a.c_out, 1), p.threads)
+        rate = p.direct_gflops * 1e9 * (4 / a.dtype.itemsize) * busy
+        return p.call_us * 1e-6 + 2 * a.flops / rate, 0, "direct loops, 2x forward FLOPs"
+    secs, ws, detail = _COSTS[algo](a, p)
+    call = p.call_us * 1e-6
+    return call + BACKWARD_FACTOR * (secs - call), ws, f"{BACKWARD_FACTOR:g}x forward: {detail}"
 
 
 # -------------------------------------------------------------------------- plans
@@ -270,27 +289,31 @@ def _fmt_seconds(s: float) -> str:
     return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
 
 
-def _model_plan(a, p: Profile) -> Plan:
+def _model_plan(a, p: Profile, backward: bool = False) -> Plan:
     est, ws, details = {}, {}, {}
     for algo in ALGORITHMS:
-        est[algo], ws[algo], details[algo] = _COSTS[algo](a, p)
+        if backward:
+            est[algo], ws[algo], details[algo] = _backward_cost(algo, a, p)
+        else:
+            est[algo], ws[algo], details[algo] = _COSTS[algo](a, p)
     best = min(ALGORITHMS, key=est.__getitem__)
     others = ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in sorted(est.items(),
                                                                    key=lambda kv: kv[1])
                        if k != best)
-    why = (f"{best}: estimated {_fmt_seconds(est[best])} ({details[best]}); {others}; "
-           f"cost model with the {p.source} profile")
+    why = (f"{best}: estimated {_fmt_seconds(est[best])}{' (backward)' if backward else ''} "
+           f"({details[best]}); {others}; cost model with the {p.source} profile")
     return Plan(best, a.flops, ws[best], types.MappingProxyType(est),
                 types.MappingProxyType(ws), False, why)
 
 
-def _measure_plan(a, p: Profile, budget: float = 1.0) -> Plan:
-    """Time every algorithm on random data of the problem's shape (seeded). An algorithm
-    whose model time exceeds ``budget`` runs on fewer images and is scaled up."""
+def _measure_plan(a, p: Profile, backward: bool = False, budget: float = 1.0) -> Plan:
+    """Time every algorithm (its forward, or its backward) on random data of the
+    problem's shape (seeded). An algorithm whose model time exceeds ``budget`` runs on
+    fewer images and is scaled up."""
     from . import conv
     from ._timing import median_time
 
-    model = _model_plan(a, p)
+    model = _model_plan(a, p, backward)
     rng = np.random.default_rng(0)
     x_shape = a.x_shape if a.layout == "NCHW" else (a.n, a.h, a.w, a.c_in)
     w_shape = a.w_shape if a.layout == "NCHW" else (a.kh, a.kw, a.c_in // a.groups, a.c_out)
@@ -305,9 +328,16 @@ def _measure_plan(a, p: Profile, budget: float = 1.0) -> Plan:
         y_shape = (n, a.c_out, a.h_out, a.w_out) if a.layout == "NCHW" else (
             n, a.h_out, a.w_out, a.c_out)
         out = np.empty(y_shape, a.dtype)
-        fn = conv._FORWARD[algo]
-        secs = median_time(lambda fn=fn, xb=x[:n], sub=sub, out=out: fn(xb, w, sub, out),
-                           repeats=3, max_time=2 * budget)
+        if backward:
+            grads = (np.empty((n,) + x.shape[1:], a.dtype), np.empty(w.shape, a.dtype))
+            gy = rng.standard_normal(y_shape).astype(a.dtype)
+
+            def run(fn=conv._BACKWARD[algo], xb=x[:n], sub=sub, gy=gy, grads=grads):
+                fn(gy, xb, w, sub, *grads)
+        else:
+            def run(fn=conv._FORWARD[algo], xb=x[:n], sub=sub, out=out):
+                fn(xb, w, sub, out)
+        secs = median_time(run, repeats=3, max_time=2 * budget)
         est[algo] = secs * a.n / n
         if n < a.n:
             notes.append(f"{algo} timed on {n} of {a.n} images and scaled")
@@ -315,7 +345,8 @@ def _measure_plan(a, p: Profile, budget: float = 1.0) -> Plan:
     others = ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in sorted(est.items(),
                                                                    key=lambda kv: kv[1])
                        if k != best)
-    why = (f"{best}: measured {_fmt_seconds(est[best])}; {others}"
+    why = (f"{best}: measured {_fmt_seconds(est[best])}{' (backward)' if backward else ''}; "
+           f"{others}"
            + (f" ({'; '.join(notes)})" if notes else ""))
     return Plan(best, a.flops, model.workspaces[best], types.MappingProxyType(est),
                 model.workspaces, True, why)
@@ -339,16 +370,19 @@ def cache_info() -> dict:
         return {"size": len(_plans), "maxsize": config.PLAN_CACHE_SIZE}
 
 
-def plan_for(a, measure: bool = False) -> Plan:
-    """The (cached) plan for a canonical ConvArgs."""
+def plan_for(a, measure: bool = False, backward: bool = False) -> Plan:
+    """The (cached) plan for a canonical ConvArgs: for conv2d, or for conv2d_backward."""
     prof = load_profile()
-    key = (a, bool(measure), prof)
+    key = (a, bool(measure), bool(backward), prof)
     with _cache_lock:
         hit = _plans.get(key)
         if hit is not None:
             _plans.move_to_end(key)
             return hit
-    result = _measure_plan(a, prof) if measure else _model_plan(a, prof)
+    if measure:
+        result = _measure_plan(a, prof, backward)
+    else:
+        result = _model_plan(a, prof, backward)
     with _cache_lock:
         _plans[key] = result
         while len(_plans) > max(config.PLAN_CACHE_SIZE, 1):
@@ -356,9 +390,10 @@ def plan_for(a, measure: bool = False) -> Plan:
     return result
 
 
-def choose_algorithm_for(a) -> str:
-    """The algorithm ``algo="auto"`` runs for a canonical ConvArgs."""
-    return plan_for(a).algorithm
+def choose_algorithm_for(a, backward: bool = False) -> str:
+    """The algorithm ``algo="auto"`` runs for a canonical ConvArgs (in conv2d, or in
+    conv2d_backward when ``backward``)."""
+    return plan_for(a, backward=backward).algorithm
 
 
 def _problem(op, x_shape, w_shape, stride, padding, dilation, groups, layout, dtype):
@@ -378,7 +413,7 @@ def _problem(op, x_shape, w_shape, stride, padding, dilation, groups, layout, dt
 
 
 def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
-         dtype=np.float32, measure=False) -> Plan:
+         dtype=np.float32, measure=False, backward=False) -> Plan:
     """How ``conv2d(x, w, ..., algo="auto")`` would run this problem.
 
     Parameters
@@ -393,6 +428,8 @@ def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, layout=
     measure : time every algorithm on random data of this shape (seconds to minutes
         for large layers; the direct algorithm is timed on fewer images and scaled)
         instead of using the cost model.
+    backward : plan ``conv2d_backward`` instead of ``conv2d`` (its algorithms have
+        other costs: the direct one has no depthwise kernel there).
 
     Returns
     -------
@@ -416,11 +453,11 @@ def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, layout=
     'fft'
     """
     a = _problem("plan", x_shape, w_shape, stride, padding, dilation, groups, layout, dtype)
-    return plan_for(a, measure)
+    return plan_for(a, measure, backward)
 
 
 def choose_algorithm(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *,
-                     layout="NCHW", dtype=np.float32, measure=False) -> str:
+                     layout="NCHW", dtype=np.float32, measure=False, backward=False) -> str:
     """The algorithm ("naive", "im2col" or "fft") that ``algo="auto"`` runs for this
     problem: ``plan(...).algorithm``.
 
@@ -444,7 +481,7 @@ def choose_algorithm(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1
     """
     a = _problem("choose_algorithm", x_shape, w_shape, stride, padding, dilation, groups,
                  layout, dtype)
-    return plan_for(a, measure).algorithm
+    return plan_for(a, measure, backward).algorithm
 
 
 # --------------------------------------------------------------------- calibration
@@ -486,35 +523,58 @@ def _probes(rng) -> dict:
         cols = np.empty((n, c * 9, hw * hw), f32)
         return lambda: im2col._im2col_nchw(x, cols, 0, 0, hw, 1, 1, 1, 1, 1, 1, 3, 3)
 
-    probes["unfold_long"] = unfold(*UNFOLD_PROBES["unfold_long"])
-    probes["unfold_short"] = unfold(*UNFOLD_PROBES["unfold_short"])
-    planes = rng.standard_normal((16, 256, 256)).astype(f32)
-    probes["fft"] = lambda: sfft.rfft2(planes, workers=config.FFT_WORKERS)
+    for name, shape in UNFOLD_PROBES.items():
+        probes[name] = unfold(*shape)
+    for name, shape in FFT_PROBES.items():
+        planes = rng.standard_normal(shape).astype(f32)
+        probes[name] = lambda planes=planes: sfft.rfft2(planes, workers=config.FFT_WORKERS)
     xf = (rng.standard_normal((2, 1, 16, 4096)) + 1j).astype(np.complex64)
     wf = (rng.standard_normal((1, 16, 16, 4096)) + 1j).astype(np.complex64)
     yf = np.empty((2, 1, 16, 4096), np.complex64)
-    probes["channel_sum"] = lambda: fft._freq_channel_sum(xf, wf, yf)
+    probes["channel_sum"] = lambda: fft._freq_correlate_sum(xf, wf, yf)
 
-    def algo(mod, xs, ws, **kw):
+    def algo(mod, xs, ws, chunk=None, **kw):
         a = conv_args_from_shapes("calibrate", xs, ws, **kw)
         x = rng.standard_normal(a.x_shape).astype(f32)
         w = rng.standard_normal(a.w_shape).astype(f32)
         y = np.empty(a.y_shape, f32)
-        return lambda: mod.forward(x, w, a, y)
+        if chunk is None:
+            return lambda: mod.forward(x, w, a, y)
 
+        def run():
+            saved = config.IM2COL_CHUNK_BYTES
+            config.IM2COL_CHUNK_BYTES = chunk
+            try:
+                mod.forward(x, w, a, y)
+            finally:
+                config.IM2COL_CHUNK_BYTES = saved
+        return run
+
+    probes["fft_conv"] = algo(fft, *FFT_CONV_PROBE)
     probes["direct"] = algo(naive, *DIRECT_PROBE, padding=1)
-    probes["depthwise"] = algo(naive, *DEPTHWISE_PROBE, padding=1,
-                               groups=DEPTHWISE_PROBE[0][1])
+    probes["depthwise"] = algo(naive, *DEPTHWISE_PROBE)
+    (n, c, h, w), wshape = TILE_PROBE
+    image = c * 9 * h * w * 4
+    probes["tiles_one"] = algo(im2col, *TILE_PROBE, chunk=n * image, padding=1)
+    probes["tiles_many"] = algo(im2col, *TILE_PROBE, chunk=image, padding=1)
     xs, ws = np.zeros((1, 1, 4, 4), f32), np.zeros((1, 1, 2, 2), f32)
-    probes["call"] = lambda: conv.conv2d(xs, ws, algo="im2col")
+
+    def calls():
+        for _ in range(CALLS):
+            conv.conv2d(xs, ws, algo="im2col")
+    probes["call"] = calls
     return probes
 
 
 GEMM_PROBES = {"gemm": (256, 1152, 1024), "gemm_m": (8, 1152, 1024),
                "gemm_k": (256, 16, 1024), "gemm_n": (256, 1152, 32)}
 UNFOLD_PROBES = {"unfold_long": (1, 64, 56), "unfold_short": (16, 64, 7)}
+FFT_PROBES = {"fft_big": (16, 256, 256), "fft_small": (2048, 8, 8)}
+FFT_CONV_PROBE = ((1, 1, 64, 64), (1, 1, 5, 5))
 DIRECT_PROBE = ((2, 16, 32, 32), (16, 16, 3, 3))
-DEPTHWISE_PROBE = ((4, 32, 56, 56), (32, 1, 3, 3))
+DEPTHWISE_PROBE = ((1, 1, 128, 128), (1, 1, 7, 7))   # one task: one thread's rate
+TILE_PROBE = ((8, 8, 24, 24), (8, 8, 3, 3))
+CALLS = 20
 
 
 def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0,
@@ -522,14 +582,17 @@ def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0
     """Measure this machine's rates for the cost model and store them.
 
     Probes: SGEMM on a large tile and on tiles skinny in M, K and N; the im2col unfold on
-    long and on short rows; real 2-D FFTs; the FFT channel sum; the direct and depthwise
-    kernels; a tiny conv2d call. They run in interleaved rounds for about ``budget``
-    seconds (at least 3 rounds) and each keeps its fastest run, the one least disturbed
-    by other processes on a shared machine. ``progress(str)`` is called per round.
-    Returns the profile; writes it to ``path`` (default ``config.CACHE_DIR/profile.json``)
-    when ``save``.
+    long and on short rows; real 2-D FFTs of large and of tiny planes, the FFT channel
+    sum and a small FFT convolution; the direct kernel and (on one thread) the depthwise
+    kernel; im2col with 1 and with 8 tiles; a burst of tiny conv2d calls. They run in
+    interleaved rounds for about ``budget`` seconds (at least 3 rounds) and each keeps
+    its fastest run, the one least disturbed by other processes on a shared machine.
+    ``progress(str)`` is called per round. Returns the profile; writes it to ``path``
+    (default ``config.CACHE_DIR/profile.json``) when ``save``.
     """
     import numba
+
+    from ._args import conv_args_from_shapes
 
     probes = _probes(np.random.default_rng(0))
     for fn in probes.values():  # compile and warm up
@@ -555,8 +618,8 @@ def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0
         # the skinny dimension alone explains the drop: f(x) = r_skinny / r_big
         e = min(max(rate(f"gemm_{d}") / rate("gemm"), 0.05), 0.98)
         half[d] = GEMM_PROBES[f"gemm_{d}"][i] * (1 / e - 1)
-    peak = rate("gemm") / math.prod(_efficiency(v, half[d])
-                                     for d, v in zip("mkn", GEMM_PROBES["gemm"], strict=True))
+    peak = rate("gemm") / math.prod(_efficiency(v, half[d]) for d, v in
+                                     zip("mkn", GEMM_PROBES["gemm"], strict=True))
 
     def unfold_bytes_rows(name):
         n, c, hw = UNFOLD_PROBES[name]
@@ -567,27 +630,38 @@ def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0
     inv_bw = best["unfold_long"] / b1   # long rows: the bandwidth
     row = max((best["unfold_short"] - b2 * inv_bw) / s2, 0.0)  # short rows: cost per row
 
-    pts = 256 * 256
-    fft_ns = best["fft"] / (16 * pts * math.log2(pts)) * 1e9
+    def plane_work(name):
+        count, h, w = FFT_PROBES[name]
+        return count, count * h * w * math.log2(h * w)
+
+    n_big, work_big = plane_work("fft_big")
+    n_small, work_small = plane_work("fft_small")
+    fft_ns = best["fft_big"] / work_big * 1e9
+    plane_us = max((best["fft_small"] - work_small * fft_ns * 1e-9) / n_small, 0.0) * 1e6
     fft_gmacs = 2 * 16 * 16 * 4096 / best["channel_sum"] / 1e9
     (n, c, h, w), (d, _, kh, kw) = DIRECT_PROBE
-    direct = 2 * n * d * h * w * c * kh * kw / best["direct"] / 1e9
+    threads = numba.get_num_threads()
+    direct = 2 * n * d * h * w * c * kh * kw / best["direct"] / 1e9 / threads
     (n, c, h, w), (d, _, kh, kw) = DEPTHWISE_PROBE
-    macs = n * d * h * (w + kw - 1) * kh * kw
-    io_s = n * (c + d) * h * w * 4 * inv_bw
-    depthwise = macs / max(best["depthwise"] - io_s, 1e-7) / 1e9
-    call_us = best["call"] * 1e6
+    macs = n * d * (h - kh + 1) * w * kh * kw
+    depthwise = macs / best["depthwise"] / 1e9
+    call_us = best["call"] / CALLS * 1e6
+    tile_us = max((best["tiles_many"] - best["tiles_one"]) / (TILE_PROBE[0][0] - 1), 0) * 1e6
 
     prof = Profile(
         gemm_gflops=round(peak / 1e9, 2), gemm_half_m=round(half["m"], 3),
         gemm_half_k=round(half["k"], 3), gemm_half_n=round(half["n"], 3),
         copy_gbs=round(1e-9 / inv_bw, 2), copy_row_ns=round(row * 1e9, 3),
-        fft_ns=round(fft_ns, 4), fft_gmacs=round(fft_gmacs, 3),
-        direct_gflops=round(direct, 3), depthwise_gmacs=round(depthwise, 3),
-        call_us=round(call_us, 2), tile_us=round(call_us / 2, 2),
-        threads=numba.get_num_threads(),
+        fft_ns=round(fft_ns, 4), fft_plane_us=round(plane_us, 3), fft_call_us=0.0,
+        fft_gmacs=round(fft_gmacs, 3), direct_gflops=round(direct, 3),
+        depthwise_gmacs=round(depthwise, 3), call_us=round(call_us, 2),
+        tile_us=round(tile_us, 2), threads=threads,
         source=f"calibrated {time.strftime('%Y-%m-%d %H:%M')} on {_cpu_name()}",
     )
+    # what the small FFT convolution took beyond the modelled transforms and channel sum
+    a = conv_args_from_shapes("calibrate", *FFT_CONV_PROBE)
+    fft_call_us = max(best["fft_conv"] - _fft_cost(a, prof)[0], 0.0) * 1e6
+    prof = dataclasses.replace(prof, fft_call_us=round(fft_call_us, 2))
     if save:
         save_profile(prof, path)
     return prof

@@ -123,7 +123,8 @@ def sgemm_gflops(m: int, k: int, n: int, dtype=np.float32, batch: int = 1,
 
 def im2col_gemm(shape: Shape, dtype=np.float32) -> tuple[int, int, int, int]:
     """(M, K, N, count): the GEMMs im2col issues for ``shape`` (NCHW): ``count`` products
-    (M x K) @ (K x N) of the tile shape (groups included in count)."""
+    (M x K) @ (K x N) (per image, band and group; per tile and group for image-last
+    tiles)."""
     from .algos import im2col
 
     a = shape.args(dtype)
@@ -133,8 +134,8 @@ def im2col_gemm(shape: Shape, dtype=np.float32) -> tuple[int, int, int, int]:
         return m, cg, a.h * a.w, a.n * g
     t = im2col.tiling(a)
     tiles = math.ceil(a.n / t.images) * math.ceil(a.h_out / t.band)
-    pixels = a.n * a.h_out * a.w_out // tiles
-    return m, cg * a.kh * a.kw, pixels, tiles * g
+    gemms = tiles if t.image_last else tiles * t.images  # image-last: one GEMM per tile
+    return m, cg * a.kh * a.kw, a.n * a.h_out * a.w_out // gemms, gemms * g
 
 
 @dataclass
@@ -327,7 +328,8 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
         budget = naive_budget if algo == "naive" else 0.0
         secs, b = _time_scaled(make, x, shape.n, repeats, max_time, budget)
         flops = shape.flops() * (3 if backward else 1)
-        chosen = autotune.plan_for(shape.args(dtype)).algorithm if algo == "auto" else None
+        chosen = (autotune.plan_for(shape.args(dtype), backward=backward).algorithm
+                  if algo == "auto" else None)
         gemm_rate = report.gemm[f"{suite}/{shape.name}"]["gflops"]
         gf = flops / secs / 1e9
         new.append(Result(suite, shape.name, algo, secs, gf, b, shape.n, chosen,

@@ -37,10 +37,10 @@ def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout):
     return x, w, bias, args
 
 
-def resolve_algorithm(args, algo: str) -> str:
+def resolve_algorithm(args, algo: str, backward: bool = False) -> str:
     if algo != "auto":
         return algo
-    return autotune.choose_algorithm_for(args)
+    return autotune.choose_algorithm_for(args, backward)
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
@@ -115,7 +115,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     gathers grad_y[n, d, i, j] w[d, c, a, b] at every input position each term read.
     "im2col" runs two GEMMs per tile (grad_w and the column gradient) and a fold (col2im)
     within the forward's workspace budget; "fft" forms both in the frequency domain;
-    "naive" is the formula as loops. "auto" picks as for the forward.
+    "naive" is the formula as loops. "auto" picks by the backward's own cost model
+    (``fastconv.plan(..., backward=True)``).
 
     Examples
     --------
@@ -145,7 +146,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_x = allocate(op, "input gradient", x.shape, args.dtype)
     grad_w = allocate(op, "weight gradient", w.shape, args.dtype)
     if args.n > 0:
-        _BACKWARD[resolve_algorithm(args, algo)](grad_y, x, w, args, grad_x, grad_w)
+        run = _BACKWARD[resolve_algorithm(args, algo, backward=True)]
+        run(grad_y, x, w, args, grad_x, grad_w)
     else:
         grad_w[...] = 0
     axes = (0, 2, 3) if layout == "NCHW" else (0, 1, 2)

@@ -241,3 +241,41 @@ def test_no_warnings_from_a_plain_plan():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         fastconv.plan((2, 3, 8, 8), (3, 3, 3, 3))
+
+
+def test_backward_has_its_own_plan():
+    """conv2d_backward's direct algorithm has no depthwise kernel: where the forward
+    runs the depthwise kernel, the backward plan picks another algorithm."""
+    shape = ((16, 128, 56, 56), (128, 1, 3, 3))
+    kwargs = dict(padding=1, groups=128)
+    assert fastconv.choose_algorithm(*shape, **kwargs) == "naive"
+    back = fastconv.plan(*shape, backward=True, **kwargs)
+    fwd = fastconv.plan(*shape, **kwargs)
+    assert back.estimates["im2col"] > fwd.estimates["im2col"]
+    assert "(backward)" in back.why
+    lenet = ((64, 1, 28, 28), (6, 1, 5, 5))
+    assert fastconv.choose_algorithm(*lenet) == "naive"
+    assert fastconv.choose_algorithm(*lenet, backward=True) != "naive"
+
+
+def test_conv2d_backward_auto_uses_the_backward_plan(rng, monkeypatch):
+    x = rng.standard_normal((2, 1, 12, 12))
+    w = rng.standard_normal((3, 1, 5, 5))
+    gy = rng.standard_normal((2, 3, 8, 8))
+    want = fastconv.choose_algorithm(x.shape, w.shape, dtype=np.float64, backward=True)
+    ran = []
+    from fastconv import conv
+
+    monkeypatch.setitem(conv._BACKWARD, want,
+                        lambda *a, f=conv._BACKWARD[want]: (ran.append(want), f(*a)))
+    got = fastconv.conv2d_backward(gy, x, w, algo="auto")
+    assert ran == [want]
+    ref_gx, ref_gw, _ = fastconv.conv2d_backward(gy, x, w, algo="naive")
+    np.testing.assert_allclose(got[0], ref_gx, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(got[1], ref_gw, rtol=1e-10, atol=1e-10)
+
+
+def test_measured_backward_plan():
+    p = fastconv.plan((2, 4, 10, 10), (4, 4, 3, 3), padding=1, measure=True, backward=True)
+    assert p.measured and p.why.startswith(f"{p.algorithm}: measured") and "(backward)" in p.why
+    assert p.algorithm == min(p.estimates, key=p.estimates.get)

@@ -68,21 +68,23 @@ def test_pointwise_gemm(groups, layout, rng):
 
 
 # One float64 image of the case below unfolds to 24 rows x 32 pixels = 6144 bytes.
-TILES = [(1, (1, 1)), (3100, (1, 2)), (6144, (1, 4)), (13000, (2, 4)), (1 << 20, (5, 4))]
+# (chunk, (images, band, image_last))
+TILES = [(1, (1, 1, False)), (3100, (1, 2, False)), (6144, (1, 4, False)),
+         (13000, (2, 4, False)), (1 << 20, (5, 4, True))]
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("chunk,tile", TILES)
 def test_im2col_tiles_of_every_kind(chunk, tile, layout, rng, monkeypatch):
-    """Row bands, one image per tile, several images per tile (merged GEMM, then scatter
-    with the bias), the whole batch in one tile."""
+    """Row bands, one image per tile, several images per tile, the whole batch in one
+    image-last tile (merged GEMM, then scatter with the bias)."""
     monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", chunk)
     x = rng.standard_normal((5, 4, 9, 7))
     w = rng.standard_normal((6, 2, 3, 2))
     b = rng.standard_normal(6)
     kwargs = dict(stride=(2, 1), padding=((1, 0), (2, 1)), dilation=(1, 2), groups=2)
     t = im2col.tiling(conv_args_from_shapes("t", x.shape, w.shape, dtype=x.dtype, **kwargs))
-    assert (t.images, t.band) == tile
+    assert (t.images, t.band, t.image_last) == tile  # (NCHW; NHWC tiles alike)
     _check(x, w, b, "im2col", layout=layout, **kwargs)
     _check(x, w, None, "im2col", layout=layout, **kwargs)
 

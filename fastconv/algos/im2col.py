@@ -185,14 +185,23 @@ def _view(a: np.ndarray, shape) -> np.ndarray:
     return v
 
 
+#: NCHW tiles of at least this many images whose output rows are at most this wide are
+#: unfolded image-index-last (``_im2col_chwn``): rows of a few pixels copy slowly, runs of
+#: pixels x images do not. Wider rows copy fast as they are and skip the extra passes.
+IMAGE_LAST_MAX_WIDTH = 16
+IMAGE_LAST_MIN_IMAGES = 4
+
+
 @dataclass(frozen=True)
 class Tiling:
     """How the batch is cut: ``images`` whole images per tile, or a ``band`` of output
-    rows of one image (images == 1 and band < h_out)."""
+    rows of one image (images == 1 and band < h_out). ``image_last``: the NCHW forward
+    unfolds the tile with the image index innermost."""
 
     images: int
     band: int
     col_bytes: int  # size of the column buffer
+    image_last: bool = False
 
 
 def tiling(args, chunk_bytes: int | None = None, budget: int | None = None) -> Tiling:
@@ -206,7 +215,9 @@ def tiling(args, chunk_bytes: int | None = None, budget: int | None = None) -> T
     image_bytes = row_bytes * args.h_out
     if image_bytes <= chunk:
         images = max(1, min(args.n, chunk // max(image_bytes, 1)))
-        return Tiling(images, args.h_out, images * image_bytes)
+        image_last = (args.layout == "NCHW" and images >= IMAGE_LAST_MIN_IMAGES
+                      and args.w_out <= IMAGE_LAST_MAX_WIDTH)
+        return Tiling(images, args.h_out, images * image_bytes, image_last)
     band = max(1, min(args.h_out, chunk // max(row_bytes, 1)))
     return Tiling(1, band, band * row_bytes)
 
@@ -238,12 +249,13 @@ def _conv_params(args) -> tuple:
 
 
 def _forward_nchw(x, w, args, out, bias) -> None:
-    """NCHW. A tile of one image (or a band of its output rows): cols (C*KH*KW, pixels)
-    from ``_im2col_nchw`` and one GEMM per group, W (G, Dg, Cg*KH*KW) @ cols, written
-    straight into ``out``. A tile of B small images: the images are first put image-index
-    last (``_to_chwn``, a pass over the input only), unfolded with long contiguous runs
-    (``_im2col_chwn``), multiplied in one GEMM of B times the width, and the result is
-    spread into ``out`` with the bias (``_scatter_chwn``)."""
+    """NCHW. A tile of whole images (or a band of output rows of one image): cols
+    (B, C*KH*KW, pixels) from ``_im2col_nchw`` and a GEMM per image and group,
+    W (G, Dg, Cg*KH*KW) @ cols, written straight into ``out`` (one batched matmul call).
+    A tile of many images with short output rows (``Tiling.image_last``): the images are
+    first put image-index last (``_to_chwn``, a pass over the input only), unfolded with
+    long contiguous runs (``_im2col_chwn``), multiplied in one GEMM of B times the width,
+    and the result is spread into ``out`` with the bias (``_scatter_chwn``)."""
     g, dg = args.groups, args.c_out // args.groups
     cgkk = (args.c_in // g) * args.kh * args.kw
     ckk = g * cgkk
@@ -260,16 +272,17 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     wo = args.w_out
     conv = _conv_params(args)
     buf = workspace("im2col.cols", t.col_bytes // args.dtype.itemsize, args.dtype)
-    if t.images == 1:
-        for n0 in range(args.n):
+    if not t.image_last:
+        for n0 in range(0, args.n, t.images):
+            nb = min(t.images, args.n - n0)
             for i0 in range(0, args.h_out, t.band):
                 band = min(t.band, args.h_out - i0)
                 length = band * wo
-                cols = _view(buf[:ckk * length], (1, ckk, length))
+                cols = _view(buf[:nb * ckk * length], (nb, ckk, length))
                 with parallel_guard():
                     _im2col_nchw(x, cols, n0, i0, *conv)
-                y = _view(out[n0, :, i0:i0 + band, :], (g, dg, length))
-                np.matmul(wmat, _view(cols, (g, cgkk, length)), out=y)
+                y = _view(out[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
+                np.matmul(wmat, _view(cols, (nb, g, cgkk, length)), out=y)
                 if bias_g is not None:
                     y += bias_g
         return
