@@ -25,6 +25,8 @@ from ._timing import median_time
 from .conv import conv2d
 
 ALGOS = ("naive", "im2col", "fft", "auto")
+FOOTNOTE = ("(*) direct algorithm timed on fewer images (shown) and scaled to the batch; "
+            "(!N%) other processes used N% of the machine's CPU while this was measured")
 EXTRAS = ("torch", "scipy.fftconvolve", "scipy.correlate")
 
 
@@ -152,6 +154,7 @@ class Result:
     share_of_gemm: float | None = None
     vs_torch: float | None = None       # seconds / torch's seconds
     backward: bool = False
+    other_load: float | None = None     # CPU share other processes used meanwhile
 
     @property
     def scaled(self) -> bool:
@@ -245,6 +248,62 @@ def _fastconv_runner(shape: Shape, algo: str, x, w, backward: bool):
     return run
 
 
+# --------------------------------------------------------------- machine load
+def _cpu_ticks() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot (Linux), else None."""
+    import os
+
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return (total - idle) / hz, total / hz
+
+
+def _own_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class LoadMeter:
+    """Share of the machine's CPU time used by *other* processes between start() and
+    stop() (0: idle apart from us, 1: every core busy with others). None off Linux."""
+
+    def start(self):
+        self._m, self._own = _cpu_ticks(), _own_cpu()
+        return self
+
+    def stop(self) -> float | None:
+        m1, own1 = _cpu_ticks(), _own_cpu()
+        if self._m is None or m1 is None:
+            return None
+        total = m1[1] - self._m[1]
+        if total <= 0:
+            return None
+        others = (m1[0] - self._m[0]) - (own1 - self._own)
+        return float(min(max(others / total, 0.0), 1.0))
+
+
+def wait_until_idle(timeout: float, threshold: float = 0.1, window: float = 0.5) -> bool:
+    """Wait up to ``timeout`` seconds for a ``window`` in which other processes use at
+    most ``threshold`` of the CPU; True when one came (always True off Linux)."""
+    end = time.perf_counter() + timeout
+    while True:
+        meter = LoadMeter().start()
+        time.sleep(window)
+        load = meter.stop()
+        if load is None or load <= threshold:
+            return True
+        if time.perf_counter() >= end:
+            return False
+
+
 def _time_scaled(make, x, n: int, repeats: int, max_time: float, budget: float
                  ) -> tuple[float, int]:
     """Time ``make(x[:b])()`` on b <= n images; b shrinks when one image is too slow."""
@@ -288,12 +347,18 @@ def _cpu() -> str:
 
 def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.float32,
         repeats: int = 5, max_time: float = 5.0, naive_budget: float = 2.0,
-        backward: bool = False, progress=None, report: Report | None = None) -> Report:
+        backward: bool = False, wait_idle: float = 0.0, progress=None,
+        report: Report | None = None) -> Report:
     """Time every (shape, algorithm) pair and the extras that apply.
 
     Returns a Report (appended to ``report`` when given). ``progress`` wraps the job
     iterator (e.g. tqdm). ``naive_budget`` caps the seconds spent on the direct algorithm
-    per shape by running it on fewer images (0: always the full batch)."""
+    per shape by running it on fewer images (0: always the full batch). Every result
+    records the CPU share other processes took while it was measured
+    (``Result.other_load``; multi-threaded BLAS slows down many times when a core is
+    taken). ``wait_idle`` > 0: before each measurement wait up to that many seconds for
+    an idle machine, and measure once more (after waiting again) when others took more
+    than 10% of the CPU meanwhile."""
     from . import autotune
 
     if report is None:
@@ -326,14 +391,22 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
             def make(xb, algo=algo, shape=shape, w=w):
                 return _scipy_runner(algo, shape, xb, w)
         budget = naive_budget if algo == "naive" else 0.0
-        secs, b = _time_scaled(make, x, shape.n, repeats, max_time, budget)
+        for _attempt in range(2 if wait_idle > 0 else 1):
+            if wait_idle > 0:
+                wait_until_idle(wait_idle)
+            meter = LoadMeter().start()
+            secs, b = _time_scaled(make, x, shape.n, repeats, max_time, budget)
+            load = meter.stop()
+            if load is None or load <= 0.1:
+                break
         flops = shape.flops() * (3 if backward else 1)
         chosen = (autotune.plan_for(shape.args(dtype), backward=backward).algorithm
                   if algo == "auto" else None)
         gemm_rate = report.gemm[f"{suite}/{shape.name}"]["gflops"]
         gf = flops / secs / 1e9
         new.append(Result(suite, shape.name, algo, secs, gf, b, shape.n, chosen,
-                          share_of_gemm=gf / gemm_rate, backward=backward))
+                          share_of_gemm=gf / gemm_rate, backward=backward,
+                          other_load=load))
     _relate(new)
     report.results.extend(new)
     report.summary = summarize(report.results)
@@ -398,6 +471,9 @@ def summarize(results: list[Result]) -> dict:
                               "torch_over_fft": (by[(sh, "torch")].seconds / f
                                                  if (sh, "torch") in by else None)}
         s["fft_single_channel"] = fftcmp
+        s["measured_under_load"] = [
+            {"shape": r.shape, "algo": r.algo, "other_load": r.other_load} for r in rs
+            if r.other_load is not None and r.other_load > 0.1]
         out[suite] = s
     return out
 
@@ -414,6 +490,8 @@ def format_table(results: list[Result]) -> str:
     for r in results:
         algo = r.algo + (f" ({r.chosen})" if r.chosen else "")
         ms = f"{1e3 * r.seconds:.3f}" + (f"* ({r.batch}/{r.n})" if r.scaled else "")
+        if r.other_load is not None and r.other_load > 0.1:
+            ms += f" !{100 * r.other_load:.0f}%"
         share = None if r.share_of_gemm is None else 100 * r.share_of_gemm
         lines.append(f"| {r.shape} | {algo} | {ms} | {r.gflops:.1f} | "
                      f"{_fmt(r.speedup_vs_naive, '.1f')} | {_fmt(share, '.0f')}% | "
@@ -439,6 +517,12 @@ def format_summary(summary: dict) -> str:
         for sh, v in s.get("im2col_share_of_gemm", {}).items():
             lines.append(f"- {sh}: im2col at {100 * v:.0f}% of its GEMM's SGEMM rate, "
                          f"{_fmt(s['im2col_vs_naive'].get(sh), '.0f')}x naive")
+        loaded = s.get("measured_under_load", [])
+        if loaded:
+            worst = max(loaded, key=lambda v: v["other_load"])
+            lines.append(f"- {len(loaded)} measurements ran while other processes used more "
+                         f"than 10% of the CPU (worst {100 * worst['other_load']:.0f}%: "
+                         f"{worst['shape']} {worst['algo']})")
         for sh, v in s.get("fft_single_channel", {}).items():
             lines.append(f"- {sh}: fft {v['fft_ms']:.3f} ms; scipy.fftconvolve / fft = "
                          f"{v['scipy_over_fft']:.2f}; torch / fft = "
@@ -471,7 +555,7 @@ def write(report: Report, out_dir: str) -> list[str]:
         for suite in dict.fromkeys(r.suite for r in report.results):
             f.write(f"## {suite}\n\n")
             f.write(format_table([r for r in report.results if r.suite == suite]) + "\n\n")
-        f.write("* direct algorithm timed on fewer images (shown) and scaled to the batch\n\n")
+        f.write(FOOTNOTE + "\n\n")
         f.write("## Summary\n\n" + format_summary(report.summary) + "\n")
     paths.append(p)
     paths.extend(plot(report, out_dir))

@@ -42,11 +42,12 @@ def cmd_bench(args) -> int:
     for suite in args.suite:
         benchmark.run(benchmark.SUITES[suite], tuple(args.algos), suite=suite, extras=extras,
                       repeats=args.repeats, naive_budget=args.naive_budget,
-                      backward=args.backward, progress=_progress(f"bench {suite}"),
+                      backward=args.backward, wait_idle=args.wait_idle,
+                      progress=_progress(f"bench {suite}"),
                       report=report)
         print(f"\n{suite}\n" + benchmark.format_table(
             [r for r in report.results if r.suite == suite]))
-    print("\n* direct algorithm timed on fewer images (shown) and scaled to the batch\n")
+    print("\n" + benchmark.FOOTNOTE + "\n")
     print(benchmark.format_summary(report.summary))
     if args.out:
         for path in benchmark.write(report, args.out):
@@ -86,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--naive-budget", type=float, default=2.0,
                     help="seconds per shape for the direct algorithm; it runs on fewer "
                          "images and is scaled when slower (0: full batch)")
+    pb.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                    help="on a shared machine: before each measurement wait up to SECONDS "
+                         "for other processes to go quiet, and retry once if they did not")
     pb.add_argument("--no-extras", action="store_true",
                     help="skip torch and scipy even when installed")
     pb.add_argument("--out", default=None,

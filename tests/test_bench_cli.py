@@ -61,6 +61,21 @@ def test_naive_on_a_reduced_batch_is_scaled_and_marked():
     assert naive.speedup_vs_naive == 1.0
     assert im2col.speedup_vs_naive == pytest.approx(naive.seconds / im2col.seconds)
     assert "* (1/4)" in benchmark.format_table(rep.results)
+    assert all(r.other_load is None or 0 <= r.other_load <= 1 for r in rep.results)
+
+
+def test_load_meter_and_marks(monkeypatch):
+    meter = benchmark.LoadMeter().start()
+    sum(i * i for i in range(10000))  # our own work is not counted as others' load
+    load = meter.stop()
+    assert load is None or 0.0 <= load <= 1.0
+    assert benchmark.wait_until_idle(0.0, threshold=1.0, window=0.01) is True
+    r = benchmark.Result("s", "a", "im2col", 0.01, 1.0, 1, 1, other_load=0.4)
+    assert "!40%" in benchmark.format_table([r])
+    s = benchmark.summarize([r])["s"]
+    assert s["measured_under_load"] == [{"shape": "a", "algo": "im2col", "other_load": 0.4}]
+    assert "1 measurements ran while other processes used more" in benchmark.format_summary(
+        {"s": s})
 
 
 def test_summary_counts_auto_picks():
