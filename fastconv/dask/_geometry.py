@@ -1,0 +1,96 @@
+"""Which input rows each output block of a sliding-window op reads (pure index arithmetic).
+
+One spatial axis of conv2d or pooling is described by an :class:`Axis`: input length n,
+kernel k, stride s, dilation r, padding (p_lo, p_hi) and the rounding of the output size.
+Output row i reads the input rows ``i*s - p_lo + r*q`` for q = 0..k-1; rows outside
+[0, n) are padding.
+
+To compute output rows [i0, i1) without the rest of the image, a block takes the input
+rows [a, b) and runs the *unchanged* in-memory op (same padding, same everything) on that
+slice, then keeps the local output rows [j0, j0 + i1 - i0). This is exact when
+
+* a is a multiple of s, so local output row j0 = i0 - a/s starts its window at the
+  same input row as global row i0;
+* a <= max(0, i0*s - p_lo): every real row the kept windows read is in the slice, and
+  the slice's own top padding is read only by local rows before j0 (dropped) -- unless
+  a = 0, where it *is* the image's top padding;
+* b = min(n, (i1-1)*s - p_lo + r*(k-1) + 1), or b = n when the last kept window reaches
+  the bottom padding: then the slice's bottom padding is the image's.
+
+Because the in-memory op sees the same padding and the same numbers at the same window
+positions, max pooling, average pooling (whatever ``count_include_pad`` and
+``ceil_mode`` say about divisors) and convolution all agree with the whole-image result.
+The cost is at most ceil(p_lo/s) extra output rows on each side of an inner block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .._args import conv_output_size
+
+
+def window_output_size(n: int, k: int, s: int, r: int, p_lo: int, p_hi: int,
+                       ceil_mode: bool = False) -> int:
+    """Output length of a window op along one axis (torch's rule for ``ceil_mode``).
+
+    floor: floor((n + p_lo + p_hi - r*(k-1) - 1) / s) + 1; ceil: the same with ceil, minus
+    one when the last window would start in the bottom padding.
+    """
+    if not ceil_mode:
+        return conv_output_size(n, k, s, p_lo, p_hi, r)
+    span = n + p_lo + p_hi - r * (k - 1) - 1
+    out = -(-span // s) + 1
+    if (out - 1) * s >= n + p_lo:
+        out -= 1
+    return out
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One spatial axis of a sliding-window op."""
+
+    n: int
+    k: int
+    s: int
+    r: int
+    pad: tuple[int, int]
+    ceil_mode: bool = False
+
+    @property
+    def out(self) -> int:
+        return window_output_size(self.n, self.k, self.s, self.r, *self.pad, self.ceil_mode)
+
+    def output_chunks(self, in_chunks: tuple[int, ...]) -> tuple[int, ...]:
+        """Output block sizes following the input chunks.
+
+        An input chunk boundary B becomes the output boundary ceil((B + p_lo) / s): the
+        first output row whose window starts at or after B. Empty blocks are dropped.
+        """
+        out = self.out
+        cuts, start = {0, out}, 0
+        for size in in_chunks[:-1]:
+            start += size
+            cuts.add(min(out, max(0, -(-(start + self.pad[0]) // self.s))))
+        cuts = sorted(cuts)
+        return tuple(b - a for a, b in zip(cuts[:-1], cuts[1:], strict=True) if b > a) or (out,)
+
+    def span(self, i0: int, i1: int) -> tuple[int, int, int]:
+        """(a, b, j0): input rows [a, b) and the first local output row kept, for output
+        rows [i0, i1) (0 <= i0 < i1 <= out)."""
+        lo = i0 * self.s - self.pad[0]
+        hi = (i1 - 1) * self.s - self.pad[0] + self.r * (self.k - 1) + 1
+        a = 0 if lo <= 0 else lo - lo % self.s
+        b = min(self.n, hi)
+        return a, b, i0 - a // self.s
+
+
+def chunk_pieces(chunks: tuple[int, ...], a: int, b: int) -> list[tuple[int, int, int]]:
+    """The chunks that rows [a, b) touch, as (chunk index, local start, local stop)."""
+    pieces, start = [], 0
+    for idx, size in enumerate(chunks):
+        stop = start + size
+        if stop > a and start < b:
+            pieces.append((idx, max(a, start) - start, min(b, stop) - start))
+        start = stop
+    return pieces
