@@ -17,6 +17,9 @@ slice, then keeps the local output rows [j0, j0 + i1 - i0). This is exact when
 * b = min(n, (i1-1)*s - p_lo + r*(k-1) + 1), or b = n when the last kept window reaches
   the bottom padding: then the slice's bottom padding is the image's.
 
+(Kept windows that lie wholly in the padding, possible when the padding is wider than
+the kernel, get a slice of one row that none of them reads.)
+
 Because the in-memory op sees the same padding and the same numbers at the same window
 positions, max pooling, average pooling (whatever ``count_include_pad`` and
 ``ceil_mode`` say about divisors) and convolution all agree with the whole-image result.
@@ -80,8 +83,11 @@ class Axis:
         rows [i0, i1) (0 <= i0 < i1 <= out)."""
         lo = i0 * self.s - self.pad[0]
         hi = (i1 - 1) * self.s - self.pad[0] + self.r * (self.k - 1) + 1
-        a = 0 if lo <= 0 else lo - lo % self.s
-        b = min(self.n, hi)
+        # Windows lying wholly in the padding (lo >= n, or hi <= 0) still need a slice
+        # of at least one row to run on; that row is read by no kept window.
+        top = min(lo, self.n - 1)
+        a = 0 if top <= 0 else top - top % self.s
+        b = max(min(self.n, hi), a + 1)
         return a, b, i0 - a // self.s
 
 
