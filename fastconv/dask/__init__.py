@@ -6,6 +6,9 @@ whose blocks are computed by the in-memory fastconv functions, on whatever sched
 active: threads, processes, or a ``dask.distributed`` cluster. The results equal the
 in-memory results, whatever the chunking (see ``_geometry`` for why).
 
+``predict`` runs a trained ``fastconv.nn`` model in evaluation mode over a
+batch-chunked dask array of images.
+
 ``local_cluster`` starts a ``dask.distributed.LocalCluster`` whose worker processes
 share the cores without oversubscribing them (numba and BLAS threads per worker) and
 share the numba cache.
@@ -26,3 +29,4 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
 
 from .cluster import local_cluster, worker_env  # noqa: F401
 from .ops import avg_pool2d, conv2d, max_pool2d  # noqa: F401
+from .predict import predict  # noqa: F401
