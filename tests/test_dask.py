@@ -382,3 +382,86 @@ def test_local_cluster_workers_share_the_cores(client):
         assert numba_threads == share
         assert blas == {share}
         assert cache_dir == (os.path.abspath(cache) if cache else None)
+
+
+# --------------------------------------------------------------------------- predict
+needs_autograd = pytest.mark.skipif(not hasattr(fastconv, "Tensor"),
+                                    reason="needs fastconv.Tensor (the autograd layer)")
+CALLS = []  # (training flag, batch size) of every forward of _Pooler, shared by its copies
+
+
+class _Pooler:
+    """A stand-in Module: the mean of each channel, doubled in evaluation mode."""
+
+    def __init__(self):
+        self.training = True
+
+    def eval(self):
+        self.training = False
+        return self
+
+    def __call__(self, x):
+        CALLS.append((self.training, x.shape[0]))
+        scale = 1.0 if self.training else 2.0
+        return fastconv.Tensor(x.data.mean(axis=(2, 3)) * scale)
+
+
+def _tiny_cnn():
+    nn = pytest.importorskip("fastconv.nn")
+    fastconv.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 3))
+    # non-trivial running statistics, so evaluation mode is visible in the output
+    model[1].running_mean.data[:] = 0.3
+    model[1].running_var.data[:] = 2.0
+    return model
+
+
+def test_predict_on_the_cluster_equals_an_eval_forward(client, rng):
+    model = _tiny_cnn()
+    x = rng.standard_normal((7, 2, 8, 8)).astype(np.float32)
+    y = fcd.predict(model, da.from_array(x, chunks=(4, 2, 4, 8)), batch_chunk=3)
+    assert y.chunks == ((3, 3, 1), (3,))
+    assert model.training  # the caller's model is left as it was
+    got = y.compute()
+    model.eval()
+    with fastconv.no_grad():
+        want = model(fastconv.Tensor(x)).data
+    assert got.dtype == want.dtype and got.shape == (7, 3)
+    assert ref.rel_error(got, want) <= 1e-4
+
+
+@needs_autograd
+def test_predict_is_lazy_and_ships_the_model_once(rng):
+    x = rng.standard_normal((5, 2, 3, 3))
+    model = _Pooler()
+    CALLS.clear()
+    y = fcd.predict(model, da.from_array(x, chunks=(2, 2, 3, 3)), output_shape=(2,))
+    assert CALLS == [] and model.training
+    graph = dict(y.__dask_graph__())
+    holders = [k for k, v in graph.items() if isinstance(v, DataNode)
+               and isinstance(v.value, _Pooler)]
+    blocks = [k for k in graph if isinstance(k, tuple) and k[0] == y.name]
+    assert len(holders) == 1 and len(blocks) == 3
+    assert all(holders[0] in graph[k].dependencies for k in blocks)
+    got = y.compute(scheduler="sync")
+    assert sorted(CALLS) == [(False, 1), (False, 2), (False, 2)]   # eval mode, per chunk
+    np.testing.assert_allclose(got, 2 * x.mean(axis=(2, 3)), rtol=1e-12)
+
+
+@needs_autograd
+def test_predict_probes_the_output_shape_once(rng):
+    CALLS.clear()
+    y = fcd.predict(_Pooler(), da.from_array(rng.standard_normal((4, 3, 2, 2)), chunks=2))
+    assert CALLS == [(False, 1)]    # one zero image, to learn the output shape
+    assert y.shape == (4, 3) and y.chunks == ((2, 2), (3,)) and y.dtype == np.float64
+
+
+def test_predict_errors():
+    x = da.zeros((4, 1, 2, 2), chunks=2)
+    with pytest.raises(TypeError, match="predict: model must be a fastconv.nn.Module"):
+        fcd.predict(object(), x)
+    with pytest.raises(ValueError, match="predict: batch_chunk=0 must be a positive int"):
+        fcd.predict(_Pooler(), x, batch_chunk=0)
+    with pytest.raises(TypeError, match="predict: images must be a dask.array.Array"):
+        fcd.predict(_Pooler(), np.zeros((4, 1, 2, 2)))
