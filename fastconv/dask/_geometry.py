@@ -28,6 +28,9 @@ The cost is at most ceil(p_lo/s) extra output rows on each side of an inner bloc
 
 from __future__ import annotations
 
+import bisect
+import functools
+import itertools
 from dataclasses import dataclass
 
 from .._args import conv_output_size
@@ -91,12 +94,19 @@ class Axis:
         return a, b, i0 - a // self.s
 
 
+@functools.lru_cache(maxsize=16)
+def _starts(chunks: tuple[int, ...]) -> list[int]:
+    return list(itertools.accumulate(chunks, initial=0))
+
+
 def chunk_pieces(chunks: tuple[int, ...], a: int, b: int) -> list[tuple[int, int, int]]:
     """The chunks that rows [a, b) touch, as (chunk index, local start, local stop)."""
-    pieces, start = [], 0
-    for idx, size in enumerate(chunks):
-        stop = start + size
-        if stop > a and start < b:
-            pieces.append((idx, max(a, start) - start, min(b, stop) - start))
-        start = stop
+    starts = _starts(tuple(chunks))
+    first = bisect.bisect_right(starts, a) - 1      # the chunk holding row a
+    pieces = []
+    for idx in range(first, len(chunks)):
+        if starts[idx] >= b:
+            break
+        pieces.append((idx, max(a, starts[idx]) - starts[idx], min(b, starts[idx + 1])
+                       - starts[idx]))
     return pieces
