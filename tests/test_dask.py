@@ -28,9 +28,14 @@ from .conftest import to_nhwc  # noqa: E402
 
 @pytest.fixture(scope="module")
 def client():
+    # distributed's nannies set OMP_NUM_THREADS=1 etc. in this process before spawning
+    # workers; the environment is restored for the tests that run after this module.
+    saved = dict(os.environ)
     with fcd.local_cluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
         with distributed.Client(cluster) as c:
             yield c
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def nhwc_chunks(chunks):
