@@ -416,9 +416,11 @@ def _tiny_cnn():
     fastconv.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 3))
-    # non-trivial running statistics, so evaluation mode is visible in the output
-    model[1].running_mean.data[:] = 0.3
-    model[1].running_var.data[:] = 2.0
+    # a training-mode pass moves the running statistics away from (0, 1), so evaluation
+    # mode is visible in the output
+    batch = np.random.default_rng(2).standard_normal((8, 2, 8, 8)).astype(np.float32)
+    with fastconv.no_grad():
+        model(fastconv.Tensor(3 * batch + 1))
     return model
 
 
