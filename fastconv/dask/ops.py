@@ -25,7 +25,7 @@ def check_dask_array(op: str, name: str, x) -> da.Array:
     """A dask array of float32/float64 with known chunk sizes."""
     if not isinstance(x, da.Array):
         raise TypeError(f"{op}: {name} must be a dask.array.Array, got {type(x).__name__} "
-                        f"(fastconv.{op} takes numpy arrays)")
+                        "(dask.array.from_array wraps an in-memory array)")
     if x.dtype not in _args.DTYPES:
         raise TypeError(f"{op}: {name} has dtype {x.dtype}; accepted dtypes are float32 and "
                         "float64")
@@ -81,9 +81,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     -----
     A block whose output rows are [i0, i1) reads input rows [i0*s - p_top,
     (i1-1)*s - p_top + r*(kh-1)] (clipped to the image; "the halo"), gathered from the
-    chunks they lie in. Equal to ``fastconv.conv2d(x.compute(), ...)``: bit for bit for
-    "naive" and "im2col" in our tests, to rounding for "fft" (its transform size
-    follows the block).
+    chunks they lie in. Equals ``fastconv.conv2d(x.compute(), ...)``: bit for bit with
+    "naive"; to rounding with "im2col" and "fft", whose GEMM and transform sizes follow
+    the block (BLAS sums in a size-dependent order).
     """
     op = "conv2d"
     x = check_dask_array(op, "input", x)
