@@ -6,7 +6,6 @@ arithmetic of the halo blocks is also checked exhaustively on its own, without d
 
 import itertools
 import os
-import sys
 import types
 
 import numpy as np
@@ -60,8 +59,8 @@ def test_axis_blocks_read_the_same_rows_as_the_whole_axis(ceil_mode):
     checked = 0
     for n, k, s, r, p_lo, p_hi in itertools.product(range(1, 11), (1, 2, 3), (1, 2, 3),
                                                      (1, 2), (0, 1, 2), (0, 1, 2)):
-        if r * (k - 1) + 1 > n + p_lo + p_hi:
-            continue
+        if r * (k - 1) + 1 > n + p_lo + p_hi or (ceil_mode and p_lo != p_hi):
+            continue  # ceil_mode comes with pooling's symmetric padding
         axis = Axis(n, k, s, r, (p_lo, p_hi), ceil_mode)
         for chunks in set(_chunkings(n)):
             blocks = axis.output_chunks(chunks)
@@ -82,7 +81,7 @@ def test_axis_blocks_read_the_same_rows_as_the_whole_axis(ceil_mode):
                         assert min(g0 + k, n + p_hi) - a == min(l0 + k, b - a + p_hi)
                     checked += 1
                 i0 += size
-    assert checked > 10000
+    assert checked > 5000
 
 
 def test_chunk_pieces_cover_a_range_in_order():
@@ -298,10 +297,10 @@ def _torch_pool_module():
 @pytest.mark.parametrize("case", POOL_CASES)
 def test_pooling_halo_blocks_against_torch(monkeypatch, rng, case, layout):
     """The block arithmetic of the pooling ops, with torch's pooling as the in-memory op
-    (in-process scheduler, so the stand-in is what the blocks call)."""
+    (in-process scheduler, so the blocks call the stand-in)."""
     pool = _torch_pool_module()
-    monkeypatch.setitem(sys.modules, "fastconv.pool", pool)
-    monkeypatch.setattr(fastconv, "pool", pool, raising=False)
+    monkeypatch.setattr(fastconv.pool, "max_pool2d", pool.max_pool2d)
+    monkeypatch.setattr(fastconv.pool, "avg_pool2d", pool.avg_pool2d)
     k, s, p, r, ceil_mode, (ch, cw) = case
     x = rng.standard_normal((2, 3, 15, 15))
     chunks = (1, (2, 1), ch, cw)
@@ -326,7 +325,7 @@ def test_pooling_halo_blocks_against_torch(monkeypatch, rng, case, layout):
 
 @pytest.mark.parametrize("case", POOL_CASES)
 def test_pooling_on_the_cluster_equals_in_memory(client, rng, case):
-    pool = pytest.importorskip("fastconv.pool")
+    pool = fastconv.pool
     k, s, p, r, ceil_mode, (ch, cw) = case
     x = rng.standard_normal((2, 3, 15, 15)).astype(np.float32)
     xd = da.from_array(x, chunks=(1, (2, 1), ch, cw))
@@ -345,8 +344,8 @@ def test_pooling_errors():
     with pytest.raises(ValueError, match="max_pool2d: padding=3 must be at most half the "
                                          "kernel size 4"):
         fcd.max_pool2d(x, 4, padding=3)
-    with pytest.raises(ValueError, match="avg_pool2d: kernel height 9 .* larger than the "
-                                         "padded input height 8"):
+    with pytest.raises(ValueError, match="avg_pool2d: output size 0x4 is too small: input "
+                                         "8x8, kernel 9x2"):
         fcd.avg_pool2d(x, (9, 2))
     with pytest.raises(ValueError, match="max_pool2d: stride=0 must be positive"):
         fcd.max_pool2d(x, 2, 0)

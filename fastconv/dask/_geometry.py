@@ -34,27 +34,13 @@ import itertools
 from dataclasses import dataclass
 
 from .._args import conv_output_size
-
-
-def window_output_size(n: int, k: int, s: int, r: int, p_lo: int, p_hi: int,
-                       ceil_mode: bool = False) -> int:
-    """Output length of a window op along one axis (torch's rule for ``ceil_mode``).
-
-    floor: floor((n + p_lo + p_hi - r*(k-1) - 1) / s) + 1; ceil: the same with ceil, minus
-    one when the last window would start in the bottom padding.
-    """
-    if not ceil_mode:
-        return conv_output_size(n, k, s, p_lo, p_hi, r)
-    span = n + p_lo + p_hi - r * (k - 1) - 1
-    out = -(-span // s) + 1
-    if (out - 1) * s >= n + p_lo:
-        out -= 1
-    return out
+from ..pool import pool_output_size
 
 
 @dataclass(frozen=True)
 class Axis:
-    """One spatial axis of a sliding-window op."""
+    """One spatial axis of a sliding-window op (``ceil_mode`` only with symmetric
+    padding, as pooling has)."""
 
     n: int
     k: int
@@ -65,7 +51,9 @@ class Axis:
 
     @property
     def out(self) -> int:
-        return window_output_size(self.n, self.k, self.s, self.r, *self.pad, self.ceil_mode)
+        if self.ceil_mode:
+            return pool_output_size(self.n, self.k, self.s, self.pad[0], self.r, True)
+        return conv_output_size(self.n, self.k, self.s, *self.pad, self.r)
 
     def output_chunks(self, in_chunks: tuple[int, ...]) -> tuple[int, ...]:
         """Output block sizes following the input chunks.

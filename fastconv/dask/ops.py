@@ -17,7 +17,8 @@ import numpy as np
 
 from .. import _args
 from .. import conv as _conv
-from ._geometry import Axis, window_output_size
+from .. import pool as _pool
+from ._geometry import Axis
 from ._graph import AXES, window_map
 
 
@@ -112,30 +113,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 
 # -------------------------------------------------------------------------- pooling
 def pool_axes(op: str, x, kernel_size, stride, padding, dilation, ceil_mode, layout):
-    """Validate pooling arguments against the shape of ``x``; the (height, width) Axis."""
-    _args.check_layout(op, layout)
-    if x.ndim not in (3, 4):
-        raise ValueError(f"{op}: input must be 4-D (batched) or 3-D (unbatched) in layout "
-                         f"{layout}, got {x.ndim}-D shape {x.shape}")
-    k = _args.pair(op, "kernel_size", kernel_size, minimum=1)
-    s = k if stride is None else _args.pair(op, "stride", stride, minimum=1)
-    p = _args.pair(op, "padding", padding, minimum=0)
-    r = _args.pair(op, "dilation", dilation, minimum=1)
-    for pi, ki in zip(p, k, strict=True):
-        if pi > ki // 2:
-            raise ValueError(f"{op}: padding={padding!r} must be at most half the kernel "
-                             f"size {ki}")
-    shape4 = x.shape if x.ndim == 4 else (1,) + x.shape
-    _, h_ax, w_ax = AXES[layout]
-    axes = tuple(Axis(int(shape4[ax]), ki, si, ri, (pi, pi), bool(ceil_mode))
-                 for ax, ki, si, ri, pi in zip((h_ax, w_ax), k, s, r, p, strict=True))
-    for name, a in zip(("height", "width"), axes, strict=True):
-        if window_output_size(a.n, a.k, a.s, a.r, *a.pad, a.ceil_mode) < 1:
-            raise ValueError(f"{op}: kernel {name} {a.r * (a.k - 1) + 1} (k={a.k}, "
-                             f"dilation={a.r}) is larger than the padded input {name} "
-                             f"{a.n + 2 * a.pad[0]} (size {a.n} + padding {a.pad[0]}+"
-                             f"{a.pad[1]})")
-    return axes
+    """Validate pooling arguments against the shape of ``x`` (as the in-memory pooling
+    does, :func:`fastconv.pool.pool_args`); the (height, width) :class:`Axis`."""
+    a = _pool.pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
+    return tuple(Axis(n, k, s, r, (p, p), a.ceil_mode) for n, k, s, r, p in zip(
+        (a.h, a.w), a.kernel, a.stride, a.dilation, a.padding, strict=True))
 
 
 @dataclass(frozen=True)
@@ -152,11 +134,9 @@ class _MaxPool:
     width: int  # of the whole image, for the flat indices h*W + w
 
     def __call__(self, xs, origin):
-        from .. import pool
-
-        out = pool.max_pool2d(xs, self.kernel_size, self.stride, self.padding, self.dilation,
-                              self.ceil_mode, layout=self.layout,
-                              return_indices=self.return_indices)
+        out = _pool.max_pool2d(xs, self.kernel_size, self.stride, self.padding,
+                               self.dilation, self.ceil_mode, layout=self.layout,
+                               return_indices=self.return_indices)
         if not self.return_indices:
             return out
         y, idx = out
@@ -177,13 +157,11 @@ class _AvgPool:
     layout: str
 
     def __call__(self, xs, origin):
-        from .. import pool
-
-        return pool.avg_pool2d(xs, self.kernel_size, self.stride, self.padding,
-                               self.ceil_mode, self.count_include_pad, layout=self.layout)
+        return _pool.avg_pool2d(xs, self.kernel_size, self.stride, self.padding,
+                                self.ceil_mode, self.count_include_pad, layout=self.layout)
 
 
-def _pool(op, x, block_op, axes, dtypes, layout):
+def _pooling(op, x, block_op, axes, dtypes, layout):
     unbatched = x.ndim == 3
     if unbatched:
         x = x[None]
@@ -214,9 +192,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     axes = pool_axes(op, x, kernel_size, stride, padding, dilation, ceil_mode, layout)
     h, w = axes
     block_op = _MaxPool((h.k, w.k), (h.s, w.s), (h.pad[0], w.pad[0]), (h.r, w.r),
-                        bool(ceil_mode), layout, bool(return_indices), w.n)
+                        h.ceil_mode, layout, bool(return_indices), w.n)
     dtypes = (x.dtype, np.dtype(np.int64)) if return_indices else (x.dtype,)
-    return _pool(op, x, block_op, axes, dtypes, layout)
+    return _pooling(op, x, block_op, axes, dtypes, layout)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -230,7 +208,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     op = "avg_pool2d"
     x = check_dask_array(op, "input", x)
     axes = pool_axes(op, x, kernel_size, stride, padding, 1, ceil_mode, layout)
+    count_include_pad = _pool._check_flag(op, "count_include_pad", count_include_pad)
     h, w = axes
-    block_op = _AvgPool((h.k, w.k), (h.s, w.s), (h.pad[0], w.pad[0]), bool(ceil_mode),
-                        bool(count_include_pad), layout)
-    return _pool(op, x, block_op, axes, (x.dtype,), layout)
+    block_op = _AvgPool((h.k, w.k), (h.s, w.s), (h.pad[0], w.pad[0]), h.ceil_mode,
+                        count_include_pad, layout)
+    return _pooling(op, x, block_op, axes, (x.dtype,), layout)
