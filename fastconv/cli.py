@@ -1,4 +1,4 @@
-"""The ``fastconv`` command line: info, bench."""
+"""The ``fastconv`` command line: info, bench, train."""
 
 from __future__ import annotations
 
@@ -54,6 +54,32 @@ def cmd_bench(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from . import training
+
+    training.run(model=args.model, dataset=args.dataset, epochs=args.epochs,
+                 batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                 optimizer=args.optimizer, out=args.out, progress=not args.no_progress)
+    return 0
+
+
+def add_train_parser(sub) -> None:
+    pt = sub.add_parser("train", help="train LeNet-5 or a small ResNet on digits, shapes or "
+                        "MNIST")
+    pt.add_argument("--model", choices=["lenet", "resnet"], default="lenet")
+    pt.add_argument("--dataset", choices=["digits", "synthetic", "mnist"], default="digits")
+    pt.add_argument("--epochs", type=int, default=15)
+    pt.add_argument("--batch-size", type=int, default=16)
+    pt.add_argument("--lr", type=float, default=0.05,
+                    help="initial learning rate (cosine-annealed to 0 over the epochs)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                    help="sgd: momentum 0.9, weight decay 5e-4; adam: torch's defaults")
+    pt.add_argument("--out", default=None, help="directory for weights.npz and metrics.json")
+    pt.add_argument("--no-progress", action="store_true", help="one line per epoch, no bar")
+    pt.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastconv", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -65,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
                     choices=["naive", "im2col", "fft", "auto"])
     pb.add_argument("--out", default=None, help="directory for results.json / results.md")
     pb.set_defaults(func=cmd_bench)
+    add_train_parser(sub)
     return p
 
 

@@ -10,6 +10,8 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | FFT_MIN_KERNEL_AREA  | FASTCONV_FFT_MIN_KERNEL_AREA  | 121 (11x11)                |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
+| MNIST_MIRROR         | FASTCONV_MNIST_MIRROR         | None (the usual mirror)    |
+| FASHION_MNIST_MIRROR | FASTCONV_FASHION_MNIST_MIRROR | None (the usual mirror)    |
 """
 
 from __future__ import annotations
@@ -60,3 +62,9 @@ THREADING_LAYER_PREFERENCE = ("tbb", "omp", "workqueue")
 
 #: Threads scipy.fft may use for batched transforms.
 FFT_WORKERS: int = int(_env_float("FASTCONV_FFT_WORKERS", os.cpu_count() or 1))
+
+#: Where fastconv.data.load_mnist downloads the IDX files from: a URL prefix (http(s)://,
+#: file://) or a local directory. None means the dataset's usual mirror
+#: (fastconv.data.MNIST_DATASETS). Files are checked against their SHA-256 either way.
+MNIST_MIRROR: str | None = os.environ.get("FASTCONV_MNIST_MIRROR") or None
+FASHION_MNIST_MIRROR: str | None = os.environ.get("FASTCONV_FASHION_MNIST_MIRROR") or None
