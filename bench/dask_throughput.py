@@ -87,7 +87,7 @@ def main(argv=None):
     numba.set_num_threads(cores)
 
     with fcd.local_cluster(n_workers=a.workers, threads_per_worker=1,
-                           dashboard_address=None) as cluster, Client(cluster) as client:
+                           dashboard_address=":0") as cluster, Client(cluster) as client:
         batch = da.random.default_rng(0).standard_normal(
             shape, dtype=np.float32, chunks=(a.batch_chunk, a.c_in, a.size, a.size))
         batch = batch.persist()

@@ -31,7 +31,7 @@ def client():
     # distributed's nannies set OMP_NUM_THREADS=1 etc. in this process before spawning
     # workers; the environment is restored for the tests that run after this module.
     saved = dict(os.environ)
-    with fcd.local_cluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster:
+    with fcd.local_cluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster:
         with distributed.Client(cluster) as c:
             yield c
     os.environ.clear()
@@ -485,3 +485,17 @@ def test_predict_errors():
         fcd.predict(_Pooler(), x, batch_chunk=0)
     with pytest.raises(TypeError, match="predict: images must be a dask.array.Array"):
         fcd.predict(_Pooler(), np.zeros((4, 1, 2, 2)))
+
+
+def test_local_cluster_one_worker_gets_all_cores():
+    # one process: numba and BLAS threads = all cores (distributed alone would cap BLAS at 1)
+    cores = os.cpu_count() or 1
+    saved = dict(os.environ)
+    try:
+        with fcd.local_cluster(n_workers=1, dashboard_address=":0") as cluster:
+            with distributed.Client(cluster) as c:
+                ((numba_threads, blas, _),) = c.run(_worker_threads).values()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert numba_threads == cores and blas == {cores}

@@ -48,7 +48,7 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1, **kwargs):
     n_workers : worker processes (default 2).
     threads_per_worker : dask threads per worker (default 1: one block at a time, each
         using all of the worker's share of the cores).
-    **kwargs : passed to ``LocalCluster`` (e.g. ``dashboard_address=None``,
+    **kwargs : passed to ``LocalCluster`` (e.g. ``dashboard_address=":0"``,
         ``memory_limit``). ``env`` entries override those of :func:`worker_env`.
 
     Returns
