@@ -15,6 +15,7 @@ import numpy as np
 
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DEVICES = ("cpu", "cuda")
 
 
 def conv_output_size(n: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
@@ -40,13 +41,31 @@ def check_layout(op: str, layout) -> str:
     return layout
 
 
-def check_array(op: str, name: str, a) -> np.ndarray:
-    """An ndarray of float32/float64 (TypeError otherwise); views are accepted."""
-    if not isinstance(a, np.ndarray):
+def check_device(op: str, device) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"{op}: device={device!r} is not supported; acceptable devices are "
+                         f"{', '.join(repr(x) for x in DEVICES)}")
+    return device
+
+
+def is_device_array(a) -> bool:
+    """True for GPU arrays (numba device arrays, anything with __cuda_array_interface__)."""
+    return not isinstance(a, np.ndarray) and (
+        getattr(a, "__cuda_ndarray__", False) or hasattr(a, "__cuda_array_interface__"))
+
+
+def check_array(op: str, name: str, a, *, device_ok: bool = False) -> np.ndarray:
+    """An ndarray of float32/float64 (TypeError otherwise); views are accepted.
+
+    With ``device_ok`` a GPU array (see :func:`is_device_array`) passes too, unchanged."""
+    if device_ok and is_device_array(a):
+        pass
+    elif not isinstance(a, np.ndarray):
         if isinstance(a, (list, tuple)):
             a = np.asarray(a)
         else:
-            raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+            kind = "a numpy.ndarray or a CUDA device array" if device_ok else "a numpy.ndarray"
+            raise TypeError(f"{op}: {name} must be {kind}, got {type(a).__name__}")
     if a.dtype not in DTYPES:
         raise TypeError(f"{op}: {name} has dtype {a.dtype}; accepted dtypes are float32 and "
                         "float64")
