@@ -48,24 +48,13 @@ def check_device(op: str, device) -> str:
     return device
 
 
-def is_device_array(a) -> bool:
-    """True for GPU arrays (numba device arrays, anything with __cuda_array_interface__)."""
-    return not isinstance(a, np.ndarray) and (
-        getattr(a, "__cuda_ndarray__", False) or hasattr(a, "__cuda_array_interface__"))
-
-
-def check_array(op: str, name: str, a, *, device_ok: bool = False) -> np.ndarray:
-    """An ndarray of float32/float64 (TypeError otherwise); views are accepted.
-
-    With ``device_ok`` a GPU array (see :func:`is_device_array`) passes too, unchanged."""
-    if device_ok and is_device_array(a):
-        pass
-    elif not isinstance(a, np.ndarray):
+def check_array(op: str, name: str, a) -> np.ndarray:
+    """An ndarray of float32/float64 (TypeError otherwise); views are accepted."""
+    if not isinstance(a, np.ndarray):
         if isinstance(a, (list, tuple)):
             a = np.asarray(a)
         else:
-            kind = "a numpy.ndarray or a CUDA device array" if device_ok else "a numpy.ndarray"
-            raise TypeError(f"{op}: {name} must be {kind}, got {type(a).__name__}")
+            raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype not in DTYPES:
         raise TypeError(f"{op}: {name} has dtype {a.dtype}; accepted dtypes are float32 and "
                         "float64")

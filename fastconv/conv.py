@@ -18,22 +18,19 @@ def check_algo(op: str, algo) -> str:
     return algo
 
 
-def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout, *, device_ok=False):
-    """Validate arrays and arguments; returns (x, w, bias, ConvArgs) with x 4-D.
-
-    ``device_ok`` also accepts CUDA device arrays (fastconv.cuda); those are returned
-    as given, so an unbatched device input stays 3-D and the caller adds the batch axis."""
-    x = _args.check_array(op, "input", x, device_ok=device_ok)
-    w = _args.check_array(op, "weight", w, device_ok=device_ok)
+def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout):
+    """Validate arrays and arguments; returns (x, w, bias, ConvArgs) with x 4-D."""
+    x = _args.check_array(op, "input", x)
+    w = _args.check_array(op, "weight", w)
     if bias is not None:
-        bias = _args.check_array(op, "bias", bias, device_ok=device_ok)
+        bias = _args.check_array(op, "bias", bias)
     dtype = _args.check_same_dtype(op, input=x, weight=w, bias=bias)
     args = _args.conv_args_from_shapes(op, x.shape, w.shape, stride, padding, dilation,
                                        groups, layout, dtype)
     if bias is not None and bias.shape != (args.c_out,):
         raise ValueError(f"{op}: bias must have shape (C_out,) = ({args.c_out},), got "
                          f"{bias.shape}")
-    if args.unbatched and isinstance(x, np.ndarray):
+    if args.unbatched:
         x = x[None]
     return x, w, bias, args
 

@@ -8,7 +8,7 @@ from .. import _args, config
 from ..conv import conv_args
 from . import _conv_kernels as K
 from . import _layout
-from ._device import Residency, launch_1d
+from ._device import Residency, host_spec, launch_1d
 from ._gemm import gemm
 from ._reduce import channel_sum
 
@@ -106,8 +106,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     """
     op = "conv2d"
     check_algo(op, algo)
-    x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
-                                 device_ok=True)
+    _, _, _, args = conv_args(op, host_spec(x), host_spec(w), host_spec(bias), stride,
+                              padding, dilation, groups, layout)
     res = Residency(x, w, bias)
     algo = choose_algorithm(args) if algo == "auto" else algo
     dx = _layout.to_nchw(res.to_device(x), layout)
@@ -169,17 +169,17 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     """
     op = "conv2d_backward"
     check_algo(op, algo)
-    x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout,
-                              device_ok=True)
-    grad_y = _args.check_array(op, "grad_y", grad_y, device_ok=True)
-    _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
+    sx, sw, _, args = conv_args(op, host_spec(x), host_spec(w), None, stride, padding,
+                                dilation, groups, layout)
+    grad_y_spec = _args.check_array(op, "grad_y", host_spec(grad_y))
+    _args.check_same_dtype(op, input=sx, weight=sw, grad_y=grad_y_spec)
     n, c, h, wd = args.y_shape
     want = (n, c, h, wd) if layout == "NCHW" else (n, h, wd, c)
     if args.unbatched:
         want = want[1:]
-    if tuple(grad_y.shape) != want:
+    if grad_y_spec.shape != want:
         raise ValueError(f"{op}: grad_y must have shape {want} (the conv2d output), got "
-                         f"{tuple(grad_y.shape)}")
+                         f"{grad_y_spec.shape}")
     res = Residency(grad_y, x, w)
     algo = choose_algorithm(args) if algo == "auto" else algo
     dgy = _layout.to_nchw(res.to_device(grad_y), layout)

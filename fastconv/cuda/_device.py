@@ -84,9 +84,23 @@ def require(op: str | None = None):
 # ----------------------------------------------------------------------------- arrays
 def is_device(a) -> bool:
     """A numba device array, or any object exposing __cuda_array_interface__."""
-    from .._args import is_device_array
+    return not isinstance(a, np.ndarray) and (
+        bool(getattr(a, "__cuda_ndarray__", False)) or hasattr(a, "__cuda_array_interface__"))
 
-    return is_device_array(a)
+
+def host_spec(a):
+    """What the CPU argument checks should see for ``a``.
+
+    Host arrays (and None, lists, anything else) pass through unchanged; a device array
+    becomes a zero-byte numpy stand-in of the same shape and dtype (every stride 0), so
+    the CPU's own validation runs on it and raises exactly the CPU's errors."""
+    if not is_device(a):
+        return a
+    dtype = getattr(a, "dtype", None)
+    if not isinstance(dtype, np.dtype):  # a foreign array type: view it through numba
+        a = as_device_array(require(), a)
+    return np.lib.stride_tricks.as_strided(np.zeros(1, a.dtype), shape=tuple(a.shape),
+                                           strides=(0,) * len(a.shape))
 
 
 def as_device_array(cuda, a):

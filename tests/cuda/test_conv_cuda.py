@@ -194,7 +194,11 @@ def test_empty_batch():
     (lambda x, w: fcuda.conv2d(x, w, layout="CHWN"), ValueError,
      r"conv2d: layout='CHWN' is not supported"),
     (lambda x, w: fcuda.conv2d(x, "w"), TypeError,
-     r"conv2d: weight must be a numpy.ndarray or a CUDA device array, got str"),
+     r"conv2d: weight must be a numpy.ndarray, got str"),
+    (lambda x, w: fcuda.conv2d(cuda.to_device(x), cuda.to_device(w[:1, :2])), ValueError,
+     r"conv2d: weight has 2 input channels per group but input has C_in=4"),
+    (lambda x, w: fcuda.conv2d(cuda.to_device(x.astype(np.float32)), w), TypeError,
+     r"conv2d: inputs must share one dtype"),
 ])
 def test_errors_match_the_cpu(call, exc, match):
     x = np.ones((1, 4, 5, 5))
