@@ -51,10 +51,7 @@ def check_device(op: str, device) -> str:
 def check_array(op: str, name: str, a) -> np.ndarray:
     """An ndarray of float32/float64 (TypeError otherwise); views are accepted."""
     if not isinstance(a, np.ndarray):
-        if isinstance(a, (list, tuple)):
-            a = np.asarray(a)
-        else:
-            raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
     if a.dtype not in DTYPES:
         raise TypeError(f"{op}: {name} has dtype {a.dtype}; accepted dtypes are float32 and "
                         "float64")

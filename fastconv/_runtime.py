@@ -47,9 +47,13 @@ def _choose_cache_dir() -> None:
         return
     # Nothing writable: numba would fail to import our modules. A fresh temporary dir
     # keeps everything working (compiled once per process) and says so once.
+    import atexit
+    import shutil
     import tempfile
 
-    os.environ["NUMBA_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastconv-numba-")
+    tmp = tempfile.mkdtemp(prefix="fastconv-numba-")
+    atexit.register(shutil.rmtree, tmp, ignore_errors=True)
+    os.environ["NUMBA_CACHE_DIR"] = tmp
     warnings.warn(
         "fastconv: no writable numba cache directory (package dir read-only, "
         f"{fallback} not writable); kernels are compiled once per process",

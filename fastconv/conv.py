@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _args
+from ._memory import allocate
 from .algos import fft, im2col, naive
 
 ALGORITHMS = ("naive", "im2col", "fft")
@@ -83,7 +84,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     op = "conv2d"
     check_algo(op, algo)
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
-    out = np.empty(_layout_shape(args.y_shape, layout), args.dtype)
+    out = allocate(op, "output", _layout_shape(args.y_shape, layout), args.dtype)
     if args.n > 0:
         _FORWARD[resolve_algorithm(args, algo)](x, w, args, out)
         if bias is not None:
