@@ -38,5 +38,47 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                              layout=layout, algo=algo)
 
 
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+               layout="NCHW", return_indices=False):
+    """fastconv.max_pool2d on the GPU (see fastconv.cuda._pool.max_pool2d)."""
+    return _impl("max_pool2d", "_pool")(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                        layout=layout, return_indices=return_indices)
+
+
+def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW"):
+    """fastconv.max_pool2d_backward on the GPU (see fastconv.cuda._pool)."""
+    return _impl("max_pool2d_backward", "_pool")(grad_y, indices, input_shape, layout=layout)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               *, layout="NCHW"):
+    """fastconv.avg_pool2d on the GPU (see fastconv.cuda._pool.avg_pool2d)."""
+    return _impl("avg_pool2d", "_pool")(x, kernel_size, stride, padding, ceil_mode,
+                                        count_include_pad, layout=layout)
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, *, layout="NCHW"):
+    """fastconv.avg_pool2d_backward on the GPU (see fastconv.cuda._pool)."""
+    return _impl("avg_pool2d_backward", "_pool")(grad_y, input_shape, kernel_size, stride,
+                                                 padding, ceil_mode, count_include_pad,
+                                                 layout=layout)
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False):
+    """fastconv.batch_norm on the GPU (see fastconv.cuda._norm.batch_norm)."""
+    return _impl("batch_norm", "_norm")(x, running_mean, running_var, weight, bias, training,
+                                        momentum, eps, layout=layout,
+                                        return_stats=return_stats)
+
+
+def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True, layout="NCHW"):
+    """fastconv.batch_norm_backward on the GPU (see fastconv.cuda._norm)."""
+    return _impl("batch_norm_backward", "_norm")(grad_y, x, mean, invstd, weight,
+                                                 training=training, layout=layout)
+
+
 __all__ = ["CudaUnavailableError", "is_available", "unavailable_reason", "require", "conv2d",
-           "conv2d_backward"]
+           "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
+           "avg_pool2d_backward", "batch_norm", "batch_norm_backward"]
