@@ -10,6 +10,12 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | FFT_MIN_KERNEL_AREA  | FASTCONV_FFT_MIN_KERNEL_AREA  | 121 (11x11)                |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
+| CUDA_BLOCK           | FASTCONV_CUDA_BLOCK           | 256                        |
+| CUDA_MAX_BLOCKS      | FASTCONV_CUDA_MAX_BLOCKS      | 8192                       |
+| CUDA_GEMM_TILE       | FASTCONV_CUDA_GEMM_TILE       | 16                         |
+| CUDA_REDUCE_THREADS  | FASTCONV_CUDA_REDUCE_THREADS  | 256                        |
+| CUDA_DIRECT_MAX_TAPS | FASTCONV_CUDA_DIRECT_MAX_TAPS | 32                         |
+| CUDA_DIRECT_MAX_COUT | FASTCONV_CUDA_DIRECT_MAX_COUT | 4                          |
 """
 
 from __future__ import annotations
