@@ -65,7 +65,8 @@ def _fd_grads(gy, x, wt, kwargs, h=1e-3):
     return grads
 
 
-@pytest.mark.parametrize("layout,dtype", [("NCHW", np.float64), ("NHWC", np.float32)])
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_forward_matches_reference(case, algo, layout, dtype):
