@@ -45,7 +45,7 @@ def resolve_algorithm(args, algo: str) -> str:
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
-           algo="auto"):
+           algo="auto", device="cpu"):
     """2-D cross-correlation, as torch.nn.functional.conv2d.
 
     Parameters
@@ -60,6 +60,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     groups : int dividing C_in and C_out.
     layout : "NCHW" (default) or "NHWC".
     algo : "auto", "naive", "im2col" or "fft".
+    device : "cpu" (default) or "cuda": run on the GPU (``fastconv.cuda.conv2d``; numpy
+        or GPU arrays; algorithms "auto", "naive", "im2col").
 
     Returns
     -------
@@ -82,6 +84,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
            [37., 43.]])
     """
     op = "conv2d"
+    if _args.check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.conv2d(x, w, bias, stride, padding, dilation, groups, layout=layout,
+                           algo=algo)
     check_algo(op, algo)
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
     out = allocate(op, "output", _layout_shape(args.y_shape, layout), args.dtype)
