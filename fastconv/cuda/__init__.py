@@ -18,10 +18,24 @@ from ._device import CudaUnavailableError, is_available, require, unavailable_re
 
 
 def _impl(op: str, module: str):
+    """The implementation of ``op`` (after the availability check), with a GPU
+    out-of-memory error turned into a MemoryError that names the op."""
     require(op)
     from importlib import import_module
 
-    return getattr(import_module(f"{__name__}.{module}"), op)
+    fn = getattr(import_module(f"{__name__}.{module}"), op)
+
+    def run(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if type(exc).__name__ == "CudaAPIError" and "OUT_OF_MEMORY" in str(exc):
+                raise MemoryError(f"{op}: the GPU ran out of memory ({exc}); use smaller "
+                                  "batches, or a smaller FASTCONV_WORKSPACE_MB for the "
+                                  "im2col column buffer") from exc
+            raise
+
+    return run
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",

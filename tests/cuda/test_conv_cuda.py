@@ -226,3 +226,18 @@ def test_public_conv2d_device_keyword():
     x, wt, b, kwargs = _arrays(CASES[1], np.float32)
     got = fastconv.conv2d(x, wt, b, device="cuda", **kwargs)
     np.testing.assert_allclose(got, fastconv.conv2d(x, wt, b, **kwargs), rtol=1e-4, atol=1e-5)
+
+
+def test_gpu_out_of_memory_becomes_memory_error(monkeypatch):
+    from fastconv.cuda import _conv
+
+    class CudaAPIError(RuntimeError):  # numba's class name; its text names the code
+        pass
+
+    def oom(*args, **kwargs):
+        raise CudaAPIError("[2] Call to cuMemAlloc results in CUDA_ERROR_OUT_OF_MEMORY")
+
+    monkeypatch.setattr(_conv, "conv2d", oom)
+    with pytest.raises(MemoryError, match=r"conv2d: the GPU ran out of memory .*"
+                                          r"CUDA_ERROR_OUT_OF_MEMORY"):
+        fcuda.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
