@@ -10,6 +10,7 @@ from .algos import fft, im2col, naive
 
 ALGORITHMS = ("naive", "im2col", "fft")
 _FORWARD = {"naive": naive.forward, "im2col": im2col.forward, "fft": fft.forward}
+_BACKWARD = {"naive": naive.backward, "im2col": im2col.backward, "fft": fft.backward}
 
 
 def check_algo(op: str, algo) -> str:
@@ -97,6 +98,70 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
         if bias is not None:
             out += bias if layout == "NHWC" else bias[:, None, None]
     return out[0] if args.unbatched else out
+
+
+def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
+                    layout="NCHW", algo="auto"):
+    """Gradients of ``conv2d`` with respect to its input, weight and bias.
+
+    Parameters
+    ----------
+    grad_y : ndarray, the gradient of the loss with respect to conv2d's output: shape
+        (N, C_out, H_out, W_out) for "NCHW", (N, H_out, W_out, C_out) for "NHWC"
+        (3-D when x is 3-D).
+    x, w, stride, padding, dilation, groups, layout, algo : as in ``conv2d``.
+
+    Returns
+    -------
+    grad_x : ndarray, shape and layout of x.
+    grad_w : ndarray, shape and layout of w (OIHW or HWIO).
+    grad_bias : ndarray (C_out,), grad_y summed over N, H_out, W_out.
+    All three in the dtype of x.
+
+    Notes
+    -----
+    With y[n, d, i, j] = sum_{c,a,b} w[d, c, a, b] x[n, gCg + c, s_h i + r_h a - p_top,
+    s_w j + r_w b - p_left]:
+    grad_w[d, c, a, b] = sum_{n,i,j} grad_y[n, d, i, j] x[n, gCg + c, ...] and grad_x
+    gathers grad_y[n, d, i, j] w[d, c, a, b] at every input position each term read.
+    "im2col" runs two GEMMs per tile (grad_w and the column gradient) and a fold (col2im)
+    within the forward's workspace budget; "fft" forms both in the frequency domain;
+    "naive" is the formula as loops. "auto" picks as for the forward.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> w = np.array([[[[0.0, 1.0], [2.0, 3.0]]]])
+    >>> gx, gw, gb = fastconv.conv2d_backward(np.ones((1, 1, 2, 2)), x, w)
+    >>> gw[0, 0]
+    array([[ 8., 12.],
+           [20., 24.]])
+    >>> gb
+    array([4.])
+    """
+    op = "conv2d_backward"
+    check_algo(op, algo)
+    x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout)
+    grad_y = _args.check_array(op, "grad_y", grad_y)
+    _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
+    want = _layout_shape(args.y_shape, layout)
+    if args.unbatched:
+        want = want[1:]
+    if grad_y.shape != want:
+        raise ValueError(f"{op}: grad_y must have shape {want} (the conv2d output), got "
+                         f"{grad_y.shape}")
+    if args.unbatched:
+        grad_y = grad_y[None]
+    grad_x = allocate(op, "input gradient", x.shape, args.dtype)
+    grad_w = allocate(op, "weight gradient", w.shape, args.dtype)
+    if args.n > 0:
+        _BACKWARD[resolve_algorithm(args, algo)](grad_y, x, w, args, grad_x, grad_w)
+    else:
+        grad_w[...] = 0
+    axes = (0, 2, 3) if layout == "NCHW" else (0, 1, 2)
+    grad_bias = grad_y.sum(axis=axes, dtype=np.float64).astype(args.dtype)
+    return (grad_x[0] if args.unbatched else grad_x), grad_w, grad_bias
 
 
 def _layout_shape(nchw_shape, layout):

@@ -55,3 +55,214 @@ def tolerance(dtype, algo) -> float:
     if np.dtype(dtype) == np.float64:
         return 1e-10
     return 1e-3 if algo == "fft" else 1e-4
+
+
+# ------------------------------------------------------------------------ conv backward
+def conv2d_backward(gy, x, w, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
+                    groups=1):
+    """The adjoint of ``conv2d`` term by term: each product w[d, c, a, b] * xp[n, gCg + c,
+    s_h i + r_h a, s_w j + r_w b] in y[n, d, i, j] sends gy[n, d, i, j] * w[d, c, a, b] to
+    that (padded) input position and gy * xp to w[d, c, a, b]. Returns (gx, gw, gb)."""
+    gy = np.asarray(gy, np.float64)
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    n, c, h, wd = x.shape
+    d_all, cg, kh, kw = w.shape
+    (pt, pb), (pl, pr) = padding
+    sh, sw = stride
+    rh, rw = dilation
+    ho, wo = gy.shape[2], gy.shape[3]
+    xp = np.zeros((n, c, h + pt + pb, wd + pl + pr))
+    xp[:, :, pt:pt + h, pl:pl + wd] = x
+    gxp = np.zeros_like(xp)
+    gw = np.zeros_like(w)
+    dg = d_all // groups
+    for d in range(d_all):
+        g = d // dg
+        for a in range(kh):
+            for b in range(kw):
+                window = (slice(None), slice(g * cg, (g + 1) * cg),
+                          slice(a * rh, a * rh + sh * (ho - 1) + 1, sh),
+                          slice(b * rw, b * rw + sw * (wo - 1) + 1, sw))
+                gxp[window] += gy[:, d, None] * w[d, :, a, b][None, :, None, None]
+                gw[d, :, a, b] = np.einsum("ncij,nij->c", xp[window], gy[:, d])
+    return gxp[:, :, pt:pt + h, pl:pl + wd], gw, gy.sum(axis=(0, 2, 3))
+
+
+def numerical_grad(f, a, eps):
+    """Central differences (f(a + eps e_k) - f(a - eps e_k)) / (2 eps) of the scalar
+    function f() for every element k of the float64 array a (changed in place, restored)."""
+    g = np.zeros(a.shape)
+    flat = a.reshape(-1)
+    assert np.shares_memory(flat, a)
+    for k in range(flat.size):
+        old = flat[k]
+        flat[k] = old + eps
+        up = f()
+        flat[k] = old - eps
+        down = f()
+        flat[k] = old
+        g.flat[k] = (up - down) / (2 * eps)
+    return g
+
+
+# ------------------------------------------------------------------------------ pooling
+def pool_out_size(n, k, s, p, r=1, ceil_mode=False):
+    """torch's pooling output size: floor (or ceil) of (n + 2p - r(k-1) - 1)/s, plus one;
+    in ceil mode a last window that would start in the right padding is dropped."""
+    import math
+
+    frac = (n + 2 * p - r * (k - 1) - 1) / s
+    out = (math.ceil(frac) if ceil_mode else math.floor(frac)) + 1
+    if ceil_mode and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode):
+    kh, kw = kernel
+    sh, sw = stride
+    ph, pw = padding
+    rh, rw = dilation
+    h, w = x.shape[2:]
+    ho = pool_out_size(h, kh, sh, ph, rh, ceil_mode)
+    wo = pool_out_size(w, kw, sw, pw, rw, ceil_mode)
+    return ho, wo
+
+
+def max_pool2d(x, kernel, stride, padding=(0, 0), dilation=(1, 1), ceil_mode=False):
+    """Max over each window's input elements (padding never wins), visited row by row:
+    a value replaces the maximum when larger or NaN. Returns (y, flat indices h*W + w);
+    a window with no input element gives (-inf, -1)."""
+    x = np.asarray(x, np.float64)
+    n, c, h, w = x.shape
+    ho, wo = _pool_geometry(x, kernel, stride, padding, dilation, ceil_mode)
+    y = np.full((n, c, ho, wo), -np.inf)
+    idx = np.full((n, c, ho, wo), -1, np.int64)
+    for i in range(ho):
+        for j in range(wo):
+            taps = [(stride[0] * i - padding[0] + dilation[0] * a,
+                     stride[1] * j - padding[1] + dilation[1] * b)
+                    for a in range(kernel[0]) for b in range(kernel[1])]
+            taps = [(r, q) for r, q in taps if 0 <= r < h and 0 <= q < w]
+            for nn in range(n):
+                for cc in range(c):
+                    best, best_k = -np.inf, (taps[0][0] * w + taps[0][1]) if taps else -1
+                    for r, q in taps:
+                        v = x[nn, cc, r, q]
+                        if v > best or np.isnan(v):
+                            best, best_k = v, r * w + q
+                    y[nn, cc, i, j], idx[nn, cc, i, j] = best, best_k
+    return y, idx
+
+
+def max_pool2d_backward(gy, idx, input_shape):
+    """grad_x[n, c].flat[idx[n, c, i, j]] += gy[n, c, i, j]."""
+    gx = np.zeros(input_shape)
+    for nn, cc, i, j in np.ndindex(gy.shape):
+        if idx[nn, cc, i, j] >= 0:
+            gx[nn, cc].flat[idx[nn, cc, i, j]] += gy[nn, cc, i, j]
+    return gx
+
+
+def _avg_windows(h, w, kernel, stride, padding, ceil_mode, count_include_pad):
+    """Yield (i, j, rows, cols, divisor) for every avg_pool2d window (torch's rules: the
+    padded window ends at most at the end of the right padding)."""
+    ho = pool_out_size(h, kernel[0], stride[0], padding[0], 1, ceil_mode)
+    wo = pool_out_size(w, kernel[1], stride[1], padding[1], 1, ceil_mode)
+    for i in range(ho):
+        r0 = stride[0] * i - padding[0]
+        r1 = min(r0 + kernel[0], h + padding[0])
+        for j in range(wo):
+            c0 = stride[1] * j - padding[1]
+            c1 = min(c0 + kernel[1], w + padding[1])
+            rows = range(max(r0, 0), min(r1, h))
+            cols = range(max(c0, 0), min(c1, w))
+            div = (r1 - r0) * (c1 - c0) if count_include_pad else len(rows) * len(cols)
+            yield i, j, rows, cols, div
+
+
+def avg_pool2d(x, kernel, stride, padding=(0, 0), ceil_mode=False, count_include_pad=True):
+    """Sum of each window's input elements over the window's divisor."""
+    x = np.asarray(x, np.float64)
+    n, c, h, w = x.shape
+    ho = pool_out_size(h, kernel[0], stride[0], padding[0], 1, ceil_mode)
+    wo = pool_out_size(w, kernel[1], stride[1], padding[1], 1, ceil_mode)
+    y = np.zeros((n, c, ho, wo))
+    for i, j, rows, cols, div in _avg_windows(h, w, kernel, stride, padding, ceil_mode,
+                                              count_include_pad):
+        y[:, :, i, j] = x[:, :, rows.start:rows.stop, cols.start:cols.stop].sum((2, 3)) / div
+    return y
+
+
+def avg_pool2d_backward(gy, input_shape, kernel, stride, padding=(0, 0), ceil_mode=False,
+                        count_include_pad=True):
+    """Each gy[n, c, i, j] / divisor added to every input element of its window."""
+    gx = np.zeros(input_shape)
+    h, w = input_shape[2:]
+    for i, j, rows, cols, div in _avg_windows(h, w, kernel, stride, padding, ceil_mode,
+                                              count_include_pad):
+        gx[:, :, rows.start:rows.stop, cols.start:cols.stop] += \
+            np.asarray(gy, np.float64)[:, :, i, j, None, None] / div
+    return gx
+
+
+# --------------------------------------------------------------------------- batch norm
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5):
+    """gamma * (x - mu) / sqrt(var + eps) + beta per channel over (N, H, W), NCHW, float64.
+    Returns (y, mean used, var used, new running mean, new running var); in training the
+    batch mean and biased variance normalise and the running estimates move towards the
+    batch mean and the unbiased variance."""
+    x = np.asarray(x, np.float64)
+    c = x.shape[1]
+    gamma = np.ones(c) if weight is None else np.asarray(weight, np.float64)
+    beta = np.zeros(c) if bias is None else np.asarray(bias, np.float64)
+    rm = None if running_mean is None else np.asarray(running_mean, np.float64)
+    rv = None if running_var is None else np.asarray(running_var, np.float64)
+    if training:
+        m = x.size // c
+        mu = x.mean(axis=(0, 2, 3))
+        var = ((x - mu[:, None, None]) ** 2).mean(axis=(0, 2, 3))
+        if rm is not None:
+            rm = (1 - momentum) * rm + momentum * mu
+            rv = (1 - momentum) * rv + momentum * var * m / (m - 1)
+    else:
+        mu, var = rm, rv
+    y = (gamma[:, None, None] * (x - mu[:, None, None]) / np.sqrt(var[:, None, None] + eps)
+         + beta[:, None, None])
+    return y, mu, var, rm, rv
+
+
+def batch_norm_backward(gy, x, weight=None, eps=1e-5, training=True, running_mean=None,
+                        running_var=None):
+    """Chain rule step by step through xhat = (x - mu) / sqrt(var + eps), var and mu
+    (training), or through the affine map with the running estimates (evaluation).
+    Returns (gx, gweight, gbias), NCHW, float64."""
+    gy = np.asarray(gy, np.float64)
+    x = np.asarray(x, np.float64)
+    c = x.shape[1]
+    m = x.size // c
+    gamma = (np.ones(c) if weight is None else np.asarray(weight, np.float64))[:, None, None]
+    axes = (0, 2, 3)
+
+    def per_channel(v):
+        return v.sum(axis=axes)[:, None, None]
+
+    if training:
+        mu = per_channel(x) / m
+        var = per_channel((x - mu) ** 2) / m
+    else:
+        mu = np.asarray(running_mean, np.float64)[:, None, None]
+        var = np.asarray(running_var, np.float64)[:, None, None]
+    std = np.sqrt(var + eps)
+    xmu = x - mu
+    dxhat = gy * gamma
+    gweight = (gy * xmu / std).sum(axis=axes)
+    gbias = gy.sum(axis=axes)
+    if not training:
+        return dxhat / std, gweight, gbias
+    dvar = per_channel(dxhat * xmu) * -0.5 * std ** -3
+    dmu = per_channel(-dxhat / std) + dvar * per_channel(-2 * xmu) / m
+    gx = dxhat / std + dvar * 2 * xmu / m + dmu / m
+    return gx, gweight, gbias

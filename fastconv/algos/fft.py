@@ -110,3 +110,109 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray) -> None:
         y = z[:, :, rows[:, None], cols[None, :]]
         y[:, :, ~mask] = 0  # windows lying wholly in the padding give exactly zero
         y_all[n0:n0 + nb] = y
+
+
+# ----------------------------------------------------------------------------- backward
+# Per axis, with the dilated kernel k (length keff) and z[m] = sum_u k[u] x[m + u], the
+# forward reads y[i] = z[s*i - p_lo]. Scatter grad_y into G[t] at t = s*i - p_lo + keff - 1
+# (a zero array of length H + keff - 1; outputs whose window lies wholly in the padding
+# touch nothing and are dropped). Then
+#   grad_x[h] = sum_u k[u] G[h + keff - 1 - u]   = IFFT(FFT(G) * FFT(k))[h + keff - 1]
+#   grad_k[u] = sum_t G[t] x[t + u - (keff - 1)] = IFFT(conj(FFT(G)) * FFT(x))[u - keff + 1]
+# and grad_w = grad_k[::r]. A transform length F >= H + keff - 1 (the forward's) keeps both
+# free of wrap-around at the positions read.
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _freq_batch_sum(gf, xf, acc):
+    """acc[g, d, c, p] += sum_n conj(gf[n, g, d, p]) * xf[n, g, c, p] (per frequency p).
+
+    gf (N, G, Dg, P), xf (N, G, Cg, P), acc (G, Dg, Cg, P); one task per (g, d, c, tile),
+    each owning its slice of acc."""
+    n_img, groups, dg, n_freq = gf.shape
+    cg = xf.shape[2]
+    n_tiles = (n_freq + _P_TILE - 1) // _P_TILE
+    for task in prange(groups * dg * cg * n_tiles):
+        t = task % n_tiles
+        rest = task // n_tiles
+        c = rest % cg
+        rest //= cg
+        d = rest % dg
+        g = rest // dg
+        p0 = t * _P_TILE
+        p1 = min(p0 + _P_TILE, n_freq)
+        a = acc[g, d, c, p0:p1]
+        for n in range(n_img):
+            gs = gf[n, g, d, p0:p1]
+            xs = xf[n, g, c, p0:p1]
+            for p in range(p1 - p0):
+                a[p] += gs[p].conjugate() * xs[p]
+
+
+def _scatter_index(n_out: int, stride: int, pad_lo: int, size: int, keff: int):
+    """Positions t = s*i - p_lo + keff - 1 in G for the outputs i that touch the input, and
+    the mask of those outputs."""
+    t = np.arange(n_out) * stride - pad_lo + keff - 1
+    keep = (t >= 0) & (t < size + keff - 1)
+    return t[keep], keep
+
+
+def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x: np.ndarray,
+             grad_w: np.ndarray) -> None:
+    """FFT gradients into ``grad_x`` / ``grad_w`` (caller's layout, fully written). Wraps
+    ``_freq_channel_sum`` (grad_x: sum over output channels) and ``_freq_batch_sum``
+    (grad_w: sum over images)."""
+    if args.layout == "NHWC":
+        x = x.transpose(0, 3, 1, 2)
+        w = w.transpose(3, 2, 0, 1)
+        grad_y = grad_y.transpose(0, 3, 1, 2)
+        gx_all = grad_x.transpose(0, 3, 1, 2)
+        gw_all = grad_w.transpose(3, 2, 0, 1)
+    else:
+        gx_all, gw_all = grad_x, grad_w
+    fh, fw = transform_shape(args)
+    rh, rw = args.dilation
+    keff_h, keff_w = rh * (args.kh - 1) + 1, rw * (args.kw - 1) + 1
+    g, cg, dg = args.groups, args.c_in // args.groups, args.c_out // args.groups
+    workers = config.FFT_WORKERS
+
+    # Kernel spectrum (not conjugated), channel axes swapped for the sum over d: (G, Cg, Dg, P)
+    wd = np.zeros((args.c_out, cg, keff_h, keff_w), args.dtype)
+    wd[:, :, ::rh, ::rw] = w
+    kf = sfft.rfft2(wd, s=(fh, fw), workers=workers)
+    n_freq = kf.shape[-2] * kf.shape[-1]
+    kf = np.ascontiguousarray(kf.reshape(g, dg, cg, n_freq).transpose(0, 2, 1, 3))
+
+    t_rows, keep_rows = _scatter_index(args.h_out, args.stride[0], args.padding[0][0],
+                                       args.h, keff_h)
+    t_cols, keep_cols = _scatter_index(args.w_out, args.stride[1], args.padding[1][0],
+                                       args.w, keff_w)
+    gy_kept = grad_y[:, :, keep_rows][:, :, :, keep_cols]
+    acc = np.zeros((g, dg, cg, n_freq), kf.dtype)
+
+    # Per image the backward holds the spectra of grad_y, x and grad_x and two real arrays
+    # of about the same size: under 3x the forward's (C_in + C_out) spectra.
+    per_image = max(3 * image_bytes(args), 1)
+    batch = max(1, min(args.n, config.WORKSPACE_BYTES // per_image))
+    for n0 in range(0, args.n, batch):
+        nb = min(batch, args.n - n0)
+        big_g = np.zeros((nb, args.c_out, args.h + keff_h - 1, args.w + keff_w - 1),
+                         args.dtype)
+        big_g[:, :, t_rows[:, None], t_cols[None, :]] = gy_kept[n0:n0 + nb]
+        gf = sfft.rfft2(big_g, s=(fh, fw), workers=workers)
+        gf = np.ascontiguousarray(gf.reshape(nb, g, dg, n_freq))
+        xf = sfft.rfft2(x[n0:n0 + nb], s=(fh, fw), workers=workers)
+        xf = np.ascontiguousarray(xf.reshape(nb, g, cg, n_freq))
+        gxf = np.empty((nb, g, cg, n_freq), gf.dtype)
+        with parallel_guard():
+            _freq_channel_sum(gf, kf, gxf)
+            _freq_batch_sum(gf, xf, acc)
+        z = sfft.irfft2(gxf.reshape(nb, args.c_in, fh, fw // 2 + 1), s=(fh, fw),
+                        workers=workers)
+        gx_all[n0:n0 + nb] = z[:, :, keff_h - 1:keff_h - 1 + args.h,
+                               keff_w - 1:keff_w - 1 + args.w]
+    zk = sfft.irfft2(acc.reshape(args.c_out, cg, fh, fw // 2 + 1), s=(fh, fw),
+                     workers=workers)
+    rows = np.mod(np.arange(0, keff_h, rh) - (keff_h - 1), fh)
+    cols = np.mod(np.arange(0, keff_w, rw) - (keff_w - 1), fw)
+    gw_all[...] = zk[:, :, rows[:, None], cols[None, :]]

@@ -148,3 +148,126 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray) -> None:
                     _im2col_nhwc(x, cols, n0, i0, *conv, band)
                 y = _view(out[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
                 np.matmul(cols.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
+
+
+# ----------------------------------------------------------------------------- backward
+# The forward is y = W @ cols(x) per tile, so grad_W += grad_y_tile @ cols(x)^T and the
+# column gradient is W^T @ grad_y_tile; folding it back (col2im, the adjoint of the unfold)
+# adds every column entry to the input pixel it was copied from. The fold owns its writes:
+# one task per (image, input channel) plane in NCHW, per (image, input row) in NHWC.
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _col2im_nchw(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """gx[n0 + bi, c] += fold of cols (B, C*KH*KW, band*Wo) for output rows i0..;
+    one task per (image, input channel) plane."""
+    _, _, h, wd = gx.shape
+    nb, ckk, length = cols.shape
+    band = length // wo
+    c_all = ckk // (kh * kw)
+    for task in prange(nb * c_all):
+        bi = task // c_all
+        c = task % c_all
+        plane = gx[n0 + bi, c]
+        for a in range(kh):
+            for b in range(kw):
+                row = cols[bi, (c * kh + a) * kw + b]
+                j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
+                for ii in range(band):
+                    src = (i0 + ii) * sh + a * rh - pt
+                    if src < 0 or src >= h:
+                        continue
+                    line = plane[src]
+                    seg = row[ii * wo:(ii + 1) * wo]
+                    for j in range(j_lo, j_hi):
+                        line[j * sw + b * rw - pl] += seg[j]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _col2im_nhwc(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
+    """gx (N, H, W, C) += fold of cols (B*band*Wo, G, KH*KW*Cg) for output rows i0..;
+    one task per (image, input row) that the band touches."""
+    _, h, wd, _ = gx.shape
+    n_pix, groups, kkc = cols.shape
+    cg = kkc // (kh * kw)
+    nb = n_pix // (band * wo)
+    r_lo = max(i0 * sh - pt, 0)
+    r_hi = min((i0 + band - 1) * sh + (kh - 1) * rh - pt + 1, h)
+    n_rows = max(r_hi - r_lo, 0)
+    for task in prange(nb * n_rows):
+        bi = task // n_rows
+        src_i = r_lo + task % n_rows
+        line = gx[n0 + bi, src_i]
+        for a in range(kh):
+            num = src_i + pt - a * rh          # = i * sh for the output row i that reads it
+            if num < 0 or num % sh != 0:
+                continue
+            i = num // sh
+            if i < i0 or i >= i0 + band:
+                continue
+            p0 = (bi * band + i - i0) * wo
+            for b in range(kw):
+                k0 = (a * kw + b) * cg
+                j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
+                for j in range(j_lo, j_hi):
+                    px = line[j * sw + b * rw - pl]
+                    src = cols[p0 + j]
+                    for g in range(groups):
+                        for c in range(cg):
+                            px[g * cg + c] += src[g, k0 + c]
+
+
+def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x: np.ndarray,
+             grad_w: np.ndarray) -> None:
+    """im2col gradients into ``grad_x`` / ``grad_w`` (caller's layout, C-contiguous, fully
+    written). Same tiles and column buffer as the forward (``tiling``): each tile is
+    unfolded, used for grad_w, then overwritten by its column gradient and folded.
+    Wraps ``_im2col_*``, ``_col2im_*`` and numpy's BLAS matmul."""
+    t = tiling(args)
+    x = np.ascontiguousarray(x)
+    gy = np.ascontiguousarray(grad_y)
+    g, dg = args.groups, args.c_out // args.groups
+    cgkk = (args.c_in // g) * args.kh * args.kw
+    conv = (args.w_out, args.stride[0], args.stride[1], args.padding[0][0],
+            args.padding[1][0], args.dilation[0], args.dilation[1], args.kh, args.kw)
+    wo = args.w_out
+    grad_x[...] = 0
+    if args.layout == "NCHW":
+        wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
+        gw = _view(grad_w, (g, dg, cgkk))
+        gw[...] = 0
+        tmp = np.empty_like(gw)
+    else:
+        # HWIO (KH, KW, Cg, D) -> (G, KH*KW*Cg, Dg)
+        wmat = np.ascontiguousarray(w.reshape(cgkk, g, dg).transpose(1, 0, 2))
+        gw = np.zeros((g, cgkk, dg), args.dtype)
+    buf = np.empty(t.col_bytes // args.dtype.itemsize, args.dtype)
+    for n0 in range(0, args.n, t.images):
+        nb = min(t.images, args.n - n0)
+        for i0 in range(0, args.h_out, t.band):
+            band = min(t.band, args.h_out - i0)
+            length = band * wo
+            if args.layout == "NCHW":
+                cols = _view(buf[:nb * g * cgkk * length], (nb, g * cgkk, length))
+                cols4 = _view(cols, (nb, g, cgkk, length))
+                gyt = _view(gy[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
+                with parallel_guard():
+                    _im2col_nchw(x, cols, n0, i0, *conv)
+                for bi in range(nb):
+                    np.matmul(gyt[bi], cols4[bi].transpose(0, 2, 1), out=tmp)
+                    gw += tmp
+                np.matmul(wmat.transpose(0, 2, 1), gyt, out=cols4)
+                with parallel_guard():
+                    _col2im_nchw(cols, grad_x, n0, i0, *conv)
+            else:
+                cols = _view(buf[:nb * length * g * cgkk], (nb * length, g, cgkk))
+                gyt = _view(gy[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
+                with parallel_guard():
+                    _im2col_nhwc(x, cols, n0, i0, *conv, band)
+                gw += np.matmul(cols.transpose(1, 2, 0), gyt.transpose(1, 0, 2))
+                np.matmul(gyt.transpose(1, 0, 2), wmat.transpose(0, 2, 1),
+                          out=cols.transpose(1, 0, 2))
+                with parallel_guard():
+                    _col2im_nhwc(cols, grad_x, n0, i0, *conv, band)
+    if args.layout == "NHWC":
+        grad_w[...] = gw.transpose(1, 0, 2).reshape(grad_w.shape)

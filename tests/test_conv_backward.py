@@ -1,0 +1,231 @@
+"""conv2d_backward: every algorithm against the explicit adjoint reference and central
+finite differences, both layouts and dtypes; tiling, batching, views, errors."""
+
+import functools
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import config
+from fastconv._args import conv_args_from_shapes
+
+from . import reference as ref
+from .conftest import from_nhwc, to_nhwc
+from .test_conv import CASES, _case_id
+
+ALGOS = fastconv.ALGORITHMS + ("auto",)
+
+
+def _problem(case, dtype, seed=1):
+    """x, w, grad_y (NCHW / OIHW) and the conv keyword arguments for one case."""
+    n, c, h, w, d, kh, kw, stride, padding, dilation, groups = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((d, c // groups, kh, kw))
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+    a = conv_args_from_shapes("test", x.shape, wt.shape, **kwargs)
+    gy = rng.standard_normal(a.y_shape)
+    return x.astype(dtype), wt.astype(dtype), gy.astype(dtype), kwargs, a
+
+
+def _backward(gy, x, w, kwargs, layout, algo):
+    """fastconv.conv2d_backward in ``layout``, results returned as NCHW / OIHW."""
+    if layout == "NCHW":
+        return fastconv.conv2d_backward(gy, x, w, **kwargs, algo=algo)
+    xl, wl = to_nhwc(x, w)
+    gx, gw, gb = fastconv.conv2d_backward(np.ascontiguousarray(gy.transpose(0, 2, 3, 1)), xl,
+                                          wl, **kwargs, layout="NHWC", algo=algo)
+    return from_nhwc(gx), gw.transpose(3, 2, 0, 1), gb
+
+
+def _explicit(x, w, gy, a):
+    return ref.conv2d_backward(gy, x, w, a.stride, a.padding, a.dilation, a.groups)
+
+
+# Cases small enough for finite differences (every element of x, w and bias perturbed).
+FD_CASES = [c for c in CASES if c[0] * c[1] * c[2] * c[3] <= 400]
+
+
+@functools.cache
+def _finite_differences(k):
+    """Central differences of L = sum(grad_y * conv2d(x, w, b)) for FD_CASES[k], float64,
+    through the reference forward (independent of the code under test)."""
+    x, w, gy, kwargs, a = _problem(FD_CASES[k], np.float64)
+    b = np.zeros(a.c_out)
+
+    def loss():
+        return float(np.sum(gy * ref.conv2d(x, w, b, a.stride, a.padding, a.dilation,
+                                            a.groups)))
+
+    # The loss is linear in each argument, so a large step loses nothing but rounding.
+    return tuple(ref.numerical_grad(loss, v, eps=0.5) for v in (x, w, b))
+
+
+@pytest.mark.parametrize("k", range(len(FD_CASES)), ids=[_case_id(c) for c in FD_CASES])
+def test_explicit_reference_matches_finite_differences(k):
+    x, w, gy, kwargs, a = _problem(FD_CASES[k], np.float64)
+    for got, want in zip(_explicit(x, w, gy, a), _finite_differences(k), strict=True):
+        assert ref.rel_error(got, want) <= 1e-10
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("algo", fastconv.ALGORITHMS)
+@pytest.mark.parametrize("k", range(len(FD_CASES)), ids=[_case_id(c) for c in FD_CASES])
+def test_gradients_match_finite_differences(k, algo, layout):
+    x, w, gy, kwargs, a = _problem(FD_CASES[k], np.float64)
+    got = _backward(gy, x, w, kwargs, layout, algo)
+    names = ("grad_x", "grad_w", "grad_bias")
+    for name, g, want in zip(names, got, _finite_differences(k), strict=True):
+        assert g.dtype == np.float64
+        assert ref.rel_error(g, want) <= 1e-10, name
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CASES, ids=_case_id)
+def test_matches_explicit_reference(case, algo, dtype, layout):
+    x, w, gy, kwargs, a = _problem(case, dtype)
+    want = _explicit(x, w, gy, a)
+    got = _backward(gy, x, w, kwargs, layout, algo)
+    for name, g, wnt in zip(("grad_x", "grad_w", "grad_bias"), got, want, strict=True):
+        assert g.dtype == dtype, name
+        assert g.shape == wnt.shape, name
+        assert ref.rel_error(g, wnt) <= ref.tolerance(dtype, algo), name
+
+
+def test_lecture_example_gradients():
+    """y = x (*) w for the 3x3 / 2x2 worked example; with grad_y = ones, grad_w[a, b] is
+    the sum of the 2x2 block of x at (a, b) and grad_x counts the windows covering it."""
+    x = np.arange(9.0).reshape(1, 1, 3, 3)
+    w = np.array([[[[0.0, 1.0], [2.0, 3.0]]]])
+    for algo in fastconv.ALGORITHMS:
+        gx, gw, gb = fastconv.conv2d_backward(np.ones((1, 1, 2, 2)), x, w, algo=algo)
+        np.testing.assert_allclose(gw[0, 0], [[8, 12], [20, 24]], atol=1e-12)
+        np.testing.assert_allclose(gx[0, 0], [[0, 1, 1], [2, 6, 4], [2, 5, 3]], atol=1e-12)
+        np.testing.assert_array_equal(gb, [4.0])
+
+
+@pytest.mark.parametrize("algo", fastconv.ALGORITHMS)
+def test_unbatched(algo, rng):
+    x = rng.standard_normal((3, 6, 6))
+    w = rng.standard_normal((2, 3, 3, 3))
+    gy = rng.standard_normal((2, 3, 3))
+    gx, gw, gb = fastconv.conv2d_backward(gy, x, w, stride=2, padding=1, algo=algo)
+    bx, bw, bb = fastconv.conv2d_backward(gy[None], x[None], w, stride=2, padding=1,
+                                          algo=algo)
+    assert gx.shape == (3, 6, 6)
+    np.testing.assert_allclose(gx, bx[0], atol=1e-12)
+    np.testing.assert_allclose(gw, bw, atol=1e-12)
+    np.testing.assert_allclose(gb, bb, atol=1e-12)
+    lx, lw, lb = fastconv.conv2d_backward(gy.transpose(1, 2, 0), x.transpose(1, 2, 0),
+                                          w.transpose(2, 3, 1, 0), stride=2, padding=1,
+                                          layout="NHWC", algo=algo)
+    np.testing.assert_allclose(lx.transpose(2, 0, 1), gx, atol=1e-12)
+    np.testing.assert_allclose(lw.transpose(3, 2, 0, 1), gw, atol=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("algo", ALGOS)
+def test_empty_batch(algo, layout):
+    x = np.zeros((0, 3, 8, 8), np.float32)
+    w = np.ones((4, 3, 3, 3), np.float32)
+    gy = np.zeros((0, 4, 3, 3), np.float32)
+    if layout == "NHWC":
+        x, w = to_nhwc(x, w)
+        gy = gy.transpose(0, 2, 3, 1)
+    gx, gw, gb = fastconv.conv2d_backward(gy, x, w, stride=2, layout=layout, algo=algo)
+    assert gx.shape == x.shape and gx.dtype == np.float32
+    assert gw.shape == w.shape and not gw.any()
+    assert gb.shape == (4,) and not gb.any()
+
+
+@pytest.mark.parametrize("algo", fastconv.ALGORITHMS)
+def test_non_contiguous_views(algo, rng):
+    x = rng.standard_normal((4, 6, 20, 18))[::2, ::2, 1::2, ::-1]
+    w = rng.standard_normal((3, 6, 3, 3))[:, ::2]
+    gy = rng.standard_normal((2, 3, 20, 9))[:, :, ::2]       # (2, 3, 10, 9), strided
+    kw = dict(stride=(1, 2), padding=((1, 1), (0, 2)))
+    want = ref.conv2d_backward(gy, x, w, (1, 2), ((1, 1), (0, 2)))
+    got = fastconv.conv2d_backward(gy, x, w, **kw, algo=algo)
+    for g, wnt in zip(got, want, strict=True):
+        assert ref.rel_error(g, wnt) <= 1e-10
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("algo", ["im2col", "fft"])
+def test_workspace_budget_chunks_give_the_same_gradients(algo, layout, monkeypatch):
+    """Row bands of one image (im2col) and one image per FFT batch, as in the forward."""
+    case = (5, 4, 11, 9, 6, 3, 3, (2, 1), 1, (1, 2), 2)
+    x, w, gy, kwargs, a = _problem(case, np.float32)
+    want = _explicit(x, w, gy, a)
+    monkeypatch.setattr(config, "WORKSPACE_BYTES", 4 * 2 * 9 * 9 * 3)
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 4 * 2 * 9 * 9 * 3)
+    from fastconv.algos.im2col import tiling
+
+    t = tiling(a)
+    assert t.images == 1 and t.band < a.h_out     # the bands really are exercised
+    got = _backward(gy, x, w, kwargs, layout, algo)
+    for g, wnt in zip(got, want, strict=True):
+        assert ref.rel_error(g, wnt) <= ref.tolerance(np.float32, algo)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("algo", ["naive", "im2col"])
+def test_overlapping_windows_are_deterministic(algo, layout, rng):
+    """Stride 1 with a 5x5 kernel: every input pixel gathers 25 column entries. The fold
+    owns its writes, so repeated runs give identical bits and match the reference."""
+    x = rng.standard_normal((3, 8, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((8, 8, 5, 5)).astype(np.float32)
+    gy = rng.standard_normal((3, 8, 12, 12)).astype(np.float32)
+    runs = [_backward(gy, x, w, dict(padding=2), layout, algo) for _ in range(3)]
+    for r in runs[1:]:
+        for g, g0 in zip(r, runs[0], strict=True):
+            np.testing.assert_array_equal(g, g0)
+    want = ref.conv2d_backward(gy, x, w, padding=((2, 2), (2, 2)))
+    for g, wnt in zip(runs[0], want, strict=True):
+        assert ref.rel_error(g, wnt) <= 1e-4
+
+
+def test_sweep_covers_every_argument_kind():
+    kinds = {(c[7] != 1, c[8] not in (0, "valid"), c[9] != 1, c[10] > 1) for c in FD_CASES}
+    assert any(k[0] for k in kinds) and any(k[1] for k in kinds)
+    assert any(k[2] for k in kinds) and any(k[3] for k in kinds)
+
+
+# ----------------------------------------------------------------------------- errors
+X = np.zeros((2, 8, 7, 7), np.float32)
+W = np.zeros((4, 8, 3, 3), np.float32)
+GY = np.zeros((2, 4, 5, 5), np.float32)
+
+
+@pytest.mark.parametrize("kwargs,exc,match", [
+    (dict(gy=np.zeros((2, 4, 5, 6), np.float32)), ValueError,
+     r"conv2d_backward: grad_y must have shape \(2, 4, 5, 5\) \(the conv2d output\), got "
+     r"\(2, 4, 5, 6\)"),
+    (dict(gy=np.zeros((4, 5, 5), np.float32)), ValueError,
+     r"conv2d_backward: grad_y must have shape \(2, 4, 5, 5\)"),
+    (dict(layout="NHWC", x=np.zeros((2, 7, 7, 8), np.float32),
+          w=np.zeros((3, 3, 8, 4), np.float32)), ValueError,
+     r"conv2d_backward: grad_y must have shape \(2, 5, 5, 4\) \(the conv2d output\), got "
+     r"\(2, 4, 5, 5\)"),
+    (dict(gy=GY.astype(np.float64)), TypeError,
+     r"conv2d_backward: inputs must share one dtype .* grad_y=float64"),
+    (dict(gy=GY.astype(np.int64)), TypeError,
+     r"conv2d_backward: grad_y has dtype int64; accepted dtypes are float32 and float64"),
+    (dict(gy="grad"), TypeError, r"conv2d_backward: grad_y must be a numpy.ndarray, got str"),
+    (dict(w=np.zeros((4, 8, 0, 3), np.float32)), ValueError,
+     r"conv2d_backward: kernel size must be positive, got 0x3"),
+    (dict(stride=(1, 2, 3)), ValueError,
+     r"conv2d_backward: stride=\(1, 2, 3\) must be an int or a pair \(h, w\), got 3 values"),
+    (dict(groups=3), ValueError, r"conv2d_backward: groups=3 must divide C_in=8"),
+    (dict(algo="winograd"), ValueError, r"conv2d_backward: algo='winograd' is not known"),
+    (dict(layout="HWCN"), ValueError, r"conv2d_backward: layout='HWCN' is not supported"),
+])
+def test_bad_arguments_are_named(kwargs, exc, match):
+    call = dict(gy=GY, x=X, w=W)
+    call.update(kwargs)
+    gy, x, w = call.pop("gy"), call.pop("x"), call.pop("w")
+    with pytest.raises(exc, match=match):
+        fastconv.conv2d_backward(gy, x, w, **call)
