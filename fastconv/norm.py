@@ -221,6 +221,35 @@ def _f64(a, c, fill):
 
 
 # ----------------------------------------------------------------------------- forward
+def batch_norm_args(op, x, running_mean, running_var, weight, bias, training, momentum,
+                    eps, layout, return_stats):
+    """The checks of ``batch_norm``; returns (c, count, training, momentum, eps)."""
+    x, c, count = _check_input(op, x, layout)
+    training = _check_bool(op, "training", training)
+    _check_bool(op, "return_stats", return_stats)
+    momentum = _check_real(op, "momentum", momentum, 0.0, 1.0)
+    eps = _check_real(op, "eps", eps, 0.0)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must both be arrays or both "
+                         "be None")
+    if running_mean is None and not training:
+        raise ValueError(f"{op}: running_mean and running_var are required when "
+                         "training=False")
+    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+        if a is not None and not isinstance(a, np.ndarray):
+            raise TypeError(f"{op}: {name} must be a numpy.ndarray (it is updated in place), "
+                            f"got {type(a).__name__}")
+        _check_channel_vector(op, name, a, c, x.dtype)
+        if a is not None and training and not a.flags.writeable:
+            raise ValueError(f"{op}: {name} is read-only; training updates it in place")
+    _check_channel_vector(op, "weight", weight, c, x.dtype)
+    _check_channel_vector(op, "bias", bias, c, x.dtype)
+    if training and count == 1:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
+                         f"input shape {x.shape}")
+    return c, count, training, momentum, eps
+
+
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False):
     """Batch normalisation, as torch.nn.functional.batch_norm on 4-D input.
@@ -252,29 +281,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     block kernels (see the module docstring).
     """
     op = "batch_norm"
-    x, c, count = _check_input(op, x, layout)
-    training = _check_bool(op, "training", training)
-    _check_bool(op, "return_stats", return_stats)
-    momentum = _check_real(op, "momentum", momentum, 0.0, 1.0)
-    eps = _check_real(op, "eps", eps, 0.0)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{op}: running_mean and running_var must both be arrays or both "
-                         "be None")
-    if running_mean is None and not training:
-        raise ValueError(f"{op}: running_mean and running_var are required when "
-                         "training=False")
-    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
-        if a is not None and not isinstance(a, np.ndarray):
-            raise TypeError(f"{op}: {name} must be a numpy.ndarray (it is updated in place), "
-                            f"got {type(a).__name__}")
-        _check_channel_vector(op, name, a, c, x.dtype)
-        if a is not None and training and not a.flags.writeable:
-            raise ValueError(f"{op}: {name} is read-only; training updates it in place")
-    weight = _check_channel_vector(op, "weight", weight, c, x.dtype)
-    bias = _check_channel_vector(op, "bias", bias, c, x.dtype)
-    if training and count == 1:
-        raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
-                         f"input shape {x.shape}")
+    c, count, training, momentum, eps = batch_norm_args(
+        op, x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
+        return_stats)
 
     xc = np.ascontiguousarray(x)
     y = allocate(op, "output", x.shape, x.dtype)
@@ -315,6 +324,24 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 
 # ---------------------------------------------------------------------------- backward
+def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training, layout):
+    """The checks of ``batch_norm_backward``; returns (c, count, training)."""
+    x, c, count = _check_input(op, x, layout)
+    grad_y = check_array(op, "grad_y", grad_y)
+    check_same_dtype(op, grad_y=grad_y, input=x)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{op}: grad_y must have the shape of the input {x.shape}, got "
+                         f"{grad_y.shape}")
+    training = _check_bool(op, "training", training)
+    mean = _check_channel_vector(op, "mean", mean, c)
+    invstd = _check_channel_vector(op, "invstd", invstd, c)
+    if mean is None or invstd is None:
+        raise TypeError(f"{op}: mean and invstd are required (from batch_norm(..., "
+                        "return_stats=True))")
+    _check_channel_vector(op, "weight", weight, c, x.dtype)
+    return c, count, training
+
+
 def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
                         layout="NCHW"):
     """Gradient of ``batch_norm``.
@@ -344,19 +371,9 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     ``_block_grad_sums_nhwc`` + ``_bn_backward_apply_nhwc``.
     """
     op = "batch_norm_backward"
-    x, c, count = _check_input(op, x, layout)
-    grad_y = check_array(op, "grad_y", grad_y)
-    check_same_dtype(op, grad_y=grad_y, input=x)
-    if grad_y.shape != x.shape:
-        raise ValueError(f"{op}: grad_y must have the shape of the input {x.shape}, got "
-                         f"{grad_y.shape}")
-    training = _check_bool(op, "training", training)
-    mean = _check_channel_vector(op, "mean", mean, c)
-    invstd = _check_channel_vector(op, "invstd", invstd, c)
-    if mean is None or invstd is None:
-        raise TypeError(f"{op}: mean and invstd are required (from batch_norm(..., "
-                        "return_stats=True))")
-    weight = _check_channel_vector(op, "weight", weight, c, x.dtype)
+    c, count, training = batch_norm_backward_args(op, grad_y, x, mean, invstd, weight,
+                                                  training, layout)
+
     mean64, invstd64 = mean.astype(np.float64), invstd.astype(np.float64)
     w64 = _f64(weight, c, 1.0)
 

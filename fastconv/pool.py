@@ -344,23 +344,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return (y, idx) if return_indices else y
 
 
-def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW"):
-    """Gradient of ``max_pool2d``: grad_y[n, c, i, j] is added at indices[n, c, i, j].
-
-    Parameters
-    ----------
-    grad_y : ndarray, shape of max_pool2d's output (caller's layout).
-    indices : int64 ndarray, shape of grad_y, from ``max_pool2d(..., return_indices=True)``
-        (-1 marks a window without input elements; it passes no gradient).
-    input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched).
-
-    Returns
-    -------
-    grad_x : ndarray of input_shape, dtype of grad_y. Wraps ``_max_unpool_planes`` /
-    ``_max_unpool_nhwc`` (one task per plane or per (image, channel block): no races when
-    windows overlap).
-    """
-    op = "max_pool2d_backward"
+def max_unpool_args(op: str, grad_y, indices, input_shape, layout):
+    """The checks of ``max_pool2d_backward``; returns (input_shape, n, c, h, w, h_out,
+    w_out, unbatched)."""
     check_layout(op, layout)
     shape = _check_input_shape(op, input_shape)
     n, c, h, w, unbatched = _input_dims(op, shape, layout)
@@ -383,6 +369,28 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW"):
     if indices.size and (indices.min() < -1 or indices.max() >= h * w):
         raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, {h * w}) (or be -1), got "
                          f"values from {indices.min()} to {indices.max()}")
+    return shape, n, c, h, w, ho, wo, unbatched
+
+
+def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW"):
+    """Gradient of ``max_pool2d``: grad_y[n, c, i, j] is added at indices[n, c, i, j].
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape of max_pool2d's output (caller's layout).
+    indices : int64 ndarray, shape of grad_y, from ``max_pool2d(..., return_indices=True)``
+        (-1 marks a window without input elements; it passes no gradient).
+    input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched).
+
+    Returns
+    -------
+    grad_x : ndarray of input_shape, dtype of grad_y. Wraps ``_max_unpool_planes`` /
+    ``_max_unpool_nhwc`` (one task per plane or per (image, channel block): no races when
+    windows overlap).
+    """
+    op = "max_pool2d_backward"
+    shape, n, c, h, w, ho, wo, unbatched = max_unpool_args(op, grad_y, indices, input_shape,
+                                                           layout)
     gy = _nchw(grad_y, unbatched)
     ix = _nchw(indices, unbatched)
     gx = allocate(op, "gradient", (1,) + shape if unbatched else shape, grad_y.dtype)
