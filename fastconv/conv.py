@@ -101,7 +101,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout="NCHW", algo="auto"):
+                    layout="NCHW", algo="auto", device="cpu"):
     """Gradients of ``conv2d`` with respect to its input, weight and bias.
 
     Parameters
@@ -110,6 +110,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
         (N, C_out, H_out, W_out) for "NCHW", (N, H_out, W_out, C_out) for "NHWC"
         (3-D when x is 3-D).
     x, w, stride, padding, dilation, groups, layout, algo : as in ``conv2d``.
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
     -------
@@ -141,6 +142,11 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     array([4.])
     """
     op = "conv2d_backward"
+    if _args.check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.conv2d_backward(grad_y, x, w, stride, padding, dilation, groups, layout=layout,
+                                    algo=algo)
     check_algo(op, algo)
     x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout)
     grad_y = _args.check_array(op, "grad_y", grad_y)

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config
-from ._args import check_array, check_layout, check_same_dtype
+from ._args import check_array, check_device, check_layout, check_same_dtype
 from ._memory import allocate
 from ._runtime import parallel_guard
 
@@ -251,7 +251,7 @@ def batch_norm_args(op, x, running_mean, running_var, weight, bias, training, mo
 
 
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False):
+               momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False, device="cpu"):
     """Batch normalisation, as torch.nn.functional.batch_norm on 4-D input.
 
     Parameters
@@ -265,6 +265,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     training : normalise with the batch statistics (True) or the running ones (False).
     momentum : in [0, 1]. eps : >= 0, added to the variance.
     return_stats : also return the mean and invstd used.
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
     -------
@@ -281,6 +282,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     block kernels (see the module docstring).
     """
     op = "batch_norm"
+    if check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
+                               eps, layout=layout, return_stats=return_stats)
     c, count, training, momentum, eps = batch_norm_args(
         op, x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
         return_stats)
@@ -343,7 +349,7 @@ def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training, layo
 
 
 def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
-                        layout="NCHW"):
+                        layout="NCHW", device="cpu"):
     """Gradient of ``batch_norm``.
 
     Parameters
@@ -358,6 +364,7 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
 
         with xhat = (x - mean) * invstd and means over (N, H, W); False for the affine
         map only (grad_x = weight * invstd * grad_y).
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
     -------
@@ -371,6 +378,11 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     ``_block_grad_sums_nhwc`` + ``_bn_backward_apply_nhwc``.
     """
     op = "batch_norm_backward"
+    if check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.batch_norm_backward(grad_y, x, mean, invstd, weight, training=training,
+                                        layout=layout)
     c, count, training = batch_norm_backward_args(op, grad_y, x, mean, invstd, weight,
                                                   training, layout)
 

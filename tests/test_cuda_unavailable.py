@@ -51,6 +51,24 @@ def test_missing_numba_cuda_is_named(monkeypatch):
 
 
 @pytest.mark.skipif(not NO_GPU, reason="a GPU (or the simulator) is available here")
+@pytest.mark.parametrize("call", [
+    lambda x: fastconv.conv2d(x, np.ones((1, 1, 2, 2)), device="cuda"),
+    lambda x: fastconv.conv2d_backward(np.ones((1, 1, 2, 2)), x, np.ones((1, 1, 2, 2)),
+                                       device="cuda"),
+    lambda x: fastconv.max_pool2d(x, 2, device="cuda"),
+    lambda x: fastconv.max_pool2d_backward(np.ones((1, 1, 1, 1)), np.zeros((1, 1, 1, 1),
+                                           np.int64), x.shape, device="cuda"),
+    lambda x: fastconv.avg_pool2d(x, 2, device="cuda"),
+    lambda x: fastconv.avg_pool2d_backward(np.ones((1, 1, 1, 1)), x.shape, 2, device="cuda"),
+    lambda x: fastconv.batch_norm(x, None, None, training=True, device="cuda"),
+    lambda x: fastconv.batch_norm_backward(x, x, np.zeros(1), np.ones(1), device="cuda"),
+])
+def test_public_functions_raise_unavailable(call):
+    with pytest.raises(fcuda.CudaUnavailableError, match=r"device='cuda' is unavailable"):
+        call(np.ones((1, 1, 3, 3)))
+
+
+@pytest.mark.skipif(not NO_GPU, reason="a GPU (or the simulator) is available here")
 def test_bench_device_cuda_exits_nonzero_without_traceback(capsys):
     assert cli.main(["bench", "--device", "cuda"]) == 2
     err = capsys.readouterr().err
@@ -58,8 +76,6 @@ def test_bench_device_cuda_exits_nonzero_without_traceback(capsys):
 
 
 def test_public_device_keyword_is_checked():
-    if "device" not in fastconv.conv2d.__code__.co_varnames:
-        pytest.skip("public functions without device= yet")
     with pytest.raises(ValueError, match=r"conv2d: device='gpu' is not supported; acceptable "
                                          r"devices are 'cpu', 'cuda'"):
         fastconv.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), device="gpu")

@@ -220,12 +220,14 @@ def test_auto_rule():
     np.testing.assert_allclose(got, ref.conv2d(x, w, groups=3), rtol=1e-12, atol=1e-12)
 
 
-def test_public_conv2d_device_keyword():
-    if "device" not in fastconv.conv2d.__code__.co_varnames:
-        pytest.skip("public functions without device= yet")
+def test_public_functions_take_device():
     x, wt, b, kwargs = _arrays(CASES[1], np.float32)
     got = fastconv.conv2d(x, wt, b, device="cuda", **kwargs)
     np.testing.assert_allclose(got, fastconv.conv2d(x, wt, b, **kwargs), rtol=1e-4, atol=1e-5)
+    gy = np.random.default_rng(8).standard_normal(got.shape).astype(np.float32)
+    grads = fastconv.conv2d_backward(gy, x, wt, device="cuda", **kwargs)
+    for g, h in zip(grads, fastconv.conv2d_backward(gy, x, wt, **kwargs), strict=True):
+        assert ref.rel_error(g, h) <= 1e-4
 
 
 def test_gpu_out_of_memory_becomes_memory_error(monkeypatch):

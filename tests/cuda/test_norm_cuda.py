@@ -119,3 +119,20 @@ def test_errors_match_the_cpu(call, exc, match):
     x, rm, rv, _, _ = _data(np.float64)
     with pytest.raises(exc, match=match):
         call(x, rm, rv)
+
+
+def test_public_functions_take_device():
+    x, rm, rv, w, b = _data(np.float32, seed=9)
+    rm_c, rv_c = rm.copy(), rv.copy()
+    y, mean, invstd = fastconv.batch_norm(x, rm, rv, w, b, training=True, return_stats=True,
+                                          device="cuda")
+    y_c, mean_c, invstd_c = fastconv.batch_norm(x, rm_c, rv_c, w, b, training=True,
+                                                return_stats=True)
+    np.testing.assert_allclose(y, y_c, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(rm, rm_c, rtol=1e-6)
+    got = fastconv.batch_norm_backward(y, x, mean, invstd, w, device="cuda")
+    want = fastconv.batch_norm_backward(y, x, mean_c, invstd_c, w)
+    for g, h in zip(got, want, strict=True):
+        assert ref.rel_error(g, h) <= 1e-4
+    with pytest.raises(ValueError, match=r"batch_norm: device='gpu' is not supported"):
+        fastconv.batch_norm(x, rm, rv, device="gpu")

@@ -126,11 +126,12 @@ def test_device_arrays_and_unbatched():
     np.testing.assert_array_equal(gx.copy_to_host(),
                                   fastconv.max_pool2d_backward(y_cpu, idx_cpu, x.shape))
     a = fcuda.avg_pool2d(dx, 3, 2, 1)
-    np.testing.assert_allclose(a.copy_to_host(), fastconv.avg_pool2d(x, 3, 2, 1), rtol=1e-6)
+    np.testing.assert_allclose(a.copy_to_host(), fastconv.avg_pool2d(x, 3, 2, 1), rtol=1e-5,
+                               atol=1e-6)
     ga = fcuda.avg_pool2d_backward(a, x.shape, 3, 2, 1)
     np.testing.assert_allclose(ga.copy_to_host(),
                                fastconv.avg_pool2d_backward(a.copy_to_host(), x.shape, 3, 2, 1),
-                               rtol=1e-6)
+                               rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("call,exc,match", [
@@ -150,3 +151,19 @@ def test_errors_match_the_cpu(call, exc, match):
     x = np.ones((1, 2, 5, 5))
     with pytest.raises(exc, match=match):
         call(x)
+
+
+def test_public_functions_take_device():
+    x = _x(np.float32, seed=8)
+    y, idx = fastconv.max_pool2d(x, 3, 2, 1, return_indices=True, device="cuda")
+    y_c, idx_c = fastconv.max_pool2d(x, 3, 2, 1, return_indices=True)
+    np.testing.assert_array_equal(idx, idx_c)
+    gy = np.ones(y.shape, np.float32)
+    np.testing.assert_array_equal(fastconv.max_pool2d_backward(gy, idx, x.shape, device="cuda"),
+                                  fastconv.max_pool2d_backward(gy, idx_c, x.shape))
+    a = fastconv.avg_pool2d(x, 2, device="cuda")
+    np.testing.assert_allclose(a, fastconv.avg_pool2d(x, 2), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(fastconv.avg_pool2d_backward(a, x.shape, 2, device="cuda"),
+                               fastconv.avg_pool2d_backward(a, x.shape, 2), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match=r"avg_pool2d: device='tpu' is not supported"):
+        fastconv.avg_pool2d(x, 2, device="tpu")
