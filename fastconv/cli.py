@@ -38,6 +38,10 @@ def cmd_bench(args) -> int:
     from . import benchmark, info
 
     suite = benchmark.QUICK_SUITE
+    if args.device == "cuda":
+        from .cuda.bench import cli_main
+
+        return cli_main(suite, progress=_progress("bench cuda"), out=args.out)
     print(f"BLAS: {info.blas_summary()}")
     data = info.collect()
     print(f"numba threading layer: {data['threading_layer']}, threads: {data['numba_threads']}")
@@ -90,6 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--algos", nargs="+", default=["naive", "im2col", "fft"],
                     choices=["naive", "im2col", "fft", "auto"])
     pb.add_argument("--out", default=None, help="directory for results.json / results.md")
+    pb.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: check conv2d on the GPU against the CPU and time it")
     pb.set_defaults(func=cmd_bench)
     add_train_parser(sub)
     return p
