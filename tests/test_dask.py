@@ -4,7 +4,6 @@ One LocalCluster (2 worker processes, 1 thread each) serves the whole module. Th
 arithmetic of the halo blocks is also checked exhaustively on its own, without dask.
 """
 
-import contextlib
 import itertools
 import os
 import types
@@ -390,23 +389,6 @@ def test_local_cluster_workers_share_the_cores(client):
 
 
 # --------------------------------------------------------------------------- predict
-class _StandInTensor:
-    """The part of fastconv.Tensor that predict uses: an array in ``.data``."""
-
-    def __init__(self, data):
-        self.data = np.asarray(data)
-        self.shape = self.data.shape
-
-
-@pytest.fixture
-def tensor_api(monkeypatch):
-    """fastconv.Tensor and no_grad; minimal stand-ins where the autograd layer is absent
-    (the tests using them run on the in-process scheduler, where the stand-ins apply)."""
-    if not hasattr(fastconv, "Tensor"):
-        monkeypatch.setattr(fastconv, "Tensor", _StandInTensor, raising=False)
-        monkeypatch.setattr(fastconv, "no_grad", contextlib.nullcontext, raising=False)
-
-
 CALLS = []  # (training flag, batch size) of every forward of _Pooler, shared by its copies
 
 
@@ -427,7 +409,7 @@ class _Pooler:
 
 
 def _tiny_cnn():
-    nn = pytest.importorskip("fastconv.nn")
+    nn = fastconv.nn
     fastconv.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
                           nn.MaxPool2d(2), nn.Flatten(), nn.Dropout(0.5), nn.Linear(64, 3))
@@ -453,7 +435,7 @@ def test_predict_on_the_cluster_equals_an_eval_forward(client, rng):
     assert ref.rel_error(got, want) <= 1e-4
 
 
-def test_predict_is_lazy_and_ships_the_model_once(tensor_api, rng):
+def test_predict_is_lazy_and_ships_the_model_once(rng):
     x = rng.standard_normal((5, 2, 3, 3))
     model = _Pooler()
     CALLS.clear()
@@ -470,7 +452,7 @@ def test_predict_is_lazy_and_ships_the_model_once(tensor_api, rng):
     np.testing.assert_allclose(got, 2 * x.mean(axis=(2, 3)), rtol=1e-12)
 
 
-def test_predict_probes_the_output_shape_once(tensor_api, rng):
+def test_predict_probes_the_output_shape_once(rng):
     CALLS.clear()
     y = fcd.predict(_Pooler(), da.from_array(rng.standard_normal((4, 3, 2, 2)), chunks=2))
     assert CALLS == [(False, 1)]    # one zero image, to learn the output shape
