@@ -14,7 +14,7 @@ $(PY):
 
 # One stamp per set of extras; reinstalled when pyproject.toml changes.
 $(VENV)/.stamp-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[test,bench,examples]"
+	$(PY) -m pip install -q -e ".[test,bench,examples,dask]"
 	touch $@
 
 $(VENV)/.stamp-bench: pyproject.toml | $(PY)
