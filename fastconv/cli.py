@@ -1,4 +1,4 @@
-"""The ``fastconv`` command line: info, bench, calibrate."""
+"""The ``fastconv`` command line: info, bench, calibrate, train."""
 
 from __future__ import annotations
 
@@ -36,10 +36,15 @@ def cmd_info(args) -> int:
 def cmd_bench(args) -> int:
     from . import benchmark
 
+    if args.device == "cuda":
+        from .cuda.bench import cli_main
+
+        shapes = [s for name in (args.suite or ["quick"]) for s in benchmark.SUITES[name]]
+        return cli_main(shapes, progress=_progress("bench cuda"), out=args.out)
     extras = () if args.no_extras else benchmark.EXTRAS
     report = benchmark.Report(benchmark.environment(args.backward))
     print(benchmark.format_header(report.info))
-    for suite in args.suite:
+    for suite in args.suite or ["default"]:
         benchmark.run(benchmark.SUITES[suite], tuple(args.algos), suite=suite, extras=extras,
                       repeats=args.repeats, naive_budget=args.naive_budget,
                       backward=args.backward, wait_idle=args.wait_idle,
@@ -69,6 +74,32 @@ def cmd_calibrate(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from . import training
+
+    training.run(model=args.model, dataset=args.dataset, epochs=args.epochs,
+                 batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                 optimizer=args.optimizer, out=args.out, progress=not args.no_progress)
+    return 0
+
+
+def add_train_parser(sub) -> None:
+    pt = sub.add_parser("train", help="train LeNet-5 or a small ResNet on digits, shapes or "
+                        "MNIST")
+    pt.add_argument("--model", choices=["lenet", "resnet"], default="lenet")
+    pt.add_argument("--dataset", choices=["digits", "synthetic", "mnist"], default="digits")
+    pt.add_argument("--epochs", type=int, default=15)
+    pt.add_argument("--batch-size", type=int, default=16)
+    pt.add_argument("--lr", type=float, default=0.05,
+                    help="initial learning rate (cosine-annealed to 0 over the epochs)")
+    pt.add_argument("--seed", type=int, default=0)
+    pt.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
+                    help="sgd: momentum 0.9, weight decay 5e-4; adam: torch's defaults")
+    pt.add_argument("--out", default=None, help="directory for weights.npz and metrics.json")
+    pt.add_argument("--no-progress", action="store_true", help="one line per epoch, no bar")
+    pt.set_defaults(func=cmd_train)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastconv", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -78,8 +109,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .benchmark import ALGOS, SUITES
 
     pb = sub.add_parser("bench", help="time naive vs im2col vs FFT (and torch, scipy)")
-    pb.add_argument("--suite", nargs="+", default=["default"], choices=list(SUITES),
-                    help="shape suites to run (default: default; 'tiny' is for tests)")
+    pb.add_argument("--suite", nargs="+", default=None, choices=list(SUITES),
+                    help="shape suites to run (default: default; quick with --device cuda; "
+                         "'tiny' is for tests)")
     pb.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
     pb.add_argument("--backward", action="store_true",
                     help="time forward + backward (conv2d_backward; torch autograd)")
@@ -94,6 +126,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="skip torch and scipy even when installed")
     pb.add_argument("--out", default=None,
                     help="directory for results.json, results.md and the PNG plots")
+    pb.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: check conv2d on the GPU against the CPU and time it")
     pb.set_defaults(func=cmd_bench)
     pc = sub.add_parser("calibrate", help="measure this machine for algo='auto'")
     pc.add_argument("--out", default=None,
@@ -102,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--dry-run", action="store_true", help="measure and print, save nothing")
     pc.add_argument("--json", action="store_true", help="print JSON")
     pc.set_defaults(func=cmd_calibrate)
+    add_train_parser(sub)
     return p
 
 

@@ -11,6 +11,14 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | PLAN_CACHE_SIZE      | FASTCONV_PLAN_CACHE_SIZE      | 1024 plans                 |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
+| MNIST_MIRROR         | FASTCONV_MNIST_MIRROR         | None (the usual mirror)    |
+| FASHION_MNIST_MIRROR | FASTCONV_FASHION_MNIST_MIRROR | None (the usual mirror)    |
+| CUDA_BLOCK           | FASTCONV_CUDA_BLOCK           | 256                        |
+| CUDA_MAX_BLOCKS      | FASTCONV_CUDA_MAX_BLOCKS      | 8192                       |
+| CUDA_GEMM_TILE       | FASTCONV_CUDA_GEMM_TILE       | 16                         |
+| CUDA_REDUCE_THREADS  | FASTCONV_CUDA_REDUCE_THREADS  | 256                        |
+| CUDA_DIRECT_MAX_TAPS | FASTCONV_CUDA_DIRECT_MAX_TAPS | 32                         |
+| CUDA_DIRECT_MAX_COUT | FASTCONV_CUDA_DIRECT_MAX_COUT | 4                          |
 """
 
 from __future__ import annotations
@@ -65,3 +73,30 @@ THREADING_LAYER_PREFERENCE = ("tbb", "omp", "workqueue")
 
 #: Threads scipy.fft may use for batched transforms.
 FFT_WORKERS: int = int(_env_float("FASTCONV_FFT_WORKERS", os.cpu_count() or 1))
+
+#: Where fastconv.data.load_mnist downloads the IDX files from: a URL prefix (http(s)://,
+#: file://) or a local directory. None means the dataset's usual mirror
+#: (fastconv.data.MNIST_DATASETS). Files are checked against their SHA-256 either way.
+MNIST_MIRROR: str | None = os.environ.get("FASTCONV_MNIST_MIRROR") or None
+FASHION_MNIST_MIRROR: str | None = os.environ.get("FASTCONV_FASHION_MNIST_MIRROR") or None
+# --------------------------------------------------------------------------- CUDA path
+# (fastconv.cuda; read when its kernels launch, so they may be changed at run time)
+
+#: Threads per block of the element-wise CUDA kernels (grid-stride loops).
+CUDA_BLOCK: int = int(_env_float("FASTCONV_CUDA_BLOCK", 256))
+
+#: Most blocks one element-wise CUDA launch uses; each thread then loops over the rest.
+CUDA_MAX_BLOCKS: int = int(_env_float("FASTCONV_CUDA_MAX_BLOCKS", 8192))
+
+#: Side of the shared-memory GEMM tile (TILE x TILE threads per block, one output each).
+CUDA_GEMM_TILE: int = int(_env_float("FASTCONV_CUDA_GEMM_TILE", 16))
+
+#: Threads per block of the per-channel reductions (bias gradient, batch-norm sums);
+#: a power of two.
+CUDA_REDUCE_THREADS: int = int(_env_float("FASTCONV_CUDA_REDUCE_THREADS", 256))
+
+#: conv2d algo="auto" on CUDA uses the direct kernel when the im2col GEMM would be thin:
+#: fewer than this many taps per output (C_in/groups * kh * kw) or fewer than
+#: CUDA_DIRECT_MAX_COUT output channels per group. Not calibrated on hardware.
+CUDA_DIRECT_MAX_TAPS: int = int(_env_float("FASTCONV_CUDA_DIRECT_MAX_TAPS", 32))
+CUDA_DIRECT_MAX_COUT: int = int(_env_float("FASTCONV_CUDA_DIRECT_MAX_COUT", 4))

@@ -44,7 +44,7 @@ def resolve_algorithm(args, algo: str, backward: bool = False) -> str:
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
-           algo="auto"):
+           algo="auto", device="cpu"):
     """2-D cross-correlation, as torch.nn.functional.conv2d.
 
     Parameters
@@ -59,6 +59,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     groups : int dividing C_in and C_out.
     layout : "NCHW" (default) or "NHWC".
     algo : "auto", "naive", "im2col" or "fft".
+    device : "cpu" (default) or "cuda": run on the GPU (``fastconv.cuda.conv2d``; numpy
+        or GPU arrays; algorithms "auto", "naive", "im2col").
 
     Returns
     -------
@@ -81,6 +83,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
            [37., 43.]])
     """
     op = "conv2d"
+    if _args.check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.conv2d(x, w, bias, stride, padding, dilation, groups, layout=layout,
+                           algo=algo)
     check_algo(op, algo)
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
     out = allocate(op, "output", _layout_shape(args.y_shape, layout), args.dtype)
@@ -90,7 +97,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout="NCHW", algo="auto"):
+                    layout="NCHW", algo="auto", device="cpu"):
     """Gradients of ``conv2d`` with respect to its input, weight and bias.
 
     Parameters
@@ -99,6 +106,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
         (N, C_out, H_out, W_out) for "NCHW", (N, H_out, W_out, C_out) for "NHWC"
         (3-D when x is 3-D).
     x, w, stride, padding, dilation, groups, layout, algo : as in ``conv2d``.
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
     -------
@@ -131,6 +139,11 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     array([4.])
     """
     op = "conv2d_backward"
+    if _args.check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.conv2d_backward(grad_y, x, w, stride, padding, dilation, groups, layout=layout,
+                                    algo=algo)
     check_algo(op, algo)
     x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout)
     grad_y = _args.check_array(op, "grad_y", grad_y)

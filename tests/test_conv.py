@@ -1,8 +1,6 @@
 """conv2d forward: every algorithm against the reference, the worked example, scipy."""
 
 import itertools
-import multiprocessing as mp
-import threading
 
 import numpy as np
 import pytest
@@ -182,47 +180,6 @@ def test_auto_rule_is_explainable():
     assert pick((1, 1, 512, 512), (1, 1, 31, 31)) == "fft"
     assert pick((16, 64, 56, 56), (64, 64, 3, 3), padding=1) == "im2col"
     assert pick((16, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128) == "naive"
-
-
-# ---------------------------------------------------------------- threads and processes
-def _mixed_calls(seed):
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((2, 4, 9, 9)).astype(np.float32)
-    w = rng.standard_normal((4, 2, 3, 3)).astype(np.float32)
-    return [fastconv.conv2d(x, w, padding=1, groups=2, algo=a) for a in fastconv.ALGORITHMS]
-
-
-def test_eight_python_threads_at_once():
-    want = [_mixed_calls(s) for s in range(8)]
-    got = [None] * 8
-    barrier = threading.Barrier(8)
-
-    def work(i):
-        barrier.wait()
-        for _ in range(5):
-            got[i] = _mixed_calls(i)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i in range(8):
-        for g, w in zip(got[i], want[i]):
-            np.testing.assert_array_equal(g, w)
-
-
-def _child_sum(seed):
-    return [float(y.sum()) for y in _mixed_calls(seed)]
-
-
-@pytest.mark.parametrize("method", ["fork", "spawn"])
-def test_worker_processes_after_parent_used_parallel_kernels(method):
-    _mixed_calls(0)  # the parent has run the parallel kernels
-    ctx = mp.get_context(method)
-    with ctx.Pool(2) as pool:
-        got = pool.map(_child_sum, [1, 2])
-    assert got == [_child_sum(1), _child_sum(2)]
 
 
 # ----------------------------------------------------------------------------- errors

@@ -1,0 +1,149 @@
+"""Training throughput of LeNet-5 on 28x28 inputs: fastconv against torch, in one run.
+
+Both train the same network (same initial weights, same batches, SGD with momentum 0.9)
+in float32. Steps are timed one by one and the frameworks alternate step by step, so
+that load on a shared machine hits both alike; the report gives medians and quartiles
+of the step times and images/s = batch / median step time.
+
+    python bench/train_throughput.py [--batch 64] [--steps 20] [--rounds 5] [--threads 2]
+
+torch runs with torch.set_num_threads(threads) (skipped, with a note, if torch is not
+installed). Compilation (numba) is excluded by warm-up steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+
+import numpy as np
+
+import fastconv
+from fastconv import models, optim
+from fastconv.nn import functional as F
+
+
+def _torch_lenet(torch):
+    tnn = torch.nn
+    return tnn.Sequential(tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
+                          tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
+                          tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
+                          tnn.Linear(84, 10))
+
+
+def _quartiles(times):
+    q1, med, q3 = np.percentile(times, [25, 50, 75])
+    return q1, med, q3
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per round")
+    ap.add_argument("--rounds", type=int, default=5, help="timed steps = rounds * steps")
+    ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    args = ap.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    n_batches = 8
+    xs = rng.random((n_batches, args.batch, 1, 28, 28), dtype=np.float32)
+    ys = rng.integers(0, 10, (n_batches, args.batch))
+
+    ours = models.lenet5(1, 10, 28, rng=np.random.default_rng(1))
+    opt = optim.SGD(ours.parameters(), lr=0.01, momentum=0.9)
+
+    def our_step(i):
+        opt.zero_grad()
+        loss = F.cross_entropy(ours(xs[i % n_batches]), ys[i % n_batches])
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def our_eval(i):
+        with fastconv.no_grad():
+            ours(xs[i % n_batches])
+
+    runners = {"fastconv": (our_step, our_eval)}
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("torch is not installed: fastconv only")
+    if torch is not None:
+        torch.set_num_threads(args.threads)
+        theirs = _torch_lenet(torch)
+        theirs.load_state_dict({k: torch.from_numpy(v.copy())
+                                for k, v in ours.state_dict().items()})
+        topt = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
+        txs, tys = torch.from_numpy(xs), torch.from_numpy(ys)
+
+        def torch_step(i):
+            topt.zero_grad()
+            loss = torch.nn.functional.cross_entropy(theirs(txs[i % n_batches]),
+                                                     tys[i % n_batches])
+            loss.backward()
+            topt.step()
+            return loss.item()
+
+        def torch_eval(i):
+            with torch.no_grad():
+                theirs(txs[i % n_batches])
+
+        runners["torch"] = (torch_step, torch_eval)
+
+    # first steps: the same weights and batches give the same loss
+    first = {name: step(0) for name, (step, _) in runners.items()}
+    for step, ev in runners.values():              # warm-up (numba compiles, caches)
+        for i in range(1, 4):
+            step(i)
+            ev(i)
+
+    # the frameworks alternate step by step, so that a load spike on the shared machine
+    # hits both alike
+    train_t = {name: [] for name in runners}
+    eval_t = {name: [] for name in runners}
+    load_before = os.getloadavg()
+    for i in range(args.rounds * args.steps):
+        for name, (step, _) in runners.items():
+            t0 = time.perf_counter()
+            step(i)
+            train_t[name].append(time.perf_counter() - t0)
+    for i in range(args.rounds * args.steps):
+        for name, (_, ev) in runners.items():
+            t0 = time.perf_counter()
+            ev(i)
+            eval_t[name].append(time.perf_counter() - t0)
+
+    import numba
+    from threadpoolctl import threadpool_info
+
+    blas = "; ".join(f"{i['internal_api']} {i.get('version')} {i.get('architecture')} "
+                     f"{i['num_threads']} threads" for i in threadpool_info()
+                     if i["user_api"] == "blas")
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; "
+          f"1-minute load average {load_before[0]:.2f} before the timed steps, "
+          f"{os.getloadavg()[0]:.2f} after")
+    print(f"fastconv {fastconv.__version__}: numba {numba.__version__} "
+          f"({numba.threading_layer()}, {numba.get_num_threads()} threads); BLAS: {blas}")
+    if torch is not None:
+        print(f"torch {torch.__version__}: {torch.get_num_threads()} threads")
+    print(f"LeNet-5, 28x28x1 input, batch {args.batch}, float32, SGD(momentum=0.9); "
+          f"{args.rounds * args.steps} timed train and eval steps per framework, interleaved")
+    print("first-step loss: " + ", ".join(f"{k} {v:.6f}" for k, v in first.items()))
+    print(f"{'':10s} {'train step ms (q1 / median / q3)':>34s} {'train img/s':>12s} "
+          f"{'eval ms (median)':>17s} {'eval img/s':>11s}")
+    for name in runners:
+        q1, med, q3 = (1e3 * v for v in _quartiles(train_t[name]))
+        emed = 1e3 * np.median(eval_t[name])
+        print(f"{name:10s} {q1:10.2f} / {med:8.2f} / {q3:8.2f}   {args.batch / med * 1e3:12.0f} "
+              f"{emed:17.2f} {args.batch / emed * 1e3:11.0f}")
+    if torch is not None:
+        ratio = np.median(train_t["fastconv"]) / np.median(train_t["torch"])
+        print(f"fastconv train step / torch train step (medians): {ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

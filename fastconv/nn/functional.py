@@ -1,0 +1,313 @@
+"""Differentiable network ops (torch.nn.functional's names and signatures).
+
+Each op is one :class:`~fastconv.autograd.Function`; conv2d, pooling and batch norm call
+fastconv's kernels for both directions (``fastconv.conv2d`` / ``conv2d_backward``,
+``max_pool2d(return_indices=True)`` / ``max_pool2d_backward``, ``avg_pool2d`` /
+``avg_pool2d_backward``, ``global_avg_pool2d`` / ``global_avg_pool2d_backward``,
+``batch_norm(return_stats=True)`` / ``batch_norm_backward``). Inputs may be Tensors or
+ndarrays; results are Tensors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import conv as _conv
+from .. import norm as _norm
+from .. import pool as _pool
+from ..autograd import (
+    Function,
+    LogSoftmax,
+    Reshape,
+    Softmax,
+    Tensor,
+    _axis,
+    _flat_shape,
+    default_generator,
+    log_softmax_array,
+)
+from ..autograd import ReLU as _ReLU
+from ..autograd import Sigmoid as _Sigmoid
+from ..autograd import Tanh as _Tanh
+
+
+def _tensor(x) -> Tensor:
+    return x if isinstance(x, Tensor) else Tensor(x)
+
+
+# ---------------------------------------------------------------------------- convolution
+class Conv2d(Function):
+    @staticmethod
+    def forward(ctx, x, w, b, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
+                algo="auto"):
+        ctx.save_for_backward(x, w)
+        ctx.args = (stride, padding, dilation, groups)
+        ctx.layout, ctx.algo, ctx.has_bias = layout, algo, b is not None
+        return _conv.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout,
+                            algo=algo)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        gx, gw, gb = _conv.conv2d_backward(g, x, w, *ctx.args, layout=ctx.layout,
+                                           algo=ctx.algo)
+        return gx, gw, gb if ctx.has_bias else None
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
+           layout="NCHW", algo="auto") -> Tensor:
+    """2-D cross-correlation (see :func:`fastconv.conv2d` for shapes and arguments)."""
+    return Conv2d.apply(input, weight, bias, stride=stride, padding=padding,
+                        dilation=dilation, groups=groups, layout=layout, algo=algo)
+
+
+# -------------------------------------------------------------------------------- pooling
+class MaxPool2d(Function):
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                layout="NCHW"):
+        y, idx = _pool.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                  layout=layout, return_indices=True)
+        ctx.save_for_backward(idx)
+        ctx.shape, ctx.layout = x.shape, layout
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (idx,) = ctx.saved_tensors
+        return _pool.max_pool2d_backward(g, idx, ctx.shape, layout=ctx.layout)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+               layout="NCHW") -> Tensor:
+    """Max pooling; the gradient goes to the first maximum of each window."""
+    return MaxPool2d.apply(input, kernel_size=kernel_size, stride=stride, padding=padding,
+                           dilation=dilation, ceil_mode=ceil_mode, layout=layout)
+
+
+class AvgPool2d(Function):
+    @staticmethod
+    def forward(ctx, x, kernel_size, stride=None, padding=0, ceil_mode=False,
+                count_include_pad=True, layout="NCHW"):
+        ctx.shape = x.shape
+        ctx.args = (kernel_size, stride, padding, ceil_mode, count_include_pad)
+        ctx.layout = layout
+        return _pool.avg_pool2d(x, *ctx.args, layout=layout)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _pool.avg_pool2d_backward(g, ctx.shape, *ctx.args, layout=ctx.layout)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, *, layout="NCHW") -> Tensor:
+    """Average pooling (torch's count_include_pad and ceil_mode rules)."""
+    return AvgPool2d.apply(input, kernel_size=kernel_size, stride=stride, padding=padding,
+                           ceil_mode=ceil_mode, count_include_pad=count_include_pad,
+                           layout=layout)
+
+
+class GlobalAvgPool2d(Function):
+    @staticmethod
+    def forward(ctx, x, layout="NCHW"):
+        ctx.shape, ctx.layout = x.shape, layout
+        return _pool.global_avg_pool2d(x, layout=layout)
+
+    @staticmethod
+    def backward(ctx, g):
+        return _pool.global_avg_pool2d_backward(g, ctx.shape, layout=ctx.layout)
+
+
+def global_avg_pool2d(input, *, layout="NCHW") -> Tensor:
+    """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1) (NHWC: (N, 1, 1, C))."""
+    return GlobalAvgPool2d.apply(input, layout=layout)
+
+
+def adaptive_avg_pool2d(input, output_size) -> Tensor:
+    """Only output_size 1 (global average pooling) is supported."""
+    check_adaptive_output_size("adaptive_avg_pool2d", output_size)
+    return GlobalAvgPool2d.apply(input)
+
+
+def check_adaptive_output_size(op: str, output_size) -> None:
+    if output_size not in (1, (1, 1), [1, 1]):
+        raise ValueError(f"{op}: output_size={output_size!r} is not supported; only output "
+                         "size 1 (global average pooling) is")
+
+
+# ----------------------------------------------------------------------------- batch norm
+class BatchNorm(Function):
+    @staticmethod
+    def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=False,
+                momentum=0.1, eps=1e-5, layout="NCHW"):
+        y, mean, invstd = _norm.batch_norm(x, running_mean, running_var, weight, bias,
+                                           training, momentum, eps, layout=layout,
+                                           return_stats=True)
+        ctx.save_for_backward(x, mean, invstd, weight)
+        ctx.training, ctx.layout, ctx.has_bias = training, layout, bias is not None
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, mean, invstd, weight = ctx.saved_tensors
+        gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
+                                               training=ctx.training, layout=ctx.layout)
+        return gx, None if weight is None else gw, gb if ctx.has_bias else None
+
+
+def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, layout="NCHW") -> Tensor:
+    """Batch normalisation over N, H, W per channel (torch's F.batch_norm).
+
+    running_mean, running_var : (C,) ndarrays updated in place when training (momentum,
+        unbiased variance); used to normalise when not training. May be None when
+        training.
+    weight, bias : (C,) Tensors (gamma, beta) or None.
+    """
+    return BatchNorm.apply(input, weight, bias, running_mean=running_mean,
+                           running_var=running_var, training=training, momentum=momentum,
+                           eps=eps, layout=layout)
+
+
+# ---------------------------------------------------------------------------- dense & misc
+class Linear(Function):
+    """y = x @ W.T + b for x (*, in), W (out, in), b (out,)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):
+        ctx.save_for_backward(x, w)
+        ctx.has_bias = b is not None
+        y = x @ w.T
+        return y + b if b is not None else y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        g2 = g.reshape(-1, g.shape[-1])
+        gx = (g @ w) if ctx.needs_input_grad[0] else None
+        gw = g2.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
+        gb = g2.sum(axis=0) if ctx.has_bias else None
+        return gx, gw, gb
+
+
+def linear(input, weight, bias=None) -> Tensor:
+    """input (*, in_features) @ weight.T (weight (out, in)) + bias (out,)."""
+    x, w = _tensor(input), _tensor(weight)
+    if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[1]:
+        raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "
+                         f"{w.shape}: input's last axis must equal weight's in_features")
+    if bias is not None and _tensor(bias).shape != (w.shape[0],):
+        raise ValueError(f"linear: bias must have shape ({w.shape[0]},), got "
+                         f"{_tensor(bias).shape}")
+    return Linear.apply(x, w, bias)
+
+
+class Dropout(Function):
+    @staticmethod
+    def forward(ctx, x, mask=None):
+        ctx.save_for_backward(mask)
+        return x * mask
+
+    @staticmethod
+    def backward(ctx, g):
+        return g * ctx.saved_tensors[0]
+
+
+def dropout(input, p: float = 0.5, training: bool = True, *, rng=None) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (training only).
+
+    ``rng``: a numpy Generator; fastconv's default generator when None (manual_seed).
+    """
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"dropout: p={p} must be a probability in [0, 1]")
+    x = _tensor(input)
+    if not training or p == 0.0:
+        return x
+    rng = default_generator() if rng is None else rng
+    keep = rng.random(x.shape) >= p
+    scale = x.dtype.type(0.0 if p == 1.0 else 1.0 / (1.0 - p))
+    return Dropout.apply(x, mask=keep.astype(x.dtype) * scale)
+
+
+def relu(input) -> Tensor:
+    return _ReLU.apply(input)
+
+
+def tanh(input) -> Tensor:
+    return _Tanh.apply(input)
+
+
+def sigmoid(input) -> Tensor:
+    return _Sigmoid.apply(input)
+
+
+def softmax(input, dim: int = -1) -> Tensor:
+    x = _tensor(input)
+    return Softmax.apply(x, axis=_axis(dim, x.ndim))
+
+
+def log_softmax(input, dim: int = -1) -> Tensor:
+    x = _tensor(input)
+    return LogSoftmax.apply(x, axis=_axis(dim, x.ndim))
+
+
+def flatten(input, start_dim: int = 1, end_dim: int = -1) -> Tensor:
+    """Merge axes start_dim..end_dim (default: everything but the batch axis)."""
+    x = _tensor(input)
+    return Reshape.apply(x, shape=_flat_shape(x.shape, start_dim, end_dim))
+
+
+# ---------------------------------------------------------------------------------- loss
+REDUCTIONS = ("mean", "sum", "none")
+
+
+class CrossEntropy(Function):
+    @staticmethod
+    def forward(ctx, logits, target, reduction="mean"):
+        n = logits.shape[0]
+        logp = log_softmax_array(logits, axis=1)
+        losses = -logp[np.arange(n), target]
+        ctx.save_for_backward(logp, target)
+        ctx.reduction = reduction
+        if reduction == "none":
+            return losses
+        total = losses.sum()
+        return total / logits.dtype.type(n) if reduction == "mean" else total
+
+    @staticmethod
+    def backward(ctx, g):
+        logp, target = ctx.saved_tensors
+        n = logp.shape[0]
+        grad = np.exp(logp)                      # softmax
+        grad[np.arange(n), target] -= 1
+        if ctx.reduction == "none":
+            return grad * g[:, None], None
+        if ctx.reduction == "mean":
+            g = g / logp.dtype.type(n)
+        return grad * g, None
+
+
+def cross_entropy(input, target, reduction: str = "mean") -> Tensor:
+    """Softmax cross entropy of logits (N, C) with integer class targets (N,).
+
+    Computed as a fused, stable log-softmax + negative log-likelihood; reduction
+    "mean" (default), "sum" or "none".
+    """
+    x = _tensor(input)
+    t = np.asarray(target.data if isinstance(target, Tensor) else target)
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"cross_entropy: reduction={reduction!r} is not known; acceptable "
+                         f"values are {', '.join(repr(r) for r in REDUCTIONS)}")
+    if x.ndim != 2:
+        raise ValueError(f"cross_entropy: input must be 2-D logits (N, C), got shape {x.shape}")
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: target must hold integer class indices, got dtype "
+                        f"{t.dtype}")
+    if t.shape != (x.shape[0],):
+        raise ValueError(f"cross_entropy: target must have shape (N,) = ({x.shape[0]},), got "
+                         f"{t.shape}")
+    if t.size and (t.min() < 0 or t.max() >= x.shape[1]):
+        bad = t[(t < 0) | (t >= x.shape[1])][0]
+        raise ValueError(f"cross_entropy: target value {bad} is out of range for "
+                         f"C={x.shape[1]} classes (must be in [0, {x.shape[1] - 1}])")
+    return CrossEntropy.apply(x, t.astype(np.intp, copy=False), reduction=reduction)

@@ -1,0 +1,293 @@
+"""Layers (torch.nn's names, arguments and default initialisation). Data is NCHW,
+conv weights OIHW, linear weights (out_features, in_features).
+
+Every layer with weights takes ``rng`` (numpy Generator; fastconv's default generator,
+seeded by ``fastconv.manual_seed``, when None) and ``dtype`` (float32 by default).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .._args import padding_pairs, pair
+from . import functional as F
+from . import init
+from .module import Module, Parameter, Sequential
+
+
+def _param(shape, dtype) -> Parameter:
+    return Parameter(np.empty(shape, dtype=np.dtype(dtype)))
+
+
+def _canonical_padding(padding, kernel, dilation, stride):
+    """'valid'/'same' kept as words; numbers validated and given as (h, w) when symmetric,
+    ((top, bottom), (left, right)) otherwise."""
+    if isinstance(padding, str):
+        padding_pairs("Conv2d", padding, kernel, dilation, stride)  # validates the word
+        return padding
+    (t, b), (lft, r) = padding_pairs("Conv2d", padding, kernel, dilation, stride)
+    return (t, lft) if (t, lft) == (b, r) else ((t, b), (lft, r))
+
+
+class Conv2d(Module):
+    """2-D convolution layer: weight (out, in/groups, kh, kw), bias (out,).
+
+    Initialised as torch: weight kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)),
+    bias U(+-1/sqrt(fan_in)), fan_in = in/groups * kh * kw.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
+                 padding=0, dilation=1, groups: int = 1, bias: bool = True, *, rng=None,
+                 dtype=np.float32):
+        super().__init__()
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
+                             f"and out_channels={out_channels}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.kernel_size = pair("Conv2d", "kernel_size", kernel_size, minimum=1)
+        self.stride = pair("Conv2d", "stride", stride, minimum=1)
+        self.dilation = pair("Conv2d", "dilation", dilation, minimum=1)
+        self.padding = _canonical_padding(padding, self.kernel_size, self.dilation,
+                                          self.stride)
+        self.weight = _param((out_channels, in_channels // groups, *self.kernel_size), dtype)
+        self.bias = _param((out_channels,), dtype) if bias else None
+        if not bias:
+            self.register_parameter("bias", None)
+        self.reset_parameters(rng)
+
+    def reset_parameters(self, rng=None) -> None:
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5), rng=rng)
+        if self.bias is not None:
+            fan_in, _ = init.calculate_fan_in_and_fan_out(self.weight.shape)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            init.uniform_(self.bias, -bound, bound, rng=rng)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                        self.groups)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding not in ((0, 0), "valid"):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+class Linear(Module):
+    """y = x W^T + b, weight (out, in). Initialised as torch (U(+-1/sqrt(in)) for both)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None,
+                 dtype=np.float32):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = _param((out_features, in_features), dtype)
+        self.bias = _param((out_features,), dtype) if bias else None
+        if not bias:
+            self.register_parameter("bias", None)
+        self.reset_parameters(rng)
+
+    def reset_parameters(self, rng=None) -> None:
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5), rng=rng)
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
+            init.uniform_(self.bias, -bound, bound, rng=rng)
+
+    def forward(self, x):
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}")
+
+
+class BatchNorm2d(Module):
+    """Batch norm over (N, H, W) per channel, with running statistics as buffers.
+
+    Training: normalise with the batch mean and biased variance; update ``running_mean``
+    / ``running_var`` (ndarrays, in place) with ``momentum`` and the unbiased variance.
+    Evaluation: normalise with the running statistics. momentum=None uses the cumulative
+    average (1 / num_batches_tracked), as torch.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
+                 affine: bool = True, track_running_stats: bool = True, *, dtype=np.float32):
+        super().__init__()
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
+        self.affine, self.track_running_stats = affine, track_running_stats
+        dtype = np.dtype(dtype)
+        if affine:
+            self.weight = Parameter(np.ones(num_features, dtype))
+            self.bias = Parameter(np.zeros(num_features, dtype))
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if track_running_stats:
+            self.register_buffer("running_mean", np.zeros(num_features, dtype))
+            self.register_buffer("running_var", np.ones(num_features, dtype))
+            self.register_buffer("num_batches_tracked", np.zeros((), np.int64))
+        else:
+            self.register_buffer("running_mean", None)
+            self.register_buffer("running_var", None)
+            self.register_buffer("num_batches_tracked", None)
+
+    def reset_running_stats(self) -> None:
+        if self.track_running_stats:
+            self.running_mean[...] = 0
+            self.running_var[...] = 1
+            self.num_batches_tracked[...] = 0
+
+    def forward(self, x):
+        use_batch_stats = self.training or not self.track_running_stats
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked += 1
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        # running_mean/var are None when not tracked: batch statistics, no update
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            use_batch_stats, momentum, self.eps)
+
+    def extra_repr(self) -> str:
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+
+
+class MaxPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 ceil_mode: bool = False):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.dilation, self.ceil_mode = dilation, ceil_mode
+
+    def forward(self, x):
+        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
+                            self.ceil_mode)
+
+    def extra_repr(self) -> str:
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+
+
+class AvgPool2d(Module):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
+                 count_include_pad: bool = True):
+        super().__init__()
+        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+
+    def forward(self, x):
+        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
+                            self.count_include_pad)
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class GlobalAvgPool2d(Module):
+    """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1)."""
+
+    def forward(self, x):
+        return F.global_avg_pool2d(x)
+
+
+class AdaptiveAvgPool2d(GlobalAvgPool2d):
+    """torch's AdaptiveAvgPool2d restricted to output_size 1 (global average pooling)."""
+
+    def __init__(self, output_size=1):
+        super().__init__()
+        F.check_adaptive_output_size("AdaptiveAvgPool2d", output_size)
+        self.output_size = output_size
+
+    def extra_repr(self) -> str:
+        return f"output_size={self.output_size}"
+
+
+class ReLU(Module):
+    """max(x, 0). ``inplace`` is accepted for torch compatibility; ops never run in place."""
+
+    def __init__(self, inplace: bool = False):
+        super().__init__()
+
+    def forward(self, x):
+        return F.relu(x)
+
+
+class Flatten(Module):
+    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+        super().__init__()
+        self.start_dim, self.end_dim = start_dim, end_dim
+
+    def forward(self, x):
+        return F.flatten(x, self.start_dim, self.end_dim)
+
+    def extra_repr(self) -> str:
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+
+
+class Dropout(Module):
+    """Zero elements with probability p while training (scale the rest by 1/(1-p))."""
+
+    def __init__(self, p: float = 0.5, *, rng=None):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p={p} must be a probability in [0, 1]")
+        self.p, self.rng = p, rng
+
+    def forward(self, x):
+        return F.dropout(x, self.p, self.training, rng=self.rng)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class CrossEntropyLoss(Module):
+    """Softmax cross entropy of logits (N, C) against integer targets (N,)."""
+
+    def __init__(self, reduction: str = "mean"):
+        super().__init__()
+        if reduction not in F.REDUCTIONS:
+            raise ValueError(f"CrossEntropyLoss: reduction={reduction!r} is not known; "
+                             f"acceptable values are {', '.join(map(repr, F.REDUCTIONS))}")
+        self.reduction = reduction
+
+    def forward(self, input, target):
+        return F.cross_entropy(input, target, self.reduction)
+
+
+class BasicBlock(Module):
+    """ResNet basic block: relu(f(x) + shortcut(x)) with f = conv3x3-bn-relu-conv3x3-bn.
+
+    The shortcut is the identity, or a 1x1 conv (stride ``stride``, no bias) + batch
+    norm when the stride is not 1 or the channel count changes (torchvision's layout and
+    names: conv1, bn1, conv2, bn2, downsample).
+    """
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, *, rng=None,
+                 dtype=np.float32):
+        super().__init__()
+        self.conv1 = Conv2d(in_planes, planes, 3, stride, 1, bias=False, rng=rng, dtype=dtype)
+        self.bn1 = BatchNorm2d(planes, dtype=dtype)
+        self.relu = ReLU()
+        self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
+        self.bn2 = BatchNorm2d(planes, dtype=dtype)
+        if stride != 1 or in_planes != planes:
+            self.downsample = Sequential(
+                Conv2d(in_planes, planes, 1, stride, bias=False, rng=rng, dtype=dtype),
+                BatchNorm2d(planes, dtype=dtype))
+        else:
+            self.downsample = None
+
+    def forward(self, x):
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        shortcut = x if self.downsample is None else self.downsample(x)
+        return self.relu(out + shortcut)

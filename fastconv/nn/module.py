@@ -1,0 +1,301 @@
+"""Module, Parameter, Sequential, and saving state dicts as .npz (torch's names)."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+
+from ..autograd import Tensor
+
+
+class Parameter(Tensor):
+    """A Tensor that a Module registers as a learnable parameter (requires_grad=True)."""
+
+    def __init__(self, data, requires_grad: bool = True):
+        super().__init__(data, requires_grad=requires_grad)
+
+    def __repr__(self) -> str:
+        return "Parameter containing:\n" + super().__repr__()
+
+
+class IncompatibleKeys(NamedTuple):
+    missing_keys: list
+    unexpected_keys: list
+
+
+class Module:
+    """Base class of layers and models.
+
+    Assigning a :class:`Parameter`, a Module, or (after :meth:`register_buffer`) an
+    ndarray to an attribute registers it, in assignment order, for
+    :meth:`parameters`, :meth:`children` and :meth:`state_dict`. Calling the module runs
+    :meth:`forward`.
+    """
+
+    def __init__(self):
+        object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
+        object.__setattr__(self, "_modules", OrderedDict())
+        object.__setattr__(self, "training", True)
+
+    # ---- registration
+    def __setattr__(self, name, value):
+        if "_parameters" not in self.__dict__:
+            raise AttributeError(f"cannot assign {name!r} before Module.__init__() call "
+                                 f"(call super().__init__() first in {type(self).__name__})")
+        params, buffers, modules = self._parameters, self._buffers, self._modules
+        if isinstance(value, Parameter):
+            buffers.pop(name, None)
+            modules.pop(name, None)
+            self.__dict__.pop(name, None)
+            params[name] = value
+        elif isinstance(value, Module):
+            params.pop(name, None)
+            buffers.pop(name, None)
+            self.__dict__.pop(name, None)
+            modules[name] = value
+        elif name in params:
+            if value is not None:
+                raise TypeError(f"cannot assign {type(value).__name__} to parameter {name!r} "
+                                "(a Parameter or None is required)")
+            params[name] = None
+        elif name in buffers:
+            buffers[name] = None if value is None else np.asarray(value)
+        elif name in modules and value is None:
+            modules[name] = None
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # only called when normal lookup fails
+        for store in ("_parameters", "_buffers", "_modules"):
+            d = self.__dict__.get(store)
+            if d is not None and name in d:
+                return d[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        for store in (self._parameters, self._buffers, self._modules):
+            if name in store:
+                del store[name]
+                return
+        object.__delattr__(self, name)
+
+    def register_parameter(self, name: str, param: Parameter | None) -> None:
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"register_parameter: {name!r} must be a Parameter or None, got "
+                            f"{type(param).__name__}")
+        self.__dict__.pop(name, None)
+        self._parameters[name] = param
+
+    def register_buffer(self, name: str, array) -> None:
+        """A non-learnable array saved in the state dict (e.g. running statistics)."""
+        self.__dict__.pop(name, None)
+        self._buffers[name] = None if array is None else np.asarray(array)
+
+    def add_module(self, name: str, module: Module | None) -> None:
+        self._modules[name] = module
+
+    # ---- traversal
+    def named_modules(self, prefix: str = "", memo=None) -> Iterator[tuple[str, Module]]:
+        memo = set() if memo is None else memo
+        if id(self) in memo:
+            return
+        memo.add(id(self))
+        yield prefix, self
+        for name, m in self._modules.items():
+            if m is not None:
+                yield from m.named_modules(f"{prefix}.{name}" if prefix else name, memo)
+
+    def modules(self) -> Iterator[Module]:
+        for _, m in self.named_modules():
+            yield m
+
+    def named_children(self) -> Iterator[tuple[str, Module]]:
+        for name, m in self._modules.items():
+            if m is not None:
+                yield name, m
+
+    def children(self) -> Iterator[Module]:
+        for _, m in self.named_children():
+            yield m
+
+    def _named_members(self, store: str, prefix: str, recurse: bool):
+        seen = set()
+        mods = self.named_modules(prefix) if recurse else [(prefix, self)]
+        for mod_prefix, m in mods:
+            for name, v in getattr(m, store).items():
+                if v is None or id(v) in seen:
+                    continue
+                seen.add(id(v))
+                yield (f"{mod_prefix}.{name}" if mod_prefix else name), v
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True):
+        yield from self._named_members("_parameters", prefix, recurse)
+
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        for _, p in self.named_parameters(recurse=recurse):
+            yield p
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True):
+        yield from self._named_members("_buffers", prefix, recurse)
+
+    def buffers(self, recurse: bool = True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    # ---- modes and gradients
+    def train(self, mode: bool = True) -> Module:
+        """Training mode (batch norm uses batch statistics, dropout drops) or not."""
+        for m in self.modules():
+            object.__setattr__(m, "training", bool(mode))
+        return self
+
+    def eval(self) -> Module:
+        """Evaluation mode: batch norm uses its running statistics; dropout is off."""
+        return self.train(False)
+
+    def zero_grad(self) -> None:
+        """Set every parameter's grad to None."""
+        for p in self.parameters():
+            p.grad = None
+
+    def apply(self, fn) -> Module:
+        for m in self.children():
+            m.apply(fn)
+        fn(self)
+        return self
+
+    def to(self, dtype) -> Module:
+        """Cast floating parameters and buffers to ``dtype`` (e.g. np.float64), in place."""
+        dtype = np.dtype(dtype)
+        if dtype.kind != "f":
+            raise TypeError(f"Module.to: dtype must be a floating type, got {dtype}")
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None and p.dtype.kind == "f":
+                    p.data = p.data.astype(dtype)
+                    p.grad = None
+            for name, b in m._buffers.items():
+                if b is not None and b.dtype.kind == "f":
+                    m._buffers[name] = b.astype(dtype)
+        return self
+
+    def float(self) -> Module:
+        return self.to(np.float32)
+
+    def double(self) -> Module:
+        return self.to(np.float64)
+
+    # ---- state
+    def state_dict(self) -> OrderedDict:
+        """Copies of every parameter and buffer, keyed by dotted name (torch's keys)."""
+        out = OrderedDict()
+        for prefix, m in self.named_modules():
+            for store in (m._parameters, m._buffers):
+                for name, v in store.items():
+                    if v is not None:
+                        key = f"{prefix}.{name}" if prefix else name
+                        out[key] = np.array(v.data if isinstance(v, Tensor) else v, copy=True)
+        return out
+
+    def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
+        """Copy arrays into the parameters and buffers, in place (cast to their dtypes).
+
+        With strict=True, missing or unexpected keys raise ValueError; shapes must match.
+        """
+        targets = {}
+        for prefix, m in self.named_modules():
+            for store in (m._parameters, m._buffers):
+                for name, v in store.items():
+                    if v is not None:
+                        targets[f"{prefix}.{name}" if prefix else name] = v
+        missing = [k for k in targets if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in targets]
+        if strict and (missing or unexpected):
+            raise ValueError(f"load_state_dict for {type(self).__name__}: missing keys "
+                             f"{missing}, unexpected keys {unexpected}")
+        for key, target in targets.items():
+            if key not in state_dict:
+                continue
+            value = state_dict[key]
+            value = np.asarray(value.data if isinstance(value, Tensor) else value)
+            dest = target.data if isinstance(target, Tensor) else target
+            if value.shape != dest.shape:
+                raise ValueError(f"load_state_dict for {type(self).__name__}: {key} has shape "
+                                 f"{value.shape} in the state dict but {dest.shape} in the "
+                                 "model")
+            np.copyto(dest, value, casting="unsafe")
+        return IncompatibleKeys(missing, unexpected)
+
+    # ---- calling and printing
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} does not define forward()")
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return ""
+
+    def __repr__(self) -> str:
+        lines = []
+        for name, m in self._modules.items():
+            sub = repr(m).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {sub}")
+        head = f"{type(self).__name__}({self.extra_repr()}"
+        if not lines:
+            return head + ")"
+        return head + "\n" + "\n".join(lines) + "\n)"
+
+
+class Sequential(Module):
+    """Modules applied in order: Sequential(m0, m1, ...) or Sequential(OrderedDict)."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        if len(modules) == 1 and isinstance(modules[0], (dict, OrderedDict)):
+            for name, m in modules[0].items():
+                self.add_module(name, _check_module("Sequential", name, m))
+        else:
+            for i, m in enumerate(modules):
+                self.add_module(str(i), _check_module("Sequential", i, m))
+
+    def forward(self, x):
+        for m in self._modules.values():
+            x = m(x)
+        return x
+
+    def __getitem__(self, i):
+        mods = list(self._modules.values())
+        if isinstance(i, slice):
+            return Sequential(*mods[i])
+        return mods[i]
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self):
+        return iter(self._modules.values())
+
+
+def _check_module(op, name, m):
+    if not isinstance(m, Module):
+        raise TypeError(f"{op}: element {name!r} must be a Module, got {type(m).__name__}")
+    return m
+
+
+def save(state_dict, path) -> None:
+    """Write a state dict (name -> array) to ``path`` as an uncompressed .npz."""
+    arrays = {k: np.asarray(v.data if isinstance(v, Tensor) else v) for k, v in state_dict.items()}
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load(path) -> OrderedDict:
+    """Read a state dict written by :func:`save` (keys in their saved order)."""
+    with np.load(path, allow_pickle=False) as z:
+        return OrderedDict((k, z[k]) for k in z.files)
