@@ -304,6 +304,21 @@ def wait_until_idle(timeout: float, threshold: float = 0.1, window: float = 0.5)
             return False
 
 
+def _measured(measure, wait_idle: float):
+    """(measure(), CPU share of other processes meanwhile). With ``wait_idle`` > 0: wait
+    for an idle machine first, and measure once more when others took over 10%."""
+    attempts = 2 if wait_idle > 0 else 1
+    for attempt in range(attempts):
+        if wait_idle > 0:
+            wait_until_idle(wait_idle)
+        meter = LoadMeter().start()
+        value = measure()
+        load = meter.stop()
+        if load is None or load <= 0.1 or attempt == attempts - 1:
+            break
+    return value, load
+
+
 def _time_scaled(make, x, n: int, repeats: int, max_time: float, budget: float
                  ) -> tuple[float, int]:
     """Time ``make(x[:b])()`` on b <= n images; b shrinks when one image is too slow."""
@@ -371,9 +386,10 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
         if shape.name not in arrays:
             arrays = {shape.name: shape.arrays(dtype)}  # keep one shape's arrays alive
             m, k, n, count = im2col_gemm(shape, dtype)
-            gf = sgemm_gflops(m, k, n, dtype, batch=min(count, 4))
+            gf, load = _measured(lambda m=m, k=k, n=n, c=count: sgemm_gflops(
+                m, k, n, dtype, batch=min(c, 4)), wait_idle)
             report.gemm[f"{suite}/{shape.name}"] = {"m": m, "k": k, "n": n, "count": count,
-                                                   "gflops": gf}
+                                                   "gflops": gf, "other_load": load}
         x, w = arrays[shape.name]
         if algo in ALGOS:
             def make(xb, algo=algo, shape=shape, w=w):
@@ -391,14 +407,9 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
             def make(xb, algo=algo, shape=shape, w=w):
                 return _scipy_runner(algo, shape, xb, w)
         budget = naive_budget if algo == "naive" else 0.0
-        for _attempt in range(2 if wait_idle > 0 else 1):
-            if wait_idle > 0:
-                wait_until_idle(wait_idle)
-            meter = LoadMeter().start()
-            secs, b = _time_scaled(make, x, shape.n, repeats, max_time, budget)
-            load = meter.stop()
-            if load is None or load <= 0.1:
-                break
+        (secs, b), load = _measured(
+            lambda make=make, x=x, n=shape.n, budget=budget: _time_scaled(
+                make, x, n, repeats, max_time, budget), wait_idle)
         flops = shape.flops() * (3 if backward else 1)
         chosen = (autotune.plan_for(shape.args(dtype), backward=backward).algorithm
                   if algo == "auto" else None)
