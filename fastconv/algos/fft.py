@@ -110,6 +110,13 @@ def _axis_length(size: int, n_out: int, stride: int, pad_lo: int, keff: int) -> 
     return max(size, m_last + keff, size + min(pad_lo, keff - 1))
 
 
+def fft_workers(planes: int, points: int) -> int:
+    """Threads for scipy.fft: one for less than about a million points in all (a single
+    512x512 plane ran no faster in the median with two here, only less steadily: the
+    second thread's wake-up costs about what it saves), else ``config.FFT_WORKERS``."""
+    return 1 if planes * points < (1 << 20) else config.FFT_WORKERS
+
+
 def forward_transform_shape(args) -> tuple[int, int]:
     """(fh, fw) used by ``forward``: the shortest fast lengths that avoid wrap-around on
     the outputs asked for (a 'valid' correlation needs only the input size, where the
@@ -144,7 +151,7 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     rh, rw = args.dilation
     keff_h, keff_w = rh * (args.kh - 1) + 1, rw * (args.kw - 1) + 1
     g, cg, dg = args.groups, args.c_in // args.groups, args.c_out // args.groups
-    workers = config.FFT_WORKERS
+    workers = fft_workers(args.n * (args.c_in + args.c_out), fh * fw)
 
     # Kernel spectrum (G, Dg, Cg, P) of the dilated kernel. Only keff_h of the fh rows
     # are non-zero, so the row transforms run on those rows alone.
