@@ -290,7 +290,13 @@ class LoadMeter:
         return float(min(max(others / total, 0.0), 1.0))
 
 
-def wait_until_idle(timeout: float, threshold: float = 0.1, window: float = 0.5) -> bool:
+#: Other processes' CPU share above which a measurement counts as disturbed: 2-thread
+#: BLAS waits for its slower thread, so a few percent of stolen time can double a GEMM.
+LOAD_THRESHOLD = 0.03
+
+
+def wait_until_idle(timeout: float, threshold: float = LOAD_THRESHOLD,
+                    window: float = 1.0) -> bool:
     """Wait up to ``timeout`` seconds for a ``window`` in which other processes use at
     most ``threshold`` of the CPU; True when one came (always True off Linux)."""
     end = time.perf_counter() + timeout
@@ -306,15 +312,16 @@ def wait_until_idle(timeout: float, threshold: float = 0.1, window: float = 0.5)
 
 def _measured(measure, wait_idle: float):
     """(measure(), CPU share of other processes meanwhile). With ``wait_idle`` > 0: wait
-    for an idle machine first, and measure once more when others took over 10%."""
-    attempts = 2 if wait_idle > 0 else 1
+    for an idle machine first, and measure again (at most twice more) when others took
+    more than ``LOAD_THRESHOLD``."""
+    attempts = 3 if wait_idle > 0 else 1
     for attempt in range(attempts):
         if wait_idle > 0:
             wait_until_idle(wait_idle)
         meter = LoadMeter().start()
         value = measure()
         load = meter.stop()
-        if load is None or load <= 0.1 or attempt == attempts - 1:
+        if load is None or load <= LOAD_THRESHOLD or attempt == attempts - 1:
             break
     return value, load
 
@@ -372,8 +379,8 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
     records the CPU share other processes took while it was measured
     (``Result.other_load``; multi-threaded BLAS slows down many times when a core is
     taken). ``wait_idle`` > 0: before each measurement wait up to that many seconds for
-    an idle machine, and measure once more (after waiting again) when others took more
-    than 10% of the CPU meanwhile."""
+    an idle machine, and measure again (up to twice, after waiting again) when others
+    took more than ``LOAD_THRESHOLD`` of the CPU meanwhile."""
     from . import autotune
 
     if report is None:
@@ -484,7 +491,7 @@ def summarize(results: list[Result]) -> dict:
         s["fft_single_channel"] = fftcmp
         s["measured_under_load"] = [
             {"shape": r.shape, "algo": r.algo, "other_load": r.other_load} for r in rs
-            if r.other_load is not None and r.other_load > 0.1]
+            if r.other_load is not None and r.other_load > LOAD_THRESHOLD]
         out[suite] = s
     return out
 
@@ -501,7 +508,7 @@ def format_table(results: list[Result]) -> str:
     for r in results:
         algo = r.algo + (f" ({r.chosen})" if r.chosen else "")
         ms = f"{1e3 * r.seconds:.3f}" + (f"* ({r.batch}/{r.n})" if r.scaled else "")
-        if r.other_load is not None and r.other_load > 0.1:
+        if r.other_load is not None and r.other_load > LOAD_THRESHOLD:
             ms += f" !{100 * r.other_load:.0f}%"
         share = None if r.share_of_gemm is None else 100 * r.share_of_gemm
         lines.append(f"| {r.shape} | {algo} | {ms} | {r.gflops:.1f} | "
@@ -532,7 +539,7 @@ def format_summary(summary: dict) -> str:
         if loaded:
             worst = max(loaded, key=lambda v: v["other_load"])
             lines.append(f"- {len(loaded)} measurements ran while other processes used more "
-                         f"than 10% of the CPU (worst {100 * worst['other_load']:.0f}%: "
+                         f"than {100 * LOAD_THRESHOLD:.0f}% of the CPU (worst {100 * worst['other_load']:.0f}%: "
                          f"{worst['shape']} {worst['algo']})")
         for sh, v in s.get("fft_single_channel", {}).items():
             lines.append(f"- {sh}: fft {v['fft_ms']:.3f} ms; scipy.fftconvolve / fft = "

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "images and is scaled when slower (0: full batch)")
     pb.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
                     help="on a shared machine: before each measurement wait up to SECONDS "
-                         "for other processes to go quiet, and retry once if they did not")
+                         "for other processes to go quiet, and retry (twice at most) when "
+                         "they took more than 3%% of the CPU meanwhile")
     pb.add_argument("--no-extras", action="store_true",
                     help="skip torch and scipy even when installed")
     pb.add_argument("--out", default=None,
