@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _args
+from . import _args, autotune
 from ._memory import allocate
 from .algos import fft, im2col, naive
 
@@ -37,12 +37,10 @@ def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout):
     return x, w, bias, args
 
 
-def resolve_algorithm(args, algo: str) -> str:
+def resolve_algorithm(args, algo: str, backward: bool = False) -> str:
     if algo != "auto":
         return algo
-    from .autotune import choose_algorithm_for
-
-    return choose_algorithm_for(args)
+    return autotune.choose_algorithm_for(args, backward)
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
@@ -94,9 +92,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
     out = allocate(op, "output", _layout_shape(args.y_shape, layout), args.dtype)
     if args.n > 0:
-        _FORWARD[resolve_algorithm(args, algo)](x, w, args, out)
-        if bias is not None:
-            out += bias if layout == "NHWC" else bias[:, None, None]
+        _FORWARD[resolve_algorithm(args, algo)](x, w, args, out, bias)
     return out[0] if args.unbatched else out
 
 
@@ -127,7 +123,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     gathers grad_y[n, d, i, j] w[d, c, a, b] at every input position each term read.
     "im2col" runs two GEMMs per tile (grad_w and the column gradient) and a fold (col2im)
     within the forward's workspace budget; "fft" forms both in the frequency domain;
-    "naive" is the formula as loops. "auto" picks as for the forward.
+    "naive" is the formula as loops. "auto" picks by the backward's own cost model
+    (``fastconv.plan(..., backward=True)``).
 
     Examples
     --------
@@ -162,7 +159,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_x = allocate(op, "input gradient", x.shape, args.dtype)
     grad_w = allocate(op, "weight gradient", w.shape, args.dtype)
     if args.n > 0:
-        _BACKWARD[resolve_algorithm(args, algo)](grad_y, x, w, args, grad_x, grad_w)
+        run = _BACKWARD[resolve_algorithm(args, algo, backward=True)]
+        run(grad_y, x, w, args, grad_x, grad_w)
     else:
         grad_w[...] = 0
     axes = (0, 2, 3) if layout == "NCHW" else (0, 1, 2)
