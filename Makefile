@@ -14,7 +14,7 @@ $(PY):
 
 # One stamp per set of extras; reinstalled when pyproject.toml changes.
 $(VENV)/.stamp-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[test,bench,examples]"
+	$(PY) -m pip install -q -e ".[test,bench,examples,dask]"
 	touch $@
 
 $(VENV)/.stamp-bench: pyproject.toml | $(PY)
@@ -25,15 +25,26 @@ $(VENV)/.stamp-dev: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
+# Two pytest processes: the CPU suite, then the CUDA kernels under numba's CUDA simulator
+# (NUMBA_ENABLE_CUDASIM must be set before numba is imported). Both always run; either
+# failing fails the target. The simulator needs numba.cuda: numba's built-in module, or
+# NVIDIA's numba-cuda, installed here only when numba has no cuda module of its own.
 test: $(VENV)/.stamp-test
-	$(PY) -m pytest tests $(PYTEST_ARGS)
+	@$(PY) -c "import numba.cuda" 2>/dev/null || $(PY) -m pip install -q "numba-cuda>=0.20.1"
+	@status=0; \
+	$(PY) -m pytest tests --ignore=tests/cuda $(PYTEST_ARGS) || status=$$?; \
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/cuda $(PYTEST_ARGS) || status=$$?; \
+	exit $$status
 
 test-slow: $(VENV)/.stamp-test
-	$(PY) -m pytest tests -m slow $(PYTEST_ARGS)
+	$(PY) -m pytest tests --ignore=tests/cuda -m slow $(PYTEST_ARGS)
 
+# The quick suite and the kernel-size sweep (a few minutes on 2 cores); the report
+# (results.json, results.md, PNG plots) goes to bench/results/. The full suite:
+# `fastconv bench --suite default`; pytest-benchmark: `pytest bench/ --benchmark-only`.
 bench: $(VENV)/.stamp-bench
 	$(PY) -m fastconv.cli info
-	$(PY) -m fastconv.cli bench --out bench/results
+	$(PY) -m fastconv.cli bench --suite quick kernel-sweep --out bench/results
 
 info: $(VENV)/.stamp-bench
 	$(PY) -m fastconv.cli info

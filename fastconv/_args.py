@@ -15,6 +15,7 @@ import numpy as np
 
 LAYOUTS = ("NCHW", "NHWC")
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DEVICES = ("cpu", "cuda")
 
 
 def conv_output_size(n: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
@@ -38,6 +39,13 @@ def check_layout(op: str, layout) -> str:
         raise ValueError(f"{op}: layout={layout!r} is not supported; acceptable layouts are "
                          f"{', '.join(repr(x) for x in LAYOUTS)}")
     return layout
+
+
+def check_device(op: str, device) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"{op}: device={device!r} is not supported; acceptable devices are "
+                         f"{', '.join(repr(x) for x in DEVICES)}")
+    return device
 
 
 def check_array(op: str, name: str, a) -> np.ndarray:

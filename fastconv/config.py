@@ -7,11 +7,18 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 |----------------------|-------------------------------|----------------------------|
 | WORKSPACE_BYTES      | FASTCONV_WORKSPACE_MB         | 256 MiB                    |
 | IM2COL_CHUNK_BYTES   | FASTCONV_IM2COL_CHUNK_MB      | 8 MiB                      |
-| FFT_MIN_KERNEL_AREA  | FASTCONV_FFT_MIN_KERNEL_AREA  | 121 (11x11)                |
+| WORKSPACE_CACHE_BYTES| FASTCONV_WORKSPACE_CACHE_MB   | 32 MiB                     |
+| PLAN_CACHE_SIZE      | FASTCONV_PLAN_CACHE_SIZE      | 1024 plans                 |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
 | MNIST_MIRROR         | FASTCONV_MNIST_MIRROR         | None (the usual mirror)    |
 | FASHION_MNIST_MIRROR | FASTCONV_FASHION_MNIST_MIRROR | None (the usual mirror)    |
+| CUDA_BLOCK           | FASTCONV_CUDA_BLOCK           | 256                        |
+| CUDA_MAX_BLOCKS      | FASTCONV_CUDA_MAX_BLOCKS      | 8192                       |
+| CUDA_GEMM_TILE       | FASTCONV_CUDA_GEMM_TILE       | 16                         |
+| CUDA_REDUCE_THREADS  | FASTCONV_CUDA_REDUCE_THREADS  | 256                        |
+| CUDA_DIRECT_MAX_TAPS | FASTCONV_CUDA_DIRECT_MAX_TAPS | 32                         |
+| CUDA_DIRECT_MAX_COUT | FASTCONV_CUDA_DIRECT_MAX_COUT | 4                          |
 """
 
 from __future__ import annotations
@@ -41,8 +48,12 @@ WORKSPACE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_MB", 256) * MIB)
 #: between the unfold and its GEMM. Never larger than WORKSPACE_BYTES.
 IM2COL_CHUNK_BYTES: int = int(_env_float("FASTCONV_IM2COL_CHUNK_MB", 8) * MIB)
 
-#: Uncalibrated auto rule: kernels with at least this many taps (and stride 1) use FFT.
-FFT_MIN_KERNEL_AREA: int = int(_env_float("FASTCONV_FFT_MIN_KERNEL_AREA", 121))
+#: Scratch buffers up to this size are kept per thread and reused across calls (no page
+#: faults on every call); larger ones are allocated per call.
+WORKSPACE_CACHE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_CACHE_MB", 32) * MIB)
+
+#: How many algorithm choices (plans) ``algo="auto"`` keeps, least recently used first out.
+PLAN_CACHE_SIZE: int = int(_env_float("FASTCONV_PLAN_CACHE_SIZE", 1024))
 
 #: fastmath flags for the njit kernels. No "nnan"/"ninf": NaN and Inf must propagate and
 #: np.isnan must keep working (NUMBA.md).
@@ -68,3 +79,24 @@ FFT_WORKERS: int = int(_env_float("FASTCONV_FFT_WORKERS", os.cpu_count() or 1))
 #: (fastconv.data.MNIST_DATASETS). Files are checked against their SHA-256 either way.
 MNIST_MIRROR: str | None = os.environ.get("FASTCONV_MNIST_MIRROR") or None
 FASHION_MNIST_MIRROR: str | None = os.environ.get("FASTCONV_FASHION_MNIST_MIRROR") or None
+# --------------------------------------------------------------------------- CUDA path
+# (fastconv.cuda; read when its kernels launch, so they may be changed at run time)
+
+#: Threads per block of the element-wise CUDA kernels (grid-stride loops).
+CUDA_BLOCK: int = int(_env_float("FASTCONV_CUDA_BLOCK", 256))
+
+#: Most blocks one element-wise CUDA launch uses; each thread then loops over the rest.
+CUDA_MAX_BLOCKS: int = int(_env_float("FASTCONV_CUDA_MAX_BLOCKS", 8192))
+
+#: Side of the shared-memory GEMM tile (TILE x TILE threads per block, one output each).
+CUDA_GEMM_TILE: int = int(_env_float("FASTCONV_CUDA_GEMM_TILE", 16))
+
+#: Threads per block of the per-channel reductions (bias gradient, batch-norm sums);
+#: a power of two.
+CUDA_REDUCE_THREADS: int = int(_env_float("FASTCONV_CUDA_REDUCE_THREADS", 256))
+
+#: conv2d algo="auto" on CUDA uses the direct kernel when the im2col GEMM would be thin:
+#: fewer than this many taps per output (C_in/groups * kh * kw) or fewer than
+#: CUDA_DIRECT_MAX_COUT output channels per group. Not calibrated on hardware.
+CUDA_DIRECT_MAX_TAPS: int = int(_env_float("FASTCONV_CUDA_DIRECT_MAX_TAPS", 32))
+CUDA_DIRECT_MAX_COUT: int = int(_env_float("FASTCONV_CUDA_DIRECT_MAX_COUT", 4))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _args
+from . import _args, autotune, numerics
 from ._memory import allocate
 from .algos import fft, im2col, naive
 
@@ -37,16 +37,34 @@ def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout):
     return x, w, bias, args
 
 
-def resolve_algorithm(args, algo: str) -> str:
+def resolve_algorithm(args, algo: str, backward: bool = False) -> str:
     if algo != "auto":
         return algo
-    from .autotune import choose_algorithm_for
+    return autotune.choose_algorithm_for(args, backward)
 
-    return choose_algorithm_for(args)
+
+def _forward(x, w, bias, args, algo: str, out) -> None:
+    """Run the forward algorithm into ``out``; FFT only where it can be trusted
+    (fastconv.numerics): never on non-finite input, and for ``algo="auto"`` only when its
+    error bound meets the FFT tolerance, else im2col recomputes the result."""
+    chosen = resolve_algorithm(args, algo)
+    if chosen == "fft" and not numerics.all_finite(x, w, bias):
+        chosen = "im2col"
+    _FORWARD[chosen](x, w, args, out, bias)
+    if chosen == "fft" and algo == "auto":
+        xn = x if args.layout == "NCHW" else x.transpose(0, 3, 1, 2)
+        wn = w if args.layout == "NCHW" else w.transpose(3, 2, 0, 1)
+        yn = out if args.layout == "NCHW" else out.transpose(0, 3, 1, 2)
+        if bias is not None:
+            yn = yn - bias[:, None, None]
+        fh, fw = fft.transform_shape(args)
+        bound = numerics.fft_error_bound(xn, wn, fh * fw)
+        if not numerics.fft_result_trusted(yn, bound, xn, wn, args):
+            _FORWARD["im2col"](x, w, args, out, bias)
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
-           algo="auto"):
+           algo="auto", device="cpu"):
     """2-D cross-correlation, as torch.nn.functional.conv2d.
 
     Parameters
@@ -61,6 +79,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     groups : int dividing C_in and C_out.
     layout : "NCHW" (default) or "NHWC".
     algo : "auto", "naive", "im2col" or "fft".
+    device : "cpu" (default) or "cuda": run on the GPU (``fastconv.cuda.conv2d``; numpy
+        or GPU arrays; algorithms "auto", "naive", "im2col").
 
     Returns
     -------
@@ -83,18 +103,21 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
            [37., 43.]])
     """
     op = "conv2d"
+    if _args.check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.conv2d(x, w, bias, stride, padding, dilation, groups, layout=layout,
+                           algo=algo)
     check_algo(op, algo)
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
     out = allocate(op, "output", _layout_shape(args.y_shape, layout), args.dtype)
     if args.n > 0:
-        _FORWARD[resolve_algorithm(args, algo)](x, w, args, out)
-        if bias is not None:
-            out += bias if layout == "NHWC" else bias[:, None, None]
+        _forward(x, w, bias, args, algo, out)
     return out[0] if args.unbatched else out
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout="NCHW", algo="auto"):
+                    layout="NCHW", algo="auto", device="cpu"):
     """Gradients of ``conv2d`` with respect to its input, weight and bias.
 
     Parameters
@@ -103,6 +126,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
         (N, C_out, H_out, W_out) for "NCHW", (N, H_out, W_out, C_out) for "NHWC"
         (3-D when x is 3-D).
     x, w, stride, padding, dilation, groups, layout, algo : as in ``conv2d``.
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
     -------
@@ -119,7 +143,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     gathers grad_y[n, d, i, j] w[d, c, a, b] at every input position each term read.
     "im2col" runs two GEMMs per tile (grad_w and the column gradient) and a fold (col2im)
     within the forward's workspace budget; "fft" forms both in the frequency domain;
-    "naive" is the formula as loops. "auto" picks as for the forward.
+    "naive" is the formula as loops. "auto" picks by the backward's own cost model
+    (``fastconv.plan(..., backward=True)``).
 
     Examples
     --------
@@ -134,6 +159,11 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     array([4.])
     """
     op = "conv2d_backward"
+    if _args.check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.conv2d_backward(grad_y, x, w, stride, padding, dilation, groups, layout=layout,
+                                    algo=algo)
     check_algo(op, algo)
     x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout)
     grad_y = _args.check_array(op, "grad_y", grad_y)
@@ -149,7 +179,11 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_x = allocate(op, "input gradient", x.shape, args.dtype)
     grad_w = allocate(op, "weight gradient", w.shape, args.dtype)
     if args.n > 0:
-        _BACKWARD[resolve_algorithm(args, algo)](grad_y, x, w, args, grad_x, grad_w)
+        chosen = resolve_algorithm(args, algo, backward=True)
+        if chosen == "fft" and not numerics.all_finite(grad_y, x, w):
+            chosen = "im2col"  # FFT would spread a NaN/Inf over whole planes
+        run = _BACKWARD[chosen]
+        run(grad_y, x, w, args, grad_x, grad_w)
     else:
         grad_w[...] = 0
     axes = (0, 2, 3) if layout == "NCHW" else (0, 1, 2)

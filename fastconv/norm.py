@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config
-from ._args import check_array, check_layout, check_same_dtype
+from ._args import check_array, check_device, check_layout, check_same_dtype
 from ._memory import allocate
 from ._runtime import parallel_guard
 
@@ -221,37 +221,9 @@ def _f64(a, c, fill):
 
 
 # ----------------------------------------------------------------------------- forward
-def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False):
-    """Batch normalisation, as torch.nn.functional.batch_norm on 4-D input.
-
-    Parameters
-    ----------
-    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC".
-    running_mean, running_var : ndarrays (C,) of x's dtype, or None (only when
-        training=True: no running update then). Updated in place when training:
-        running = (1 - momentum) * running + momentum * batch_statistic, with the
-        unbiased batch variance.
-    weight, bias : (C,) of x's dtype or None (ones / zeros).
-    training : normalise with the batch statistics (True) or the running ones (False).
-    momentum : in [0, 1]. eps : >= 0, added to the variance.
-    return_stats : also return the mean and invstd used.
-
-    Returns
-    -------
-    y : ndarray, shape, layout and dtype of x.
-    mean, invstd : float64 (C,) arrays actually used to normalise (batch statistics in
-        training, running ones in evaluation), invstd = 1/sqrt(var + eps); with
-        return_stats=True. Pass them to ``batch_norm_backward``.
-
-    Notes
-    -----
-    Training needs more than one value per channel (N*H*W > 1), as in torch. An empty
-    batch gives an empty y, NaN statistics and no running update. Wraps
-    ``_bn_train_nchw`` / ``_bn_apply_nchw`` (one task per channel / plane) and the NHWC
-    block kernels (see the module docstring).
-    """
-    op = "batch_norm"
+def batch_norm_args(op, x, running_mean, running_var, weight, bias, training, momentum,
+                    eps, layout, return_stats):
+    """The checks of ``batch_norm``; returns (c, count, training, momentum, eps)."""
     x, c, count = _check_input(op, x, layout)
     training = _check_bool(op, "training", training)
     _check_bool(op, "return_stats", return_stats)
@@ -270,11 +242,54 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         _check_channel_vector(op, name, a, c, x.dtype)
         if a is not None and training and not a.flags.writeable:
             raise ValueError(f"{op}: {name} is read-only; training updates it in place")
-    weight = _check_channel_vector(op, "weight", weight, c, x.dtype)
-    bias = _check_channel_vector(op, "bias", bias, c, x.dtype)
+    _check_channel_vector(op, "weight", weight, c, x.dtype)
+    _check_channel_vector(op, "bias", bias, c, x.dtype)
     if training and count == 1:
         raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
                          f"input shape {x.shape}")
+    return c, count, training, momentum, eps
+
+
+def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
+               momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False, device="cpu"):
+    """Batch normalisation, as torch.nn.functional.batch_norm on 4-D input.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC".
+    running_mean, running_var : ndarrays (C,) of x's dtype, or None (only when
+        training=True: no running update then). Updated in place when training:
+        running = (1 - momentum) * running + momentum * batch_statistic, with the
+        unbiased batch variance.
+    weight, bias : (C,) of x's dtype or None (ones / zeros).
+    training : normalise with the batch statistics (True) or the running ones (False).
+    momentum : in [0, 1]. eps : >= 0, added to the variance.
+    return_stats : also return the mean and invstd used.
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
+
+    Returns
+    -------
+    y : ndarray, shape, layout and dtype of x.
+    mean, invstd : float64 (C,) arrays actually used to normalise (batch statistics in
+        training, running ones in evaluation), invstd = 1/sqrt(var + eps); with
+        return_stats=True. Pass them to ``batch_norm_backward``.
+
+    Notes
+    -----
+    Training needs more than one value per channel (N*H*W > 1), as in torch. An empty
+    batch gives an empty y, NaN statistics and no running update. Wraps
+    ``_bn_train_nchw`` / ``_bn_apply_nchw`` (one task per channel / plane) and the NHWC
+    block kernels (see the module docstring).
+    """
+    op = "batch_norm"
+    if check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
+                               eps, layout=layout, return_stats=return_stats)
+    c, count, training, momentum, eps = batch_norm_args(
+        op, x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
+        return_stats)
 
     xc = np.ascontiguousarray(x)
     y = allocate(op, "output", x.shape, x.dtype)
@@ -315,8 +330,26 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 
 # ---------------------------------------------------------------------------- backward
+def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training, layout):
+    """The checks of ``batch_norm_backward``; returns (c, count, training)."""
+    x, c, count = _check_input(op, x, layout)
+    grad_y = check_array(op, "grad_y", grad_y)
+    check_same_dtype(op, grad_y=grad_y, input=x)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{op}: grad_y must have the shape of the input {x.shape}, got "
+                         f"{grad_y.shape}")
+    training = _check_bool(op, "training", training)
+    mean = _check_channel_vector(op, "mean", mean, c)
+    invstd = _check_channel_vector(op, "invstd", invstd, c)
+    if mean is None or invstd is None:
+        raise TypeError(f"{op}: mean and invstd are required (from batch_norm(..., "
+                        "return_stats=True))")
+    _check_channel_vector(op, "weight", weight, c, x.dtype)
+    return c, count, training
+
+
 def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
-                        layout="NCHW"):
+                        layout="NCHW", device="cpu"):
     """Gradient of ``batch_norm``.
 
     Parameters
@@ -331,6 +364,7 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
 
         with xhat = (x - mean) * invstd and means over (N, H, W); False for the affine
         map only (grad_x = weight * invstd * grad_y).
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
     -------
@@ -344,19 +378,14 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     ``_block_grad_sums_nhwc`` + ``_bn_backward_apply_nhwc``.
     """
     op = "batch_norm_backward"
-    x, c, count = _check_input(op, x, layout)
-    grad_y = check_array(op, "grad_y", grad_y)
-    check_same_dtype(op, grad_y=grad_y, input=x)
-    if grad_y.shape != x.shape:
-        raise ValueError(f"{op}: grad_y must have the shape of the input {x.shape}, got "
-                         f"{grad_y.shape}")
-    training = _check_bool(op, "training", training)
-    mean = _check_channel_vector(op, "mean", mean, c)
-    invstd = _check_channel_vector(op, "invstd", invstd, c)
-    if mean is None or invstd is None:
-        raise TypeError(f"{op}: mean and invstd are required (from batch_norm(..., "
-                        "return_stats=True))")
-    weight = _check_channel_vector(op, "weight", weight, c, x.dtype)
+    if check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.batch_norm_backward(grad_y, x, mean, invstd, weight, training=training,
+                                        layout=layout)
+    c, count, training = batch_norm_backward_args(op, grad_y, x, mean, invstd, weight,
+                                                  training, layout)
+
     mean64, invstd64 = mean.astype(np.float64), invstd.astype(np.float64)
     w64 = _f64(weight, c, 1.0)
 

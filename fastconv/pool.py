@@ -21,7 +21,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config
-from ._args import check_array, check_layout, pair
+from ._args import check_array, check_device, check_layout, pair
 from ._memory import allocate
 from ._runtime import parallel_guard
 from .algos._common import valid_range
@@ -287,7 +287,7 @@ def _max_unpool_nhwc(gy, idx, gx):
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
-               layout="NCHW", return_indices=False):
+               layout="NCHW", return_indices=False, device="cpu"):
     """2-D max pooling, as torch.nn.functional.max_pool2d.
 
     Parameters
@@ -299,6 +299,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     ceil_mode : round the output size up (the last window starting inside the input or
         the left padding).
     return_indices : also return the position of each maximum.
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
     -------
@@ -322,6 +323,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
            [7., 8.]])
     """
     op = "max_pool2d"
+    if check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode, layout=layout,
+                               return_indices=return_indices)
     x = check_array(op, "input", x)
     a = pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
     _check_flag(op, "return_indices", return_indices)
@@ -344,23 +350,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return (y, idx) if return_indices else y
 
 
-def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW"):
-    """Gradient of ``max_pool2d``: grad_y[n, c, i, j] is added at indices[n, c, i, j].
-
-    Parameters
-    ----------
-    grad_y : ndarray, shape of max_pool2d's output (caller's layout).
-    indices : int64 ndarray, shape of grad_y, from ``max_pool2d(..., return_indices=True)``
-        (-1 marks a window without input elements; it passes no gradient).
-    input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched).
-
-    Returns
-    -------
-    grad_x : ndarray of input_shape, dtype of grad_y. Wraps ``_max_unpool_planes`` /
-    ``_max_unpool_nhwc`` (one task per plane or per (image, channel block): no races when
-    windows overlap).
-    """
-    op = "max_pool2d_backward"
+def max_unpool_args(op: str, grad_y, indices, input_shape, layout):
+    """The checks of ``max_pool2d_backward``; returns (input_shape, n, c, h, w, h_out,
+    w_out, unbatched)."""
     check_layout(op, layout)
     shape = _check_input_shape(op, input_shape)
     n, c, h, w, unbatched = _input_dims(op, shape, layout)
@@ -383,6 +375,33 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW"):
     if indices.size and (indices.min() < -1 or indices.max() >= h * w):
         raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, {h * w}) (or be -1), got "
                          f"values from {indices.min()} to {indices.max()}")
+    return shape, n, c, h, w, ho, wo, unbatched
+
+
+def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="cpu"):
+    """Gradient of ``max_pool2d``: grad_y[n, c, i, j] is added at indices[n, c, i, j].
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape of max_pool2d's output (caller's layout).
+    indices : int64 ndarray, shape of grad_y, from ``max_pool2d(..., return_indices=True)``
+        (-1 marks a window without input elements; it passes no gradient).
+    input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched).
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
+
+    Returns
+    -------
+    grad_x : ndarray of input_shape, dtype of grad_y. Wraps ``_max_unpool_planes`` /
+    ``_max_unpool_nhwc`` (one task per plane or per (image, channel block): no races when
+    windows overlap).
+    """
+    op = "max_pool2d_backward"
+    if check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.max_pool2d_backward(grad_y, indices, input_shape, layout=layout)
+    shape, n, c, h, w, ho, wo, unbatched = max_unpool_args(op, grad_y, indices, input_shape,
+                                                           layout)
     gy = _nchw(grad_y, unbatched)
     ix = _nchw(indices, unbatched)
     gx = allocate(op, "gradient", (1,) + shape if unbatched else shape, grad_y.dtype)
@@ -560,7 +579,7 @@ def _avg_args(op, shape, kernel_size, stride, padding, ceil_mode, count_include_
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
-               count_include_pad=True, *, layout="NCHW"):
+               count_include_pad=True, *, layout="NCHW", device="cpu"):
     """2-D average pooling, as torch.nn.functional.avg_pool2d (no divisor_override).
 
     Parameters
@@ -572,6 +591,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     count_include_pad : divide by the window size including padding (clipped at the end
         of the right padding, which matters in ceil_mode) rather than by the number of
         input elements in the window.
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
     -------
@@ -580,6 +600,11 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
         accumulated in float64. Wraps ``_avg_pool_planes`` / ``_avg_pool_nhwc``.
     """
     op = "avg_pool2d"
+    if check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.avg_pool2d(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                               layout=layout)
     x = check_array(op, "input", x)
     a, geom = _avg_args(op, x.shape, kernel_size, stride, padding, ceil_mode,
                         count_include_pad, layout)
@@ -598,15 +623,22 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
 
 
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
-                        ceil_mode=False, count_include_pad=True, *, layout="NCHW"):
+                        ceil_mode=False, count_include_pad=True, *, layout="NCHW",
+                        device="cpu"):
     """Gradient of ``avg_pool2d`` (same arguments): each grad_y value, divided by its
     window's divisor, is added to every input element of its window.
 
     Returns grad_x of ``input_shape`` (caller's layout), dtype of grad_y. Wraps
     ``_avg_unpool_planes`` / ``_avg_unpool_nhwc``: each task owns a block of input rows
     and gathers from the windows covering them (no races when windows overlap).
+    device="cuda" runs the same op on the GPU (``fastconv.cuda``).
     """
     op = "avg_pool2d_backward"
+    if check_device(op, device) == "cuda":
+        from . import cuda
+
+        return cuda.avg_pool2d_backward(grad_y, input_shape, kernel_size, stride, padding,
+                                        ceil_mode, count_include_pad, layout=layout)
     shape = _check_input_shape(op, input_shape)
     a, geom = _avg_args(op, shape, kernel_size, stride, padding, ceil_mode,
                         count_include_pad, layout)

@@ -1,0 +1,215 @@
+"""conv2d, max_pool2d and avg_pool2d on dask arrays.
+
+Each function validates its arguments at once (errors name the op, the rule and the
+values, as the in-memory functions do), builds the graph of ``_graph.window_map`` and
+returns a lazy dask array: nothing is computed until the caller asks. Every block is
+computed by the in-memory fastconv function with the caller's arguments, so the result
+equals the in-memory result on the whole array.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import dask.array as da
+import numpy as np
+
+from .. import _args
+from .. import conv as _conv
+from .. import pool as _pool
+from ._geometry import Axis
+from ._graph import AXES, window_map
+
+
+def check_dask_array(op: str, name: str, x) -> da.Array:
+    """A dask array of float32/float64 with known chunk sizes."""
+    if not isinstance(x, da.Array):
+        raise TypeError(f"{op}: {name} must be a dask.array.Array, got {type(x).__name__} "
+                        "(dask.array.from_array wraps an in-memory array)")
+    if x.dtype not in _args.DTYPES:
+        raise TypeError(f"{op}: {name} has dtype {x.dtype}; accepted dtypes are float32 and "
+                        "float64")
+    if any(math.isnan(s) for s in x.shape):
+        raise ValueError(f"{op}: {name} has unknown chunk sizes (shape {x.shape}); call "
+                         "x.compute_chunk_sizes() first")
+    return x
+
+
+# --------------------------------------------------------------------------- conv2d
+@dataclass(frozen=True)
+class _Conv:
+    """Block op: fastconv.conv2d with fixed arguments (weight and bias come per call)."""
+
+    stride: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]
+    dilation: tuple[int, int]
+    groups: int
+    layout: str
+    algo: str
+
+    def __call__(self, xs, origin, w, bias):
+        return _conv.conv2d(xs, w, bias, self.stride, self.padding, self.dilation, self.groups,
+                            layout=self.layout, algo=self.algo)
+
+
+def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
+           algo="auto"):
+    """2-D cross-correlation of a dask array, as :func:`fastconv.conv2d`.
+
+    Parameters
+    ----------
+    x : dask array, (N, C_in, H, W) for layout "NCHW" or (N, H, W, C_in) for "NHWC"
+        (3-D: one unbatched image). Chunked over the batch, and over H and W if
+        images are large; chunks over the channels are merged into one (a conv output
+        channel needs every input channel of its group).
+    w : numpy array, (C_out, C_in/groups, kh, kw) "OIHW" for NCHW, (kh, kw,
+        C_in/groups, C_out) "HWIO" for NHWC. Stored once in the graph.
+    bias : numpy array (C_out,) or None.
+    stride, padding, dilation, groups, layout, algo : as :func:`fastconv.conv2d`.
+        ``algo="auto"`` is resolved once for the whole problem, so every block runs the
+        algorithm the in-memory call would run.
+
+    Returns
+    -------
+    y : lazy dask array (N, C_out, H_out, W_out) or (N, H_out, W_out, C_out) with the
+        batch chunks of ``x``, one channel chunk, and height and width chunks that
+        follow those of ``x`` (an input chunk starting at row B gives an output chunk
+        starting at row ceil((B + p_top) / stride)). H_out, W_out as for
+        :func:`fastconv.conv2d`.
+
+    Notes
+    -----
+    A block whose output rows are [i0, i1) reads input rows [i0*s - p_top,
+    (i1-1)*s - p_top + r*(kh-1)] (clipped to the image; "the halo"), gathered from the
+    chunks they lie in. Equals ``fastconv.conv2d(x.compute(), ...)``: bit for bit with
+    "naive"; to rounding with "im2col" and "fft", whose GEMM and transform sizes follow
+    the block (BLAS sums in a size-dependent order).
+    """
+    op = "conv2d"
+    x = check_dask_array(op, "input", x)
+    _conv.check_algo(op, algo)
+    w = _args.check_array(op, "weight", w)
+    if bias is not None:
+        bias = _args.check_array(op, "bias", bias)
+    dtype = _args.check_same_dtype(op, input=x, weight=w, bias=bias)
+    args = _args.conv_args_from_shapes(op, x.shape, w.shape, stride, padding, dilation,
+                                       groups, layout, dtype)
+    if bias is not None and bias.shape != (args.c_out,):
+        raise ValueError(f"{op}: bias must have shape (C_out,) = ({args.c_out},), got "
+                         f"{bias.shape}")
+    block_op = _Conv(args.stride, args.padding, args.dilation, args.groups, layout,
+                     _conv.resolve_algorithm(args, algo))
+    if args.unbatched:
+        x = x[None]
+    c_ax = AXES[layout][0]
+    x = x.rechunk({c_ax: -1})
+    axes = (Axis(args.h, args.kh, args.stride[0], args.dilation[0], args.padding[0]),
+            Axis(args.w, args.kw, args.stride[1], args.dilation[1], args.padding[1]))
+    (y,) = window_map(x, block_op, axes, layout=layout, dtypes=(args.dtype,),
+                      out_channels=(args.c_out,), extra=(w, bias), name="fastconv-conv2d")
+    return y[0] if args.unbatched else y
+
+
+# -------------------------------------------------------------------------- pooling
+def pool_axes(op: str, x, kernel_size, stride, padding, dilation, ceil_mode, layout):
+    """Validate pooling arguments against the shape of ``x`` (as the in-memory pooling
+    does, :func:`fastconv.pool.pool_args`); the (height, width) :class:`Axis`."""
+    a = _pool.pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
+    return tuple(Axis(n, k, s, r, (p, p), a.ceil_mode) for n, k, s, r, p in zip(
+        (a.h, a.w), a.kernel, a.stride, a.dilation, a.padding, strict=True))
+
+
+@dataclass(frozen=True)
+class _MaxPool:
+    """Block op: fastconv.max_pool2d; indices are moved from the slice to the image."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    ceil_mode: bool
+    layout: str
+    return_indices: bool
+    width: int  # of the whole image, for the flat indices h*W + w
+
+    def __call__(self, xs, origin):
+        out = _pool.max_pool2d(xs, self.kernel_size, self.stride, self.padding,
+                               self.dilation, self.ceil_mode, layout=self.layout,
+                               return_indices=self.return_indices)
+        if not self.return_indices:
+            return out
+        y, idx = out
+        local_w = xs.shape[AXES[self.layout][2]]
+        rows, cols = np.divmod(idx, local_w)
+        return y, (rows + origin[0]) * self.width + (cols + origin[1])
+
+
+@dataclass(frozen=True)
+class _AvgPool:
+    """Block op: fastconv.avg_pool2d with fixed arguments."""
+
+    kernel_size: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    ceil_mode: bool
+    count_include_pad: bool
+    layout: str
+
+    def __call__(self, xs, origin):
+        return _pool.avg_pool2d(xs, self.kernel_size, self.stride, self.padding,
+                                self.ceil_mode, self.count_include_pad, layout=self.layout)
+
+
+def _pooling(op, x, block_op, axes, dtypes, layout):
+    unbatched = x.ndim == 3
+    if unbatched:
+        x = x[None]
+    outs = window_map(x, block_op, axes, layout=layout, dtypes=dtypes, name=f"fastconv-{op}")
+    outs = [y[0] for y in outs] if unbatched else outs
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+               layout="NCHW", return_indices=False):
+    """Max pooling of a dask array, as :func:`fastconv.max_pool2d`.
+
+    Parameters
+    ----------
+    x : dask array, (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC" (3-D: unbatched),
+        chunked over any axis; channel chunks are kept (pooling is per channel).
+    kernel_size, stride (None: kernel_size), padding, dilation, ceil_mode, layout,
+    return_indices : as :func:`fastconv.max_pool2d`.
+
+    Returns
+    -------
+    y : lazy dask array (N, C, H_out, W_out) (or NHWC), chunks as for
+        :func:`conv2d` but keeping the channel chunks; with ``return_indices`` also the
+        int64 flat indices h*W + w into the whole input plane (torch's convention).
+    """
+    op = "max_pool2d"
+    x = check_dask_array(op, "input", x)
+    axes = pool_axes(op, x, kernel_size, stride, padding, dilation, ceil_mode, layout)
+    h, w = axes
+    block_op = _MaxPool((h.k, w.k), (h.s, w.s), (h.pad[0], w.pad[0]), (h.r, w.r),
+                        h.ceil_mode, layout, bool(return_indices), w.n)
+    dtypes = (x.dtype, np.dtype(np.int64)) if return_indices else (x.dtype,)
+    return _pooling(op, x, block_op, axes, dtypes, layout)
+
+
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, *, layout="NCHW"):
+    """Average pooling of a dask array, as :func:`fastconv.avg_pool2d`.
+
+    Parameters and Returns as :func:`max_pool2d` (no dilation, no indices);
+    ``count_include_pad`` as :func:`fastconv.avg_pool2d`. Divisors, including those of
+    windows that hang over the edge in ``ceil_mode``, are those of the whole image.
+    """
+    op = "avg_pool2d"
+    x = check_dask_array(op, "input", x)
+    axes = pool_axes(op, x, kernel_size, stride, padding, 1, ceil_mode, layout)
+    count_include_pad = _pool._check_flag(op, "count_include_pad", count_include_pad)
+    h, w = axes
+    block_op = _AvgPool((h.k, w.k), (h.s, w.s), (h.pad[0], w.pad[0]), h.ceil_mode,
+                        count_include_pad, layout)
+    return _pooling(op, x, block_op, axes, (x.dtype,), layout)

@@ -1,0 +1,50 @@
+"""CUDA kernels under numba's CUDA simulator (tiny shapes: it runs every GPU thread as a
+Python thread).
+
+Run in a process of their own: ``NUMBA_ENABLE_CUDASIM=1 pytest tests/cuda`` (the
+Makefile's ``test`` target does). The simulator is chosen when numba is first imported,
+so this file turns it on only if numba is not loaded yet; on a machine with a GPU,
+``NUMBA_ENABLE_CUDASIM=0 pytest tests/cuda`` runs the same tests on the hardware.
+"""
+
+import os
+import sys
+
+if "numba" not in sys.modules:
+    os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+
+import pytest  # noqa: E402
+
+from fastconv import config  # noqa: E402
+from fastconv.cuda import _device  # noqa: E402
+
+UNAVAILABLE = _device.unavailable_reason()
+SIMULATED = UNAVAILABLE is None and _device.simulated()
+
+if UNAVAILABLE is not None:
+    # numba was imported without the simulator (e.g. `pytest tests` in one process) and
+    # there is no GPU: these tests belong to their own process (see above).
+    collect_ignore_glob = ["test_*.py"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _fast_simulator():
+    """The simulator spends its time switching Python threads: switch often."""
+    if not SIMULATED:
+        yield
+        return
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(2e-5)
+    yield
+    sys.setswitchinterval(old)
+
+
+@pytest.fixture(autouse=True)
+def small_launches(monkeypatch):
+    """Tiny blocks and grids in the simulator, so each thread loops (grid-stride) and the
+    GEMM and reductions see partial tiles; the hardware keeps the defaults."""
+    if SIMULATED:
+        monkeypatch.setattr(config, "CUDA_BLOCK", 32)
+        monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 4)
+        monkeypatch.setattr(config, "CUDA_GEMM_TILE", 4)
+        monkeypatch.setattr(config, "CUDA_REDUCE_THREADS", 8)

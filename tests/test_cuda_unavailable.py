@@ -1,0 +1,81 @@
+"""Without a GPU: importing fastconv needs no CUDA, and device='cuda' fails clearly."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import cli
+from fastconv import cuda as fcuda
+from fastconv.cuda import _device
+
+NO_GPU = _device.unavailable_reason() is not None
+
+
+def test_import_does_not_load_numba_cuda():
+    code = ("import sys, fastconv, fastconv.cuda; "
+            "print('numba.cuda' in sys.modules, fastconv.cuda.CudaUnavailableError.__mro__[1])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "<class", "'RuntimeError'>"]
+
+
+@pytest.mark.skipif(not NO_GPU, reason="a GPU (or the simulator) is available here")
+@pytest.mark.parametrize("call", [
+    lambda x: fcuda.conv2d(x, np.ones((1, 1, 2, 2))),
+    lambda x: fcuda.conv2d_backward(np.ones((1, 1, 2, 2)), x, np.ones((1, 1, 2, 2))),
+    lambda x: fcuda.max_pool2d(x, 2),
+    lambda x: fcuda.avg_pool2d_backward(np.ones((1, 1, 1, 1)), x.shape, 2),
+    lambda x: fcuda.batch_norm(x, None, None, training=True),
+])
+def test_unavailable_error_says_why_and_how_to_fix(call):
+    x = np.ones((1, 1, 3, 3))
+    with pytest.raises(fcuda.CudaUnavailableError,
+                       match=r"device='cuda' is unavailable: .*pip install 'fastconv\[cuda\]'"):
+        call(x)
+    assert not fcuda.is_available()
+
+
+def test_missing_numba_cuda_is_named(monkeypatch):
+    import numba
+
+    monkeypatch.delattr(numba, "cuda", raising=False)
+    monkeypatch.setitem(sys.modules, "numba.cuda", None)
+    assert "numba-cuda is not installed" in _device.unavailable_reason()
+    with pytest.raises(fcuda.CudaUnavailableError,
+                       match=r"conv2d: device='cuda' is unavailable: numba-cuda is not "
+                             r"installed .*fastconv\[cuda\]"):
+        fcuda.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+
+
+@pytest.mark.skipif(not NO_GPU, reason="a GPU (or the simulator) is available here")
+@pytest.mark.parametrize("call", [
+    lambda x: fastconv.conv2d(x, np.ones((1, 1, 2, 2)), device="cuda"),
+    lambda x: fastconv.conv2d_backward(np.ones((1, 1, 2, 2)), x, np.ones((1, 1, 2, 2)),
+                                       device="cuda"),
+    lambda x: fastconv.max_pool2d(x, 2, device="cuda"),
+    lambda x: fastconv.max_pool2d_backward(np.ones((1, 1, 1, 1)), np.zeros((1, 1, 1, 1),
+                                           np.int64), x.shape, device="cuda"),
+    lambda x: fastconv.avg_pool2d(x, 2, device="cuda"),
+    lambda x: fastconv.avg_pool2d_backward(np.ones((1, 1, 1, 1)), x.shape, 2, device="cuda"),
+    lambda x: fastconv.batch_norm(x, None, None, training=True, device="cuda"),
+    lambda x: fastconv.batch_norm_backward(x, x, np.zeros(1), np.ones(1), device="cuda"),
+])
+def test_public_functions_raise_unavailable(call):
+    with pytest.raises(fcuda.CudaUnavailableError, match=r"device='cuda' is unavailable"):
+        call(np.ones((1, 1, 3, 3)))
+
+
+@pytest.mark.skipif(not NO_GPU, reason="a GPU (or the simulator) is available here")
+def test_bench_device_cuda_exits_nonzero_without_traceback(capsys):
+    assert cli.main(["bench", "--device", "cuda"]) == 2
+    err = capsys.readouterr().err
+    assert "device='cuda' is unavailable" in err and "Traceback" not in err
+
+
+def test_public_device_keyword_is_checked():
+    with pytest.raises(ValueError, match=r"conv2d: device='gpu' is not supported; acceptable "
+                                         r"devices are 'cpu', 'cuda'"):
+        fastconv.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), device="gpu")
