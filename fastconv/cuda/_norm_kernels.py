@@ -18,7 +18,9 @@ import math
 import numba
 from numba import cuda
 
-from ._reduce import block_sum
+from ._reduce import _block_sum, device_function
+
+block_sum = device_function(_block_sum, globals())  # see device_function
 
 
 @functools.cache

@@ -9,6 +9,7 @@ Arrays are contiguous NCHW viewed as (N, C, H*W).
 from __future__ import annotations
 
 import functools
+import types
 
 import numba
 import numpy as np
@@ -17,8 +18,7 @@ from numba import cuda
 from .. import config
 
 
-@cuda.jit(device=True)
-def block_sum(buf, value):
+def _block_sum(buf, value):
     """The sum of ``value`` over the block (blockDim.x a power of two); every thread gets it."""
     tid = cuda.threadIdx.x
     buf[tid] = value
@@ -32,6 +32,24 @@ def block_sum(buf, value):
     total = buf[0]
     cuda.syncthreads()  # buf may be reused right after
     return total
+
+
+def device_function(py_fn, module_globals):
+    """Compile ``py_fn`` as a device function that resolves its globals (``cuda``) in
+    ``module_globals``, the namespace of the kernels that call it.
+
+    numba's CUDA simulator swaps the ``cuda`` module for its fake once per launch in the
+    kernel's module, but per call in a device function's own module, and that per-call
+    swap races between the threads of a block (one thread restores the real module while
+    another is still inside: "module 'numba.cuda' has no attribute 'threadIdx'"). Bound to
+    the kernel module's globals, the device function sees the launch's swap. On a GPU the
+    compiled code is the same either way."""
+    fn = types.FunctionType(py_fn.__code__, module_globals, py_fn.__name__,
+                            py_fn.__defaults__, py_fn.__closure__)
+    return cuda.jit(device=True)(fn)
+
+
+block_sum = device_function(_block_sum, globals())
 
 
 def reduce_threads() -> int:
