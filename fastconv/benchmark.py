@@ -536,6 +536,35 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def format_overview(results: list[Result]) -> str:
+    """One row per shape: median ms of every algorithm side by side, auto's choice, and
+    auto / torch (a markdown table)."""
+    shapes = list(dict.fromkeys(r.shape for r in results))
+    algos = list(dict.fromkeys(r.algo for r in results))
+    by = {(r.shape, r.algo): r for r in results}
+    head = " | ".join(algos)
+    lines = [f"| shape | {head} | auto / torch |", "|---|" + "---:|" * (len(algos) + 1)]
+    for sh in shapes:
+        cells = []
+        for a in algos:
+            r = by.get((sh, a))
+            if r is None:
+                cells.append("-")
+                continue
+            ms = 1e3 * r.seconds
+            cell = (f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}")
+            cell += "*" if r.scaled else ""
+            if r.chosen:
+                cell += f" ({r.chosen})"
+            if r.other_load is not None and r.other_load > LOAD_THRESHOLD:
+                cell += f" !{100 * r.other_load:.0f}%"
+            cells.append(cell)
+        auto = by.get((sh, "auto"))
+        ratio = _fmt(auto.vs_torch if auto else None, ".2f")
+        lines.append(f"| {sh} | " + " | ".join(cells) + f" | {ratio} |")
+    return "\n".join(lines)
+
+
 def format_summary(summary: dict) -> str:
     lines = []
     for suite, s in summary.items():
@@ -590,8 +619,9 @@ def write(report: Report, out_dir: str) -> list[str]:
     with open(p, "w") as f:
         f.write("# fastconv bench\n\n```\n" + format_header(report.info) + "\n```\n\n")
         for suite in dict.fromkeys(r.suite for r in report.results):
-            f.write(f"## {suite}\n\n")
-            f.write(format_table([r for r in report.results if r.suite == suite]) + "\n\n")
+            rs = [r for r in report.results if r.suite == suite]
+            f.write(f"## {suite}\n\nMedian ms per call:\n\n{format_overview(rs)}\n\n")
+            f.write(format_table(rs) + "\n\n")
         f.write(FOOTNOTE + "\n\n")
         f.write("## Summary\n\n" + format_summary(report.summary) + "\n")
     paths.append(p)

@@ -91,6 +91,9 @@ def test_summary_counts_auto_picks():
     assert s["auto_picked_fastest"] == 1 and s["auto_candidates"] == 2
     assert s["auto_worst_ratio"] == pytest.approx(1.5)
     assert s["auto_vs_torch_geomean"] == pytest.approx(np.sqrt(0.5 * 1.0))
+    overview = benchmark.format_overview(results)
+    assert "| shape | naive | im2col | fft | auto | torch | auto / torch |" in overview
+    assert "| b | 3000 | 1500 | 1000 | 1500 (im2col) | 1500 | 1.00 |" in overview
     text = benchmark.format_summary({"s": s})
     assert "1/2 shapes" in text and "b: chose im2col, fastest fft (1.50x)" in text
 
