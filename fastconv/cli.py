@@ -50,8 +50,9 @@ def cmd_bench(args) -> int:
                       backward=args.backward, wait_idle=args.wait_idle, runs=args.runs,
                       progress=_progress(f"bench {suite}"),
                       report=report)
-        print(f"\n{suite}\n" + benchmark.format_table(
-            [r for r in report.results if r.suite == suite]))
+        rs = [r for r in report.results if r.suite == suite]
+        print(f"\n{suite}: median ms per call\n" + benchmark.format_overview(rs))
+        print("\n" + benchmark.format_table(rs))
     print("\n" + benchmark.FOOTNOTE + "\n")
     print(benchmark.format_summary(report.summary))
     if args.out:
