@@ -47,11 +47,12 @@ def cmd_bench(args) -> int:
     for suite in args.suite or ["default"]:
         benchmark.run(benchmark.SUITES[suite], tuple(args.algos), suite=suite, extras=extras,
                       repeats=args.repeats, naive_budget=args.naive_budget,
-                      backward=args.backward, wait_idle=args.wait_idle,
+                      backward=args.backward, wait_idle=args.wait_idle, runs=args.runs,
                       progress=_progress(f"bench {suite}"),
                       report=report)
-        print(f"\n{suite}\n" + benchmark.format_table(
-            [r for r in report.results if r.suite == suite]))
+        rs = [r for r in report.results if r.suite == suite]
+        print(f"\n{suite}: median ms per call\n" + benchmark.format_overview(rs))
+        print("\n" + benchmark.format_table(rs))
     print("\n" + benchmark.FOOTNOTE + "\n")
     print(benchmark.format_summary(report.summary))
     if args.out:
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="on a shared machine: before each measurement wait up to SECONDS "
                          "for other processes to go quiet, and retry (twice at most) when "
                          "they took more than 3%% of the CPU meanwhile")
+    pb.add_argument("--runs", type=int, default=1,
+                    help="go through the suite N times and keep each measurement's "
+                         "smallest median (the least disturbed run)")
     pb.add_argument("--no-extras", action="store_true",
                     help="skip torch and scipy even when installed")
     pb.add_argument("--out", default=None,
