@@ -6,22 +6,29 @@ that load on a shared machine hits both alike; the report gives medians and quar
 of the step times and images/s = batch / median step time.
 
     python bench/train_throughput.py [--batch 64] [--steps 20] [--rounds 5] [--threads 2]
+        [--numba-threads N] [--blas-threads N] [--profile]
 
 torch runs with torch.set_num_threads(threads) (skipped, with a note, if torch is not
-installed). Compilation (numba) is excluded by warm-up steps.
+installed). Compilation (numba) is excluded by warm-up steps. ``--numba-threads`` and
+``--blas-threads`` cap fastconv's numba threads and numpy's BLAS threads for the whole run
+(default: the libraries' defaults). ``--profile`` then times every fastconv op of further
+training steps (forward and backward of each autograd Function, the optimiser step) and
+prints the median milliseconds per step of each, with the same thread settings.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import time
+from collections import defaultdict
 
 import numpy as np
 
 import fastconv
-from fastconv import models, optim
+from fastconv import autograd, models, optim
 from fastconv.nn import functional as F
 
 
@@ -38,13 +45,106 @@ def _quartiles(times):
     return q1, med, q3
 
 
+def _functions():
+    """Every autograd.Function subclass defined so far."""
+    out, todo = [], [autograd.Function]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in out:
+                out.append(sub)
+                todo.append(sub)
+    return out
+
+
+@contextlib.contextmanager
+def op_timers(acc):
+    """Adds the seconds spent in each op to ``acc`` ('fwd Conv2d', 'bwd Conv2d', ...) while
+    active: Function.apply (the forward and the graph recording) and each backward."""
+    original_apply = autograd.Function.__dict__["apply"]
+    originals = {cls: cls.__dict__["backward"] for cls in _functions()
+                 if "backward" in cls.__dict__}
+
+    def apply(cls, *inputs, **options):
+        t0 = time.perf_counter()
+        out = original_apply.__func__(cls, *inputs, **options)
+        acc["fwd " + cls.__name__] += time.perf_counter() - t0
+        return out
+
+    def timed_backward(cls, fn):
+        def backward(ctx, g):
+            t0 = time.perf_counter()
+            out = fn(ctx, g)
+            acc["bwd " + cls.__name__] += time.perf_counter() - t0
+            return out
+        return staticmethod(backward)
+
+    autograd.Function.apply = classmethod(apply)
+    for cls, bw in originals.items():
+        cls.backward = timed_backward(cls, bw.__func__)
+    try:
+        yield acc
+    finally:
+        autograd.Function.apply = original_apply
+        for cls, bw in originals.items():
+            cls.backward = bw
+
+
+def profile_steps(model, opt, xs, ys, steps):
+    """Per-op median milliseconds per training step over ``steps`` steps, and the median
+    step time; printed as a table."""
+    per_step = defaultdict(list)
+    n_batches = len(xs)
+    for i in range(steps):
+        acc = defaultdict(float)
+        with op_timers(acc):
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            loss = F.cross_entropy(model(xs[i % n_batches]), ys[i % n_batches])
+            t1 = time.perf_counter()
+            loss.backward()
+            t2 = time.perf_counter()
+            opt.step()
+            t3 = time.perf_counter()
+        acc["forward (all ops)"] = t1 - t0
+        acc["backward (all ops)"] = t2 - t1
+        acc["optimiser step"] = t3 - t2
+        acc["step"] = t3 - t0
+        for k, v in acc.items():
+            per_step[k].append(v)
+    total = np.median(per_step["step"])
+    print(f"fastconv per-op profile, {steps} steps (median ms per step; the op timers add "
+          "a few microseconds per op):")
+    for k in sorted(per_step, key=lambda k: -np.median(per_step[k])):
+        med = np.median(per_step[k])
+        print(f"  {k:26s} {1e3 * med:8.3f} ms {100 * med / total:6.1f} %")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per round")
     ap.add_argument("--rounds", type=int, default=5, help="timed steps = rounds * steps")
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    ap.add_argument("--numba-threads", type=int, default=None,
+                    help="numba.set_num_threads for fastconv (default: numba's)")
+    ap.add_argument("--blas-threads", type=int, default=None,
+                    help="cap numpy's BLAS threads (threadpoolctl; default: no cap)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print fastconv's per-op times over --steps * --rounds steps")
     args = ap.parse_args(argv)
+    with contextlib.ExitStack() as stack:
+        if args.blas_threads is not None:
+            from threadpoolctl import threadpool_limits
+
+            stack.enter_context(threadpool_limits(args.blas_threads, user_api="blas"))
+        if args.numba_threads is not None:
+            import numba
+
+            numba.set_num_threads(args.numba_threads)
+        return _run(args)
+
+
+def _run(args) -> int:
 
     rng = np.random.default_rng(0)
     n_batches = 8
@@ -142,6 +242,8 @@ def main(argv=None) -> int:
     if torch is not None:
         ratio = np.median(train_t["fastconv"]) / np.median(train_t["torch"])
         print(f"fastconv train step / torch train step (medians): {ratio:.2f}")
+    if args.profile:
+        profile_steps(ours, opt, xs, ys, args.rounds * args.steps)
     return 0
 
 
