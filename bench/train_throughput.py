@@ -1,12 +1,17 @@
 """Training throughput of LeNet-5 on 28x28 inputs: fastconv against torch, in one run.
 
 Both train the same network (same initial weights, same batches, SGD with momentum 0.9)
-in float32. Steps are timed one by one and the frameworks alternate step by step, so
-that load on a shared machine hits both alike; the report gives medians and quartiles
-of the step times and images/s = batch / median step time.
+in float32. Steps are timed one by one; the frameworks alternate in blocks of --steps
+steps (ABBA order over --rounds rounds), so that load on a shared machine hits both
+alike, and the report gives medians and quartiles of the step times and images/s =
+batch / median step time. Each block starts with an untimed step: right after a torch
+step, torch's idle OpenMP thread keeps spinning for a while on one of the cores
+(GNU OpenMP's default wait policy), which made the next fastconv step about 2 ms
+slower when the frameworks alternated step by step on 2 cores
+(``--interleave step`` keeps that order).
 
     python bench/train_throughput.py [--batch 64] [--steps 20] [--rounds 5] [--threads 2]
-        [--numba-threads N] [--blas-threads N] [--profile]
+        [--numba-threads N] [--blas-threads N] [--interleave block|step] [--profile]
 
 torch runs with torch.set_num_threads(threads) (skipped, with a note, if torch is not
 installed). Compilation (numba) is excluded by warm-up steps. ``--numba-threads`` and
@@ -129,6 +134,9 @@ def main(argv=None) -> int:
                     help="numba.set_num_threads for fastconv (default: numba's)")
     ap.add_argument("--blas-threads", type=int, default=None,
                     help="cap numpy's BLAS threads (threadpoolctl; default: no cap)")
+    ap.add_argument("--interleave", choices=("block", "step"), default="block",
+                    help="alternate the frameworks in blocks of --steps steps (default) or "
+                         "step by step")
     ap.add_argument("--profile", action="store_true",
                     help="also print fastconv's per-op times over --steps * --rounds steps")
     args = ap.parse_args(argv)
@@ -200,21 +208,30 @@ def _run(args) -> int:
             step(i)
             ev(i)
 
-    # the frameworks alternate step by step, so that a load spike on the shared machine
-    # hits both alike
     train_t = {name: [] for name in runners}
     eval_t = {name: [] for name in runners}
     load_before = os.getloadavg()
-    for i in range(args.rounds * args.steps):
-        for name, (step, _) in runners.items():
-            t0 = time.perf_counter()
-            step(i)
-            train_t[name].append(time.perf_counter() - t0)
-    for i in range(args.rounds * args.steps):
-        for name, (_, ev) in runners.items():
-            t0 = time.perf_counter()
-            ev(i)
-            eval_t[name].append(time.perf_counter() - t0)
+    for kind, times in ((0, train_t), (1, eval_t)):
+        if args.interleave == "step":
+            # the frameworks alternate step by step
+            for i in range(args.rounds * args.steps):
+                for name, fns in runners.items():
+                    t0 = time.perf_counter()
+                    fns[kind](i)
+                    times[name].append(time.perf_counter() - t0)
+            continue
+        # blocks of --steps steps per framework, alternating (ABBA...) round by round so
+        # that load drifts hit both alike; each block starts with one untimed step while
+        # the other framework's idle threads settle
+        names = list(runners)
+        for r in range(args.rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                fn = runners[name][kind]
+                fn(r)
+                for i in range(args.steps):
+                    t0 = time.perf_counter()
+                    fn(r * args.steps + i)
+                    times[name].append(time.perf_counter() - t0)
 
     import numba
     from threadpoolctl import threadpool_info
@@ -229,8 +246,11 @@ def _run(args) -> int:
           f"({numba.threading_layer()}, {numba.get_num_threads()} threads); BLAS: {blas}")
     if torch is not None:
         print(f"torch {torch.__version__}: {torch.get_num_threads()} threads")
+    how = ("step by step" if args.interleave == "step" else
+           f"in alternating blocks of {args.steps} steps")
     print(f"LeNet-5, 28x28x1 input, batch {args.batch}, float32, SGD(momentum=0.9); "
-          f"{args.rounds * args.steps} timed train and eval steps per framework, interleaved")
+          f"{args.rounds * args.steps} timed train and eval steps per framework, "
+          f"interleaved {how}")
     print("first-step loss: " + ", ".join(f"{k} {v:.6f}" for k, v in first.items()))
     print(f"{'':10s} {'train step ms (q1 / median / q3)':>34s} {'train img/s':>12s} "
           f"{'eval ms (median)':>17s} {'eval img/s':>11s}")
