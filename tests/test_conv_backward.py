@@ -200,7 +200,7 @@ IMAGE_LAST_CASES = [
     (5, 4, 9, 7, 4, 3, 2, (1, 3), ((2, 0), (1, 2)), (2, 1), 2),
     (3, 6, 6, 6, 6, 3, 3, 1, "same", 1, 6),          # depthwise
     (2, 6, 6, 7, 18, 3, 3, 2, 1, 2, 3),             # 6 output channels per group
-    (3, 5, 5, 6, 7, 1, 1, 1, 0, 1, 1),               # pointwise, odd channels
+    (3, 5, 5, 6, 7, 1, 2, 1, 0, 1, 1),               # 1x2 kernel, odd channels
     (2, 2, 4, 4, 3, 3, 3, 1, 3, 1, 1),               # padding > kernel
     (64, 1, 28, 28, 6, 5, 5, 1, 2, 1, 1),            # LeNet conv1
     (64, 6, 14, 14, 16, 5, 5, 1, 0, 1, 1),           # LeNet conv2
@@ -256,6 +256,24 @@ def test_image_last_backward_matches_finite_differences(case):
     got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col")
     for g, wnt in zip(got, want, strict=True):
         assert ref.rel_error(g, wnt) <= 1e-10
+
+
+def test_image_last_backward_is_taken_for_thin_layers():
+    from fastconv.algos.im2col import image_last_tile
+
+    def tile(x_shape, w_shape, **kw):
+        return image_last_tile(conv_args_from_shapes("test", x_shape, w_shape, **kw))
+
+    assert tile((64, 1, 28, 28), (6, 1, 5, 5), padding=2) == 64          # LeNet
+    assert tile((64, 16, 28, 28), (16, 16, 3, 3), padding=1) > 0
+    assert tile((64, 64, 14, 14), (64, 64, 3, 3), padding=1) > 0
+    assert tile((64, 128, 7, 7), (128, 128, 3, 3), padding=1) > 0         # few pixels
+    assert tile((32, 128, 14, 14), (128, 128, 3, 3), padding=1) == 0      # wide GEMMs
+    assert tile((64, 16, 28, 28), (32, 16, 3, 3), padding=1, stride=2) > 0
+    assert tile((64, 32, 28, 28), (64, 32, 3, 3), padding=1, stride=2) == 0
+    assert tile((64, 16, 8, 8), (16, 16, 1, 1)) == 0                     # 1x1: GEMMs
+    assert tile((1, 16, 8, 8), (16, 16, 3, 3)) == 0                      # one image
+    assert tile((4, 16, 200, 200), (16, 16, 3, 3)) == 0                  # large images
 
 
 # ---------------------------------------------------------------------- needs_input_grad

@@ -452,11 +452,29 @@ def _grad_x_image_last(gt, w, gxt, sh, sw, pt, pl, rh, rw):
 
 
 def image_last_tile(args, with_grad_x: bool = True) -> int:
-    """Images per tile of the image-last backward, or 0 when it does not apply: it runs
-    when the forward unfolds whole images per tile (``tiling(args).images > 1``, small
-    images). A tile holds x, grad_y (and grad_x) of its images, image-last, within
+    """Images per tile of the image-last backward, or 0 when the per-image GEMMs are
+    used. The image-last kernels run at a steady rate (about 30 GMAC/s on one core here)
+    whatever the shape; the per-image GEMMs are faster only when they are wide. So, on
+    batches of small images (the forward unfolds whole images per tile,
+    ``tiling(args).images > 1``), the image-last path runs for kernels larger than 1x1
+    with at most 64 output channels per group, or at most 8192 output channels per group
+    times output pixels; strided layers (whose image-last runs are one pixel's B images
+    long) only with at most 32 output channels per group. Measured on one core, batch 64
+    (image-last vs GEMMs): LeNet's 6 -> 16 5x5 at 14x14 1.0 vs 4.6 ms, 16 -> 16 3x3 at
+    28x28 11 vs 24 ms, 64 -> 64 3x3 at 14x14 37 vs 47 ms, 128 -> 128 3x3 at 7x7 29 vs
+    38 ms, 16 -> 32 3x3 stride 2 at 28x28 8.9 vs 10.5 ms; the GEMMs win for 128 -> 128
+    at 14x14 and 256 -> 256 at 7x7 (batch 32: 88 vs 66, 70 vs 59 ms), 32 -> 64 stride 2
+    at 28x28 (48 vs 24 ms) and 1x1 layers of many channels (16 vs 8.8 ms for 64 -> 128
+    at 14x14).
+    A tile holds x, grad_y (and grad_x) of its images, image-last, within
     ``config.IM2COL_CHUNK_BYTES``."""
-    if args.n < 2 or tiling(args).images < 2:
+    if args.n < 2 or args.kh * args.kw == 1 or tiling(args).images < 2:
+        return 0
+    dg = args.c_out // args.groups
+    if max(args.stride) > 1:
+        if dg > 32:
+            return 0
+    elif dg > 64 and dg * args.h_out * args.w_out > 8192:
         return 0
     per_image = (args.c_in * args.h * args.w * (2 if with_grad_x else 1)
                  + args.c_out * args.h_out * args.w_out) * args.dtype.itemsize
