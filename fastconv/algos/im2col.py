@@ -451,6 +451,44 @@ def _grad_x_image_last(gt, w, gxt, sh, sw, pt, pl, rh, rw):
                                       np.uint64((j * sw + off) * nb), np.uint64(nb))
 
 
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _to_image_last(x, n0, xt):
+    """xt[c, i, j, b] = x[n0 + b, c, i, j] for x (N, C, H, W), xt (C, H, W, B). One task
+    per (c, i); each image's row is read in one contiguous pass (reading one element of
+    every image per column instead runs 2.4x slower on 28x28 planes)."""
+    n_all, c_all, h, wd = x.shape
+    nb = xt.shape[3]
+    xf = x.reshape(n_all * c_all * h * wd)
+    img = np.uint64(c_all * h * wd)
+    for task in prange(c_all * h):
+        c = task // h
+        i = task % h
+        dst = xt[c, i].reshape(wd * nb)
+        base = np.uint64(n0) * img + np.uint64((c * h + i) * wd)
+        for b in range(np.uint64(nb)):
+            src = base + b * img
+            for j in range(np.uint64(wd)):
+                dst[j * np.uint64(nb) + b] = xf[src + j]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _from_image_last(xt, x, n0):
+    """x[n0 + b, c, i, j] = xt[c, i, j, b]: the inverse of ``_to_image_last``."""
+    n_all, c_all, h, wd = x.shape
+    nb = xt.shape[3]
+    xf = x.reshape(n_all * c_all * h * wd)
+    img = np.uint64(c_all * h * wd)
+    for task in prange(c_all * h):
+        c = task // h
+        i = task % h
+        src = xt[c, i].reshape(wd * nb)
+        base = np.uint64(n0) * img + np.uint64((c * h + i) * wd)
+        for b in range(np.uint64(nb)):
+            dst = base + b * img
+            for j in range(np.uint64(wd)):
+                xf[dst + j] = src[j * np.uint64(nb) + b]
+
+
 def image_last_tile(args, with_grad_x: bool = True) -> int:
     """Images per tile of the image-last backward, or 0 when the per-image GEMMs are
     used. The image-last kernels run at a steady rate (about 30 GMAC/s on one core here)
@@ -498,20 +536,31 @@ def _backward_image_last(gy, x, w, args, grad_x, grad_w, images) -> None:
     xt_buf = np.empty(x_size * images, args.dtype) if grad_w is not None else None
     gt_buf = np.empty(y_size * images, args.dtype)
     gx_buf = np.empty(x_size * images, args.dtype) if grad_x is not None else None
+    if nchw:
+        gy = np.ascontiguousarray(gy)
+        x = np.ascontiguousarray(x) if grad_w is not None else x
     for n0 in range(0, args.n, images):
         nb = min(images, args.n - n0)
         gt = _view(gt_buf[:y_size * nb], y_img + (nb,))
-        np.copyto(gt, gy[n0:n0 + nb].transpose(to_last))
-        if grad_w is not None:
-            xt = _view(xt_buf[:x_size * nb], x_img + (nb,))
-            np.copyto(xt, x[n0:n0 + nb].transpose(to_last))
-            with parallel_guard():
+        xt = None if grad_w is None else _view(xt_buf[:x_size * nb], x_img + (nb,))
+        with parallel_guard():
+            if nchw:
+                _to_image_last(gy, n0, gt)
+                if xt is not None:
+                    _to_image_last(x, n0, xt)
+            else:
+                np.copyto(gt, gy[n0:n0 + nb].transpose(to_last))
+                if xt is not None:
+                    np.copyto(xt, x[n0:n0 + nb].transpose(to_last))
+            if xt is not None:
                 _grad_w_image_last(gt, xt, gw, *conv)
-        if grad_x is not None:
-            gxt = _view(gx_buf[:x_size * nb], x_img + (nb,))
-            with parallel_guard():
+            if grad_x is not None:
+                gxt = _view(gx_buf[:x_size * nb], x_img + (nb,))
                 _grad_x_image_last(gt, w_oihw, gxt, *conv)
-            np.copyto(grad_x[n0:n0 + nb], gxt.transpose(from_last))
+                if nchw:
+                    _from_image_last(gxt, grad_x, n0)
+                else:
+                    np.copyto(grad_x[n0:n0 + nb], gxt.transpose(from_last))
     if grad_w is not None:
         grad_w[...] = gw if nchw else gw.transpose(2, 3, 1, 0)
 
