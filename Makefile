@@ -39,9 +39,12 @@ test: $(VENV)/.stamp-test
 test-slow: $(VENV)/.stamp-test
 	$(PY) -m pytest tests --ignore=tests/cuda -m slow $(PYTEST_ARGS)
 
+# The quick suite and the kernel-size sweep (a few minutes on 2 cores); the report
+# (results.json, results.md, PNG plots) goes to bench/results/. The full suite:
+# `fastconv bench --suite default`; pytest-benchmark: `pytest bench/ --benchmark-only`.
 bench: $(VENV)/.stamp-bench
 	$(PY) -m fastconv.cli info
-	$(PY) -m fastconv.cli bench --out bench/results
+	$(PY) -m fastconv.cli bench --suite quick kernel-sweep --out bench/results
 
 info: $(VENV)/.stamp-bench
 	$(PY) -m fastconv.cli info

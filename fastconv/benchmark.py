@@ -1,22 +1,38 @@
-"""Benchmark API: time conv2d per algorithm on layer shapes, beside the SGEMM rate.
+"""Benchmark API: time conv2d per algorithm on layer shapes, beside SGEMM, torch and scipy.
 
 Used by ``fastconv bench``, the pytest-benchmark suite in bench/ and the notebooks.
-Times are medians of repeated calls after a warm-up call (which also compiles).
+
+Every time is the median of repeated calls after an untimed warm-up call (which also
+compiles). The direct ("naive") algorithm is slow on large layers: when one image takes
+longer than ``naive_budget / repeats``, it runs on fewer images and the time is scaled
+to the full batch (``Result.batch`` says how many images ran; tables mark it with *).
+
+For each shape the SGEMM rate of the GEMM im2col actually issues (its tile shape) is
+measured in the same run, so "share of SGEMM" compares like with like on a machine whose
+speed drifts (shared cores, turbo).
 """
 
 from __future__ import annotations
 
+import math
+import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from ._timing import median_time
 from .conv import conv2d
+
+ALGOS = ("naive", "im2col", "fft", "auto")
+FOOTNOTE = ("(*) direct algorithm timed on fewer images (shown) and scaled to the batch; "
+            "(!N%) other processes used N% of the machine's CPU while this was measured")
+EXTRAS = ("torch", "scipy.fftconvolve", "scipy.correlate")
 
 
 @dataclass(frozen=True)
 class Shape:
-    """One conv layer: input (n, c, h, w) -> c_out channels, k x k kernel."""
+    """One conv layer: input (n, c, h, w) -> c_out channels, k x k kernel (NCHW)."""
 
     name: str
     n: int
@@ -34,109 +50,587 @@ class Shape:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                     groups=self.groups)
 
+    def args(self, dtype=np.float32, n: int | None = None):
+        from ._args import conv_args_from_shapes
+
+        return conv_args_from_shapes("bench", (self.n if n is None else n, self.c, self.h,
+                                               self.w),
+                                     (self.c_out, self.c // self.groups, self.k, self.k),
+                                     dtype=dtype, **self.kwargs())
+
     def arrays(self, dtype=np.float32, seed: int = 0):
         rng = np.random.default_rng(seed)
-        x = rng.standard_normal((self.n, self.c, self.h, self.w)).astype(dtype)
-        w = rng.standard_normal((self.c_out, self.c // self.groups, self.k, self.k)).astype(dtype)
-        return x, w
+        x = rng.standard_normal((self.n, self.c, self.h, self.w), dtype=np.float32)
+        w = rng.standard_normal((self.c_out, self.c // self.groups, self.k, self.k),
+                                dtype=np.float32)
+        return x.astype(dtype, copy=False), w.astype(dtype, copy=False)
 
     def out_hw(self) -> tuple[int, int]:
-        eff = self.dilation * (self.k - 1) + 1
-        return tuple((s + 2 * self.padding - eff) // self.stride + 1 for s in (self.h, self.w))
+        a = self.args()
+        return a.h_out, a.w_out
 
     def flops(self) -> int:
-        ho, wo = self.out_hw()
-        return 2 * self.n * self.c_out * ho * wo * (self.c // self.groups) * self.k * self.k
+        return self.args().flops
 
-    def gemm_shape(self) -> tuple[int, int, int]:
-        """(M, K, N) of the per-image im2col GEMM: (C_out/g) x (C/g*k*k) x (Ho*Wo)."""
-        ho, wo = self.out_hw()
-        return (self.c_out // self.groups, self.c // self.groups * self.k * self.k, ho * wo)
+    def single_channel(self) -> bool:
+        """A plain 2-D filtering problem that scipy.signal can run (valid, stride 1)."""
+        return (self.c == self.c_out == self.groups == 1 and self.stride == 1
+                and self.dilation == 1 and self.padding == 0)
 
 
-QUICK_SUITE = (
+DEFAULT_SUITE = (
     Shape("lenet_c1", 64, 1, 28, 28, 6, 5),
-    Shape("cifar", 16, 32, 32, 32, 32, 3, padding=1),
-    Shape("resnet_56", 4, 64, 56, 56, 64, 3, padding=1),
-    Shape("bigkernel", 1, 1, 256, 256, 1, 31),
+    Shape("lenet_c2", 64, 6, 12, 12, 16, 5),
+    Shape("cifar", 64, 32, 32, 32, 32, 3, padding=1),
+    Shape("resnet_56", 16, 64, 56, 56, 64, 3, padding=1),
+    Shape("resnet_28", 16, 128, 28, 28, 128, 3, padding=1),
+    Shape("resnet_14", 16, 256, 14, 14, 256, 3, padding=1),
+    Shape("stride2", 16, 64, 56, 56, 128, 3, stride=2, padding=1),
+    Shape("pointwise", 16, 256, 14, 14, 64, 1),
+    Shape("depthwise", 16, 128, 56, 56, 128, 3, padding=1, groups=128),
+    Shape("stem", 8, 3, 224, 224, 64, 7, stride=2, padding=3),
+    Shape("dilated", 16, 64, 56, 56, 64, 3, padding=2, dilation=2),
+    Shape("bigkernel", 1, 1, 512, 512, 1, 31),
 )
 
+#: The default suite's layers with smaller batches (a few minutes on 2 cores).
+QUICK_SUITE = tuple(
+    Shape(s.name, max(1, s.n // 4), s.c, s.h, s.w, s.c_out, s.k, s.stride, s.padding,
+          s.dilation, s.groups) for s in DEFAULT_SUITE)
 
-def median_time(fn, *, repeats: int = 5, min_time: float = 0.0, max_time: float = 10.0) -> float:
-    """Median wall time of ``fn()`` over ``repeats`` calls after one warm-up call.
+#: One 256x256 single-channel image, kernel sizes 1..31 ("valid"): where FFT overtakes.
+KERNEL_SWEEP = tuple(Shape(f"k{k}", 1, 1, 256, 256, 1, k) for k in range(1, 32))
 
-    Stops early when ``max_time`` seconds have been spent; repeats further (up to 4x) while
-    the total is below ``min_time``."""
-    fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while True:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-        spent = time.perf_counter() - start
-        if len(times) >= repeats and (spent >= min_time or len(times) >= 4 * repeats):
-            break
-        if spent >= max_time:
-            break
-    return float(np.median(times))
+#: Tiny shapes for the test suite (seconds).
+TINY_SUITE = (
+    Shape("tiny_conv", 2, 3, 12, 12, 4, 3, padding=1),
+    Shape("tiny_dw", 2, 4, 10, 10, 4, 3, padding=1, groups=4),
+    Shape("tiny_k5", 1, 1, 24, 24, 1, 5),
+)
+
+SUITES = {"default": DEFAULT_SUITE, "quick": QUICK_SUITE, "kernel-sweep": KERNEL_SWEEP,
+          "tiny": TINY_SUITE}
 
 
-def sgemm_gflops(m: int, k: int, n: int, dtype=np.float32, batch: int = 1) -> float:
-    """GFLOP/s of numpy's matmul on (batch, m, k) @ (k, n), median of a few runs."""
+def sgemm_gflops(m: int, k: int, n: int, dtype=np.float32, batch: int = 1,
+                 repeats: int = 5) -> float:
+    """GFLOP/s of numpy's matmul (m, k) @ (batch, k, n), median of ``repeats`` runs."""
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k)).astype(dtype)
     b = rng.standard_normal((batch, k, n)).astype(dtype)
     out = np.empty((batch, m, n), dtype)
-    t = median_time(lambda: np.matmul(a, b, out=out), repeats=5)
+    t = median_time(lambda: np.matmul(a, b, out=out), repeats=repeats)
     return 2.0 * m * k * n * batch / t / 1e9
+
+
+def im2col_gemm(shape: Shape, dtype=np.float32) -> tuple[int, int, int, int]:
+    """(M, K, N, count): the GEMMs im2col issues for ``shape`` (NCHW): ``count`` products
+    (M x K) @ (K x N) (per image, band and group; per tile and group for image-last
+    tiles)."""
+    from .algos import im2col
+
+    a = shape.args(dtype)
+    g = a.groups
+    m, cg = a.c_out // g, a.c_in // g
+    if im2col.is_pointwise(a):
+        return m, cg, a.h * a.w, a.n * g
+    t = im2col.tiling(a)
+    tiles = math.ceil(a.n / t.images) * math.ceil(a.h_out / t.band)
+    gemms = tiles if t.image_last else tiles * t.images  # image-last: one GEMM per tile
+    return m, cg * a.kh * a.kw, a.n * a.h_out * a.w_out // gemms, gemms * g
 
 
 @dataclass
 class Result:
+    suite: str
     shape: str
     algo: str
     seconds: float
     gflops: float
+    batch: int                          # images actually run (time scaled when < n)
+    n: int
+    chosen: str | None = None           # auto: the algorithm it ran
     speedup_vs_naive: float | None = None
     share_of_gemm: float | None = None
+    vs_torch: float | None = None       # seconds / torch's seconds
+    backward: bool = False
+    other_load: float | None = None     # CPU share other processes used meanwhile
+
+    @property
+    def scaled(self) -> bool:
+        return self.batch < self.n
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["scaled"] = self.scaled
+        return d
 
 
-def run(shapes, algos=("naive", "im2col", "fft"), *, dtype=np.float32, repeats: int = 3,
-        max_time: float = 5.0, progress=None) -> list[Result]:
-    """Time ``conv2d`` for each shape and algorithm; ``progress`` wraps the job iterator."""
-    jobs = [(s, a) for s in shapes for a in algos]
+@dataclass
+class Report:
+    info: dict
+    results: list[Result] = field(default_factory=list)
+    gemm: dict = field(default_factory=dict)       # shape -> {m, k, n, count, gflops}
+    summary: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"info": self.info, "gemm": self.gemm, "summary": self.summary,
+                "results": [r.as_dict() for r in self.results]}
+
+
+# --------------------------------------------------------------------- runners
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        return None
+    return torch
+
+
+def _torch_runner(shape: Shape, x, w, backward: bool):
+    torch = _torch()
+    if torch is None or x.dtype not in (np.float32, np.float64):
+        return None
+    import numba
+
+    torch.set_num_threads(numba.get_num_threads())
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    kw = shape.kwargs()
+    if not backward:
+        def run():
+            with torch.inference_mode():
+                torch.nn.functional.conv2d(xt, wt, **kw)
+        return run
+    xg = xt.clone().requires_grad_(True)
+    wg = wt.clone().requires_grad_(True)
+    a = shape.args(x.dtype)
+    gy = torch.from_numpy(np.random.default_rng(1).standard_normal(
+        a.y_shape).astype(x.dtype))
+
+    def run_bw():
+        xg.grad = wg.grad = None
+        torch.nn.functional.conv2d(xg, wg, **kw).backward(gy)
+    return run_bw
+
+
+def _scipy_runner(name: str, shape: Shape, x, w):
+    if not shape.single_channel():
+        return None
+    import scipy.signal as ss
+
+    k = w[0, 0]
+    if name == "scipy.fftconvolve":
+        flipped = np.ascontiguousarray(k[::-1, ::-1])  # correlation = convolution, flipped
+
+        def run():
+            for img in x[:, 0]:
+                ss.fftconvolve(img, flipped, mode="valid")
+        return run
+
+    def run_corr():
+        for img in x[:, 0]:
+            ss.correlate(img, k, mode="valid", method="auto")
+    return run_corr
+
+
+def _fastconv_runner(shape: Shape, algo: str, x, w, backward: bool):
+    kw = shape.kwargs()
+    if not backward:
+        return lambda: conv2d(x, w, algo=algo, **kw)
+    import fastconv
+
+    a = shape.args(x.dtype, n=x.shape[0])
+    gy = np.random.default_rng(1).standard_normal(a.y_shape).astype(x.dtype)
+
+    def run():
+        conv2d(x, w, algo=algo, **kw)
+        fastconv.conv2d_backward(gy, x, w, algo=algo, **kw)
+    return run
+
+
+# --------------------------------------------------------------- machine load
+def _cpu_ticks() -> tuple[float, float] | None:
+    """(busy, total) CPU seconds of the whole machine since boot (Linux), else None."""
+    import os
+
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return (total - idle) / hz, total / hz
+
+
+def _own_cpu() -> float:
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+class LoadMeter:
+    """Share of the machine's CPU time used by *other* processes between start() and
+    stop() (0: idle apart from us, 1: every core busy with others). None off Linux."""
+
+    def start(self):
+        self._m, self._own = _cpu_ticks(), _own_cpu()
+        return self
+
+    def stop(self) -> float | None:
+        m1, own1 = _cpu_ticks(), _own_cpu()
+        if self._m is None or m1 is None:
+            return None
+        total = m1[1] - self._m[1]
+        if total <= 0:
+            return None
+        others = (m1[0] - self._m[0]) - (own1 - self._own)
+        return float(min(max(others / total, 0.0), 1.0))
+
+
+#: Other processes' CPU share above which a measurement counts as disturbed: 2-thread
+#: BLAS waits for its slower thread, so a few percent of stolen time can double a GEMM.
+LOAD_THRESHOLD = 0.03
+
+
+def wait_until_idle(timeout: float, threshold: float = LOAD_THRESHOLD,
+                    window: float = 1.0) -> bool:
+    """Wait up to ``timeout`` seconds for a ``window`` in which other processes use at
+    most ``threshold`` of the CPU; True when one came (always True off Linux)."""
+    end = time.perf_counter() + timeout
+    while True:
+        meter = LoadMeter().start()
+        time.sleep(window)
+        load = meter.stop()
+        if load is None or load <= threshold:
+            return True
+        if time.perf_counter() >= end:
+            return False
+
+
+def _measured(measure, wait_idle: float):
+    """(measure(), CPU share of other processes meanwhile). With ``wait_idle`` > 0: wait
+    for an idle machine first, and measure again (at most twice more) when others took
+    more than ``LOAD_THRESHOLD``."""
+    attempts = 3 if wait_idle > 0 else 1
+    for attempt in range(attempts):
+        if wait_idle > 0:
+            wait_until_idle(wait_idle)
+        meter = LoadMeter().start()
+        value = measure()
+        load = meter.stop()
+        if load is None or load <= LOAD_THRESHOLD or attempt == attempts - 1:
+            break
+    return value, load
+
+
+def _time_scaled(make, x, n: int, repeats: int, max_time: float, budget: float
+                 ) -> tuple[float, int]:
+    """Time ``make(x[:b])()`` on b <= n images; b shrinks when one image is too slow."""
+    b = n
+    if budget and n > 1:
+        one = make(x[:1])
+        one()  # compile
+        t0 = time.perf_counter()
+        one()
+        t1 = time.perf_counter() - t0
+        b = max(1, min(n, int(budget / max(repeats, 1) / max(t1, 1e-9))))
+    secs = median_time(make(x[:b]), repeats=repeats, max_time=max_time)
+    return secs * n / b, b
+
+
+def environment(backward: bool = False) -> dict:
+    """What the numbers were measured on."""
+    import os
+
+    import numba
+
+    from . import info
+
+    data = info.collect()
+    torch = _torch()
+    data["torch"] = torch.__version__ if torch else None
+    data["torch_threads"] = torch.get_num_threads() if torch else None
+    data["machine"] = platform.machine()
+    data["cpu"] = _cpu()
+    data["numba_threads"] = numba.get_num_threads()
+    data["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE")
+    data["backward"] = backward
+    return data
+
+
+def _cpu() -> str:
+    from .autotune import _cpu_name
+
+    return _cpu_name()
+
+
+def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.float32,
+        repeats: int = 5, max_time: float = 5.0, naive_budget: float = 2.0,
+        backward: bool = False, wait_idle: float = 0.0, progress=None,
+        report: Report | None = None) -> Report:
+    """Time every (shape, algorithm) pair and the extras that apply.
+
+    Returns a Report (appended to ``report`` when given). ``progress`` wraps the job
+    iterator (e.g. tqdm). ``naive_budget`` caps the seconds spent on the direct algorithm
+    per shape by running it on fewer images (0: always the full batch). Every result
+    records the CPU share other processes took while it was measured
+    (``Result.other_load``; multi-threaded BLAS slows down many times when a core is
+    taken). ``wait_idle`` > 0: before each measurement wait up to that many seconds for
+    an idle machine, and measure again (up to twice, after waiting again) when others
+    took more than ``LOAD_THRESHOLD`` of the CPU meanwhile."""
+    from . import autotune
+
+    if report is None:
+        report = Report(environment(backward))
+    jobs = [(s, a) for s in shapes for a in tuple(algos) + tuple(extras)]
     it = progress(jobs) if progress else jobs
-    results: list[Result] = []
-    arrays = {}
-    gemm = {}
+    arrays: dict = {}
+    new: list[Result] = []
     for shape, algo in it:
         if shape.name not in arrays:
-            arrays[shape.name] = shape.arrays(dtype)
-            m, k, n = shape.gemm_shape()
-            gemm[shape.name] = sgemm_gflops(m, k, n, dtype, batch=min(shape.n, 4))
+            arrays = {shape.name: shape.arrays(dtype)}  # keep one shape's arrays alive
+            m, k, n, count = im2col_gemm(shape, dtype)
+            gf, load = _measured(lambda m=m, k=k, n=n, c=count: sgemm_gflops(
+                m, k, n, dtype, batch=min(c, 4)), wait_idle)
+            report.gemm[f"{suite}/{shape.name}"] = {"m": m, "k": k, "n": n, "count": count,
+                                                   "gflops": gf, "other_load": load}
         x, w = arrays[shape.name]
-        secs = median_time(lambda: conv2d(x, w, algo=algo, **shape.kwargs()),
-                           repeats=repeats, max_time=max_time)
-        gf = shape.flops() / secs / 1e9
-        results.append(Result(shape.name, algo, secs, gf, share_of_gemm=gf / gemm[shape.name]))
+        if algo in ALGOS:
+            def make(xb, algo=algo, shape=shape, w=w):
+                return _fastconv_runner(shape, algo, xb, w, backward)
+        elif algo == "torch":
+            if _torch_runner(shape, x[:1], w, backward) is None:
+                continue
+
+            def make(xb, shape=shape, w=w):
+                return _torch_runner(shape, xb, w, backward)
+        else:
+            if backward or _scipy_runner(algo, shape, x[:1], w) is None:
+                continue
+
+            def make(xb, algo=algo, shape=shape, w=w):
+                return _scipy_runner(algo, shape, xb, w)
+        budget = naive_budget if algo == "naive" else 0.0
+        (secs, b), load = _measured(
+            lambda make=make, x=x, n=shape.n, budget=budget: _time_scaled(
+                make, x, n, repeats, max_time, budget), wait_idle)
+        flops = shape.flops() * (3 if backward else 1)
+        chosen = (autotune.plan_for(shape.args(dtype), backward=backward).algorithm
+                  if algo == "auto" else None)
+        gemm_rate = report.gemm[f"{suite}/{shape.name}"]["gflops"]
+        gf = flops / secs / 1e9
+        new.append(Result(suite, shape.name, algo, secs, gf, b, shape.n, chosen,
+                          share_of_gemm=gf / gemm_rate, backward=backward,
+                          other_load=load))
+    _relate(new)
+    report.results.extend(new)
+    report.summary = summarize(report.results)
+    return report
+
+
+def _relate(results: list[Result]) -> None:
     naive = {r.shape: r.seconds for r in results if r.algo == "naive"}
+    torch = {r.shape: r.seconds for r in results if r.algo == "torch"}
     for r in results:
         if r.shape in naive:
             r.speedup_vs_naive = naive[r.shape] / r.seconds
-    return results
+        if r.shape in torch:
+            r.vs_torch = r.seconds / torch[r.shape]
+
+
+def _geomean(values) -> float | None:
+    values = [v for v in values if v is not None and v > 0]
+    if not values:
+        return None
+    return float(math.exp(sum(math.log(v) for v in values) / len(values)))
+
+
+def summarize(results: list[Result]) -> dict:
+    """Per suite: auto/torch geometric mean, how often auto ran the fastest algorithm,
+    im2col's share of SGEMM and speed-up over naive on the resnet shapes, FFT against
+    scipy and torch on single-channel shapes."""
+    out = {}
+    for suite in dict.fromkeys(r.suite for r in results):
+        rs = [r for r in results if r.suite == suite]
+        by = {(r.shape, r.algo): r for r in rs}
+        shapes = list(dict.fromkeys(r.shape for r in rs))
+        s: dict = {}
+        s["auto_vs_torch_geomean"] = _geomean(
+            by[(sh, "auto")].vs_torch for sh in shapes if (sh, "auto") in by)
+        picks = []
+        for sh in shapes:
+            times = {a: by[(sh, a)].seconds for a in ("naive", "im2col", "fft")
+                     if (sh, a) in by}
+            if len(times) < 3 or (sh, "auto") not in by:
+                continue
+            fastest = min(times, key=times.get)
+            chosen = by[(sh, "auto")].chosen
+            picks.append({"shape": sh, "fastest": fastest, "chosen": chosen,
+                          "ratio": times[chosen] / times[fastest]})
+        if picks:
+            s["auto_picks"] = picks
+            s["auto_picked_fastest"] = sum(p["chosen"] == p["fastest"] for p in picks)
+            s["auto_candidates"] = len(picks)
+            s["auto_worst_ratio"] = max(p["ratio"] for p in picks)
+        resnet = [sh for sh in shapes if sh.startswith("resnet_")]
+        s["im2col_share_of_gemm"] = {sh: by[(sh, "im2col")].share_of_gemm for sh in resnet
+                                     if (sh, "im2col") in by}
+        s["im2col_vs_naive"] = {sh: by[(sh, "im2col")].speedup_vs_naive for sh in resnet
+                                if (sh, "im2col") in by}
+        fftcmp = {}
+        for sh in shapes:
+            if (sh, "fft") in by and (sh, "scipy.fftconvolve") in by:
+                f = by[(sh, "fft")].seconds
+                fftcmp[sh] = {"fft_ms": 1e3 * f,
+                              "scipy_over_fft": by[(sh, "scipy.fftconvolve")].seconds / f,
+                              "torch_over_fft": (by[(sh, "torch")].seconds / f
+                                                 if (sh, "torch") in by else None)}
+        s["fft_single_channel"] = fftcmp
+        s["measured_under_load"] = [
+            {"shape": r.shape, "algo": r.algo, "other_load": r.other_load} for r in rs
+            if r.other_load is not None and r.other_load > LOAD_THRESHOLD]
+        out[suite] = s
+    return out
+
+
+# ----------------------------------------------------------------------- output
+def _fmt(v, spec: str, none: str = "-") -> str:
+    return none if v is None else format(v, spec)
 
 
 def format_table(results: list[Result]) -> str:
-    """A markdown table of results."""
-    lines = ["| shape | algo | median ms | GFLOP/s | x naive | share of SGEMM |",
-             "|---|---|---:|---:|---:|---:|"]
+    """A markdown table of results (one row per shape and algorithm)."""
+    lines = ["| shape | algo | median ms | GFLOP/s | x naive | share of SGEMM | / torch |",
+             "|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
-        sp = f"{r.speedup_vs_naive:.1f}" if r.speedup_vs_naive else "-"
-        share = f"{100 * r.share_of_gemm:.0f}%" if r.share_of_gemm is not None else "-"
-        lines.append(f"| {r.shape} | {r.algo} | {1e3 * r.seconds:.2f} | {r.gflops:.1f} | {sp} | "
-                     f"{share} |")
+        algo = r.algo + (f" ({r.chosen})" if r.chosen else "")
+        ms = f"{1e3 * r.seconds:.3f}" + (f"* ({r.batch}/{r.n})" if r.scaled else "")
+        if r.other_load is not None and r.other_load > LOAD_THRESHOLD:
+            ms += f" !{100 * r.other_load:.0f}%"
+        share = None if r.share_of_gemm is None else 100 * r.share_of_gemm
+        lines.append(f"| {r.shape} | {algo} | {ms} | {r.gflops:.1f} | "
+                     f"{_fmt(r.speedup_vs_naive, '.1f')} | {_fmt(share, '.0f')}% | "
+                     f"{_fmt(r.vs_torch, '.2f')} |")
     return "\n".join(lines)
+
+
+def format_summary(summary: dict) -> str:
+    lines = []
+    for suite, s in summary.items():
+        lines.append(f"**{suite}**")
+        g = s.get("auto_vs_torch_geomean")
+        if g is not None:
+            lines.append(f"- auto / torch, geometric mean of time ratios: {g:.3f}")
+        if "auto_candidates" in s:
+            lines.append(f"- auto ran the measured-fastest algorithm on "
+                         f"{s['auto_picked_fastest']}/{s['auto_candidates']} shapes; worst "
+                         f"time of its choice / fastest: {s['auto_worst_ratio']:.2f}")
+            misses = [p for p in s["auto_picks"] if p["chosen"] != p["fastest"]]
+            for p in misses:
+                lines.append(f"  - {p['shape']}: chose {p['chosen']}, fastest {p['fastest']} "
+                             f"({p['ratio']:.2f}x)")
+        for sh, v in s.get("im2col_share_of_gemm", {}).items():
+            lines.append(f"- {sh}: im2col at {100 * v:.0f}% of its GEMM's SGEMM rate, "
+                         f"{_fmt(s['im2col_vs_naive'].get(sh), '.0f')}x naive")
+        loaded = s.get("measured_under_load", [])
+        if loaded:
+            worst = max(loaded, key=lambda v: v["other_load"])
+            lines.append(f"- {len(loaded)} measurements ran while other processes used more "
+                         f"than {100 * LOAD_THRESHOLD:.0f}% of the CPU (worst {100 * worst['other_load']:.0f}%: "
+                         f"{worst['shape']} {worst['algo']})")
+        for sh, v in s.get("fft_single_channel", {}).items():
+            lines.append(f"- {sh}: fft {v['fft_ms']:.3f} ms; scipy.fftconvolve / fft = "
+                         f"{v['scipy_over_fft']:.2f}; torch / fft = "
+                         f"{_fmt(v['torch_over_fft'], '.1f')}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def format_header(info: dict) -> str:
+    return (f"BLAS: {info.get('blas')}\n"
+            f"OPENBLAS_CORETYPE={info.get('openblas_coretype_env')}; numba threading layer "
+            f"{info.get('threading_layer')}, {info.get('numba_threads')} threads; torch "
+            f"{info.get('torch')} ({info.get('torch_threads')} threads); CPU {info.get('cpu')}")
+
+
+def write(report: Report, out_dir: str) -> list[str]:
+    """results.json, results.md and the PNG plots under ``out_dir``; returns the paths."""
+    import json
+    import os
+
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    p = os.path.join(out_dir, "results.json")
+    with open(p, "w") as f:
+        json.dump(report.as_dict(), f, indent=2)
+    paths.append(p)
+    p = os.path.join(out_dir, "results.md")
+    with open(p, "w") as f:
+        f.write("# fastconv bench\n\n```\n" + format_header(report.info) + "\n```\n\n")
+        for suite in dict.fromkeys(r.suite for r in report.results):
+            f.write(f"## {suite}\n\n")
+            f.write(format_table([r for r in report.results if r.suite == suite]) + "\n\n")
+        f.write(FOOTNOTE + "\n\n")
+        f.write("## Summary\n\n" + format_summary(report.summary) + "\n")
+    paths.append(p)
+    paths.extend(plot(report, out_dir))
+    return paths
+
+
+def plot(report: Report, out_dir: str) -> list[str]:
+    """Per-shape bars of time per algorithm (one PNG per suite) and, for the kernel
+    sweep, time against kernel size. Returns the paths ([] without matplotlib)."""
+    import os
+
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    paths = []
+    for suite in dict.fromkeys(r.suite for r in report.results):
+        rs = [r for r in report.results if r.suite == suite]
+        shapes = list(dict.fromkeys(r.shape for r in rs))
+        algos = list(dict.fromkeys(r.algo for r in rs))
+        by = {(r.shape, r.algo): r.seconds for r in rs}
+        if suite == "kernel-sweep":
+            fig, ax = plt.subplots(figsize=(8, 5))
+            ks = [int(s[1:]) for s in shapes]
+            for algo in algos:
+                pts = [(k, 1e3 * by[(s, algo)]) for k, s in zip(ks, shapes, strict=True)
+                       if (s, algo) in by]
+                if pts:
+                    style = "--" if algo not in ALGOS else ("o-" if algo != "auto" else ":")
+                    ax.plot(*zip(*pts, strict=True), style, label=algo, markersize=3)
+            ax.set_yscale("log")
+            ax.set_xlabel("kernel size k (k x k, 256x256 single-channel image, valid)")
+            ax.set_ylabel("median time (ms)")
+            ax.set_title("naive vs im2col vs FFT against kernel size")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend()
+            p = os.path.join(out_dir, "kernel_sweep.png")
+        else:
+            fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(shapes)), 5))
+            width = 0.8 / max(len(algos), 1)
+            for i, algo in enumerate(algos):
+                xs = [j + i * width for j, s in enumerate(shapes) if (s, algo) in by]
+                ys = [1e3 * by[(s, algo)] for s in shapes if (s, algo) in by]
+                ax.bar(xs, ys, width, label=algo)
+            ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
+            ax.set_xticklabels(shapes, rotation=30, ha="right")
+            ax.set_yscale("log")
+            ax.set_ylabel("median time (ms)")
+            ax.set_title(f"fastconv bench: {suite} suite")
+            ax.grid(True, axis="y", which="both", alpha=0.3)
+            ax.legend(fontsize=8, ncol=2)
+            p = os.path.join(out_dir, f"shapes_{suite}.png")
+        fig.tight_layout()
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths

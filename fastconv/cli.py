@@ -1,10 +1,9 @@
-"""The ``fastconv`` command line: info, bench, train."""
+"""The ``fastconv`` command line: info, bench, calibrate, train."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -35,26 +34,43 @@ def cmd_info(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import benchmark, info
+    from . import benchmark
 
-    suite = benchmark.QUICK_SUITE
     if args.device == "cuda":
         from .cuda.bench import cli_main
 
-        return cli_main(suite, progress=_progress("bench cuda"), out=args.out)
-    print(f"BLAS: {info.blas_summary()}")
-    data = info.collect()
-    print(f"numba threading layer: {data['threading_layer']}, threads: {data['numba_threads']}")
-    results = benchmark.run(suite, tuple(args.algos), progress=_progress("bench"))
-    table = benchmark.format_table(results)
-    print(table)
+        shapes = [s for name in (args.suite or ["quick"]) for s in benchmark.SUITES[name]]
+        return cli_main(shapes, progress=_progress("bench cuda"), out=args.out)
+    extras = () if args.no_extras else benchmark.EXTRAS
+    report = benchmark.Report(benchmark.environment(args.backward))
+    print(benchmark.format_header(report.info))
+    for suite in args.suite or ["default"]:
+        benchmark.run(benchmark.SUITES[suite], tuple(args.algos), suite=suite, extras=extras,
+                      repeats=args.repeats, naive_budget=args.naive_budget,
+                      backward=args.backward, wait_idle=args.wait_idle,
+                      progress=_progress(f"bench {suite}"),
+                      report=report)
+        print(f"\n{suite}\n" + benchmark.format_table(
+            [r for r in report.results if r.suite == suite]))
+    print("\n" + benchmark.FOOTNOTE + "\n")
+    print(benchmark.format_summary(report.summary))
     if args.out:
-        os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "results.json"), "w") as f:
-            json.dump({"info": data, "results": [r.as_dict() for r in results]}, f, indent=2)
-        with open(os.path.join(args.out, "results.md"), "w") as f:
-            f.write(table + "\n")
-        print(f"wrote {args.out}/results.json and results.md")
+        for path in benchmark.write(report, args.out):
+            print(f"wrote {path}")
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from . import autotune
+
+    prof = autotune.calibrate(args.out, save=not args.dry_run, budget=args.budget)
+    if args.json:
+        print(json.dumps(prof.as_dict(), indent=2))
+    else:
+        for k, v in prof.as_dict().items():
+            print(f"{k:<16} {v}")
+    if not args.dry_run:
+        print(f"wrote {autotune.profile_path(args.out)}")
     return 0
 
 
@@ -90,13 +106,37 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="versions, threading layer, BLAS, cache, CUDA")
     pi.add_argument("--json", action="store_true", help="print JSON")
     pi.set_defaults(func=cmd_info)
-    pb = sub.add_parser("bench", help="time naive vs im2col vs FFT")
-    pb.add_argument("--algos", nargs="+", default=["naive", "im2col", "fft"],
-                    choices=["naive", "im2col", "fft", "auto"])
-    pb.add_argument("--out", default=None, help="directory for results.json / results.md")
+    from .benchmark import ALGOS, SUITES
+
+    pb = sub.add_parser("bench", help="time naive vs im2col vs FFT (and torch, scipy)")
+    pb.add_argument("--suite", nargs="+", default=None, choices=list(SUITES),
+                    help="shape suites to run (default: default; quick with --device cuda; "
+                         "'tiny' is for tests)")
+    pb.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
+    pb.add_argument("--backward", action="store_true",
+                    help="time forward + backward (conv2d_backward; torch autograd)")
+    pb.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
+    pb.add_argument("--naive-budget", type=float, default=2.0,
+                    help="seconds per shape for the direct algorithm; it runs on fewer "
+                         "images and is scaled when slower (0: full batch)")
+    pb.add_argument("--wait-idle", type=float, default=0.0, metavar="SECONDS",
+                    help="on a shared machine: before each measurement wait up to SECONDS "
+                         "for other processes to go quiet, and retry (twice at most) when "
+                         "they took more than 3%% of the CPU meanwhile")
+    pb.add_argument("--no-extras", action="store_true",
+                    help="skip torch and scipy even when installed")
+    pb.add_argument("--out", default=None,
+                    help="directory for results.json, results.md and the PNG plots")
     pb.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cuda: check conv2d on the GPU against the CPU and time it")
     pb.set_defaults(func=cmd_bench)
+    pc = sub.add_parser("calibrate", help="measure this machine for algo='auto'")
+    pc.add_argument("--out", default=None,
+                    help="profile path (default: <cache dir>/profile.json)")
+    pc.add_argument("--budget", type=float, default=4.0, help="seconds of measuring")
+    pc.add_argument("--dry-run", action="store_true", help="measure and print, save nothing")
+    pc.add_argument("--json", action="store_true", help="print JSON")
+    pc.set_defaults(func=cmd_calibrate)
     add_train_parser(sub)
     return p
 

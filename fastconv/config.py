@@ -7,7 +7,8 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 |----------------------|-------------------------------|----------------------------|
 | WORKSPACE_BYTES      | FASTCONV_WORKSPACE_MB         | 256 MiB                    |
 | IM2COL_CHUNK_BYTES   | FASTCONV_IM2COL_CHUNK_MB      | 8 MiB                      |
-| FFT_MIN_KERNEL_AREA  | FASTCONV_FFT_MIN_KERNEL_AREA  | 121 (11x11)                |
+| WORKSPACE_CACHE_BYTES| FASTCONV_WORKSPACE_CACHE_MB   | 32 MiB                     |
+| PLAN_CACHE_SIZE      | FASTCONV_PLAN_CACHE_SIZE      | 1024 plans                 |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
 | MNIST_MIRROR         | FASTCONV_MNIST_MIRROR         | None (the usual mirror)    |
@@ -48,8 +49,12 @@ WORKSPACE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_MB", 256) * MIB)
 #: between the unfold and its GEMM. Never larger than WORKSPACE_BYTES.
 IM2COL_CHUNK_BYTES: int = int(_env_float("FASTCONV_IM2COL_CHUNK_MB", 8) * MIB)
 
-#: Uncalibrated auto rule: kernels with at least this many taps (and stride 1) use FFT.
-FFT_MIN_KERNEL_AREA: int = int(_env_float("FASTCONV_FFT_MIN_KERNEL_AREA", 121))
+#: Scratch buffers up to this size are kept per thread and reused across calls (no page
+#: faults on every call); larger ones are allocated per call.
+WORKSPACE_CACHE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_CACHE_MB", 32) * MIB)
+
+#: How many algorithm choices (plans) ``algo="auto"`` keeps, least recently used first out.
+PLAN_CACHE_SIZE: int = int(_env_float("FASTCONV_PLAN_CACHE_SIZE", 1024))
 
 #: fastmath flags for the njit kernels. No "nnan"/"ninf": NaN and Inf must propagate and
 #: np.isnan must keep working (NUMBA.md).

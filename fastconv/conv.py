@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _args
+from . import _args, autotune
 from ._memory import allocate
 from .algos import fft, im2col, naive
 
@@ -37,12 +37,10 @@ def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout):
     return x, w, bias, args
 
 
-def resolve_algorithm(args, algo: str) -> str:
+def resolve_algorithm(args, algo: str, backward: bool = False) -> str:
     if algo != "auto":
         return algo
-    from .autotune import choose_algorithm_for
-
-    return choose_algorithm_for(args)
+    return autotune.choose_algorithm_for(args, backward)
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
@@ -94,9 +92,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
     out = allocate(op, "output", _layout_shape(args.y_shape, layout), args.dtype)
     if args.n > 0:
-        _FORWARD[resolve_algorithm(args, algo)](x, w, args, out)
-        if bias is not None:
-            out += bias if layout == "NHWC" else bias[:, None, None]
+        _FORWARD[resolve_algorithm(args, algo)](x, w, args, out, bias)
     return out[0] if args.unbatched else out
 
 
@@ -134,7 +130,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     within the forward's workspace budget, and for batches of small images the same
     products image-last without the column matrix (``im2col.image_last_tile``); "fft"
     forms both in the frequency domain; "naive" is the formula as loops. "auto" takes
-    im2col's image-last path wherever it applies, and otherwise picks as for the forward.
+    im2col's image-last path wherever it applies, and otherwise picks by the backward's
+    own cost model (``fastconv.plan(..., backward=True)``).
 
     Examples
     --------
@@ -202,10 +199,11 @@ def _check_needs_input_grad(op: str, needs) -> tuple[bool, bool, bool]:
 def _backward_algorithm(args, algo: str, need_x: bool) -> str:
     """conv2d_backward's algorithm: im2col's image-last path for batches of small images
     when ``algo="auto"`` (it forms no column matrix and beats the other algorithms on
-    such layers), otherwise as for the forward."""
+    such layers; the cost model prices im2col's backward as three of its forwards),
+    otherwise the backward plan of ``fastconv.autotune``."""
     if algo == "auto" and im2col.image_last_tile(args, need_x):
         return "im2col"
-    return resolve_algorithm(args, algo)
+    return resolve_algorithm(args, algo, backward=True)
 
 
 def _layout_shape(nchw_shape, layout):

@@ -258,6 +258,21 @@ def test_image_last_backward_matches_finite_differences(case):
         assert ref.rel_error(g, wnt) <= 1e-10
 
 
+def test_auto_takes_the_image_last_backward(rng, monkeypatch):
+    from fastconv import conv
+
+    x = rng.standard_normal((4, 1, 12, 12))
+    w = rng.standard_normal((3, 1, 5, 5))
+    gy = rng.standard_normal((4, 3, 8, 8))
+    ran = []
+    monkeypatch.setitem(conv._BACKWARD, "im2col",
+                        lambda *a, f=conv._BACKWARD["im2col"]: (ran.append(1), f(*a)))
+    got = fastconv.conv2d_backward(gy, x, w, algo="auto")
+    assert ran == [1]
+    for g, want in zip(got, ref.conv2d_backward(gy, x, w), strict=True):
+        assert ref.rel_error(g, want) <= 1e-10
+
+
 def test_image_last_backward_is_taken_for_thin_layers():
     from fastconv.algos.im2col import image_last_tile
 

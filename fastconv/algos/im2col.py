@@ -20,36 +20,136 @@ from numba import njit, prange
 
 from .. import _blas, config
 from .._runtime import parallel_guard
-from ._common import valid_range
+from ._common import U, valid_range, workspace
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
-    """x (N, C, H, W) -> cols (B, C*KH*KW, band*Wo) for images n0.. and output rows i0.."""
+    """x (N, C, H, W) -> cols (B, C*KH*KW, band*Wo) for images n0.. and output rows i0..
+
+    cols[bi, (c*KH + a)*KW + b, ii*Wo + j] = x[n0+bi, c, (i0+ii)*sh + a*rh - pt,
+    j*sw + b*rw - pl], zero outside. One task per (image, row of cols), writing one
+    contiguous run. Inner loops index with unsigned offsets (``_common.U``) so that the
+    copies vectorise."""
     _, _, h, wd = x.shape
     nb, ckk, length = cols.shape
     band = length // wo
     kk = kh * kw
+    zero = cols.dtype.type(0)
     for task in prange(nb * ckk):
         bi = task // ckk
         r = task % ckk
         c = r // kk
         a = (r // kw) % kh
         b = r % kw
-        row = cols[bi, r]
+        dst = cols[bi, r]
         img = x[n0 + bi, c]
-        j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
+        off = b * rw - pl
+        j_lo, j_hi = valid_range(wo, off, sw, wd)
+        first = U(j_lo * sw + off)  # input column of output column j_lo
+        step = U(sw)
         for ii in range(band):
-            seg = row[ii * wo:(ii + 1) * wo]
+            base = U(ii * wo)
             src = (i0 + ii) * sh + a * rh - pt
             if src < 0 or src >= h:
-                seg[:] = 0
+                for j in range(U(wo)):
+                    dst[base + j] = zero
                 continue
             line = img[src]
-            seg[:j_lo] = 0
+            for j in range(U(j_lo)):
+                dst[base + j] = zero
+            d0 = base + U(j_lo)
+            if sw == 1:
+                for j in range(U(j_hi - j_lo)):
+                    dst[d0 + j] = line[first + j]
+            else:
+                for j in range(U(j_hi - j_lo)):
+                    dst[d0 + j] = line[first + j * step]
+            for j in range(U(j_hi), U(wo)):
+                dst[base + j] = zero
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _to_chwn(x, xt, n0):
+    """xt[c, i, j, b] = x[n0 + b, c, i, j]: a run of B images with the image index last."""
+    _, c_all, h, wd = x.shape
+    nb = xt.shape[3]
+    for task in prange(c_all * h):
+        c = task // h
+        i = task % h
+        dst = xt[c, i]
+        for j in range(wd):
+            for b in range(nb):
+                dst[j, b] = x[n0 + b, c, i, j]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _im2col_chwn(xt, cols, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """xt (C, H, W, B) flattened -> cols (C*KH*KW, band*Wo*B):
+
+    cols[(c*KH + a)*KW + b, (ii*Wo + j)*B + n] = xt[c, (i0+ii)*sh + a*rh - pt,
+    j*sw + b*rw - pl, n], zero outside. With the image index innermost, a stride-1 row
+    of the tile is one contiguous run of (valid columns) * B elements, long even for
+    small images (rows of 8 pixels copy slowly; 8 pixels x 64 images do not)."""
+    c_all, h, wd, nb = xt.shape
+    flat = xt.reshape(c_all * h * wd * nb)
+    ckk, length = cols.shape
+    row_len = wo * nb
+    band = length // row_len
+    kk = kh * kw
+    zero = cols.dtype.type(0)
+    for task in prange(ckk * band):
+        r = task // band
+        ii = task % band
+        c = r // kk
+        a = (r // kw) % kh
+        b = r % kw
+        dst = cols[r]
+        base = U(ii * row_len)
+        src = (i0 + ii) * sh + a * rh - pt
+        if src < 0 or src >= h:
+            for t in range(U(row_len)):
+                dst[base + t] = zero
+            continue
+        off = b * rw - pl
+        j_lo, j_hi = valid_range(wo, off, sw, wd)
+        line = U((c * h + src) * wd * nb)  # start of input row src of channel c
+        for t in range(U(j_lo * nb)):
+            dst[base + t] = zero
+        d0 = base + U(j_lo * nb)
+        if sw == 1:
+            s0 = line + U((j_lo + off) * nb)
+            for t in range(U((j_hi - j_lo) * nb)):
+                dst[d0 + t] = flat[s0 + t]
+        else:
             for j in range(j_lo, j_hi):
-                seg[j] = line[j * sw + b * rw - pl]
-            seg[j_hi:] = 0
+                s0 = line + U((j * sw + off) * nb)
+                dj = d0 + U((j - j_lo) * nb)
+                for t in range(U(nb)):
+                    dst[dj + t] = flat[s0 + t]
+        for t in range(U(j_hi * nb), U(row_len)):
+            dst[base + t] = zero
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _scatter_chwn(tmp, out, n0, i0, nb, bias):
+    """tmp (D, band*Wo*B) -> out[n0+n, d, i0+ii, j] = tmp[d, (ii*Wo + j)*B + n] for
+    n < B = nb (+ bias[d] when bias has D entries; an empty bias adds nothing)."""
+    d_all, length = tmp.shape
+    wo = out.shape[3]
+    band = length // (wo * nb)
+    with_bias = bias.shape[0] == d_all
+    step = U(nb)
+    for task in prange(d_all * nb):
+        d = task // nb
+        n = task % nb
+        src = tmp[d]
+        bv = bias[d] if with_bias else src.dtype.type(0)
+        for ii in range(band):
+            row = out[n0 + n, d, i0 + ii]
+            base = U(ii * wo * nb + n)
+            for j in range(U(wo)):
+                row[j] = src[base + j * step] + bv
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -85,14 +185,23 @@ def _view(a: np.ndarray, shape) -> np.ndarray:
     return v
 
 
+#: NCHW tiles of at least this many images whose output rows are at most this wide are
+#: unfolded image-index-last (``_im2col_chwn``): rows of a few pixels copy slowly, runs of
+#: pixels x images do not. Wider rows copy fast as they are and skip the extra passes.
+IMAGE_LAST_MAX_WIDTH = 16
+IMAGE_LAST_MIN_IMAGES = 4
+
+
 @dataclass(frozen=True)
 class Tiling:
     """How the batch is cut: ``images`` whole images per tile, or a ``band`` of output
-    rows of one image (images == 1 and band < h_out)."""
+    rows of one image (images == 1 and band < h_out). ``image_last``: the NCHW forward
+    unfolds the tile with the image index innermost."""
 
     images: int
     band: int
     col_bytes: int  # size of the column buffer
+    image_last: bool = False
 
 
 def tiling(args, chunk_bytes: int | None = None, budget: int | None = None) -> Tiling:
@@ -106,48 +215,119 @@ def tiling(args, chunk_bytes: int | None = None, budget: int | None = None) -> T
     image_bytes = row_bytes * args.h_out
     if image_bytes <= chunk:
         images = max(1, min(args.n, chunk // max(image_bytes, 1)))
-        return Tiling(images, args.h_out, images * image_bytes)
+        image_last = (args.layout == "NCHW" and images >= IMAGE_LAST_MIN_IMAGES
+                      and args.w_out <= IMAGE_LAST_MAX_WIDTH)
+        return Tiling(images, args.h_out, images * image_bytes, image_last)
     band = max(1, min(args.h_out, chunk // max(row_bytes, 1)))
     return Tiling(1, band, band * row_bytes)
 
 
-def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray) -> None:
-    """im2col convolution into ``out`` (caller's layout). Wraps ``_im2col_nchw`` /
-    ``_im2col_nhwc`` and numpy's BLAS matmul."""
+def is_pointwise(args) -> bool:
+    """1x1 kernel, stride 1, no padding: the input already is the column matrix."""
+    return (args.kh == args.kw == 1 and args.stride == (1, 1)
+            and args.padding == ((0, 0), (0, 0)))
+
+
+def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
+    """im2col convolution into ``out`` (caller's layout), plus ``bias`` when given.
+
+    Wraps the unfold kernels ``_im2col_nchw`` / ``_to_chwn`` + ``_im2col_chwn`` /
+    ``_im2col_nhwc``, numpy's BLAS matmul, and ``_scatter_chwn`` (a tile of several
+    images -> output, with the bias)."""
     if args.n == 0:
         return
-    t = tiling(args)
     x = np.ascontiguousarray(x)
+    if args.layout == "NCHW":
+        _forward_nchw(x, w, args, out, bias)
+    else:
+        _forward_nhwc(x, w, args, out, bias)
+
+
+def _conv_params(args) -> tuple:
+    return (args.w_out, args.stride[0], args.stride[1], args.padding[0][0],
+            args.padding[1][0], args.dilation[0], args.dilation[1], args.kh, args.kw)
+
+
+def _forward_nchw(x, w, args, out, bias) -> None:
+    """NCHW. A tile of whole images (or a band of output rows of one image): cols
+    (B, C*KH*KW, pixels) from ``_im2col_nchw`` and a GEMM per image and group,
+    W (G, Dg, Cg*KH*KW) @ cols, written straight into ``out`` (one batched matmul call).
+    A tile of many images with short output rows (``Tiling.image_last``): the images are
+    first put image-index last (``_to_chwn``, a pass over the input only), unfolded with
+    long contiguous runs (``_im2col_chwn``), multiplied in one GEMM of B times the width,
+    and the result is spread into ``out`` with the bias (``_scatter_chwn``)."""
     g, dg = args.groups, args.c_out // args.groups
     cgkk = (args.c_in // g) * args.kh * args.kw
-    conv = (args.w_out, args.stride[0], args.stride[1], args.padding[0][0],
-            args.padding[1][0], args.dilation[0], args.dilation[1], args.kh, args.kw)
+    ckk = g * cgkk
+    wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
+    bias_g = None if bias is None else bias.reshape(g, dg, 1)
+    if is_pointwise(args):
+        hw = args.h * args.w
+        y = _view(out, (args.n, g, dg, hw))
+        np.matmul(wmat, _view(x, (args.n, g, args.c_in // g, hw)), out=y)
+        if bias_g is not None:
+            y += bias_g
+        return
+    t = tiling(args)
     wo = args.w_out
-    if args.layout == "NCHW":
-        wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
-        buf = np.empty(t.images * g * cgkk * t.band * wo, args.dtype)
-    else:
-        # HWIO (KH, KW, Cg, D) -> (G, KH*KW*Cg, Dg)
-        wmat = np.ascontiguousarray(
-            w.reshape(cgkk, g, dg).transpose(1, 0, 2))
-        buf = np.empty(t.images * t.band * wo * g * cgkk, args.dtype)
+    conv = _conv_params(args)
+    buf = workspace("im2col.cols", t.col_bytes // args.dtype.itemsize, args.dtype)
+    if not t.image_last:
+        for n0 in range(0, args.n, t.images):
+            nb = min(t.images, args.n - n0)
+            for i0 in range(0, args.h_out, t.band):
+                band = min(t.band, args.h_out - i0)
+                length = band * wo
+                cols = _view(buf[:nb * ckk * length], (nb, ckk, length))
+                with parallel_guard():
+                    _im2col_nchw(x, cols, n0, i0, *conv)
+                y = _view(out[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
+                np.matmul(wmat, _view(cols, (nb, g, cgkk, length)), out=y)
+                if bias_g is not None:
+                    y += bias_g
+        return
+    image = args.c_in * args.h * args.w
+    xt_buf = workspace("im2col.chwn", image * t.images, args.dtype)
+    tmp = workspace("im2col.gemm", args.c_out * t.images * args.h_out * wo, args.dtype)
+    bias_flat = np.zeros(0, args.dtype) if bias is None else np.ascontiguousarray(bias)
+    for n0 in range(0, args.n, t.images):
+        nb = min(t.images, args.n - n0)
+        length = args.h_out * wo * nb
+        xt = _view(xt_buf[:image * nb], (args.c_in, args.h, args.w, nb))
+        cols = _view(buf[:ckk * length], (ckk, length))
+        with parallel_guard():
+            _to_chwn(x, xt, n0)
+            _im2col_chwn(xt, cols, 0, *conv)
+        y = _view(tmp[:args.c_out * length], (g, dg, length))
+        np.matmul(wmat, _view(cols, (g, cgkk, length)), out=y)
+        with parallel_guard():
+            _scatter_chwn(_view(y, (args.c_out, length)), out, n0, 0, nb, bias_flat)
+
+
+def _forward_nhwc(x, w, args, out, bias) -> None:
+    """NHWC: per tile, cols (B*band*Wo, G, KH*KW*Cg) and W (G, KH*KW*Cg, Dg); the GEMM
+    writes (pixels, G, Dg), which is the output tile itself."""
+    t = tiling(args)
+    g, dg = args.groups, args.c_out // args.groups
+    cgkk = (args.c_in // g) * args.kh * args.kw
+    wo = args.w_out
+    conv = _conv_params(args)
+    # HWIO (KH, KW, Cg, D) -> (G, KH*KW*Cg, Dg)
+    wmat = np.ascontiguousarray(w.reshape(cgkk, g, dg).transpose(1, 0, 2))
+    bias_g = None if bias is None else bias.reshape(g, dg)
+    buf = workspace("im2col.cols", t.col_bytes // args.dtype.itemsize, args.dtype)
     for n0 in range(0, args.n, t.images):
         nb = min(t.images, args.n - n0)
         for i0 in range(0, args.h_out, t.band):
             band = min(t.band, args.h_out - i0)
             length = band * wo
-            if args.layout == "NCHW":
-                cols = _view(buf[:nb * g * cgkk * length], (nb, g * cgkk, length))
-                with parallel_guard():
-                    _im2col_nchw(x, cols, n0, i0, *conv)
-                y = _view(out[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
-                np.matmul(wmat, _view(cols, (nb, g, cgkk, length)), out=y)
-            else:
-                cols = _view(buf[:nb * length * g * cgkk], (nb * length, g, cgkk))
-                with parallel_guard():
-                    _im2col_nhwc(x, cols, n0, i0, *conv, band)
-                y = _view(out[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
-                np.matmul(cols.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
+            cols = _view(buf[:nb * length * g * cgkk], (nb * length, g, cgkk))
+            with parallel_guard():
+                _im2col_nhwc(x, cols, n0, i0, *conv, band)
+            y = _view(out[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
+            np.matmul(cols.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
+            if bias_g is not None:
+                y += bias_g
 
 
 # ----------------------------------------------------------------------------- backward

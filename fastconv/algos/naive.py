@@ -6,6 +6,12 @@
 One parallel task per (image, output channel); each task owns its output plane. It is
 the benchmark baseline, so it does no reordering beyond keeping the innermost loop on
 contiguous output columns.
+
+Layers with one input channel per group (``C_in == groups``: depthwise layers, and
+single-channel inputs such as a grayscale image or LeNet's first layer) have no channel
+sum to turn into a GEMM, so im2col gains little there; the direct algorithm runs them
+with ``_conv_depthwise_nchw``, a kernel written to vectorise (long unit-stride
+multiply-adds over a padded plane, unsigned inner offsets).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from numba import njit, prange
 
 from .. import config
 from .._runtime import parallel_guard
-from ._common import valid_range
+from ._common import U, valid_range
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -42,19 +48,103 @@ def _conv_direct_nchw(x, w, out, sh, sw, pt, pl, rh, rw, groups):
                             plane[i, j] += wv * row[j * sw + b * rw - pl]
 
 
-def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray) -> None:
-    """Direct convolution into ``out`` (caller's layout). Wraps ``_conv_direct_nchw``."""
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _conv_depthwise_nchw(x, w, out, sh, sw, pt, pl, rh, rw, bias):
+    """x (N, C, H, W), w (D, 1, KH, KW) with D = C*m, out (N, D, Ho, Wo) (overwritten);
+    output channel d reads input channel d // m. bias: (D,) or empty (no bias).
+
+    Stride 1: the input plane is copied into a zero-padded plane of width
+    Wp = Wo + rw*(KW-1), so every tap is one long multiply-add over the flattened plane,
+    acc[p] += w[a, b] * xp[p + a*rh*Wp + b*rw] (columns Wo..Wp-1 of acc are discarded).
+    Other strides accumulate each output row from KH*KW strided input rows."""
+    n_img, _, h, wd = x.shape
+    d_all, _, kh, kw = w.shape
+    ho, wo = out.shape[2], out.shape[3]
+    mult = d_all // x.shape[1]
+    with_bias = bias.shape[0] == d_all
+    zero = out.dtype.type(0)
+    unit = sh == 1 and sw == 1
+    hp = ho + rh * (kh - 1) if unit else 0
+    wp = wo + rw * (kw - 1) if unit else 0
+    for task in prange(n_img * d_all):
+        n = task // d_all
+        d = task % d_all
+        img = x[n, d // mult]
+        b0 = bias[d] if with_bias else zero
+        if unit:
+            # padded plane (+ a tail so the last taps may read past the last row)
+            xp = np.zeros(hp * wp + rw * (kw - 1), out.dtype)
+            v_lo, v_hi = max(pl, 0), min(wp, wd + pl)
+            for u in range(max(pt, 0), min(hp, h + pt)):
+                line = img[u - pt]
+                base = U(u * wp)
+                for v in range(U(v_lo), U(v_hi)):
+                    xp[base + v] = line[v - U(pl)]
+            m = U(ho * wp)
+            acc = np.empty(ho * wp, out.dtype)
+            for p in range(m):
+                acc[p] = b0
+            for a in range(kh):
+                for b in range(kw):
+                    wv = w[d, 0, a, b]
+                    off = U(a * rh * wp + b * rw)
+                    for p in range(m):
+                        acc[p] += wv * xp[off + p]
+            for i in range(ho):
+                row = out[n, d, i]
+                base = U(i * wp)
+                for j in range(U(wo)):
+                    row[j] = acc[base + j]
+            continue
+        step = U(sw)
+        for i in range(ho):
+            row = out[n, d, i]
+            for j in range(U(wo)):
+                row[j] = b0
+            for a in range(kh):
+                src = i * sh + a * rh - pt
+                if src < 0 or src >= h:
+                    continue
+                line = img[src]
+                for b in range(kw):
+                    off = b * rw - pl
+                    j_lo, j_hi = valid_range(wo, off, sw, wd)
+                    wv = w[d, 0, a, b]
+                    first = U(j_lo * sw + off)
+                    start = U(j_lo)
+                    for j in range(U(j_hi - j_lo)):
+                        row[start + j] += wv * line[first + j * step]
+
+
+def is_depthwise(args) -> bool:
+    """One input channel per group (``C_in == groups``; a single-channel input with
+    groups=1 counts): the depthwise kernel runs."""
+    return args.c_in == args.groups
+
+
+def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
+    """Direct convolution into ``out`` (caller's layout), plus ``bias`` when given.
+    Wraps ``_conv_direct_nchw`` (``_conv_depthwise_nchw`` for depthwise layers)."""
     if args.layout == "NHWC":
         x = x.transpose(0, 3, 1, 2)
         w = w.transpose(3, 2, 0, 1)
-        y = np.zeros(args.y_shape, args.dtype)
+        y = np.empty(args.y_shape, args.dtype)
     else:
         y = out
-        y[...] = 0
-    with parallel_guard():
-        _conv_direct_nchw(np.ascontiguousarray(x), np.ascontiguousarray(w), y,
-                          args.stride[0], args.stride[1], args.padding[0][0],
-                          args.padding[1][0], args.dilation[0], args.dilation[1], args.groups)
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w)
+    if is_depthwise(args):
+        b = np.zeros(0, args.dtype) if bias is None else np.ascontiguousarray(bias)
+        with parallel_guard():
+            _conv_depthwise_nchw(x, w, y, args.stride[0], args.stride[1], args.padding[0][0],
+                                 args.padding[1][0], args.dilation[0], args.dilation[1], b)
+    else:
+        # The kernel accumulates onto its output: start from the bias (or zero).
+        y[...] = 0 if bias is None else bias[:, None, None]
+        with parallel_guard():
+            _conv_direct_nchw(x, w, y, args.stride[0], args.stride[1], args.padding[0][0],
+                              args.padding[1][0], args.dilation[0], args.dilation[1],
+                              args.groups)
     if args.layout == "NHWC":
         out[...] = y.transpose(0, 2, 3, 1)
 

@@ -1,0 +1,30 @@
+"""Wall-clock timing shared by the benchmark and the autotuner."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def median_time(fn, *, repeats: int = 5, min_time: float = 0.0, max_time: float = 10.0,
+                warmup: bool = True) -> float:
+    """Median wall time (seconds) of ``fn()`` over up to ``repeats`` calls.
+
+    One untimed warm-up call first (it also compiles) unless ``warmup`` is False. Stops
+    early once ``max_time`` seconds have been spent (at least one timed call always
+    runs); repeats further (up to 4x) while the total is below ``min_time``."""
+    if warmup:
+        fn()
+    times: list[float] = []
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        spent = time.perf_counter() - start
+        if len(times) >= repeats and (spent >= min_time or len(times) >= 4 * repeats):
+            break
+        if spent >= max_time:
+            break
+    return float(np.median(times))

@@ -1,0 +1,125 @@
+"""fastconv bench / calibrate on tiny inputs: the files they write and what is in them."""
+
+import json
+
+import numpy as np
+import pytest
+
+from fastconv import autotune, benchmark, cli, config
+
+
+@pytest.fixture(autouse=True)
+def isolated_profile(tmp_path, monkeypatch):
+    monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "cache"))
+    autotune.clear_cache()
+    yield
+    autotune.clear_cache()
+
+
+def test_bench_tiny_suite_writes_json_markdown_and_plots(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli.main(["bench", "--suite", "tiny", "--algos", "naive",
+                     "im2col", "fft", "auto", "--repeats", "1", "--no-extras",
+                     "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "BLAS:" in printed and "threading layer" in printed
+    assert "| shape | algo | median ms |" in printed
+    data = json.loads((out / "results.json").read_text())
+    tiny = [r for r in data["results"] if r["suite"] == "tiny"]
+    assert {(r["shape"], r["algo"]) for r in tiny} == {
+        (s.name, a) for s in benchmark.TINY_SUITE for a in benchmark.ALGOS}
+    for r in tiny:
+        assert r["seconds"] > 0 and r["gflops"] > 0
+        assert (r["chosen"] in ("naive", "im2col", "fft")) == (r["algo"] == "auto")
+    assert data["info"]["numba_threads"] >= 1 and "blas" in data["info"]
+    assert data["summary"]["tiny"]["auto_candidates"] == len(benchmark.TINY_SUITE)
+    md = (out / "results.md").read_text()
+    assert "## tiny" in md and "## Summary" in md
+    assert (out / "shapes_tiny.png").read_bytes()[:8] == PNG
+
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_kernel_sweep_plot(tmp_path):
+    assert [s.name for s in benchmark.KERNEL_SWEEP] == [f"k{k}" for k in range(1, 32)]
+    results = [benchmark.Result("kernel-sweep", f"k{k}", algo, secs * k, 1.0, 1, 1)
+               for k in (1, 3, 5) for algo, secs in (("naive", 3e-4), ("im2col", 1e-4),
+                                                      ("fft", 2e-4), ("torch", 1e-4))]
+    paths = benchmark.plot(benchmark.Report({}, results), str(tmp_path))
+    assert paths == [str(tmp_path / "kernel_sweep.png")]
+    assert (tmp_path / "kernel_sweep.png").read_bytes()[:8] == PNG
+
+
+def test_naive_on_a_reduced_batch_is_scaled_and_marked():
+    shape = benchmark.Shape("small", 4, 2, 10, 10, 2, 3)
+    rep = benchmark.run([shape], ("naive", "im2col"), suite="t", extras=(), repeats=1,
+                        naive_budget=1e-9)
+    naive, im2col = rep.results
+    assert naive.batch == 1 and naive.n == 4 and naive.scaled
+    assert not im2col.scaled
+    assert naive.speedup_vs_naive == 1.0
+    assert im2col.speedup_vs_naive == pytest.approx(naive.seconds / im2col.seconds)
+    assert "* (1/4)" in benchmark.format_table(rep.results)
+    assert all(r.other_load is None or 0 <= r.other_load <= 1 for r in rep.results)
+
+
+def test_load_meter_and_marks(monkeypatch):
+    meter = benchmark.LoadMeter().start()
+    sum(i * i for i in range(10000))  # our own work is not counted as others' load
+    load = meter.stop()
+    assert load is None or 0.0 <= load <= 1.0
+    assert benchmark.wait_until_idle(0.0, threshold=1.0, window=0.01) is True
+    r = benchmark.Result("s", "a", "im2col", 0.01, 1.0, 1, 1, other_load=0.4)
+    assert "!40%" in benchmark.format_table([r])
+    s = benchmark.summarize([r])["s"]
+    assert s["measured_under_load"] == [{"shape": "a", "algo": "im2col", "other_load": 0.4}]
+    assert "1 measurements ran while other processes used more than 3%" in (
+        benchmark.format_summary({"s": s}))
+
+
+def test_summary_counts_auto_picks():
+    def res(shape, algo, secs, chosen=None):
+        return benchmark.Result("s", shape, algo, secs, 1.0, 1, 1, chosen)
+
+    results = [res("a", "naive", 3.0), res("a", "im2col", 1.0), res("a", "fft", 2.0),
+               res("a", "auto", 1.1, "im2col"), res("a", "torch", 2.2),
+               res("b", "naive", 3.0), res("b", "im2col", 1.5), res("b", "fft", 1.0),
+               res("b", "auto", 1.5, "im2col"), res("b", "torch", 1.5)]
+    benchmark._relate(results)
+    s = benchmark.summarize(results)["s"]
+    assert s["auto_picked_fastest"] == 1 and s["auto_candidates"] == 2
+    assert s["auto_worst_ratio"] == pytest.approx(1.5)
+    assert s["auto_vs_torch_geomean"] == pytest.approx(np.sqrt(0.5 * 1.0))
+    text = benchmark.format_summary({"s": s})
+    assert "1/2 shapes" in text and "b: chose im2col, fastest fft (1.50x)" in text
+
+
+def test_im2col_gemm_matches_the_tiling():
+    m, k, n, count = benchmark.im2col_gemm(benchmark.Shape("r", 16, 64, 56, 56, 64, 3,
+                                                           padding=1))
+    assert (m, k) == (64, 576) and n * count == 16 * 56 * 56
+    assert benchmark.im2col_gemm(benchmark.Shape("p", 4, 8, 5, 5, 6, 1)) == (6, 8, 25, 4)
+
+
+def test_suites_cover_the_default_layers():
+    names = [s.name for s in benchmark.DEFAULT_SUITE]
+    assert names == ["lenet_c1", "lenet_c2", "cifar", "resnet_56", "resnet_28", "resnet_14",
+                     "stride2", "pointwise", "depthwise", "stem", "dilated", "bigkernel"]
+    assert [s.name for s in benchmark.QUICK_SUITE] == names
+    assert all(q.n <= d.n for q, d in zip(benchmark.QUICK_SUITE, benchmark.DEFAULT_SUITE,
+                                                     strict=True))
+    dw = benchmark.DEFAULT_SUITE[8]
+    assert (dw.groups, dw.c, dw.c_out) == (128, 128, 128)
+    assert benchmark.DEFAULT_SUITE[-1].single_channel()
+
+
+def test_calibrate_command_writes_a_loadable_profile(tmp_path, capsys):
+    path = tmp_path / "p.json"
+    assert cli.main(["calibrate", "--out", str(path), "--budget", "0"]) == 0
+    assert f"wrote {path}" in capsys.readouterr().out
+    prof = autotune.load_profile(str(path))
+    assert prof.source.startswith("calibrated") and prof.gemm_gflops > 0
+    assert cli.main(["calibrate", "--dry-run", "--json", "--budget", "0"]) == 0
+    assert json.loads(capsys.readouterr().out)["threads"] >= 1
+    assert not (tmp_path / "cache" / "profile.json").exists()
