@@ -409,8 +409,8 @@ def _col2im_nhwc(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
 # for rows of a few pixels. This is the tile's GEMM with the unfold folded into its operand
 # reads; per pass over a run the kernels keep 4 output channels (and grad_w 2 taps, grad_x
 # 2 input channels) in registers, so each load feeds several multiply-adds. Runs of B
-# images also make the strided and dilated cases vectorise. Unsigned run offsets
-# (np.uint64) let LLVM drop numba's negative-index test and vectorise the runs.
+# images also make the strided and dilated cases vectorise. Run offsets are unsigned
+# (``_common.U``) so that the runs vectorise.
 
 _DB = 4  # output channels per pass
 
@@ -470,13 +470,13 @@ def _tap_sums(acc, b, rows, nd, xs, j_lo, j_hi, x_first, x_step, nb):
     if j_hi <= j_lo:
         return
     if x_step == 1:
-        runs, n = 1, np.uint64((j_hi - j_lo) * nb)
+        runs, n = 1, U((j_hi - j_lo) * nb)
     else:
-        runs, n = j_hi - j_lo, np.uint64(nb)
+        runs, n = j_hi - j_lo, U(nb)
     for q in range(runs):
         j = j_lo + q
-        g0 = np.uint64(j * nb)
-        x0 = np.uint64((x_first + j * x_step) * nb)
+        g0 = U(j * nb)
+        x0 = U((x_first + j * x_step) * nb)
         if nd == _DB:
             s0, s1, s2, s3 = _dot4(rows, g0, xs, x0, n, zero)
             acc[0, b] += s0
@@ -525,8 +525,8 @@ def _grad_w_image_last(gt, xt, gw, sh, sw, pt, pl, rh, rw):
                 lo1, hi1 = valid_range(wo, off1, 1, wd)
                 lo, hi = max(lo0, lo1), min(hi0, hi1)
                 if lo < hi:
-                    s = _dot4x2(rows, np.uint64(lo * nb), xs, np.uint64((lo + off) * nb),
-                                np.uint64((lo + off1) * nb), np.uint64((hi - lo) * nb), zero)
+                    s = _dot4x2(rows, U(lo * nb), xs, U((lo + off) * nb),
+                                U((lo + off1) * nb), U((hi - lo) * nb), zero)
                     for k in range(_DB):
                         acc[k, b] += s[k]
                         acc[k, b + 1] += s[_DB + k]
@@ -599,10 +599,10 @@ def _grad_x_image_last(gt, w, gxt, sh, sw, pt, pl, rh, rw):
         la = xf[g * cg + cl, r]
         lb = xf[g * cg + cl + 1 if two else g * cg + cl, r]
         for t in range(wd * nb):
-            la[np.uint64(t)] = zero
+            la[U(t)] = zero
         if two:
             for t in range(wd * nb):
-                lb[np.uint64(t)] = zero
+                lb[U(t)] = zero
         for a in range(kh):
             num = r + pt - a * rh          # = i * sh for the output row i that reads row r
             if num < 0 or num % sh != 0 or num // sh >= ho:
@@ -623,12 +623,12 @@ def _grad_x_image_last(gt, w, gxt, sh, sw, pt, pl, rh, rw):
                     if j_hi <= j_lo:
                         continue
                     if sw == 1:
-                        _axpy_run(la, lb, two, wa, wb, rows, nd, np.uint64(j_lo * nb),
-                                  np.uint64((j_lo + off) * nb), np.uint64((j_hi - j_lo) * nb))
+                        _axpy_run(la, lb, two, wa, wb, rows, nd, U(j_lo * nb),
+                                  U((j_lo + off) * nb), U((j_hi - j_lo) * nb))
                     else:
                         for j in range(j_lo, j_hi):
-                            _axpy_run(la, lb, two, wa, wb, rows, nd, np.uint64(j * nb),
-                                      np.uint64((j * sw + off) * nb), np.uint64(nb))
+                            _axpy_run(la, lb, two, wa, wb, rows, nd, U(j * nb),
+                                      U((j * sw + off) * nb), U(nb))
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -639,16 +639,16 @@ def _to_image_last(x, n0, xt):
     n_all, c_all, h, wd = x.shape
     nb = xt.shape[3]
     xf = x.reshape(n_all * c_all * h * wd)
-    img = np.uint64(c_all * h * wd)
+    img = U(c_all * h * wd)
     for task in prange(c_all * h):
         c = task // h
         i = task % h
         dst = xt[c, i].reshape(wd * nb)
-        base = np.uint64(n0) * img + np.uint64((c * h + i) * wd)
-        for b in range(np.uint64(nb)):
+        base = U(n0) * img + U((c * h + i) * wd)
+        for b in range(U(nb)):
             src = base + b * img
-            for j in range(np.uint64(wd)):
-                dst[j * np.uint64(nb) + b] = xf[src + j]
+            for j in range(U(wd)):
+                dst[j * U(nb) + b] = xf[src + j]
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -657,16 +657,16 @@ def _from_image_last(xt, x, n0):
     n_all, c_all, h, wd = x.shape
     nb = xt.shape[3]
     xf = x.reshape(n_all * c_all * h * wd)
-    img = np.uint64(c_all * h * wd)
+    img = U(c_all * h * wd)
     for task in prange(c_all * h):
         c = task // h
         i = task % h
         src = xt[c, i].reshape(wd * nb)
-        base = np.uint64(n0) * img + np.uint64((c * h + i) * wd)
-        for b in range(np.uint64(nb)):
+        base = U(n0) * img + U((c * h + i) * wd)
+        for b in range(U(nb)):
             dst = base + b * img
-            for j in range(np.uint64(wd)):
-                xf[dst + j] = src[j * np.uint64(nb) + b]
+            for j in range(U(wd)):
+                xf[dst + j] = src[j * U(nb) + b]
 
 
 def image_last_tile(args, with_grad_x: bool = True) -> int:
@@ -713,9 +713,10 @@ def _backward_image_last(gy, x, w, args, grad_x, grad_w, images) -> None:
     x_img = (args.c_in, args.h, args.w)
     y_img = (args.c_out, args.h_out, args.w_out)
     x_size, y_size = args.c_in * args.h * args.w, args.c_out * args.h_out * args.w_out
-    xt_buf = np.empty(x_size * images, args.dtype) if grad_w is not None else None
-    gt_buf = np.empty(y_size * images, args.dtype)
-    gx_buf = np.empty(x_size * images, args.dtype) if grad_x is not None else None
+    xt_buf = None if grad_w is None else workspace("im2col.chwn", x_size * images, args.dtype)
+    gt_buf = workspace("im2col.back.gy", y_size * images, args.dtype)
+    gx_buf = None if grad_x is None else workspace("im2col.back.gx", x_size * images,
+                                                   args.dtype)
     if nchw:
         gy = np.ascontiguousarray(gy)
         x = np.ascontiguousarray(x) if grad_w is not None else x
@@ -781,7 +782,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
         wmat = np.ascontiguousarray(w.reshape(cgkk, g, dg).transpose(1, 0, 2))
         if grad_w is not None:
             gw = np.zeros((g, cgkk, dg), args.dtype)
-    buf = np.empty(t.col_bytes // args.dtype.itemsize, args.dtype)
+    buf = workspace("im2col.cols", t.col_bytes // args.dtype.itemsize, args.dtype)
     for n0 in range(0, args.n, t.images):
         nb = min(t.images, args.n - n0)
         for i0 in range(0, args.h_out, t.band):
