@@ -46,6 +46,10 @@ bench: $(VENV)/.stamp-bench
 	$(PY) -m fastconv.cli info
 	$(PY) -m fastconv.cli bench --suite quick kernel-sweep --out bench/results
 
+# Run every notebook top to bottom for a person (executed copies in notebooks/executed/).
+notebooks: $(VENV)/.stamp-test
+	$(PY) notebooks/run.py
+
 info: $(VENV)/.stamp-bench
 	$(PY) -m fastconv.cli info
 

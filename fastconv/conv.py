@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _args, autotune
+from . import _args, autotune, numerics
 from ._memory import allocate
 from .algos import fft, im2col, naive
 
@@ -41,6 +41,26 @@ def resolve_algorithm(args, algo: str, backward: bool = False) -> str:
     if algo != "auto":
         return algo
     return autotune.choose_algorithm_for(args, backward)
+
+
+def _forward(x, w, bias, args, algo: str, out) -> None:
+    """Run the forward algorithm into ``out``; FFT only where it can be trusted
+    (fastconv.numerics): never on non-finite input, and for ``algo="auto"`` only when its
+    error bound meets the FFT tolerance, else im2col recomputes the result."""
+    chosen = resolve_algorithm(args, algo)
+    if chosen == "fft" and not numerics.all_finite(x, w, bias):
+        chosen = "im2col"
+    _FORWARD[chosen](x, w, args, out, bias)
+    if chosen == "fft" and algo == "auto":
+        xn = x if args.layout == "NCHW" else x.transpose(0, 3, 1, 2)
+        wn = w if args.layout == "NCHW" else w.transpose(3, 2, 0, 1)
+        yn = out if args.layout == "NCHW" else out.transpose(0, 3, 1, 2)
+        if bias is not None:
+            yn = yn - bias[:, None, None]
+        fh, fw = fft.transform_shape(args)
+        bound = numerics.fft_error_bound(xn, wn, fh * fw)
+        if not numerics.fft_result_trusted(yn, bound, xn, wn, args):
+            _FORWARD["im2col"](x, w, args, out, bias)
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
@@ -92,7 +112,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
     out = allocate(op, "output", _layout_shape(args.y_shape, layout), args.dtype)
     if args.n > 0:
-        _FORWARD[resolve_algorithm(args, algo)](x, w, args, out, bias)
+        _forward(x, w, bias, args, algo, out)
     return out[0] if args.unbatched else out
 
 
@@ -169,7 +189,10 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_x = allocate(op, "input gradient", x.shape, args.dtype) if need_x else None
     grad_w = allocate(op, "weight gradient", w.shape, args.dtype) if need_w else None
     if args.n > 0 and (need_x or need_w):
-        _BACKWARD[_backward_algorithm(args, algo, need_x)](grad_y, x, w, args, grad_x, grad_w)
+        chosen = _backward_algorithm(args, algo, need_x)
+        if chosen == "fft" and not numerics.all_finite(grad_y, x, w):
+            chosen = "im2col"  # FFT would spread a NaN/Inf over whole planes
+        _BACKWARD[chosen](grad_y, x, w, args, grad_x, grad_w)
     elif need_w:
         grad_w[...] = 0
     grad_bias = None

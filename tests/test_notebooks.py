@@ -1,0 +1,30 @@
+"""Every notebook runs top to bottom in a fresh kernel (small-size mode)."""
+
+import importlib.util
+import pathlib
+
+import pytest
+
+pytest.importorskip("nbclient")
+pytest.importorskip("ipykernel")
+pytest.importorskip("matplotlib")
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("nb_run", ROOT / "notebooks" / "run.py")
+nb_run = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(nb_run)
+
+
+def test_there_are_notebooks():
+    assert len(nb_run.notebooks()) >= 1
+
+
+@pytest.mark.parametrize("path", nb_run.notebooks(), ids=lambda p: p.name)
+def test_notebook_runs(path):
+    nb = nb_run.execute(path, small=True)
+    errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
+    # every notebook draws something
+    assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+               for o in c.get("outputs", []))

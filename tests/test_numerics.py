@@ -1,0 +1,116 @@
+"""Non-finite values and ill-conditioned inputs: FFT never spreads a NaN/Inf, and auto
+never returns an FFT result worse than the documented tolerance."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import numerics
+
+from . import reference as ref
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("algo", fastconv.ALGORITHMS + ("auto",))
+def test_non_finite_input_stays_under_its_windows(algo, bad, rng):
+    x = rng.standard_normal((2, 1, 40, 40))
+    x[1, 0, 20, 20] = bad
+    w = np.abs(rng.standard_normal((1, 1, 13, 13))) + 0.1  # positive: no inf - inf
+    y = fastconv.conv2d(x, w, padding=6, algo=algo)
+    finite = np.isfinite(y)
+    assert finite[0].all()
+    # outputs whose 13x13 window covers (20, 20) are non-finite, all others finite
+    expect = np.ones((40, 40), bool)
+    expect[14:27, 14:27] = False
+    assert np.array_equal(finite[1, 0], expect)
+    if not np.isnan(bad):
+        assert np.all(y[1, 0][~expect] == bad)
+
+
+@pytest.mark.parametrize("algo", ["fft", "auto"])
+def test_backward_with_non_finite_values_stays_local(algo, rng):
+    x = rng.standard_normal((1, 1, 30, 30))
+    w = rng.standard_normal((1, 1, 11, 11))
+    gy = rng.standard_normal((1, 1, 20, 20))
+    gy[0, 0, 0, 0] = np.nan
+    gx, gw, _ = fastconv.conv2d_backward(gy, x, w, algo=algo)
+    assert np.isnan(gx[0, 0, :11, :11]).all() and np.isfinite(gx[0, 0, 11:, :]).all()
+    assert np.isnan(gw).all()  # every weight meets the NaN output gradient
+
+
+def test_auto_never_returns_an_fft_result_outside_the_tolerance(rng, monkeypatch):
+    """A huge value in rows that no output window reads (stride 4 leaves the last rows
+    unread): the direct result ignores it, every FFT transform does not."""
+    from fastconv import conv
+
+    x = rng.standard_normal((1, 1, 126, 126)).astype(np.float32)
+    x[0, 0, -1, 5] = 1e30
+    w = rng.standard_normal((1, 1, 31, 31)).astype(np.float32)
+    kw = dict(stride=4)
+    want = ref.conv2d(x, w, None, (4, 4))
+    assert np.isfinite(want).all() and np.abs(want).max() < 1e3
+    raw = fastconv.conv2d(x, w, algo="fft", **kw)
+    assert ref.rel_error(raw, want) > 1e-3            # plain FFT is ruined
+    # make auto start from FFT whatever the planner prefers for this shape
+    monkeypatch.setattr(conv, "resolve_algorithm", lambda args, algo, backward=False: "fft")
+    got = fastconv.conv2d(x, w, np.ones(1, np.float32), algo="auto", **kw)
+    assert ref.rel_error(got - 1, want) <= numerics.FFT_TOLERANCE[np.dtype(np.float32)]
+
+
+@pytest.mark.parametrize("offset", [1e2, 1e3])
+def test_auto_keeps_accurate_fft_results_when_the_bound_is_pessimistic(offset, rng,
+                                                                        monkeypatch):
+    """A large offset and a zero-sum kernel: the a-priori bound fails, the sampled check
+    finds the FFT result as accurate as im2col's, and auto keeps it."""
+    from fastconv import conv
+
+    x = (offset + rng.standard_normal((1, 1, 128, 128))).astype(np.float32)
+    k = rng.standard_normal((1, 1, 31, 31))
+    w = (k - k.mean()).astype(np.float32)
+    want = ref.conv2d(x, w)
+    err_im2col = ref.rel_error(fastconv.conv2d(x, w, algo="im2col"), want)
+    monkeypatch.setattr(conv, "resolve_algorithm", lambda args, algo, backward=False: "fft")
+    calls = []
+    original = conv._FORWARD["im2col"]
+    monkeypatch.setitem(conv._FORWARD, "im2col", lambda *a: calls.append(1) or original(*a))
+    got = fastconv.conv2d(x, w, algo="auto")
+    assert ref.rel_error(got, want) <= max(2 * err_im2col, 1e-5)
+    assert calls == []       # auto kept the FFT result
+
+
+def test_auto_keeps_fft_on_well_conditioned_input(rng, monkeypatch):
+    x = rng.standard_normal((1, 1, 128, 128)).astype(np.float32)
+    w = rng.standard_normal((1, 1, 31, 31)).astype(np.float32)
+    calls = []
+    from fastconv import conv
+
+    original = conv._FORWARD["im2col"]
+    monkeypatch.setitem(conv._FORWARD, "im2col", lambda *a: calls.append(1) or original(*a))
+    got = fastconv.conv2d(x, w, algo="auto")
+    assert calls == []                               # no fallback was needed
+    assert ref.rel_error(got, ref.conv2d(x, w)) <= 1e-3
+
+
+def test_error_bound_covers_measured_fft_errors(rng):
+    """The bound (c = 1) stays above the error actually made, over varied inputs."""
+    for trial in range(12):
+        c, k = int(rng.integers(1, 4)), int(rng.integers(3, 16))
+        x = rng.standard_normal((2, c, 48, 40))
+        if trial % 3 == 1:
+            x *= 10.0 ** rng.uniform(-5, 5, size=x.shape)
+        if trial % 3 == 2:
+            x += 1e3
+        x = x.astype(np.float32)
+        w = rng.standard_normal((2, c, k, k)).astype(np.float32)
+        y = fastconv.conv2d(x, w, algo="fft")
+        err = np.abs(y - ref.conv2d(x, w)).max()
+        from fastconv.algos import fft
+        from fastconv._args import conv_args_from_shapes
+
+        fh, fw = fft.transform_shape(conv_args_from_shapes("t", x.shape, w.shape))
+        assert err <= numerics.fft_error_bound(x, w, fh * fw)
+
+
+def test_all_finite():
+    assert numerics.all_finite(np.ones(3), None)
+    assert not numerics.all_finite(np.ones(3), np.array([1.0, np.inf]))
