@@ -4,14 +4,16 @@ Both train the same network (same initial weights, same batches, SGD with moment
 in float32. Steps are timed one by one; the frameworks alternate in blocks of --steps
 steps (ABBA order over --rounds rounds), so that load on a shared machine hits both
 alike, and the report gives medians and quartiles of the step times and images/s =
-batch / median step time. Each block starts with an untimed step: right after a torch
-step, torch's idle OpenMP thread keeps spinning for a while on one of the cores
-(GNU OpenMP's default wait policy), which made the next fastconv step about 2 ms
-slower when the frameworks alternated step by step on 2 cores
-(``--interleave step`` keeps that order).
+batch / median step time. Each block starts after a pause (--settle seconds) and an
+untimed step: idle worker threads keep spinning for a while after their last parallel
+call (right after a torch step, torch's OpenMP thread made the next fastconv step about
+2 ms slower when the frameworks alternated step by step on 2 cores; OpenBLAS's workers
+spin for up to about 0.1 s), and the pause lets them go to sleep before the other
+framework's block. ``--interleave step`` keeps the step-by-step order.
 
     python bench/train_throughput.py [--batch 64] [--steps 20] [--rounds 5] [--threads 2]
-        [--numba-threads N] [--blas-threads N] [--interleave block|step] [--profile]
+        [--numba-threads N] [--blas-threads N] [--interleave block|step] [--settle S]
+        [--profile]
 
 torch runs with torch.set_num_threads(threads) (skipped, with a note, if torch is not
 installed). Compilation (numba) is excluded by warm-up steps. ``--numba-threads`` and
@@ -137,6 +139,8 @@ def main(argv=None) -> int:
     ap.add_argument("--interleave", choices=("block", "step"), default="block",
                     help="alternate the frameworks in blocks of --steps steps (default) or "
                          "step by step")
+    ap.add_argument("--settle", type=float, default=0.3,
+                    help="seconds of pause before each block (default 0.3)")
     ap.add_argument("--profile", action="store_true",
                     help="also print fastconv's per-op times over --steps * --rounds steps")
     args = ap.parse_args(argv)
@@ -221,12 +225,13 @@ def _run(args) -> int:
                     times[name].append(time.perf_counter() - t0)
             continue
         # blocks of --steps steps per framework, alternating (ABBA...) round by round so
-        # that load drifts hit both alike; each block starts with one untimed step while
-        # the other framework's idle threads settle
+        # that load drifts hit both alike; each block starts after a pause and one
+        # untimed step, so that the other framework's idle threads have stopped spinning
         names = list(runners)
         for r in range(args.rounds):
             for name in (names if r % 2 == 0 else names[::-1]):
                 fn = runners[name][kind]
+                time.sleep(args.settle)
                 fn(r)
                 for i in range(args.steps):
                     t0 = time.perf_counter()
