@@ -5,7 +5,8 @@ thread that is not scheduled stalls the call for a whole scheduler time slice: o
 shared 2-core development machine a (64, 400) @ (400, 120) float32 product (a LeNet
 linear layer) took 80 us median but 24 ms at the 90th percentile with 2 OpenBLAS threads,
 and 84 us at both with one. After a multi-threaded call, OpenBLAS's idle worker also
-keeps spinning on a core for a long while, which slows the numba kernels that follow: a
+keeps spinning on a core (about 0.1 s of CPU time after each call here), which slows the
+numba kernels that follow: a
 LeNet training step took 7.3 ms with the linear layers on two BLAS threads and 5.2 ms on
 one, and 4.7 vs 3.5 ms when the forward convolutions' GEMMs (7.5 and 15.4 million
 multiply-adds) ran on one thread too. Products of at most ``config.SMALL_GEMM_MACS``
