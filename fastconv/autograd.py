@@ -25,6 +25,8 @@ import threading
 
 import numpy as np
 
+from . import _elementwise
+
 # --------------------------------------------------------------------------- global state
 _state = threading.local()
 
@@ -238,6 +240,9 @@ class Function:
     keyword options are passed through unchanged. ``forward`` receives ndarrays (None
     stays None) and returns one ndarray; ``backward`` receives the gradient of that
     output and may skip work for inputs whose ``ctx.needs_input_grad[i]`` is False.
+    ``ctx.needs_input_grad`` is set before ``forward`` runs and is all False when no
+    graph is recorded (inside ``no_grad``, or no input requires grad), so ``forward``
+    may skip what only ``backward`` needs.
     """
 
     def __init__(self):
@@ -261,9 +266,10 @@ class Function:
         tensors = tuple(None if a is None else a if isinstance(a, Tensor) else Tensor(a)
                         for a in inputs)
         ctx = cls()
-        ctx.needs_input_grad = tuple(t is not None and t.requires_grad for t in tensors)
+        needs = tuple(t is not None and t.requires_grad for t in tensors)
+        track = any(needs) and is_grad_enabled()
+        ctx.needs_input_grad = needs if track else (False,) * len(needs)
         out = cls.forward(ctx, *(None if t is None else t.data for t in tensors), **options)
-        track = any(ctx.needs_input_grad) and is_grad_enabled()
         result = Tensor(out, requires_grad=track)
         if track:
             ctx.inputs = tensors
@@ -618,12 +624,13 @@ class Log(Function):
 class ReLU(Function):
     @staticmethod
     def forward(ctx, a):
-        ctx.save_for_backward(a > 0)
-        return np.maximum(a, 0)
+        out = _elementwise.relu(a)
+        ctx.save_for_backward(out)
+        return out
 
     @staticmethod
     def backward(ctx, g):
-        return g * ctx.saved_tensors[0]
+        return _elementwise.relu_backward(g, ctx.saved_tensors[0])
 
 
 class Tanh(Function):

@@ -19,6 +19,7 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | CUDA_REDUCE_THREADS  | FASTCONV_CUDA_REDUCE_THREADS  | 256                        |
 | CUDA_DIRECT_MAX_TAPS | FASTCONV_CUDA_DIRECT_MAX_TAPS | 32                         |
 | CUDA_DIRECT_MAX_COUT | FASTCONV_CUDA_DIRECT_MAX_COUT | 4                          |
+| SMALL_GEMM_MACS      | FASTCONV_SMALL_GEMM_MACS      | 33554432 (2**25)           |
 """
 
 from __future__ import annotations
@@ -73,6 +74,14 @@ THREADING_LAYER_PREFERENCE = ("tbb", "omp", "workqueue")
 
 #: Threads scipy.fft may use for batched transforms.
 FFT_WORKERS: int = int(_env_float("FASTCONV_FFT_WORKERS", os.cpu_count() or 1))
+
+#: Matrix products of at most this many multiply-adds (batch * m * k * n) that fastconv's
+#: layers run (linear layers, GEMMs of the conv backward) use one BLAS thread
+#: (fastconv._blas). A second thread saves little on them, stalls the call whenever it is
+#: not scheduled on a busy machine, and after the call OpenBLAS's idle worker spins for a
+#: long while on the core numba's kernels need: with LeNet's linear layers on two BLAS
+#: threads a training step took 7.3 ms instead of 5.2 ms on the 2-core machine.
+SMALL_GEMM_MACS: int = int(_env_float("FASTCONV_SMALL_GEMM_MACS", 1 << 25))
 
 #: Where fastconv.data.load_mnist downloads the IDX files from: a URL prefix (http(s)://,
 #: file://) or a local directory. None means the dataset's usual mirror

@@ -110,7 +110,7 @@ class SGD(Optimizer):
                         buf = state["momentum_buffer"] = np.array(g, copy=True)
                     else:
                         buf *= mom
-                        buf += (1 - damp) * g
+                        buf += g if damp == 0 else (1 - damp) * g
                     g = g + mom * buf if nesterov else buf
                 p.data -= lr * g
 

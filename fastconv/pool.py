@@ -224,6 +224,69 @@ def _max_pool_planes(x, y, idx, kh, kw, sh, sw, ph, pw, rh, rw, rows):
                         _max_taps(xrow, yrow, krow, j_lo, j_hi, off, base, sw)
 
 
+@njit(inline="always")
+def _max_tap(v, best, code, tap):
+    """One more tap of a 2x2 window: (best, code) <- (v, tap) when v is larger or NaN."""
+    better = (v > best) | (v != v)
+    return (v if better else best), (tap if better else code)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _max_pool_2x2_planes(x, y, idx, with_idx, rows):
+    """2x2 windows, stride 2, no padding or dilation, every window inside the input:
+    x (P, H, W) -> y (P, Ho, Wo) and, when ``with_idx``, idx (P, Ho, Wo) (else idx is not
+    touched and may be empty). One task per (plane, block of ``rows`` output rows).
+
+    The same rule as ``_max_pool_planes`` (taps in row-major order, the first maximum
+    wins, a NaN is the maximum and a later NaN replaces it), written per output element
+    so that the loop over a row vectorises: the winning tap is kept as an int32 code
+    0..3 (the width of a float32 lane) and turned into the int64 flat index in a second
+    pass over the row."""
+    n_planes, _, wd = x.shape
+    _, ho, wo = y.shape
+    n_blk = (ho + rows - 1) // rows
+    for task in prange(n_planes * n_blk):
+        p = task // n_blk
+        i0 = (task % n_blk) * rows
+        codes = np.empty(wo, np.int32)
+        for i in range(i0, min(i0 + rows, ho)):
+            r0 = x[p, 2 * i]
+            r1 = x[p, 2 * i + 1]
+            yrow = y[p, i]
+            # (literal unsigned constants: hoisted into variables, the stride 2 is no
+            # longer known to the vectoriser and the loop runs twice as long)
+            if not with_idx:
+                for j in range(wo):
+                    k = np.uint64(j) * np.uint64(2)
+                    best = r0[k]
+                    best, _ = _max_tap(r0[k + np.uint64(1)], best, 0, 1)
+                    best, _ = _max_tap(r1[k], best, 0, 2)
+                    best, _ = _max_tap(r1[k + np.uint64(1)], best, 0, 3)
+                    yrow[np.uint64(j)] = best
+                continue
+            for j in range(wo):
+                k = np.uint64(j) * np.uint64(2)
+                best = r0[k]
+                code = np.int32(0)
+                best, code = _max_tap(r0[k + np.uint64(1)], best, code, np.int32(1))
+                best, code = _max_tap(r1[k], best, code, np.int32(2))
+                best, code = _max_tap(r1[k + np.uint64(1)], best, code, np.int32(3))
+                yrow[np.uint64(j)] = best
+                codes[np.uint64(j)] = code
+            krow = idx[p, i]
+            base = 2 * i * wd
+            for j in range(wo):
+                c = np.int64(codes[np.uint64(j)])
+                krow[np.uint64(j)] = base + 2 * j + (c & 1) + (c >> 1) * wd
+
+
+def _is_2x2_stride_2(a: PoolArgs) -> bool:
+    """The common pooling layer that ``_max_pool_2x2_planes`` runs: 2x2 windows, stride 2,
+    no padding or dilation, no partial window at the edges."""
+    return (a.kernel == (2, 2) and a.stride == (2, 2) and a.padding == (0, 0)
+            and a.dilation == (1, 1) and a.h_out == a.h // 2 and a.w_out == a.w // 2)
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _max_pool_nhwc(x, y, idx, kh, kw, sh, sw, ph, pw, rh, rw):
     """x (N, H, W, C) -> y, idx (N, Ho, Wo, C); one task per (image, output row); the
@@ -312,7 +375,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
     Notes
     -----
-    Wraps ``_max_pool_planes`` (NCHW) / ``_max_pool_nhwc``.
+    Wraps ``_max_pool_planes`` (NCHW) / ``_max_pool_nhwc``; 2x2 windows with stride 2 and
+    no padding (NCHW) run ``_max_pool_2x2_planes``, which skips the indices when they are
+    not returned.
 
     Examples
     --------
@@ -333,21 +398,27 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     _check_flag(op, "return_indices", return_indices)
     x4 = _nchw(x, a.unbatched)
     y = allocate(op, "output", a.y_shape if not a.unbatched else (1,) + a.y_shape, x.dtype)
-    idx = allocate(op, "indices", y.shape, np.int64)
+    fast = layout == "NCHW" and _is_2x2_stride_2(a)
+    # the general kernels use the indices while they scan, so they always get them
+    idx = allocate(op, "indices", y.shape if return_indices or not fast else (0,), np.int64)
     geom = (*a.kernel, *a.stride, *a.padding, *a.dilation)
     if y.size:
         with parallel_guard():
             if layout == "NCHW":
                 planes = a.n * a.c
-                _max_pool_planes(x4.reshape(planes, a.h, a.w),
-                                 y.reshape(planes, a.h_out, a.w_out),
-                                 idx.reshape(planes, a.h_out, a.w_out), *geom,
-                                 _row_block(planes, a.h_out))
+                x3 = x4.reshape(planes, a.h, a.w)
+                y3 = y.reshape(planes, a.h_out, a.w_out)
+                idx3 = idx.reshape(planes, a.h_out, a.w_out) if idx.size else idx.reshape(0, 0, 0)
+                rows = _row_block(planes, a.h_out)
+                if fast:
+                    _max_pool_2x2_planes(x3, y3, idx3, bool(return_indices), rows)
+                else:
+                    _max_pool_planes(x3, y3, idx3, *geom, rows)
             else:
                 _max_pool_nhwc(x4, y, idx, *geom)
-    if a.unbatched:
-        y, idx = y[0], idx[0]
-    return (y, idx) if return_indices else y
+    if not return_indices:
+        return y[0] if a.unbatched else y
+    return (y[0], idx[0]) if a.unbatched else (y, idx)
 
 
 def max_unpool_args(op: str, grad_y, indices, input_shape, layout):

@@ -365,6 +365,74 @@ def test_no_grad(rng):
     assert seen == [True]
 
 
+def test_needs_input_grad_is_known_in_forward(rng):
+    """ctx.needs_input_grad is set before forward and all False without a graph, so a
+    forward may skip what only backward needs."""
+    seen = []
+
+    class Probe(Function):
+        @staticmethod
+        def forward(ctx, a, b):
+            seen.append(ctx.needs_input_grad)
+            return a + b
+
+        @staticmethod
+        def backward(ctx, g):
+            return g, g
+
+    x, c = _t(rng, 3), Tensor(np.ones(3))
+    Probe.apply(x, c)
+    Probe.apply(c, c)
+    with no_grad():
+        Probe.apply(x, c)
+    assert seen == [(True, False), (False, False), (False, False)]
+
+
+def test_max_pool_without_graph_matches_and_records_nothing(rng):
+    x = _t(rng, 2, 3, 6, 6)
+    with no_grad():
+        y = F.max_pool2d(x, 2)
+    assert y._ctx is None and not y.requires_grad
+    np.testing.assert_array_equal(y.data, fastconv.max_pool2d(x.data, 2))
+    np.testing.assert_array_equal(F.max_pool2d(x, 2).data, y.data)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_relu_kernels_match_numpy(dtype, rng):
+    from fastconv import _elementwise
+
+    a = rng.standard_normal((4, 3, 7, 5)).astype(dtype)
+    a[0, 0, 0, :3] = [np.nan, -np.inf, np.inf]
+    a[1, 1, 1, 1] = 0.0
+    view = a[:, ::2, 1:, ::-1]                       # non-contiguous
+    for arr in (a, view):
+        y = _elementwise.relu(arr)
+        assert y.dtype == dtype and y.shape == arr.shape
+        np.testing.assert_array_equal(y, np.maximum(arr, 0))   # NaN stays NaN
+        g = rng.standard_normal(arr.shape).astype(dtype)
+        gx = _elementwise.relu_backward(g, y)
+        assert gx.dtype == dtype
+        np.testing.assert_array_equal(gx, np.where(arr > 0, g, 0))
+    ints = np.array([-2, 0, 3])
+    np.testing.assert_array_equal(_elementwise.relu(ints), [0, 0, 3])
+    np.testing.assert_array_equal(_elementwise.relu_backward(np.ones(3), ints), [0, 0, 1])
+
+
+def test_conv2d_input_without_grad_gives_the_same_weight_gradients(rng):
+    """The first layer's input (data) needs no gradient: conv2d_backward then skips
+    grad_x; the weight and bias gradients do not change."""
+    xd = rng.standard_normal((3, 2, 6, 6))
+    w, b = _t(rng, 4, 2, 3, 3), _t(rng, 4)
+    F.conv2d(Tensor(xd), w, b, padding=1).sum().backward()
+    gw, gb = w.grad, b.grad
+    w.grad = b.grad = None
+    x = Tensor(xd.copy(), requires_grad=True)
+    F.conv2d(x, w, b, padding=1).sum().backward()
+    np.testing.assert_allclose(gw, w.grad, rtol=1e-12)
+    np.testing.assert_allclose(gb, b.grad, rtol=1e-12)
+    assert x.grad is not None and x.grad.shape == xd.shape
+
+
 def test_leaf_facts_detach_item(rng):
     x = _t(rng, 2, 3)
     assert x.shape == (2, 3) and x.ndim == 2 and x.dtype == np.float64 and len(x) == 2

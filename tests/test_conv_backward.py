@@ -188,6 +188,149 @@ def test_overlapping_windows_are_deterministic(algo, layout, rng):
         assert ref.rel_error(g, wnt) <= 1e-4
 
 
+# ------------------------------------------------------------ image-last path (small images)
+# (n, c, h, w, d, kh, kw, stride, padding, dilation, groups): batches of small images run
+# im2col's image-last backward; output channels per group below, at and above the
+# kernels' block of 4, odd channels per group (their channel pairs), strides, dilations,
+# asymmetric padding, LeNet's two layers.
+IMAGE_LAST_CASES = [
+    (3, 1, 9, 8, 6, 5, 5, 1, 2, 1, 1),
+    (4, 6, 7, 7, 16, 5, 5, 1, 0, 1, 1),
+    (2, 3, 8, 9, 5, 3, 3, (2, 1), 1, 1, 1),
+    (5, 4, 9, 7, 4, 3, 2, (1, 3), ((2, 0), (1, 2)), (2, 1), 2),
+    (3, 6, 6, 6, 6, 3, 3, 1, "same", 1, 6),          # depthwise
+    (2, 6, 6, 7, 18, 3, 3, 2, 1, 2, 3),             # 6 output channels per group
+    (3, 5, 5, 6, 7, 1, 2, 1, 0, 1, 1),               # 1x2 kernel, odd channels
+    (2, 2, 4, 4, 3, 3, 3, 1, 3, 1, 1),               # padding > kernel
+    (64, 1, 28, 28, 6, 5, 5, 1, 2, 1, 1),            # LeNet conv1
+    (64, 6, 14, 14, 16, 5, 5, 1, 0, 1, 1),           # LeNet conv2
+]
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", IMAGE_LAST_CASES, ids=_case_id)
+def test_image_last_backward_matches_reference(case, dtype, layout):
+    from fastconv.algos.im2col import image_last_tile
+
+    x, w, gy, kwargs, a = _problem(case, dtype)
+    real = conv_args_from_shapes("test", x.shape, w.shape, **kwargs, dtype=dtype)
+    assert image_last_tile(real) >= 2               # the path under test really runs
+    want = _explicit(x, w, gy, a)
+    for algo in ("im2col", "auto"):
+        got = _backward(gy, x, w, kwargs, layout, algo)
+        for name, g, wnt in zip(("grad_x", "grad_w", "grad_bias"), got, want, strict=True):
+            assert g.dtype == dtype and g.shape == wnt.shape, name
+            assert ref.rel_error(g, wnt) <= ref.tolerance(dtype, "im2col"), (algo, name)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_image_last_backward_in_several_tiles(layout, monkeypatch):
+    """A chunk of two unfolded images: 7 images in tiles of 4 and 3."""
+    from fastconv.algos.im2col import image_last_tile
+
+    case = (7, 3, 8, 8, 5, 3, 3, 1, 1, 1, 1)
+    x, w, gy, kwargs, a = _problem(case, np.float64)
+    a = conv_args_from_shapes("test", x.shape, w.shape, **kwargs, dtype=np.float64)
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 2 * (3 * 3 * 3 * 8 * 8) * 8)
+    monkeypatch.setattr(config, "WORKSPACE_BYTES", 1 << 20)
+    assert image_last_tile(a) == 2 * (3 * 3 * 3) // (2 * 3 + 5) == 4
+    got = _backward(gy, x, w, kwargs, layout, "im2col")
+    for g, wnt in zip(got, _explicit(x, w, gy, a), strict=True):
+        assert ref.rel_error(g, wnt) <= 1e-10
+
+
+FD_IMAGE_LAST = [c for c in IMAGE_LAST_CASES if c[0] * c[1] * c[2] * c[3] <= 300]
+
+
+@pytest.mark.parametrize("case", FD_IMAGE_LAST, ids=_case_id)
+def test_image_last_backward_matches_finite_differences(case):
+    x, w, gy, kwargs, a = _problem(case, np.float64)
+    b = np.zeros(a.c_out)
+
+    def loss():
+        return float(np.sum(gy * ref.conv2d(x, w, b, a.stride, a.padding, a.dilation,
+                                            a.groups)))
+
+    want = [ref.numerical_grad(loss, v, eps=0.5) for v in (x, w, b)]
+    got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col")
+    for g, wnt in zip(got, want, strict=True):
+        assert ref.rel_error(g, wnt) <= 1e-10
+
+
+def test_auto_takes_the_image_last_backward(rng, monkeypatch):
+    from fastconv import conv
+
+    x = rng.standard_normal((4, 1, 12, 12))
+    w = rng.standard_normal((3, 1, 5, 5))
+    gy = rng.standard_normal((4, 3, 8, 8))
+    ran = []
+    monkeypatch.setitem(conv._BACKWARD, "im2col",
+                        lambda *a, f=conv._BACKWARD["im2col"]: (ran.append(1), f(*a)))
+    got = fastconv.conv2d_backward(gy, x, w, algo="auto")
+    assert ran == [1]
+    for g, want in zip(got, ref.conv2d_backward(gy, x, w), strict=True):
+        assert ref.rel_error(g, want) <= 1e-10
+
+
+def test_image_last_backward_is_taken_for_thin_layers():
+    from fastconv.algos.im2col import image_last_tile
+
+    def tile(x_shape, w_shape, **kw):
+        return image_last_tile(conv_args_from_shapes("test", x_shape, w_shape, **kw))
+
+    assert tile((64, 1, 28, 28), (6, 1, 5, 5), padding=2) == 64          # LeNet
+    assert tile((64, 16, 28, 28), (16, 16, 3, 3), padding=1) > 0
+    assert tile((64, 64, 14, 14), (64, 64, 3, 3), padding=1) > 0
+    assert tile((64, 128, 7, 7), (128, 128, 3, 3), padding=1) > 0         # few pixels
+    assert tile((32, 128, 14, 14), (128, 128, 3, 3), padding=1) == 0      # wide GEMMs
+    assert tile((64, 16, 28, 28), (32, 16, 3, 3), padding=1, stride=2) > 0
+    assert tile((64, 32, 28, 28), (64, 32, 3, 3), padding=1, stride=2) == 0
+    assert tile((64, 16, 8, 8), (16, 16, 1, 1)) == 0                     # 1x1: GEMMs
+    assert tile((1, 16, 8, 8), (16, 16, 3, 3)) == 0                      # one image
+    assert tile((4, 16, 200, 200), (16, 16, 3, 3)) == 0                  # large images
+
+
+# ---------------------------------------------------------------------- needs_input_grad
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", [CASES[3], IMAGE_LAST_CASES[3], (1, 3, 7, 7, 4, 3, 3, 2, 1, 1, 1)],
+                         ids=_case_id)
+def test_needs_input_grad_leaves_out_gradients(case, algo, layout):
+    x, w, gy, kwargs, a = _problem(case, np.float64)
+    if layout == "NHWC":
+        x, w = to_nhwc(x, w)
+        gy = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+    full = fastconv.conv2d_backward(gy, x, w, **kwargs, layout=layout, algo=algo)
+    for mask in np.ndindex(2, 2, 2):
+        needs = tuple(bool(m) for m in mask)
+        got = fastconv.conv2d_backward(gy, x, w, **kwargs, layout=layout, algo=algo,
+                                       needs_input_grad=needs)
+        for need, g, want in zip(needs, got, full, strict=True):
+            if need:
+                np.testing.assert_array_equal(g, want)
+            else:
+                assert g is None
+
+
+def test_needs_input_grad_unbatched_and_empty():
+    x = np.ones((3, 6, 6))
+    w = np.ones((2, 3, 3, 3))
+    gx, gw, gb = fastconv.conv2d_backward(np.ones((2, 4, 4)), x, w,
+                                          needs_input_grad=(True, False, False))
+    assert gx.shape == x.shape and gw is None and gb is None
+    gx, gw, gb = fastconv.conv2d_backward(np.ones((0, 2, 4, 4)), np.ones((0, 3, 6, 6)), w,
+                                          needs_input_grad=(False, True, True))
+    assert gx is None and not gw.any() and gb.shape == (2,) and not gb.any()
+
+
+@pytest.mark.parametrize("needs", [(True, True), "xwb", (1, 1, 1), None, (True, True, None)])
+def test_needs_input_grad_must_be_three_bools(needs):
+    with pytest.raises(TypeError, match=r"conv2d_backward: needs_input_grad=.* must be three "
+                                        r"bools \(grad_x, grad_w, grad_bias\)"):
+        fastconv.conv2d_backward(GY, X, W, needs_input_grad=needs)
+
+
 def test_sweep_covers_every_argument_kind():
     kinds = {(c[7] != 1, c[8] not in (0, "valid"), c[9] != 1, c[10] > 1) for c in FD_CASES}
     assert any(k[0] for k in kinds) and any(k[1] for k in kinds)

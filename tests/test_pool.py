@@ -149,6 +149,61 @@ def test_max_pool_ties_nan_and_infinities(layout):
     np.testing.assert_array_equal(idx[0, 0], [[0, 1], [2, 3]])
 
 
+# 2x2 windows with stride 2 and no padding run a kernel of their own in NCHW
+# (_max_pool_2x2_planes); odd sizes leave the last row/column out, ceil_mode with an odd
+# size has partial windows and goes to the general kernel.
+POOL_2X2 = [(2, 3, 6, 6, False), (1, 2, 7, 9, False), (3, 1, 2, 2, False), (2, 5, 8, 4, True),
+            (1, 2, 5, 7, True), (64, 6, 28, 28, False), (1, 1, 3, 2, False)]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", POOL_2X2, ids=_ids(POOL_2X2))
+def test_max_pool_2x2_stride_2_matches_reference(case, dtype, layout, rng):
+    n, c, h, w, ceil = case
+    x = rng.integers(-2, 3, (n, c, h, w)).astype(dtype)        # many ties
+    x[rng.random(x.shape) < 0.02] = np.nan
+    x[rng.random(x.shape) < 0.02] = -np.inf
+    want, want_idx = ref.max_pool2d(x, (2, 2), (2, 2), ceil_mode=ceil)
+    y, idx = fastconv.max_pool2d(_to(x, layout), 2, ceil_mode=ceil, layout=layout,
+                                 return_indices=True)
+    y_only = fastconv.max_pool2d(_to(x, layout), 2, ceil_mode=ceil, layout=layout)
+    assert y.dtype == y_only.dtype == dtype and idx.dtype == np.int64
+    np.testing.assert_array_equal(_from(y, layout), want.astype(dtype))
+    np.testing.assert_array_equal(_from(y_only, layout), want.astype(dtype))
+    np.testing.assert_array_equal(_from(idx, layout), want_idx)
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    gx = fastconv.max_pool2d_backward(_to(gy, layout), idx, _to(x, layout).shape,
+                                      layout=layout)
+    want_gx = ref.max_pool2d_backward(gy, want_idx, x.shape)
+    assert ref.rel_error(_from(gx, layout), want_gx) <= ref.tolerance(dtype, "pool")
+
+
+def test_max_pool_2x2_unbatched_and_views(rng):
+    x = rng.standard_normal((3, 9, 12, 10))[::2, :, 1:, ::-1]       # (2, 9, 11, 10) view
+    want, want_idx = ref.max_pool2d(x, (2, 2), (2, 2))
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+    np.testing.assert_array_equal(y, want)
+    np.testing.assert_array_equal(idx, want_idx)
+    y1, idx1 = fastconv.max_pool2d(x[1], 2, return_indices=True)
+    np.testing.assert_array_equal(y1, want[1])
+    np.testing.assert_array_equal(idx1, want_idx[1])
+    np.testing.assert_array_equal(fastconv.max_pool2d(x[1], (2, 2), stride=2), want[1])
+
+
+def test_max_pool_2x2_gradient_matches_finite_differences(rng):
+    x = _distinct((2, 3, 5, 6), rng)
+    gy = rng.standard_normal((2, 3, 2, 3))
+
+    def loss():
+        return float(np.sum(gy * ref.max_pool2d(x, (2, 2), (2, 2))[0]))
+
+    want = ref.numerical_grad(loss, x, eps=0.02)
+    _, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+    gx = fastconv.max_pool2d_backward(gy, idx, x.shape)
+    assert ref.rel_error(gx, want) <= 1e-10
+
+
 def test_max_pool_window_in_padding_gets_no_gradient():
     x = np.array([[[[7.0]]]])
     y, idx = fastconv.max_pool2d(x, 2, stride=1, padding=1, dilation=2, return_indices=True)

@@ -236,17 +236,17 @@ def _scatter_index(n_out: int, stride: int, pad_lo: int, size: int, keff: int):
     return t[keep], keep
 
 
-def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x: np.ndarray,
-             grad_w: np.ndarray) -> None:
-    """FFT gradients into ``grad_x`` / ``grad_w`` (caller's layout, fully written). Wraps
-    ``_freq_channel_sum`` (grad_x: sum over output channels) and ``_freq_batch_sum``
-    (grad_w: sum over images)."""
+def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, grad_w) -> None:
+    """FFT gradients into ``grad_x`` / ``grad_w`` (caller's layout, fully written); either
+    may be None (not computed). Wraps ``_freq_channel_sum`` (grad_x: sum over output
+    channels) and ``_freq_batch_sum`` (grad_w: sum over images)."""
+    need_x, need_w = grad_x is not None, grad_w is not None
     if args.layout == "NHWC":
         x = x.transpose(0, 3, 1, 2)
         w = w.transpose(3, 2, 0, 1)
         grad_y = grad_y.transpose(0, 3, 1, 2)
-        gx_all = grad_x.transpose(0, 3, 1, 2)
-        gw_all = grad_w.transpose(3, 2, 0, 1)
+        gx_all = grad_x.transpose(0, 3, 1, 2) if need_x else None
+        gw_all = grad_w.transpose(3, 2, 0, 1) if need_w else None
     else:
         gx_all, gw_all = grad_x, grad_w
     fh, fw = transform_shape(args)
@@ -280,16 +280,21 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x: np.
         big_g[:, :, t_rows[:, None], t_cols[None, :]] = gy_kept[n0:n0 + nb]
         gf = sfft.rfft2(big_g, s=(fh, fw), workers=workers)
         gf = np.ascontiguousarray(gf.reshape(nb, g, dg, n_freq))
-        xf = sfft.rfft2(x[n0:n0 + nb], s=(fh, fw), workers=workers)
-        xf = np.ascontiguousarray(xf.reshape(nb, g, cg, n_freq))
-        gxf = np.empty((nb, g, cg, n_freq), gf.dtype)
-        with parallel_guard():
-            _freq_channel_sum(gf, kf, gxf)
-            _freq_batch_sum(gf, xf, acc)
-        z = sfft.irfft2(gxf.reshape(nb, args.c_in, fh, fw // 2 + 1), s=(fh, fw),
-                        workers=workers)
-        gx_all[n0:n0 + nb] = z[:, :, keff_h - 1:keff_h - 1 + args.h,
-                               keff_w - 1:keff_w - 1 + args.w]
+        if need_w:
+            xf = sfft.rfft2(x[n0:n0 + nb], s=(fh, fw), workers=workers)
+            xf = np.ascontiguousarray(xf.reshape(nb, g, cg, n_freq))
+            with parallel_guard():
+                _freq_batch_sum(gf, xf, acc)
+        if need_x:
+            gxf = np.empty((nb, g, cg, n_freq), gf.dtype)
+            with parallel_guard():
+                _freq_channel_sum(gf, kf, gxf)
+            z = sfft.irfft2(gxf.reshape(nb, args.c_in, fh, fw // 2 + 1), s=(fh, fw),
+                            workers=workers)
+            gx_all[n0:n0 + nb] = z[:, :, keff_h - 1:keff_h - 1 + args.h,
+                                   keff_w - 1:keff_w - 1 + args.w]
+    if not need_w:
+        return
     zk = sfft.irfft2(acc.reshape(args.c_out, cg, fh, fw // 2 + 1), s=(fh, fw),
                      workers=workers)
     rows = np.mod(np.arange(0, keff_h, rh) - (keff_h - 1), fh)

@@ -209,26 +209,31 @@ def _conv_direct_grad_w_nchw(gy, x, gw, sh, sw, pt, pl, rh, rw, groups):
                     gw[d, c, a, b] = acc
 
 
-def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x: np.ndarray,
-             grad_w: np.ndarray) -> None:
-    """Direct gradients into ``grad_x`` / ``grad_w`` (caller's layout, fully written).
-    Wraps ``_conv_direct_grad_x_nchw`` and ``_conv_direct_grad_w_nchw``."""
+def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, grad_w) -> None:
+    """Direct gradients into ``grad_x`` / ``grad_w`` (caller's layout, fully written);
+    either may be None (not computed). Wraps ``_conv_direct_grad_x_nchw`` and
+    ``_conv_direct_grad_w_nchw``."""
     if args.layout == "NHWC":
         x = x.transpose(0, 3, 1, 2)
         w = w.transpose(3, 2, 0, 1)
         grad_y = grad_y.transpose(0, 3, 1, 2)
     gy = np.ascontiguousarray(grad_y)
     if args.layout == "NHWC":
-        gx = np.zeros(args.x_shape, args.dtype)
-        gw = np.empty(args.w_shape, args.dtype)
+        gx = None if grad_x is None else np.zeros(args.x_shape, args.dtype)
+        gw = None if grad_w is None else np.empty(args.w_shape, args.dtype)
     else:  # the wrapper's outputs are C-contiguous NCHW / OIHW already
         gx, gw = grad_x, grad_w
-        gx[...] = 0
+        if gx is not None:
+            gx[...] = 0
     conv = (args.stride[0], args.stride[1], args.padding[0][0], args.padding[1][0],
             args.dilation[0], args.dilation[1], args.groups)
     with parallel_guard():
-        _conv_direct_grad_x_nchw(gy, np.ascontiguousarray(w), gx, *conv)
-        _conv_direct_grad_w_nchw(gy, np.ascontiguousarray(x), gw, *conv)
+        if gx is not None:
+            _conv_direct_grad_x_nchw(gy, np.ascontiguousarray(w), gx, *conv)
+        if gw is not None:
+            _conv_direct_grad_w_nchw(gy, np.ascontiguousarray(x), gw, *conv)
     if args.layout == "NHWC":
-        grad_x[...] = gx.transpose(0, 2, 3, 1)
-        grad_w[...] = gw.transpose(2, 3, 1, 0)
+        if gx is not None:
+            grad_x[...] = gx.transpose(0, 2, 3, 1)
+        if gw is not None:
+            grad_w[...] = gw.transpose(2, 3, 1, 0)

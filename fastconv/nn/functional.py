@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _blas
 from .. import conv as _conv
 from .. import norm as _norm
 from .. import pool as _pool
@@ -49,9 +50,12 @@ class Conv2d(Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        gx, gw, gb = _conv.conv2d_backward(g, x, w, *ctx.args, layout=ctx.layout,
-                                           algo=ctx.algo)
-        return gx, gw, gb if ctx.has_bias else None
+        need_x, need_w, need_b = ctx.needs_input_grad
+        # e.g. the first layer: its input (the data) needs no gradient, and grad_x is the
+        # larger half of the work
+        return _conv.conv2d_backward(g, x, w, *ctx.args, layout=ctx.layout, algo=ctx.algo,
+                                     needs_input_grad=(need_x, need_w,
+                                                       need_b and ctx.has_bias))
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
@@ -66,6 +70,9 @@ class MaxPool2d(Function):
     @staticmethod
     def forward(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                 layout="NCHW"):
+        if not ctx.needs_input_grad[0]:      # no graph: the indices are not needed
+            return _pool.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
+                                    layout=layout)
         y, idx = _pool.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
                                   layout=layout, return_indices=True)
         ctx.save_for_backward(idx)
@@ -171,22 +178,33 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 
 # ---------------------------------------------------------------------------- dense & misc
 class Linear(Function):
-    """y = x @ W.T + b for x (*, in), W (out, in), b (out,)."""
+    """y = x @ W.T + b for x (*, in), W (out, in), b (out,). The products run through
+    ``fastconv._blas.matmul`` (one BLAS thread for small layers)."""
 
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
-        y = x @ w.T
-        return y + b if b is not None else y
+        x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+        y = _blas.matmul(x2, w.T).reshape(x.shape[:-1] + (w.shape[0],))
+        if b is None:
+            return y
+        if np.result_type(y, b) == y.dtype:
+            y += b                                 # y is a fresh array
+            return y
+        return y + b
 
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
         g2 = g.reshape(-1, g.shape[-1])
-        gx = (g @ w) if ctx.needs_input_grad[0] else None
-        gw = g2.T @ x.reshape(-1, x.shape[-1]) if ctx.needs_input_grad[1] else None
-        gb = g2.sum(axis=0) if ctx.has_bias else None
+        gx = gw = gb = None
+        if ctx.needs_input_grad[0]:
+            gx = _blas.matmul(g2, w).reshape(x.shape)
+        if ctx.needs_input_grad[1]:
+            gw = _blas.matmul(g2.T, x.reshape(-1, x.shape[-1]))
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            gb = g2.sum(axis=0)
         return gx, gw, gb
 
 

@@ -1,0 +1,94 @@
+"""Matrix products through numpy's BLAS, small ones on a single BLAS thread.
+
+A multi-threaded BLAS call waits for all of its threads. When the machine is busy, a
+thread that is not scheduled stalls the call for a whole scheduler time slice: on the
+shared 2-core development machine a (64, 400) @ (400, 120) float32 product (a LeNet
+linear layer) took 80 us median but 24 ms at the 90th percentile with 2 OpenBLAS threads,
+and 84 us at both with one. After a multi-threaded call, OpenBLAS's idle worker also
+keeps spinning on a core (about 0.1 s of CPU time after each call here), which slows the
+numba kernels that follow: a
+LeNet training step took 7.3 ms with the linear layers on two BLAS threads and 5.2 ms on
+one, and 4.7 vs 3.5 ms when the forward convolutions' GEMMs (7.5 and 15.4 million
+multiply-adds) ran on one thread too. Products of at most ``config.SMALL_GEMM_MACS``
+multiply-adds therefore run through :func:`matmul` with numpy's BLAS limited to one
+thread (through threadpoolctl; without it, nothing is limited).
+
+The limit is process-wide while any small product runs: a large product started by
+another Python thread at that moment runs on one thread too (correct, only slower).
+Nested and concurrent small products share the limit through a counter, and the last one
+to finish restores the previous thread counts.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from . import config
+
+_lock = threading.Lock()
+_active = 0            # small products running now (all threads)
+_saved: tuple = ()     # thread counts to restore when the last one ends
+_libs = None           # numpy's BLAS controllers (threadpoolctl), found on first use
+
+
+def _numpy_blas() -> tuple:
+    """threadpoolctl controllers of the BLAS libraries numpy links (() when unknown)."""
+    global _libs
+    if _libs is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:
+            _libs = ()
+            return _libs
+        libs = [lib for lib in ThreadpoolController().lib_controllers
+                if lib.user_api == "blas"]
+        numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
+        own = [lib for lib in libs if os.path.dirname(lib.filepath).startswith(
+            os.path.join(numpy_dir, "numpy"))]
+        _libs = tuple(own or libs)
+    return _libs
+
+
+class one_blas_thread:
+    """Context manager: numpy's BLAS uses one thread inside (see the module docstring)."""
+
+    __slots__ = ()
+
+    def __enter__(self):
+        global _active, _saved
+        libs = _numpy_blas()
+        with _lock:
+            if _active == 0 and libs:
+                _saved = tuple(lib.get_num_threads() for lib in libs)
+                for lib in libs:
+                    lib.set_num_threads(1)
+            _active += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _active
+        with _lock:
+            _active -= 1
+            if _active == 0:
+                for lib, n in zip(_numpy_blas(), _saved, strict=False):
+                    lib.set_num_threads(n)
+        return False
+
+
+def is_small(m: int, k: int, n: int, batch: int = 1) -> bool:
+    """Whether a (batch of) (m, k) @ (k, n) product counts as small."""
+    return batch * m * k * n <= config.SMALL_GEMM_MACS
+
+
+def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``np.matmul(a, b, out=out)`` for operands of 2 or more dimensions, on one BLAS thread
+    when the product is small (:func:`is_small`)."""
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    batch = max(a.size // max(m * k, 1), b.size // max(k * n, 1))
+    if is_small(m, k, n, batch):
+        with one_blas_thread():
+            return np.matmul(a, b, out=out)
+    return np.matmul(a, b, out=out)

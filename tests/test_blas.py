@@ -1,0 +1,77 @@
+"""fastconv._blas: small products on one BLAS thread, results unchanged, limits restored."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from fastconv import _blas, config
+
+
+def _numpy_blas_threads():
+    return [lib.get_num_threads() for lib in _blas._numpy_blas()]
+
+
+@pytest.mark.parametrize("shapes", [((64, 400), (400, 120)), ((3, 5, 7), (3, 7, 2)),
+                                    ((2, 1, 4, 6), (3, 6, 5)), ((300, 200), (200, 300))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_matmul_matches_numpy(shapes, dtype, rng):
+    a = rng.standard_normal(shapes[0]).astype(dtype)
+    b = rng.standard_normal(shapes[1]).astype(dtype)
+    want = np.matmul(a, b)
+    got = _blas.matmul(a, b)
+    assert got.dtype == dtype
+    tol = 1e-5 if dtype == np.float32 else 1e-12        # summation order may differ
+    assert np.abs(got - want).max() <= tol * np.abs(want).max()
+    out = np.empty_like(want)
+    assert _blas.matmul(a, b, out=out) is out
+    np.testing.assert_array_equal(out, got)
+    # transposed (non-contiguous) operands
+    bt, at = b.swapaxes(-1, -2)[..., :2, :], a.swapaxes(-1, -2)[..., :, :3]
+    want_t = np.matmul(bt, at)
+    assert np.abs(_blas.matmul(bt, at) - want_t).max() <= tol * np.abs(want_t).max()
+
+
+def test_small_products_are_small():
+    assert _blas.is_small(64, 400, 120)                    # a LeNet linear layer
+    assert not _blas.is_small(1024, 1024, 1024)
+    assert _blas.is_small(1, 1, config.SMALL_GEMM_MACS)
+    assert not _blas.is_small(2, 1, config.SMALL_GEMM_MACS)
+
+
+def test_one_blas_thread_limits_and_restores():
+    pytest.importorskip("threadpoolctl")
+    if not _blas._numpy_blas():
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl")
+    before = _numpy_blas_threads()
+    with _blas.one_blas_thread():
+        assert _numpy_blas_threads() == [1] * len(before)
+        with _blas.one_blas_thread():                      # nested
+            assert _numpy_blas_threads() == [1] * len(before)
+        assert _numpy_blas_threads() == [1] * len(before)
+    assert _numpy_blas_threads() == before
+
+
+def test_concurrent_small_products_restore_the_limit(rng):
+    """4 threads x 10 small products: every result right, thread counts restored."""
+    pytest.importorskip("threadpoolctl")
+    before = _numpy_blas_threads()
+    a = rng.standard_normal((64, 400)).astype(np.float32)
+    b = rng.standard_normal((400, 120)).astype(np.float32)
+    want = a @ b
+    failures = []
+    barrier = threading.Barrier(4)
+
+    def work():
+        barrier.wait()
+        for _ in range(10):
+            if not np.allclose(_blas.matmul(a, b), want, rtol=1e-5):
+                failures.append(1)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
+    assert _numpy_blas_threads() == before
