@@ -20,9 +20,12 @@ def check_algo(op: str, algo) -> str:
     return algo
 
 
-def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout):
-    """Validate arrays and arguments; returns (x, w, bias, ConvArgs) with x 4-D."""
-    x = _args.check_array(op, "input", x)
+def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
+              check_input=_args.check_array):
+    """Validate arrays and arguments; returns (x, w, bias, ConvArgs) with x 4-D.
+    ``check_input(op, name, x)`` validates the input (an ndarray by default; the Dask
+    front end passes its own check for dask arrays)."""
+    x = check_input(op, "input", x)
     w = _args.check_array(op, "weight", w)
     if bias is not None:
         bias = _args.check_array(op, "bias", bias)

@@ -87,21 +87,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     the block (BLAS sums in a size-dependent order).
     """
     op = "conv2d"
-    x = check_dask_array(op, "input", x)
     _conv.check_algo(op, algo)
-    w = _args.check_array(op, "weight", w)
-    if bias is not None:
-        bias = _args.check_array(op, "bias", bias)
-    dtype = _args.check_same_dtype(op, input=x, weight=w, bias=bias)
-    args = _args.conv_args_from_shapes(op, x.shape, w.shape, stride, padding, dilation,
-                                       groups, layout, dtype)
-    if bias is not None and bias.shape != (args.c_out,):
-        raise ValueError(f"{op}: bias must have shape (C_out,) = ({args.c_out},), got "
-                         f"{bias.shape}")
+    x, w, bias, args = _conv.conv_args(op, x, w, bias, stride, padding, dilation, groups,
+                                       layout, check_input=check_dask_array)
     block_op = _Conv(args.stride, args.padding, args.dilation, args.groups, layout,
                      _conv.resolve_algorithm(args, algo))
-    if args.unbatched:
-        x = x[None]
     c_ax = AXES[layout][0]
     x = x.rechunk({c_ax: -1})
     axes = (Axis(args.h, args.kh, args.stride[0], args.dilation[0], args.padding[0]),
