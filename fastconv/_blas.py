@@ -21,6 +21,7 @@ to finish restores the previous thread counts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 
@@ -76,6 +77,13 @@ class one_blas_thread:
                 for lib, n in zip(_numpy_blas(), _saved, strict=False):
                     lib.set_num_threads(n)
         return False
+
+
+def limit_for(macs: int):
+    """A context in which numpy's BLAS uses one thread when ``macs`` multiply-adds count
+    as small (``config.SMALL_GEMM_MACS``), and a no-op context otherwise: for a caller
+    that runs products of about that size through code it does not own."""
+    return one_blas_thread() if macs <= config.SMALL_GEMM_MACS else contextlib.nullcontext()
 
 
 def is_small(m: int, k: int, n: int, batch: int = 1) -> bool:

@@ -75,3 +75,31 @@ def test_concurrent_small_products_restore_the_limit(rng):
         t.join()
     assert not failures
     assert _numpy_blas_threads() == before
+
+
+def test_limit_for_small_and_large_products():
+    pytest.importorskip("threadpoolctl")
+    if not _blas._numpy_blas():
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl")
+    before = _numpy_blas_threads()
+    with _blas.limit_for(config.SMALL_GEMM_MACS):
+        assert _numpy_blas_threads() == [1] * len(before)
+    with _blas.limit_for(config.SMALL_GEMM_MACS + 1):
+        assert _numpy_blas_threads() == before
+    assert _numpy_blas_threads() == before
+
+
+def test_conv2d_layer_runs_small_layers_on_one_blas_thread(rng, monkeypatch):
+    """The autograd conv2d wraps the forward of small layers in _blas.limit_for."""
+    from fastconv.nn import functional as F
+
+    seen = []
+    real = _blas.limit_for
+    monkeypatch.setattr(_blas, "limit_for", lambda macs: (seen.append(macs), real(macs))[1])
+    x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    F.conv2d(x, w, padding=1)
+    F.conv2d(x[0], w, padding=1)                                        # unbatched
+    F.conv2d(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), w.transpose(2, 3, 1, 0),
+             padding=1, layout="NHWC")
+    assert seen == [2 * 64 * w.size, 64 * w.size, 2 * 64 * w.size]

@@ -44,8 +44,14 @@ class Conv2d(Function):
         ctx.save_for_backward(x, w)
         ctx.args = (stride, padding, dilation, groups)
         ctx.layout, ctx.algo, ctx.has_bias = layout, algo, b is not None
-        return _conv.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout,
-                            algo=algo)
+        # The forward's GEMMs of a small layer run on one BLAS thread, as fastconv's own
+        # small products do (fastconv._blas): a second thread gains little there and then
+        # spins on the core the following kernels need. Bound on the multiply-adds:
+        # (input pixels) * C_out * (C_in/groups) * kh * kw.
+        c_in = x.shape[-3 if layout == "NCHW" else -1] if x.ndim >= 3 else 1
+        with _blas.limit_for(x.size // max(c_in, 1) * w.size):
+            return _conv.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout,
+                                algo=algo)
 
     @staticmethod
     def backward(ctx, g):
