@@ -11,9 +11,17 @@ call (right after a torch step, torch's OpenMP thread made the next fastconv ste
 spin for up to about 0.1 s), and the pause lets them go to sleep before the other
 framework's block. ``--interleave step`` keeps the step-by-step order.
 
+Both frameworks allocate their activations and gradients afresh every step, so glibc's
+malloc decides how many of those megabytes come back as fresh pages (a page fault per
+4 KiB): by default arrays above an adaptive threshold are mmap'ed and the heap top is
+returned to the system, and the thresholds rise when large blocks are freed, so one
+framework's frees changed the other's fault rate within one process (fastconv alone: 7.1
+ms per step with the defaults, 4.2 ms with fixed thresholds). ``--malloc-mb`` (default
+64) fixes the thresholds at the start of the run; 0 keeps glibc's defaults.
+
     python bench/train_throughput.py [--batch 64] [--steps 20] [--rounds 5] [--threads 2]
         [--numba-threads N] [--blas-threads N] [--interleave block|step] [--settle S]
-        [--profile]
+        [--malloc-mb M] [--profile]
 
 torch runs with torch.set_num_threads(threads) (skipped, with a note, if torch is not
 installed). Compilation (numba) is excluded by warm-up steps. ``--numba-threads`` and
@@ -126,6 +134,25 @@ def profile_steps(model, opt, xs, ys, steps):
         print(f"  {k:26s} {1e3 * med:8.3f} ms {100 * med / total:6.1f} %")
 
 
+def _fix_malloc(mib: int) -> str:
+    """Fixed glibc malloc thresholds for the run (see the module docstring); returns a
+    description for the report."""
+    if mib <= 0:
+        return "glibc defaults (adaptive thresholds)"
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3
+        ok = (libc.mallopt(m_mmap_threshold, mib << 20) == 1
+              and libc.mallopt(m_trim_threshold, 4 * mib << 20) == 1)
+    except (OSError, AttributeError):
+        ok = False
+    if not ok:
+        return "defaults (mallopt unavailable)"
+    return f"glibc mallopt: mmap threshold {mib} MiB, trim threshold {4 * mib} MiB"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=64)
@@ -141,9 +168,14 @@ def main(argv=None) -> int:
                          "step by step")
     ap.add_argument("--settle", type=float, default=0.3,
                     help="seconds of pause before each block (default 0.3)")
+    ap.add_argument("--malloc-mb", type=int, default=64,
+                    help="glibc malloc: serve allocations up to this many MiB from the heap "
+                         "and keep up to 4x that free (mallopt M_MMAP_THRESHOLD and "
+                         "M_TRIM_THRESHOLD); 0 keeps glibc's adaptive defaults")
     ap.add_argument("--profile", action="store_true",
                     help="also print fastconv's per-op times over --steps * --rounds steps")
     args = ap.parse_args(argv)
+    args.malloc = _fix_malloc(args.malloc_mb)
     with contextlib.ExitStack() as stack:
         if args.blas_threads is not None:
             from threadpoolctl import threadpool_limits
@@ -251,6 +283,7 @@ def _run(args) -> int:
           f"({numba.threading_layer()}, {numba.get_num_threads()} threads); BLAS: {blas}")
     if torch is not None:
         print(f"torch {torch.__version__}: {torch.get_num_threads()} threads")
+    print(f"memory allocator: {args.malloc}")
     how = ("step by step" if args.interleave == "step" else
            f"in alternating blocks of {args.steps} steps")
     print(f"LeNet-5, 28x28x1 input, batch {args.batch}, float32, SGD(momentum=0.9); "
