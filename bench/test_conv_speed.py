@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv.algos import winograd
 
-ALGOS = ["naive", "im2col", "fft", "auto"]
+ALGOS = ["naive", "im2col", "fft", "winograd", "auto"]
 
 
 @pytest.fixture
@@ -24,6 +25,8 @@ def _rounds(shape, algo):
 @pytest.mark.parametrize("algo", ALGOS)
 def test_forward(benchmark, shape, algo, arrays):
     x, w = arrays
+    if algo == "winograd" and not winograd.supports(shape.args(np.float32)):
+        pytest.skip("winograd: 3x3 stride-1 layers only")
     if algo == "naive":
         x = x[:1]
     benchmark.group = shape.name

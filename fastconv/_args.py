@@ -99,7 +99,7 @@ def padding_pairs(op: str, padding, kernel: tuple[int, int], dilation: tuple[int
     if (isinstance(padding, (tuple, list)) and len(padding) == 2
             and all(isinstance(p, (tuple, list)) for p in padding)):
         out = []
-        for axis, p in zip(("height", "width"), padding):
+        for axis, p in zip(("height", "width"), padding, strict=True):
             if len(p) != 2 or not all(_is_int(v) for v in p):
                 raise ValueError(f"{op}: padding={padding!r}: each axis needs a pair of ints "
                                  f"(low, high), got {p!r} for {axis}")

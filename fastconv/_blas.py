@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -100,3 +101,51 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
         with one_blas_thread():
             return np.matmul(a, b, out=out)
     return np.matmul(a, b, out=out)
+
+
+# ------------------------------------------------------- batches split over threads
+_pool: ThreadPoolExecutor | None = None
+_pool_key: tuple = ()
+_pool_lock = threading.Lock()
+
+
+def _helpers(count: int) -> ThreadPoolExecutor:
+    """A pool of ``count`` helper threads, made anew after a fork or a change of count
+    (a forked child inherits the pool object but not its threads)."""
+    global _pool, _pool_key
+    key = (os.getpid(), count)
+    with _pool_lock:
+        if _pool is None or _pool_key != key:
+            _pool = ThreadPoolExecutor(count, thread_name_prefix="fastconv-gemm")
+            _pool_key = key
+        return _pool
+
+
+def split_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``np.matmul(a, b, out=out)`` for a batch of independent products
+    (E, m, k) @ (E, k, n) (or a shared (m, k) left operand), the batch split over as
+    many threads as numba uses, each product on one BLAS thread.
+
+    On the 2-core machine the 16 products of a Winograd chunk ran 15-25% faster this way
+    than as one 2-thread BLAS call: no product waits for a second BLAS thread, and
+    OpenBLAS's idle worker does not spin against the numba kernels that follow (see the
+    module docstring). Small batches (``is_small``) run in the calling thread."""
+    import numba
+
+    batch = b.shape[0]
+    m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
+    threads = min(numba.get_num_threads(), batch)
+    with one_blas_thread():
+        if threads <= 1 or is_small(m, k, n, batch):
+            return np.matmul(a, b, out=out)
+        bounds = [batch * t // threads for t in range(threads + 1)]
+
+        def part(t: int) -> None:
+            lo, hi = bounds[t], bounds[t + 1]
+            np.matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out=out[lo:hi])
+
+        futures = [_helpers(threads - 1).submit(part, t) for t in range(1, threads)]
+        part(0)
+        for f in futures:
+            f.result()
+    return out

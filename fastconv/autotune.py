@@ -17,6 +17,9 @@ The model, per algorithm (seconds; rates from the profile):
 * fft: forward transforms of every input plane, inverse transforms of every output
   plane (``points * log2(points)`` each), the pruned kernel transforms, and
   ``N*G*Dg*Cg*points/2`` complex multiply-adds for the channel sum.
+* winograd (3x3, stride 1, dilation 1 only): 16 GEMMs per chunk and group,
+  Dg x Cg x (tiles of the chunk), plus the input and output transforms at a fraction of
+  the copy bandwidth (``WINOGRAD_TRANSFORM_PASSES``).
 * naive: FLOPs at the direct-loop rate (depthwise layers: multiply-adds at the
   depthwise kernel's rate); both run one task per (image, output channel), so fewer
   tasks than threads leave threads idle.
@@ -39,7 +42,7 @@ import numpy as np
 
 from . import _args, config
 
-ALGORITHMS = ("naive", "im2col", "fft")
+ALGORITHMS = ("naive", "im2col", "fft", "winograd")
 PROFILE_FILE = "profile.json"
 PROFILE_VERSION = 1
 
@@ -247,7 +250,44 @@ def _naive_cost(a, p: Profile) -> tuple[float, int, str]:
     return secs, temp, f"direct loops at {rate / 1e9:.3g} GFLOP/s"
 
 
-_COSTS = {"naive": _naive_cost, "im2col": _im2col_cost, "fft": _fft_cost}
+#: Winograd's transforms move each element several times (a padded row copy, the column
+#: pass, the strided row pass): measured at about 1/1.6 of the unfold's copy bandwidth.
+WINOGRAD_TRANSFORM_PASSES = 1.6
+
+
+def _winograd_cost(a, p: Profile) -> tuple[float, int, str]:
+    from .algos import winograd
+
+    item = a.dtype.itemsize
+    m = winograd.tile_size(a)
+    t = winograd.transformed(m)
+    th, tw = winograd.tile_grid(a.h_out, a.w_out, m)
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
+    tiles = a.n * th * tw
+    chunks = winograd.chunks(a)
+    cols = math.ceil(tiles / chunks)
+    gemm = gemm_seconds(p, dg, cg, cols, t * a.groups * chunks, item)
+    moved = t * (a.c_in + a.c_out) * tiles * item
+    transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
+    if a.layout == "NHWC":  # NCHW copies of input and output
+        transforms += 2 * a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item \
+            / (p.copy_gbs * 1e9)
+    secs = (p.call_us + chunks * a.groups * 3 * p.tile_us) * 1e-6 + gemm + transforms
+    groups = f" x{a.groups} groups" if a.groups > 1 else ""
+    detail = (f"F({m}x{m}, 3x3), {chunks} chunks, {t} GEMMs {dg}x{cg}x{cols}{groups} "
+              f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms")
+    return secs, winograd.workspace_bytes(a), detail
+
+
+_COSTS = {"naive": _naive_cost, "im2col": _im2col_cost, "fft": _fft_cost,
+          "winograd": _winograd_cost}
+
+
+def applicable(a) -> tuple[str, ...]:
+    """The algorithms that can run problem ``a`` (Winograd: 3x3, stride 1, dilation 1)."""
+    from .algos import winograd
+
+    return tuple(algo for algo in ALGORITHMS if algo != "winograd" or winograd.supports(a))
 
 #: conv2d_backward's im2col and FFT paths do about three times their forward's work (the
 #: weight and input gradients each cost a forward-sized product, plus folds/transforms).
@@ -261,8 +301,19 @@ def _backward_cost(algo: str, a, p: Profile) -> tuple[float, int, str]:
         busy = min(max(a.n * a.c_out, 1), p.threads)
         rate = p.direct_gflops * 1e9 * (4 / a.dtype.itemsize) * busy
         return p.call_us * 1e-6 + 2 * a.flops / rate, 0, "direct loops, 2x forward FLOPs"
-    secs, ws, detail = _COSTS[algo](a, p)
     call = p.call_us * 1e-6
+    if algo == "winograd":
+        from .algos import winograd
+
+        if winograd.grad_x_supported(a):
+            # grad_x: a Winograd forward; grad_w: im2col's unfold and GEMM (one forward)
+            wino, ws, detail = _winograd_cost(a, p)
+            cols, cws, _ = _im2col_cost(a, p)
+            return (wino + cols - call, max(ws, cws),
+                    f"Winograd grad_x ({detail}) + im2col grad_w")
+        secs, ws, detail = _im2col_cost(a, p)  # paddings above 2: im2col does both
+        return call + BACKWARD_FACTOR * (secs - call), ws, f"as im2col: {detail}"
+    secs, ws, detail = _COSTS[algo](a, p)
     return call + BACKWARD_FACTOR * (secs - call), ws, f"{BACKWARD_FACTOR:g}x forward: {detail}"
 
 
@@ -298,12 +349,12 @@ def _fmt_seconds(s: float) -> str:
 
 def _model_plan(a, p: Profile, backward: bool = False) -> Plan:
     est, ws, details = {}, {}, {}
-    for algo in ALGORITHMS:
+    for algo in applicable(a):
         if backward:
             est[algo], ws[algo], details[algo] = _backward_cost(algo, a, p)
         else:
             est[algo], ws[algo], details[algo] = _COSTS[algo](a, p)
-    best = min(ALGORITHMS, key=est.__getitem__)
+    best = min(est, key=est.__getitem__)
     others = ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in sorted(est.items(),
                                                                    key=lambda kv: kv[1])
                        if k != best)
@@ -327,7 +378,7 @@ def _measure_plan(a, p: Profile, backward: bool = False, budget: float = 1.0) ->
     x = rng.standard_normal(x_shape).astype(a.dtype)
     w = rng.standard_normal(w_shape).astype(a.dtype)
     est, notes = {}, []
-    for algo in ALGORITHMS:
+    for algo in applicable(a):
         n = a.n
         if model.estimates[algo] > budget and a.n > 1:
             n = max(1, int(a.n * budget / model.estimates[algo]))
@@ -348,7 +399,7 @@ def _measure_plan(a, p: Profile, backward: bool = False, budget: float = 1.0) ->
         est[algo] = secs * a.n / n
         if n < a.n:
             notes.append(f"{algo} timed on {n} of {a.n} images and scaled")
-    best = min(ALGORITHMS, key=est.__getitem__)
+    best = min(est, key=est.__getitem__)
     others = ", ".join(f"{k} {_fmt_seconds(v)}" for k, v in sorted(est.items(),
                                                                    key=lambda kv: kv[1])
                        if k != best)

@@ -22,9 +22,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from ._timing import median_time
+from .algos import winograd
 from .conv import conv2d
 
-ALGOS = ("naive", "im2col", "fft", "auto")
+ALGOS = ("naive", "im2col", "fft", "winograd", "auto")
 FOOTNOTE = ("(*) direct algorithm timed on fewer images (shown) and scaled to the batch; "
             "(!N%) other processes used N% of the machine's CPU while this was measured")
 EXTRAS = ("torch", "scipy.fftconvolve", "scipy.correlate")
@@ -407,6 +408,8 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
                 gemm[shape.name] = {"m": m, "k": k, "n": n, "count": count, "gflops": gf,
                                     "other_load": load}
         x, w = arrays[shape.name]
+        if algo == "winograd" and not winograd.supports(shape.args(dtype)):
+            continue  # 3x3 stride-1 layers only
         if algo in ALGOS:
             def make(xb, algo=algo, shape=shape, w=w):
                 return _fastconv_runner(shape, algo, xb, w, backward)
@@ -481,7 +484,7 @@ def summarize(results: list[Result]) -> dict:
             by[(sh, "auto")].vs_torch for sh in shapes if (sh, "auto") in by)
         picks = []
         for sh in shapes:
-            times = {a: by[(sh, a)].seconds for a in ("naive", "im2col", "fft")
+            times = {a: by[(sh, a)].seconds for a in ("naive", "im2col", "fft", "winograd")
                      if (sh, a) in by}
             if len(times) < 3 or (sh, "auto") not in by:
                 continue

@@ -7,6 +7,8 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 |----------------------|-------------------------------|----------------------------|
 | WORKSPACE_BYTES      | FASTCONV_WORKSPACE_MB         | 256 MiB                    |
 | IM2COL_CHUNK_BYTES   | FASTCONV_IM2COL_CHUNK_MB      | 8 MiB                      |
+| WINOGRAD_CHUNK_BYTES | FASTCONV_WINOGRAD_CHUNK_MB    | 16 MiB                     |
+| WINOGRAD_TILE        | FASTCONV_WINOGRAD_TILE        | 4 (F(4x4, 3x3))            |
 | WORKSPACE_CACHE_BYTES| FASTCONV_WORKSPACE_CACHE_MB   | 32 MiB                     |
 | PLAN_CACHE_SIZE      | FASTCONV_PLAN_CACHE_SIZE      | 1024 plans                 |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
@@ -48,6 +50,13 @@ WORKSPACE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_MB", 256) * MIB)
 #: Target size of one unfolded chunk (bytes): small enough to stay in the last-level cache
 #: between the unfold and its GEMM. Never larger than WORKSPACE_BYTES.
 IM2COL_CHUNK_BYTES: int = int(_env_float("FASTCONV_IM2COL_CHUNK_MB", 8) * MIB)
+#: Transformed tiles plus GEMM result per Winograd chunk (algos/winograd.py): 8-32 MiB
+#: ran fastest on the resnet layers here; below 4 MiB the 16 GEMMs get too thin.
+WINOGRAD_CHUNK_BYTES: int = int(_env_float("FASTCONV_WINOGRAD_CHUNK_MB", 16) * MIB)
+#: Output block m of algo="winograd", F(m x m, 3x3): 4 (36 multiplications per 16
+#: outputs, 4x fewer than direct) or 2 (16 per 4, 2.25x fewer; float32 error about 3x
+#: smaller, see tests/test_winograd.py).
+WINOGRAD_TILE: int = int(_env_float("FASTCONV_WINOGRAD_TILE", 4))
 
 #: Scratch buffers up to this size are kept per thread and reused across calls (no page
 #: faults on every call); larger ones are allocated per call.

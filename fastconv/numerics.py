@@ -69,7 +69,7 @@ def fft_result_trusted(y: np.ndarray, bound: float, x=None, w=None, args=None,
     rng = np.random.default_rng(seed)
     picks = [rng.integers(0, s, SAMPLES) for s in y.shape]
     worst = max(abs(float(y[n, d, i, j]) - direct_output(x, w, args, n, d, i, j))
-                for n, d, i, j in zip(*picks))
+                for n, d, i, j in zip(*picks, strict=True))
     return worst <= tol / 4
 
 

@@ -15,3 +15,22 @@ def to_nhwc(x, w):
 
 def from_nhwc(y):
     return y.transpose(0, 3, 1, 2)
+
+
+def refused(algo, x_shape, w_shape, layout="NCHW", stride=1, padding=0, dilation=1,
+            groups=1) -> bool:
+    """Whether ``algo`` cannot run this conv2d problem: "winograd" outside 3x3 kernels
+    with stride 1 and dilation 1 (it raises ValueError there; the other algorithms run
+    every problem). Generic sweeps check that refusal instead of the result."""
+    if algo != "winograd":
+        return False
+    from fastconv._args import conv_args_from_shapes
+    from fastconv.algos import winograd
+
+    a = conv_args_from_shapes("test", x_shape, w_shape, stride, padding, dilation, groups,
+                              layout)
+    return not winograd.supports(a)
+
+
+#: What "winograd" says when it refuses a problem.
+WINOGRAD_REFUSAL = r"algo='winograd' needs a 3x3 kernel with stride 1 and dilation 1"

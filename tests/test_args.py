@@ -1,5 +1,7 @@
 """The canonical argument record and the output-size law."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -37,7 +39,7 @@ def test_record_is_canonical_and_frozen():
     assert (a.h_out, a.w_out) == (conv_output_size(10, 3, 2, 1, 2, 2),
                                   conv_output_size(12, 5, 1, 0, 3, 2))
     assert a.y_shape == (2, 4, a.h_out, a.w_out)
-    with pytest.raises(Exception):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         a.groups = 1
 
 

@@ -45,8 +45,9 @@ def test_plan_fields():
 @pytest.mark.parametrize("x_shape,w_shape,kwargs,want", [
     ((1, 1, 512, 512), (1, 1, 31, 31), {}, "fft"),
     ((1, 1, 256, 256), (1, 1, 25, 25), {}, "fft"),
-    ((16, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "im2col"),
-    ((16, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "im2col"),
+    ((16, 64, 56, 56), (64, 64, 3, 3), dict(padding=1), "winograd"),
+    ((16, 256, 14, 14), (256, 256, 3, 3), dict(padding=1), "winograd"),
+    ((16, 64, 56, 56), (128, 64, 3, 3), dict(stride=2, padding=1), "im2col"),
     ((16, 256, 14, 14), (64, 256, 1, 1), {}, "im2col"),
     ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col"),
     ((16, 128, 56, 56), (128, 1, 3, 3), dict(padding=1, groups=128), "naive"),

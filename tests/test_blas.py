@@ -103,3 +103,44 @@ def test_conv2d_layer_runs_small_layers_on_one_blas_thread(rng, monkeypatch):
     F.conv2d(np.ascontiguousarray(x.transpose(0, 2, 3, 1)), w.transpose(2, 3, 1, 0),
              padding=1, layout="NHWC")
     assert seen == [2 * 64 * w.size, 64 * w.size, 2 * 64 * w.size]
+
+
+@pytest.mark.parametrize("shared_left", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_matmul_matches_numpy(shared_left, dtype, rng):
+    """Batches above and below the small-product limit, split over threads or not; the
+    BLAS thread counts are restored afterwards."""
+    before = _numpy_blas_threads()
+    for batch, m, k, n in ((16, 64, 64, 3000), (3, 4, 5, 6), (1, 8, 8, 8)):
+        a = rng.standard_normal((m, k) if shared_left else (batch, m, k)).astype(dtype)
+        b = rng.standard_normal((batch, k, n)).astype(dtype)
+        out = np.full((batch, m, n), np.nan, dtype)
+        assert _blas.split_matmul(a, b, out) is out
+        want = np.matmul(a, b)
+        tol = 1e-5 if dtype == np.float32 else 1e-12
+        assert np.abs(out - want).max() <= tol * np.abs(want).max()
+    assert _numpy_blas_threads() == before
+
+
+def _split_checksum(seed):
+    rng = np.random.default_rng(seed)
+    a = rng.standard_normal((16, 64, 64)).astype(np.float32)
+    b = rng.standard_normal((16, 64, 3000)).astype(np.float32)
+    out = np.empty((16, 64, 3000), np.float32)
+    _blas.split_matmul(a, b, out)
+    return float(np.abs(out - np.matmul(a, b)).max() / np.abs(out).max())
+
+
+def test_split_matmul_in_a_forked_child():
+    """A child forked after the parent's helper threads exist gets helpers of its own
+    (it inherits the pool object, not its threads) instead of waiting forever."""
+    import multiprocessing as mp
+
+    import numba
+
+    if numba.get_num_threads() < 2:
+        pytest.skip("one numba thread: split_matmul runs no helper threads")
+    assert _split_checksum(0) < 1e-5            # the parent's pool now has its threads
+    with mp.get_context("fork").Pool(1) as pool:
+        result = pool.apply_async(_split_checksum, (1,))
+        assert result.get(timeout=60) < 1e-5

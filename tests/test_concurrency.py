@@ -68,7 +68,7 @@ def test_threads_give_single_threaded_results():
         try:
             barrier.wait()
             for kind, seed in _schedule(t):
-                for got, want in zip(_call(kind, seed), expected[(kind, seed)]):
+                for got, want in zip(_call(kind, seed), expected[(kind, seed)], strict=True):
                     if not np.array_equal(got, want):
                         failures.append((t, kind, seed))
         except Exception as exc:  # reported below, not swallowed

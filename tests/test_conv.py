@@ -11,7 +11,7 @@ from fastconv import config
 from fastconv._args import conv_args_from_shapes
 
 from . import reference as ref
-from .conftest import from_nhwc, to_nhwc
+from .conftest import WINOGRAD_REFUSAL, from_nhwc, refused, to_nhwc
 
 ALGOS = fastconv.ALGORITHMS + ("auto",)
 
@@ -58,6 +58,10 @@ def _reference(x, wt, b, kwargs):
 def test_lecture_worked_example(algo):
     x = np.arange(9.0).reshape(1, 1, 3, 3)
     w = np.array([[[[0.0, 1.0], [2.0, 3.0]]]])
+    if refused(algo, x.shape, w.shape):  # a 2x2 kernel
+        with pytest.raises(ValueError, match=WINOGRAD_REFUSAL):
+            fastconv.conv2d(x, w, algo=algo)
+        return
     y = fastconv.conv2d(x, w, algo=algo)
     np.testing.assert_allclose(y[0, 0], [[19, 25], [37, 43]], rtol=0, atol=1e-12)
     y32 = fastconv.conv2d(x.astype(np.float32), w.astype(np.float32), algo=algo)
@@ -70,6 +74,10 @@ def test_lecture_worked_example(algo):
 @pytest.mark.parametrize("case", CASES, ids=_case_id)
 def test_matches_reference(case, algo, dtype, layout):
     x, wt, b, kwargs = _arrays(case, dtype)
+    if refused(algo, x.shape, wt.shape, **kwargs):
+        with pytest.raises(ValueError, match=WINOGRAD_REFUSAL):
+            fastconv.conv2d(x, wt, b, algo=algo, **kwargs)
+        return
     want = _reference(x, wt, b, kwargs)
     if layout == "NHWC":
         xl, wl = to_nhwc(x, wt)
@@ -88,6 +96,10 @@ def test_single_channel_matches_scipy_correlate2d(algo, mode, rng):
     k = rng.standard_normal((4, 3))
     want = scipy.signal.correlate2d(x, k, mode=mode)
     pad = {"valid": 0, "full": (3, 2), "same": ((1, 2), (1, 1))}[mode]
+    if refused(algo, (1, 1) + x.shape, (1, 1) + k.shape):
+        with pytest.raises(ValueError, match=WINOGRAD_REFUSAL):  # a 4x3 kernel
+            fastconv.conv2d(x[None, None], k[None, None], padding=pad, algo=algo)
+        return
     got = fastconv.conv2d(x[None, None], k[None, None], padding=pad, algo=algo)[0, 0]
     np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
 
@@ -111,7 +123,12 @@ def test_empty_batch(algo, layout):
     w = np.zeros((4, 3, 3, 3), np.float32)
     if layout == "NHWC":
         x, w = to_nhwc(x, w)
-    y = fastconv.conv2d(x, w, np.ones(4, np.float32), stride=2, layout=layout, algo=algo)
+    stride = 1 if algo == "winograd" else 2
+    y = fastconv.conv2d(x, w, np.ones(4, np.float32), stride=stride, layout=layout,
+                        algo=algo)
+    if stride == 1:
+        assert y.shape == ((0, 4, 6, 6) if layout == "NCHW" else (0, 6, 6, 4))
+        return
     assert y.shape == ((0, 4, 3, 3) if layout == "NCHW" else (0, 3, 3, 4))
     assert y.dtype == np.float32
 
@@ -122,15 +139,16 @@ def test_non_contiguous_views(algo, rng):
     x = base[::2, ::2, 1::2, ::-1]           # strided, reversed
     wbase = rng.standard_normal((3, 6, 3, 3))
     w = wbase[:, ::2]                        # (3, 3, 3, 3), non-contiguous
-    want = ref.conv2d(x, w, None, (1, 2), ((1, 1), (0, 2)))
-    got = fastconv.conv2d(x, w, stride=(1, 2), padding=((1, 1), (0, 2)), algo=algo)
+    stride = (1, 1) if algo == "winograd" else (1, 2)
+    want = ref.conv2d(x, w, None, stride, ((1, 1), (0, 2)))
+    got = fastconv.conv2d(x, w, stride=stride, padding=((1, 1), (0, 2)), algo=algo)
     assert ref.rel_error(got, want) <= 1e-10
     xf = np.asfortranarray(x)
-    got_f = fastconv.conv2d(xf, w, stride=(1, 2), padding=((1, 1), (0, 2)), algo=algo)
+    got_f = fastconv.conv2d(xf, w, stride=stride, padding=((1, 1), (0, 2)), algo=algo)
     assert ref.rel_error(got_f, want) <= 1e-10
 
 
-@pytest.mark.parametrize("algo", ["naive", "im2col"])
+@pytest.mark.parametrize("algo", ["naive", "im2col", "winograd"])
 def test_nan_in_one_image_stays_in_that_image(algo, rng):
     x = rng.standard_normal((3, 2, 6, 6))
     x[1, 0, 2, 3] = np.nan
@@ -178,7 +196,8 @@ def test_auto_rule_is_explainable():
         return choose_algorithm_for(conv_args_from_shapes("conv2d", xs, ws, **kw))
 
     assert pick((1, 1, 512, 512), (1, 1, 31, 31)) == "fft"
-    assert pick((16, 64, 56, 56), (64, 64, 3, 3), padding=1) == "im2col"
+    assert pick((16, 64, 56, 56), (64, 64, 3, 3), padding=1) == "winograd"
+    assert pick((16, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1) == "im2col"
     assert pick((16, 128, 56, 56), (128, 1, 3, 3), padding=1, groups=128) == "naive"
 
 
@@ -211,8 +230,9 @@ W = np.zeros((4, 8, 3, 3), np.float32)
     (dict(padding="full"), ValueError,
      r"conv2d: padding='full' is not understood; acceptable words are 'valid' and 'same'"),
     (dict(layout="CHWN"), ValueError, r"conv2d: layout='CHWN' is not supported; acceptable"),
-    (dict(algo="winograd"), ValueError,
-     r"conv2d: algo='winograd' is not known; acceptable algorithms are 'auto', 'naive'"),
+    (dict(algo="gemm"), ValueError,
+     r"conv2d: algo='gemm' is not known; acceptable algorithms are 'auto', 'naive', "
+     r"'im2col', 'fft', 'winograd'"),
     (dict(stride=(1, 2, 3)), ValueError, r"conv2d: stride=\(1, 2, 3\) must be an int or a "
      r"pair \(h, w\), got 3 values"),
     (dict(stride=1.5), TypeError, r"conv2d: stride=1.5 must be an int or a pair of ints"),

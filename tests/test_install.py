@@ -47,7 +47,7 @@ def _read_only_copy(tmp_path):
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv: cannot drop write access")
-        for root, dirs, files in os.walk(tmp_path):
+        for root, _dirs, files in os.walk(tmp_path):
             os.chmod(root, 0o755)
             for f in files:
                 os.chmod(os.path.join(root, f), 0o644)
@@ -59,7 +59,7 @@ def _read_only_copy(tmp_path):
             pytest.skip("the unprivileged user cannot run this interpreter (its path is "
                         "private): cannot test a read-only install here")
     else:
-        for root, dirs, files in os.walk(site):
+        for root, _dirs, _files in os.walk(site):
             os.chmod(root, 0o555)
         prefix = []
     return site, prefix
@@ -75,7 +75,7 @@ def _run(site, prefix, home):
 
 
 def _restore_permissions(path):
-    for root, dirs, files in os.walk(path):
+    for root, _dirs, _files in os.walk(path):
         os.chmod(root, 0o755)
 
 

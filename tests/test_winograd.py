@@ -1,0 +1,196 @@
+"""algo="winograd": F(2x2, 3x3) and F(4x4, 3x3) against the reference, forward and
+backward, over paddings, odd sizes, groups, bias, layouts, dtypes and chunkings."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import autotune, config
+from fastconv._args import conv_args_from_shapes
+from fastconv.algos import winograd
+
+from . import reference as ref
+from .conftest import from_nhwc, to_nhwc
+
+# (n, c_in, h, w, c_out, padding, groups)
+CASES = [
+    (2, 3, 7, 7, 4, 1, 1),
+    (2, 3, 7, 8, 4, 0, 1),             # odd/even output sizes, no padding
+    (1, 4, 9, 6, 6, ((0, 2), (1, 1)), 2),
+    (3, 6, 6, 6, 6, "same", 6),        # depthwise
+    (1, 2, 4, 4, 2, 3, 1),             # padding > 2: all-zero border tiles
+    (2, 5, 1, 1, 3, 1, 1),             # 1x1 image, only padding around it
+    (1, 3, 3, 3, 2, 0, 1),             # a single output pixel
+    (2, 4, 11, 13, 5, ((2, 0), (0, 2)), 1),
+]
+
+
+def _ids(case):
+    return "n{}c{}h{}w{}-d{}-p{}-g{}".format(*case).replace(" ", "")
+
+
+@pytest.fixture(params=[2, 4], ids=["F2x2", "F4x4"])
+def tile(request, monkeypatch):
+    monkeypatch.setattr(config, "WINOGRAD_TILE", request.param)
+    return request.param
+
+
+def _arrays(case, dtype, seed=0):
+    n, c, h, w, d, padding, groups = case
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((d, c // groups, 3, 3)).astype(dtype)
+    b = rng.standard_normal(d).astype(dtype)
+    a = conv_args_from_shapes("ref", x.shape, wt.shape, 1, padding, 1, groups)
+    return x, wt, b, a, dict(padding=padding, groups=groups)
+
+
+# float32: max error / max |y| (F(4x4, 3x3) multiplies by up to 8 and 1/24 in its
+# transforms, so it loses a few more bits than F(2x2, 3x3); im2col's is about 1e-7)
+F32_TOL = {2: 1e-6, 4: 1e-5}
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_forward_matches_reference(case, dtype, layout, tile):
+    x, wt, b, a, kw = _arrays(case, dtype)
+    want = ref.conv2d(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
+    if layout == "NHWC":
+        xl, wl = to_nhwc(x, wt)
+        got = from_nhwc(fastconv.conv2d(xl, wl, b, layout="NHWC", algo="winograd", **kw))
+    else:
+        got = fastconv.conv2d(x, wt, b, algo="winograd", **kw)
+    assert got.dtype == dtype and got.shape == want.shape
+    tol = 1e-13 if dtype == np.float64 else F32_TOL[tile]
+    assert ref.rel_error(got, want) <= tol
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_backward_matches_reference(case, dtype, layout, tile):
+    x, wt, _, a, kw = _arrays(case, dtype)
+    gy = np.random.default_rng(1).standard_normal(a.y_shape).astype(dtype)
+    want_x, want_w, want_b = ref.conv2d_backward(gy, x, wt, a.stride, a.padding,
+                                                 a.dilation, a.groups)
+    if layout == "NHWC":
+        xl, wl = to_nhwc(x, wt)
+        gx, gw, gb = fastconv.conv2d_backward(np.ascontiguousarray(gy.transpose(0, 2, 3, 1)),
+                                              xl, wl, layout="NHWC", algo="winograd", **kw)
+        gx, gw = from_nhwc(gx), gw.transpose(3, 2, 0, 1)
+    else:
+        gx, gw, gb = fastconv.conv2d_backward(gy, x, wt, algo="winograd", **kw)
+    tol = 1e-13 if dtype == np.float64 else F32_TOL[tile]
+    assert ref.rel_error(gx, want_x) <= tol
+    assert ref.rel_error(gw, want_w) <= tol
+    assert ref.rel_error(gb, want_b) <= tol
+
+
+def test_gradients_match_finite_differences(tile):
+    """float64 central differences of sum(conv2d * probe) against conv2d_backward."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 3, 6, 5))
+    w = rng.standard_normal((4, 3, 3, 3))
+    probe = rng.standard_normal((2, 4, 6, 5))
+
+    def loss(xv, wv):
+        return float(np.sum(fastconv.conv2d(xv, wv, padding=1, algo="winograd") * probe))
+
+    gx, gw, _ = fastconv.conv2d_backward(probe, x, w, padding=1, algo="winograd")
+    for arr, grad in ((x, gx), (w, gw)):
+        num = ref.numerical_grad(lambda: loss(x, w), arr, eps=1e-6)
+        np.testing.assert_allclose(grad, num, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 4096, 1 << 30])
+def test_chunking_does_not_change_the_result(chunk_bytes, tile, monkeypatch):
+    """One tile row per chunk (chunks split images), a few rows, the whole batch."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((3, 5, 13, 10))
+    w = rng.standard_normal((6, 5, 3, 3))
+    b = rng.standard_normal(6)
+    want = fastconv.conv2d(x, w, b, padding=1, algo="im2col")
+    monkeypatch.setattr(config, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
+    got = fastconv.conv2d(x, w, b, padding=1, algo="winograd")
+    assert ref.rel_error(got, want) <= 1e-13
+    gy = rng.standard_normal(want.shape)
+    gx, gw, _ = fastconv.conv2d_backward(gy, x, w, padding=1, algo="winograd")
+    wx, ww, _ = fastconv.conv2d_backward(gy, x, w, padding=1, algo="im2col")
+    assert ref.rel_error(gx, wx) <= 1e-13 and ref.rel_error(gw, ww) <= 1e-13
+
+
+def test_float32_accuracy_on_a_resnet_layer(tile):
+    """The error on a 64-channel layer, measured against float64: F(2x2, 3x3) within
+    1.5x of im2col's, F(4x4, 3x3) within 15x (both far below float32's ~1e-4 tolerance
+    of the other tests)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 64, 16, 16))
+    w = rng.standard_normal((64, 64, 3, 3)) / 24.0
+    want = fastconv.conv2d(x, w, padding=1, algo="im2col")
+    x32, w32 = x.astype(np.float32), w.astype(np.float32)
+    err_wino = ref.rel_error(fastconv.conv2d(x32, w32, padding=1, algo="winograd"), want)
+    err_cols = ref.rel_error(fastconv.conv2d(x32, w32, padding=1, algo="im2col"), want)
+    assert err_wino <= (1.5 if tile == 2 else 15) * err_cols
+    assert err_wino <= F32_TOL[tile]
+
+
+@pytest.mark.parametrize("bad", [
+    dict(stride=2, ksize=3, dilation=1),
+    dict(stride=1, ksize=5, dilation=1),
+    dict(stride=1, ksize=3, dilation=2),
+])
+def test_unsupported_problems_are_refused(bad, rng):
+    x = rng.standard_normal((1, 2, 9, 9))
+    w = rng.standard_normal((2, 2, bad["ksize"], bad["ksize"]))
+    kw = dict(stride=bad["stride"], dilation=bad["dilation"], algo="winograd")
+    msg = (r"conv2d: algo='winograd' needs a 3x3 kernel with stride 1 and dilation 1; got "
+           rf"kernel {bad['ksize']}x{bad['ksize']}, stride \({bad['stride']}, "
+           rf"{bad['stride']}\), dilation \({bad['dilation']}, {bad['dilation']}\)")
+    with pytest.raises(ValueError, match=msg):
+        fastconv.conv2d(x, w, **kw)
+    y = fastconv.conv2d(x, w, stride=bad["stride"], dilation=bad["dilation"])
+    with pytest.raises(ValueError, match="conv2d_backward: algo='winograd' needs"):
+        fastconv.conv2d_backward(np.ones_like(y), x, w, **kw)
+
+
+def test_bad_tile_setting_is_refused(monkeypatch, rng):
+    monkeypatch.setattr(config, "WINOGRAD_TILE", 3)
+    x = rng.standard_normal((1, 2, 6, 6))
+    w = rng.standard_normal((2, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"WINOGRAD_TILE=3 must be 2 or 4"):
+        fastconv.conv2d(x, w, algo="winograd")
+
+
+def test_non_finite_values_stay_local(tile):
+    """A NaN reaches only the outputs whose window holds it (as in the direct formula),
+    not the whole tile row or plane."""
+    x = np.ones((1, 1, 12, 12), np.float32)
+    x[0, 0, 5, 6] = np.nan
+    w = np.ones((1, 1, 3, 3), np.float32)
+    y = fastconv.conv2d(x, w, padding=1, algo="winograd")[0, 0]
+    nan = np.isnan(y)
+    assert nan[4:7, 5:8].all()
+    assert nan.sum() == 9
+
+
+def test_auto_picks_winograd_for_dense_3x3_layers_only():
+    assert fastconv.choose_algorithm((16, 128, 28, 28), (128, 128, 3, 3), padding=1) \
+        == "winograd"
+    assert fastconv.choose_algorithm((16, 64, 56, 56), (128, 64, 3, 3), stride=2,
+                                     padding=1) != "winograd"
+    p = fastconv.plan((16, 64, 56, 56), (64, 64, 5, 5), padding=2)
+    assert "winograd" not in p.estimates          # does not apply: not considered
+    p = fastconv.plan((16, 64, 56, 56), (64, 64, 3, 3), padding=1)
+    assert set(p.estimates) == set(fastconv.ALGORITHMS)
+    assert autotune.applicable(conv_args_from_shapes(
+        "t", (1, 1, 5, 5), (1, 1, 3, 3), 1, 0, 1, 1)) == fastconv.ALGORITHMS
+
+
+def test_workspace_stays_within_the_budget(monkeypatch):
+    monkeypatch.setattr(config, "WORKSPACE_BYTES", 1 << 20)
+    a = conv_args_from_shapes("t", (8, 64, 56, 56), (64, 64, 3, 3), 1, 1, 1, 1)
+    rows = winograd.chunk_rows(a)
+    m = winograd.tile_size(a)
+    _, tw = winograd.tile_grid(a.h_out, a.w_out, m)
+    assert rows * tw * winograd.transformed(m) * 128 * 4 <= 1 << 20
