@@ -273,10 +273,13 @@ def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
     B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
            [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]].
 
-    Each of the tile row's six input rows is copied with its padding, split into its four
-    column phases (phase p holds columns 4j + p), and transformed along the row (tile j
-    reads phases 0-3 at j and phases 0-1 at j + 1: contiguous loads); B^T then combines
-    the six transformed rows elementwise."""
+    Per task (a channel of one image, its tile rows ra..rb of the chunk): each input row
+    the tiles read is copied with its padding, split into its four column phases (phase p
+    holds columns 4j + p) and transformed along the row once (tile j reads phases 0-3 at
+    j and phases 0-1 at j + 1: contiguous loads), into ``rows[rho % 4, b]`` at tile row
+    rho // 4. Tile row r reads input rows 4r .. 4r+5, i.e. phases 0-3 of block r and
+    phases 0-1 of block r + 1, so B^T down the columns runs over all the task's tile rows
+    in one contiguous loop per entry b."""
     wd = x.shape[3]
     wp = 4 * (tw + 1)  # padded input columns, whole groups of four
     lo = min(pl, wp)
@@ -289,44 +292,48 @@ def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
         c = task // images
         n = n_first + task % images
         img = x[n, c0 + c]
+        ra = max(r0, n * th)
+        nr = min(r1, (n + 1) * th) - ra
         row = np.empty(wp, dtype=x.dtype)
         ph = np.empty((4, tw + 1), dtype=x.dtype)
-        s = np.empty((36, tw), dtype=x.dtype)  # s[6*a + b]: row a transformed, entry b
-        for r in range(max(r0, n * th), min(r1, (n + 1) * th)):
-            top = 4 * (r - n * th) - pt
-            for a in range(6):
-                _padded_row(img, top + a, row, lo, hi, pl)
-                p0, p1, p2, p3 = ph[0], ph[1], ph[2], ph[3]
-                for j in range(U(tw + 1)):
-                    q = U(4) * j
-                    p0[j] = row[q]
-                    p1[j] = row[q + U(1)]
-                    p2[j] = row[q + U(2)]
-                    p3[j] = row[q + U(3)]
-                s0, s1, s2 = s[6 * a], s[6 * a + 1], s[6 * a + 2]
-                s3, s4, s5 = s[6 * a + 3], s[6 * a + 4], s[6 * a + 5]
-                for j in range(U(tw)):  # B along the row
-                    o = _bt6(p0[j], p1[j], p2[j], p3[j], p0[j + U(1)], p1[j + U(1)],
-                             two, four, five)
-                    s0[j] = o[0]
-                    s1[j] = o[1]
-                    s2[j] = o[2]
-                    s3[j] = o[3]
-                    s4[j] = o[4]
-                    s5[j] = o[5]
-            k0 = U(c * cols + (r - r0) * tw)
-            for b in range(6):  # B^T down the columns
-                e0, e1, e2, e3, e4, e5 = s[b], s[6 + b], s[12 + b], s[18 + b], s[24 + b], s[30 + b]
-                o0, o1, o2 = v[b], v[6 + b], v[12 + b]
-                o3, o4, o5 = v[18 + b], v[24 + b], v[30 + b]
-                for j in range(U(tw)):
-                    o = _bt6(e0[j], e1[j], e2[j], e3[j], e4[j], e5[j], two, four, five)
-                    o0[k0 + j] = o[0]
-                    o1[k0 + j] = o[1]
-                    o2[k0 + j] = o[2]
-                    o3[k0 + j] = o[3]
-                    o4[k0 + j] = o[4]
-                    o5[k0 + j] = o[5]
+        rows = np.empty((4, 6, (nr + 1) * tw), dtype=x.dtype)
+        top = 4 * (ra - n * th) - pt
+        for rho in range(4 * nr + 2):  # B along each input row, once
+            _padded_row(img, top + rho, row, lo, hi, pl)
+            p0, p1, p2, p3 = ph[0], ph[1], ph[2], ph[3]
+            for j in range(U(tw + 1)):
+                q = U(4) * j
+                p0[j] = row[q]
+                p1[j] = row[q + U(1)]
+                p2[j] = row[q + U(2)]
+                p3[j] = row[q + U(3)]
+            dst = rows[rho % 4]
+            base = U((rho // 4) * tw)
+            s0, s1, s2, s3, s4, s5 = dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]
+            for j in range(U(tw)):
+                o = _bt6(p0[j], p1[j], p2[j], p3[j], p0[j + U(1)], p1[j + U(1)],
+                         two, four, five)
+                s0[base + j] = o[0]
+                s1[base + j] = o[1]
+                s2[base + j] = o[2]
+                s3[base + j] = o[3]
+                s4[base + j] = o[4]
+                s5[base + j] = o[5]
+        k0 = U(c * cols + (ra - r0) * tw)
+        nxt = U(tw)
+        for b in range(6):  # B^T down the columns, all tile rows at once
+            e0, e1, e2, e3 = rows[0, b], rows[1, b], rows[2, b], rows[3, b]
+            o0, o1, o2 = v[b], v[6 + b], v[12 + b]
+            o3, o4, o5 = v[18 + b], v[24 + b], v[30 + b]
+            for k in range(U(nr * tw)):
+                o = _bt6(e0[k], e1[k], e2[k], e3[k], e0[k + nxt], e1[k + nxt],
+                         two, four, five)
+                o0[k0 + k] = o[0]
+                o1[k0 + k] = o[1]
+                o2[k0 + k] = o[2]
+                o3[k0 + k] = o[3]
+                o4[k0 + k] = o[4]
+                o5[k0 + k] = o[5]
 
 
 @njit(inline="always")
