@@ -350,9 +350,10 @@ def _at6(e0, e1, e2, e3, e4, e5, two, four, eight):
 def _output_transform4(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags):
     """As ``_output_transform`` for F(4x4, 3x3): the 4x4 block A^T m A of every 6x6 tile,
     A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
-           [0, 1, -1, 8, -8, 1]]. A^T first combines the six rows of m elementwise
-    (contiguous), then each of the four resulting rows is transformed along and its four
-    outputs per tile stored together (one interleaved store group)."""
+           [0, 1, -1, 8, -8, 1]]. A^T first combines the six rows of m elementwise, for
+    all the task's tile rows in one contiguous loop, then each of the four resulting rows
+    of a tile row is transformed along and its four outputs per tile stored together
+    (one interleaved store group)."""
     _, _, ho, wo = y.shape
     n_first, images = _images_of(r0, r1, th)
     two = m.dtype.type(2)
@@ -364,27 +365,33 @@ def _output_transform4(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags
         out = y[n, d0 + d]
         add = bias[d0 + d] if has_bias else y.dtype.type(0)
         bad = 0  # outputs that are NaN or +-Inf
-        u = np.empty((24, tw), dtype=m.dtype)      # u[6*r + b][j]: output row r, entry b
+        ra = max(r0, n * th)
+        nr = min(r1, (n + 1) * th) - ra
+        # u[a, b, r*tw + j]: row a of A^T m for entry b of tile (r, j), all tile rows at once
+        u = np.empty((4, 6, nr * tw), dtype=m.dtype)
         line = np.empty(4 * tw, dtype=m.dtype)
-        for r in range(max(r0, n * th), min(r1, (n + 1) * th)):
-            k0 = U(d * cols + (r - r0) * tw)
-            for b in range(6):  # A^T down the columns
-                s0, s1, s2 = m[b], m[6 + b], m[12 + b]
-                s3, s4, s5 = m[18 + b], m[24 + b], m[30 + b]
-                u0, u1, u2, u3 = u[b], u[6 + b], u[12 + b], u[18 + b]
-                for j in range(U(tw)):
-                    k = k0 + j
-                    o = _at6(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k], two, four, eight)
-                    u0[j] = o[0]
-                    u1[j] = o[1]
-                    u2[j] = o[2]
-                    u3[j] = o[3]
-            i = 4 * (r - n * th)
+        k0 = U(d * cols + (ra - r0) * tw)
+        for b in range(6):  # A^T down the columns: one contiguous loop per entry
+            s0, s1, s2 = m[b], m[6 + b], m[12 + b]
+            s3, s4, s5 = m[18 + b], m[24 + b], m[30 + b]
+            u0, u1, u2, u3 = u[0, b], u[1, b], u[2, b], u[3, b]
+            for k in range(U(nr * tw)):
+                i = k0 + k
+                o = _at6(s0[i], s1[i], s2[i], s3[i], s4[i], s5[i], two, four, eight)
+                u0[k] = o[0]
+                u1[k] = o[1]
+                u2[k] = o[2]
+                u3[k] = o[3]
+        for r in range(nr):
+            i = 4 * (ra + r - n * th)
+            base = U(r * tw)
             for a in range(min(4, ho - i)):  # A along each output row
-                e0, e1, e2 = u[6 * a], u[6 * a + 1], u[6 * a + 2]
-                e3, e4, e5 = u[6 * a + 3], u[6 * a + 4], u[6 * a + 5]
+                ua = u[a]
+                e0, e1, e2 = ua[0], ua[1], ua[2]
+                e3, e4, e5 = ua[3], ua[4], ua[5]
                 for j in range(U(tw)):
-                    o = _at6(e0[j], e1[j], e2[j], e3[j], e4[j], e5[j], two, four, eight)
+                    k = base + j
+                    o = _at6(e0[k], e1[k], e2[k], e3[k], e4[k], e5[k], two, four, eight)
                     q = U(4) * j
                     line[q] = o[0] + add
                     line[q + U(1)] = o[1] + add
