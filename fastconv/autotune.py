@@ -17,7 +17,7 @@ The model, per algorithm (seconds; rates from the profile):
 * fft: forward transforms of every input plane, inverse transforms of every output
   plane (``points * log2(points)`` each), the pruned kernel transforms, and
   ``N*G*Dg*Cg*points/2`` complex multiply-adds for the channel sum.
-* winograd (3x3, stride 1, dilation 1 only): 16 GEMMs per chunk and group,
+* winograd (3x3, stride 1 only): (m+2)^2 GEMMs per chunk and group,
   Dg x Cg x (tiles of the chunk), plus the input and output transforms at a fraction of
   the copy bandwidth (``WINOGRAD_TRANSFORM_PASSES``).
 * naive: FLOPs at the direct-loop rate (depthwise layers: multiply-adds at the
@@ -261,17 +261,21 @@ def _winograd_cost(a, p: Profile) -> tuple[float, int, str]:
     item = a.dtype.itemsize
     m = winograd.tile_size(a)
     t = winograd.transformed(m)
-    th, tw = winograd.tile_grid(a.h_out, a.w_out, m)
+    # tile rows and columns over the phases of a dilated layer (one phase otherwise)
+    th = sum(-(-count // m) for *_, count in winograd.phases(a.h_out, a.padding[0][0],
+                                                             a.dilation[0]))
+    tw = sum(-(-count // m) for *_, count in winograd.phases(a.w_out, a.padding[1][0],
+                                                             a.dilation[1]))
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
     tiles = a.n * th * tw
-    chunks = winograd.chunks(a)
+    chunks = max(winograd.chunks(a), a.dilation[0] * a.dilation[1])
     cols = math.ceil(tiles / chunks)
     gemm = gemm_seconds(p, dg, cg, cols, t * a.groups * chunks, item)
     moved = t * (a.c_in + a.c_out) * tiles * item
     transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
-    if a.layout == "NHWC":  # NCHW copies of input and output
-        transforms += 2 * a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item \
-            / (p.copy_gbs * 1e9)
+    copies = (a.layout == "NHWC") + (a.dilation != (1, 1))  # NHWC; phases of dilation
+    io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
+    transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
     secs = (p.call_us + chunks * a.groups * 3 * p.tile_us) * 1e-6 + gemm + transforms
     groups = f" x{a.groups} groups" if a.groups > 1 else ""
     detail = (f"F({m}x{m}, 3x3), {chunks} chunks, {t} GEMMs {dg}x{cg}x{cols}{groups} "
@@ -284,7 +288,7 @@ _COSTS = {"naive": _naive_cost, "im2col": _im2col_cost, "fft": _fft_cost,
 
 
 def applicable(a) -> tuple[str, ...]:
-    """The algorithms that can run problem ``a`` (Winograd: 3x3, stride 1, dilation 1)."""
+    """The algorithms that can run problem ``a`` (Winograd: 3x3 kernels, stride 1)."""
     from .algos import winograd
 
     return tuple(algo for algo in ALGORITHMS if algo != "winograd" or winograd.supports(a))

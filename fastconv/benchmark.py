@@ -490,6 +490,8 @@ def summarize(results: list[Result]) -> dict:
                 continue
             fastest = min(times, key=times.get)
             chosen = by[(sh, "auto")].chosen
+            if chosen not in times:  # its choice was not among the algorithms timed
+                continue
             picks.append({"shape": sh, "fastest": fastest, "chosen": chosen,
                           "ratio": times[chosen] / times[fastest]})
         if picks:

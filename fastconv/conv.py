@@ -84,7 +84,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     groups : int dividing C_in and C_out.
     layout : "NCHW" (default) or "NHWC".
     algo : "auto", "naive", "im2col", "fft" or "winograd" (3x3 kernels with stride 1
-        and dilation 1 only; ValueError otherwise).
+        only; ValueError otherwise).
     device : "cpu" (default) or "cuda": run on the GPU (``fastconv.cuda.conv2d``; numpy
         or GPU arrays; algorithms "auto", "naive", "im2col").
 

@@ -127,3 +127,15 @@ def test_calibrate_command_writes_a_loadable_profile(tmp_path, capsys):
     assert cli.main(["calibrate", "--dry-run", "--json", "--budget", "0"]) == 0
     assert json.loads(capsys.readouterr().out)["threads"] >= 1
     assert not (tmp_path / "cache" / "profile.json").exists()
+
+
+def test_summary_skips_choices_that_were_not_timed():
+    """auto picking an algorithm left out of --algos (naive on the depthwise layer) is not
+    counted as a right or wrong pick."""
+    report = benchmark.run(benchmark.TINY_SUITE, ("im2col", "fft", "winograd", "auto"),
+                           suite="tiny", extras=(), repeats=1)
+    chosen = {r.shape: r.chosen for r in report.results if r.algo == "auto"}
+    assert chosen["tiny_dw"] == "naive"
+    picks = report.summary["tiny"].get("auto_picks", [])
+    assert all(p["chosen"] in ("im2col", "fft", "winograd") for p in picks)
+    assert "tiny_dw" not in [p["shape"] for p in picks]

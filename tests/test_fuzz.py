@@ -26,7 +26,7 @@ def conv_problems(draw):
     dil = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     if algo == "winograd":  # the problems it runs (tests/test_conv.py checks refusals)
-        kh, kw, dil, stride = 3, 3, (1, 1), (1, 1)
+        kh, kw, stride = 3, 3, (1, 1)
     kind = draw(st.sampled_from(["int", "pair", "explicit", "same", "valid"]))
     if kind == "same" and stride != (1, 1):
         kind = "valid"

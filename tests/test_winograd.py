@@ -1,5 +1,6 @@
 """algo="winograd": F(2x2, 3x3) and F(4x4, 3x3) against the reference, forward and
-backward, over paddings, odd sizes, groups, bias, layouts, dtypes and chunkings."""
+backward, over paddings, dilations, odd sizes, groups, bias, layouts, dtypes and
+chunkings."""
 
 import numpy as np
 import pytest
@@ -12,21 +13,24 @@ from fastconv.algos import winograd
 from . import reference as ref
 from .conftest import from_nhwc, to_nhwc
 
-# (n, c_in, h, w, c_out, padding, groups)
+# (n, c_in, h, w, c_out, padding, groups, dilation)
 CASES = [
-    (2, 3, 7, 7, 4, 1, 1),
-    (2, 3, 7, 8, 4, 0, 1),             # odd/even output sizes, no padding
-    (1, 4, 9, 6, 6, ((0, 2), (1, 1)), 2),
-    (3, 6, 6, 6, 6, "same", 6),        # depthwise
-    (1, 2, 4, 4, 2, 3, 1),             # padding > 2: all-zero border tiles
-    (2, 5, 1, 1, 3, 1, 1),             # 1x1 image, only padding around it
-    (1, 3, 3, 3, 2, 0, 1),             # a single output pixel
-    (2, 4, 11, 13, 5, ((2, 0), (0, 2)), 1),
+    (2, 3, 7, 7, 4, 1, 1, 1),
+    (2, 3, 7, 8, 4, 0, 1, 1),             # odd/even output sizes, no padding
+    (1, 4, 9, 6, 6, ((0, 2), (1, 1)), 2, 1),
+    (3, 6, 6, 6, 6, "same", 6, 1),        # depthwise
+    (1, 2, 4, 4, 2, 3, 1, 1),             # padding > 2: all-zero border tiles
+    (2, 5, 1, 1, 3, 1, 1, 1),             # 1x1 image, only padding around it
+    (1, 3, 3, 3, 2, 0, 1, 1),             # a single output pixel
+    (2, 4, 11, 13, 5, ((2, 0), (0, 2)), 1, 1),
+    (2, 3, 12, 11, 4, 2, 1, 2),           # dilation: 2x2 phases
+    (1, 4, 13, 10, 4, ((3, 0), (1, 4)), 2, (3, 2)),  # uneven phases, padding > dilation
+    (1, 2, 5, 9, 3, 0, 1, (2, 4)),        # a phase with no output rows
 ]
 
 
 def _ids(case):
-    return "n{}c{}h{}w{}-d{}-p{}-g{}".format(*case).replace(" ", "")
+    return "n{}c{}h{}w{}-d{}-p{}-g{}-r{}".format(*case).replace(" ", "")
 
 
 @pytest.fixture(params=[2, 4], ids=["F2x2", "F4x4"])
@@ -36,13 +40,13 @@ def tile(request, monkeypatch):
 
 
 def _arrays(case, dtype, seed=0):
-    n, c, h, w, d, padding, groups = case
+    n, c, h, w, d, padding, groups, dilation = case
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((d, c // groups, 3, 3)).astype(dtype)
     b = rng.standard_normal(d).astype(dtype)
-    a = conv_args_from_shapes("ref", x.shape, wt.shape, 1, padding, 1, groups)
-    return x, wt, b, a, dict(padding=padding, groups=groups)
+    a = conv_args_from_shapes("ref", x.shape, wt.shape, 1, padding, dilation, groups)
+    return x, wt, b, a, dict(padding=padding, groups=groups, dilation=dilation)
 
 
 # float32: max error / max |y| (F(4x4, 3x3) multiplies by up to 8 and 1/24 in its
@@ -135,21 +139,18 @@ def test_float32_accuracy_on_a_resnet_layer(tile):
     assert err_wino <= F32_TOL[tile]
 
 
-@pytest.mark.parametrize("bad", [
-    dict(stride=2, ksize=3, dilation=1),
-    dict(stride=1, ksize=5, dilation=1),
-    dict(stride=1, ksize=3, dilation=2),
-])
+@pytest.mark.parametrize("bad", [dict(stride=2, ksize=3), dict(stride=1, ksize=5),
+                                 dict(stride=(1, 2), ksize=3)])
 def test_unsupported_problems_are_refused(bad, rng):
     x = rng.standard_normal((1, 2, 9, 9))
     w = rng.standard_normal((2, 2, bad["ksize"], bad["ksize"]))
-    kw = dict(stride=bad["stride"], dilation=bad["dilation"], algo="winograd")
-    msg = (r"conv2d: algo='winograd' needs a 3x3 kernel with stride 1 and dilation 1; got "
-           rf"kernel {bad['ksize']}x{bad['ksize']}, stride \({bad['stride']}, "
-           rf"{bad['stride']}\), dilation \({bad['dilation']}, {bad['dilation']}\)")
+    kw = dict(stride=bad["stride"], algo="winograd")
+    sh, sw = (bad["stride"],) * 2 if isinstance(bad["stride"], int) else bad["stride"]
+    msg = (r"conv2d: algo='winograd' needs a 3x3 kernel with stride 1; got "
+           rf"kernel {bad['ksize']}x{bad['ksize']}, stride \({sh}, {sw}\)")
     with pytest.raises(ValueError, match=msg):
         fastconv.conv2d(x, w, **kw)
-    y = fastconv.conv2d(x, w, stride=bad["stride"], dilation=bad["dilation"])
+    y = fastconv.conv2d(x, w, stride=bad["stride"])
     with pytest.raises(ValueError, match="conv2d_backward: algo='winograd' needs"):
         fastconv.conv2d_backward(np.ones_like(y), x, w, **kw)
 
@@ -179,6 +180,8 @@ def test_auto_picks_winograd_for_dense_3x3_layers_only():
         == "winograd"
     assert fastconv.choose_algorithm((16, 64, 56, 56), (128, 64, 3, 3), stride=2,
                                      padding=1) != "winograd"
+    assert fastconv.choose_algorithm((16, 64, 56, 56), (64, 64, 3, 3), padding=2,
+                                     dilation=2) == "winograd"
     p = fastconv.plan((16, 64, 56, 56), (64, 64, 5, 5), padding=2)
     assert "winograd" not in p.estimates          # does not apply: not considered
     p = fastconv.plan((16, 64, 56, 56), (64, 64, 3, 3), padding=1)
@@ -194,3 +197,17 @@ def test_workspace_stays_within_the_budget(monkeypatch):
     m = winograd.tile_size(a)
     _, tw = winograd.tile_grid(a.h_out, a.w_out, m)
     assert rows * tw * winograd.transformed(m) * 128 * 4 <= 1 << 20
+
+
+@pytest.mark.parametrize("out,pad,dilation", [(7, 2, 2), (10, 3, 3), (3, 0, 4), (5, 1, 1)])
+def test_phases_cover_every_output_once(out, pad, dilation):
+    """Each output i = d*i' + rho reads input d*(i' + a - p') + sigma, as the direct
+    formula's i + d*a - pad."""
+    seen = []
+    for rho, sigma, p, count in winograd.phases(out, pad, dilation):
+        for i2 in range(count):
+            i = dilation * i2 + rho
+            seen.append(i)
+            for a in range(3):
+                assert dilation * (i2 + a - p) + sigma == i + dilation * a - pad
+    assert sorted(seen) == list(range(out))

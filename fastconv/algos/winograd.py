@@ -23,8 +23,9 @@ Accuracy: F(2x2, 3x3)'s transforms only add and halve, so float32 results are as
 as im2col's; F(4x4, 3x3) multiplies by up to 8 and 1/24 and loses a few more bits
 (tests/test_winograd.py bounds both against float64).
 
-Applies to 3x3 kernels with stride 1 and dilation 1 (``supports``), any padding, groups
-(one set of GEMMs per group) and both layouts (NHWC through transposed copies). Tiles are
+Applies to 3x3 kernels with stride 1 (``supports``), any padding, dilation (one
+undilated problem per phase of the input, ``_run_dilated``), groups (one set of GEMMs per
+group) and both layouts (NHWC through transposed copies). Tiles are
 processed in chunks of tile rows sized by ``config.WINOGRAD_CHUNK_BYTES`` (never above
 ``config.WORKSPACE_BYTES``), so the transformed tiles of a chunk are still in cache when
 its GEMMs read them. The backward pass computes grad_x as the same transform of grad_y
@@ -44,16 +45,17 @@ from ._common import U, workspace
 
 
 def supports(args) -> bool:
-    """Whether F(2x2, 3x3) applies: a 3x3 kernel, stride 1, dilation 1."""
-    return (args.kh, args.kw) == (3, 3) and args.stride == (1, 1) and args.dilation == (1, 1)
+    """Whether the algorithm applies: a 3x3 kernel with stride 1 (any dilation: see
+    ``_run_dilated``)."""
+    return (args.kh, args.kw) == (3, 3) and args.stride == (1, 1)
 
 
 def check_supported(op: str, args) -> None:
     if not supports(args):
         raise ValueError(
-            f"{op}: algo='winograd' needs a 3x3 kernel with stride 1 and dilation 1; got "
-            f"kernel {args.kh}x{args.kw}, stride {args.stride}, dilation {args.dilation} "
-            "(use algo='auto', 'im2col', 'fft' or 'naive')")
+            f"{op}: algo='winograd' needs a 3x3 kernel with stride 1; got kernel "
+            f"{args.kh}x{args.kw}, stride {args.stride} (use algo='auto', 'im2col', 'fft' "
+            "or 'naive')")
 
 
 # --------------------------------------------------------------------------- kernels
@@ -473,10 +475,10 @@ def transform_kernel(w_oihw: np.ndarray, groups: int, m: int) -> np.ndarray:
     return u
 
 
-def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
+def _run_nchw(x, u, y, bias, pads, groups, m, dilation=(1, 1)) -> bool:
     """y (N, C_out, Ho, Wo) = F(m x m, 3x3) of x (N, C_in, H, W), contiguous, with the
-    transformed kernel u (G, (m+2)^2, Dg, Cg) and padding (top, left). Returns whether
-    every output is finite."""
+    transformed kernel u (G, (m+2)^2, Dg, Cg) and padding (top, left); dilation 1 (the
+    argument is ``_run_dilated``'s). Returns whether every output is finite."""
     n, c_in = x.shape[:2]
     c_out, ho, wo = y.shape[1:]
     cg, dg = c_in // groups, c_out // groups
@@ -533,17 +535,50 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
         return
     m = tile_size(args)
     pads = (args.padding[0][0], args.padding[1][0])
+    run = _run_nchw if args.dilation == (1, 1) else _run_dilated
     if args.layout == "NCHW":
         u = transform_kernel(w, args.groups, m)
-        finite = _run_nchw(np.ascontiguousarray(x), u, out, bias, pads, args.groups, m)
+        finite = run(np.ascontiguousarray(x), u, out, bias, pads, args.groups, m,
+                     args.dilation)
     else:
         u = transform_kernel(w.transpose(3, 2, 0, 1), args.groups, m)   # HWIO -> OIHW
         xn = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         yn = np.empty((args.n, args.c_out, args.h_out, args.w_out), args.dtype)
-        finite = _run_nchw(xn, u, yn, bias, pads, args.groups, m)
+        finite = run(xn, u, yn, bias, pads, args.groups, m, args.dilation)
         out[...] = yn.transpose(0, 2, 3, 1)
     if not finite:
         im2col.forward(x, w, args, out, bias)
+
+
+def phases(out: int, pad: int, dilation: int) -> list[tuple[int, int, int, int]]:
+    """The polyphase split of one axis of a dilated 3x3 correlation with stride 1.
+
+    Output i = d*i' + rho reads inputs i + d*a - pad = d*(i' + a - p') + sigma with
+    sigma = (rho - pad) mod d and p' = -floor((rho - pad) / d): an undilated correlation
+    of the input's phase sigma (every d-th element from sigma) with padding p' before it.
+    Returns (rho, sigma, p', outputs of phase rho) for every phase with outputs."""
+    out_phases = []
+    for rho in range(min(dilation, out)):
+        sigma = (rho - pad) % dilation
+        out_phases.append((rho, sigma, -((rho - pad) // dilation),
+                           len(range(rho, out, dilation))))
+    return out_phases
+
+
+def _run_dilated(x, u, y, bias, pads, groups, m, dilation) -> bool:
+    """``_run_nchw`` for dilation (dh, dw) > 1: the outputs y[:, :, rho_h::dh, rho_w::dw]
+    of each phase are an undilated 3x3 correlation of the input phase
+    x[:, :, sigma_h::dh, sigma_w::dw] (``phases``), computed with F(m x m, 3x3) on
+    contiguous copies and scattered back. Returns whether every output is finite."""
+    ho, wo = y.shape[2:]
+    finite = True
+    for rho_h, sigma_h, pt, count_h in phases(ho, pads[0], dilation[0]):
+        for rho_w, sigma_w, pl, count_w in phases(wo, pads[1], dilation[1]):
+            xs = np.ascontiguousarray(x[:, :, sigma_h::dilation[0], sigma_w::dilation[1]])
+            ys = np.empty(y.shape[:2] + (count_h, count_w), y.dtype)
+            finite &= _run_nchw(xs, u, ys, bias, (pt, pl), groups, m)
+            y[:, :, rho_h::dilation[0], rho_w::dilation[1]] = ys
+    return finite
 
 
 def _grad_x_kernel(w_oihw: np.ndarray, groups: int) -> np.ndarray:
@@ -556,8 +591,10 @@ def _grad_x_kernel(w_oihw: np.ndarray, groups: int) -> np.ndarray:
 
 
 def grad_x_supported(args) -> bool:
-    """grad_x is a correlation with padding 2 - p: every padding must be at most 2."""
-    return supports(args) and all(0 <= p <= 2 for pair in args.padding for p in pair)
+    """grad_x is a correlation with padding 2 - p: every padding must be at most 2 (and
+    dilation 1; dilated layers take im2col's grad_x)."""
+    return (supports(args) and args.dilation == (1, 1)
+            and all(0 <= p <= 2 for pair in args.padding for p in pair))
 
 
 def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, grad_w) -> None:
