@@ -253,13 +253,18 @@ def _naive_cost(a, p: Profile) -> tuple[float, int, str]:
 #: Winograd's transforms move each element several times (a padded row copy, the column
 #: pass, the strided row pass): measured at about 1/1.6 of the unfold's copy bandwidth.
 WINOGRAD_TRANSFORM_PASSES = 1.6
+#: Fixed cost of one chunk of one group (three kernel launches, the split GEMMs): a
+#: depthwise layer (128 groups, 16 x 56 x 56) took 32 ms, about 80 us per group.
+WINOGRAD_GROUP_US = 60.0
 
 
-def _winograd_cost(a, p: Profile) -> tuple[float, int, str]:
+def _winograd_cost(a, p: Profile, m: int | None = None) -> tuple[float, int, str]:
+    """Model time of the forward; with ``m``, of F(m x m, 3x3) whatever the setting (the
+    weight gradient's transforms and GEMMs cost as much as that forward)."""
     from .algos import winograd
 
     item = a.dtype.itemsize
-    m = winograd.tile_size(a)
+    m = winograd.tile_size(a) if m is None else m
     t = winograd.transformed(m)
     # tile rows and columns over the phases of a dilated layer (one phase otherwise)
     th = sum(-(-count // m) for *_, count in winograd.phases(a.h_out, a.padding[0][0],
@@ -268,7 +273,7 @@ def _winograd_cost(a, p: Profile) -> tuple[float, int, str]:
                                                              a.dilation[1]))
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
     tiles = a.n * th * tw
-    chunks = max(winograd.chunks(a), a.dilation[0] * a.dilation[1])
+    chunks = max(winograd.chunks(a, m), a.dilation[0] * a.dilation[1])
     cols = math.ceil(tiles / chunks)
     gemm = gemm_seconds(p, dg, cg, cols, t * a.groups * chunks, item)
     moved = t * (a.c_in + a.c_out) * tiles * item
@@ -276,7 +281,7 @@ def _winograd_cost(a, p: Profile) -> tuple[float, int, str]:
     copies = (a.layout == "NHWC") + (a.dilation != (1, 1))  # NHWC; phases of dilation
     io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
-    secs = (p.call_us + chunks * a.groups * 3 * p.tile_us) * 1e-6 + gemm + transforms
+    secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US) * 1e-6 + gemm + transforms
     groups = f" x{a.groups} groups" if a.groups > 1 else ""
     detail = (f"F({m}x{m}, 3x3), {chunks} chunks, {t} GEMMs {dg}x{cg}x{cols}{groups} "
               f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms")
@@ -309,14 +314,23 @@ def _backward_cost(algo: str, a, p: Profile) -> tuple[float, int, str]:
     if algo == "winograd":
         from .algos import winograd
 
-        if winograd.grad_x_supported(a):
-            # grad_x: a Winograd forward; grad_w: im2col's unfold and GEMM (one forward)
-            wino, ws, detail = _winograd_cost(a, p)
-            cols, cws, _ = _im2col_cost(a, p)
-            return (wino + cols - call, max(ws, cws),
-                    f"Winograd grad_x ({detail}) + im2col grad_w")
-        secs, ws, detail = _im2col_cost(a, p)  # paddings above 2: im2col does both
-        return call + BACKWARD_FACTOR * (secs - call), ws, f"as im2col: {detail}"
+        cols, cws, _ = _im2col_cost(a, p)
+        by_x, by_w = winograd.grad_x_supported(a), winograd.grad_w_supported(a)
+        # what im2col still does: about one forward for grad_w, two for grad_x (the fold)
+        secs = call + ((0 if by_w else 1) + (0 if by_x else 2)) * (cols - call)
+        ws, parts = cws, []
+        if by_x:
+            wino, wws, _ = _winograd_cost(a, p)
+            secs += wino - call
+            ws = max(ws, wws)
+            parts.append("grad_x")
+        if by_w:
+            wino, wws, _ = _winograd_cost(a, p, winograd.GRAD_W_TILE)
+            secs += wino - call
+            ws = max(ws, wws)
+            parts.append("grad_w")
+        how = f"Winograd {' and '.join(parts)}" if parts else "as im2col"
+        return secs, ws, f"{how}, the rest with im2col"
     secs, ws, detail = _COSTS[algo](a, p)
     return call + BACKWARD_FACTOR * (secs - call), ws, f"{BACKWARD_FACTOR:g}x forward: {detail}"
 
