@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from . import conv
 from ._timing import median_time
 from .algos import winograd
 from .conv import conv2d
@@ -441,8 +442,11 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
                 continue
             secs, b, load = best[(shape.name, algo)]
             flops = shape.flops() * (3 if backward else 1)
-            chosen = (autotune.plan_for(shape.args(dtype), backward=backward).algorithm
-                      if algo == "auto" else None)
+            chosen = None
+            if algo == "auto":  # what conv2d (and conv2d_backward) ran
+                a = shape.args(dtype)
+                chosen = (conv._backward_algorithm(a, "auto", True) if backward
+                          else autotune.plan_for(a).algorithm)
             gf = flops / secs / 1e9
             new.append(Result(suite, shape.name, algo, secs, gf, b, shape.n, chosen,
                               share_of_gemm=gf / gemm_rate, backward=backward,

@@ -161,9 +161,9 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     products image-last without the column matrix (``im2col.image_last_tile``); "fft"
     forms both in the frequency domain; "winograd" computes grad_x as an F(2x2, 3x3)
     correlation of grad_y with the flipped kernel and grad_w with im2col's GEMMs;
-    "naive" is the formula as loops. "auto" takes
-    im2col's image-last path wherever it applies, and otherwise picks by the backward's
-    own cost model (``fastconv.plan(..., backward=True)``).
+    "naive" is the formula as loops. "auto" picks by the backward's own cost model
+    (``fastconv.plan(..., backward=True)``), and takes im2col's image-last path where it
+    applies unless that plan picked Winograd for a layer of 32 or more channels.
 
     Examples
     --------
@@ -233,14 +233,28 @@ def _check_needs_input_grad(op: str, needs) -> tuple[bool, bool, bool]:
     return bool(flags[0]), bool(flags[1]), bool(flags[2])
 
 
+#: conv2d_backward's "auto" prefers Winograd (when its plan picks it) to im2col's
+#: image-last path only from this many channels per group in and out: measured
+#: (float32, 3x3, padding 1, 2 threads) Winograd / image-last 2.4 at 64 x 16 x 8 x 8 and
+#: 1.4 at 64 x 16 x 28 x 28, 1.0 at 64 x 32 x 16 x 16 and 32 x 64 x 8 x 8, 0.71 at
+#: 64 x 32 x 32 x 32.
+WINOGRAD_OVER_IMAGE_LAST_CHANNELS = 32
+
+
 def _backward_algorithm(args, algo: str, need_x: bool) -> str:
-    """conv2d_backward's algorithm: im2col's image-last path for batches of small images
-    when ``algo="auto"`` (it forms no column matrix and beats the other algorithms on
-    such layers; the cost model prices im2col's backward as three of its forwards),
-    otherwise the backward plan of ``fastconv.autotune``."""
-    if algo == "auto" and im2col.image_last_tile(args, need_x):
+    """conv2d_backward's algorithm for ``algo="auto"``: the backward plan of
+    ``fastconv.autotune``, except that im2col's image-last path (no column matrix; the
+    cost model does not price it) takes batches of small images unless the plan picked
+    Winograd for a layer of at least ``WINOGRAD_OVER_IMAGE_LAST_CHANNELS`` channels."""
+    if algo != "auto":
+        return algo
+    planned = resolve_algorithm(args, algo, backward=True)
+    wide = min(args.c_in, args.c_out) // args.groups >= WINOGRAD_OVER_IMAGE_LAST_CHANNELS
+    if planned == "winograd" and wide:
+        return planned
+    if im2col.image_last_tile(args, need_x):
         return "im2col"
-    return resolve_algorithm(args, algo, backward=True)
+    return planned
 
 
 def _layout_shape(nchw_shape, layout):

@@ -392,3 +392,18 @@ def test_bad_arguments_are_named(kwargs, exc, match):
     gy, x, w = call.pop("gy"), call.pop("x"), call.pop("w")
     with pytest.raises(exc, match=match):
         fastconv.conv2d_backward(gy, x, w, **call)
+
+
+def test_auto_backward_prefers_winograd_on_wide_layers_only():
+    """Image-last im2col for batches of small images, unless the backward plan picked
+    Winograd for a layer of at least 32 channels (fastconv.conv)."""
+    from fastconv import conv
+
+    def backward_algo(x_shape, w_shape, **kw):
+        return conv._backward_algorithm(conv_args_from_shapes("t", x_shape, w_shape, **kw),
+                                        "auto", True)
+
+    assert backward_algo((64, 32, 32, 32), (32, 32, 3, 3), padding=1) == "winograd"
+    assert backward_algo((64, 16, 8, 8), (16, 16, 3, 3), padding=1) == "im2col"
+    assert backward_algo((64, 1, 28, 28), (6, 1, 5, 5), padding=2) == "im2col"   # LeNet
+    assert backward_algo((16, 64, 56, 56), (64, 64, 3, 3), padding=1) == "winograd"
