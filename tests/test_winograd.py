@@ -230,3 +230,33 @@ def test_weight_gradient_non_finite_pattern_is_the_direct_one():
     _, want, _ = fastconv.conv2d_backward(gy, x, w, padding=1, algo="naive")
     np.testing.assert_array_equal(np.isnan(gw), np.isnan(want))
     assert np.isnan(want).sum() == 4       # taps (1..2, 1..2) read x[0, 0]
+
+
+def test_threads_share_the_gemm_helpers():
+    """Python threads running layers big enough for split GEMMs at once (each split over
+    the helper pool) get the single-threaded results."""
+    import threading
+
+    from fastconv import _blas
+
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((8, 64, 40, 40)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    assert not _blas.is_small(64, 64, 8 * 10 * 10, 36)    # one chunk, split GEMMs
+    want = fastconv.conv2d(x, w, padding=1, algo="winograd")
+    results, errors = [], []
+
+    def work():
+        try:
+            for _ in range(5):
+                results.append(fastconv.conv2d(x, w, padding=1, algo="winograd"))
+        except Exception as exc:  # reported below
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 20
+    assert all(np.array_equal(r, want) for r in results)
