@@ -126,10 +126,11 @@ def split_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     (E, m, k) @ (E, k, n) (or a shared (m, k) left operand), the batch split over as
     many threads as numba uses, each product on one BLAS thread.
 
-    On the 2-core machine the 16 products of a Winograd chunk ran 15-25% faster this way
-    than as one 2-thread BLAS call: no product waits for a second BLAS thread, and
-    OpenBLAS's idle worker does not spin against the numba kernels that follow (see the
-    module docstring). Small batches (``is_small``) run in the calling thread."""
+    On the 2-core machine a Winograd F(2x2, 3x3) prototype ran the four dense 3x3 layers
+    of the benchmark suite 10-22% faster this way than with one 2-thread BLAS call: no
+    product waits for a second BLAS thread, and OpenBLAS's idle worker does not spin
+    against the numba kernels that follow (see the module docstring). Small batches
+    (``is_small``) run in the calling thread."""
     import numba
 
     batch = b.shape[0]
