@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv.algos import winograd
+from fastconv import autotune
 
 ALGOS = ["naive", "im2col", "fft", "winograd", "auto"]
 
@@ -25,8 +25,8 @@ def _rounds(shape, algo):
 @pytest.mark.parametrize("algo", ALGOS)
 def test_forward(benchmark, shape, algo, arrays):
     x, w = arrays
-    if algo == "winograd" and not winograd.supports(shape.args(np.float32)):
-        pytest.skip("winograd: 3x3 stride-1 layers only")
+    if algo != "auto" and algo not in autotune.applicable(shape.args(np.float32)):
+        pytest.skip(f"{algo} does not apply to this layer (winograd: 3x3, stride 1)")
     if algo == "naive":
         x = x[:1]
     benchmark.group = shape.name

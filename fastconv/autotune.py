@@ -264,7 +264,7 @@ def _winograd_cost(a, p: Profile, m: int | None = None) -> tuple[float, int, str
     from .algos import winograd
 
     item = a.dtype.itemsize
-    m = winograd.tile_size(a) if m is None else m
+    m = winograd.tile_size() if m is None else m
     t = winograd.transformed(m)
     # tile rows and columns over the phases of a dilated layer (one phase otherwise)
     th = sum(-(-count // m) for *_, count in winograd.phases(a.h_out, a.padding[0][0],

@@ -23,7 +23,6 @@ import numpy as np
 
 from . import conv
 from ._timing import median_time
-from .algos import winograd
 from .conv import conv2d
 
 ALGOS = ("naive", "im2col", "fft", "winograd", "auto")
@@ -409,8 +408,8 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
                 gemm[shape.name] = {"m": m, "k": k, "n": n, "count": count, "gflops": gf,
                                     "other_load": load}
         x, w = arrays[shape.name]
-        if algo == "winograd" and not winograd.supports(shape.args(dtype)):
-            continue  # 3x3 stride-1 layers only
+        if algo in autotune.ALGORITHMS and algo not in autotune.applicable(shape.args(dtype)):
+            continue  # Winograd: 3x3 stride-1 layers only
         if algo in ALGOS:
             def make(xb, algo=algo, shape=shape, w=w):
                 return _fastconv_runner(shape, algo, xb, w, backward)

@@ -23,10 +23,11 @@ def check_algo(op: str, algo) -> str:
 
 
 def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
-              check_input=_args.check_array):
+              check_input=_args.check_array, algo="auto"):
     """Validate arrays and arguments; returns (x, w, bias, ConvArgs) with x 4-D.
     ``check_input(op, name, x)`` validates the input (an ndarray by default; the Dask
-    front end passes its own check for dask arrays)."""
+    front end passes its own check for dask arrays). An explicit ``algo`` must apply to
+    the problem (Winograd: 3x3 kernels, stride 1), even for an empty batch."""
     x = check_input(op, "input", x)
     w = _args.check_array(op, "weight", w)
     if bias is not None:
@@ -37,6 +38,8 @@ def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
     if bias is not None and bias.shape != (args.c_out,):
         raise ValueError(f"{op}: bias must have shape (C_out,) = ({args.c_out},), got "
                          f"{bias.shape}")
+    if algo == "winograd":
+        winograd.check_supported(op, args)
     if args.unbatched:
         x = x[None]
     return x, w, bias, args
@@ -117,9 +120,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
         return cuda.conv2d(x, w, bias, stride, padding, dilation, groups, layout=layout,
                            algo=algo)
     check_algo(op, algo)
-    x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout)
-    if algo == "winograd":
-        winograd.check_supported(op, args)
+    x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
+                                 algo=algo)
     out = allocate(op, "output", _layout_shape(args.y_shape, layout), args.dtype)
     if args.n > 0:
         _forward(x, w, bias, args, algo, out)
@@ -187,9 +189,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
         return tuple(g if need else None
                      for g, need in zip(grads, (need_x, need_w, need_b), strict=True))
     check_algo(op, algo)
-    x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout)
-    if algo == "winograd":
-        winograd.check_supported(op, args)
+    x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout,
+                              algo=algo)
     grad_y = _args.check_array(op, "grad_y", grad_y)
     _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
     want = _layout_shape(args.y_shape, layout)

@@ -70,20 +70,6 @@ def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _to_chwn(x, xt, n0):
-    """xt[c, i, j, b] = x[n0 + b, c, i, j]: a run of B images with the image index last."""
-    _, c_all, h, wd = x.shape
-    nb = xt.shape[3]
-    for task in prange(c_all * h):
-        c = task // h
-        i = task % h
-        dst = xt[c, i]
-        for j in range(wd):
-            for b in range(nb):
-                dst[j, b] = x[n0 + b, c, i, j]
-
-
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _im2col_chwn(xt, cols, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     """xt (C, H, W, B) flattened -> cols (C*KH*KW, band*Wo*B):
 
@@ -231,7 +217,7 @@ def is_pointwise(args) -> bool:
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
     """im2col convolution into ``out`` (caller's layout), plus ``bias`` when given.
 
-    Wraps the unfold kernels ``_im2col_nchw`` / ``_to_chwn`` + ``_im2col_chwn`` /
+    Wraps the unfold kernels ``_im2col_nchw`` / ``_to_image_last`` + ``_im2col_chwn`` /
     ``_im2col_nhwc``, numpy's BLAS matmul, and ``_scatter_chwn`` (a tile of several
     images -> output, with the bias)."""
     if args.n == 0:
@@ -253,7 +239,7 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     (B, C*KH*KW, pixels) from ``_im2col_nchw`` and a GEMM per image and group,
     W (G, Dg, Cg*KH*KW) @ cols, written straight into ``out`` (one batched matmul call).
     A tile of many images with short output rows (``Tiling.image_last``): the images are
-    first put image-index last (``_to_chwn``, a pass over the input only), unfolded with
+    first put image-index last (``_to_image_last``, a pass over the input only), unfolded with
     long contiguous runs (``_im2col_chwn``), multiplied in one GEMM of B times the width,
     and the result is spread into ``out`` with the bias (``_scatter_chwn``)."""
     g, dg = args.groups, args.c_out // args.groups
@@ -300,7 +286,7 @@ def _forward_nchw(x, w, args, out, bias) -> None:
         xt = _view(xt_buf[:image * nb], (args.c_in, args.h, args.w, nb))
         cols = _view(buf[:ckk * length], (ckk, length))
         with parallel_guard():
-            _to_chwn(x, xt, n0)
+            _to_image_last(x, n0, xt)
             _im2col_chwn(xt, cols, 0, *conv)
         y = _view(tmp[:args.c_out * length], (g, dg, length))
         np.matmul(wmat, _view(cols, (g, cgkk, length)), out=y)

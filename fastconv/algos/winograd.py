@@ -24,7 +24,7 @@ as im2col's; F(4x4, 3x3) multiplies by up to 8 and 1/24 and loses a few more bit
 (tests/test_winograd.py bounds both against float64).
 
 Applies to 3x3 kernels with stride 1 (``supports``), any padding, dilation (one
-undilated problem per phase of the input, ``_run_dilated``), groups (one set of GEMMs per
+undilated problem per phase of the input, ``_run``), groups (one set of GEMMs per
 group) and both layouts (NHWC through transposed copies). Tiles are
 processed in chunks of tile rows sized by ``config.WINOGRAD_CHUNK_BYTES`` (never above
 ``config.WORKSPACE_BYTES``), so the transformed tiles of a chunk are still in cache when
@@ -46,7 +46,7 @@ from ._common import U, workspace
 
 def supports(args) -> bool:
     """Whether the algorithm applies: a 3x3 kernel with stride 1 (any dilation: see
-    ``_run_dilated``)."""
+    ``_run``)."""
     return (args.kh, args.kw) == (3, 3) and args.stride == (1, 1)
 
 
@@ -413,7 +413,7 @@ _KERNELS = {2: (_kernel_transform, _input_transform, _output_transform),
             4: (_kernel_transform4, _input_transform4, _output_transform4)}
 
 
-def tile_size(args=None) -> int:
+def tile_size() -> int:
     """The output block m of F(m x m, 3x3) that ``algo="winograd"`` uses:
     ``config.WINOGRAD_TILE`` (4 by default; 2 is the more accurate variant)."""
     m = int(config.WINOGRAD_TILE)
@@ -433,11 +433,13 @@ def tile_grid(h_out: int, w_out: int, m: int) -> tuple[int, int]:
     return -(-h_out // m), -(-w_out // m)
 
 
-def chunk_rows(args, chunk_bytes: int | None = None, budget: int | None = None) -> int:
-    """Tile rows per chunk: as many as keep the transformed input and the GEMM result of
-    one group, (m+2)^2 * (Cg + Dg) * rows * tw elements, within ``chunk_bytes``
-    (``config.WINOGRAD_CHUNK_BYTES``) and the workspace budget; at least one."""
-    m = tile_size(args)
+def chunk_rows(args, m: int | None = None, chunk_bytes: int | None = None,
+               budget: int | None = None) -> int:
+    """Tile rows per chunk of F(m x m, 3x3) (default: ``tile_size()``): as many as keep
+    the transformed input and the GEMM result of one group, (m+2)^2 * (Cg + Dg) * rows *
+    tw elements, within ``chunk_bytes`` (``config.WINOGRAD_CHUNK_BYTES``) and the
+    workspace budget; at least one."""
+    m = tile_size() if m is None else m
     th, tw = tile_grid(args.h_out, args.w_out, m)
     return _rows_per_chunk(args.n * th, tw, args.c_in // args.groups,
                            args.c_out // args.groups, args.dtype.itemsize, m, chunk_bytes,
@@ -456,7 +458,7 @@ def workspace_bytes(args) -> int:
     """Scratch bytes of the forward: the chunk's transformed tiles and GEMM result, the
     transformed kernel, and for NHWC the NCHW copies of input and output."""
     item = args.dtype.itemsize
-    m = tile_size(args)
+    m = tile_size()
     t = transformed(m)
     _, tw = tile_grid(args.h_out, args.w_out, m)
     cg, dg = args.c_in // args.groups, args.c_out // args.groups
@@ -475,10 +477,10 @@ def transform_kernel(w_oihw: np.ndarray, groups: int, m: int) -> np.ndarray:
     return u
 
 
-def _run_nchw(x, u, y, bias, pads, groups, m, dilation=(1, 1)) -> bool:
+def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
     """y (N, C_out, Ho, Wo) = F(m x m, 3x3) of x (N, C_in, H, W), contiguous, with the
-    transformed kernel u (G, (m+2)^2, Dg, Cg) and padding (top, left); dilation 1 (the
-    argument is ``_run_dilated``'s). Returns whether every output is finite."""
+    transformed kernel u (G, (m+2)^2, Dg, Cg) and padding (top, left), dilation 1.
+    Returns whether every output is finite."""
     n, c_in = x.shape[:2]
     c_out, ho, wo = y.shape[1:]
     cg, dg = c_in // groups, c_out // groups
@@ -529,22 +531,21 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     Non-finite values: a NaN or Inf entering a tile's transform can reach every output of
     that tile (and Inf - Inf turns an infinity into NaN), unlike the direct formula. The
     output transform therefore flags any non-finite output, and im2col then recomputes
-    the call: the result always equals the direct formula's, NaN and Inf included."""
-    check_supported("conv2d", args)
+    the call: the result always equals the direct formula's, NaN and Inf included.
+    ``args`` must be one ``supports`` accepts (conv2d checks that)."""
     if args.n == 0:
         return
-    m = tile_size(args)
+    m = tile_size()
     pads = (args.padding[0][0], args.padding[1][0])
-    run = _run_nchw if args.dilation == (1, 1) else _run_dilated
     if args.layout == "NCHW":
         u = transform_kernel(w, args.groups, m)
-        finite = run(np.ascontiguousarray(x), u, out, bias, pads, args.groups, m,
-                     args.dilation)
+        finite = _run(np.ascontiguousarray(x), u, out, bias, pads, args.groups, m,
+                      args.dilation)
     else:
         u = transform_kernel(w.transpose(3, 2, 0, 1), args.groups, m)   # HWIO -> OIHW
         xn = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         yn = np.empty((args.n, args.c_out, args.h_out, args.w_out), args.dtype)
-        finite = run(xn, u, yn, bias, pads, args.groups, m, args.dilation)
+        finite = _run(xn, u, yn, bias, pads, args.groups, m, args.dilation)
         out[...] = yn.transpose(0, 2, 3, 1)
     if not finite:
         im2col.forward(x, w, args, out, bias)
@@ -565,11 +566,14 @@ def phases(out: int, pad: int, dilation: int) -> list[tuple[int, int, int, int]]
     return out_phases
 
 
-def _run_dilated(x, u, y, bias, pads, groups, m, dilation) -> bool:
-    """``_run_nchw`` for dilation (dh, dw) > 1: the outputs y[:, :, rho_h::dh, rho_w::dw]
-    of each phase are an undilated 3x3 correlation of the input phase
-    x[:, :, sigma_h::dh, sigma_w::dw] (``phases``), computed with F(m x m, 3x3) on
-    contiguous copies and scattered back. Returns whether every output is finite."""
+def _run(x, u, y, bias, pads, groups, m, dilation) -> bool:
+    """``_run_nchw`` for any dilation (dh, dw). Dilated, the outputs
+    y[:, :, rho_h::dh, rho_w::dw] of each phase are an undilated 3x3 correlation of the
+    input phase x[:, :, sigma_h::dh, sigma_w::dw] (``phases``), computed with
+    F(m x m, 3x3) on contiguous copies and scattered back. Returns whether every output
+    is finite."""
+    if dilation == (1, 1):
+        return _run_nchw(x, u, y, bias, pads, groups, m)
     ho, wo = y.shape[2:]
     finite = True
     for rho_h, sigma_h, pt, count_h in phases(ho, pads[0], dilation[0]):
@@ -592,17 +596,6 @@ def _run_dilated(x, u, y, bias, pads, groups, m, dilation) -> bool:
 def _a2(g0, g1):
     """A g for F(2x2, 3x3): A = (A^T)^T = [[1, 0], [1, 1], [1, -1], [0, -1]]."""
     return g0, g0 + g1, g0 - g1, -g1
-
-
-@njit(inline="always")
-def _a4(g0, g1, g2, g3, two, four, eight):
-    """A g for F(4x4, 3x3): A = [[1, 0, 0, 0], [1, 1, 1, 1], [1, -1, 1, -1],
-    [1, 2, 4, 8], [1, -2, 4, -8], [0, 0, 0, 1]]."""
-    even = g0 + g2
-    odd = g1 + g3
-    even4 = g0 + four * g2
-    odd4 = two * g1 + eight * g3
-    return g0, even + odd, even - odd, even4 + odd4, even4 - odd4, g3
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -648,56 +641,6 @@ def _grad_transform(gy, p, dg, cols, d0, r0, r1, th, tw):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _grad_transform4(gy, p, dg, cols, d0, r0, r1, th, tw):
-    """As ``_grad_transform`` for F(4x4, 3x3): p (36, ...), 4x4 blocks of grad_y."""
-    _, _, ho, wo = gy.shape
-    n_first, images = _images_of(r0, r1, th)
-    width = 4 * tw
-    two = gy.dtype.type(2)
-    four = gy.dtype.type(4)
-    eight = gy.dtype.type(8)
-    for task in prange(dg * images):
-        d = task // images
-        n = n_first + task % images
-        plane = gy[n, d0 + d]
-        rows = np.zeros((4, width), dtype=gy.dtype)
-        t = np.empty((6, width), dtype=gy.dtype)
-        ph = np.empty((4, tw), dtype=gy.dtype)
-        for r in range(max(r0, n * th), min(r1, (n + 1) * th)):
-            i0 = 4 * (r - n * th)
-            for i in range(4):
-                if i0 + i < ho:
-                    rows[i, :wo] = plane[i0 + i]
-                else:
-                    rows[i, :] = 0
-            g0, g1, g2, g3 = rows[0], rows[1], rows[2], rows[3]
-            for q in range(U(width)):  # A down the columns
-                o = _a4(g0[q], g1[q], g2[q], g3[q], two, four, eight)
-                for a in range(6):
-                    t[a, q] = o[a]
-            k0 = U(d * cols + (r - r0) * tw)
-            p0, p1, p2, p3 = ph[0], ph[1], ph[2], ph[3]
-            for a in range(6):  # A along the rows, on the row's four column phases
-                ta = t[a]
-                for j in range(U(tw)):
-                    q = U(4) * j
-                    p0[j] = ta[q]
-                    p1[j] = ta[q + U(1)]
-                    p2[j] = ta[q + U(2)]
-                    p3[j] = ta[q + U(3)]
-                o0, o1, o2 = p[6 * a], p[6 * a + 1], p[6 * a + 2]
-                o3, o4, o5 = p[6 * a + 3], p[6 * a + 4], p[6 * a + 5]
-                for j in range(U(tw)):
-                    o = _a4(p0[j], p1[j], p2[j], p3[j], two, four, eight)
-                    o0[k0 + j] = o[0]
-                    o1[k0 + j] = o[1]
-                    o2[k0 + j] = o[2]
-                    o3[k0 + j] = o[3]
-                    o4[k0 + j] = o[4]
-                    o5[k0 + j] = o[5]
-
-
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _weight_from_transform(gw, gt, grad_w, o0):
     """grad_w[o0 + d, c] = G^T gw[:, d, c] G (3x3) for gw (alpha^2, Dg, Cg) and G^T
     gt (3, alpha) in float64; one task per output channel, the input channels innermost
@@ -731,18 +674,14 @@ def _weight_from_transform(gw, gt, grad_w, o0):
                     out[c, i, j] = acc[c]
 
 
-#: G^T (3 x (m+2)) of F(m x m, 3x3), float64.
-_GT = {2: np.array([[1, 0.5, 0.5, 0], [0, 0.5, -0.5, 0], [0, 0.5, 0.5, 1]]),
-       4: np.array([[1 / 4, -1 / 6, -1 / 6, 1 / 24, 1 / 24, 0],
-                    [0, -1 / 6, 1 / 6, 1 / 12, -1 / 12, 0],
-                    [0, -1 / 6, -1 / 6, 1 / 6, 1 / 6, 1]])}
-_GRAD_TRANSFORMS = {2: _grad_transform, 4: _grad_transform4}
+#: G^T (3 x 4) of F(2x2, 3x3), float64.
+_GT2 = np.array([[1, 0.5, 0.5, 0], [0, 0.5, -0.5, 0], [0, 0.5, 0.5, 1]])
 
 
 #: The weight gradient always uses F(2x2, 3x3): on a resnet_56 layer (16 x 64 x 56 x 56)
-#: it ran as fast as F(4x4, 3x3) (23.6 vs 22.7 ms; its GEMMs sum over 4x more tiles, the
-#: long dimension) with a float32 error of 7.4e-7 instead of 7.3e-6 of the largest
-#: gradient (im2col: 4.4e-7).
+#: it ran as fast as an F(4x4, 3x3) version (23.6 vs 22.7 ms; its GEMMs sum over 4x more
+#: tiles, the long dimension) with a float32 error of 7.4e-7 instead of 7.3e-6 of the
+#: largest gradient (im2col: 4.4e-7), so only the F(2x2, 3x3) kernels exist.
 GRAD_W_TILE = 2
 
 
@@ -751,17 +690,17 @@ def grad_w_supported(args) -> bool:
     return supports(args) and args.dilation == (1, 1)
 
 
-def _grad_w_nchw(gy, x, grad_w, pads, groups, m) -> None:
+def _grad_w_nchw(gy, x, grad_w, pads, groups) -> None:
     """grad_w (C_out, Cg, 3, 3) from gy (N, C_out, Ho, Wo) and x (N, C_in, H, W), both
-    contiguous: per chunk of tile rows and group, the input and output-gradient
-    transforms and the (m+2)^2 GEMMs Yt[e] @ V[e]^T, summed over chunks."""
+    contiguous, with F(2x2, 3x3): per chunk of tile rows and group, the input and
+    output-gradient transforms and the 16 GEMMs Yt[e] @ V[e]^T, summed over chunks."""
+    m = GRAD_W_TILE
     n, c_in = x.shape[:2]
     c_out, ho, wo = gy.shape[1:]
     cg, dg = c_in // groups, c_out // groups
     th, tw = tile_grid(ho, wo, m)
     t = transformed(m)
     input_transform = _KERNELS[m][1]
-    grad_transform = _GRAD_TRANSFORMS[m]
     pt, pl = pads
     rows = _rows_per_chunk(n * th, tw, cg, dg, x.itemsize, m)
     total = np.zeros((groups, t, dg, cg), x.dtype)
@@ -773,11 +712,11 @@ def _grad_w_nchw(gy, x, grad_w, pads, groups, m) -> None:
         yt, yt_planes = _planes("winograd_m", t, dg, cols, x.dtype)
         for g in range(groups):
             input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
-            grad_transform(gy, yt_planes, dg, cols, g * dg, r0, r1, th, tw)
+            _grad_transform(gy, yt_planes, dg, cols, g * dg, r0, r1, th, tw)
             _blas.split_matmul(yt, v.transpose(0, 2, 1), part)
             total[g] += part
     for g in range(groups):
-        _weight_from_transform(total[g], _GT[m], grad_w, g * dg)
+        _weight_from_transform(total[g], _GT2, grad_w, g * dg)
 
 
 def _grad_x_kernel(w_oihw: np.ndarray, groups: int) -> np.ndarray:
@@ -805,7 +744,6 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     im2col). grad_w is the adjoint of F(2x2, 3x3) in the Winograd domain
     (``_grad_w_nchw``, ``GRAD_W_TILE``; dilated layers use im2col). A non-finite result
     is recomputed with im2col, as in the forward."""
-    check_supported("conv2d_backward", args)
     by_x = grad_x is not None and grad_x_supported(args)
     by_w = grad_w is not None and grad_w_supported(args)
     rest_x = grad_x if grad_x is not None and not by_x else None
@@ -815,13 +753,13 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     if not (by_x or by_w):
         return
     (pt, _), (pl, _) = args.padding
-    m = tile_size(args)
+    m = tile_size()
     nchw = args.layout == "NCHW"
     gy = np.ascontiguousarray(grad_y if nchw else grad_y.transpose(0, 3, 1, 2))
     if by_w:
         xn = np.ascontiguousarray(x if nchw else x.transpose(0, 3, 1, 2))
         gw = grad_w if nchw else np.empty(args.w_shape, args.dtype)
-        _grad_w_nchw(gy, xn, gw, (pt, pl), args.groups, GRAD_W_TILE)
+        _grad_w_nchw(gy, xn, gw, (pt, pl), args.groups)
         if not nchw:
             grad_w[...] = gw.transpose(2, 3, 1, 0)
         if not np.isfinite(gw).all():  # the direct formula's NaN/Inf pattern
@@ -837,18 +775,8 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
             im2col.backward(grad_y, x, w, args, grad_x, None)
 
 
-def flops(args) -> int:
-    """Multiply-adds of the GEMMs, times 2 (what the algorithm computes, not the
-    convolution's own FLOPs)."""
-    m = tile_size(args)
-    th, tw = tile_grid(args.h_out, args.w_out, m)
-    return 2 * transformed(m) * args.c_out * (args.c_in // args.groups) * args.n * th * tw
-
-
 def chunks(args, m: int | None = None) -> int:
     """Chunks of tile rows the forward (or, with m, F(m x m, 3x3)) runs in."""
-    m = tile_size(args) if m is None else m
-    th, tw = tile_grid(args.h_out, args.w_out, m)
-    rows = _rows_per_chunk(args.n * th, tw, args.c_in // args.groups,
-                           args.c_out // args.groups, args.dtype.itemsize, m)
-    return math.ceil(args.n * th / rows)
+    m = tile_size() if m is None else m
+    th, _ = tile_grid(args.h_out, args.w_out, m)
+    return math.ceil(args.n * th / chunk_rows(args, m))

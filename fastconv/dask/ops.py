@@ -89,9 +89,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     op = "conv2d"
     _conv.check_algo(op, algo)
     x, w, bias, args = _conv.conv_args(op, x, w, bias, stride, padding, dilation, groups,
-                                       layout, check_input=check_dask_array)
-    if algo == "winograd":
-        _conv.winograd.check_supported(op, args)
+                                       layout, check_input=check_dask_array, algo=algo)
     block_op = _Conv(args.stride, args.padding, args.dilation, args.groups, layout,
                      _conv.resolve_algorithm(args, algo))
     c_ax = AXES[layout][0]
