@@ -78,6 +78,10 @@ def require(op: str | None = None):
     reason = unavailable_reason()
     if reason is not None:
         raise _unavailable(op, reason)
+    if simulated():
+        from . import _simulator
+
+        _simulator.install()  # shared arrays, allocated race-free (see _simulator)
     return _import_cuda()[0]
 
 
