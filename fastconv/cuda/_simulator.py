@@ -5,9 +5,9 @@ threads one numpy array per ``cuda.shared.array`` call site, kept in a dict keye
 (file, line). It looks the key up and inserts a new array without a lock, so when two
 threads of a launch's first block reach the allocation together, each can create its
 own array: one thread then works on a private copy that the others never write, and the
-GEMM tile (or reduction) it belongs to comes out wrong. That happened in CI as one wrong
-output element, y[0, 0, 0, 0], of an im2col conv2d (about once in a few thousand
-launches; widening the window with a sleep makes every launch fail).
+GEMM tile (or reduction) it belongs to comes out wrong. That happened once in CI: one wrong
+output element, y[0, 0, 0, 0], of an im2col conv2d (rare; widening the window with a
+sleep in numpy.empty makes every launch fail, see tests/cuda/test_simulator.py).
 
 :func:`install` replaces the allocator with one that does the lookup and insert under a
 lock; everything else (keying by call site, dynamic shared memory, the error for
