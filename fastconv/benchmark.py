@@ -327,6 +327,14 @@ def _measured(measure, wait_idle: float):
     return value, load
 
 
+#: Every measurement repeats its call until this many seconds have passed (at least
+#: ``repeats`` calls, at most MAX_REPEATS): the median of five sub-millisecond calls right
+#: after another library's or algorithm's run (its threads still spinning, caches cold)
+#: moved by 1.5-2x between runs of the suite; hundreds of calls settle it.
+MIN_MEASURE_SECONDS = 0.1
+MAX_REPEATS = 200
+
+
 def _time_scaled(make, x, n: int, repeats: int, max_time: float, budget: float
                  ) -> tuple[float, int]:
     """Time ``make(x[:b])()`` on b <= n images; b shrinks when one image is too slow."""
@@ -338,7 +346,8 @@ def _time_scaled(make, x, n: int, repeats: int, max_time: float, budget: float
         one()
         t1 = time.perf_counter() - t0
         b = max(1, min(n, int(budget / max(repeats, 1) / max(t1, 1e-9))))
-    secs = median_time(make(x[:b]), repeats=repeats, max_time=max_time)
+    secs = median_time(make(x[:b]), repeats=repeats, max_time=max_time,
+                       min_time=MIN_MEASURE_SECONDS, max_repeats=MAX_REPEATS)
     return secs * n / b, b
 
 

@@ -139,3 +139,29 @@ def test_summary_skips_choices_that_were_not_timed():
     picks = report.summary["tiny"].get("auto_picks", [])
     assert all(p["chosen"] in ("im2col", "fft", "winograd") for p in picks)
     assert "tiny_dw" not in [p["shape"] for p in picks]
+
+
+def test_median_time_repeats_short_calls_up_to_the_cap():
+    calls = []
+    benchmark.median_time(lambda: calls.append(1), repeats=3, min_time=60.0, max_repeats=40)
+    assert len(calls) == 1 + 40                     # warm-up + the cap, not a minute
+    calls.clear()
+    benchmark.median_time(lambda: calls.append(1), repeats=3, min_time=60.0)
+    assert len(calls) == 1 + 12                     # default cap: 4 x repeats
+    calls.clear()
+    benchmark.median_time(lambda: calls.append(1), repeats=3)
+    assert len(calls) == 1 + 3
+
+
+def test_bench_measurements_run_for_the_minimum_time(monkeypatch):
+    seen = {}
+
+    def fake_median_time(fn, **kw):
+        seen.update(kw)
+        return 1e-3
+
+    monkeypatch.setattr(benchmark, "median_time", fake_median_time)
+    benchmark._time_scaled(lambda xb: (lambda: None), np.zeros((2, 1)), 2, repeats=5,
+                           max_time=1.0, budget=0.0)
+    assert seen["min_time"] == benchmark.MIN_MEASURE_SECONDS > 0
+    assert seen["max_repeats"] == benchmark.MAX_REPEATS >= 5
