@@ -178,9 +178,15 @@ def _im2col_cost(a, p: Profile) -> tuple[float, int, str]:
     pixels = a.n * a.h_out * a.w_out / n_tiles  # output pixels per tile (average)
     ckk = a.c_in * a.kh * a.kw
     col_bytes = a.n * ckk * a.h_out * a.w_out * item
-    # contiguous runs the unfold copies: an output row of one image, or (several images,
-    # image index innermost) an output row of the whole tile
-    segments = ckk * a.h_out * (n_tiles if t.image_last else a.n)
+    # contiguous runs the unfold copies. NCHW: an output row of one image, or (several
+    # images, image index innermost) an output row of the whole tile. NHWC: per output
+    # pixel, a kernel row's KW*C values (one group, no column dilation), else each tap's
+    # Cg channels per group.
+    if a.layout == "NCHW":
+        segments = ckk * a.h_out * (n_tiles if t.image_last else a.n)
+    else:
+        per_row = 1 if (g == 1 and a.dilation[1] == 1) else a.kw * g
+        segments = a.n * a.h_out * a.w_out * a.kh * per_row
     unfold = col_bytes / (p.copy_gbs * 1e9) + segments * p.copy_row_ns * 1e-9
     # one GEMM per tile and group (image-last tiles), else one per image, band and group
     gemms = n_tiles if t.image_last else n_tiles * t.images

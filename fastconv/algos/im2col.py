@@ -140,28 +140,49 @@ def _scatter_chwn(tmp, out, n0, i0, nb, bias):
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _im2col_nhwc(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
-    """x (N, H, W, C) -> cols (B*band*Wo, G, KH*KW*Cg) for images n0.. and rows i0.."""
-    _, h, wd, _ = x.shape
+    """x (N, H, W, C) -> cols (B*band*Wo, G, KH*KW*Cg) for images n0.. and rows i0..
+
+    One task per output pixel. With one group and no column dilation, the KW taps of a
+    kernel row are KW neighbouring input pixels, one contiguous run of KW*C values in x
+    (copied at once when all of them lie inside the image); otherwise each tap copies
+    its Cg channels per group. Explicit loops: slice copies of a few channels (LeNet's
+    6, an RGB stem's 3) cost more than the copy itself."""
+    _, h, wd, c_all = x.shape
+    flat = x.reshape(x.size)
     n_pix, groups, kkc = cols.shape
     cg = kkc // (kh * kw)
+    run = kw * cg
     per_img = band * wo
+    zero = cols.dtype.type(0)
     for p in prange(n_pix):
         n = n0 + p // per_img
         i = i0 + (p % per_img) // wo
         j = p % wo
         dst = cols[p]
+        j_first = j * sw - pl
+        row_inside = groups == 1 and rw == 1 and j_first >= 0 and j_first + kw <= wd
         for a in range(kh):
             src_i = i * sh + a * rh - pt
-            inside_i = 0 <= src_i < h
+            if src_i < 0 or src_i >= h:
+                for g in range(groups):
+                    for t in range(a * run, (a + 1) * run):
+                        dst[g, t] = zero
+                continue
+            line = U((n * h + src_i) * wd) * U(c_all)  # start of input row src_i
+            if row_inside:
+                d0 = U(a * run)
+                s0 = line + U(j_first * c_all)
+                for t in range(U(run)):
+                    dst[0, d0 + t] = flat[s0 + t]
+                continue
             for b in range(kw):
-                src_j = j * sw + b * rw - pl
-                k0 = (a * kw + b) * cg
-                if inside_i and 0 <= src_j < wd:
-                    px = x[n, src_i, src_j]
-                    for g in range(groups):
-                        dst[g, k0:k0 + cg] = px[g * cg:(g + 1) * cg]
-                else:
-                    dst[:, k0:k0 + cg] = 0
+                src_j = j_first + b * rw
+                k0 = U((a * kw + b) * cg)
+                inside = 0 <= src_j < wd
+                for g in range(groups):
+                    s0 = line + U(src_j * c_all + g * cg)
+                    for t in range(U(cg)):
+                        dst[g, k0 + t] = flat[s0 + t] if inside else zero
 
 
 def _view(a: np.ndarray, shape) -> np.ndarray:
