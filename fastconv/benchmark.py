@@ -51,19 +51,26 @@ class Shape:
         return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
                     groups=self.groups)
 
-    def args(self, dtype=np.float32, n: int | None = None):
+    def args(self, dtype=np.float32, n: int | None = None, layout: str = "NCHW"):
         from ._args import conv_args_from_shapes
 
-        return conv_args_from_shapes("bench", (self.n if n is None else n, self.c, self.h,
-                                               self.w),
-                                     (self.c_out, self.c // self.groups, self.k, self.k),
-                                     dtype=dtype, **self.kwargs())
+        x_shape = (self.n if n is None else n, self.c, self.h, self.w)
+        w_shape = (self.c_out, self.c // self.groups, self.k, self.k)
+        if layout == "NHWC":
+            x_shape, w_shape = _to_nhwc_shape(x_shape), _to_hwio_shape(w_shape)
+        return conv_args_from_shapes("bench", x_shape, w_shape, layout=layout, dtype=dtype,
+                                     **self.kwargs())
 
-    def arrays(self, dtype=np.float32, seed: int = 0):
+    def arrays(self, dtype=np.float32, seed: int = 0, layout: str = "NCHW"):
+        """(x, w): NCHW / OIHW, or NHWC / HWIO (contiguous) with ``layout="NHWC"``; the
+        same numbers either way."""
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((self.n, self.c, self.h, self.w), dtype=np.float32)
         w = rng.standard_normal((self.c_out, self.c // self.groups, self.k, self.k),
                                 dtype=np.float32)
+        if layout == "NHWC":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+            w = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
         return x.astype(dtype, copy=False), w.astype(dtype, copy=False)
 
     def out_hw(self) -> tuple[int, int]:
@@ -78,6 +85,18 @@ class Shape:
         return (self.c == self.c_out == self.groups == 1 and self.stride == 1
                 and self.dilation == 1 and self.padding == 0)
 
+
+def _to_nhwc_shape(shape):
+    n, c, h, w = shape
+    return (n, h, w, c)
+
+
+def _to_hwio_shape(shape):
+    o, i, kh, kw = shape
+    return (kh, kw, i, o)
+
+
+LAYOUTS = ("NCHW", "NHWC")
 
 DEFAULT_SUITE = (
     Shape("lenet_c1", 64, 1, 28, 28, 6, 5),
@@ -124,19 +143,22 @@ def sgemm_gflops(m: int, k: int, n: int, dtype=np.float32, batch: int = 1,
     return 2.0 * m * k * n * batch / t / 1e9
 
 
-def im2col_gemm(shape: Shape, dtype=np.float32) -> tuple[int, int, int, int]:
-    """(M, K, N, count): the GEMMs im2col issues for ``shape`` (NCHW): ``count`` products
-    (M x K) @ (K x N) (per image, band and group; per tile and group for image-last
-    tiles)."""
+def im2col_gemm(shape: Shape, dtype=np.float32, layout: str = "NCHW"
+                ) -> tuple[int, int, int, int]:
+    """(M, K, N, count): the GEMMs im2col issues for ``shape``: ``count`` products
+    (M x K) @ (K x N). NCHW: weights @ columns per image, band and group (per tile and
+    group for image-last tiles); NHWC: columns (tile pixels) @ weights per tile and group."""
     from .algos import im2col
 
-    a = shape.args(dtype)
+    a = shape.args(dtype, layout=layout)
     g = a.groups
     m, cg = a.c_out // g, a.c_in // g
-    if im2col.is_pointwise(a):
-        return m, cg, a.h * a.w, a.n * g
     t = im2col.tiling(a)
     tiles = math.ceil(a.n / t.images) * math.ceil(a.h_out / t.band)
+    if layout == "NHWC":
+        return a.n * a.h_out * a.w_out // tiles, cg * a.kh * a.kw, m, tiles * g
+    if im2col.is_pointwise(a):
+        return m, cg, a.h * a.w, a.n * g
     gemms = tiles if t.image_last else tiles * t.images  # image-last: one GEMM per tile
     return m, cg * a.kh * a.kw, a.n * a.h_out * a.w_out // gemms, gemms * g
 
@@ -188,7 +210,9 @@ def _torch():
     return torch
 
 
-def _torch_runner(shape: Shape, x, w, backward: bool):
+def _torch_runner(shape: Shape, x, w, backward: bool, layout: str = "NCHW"):
+    """torch.nn.functional.conv2d on the same arrays; NHWC ones as torch's channels_last
+    tensors (the weight made channels_last once, untimed), so torch runs its NHWC path."""
     torch = _torch()
     if torch is None or x.dtype not in (np.float32, np.float64):
         return None
@@ -196,6 +220,9 @@ def _torch_runner(shape: Shape, x, w, backward: bool):
 
     torch.set_num_threads(numba.get_num_threads())
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    if layout == "NHWC":
+        xt = xt.permute(0, 3, 1, 2)                       # (N, C, H, W), channels_last
+        wt = wt.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
     kw = shape.kwargs()
     if not backward:
         def run():
@@ -207,6 +234,8 @@ def _torch_runner(shape: Shape, x, w, backward: bool):
     a = shape.args(x.dtype)
     gy = torch.from_numpy(np.random.default_rng(1).standard_normal(
         a.y_shape).astype(x.dtype))
+    if layout == "NHWC":
+        gy = gy.contiguous(memory_format=torch.channels_last)
 
     def run_bw():
         xg.grad = wg.grad = None
@@ -214,11 +243,13 @@ def _torch_runner(shape: Shape, x, w, backward: bool):
     return run_bw
 
 
-def _scipy_runner(name: str, shape: Shape, x, w):
+def _scipy_runner(name: str, shape: Shape, x, w, layout: str = "NCHW"):
     if not shape.single_channel():
         return None
     import scipy.signal as ss
 
+    if layout == "NHWC":  # one channel: the same planes
+        x, w = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
     k = w[0, 0]
     if name == "scipy.fftconvolve":
         flipped = np.ascontiguousarray(k[::-1, ::-1])  # correlation = convolution, flipped
@@ -234,14 +265,16 @@ def _scipy_runner(name: str, shape: Shape, x, w):
     return run_corr
 
 
-def _fastconv_runner(shape: Shape, algo: str, x, w, backward: bool):
-    kw = shape.kwargs()
+def _fastconv_runner(shape: Shape, algo: str, x, w, backward: bool, layout: str = "NCHW"):
+    kw = dict(shape.kwargs(), layout=layout)
     if not backward:
         return lambda: conv2d(x, w, algo=algo, **kw)
     import fastconv
 
     a = shape.args(x.dtype, n=x.shape[0])
     gy = np.random.default_rng(1).standard_normal(a.y_shape).astype(x.dtype)
+    if layout == "NHWC":
+        gy = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
 
     def run():
         conv2d(x, w, algo=algo, **kw)
@@ -351,7 +384,7 @@ def _time_scaled(make, x, n: int, repeats: int, max_time: float, budget: float
     return secs * n / b, b
 
 
-def environment(backward: bool = False) -> dict:
+def environment(backward: bool = False, layout: str = "NCHW") -> dict:
     """What the numbers were measured on."""
     import os
 
@@ -368,6 +401,7 @@ def environment(backward: bool = False) -> dict:
     data["numba_threads"] = numba.get_num_threads()
     data["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE")
     data["backward"] = backward
+    data["layout"] = layout
     return data
 
 
@@ -380,8 +414,10 @@ def _cpu() -> str:
 def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.float32,
         repeats: int = 5, max_time: float = 5.0, naive_budget: float = 2.0,
         backward: bool = False, wait_idle: float = 0.0, runs: int = 1, progress=None,
-        report: Report | None = None) -> Report:
+        report: Report | None = None, layout: str = "NCHW") -> Report:
     """Time every (shape, algorithm) pair and the extras that apply.
+
+    ``layout``: "NCHW" (OIHW weights) or "NHWC" (HWIO weights, torch channels_last).
 
     Returns a Report (appended to ``report`` when given). ``progress`` wraps the job
     iterator (e.g. tqdm). ``naive_budget`` caps the seconds spent on the direct algorithm
@@ -406,9 +442,10 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
     gemm: dict = {}   # shape name -> dict
     for _run, shape, algo in it:
         if shape.name not in arrays:
-            arrays = {shape.name: shape.arrays(dtype)}  # keep one shape's arrays alive
+            # keep one shape's arrays alive
+            arrays = {shape.name: shape.arrays(dtype, layout=layout)}
         if (_run, shape.name) not in gemm:
-            m, k, n, count = im2col_gemm(shape, dtype)
+            m, k, n, count = im2col_gemm(shape, dtype, layout)
             gf, load = _measured(lambda m=m, k=k, n=n, c=count: sgemm_gflops(
                 m, k, n, dtype, batch=min(c, 4)), wait_idle)
             gemm[(_run, shape.name)] = True
@@ -417,23 +454,24 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
                 gemm[shape.name] = {"m": m, "k": k, "n": n, "count": count, "gflops": gf,
                                     "other_load": load}
         x, w = arrays[shape.name]
-        if algo in autotune.ALGORITHMS and algo not in autotune.applicable(shape.args(dtype)):
+        a = shape.args(dtype, layout=layout)
+        if algo in autotune.ALGORITHMS and algo not in autotune.applicable(a):
             continue  # Winograd: 3x3 stride-1 layers only
         if algo in ALGOS:
             def make(xb, algo=algo, shape=shape, w=w):
-                return _fastconv_runner(shape, algo, xb, w, backward)
+                return _fastconv_runner(shape, algo, xb, w, backward, layout)
         elif algo == "torch":
-            if _torch_runner(shape, x[:1], w, backward) is None:
+            if _torch_runner(shape, x[:1], w, backward, layout) is None:
                 continue
 
             def make(xb, shape=shape, w=w):
-                return _torch_runner(shape, xb, w, backward)
+                return _torch_runner(shape, xb, w, backward, layout)
         else:
-            if backward or _scipy_runner(algo, shape, x[:1], w) is None:
+            if backward or _scipy_runner(algo, shape, x[:1], w, layout) is None:
                 continue
 
             def make(xb, algo=algo, shape=shape, w=w):
-                return _scipy_runner(algo, shape, xb, w)
+                return _scipy_runner(algo, shape, xb, w, layout)
         budget = naive_budget if algo == "naive" else 0.0
         (secs, b), load = _measured(
             lambda make=make, x=x, n=shape.n, budget=budget: _time_scaled(
@@ -452,7 +490,7 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
             flops = shape.flops() * (3 if backward else 1)
             chosen = None
             if algo == "auto":  # what conv2d (and conv2d_backward) ran
-                a = shape.args(dtype)
+                a = shape.args(dtype, layout=layout)
                 chosen = (conv._backward_algorithm(a, "auto", True) if backward
                           else autotune.plan_for(a).algorithm)
             gf = flops / secs / 1e9
@@ -618,7 +656,8 @@ def format_header(info: dict) -> str:
     return (f"BLAS: {info.get('blas')}\n"
             f"OPENBLAS_CORETYPE={info.get('openblas_coretype_env')}; numba threading layer "
             f"{info.get('threading_layer')}, {info.get('numba_threads')} threads; torch "
-            f"{info.get('torch')} ({info.get('torch_threads')} threads); CPU {info.get('cpu')}")
+            f"{info.get('torch')} ({info.get('torch_threads')} threads); CPU {info.get('cpu')}"
+            f"; layout {info.get('layout', 'NCHW')}")
 
 
 def write(report: Report, out_dir: str) -> list[str]:

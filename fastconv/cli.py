@@ -39,17 +39,22 @@ def cmd_bench(args) -> int:
     if args.device == "cuda":
         from .cuda.bench import cli_main
 
+        if args.layout != "NCHW":
+            print(f"fastconv bench: --layout {args.layout} is not available with --device "
+                  "cuda (the GPU benchmark runs NCHW)", file=sys.stderr)
+            return 2
+
         shapes = [s for name in (args.suite or ["quick"]) for s in benchmark.SUITES[name]]
         return cli_main(shapes, progress=_progress("bench cuda"), out=args.out)
     extras = () if args.no_extras else benchmark.EXTRAS
-    report = benchmark.Report(benchmark.environment(args.backward))
+    report = benchmark.Report(benchmark.environment(args.backward, args.layout))
     print(benchmark.format_header(report.info))
     for suite in args.suite or ["default"]:
         benchmark.run(benchmark.SUITES[suite], tuple(args.algos), suite=suite, extras=extras,
                       repeats=args.repeats, naive_budget=args.naive_budget,
                       backward=args.backward, wait_idle=args.wait_idle, runs=args.runs,
                       progress=_progress(f"bench {suite}"),
-                      report=report)
+                      report=report, layout=args.layout)
         rs = [r for r in report.results if r.suite == suite]
         print(f"\n{suite}: median ms per call\n" + benchmark.format_overview(rs))
         print("\n" + benchmark.format_table(rs))
@@ -116,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
     pb.add_argument("--backward", action="store_true",
                     help="time forward + backward (conv2d_backward; torch autograd)")
+    pb.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW",
+                    help="data layout: NCHW with OIHW weights, or NHWC with HWIO weights "
+                         "(torch then runs on channels_last tensors)")
     pb.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")
     pb.add_argument("--naive-budget", type=float, default=2.0,
                     help="seconds per shape for the direct algorithm; it runs on fewer "

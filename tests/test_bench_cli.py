@@ -165,3 +165,43 @@ def test_bench_measurements_run_for_the_minimum_time(monkeypatch):
                            max_time=1.0, budget=0.0)
     assert seen["min_time"] == benchmark.MIN_MEASURE_SECONDS > 0
     assert seen["max_repeats"] == benchmark.MAX_REPEATS >= 5
+
+
+def test_bench_nhwc_layout_runs_every_pair_on_nhwc_arrays(tmp_path, capsys):
+    out = tmp_path / "report"
+    assert cli.main(["bench", "--suite", "tiny", "--layout", "NHWC", "--algos", "im2col",
+                     "winograd", "auto", "--repeats", "1", "--no-extras",
+                     "--out", str(out)]) == 0
+    assert "layout NHWC" in capsys.readouterr().out
+    data = json.loads((out / "results.json").read_text())
+    assert data["info"]["layout"] == "NHWC"
+    got = sorted((r["shape"], r["algo"]) for r in data["results"])
+    want = sorted((s.name, a) for s in benchmark.TINY_SUITE for a in ("im2col", "winograd",
+                                                                     "auto")
+                  if a != "winograd" or s.k == 3)
+    assert got == want
+    assert all(r["seconds"] > 0 for r in data["results"])
+
+
+@pytest.mark.parametrize("shape", benchmark.TINY_SUITE, ids=lambda s: s.name)
+def test_nhwc_arrays_and_runner_compute_the_nchw_result(shape):
+    x, w = shape.arrays(np.float64)
+    xh, wh = shape.arrays(np.float64, layout="NHWC")
+    assert xh.flags.c_contiguous and np.array_equal(xh, x.transpose(0, 2, 3, 1))
+    assert wh.flags.c_contiguous and np.array_equal(wh, w.transpose(2, 3, 1, 0))
+    want = benchmark._fastconv_runner(shape, "im2col", x, w, False)()
+    got = benchmark._fastconv_runner(shape, "im2col", xh, wh, False, "NHWC")()
+    np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-12, atol=1e-12)
+    a = shape.args(np.float64, layout="NHWC")
+    assert a.layout == "NHWC" and a.x_shape == shape.args(np.float64).x_shape
+
+
+def test_im2col_gemm_nhwc_is_pixels_by_taps_by_channels():
+    shape = benchmark.Shape("r", 16, 64, 56, 56, 64, 3, padding=1)
+    m, k, n, count = benchmark.im2col_gemm(shape, layout="NHWC")
+    assert (k, n) == (576, 64) and m * count == 16 * 56 * 56
+
+
+def test_bench_cuda_refuses_nhwc(capsys):
+    assert cli.main(["bench", "--device", "cuda", "--layout", "NHWC"]) == 2
+    assert "--layout NHWC is not available with --device cuda" in capsys.readouterr().err
