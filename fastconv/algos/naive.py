@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .. import config
+from .. import _nhwc, config
 from .._runtime import parallel_guard
 from ._common import U, valid_range
 
@@ -126,7 +126,7 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     """Direct convolution into ``out`` (caller's layout), plus ``bias`` when given.
     Wraps ``_conv_direct_nchw`` (``_conv_depthwise_nchw`` for depthwise layers)."""
     if args.layout == "NHWC":
-        x = x.transpose(0, 3, 1, 2)
+        x = _nhwc.to_nchw(x)
         w = w.transpose(3, 2, 0, 1)
         y = np.empty(args.y_shape, args.dtype)
     else:
@@ -146,7 +146,7 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
                               args.padding[1][0], args.dilation[0], args.dilation[1],
                               args.groups)
     if args.layout == "NHWC":
-        out[...] = y.transpose(0, 2, 3, 1)
+        _nhwc.write_nhwc(y, out)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -214,9 +214,9 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     either may be None (not computed). Wraps ``_conv_direct_grad_x_nchw`` and
     ``_conv_direct_grad_w_nchw``."""
     if args.layout == "NHWC":
-        x = x.transpose(0, 3, 1, 2)
+        x = _nhwc.to_nchw(x) if grad_w is not None else None
         w = w.transpose(3, 2, 0, 1)
-        grad_y = grad_y.transpose(0, 3, 1, 2)
+        grad_y = _nhwc.to_nchw(grad_y)
     gy = np.ascontiguousarray(grad_y)
     if args.layout == "NHWC":
         gx = None if grad_x is None else np.zeros(args.x_shape, args.dtype)
@@ -234,6 +234,6 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
             _conv_direct_grad_w_nchw(gy, np.ascontiguousarray(x), gw, *conv)
     if args.layout == "NHWC":
         if gx is not None:
-            grad_x[...] = gx.transpose(0, 2, 3, 1)
+            _nhwc.write_nhwc(gx, grad_x)
         if gw is not None:
             grad_w[...] = gw.transpose(2, 3, 1, 0)

@@ -39,7 +39,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import _blas, config
+from .. import _blas, _nhwc, config
 from . import im2col
 from ._common import U, workspace
 
@@ -543,10 +543,10 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
                       args.dilation)
     else:
         u = transform_kernel(w.transpose(3, 2, 0, 1), args.groups, m)   # HWIO -> OIHW
-        xn = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        xn = _nhwc.to_nchw(x)
         yn = np.empty((args.n, args.c_out, args.h_out, args.w_out), args.dtype)
         finite = _run(xn, u, yn, bias, pads, args.groups, m, args.dilation)
-        out[...] = yn.transpose(0, 2, 3, 1)
+        _nhwc.write_nhwc(yn, out)
     if not finite:
         im2col.forward(x, w, args, out, bias)
 
@@ -755,9 +755,9 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     (pt, _), (pl, _) = args.padding
     m = tile_size()
     nchw = args.layout == "NCHW"
-    gy = np.ascontiguousarray(grad_y if nchw else grad_y.transpose(0, 3, 1, 2))
+    gy = np.ascontiguousarray(grad_y) if nchw else _nhwc.to_nchw(grad_y)
     if by_w:
-        xn = np.ascontiguousarray(x if nchw else x.transpose(0, 3, 1, 2))
+        xn = np.ascontiguousarray(x) if nchw else _nhwc.to_nchw(x)
         gw = grad_w if nchw else np.empty(args.w_shape, args.dtype)
         _grad_w_nchw(gy, xn, gw, (pt, pl), args.groups)
         if not nchw:
@@ -770,7 +770,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
         gx = grad_x if nchw else np.empty((args.n, args.c_in, args.h, args.w), args.dtype)
         finite = _run_nchw(gy, u, gx, None, (2 - pt, 2 - pl), args.groups, m)
         if not nchw:
-            grad_x[...] = gx.transpose(0, 2, 3, 1)
+            _nhwc.write_nhwc(gx, grad_x)
         if not finite:  # as in forward: the direct formula's NaN/Inf pattern from im2col
             im2col.backward(grad_y, x, w, args, grad_x, None)
 

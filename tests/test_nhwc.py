@@ -1,0 +1,33 @@
+"""The NHWC <-> NCHW copies the direct and Winograd algorithms use."""
+
+import numpy as np
+import pytest
+
+from fastconv import _nhwc
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(2, 3, 5, 7), (1, 33, 35, 40), (3, 1, 1, 1), (2, 70, 1, 3),
+                                   (0, 4, 4, 2), (2, 4, 4, 0)])
+def test_round_trip_equals_numpy_transposes(shape, dtype):
+    x = np.random.default_rng(0).standard_normal(shape).astype(dtype)
+    nchw = _nhwc.to_nchw(x)
+    assert nchw.flags.c_contiguous and nchw.dtype == dtype
+    assert np.array_equal(nchw, x.transpose(0, 3, 1, 2))
+    back = np.full(shape, np.nan, dtype)
+    _nhwc.write_nhwc(nchw, back)
+    assert np.array_equal(back, x)
+
+
+def test_to_nchw_accepts_a_strided_view():
+    x = np.random.default_rng(1).standard_normal((2, 6, 8, 5))[:, ::2, 1::2]
+    assert np.array_equal(_nhwc.to_nchw(x), x.transpose(0, 3, 1, 2))
+
+
+def test_write_nhwc_into_a_non_contiguous_destination():
+    src = np.random.default_rng(2).standard_normal((2, 3, 4, 5))
+    big = np.zeros((2, 8, 5, 3))
+    dst = big[:, ::2]                                   # (2, 4, 5, 3), strided
+    _nhwc.write_nhwc(src, dst)
+    assert np.array_equal(dst, src.transpose(0, 2, 3, 1))
+    assert not big[:, 1::2].any()                       # nothing written in between
