@@ -29,6 +29,9 @@ ALGOS = ("naive", "im2col", "fft", "winograd", "auto")
 FOOTNOTE = ("(*) direct algorithm timed on fewer images (shown) and scaled to the batch; "
             "(!N%) other processes used N% of the machine's CPU while this was measured")
 EXTRAS = ("torch", "scipy.fftconvolve", "scipy.correlate")
+#: Axis orders taking the suite's NCHW input and OIHW weight to NHWC and HWIO.
+NHWC_FROM_NCHW = (0, 2, 3, 1)
+HWIO_FROM_OIHW = (2, 3, 1, 0)
 
 
 @dataclass(frozen=True)
@@ -57,7 +60,8 @@ class Shape:
         x_shape = (self.n if n is None else n, self.c, self.h, self.w)
         w_shape = (self.c_out, self.c // self.groups, self.k, self.k)
         if layout == "NHWC":
-            x_shape, w_shape = _to_nhwc_shape(x_shape), _to_hwio_shape(w_shape)
+            x_shape = tuple(x_shape[i] for i in NHWC_FROM_NCHW)
+            w_shape = tuple(w_shape[i] for i in HWIO_FROM_OIHW)
         return conv_args_from_shapes("bench", x_shape, w_shape, layout=layout, dtype=dtype,
                                      **self.kwargs())
 
@@ -69,8 +73,8 @@ class Shape:
         w = rng.standard_normal((self.c_out, self.c // self.groups, self.k, self.k),
                                 dtype=np.float32)
         if layout == "NHWC":
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
-            w = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
+            x = np.ascontiguousarray(x.transpose(NHWC_FROM_NCHW))
+            w = np.ascontiguousarray(w.transpose(HWIO_FROM_OIHW))
         return x.astype(dtype, copy=False), w.astype(dtype, copy=False)
 
     def out_hw(self) -> tuple[int, int]:
@@ -85,18 +89,6 @@ class Shape:
         return (self.c == self.c_out == self.groups == 1 and self.stride == 1
                 and self.dilation == 1 and self.padding == 0)
 
-
-def _to_nhwc_shape(shape):
-    n, c, h, w = shape
-    return (n, h, w, c)
-
-
-def _to_hwio_shape(shape):
-    o, i, kh, kw = shape
-    return (kh, kw, i, o)
-
-
-LAYOUTS = ("NCHW", "NHWC")
 
 DEFAULT_SUITE = (
     Shape("lenet_c1", 64, 1, 28, 28, 6, 5),
@@ -274,7 +266,7 @@ def _fastconv_runner(shape: Shape, algo: str, x, w, backward: bool, layout: str 
     a = shape.args(x.dtype, n=x.shape[0])
     gy = np.random.default_rng(1).standard_normal(a.y_shape).astype(x.dtype)
     if layout == "NHWC":
-        gy = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+        gy = np.ascontiguousarray(gy.transpose(NHWC_FROM_NCHW))
 
     def run():
         conv2d(x, w, algo=algo, **kw)

@@ -112,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     pi = sub.add_parser("info", help="versions, threading layer, BLAS, cache, CUDA")
     pi.add_argument("--json", action="store_true", help="print JSON")
     pi.set_defaults(func=cmd_info)
+    from ._args import LAYOUTS
     from .benchmark import ALGOS, SUITES
 
     pb = sub.add_parser("bench", help="time naive vs im2col vs FFT (and torch, scipy)")
@@ -121,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS))
     pb.add_argument("--backward", action="store_true",
                     help="time forward + backward (conv2d_backward; torch autograd)")
-    pb.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW",
+    pb.add_argument("--layout", choices=list(LAYOUTS), default="NCHW",
                     help="data layout: NCHW with OIHW weights, or NHWC with HWIO weights "
                          "(torch then runs on channels_last tensors)")
     pb.add_argument("--repeats", type=int, default=5, help="timed calls per measurement")

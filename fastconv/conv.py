@@ -100,7 +100,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     Notes
     -----
     float32 and float64 are computed in that dtype. "naive" is slow (direct loops);
-    "fft" pays off for large kernels; "winograd" (F(2x2, 3x3)) does 2.25x fewer
+    "fft" pays off for large kernels; "winograd" (F(4x4, 3x3) by default) does 4x fewer
     multiplications on 3x3 stride-1 layers; "auto" chooses (see
     ``fastconv.choose_algorithm``).
 
@@ -161,8 +161,10 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     "im2col" runs two GEMMs per tile (grad_w and the column gradient) and a fold (col2im)
     within the forward's workspace budget, and for batches of small images the same
     products image-last without the column matrix (``im2col.image_last_tile``); "fft"
-    forms both in the frequency domain; "winograd" computes grad_x as an F(2x2, 3x3)
-    correlation of grad_y with the flipped kernel and grad_w with im2col's GEMMs;
+    forms both in the frequency domain; "winograd" computes grad_x as a Winograd
+    correlation of grad_y with the flipped kernel and grad_w as the adjoint of
+    F(2x2, 3x3) (im2col computes the gradients of dilated layers, and grad_x where a
+    padding exceeds 2);
     "naive" is the formula as loops. "auto" picks by the backward's own cost model
     (``fastconv.plan(..., backward=True)``), and takes im2col's image-last path where it
     applies unless that plan picked Winograd for a layer of 32 or more channels.

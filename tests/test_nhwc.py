@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fastconv import _nhwc
+from fastconv.algos import _nhwc
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

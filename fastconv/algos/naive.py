@@ -19,8 +19,9 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .. import _nhwc, config
+from .. import config
 from .._runtime import parallel_guard
+from . import _nhwc
 from ._common import U, valid_range
 
 

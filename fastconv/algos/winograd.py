@@ -29,7 +29,8 @@ group) and both layouts (NHWC through transposed copies). Tiles are
 processed in chunks of tile rows sized by ``config.WINOGRAD_CHUNK_BYTES`` (never above
 ``config.WORKSPACE_BYTES``), so the transformed tiles of a chunk are still in cache when
 its GEMMs read them. The backward pass computes grad_x as the same transform of grad_y
-with the flipped, transposed kernel (padding 2 - p), and grad_w with im2col's GEMMs.
+with the flipped, transposed kernel (padding 2 - p), and grad_w as the adjoint of
+F(2x2, 3x3) in the Winograd domain (``_grad_w_nchw``).
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from .. import _blas, _nhwc, config
-from . import im2col
+from .. import _blas, config
+from . import _nhwc, im2col
 from ._common import U, workspace
 
 
@@ -100,6 +101,15 @@ def _images_of(r0, r1, th):
 
 
 @njit(inline="always")
+def _task_rows(task, images, n_first, r0, r1, th):
+    """(channel, image, ra, rb) of a transform task: tasks run channel-major over the
+    chunk's images, and the task covers the image's global tile rows [ra, rb) within
+    the chunk r0..r1."""
+    n = n_first + task % images
+    return task // images, n, max(r0, n * th), min(r1, (n + 1) * th)
+
+
+@njit(inline="always")
 def _padded_row(img, src_row, row, lo, hi, pl):
     """row[q] = img[src_row, q - pl] where that lies inside the image, else 0 (columns
     [lo, hi) of row are the image's)."""
@@ -134,12 +144,11 @@ def _input_transform(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
     hi = min(wp, pl + wd)
     n_first, images = _images_of(r0, r1, th)
     for task in prange(cg * images):
-        c = task // images
-        n = n_first + task % images
+        c, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
         img = x[n, c0 + c]
         buf = np.empty((4, wp), dtype=x.dtype)
         t = np.empty((4, wp), dtype=x.dtype)
-        for r in range(max(r0, n * th), min(r1, (n + 1) * th)):
+        for r in range(ra, rb):
             top = 2 * (r - n * th) - pt
             for a in range(4):
                 _padded_row(img, top + a, buf[a], lo, hi, pl)
@@ -178,14 +187,13 @@ def _output_transform(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags)
     _, _, ho, wo = y.shape
     n_first, images = _images_of(r0, r1, th)
     for task in prange(dg * images):
-        d = task // images
-        n = n_first + task % images
+        d, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
         out = y[n, d0 + d]
         add = bias[d0 + d] if has_bias else y.dtype.type(0)
         bad = 0  # outputs that are NaN or +-Inf
         u = np.empty((8, tw), dtype=m.dtype)
         rows = np.empty((2, 2 * tw), dtype=m.dtype)
-        for r in range(max(r0, n * th), min(r1, (n + 1) * th)):
+        for r in range(ra, rb):
             k0 = U(d * cols + (r - r0) * tw)
             for a in range(4):  # A along the rows: (m0 + m1 + m2, m1 - m2 - m3)
                 s0 = m[4 * a]
@@ -291,11 +299,9 @@ def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
     four = x.dtype.type(4)
     five = x.dtype.type(5)
     for task in prange(cg * images):
-        c = task // images
-        n = n_first + task % images
+        c, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
         img = x[n, c0 + c]
-        ra = max(r0, n * th)
-        nr = min(r1, (n + 1) * th) - ra
+        nr = rb - ra
         row = np.empty(wp, dtype=x.dtype)
         ph = np.empty((4, tw + 1), dtype=x.dtype)
         rows = np.empty((4, 6, (nr + 1) * tw), dtype=x.dtype)
@@ -362,13 +368,11 @@ def _output_transform4(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags
     four = m.dtype.type(4)
     eight = m.dtype.type(8)
     for task in prange(dg * images):
-        d = task // images
-        n = n_first + task % images
+        d, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
         out = y[n, d0 + d]
         add = bias[d0 + d] if has_bias else y.dtype.type(0)
         bad = 0  # outputs that are NaN or +-Inf
-        ra = max(r0, n * th)
-        nr = min(r1, (n + 1) * th) - ra
+        nr = rb - ra
         # u[a, b, r*tw + j]: row a of A^T m for entry b of tile (r, j), all tile rows at once
         u = np.empty((4, 6, nr * tw), dtype=m.dtype)
         line = np.empty(4 * tw, dtype=m.dtype)
@@ -608,12 +612,11 @@ def _grad_transform(gy, p, dg, cols, d0, r0, r1, th, tw):
     n_first, images = _images_of(r0, r1, th)
     width = 2 * tw
     for task in prange(dg * images):
-        d = task // images
-        n = n_first + task % images
+        d, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
         plane = gy[n, d0 + d]
         rows = np.zeros((2, width), dtype=gy.dtype)
         t = np.empty((4, width), dtype=gy.dtype)
-        for r in range(max(r0, n * th), min(r1, (n + 1) * th)):
+        for r in range(ra, rb):
             i0 = 2 * (r - n * th)
             for i in range(2):
                 if i0 + i < ho:

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ._runtime import parallel_guard
-from .algos._common import U
+from .._runtime import parallel_guard
+from ._common import U
 
 #: Rows and columns of one transposed block (two float32 blocks fit in 8 KiB of L1).
 BLOCK = 32
