@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _args, autotune, numerics
+from . import _args, autotune, devices, numerics
 from ._memory import allocate
 from .algos import fft, im2col, naive, winograd
 
@@ -24,24 +24,12 @@ def check_algo(op: str, algo) -> str:
 
 def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
               check_input=_args.check_array, algo="auto"):
-    """Validate arrays and arguments; returns (x, w, bias, ConvArgs) with x 4-D.
-    ``check_input(op, name, x)`` validates the input (an ndarray by default; the Dask
-    front end passes its own check for dask arrays). An explicit ``algo`` must apply to
-    the problem (Winograd: 3x3 kernels, stride 1), even for an empty batch."""
-    x = check_input(op, "input", x)
-    w = _args.check_array(op, "weight", w)
-    if bias is not None:
-        bias = _args.check_array(op, "bias", bias)
-    dtype = _args.check_same_dtype(op, input=x, weight=w, bias=bias)
-    args = _args.conv_args_from_shapes(op, x.shape, w.shape, stride, padding, dilation,
-                                       groups, layout, dtype)
-    if bias is not None and bias.shape != (args.c_out,):
-        raise ValueError(f"{op}: bias must have shape (C_out,) = ({args.c_out},), got "
-                         f"{bias.shape}")
+    """``_args.conv_arrays`` plus the check that an explicit ``algo`` applies to the
+    problem (Winograd: 3x3 kernels, stride 1), even for an empty batch."""
+    x, w, bias, args = _args.conv_arrays(op, x, w, bias, stride, padding, dilation, groups,
+                                         layout, check_input)
     if algo == "winograd":
         winograd.check_supported(op, args)
-    if args.unbatched:
-        x = x[None]
     return x, w, bias, args
 
 
@@ -114,10 +102,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
            [37., 43.]])
     """
     op = "conv2d"
-    if _args.check_device(op, device) == "cuda":
-        from . import cuda
-
-        return cuda.conv2d(x, w, bias, stride, padding, dilation, groups, layout=layout,
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout,
                            algo=algo)
     check_algo(op, algo)
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
@@ -183,10 +170,9 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     """
     op = "conv2d_backward"
     need_x, need_w, need_b = _check_needs_input_grad(op, needs_input_grad)
-    if _args.check_device(op, device) == "cuda":
-        from . import cuda
-
-        grads = cuda.conv2d_backward(grad_y, x, w, stride, padding, dilation, groups,
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        grads = gpu(grad_y, x, w, stride, padding, dilation, groups,
                                      layout=layout, algo=algo)
         return tuple(g if need else None
                      for g, need in zip(grads, (need_x, need_w, need_b), strict=True))

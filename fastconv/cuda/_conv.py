@@ -5,7 +5,6 @@ from __future__ import annotations
 from numba import cuda
 
 from .. import _args, config
-from ..conv import conv_args
 from . import _conv_kernels as K
 from . import _layout
 from ._device import Residency, host_spec, launch_1d
@@ -106,7 +105,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     """
     op = "conv2d"
     check_algo(op, algo)
-    _, _, _, args = conv_args(op, host_spec(x), host_spec(w), host_spec(bias), stride,
+    _, _, _, args = _args.conv_arrays(op, host_spec(x), host_spec(w), host_spec(bias), stride,
                               padding, dilation, groups, layout)
     res = Residency(x, w, bias)
     algo = choose_algorithm(args) if algo == "auto" else algo
@@ -169,7 +168,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     """
     op = "conv2d_backward"
     check_algo(op, algo)
-    sx, sw, _, args = conv_args(op, host_spec(x), host_spec(w), None, stride, padding,
+    sx, sw, _, args = _args.conv_arrays(op, host_spec(x), host_spec(w), None, stride, padding,
                                 dilation, groups, layout)
     grad_y_spec = _args.check_array(op, "grad_y", host_spec(grad_y))
     _args.check_same_dtype(op, input=sx, weight=sw, grad_y=grad_y_spec)

@@ -1,0 +1,107 @@
+"""Checks shared by every op's canonical record: arrays, dtypes, ints and pairs,
+padding, groups, layouts and devices. Errors name the op, the rule and the values."""
+
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from .. import layout as _layout
+
+LAYOUTS = tuple(_layout.LAYOUTS)
+DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+DEVICES = ("cpu", "cuda")
+
+
+def same_padding(k: int, dilation: int) -> tuple[int, int]:
+    """'same' padding for one axis: r*(k-1) zeros in total, floor of half before."""
+    total = dilation * (k - 1)
+    return total // 2, total - total // 2
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_layout(op: str, layout) -> str:
+    """``layout`` if it names a 2-D layout ("NCHW", "NHWC"); ValueError otherwise."""
+    return _layout.get(op, layout).name
+
+
+def check_device(op: str, device) -> str:
+    if device not in DEVICES:
+        raise ValueError(f"{op}: device={device!r} is not supported; acceptable devices are "
+                         f"{', '.join(repr(x) for x in DEVICES)}")
+    return device
+
+
+def check_array(op: str, name: str, a) -> np.ndarray:
+    """An ndarray of float32/float64 (TypeError otherwise); views are accepted."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    if a.dtype not in DTYPES:
+        raise TypeError(f"{op}: {name} has dtype {a.dtype}; accepted dtypes are float32 and "
+                        "float64")
+    return a
+
+
+def check_same_dtype(op: str, **arrays) -> np.dtype:
+    dtypes = {name: a.dtype for name, a in arrays.items() if a is not None}
+    if len(set(dtypes.values())) > 1:
+        listing = ", ".join(f"{k}={v}" for k, v in dtypes.items())
+        raise TypeError(f"{op}: inputs must share one dtype (float32 or float64), got {listing}")
+    return next(iter(dtypes.values()))
+
+
+def pair(op: str, name: str, value, *, minimum: int) -> tuple[int, int]:
+    """An int or a length-2 sequence of ints, each >= minimum, as an (h, w) pair."""
+    if _is_int(value):
+        vals = (int(value), int(value))
+    elif isinstance(value, (tuple, list)) and all(_is_int(v) for v in value):
+        if len(value) != 2:
+            raise ValueError(f"{op}: {name}={tuple(value)!r} must be an int or a pair (h, w), "
+                             f"got {len(value)} values")
+        vals = (int(value[0]), int(value[1]))
+    else:
+        raise TypeError(f"{op}: {name}={value!r} must be an int or a pair of ints (h, w)")
+    for v in vals:
+        if v < minimum:
+            rule = "positive" if minimum == 1 else f">= {minimum}"
+            raise ValueError(f"{op}: {name}={value!r} must be {rule}")
+    return vals
+
+
+def padding_pairs(op: str, padding, kernel: tuple[int, int], dilation: tuple[int, int],
+                  stride: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Canonical ((top, bottom), (left, right)) padding."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0), (0, 0)
+        if padding == "same":
+            if stride != (1, 1):
+                raise ValueError(f"{op}: padding='same' requires stride 1, got stride={stride}")
+            return same_padding(kernel[0], dilation[0]), same_padding(kernel[1], dilation[1])
+        raise ValueError(f"{op}: padding={padding!r} is not understood; acceptable words are "
+                         "'valid' and 'same'")
+    if (isinstance(padding, (tuple, list)) and len(padding) == 2
+            and all(isinstance(p, (tuple, list)) for p in padding)):
+        out = []
+        for axis, p in zip(("height", "width"), padding, strict=True):
+            if len(p) != 2 or not all(_is_int(v) for v in p):
+                raise ValueError(f"{op}: padding={padding!r}: each axis needs a pair of ints "
+                                 f"(low, high), got {p!r} for {axis}")
+            if p[0] < 0 or p[1] < 0:
+                raise ValueError(f"{op}: padding={padding!r} must be non-negative")
+            out.append((int(p[0]), int(p[1])))
+        return out[0], out[1]
+    ph, pw = pair(op, "padding", padding, minimum=0)
+    return (ph, ph), (pw, pw)
+
+
+def check_groups(op: str, groups) -> int:
+    if not _is_int(groups):
+        raise TypeError(f"{op}: groups={groups!r} must be an int")
+    if groups < 1:
+        raise ValueError(f"{op}: groups={groups} must be positive")
+    return int(groups)

@@ -1,0 +1,151 @@
+"""The conv2d record: canonical arguments, the output-size law and the array checks.
+
+The record holds the NCHW view of the problem (whatever the caller's layout), the
+per-axis stride, dilation and (low, high) padding, the output size and the dtype. The
+output-size law is the pure function :func:`conv_output_size`. Errors name the op, the
+rule and the values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .. import layout as _layout
+from .checks import check_array, check_groups, check_layout, check_same_dtype, pair, padding_pairs
+
+
+def conv_output_size(n: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
+    """Output length along one axis: floor((n + p_lo + p_hi - r*(k-1) - 1) / s) + 1."""
+    return (n + pad_lo + pad_hi - dilation * (k - 1) - 1) // stride + 1
+
+
+@dataclass(frozen=True)
+class ConvArgs:
+    """A conv2d problem in canonical form (NCHW / OIHW terms, whatever the layout)."""
+
+    n: int
+    c_in: int
+    h: int
+    w: int
+    c_out: int
+    kh: int
+    kw: int
+    stride: tuple[int, int]
+    dilation: tuple[int, int]
+    padding: tuple[tuple[int, int], tuple[int, int]]  # ((top, bottom), (left, right))
+    groups: int
+    h_out: int
+    w_out: int
+    layout: str
+    dtype: np.dtype
+    unbatched: bool = False
+
+    @property
+    def x_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c_in, self.h, self.w)
+
+    @property
+    def w_shape(self) -> tuple[int, int, int, int]:
+        return (self.c_out, self.c_in // self.groups, self.kh, self.kw)
+
+    @property
+    def y_shape(self) -> tuple[int, int, int, int]:
+        return (self.n, self.c_out, self.h_out, self.w_out)
+
+    @property
+    def flops(self) -> int:
+        """Multiply-adds counted as 2 FLOPs, bias excluded."""
+        return 2 * self.n * self.c_out * self.h_out * self.w_out * (self.c_in // self.groups) \
+            * self.kh * self.kw
+
+    @property
+    def dims(self) -> _layout.Layout:
+        """The caller's layout as a record (permutations and shape rules)."""
+        return _layout.LAYOUTS[self.layout]
+
+    @property
+    def x_layout_shape(self) -> tuple[int, ...]:
+        """The (batched) input shape in the caller's layout."""
+        return self.dims.shape(self.n, self.c_in, self.h, self.w)
+
+    @property
+    def w_layout_shape(self) -> tuple[int, ...]:
+        """The weight shape in the caller's layout (OIHW or HWIO)."""
+        return self.dims.weight_shape(self.c_out, self.c_in // self.groups, self.kh, self.kw)
+
+    @property
+    def y_layout_shape(self) -> tuple[int, ...]:
+        """The (batched) output shape in the caller's layout."""
+        return self.dims.shape(self.n, self.c_out, self.h_out, self.w_out)
+
+    def with_batch(self, n: int) -> ConvArgs:
+        return replace(self, n=n)
+
+
+def conv_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0, dilation=1,
+                          groups=1, layout="NCHW", dtype=np.float32) -> ConvArgs:
+    """Validate a conv2d problem given by shapes in the caller's layout."""
+    check_layout(op, layout)
+    x_shape = tuple(int(s) for s in x_shape)
+    w_shape = tuple(int(s) for s in w_shape)
+    if len(x_shape) not in (3, 4):
+        raise ValueError(f"{op}: input must be 4-D (batched) or 3-D (unbatched) in layout "
+                         f"{layout}, got {len(x_shape)}-D shape {x_shape}")
+    if len(w_shape) != 4:
+        wl = _layout.LAYOUTS[layout].weight
+        raise ValueError(f"{op}: weight must be 4-D ({wl} for layout {layout}), got "
+                         f"{len(w_shape)}-D shape {w_shape}")
+    unbatched = len(x_shape) == 3
+    if unbatched:
+        x_shape = (1,) + x_shape
+    dims = _layout.LAYOUTS[layout]
+    n, c_in, h, w = dims.canonical_shape(x_shape)
+    c_out, c_in_g, kh, kw = dims.canonical_weight_shape(w_shape)
+    groups = check_groups(op, groups)
+    stride_ = pair(op, "stride", stride, minimum=1)
+    dilation_ = pair(op, "dilation", dilation, minimum=1)
+    if kh < 1 or kw < 1:
+        raise ValueError(f"{op}: kernel size must be positive, got {kh}x{kw}")
+    if c_in % groups:
+        raise ValueError(f"{op}: groups={groups} must divide C_in={c_in}")
+    if c_out % groups:
+        raise ValueError(f"{op}: groups={groups} must divide C_out={c_out}")
+    if c_in_g * groups != c_in:
+        raise ValueError(f"{op}: weight has {c_in_g} input channels per group but input has "
+                         f"C_in={c_in} with groups={groups} (expected {c_in // groups})")
+    pad = padding_pairs(op, padding, (kh, kw), dilation_, stride_)
+    h_out = conv_output_size(h, kh, stride_[0], *pad[0], dilation_[0])
+    w_out = conv_output_size(w, kw, stride_[1], *pad[1], dilation_[1])
+    for axis, size, k, r, p in (("height", h, kh, dilation_[0], pad[0]),
+                                ("width", w, kw, dilation_[1], pad[1])):
+        eff = r * (k - 1) + 1
+        if eff > size + p[0] + p[1]:
+            raise ValueError(f"{op}: kernel {axis} {eff} (k={k}, dilation={r}) is larger than "
+                             f"the padded input {axis} {size + p[0] + p[1]} "
+                             f"(size {size} + padding {p[0]}+{p[1]})")
+    return ConvArgs(n, c_in, h, w, c_out, kh, kw, stride_, dilation_, pad, groups, h_out,
+                    w_out, layout, np.dtype(dtype), unbatched)
+
+
+def conv_arrays(op, x, w, bias, stride, padding, dilation, groups, layout,
+                check_input=check_array):
+    """Validate conv2d's arrays and arguments; returns (x, w, bias, ConvArgs) with x 4-D.
+
+    ``check_input(op, name, x)`` validates the input (an ndarray by default; the Dask
+    front end passes its own check for dask arrays, the GPU front end one for device
+    arrays)."""
+    x = check_input(op, "input", x)
+    w = check_array(op, "weight", w)
+    if bias is not None:
+        bias = check_array(op, "bias", bias)
+    dtype = check_same_dtype(op, input=x, weight=w, bias=bias)
+    args = conv_args_from_shapes(op, x.shape, w.shape, stride, padding, dilation, groups,
+                                 layout, dtype)
+    if bias is not None and bias.shape != (args.c_out,):
+        raise ValueError(f"{op}: bias must have shape (C_out,) = ({args.c_out},), got "
+                         f"{bias.shape}")
+    if args.unbatched:
+        x = x[None]
+    return x, w, bias, args

@@ -1,0 +1,135 @@
+"""Layouts as data: where the batch, channel and spatial axes of an array lie.
+
+A :class:`Layout` names the axes of activations (``"NHWC"``: batch, height, width,
+channels) and of weights (``"HWIO"``: kernel height and width, input channels per group,
+output channels) with one letter each. Every permutation between a layout and the
+canonical one (``"NCHW"`` / ``"OIHW"``, the order the algorithms' records use) is
+derived from those letters by :func:`permutation`; no other module writes one by hand.
+
+Examples
+--------
+>>> from fastconv.layout import NHWC, permutation
+>>> NHWC.to_canonical            # x.transpose(...) turns NHWC into NCHW
+(0, 3, 1, 2)
+>>> NHWC.shape(2, 3, 8, 8)       # (N, C, H, W) -> this layout's shape
+(2, 8, 8, 3)
+>>> permutation("HWIO", "OIHW")
+(3, 2, 0, 1)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def permutation(src: str, dst: str) -> tuple[int, ...]:
+    """The axes order that turns an array laid out as ``src`` into ``dst``:
+    ``a.transpose(permutation(src, dst))`` (both strings hold the same letters)."""
+    if sorted(src) != sorted(dst):
+        raise ValueError(f"layouts {src!r} and {dst!r} do not name the same axes")
+    return tuple(src.index(axis) for axis in dst)
+
+
+@dataclass(frozen=True)
+class Layout:
+    """One layout family: the activation and weight orders and their canonical forms.
+
+    ``name`` orders activations with N (batch), C (channels) and spatial letters;
+    ``weight`` orders weights with O (output channels), I (input channels per group) and
+    the same spatial letters. ``channels_last`` says whether C is the innermost axis
+    (what kernels of their own for that layout exploit)."""
+
+    name: str
+    weight: str
+    canonical: str
+    canonical_weight: str
+
+    @property
+    def spatial(self) -> str:
+        """The spatial letters in canonical order, e.g. "HW"."""
+        return self.canonical[2:]
+
+    @property
+    def channel_axis(self) -> int:
+        return self.name.index("C")
+
+    @property
+    def spatial_axes(self) -> tuple[int, ...]:
+        return tuple(self.name.index(s) for s in self.spatial)
+
+    @property
+    def channels_last(self) -> bool:
+        return self.name[-1] == "C"
+
+    @property
+    def is_canonical(self) -> bool:
+        return self.name == self.canonical
+
+    # permutations, derived from the letters
+    @property
+    def to_canonical(self) -> tuple[int, ...]:
+        return permutation(self.name, self.canonical)
+
+    @property
+    def from_canonical(self) -> tuple[int, ...]:
+        return permutation(self.canonical, self.name)
+
+    @property
+    def weight_to_canonical(self) -> tuple[int, ...]:
+        return permutation(self.weight, self.canonical_weight)
+
+    @property
+    def weight_from_canonical(self) -> tuple[int, ...]:
+        return permutation(self.canonical_weight, self.weight)
+
+    # shapes
+    def shape(self, n: int, c: int, *spatial: int) -> tuple[int, ...]:
+        """This layout's shape of an activation with canonical sizes (N, C, *spatial)."""
+        return _reorder((n, c, *spatial), self.from_canonical)
+
+    def weight_shape(self, o: int, i: int, *kernel: int) -> tuple[int, ...]:
+        """This layout's shape of a weight with canonical sizes (O, I, *kernel)."""
+        return _reorder((o, i, *kernel), self.weight_from_canonical)
+
+    def canonical_shape(self, shape) -> tuple[int, ...]:
+        """(N, C, *spatial) of an activation shape in this layout."""
+        return _reorder(tuple(shape), self.to_canonical)
+
+    def canonical_weight_shape(self, shape) -> tuple[int, ...]:
+        """(O, I, *kernel) of a weight shape in this layout."""
+        return _reorder(tuple(shape), self.weight_to_canonical)
+
+    # views
+    def to_canonical_view(self, x):
+        """``x`` (this layout) as a canonical (NCHW-ordered) view; no copy."""
+        return x if self.is_canonical else x.transpose(self.to_canonical)
+
+    def from_canonical_view(self, x):
+        """A canonical array as a view in this layout; no copy."""
+        return x if self.is_canonical else x.transpose(self.from_canonical)
+
+    def weight_to_canonical_view(self, w):
+        return w if self.is_canonical else w.transpose(self.weight_to_canonical)
+
+    def weight_from_canonical_view(self, w):
+        return w if self.is_canonical else w.transpose(self.weight_from_canonical)
+
+
+def _reorder(values: tuple, perm: tuple[int, ...]) -> tuple:
+    return tuple(values[p] for p in perm)
+
+
+NCHW = Layout("NCHW", "OIHW", "NCHW", "OIHW")
+NHWC = Layout("NHWC", "HWIO", "NCHW", "OIHW")
+
+#: Every layout by name, in the order error messages list them.
+LAYOUTS = {lay.name: lay for lay in (NCHW, NHWC)}
+
+
+def get(op: str, name) -> Layout:
+    """The layout called ``name``; ValueError naming the op and the accepted layouts."""
+    try:
+        return LAYOUTS[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"{op}: layout={name!r} is not supported; acceptable layouts are "
+                         f"{', '.join(repr(x) for x in LAYOUTS)}") from None
