@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from . import conv
 from ._timing import median_time
 from .conv import conv2d
 
@@ -398,9 +397,9 @@ def environment(backward: bool = False, layout: str = "NCHW") -> dict:
 
 
 def _cpu() -> str:
-    from .autotune import _cpu_name
+    from .tools.calibrate import cpu_name
 
-    return _cpu_name()
+    return cpu_name()
 
 
 def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.float32,
@@ -483,7 +482,7 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
             chosen = None
             if algo == "auto":  # what conv2d (and conv2d_backward) ran
                 a = shape.args(dtype, layout=layout)
-                chosen = (conv._backward_algorithm(a, "auto", True) if backward
+                chosen = (autotune.backward_choice(a, "auto", True) if backward
                           else autotune.plan_for(a).algorithm)
             gf = flops / secs / 1e9
             new.append(Result(suite, shape.name, algo, secs, gf, b, shape.n, chosen,

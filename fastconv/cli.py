@@ -68,8 +68,9 @@ def cmd_bench(args) -> int:
 
 def cmd_calibrate(args) -> int:
     from . import autotune
+    from .tools.calibrate import calibrate
 
-    prof = autotune.calibrate(args.out, save=not args.dry_run, budget=args.budget)
+    prof = calibrate(args.out, save=not args.dry_run, budget=args.budget)
     if args.json:
         print(json.dumps(prof.as_dict(), indent=2))
     else:

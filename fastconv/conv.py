@@ -1,62 +1,35 @@
-"""conv2d: validate, pick the algorithm, dispatch, package."""
+"""conv2d and conv2d_backward: validate, run through the policy, package.
+
+The algorithm and its fallbacks are decided by ``fastconv.autotune`` (the one policy);
+the algorithms themselves are entries of ``fastconv.algos.registry``."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from . import _args, autotune, devices, numerics
+from . import _args, autotune, devices
 from ._memory import allocate
-from .algos import fft, im2col, naive, winograd
-
-ALGORITHMS = ("naive", "im2col", "fft", "winograd")
-_FORWARD = {"naive": naive.forward, "im2col": im2col.forward, "fft": fft.forward,
-            "winograd": winograd.forward}
-_BACKWARD = {"naive": naive.backward, "im2col": im2col.backward, "fft": fft.backward,
-             "winograd": winograd.backward}
-
-
-def check_algo(op: str, algo) -> str:
-    if algo != "auto" and algo not in ALGORITHMS:
-        raise ValueError(f"{op}: algo={algo!r} is not known; acceptable algorithms are "
-                         f"'auto', {', '.join(repr(a) for a in ALGORITHMS)}")
-    return algo
+from .algos.registry import ALGORITHMS  # noqa: F401  (re-exported as fastconv.ALGORITHMS)
 
 
 def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
               check_input=_args.check_array, algo="auto"):
-    """``_args.conv_arrays`` plus the check that an explicit ``algo`` applies to the
-    problem (Winograd: 3x3 kernels, stride 1), even for an empty batch."""
+    """Validate conv2d's arrays, arguments and ``algo`` (known, and able to run the
+    problem, even for an empty batch); returns (x, w, bias, ConvArgs) with x 4-D.
+    ``check_input`` as in ``fastconv._args.conv_arrays``."""
+    autotune.check_algo(op, algo)
     x, w, bias, args = _args.conv_arrays(op, x, w, bias, stride, padding, dilation, groups,
                                          layout, check_input)
-    if algo == "winograd":
-        winograd.check_supported(op, args)
+    autotune.check_algo(op, algo, args)
     return x, w, bias, args
 
 
-def resolve_algorithm(args, algo: str, backward: bool = False) -> str:
-    if algo != "auto":
-        return algo
-    return autotune.choose_algorithm_for(args, backward)
-
-
-def _forward(x, w, bias, args, algo: str, out) -> None:
-    """Run the forward algorithm into ``out``; FFT only where it can be trusted
-    (fastconv.numerics): never on non-finite input, and for ``algo="auto"`` only when its
-    error bound meets the FFT tolerance, else im2col recomputes the result."""
-    chosen = resolve_algorithm(args, algo)
-    if chosen == "fft" and not numerics.all_finite(x, w, bias):
-        chosen = "im2col"
-    _FORWARD[chosen](x, w, args, out, bias)
-    if chosen == "fft" and algo == "auto":
-        xn = x if args.layout == "NCHW" else x.transpose(0, 3, 1, 2)
-        wn = w if args.layout == "NCHW" else w.transpose(3, 2, 0, 1)
-        yn = out if args.layout == "NCHW" else out.transpose(0, 3, 1, 2)
-        if bias is not None:
-            yn = yn - bias[:, None, None]
-        fh, fw = fft.transform_shape(args)
-        bound = numerics.fft_error_bound(xn, wn, fh * fw)
-        if not numerics.fft_result_trusted(yn, bound, xn, wn, args):
-            _FORWARD["im2col"](x, w, args, out, bias)
+def forward_into(x, w, bias, args, out, algo: str = "auto", choice: str | None = None):
+    """conv2d on validated arrays (``conv_args``) into ``out``, through the policy
+    (``fastconv.autotune.run_forward``); returns ``out`` as the caller's shape."""
+    if args.n > 0:
+        autotune.run_forward(x, w, bias, args, out, algo=algo, choice=choice)
+    return out[0] if args.unbatched else out
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
@@ -106,13 +79,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     if gpu is not None:
         return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout,
                            algo=algo)
-    check_algo(op, algo)
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
                                  algo=algo)
-    out = allocate(op, "output", _layout_shape(args.y_shape, layout), args.dtype)
-    if args.n > 0:
-        _forward(x, w, bias, args, algo, out)
-    return out[0] if args.unbatched else out
+    out = allocate(op, "output", args.y_layout_shape, args.dtype)
+    return forward_into(x, w, bias, args, out, algo)
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
@@ -176,14 +146,11 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                      layout=layout, algo=algo)
         return tuple(g if need else None
                      for g, need in zip(grads, (need_x, need_w, need_b), strict=True))
-    check_algo(op, algo)
     x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout,
                               algo=algo)
     grad_y = _args.check_array(op, "grad_y", grad_y)
     _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
-    want = _layout_shape(args.y_shape, layout)
-    if args.unbatched:
-        want = want[1:]
+    want = args.y_layout_shape[1:] if args.unbatched else args.y_layout_shape
     if grad_y.shape != want:
         raise ValueError(f"{op}: grad_y must have shape {want} (the conv2d output), got "
                          f"{grad_y.shape}")
@@ -192,19 +159,16 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_x = allocate(op, "input gradient", x.shape, args.dtype) if need_x else None
     grad_w = allocate(op, "weight gradient", w.shape, args.dtype) if need_w else None
     if args.n > 0 and (need_x or need_w):
-        chosen = _backward_algorithm(args, algo, need_x)
-        if chosen == "fft" and not numerics.all_finite(grad_y, x, w):
-            chosen = "im2col"  # FFT would spread a NaN/Inf over whole planes
-        _BACKWARD[chosen](grad_y, x, w, args, grad_x, grad_w)
+        autotune.run_backward(grad_y, x, w, args, grad_x, grad_w, algo=algo)
     elif need_w:
         grad_w[...] = 0
     grad_bias = None
     if need_b:
-        if layout == "NCHW":   # contiguous rows per plane first: half the time of one sum
+        if args.dims.channels_last:
+            grad_bias = grad_y.sum(axis=(0, 1, 2), dtype=np.float64).astype(args.dtype)
+        else:   # contiguous rows per plane first: half the time of one sum
             planes = grad_y.reshape(args.n, args.c_out, args.h_out * args.w_out).sum(axis=2)
             grad_bias = planes.sum(axis=0, dtype=np.float64).astype(args.dtype)
-        else:
-            grad_bias = grad_y.sum(axis=(0, 1, 2), dtype=np.float64).astype(args.dtype)
     if args.unbatched and need_x:
         grad_x = grad_x[0]
     return grad_x, grad_w, grad_bias
@@ -220,32 +184,3 @@ def _check_needs_input_grad(op: str, needs) -> tuple[bool, bool, bool]:
         raise TypeError(f"{op}: needs_input_grad={needs!r} must be three bools (grad_x, "
                         "grad_w, grad_bias)")
     return bool(flags[0]), bool(flags[1]), bool(flags[2])
-
-
-#: conv2d_backward's "auto" prefers Winograd (when its plan picks it) to im2col's
-#: image-last path only from this many channels per group in and out: measured
-#: (float32, 3x3, padding 1, 2 threads) Winograd / image-last 2.4 at 64 x 16 x 8 x 8 and
-#: 1.4 at 64 x 16 x 28 x 28, 1.0 at 64 x 32 x 16 x 16 and 32 x 64 x 8 x 8, 0.71 at
-#: 64 x 32 x 32 x 32.
-WINOGRAD_OVER_IMAGE_LAST_CHANNELS = 32
-
-
-def _backward_algorithm(args, algo: str, need_x: bool) -> str:
-    """conv2d_backward's algorithm for ``algo="auto"``: the backward plan of
-    ``fastconv.autotune``, except that im2col's image-last path (no column matrix; the
-    cost model does not price it) takes batches of small images unless the plan picked
-    Winograd for a layer of at least ``WINOGRAD_OVER_IMAGE_LAST_CHANNELS`` channels."""
-    if algo != "auto":
-        return algo
-    planned = resolve_algorithm(args, algo, backward=True)
-    wide = min(args.c_in, args.c_out) // args.groups >= WINOGRAD_OVER_IMAGE_LAST_CHANNELS
-    if planned == "winograd" and wide:
-        return planned
-    if im2col.image_last_tile(args, need_x):
-        return "im2col"
-    return planned
-
-
-def _layout_shape(nchw_shape, layout):
-    n, c, h, w = nchw_shape
-    return (n, c, h, w) if layout == "NCHW" else (n, h, w, c)

@@ -22,14 +22,14 @@ def refused(algo, x_shape, w_shape, layout="NCHW", stride=1, padding=0, dilation
     """Whether ``algo`` cannot run this conv2d problem: "winograd" outside 3x3 kernels
     with stride 1 (it raises ValueError there; the other algorithms run
     every problem). Generic sweeps check that refusal instead of the result."""
-    from fastconv import autotune
     from fastconv._args import conv_args_from_shapes
+    from fastconv.algos import registry
 
-    if algo not in autotune.ALGORITHMS:
+    if algo not in registry.ALGORITHMS:
         return False
     a = conv_args_from_shapes("test", x_shape, w_shape, stride, padding, dilation, groups,
                               layout)
-    return algo not in autotune.applicable(a)
+    return algo not in registry.applicable(a)
 
 
 #: What "winograd" says when it refuses a problem.

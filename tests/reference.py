@@ -1,4 +1,4 @@
-"""Slow, obvious references written from the formulas in DESIGN.md (not from the kernels).
+"""Slow, obvious references written from the formulas (not from the kernels).
 
 Everything is NCHW / OIHW and computed in float64.
 """

@@ -273,16 +273,16 @@ def test_image_last_backward_matches_finite_differences(case):
         assert ref.rel_error(g, wnt) <= 1e-10
 
 
-def test_auto_takes_the_image_last_backward(rng, monkeypatch):
-    from fastconv import conv
+def test_auto_takes_the_image_last_backward(rng):
+    from fastconv.algos import registry
 
     x = rng.standard_normal((4, 1, 12, 12))
     w = rng.standard_normal((3, 1, 5, 5))
     gy = rng.standard_normal((4, 3, 8, 8))
     ran = []
-    monkeypatch.setitem(conv._BACKWARD, "im2col",
-                        lambda *a, f=conv._BACKWARD["im2col"]: (ran.append(1), f(*a)))
-    got = fastconv.conv2d_backward(gy, x, w, algo="auto")
+    real = registry.get("im2col").backward
+    with registry.replaced("im2col", backward=lambda *a: ran.append(1) or real(*a)):
+        got = fastconv.conv2d_backward(gy, x, w, algo="auto")
     assert ran == [1]
     for g, want in zip(got, ref.conv2d_backward(gy, x, w), strict=True):
         assert ref.rel_error(g, want) <= 1e-10
@@ -396,11 +396,11 @@ def test_bad_arguments_are_named(kwargs, exc, match):
 
 def test_auto_backward_prefers_winograd_on_wide_layers_only():
     """Image-last im2col for batches of small images, unless the backward plan picked
-    Winograd for a layer of at least 32 channels (fastconv.conv)."""
-    from fastconv import conv
+    Winograd for a layer of at least 32 channels (fastconv.autotune)."""
+    from fastconv import autotune
 
     def backward_algo(x_shape, w_shape, **kw):
-        return conv._backward_algorithm(conv_args_from_shapes("t", x_shape, w_shape, **kw),
+        return autotune.backward_choice(conv_args_from_shapes("t", x_shape, w_shape, **kw),
                                         "auto", True)
 
     assert backward_algo((64, 32, 32, 32), (32, 32, 3, 3), padding=1) == "winograd"

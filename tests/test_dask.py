@@ -166,6 +166,23 @@ def test_conv2d_auto_resolves_once_like_in_memory(client, rng):
     np.testing.assert_array_equal(got, fastconv.conv2d(x, w, None, 1, "same", 2, 4))
 
 
+def test_conv2d_auto_keeps_the_fft_safeguard_per_block(rng):
+    """"auto" means the same in every block as in memory: here it plans FFT, whose
+    result is ruined by huge values that no window reads (odd rows of 1e30 under a
+    stride-2, dilation-2 kernel), and the policy recomputes it exactly in each block."""
+    x = rng.standard_normal((2, 1, 384, 384)).astype(np.float32)
+    x[:, :, 1::2, :] = 1e30
+    w = rng.standard_normal((1, 1, 31, 31)).astype(np.float32)
+    kw = dict(stride=2, dilation=2)
+    assert fastconv.choose_algorithm(x.shape, w.shape, **kw) == "fft"
+    want = ref.conv2d(x, w, None, (2, 2), ((0, 0), (0, 0)), (2, 2))
+    in_memory = fastconv.conv2d(x, w, **kw)
+    assert ref.rel_error(in_memory, want) <= 1e-5
+    xd = da.from_array(x, chunks=(1, 1, 192, 384))
+    got = fcd.conv2d(xd, w, **kw).compute(scheduler="sync")
+    assert ref.rel_error(got, want) <= 1e-5
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 def test_conv2d_batch_chunks_map_block_by_block(client, rng, layout):
     x = rng.standard_normal((5, 3, 8, 9)).astype(np.float32)
@@ -215,7 +232,8 @@ def test_conv2d_graph_is_lazy(monkeypatch, rng):
         return x
 
     real = conv.conv2d
-    monkeypatch.setattr(conv, "conv2d", lambda *a, **k: convs.append(1) or real(*a, **k))
+    into = conv.forward_into
+    monkeypatch.setattr(conv, "forward_into", lambda *a, **k: convs.append(1) or into(*a, **k))
     xd = da.from_delayed(dask.delayed(load)(), x.shape, x.dtype).rechunk((1, 2, 5, 4))
     y = fcd.conv2d(xd, w, padding=1, algo="naive")
     assert loads == [] and convs == []

@@ -6,8 +6,21 @@ import pytest
 
 import fastconv
 from fastconv import numerics
+from fastconv.algos import registry
+from fastconv.costs import Estimate
 
 from . import reference as ref
+
+
+def prefer_fft():
+    """Make "auto" plan FFT whatever the cost model prefers (the registry's test hook)."""
+    return registry.replaced("fft", cost=lambda a, p: Estimate(0.0, 0, "preferred"))
+
+
+def counting_im2col(calls):
+    """Count the calls of im2col's forward (the fallback)."""
+    real = registry.get("im2col").forward
+    return registry.replaced("im2col", forward=lambda *a: calls.append(1) or real(*a))
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
@@ -39,11 +52,9 @@ def test_backward_with_non_finite_values_stays_local(algo, rng):
     assert np.isnan(gw).all()  # every weight meets the NaN output gradient
 
 
-def test_auto_never_returns_an_fft_result_outside_the_tolerance(rng, monkeypatch):
+def test_auto_never_returns_an_fft_result_outside_the_tolerance(rng):
     """A huge value in rows that no output window reads (stride 4 leaves the last rows
     unread): the direct result ignores it, every FFT transform does not."""
-    from fastconv import conv
-
     x = rng.standard_normal((1, 1, 126, 126)).astype(np.float32)
     x[0, 0, -1, 5] = 1e30
     w = rng.standard_normal((1, 1, 31, 31)).astype(np.float32)
@@ -53,41 +64,33 @@ def test_auto_never_returns_an_fft_result_outside_the_tolerance(rng, monkeypatch
     raw = fastconv.conv2d(x, w, algo="fft", **kw)
     assert ref.rel_error(raw, want) > 1e-3            # plain FFT is ruined
     # make auto start from FFT whatever the planner prefers for this shape
-    monkeypatch.setattr(conv, "resolve_algorithm", lambda args, algo, backward=False: "fft")
-    got = fastconv.conv2d(x, w, np.ones(1, np.float32), algo="auto", **kw)
+    with prefer_fft():
+        got = fastconv.conv2d(x, w, np.ones(1, np.float32), algo="auto", **kw)
     assert ref.rel_error(got - 1, want) <= numerics.FFT_TOLERANCE[np.dtype(np.float32)]
 
 
 @pytest.mark.parametrize("offset", [1e2, 1e3])
-def test_auto_keeps_accurate_fft_results_when_the_bound_is_pessimistic(offset, rng,
-                                                                        monkeypatch):
+def test_auto_keeps_accurate_fft_results_when_the_bound_is_pessimistic(offset, rng):
     """A large offset and a zero-sum kernel: the a-priori bound fails, the sampled check
     finds the FFT result as accurate as im2col's, and auto keeps it."""
-    from fastconv import conv
-
     x = (offset + rng.standard_normal((1, 1, 128, 128))).astype(np.float32)
     k = rng.standard_normal((1, 1, 31, 31))
     w = (k - k.mean()).astype(np.float32)
     want = ref.conv2d(x, w)
     err_im2col = ref.rel_error(fastconv.conv2d(x, w, algo="im2col"), want)
-    monkeypatch.setattr(conv, "resolve_algorithm", lambda args, algo, backward=False: "fft")
     calls = []
-    original = conv._FORWARD["im2col"]
-    monkeypatch.setitem(conv._FORWARD, "im2col", lambda *a: calls.append(1) or original(*a))
-    got = fastconv.conv2d(x, w, algo="auto")
+    with prefer_fft(), counting_im2col(calls):
+        got = fastconv.conv2d(x, w, algo="auto")
     assert ref.rel_error(got, want) <= max(2 * err_im2col, 1e-5)
     assert calls == []       # auto kept the FFT result
 
 
-def test_auto_keeps_fft_on_well_conditioned_input(rng, monkeypatch):
+def test_auto_keeps_fft_on_well_conditioned_input(rng):
     x = rng.standard_normal((1, 1, 128, 128)).astype(np.float32)
     w = rng.standard_normal((1, 1, 31, 31)).astype(np.float32)
     calls = []
-    from fastconv import conv
-
-    original = conv._FORWARD["im2col"]
-    monkeypatch.setitem(conv._FORWARD, "im2col", lambda *a: calls.append(1) or original(*a))
-    got = fastconv.conv2d(x, w, algo="auto")
+    with counting_im2col(calls):
+        got = fastconv.conv2d(x, w, algo="auto")
     assert calls == []                               # no fallback was needed
     assert ref.rel_error(got, ref.conv2d(x, w)) <= 1e-3
 

@@ -14,8 +14,8 @@ from .checks import (  # noqa: F401
     check_groups,
     check_layout,
     check_same_dtype,
-    pair,
     padding_pairs,
+    pair,
     same_padding,
 )
-from .conv import ConvArgs, conv_arrays, conv_args_from_shapes, conv_output_size  # noqa: F401
+from .conv import ConvArgs, conv_args_from_shapes, conv_arrays, conv_output_size  # noqa: F401

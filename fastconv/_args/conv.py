@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import layout as _layout
-from .checks import check_array, check_groups, check_layout, check_same_dtype, pair, padding_pairs
+from .checks import check_array, check_groups, check_layout, check_same_dtype, padding_pairs, pair
 
 
 def conv_output_size(n: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:

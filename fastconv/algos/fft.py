@@ -13,13 +13,17 @@ transform per output channel.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import scipy.fft as sfft
 from numba import njit, prange
 
-from .. import config
+from .. import config, numerics
 from .._runtime import parallel_guard
+from ..costs import Estimate, Profile, backward_from_forward
 from ._common import U
+from .registry import Algorithm, register
 
 _P_TILE = 256  # frequencies per accumulator tile in the channel sum
 
@@ -300,3 +304,53 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     rows = np.mod(np.arange(0, keff_h, rh) - (keff_h - 1), fh)
     cols = np.mod(np.arange(0, keff_w, rw) - (keff_w - 1), fw)
     gw_all[...] = zk[:, :, rows[:, None], cols[None, :]]
+
+
+# ------------------------------------------------------------------------ registry
+def cost(a, p: Profile) -> Estimate:
+    """Model time of the forward: transforms of every input and output plane
+    (``points * log2(points)`` each, plus a fixed cost per plane), the pruned kernel
+    transforms, and ``N*G*Dg*Cg*points/2`` complex multiply-adds for the channel sum."""
+    fh, fw = forward_transform_shape(a)
+    points = fh * fw
+    per_plane = points * math.log2(max(points, 2)) * p.fft_ns * 1e-9
+    if a.dtype.itemsize == 8:
+        per_plane *= 1.4
+    per_plane += p.fft_plane_us * 1e-6
+    keff_h = a.dilation[0] * (a.kh - 1) + 1
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
+    kernel_planes = a.c_out * cg * (0.5 + 0.5 * keff_h / fh)  # pruned row transforms
+    transforms = (a.n * (a.c_in + a.c_out) + kernel_planes) * per_plane
+    macs = a.n * a.groups * dg * cg * fh * (fw // 2 + 1)
+    channel_sum = macs / (p.fft_gmacs * 1e9) * (a.dtype.itemsize / 4)
+    out_bytes = a.n * a.c_out * a.h_out * a.w_out * a.dtype.itemsize
+    copy = 2 * out_bytes / (p.copy_gbs * 1e9)
+    per_image = image_bytes(a, (fh, fw))
+    batch = max(1, min(a.n, config.WORKSPACE_BYTES // max(per_image, 1)))
+    workspace = batch * per_image + a.c_out * cg * fh * (fw // 2 + 1) * 2 * a.dtype.itemsize
+    secs = (p.call_us + p.fft_call_us) * 1e-6 + transforms + channel_sum + copy
+    detail = (f"{fh}x{fw} transforms {1e3 * transforms:.3g} ms, channel sum "
+              f"{1e3 * channel_sum:.3g} ms")
+    return Estimate(secs, workspace, detail)
+
+
+def backward_cost(a, p: Profile) -> Estimate:
+    return backward_from_forward(cost(a, p), p)
+
+
+def trusted(x, w, bias, args, out) -> bool:
+    """Whether the FFT result ``out`` meets ``numerics.FFT_TOLERANCE`` (the a-priori
+    error bound, else a float64 recompute of sampled outputs)."""
+    dims = args.dims
+    xn, wn, yn = dims.to_canonical_view(x), dims.weight_to_canonical_view(w), \
+        dims.to_canonical_view(out)
+    if bias is not None:
+        yn = yn - bias[:, None, None]
+    fh, fw = transform_shape(args)
+    bound = numerics.fft_error_bound(xn, wn, fh * fw)
+    return numerics.fft_result_trusted(yn, bound, xn, wn, args)
+
+
+ALGORITHM = register(Algorithm(
+    "fft", "real 2-D transforms (scipy.fft), channel sum in the frequency domain",
+    forward, backward, cost, backward_cost, finite_input_only=True, trusted=trusted))

@@ -21,8 +21,10 @@ from numba import njit, prange
 
 from .. import config
 from .._runtime import parallel_guard
+from ..costs import Estimate, Profile
 from . import _nhwc
 from ._common import U, valid_range
+from .registry import Algorithm, register
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -238,3 +240,38 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
             _nhwc.write_nhwc(gx, grad_x)
         if gw is not None:
             grad_w[...] = gw.transpose(2, 3, 1, 0)
+
+
+# ------------------------------------------------------------------------ registry
+def cost(a, p: Profile) -> Estimate:
+    """Model time of the forward: FLOPs at the direct-loop rate (depthwise layers:
+    multiply-adds at the depthwise kernel's rate). Both run one task per (image, output
+    channel), so fewer tasks than threads leave threads idle."""
+    item = a.dtype.itemsize
+    busy = min(max(a.n * a.c_out, 1), p.threads)  # one task per (image, output channel)
+    if is_depthwise(a):
+        unit = a.stride == (1, 1)
+        width = a.w_out + a.dilation[1] * (a.kw - 1) if unit else a.w_out
+        macs = a.n * a.c_out * a.h_out * width * a.kh * a.kw
+        rate = p.depthwise_gmacs * 1e9 * (4 / item) * busy * (1.0 if unit else 0.5)
+        io = (a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out)) * item
+        secs = p.call_us * 1e-6 + macs / rate + io / (p.copy_gbs * 1e9)
+        scratch = p.threads * (a.h_out + a.kh) * width * 2 * item if unit else 0
+        return Estimate(secs, scratch, f"depthwise kernel, {macs / 1e6:.3g} M multiply-adds")
+    rate = p.direct_gflops * 1e9 * (4 / item) * busy
+    secs = p.call_us * 1e-6 + a.flops / rate
+    temp = a.n * a.c_out * a.h_out * a.w_out * item if a.layout == "NHWC" else 0
+    return Estimate(secs, temp, f"direct loops at {rate / 1e9:.3g} GFLOP/s")
+
+
+def backward_cost(a, p: Profile) -> Estimate:
+    """Model time of the backward: the formula as loops for every layer (no depthwise
+    kernel), twice the forward's FLOPs at the direct rate."""
+    busy = min(max(a.n * a.c_out, 1), p.threads)
+    rate = p.direct_gflops * 1e9 * (4 / a.dtype.itemsize) * busy
+    return Estimate(p.call_us * 1e-6 + 2 * a.flops / rate, 0, "direct loops, 2x forward FLOPs")
+
+
+ALGORITHM = register(Algorithm(
+    "naive", "direct loops from the formula (a depthwise kernel for depthwise layers)",
+    forward, backward, cost, backward_cost, layouts=("NCHW",), devices=("cpu", "cuda")))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import dask.array as da
 import numpy as np
 
-from .. import _args
+from .. import _args, autotune
 from .. import conv as _conv
 from .. import pool as _pool
 from ._geometry import Axis
@@ -39,7 +39,9 @@ def check_dask_array(op: str, name: str, x) -> da.Array:
 # --------------------------------------------------------------------------- conv2d
 @dataclass(frozen=True)
 class _Conv:
-    """Block op: fastconv.conv2d with fixed arguments (weight and bias come per call)."""
+    """Block op: conv2d with fixed arguments (weight and bias come per call). ``algo``
+    is the caller's request and ``choice`` the algorithm planned for the whole array, so
+    each block runs that algorithm under the policy's fallbacks for ``algo``."""
 
     stride: tuple[int, int]
     padding: tuple[tuple[int, int], tuple[int, int]]
@@ -47,10 +49,15 @@ class _Conv:
     groups: int
     layout: str
     algo: str
+    choice: str
 
     def __call__(self, xs, origin, w, bias):
-        return _conv.conv2d(xs, w, bias, self.stride, self.padding, self.dilation, self.groups,
-                            layout=self.layout, algo=self.algo)
+        op = "conv2d"
+        xs, w, bias, args = _conv.conv_args(op, xs, w, bias, self.stride, self.padding,
+                                            self.dilation, self.groups, self.layout,
+                                            algo=self.algo)
+        out = np.empty(args.y_layout_shape, args.dtype)
+        return _conv.forward_into(xs, w, bias, args, out, self.algo, self.choice)
 
 
 def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCHW",
@@ -67,8 +74,9 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
         C_in/groups, C_out) "HWIO" for NHWC. Stored once in the graph.
     bias : numpy array (C_out,) or None.
     stride, padding, dilation, groups, layout, algo : as :func:`fastconv.conv2d`.
-        ``algo="auto"`` is resolved once for the whole problem, so every block runs the
-        algorithm the in-memory call would run.
+        ``algo="auto"`` is planned once for the whole problem, so every block runs the
+        algorithm the in-memory call would run, under the same fallbacks (an FFT
+        result that fails its error bound is recomputed exactly, as in memory).
 
     Returns
     -------
@@ -87,11 +95,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     the block (BLAS sums in a size-dependent order).
     """
     op = "conv2d"
-    _conv.check_algo(op, algo)
     x, w, bias, args = _conv.conv_args(op, x, w, bias, stride, padding, dilation, groups,
                                        layout, check_input=check_dask_array, algo=algo)
-    block_op = _Conv(args.stride, args.padding, args.dilation, args.groups, layout,
-                     _conv.resolve_algorithm(args, algo))
+    block_op = _Conv(args.stride, args.padding, args.dilation, args.groups, layout, algo,
+                     autotune.forward_choice(args, algo))
     c_ax = AXES[layout][0]
     x = x.rechunk({c_ax: -1})
     axes = (Axis(args.h, args.kh, args.stride[0], args.dilation[0], args.padding[0]),

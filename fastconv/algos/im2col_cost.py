@@ -1,0 +1,68 @@
+"""im2col's registry entry and cost model."""
+
+from __future__ import annotations
+
+import math
+
+from ..costs import Estimate, Profile, backward_from_forward, gemm_seconds
+from .im2col import backward, forward, is_pointwise, tiling
+from .registry import Algorithm, register
+
+
+def cost(a, p: Profile) -> Estimate:
+    """Model time of the forward: per tile, the unfold (column bytes / copy bandwidth + a
+    fixed cost per copied row segment) and one GEMM per group, (C_out/G) x (C_in/G*KH*KW)
+    x (tile pixels), at ``gemm_seconds``'s rate (skinny GEMMs are slow); tiles of
+    several images add a scatter pass over their output. 1x1 stride-1 layers are one
+    batched GEMM."""
+    item = a.dtype.itemsize
+    g, dg, cg = a.groups, a.c_out // a.groups, a.c_in // a.groups
+    cgkk = cg * a.kh * a.kw
+    if is_pointwise(a):
+        secs = gemm_seconds(p, dg, cg, a.h * a.w, a.n * g, item)
+        return Estimate(secs + p.call_us * 1e-6, 0,
+                        f"batched GEMM {dg}x{cg}x{a.h * a.w} x{a.n * g}")
+    t = tiling(a)
+    n_tiles = math.ceil(a.n / t.images) * math.ceil(a.h_out / t.band)
+    pixels = a.n * a.h_out * a.w_out / n_tiles  # output pixels per tile (average)
+    ckk = a.c_in * a.kh * a.kw
+    col_bytes = a.n * ckk * a.h_out * a.w_out * item
+    # contiguous runs the unfold copies. NCHW: an output row of one image, or (several
+    # images, image index innermost) an output row of the whole tile. NHWC: per output
+    # pixel, a kernel row's KW*C values (one group, no column dilation), else each tap's
+    # Cg channels per group.
+    if a.layout == "NCHW":
+        segments = ckk * a.h_out * (n_tiles if t.image_last else a.n)
+    else:
+        per_row = 1 if (g == 1 and a.dilation[1] == 1) else a.kw * g
+        segments = a.n * a.h_out * a.w_out * a.kh * per_row
+    unfold = col_bytes / (p.copy_gbs * 1e9) + segments * p.copy_row_ns * 1e-9
+    # one GEMM per tile and group (image-last tiles), else one per image, band and group
+    gemms = n_tiles if t.image_last else n_tiles * t.images
+    width = int(a.n * a.h_out * a.w_out / gemms)
+    if a.layout == "NCHW":
+        gemm = gemm_seconds(p, dg, cgkk, width, gemms * g, item)
+    else:
+        gemm = n_tiles * gemm_seconds(p, int(pixels), cgkk, dg, g, item)
+    workspace = t.col_bytes
+    scatter = 0.0
+    if t.image_last:
+        # input to image-last order, GEMM result back to NCHW (strided reads)
+        in_bytes = a.n * a.c_in * a.h * a.w * item
+        out_bytes = a.n * a.c_out * a.h_out * a.w_out * item
+        scatter = 4 * (in_bytes + out_bytes) / (p.copy_gbs * 1e9)
+        workspace += (a.c_out * a.h_out * a.w_out + a.c_in * a.h * a.w) * t.images * item
+    secs = (p.call_us + n_tiles * p.tile_us) * 1e-6 + unfold + gemm + scatter
+    detail = (f"{n_tiles} tiles, GEMM {dg}x{cgkk}x{width}"
+              f"{f' x{g} groups' if g > 1 else ''} {1e3 * gemm:.3g} ms, unfold "
+              f"{col_bytes / 1e6:.3g} MB {1e3 * unfold:.3g} ms")
+    return Estimate(secs, workspace, detail)
+
+
+def backward_cost(a, p: Profile) -> Estimate:
+    return backward_from_forward(cost(a, p), p)
+
+
+ALGORITHM = register(Algorithm(
+    "im2col", "unfold into columns (numba), then BLAS GEMMs, in cache-sized tiles",
+    forward, backward, cost, backward_cost, devices=("cpu", "cuda")))

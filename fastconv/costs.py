@@ -1,0 +1,174 @@
+"""The machine profile and the cost primitives every algorithm's cost model uses.
+
+A :class:`Profile` holds this machine's rates (SGEMM and its fall-off for skinny shapes,
+the unfold's copy bandwidth, FFT throughput, the direct and depthwise loop rates, fixed
+call costs). ``fastconv calibrate`` measures one and stores it as JSON in
+``config.CACHE_DIR``; without one, :data:`DEFAULT_PROFILE` is used. Each algorithm's
+entry in :mod:`fastconv.algos.registry` turns a problem and a profile into an
+:class:`Estimate` with :func:`gemm_seconds` and these rates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from . import config
+
+PROFILE_FILE = "profile.json"
+PROFILE_VERSION = 1
+
+
+class Estimate(NamedTuple):
+    """A cost model's answer: seconds, scratch bytes beyond input and output, and a
+    sentence saying where the time goes."""
+
+    seconds: float
+    workspace: int
+    detail: str
+
+
+# ------------------------------------------------------------------------- profile
+@dataclass(frozen=True)
+class Profile:
+    """Machine rates for the cost model (float32; float64 is derived from them)."""
+
+    gemm_gflops: float       # SGEMM rate on a large, square-ish tile
+    gemm_half_m: float       # f(M) = M / (M + half_m): the GEMM's efficiency in each dim
+    gemm_half_k: float
+    gemm_half_n: float
+    copy_gbs: float          # unfold bandwidth (bytes of columns written per second / 1e9)
+    copy_row_ns: float       # extra cost per copied row segment of the unfold
+    fft_ns: float            # real 2-D transform: ns per point * log2(points)
+    fft_plane_us: float      # fixed cost per transformed plane
+    fft_call_us: float       # fixed cost of one FFT convolution beyond a conv2d call
+    fft_gmacs: float         # channel-sum complex multiply-adds per second / 1e9
+    direct_gflops: float     # the direct ("naive") kernel, per thread
+    depthwise_gmacs: float   # the depthwise kernel, multiply-adds per second / 1e9, per thread
+    call_us: float           # fixed cost of one conv2d call (validation, dispatch)
+    tile_us: float           # fixed cost of one more im2col tile (launches, GEMM call)
+    threads: int             # numba threads the profile was measured with
+    source: str = "default"  # "default" or "calibrated <when> on <cpu>"
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+#: Rates measured with ``fastconv calibrate`` on a 2-core AVX-512 machine (AMD EPYC,
+#: OpenBLAS SkylakeX kernel), rounded: a sound default where nothing was calibrated.
+DEFAULT_PROFILE = Profile(
+    gemm_gflops=198.0, gemm_half_m=17.0, gemm_half_k=30.0, gemm_half_n=3.0,
+    copy_gbs=27.0, copy_row_ns=6.2, fft_ns=0.10, fft_plane_us=0.1, fft_call_us=295.0,
+    fft_gmacs=2.1, direct_gflops=2.6, depthwise_gmacs=11.8, call_us=24.0, tile_us=4.0,
+    threads=2,
+)
+
+
+def profile_path(path: str | None = None) -> str:
+    """Where the calibration profile lives: ``path`` or ``config.CACHE_DIR/profile.json``."""
+    return path or os.path.join(config.CACHE_DIR, PROFILE_FILE)
+
+
+_profile_lock = threading.Lock()
+_profile_cache: dict = {}
+
+
+def load_profile(path: str | None = None) -> Profile:
+    """The calibrated profile at ``path`` (default: the cache directory), or
+    ``DEFAULT_PROFILE`` when there is none, it is unreadable or it was measured with a
+    different thread count (a RuntimeWarning says so for the last two)."""
+    import numba
+
+    path = profile_path(path)
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return DEFAULT_PROFILE
+    key = (path, stamp, numba.get_num_threads())
+    with _profile_lock:
+        if key in _profile_cache:
+            return _profile_cache[key]
+    try:
+        with open(path) as f:
+            data = json.load(f)
+        if data.get("version") != PROFILE_VERSION:
+            raise ValueError(f"version {data.get('version')!r}, expected {PROFILE_VERSION}")
+        names = {f.name for f in dataclasses.fields(Profile)}
+        prof = Profile(**{k: v for k, v in data["profile"].items() if k in names})
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        warnings.warn(f"fastconv: ignoring calibration profile {path}: {exc}; using the "
+                      "default profile (run `fastconv calibrate` to rebuild it)",
+                      RuntimeWarning, stacklevel=2)
+        prof = DEFAULT_PROFILE
+    else:
+        if prof.threads != numba.get_num_threads():
+            warnings.warn(f"fastconv: calibration profile {path} was measured with "
+                          f"{prof.threads} threads, this process runs "
+                          f"{numba.get_num_threads()}; using the default profile",
+                          RuntimeWarning, stacklevel=2)
+            prof = DEFAULT_PROFILE
+    with _profile_lock:
+        _profile_cache[key] = prof
+    return prof
+
+
+def save_profile(profile: Profile, path: str | None = None) -> str:
+    """Write ``profile`` as JSON (atomically) and return the path. Plans made with an
+    earlier profile are not reused: the plan cache is keyed by the profile."""
+    path = profile_path(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        json.dump({"version": PROFILE_VERSION, "profile": profile.as_dict()}, f, indent=2)
+    os.replace(tmp, path)
+    clear_profiles()
+    return path
+
+
+def clear_profiles() -> None:
+    """Forget loaded profiles (the next load reads the file again)."""
+    with _profile_lock:
+        _profile_cache.clear()
+
+
+# ----------------------------------------------------------------------- cost model
+def efficiency(x: float, half: float) -> float:
+    return x / (x + half)
+
+
+def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
+                 itemsize: int = 4) -> float:
+    """Model time of ``batch`` GEMMs (m x k) @ (k x n): the arithmetic at the peak rate
+    scaled by the efficiency of the skinniest dimension, min(f(m), f(k), f(n)) (a
+    product of the three undercounts GEMMs skinny in two dimensions by about 2x here),
+    plus reading and writing the operands once at the copy bandwidth (what bounds a
+    GEMM with m or k of 1 or 2)."""
+    if m * k * n == 0:
+        return 0.0
+    eff = min(efficiency(m, p.gemm_half_m), efficiency(k, p.gemm_half_k),
+              efficiency(n, p.gemm_half_n))
+    arithmetic = 2.0 * m * k * n / (p.gemm_gflops * 1e9 * (4 / itemsize) * eff)
+    memory = (m * k + k * n + m * n) * itemsize / (p.copy_gbs * 1e9)
+    return batch * (arithmetic + memory)
+
+
+def fmt_seconds(s: float) -> str:
+    """A duration for humans: milliseconds below a second."""
+    return f"{s * 1e3:.3g} ms" if s < 1 else f"{s:.3g} s"
+
+
+#: conv2d_backward's im2col and FFT paths do about three times their forward's work (the
+#: weight and input gradients each cost a forward-sized product, plus folds/transforms).
+BACKWARD_FACTOR = 3.0
+
+
+def backward_from_forward(forward: Estimate, p: Profile) -> Estimate:
+    """A backward pass priced at ``BACKWARD_FACTOR`` times its forward (call cost once)."""
+    call = p.call_us * 1e-6
+    return Estimate(call + BACKWARD_FACTOR * (forward.seconds - call), forward.workspace,
+                    f"{BACKWARD_FACTOR:g}x forward: {forward.detail}")
