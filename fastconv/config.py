@@ -11,6 +11,7 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | WINOGRAD_TILE        | FASTCONV_WINOGRAD_TILE        | 4 (F(4x4, 3x3))            |
 | WORKSPACE_CACHE_BYTES| FASTCONV_WORKSPACE_CACHE_MB   | 32 MiB                     |
 | PLAN_CACHE_SIZE      | FASTCONV_PLAN_CACHE_SIZE      | 1024 plans                 |
+| FFT_WORKERS          | FASTCONV_FFT_WORKERS          | os.cpu_count()             |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
 | MNIST_MIRROR         | FASTCONV_MNIST_MIRROR         | None (the usual mirror)    |
@@ -50,8 +51,9 @@ WORKSPACE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_MB", 256) * MIB)
 #: Target size of one unfolded chunk (bytes): small enough to stay in the last-level cache
 #: between the unfold and its GEMM. Never larger than WORKSPACE_BYTES.
 IM2COL_CHUNK_BYTES: int = int(_env_float("FASTCONV_IM2COL_CHUNK_MB", 8) * MIB)
-#: Transformed tiles plus GEMM result per Winograd chunk (algos/winograd.py): 8-32 MiB
-#: ran fastest on the resnet layers here; below 4 MiB the 16 GEMMs get too thin.
+#: Transformed tiles plus GEMM result per Winograd chunk (fastconv.algos.winograd): 8-32
+#: MiB ran fastest on the resnet layers here; below 4 MiB the (m+2)^2 GEMMs (36 for
+#: F(4x4, 3x3), 16 for F(2x2, 3x3)) get too thin.
 WINOGRAD_CHUNK_BYTES: int = int(_env_float("FASTCONV_WINOGRAD_CHUNK_MB", 16) * MIB)
 #: Output block m of algo="winograd", F(m x m, 3x3): 4 (36 multiplications per 16
 #: outputs, 4x fewer than direct) or 2 (16 per 4, 2.25x fewer; float32 error about 3x
@@ -66,7 +68,7 @@ WORKSPACE_CACHE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_CACHE_MB", 32) *
 PLAN_CACHE_SIZE: int = int(_env_float("FASTCONV_PLAN_CACHE_SIZE", 1024))
 
 #: fastmath flags for the njit kernels. No "nnan"/"ninf": NaN and Inf must propagate and
-#: np.isnan must keep working (NUMBA.md).
+#: np.isnan must keep working (numba's fastmath=True would break both).
 FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
 #: fastconv's own cache directory (calibration profile; numba's cache when no other
