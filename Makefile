@@ -25,14 +25,14 @@ $(VENV)/.stamp-dev: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
-# Two pytest processes: the CPU suite, then the CUDA kernels under numba's CUDA simulator
-# (NUMBA_ENABLE_CUDASIM must be set before numba is imported). Both always run; either
-# failing fails the target. The simulator needs numba.cuda: numba's built-in module, or
+# Two pytest processes: the CPU suite with every docstring example of the package
+# (doctest), then the CUDA kernels under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM
+# must be set before numba is imported). Both always run; either failing fails the target. The simulator needs numba.cuda: numba's built-in module, or
 # NVIDIA's numba-cuda, installed here only when numba has no cuda module of its own.
 test: $(VENV)/.stamp-test
 	@$(PY) -c "import numba.cuda" 2>/dev/null || $(PY) -m pip install -q "numba-cuda>=0.20.1"
 	@status=0; \
-	$(PY) -m pytest tests --ignore=tests/cuda $(PYTEST_ARGS) || status=$$?; \
+	$(PY) -m pytest tests fastconv --doctest-modules --ignore=tests/cuda $(PYTEST_ARGS) || status=$$?; \
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/cuda $(PYTEST_ARGS) || status=$$?; \
 	exit $$status
 
