@@ -141,6 +141,24 @@ def fix_malloc(mib: int) -> str:
     return f"glibc mallopt: mmap threshold {mib} MiB, trim threshold {4 * mib} MiB"
 
 
+def _step_and_eval(model, opt, loss_fn, no_grad, xs, ys):
+    """(train step(i), eval forward(i)) of ``model`` on batch i % N_BATCHES of xs and ys:
+    the same calls in fastconv and torch, whose modules, optimisers and tensors share
+    these methods."""
+    def step(i):
+        opt.zero_grad()
+        loss = loss_fn(model(xs[i % N_BATCHES]), ys[i % N_BATCHES])
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    def evaluate(i):
+        with no_grad():
+            model(xs[i % N_BATCHES])
+
+    return step, evaluate
+
+
 def _runners(xs, ys, threads: int):
     """{framework: (train step(i), eval forward(i))} on batch i % N_BATCHES of xs
     (N_BATCHES, batch, 1, 28, 28) and ys (N_BATCHES, batch), torch (when installed,
@@ -148,19 +166,8 @@ def _runners(xs, ys, threads: int):
     its optimiser and the torch module (None)."""
     ours = models.lenet5(1, 10, 28, rng=np.random.default_rng(1))
     opt = optim.SGD(ours.parameters(), lr=0.01, momentum=0.9)
-
-    def our_step(i):
-        opt.zero_grad()
-        loss = F.cross_entropy(ours(xs[i % N_BATCHES]), ys[i % N_BATCHES])
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    def our_eval(i):
-        with fastconv.no_grad():
-            ours(xs[i % N_BATCHES])
-
-    runners = {"fastconv": (our_step, our_eval)}
+    runners = {"fastconv": _step_and_eval(ours, opt, F.cross_entropy, fastconv.no_grad,
+                                          xs, ys)}
     try:
         import torch
     except ImportError:
@@ -172,21 +179,9 @@ def _runners(xs, ys, threads: int):
         theirs.load_state_dict({k: torch.from_numpy(v.copy())
                                 for k, v in ours.state_dict().items()})
         topt = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
-        txs, tys = torch.from_numpy(xs), torch.from_numpy(ys)
-
-        def torch_step(i):
-            topt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(theirs(txs[i % N_BATCHES]),
-                                                     tys[i % N_BATCHES])
-            loss.backward()
-            topt.step()
-            return loss.item()
-
-        def torch_eval(i):
-            with torch.no_grad():
-                theirs(txs[i % N_BATCHES])
-
-        runners["torch"] = (torch_step, torch_eval)
+        runners["torch"] = _step_and_eval(theirs, topt, torch.nn.functional.cross_entropy,
+                                          torch.no_grad, torch.from_numpy(xs),
+                                          torch.from_numpy(ys))
     return runners, ours, opt, torch
 
 
