@@ -43,15 +43,15 @@ test-slow: $(VENV)/.stamp-test
 # (results.json, results.md, PNG plots) goes to bench/results/. The full suite:
 # `fastconv bench --suite default`; pytest-benchmark: `pytest bench/ --benchmark-only`.
 bench: $(VENV)/.stamp-bench
-	$(PY) -m fastconv.cli info
-	$(PY) -m fastconv.cli bench --suite quick kernel-sweep --out bench/results
+	$(PY) -m fastconv.tools info
+	$(PY) -m fastconv.tools bench --suite quick kernel-sweep --out bench/results
 
 # Run every notebook top to bottom for a person (executed copies in notebooks/executed/).
 notebooks: $(VENV)/.stamp-test
 	$(PY) notebooks/run.py
 
 info: $(VENV)/.stamp-bench
-	$(PY) -m fastconv.cli info
+	$(PY) -m fastconv.tools info
 
 lint: $(VENV)/.stamp-dev
 	$(PY) -m ruff check fastconv tests bench

@@ -11,7 +11,7 @@ import pytest
 
 def pytest_addoption(parser):
     parser.addoption("--bench-suite", default="quick",
-                     help="fastconv.benchmark suite to run: quick, default, kernel-sweep, tiny")
+                     help="fastconv.tools.bench suite to run: quick, default, kernel-sweep, tiny")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -23,7 +23,7 @@ def pytest_configure(config):
 
 def pytest_generate_tests(metafunc):
     if "shape" in metafunc.fixturenames:
-        from fastconv.benchmark import SUITES
+        from fastconv.tools.bench import SUITES
 
         suite = SUITES[metafunc.config.getoption("--bench-suite")]
         metafunc.parametrize("shape", suite, ids=[s.name for s in suite])

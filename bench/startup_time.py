@@ -5,6 +5,7 @@ Each run is a new process: it records the time just before ``import fastconv`` a
 the first ``conv2d`` returns (an 8-channel 3x3 layer on a 3x32x32 image, algo="auto"),
 and the whole process's wall time is measured from outside too. Cold: an empty
 NUMBA_CACHE_DIR (every kernel the call needs compiles). Warm: the same directory again.
+The runs: ``fastconv.tools.bench.startup``.
 
     python bench/startup_time.py [--runs 5] [--json]
 """
@@ -13,36 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
 
-CHILD = r"""
-import time
-t0 = time.perf_counter()
-import numpy as np
-import fastconv
-t1 = time.perf_counter()
-x = np.random.default_rng(0).standard_normal((1, 3, 32, 32)).astype(np.float32)
-w = np.random.default_rng(1).standard_normal((8, 3, 3, 3)).astype(np.float32)
-y = fastconv.conv2d(x, w, padding=1)
-t2 = time.perf_counter()
-assert y.shape == (1, 8, 32, 32)
-print(t1 - t0, t2 - t0)
-"""
-
-
-def one_run(cache_dir: str) -> dict:
-    env = dict(os.environ, NUMBA_CACHE_DIR=cache_dir)
-    start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
-                         text=True, check=True)
-    wall = time.perf_counter() - start
-    imp, first = (float(v) for v in out.stdout.split())
-    return {"import_s": imp, "import_and_first_conv_s": first, "process_wall_s": wall}
+from fastconv.tools.bench import startup
 
 
 def main(argv=None) -> int:
@@ -50,18 +24,8 @@ def main(argv=None) -> int:
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    with tempfile.TemporaryDirectory(prefix="fastconv-startup-") as cache:
-        cold = one_run(cache)
-        warm = [one_run(cache) for _ in range(a.runs)]
-    med = {k: statistics.median(r[k] for r in warm) for k in warm[0]}
-    result = {"cold": cold, "warm_median": med, "warm_runs": warm}
-    if a.json:
-        print(json.dumps(result, indent=2))
-    else:
-        for label, r in (("cold cache", cold), (f"warm cache (median of {a.runs})", med)):
-            print(f"{label}: import {r['import_s']:.3f} s, import + first conv2d "
-                  f"{r['import_and_first_conv_s']:.3f} s, whole process "
-                  f"{r['process_wall_s']:.3f} s")
+    result = startup.measure(a.runs)
+    print(json.dumps(result, indent=2) if a.json else startup.format_result(result))
     return 0
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import autotune
+from fastconv.tools.bench import engine
 
 ALGOS = ["naive", "im2col", "fft", "winograd", "auto"]
 
@@ -25,7 +25,7 @@ def _rounds(shape, algo):
 @pytest.mark.parametrize("algo", ALGOS)
 def test_forward(benchmark, shape, algo, arrays):
     x, w = arrays
-    if algo != "auto" and algo not in autotune.applicable(shape.args(np.float32)):
+    if not engine.applies(algo, shape.args(np.float32)):
         pytest.skip(f"{algo} does not apply to this layer (winograd: 3x3, stride 1)")
     if algo == "naive":
         x = x[:1]
@@ -51,9 +51,7 @@ def test_torch(benchmark, shape, arrays):
 
 
 def test_sgemm_of_the_im2col_tile(benchmark, shape):
-    from fastconv.benchmark import im2col_gemm
-
-    m, k, n, count = im2col_gemm(shape)
+    m, k, n, count = engine.im2col_gemm(shape)
     rng = np.random.default_rng(0)
     a = rng.standard_normal((m, k), dtype=np.float32)
     b = rng.standard_normal((k, n), dtype=np.float32)

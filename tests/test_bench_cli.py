@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from fastconv import autotune, benchmark, cli, config
+from fastconv import autotune, config
+from fastconv.tools import bench, cli
+from fastconv.tools.bench import runner
 
 
 @pytest.fixture(autouse=True)
@@ -26,14 +28,14 @@ def test_bench_tiny_suite_writes_json_markdown_and_plots(tmp_path, capsys):
     assert "| shape | algo | median ms |" in printed
     data = json.loads((out / "results.json").read_text())
     tiny = [r for r in data["results"] if r["suite"] == "tiny"]
-    runs = [(s.name, a) for s in benchmark.TINY_SUITE for a in benchmark.ALGOS
+    runs = [(s.name, a) for s in bench.TINY_SUITE for a in bench.ALGOS
             if a != "winograd" or s.k == 3]           # Winograd: the 3x3 layers only
     assert sorted((r["shape"], r["algo"]) for r in tiny) == sorted(runs)  # once each
     for r in tiny:
         assert r["seconds"] > 0 and r["gflops"] > 0
         assert (r["chosen"] in autotune.ALGORITHMS) == (r["algo"] == "auto")
     assert data["info"]["numba_threads"] >= 1 and "blas" in data["info"]
-    assert data["summary"]["tiny"]["auto_candidates"] == len(benchmark.TINY_SUITE)
+    assert data["summary"]["tiny"]["auto_candidates"] == len(bench.TINY_SUITE)
     md = (out / "results.md").read_text()
     assert "## tiny" in md and "## Summary" in md
     assert (out / "shapes_tiny.png").read_bytes()[:8] == PNG
@@ -43,79 +45,79 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 def test_kernel_sweep_plot(tmp_path):
-    assert [s.name for s in benchmark.KERNEL_SWEEP] == [f"k{k}" for k in range(1, 32)]
-    results = [benchmark.Result("kernel-sweep", f"k{k}", algo, secs * k, 1.0, 1, 1)
+    assert [s.name for s in bench.KERNEL_SWEEP] == [f"k{k}" for k in range(1, 32)]
+    results = [bench.Result("kernel-sweep", f"k{k}", algo, secs * k, 1.0, 1, 1)
                for k in (1, 3, 5) for algo, secs in (("naive", 3e-4), ("im2col", 1e-4),
                                                       ("fft", 2e-4), ("torch", 1e-4))]
-    paths = benchmark.plot(benchmark.Report({}, results), str(tmp_path))
+    paths = bench.plot(bench.Report({}, results), str(tmp_path))
     assert paths == [str(tmp_path / "kernel_sweep.png")]
     assert (tmp_path / "kernel_sweep.png").read_bytes()[:8] == PNG
 
 
 def test_naive_on_a_reduced_batch_is_scaled_and_marked():
-    shape = benchmark.Shape("small", 4, 2, 10, 10, 2, 3)
-    rep = benchmark.run([shape], ("naive", "im2col"), suite="t", extras=(), repeats=1,
-                        naive_budget=1e-9)
+    shape = bench.Shape("small", 4, 2, 10, 10, 2, 3)
+    rep = bench.run([shape], ("naive", "im2col"), suite="t", extras=(), repeats=1,
+                    naive_budget=1e-9)
     naive, im2col = rep.results
     assert naive.batch == 1 and naive.n == 4 and naive.scaled
     assert not im2col.scaled
     assert naive.speedup_vs_naive == 1.0
     assert im2col.speedup_vs_naive == pytest.approx(naive.seconds / im2col.seconds)
-    assert "* (1/4)" in benchmark.format_table(rep.results)
+    assert "* (1/4)" in bench.format_table(rep.results)
     assert all(r.other_load is None or 0 <= r.other_load <= 1 for r in rep.results)
 
 
 def test_load_meter_and_marks(monkeypatch):
-    meter = benchmark.LoadMeter().start()
+    meter = bench.LoadMeter().start()
     sum(i * i for i in range(10000))  # our own work is not counted as others' load
     load = meter.stop()
     assert load is None or 0.0 <= load <= 1.0
-    assert benchmark.wait_until_idle(0.0, threshold=1.0, window=0.01) is True
-    r = benchmark.Result("s", "a", "im2col", 0.01, 1.0, 1, 1, other_load=0.4)
-    assert "!40%" in benchmark.format_table([r])
-    s = benchmark.summarize([r])["s"]
+    assert bench.wait_until_idle(0.0, threshold=1.0, window=0.01) is True
+    r = bench.Result("s", "a", "im2col", 0.01, 1.0, 1, 1, other_load=0.4)
+    assert "!40%" in bench.format_table([r])
+    s = bench.summarize([r])["s"]
     assert s["measured_under_load"] == [{"shape": "a", "algo": "im2col", "other_load": 0.4}]
     assert "1 measurements ran while other processes used more than 3%" in (
-        benchmark.format_summary({"s": s}))
+        bench.format_summary({"s": s}))
 
 
 def test_summary_counts_auto_picks():
     def res(shape, algo, secs, chosen=None):
-        return benchmark.Result("s", shape, algo, secs, 1.0, 1, 1, chosen)
+        return bench.Result("s", shape, algo, secs, 1.0, 1, 1, chosen)
 
     results = [res("a", "naive", 3.0), res("a", "im2col", 1.0), res("a", "fft", 2.0),
                res("a", "auto", 1.1, "im2col"), res("a", "torch", 2.2),
                res("b", "naive", 3.0), res("b", "im2col", 1.5), res("b", "fft", 1.0),
                res("b", "auto", 1.5, "im2col"), res("b", "torch", 1.5)]
-    benchmark._relate(results)
-    s = benchmark.summarize(results)["s"]
+    bench.relate(results)
+    s = bench.summarize(results)["s"]
     assert s["auto_picked_fastest"] == 1 and s["auto_candidates"] == 2
     assert s["auto_worst_ratio"] == pytest.approx(1.5)
     assert s["auto_vs_torch_geomean"] == pytest.approx(np.sqrt(0.5 * 1.0))
-    overview = benchmark.format_overview(results)
+    overview = bench.format_overview(results)
     assert "| shape | naive | im2col | fft | auto | torch | auto / torch |" in overview
     assert "| b | 3000 | 1500 | 1000 | 1500 (im2col) | 1500 | 1.00 |" in overview
-    text = benchmark.format_summary({"s": s})
+    text = bench.format_summary({"s": s})
     assert "1/2 shapes" in text and "b: chose im2col, fastest fft (1.50x)" in text
 
 
 def test_im2col_gemm_matches_the_tiling():
-    m, k, n, count = benchmark.im2col_gemm(benchmark.Shape("r", 16, 64, 56, 56, 64, 3,
-                                                           padding=1))
+    m, k, n, count = bench.im2col_gemm(bench.Shape("r", 16, 64, 56, 56, 64, 3,
+                                                   padding=1))
     assert (m, k) == (64, 576) and n * count == 16 * 56 * 56
-    assert benchmark.im2col_gemm(benchmark.Shape("p", 4, 8, 5, 5, 6, 1)) == (6, 8, 25, 4)
+    assert bench.im2col_gemm(bench.Shape("p", 4, 8, 5, 5, 6, 1)) == (6, 8, 25, 4)
 
 
 def test_suites_cover_the_default_layers():
-    names = [s.name for s in benchmark.DEFAULT_SUITE]
+    names = [s.name for s in bench.DEFAULT_SUITE]
     assert names == ["lenet_c1", "lenet_c2", "cifar", "resnet_56", "resnet_28", "resnet_14",
                      "stride2", "pointwise", "depthwise", "stem", "dilated", "bigkernel"]
-    assert [s.name for s in benchmark.QUICK_SUITE] == names
-    assert all(q.n <= d.n for q, d in zip(benchmark.QUICK_SUITE, benchmark.DEFAULT_SUITE,
-                                                     strict=True))
-    dw = benchmark.DEFAULT_SUITE[8]
+    assert [s.name for s in bench.QUICK_SUITE] == names
+    assert all(q.n <= d.n for q, d in zip(bench.QUICK_SUITE, bench.DEFAULT_SUITE,
+                                                 strict=True))
+    dw = bench.DEFAULT_SUITE[8]
     assert (dw.groups, dw.c, dw.c_out) == (128, 128, 128)
-    assert benchmark.DEFAULT_SUITE[-1].single_channel()
+    assert bench.DEFAULT_SUITE[-1].single_channel()
 
 
 def test_calibrate_command_writes_a_loadable_profile(tmp_path, capsys):
@@ -132,8 +134,8 @@ def test_calibrate_command_writes_a_loadable_profile(tmp_path, capsys):
 def test_summary_skips_choices_that_were_not_timed():
     """auto picking an algorithm left out of --algos (naive on the depthwise layer) is not
     counted as a right or wrong pick."""
-    report = benchmark.run(benchmark.TINY_SUITE, ("im2col", "fft", "winograd", "auto"),
-                           suite="tiny", extras=(), repeats=1)
+    report = bench.run(bench.TINY_SUITE, ("im2col", "fft", "winograd", "auto"),
+                       suite="tiny", extras=(), repeats=1)
     chosen = {r.shape: r.chosen for r in report.results if r.algo == "auto"}
     assert chosen["tiny_dw"] == "naive"
     picks = report.summary["tiny"].get("auto_picks", [])
@@ -143,13 +145,13 @@ def test_summary_skips_choices_that_were_not_timed():
 
 def test_median_time_repeats_short_calls_up_to_the_cap():
     calls = []
-    benchmark.median_time(lambda: calls.append(1), repeats=3, min_time=60.0, max_repeats=40)
+    bench.median_time(lambda: calls.append(1), repeats=3, min_time=60.0, max_repeats=40)
     assert len(calls) == 1 + 40                     # warm-up + the cap, not a minute
     calls.clear()
-    benchmark.median_time(lambda: calls.append(1), repeats=3, min_time=60.0)
+    bench.median_time(lambda: calls.append(1), repeats=3, min_time=60.0)
     assert len(calls) == 1 + 12                     # default cap: 4 x repeats
     calls.clear()
-    benchmark.median_time(lambda: calls.append(1), repeats=3)
+    bench.median_time(lambda: calls.append(1), repeats=3)
     assert len(calls) == 1 + 3
 
 
@@ -160,11 +162,11 @@ def test_bench_measurements_run_for_the_minimum_time(monkeypatch):
         seen.update(kw)
         return 1e-3
 
-    monkeypatch.setattr(benchmark, "median_time", fake_median_time)
-    benchmark._time_scaled(lambda xb: (lambda: None), np.zeros((2, 1)), 2, repeats=5,
-                           max_time=1.0, budget=0.0)
-    assert seen["min_time"] == benchmark.MIN_MEASURE_SECONDS > 0
-    assert seen["max_repeats"] == benchmark.MAX_REPEATS >= 5
+    monkeypatch.setattr(runner, "median_time", fake_median_time)
+    runner._time_scaled(lambda xb: (lambda: None), np.zeros((2, 1)), 2, repeats=5,
+                        max_time=1.0, budget=0.0)
+    assert seen["min_time"] == bench.MIN_MEASURE_SECONDS > 0
+    assert seen["max_repeats"] == bench.MAX_REPEATS >= 5
 
 
 def test_bench_nhwc_layout_runs_every_pair_on_nhwc_arrays(tmp_path, capsys):
@@ -176,29 +178,29 @@ def test_bench_nhwc_layout_runs_every_pair_on_nhwc_arrays(tmp_path, capsys):
     data = json.loads((out / "results.json").read_text())
     assert data["info"]["layout"] == "NHWC"
     got = sorted((r["shape"], r["algo"]) for r in data["results"])
-    want = sorted((s.name, a) for s in benchmark.TINY_SUITE for a in ("im2col", "winograd",
-                                                                     "auto")
+    want = sorted((s.name, a) for s in bench.TINY_SUITE for a in ("im2col", "winograd",
+                                                                 "auto")
                   if a != "winograd" or s.k == 3)
     assert got == want
     assert all(r["seconds"] > 0 for r in data["results"])
 
 
-@pytest.mark.parametrize("shape", benchmark.TINY_SUITE, ids=lambda s: s.name)
+@pytest.mark.parametrize("shape", bench.TINY_SUITE, ids=lambda s: s.name)
 def test_nhwc_arrays_and_runner_compute_the_nchw_result(shape):
     x, w = shape.arrays(np.float64)
     xh, wh = shape.arrays(np.float64, layout="NHWC")
     assert xh.flags.c_contiguous and np.array_equal(xh, x.transpose(0, 2, 3, 1))
     assert wh.flags.c_contiguous and np.array_equal(wh, w.transpose(2, 3, 1, 0))
-    want = benchmark._fastconv_runner(shape, "im2col", x, w, False)()
-    got = benchmark._fastconv_runner(shape, "im2col", xh, wh, False, "NHWC")()
+    want = runner._fastconv_runner(shape, "im2col", x, w, False)()
+    got = runner._fastconv_runner(shape, "im2col", xh, wh, False, "NHWC")()
     np.testing.assert_allclose(got.transpose(0, 3, 1, 2), want, rtol=1e-12, atol=1e-12)
     a = shape.args(np.float64, layout="NHWC")
     assert a.layout == "NHWC" and a.x_shape == shape.args(np.float64).x_shape
 
 
 def test_im2col_gemm_nhwc_is_pixels_by_taps_by_channels():
-    shape = benchmark.Shape("r", 16, 64, 56, 56, 64, 3, padding=1)
-    m, k, n, count = benchmark.im2col_gemm(shape, layout="NHWC")
+    shape = bench.Shape("r", 16, 64, 56, 56, 64, 3, padding=1)
+    m, k, n, count = bench.im2col_gemm(shape, layout="NHWC")
     assert (k, n) == (576, 64) and m * count == 16 * 56 * 56
 
 

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import cli
 from fastconv import cuda as fcuda
 from fastconv.cuda import _device
+from fastconv.tools import cli
 
 NO_GPU = _device.unavailable_reason() is not None
 

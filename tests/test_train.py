@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from fastconv import cli, config, data, models, nn, optim, training
+from fastconv import config, data, models, nn, optim, training
 from fastconv.nn import functional as F
+from fastconv.tools import cli
 
 
 def _quiet(*args):

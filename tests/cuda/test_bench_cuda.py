@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from fastconv.benchmark import Shape
-from fastconv.cuda import bench
+from fastconv.tools.bench import Shape
+from fastconv.tools.bench import cuda as bench
 
 TINY = (Shape("tiny", 2, 3, 6, 6, 4, 3, padding=1), Shape("tiny_s2", 1, 2, 7, 7, 3, 3, stride=2))
 

@@ -1,60 +1,46 @@
 """Timings of the backward passes, pooling and batch norm.
 
-    python bench/measure_issue3.py [--batch 32] [--repeat 9] [--threads N]
-
 On x of shape (batch, 64, 56, 56) float32, NCHW:
 (a) conv2d_backward time / conv2d time for im2col (3x3, 64 -> 64, padding 1);
 (b) max_pool2d 2x2 stride 2, avg_pool2d 2x2 stride 2 and batch_norm (training), forward
-    and backward, fastconv against the plain-NumPy versions in bench/numpy_baselines.py.
+    and backward, fastconv against the plain-NumPy versions in :mod:`.baselines`.
 Every result is checked against its counterpart before anything is timed. Each timing is
-the median of --repeat calls after one warm-up call (compilation excluded); the machine's
-BLAS, threading layer and load are printed with the numbers. ``--threads N`` caps both
-numba's and BLAS's threads at N for the whole run; on a shared machine a multi-threaded
-BLAS call waits whenever one of its threads is not scheduled, so compare runs only at the
-same setting and load.
+the median of ``repeat`` calls after one warm-up call (compilation excluded); the
+machine's BLAS, threading layer and load are printed with the numbers.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-import statistics
-import sys
-import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))   # this checkout's fastconv
-sys.path.insert(0, str(HERE))
+import numba
+import numpy as np
+import threadpoolctl
 
-import numba  # noqa: E402
-import numpy as np  # noqa: E402
-import numpy_baselines as nb  # noqa: E402
-import threadpoolctl  # noqa: E402
+import fastconv
+from fastconv._runtime import threading_layer
 
-import fastconv  # noqa: E402
-from fastconv._runtime import threading_layer  # noqa: E402
+from . import baselines as nb
+from .runner import call_times
 
 
 def timed(fn, repeat):
     """(median, min) seconds of ``repeat`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), min(times)
+    times = call_times(fn, repeat)
+    return float(np.median(times)), min(times)
 
 
 def check(name, got, want, rtol):
+    """Exit (SystemExit) when max |got - want| / max |want| exceeds ``rtol``."""
     got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
     err = np.max(np.abs(got - want)) / max(np.max(np.abs(want)), 1e-30)
     if not err <= rtol:
         raise SystemExit(f"{name}: fastconv and the baseline disagree (rel err {err:.2e})")
 
 
-def environment():
+def print_environment():
+    """numpy, numba, where fastconv comes from, threads, threading layer, load, BLAS."""
     print(f"numpy {np.__version__}, numba {numba.__version__}, fastconv from "
           f"{Path(fastconv.__file__).parent}")
     print(f"cpus {os.cpu_count()}, numba threads {numba.get_num_threads()}, threading layer "
@@ -66,28 +52,22 @@ def environment():
               f"({Path(lib.get('filepath', '')).name})")
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--repeat", type=int, default=9)
-    ap.add_argument("--threads", type=int, default=None,
-                    help="cap numba and BLAS threads (default: leave both as they are)")
-    args = ap.parse_args(argv)
-    if args.threads is not None:
-        numba.set_num_threads(args.threads)
-        with threadpoolctl.threadpool_limits(args.threads):
-            return run(args)
-    return run(args)
+def measure(batch: int = 32, repeat: int = 9, threads: int | None = None):
+    """Check, time and print (a) and (b). ``threads``: cap both numba's and BLAS's threads
+    at that many for the whole run (None: leave both as they are); on a shared machine a
+    multi-threaded BLAS call waits whenever one of its threads is not scheduled, so
+    compare runs only at the same setting and load."""
+    if threads is not None:
+        numba.set_num_threads(threads)
+        with threadpoolctl.threadpool_limits(threads):
+            return _run(batch, repeat)
+    return _run(batch, repeat)
 
 
-def run(args):
-    r = args.repeat
-    rng = np.random.default_rng(0)
-    shape = (args.batch, 64, 56, 56)
-    x = rng.standard_normal(shape, np.float32)
-    gy = rng.standard_normal(shape, np.float32)
-
-    # ------------------------------------------------------------------ (a) conv
+def _conv(x, gy, rng, r):
+    """(a): check conv2d_backward (im2col) against the direct algorithm, print the
+    environment, then time im2col's forward and backward."""
+    shape = x.shape
     w = (rng.standard_normal((64, 64, 3, 3), np.float32) / 24).astype(np.float32)
     y = fastconv.conv2d(x, w, padding=1, algo="im2col")
     gx, gw, gb = fastconv.conv2d_backward(gy, x, w, padding=1, algo="im2col")
@@ -95,7 +75,7 @@ def run(args):
     check("conv2d_backward grad_x", gx[:2], gx_n, 1e-4)
     gw2 = fastconv.conv2d_backward(gy[:2], x[:2], w, padding=1, algo="im2col")[1]
     check("conv2d_backward grad_w", gw2, gw_n, 1e-4)
-    environment()   # after the first parallel call, so the threading layer is the real one
+    print_environment()   # after the first parallel call, so the threading layer is real
     print(f"\nx {shape} float32; median (min) of {r} runs after a warm-up\n")
     flops = 2 * y.size * 64 * 9
     fwd = timed(lambda: fastconv.conv2d(x, w, padding=1, algo="im2col"), r)
@@ -107,7 +87,10 @@ def run(args):
           f"{2 * flops / bwd[0] / 1e9:6.1f} GFLOP/s (grad_x and grad_w, 2x the forward FLOPs)")
     print(f"    backward / forward = {bwd[0] / fwd[0]:.2f}")
 
-    # --------------------------------------------------------------- (b) pooling, BN
+
+def _pool_rows(x, rng):
+    """(op, pass, fastconv call, NumPy call) for max and avg pooling, checked first."""
+    shape = x.shape
     rows = []
     yp, idx = fastconv.max_pool2d(x, 2, return_indices=True)
     yn, arg = nb.max_pool2d(x, 2, return_argmax=True)
@@ -129,8 +112,12 @@ def run(args):
     rows.append(("avg_pool2d 2x2/2", "backward",
                  lambda: fastconv.avg_pool2d_backward(gyp, shape, 2),
                  lambda: nb.avg_pool2d_backward(gyp, shape, 2)))
+    return rows
 
-    c = shape[1]
+
+def _norm_rows(x, gy, rng):
+    """(op, pass, fastconv call, NumPy call) for training-mode batch norm, checked first."""
+    c = x.shape[1]
     bw, bb = rng.standard_normal(c, np.float32), rng.standard_normal(c, np.float32)
     stats = [np.zeros(c, np.float32), np.ones(c, np.float32)]
     yb, mean, invstd = fastconv.batch_norm(x, *stats, bw, bb, training=True,
@@ -142,22 +129,25 @@ def run(args):
     for name, u, v in zip(("grad_x", "grad_weight", "grad_bias"), bgrads,
                           nb.batch_norm_backward(gy, x, mean_n, invstd_n, bw), strict=True):
         check(f"batch_norm_backward {name}", u, v, 1e-3)
-    rows.append(("batch_norm (training)", "forward",
-                 lambda: fastconv.batch_norm(x, *stats, bw, bb, training=True,
-                                             return_stats=True),
-                 lambda: nb.batch_norm_train(x, *stats, bw, bb)))
-    rows.append(("batch_norm (training)", "backward",
-                 lambda: fastconv.batch_norm_backward(gy, x, mean, invstd, bw),
-                 lambda: nb.batch_norm_backward(gy, x, mean_n, invstd_n, bw)))
+    return [("batch_norm (training)", "forward",
+             lambda: fastconv.batch_norm(x, *stats, bw, bb, training=True, return_stats=True),
+             lambda: nb.batch_norm_train(x, *stats, bw, bb)),
+            ("batch_norm (training)", "backward",
+             lambda: fastconv.batch_norm_backward(gy, x, mean, invstd, bw),
+             lambda: nb.batch_norm_backward(gy, x, mean_n, invstd_n, bw))]
 
-    print("\n(b) fastconv vs plain NumPy (bench/numpy_baselines.py)")
+
+def _run(batch: int, r: int):
+    rng = np.random.default_rng(0)
+    shape = (batch, 64, 56, 56)
+    x = rng.standard_normal(shape, np.float32)
+    gy = rng.standard_normal(shape, np.float32)
+    _conv(x, gy, rng, r)
+    rows = _pool_rows(x, rng) + _norm_rows(x, gy, rng)
+    print("\n(b) fastconv vs plain NumPy (fastconv/tools/bench/baselines.py)")
     print(f"    {'op':24s} {'pass':9s} {'fastconv ms':>12s} {'numpy ms':>12s} {'speed-up':>9s}")
     for name, direction, fast, base in rows:
         tf, tn = timed(fast, r), timed(base, r)
         print(f"    {name:24s} {direction:9s} {tf[0] * 1e3:7.2f} ({tf[1] * 1e3:5.2f})"
               f" {tn[0] * 1e3:7.2f} ({tn[1] * 1e3:5.2f}) {tn[0] / tf[0]:8.2f}x")
     print(f"\nload average at the end {os.getloadavg()[0]:.2f} (1 min)")
-
-
-if __name__ == "__main__":
-    main()

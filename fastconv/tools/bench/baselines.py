@@ -5,7 +5,7 @@ They are written the way one would write them in NumPy for speed: whole-array op
 over the kh*kw window offsets (each a strided view of the input) rather than reshaped
 reductions over small axes, which NumPy runs about 20x slower here. No padding, dilation
 or ceil_mode: the benchmark shapes do not need them. Results are checked against fastconv
-in ``bench/measure_issue3.py`` before anything is timed.
+in ``fastconv.tools.bench.ops`` before anything is timed. Arrays are NCHW: x (n, c, h, w).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 
 
 def _out_size(n: int, k: int, s: int) -> int:
+    """Output length of a k-wide window at stride s over n positions (no padding)."""
     return (n - k) // s + 1
 
 
@@ -23,8 +24,9 @@ def _window(x, a, b, s, ho, wo):
 
 
 def max_pool2d(x, k, s=None, return_argmax=False):
-    """Max over k x k windows with stride s (default k). With return_argmax, also the
-    offset a*k + b (int8 for k*k <= 127) of the first maximum in each window."""
+    """Max over k x k windows with stride s (default k): x (n, c, h, w) -> (n, c, ho, wo).
+    With return_argmax, also the offset a*k + b (int8 for k*k <= 127) of the first maximum
+    in each window, of the output's shape."""
     s = k if s is None else s
     ho, wo = _out_size(x.shape[2], k, s), _out_size(x.shape[3], k, s)
     y = _window(x, 0, 0, s, ho, wo).copy()
@@ -57,7 +59,7 @@ def max_pool2d_backward(gy, argmax, x_shape, k, s=None):
 
 
 def avg_pool2d(x, k, s=None):
-    """Mean over k x k windows with stride s (default k)."""
+    """Mean over k x k windows with stride s (default k): x (n, c, h, w) -> (n, c, ho, wo)."""
     s = k if s is None else s
     ho, wo = _out_size(x.shape[2], k, s), _out_size(x.shape[3], k, s)
     y = _window(x, 0, 0, s, ho, wo).copy()
@@ -70,7 +72,8 @@ def avg_pool2d(x, k, s=None):
 
 
 def avg_pool2d_backward(gy, x_shape, k, s=None):
-    """grad_y / k**2 spread over each window; overlapping windows add up."""
+    """grad_y (n, c, ho, wo) / k**2 spread over each window of an input of ``x_shape``;
+    overlapping windows add up."""
     s = k if s is None else s
     ho, wo = gy.shape[2:]
     g = gy * gy.dtype.type(1.0 / (k * k))
@@ -88,8 +91,9 @@ def avg_pool2d_backward(gy, x_shape, k, s=None):
 
 
 def batch_norm_train(x, running_mean, running_var, weight, bias, momentum=0.1, eps=1e-5):
-    """Training-mode batch norm: batch statistics over (N, H, W), running estimates updated
-    in place (unbiased variance). Returns (y, mean, invstd)."""
+    """Training-mode batch norm of x (n, c, h, w): batch statistics over (N, H, W), running
+    estimates (c,) updated in place (unbiased variance). Returns (y (n, c, h, w), mean (c,),
+    invstd (c,))."""
     axes = (0, 2, 3)
     m = x.size // x.shape[1]
     mean = x.mean(axis=axes)

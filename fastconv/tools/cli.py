@@ -8,6 +8,7 @@ import sys
 
 
 def _progress(desc: str):
+    """A tqdm progress bar on stderr wrapping an iterable, or None without tqdm."""
     try:
         from tqdm import tqdm
     except ImportError:
@@ -16,9 +17,12 @@ def _progress(desc: str):
 
 
 def cmd_info(args) -> int:
+    """``fastconv info``: versions, threading layer, BLAS, cache, CUDA (text or JSON)."""
     import numpy as np
 
-    from . import conv2d, info
+    from fastconv import conv2d
+
+    from . import info
 
     # One tiny parallel call so numba reports the threading layer actually loaded.
     conv2d(np.zeros((1, 1, 2, 2), np.float32), np.zeros((1, 1, 1, 1), np.float32),
@@ -34,41 +38,44 @@ def cmd_info(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import benchmark
+    """``fastconv bench``: the suites on the CPU (tables, summary, report files), or
+    ``--device cuda``: the GPU check and timings."""
+    from . import bench
 
     if args.device == "cuda":
-        from .cuda.bench import cli_main
+        from .bench.cuda import cli_main
 
         if args.layout != "NCHW":
             print(f"fastconv bench: --layout {args.layout} is not available with --device "
                   "cuda (the GPU benchmark runs NCHW)", file=sys.stderr)
             return 2
 
-        shapes = [s for name in (args.suite or ["quick"]) for s in benchmark.SUITES[name]]
+        shapes = [s for name in (args.suite or ["quick"]) for s in bench.SUITES[name]]
         return cli_main(shapes, progress=_progress("bench cuda"), out=args.out)
-    extras = () if args.no_extras else benchmark.EXTRAS
-    report = benchmark.Report(benchmark.environment(args.backward, args.layout))
-    print(benchmark.format_header(report.info))
+    extras = () if args.no_extras else bench.EXTRAS
+    report = bench.Report(bench.environment(args.backward, args.layout))
+    print(bench.format_header(report.info))
     for suite in args.suite or ["default"]:
-        benchmark.run(benchmark.SUITES[suite], tuple(args.algos), suite=suite, extras=extras,
-                      repeats=args.repeats, naive_budget=args.naive_budget,
-                      backward=args.backward, wait_idle=args.wait_idle, runs=args.runs,
-                      progress=_progress(f"bench {suite}"),
-                      report=report, layout=args.layout)
+        bench.run(bench.SUITES[suite], tuple(args.algos), suite=suite, extras=extras,
+                  repeats=args.repeats, naive_budget=args.naive_budget,
+                  backward=args.backward, wait_idle=args.wait_idle, runs=args.runs,
+                  progress=_progress(f"bench {suite}"), report=report, layout=args.layout)
         rs = [r for r in report.results if r.suite == suite]
-        print(f"\n{suite}: median ms per call\n" + benchmark.format_overview(rs))
-        print("\n" + benchmark.format_table(rs))
-    print("\n" + benchmark.FOOTNOTE + "\n")
-    print(benchmark.format_summary(report.summary))
+        print(f"\n{suite}: median ms per call\n" + bench.format_overview(rs))
+        print("\n" + bench.format_table(rs))
+    print("\n" + bench.FOOTNOTE + "\n")
+    print(bench.format_summary(report.summary))
     if args.out:
-        for path in benchmark.write(report, args.out):
+        for path in bench.write(report, args.out):
             print(f"wrote {path}")
     return 0
 
 
 def cmd_calibrate(args) -> int:
-    from . import autotune
-    from .tools.calibrate import calibrate
+    """``fastconv calibrate``: measure this machine for algo="auto" and save the profile."""
+    from fastconv import autotune
+
+    from .calibrate import calibrate
 
     prof = calibrate(args.out, save=not args.dry_run, budget=args.budget)
     if args.json:
@@ -82,7 +89,8 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from . import training
+    """``fastconv train``: train a small CNN (fastconv.training.run)."""
+    from fastconv import training
 
     training.run(model=args.model, dataset=args.dataset, epochs=args.epochs,
                  batch_size=args.batch_size, lr=args.lr, seed=args.seed,
@@ -91,6 +99,7 @@ def cmd_train(args) -> int:
 
 
 def add_train_parser(sub) -> None:
+    """The ``train`` subcommand and its options."""
     pt = sub.add_parser("train", help="train LeNet-5 or a small ResNet on digits, shapes or "
                         "MNIST")
     pt.add_argument("--model", choices=["lenet", "resnet"], default="lenet")
@@ -108,13 +117,15 @@ def add_train_parser(sub) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``fastconv`` parser: info, bench, calibrate, train."""
     p = argparse.ArgumentParser(prog="fastconv", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     pi = sub.add_parser("info", help="versions, threading layer, BLAS, cache, CUDA")
     pi.add_argument("--json", action="store_true", help="print JSON")
     pi.set_defaults(func=cmd_info)
-    from ._args import LAYOUTS
-    from .benchmark import ALGOS, SUITES
+    from fastconv._args import LAYOUTS
+
+    from .bench import ALGOS, SUITES
 
     pb = sub.add_parser("bench", help="time naive vs im2col vs FFT (and torch, scipy)")
     pb.add_argument("--suite", nargs="+", default=None, choices=list(SUITES),
@@ -156,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """Run the command line ``argv`` (default: sys.argv[1:]); returns the exit status."""
     args = build_parser().parse_args(argv)
     return args.func(args)
 

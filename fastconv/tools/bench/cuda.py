@@ -1,6 +1,6 @@
 """``fastconv bench --device cuda``: conv2d on the GPU, checked against the CPU and timed.
 
-For each layer shape (the bench suite's ``Shape`` records: ``name``, ``arrays(dtype)``,
+For each layer shape (``Shape`` records of the bench suites: ``name``, ``arrays(dtype)``,
 ``kwargs()``, ``flops()``) and each CUDA algorithm, the GPU result is compared with the
 CPU's (``fastconv.conv2d``, relative error; float32 passes at <= 1e-4) and the call is
 timed with the arrays already on the device: a warm-up call (which also compiles), then
@@ -13,16 +13,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 
 import numpy as np
 
-from ._device import CudaUnavailableError, env_summary, require
+from fastconv.cuda import CudaUnavailableError, require
+from fastconv.cuda._device import env_summary
+
+from .runner import call_times
 
 TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 
 
 def _rel_error(got, want) -> float:
+    """max |got - want| / max |want| (the absolute error when want is all zeros)."""
     got = np.asarray(got, np.float64)
     want = np.asarray(want, np.float64)
     scale = float(np.max(np.abs(want))) if want.size else 0.0
@@ -38,8 +41,8 @@ def run_cuda_bench(shapes, progress=None, *, algos=("naive", "im2col"), dtype=np
     within TOLERANCE). Raises CudaUnavailableError without a usable GPU.
     """
     cuda = require("fastconv bench")
-    from .. import conv2d as cpu_conv2d
-    from . import conv2d
+    from fastconv import conv2d as cpu_conv2d
+    from fastconv.cuda import conv2d
 
     jobs = [(s, a) for s in shapes for a in algos]
     rows: list[dict] = []
@@ -57,13 +60,8 @@ def run_cuda_bench(shapes, progress=None, *, algos=("naive", "im2col"), dtype=np
             cuda.synchronize()
             return out
 
-        err = _rel_error(call().copy_to_host(), want)
-        times = []
-        for _ in range(max(1, repeats)):
-            t0 = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - t0)
-        secs = float(np.median(times))
+        err = _rel_error(call().copy_to_host(), want)  # also the warm-up call
+        secs = float(np.median(call_times(call, max(1, repeats), warmup=False)))
         rows.append({"shape": shape.name, "algo": algo, "seconds": secs,
                      "gflops": shape.flops() / secs / 1e9 if secs > 0 else float("nan"),
                      "rel_error": err, "ok": err <= TOLERANCE[np.dtype(dtype)]})

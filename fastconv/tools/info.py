@@ -23,6 +23,7 @@ def blas_info() -> list[dict]:
 
 
 def blas_summary() -> str:
+    """The loaded BLAS libraries on one line: API, version, kernel and threads of each."""
     libs = blas_info()
     if not libs:
         return "unknown (install threadpoolctl)"
@@ -31,6 +32,7 @@ def blas_summary() -> str:
 
 
 def cuda_status() -> str:
+    """Whether numba.cuda can use a GPU: "available (<device name>)" or "unavailable (why)"."""
     try:
         from numba import cuda
     except Exception as exc:  # pragma: no cover - depends on the install
@@ -49,7 +51,7 @@ def collect() -> dict:
     import numpy
     import scipy
 
-    from . import __version__, _runtime, config
+    from fastconv import __version__, _runtime, config
 
     env_blas = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
                                            "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")

@@ -1,0 +1,60 @@
+"""The engine internals the benchmark reads, in one place.
+
+The benchmark needs a few answers that the engine's public API does not give: which
+algorithms can run a layer, what ``algo="auto"`` ran, the GEMMs im2col issues, and the
+CPU's name. Every call into the engine's private modules for them is here, so that a
+change inside the engine is followed in this one module. ``a`` below is the engine's
+checked record of a layer (``Shape.args()``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+
+def applies(algo: str, a) -> bool:
+    """Whether the benchmark times ``algo`` on layer ``a``: "auto" always; an explicit
+    algorithm when it can run the layer (Winograd: 3x3 kernels, stride 1)."""
+    from fastconv.algos import registry
+
+    return algo not in registry.ALGORITHMS or algo in registry.applicable(a)
+
+
+def auto_choice(a, backward: bool) -> str:
+    """The algorithm ``algo="auto"`` runs on layer ``a``: ``conv2d``'s plan, or with
+    ``backward`` the one ``conv2d_backward`` runs when it computes grad_x."""
+    from fastconv import autotune
+
+    if backward:
+        return autotune.backward_choice(a, "auto", True)
+    return autotune.forward_choice(a, "auto")
+
+
+def im2col_gemm(shape, dtype=np.float32, layout: str = "NCHW"
+                ) -> tuple[int, int, int, int]:
+    """(M, K, N, count): the GEMMs im2col issues for ``shape`` (a ``Shape``): ``count``
+    products (M x K) @ (K x N). NCHW: weights @ columns per image, band and group (per
+    tile and group for image-last tiles); NHWC: columns (tile pixels) @ weights per tile
+    and group."""
+    from fastconv.algos import im2col
+
+    a = shape.args(dtype, layout=layout)
+    g = a.groups
+    m, cg = a.c_out // g, a.c_in // g
+    t = im2col.tiling(a)
+    tiles = math.ceil(a.n / t.images) * math.ceil(a.h_out / t.band)
+    if layout == "NHWC":
+        return a.n * a.h_out * a.w_out // tiles, cg * a.kh * a.kw, m, tiles * g
+    if im2col.is_pointwise(a):
+        return m, cg, a.h * a.w, a.n * g
+    gemms = tiles if t.image_last else tiles * t.images  # image-last: one GEMM per tile
+    return m, cg * a.kh * a.kw, a.n * a.h_out * a.w_out // gemms, gemms * g
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what ``platform`` reports."""
+    from ..calibrate import cpu_name as name
+
+    return name()
