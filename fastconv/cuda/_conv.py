@@ -158,7 +158,8 @@ def _backward_im2col(gy, x, w, gx, gw, args):
         gemm(gyt3, cols3, gw3, trans_b=True, accumulate=n0 > 0)
         # grad_cols[g] = w[g]^T (K x Dg) @ grad_y^T[g] (Dg x P), into the same buffer.
         gemm(w3, gyt3, cols3, trans_a=True)
-        launch(K._col2im, nc * args.c_in * args.h * args.w, cols, gx, n0, nc, args.kh,
+        cols6 = cols.reshape((args.c_in, args.kh, args.kw, nc, args.h_out, args.w_out))
+        launch(K._col2im, nc * args.c_in * args.h * args.w, cols6, cols6, gx, n0, nc, args.kh,
                args.kw, *_geometry(args), args.h_out, args.w_out)
 
 
@@ -173,9 +174,13 @@ def backward_nchw(gy, x, w, args, algo):
     gw = cuda.device_array(args.w_shape, args.dtype)
     gb = cuda.device_array(args.c_out, args.dtype)
     if algo == "naive":
+        g = args.groups
         geo = _geometry(args)
-        launch(K._conv_direct_grad_x, gx.size, gy, w, gx, *geo, args.groups)
-        launch(K._conv_direct_grad_w, gw.size, gy, x, gw, *geo, args.groups)
+        gy5 = gy.reshape((args.n, g, args.c_out // g, args.h_out, args.w_out))
+        w5 = w.reshape((g, args.c_out // g, args.c_in // g, args.kh, args.kw))
+        launch(K._conv_direct_grad_x, gx.size, gy5, w5, gx, 0, args.n, args.kh, args.kw, *geo,
+               args.h_out, args.w_out)
+        launch(K._conv_direct_grad_w, gw.size, gy, x, gw, *geo, g)
     else:
         _backward_im2col(gy, x, w, gx, gw, args)
     channel_sum(gy.reshape((args.n, args.c_out, args.h_out * args.w_out)), gb)
