@@ -16,6 +16,7 @@ from ._device import launch
 
 @cuda.jit(device=True)
 def _pick(q, i0, i1, i2, i3):
+    """i_q: the index along axis q (0..3)."""
     if q == 0:
         return i0
     if q == 1:
@@ -57,6 +58,7 @@ def _copy3(src, dst):
 
 @cuda.jit
 def _copy1(src, dst):
+    """dst (contiguous) = src (1-D, any stride)."""
     for t in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[t] = src[t]
 
