@@ -74,7 +74,7 @@ def _im2col(x, args, n0, nc):
     rows = args.c_in * args.kh * args.kw
     cols = cuda.device_array((rows, nc * args.h_out * args.w_out), args.dtype)
     launch(K._im2col, cols.size, x, cols, n0, args.kh, args.kw, *_geometry(args),
-            args.h_out, args.w_out)
+           args.h_out, args.w_out)
     return cols
 
 
