@@ -53,17 +53,18 @@ def _kernels(dtype_name):
     f = getattr(numba, dtype_name)
     i = types.int64
     f64 = numba.float64
+    a6, a5 = f[:, :, :, :, :, ::1], f[:, :, :, :, ::1]
     a4, a3, a2, a1 = f[:, :, :, ::1], f[:, :, ::1], f[:, ::1], f[::1]
     d1 = f64[::1]
     i3, i2 = types.int64[:, :, ::1], types.int64[:, ::1]
     # (kernel, argument types, float64 arithmetic meant)
     return [
         (C._im2col, (a4, a2) + (i,) * 11, False),
-        (C._col2im, (a2, a4) + (i,) * 12, False),
+        (C._col2im, (a6, a6, a4) + (i,) * 12, False),
         (C._cnhw_to_y, (a2, a1, i, a3, i), False),
         (C._y_to_cnhw, (a3, a2, i), False),
         (C._conv_direct, (a4, a4, a1, i, a4) + (i,) * 7, False),
-        (C._conv_direct_grad_x, (a4, a4, a4) + (i,) * 7, False),
+        (C._conv_direct_grad_x, (a5, a5, a4) + (i,) * 12, False),
         (C._conv_direct_grad_w, (a4, a4, a4) + (i,) * 7, False),
         (_layout._permute4, (f[:, :, :, :], a4, i, i, i, i), False),
         (_layout._permute4, (types.int64[:, :, :, :], types.int64[:, :, :, ::1], i, i, i, i),

@@ -1,4 +1,8 @@
-"""conv2d and conv2d_backward on the GPU: validate (as the CPU does), move, launch, package."""
+"""conv2d and conv2d_backward on the GPU: validate (as the CPU does), move, launch, package.
+
+The kernels work on contiguous NCHW activations and OIHW weights (``_layout`` converts
+other layouts on the device); ``args`` is the problem's :class:`fastconv._args.ConvArgs`.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,20 @@ from numba import cuda
 from .. import _args, config
 from . import _conv_kernels as K
 from . import _layout
-from ._device import Residency, host_spec, launch_1d
+from ._device import Residency, host_spec, launch
 from ._gemm import gemm
 from ._reduce import channel_sum
+
+# ----------------------------------------------------------------------------------------
+# The GPU's algorithms: their names, the check of ``algo`` and the "auto" rule. This is the
+# one place that lists them.
 
 ALGORITHMS = ("naive", "im2col")
 
 
 def check_algo(op: str, algo) -> str:
+    """``algo`` when it is "auto" or one of :data:`ALGORITHMS`, else ValueError naming the
+    op and the algorithms available on device='cuda'."""
     if algo != "auto" and algo not in ALGORITHMS:
         extra = " (fft runs on the CPU only)" if algo == "fft" else ""
         raise ValueError(f"{op}: algo={algo!r} is not available on device='cuda'{extra}; "
@@ -38,32 +48,39 @@ def choose_algorithm(args: _args.ConvArgs) -> str:
     return "im2col"
 
 
+def resolve_algorithm(args: _args.ConvArgs, algo: str) -> str:
+    """The algorithm that runs: ``algo`` itself, or the "auto" rule's choice."""
+    return choose_algorithm(args) if algo == "auto" else algo
+
+
+# ----------------------------------------------------------------------------------------
 def _geometry(args):
+    """(sh, sw, pt, pl, rh, rw): stride, top and left padding, dilation, as the kernels
+    take them."""
     return (args.stride[0], args.stride[1], args.padding[0][0], args.padding[1][0],
             args.dilation[0], args.dilation[1])
 
 
 def _chunk(args) -> int:
-    """Images per im2col chunk: the column buffer stays within config.WORKSPACE_BYTES."""
+    """Images per im2col chunk: the column buffer (C_in*kh*kw, chunk*H_out*W_out) stays
+    within config.WORKSPACE_BYTES (at least one image)."""
     per_image = args.c_in * args.kh * args.kw * args.h_out * args.w_out * args.dtype.itemsize
     return int(max(1, min(args.n, config.WORKSPACE_BYTES // max(per_image, 1))))
 
 
-def _launch(kernel, total, *params):
-    if total > 0:
-        blocks, threads = launch_1d(total)
-        kernel[blocks, threads](*params)
-
-
 def _im2col(x, args, n0, nc):
+    """The column buffer (C_in*kh*kw, nc*H_out*W_out) of images n0 .. n0+nc-1 of the
+    NCHW ``x`` (layout in ``_conv_kernels``)."""
     rows = args.c_in * args.kh * args.kw
     cols = cuda.device_array((rows, nc * args.h_out * args.w_out), args.dtype)
-    _launch(K._im2col, cols.size, x, cols, n0, args.kh, args.kw, *_geometry(args),
-            args.h_out, args.w_out)
+    launch(K._im2col, cols.size, x, cols, n0, args.kh, args.kw, *_geometry(args),
+           args.h_out, args.w_out)
     return cols
 
 
 def _forward_im2col(x, w, bias, has_bias, y, args):
+    """y (N, C_out, H_out, W_out) = per group w (C_out/g, C_in/g*kh*kw) @ cols, per batch
+    chunk, plus the bias when ``has_bias``."""
     g = args.groups
     hw = args.h_out * args.w_out
     w3 = w.reshape((g, args.c_out // g, args.c_in // g * args.kh * args.kw))
@@ -75,11 +92,12 @@ def _forward_im2col(x, w, bias, has_bias, y, args):
         yt = cuda.device_array((args.c_out, nc * hw), args.dtype)
         gemm(w3, cols.reshape((g, cols.shape[0] // g, cols.shape[1])),
              yt.reshape((g, args.c_out // g, nc * hw)))
-        _launch(K._cnhw_to_y, yt.size, yt, bias, has_bias, y3, n0)
+        launch(K._cnhw_to_y, yt.size, yt, bias, has_bias, y3, n0)
 
 
 def forward_nchw(x, w, bias, args, algo):
-    """y (N, C_out, H_out, W_out) for contiguous NCHW x and OIHW w on the device."""
+    """y (N, C_out, H_out, W_out) for contiguous device arrays x (N, C_in, H, W), w
+    (C_out, C_in/groups, kh, kw) and bias (C_out,) or None; ``algo`` "naive" or "im2col"."""
     y = cuda.device_array(args.y_shape, args.dtype)
     has_bias = int(bias is not None)
     if bias is None:
@@ -87,7 +105,7 @@ def forward_nchw(x, w, bias, args, algo):
     if y.size == 0:
         return y
     if algo == "naive":
-        _launch(K._conv_direct, y.size, x, w, bias, has_bias, y, *_geometry(args), args.groups)
+        launch(K._conv_direct, y.size, x, w, bias, has_bias, y, *_geometry(args), args.groups)
     else:
         _forward_im2col(x, w, bias, has_bias, y, args)
     return y
@@ -97,26 +115,31 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
            algo="auto"):
     """fastconv.conv2d on the GPU: same arguments, shapes and errors.
 
+    x: (N, C_in, H, W) for "NCHW", (N, H, W, C_in) for "NHWC" (3-D without N); w:
+    (C_out, C_in/groups, kh, kw) OIHW or (kh, kw, C_in/groups, C_out) HWIO; bias: (C_out,)
+    or None. Returns y in x's layout: (N, C_out, H_out, W_out) or (N, H_out, W_out, C_out).
     Arrays may be numpy arrays (copied to the device and the result copied back) or CUDA
     device arrays (the result stays on the device as a numba device array).
-    algo: "auto", "naive" (direct kernel, one thread per output) or "im2col" (im2col
-    kernel + tiled shared-memory GEMM per group, in batch chunks within
-    config.WORKSPACE_BYTES).
+    algo: "auto" (:func:`choose_algorithm`), "naive" (direct kernel, one thread per
+    output) or "im2col" (im2col kernel + tiled shared-memory GEMM per group, in batch
+    chunks within config.WORKSPACE_BYTES).
     """
     op = "conv2d"
     check_algo(op, algo)
     _, _, _, args = _args.conv_arrays(op, host_spec(x), host_spec(w), host_spec(bias), stride,
-                              padding, dilation, groups, layout)
+                                      padding, dilation, groups, layout)
     res = Residency(x, w, bias)
-    algo = choose_algorithm(args) if algo == "auto" else algo
-    dx = _layout.to_nchw(res.to_device(x), layout)
-    dw = _layout.weight_to_oihw(res.to_device(w), layout)
+    algo = resolve_algorithm(args, algo)
+    dx = _layout.to_nchw(res.to_device(x), args.dims)
+    dw = _layout.weight_to_oihw(res.to_device(w), args.dims)
     db = _layout.contiguous(res.to_device(bias)) if bias is not None else None
     y = forward_nchw(dx, dw, db, args, algo)
-    return res.result(_layout.from_nchw(y, layout, args.unbatched))
+    return res.result(_layout.from_nchw(y, args.dims, args.unbatched))
 
 
 def _backward_im2col(gy, x, w, gx, gw, args):
+    """grad_x into gx (N, C_in, H, W) and grad_w into gw (C_out, C_in/g, kh, kw), per
+    batch chunk: two GEMMs per group, then col2im."""
     g = args.groups
     hw = args.h_out * args.w_out
     kdim = args.c_in // g * args.kh * args.kw
@@ -127,7 +150,7 @@ def _backward_im2col(gy, x, w, gx, gw, args):
     for n0 in range(0, args.n, step):
         nc = min(step, args.n - n0)
         gyt = cuda.device_array((args.c_out, nc * hw), args.dtype)
-        _launch(K._y_to_cnhw, gyt.size, gy3, gyt, n0)
+        launch(K._y_to_cnhw, gyt.size, gy3, gyt, n0)
         gyt3 = gyt.reshape((g, args.c_out // g, nc * hw))
         cols = _im2col(x, args, n0, nc)
         cols3 = cols.reshape((g, kdim, nc * hw))
@@ -135,12 +158,15 @@ def _backward_im2col(gy, x, w, gx, gw, args):
         gemm(gyt3, cols3, gw3, trans_b=True, accumulate=n0 > 0)
         # grad_cols[g] = w[g]^T (K x Dg) @ grad_y^T[g] (Dg x P), into the same buffer.
         gemm(w3, gyt3, cols3, trans_a=True)
-        _launch(K._col2im, nc * args.c_in * args.h * args.w, cols, gx, n0, nc, args.kh,
-                args.kw, *_geometry(args), args.h_out, args.w_out)
+        cols6 = cols.reshape((args.c_in, args.kh, args.kw, nc, args.h_out, args.w_out))
+        launch(K._col2im, nc * args.c_in * args.h * args.w, cols6, cols6, gx, n0, nc, args.kh,
+               args.kw, *_geometry(args), args.h_out, args.w_out)
 
 
 def backward_nchw(gy, x, w, args, algo):
-    """(grad_x, grad_w, grad_bias) for contiguous NCHW / OIHW device arrays."""
+    """(grad_x (N, C_in, H, W), grad_w (C_out, C_in/groups, kh, kw), grad_bias (C_out,))
+    for contiguous device arrays gy (N, C_out, H_out, W_out), x and w as in
+    :func:`forward_nchw`."""
     if args.n == 0:
         return (_layout.zeros(args.x_shape, args.dtype), _layout.zeros(args.w_shape, args.dtype),
                 _layout.zeros(args.c_out, args.dtype))
@@ -148,9 +174,13 @@ def backward_nchw(gy, x, w, args, algo):
     gw = cuda.device_array(args.w_shape, args.dtype)
     gb = cuda.device_array(args.c_out, args.dtype)
     if algo == "naive":
+        g = args.groups
         geo = _geometry(args)
-        _launch(K._conv_direct_grad_x, gx.size, gy, w, gx, *geo, args.groups)
-        _launch(K._conv_direct_grad_w, gw.size, gy, x, gw, *geo, args.groups)
+        gy5 = gy.reshape((args.n, g, args.c_out // g, args.h_out, args.w_out))
+        w5 = w.reshape((g, args.c_out // g, args.c_in // g, args.kh, args.kw))
+        launch(K._conv_direct_grad_x, gx.size, gy5, w5, gx, 0, args.n, args.kh, args.kw, *geo,
+               args.h_out, args.w_out)
+        launch(K._conv_direct_grad_w, gw.size, gy, x, gw, *geo, g)
     else:
         _backward_im2col(gy, x, w, gx, gw, args)
     channel_sum(gy.reshape((args.n, args.c_out, args.h_out * args.w_out)), gb)
@@ -162,6 +192,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     """fastconv.conv2d_backward on the GPU -> (grad_x, grad_w, grad_bias).
 
     Same arguments, shapes and errors as on the CPU; residency as in :func:`conv2d`.
+    grad_y has conv2d's output shape; grad_x and grad_w have the shapes and layout of x
+    and w, grad_bias is (C_out,).
     "naive": one thread per gradient element (gather, no atomics); "im2col": per batch
     chunk, grad_w += grad_y^T @ cols^T and grad_cols = w^T @ grad_y^T (tiled GEMMs), then
     a gathering col2im. grad_bias is a per-channel block reduction.
@@ -169,22 +201,21 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     op = "conv2d_backward"
     check_algo(op, algo)
     sx, sw, _, args = _args.conv_arrays(op, host_spec(x), host_spec(w), None, stride, padding,
-                                dilation, groups, layout)
+                                        dilation, groups, layout)
     grad_y_spec = _args.check_array(op, "grad_y", host_spec(grad_y))
     _args.check_same_dtype(op, input=sx, weight=sw, grad_y=grad_y_spec)
-    n, c, h, wd = args.y_shape
-    want = (n, c, h, wd) if layout == "NCHW" else (n, h, wd, c)
+    want = args.y_layout_shape
     if args.unbatched:
         want = want[1:]
     if grad_y_spec.shape != want:
         raise ValueError(f"{op}: grad_y must have shape {want} (the conv2d output), got "
                          f"{grad_y_spec.shape}")
     res = Residency(grad_y, x, w)
-    algo = choose_algorithm(args) if algo == "auto" else algo
-    dgy = _layout.to_nchw(res.to_device(grad_y), layout)
-    dx = _layout.to_nchw(res.to_device(x), layout)
-    dw = _layout.weight_to_oihw(res.to_device(w), layout)
+    algo = resolve_algorithm(args, algo)
+    dgy = _layout.to_nchw(res.to_device(grad_y), args.dims)
+    dx = _layout.to_nchw(res.to_device(x), args.dims)
+    dw = _layout.weight_to_oihw(res.to_device(w), args.dims)
     gx, gw, gb = backward_nchw(dgy, dx, dw, args, algo)
-    return (res.result(_layout.from_nchw(gx, layout, args.unbatched)),
-            res.result(_layout.weight_from_oihw(gw, layout)), res.result(gb))
+    return (res.result(_layout.from_nchw(gx, args.dims, args.unbatched)),
+            res.result(_layout.weight_from_oihw(gw, args.dims)), res.result(gb))
 

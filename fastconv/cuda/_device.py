@@ -1,4 +1,4 @@
-"""Is a GPU usable, and moving arrays between host and device.
+"""Is a GPU usable, moving arrays between host and device, and launching kernels.
 
 Nothing here imports ``numba.cuda`` at module import; :func:`require` does, and turns
 every way it can fail into :class:`CudaUnavailableError`.
@@ -138,11 +138,21 @@ class Residency:
         return d.copy_to_host()
 
 
+# ----------------------------------------------------------------------------- launches
 def launch_1d(total: int) -> tuple[int, int]:
-    """(blocks, threads) for a grid-stride kernel over ``total`` items."""
+    """(blocks, threads) for a grid-stride kernel over ``total`` items: config.CUDA_BLOCK
+    threads per block, at most config.CUDA_MAX_BLOCKS blocks (each thread then loops)."""
     threads = max(1, int(config.CUDA_BLOCK))
     blocks = max(1, min(-(-total // threads), int(config.CUDA_MAX_BLOCKS)))
     return blocks, threads
+
+
+def launch(kernel, total: int, *params) -> None:
+    """Run the grid-stride ``kernel(*params)`` over ``total`` items (see :func:`launch_1d`);
+    nothing is launched when ``total`` is 0."""
+    if total > 0:
+        blocks, threads = launch_1d(total)
+        kernel[blocks, threads](*params)
 
 
 def env_summary() -> dict:

@@ -1,27 +1,22 @@
 """Device-side layout changes: every compute kernel works on contiguous NCHW arrays.
 
-NHWC inputs and HWIO weights are permuted into NCHW / OIHW copies on the device
+NHWC activations and HWIO weights are permuted into NCHW / OIHW copies on the device
 (``_permute4``), strided inputs are made contiguous the same way, and results are
 permuted back. This costs one pass over the data and keeps every compute kernel to a
-single layout.
+single layout. Every permutation comes from the :mod:`fastconv.layout` records.
 """
 
 from __future__ import annotations
 
 from numba import cuda
 
-from ._device import launch_1d
-
-# For each SOURCE axis, the destination axis it goes to.
-NHWC_TO_NCHW = (0, 2, 3, 1)
-NCHW_TO_NHWC = (0, 3, 1, 2)
-HWIO_TO_OIHW = (2, 3, 1, 0)
-OIHW_TO_HWIO = (3, 2, 0, 1)
-IDENTITY = (0, 1, 2, 3)
+from ..layout import LAYOUTS, Layout
+from ._device import launch
 
 
 @cuda.jit(device=True)
 def _pick(q, i0, i1, i2, i3):
+    """i_q: the index along axis q (0..3)."""
     if q == 0:
         return i0
     if q == 1:
@@ -33,7 +28,10 @@ def _pick(q, i0, i1, i2, i3):
 
 @cuda.jit
 def _permute4(src, dst, q0, q1, q2, q3):
-    """dst (contiguous) [i0, i1, i2, i3] = src[i_q0, i_q1, i_q2, i_q3]; any src strides."""
+    """dst (contiguous) [i0, i1, i2, i3] = src[i_q0, i_q1, i_q2, i_q3]; any src strides.
+
+    q_a is the dst axis that src axis a goes to (the inverse of numpy's transpose order).
+    """
     d1, d2, d3 = dst.shape[1], dst.shape[2], dst.shape[3]
     total = dst.shape[0] * d1 * d2 * d3
     for t in range(cuda.grid(1), total, cuda.gridsize(1)):
@@ -60,6 +58,7 @@ def _copy3(src, dst):
 
 @cuda.jit
 def _copy1(src, dst):
+    """dst (contiguous) = src (1-D, any stride)."""
     for t in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
         dst[t] = src[t]
 
@@ -71,15 +70,22 @@ def _fill(a, value):
         a[t] = value
 
 
-def permute(d, q):
-    """A contiguous copy of the 4-D device array ``d`` with source axis a moved to q[a]."""
-    shape = [0, 0, 0, 0]
-    for a, dst_axis in enumerate(q):
-        shape[dst_axis] = d.shape[a]
-    out = cuda.device_array(tuple(shape), d.dtype)
-    if out.size:
-        blocks, threads = launch_1d(out.size)
-        _permute4[blocks, threads](d, out, *q)
+def _record(layout) -> Layout:
+    """The :class:`fastconv.layout.Layout` record of ``layout`` (a record or its name,
+    already validated by the caller)."""
+    return layout if isinstance(layout, Layout) else LAYOUTS[layout]
+
+
+def permute(d, perm):
+    """A contiguous copy of the 4-D device array ``d`` laid out as ``d.transpose(perm)``:
+    axis k of the result is axis perm[k] of ``d`` (numpy's order; the layout records'
+    permutations are in this order)."""
+    perm = tuple(perm)
+    dest = [0] * 4  # for each axis of d, the result axis it goes to
+    for k, a in enumerate(perm):
+        dest[a] = k
+    out = cuda.device_array(tuple(d.shape[a] for a in perm), d.dtype)
+    launch(_permute4, out.size, d, out, *dest)
     return out
 
 
@@ -88,12 +94,11 @@ def contiguous(d):
     if d.is_c_contiguous():
         return d
     if d.ndim == 4:
-        return permute(d, IDENTITY)
+        return permute(d, range(4))
     if d.ndim not in (1, 3):
         raise AssertionError(f"contiguous: {d.ndim}-D device array")  # callers validate ndim
     out = cuda.device_array(d.shape, d.dtype)
-    blocks, threads = launch_1d(out.size)
-    (_copy1 if d.ndim == 1 else _copy3)[blocks, threads](d, out)
+    launch(_copy1 if d.ndim == 1 else _copy3, out.size, d, out)
     return out
 
 
@@ -103,33 +108,39 @@ def batched(d):
     return d.reshape((1,) + tuple(d.shape)) if d.ndim == 3 else d
 
 
-def to_nchw(d, layout: str):
-    """Contiguous NCHW copy/view of a 3-D or 4-D activation in ``layout``."""
+def to_nchw(d, layout):
+    """Contiguous (N, C, H, W) copy or view of a 3-D or 4-D activation in ``layout`` (a
+    :class:`~fastconv.layout.Layout` or its name; a 3-D array gets N = 1)."""
+    lay = _record(layout)
     d = batched(d)
-    return permute(d, NHWC_TO_NCHW) if layout == "NHWC" else d
+    return d if lay.is_canonical else permute(d, lay.to_canonical)
 
 
-def from_nchw(d, layout: str, unbatched: bool = False):
-    """The NCHW result ``d`` in the caller's layout (3-D when ``unbatched``)."""
-    if layout == "NHWC":
-        d = permute(d, NCHW_TO_NHWC)
+def from_nchw(d, layout, unbatched: bool = False):
+    """The (N, C, H, W) result ``d`` in ``layout``'s order, e.g. (N, H, W, C) for NHWC;
+    without the N axis (3-D) when ``unbatched``."""
+    lay = _record(layout)
+    if not lay.is_canonical:
+        d = permute(d, lay.from_canonical)
     return d.reshape(tuple(d.shape[1:])) if unbatched else d
 
 
-def weight_to_oihw(d, layout: str):
+def weight_to_oihw(d, layout):
+    """Contiguous (O, I, kh, kw) copy or view of a weight in ``layout``'s weight order
+    (OIHW for NCHW, HWIO for NHWC)."""
+    lay = _record(layout)
     d = contiguous(d)
-    return permute(d, HWIO_TO_OIHW) if layout == "NHWC" else d
+    return d if lay.is_canonical else permute(d, lay.weight_to_canonical)
 
 
-def weight_from_oihw(d, layout: str):
-    return permute(d, OIHW_TO_HWIO) if layout == "NHWC" else d
+def weight_from_oihw(d, layout):
+    """The (O, I, kh, kw) weight (gradient) ``d`` in ``layout``'s weight order."""
+    lay = _record(layout)
+    return d if lay.is_canonical else permute(d, lay.weight_from_canonical)
 
 
 def zeros(shape, dtype):
-    """A zero-filled device array."""
+    """A zero-filled device array of ``shape`` (an int or a tuple)."""
     out = cuda.device_array(shape, dtype)
-    if out.size:
-        flat = out.reshape(out.size)
-        blocks, threads = launch_1d(out.size)
-        _fill[blocks, threads](flat, out.dtype.type(0))
+    launch(_fill, out.size, out.reshape(out.size), out.dtype.type(0))
     return out

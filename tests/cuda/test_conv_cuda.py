@@ -9,6 +9,7 @@ import fastconv
 from fastconv import config
 from fastconv import cuda as fcuda
 from fastconv._args import conv_args_from_shapes
+from fastconv.layout import NHWC
 
 from .. import reference as ref
 from ..conftest import from_nhwc, to_nhwc
@@ -92,9 +93,9 @@ def test_backward_matches_finite_differences(case, algo, layout, dtype):
     gy = gy.astype(dtype)
     if layout == "NHWC":
         xl, wl = to_nhwc(x, wt)
-        gx, gw, gb = fcuda.conv2d_backward(np.ascontiguousarray(gy.transpose(0, 2, 3, 1)),
+        gx, gw, gb = fcuda.conv2d_backward(np.ascontiguousarray(NHWC.from_canonical_view(gy)),
                                            xl, wl, layout="NHWC", algo=algo, **kwargs)
-        gx, gw = from_nhwc(gx), gw.transpose(3, 2, 0, 1)
+        gx, gw = from_nhwc(gx), NHWC.weight_to_canonical_view(gw)
     else:
         gx, gw, gb = fcuda.conv2d_backward(gy, x, wt, algo=algo, **kwargs)
     assert gx.dtype == gw.dtype == gb.dtype == dtype
