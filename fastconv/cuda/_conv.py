@@ -9,6 +9,7 @@ from __future__ import annotations
 from numba import cuda
 
 from .. import _args, config
+from ..algos import registry
 from . import _conv_kernels as K
 from . import _layout
 from ._device import Residency, host_spec, launch
@@ -16,10 +17,10 @@ from ._gemm import gemm
 from ._reduce import channel_sum
 
 # ----------------------------------------------------------------------------------------
-# The GPU's algorithms: their names, the check of ``algo`` and the "auto" rule. This is the
-# one place that lists them.
+# The GPU's algorithms: the registry's entries that run on device "cuda", the check of
+# ``algo`` and the "auto" rule.
 
-ALGORITHMS = ("naive", "im2col")
+ALGORITHMS = registry.names("cuda")
 
 
 def check_algo(op: str, algo) -> str:
