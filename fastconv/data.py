@@ -17,7 +17,7 @@ import urllib.request
 import numpy as np
 
 from . import config
-from .autograd import default_generator
+from .rng import default_generator
 
 
 # ------------------------------------------------------------------------------- digits

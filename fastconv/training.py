@@ -14,8 +14,9 @@ import time
 import numpy as np
 
 from . import data, models, nn, optim
-from .autograd import manual_seed, no_grad
+from .autograd import no_grad
 from .nn import functional as F
+from .rng import manual_seed
 
 DATASETS = ("digits", "synthetic", "mnist")
 MODELS = ("lenet", "resnet")

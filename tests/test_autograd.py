@@ -228,6 +228,15 @@ def test_dropout_default_generator_is_seeded(rng):
     assert not np.array_equal(a, F.dropout(x, 0.5).data)
 
 
+def test_manual_seed_replaces_the_default_generator():
+    """fastconv.manual_seed (also fastconv.autograd's) is fastconv.rng's: it installs
+    default_rng(seed) as the generator that dropout, init and DataLoader draw from."""
+    assert fastconv.manual_seed is fastconv.rng.manual_seed is fastconv.autograd.manual_seed
+    g = fastconv.manual_seed(4)
+    assert g is fastconv.rng.default_generator() is fastconv.autograd.default_generator()
+    np.testing.assert_array_equal(g.random(5), np.random.default_rng(4).random(5))
+
+
 # ------------------------------------------------------------------------ kernel-backed ops
 CONV_CASES = [  # x shape, w shape, kwargs
     ((2, 3, 5, 5), (4, 3, 3, 3), dict()),

@@ -16,20 +16,12 @@ from .. import _blas
 from .. import conv as _conv
 from .. import norm as _norm
 from .. import pool as _pool
-from ..autograd import (
-    Function,
-    LogSoftmax,
-    Reshape,
-    Softmax,
-    Tensor,
-    _axis,
-    _flat_shape,
-    default_generator,
-    log_softmax_array,
-)
+from ..autograd import Function, LogSoftmax, Reshape, Softmax, Tensor, log_softmax_array
 from ..autograd import ReLU as _ReLU
 from ..autograd import Sigmoid as _Sigmoid
 from ..autograd import Tanh as _Tanh
+from ..autograd.dims import dim_index, flat_shape
+from ..rng import default_generator
 
 
 def _tensor(x) -> Tensor:
@@ -254,31 +246,36 @@ def dropout(input, p: float = 0.5, training: bool = True, *, rng=None) -> Tensor
 
 
 def relu(input) -> Tensor:
+    """max(input, 0) element-wise (any shape; NaN stays NaN)."""
     return _ReLU.apply(input)
 
 
 def tanh(input) -> Tensor:
+    """tanh element-wise (any shape)."""
     return _Tanh.apply(input)
 
 
 def sigmoid(input) -> Tensor:
+    """1 / (1 + exp(-input)) element-wise (any shape), without overflow."""
     return _Sigmoid.apply(input)
 
 
 def softmax(input, dim: int = -1) -> Tensor:
+    """Softmax along ``dim`` (any shape; the output has the input's shape)."""
     x = _tensor(input)
-    return Softmax.apply(x, axis=_axis(dim, x.ndim))
+    return Softmax.apply(x, axis=dim_index(dim, x.ndim))
 
 
 def log_softmax(input, dim: int = -1) -> Tensor:
+    """Log of the softmax along ``dim``, computed stably (output shape = input shape)."""
     x = _tensor(input)
-    return LogSoftmax.apply(x, axis=_axis(dim, x.ndim))
+    return LogSoftmax.apply(x, axis=dim_index(dim, x.ndim))
 
 
 def flatten(input, start_dim: int = 1, end_dim: int = -1) -> Tensor:
     """Merge axes start_dim..end_dim (default: everything but the batch axis)."""
     x = _tensor(input)
-    return Reshape.apply(x, shape=_flat_shape(x.shape, start_dim, end_dim))
+    return Reshape.apply(x, shape=flat_shape(x.shape, start_dim, end_dim))
 
 
 # ---------------------------------------------------------------------------------- loss

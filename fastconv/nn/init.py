@@ -10,7 +10,8 @@ import math
 
 import numpy as np
 
-from ..autograd import Tensor, default_generator
+from ..autograd import Tensor
+from ..rng import default_generator
 
 
 def _rng(rng) -> np.random.Generator:

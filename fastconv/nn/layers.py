@@ -17,8 +17,30 @@ from . import init
 from .module import Module, Parameter, Sequential
 
 
-def _param(shape, dtype) -> Parameter:
-    return Parameter(np.empty(shape, dtype=np.dtype(dtype)))
+class _WeightAndBias(Module):
+    """A layer with a weight of shape (out, in, ...) and an optional bias (out,),
+    initialised as torch's Conv2d and Linear: weight kaiming_uniform(a=sqrt(5)), i.e.
+    U(+-1/sqrt(fan_in)), and bias U(+-1/sqrt(fan_in)), where fan_in = in * the product
+    of the remaining weight axes (the kernel)."""
+
+    def _weight_and_bias(self, weight_shape: tuple, bias: bool, dtype, rng) -> None:
+        """Register ``weight`` (and ``bias``, or None) as uninitialised parameters of
+        ``dtype``, then fill them by :meth:`reset_parameters` from ``rng``."""
+        self.weight = Parameter(np.empty(weight_shape, dtype=np.dtype(dtype)))
+        if bias:
+            self.bias = Parameter(np.empty(weight_shape[:1], dtype=np.dtype(dtype)))
+        else:
+            self.register_parameter("bias", None)
+        self.reset_parameters(rng)
+
+    def reset_parameters(self, rng=None) -> None:
+        """Draw the weight, then the bias, from ``rng`` (fastconv's default generator
+        when None)."""
+        init.kaiming_uniform_(self.weight, a=math.sqrt(5), rng=rng)
+        if self.bias is not None:
+            fan_in, _ = init.calculate_fan_in_and_fan_out(self.weight.shape)
+            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
+            init.uniform_(self.bias, -bound, bound, rng=rng)
 
 
 def _canonical_padding(padding, kernel, dilation, stride):
@@ -31,7 +53,7 @@ def _canonical_padding(padding, kernel, dilation, stride):
     return (t, lft) if (t, lft) == (b, r) else ((t, b), (lft, r))
 
 
-class Conv2d(Module):
+class Conv2d(_WeightAndBias):
     """2-D convolution layer: weight (out, in/groups, kh, kw), bias (out,).
 
     Initialised as torch: weight kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)),
@@ -51,18 +73,8 @@ class Conv2d(Module):
         self.dilation = pair("Conv2d", "dilation", dilation, minimum=1)
         self.padding = _canonical_padding(padding, self.kernel_size, self.dilation,
                                           self.stride)
-        self.weight = _param((out_channels, in_channels // groups, *self.kernel_size), dtype)
-        self.bias = _param((out_channels,), dtype) if bias else None
-        if not bias:
-            self.register_parameter("bias", None)
-        self.reset_parameters(rng)
-
-    def reset_parameters(self, rng=None) -> None:
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5), rng=rng)
-        if self.bias is not None:
-            fan_in, _ = init.calculate_fan_in_and_fan_out(self.weight.shape)
-            bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
-            init.uniform_(self.bias, -bound, bound, rng=rng)
+        self._weight_and_bias((out_channels, in_channels // groups, *self.kernel_size),
+                              bias, dtype, rng)
 
     def forward(self, x):
         return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
@@ -80,24 +92,14 @@ class Conv2d(Module):
         return s + ("" if self.bias is not None else ", bias=False")
 
 
-class Linear(Module):
+class Linear(_WeightAndBias):
     """y = x W^T + b, weight (out, in). Initialised as torch (U(+-1/sqrt(in)) for both)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *, rng=None,
                  dtype=np.float32):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = _param((out_features, in_features), dtype)
-        self.bias = _param((out_features,), dtype) if bias else None
-        if not bias:
-            self.register_parameter("bias", None)
-        self.reset_parameters(rng)
-
-    def reset_parameters(self, rng=None) -> None:
-        init.kaiming_uniform_(self.weight, a=math.sqrt(5), rng=rng)
-        if self.bias is not None:
-            bound = 1 / math.sqrt(self.in_features) if self.in_features > 0 else 0
-            init.uniform_(self.bias, -bound, bound, rng=rng)
+        self._weight_and_bias((out_features, in_features), bias, dtype, rng)
 
     def forward(self, x):
         return F.linear(x, self.weight, self.bias)
@@ -159,35 +161,49 @@ class BatchNorm2d(Module):
                 f"affine={self.affine}, track_running_stats={self.track_running_stats}")
 
 
-class MaxPool2d(Module):
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
-                 ceil_mode: bool = False):
+class _Pool2d(Module):
+    """The window arguments that MaxPool2d and AvgPool2d share, kept as given (the
+    functional op checks them) and shown by ``repr``."""
+
+    def __init__(self, kernel_size, stride, padding, ceil_mode: bool):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.dilation, self.ceil_mode = dilation, ceil_mode
+        self.ceil_mode = ceil_mode
+
+    def extra_repr(self) -> str:
+        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+
+
+class MaxPool2d(_Pool2d):
+    """Max pooling (see :func:`fastconv.nn.functional.max_pool2d`): (N, C, H, W) ->
+    (N, C, H_out, W_out); stride None means stride = kernel_size."""
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
+                 ceil_mode: bool = False):
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.dilation = dilation
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                             self.ceil_mode)
 
     def extra_repr(self) -> str:
-        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, dilation={self.dilation}, ceil_mode={self.ceil_mode}")
+        return (f"{super().extra_repr()}, dilation={self.dilation}, "
+                f"ceil_mode={self.ceil_mode}")
 
 
-class AvgPool2d(Module):
+class AvgPool2d(_Pool2d):
+    """Average pooling (see :func:`fastconv.nn.functional.avg_pool2d`): (N, C, H, W) ->
+    (N, C, H_out, W_out); stride None means stride = kernel_size."""
+
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
                  count_include_pad: bool = True):
-        super().__init__()
-        self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
-        self.ceil_mode, self.count_include_pad = ceil_mode, count_include_pad
+        super().__init__(kernel_size, stride, padding, ceil_mode)
+        self.count_include_pad = count_include_pad
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
                             self.count_include_pad)
-
-    def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
 
 
 class GlobalAvgPool2d(Module):

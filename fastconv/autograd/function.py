@@ -1,0 +1,78 @@
+"""The :class:`Function` base: one differentiable op, its forward and backward together.
+
+``Function.apply`` wraps its inputs as Tensors, runs ``forward`` on their arrays and,
+when the graph is recorded, keeps the op instance (``ctx``) on the output Tensor so that
+the backward pass of ``fastconv.autograd.tensor`` can call ``backward``.
+"""
+
+from __future__ import annotations
+
+from .grad_mode import is_grad_enabled
+
+# The class that Function.apply wraps inputs and results in: fastconv.autograd.tensor's
+# Tensor, installed by that module (:func:`_set_tensor_class`) as soon as it is defined.
+# Tensor's operators are built on the ops that subclass Function, so this module cannot
+# import it.
+Tensor = None
+
+
+def _set_tensor_class(cls) -> None:
+    global Tensor
+    Tensor = cls
+
+
+class Function:
+    """One differentiable op. Subclasses define, torch-style::
+
+        @staticmethod
+        def forward(ctx, *arrays, **options) -> ndarray
+        @staticmethod
+        def backward(ctx, grad) -> one gradient (or None) per positional input
+
+    Positional inputs are the differentiable operands (Tensors, arrays or None);
+    keyword options are passed through unchanged. ``forward`` receives ndarrays (None
+    stays None) and returns one ndarray; ``backward`` receives the gradient of that
+    output (an ndarray of the output's shape) and returns, for each positional input,
+    None or an ndarray of that input's shape (it is cast to the input's dtype). It may
+    skip work for inputs whose ``ctx.needs_input_grad[i]`` is False.
+    ``ctx.needs_input_grad`` is set before ``forward`` runs and is all False when no
+    graph is recorded (inside ``no_grad``, or no input requires grad), so ``forward``
+    may skip what only ``backward`` needs.
+
+    ``ctx`` is the Function instance: ``ctx.save_for_backward(*arrays)`` keeps arrays
+    for ``ctx.saved_tensors``, and any other attribute may be set on it.
+    """
+
+    def __init__(self):
+        self.saved_tensors: tuple = ()
+        self.needs_input_grad: tuple[bool, ...] = ()
+        self.inputs: tuple = ()
+
+    def save_for_backward(self, *arrays) -> None:
+        self.saved_tensors = arrays
+
+    @staticmethod
+    def forward(ctx, *args, **kwargs):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @staticmethod
+    def backward(ctx, grad):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    @classmethod
+    def apply(cls, *inputs, **options) -> Tensor:
+        """Run the op on ``inputs`` (Tensors, array-likes or None) and return a Tensor;
+        it records ``ctx`` for the backward pass when gradients are enabled and an input
+        requires them."""
+        tensors = tuple(None if a is None else a if isinstance(a, Tensor) else Tensor(a)
+                        for a in inputs)
+        ctx = cls()
+        needs = tuple(t is not None and t.requires_grad for t in tensors)
+        track = any(needs) and is_grad_enabled()
+        ctx.needs_input_grad = needs if track else (False,) * len(needs)
+        out = cls.forward(ctx, *(None if t is None else t.data for t in tensors), **options)
+        result = Tensor(out, requires_grad=track)
+        if track:
+            ctx.inputs = tensors
+            result._ctx = ctx
+        return result
