@@ -1,16 +1,19 @@
 """Argument canonicalisation: every public op turns its arguments into one frozen record.
 
 All validation and every error message live here (op, rule, values) and serve the CPU,
-CUDA and Dask front ends alike: ``checks`` (arrays, dtypes, ints, pairs, padding,
-layouts, devices) and one module per op family's record (``conv``: ConvArgs).
+CUDA and Dask front ends alike: ``checks`` (arrays, dtypes, ints, flags, pairs, padding,
+activation shapes, layouts, devices) and one module per op family's record (``conv``:
+ConvArgs; ``pool``: PoolArgs and PoolShapes; ``norm``: BatchNormArgs).
 """
 
 from .checks import (  # noqa: F401
     DEVICES,
     DTYPES,
     LAYOUTS,
+    activation_dims,
     check_array,
     check_device,
+    check_flag,
     check_groups,
     check_layout,
     check_same_dtype,
@@ -19,3 +22,15 @@ from .checks import (  # noqa: F401
     same_padding,
 )
 from .conv import ConvArgs, conv_args_from_shapes, conv_arrays, conv_output_size  # noqa: F401
+from .norm import BatchNormArgs, batch_norm_args, batch_norm_backward_args  # noqa: F401
+from .pool import (  # noqa: F401
+    PoolArgs,
+    PoolShapes,
+    avg_pool_args,
+    check_grad_y,
+    check_input_shape,
+    global_pool_args,
+    max_unpool_args,
+    pool_args,
+    pool_output_size,
+)

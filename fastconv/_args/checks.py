@@ -1,5 +1,6 @@
-"""Checks shared by every op's canonical record: arrays, dtypes, ints and pairs,
-padding, groups, layouts and devices. Errors name the op, the rule and the values."""
+"""Checks shared by every op's canonical record: arrays, dtypes, ints, flags and pairs,
+padding, groups, activation shapes, layouts and devices. Errors name the op, the rule
+and the values."""
 
 from __future__ import annotations
 
@@ -27,6 +28,25 @@ def _is_int(v) -> bool:
 def check_layout(op: str, layout) -> str:
     """``layout`` if it names a 2-D layout ("NCHW", "NHWC"); ValueError otherwise."""
     return _layout.get(op, layout).name
+
+
+def activation_dims(op: str, shape, layout: str) -> tuple[int, int, int, int, bool]:
+    """(n, c, h, w, unbatched): the canonical sizes of a 4-D activation shape, or of a 3-D
+    one (an unbatched image, n = 1), in ``layout`` (a valid layout name)."""
+    shape = tuple(shape)
+    if len(shape) not in (3, 4):
+        raise ValueError(f"{op}: input must be 4-D (batched) or 3-D (unbatched) in layout "
+                         f"{layout}, got {len(shape)}-D shape {shape}")
+    unbatched = len(shape) == 3
+    n, c, h, w = _layout.LAYOUTS[layout].canonical_shape((1,) + shape if unbatched else shape)
+    return n, c, h, w, unbatched
+
+
+def check_flag(op: str, name: str, value) -> bool:
+    """``value`` as a bool; TypeError unless it is a bool (numpy's included)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{op}: {name}={value!r} must be a bool")
+    return bool(value)
 
 
 def check_device(op: str, device) -> str:

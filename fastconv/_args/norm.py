@@ -1,0 +1,116 @@
+"""The batch-norm record: the checks of ``batch_norm`` and ``batch_norm_backward``.
+
+Input is 4-D in the caller's layout; per-channel vectors (running statistics, weight,
+bias, mean, invstd) are (C,) arrays. Errors name the op, the rule and the values.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import layout as _layout
+from .checks import check_array, check_flag, check_layout, check_same_dtype
+
+
+@dataclass(frozen=True)
+class BatchNormArgs:
+    """A batch-norm problem: ``c`` channels of ``count`` = N*H*W values each, in
+    ``layout``; ``training`` selects the batch statistics (and, backward, the gradient
+    through them). ``momentum`` and ``eps`` are the forward's (the backward record keeps
+    the defaults and does not use them)."""
+
+    c: int
+    count: int
+    training: bool
+    layout: str
+    momentum: float = 0.1
+    eps: float = 1e-5
+
+
+def _check_real(op, name, value, lo, hi=None) -> float:
+    if not isinstance(value, numbers.Real) or isinstance(value, bool):
+        raise TypeError(f"{op}: {name}={value!r} must be a real number")
+    value = float(value)
+    if not np.isfinite(value) or value < lo or (hi is not None and value > hi):
+        rule = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{op}: {name}={value!r} must be finite and {rule}")
+    return value
+
+
+def _check_input(op, x, layout):
+    """(x, c, count): x a 4-D float array in ``layout``, its channel count and the number
+    of values per channel N*H*W."""
+    dims = _layout.LAYOUTS[check_layout(op, layout)]
+    x = check_array(op, "input", x)
+    if x.ndim != 4:
+        raise ValueError(f"{op}: input must be 4-D ({', '.join(dims.name)}) for layout "
+                         f"{layout}, got {x.ndim}-D shape {x.shape}")
+    c = x.shape[dims.channel_axis]
+    return x, c, x.size // c if c else 0
+
+
+def _check_channel_vector(op, name, a, c, dtype=None):
+    """None, or a (C,) float array (of ``dtype`` when given)."""
+    if a is None:
+        return None
+    a = check_array(op, name, a)
+    if a.shape != (c,):
+        raise ValueError(f"{op}: {name} must have shape (C,) = ({c},), got {a.shape}")
+    if dtype is not None and a.dtype != dtype:
+        raise TypeError(f"{op}: {name} has dtype {a.dtype} but input has dtype {dtype}; "
+                        "they must match")
+    return a
+
+
+def batch_norm_args(op, x, running_mean, running_var, weight, bias, training, momentum,
+                    eps, layout, return_stats) -> BatchNormArgs:
+    """The checks of ``batch_norm``: running statistics are numpy arrays (updated in
+    place, so writeable when training) or both None (training only); momentum in [0, 1];
+    eps >= 0; training needs more than one value per channel."""
+    x, c, count = _check_input(op, x, layout)
+    training = check_flag(op, "training", training)
+    check_flag(op, "return_stats", return_stats)
+    momentum = _check_real(op, "momentum", momentum, 0.0, 1.0)
+    eps = _check_real(op, "eps", eps, 0.0)
+    if (running_mean is None) != (running_var is None):
+        raise ValueError(f"{op}: running_mean and running_var must both be arrays or both "
+                         "be None")
+    if running_mean is None and not training:
+        raise ValueError(f"{op}: running_mean and running_var are required when "
+                         "training=False")
+    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
+        if a is not None and not isinstance(a, np.ndarray):
+            raise TypeError(f"{op}: {name} must be a numpy.ndarray (it is updated in place), "
+                            f"got {type(a).__name__}")
+        _check_channel_vector(op, name, a, c, x.dtype)
+        if a is not None and training and not a.flags.writeable:
+            raise ValueError(f"{op}: {name} is read-only; training updates it in place")
+    _check_channel_vector(op, "weight", weight, c, x.dtype)
+    _check_channel_vector(op, "bias", bias, c, x.dtype)
+    if training and count == 1:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
+                         f"input shape {x.shape}")
+    return BatchNormArgs(c, count, training, layout, momentum, eps)
+
+
+def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training,
+                             layout) -> BatchNormArgs:
+    """The checks of ``batch_norm_backward``: grad_y of x's shape and dtype, mean and
+    invstd (C,) float arrays (required), weight (C,) of x's dtype or None."""
+    x, c, count = _check_input(op, x, layout)
+    grad_y = check_array(op, "grad_y", grad_y)
+    check_same_dtype(op, grad_y=grad_y, input=x)
+    if grad_y.shape != x.shape:
+        raise ValueError(f"{op}: grad_y must have the shape of the input {x.shape}, got "
+                         f"{grad_y.shape}")
+    training = check_flag(op, "training", training)
+    mean = _check_channel_vector(op, "mean", mean, c)
+    invstd = _check_channel_vector(op, "invstd", invstd, c)
+    if mean is None or invstd is None:
+        raise TypeError(f"{op}: mean and invstd are required (from batch_norm(..., "
+                        "return_stats=True))")
+    _check_channel_vector(op, "weight", weight, c, x.dtype)
+    return BatchNormArgs(c, count, training, layout)
