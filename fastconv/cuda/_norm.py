@@ -1,21 +1,16 @@
-"""batch_norm and batch_norm_backward on the GPU: the CPU's checks, then kernels."""
+"""batch_norm and batch_norm_backward on the GPU: the checks of the batch-norm record
+(``fastconv._args``, the same as the CPU's), then kernels on NCHW (N, C, H*W) views."""
 
 from __future__ import annotations
 
 import numpy as np
 from numba import cuda
 
-from .. import norm as cpu
+from .._args import batch_norm_args, batch_norm_backward_args
 from . import _layout
 from . import _norm_kernels as K
 from ._device import Residency, host_spec, launch_1d
 from ._reduce import reduce_threads
-
-
-def _launch(kernel, total, *params):
-    if total > 0:
-        blocks, threads = launch_1d(total)
-        kernel[blocks, threads](*params)
 
 
 def _channels(d):
@@ -40,37 +35,38 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     copied back into host arrays). mean and invstd are float64 (C,) arrays, as on the CPU.
     """
     op = "batch_norm"
-    c, count, training, momentum, eps = cpu.batch_norm_args(
-        op, host_spec(x), host_spec(running_mean), host_spec(running_var), host_spec(weight),
-        host_spec(bias), training, momentum, eps, layout, return_stats)
+    a = batch_norm_args(op, host_spec(x), host_spec(running_mean), host_spec(running_var),
+                        host_spec(weight), host_spec(bias), training, momentum, eps, layout,
+                        return_stats)
+    c, count = a.c, a.count
     res = Residency(x, running_mean, running_var, weight, bias)
     dtype = np.dtype(x.dtype)
     dx = _layout.to_nchw(res.to_device(x), layout)
     y = cuda.device_array(dx.shape, dtype)
     mean = cuda.device_array(c, np.float64)
     invstd = cuda.device_array(c, np.float64)
-    if training and count == 0:
+    if a.training and count == 0:
         mean = cuda.to_device(np.full(c, np.nan))
         invstd = cuda.to_device(np.full(c, np.nan))
-    elif training:
+    elif a.training:
         var = cuda.device_array(c, np.float64)
         threads = reduce_threads()
-        K.stats_kernel(threads)[c, threads](_channels(dx), eps, mean, var, invstd)
+        K.stats_kernel(threads)[c, threads](_channels(dx), a.eps, mean, var, invstd)
         if running_mean is not None:
             drm = res.to_device(running_mean)
             drv = res.to_device(running_var)
-            _launch(K._bn_running_update, c, mean, var, count, momentum, drm, drv)
+            K._bn_running_update[launch_1d(c)](mean, var, count, a.momentum, drm, drv)
             if not _on_device(running_mean):
                 running_mean[...] = drm.copy_to_host()
                 running_var[...] = drv.copy_to_host()
     else:
-        _launch(K._bn_eval_stats, c, res.to_device(running_mean), res.to_device(running_var),
-                eps, mean, invstd)
+        K._bn_eval_stats[launch_1d(c)](res.to_device(running_mean),
+                                       res.to_device(running_var), a.eps, mean, invstd)
     dw, has_w = _vector(res, weight, c, dtype)
     db, has_b = _vector(res, bias, c, dtype)
     if count:
-        _launch(K._bn_apply, y.size, _channels(dx), mean, invstd, dw, has_w, db, has_b,
-                _channels(y))
+        K._bn_apply[launch_1d(y.size)](_channels(dx), mean, invstd, dw, has_w, db, has_b,
+                                       _channels(y))
     y = res.result(_layout.from_nchw(y, layout))
     return (y, res.result(mean), res.result(invstd)) if return_stats else y
 
@@ -86,9 +82,9 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     One block per channel sums grad_y and grad_y * (x - mean) in float64
     (``_bn_grad_sums``); an element-wise kernel applies the CPU's formula."""
     op = "batch_norm_backward"
-    c, count, training = cpu.batch_norm_backward_args(
-        op, host_spec(grad_y), host_spec(x), host_spec(mean), host_spec(invstd),
-        host_spec(weight), training, layout)
+    a = batch_norm_backward_args(op, host_spec(grad_y), host_spec(x), host_spec(mean),
+                                 host_spec(invstd), host_spec(weight), training, layout)
+    c, count = a.c, a.count
     res = Residency(grad_y, x, mean, invstd, weight)
     dtype = np.dtype(x.dtype)
     dgy = _layout.to_nchw(res.to_device(grad_y), layout)
@@ -103,11 +99,12 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
         threads = reduce_threads()
         K.grad_sums_kernel(threads)[c, threads](_channels(dgy), _channels(dx), dmean, sum_dy,
                                                  sum_dy_xmu)
-        _launch(K._bn_grad_apply, gx.size, _channels(dgy), _channels(dx), dmean, dinvstd, dw,
-                has_w, int(training), sum_dy, sum_dy_xmu, _channels(gx))
+        K._bn_grad_apply[launch_1d(gx.size)](_channels(dgy), _channels(dx), dmean, dinvstd,
+                                             dw, has_w, int(a.training), sum_dy, sum_dy_xmu,
+                                             _channels(gx))
     gw = cuda.device_array(c, dtype)
     gb = cuda.device_array(c, dtype)
-    _launch(K._bn_grad_params, c, sum_dy, sum_dy_xmu, dinvstd, gw, gb)
+    K._bn_grad_params[launch_1d(c)](sum_dy, sum_dy_xmu, dinvstd, gw, gb)
     return res.result(_layout.from_nchw(gx, layout)), res.result(gw), res.result(gb)
 
 

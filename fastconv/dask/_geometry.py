@@ -33,8 +33,7 @@ import functools
 import itertools
 from dataclasses import dataclass
 
-from .._args import conv_output_size
-from ..pool import pool_output_size
+from .._args import conv_output_size, pool_output_size
 
 
 @dataclass(frozen=True)

@@ -111,8 +111,8 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 # -------------------------------------------------------------------------- pooling
 def pool_axes(op: str, x, kernel_size, stride, padding, dilation, ceil_mode, layout):
     """Validate pooling arguments against the shape of ``x`` (as the in-memory pooling
-    does, :func:`fastconv.pool.pool_args`); the (height, width) :class:`Axis`."""
-    a = _pool.pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
+    does, :func:`fastconv._args.pool_args`); the (height, width) :class:`Axis`."""
+    a = _args.pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
     return tuple(Axis(n, k, s, r, (p, p), a.ceil_mode) for n, k, s, r, p in zip(
         (a.h, a.w), a.kernel, a.stride, a.dilation, a.padding, strict=True))
 
@@ -205,7 +205,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     op = "avg_pool2d"
     x = check_dask_array(op, "input", x)
     axes = pool_axes(op, x, kernel_size, stride, padding, 1, ceil_mode, layout)
-    count_include_pad = _pool._check_flag(op, "count_include_pad", count_include_pad)
+    count_include_pad = _args.check_flag(op, "count_include_pad", count_include_pad)
     h, w = axes
     block_op = _AvgPool((h.k, w.k), (h.s, w.s), (h.pad[0], w.pad[0]), h.ceil_mode,
                         count_include_pad, layout)
