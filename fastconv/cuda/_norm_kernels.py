@@ -24,7 +24,11 @@ block_sum = device_function(_block_sum, globals())  # see device_function
 
 
 @functools.cache
-def stats_kernel(threads: int):
+def _reduction_kernels(threads: int):
+    """The per-channel reduction kernels for blocks of ``threads`` threads (one block per
+    channel; the shared buffer's size must be a compile-time constant, hence one pair of
+    kernels per block size)."""
+
     @cuda.jit
     def _bn_stats(x, eps, mean, var, invstd):
         """mean, biased var and invstd = 1/sqrt(var + eps) of channel blockIdx.x (float64)."""
@@ -46,11 +50,6 @@ def stats_kernel(threads: int):
             var[c] = v
             invstd[c] = 1.0 / math.sqrt(v + eps)
 
-    return _bn_stats
-
-
-@functools.cache
-def grad_sums_kernel(threads: int):
     @cuda.jit
     def _bn_grad_sums(gy, x, mean, sum_dy, sum_dy_xmu):
         """sum gy and sum gy * (x - mean) over channel blockIdx.x (float64)."""
@@ -70,7 +69,19 @@ def grad_sums_kernel(threads: int):
             sum_dy[c] = t1
             sum_dy_xmu[c] = t2
 
-    return _bn_grad_sums
+    return _bn_stats, _bn_grad_sums
+
+
+def stats_kernel(threads: int):
+    """``_bn_stats(x, eps, mean, var, invstd)`` for blocks of ``threads``; launch one
+    block per channel: ``[C, threads]``."""
+    return _reduction_kernels(threads)[0]
+
+
+def grad_sums_kernel(threads: int):
+    """``_bn_grad_sums(gy, x, mean, sum_dy, sum_dy_xmu)`` for blocks of ``threads``;
+    launch one block per channel: ``[C, threads]``."""
+    return _reduction_kernels(threads)[1]
 
 
 @cuda.jit

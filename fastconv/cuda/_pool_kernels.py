@@ -14,19 +14,24 @@ import math
 from numba import cuda
 
 
+@cuda.jit(device=True)
+def _unravel(t, a):
+    """(p, i, j): the element of flat index t (C order) of the 3-D array a, for the
+    grid-stride loops over one array's elements."""
+    rows, cols = a.shape[1], a.shape[2]
+    return t // (cols * rows), (t // cols) % rows, t % cols
+
+
 @cuda.jit
 def _max_pool(x, y, idx, kh, kw, sh, sw, ph, pw, rh, rw):
     """y, idx (P, Ho, Wo): the window maximum and its flat index r*W + c in the plane.
 
     A value replaces the running maximum when larger or NaN (the first maximum wins ties;
     the last NaN wins). A window with no input element gives -inf and index -1."""
-    n_planes, h, wd = x.shape
-    ho, wo = y.shape[1], y.shape[2]
+    h, wd = x.shape[1], x.shape[2]
     neg_inf = y.dtype.type(-math.inf)
-    for t in range(cuda.grid(1), n_planes * ho * wo, cuda.gridsize(1)):
-        j = t % wo
-        i = (t // wo) % ho
-        p = t // (wo * ho)
+    for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        p, i, j = _unravel(t, y)
         top = i * sh - ph
         left = j * sw - pw
         best = neg_inf
@@ -75,12 +80,9 @@ def _avg_window(o, s, p, k, size):
 @cuda.jit
 def _avg_pool(x, y, kh, kw, sh, sw, ph, pw, include_pad):
     """y (P, Ho, Wo) = window sums / divisor; 0 for a window without input elements."""
-    n_planes, h, wd = x.shape
-    ho, wo = y.shape[1], y.shape[2]
-    for t in range(cuda.grid(1), n_planes * ho * wo, cuda.gridsize(1)):
-        j = t % wo
-        i = (t // wo) % ho
-        p = t // (wo * ho)
+    h, wd = x.shape[1], x.shape[2]
+    for t in range(cuda.grid(1), y.size, cuda.gridsize(1)):
+        p, i, j = _unravel(t, y)
         r0, r1, eh = _avg_window(i, sh, ph, kh, h)
         c0, c1, ew = _avg_window(j, sw, pw, kw, wd)
         count = eh * ew if include_pad else (r1 - r0) * (c1 - c0)
@@ -97,12 +99,10 @@ def _avg_pool(x, y, kh, kw, sh, sw, ph, pw, include_pad):
 @cuda.jit
 def _avg_unpool(gy, gx, kh, kw, sh, sw, ph, pw, include_pad):
     """gx[p, r, c] = sum of gy[p, i, j] / divisor(i, j) over the windows covering (r, c)."""
-    n_planes, h, wd = gx.shape
+    h, wd = gx.shape[1], gx.shape[2]
     ho, wo = gy.shape[1], gy.shape[2]
-    for t in range(cuda.grid(1), n_planes * h * wd, cuda.gridsize(1)):
-        c = t % wd
-        r = (t // wd) % h
-        p = t // (wd * h)
+    for t in range(cuda.grid(1), gx.size, cuda.gridsize(1)):
+        p, r, c = _unravel(t, gx)
         # windows i with i*sh - ph <= r < i*sh - ph + kh
         i_lo = max(0, (r + ph - kh) // sh + 1)
         i_hi = min(ho, (r + ph) // sh + 1)
