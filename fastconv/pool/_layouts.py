@@ -1,0 +1,120 @@
+"""The pooling kernels of each layout, in one table keyed by layout name.
+
+NCHW and NHWC each have kernels of their own (NCHW sweeps the rows of (N*C, H, W)
+planes, NHWC runs the channels of (N, H, W, C) images in its innermost loops), so no op
+ever copies an array into another layout. A :class:`LayoutKernels` row says, per op, how
+that layout's kernel views the arrays; the public ops (``ops``) look the row up by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from . import _avg_kernels as A
+from . import _max_kernels as M
+from ._common import row_block
+
+
+@dataclass(frozen=True)
+class LayoutKernels:
+    """One layout's pooling kernels. Each entry takes the problem's record (``PoolArgs``,
+    or ``PoolShapes`` for the gradient of max and global pooling) and 4-D C-contiguous
+    arrays in the layout (batch axis present), and fills its output array in place.
+
+    - ``max_pool(a, x, y, idx, with_idx)``: y, the maxima; idx, their flat indices h*W + w
+      (int64), computed when ``with_idx`` or when ``max_pool_scans_indices(a)``; else idx
+      may be empty.
+    - ``max_unpool(s, gy, idx, gx)``: gx (zero-filled) += gy at idx.
+    - ``avg_pool(a, x, y)`` and ``avg_unpool(a, gy, gx)`` (gx fully written).
+    - ``mean(s, x, y)``: y (N, C), the mean over each plane.
+    """
+
+    max_pool: Callable
+    max_pool_scans_indices: Callable
+    max_unpool: Callable
+    avg_pool: Callable
+    avg_unpool: Callable
+    mean: Callable
+
+
+# ------------------------------------------------------------------------------- NCHW
+def _planes(s, arr, *plane_shape):
+    """An NCHW array of the problem ``s`` as (N*C, *plane_shape) planes."""
+    return arr.reshape(s.n * s.c, *plane_shape)
+
+
+def _nchw_max_pool(a, x, y, idx, with_idx):
+    x3, y3 = _planes(a, x, a.h, a.w), _planes(a, y, a.h_out, a.w_out)
+    idx3 = _planes(a, idx, a.h_out, a.w_out) if idx.size else idx.reshape(0, 0, 0)
+    rows = row_block(a.n * a.c, a.h_out)
+    if M.is_2x2_stride_2(a):
+        M._max_pool_2x2_planes(x3, y3, idx3, with_idx, rows)
+    else:
+        M._max_pool_planes(x3, y3, idx3, *a.max_geometry, rows)
+
+
+def _nchw_max_pool_scans_indices(a) -> bool:
+    return not M.is_2x2_stride_2(a)  # the 2x2 kernel writes indices only when asked
+
+
+def _nchw_max_unpool(s, gy, idx, gx):
+    out = s.h_out * s.w_out
+    M._max_unpool_planes(_planes(s, gy, out), _planes(s, idx, out), _planes(s, gx, s.h * s.w))
+
+
+def _nchw_avg_pool(a, x, y):
+    A._avg_pool_planes(_planes(a, x, a.h, a.w), _planes(a, y, a.h_out, a.w_out),
+                       *a.avg_geometry, row_block(a.n * a.c, a.h_out))
+
+
+def _nchw_avg_unpool(a, gy, gx):
+    A._avg_unpool_planes(_planes(a, gy, a.h_out, a.w_out), _planes(a, gx, a.h, a.w),
+                         *a.avg_geometry, row_block(a.n * a.c, a.h))
+
+
+def _nchw_mean(s, x, y):
+    A._mean_planes(_planes(s, x, s.h * s.w), y.reshape(s.n * s.c))
+
+
+# ------------------------------------------------------------------------------- NHWC
+def _pixels(s, arr, n_pixels):
+    """An NHWC array of the problem ``s`` as (N, n_pixels, C)."""
+    return arr.reshape(s.n, n_pixels, s.c)
+
+
+def _nhwc_max_pool(a, x, y, idx, with_idx):
+    M._max_pool_nhwc(x, y, idx, *a.max_geometry)
+
+
+def _nhwc_max_pool_scans_indices(a) -> bool:
+    return True  # the NHWC kernel keeps the indices of its running maxima
+
+
+def _nhwc_max_unpool(s, gy, idx, gx):
+    out = s.h_out * s.w_out
+    M._max_unpool_nhwc(_pixels(s, gy, out), _pixels(s, idx, out), _pixels(s, gx, s.h * s.w))
+
+
+def _nhwc_avg_pool(a, x, y):
+    A._avg_pool_nhwc(x, y, *a.avg_geometry)
+
+
+def _nhwc_avg_unpool(a, gy, gx):
+    A._avg_unpool_nhwc(gy, gx, *a.avg_geometry)
+
+
+def _nhwc_mean(s, x, y):
+    A._mean_pixels_nhwc(_pixels(s, x, s.h * s.w), y)
+
+
+KERNELS = {
+    "NCHW": LayoutKernels(
+        max_pool=_nchw_max_pool, max_pool_scans_indices=_nchw_max_pool_scans_indices,
+        max_unpool=_nchw_max_unpool, avg_pool=_nchw_avg_pool, avg_unpool=_nchw_avg_unpool,
+        mean=_nchw_mean),
+    "NHWC": LayoutKernels(
+        max_pool=_nhwc_max_pool, max_pool_scans_indices=_nhwc_max_pool_scans_indices,
+        max_unpool=_nhwc_max_unpool, avg_pool=_nhwc_avg_pool, avg_unpool=_nhwc_avg_unpool,
+        mean=_nhwc_mean),
+}

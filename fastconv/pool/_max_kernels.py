@@ -1,0 +1,184 @@
+"""Max-pooling kernels and their gradients, NCHW planes and NHWC images (torch's rules).
+
+Plane kernels work on (P = N*C, H, W) views, one task per (plane, block of output rows);
+NHWC kernels on (N, H, W, C) images, one task per (image, output row) forward and per
+(image, block of channels) backward. Indices are flat positions h*W + w in the plane.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .. import config
+from ..algos._common import valid_range
+from ._common import C_BLOCK, n_blocks, task_block, window_row
+
+
+# Row helper, run by ``_common.window_row`` (a literal stride 1 or 2 in the common cases).
+# Its indices are unsigned: every index is >= 0 here (uint64 arithmetic wraps back to it
+# when ``off`` is negative), so numba emits no negative-index wraparound test.
+@njit(inline="always")
+def _max_taps(xrow, out, j_lo, j_hi, off, sw):
+    """One tap over an output row, out = (yrow, krow, r*W) for input row r: yrow[j],
+    krow[j] <- xrow[j*sw + off], r*W + off + j*sw when larger, NaN, or the first tap of
+    the window inside the input (branch-free)."""
+    yrow, krow, row_start = out
+    base = row_start + off
+    us, uoff = np.uint64(sw), np.uint64(off)
+    for j in range(j_lo, j_hi):
+        uj = np.uint64(j)
+        v = xrow[uj * us + uoff]
+        cur = yrow[uj]
+        k = krow[uj]
+        better = (v > cur) | (v != v) | (k < 0)     # k < 0: the first tap inside the input
+        yrow[uj] = v if better else cur
+        krow[uj] = (base + j * sw) if better else k
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _max_pool_planes(x, y, idx, kh, kw, sh, sw, ph, pw, rh, rw, rows):
+    """x (P, H, W) -> y, idx (P, Ho, Wo); one task per (plane, block of ``rows`` output
+    rows).
+
+    Each output row is swept once per tap (a, b), taps in row-major window order, so every
+    output sees its window row by row; the first tap inside the input sets the maximum
+    and its index (as torch, even when it is -inf), then a value replaces it when larger
+    or NaN (the first maximum wins ties, a NaN is the maximum). A window lying wholly in
+    the padding keeps -inf and index -1."""
+    n_planes, h, wd = x.shape
+    _, ho, wo = y.shape
+    neg_inf = y.dtype.type(-np.inf)
+    for task in prange(n_planes * n_blocks(ho, rows)):
+        p, i0, i1 = task_block(task, rows, ho)
+        for i in range(i0, i1):
+            top = i * sh - ph
+            a_lo, a_hi = valid_range(kh, top, rh, h)
+            yrow = y[p, i]
+            krow = idx[p, i]
+            yrow[:] = neg_inf
+            krow[:] = -1
+            for a in range(a_lo, a_hi):
+                r = top + a * rh
+                window_row(_max_taps, x[p, r], (yrow, krow, r * wd), kw, pw, rw, sw, wd, wo)
+
+
+@njit(inline="always")
+def _max_tap(v, best, code, tap):
+    """One more tap of a 2x2 window: (best, code) <- (v, tap) when v is larger or NaN."""
+    better = (v > best) | (v != v)
+    return (v if better else best), (tap if better else code)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _max_pool_2x2_planes(x, y, idx, with_idx, rows):
+    """2x2 windows, stride 2, no padding or dilation, every window inside the input:
+    x (P, H, W) -> y (P, Ho, Wo) and, when ``with_idx``, idx (P, Ho, Wo) (else idx is not
+    touched and may be empty). One task per (plane, block of ``rows`` output rows).
+
+    The same rule as ``_max_pool_planes`` (taps in row-major order, the first maximum
+    wins, a NaN is the maximum and a later NaN replaces it), written per output element
+    so that the loop over a row vectorises: the winning tap is kept as an int32 code
+    0..3 (the width of a float32 lane) and turned into the int64 flat index in a second
+    pass over the row."""
+    n_planes, _, wd = x.shape
+    _, ho, wo = y.shape
+    for task in prange(n_planes * n_blocks(ho, rows)):
+        p, i0, i1 = task_block(task, rows, ho)
+        codes = np.empty(wo, np.int32)
+        for i in range(i0, i1):
+            r0 = x[p, 2 * i]
+            r1 = x[p, 2 * i + 1]
+            yrow = y[p, i]
+            # (literal unsigned constants: hoisted into variables, the stride 2 is no
+            # longer known to the vectoriser and the loop runs twice as long)
+            if not with_idx:
+                for j in range(wo):
+                    k = np.uint64(j) * np.uint64(2)
+                    best = r0[k]
+                    best, _ = _max_tap(r0[k + np.uint64(1)], best, 0, 1)
+                    best, _ = _max_tap(r1[k], best, 0, 2)
+                    best, _ = _max_tap(r1[k + np.uint64(1)], best, 0, 3)
+                    yrow[np.uint64(j)] = best
+                continue
+            for j in range(wo):
+                k = np.uint64(j) * np.uint64(2)
+                best = r0[k]
+                code = np.int32(0)
+                best, code = _max_tap(r0[k + np.uint64(1)], best, code, np.int32(1))
+                best, code = _max_tap(r1[k], best, code, np.int32(2))
+                best, code = _max_tap(r1[k + np.uint64(1)], best, code, np.int32(3))
+                yrow[np.uint64(j)] = best
+                codes[np.uint64(j)] = code
+            krow = idx[p, i]
+            base = 2 * i * wd
+            for j in range(wo):
+                c = np.int64(codes[np.uint64(j)])
+                krow[np.uint64(j)] = base + 2 * j + (c & 1) + (c >> 1) * wd
+
+
+def is_2x2_stride_2(a) -> bool:
+    """Whether the problem ``a`` (a PoolArgs) is the common pooling layer that
+    ``_max_pool_2x2_planes`` runs: 2x2 windows, stride 2, no padding or dilation, no
+    partial window at the edges."""
+    return (a.kernel == (2, 2) and a.stride == (2, 2) and a.padding == (0, 0)
+            and a.dilation == (1, 1) and a.h_out == a.h // 2 and a.w_out == a.w // 2)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _max_pool_nhwc(x, y, idx, kh, kw, sh, sw, ph, pw, rh, rw):
+    """x (N, H, W, C) -> y, idx (N, Ho, Wo, C); one task per (image, output row); the
+    same scan as ``_max_pool_planes``, all channels at once."""
+    n_img, h, wd, c_all = x.shape
+    _, ho, wo, _ = y.shape
+    neg_inf = y.dtype.type(-np.inf)
+    for task in prange(n_img * ho):
+        n = task // ho
+        i = task % ho
+        top = i * sh - ph
+        a_lo, a_hi = valid_range(kh, top, rh, h)
+        for j in range(wo):
+            left = j * sw - pw
+            b_lo, b_hi = valid_range(kw, left, rw, wd)
+            best = y[n, i, j]
+            best_k = idx[n, i, j]
+            best[:] = neg_inf
+            best_k[:] = -1
+            for a in range(a_lo, a_hi):
+                r = top + a * rh
+                for b in range(b_lo, b_hi):
+                    k = r * wd + left + b * rw
+                    px = x[n, r, left + b * rw]
+                    for c in range(c_all):
+                        v = px[c]
+                        cur = best[c]
+                        kc = best_k[c]
+                        better = (v > cur) | (v != v) | (kc < 0)
+                        best[c] = v if better else cur
+                        best_k[c] = k if better else kc
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _max_unpool_planes(gy, idx, gx):
+    """gx (P, H*W) zero-filled; gx[p, idx[p, k]] += gy[p, k] for gy, idx (P, Ho*Wo).
+    One task per plane (windows may overlap); index -1 gets nothing."""
+    n_planes, n_out = gy.shape
+    for p in prange(n_planes):
+        for k in range(n_out):
+            t = idx[p, k]
+            if t >= 0:
+                gx[p, t] += gy[p, k]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _max_unpool_nhwc(gy, idx, gx):
+    """gx (N, H*W, C) zero-filled; gx[n, idx[n, k, c], c] += gy[n, k, c] for gy, idx
+    (N, Ho*Wo, C). One task per (image, block of channels)."""
+    n_img, n_out, c_all = gy.shape
+    for task in prange(n_img * n_blocks(c_all, C_BLOCK)):
+        n, c0, c1 = task_block(task, C_BLOCK, c_all)
+        for k in range(n_out):
+            for c in range(c0, c1):
+                t = idx[n, k, c]
+                if t >= 0:
+                    gx[n, t, c] += gy[n, k, c]

@@ -1,0 +1,212 @@
+"""The public pooling ops: validate (``fastconv._args``), dispatch to the GPU or run the
+caller's layout's kernels (``_layouts.KERNELS``) on the arrays as they are."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import devices
+from .._args import (
+    avg_pool_args,
+    check_array,
+    check_flag,
+    check_grad_y,
+    check_input_shape,
+    global_pool_args,
+    max_unpool_args,
+    pool_args,
+)
+from .._memory import allocate
+from .._runtime import parallel_guard
+from ._layouts import KERNELS
+
+
+def _batched(a: np.ndarray, unbatched: bool) -> np.ndarray:
+    """A 4-D C-contiguous view (or copy) of an array: a batch axis of 1 added when the
+    caller's arrays are 3-D."""
+    return np.ascontiguousarray(a[None] if unbatched else a)
+
+
+def _as_given(s, *arrays):
+    """The results as the caller gave the input: the batch axis dropped when unbatched;
+    one array, or a tuple of several."""
+    out = tuple(a[0] if s.unbatched else a for a in arrays)
+    return out[0] if len(out) == 1 else out
+
+
+def _run(kernel, size: int, *args) -> None:
+    """Run a layout's kernel under the parallel guard, unless its output is empty."""
+    if size:
+        with parallel_guard():
+            kernel(*args)
+
+
+# ------------------------------------------------------------------------------ max pool
+def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
+               layout="NCHW", return_indices=False, device="cpu"):
+    """2-D max pooling, as torch.nn.functional.max_pool2d.
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched.
+    kernel_size, dilation : int or (h, w), positive.
+    stride : int or (h, w); None (default) means kernel_size.
+    padding : int or (h, w), at most half the kernel size; padding is never the maximum.
+    ceil_mode : round the output size up (the last window starting inside the input or
+        the left padding).
+    return_indices : also return the position of each maximum.
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
+
+    Returns
+    -------
+    y : ndarray (N, C, H_out, W_out) / (N, H_out, W_out, C), dtype of x, with
+        H_out = floor((H + 2 p_h - d_h (k_h - 1) - 1) / s_h) + 1 (ceil with ceil_mode).
+    indices : int64 ndarray, shape of y: flat index h*W + w of the maximum in the plane of
+        (n, c). The first maximum in row-major window order wins ties; a NaN is the
+        maximum (the last NaN wins, as in torch). A window wholly in the padding (possible
+        only with dilation) gives -inf and index -1.
+
+    Notes
+    -----
+    Runs ``_max_pool_planes`` (NCHW) / ``_max_pool_nhwc``; 2x2 windows with stride 2 and
+    no padding (NCHW) run ``_max_pool_2x2_planes``, which skips the indices when they are
+    not returned.
+
+    Examples
+    --------
+    >>> import numpy as np, fastconv
+    >>> x = np.arange(9.0).reshape(1, 1, 3, 3)
+    >>> fastconv.max_pool2d(x, 2, stride=1)[0, 0]
+    array([[4., 5.],
+           [7., 8.]])
+    """
+    op = "max_pool2d"
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(x, kernel_size, stride, padding, dilation, ceil_mode, layout=layout,
+                   return_indices=return_indices)
+    x = check_array(op, "input", x)
+    a = pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
+    with_idx = check_flag(op, "return_indices", return_indices)
+    kernels = KERNELS[a.layout]
+    y = allocate(op, "output", a.y_shape4, x.dtype)
+    scans = with_idx or kernels.max_pool_scans_indices(a)
+    idx = allocate(op, "indices", y.shape if scans else (0,), np.int64)
+    _run(kernels.max_pool, y.size, a, _batched(x, a.unbatched), y, idx, with_idx)
+    return _as_given(a, y, idx) if with_idx else _as_given(a, y)
+
+
+def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="cpu"):
+    """Gradient of ``max_pool2d``: grad_y[n, c, i, j] is added at indices[n, c, i, j].
+
+    Parameters
+    ----------
+    grad_y : ndarray, shape of max_pool2d's output (caller's layout).
+    indices : int64 ndarray, shape of grad_y, from ``max_pool2d(..., return_indices=True)``
+        (-1 marks a window without input elements; it passes no gradient).
+    input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched).
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
+
+    Returns
+    -------
+    grad_x : ndarray of input_shape, dtype of grad_y. Runs ``_max_unpool_planes`` /
+    ``_max_unpool_nhwc`` (one task per plane or per (image, channel block): no races when
+    windows overlap).
+    """
+    op = "max_pool2d_backward"
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(grad_y, indices, input_shape, layout=layout)
+    s = max_unpool_args(op, grad_y, indices, input_shape, layout)
+    gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
+    gx[...] = 0
+    _run(KERNELS[s.layout].max_unpool, grad_y.size, s, _batched(grad_y, s.unbatched),
+         _batched(indices, s.unbatched), gx)
+    return _as_given(s, gx)
+
+
+# ------------------------------------------------------------------------------ avg pool
+def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
+               count_include_pad=True, *, layout="NCHW", device="cpu"):
+    """2-D average pooling, as torch.nn.functional.avg_pool2d (no divisor_override).
+
+    Parameters
+    ----------
+    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched.
+    kernel_size : int or (h, w); stride : int, (h, w) or None (= kernel_size).
+    padding : int or (h, w), at most half the kernel size (zeros).
+    ceil_mode : round the output size up (see ``max_pool2d``).
+    count_include_pad : divide by the window size including padding (clipped at the end
+        of the right padding, which matters in ceil_mode) rather than by the number of
+        input elements in the window.
+    device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
+
+    Returns
+    -------
+    y : ndarray (N, C, H_out, W_out) / (N, H_out, W_out, C), dtype of x,
+        H_out = floor((H + 2 p_h - k_h) / s_h) + 1 (ceil with ceil_mode). Sums are
+        accumulated in float64. Runs ``_avg_pool_planes`` / ``_avg_pool_nhwc``.
+    """
+    op = "avg_pool2d"
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                   layout=layout)
+    x = check_array(op, "input", x)
+    a = avg_pool_args(op, x.shape, kernel_size, stride, padding, ceil_mode,
+                      count_include_pad, layout)
+    y = allocate(op, "output", a.y_shape4, x.dtype)
+    _run(KERNELS[a.layout].avg_pool, y.size, a, _batched(x, a.unbatched), y)
+    return _as_given(a, y)
+
+
+def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
+                        ceil_mode=False, count_include_pad=True, *, layout="NCHW",
+                        device="cpu"):
+    """Gradient of ``avg_pool2d`` (same arguments): each grad_y value, divided by its
+    window's divisor, is added to every input element of its window.
+
+    Returns grad_x of ``input_shape`` (caller's layout), dtype of grad_y. Runs
+    ``_avg_unpool_planes`` / ``_avg_unpool_nhwc``: each task owns a block of input rows
+    and gathers from the windows covering them (no races when windows overlap).
+    device="cuda" runs the same op on the GPU (``fastconv.cuda``).
+    """
+    op = "avg_pool2d_backward"
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(grad_y, input_shape, kernel_size, stride, padding, ceil_mode,
+                   count_include_pad, layout=layout)
+    shape = check_input_shape(op, input_shape)
+    a = avg_pool_args(op, shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                      layout)
+    grad_y = check_grad_y(op, grad_y, a.y_shape)
+    gx = allocate(op, "gradient", a.x_shape4, grad_y.dtype)
+    # (the output is at least 1x1, so grad_y is empty only when gx is)
+    _run(KERNELS[a.layout].avg_unpool, gx.size, a, _batched(grad_y, a.unbatched), gx)
+    return _as_given(a, gx)
+
+
+# ----------------------------------------------------------------------- global average
+def global_avg_pool2d(x, *, layout="NCHW"):
+    """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1), or (N, H, W, C) -> (N, 1, 1, C)
+    (3-D in, 3-D out). Float64 sums. Runs ``_mean_planes`` / ``_mean_pixels_nhwc``."""
+    op = "global_avg_pool2d"
+    x = check_array(op, "input", x)
+    s = global_pool_args(op, x.shape, layout)
+    y = np.empty((s.n, s.c), x.dtype)
+    _run(KERNELS[s.layout].mean, y.size, s, _batched(x, s.unbatched), y)
+    return y.reshape(s.y_shape)
+
+
+def global_avg_pool2d_backward(grad_y, input_shape, *, layout="NCHW"):
+    """Gradient of ``global_avg_pool2d``: grad_y / (H*W) broadcast over each plane.
+
+    grad_y : (N, C, 1, 1) / (N, 1, 1, C) (3-D when unbatched); returns grad_x of
+    ``input_shape``, dtype of grad_y."""
+    op = "global_avg_pool2d_backward"
+    shape = check_input_shape(op, input_shape)
+    s = global_pool_args(op, shape, layout, what=f"input_shape {shape}")
+    grad_y = check_grad_y(op, grad_y, s.y_shape)
+    gx = allocate(op, "gradient", shape, grad_y.dtype)
+    gx[...] = grad_y / grad_y.dtype.type(s.h * s.w)
+    return gx
