@@ -16,13 +16,14 @@ then reduces the partials serially (the result does not depend on the thread cou
 
 from __future__ import annotations
 
-import numbers
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
 
-from . import config
-from ._args import check_array, check_device, check_layout, check_same_dtype
+from . import config, devices
+from ._args import batch_norm_args, batch_norm_backward_args
 from ._memory import allocate
 from ._runtime import parallel_guard
 
@@ -73,28 +74,21 @@ def _bn_apply_nchw(x, mean, scale, shift, y):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums_nhwc(x, part):
-    """part[t, c] = sum of x[r, c] over the rows r of block t; x (P, C), part (T, C)."""
+def _block_sums_nhwc(x, mean, part, squared):
+    """part[t, c] = sum over the rows r of block t of x[r, c] or, when ``squared``, of
+    (x[r, c] - mean[c])**2 (``mean`` is not read otherwise); x (P, C), part (T, C)."""
     n_rows, c_all = x.shape
     for t in prange(part.shape[0]):
         acc = part[t]
         acc[:] = 0.0
         for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-            for c in range(c_all):
-                acc[c] += x[r, c]
-
-
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sqdev_nhwc(x, mean, part):
-    """part[t, c] = sum of (x[r, c] - mean[c])**2 over the rows r of block t."""
-    n_rows, c_all = x.shape
-    for t in prange(part.shape[0]):
-        acc = part[t]
-        acc[:] = 0.0
-        for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-            for c in range(c_all):
-                d = x[r, c] - mean[c]
-                acc[c] += d * d
+            if squared:
+                for c in range(c_all):
+                    d = x[r, c] - mean[c]
+                    acc[c] += d * d
+            else:
+                for c in range(c_all):
+                    acc[c] += x[r, c]
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -166,54 +160,84 @@ def _bn_backward_apply_nhwc(gy, x, mean, a, b, kx, gx):
                 gx[r, c] = gy[r, c] * a[c] + b[c] + (x[r, c] - mean[c]) * kx[c]
 
 
-# ----------------------------------------------------------------------------- helpers
-def _check_bool(op, name, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{op}: {name}={value!r} must be a bool")
-    return bool(value)
+# ------------------------------------------------------------------------ layouts
+@dataclass(frozen=True)
+class _LayoutKernels:
+    """One layout's batch-norm kernels, each taking ``view``s of C-contiguous 4-D arrays
+    in the layout (NCHW: (N, C, H*W); NHWC: (N*H*W, C)) and float64 (C,) vectors.
+
+    - ``train(x, weight, bias, eps, y) -> (mean, var)``: the batch mean and biased
+      variance, and y normalised with them.
+    - ``apply(x, mean, scale, shift, y)``: y = (x - mean) * scale + shift.
+    - ``backward(gy, x, mean, invstd, weight, training, gx) -> (sum_dy, sum_dy_xmu)``:
+      gx, and the sums of gy and of gy * (x - mean) per channel.
+    """
+
+    view: Callable
+    train: Callable
+    apply: Callable
+    backward: Callable
 
 
-def _check_real(op, name, value, lo, hi=None) -> float:
-    if not isinstance(value, numbers.Real) or isinstance(value, bool):
-        raise TypeError(f"{op}: {name}={value!r} must be a real number")
-    value = float(value)
-    if not np.isfinite(value) or value < lo or (hi is not None and value > hi):
-        rule = f"in [{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{op}: {name}={value!r} must be finite and {rule}")
-    return value
+def _nchw_view(a):
+    """(N, C, H*W): one channel's values of an image lie in one row."""
+    return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def _check_input(op, x, layout):
-    """(x, c, count): x a 4-D float array in ``layout``, its channel count and the number
-    of values per channel N*H*W."""
-    check_layout(op, layout)
-    x = check_array(op, "input", x)
-    if x.ndim != 4:
-        dims = "(N, C, H, W)" if layout == "NCHW" else "(N, H, W, C)"
-        raise ValueError(f"{op}: input must be 4-D {dims} for layout {layout}, got "
-                         f"{x.ndim}-D shape {x.shape}")
-    c = x.shape[1] if layout == "NCHW" else x.shape[3]
-    return x, c, x.size // c if c else 0
+def _nchw_train(x, weight, bias, eps, y):
+    mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
+    _bn_train_nchw(x, weight, bias, eps, y, mean, var)
+    return mean, var
 
 
-def _check_channel_vector(op, name, a, c, dtype=None):
-    """None, or a (C,) float array (of ``dtype`` when given)."""
-    if a is None:
-        return None
-    a = check_array(op, name, a)
-    if a.shape != (c,):
-        raise ValueError(f"{op}: {name} must have shape (C,) = ({c},), got {a.shape}")
-    if dtype is not None and a.dtype != dtype:
-        raise TypeError(f"{op}: {name} has dtype {a.dtype} but input has dtype {dtype}; "
-                        "they must match")
-    return a
+def _nchw_backward(gy, x, mean, invstd, weight, training, gx):
+    sum_dy, sum_dy_xmu = np.empty(x.shape[1]), np.empty(x.shape[1])
+    _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu)
+    return sum_dy, sum_dy_xmu
 
 
-def _channels_view(a, layout):
-    """(N, C, M) view for NCHW, (P, C) view for NHWC, of a C-contiguous 4-D array."""
-    if layout == "NCHW":
-        return a.reshape(a.shape[0], a.shape[1], -1)
+def _nhwc_view(a):
+    """(N*H*W, C): a pixel's channels lie in one row."""
     return a.reshape(-1, a.shape[3])
+
+
+def _partials(x):
+    """Room for the per-block partial sums of the NHWC reductions of x (P, C)."""
+    return np.empty(((x.shape[0] + _ROWS - 1) // _ROWS, x.shape[1]))
+
+
+def _nhwc_train(x, weight, bias, eps, y):
+    count = x.shape[0]
+    part = _partials(x)
+    _block_sums_nhwc(x, np.empty(0), part, False)
+    mean = part.sum(axis=0) / count     # serial reduction of the partials
+    _block_sums_nhwc(x, mean, part, True)
+    var = part.sum(axis=0) / count
+    _bn_apply_nhwc(x, mean, weight / np.sqrt(var + eps), bias, y)
+    return mean, var
+
+
+def _nhwc_backward(gy, x, mean, invstd, weight, training, gx):
+    count = x.shape[0]
+    p1, p2 = _partials(x), _partials(x)
+    _block_grad_sums_nhwc(gy, x, mean, p1, p2)
+    sum_dy, sum_dy_xmu = p1.sum(axis=0), p2.sum(axis=0)   # serial reduction
+    a = weight * invstd
+    if training:
+        b = -a * sum_dy / count
+        kx = -a * invstd * invstd * sum_dy_xmu / count
+    else:
+        b = kx = np.zeros(x.shape[1])
+    _bn_backward_apply_nhwc(gy, x, mean, a, b, kx, gx)
+    return sum_dy, sum_dy_xmu
+
+
+_KERNELS = {
+    "NCHW": _LayoutKernels(view=_nchw_view, train=_nchw_train, apply=_bn_apply_nchw,
+                           backward=_nchw_backward),
+    "NHWC": _LayoutKernels(view=_nhwc_view, train=_nhwc_train, apply=_bn_apply_nhwc,
+                           backward=_nhwc_backward),
+}
 
 
 def _f64(a, c, fill):
@@ -221,35 +245,6 @@ def _f64(a, c, fill):
 
 
 # ----------------------------------------------------------------------------- forward
-def batch_norm_args(op, x, running_mean, running_var, weight, bias, training, momentum,
-                    eps, layout, return_stats):
-    """The checks of ``batch_norm``; returns (c, count, training, momentum, eps)."""
-    x, c, count = _check_input(op, x, layout)
-    training = _check_bool(op, "training", training)
-    _check_bool(op, "return_stats", return_stats)
-    momentum = _check_real(op, "momentum", momentum, 0.0, 1.0)
-    eps = _check_real(op, "eps", eps, 0.0)
-    if (running_mean is None) != (running_var is None):
-        raise ValueError(f"{op}: running_mean and running_var must both be arrays or both "
-                         "be None")
-    if running_mean is None and not training:
-        raise ValueError(f"{op}: running_mean and running_var are required when "
-                         "training=False")
-    for name, a in (("running_mean", running_mean), ("running_var", running_var)):
-        if a is not None and not isinstance(a, np.ndarray):
-            raise TypeError(f"{op}: {name} must be a numpy.ndarray (it is updated in place), "
-                            f"got {type(a).__name__}")
-        _check_channel_vector(op, name, a, c, x.dtype)
-        if a is not None and training and not a.flags.writeable:
-            raise ValueError(f"{op}: {name} is read-only; training updates it in place")
-    _check_channel_vector(op, "weight", weight, c, x.dtype)
-    _check_channel_vector(op, "bias", bias, c, x.dtype)
-    if training and count == 1:
-        raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
-                         f"input shape {x.shape}")
-    return c, count, training, momentum, eps
-
-
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False, device="cpu"):
     """Batch normalisation, as torch.nn.functional.batch_norm on 4-D input.
@@ -277,77 +272,40 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     Notes
     -----
     Training needs more than one value per channel (N*H*W > 1), as in torch. An empty
-    batch gives an empty y, NaN statistics and no running update. Wraps
+    batch gives an empty y, NaN statistics and no running update. Runs
     ``_bn_train_nchw`` / ``_bn_apply_nchw`` (one task per channel / plane) and the NHWC
     block kernels (see the module docstring).
     """
     op = "batch_norm"
-    if check_device(op, device) == "cuda":
-        from . import cuda
-
-        return cuda.batch_norm(x, running_mean, running_var, weight, bias, training, momentum,
-                               eps, layout=layout, return_stats=return_stats)
-    c, count, training, momentum, eps = batch_norm_args(
-        op, x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
-        return_stats)
-
-    xc = np.ascontiguousarray(x)
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(x, running_mean, running_var, weight, bias, training, momentum, eps,
+                   layout=layout, return_stats=return_stats)
+    a = batch_norm_args(op, x, running_mean, running_var, weight, bias, training, momentum,
+                        eps, layout, return_stats)
+    k = _KERNELS[a.layout]
     y = allocate(op, "output", x.shape, x.dtype)
-    w64, b64 = _f64(weight, c, 1.0), _f64(bias, c, 0.0)
-    if training:
-        if count == 0:
-            mean = np.full(c, np.nan)
-            invstd = np.full(c, np.nan)
-            return (y, mean, invstd) if return_stats else y
-        mean, var = np.empty(c), np.empty(c)
+    w64, b64 = _f64(weight, a.c, 1.0), _f64(bias, a.c, 0.0)
+    if a.training and a.count == 0:
+        mean, invstd = np.full(a.c, np.nan), np.full(a.c, np.nan)
+    elif a.training:
         with parallel_guard():
-            if layout == "NCHW":
-                _bn_train_nchw(_channels_view(xc, layout), w64, b64, eps,
-                               _channels_view(y, layout), mean, var)
-            else:
-                x2 = _channels_view(xc, layout)
-                part = np.empty(((count + _ROWS - 1) // _ROWS, c))
-                _block_sums_nhwc(x2, part)
-                mean = part.sum(axis=0) / count     # serial reduction of the partials
-                _block_sqdev_nhwc(x2, mean, part)
-                var = part.sum(axis=0) / count
-                _bn_apply_nhwc(x2, mean, w64 / np.sqrt(var + eps), b64,
-                               _channels_view(y, layout))
-        invstd = 1.0 / np.sqrt(var + eps)
+            mean, var = k.train(k.view(np.ascontiguousarray(x)), w64, b64, a.eps, k.view(y))
+        invstd = 1.0 / np.sqrt(var + a.eps)
         if running_mean is not None:
-            unbiased = var * (count / (count - 1))
-            running_mean[...] = (1 - momentum) * running_mean + momentum * mean
-            running_var[...] = (1 - momentum) * running_var + momentum * unbiased
+            unbiased = var * (a.count / (a.count - 1))
+            running_mean[...] = (1 - a.momentum) * running_mean + a.momentum * mean
+            running_var[...] = (1 - a.momentum) * running_var + a.momentum * unbiased
     else:
         mean = running_mean.astype(np.float64)
-        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + eps)
+        invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + a.eps)
         if y.size:
-            kernel = _bn_apply_nchw if layout == "NCHW" else _bn_apply_nhwc
             with parallel_guard():
-                kernel(_channels_view(xc, layout), mean, w64 * invstd, b64,
-                       _channels_view(y, layout))
+                k.apply(k.view(np.ascontiguousarray(x)), mean, w64 * invstd, b64, k.view(y))
     return (y, mean, invstd) if return_stats else y
 
 
 # ---------------------------------------------------------------------------- backward
-def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training, layout):
-    """The checks of ``batch_norm_backward``; returns (c, count, training)."""
-    x, c, count = _check_input(op, x, layout)
-    grad_y = check_array(op, "grad_y", grad_y)
-    check_same_dtype(op, grad_y=grad_y, input=x)
-    if grad_y.shape != x.shape:
-        raise ValueError(f"{op}: grad_y must have the shape of the input {x.shape}, got "
-                         f"{grad_y.shape}")
-    training = _check_bool(op, "training", training)
-    mean = _check_channel_vector(op, "mean", mean, c)
-    invstd = _check_channel_vector(op, "invstd", invstd, c)
-    if mean is None or invstd is None:
-        raise TypeError(f"{op}: mean and invstd are required (from batch_norm(..., "
-                        "return_stats=True))")
-    _check_channel_vector(op, "weight", weight, c, x.dtype)
-    return c, count, training
-
-
 def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
                         layout="NCHW", device="cpu"):
     """Gradient of ``batch_norm``.
@@ -374,42 +332,23 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
 
     Notes
     -----
-    Sums are float64. Wraps ``_bn_backward_nchw`` (one task per channel) /
+    Sums are float64. Runs ``_bn_backward_nchw`` (one task per channel) /
     ``_block_grad_sums_nhwc`` + ``_bn_backward_apply_nhwc``.
     """
     op = "batch_norm_backward"
-    if check_device(op, device) == "cuda":
-        from . import cuda
-
-        return cuda.batch_norm_backward(grad_y, x, mean, invstd, weight, training=training,
-                                        layout=layout)
-    c, count, training = batch_norm_backward_args(op, grad_y, x, mean, invstd, weight,
-                                                  training, layout)
-
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(grad_y, x, mean, invstd, weight, training=training, layout=layout)
+    a = batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training, layout)
+    k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64), invstd.astype(np.float64)
-    w64 = _f64(weight, c, 1.0)
-
     gx = allocate(op, "gradient", x.shape, x.dtype)
-    sum_dy, sum_dy_xmu = np.zeros(c), np.zeros(c)
-    if count > 0:
-        gyc, xc = np.ascontiguousarray(grad_y), np.ascontiguousarray(x)
-        g3, x3, gx3 = (_channels_view(a, layout) for a in (gyc, xc, gx))
+    sum_dy, sum_dy_xmu = np.zeros(a.c), np.zeros(a.c)
+    if a.count > 0:
+        g3, x3 = k.view(np.ascontiguousarray(grad_y)), k.view(np.ascontiguousarray(x))
         with parallel_guard():
-            if layout == "NCHW":
-                _bn_backward_nchw(g3, x3, mean64, invstd64, w64, training, gx3, sum_dy,
-                                  sum_dy_xmu)
-            else:
-                n_blocks = (count + _ROWS - 1) // _ROWS
-                p1, p2 = np.empty((n_blocks, c)), np.empty((n_blocks, c))
-                _block_grad_sums_nhwc(g3, x3, mean64, p1, p2)
-                sum_dy, sum_dy_xmu = p1.sum(axis=0), p2.sum(axis=0)   # serial reduction
-                a = w64 * invstd64
-                if training:
-                    b = -a * sum_dy / count
-                    kx = -a * invstd64 * invstd64 * sum_dy_xmu / count
-                else:
-                    b = kx = np.zeros(c)
-                _bn_backward_apply_nhwc(g3, x3, mean64, a, b, kx, gx3)
+            sum_dy, sum_dy_xmu = k.backward(g3, x3, mean64, invstd64, _f64(weight, a.c, 1.0),
+                                            a.training, k.view(gx))
     grad_weight = (sum_dy_xmu * invstd64).astype(x.dtype)
     grad_bias = sum_dy.astype(x.dtype)
     return gx, grad_weight, grad_bias
