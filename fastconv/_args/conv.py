@@ -13,7 +13,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import layout as _layout
-from .checks import check_array, check_groups, check_layout, check_same_dtype, padding_pairs, pair
+from .checks import (
+    activation_dims,
+    check_array,
+    check_groups,
+    check_layout,
+    check_same_dtype,
+    padding_pairs,
+    pair,
+)
 
 
 def conv_output_size(n: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
@@ -90,18 +98,12 @@ def conv_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0, dilati
     check_layout(op, layout)
     x_shape = tuple(int(s) for s in x_shape)
     w_shape = tuple(int(s) for s in w_shape)
-    if len(x_shape) not in (3, 4):
-        raise ValueError(f"{op}: input must be 4-D (batched) or 3-D (unbatched) in layout "
-                         f"{layout}, got {len(x_shape)}-D shape {x_shape}")
+    n, c_in, h, w, unbatched = activation_dims(op, x_shape, layout)
     if len(w_shape) != 4:
         wl = _layout.LAYOUTS[layout].weight
         raise ValueError(f"{op}: weight must be 4-D ({wl} for layout {layout}), got "
                          f"{len(w_shape)}-D shape {w_shape}")
-    unbatched = len(x_shape) == 3
-    if unbatched:
-        x_shape = (1,) + x_shape
     dims = _layout.LAYOUTS[layout]
-    n, c_in, h, w = dims.canonical_shape(x_shape)
     c_out, c_in_g, kh, kw = dims.canonical_weight_shape(w_shape)
     groups = check_groups(op, groups)
     stride_ = pair(op, "stride", stride, minimum=1)
