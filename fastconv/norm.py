@@ -74,21 +74,22 @@ def _bn_apply_nchw(x, mean, scale, shift, y):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums_nhwc(x, mean, part, squared):
-    """part[t, c] = sum over the rows r of block t of x[r, c] or, when ``squared``, of
-    (x[r, c] - mean[c])**2 (``mean`` is not read otherwise); x (P, C), part (T, C)."""
+def _block_sums_nhwc(x, mean, part):
+    """part[t, c] = sum over the rows r of block t of x[r, c] when ``mean`` is None, else
+    of (x[r, c] - mean[c])**2; x (P, C), part (T, C). The two cases compile apart: numba
+    drops the branch of the other one, so each runs its own loop only."""
     n_rows, c_all = x.shape
     for t in prange(part.shape[0]):
         acc = part[t]
         acc[:] = 0.0
         for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-            if squared:
+            if mean is None:
+                for c in range(c_all):
+                    acc[c] += x[r, c]
+            else:
                 for c in range(c_all):
                     d = x[r, c] - mean[c]
                     acc[c] += d * d
-            else:
-                for c in range(c_all):
-                    acc[c] += x[r, c]
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -209,9 +210,9 @@ def _partials(x):
 def _nhwc_train(x, weight, bias, eps, y):
     count = x.shape[0]
     part = _partials(x)
-    _block_sums_nhwc(x, np.empty(0), part, False)
+    _block_sums_nhwc(x, None, part)
     mean = part.sum(axis=0) / count     # serial reduction of the partials
-    _block_sums_nhwc(x, mean, part, True)
+    _block_sums_nhwc(x, mean, part)
     var = part.sum(axis=0) / count
     _bn_apply_nhwc(x, mean, weight / np.sqrt(var + eps), bias, y)
     return mean, var
