@@ -1,8 +1,10 @@
-"""How the pooling kernels share their work out: blocks of rows, planes or channels.
+"""Helpers of the pooling kernels: how tasks share out the work, and the driver of the
+row loops that sweep a window's column taps (``window_row``).
 
-Every parallel loop runs over (outer item, block) pairs, the outer item a plane or an
-image and the block a run of output rows, input rows or channels; each task owns what it
-writes (see the package docstring).
+The plane kernels and the NHWC channel-block kernels run their parallel loop over
+(outer item, block) pairs, the outer item a plane or an image and the block a run of
+output rows, input rows or channels (``task_block``); each task owns what it writes
+(see the package docstring).
 """
 
 from __future__ import annotations

@@ -68,9 +68,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
     Notes
     -----
-    Runs ``_max_pool_planes`` (NCHW) / ``_max_pool_nhwc``; 2x2 windows with stride 2 and
-    no padding (NCHW) run ``_max_pool_2x2_planes``, which skips the indices when they are
-    not returned.
+    Runs ``_max_kernels._max_pool_planes`` (NCHW) / ``_max_pool_nhwc``; 2x2 windows with
+    stride 2 and no padding (NCHW) run ``_max_pool_2x2_planes``, which skips the indices
+    when they are not returned.
 
     Examples
     --------
@@ -109,9 +109,9 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
 
     Returns
     -------
-    grad_x : ndarray of input_shape, dtype of grad_y. Runs ``_max_unpool_planes`` /
-    ``_max_unpool_nhwc`` (one task per plane or per (image, channel block): no races when
-    windows overlap).
+    grad_x : ndarray of input_shape, dtype of grad_y. Runs
+    ``_max_kernels._max_unpool_planes`` / ``_max_unpool_nhwc`` (one task per plane or per
+    (image, channel block): no races when windows overlap).
     """
     op = "max_pool2d_backward"
     gpu = devices.gpu_op(op, device)
@@ -145,7 +145,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     -------
     y : ndarray (N, C, H_out, W_out) / (N, H_out, W_out, C), dtype of x,
         H_out = floor((H + 2 p_h - k_h) / s_h) + 1 (ceil with ceil_mode). Sums are
-        accumulated in float64. Runs ``_avg_pool_planes`` / ``_avg_pool_nhwc``.
+        accumulated in float64. Runs ``_avg_kernels._avg_pool_planes`` /
+        ``_avg_pool_nhwc``.
     """
     op = "avg_pool2d"
     gpu = devices.gpu_op(op, device)
@@ -167,8 +168,8 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     window's divisor, is added to every input element of its window.
 
     Returns grad_x of ``input_shape`` (caller's layout), dtype of grad_y. Runs
-    ``_avg_unpool_planes`` / ``_avg_unpool_nhwc``: each task owns a block of input rows
-    and gathers from the windows covering them (no races when windows overlap).
+    ``_avg_kernels._avg_unpool_planes`` / ``_avg_unpool_nhwc``: each task owns a block of
+    input rows and gathers from the windows covering them (no races when windows overlap).
     device="cuda" runs the same op on the GPU (``fastconv.cuda``).
     """
     op = "avg_pool2d_backward"
@@ -189,7 +190,8 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
 # ----------------------------------------------------------------------- global average
 def global_avg_pool2d(x, *, layout="NCHW"):
     """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1), or (N, H, W, C) -> (N, 1, 1, C)
-    (3-D in, 3-D out). Float64 sums. Runs ``_mean_planes`` / ``_mean_pixels_nhwc``."""
+    (3-D in, 3-D out). Float64 sums. Runs ``_avg_kernels._mean_planes`` /
+    ``_mean_pixels_nhwc``."""
     op = "global_avg_pool2d"
     x = check_array(op, "input", x)
     s = global_pool_args(op, x.shape, layout)
