@@ -9,7 +9,7 @@ from numba import cuda
 from .._args import batch_norm_args, batch_norm_backward_args
 from . import _layout
 from . import _norm_kernels as K
-from ._device import Residency, host_spec, launch_1d
+from ._device import Residency, host_spec, launch
 from ._reduce import reduce_threads
 
 
@@ -55,18 +55,18 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if running_mean is not None:
             drm = res.to_device(running_mean)
             drv = res.to_device(running_var)
-            K._bn_running_update[launch_1d(c)](mean, var, count, a.momentum, drm, drv)
+            launch(K._bn_running_update, c, mean, var, count, a.momentum, drm, drv)
             if not _on_device(running_mean):
                 running_mean[...] = drm.copy_to_host()
                 running_var[...] = drv.copy_to_host()
     else:
-        K._bn_eval_stats[launch_1d(c)](res.to_device(running_mean),
-                                       res.to_device(running_var), a.eps, mean, invstd)
+        launch(K._bn_eval_stats, c, res.to_device(running_mean), res.to_device(running_var),
+               a.eps, mean, invstd)
     dw, has_w = _vector(res, weight, c, dtype)
     db, has_b = _vector(res, bias, c, dtype)
     if count:
-        K._bn_apply[launch_1d(y.size)](_channels(dx), mean, invstd, dw, has_w, db, has_b,
-                                       _channels(y))
+        launch(K._bn_apply, y.size, _channels(dx), mean, invstd, dw, has_w, db, has_b,
+               _channels(y))
     y = res.result(_layout.from_nchw(y, layout))
     return (y, res.result(mean), res.result(invstd)) if return_stats else y
 
@@ -99,12 +99,11 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
         threads = reduce_threads()
         K.grad_sums_kernel(threads)[c, threads](_channels(dgy), _channels(dx), dmean, sum_dy,
                                                  sum_dy_xmu)
-        K._bn_grad_apply[launch_1d(gx.size)](_channels(dgy), _channels(dx), dmean, dinvstd,
-                                             dw, has_w, int(a.training), sum_dy, sum_dy_xmu,
-                                             _channels(gx))
+        launch(K._bn_grad_apply, gx.size, _channels(dgy), _channels(dx), dmean, dinvstd, dw,
+               has_w, int(a.training), sum_dy, sum_dy_xmu, _channels(gx))
     gw = cuda.device_array(c, dtype)
     gb = cuda.device_array(c, dtype)
-    K._bn_grad_params[launch_1d(c)](sum_dy, sum_dy_xmu, dinvstd, gw, gb)
+    launch(K._bn_grad_params, c, sum_dy, sum_dy_xmu, dinvstd, gw, gb)
     return res.result(_layout.from_nchw(gx, layout)), res.result(gw), res.result(gb)
 
 

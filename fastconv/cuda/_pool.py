@@ -17,7 +17,7 @@ from .._args import (
 )
 from . import _layout
 from . import _pool_kernels as K
-from ._device import Residency, host_spec, launch_1d
+from ._device import Residency, host_spec, launch
 
 
 def _planes(d):
@@ -39,7 +39,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     dx = _layout.to_nchw(res.to_device(x), layout)
     y = cuda.device_array((a.n, a.c, a.h_out, a.w_out), xs.dtype)
     idx = cuda.device_array(y.shape, np.int64)
-    K._max_pool[launch_1d(y.size)](_planes(dx), _planes(y), _planes(idx), *a.max_geometry)
+    launch(K._max_pool, y.size, _planes(dx), _planes(y), _planes(idx), *a.max_geometry)
     y = res.result(_layout.from_nchw(y, layout, a.unbatched))
     if not return_indices:
         return y
@@ -57,9 +57,8 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW"):
     didx = _layout.to_nchw(res.to_device(indices), layout)
     planes, n_out = s.n * s.c, s.h_out * s.w_out
     gx = _layout.zeros((s.n, s.c, s.h, s.w), dgy.dtype)
-    K._max_unpool[launch_1d(dgy.size)](dgy.reshape((planes, n_out)),
-                                       didx.reshape((planes, n_out)),
-                                       gx.reshape((planes, s.h * s.w)))
+    launch(K._max_unpool, dgy.size, dgy.reshape((planes, n_out)), didx.reshape((planes, n_out)),
+           gx.reshape((planes, s.h * s.w)))
     return res.result(_layout.from_nchw(gx, layout, s.unbatched))
 
 
@@ -73,7 +72,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     res = Residency(x)
     dx = _layout.to_nchw(res.to_device(x), layout)
     y = cuda.device_array((a.n, a.c, a.h_out, a.w_out), xs.dtype)
-    K._avg_pool[launch_1d(y.size)](_planes(dx), _planes(y), *a.avg_geometry)
+    launch(K._avg_pool, y.size, _planes(dx), _planes(y), *a.avg_geometry)
     return res.result(_layout.from_nchw(y, layout, a.unbatched))
 
 
@@ -89,5 +88,5 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     res = Residency(grad_y)
     dgy = _layout.to_nchw(res.to_device(grad_y), layout)
     gx = cuda.device_array((a.n, a.c, a.h, a.w), gys.dtype)
-    K._avg_unpool[launch_1d(gx.size)](_planes(dgy), _planes(gx), *a.avg_geometry)
+    launch(K._avg_unpool, gx.size, _planes(dgy), _planes(gx), *a.avg_geometry)
     return res.result(_layout.from_nchw(gx, layout, a.unbatched))
