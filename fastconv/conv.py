@@ -46,7 +46,8 @@ def _forward(x, w, bias, args, algo: str, out) -> None:
     chosen = resolve_algorithm(args, algo)
     if chosen == "fft" and not numerics.all_finite(x, w, bias):
         chosen = "im2col"
-    _FORWARD[chosen](x, w, args, out, bias)
+    if _FORWARD[chosen](x, w, args, out, bias) is False:  # non-finite: recompute
+        _FORWARD["im2col"](x, w, args, out, bias)
     if chosen == "fft" and algo == "auto":
         xn = x if args.layout == "NCHW" else x.transpose(0, 3, 1, 2)
         wn = w if args.layout == "NCHW" else w.transpose(3, 2, 0, 1)
@@ -195,7 +196,18 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
         chosen = _backward_algorithm(args, algo, need_x)
         if chosen == "fft" and not numerics.all_finite(grad_y, x, w):
             chosen = "im2col"  # FFT would spread a NaN/Inf over whole planes
-        _BACKWARD[chosen](grad_y, x, w, args, grad_x, grad_w)
+        by_x, by_w = grad_x, grad_w
+        if chosen == "winograd":  # im2col computes the gradients Winograd does not support
+            by_x = grad_x if winograd.grad_x_supported(args) else None
+            by_w = grad_w if winograd.grad_w_supported(args) else None
+            if by_x is not grad_x or by_w is not grad_w:
+                im2col.backward(grad_y, x, w, args, grad_x if by_x is None else None,
+                                grad_w if by_w is None else None)
+        ok = _BACKWARD[chosen](grad_y, x, w, args, by_x, by_w) or (True, True)
+        if ok[1] is False:  # non-finite: recompute for the direct formula's NaN/Inf pattern
+            im2col.backward(grad_y, x, w, args, None, grad_w)
+        if ok[0] is False:
+            im2col.backward(grad_y, x, w, args, grad_x, None)
     elif need_w:
         grad_w[...] = 0
     grad_bias = None
