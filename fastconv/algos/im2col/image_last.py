@@ -20,6 +20,7 @@ from ...layout import permutation
 from .._common import U, geometry, valid_range, view, workspace
 from .image_last_grad import _grad_w_image_last, _grad_x_image_last
 from .tiling import column_buffer, tiling, unfold_params
+from .unfold import _column_row, _zero_pad
 
 #: The axes of an image-last tile (channels, rows, columns, images).
 IMAGE_LAST = "CHWN"
@@ -35,29 +36,23 @@ def _im2col_chwn(xt, cols, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     small images (rows of 8 pixels copy slowly; 8 pixels x 64 images do not)."""
     c_all, h, wd, nb = xt.shape
     flat = xt.reshape(c_all * h * wd * nb)
+    zero = cols.dtype.type(0)
     ckk, length = cols.shape
     row_len = wo * nb
     band = length // row_len
-    kk = kh * kw
-    zero = cols.dtype.type(0)
     for task in prange(ckk * band):
         r = task // band
         ii = task % band
-        c = r // kk
-        a = (r // kw) % kh
-        b = r % kw
-        dst = cols[r]
+        c, a, b, dst = _column_row(cols, r, kh, kw)
         base = U(ii * row_len)
         src = (i0 + ii) * sh + a * rh - pt
         if src < 0 or src >= h:
-            for t in range(U(row_len)):
-                dst[base + t] = zero
+            _zero_pad(dst, base, U(row_len), U(row_len), U(row_len), zero)
             continue
         off = b * rw - pl
         j_lo, j_hi = valid_range(wo, off, sw, wd)
         line = U((c * h + src) * wd * nb)  # start of input row src of channel c
-        for t in range(U(j_lo * nb)):
-            dst[base + t] = zero
+        _zero_pad(dst, base, U(j_lo * nb), U(j_hi * nb), U(row_len), zero)
         d0 = base + U(j_lo * nb)
         if sw == 1:
             s0 = line + U((j_lo + off) * nb)
@@ -69,8 +64,6 @@ def _im2col_chwn(xt, cols, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
                 dj = d0 + U((j - j_lo) * nb)
                 for t in range(U(nb)):
                     dst[dj + t] = flat[s0 + t]
-        for t in range(U(j_hi * nb), U(row_len)):
-            dst[base + t] = zero
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -94,40 +87,52 @@ def _scatter_chwn(tmp, out, n0, i0, nb, bias):
                 row[j] = src[base + j * step] + bv
 
 
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _image_last_copy(x, xt, n0, to_last):
-    """xt[c, i, j, b] = x[n0 + b, c, i, j] (``to_last``) or the inverse copy, for x
-    (N, C, H, W) and xt (C, H, W, B), both contiguous. One task per (c, i); each image's
-    row is read (written) in one contiguous pass (reading one element of every image per
-    column instead runs 2.4x slower on 28x28 planes). The direction is tested once per
-    image, outside the copy loop."""
+@njit(inline="always")
+def _copy_task(x, xt, n0, task):
+    """The set-up shared by the two copies: (x flat, row xt[c, i] flat, offset in x of
+    row i of channel c of image n0, elements per image, B, W) for task (c, i), with x
+    (N, C, H, W) and xt (C, H, W, B) both contiguous."""
     n_all, c_all, h, wd = x.shape
     nb = xt.shape[3]
-    xf = x.reshape(n_all * c_all * h * wd)
+    c = task // h
+    i = task % h
     img = U(c_all * h * wd)
-    for task in prange(c_all * h):
-        c = task // h
-        i = task % h
-        line = xt[c, i].reshape(wd * nb)
-        base = U(n0) * img + U((c * h + i) * wd)
+    return (x.reshape(n_all * c_all * h * wd), xt[c, i].reshape(wd * nb),
+            U(n0) * img + U((c * h + i) * wd), img, nb, wd)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _to_image_last(x, n0, xt):
+    """xt[c, i, j, b] = x[n0 + b, c, i, j] for x (N, C, H, W), xt (C, H, W, B). One task
+    per (c, i); each image's row is read in one contiguous pass (reading one element of
+    every image per column instead runs 2.4x slower on 28x28 planes)."""
+    for task in prange(x.shape[1] * x.shape[2]):
+        xf, line, base, img, nb, wd = _copy_task(x, xt, n0, task)
         for b in range(U(nb)):
-            row = base + b * img  # row i of channel c of image n0 + b in x
-            if to_last:
-                for j in range(U(wd)):
-                    line[j * U(nb) + b] = xf[row + j]
-            else:
-                for j in range(U(wd)):
-                    xf[row + j] = line[j * U(nb) + b]
+            src = base + b * img
+            for j in range(U(wd)):
+                line[j * U(nb) + b] = xf[src + j]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _from_image_last(xt, x, n0):
+    """x[n0 + b, c, i, j] = xt[c, i, j, b]: the inverse of ``_to_image_last``."""
+    for task in prange(x.shape[1] * x.shape[2]):
+        xf, line, base, img, nb, wd = _copy_task(x, xt, n0, task)
+        for b in range(U(nb)):
+            dst = base + b * img
+            for j in range(U(wd)):
+                xf[dst + j] = line[j * U(nb) + b]
 
 
 def _to_last_nchw(a, n0, at, dims) -> None:
-    """at (C, H, W, B) = images n0.. of a (N, C, H, W), contiguous (``_image_last_copy``)."""
-    _image_last_copy(a, at, n0, True)
+    """at (C, H, W, B) = images n0.. of a (N, C, H, W), contiguous (``_to_image_last``)."""
+    _to_image_last(a, n0, at)
 
 
 def _from_last_nchw(at, a, n0, dims) -> None:
     """Images n0.. of a (N, C, H, W), contiguous, = at (C, H, W, B)."""
-    _image_last_copy(a, at, n0, False)
+    _from_image_last(at, a, n0)
 
 
 def _to_last_any(a, n0, at, dims) -> None:
@@ -178,7 +183,7 @@ def image_last_tile(args, with_grad_x: bool = True) -> int:
 
 def forward_image_last(x, wmat, args, out, bias, t) -> None:
     """The NCHW forward of ``Tiling.image_last`` tiles: the images of a tile are first put
-    image-index last (``_image_last_copy``, a pass over the input only), unfolded with
+    image-index last (``_to_image_last``, a pass over the input only), unfolded with
     long contiguous runs (``_im2col_chwn``), multiplied by wmat (G, Dg, Cg*KH*KW) in one
     GEMM of B times the width, and the result is spread into ``out`` with the bias
     (``_scatter_chwn``). x is C-contiguous."""
@@ -197,7 +202,7 @@ def forward_image_last(x, wmat, args, out, bias, t) -> None:
         xt = view(xt_buf[:image * nb], (args.c_in, args.h, args.w, nb))
         cols = view(buf[:ckk * length], (ckk, length))
         with parallel_guard():
-            _image_last_copy(x, xt, n0, True)
+            _to_image_last(x, n0, xt)
             _im2col_chwn(xt, cols, 0, *conv)
         y = view(tmp[:args.c_out * length], (g, dg, length))
         np.matmul(wmat, view(cols, (g, cgkk, length)), out=y)

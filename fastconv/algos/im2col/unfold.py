@@ -17,6 +17,26 @@ from ... import config
 from .._common import U, valid_range
 
 
+@njit(inline="always")
+def _zero_pad(dst, base, lo, hi, end, zero):
+    """dst[base + t] = zero for t in [0, lo) and in [hi, end) (unsigned): the zero padding
+    around a run [lo, hi) of a row that is copied separately (lo = hi = end: the whole
+    row is padding). ``zero`` is the kernel's, defined outside its parallel loop: as a
+    value there, the stores stay vectorised loops (a literal 0 here makes LLVM call
+    memset, slower for the runs of a few elements at an image border)."""
+    for t in range(lo):
+        dst[base + t] = zero
+    for t in range(hi, end):
+        dst[base + t] = zero
+
+
+@njit(inline="always")
+def _column_row(cols, r, kh, kw):
+    """(c, a, b, row) of row r = (c*KH + a)*KW + b of an NCHW column matrix cols
+    (C*KH*KW, ...): input channel c, kernel tap (a, b), and the row cols[r]."""
+    return r // (kh * kw), (r // kw) % kh, r % kw, cols[r]
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     """x (N, C, H, W) -> cols (B, C*KH*KW, band*Wo) for images n0.. and output rows i0..
@@ -28,15 +48,11 @@ def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     _, _, h, wd = x.shape
     nb, ckk, length = cols.shape
     band = length // wo
-    kk = kh * kw
     zero = cols.dtype.type(0)
     for task in prange(nb * ckk):
         bi = task // ckk
         r = task % ckk
-        c = r // kk
-        a = (r // kw) % kh
-        b = r % kw
-        dst = cols[bi, r]
+        c, a, b, dst = _column_row(cols[bi], r, kh, kw)
         img = x[n0 + bi, c]
         off = b * rw - pl
         j_lo, j_hi = valid_range(wo, off, sw, wd)
@@ -46,12 +62,10 @@ def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
             base = U(ii * wo)
             src = (i0 + ii) * sh + a * rh - pt
             if src < 0 or src >= h:
-                for j in range(U(wo)):
-                    dst[base + j] = zero
+                _zero_pad(dst, base, U(wo), U(wo), U(wo), zero)
                 continue
             line = img[src]
-            for j in range(U(j_lo)):
-                dst[base + j] = zero
+            _zero_pad(dst, base, U(j_lo), U(j_hi), U(wo), zero)
             d0 = base + U(j_lo)
             if sw == 1:
                 for j in range(U(j_hi - j_lo)):
@@ -59,9 +73,6 @@ def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
             else:
                 for j in range(U(j_hi - j_lo)):
                     dst[d0 + j] = line[first + j * step]
-            for j in range(U(j_hi), U(wo)):
-                dst[base + j] = zero
-
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -109,7 +120,6 @@ def _im2col_nhwc(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
                     s0 = line + U(src_j * c_all + g * cg)
                     for t in range(U(cg)):
                         dst[g, k0 + t] = flat[s0 + t] if inside else zero
-
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)

@@ -35,7 +35,8 @@ algorithm: they report non-finite results to the caller (``drivers``).
 
 Modules: ``tasks`` (the transforms' task helpers), ``f2`` and ``f4`` (the F(2x2, 3x3) and
 F(4x4, 3x3) transforms), ``tiling`` (tile size, chunks, transformed-tile planes, phases),
-``grad_w`` (the weight-gradient adjoint), ``drivers`` (``forward``, ``backward``).
+``kernel`` (the kernel transform of both sizes), ``grad_w`` (the weight-gradient
+adjoint), ``drivers`` (``forward``, ``backward``).
 """
 
 from .drivers import (
@@ -45,9 +46,9 @@ from .drivers import (
     grad_w_supported,
     grad_x_supported,
     supports,
-    transform_kernel,
 )
 from .grad_w import GRAD_W_TILE
+from .kernel import transform_kernel
 from .tiling import (
     PLANE_PAD,
     chunk_rows,

@@ -14,7 +14,8 @@ import numpy as np
 from ... import _blas
 from .. import _nhwc
 from .grad_w import _grad_w_nchw
-from .tiling import _KERNELS, _planes, _rows_per_chunk, phases, tile_grid, tile_size, transformed
+from .kernel import _grad_x_kernel, transform_kernel
+from .tiling import _KERNELS, chunk_planes, phases, problem, tile_size
 
 
 def supports(args) -> bool:
@@ -43,35 +44,19 @@ def grad_w_supported(args) -> bool:
     return supports(args) and args.dilation == (1, 1)
 
 
-def transform_kernel(w_oihw: np.ndarray, groups: int, m: int) -> np.ndarray:
-    """(C_out, Cg, 3, 3) -> (G, (m+2)^2, Dg, Cg), contiguous."""
-    c_out, cg = w_oihw.shape[:2]
-    u = np.empty((groups, transformed(m), c_out // groups, cg), w_oihw.dtype)
-    _KERNELS[m][0](np.ascontiguousarray(w_oihw), u)
-    return u
-
-
 def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
     """y (N, C_out, Ho, Wo) = F(m x m, 3x3) of x (N, C_in, H, W), contiguous, with the
     transformed kernel u (G, (m+2)^2, Dg, Cg) and padding (top, left), dilation 1.
     Returns whether every output is finite."""
-    n, c_in = x.shape[:2]
-    c_out, ho, wo = y.shape[1:]
-    cg, dg = c_in // groups, c_out // groups
-    th, tw = tile_grid(ho, wo, m)
-    t = transformed(m)
+    th, tw, cg, dg, rows = problem(x.shape, y.shape, groups, m, x.itemsize)
     _, input_transform, output_transform = _KERNELS[m]
     pt, pl = pads
-    rows = _rows_per_chunk(n * th, tw, cg, dg, x.itemsize, m)
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, x.dtype)
     flags = np.zeros(dg * (rows // th + 2), np.bool_)  # a chunk covers <= rows/th + 2 images
     finite = True
-    for r0 in range(0, n * th, rows):
-        r1 = min(n * th, r0 + rows)
-        cols = (r1 - r0) * tw
-        v, v_planes = _planes("winograd_v", t, cg, cols, x.dtype)
-        prod, prod_planes = _planes("winograd_m", t, dg, cols, x.dtype)
+    for r0, r1, cols, (v, v_planes), (prod, prod_planes) in chunk_planes(
+            x.shape[0] * th, rows, tw, cg, dg, m, x.dtype):
         for g in range(groups):
             input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
             _blas.split_matmul(u[g], v, prod)
@@ -120,15 +105,6 @@ def _run(x, u, y, bias, pads, groups, m, dilation) -> bool:
             finite &= _run_nchw(xs, u, ys, bias, (pt, pl), groups, m)
             y[:, :, rho_h::dilation[0], rho_w::dilation[1]] = ys
     return finite
-
-
-def _grad_x_kernel(w_oihw: np.ndarray, groups: int) -> np.ndarray:
-    """The kernel whose correlation with grad_y gives grad_x: (C_in, Dg, 3, 3) with
-    k[g*Cg + c, d, a, b] = w[g*Dg + d, c, 2 - a, 2 - b]."""
-    c_out, cg = w_oihw.shape[:2]
-    dg = c_out // groups
-    k = w_oihw.reshape(groups, dg, cg, 3, 3)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
-    return np.ascontiguousarray(k).reshape(groups * cg, dg, 3, 3)
 
 
 def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,

@@ -1,5 +1,5 @@
-"""F(2x2, 3x3) transforms: the kernel, input and output transforms of the module
-docstring's B^T, G and A^T (4x4 tiles, 2x2 output blocks).
+"""F(2x2, 3x3) transforms: the kernel (``_kernel_transform``), input and output
+transforms of the package docstring's G, B^T and A^T (4x4 tiles, 2x2 output blocks).
 
 The input and output transforms read and write the transformed tiles as planes: a 2-D
 array (16, rows*cols + PLANE_PAD) whose row e is entry e of every tile, the tiles of
@@ -15,41 +15,41 @@ from numba import njit, prange
 
 from ... import config
 from .._common import U
-from .tasks import _images_of, _padded_row, _task_rows
+from .tasks import _padded_row, _store_rows, _task_count, _task_plane
+
+
+@njit(inline="always")
+def _gk2(k, tmp, c, half):
+    """tmp[4*a + b, c] = (G k G^T)[a, b] for one 3x3 kernel k, F(2x2, 3x3)'s G (in k's
+    dtype: it only adds and halves)."""
+    for a in range(4):  # row a of G k, then times G^T
+        if a == 0:
+            t0, t1, t2 = k[0, 0], k[0, 1], k[0, 2]
+        elif a == 3:
+            t0, t1, t2 = k[2, 0], k[2, 1], k[2, 2]
+        else:
+            sign = 1 if a == 1 else -1
+            t0 = half * (k[0, 0] + sign * k[1, 0] + k[2, 0])
+            t1 = half * (k[0, 1] + sign * k[1, 1] + k[2, 1])
+            t2 = half * (k[0, 2] + sign * k[1, 2] + k[2, 2])
+        tmp[4 * a, c] = t0
+        tmp[4 * a + 1, c] = half * (t0 + t1 + t2)
+        tmp[4 * a + 2, c] = half * (t0 - t1 + t2)
+        tmp[4 * a + 3, c] = t2
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _kernel_transform(w, u):
     """w (C_out, Cg, 3, 3) -> u (G, 16, Dg, Cg): u[g, 4*a + b, d, c] = (G w G^T)[a, b]
     for w[g*Dg + d, c]. One task per output channel; its 16 x Cg values are formed in a
-    local buffer and stored row by row (16 interleaved stores a plane apart thrash the
-    cache: 4x slower)."""
+    local buffer and stored row by row (``tasks._store_rows``)."""
     c_out, cg = w.shape[0], w.shape[1]
-    dg = u.shape[2]
     half = w.dtype.type(0.5)
     for o in prange(c_out):
-        ug = u[o // dg]
-        d = o % dg
         tmp = np.empty((16, cg), dtype=u.dtype)
         for c in range(cg):
-            k = w[o, c]
-            for a in range(4):  # row a of G k, then times G^T
-                if a == 0:
-                    t0, t1, t2 = k[0, 0], k[0, 1], k[0, 2]
-                elif a == 3:
-                    t0, t1, t2 = k[2, 0], k[2, 1], k[2, 2]
-                else:
-                    sign = 1 if a == 1 else -1
-                    t0 = half * (k[0, 0] + sign * k[1, 0] + k[2, 0])
-                    t1 = half * (k[0, 1] + sign * k[1, 1] + k[2, 1])
-                    t2 = half * (k[0, 2] + sign * k[1, 2] + k[2, 2])
-                tmp[4 * a, c] = t0
-                tmp[4 * a + 1, c] = half * (t0 + t1 + t2)
-                tmp[4 * a + 2, c] = half * (t0 - t1 + t2)
-                tmp[4 * a + 3, c] = t2
-        for e in range(16):
-            ug[e, d, :] = tmp[e]
-
+            _gk2(w[o, c], tmp, c, half)
+        _store_rows(u, o, tmp)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -68,10 +68,8 @@ def _input_transform(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
     wp = 2 * tw + 2  # input columns the tile row reads
     lo = min(pl, wp)
     hi = min(wp, pl + wd)
-    n_first, images = _images_of(r0, r1, th)
-    for task in prange(cg * images):
-        c, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
-        img = x[n, c0 + c]
+    for task in prange(_task_count(cg, r0, r1, th)):
+        c, n, ra, rb, img = _task_plane(x, task, c0, r0, r1, th)
         buf = np.empty((4, wp), dtype=x.dtype)
         t = np.empty((4, wp), dtype=x.dtype)
         for r in range(ra, rb):
@@ -112,10 +110,8 @@ def _output_transform(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags)
     when Ho or Wo is odd. One task per (output channel, image) covered by the chunk;
     flags[task] is set when the task wrote a NaN or an infinity."""
     _, _, ho, wo = y.shape
-    n_first, images = _images_of(r0, r1, th)
-    for task in prange(dg * images):
-        d, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
-        out = y[n, d0 + d]
+    for task in prange(_task_count(dg, r0, r1, th)):
+        d, n, ra, rb, out = _task_plane(y, task, d0, r0, r1, th)
         add = bias[d0 + d] if has_bias else y.dtype.type(0)
         bad = 0  # outputs that are NaN or +-Inf
         u = np.empty((8, tw), dtype=m.dtype)

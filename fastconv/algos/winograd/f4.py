@@ -1,5 +1,6 @@
-"""F(4x4, 3x3) transforms: 6x6 tiles, 4x4 output blocks (interpolation points 0, +-1,
-+-2 and infinity). Planes as in ``f2``: 36 flat planes, entry e of every tile in row e.
+"""F(4x4, 3x3) transforms: the kernel (``_kernel_transform4``), input and output
+transforms, 6x6 tiles and 4x4 output blocks (interpolation points 0, +-1, +-2 and
+infinity). Planes as in ``f2``: 36 flat planes, entry e of every tile in row e.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from numba import njit, prange
 
 from ... import config
 from .._common import U
-from .tasks import _images_of, _padded_row, _task_rows
+from .tasks import _padded_row, _scalars, _store_rows, _task_count, _task_plane
 
 
 @njit(inline="always")
@@ -25,28 +26,30 @@ def _g6(k0, k1, k2):
             (quarter_even + 0.5 * k1) * sixth, (quarter_even - 0.5 * k1) * sixth, k2)
 
 
+@njit(inline="always")
+def _gk4(k, tmp, c):
+    """tmp[6*a + b, c] = (G k G^T)[a, b] for one 3x3 kernel k, F(4x4, 3x3)'s G, computed
+    in float64 (1/6 and 1/24 are not exact) and rounded once."""
+    col0 = _g6(np.float64(k[0, 0]), np.float64(k[1, 0]), np.float64(k[2, 0]))
+    col1 = _g6(np.float64(k[0, 1]), np.float64(k[1, 1]), np.float64(k[2, 1]))
+    col2 = _g6(np.float64(k[0, 2]), np.float64(k[1, 2]), np.float64(k[2, 2]))
+    for a in range(6):
+        row = _g6(col0[a], col1[a], col2[a])
+        for b in range(6):
+            tmp[6 * a + b, c] = row[b]
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _kernel_transform4(w, u):
-    """w (C_out, Cg, 3, 3) -> u (G, 36, Dg, Cg): u[g, 6*a + b, d, c] = (G w G^T)[a, b],
-    computed in float64 (1/6 and 1/24 are not exact) and rounded once. One task per
-    output channel, through a local buffer as ``f2._kernel_transform``."""
+    """w (C_out, Cg, 3, 3) -> u (G, 36, Dg, Cg): u[g, 6*a + b, d, c] = (G w G^T)[a, b]
+    (``_gk4``: float64, rounded once). One task per output channel, through a local
+    buffer as ``f2._kernel_transform``."""
     c_out, cg = w.shape[0], w.shape[1]
-    dg = u.shape[2]
     for o in prange(c_out):
-        ug = u[o // dg]
-        d = o % dg
         tmp = np.empty((36, cg), dtype=u.dtype)
         for c in range(cg):
-            k = w[o, c]
-            col0 = _g6(np.float64(k[0, 0]), np.float64(k[1, 0]), np.float64(k[2, 0]))
-            col1 = _g6(np.float64(k[0, 1]), np.float64(k[1, 1]), np.float64(k[2, 1]))
-            col2 = _g6(np.float64(k[0, 2]), np.float64(k[1, 2]), np.float64(k[2, 2]))
-            for a in range(6):
-                row = _g6(col0[a], col1[a], col2[a])
-                for b in range(6):
-                    tmp[6 * a + b, c] = row[b]
-        for e in range(36):
-            ug[e, d, :] = tmp[e]
+            _gk4(w[o, c], tmp, c)
+        _store_rows(u, o, tmp)
 
 
 @njit(inline="always")
@@ -58,6 +61,17 @@ def _bt6(e0, e1, e2, e3, e4, e5, two, four, five):
             e4 - e2 - two * (e1 - e3),
             e4 - e2 + two * (e1 - e3),
             four * e1 - five * e3 + e5)
+
+
+@njit(inline="always")
+def _put6(o, s0, s1, s2, s3, s4, s5, i):
+    """s0[i], ..., s5[i] = the six values of o (one ``_bt6`` result)."""
+    s0[i] = o[0]
+    s1[i] = o[1]
+    s2[i] = o[2]
+    s3[i] = o[3]
+    s4[i] = o[4]
+    s5[i] = o[5]
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -78,13 +92,9 @@ def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
     wp = 4 * (tw + 1)  # padded input columns, whole groups of four
     lo = min(pl, wp)
     hi = min(wp, pl + wd)
-    n_first, images = _images_of(r0, r1, th)
-    two = x.dtype.type(2)
-    four = x.dtype.type(4)
-    five = x.dtype.type(5)
-    for task in prange(cg * images):
-        c, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
-        img = x[n, c0 + c]
+    two, four, five = _scalars(x, 2, 4, 5)
+    for task in prange(_task_count(cg, r0, r1, th)):
+        c, n, ra, rb, img = _task_plane(x, task, c0, r0, r1, th)
         nr = rb - ra
         row = np.empty(wp, dtype=x.dtype)
         ph = np.empty((4, tw + 1), dtype=x.dtype)
@@ -105,12 +115,7 @@ def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
             for j in range(U(tw)):
                 o = _bt6(p0[j], p1[j], p2[j], p3[j], p0[j + U(1)], p1[j + U(1)],
                          two, four, five)
-                s0[base + j] = o[0]
-                s1[base + j] = o[1]
-                s2[base + j] = o[2]
-                s3[base + j] = o[3]
-                s4[base + j] = o[4]
-                s5[base + j] = o[5]
+                _put6(o, s0, s1, s2, s3, s4, s5, base + j)
         k0 = U(c * cols + (ra - r0) * tw)
         nxt = U(tw)
         for b in range(6):  # B^T down the columns, all tile rows at once
@@ -120,12 +125,7 @@ def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
             for k in range(U(nr * tw)):
                 o = _bt6(e0[k], e1[k], e2[k], e3[k], e0[k + nxt], e1[k + nxt],
                          two, four, five)
-                o0[k0 + k] = o[0]
-                o1[k0 + k] = o[1]
-                o2[k0 + k] = o[2]
-                o3[k0 + k] = o[3]
-                o4[k0 + k] = o[4]
-                o5[k0 + k] = o[5]
+                _put6(o, o0, o1, o2, o3, o4, o5, k0 + k)
 
 
 @njit(inline="always")
@@ -147,13 +147,9 @@ def _output_transform4(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags
     of a tile row is transformed along and its four outputs per tile stored together
     (one interleaved store group)."""
     _, _, ho, wo = y.shape
-    n_first, images = _images_of(r0, r1, th)
-    two = m.dtype.type(2)
-    four = m.dtype.type(4)
-    eight = m.dtype.type(8)
-    for task in prange(dg * images):
-        d, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
-        out = y[n, d0 + d]
+    two, four, eight = _scalars(m, 2, 4, 8)
+    for task in prange(_task_count(dg, r0, r1, th)):
+        d, n, ra, rb, out = _task_plane(y, task, d0, r0, r1, th)
         add = bias[d0 + d] if has_bias else y.dtype.type(0)
         bad = 0  # outputs that are NaN or +-Inf
         nr = rb - ra

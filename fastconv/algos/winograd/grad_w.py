@@ -14,8 +14,8 @@ from numba import njit, prange
 
 from ... import _blas, config
 from .._common import U
-from .tasks import _images_of, _task_rows
-from .tiling import _KERNELS, _planes, _rows_per_chunk, tile_grid, transformed
+from .tasks import _task_count, _task_plane
+from .tiling import _KERNELS, chunk_planes, problem, transformed
 
 
 @njit(inline="always")
@@ -31,11 +31,9 @@ def _grad_transform(gy, p, dg, cols, d0, r0, r1, th, tw):
     2x2 block g of grad_y channel d0 + d at tile (r, j), zero beyond Ho, Wo. One task per
     (channel, image) of the chunk."""
     _, _, ho, wo = gy.shape
-    n_first, images = _images_of(r0, r1, th)
     width = 2 * tw
-    for task in prange(dg * images):
-        d, n, ra, rb = _task_rows(task, images, n_first, r0, r1, th)
-        plane = gy[n, d0 + d]
+    for task in prange(_task_count(dg, r0, r1, th)):
+        d, n, ra, rb, plane = _task_plane(gy, task, d0, r0, r1, th)
         rows = np.zeros((2, width), dtype=gy.dtype)
         t = np.empty((4, width), dtype=gy.dtype)
         for r in range(ra, rb):
@@ -115,21 +113,13 @@ def _grad_w_nchw(gy, x, grad_w, pads, groups) -> None:
     contiguous, with F(2x2, 3x3): per chunk of tile rows and group, the input and
     output-gradient transforms and the 16 GEMMs Yt[e] @ V[e]^T, summed over chunks."""
     m = GRAD_W_TILE
-    n, c_in = x.shape[:2]
-    c_out, ho, wo = gy.shape[1:]
-    cg, dg = c_in // groups, c_out // groups
-    th, tw = tile_grid(ho, wo, m)
-    t = transformed(m)
+    th, tw, cg, dg, rows = problem(x.shape, gy.shape, groups, m, x.itemsize)
     input_transform = _KERNELS[m][1]
     pt, pl = pads
-    rows = _rows_per_chunk(n * th, tw, cg, dg, x.itemsize, m)
-    total = np.zeros((groups, t, dg, cg), x.dtype)
-    part = np.empty((t, dg, cg), x.dtype)
-    for r0 in range(0, n * th, rows):
-        r1 = min(n * th, r0 + rows)
-        cols = (r1 - r0) * tw
-        v, v_planes = _planes("winograd_v", t, cg, cols, x.dtype)
-        yt, yt_planes = _planes("winograd_m", t, dg, cols, x.dtype)
+    total = np.zeros((groups, transformed(m), dg, cg), x.dtype)
+    part = np.empty((transformed(m), dg, cg), x.dtype)
+    for r0, r1, cols, (v, v_planes), (yt, yt_planes) in chunk_planes(
+            x.shape[0] * th, rows, tw, cg, dg, m, x.dtype):
         for g in range(groups):
             input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
             _grad_transform(gy, yt_planes, dg, cols, g * dg, r0, r1, th, tw)

@@ -1,4 +1,5 @@
-"""Helpers of the Winograd transform kernels: which tiles a task covers, padded rows.
+"""Helpers of the Winograd transform kernels: which tiles a task covers, padded rows,
+the kernel transform's stores.
 
 Tiles are numbered by global tile row r over the batch (image r // th, tile row r % th)
 and processed in chunks of rows r0..r1; a transform task handles one channel of one
@@ -20,12 +21,42 @@ def _images_of(r0, r1, th):
 
 
 @njit(inline="always")
-def _task_rows(task, images, n_first, r0, r1, th):
-    """(channel, image, ra, rb) of a transform task: tasks run channel-major over the
-    chunk's images, and the task covers the image's global tile rows [ra, rb) within
-    the chunk r0..r1."""
+def _task_count(channels, r0, r1, th):
+    """Tasks of a transform over the chunk r0..r1: one per channel and image it touches."""
+    return channels * _images_of(r0, r1, th)[1]
+
+
+@njit(inline="always")
+def _task_plane(a, task, c0, r0, r1, th):
+    """(channel, image, ra, rb, plane) of a transform task on a (N, C, rows, columns):
+    tasks run channel-major over the chunk's images; the task covers the image's global
+    tile rows [ra, rb) within the chunk r0..r1 and reads or writes the plane
+    a[image, c0 + channel]."""
+    n_first, images = _images_of(r0, r1, th)
     n = n_first + task % images
-    return task // images, n, max(r0, n * th), min(r1, (n + 1) * th)
+    c = task // images
+    return c, n, max(r0, n * th), min(r1, (n + 1) * th), a[n, c0 + c]
+
+
+@njit(inline="always")
+def _store_rows(u, o, tmp):
+    """u[o // Dg, e, o % Dg, :] = tmp[e] for every entry e: a kernel-transform task's
+    values of output channel o (tmp (T, Cg), formed in a local buffer) stored into u
+    (G, T, Dg, Cg) row by row (T interleaved stores a plane apart thrash the cache: 4x
+    slower)."""
+    dg = u.shape[2]
+    ug = u[o // dg]
+    d = o % dg
+    for e in range(tmp.shape[0]):
+        ug[e, d, :] = tmp[e]
+
+
+@njit(inline="always")
+def _scalars(a, v0, v1, v2):
+    """v0, v1, v2 in the dtype of array a (numba computes int * float32 in float64, so the
+    transforms' integer coefficients are passed as values of the array's type)."""
+    t = a.dtype.type
+    return t(v0), t(v1), t(v2)
 
 
 @njit(inline="always")

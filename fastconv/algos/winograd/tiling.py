@@ -86,6 +86,30 @@ def chunks(args, m: int | None = None) -> int:
 PLANE_PAD = 16
 
 
+def problem(x_shape, y_shape, groups: int, m: int, itemsize: int):
+    """(th, tw, Cg, Dg, rows) of F(m x m, 3x3) from x (N, C_in, H, W) to y
+    (N, C_out, Ho, Wo): tile rows and columns per image, channels per group, and tile
+    rows per chunk (``_rows_per_chunk``)."""
+    n, c_in = x_shape[:2]
+    c_out, ho, wo = y_shape[1:]
+    cg, dg = c_in // groups, c_out // groups
+    th, tw = tile_grid(ho, wo, m)
+    return th, tw, cg, dg, _rows_per_chunk(n * th, tw, cg, dg, itemsize, m)
+
+
+def chunk_planes(total_rows: int, rows: int, tw: int, cg: int, dg: int, m: int, dtype):
+    """For every chunk of ``rows`` of the ``total_rows`` tile rows: (r0, r1, cols,
+    (v, v_planes), (p, p_planes)), tile rows r0..r1 of cols = (r1 - r0)*tw tiles, with
+    this thread's planes (``_planes``) of the chunk's transformed input (Cg rows) and of
+    its other GEMM operand or result (Dg rows)."""
+    t = transformed(m)
+    for r0 in range(0, total_rows, rows):
+        r1 = min(total_rows, r0 + rows)
+        cols = (r1 - r0) * tw
+        yield (r0, r1, cols, _planes("winograd_v", t, cg, cols, dtype),
+               _planes("winograd_m", t, dg, cols, dtype))
+
+
 def _planes(slot, t, rows, cols, dtype):
     """A workspace of t planes (rows, cols), PLANE_PAD elements apart: returned as the
     (t, rows, cols) view for the GEMMs and the (t, rows*cols + PLANE_PAD) array the
