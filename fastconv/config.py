@@ -50,7 +50,7 @@ WORKSPACE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_MB", 256) * MIB)
 #: Target size of one unfolded chunk (bytes): small enough to stay in the last-level cache
 #: between the unfold and its GEMM. Never larger than WORKSPACE_BYTES.
 IM2COL_CHUNK_BYTES: int = int(_env_float("FASTCONV_IM2COL_CHUNK_MB", 8) * MIB)
-#: Transformed tiles plus GEMM result per Winograd chunk (algos/winograd.py): 8-32 MiB
+#: Transformed tiles plus GEMM result per Winograd chunk (algos/winograd/): 8-32 MiB
 #: ran fastest on the resnet layers here; below 4 MiB the 16 GEMMs get too thin.
 WINOGRAD_CHUNK_BYTES: int = int(_env_float("FASTCONV_WINOGRAD_CHUNK_MB", 16) * MIB)
 #: Output block m of algo="winograd", F(m x m, 3x3): 4 (36 multiplications per 16
