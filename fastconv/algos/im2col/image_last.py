@@ -181,6 +181,7 @@ def image_last_tile(args, with_grad_x: bool = True) -> int:
     chunk = max(1, min(config.IM2COL_CHUNK_BYTES, config.WORKSPACE_BYTES))
     return max(2, min(args.n, chunk // max(per_image, 1)))
 
+
 def forward_image_last(x, wmat, args, out, bias, t) -> None:
     """The NCHW forward of ``Tiling.image_last`` tiles: the images of a tile are first put
     image-index last (``_to_image_last``, a pass over the input only), unfolded with

@@ -242,4 +242,3 @@ def _grad_x_image_last(gt, w, gxt, sh, sw, pt, pl, rh, rw):
                         for j in range(j_lo, j_hi):
                             _axpy_run(la, lb, two, wa, wb, rows, nd, U(j * nb),
                                       U((j * sw + off) * nb), U(nb))
-

@@ -1,5 +1,5 @@
-"""Winograd's drivers: applicability, the kernel transform, the chunked F(m x m, 3x3)
-run (``_run_nchw``, ``_run`` for dilated layers), ``forward`` and ``backward``.
+"""Winograd's drivers: applicability, the chunked F(m x m, 3x3) run (``_run_nchw``,
+``_run`` for dilated layers), ``forward`` and ``backward``.
 
 Neither falls back to another algorithm: ``forward`` returns whether every output is
 finite and ``backward`` which gradients are good; the caller recomputes the others (a

@@ -75,4 +75,3 @@ def _padded_row(img, src_row, row, lo, hi, pl):
         row[U(lo) + q] = src[U(lo - pl) + q]
     for q in range(U(hi), U(row.size)):
         row[q] = zero
-
