@@ -31,3 +31,31 @@ def test_write_nhwc_into_a_non_contiguous_destination():
     _nhwc.write_nhwc(src, dst)
     assert np.array_equal(dst, src.transpose(0, 2, 3, 1))
     assert not big[:, 1::2].any()                       # nothing written in between
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_layout_helpers_copy_only_what_is_not_nchw(layout):
+    """nchw_copy / nchw_target / write_back (activations) and oihw_target /
+    write_weight_back (weights) pick the copy by the layout record: none for NCHW
+    C-contiguous arrays, the blocked transposes for NHWC."""
+    from fastconv.layout import LAYOUTS
+
+    dims = LAYOUTS[layout]
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(dims.shape(2, 3, 5, 4))
+    xn = _nhwc.nchw_copy(x, dims)
+    assert xn.flags.c_contiguous and np.array_equal(xn, dims.to_canonical_view(x))
+    assert (xn is x) == (layout == "NCHW")
+    out = np.empty_like(x)
+    y = _nhwc.nchw_target(out, dims)
+    assert y.shape == (2, 3, 5, 4) and (y is out) == (layout == "NCHW")
+    y[...] = xn
+    _nhwc.write_back(y, out, dims)
+    assert np.array_equal(out, x)
+    w = rng.standard_normal(dims.weight_shape(6, 3, 3, 2))
+    gw_out = np.empty_like(w)
+    gw = _nhwc.oihw_target(gw_out, dims)
+    assert gw.shape == (6, 3, 3, 2) and (gw is gw_out) == (layout == "NCHW")
+    gw[...] = dims.weight_to_canonical_view(w)
+    _nhwc.write_weight_back(gw, gw_out, dims)
+    assert np.array_equal(gw_out, w)

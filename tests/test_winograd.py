@@ -9,6 +9,7 @@ import fastconv
 from fastconv import autotune, config
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos import winograd
+from fastconv.layout import LAYOUTS
 
 from . import reference as ref
 from .conftest import from_nhwc, to_nhwc
@@ -260,3 +261,67 @@ def test_threads_share_the_gemm_helpers():
         t.join(timeout=120)
     assert not errors and len(results) == 20
     assert all(np.array_equal(r, want) for r in results)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_forward_reports_non_finite_outputs_instead_of_falling_back(layout, tile):
+    """winograd.forward itself never calls another algorithm: it returns whether every
+    output is finite, and conv2d recomputes a False call with im2col."""
+    dims = LAYOUTS[layout]
+    x = np.ones(dims.shape(1, 2, 8, 8), np.float32)
+    w = np.ones(dims.weight_shape(3, 2, 3, 3), np.float32)
+    a = conv_args_from_shapes("t", x.shape, w.shape, 1, 1, layout=layout)
+    out = np.empty(a.y_layout_shape, np.float32)
+    assert winograd.forward(x, w, a, out) is True
+    assert np.array_equal(out, fastconv.conv2d(x, w, padding=1, layout=layout,
+                                                algo="naive"))
+    dims.to_canonical_view(x)[0, 1, 3, 4] = np.inf   # Inf - Inf in the transforms: NaN
+    assert winograd.forward(x, w, a, out) is False
+    want = fastconv.conv2d(x, w, padding=1, layout=layout, algo="naive")
+    np.testing.assert_array_equal(fastconv.conv2d(x, w, padding=1, layout=layout,
+                                                  algo="winograd"), want)
+
+
+def test_backward_reports_which_gradients_are_good(tile):
+    """(ok_x, ok_w): True for a finite result and for a gradient not asked for; False for
+    a non-finite one, and for one passed although not supported (left unwritten)."""
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 2, 6, 6))
+    w = rng.standard_normal((3, 2, 3, 3))
+    gy = rng.standard_normal((2, 3, 6, 6))
+    a = conv_args_from_shapes("t", x.shape, w.shape, 1, 1)
+    gx, gw = np.empty_like(x), np.empty_like(w)
+    assert winograd.backward(gy, x, w, a, gx, gw) == (True, True)
+    assert winograd.backward(gy, x, w, a, None, gw) == (True, True)
+    assert winograd.backward(gy, x, w, a, gx, None) == (True, True)
+    x_bad = x.copy()
+    x_bad[0, 0, 0, 0] = np.nan
+    assert winograd.backward(gy, x_bad, w, a, None, gw) == (True, False)
+    gy_bad = gy.copy()
+    gy_bad[1, 2, 3, 3] = np.inf
+    assert winograd.backward(gy_bad, x, w, a, gx, None) == (False, True)
+    # padding 3: grad_x is not supported (grad_w is); a dilated layer supports neither
+    a3 = conv_args_from_shapes("t", x.shape, w.shape, 1, 3)
+    assert not winograd.grad_x_supported(a3) and winograd.grad_w_supported(a3)
+    gx3 = np.full((2, 2, 6, 6), 7.0)
+    gw3 = np.empty_like(w)
+    gy3 = rng.standard_normal(a3.y_shape)
+    assert winograd.backward(gy3, x, w, a3, gx3, gw3) == (False, True)
+    assert (gx3 == 7.0).all()
+    ad = conv_args_from_shapes("t", x.shape, w.shape, 1, 2, 2)
+    assert winograd.backward(rng.standard_normal(ad.y_shape), x, w, ad, None, None) \
+        == (True, True)
+
+
+def test_exact_algorithms_return_none():
+    """naive, im2col and fft are always exact: their forward and backward return None."""
+    from fastconv.algos import fft, im2col, naive
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 2, 6, 6))
+    w = rng.standard_normal((3, 2, 3, 3))
+    a = conv_args_from_shapes("t", x.shape, w.shape, 1, 1)
+    for mod in (naive, im2col, fft):
+        assert mod.forward(x, w, a, np.empty(a.y_shape)) is None
+        assert mod.backward(np.ones(a.y_shape), x, w, a, np.empty_like(x),
+                            np.empty_like(w)) is None

@@ -6,7 +6,7 @@ the preallocated out in the caller's layout, bias added when given.
 """
 
 from . import naive  # noqa: F401, I001  (registration order: the order of ALGORITHMS)
-from . import im2col_cost  # noqa: F401
+from . import im2col  # noqa: F401
 from . import fft  # noqa: F401
-from . import winograd_cost  # noqa: F401
+from . import winograd  # noqa: F401
 from .registry import ALGORITHMS  # noqa: F401

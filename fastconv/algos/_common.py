@@ -29,6 +29,20 @@ def valid_range(n_out: int, offset: int, stride: int, size: int) -> tuple[int, i
     return min(lo, hi), hi
 
 
+def geometry(args) -> tuple[int, int, int, int, int, int]:
+    """(s_h, s_w, p_top, p_left, r_h, r_w) of a conv2d record: the stride, the leading
+    padding and the dilation, in the order the kernels take them."""
+    return (args.stride[0], args.stride[1], args.padding[0][0], args.padding[1][0],
+            args.dilation[0], args.dilation[1])
+
+
+def view(a: np.ndarray, shape) -> np.ndarray:
+    """``a`` reshaped without copying (raises if a copy would be needed)."""
+    v = a.view()
+    v.shape = shape
+    return v
+
+
 # ------------------------------------------------------------------ cached workspaces
 _local = threading.local()
 

@@ -1,9 +1,15 @@
 """NHWC <-> NCHW copies for the algorithms that compute in NCHW (direct, Winograd).
 
-numpy's ``np.ascontiguousarray(x.transpose(0, 3, 1, 2))`` copies on one thread with one
-side strided by C: on a (64, 32, 32, 32) float32 batch it took 2.4 ms one way and 5.4 ms
-back into an NHWC array. Per image the layouts are the two orders of a (H*W, C) matrix,
-so the copy is a batched transpose, done here in cache-sized blocks on all threads.
+numpy's copy of a transposed view (``np.ascontiguousarray`` of ``NHWC.to_canonical_view``)
+runs on one thread with one side strided by C: on a (64, 32, 32, 32) float32 batch it
+took 2.4 ms one way and 5.4 ms back into an NHWC array. Per image the layouts are the two
+orders of a (H*W, C) matrix, so the copy is a batched transpose, done here in cache-sized
+blocks on all threads.
+
+``nchw_copy``, ``nchw_target``, ``write_back`` (activations) and ``oihw_target``,
+``write_weight_back`` (weight gradients) are what those algorithms call: they pick the
+copy for the caller's layout from one table (``_TO_NCHW``, ``_FROM_NCHW``) or its
+``Layout`` record, and do nothing for an array that already is a C-contiguous NCHW one.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import numpy as np
 from numba import njit, prange
 
 from .._runtime import parallel_guard
+from ..layout import NHWC, Layout
 from ._common import U
 
 #: Rows and columns of one transposed block (two float32 blocks fit in 8 KiB of L1).
@@ -47,9 +54,9 @@ def _swap_last2(src, dst):
 
 def to_nchw(x: np.ndarray) -> np.ndarray:
     """A new C-contiguous (N, C, H, W) copy of an (N, H, W, C) array."""
-    n, h, w, c = x.shape
-    out = np.empty((n, c, h, w), x.dtype)
+    out = np.empty(NHWC.canonical_shape(x.shape), x.dtype)
     if out.size:
+        n, c, h, w = out.shape
         with parallel_guard():
             _swap_last2(np.ascontiguousarray(x).reshape(n, h * w, c), out.reshape(n, c, h * w))
     return out
@@ -62,4 +69,48 @@ def write_nhwc(src: np.ndarray, dst: np.ndarray) -> None:
         with parallel_guard():
             _swap_last2(src.reshape(n, c, h * w), dst.reshape(n, h * w, c))
     else:
-        dst[...] = src.transpose(0, 2, 3, 1)
+        dst[...] = NHWC.from_canonical_view(src)
+
+
+def _write_nchw(src: np.ndarray, dst: np.ndarray) -> None:
+    dst[...] = src
+
+
+#: Per layout: a C-contiguous NCHW copy of an activation (the array itself when it is one)
+#: and the copy of an NCHW result into an activation of that layout.
+_TO_NCHW = {"NCHW": np.ascontiguousarray, "NHWC": to_nchw}
+_FROM_NCHW = {"NCHW": _write_nchw, "NHWC": write_nhwc}
+
+
+def nchw_copy(x: np.ndarray, dims: Layout) -> np.ndarray:
+    """``x`` (layout ``dims``) as a C-contiguous NCHW array: x itself when it already is
+    one, else a copy."""
+    return _TO_NCHW[dims.name](x)
+
+
+def nchw_target(out: np.ndarray, dims: Layout) -> np.ndarray:
+    """The NCHW array to compute ``out`` (layout ``dims``) into: ``out`` itself for NCHW
+    (the callers' outputs are C-contiguous), else a new array for ``write_back``."""
+    return out if dims.is_canonical else np.empty(dims.canonical_shape(out.shape), out.dtype)
+
+
+def write_back(y: np.ndarray, out: np.ndarray, dims: Layout) -> None:
+    """out[...] = y, an NCHW result from ``nchw_target``, in out's layout ``dims``
+    (nothing to do when y is out)."""
+    if y is not out:
+        _FROM_NCHW[dims.name](y, out)
+
+
+def oihw_target(grad_w: np.ndarray, dims: Layout) -> np.ndarray:
+    """The OIHW array to compute the weight gradient ``grad_w`` (layout ``dims``) into:
+    ``grad_w`` itself for OIHW (C-contiguous), else a new array for ``write_weight_back``."""
+    if dims.is_canonical:
+        return grad_w
+    return np.empty(dims.canonical_weight_shape(grad_w.shape), grad_w.dtype)
+
+
+def write_weight_back(gw: np.ndarray, grad_w: np.ndarray, dims: Layout) -> None:
+    """grad_w[...] = gw, an OIHW weight gradient, in grad_w's layout ``dims`` (nothing to
+    do when gw is grad_w)."""
+    if gw is not grad_w:
+        grad_w[...] = dims.weight_from_canonical_view(gw)

@@ -28,23 +28,38 @@ from .registry import Algorithm, register
 _P_TILE = 256  # frequencies per accumulator tile in the channel sum
 
 
+@njit(inline="always")
+def _tiles(n_freq):
+    """Tiles of _P_TILE frequencies covering n_freq."""
+    return (n_freq + _P_TILE - 1) // _P_TILE
+
+
+@njit(inline="always")
+def _task_indices(task, n_mid, n_inner, n_freq):
+    """(outer, middle, inner, p0, p1) of a frequency-domain sum's task: tasks run over
+    (outer, middle < n_mid, inner < n_inner, tile), the tile fastest, and the tile covers
+    frequencies [p0, p1)."""
+    n_tiles = _tiles(n_freq)
+    t = task % n_tiles
+    rest = task // n_tiles
+    inner = rest % n_inner
+    rest //= n_inner
+    p0 = t * _P_TILE
+    return rest // n_mid, rest % n_mid, inner, p0, min(p0 + _P_TILE, n_freq)
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _freq_channel_sum(xf, wf, yf):
-    """yf[n, g, d, p] = sum_c xf[n, g, c, p] * wf[g, d, c, p] (complex, per frequency p).
+def _freq_channel_sum(xf, wf, yf, conjugate):
+    """yf[n, g, d, p] = sum_c xf[n, g, c, p] * wf[g, d, c, p] (complex, per frequency p),
+    or with conj(wf[g, d, c, p]) when ``conjugate`` (the forward's correlation: wf holds
+    the kernel spectrum itself, and the conjugate is taken here rather than in a separate
+    pass; the flag is tested once per channel, outside the loop over frequencies).
 
     xf (N, G, Cg, P), wf (G, Dg, Cg, P), yf (N, G, Dg, P); one task per (n, g, d, tile)."""
     n_img, groups, cg, n_freq = xf.shape
     dg = wf.shape[1]
-    n_tiles = (n_freq + _P_TILE - 1) // _P_TILE
-    for task in prange(n_img * groups * dg * n_tiles):
-        t = task % n_tiles
-        rest = task // n_tiles
-        d = rest % dg
-        rest //= dg
-        g = rest % groups
-        n = rest // groups
-        p0 = t * _P_TILE
-        p1 = min(p0 + _P_TILE, n_freq)
+    for task in prange(n_img * groups * dg * _tiles(n_freq)):
+        n, g, d, p0, p1 = _task_indices(task, groups, dg, n_freq)
         acc = yf[n, g, d, p0:p1]
         width = U(p1 - p0)
         for p in range(width):
@@ -52,37 +67,17 @@ def _freq_channel_sum(xf, wf, yf):
         for c in range(cg):
             xs = xf[n, g, c, p0:p1]
             ws = wf[g, d, c, p0:p1]
-            for p in range(width):
-                acc[p] += xs[p] * ws[p]
+            if conjugate:
+                for p in range(width):
+                    acc[p] += xs[p] * ws[p].conjugate()
+            else:
+                for p in range(width):
+                    acc[p] += xs[p] * ws[p]
 
 
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _freq_correlate_sum(xf, wf, yf):
-    """yf[n, g, d, p] = sum_c xf[n, g, c, p] * conj(wf[g, d, c, p]): the forward's
-    channel sum. wf holds the kernel spectrum itself; the conjugate (correlation, not
-    convolution) is taken here rather than in a separate pass. Shapes and tasks as in
-    ``_freq_channel_sum``."""
-    n_img, groups, cg, n_freq = xf.shape
-    dg = wf.shape[1]
-    n_tiles = (n_freq + _P_TILE - 1) // _P_TILE
-    for task in prange(n_img * groups * dg * n_tiles):
-        t = task % n_tiles
-        rest = task // n_tiles
-        d = rest % dg
-        rest //= dg
-        g = rest % groups
-        n = rest // groups
-        p0 = t * _P_TILE
-        p1 = min(p0 + _P_TILE, n_freq)
-        acc = yf[n, g, d, p0:p1]
-        width = U(p1 - p0)
-        for p in range(width):
-            acc[p] = 0
-        for c in range(cg):
-            xs = xf[n, g, c, p0:p1]
-            ws = wf[g, d, c, p0:p1]
-            for p in range(width):
-                acc[p] += xs[p] * ws[p].conjugate()
+def _freq_correlate_sum(xf, wf, yf) -> None:
+    """The forward's channel sum, yf = sum_c xf * conj(wf) (``_freq_channel_sum``)."""
+    _freq_channel_sum(xf, wf, yf, True)
 
 
 def _axis_take(n_out: int, stride: int, pad_lo: int, size: int, keff: int, length: int):
@@ -142,15 +137,14 @@ def image_bytes(args, shape: tuple[int, int] | None = None) -> int:
 
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
     """FFT convolution into ``out`` (caller's layout), plus ``bias`` when given.
-    Wraps ``_freq_correlate_sum``."""
+    Wraps ``_freq_correlate_sum``; any layout through its NCHW / OIHW views (no copies).
+    Returns None: the caller decides whether to trust the result (fastconv.numerics)."""
     if args.n == 0:
         return
-    if args.layout == "NHWC":
-        x = x.transpose(0, 3, 1, 2)
-        w = w.transpose(3, 2, 0, 1)
-        y_all = out.transpose(0, 3, 1, 2)
-    else:
-        y_all = out
+    dims = args.dims
+    x = dims.to_canonical_view(x)
+    w = dims.weight_to_canonical_view(w)
+    y_all = dims.to_canonical_view(out)
     fh, fw = forward_transform_shape(args)
     rh, rw = args.dilation
     keff_h, keff_w = rh * (args.kh - 1) + 1, rw * (args.kw - 1) + 1
@@ -214,16 +208,8 @@ def _freq_batch_sum(gf, xf, acc):
     each owning its slice of acc."""
     n_img, groups, dg, n_freq = gf.shape
     cg = xf.shape[2]
-    n_tiles = (n_freq + _P_TILE - 1) // _P_TILE
-    for task in prange(groups * dg * cg * n_tiles):
-        t = task % n_tiles
-        rest = task // n_tiles
-        c = rest % cg
-        rest //= cg
-        d = rest % dg
-        g = rest // dg
-        p0 = t * _P_TILE
-        p1 = min(p0 + _P_TILE, n_freq)
+    for task in prange(groups * dg * cg * _tiles(n_freq)):
+        g, d, c, p0, p1 = _task_indices(task, dg, cg, n_freq)
         a = acc[g, d, c, p0:p1]
         for n in range(n_img):
             gs = gf[n, g, d, p0:p1]
@@ -243,16 +229,15 @@ def _scatter_index(n_out: int, stride: int, pad_lo: int, size: int, keff: int):
 def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, grad_w) -> None:
     """FFT gradients into ``grad_x`` / ``grad_w`` (caller's layout, fully written); either
     may be None (not computed). Wraps ``_freq_channel_sum`` (grad_x: sum over output
-    channels) and ``_freq_batch_sum`` (grad_w: sum over images)."""
+    channels) and ``_freq_batch_sum`` (grad_w: sum over images); any layout through its
+    NCHW / OIHW views. Returns None."""
     need_x, need_w = grad_x is not None, grad_w is not None
-    if args.layout == "NHWC":
-        x = x.transpose(0, 3, 1, 2)
-        w = w.transpose(3, 2, 0, 1)
-        grad_y = grad_y.transpose(0, 3, 1, 2)
-        gx_all = grad_x.transpose(0, 3, 1, 2) if need_x else None
-        gw_all = grad_w.transpose(3, 2, 0, 1) if need_w else None
-    else:
-        gx_all, gw_all = grad_x, grad_w
+    dims = args.dims
+    x = dims.to_canonical_view(x)
+    w = dims.weight_to_canonical_view(w)
+    grad_y = dims.to_canonical_view(grad_y)
+    gx_all = dims.to_canonical_view(grad_x) if need_x else None
+    gw_all = dims.weight_to_canonical_view(grad_w) if need_w else None
     fh, fw = transform_shape(args)
     rh, rw = args.dilation
     keff_h, keff_w = rh * (args.kh - 1) + 1, rw * (args.kw - 1) + 1
@@ -292,7 +277,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
         if need_x:
             gxf = np.empty((nb, g, cg, n_freq), gf.dtype)
             with parallel_guard():
-                _freq_channel_sum(gf, kf, gxf)
+                _freq_channel_sum(gf, kf, gxf, False)
             z = sfft.irfft2(gxf.reshape(nb, args.c_in, fh, fw // 2 + 1), s=(fh, fw),
                             workers=workers)
             gx_all[n0:n0 + nb] = z[:, :, keff_h - 1:keff_h - 1 + args.h,

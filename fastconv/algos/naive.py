@@ -23,16 +23,41 @@ from .. import config
 from .._runtime import parallel_guard
 from ..costs import Estimate, Profile
 from . import _nhwc
-from ._common import U, valid_range
+from ._common import U, geometry, valid_range
 from .registry import Algorithm, register
+
+
+@njit(inline="always")
+def _add_taps(y_plane, x_plane, k, sh, sw, pt, pl, rh, rw, adjoint):
+    """Every tap (a, b) of the kernel k (KH, KW) between an output-grid plane y_plane
+    (Ho, Wo) and an input plane x_plane (H, W): y_plane[i, j] += k[a, b] *
+    x_plane[i*sh + a*rh - pt, j*sw + b*rw - pl] over the (i, j) that read inside x_plane,
+    or, ``adjoint`` (a literal at every call, so the branch is compiled away),
+    x_plane[...] += k[a, b] * y_plane[i, j] (the scatter of the input gradient)."""
+    ho, wo = y_plane.shape
+    h, wd = x_plane.shape
+    kh, kw = k.shape
+    for a in range(kh):
+        i_lo, i_hi = valid_range(ho, a * rh - pt, sh, h)
+        for b in range(kw):
+            j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
+            wv = k[a, b]
+            for i in range(i_lo, i_hi):
+                row = x_plane[i * sh + a * rh - pt]
+                if adjoint:
+                    grow = y_plane[i]
+                    for j in range(j_lo, j_hi):
+                        row[j * sw + b * rw - pl] += wv * grow[j]
+                else:
+                    for j in range(j_lo, j_hi):
+                        y_plane[i, j] += wv * row[j * sw + b * rw - pl]
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _conv_direct_nchw(x, w, out, sh, sw, pt, pl, rh, rw, groups):
     """x (N, C, H, W), w (D, C/groups, KH, KW), out (N, D, Ho, Wo) zero-filled."""
-    n_img, _, h, wd = x.shape
-    d_all, cg, kh, kw = w.shape
-    ho, wo = out.shape[2], out.shape[3]
+    n_img = x.shape[0]
+    d_all, cg = w.shape[0], w.shape[1]
     dg = d_all // groups
     for task in prange(n_img * d_all):
         n = task // d_all
@@ -40,15 +65,7 @@ def _conv_direct_nchw(x, w, out, sh, sw, pt, pl, rh, rw, groups):
         c0 = (d // dg) * cg
         plane = out[n, d]
         for c in range(cg):
-            for a in range(kh):
-                i_lo, i_hi = valid_range(ho, a * rh - pt, sh, h)
-                for b in range(kw):
-                    j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
-                    wv = w[d, c, a, b]
-                    for i in range(i_lo, i_hi):
-                        row = x[n, c0 + c, i * sh + a * rh - pt]
-                        for j in range(j_lo, j_hi):
-                            plane[i, j] += wv * row[j * sw + b * rw - pl]
+            _add_taps(plane, x[n, c0 + c], w[d, c], sh, sw, pt, pl, rh, rw, False)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -127,29 +144,22 @@ def is_depthwise(args) -> bool:
 
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
     """Direct convolution into ``out`` (caller's layout), plus ``bias`` when given.
-    Wraps ``_conv_direct_nchw`` (``_conv_depthwise_nchw`` for depthwise layers)."""
-    if args.layout == "NHWC":
-        x = _nhwc.to_nchw(x)
-        w = w.transpose(3, 2, 0, 1)
-        y = np.empty(args.y_shape, args.dtype)
-    else:
-        y = out
-    x = np.ascontiguousarray(x)
-    w = np.ascontiguousarray(w)
+    Wraps ``_conv_direct_nchw`` (``_conv_depthwise_nchw`` for depthwise layers); other
+    layouts run on NCHW copies (``_nhwc``). Always exact: returns None."""
+    dims = args.dims
+    x = _nhwc.nchw_copy(x, dims)
+    w = np.ascontiguousarray(dims.weight_to_canonical_view(w))
+    y = _nhwc.nchw_target(out, dims)
     if is_depthwise(args):
         b = np.zeros(0, args.dtype) if bias is None else np.ascontiguousarray(bias)
         with parallel_guard():
-            _conv_depthwise_nchw(x, w, y, args.stride[0], args.stride[1], args.padding[0][0],
-                                 args.padding[1][0], args.dilation[0], args.dilation[1], b)
+            _conv_depthwise_nchw(x, w, y, *geometry(args), b)
     else:
         # The kernel accumulates onto its output: start from the bias (or zero).
         y[...] = 0 if bias is None else bias[:, None, None]
         with parallel_guard():
-            _conv_direct_nchw(x, w, y, args.stride[0], args.stride[1], args.padding[0][0],
-                              args.padding[1][0], args.dilation[0], args.dilation[1],
-                              args.groups)
-    if args.layout == "NHWC":
-        _nhwc.write_nhwc(y, out)
+            _conv_direct_nchw(x, w, y, *geometry(args), args.groups)
+    _nhwc.write_back(y, out, dims)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -163,27 +173,16 @@ def _conv_direct_grad_x_nchw(gy, w, gx, sh, sw, pt, pl, rh, rw, groups):
     """gy (N, D, Ho, Wo), w (D, C/groups, KH, KW), gx (N, C, H, W) zero-filled.
 
     One task per (image, input channel): each task owns the plane it scatters into."""
-    n_img, c_all, h, wd = gx.shape
-    d_all, cg, kh, kw = w.shape
-    ho, wo = gy.shape[2], gy.shape[3]
-    dg = d_all // groups
+    n_img, c_all = gx.shape[0], gx.shape[1]
+    cg = w.shape[1]
+    dg = w.shape[0] // groups
     for task in prange(n_img * c_all):
         n = task // c_all
         c = task % c_all
         g = c // cg
-        cl = c % cg
         plane = gx[n, c]
         for d in range(g * dg, (g + 1) * dg):
-            for a in range(kh):
-                i_lo, i_hi = valid_range(ho, a * rh - pt, sh, h)
-                for b in range(kw):
-                    j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
-                    wv = w[d, cl, a, b]
-                    for i in range(i_lo, i_hi):
-                        row = plane[i * sh + a * rh - pt]
-                        grow = gy[n, d, i]
-                        for j in range(j_lo, j_hi):
-                            row[j * sw + b * rw - pl] += wv * grow[j]
+            _add_taps(gy[n, d], plane, w[d, c % cg], sh, sw, pt, pl, rh, rw, True)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -215,34 +214,33 @@ def _conv_direct_grad_w_nchw(gy, x, gw, sh, sw, pt, pl, rh, rw, groups):
 def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, grad_w) -> None:
     """Direct gradients into ``grad_x`` / ``grad_w`` (caller's layout, fully written);
     either may be None (not computed). Wraps ``_conv_direct_grad_x_nchw`` and
-    ``_conv_direct_grad_w_nchw``."""
-    if args.layout == "NHWC":
-        x = _nhwc.to_nchw(x) if grad_w is not None else None
-        w = w.transpose(3, 2, 0, 1)
-        grad_y = _nhwc.to_nchw(grad_y)
-    gy = np.ascontiguousarray(grad_y)
-    if args.layout == "NHWC":
-        gx = None if grad_x is None else np.zeros(args.x_shape, args.dtype)
-        gw = None if grad_w is None else np.empty(args.w_shape, args.dtype)
-    else:  # the wrapper's outputs are C-contiguous NCHW / OIHW already
-        gx, gw = grad_x, grad_w
-        if gx is not None:
-            gx[...] = 0
-    conv = (args.stride[0], args.stride[1], args.padding[0][0], args.padding[1][0],
-            args.dilation[0], args.dilation[1], args.groups)
+    ``_conv_direct_grad_w_nchw``; other layouts run on NCHW copies. Always exact:
+    returns None."""
+    dims = args.dims
+    gy = _nhwc.nchw_copy(grad_y, dims)
+    gx = None if grad_x is None else _nhwc.nchw_target(grad_x, dims)
+    gw = None if grad_w is None else _nhwc.oihw_target(grad_w, dims)
+    if gx is not None:
+        gx[...] = 0
+        w = np.ascontiguousarray(dims.weight_to_canonical_view(w))
+    if gw is not None:
+        x = _nhwc.nchw_copy(x, dims)
+    conv = (*geometry(args), args.groups)
     with parallel_guard():
         if gx is not None:
-            _conv_direct_grad_x_nchw(gy, np.ascontiguousarray(w), gx, *conv)
+            _conv_direct_grad_x_nchw(gy, w, gx, *conv)
         if gw is not None:
-            _conv_direct_grad_w_nchw(gy, np.ascontiguousarray(x), gw, *conv)
-    if args.layout == "NHWC":
-        if gx is not None:
-            _nhwc.write_nhwc(gx, grad_x)
-        if gw is not None:
-            grad_w[...] = gw.transpose(2, 3, 1, 0)
+            _conv_direct_grad_w_nchw(gy, x, gw, *conv)
+    if gx is not None:
+        _nhwc.write_back(gx, grad_x, dims)
+    if gw is not None:
+        _nhwc.write_weight_back(gw, grad_w, dims)
 
 
 # ------------------------------------------------------------------------ registry
+#: The layouts with kernels of their own; others run through copies to NCHW / OIHW.
+LAYOUTS = ("NCHW",)
+
 def cost(a, p: Profile) -> Estimate:
     """Model time of the forward: FLOPs at the direct-loop rate (depthwise layers:
     multiply-adds at the depthwise kernel's rate). Both run one task per (image, output
@@ -260,7 +258,7 @@ def cost(a, p: Profile) -> Estimate:
         return Estimate(secs, scratch, f"depthwise kernel, {macs / 1e6:.3g} M multiply-adds")
     rate = p.direct_gflops * 1e9 * (4 / item) * busy
     secs = p.call_us * 1e-6 + a.flops / rate
-    temp = a.n * a.c_out * a.h_out * a.w_out * item if a.layout == "NHWC" else 0
+    temp = a.n * a.c_out * a.h_out * a.w_out * item if a.layout not in LAYOUTS else 0
     return Estimate(secs, temp, f"direct loops at {rate / 1e9:.3g} GFLOP/s")
 
 
@@ -274,4 +272,4 @@ def backward_cost(a, p: Profile) -> Estimate:
 
 ALGORITHM = register(Algorithm(
     "naive", "direct loops from the formula (a depthwise kernel for depthwise layers)",
-    forward, backward, cost, backward_cost, layouts=("NCHW",), devices=("cpu", "cuda")))
+    forward, backward, cost, backward_cost, layouts=LAYOUTS, devices=("cpu", "cuda")))

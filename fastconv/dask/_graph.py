@@ -19,10 +19,11 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from dask.task_spec import DataNode, List, Task, TaskRef
 
+from ..layout import LAYOUTS
 from ._geometry import Axis, chunk_pieces
 
 #: (channel axis, height axis, width axis) of a 4-D array in each layout.
-AXES = {"NCHW": (1, 2, 3), "NHWC": (3, 1, 2)}
+AXES = {name: (lay.channel_axis, *lay.spatial_axes) for name, lay in LAYOUTS.items()}
 
 
 def _cut(block: np.ndarray, h_ax: int, w_ax: int, rows, cols) -> np.ndarray:
@@ -142,7 +143,7 @@ def _plans(axis: Axis, out_chunks, in_chunks):
 
 
 def _key(name, layout, n, c, h, w):
-    return (name, n, c, h, w) if layout == "NCHW" else (name, n, h, w, c)
+    return (name, *LAYOUTS[layout].shape(n, c, h, w))
 
 
 def _array(graph, name, chunks, dtype):

@@ -21,6 +21,7 @@ from ..autograd import ReLU as _ReLU
 from ..autograd import Sigmoid as _Sigmoid
 from ..autograd import Tanh as _Tanh
 from ..autograd.dims import dim_index, flat_shape
+from ..layout import LAYOUTS
 from ..rng import default_generator
 
 
@@ -40,7 +41,7 @@ class Conv2d(Function):
         # small products do (fastconv._blas): a second thread gains little there and then
         # spins on the core the following kernels need. Bound on the multiply-adds:
         # (input pixels) * C_out * (C_in/groups) * kh * kw.
-        c_in = x.shape[-3 if layout == "NCHW" else -1] if x.ndim >= 3 else 1
+        c_in = x.shape[LAYOUTS[layout].channel_axis - 4] if x.ndim >= 3 else 1
         with _blas.limit_for(x.size // max(c_in, 1) * w.size):
             return _conv.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout,
                                 algo=algo)

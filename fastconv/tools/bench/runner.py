@@ -21,6 +21,7 @@ import numpy as np
 
 from fastconv import conv2d, conv2d_backward
 from fastconv._timing import median_time
+from fastconv.layout import NHWC
 
 from . import engine
 from .load import measured
@@ -103,7 +104,7 @@ def _scipy_runner(name: str, shape: Shape, x, w, layout: str = "NCHW"):
     import scipy.signal as ss
 
     if layout == "NHWC":  # one channel: the same planes
-        x, w = x.transpose(0, 3, 1, 2), w.transpose(3, 2, 0, 1)
+        x, w = NHWC.to_canonical_view(x), NHWC.weight_to_canonical_view(w)
     k = w[0, 0]
     if name == "scipy.fftconvolve":
         flipped = np.ascontiguousarray(k[::-1, ::-1])  # correlation = convolution, flipped

@@ -7,13 +7,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fastconv.layout import LAYOUTS
+
 #: fastconv's algorithms as ``conv2d(algo=...)`` names them ("auto": its own choice).
 ALGOS = ("naive", "im2col", "fft", "winograd", "auto")
 #: Other libraries timed on the same arrays when installed (scipy: single-channel only).
 EXTRAS = ("torch", "scipy.fftconvolve", "scipy.correlate")
 #: Axis orders taking the suite's NCHW input and OIHW weight to NHWC and HWIO.
-NHWC_FROM_NCHW = (0, 2, 3, 1)
-HWIO_FROM_OIHW = (2, 3, 1, 0)
+NHWC_FROM_NCHW = LAYOUTS["NHWC"].from_canonical
+HWIO_FROM_OIHW = LAYOUTS["NHWC"].weight_from_canonical
 
 
 @dataclass(frozen=True)

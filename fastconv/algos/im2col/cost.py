@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-from ..costs import Estimate, Profile, backward_from_forward, gemm_seconds
-from .im2col import backward, forward, is_pointwise, tiling
-from .registry import Algorithm, register
+from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
+from ..registry import Algorithm, register
+from .drivers import backward, forward
+from .tiling import is_pointwise, tiling
 
 
 def cost(a, p: Profile) -> Estimate:
@@ -31,7 +32,7 @@ def cost(a, p: Profile) -> Estimate:
     # images, image index innermost) an output row of the whole tile. NHWC: per output
     # pixel, a kernel row's KW*C values (one group, no column dilation), else each tap's
     # Cg channels per group.
-    if a.layout == "NCHW":
+    if not a.dims.channels_last:
         segments = ckk * a.h_out * (n_tiles if t.image_last else a.n)
     else:
         per_row = 1 if (g == 1 and a.dilation[1] == 1) else a.kw * g
@@ -40,7 +41,7 @@ def cost(a, p: Profile) -> Estimate:
     # one GEMM per tile and group (image-last tiles), else one per image, band and group
     gemms = n_tiles if t.image_last else n_tiles * t.images
     width = int(a.n * a.h_out * a.w_out / gemms)
-    if a.layout == "NCHW":
+    if not a.dims.channels_last:
         gemm = gemm_seconds(p, dg, cgkk, width, gemms * g, item)
     else:
         gemm = n_tiles * gemm_seconds(p, int(pixels), cgkk, dg, g, item)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import math
 
-from ..costs import Estimate, Profile, gemm_seconds
-from . import im2col_cost, winograd
-from .registry import Algorithm, register
+from ...costs import Estimate, Profile, gemm_seconds
+from ..im2col import cost as im2col_cost
+from ..registry import Algorithm, register
+from . import drivers, grad_w, tiling
 
+#: The layouts with kernels of their own; others run through copies to NCHW / OIHW.
+LAYOUTS = ("NCHW",)
 #: Winograd's transforms move each element several times (a padded row copy, the column
 #: pass, the strided row pass): measured at about 1/1.6 of the unfold's copy bandwidth.
 WINOGRAD_TRANSFORM_PASSES = 1.6
@@ -20,28 +23,29 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     """Model time of the forward; with ``m``, of F(m x m, 3x3) whatever the setting (the
     weight gradient's transforms and GEMMs cost as much as that forward)."""
     item = a.dtype.itemsize
-    m = winograd.tile_size() if m is None else m
-    t = winograd.transformed(m)
+    m = tiling.tile_size() if m is None else m
+    t = tiling.transformed(m)
     # tile rows and columns over the phases of a dilated layer (one phase otherwise)
-    th = sum(-(-count // m) for *_, count in winograd.phases(a.h_out, a.padding[0][0],
+    th = sum(-(-count // m) for *_, count in tiling.phases(a.h_out, a.padding[0][0],
                                                              a.dilation[0]))
-    tw = sum(-(-count // m) for *_, count in winograd.phases(a.w_out, a.padding[1][0],
+    tw = sum(-(-count // m) for *_, count in tiling.phases(a.w_out, a.padding[1][0],
                                                              a.dilation[1]))
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
     tiles = a.n * th * tw
-    chunks = max(winograd.chunks(a, m), a.dilation[0] * a.dilation[1])
+    chunks = max(tiling.chunks(a, m), a.dilation[0] * a.dilation[1])
     cols = math.ceil(tiles / chunks)
     gemm = gemm_seconds(p, dg, cg, cols, t * a.groups * chunks, item)
     moved = t * (a.c_in + a.c_out) * tiles * item
     transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
-    copies = (a.layout == "NHWC") + (a.dilation != (1, 1))  # NHWC; phases of dilation
+    # copies to NCHW for other layouts; the phases of a dilated layer
+    copies = (a.layout not in LAYOUTS) + (a.dilation != (1, 1))
     io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
     secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US) * 1e-6 + gemm + transforms
     groups = f" x{a.groups} groups" if a.groups > 1 else ""
     detail = (f"F({m}x{m}, 3x3), {chunks} chunks, {t} GEMMs {dg}x{cg}x{cols}{groups} "
               f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms")
-    return Estimate(secs, winograd.workspace_bytes(a), detail)
+    return Estimate(secs, tiling.workspace_bytes(a), detail)
 
 
 def backward_cost(a, p: Profile) -> Estimate:
@@ -50,7 +54,7 @@ def backward_cost(a, p: Profile) -> Estimate:
     them, im2col's share for the rest (about one forward for grad_w, two for grad_x)."""
     call = p.call_us * 1e-6
     cols, cws, _ = im2col_cost.cost(a, p)
-    by_x, by_w = winograd.grad_x_supported(a), winograd.grad_w_supported(a)
+    by_x, by_w = drivers.grad_x_supported(a), drivers.grad_w_supported(a)
     # what im2col still does: about one forward for grad_w, two for grad_x (the fold)
     secs = call + ((0 if by_w else 1) + (0 if by_x else 2)) * (cols - call)
     ws, parts = cws, []
@@ -60,7 +64,7 @@ def backward_cost(a, p: Profile) -> Estimate:
         ws = max(ws, wws)
         parts.append("grad_x")
     if by_w:
-        wino, wws, _ = cost(a, p, winograd.GRAD_W_TILE)
+        wino, wws, _ = cost(a, p, grad_w.GRAD_W_TILE)
         secs += wino - call
         ws = max(ws, wws)
         parts.append("grad_w")
@@ -69,17 +73,17 @@ def backward_cost(a, p: Profile) -> Estimate:
 
 
 def why_not(a) -> str | None:
-    if winograd.supports(a):
+    if drivers.supports(a):
         return None
     return (f"needs a 3x3 kernel with stride 1; got kernel {a.kh}x{a.kw}, stride "
             f"{a.stride}")
 
 
 def grads(a) -> tuple[bool, bool]:
-    return winograd.grad_x_supported(a), winograd.grad_w_supported(a)
+    return drivers.grad_x_supported(a), drivers.grad_w_supported(a)
 
 
 ALGORITHM = register(Algorithm(
     "winograd", "F(m x m, 3x3) minimal filtering: 2.25x-4x fewer multiplications",
-    winograd.forward, winograd.backward, cost, backward_cost, why_not=why_not, grads=grads,
-    layouts=("NCHW",)))
+    drivers.forward, drivers.backward, cost, backward_cost, why_not=why_not, grads=grads,
+    layouts=LAYOUTS))

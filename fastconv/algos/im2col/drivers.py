@@ -1,0 +1,176 @@
+"""im2col's drivers: ``forward`` and ``backward``, one tile loop per layout.
+
+Each layout's tile loop is picked from one table keyed by layout name (``_FORWARD``,
+``_BACKWARD``); the unfold and fold kernels are the layout's pair in ``unfold``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import _blas
+from ..._runtime import parallel_guard
+from .._common import view
+from .image_last import backward_image_last, forward_image_last, image_last_tile
+from .tiling import column_buffer, gemm_sizes, is_pointwise, tiles, tiling, unfold_params
+from .unfold import _col2im_nchw, _col2im_nhwc, _im2col_nchw, _im2col_nhwc
+
+
+def _weights_nchw(w, args) -> np.ndarray:
+    """OIHW (D, Cg, KH, KW) -> (G, Dg, Cg*KH*KW)."""
+    g, dg, cgkk = gemm_sizes(args)
+    return np.ascontiguousarray(w).reshape(g, dg, cgkk)
+
+
+def _weights_nhwc(w, args) -> np.ndarray:
+    """HWIO (KH, KW, Cg, D) -> (G, KH*KW*Cg, Dg)."""
+    g, dg, cgkk = gemm_sizes(args)
+    return np.ascontiguousarray(w.reshape(cgkk, g, dg).transpose(1, 0, 2))
+
+
+def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
+    """im2col convolution into ``out`` (caller's layout), plus ``bias`` when given.
+
+    Wraps the unfold kernels ``_im2col_nchw`` / ``_im2col_nhwc`` (NCHW tiles of many
+    small images: ``image_last.forward_image_last``) and numpy's BLAS matmul. Always
+    exact: returns None."""
+    if args.n == 0:
+        return
+    _FORWARD[args.layout](np.ascontiguousarray(x), w, args, out, bias)
+
+
+def _forward_nchw(x, w, args, out, bias) -> None:
+    """NCHW. A tile of whole images (or a band of output rows of one image): cols
+    (B, C*KH*KW, pixels) from ``_im2col_nchw`` and a GEMM per image and group,
+    W (G, Dg, Cg*KH*KW) @ cols, written straight into ``out`` (one batched matmul call).
+    A tile of many images with short output rows (``Tiling.image_last``) runs
+    ``forward_image_last``."""
+    g, dg, cgkk = gemm_sizes(args)
+    ckk = g * cgkk
+    wmat = _weights_nchw(w, args)
+    bias_g = None if bias is None else bias.reshape(g, dg, 1)
+    if is_pointwise(args):
+        hw = args.h * args.w
+        y = view(out, (args.n, g, dg, hw))
+        xv = view(x, (args.n, g, args.c_in // g, hw))
+        if g == 1:  # one product per image, split over the threads
+            _blas.split_matmul(wmat[0], xv[:, 0], y[:, 0])
+        else:
+            np.matmul(wmat, xv, out=y)
+        if bias_g is not None:
+            y += bias_g
+        return
+    t = tiling(args)
+    if t.image_last:
+        forward_image_last(x, wmat, args, out, bias, t)
+        return
+    conv = unfold_params(args)
+    buf = column_buffer(args, t)
+    for n0, nb, i0, band in tiles(args, t):
+        length = band * args.w_out
+        cols = view(buf[:nb * ckk * length], (nb, ckk, length))
+        with parallel_guard():
+            _im2col_nchw(x, cols, n0, i0, *conv)
+        y = view(out[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
+        np.matmul(wmat, view(cols, (nb, g, cgkk, length)), out=y)
+        if bias_g is not None:
+            y += bias_g
+
+
+def _forward_nhwc(x, w, args, out, bias) -> None:
+    """NHWC: per tile, cols (B*band*Wo, G, KH*KW*Cg) and W (G, KH*KW*Cg, Dg); the GEMM
+    writes (pixels, G, Dg), which is the output tile itself."""
+    t = tiling(args)
+    g, dg, cgkk = gemm_sizes(args)
+    conv = unfold_params(args)
+    wmat = _weights_nhwc(w, args)
+    bias_g = None if bias is None else bias.reshape(g, dg)
+    buf = column_buffer(args, t)
+    for n0, nb, i0, band in tiles(args, t):
+        length = band * args.w_out
+        cols = view(buf[:nb * length * g * cgkk], (nb * length, g, cgkk))
+        with parallel_guard():
+            _im2col_nhwc(x, cols, n0, i0, *conv, band)
+        y = view(out[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
+        np.matmul(cols.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
+        if bias_g is not None:
+            y += bias_g
+
+
+def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, grad_w) -> None:
+    """im2col gradients into ``grad_x`` / ``grad_w`` (caller's layout, C-contiguous, fully
+    written); either may be None, and is then not computed. Always exact: returns None.
+
+    Tiles of several small images (``image_last_tile``) run the image-last backward
+    (``image_last.backward_image_last``: no column matrix). Otherwise each tile of the
+    forward (``tiling``) is unfolded, used for grad_w, then overwritten by its column
+    gradient and folded. Wraps ``_im2col_*``, ``_col2im_*`` and numpy's BLAS matmul."""
+    images = image_last_tile(args, grad_x is not None)
+    if images:
+        backward_image_last(grad_y, x, w, args, grad_x, grad_w, images)
+        return
+    if grad_x is not None:
+        grad_x[...] = 0
+    _BACKWARD[args.layout](np.ascontiguousarray(grad_y), np.ascontiguousarray(x), w, args,
+                           grad_x, grad_w)
+
+
+def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:
+    """NCHW tiles: grad_W (G, Dg, Cg*KH*KW) += gy_tile @ cols^T per image (into grad_w
+    itself), and the column gradient W^T @ gy_tile folded by ``_col2im_nchw``."""
+    t = tiling(args)
+    g, dg, cgkk = gemm_sizes(args)
+    conv = unfold_params(args)
+    wmat = _weights_nchw(w, args)
+    gw = None
+    if grad_w is not None:
+        gw = view(grad_w, (g, dg, cgkk))
+        gw[...] = 0
+        tmp = np.empty_like(gw)
+    buf = column_buffer(args, t)
+    for n0, nb, i0, band in tiles(args, t):
+        length = band * args.w_out
+        cols = view(buf[:nb * g * cgkk * length], (nb, g * cgkk, length))
+        cols4 = view(cols, (nb, g, cgkk, length))
+        gyt = view(gy[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
+        if gw is not None:
+            with parallel_guard():
+                _im2col_nchw(x, cols, n0, i0, *conv)
+            for bi in range(nb):
+                _blas.matmul(gyt[bi], cols4[bi].transpose(0, 2, 1), out=tmp)
+                gw += tmp
+        if grad_x is not None:
+            _blas.matmul(wmat.transpose(0, 2, 1), gyt, out=cols4)
+            with parallel_guard():
+                _col2im_nchw(cols, grad_x, n0, i0, *conv)
+
+
+def _backward_nhwc(gy, x, w, args, grad_x, grad_w) -> None:
+    """NHWC tiles: grad_W (G, KH*KW*Cg, Dg) += cols^T @ gy_tile, and the column gradient
+    gy_tile @ W^T folded by ``_col2im_nhwc``."""
+    t = tiling(args)
+    g, dg, cgkk = gemm_sizes(args)
+    conv = unfold_params(args)
+    wmat = _weights_nhwc(w, args)
+    gw = None if grad_w is None else np.zeros((g, cgkk, dg), args.dtype)
+    buf = column_buffer(args, t)
+    for n0, nb, i0, band in tiles(args, t):
+        length = band * args.w_out
+        cols = view(buf[:nb * length * g * cgkk], (nb * length, g, cgkk))
+        gyt = view(gy[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
+        if gw is not None:
+            with parallel_guard():
+                _im2col_nhwc(x, cols, n0, i0, *conv, band)
+            gw += _blas.matmul(cols.transpose(1, 2, 0), gyt.transpose(1, 0, 2))
+        if grad_x is not None:
+            _blas.matmul(gyt.transpose(1, 0, 2), wmat.transpose(0, 2, 1),
+                         out=cols.transpose(1, 0, 2))
+            with parallel_guard():
+                _col2im_nhwc(cols, grad_x, n0, i0, *conv, band)
+    if gw is not None:
+        grad_w[...] = gw.transpose(1, 0, 2).reshape(grad_w.shape)
+
+
+#: The tile loops per layout.
+_FORWARD = {"NCHW": _forward_nchw, "NHWC": _forward_nhwc}
+_BACKWARD = {"NCHW": _backward_nchw, "NHWC": _backward_nhwc}

@@ -1,0 +1,247 @@
+"""The image-last path of im2col: tiles of several small images with the image index
+innermost.
+
+Rows of a few output pixels copy and multiply slowly; put image-index last, a row of a
+tile is one run of pixels x images. The NCHW forward unfolds such tiles with
+``_im2col_chwn`` and spreads its GEMM's result with ``_scatter_chwn``
+(``Tiling.image_last``); the backward of batches of small images
+(``image_last_tile``) forms both gradients from image-last copies of x and grad_y with
+the kernels of ``image_last_grad``, without a column matrix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ... import config
+from ..._runtime import parallel_guard
+from ...layout import permutation
+from .._common import U, geometry, valid_range, view, workspace
+from .image_last_grad import _grad_w_image_last, _grad_x_image_last
+from .tiling import column_buffer, tiling, unfold_params
+from .unfold import _column_row, _zero_pad
+
+#: The axes of an image-last tile (channels, rows, columns, images).
+IMAGE_LAST = "CHWN"
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _im2col_chwn(xt, cols, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """xt (C, H, W, B) flattened -> cols (C*KH*KW, band*Wo*B):
+
+    cols[(c*KH + a)*KW + b, (ii*Wo + j)*B + n] = xt[c, (i0+ii)*sh + a*rh - pt,
+    j*sw + b*rw - pl, n], zero outside. With the image index innermost, a stride-1 row
+    of the tile is one contiguous run of (valid columns) * B elements, long even for
+    small images (rows of 8 pixels copy slowly; 8 pixels x 64 images do not)."""
+    c_all, h, wd, nb = xt.shape
+    flat = xt.reshape(c_all * h * wd * nb)
+    zero = cols.dtype.type(0)
+    ckk, length = cols.shape
+    row_len = wo * nb
+    band = length // row_len
+    for task in prange(ckk * band):
+        r = task // band
+        ii = task % band
+        c, a, b, dst = _column_row(cols, r, kh, kw)
+        base = U(ii * row_len)
+        src = (i0 + ii) * sh + a * rh - pt
+        if src < 0 or src >= h:
+            _zero_pad(dst, base, U(row_len), U(row_len), U(row_len), zero)
+            continue
+        off = b * rw - pl
+        j_lo, j_hi = valid_range(wo, off, sw, wd)
+        line = U((c * h + src) * wd * nb)  # start of input row src of channel c
+        _zero_pad(dst, base, U(j_lo * nb), U(j_hi * nb), U(row_len), zero)
+        d0 = base + U(j_lo * nb)
+        if sw == 1:
+            s0 = line + U((j_lo + off) * nb)
+            for t in range(U((j_hi - j_lo) * nb)):
+                dst[d0 + t] = flat[s0 + t]
+        else:
+            for j in range(j_lo, j_hi):
+                s0 = line + U((j * sw + off) * nb)
+                dj = d0 + U((j - j_lo) * nb)
+                for t in range(U(nb)):
+                    dst[dj + t] = flat[s0 + t]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _scatter_chwn(tmp, out, n0, i0, nb, bias):
+    """tmp (D, band*Wo*B) -> out[n0+n, d, i0+ii, j] = tmp[d, (ii*Wo + j)*B + n] for
+    n < B = nb (+ bias[d] when bias has D entries; an empty bias adds nothing)."""
+    d_all, length = tmp.shape
+    wo = out.shape[3]
+    band = length // (wo * nb)
+    with_bias = bias.shape[0] == d_all
+    step = U(nb)
+    for task in prange(d_all * nb):
+        d = task // nb
+        n = task % nb
+        src = tmp[d]
+        bv = bias[d] if with_bias else src.dtype.type(0)
+        for ii in range(band):
+            row = out[n0 + n, d, i0 + ii]
+            base = U(ii * wo * nb + n)
+            for j in range(U(wo)):
+                row[j] = src[base + j * step] + bv
+
+
+@njit(inline="always")
+def _copy_task(x, xt, n0, task):
+    """The set-up shared by the two copies: (x flat, row xt[c, i] flat, offset in x of
+    row i of channel c of image n0, elements per image, B, W) for task (c, i), with x
+    (N, C, H, W) and xt (C, H, W, B) both contiguous."""
+    n_all, c_all, h, wd = x.shape
+    nb = xt.shape[3]
+    c = task // h
+    i = task % h
+    img = U(c_all * h * wd)
+    return (x.reshape(n_all * c_all * h * wd), xt[c, i].reshape(wd * nb),
+            U(n0) * img + U((c * h + i) * wd), img, nb, wd)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _to_image_last(x, n0, xt):
+    """xt[c, i, j, b] = x[n0 + b, c, i, j] for x (N, C, H, W), xt (C, H, W, B). One task
+    per (c, i); each image's row is read in one contiguous pass (reading one element of
+    every image per column instead runs 2.4x slower on 28x28 planes)."""
+    for task in prange(x.shape[1] * x.shape[2]):
+        xf, line, base, img, nb, wd = _copy_task(x, xt, n0, task)
+        for b in range(U(nb)):
+            src = base + b * img
+            for j in range(U(wd)):
+                line[j * U(nb) + b] = xf[src + j]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _from_image_last(xt, x, n0):
+    """x[n0 + b, c, i, j] = xt[c, i, j, b]: the inverse of ``_to_image_last``."""
+    for task in prange(x.shape[1] * x.shape[2]):
+        xf, line, base, img, nb, wd = _copy_task(x, xt, n0, task)
+        for b in range(U(nb)):
+            dst = base + b * img
+            for j in range(U(wd)):
+                xf[dst + j] = line[j * U(nb) + b]
+
+
+def _to_last_nchw(a, n0, at, dims) -> None:
+    """at (C, H, W, B) = images n0.. of a (N, C, H, W), contiguous (``_to_image_last``)."""
+    _to_image_last(a, n0, at)
+
+
+def _from_last_nchw(at, a, n0, dims) -> None:
+    """Images n0.. of a (N, C, H, W), contiguous, = at (C, H, W, B)."""
+    _from_image_last(at, a, n0)
+
+
+def _to_last_any(a, n0, at, dims) -> None:
+    """at (C, H, W, B) = images n0.. of a (layout ``dims``, any strides): numpy's copy."""
+    np.copyto(at, a[n0:n0 + at.shape[3]].transpose(permutation(dims.name, IMAGE_LAST)))
+
+
+def _from_last_any(at, a, n0, dims) -> None:
+    """Images n0.. of a (layout ``dims``) = at (C, H, W, B): numpy's copy."""
+    np.copyto(a[n0:n0 + at.shape[3]], at.transpose(permutation(IMAGE_LAST, dims.name)))
+
+
+#: Per layout: whether the copies read C-contiguous arrays, the copy into an image-last
+#: tile and the copy out of one.
+_COPIES = {"NCHW": (True, _to_last_nchw, _from_last_nchw),
+           "NHWC": (False, _to_last_any, _from_last_any)}
+
+
+def image_last_tile(args, with_grad_x: bool = True) -> int:
+    """Images per tile of the image-last backward, or 0 when the per-image GEMMs are
+    used. The image-last kernels run at a steady rate (about 30 GMAC/s on one core here)
+    whatever the shape; the per-image GEMMs are faster only when they are wide. So, on
+    batches of small images (the forward unfolds whole images per tile,
+    ``tiling(args).images > 1``), the image-last path runs for kernels larger than 1x1
+    with at most 64 output channels per group, or at most 8192 output channels per group
+    times output pixels; strided layers (whose image-last runs are one pixel's B images
+    long) only with at most 32 output channels per group. Measured on one core, batch 64
+    (image-last vs GEMMs): LeNet's 6 -> 16 5x5 at 14x14 1.0 vs 4.6 ms, 16 -> 16 3x3 at
+    28x28 11 vs 24 ms, 64 -> 64 3x3 at 14x14 37 vs 47 ms, 128 -> 128 3x3 at 7x7 29 vs
+    38 ms, 16 -> 32 3x3 stride 2 at 28x28 8.9 vs 10.5 ms; the GEMMs win for 128 -> 128
+    at 14x14 and 256 -> 256 at 7x7 (batch 32: 88 vs 66, 70 vs 59 ms), 32 -> 64 stride 2
+    at 28x28 (48 vs 24 ms) and 1x1 layers of many channels (16 vs 8.8 ms for 64 -> 128
+    at 14x14).
+    A tile holds x, grad_y (and grad_x) of its images, image-last, within
+    ``config.IM2COL_CHUNK_BYTES``."""
+    if args.n < 2 or args.kh * args.kw == 1 or tiling(args).images < 2:
+        return 0
+    dg = args.c_out // args.groups
+    if max(args.stride) > 1:
+        if dg > 32:
+            return 0
+    elif dg > 64 and dg * args.h_out * args.w_out > 8192:
+        return 0
+    per_image = (args.c_in * args.h * args.w * (2 if with_grad_x else 1)
+                 + args.c_out * args.h_out * args.w_out) * args.dtype.itemsize
+    chunk = max(1, min(config.IM2COL_CHUNK_BYTES, config.WORKSPACE_BYTES))
+    return max(2, min(args.n, chunk // max(per_image, 1)))
+
+
+def forward_image_last(x, wmat, args, out, bias, t) -> None:
+    """The NCHW forward of ``Tiling.image_last`` tiles: the images of a tile are first put
+    image-index last (``_to_image_last``, a pass over the input only), unfolded with
+    long contiguous runs (``_im2col_chwn``), multiplied by wmat (G, Dg, Cg*KH*KW) in one
+    GEMM of B times the width, and the result is spread into ``out`` with the bias
+    (``_scatter_chwn``). x is C-contiguous."""
+    g, dg, cgkk = wmat.shape
+    ckk = g * cgkk
+    wo = args.w_out
+    conv = unfold_params(args)
+    buf = column_buffer(args, t)
+    image = args.c_in * args.h * args.w
+    xt_buf = workspace("im2col.chwn", image * t.images, args.dtype)
+    tmp = workspace("im2col.gemm", args.c_out * t.images * args.h_out * wo, args.dtype)
+    bias_flat = np.zeros(0, args.dtype) if bias is None else np.ascontiguousarray(bias)
+    for n0 in range(0, args.n, t.images):
+        nb = min(t.images, args.n - n0)
+        length = args.h_out * wo * nb
+        xt = view(xt_buf[:image * nb], (args.c_in, args.h, args.w, nb))
+        cols = view(buf[:ckk * length], (ckk, length))
+        with parallel_guard():
+            _to_image_last(x, n0, xt)
+            _im2col_chwn(xt, cols, 0, *conv)
+        y = view(tmp[:args.c_out * length], (g, dg, length))
+        np.matmul(wmat, view(cols, (g, cgkk, length)), out=y)
+        with parallel_guard():
+            _scatter_chwn(view(y, (args.c_out, length)), out, n0, 0, nb, bias_flat)
+
+
+def backward_image_last(gy, x, w, args, grad_x, grad_w, images) -> None:
+    """The image-last backward in tiles of ``images`` images (``image_last_tile``);
+    grad_x or grad_w may be None (not computed). Wraps the copies of ``_COPIES`` and
+    ``_grad_w_image_last`` / ``_grad_x_image_last``."""
+    dims = args.dims
+    contiguous, to_last, from_last = _COPIES[dims.name]
+    w_oihw = np.ascontiguousarray(dims.weight_to_canonical_view(w))
+    conv = geometry(args)
+    gw = np.zeros(w_oihw.shape, np.float64) if grad_w is not None else None
+    x_img = (args.c_in, args.h, args.w)
+    y_img = (args.c_out, args.h_out, args.w_out)
+    x_size, y_size = args.c_in * args.h * args.w, args.c_out * args.h_out * args.w_out
+    xt_buf = None if grad_w is None else workspace("im2col.chwn", x_size * images, args.dtype)
+    gt_buf = workspace("im2col.back.gy", y_size * images, args.dtype)
+    gx_buf = None if grad_x is None else workspace("im2col.back.gx", x_size * images,
+                                                   args.dtype)
+    if contiguous:
+        gy = np.ascontiguousarray(gy)
+        x = np.ascontiguousarray(x) if grad_w is not None else x
+    for n0 in range(0, args.n, images):
+        nb = min(images, args.n - n0)
+        gt = view(gt_buf[:y_size * nb], y_img + (nb,))
+        xt = None if grad_w is None else view(xt_buf[:x_size * nb], x_img + (nb,))
+        with parallel_guard():
+            to_last(gy, n0, gt, dims)
+            if xt is not None:
+                to_last(x, n0, xt, dims)
+                _grad_w_image_last(gt, xt, gw, *conv)
+            if grad_x is not None:
+                gxt = view(gx_buf[:x_size * nb], x_img + (nb,))
+                _grad_x_image_last(gt, w_oihw, gxt, *conv)
+                from_last(gxt, grad_x, n0, dims)
+    if grad_w is not None:
+        grad_w[...] = dims.weight_from_canonical_view(gw)

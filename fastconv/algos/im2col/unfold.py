@@ -1,0 +1,182 @@
+"""The unfold (im2col) and fold (col2im) kernels, one pair per layout.
+
+NCHW: cols (B, C*KH*KW, band*Wo), one row per (channel, tap) and image of the tile.
+NHWC: cols (B*band*Wo, G, KH*KW*Cg), one row per output pixel of the tile.
+
+The forward is y = W @ cols(x) per tile, so grad_W += grad_y_tile @ cols(x)^T and the
+column gradient is W^T @ grad_y_tile; folding it back (col2im, the adjoint of the unfold)
+adds every column entry to the input pixel it was copied from. The fold owns its writes:
+one task per (image, input channel) plane in NCHW, per (image, input row) in NHWC.
+"""
+
+from __future__ import annotations
+
+from numba import njit, prange
+
+from ... import config
+from .._common import U, valid_range
+
+
+@njit(inline="always")
+def _zero_pad(dst, base, lo, hi, end, zero):
+    """dst[base + t] = zero for t in [0, lo) and in [hi, end) (unsigned): the zero padding
+    around a run [lo, hi) of a row that is copied separately (lo = hi = end: the whole
+    row is padding). ``zero`` is the kernel's, defined outside its parallel loop: as a
+    value there, the stores stay vectorised loops (a literal 0 here makes LLVM call
+    memset, slower for the runs of a few elements at an image border)."""
+    for t in range(lo):
+        dst[base + t] = zero
+    for t in range(hi, end):
+        dst[base + t] = zero
+
+
+@njit(inline="always")
+def _column_row(cols, r, kh, kw):
+    """(c, a, b, row) of row r = (c*KH + a)*KW + b of an NCHW column matrix cols
+    (C*KH*KW, ...): input channel c, kernel tap (a, b), and the row cols[r]."""
+    return r // (kh * kw), (r // kw) % kh, r % kw, cols[r]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """x (N, C, H, W) -> cols (B, C*KH*KW, band*Wo) for images n0.. and output rows i0..
+
+    cols[bi, (c*KH + a)*KW + b, ii*Wo + j] = x[n0+bi, c, (i0+ii)*sh + a*rh - pt,
+    j*sw + b*rw - pl], zero outside. One task per (image, row of cols), writing one
+    contiguous run. Inner loops index with unsigned offsets (``_common.U``) so that the
+    copies vectorise."""
+    _, _, h, wd = x.shape
+    nb, ckk, length = cols.shape
+    band = length // wo
+    zero = cols.dtype.type(0)
+    for task in prange(nb * ckk):
+        bi = task // ckk
+        r = task % ckk
+        c, a, b, dst = _column_row(cols[bi], r, kh, kw)
+        img = x[n0 + bi, c]
+        off = b * rw - pl
+        j_lo, j_hi = valid_range(wo, off, sw, wd)
+        first = U(j_lo * sw + off)  # input column of output column j_lo
+        step = U(sw)
+        for ii in range(band):
+            base = U(ii * wo)
+            src = (i0 + ii) * sh + a * rh - pt
+            if src < 0 or src >= h:
+                _zero_pad(dst, base, U(wo), U(wo), U(wo), zero)
+                continue
+            line = img[src]
+            _zero_pad(dst, base, U(j_lo), U(j_hi), U(wo), zero)
+            d0 = base + U(j_lo)
+            if sw == 1:
+                for j in range(U(j_hi - j_lo)):
+                    dst[d0 + j] = line[first + j]
+            else:
+                for j in range(U(j_hi - j_lo)):
+                    dst[d0 + j] = line[first + j * step]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _im2col_nhwc(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
+    """x (N, H, W, C) -> cols (B*band*Wo, G, KH*KW*Cg) for images n0.. and rows i0..
+
+    One task per output pixel. With one group and no column dilation, the KW taps of a
+    kernel row are KW neighbouring input pixels, one contiguous run of KW*C values in x
+    (copied at once when all of them lie inside the image); otherwise each tap copies
+    its Cg channels per group. Explicit loops: slice copies of a few channels (LeNet's
+    6, an RGB stem's 3) cost more than the copy itself."""
+    _, h, wd, c_all = x.shape
+    flat = x.reshape(x.size)
+    n_pix, groups, kkc = cols.shape
+    cg = kkc // (kh * kw)
+    run = kw * cg
+    per_img = band * wo
+    zero = cols.dtype.type(0)
+    for p in prange(n_pix):
+        n = n0 + p // per_img
+        i = i0 + (p % per_img) // wo
+        j = p % wo
+        dst = cols[p]
+        j_first = j * sw - pl
+        row_inside = groups == 1 and rw == 1 and j_first >= 0 and j_first + kw <= wd
+        for a in range(kh):
+            src_i = i * sh + a * rh - pt
+            if src_i < 0 or src_i >= h:
+                for g in range(groups):
+                    for t in range(a * run, (a + 1) * run):
+                        dst[g, t] = zero
+                continue
+            line = U((n * h + src_i) * wd) * U(c_all)  # start of input row src_i
+            if row_inside:
+                d0 = U(a * run)
+                s0 = line + U(j_first * c_all)
+                for t in range(U(run)):
+                    dst[0, d0 + t] = flat[s0 + t]
+                continue
+            for b in range(kw):
+                src_j = j_first + b * rw
+                k0 = U((a * kw + b) * cg)
+                inside = 0 <= src_j < wd
+                for g in range(groups):
+                    s0 = line + U(src_j * c_all + g * cg)
+                    for t in range(U(cg)):
+                        dst[g, k0 + t] = flat[s0 + t] if inside else zero
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _col2im_nchw(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """gx[n0 + bi, c] += fold of cols (B, C*KH*KW, band*Wo) for output rows i0..;
+    one task per (image, input channel) plane."""
+    _, _, h, wd = gx.shape
+    nb, ckk, length = cols.shape
+    band = length // wo
+    c_all = ckk // (kh * kw)
+    for task in prange(nb * c_all):
+        bi = task // c_all
+        c = task % c_all
+        plane = gx[n0 + bi, c]
+        for a in range(kh):
+            for b in range(kw):
+                row = cols[bi, (c * kh + a) * kw + b]
+                j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
+                for ii in range(band):
+                    src = (i0 + ii) * sh + a * rh - pt
+                    if src < 0 or src >= h:
+                        continue
+                    line = plane[src]
+                    seg = row[ii * wo:(ii + 1) * wo]
+                    for j in range(j_lo, j_hi):
+                        line[j * sw + b * rw - pl] += seg[j]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _col2im_nhwc(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
+    """gx (N, H, W, C) += fold of cols (B*band*Wo, G, KH*KW*Cg) for output rows i0..;
+    one task per (image, input row) that the band touches."""
+    _, h, wd, _ = gx.shape
+    n_pix, groups, kkc = cols.shape
+    cg = kkc // (kh * kw)
+    nb = n_pix // (band * wo)
+    r_lo = max(i0 * sh - pt, 0)
+    r_hi = min((i0 + band - 1) * sh + (kh - 1) * rh - pt + 1, h)
+    n_rows = max(r_hi - r_lo, 0)
+    for task in prange(nb * n_rows):
+        bi = task // n_rows
+        src_i = r_lo + task % n_rows
+        line = gx[n0 + bi, src_i]
+        for a in range(kh):
+            num = src_i + pt - a * rh          # = i * sh for the output row i that reads it
+            if num < 0 or num % sh != 0:
+                continue
+            i = num // sh
+            if i < i0 or i >= i0 + band:
+                continue
+            p0 = (bi * band + i - i0) * wo
+            for b in range(kw):
+                k0 = (a * kw + b) * cg
+                j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
+                for j in range(j_lo, j_hi):
+                    px = line[j * sw + b * rw - pl]
+                    src = cols[p0 + j]
+                    for g in range(groups):
+                        for c in range(cg):
+                            px[g * cg + c] += src[g, k0 + c]

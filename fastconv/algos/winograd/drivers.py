@@ -1,0 +1,137 @@
+"""Winograd's drivers: applicability, the chunked F(m x m, 3x3) run (``_run_nchw``,
+``_run`` for dilated layers), ``forward`` and ``backward``.
+
+Neither falls back to another algorithm: ``forward`` returns whether every output is
+finite and ``backward`` which gradients are good; the caller recomputes the others (a
+NaN or Inf entering a tile's transform can reach every output of that tile, and Inf - Inf
+turns an infinity into NaN, unlike the direct formula).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import _blas
+from .. import _nhwc
+from .grad_w import _grad_w_nchw
+from .kernel import _grad_x_kernel, transform_kernel
+from .tiling import _KERNELS, chunk_planes, phases, problem, tile_size
+
+
+def supports(args) -> bool:
+    """Whether the algorithm applies: a 3x3 kernel with stride 1 (any dilation: see
+    ``_run``)."""
+    return (args.kh, args.kw) == (3, 3) and args.stride == (1, 1)
+
+
+def grad_x_supported(args) -> bool:
+    """grad_x is a correlation with padding 2 - p: every padding must be at most 2 (and
+    dilation 1)."""
+    return (supports(args) and args.dilation == (1, 1)
+            and all(0 <= p <= 2 for pair in args.padding for p in pair))
+
+
+def grad_w_supported(args) -> bool:
+    """The weight gradient runs in the Winograd domain for dilation 1."""
+    return supports(args) and args.dilation == (1, 1)
+
+
+def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
+    """y (N, C_out, Ho, Wo) = F(m x m, 3x3) of x (N, C_in, H, W), contiguous, with the
+    transformed kernel u (G, (m+2)^2, Dg, Cg) and padding (top, left), dilation 1.
+    Returns whether every output is finite."""
+    th, tw, cg, dg, rows = problem(x.shape, y.shape, groups, m, x.itemsize)
+    _, input_transform, output_transform = _KERNELS[m]
+    pt, pl = pads
+    has_bias = bias is not None
+    b = bias if has_bias else np.zeros(1, x.dtype)
+    flags = np.zeros(dg * (rows // th + 2), np.bool_)  # a chunk covers <= rows/th + 2 images
+    finite = True
+    for r0, r1, cols, (v, v_planes), (prod, prod_planes) in chunk_planes(
+            x.shape[0] * th, rows, tw, cg, dg, m, x.dtype):
+        for g in range(groups):
+            input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
+            _blas.split_matmul(u[g], v, prod)
+            output_transform(prod_planes, y, dg, cols, g * dg, r0, r1, th, tw, b,
+                             has_bias, flags)
+            finite = finite and not flags.any()
+    return finite
+
+
+def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> bool:
+    """F(m x m, 3x3) convolution into ``out`` (caller's layout), plus ``bias`` when given.
+    Wraps the kernel and input transforms, numpy's BLAS matmul (``_blas.split_matmul``)
+    and the output transform of ``_KERNELS[m]``; other layouts than NCHW run on NCHW
+    copies (``_nhwc``).
+
+    Returns whether every output is finite. The output transform flags any non-finite
+    output; on False the caller must recompute the call (e.g. with im2col) to get the
+    direct formula's NaN/Inf pattern. ``args`` must be one ``supports`` accepts (conv2d
+    checks that)."""
+    if args.n == 0:
+        return True
+    m = tile_size()
+    dims = args.dims
+    u = transform_kernel(dims.weight_to_canonical_view(w), args.groups, m)
+    y = _nhwc.nchw_target(out, dims)
+    finite = _run(_nhwc.nchw_copy(x, dims), u, y, bias, (args.padding[0][0],
+                  args.padding[1][0]), args.groups, m, args.dilation)
+    _nhwc.write_back(y, out, dims)
+    return finite
+
+
+def _run(x, u, y, bias, pads, groups, m, dilation) -> bool:
+    """``_run_nchw`` for any dilation (dh, dw). Dilated, the outputs
+    y[:, :, rho_h::dh, rho_w::dw] of each phase are an undilated 3x3 correlation of the
+    input phase x[:, :, sigma_h::dh, sigma_w::dw] (``phases``), computed with
+    F(m x m, 3x3) on contiguous copies and scattered back. Returns whether every output
+    is finite."""
+    if dilation == (1, 1):
+        return _run_nchw(x, u, y, bias, pads, groups, m)
+    ho, wo = y.shape[2:]
+    finite = True
+    for rho_h, sigma_h, pt, count_h in phases(ho, pads[0], dilation[0]):
+        for rho_w, sigma_w, pl, count_w in phases(wo, pads[1], dilation[1]):
+            xs = np.ascontiguousarray(x[:, :, sigma_h::dilation[0], sigma_w::dilation[1]])
+            ys = np.empty(y.shape[:2] + (count_h, count_w), y.dtype)
+            finite &= _run_nchw(xs, u, ys, bias, (pt, pl), groups, m)
+            y[:, :, rho_h::dilation[0], rho_w::dilation[1]] = ys
+    return finite
+
+
+def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
+             grad_w) -> tuple[bool, bool]:
+    """The gradients Winograd supports into ``grad_x`` / ``grad_w`` (caller's layout);
+    pass None for one not wanted or not supported (``grad_x_supported``,
+    ``grad_w_supported``).
+
+    grad_x[n, c, i, j] = sum_{d,a,b} grad_y[n, d, i + p_top - a, j + p_left - b] w[d, c, a, b]
+    is a 3x3 correlation of grad_y with the flipped kernel, channels transposed, padding
+    (2 - p): the forward's transform applies. grad_w is the adjoint of F(2x2, 3x3) in the
+    Winograd domain (``grad_w._grad_w_nchw``, ``GRAD_W_TILE``).
+
+    Returns (ok_x, ok_w): False for a gradient the caller must compute itself, because
+    its result here was non-finite (recompute it, e.g. with im2col, for the direct
+    formula's NaN/Inf pattern) or because it was passed although not supported (then left
+    unwritten); True otherwise, and for None."""
+    by_x = grad_x is not None and grad_x_supported(args)
+    by_w = grad_w is not None and grad_w_supported(args)
+    ok_x, ok_w = grad_x is None or by_x, grad_w is None or by_w
+    if not (by_x or by_w):
+        return ok_x, ok_w
+    (pt, _), (pl, _) = args.padding
+    m = tile_size()
+    dims = args.dims
+    gy = _nhwc.nchw_copy(grad_y, dims)
+    if by_w:
+        gw = _nhwc.oihw_target(grad_w, dims)
+        _grad_w_nchw(gy, _nhwc.nchw_copy(x, dims), gw, (pt, pl), args.groups)
+        _nhwc.write_weight_back(gw, grad_w, dims)
+        ok_w = bool(np.isfinite(gw).all())
+    if by_x:
+        w_oihw = dims.weight_to_canonical_view(w)
+        u = transform_kernel(_grad_x_kernel(w_oihw, args.groups), args.groups, m)
+        gx = _nhwc.nchw_target(grad_x, dims)
+        ok_x = _run_nchw(gy, u, gx, None, (2 - pt, 2 - pl), args.groups, m)
+        _nhwc.write_back(gx, grad_x, dims)
+    return ok_x, ok_w

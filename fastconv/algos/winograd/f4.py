@@ -1,0 +1,190 @@
+"""F(4x4, 3x3) transforms: the kernel (``_kernel_transform4``), input and output
+transforms, 6x6 tiles and 4x4 output blocks (interpolation points 0, +-1, +-2 and
+infinity). Planes as in ``f2``: 36 flat planes, entry e of every tile in row e.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ... import config
+from .._common import U
+from .tasks import _padded_row, _scalars, _store_rows, _task_count, _task_plane
+
+
+@njit(inline="always")
+def _g6(k0, k1, k2):
+    """G k for F(4x4, 3x3): G = [[1/4, 0, 0], [-1/6, -1/6, -1/6], [-1/6, 1/6, -1/6],
+    [1/24, 1/12, 1/6], [1/24, -1/12, 1/6], [0, 0, 1]] (float64 arithmetic)."""
+    sixth = 1.0 / 6.0
+    even = k0 + k2
+    quarter_even = 0.25 * k0 + k2  # (k0/24 + k2/6) * 6 -> 6*(1/24 k0 + 1/6 k2) = k0/4 + k2
+    return (0.25 * k0, -(even + k1) * sixth, (k1 - even) * sixth,
+            (quarter_even + 0.5 * k1) * sixth, (quarter_even - 0.5 * k1) * sixth, k2)
+
+
+@njit(inline="always")
+def _gk4(k, tmp, c):
+    """tmp[6*a + b, c] = (G k G^T)[a, b] for one 3x3 kernel k, F(4x4, 3x3)'s G, computed
+    in float64 (1/6 and 1/24 are not exact) and rounded once."""
+    col0 = _g6(np.float64(k[0, 0]), np.float64(k[1, 0]), np.float64(k[2, 0]))
+    col1 = _g6(np.float64(k[0, 1]), np.float64(k[1, 1]), np.float64(k[2, 1]))
+    col2 = _g6(np.float64(k[0, 2]), np.float64(k[1, 2]), np.float64(k[2, 2]))
+    for a in range(6):
+        row = _g6(col0[a], col1[a], col2[a])
+        for b in range(6):
+            tmp[6 * a + b, c] = row[b]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _kernel_transform4(w, u):
+    """w (C_out, Cg, 3, 3) -> u (G, 36, Dg, Cg): u[g, 6*a + b, d, c] = (G w G^T)[a, b]
+    (``_gk4``: float64, rounded once). One task per output channel, through a local
+    buffer as ``f2._kernel_transform``."""
+    c_out, cg = w.shape[0], w.shape[1]
+    for o in prange(c_out):
+        tmp = np.empty((36, cg), dtype=u.dtype)
+        for c in range(cg):
+            _gk4(w[o, c], tmp, c)
+        _store_rows(u, o, tmp)
+
+
+@njit(inline="always")
+def _bt6(e0, e1, e2, e3, e4, e5, two, four, five):
+    """B^T e for F(4x4, 3x3) (one 6-point column or row)."""
+    return (four * e0 - five * e2 + e4,
+            e3 + e4 - four * (e1 + e2),
+            e4 - e3 + four * (e1 - e2),
+            e4 - e2 - two * (e1 - e3),
+            e4 - e2 + two * (e1 - e3),
+            four * e1 - five * e3 + e5)
+
+
+@njit(inline="always")
+def _put6(o, s0, s1, s2, s3, s4, s5, i):
+    """s0[i], ..., s5[i] = the six values of o (one ``_bt6`` result)."""
+    s0[i] = o[0]
+    s1[i] = o[1]
+    s2[i] = o[2]
+    s3[i] = o[3]
+    s4[i] = o[4]
+    s5[i] = o[5]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
+    """As ``f2._input_transform`` for F(4x4, 3x3): 6x6 input tiles at (4i - pt, 4j - pl),
+    v (36 flat planes of Cg*cols + padding elements) = B^T d B with
+    B^T = [[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0], [0, 4, -4, -1, 1, 0],
+           [0, -2, -1, 2, 1, 0], [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]].
+
+    Per task (a channel of one image, its tile rows ra..rb of the chunk): each input row
+    the tiles read is copied with its padding, split into its four column phases (phase p
+    holds columns 4j + p) and transformed along the row once (tile j reads phases 0-3 at
+    j and phases 0-1 at j + 1: contiguous loads), into ``rows[rho % 4, b]`` at tile row
+    rho // 4. Tile row r reads input rows 4r .. 4r+5, i.e. phases 0-3 of block r and
+    phases 0-1 of block r + 1, so B^T down the columns runs over all the task's tile rows
+    in one contiguous loop per entry b."""
+    wd = x.shape[3]
+    wp = 4 * (tw + 1)  # padded input columns, whole groups of four
+    lo = min(pl, wp)
+    hi = min(wp, pl + wd)
+    two, four, five = _scalars(x, 2, 4, 5)
+    for task in prange(_task_count(cg, r0, r1, th)):
+        c, n, ra, rb, img = _task_plane(x, task, c0, r0, r1, th)
+        nr = rb - ra
+        row = np.empty(wp, dtype=x.dtype)
+        ph = np.empty((4, tw + 1), dtype=x.dtype)
+        rows = np.empty((4, 6, (nr + 1) * tw), dtype=x.dtype)
+        top = 4 * (ra - n * th) - pt
+        for rho in range(4 * nr + 2):  # B along each input row, once
+            _padded_row(img, top + rho, row, lo, hi, pl)
+            p0, p1, p2, p3 = ph[0], ph[1], ph[2], ph[3]
+            for j in range(U(tw + 1)):
+                q = U(4) * j
+                p0[j] = row[q]
+                p1[j] = row[q + U(1)]
+                p2[j] = row[q + U(2)]
+                p3[j] = row[q + U(3)]
+            dst = rows[rho % 4]
+            base = U((rho // 4) * tw)
+            s0, s1, s2, s3, s4, s5 = dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]
+            for j in range(U(tw)):
+                o = _bt6(p0[j], p1[j], p2[j], p3[j], p0[j + U(1)], p1[j + U(1)],
+                         two, four, five)
+                _put6(o, s0, s1, s2, s3, s4, s5, base + j)
+        k0 = U(c * cols + (ra - r0) * tw)
+        nxt = U(tw)
+        for b in range(6):  # B^T down the columns, all tile rows at once
+            e0, e1, e2, e3 = rows[0, b], rows[1, b], rows[2, b], rows[3, b]
+            o0, o1, o2 = v[b], v[6 + b], v[12 + b]
+            o3, o4, o5 = v[18 + b], v[24 + b], v[30 + b]
+            for k in range(U(nr * tw)):
+                o = _bt6(e0[k], e1[k], e2[k], e3[k], e0[k + nxt], e1[k + nxt],
+                         two, four, five)
+                _put6(o, o0, o1, o2, o3, o4, o5, k0 + k)
+
+
+@njit(inline="always")
+def _at6(e0, e1, e2, e3, e4, e5, two, four, eight):
+    """A^T e for F(4x4, 3x3): four outputs from a 6-point column or row."""
+    p12 = e1 + e2
+    m12 = e1 - e2
+    p34 = e3 + e4
+    m34 = e3 - e4
+    return e0 + p12 + p34, m12 + two * m34, p12 + four * p34, m12 + eight * m34 + e5
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _output_transform4(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags):
+    """As ``f2._output_transform`` for F(4x4, 3x3): the 4x4 block A^T m A of every 6x6 tile,
+    A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
+           [0, 1, -1, 8, -8, 1]]. A^T first combines the six rows of m elementwise, for
+    all the task's tile rows in one contiguous loop, then each of the four resulting rows
+    of a tile row is transformed along and its four outputs per tile stored together
+    (one interleaved store group)."""
+    _, _, ho, wo = y.shape
+    two, four, eight = _scalars(m, 2, 4, 8)
+    for task in prange(_task_count(dg, r0, r1, th)):
+        d, n, ra, rb, out = _task_plane(y, task, d0, r0, r1, th)
+        add = bias[d0 + d] if has_bias else y.dtype.type(0)
+        bad = 0  # outputs that are NaN or +-Inf
+        nr = rb - ra
+        # u[a, b, r*tw + j]: row a of A^T m for entry b of tile (r, j), all tile rows at once
+        u = np.empty((4, 6, nr * tw), dtype=m.dtype)
+        line = np.empty(4 * tw, dtype=m.dtype)
+        k0 = U(d * cols + (ra - r0) * tw)
+        for b in range(6):  # A^T down the columns: one contiguous loop per entry
+            s0, s1, s2 = m[b], m[6 + b], m[12 + b]
+            s3, s4, s5 = m[18 + b], m[24 + b], m[30 + b]
+            u0, u1, u2, u3 = u[0, b], u[1, b], u[2, b], u[3, b]
+            for k in range(U(nr * tw)):
+                i = k0 + k
+                o = _at6(s0[i], s1[i], s2[i], s3[i], s4[i], s5[i], two, four, eight)
+                u0[k] = o[0]
+                u1[k] = o[1]
+                u2[k] = o[2]
+                u3[k] = o[3]
+        for r in range(nr):
+            i = 4 * (ra + r - n * th)
+            base = U(r * tw)
+            for a in range(min(4, ho - i)):  # A along each output row
+                ua = u[a]
+                e0, e1, e2 = ua[0], ua[1], ua[2]
+                e3, e4, e5 = ua[3], ua[4], ua[5]
+                for j in range(U(tw)):
+                    k = base + j
+                    o = _at6(e0[k], e1[k], e2[k], e3[k], e4[k], e5[k], two, four, eight)
+                    q = U(4) * j
+                    line[q] = o[0] + add
+                    line[q + U(1)] = o[1] + add
+                    line[q + U(2)] = o[2] + add
+                    line[q + U(3)] = o[3] + add
+                dst = out[i + a]
+                for q in range(U(wo)):
+                    dst[q] = line[q]
+                    bad += not math.isfinite(line[q])
+        flags[task] = bad > 0

@@ -1,0 +1,129 @@
+"""The weight gradient in the Winograd domain: the adjoint of F(2x2, 3x3).
+
+y = A^T [(G w G^T) * (B^T d B)] A is linear in w, so its adjoint gives the weight
+gradient of one tile: grad_w += G^T [(A gy A^T) * (B^T d B)] G, with gy the tile's m x m
+block of grad_y. Summed over channels and tiles: per entry e of the (m+2) x (m+2)
+transforms, GW[e] (Dg, Cg) = sum over tiles of Yt[e] (Dg, tiles) @ V[e]^T, one GEMM per
+entry as in the forward, then grad_w[d, c] = G^T GW[:, d, c] G.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ... import _blas, config
+from .._common import U
+from .tasks import _task_count, _task_plane
+from .tiling import _KERNELS, chunk_planes, problem, transformed
+
+
+@njit(inline="always")
+def _a2(g0, g1):
+    """A g for F(2x2, 3x3): A = (A^T)^T = [[1, 0], [1, 1], [1, -1], [0, -1]]."""
+    return g0, g0 + g1, g0 - g1, -g1
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _grad_transform(gy, p, dg, cols, d0, r0, r1, th, tw):
+    """gy (N, C_out, Ho, Wo) -> p (16, Dg*cols + pad): the transformed output-gradient
+    tiles of F(2x2, 3x3), p[4*a + b, d*cols + (r - r0)*tw + j] = (A g A^T)[a, b] for the
+    2x2 block g of grad_y channel d0 + d at tile (r, j), zero beyond Ho, Wo. One task per
+    (channel, image) of the chunk."""
+    _, _, ho, wo = gy.shape
+    width = 2 * tw
+    for task in prange(_task_count(dg, r0, r1, th)):
+        d, n, ra, rb, plane = _task_plane(gy, task, d0, r0, r1, th)
+        rows = np.zeros((2, width), dtype=gy.dtype)
+        t = np.empty((4, width), dtype=gy.dtype)
+        for r in range(ra, rb):
+            i0 = 2 * (r - n * th)
+            for i in range(2):
+                if i0 + i < ho:
+                    rows[i, :wo] = plane[i0 + i]
+                else:
+                    rows[i, :] = 0
+            g0, g1 = rows[0], rows[1]
+            t0, t1, t2, t3 = t[0], t[1], t[2], t[3]
+            for q in range(U(width)):  # A down the columns
+                o = _a2(g0[q], g1[q])
+                t0[q] = o[0]
+                t1[q] = o[1]
+                t2[q] = o[2]
+                t3[q] = o[3]
+            k0 = U(d * cols + (r - r0) * tw)
+            for a in range(4):  # A along the rows
+                ta = t[a]
+                o0, o1, o2, o3 = p[4 * a], p[4 * a + 1], p[4 * a + 2], p[4 * a + 3]
+                for j in range(U(tw)):
+                    o = _a2(ta[U(2) * j], ta[U(2) * j + U(1)])
+                    o0[k0 + j] = o[0]
+                    o1[k0 + j] = o[1]
+                    o2[k0 + j] = o[2]
+                    o3[k0 + j] = o[3]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _weight_from_transform(gw, gt, grad_w, o0):
+    """grad_w[o0 + d, c] = G^T gw[:, d, c] G (3x3) for gw (alpha^2, Dg, Cg) and G^T
+    gt (3, alpha) in float64; one task per output channel, the input channels innermost
+    (contiguous loads)."""
+    alpha = gt.shape[1]
+    dg, cg = gw.shape[1], gw.shape[2]
+    for d in prange(dg):
+        left = np.zeros((3, alpha, cg))      # G^T gw, per input channel
+        for i in range(3):
+            for a in range(alpha):
+                coef = gt[i, a]
+                if coef == 0.0:
+                    continue
+                for b in range(alpha):
+                    src = gw[alpha * a + b, d]
+                    dst = left[i, b]
+                    for c in range(cg):
+                        dst[c] += coef * src[c]
+        out = grad_w[o0 + d]
+        for i in range(3):
+            for j in range(3):
+                acc = np.zeros(cg)
+                for b in range(alpha):
+                    coef = gt[j, b]
+                    if coef == 0.0:
+                        continue
+                    src = left[i, b]
+                    for c in range(cg):
+                        acc[c] += coef * src[c]
+                for c in range(cg):
+                    out[c, i, j] = acc[c]
+
+
+#: G^T (3 x 4) of F(2x2, 3x3), float64.
+_GT2 = np.array([[1, 0.5, 0.5, 0], [0, 0.5, -0.5, 0], [0, 0.5, 0.5, 1]])
+
+
+#: The weight gradient always uses F(2x2, 3x3): on a resnet_56 layer (16 x 64 x 56 x 56)
+#: it ran as fast as an F(4x4, 3x3) version (23.6 vs 22.7 ms; its GEMMs sum over 4x more
+#: tiles, the long dimension) with a float32 error of 7.4e-7 instead of 7.3e-6 of the
+#: largest gradient (im2col: 4.4e-7), so only the F(2x2, 3x3) kernels exist.
+GRAD_W_TILE = 2
+
+
+def _grad_w_nchw(gy, x, grad_w, pads, groups) -> None:
+    """grad_w (C_out, Cg, 3, 3) from gy (N, C_out, Ho, Wo) and x (N, C_in, H, W), both
+    contiguous, with F(2x2, 3x3): per chunk of tile rows and group, the input and
+    output-gradient transforms and the 16 GEMMs Yt[e] @ V[e]^T, summed over chunks."""
+    m = GRAD_W_TILE
+    th, tw, cg, dg, rows = problem(x.shape, gy.shape, groups, m, x.itemsize)
+    input_transform = _KERNELS[m][1]
+    pt, pl = pads
+    total = np.zeros((groups, transformed(m), dg, cg), x.dtype)
+    part = np.empty((transformed(m), dg, cg), x.dtype)
+    for r0, r1, cols, (v, v_planes), (yt, yt_planes) in chunk_planes(
+            x.shape[0] * th, rows, tw, cg, dg, m, x.dtype):
+        for g in range(groups):
+            input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
+            _grad_transform(gy, yt_planes, dg, cols, g * dg, r0, r1, th, tw)
+            _blas.split_matmul(yt, v.transpose(0, 2, 1), part)
+            total[g] += part
+    for g in range(groups):
+        _weight_from_transform(total[g], _GT2, grad_w, g * dg)

@@ -1,0 +1,134 @@
+"""The Winograd tile size, the chunks of tile rows, the transformed-tile workspace and
+the polyphase split of dilated layers."""
+
+from __future__ import annotations
+
+import math
+
+from ... import config
+from .._common import workspace
+from .f2 import _input_transform, _kernel_transform, _output_transform
+from .f4 import _input_transform4, _kernel_transform4, _output_transform4
+
+#: Output block size m of F(m x m, 3x3) -> (kernel transform, input transform, output
+#: transform).
+_KERNELS = {2: (_kernel_transform, _input_transform, _output_transform),
+            4: (_kernel_transform4, _input_transform4, _output_transform4)}
+
+
+def tile_size() -> int:
+    """The output block m of F(m x m, 3x3) that ``algo="winograd"`` uses:
+    ``config.WINOGRAD_TILE`` (4 by default; 2 is the more accurate variant)."""
+    m = int(config.WINOGRAD_TILE)
+    if m not in _KERNELS:
+        raise ValueError(f"conv2d: config.WINOGRAD_TILE={config.WINOGRAD_TILE!r} must be 2 "
+                         "or 4 (F(2x2, 3x3) or F(4x4, 3x3))")
+    return m
+
+
+def transformed(m: int) -> int:
+    """Values per transformed tile: (m + 2)^2."""
+    return (m + 2) * (m + 2)
+
+
+def tile_grid(h_out: int, w_out: int, m: int) -> tuple[int, int]:
+    """Tile rows and tile columns covering an h_out x w_out output with m x m blocks."""
+    return -(-h_out // m), -(-w_out // m)
+
+
+def chunk_rows(args, m: int | None = None, chunk_bytes: int | None = None,
+               budget: int | None = None) -> int:
+    """Tile rows per chunk of F(m x m, 3x3) (default: ``tile_size()``): as many as keep
+    the transformed input and the GEMM result of one group, (m+2)^2 * (Cg + Dg) * rows *
+    tw elements, within ``chunk_bytes`` (``config.WINOGRAD_CHUNK_BYTES``) and the
+    workspace budget; at least one."""
+    m = tile_size() if m is None else m
+    th, tw = tile_grid(args.h_out, args.w_out, m)
+    return _rows_per_chunk(args.n * th, tw, args.c_in // args.groups,
+                           args.c_out // args.groups, args.dtype.itemsize, m, chunk_bytes,
+                           budget)
+
+
+def _rows_per_chunk(total_rows, tw, cg, dg, itemsize, m, chunk_bytes=None,
+                    budget=None) -> int:
+    chunk_bytes = config.WINOGRAD_CHUNK_BYTES if chunk_bytes is None else chunk_bytes
+    budget = config.WORKSPACE_BYTES if budget is None else budget
+    per_row = transformed(m) * (cg + dg) * tw * itemsize
+    return max(1, min(total_rows, min(chunk_bytes, budget) // per_row))
+
+
+def workspace_bytes(args) -> int:
+    """Scratch bytes of the forward: the chunk's transformed tiles and GEMM result, the
+    transformed kernel, and for NHWC the NCHW copies of input and output."""
+    item = args.dtype.itemsize
+    m = tile_size()
+    t = transformed(m)
+    _, tw = tile_grid(args.h_out, args.w_out, m)
+    cg, dg = args.c_in // args.groups, args.c_out // args.groups
+    total = t * (cg + dg) * chunk_rows(args) * tw * item + t * args.c_out * cg * item
+    if not args.dims.is_canonical:
+        total += args.n * (args.c_in * args.h * args.w + args.c_out * args.h_out
+                           * args.w_out) * item
+    return total
+
+
+def chunks(args, m: int | None = None) -> int:
+    """Chunks of tile rows the forward (or, with m, F(m x m, 3x3)) runs in."""
+    m = tile_size() if m is None else m
+    th, _ = tile_grid(args.h_out, args.w_out, m)
+    return math.ceil(args.n * th / chunk_rows(args, m))
+
+
+#: Elements between consecutive planes of the transformed tiles beyond the plane itself:
+#: the transforms write/read all (m+2)^2 planes at once, and planes a multiple of 4 KiB
+#: apart all map to the same cache sets (the F(4x4, 3x3) input transform ran 1.5-2x
+#: slower so).
+PLANE_PAD = 16
+
+
+def problem(x_shape, y_shape, groups: int, m: int, itemsize: int):
+    """(th, tw, Cg, Dg, rows) of F(m x m, 3x3) from x (N, C_in, H, W) to y
+    (N, C_out, Ho, Wo): tile rows and columns per image, channels per group, and tile
+    rows per chunk (``_rows_per_chunk``)."""
+    n, c_in = x_shape[:2]
+    c_out, ho, wo = y_shape[1:]
+    cg, dg = c_in // groups, c_out // groups
+    th, tw = tile_grid(ho, wo, m)
+    return th, tw, cg, dg, _rows_per_chunk(n * th, tw, cg, dg, itemsize, m)
+
+
+def chunk_planes(total_rows: int, rows: int, tw: int, cg: int, dg: int, m: int, dtype):
+    """For every chunk of ``rows`` of the ``total_rows`` tile rows: (r0, r1, cols,
+    (v, v_planes), (p, p_planes)), tile rows r0..r1 of cols = (r1 - r0)*tw tiles, with
+    this thread's planes (``_planes``) of the chunk's transformed input (Cg rows) and of
+    its other GEMM operand or result (Dg rows)."""
+    t = transformed(m)
+    for r0 in range(0, total_rows, rows):
+        r1 = min(total_rows, r0 + rows)
+        cols = (r1 - r0) * tw
+        yield (r0, r1, cols, _planes("winograd_v", t, cg, cols, dtype),
+               _planes("winograd_m", t, dg, cols, dtype))
+
+
+def _planes(slot, t, rows, cols, dtype):
+    """A workspace of t planes (rows, cols), PLANE_PAD elements apart: returned as the
+    (t, rows, cols) view for the GEMMs and the (t, rows*cols + PLANE_PAD) array the
+    kernels index (plane e, element row*cols + col)."""
+    stride = rows * cols + PLANE_PAD
+    flat = workspace(slot, t * stride, dtype).reshape(t, stride)
+    return flat[:, :rows * cols].reshape(t, rows, cols), flat
+
+
+def phases(out: int, pad: int, dilation: int) -> list[tuple[int, int, int, int]]:
+    """The polyphase split of one axis of a dilated 3x3 correlation with stride 1.
+
+    Output i = d*i' + rho reads inputs i + d*a - pad = d*(i' + a - p') + sigma with
+    sigma = (rho - pad) mod d and p' = -floor((rho - pad) / d): an undilated correlation
+    of the input's phase sigma (every d-th element from sigma) with padding p' before it.
+    Returns (rho, sigma, p', outputs of phase rho) for every phase with outputs."""
+    out_phases = []
+    for rho in range(min(dilation, out)):
+        sigma = (rho - pad) % dilation
+        out_phases.append((rho, sigma, -((rho - pad) // dilation),
+                           len(range(rho, out, dilation))))
+    return out_phases
