@@ -333,12 +333,3 @@ def run_backward(grad_y, x, w, a, grad_x, grad_w, *, algo: str = "auto",
     if rest_x is not None or rest_w is not None:
         registry.get(registry.FALLBACK).backward(grad_y, x, w, a, rest_x, rest_w)
     return entry.name
-
-
-def check_algo(op: str, algo, a=None) -> str:
-    """``algo`` when it names "auto" or an algorithm that can run ``a`` (when given);
-    ValueError naming the op, the rule and the values otherwise."""
-    registry.check_algo(op, algo)
-    if a is not None:
-        registry.check_supported(op, algo, a)
-    return algo

@@ -9,6 +9,7 @@ import numpy as np
 
 from . import _args, autotune, devices
 from ._memory import allocate
+from .algos import registry
 from .algos.registry import ALGORITHMS  # noqa: F401  (re-exported as fastconv.ALGORITHMS)
 
 
@@ -17,10 +18,11 @@ def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
     """Validate conv2d's arrays, arguments and ``algo`` (known, and able to run the
     problem, even for an empty batch); returns (x, w, bias, ConvArgs) with x 4-D.
     ``check_input`` as in ``fastconv._args.conv_arrays``."""
-    autotune.check_algo(op, algo)
+    registry.check_algo(op, algo)
     x, w, bias, args = _args.conv_arrays(op, x, w, bias, stride, padding, dilation, groups,
                                          layout, check_input)
-    autotune.check_algo(op, algo, args)
+    if algo != "auto":
+        registry.check_supported(op, algo, args)
     return x, w, bias, args
 
 

@@ -19,7 +19,7 @@ Examples
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 def permutation(src: str, dst: str) -> tuple[int, ...]:
@@ -43,48 +43,38 @@ class Layout:
     weight: str
     canonical: str
     canonical_weight: str
+    # derived from the letters once, in __post_init__ (ops read them on every call)
+    spatial: str = field(init=False, repr=False)
+    channel_axis: int = field(init=False, repr=False)
+    spatial_axes: tuple[int, ...] = field(init=False, repr=False)
+    channels_last: bool = field(init=False, repr=False)
+    is_canonical: bool = field(init=False, repr=False)
+    to_canonical: tuple[int, ...] = field(init=False, repr=False)
+    from_canonical: tuple[int, ...] = field(init=False, repr=False)
+    weight_to_canonical: tuple[int, ...] = field(init=False, repr=False)
+    weight_from_canonical: tuple[int, ...] = field(init=False, repr=False)
 
-    @property
-    def spatial(self) -> str:
-        """The spatial letters in canonical order, e.g. "HW"."""
-        return self.canonical[2:]
-
-    @property
-    def channel_axis(self) -> int:
-        return self.name.index("C")
-
-    @property
-    def spatial_axes(self) -> tuple[int, ...]:
-        return tuple(self.name.index(s) for s in self.spatial)
-
-    @property
-    def channels_last(self) -> bool:
-        return self.name[-1] == "C"
-
-    @property
-    def is_canonical(self) -> bool:
-        return self.name == self.canonical
-
-    # permutations, derived from the letters
-    @property
-    def to_canonical(self) -> tuple[int, ...]:
-        return permutation(self.name, self.canonical)
-
-    @property
-    def from_canonical(self) -> tuple[int, ...]:
-        return permutation(self.canonical, self.name)
-
-    @property
-    def weight_to_canonical(self) -> tuple[int, ...]:
-        return permutation(self.weight, self.canonical_weight)
-
-    @property
-    def weight_from_canonical(self) -> tuple[int, ...]:
-        return permutation(self.canonical_weight, self.weight)
+    def __post_init__(self):
+        spatial = self.canonical[2:]
+        derived = {
+            "spatial": spatial,                      # the spatial letters, e.g. "HW"
+            "channel_axis": self.name.index("C"),
+            "spatial_axes": tuple(self.name.index(s) for s in spatial),
+            "channels_last": self.name[-1] == "C",   # C innermost
+            "is_canonical": self.name == self.canonical,
+            "to_canonical": permutation(self.name, self.canonical),
+            "from_canonical": permutation(self.canonical, self.name),
+            "weight_to_canonical": permutation(self.weight, self.canonical_weight),
+            "weight_from_canonical": permutation(self.canonical_weight, self.weight),
+        }
+        for key, value in derived.items():
+            object.__setattr__(self, key, value)
 
     # shapes
     def shape(self, n: int, c: int, *spatial: int) -> tuple[int, ...]:
         """This layout's shape of an activation with canonical sizes (N, C, *spatial)."""
+        if self.is_canonical:
+            return (n, c, *spatial)
         return _reorder((n, c, *spatial), self.from_canonical)
 
     def weight_shape(self, o: int, i: int, *kernel: int) -> tuple[int, ...]:
@@ -93,10 +83,12 @@ class Layout:
 
     def canonical_shape(self, shape) -> tuple[int, ...]:
         """(N, C, *spatial) of an activation shape in this layout."""
-        return _reorder(tuple(shape), self.to_canonical)
+        return tuple(shape) if self.is_canonical else _reorder(tuple(shape), self.to_canonical)
 
     def canonical_weight_shape(self, shape) -> tuple[int, ...]:
         """(O, I, *kernel) of a weight shape in this layout."""
+        if self.is_canonical:
+            return tuple(shape)
         return _reorder(tuple(shape), self.weight_to_canonical)
 
     # views

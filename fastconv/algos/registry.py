@@ -109,6 +109,8 @@ def get(name: str) -> Algorithm:
 
 def names(device: str = "cpu") -> tuple[str, ...]:
     """The algorithms that run on ``device``, in registration order."""
+    if device == "cpu":
+        return ALGORITHMS
     return tuple(n for n, e in _ENTRIES.items() if device in e.devices)
 
 
@@ -120,8 +122,10 @@ def applicable(args) -> tuple[str, ...]:
 def check_algo(op: str, algo, device: str = "cpu") -> str:
     """``algo`` when it is "auto" or an algorithm of ``device``; ValueError naming the
     op and the acceptable values otherwise."""
+    if algo == "auto" or (device == "cpu" and algo in ALGORITHMS):
+        return algo
     known = names(device)
-    if algo != "auto" and algo not in known:
+    if algo not in known:
         where = "" if device == "cpu" else f" on device {device!r}"
         raise ValueError(f"{op}: algo={algo!r} is not known{where}; acceptable algorithms "
                          f"are 'auto', {', '.join(repr(a) for a in known)}")
