@@ -33,13 +33,18 @@ def _writable_dir(path: str) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
+def _package_dirs():
+    """The package's directories (numba caches a kernel beside its source file)."""
+    for root, dirs, _ in os.walk(_PKG_DIR):
+        dirs[:] = [d for d in dirs if d != "__pycache__"]
+        yield root
+
+
 def _choose_cache_dir() -> None:
     """Make sure numba has a writable cache location (set before numba is imported)."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
-    if _writable_dir(os.path.join(_PKG_DIR, "__pycache__")) and _writable_dir(
-        os.path.join(_PKG_DIR, "algos", "__pycache__")
-    ):
+    if all(_writable_dir(os.path.join(d, "__pycache__")) for d in _package_dirs()):
         return
     fallback = os.path.join(config.CACHE_DIR, "numba")
     if _writable_dir(fallback):
