@@ -238,8 +238,8 @@ def fit(model: nn.Module, loader: data.DataLoader, optimizer: optim.Optimizer,
                         generators=gens)
         if not isinstance(got.extra, dict) or got.extra.get("meta") != meta:
             had = got.extra.get("meta") if isinstance(got.extra, dict) else None
-            raise ValueError(f"train: {resume} was written by a run with {had}, this run "
-                             f"has {meta}")
+            raise ckpt.CheckpointError(f"train: {resume} was written by a run with {had}, "
+                                       f"this run has {meta}")
         epoch, skip = got.epoch, got.extra["batch"]
         partial, history = got.extra["partial"], got.extra["history"]
     n = len(loader)

@@ -104,7 +104,7 @@ def cmd_train(args) -> int:
         print(f"fastconv train: {e.message}", file=sys.stderr)
         return 130
     except (training.NonFiniteLossError, CheckpointError) as e:
-        print(f"fastconv train: {e}", file=sys.stderr)
+        print(f"fastconv train: {str(e).removeprefix('train: ')}", file=sys.stderr)
         return 1
     return 0
 
