@@ -1,13 +1,16 @@
 """Training end to end: accuracy on the digits, repeatability under a seed, saving and
 reloading, evaluation with running batch-norm statistics, the `fastconv train` command."""
 
+import gc
 import importlib.util
 import json
+import os
+import signal
 
 import numpy as np
 import pytest
 
-from fastconv import config, data, models, nn, optim, training
+from fastconv import checkpoint, config, data, models, nn, optim, training
 from fastconv.nn import functional as F
 from fastconv.tools import cli
 
@@ -240,14 +243,12 @@ def test_resume_from_the_epoch_checkpoint_after_a_stop_inside_a_step(tmp_path,
     assert e.value.checkpoint is None
     monkeypatch.undo()
     resumed, history = _fit(cls, kw, resume=path)
-    assert [h for h in history] and len(history) == 3
+    assert len(history) == 3
     for a, b in zip(full.parameters(), resumed.parameters(), strict=True):
         np.testing.assert_array_equal(a.data, b.data)
 
 
 def test_ctrl_c_stops_after_the_batch(tmp_path):
-    import signal
-
     path = str(tmp_path / "ck.npz")
     before = signal.getsignal(signal.SIGINT)
 
@@ -257,7 +258,6 @@ def test_ctrl_c_stops_after_the_batch(tmp_path):
     with pytest.raises(training.Interrupted, match="interrupted at epoch 1, batch 3/5"):
         _fit(*_FIT_OPTIMS[1], checkpoint=path, progress=progress)
     assert signal.getsignal(signal.SIGINT) is before
-    from fastconv import checkpoint
     got = checkpoint.load(path, restore_rng=False)
     assert got.epoch == 1 and got.extra["batch"] == 3
 
@@ -327,3 +327,30 @@ def test_cli_train_interrupt_resume_and_nan(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("fastconv train: the loss is nan at step 1 ")
     assert "first non-finite value appeared in layer '0' (Conv2d)" in err[0]
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.slow
+def test_resident_memory_stays_flat_over_2000_steps(tmp_path):
+    """RSS after 2000 training steps (fit, Adam, batch norm, dropout, a checkpoint every
+    50 epochs) within 5% of RSS after 200."""
+    if not os.path.exists("/proc/self/statm"):
+        pytest.skip("needs /proc/self/statm")
+    net, opt, sched, loader = _setup(optim.Adam, dict(lr=1e-3))
+    rss = {}
+
+    def progress(losses, *_):
+        progress.steps += 1
+        if progress.steps in (200, 2000):
+            gc.collect()
+            rss[progress.steps] = _rss_bytes()
+    progress.steps = 0
+    training.fit(net, loader, opt, sched, 400, checkpoint=str(tmp_path / "ck.npz"),
+                 checkpoint_every=50, progress=progress)
+    print(f"\nRSS after 200 steps {rss[200] / 2**20:.1f} MiB, after 2000 steps "
+          f"{rss[2000] / 2**20:.1f} MiB ({100 * (rss[2000] / rss[200] - 1):+.2f}%)")
+    assert rss[2000] <= 1.05 * rss[200]
