@@ -51,7 +51,10 @@ def train_epoch(model: nn.Module, loader: data.DataLoader, optimizer: optim.Opti
     images seen, correct so far, seconds so far). A NaN or Inf loss raises
     :class:`NonFiniteLossError` before the step.
     """
-    return _summary(_run_epoch(model, loader, optimizer, progress))
+    try:
+        return _summary(_run_epoch(model, loader, optimizer, progress))
+    except _Stop:
+        raise KeyboardInterrupt from None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -217,7 +220,10 @@ def fit(model: nn.Module, loader: data.DataLoader, optimizer: optim.Optimizer,
         generator). A Ctrl-C stops after the current batch, writes ``checkpoint`` (when
         given) and raises :class:`Interrupted`.
     resume : a checkpoint to continue from; the weights at the end equal, bit for bit,
-        those of an uninterrupted run with the same seeds.
+        those of an uninterrupted run with the same seeds. (From the middle of an epoch
+        this needs a loader shuffling with its own generator, ``DataLoader(...,
+        seed=...)``; one drawing from fastconv's default generator resumes exactly from
+        epoch-end checkpoints only.)
     progress : called after every batch with (losses, images, correct, seconds) of the
         epoch so far (a KeyboardInterrupt raised there stops like Ctrl-C).
     on_epoch : ``on_epoch(epoch, stats) -> record`` (JSON-able) for the history;

@@ -354,3 +354,9 @@ def test_resident_memory_stays_flat_over_2000_steps(tmp_path):
     print(f"\nRSS after 200 steps {rss[200] / 2**20:.1f} MiB, after 2000 steps "
           f"{rss[2000] / 2**20:.1f} MiB ({100 * (rss[2000] / rss[200] - 1):+.2f}%)")
     assert rss[2000] <= 1.05 * rss[200]
+
+
+def test_train_epoch_passes_a_keyboard_interrupt_on():
+    net, opt, _, loader = _setup(*_FIT_OPTIMS[1])
+    with pytest.raises(KeyboardInterrupt):
+        training.train_epoch(net, loader, opt, _stop_at(2))
