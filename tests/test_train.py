@@ -274,6 +274,7 @@ def test_fit_errors(tmp_path):
         _fit(*_FIT_OPTIMS[0], resume=path, meta={"seed": 2})
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
 def test_a_nonfinite_loss_names_the_step_and_the_layer():
     net, opt, sched, loader = _setup(*_FIT_OPTIMS[0])
 
@@ -291,6 +292,7 @@ def test_a_nonfinite_loss_names_the_step_and_the_layer():
     assert training.locate_nonfinite(net, np.full((2, 1, 6, 6), np.inf)) == "the input batch"
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
 def test_cli_train_interrupt_resume_and_nan(tmp_path, monkeypatch, capsys):
     args = ["train", "--dataset", "synthetic", "--epochs", "2", "--batch-size", "400",
             "--seed", "3", "--optimizer", "adamw", "--no-progress"]
