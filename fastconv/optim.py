@@ -76,6 +76,88 @@ class Optimizer:
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    #: the names a parameter's state may hold (checked by :meth:`load_state_dict`)
+    _state_keys: tuple = ()
+
+    def state_dict(self) -> dict:
+        """The optimiser's state in torch's structure: ``{"state": {index: {name: value}},
+        "param_groups": [{hyper-parameters..., "params": [indices]}]}``, where a
+        parameter's index is its position across the groups. Arrays are copies.
+
+        >>> import numpy as np
+        >>> from fastconv.nn import Parameter
+        >>> p = Parameter(np.ones(2))
+        >>> opt = SGD([p], lr=0.1, momentum=0.9)
+        >>> p.grad = np.ones(2); opt.step()
+        >>> sd = opt.state_dict()
+        >>> sd["state"][0]["momentum_buffer"], sd["param_groups"][0]["params"]
+        (array([1., 1.]), [0])
+        """
+        index: dict[int, int] = {}
+        groups = []
+        for g in self.param_groups:
+            packed = {k: v for k, v in g.items() if k != "params"}
+            packed["params"] = [index.setdefault(id(p), len(index)) for p in g["params"]]
+            groups.append(packed)
+        state = {index[pid]: {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
+                              for k, v in s.items()}
+                 for pid, s in self.state.items() if pid in index and s}
+        return {"state": dict(sorted(state.items())), "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore :meth:`state_dict`'s output (hyper-parameters, buffers, step counts).
+
+        The group count, each group's parameter count, the state's names and the arrays'
+        shapes must match this optimiser; arrays are copied in the parameters' dtypes.
+        Raises ValueError saying what differs.
+        """
+        name = f"{type(self).__name__}.load_state_dict"
+        if not (isinstance(state_dict, dict) and set(state_dict) == {"state", "param_groups"}):
+            got = sorted(state_dict) if isinstance(state_dict, dict) else type(state_dict)
+            raise ValueError(f"{name}: expected a dict with the keys 'state' and "
+                             f"'param_groups', got {got}")
+        saved = list(state_dict["param_groups"])
+        if len(saved) != len(self.param_groups):
+            raise ValueError(f"{name}: the state dict has {len(saved)} parameter groups, the "
+                             f"optimiser {len(self.param_groups)}")
+        params = []
+        for i, (g, s) in enumerate(zip(self.param_groups, saved, strict=True)):
+            if len(s.get("params", ())) != len(g["params"]):
+                raise ValueError(f"{name}: parameter group {i} has "
+                                 f"{len(s.get('params', ()))} parameters in the state dict, "
+                                 f"{len(g['params'])} in the optimiser")
+            params += g["params"]
+        state = {}
+        for key, entry in state_dict["state"].items():
+            i = int(key)
+            if not 0 <= i < len(params):
+                raise ValueError(f"{name}: state for parameter {key!r}, but the optimiser has "
+                                 f"{len(params)} parameters")
+            unknown = sorted(set(entry) - set(self._state_keys))
+            if unknown:
+                raise ValueError(f"{name}: parameter {i} has unknown state {unknown}; "
+                                 f"{type(self).__name__} keeps {list(self._state_keys)}")
+            p, restored = params[i], {}
+            for k, v in entry.items():
+                if k == "step":
+                    restored[k] = int(v)
+                    continue
+                v = np.asarray(v)
+                if v.shape != p.shape:
+                    raise ValueError(f"{name}: {k} of parameter {i} has shape {v.shape} in "
+                                     f"the state dict, the parameter {p.shape}")
+                restored[k] = v.astype(p.dtype, copy=True)
+            state[id(p)] = restored
+        groups = []
+        for g, s in zip(self.param_groups, saved, strict=True):
+            new = {k: v for k, v in s.items() if k != "params"}
+            if "betas" in new:
+                new["betas"] = tuple(new["betas"])
+            self._check(new)
+            groups.append({**new, "params": g["params"]})
+        self.param_groups[:] = groups
+        self.state = state
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent with momentum (torch.optim.SGD's formula)::
@@ -85,6 +167,8 @@ class SGD(Optimizer):
         g = g + momentum * buf (nesterov) or buf
         p -= lr * g
     """
+
+    _state_keys = ("momentum_buffer",)
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
@@ -126,6 +210,7 @@ class Adam(Optimizer):
     """
 
     _decoupled = False
+    _state_keys = ("step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq")
 
     def __init__(self, params, lr: float = 1e-3, betas=(0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0, amsgrad: bool = False, maximize: bool = False):
@@ -202,6 +287,29 @@ class LRScheduler:
 
     def get_last_lr(self) -> list[float]:
         return list(self._last_lr)
+
+    def state_dict(self) -> dict:
+        """The schedule's attributes but the optimiser (torch's structure), e.g.
+        ``{"T_max": 10, "eta_min": 0.0, "base_lrs": [0.1], "last_epoch": 3, ...}``."""
+        return {k: list(v) if isinstance(v, list) else v
+                for k, v in self.__dict__.items() if k != "optimizer"}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore :meth:`state_dict`'s output; its names and the number of base rates
+        must match this schedule (ValueError otherwise)."""
+        name = f"{type(self).__name__}.load_state_dict"
+        if not isinstance(state_dict, dict):
+            raise ValueError(f"{name}: expected a dict, got {type(state_dict).__name__}")
+        mine = set(self.state_dict())
+        missing, unknown = sorted(mine - set(state_dict)), sorted(set(state_dict) - mine)
+        if missing or unknown:
+            raise ValueError(f"{name}: missing keys {missing}, unknown keys {unknown}")
+        n = len(self.optimizer.param_groups)
+        if len(state_dict["base_lrs"]) != n:
+            raise ValueError(f"{name}: {len(state_dict['base_lrs'])} base learning rates in "
+                             f"the state dict, {n} parameter groups in the optimiser")
+        self.__dict__.update({k: list(v) if isinstance(v, (list, tuple)) else v
+                              for k, v in state_dict.items()})
 
 
 class StepLR(LRScheduler):

@@ -2,25 +2,32 @@
 
 ``run`` builds the dataset, model and optimiser from plain arguments, trains with a
 cosine learning-rate schedule, and writes the weights (.npz) and metrics (JSON).
+``fit`` is the loop under it: checkpoints every N epochs, resuming (bit for bit, also
+from the middle of an epoch), Ctrl-C writing a checkpoint at the end of the current
+batch (:class:`Interrupted`), and a NaN/Inf loss stopping the run with the layer where
+the first non-finite value appeared (:class:`NonFiniteLossError`).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
 
 import numpy as np
 
+from . import checkpoint as ckpt
 from . import data, models, nn, optim
-from .autograd import no_grad
+from .autograd import Tensor, no_grad
 from .nn import functional as F
-from .rng import manual_seed
+from .rng import default_generator, manual_seed
 
 DATASETS = ("digits", "synthetic", "mnist")
 MODELS = ("lenet", "resnet")
-OPTIMIZERS = ("sgd", "adam")
+OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256):
@@ -41,26 +48,243 @@ def train_epoch(model: nn.Module, loader: data.DataLoader, optimizer: optim.Opti
     seconds, images/s and the per-batch losses (python floats).
 
     ``progress`` (optional) is called after every batch with (batch losses so far,
-    images seen, correct so far, seconds so far).
+    images seen, correct so far, seconds so far). A NaN or Inf loss raises
+    :class:`NonFiniteLossError` before the step.
     """
+    try:
+        return _summary(_run_epoch(model, loader, optimizer, progress))
+    except _Stop:
+        raise KeyboardInterrupt from None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A NaN or Inf loss; ``step`` (1-based, counted over the run) and ``layer`` (the
+    module where the step's forward first produced a non-finite value, or None)."""
+
+    def __init__(self, message: str, step: int, layer: str | None):
+        super().__init__(message)
+        self.step, self.layer = step, layer
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C; ``checkpoint`` is the file written (None when the
+    interrupt came inside a step, whose half-done update cannot be saved)."""
+
+    def __init__(self, message: str, checkpoint: str | None):
+        super().__init__(message)
+        self.message, self.checkpoint = message, checkpoint
+
+
+class _Stop(Exception):
+    """Internal: stop after a complete batch (Ctrl-C at a batch boundary)."""
+
+
+def _nonfinite(out) -> bool:
+    if isinstance(out, (tuple, list)):
+        return any(_nonfinite(o) for o in out)
+    arr = out.data if isinstance(out, Tensor) else out
+    return isinstance(arr, np.ndarray) and arr.dtype.kind in "fc" and not np.isfinite(
+        arr).all()
+
+
+def locate_nonfinite(model: nn.Module, x) -> str:
+    """Where a forward pass of ``model`` on ``x`` first produces a NaN or Inf: the first
+    module (dotted name and type) whose output holds one, the input, or the loss.
+
+    The forward re-runs without gradients; the buffers (batch norm statistics) and
+    fastconv's generator are restored afterwards. Non-finite parameters are listed.
+
+    >>> import numpy as np
+    >>> from fastconv import nn
+    >>> net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    >>> net[2].weight.data[:] = np.inf
+    >>> locate_nonfinite(net, np.ones((1, 2), np.float32))
+    "layer '2' (Linear); non-finite parameters: 2.weight"
+    """
+    x = x.data if isinstance(x, Tensor) else np.asarray(x)
+    if x.dtype.kind in "fc" and not np.isfinite(x).all():
+        return "the input batch"
+    found, modules = [], list(model.named_modules())
+    buffers = [(b, b.copy()) for _, b in model.named_buffers()]
+    rng_state = default_generator().bit_generator.state
+    for name, m in modules:
+        def checked(*args, _m=m, _name=name, _forward=m.forward, **kwargs):
+            out = _forward(*args, **kwargs)
+            if not found and _nonfinite(out):
+                found.append(f"layer {_name!r} ({type(_m).__name__})" if _name else
+                             f"the forward of {type(_m).__name__} itself")
+            return out
+        object.__setattr__(m, "forward", checked)
+    try:
+        with no_grad(), np.errstate(all="ignore"):
+            model(x)
+    finally:
+        for _, m in modules:
+            m.__dict__.pop("forward", None)
+        for b, saved in buffers:
+            np.copyto(b, saved)
+        default_generator().bit_generator.state = rng_state
+    where = found[0] if found else "the loss (the model's outputs are finite)"
+    bad = [k for k, p in model.named_parameters() if not np.isfinite(p.data).all()]
+    return where + (f"; non-finite parameters: {', '.join(bad)}" if bad else "")
+
+
+def _run_epoch(model, loader, optimizer, progress=None, stop=None, skip: int = 0,
+               partial: dict | None = None, first_step: int = 1) -> dict:
+    """The batches of one epoch from batch ``skip`` on; returns the running totals.
+    Raises _Stop (totals in its args) after a batch when ``stop()`` says so or the
+    progress callback raised KeyboardInterrupt."""
     model.train()
-    losses, seen, correct = [], 0, 0
-    start = time.perf_counter()
-    for xb, yb in loader:
+    tot = dict(partial or {"losses": [], "seen": 0, "correct": 0, "seconds": 0.0})
+    tot["losses"] = list(tot["losses"])
+    start = time.perf_counter() - tot["seconds"]
+    for i, (xb, yb) in enumerate(loader):
+        if i < skip:
+            continue
         optimizer.zero_grad()
+        rng_state = default_generator().bit_generator.state
         logits = model(xb)
         loss = F.cross_entropy(logits, yb)
+        value = float(loss.item())
+        if not np.isfinite(value):
+            default_generator().bit_generator.state = rng_state
+            where = locate_nonfinite(model, xb)
+            step = first_step + i
+            raise NonFiniteLossError(f"train: the loss is {value} at step {step} (batch "
+                                     f"{i + 1} of the epoch); the first non-finite value "
+                                     f"appeared in {where}", step, where)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss.item()))
-        seen += len(yb)
-        correct += int((logits.data.argmax(axis=1) == yb).sum())
-        if progress is not None:
-            progress(losses, seen, correct, time.perf_counter() - start)
-    seconds = time.perf_counter() - start
-    return {"loss": float(np.mean(losses)), "accuracy": correct / max(seen, 1),
-            "seconds": seconds, "images_per_s": seen / seconds if seconds > 0 else 0.0,
-            "batch_losses": losses}
+        tot["losses"].append(value)
+        tot["seen"] += len(yb)
+        tot["correct"] += int((logits.data.argmax(axis=1) == yb).sum())
+        tot["seconds"] = time.perf_counter() - start
+        tot["batch"] = i + 1
+        try:
+            if progress is not None:
+                progress(tot["losses"], tot["seen"], tot["correct"], tot["seconds"])
+        except KeyboardInterrupt:
+            raise _Stop(tot) from None
+        if stop is not None and stop():
+            raise _Stop(tot)
+    return tot
+
+
+def _summary(tot: dict) -> dict:
+    secs, seen = tot["seconds"], tot["seen"]
+    return {"loss": float(np.mean(tot["losses"])), "accuracy": tot["correct"] / max(seen, 1),
+            "seconds": secs, "images_per_s": seen / secs if secs > 0 else 0.0,
+            "batch_losses": tot["losses"]}
+
+
+class _DeferredSigint:
+    """While active (main thread only), a first Ctrl-C only sets a flag that the loop
+    reads after each batch; a second one raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested, self._old = False, None
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
+def _generator_at(state: dict) -> np.random.Generator:
+    gen = np.random.default_rng()
+    gen.bit_generator.state = state
+    return gen
+
+
+def fit(model: nn.Module, loader: data.DataLoader, optimizer: optim.Optimizer,
+        scheduler=None, epochs: int = 1, *, checkpoint: str | None = None,
+        checkpoint_every: int | None = None, resume: str | None = None, progress=None,
+        on_epoch=None, on_epoch_start=None, meta=None) -> list:
+    """Train for ``epochs`` epochs (scheduler stepped after each); returns the history.
+
+    checkpoint : the file that ``checkpoint_every`` (epochs) and Ctrl-C write
+        (:mod:`fastconv.checkpoint`: model, optimiser, schedule, position, history, the
+        random states of fastconv's generator and of the loader's own shuffling
+        generator). A Ctrl-C stops after the current batch, writes ``checkpoint`` (when
+        given) and raises :class:`Interrupted`.
+    resume : a checkpoint to continue from; the weights at the end equal, bit for bit,
+        those of an uninterrupted run with the same seeds. (From the middle of an epoch
+        this needs a loader shuffling with its own generator, ``DataLoader(...,
+        seed=...)``; one drawing from fastconv's default generator resumes exactly from
+        epoch-end checkpoints only.)
+    progress : called after every batch with (losses, images, correct, seconds) of the
+        epoch so far (a KeyboardInterrupt raised there stops like Ctrl-C).
+    on_epoch : ``on_epoch(epoch, stats) -> record`` (JSON-able) for the history;
+        default: the epoch's stats. ``on_epoch_start(epoch, batches_done)`` (optional)
+        is called before each epoch's batches.
+    meta : a JSON-able value stored in the checkpoint; resuming requires it to match.
+    """
+    for key, val in (("epochs", epochs), ("checkpoint_every", checkpoint_every)):
+        if val is not None and not (isinstance(val, int) and val > 0):
+            raise ValueError(f"train: {key}={val!r} must be a positive int")
+    if checkpoint_every is not None and checkpoint is None:
+        raise ValueError("train: checkpoint_every needs a checkpoint path")
+    shuffler = getattr(loader, "_rng", None) if loader.shuffle else None
+    gens = {"shuffle": shuffler} if shuffler is not None else {}
+    epoch, skip, partial, history = 1, 0, None, []
+    if resume is not None:
+        got = ckpt.load(resume, model=model, optimizer=optimizer, scheduler=scheduler,
+                        generators=gens)
+        if not isinstance(got.extra, dict) or got.extra.get("meta") != meta:
+            had = got.extra.get("meta") if isinstance(got.extra, dict) else None
+            raise ckpt.CheckpointError(f"train: {resume} was written by a run with {had}, "
+                                       f"this run has {meta}")
+        epoch, skip = got.epoch, got.extra["batch"]
+        partial, history = got.extra["partial"], got.extra["history"]
+    n = len(loader)
+
+    def save(e, b, tot, shuffle_state):
+        extra = {"batch": b, "partial": tot, "history": history, "meta": meta}
+        g = {"shuffle": _generator_at(shuffle_state)} if shuffler is not None else None
+        ckpt.save(checkpoint, model=model, optimizer=optimizer, scheduler=scheduler,
+                  epoch=e, extra=extra, generators=g)
+
+    with _DeferredSigint() as sigint:
+        while epoch <= epochs:
+            shuffle_state = shuffler.bit_generator.state if shuffler is not None else None
+            if on_epoch_start is not None:
+                on_epoch_start(epoch, skip)
+            try:
+                tot = _run_epoch(model, loader, optimizer, progress, sigint, skip, partial,
+                                 (epoch - 1) * n + 1)
+            except _Stop as stop:
+                tot = stop.args[0]
+                where = f"epoch {epoch}, batch {tot['batch']}/{n}"
+                if checkpoint is None:
+                    raise Interrupted(f"interrupted at {where}; no checkpoint path, nothing "
+                                      "saved", None) from None
+                save(epoch, tot["batch"], tot, shuffle_state)
+                raise Interrupted(f"interrupted at {where}; wrote {checkpoint} (continue "
+                                  f"with --resume {checkpoint})", checkpoint) from None
+            except KeyboardInterrupt:
+                raise Interrupted(f"interrupted inside a step of epoch {epoch}; nothing "
+                                  "saved (the last checkpoint, if any, is whole)",
+                                  None) from None
+            stats = _summary(tot)
+            history.append(on_epoch(epoch, stats) if on_epoch is not None else stats)
+            if scheduler is not None:
+                scheduler.step()
+            epoch, skip, partial = epoch + 1, 0, None
+            if checkpoint_every is not None and (epoch - 1) % checkpoint_every == 0:
+                save(epoch, 0, None, shuffler.bit_generator.state if shuffler else None)
+    return history
 
 
 def load_dataset(name: str, seed: int = 0):
@@ -100,33 +324,46 @@ def build_optimizer(name: str, params, lr: float) -> optim.Optimizer:
         return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
     if name == "adam":
         return optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return optim.AdamW(params, lr=lr)
     raise ValueError(f"train: optimizer={name!r} is not known; acceptable values are "
                      f"{', '.join(map(repr, OPTIMIZERS))}")
 
 
-def _bar(total: int, desc: str, enabled: bool):
+def _bar(total: int, desc: str, enabled: bool, initial: int = 0):
     if not enabled:
         return None
     try:
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, desc=desc, unit="batch", file=sys.stderr, leave=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit="batch", file=sys.stderr,
+                leave=True)
 
 
 def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
         batch_size: int = 32, lr: float = 0.05, seed: int = 0, optimizer: str = "sgd",
-        out: str | None = None, progress: bool = True, log=print) -> dict:
+        out: str | None = None, progress: bool = True, log=print, *,
+        checkpoint: str | None = None, checkpoint_every: int | None = None,
+        resume: str | None = None) -> dict:
     """Train ``model`` on ``dataset`` and return the metrics (see module docstring).
 
     Seeding: the weights come from ``default_rng(seed)``, the shuffling from
     ``default_rng(seed + 1)``, the split from ``seed``; fastconv's default generator is
     seeded with ``seed`` too, so a run is repeatable bit for bit on one machine.
+
+    Checkpoints (see :func:`fit`): ``checkpoint`` is the file (default
+    ``<out>/checkpoint.npz``, or ``checkpoint.npz`` without ``out``), written every
+    ``checkpoint_every`` epochs (default: never) and on Ctrl-C, which raises
+    :class:`Interrupted`; ``resume`` continues a run from such a file (the other
+    arguments must be those of the run that wrote it).
     """
     if not (isinstance(epochs, int) and epochs > 0):
         raise ValueError(f"train: epochs={epochs!r} must be a positive int")
     if not lr > 0:
         raise ValueError(f"train: lr={lr!r} must be positive")
+    config = {"model": model, "dataset": dataset, "epochs": epochs,
+              "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer}
     manual_seed(seed)
     x_tr, y_tr, x_te, y_te, n_classes = load_dataset(dataset, seed)
     net = build_model(model, x_tr.shape[1], n_classes, x_tr.shape[-1],
@@ -134,34 +371,56 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
     opt = build_optimizer(optimizer, net.parameters(), lr)
     sched = optim.CosineAnnealingLR(opt, T_max=epochs)
     loader = data.DataLoader((x_tr, y_tr), batch_size, shuffle=True, seed=seed + 1)
+    if checkpoint is None:
+        checkpoint = os.path.join(out or ".", "checkpoint.npz")
     log(f"{model} on {dataset}: {len(y_tr)} training / {len(y_te)} test images of shape "
         f"{x_tr.shape[1:]}, {sum(p.numel() for p in net.parameters())} parameters")
+    if resume:
+        log(f"resuming from {resume}")
+    if out:
+        os.makedirs(out, exist_ok=True)
 
-    history, start = [], time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        bar = _bar(len(loader), f"epoch {epoch}/{epochs}", progress)
+    bars = {}
 
-        def show(losses, seen, correct, secs, bar=bar):
+    def new_bar(epoch, skip):
+        bars["bar"] = _bar(len(loader), f"epoch {epoch}/{epochs}", progress, initial=skip)
+
+    def show(losses, seen, correct, secs):
+        bar = bars.get("bar")
+        if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", acc=f"{correct / seen:.3f}",
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}",
+                            acc=f"{correct / seen:.3f}",
                             img_s=f"{seen / secs:.0f}" if secs > 0 else "-")
 
-        stats = train_epoch(net, loader, opt, show if bar is not None else None)
+    def record(epoch, stats):
+        close_bar()
+        test_loss, test_acc = evaluate(net, x_te, y_te)
+        if not progress:
+            log(f"epoch {epoch}: loss {stats['loss']:.4f}, train acc "
+                f"{stats['accuracy']:.4f}, test acc {test_acc:.4f}, "
+                f"{stats['images_per_s']:.0f} images/s")
+        return {"epoch": epoch, "lr": opt.param_groups[0]["lr"],
+                "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
+                "test_loss": test_loss, "test_accuracy": test_acc,
+                "seconds": stats["seconds"], "images_per_s": stats["images_per_s"],
+                "batch_losses": stats["batch_losses"]}
+
+    def close_bar():
+        bar = bars.pop("bar", None)
         if bar is not None:
             bar.close()
-        test_loss, test_acc = evaluate(net, x_te, y_te)
-        history.append({"epoch": epoch, "lr": opt.param_groups[0]["lr"],
-                        "train_loss": stats["loss"], "train_accuracy": stats["accuracy"],
-                        "test_loss": test_loss, "test_accuracy": test_acc,
-                        "seconds": stats["seconds"], "images_per_s": stats["images_per_s"],
-                        "batch_losses": stats["batch_losses"]})
-        sched.step()
-        if not progress:
-            log(f"epoch {epoch}: loss {stats['loss']:.4f}, train acc {stats['accuracy']:.4f}, "
-                f"test acc {test_acc:.4f}, {stats['images_per_s']:.0f} images/s")
+
+    start = time.perf_counter()
+    try:
+        history = fit(net, loader, opt, sched, epochs, checkpoint=checkpoint,
+                      checkpoint_every=checkpoint_every, resume=resume,
+                      progress=show if progress else None, on_epoch=record,
+                      on_epoch_start=new_bar, meta=config)
+    finally:
+        close_bar()
     metrics = {
-        "config": {"model": model, "dataset": dataset, "epochs": epochs,
-                   "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer},
+        "config": config,
         "test_accuracy": history[-1]["test_accuracy"],
         "test_loss": history[-1]["test_loss"],
         "train_seconds": time.perf_counter() - start,
@@ -171,7 +430,6 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
     log(f"test accuracy: {100 * metrics['test_accuracy']:.2f}% ({n_right}/{len(y_te)}) after "
         f"{epochs} epochs, {metrics['train_seconds']:.1f} s")
     if out:
-        os.makedirs(out, exist_ok=True)
         nn.save(net.state_dict(), os.path.join(out, "weights.npz"))
         with open(os.path.join(out, "metrics.json"), "w") as f:
             json.dump(metrics, f, indent=2)

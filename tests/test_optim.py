@@ -164,3 +164,143 @@ def test_cosine_annealing_lr():
     assert lrs[0] == pytest.approx(0.1) and lrs[4] == pytest.approx(0.01)
     with pytest.raises(TypeError, match="is not an Optimizer"):
         optim.CosineAnnealingLR(object(), 3)
+
+
+# ---------------------------------------------------------------------- state dicts
+_OPTIMS = [("SGD", dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-2)),
+           ("SGD", dict(lr=0.1, momentum=0.5, dampening=0.2)),
+           ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1)),
+           ("Adam", dict(lr=0.01, amsgrad=True)),
+           ("AdamW", dict(lr=0.01, weight_decay=0.1))]
+
+
+def _run(opt, params, grads):
+    for gs in grads:
+        for p, g in zip(params, gs, strict=True):
+            p.grad = g
+        opt.step()
+
+
+@pytest.mark.parametrize("name,kw", _OPTIMS)
+def test_optimizer_state_dict_round_trip(rng, name, kw):
+    """Stopping after 3 steps and continuing from the state dict in a fresh optimiser
+    gives the uninterrupted run's values exactly."""
+    params = _params(rng)
+    start = [p.data.copy() for p in params]
+    grads = _grads(rng, params, 6)
+    opt = getattr(optim, name)(params, **kw)
+    _run(opt, params, grads)
+    full = [p.data.copy() for p in params]
+
+    for p, s in zip(params, start, strict=True):
+        p.data = s.copy()
+    first = getattr(optim, name)(params, **kw)
+    _run(first, params, grads[:3])
+    sd = first.state_dict()
+    midway = [p.data.copy() for p in params]
+    _run(first, params, grads[3:4])                    # the saved copies must not move
+    for p, w in zip(params, midway, strict=True):
+        p.data = w
+    second = getattr(optim, name)(params, lr=123.0)
+    second.load_state_dict(sd)
+    assert second.param_groups[0]["lr"] == kw["lr"]
+    _run(second, params, grads[3:])
+    for p, f in zip(params, full, strict=True):
+        np.testing.assert_array_equal(p.data, f)
+
+
+def test_optimizer_load_state_dict_errors(rng):
+    params = _params(rng)
+    opt = optim.Adam(params)
+    _run(opt, params, _grads(rng, params, 1))
+    sd = opt.state_dict()
+    with pytest.raises(ValueError, match="expected a dict with the keys 'state' and "
+                                         "'param_groups', got \\['state'\\]"):
+        opt.load_state_dict({"state": {}})
+    two = optim.Adam([{"params": params[:1]}, {"params": params[1:]}])
+    with pytest.raises(ValueError, match="the state dict has 1 parameter groups, the "
+                                         "optimiser 2"):
+        two.load_state_dict(sd)
+    one = optim.Adam(params[:1])
+    with pytest.raises(ValueError, match="parameter group 0 has 2 parameters in the state "
+                                         "dict, 1 in the optimiser"):
+        one.load_state_dict(sd)
+    bad = opt.state_dict()
+    bad["state"][1]["exp_avg"] = np.zeros((5,))
+    with pytest.raises(ValueError, match=r"exp_avg of parameter 1 has shape \(5,\) in the "
+                                         r"state dict, the parameter \(4,\)"):
+        opt.load_state_dict(bad)
+    with pytest.raises(ValueError, match=r"SGD.load_state_dict: parameter 0 has unknown "
+                                         r"state \['exp_avg', 'exp_avg_sq', 'step'\]"):
+        optim.SGD(params, momentum=0.9).load_state_dict(sd)
+    bad = opt.state_dict()
+    bad["state"][7] = bad["state"].pop(1)
+    with pytest.raises(ValueError, match="state for parameter 7, but the optimiser has 2"):
+        opt.load_state_dict(bad)
+
+
+@pytest.mark.parametrize("cls,kw", [(optim.StepLR, dict(step_size=2, gamma=0.5)),
+                                    (optim.CosineAnnealingLR, dict(T_max=5, eta_min=0.01))])
+def test_scheduler_state_dict_round_trip(rng, cls, kw):
+    params = _params(rng)
+    opt = optim.SGD(params, lr=0.1)
+    sched = cls(opt, **kw)
+    for _ in range(3):
+        sched.step()
+    sd = sched.state_dict()
+    assert sd["last_epoch"] == 3 and sd["base_lrs"] == [0.1]
+    lrs = []
+    for _ in range(3):
+        sched.step()
+        lrs.append(sched.get_last_lr())
+    opt2 = optim.SGD(params, lr=0.1)
+    sched2 = cls(opt2, **kw)
+    opt2.load_state_dict(opt.state_dict())
+    sched2.load_state_dict(sd)
+    assert sched2.last_epoch == 3
+    lrs2 = []
+    for _ in range(3):
+        sched2.step()
+        lrs2.append(sched2.get_last_lr())
+    assert lrs2 == lrs
+    with pytest.raises(ValueError, match=r"missing keys \[\], unknown keys \['foo'\]"):
+        sched2.load_state_dict({**sd, "foo": 1})
+    with pytest.raises(ValueError, match="2 base learning rates in the state dict, 1 "
+                                         "parameter groups"):
+        sched2.load_state_dict({**sd, "base_lrs": [0.1, 0.1]})
+
+
+@pytest.mark.parametrize("name,kw", _OPTIMS)
+def test_state_dicts_match_torch(rng, name, kw):
+    """Structure and values of the optimiser's and the schedule's state dicts against
+    torch's after a few steps (torch adds its implementation flags to the groups)."""
+    torch = pytest.importorskip("torch")
+    params = _params(rng)
+    tparams = [torch.tensor(p.data.copy(), requires_grad=True) for p in params]
+    grads = _grads(rng, params, 4)
+    opt = getattr(optim, name)(params, **kw)
+    topt = getattr(torch.optim, name)(tparams, **kw)
+    sched = optim.CosineAnnealingLR(opt, T_max=6, eta_min=1e-3)
+    tsched = torch.optim.lr_scheduler.CosineAnnealingLR(topt, T_max=6, eta_min=1e-3)
+    for gs in grads:
+        for p, tp, g in zip(params, tparams, gs, strict=True):
+            p.grad, tp.grad = g, torch.tensor(g)
+        opt.step()
+        topt.step()
+        sched.step()
+        tsched.step()
+    sd, tsd = opt.state_dict(), topt.state_dict()
+    assert set(sd) == set(tsd) and list(sd["state"]) == list(tsd["state"])
+    for i, st in sd["state"].items():
+        assert set(st) == set(tsd["state"][i])
+        for k, v in st.items():
+            np.testing.assert_allclose(v, tsd["state"][i][k].numpy(), rtol=1e-10, atol=1e-14)
+    flags = {"foreach", "fused", "differentiable", "capturable", "decoupled_weight_decay"}
+    for g, tg in zip(sd["param_groups"], tsd["param_groups"], strict=True):
+        assert set(g) <= set(tg) and set(tg) - set(g) <= flags
+        for k, v in g.items():
+            assert v == pytest.approx(tg[k], rel=1e-12), k
+    ssd, tssd = sched.state_dict(), tsched.state_dict()
+    assert set(ssd) <= set(tssd)
+    for k, v in ssd.items():
+        assert v == pytest.approx(tssd[k], rel=1e-12), k

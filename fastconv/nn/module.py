@@ -9,6 +9,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..autograd import Tensor
+from ..checkpoint import read_npz, write_npz
 
 
 class Parameter(Tensor):
@@ -289,13 +290,16 @@ def _check_module(op, name, m):
 
 
 def save(state_dict, path) -> None:
-    """Write a state dict (name -> array) to ``path`` as an uncompressed .npz."""
-    arrays = {k: np.asarray(v.data if isinstance(v, Tensor) else v) for k, v in state_dict.items()}
-    with open(path, "wb") as f:
-        np.savez(f, **arrays)
+    """Write a state dict (name -> array) to ``path`` as an uncompressed .npz, atomically
+    (a temporary file in the same directory, then ``os.replace``); no pickles."""
+    write_npz(path, {k: np.asarray(v.data if isinstance(v, Tensor) else v)
+                     for k, v in state_dict.items()})
 
 
 def load(path) -> OrderedDict:
-    """Read a state dict written by :func:`save` (keys in their saved order)."""
-    with np.load(path, allow_pickle=False) as z:
-        return OrderedDict((k, z[k]) for k in z.files)
+    """Read a state dict written by :func:`save` (keys in their saved order).
+
+    Raises ``fastconv.checkpoint.CheckpointError`` (a ValueError) naming the file when it
+    is not an .npz archive or holds an object array (refused, never unpickled).
+    """
+    return OrderedDict(read_npz(path))

@@ -89,12 +89,23 @@ def cmd_calibrate(args) -> int:
 
 
 def cmd_train(args) -> int:
-    """``fastconv train``: train a small CNN (fastconv.training.run)."""
+    """``fastconv train``: train a small CNN (fastconv.training.run). Exit status 130
+    after Ctrl-C (a checkpoint written), 1 on a NaN/Inf loss or an unusable --resume."""
     from fastconv import training
+    from fastconv.checkpoint import CheckpointError
 
-    training.run(model=args.model, dataset=args.dataset, epochs=args.epochs,
-                 batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                 optimizer=args.optimizer, out=args.out, progress=not args.no_progress)
+    try:
+        training.run(model=args.model, dataset=args.dataset, epochs=args.epochs,
+                     batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                     optimizer=args.optimizer, out=args.out, progress=not args.no_progress,
+                     checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                     resume=args.resume)
+    except training.Interrupted as e:
+        print(f"fastconv train: {e.message}", file=sys.stderr)
+        return 130
+    except (training.NonFiniteLossError, CheckpointError) as e:
+        print(f"fastconv train: {str(e).removeprefix('train: ')}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -109,9 +120,17 @@ def add_train_parser(sub) -> None:
     pt.add_argument("--lr", type=float, default=0.05,
                     help="initial learning rate (cosine-annealed to 0 over the epochs)")
     pt.add_argument("--seed", type=int, default=0)
-    pt.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd",
-                    help="sgd: momentum 0.9, weight decay 5e-4; adam: torch's defaults")
+    pt.add_argument("--optimizer", choices=["sgd", "adam", "adamw"], default="sgd",
+                    help="sgd: momentum 0.9, weight decay 5e-4; adam, adamw: torch's "
+                         "defaults")
     pt.add_argument("--out", default=None, help="directory for weights.npz and metrics.json")
+    pt.add_argument("--checkpoint", default=None, metavar="PATH",
+                    help="checkpoint file written by --checkpoint-every and by Ctrl-C "
+                         "(default: <out>/checkpoint.npz, or ./checkpoint.npz)")
+    pt.add_argument("--checkpoint-every", type=int, default=None, metavar="N",
+                    help="write the checkpoint every N epochs (default: only on Ctrl-C)")
+    pt.add_argument("--resume", default=None, metavar="PATH",
+                    help="continue the run that wrote this checkpoint (same options)")
     pt.add_argument("--no-progress", action="store_true", help="one line per epoch, no bar")
     pt.set_defaults(func=cmd_train)
 
