@@ -2,9 +2,10 @@
 log_softmax.
 
 Every op maps an array ``a`` of any shape to an array ``y`` of the same shape and dtype.
-All but Log, LeakyReLU and GELU write their derivative in terms of ``y``, so their forward keeps ``y`` (not
-``a``) for the backward pass: :func:`_forward_keeping_output` (and, for softmax and
-log_softmax, :func:`_forward_along_axis_keeping_output`) builds that forward.
+All but Log, LeakyReLU and GELU write their derivative in terms of ``y``, so their
+forward keeps ``y`` (not ``a``) for the backward pass: :func:`_forward_keeping_output`
+(and, for softmax and log_softmax, :func:`_forward_along_axis_keeping_output`) builds
+that forward.
 """
 
 from __future__ import annotations

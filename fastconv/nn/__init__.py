@@ -2,7 +2,8 @@
 
 ``fastconv.nn.functional`` holds the differentiable ops (losses in ``nn.losses``, resizing
 in ``nn.interpolate``); ``fastconv.nn.activations`` the activation layers;
-``fastconv.nn.init`` the initialisers; :func:`save` / :func:`load` write and read state dicts as .npz.
+``fastconv.nn.init`` the initialisers; :func:`save` / :func:`load` write and read state
+dicts as .npz.
 """
 
 from . import functional, init, losses  # noqa: F401

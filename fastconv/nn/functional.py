@@ -17,9 +17,17 @@ from .. import _blas
 from .. import conv as _conv
 from .. import norm as _norm
 from .. import pool as _pool
-from ..autograd import GELU, Function, LeakyReLU, LogSoftmax, Reshape, Softmax, Tensor
+from ..autograd import (
+    GELU,
+    Function,
+    LeakyReLU,
+    LogSoftmax,
+    Reshape,
+    Softmax,
+    Tensor,
+    log_softmax_array,
+)
 from ..autograd import ReLU as _ReLU
-from ..autograd import log_softmax_array
 from ..autograd import Sigmoid as _Sigmoid
 from ..autograd import Tanh as _Tanh
 from ..autograd.dims import dim_index, flat_shape

@@ -156,6 +156,9 @@ def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
     if mode not in MODES:
         raise ValueError(f"{op}: mode={mode!r} is not supported; acceptable modes are "
                          f"{', '.join(map(repr, MODES))}")
+    if mode == "bilinear" and x.dtype.kind != "f":
+        raise TypeError(f"{op}: mode='bilinear' needs floating-point input, got dtype "
+                        f"{x.dtype}")
     if x.ndim != 4:
         raise ValueError(f"{op}: input must be 4-D ({lay.name}), got shape {x.shape}")
     if mode == "nearest" and align_corners is not None:

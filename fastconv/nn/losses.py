@@ -101,7 +101,9 @@ def mse_loss(input, target, reduction: str = "mean") -> Tensor:
 class BCEWithLogits(Function):
     """-w [p y log s(x) + (1 - y) log(1 - s(x))] with s the sigmoid, p the positive
     weight and w the weight, computed stably as w [(1 - y) x + l softplus(-x)] with
-    l = 1 + (p - 1) y and softplus(-x) = log1p(exp(-|x|)) + max(-x, 0) (torch's formula).
+    l = 1 + (p - 1) y and softplus(-x) = log1p(exp(-|x|)) + max(-x, 0) (torch's formula),
+    its first part (1 - y) x + softplus(-x) as max(x, 0) - x y + log1p(exp(-|x|)) so that
+    a confident right answer does not lose its small loss to cancellation.
 
     Gradients: x: w [(1 - y) + l (s(x) - 1)]; y: w [(p - 1) softplus(-x) - x];
     w: the unweighted loss; p: w y softplus(-x) (the last two summed to their shapes).
@@ -110,9 +112,15 @@ class BCEWithLogits(Function):
     @staticmethod
     def forward(ctx, x, y, weight=None, pos_weight=None, reduction="mean"):
         one = x.dtype.type(1)
-        softplus = np.log1p(np.exp(-np.abs(x))) + np.maximum(-x, 0)
-        lw = one if pos_weight is None else one + (pos_weight - one) * y
-        losses = (one - y) * x + lw * softplus
+        log1p_exp = np.log1p(np.exp(-np.abs(x)))
+        softplus = log1p_exp + np.maximum(-x, 0)
+        # (1 - y) x + softplus(-x) without the cancellation of its two terms
+        losses = np.maximum(x, 0) - x * y + log1p_exp
+        if pos_weight is None:
+            lw = one
+        else:
+            lw = one + (pos_weight - one) * y
+            losses = losses + (lw - one) * softplus
         ctx.save_for_backward(x, y, weight, pos_weight, softplus, lw, losses)
         ctx.reduction = reduction
         if weight is not None:
@@ -128,7 +136,9 @@ class BCEWithLogits(Function):
         need_x, need_y, need_w, need_p = ctx.needs_input_grad
         gx = gy = gweight = gpos = None
         if need_x:
-            gx = gw * ((one - y) + lw * (sigmoid_array(x) - one))
+            # (1 - y) + l (s(x) - 1) = (1 - y) s(x) - (l - 1 + y) s(-x): no cancellation
+            # when the logit is confidently right
+            gx = gw * ((one - y) * sigmoid_array(x) - (lw - one + y) * sigmoid_array(-x))
         if need_y:
             p_minus_1 = 0 if pos_weight is None else pos_weight - one
             gy = gw * (p_minus_1 * softplus - x)
