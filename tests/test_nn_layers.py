@@ -196,6 +196,16 @@ def test_interpolate_scale_factor_reads_by_the_scale(rng):
     np.testing.assert_array_equal(y, x[:, :, [0, 2, 5]][:, :, :, [0, 2, 5]])
     np.testing.assert_array_equal(y, _nearest_reference(x, 3, 3, (0.35, 0.35)))
     assert F.interpolate(x, scale_factor=(2, 0.5)).shape == (1, 2, 20, 5)
+    # recompute_scale_factor=True: read by the sizes, floor(i * 10 / 3) = 0, 3, 6
+    y = F.interpolate(x, scale_factor=0.35, recompute_scale_factor=True).numpy()
+    np.testing.assert_array_equal(y, x[:, :, [0, 3, 6]][:, :, :, [0, 3, 6]])
+
+
+def test_interpolate_to_the_same_size_copies(rng):
+    x = rng.standard_normal((1, 2, 3, 4))
+    y = F.interpolate(x, (3, 4)).numpy()
+    np.testing.assert_array_equal(y, x)
+    assert not np.shares_memory(y, x)
 
 
 @pytest.mark.parametrize("align_corners", [False, True])
@@ -268,6 +278,9 @@ def test_interpolate_errors():
     with pytest.raises(ValueError, match=r"interpolate: input size \(4, 4\) and output size "
                        r"\(0, 0\) must be positive"):
         F.interpolate(x, scale_factor=0.1)
+    with pytest.raises(ValueError, match="interpolate: recompute_scale_factor=True is only "
+                       "meaningful with scale_factor, not with size=2"):
+        F.interpolate(x, 2, recompute_scale_factor=True)
     with pytest.raises(ValueError, match="interpolate: layout='HWC' is not supported"):
         F.interpolate(x, 2, layout="HWC")
     with pytest.raises(TypeError, match="interpolate: mode='bilinear' needs floating-point "

@@ -57,7 +57,8 @@ def test_activations_match_torch(rng, dtype):
 def test_interpolate_matches_torch(rng, mode, align_corners, dtype, layout):
     sizes = [dict(size=(7, 3)), dict(size=(10, 12)), dict(size=1), dict(scale_factor=2),
              dict(scale_factor=(0.35, 1.7)), dict(scale_factor=3.0001),
-             dict(scale_factor=(2.5, 0.75))]
+             dict(scale_factor=(2.5, 0.75)), dict(size=(5, 4)),
+             dict(scale_factor=(0.35, 1.7), recompute_scale_factor=True)]
     for kw in sizes:
         a, b = _both(rng, (2, 3, 5, 6), dtype)
         x = a if layout == "NCHW" else Tensor(np.ascontiguousarray(

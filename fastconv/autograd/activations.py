@@ -186,7 +186,8 @@ class GELU(Function):
         if approximate == "tanh":
             k, c = a.dtype.type(_SQRT_2_OVER_PI), a.dtype.type(_GELU_CUBIC)
             return half * a * (one + np.tanh(k * (a + c * a * a * a)))
-        return half * a * (one + _erf(a * a.dtype.type(math.sqrt(0.5))))
+        return (half * a * (one + _erf(a * a.dtype.type(math.sqrt(0.5))))).astype(a.dtype,
+                                                                                copy=False)
 
     @staticmethod
     def backward(ctx, g):

@@ -54,7 +54,7 @@ def linear_weights(n_in: int, n_out: int, scale: float | None, align_corners: bo
     """(i0, i1, w0, w1): output j = w0[j] * in[i0[j]] + w1[j] * in[i1[j]] (torch's
     linear source index: j * (n_in - 1) / (n_out - 1) with align_corners, else
     (j + 0.5) * s - 0.5 clamped at 0, s as in :func:`nearest_indices`)."""
-    t = np.dtype(np.float32 if np.dtype(dtype) == np.float32 else np.float64).type
+    t = np.float64 if np.dtype(dtype) == np.float64 else np.float32   # torch's opmath type
     j = np.arange(n_out).astype(t)
     if align_corners:
         s = t(n_in - 1) / t(n_out - 1) if n_out > 1 else t(0)
@@ -109,7 +109,8 @@ def _scatter(g: np.ndarray, axis: int, taps, n_in: int) -> np.ndarray:
 
 class Interpolate(Function):
     """Resize the spatial axes of x (4-D in ``layout``) with per-axis ``taps``: for each
-    spatial axis a list of (index, weight or None) pairs (see :func:`_gather`)."""
+    spatial axis a list of (index, weight or None) pairs (see :func:`_gather`), empty
+    for an axis that keeps its pixels."""
 
     @staticmethod
     def forward(ctx, x, taps, layout="NCHW"):
@@ -117,13 +118,15 @@ class Interpolate(Function):
         ctx.taps, ctx.axes, ctx.shape = taps, lay.spatial_axes, x.shape
         y = x
         for axis, axis_taps in zip(lay.spatial_axes, taps, strict=True):
-            y = _gather(y, axis, axis_taps)
-        return y
+            if axis_taps:                           # no taps: the axis is kept as it is
+                y = _gather(y, axis, axis_taps)
+        return y.copy() if y is x else y
 
     @staticmethod
     def backward(ctx, g):
         for axis, axis_taps in zip(ctx.axes, ctx.taps, strict=True):
-            g = _scatter(g, axis, axis_taps, ctx.shape[axis])
+            if axis_taps:
+                g = _scatter(g, axis, axis_taps, ctx.shape[axis])
         return g
 
 
@@ -139,13 +142,15 @@ def _per_axis(op: str, name: str, value, kind) -> tuple:
 
 
 def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
-                align_corners: bool | None = None, *, layout: str = "NCHW") -> Tensor:
+                align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
+                *, layout: str = "NCHW") -> Tensor:
     """Resize a 4-D input (N, C, H, W) (NHWC: (N, H, W, C)) to ``size`` or by
     ``scale_factor`` (torch's F.interpolate for its "nearest" and "bilinear" modes).
 
     size : (H_out, W_out) or one int for both.
     scale_factor : a positive number or a pair; the output has floor(H * s) rows, and the
-        pixels read are those of the scale s itself (torch's recompute_scale_factor=None).
+        pixels read are those of the scale s itself, unless recompute_scale_factor=True:
+        then they are those of the sizes (H / H_out), as if ``size`` had been given.
     mode : "nearest" (torch's legacy nearest: floor(i * H / H_out)) or "bilinear".
     align_corners : bilinear only (None means False): whether the corner pixels of input
         and output are aligned (True) or their edges (False, half-pixel centres).
@@ -167,6 +172,9 @@ def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
     if (size is None) == (scale_factor is None):
         raise ValueError(f"{op}: exactly one of size and scale_factor must be given, got "
                          f"size={size!r} and scale_factor={scale_factor!r}")
+    if recompute_scale_factor and size is not None:
+        raise ValueError(f"{op}: recompute_scale_factor=True is only meaningful with "
+                         f"scale_factor, not with size={size!r}")
     n_in = tuple(x.shape[a] for a in lay.spatial_axes)
     if size is not None:
         n_out, scales = _per_axis(op, "size", size, numbers.Integral), (None, None)
@@ -177,13 +185,15 @@ def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
             raise ValueError(f"{op}: scale_factor={scale_factor!r} must be positive and "
                              "finite")
         n_out = tuple(math.floor(n * s) for n, s in zip(n_in, scales, strict=True))
+        if recompute_scale_factor:
+            scales = (None, None)
     if min(n_out) <= 0 or min(n_in) <= 0:
         raise ValueError(f"{op}: input size {n_in} and output size {tuple(n_out)} must be "
                          "positive")
     taps = []
     for n, m, s in zip(n_in, n_out, scales, strict=True):
         if mode == "nearest":
-            taps.append([(nearest_indices(n, m, s), None)])
+            taps.append([] if m == n else [(nearest_indices(n, m, s), None)])
         else:
             i0, i1, w0, w1 = linear_weights(n, m, s, bool(align_corners), x.dtype)
             taps.append([(i0, w0), (i1, w1)])

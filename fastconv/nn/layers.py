@@ -297,15 +297,16 @@ class Upsample(Module):
     "bilinear". The arguments are checked on the first call, as torch."""
 
     def __init__(self, size=None, scale_factor=None, mode: str = "nearest",
-                 align_corners: bool | None = None, *, layout: str = "NCHW"):
+                 align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
+                 *, layout: str = "NCHW"):
         super().__init__()
         self.size, self.scale_factor, self.mode = size, scale_factor, mode
-        self.align_corners = align_corners
+        self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
         self.layout = get_layout("Upsample", layout).name
 
     def forward(self, x):
         return F.interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners,
-                             layout=self.layout)
+                             self.recompute_scale_factor, layout=self.layout)
 
     def extra_repr(self) -> str:
         what = f"size={self.size!r}" if self.size is not None else \
