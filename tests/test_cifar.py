@@ -6,6 +6,7 @@ import hashlib
 import io
 import os
 import pickle
+import shutil
 import tarfile
 import urllib.request
 
@@ -84,6 +85,9 @@ def test_load_cifar10_nhwc_cache_and_config_mirror(tmp_path, mirror, monkeypatch
     monkeypatch.setattr(config, "CACHE_DIR", str(tmp_path / "home"))
     with pytest.raises(OSError, match="fetch: could not download"):
         cifar.load_cifar10()                                  # default cache: empty
+    shutil.copy(os.path.join(cache, cifar.CIFAR10_ARCHIVE), src)
+    np.testing.assert_array_equal(cifar.load_cifar10()[1], nchw[1])
+    assert os.listdir(tmp_path / "home" / "cifar10") == [cifar.CIFAR10_ARCHIVE]
 
 
 def test_load_cifar10_bad_checksum(tmp_path, mirror):
