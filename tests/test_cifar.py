@@ -7,6 +7,7 @@ import io
 import os
 import pickle
 import shutil
+import struct
 import tarfile
 import urllib.request
 
@@ -117,6 +118,33 @@ def test_load_cifar10_rechecks_the_bytes_it_reads(tmp_path, mirror, monkeypatch)
     monkeypatch.setattr(cifar, "fetch", fetch_then_tamper)
     with pytest.raises(ValueError, match="load_cifar10: checksum mismatch .* not reading it"):
         cifar.load_cifar10(mirror=str(src), cache_dir=str(cache), sha256=sha)
+
+
+def _python2_batch(data: np.ndarray, labels: list) -> bytes:
+    """A batch pickled as the published ones were (python 2, protocol 2): keys and the
+    array's bytes as python 2 strs, the array by numpy.core.multiarray._reconstruct."""
+    def s(b):                                   # SHORT_BINSTRING
+        return b"U" + bytes([len(b)]) + b
+    array = (b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85" + s(b"b")
+             + b"\x87R(K\x01K" + bytes([len(data)]) + b"M" + struct.pack("<H", 3072)
+             + b"\x86cnumpy\ndtype\n" + s(b"u1") + b"K\x00K\x01\x87R(K\x03" + s(b"|")
+             + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb\x89T"
+             + struct.pack("<I", data.nbytes) + data.tobytes() + b"tb")
+    label_list = b"](" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
+    return b"\x80\x02}(" + s(b"data") + array + s(b"labels") + label_list + b"u."
+
+
+def test_load_cifar10_reads_python2_batches(tmp_path, rng):
+    arrays, _ = _batches(rng)
+    blobs = {name: _python2_batch(*arrays[name]) for name in arrays}
+    src = tmp_path / "mirror"
+    src.mkdir()
+    sha = _archive(src / cifar.CIFAR10_ARCHIVE, blobs)
+    x_tr, y_tr, x_te, y_te = cifar.load_cifar10(mirror=str(src), cache_dir=str(tmp_path / "c"),
+                                                sha256=sha)
+    data, labels = arrays[cifar.CIFAR10_TEST_BATCH]
+    np.testing.assert_array_equal(np.rint(x_te.reshape(PER_BATCH, -1) * 255), data)
+    assert y_te.tolist() == labels and x_tr.shape == (5 * PER_BATCH, 3, 32, 32)
 
 
 class _WritesAFile:
