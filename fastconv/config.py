@@ -16,6 +16,7 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
 | MNIST_MIRROR         | FASTCONV_MNIST_MIRROR         | None (the usual mirror)    |
 | FASHION_MNIST_MIRROR | FASTCONV_FASHION_MNIST_MIRROR | None (the usual mirror)    |
+| CIFAR10_MIRROR       | FASTCONV_CIFAR10_MIRROR       | None (the usual mirror)    |
 | CUDA_BLOCK           | FASTCONV_CUDA_BLOCK           | 256                        |
 | CUDA_MAX_BLOCKS      | FASTCONV_CUDA_MAX_BLOCKS      | 8192                       |
 | CUDA_GEMM_TILE       | FASTCONV_CUDA_GEMM_TILE       | 16                         |
@@ -99,6 +100,9 @@ SMALL_GEMM_MACS: int = int(_env_float("FASTCONV_SMALL_GEMM_MACS", 1 << 25))
 #: (fastconv.data.MNIST_DATASETS). Files are checked against their SHA-256 either way.
 MNIST_MIRROR: str | None = os.environ.get("FASTCONV_MNIST_MIRROR") or None
 FASHION_MNIST_MIRROR: str | None = os.environ.get("FASTCONV_FASHION_MNIST_MIRROR") or None
+#: Where fastconv.cifar.load_cifar10 downloads cifar-10-python.tar.gz from (as MNIST_MIRROR);
+#: None means fastconv.cifar.CIFAR10_MIRROR. The archive is SHA-256 checked either way.
+CIFAR10_MIRROR: str | None = os.environ.get("FASTCONV_CIFAR10_MIRROR") or None
 # --------------------------------------------------------------------------- CUDA path
 # (fastconv.cuda; read when its kernels launch, so they may be changed at run time)
 

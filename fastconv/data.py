@@ -1,5 +1,6 @@
 """Datasets and batching: scikit-learn's digits, MNIST / Fashion-MNIST (downloaded, checked,
 cached), a synthetic-shapes set that needs nothing, a DataLoader and a seeded split.
+CIFAR-10 is in ``fastconv.cifar`` (its loader reuses :func:`fetch`).
 
 Images are float32 (N, 1, H, W) in [0, 1]; labels are int64 (N,).
 """

@@ -14,7 +14,7 @@ Modules:
 - ``grad_mode``: :class:`no_grad`, :func:`is_grad_enabled`;
 - ``arithmetic``: +, -, *, /, unary -, ** and @ with numpy's broadcasting;
 - ``shape_ops``: sum, mean, reshape, permute, indexing;
-- ``activations``: exp, log, relu, tanh, sigmoid, softmax, log_softmax;
+- ``activations``: exp, log, relu, leaky_relu, gelu, tanh, sigmoid, softmax, log_softmax;
 - ``dims``: torch-style ``dim`` arguments turned into numpy axes;
 - ``gradcheck``: :func:`gradcheck`, finite differences against the analytic gradient.
 
@@ -29,7 +29,18 @@ gradients are cast back to each input's dtype.
 """
 
 from ..rng import default_generator, manual_seed
-from .activations import Exp, Log, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh, log_softmax_array
+from .activations import (
+    GELU,
+    Exp,
+    LeakyReLU,
+    Log,
+    LogSoftmax,
+    ReLU,
+    Sigmoid,
+    Softmax,
+    Tanh,
+    log_softmax_array,
+)
 from .arithmetic import Add, Div, MatMul, Mul, Neg, Pow, Sub, unbroadcast
 from .function import Function
 from .grad_mode import is_grad_enabled, no_grad
@@ -38,7 +49,8 @@ from .shape_ops import GetItem, Mean, Permute, Reshape, Sum
 from .tensor import Tensor, grad
 
 __all__ = [
-    "Add", "Div", "Exp", "Function", "GetItem", "GradcheckError", "Log", "LogSoftmax",
+    "GELU", "Add", "Div", "Exp", "Function", "GetItem", "GradcheckError", "LeakyReLU", "Log",
+    "LogSoftmax",
     "MatMul", "Mean", "Mul", "Neg", "Permute", "Pow", "ReLU", "Reshape", "Sigmoid",
     "Softmax", "Sub", "Sum", "Tanh", "Tensor", "default_generator", "grad", "gradcheck",
     "is_grad_enabled", "log_softmax_array", "manual_seed", "no_grad", "unbroadcast",

@@ -1,12 +1,16 @@
-"""Element-wise functions (exp, log, relu, tanh, sigmoid) and softmax / log_softmax.
+"""Element-wise functions (exp, log, relu, leaky_relu, gelu, tanh, sigmoid) and softmax /
+log_softmax.
 
 Every op maps an array ``a`` of any shape to an array ``y`` of the same shape and dtype.
-All but Log write their derivative in terms of ``y``, so their forward keeps ``y`` (not
-``a``) for the backward pass: :func:`_forward_keeping_output` (and, for softmax and
-log_softmax, :func:`_forward_along_axis_keeping_output`) builds that forward.
+All but Log, LeakyReLU and GELU write their derivative in terms of ``y``, so their
+forward keeps ``y`` (not ``a``) for the backward pass: :func:`_forward_keeping_output`
+(and, for softmax and log_softmax, :func:`_forward_along_axis_keeping_output`) builds
+that forward.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -136,3 +140,66 @@ class LogSoftmax(Function):
     def backward(ctx, g):
         y = ctx.saved_tensors[0]
         return g - np.exp(y) * g.sum(axis=ctx.axis, keepdims=True)
+
+
+class LeakyReLU(Function):
+    """a where a > 0, else negative_slope * a (NaN stays NaN); the gradient is 1 where
+    a > 0 and negative_slope elsewhere (at 0 too, as torch)."""
+
+    @staticmethod
+    def forward(ctx, a, negative_slope=0.01):
+        positive = a > 0
+        ctx.save_for_backward(positive)
+        ctx.slope = a.dtype.type(negative_slope)
+        return np.where(positive, a, a * ctx.slope)
+
+    @staticmethod
+    def backward(ctx, g):
+        return np.where(ctx.saved_tensors[0], g, g * ctx.slope)
+
+
+def _erf(a: np.ndarray) -> np.ndarray:
+    """scipy's erf (imported on first use: scipy.special is slow to import)."""
+    from scipy.special import erf
+
+    return erf(a)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+class GELU(Function):
+    """Gaussian error linear unit, torch's two forms:
+
+    - approximate="none": a * Phi(a) = a / 2 (1 + erf(a / sqrt 2)); the derivative is
+      Phi(a) + a phi(a) with phi the standard normal density;
+    - approximate="tanh": a / 2 (1 + tanh(k (a + 0.044715 a**3))), k = sqrt(2 / pi); the
+      derivative is (1 + t) / 2 + a / 2 (1 - t**2) k (1 + 3 * 0.044715 a**2).
+    """
+
+    @staticmethod
+    def forward(ctx, a, approximate="none"):
+        ctx.save_for_backward(a)
+        ctx.approximate = approximate
+        one, half = a.dtype.type(1), a.dtype.type(0.5)
+        if approximate == "tanh":
+            k, c = a.dtype.type(_SQRT_2_OVER_PI), a.dtype.type(_GELU_CUBIC)
+            return half * a * (one + np.tanh(k * (a + c * a * a * a)))
+        return (half * a * (one + _erf(a * a.dtype.type(math.sqrt(0.5))))).astype(a.dtype,
+                                                                                copy=False)
+
+    @staticmethod
+    def backward(ctx, g):
+        (a,) = ctx.saved_tensors
+        t = a.dtype.type
+        if ctx.approximate == "tanh":
+            k, c = t(_SQRT_2_OVER_PI), t(_GELU_CUBIC)
+            th = np.tanh(k * (a + c * a * a * a))
+            d = t(0.5) * (t(1) + th) + t(0.5) * a * (t(1) - th * th) * k * (
+                t(1) + t(3) * c * a * a)
+        else:
+            cdf = t(0.5) * (t(1) + _erf(a * t(math.sqrt(0.5))))
+            pdf = np.exp(t(-0.5) * a * a) * t(1 / math.sqrt(2 * math.pi))
+            d = cdf + a * pdf
+        return g * d

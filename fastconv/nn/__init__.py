@@ -1,10 +1,13 @@
 """Layers, containers and losses for training small CNNs (torch.nn's names).
 
-``fastconv.nn.functional`` holds the differentiable ops; ``fastconv.nn.init`` the
-initialisers; :func:`save` / :func:`load` write and read state dicts as .npz.
+``fastconv.nn.functional`` holds the differentiable ops (losses in ``nn.losses``, resizing
+in ``nn.interpolate``); ``fastconv.nn.activations`` the activation layers;
+``fastconv.nn.init`` the initialisers; :func:`save` / :func:`load` write and read state
+dicts as .npz.
 """
 
-from . import functional, init  # noqa: F401
+from . import functional, init, losses  # noqa: F401
+from .activations import GELU, LeakyReLU, Sigmoid, Softmax, Tanh  # noqa: F401
 from .layers import (  # noqa: F401
     AdaptiveAvgPool2d,
     AvgPool2d,
@@ -13,10 +16,14 @@ from .layers import (  # noqa: F401
     Conv2d,
     CrossEntropyLoss,
     Dropout,
+    Dropout2d,
     Flatten,
     GlobalAvgPool2d,
+    Identity,
     Linear,
     MaxPool2d,
     ReLU,
+    Upsample,
 )
+from .losses import BCEWithLogitsLoss, MSELoss, NLLLoss  # noqa: F401
 from .module import Module, Parameter, Sequential, load, save  # noqa: F401

@@ -5,7 +5,8 @@ fastconv's kernels for both directions (``fastconv.conv2d`` / ``conv2d_backward`
 ``max_pool2d(return_indices=True)`` / ``max_pool2d_backward``, ``avg_pool2d`` /
 ``avg_pool2d_backward``, ``global_avg_pool2d`` / ``global_avg_pool2d_backward``,
 ``batch_norm(return_stats=True)`` / ``batch_norm_backward``). Inputs may be Tensors or
-ndarrays; results are Tensors.
+ndarrays; results are Tensors. The losses live in ``fastconv.nn.losses`` and resizing in
+``fastconv.nn.interpolate``; both are re-exported here.
 """
 
 from __future__ import annotations
@@ -16,13 +17,31 @@ from .. import _blas
 from .. import conv as _conv
 from .. import norm as _norm
 from .. import pool as _pool
-from ..autograd import Function, LogSoftmax, Reshape, Softmax, Tensor, log_softmax_array
+from ..autograd import (
+    GELU,
+    Function,
+    LeakyReLU,
+    LogSoftmax,
+    Reshape,
+    Softmax,
+    Tensor,
+    log_softmax_array,
+)
 from ..autograd import ReLU as _ReLU
 from ..autograd import Sigmoid as _Sigmoid
 from ..autograd import Tanh as _Tanh
 from ..autograd.dims import dim_index, flat_shape
 from ..layout import LAYOUTS
+from ..layout import get as _get_layout
 from ..rng import default_generator
+from .interpolate import interpolate  # noqa: F401
+from .losses import (  # noqa: F401
+    REDUCTIONS,
+    binary_cross_entropy_with_logits,
+    check_reduction,
+    mse_loss,
+    nll_loss,
+)
 
 
 def _tensor(x) -> Tensor:
@@ -235,15 +254,74 @@ def dropout(input, p: float = 0.5, training: bool = True, *, rng=None) -> Tensor
 
     ``rng``: a numpy Generator; fastconv's default generator when None (manual_seed).
     """
-    if not 0.0 <= p <= 1.0:
-        raise ValueError(f"dropout: p={p} must be a probability in [0, 1]")
+    check_probability("dropout", p)
     x = _tensor(input)
     if not training or p == 0.0:
         return x
+    return Dropout.apply(x, mask=_dropout_mask(x.shape, x.dtype, p, rng))
+
+
+def check_probability(op: str, p) -> None:
+    """ValueError naming ``op`` unless ``p`` is a number in [0, 1]."""
+    if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: p={p!r} must be a probability in [0, 1]")
+
+
+def _dropout_mask(shape, dtype, p: float, rng) -> np.ndarray:
+    """1 / (1 - p) where an element is kept (probability 1 - p), else 0 (all 0 for p=1)."""
     rng = default_generator() if rng is None else rng
-    keep = rng.random(x.shape) >= p
-    scale = x.dtype.type(0.0 if p == 1.0 else 1.0 / (1.0 - p))
-    return Dropout.apply(x, mask=keep.astype(x.dtype) * scale)
+    keep = rng.random(shape) >= p
+    return keep.astype(dtype) * dtype.type(0.0 if p == 1.0 else 1.0 / (1.0 - p))
+
+
+def dropout2d(input, p: float = 0.5, training: bool = True, *, layout: str = "NCHW",
+              rng=None) -> Tensor:
+    """Zero whole channels: each (sample, channel) map of a 4-D input (N, C, H, W)
+    (NHWC: (N, H, W, C)) is zeroed with probability p, the rest scaled by 1/(1-p)
+    (training only; p=0 or training=False return the input, p=1 zeros).
+
+    ``rng``: a numpy Generator; fastconv's default generator when None (manual_seed).
+    One draw per (sample, channel), in (N, C) order whatever the layout.
+    """
+    check_probability("dropout2d", p)
+    lay = _get_layout("dropout2d", layout)
+    x = _tensor(input)
+    if x.ndim != 4:
+        raise ValueError(f"dropout2d: input must be 4-D ({lay.name}), got shape {x.shape}")
+    if not training or p == 0.0:
+        return x
+    n, c = x.shape[0], x.shape[lay.channel_axis]
+    mask = _dropout_mask((n, c), x.dtype, p, rng)
+    return Dropout.apply(x, mask=lay.from_canonical_view(mask[:, :, None, None]))
+
+
+def leaky_relu(input, negative_slope: float = 0.01) -> Tensor:
+    """input where input > 0, else negative_slope * input (any shape)."""
+    if isinstance(negative_slope, bool) or not isinstance(
+            negative_slope, (int, float, np.integer, np.floating)):
+        raise TypeError(f"leaky_relu: negative_slope={negative_slope!r} must be a number")
+    return LeakyReLU.apply(_float_tensor("leaky_relu", input),
+                           negative_slope=float(negative_slope))
+
+
+GELU_APPROXIMATIONS = ("none", "tanh")
+
+
+def gelu(input, approximate: str = "none") -> Tensor:
+    """x * Phi(x), Phi the standard normal CDF (approximate="none"), or torch's tanh
+    approximation (approximate="tanh"); any shape."""
+    if approximate not in GELU_APPROXIMATIONS:
+        raise ValueError(f"gelu: approximate={approximate!r} is not known; acceptable "
+                         f"values are {', '.join(map(repr, GELU_APPROXIMATIONS))}")
+    return GELU.apply(_float_tensor("gelu", input), approximate=approximate)
+
+
+def _float_tensor(op: str, x) -> Tensor:
+    x = _tensor(x)
+    if x.dtype.kind != "f":
+        raise TypeError(f"{op}: input must be floating point, got dtype {x.dtype}")
+    return x
 
 
 def relu(input) -> Tensor:
@@ -280,8 +358,6 @@ def flatten(input, start_dim: int = 1, end_dim: int = -1) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------- loss
-REDUCTIONS = ("mean", "sum", "none")
-
 
 class CrossEntropy(Function):
     @staticmethod
@@ -317,9 +393,7 @@ def cross_entropy(input, target, reduction: str = "mean") -> Tensor:
     """
     x = _tensor(input)
     t = np.asarray(target.data if isinstance(target, Tensor) else target)
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"cross_entropy: reduction={reduction!r} is not known; acceptable "
-                         f"values are {', '.join(repr(r) for r in REDUCTIONS)}")
+    check_reduction("cross_entropy", reduction)
     if x.ndim != 2:
         raise ValueError(f"cross_entropy: input must be 2-D logits (N, C), got shape {x.shape}")
     if t.dtype.kind not in "iu":

@@ -12,6 +12,7 @@ import math
 import numpy as np
 
 from .._args import padding_pairs, pair
+from ..layout import get as get_layout
 from . import functional as F
 from . import init
 from .module import Module, Parameter, Sequential
@@ -252,8 +253,7 @@ class Dropout(Module):
 
     def __init__(self, p: float = 0.5, *, rng=None):
         super().__init__()
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"Dropout: p={p} must be a probability in [0, 1]")
+        F.check_probability("Dropout", p)
         self.p, self.rng = p, rng
 
     def forward(self, x):
@@ -263,14 +263,63 @@ class Dropout(Module):
         return f"p={self.p}"
 
 
+class Dropout2d(Module):
+    """Zero whole channels with probability p while training (scale the rest by
+    1/(1-p)); input (N, C, H, W), or (N, H, W, C) with layout="NHWC". ``inplace`` is
+    accepted for torch compatibility; ops never run in place."""
+
+    def __init__(self, p: float = 0.5, inplace: bool = False, *, layout: str = "NCHW",
+                 rng=None):
+        super().__init__()
+        F.check_probability("Dropout2d", p)
+        self.p, self.layout, self.rng = p, get_layout("Dropout2d", layout).name, rng
+
+    def forward(self, x):
+        return F.dropout2d(x, self.p, self.training, layout=self.layout, rng=self.rng)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}" + ("" if self.layout == "NCHW" else f", layout={self.layout!r}")
+
+
+class Identity(Module):
+    """Returns its input unchanged; any constructor arguments are ignored (torch's)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__()
+
+    def forward(self, x):
+        return x
+
+
+class Upsample(Module):
+    """Resize 4-D input to ``size`` or by ``scale_factor`` (see
+    :func:`fastconv.nn.functional.interpolate` for the rules); mode "nearest" or
+    "bilinear". The arguments are checked on the first call, as torch."""
+
+    def __init__(self, size=None, scale_factor=None, mode: str = "nearest",
+                 align_corners: bool | None = None, recompute_scale_factor: bool | None = None,
+                 *, layout: str = "NCHW"):
+        super().__init__()
+        self.size, self.scale_factor, self.mode = size, scale_factor, mode
+        self.align_corners, self.recompute_scale_factor = align_corners, recompute_scale_factor
+        self.layout = get_layout("Upsample", layout).name
+
+    def forward(self, x):
+        return F.interpolate(x, self.size, self.scale_factor, self.mode, self.align_corners,
+                             self.recompute_scale_factor, layout=self.layout)
+
+    def extra_repr(self) -> str:
+        what = f"size={self.size!r}" if self.size is not None else \
+            f"scale_factor={self.scale_factor!r}"
+        return f"{what}, mode={self.mode!r}"
+
+
 class CrossEntropyLoss(Module):
     """Softmax cross entropy of logits (N, C) against integer targets (N,)."""
 
     def __init__(self, reduction: str = "mean"):
         super().__init__()
-        if reduction not in F.REDUCTIONS:
-            raise ValueError(f"CrossEntropyLoss: reduction={reduction!r} is not known; "
-                             f"acceptable values are {', '.join(map(repr, F.REDUCTIONS))}")
+        F.check_reduction("CrossEntropyLoss", reduction)
         self.reduction = reduction
 
     def forward(self, input, target):
