@@ -289,6 +289,12 @@ class DataLoader:
         self.single = isinstance(dataset, np.ndarray)
 
     @property
+    def generator(self) -> np.random.Generator | None:
+        """The generator that shuffles the batches (None: fastconv's default generator);
+        its state is what a checkpoint saves to redraw an epoch's order."""
+        return self._rng
+
+    @property
     def n(self) -> int:
         return len(self.arrays[0])
 

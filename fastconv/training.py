@@ -236,7 +236,7 @@ def fit(model: nn.Module, loader: data.DataLoader, optimizer: optim.Optimizer,
             raise ValueError(f"train: {key}={val!r} must be a positive int")
     if checkpoint_every is not None and checkpoint is None:
         raise ValueError("train: checkpoint_every needs a checkpoint path")
-    shuffler = getattr(loader, "_rng", None) if loader.shuffle else None
+    shuffler = loader.generator if loader.shuffle else None
     gens = {"shuffle": shuffler} if shuffler is not None else {}
     epoch, skip, partial, history = 1, 0, None, []
     if resume is not None:
