@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config, devices
-from ._args import batch_norm_args, batch_norm_backward_args
+from ._args import batch_norm_backward_inputs, batch_norm_inputs
 from ._memory import allocate
 from ._runtime import parallel_guard
 
@@ -282,8 +282,9 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if gpu is not None:
         return gpu(x, running_mean, running_var, weight, bias, training, momentum, eps,
                    layout=layout, return_stats=return_stats)
-    a = batch_norm_args(op, x, running_mean, running_var, weight, bias, training, momentum,
-                        eps, layout, return_stats)
+    a, (x, running_mean, running_var, weight, bias) = batch_norm_inputs(
+        op, x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
+        return_stats)
     k = _KERNELS[a.layout]
     y = allocate(op, "output", x.shape, x.dtype)
     w64, b64 = _f64(weight, a.c, 1.0), _f64(bias, a.c, 0.0)
@@ -340,7 +341,8 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
         return gpu(grad_y, x, mean, invstd, weight, training=training, layout=layout)
-    a = batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training, layout)
+    a, (grad_y, x, mean, invstd, weight) = batch_norm_backward_inputs(
+        op, grad_y, x, mean, invstd, weight, training, layout)
     k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64), invstd.astype(np.float64)
     gx = allocate(op, "gradient", x.shape, x.dtype)

@@ -247,7 +247,10 @@ W = np.zeros((4, 8, 3, 3), np.float32)
     (dict(bias=np.zeros(5, np.float32)), ValueError,
      r"conv2d: bias must have shape \(C_out,\) = \(4,\), got \(5,\)"),
     (dict(bias=np.zeros(4, np.float64)), TypeError, r"conv2d: inputs must share one dtype"),
-    (dict(x="image"), TypeError, r"conv2d: input must be a numpy.ndarray, got str"),
+    (dict(x="image"), TypeError,
+     r"conv2d: input must be an array-like convertible to a numpy array, got str"),
+    (dict(x={}), TypeError,
+     r"conv2d: input must be an array-like convertible to a numpy array, got dict"),
 ])
 def test_bad_arguments_are_named(kwargs, exc, match):
     call = dict(x=X, w=W, bias=None)

@@ -57,13 +57,68 @@ def check_device(op: str, device) -> str:
 
 
 def check_array(op: str, name: str, a) -> np.ndarray:
-    """An ndarray of float32/float64 (TypeError otherwise); views are accepted."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+    """``a`` as a plain ndarray of float32/float64 (TypeError otherwise); views are accepted.
+
+    A plain ndarray passes as it is (one type check). Anything else goes through
+    :func:`as_ndarray`: ndarray subclasses and objects offering ``__array__``, the buffer
+    protocol or ``__dlpack__`` (a CPU torch tensor, a memoryview, an array.array) become
+    plain ndarrays sharing their memory; nested lists convert as numpy converts them (a
+    copy), and so does a float array of non-native byte order (a native copy).
+
+    >>> check_array("op", "x", [[1.0, 2.0]])
+    array([[1., 2.]])
+    >>> check_array("op", "x", {})
+    Traceback (most recent call last):
+    ...
+    TypeError: op: x must be an array-like convertible to a numpy array, got dict
+    """
+    if type(a) is not np.ndarray:
+        a = as_ndarray(op, name, a)
     if a.dtype not in DTYPES:
+        a = _native_float(op, name, a)
+    return a
+
+
+def _native_float(op: str, name: str, a: np.ndarray) -> np.ndarray:
+    """A native-byte-order copy of a non-native float32/float64 array; TypeError for any
+    other dtype."""
+    native = a.dtype.newbyteorder("=")
+    if native not in DTYPES:
         raise TypeError(f"{op}: {name} has dtype {a.dtype}; accepted dtypes are float32 and "
                         "float64")
-    return a
+    return a.astype(native)
+
+
+def as_ndarray(op: str, name: str, a) -> np.ndarray:
+    """A plain ndarray of ``a``, any dtype, without a copy where numpy can share memory.
+
+    ndarray subclasses become base-class views (a masked array with masked elements is
+    refused: its mask would be lost; so is a dask array, whose conversion would compute
+    it); objects with ``__dlpack__`` but no ``__array__`` go
+    through ``np.from_dlpack``; everything else through ``np.asarray``. TypeError naming
+    the op and the argument when ``a`` does not convert to a numeric array (None, str,
+    dict, a GPU tensor, ...)."""
+    if isinstance(a, np.ndarray):
+        if isinstance(a, np.ma.MaskedArray) and np.ma.is_masked(a):
+            raise TypeError(f"{op}: {name} is a masked array with masked elements; fill them "
+                            "first (a.filled(value))")
+        return a.view(np.ndarray)
+    if hasattr(a, "__dask_graph__"):
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray or an in-memory array-like, "
+                        f"got a lazy {type(a).__name__} (dask); call .compute() first")
+    reason = ""
+    if a is not None and not isinstance(a, (str, bytes)):
+        try:
+            if hasattr(a, "__dlpack__") and not hasattr(a, "__array__"):
+                out = np.from_dlpack(a)
+            else:
+                out = np.asarray(a)
+            if out.dtype.kind in "biufc":
+                return out
+        except Exception as e:  # noqa: BLE001  (any failure to convert is the caller's)
+            reason = f" ({type(e).__name__}: {e})"
+    raise TypeError(f"{op}: {name} must be an array-like convertible to a numpy array, got "
+                    f"{type(a).__name__}{reason}")
 
 
 def check_same_dtype(op: str, **arrays) -> np.dtype:

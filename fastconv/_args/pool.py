@@ -17,7 +17,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import layout as _layout
-from .checks import activation_dims, check_array, check_flag, check_layout, pair
+from .checks import (
+    activation_dims,
+    as_ndarray,
+    check_array,
+    check_flag,
+    check_layout,
+    pair,
+)
 
 
 def pool_output_size(n: int, k: int, stride: int, pad: int, dilation: int,
@@ -164,8 +171,14 @@ def check_grad_y(op: str, grad_y, want) -> np.ndarray:
 
 
 def max_unpool_args(op: str, grad_y, indices, input_shape, layout) -> PoolShapes:
+    """The sizes of :func:`max_unpool_inputs` (its checks, without the arrays)."""
+    return max_unpool_inputs(op, grad_y, indices, input_shape, layout)[0]
+
+
+def max_unpool_inputs(op: str, grad_y, indices, input_shape, layout):
     """The checks of ``max_pool2d_backward``: grad_y and its int64 ``indices`` (flat
-    positions h*W + w in [0, H*W), or -1) against ``input_shape``; returns the sizes."""
+    positions h*W + w in [0, H*W), or -1) against ``input_shape``; returns (sizes,
+    grad_y, indices), both plain ndarrays (array-likes converted)."""
     check_layout(op, layout)
     shape = check_input_shape(op, input_shape)
     n, c, h, w, unbatched = activation_dims(op, shape, layout)
@@ -177,8 +190,7 @@ def max_unpool_args(op: str, grad_y, indices, input_shape, layout) -> PoolShapes
     if (gn, gc) != (n, c):
         raise ValueError(f"{op}: grad_y of shape {grad_y.shape} does not match input_shape "
                          f"{shape}: batch and channel sizes must agree ({layout})")
-    if not isinstance(indices, np.ndarray):
-        raise TypeError(f"{op}: indices must be a numpy.ndarray, got {type(indices).__name__}")
+    indices = as_ndarray(op, "indices", indices)
     if indices.dtype != np.int64:
         raise TypeError(f"{op}: indices has dtype {indices.dtype}; expected int64 (as "
                         "returned by max_pool2d(..., return_indices=True))")
@@ -188,4 +200,4 @@ def max_unpool_args(op: str, grad_y, indices, input_shape, layout) -> PoolShapes
     if indices.size and (indices.min() < -1 or indices.max() >= h * w):
         raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, {h * w}) (or be -1), got "
                          f"values from {indices.min()} to {indices.max()}")
-    return PoolShapes(n, c, h, w, ho, wo, layout, unbatched)
+    return PoolShapes(n, c, h, w, ho, wo, layout, unbatched), grad_y, indices

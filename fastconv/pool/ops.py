@@ -13,7 +13,7 @@ from .._args import (
     check_grad_y,
     check_input_shape,
     global_pool_args,
-    max_unpool_args,
+    max_unpool_inputs,
     pool_args,
 )
 from .._memory import allocate
@@ -117,7 +117,7 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
         return gpu(grad_y, indices, input_shape, layout=layout)
-    s = max_unpool_args(op, grad_y, indices, input_shape, layout)
+    s, grad_y, indices = max_unpool_inputs(op, grad_y, indices, input_shape, layout)
     gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
     gx[...] = 0
     _run(KERNELS[s.layout].max_unpool, grad_y.size, s, _batched(grad_y, s.unbatched),
