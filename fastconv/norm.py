@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config, devices
-from ._args import batch_norm_backward_inputs, batch_norm_inputs
+from ._args import HALF, batch_norm_backward_inputs, batch_norm_inputs, narrow, widen
 from ._memory import allocate
 from ._runtime import parallel_guard
 
@@ -284,7 +284,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
                    layout=layout, return_stats=return_stats)
     a, (x, running_mean, running_var, weight, bias) = batch_norm_inputs(
         op, x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
-        return_stats)
+        return_stats, half=True)
+    half, (x,) = x.dtype == HALF, widen(x)   # float16: computed in float32
     k = _KERNELS[a.layout]
     y = allocate(op, "output", x.shape, x.dtype)
     w64, b64 = _f64(weight, a.c, 1.0), _f64(bias, a.c, 0.0)
@@ -304,6 +305,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if y.size:
             with parallel_guard():
                 k.apply(k.view(np.ascontiguousarray(x)), mean, w64 * invstd, b64, k.view(y))
+    y = narrow(y) if half else y
     return (y, mean, invstd) if return_stats else y
 
 
@@ -342,7 +344,8 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     if gpu is not None:
         return gpu(grad_y, x, mean, invstd, weight, training=training, layout=layout)
     a, (grad_y, x, mean, invstd, weight) = batch_norm_backward_inputs(
-        op, grad_y, x, mean, invstd, weight, training, layout)
+        op, grad_y, x, mean, invstd, weight, training, layout, half=True)
+    half, (grad_y, x) = x.dtype == HALF, widen(grad_y, x)   # float16: computed in float32
     k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64), invstd.astype(np.float64)
     gx = allocate(op, "gradient", x.shape, x.dtype)
@@ -354,4 +357,4 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
                                             a.training, k.view(gx))
     grad_weight = (sum_dy_xmu * invstd64).astype(x.dtype)
     grad_bias = sum_dy.astype(x.dtype)
-    return gx, grad_weight, grad_bias
+    return narrow((gx, grad_weight, grad_bias)) if half else (gx, grad_weight, grad_bias)

@@ -172,3 +172,42 @@ def test_torch_cpu_tensors():
     with pytest.raises(TypeError, match=r"conv2d: input must be an array-like convertible "
                        r"to a numpy array, got Tensor \(RuntimeError: "):
         fastconv.conv2d(x.requires_grad_(), w)
+
+
+# --------------------------------------------------------------------------- float16
+@pytest.mark.parametrize("op", list(CALLS))
+def test_float16_is_computed_in_float32_and_rounded_once(op):
+    fn, args = CALLS[op]
+    want = _flat(fn(*[a.astype(np.float32) if a.dtype == np.float64 else a for a in args]))
+    half = [a.astype(np.float16) if a.dtype == np.float64 else a for a in args]
+    if op == "batch_norm_backward":
+        half[2:4] = args[2:4]      # mean and invstd: float64, as batch_norm returns them
+    got = _flat(fn(*half))
+    for g, w in zip(got, want, strict=True):
+        if w is None:
+            continue
+        assert type(g) is np.ndarray
+        assert g.dtype == (np.float16 if w.dtype == np.float32 else w.dtype)
+        # the float32 result of float16-rounded inputs, rounded: within 2 float16 ulps
+        np.testing.assert_allclose(g.astype(np.float32), w, rtol=4e-3, atol=4e-3)
+
+
+def test_float16_running_statistics_update_in_place():
+    rm, rv = np.zeros(3, np.float16), np.ones(3, np.float16)
+    y = fastconv.batch_norm(X.astype(np.float16), rm, rv, training=True)
+    assert y.dtype == np.float16
+    np.testing.assert_allclose(rm, 0.1 * X.mean(axis=(0, 2, 3)), atol=1e-3)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: fastconv.conv2d(X.astype(np.float16), W.astype(np.float32)),
+     r"conv2d: inputs must share one dtype .*input=float16, weight=float32"),
+    (lambda: fastconv.batch_norm(X.astype(np.float16), C.astype(np.float32), C, training=True),
+     r"batch_norm: running_mean has dtype float32 but input has dtype float16"),
+    (lambda: fastconv.conv2d_backward(np.ones((2, 4, 4, 4), np.float32),
+                                      X.astype(np.float16), W.astype(np.float16)),
+     r"conv2d_backward: inputs must share one dtype"),
+])
+def test_mixed_float16_keeps_the_dtype_error(call, match):
+    with pytest.raises(TypeError, match=match):
+        call()

@@ -9,6 +9,7 @@ ConvArgs; ``pool``: PoolArgs and PoolShapes; ``norm``: BatchNormArgs).
 from .checks import (  # noqa: F401
     DEVICES,
     DTYPES,
+    HALF,
     LAYOUTS,
     activation_dims,
     as_ndarray,
@@ -18,9 +19,11 @@ from .checks import (  # noqa: F401
     check_groups,
     check_layout,
     check_same_dtype,
+    narrow,
     padding_pairs,
     pair,
     same_padding,
+    widen,
 )
 from .conv import ConvArgs, conv_args_from_shapes, conv_arrays, conv_output_size  # noqa: F401
 from .norm import (  # noqa: F401

@@ -12,6 +12,8 @@ from .. import layout as _layout
 
 LAYOUTS = tuple(_layout.LAYOUTS)
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: Accepted by the CPU ops (``half=True``), which compute it in float32 (:func:`widen`).
+HALF = np.dtype(np.float16)
 DEVICES = ("cpu", "cuda")
 
 
@@ -56,8 +58,9 @@ def check_device(op: str, device) -> str:
     return device
 
 
-def check_array(op: str, name: str, a) -> np.ndarray:
-    """``a`` as a plain ndarray of float32/float64 (TypeError otherwise); views are accepted.
+def check_array(op: str, name: str, a, half: bool = False) -> np.ndarray:
+    """``a`` as a plain ndarray of float32/float64, or float16 when ``half`` (TypeError
+    otherwise); views are accepted.
 
     A plain ndarray passes as it is (one type check). Anything else goes through
     :func:`as_ndarray`: ndarray subclasses and objects offering ``__array__``, the buffer
@@ -75,18 +78,35 @@ def check_array(op: str, name: str, a) -> np.ndarray:
     if type(a) is not np.ndarray:
         a = as_ndarray(op, name, a)
     if a.dtype not in DTYPES:
-        a = _native_float(op, name, a)
+        a = _native_float(op, name, a, half)
     return a
 
 
-def _native_float(op: str, name: str, a: np.ndarray) -> np.ndarray:
-    """A native-byte-order copy of a non-native float32/float64 array; TypeError for any
-    other dtype."""
+def _native_float(op: str, name: str, a: np.ndarray, half: bool) -> np.ndarray:
+    """``a`` when float16 is accepted (``half``), a native-byte-order copy of a non-native
+    accepted dtype; TypeError for any other dtype."""
     native = a.dtype.newbyteorder("=")
-    if native not in DTYPES:
+    if native not in DTYPES and not (half and native == HALF):
         raise TypeError(f"{op}: {name} has dtype {a.dtype}; accepted dtypes are float32 and "
-                        "float64")
-    return a.astype(native)
+                        "float64" + (" (and float16 on the CPU)" if native == HALF else ""))
+    return a if native == a.dtype else a.astype(native)
+
+
+def widen(*arrays):
+    """float32 copies of the float16 arrays among ``arrays`` (None and others as they are):
+    the CPU ops compute float16 in float32 and round the results once (:func:`narrow`)."""
+    return tuple(a.astype(np.float32) if a is not None and a.dtype == HALF else a
+                 for a in arrays)
+
+
+def narrow(result):
+    """A float16 op's ``result`` (an array, None or a tuple of them) with its float32
+    arrays rounded to float16 (float64 statistics and int64 indices as they are)."""
+    if isinstance(result, tuple):
+        return tuple(narrow(r) for r in result)
+    if result is not None and result.dtype == np.float32:
+        return result.astype(HALF)
+    return result
 
 
 def as_ndarray(op: str, name: str, a) -> np.ndarray:

@@ -161,9 +161,10 @@ def check_input_shape(op: str, input_shape) -> tuple[int, ...]:
     return shape
 
 
-def check_grad_y(op: str, grad_y, want) -> np.ndarray:
-    """``grad_y``, a float array of the pooling output's shape ``want``."""
-    grad_y = check_array(op, "grad_y", grad_y)
+def check_grad_y(op: str, grad_y, want, half: bool = False) -> np.ndarray:
+    """``grad_y``, a float array (float16 too when ``half``) of the pooling output's shape
+    ``want``."""
+    grad_y = check_array(op, "grad_y", grad_y, half)
     if grad_y.shape != tuple(want):
         raise ValueError(f"{op}: grad_y must have shape {tuple(want)} (the pooling output), "
                          f"got {grad_y.shape}")
@@ -175,14 +176,15 @@ def max_unpool_args(op: str, grad_y, indices, input_shape, layout) -> PoolShapes
     return max_unpool_inputs(op, grad_y, indices, input_shape, layout)[0]
 
 
-def max_unpool_inputs(op: str, grad_y, indices, input_shape, layout):
-    """The checks of ``max_pool2d_backward``: grad_y and its int64 ``indices`` (flat
-    positions h*W + w in [0, H*W), or -1) against ``input_shape``; returns (sizes,
-    grad_y, indices), both plain ndarrays (array-likes converted)."""
+def max_unpool_inputs(op: str, grad_y, indices, input_shape, layout, half: bool = False):
+    """The checks of ``max_pool2d_backward``: grad_y (float16 too when ``half``) and its
+    int64 ``indices`` (flat positions h*W + w in [0, H*W), or -1) against
+    ``input_shape``; returns (sizes, grad_y, indices), both plain ndarrays (array-likes
+    converted)."""
     check_layout(op, layout)
     shape = check_input_shape(op, input_shape)
     n, c, h, w, unbatched = activation_dims(op, shape, layout)
-    grad_y = check_array(op, "grad_y", grad_y)
+    grad_y = check_array(op, "grad_y", grad_y, half)
     if grad_y.ndim != len(shape):
         raise ValueError(f"{op}: grad_y is {grad_y.ndim}-D but input_shape {shape} is "
                          f"{len(shape)}-D")
