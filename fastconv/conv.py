@@ -64,7 +64,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 
     Notes
     -----
-    float32 and float64 are computed in that dtype. "naive" is slow (direct loops);
+    float32 and float64 are computed in that dtype; float16 in float32, the output
+    rounded once to float16. x, w and bias may be array-likes
+    (``fastconv._args.check_array``: ndarray subclasses and ``__array__``, buffer or
+    ``__dlpack__`` objects without a copy; nested lists and non-native byte order are
+    copied); y is a plain ndarray. "naive" is slow (direct loops);
     "fft" pays off for large kernels; "winograd" (F(4x4, 3x3) by default) does 4x fewer
     multiplications on 3x3 stride-1 layers; "auto" chooses (see
     ``fastconv.choose_algorithm``).
@@ -122,7 +126,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_x : ndarray, shape and layout of x (or None).
     grad_w : ndarray, shape and layout of w (OIHW or HWIO) (or None).
     grad_bias : ndarray (C_out,), grad_y summed over N, H_out, W_out (or None).
-    All three in the dtype of x.
+    All three in the dtype of x (float16: computed in float32, rounded once). Array
+    arguments may be array-likes, as in ``conv2d``.
 
     Notes
     -----

@@ -272,6 +272,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
     Notes
     -----
+    Array arguments may be array-likes (``fastconv._args.check_array``; without a copy
+    where numpy can share memory), except the running statistics when training: they
+    are updated in place, so they must be numpy arrays (subclasses are updated through
+    a view). float16 is computed in float32 and y rounded once to float16 (float16
+    running statistics are updated in float64 and rounded); y is a plain ndarray.
     Training needs more than one value per channel (N*H*W > 1), as in torch. An empty
     batch gives an empty y, NaN statistics and no running update. Runs
     ``_bn_train_nchw`` / ``_bn_apply_nchw`` (one task per channel / plane) and the NHWC
@@ -336,7 +341,9 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
 
     Notes
     -----
-    Sums are float64. Runs ``_bn_backward_nchw`` (one task per channel) /
+    Sums are float64. Array arguments may be array-likes, as in ``batch_norm``; float16
+    is computed in float32 and the gradients rounded once to float16. Runs
+    ``_bn_backward_nchw`` (one task per channel) /
     ``_block_grad_sums_nhwc`` + ``_bn_backward_apply_nhwc``.
     """
     op = "batch_norm_backward"

@@ -1,5 +1,11 @@
 """The public pooling ops: validate (``fastconv._args``), dispatch to the GPU or run the
-caller's layout's kernels (``_layouts.KERNELS``) on the arrays as they are."""
+caller's layout's kernels (``_layouts.KERNELS``) on the arrays as they are.
+
+Every op takes array-likes where it takes arrays (``fastconv._args.check_array``:
+ndarray subclasses and ``__array__``, buffer or ``__dlpack__`` objects without a copy;
+nested lists and non-native byte order copied) and returns plain ndarrays. float16 is
+computed in float32 and the results rounded once to float16 (max pooling: exactly the
+float16 maxima; indices stay int64)."""
 
 from __future__ import annotations
 
