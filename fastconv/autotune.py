@@ -13,7 +13,8 @@ same everywhere:
   images unless the plan picked Winograd for a wide layer.
 * **The fallbacks** (``run_forward``, ``run_backward``). An algorithm marked
   ``finite_input_only`` (FFT) never sees NaN or Inf; for ``algo="auto"`` a result the
-  entry does not trust (the FFT's error bound, ``fastconv.numerics``) is recomputed; an
+  entry does not trust (the FFT's error bound, ``fastconv.numerics``) is recomputed by
+  the fallback and the result closer to sampled float64 outputs is kept; an
   algorithm that reports a non-finite result (Winograd) or does not compute a gradient
   leaves that work to ``registry.FALLBACK`` (im2col, exact for every problem).
 
@@ -307,10 +308,16 @@ def run_forward(x, w, bias, a, out, *, algo: str = "auto", choice: str | None = 
     if entry.finite_input_only and not numerics.all_finite(x, w, bias):
         entry = registry.get(registry.FALLBACK)
     ok = entry.forward(x, w, a, out, bias)
-    if ok is False or (auto and entry.trusted is not None
-                       and not entry.trusted(x, w, bias, a, out)):
+    if ok is False:
         entry = registry.get(registry.FALLBACK)
         entry.forward(x, w, a, out, bias)
+    elif auto and entry.trusted is not None and not entry.trusted(x, w, bias, a, out):
+        untrusted = out.copy()      # recompute, then keep the more accurate of the two
+        registry.get(registry.FALLBACK).forward(x, w, a, out, bias)
+        if numerics.closer_result(x, w, bias, a, untrusted, out):
+            out[...] = untrusted
+        else:
+            entry = registry.get(registry.FALLBACK)
     return entry.name
 
 

@@ -5,6 +5,8 @@ the algorithms themselves are entries of ``fastconv.algos.registry``."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from . import _args, autotune, devices
@@ -14,13 +16,13 @@ from .algos.registry import ALGORITHMS  # noqa: F401  (re-exported as fastconv.A
 
 
 def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
-              check_input=_args.check_array, algo="auto"):
+              check_input=_args.check_array, algo="auto", half=False):
     """Validate conv2d's arrays, arguments and ``algo`` (known, and able to run the
     problem, even for an empty batch); returns (x, w, bias, ConvArgs) with x 4-D.
-    ``check_input`` as in ``fastconv._args.conv_arrays``."""
+    ``check_input`` and ``half`` as in ``fastconv._args.conv_arrays``."""
     registry.check_algo(op, algo)
     x, w, bias, args = _args.conv_arrays(op, x, w, bias, stride, padding, dilation, groups,
-                                         layout, check_input)
+                                         layout, check_input, half)
     if algo != "auto":
         registry.check_supported(op, algo, args)
     return x, w, bias, args
@@ -62,7 +64,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 
     Notes
     -----
-    float32 and float64 are computed in that dtype. "naive" is slow (direct loops);
+    float32 and float64 are computed in that dtype; float16 in float32, the output
+    rounded once to float16. x, w and bias may be array-likes
+    (``fastconv._args.check_array``: ndarray subclasses and ``__array__``, buffer or
+    ``__dlpack__`` objects without a copy; nested lists and non-native byte order are
+    copied); y is a plain ndarray. "naive" is slow (direct loops);
     "fft" pays off for large kernels; "winograd" (F(4x4, 3x3) by default) does 4x fewer
     multiplications on 3x3 stride-1 layers; "auto" chooses (see
     ``fastconv.choose_algorithm``).
@@ -82,9 +88,20 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
         return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout,
                            algo=algo)
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
-                                 algo=algo)
+                                 algo=algo, half=True)
+    half, args, (x, w, bias) = _float32(args, x, w, bias)
     out = allocate(op, "output", args.y_layout_shape, args.dtype)
-    return forward_into(x, w, bias, args, out, algo)
+    y = forward_into(x, w, bias, args, out, algo)
+    return _args.narrow(y) if half else y
+
+
+def _float32(args, *arrays):
+    """(half, args, arrays): for a float16 problem, True, the record in float32 and the
+    arrays' float32 copies (float16 is computed in float32 and rounded once at the end);
+    otherwise False and everything as it is."""
+    if args.dtype != _args.HALF:
+        return False, args, arrays
+    return True, replace(args, dtype=np.dtype(np.float32)), _args.widen(*arrays)
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
@@ -109,7 +126,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_x : ndarray, shape and layout of x (or None).
     grad_w : ndarray, shape and layout of w (OIHW or HWIO) (or None).
     grad_bias : ndarray (C_out,), grad_y summed over N, H_out, W_out (or None).
-    All three in the dtype of x.
+    All three in the dtype of x (float16: computed in float32, rounded once). Array
+    arguments may be array-likes, as in ``conv2d``.
 
     Notes
     -----
@@ -149,9 +167,10 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
         return tuple(g if need else None
                      for g, need in zip(grads, (need_x, need_w, need_b), strict=True))
     x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout,
-                              algo=algo)
-    grad_y = _args.check_array(op, "grad_y", grad_y)
+                              algo=algo, half=True)
+    grad_y = _args.check_array(op, "grad_y", grad_y, half=True)
     _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
+    half, args, (grad_y, x, w) = _float32(args, grad_y, x, w)
     want = args.y_layout_shape[1:] if args.unbatched else args.y_layout_shape
     if grad_y.shape != want:
         raise ValueError(f"{op}: grad_y must have shape {want} (the conv2d output), got "
@@ -173,7 +192,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
             grad_bias = planes.sum(axis=0, dtype=np.float64).astype(args.dtype)
     if args.unbatched and need_x:
         grad_x = grad_x[0]
-    return grad_x, grad_w, grad_bias
+    return _args.narrow((grad_x, grad_w, grad_bias)) if half else (grad_x, grad_w, grad_bias)
 
 
 def _check_needs_input_grad(op: str, needs) -> tuple[bool, bool, bool]:

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config, devices
-from ._args import batch_norm_args, batch_norm_backward_args
+from ._args import HALF, batch_norm_backward_inputs, batch_norm_inputs, narrow, widen
 from ._memory import allocate
 from ._runtime import parallel_guard
 
@@ -272,6 +272,11 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
     Notes
     -----
+    Array arguments may be array-likes (``fastconv._args.check_array``; without a copy
+    where numpy can share memory), except the running statistics when training: they
+    are updated in place, so they must be numpy arrays (subclasses are updated through
+    a view). float16 is computed in float32 and y rounded once to float16 (float16
+    running statistics are updated in float64 and rounded); y is a plain ndarray.
     Training needs more than one value per channel (N*H*W > 1), as in torch. An empty
     batch gives an empty y, NaN statistics and no running update. Runs
     ``_bn_train_nchw`` / ``_bn_apply_nchw`` (one task per channel / plane) and the NHWC
@@ -282,8 +287,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     if gpu is not None:
         return gpu(x, running_mean, running_var, weight, bias, training, momentum, eps,
                    layout=layout, return_stats=return_stats)
-    a = batch_norm_args(op, x, running_mean, running_var, weight, bias, training, momentum,
-                        eps, layout, return_stats)
+    a, (x, running_mean, running_var, weight, bias) = batch_norm_inputs(
+        op, x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
+        return_stats, half=True)
+    half, (x,) = x.dtype == HALF, widen(x)   # float16: computed in float32
     k = _KERNELS[a.layout]
     y = allocate(op, "output", x.shape, x.dtype)
     w64, b64 = _f64(weight, a.c, 1.0), _f64(bias, a.c, 0.0)
@@ -303,6 +310,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         if y.size:
             with parallel_guard():
                 k.apply(k.view(np.ascontiguousarray(x)), mean, w64 * invstd, b64, k.view(y))
+    y = narrow(y) if half else y
     return (y, mean, invstd) if return_stats else y
 
 
@@ -333,14 +341,18 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
 
     Notes
     -----
-    Sums are float64. Runs ``_bn_backward_nchw`` (one task per channel) /
+    Sums are float64. Array arguments may be array-likes, as in ``batch_norm``; float16
+    is computed in float32 and the gradients rounded once to float16. Runs
+    ``_bn_backward_nchw`` (one task per channel) /
     ``_block_grad_sums_nhwc`` + ``_bn_backward_apply_nhwc``.
     """
     op = "batch_norm_backward"
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
         return gpu(grad_y, x, mean, invstd, weight, training=training, layout=layout)
-    a = batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training, layout)
+    a, (grad_y, x, mean, invstd, weight) = batch_norm_backward_inputs(
+        op, grad_y, x, mean, invstd, weight, training, layout, half=True)
+    half, (grad_y, x) = x.dtype == HALF, widen(grad_y, x)   # float16: computed in float32
     k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64), invstd.astype(np.float64)
     gx = allocate(op, "gradient", x.shape, x.dtype)
@@ -352,4 +364,4 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
                                             a.training, k.view(gx))
     grad_weight = (sum_dy_xmu * invstd64).astype(x.dtype)
     grad_bias = sum_dy.astype(x.dtype)
-    return gx, grad_weight, grad_bias
+    return narrow((gx, grad_weight, grad_bias)) if half else (gx, grad_weight, grad_bias)

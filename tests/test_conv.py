@@ -238,7 +238,8 @@ W = np.zeros((4, 8, 3, 3), np.float32)
     (dict(stride=1.5), TypeError, r"conv2d: stride=1.5 must be an int or a pair of ints"),
     (dict(x=X.astype(np.int32)), TypeError,
      r"conv2d: input has dtype int32; accepted dtypes are float32 and float64"),
-    (dict(x=X.astype(np.float16)), TypeError, r"conv2d: input has dtype float16"),
+    (dict(x=X.astype(np.float16)), TypeError,
+     r"conv2d: inputs must share one dtype .*input=float16, weight=float32"),
     (dict(x=X.astype(np.complex64)), TypeError, r"conv2d: input has dtype complex64"),
     (dict(x=X.astype(object)), TypeError, r"conv2d: input has dtype object"),
     (dict(w=W.astype(np.float64)), TypeError,
@@ -247,7 +248,10 @@ W = np.zeros((4, 8, 3, 3), np.float32)
     (dict(bias=np.zeros(5, np.float32)), ValueError,
      r"conv2d: bias must have shape \(C_out,\) = \(4,\), got \(5,\)"),
     (dict(bias=np.zeros(4, np.float64)), TypeError, r"conv2d: inputs must share one dtype"),
-    (dict(x="image"), TypeError, r"conv2d: input must be a numpy.ndarray, got str"),
+    (dict(x="image"), TypeError,
+     r"conv2d: input must be an array-like convertible to a numpy array, got str"),
+    (dict(x={}), TypeError,
+     r"conv2d: input must be an array-like convertible to a numpy array, got dict"),
 ])
 def test_bad_arguments_are_named(kwargs, exc, match):
     call = dict(x=X, w=W, bias=None)

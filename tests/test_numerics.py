@@ -118,3 +118,39 @@ def test_error_bound_covers_measured_fft_errors(rng):
 def test_all_finite():
     assert numerics.all_finite(np.ones(3), None)
     assert not numerics.all_finite(np.ones(3), np.array([1.0, np.inf]))
+
+
+def test_auto_keeps_the_more_accurate_of_fft_and_im2col(rng):
+    """Cancellation: 16 channels of 1e4 plus unit noise under a zero-mean 31x31 kernel.
+    The FFT result fails its error check, im2col's float32 direct sums lose even more
+    digits; auto keeps the FFT result (no worse than the better of the two)."""
+    x = (1e4 + rng.standard_normal((1, 16, 48, 48))).astype(np.float32)
+    k = rng.standard_normal((1, 16, 31, 31))
+    w = (k - k.mean()).astype(np.float32)
+    want = ref.conv2d(x.astype(np.float64), w.astype(np.float64))
+    err = {a: ref.rel_error(fastconv.conv2d(x, w, algo=a), want) for a in ("im2col", "fft")}
+    assert err["fft"] < err["im2col"] / 2       # the case this test is about
+    calls = []
+    with prefer_fft(), counting_im2col(calls):
+        got = fastconv.conv2d(x, w, algo="auto")
+    assert calls == [1]                         # the FFT result was not trusted outright
+    assert ref.rel_error(got, want) <= min(err.values())
+
+
+def test_closer_result_never_prefers_a_non_finite_sample(rng):
+    x = rng.standard_normal((1, 2, 9, 9))
+    w = rng.standard_normal((3, 2, 3, 3))
+    bias = rng.standard_normal(3)
+    args = fastconv._args.conv_args_from_shapes("conv2d", x.shape, w.shape)
+    y = fastconv.conv2d(x, w, bias, algo="naive")
+    bad = y.copy()
+    bad[...] = np.nan
+    assert numerics.closer_result(x, w, bias, args, y, bad)
+    assert not numerics.closer_result(x, w, bias, args, bad, y)
+    assert not numerics.closer_result(x, w, bias, args, bad, bad)
+    assert numerics.closer_result(x, w, bias, args, y, y + 1e-9)
+    nhwc = dict(layout="NHWC")
+    xl, wl = x.transpose(0, 2, 3, 1), w.transpose(2, 3, 1, 0)
+    args_l = fastconv._args.conv_args_from_shapes("conv2d", xl.shape, wl.shape, **nhwc)
+    yl = fastconv.conv2d(xl, wl, bias, algo="naive", **nhwc)
+    assert numerics.closer_result(xl, wl, bias, args_l, yl, yl - 1e-9)

@@ -9,20 +9,30 @@ ConvArgs; ``pool``: PoolArgs and PoolShapes; ``norm``: BatchNormArgs).
 from .checks import (  # noqa: F401
     DEVICES,
     DTYPES,
+    HALF,
     LAYOUTS,
     activation_dims,
+    as_ndarray,
     check_array,
     check_device,
     check_flag,
     check_groups,
     check_layout,
     check_same_dtype,
+    narrow,
     padding_pairs,
     pair,
     same_padding,
+    widen,
 )
 from .conv import ConvArgs, conv_args_from_shapes, conv_arrays, conv_output_size  # noqa: F401
-from .norm import BatchNormArgs, batch_norm_args, batch_norm_backward_args  # noqa: F401
+from .norm import (  # noqa: F401
+    BatchNormArgs,
+    batch_norm_args,
+    batch_norm_backward_args,
+    batch_norm_backward_inputs,
+    batch_norm_inputs,
+)
 from .pool import (  # noqa: F401
     PoolArgs,
     PoolShapes,
@@ -31,6 +41,7 @@ from .pool import (  # noqa: F401
     check_input_shape,
     global_pool_args,
     max_unpool_args,
+    max_unpool_inputs,
     pool_args,
     pool_output_size,
 )

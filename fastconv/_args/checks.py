@@ -12,6 +12,8 @@ from .. import layout as _layout
 
 LAYOUTS = tuple(_layout.LAYOUTS)
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: Accepted by the CPU ops (``half=True``), which compute it in float32 (:func:`widen`).
+HALF = np.dtype(np.float16)
 DEVICES = ("cpu", "cuda")
 
 
@@ -56,14 +58,87 @@ def check_device(op: str, device) -> str:
     return device
 
 
-def check_array(op: str, name: str, a) -> np.ndarray:
-    """An ndarray of float32/float64 (TypeError otherwise); views are accepted."""
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{op}: {name} must be a numpy.ndarray, got {type(a).__name__}")
+def check_array(op: str, name: str, a, half: bool = False) -> np.ndarray:
+    """``a`` as a plain ndarray of float32/float64, or float16 when ``half`` (TypeError
+    otherwise); views are accepted.
+
+    A plain ndarray passes as it is (one type check). Anything else goes through
+    :func:`as_ndarray`: ndarray subclasses and objects offering ``__array__``, the buffer
+    protocol or ``__dlpack__`` (a CPU torch tensor, a memoryview, an array.array) become
+    plain ndarrays sharing their memory; nested lists convert as numpy converts them (a
+    copy), and so does a float array of non-native byte order (a native copy).
+
+    >>> check_array("op", "x", [[1.0, 2.0]])
+    array([[1., 2.]])
+    >>> check_array("op", "x", {})
+    Traceback (most recent call last):
+    ...
+    TypeError: op: x must be an array-like convertible to a numpy array, got dict
+    """
+    if type(a) is not np.ndarray:
+        a = as_ndarray(op, name, a)
     if a.dtype not in DTYPES:
-        raise TypeError(f"{op}: {name} has dtype {a.dtype}; accepted dtypes are float32 and "
-                        "float64")
+        a = _native_float(op, name, a, half)
     return a
+
+
+def _native_float(op: str, name: str, a: np.ndarray, half: bool) -> np.ndarray:
+    """``a`` when float16 is accepted (``half``), a native-byte-order copy of a non-native
+    accepted dtype; TypeError for any other dtype."""
+    native = a.dtype.newbyteorder("=")
+    if native not in DTYPES and not (half and native == HALF):
+        raise TypeError(f"{op}: {name} has dtype {a.dtype}; accepted dtypes are float32 and "
+                        "float64" + (" (and float16 on the CPU)" if native == HALF else ""))
+    return a if native == a.dtype else a.astype(native)
+
+
+def widen(*arrays):
+    """float32 copies of the float16 arrays among ``arrays`` (None and others as they are):
+    the CPU ops compute float16 in float32 and round the results once (:func:`narrow`)."""
+    return tuple(a.astype(np.float32) if a is not None and a.dtype == HALF else a
+                 for a in arrays)
+
+
+def narrow(result):
+    """A float16 op's ``result`` (an array, None or a tuple of them) with its float32
+    arrays rounded to float16 (float64 statistics and int64 indices as they are)."""
+    if isinstance(result, tuple):
+        return tuple(narrow(r) for r in result)
+    if result is not None and result.dtype == np.float32:
+        return result.astype(HALF)
+    return result
+
+
+def as_ndarray(op: str, name: str, a) -> np.ndarray:
+    """A plain ndarray of ``a``, any dtype, without a copy where numpy can share memory.
+
+    ndarray subclasses become base-class views (a masked array with masked elements is
+    refused: its mask would be lost; so is a dask array, whose conversion would compute
+    it); objects with ``__dlpack__`` but no ``__array__`` go
+    through ``np.from_dlpack``; everything else through ``np.asarray``. TypeError naming
+    the op and the argument when ``a`` does not convert to a numeric array (None, str,
+    dict, a GPU tensor, ...)."""
+    if isinstance(a, np.ndarray):
+        if isinstance(a, np.ma.MaskedArray) and np.ma.is_masked(a):
+            raise TypeError(f"{op}: {name} is a masked array with masked elements; fill them "
+                            "first (a.filled(value))")
+        return a.view(np.ndarray)
+    if hasattr(a, "__dask_graph__"):
+        raise TypeError(f"{op}: {name} must be a numpy.ndarray or an in-memory array-like, "
+                        f"got a lazy {type(a).__name__} (dask); call .compute() first")
+    reason = ""
+    if a is not None and not isinstance(a, (str, bytes)):
+        try:
+            if hasattr(a, "__dlpack__") and not hasattr(a, "__array__"):
+                out = np.from_dlpack(a)
+            else:
+                out = np.asarray(a)
+            if out.dtype.kind in "biufc":
+                return out
+        except Exception as e:  # noqa: BLE001  (any failure to convert is the caller's)
+            reason = f" ({type(e).__name__}: {e})"
+    raise TypeError(f"{op}: {name} must be an array-like convertible to a numpy array, got "
+                    f"{type(a).__name__}{reason}")
 
 
 def check_same_dtype(op: str, **arrays) -> np.dtype:

@@ -132,16 +132,16 @@ def conv_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0, dilati
 
 
 def conv_arrays(op, x, w, bias, stride, padding, dilation, groups, layout,
-                check_input=check_array):
+                check_input=check_array, half=False):
     """Validate conv2d's arrays and arguments; returns (x, w, bias, ConvArgs) with x 4-D.
 
     ``check_input(op, name, x)`` validates the input (an ndarray by default; the Dask
     front end passes its own check for dask arrays, the GPU front end one for device
-    arrays)."""
-    x = check_input(op, "input", x)
-    w = check_array(op, "weight", w)
+    arrays). ``half``: float16 arrays are accepted (the CPU front end)."""
+    x = check_input(op, "input", x, half) if half else check_input(op, "input", x)
+    w = check_array(op, "weight", w, half)
     if bias is not None:
-        bias = check_array(op, "bias", bias)
+        bias = check_array(op, "bias", bias, half)
     dtype = check_same_dtype(op, input=x, weight=w, bias=bias)
     args = conv_args_from_shapes(op, x.shape, w.shape, stride, padding, dilation, groups,
                                  layout, dtype)

@@ -40,11 +40,11 @@ def _check_real(op, name, value, lo, hi=None) -> float:
     return value
 
 
-def _check_input(op, x, layout):
-    """(x, c, count): x a 4-D float array in ``layout``, its channel count and the number
-    of values per channel N*H*W."""
+def _check_input(op, x, layout, half):
+    """(x, c, count): x a 4-D float array (float16 too when ``half``) in ``layout``, its
+    channel count and the number of values per channel N*H*W."""
     dims = _layout.LAYOUTS[check_layout(op, layout)]
-    x = check_array(op, "input", x)
+    x = check_array(op, "input", x, half)
     if x.ndim != 4:
         raise ValueError(f"{op}: input must be 4-D ({', '.join(dims.name)}) for layout "
                          f"{layout}, got {x.ndim}-D shape {x.shape}")
@@ -52,11 +52,11 @@ def _check_input(op, x, layout):
     return x, c, x.size // c if c else 0
 
 
-def _check_channel_vector(op, name, a, c, dtype=None):
-    """None, or a (C,) float array (of ``dtype`` when given)."""
+def _check_channel_vector(op, name, a, c, dtype=None, half=False):
+    """None, or a (C,) float array (of ``dtype`` when given; float16 too when ``half``)."""
     if a is None:
         return None
-    a = check_array(op, name, a)
+    a = check_array(op, name, a, half)
     if a.shape != (c,):
         raise ValueError(f"{op}: {name} must have shape (C,) = ({c},), got {a.shape}")
     if dtype is not None and a.dtype != dtype:
@@ -65,12 +65,16 @@ def _check_channel_vector(op, name, a, c, dtype=None):
     return a
 
 
-def batch_norm_args(op, x, running_mean, running_var, weight, bias, training, momentum,
-                    eps, layout, return_stats) -> BatchNormArgs:
-    """The checks of ``batch_norm``: running statistics are numpy arrays (updated in
-    place, so writeable when training) or both None (training only); momentum in [0, 1];
-    eps >= 0; training needs more than one value per channel."""
-    x, c, count = _check_input(op, x, layout)
+def batch_norm_inputs(op, x, running_mean, running_var, weight, bias, training, momentum,
+                      eps, layout, return_stats, half=False):
+    """The checks of ``batch_norm``: (record, (x, running_mean, running_var, weight,
+    bias)) with every array a plain ndarray (array-likes converted, as
+    :func:`~fastconv._args.checks.check_array`). Running statistics are both None
+    (training only) or (C,) arrays of x's dtype; in training they are updated in place,
+    so they must then be writeable numpy arrays (a subclass's memory is updated through
+    a view); momentum in [0, 1]; eps >= 0; training needs more than one value per
+    channel. ``half``: float16 arrays are accepted (the CPU front end)."""
+    x, c, count = _check_input(op, x, layout, half)
     training = check_flag(op, "training", training)
     check_flag(op, "return_stats", return_stats)
     momentum = _check_real(op, "momentum", momentum, 0.0, 1.0)
@@ -81,36 +85,60 @@ def batch_norm_args(op, x, running_mean, running_var, weight, bias, training, mo
     if running_mean is None and not training:
         raise ValueError(f"{op}: running_mean and running_var are required when "
                          "training=False")
+    stats = []
     for name, a in (("running_mean", running_mean), ("running_var", running_var)):
-        if a is not None and not isinstance(a, np.ndarray):
-            raise TypeError(f"{op}: {name} must be a numpy.ndarray (it is updated in place), "
-                            f"got {type(a).__name__}")
-        _check_channel_vector(op, name, a, c, x.dtype)
-        if a is not None and training and not a.flags.writeable:
-            raise ValueError(f"{op}: {name} is read-only; training updates it in place")
-    _check_channel_vector(op, "weight", weight, c, x.dtype)
-    _check_channel_vector(op, "bias", bias, c, x.dtype)
+        if a is not None and training and not isinstance(a, np.ndarray):
+            raise TypeError(f"{op}: {name} must be a numpy.ndarray when training (it is "
+                            f"updated in place), got {type(a).__name__}; np.asarray shares "
+                            "the memory of a CPU tensor or a writeable buffer")
+        given, a = a, _check_channel_vector(op, name, a, c, x.dtype, half)
+        if a is not None and training:
+            if a is not given and not np.may_share_memory(a, given):
+                raise TypeError(f"{op}: {name} has dtype {given.dtype} (non-native byte "
+                                "order); training updates it in place, which needs the "
+                                "native order")
+            if not a.flags.writeable:
+                raise ValueError(f"{op}: {name} is read-only; training updates it in place")
+        stats.append(a)
+    weight = _check_channel_vector(op, "weight", weight, c, x.dtype, half)
+    bias = _check_channel_vector(op, "bias", bias, c, x.dtype, half)
     if training and count == 1:
         raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
                          f"input shape {x.shape}")
-    return BatchNormArgs(c, count, training, layout, momentum, eps)
+    return BatchNormArgs(c, count, training, layout, momentum, eps), (x, *stats, weight, bias)
 
 
-def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training,
-                             layout) -> BatchNormArgs:
-    """The checks of ``batch_norm_backward``: grad_y of x's shape and dtype, mean and
-    invstd (C,) float arrays (required), weight (C,) of x's dtype or None."""
-    x, c, count = _check_input(op, x, layout)
-    grad_y = check_array(op, "grad_y", grad_y)
+def batch_norm_args(op, x, running_mean, running_var, weight, bias, training, momentum,
+                    eps, layout, return_stats) -> BatchNormArgs:
+    """The record of :func:`batch_norm_inputs` (its checks, without the arrays)."""
+    return batch_norm_inputs(op, x, running_mean, running_var, weight, bias, training,
+                             momentum, eps, layout, return_stats)[0]
+
+
+def batch_norm_backward_inputs(op, grad_y, x, mean, invstd, weight, training, layout,
+                               half=False):
+    """The checks of ``batch_norm_backward``: (record, (grad_y, x, mean, invstd, weight))
+    with every array a plain ndarray. grad_y of x's shape and dtype, mean and invstd
+    (C,) float arrays (required), weight (C,) of x's dtype or None; float16 too when
+    ``half``."""
+    x, c, count = _check_input(op, x, layout, half)
+    grad_y = check_array(op, "grad_y", grad_y, half)
     check_same_dtype(op, grad_y=grad_y, input=x)
     if grad_y.shape != x.shape:
         raise ValueError(f"{op}: grad_y must have the shape of the input {x.shape}, got "
                          f"{grad_y.shape}")
     training = check_flag(op, "training", training)
-    mean = _check_channel_vector(op, "mean", mean, c)
-    invstd = _check_channel_vector(op, "invstd", invstd, c)
+    mean = _check_channel_vector(op, "mean", mean, c, half=half)
+    invstd = _check_channel_vector(op, "invstd", invstd, c, half=half)
     if mean is None or invstd is None:
         raise TypeError(f"{op}: mean and invstd are required (from batch_norm(..., "
                         "return_stats=True))")
-    _check_channel_vector(op, "weight", weight, c, x.dtype)
-    return BatchNormArgs(c, count, training, layout)
+    weight = _check_channel_vector(op, "weight", weight, c, x.dtype, half)
+    return BatchNormArgs(c, count, training, layout), (grad_y, x, mean, invstd, weight)
+
+
+def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training,
+                             layout) -> BatchNormArgs:
+    """The record of :func:`batch_norm_backward_inputs` (its checks, without the arrays)."""
+    return batch_norm_backward_inputs(op, grad_y, x, mean, invstd, weight, training,
+                                      layout)[0]

@@ -17,7 +17,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import layout as _layout
-from .checks import activation_dims, check_array, check_flag, check_layout, pair
+from .checks import (
+    activation_dims,
+    as_ndarray,
+    check_array,
+    check_flag,
+    check_layout,
+    pair,
+)
 
 
 def pool_output_size(n: int, k: int, stride: int, pad: int, dilation: int,
@@ -154,9 +161,10 @@ def check_input_shape(op: str, input_shape) -> tuple[int, ...]:
     return shape
 
 
-def check_grad_y(op: str, grad_y, want) -> np.ndarray:
-    """``grad_y``, a float array of the pooling output's shape ``want``."""
-    grad_y = check_array(op, "grad_y", grad_y)
+def check_grad_y(op: str, grad_y, want, half: bool = False) -> np.ndarray:
+    """``grad_y``, a float array (float16 too when ``half``) of the pooling output's shape
+    ``want``."""
+    grad_y = check_array(op, "grad_y", grad_y, half)
     if grad_y.shape != tuple(want):
         raise ValueError(f"{op}: grad_y must have shape {tuple(want)} (the pooling output), "
                          f"got {grad_y.shape}")
@@ -164,12 +172,19 @@ def check_grad_y(op: str, grad_y, want) -> np.ndarray:
 
 
 def max_unpool_args(op: str, grad_y, indices, input_shape, layout) -> PoolShapes:
-    """The checks of ``max_pool2d_backward``: grad_y and its int64 ``indices`` (flat
-    positions h*W + w in [0, H*W), or -1) against ``input_shape``; returns the sizes."""
+    """The sizes of :func:`max_unpool_inputs` (its checks, without the arrays)."""
+    return max_unpool_inputs(op, grad_y, indices, input_shape, layout)[0]
+
+
+def max_unpool_inputs(op: str, grad_y, indices, input_shape, layout, half: bool = False):
+    """The checks of ``max_pool2d_backward``: grad_y (float16 too when ``half``) and its
+    int64 ``indices`` (flat positions h*W + w in [0, H*W), or -1) against
+    ``input_shape``; returns (sizes, grad_y, indices), both plain ndarrays (array-likes
+    converted)."""
     check_layout(op, layout)
     shape = check_input_shape(op, input_shape)
     n, c, h, w, unbatched = activation_dims(op, shape, layout)
-    grad_y = check_array(op, "grad_y", grad_y)
+    grad_y = check_array(op, "grad_y", grad_y, half)
     if grad_y.ndim != len(shape):
         raise ValueError(f"{op}: grad_y is {grad_y.ndim}-D but input_shape {shape} is "
                          f"{len(shape)}-D")
@@ -177,8 +192,7 @@ def max_unpool_args(op: str, grad_y, indices, input_shape, layout) -> PoolShapes
     if (gn, gc) != (n, c):
         raise ValueError(f"{op}: grad_y of shape {grad_y.shape} does not match input_shape "
                          f"{shape}: batch and channel sizes must agree ({layout})")
-    if not isinstance(indices, np.ndarray):
-        raise TypeError(f"{op}: indices must be a numpy.ndarray, got {type(indices).__name__}")
+    indices = as_ndarray(op, "indices", indices)
     if indices.dtype != np.int64:
         raise TypeError(f"{op}: indices has dtype {indices.dtype}; expected int64 (as "
                         "returned by max_pool2d(..., return_indices=True))")
@@ -188,4 +202,4 @@ def max_unpool_args(op: str, grad_y, indices, input_shape, layout) -> PoolShapes
     if indices.size and (indices.min() < -1 or indices.max() >= h * w):
         raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, {h * w}) (or be -1), got "
                          f"values from {indices.min()} to {indices.max()}")
-    return PoolShapes(n, c, h, w, ho, wo, layout, unbatched)
+    return PoolShapes(n, c, h, w, ho, wo, layout, unbatched), grad_y, indices

@@ -1,5 +1,11 @@
 """The public pooling ops: validate (``fastconv._args``), dispatch to the GPU or run the
-caller's layout's kernels (``_layouts.KERNELS``) on the arrays as they are."""
+caller's layout's kernels (``_layouts.KERNELS``) on the arrays as they are.
+
+Every op takes array-likes where it takes arrays (``fastconv._args.check_array``:
+ndarray subclasses and ``__array__``, buffer or ``__dlpack__`` objects without a copy;
+nested lists and non-native byte order copied) and returns plain ndarrays. float16 is
+computed in float32 and the results rounded once to float16 (max pooling: exactly the
+float16 maxima; indices stay int64)."""
 
 from __future__ import annotations
 
@@ -7,13 +13,15 @@ import numpy as np
 
 from .. import devices
 from .._args import (
+    HALF,
     avg_pool_args,
     check_array,
     check_flag,
     check_grad_y,
     check_input_shape,
     global_pool_args,
-    max_unpool_args,
+    max_unpool_inputs,
+    narrow,
     pool_args,
 )
 from .._memory import allocate
@@ -27,11 +35,20 @@ def _batched(a: np.ndarray, unbatched: bool) -> np.ndarray:
     return np.ascontiguousarray(a[None] if unbatched else a)
 
 
-def _as_given(s, *arrays):
-    """The results as the caller gave the input: the batch axis dropped when unbatched;
-    one array, or a tuple of several."""
+def _as_given(s, *arrays, half=False):
+    """The results as the caller gave the input: the batch axis dropped when unbatched,
+    float32 rounded to float16 for a float16 call (``half``); one array, or a tuple."""
     out = tuple(a[0] if s.unbatched else a for a in arrays)
+    out = narrow(out) if half else out
     return out[0] if len(out) == 1 else out
+
+
+def _float32(a: np.ndarray) -> tuple[bool, np.ndarray]:
+    """(half, a): whether ``a`` is float16, and ``a`` in float32 then (float16 is computed
+    in float32 and rounded once at the end)."""
+    if a.dtype == HALF:
+        return True, a.astype(np.float32)
+    return False, a
 
 
 def _run(kernel, size: int, *args) -> None:
@@ -85,7 +102,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if gpu is not None:
         return gpu(x, kernel_size, stride, padding, dilation, ceil_mode, layout=layout,
                    return_indices=return_indices)
-    x = check_array(op, "input", x)
+    half, x = _float32(check_array(op, "input", x, half=True))
     a = pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
     with_idx = check_flag(op, "return_indices", return_indices)
     kernels = KERNELS[a.layout]
@@ -93,7 +110,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     scans = with_idx or kernels.max_pool_scans_indices(a)
     idx = allocate(op, "indices", y.shape if scans else (0,), np.int64)
     _run(kernels.max_pool, y.size, a, _batched(x, a.unbatched), y, idx, with_idx)
-    return _as_given(a, y, idx) if with_idx else _as_given(a, y)
+    return _as_given(a, y, idx, half=half) if with_idx else _as_given(a, y, half=half)
 
 
 def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="cpu"):
@@ -117,12 +134,13 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
         return gpu(grad_y, indices, input_shape, layout=layout)
-    s = max_unpool_args(op, grad_y, indices, input_shape, layout)
+    s, grad_y, indices = max_unpool_inputs(op, grad_y, indices, input_shape, layout, True)
+    half, grad_y = _float32(grad_y)
     gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
     gx[...] = 0
     _run(KERNELS[s.layout].max_unpool, grad_y.size, s, _batched(grad_y, s.unbatched),
          _batched(indices, s.unbatched), gx)
-    return _as_given(s, gx)
+    return _as_given(s, gx, half=half)
 
 
 # ------------------------------------------------------------------------------ avg pool
@@ -153,12 +171,12 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     if gpu is not None:
         return gpu(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                    layout=layout)
-    x = check_array(op, "input", x)
+    half, x = _float32(check_array(op, "input", x, half=True))
     a = avg_pool_args(op, x.shape, kernel_size, stride, padding, ceil_mode,
                       count_include_pad, layout)
     y = allocate(op, "output", a.y_shape4, x.dtype)
     _run(KERNELS[a.layout].avg_pool, y.size, a, _batched(x, a.unbatched), y)
-    return _as_given(a, y)
+    return _as_given(a, y, half=half)
 
 
 def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0,
@@ -180,11 +198,11 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
     shape = check_input_shape(op, input_shape)
     a = avg_pool_args(op, shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                       layout)
-    grad_y = check_grad_y(op, grad_y, a.y_shape)
+    half, grad_y = _float32(check_grad_y(op, grad_y, a.y_shape, half=True))
     gx = allocate(op, "gradient", a.x_shape4, grad_y.dtype)
     # (the output is at least 1x1, so grad_y is empty only when gx is)
     _run(KERNELS[a.layout].avg_unpool, gx.size, a, _batched(grad_y, a.unbatched), gx)
-    return _as_given(a, gx)
+    return _as_given(a, gx, half=half)
 
 
 # ----------------------------------------------------------------------- global average
@@ -193,11 +211,11 @@ def global_avg_pool2d(x, *, layout="NCHW"):
     (3-D in, 3-D out). Float64 sums. Runs ``_avg_kernels._mean_planes`` /
     ``_mean_pixels_nhwc``."""
     op = "global_avg_pool2d"
-    x = check_array(op, "input", x)
+    half, x = _float32(check_array(op, "input", x, half=True))
     s = global_pool_args(op, x.shape, layout)
     y = np.empty((s.n, s.c), x.dtype)
     _run(KERNELS[s.layout].mean, y.size, s, _batched(x, s.unbatched), y)
-    return y.reshape(s.y_shape)
+    return narrow(y.reshape(s.y_shape)) if half else y.reshape(s.y_shape)
 
 
 def global_avg_pool2d_backward(grad_y, input_shape, *, layout="NCHW"):
@@ -208,7 +226,7 @@ def global_avg_pool2d_backward(grad_y, input_shape, *, layout="NCHW"):
     op = "global_avg_pool2d_backward"
     shape = check_input_shape(op, input_shape)
     s = global_pool_args(op, shape, layout, what=f"input_shape {shape}")
-    grad_y = check_grad_y(op, grad_y, s.y_shape)
+    half, grad_y = _float32(check_grad_y(op, grad_y, s.y_shape, half=True))
     gx = allocate(op, "gradient", shape, grad_y.dtype)
     gx[...] = grad_y / grad_y.dtype.type(s.h * s.w)
-    return gx
+    return narrow(gx) if half else gx

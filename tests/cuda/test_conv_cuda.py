@@ -196,7 +196,7 @@ def test_empty_batch():
     (lambda x, w: fcuda.conv2d(x, w, layout="CHWN"), ValueError,
      r"conv2d: layout='CHWN' is not supported"),
     (lambda x, w: fcuda.conv2d(x, "w"), TypeError,
-     r"conv2d: weight must be a numpy.ndarray, got str"),
+     r"conv2d: weight must be an array-like convertible to a numpy array, got str"),
     (lambda x, w: fcuda.conv2d(cuda.to_device(x), cuda.to_device(w[:1, :2])), ValueError,
      r"conv2d: weight has 2 input channels per group but input has C_in=4"),
     (lambda x, w: fcuda.conv2d(cuda.to_device(x.astype(np.float32)), w), TypeError,
