@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
-export NUMBA_CACHE_DIR ?= $(CURDIR)/.numba_cache
+# numba's kernel cache: the one every way of running fastconv shares (the user cache
+# directory, $$XDG_CACHE_HOME/fastconv/numba) unless NUMBA_CACHE_DIR is set.
 
 .PHONY: test test-slow bench notebooks lint clean info
 

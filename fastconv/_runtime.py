@@ -6,9 +6,16 @@
   preloaded here. Without TBB, omp (thread-safe) and then workqueue are used; with
   workqueue, concurrent parallel calls would abort the process, so ``parallel_guard``
   serialises them.
-* Cache: kernels use ``cache=True``. Numba refuses to import such modules when no
-  cache location is writable, so when ``NUMBA_CACHE_DIR`` is unset and the package
-  directory is read-only, the cache goes to ``config.CACHE_DIR/numba``.
+* Cache: kernels use ``cache=True``. One cache serves every way of running fastconv
+  (the CLI, the tests, a user's scripts, from any checkout or install): numba's
+  ``NUMBA_CACHE_DIR`` when set, else ``config.CACHE_DIR/numba`` (the user's cache
+  directory, never the package directory). When that is not writable, a temporary
+  directory is used and one warning says so (numba refuses to import cached kernels
+  without a writable location).
+* First use: the first time a kernel of fastconv actually compiles (not found in the
+  cache) in a process, one line on stderr says so (``NOTICE``), unless
+  ``config.QUIET`` (``FASTCONV_QUIET=1``). It listens to numba's compile event, which
+  numba raises only for a real compile, so a compiled or cached kernel costs nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +31,9 @@ from . import config
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 
+#: The line written to stderr when a kernel compiles for the first time in a process.
+NOTICE = "fastconv: compiling kernels for first use (cached afterwards)\u2026"
+
 
 def _writable_dir(path: str) -> bool:
     try:
@@ -33,22 +43,24 @@ def _writable_dir(path: str) -> bool:
     return os.access(path, os.W_OK | os.X_OK)
 
 
-def _package_dirs():
-    """The package's directories (numba caches a kernel beside its source file)."""
-    for root, dirs, _ in os.walk(_PKG_DIR):
-        dirs[:] = [d for d in dirs if d != "__pycache__"]
-        yield root
+def _set_cache_dir(path: str) -> None:
+    os.environ["NUMBA_CACHE_DIR"] = path
+    if "numba" in sys.modules:  # imported before fastconv: numba read its config already
+        sys.modules["numba"].config.CACHE_DIR = path
+
+
+def cache_dir() -> str:
+    """numba's cache directory in use (``NUMBA_CACHE_DIR``, set at import)."""
+    return os.environ.get("NUMBA_CACHE_DIR", "")
 
 
 def _choose_cache_dir() -> None:
     """Make sure numba has a writable cache location (set before numba is imported)."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
-    if all(_writable_dir(os.path.join(d, "__pycache__")) for d in _package_dirs()):
-        return
-    fallback = os.path.join(config.CACHE_DIR, "numba")
-    if _writable_dir(fallback):
-        os.environ["NUMBA_CACHE_DIR"] = fallback
+    default = os.path.join(config.CACHE_DIR, "numba")
+    if _writable_dir(default):
+        _set_cache_dir(default)
         return
     # Nothing writable: numba would fail to import our modules. A fresh temporary dir
     # keeps everything working (compiled once per process) and says so once.
@@ -58,10 +70,10 @@ def _choose_cache_dir() -> None:
 
     tmp = tempfile.mkdtemp(prefix="fastconv-numba-")
     atexit.register(shutil.rmtree, tmp, ignore_errors=True)
-    os.environ["NUMBA_CACHE_DIR"] = tmp
+    _set_cache_dir(tmp)
     warnings.warn(
-        "fastconv: no writable numba cache directory (package dir read-only, "
-        f"{fallback} not writable); kernels are compiled once per process",
+        f"fastconv: no writable numba cache directory ({default} not writable); kernels "
+        "are compiled once per process",
         RuntimeWarning,
         stacklevel=3,
     )
@@ -109,8 +121,44 @@ def _choose_threading_layer() -> str:
     return layer
 
 
+class _FirstCompile:
+    """numba listener: writes ``NOTICE`` once, at the first compile of a fastconv kernel.
+
+    numba raises "numba:compile" only when a signature is neither compiled nor in the
+    cache, and never on a call that finds its kernel, so the hot path is untouched.
+    """
+
+    def __init__(self):
+        self.shown = False
+        self.compiles = 0  # fastconv kernels compiled in this process (not from the cache)
+
+    def on_start(self, event) -> None:
+        dispatcher = (event.data or {}).get("dispatcher")
+        func = getattr(dispatcher, "py_func", None)
+        if not getattr(func, "__module__", "").startswith(__package__ + "."):
+            return  # the user's own numba functions
+        self.compiles += 1
+        if self.shown:
+            return
+        self.shown = True
+        if not config.QUIET:
+            print(NOTICE, file=sys.stderr, flush=True)
+
+    def on_end(self, event) -> None:
+        pass
+
+
+def _listen_for_compiles() -> _FirstCompile:
+    from numba.core import event
+
+    listener = type("FirstCompileListener", (_FirstCompile, event.Listener), {})()
+    event.register("numba:compile", listener)
+    return listener
+
+
 _choose_cache_dir()
 REQUESTED_THREADING_LAYER = _choose_threading_layer()
+FIRST_COMPILE = _listen_for_compiles()
 
 _workqueue_lock = threading.Lock()
 

@@ -14,6 +14,8 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | FFT_WORKERS          | FASTCONV_FFT_WORKERS          | os.cpu_count()             |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
+| (numba's kernel cache)| NUMBA_CACHE_DIR              | CACHE_DIR/numba            |
+| QUIET                | FASTCONV_QUIET                | False (1: no first-compile notice) |
 | MNIST_MIRROR         | FASTCONV_MNIST_MIRROR         | None (the usual mirror)    |
 | FASHION_MNIST_MIRROR | FASTCONV_FASHION_MNIST_MIRROR | None (the usual mirror)    |
 | CIFAR10_MIRROR       | FASTCONV_CIFAR10_MIRROR       | None (the usual mirror)    |
@@ -72,12 +74,18 @@ PLAN_CACHE_SIZE: int = int(_env_float("FASTCONV_PLAN_CACHE_SIZE", 1024))
 #: np.isnan must keep working (numba's fastmath=True would break both).
 FASTMATH = {"reassoc", "contract", "arcp", "nsz"}
 
-#: fastconv's own cache directory (calibration profile; numba's cache when no other
-#: writable location exists).
+#: fastconv's own cache directory: the calibration profile, and numba's compiled kernels
+#: in ``CACHE_DIR/numba`` unless NUMBA_CACHE_DIR is set (one cache for the CLI, the
+#: tests and the user's scripts; ``fastconv warmup`` fills it ahead of time).
 CACHE_DIR: str = os.environ.get("FASTCONV_CACHE_DIR") or os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
     "fastconv",
 )
+
+#: True: no "compiling kernels for first use" line on stderr (fastconv._runtime). Any
+#: value of FASTCONV_QUIET other than "", "0", "false", "no" sets it.
+QUIET: bool = os.environ.get("FASTCONV_QUIET", "").strip().lower() not in ("", "0", "false",
+                                                                          "no")
 
 #: Threading layers tried in order when NUMBA_THREADING_LAYER is unset. TBB is both
 #: thread-safe and fork-safe; omp is thread-safe only; workqueue is neither, so calls into
