@@ -182,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     pc.add_argument("--json", action="store_true", help="print JSON")
     pc.set_defaults(func=cmd_calibrate)
     add_train_parser(sub)
+    __import__("fastconv.tools.warmup", fromlist=["add_parser"]).add_parser(sub)
     return p
 
 

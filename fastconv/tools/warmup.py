@@ -1,0 +1,168 @@
+"""``fastconv warmup``: compile the common kernels ahead of time into numba's cache.
+
+Without it the kernels compile on first use (one line on stderr says so) and are
+cached afterwards (``fastconv._runtime``). ``warmup`` runs, on tiny arrays, what the
+usual work calls:
+
+* models: a training step (forward, backward, optimiser step) and an evaluation forward
+  of each bundled model (``fastconv.training.warm_up``; the models are NCHW);
+* layers: max / average / global average pooling and batch norm, forward and backward,
+  in each layout;
+* algos: ``conv2d`` and ``conv2d_backward`` with each algorithm on the default bench
+  suite's layers (shrunk: 1 image, at most 4 channels, 12x12 or the kernel's size) in
+  each layout.
+
+Kernels are specialised on dtype and layout, not on sizes, so the tiny arrays compile
+what the real ones use. Each of those runs once per dtype (float32 and float64 by
+default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import numpy as np
+
+MODELS = ("lenet", "resnet")
+DTYPES = ("float32", "float64")
+LAYOUT_NAMES = ("NCHW", "NHWC")
+CONV_ALGOS = ("naive", "im2col", "fft", "winograd")
+
+
+def _shrunk_suite():
+    """The default suite's layers on tiny arrays (the same stride, padding, dilation,
+    groups and kernel size)."""
+    from .bench.suites import DEFAULT_SUITE
+
+    out = []
+    for s in DEFAULT_SUITE:
+        c = 4 if s.groups > 1 else min(s.c, 4)
+        groups = c if s.groups > 1 else 1
+        side = max(12, s.dilation * (s.k - 1) + 2)
+        out.append(dataclasses.replace(s, n=1, c=c, c_out=c if groups > 1 else min(s.c_out, 4),
+                                       h=side, w=side, groups=groups))
+    return tuple(out)
+
+
+def _model_task(name: str, dtype):
+    def task():
+        from fastconv import models, optim, training
+
+        rng = np.random.default_rng(0)
+        if name == "lenet":
+            net, x = models.lenet5(1, 10, 28, rng=rng, dtype=dtype), (2, 1, 28, 28)
+        else:
+            net, x = models.resnet_small(1, 10, rng=rng, dtype=dtype), (2, 1, 16, 16)
+        opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+        training.warm_up(net, opt, rng.standard_normal(x).astype(dtype), np.array([0, 1]))
+    return f"{name} {np.dtype(dtype).name}", task
+
+
+def _layers_task(dtype, layout: str):
+    def task():
+        import fastconv as fc
+
+        x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(dtype)
+        if layout == "NHWC":
+            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        y, idx = fc.max_pool2d(x, 2, layout=layout, return_indices=True)
+        fc.max_pool2d_backward(y, idx, x.shape, layout=layout)
+        y = fc.avg_pool2d(x, 2, layout=layout)
+        fc.avg_pool2d_backward(y, x.shape, 2, layout=layout)
+        y = fc.global_avg_pool2d(x, layout=layout)
+        fc.global_avg_pool2d_backward(y, x.shape, layout=layout)
+        mean, var = np.zeros(4, dtype), np.ones(4, dtype)
+        weight, bias = np.ones(4, dtype), np.zeros(4, dtype)
+        for training in (True, False):
+            y, m, invstd = fc.batch_norm(x, mean, var, weight, bias, training, layout=layout,
+                                         return_stats=True)
+            fc.batch_norm_backward(y, x, m, invstd, weight, training=training, layout=layout)
+    return f"layers {np.dtype(dtype).name} {layout}", task
+
+
+def _conv_task(algo: str, dtype, layout: str):
+    def task():
+        import fastconv as fc
+        from fastconv.algos import registry
+
+        for shape in _shrunk_suite():
+            if registry.get(algo).why_not(shape.args(dtype, layout=layout)) is not None:
+                continue
+            x, w = shape.arrays(dtype, layout=layout)
+            bias = np.zeros(shape.c_out, dtype)
+            y = fc.conv2d(x, w, bias, **shape.kwargs(), layout=layout, algo=algo)
+            fc.conv2d_backward(y, x, w, **shape.kwargs(), layout=layout, algo=algo)
+    return f"{algo} {np.dtype(dtype).name} {layout}", task
+
+
+def tasks(models=MODELS, dtypes=DTYPES, layouts=LAYOUT_NAMES, algos=CONV_ALGOS) -> list:
+    """(label, callable) for each piece of the warm-up, in order.
+
+    >>> [label for label, _ in tasks(["lenet"], ["float32"], ["NCHW"], ["im2col"])]
+    ['lenet float32', 'layers float32 NCHW', 'im2col float32 NCHW']
+    """
+    dts = [np.dtype(d).type for d in dtypes]
+    out = [_model_task(m, d) for m in models for d in dts]
+    out += [_layers_task(d, lay) for d in dts for lay in layouts]
+    out += [_conv_task(a, d, lay) for a in algos for d in dts for lay in layouts]
+    return out
+
+
+def run(models=MODELS, dtypes=DTYPES, layouts=LAYOUT_NAMES, algos=CONV_ALGOS,
+        progress: bool = True) -> dict:
+    """Compile (or load from the cache) the kernels of ``tasks``; returns {"seconds",
+    "compiled" (kernels compiled now, the rest came from the cache), "tasks",
+    "cache_dir"}. The first-use notice stays quiet meanwhile (the bar is the progress)."""
+    from fastconv import _runtime, config
+
+    todo = tasks(models, dtypes, layouts, algos)
+    bar = None
+    if progress:
+        try:
+            from tqdm import tqdm
+        except ImportError:
+            pass
+        else:
+            bar = tqdm(total=len(todo), desc="warmup", unit="step", file=sys.stderr)
+    quiet, config.QUIET = config.QUIET, True
+    before, start = _runtime.FIRST_COMPILE.compiles, time.perf_counter()
+    try:
+        for label, task in todo:
+            if bar is not None:
+                bar.set_postfix_str(label)
+            task()
+            if bar is not None:
+                bar.update(1)
+    finally:
+        config.QUIET = quiet
+        if bar is not None:
+            bar.close()
+    return {"seconds": time.perf_counter() - start, "tasks": len(todo),
+            "compiled": _runtime.FIRST_COMPILE.compiles - before,
+            "cache_dir": _runtime.cache_dir()}
+
+
+def cmd_warmup(args) -> int:
+    """``fastconv warmup``: compile the common kernels into the cache; says how long it
+    took and where the cache is."""
+    res = run(args.models, args.dtype, args.layout, args.algos, progress=not args.no_progress)
+    print(f"fastconv warmup: {res['tasks']} steps, {res['compiled']} kernels compiled (the "
+          f"rest were cached) in {res['seconds']:.1f} s; cache: {res['cache_dir']}")
+    return 0
+
+
+def add_parser(sub) -> None:
+    """The ``warmup`` subcommand and its options."""
+    pw = sub.add_parser("warmup", help="compile the common kernels ahead of time (numba's "
+                        "cache; first use then has no wait)")
+    pw.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS),
+                    help="bundled models to run a training step of (none: --models)")
+    pw.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    pw.add_argument("--layout", nargs="+", default=list(LAYOUT_NAMES),
+                    choices=list(LAYOUT_NAMES))
+    pw.add_argument("--algos", nargs="*", default=list(CONV_ALGOS), choices=list(CONV_ALGOS),
+                    help="conv2d algorithms to compile, forward and backward")
+    pw.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pw.set_defaults(func=cmd_warmup)
