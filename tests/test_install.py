@@ -1,5 +1,7 @@
-"""Installs: a read-only package directory with NUMBA_CACHE_DIR unset still imports and
-computes, caching in the user's cache directory or, failing that, uncached with one warning."""
+"""Installs: with NUMBA_CACHE_DIR unset, numba's cache is the user's cache directory (one
+cache for every checkout, install and way of running fastconv, never the package
+directory); a read-only package directory still imports and computes, caching there or,
+when nothing is writable, uncached with one warning."""
 
 import os
 import shutil
@@ -111,3 +113,19 @@ def test_nothing_writable_runs_uncached_with_one_warning(tmp_path):
     assert "RESULT [19.0, 25.0, 37.0, 43.0]" in proc.stdout
     assert f"FROM {site}/fastconv/__init__.py" in proc.stdout
     assert proc.stderr.count("no writable numba cache directory") == 1
+
+
+def test_writable_package_still_caches_in_user_cache_dir(tmp_path):
+    """Not beside the sources: a checkout and the CLI share the user's cache."""
+    site = tmp_path / "site"
+    shutil.copytree(os.path.dirname(fastconv.__file__), site / "fastconv",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = _run(site, [], home)
+    assert proc.returncode == 0, proc.stderr
+    assert "RESULT [19.0, 25.0, 37.0, 43.0]" in proc.stdout
+    assert f"CACHE {home}/.cache/fastconv/numba" in proc.stdout
+    assert any(name.endswith(".nbi") for _, _, files in os.walk(home) for name in files)
+    assert not any(name.endswith((".nbi", ".nbc")) for _, _, files in os.walk(site)
+                   for name in files)

@@ -1,0 +1,152 @@
+"""First use: one notice when kernels compile (never when they come from the cache), the
+untimed warm-up step leaves training unchanged, and ``fastconv warmup``."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from fastconv import _runtime, config, nn, optim, training
+from fastconv.autograd import Tensor
+from fastconv.nn import functional as F
+from fastconv.rng import default_generator, manual_seed
+from fastconv.tools import cli, warmup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Two fastconv kernels (ReLU forward and backward, the cheapest to compile) and one of
+# the user's own numba functions, which must not count.
+CHILD = textwrap.dedent("""
+    import numpy as np
+    from numba import njit
+    import fastconv
+    from fastconv.autograd import Tensor
+    from fastconv.nn import functional as F
+
+    x = Tensor(np.linspace(-1, 1, 8, dtype=np.float32), requires_grad=True)
+    F.relu(x).sum().backward()
+    njit(lambda a: a + 1)(1.0)
+    print("COMPILED", fastconv._runtime.FIRST_COMPILE.compiles)
+""")
+
+
+def _child(cache_dir, quiet=None):
+    env = {k: v for k, v in os.environ.items() if k != "FASTCONV_QUIET"}
+    env.update(NUMBA_CACHE_DIR=str(cache_dir), PYTHONPATH=ROOT)
+    if quiet is not None:
+        env["FASTCONV_QUIET"] = quiet
+    proc = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_notice_once_on_a_cold_cache_never_on_a_warm_one(tmp_path):
+    cold = _child(tmp_path)
+    assert "COMPILED 2" in cold.stdout
+    assert cold.stderr.count(_runtime.NOTICE) == 1
+    assert cold.stderr.count("compiling kernels") == 1
+    warm = _child(tmp_path)
+    assert "COMPILED 0" in warm.stdout
+    assert "compiling kernels" not in warm.stderr
+
+
+def test_fastconv_quiet_silences_the_notice(tmp_path):
+    proc = _child(tmp_path, quiet="1")
+    assert "COMPILED 2" in proc.stdout
+    assert "compiling kernels" not in proc.stderr
+
+
+def test_cache_is_the_user_cache_dir_unless_numba_cache_dir_is_set(tmp_path):
+    code = "import fastconv, numba; print(fastconv._runtime.cache_dir(), numba.config.CACHE_DIR)"
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NUMBA_CACHE_DIR", "FASTCONV_CACHE_DIR")}
+    env.update(PYTHONPATH=ROOT, XDG_CACHE_HOME=str(tmp_path / "xdg"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path, check=True).stdout.split()
+    assert out == [str(tmp_path / "xdg" / "fastconv" / "numba")] * 2
+    env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, timeout=120, cwd=tmp_path, check=True).stdout.split()
+    assert out == [str(tmp_path / "mine")] * 2
+
+
+def _net_and_opt(seed):
+    rng = np.random.default_rng(seed)
+    net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4),
+                        nn.ReLU(), nn.Dropout(0.5), nn.Flatten(), nn.Linear(64, 3, rng=rng))
+    return net, optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+
+
+def _steps(net, opt, x, y, n=3):
+    for _ in range(n):
+        opt.zero_grad()
+        F.cross_entropy(net(Tensor(x)), y).backward()
+        opt.step()
+    return [p.data.copy() for p in net.parameters()] + [b.copy() for _, b in
+                                                        net.named_buffers()]
+
+
+@pytest.mark.parametrize("steps_before", [0, 1])
+def test_warm_up_leaves_training_bit_for_bit_unchanged(rng, steps_before):
+    """Dropout (fastconv's generator), batch norm (buffers) and momentum (optimiser
+    state, also once it exists): the same weights with and without the warm-up."""
+    x = rng.standard_normal((6, 1, 4, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    manual_seed(7)
+    net, opt = _net_and_opt(1)
+    _steps(net, opt, x, y, steps_before)
+    plain = _steps(net, opt, x, y)
+    manual_seed(7)
+    net, opt = _net_and_opt(1)
+    _steps(net, opt, x, y, steps_before)
+    state = default_generator().bit_generator.state
+    before = opt.state_dict()
+    assert training.warm_up(net, opt, x, y) >= 0
+    assert default_generator().bit_generator.state == state
+    after = opt.state_dict()
+    assert after["param_groups"] == before["param_groups"]
+    assert after["state"].keys() == before["state"].keys()
+    for i in before["state"]:
+        np.testing.assert_array_equal(after["state"][i]["momentum_buffer"],
+                                      before["state"][i]["momentum_buffer"])
+    warmed = _steps(net, opt, x, y)
+    assert len(plain) == len(warmed) == 9
+    for a, b in zip(plain, warmed, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_train_reports_the_untimed_warm_up(tmp_path):
+    lines = []
+    training.run(epochs=1, batch_size=64, progress=False, log=lines.append, seed=2)
+    assert sum(line.startswith("warm-up step: ") for line in lines) == 1
+    i = next(i for i, line in enumerate(lines) if line.startswith("warm-up step"))
+    assert lines[i + 1].startswith("epoch 1:")
+
+
+def test_warmup_command_on_a_tiny_configuration(capsys):
+    quiet = config.QUIET
+    assert cli.main(["warmup", "--models", "--algos", "im2col", "--dtype", "float32",
+                     "--layout", "NHWC", "--no-progress"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    assert out[0].startswith("fastconv warmup: 2 steps, ")
+    assert out[0].endswith(f"; cache: {_runtime.cache_dir()}")
+    assert config.QUIET is quiet  # the notice is silenced only while the bar runs
+
+
+def test_warmup_tasks_cover_models_layers_and_algorithms():
+    labels = [label for label, _ in warmup.tasks()]
+    assert len(labels) == 2 * 2 + 2 * 2 + 4 * 2 * 2
+    assert "resnet float64" in labels and "winograd float32 NHWC" in labels
+    assert all(s.n == 1 and s.c <= 4 for s in warmup._shrunk_suite())
+
+
+@pytest.mark.parametrize("bad", [["--dtype", "float16"], ["--layout", "CHWN"]])
+def test_warmup_command_refuses_unknown_choices(bad, capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["warmup", *bad])
+    assert "invalid choice" in capsys.readouterr().err
