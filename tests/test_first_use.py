@@ -121,7 +121,8 @@ def test_warm_up_leaves_training_bit_for_bit_unchanged(rng, steps_before):
 
 def test_train_reports_the_untimed_warm_up(tmp_path):
     lines = []
-    training.run(epochs=1, batch_size=64, progress=False, log=lines.append, seed=2)
+    metrics = training.run(epochs=1, batch_size=64, progress=False, log=lines.append, seed=2)
+    assert 0 <= metrics["warmup_seconds"] < 600
     assert sum(line.startswith("warm-up step: ") for line in lines) == 1
     i = next(i for i, line in enumerate(lines) if line.startswith("warm-up step"))
     assert lines[i + 1].startswith("epoch 1:")
