@@ -5,12 +5,14 @@ cached afterwards (``fastconv._runtime``). ``warmup`` runs, on tiny arrays, what
 usual work calls:
 
 * models: a training step (forward, backward, optimiser step) and an evaluation forward
-  of each bundled model (``fastconv.training.warm_up``; the models are NCHW);
+  of each bundled model on a batch of 16 of its datasets' image sizes (LeNet: 8x8
+  digits, 28x28 MNIST; the ResNet: 16x16 shapes), as ``fastconv.training.warm_up``
+  (the models are NCHW);
 * layers: max / average / global average pooling and batch norm, forward and backward,
   in each layout;
 * algos: ``conv2d`` and ``conv2d_backward`` with each algorithm on the default bench
-  suite's layers (shrunk: 1 image, at most 4 channels, 12x12 or the kernel's size) in
-  each layout.
+  suite's layers (shrunk: at most 4 channels, 12x12 or the kernel's size; 1 image, and 4
+  for the im2col path that tiles several small images) in each layout.
 
 Kernels are specialised on dtype and layout, not on sizes, so the tiny arrays compile
 what the real ones use. Each of those runs once per dtype (float32 and float64 by
@@ -33,7 +35,9 @@ CONV_ALGOS = ("naive", "im2col", "fft", "winograd")
 
 def _shrunk_suite():
     """The default suite's layers on tiny arrays (the same stride, padding, dilation,
-    groups and kernel size)."""
+    groups and kernel size), each with 1 image and with 4 (im2col's image-last tiles)."""
+    from fastconv.algos.im2col import IMAGE_LAST_MIN_IMAGES
+
     from .bench.suites import DEFAULT_SUITE
 
     out = []
@@ -41,22 +45,26 @@ def _shrunk_suite():
         c = 4 if s.groups > 1 else min(s.c, 4)
         groups = c if s.groups > 1 else 1
         side = max(12, s.dilation * (s.k - 1) + 2)
-        out.append(dataclasses.replace(s, n=1, c=c, c_out=c if groups > 1 else min(s.c_out, 4),
-                                       h=side, w=side, groups=groups))
+        for n in (1, IMAGE_LAST_MIN_IMAGES):
+            out.append(dataclasses.replace(s, n=n, c=c, h=side, w=side, groups=groups,
+                                           c_out=c if groups > 1 else min(s.c_out, 4)))
     return tuple(out)
+
+
+#: The image sizes each bundled model is trained on (``fastconv train``'s datasets).
+MODEL_SIZES = {"lenet": (8, 28), "resnet": (16,)}
 
 
 def _model_task(name: str, dtype):
     def task():
-        from fastconv import models, optim, training
+        from fastconv import optim, training
 
         rng = np.random.default_rng(0)
-        if name == "lenet":
-            net, x = models.lenet5(1, 10, 28, rng=rng, dtype=dtype), (2, 1, 28, 28)
-        else:
-            net, x = models.resnet_small(1, 10, rng=rng, dtype=dtype), (2, 1, 16, 16)
-        opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-        training.warm_up(net, opt, rng.standard_normal(x).astype(dtype), np.array([0, 1]))
+        for size in MODEL_SIZES[name]:
+            net = training.build_model(name, 1, 10, size, rng).to(dtype)
+            opt = optim.SGD(net.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+            x = rng.standard_normal((16, 1, size, size)).astype(dtype)
+            training.warm_up(net, opt, x, np.arange(16) % 10)
     return f"{name} {np.dtype(dtype).name}", task
 
 
