@@ -148,8 +148,9 @@ def _data_failure(dataset: str, e: Exception) -> str:
     error and, for MNIST, the variable that points fastconv at another copy."""
     msg = str(e)
     if dataset == "mnist" and msg.startswith("fetch:"):
-        msg = msg.removeprefix("fetch: ") + ("; set FASTCONV_MNIST_MIRROR to a URL or a local directory holding the four "
-                "MNIST .gz files (or use --dataset digits or synthetic)")
+        msg = msg.removeprefix("fetch: ") + (
+            "; set FASTCONV_MNIST_MIRROR to a URL or a local directory holding the four "
+            "MNIST .gz files (or use --dataset digits or synthetic)")
     return msg
 
 
@@ -217,7 +218,8 @@ def build_parser() -> Parser:
     pb.add_argument("--layout", choices=list(LAYOUTS), default="NCHW",
                     help="data layout: NCHW with OIHW weights, or NHWC with HWIO weights "
                          "(torch then runs on channels_last tensors)")
-    pb.add_argument("--repeats", type=positive_int, default=5, metavar="N", help="timed calls per measurement")
+    pb.add_argument("--repeats", type=positive_int, default=5, metavar="N",
+                    help="timed calls per measurement")
     pb.add_argument("--naive-budget", type=non_negative_float, metavar="SECONDS", default=2.0,
                     help="seconds per shape for the direct algorithm; it runs on fewer "
                          "images and is scaled when slower (0: full batch)")
