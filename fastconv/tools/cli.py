@@ -67,7 +67,7 @@ def cmd_bench(args) -> int:
 
         shapes = [s for name in (args.suite or ["quick"]) for s in bench.SUITES[name]]
         status = cli_main(shapes, progress=_progress("bench cuda"), out=args.out)
-        if not args.out:
+        if not args.out and status != 2:   # 2: nothing was measured
             print(NOT_SAVED_BENCH)
         return status
     extras = () if args.no_extras else bench.EXTRAS
