@@ -115,7 +115,8 @@ def cmd_calibrate(args) -> int:
 
 def cmd_train(args) -> int:
     """``fastconv train``: train a small CNN (fastconv.training.run). Exit status 130
-    after Ctrl-C (a checkpoint written), 1 on a NaN/Inf loss or an unusable --resume."""
+    after Ctrl-C (a checkpoint written), 1 on a NaN/Inf loss, an unusable --resume file
+    or a dataset that cannot be fetched (one line on stderr each)."""
     from fastconv import training
     from fastconv.checkpoint import CheckpointError
 
@@ -265,7 +266,8 @@ def main(argv=None) -> int:
 
 
 def _check_outputs(args) -> None:
-    """Refuse, before any work, output paths that cannot be written (CliError)."""
+    """Refuse, before any work, output paths that cannot be written and a --resume file
+    that cannot be read (CliError, exit status 2)."""
     if args.command in ("bench", "train") and args.out:
         writable_dir(args.out)
     if args.command == "train" and args.checkpoint:
