@@ -55,3 +55,33 @@ def test_api_reference_documents_the_main_functions(site):
     nn = (html / "api" / "fastconv.nn.html").read_text()
     for name in ("Conv2d", "Module", "BatchNorm2d", "CrossEntropyLoss", "functional.conv2d"):
         assert f'id="fastconv.nn.{name}"' in nn, name
+
+
+def _python_blocks(path, section):
+    """The ```python blocks of one '## section' of a Markdown file, in order."""
+    text = open(path, encoding="utf-8").read()
+    part = text.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", part, flags=re.S)
+
+
+@pytest.mark.parametrize("path", ["README.md", "docs/getting-started.md"])
+def test_quick_start_runs_as_written(path, capsys):
+    """The quick start's blocks, run one after the other as a reader would: the worked
+    example prints its result, the NHWC plan names an algorithm, the model trains."""
+    import numpy as np
+
+    import fastconv
+
+    blocks = _python_blocks(os.path.join(ROOT, path), "Quick start")
+    assert len(blocks) == 3, blocks
+    namespace = {}
+    for block in blocks:
+        exec(compile(block, path, "exec"), namespace)
+    assert "[[[[19. 25.]\n   [37. 43.]]]]" in capsys.readouterr().out
+    assert namespace["p"].algorithm in fastconv.ALGORITHMS
+    assert namespace["y"].dtype == np.int64  # the labels, after the training block
+    model, x, y = namespace["model"], namespace["x"], namespace["y"]
+    model.eval()
+    with fastconv.no_grad():
+        accuracy = (model(x).numpy().argmax(1) == y).mean()
+    assert accuracy > 0.8, accuracy
