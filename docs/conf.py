@@ -31,7 +31,9 @@ autodoc_typehints = "description"
 autoclass_content = "both"
 napoleon_google_docstring = False
 napoleon_numpy_docstring = True
+napoleon_use_rtype = False  # "name : text" lines of the docstrings stay together
 
 html_theme = "alabaster"
 html_title = f"fastconv {release}"
-html_theme_options = {"description": "A convolution engine for NumPy arrays"}
+html_theme_options = {"description": "A convolution engine for NumPy arrays",
+                      "page_width": "1160px", "sidebar_width": "260px"}
