@@ -30,7 +30,8 @@ $(VENV)/.stamp-dev: pyproject.toml | $(PY)
 	touch $@
 
 # Two pytest processes: the CPU suite with every docstring example of the package
-# (doctest), then the CUDA kernels under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM
+# (doctest), the wheel install (tests/test_install.py) and the docs build with warnings as
+# errors (tests/test_docs.py, the docs extra), then the CUDA kernels under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM
 # must be set before numba is imported). Both always run; either failing fails the target. The simulator needs numba.cuda: numba's built-in module, or
 # NVIDIA's numba-cuda, installed here only when numba has no cuda module of its own.
 test: $(VENV)/.stamp-test

@@ -127,6 +127,17 @@ WHEEL_CHILD = textwrap.dedent("""
 """)
 
 
+def _has_build_backend() -> bool:
+    """Whether this environment has the setuptools that pyproject.toml asks for (>= 77:
+    an SPDX license string), so the wheel builds without reaching the index."""
+    from importlib import metadata
+
+    try:
+        return int(metadata.version("setuptools").split(".")[0]) >= 77
+    except (metadata.PackageNotFoundError, ValueError):
+        return False
+
+
 def _build_wheel(tmp_path):
     """``pip wheel --no-deps`` of a copy of the source tree (pyproject.toml, README.md and
     the package), so that the build's scratch files stay out of the checkout. Without
@@ -143,7 +154,7 @@ def _build_wheel(tmp_path):
     shutil.copytree(os.path.join(root, "fastconv"), src / "fastconv",
                     ignore=shutil.ignore_patterns("__pycache__", "*.nbi", "*.nbc"))
     cmd = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist")]
-    if importlib.util.find_spec("setuptools") is not None:
+    if _has_build_backend():
         cmd.append("--no-build-isolation")
     proc = subprocess.run(cmd + [str(src)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
