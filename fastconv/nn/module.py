@@ -290,8 +290,23 @@ def _check_module(op, name, m):
 
 
 def save(state_dict, path) -> None:
-    """Write a state dict (name -> array) to ``path`` as an uncompressed .npz, atomically
-    (a temporary file in the same directory, then ``os.replace``); no pickles."""
+    """Write a state dict (name -> array), or a Module's (``model.state_dict()``), to
+    ``path`` as an uncompressed .npz, atomically (a temporary file in the same directory,
+    then ``os.replace``); no pickles. Read it back with
+    ``model.load_state_dict(nn.load(path))``.
+
+    >>> import os, tempfile, fastconv.nn as nn
+    >>> path = os.path.join(tempfile.mkdtemp(), "lin.npz")
+    >>> nn.save(nn.Linear(2, 1), path)
+    >>> sorted(nn.load(path))
+    ['bias', 'weight']
+    """
+    if isinstance(state_dict, Module):
+        state_dict = state_dict.state_dict()
+    elif not hasattr(state_dict, "items"):
+        raise TypeError(f"save: expected a Module or its state dict (model.state_dict(), "
+                        f"a mapping name -> array), got {type(state_dict).__name__}; for "
+                        "a model with its optimizer use fastconv.checkpoint.save")
     write_npz(path, {k: np.asarray(v.data if isinstance(v, Tensor) else v)
                      for k, v in state_dict.items()})
 

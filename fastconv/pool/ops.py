@@ -21,8 +21,11 @@ from .._args import (
     check_input_shape,
     global_pool_args,
     max_unpool_inputs,
+    check_layout,
     narrow,
+    plane_axis,
     pool_args,
+    warn_channels_last,
 )
 from .._memory import allocate
 from .._runtime import parallel_guard
@@ -51,6 +54,16 @@ def _float32(a: np.ndarray) -> tuple[bool, np.ndarray]:
     return False, a
 
 
+def _on_plane(op, pool, x, layout, *args, **kwargs):
+    """``pool`` (max_pool2d or avg_pool2d) of a 2-D (H, W) image: run as one channel in
+    ``layout``, the channel axis dropped from the results (2-D out)."""
+    axis = plane_axis(check_layout(op, layout))
+    out = pool(np.expand_dims(x, axis), *args, layout=layout, **kwargs)
+    if isinstance(out, tuple):
+        return tuple(np.squeeze(a, axis) for a in out)
+    return np.squeeze(out, axis)
+
+
 def _run(kernel, size: int, *args) -> None:
     """Run a layout's kernel under the parallel guard, unless its output is empty."""
     if size:
@@ -65,7 +78,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
     Parameters
     ----------
-    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched.
+    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched
+        ((C, H, W), or (H, W, C) with layout="NHWC": a photo as image libraries hold
+        it); 2-D is one gray image (H, W) and gives 2-D output. An NCHW input that looks
+        channels-last, e.g. (480, 640, 3), is pooled as given (480 channels) with a
+        UserWarning that suggests layout="NHWC".
     kernel_size, dilation : int or (h, w), positive.
     stride : int or (h, w); None (default) means kernel_size.
     padding : int or (h, w), at most half the kernel size; padding is never the maximum.
@@ -96,14 +113,24 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     >>> fastconv.max_pool2d(x, 2, stride=1)[0, 0]
     array([[4., 5.],
            [7., 8.]])
+    >>> photo = np.zeros((480, 640, 3), np.float32)      # (H, W, RGB)
+    >>> fastconv.max_pool2d(photo, 2, layout="NHWC").shape
+    (240, 320, 3)
+    >>> fastconv.max_pool2d(photo[..., 0], 2).shape     # one gray (H, W) image
+    (240, 320)
     """
     op = "max_pool2d"
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
         return gpu(x, kernel_size, stride, padding, dilation, ceil_mode, layout=layout,
                    return_indices=return_indices)
-    half, x = _float32(check_array(op, "input", x, half=True))
+    x = check_array(op, "input", x, half=True)
+    if x.ndim == 2:
+        return _on_plane(op, max_pool2d, x, layout, kernel_size, stride, padding, dilation,
+                         ceil_mode, return_indices=return_indices)
+    half, x = _float32(x)
     a = pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
+    warn_channels_last(op, x.shape, layout)
     with_idx = check_flag(op, "return_indices", return_indices)
     kernels = KERNELS[a.layout]
     y = allocate(op, "output", a.y_shape4, x.dtype)
@@ -150,7 +177,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
 
     Parameters
     ----------
-    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched.
+    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched,
+        2-D one gray image (H, W), as in ``max_pool2d`` (and the same warning).
     kernel_size : int or (h, w); stride : int, (h, w) or None (= kernel_size).
     padding : int or (h, w), at most half the kernel size (zeros).
     ceil_mode : round the output size up (see ``max_pool2d``).
@@ -171,9 +199,14 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     if gpu is not None:
         return gpu(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                    layout=layout)
-    half, x = _float32(check_array(op, "input", x, half=True))
+    x = check_array(op, "input", x, half=True)
+    if x.ndim == 2:
+        return _on_plane(op, avg_pool2d, x, layout, kernel_size, stride, padding, ceil_mode,
+                         count_include_pad)
+    half, x = _float32(x)
     a = avg_pool_args(op, x.shape, kernel_size, stride, padding, ceil_mode,
                       count_include_pad, layout)
+    warn_channels_last(op, x.shape, layout)
     y = allocate(op, "output", a.y_shape4, x.dtype)
     _run(KERNELS[a.layout].avg_pool, y.size, a, _batched(x, a.unbatched), y)
     return _as_given(a, y, half=half)
