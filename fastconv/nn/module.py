@@ -266,7 +266,14 @@ class Sequential(Module):
                 self.add_module(str(i), _check_module("Sequential", i, m))
 
     def forward(self, x):
-        for m in self._modules.values():
+        """Each module applied in turn. A 3-D (C, H, W) input to a Sequential that starts
+        with an image layer (``takes_images``: Conv2d, BatchNorm2d, the pools) runs as a
+        batch of one, and the output comes back without its batch axis (a LeNet maps one
+        image to (num_classes,))."""
+        mods = list(self._modules.values())
+        if mods and getattr(mods[0], "takes_images", False) and getattr(x, "ndim", 0) == 3:
+            return call_unbatched(self.forward, x)
+        for m in mods:
             x = m(x)
         return x
 
@@ -281,6 +288,14 @@ class Sequential(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+def call_unbatched(forward, x):
+    """``forward`` of one unbatched image ``x`` (3-D: (C, H, W), or (H, W, C) for NHWC
+    layers) run as a batch of one; its output without the batch axis."""
+    x = x if isinstance(x, Tensor) else Tensor(np.asarray(x))
+    y = forward(x.reshape((1,) + x.shape))
+    return y.reshape(y.shape[1:])
 
 
 def _check_module(op, name, m):
