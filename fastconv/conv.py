@@ -133,6 +133,22 @@ def _conv_plane(x, w, bias, stride, padding, dilation, groups, layout, algo):
     return np.squeeze(y, axis) if flat else y
 
 
+def _conv_plane_backward(grad_y, x, w, window, layout, algo, needs):
+    """conv2d_backward of a 2-D (H, W) image (as :func:`_conv_plane`): grad_x 2-D, grad_w
+    of w's shape (2-D for a 2-D w); ``window`` is (stride, padding, dilation, groups)."""
+    op = "conv2d_backward"
+    axis = _args.plane_axis(_args.check_layout(op, layout))
+    w = _args.check_array(op, "weight", w, half=True)
+    flat = w.ndim == 2
+    w4 = (w[None, None] if axis == 0 else w[:, :, None, None]) if flat else w
+    grad_y = _args.check_array(op, "grad_y", grad_y, half=True)
+    gx, gw, gb = conv2d_backward(np.expand_dims(grad_y, axis) if flat else grad_y,
+                                 np.expand_dims(x, axis), w4, *window, layout=layout,
+                                 algo=algo, needs_input_grad=needs)
+    return (None if gx is None else np.squeeze(gx, axis),
+            None if gw is None else gw.reshape(w.shape), gb)
+
+
 def _float32(args, *arrays):
     """(half, args, arrays): for a float16 problem, True, the record in float32 and the
     arrays' float32 copies (float16 is computed in float32 and rounded once at the end);
@@ -151,7 +167,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     ----------
     grad_y : ndarray, the gradient of the loss with respect to conv2d's output: shape
         (N, C_out, H_out, W_out) for "NCHW", (N, H_out, W_out, C_out) for "NHWC"
-        (3-D when x is 3-D).
+        (3-D when x is 3-D; for a 2-D x, conv2d's output: 2-D with a 2-D w).
     x, w, stride, padding, dilation, groups, layout, algo : as in ``conv2d``.
     device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
     needs_input_grad : three bools (grad_x, grad_w, grad_bias), default all True: which
@@ -204,6 +220,10 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                      layout=layout, algo=algo)
         return tuple(g if need else None
                      for g, need in zip(grads, (need_x, need_w, need_b), strict=True))
+    x = _args.check_array(op, "input", x, half=True)
+    if x.ndim == 2:
+        return _conv_plane_backward(grad_y, x, w, (stride, padding, dilation, groups),
+                                    layout, algo, (need_x, need_w, need_b))
     x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout,
                               algo=algo, half=True)
     grad_y = _args.check_array(op, "grad_y", grad_y, half=True)

@@ -133,3 +133,34 @@ def test_pooling_warns_when_an_nchw_input_looks_channels_last():
     with pytest.raises(ValueError, match=r"output size .* too small.*; a \(480, 640, 3\) "
                                          r"array looks channels-last"):
         fastconv.max_pool2d(photo, 4)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_gradients_of_a_gray_image(layout):
+    from fastconv import Tensor, gradcheck
+    from fastconv.nn import functional as F
+    x = Tensor(_gray(7, 8), requires_grad=True)
+    k = Tensor(RNG.standard_normal((3, 2)), requires_grad=True)
+    b = Tensor(RNG.standard_normal(1), requires_grad=True)
+    assert gradcheck(lambda x, k, b: F.conv2d(x, k, b, padding=1, layout=layout), [x, k, b])
+    w4 = RNG.standard_normal((2, 1, 3, 3))
+    w4 = Tensor(w4 if layout == "NCHW" else np.ascontiguousarray(w4.transpose(2, 3, 1, 0)),
+                requires_grad=True)
+    assert gradcheck(lambda x, w: F.conv2d(x, w, stride=2, layout=layout), [x, w4])
+    assert gradcheck(lambda x: F.max_pool2d(x, 2, stride=1, layout=layout), [x])
+    assert gradcheck(lambda x: F.avg_pool2d(x, 3, 2, 1, layout=layout), [x])
+
+
+def test_conv2d_backward_of_a_gray_image_matches_the_batched_one():
+    x, k = _gray(), RNG.standard_normal((3, 3))
+    gy = RNG.standard_normal((9, 11))
+    gx, gk, gb = fastconv.conv2d_backward(gy, x, k, padding=1)
+    want = fastconv.conv2d_backward(gy[None, None], x[None, None], k[None, None], padding=1)
+    assert gx.shape == x.shape and gk.shape == k.shape and gb.shape == (1,)
+    for got, ref in zip((gx, gk, gb), want, strict=True):
+        np.testing.assert_allclose(got, ref.reshape(got.shape), rtol=1e-12, atol=1e-12)
+    idx = fastconv.max_pool2d(x, 2, return_indices=True)[1]
+    gx = fastconv.max_pool2d_backward(np.ones((4, 5)), idx, x.shape)
+    assert gx.shape == x.shape and gx.sum() == 20
+    ga = fastconv.avg_pool2d_backward(np.ones((4, 5)), x.shape, 2)
+    assert ga.shape == x.shape and np.isclose(ga.sum(), 20)

@@ -14,6 +14,7 @@ import numpy as np
 from .. import devices
 from .._args import (
     HALF,
+    as_ndarray,
     avg_pool_args,
     check_array,
     check_flag,
@@ -62,6 +63,18 @@ def _on_plane(op, pool, x, layout, *args, **kwargs):
     if isinstance(out, tuple):
         return tuple(np.squeeze(a, axis) for a in out)
     return np.squeeze(out, axis)
+
+
+def _plane_backward(op, backward, input_shape, layout, arrays, *args, **kwargs):
+    """``backward`` (a pooling gradient) for a 2-D (H, W) input: ``arrays`` (grad_y, and
+    max pooling's indices) and ``input_shape`` given one channel in ``layout``; the
+    gradient comes back 2-D."""
+    axis = plane_axis(check_layout(op, layout))
+    shape = list(input_shape)
+    shape.insert(0 if axis == 0 else 2, 1)
+    arrays = [np.expand_dims(as_ndarray(op, name, a), axis) for name, a in arrays]
+    gx = backward(*arrays, tuple(shape), *args, layout=layout, **kwargs)
+    return np.squeeze(gx, axis)
 
 
 def _run(kernel, size: int, *args) -> None:
@@ -148,7 +161,8 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     grad_y : ndarray, shape of max_pool2d's output (caller's layout).
     indices : int64 ndarray, shape of grad_y, from ``max_pool2d(..., return_indices=True)``
         (-1 marks a window without input elements; it passes no gradient).
-    input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched).
+    input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched, 2-D for
+        one gray image, with 2-D grad_y and indices).
     device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
@@ -161,6 +175,9 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
         return gpu(grad_y, indices, input_shape, layout=layout)
+    if len(check_input_shape(op, input_shape)) == 2:
+        return _plane_backward(op, max_pool2d_backward, input_shape, layout,
+                               (("grad_y", grad_y), ("indices", indices)))
     s, grad_y, indices = max_unpool_inputs(op, grad_y, indices, input_shape, layout, True)
     half, grad_y = _float32(grad_y)
     gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
@@ -229,6 +246,9 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
         return gpu(grad_y, input_shape, kernel_size, stride, padding, ceil_mode,
                    count_include_pad, layout=layout)
     shape = check_input_shape(op, input_shape)
+    if len(shape) == 2:
+        return _plane_backward(op, avg_pool2d_backward, shape, layout, (("grad_y", grad_y),),
+                               kernel_size, stride, padding, ceil_mode, count_include_pad)
     a = avg_pool_args(op, shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                       layout)
     half, grad_y = _float32(check_grad_y(op, grad_y, a.y_shape, half=True))
