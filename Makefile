@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # numba's kernel cache: the one every way of running fastconv shares (the user cache
 # directory, $XDG_CACHE_HOME/fastconv/numba) unless NUMBA_CACHE_DIR is set.
 
-.PHONY: test test-slow bench notebooks lint clean info
+.PHONY: test test-slow bench notebooks lint clean info docs
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +15,15 @@ $(PY):
 
 # One stamp per set of extras; reinstalled when pyproject.toml changes.
 $(VENV)/.stamp-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e ".[test,bench,examples,dask]"
+	$(PY) -m pip install -q -e ".[test,bench,examples,dask,docs]"
 	touch $@
 
 $(VENV)/.stamp-bench: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e ".[bench,test]"
+	touch $@
+
+$(VENV)/.stamp-docs: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e ".[docs,dask]"
 	touch $@
 
 $(VENV)/.stamp-dev: pyproject.toml | $(PY)
@@ -27,7 +31,8 @@ $(VENV)/.stamp-dev: pyproject.toml | $(PY)
 	touch $@
 
 # Two pytest processes: the CPU suite with every docstring example of the package
-# (doctest), then the CUDA kernels under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM
+# (doctest), the wheel install (tests/test_install.py) and the docs build with warnings as
+# errors (tests/test_docs.py, the docs extra), then the CUDA kernels under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM
 # must be set before numba is imported). Both always run; either failing fails the target. The simulator needs numba.cuda: numba's built-in module, or
 # NVIDIA's numba-cuda, installed here only when numba has no cuda module of its own.
 test: $(VENV)/.stamp-test
@@ -57,6 +62,12 @@ info: $(VENV)/.stamp-bench
 lint: $(VENV)/.stamp-dev
 	$(PY) -m ruff check fastconv tests bench
 
+# The documentation site, from the docstrings and docs/*.md, into docs/_build/html;
+# any warning fails the build (-W). tests/test_docs.py runs the same build in `make test`.
+docs: $(VENV)/.stamp-docs
+	$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: open docs/_build/html/index.html"
+
 clean:
-	rm -rf $(VENV) .numba_cache .pytest_cache .benchmarks bench/results build *.egg-info
+	rm -rf $(VENV) .numba_cache .pytest_cache .benchmarks bench/results build *.egg-info docs/_build
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -175,6 +175,8 @@ def save(path, *, model=None, optimizer=None, scheduler=None, epoch=None, extra=
          generators: dict | None = None) -> None:
     """Write a checkpoint (see the module docstring) to ``path``, atomically.
 
+    Parameters
+    ----------
     model / optimizer / scheduler : objects with ``state_dict()`` (any may be None).
     epoch, extra : numbers, strings, lists, tuples, dicts and arrays, returned by
         :func:`load`.

@@ -43,9 +43,13 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     Parameters
     ----------
     x : ndarray, (N, C_in, H, W) for layout "NCHW" or (N, H, W, C_in) for "NHWC";
-        3-D (unbatched) input is accepted and gives 3-D output.
+        3-D (unbatched) input is accepted and gives 3-D output: (C_in, H, W), or an
+        (H, W, C) photo with layout="NHWC". 2-D input is one gray image (H, W): one
+        input channel.
     w : ndarray, (C_out, C_in/groups, kh, kw) "OIHW" for NCHW, (kh, kw, C_in/groups, C_out)
-        "HWIO" for NHWC.
+        "HWIO" for NHWC. With a 2-D input, w may be 2-D (kh, kw): one filter, and the
+        output is 2-D (H_out, W_out); a 4-D w (C_in/groups = 1) gives the unbatched
+        3-D output of C_out channels. A 2-D w needs a 2-D input.
     bias : ndarray (C_out,) or None.
     stride, dilation : int or (h, w).
     padding : int, (h, w), ((top, bottom), (left, right)), "valid" or "same" (stride 1).
@@ -81,18 +85,68 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     >>> fastconv.conv2d(x, w)[0, 0]
     array([[19., 25.],
            [37., 43.]])
+
+    A gray image and a 2-D kernel give a 2-D result:
+
+    >>> fastconv.conv2d(x[0, 0], w[0, 0])
+    array([[19., 25.],
+           [37., 43.]])
+
+    Blurring each channel of an RGB photo as image libraries hold it, (H, W, 3): layout
+    "NHWC", one group per channel, and an HWIO weight (kh, kw, 1, 3) holding the same
+    3x3 box filter for each channel:
+
+    >>> photo = np.random.default_rng(0).random((48, 64, 3)).astype(np.float32)
+    >>> box = np.full((3, 3, 1, 3), 1 / 9, np.float32)
+    >>> blurred = fastconv.conv2d(photo, box, padding=1, groups=3, layout="NHWC")
+    >>> blurred.shape
+    (48, 64, 3)
+    >>> bool(np.isclose(blurred[10, 20, 1], photo[9:12, 19:22, 1].mean()))
+    True
     """
     op = "conv2d"
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
         return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout,
                            algo=algo)
+    x = _args.check_array(op, "input", x, half=True)
+    if x.ndim == 2:
+        return _conv_plane(x, w, bias, stride, padding, dilation, groups, layout, algo)
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
                                  algo=algo, half=True)
     half, args, (x, w, bias) = _float32(args, x, w, bias)
     out = allocate(op, "output", args.y_layout_shape, args.dtype)
     y = forward_into(x, w, bias, args, out, algo)
     return _args.narrow(y) if half else y
+
+
+def _conv_plane(x, w, bias, stride, padding, dilation, groups, layout, algo):
+    """conv2d of a 2-D (H, W) image: one input channel in ``layout``; a 2-D (kh, kw) weight
+    is one filter (OIHW (1, 1, kh, kw) / HWIO (kh, kw, 1, 1)) and gives 2-D output."""
+    axis = _args.plane_axis(_args.check_layout("conv2d", layout))
+    w = _args.check_array("conv2d", "weight", w, half=True)
+    flat = w.ndim == 2
+    if flat:
+        w = w[None, None] if axis == 0 else w[:, :, None, None]
+    y = conv2d(np.expand_dims(x, axis), w, bias, stride, padding, dilation, groups,
+               layout=layout, algo=algo)
+    return np.squeeze(y, axis) if flat else y
+
+
+def _conv_plane_backward(grad_y, x, w, window, layout, algo, needs):
+    """conv2d_backward of a 2-D (H, W) image (as :func:`_conv_plane`): grad_x 2-D, grad_w
+    of w's shape (2-D for a 2-D w); ``window`` is (stride, padding, dilation, groups)."""
+    op = "conv2d_backward"
+    axis = _args.plane_axis(_args.check_layout(op, layout))
+    w = _args.check_array(op, "weight", w, half=True)
+    flat = w.ndim == 2
+    w4 = (w[None, None] if axis == 0 else w[:, :, None, None]) if flat else w
+    grad_y = _args.check_array(op, "grad_y", grad_y, half=True)
+    gx, gw, gb = conv2d_backward(np.expand_dims(grad_y, axis) if flat else grad_y,
+                                 np.expand_dims(x, axis), w4, *window, layout=layout,
+                                 algo=algo, needs_input_grad=needs)
+    return (None if gx is None else np.squeeze(gx, axis),
+            None if gw is None else gw.reshape(w.shape), gb)
 
 
 def _float32(args, *arrays):
@@ -113,7 +167,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     ----------
     grad_y : ndarray, the gradient of the loss with respect to conv2d's output: shape
         (N, C_out, H_out, W_out) for "NCHW", (N, H_out, W_out, C_out) for "NHWC"
-        (3-D when x is 3-D).
+        (3-D when x is 3-D; for a 2-D x, conv2d's output: 2-D with a 2-D w).
     x, w, stride, padding, dilation, groups, layout, algo : as in ``conv2d``.
     device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
     needs_input_grad : three bools (grad_x, grad_w, grad_bias), default all True: which
@@ -166,6 +220,10 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                      layout=layout, algo=algo)
         return tuple(g if need else None
                      for g, need in zip(grads, (need_x, need_w, need_b), strict=True))
+    x = _args.check_array(op, "input", x, half=True)
+    if x.ndim == 2:
+        return _conv_plane_backward(grad_y, x, w, (stride, padding, dilation, groups),
+                                    layout, algo, (need_x, need_w, need_b))
     x, w, _, args = conv_args(op, x, w, None, stride, padding, dilation, groups, layout,
                               algo=algo, half=True)
     grad_y = _args.check_array(op, "grad_y", grad_y, half=True)

@@ -26,13 +26,14 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's 8x8 handwritten digits (1797 images, 10 classes).
 
     Returns images float32 (1797, 1, 8, 8) scaled from 0..16 to [0, 1] and labels int64.
-    Needs scikit-learn (``pip install "fastconv[examples]"``); the data ships with it.
+    Needs scikit-learn (``pip install '.[examples]'`` in a fastconv checkout); the data
+    ships with it.
     """
     try:
         from sklearn.datasets import load_digits as _sk_load_digits
     except ImportError:
         raise ImportError("load_digits needs scikit-learn, which is in fastconv's 'examples' "
-                          "extra: pip install \"fastconv[examples]\" (or pip install "
+                          "extra: pip install '.[examples]' in a fastconv checkout (or pip install "
                           "scikit-learn)") from None
     d = _sk_load_digits()
     images = (d.images / 16.0).astype(np.float32)[:, None, :, :]

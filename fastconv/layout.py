@@ -72,21 +72,21 @@ class Layout:
 
     # shapes
     def shape(self, n: int, c: int, *spatial: int) -> tuple[int, ...]:
-        """This layout's shape of an activation with canonical sizes (N, C, *spatial)."""
+        """This layout's shape of an activation with canonical sizes ``(N, C, *spatial)``."""
         if self.is_canonical:
             return (n, c, *spatial)
         return _reorder((n, c, *spatial), self.from_canonical)
 
     def weight_shape(self, o: int, i: int, *kernel: int) -> tuple[int, ...]:
-        """This layout's shape of a weight with canonical sizes (O, I, *kernel)."""
+        """This layout's shape of a weight with canonical sizes ``(O, I, *kernel)``."""
         return _reorder((o, i, *kernel), self.weight_from_canonical)
 
     def canonical_shape(self, shape) -> tuple[int, ...]:
-        """(N, C, *spatial) of an activation shape in this layout."""
+        """``(N, C, *spatial)`` of an activation shape in this layout."""
         return tuple(shape) if self.is_canonical else _reorder(tuple(shape), self.to_canonical)
 
     def canonical_weight_shape(self, shape) -> tuple[int, ...]:
-        """(O, I, *kernel) of a weight shape in this layout."""
+        """``(O, I, *kernel)`` of a weight shape in this layout."""
         if self.is_canonical:
             return tuple(shape)
         return _reorder(tuple(shape), self.weight_to_canonical)

@@ -68,6 +68,10 @@ class ResNet(nn.Module):
         self.fc = nn.Linear(planes, num_classes, rng=rng, dtype=dtype)
 
     def forward(self, x):
+        """(N, C, H, W) -> (N, num_classes); one unbatched (C, H, W) image ->
+        (num_classes,)."""
+        if getattr(x, "ndim", 0) == 3:
+            return nn.call_unbatched(self.forward, x)
         return self.fc(self.flatten(self.pool(self.layers(self.stem(x)))))
 
 

@@ -160,7 +160,9 @@ class Optimizer:
 
 
 class SGD(Optimizer):
-    """Stochastic gradient descent with momentum (torch.optim.SGD's formula)::
+    """Stochastic gradient descent with momentum.
+
+    torch.optim.SGD's formula::
 
         g = grad + weight_decay * p
         buf = g (first step), else momentum * buf + (1 - dampening) * g
@@ -250,7 +252,7 @@ class Adam(Optimizer):
 
 
 class AdamW(Adam):
-    """Adam with decoupled weight decay (torch.optim.AdamW): p *= 1 - lr * weight_decay
+    """Adam with decoupled weight decay (torch.optim.AdamW): ``p *= 1 - lr * weight_decay``
     before the Adam step, and the gradient carries no penalty. Default weight_decay 0.01."""
 
     _decoupled = True

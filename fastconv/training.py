@@ -400,6 +400,8 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
         raise ValueError(f"train: epochs={epochs!r} must be a positive int")
     if not lr > 0:
         raise ValueError(f"train: lr={lr!r} must be positive")
+    if not (isinstance(batch_size, int) and batch_size > 0):
+        raise ValueError(f"train: batch_size={batch_size!r} must be a positive int")
     config = {"model": model, "dataset": dataset, "epochs": epochs,
               "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer}
     manual_seed(seed)

@@ -524,3 +524,88 @@ def test_autograd_grad_does_not_touch_dot_grad(rng):
     np.testing.assert_allclose(gx, 2 * h.data * y.data)
     np.testing.assert_allclose(gh, 2 * h.data)
     assert x.grad is None
+
+
+# ---------------------------------------------------------------- torch habits on Tensors
+def test_python_number_conversions():
+    t = Tensor(np.array([2.5]))
+    assert float(t) == 2.5 and int(t) == 2 and bool(t) is True
+    assert isinstance(float(Tensor(np.float32(1.5))), float)
+    with pytest.raises(ValueError, match=r"float: only one-element tensors .* shape \(2,\)"):
+        float(Tensor(np.zeros(2)))
+    with pytest.raises(ValueError, match=r"bool: only one-element tensors .* shape \(2, 2\)"):
+        bool(Tensor(np.zeros((2, 2))))
+
+
+def test_asarray_shares_the_data():
+    a = np.arange(6.0).reshape(2, 3)
+    t = Tensor(a, requires_grad=True)
+    assert np.asarray(t) is a
+    assert np.asarray(t, dtype=np.float32).dtype == np.float32
+
+
+@pytest.mark.parametrize("op", ["__lt__", "__le__", "__gt__", "__ge__", "__eq__", "__ne__"])
+def test_comparisons_give_boolean_tensors_outside_the_graph(op):
+    a = np.array([1.0, 2.0, 3.0])
+    b = np.array([3.0, 2.0, 1.0])
+    t = Tensor(a, requires_grad=True)
+    for other in (Tensor(b), b, 2.0):
+        out = getattr(t, op)(other)
+        assert isinstance(out, Tensor) and out.dtype == np.bool_ and not out.requires_grad
+        np.testing.assert_array_equal(out.data, getattr(a, op)(other if not isinstance(
+            other, Tensor) else b))
+
+
+def test_comparison_reads_like_torch_and_tensors_stay_hashable():
+    logits = Tensor(np.array([[0.1, 0.9], [0.8, 0.2]]))
+    target = np.array([1, 1])
+    assert float((logits.argmax(1) == target).data.mean()) == 0.5
+    t = Tensor(np.zeros(3))
+    assert {t: 1}[t] == 1
+    assert (t == "x") is False
+
+
+def test_argmax_like_numpy():
+    a = np.random.default_rng(0).standard_normal((3, 4, 5))
+    t = Tensor(a)
+    assert int(t.argmax()) == np.argmax(a)
+    for d in (0, 1, -1):
+        got = t.argmax(d)
+        assert got.dtype == np.int64 and not got.requires_grad
+        np.testing.assert_array_equal(got.data, np.argmax(a, axis=d))
+    assert t.argmax(1, keepdim=True).shape == (3, 1, 5)
+
+
+def test_max_values_and_indices_with_dim():
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((3, 4, 5))
+    for d in (0, 1, 2, -2):
+        values, indices = Tensor(a).max(dim=d)
+        np.testing.assert_array_equal(values.data, a.max(axis=d))
+        np.testing.assert_array_equal(indices.data, a.argmax(axis=d))
+    res = Tensor(a).max(1, keepdim=True)
+    assert res.values.shape == (3, 1, 5) and res.indices.shape == (3, 1, 5)
+    assert gradcheck(lambda x: x.max(dim=1).values, [Tensor(a, requires_grad=True)])
+    assert gradcheck(lambda x: x.max(dim=0, keepdim=True)[0], [Tensor(a, requires_grad=True)])
+
+
+def test_max_over_all_shares_the_gradient_among_ties():
+    rng = np.random.default_rng(2)
+    t = Tensor(rng.standard_normal((4, 3)), requires_grad=True)
+    assert float(t.max()) == t.data.max() and t.max().shape == ()
+    assert gradcheck(lambda x: x.max(), [t])
+    ties = Tensor(np.array([1.0, 3.0, 3.0]), requires_grad=True)
+    ties.max().backward()
+    np.testing.assert_array_equal(ties.grad, [0.0, 0.5, 0.5])
+    with pytest.raises(ValueError, match="max: the tensor is empty"):
+        Tensor(np.zeros(0)).max()
+
+
+def test_max_matches_torch():
+    torch = pytest.importorskip("torch")
+    a = np.array([[1.0, 5.0, 5.0], [7.0, 2.0, 7.0]])
+    values, indices = Tensor(a).max(dim=1)
+    tv, ti = torch.from_numpy(a).max(dim=1)
+    np.testing.assert_array_equal(values.data, tv.numpy())
+    np.testing.assert_array_equal(indices.data, ti.numpy())
+    np.testing.assert_array_equal(Tensor(a).argmax(0).data, torch.from_numpy(a).argmax(0))

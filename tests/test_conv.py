@@ -207,7 +207,7 @@ W = np.zeros((4, 8, 3, 3), np.float32)
 
 
 @pytest.mark.parametrize("kwargs,exc,match", [
-    (dict(x=np.zeros((8, 10), np.float32)), ValueError, r"conv2d: input must be 4-D .* got 2-D"),
+    (dict(x=np.zeros(10, np.float32)), ValueError, r"conv2d: input must be 4-D .* got 1-D"),
     (dict(w=np.zeros((4, 8, 3), np.float32)), ValueError, r"conv2d: weight must be 4-D"),
     (dict(w=np.zeros((4, 7, 3, 3), np.float32)), ValueError,
      r"conv2d: weight has 7 input channels per group but input has C_in=8"),

@@ -127,7 +127,7 @@ def test_load_digits():
 def test_load_digits_without_sklearn(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)   # import fails
     with pytest.raises(ImportError, match=r"needs scikit-learn, which is in fastconv's "
-                       r"'examples' extra: pip install \"fastconv\[examples\]\""):
+                       r"'examples' extra: pip install '\.\[examples\]' in a fastconv checkout"):
         data.load_digits()
 
 

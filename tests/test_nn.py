@@ -298,3 +298,60 @@ def test_models_shapes_and_errors(rng):
     assert sum(isinstance(m, nn.BatchNorm2d) for m in res.modules()) == 1 + 3 * 2 + 2
     with pytest.raises(ValueError, match="lenet5: input_size=2 must be an int >= 4"):
         models.lenet5(input_size=2)
+
+
+def test_save_accepts_a_module(tmp_path):
+    from fastconv import models
+    a, b = models.lenet5(input_size=8, rng=np.random.default_rng(0)), models.lenet5(
+        input_size=8, rng=np.random.default_rng(1))
+    path = tmp_path / "m.npz"
+    nn.save(a, path)
+    b.load_state_dict(nn.load(path))
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        np.testing.assert_array_equal(np.asarray(va), np.asarray(vb), err_msg=k)
+    with pytest.raises(TypeError, match=r"save: expected a Module or its state dict "
+                                        r"\(model.state_dict\(\), a mapping name -> array\), "
+                                        r"got list"):
+        nn.save([1, 2], path)
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_models_take_one_unbatched_image(train):
+    from fastconv import models
+    x = np.random.default_rng(3).random((1, 1, 8, 8)).astype(np.float32)
+    for m in (models.lenet5(input_size=8, rng=np.random.default_rng(0)),
+              models.resnet_small(widths=(4, 8), rng=np.random.default_rng(0))):
+        m.train(train)
+        y = m(x[0])
+        assert y.shape == (10,)
+        np.testing.assert_allclose(y.data, m(x).data[0], rtol=1e-5, atol=1e-6)
+    t = fastconv.Tensor(x[0], requires_grad=True)
+    m(t).sum().backward()
+    assert t.grad.shape == (1, 8, 8)
+
+
+def test_batch_norm_of_an_unbatched_image():
+    bn = nn.BatchNorm2d(2)
+    x = np.random.default_rng(4).standard_normal((2, 5, 5))
+    y = bn(x.astype(np.float32))
+    assert y.shape == (2, 5, 5)
+    want = (x - x.mean(axis=(1, 2), keepdims=True)) / np.sqrt(
+        x.var(axis=(1, 2), keepdims=True) + 1e-5)
+    np.testing.assert_allclose(y.data, want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(bn.running_mean, 0.1 * x.mean(axis=(1, 2)), rtol=1e-5)
+    bn64 = nn.BatchNorm2d(2, dtype=np.float64)
+    assert fastconv.gradcheck(lambda t: bn64(t), [fastconv.Tensor(x, requires_grad=True)])
+
+
+def test_unbatched_sequential_matches_torch_layers():
+    torch = pytest.importorskip("torch")
+    conv = nn.Conv2d(2, 3, 3, padding=1, rng=np.random.default_rng(0))
+    seq = nn.Sequential(conv, nn.ReLU(), nn.MaxPool2d(2))
+    x = np.random.default_rng(5).standard_normal((2, 6, 6)).astype(np.float32)
+    tseq = torch.nn.Sequential(torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.ReLU(),
+                               torch.nn.MaxPool2d(2))
+    with torch.no_grad():
+        tseq[0].weight.copy_(torch.from_numpy(conv.weight.data))
+        tseq[0].bias.copy_(torch.from_numpy(conv.bias.data))
+        want = tseq(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(seq(x).data, want, rtol=1e-5, atol=1e-5)

@@ -28,3 +28,14 @@ def test_notebook_runs(path):
     # every notebook draws something
     assert any("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                for o in c.get("outputs", []))
+
+
+@pytest.mark.parametrize("path", nb_run.notebooks(), ids=lambda p: p.name)
+def test_notebooks_use_only_the_public_api(path):
+    import re
+
+    import nbformat
+    nb = nbformat.read(path, as_version=4)
+    code = "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+    private = re.findall(r"fastconv(?:\.\w+)*\._\w+", code)
+    assert not private, f"{path.name} uses private modules: {sorted(set(private))}"

@@ -381,13 +381,13 @@ X = np.zeros((2, 3, 8, 8), np.float32)
     ("max", dict(x=X.astype(np.int32)), TypeError,
      r"max_pool2d: input has dtype int32; accepted dtypes are float32 and float64"),
     ("avg", dict(x=X.astype(np.uint8)), TypeError, r"avg_pool2d: input has dtype uint8"),
-    ("max", dict(x=np.zeros((8, 8), np.float32)), ValueError,
-     r"max_pool2d: input must be 4-D \(batched\) or 3-D \(unbatched\) in layout NCHW, got 2-D"),
+    ("max", dict(x=np.zeros(8, np.float32)), ValueError,
+     r"max_pool2d: input must be 4-D \(batched\) or 3-D \(unbatched\) in layout NCHW, got 1-D"),
     ("avg", dict(x={}), TypeError,
      r"avg_pool2d: input must be an array-like convertible to a numpy array, got dict"),
     ("max", dict(x="x"), TypeError,
      r"max_pool2d: input must be an array-like convertible to a numpy array, got str"),
-    ("avg", dict(x=[[1.0]]), ValueError, r"avg_pool2d: input must be 4-D \(batched\) or 3-D"),
+    ("avg", dict(x=[1.0]), ValueError, r"avg_pool2d: input must be 4-D \(batched\) or 3-D"),
 ])
 def test_bad_pool_arguments_are_named(fn, kwargs, exc, match):
     call = dict(x=X, kernel_size=2)

@@ -168,6 +168,8 @@ def test_train_errors():
         training.run(model="vgg", dataset="synthetic", progress=False, log=_quiet)
     with pytest.raises(ValueError, match="epochs=0 must be a positive int"):
         training.run(epochs=0, progress=False, log=_quiet)
+    with pytest.raises(ValueError, match="batch_size=0 must be a positive int"):
+        training.run(batch_size=0, progress=False, log=_quiet)
     with pytest.raises(SystemExit):
         cli.main(["train", "--model", "vgg"])
 

@@ -19,10 +19,14 @@ from .checks import (  # noqa: F401
     check_groups,
     check_layout,
     check_same_dtype,
+    layout_hint,
+    looks_channels_last,
     narrow,
     padding_pairs,
     pair,
+    plane_axis,
     same_padding,
+    warn_channels_last,
     widen,
 )
 from .conv import ConvArgs, conv_args_from_shapes, conv_arrays, conv_output_size  # noqa: F401

@@ -5,6 +5,7 @@ and the values."""
 from __future__ import annotations
 
 import numbers
+import warnings
 
 import numpy as np
 
@@ -42,6 +43,39 @@ def activation_dims(op: str, shape, layout: str) -> tuple[int, int, int, int, bo
     unbatched = len(shape) == 3
     n, c, h, w = _layout.LAYOUTS[layout].canonical_shape((1,) + shape if unbatched else shape)
     return n, c, h, w, unbatched
+
+
+def looks_channels_last(shape, layout: str) -> bool:
+    """Whether a 3-D or 4-D ``shape`` given as NCHW looks like a channels-last image: its
+    last axis is 1, 3 or 4 (gray, RGB, RGBA) and at most a quarter of each of the two
+    axes before it, e.g. (480, 640, 3)."""
+    shape = tuple(shape)
+    return (layout == "NCHW" and len(shape) in (3, 4) and shape[-1] in (1, 3, 4)
+            and 4 * shape[-1] <= min(shape[-3], shape[-2]))
+
+
+def layout_hint(shape, layout: str) -> str:
+    """"; a (480, 640, 3) array looks channels-last: pass layout='NHWC'" when
+    :func:`looks_channels_last`, "" otherwise: the tail of a shape error."""
+    if not looks_channels_last(shape, layout):
+        return ""
+    return f"; a {tuple(shape)} array looks channels-last: pass layout='NHWC'"
+
+
+def warn_channels_last(op: str, shape, layout: str) -> None:
+    """A UserWarning when an NCHW input :func:`looks_channels_last` (pooling runs it as
+    given: a (480, 640, 3) photo would be read as 480 channels of 640x3 images)."""
+    if looks_channels_last(shape, layout):
+        c, h, w = tuple(shape)[-3:]
+        warnings.warn(f"{op}: input of shape {tuple(shape)} is read as layout 'NCHW' ({c} "
+                      f"channels of {h}x{w} images), but it looks channels-last: pass "
+                      "layout='NHWC' for an (H, W, C) image", UserWarning, stacklevel=3)
+
+
+def plane_axis(layout: str) -> int:
+    """Where a one-channel axis goes to make a 2-D (H, W) image 3-D in ``layout``: 0 for
+    (1, H, W) in NCHW, -1 for (H, W, 1) in NHWC."""
+    return -1 if _layout.LAYOUTS[layout].channels_last else 0
 
 
 def check_flag(op: str, name: str, value) -> bool:

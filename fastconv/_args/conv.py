@@ -19,6 +19,7 @@ from .checks import (
     check_groups,
     check_layout,
     check_same_dtype,
+    layout_hint,
     padding_pairs,
     pair,
 )
@@ -102,7 +103,9 @@ def conv_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0, dilati
     if len(w_shape) != 4:
         wl = _layout.LAYOUTS[layout].weight
         raise ValueError(f"{op}: weight must be 4-D ({wl} for layout {layout}), got "
-                         f"{len(w_shape)}-D shape {w_shape}")
+                         f"{len(w_shape)}-D shape {w_shape}" + (
+                             " (a 2-D (kh, kw) weight needs a 2-D (H, W) input)"
+                             if len(w_shape) == 2 else ""))
     dims = _layout.LAYOUTS[layout]
     c_out, c_in_g, kh, kw = dims.canonical_weight_shape(w_shape)
     groups = check_groups(op, groups)
@@ -110,13 +113,15 @@ def conv_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0, dilati
     dilation_ = pair(op, "dilation", dilation, minimum=1)
     if kh < 1 or kw < 1:
         raise ValueError(f"{op}: kernel size must be positive, got {kh}x{kw}")
+    hint = layout_hint(x_shape, layout)
     if c_in % groups:
-        raise ValueError(f"{op}: groups={groups} must divide C_in={c_in}")
+        raise ValueError(f"{op}: groups={groups} must divide C_in={c_in}{hint}")
     if c_out % groups:
         raise ValueError(f"{op}: groups={groups} must divide C_out={c_out}")
     if c_in_g * groups != c_in:
         raise ValueError(f"{op}: weight has {c_in_g} input channels per group but input has "
-                         f"C_in={c_in} with groups={groups} (expected {c_in // groups})")
+                         f"C_in={c_in} with groups={groups} (expected {c_in // groups})"
+                         f"{hint}")
     pad = padding_pairs(op, padding, (kh, kw), dilation_, stride_)
     h_out = conv_output_size(h, kh, stride_[0], *pad[0], dilation_[0])
     w_out = conv_output_size(w, kw, stride_[1], *pad[1], dilation_[1])
@@ -126,7 +131,7 @@ def conv_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0, dilati
         if eff > size + p[0] + p[1]:
             raise ValueError(f"{op}: kernel {axis} {eff} (k={k}, dilation={r}) is larger than "
                              f"the padded input {axis} {size + p[0] + p[1]} "
-                             f"(size {size} + padding {p[0]}+{p[1]})")
+                             f"(size {size} + padding {p[0]}+{p[1]}){hint}")
     return ConvArgs(n, c_in, h, w, c_out, kh, kw, stride_, dilation_, pad, groups, h_out,
                     w_out, layout, np.dtype(dtype), unbatched)
 

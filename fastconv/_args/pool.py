@@ -23,6 +23,7 @@ from .checks import (
     check_array,
     check_flag,
     check_layout,
+    layout_hint,
     pair,
 )
 
@@ -127,7 +128,7 @@ def pool_args(op: str, shape, kernel_size, stride=None, padding=0, dilation=1,
     if h_out < 1 or w_out < 1:
         raise ValueError(f"{op}: output size {h_out}x{w_out} is too small: input {h}x{w}, "
                          f"kernel {kernel[0]}x{kernel[1]}, stride {stride_}, padding {pad}, "
-                         f"dilation {dil}")
+                         f"dilation {dil}{layout_hint(shape, layout)}")
     return PoolArgs(n=n, c=c, h=h, w=w, h_out=h_out, w_out=w_out, layout=layout,
                     unbatched=unbatched, kernel=kernel, stride=stride_, padding=pad,
                     dilation=dil, ceil_mode=ceil_mode)

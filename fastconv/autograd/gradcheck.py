@@ -23,7 +23,7 @@ def gradcheck(fn, inputs, eps: float = 1e-6, atol: float = 1e-5, rtol: float = 1
         must be float64 (float32 differences are too coarse). Their data is perturbed in
         place and restored.
     eps : step of the central difference (f(x + eps) - f(x - eps)) / (2 eps).
-    atol, rtol : an entry passes when |analytic - numeric| <= atol + rtol * |numeric|.
+    atol, rtol : an entry passes when ``|analytic - numeric| <= atol + rtol * |numeric|``.
 
     Returns
     -------

@@ -14,6 +14,7 @@ gradients are cast back to each input's dtype.
 from __future__ import annotations
 
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 
@@ -72,16 +73,28 @@ class Tensor:
     def __array__(self, dtype=None, copy=None):
         return self.data if dtype is None else self.data.astype(dtype)
 
+    def __float__(self) -> float:
+        return float(self._one("float"))
+
+    def __int__(self) -> int:
+        return int(self._one("int"))
+
+    def __bool__(self) -> bool:
+        return bool(self._one("bool"))
+
+    def _one(self, op: str):
+        if self.data.size != 1:
+            raise ValueError(f"{op}: only one-element tensors can be converted to a python "
+                             f"number, got shape {self.shape}")
+        return self.data.item()
+
     def numpy(self) -> np.ndarray:
         """The underlying ndarray (shared, not copied)."""
         return self.data
 
     def item(self):
         """The value of a one-element tensor as a python number."""
-        if self.data.size != 1:
-            raise ValueError(f"item: only one-element tensors can be converted to a python "
-                             f"number, got shape {self.shape}")
-        return self.data.item()
+        return self._one("item")
 
     def detach(self) -> Tensor:
         """A tensor sharing ``data`` that is outside the graph."""
@@ -130,6 +143,15 @@ class Tensor:
     def __neg__(self): return Neg.apply(self)
     def __pos__(self): return self
 
+    # ---- comparisons: boolean Tensors outside the graph (as torch); identity hashing
+    __hash__ = object.__hash__
+    def __eq__(self, o): return _compare(np.equal, self, o)
+    def __ne__(self, o): return _compare(np.not_equal, self, o)
+    def __lt__(self, o): return _compare(np.less, self, o)
+    def __le__(self, o): return _compare(np.less_equal, self, o)
+    def __gt__(self, o): return _compare(np.greater, self, o)
+    def __ge__(self, o): return _compare(np.greater_equal, self, o)
+
     def __getitem__(self, index):
         return GetItem.apply(self, index=_plain_index(index))
 
@@ -144,6 +166,50 @@ class Tensor:
         """Mean over ``dim``, with the axis rules of :meth:`sum`."""
         return Mean.apply(self, axis=reduction_axes(dim, axis, self.ndim),
                           keepdims=keepdim or bool(keepdims))
+
+    def argmax(self, dim=None, keepdim=False):
+        """Index of the (first) maximum: over the flattened tensor (a 0-D int64 Tensor)
+        when ``dim`` is None, else along ``dim`` (torch's argmax). Outside the graph.
+
+        >>> Tensor(np.float32([[1, 5], [7, 2]])).argmax(1)
+        tensor([1, 0])
+        """
+        if dim is None:
+            return Tensor(np.asarray(np.argmax(self.data), np.int64))
+        d = dim_index(dim, self.ndim)
+        return Tensor(np.argmax(self.data, axis=d, keepdims=bool(keepdim)).astype(np.int64))
+
+    def max(self, dim=None, keepdim=False):
+        """The maximum (torch's max). ``dim`` None: a 0-D Tensor; its gradient is shared
+        evenly among equal maxima. ``dim`` given: ``(values, indices)`` (a named tuple)
+        along ``dim``, the gradient going to the first maximum of each slice.
+
+        >>> t = Tensor(np.float32([[1, 5], [7, 2]]))
+        >>> float(t.max())
+        7.0
+        >>> values, indices = t.max(dim=1)
+        >>> values, indices
+        (tensor([5., 7.]), tensor([1, 0]))
+        """
+        if dim is None:
+            top = np.max(self.data) if self.data.size else None
+            if top is None:
+                raise ValueError("max: the tensor is empty; pass dim (or check its shape)")
+            if np.isnan(top):
+                return GetItem.apply(self, index=np.unravel_index(np.argmax(self.data),
+                                                                  self.shape))
+            ties = self.data == top
+            return Sum.apply(self * Tensor(ties / ties.sum(dtype=self.dtype)), axis=None,
+                             keepdims=False)
+        d = dim_index(dim, self.ndim)
+        idx = np.argmax(self.data, axis=d, keepdims=True).astype(np.int64)
+        grids = list(np.ogrid[tuple(slice(n) for n in idx.shape)])
+        grids[d] = idx
+        values = GetItem.apply(self, index=tuple(grids))
+        if not keepdim:
+            values, idx = values.reshape(values.shape[:d] + values.shape[d + 1:]), \
+                np.squeeze(idx, d)
+        return MaxResult(values, Tensor(idx))
 
     # ---- shape
     def reshape(self, *shape):
@@ -187,7 +253,22 @@ class Tensor:
     def log_softmax(self, dim=-1): return LogSoftmax.apply(self, axis=dim_index(dim, self.ndim))
 
 
+class MaxResult(NamedTuple):
+    """``Tensor.max(dim)``'s result: the maxima and their int64 indices along dim."""
+
+    values: Tensor
+    indices: Tensor
+
+
 function._set_tensor_class(Tensor)
+
+
+def _compare(ufunc, a: Tensor, o) -> Tensor:
+    """``ufunc(a, o)`` (a comparison) as a boolean Tensor that requires no gradient."""
+    if not isinstance(o, Tensor) and not isinstance(
+            o, (numbers.Number, np.generic, np.ndarray, list, tuple)):
+        return NotImplemented
+    return Tensor(ufunc(a.data, o.data if isinstance(o, Tensor) else np.asarray(o)))
 
 
 def _initial_grad(out: Tensor, grad, op: str) -> np.ndarray:

@@ -8,7 +8,7 @@ these with ``device="cuda"``.
 
 This package imports without CUDA; the kernels (and ``numba.cuda``) load on the first
 call, which raises :class:`CudaUnavailableError` (a RuntimeError) saying why when no GPU
-can be used and how to fix it (``pip install 'fastconv[cuda]'``, an NVIDIA driver).
+can be used and how to fix it (``pip install '.[cuda]'`` in a fastconv checkout, an NVIDIA driver).
 Tests run the kernels in numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
 """
 

@@ -12,9 +12,9 @@ import numpy as np
 
 from .. import config
 
-INSTALL_HINT = ("install the CUDA extra with `pip install 'fastconv[cuda]'` (NVIDIA's "
-                "numba-cuda; `pip install 'numba-cuda[cu12]'` adds the CUDA runtime libraries) "
-                "and an NVIDIA driver for a CUDA-capable GPU")
+INSTALL_HINT = ("install the CUDA extra with `pip install '.[cuda]'` in a fastconv checkout "
+                "(NVIDIA's numba-cuda; `pip install 'numba-cuda[cu12]'` adds the CUDA runtime "
+                "libraries) and an NVIDIA driver for a CUDA-capable GPU")
 
 
 class CudaUnavailableError(RuntimeError):

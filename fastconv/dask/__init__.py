@@ -13,7 +13,7 @@ batch-chunked dask array of images.
 share the cores without oversubscribing them (numba and BLAS threads per worker) and
 share the numba cache.
 
-Needs the optional extra ``dask``: ``pip install 'fastconv[dask]'``.
+Needs the optional extra ``dask``: ``pip install '.[dask]'`` in a fastconv checkout.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without dask
     raise ImportError(
         "fastconv.dask needs dask>=2025.1 with dask.array; install the optional extra: "
-        "pip install 'fastconv[dask]'  (it brings dask[array,distributed])"
+        "pip install '.[dask]' in a fastconv checkout (it brings dask[array,distributed])"
     ) from exc
 
 from .cluster import local_cluster, worker_env  # noqa: F401

@@ -26,4 +26,4 @@ from .layers import (  # noqa: F401
     Upsample,
 )
 from .losses import BCEWithLogitsLoss, MSELoss, NLLLoss  # noqa: F401
-from .module import Module, Parameter, Sequential, load, save  # noqa: F401
+from .module import Module, Parameter, Sequential, call_unbatched, load, save  # noqa: F401

@@ -184,6 +184,8 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
                momentum=0.1, eps=1e-5, *, layout="NCHW") -> Tensor:
     """Batch normalisation over N, H, W per channel (torch's F.batch_norm).
 
+    Parameters
+    ----------
     running_mean, running_var : (C,) ndarrays updated in place when training (momentum,
         unbiased variance); used to normalise when not training. May be None when
         training.
@@ -227,7 +229,7 @@ class Linear(Function):
 
 
 def linear(input, weight, bias=None) -> Tensor:
-    """input (*, in_features) @ weight.T (weight (out, in)) + bias (out,)."""
+    """``input (*, in_features) @ weight.T (weight (out, in)) + bias (out,)``."""
     x, w = _tensor(input), _tensor(weight)
     if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "

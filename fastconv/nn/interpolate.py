@@ -147,6 +147,8 @@ def interpolate(input, size=None, scale_factor=None, mode: str = "nearest",
     """Resize a 4-D input (N, C, H, W) (NHWC: (N, H, W, C)) to ``size`` or by
     ``scale_factor`` (torch's F.interpolate for its "nearest" and "bilinear" modes).
 
+    Parameters
+    ----------
     size : (H_out, W_out) or one int for both.
     scale_factor : a positive number or a pair; the output has floor(H * s) rows, and the
         pixels read are those of the scale s itself, unless recompute_scale_factor=True:

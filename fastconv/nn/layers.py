@@ -15,7 +15,7 @@ from .._args import padding_pairs, pair
 from ..layout import get as get_layout
 from . import functional as F
 from . import init
-from .module import Module, Parameter, Sequential
+from .module import Module, Parameter, Sequential, call_unbatched
 
 
 class _WeightAndBias(Module):
@@ -60,6 +60,8 @@ class Conv2d(_WeightAndBias):
     Initialised as torch: weight kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)),
     bias U(+-1/sqrt(fan_in)), fan_in = in/groups * kh * kw.
     """
+
+    takes_images = True  # a 3-D input is one unbatched image
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True, *, rng=None,
@@ -119,6 +121,8 @@ class BatchNorm2d(Module):
     average (1 / num_batches_tracked), as torch.
     """
 
+    takes_images = True  # a 3-D input is one unbatched image
+
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
                  affine: bool = True, track_running_stats: bool = True, *, dtype=np.float32):
         super().__init__()
@@ -147,6 +151,8 @@ class BatchNorm2d(Module):
             self.num_batches_tracked[...] = 0
 
     def forward(self, x):
+        if getattr(x, "ndim", 0) == 3:  # one unbatched image: a batch of one
+            return call_unbatched(self.forward, x)
         use_batch_stats = self.training or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
@@ -165,6 +171,8 @@ class BatchNorm2d(Module):
 class _Pool2d(Module):
     """The window arguments that MaxPool2d and AvgPool2d share, kept as given (the
     functional op checks them) and shown by ``repr``."""
+
+    takes_images = True  # a 3-D input is one unbatched image
 
     def __init__(self, kernel_size, stride, padding, ceil_mode: bool):
         super().__init__()
@@ -209,6 +217,8 @@ class AvgPool2d(_Pool2d):
 
 class GlobalAvgPool2d(Module):
     """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1)."""
+
+    takes_images = True  # a 3-D input is one unbatched image
 
     def forward(self, x):
         return F.global_avg_pool2d(x)
@@ -333,6 +343,8 @@ class BasicBlock(Module):
     norm when the stride is not 1 or the channel count changes (torchvision's layout and
     names: conv1, bn1, conv2, bn2, downsample).
     """
+
+    takes_images = True  # a 3-D input is one unbatched image
 
     expansion = 1
 

@@ -101,8 +101,8 @@ def mse_loss(input, target, reduction: str = "mean") -> Tensor:
 class BCEWithLogits(Function):
     """-w [p y log s(x) + (1 - y) log(1 - s(x))] with s the sigmoid, p the positive
     weight and w the weight, computed stably as w [(1 - y) x + l softplus(-x)] with
-    l = 1 + (p - 1) y and softplus(-x) = log1p(exp(-|x|)) + max(-x, 0) (torch's formula),
-    its first part (1 - y) x + softplus(-x) as max(x, 0) - x y + log1p(exp(-|x|)) so that
+    l = 1 + (p - 1) y and ``softplus(-x) = log1p(exp(-|x|)) + max(-x, 0)`` (torch's formula),
+    its first part (1 - y) x + softplus(-x) as ``max(x, 0) - x y + log1p(exp(-|x|))`` so that
     a confident right answer does not lose its small loss to cancellation.
 
     Gradients: x: w [(1 - y) + l (s(x) - 1)]; y: w [(p - 1) softplus(-x) - x];
@@ -166,6 +166,8 @@ def binary_cross_entropy_with_logits(input, target, weight=None, reduction: str 
     """Sigmoid + binary cross entropy in one stable op (torch's
     F.binary_cross_entropy_with_logits).
 
+    Parameters
+    ----------
     input : logits of any shape; target : probabilities in [0, 1] of the same shape.
     weight : rescales each element's loss; broadcasts to the input's shape.
     pos_weight : weight of the positive term per class (the last axis), e.g. (C,);
@@ -225,6 +227,8 @@ def nll_loss(input, target, weight=None, ignore_index: int = -100,
              reduction: str = "mean") -> Tensor:
     """Negative log-likelihood of log-probabilities (torch's F.nll_loss).
 
+    Parameters
+    ----------
     input : (N, C), (N, C, d1, ...) or unbatched (C,) log-probabilities.
     target : integer classes in [0, C) (or ``ignore_index``) of shape (N,),
         (N, d1, ...) or ().

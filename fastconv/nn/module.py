@@ -266,7 +266,14 @@ class Sequential(Module):
                 self.add_module(str(i), _check_module("Sequential", i, m))
 
     def forward(self, x):
-        for m in self._modules.values():
+        """Each module applied in turn. A 3-D (C, H, W) input to a Sequential that starts
+        with an image layer (``takes_images``: Conv2d, BatchNorm2d, the pools) runs as a
+        batch of one, and the output comes back without its batch axis (a LeNet maps one
+        image to (num_classes,))."""
+        mods = list(self._modules.values())
+        if mods and getattr(mods[0], "takes_images", False) and getattr(x, "ndim", 0) == 3:
+            return call_unbatched(self.forward, x)
+        for m in mods:
             x = m(x)
         return x
 
@@ -283,6 +290,14 @@ class Sequential(Module):
         return iter(self._modules.values())
 
 
+def call_unbatched(forward, x):
+    """``forward`` of one unbatched image ``x`` (3-D: (C, H, W), or (H, W, C) for NHWC
+    layers) run as a batch of one; its output without the batch axis."""
+    x = x if isinstance(x, Tensor) else Tensor(np.asarray(x))
+    y = forward(x.reshape((1,) + x.shape))
+    return y.reshape(y.shape[1:])
+
+
 def _check_module(op, name, m):
     if not isinstance(m, Module):
         raise TypeError(f"{op}: element {name!r} must be a Module, got {type(m).__name__}")
@@ -290,8 +305,23 @@ def _check_module(op, name, m):
 
 
 def save(state_dict, path) -> None:
-    """Write a state dict (name -> array) to ``path`` as an uncompressed .npz, atomically
-    (a temporary file in the same directory, then ``os.replace``); no pickles."""
+    """Write a state dict (name -> array), or a Module's (``model.state_dict()``), to
+    ``path`` as an uncompressed .npz, atomically (a temporary file in the same directory,
+    then ``os.replace``); no pickles. Read it back with
+    ``model.load_state_dict(nn.load(path))``.
+
+    >>> import os, tempfile, fastconv.nn as nn
+    >>> path = os.path.join(tempfile.mkdtemp(), "lin.npz")
+    >>> nn.save(nn.Linear(2, 1), path)
+    >>> sorted(nn.load(path))
+    ['bias', 'weight']
+    """
+    if isinstance(state_dict, Module):
+        state_dict = state_dict.state_dict()
+    elif not hasattr(state_dict, "items"):
+        raise TypeError(f"save: expected a Module or its state dict (model.state_dict(), "
+                        f"a mapping name -> array), got {type(state_dict).__name__}; for "
+                        "a model with its optimizer use fastconv.checkpoint.save")
     write_npz(path, {k: np.asarray(v.data if isinstance(v, Tensor) else v)
                      for k, v in state_dict.items()})
 

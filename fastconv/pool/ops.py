@@ -14,15 +14,19 @@ import numpy as np
 from .. import devices
 from .._args import (
     HALF,
+    as_ndarray,
     avg_pool_args,
     check_array,
     check_flag,
     check_grad_y,
     check_input_shape,
+    check_layout,
     global_pool_args,
     max_unpool_inputs,
     narrow,
+    plane_axis,
     pool_args,
+    warn_channels_last,
 )
 from .._memory import allocate
 from .._runtime import parallel_guard
@@ -51,6 +55,28 @@ def _float32(a: np.ndarray) -> tuple[bool, np.ndarray]:
     return False, a
 
 
+def _on_plane(op, pool, x, layout, *args, **kwargs):
+    """``pool`` (max_pool2d or avg_pool2d) of a 2-D (H, W) image: run as one channel in
+    ``layout``, the channel axis dropped from the results (2-D out)."""
+    axis = plane_axis(check_layout(op, layout))
+    out = pool(np.expand_dims(x, axis), *args, layout=layout, **kwargs)
+    if isinstance(out, tuple):
+        return tuple(np.squeeze(a, axis) for a in out)
+    return np.squeeze(out, axis)
+
+
+def _plane_backward(op, backward, input_shape, layout, arrays, *args, **kwargs):
+    """``backward`` (a pooling gradient) for a 2-D (H, W) input: ``arrays`` (grad_y, and
+    max pooling's indices) and ``input_shape`` given one channel in ``layout``; the
+    gradient comes back 2-D."""
+    axis = plane_axis(check_layout(op, layout))
+    shape = list(input_shape)
+    shape.insert(0 if axis == 0 else 2, 1)
+    arrays = [np.expand_dims(as_ndarray(op, name, a), axis) for name, a in arrays]
+    gx = backward(*arrays, tuple(shape), *args, layout=layout, **kwargs)
+    return np.squeeze(gx, axis)
+
+
 def _run(kernel, size: int, *args) -> None:
     """Run a layout's kernel under the parallel guard, unless its output is empty."""
     if size:
@@ -65,7 +91,11 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
     Parameters
     ----------
-    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched.
+    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched
+        ((C, H, W), or (H, W, C) with layout="NHWC": a photo as image libraries hold
+        it); 2-D is one gray image (H, W) and gives 2-D output. An NCHW input that looks
+        channels-last, e.g. (480, 640, 3), is pooled as given (480 channels) with a
+        UserWarning that suggests layout="NHWC".
     kernel_size, dilation : int or (h, w), positive.
     stride : int or (h, w); None (default) means kernel_size.
     padding : int or (h, w), at most half the kernel size; padding is never the maximum.
@@ -96,14 +126,24 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     >>> fastconv.max_pool2d(x, 2, stride=1)[0, 0]
     array([[4., 5.],
            [7., 8.]])
+    >>> photo = np.zeros((480, 640, 3), np.float32)      # (H, W, RGB)
+    >>> fastconv.max_pool2d(photo, 2, layout="NHWC").shape
+    (240, 320, 3)
+    >>> fastconv.max_pool2d(photo[..., 0], 2).shape     # one gray (H, W) image
+    (240, 320)
     """
     op = "max_pool2d"
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
         return gpu(x, kernel_size, stride, padding, dilation, ceil_mode, layout=layout,
                    return_indices=return_indices)
-    half, x = _float32(check_array(op, "input", x, half=True))
+    x = check_array(op, "input", x, half=True)
+    if x.ndim == 2:
+        return _on_plane(op, max_pool2d, x, layout, kernel_size, stride, padding, dilation,
+                         ceil_mode, return_indices=return_indices)
+    half, x = _float32(x)
     a = pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
+    warn_channels_last(op, x.shape, layout)
     with_idx = check_flag(op, "return_indices", return_indices)
     kernels = KERNELS[a.layout]
     y = allocate(op, "output", a.y_shape4, x.dtype)
@@ -121,7 +161,8 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     grad_y : ndarray, shape of max_pool2d's output (caller's layout).
     indices : int64 ndarray, shape of grad_y, from ``max_pool2d(..., return_indices=True)``
         (-1 marks a window without input elements; it passes no gradient).
-    input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched).
+    input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched, 2-D for
+        one gray image, with 2-D grad_y and indices).
     device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
 
     Returns
@@ -134,6 +175,9 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
         return gpu(grad_y, indices, input_shape, layout=layout)
+    if len(check_input_shape(op, input_shape)) == 2:
+        return _plane_backward(op, max_pool2d_backward, input_shape, layout,
+                               (("grad_y", grad_y), ("indices", indices)))
     s, grad_y, indices = max_unpool_inputs(op, grad_y, indices, input_shape, layout, True)
     half, grad_y = _float32(grad_y)
     gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
@@ -150,7 +194,8 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
 
     Parameters
     ----------
-    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched.
+    x : ndarray (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC"; 3-D is unbatched,
+        2-D one gray image (H, W), as in ``max_pool2d`` (and the same warning).
     kernel_size : int or (h, w); stride : int, (h, w) or None (= kernel_size).
     padding : int or (h, w), at most half the kernel size (zeros).
     ceil_mode : round the output size up (see ``max_pool2d``).
@@ -171,9 +216,14 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     if gpu is not None:
         return gpu(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
                    layout=layout)
-    half, x = _float32(check_array(op, "input", x, half=True))
+    x = check_array(op, "input", x, half=True)
+    if x.ndim == 2:
+        return _on_plane(op, avg_pool2d, x, layout, kernel_size, stride, padding, ceil_mode,
+                         count_include_pad)
+    half, x = _float32(x)
     a = avg_pool_args(op, x.shape, kernel_size, stride, padding, ceil_mode,
                       count_include_pad, layout)
+    warn_channels_last(op, x.shape, layout)
     y = allocate(op, "output", a.y_shape4, x.dtype)
     _run(KERNELS[a.layout].avg_pool, y.size, a, _batched(x, a.unbatched), y)
     return _as_given(a, y, half=half)
@@ -196,6 +246,9 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
         return gpu(grad_y, input_shape, kernel_size, stride, padding, ceil_mode,
                    count_include_pad, layout=layout)
     shape = check_input_shape(op, input_shape)
+    if len(shape) == 2:
+        return _plane_backward(op, avg_pool2d_backward, shape, layout, (("grad_y", grad_y),),
+                               kernel_size, stride, padding, ceil_mode, count_include_pad)
     a = avg_pool_args(op, shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                       layout)
     half, grad_y = _float32(check_grad_y(op, grad_y, a.y_shape, half=True))

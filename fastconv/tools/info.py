@@ -27,8 +27,11 @@ def blas_summary() -> str:
     libs = blas_info()
     if not libs:
         return "unknown (install threadpoolctl)"
-    return "; ".join(f"{b.get('internal_api')} {b.get('version')} kernel={b.get('architecture')} "
-                     f"threads={b.get('num_threads')}" for b in libs)
+    def get(b, key):
+        return b.get(key) or "unknown"
+
+    return "; ".join(f"{get(b, 'internal_api')} {get(b, 'version')} kernel="
+                     f"{get(b, 'architecture')} threads={get(b, 'num_threads')}" for b in libs)
 
 
 def cuda_status() -> str:
@@ -72,3 +75,20 @@ def collect() -> dict:
         "workspace_mib": config.WORKSPACE_BYTES / config.MIB,
         "cuda": cuda_status(),
     }
+
+
+def as_text(data: dict) -> str:
+    """``collect()``'s dict as aligned "key  value" lines, missing values in words.
+
+    >>> print(as_text({"fastconv": "0.1.0", "threading_layer": None, "blas_env": {}}))
+    fastconv         0.1.0
+    threading_layer  unknown
+    blas_env         none set
+    """
+    width = max(len(k) for k in data)
+
+    def word(k, v):
+        if k == "blas_env":
+            return " ".join(f"{n}={x}" for n, x in v.items()) or "none set"
+        return "unknown" if v is None else v
+    return "\n".join(f"{k:<{width}}  {word(k, v)}" for k, v in data.items())

@@ -6,6 +6,13 @@ import os
 
 from .suites import ALGOS
 
+#: Legend entries of the plots: what each series is (times: lower is faster).
+LABELS = {"naive": "naive (direct formula)", "im2col": "im2col (unfold + SGEMM)",
+          "fft": "fft", "winograd": "winograd (3x3 only)", "auto": "auto (fastconv's choice)",
+          "torch": "torch (reference)", "scipy.fftconvolve": "scipy.fftconvolve",
+          "scipy.correlate": "scipy.correlate"}
+LEGEND_TITLE = "median ms, lower is faster"
+
 
 def plot(report, out_dir: str) -> list[str]:
     """Per-shape bars of time per algorithm (one PNG per suite) and, for the kernel
@@ -32,13 +39,14 @@ def plot(report, out_dir: str) -> list[str]:
                        if (s, algo) in by]
                 if pts:
                     style = "--" if algo not in ALGOS else ("o-" if algo != "auto" else ":")
-                    ax.plot(*zip(*pts, strict=True), style, label=algo, markersize=3)
+                    ax.plot(*zip(*pts, strict=True), style, label=LABELS.get(algo, algo),
+                            markersize=3)
             ax.set_yscale("log")
             ax.set_xlabel("kernel size k (k x k, 256x256 single-channel image, valid)")
             ax.set_ylabel("median time (ms)")
             ax.set_title("naive vs im2col vs FFT against kernel size")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend()
+            ax.legend(title=LEGEND_TITLE)
             p = os.path.join(out_dir, "kernel_sweep.png")
         else:
             fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(shapes)), 5))
@@ -46,14 +54,14 @@ def plot(report, out_dir: str) -> list[str]:
             for i, algo in enumerate(algos):
                 xs = [j + i * width for j, s in enumerate(shapes) if (s, algo) in by]
                 ys = [1e3 * by[(s, algo)] for s in shapes if (s, algo) in by]
-                ax.bar(xs, ys, width, label=algo)
+                ax.bar(xs, ys, width, label=LABELS.get(algo, algo))
             ax.set_xticks([j + 0.4 - width / 2 for j in range(len(shapes))])
             ax.set_xticklabels(shapes, rotation=30, ha="right")
             ax.set_yscale("log")
             ax.set_ylabel("median time (ms)")
-            ax.set_title(f"fastconv bench: {suite} suite")
+            ax.set_title(f"fastconv bench: {suite} suite (layers: see results.md)")
             ax.grid(True, axis="y", which="both", alpha=0.3)
-            ax.legend(fontsize=8, ncol=2)
+            ax.legend(fontsize=8, ncol=2, title=LEGEND_TITLE, title_fontsize=8)
             p = os.path.join(out_dir, f"shapes_{suite}.png")
         fig.tight_layout()
         fig.savefig(p, dpi=110)

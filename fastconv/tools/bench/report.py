@@ -57,11 +57,13 @@ class Report:
     # "suite/shape" -> {m, k, n, count, gflops, other_load}
     gemm: dict = field(default_factory=dict)
     summary: dict = field(default_factory=dict)
+    # "suite/shape" -> {N, C_in, H, W, C_out, kernel, stride, padding, dilation, groups}
+    shapes: dict = field(default_factory=dict)
 
     def as_dict(self) -> dict:
-        """results.json: info, gemm, summary and the results as dicts."""
+        """results.json: info, gemm, summary, shapes and the results as dicts."""
         return {"info": self.info, "gemm": self.gemm, "summary": self.summary,
-                "results": [r.as_dict() for r in self.results]}
+                "shapes": self.shapes, "results": [r.as_dict() for r in self.results]}
 
 
 def relate(results: list[Result]) -> None:
@@ -135,41 +137,51 @@ def summarize(results: list[Result]) -> dict:
 
 
 # ----------------------------------------------------------------------- output
-def _fmt(v, spec: str, none: str = "-") -> str:
+def _fmt(v, spec: str, none: str = "n/a") -> str:
     """``v`` formatted with ``spec``, or ``none`` for None."""
     return none if v is None else format(v, spec)
 
 
+def _columns(rows: list[list[str]], head: list[str], align: str) -> str:
+    """A markdown table of ``rows`` under ``head`` keeping only the columns where some
+    row has a value (not ""); ``align[i]`` is "l" or "r" for column i."""
+    keep = [i for i in range(len(head)) if any(row[i] for row in rows)]
+    lines = ["| " + " | ".join(head[i] for i in keep) + " |",
+             "|" + "|".join("---" if align[i] == "l" else "---:" for i in keep) + "|"]
+    lines += ["| " + " | ".join(row[i] for i in keep) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def format_table(results: list[Result]) -> str:
-    """A markdown table of results (one row per shape and algorithm)."""
-    lines = ["| shape | algo | median ms | GFLOP/s | x naive | share of SGEMM | / torch |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    """A markdown table of results (one row per shape and algorithm); the ratio columns
+    appear only when some result has them (x naive without naive, / torch without
+    torch are left out)."""
+    rows = []
     for r in results:
         algo = r.algo + (f" ({r.chosen})" if r.chosen else "")
         ms = f"{1e3 * r.seconds:.3f}" + (f"* ({r.batch}/{r.n})" if r.scaled else "")
         if r.other_load is not None and r.other_load > LOAD_THRESHOLD:
             ms += f" !{100 * r.other_load:.0f}%"
-        share = None if r.share_of_gemm is None else 100 * r.share_of_gemm
-        lines.append(f"| {r.shape} | {algo} | {ms} | {r.gflops:.1f} | "
-                     f"{_fmt(r.speedup_vs_naive, '.1f')} | {_fmt(share, '.0f')}% | "
-                     f"{_fmt(r.vs_torch, '.2f')} |")
-    return "\n".join(lines)
+        share = "" if r.share_of_gemm is None else f"{100 * r.share_of_gemm:.0f}%"
+        rows.append([r.shape, algo, ms, f"{r.gflops:.1f}", _fmt(r.speedup_vs_naive, ".1f", ""),
+                     share, _fmt(r.vs_torch, ".2f", "")])
+    return _columns(rows, ["shape", "algo", "median ms", "GFLOP/s", "x naive",
+                           "share of SGEMM", "/ torch"], "llrrrrr")
 
 
 def format_overview(results: list[Result]) -> str:
-    """One row per shape: median ms of every algorithm side by side, auto's choice, and
-    auto / torch (a markdown table)."""
+    """One row per shape: median ms of every algorithm side by side (n/a where it does
+    not apply), auto's choice, and auto / torch when torch was timed (markdown)."""
     shapes = list(dict.fromkeys(r.shape for r in results))
     algos = list(dict.fromkeys(r.algo for r in results))
     by = {(r.shape, r.algo): r for r in results}
-    head = " | ".join(algos)
-    lines = [f"| shape | {head} | auto / torch |", "|---|" + "---:|" * (len(algos) + 1)]
+    rows = []
     for sh in shapes:
-        cells = []
+        cells = [sh]
         for a in algos:
             r = by.get((sh, a))
             if r is None:
-                cells.append("-")
+                cells.append("n/a")
                 continue
             ms = 1e3 * r.seconds
             cell = (f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}")
@@ -180,8 +192,72 @@ def format_overview(results: list[Result]) -> str:
                 cell += f" !{100 * r.other_load:.0f}%"
             cells.append(cell)
         auto = by.get((sh, "auto"))
-        ratio = _fmt(auto.vs_torch if auto else None, ".2f")
-        lines.append(f"| {sh} | " + " | ".join(cells) + f" | {ratio} |")
+        cells.append(_fmt(auto.vs_torch if auto else None, ".2f", ""))
+        rows.append(cells)
+    return _columns(rows, ["shape", *algos, "auto / torch"], "l" + "r" * (len(algos) + 1))
+
+
+SHAPE_FIELDS = ("N", "C_in", "H", "W", "C_out", "kernel", "stride", "padding", "dilation",
+                "groups")
+
+
+def shape_fields(shape) -> dict:
+    """A ``Shape``'s layer as the report names it: N, C_in, H, W, C_out, kernel, stride,
+    padding, dilation, groups."""
+    return dict(zip(SHAPE_FIELDS, (shape.n, shape.c, shape.h, shape.w, shape.c_out, shape.k,
+                                   shape.stride, shape.padding, shape.dilation,
+                                   shape.groups), strict=True))
+
+
+def format_shapes(report: Report, suite: str) -> str:
+    """The layers of ``suite`` (markdown): input N x C_in x H x W, C_out output channels,
+    a kernel x kernel kernel, stride, padding, dilation, groups."""
+    rows = [[key.split("/", 1)[1], *(str(d[f]) for f in SHAPE_FIELDS)]
+            for key, d in report.shapes.items() if key.split("/", 1)[0] == suite]
+    if not rows:
+        return ""
+    return _columns(rows, ["shape", *SHAPE_FIELDS], "l" + "r" * len(SHAPE_FIELDS))
+
+
+def format_suite(report: Report, suite: str) -> str:
+    """One suite's part of the report: the overview, the full table and the layers."""
+    rs = [r for r in report.results if r.suite == suite]
+    text = (f"{suite}: median ms per call\n\n{format_overview(rs)}\n\n{suite}: every "
+            f"measurement\n\n{format_table(rs)}")
+    shapes = format_shapes(report, suite)
+    if shapes:
+        text += f"\n\n{suite}: the layers (input N x C_in x H x W)\n\n{shapes}"
+    return text
+
+
+def legend(results: list[Result]) -> str:
+    """What the tables' marks and ratios mean, for those that appear in ``results``."""
+    lines = ["Legend:",
+             "- median ms: median time of one call on the whole batch (lower is faster); "
+             "GFLOP/s: the direct formula's multiply-adds x 2 / time"]
+    if any(r.scaled for r in results):
+        lines.append("- (*) direct algorithm timed on fewer images (shown) and scaled to "
+                     "the batch")
+    if any(r.other_load is not None and r.other_load > LOAD_THRESHOLD for r in results):
+        lines.append("- (!N%) other processes used N% of the machine's CPU while this was "
+                     "measured")
+    if any(r.chosen for r in results):
+        lines.append("- auto (name): the algorithm algo='auto' ran")
+    pairs = {(r.shape, r.algo) for r in results}
+    if len(pairs) < len({r.shape for r in results}) * len({r.algo for r in results}):
+        lines.append("- n/a: not applicable to that layer (Winograd: 3x3 stride-1 only; "
+                     "scipy: single-channel, forward only)")
+    if any(r.speedup_vs_naive is not None for r in results):
+        lines.append("- x naive: the direct algorithm's time / this time (above 1: faster "
+                     "than direct)")
+    if any(r.share_of_gemm is not None for r in results):
+        lines.append("- share of SGEMM: GFLOP/s / the rate numpy's SGEMM reaches on the "
+                     "GEMM im2col issues for that layer (measured in the same run). Above "
+                     "100% is possible for FFT, Winograd and scipy.fftconvolve: they do "
+                     "fewer multiplications than the direct formula counts")
+    if any(r.vs_torch is not None for r in results):
+        lines.append("- / torch, auto / torch: this time / torch's time on the same arrays; "
+                     "below 1 means fastconv is faster, above 1 torch is faster")
     return "\n".join(lines)
 
 
@@ -192,7 +268,9 @@ def format_summary(summary: dict) -> str:
         lines.append(f"**{suite}**")
         g = s.get("auto_vs_torch_geomean")
         if g is not None:
-            lines.append(f"- auto / torch, geometric mean of time ratios: {g:.3f}")
+            lines.append(f"- auto / torch, geometric mean of time ratios: {g:.3f} ("
+                         f"{'fastconv' if g < 1 else 'torch'} faster on average; below 1 "
+                         "means fastconv is faster)")
         if "auto_candidates" in s:
             lines.append(f"- auto ran the measured-fastest algorithm on "
                          f"{s['auto_picked_fastest']}/{s['auto_candidates']} shapes; worst "
@@ -202,8 +280,9 @@ def format_summary(summary: dict) -> str:
                 lines.append(f"  - {p['shape']}: chose {p['chosen']}, fastest {p['fastest']} "
                              f"({p['ratio']:.2f}x)")
         for sh, v in s.get("im2col_share_of_gemm", {}).items():
-            lines.append(f"- {sh}: im2col at {100 * v:.0f}% of its GEMM's SGEMM rate, "
-                         f"{_fmt(s['im2col_vs_naive'].get(sh), '.0f')}x naive")
+            vs_naive = s["im2col_vs_naive"].get(sh)
+            lines.append(f"- {sh}: im2col at {100 * v:.0f}% of its GEMM's SGEMM rate"
+                         + ("" if vs_naive is None else f", {vs_naive:.0f}x naive"))
         loaded = s.get("measured_under_load", [])
         if loaded:
             worst = max(loaded, key=lambda v: v["other_load"])
@@ -211,20 +290,45 @@ def format_summary(summary: dict) -> str:
                          f"than {100 * LOAD_THRESHOLD:.0f}% of the CPU (worst "
                          f"{100 * worst['other_load']:.0f}%: {worst['shape']} {worst['algo']})")
         for sh, v in s.get("fft_single_channel", {}).items():
+            torch = v["torch_over_fft"]
             lines.append(f"- {sh}: fft {v['fft_ms']:.3f} ms; scipy.fftconvolve / fft = "
-                         f"{v['scipy_over_fft']:.2f}; torch / fft = "
-                         f"{_fmt(v['torch_over_fft'], '.1f')}")
+                         f"{v['scipy_over_fft']:.2f}"
+                         + ("" if torch is None else f"; torch / fft = {torch:.1f}")
+                         + " (above 1: fastconv's fft is faster)")
         lines.append("")
     return "\n".join(lines)
 
 
+def _peers(info: dict) -> str:
+    """Which other libraries were timed, in words (never "None")."""
+    extras = info.get("extras")
+    timed = set(extras) if extras is not None else {"torch", "scipy.fftconvolve"}
+    parts = []
+    if not info.get("torch"):
+        parts.append("torch not installed")
+    elif "torch" in timed:
+        parts.append(f"torch {info['torch']} ({info.get('torch_threads') or '?'} threads)")
+    else:
+        parts.append(f"torch {info['torch']} installed, not timed")
+    scipy = info.get("scipy") or "?"
+    if timed & {"scipy.fftconvolve", "scipy.correlate"}:
+        parts.append(f"scipy {scipy} (single-channel layers)")
+    else:
+        parts.append(f"scipy {scipy} not timed")
+    return ", ".join(parts)
+
+
 def format_header(info: dict) -> str:
-    """Two lines on the machine the numbers come from: BLAS, threads, torch, CPU, layout."""
-    return (f"BLAS: {info.get('blas')}\n"
-            f"OPENBLAS_CORETYPE={info.get('openblas_coretype_env')}; numba threading layer "
-            f"{info.get('threading_layer')}, {info.get('numba_threads')} threads; torch "
-            f"{info.get('torch')} ({info.get('torch_threads')} threads); CPU {info.get('cpu')}"
-            f"; layout {info.get('layout', 'NCHW')}")
+    """Two lines on the machine the numbers come from: BLAS, threads, the libraries
+    compared, CPU, layout (missing entries in words: "unset", "unknown")."""
+    def known(key, missing="unknown"):
+        v = info.get(key)
+        return missing if v is None or v == "" else v
+
+    return (f"BLAS: {known('blas')}\n"
+            f"OPENBLAS_CORETYPE={known('openblas_coretype_env', 'unset')}; numba threading "
+            f"layer {known('threading_layer')}, {known('numba_threads')} threads; compared "
+            f"with: {_peers(info)}; CPU {known('cpu')}; layout {info.get('layout', 'NCHW')}")
 
 
 def write(report: Report, out_dir: str) -> list[str]:
@@ -239,10 +343,8 @@ def write(report: Report, out_dir: str) -> list[str]:
     with open(p, "w") as f:
         f.write("# fastconv bench\n\n```\n" + format_header(report.info) + "\n```\n\n")
         for suite in dict.fromkeys(r.suite for r in report.results):
-            rs = [r for r in report.results if r.suite == suite]
-            f.write(f"## {suite}\n\nMedian ms per call:\n\n{format_overview(rs)}\n\n")
-            f.write(format_table(rs) + "\n\n")
-        f.write(FOOTNOTE + "\n\n")
+            f.write(f"## {suite}\n\n{format_suite(report, suite)}\n\n")
+        f.write(legend(report.results) + "\n\n")
         f.write("## Summary\n\n" + format_summary(report.summary) + "\n")
     paths.append(p)
     paths.extend(plot(report, out_dir))

@@ -25,7 +25,7 @@ from fastconv.layout import NHWC
 
 from . import engine
 from .load import measured
-from .report import Report, Result, relate, summarize
+from .report import Report, Result, relate, shape_fields, summarize
 from .suites import ALGOS, EXTRAS, NHWC_FROM_NCHW, Shape
 
 
@@ -179,9 +179,10 @@ def _maker(algo: str, shape: Shape, x, w, backward: bool, layout: str):
     return lambda xb: _scipy_runner(algo, shape, xb, w, layout)
 
 
-def environment(backward: bool = False, layout: str = "NCHW") -> dict:
+def environment(backward: bool = False, layout: str = "NCHW", extras=EXTRAS) -> dict:
     """What the numbers were measured on: ``fastconv info``'s fields, torch's version and
-    threads, the CPU, numba's threads, OPENBLAS_CORETYPE, the pass and the layout."""
+    threads (None when not installed), the CPU, numba's threads, OPENBLAS_CORETYPE (None
+    when unset), the pass, the layout and the other libraries to be timed (``extras``)."""
     import numba
 
     from .. import info
@@ -196,6 +197,7 @@ def environment(backward: bool = False, layout: str = "NCHW") -> dict:
     data["openblas_coretype_env"] = os.environ.get("OPENBLAS_CORETYPE")
     data["backward"] = backward
     data["layout"] = layout
+    data["extras"] = list(extras)
     return data
 
 
@@ -219,7 +221,7 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
     (the least disturbed one, the same rule for every library; the SGEMM reference too).
     """
     if report is None:
-        report = Report(environment(backward, layout))
+        report = Report(environment(backward, layout, extras))
     jobs = [(r, s, a) for r in range(max(runs, 1)) for s in shapes
             for a in tuple(algos) + tuple(extras)]
     arrays: dict = {}
@@ -253,6 +255,7 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
     new: list[Result] = []
     for shape in shapes:
         report.gemm[f"{suite}/{shape.name}"] = gemm[shape.name]
+        report.shapes[f"{suite}/{shape.name}"] = shape_fields(shape)
         gemm_rate = gemm[shape.name]["gflops"]
         for algo in tuple(algos) + tuple(extras):
             if (shape.name, algo) not in best:
