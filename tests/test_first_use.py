@@ -152,3 +152,14 @@ def test_warmup_command_refuses_unknown_choices(bad, capsys):
     with pytest.raises(SystemExit):
         cli.main(["warmup", *bad])
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_warmup_help_explains_every_option_and_shows_defaults():
+    sub = next(a for a in cli.build_parser()._actions
+               if a.__class__.__name__ == "_SubParsersAction").choices["warmup"]
+    text = " ".join(sub.format_help().split())
+    assert all(action.help for action in sub._actions)
+    for default in ("lenet resnet", "float32 float64", "NCHW NHWC",
+                    "naive im2col fft winograd"):
+        assert f"(default: {default})" in text
+    assert "None" not in text and "``" not in text

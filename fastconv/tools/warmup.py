@@ -167,9 +167,11 @@ def add_parser(sub) -> None:
                         "cache; first use then has no wait)")
     pw.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS),
                     help="bundled models to run a training step of (none: --models)")
-    pw.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES))
+    pw.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=list(DTYPES),
+                    help="floating-point types to compile for")
     pw.add_argument("--layout", nargs="+", default=list(LAYOUT_NAMES),
-                    choices=list(LAYOUT_NAMES))
+                    choices=list(LAYOUT_NAMES),
+                    help="data layouts to compile for (the models run NCHW)")
     pw.add_argument("--algos", nargs="*", default=list(CONV_ALGOS), choices=list(CONV_ALGOS),
                     help="conv2d algorithms to compile, forward and backward")
     pw.add_argument("--no-progress", action="store_true", help="no progress bar")
