@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+from . import warmup
 from .options import (
     CliError,
     Parser,
@@ -250,7 +251,7 @@ def build_parser() -> Parser:
     pc.add_argument("--json", action="store_true", help="print JSON")
     pc.set_defaults(func=cmd_calibrate)
     add_train_parser(sub)
-    __import__("fastconv.tools.warmup", fromlist=["add_parser"]).add_parser(sub)
+    warmup.add_parser(sub)
     return p
 
 
