@@ -72,7 +72,12 @@ def _plane_backward(op, backward, input_shape, layout, arrays, *args, **kwargs):
     axis = plane_axis(check_layout(op, layout))
     shape = list(input_shape)
     shape.insert(0 if axis == 0 else 2, 1)
-    arrays = [np.expand_dims(as_ndarray(op, name, a), axis) for name, a in arrays]
+    arrays = [(name, as_ndarray(op, name, a)) for name, a in arrays]
+    for name, a in arrays:
+        if a.ndim != 2:
+            raise ValueError(f"{op}: {name} is {a.ndim}-D but input_shape "
+                             f"{tuple(input_shape)} is 2-D (one gray image)")
+    arrays = [np.expand_dims(a, axis) for _, a in arrays]
     gx = backward(*arrays, tuple(shape), *args, layout=layout, **kwargs)
     return np.squeeze(gx, axis)
 
