@@ -18,5 +18,7 @@ from . import nn  # noqa: F401
 from . import optim  # noqa: F401
 from . import data  # noqa: F401
 from . import models  # noqa: F401
+from . import checkpoint  # noqa: F401
+from . import cifar  # noqa: F401
 
 __version__ = "0.1.0"
