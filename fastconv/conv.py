@@ -13,6 +13,7 @@ from . import _args, autotune, devices
 from ._memory import allocate
 from .algos import registry
 from .algos.registry import ALGORITHMS  # noqa: F401  (re-exported as fastconv.ALGORITHMS)
+from .layout import LAYOUTS
 
 
 def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
@@ -107,8 +108,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     op = "conv2d"
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
-        return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout,
-                           algo=algo)
+        return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout, algo=algo)
     x = _args.check_array(op, "input", x, half=True)
     if x.ndim == 2:
         return _conv_plane(x, w, bias, stride, padding, dilation, groups, layout, algo)
@@ -124,13 +124,19 @@ def _conv_plane(x, w, bias, stride, padding, dilation, groups, layout, algo):
     """conv2d of a 2-D (H, W) image: one input channel in ``layout``; a 2-D (kh, kw) weight
     is one filter (OIHW (1, 1, kh, kw) / HWIO (kh, kw, 1, 1)) and gives 2-D output."""
     axis = _args.plane_axis(_args.check_layout("conv2d", layout))
-    w = _args.check_array("conv2d", "weight", w, half=True)
-    flat = w.ndim == 2
-    if flat:
-        w = w[None, None] if axis == 0 else w[:, :, None, None]
+    w, flat = _plane_weight("conv2d", w, layout)
     y = conv2d(np.expand_dims(x, axis), w, bias, stride, padding, dilation, groups,
                layout=layout, algo=algo)
     return np.squeeze(y, axis) if flat else y
+
+
+def _plane_weight(op, w, layout):
+    """(weight, flat): a 2-D (kh, kw) weight as the one filter of ``layout``'s 4-D weight
+    (OIHW (1, 1, kh, kw), HWIO (kh, kw, 1, 1); a view), and whether it was 2-D."""
+    w = _args.check_array(op, "weight", w, half=True)
+    if w.ndim != 2:
+        return w, False
+    return LAYOUTS[layout].weight_from_canonical_view(w[None, None]), True
 
 
 def _conv_plane_backward(grad_y, x, w, window, layout, algo, needs):
@@ -139,8 +145,7 @@ def _conv_plane_backward(grad_y, x, w, window, layout, algo, needs):
     op = "conv2d_backward"
     axis = _args.plane_axis(_args.check_layout(op, layout))
     w = _args.check_array(op, "weight", w, half=True)
-    flat = w.ndim == 2
-    w4 = (w[None, None] if axis == 0 else w[:, :, None, None]) if flat else w
+    w4, flat = _plane_weight(op, w, layout)
     grad_y = _args.check_array(op, "grad_y", grad_y, half=True)
     gx, gw, gb = conv2d_backward(np.expand_dims(grad_y, axis) if flat else grad_y,
                                  np.expand_dims(x, axis), w4, *window, layout=layout,
@@ -153,9 +158,8 @@ def _float32(args, *arrays):
     """(half, args, arrays): for a float16 problem, True, the record in float32 and the
     arrays' float32 copies (float16 is computed in float32 and rounded once at the end);
     otherwise False and everything as it is."""
-    if args.dtype != _args.HALF:
-        return False, args, arrays
-    return True, replace(args, dtype=np.dtype(np.float32)), _args.widen(*arrays)
+    half, arrays = _args.widen(*arrays)
+    return half, (replace(args, dtype=np.dtype(np.float32)) if half else args), arrays
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
@@ -216,8 +220,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     need_x, need_w, need_b = _check_needs_input_grad(op, needs_input_grad)
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
-        grads = gpu(grad_y, x, w, stride, padding, dilation, groups,
-                                     layout=layout, algo=algo)
+        grads = gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout,
+                    algo=algo)
         return tuple(g if need else None
                      for g, need in zip(grads, (need_x, need_w, need_b), strict=True))
     x = _args.check_array(op, "input", x, half=True)

@@ -23,7 +23,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import config, devices
-from ._args import HALF, batch_norm_backward_inputs, batch_norm_inputs, narrow, widen
+from ._args import batch_norm_backward_inputs, batch_norm_inputs, narrow, widen
 from ._memory import allocate
 from ._runtime import parallel_guard
 
@@ -290,7 +290,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     a, (x, running_mean, running_var, weight, bias) = batch_norm_inputs(
         op, x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
         return_stats, half=True)
-    half, (x,) = x.dtype == HALF, widen(x)   # float16: computed in float32
+    half, (x,) = widen(x)   # float16: computed in float32
     k = _KERNELS[a.layout]
     y = allocate(op, "output", x.shape, x.dtype)
     w64, b64 = _f64(weight, a.c, 1.0), _f64(bias, a.c, 0.0)
@@ -352,7 +352,7 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
         return gpu(grad_y, x, mean, invstd, weight, training=training, layout=layout)
     a, (grad_y, x, mean, invstd, weight) = batch_norm_backward_inputs(
         op, grad_y, x, mean, invstd, weight, training, layout, half=True)
-    half, (grad_y, x) = x.dtype == HALF, widen(grad_y, x)   # float16: computed in float32
+    half, (grad_y, x) = widen(grad_y, x)   # float16: computed in float32
     k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64), invstd.astype(np.float64)
     gx = allocate(op, "gradient", x.shape, x.dtype)

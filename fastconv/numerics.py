@@ -82,12 +82,19 @@ def sampled_error(y: np.ndarray, x, w, args, seed: int = 0, bias=None) -> float:
     """max |y - y_direct| over ``SAMPLES`` random outputs of ``y`` (NCHW), y_direct from
     the formula in float64 on x and w (NCHW/OIHW), plus ``bias`` (C_out,) when given. NaN
     when a sampled output of y is not finite."""
-    worst = 0.0
-    for n, d, i, j in _picks(y.shape, seed):
+    return sampled_errors((y,), x, w, args, seed, bias)[0]
+
+
+def sampled_errors(ys, x, w, args, seed: int = 0, bias=None) -> list[float]:
+    """:func:`sampled_error` of each result in ``ys`` (same shape), the direct outputs
+    computed once for all of them."""
+    worst = [0.0] * len(ys)
+    for n, d, i, j in _picks(ys[0].shape, seed):
         want = direct_output(x, w, args, n, d, i, j) + (0.0 if bias is None else float(bias[d]))
-        err = abs(float(y[n, d, i, j]) - want)
-        if not err <= worst:       # also catches NaN
-            worst = err
+        for k, y in enumerate(ys):
+            err = abs(float(y[n, d, i, j]) - want)
+            if not err <= worst[k]:       # also catches NaN
+                worst[k] = err
     return worst
 
 
@@ -106,8 +113,8 @@ def closer_result(x, w, bias, args, first: np.ndarray, second: np.ndarray) -> bo
     """
     dims = args.dims
     xn, wn = dims.to_canonical_view(x), dims.weight_to_canonical_view(w)
-    e1, e2 = (sampled_error(dims.to_canonical_view(y), xn, wn, args, bias=bias)
-              for y in (first, second))
+    e1, e2 = sampled_errors([dims.to_canonical_view(y) for y in (first, second)], xn, wn,
+                            args, bias=bias)
     return bool(e1 < e2) or (math.isfinite(e1) and not math.isfinite(e2))
 
 

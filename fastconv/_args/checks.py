@@ -126,11 +126,13 @@ def _native_float(op: str, name: str, a: np.ndarray, half: bool) -> np.ndarray:
     return a if native == a.dtype else a.astype(native)
 
 
-def widen(*arrays):
-    """float32 copies of the float16 arrays among ``arrays`` (None and others as they are):
-    the CPU ops compute float16 in float32 and round the results once (:func:`narrow`)."""
-    return tuple(a.astype(np.float32) if a is not None and a.dtype == HALF else a
-                 for a in arrays)
+def widen(*arrays) -> tuple[bool, tuple]:
+    """(half, arrays): whether the call is float16 (its first array is; the checks made
+    them share one dtype), and then float32 copies of the arrays (None stays None): the
+    CPU ops compute float16 in float32 and round the results once (:func:`narrow`)."""
+    if arrays[0].dtype != HALF:
+        return False, arrays
+    return True, tuple(None if a is None else a.astype(np.float32) for a in arrays)
 
 
 def narrow(result):

@@ -13,7 +13,6 @@ import numpy as np
 
 from .. import devices
 from .._args import (
-    HALF,
     as_ndarray,
     avg_pool_args,
     check_array,
@@ -27,6 +26,7 @@ from .._args import (
     plane_axis,
     pool_args,
     warn_channels_last,
+    widen,
 )
 from .._memory import allocate
 from .._runtime import parallel_guard
@@ -45,14 +45,6 @@ def _as_given(s, *arrays, half=False):
     out = tuple(a[0] if s.unbatched else a for a in arrays)
     out = narrow(out) if half else out
     return out[0] if len(out) == 1 else out
-
-
-def _float32(a: np.ndarray) -> tuple[bool, np.ndarray]:
-    """(half, a): whether ``a`` is float16, and ``a`` in float32 then (float16 is computed
-    in float32 and rounded once at the end)."""
-    if a.dtype == HALF:
-        return True, a.astype(np.float32)
-    return False, a
 
 
 def _on_plane(op, pool, x, layout, *args, **kwargs):
@@ -146,7 +138,7 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     if x.ndim == 2:
         return _on_plane(op, max_pool2d, x, layout, kernel_size, stride, padding, dilation,
                          ceil_mode, return_indices=return_indices)
-    half, x = _float32(x)
+    half, (x,) = widen(x)
     a = pool_args(op, x.shape, kernel_size, stride, padding, dilation, ceil_mode, layout)
     warn_channels_last(op, x.shape, layout)
     with_idx = check_flag(op, "return_indices", return_indices)
@@ -184,7 +176,7 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
         return _plane_backward(op, max_pool2d_backward, input_shape, layout,
                                (("grad_y", grad_y), ("indices", indices)))
     s, grad_y, indices = max_unpool_inputs(op, grad_y, indices, input_shape, layout, True)
-    half, grad_y = _float32(grad_y)
+    half, (grad_y,) = widen(grad_y)
     gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
     gx[...] = 0
     _run(KERNELS[s.layout].max_unpool, grad_y.size, s, _batched(grad_y, s.unbatched),
@@ -225,7 +217,7 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     if x.ndim == 2:
         return _on_plane(op, avg_pool2d, x, layout, kernel_size, stride, padding, ceil_mode,
                          count_include_pad)
-    half, x = _float32(x)
+    half, (x,) = widen(x)
     a = avg_pool_args(op, x.shape, kernel_size, stride, padding, ceil_mode,
                       count_include_pad, layout)
     warn_channels_last(op, x.shape, layout)
@@ -256,7 +248,7 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
                                kernel_size, stride, padding, ceil_mode, count_include_pad)
     a = avg_pool_args(op, shape, kernel_size, stride, padding, ceil_mode, count_include_pad,
                       layout)
-    half, grad_y = _float32(check_grad_y(op, grad_y, a.y_shape, half=True))
+    half, (grad_y,) = widen(check_grad_y(op, grad_y, a.y_shape, half=True))
     gx = allocate(op, "gradient", a.x_shape4, grad_y.dtype)
     # (the output is at least 1x1, so grad_y is empty only when gx is)
     _run(KERNELS[a.layout].avg_unpool, gx.size, a, _batched(grad_y, a.unbatched), gx)
@@ -269,7 +261,7 @@ def global_avg_pool2d(x, *, layout="NCHW"):
     (3-D in, 3-D out). Float64 sums. Runs ``_avg_kernels._mean_planes`` /
     ``_mean_pixels_nhwc``."""
     op = "global_avg_pool2d"
-    half, x = _float32(check_array(op, "input", x, half=True))
+    half, (x,) = widen(check_array(op, "input", x, half=True))
     s = global_pool_args(op, x.shape, layout)
     y = np.empty((s.n, s.c), x.dtype)
     _run(KERNELS[s.layout].mean, y.size, s, _batched(x, s.unbatched), y)
@@ -284,7 +276,7 @@ def global_avg_pool2d_backward(grad_y, input_shape, *, layout="NCHW"):
     op = "global_avg_pool2d_backward"
     shape = check_input_shape(op, input_shape)
     s = global_pool_args(op, shape, layout, what=f"input_shape {shape}")
-    half, grad_y = _float32(check_grad_y(op, grad_y, s.y_shape, half=True))
+    half, (grad_y,) = widen(check_grad_y(op, grad_y, s.y_shape, half=True))
     gx = allocate(op, "gradient", shape, grad_y.dtype)
     gx[...] = grad_y / grad_y.dtype.type(s.h * s.w)
     return narrow(gx) if half else gx

@@ -19,9 +19,16 @@ matrix), ``drivers`` (``forward``, ``backward``).
 from .cost import ALGORITHM  # registers the entry
 from .drivers import backward, forward
 from .image_last import image_last_tile
-from .tiling import IMAGE_LAST_MAX_WIDTH, IMAGE_LAST_MIN_IMAGES, Tiling, is_pointwise, tiling
+from .tiling import (
+    IMAGE_LAST_MAX_WIDTH,
+    IMAGE_LAST_MIN_IMAGES,
+    Tiling,
+    gemm_shapes,
+    is_pointwise,
+    tiling,
+)
 from .unfold import _col2im_nchw, _col2im_nhwc, _im2col_nchw, _im2col_nhwc
 
 __all__ = ["ALGORITHM", "IMAGE_LAST_MAX_WIDTH", "IMAGE_LAST_MIN_IMAGES", "Tiling", "_col2im_nchw",
-           "_col2im_nhwc", "_im2col_nchw", "_im2col_nhwc", "backward", "forward",
+           "_col2im_nhwc", "_im2col_nchw", "_im2col_nhwc", "backward", "forward", "gemm_shapes",
            "image_last_tile", "is_pointwise", "tiling"]

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import math
-
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
 from .drivers import backward, forward
-from .tiling import is_pointwise, tiling
+from .tiling import is_pointwise, tile_count, tiling
 
 
 def cost(a, p: Profile) -> Estimate:
@@ -24,7 +22,7 @@ def cost(a, p: Profile) -> Estimate:
         return Estimate(secs + p.call_us * 1e-6, 0,
                         f"batched GEMM {dg}x{cg}x{a.h * a.w} x{a.n * g}")
     t = tiling(a)
-    n_tiles = math.ceil(a.n / t.images) * math.ceil(a.h_out / t.band)
+    n_tiles = tile_count(a, t)
     pixels = a.n * a.h_out * a.w_out / n_tiles  # output pixels per tile (average)
     ckk = a.c_in * a.kh * a.kw
     col_bytes = a.n * ckk * a.h_out * a.w_out * item

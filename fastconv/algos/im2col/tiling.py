@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -48,6 +49,29 @@ def tiling(args, chunk_bytes: int | None = None, budget: int | None = None) -> T
         return Tiling(images, args.h_out, images * image_bytes, image_last)
     band = max(1, min(args.h_out, chunk // max(row_bytes, 1)))
     return Tiling(1, band, band * row_bytes)
+
+
+def tile_count(args, t: Tiling) -> int:
+    """How many tiles ``t`` cuts the problem into."""
+    return math.ceil(args.n / t.images) * math.ceil(args.h_out / t.band)
+
+
+def gemm_shapes(args) -> tuple[int, int, int, int]:
+    """(M, K, N, count): the forward issues ``count`` products (M x K) @ (K x N). NCHW:
+    weights @ columns per image, band and group (per tile and group for image-last
+    tiles; one batched product per image and group for pointwise layers); NHWC: columns
+    (tile pixels) @ weights per tile and group."""
+    g = args.groups
+    m, cg = args.c_out // g, args.c_in // g
+    t = tiling(args)
+    tiles = tile_count(args, t)
+    pixels = args.n * args.h_out * args.w_out
+    if args.dims.channels_last:
+        return pixels // tiles, cg * args.kh * args.kw, m, tiles * g
+    if is_pointwise(args):
+        return m, cg, args.h * args.w, args.n * g
+    gemms = tiles if t.image_last else tiles * t.images  # image-last: one GEMM per tile
+    return m, cg * args.kh * args.kw, pixels // gemms, gemms * g
 
 
 def is_pointwise(args) -> bool:

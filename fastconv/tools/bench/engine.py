@@ -9,8 +9,6 @@ checked record of a layer (``Shape.args()``).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 
@@ -40,17 +38,7 @@ def im2col_gemm(shape, dtype=np.float32, layout: str = "NCHW"
     and group."""
     from fastconv.algos import im2col
 
-    a = shape.args(dtype, layout=layout)
-    g = a.groups
-    m, cg = a.c_out // g, a.c_in // g
-    t = im2col.tiling(a)
-    tiles = math.ceil(a.n / t.images) * math.ceil(a.h_out / t.band)
-    if layout == "NHWC":
-        return a.n * a.h_out * a.w_out // tiles, cg * a.kh * a.kw, m, tiles * g
-    if im2col.is_pointwise(a):
-        return m, cg, a.h * a.w, a.n * g
-    gemms = tiles if t.image_last else tiles * t.images  # image-last: one GEMM per tile
-    return m, cg * a.kh * a.kw, a.n * a.h_out * a.w_out // gemms, gemms * g
+    return im2col.gemm_shapes(shape.args(dtype, layout=layout))
 
 
 def cpu_name() -> str:
