@@ -157,8 +157,9 @@ def padded_input(x, padding_mode: str, padding, spatial_dims: int, layout: str =
 
     Parameters
     ----------
-    x : Tensor or array, (N, C, *spatial) or unbatched (C, *spatial); with a
-        channels-last ``layout`` (e.g. "NHWC") (N, *spatial, C) or (*spatial, C).
+    x : Tensor or array, ``(N, C, *spatial)`` or unbatched ``(C, *spatial)``; with a
+        channels-last ``layout`` (e.g. "NHWC") ``(N, *spatial, C)`` or
+        ``(*spatial, C)``.
     padding : an int, one int or (low, high) pair per spatial axis, or "valid" /
         "same" (then ``kernel_size`` and ``dilation`` give the amount).
     spatial_dims : number of spatial axes (2 for Conv2d).
