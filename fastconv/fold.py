@@ -46,12 +46,8 @@ def unfold(input, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
     """
     x = check_array("unfold", "input", input)
     args = unfold_args("unfold", x.shape, kernel_size, dilation, padding, stride)
-    x = np.ascontiguousarray(x.reshape(args.image_shape))
-    cols = np.empty(args.cols_shape, x.dtype)
-    if cols.size:
-        with parallel_guard():
-            _im2col_nchw(x, cols, 0, 0, *args.kernel_params())
-    return cols[0] if args.unbatched else cols
+    return _run(_im2col_nchw, x.reshape(args.image_shape),
+                np.empty(args.cols_shape, x.dtype), args)
 
 
 def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1) -> np.ndarray:
@@ -76,9 +72,14 @@ def fold(input, output_size, kernel_size, dilation=1, padding=0, stride=1) -> np
     """
     cols = check_array("fold", "input", input)
     args = fold_args("fold", cols.shape, output_size, kernel_size, dilation, padding, stride)
-    cols = np.ascontiguousarray(cols.reshape(args.cols_shape))
-    out = np.zeros(args.image_shape, cols.dtype)
-    if cols.size:
+    return _run(_col2im_nchw, cols.reshape(args.cols_shape),
+                np.zeros(args.image_shape, cols.dtype), args)
+
+
+def _run(kernel, src: np.ndarray, out: np.ndarray, args) -> np.ndarray:
+    """``kernel(src, out, ...)`` over the whole batch (one tile: image 0, block row 0);
+    ``out`` without its batch axis when the caller's array had none."""
+    if src.size and out.size:
         with parallel_guard():
-            _col2im_nchw(cols, out, 0, 0, *args.kernel_params())
+            kernel(np.ascontiguousarray(src), out, 0, 0, *args.kernel_params())
     return out[0] if args.unbatched else out
