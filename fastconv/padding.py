@@ -53,45 +53,83 @@ def _axis_views(arr: np.ndarray, axis: int):
     return np.moveaxis(arr, axis, 0)
 
 
+def _middle(args: PadArgs) -> tuple[tuple, tuple]:
+    """(dst, src): the slices of the output and of the input that hold the input's own
+    (uncropped) elements."""
+    dst, src = [slice(None)] * len(args.in_shape), [slice(None)] * len(args.in_shape)
+    for axis, lo, hi in args.axes:
+        n = args.in_shape[axis]
+        src[axis] = slice(max(-lo, 0), n - max(-hi, 0))
+        dst[axis] = slice(max(lo, 0), max(lo, 0) + n + min(lo, 0) + min(hi, 0))
+    return tuple(dst), tuple(src)
+
+
 def pad_axes(x: np.ndarray, args: PadArgs) -> np.ndarray:
-    """Apply the pad ``args`` (a :class:`~fastconv._args.padfold.PadArgs`) to ``x``."""
-    if args.mode == "constant":
-        out = np.full(args.out_shape, np.asarray(args.value).astype(x.dtype), x.dtype)
-        dst, src = [slice(None)] * x.ndim, [slice(None)] * x.ndim
-        for axis, lo, hi in args.axes:
-            n = x.shape[axis]
-            src[axis] = slice(max(-lo, 0), n - max(-hi, 0))
-            dst[axis] = slice(max(lo, 0), max(lo, 0) + n + min(lo, 0) + min(hi, 0))
-        out[tuple(dst)] = x[tuple(src)]
+    """Apply the pad ``args`` (a :class:`~fastconv._args.padfold.PadArgs`) to ``x``.
+
+    "constant", and any mode without crops, write the input once into the middle of the
+    output; the borders of the other modes are then copied from the output itself, one
+    axis after the other (a later axis copies whole rows, corners included). With crops,
+    a border may come from a cropped row, so each axis is padded from the previous
+    result."""
+    if args.mode == "constant" or _no_crop(args):
+        fill = args.mode == "constant"
+        out = (np.full(args.out_shape, np.asarray(args.value).astype(x.dtype), x.dtype)
+               if fill else np.empty(args.out_shape, x.dtype))
+        dst, src = _middle(args)
+        out[dst] = x[src]
+        for axis, lo, hi in ([] if fill else args.axes):
+            idx, a, b = axis_map(x.shape[axis], lo, hi, args.mode)
+            o = _axis_views(out, axis)
+            for j in [*range(a), *range(b, idx.size)]:
+                o[j] = o[idx[j] + lo]
         return out
     for axis, lo, hi in args.axes:
-        src, a, b = axis_map(x.shape[axis], lo, hi, args.mode)
+        idx, a, b = axis_map(x.shape[axis], lo, hi, args.mode)
         shape = list(x.shape)
-        shape[axis] = src.size
+        shape[axis] = idx.size
         out = np.empty(shape, x.dtype)
         o, i = _axis_views(out, axis), _axis_views(x, axis)
         o[a:b] = i[a - lo:b - lo]
-        for j in [*range(a), *range(b, src.size)]:
-            o[j] = i[src[j]]
+        for j in [*range(a), *range(b, idx.size)]:
+            o[j] = i[idx[j]]
         x = out
     return x
 
 
+def _no_crop(args: PadArgs) -> bool:
+    return all(lo >= 0 and hi >= 0 for _, lo, hi in args.axes)
+
+
 def pad_axes_backward(grad_y: np.ndarray, args: PadArgs) -> np.ndarray:
     """The adjoint of :func:`pad_axes`: the gradient of the input of shape
-    ``args.in_shape``."""
+    ``args.in_shape``. Without crops, each axis's border gradients are added onto the
+    rows they were copied from, in the reverse order of the forward, then the middle is
+    cut out; with crops, each axis is folded back from the previous result."""
+    dst, src = _middle(args)
+    if args.mode == "constant":
+        out = np.zeros(args.in_shape, grad_y.dtype)
+        out[src] = grad_y[dst]
+        return out
+    if _no_crop(args):
+        work = grad_y.copy()
+        for axis, lo, hi in reversed(args.axes):
+            idx, a, b = axis_map(args.in_shape[axis], lo, hi, args.mode)
+            o = _axis_views(work, axis)
+            for j in [*range(a), *range(b, idx.size)]:
+                o[idx[j] + lo] += o[j]
+        return np.ascontiguousarray(work[dst])
     g = grad_y
     for axis, lo, hi in reversed(args.axes):
         n = args.in_shape[axis]
-        src, a, b = axis_map(n, lo, hi, args.mode)
+        idx, a, b = axis_map(n, lo, hi, args.mode)
         shape = list(g.shape)
         shape[axis] = n
         out = np.zeros(shape, g.dtype)
         o, i = _axis_views(out, axis), _axis_views(g, axis)
         o[a - lo:b - lo] = i[a:b]
-        for j in [*range(a), *range(b, src.size)]:
-            if src[j] >= 0:
-                o[src[j]] += i[j]
+        for j in [*range(a), *range(b, idx.size)]:
+            o[idx[j]] += i[j]
         g = out
     return g
 
