@@ -18,6 +18,7 @@ from .checks import (  # noqa: F401
     check_flag,
     check_groups,
     check_layout,
+    check_needs_input_grad,
     check_same_dtype,
     layout_hint,
     looks_channels_last,
