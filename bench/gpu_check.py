@@ -123,8 +123,10 @@ def measure_gemm(cases, peers, repeats):
         flops = 2.0 * m * k * n
         row = {"layer": name, "M": m, "K": k, "N": n, "gflops": {}}
         for kernel in _gemm.KERNELS:
-            secs = median_seconds(lambda kernel=kernel: _gemm.gemm(da, db, dc, kernel=kernel),
-                                  cuda.synchronize, repeats)
+            def call(kernel=kernel, da=da, db=db, dc=dc):
+                _gemm.gemm(da, db, dc, kernel=kernel)
+
+            secs = median_seconds(call, cuda.synchronize, repeats)
             row["gflops"][f"fastconv {kernel}"] = flops / secs / 1e9
         for peer in ("cupy", "torch"):
             mod = peers[peer]
@@ -175,9 +177,10 @@ def measure_conv(shapes, peers, repeats):
                 want = call().cpu().numpy().astype(np.float64)
             except Exception as exc:
                 row["gflops"]["cuDNN (torch)"] = _skip(exc)
+        kwargs = s.kwargs()
         for algo in ("im2col", "naive"):
-            def call(algo=algo):
-                return conv2d(dx, dw, algo=algo, **s.kwargs())
+            def call(algo=algo, dx=dx, dw=dw, kw=kwargs):
+                return conv2d(dx, dw, algo=algo, **kw)
 
             secs = median_seconds(call, cuda.synchronize, repeats)
             row["gflops"][f"fastconv {algo}"] = s.flops() / secs / 1e9
