@@ -178,3 +178,12 @@ def test_kernels_compile_to_ptx(dtype_name, monkeypatch):
         compiled.add(_key(kernel))
     assert not failures, "\n".join(failures)
     assert compiled == kernels_in_source()
+
+
+def test_missing_compiler_fails_when_required(monkeypatch):
+    monkeypatch.setenv("FASTCONV_REQUIRE_PTX", "1")
+    with pytest.raises(pytest.fail.Exception, match="FASTCONV_REQUIRE_PTX=1 but no NVVM"):
+        _skip_or_fail("no NVVM")
+    monkeypatch.delenv("FASTCONV_REQUIRE_PTX")
+    with pytest.raises(pytest.skip.Exception, match="no NVVM"):
+        _skip_or_fail("no NVVM")

@@ -80,3 +80,31 @@ def test_public_device_keyword_is_checked():
     with pytest.raises(ValueError, match=r"conv2d: device='gpu' is not supported; acceptable "
                                          r"devices are 'cpu', 'cuda'"):
         fastconv.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), device="gpu")
+
+
+def test_numba_builtin_cuda_target_is_refused(monkeypatch):
+    """numba's deprecated built-in numba.cuda (implementation "Built-in") is not used:
+    numba-cuda is the one supported toolchain."""
+    import types
+
+    import numba
+
+    builtin = types.ModuleType("numba.cuda")
+    builtin.implementation = "Built-in"
+    monkeypatch.setattr(numba, "cuda", builtin, raising=False)
+    monkeypatch.setitem(sys.modules, "numba.cuda", builtin)
+    reason = _device.unavailable_reason()
+    assert "numba-cuda is not installed" in reason and "deprecated built-in" in reason
+    with pytest.raises(fcuda.CudaUnavailableError,
+                       match=r"max_pool2d: device='cuda' is unavailable: numba-cuda is not "
+                             r"installed \(numba.cuda is numba's deprecated built-in CUDA "
+                             r"target.*numba-cuda\[cu12\]"):
+        fcuda.max_pool2d(np.ones((1, 1, 3, 3)), 2)
+
+
+def test_numba_cuda_is_the_installed_toolchain():
+    """With numba-cuda installed (the cuda and test extras), numba.cuda is NVIDIA's."""
+    cuda, reason = _device._import_cuda()
+    if cuda is None:
+        pytest.skip(reason)
+    assert cuda.implementation == "NVIDIA" and "numba_cuda" in cuda.__file__
