@@ -108,3 +108,28 @@ def test_numba_cuda_is_the_installed_toolchain():
     if cuda is None:
         pytest.skip(reason)
     assert cuda.implementation == "NVIDIA" and "numba_cuda" in cuda.__file__
+
+
+def test_tensor_and_module_to(monkeypatch):
+    """.to on the host: "cpu" is a no-op, another name a ValueError, "cuda" without a GPU
+    the unavailable error naming the method; dtype names still cast."""
+    from fastconv import nn
+    from fastconv.autograd import Tensor
+
+    t = Tensor(np.ones(2, np.float32), requires_grad=True)
+    assert t.to("cpu") is t and t.cpu() is t and t.device == "cpu"
+    with pytest.raises(ValueError, match=r"Tensor.to: device='gpu' is not supported; "
+                                         r"acceptable devices are 'cpu', 'cuda'"):
+        t.to("gpu")
+    layer = nn.Linear(2, 3)
+    with pytest.raises(ValueError, match=r"Module.to: device='tpu' is not supported"):
+        layer.to("tpu")
+    assert layer.to("float64").weight.dtype == np.float64
+    assert layer.to("cpu").weight.device == "cpu"
+    if NO_GPU:
+        with pytest.raises(fcuda.CudaUnavailableError,
+                           match=r"Tensor.to: device='cuda' is unavailable"):
+            t.to("cuda")
+        with pytest.raises(fcuda.CudaUnavailableError,
+                           match=r"Module.to: device='cuda' is unavailable"):
+            layer.to("cuda")
