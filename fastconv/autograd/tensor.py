@@ -40,9 +40,8 @@ class Tensor:
 
     ``to("cuda")`` gives a tensor whose ``data`` is a numba device array on the GPU
     (``to("cpu")``, ``cpu()`` and ``numpy()`` bring it back). The autograd ops have no GPU
-    paths yet: an op given a tensor on "cuda" raises a RuntimeError that says so (see
-    :meth:`Function.apply <fastconv.autograd.Function.apply>`), rather than copying to the
-    host behind the caller's back.
+    paths yet: an op given a tensor on "cuda" raises a RuntimeError that says so, rather
+    than copying to the host behind the caller's back.
     """
 
     # numpy's binary operators return NotImplemented for Tensors, so that
