@@ -188,3 +188,22 @@ def test_missing_compiler_fails_when_required(monkeypatch):
     monkeypatch.delenv("FASTCONV_REQUIRE_PTX")
     with pytest.raises(pytest.skip.Exception, match="no NVVM"):
         _skip_or_fail("no NVVM")
+
+
+def test_blocked_gemm_keeps_its_tile_in_registers():
+    """The register-blocked GEMM's 4 x 4 accumulators and operand rows stay in registers
+    (no local memory), and its inner loop does 2 multiply-adds per shared-memory load
+    (R*R = 16 per 2R = 8 loads); the tiled GEMM does one per 2 loads."""
+    cuda = _compiler()
+    from numba import types
+
+    from fastconv.cuda import _gemm
+
+    a3 = numba.float32[:, :, ::1]
+    sig = (a3, a3, a3) + (types.int64,) * 4
+    blocked, _ = cuda.compile_ptx(_gemm.blocked_gemm_kernel("float32", 16, 4, 8).py_func, sig,
+                                  cc=CCS[0])
+    tiled, _ = cuda.compile_ptx(_gemm.gemm_kernel("float32", 16).py_func, sig, cc=CCS[0])
+    assert "st.local" not in blocked and "ld.local" not in blocked
+    assert blocked.count("fma.rn.f32") >= 2 * blocked.count("ld.shared") > 0
+    assert 2 * tiled.count("fma.rn.f32") <= tiled.count("ld.shared")
