@@ -133,3 +133,13 @@ def test_tensor_and_module_to(monkeypatch):
         with pytest.raises(fcuda.CudaUnavailableError,
                            match=r"Module.to: device='cuda' is unavailable"):
             layer.to("cuda")
+
+
+def test_info_reports_cuda_through_numba_cuda(monkeypatch):
+    from fastconv.tools import info
+
+    monkeypatch.setattr(_device, "unavailable_reason", lambda: "no CUDA driver found (x)")
+    assert info.cuda_status() == "unavailable (no CUDA driver found (x))"
+    monkeypatch.setattr(_device, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(_device, "simulated", lambda: True)
+    assert info.cuda_status() == "available (numba-cuda's simulator: NUMBA_ENABLE_CUDASIM=1)"
