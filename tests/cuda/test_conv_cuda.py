@@ -116,10 +116,13 @@ def test_lecture_worked_example():
 
 def test_default_tile_and_block_sizes(monkeypatch):
     """The shipped GEMM tile and block sizes, beside the tiny ones used elsewhere."""
+    from fastconv.cuda import _gemm
+
     defaults = {"CUDA_BLOCK": 256, "CUDA_MAX_BLOCKS": 8192, "CUDA_GEMM_TILE": 16,
                 "CUDA_REDUCE_THREADS": 256}
     for name, value in defaults.items():
         monkeypatch.setattr(config, name, value)
+    monkeypatch.setattr(_gemm, "BLOCKED", (16, 4, 8))
     x, wt, b, kwargs = _arrays(CASES[0], np.float32)
     got = fcuda.conv2d(x, wt, b, algo="im2col", **kwargs)
     assert ref.rel_error(got, _ref_forward(x, wt, b, kwargs)) <= 1e-4
