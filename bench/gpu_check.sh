@@ -18,6 +18,7 @@ cd "$(dirname "$0")/.."
 OUT="${1:-bench/results/gpu_check}"
 PY="${PYTHON:-python3}"
 export NUMBA_ENABLE_CUDASIM=0
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"   # this checkout's fastconv
 export NUMBA_CACHE_DIR="${NUMBA_CACHE_DIR:-$PWD/.numba_cache}"
 mkdir -p "$OUT" "$NUMBA_CACHE_DIR"
 rm -f "$OUT"/*.rc "$OUT"/*.log "$OUT"/compare.json "$OUT"/cuda_results.*
