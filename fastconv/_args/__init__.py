@@ -50,3 +50,8 @@ from .pool import (  # noqa: F401
     pool_args,
     pool_output_size,
 )
+from .transpose import (  # noqa: F401
+    TransposeArgs,
+    transpose_args_from_shapes,
+    transpose_output_size,
+)
