@@ -99,10 +99,10 @@ def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, gro
     --------
     >>> import numpy as np, fastconv
     >>> x = np.array([[[[1.0, 2.0]]]])               # (1, 1, 1, 2)
-    >>> w = np.array([[[[1.0, 10.0], [100.0, 1000.0]]]])
+    >>> w = np.array([[[[1.0, 3.0], [5.0, 7.0]]]])
     >>> fastconv.conv_transpose2d(x, w, stride=2)[0, 0]
-    array([[   1.,   10.,    2.,   20.],
-           [ 100., 1000.,  200., 2000.]])
+    array([[ 1.,  3.,  2.,  6.],
+           [ 5.,  7., 10., 14.]])
 
     The adjoint of conv2d: <conv2d(u, w), v> = <u, conv_transpose2d(v, w)>.
 
