@@ -22,6 +22,8 @@ CASES = [
     (1, 2, 4, 3, 4, 3, 3, 1, 1, 0, 2, 2),
     (1, 2, 3, 3, 2, 2, 3, 2, 0, 0, (2, 1), 1),
     (1, 3, 6, 6, 3, 3, 3, 1, 3, 0, 1, 1),       # padding 3 > 2: Winograd's grad_x refuses
+    (1, 2, 3, 3, 2, 2, 2, 1, 0, 2, 3, 1),       # output_padding >= stride (dilation 3)
+    (1, 1, 2, 2, 2, 2, 3, 1, 2, (2, 1), (3, 2), 1),  # ... reaching into the padding
 ]
 
 
@@ -114,16 +116,25 @@ def test_output_padding_rows_get_only_the_bias():
     assert ref.rel_error(y, ref.conv_transpose2d(x, w, b, **_pairs(kwargs))) < 1e-12
 
 
-def test_no_input_reaches_the_output():
-    """Padding crops the whole reach away; output_padding leaves rows only the bias fills
-    (torch gives the same)."""
+def test_output_padding_reaches_into_the_cropped_padding():
+    """Without output_padding the padding crops the whole output away; output_padding 2
+    (dilation 3) extends it at the bottom / right into the cropped rows, where the input's
+    last kernel tap lands (torch gives the same)."""
     x = np.ones((1, 1, 1, 1))
     w = np.ones((1, 2, 2, 2))
     b = np.array([3.0, -1.0])
-    y = fastconv.conv_transpose2d(x, w, b, stride=1, padding=2, output_padding=2,
-                                  dilation=3)
-    assert y.shape == (1, 2, 2, 2)
-    assert np.array_equal(y, np.broadcast_to(b[None, :, None, None], (1, 2, 2, 2)))
+    kwargs = dict(stride=1, padding=2, output_padding=2, dilation=3)
+    y = fastconv.conv_transpose2d(x, w, b, **kwargs)
+    want = np.broadcast_to(b[None, :, None, None], (1, 2, 2, 2)).copy()
+    want[:, :, 1, 1] += 1
+    assert np.array_equal(y, want)
+    assert np.array_equal(y, ref.conv_transpose2d(x, w, b, **_pairs(kwargs)))
+    for kwargs, size in ((dict(padding=3, output_padding=2, dilation=5), 2),
+                         (dict(padding=1, output_padding=2, dilation=5), 1)):
+        w_ = w if size == 2 else w[:, :, :1, :1]    # no input reaches this output
+        y = fastconv.conv_transpose2d(x, w_, b, **kwargs)
+        assert np.array_equal(y, np.broadcast_to(b[None, :, None, None], (1, 2, size, size)))
+        assert np.array_equal(y, ref.conv_transpose2d(x, w_, b, **_pairs(kwargs)))
 
 
 def test_unbatched_half_and_empty_batch():
@@ -201,7 +212,7 @@ def test_gradcheck_nhwc_dilated():
 
 
 # ----------------------------------------------------------------------------------- torch
-@pytest.mark.parametrize("case", CASES[2:5], ids=_cid)
+@pytest.mark.parametrize("case", CASES, ids=_cid)
 def test_matches_torch_forward_and_backward(case):
     torch = pytest.importorskip("torch")
     x, w, b, kwargs = _problem(case, np.float64)

@@ -29,10 +29,13 @@ class TransposeArgs:
     """A conv_transpose2d problem (canonical NCHW terms; sizes of the transposed op).
 
     ``conv`` is the conv2d problem whose input gradient the op computes: input (N,
-    C_out, reach_h, reach_w), output (N, C_in, H, W). ``reach_h`` / ``reach_w`` are the
-    output rows / columns an input reaches (the output size less the output_padding that
-    conv2d's size rule cannot express: rows past it only get the bias); ``conv`` is None
-    when no input reaches any output (the padding crops everything away)."""
+    C_out, reach_h, reach_w), output (N, C_in, H, W), padding (p, p_bottom) per axis.
+    output_padding extends the output at the bottom / right into what the padding
+    would crop; conv2d's size rule takes up to stride - 1 extra rows by itself, more
+    by a smaller bottom padding p_bottom = max(0, p - output_padding + stride - 1) (at
+    most p), and rows past even that no input reaches: ``reach_h`` / ``reach_w`` leave
+    them out (they get only the bias). ``conv`` is None when no input reaches any
+    output."""
 
     n: int
     c_in: int
@@ -117,14 +120,16 @@ def transpose_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0,
             raise ValueError(f"{op}: output {axis} (size - 1)*stride - 2*padding + "
                              f"dilation*(k - 1) + output_padding + 1 = ({size} - 1)*{s} - "
                              f"2*{p} + {r}*({k} - 1) + {op_} + 1 = {out} must be positive")
-        # conv2d's size rule maps an input of out - op_ + min(op_, s - 1) rows onto `size`
-        sizes.append((out, out - op_ + min(op_, s - 1)))
-    (h_out, reach_h), (w_out, reach_w) = sizes
+        # conv2d maps `reach` rows with padding (p, p_hi) onto `size` rows: floor((reach
+        # + p + p_hi - r*(k-1) - 1) / s) + 1 = size needs 0 <= op_ - unreached + p_hi - p < s
+        p_hi = min(p, max(0, p - op_ + s - 1))
+        sizes.append((out, out - max(0, op_ - p - s + 1), (p, p_hi)))
+    (h_out, reach_h, pad_h), (w_out, reach_w, pad_w) = sizes
     conv = None
     if min(reach_h, reach_w, h, w) >= 1:   # else no input reaches the output
         x_conv = dims.shape(n, c_out, reach_h, reach_w)
-        conv = conv_args_from_shapes(op, x_conv, w_shape, stride_, pad, dilation_, groups,
-                                     layout, dtype)
+        conv = conv_args_from_shapes(op, x_conv, w_shape, stride_, (pad_h, pad_w),
+                                     dilation_, groups, layout, dtype)
         assert (conv.h_out, conv.w_out) == (h, w), (conv, h, w)
     return TransposeArgs(n, c_in, h, w, c_out, h_out, w_out, reach_h, reach_w, layout,
                          np.dtype(dtype), unbatched, conv)
