@@ -148,8 +148,9 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     x, w, stride, padding, output_padding, groups, dilation, layout : as in
         :func:`conv_transpose2d`.
     algo : the algorithm for both products ("auto": conv2d's plan for grad_x, the
-        backward policy for grad_w; an explicit one runs where it can, the rest falls
-        back to im2col as in ``conv2d_backward``).
+        backward policy for grad_w); an explicit one must be one that
+        :func:`conv_transpose2d` accepts for the problem (ValueError otherwise), and a
+        gradient it does not compute comes from im2col, as in ``conv2d_backward``.
     needs_input_grad : three bools (grad_x, grad_w, grad_bias); the others come back None.
 
     Returns
@@ -174,8 +175,7 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     op = "conv_transpose2d_backward"
     need_x, need_w, need_b = _check_needs_input_grad(op, needs_input_grad)
     x, w, _, a = _transpose_arrays(op, x, w, None, stride, padding, output_padding, groups,
-                                   dilation, layout, "auto")
-    registry.check_algo(op, algo)
+                                   dilation, layout, algo)
     grad_y = _args.check_array(op, "grad_y", grad_y, half=True)
     _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
     want = a.y_layout_shape[1:] if a.unbatched else a.y_layout_shape
@@ -196,9 +196,9 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
         conv = dataclasses.replace(a.conv, dtype=dtype)
         gy = np.ascontiguousarray(_top_left(a, grad_y)) if a.cropped else grad_y
         if need_x:
-            autotune.run_forward(gy, w, None, conv, grad_x, algo=_runnable(algo, conv))
+            autotune.run_forward(gy, w, None, conv, grad_x, algo=algo)
         if need_w:
-            autotune.run_backward(x, gy, w, conv, None, grad_w, algo=_runnable(algo, conv))
+            autotune.run_backward(x, gy, w, conv, None, grad_w, algo=algo)
     grad_bias = None
     if need_b:
         axes = tuple(i for i in range(4) if i != a.dims.channel_axis)
@@ -207,11 +207,6 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
         grad_x = grad_x[0]
     result = (grad_x, grad_w, grad_bias)
     return _args.narrow(result) if half else result
-
-
-def _runnable(algo: str, conv) -> str:
-    """``algo`` where it can run conv2d's problem ``conv``, else "auto"."""
-    return algo if algo == "auto" or registry.get(algo).supports(conv) else "auto"
 
 
 def plan_conv_transpose2d(x_shape, w_shape, stride=1, padding=0, output_padding=0,

@@ -86,6 +86,35 @@ def conv_transpose2d(x, w, bias=None, stride=(1, 1), padding=(0, 0),
     return y
 
 
+def conv_transpose2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0),
+                              output_padding=(0, 0), groups=1, dilation=(1, 1)):
+    """The adjoint of :func:`conv_transpose2d` term by term: each product
+    X[n, c, i, j] W[c, d, a, b] added to Y[n, gDg + d, oi, oj] (oi = s_h i + r_h a - p_h,
+    inside the output) sends gy[n, gDg + d, oi, oj] W[c, d, a, b] to X and
+    gy[n, gDg + d, oi, oj] X[n, c, i, j] to W. Returns (gx, gw, gb)."""
+    gy = np.asarray(gy, np.float64)
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    _, c_in, h, wd = x.shape
+    _, dg, kh, kw = w.shape
+    cg = c_in // groups
+    (sh, sw), (ph, pw), (rh, rw) = stride, padding, dilation
+    ho, wo = gy.shape[2:]
+    gx, gw = np.zeros_like(x), np.zeros_like(w)
+    for c in range(c_in):
+        out = slice((c // cg) * dg, (c // cg + 1) * dg)
+        for i in range(h):
+            for j in range(wd):
+                for a in range(kh):
+                    for b in range(kw):
+                        oi, oj = sh * i + rh * a - ph, sw * j + rw * b - pw
+                        if 0 <= oi < ho and 0 <= oj < wo:
+                            g = gy[:, out, oi, oj]                      # (n, dg)
+                            gx[:, c, i, j] += g @ w[c, :, a, b]
+                            gw[c, :, a, b] += x[:, c, i, j] @ g
+    return gx, gw, gy.sum(axis=(0, 2, 3))
+
+
 # ------------------------------------------------------------------------ conv backward
 def conv2d_backward(gy, x, w, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
                     groups=1):
