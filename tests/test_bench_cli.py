@@ -228,3 +228,8 @@ def test_transposed_layer_runs_conv_transpose2d_beside_torch():
     assert algos == sorted(("im2col", "auto") + extras)       # Winograd: 4x4 stride 2
     assert next(r.chosen for r in rep.results if r.algo == "auto") in autotune.ALGORITHMS
     assert rep.shapes["t/tiny_convT"]["op"] == "conv_transpose2d"
+
+
+def test_bench_cuda_refuses_a_suite_of_transposed_layers_only(capsys):
+    assert cli.main(["bench", "--suite", "decoder", "--device", "cuda"]) == 2
+    assert "--device cuda times conv2d only" in capsys.readouterr().err
