@@ -18,7 +18,6 @@ from . import _args, autotune
 from ._args.transpose import TransposeArgs, transpose_args_from_shapes
 from ._memory import allocate
 from .algos import registry
-from .conv import _check_needs_input_grad
 
 
 def _transpose_arrays(op, x, w, bias, stride, padding, output_padding, groups, dilation,
@@ -173,7 +172,7 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
            [4., 4.]]), array([9.]))
     """
     op = "conv_transpose2d_backward"
-    need_x, need_w, need_b = _check_needs_input_grad(op, needs_input_grad)
+    need_x, need_w, need_b = _args.check_needs_input_grad(op, needs_input_grad)
     x, w, _, a = _transpose_arrays(op, x, w, None, stride, padding, output_padding, groups,
                                    dilation, layout, algo)
     grad_y = _args.check_array(op, "grad_y", grad_y, half=True)
