@@ -6,10 +6,13 @@ Training uses the batch mean and the biased batch variance, and moves the runnin
 estimates towards the batch mean and the *unbiased* variance (``momentum``); evaluation
 uses the running estimates.
 
-Precision: statistics take two passes (the mean, then the mean of squared deviations) with
-float64 accumulators, and every element is normalised in float64 and rounded once, so a
-float32 channel whose spread is tiny next to its mean (mean 1e4, std 1e-2) keeps its
-precision. Parallel reductions own their writes: NCHW runs one task per channel; NHWC
+Precision: statistics take one pass of float64 sums of the deviations d = x - k from a
+shift k, the channel's first value (mean = k + sum(d) / n, var = sum(d**2) / n -
+(sum(d) / n)**2: shifted by a value of the data, the two terms do not cancel), and every
+element is normalised in float64 and rounded once, so a float32 channel whose spread is
+tiny next to its mean (mean 1e4, std 1e-2) keeps its precision. Training thus reads x
+twice (the statistics, then the normalisation), the gradient reads grad_y and x twice.
+Parallel reductions own their writes: NCHW runs one task per channel; NHWC
 sums fixed blocks of ``_ROWS`` pixels into per-block partial sums (one task per block),
 then reduces the partials serially (the result does not depend on the thread count).
 """
@@ -34,22 +37,23 @@ _ROWS = 256  # pixels per partial sum in the NHWC reductions
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _bn_train_nchw(x, weight, bias, eps, y, mean, var):
     """x, y (N, C, M); weight, bias (C,) float64. Per channel (one task each): mean and
-    biased var (two float64 passes) into mean, var (C,), then y = (x - mean) * weight *
-    invstd + bias while the channel is still in cache."""
+    biased var (one pass of shifted float64 sums, see the module docstring) into mean,
+    var (C,), then y = (x - mean) * weight * invstd + bias while the channel is still in
+    cache."""
     n_img, c_all, m = x.shape
     count = n_img * m
     for c in prange(c_all):
+        shift = np.float64(x[0, c, 0])
         s = 0.0
-        for n in range(n_img):
-            for k in range(m):
-                s += x[n, c, k]
-        mu = s / count
         q = 0.0
         for n in range(n_img):
             for k in range(m):
-                d = x[n, c, k] - mu
+                d = x[n, c, k] - shift
+                s += d
                 q += d * d
-        v = q / count
+        ds = s / count
+        mu = shift + ds
+        v = max(q / count - ds * ds, 0.0)
         mean[c] = mu
         var[c] = v
         scale = weight[c] / np.sqrt(v + eps)
@@ -74,22 +78,20 @@ def _bn_apply_nchw(x, mean, scale, shift, y):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums_nhwc(x, mean, part):
-    """part[t, c] = sum over the rows r of block t of x[r, c] when ``mean`` is None, else
-    of (x[r, c] - mean[c])**2; x (P, C), part (T, C). The two cases compile apart: numba
-    drops the branch of the other one, so each runs its own loop only."""
+def _block_moments_nhwc(x, shift, part1, part2):
+    """part1[t, c] and part2[t, c]: the sums over the rows r of block t of d and d**2,
+    d = x[r, c] - shift[c]; x (P, C), part1, part2 (T, C)."""
     n_rows, c_all = x.shape
-    for t in prange(part.shape[0]):
-        acc = part[t]
-        acc[:] = 0.0
+    for t in prange(part1.shape[0]):
+        s1 = part1[t]
+        s2 = part2[t]
+        s1[:] = 0.0
+        s2[:] = 0.0
         for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-            if mean is None:
-                for c in range(c_all):
-                    acc[c] += x[r, c]
-            else:
-                for c in range(c_all):
-                    d = x[r, c] - mean[c]
-                    acc[c] += d * d
+            for c in range(c_all):
+                d = x[r, c] - shift[c]
+                s1[c] += d
+                s2[c] += d * d
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -209,11 +211,12 @@ def _partials(x):
 
 def _nhwc_train(x, weight, bias, eps, y):
     count = x.shape[0]
-    part = _partials(x)
-    _block_sums_nhwc(x, None, part)
-    mean = part.sum(axis=0) / count     # serial reduction of the partials
-    _block_sums_nhwc(x, mean, part)
-    var = part.sum(axis=0) / count
+    p1, p2 = _partials(x), _partials(x)
+    shift = x[0].astype(np.float64)
+    _block_moments_nhwc(x, shift, p1, p2)
+    ds = p1.sum(axis=0) / count     # serial reduction of the partials
+    mean = shift + ds
+    var = np.maximum(p2.sum(axis=0) / count - ds * ds, 0.0)
     _bn_apply_nhwc(x, mean, weight / np.sqrt(var + eps), bias, y)
     return mean, var
 
