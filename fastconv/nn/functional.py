@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _blas
+from .. import _blas, _elementwise
 from .. import conv as _conv
 from .. import norm as _norm
 from .. import pool as _pool
@@ -185,17 +185,20 @@ def check_adaptive_output_size(op: str, output_size) -> None:
 class BatchNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=False,
-                momentum=0.1, eps=1e-5, layout="NCHW"):
+                momentum=0.1, eps=1e-5, layout="NCHW", relu=False):
+        # relu: max(y, 0) in the normalising pass (fastconv.nn.fused.batch_norm_relu)
         y, mean, invstd = _norm.batch_norm(x, running_mean, running_var, weight, bias,
                                            training, momentum, eps, layout=layout,
-                                           return_stats=True)
-        ctx.save_for_backward(x, mean, invstd, weight)
+                                           return_stats=True, fuse_relu=relu)
+        ctx.save_for_backward(x, mean, invstd, weight, y if relu else None)
         ctx.training, ctx.layout, ctx.has_bias = training, layout, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, mean, invstd, weight = ctx.saved_tensors
+        x, mean, invstd, weight, y = ctx.saved_tensors
+        if y is not None:               # the ReLU's gradient first
+            g = _elementwise.relu_backward(g, y)
         gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
                                                training=ctx.training, layout=ctx.layout)
         return gx, None if weight is None else gw, gb if ctx.has_bias else None

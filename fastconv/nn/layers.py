@@ -19,7 +19,7 @@ import numpy as np
 from .._args import padding_pairs, pair
 from ..layout import get as get_layout
 from . import functional as F
-from . import init
+from . import fused, init
 from .module import Module, Parameter, Sequential, call_unbatched
 from .padfold import check_padding_mode, padded_input
 
@@ -174,8 +174,15 @@ class BatchNorm2d(Module):
             self.num_batches_tracked[...] = 0
 
     def forward(self, x):
+        return self._normalise(x, False)
+
+    def forward_relu(self, x):
+        """relu(self(x)) in one pass (:func:`fastconv.nn.fused.batch_norm_relu`)."""
+        return self._normalise(x, True)
+
+    def _normalise(self, x, relu: bool):
         if getattr(x, "ndim", 0) == 3:  # one unbatched image: a batch of one
-            return call_unbatched(self.forward, x)
+            return call_unbatched(lambda t: self._normalise(t, relu), x)
         use_batch_stats = self.training or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
@@ -183,8 +190,9 @@ class BatchNorm2d(Module):
             if self.momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
         # running_mean/var are None when not tracked: batch statistics, no update
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch_stats, momentum, self.eps, layout=self.layout)
+        norm = fused.batch_norm_relu if relu else F.batch_norm
+        return norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                    use_batch_stats, momentum, self.eps, layout=self.layout)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
@@ -409,7 +417,8 @@ class BasicBlock(Module):
             self.downsample = None
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
+        # relu(bn1(.)) and relu(. + shortcut) each run as one fused op (fastconv.nn.fused)
+        out = self.bn1.forward_relu(self.conv1(x))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return fused.add_relu(out, shortcut)
