@@ -100,3 +100,14 @@ def test_layout_errors():
         models.lenet5(layout="nchw")
     with pytest.raises(ValueError, match="MaxPool2d.*'CHW'"):
         nn.MaxPool2d(2, layout="CHW")
+
+
+def test_validated_conv_problems_are_remembered_but_not_their_look_alikes():
+    from fastconv._args import conv as conv_args
+
+    a = conv_args.conv_args_from_shapes("conv2d", (2, 3, 8, 8), (4, 3, 3, 3), 1, 1)
+    assert conv_args.conv_args_from_shapes("conv2d", (2, 3, 8, 8), (4, 3, 3, 3), 1, 1) is a
+    with pytest.raises((TypeError, ValueError), match="conv2d: stride"):
+        conv_args.conv_args_from_shapes("conv2d", (2, 3, 8, 8), (4, 3, 3, 3), 1.5, 1)
+    with pytest.raises((TypeError, ValueError), match="conv2d: groups"):
+        conv_args.conv_args_from_shapes("conv2d", (2, 3, 8, 8), (4, 3, 3, 3), 1, 1, 1, True)
