@@ -8,7 +8,7 @@ rounds, each block after a pause of --settle seconds), or step by step with
     python bench/train_throughput.py [--model lenet resnet-small resnet-wide]
         [--layout NCHW NHWC] [--batch B] [--steps 20] [--rounds 5] [--threads 2]
         [--numba-threads N] [--blas-threads N] [--interleave block|step] [--settle S]
-        [--malloc-mb M] [--profile]
+        [--malloc-mb M] [--clock wall|cpu] [--profile]
 
 Networks: lenet (LeNet-5, 1x28x28, batch 64), resnet-small (stem 16 channels, one
 BasicBlock per stage of 16/32/64 channels, 1x28x28, batch 32), resnet-wide (32/64/128,
@@ -56,6 +56,10 @@ def main(argv=None) -> int:
                          "case with glibc malloc serving allocations up to this many MiB "
                          "from the heap and keeping up to 4x that free (mallopt "
                          "M_MMAP_THRESHOLD and M_TRIM_THRESHOLD); 0 (default): no repeat")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="time steps in wall time (default) or in process CPU time (with "
+                         "--threads 1 --numba-threads 1 --blas-threads 1: the work done, "
+                         "little changed by other processes' load)")
     ap.add_argument("--profile", action="store_true",
                     help="also print fastconv's per-op times over --steps * --rounds steps")
     args = ap.parse_args(argv)

@@ -37,3 +37,5 @@ def test_tiny_run_prints_the_table(capsys):
 def test_unknown_model():
     with pytest.raises(ValueError, match="train throughput: unknown model 'vgg'"):
         train.throughput(models=("vgg",))
+    with pytest.raises(ValueError, match="train throughput: clock='gpu' must be one of wall, cpu"):
+        train.throughput(clock="gpu")
