@@ -8,7 +8,8 @@ uses the running estimates.
 
 Precision: statistics take one pass of float64 sums of the deviations d = x - k from a
 shift k, the channel's first value (mean = k + sum(d) / n, var = sum(d**2) / n -
-(sum(d) / n)**2: shifted by a value of the data, the two terms do not cancel), and every
+(sum(d) / n)**2: shifted by a value of the data, both terms stay near the variance
+unless that value lies many standard deviations from the mean), and every
 element is normalised in float64 and rounded once, so a float32 channel whose spread is
 tiny next to its mean (mean 1e4, std 1e-2) keeps its precision. Training thus reads x
 twice (the statistics, then the normalisation), the gradient reads grad_y and x twice.

@@ -111,3 +111,23 @@ def test_validated_conv_problems_are_remembered_but_not_their_look_alikes():
         conv_args.conv_args_from_shapes("conv2d", (2, 3, 8, 8), (4, 3, 3, 3), 1.5, 1)
     with pytest.raises((TypeError, ValueError), match="conv2d: groups"):
         conv_args.conv_args_from_shapes("conv2d", (2, 3, 8, 8), (4, 3, 3, 3), 1, 1, 1, True)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_first_conv_skips_the_gradient_of_the_data(monkeypatch, layout):
+    """The input images need no gradient: the first conv's backward is asked for grad_w
+    only, the others for grad_x too."""
+    from fastconv import conv as conv_mod
+
+    asked = []
+    real = conv_mod.conv2d_backward
+
+    def spy(*args, needs_input_grad, **kwargs):
+        asked.append(tuple(needs_input_grad))
+        return real(*args, needs_input_grad=needs_input_grad, **kwargs)
+
+    monkeypatch.setattr(conv_mod, "conv2d_backward", spy)
+    net = models.lenet5(1, 3, 8, rng=np.random.default_rng(0), layout=layout)
+    x = np.zeros((2, 8, 8, 1) if layout == "NHWC" else (2, 1, 8, 8), np.float32)
+    F.cross_entropy(net(x), np.array([0, 1])).backward()
+    assert asked == [(True, True, True), (False, True, True)]   # backward order
