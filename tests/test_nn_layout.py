@@ -131,3 +131,13 @@ def test_first_conv_skips_the_gradient_of_the_data(monkeypatch, layout):
     x = np.zeros((2, 8, 8, 1) if layout == "NHWC" else (2, 1, 8, 8), np.float32)
     F.cross_entropy(net(x), np.array([0, 1])).backward()
     assert asked == [(True, True, True), (False, True, True)]   # backward order
+
+
+def test_conv2d_padding_mode_in_nhwc(rng):
+    a = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", rng=np.random.default_rng(0),
+                  dtype=np.float64)
+    b = nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", dtype=np.float64,
+                  layout="NHWC")
+    b.load_state_dict(a.state_dict())
+    x = rng.standard_normal((2, 2, 5, 5))
+    np.testing.assert_allclose(b(_nhwc(x)).data, _nhwc(a(x).data), rtol=1e-12, atol=1e-12)
