@@ -2,7 +2,8 @@
 
 Parameters are updated in place (``p.data``), in their own dtype. ``params`` may be an
 iterable of Tensors or of dicts (parameter groups with their own options); schedules
-change ``group["lr"]``.
+change ``group["lr"]``. :class:`SGD` also updates parameters on "cuda" (``Module.to``) in
+place on the GPU, with its buffers there; the other optimisers refuse them.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import math
 
 import numpy as np
 
+from . import devices
 from .autograd import Tensor
+from .autograd.arrays import full_like, on_gpu
 
 
 class Optimizer:
     """Base class: parameter groups, per-parameter state, ``zero_grad``."""
+
+    #: whether ``step`` updates parameters that live on the GPU
+    gpu = False
 
     def __init__(self, params, defaults: dict):
         self.defaults = defaults
@@ -66,11 +72,20 @@ class Optimizer:
                 if set_to_none:
                     p.grad = None
                 elif p.grad is not None:
-                    p.grad = np.zeros_like(p.grad)
+                    p.grad = full_like(p.grad, 0)
 
     def _params_with_grad(self, group):
         for p in group["params"]:
             if p.grad is not None:
+                if p.device != "cpu" and not self.gpu:
+                    raise RuntimeError(f"{type(self).__name__}.step: this optimiser has no "
+                                       "GPU path yet, and a parameter of shape "
+                                       f"{p.shape} is on device='cuda'; use SGD, or train "
+                                       "on the CPU (Module.to('cpu'))")
+                if devices.array_device(p.grad) != p.device:
+                    raise RuntimeError(f"{type(self).__name__}.step: a parameter of shape "
+                                       f"{p.shape} is on device={p.device!r} but its grad on "
+                                       f"device={devices.array_device(p.grad)!r}")
                 yield p, p.grad, self.state.setdefault(id(p), {})
 
     def step(self) -> None:  # pragma: no cover - abstract
@@ -99,8 +114,7 @@ class Optimizer:
             packed = {k: v for k, v in g.items() if k != "params"}
             packed["params"] = [index.setdefault(id(p), len(index)) for p in g["params"]]
             groups.append(packed)
-        state = {index[pid]: {k: np.array(v, copy=True) if isinstance(v, np.ndarray) else v
-                              for k, v in s.items()}
+        state = {index[pid]: {k: _host_copy(v) for k, v in s.items()}
                  for pid, s in self.state.items() if pid in index and s}
         return {"state": dict(sorted(state.items())), "param_groups": groups}
 
@@ -146,7 +160,7 @@ class Optimizer:
                 if v.shape != p.shape:
                     raise ValueError(f"{name}: {k} of parameter {i} has shape {v.shape} in "
                                      f"the state dict, the parameter {p.shape}")
-                restored[k] = v.astype(p.dtype, copy=True)
+                restored[k] = devices.move(name, v.astype(p.dtype, copy=True), p.device)
             state[id(p)] = restored
         groups = []
         for g, s in zip(self.param_groups, saved, strict=True):
@@ -157,6 +171,13 @@ class Optimizer:
             groups.append({**new, "params": g["params"]})
         self.param_groups[:] = groups
         self.state = state
+
+
+def _host_copy(v):
+    """A host copy of an array of the state (numpy or on the GPU); other values as they are."""
+    if isinstance(v, np.ndarray):
+        return np.array(v, copy=True)
+    return devices.move("Optimizer.state_dict", v, "cpu") if devices.is_device_array(v) else v
 
 
 class SGD(Optimizer):
@@ -171,6 +192,7 @@ class SGD(Optimizer):
     """
 
     _state_keys = ("momentum_buffer",)
+    gpu = True
 
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0,
                  dampening: float = 0.0, weight_decay: float = 0.0, nesterov: bool = False,
@@ -187,6 +209,13 @@ class SGD(Optimizer):
             lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
             wd, nesterov = group["weight_decay"], group["nesterov"]
             for p, g, state in self._params_with_grad(group):
+                gpu = on_gpu("sgd_step", p.data)
+                if gpu is not None:      # one kernel, in place on the GPU
+                    buf = gpu(p.data, g, state.get("momentum_buffer"), lr, mom, damp, wd,
+                              nesterov, group["maximize"])
+                    if buf is not None:
+                        state["momentum_buffer"] = buf
+                    continue
                 g = -g if group["maximize"] else g
                 if wd != 0:
                     g = g + wd * p.data

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from .. import _elementwise
+from . import arrays
 from .function import Function
 
 
@@ -86,14 +86,15 @@ class Log(Function):
 
 
 class ReLU(Function):
-    """max(a, 0) (NaN stays NaN) by the one-pass kernels of ``fastconv._elementwise``;
-    the gradient passes where y > 0."""
+    """max(a, 0) (NaN stays NaN) by the one-pass kernels of ``fastconv._elementwise``
+    (on the GPU, ``fastconv.cuda``'s); the gradient passes where y > 0."""
 
-    forward = _forward_keeping_output(_elementwise.relu)
+    gpu = True
+    forward = _forward_keeping_output(arrays.relu)
 
     @staticmethod
     def backward(ctx, g):
-        return _elementwise.relu_backward(g, ctx.saved_tensors[0])
+        return arrays.relu_backward(g, ctx.saved_tensors[0])
 
 
 class Tanh(Function):

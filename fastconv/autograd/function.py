@@ -41,7 +41,14 @@ class Function:
 
     ``ctx`` is the Function instance: ``ctx.save_for_backward(*arrays)`` keeps arrays
     for ``ctx.saved_tensors``, and any other attribute may be set on it.
+
+    GPU: an op whose ``gpu`` class attribute is True also takes inputs on "cuda" (all of
+    them there: its forward and backward then get and return numba device arrays); any
+    other op refuses them with a RuntimeError that names it.
     """
+
+    #: whether forward and backward accept GPU device arrays (see the class docstring)
+    gpu: bool = False
 
     def __init__(self):
         self.saved_tensors: tuple = ()
@@ -66,7 +73,7 @@ class Function:
         requires them."""
         tensors = tuple(None if a is None else a if isinstance(a, Tensor) else Tensor(a)
                         for a in inputs)
-        _check_host(cls.__name__, tensors)
+        _check_device(cls, tensors)
         ctx = cls()
         needs = tuple(t is not None and t.requires_grad for t in tensors)
         track = any(needs) and is_grad_enabled()
@@ -79,12 +86,20 @@ class Function:
         return result
 
 
-def _check_host(op: str, tensors) -> None:
-    """RuntimeError when an input lives on the GPU: the ops compute with numpy on the host
-    and have no GPU paths yet (an honest error instead of a silent copy per op)."""
+def _check_device(cls, tensors) -> None:
+    """RuntimeError when an input lives on the GPU and the op has no GPU path (an honest
+    error instead of a silent copy per op), or when its inputs are on different devices."""
     on_gpu = [i for i, t in enumerate(tensors) if t is not None and t.device != "cpu"]
-    if on_gpu:
+    if not on_gpu:
+        return
+    op = cls.__name__
+    if not cls.gpu:
         raise RuntimeError(f"{op}: this autograd op has no GPU path yet, and input(s) "
                            f"{on_gpu} are on device='cuda'; move them with .to('cpu') (a "
                            "model with Module.to('cpu')), or call the array functions "
                            "(fastconv.conv2d, max_pool2d, ...) with device='cuda'")
+    on_cpu = [i for i, t in enumerate(tensors) if t is not None and t.device == "cpu"]
+    if on_cpu:
+        raise RuntimeError(f"{op}: input(s) {on_gpu} are on device='cuda' but input(s) "
+                           f"{on_cpu} on device='cpu'; an op runs on one device (move them "
+                           "with .to('cuda'))")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import arrays
 from .function import Function
 
 
@@ -41,16 +42,18 @@ class Mean(Function):
 
 
 class Reshape(Function):
-    """``a`` in ``shape`` (same size); the gradient is reshaped back."""
+    """``a`` in ``shape`` (same size); the gradient is reshaped back. Also on the GPU."""
+
+    gpu = True
 
     @staticmethod
     def forward(ctx, a, shape):
         ctx.shape = a.shape
-        return a.reshape(shape)
+        return arrays.reshape(a, shape)
 
     @staticmethod
     def backward(ctx, g):
-        return g.reshape(ctx.shape)
+        return arrays.reshape(g, ctx.shape)
 
 
 class Permute(Function):

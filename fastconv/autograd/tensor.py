@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .. import devices
-from . import function
+from . import arrays, function
 from .activations import Exp, Log, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .arithmetic import Add, Div, MatMul, Mul, Neg, Pow, Sub
 from .dims import dim_index, flat_shape, permutation_axes, reduction_axes
@@ -39,9 +39,11 @@ class Tensor:
     None), ``requires_grad``, ``shape``, ``dtype``, ``ndim``, ``device``.
 
     ``to("cuda")`` gives a tensor whose ``data`` is a numba device array on the GPU
-    (``to("cpu")``, ``cpu()`` and ``numpy()`` bring it back). The autograd ops have no GPU
-    paths yet: an op given a tensor on "cuda" raises a RuntimeError that says so, rather
-    than copying to the host behind the caller's back.
+    (``to("cpu")``, ``cpu()`` and ``numpy()`` bring it back). The ops that LeNet-style
+    training needs (conv2d, pooling, relu, flatten/reshape, linear, cross_entropy) run
+    there on GPU kernels, and gradients accumulate on the GPU; any other op given a
+    tensor on "cuda" raises a RuntimeError that names it, rather than copying to the host
+    behind the caller's back.
     """
 
     # numpy's binary operators return NotImplemented for Tensors, so that
@@ -61,7 +63,8 @@ class Tensor:
         self._ctx: Function | None = None
 
     # ---- array-like facts
-    shape = property(lambda self: self.data.shape)
+    # a plain tuple: the CUDA simulator's device arrays refuse negative shape indices
+    shape = property(lambda self: tuple(self.data.shape))
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
     is_leaf = property(lambda self: self._ctx is None)
@@ -167,9 +170,9 @@ class Tensor:
         g = _initial_grad(self, grad, "backward")
         for leaf, leaf_grad in _run_backward(self, g, None).items():
             if leaf.grad is None:
-                leaf.grad = np.array(leaf_grad, dtype=leaf.dtype, copy=True)
+                leaf.grad = arrays.copy_as(leaf_grad, leaf.dtype)
             else:
-                leaf.grad = leaf.grad + leaf_grad
+                leaf.grad = arrays.add(leaf.grad, leaf_grad)
 
     # ---- arithmetic (python scalars take this tensor's dtype)
     def __add__(self, o): return Add.apply(self, _operand(o, self))
@@ -320,8 +323,12 @@ def _initial_grad(out: Tensor, grad, op: str) -> np.ndarray:
         if out.data.size != 1:
             raise RuntimeError(f"{op}: grad can be implicitly created only for one-element "
                                f"outputs, got shape {out.shape}; pass grad explicitly")
-        return np.ones_like(out.data)
-    g = np.asarray(grad.data if isinstance(grad, Tensor) else grad, dtype=out.dtype)
+        return arrays.full_like(out.data, 1)
+    g = grad.data if isinstance(grad, Tensor) else grad
+    if out.device != "cpu" or devices.array_device(g) != "cpu":
+        g = arrays.astype(devices.move(op, g, out.device), out.dtype)
+    else:
+        g = np.asarray(g, dtype=out.dtype)
     if g.shape != out.shape:
         raise ValueError(f"{op}: grad has shape {g.shape} but the output has shape {out.shape}")
     return g
@@ -375,9 +382,10 @@ def _run_backward(root: Tensor, grad: np.ndarray, wanted) -> dict:
             if ig.shape != inp.shape:
                 raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of "
                                    f"shape {ig.shape} for an input of shape {inp.shape}")
-            ig = ig.astype(inp.dtype, copy=False)
+            ig = arrays.astype(ig, inp.dtype)
             prev = grads.get(id(inp))
-            grads[id(inp)] = ig if prev is None else prev + ig  # never in place: ig may alias
+            # never in place: ig may alias
+            grads[id(inp)] = ig if prev is None else arrays.add(prev, ig)
     return found
 
 
@@ -392,7 +400,7 @@ def grad(output: Tensor, inputs, grad_output=None) -> tuple:
         raise RuntimeError("grad: output does not require grad")
     g = _initial_grad(output, grad_output, "grad")
     found = _run_backward(output, g, inputs)
-    return tuple(found.get(id(t), np.zeros_like(t.data)) for t in inputs)
+    return tuple(found.get(id(t), arrays.full_like(t.data, 0)) for t in inputs)
 
 
 # --------------------------------------------------------------------------- arg helpers

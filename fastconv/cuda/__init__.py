@@ -10,6 +10,11 @@ This package imports without CUDA; the kernels (and ``numba.cuda``) load on the 
 call, which raises :class:`CudaUnavailableError` (a RuntimeError) saying why when no GPU
 can be used and how to fix it (``pip install '.[cuda]'`` in a fastconv checkout, an NVIDIA driver).
 Tests run the kernels in numba's CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``).
+
+The autograd layer's own ops on device arrays (:data:`AUTOGRAD_OPS`: relu, gradient sums,
+linear, cross entropy, the SGD update; see ``fastconv.cuda._autograd``) are attributes of
+this package too, loaded on first use like the rest; ``fastconv.autograd`` and
+``fastconv.optim`` reach them through ``fastconv.devices.gpu_op``.
 """
 
 from __future__ import annotations
@@ -103,6 +108,18 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True, 
     """fastconv.batch_norm_backward on the GPU (see fastconv.cuda._norm)."""
     return _impl("batch_norm_backward", "_norm")(grad_y, x, mean, invstd, weight,
                                                  training=training, layout=layout)
+
+
+#: The GPU paths of the autograd layer's own ops (``fastconv.cuda._autograd``), on device
+#: arrays only: ``fastconv.cuda.relu`` etc. load on first use (module ``__getattr__``).
+AUTOGRAD_OPS = ("relu", "relu_backward", "add", "full_like", "astype", "copy", "linear",
+                "linear_backward", "cross_entropy", "cross_entropy_backward", "sgd_step")
+
+
+def __getattr__(name):
+    if name in AUTOGRAD_OPS:
+        return _impl(name, "_autograd")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = ["CudaUnavailableError", "is_available", "unavailable_reason", "require", "conv2d",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _blas, _elementwise
+from .. import _blas, _elementwise, devices
 from .. import conv as _conv
 from .. import norm as _norm
 from .. import pool as _pool
@@ -32,6 +32,7 @@ from ..autograd import (
 from ..autograd import ReLU as _ReLU
 from ..autograd import Sigmoid as _Sigmoid
 from ..autograd import Tanh as _Tanh
+from ..autograd.arrays import on_gpu
 from ..autograd.dims import dim_index, flat_shape
 from ..layout import LAYOUTS
 from ..layout import get as _get_layout
@@ -44,6 +45,7 @@ from .losses import (  # noqa: F401
     mse_loss,
     nll_loss,
 )
+from ._targets import class_targets
 from .padfold import fold, pad, unfold  # noqa: F401
 from .transpose import conv_transpose2d  # noqa: F401
 
@@ -54,6 +56,8 @@ def _tensor(x) -> Tensor:
 
 # ---------------------------------------------------------------------------- convolution
 class Conv2d(Function):
+    gpu = True
+
     @staticmethod
     def forward(ctx, x, w, b, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
                 algo="auto", canonical_weight=False):
@@ -69,10 +73,10 @@ class Conv2d(Function):
         # small products do (fastconv._blas): a second thread gains little there and then
         # spins on the core the following kernels need. Bound on the multiply-adds:
         # (input pixels) * C_out * (C_in/groups) * kh * kw.
-        c_in = x.shape[LAYOUTS[layout].channel_axis - 4] if x.ndim >= 3 else 1
+        c_in = tuple(x.shape)[LAYOUTS[layout].channel_axis - 4] if x.ndim >= 3 else 1
         with _blas.limit_for(x.size // max(c_in, 1) * w.size):
             return _conv.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout,
-                                algo=algo)
+                                algo=algo, device=devices.array_device(x))
 
     @staticmethod
     def backward(ctx, g):
@@ -83,7 +87,8 @@ class Conv2d(Function):
         gx, gw, gb = _conv.conv2d_backward(g, x, w, *ctx.args, layout=ctx.layout,
                                            algo=ctx.algo,
                                            needs_input_grad=(need_x, need_w,
-                                                             need_b and ctx.has_bias))
+                                                             need_b and ctx.has_bias),
+                                           device=devices.array_device(g))
         if ctx.permute_weight and gw is not None:
             gw = LAYOUTS[ctx.layout].weight_to_canonical_view(gw)
         return gx, gw, gb
@@ -106,14 +111,17 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 # -------------------------------------------------------------------------------- pooling
 class MaxPool2d(Function):
+    gpu = True
+
     @staticmethod
     def forward(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                 layout="NCHW"):
+        device = devices.array_device(x)
         if not ctx.needs_input_grad[0]:      # no graph: the indices are not needed
             return _pool.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                    layout=layout)
+                                    layout=layout, device=device)
         y, idx = _pool.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                  layout=layout, return_indices=True)
+                                  layout=layout, return_indices=True, device=device)
         ctx.save_for_backward(idx)
         ctx.shape, ctx.layout = x.shape, layout
         return y
@@ -121,7 +129,8 @@ class MaxPool2d(Function):
     @staticmethod
     def backward(ctx, g):
         (idx,) = ctx.saved_tensors
-        return _pool.max_pool2d_backward(g, idx, ctx.shape, layout=ctx.layout)
+        return _pool.max_pool2d_backward(g, idx, ctx.shape, layout=ctx.layout,
+                                         device=devices.array_device(g))
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
@@ -132,17 +141,20 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 
 class AvgPool2d(Function):
+    gpu = True
+
     @staticmethod
     def forward(ctx, x, kernel_size, stride=None, padding=0, ceil_mode=False,
                 count_include_pad=True, layout="NCHW"):
         ctx.shape = x.shape
         ctx.args = (kernel_size, stride, padding, ceil_mode, count_include_pad)
         ctx.layout = layout
-        return _pool.avg_pool2d(x, *ctx.args, layout=layout)
+        return _pool.avg_pool2d(x, *ctx.args, layout=layout, device=devices.array_device(x))
 
     @staticmethod
     def backward(ctx, g):
-        return _pool.avg_pool2d_backward(g, ctx.shape, *ctx.args, layout=ctx.layout)
+        return _pool.avg_pool2d_backward(g, ctx.shape, *ctx.args, layout=ctx.layout,
+                                         device=devices.array_device(g))
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -154,14 +166,17 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False,
 
 
 class GlobalAvgPool2d(Function):
+    gpu = True
+
     @staticmethod
     def forward(ctx, x, layout="NCHW"):
         ctx.shape, ctx.layout = x.shape, layout
-        return _pool.global_avg_pool2d(x, layout=layout)
+        return _pool.global_avg_pool2d(x, layout=layout, device=devices.array_device(x))
 
     @staticmethod
     def backward(ctx, g):
-        return _pool.global_avg_pool2d_backward(g, ctx.shape, layout=ctx.layout)
+        return _pool.global_avg_pool2d_backward(g, ctx.shape, layout=ctx.layout,
+                                                device=devices.array_device(g))
 
 
 def global_avg_pool2d(input, *, layout="NCHW") -> Tensor:
@@ -223,12 +238,18 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 # ---------------------------------------------------------------------------- dense & misc
 class Linear(Function):
     """y = x @ W.T + b for x (*, in), W (out, in), b (out,). The products run through
-    ``fastconv._blas.matmul`` (one BLAS thread for small layers)."""
+    ``fastconv._blas.matmul`` (one BLAS thread for small layers); on the GPU through
+    ``fastconv.cuda.linear`` (the GEMM kernel)."""
+
+    gpu = True
 
     @staticmethod
     def forward(ctx, x, w, b):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
+        gpu = on_gpu("linear", x)
+        if gpu is not None:
+            return gpu(x, w, b)
         x2 = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
         y = _blas.matmul(x2, w.T).reshape(x.shape[:-1] + (w.shape[0],))
         if b is None:
@@ -241,6 +262,10 @@ class Linear(Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
+        need_x, need_w, need_b = ctx.needs_input_grad
+        gpu = on_gpu("linear_backward", g)
+        if gpu is not None:
+            return gpu(g, x, w, (need_x, need_w, need_b and ctx.has_bias))
         g2 = g.reshape(-1, g.shape[-1])
         gx = gw = gb = None
         if ctx.needs_input_grad[0]:
@@ -394,8 +419,16 @@ def flatten(input, start_dim: int = 1, end_dim: int = -1, *, layout="NCHW") -> T
 # ---------------------------------------------------------------------------------- loss
 
 class CrossEntropy(Function):
+    gpu = True
+
     @staticmethod
     def forward(ctx, logits, target, reduction="mean"):
+        ctx.reduction = reduction
+        gpu = on_gpu("cross_entropy", logits)
+        if gpu is not None:
+            loss, logp = gpu(logits, target, reduction)
+            ctx.save_for_backward(logp, target)
+            return loss
         n = logits.shape[0]
         logp = log_softmax_array(logits, axis=1)
         losses = -logp[np.arange(n), target]
@@ -409,6 +442,9 @@ class CrossEntropy(Function):
     @staticmethod
     def backward(ctx, g):
         logp, target = ctx.saved_tensors
+        gpu = on_gpu("cross_entropy_backward", g)
+        if gpu is not None:
+            return gpu(g, logp, target, ctx.reduction), None
         n = logp.shape[0]
         grad = np.exp(logp)                      # softmax
         grad[np.arange(n), target] -= 1
@@ -423,21 +459,13 @@ def cross_entropy(input, target, reduction: str = "mean") -> Tensor:
     """Softmax cross entropy of logits (N, C) with integer class targets (N,).
 
     Computed as a fused, stable log-softmax + negative log-likelihood; reduction
-    "mean" (default), "sum" or "none".
+    "mean" (default), "sum" or "none". Logits on "cuda" run on the GPU; the target may
+    then be on the host (checked there, then copied over) or on the GPU (not read back:
+    a value outside [0, C) gives a NaN loss instead of an error).
     """
     x = _tensor(input)
-    t = np.asarray(target.data if isinstance(target, Tensor) else target)
     check_reduction("cross_entropy", reduction)
     if x.ndim != 2:
         raise ValueError(f"cross_entropy: input must be 2-D logits (N, C), got shape {x.shape}")
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: target must hold integer class indices, got dtype "
-                        f"{t.dtype}")
-    if t.shape != (x.shape[0],):
-        raise ValueError(f"cross_entropy: target must have shape (N,) = ({x.shape[0]},), got "
-                         f"{t.shape}")
-    if t.size and (t.min() < 0 or t.max() >= x.shape[1]):
-        bad = t[(t < 0) | (t >= x.shape[1])][0]
-        raise ValueError(f"cross_entropy: target value {bad} is out of range for "
-                         f"C={x.shape[1]} classes (must be in [0, {x.shape[1] - 1}])")
-    return CrossEntropy.apply(x, t.astype(np.intp, copy=False), reduction=reduction)
+    t = class_targets("cross_entropy", target, x.shape, x.device)
+    return CrossEntropy.apply(x, t, reduction=reduction)
