@@ -98,6 +98,7 @@ def kernels(dtype_name):
     from numba import types
 
     from fastconv.cuda import _conv_kernels as C
+    from fastconv.cuda import _elementwise as E
     from fastconv.cuda import _gemm, _global_pool, _layout, _reduce
     from fastconv.cuda import _norm_kernels as N
     from fastconv.cuda import _pool_kernels as P
@@ -109,7 +110,7 @@ def kernels(dtype_name):
     a6, a5 = f[:, :, :, :, :, ::1], f[:, :, :, :, ::1]
     a4, a3, a2, a1 = f[:, :, :, ::1], f[:, :, ::1], f[:, ::1], f[::1]
     d1 = f64[::1]
-    i3, i2 = types.int64[:, :, ::1], types.int64[:, ::1]
+    i3, i2, i1 = types.int64[:, :, ::1], types.int64[:, ::1], types.int64[::1]
     gemm_args = (a3, a3, a3, i, i, i, i)
     return [
         (C._im2col, (a4, a2) + (i,) * 11, False),
@@ -141,6 +142,15 @@ def kernels(dtype_name):
         (N._bn_apply, (a3, d1, d1, a1, i, a1, i, a3), True),
         (N._bn_grad_apply, (a3, a3, d1, d1, a1, i, i, d1, d1, a3), True),
         (N._bn_grad_params, (d1, d1, d1, a1, a1), True),
+        (E._relu, (a1, a1), False),
+        (E._relu_backward, (a1, a1, a1), False),
+        (E._add, (a1, a1, a1), False),
+        (E._sgd, (a1, a1, a1, f, f, f, f, i, i, i), False),
+        (E._bias_rows, (a2, a1), False),
+        (E._column_sum, (a2, a1), False),
+        (E._log_softmax_nll, (a2, i1, a2, a1), False),
+        (E.sum_kernel(dtype_name, 256), (a1, a1, f), False),
+        (E._cross_entropy_grad, (a2, i1, a1, i, f, a2), False),
     ]
 
 
