@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 from numba import cuda
 
-from . import _gemm, _layout
 from . import _elementwise as K
+from . import _gemm, _layout
 from ._device import as_device_array, launch
 from ._reduce import reduce_threads
 

@@ -37,6 +37,7 @@ from ..autograd.dims import dim_index, flat_shape
 from ..layout import LAYOUTS
 from ..layout import get as _get_layout
 from ..rng import default_generator
+from ._targets import class_targets
 from .interpolate import interpolate  # noqa: F401
 from .losses import (  # noqa: F401
     REDUCTIONS,
@@ -45,7 +46,6 @@ from .losses import (  # noqa: F401
     mse_loss,
     nll_loss,
 )
-from ._targets import class_targets
 from .padfold import fold, pad, unfold  # noqa: F401
 from .transpose import conv_transpose2d  # noqa: F401
 

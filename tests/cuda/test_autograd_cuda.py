@@ -7,8 +7,8 @@ CPU's without copying anything to the host but the loss; the autograd layer's ke
 import numpy as np
 import pytest
 
-from fastconv import models, nn, optim, training
 from fastconv import cuda as fcuda
+from fastconv import models, nn, optim, training
 from fastconv.autograd import Tensor
 from fastconv.nn import functional as F
 
