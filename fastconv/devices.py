@@ -64,4 +64,6 @@ def move(op: str, a, device):
     cuda = _device.require(op)
     if device == "cpu":
         return _device.as_device_array(cuda, a).copy_to_host()
-    return cuda.to_device(np.ascontiguousarray(a))
+    a = np.asarray(a)
+    # np.ascontiguousarray would make a 0-D array 1-D; 0-D arrays are contiguous already
+    return cuda.to_device(a if a.flags.c_contiguous else np.ascontiguousarray(a))

@@ -26,6 +26,8 @@ def test_tensor_to_cuda_and_back():
     np.testing.assert_array_equal(t.cpu().data, x)
     assert "device='cuda'" in repr(t)
     assert Tensor(np.float64([2.5])).to("cuda").item() == 2.5
+    scalar = Tensor(np.float32(2.5)).to("cuda")                # 0-D stays 0-D
+    assert scalar.shape == () and scalar.item() == 2.5
 
 
 def test_ops_without_a_gpu_path_say_so():
@@ -259,3 +261,21 @@ def test_optimisers_without_a_gpu_path_and_mixed_devices_say_so():
     p.grad = _dev(np.ones(3, np.float32))
     opt.zero_grad(set_to_none=False)
     np.testing.assert_array_equal(p.grad.copy_to_host(), 0)
+
+
+def test_gpu_gradients_pass_gradcheck():
+    """fastconv.gradcheck on tensors on "cuda" (float64): linear, relu, flatten and
+    cross_entropy against central finite differences of the GPU forward."""
+    from fastconv import gradcheck
+
+    rng = np.random.default_rng(6)
+    x = Tensor(rng.standard_normal((2, 1, 2)), requires_grad=True).to("cuda")
+    w = Tensor(rng.standard_normal((3, 2)), requires_grad=True).to("cuda")
+    b = Tensor(rng.standard_normal(3), requires_grad=True).to("cuda")
+    original = x.data
+
+    def fn(x, w, b):
+        return F.cross_entropy(F.relu(F.linear(F.flatten(x), w, b)), np.array([2, 0]))
+
+    assert gradcheck(fn, (x, w, b))
+    assert x.data is original and x.device == "cuda"
