@@ -279,3 +279,24 @@ def test_gpu_gradients_pass_gradcheck():
 
     assert gradcheck(fn, (x, w, b))
     assert x.data is original and x.device == "cuda"
+
+
+@pytest.mark.parametrize("op", [
+    lambda t: F.max_pool2d(t, 2),
+    lambda t: F.avg_pool2d(t, 2, 1, padding=1, count_include_pad=False),
+    lambda t: F.adaptive_avg_pool2d(t, 1),
+    lambda t: F.conv2d(t, Tensor(np.ones((2, 1, 2, 2))).to(t.device), padding=1),
+], ids=["max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "conv2d"])
+def test_pooling_and_conv_ops_on_the_gpu_match_the_cpu(op):
+    """Forward and the input's gradient (for a given output gradient) as on the CPU."""
+    a = np.random.default_rng(7).standard_normal((1, 1, 3, 4))
+    results = []
+    for device in ("cpu", "cuda"):
+        x = Tensor(a, requires_grad=True).to(device)
+        y = op(x)
+        assert y.device == device
+        g = np.arange(y.data.size, dtype=np.float64).reshape(y.shape) - 2
+        y.backward(g)
+        results.append((y.numpy(), x.grad if device == "cpu" else x.grad.copy_to_host()))
+    for got, want in zip(results[1], results[0], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
