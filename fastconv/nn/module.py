@@ -174,8 +174,9 @@ class Module:
     def to(self, dtype_or_device) -> Module:
         """In place, like torch: ``to(dtype)`` (e.g. np.float64) casts floating parameters
         and buffers; ``to("cuda")`` / ``to("cpu")`` moves every parameter (with its grad)
-        and buffer to that device (see ``Tensor.to``; the autograd ops have no GPU paths
-        yet, so a forward pass needs the model on "cpu")."""
+        and buffer to that device (see ``Tensor.to``; on "cuda", conv2d, pooling, relu,
+        flatten, linear and cross_entropy run on the GPU and ``optim.SGD`` trains there,
+        other ops raise a RuntimeError naming themselves)."""
         if isinstance(dtype_or_device, str):
             try:
                 np.dtype(dtype_or_device)
