@@ -19,13 +19,19 @@ from ._device import as_device_array, launch
 from ._reduce import reduce_threads
 
 
+def _contiguous(a):
+    """``a`` (a device array) itself when C-contiguous, else a contiguous copy (1-, 3- or
+    4-D; ValueError for other strided arrays)."""
+    a = as_device_array(cuda, a)
+    if not a.is_c_contiguous() and a.ndim not in (1, 3, 4):
+        raise ValueError(f"fastconv.cuda: a non-contiguous {a.ndim}-D device array of shape "
+                         f"{tuple(a.shape)} is not supported here; pass a contiguous one")
+    return _layout.contiguous(a)
+
+
 def _flat(a):
     """A contiguous 1-D view (a copy only when ``a`` is not contiguous)."""
-    a = as_device_array(cuda, a)
-    if not a.is_c_contiguous():
-        out = cuda.device_array(a.shape, a.dtype)
-        launch(_layout._copy1, out.size, a.reshape(a.size) if a.ndim == 1 else a, out)
-        a = out
+    a = _contiguous(a)
     return a.reshape(a.size)
 
 
@@ -81,8 +87,7 @@ def copy(a):
 # --------------------------------------------------------------------------- linear
 def _rows(a):
     """(1, M, K) view of ``a`` (*, K) for the batched GEMM."""
-    a = as_device_array(cuda, a)
-    a = a if a.is_c_contiguous() else copy(a)
+    a = _contiguous(a)
     k = tuple(a.shape)[-1]
     return a.reshape((1, a.size // k, k))
 

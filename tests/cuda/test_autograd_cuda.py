@@ -156,6 +156,12 @@ def test_relu_add_fill_cast_copy_kernels():
     assert fcuda.astype(d, np.float32) is d
     strided = _dev(np.arange(12, dtype=np.float32))[::3]          # not contiguous
     np.testing.assert_array_equal(fcuda.copy(strided).copy_to_host(), [0, 3, 6, 9])
+    planes = _dev(np.arange(24, dtype=np.float32).reshape(2, 3, 4))[:, :, ::2]
+    np.testing.assert_array_equal(fcuda.relu(planes).copy_to_host(),
+                                  np.arange(24).reshape(2, 3, 4)[:, :, ::2])
+    with pytest.raises(ValueError, match=r"fastconv.cuda: a non-contiguous 2-D device array "
+                                         r"of shape \(4, 2\) is not supported here"):
+        fcuda.relu(_dev(np.ones((4, 4), np.float32))[:, ::2])
 
 
 def test_linear_kernels():
