@@ -39,11 +39,11 @@ class Tensor:
     None), ``requires_grad``, ``shape``, ``dtype``, ``ndim``, ``device``.
 
     ``to("cuda")`` gives a tensor whose ``data`` is a numba device array on the GPU
-    (``to("cpu")``, ``cpu()`` and ``numpy()`` bring it back). The ops that LeNet-style
-    training needs (conv2d, pooling, relu, flatten/reshape, linear, cross_entropy) run
-    there on GPU kernels, and gradients accumulate on the GPU; any other op given a
-    tensor on "cuda" raises a RuntimeError that names it, rather than copying to the host
-    behind the caller's back.
+    (``to("cpu")``, ``cpu()`` and ``numpy()`` bring it back). The ops of CNN training
+    (conv2d, pooling, batch norm, relu, flatten/reshape, linear, cross_entropy) run there
+    on GPU kernels, and gradients accumulate on the GPU; any other op given a tensor on
+    "cuda" raises a RuntimeError that names it, rather than copying to the host behind
+    the caller's back.
     """
 
     # numpy's binary operators return NotImplemented for Tensors, so that

@@ -198,13 +198,16 @@ def check_adaptive_output_size(op: str, output_size) -> None:
 
 # ----------------------------------------------------------------------------- batch norm
 class BatchNorm(Function):
+    gpu = True
+
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=False,
                 momentum=0.1, eps=1e-5, layout="NCHW", relu=False):
         # relu: max(y, 0) in the normalising pass (fastconv.nn.fused.batch_norm_relu)
         y, mean, invstd = _norm.batch_norm(x, running_mean, running_var, weight, bias,
                                            training, momentum, eps, layout=layout,
-                                           return_stats=True, fuse_relu=relu)
+                                           return_stats=True, fuse_relu=relu,
+                                           device=devices.array_device(x))
         ctx.save_for_backward(x, mean, invstd, weight, y if relu else None)
         ctx.training, ctx.layout, ctx.has_bias = training, layout, bias is not None
         return y
@@ -215,7 +218,8 @@ class BatchNorm(Function):
         if y is not None:               # the ReLU's gradient first
             g = _elementwise.relu_backward(g, y)
         gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
-                                               training=ctx.training, layout=ctx.layout)
+                                               training=ctx.training, layout=ctx.layout,
+                                               device=devices.array_device(g))
         return gx, None if weight is None else gw, gb if ctx.has_bias else None
 
 

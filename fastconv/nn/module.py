@@ -174,9 +174,10 @@ class Module:
     def to(self, dtype_or_device) -> Module:
         """In place, like torch: ``to(dtype)`` (e.g. np.float64) casts floating parameters
         and buffers; ``to("cuda")`` / ``to("cpu")`` moves every parameter (with its grad)
-        and buffer to that device (see ``Tensor.to``; on "cuda", conv2d, pooling, relu,
-        flatten, linear and cross_entropy run on the GPU and ``optim.SGD`` trains there,
-        other ops raise a RuntimeError naming themselves)."""
+        and floating-point buffer to that device (integer counters stay on the host; see
+        ``Tensor.to``). On "cuda", conv2d, pooling, batch norm, relu, flatten, linear and
+        cross_entropy run on the GPU and ``optim.SGD`` trains there; other ops raise a
+        RuntimeError naming themselves."""
         if isinstance(dtype_or_device, str):
             try:
                 np.dtype(dtype_or_device)
@@ -203,7 +204,9 @@ class Module:
                     if p.grad is not None:
                         p.grad = devices.move("Module.to", p.grad, device)
             for name, b in m._buffers.items():
-                if b is not None:
+                # integer buffers (BatchNorm2d's num_batches_tracked) are counters that the
+                # layers update and read on the host each step: they stay there
+                if b is not None and b.dtype.kind == "f":
                     m._buffers[name] = devices.move("Module.to", b, device)
         return self
 

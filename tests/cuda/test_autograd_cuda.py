@@ -37,8 +37,8 @@ def test_ops_without_a_gpu_path_say_so():
         t + t
     with pytest.raises(RuntimeError, match=r"Tanh: this autograd op has no GPU path yet"):
         F.tanh(t)
-    with pytest.raises(RuntimeError, match=r"BatchNorm: .*no GPU path yet.*\.to\('cpu'\)"):
-        F.batch_norm(t, None, None, training=True)
+    with pytest.raises(RuntimeError, match=r"Softmax: .*no GPU path yet.*\.to\('cpu'\)"):
+        F.softmax(t)
     with pytest.raises(RuntimeError, match=r"Conv2d: input\(s\) \[0\] are on device='cuda' "
                                            r"but input\(s\) \[1\] on device='cpu'"):
         F.conv2d(t, Tensor(np.ones((1, 1, 3, 3), np.float32)))
@@ -69,7 +69,8 @@ def test_module_to_cuda_moves_parameters_and_buffers():
         np.testing.assert_array_equal(value, before[key])
     np.testing.assert_array_equal(params[0].grad, 1)
     bn.to("cuda")
-    assert all(not isinstance(b, np.ndarray) for b in bn._buffers.values() if b is not None)
+    assert not isinstance(bn._buffers["running_var"], np.ndarray)
+    assert isinstance(bn._buffers["num_batches_tracked"], np.ndarray)   # a host counter
     bn.to("cpu")
     np.testing.assert_array_equal(bn._buffers["running_var"], np.ones(3, np.float32))
 
@@ -306,3 +307,28 @@ def test_pooling_and_conv_ops_on_the_gpu_match_the_cpu(op):
         results.append((y.numpy(), x.grad if device == "cpu" else x.grad.copy_to_host()))
     for got, want in zip(results[1], results[0], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_batch_norm_layer_trains_on_the_gpu_like_the_cpu():
+    """BatchNorm2d (momentum None: the cumulative average, read from the host counter):
+    output, gradients and running statistics after two training steps, then an eval
+    forward, as on the CPU."""
+    rng = np.random.default_rng(8)
+    xs = rng.standard_normal((2, 2, 3, 2, 2)) * 3 + 1
+    g = rng.standard_normal((3, 2, 2))
+    out = {}
+    for device in ("cpu", "cuda"):
+        bn = nn.BatchNorm2d(3, momentum=None, dtype=np.float64).to(device)
+        bn.weight.data = Tensor(np.float64([1.5, -1, 0.5])).to(device).data
+        for a in xs:
+            x = Tensor(a, requires_grad=True).to(device)
+            y = bn(x)
+            y.backward(np.broadcast_to(g, a.shape).copy())
+        bn.eval()
+        z = bn(Tensor(xs[0]).to(device))
+        out[device] = [y.numpy(), Tensor(x.grad).numpy(), Tensor(bn.weight.grad).numpy(),
+                       Tensor(bn.bias.grad).numpy(), Tensor(bn.running_mean).numpy(),
+                       Tensor(bn.running_var).numpy(), z.numpy()]
+        assert int(bn.num_batches_tracked) == 2
+    for got, want in zip(out["cuda"], out["cpu"], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
