@@ -69,3 +69,12 @@ def reshape(a, shape):
     if devices.array_device(a) != "cpu" and not a.is_c_contiguous():
         a = on_gpu("copy", a)(a)
     return a.reshape(shape)
+
+
+def transpose(a, axes, contiguous: bool = False):
+    """``a.transpose(axes)``: a view on the host (a contiguous copy when ``contiguous``);
+    on the GPU always a contiguous copy (4-D arrays only)."""
+    gpu = on_gpu("permute", a)
+    if gpu is not None:
+        return gpu(a, tuple(int(i) for i in axes))
+    return np.ascontiguousarray(a.transpose(axes)) if contiguous else a.transpose(axes)

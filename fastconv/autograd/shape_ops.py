@@ -57,16 +57,19 @@ class Reshape(Function):
 
 
 class Permute(Function):
-    """``a.transpose(axes)``; the gradient is permuted back by the inverse order."""
+    """``a.transpose(axes)``; the gradient is permuted back by the inverse order. On the
+    GPU (4-D tensors) a permuted copy."""
+
+    gpu = True
 
     @staticmethod
     def forward(ctx, a, axes):
         ctx.axes = axes
-        return a.transpose(axes)
+        return arrays.transpose(a, axes)
 
     @staticmethod
     def backward(ctx, g):
-        return g.transpose(np.argsort(ctx.axes))
+        return arrays.transpose(g, np.argsort(ctx.axes))
 
 
 class GetItem(Function):

@@ -112,7 +112,8 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True, 
 
 #: The GPU paths of the autograd layer's own ops (``fastconv.cuda._autograd``), on device
 #: arrays only: ``fastconv.cuda.relu`` etc. load on first use (module ``__getattr__``).
-AUTOGRAD_OPS = ("relu", "relu_backward", "add", "full_like", "astype", "copy", "linear",
+AUTOGRAD_OPS = ("relu", "relu_backward", "add", "full_like", "astype", "copy", "permute",
+                "linear",
                 "linear_backward", "cross_entropy", "cross_entropy_backward", "sgd_step")
 
 

@@ -84,6 +84,15 @@ def copy(a):
     return out
 
 
+def permute(a, axes):
+    """A contiguous copy of the 4-D device array ``a`` laid out as ``a.transpose(axes)``."""
+    a = as_device_array(cuda, a)
+    if a.ndim != 4:
+        raise ValueError(f"fastconv.cuda.permute: only 4-D device arrays are permuted on the "
+                         f"GPU, got shape {tuple(a.shape)}")
+    return _layout.permute(a, axes)
+
+
 # --------------------------------------------------------------------------- linear
 def _rows(a):
     """(1, M, K) view of ``a`` (*, K) for the batched GEMM."""

@@ -32,7 +32,7 @@ from ..autograd import (
 from ..autograd import ReLU as _ReLU
 from ..autograd import Sigmoid as _Sigmoid
 from ..autograd import Tanh as _Tanh
-from ..autograd.arrays import on_gpu
+from ..autograd.arrays import on_gpu, transpose
 from ..autograd.dims import dim_index, flat_shape
 from ..layout import LAYOUTS
 from ..layout import get as _get_layout
@@ -65,7 +65,7 @@ class Conv2d(Function):
         # torch's); the kernels take the layout's own order (HWIO for NHWC)
         ctx.permute_weight = canonical_weight and not LAYOUTS[layout].is_canonical
         if ctx.permute_weight:
-            w = np.ascontiguousarray(LAYOUTS[layout].weight_from_canonical_view(w))
+            w = transpose(w, LAYOUTS[layout].weight_from_canonical, contiguous=True)
         ctx.save_for_backward(x, w)
         ctx.args = (stride, padding, dilation, groups)
         ctx.layout, ctx.algo, ctx.has_bias = layout, algo, b is not None
@@ -90,7 +90,7 @@ class Conv2d(Function):
                                                              need_b and ctx.has_bias),
                                            device=devices.array_device(g))
         if ctx.permute_weight and gw is not None:
-            gw = LAYOUTS[ctx.layout].weight_to_canonical_view(gw)
+            gw = transpose(gw, LAYOUTS[ctx.layout].weight_to_canonical)
         return gx, gw, gb
 
 

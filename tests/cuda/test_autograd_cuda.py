@@ -332,3 +332,23 @@ def test_batch_norm_layer_trains_on_the_gpu_like_the_cpu():
         assert int(bn.num_batches_tracked) == 2
     for got, want in zip(out["cuda"], out["cpu"], strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_channels_last_conv_and_flatten_on_the_gpu_match_the_cpu():
+    """NHWC: a permuted input, conv2d with a torch-ordered (OIHW) weight, flatten in NCHW
+    order; the gradients of the input and of the weight (back in OIHW) as on the CPU."""
+    rng = np.random.default_rng(9)
+    a, wa = rng.standard_normal((2, 1, 3, 4)), rng.standard_normal((2, 1, 2, 2))
+    results = []
+    for device in ("cpu", "cuda"):
+        x = Tensor(a, requires_grad=True).to(device)
+        w = Tensor(wa, requires_grad=True).to(device)
+        y = F.flatten(F.conv2d(x.permute(0, 2, 3, 1), w, padding=1, layout="NHWC",
+                               weight_layout="OIHW"), layout="NHWC")
+        F.cross_entropy(y, np.array([0, 5]), reduction="sum").backward()
+        results.append([y.numpy(), Tensor(x.grad).numpy(), Tensor(w.grad).numpy()])
+    for got, want in zip(results[1], results[0], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"fastconv.cuda.permute: only 4-D device arrays "
+                                         r"are permuted on the GPU, got shape \(2, 3\)"):
+        Tensor(np.ones((2, 3))).to("cuda").transpose(0, 1)
