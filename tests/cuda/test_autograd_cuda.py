@@ -39,6 +39,13 @@ def test_ops_without_a_gpu_path_say_so():
         F.tanh(t)
     with pytest.raises(RuntimeError, match=r"Softmax: .*no GPU path yet.*\.to\('cpu'\)"):
         F.softmax(t)
+    from fastconv.nn import fused
+
+    with pytest.raises(RuntimeError, match=r"AddReLU: this autograd op has no GPU path yet"):
+        fused.add_relu(t, t)
+    with pytest.raises(ValueError, match=r"batch_norm: fuse_relu=True runs on the CPU only, "
+                                         r"not on device='cuda'"):
+        fused.batch_norm_relu(t, None, None, training=True)
     with pytest.raises(RuntimeError, match=r"Conv2d: input\(s\) \[0\] are on device='cuda' "
                                            r"but input\(s\) \[1\] on device='cpu'"):
         F.conv2d(t, Tensor(np.ones((1, 1, 3, 3), np.float32)))
