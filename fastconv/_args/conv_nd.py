@@ -12,10 +12,10 @@ Examples
 ...                              padding=1)
 >>> a.out, a.padding
 ((8, 8, 8), ((1, 1), (1, 1), (1, 1)))
->>> conv_nd_args_from_shapes("conv1d", (2, 4, 5), (6, 4, 9), rank=1)
+>>> conv_nd_args_from_shapes("conv1d", (2, 4, 5), (6, 4, 3), rank=1, groups=3)
 Traceback (most recent call last):
 ...
-ValueError: conv1d: kernel width 9 (k=9, dilation=1) is larger than the padded input width 5 (size 5 + padding 0+0)
+ValueError: conv1d: groups=3 must divide C_in=4
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from ..autograd.dims import dim_index, flat_shape
 from ..layout import LAYOUTS
 from ..layout import get as _get_layout
 from ..rng import default_generator
+from ._conv_nd_ops import conv1d, conv3d  # noqa: F401
 from .interpolate import interpolate  # noqa: F401
 from .losses import (  # noqa: F401
     REDUCTIONS,

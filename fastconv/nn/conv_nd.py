@@ -1,0 +1,87 @@
+"""Conv1d and Conv3d layers (torch.nn's names, parameters, shapes and initialisation).
+
+Weights are OIW (out, in/groups, k) and OIDHW (out, in/groups, kd, kh, kw), as torch's,
+so torch state dicts load as they are; bias (out,). Initialised as torch's: weight
+kaiming_uniform(a=sqrt(5)), bias U(+-1/sqrt(fan_in)), fan_in = in/groups * kernel volume.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .._args.conv_nd import padding_nd, tuple_arg
+from . import _conv_nd_ops as ops
+from .layers import _WeightAndBias
+
+PADDING_MODES = ("zeros",)
+
+
+class _ConvNd(_WeightAndBias):
+    rank = 1
+    op = staticmethod(ops.conv1d)
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
+                 padding=0, dilation=1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", *, rng=None, dtype=np.float32):
+        super().__init__()
+        name = type(self).__name__
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(f"{name}: groups={groups} must divide in_channels={in_channels} "
+                             f"and out_channels={out_channels}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"{name}: padding_mode={padding_mode!r} is not supported; "
+                             f"acceptable modes are {', '.join(map(repr, PADDING_MODES))}")
+        self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
+        self.padding_mode = padding_mode
+        self.kernel_size = tuple_arg(name, "kernel_size", kernel_size, self.rank, minimum=1)
+        self.stride = tuple_arg(name, "stride", stride, self.rank, minimum=1)
+        self.dilation = tuple_arg(name, "dilation", dilation, self.rank, minimum=1)
+        pads = padding_nd(name, padding, self.kernel_size, self.dilation, self.stride)
+        if isinstance(padding, str):
+            self.padding = padding
+        elif all(lo == hi for lo, hi in pads):
+            self.padding = tuple(lo for lo, _ in pads)
+        else:
+            self.padding = pads
+        self._weight_and_bias((out_channels, in_channels // groups, *self.kernel_size),
+                              bias, dtype, rng)
+
+    def forward(self, x):
+        return self.op(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                       self.groups)
+
+    def extra_repr(self) -> str:
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding not in ((0,) * self.rank, "valid"):
+            s += f", padding={self.padding}"
+        if self.dilation != (1,) * self.rank:
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        return s + ("" if self.bias is not None else ", bias=False")
+
+
+class Conv1d(_ConvNd):
+    """1-D convolution layer over (N, C, W) signals: weight (out, in/groups, k), bias
+    (out,); a 2-D (C, W) input is one unbatched signal.
+
+    >>> import numpy as np, fastconv
+    >>> layer = fastconv.nn.Conv1d(2, 4, 3, padding=1)
+    >>> layer.weight.shape, layer(np.ones((5, 2, 16), np.float32)).shape
+    ((4, 2, 3), (5, 4, 16))
+    """
+
+
+class Conv3d(_ConvNd):
+    """3-D convolution layer over (N, C, D, H, W) volumes: weight (out, in/groups, kd,
+    kh, kw), bias (out,); a 4-D input is one unbatched volume.
+
+    >>> import numpy as np, fastconv
+    >>> layer = fastconv.nn.Conv3d(2, 4, 3, padding=1)
+    >>> layer.weight.shape, layer(np.ones((1, 2, 4, 4, 4), np.float32)).shape
+    ((4, 2, 3, 3, 3), (1, 4, 4, 4, 4))
+    """
+
+    rank = 3
+    op = staticmethod(ops.conv3d)
