@@ -328,7 +328,8 @@ def conv_nd_backward(gy, x, w, stride=None, padding=None, dilation=None, groups=
                       *_nd_window(tap, stride, dilation, out))
             wv = w[(d, slice(None), *tap)]
             gxp[window] += gy[:, d, None] * wv.reshape((1, cg) + (1,) * rank)
-            gw[(d, slice(None), *tap)] = np.einsum("nc...,n...->c", xp[window], gy[:, d])
+            gw[(d, slice(None), *tap)] = np.tensordot(
+                xp[window], gy[:, d], axes=([0, *range(2, 2 + rank)], list(range(1 + rank))))
     crop = (slice(None), slice(None), *(slice(lo, lo + n) for (lo, _), n
                                         in zip(padding, x.shape[2:], strict=True)))
     return gxp[crop], gw, gy.sum(axis=(0, *range(2, gy.ndim)))
