@@ -279,16 +279,22 @@ def _nd_window(tap, stride, dilation, out):
                  for t, s, r, o in zip(tap, stride, dilation, out, strict=True))
 
 
-def conv_nd(x, w, bias=None, stride=None, padding=None, dilation=None, groups=1):
-    """N-d (NC + spatial / OI + kernel) correlation from the formula:
-    y[n, d, i...] = U[d] + sum_{c, a...} w[d, c, a...] xp[n, gCg + c, s i + r a ...]."""
+def _nd_problem(x, w, stride, padding, dilation):
+    """float64 x and w, the per-axis defaults (stride and dilation 1, no padding) and the
+    zero-padded input."""
     x = np.asarray(x, np.float64)
     w = np.asarray(w, np.float64)
     rank = x.ndim - 2
     stride = stride or (1,) * rank
     dilation = dilation or (1,) * rank
     padding = padding or ((0, 0),) * rank
-    xp = np.pad(x, ((0, 0), (0, 0), *padding))
+    return x, w, stride, padding, dilation, np.pad(x, ((0, 0), (0, 0), *padding))
+
+
+def conv_nd(x, w, bias=None, stride=None, padding=None, dilation=None, groups=1):
+    """N-d (NC + spatial / OI + kernel) correlation from the formula:
+    y[n, d, i...] = U[d] + sum_{c, a...} w[d, c, a...] xp[n, gCg + c, s i + r a ...]."""
+    x, w, stride, padding, dilation, xp = _nd_problem(x, w, stride, padding, dilation)
     kernel = w.shape[2:]
     out = tuple(out_size(n, k, s, lo, hi, r) for n, k, s, (lo, hi), r
                 in zip(x.shape[2:], kernel, stride, padding, dilation, strict=True))
@@ -309,13 +315,8 @@ def conv_nd(x, w, bias=None, stride=None, padding=None, dilation=None, groups=1)
 def conv_nd_backward(gy, x, w, stride=None, padding=None, dilation=None, groups=1):
     """The adjoint of ``conv_nd`` term by term; returns (gx, gw, gb)."""
     gy = np.asarray(gy, np.float64)
-    x = np.asarray(x, np.float64)
-    w = np.asarray(w, np.float64)
+    x, w, stride, padding, dilation, xp = _nd_problem(x, w, stride, padding, dilation)
     rank = x.ndim - 2
-    stride = stride or (1,) * rank
-    dilation = dilation or (1,) * rank
-    padding = padding or ((0, 0),) * rank
-    xp = np.pad(x, ((0, 0), (0, 0), *padding))
     gxp = np.zeros_like(xp)
     gw = np.zeros_like(w)
     out = gy.shape[2:]

@@ -6,65 +6,40 @@ import pytest
 
 import fastconv
 from fastconv import Tensor, gradcheck
-from fastconv._args.conv_nd import conv_nd_args_from_shapes
 from fastconv.nn import functional as F
 
 from . import reference as ref
-from .conftest import WINOGRAD_REFUSAL
+from .conftest import WINOGRAD_REFUSAL, assert_layer_matches_torch
+from .nd_checks import check_backward, check_forward, check_unbatched, nd_arrays, record
 
 ALGOS = ("naive", "im2col", "fft", "auto")
 
-# (n, c_in, w, c_out, k, stride, padding, dilation, groups)
+# (n, c_in, (w,), c_out, (k,), stride, padding, dilation, groups)
 CASES = [
-    (2, 3, 11, 4, 3, 1, 0, 1, 1),
-    (1, 4, 12, 6, 3, 2, 1, 1, 2),
-    (2, 2, 13, 3, 4, 1, "same", 2, 1),
-    (1, 3, 9, 3, 3, 3, (2, 1), 1, 3),          # depthwise, uneven (lo, hi) padding
-    (2, 2, 8, 2, 1, 1, "valid", 1, 1),         # pointwise
-    (1, 2, 10, 4, 5, 2, 3, (2,), 1),
+    (2, 3, (11,), 4, (3,), 1, 0, 1, 1),
+    (1, 4, (12,), 6, (3,), 2, 1, 1, 2),
+    (2, 2, (13,), 3, (4,), 1, "same", 2, 1),
+    (1, 3, (9,), 3, (3,), 3, (2, 1), 1, 3),      # depthwise, uneven (lo, hi) padding
+    (2, 2, (8,), 2, (1,), 1, "valid", 1, 1),     # pointwise
+    (1, 2, (10,), 4, (5,), 2, 3, (2,), 1),
 ]
-
-
-def _arrays(case, dtype=np.float64, seed=0):
-    n, c, w, d, k, stride, padding, dilation, groups = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, w)).astype(dtype)
-    wt = rng.standard_normal((d, c // groups, k)).astype(dtype)
-    b = rng.standard_normal(d).astype(dtype)
-    return x, wt, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-
-
-def _record(x, wt, kwargs):
-    return conv_nd_args_from_shapes("ref", x.shape, wt.shape, rank=1, **kwargs)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_forward_matches_reference(case, algo):
-    x, wt, b, kwargs = _arrays(case)
-    a = _record(x, wt, kwargs)
-    want = ref.conv_nd(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
-    got = fastconv.conv1d(x, wt, b, **kwargs, algo=algo)
-    assert got.shape == want.shape and got.dtype == np.float64
-    assert ref.rel_error(got, want) < 1e-10
+    check_forward(fastconv.conv1d, case, algo, 1e-10)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", CASES[:4], ids=str)
 def test_backward_matches_reference(case, algo):
-    x, wt, _, kwargs = _arrays(case)
-    a = _record(x, wt, kwargs)
-    gy = np.random.default_rng(1).standard_normal((a.n, a.c_out, *a.out))
-    want = ref.conv_nd_backward(gy, x, wt, a.stride, a.padding, a.dilation, a.groups)
-    got = fastconv.conv1d_backward(gy, x, wt, **kwargs, algo=algo)
-    for g, r in zip(got, want, strict=True):
-        assert g.shape == r.shape
-        assert ref.rel_error(g, r) < 1e-10
+    check_backward(fastconv.conv1d_backward, case, algo, 1e-10)
 
 
 @pytest.mark.parametrize("case", CASES[:3], ids=str)
 def test_nwc_layout_is_the_transposed_problem(case):
-    x, wt, b, kwargs = _arrays(case, np.float32)
+    x, wt, b, kwargs = nd_arrays(case, np.float32)
     want = fastconv.conv1d(x, wt, b, **kwargs)
     xn, wn = x.transpose(0, 2, 1), wt.transpose(2, 1, 0)      # NWC views, WIO
     got = fastconv.conv1d(xn, wn, b, **kwargs, layout="NWC")
@@ -80,8 +55,8 @@ def test_nwc_layout_is_the_transposed_problem(case):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_dtypes(dtype):
-    x, wt, b, kwargs = _arrays(CASES[1], dtype)
-    a = _record(x, wt, kwargs)
+    x, wt, b, kwargs = nd_arrays(CASES[1], dtype)
+    a = record(x, wt, kwargs)
     got = fastconv.conv1d(x, wt, b, **kwargs)
     assert got.dtype == dtype
     want = ref.conv_nd(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
@@ -91,15 +66,11 @@ def test_dtypes(dtype):
 
 
 def test_unbatched_signal_gives_2d_output():
-    x, wt, b, kwargs = _arrays(CASES[0])
-    y = fastconv.conv1d(x[0], wt, b, **kwargs)
-    np.testing.assert_allclose(y, fastconv.conv1d(x, wt, b, **kwargs)[0])
-    gx, gw, gb = fastconv.conv1d_backward(np.ones_like(y), x[0], wt, **kwargs)
-    assert gx.shape == x[0].shape and gw.shape == wt.shape and gb.shape == b.shape
+    check_unbatched(fastconv.conv1d, fastconv.conv1d_backward, CASES[0])
 
 
 def test_needs_input_grad_leaves_out_gradients():
-    x, wt, _, kwargs = _arrays(CASES[0])
+    x, wt, _, kwargs = nd_arrays(CASES[0])
     gy = np.ones((2, 4, 9))
     gx, gw, gb = fastconv.conv1d_backward(gy, x, wt, needs_input_grad=(False, True, False))
     assert gx is None and gb is None and gw.shape == wt.shape
@@ -191,15 +162,5 @@ def test_torch_forward_backward_and_state_dict():
     tm = torch.nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2).double()
     m = fastconv.nn.Conv1d(4, 6, 3, stride=2, padding=1, dilation=2, groups=2,
                            dtype=np.float64)
-    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
     x = np.random.default_rng(0).standard_normal((2, 4, 17))
-    xt = torch.tensor(x, requires_grad=True)
-    yt = tm(xt)
-    yt.square().sum().backward()
-    xf = Tensor(x, requires_grad=True)
-    y = m(xf)
-    (y * y).sum().backward()
-    np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(xf.grad, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(m.weight.grad, tm.weight.grad.numpy(), rtol=1e-10)
-    np.testing.assert_allclose(m.bias.grad, tm.bias.grad.numpy(), rtol=1e-10)
+    assert_layer_matches_torch(tm, m, x)

@@ -6,10 +6,11 @@ import pytest
 
 import fastconv
 from fastconv import Tensor, config, gradcheck
-from fastconv._args.conv_nd import conv_nd_args_from_shapes
 from fastconv.nn import functional as F
 
 from . import reference as ref
+from .conftest import assert_layer_matches_torch
+from .nd_checks import check_backward, check_forward, check_unbatched, nd_arrays, record
 
 ALGOS = ("naive", "im2col", "fft", "auto")
 
@@ -24,19 +25,6 @@ CASES = [
 ]
 
 
-def _arrays(case, dtype=np.float64, seed=0):
-    n, c, size, d, kernel, stride, padding, dilation, groups = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c, *size)).astype(dtype)
-    wt = rng.standard_normal((d, c // groups, *kernel)).astype(dtype)
-    b = rng.standard_normal(d).astype(dtype)
-    return x, wt, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
-
-
-def _record(x, wt, kwargs):
-    return conv_nd_args_from_shapes("ref", x.shape, wt.shape, rank=3, **kwargs)
-
-
 def _tol(dtype, algo):
     return ref.tolerance(dtype, algo if algo != "auto" else "fft")
 
@@ -44,30 +32,18 @@ def _tol(dtype, algo):
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_forward_matches_reference(case, algo):
-    x, wt, b, kwargs = _arrays(case)
-    a = _record(x, wt, kwargs)
-    want = ref.conv_nd(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
-    got = fastconv.conv3d(x, wt, b, **kwargs, algo=algo)
-    assert got.shape == want.shape and got.dtype == np.float64
-    assert ref.rel_error(got, want) < _tol(np.float64, algo)
+    check_forward(fastconv.conv3d, case, algo, _tol(np.float64, algo))
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_backward_matches_reference(case, algo):
-    x, wt, _, kwargs = _arrays(case)
-    a = _record(x, wt, kwargs)
-    gy = np.random.default_rng(1).standard_normal((a.n, a.c_out, *a.out))
-    want = ref.conv_nd_backward(gy, x, wt, a.stride, a.padding, a.dilation, a.groups)
-    got = fastconv.conv3d_backward(gy, x, wt, **kwargs, algo=algo)
-    for g, r in zip(got, want, strict=True):
-        assert g.shape == r.shape and g.dtype == np.float64
-        assert ref.rel_error(g, r) < _tol(np.float64, algo)
+    check_backward(fastconv.conv3d_backward, case, algo, _tol(np.float64, algo))
 
 
 @pytest.mark.parametrize("algo", ("naive", "im2col", "fft"))
 def test_ndhwc_layout_is_the_transposed_problem(algo):
-    x, wt, b, kwargs = _arrays(CASES[1], np.float32)
+    x, wt, b, kwargs = nd_arrays(CASES[1], np.float32)
     want = fastconv.conv3d(x, wt, b, **kwargs, algo=algo)
     xn, wn = x.transpose(0, 2, 3, 4, 1), wt.transpose(2, 3, 4, 1, 0)   # NDHWC, DHWIO
     got = fastconv.conv3d(xn, wn, b, **kwargs, layout="NDHWC", algo=algo)
@@ -84,8 +60,8 @@ def test_ndhwc_layout_is_the_transposed_problem(algo):
 @pytest.mark.parametrize("algo", ("naive", "im2col", "fft"))
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_dtypes(dtype, algo):
-    x, wt, b, kwargs = _arrays(CASES[0], dtype)
-    a = _record(x, wt, kwargs)
+    x, wt, b, kwargs = nd_arrays(CASES[0], dtype)
+    a = record(x, wt, kwargs)
     got = fastconv.conv3d(x, wt, b, **kwargs, algo=algo)
     assert got.dtype == dtype
     want = ref.conv_nd(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
@@ -96,13 +72,13 @@ def test_dtypes(dtype, algo):
 
 
 def test_im2col_tiles_the_batch(monkeypatch):
-    x, wt, b, kwargs = _arrays(CASES[0])
+    x, wt, b, kwargs = nd_arrays(CASES[0])
     want = fastconv.conv3d(x, wt, b, **kwargs, algo="naive")
     gy = np.ones(want.shape)
     grads = fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="naive")
     monkeypatch.setattr(config, "WORKSPACE_BYTES", 1)        # one image per tile
     from fastconv.algos.conv3d import im2col
-    assert im2col.tile_images(_record(x, wt, kwargs)) == 1
+    assert im2col.tile_images(record(x, wt, kwargs)) == 1
     np.testing.assert_allclose(fastconv.conv3d(x, wt, b, **kwargs, algo="im2col"), want)
     for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="im2col"), grads,
                     strict=True):
@@ -110,11 +86,8 @@ def test_im2col_tiles_the_batch(monkeypatch):
 
 
 def test_unbatched_volume_and_empty_batch():
-    x, wt, b, kwargs = _arrays(CASES[0])
-    y = fastconv.conv3d(x[0], wt, b, **kwargs)
-    np.testing.assert_allclose(y, fastconv.conv3d(x, wt, b, **kwargs)[0])
-    gx, gw, gb = fastconv.conv3d_backward(np.ones_like(y), x[0], wt, **kwargs)
-    assert gx.shape == x[0].shape and gw.shape == wt.shape and gb.shape == b.shape
+    check_unbatched(fastconv.conv3d, fastconv.conv3d_backward, CASES[0])
+    x, wt, b, kwargs = nd_arrays(CASES[0])
     empty = fastconv.conv3d(x[:0], wt, b, **kwargs)
     assert empty.shape == (0, 3, 3, 2, 4)
     gx, gw, gb = fastconv.conv3d_backward(empty, x[:0], wt, **kwargs)
@@ -122,7 +95,7 @@ def test_unbatched_volume_and_empty_batch():
 
 
 def test_needs_input_grad_leaves_out_gradients():
-    x, wt, _, kwargs = _arrays(CASES[0])
+    x, wt, _, kwargs = nd_arrays(CASES[0])
     gy = np.ones((2, 3, 3, 2, 4))
     gx, gw, gb = fastconv.conv3d_backward(gy, x, wt, needs_input_grad=(True, False, False))
     assert gw is None and gb is None and gx.shape == x.shape
@@ -214,15 +187,5 @@ def test_torch_forward_backward_and_state_dict():
                          dilation=(1, 1, 2), groups=2).double()
     m = fastconv.nn.Conv3d(4, 2, (2, 3, 3), stride=(1, 2, 1), padding=(1, 0, 2),
                            dilation=(1, 1, 2), groups=2, dtype=np.float64)
-    m.load_state_dict({k: v.detach().numpy() for k, v in tm.state_dict().items()})
     x = np.random.default_rng(0).standard_normal((2, 4, 4, 7, 6))
-    xt = torch.tensor(x, requires_grad=True)
-    yt = tm(xt)
-    yt.square().sum().backward()
-    xf = Tensor(x, requires_grad=True)
-    y = m(xf)
-    (y * y).sum().backward()
-    np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(xf.grad, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
-    np.testing.assert_allclose(m.weight.grad, tm.weight.grad.numpy(), rtol=1e-10)
-    np.testing.assert_allclose(m.bias.grad, tm.bias.grad.numpy(), rtol=1e-10)
+    assert_layer_matches_torch(tm, m, x)

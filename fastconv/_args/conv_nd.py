@@ -26,7 +26,16 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from .. import layout as _layout
-from .checks import _is_int, check_array, check_groups, check_same_dtype, same_padding
+from .checks import (
+    _is_int,
+    check_array,
+    check_channels,
+    check_groups,
+    check_kernel_fits,
+    check_same_dtype,
+    padding_per_axis,
+    same_padding,
+)
 from .conv import conv_output_size
 
 AXIS_NAMES = {1: ("width",), 3: ("depth", "height", "width")}
@@ -126,15 +135,7 @@ def padding_nd(op: str, padding, kernel, dilation, stride) -> tuple[tuple[int, i
         padding = (tuple(padding),)          # conv1d's (low, high)
     if (isinstance(padding, (tuple, list)) and len(padding) == rank
             and all(isinstance(p, (tuple, list)) for p in padding)):
-        out = []
-        for axis, p in zip(AXIS_NAMES[rank], padding, strict=True):
-            if len(p) != 2 or not all(_is_int(v) for v in p):
-                raise ValueError(f"{op}: padding={padding!r}: each axis needs a pair of ints "
-                                 f"(low, high), got {p!r} for {axis}")
-            if p[0] < 0 or p[1] < 0:
-                raise ValueError(f"{op}: padding={padding!r} must be non-negative")
-            out.append((int(p[0]), int(p[1])))
-        return tuple(out)
+        return padding_per_axis(op, padding, AXIS_NAMES[rank])
     return tuple((p, p) for p in tuple_arg(op, "padding", padding, rank, minimum=0))
 
 
@@ -162,20 +163,9 @@ def conv_nd_args_from_shapes(op: str, x_shape, w_shape, *, rank: int, stride=1, 
     if min(kernel) < 1:
         raise ValueError(f"{op}: kernel size must be positive, got "
                          f"{'x'.join(map(str, kernel))}")
-    if c_in % groups:
-        raise ValueError(f"{op}: groups={groups} must divide C_in={c_in}")
-    if c_out % groups:
-        raise ValueError(f"{op}: groups={groups} must divide C_out={c_out}")
-    if c_in_g * groups != c_in:
-        raise ValueError(f"{op}: weight has {c_in_g} input channels per group but input has "
-                         f"C_in={c_in} with groups={groups} (expected {c_in // groups})")
+    check_channels(op, c_in, c_out, c_in_g, groups)
     pad = padding_nd(op, padding, kernel, dilation_, stride_)
-    for axis, s, k, r, p in zip(AXIS_NAMES[rank], size, kernel, dilation_, pad, strict=True):
-        eff = r * (k - 1) + 1
-        if eff > s + p[0] + p[1]:
-            raise ValueError(f"{op}: kernel {axis} {eff} (k={k}, dilation={r}) is larger than "
-                             f"the padded input {axis} {s + p[0] + p[1]} "
-                             f"(size {s} + padding {p[0]}+{p[1]})")
+    check_kernel_fits(op, AXIS_NAMES[rank], size, kernel, dilation_, pad)
     out = tuple(conv_output_size(s, k, st, *p, r)
                 for s, k, st, p, r in zip(size, kernel, stride_, pad, dilation_, strict=True))
     return ConvNdArgs(n, c_in, tuple(size), c_out, tuple(kernel), stride_, dilation_, pad,

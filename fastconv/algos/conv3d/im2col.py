@@ -2,10 +2,12 @@
 
 The columns of an image are (C_in * kd * kh * kw, od * oh * ow): row (c, a, b, e) holds
 x[c, s_d i + r_d a - p_d, s_h j + r_h b - p_h, s_w l + r_w e - p_w] for every output
-position (i, j, l), zero in the padding. The batch is tiled so a tile's columns fit
-``config.WORKSPACE_BYTES`` (one image at least). The backward forms the weight gradient
-as grad_y @ columns^T and the column gradient as w^T @ grad_y, then folds (col2vol) the
-latter back onto the input.
+position (i, j, l), zero in the padding. Which input voxel each (tap, output position)
+reads is one table of flat offsets (:func:`offsets`), shared by the unfold (a gather)
+and the fold (a scatter-add, one task per image and channel). The batch is tiled so a
+tile's columns fit ``config.WORKSPACE_BYTES`` (one image at least). The backward forms
+the weight gradient as grad_y @ columns^T and the column gradient as w^T @ grad_y, then
+folds (col2vol) the latter back onto the input.
 """
 
 from __future__ import annotations
@@ -19,63 +21,56 @@ from ... import config
 
 
 @njit(cache=True)
-def _tap(k, kh, kw):
-    return k // (kh * kw), (k // kw) % kh, k % kw
-
-
-@njit(parallel=True, cache=True)
-def vol2col(x, cols, kernel, stride, pad, dil, out):
-    """Unfold the images ``x`` (nb, C, D, H, W) into ``cols`` (nb, C*K, od*oh*ow)."""
-    nb, c_in, dd, hh, ww = x.shape
+def offsets(size, kernel, stride, pad, dil, out):
+    """(K, od*oh*ow) int64: the flat offset within one input channel's volume that tap k
+    reads for output position p, or -1 where it reads the padding."""
+    dd, hh, ww = size
     kd, kh, kw = kernel
     od, oh, ow = out
-    kk = kd * kh * kw
-    for task in prange(nb * c_in * kk):
-        b = task // (c_in * kk)
-        row = task % (c_in * kk)
-        c = row // kk
-        a, e, f = _tap(row % kk, kh, kw)
+    table = np.empty((kd * kh * kw, od * oh * ow), np.int64)
+    for k in range(kd * kh * kw):
+        a, e, f = k // (kh * kw), (k // kw) % kh, k % kw
         p = 0
         for i in range(od):
             z = i * stride[0] + a * dil[0] - pad[0]
             for j in range(oh):
                 r = j * stride[1] + e * dil[1] - pad[1]
-                inside = 0 <= z < dd and 0 <= r < hh
                 for m in range(ow):
                     q = m * stride[2] + f * dil[2] - pad[2]
-                    if inside and 0 <= q < ww:
-                        cols[b, row, p] = x[b, c, z, r, q]
-                    else:
-                        cols[b, row, p] = 0
+                    inside = 0 <= z < dd and 0 <= r < hh and 0 <= q < ww
+                    table[k, p] = (z * hh + r) * ww + q if inside else -1
                     p += 1
+    return table
 
 
 @njit(parallel=True, cache=True)
-def col2vol(cols, gx, kernel, stride, pad, dil, out):
-    """Fold column gradients ``cols`` (nb, C*K, od*oh*ow) onto ``gx`` (nb, C, D, H, W),
+def vol2col(x, cols, table):
+    """Unfold the images ``x`` (nb, C, D*H*W) into ``cols`` (nb, C*K, od*oh*ow)."""
+    nb, c_in = x.shape[0], x.shape[1]
+    kk, npos = table.shape
+    for task in prange(nb * c_in * kk):
+        b = task // (c_in * kk)
+        row = task % (c_in * kk)
+        c, k = row // kk, row % kk
+        for p in range(npos):
+            o = table[k, p]
+            cols[b, row, p] = x[b, c, o] if o >= 0 else 0
+
+
+@njit(parallel=True, cache=True)
+def col2vol(cols, gx, table):
+    """Fold column gradients ``cols`` (nb, C*K, od*oh*ow) onto ``gx`` (nb, C, D*H*W),
     which it overwrites; one task per (image, channel)."""
-    nb, c_in, dd, hh, ww = gx.shape
-    kd, kh, kw = kernel
-    od, oh, ow = out
-    kk = kd * kh * kw
+    nb, c_in = gx.shape[0], gx.shape[1]
+    kk, npos = table.shape
     for task in prange(nb * c_in):
-        b = task // c_in
-        c = task % c_in
+        b, c = task // c_in, task % c_in
         gx[b, c] = 0
         for k in range(kk):
-            a, e, f = _tap(k, kh, kw)
-            row = c * kk + k
-            p = 0
-            for i in range(od):
-                z = i * stride[0] + a * dil[0] - pad[0]
-                for j in range(oh):
-                    r = j * stride[1] + e * dil[1] - pad[1]
-                    inside = 0 <= z < dd and 0 <= r < hh
-                    for m in range(ow):
-                        q = m * stride[2] + f * dil[2] - pad[2]
-                        if inside and 0 <= q < ww:
-                            gx[b, c, z, r, q] += cols[b, row, p]
-                        p += 1
+            for p in range(npos):
+                o = table[k, p]
+                if o >= 0:
+                    gx[b, c, o] += cols[b, c * kk + k, p]
 
 
 def tile_images(a) -> int:
@@ -84,8 +79,9 @@ def tile_images(a) -> int:
     return max(1, min(a.n, config.WORKSPACE_BYTES // max(per_image, 1)))
 
 
-def _geometry(a):
-    return a.kernel, a.stride, tuple(p[0] for p in a.padding), a.dilation, a.out
+def _table(a):
+    return offsets(a.size, a.kernel, a.stride, tuple(p[0] for p in a.padding), a.dilation,
+                   a.out)
 
 
 def _tiles(a):
@@ -103,12 +99,13 @@ def _group_rows(a, g):
 
 def forward(x, w, a, out) -> None:
     """conv3d of canonical arrays into canonical ``out`` (bias not added)."""
-    geo = _geometry(a)
+    table = _table(a)
     dg = a.c_out // a.groups
     wm = w.reshape(a.c_out, -1)
+    xv = x.reshape(a.n, a.c_in, -1)
     yv = out.reshape(a.n, a.c_out, -1)
     for batch, cols in _tiles(a):
-        vol2col(x[batch], cols, *geo)
+        vol2col(xv[batch], cols, table)
         for g in range(a.groups):
             np.matmul(wm[g * dg:(g + 1) * dg], cols[:, _group_rows(a, g)],
                       out=yv[batch, g * dg:(g + 1) * dg])
@@ -116,9 +113,11 @@ def forward(x, w, a, out) -> None:
 
 def backward(gy, x, w, a, grad_x, grad_w) -> None:
     """Input and weight gradients of canonical arrays (None: not wanted)."""
-    geo = _geometry(a)
+    table = _table(a)
     dg = a.c_out // a.groups
     wm = w.reshape(a.c_out, -1)
+    xv = x.reshape(a.n, a.c_in, -1)
+    gxv = None if grad_x is None else grad_x.reshape(a.n, a.c_in, -1)
     gyv = gy.reshape(a.n, a.c_out, -1)
     gwm = None
     if grad_w is not None:
@@ -127,7 +126,7 @@ def backward(gy, x, w, a, grad_x, grad_w) -> None:
     for batch, cols in _tiles(a):
         gyt = gyv[batch]
         if gwm is not None:
-            vol2col(x[batch], cols, *geo)
+            vol2col(xv[batch], cols, table)
             for g in range(a.groups):
                 part = np.matmul(gyt[:, g * dg:(g + 1) * dg],
                                  cols[:, _group_rows(a, g)].transpose(0, 2, 1))
@@ -136,4 +135,4 @@ def backward(gy, x, w, a, grad_x, grad_w) -> None:
             for g in range(a.groups):
                 np.matmul(wm[g * dg:(g + 1) * dg].T, gyt[:, g * dg:(g + 1) * dg],
                           out=cols[:, _group_rows(a, g)])
-            col2vol(cols, grad_x[batch], *geo)
+            col2vol(cols, gxv[batch], table)

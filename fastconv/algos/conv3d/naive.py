@@ -2,13 +2,17 @@
 
 y[n, d, i, j, l] = sum_{c, a, b, e} w[d, c, a, b, e]
     x[n, gCg + c, s_d i + r_d a - p_d, s_h j + r_h b - p_h, s_w l + r_w e - p_w]
-(zero outside x). One parallel task per (image, output channel) in the forward and the
-weight gradient, per (image, input channel) in the input gradient (a gather: each task
-writes only its own plane, so no two threads write one element). Sums run in float64.
+(zero outside x). One parallel task per (image, output channel) in the forward, per
+(image, input channel) in the input gradient (a gather: each task writes only its own
+volume, so no two threads write one element). The weight gradient is the forward kernel
+itself, per group: grad_w[d, c, a] = sum_{n, i} grad_y[n, d, i] x[n, c, s i + r a - p]
+is a correlation of x (channels as the batch, images as the channels) with grad_y
+(images as the input channels) at stride r and dilation s. Sums run in float64.
 """
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit, prange
 
 
@@ -40,36 +44,6 @@ def forward_kernel(x, w, y, stride, pad, dil, groups):
                                     if 0 <= q < ww:
                                         acc += w[d, c, a, e, f] * x[b, c0 + c, z, r, q]
                     y[b, d, i, j, m] = acc
-
-
-@njit(parallel=True, cache=True)
-def weight_grad_kernel(gy, x, gw, stride, pad, dil, groups):
-    n, c_in, dd, hh, ww = x.shape
-    c_out, cg, kd, kh, kw = gw.shape
-    od, oh, ow = gy.shape[2], gy.shape[3], gy.shape[4]
-    dg = c_out // groups
-    for task in prange(c_out * cg):
-        d = task // cg
-        c = task % cg
-        ch = (d // dg) * cg + c
-        for a in range(kd):
-            for e in range(kh):
-                for f in range(kw):
-                    acc = 0.0
-                    for b in range(n):
-                        for i in range(od):
-                            z = i * stride[0] + a * dil[0] - pad[0]
-                            if z < 0 or z >= dd:
-                                continue
-                            for j in range(oh):
-                                r = j * stride[1] + e * dil[1] - pad[1]
-                                if r < 0 or r >= hh:
-                                    continue
-                                for m in range(ow):
-                                    q = m * stride[2] + f * dil[2] - pad[2]
-                                    if 0 <= q < ww:
-                                        acc += gy[b, d, i, j, m] * x[b, ch, z, r, q]
-                    gw[d, c, a, e, f] = acc
 
 
 @njit(cache=True)
@@ -125,6 +99,12 @@ def backward(gy, x, w, a, grad_x, grad_w) -> None:
     ``grad_w`` (None: not wanted)."""
     pad = tuple(p[0] for p in a.padding)
     if grad_w is not None:
-        weight_grad_kernel(gy, x, grad_w, a.stride, pad, a.dilation, a.groups)
+        cg, dg = a.c_in // a.groups, a.c_out // a.groups
+        for g in range(a.groups):
+            xt = np.ascontiguousarray(x[:, g * cg:(g + 1) * cg].transpose(1, 0, 2, 3, 4))
+            gyt = np.ascontiguousarray(gy[:, g * dg:(g + 1) * dg].transpose(1, 0, 2, 3, 4))
+            gwt = np.empty((cg, dg, *a.kernel), gy.dtype)
+            forward_kernel(xt, gyt, gwt, a.dilation, pad, a.stride, 1)
+            grad_w[g * dg:(g + 1) * dg] = gwt.transpose(1, 0, 2, 3, 4)
     if grad_x is not None:
         input_grad_kernel(gy, w, grad_x, a.stride, pad, a.dilation, a.groups)
