@@ -133,8 +133,16 @@ def _canonical(a, *arrays):
                  for t in arrays)
 
 
-def _pick(a, algo, backward=False) -> str:
-    return _algos.plan_for(a, backward).algorithm if algo == "auto" else algo
+def _pick(a, algo, arrays, backward=False) -> str:
+    """The algorithm to run: ``algo``, or for "auto" the cost model's choice, except that
+    the FFT (which spreads one NaN or Inf over whole volumes) gives way to im2col when an
+    array is not all finite, so the result has the formula's pattern of NaN and Inf."""
+    if algo != "auto":
+        return algo
+    choice = _algos.plan_for(a, backward).algorithm
+    if choice == "fft" and not all(np.isfinite(t).all() for t in arrays):
+        return "im2col"
+    return choice
 
 
 def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCDHW",
@@ -153,9 +161,10 @@ def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
         (stride 1).
     groups : int dividing C_in and C_out.
     layout : "NCDHW" (default) or "NDHWC".
-    algo : "auto" (the cheapest by the cost model, see :func:`conv3d_plan`), "naive"
-        (direct loops), "im2col" (3-D unfold + GEMM, tiled over the batch) or "fft"
-        (pays off for large kernels).
+    algo : "auto" (the cheapest by the cost model, see :func:`conv3d_plan`; the FFT
+        only on finite arrays, im2col otherwise), "naive" (direct loops), "im2col" (3-D
+        unfold + GEMM, tiled over the batch) or "fft" (pays off for large kernels; one
+        NaN or Inf spreads over whole volumes).
 
     Returns
     -------
@@ -184,7 +193,7 @@ def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     if a.n > 0:
         xc, = _canonical(a, x)
         wc = np.ascontiguousarray(a.dims.weight_to_canonical_view(w))
-        _algos.ALGORITHMS[_pick(a, algo)].forward(xc, wc, a, out)
+        _algos.ALGORITHMS[_pick(a, algo, (xc, wc))].forward(xc, wc, a, out)
         if bias is not None:
             out += bias.reshape(-1, 1, 1, 1)
     y = a.dims.from_canonical_view(out)
@@ -231,7 +240,8 @@ def conv3d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     gw = allocate(op, "weight gradient", a.w_shape, a.dtype) if need_w else None
     if a.n > 0 and (need_x or need_w):
         wc = np.ascontiguousarray(a.dims.weight_to_canonical_view(w))
-        _algos.ALGORITHMS[_pick(a, algo, True)].backward(gyc, xc, wc, a, gx, gw)
+        chosen = _pick(a, algo, (gyc, xc, wc), backward=True)
+        _algos.ALGORITHMS[chosen].backward(gyc, xc, wc, a, gx, gw)
     elif need_w:
         gw[...] = 0
     gb = gyc.sum(axis=(0, 2, 3, 4), dtype=np.float64).astype(a.dtype) if need_b else None

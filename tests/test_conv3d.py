@@ -112,6 +112,16 @@ def test_gradcheck_float64(algo):
                      [x, w, b])
 
 
+def test_auto_keeps_the_formulas_nan_pattern_where_it_would_take_the_fft():
+    x = np.ones((1, 1, 20, 20, 20))
+    w = np.ones((1, 1, 9, 9, 9))
+    assert fastconv.conv3d_plan(x.shape, w.shape).algorithm == "fft"
+    x[0, 0, 0, 0, 0] = np.nan
+    y = fastconv.conv3d(x, w)
+    assert np.isnan(y[0, 0, 0, 0, 0]) and np.isfinite(y[0, 0, 1:]).all()
+    assert np.isnan(fastconv.conv3d(x, w, algo="fft")).all()     # what the FFT does
+
+
 def test_plan_explains_and_picks_by_cost():
     small = fastconv.conv3d_plan((4, 16, 32, 32, 32), (32, 16, 3, 3, 3), padding=1)
     assert small.algorithm == "im2col" and small.flops == 2 * 4 * 32 * 32 ** 3 * 16 * 27
