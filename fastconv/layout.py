@@ -5,6 +5,9 @@ channels) and of weights (``"HWIO"``: kernel height and width, input channels pe
 output channels) with one letter each. Every permutation between a layout and the
 canonical one (``"NCHW"`` / ``"OIHW"``, the order the algorithms' records use) is
 derived from those letters by :func:`permutation`; no other module writes one by hand.
+The 1-D (``NCW``/``NWC``, weights ``OIW``/``WIO``) and 3-D (``NCDHW``/``NDHWC``, weights
+``OIDHW``/``DHWIO``) layouts of conv1d and conv3d are records of the same kind, listed
+by spatial rank in :data:`LAYOUTS_BY_RANK`; :data:`LAYOUTS` holds the 2-D ones.
 
 Examples
 --------

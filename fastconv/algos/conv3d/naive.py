@@ -2,12 +2,16 @@
 
 y[n, d, i, j, l] = sum_{c, a, b, e} w[d, c, a, b, e]
     x[n, gCg + c, s_d i + r_d a - p_d, s_h j + r_h b - p_h, s_w l + r_w e - p_w]
-(zero outside x). One parallel task per (image, output channel) in the forward, per
-(image, input channel) in the input gradient (a gather: each task writes only its own
-volume, so no two threads write one element). The weight gradient is the forward kernel
-itself, per group: grad_w[d, c, a] = sum_{n, i} grad_y[n, d, i] x[n, c, s i + r a - p]
-is a correlation of x (channels as the batch, images as the channels) with grad_y
-(images as the input channels) at stride r and dilation s. Sums run in float64.
+(zero outside x): one kernel, one parallel task per (image, output channel), sums in
+float64. Both gradients are that kernel again (one specialisation per dtype):
+
+* grad_w[d, c, a] = sum_{n, i} grad_y[n, d, i] x[n, c, s i + r a - p] is, per group, a
+  correlation of x (channels as the batch, images as the channels) with grad_y (images
+  as the input channels) at stride r and dilation s;
+* grad_x[n, c, z] = sum_{d, a} grad_y[n, d, (z + p - r a) / s] w[d, c, a] (where that
+  divides) is a stride-1 correlation of grad_y spread on the stride grid (zeros between)
+  with the flipped kernel, dilation r and padding r (k - 1) - p (negative: a crop),
+  channels of each group transposed. Each task writes only its own output volume.
 """
 
 from __future__ import annotations
@@ -46,48 +50,6 @@ def forward_kernel(x, w, y, stride, pad, dil, groups):
                     y[b, d, i, j, m] = acc
 
 
-@njit(cache=True)
-def _source(pos, k, stride, dil, pad, n_out):
-    """The output index whose tap ``k`` reads input position ``pos``, or -1."""
-    t = pos + pad - k * dil
-    if t < 0 or t % stride:
-        return -1
-    t //= stride
-    return t if t < n_out else -1
-
-
-@njit(parallel=True, cache=True)
-def input_grad_kernel(gy, w, gx, stride, pad, dil, groups):
-    n, c_in, dd, hh, ww = gx.shape
-    c_out, cg, kd, kh, kw = w.shape
-    od, oh, ow = gy.shape[2], gy.shape[3], gy.shape[4]
-    dg = c_out // groups
-    for task in prange(n * c_in):
-        b = task // c_in
-        ch = task % c_in
-        g = ch // cg
-        c = ch % cg
-        for z in range(dd):
-            for r in range(hh):
-                for q in range(ww):
-                    acc = 0.0
-                    for a in range(kd):
-                        i = _source(z, a, stride[0], dil[0], pad[0], od)
-                        if i < 0:
-                            continue
-                        for e in range(kh):
-                            j = _source(r, e, stride[1], dil[1], pad[1], oh)
-                            if j < 0:
-                                continue
-                            for f in range(kw):
-                                m = _source(q, f, stride[2], dil[2], pad[2], ow)
-                                if m < 0:
-                                    continue
-                                for d in range(g * dg, (g + 1) * dg):
-                                    acc += gy[b, d, i, j, m] * w[d, c, a, e, f]
-                    gx[b, ch, z, r, q] = acc
-
-
 def forward(x, w, a, out) -> None:
     """conv3d of canonical arrays into canonical ``out`` (bias not added)."""
     forward_kernel(x, w, out, a.stride, tuple(p[0] for p in a.padding), a.dilation,
@@ -98,8 +60,8 @@ def backward(gy, x, w, a, grad_x, grad_w) -> None:
     """Input and weight gradients of canonical arrays into canonical ``grad_x`` /
     ``grad_w`` (None: not wanted)."""
     pad = tuple(p[0] for p in a.padding)
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
     if grad_w is not None:
-        cg, dg = a.c_in // a.groups, a.c_out // a.groups
         for g in range(a.groups):
             xt = np.ascontiguousarray(x[:, g * cg:(g + 1) * cg].transpose(1, 0, 2, 3, 4))
             gyt = np.ascontiguousarray(gy[:, g * dg:(g + 1) * dg].transpose(1, 0, 2, 3, 4))
@@ -107,4 +69,12 @@ def backward(gy, x, w, a, grad_x, grad_w) -> None:
             forward_kernel(xt, gyt, gwt, a.dilation, pad, a.stride, 1)
             grad_w[g * dg:(g + 1) * dg] = gwt.transpose(1, 0, 2, 3, 4)
     if grad_x is not None:
-        input_grad_kernel(gy, w, grad_x, a.stride, pad, a.dilation, a.groups)
+        spread = np.zeros(gy.shape[:2] + tuple((o - 1) * s + 1 for o, s in
+                                               zip(a.out, a.stride, strict=True)), gy.dtype)
+        spread[(Ellipsis, *(slice(None, None, s) for s in a.stride))] = gy
+        flipped = w[:, :, ::-1, ::-1, ::-1].reshape(a.groups, dg, cg, *a.kernel)
+        wt = np.ascontiguousarray(flipped.transpose(0, 2, 1, 3, 4, 5)).reshape(
+            a.c_in, dg, *a.kernel)
+        back_pad = tuple(r * (k - 1) - p for r, k, p in zip(a.dilation, a.kernel, pad,
+                                                             strict=True))
+        forward_kernel(spread, wt, grad_x, (1, 1, 1), back_pad, a.dilation, a.groups)
