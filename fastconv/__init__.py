@@ -15,6 +15,8 @@ from .pool import global_avg_pool2d  # noqa: F401
 from .pool import global_avg_pool2d_backward  # noqa: F401
 from .pool import max_pool2d  # noqa: F401
 from .pool import max_pool2d_backward  # noqa: F401
+from .padding import pad, pad_backward  # noqa: F401
+from .fold import fold, unfold  # noqa: F401
 from .autograd import Tensor, gradcheck, manual_seed, no_grad  # noqa: F401
 from . import nn  # noqa: F401
 from . import optim  # noqa: F401

@@ -451,6 +451,8 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
         if bar is not None:
             bar.close()
 
+    if resume is not None:   # a bad file fails now, not after the warm-up's compiles
+        ckpt.read_npz(resume)
     # Untimed: the kernels compile (first use) or load from the cache before the clock
     # and the progress bar's ETA start, so images/s never includes compile time.
     secs = warm_up(net, opt, x_tr[:batch_size], y_tr[:batch_size], x_te[:256])

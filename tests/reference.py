@@ -334,3 +334,102 @@ def conv_nd_backward(gy, x, w, stride=None, padding=None, dilation=None, groups=
     crop = (slice(None), slice(None), *(slice(lo, lo + n) for (lo, _), n
                                         in zip(padding, x.shape[2:], strict=True)))
     return gxp[crop], gw, gy.sum(axis=(0, *range(2, gy.ndim)))
+
+
+# ------------------------------------------------------------------ pad, unfold and fold
+def pad_source(j, n, lo, hi, mode):
+    """The input index that output index j copies along an axis of size n padded by
+    (lo, hi) (negative: cropped), or None for the constant fill. reflect mirrors
+    without repeating the edge, replicate repeats the edge, circular first crops and
+    then wraps the cropped axis."""
+    s = j - lo
+    if mode == "constant":
+        return s if 0 <= s < n else None
+    if mode == "reflect":
+        if s < 0:
+            s = -s
+        if s > n - 1:
+            s = 2 * (n - 1) - s
+        return s
+    if mode == "replicate":
+        return min(max(s, 0), n - 1)
+    first, kept = max(-lo, 0), n - max(-lo, 0) - max(-hi, 0)
+    return first + (j - max(lo, 0)) % kept
+
+
+def _pad_plan(shape, pad):
+    """((axis, lo, hi) per padded axis, output shape) of torch's flat pad tuple."""
+    axes = [(len(shape) - 1 - i, pad[2 * i], pad[2 * i + 1]) for i in range(len(pad) // 2)]
+    out = list(shape)
+    for axis, lo, hi in axes:
+        out[axis] += lo + hi
+    return axes, tuple(out)
+
+
+def _pad_pairs(shape, pad, mode):
+    """(output index, input index or None) for every output element of the pad."""
+    axes, out_shape = _pad_plan(shape, pad)
+    for o in np.ndindex(*out_shape):
+        i = list(o)
+        for axis, lo, hi in axes:
+            i[axis] = pad_source(o[axis], shape[axis], lo, hi, mode)
+        yield o, (None if None in i else tuple(i))
+
+
+def pad(x, pad, mode="constant", value=0.0):
+    """torch.nn.functional.pad, one output element at a time."""
+    _, out_shape = _pad_plan(x.shape, pad)
+    out = np.empty(out_shape, x.dtype)
+    for o, i in _pad_pairs(x.shape, pad, mode):
+        out[o] = value if i is None else x[i]
+    return out
+
+
+def pad_backward(gy, input_shape, pad, mode="constant"):
+    """The gradient of pad's input: each output's gradient added to its source."""
+    gx = np.zeros(input_shape, np.float64)
+    for o, i in _pad_pairs(tuple(input_shape), pad, mode):
+        if i is not None:
+            gx[i] += gy[o]
+    return gx
+
+
+def _blocks(h, w, kernel, dilation, padding, stride):
+    """(block row, block col, tap row, tap col, input row, input col) of every tap of
+    every sliding block, and the block grid (rows, cols)."""
+    (kh, kw), (dh, dw), (ph, pw), (sh, sw) = kernel, dilation, padding, stride
+    rows = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    cols = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    taps = [(r, q, i, j, r * sh + i * dh - ph, q * sw + j * dw - pw)
+            for r in range(rows) for q in range(cols) for i in range(kh) for j in range(kw)]
+    return taps, rows, cols
+
+
+def unfold(x, kernel, dilation=(1, 1), padding=(0, 0), stride=(1, 1)):
+    """torch.nn.functional.unfold of (N, C, H, W): cols[n, c*kh*kw + i*kw + j, r*cols + q]
+    = x[n, c, r*sh + i*dh - ph, q*sw + j*dw - pw], 0 outside."""
+    n, c, h, w = x.shape
+    kh, kw = kernel
+    taps, rows, ncols = _blocks(h, w, kernel, dilation, padding, stride)
+    out = np.zeros((n, c * kh * kw, rows * ncols), x.dtype)
+    for b in range(n):
+        for ch in range(c):
+            for r, q, i, j, y, z in taps:
+                if 0 <= y < h and 0 <= z < w:
+                    out[b, ch * kh * kw + i * kw + j, r * ncols + q] = x[b, ch, y, z]
+    return out
+
+
+def fold(cols, output_size, kernel, dilation=(1, 1), padding=(0, 0), stride=(1, 1)):
+    """torch.nn.functional.fold: every column entry added onto its pixel."""
+    n, ckk, _ = cols.shape
+    kh, kw = kernel
+    h, w = output_size
+    taps, _rows, ncols = _blocks(h, w, kernel, dilation, padding, stride)
+    out = np.zeros((n, ckk // (kh * kw), h, w), np.float64)
+    for b in range(n):
+        for ch in range(ckk // (kh * kw)):
+            for r, q, i, j, y, z in taps:
+                if 0 <= y < h and 0 <= z < w:
+                    out[b, ch, y, z] += cols[b, ch * kh * kw + i * kw + j, r * ncols + q]
+    return out

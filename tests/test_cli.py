@@ -11,7 +11,7 @@ import pytest
 
 import fastconv
 from fastconv import autotune, config, training
-from fastconv.tools import bench, cli
+from fastconv.tools import bench, calibrate, cli
 
 
 @pytest.fixture(autouse=True)
@@ -241,3 +241,15 @@ def test_a_subprocess_gets_one_line_and_status_2():
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1] == (
         "fastconv train: error: argument --lr: must be a positive finite number, got '-5'")
+
+
+@pytest.mark.parametrize("argv", [["bench", "--suite", "quick"], ["calibrate", "--dry-run"]])
+def test_ctrl_c_in_bench_or_calibrate_exits_130_with_one_line(argv, monkeypatch, capsys):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(bench, "environment", interrupted)
+    monkeypatch.setattr(bench, "run", interrupted)
+    monkeypatch.setattr(calibrate, "calibrate", interrupted)
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err == f"fastconv {argv[0]}: interrupted\n"

@@ -1,7 +1,8 @@
 """Layers, containers and losses for training small CNNs (torch.nn's names).
 
 ``fastconv.nn.functional`` holds the differentiable ops (losses in ``nn.losses``, resizing
-in ``nn.interpolate``); ``fastconv.nn.activations`` the activation layers;
+in ``nn.interpolate``, pad / unfold / fold and their layers in ``nn.padfold``);
+``fastconv.nn.activations`` the activation layers;
 ``fastconv.nn.init`` the initialisers; :func:`save` / :func:`load` write and read state
 dicts as .npz.
 """
@@ -28,3 +29,11 @@ from .layers import (  # noqa: F401
 )
 from .losses import BCEWithLogitsLoss, MSELoss, NLLLoss  # noqa: F401
 from .module import Module, Parameter, Sequential, call_unbatched, load, save  # noqa: F401
+from .padfold import (  # noqa: F401
+    ConstantPad2d,
+    Fold,
+    ReflectionPad2d,
+    ReplicationPad2d,
+    Unfold,
+    ZeroPad2d,
+)

@@ -5,8 +5,9 @@ fastconv's kernels for both directions (``fastconv.conv2d`` / ``conv2d_backward`
 ``max_pool2d(return_indices=True)`` / ``max_pool2d_backward``, ``avg_pool2d`` /
 ``avg_pool2d_backward``, ``global_avg_pool2d`` / ``global_avg_pool2d_backward``,
 ``batch_norm(return_stats=True)`` / ``batch_norm_backward``). Inputs may be Tensors or
-ndarrays; results are Tensors. The losses live in ``fastconv.nn.losses`` and resizing in
-``fastconv.nn.interpolate``; both are re-exported here.
+ndarrays; results are Tensors. The losses live in ``fastconv.nn.losses``, resizing in
+``fastconv.nn.interpolate`` and pad / unfold / fold in ``fastconv.nn.padfold``; all are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from .losses import (  # noqa: F401
     mse_loss,
     nll_loss,
 )
+from .padfold import fold, pad, unfold  # noqa: F401
 
 
 def _tensor(x) -> Tensor:

@@ -16,6 +16,7 @@ from ..layout import get as get_layout
 from . import functional as F
 from . import init
 from .module import Module, Parameter, Sequential, call_unbatched
+from .padfold import check_padding_mode, padded_input
 
 
 class _WeightAndBias(Module):
@@ -59,14 +60,19 @@ class Conv2d(_WeightAndBias):
 
     Initialised as torch: weight kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)),
     bias U(+-1/sqrt(fan_in)), fan_in = in/groups * kh * kw.
+
+    ``padding_mode``: "zeros" (the convolution's own zero padding), or "reflect",
+    "replicate", "circular": the input is first padded by ``padding`` in that mode
+    (:func:`fastconv.nn.functional.pad`'s rules) and convolved without padding, as torch.
     """
 
     takes_images = True  # a 3-D input is one unbatched image
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
-                 padding=0, dilation=1, groups: int = 1, bias: bool = True, *, rng=None,
-                 dtype=np.float32):
+                 padding=0, dilation=1, groups: int = 1, bias: bool = True,
+                 padding_mode: str = "zeros", *, rng=None, dtype=np.float32):
         super().__init__()
+        self.padding_mode = check_padding_mode("Conv2d", padding_mode)
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
                              f"and out_channels={out_channels}")
@@ -80,7 +86,10 @@ class Conv2d(_WeightAndBias):
                               bias, dtype, rng)
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+        x, padding = padded_input(x, self.padding_mode, self.padding, 2,
+                                  kernel_size=self.kernel_size, dilation=self.dilation,
+                                  op="Conv2d")
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
                         self.groups)
 
     def extra_repr(self) -> str:
@@ -92,6 +101,8 @@ class Conv2d(_WeightAndBias):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
         return s + ("" if self.bias is not None else ", bias=False")
 
 

@@ -292,6 +292,10 @@ def main(argv=None) -> int:
     except CliError as e:
         print(f"fastconv {args.command}: {e.message}", file=sys.stderr)
         return e.status
+    except KeyboardInterrupt:   # Ctrl-C in bench, calibrate or warmup: one line, no trace
+        print(f"fastconv {args.command}: interrupted",
+              file=sys.stderr)
+        return 130
 
 
 def _check_outputs(args) -> None:

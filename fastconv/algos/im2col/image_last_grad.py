@@ -101,6 +101,20 @@ def _tap_sums(acc, b, rows, nd, xs, j_lo, j_hi, x_first, x_step, nb):
                 acc[k, b] += _dot1(rows[k], g0, xs, x0, n, zero)
 
 
+@njit(inline="always")
+def _segment(seg, n, tap, lo, hi, off, step):
+    """Append the run (tap, lo, hi, off, step) to ``seg`` when it is not empty; returns
+    the new count."""
+    if hi <= lo:
+        return n
+    seg[n, 0] = tap
+    seg[n, 1] = lo
+    seg[n, 2] = hi
+    seg[n, 3] = off
+    seg[n, 4] = step
+    return n + 1
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _grad_w_image_last(gt, xt, gw, sh, sw, pt, pl, rh, rw):
     """gw (D, Cg, KH, KW) float64 += grad_w of one tile: gt (D, Ho, Wo, B), xt (C, H, W, B).
@@ -120,6 +134,7 @@ def _grad_w_image_last(gt, xt, gw, sh, sw, pt, pl, rh, rw):
         nd = min(_DB, (c // cg + 1) * dg - d0)
         zero = gt.dtype.type(0)
         acc = np.zeros((_DB, kw), np.float64)
+        seg = np.empty((4, 5), np.int64)
         i_lo, i_hi = valid_range(ho, a * rh - pt, sh, h)
         for i in range(i_lo, i_hi):
             xs = xf[c, i * sh + a * rh - pt]
@@ -127,29 +142,35 @@ def _grad_w_image_last(gt, xt, gw, sh, sw, pt, pl, rh, rw):
                     gf[d0 + min(3, nd - 1), i])
             b = 0
             while b < kw:
+                # the runs of this tap (or pair of taps) go to ``seg`` rows (tap, lo, hi,
+                # x offset, x step) and are summed at one call site below: one inlined
+                # copy of the run loops keeps the compile short
                 off = b * rw - pl
                 lo0, hi0 = valid_range(wo, off, sw, wd)
                 if sw != 1 or b + 1 == kw or nd != _DB:
-                    _tap_sums(acc, b, rows, nd, xs, lo0, hi0, off, sw, nb)
+                    n_seg = _segment(seg, 0, b, lo0, hi0, off, sw)
                     b += 1
-                    continue
-                # taps b and b + 1 together over the columns valid for both
-                off1 = off + rw
-                lo1, hi1 = valid_range(wo, off1, 1, wd)
-                lo, hi = max(lo0, lo1), min(hi0, hi1)
-                if lo < hi:
-                    s = _dot4x2(rows, U(lo * nb), xs, U((lo + off) * nb),
-                                U((lo + off1) * nb), U((hi - lo) * nb), zero)
-                    for k in range(_DB):
-                        acc[k, b] += s[k]
-                        acc[k, b + 1] += s[_DB + k]
-                    for tap, tlo, thi, toff in ((b, lo0, hi0, off), (b + 1, lo1, hi1, off1)):
-                        _tap_sums(acc, tap, rows, nd, xs, tlo, min(lo, thi), toff, 1, nb)
-                        _tap_sums(acc, tap, rows, nd, xs, max(hi, tlo), thi, toff, 1, nb)
-                else:
-                    _tap_sums(acc, b, rows, nd, xs, lo0, hi0, off, 1, nb)
-                    _tap_sums(acc, b + 1, rows, nd, xs, lo1, hi1, off1, 1, nb)
-                b += 2
+                else:   # taps b and b + 1 together over the columns valid for both
+                    off1 = off + rw
+                    lo1, hi1 = valid_range(wo, off1, 1, wd)
+                    lo, hi = max(lo0, lo1), min(hi0, hi1)
+                    if lo < hi:
+                        s = _dot4x2(rows, U(lo * nb), xs, U((lo + off) * nb),
+                                    U((lo + off1) * nb), U((hi - lo) * nb), zero)
+                        for k in range(_DB):
+                            acc[k, b] += s[k]
+                            acc[k, b + 1] += s[_DB + k]
+                        n_seg = _segment(seg, 0, b, lo0, min(lo, hi0), off, 1)
+                        n_seg = _segment(seg, n_seg, b, max(hi, lo0), hi0, off, 1)
+                        n_seg = _segment(seg, n_seg, b + 1, lo1, min(lo, hi1), off1, 1)
+                        n_seg = _segment(seg, n_seg, b + 1, max(hi, lo1), hi1, off1, 1)
+                    else:
+                        n_seg = _segment(seg, 0, b, lo0, hi0, off, 1)
+                        n_seg = _segment(seg, n_seg, b + 1, lo1, hi1, off1, 1)
+                    b += 2
+                for q in range(n_seg):
+                    _tap_sums(acc, seg[q, 0], rows, nd, xs, seg[q, 1], seg[q, 2],
+                              seg[q, 3], seg[q, 4], nb)
         for k in range(nd):
             for b in range(kw):
                 gw[d0 + k, c % cg, a, b] += acc[k, b]
@@ -235,10 +256,9 @@ def _grad_x_image_last(gt, w, gxt, sh, sw, pt, pl, rh, rw):
                     j_lo, j_hi = valid_range(wo, off, sw, wd)
                     if j_hi <= j_lo:
                         continue
-                    if sw == 1:
-                        _axpy_run(la, lb, two, wa, wb, rows, nd, U(j_lo * nb),
-                                  U((j_lo + off) * nb), U((j_hi - j_lo) * nb))
-                    else:
-                        for j in range(j_lo, j_hi):
-                            _axpy_run(la, lb, two, wa, wb, rows, nd, U(j * nb),
-                                      U((j * sw + off) * nb), U(nb))
+                    # one run of all the columns when sw == 1, else a run of B per
+                    # column (one call site: one inlined copy of the run loops)
+                    runs, n = (1, (j_hi - j_lo) * nb) if sw == 1 else (j_hi - j_lo, nb)
+                    for j in range(j_lo, j_lo + runs):
+                        _axpy_run(la, lb, two, wa, wb, rows, nd, U(j * nb),
+                                  U((j * sw + off) * nb), U(n))
