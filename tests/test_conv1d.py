@@ -152,9 +152,9 @@ def test_module_shapes_init_and_repr():
                        "groups=2)")
     y = m(np.ones((3, 4, 20), np.float32))
     assert y.shape == (3, 6, 10)
-    with pytest.raises(ValueError, match=r"Conv1d: padding_mode='reflect' is not supported; "
-                                         r"acceptable modes are 'zeros'"):
-        fastconv.nn.Conv1d(4, 6, 3, padding_mode="reflect")
+    with pytest.raises(ValueError, match=r"Conv1d: padding_mode='mirror' is not known; "
+                                         r"acceptable values are 'zeros', 'reflect'"):
+        fastconv.nn.Conv1d(4, 6, 3, padding_mode="mirror")
 
 
 def test_torch_forward_backward_and_state_dict():
@@ -164,3 +164,12 @@ def test_torch_forward_backward_and_state_dict():
                            dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((2, 4, 17))
     assert_layer_matches_torch(tm, m, x)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_match_torch(mode):
+    torch = pytest.importorskip("torch")
+    tm = torch.nn.Conv1d(2, 3, 3, padding=2, padding_mode=mode).double()
+    m = fastconv.nn.Conv1d(2, 3, 3, padding=2, padding_mode=mode, dtype=np.float64)
+    assert repr(m).endswith(f"padding=(2,), padding_mode={mode})")
+    assert_layer_matches_torch(tm, m, np.random.default_rng(0).standard_normal((2, 2, 9)))

@@ -199,3 +199,13 @@ def test_torch_forward_backward_and_state_dict():
                            dilation=(1, 1, 2), groups=2, dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((2, 4, 4, 7, 6))
     assert_layer_matches_torch(tm, m, x)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+def test_padding_modes_match_torch(mode):
+    torch = pytest.importorskip("torch")
+    tm = torch.nn.Conv3d(2, 2, (3, 2, 3), padding=(1, 1, 2), padding_mode=mode).double()
+    m = fastconv.nn.Conv3d(2, 2, (3, 2, 3), padding=(1, 1, 2), padding_mode=mode,
+                           dtype=np.float64)
+    x = np.random.default_rng(0).standard_normal((1, 2, 4, 3, 5))
+    assert_layer_matches_torch(tm, m, x)

@@ -3,6 +3,9 @@
 Weights are OIW (out, in/groups, k) and OIDHW (out, in/groups, kd, kh, kw), as torch's,
 so torch state dicts load as they are; bias (out,). Initialised as torch's: weight
 kaiming_uniform(a=sqrt(5)), bias U(+-1/sqrt(fan_in)), fan_in = in/groups * kernel volume.
+``padding_mode``: "zeros" (the convolution's own zero padding), or "reflect",
+"replicate", "circular": the input is first padded by ``padding`` in that mode
+(:func:`fastconv.nn.padfold.padded_input`) and convolved without padding, as torch.
 """
 
 from __future__ import annotations
@@ -12,8 +15,7 @@ import numpy as np
 from .._args.conv_nd import padding_nd, tuple_arg
 from . import _conv_nd_ops as ops
 from .layers import _WeightAndBias
-
-PADDING_MODES = ("zeros",)
+from .padfold import check_padding_mode, padded_input
 
 
 class _ConvNd(_WeightAndBias):
@@ -28,11 +30,8 @@ class _ConvNd(_WeightAndBias):
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{name}: groups={groups} must divide in_channels={in_channels} "
                              f"and out_channels={out_channels}")
-        if padding_mode not in PADDING_MODES:
-            raise ValueError(f"{name}: padding_mode={padding_mode!r} is not supported; "
-                             f"acceptable modes are {', '.join(map(repr, PADDING_MODES))}")
+        self.padding_mode = check_padding_mode(name, padding_mode)
         self.in_channels, self.out_channels, self.groups = in_channels, out_channels, groups
-        self.padding_mode = padding_mode
         self.kernel_size = tuple_arg(name, "kernel_size", kernel_size, self.rank, minimum=1)
         self.stride = tuple_arg(name, "stride", stride, self.rank, minimum=1)
         self.dilation = tuple_arg(name, "dilation", dilation, self.rank, minimum=1)
@@ -47,7 +46,11 @@ class _ConvNd(_WeightAndBias):
                               bias, dtype, rng)
 
     def forward(self, x):
-        return self.op(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+        x, padding = padded_input(x, self.padding_mode, self.padding, self.rank,
+                                  "NCW" if self.rank == 1 else "NCDHW",
+                                  kernel_size=self.kernel_size, dilation=self.dilation,
+                                  op=type(self).__name__)
+        return self.op(x, self.weight, self.bias, self.stride, padding, self.dilation,
                        self.groups)
 
     def extra_repr(self) -> str:
@@ -59,6 +62,8 @@ class _ConvNd(_WeightAndBias):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
+        if self.padding_mode != "zeros":
+            s += f", padding_mode={self.padding_mode}"
         return s + ("" if self.bias is not None else ", bias=False")
 
 
