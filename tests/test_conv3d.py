@@ -209,3 +209,10 @@ def test_padding_modes_match_torch(mode):
                            dtype=np.float64)
     x = np.random.default_rng(0).standard_normal((1, 2, 4, 3, 5))
     assert_layer_matches_torch(tm, m, x)
+
+
+def test_warmup_compiles_every_conv3d_algorithm():
+    from fastconv.algos import conv3d as algos3d
+    from fastconv.tools import warmup
+
+    assert warmup.CONV3D_ALGOS == tuple(algos3d.ALGORITHMS)
