@@ -31,14 +31,16 @@ $(VENV)/.stamp-dev: pyproject.toml | $(PY)
 	touch $@
 
 # Two pytest processes: the CPU suite with every docstring example of the package
-# (doctest), the wheel install (tests/test_install.py) and the docs build with warnings as
-# errors (tests/test_docs.py, the docs extra), then the CUDA kernels under numba's CUDA simulator (NUMBA_ENABLE_CUDASIM
-# must be set before numba is imported). Both always run; either failing fails the target. The simulator needs numba.cuda: numba's built-in module, or
-# NVIDIA's numba-cuda, installed here only when numba has no cuda module of its own.
+# (doctest), the wheel install (tests/test_install.py), the docs build with warnings as
+# errors (tests/test_docs.py, the docs extra) and every CUDA kernel compiled to PTX for
+# real GPUs (tests/test_cuda_ptx.py: FASTCONV_REQUIRE_PTX=1 makes a missing compiler a
+# failure, not a skip), then the CUDA kernels under numba-cuda's simulator
+# (NUMBA_ENABLE_CUDASIM must be set before numba is imported). The test extra installs
+# numba-cuda[cu12] (the toolchain and its libraries; no GPU needed). Both always run;
+# either failing fails the target.
 test: $(VENV)/.stamp-test
-	@$(PY) -c "import numba.cuda" 2>/dev/null || $(PY) -m pip install -q "numba-cuda>=0.20.1"
 	@status=0; \
-	$(PY) -m pytest tests fastconv --doctest-modules --ignore=tests/cuda $(PYTEST_ARGS) || status=$$?; \
+	FASTCONV_REQUIRE_PTX=1 $(PY) -m pytest tests fastconv --doctest-modules --ignore=tests/cuda $(PYTEST_ARGS) || status=$$?; \
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/cuda $(PYTEST_ARGS) || status=$$?; \
 	exit $$status
 

@@ -176,7 +176,9 @@ def choose_algorithm_for(a, backward: bool = False) -> str:
     return plan_for(a, backward=backward).algorithm
 
 
-def _problem(op, x_shape, w_shape, stride, padding, dilation, groups, layout, dtype):
+def plan_dtype(op: str, dtype) -> np.dtype:
+    """A planner's ``dtype`` argument as a numpy dtype (float32 or float64; TypeError
+    naming the op otherwise)."""
     try:
         dt = np.dtype(dtype)
     except TypeError:
@@ -185,8 +187,12 @@ def _problem(op, x_shape, w_shape, stride, padding, dilation, groups, layout, dt
     if dt not in _args.DTYPES:
         raise TypeError(f"{op}: dtype={dt} is not supported; accepted dtypes are float32 "
                         "and float64")
+    return dt
+
+
+def _problem(op, x_shape, w_shape, stride, padding, dilation, groups, layout, dtype):
     a = _args.conv_args_from_shapes(op, x_shape, w_shape, stride, padding, dilation, groups,
-                                    layout, dt)
+                                    layout, plan_dtype(op, dtype))
     if a.n == 0:
         raise ValueError(f"{op}: the batch is empty (N=0); there is nothing to plan")
     return a

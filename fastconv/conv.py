@@ -217,13 +217,11 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     array([4.])
     """
     op = "conv2d_backward"
-    need_x, need_w, need_b = _check_needs_input_grad(op, needs_input_grad)
+    need_x, need_w, need_b = _args.check_needs_input_grad(op, needs_input_grad)
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
-        grads = gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout,
-                    algo=algo)
-        return tuple(g if need else None
-                     for g, need in zip(grads, (need_x, need_w, need_b), strict=True))
+        return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo,
+                   needs_input_grad=(need_x, need_w, need_b))
     x = _args.check_array(op, "input", x, half=True)
     if x.ndim == 2:
         return _conv_plane_backward(grad_y, x, w, (stride, padding, dilation, groups),
@@ -255,15 +253,3 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     if args.unbatched and need_x:
         grad_x = grad_x[0]
     return _args.narrow((grad_x, grad_w, grad_bias)) if half else (grad_x, grad_w, grad_bias)
-
-
-def _check_needs_input_grad(op: str, needs) -> tuple[bool, bool, bool]:
-    try:
-        flags = tuple(needs)
-    except TypeError:
-        flags = None
-    if (flags is None or len(flags) != 3
-            or not all(isinstance(f, (bool, np.bool_)) for f in flags)):
-        raise TypeError(f"{op}: needs_input_grad={needs!r} must be three bools (grad_x, "
-                        "grad_w, grad_bias)")
-    return bool(flags[0]), bool(flags[1]), bool(flags[2])

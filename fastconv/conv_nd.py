@@ -19,7 +19,6 @@ from ._args.conv_nd import check_grad_y, conv_nd_args_from_shapes, conv_nd_array
 from ._memory import allocate
 from .algos import conv3d as _algos
 from .algos import registry
-from .conv import _check_needs_input_grad
 from .layout import LAYOUTS
 
 #: the 2-D layout each 1-D layout runs in
@@ -99,7 +98,7 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     (array([[[1., 2., 3., 2., 1.]]]), array([[[3., 6., 9.]]]), array([3.]))
     """
     op = "conv1d_backward"
-    needs = _check_needs_input_grad(op, needs_input_grad)
+    needs = _args.check_needs_input_grad(op, needs_input_grad)
     x4, w4, _, args, lay2, window = _as_2d(op, x, w, None, stride, padding, dilation,
                                            groups, layout, algo)
     grad_y = check_grad_y(op, grad_y, args)
@@ -226,7 +225,7 @@ def conv3d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
            [8., 8.]]), array([8.]))
     """
     op = "conv3d_backward"
-    need_x, need_w, need_b = _check_needs_input_grad(op, needs_input_grad)
+    need_x, need_w, need_b = _args.check_needs_input_grad(op, needs_input_grad)
     _check_algo(op, algo)
     x, w, _, a = conv_nd_arrays(op, x, w, None, stride, padding, dilation, groups, layout,
                                 rank=3)

@@ -15,11 +15,22 @@ True
 Traceback (most recent call last):
 ...
 ValueError: conv2d: device='tpu' is not supported; acceptable devices are 'cpu', 'cuda'
+
+Arrays move between the host and the GPU with :func:`move` (the autograd ``Tensor.to``
+and ``Module.to`` use it); :func:`array_device` says where an array lives:
+
+>>> import numpy as np
+>>> a = np.ones(3)
+>>> devices.array_device(a), devices.move("Tensor.to", a, "cpu") is a
+('cpu', True)
 """
 
 from __future__ import annotations
 
+import numpy as np
+
 from ._args import check_device
+from .cuda._device import is_device as is_device_array  # (imports no numba.cuda)
 
 
 def gpu_op(op: str, device):
@@ -31,3 +42,26 @@ def gpu_op(op: str, device):
     from . import cuda
 
     return getattr(cuda, op)
+
+
+def array_device(a) -> str:
+    """"cuda" for a GPU array (a numba device array or anything exposing
+    ``__cuda_array_interface__``), else "cpu"."""
+    return "cuda" if is_device_array(a) else "cpu"
+
+
+def move(op: str, a, device):
+    """``a`` on ``device`` ("cpu" or "cuda"): ``a`` itself when it is there already, else
+    a copy: a numba device array (contiguous) for "cuda", a numpy array for "cpu".
+
+    ValueError naming ``op`` for another device; ``fastconv.cuda.CudaUnavailableError``
+    (naming ``op``, why and the fix) when "cuda" is asked for without a usable GPU."""
+    device = check_device(op, device)
+    if array_device(a) == device:
+        return a
+    from .cuda import _device
+
+    cuda = _device.require(op)
+    if device == "cpu":
+        return _device.as_device_array(cuda, a).copy_to_host()
+    return cuda.to_device(np.ascontiguousarray(a))

@@ -57,6 +57,64 @@ def tolerance(dtype, algo) -> float:
     return 1e-3 if algo == "fft" else 1e-4
 
 
+def conv_transpose2d(x, w, bias=None, stride=(1, 1), padding=(0, 0),
+                     output_padding=(0, 0), groups=1, dilation=(1, 1)):
+    """Y[n, g*Dg + d, s_h i + r_h a - p_h, s_w j + r_w b - p_w] += X[n, g*Cg + c, i, j]
+    W[g*Cg + c, d, a, b]: every input pixel scatters its kernel-weighted copy, positions
+    outside [0, H_out) x [0, W_out) dropped; H_out = (H-1) s_h - 2 p_h + r_h (kh-1) +
+    output_padding_h + 1. W is (C_in, C_out/groups, kh, kw)."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    n, c_in, h, wd = x.shape
+    _, dg, kh, kw = w.shape
+    cg = c_in // groups
+    (sh, sw), (ph, pw), (oh, ow), (rh, rw) = stride, padding, output_padding, dilation
+    ho = (h - 1) * sh - 2 * ph + rh * (kh - 1) + oh + 1
+    wo = (wd - 1) * sw - 2 * pw + rw * (kw - 1) + ow + 1
+    y = np.zeros((n, dg * groups, ho, wo))
+    for c in range(c_in):
+        g = c // cg
+        for i in range(h):
+            for j in range(wd):
+                for a in range(kh):
+                    for b in range(kw):
+                        oi, oj = sh * i + rh * a - ph, sw * j + rw * b - pw
+                        if 0 <= oi < ho and 0 <= oj < wo:
+                            y[:, g * dg:(g + 1) * dg, oi, oj] += x[:, c, i, j, None] * w[c, :, a, b]
+    if bias is not None:
+        y += np.asarray(bias, np.float64)[None, :, None, None]
+    return y
+
+
+def conv_transpose2d_backward(gy, x, w, stride=(1, 1), padding=(0, 0),
+                              output_padding=(0, 0), groups=1, dilation=(1, 1)):
+    """The adjoint of :func:`conv_transpose2d` term by term: each product
+    X[n, c, i, j] W[c, d, a, b] added to Y[n, gDg + d, oi, oj] (oi = s_h i + r_h a - p_h,
+    inside the output) sends gy[n, gDg + d, oi, oj] W[c, d, a, b] to X and
+    gy[n, gDg + d, oi, oj] X[n, c, i, j] to W. Returns (gx, gw, gb)."""
+    gy = np.asarray(gy, np.float64)
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    _, c_in, h, wd = x.shape
+    _, dg, kh, kw = w.shape
+    cg = c_in // groups
+    (sh, sw), (ph, pw), (rh, rw) = stride, padding, dilation
+    ho, wo = gy.shape[2:]
+    gx, gw = np.zeros_like(x), np.zeros_like(w)
+    for c in range(c_in):
+        out = slice((c // cg) * dg, (c // cg + 1) * dg)
+        for i in range(h):
+            for j in range(wd):
+                for a in range(kh):
+                    for b in range(kw):
+                        oi, oj = sh * i + rh * a - ph, sw * j + rw * b - pw
+                        if 0 <= oi < ho and 0 <= oj < wo:
+                            g = gy[:, out, oi, oj]                      # (n, dg)
+                            gx[:, c, i, j] += g @ w[c, :, a, b]
+                            gw[c, :, a, b] += x[:, c, i, j] @ g
+    return gx, gw, gy.sum(axis=(0, 2, 3))
+
+
 # ------------------------------------------------------------------------ conv backward
 def conv2d_backward(gy, x, w, stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1),
                     groups=1):

@@ -226,3 +226,29 @@ def test_bench_nd_checks_against_torch():
     assert [r["pass"] for r in rows] == ["forward", "forward+backward"]
     assert all(r["fastconv"] > 0 and r["torch"] > 0 for r in rows)
     assert "torch/fastconv" in nd.format_rows(rows)
+
+
+def test_transposed_layer_runs_conv_transpose2d_beside_torch():
+    """The decoder's layer kind: fastconv's runner computes conv_transpose2d (the scatter
+    reference), its output shape is the transposed one, and a run reports what auto ran."""
+    from . import reference as ref
+
+    shape = next(s for s in bench.TINY_SUITE if s.transposed)
+    x, w = shape.arrays(np.float64)
+    got = runner._fastconv_runner(shape, "im2col", x, w, False)()
+    want = ref.conv_transpose2d(x, w, stride=(2, 2), padding=(1, 1))
+    assert got.shape == shape.y_shape(np.float64) == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    assert bench.SUITES["decoder"][0].out_hw() == (56, 56)
+    extras = ("torch",) if runner._torch() is not None else ()
+    rep = bench.run([shape], ("winograd", "im2col", "auto"), suite="t", extras=extras,
+                    repeats=1, backward=True)
+    algos = sorted(r.algo for r in rep.results)
+    assert algos == sorted(("im2col", "auto") + extras)       # Winograd: 4x4 stride 2
+    assert next(r.chosen for r in rep.results if r.algo == "auto") in autotune.ALGORITHMS
+    assert rep.shapes["t/tiny_convT"]["op"] == "conv_transpose2d"
+
+
+def test_bench_cuda_refuses_a_suite_of_transposed_layers_only(capsys):
+    assert cli.main(["bench", "--suite", "decoder", "--device", "cuda"]) == 2
+    assert "--device cuda times conv2d only" in capsys.readouterr().err

@@ -80,3 +80,66 @@ def test_public_device_keyword_is_checked():
     with pytest.raises(ValueError, match=r"conv2d: device='gpu' is not supported; acceptable "
                                          r"devices are 'cpu', 'cuda'"):
         fastconv.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)), device="gpu")
+
+
+def test_numba_builtin_cuda_target_is_refused(monkeypatch):
+    """numba's deprecated built-in numba.cuda (implementation "Built-in") is not used:
+    numba-cuda is the one supported toolchain."""
+    import types
+
+    import numba
+
+    builtin = types.ModuleType("numba.cuda")
+    builtin.implementation = "Built-in"
+    monkeypatch.setattr(numba, "cuda", builtin, raising=False)
+    monkeypatch.setitem(sys.modules, "numba.cuda", builtin)
+    reason = _device.unavailable_reason()
+    assert "numba-cuda is not installed" in reason and "deprecated built-in" in reason
+    with pytest.raises(fcuda.CudaUnavailableError,
+                       match=r"max_pool2d: device='cuda' is unavailable: numba-cuda is not "
+                             r"installed \(numba.cuda is numba's deprecated built-in CUDA "
+                             r"target.*numba-cuda\[cu12\]"):
+        fcuda.max_pool2d(np.ones((1, 1, 3, 3)), 2)
+
+
+def test_numba_cuda_is_the_installed_toolchain():
+    """With numba-cuda installed (the cuda and test extras), numba.cuda is NVIDIA's."""
+    cuda, reason = _device._import_cuda()
+    if cuda is None:
+        pytest.skip(reason)
+    assert cuda.implementation == "NVIDIA" and "numba_cuda" in cuda.__file__
+
+
+def test_tensor_and_module_to(monkeypatch):
+    """.to on the host: "cpu" is a no-op, another name a ValueError, "cuda" without a GPU
+    the unavailable error naming the method; dtype names still cast."""
+    from fastconv import nn
+    from fastconv.autograd import Tensor
+
+    t = Tensor(np.ones(2, np.float32), requires_grad=True)
+    assert t.to("cpu") is t and t.cpu() is t and t.device == "cpu"
+    with pytest.raises(ValueError, match=r"Tensor.to: device='gpu' is not supported; "
+                                         r"acceptable devices are 'cpu', 'cuda'"):
+        t.to("gpu")
+    layer = nn.Linear(2, 3)
+    with pytest.raises(ValueError, match=r"Module.to: device='tpu' is not supported"):
+        layer.to("tpu")
+    assert layer.to("float64").weight.dtype == np.float64
+    assert layer.to("cpu").weight.device == "cpu"
+    if NO_GPU:
+        with pytest.raises(fcuda.CudaUnavailableError,
+                           match=r"Tensor.to: device='cuda' is unavailable"):
+            t.to("cuda")
+        with pytest.raises(fcuda.CudaUnavailableError,
+                           match=r"Module.to: device='cuda' is unavailable"):
+            layer.to("cuda")
+
+
+def test_info_reports_cuda_through_numba_cuda(monkeypatch):
+    from fastconv.tools import info
+
+    monkeypatch.setattr(_device, "unavailable_reason", lambda: "no CUDA driver found (x)")
+    assert info.cuda_status() == "unavailable (no CUDA driver found (x))"
+    monkeypatch.setattr(_device, "unavailable_reason", lambda: None)
+    monkeypatch.setattr(_device, "simulated", lambda: True)
+    assert info.cuda_status() == "available (numba-cuda's simulator: NUMBA_ENABLE_CUDASIM=1)"

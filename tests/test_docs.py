@@ -50,10 +50,12 @@ def test_api_reference_documents_each_public_module(site, module):
 def test_api_reference_documents_the_main_functions(site):
     html, _proc = site
     text = (html / "api" / "fastconv.html").read_text()
-    for name in ("conv2d", "conv2d_backward", "plan", "max_pool2d", "batch_norm", "Tensor"):
+    for name in ("conv2d", "conv2d_backward", "conv_transpose2d", "plan_conv_transpose2d",
+                 "plan", "max_pool2d", "batch_norm", "Tensor"):
         assert f'id="fastconv.{name}"' in text, name
     nn = (html / "api" / "fastconv.nn.html").read_text()
-    for name in ("Conv2d", "Module", "BatchNorm2d", "CrossEntropyLoss", "functional.conv2d"):
+    for name in ("Conv2d", "ConvTranspose2d", "Module", "BatchNorm2d", "CrossEntropyLoss",
+                 "functional.conv2d", "functional.conv_transpose2d"):
         assert f'id="fastconv.nn.{name}"' in nn, name
 
 

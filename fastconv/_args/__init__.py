@@ -19,6 +19,7 @@ from .checks import (  # noqa: F401
     check_flag,
     check_groups,
     check_layout,
+    check_needs_input_grad,
     check_same_dtype,
     layout_hint,
     looks_channels_last,
@@ -49,4 +50,9 @@ from .pool import (  # noqa: F401
     max_unpool_inputs,
     pool_args,
     pool_output_size,
+)
+from .transpose import (  # noqa: F401
+    TransposeArgs,
+    transpose_args_from_shapes,
+    transpose_output_size,
 )

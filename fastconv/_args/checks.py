@@ -269,3 +269,16 @@ def check_groups(op: str, groups) -> int:
     if groups < 1:
         raise ValueError(f"{op}: groups={groups} must be positive")
     return int(groups)
+
+
+def check_needs_input_grad(op: str, needs) -> tuple[bool, bool, bool]:
+    """conv2d_backward's ``needs_input_grad``: three bools (grad_x, grad_w, grad_bias)."""
+    try:
+        flags = tuple(needs)
+    except TypeError:
+        flags = None
+    if (flags is None or len(flags) != 3
+            or not all(isinstance(f, (bool, np.bool_)) for f in flags)):
+        raise TypeError(f"{op}: needs_input_grad={needs!r} must be three bools (grad_x, "
+                        "grad_w, grad_bias)")
+    return bool(flags[0]), bool(flags[1]), bool(flags[2])

@@ -16,7 +16,8 @@ Contract of the functions an entry holds (arrays in the caller's layout, ``args`
 * ``backward(grad_y, x, w, args, grad_x, grad_w)`` writes the input and weight gradients
   into the preallocated arrays it is given; ``None`` means "not wanted". It receives only
   the gradients ``grads(args)`` says it computes, and returns ``None`` or a pair
-  ``(ok_x, ok_w)`` where ``False`` asks for a recompute by :data:`FALLBACK`.
+  ``(ok_x, ok_w)`` where ``False`` asks for a recompute by :data:`FALLBACK`. ``x`` is
+  read for grad_w only (``conv_transpose2d`` passes a zero stand-in for grad_x alone).
 * ``cost(args, profile)`` and ``backward_cost(args, profile)`` return a
   :class:`fastconv.costs.Estimate` (seconds, workspace bytes, a sentence).
 

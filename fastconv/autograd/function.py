@@ -66,6 +66,7 @@ class Function:
         requires them."""
         tensors = tuple(None if a is None else a if isinstance(a, Tensor) else Tensor(a)
                         for a in inputs)
+        _check_host(cls.__name__, tensors)
         ctx = cls()
         needs = tuple(t is not None and t.requires_grad for t in tensors)
         track = any(needs) and is_grad_enabled()
@@ -76,3 +77,14 @@ class Function:
             ctx.inputs = tensors
             result._ctx = ctx
         return result
+
+
+def _check_host(op: str, tensors) -> None:
+    """RuntimeError when an input lives on the GPU: the ops compute with numpy on the host
+    and have no GPU paths yet (an honest error instead of a silent copy per op)."""
+    on_gpu = [i for i, t in enumerate(tensors) if t is not None and t.device != "cpu"]
+    if on_gpu:
+        raise RuntimeError(f"{op}: this autograd op has no GPU path yet, and input(s) "
+                           f"{on_gpu} are on device='cuda'; move them with .to('cpu') (a "
+                           "model with Module.to('cpu')), or call the array functions "
+                           "(fastconv.conv2d, max_pool2d, ...) with device='cuda'")

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import devices
 from . import function
 from .activations import Exp, Log, LogSoftmax, ReLU, Sigmoid, Softmax, Tanh
 from .arithmetic import Add, Div, MatMul, Mul, Neg, Pow, Sub
@@ -35,7 +36,12 @@ class Tensor:
     requires_grad : bool; only floating-point tensors may require gradients.
 
     Attributes: ``data`` (ndarray), ``grad`` (ndarray of ``data``'s shape and dtype, or
-    None), ``requires_grad``, ``shape``, ``dtype``, ``ndim``.
+    None), ``requires_grad``, ``shape``, ``dtype``, ``ndim``, ``device``.
+
+    ``to("cuda")`` gives a tensor whose ``data`` is a numba device array on the GPU
+    (``to("cpu")``, ``cpu()`` and ``numpy()`` bring it back). The autograd ops have no GPU
+    paths yet: an op given a tensor on "cuda" raises a RuntimeError that says so, rather
+    than copying to the host behind the caller's back.
     """
 
     # numpy's binary operators return NotImplemented for Tensors, so that
@@ -45,7 +51,7 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False):
         if isinstance(data, Tensor):
             data = data.data
-        arr = np.asarray(data)
+        arr = data if devices.is_device_array(data) else np.asarray(data)
         if requires_grad and arr.dtype.kind != "f":
             raise TypeError(f"Tensor: only floating-point tensors can require gradients, "
                             f"got dtype {arr.dtype}")
@@ -59,6 +65,8 @@ class Tensor:
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
     is_leaf = property(lambda self: self._ctx is None)
+    device = property(lambda self: devices.array_device(self.data),
+                      doc='"cpu" or "cuda": where ``data`` lives.')
 
     def size(self, dim=None):
         """The shape, or the length of axis ``dim`` (torch's size())."""
@@ -86,11 +94,45 @@ class Tensor:
         if self.data.size != 1:
             raise ValueError(f"{op}: only one-element tensors can be converted to a python "
                              f"number, got shape {self.shape}")
-        return self.data.item()
+        return self.numpy().item()
 
     def numpy(self) -> np.ndarray:
-        """The underlying ndarray (shared, not copied)."""
-        return self.data
+        """The underlying ndarray (shared, not copied); for a tensor on "cuda", a copy of
+        its data on the host."""
+        return self.data if self.device == "cpu" else devices.move("Tensor.numpy",
+                                                                     self.data, "cpu")
+
+    def to(self, device) -> Tensor:
+        """This tensor on ``device`` ("cpu" or "cuda", torch's names): itself when it is
+        there already, else a new leaf tensor holding a copy (a numba device array on
+        "cuda"), with the same ``requires_grad``.
+
+        A tensor computed by recorded ops cannot move (the backward pass would have to
+        cross devices): move the inputs, and the model with ``Module.to``, before the
+        forward pass. ValueError for another device; ``fastconv.cuda.CudaUnavailableError``
+        for "cuda" without a usable GPU.
+
+        >>> t = Tensor(np.float32([1, 2]))
+        >>> t.to("cpu") is t, t.device
+        (True, 'cpu')
+        """
+        data = devices.move("Tensor.to", self.data, device)
+        if data is self.data:
+            return self
+        if self._ctx is not None:
+            raise RuntimeError(f"Tensor.to: this tensor was computed by recorded ops "
+                               f"({type(self._ctx).__name__}) and cannot move to {device!r} "
+                               "(the backward pass runs on one device); move the inputs and "
+                               "the model (Module.to) before the forward pass")
+        return Tensor(data, requires_grad=self.requires_grad)
+
+    def cpu(self) -> Tensor:
+        """``to("cpu")``."""
+        return self.to("cpu")
+
+    def cuda(self) -> Tensor:
+        """``to("cuda")``."""
+        return self.to("cuda")
 
     def item(self):
         """The value of a one-element tensor as a python number."""
@@ -101,8 +143,10 @@ class Tensor:
         return Tensor(self.data)
 
     def __repr__(self) -> str:
-        body = np.array2string(self.data, prefix="tensor(", separator=", ")
+        body = np.array2string(self.numpy(), prefix="tensor(", separator=", ")
         extra = f", dtype={self.dtype}" if self.dtype not in (np.float32, np.int64) else ""
+        if self.device != "cpu":
+            extra += f", device={self.device!r}"
         if self._ctx is not None:
             extra += f", grad_fn=<{type(self._ctx).__name__}Backward>"
         elif self.requires_grad:

@@ -46,10 +46,11 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout="NCHW", algo="auto"):
+                    layout="NCHW", algo="auto", needs_input_grad=(True, True, True)):
     """fastconv.conv2d_backward on the GPU (see fastconv.cuda._conv.conv2d_backward)."""
     return _impl("conv2d_backward", "_conv")(grad_y, x, w, stride, padding, dilation, groups,
-                                             layout=layout, algo=algo)
+                                             layout=layout, algo=algo,
+                                             needs_input_grad=needs_input_grad)
 
 
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
@@ -79,6 +80,17 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
                                                  layout=layout)
 
 
+def global_avg_pool2d(x, *, layout="NCHW"):
+    """fastconv.global_avg_pool2d on the GPU (see fastconv.cuda._global_pool)."""
+    return _impl("global_avg_pool2d", "_global_pool")(x, layout=layout)
+
+
+def global_avg_pool2d_backward(grad_y, input_shape, *, layout="NCHW"):
+    """fastconv.global_avg_pool2d_backward on the GPU (see fastconv.cuda._global_pool)."""
+    return _impl("global_avg_pool2d_backward", "_global_pool")(grad_y, input_shape,
+                                                               layout=layout)
+
+
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
                momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False):
     """fastconv.batch_norm on the GPU (see fastconv.cuda._norm.batch_norm)."""
@@ -95,4 +107,5 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True, 
 
 __all__ = ["CudaUnavailableError", "is_available", "unavailable_reason", "require", "conv2d",
            "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
-           "avg_pool2d_backward", "batch_norm", "batch_norm_backward"]
+           "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
+           "batch_norm", "batch_norm_backward"]

@@ -140,12 +140,13 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 
 def _backward_im2col(gy, x, w, gx, gw, args):
     """grad_x into gx (N, C_in, H, W) and grad_w into gw (C_out, C_in/g, kh, kw), per
-    batch chunk: two GEMMs per group, then col2im."""
+    batch chunk: two GEMMs per group, then col2im; either of gx, gw may be None (not
+    computed)."""
     g = args.groups
     hw = args.h_out * args.w_out
     kdim = args.c_in // g * args.kh * args.kw
     w3 = w.reshape((g, args.c_out // g, kdim))
-    gw3 = gw.reshape((g, args.c_out // g, kdim))
+    gw3 = gw.reshape((g, args.c_out // g, kdim)) if gw is not None else None
     gy3 = gy.reshape((args.n, args.c_out, hw))
     step = _chunk(args)
     for n0 in range(0, args.n, step):
@@ -153,10 +154,16 @@ def _backward_im2col(gy, x, w, gx, gw, args):
         gyt = cuda.device_array((args.c_out, nc * hw), args.dtype)
         launch(K._y_to_cnhw, gyt.size, gy3, gyt, n0)
         gyt3 = gyt.reshape((g, args.c_out // g, nc * hw))
-        cols = _im2col(x, args, n0, nc)
+        if gw is not None:
+            cols = _im2col(x, args, n0, nc)
+        else:  # only grad_x: the buffer receives grad_cols, nothing to gather
+            cols = cuda.device_array((args.c_in * args.kh * args.kw, nc * hw), args.dtype)
         cols3 = cols.reshape((g, kdim, nc * hw))
-        # grad_w[g] += grad_y^T[g] (Dg x P) @ cols[g]^T (P x K); the chunks run in order.
-        gemm(gyt3, cols3, gw3, trans_b=True, accumulate=n0 > 0)
+        if gw is not None:
+            # grad_w[g] += grad_y^T[g] (Dg x P) @ cols[g]^T (P x K); chunks run in order.
+            gemm(gyt3, cols3, gw3, trans_b=True, accumulate=n0 > 0)
+        if gx is None:
+            continue
         # grad_cols[g] = w[g]^T (K x Dg) @ grad_y^T[g] (Dg x P), into the same buffer.
         gemm(w3, gyt3, cols3, trans_a=True)
         cols6 = cols.reshape((args.c_in, args.kh, args.kw, nc, args.h_out, args.w_out))
@@ -164,35 +171,44 @@ def _backward_im2col(gy, x, w, gx, gw, args):
                args.kw, *_geometry(args), args.h_out, args.w_out)
 
 
-def backward_nchw(gy, x, w, args, algo):
+def backward_nchw(gy, x, w, args, algo, needs=(True, True, True)):
     """(grad_x (N, C_in, H, W), grad_w (C_out, C_in/groups, kh, kw), grad_bias (C_out,))
     for contiguous device arrays gy (N, C_out, H_out, W_out), x and w as in
-    :func:`forward_nchw`."""
+    :func:`forward_nchw`; ``needs`` (three bools) says which to compute: the others are
+    None and cost nothing."""
+    need_x, need_w, need_b = needs
     if args.n == 0:
-        return (_layout.zeros(args.x_shape, args.dtype), _layout.zeros(args.w_shape, args.dtype),
-                _layout.zeros(args.c_out, args.dtype))
-    gx = cuda.device_array(args.x_shape, args.dtype)
-    gw = cuda.device_array(args.w_shape, args.dtype)
-    gb = cuda.device_array(args.c_out, args.dtype)
+        return tuple(_layout.zeros(shape, args.dtype) if need else None
+                     for shape, need in ((args.x_shape, need_x), (args.w_shape, need_w),
+                                         (args.c_out, need_b)))
+    gx = cuda.device_array(args.x_shape, args.dtype) if need_x else None
+    gw = cuda.device_array(args.w_shape, args.dtype) if need_w else None
+    gb = cuda.device_array(args.c_out, args.dtype) if need_b else None
     if algo == "naive":
         g = args.groups
         geo = _geometry(args)
-        gy5 = gy.reshape((args.n, g, args.c_out // g, args.h_out, args.w_out))
-        w5 = w.reshape((g, args.c_out // g, args.c_in // g, args.kh, args.kw))
-        launch(K._conv_direct_grad_x, gx.size, gy5, w5, gx, 0, args.n, args.kh, args.kw, *geo,
-               args.h_out, args.w_out)
-        launch(K._conv_direct_grad_w, gw.size, gy, x, gw, *geo, g)
-    else:
+        if need_x:
+            gy5 = gy.reshape((args.n, g, args.c_out // g, args.h_out, args.w_out))
+            w5 = w.reshape((g, args.c_out // g, args.c_in // g, args.kh, args.kw))
+            launch(K._conv_direct_grad_x, gx.size, gy5, w5, gx, 0, args.n, args.kh, args.kw,
+                   *geo, args.h_out, args.w_out)
+        if need_w:
+            launch(K._conv_direct_grad_w, gw.size, gy, x, gw, *geo, g)
+    elif need_x or need_w:
         _backward_im2col(gy, x, w, gx, gw, args)
-    channel_sum(gy.reshape((args.n, args.c_out, args.h_out * args.w_out)), gb)
+    if need_b:
+        channel_sum(gy.reshape((args.n, args.c_out, args.h_out * args.w_out)), gb)
     return gx, gw, gb
 
 
 def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout="NCHW", algo="auto"):
+                    layout="NCHW", algo="auto", needs_input_grad=(True, True, True)):
     """fastconv.conv2d_backward on the GPU -> (grad_x, grad_w, grad_bias).
 
     Same arguments, shapes and errors as on the CPU; residency as in :func:`conv2d`.
+    needs_input_grad (three bools, as on the CPU): the gradients left out are None and
+    not computed (without grad_x no column gradient GEMM and no col2im; without grad_w
+    no im2col of x).
     grad_y has conv2d's output shape; grad_x and grad_w have the shapes and layout of x
     and w, grad_bias is (C_out,).
     "naive": one thread per gradient element (gather, no atomics); "im2col": per batch
@@ -200,6 +216,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     a gathering col2im. grad_bias is a per-channel block reduction.
     """
     op = "conv2d_backward"
+    needs = _args.check_needs_input_grad(op, needs_input_grad)
     check_algo(op, algo)
     sx, sw, _, args = _args.conv_arrays(op, host_spec(x), host_spec(w), None, stride, padding,
                                         dilation, groups, layout)
@@ -216,7 +233,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     dgy = _layout.to_nchw(res.to_device(grad_y), args.dims)
     dx = _layout.to_nchw(res.to_device(x), args.dims)
     dw = _layout.weight_to_oihw(res.to_device(w), args.dims)
-    gx, gw, gb = backward_nchw(dgy, dx, dw, args, algo)
-    return (res.result(_layout.from_nchw(gx, args.dims, args.unbatched)),
-            res.result(_layout.weight_from_oihw(gw, args.dims)), res.result(gb))
+    gx, gw, gb = backward_nchw(dgy, dx, dw, args, algo, needs)
+    return (res.result(_layout.from_nchw(gx, args.dims, args.unbatched)) if needs[0] else None,
+            res.result(_layout.weight_from_oihw(gw, args.dims)) if needs[1] else None,
+            res.result(gb))
 

@@ -13,8 +13,8 @@ import numpy as np
 from .. import config
 
 INSTALL_HINT = ("install the CUDA extra with `pip install '.[cuda]'` in a fastconv checkout "
-                "(NVIDIA's numba-cuda; `pip install 'numba-cuda[cu12]'` adds the CUDA runtime "
-                "libraries) and an NVIDIA driver for a CUDA-capable GPU")
+                "(NVIDIA's numba-cuda with its CUDA 12 compiler and runtime libraries: "
+                "`pip install 'numba-cuda[cu12]'`) and an NVIDIA driver for a CUDA-capable GPU")
 
 
 class CudaUnavailableError(RuntimeError):
@@ -28,20 +28,28 @@ def _unavailable(op: str | None, reason: str) -> CudaUnavailableError:
 
 
 def _import_cuda():
-    """(numba.cuda, None) or (None, why it cannot be imported)."""
+    """(numba.cuda, None) or (None, why it cannot be used).
+
+    Only NVIDIA's numba-cuda counts: it takes over the name ``numba.cuda`` when installed
+    (its ``implementation`` is "NVIDIA"); numba's own deprecated built-in target
+    ("Built-in") is refused, so nothing runs on a toolchain that is not supported."""
     try:
         from numba import cuda
     except Exception as exc:  # ImportError, or a broken install
         return None, f"numba-cuda is not installed ({type(exc).__name__}: {exc})"
+    if getattr(cuda, "implementation", None) != "NVIDIA":
+        return None, ("numba-cuda is not installed (numba.cuda is numba's deprecated "
+                      "built-in CUDA target, which fastconv does not support)")
     return cuda, None
 
 
 def simulated() -> bool:
-    """True when numba's CUDA simulator runs the kernels (NUMBA_ENABLE_CUDASIM=1)."""
+    """True when numba's CUDA simulator runs the kernels (NUMBA_ENABLE_CUDASIM=1, read by
+    numba-cuda's own configuration)."""
     try:
-        from numba.cuda.core import config as cconf  # numba-cuda
-    except ImportError:
-        from numba import config as cconf  # numba's built-in (deprecated) cuda module
+        from numba.cuda.core import config as cconf
+    except ImportError:  # no numba-cuda: nothing runs, simulated or not
+        return False
     return bool(getattr(cconf, "ENABLE_CUDASIM", False))
 
 

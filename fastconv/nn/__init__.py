@@ -37,3 +37,4 @@ from .padfold import (  # noqa: F401
     Unfold,
     ZeroPad2d,
 )
+from .transpose import ConvTranspose2d  # noqa: F401

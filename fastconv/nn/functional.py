@@ -45,6 +45,7 @@ from .losses import (  # noqa: F401
     nll_loss,
 )
 from .padfold import fold, pad, unfold  # noqa: F401
+from .transpose import conv_transpose2d  # noqa: F401
 
 
 def _tensor(x) -> Tensor:

@@ -8,6 +8,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .. import devices
 from ..autograd import Tensor
 from ..checkpoint import read_npz, write_npz
 
@@ -170,19 +171,39 @@ class Module:
         fn(self)
         return self
 
-    def to(self, dtype) -> Module:
-        """Cast floating parameters and buffers to ``dtype`` (e.g. np.float64), in place."""
-        dtype = np.dtype(dtype)
+    def to(self, dtype_or_device) -> Module:
+        """In place, like torch: ``to(dtype)`` (e.g. np.float64) casts floating parameters
+        and buffers; ``to("cuda")`` / ``to("cpu")`` moves every parameter (with its grad)
+        and buffer to that device (see ``Tensor.to``; the autograd ops have no GPU paths
+        yet, so a forward pass needs the model on "cpu")."""
+        if isinstance(dtype_or_device, str):
+            try:
+                np.dtype(dtype_or_device)
+            except TypeError:  # not a dtype name: a device
+                return self._to_device(dtype_or_device)
+        dtype = np.dtype(dtype_or_device)
         if dtype.kind != "f":
             raise TypeError(f"Module.to: dtype must be a floating type, got {dtype}")
         for m in self.modules():
             for p in m._parameters.values():
                 if p is not None and p.dtype.kind == "f":
-                    p.data = p.data.astype(dtype)
+                    p.data = _on_host(p.data, dtype).astype(dtype)
                     p.grad = None
             for name, b in m._buffers.items():
                 if b is not None and b.dtype.kind == "f":
-                    m._buffers[name] = b.astype(dtype)
+                    m._buffers[name] = _on_host(b, dtype).astype(dtype)
+        return self
+
+    def _to_device(self, device) -> Module:
+        for m in self.modules():
+            for p in m._parameters.values():
+                if p is not None:
+                    p.data = devices.move("Module.to", p.data, device)
+                    if p.grad is not None:
+                        p.grad = devices.move("Module.to", p.grad, device)
+            for name, b in m._buffers.items():
+                if b is not None:
+                    m._buffers[name] = devices.move("Module.to", b, device)
         return self
 
     def float(self) -> Module:
@@ -288,6 +309,14 @@ class Sequential(Module):
 
     def __iter__(self):
         return iter(self._modules.values())
+
+
+def _on_host(a, dtype):
+    """``a`` when it is a host array; casting on the GPU is not supported (RuntimeError)."""
+    if devices.array_device(a) != "cpu":
+        raise RuntimeError(f"Module.to: casting to {np.dtype(dtype)} is not supported on "
+                           "device='cuda'; cast on the CPU first (Module.to('cpu'))")
+    return a
 
 
 def call_unbatched(forward, x):

@@ -256,11 +256,14 @@ def avg_pool2d_backward(grad_y, input_shape, kernel_size, stride=None, padding=0
 
 
 # ----------------------------------------------------------------------- global average
-def global_avg_pool2d(x, *, layout="NCHW"):
+def global_avg_pool2d(x, *, layout="NCHW", device="cpu"):
     """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1), or (N, H, W, C) -> (N, 1, 1, C)
     (3-D in, 3-D out). Float64 sums. Runs ``_avg_kernels._mean_planes`` /
-    ``_mean_pixels_nhwc``."""
+    ``_mean_pixels_nhwc``. device="cuda" runs the same op on the GPU (``fastconv.cuda``)."""
     op = "global_avg_pool2d"
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(x, layout=layout)
     half, (x,) = widen(check_array(op, "input", x, half=True))
     s = global_pool_args(op, x.shape, layout)
     y = np.empty((s.n, s.c), x.dtype)
@@ -268,12 +271,15 @@ def global_avg_pool2d(x, *, layout="NCHW"):
     return narrow(y.reshape(s.y_shape)) if half else y.reshape(s.y_shape)
 
 
-def global_avg_pool2d_backward(grad_y, input_shape, *, layout="NCHW"):
+def global_avg_pool2d_backward(grad_y, input_shape, *, layout="NCHW", device="cpu"):
     """Gradient of ``global_avg_pool2d``: grad_y / (H*W) broadcast over each plane.
 
     grad_y : (N, C, 1, 1) / (N, 1, 1, C) (3-D when unbatched); returns grad_x of
-    ``input_shape``, dtype of grad_y."""
+    ``input_shape``, dtype of grad_y. device="cuda": on the GPU (``fastconv.cuda``)."""
     op = "global_avg_pool2d_backward"
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(grad_y, input_shape, layout=layout)
     shape = check_input_shape(op, input_shape)
     s = global_pool_args(op, shape, layout, what=f"input_shape {shape}")
     half, (grad_y,) = widen(check_grad_y(op, grad_y, s.y_shape, half=True))

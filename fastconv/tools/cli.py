@@ -76,7 +76,12 @@ def cmd_bench(args) -> int:
                   "cuda (the GPU benchmark runs NCHW)", file=sys.stderr)
             return 2
 
-        shapes = [s for name in (args.suite or ["quick"]) for s in bench.SUITES[name]]
+        shapes = [s for name in (args.suite or ["quick"]) for s in bench.SUITES[name]
+                  if not s.transposed]         # the GPU has no conv_transpose2d
+        if not shapes:
+            print("fastconv bench: --device cuda times conv2d only; the suites chosen hold "
+                  "transposed layers alone", file=sys.stderr)
+            return 2
         status = cli_main(shapes, progress=_progress("bench cuda"), out=args.out)
         if not args.out and status != 2:   # 2: nothing was measured
             print(NOT_SAVED_BENCH)

@@ -35,17 +35,16 @@ def blas_summary() -> str:
 
 
 def cuda_status() -> str:
-    """Whether numba.cuda can use a GPU: "available (<device name>)" or "unavailable (why)"."""
-    try:
-        from numba import cuda
-    except Exception as exc:  # pragma: no cover - depends on the install
-        return f"unavailable ({exc})"
-    try:
-        if cuda.is_available():
-            return f"available ({cuda.get_current_device().name})"
-    except Exception as exc:  # pragma: no cover
-        return f"unavailable ({exc})"
-    return "unavailable (no CUDA driver or GPU found)"
+    """Whether fastconv can run its CUDA kernels (numba-cuda, the one supported
+    toolchain): "available (<device>, compute capability <cc>)" or "unavailable (why)"."""
+    from fastconv.cuda._device import env_summary
+
+    env = env_summary()
+    if not env["available"]:
+        return f"unavailable ({env['reason']})"
+    if env["simulator"]:
+        return "available (numba-cuda's simulator: NUMBA_ENABLE_CUDASIM=1)"
+    return f"available ({env['device']}, compute capability {env['compute_capability']})"
 
 
 def collect() -> dict:

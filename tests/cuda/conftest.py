@@ -42,8 +42,12 @@ def _fast_simulator():
 @pytest.fixture(autouse=True)
 def small_launches(monkeypatch):
     """Tiny blocks and grids in the simulator, so each thread loops (grid-stride) and the
-    GEMM and reductions see partial tiles; the hardware keeps the defaults."""
+    GEMMs and reductions see partial tiles; the hardware keeps the defaults. The blocked
+    GEMM: 2 x 2 threads of 2 x 2 outputs (4 x 4 tiles), K in steps of 3."""
     if SIMULATED:
+        from fastconv.cuda import _gemm
+
+        monkeypatch.setattr(_gemm, "BLOCKED", (2, 2, 3))
         monkeypatch.setattr(config, "CUDA_BLOCK", 32)
         monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 4)
         monkeypatch.setattr(config, "CUDA_GEMM_TILE", 4)

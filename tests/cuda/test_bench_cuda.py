@@ -1,9 +1,12 @@
 """fastconv bench --device cuda: rows, table and the simulator refusal (tiny shapes)."""
 
 import numpy as np
+import pytest
 
 from fastconv.tools.bench import Shape
 from fastconv.tools.bench import cuda as bench
+
+from .conftest import SIMULATED
 
 TINY = (Shape("tiny", 2, 3, 6, 6, 4, 3, padding=1), Shape("tiny_s2", 1, 2, 7, 7, 3, 3, stride=2))
 
@@ -26,6 +29,7 @@ def test_rows_check_against_the_cpu():
     assert table.count("\n") == 5 and "| tiny_s2 | cuda/im2col |" in table
 
 
+@pytest.mark.skipif(not SIMULATED, reason="on a GPU the command runs (bench/gpu_check.sh)")
 def test_cli_refuses_the_simulator(capsys):
     assert bench.cli_main(TINY) == 2
     assert "NUMBA_ENABLE_CUDASIM=1" in capsys.readouterr().err

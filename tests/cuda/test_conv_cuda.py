@@ -116,10 +116,13 @@ def test_lecture_worked_example():
 
 def test_default_tile_and_block_sizes(monkeypatch):
     """The shipped GEMM tile and block sizes, beside the tiny ones used elsewhere."""
+    from fastconv.cuda import _gemm
+
     defaults = {"CUDA_BLOCK": 256, "CUDA_MAX_BLOCKS": 8192, "CUDA_GEMM_TILE": 16,
                 "CUDA_REDUCE_THREADS": 256}
     for name, value in defaults.items():
         monkeypatch.setattr(config, name, value)
+    monkeypatch.setattr(_gemm, "BLOCKED", (16, 4, 8))
     x, wt, b, kwargs = _arrays(CASES[0], np.float32)
     got = fcuda.conv2d(x, wt, b, algo="im2col", **kwargs)
     assert ref.rel_error(got, _ref_forward(x, wt, b, kwargs)) <= 1e-4
@@ -244,3 +247,41 @@ def test_gpu_out_of_memory_becomes_memory_error(monkeypatch):
     with pytest.raises(MemoryError, match=r"conv2d: the GPU ran out of memory .*"
                                           r"CUDA_ERROR_OUT_OF_MEMORY"):
         fcuda.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, False),
+                                   (False, False, True), (False, True, True),
+                                   (False, False, False)], ids=str)
+def test_backward_computes_only_the_requested_gradients(needs, algo, monkeypatch):
+    """needs_input_grad as on the CPU: the others are None, and their kernels never run."""
+    from fastconv.cuda import _conv
+
+    x, wt, _, kwargs = _arrays(CASES[1], np.float64, seed=9)
+    gy = np.random.default_rng(10).standard_normal(_ref_forward(x, wt, None, kwargs).shape)
+    launched = []
+    real_launch, real_gemm = _conv.launch, _conv.gemm
+    monkeypatch.setattr(_conv, "launch", lambda k, *a: launched.append(
+        k.py_func.__code__.co_name) or real_launch(k, *a))
+    monkeypatch.setattr(_conv, "gemm", lambda *a, **kw: launched.append(
+        "gemm_t" if kw.get("trans_a") else "gemm") or real_gemm(*a, **kw))
+    got = fastconv.conv2d_backward(gy, x, wt, algo=algo, device="cuda", needs_input_grad=needs,
+                                   **kwargs)
+    want = fastconv.conv2d_backward(gy, x, wt, algo=algo, needs_input_grad=needs, **kwargs)
+    for g, h, need in zip(got, want, needs, strict=True):
+        assert (g is None) == (h is None) == (not need)
+        if need:
+            assert g.shape == h.shape and g.dtype == h.dtype
+            assert ref.rel_error(g, h) <= 1e-10
+    grad_x_kernels = {"gather", "gemm_t"}  # _conv_direct_grad_x / col2im, grad_cols GEMM
+    grad_w_kernels = {"_conv_direct_grad_w", "_im2col", "gemm"}
+    assert needs[0] or not grad_x_kernels & set(launched)
+    assert needs[1] or not grad_w_kernels & set(launched)
+
+
+def test_backward_needs_input_grad_checked():
+    x = np.ones((1, 1, 3, 3))
+    with pytest.raises(TypeError, match=r"conv2d_backward: needs_input_grad=\(True, False\) "
+                                        r"must be three bools"):
+        fcuda.conv2d_backward(np.ones((1, 1, 2, 2)), x, np.ones((1, 1, 2, 2)),
+                              needs_input_grad=(True, False))

@@ -111,8 +111,8 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
         return
     if grad_x is not None:
         grad_x[...] = 0
-    _BACKWARD[args.layout](np.ascontiguousarray(grad_y), np.ascontiguousarray(x), w, args,
-                           grad_x, grad_w)
+    x = np.ascontiguousarray(x) if grad_w is not None else x   # read for grad_w only
+    _BACKWARD[args.layout](np.ascontiguousarray(grad_y), x, w, args, grad_x, grad_w)
 
 
 def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:

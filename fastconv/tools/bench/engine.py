@@ -12,20 +12,24 @@ from __future__ import annotations
 import numpy as np
 
 
-def applies(algo: str, a) -> bool:
+def applies(algo: str, a, transposed: bool = False) -> bool:
     """Whether the benchmark times ``algo`` on layer ``a``: "auto" always; an explicit
-    algorithm when it can run the layer (Winograd: 3x3 kernels, stride 1)."""
+    algorithm when it can run the layer (Winograd: 3x3 kernels, stride 1), and for a
+    transposed layer (``a`` the conv2d problem beneath) when it computes grad_x there."""
     from fastconv.algos import registry
 
-    return algo not in registry.ALGORITHMS or algo in registry.applicable(a)
+    if algo not in registry.ALGORITHMS:
+        return True
+    return algo in registry.applicable(a) and (not transposed or registry.get(algo).grads(a)[0])
 
 
-def auto_choice(a, backward: bool) -> str:
+def auto_choice(a, backward: bool, transposed: bool = False) -> str:
     """The algorithm ``algo="auto"`` runs on layer ``a``: ``conv2d``'s plan, or with
-    ``backward`` the one ``conv2d_backward`` runs when it computes grad_x."""
+    ``backward`` the one ``conv2d_backward`` runs when it computes grad_x. A transposed
+    layer's forward is conv2d's grad_x of ``a`` (``conv_transpose2d``'s plan): that one."""
     from fastconv import autotune
 
-    if backward:
+    if backward or transposed:
         return autotune.backward_choice(a, "auto", True)
     return autotune.forward_choice(a, "auto")
 

@@ -204,9 +204,12 @@ SHAPE_FIELDS = ("N", "C_in", "H", "W", "C_out", "kernel", "stride", "padding", "
 def shape_fields(shape) -> dict:
     """A ``Shape``'s layer as the report names it: N, C_in, H, W, C_out, kernel, stride,
     padding, dilation, groups."""
-    return dict(zip(SHAPE_FIELDS, (shape.n, shape.c, shape.h, shape.w, shape.c_out, shape.k,
-                                   shape.stride, shape.padding, shape.dilation,
-                                   shape.groups), strict=True))
+    fields = dict(zip(SHAPE_FIELDS, (shape.n, shape.c, shape.h, shape.w, shape.c_out,
+                                     shape.k, shape.stride, shape.padding, shape.dilation,
+                                     shape.groups), strict=True))
+    if getattr(shape, "transposed", False):
+        fields["op"] = shape.op
+    return fields
 
 
 def format_shapes(report: Report, suite: str) -> str:

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from fastconv import conv2d, conv2d_backward
+import fastconv
 from fastconv._timing import median_time
 from fastconv.layout import NHWC
 
@@ -63,8 +63,9 @@ def _torch():
 
 
 def _torch_runner(shape: Shape, x, w, backward: bool, layout: str = "NCHW"):
-    """torch.nn.functional.conv2d on the same arrays; NHWC ones as torch's channels_last
-    tensors (the weight made channels_last once, untimed), so torch runs its NHWC path."""
+    """torch.nn.functional.conv2d (conv_transpose2d for a transposed layer) on the same
+    arrays; NHWC ones as torch's channels_last tensors (the weight made channels_last
+    once, untimed), so torch runs its NHWC path."""
     torch = _torch()
     if torch is None or x.dtype not in (np.float32, np.float64):
         return None
@@ -76,22 +77,22 @@ def _torch_runner(shape: Shape, x, w, backward: bool, layout: str = "NCHW"):
         xt = xt.permute(0, 3, 1, 2)                       # (N, C, H, W), channels_last
         wt = wt.permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
     kw = shape.kwargs()
+    op = getattr(torch.nn.functional, shape.op)
     if not backward:
         def run():
             with torch.inference_mode():
-                torch.nn.functional.conv2d(xt, wt, **kw)
+                op(xt, wt, **kw)
         return run
     xg = xt.clone().requires_grad_(True)
     wg = wt.clone().requires_grad_(True)
-    a = shape.args(x.dtype)
     gy = torch.from_numpy(np.random.default_rng(1).standard_normal(
-        a.y_shape).astype(x.dtype))
+        shape.y_shape(x.dtype, x.shape[0])).astype(x.dtype))
     if layout == "NHWC":
         gy = gy.contiguous(memory_format=torch.channels_last)
 
     def run_bw():
         xg.grad = wg.grad = None
-        torch.nn.functional.conv2d(xg, wg, **kw).backward(gy)
+        op(xg, wg, **kw).backward(gy)
     return run_bw
 
 
@@ -121,20 +122,22 @@ def _scipy_runner(name: str, shape: Shape, x, w, layout: str = "NCHW"):
 
 
 def _fastconv_runner(shape: Shape, algo: str, x, w, backward: bool, layout: str = "NCHW"):
-    """fastconv's conv2d with ``algo`` on x (n, c, h, w) and w (c_out, c // groups, k, k)
-    (or NHWC / HWIO); with ``backward`` followed by conv2d_backward of a fixed random
-    grad_y (the output's shape)."""
+    """fastconv's conv2d (conv_transpose2d for a transposed layer) with ``algo`` on x
+    (n, c, h, w) and w (c_out, c // groups, k, k) (or NHWC / HWIO); with ``backward``
+    followed by its ``*_backward`` of a fixed random grad_y (the output's shape)."""
     kw = dict(shape.kwargs(), layout=layout)
+    op = getattr(fastconv, shape.op)
     if not backward:
-        return lambda: conv2d(x, w, algo=algo, **kw)
-    a = shape.args(x.dtype, n=x.shape[0])
-    gy = np.random.default_rng(1).standard_normal(a.y_shape).astype(x.dtype)
+        return lambda: op(x, w, algo=algo, **kw)
+    op_backward = getattr(fastconv, shape.op + "_backward")
+    gy = np.random.default_rng(1).standard_normal(
+        shape.y_shape(x.dtype, x.shape[0])).astype(x.dtype)
     if layout == "NHWC":
         gy = np.ascontiguousarray(gy.transpose(NHWC_FROM_NCHW))
 
     def run():
-        conv2d(x, w, algo=algo, **kw)
-        conv2d_backward(gy, x, w, algo=algo, **kw)
+        op(x, w, algo=algo, **kw)
+        op_backward(gy, x, w, algo=algo, **kw)
     return run
 
 
@@ -167,7 +170,7 @@ def _maker(algo: str, shape: Shape, x, w, backward: bool, layout: str):
     None when ``algo`` is not timed on this layer (not applicable, torch not installed,
     scipy on a multi-channel layer or backward)."""
     if algo in ALGOS:
-        if not engine.applies(algo, shape.args(x.dtype, layout=layout)):
+        if not engine.applies(algo, shape.args(x.dtype, layout=layout), shape.transposed):
             return None  # Winograd: 3x3 stride-1 layers only
         return lambda xb: _fastconv_runner(shape, algo, xb, w, backward, layout)
     if algo == "torch":
@@ -264,7 +267,8 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
             flops = shape.flops() * (3 if backward else 1)
             chosen = None
             if algo == "auto":  # what conv2d (and conv2d_backward) ran
-                chosen = engine.auto_choice(shape.args(dtype, layout=layout), backward)
+                chosen = engine.auto_choice(shape.args(dtype, layout=layout), backward,
+                                            shape.transposed)
             gf = flops / secs / 1e9
             new.append(Result(suite, shape.name, algo, secs, gf, b, shape.n, chosen,
                               share_of_gemm=gf / gemm_rate, backward=backward,

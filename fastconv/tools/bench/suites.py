@@ -20,7 +20,11 @@ HWIO_FROM_OIHW = LAYOUTS["NHWC"].weight_from_canonical
 
 @dataclass(frozen=True)
 class Shape:
-    """One conv layer: input (n, c, h, w) -> c_out channels, k x k kernel (NCHW)."""
+    """One conv layer: input (n, c, h, w) -> c_out channels, k x k kernel (NCHW).
+
+    ``transposed``: the layer is ``conv_transpose2d`` (weight (c, c_out // groups, k, k),
+    output (n, c_out, (h - 1) * stride - 2 * padding + dilation * (k - 1) + 1, ...)),
+    timed against torch's conv_transpose2d."""
 
     name: str
     n: int
@@ -33,6 +37,12 @@ class Shape:
     padding: int = 0
     dilation: int = 1
     groups: int = 1
+    transposed: bool = False
+
+    @property
+    def op(self) -> str:
+        """The fastconv (and torch.nn.functional) function the layer runs."""
+        return "conv_transpose2d" if self.transposed else "conv2d"
 
     def kwargs(self) -> dict:
         """stride, padding, dilation and groups as ``conv2d`` keywords."""
@@ -42,24 +52,38 @@ class Shape:
     def args(self, dtype=np.float32, n: int | None = None, layout: str = "NCHW"):
         """The engine's checked record of this layer (``n`` images instead of ``self.n``
         when given): x (n, c, h, w) and w (c_out, c // groups, k, k), or their NHWC / HWIO
-        orders with ``layout="NHWC"``."""
-        from fastconv._args import conv_args_from_shapes
+        orders with ``layout="NHWC"``. A transposed layer's record is that of the conv2d
+        problem beneath it (whose input gradient it computes: input (n, c_out, H_out,
+        W_out), output (n, c, h, w))."""
+        from fastconv._args import conv_args_from_shapes, transpose_args_from_shapes
 
         x_shape = (self.n if n is None else n, self.c, self.h, self.w)
-        w_shape = (self.c_out, self.c // self.groups, self.k, self.k)
+        w_shape = self._w_shape()
         if layout == "NHWC":
             x_shape = tuple(x_shape[i] for i in NHWC_FROM_NCHW)
             w_shape = tuple(w_shape[i] for i in HWIO_FROM_OIHW)
+        if self.transposed:
+            return transpose_args_from_shapes("bench", x_shape, w_shape, layout=layout,
+                                              dtype=dtype, **self.kwargs()).conv
         return conv_args_from_shapes("bench", x_shape, w_shape, layout=layout, dtype=dtype,
                                      **self.kwargs())
+
+    def _w_shape(self) -> tuple[int, int, int, int]:
+        if self.transposed:
+            return (self.c, self.c_out // self.groups, self.k, self.k)
+        return (self.c_out, self.c // self.groups, self.k, self.k)
+
+    def y_shape(self, dtype=np.float32, n: int | None = None) -> tuple[int, int, int, int]:
+        """The layer's NCHW output shape (``n`` images instead of ``self.n`` when given)."""
+        a = self.args(dtype, n)
+        return a.x_shape if self.transposed else a.y_shape
 
     def arrays(self, dtype=np.float32, seed: int = 0, layout: str = "NCHW"):
         """(x, w): NCHW / OIHW, or NHWC / HWIO (contiguous) with ``layout="NHWC"``; the
         same numbers either way."""
         rng = np.random.default_rng(seed)
         x = rng.standard_normal((self.n, self.c, self.h, self.w), dtype=np.float32)
-        w = rng.standard_normal((self.c_out, self.c // self.groups, self.k, self.k),
-                                dtype=np.float32)
+        w = rng.standard_normal(self._w_shape(), dtype=np.float32)
         if layout == "NHWC":
             x = np.ascontiguousarray(x.transpose(NHWC_FROM_NCHW))
             w = np.ascontiguousarray(w.transpose(HWIO_FROM_OIHW))
@@ -67,8 +91,7 @@ class Shape:
 
     def out_hw(self) -> tuple[int, int]:
         """(h_out, w_out) of the output."""
-        a = self.args()
-        return a.h_out, a.w_out
+        return self.y_shape()[2:]
 
     def flops(self) -> int:
         """Floating-point operations of one forward call on the whole batch."""
@@ -77,7 +100,7 @@ class Shape:
     def single_channel(self) -> bool:
         """A plain 2-D filtering problem that scipy.signal can run (valid, stride 1)."""
         return (self.c == self.c_out == self.groups == 1 and self.stride == 1
-                and self.dilation == 1 and self.padding == 0)
+                and self.dilation == 1 and self.padding == 0 and not self.transposed)
 
 
 DEFAULT_SUITE = (
@@ -103,12 +126,19 @@ QUICK_SUITE = tuple(
 #: One 256x256 single-channel image, kernel sizes 1..31 ("valid"): where FFT overtakes.
 KERNEL_SWEEP = tuple(Shape(f"k{k}", 1, 1, 256, 256, 1, k) for k in range(1, 32))
 
+#: A decoder's upsampling layer: conv_transpose2d 64 -> 32 channels, 4x4 kernel, stride 2,
+#: padding 1, 28x28 -> 56x56, batch 16 (as in a convolutional autoencoder or a GAN).
+DECODER_SUITE = (
+    Shape("decoder_convT", 16, 64, 28, 28, 32, 4, stride=2, padding=1, transposed=True),
+)
+
 #: Tiny shapes for the test suite (seconds).
 TINY_SUITE = (
     Shape("tiny_conv", 2, 3, 12, 12, 4, 3, padding=1),
     Shape("tiny_dw", 2, 4, 10, 10, 4, 3, padding=1, groups=4),
     Shape("tiny_k5", 1, 1, 24, 24, 1, 5),
+    Shape("tiny_convT", 2, 4, 6, 6, 3, 4, stride=2, padding=1, transposed=True),
 )
 
 SUITES = {"default": DEFAULT_SUITE, "quick": QUICK_SUITE, "kernel-sweep": KERNEL_SWEEP,
-          "tiny": TINY_SUITE}
+          "decoder": DECODER_SUITE, "tiny": TINY_SUITE}
