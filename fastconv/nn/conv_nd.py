@@ -14,7 +14,7 @@ import numpy as np
 
 from .._args.conv_nd import padding_nd, tuple_arg
 from . import _conv_nd_ops as ops
-from .layers import _WeightAndBias
+from .layers import _WeightAndBias, conv_extra_repr
 from .padfold import check_padding_mode, padded_input
 
 
@@ -54,17 +54,7 @@ class _ConvNd(_WeightAndBias):
                        self.groups)
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}")
-        if self.padding not in ((0,) * self.rank, "valid"):
-            s += f", padding={self.padding}"
-        if self.dilation != (1,) * self.rank:
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.padding_mode != "zeros":
-            s += f", padding_mode={self.padding_mode}"
-        return s + ("" if self.bias is not None else ", bias=False")
+        return conv_extra_repr(self, self.rank)
 
 
 class Conv1d(_ConvNd):
