@@ -71,14 +71,15 @@ def test_dtypes(dtype, algo):
     assert all(g.dtype == dtype for g in grads)
 
 
-def test_im2col_tiles_the_batch(monkeypatch):
+def test_im2col_unfolds_in_chunks(monkeypatch):
     x, wt, b, kwargs = nd_arrays(CASES[0])
     want = fastconv.conv3d(x, wt, b, **kwargs, algo="naive")
     gy = np.ones(want.shape)
     grads = fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="naive")
-    monkeypatch.setattr(config, "WORKSPACE_BYTES", 1)        # one image per tile
     from fastconv.algos.conv3d import im2col
-    assert im2col.tile_images(record(x, wt, kwargs)) == 1
+    assert im2col.chunk_positions(record(x, wt, kwargs)) == 24        # all at once
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 2 * 54 * 4 + 1)  # 2 positions
+    assert im2col.chunk_positions(record(x, wt, kwargs)) == 2     # (float32 record)
     np.testing.assert_allclose(fastconv.conv3d(x, wt, b, **kwargs, algo="im2col"), want)
     for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="im2col"), grads,
                     strict=True):

@@ -41,18 +41,20 @@ def _naive_cost(a, p: Profile) -> Estimate:
 
 def _im2col_cost(a, p: Profile) -> Estimate:
     """The unfold (column bytes at the copy bandwidth, a fixed cost per copied output
-    row) and one GEMM per image and group, (C_out/G) x (C_in/G*K) x (output voxels)."""
+    row) and one GEMM per chunk of output positions and group, (C_out/G) x (C_in/G*K) x
+    (chunk), plus a fixed cost per chunk."""
     item = a.dtype.itemsize
     kk, vox = math.prod(a.kernel), math.prod(a.out)
     dg, cgk = a.c_out // a.groups, a.c_in // a.groups * kk
+    span = im2col.chunk_positions(a)
+    chunks = a.n * math.ceil(vox / span)
     col_bytes = a.n * a.c_in * kk * vox * item
     rows = a.n * a.c_in * kk * a.out[0] * a.out[1]
     unfold = col_bytes / (p.copy_gbs * 1e9) + rows * p.copy_row_ns * 1e-9
-    gemm = gemm_seconds(p, dg, cgk, vox, a.n * a.groups, item)
-    tiles = math.ceil(a.n / im2col.tile_images(a))
-    secs = (p.call_us + tiles * p.tile_us) * 1e-6 + unfold + gemm
-    return Estimate(secs, im2col.tile_images(a) * a.c_in * kk * vox * item,
-                    f"GEMM {dg}x{cgk}x{vox} {1e3 * gemm:.3g} ms, unfold "
+    gemm = gemm_seconds(p, dg, cgk, span, chunks * a.groups, item)
+    secs = (p.call_us + chunks * p.tile_us) * 1e-6 + unfold + gemm
+    return Estimate(secs, a.c_in * kk * span * item,
+                    f"{chunks} chunks, GEMM {dg}x{cgk}x{span} {1e3 * gemm:.3g} ms, unfold "
                     f"{col_bytes / 1e6:.3g} MB {1e3 * unfold:.3g} ms")
 
 

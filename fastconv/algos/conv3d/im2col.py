@@ -4,10 +4,12 @@ The columns of an image are (C_in * kd * kh * kw, od * oh * ow): row (c, a, b, e
 x[c, s_d i + r_d a - p_d, s_h j + r_h b - p_h, s_w l + r_w e - p_w] for every output
 position (i, j, l), zero in the padding. Which input voxel each (tap, output position)
 reads is one table of flat offsets (:func:`offsets`), shared by the unfold (a gather)
-and the fold (a scatter-add, one task per image and channel). The batch is tiled so a
-tile's columns fit ``config.WORKSPACE_BYTES`` (one image at least). The backward forms
-the weight gradient as grad_y @ columns^T and the column gradient as w^T @ grad_y, then
-folds (col2vol) the latter back onto the input.
+and the fold (a scatter-add, one task per channel). Each image is unfolded in chunks of
+output positions whose columns fit ``config.IM2COL_CHUNK_BYTES`` (cache-sized, in a
+workspace reused across calls: no page faults), each followed by its GEMMs, so memory
+stays bounded whatever the batch. The backward forms the weight gradient as
+grad_y @ columns^T and the column gradient as w^T @ grad_y, then folds (col2vol) the
+latter back onto the input.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import config
+from .._common import workspace
 
 
 @njit(cache=True)
@@ -44,39 +47,39 @@ def offsets(size, kernel, stride, pad, dil, out):
 
 
 @njit(parallel=True, cache=True)
-def vol2col(x, cols, table):
-    """Unfold the images ``x`` (nb, C, D*H*W) into ``cols`` (nb, C*K, od*oh*ow)."""
-    nb, c_in = x.shape[0], x.shape[1]
-    kk, npos = table.shape
-    for task in prange(nb * c_in * kk):
-        b = task // (c_in * kk)
-        row = task % (c_in * kk)
+def vol2col(x, cols, table, p0):
+    """Unfold one image ``x`` (C, D*H*W) into ``cols`` (C*K, span): the columns of output
+    positions p0 .. p0 + span - 1; one task per row."""
+    c_in = x.shape[0]
+    kk = table.shape[0]
+    span = cols.shape[1]
+    for row in prange(c_in * kk):
         c, k = row // kk, row % kk
-        for p in range(npos):
-            o = table[k, p]
-            cols[b, row, p] = x[b, c, o] if o >= 0 else 0
+        for p in range(span):
+            o = table[k, p0 + p]
+            cols[row, p] = x[c, o] if o >= 0 else 0
 
 
 @njit(parallel=True, cache=True)
-def col2vol(cols, gx, table):
-    """Fold column gradients ``cols`` (nb, C*K, od*oh*ow) onto ``gx`` (nb, C, D*H*W),
-    which it overwrites; one task per (image, channel)."""
-    nb, c_in = gx.shape[0], gx.shape[1]
-    kk, npos = table.shape
-    for task in prange(nb * c_in):
-        b, c = task // c_in, task % c_in
-        gx[b, c] = 0
+def col2vol(cols, gx, table, p0):
+    """Add column gradients ``cols`` (C*K, span) of output positions p0 .. p0 + span - 1
+    onto one image's ``gx`` (C, D*H*W); one task per channel (each writes only its own)."""
+    c_in = gx.shape[0]
+    kk = table.shape[0]
+    span = cols.shape[1]
+    for c in prange(c_in):
         for k in range(kk):
-            for p in range(npos):
-                o = table[k, p]
+            for p in range(span):
+                o = table[k, p0 + p]
                 if o >= 0:
-                    gx[b, c, o] += cols[b, c * kk + k, p]
+                    gx[c, o] += cols[c * kk + k, p]
 
 
-def tile_images(a) -> int:
-    """Images per tile: as many as keep the columns within ``config.WORKSPACE_BYTES``."""
-    per_image = a.c_in * math.prod(a.kernel) * math.prod(a.out) * a.dtype.itemsize
-    return max(1, min(a.n, config.WORKSPACE_BYTES // max(per_image, 1)))
+def chunk_positions(a) -> int:
+    """Output positions per unfolded chunk: as many as keep the columns (C_in*K rows)
+    within ``config.IM2COL_CHUNK_BYTES`` (cache-sized), one at least."""
+    row_bytes = a.c_in * math.prod(a.kernel) * a.dtype.itemsize
+    return max(1, min(math.prod(a.out), config.IM2COL_CHUNK_BYTES // row_bytes))
 
 
 def _table(a):
@@ -84,55 +87,56 @@ def _table(a):
                    a.out)
 
 
-def _tiles(a):
-    step = tile_images(a)
-    cols = np.empty((step, a.c_in * math.prod(a.kernel), math.prod(a.out)), a.dtype)
-    for start in range(0, a.n, step):
-        stop = min(a.n, start + step)
-        yield slice(start, stop), cols[:stop - start]
+def _chunks(a):
+    """(p0, p1, cols) per chunk of output positions; cols a reused (C_in*K, p1 - p0)
+    workspace."""
+    span, npos = chunk_positions(a), math.prod(a.out)
+    rows = a.c_in * math.prod(a.kernel)
+    buf = workspace("conv3d-cols", rows * span, a.dtype)
+    for p0 in range(0, npos, span):
+        p1 = min(npos, p0 + span)
+        yield p0, p1, buf[:rows * (p1 - p0)].reshape(rows, p1 - p0)
 
 
-def _group_rows(a, g):
-    rows = a.c_in // a.groups * math.prod(a.kernel)
-    return slice(g * rows, (g + 1) * rows)
+def _groups(a):
+    """(input rows of the columns, output channels) of each group."""
+    rows, dg = a.c_in // a.groups * math.prod(a.kernel), a.c_out // a.groups
+    return [(slice(g * rows, (g + 1) * rows), slice(g * dg, (g + 1) * dg))
+            for g in range(a.groups)]
 
 
 def forward(x, w, a, out) -> None:
     """conv3d of canonical arrays into canonical ``out`` (bias not added)."""
-    table = _table(a)
-    dg = a.c_out // a.groups
+    table, groups = _table(a), _groups(a)
     wm = w.reshape(a.c_out, -1)
     xv = x.reshape(a.n, a.c_in, -1)
     yv = out.reshape(a.n, a.c_out, -1)
-    for batch, cols in _tiles(a):
-        vol2col(xv[batch], cols, table)
-        for g in range(a.groups):
-            np.matmul(wm[g * dg:(g + 1) * dg], cols[:, _group_rows(a, g)],
-                      out=yv[batch, g * dg:(g + 1) * dg])
+    for b in range(a.n):
+        for p0, p1, cols in _chunks(a):
+            vol2col(xv[b], cols, table, p0)
+            for rows, ds in groups:
+                np.matmul(wm[ds], cols[rows], out=yv[b, ds, p0:p1])
 
 
 def backward(gy, x, w, a, grad_x, grad_w) -> None:
     """Input and weight gradients of canonical arrays (None: not wanted)."""
-    table = _table(a)
-    dg = a.c_out // a.groups
+    table, groups = _table(a), _groups(a)
     wm = w.reshape(a.c_out, -1)
     xv = x.reshape(a.n, a.c_in, -1)
-    gxv = None if grad_x is None else grad_x.reshape(a.n, a.c_in, -1)
     gyv = gy.reshape(a.n, a.c_out, -1)
-    gwm = None
     if grad_w is not None:
         gwm = grad_w.reshape(a.c_out, -1)
         gwm[...] = 0
-    for batch, cols in _tiles(a):
-        gyt = gyv[batch]
-        if gwm is not None:
-            vol2col(xv[batch], cols, table)
-            for g in range(a.groups):
-                part = np.matmul(gyt[:, g * dg:(g + 1) * dg],
-                                 cols[:, _group_rows(a, g)].transpose(0, 2, 1))
-                gwm[g * dg:(g + 1) * dg] += part.sum(axis=0)
-        if grad_x is not None:
-            for g in range(a.groups):
-                np.matmul(wm[g * dg:(g + 1) * dg].T, gyt[:, g * dg:(g + 1) * dg],
-                          out=cols[:, _group_rows(a, g)])
-            col2vol(cols, gxv[batch], table)
+    if grad_x is not None:
+        gxv = grad_x.reshape(a.n, a.c_in, -1)
+        gxv[...] = 0
+    for b in range(a.n):
+        for p0, p1, cols in _chunks(a):
+            if grad_w is not None:
+                vol2col(xv[b], cols, table, p0)
+                for rows, ds in groups:
+                    gwm[ds] += gyv[b, ds, p0:p1] @ cols[rows].T
+            if grad_x is not None:
+                for rows, ds in groups:
+                    np.matmul(wm[ds].T, gyv[b, ds, p0:p1], out=cols[rows])
+                col2vol(cols, gxv[b], table, p0)
