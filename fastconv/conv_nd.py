@@ -162,7 +162,7 @@ def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     layout : "NCDHW" (default) or "NDHWC".
     algo : "auto" (the cheapest by the cost model, see :func:`conv3d_plan`; the FFT
         only on finite arrays, im2col otherwise), "naive" (direct loops), "im2col" (3-D
-        unfold + GEMM, image by image in cache-sized chunks of output positions: memory
+        unfold + GEMM, image by image in chunks of output positions: memory
         bounded whatever the batch) or "fft" (pays off for large kernels; one NaN or Inf
         spreads over whole volumes).
 

@@ -78,7 +78,7 @@ def test_im2col_unfolds_in_chunks(monkeypatch):
     grads = fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="naive")
     from fastconv.algos.conv3d import im2col
     assert im2col.chunk_positions(record(x, wt, kwargs)) == 24        # all at once
-    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 2 * 54 * 4 + 1)  # 2 positions
+    monkeypatch.setattr(config, "WORKSPACE_CACHE_BYTES", 2 * 54 * 4 + 1)  # 2 positions
     assert im2col.chunk_positions(record(x, wt, kwargs)) == 2     # (float32 record)
     np.testing.assert_allclose(fastconv.conv3d(x, wt, b, **kwargs, algo="im2col"), want)
     for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="im2col"), grads,
