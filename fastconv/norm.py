@@ -6,10 +6,14 @@ Training uses the batch mean and the biased batch variance, and moves the runnin
 estimates towards the batch mean and the *unbiased* variance (``momentum``); evaluation
 uses the running estimates.
 
-Precision: statistics take two passes (the mean, then the mean of squared deviations) with
-float64 accumulators, and every element is normalised in float64 and rounded once, so a
-float32 channel whose spread is tiny next to its mean (mean 1e4, std 1e-2) keeps its
-precision. Parallel reductions own their writes: NCHW runs one task per channel; NHWC
+Precision: statistics take one pass of float64 sums of the deviations d = x - k from a
+shift k, the channel's first value (mean = k + sum(d) / n, var = sum(d**2) / n -
+(sum(d) / n)**2: shifted by a value of the data, both terms stay near the variance
+unless that value lies many standard deviations from the mean), and every
+element is normalised in float64 and rounded once, so a float32 channel whose spread is
+tiny next to its mean (mean 1e4, std 1e-2) keeps its precision. Training thus reads x
+twice (the statistics, then the normalisation), the gradient reads grad_y and x twice.
+Parallel reductions own their writes: NCHW runs one task per channel; NHWC
 sums fixed blocks of ``_ROWS`` pixels into per-block partial sums (one task per block),
 then reduces the partials serially (the result does not depend on the thread count).
 """
@@ -32,36 +36,39 @@ _ROWS = 256  # pixels per partial sum in the NHWC reductions
 
 # ----------------------------------------------------------------------------- kernels
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_train_nchw(x, weight, bias, eps, y, mean, var):
+def _bn_train_nchw(x, weight, bias, eps, y, mean, var, relu):
     """x, y (N, C, M); weight, bias (C,) float64. Per channel (one task each): mean and
-    biased var (two float64 passes) into mean, var (C,), then y = (x - mean) * weight *
-    invstd + bias while the channel is still in cache."""
+    biased var (one pass of shifted float64 sums, see the module docstring) into mean,
+    var (C,), then y = (x - mean) * weight * invstd + bias while the channel is still in
+    cache; with ``relu``, max(y, 0) (NaN stays NaN) in the same pass."""
     n_img, c_all, m = x.shape
     count = n_img * m
     for c in prange(c_all):
+        shift = np.float64(x[0, c, 0])
         s = 0.0
-        for n in range(n_img):
-            for k in range(m):
-                s += x[n, c, k]
-        mu = s / count
         q = 0.0
         for n in range(n_img):
             for k in range(m):
-                d = x[n, c, k] - mu
+                d = x[n, c, k] - shift
+                s += d
                 q += d * d
-        v = q / count
+        ds = s / count
+        mu = shift + ds
+        v = max(q / count - ds * ds, 0.0)
         mean[c] = mu
         var[c] = v
         scale = weight[c] / np.sqrt(v + eps)
         shift = bias[c]
         for n in range(n_img):
             for k in range(m):
-                y[n, c, k] = (x[n, c, k] - mu) * scale + shift
+                v = (x[n, c, k] - mu) * scale + shift
+                y[n, c, k] = 0.0 if relu and v <= 0.0 else v
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_apply_nchw(x, mean, scale, shift, y):
-    """y = (x - mean[c]) * scale[c] + shift[c] for x, y (N, C, M); one task per plane."""
+def _bn_apply_nchw(x, mean, scale, shift, y, relu):
+    """y = (x - mean[c]) * scale[c] + shift[c] for x, y (N, C, M), then max(y, 0) with
+    ``relu``; one task per plane."""
     n_img, c_all, m = x.shape
     for task in prange(n_img * c_all):
         n = task // c_all
@@ -70,37 +77,38 @@ def _bn_apply_nchw(x, mean, scale, shift, y):
         a = scale[c]
         b = shift[c]
         for k in range(m):
-            y[n, c, k] = (x[n, c, k] - mu) * a + b
+            v = (x[n, c, k] - mu) * a + b
+            y[n, c, k] = 0.0 if relu and v <= 0.0 else v
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums_nhwc(x, mean, part):
-    """part[t, c] = sum over the rows r of block t of x[r, c] when ``mean`` is None, else
-    of (x[r, c] - mean[c])**2; x (P, C), part (T, C). The two cases compile apart: numba
-    drops the branch of the other one, so each runs its own loop only."""
+def _block_moments_nhwc(x, shift, part1, part2):
+    """part1[t, c] and part2[t, c]: the sums over the rows r of block t of d and d**2,
+    d = x[r, c] - shift[c]; x (P, C), part1, part2 (T, C)."""
     n_rows, c_all = x.shape
-    for t in prange(part.shape[0]):
-        acc = part[t]
-        acc[:] = 0.0
+    for t in prange(part1.shape[0]):
+        s1 = part1[t]
+        s2 = part2[t]
+        s1[:] = 0.0
+        s2[:] = 0.0
         for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-            if mean is None:
-                for c in range(c_all):
-                    acc[c] += x[r, c]
-            else:
-                for c in range(c_all):
-                    d = x[r, c] - mean[c]
-                    acc[c] += d * d
+            for c in range(c_all):
+                d = x[r, c] - shift[c]
+                s1[c] += d
+                s2[c] += d * d
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_apply_nhwc(x, mean, scale, shift, y):
-    """y = (x - mean[c]) * scale[c] + shift[c] for x, y (P, C); one task per row block."""
+def _bn_apply_nhwc(x, mean, scale, shift, y, relu):
+    """y = (x - mean[c]) * scale[c] + shift[c] for x, y (P, C), then max(y, 0) with
+    ``relu``; one task per row block."""
     n_rows, c_all = x.shape
     n_blocks = (n_rows + _ROWS - 1) // _ROWS
     for t in prange(n_blocks):
         for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
             for c in range(c_all):
-                y[r, c] = (x[r, c] - mean[c]) * scale[c] + shift[c]
+                v = (x[r, c] - mean[c]) * scale[c] + shift[c]
+                y[r, c] = 0.0 if relu and v <= 0.0 else v
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -167,9 +175,10 @@ class _LayoutKernels:
     """One layout's batch-norm kernels, each taking ``view``s of C-contiguous 4-D arrays
     in the layout (NCHW: (N, C, H*W); NHWC: (N*H*W, C)) and float64 (C,) vectors.
 
-    - ``train(x, weight, bias, eps, y) -> (mean, var)``: the batch mean and biased
-      variance, and y normalised with them.
-    - ``apply(x, mean, scale, shift, y)``: y = (x - mean) * scale + shift.
+    - ``train(x, weight, bias, eps, y, relu) -> (mean, var)``: the batch mean and biased
+      variance, and y normalised with them (then max(y, 0) with ``relu``).
+    - ``apply(x, mean, scale, shift, y, relu)``: y = (x - mean) * scale + shift (then
+      max(y, 0) with ``relu``).
     - ``backward(gy, x, mean, invstd, weight, training, gx) -> (sum_dy, sum_dy_xmu)``:
       gx, and the sums of gy and of gy * (x - mean) per channel.
     """
@@ -185,9 +194,9 @@ def _nchw_view(a):
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def _nchw_train(x, weight, bias, eps, y):
+def _nchw_train(x, weight, bias, eps, y, relu):
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-    _bn_train_nchw(x, weight, bias, eps, y, mean, var)
+    _bn_train_nchw(x, weight, bias, eps, y, mean, var, relu)
     return mean, var
 
 
@@ -207,14 +216,15 @@ def _partials(x):
     return np.empty(((x.shape[0] + _ROWS - 1) // _ROWS, x.shape[1]))
 
 
-def _nhwc_train(x, weight, bias, eps, y):
+def _nhwc_train(x, weight, bias, eps, y, relu):
     count = x.shape[0]
-    part = _partials(x)
-    _block_sums_nhwc(x, None, part)
-    mean = part.sum(axis=0) / count     # serial reduction of the partials
-    _block_sums_nhwc(x, mean, part)
-    var = part.sum(axis=0) / count
-    _bn_apply_nhwc(x, mean, weight / np.sqrt(var + eps), bias, y)
+    p1, p2 = _partials(x), _partials(x)
+    shift = x[0].astype(np.float64)
+    _block_moments_nhwc(x, shift, p1, p2)
+    ds = p1.sum(axis=0) / count     # serial reduction of the partials
+    mean = shift + ds
+    var = np.maximum(p2.sum(axis=0) / count - ds * ds, 0.0)
+    _bn_apply_nhwc(x, mean, weight / np.sqrt(var + eps), bias, y, relu)
     return mean, var
 
 
@@ -247,7 +257,8 @@ def _f64(a, c, fill):
 
 # ----------------------------------------------------------------------------- forward
 def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=False,
-               momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False, device="cpu"):
+               momentum=0.1, eps=1e-5, *, layout="NCHW", return_stats=False, device="cpu",
+               fuse_relu=False):
     """Batch normalisation, as torch.nn.functional.batch_norm on 4-D input.
 
     Parameters
@@ -262,6 +273,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     momentum : in [0, 1]. eps : >= 0, added to the variance.
     return_stats : also return the mean and invstd used.
     device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
+    fuse_relu : return max(y, 0) (NaN stays NaN), computed in the normalising pass (CPU
+        only; batch norm followed by ReLU, as in fastconv.nn's BasicBlock).
 
     Returns
     -------
@@ -284,6 +297,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     """
     op = "batch_norm"
     gpu = devices.gpu_op(op, device)
+    if gpu is not None and fuse_relu:
+        raise ValueError(f"{op}: fuse_relu=True runs on the CPU only, not on device={device!r}")
     if gpu is not None:
         return gpu(x, running_mean, running_var, weight, bias, training, momentum, eps,
                    layout=layout, return_stats=return_stats)
@@ -298,7 +313,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         mean, invstd = np.full(a.c, np.nan), np.full(a.c, np.nan)
     elif a.training:
         with parallel_guard():
-            mean, var = k.train(k.view(np.ascontiguousarray(x)), w64, b64, a.eps, k.view(y))
+            mean, var = k.train(k.view(np.ascontiguousarray(x)), w64, b64, a.eps, k.view(y),
+                                bool(fuse_relu))
         invstd = 1.0 / np.sqrt(var + a.eps)
         if running_mean is not None:
             unbiased = var * (a.count / (a.count - 1))
@@ -309,7 +325,8 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + a.eps)
         if y.size:
             with parallel_guard():
-                k.apply(k.view(np.ascontiguousarray(x)), mean, w64 * invstd, b64, k.view(y))
+                k.apply(k.view(np.ascontiguousarray(x)), mean, w64 * invstd, b64, k.view(y),
+                        bool(fuse_relu))
     y = narrow(y) if half else y
     return (y, mean, invstd) if return_stats else y
 

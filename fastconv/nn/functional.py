@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _blas
+from .. import _blas, _elementwise
 from .. import conv as _conv
 from .. import norm as _norm
 from .. import pool as _pool
@@ -23,6 +23,7 @@ from ..autograd import (
     Function,
     LeakyReLU,
     LogSoftmax,
+    Permute,
     Reshape,
     Softmax,
     Tensor,
@@ -56,7 +57,12 @@ def _tensor(x) -> Tensor:
 class Conv2d(Function):
     @staticmethod
     def forward(ctx, x, w, b, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-                algo="auto"):
+                algo="auto", canonical_weight=False):
+        # canonical_weight: w is OIHW whatever the layout (the nn layers' weights, as
+        # torch's); the kernels take the layout's own order (HWIO for NHWC)
+        ctx.permute_weight = canonical_weight and not LAYOUTS[layout].is_canonical
+        if ctx.permute_weight:
+            w = np.ascontiguousarray(LAYOUTS[layout].weight_from_canonical_view(w))
         ctx.save_for_backward(x, w)
         ctx.args = (stride, padding, dilation, groups)
         ctx.layout, ctx.algo, ctx.has_bias = layout, algo, b is not None
@@ -75,16 +81,28 @@ class Conv2d(Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         # e.g. the first layer: its input (the data) needs no gradient, and grad_x is the
         # larger half of the work
-        return _conv.conv2d_backward(g, x, w, *ctx.args, layout=ctx.layout, algo=ctx.algo,
-                                     needs_input_grad=(need_x, need_w,
-                                                       need_b and ctx.has_bias))
+        gx, gw, gb = _conv.conv2d_backward(g, x, w, *ctx.args, layout=ctx.layout,
+                                           algo=ctx.algo,
+                                           needs_input_grad=(need_x, need_w,
+                                                             need_b and ctx.has_bias))
+        if ctx.permute_weight and gw is not None:
+            gw = LAYOUTS[ctx.layout].weight_to_canonical_view(gw)
+        return gx, gw, gb
 
 
 def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           layout="NCHW", algo="auto") -> Tensor:
-    """2-D cross-correlation (see :func:`fastconv.conv2d` for shapes and arguments)."""
+           layout="NCHW", algo="auto", weight_layout=None) -> Tensor:
+    """2-D cross-correlation (see :func:`fastconv.conv2d` for shapes and arguments).
+
+    ``weight_layout`` None: the weight is in ``layout``'s order (OIHW for NCHW, HWIO for
+    NHWC); "OIHW": it is (out, in/groups, kh, kw) whatever ``layout`` (torch's order, that
+    of :class:`fastconv.nn.Conv2d`), and its gradient comes back in that order.
+    """
+    if weight_layout not in (None, "OIHW"):
+        raise ValueError(f"conv2d: weight_layout={weight_layout!r} must be None or 'OIHW'")
     return Conv2d.apply(input, weight, bias, stride=stride, padding=padding,
-                        dilation=dilation, groups=groups, layout=layout, algo=algo)
+                        dilation=dilation, groups=groups, layout=layout, algo=algo,
+                        canonical_weight=weight_layout == "OIHW")
 
 
 # -------------------------------------------------------------------------------- pooling
@@ -152,10 +170,10 @@ def global_avg_pool2d(input, *, layout="NCHW") -> Tensor:
     return GlobalAvgPool2d.apply(input, layout=layout)
 
 
-def adaptive_avg_pool2d(input, output_size) -> Tensor:
+def adaptive_avg_pool2d(input, output_size, *, layout="NCHW") -> Tensor:
     """Only output_size 1 (global average pooling) is supported."""
     check_adaptive_output_size("adaptive_avg_pool2d", output_size)
-    return GlobalAvgPool2d.apply(input)
+    return GlobalAvgPool2d.apply(input, layout=layout)
 
 
 def check_adaptive_output_size(op: str, output_size) -> None:
@@ -168,17 +186,20 @@ def check_adaptive_output_size(op: str, output_size) -> None:
 class BatchNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=False,
-                momentum=0.1, eps=1e-5, layout="NCHW"):
+                momentum=0.1, eps=1e-5, layout="NCHW", relu=False):
+        # relu: max(y, 0) in the normalising pass (fastconv.nn.fused.batch_norm_relu)
         y, mean, invstd = _norm.batch_norm(x, running_mean, running_var, weight, bias,
                                            training, momentum, eps, layout=layout,
-                                           return_stats=True)
-        ctx.save_for_backward(x, mean, invstd, weight)
+                                           return_stats=True, fuse_relu=relu)
+        ctx.save_for_backward(x, mean, invstd, weight, y if relu else None)
         ctx.training, ctx.layout, ctx.has_bias = training, layout, bias is not None
         return y
 
     @staticmethod
     def backward(ctx, g):
-        x, mean, invstd, weight = ctx.saved_tensors
+        x, mean, invstd, weight, y = ctx.saved_tensors
+        if y is not None:               # the ReLU's gradient first
+            g = _elementwise.relu_backward(g, y)
         gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
                                                training=ctx.training, layout=ctx.layout)
         return gx, None if weight is None else gw, gb if ctx.has_bias else None
@@ -357,9 +378,17 @@ def log_softmax(input, dim: int = -1) -> Tensor:
     return LogSoftmax.apply(x, axis=dim_index(dim, x.ndim))
 
 
-def flatten(input, start_dim: int = 1, end_dim: int = -1) -> Tensor:
-    """Merge axes start_dim..end_dim (default: everything but the batch axis)."""
+def flatten(input, start_dim: int = 1, end_dim: int = -1, *, layout="NCHW") -> Tensor:
+    """Merge axes start_dim..end_dim (default: everything but the batch axis).
+
+    layout="NHWC": a 4-D (N, H, W, C) input is flattened in the order of its NCHW form,
+    (C, H, W), as torch flattens a channels_last tensor, so that the weights of a following
+    Linear layer are those of the NCHW network (numpy copies the input when H * W > 1).
+    """
     x = _tensor(input)
+    lay = _get_layout("flatten", layout)
+    if not lay.is_canonical and x.ndim == 4:
+        x = Permute.apply(x, axes=lay.to_canonical)
     return Reshape.apply(x, shape=flat_shape(x.shape, start_dim, end_dim))
 
 

@@ -1,6 +1,11 @@
 """Layers (torch.nn's names, arguments and default initialisation). Data is NCHW,
 conv weights OIHW, linear weights (out_features, in_features).
 
+The image layers take ``layout`` ("NCHW" by default, or "NHWC": (N, H, W, C) data,
+channels last, torch's channels_last memory format as a shape). Parameters keep torch's
+shapes in both layouts (Conv2d's weight is OIHW), so state dicts move between layouts and
+to torch unchanged; :class:`Flatten` with layout="NHWC" flattens in the NCHW order.
+
 Every layer with weights takes ``rng`` (numpy Generator; fastconv's default generator,
 seeded by ``fastconv.manual_seed``, when None) and ``dtype`` (float32 by default).
 """
@@ -14,7 +19,7 @@ import numpy as np
 from .._args import padding_pairs, pair
 from ..layout import get as get_layout
 from . import functional as F
-from . import init
+from . import fused, init
 from .module import Module, Parameter, Sequential, call_unbatched
 from .padfold import check_padding_mode, padded_input
 
@@ -73,7 +78,8 @@ def conv_extra_repr(layer, rank: int) -> str:
 
 
 class Conv2d(_WeightAndBias):
-    """2-D convolution layer: weight (out, in/groups, kh, kw), bias (out,).
+    """2-D convolution layer: weight (out, in/groups, kh, kw), bias (out,); input
+    (N, C, H, W), or (N, H, W, C) with layout="NHWC" (the weight stays OIHW).
 
     Initialised as torch: weight kaiming_uniform(a=sqrt(5)), i.e. U(+-1/sqrt(fan_in)),
     bias U(+-1/sqrt(fan_in)), fan_in = in/groups * kh * kw.
@@ -87,9 +93,11 @@ class Conv2d(_WeightAndBias):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", *, rng=None, dtype=np.float32):
+                 padding_mode: str = "zeros", *, rng=None, dtype=np.float32,
+                 layout: str = "NCHW"):
         super().__init__()
         self.padding_mode = check_padding_mode("Conv2d", padding_mode)
+        self.layout = get_layout("Conv2d", layout).name
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"Conv2d: groups={groups} must divide in_channels={in_channels} "
                              f"and out_channels={out_channels}")
@@ -103,14 +111,14 @@ class Conv2d(_WeightAndBias):
                               bias, dtype, rng)
 
     def forward(self, x):
-        x, padding = padded_input(x, self.padding_mode, self.padding, 2,
+        x, padding = padded_input(x, self.padding_mode, self.padding, 2, self.layout,
                                   kernel_size=self.kernel_size, dilation=self.dilation,
                                   op="Conv2d")
         return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
-                        self.groups)
+                        self.groups, layout=self.layout, weight_layout="OIHW")
 
     def extra_repr(self) -> str:
-        return conv_extra_repr(self, 2)
+        return conv_extra_repr(self, 2) + _layout_repr(self)
 
 
 class Linear(_WeightAndBias):
@@ -136,14 +144,17 @@ class BatchNorm2d(Module):
     Training: normalise with the batch mean and biased variance; update ``running_mean``
     / ``running_var`` (ndarrays, in place) with ``momentum`` and the unbiased variance.
     Evaluation: normalise with the running statistics. momentum=None uses the cumulative
-    average (1 / num_batches_tracked), as torch.
+    average (1 / num_batches_tracked), as torch. Input (N, C, H, W), or (N, H, W, C) with
+    layout="NHWC".
     """
 
     takes_images = True  # a 3-D input is one unbatched image
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float | None = 0.1,
-                 affine: bool = True, track_running_stats: bool = True, *, dtype=np.float32):
+                 affine: bool = True, track_running_stats: bool = True, *, dtype=np.float32,
+                 layout: str = "NCHW"):
         super().__init__()
+        self.layout = get_layout("BatchNorm2d", layout).name
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.affine, self.track_running_stats = affine, track_running_stats
         dtype = np.dtype(dtype)
@@ -169,8 +180,15 @@ class BatchNorm2d(Module):
             self.num_batches_tracked[...] = 0
 
     def forward(self, x):
+        return self._normalise(x, False)
+
+    def forward_relu(self, x):
+        """relu(self(x)) in one pass (:func:`fastconv.nn.fused.batch_norm_relu`)."""
+        return self._normalise(x, True)
+
+    def _normalise(self, x, relu: bool):
         if getattr(x, "ndim", 0) == 3:  # one unbatched image: a batch of one
-            return call_unbatched(self.forward, x)
+            return call_unbatched(lambda t: self._normalise(t, relu), x)
         use_batch_stats = self.training or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
@@ -178,12 +196,19 @@ class BatchNorm2d(Module):
             if self.momentum is None:
                 momentum = 1.0 / float(self.num_batches_tracked)
         # running_mean/var are None when not tracked: batch statistics, no update
-        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
-                            use_batch_stats, momentum, self.eps)
+        norm = fused.batch_norm_relu if relu else F.batch_norm
+        return norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                    use_batch_stats, momentum, self.eps, layout=self.layout)
 
     def extra_repr(self) -> str:
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+                f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+                + _layout_repr(self))
+
+
+def _layout_repr(module) -> str:
+    """", layout='NHWC'" for a channels-last layer, nothing for NCHW."""
+    return "" if module.layout == "NCHW" else f", layout={module.layout!r}"
 
 
 class _Pool2d(Module):
@@ -192,13 +217,15 @@ class _Pool2d(Module):
 
     takes_images = True  # a 3-D input is one unbatched image
 
-    def __init__(self, kernel_size, stride, padding, ceil_mode: bool):
+    def __init__(self, kernel_size, stride, padding, ceil_mode: bool, layout: str):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
         self.ceil_mode = ceil_mode
+        self.layout = get_layout(type(self).__name__, layout).name
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        return (f"kernel_size={self.kernel_size}, stride={self.stride}, "
+                f"padding={self.padding}" + _layout_repr(self))
 
 
 class MaxPool2d(_Pool2d):
@@ -206,13 +233,13 @@ class MaxPool2d(_Pool2d):
     (N, C, H_out, W_out); stride None means stride = kernel_size."""
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1,
-                 ceil_mode: bool = False):
-        super().__init__(kernel_size, stride, padding, ceil_mode)
+                 ceil_mode: bool = False, *, layout: str = "NCHW"):
+        super().__init__(kernel_size, stride, padding, ceil_mode, layout)
         self.dilation = dilation
 
     def forward(self, x):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
-                            self.ceil_mode)
+                            self.ceil_mode, layout=self.layout)
 
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, dilation={self.dilation}, "
@@ -224,34 +251,42 @@ class AvgPool2d(_Pool2d):
     (N, C, H_out, W_out); stride None means stride = kernel_size."""
 
     def __init__(self, kernel_size, stride=None, padding=0, ceil_mode: bool = False,
-                 count_include_pad: bool = True):
-        super().__init__(kernel_size, stride, padding, ceil_mode)
+                 count_include_pad: bool = True, *, layout: str = "NCHW"):
+        super().__init__(kernel_size, stride, padding, ceil_mode, layout)
         self.count_include_pad = count_include_pad
 
     def forward(self, x):
         return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.ceil_mode,
-                            self.count_include_pad)
+                            self.count_include_pad, layout=self.layout)
 
 
 class GlobalAvgPool2d(Module):
-    """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1)."""
+    """Mean over H and W: (N, C, H, W) -> (N, C, 1, 1); NHWC: (N, H, W, C) ->
+    (N, 1, 1, C)."""
 
     takes_images = True  # a 3-D input is one unbatched image
 
+    def __init__(self, *, layout: str = "NCHW"):
+        super().__init__()
+        self.layout = get_layout(type(self).__name__, layout).name
+
     def forward(self, x):
-        return F.global_avg_pool2d(x)
+        return F.global_avg_pool2d(x, layout=self.layout)
+
+    def extra_repr(self) -> str:
+        return _layout_repr(self).removeprefix(", ")
 
 
 class AdaptiveAvgPool2d(GlobalAvgPool2d):
     """torch's AdaptiveAvgPool2d restricted to output_size 1 (global average pooling)."""
 
-    def __init__(self, output_size=1):
-        super().__init__()
+    def __init__(self, output_size=1, *, layout: str = "NCHW"):
+        super().__init__(layout=layout)
         F.check_adaptive_output_size("AdaptiveAvgPool2d", output_size)
         self.output_size = output_size
 
     def extra_repr(self) -> str:
-        return f"output_size={self.output_size}"
+        return f"output_size={self.output_size}" + _layout_repr(self)
 
 
 class ReLU(Module):
@@ -265,15 +300,20 @@ class ReLU(Module):
 
 
 class Flatten(Module):
-    def __init__(self, start_dim: int = 1, end_dim: int = -1):
+    """Merge axes start_dim..end_dim; layout="NHWC" flattens a 4-D (N, H, W, C) input in
+    the order of its NCHW form, as torch flattens a channels_last tensor (see
+    :func:`fastconv.nn.functional.flatten`)."""
+
+    def __init__(self, start_dim: int = 1, end_dim: int = -1, *, layout: str = "NCHW"):
         super().__init__()
         self.start_dim, self.end_dim = start_dim, end_dim
+        self.layout = get_layout("Flatten", layout).name
 
     def forward(self, x):
-        return F.flatten(x, self.start_dim, self.end_dim)
+        return F.flatten(x, self.start_dim, self.end_dim, layout=self.layout)
 
     def extra_repr(self) -> str:
-        return f"start_dim={self.start_dim}, end_dim={self.end_dim}"
+        return f"start_dim={self.start_dim}, end_dim={self.end_dim}" + _layout_repr(self)
 
 
 class Dropout(Module):
@@ -306,7 +346,7 @@ class Dropout2d(Module):
         return F.dropout2d(x, self.p, self.training, layout=self.layout, rng=self.rng)
 
     def extra_repr(self) -> str:
-        return f"p={self.p}" + ("" if self.layout == "NCHW" else f", layout={self.layout!r}")
+        return f"p={self.p}" + _layout_repr(self)
 
 
 class Identity(Module):
@@ -359,7 +399,7 @@ class BasicBlock(Module):
 
     The shortcut is the identity, or a 1x1 conv (stride ``stride``, no bias) + batch
     norm when the stride is not 1 or the channel count changes (torchvision's layout and
-    names: conv1, bn1, conv2, bn2, downsample).
+    names: conv1, bn1, conv2, bn2, downsample). ``layout`` is that of every layer.
     """
 
     takes_images = True  # a 3-D input is one unbatched image
@@ -367,22 +407,24 @@ class BasicBlock(Module):
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1, *, rng=None,
-                 dtype=np.float32):
+                 dtype=np.float32, layout: str = "NCHW"):
         super().__init__()
-        self.conv1 = Conv2d(in_planes, planes, 3, stride, 1, bias=False, rng=rng, dtype=dtype)
-        self.bn1 = BatchNorm2d(planes, dtype=dtype)
+        kw = {"dtype": dtype, "layout": layout}
+        self.conv1 = Conv2d(in_planes, planes, 3, stride, 1, bias=False, rng=rng, **kw)
+        self.bn1 = BatchNorm2d(planes, **kw)
         self.relu = ReLU()
-        self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False, rng=rng, dtype=dtype)
-        self.bn2 = BatchNorm2d(planes, dtype=dtype)
+        self.conv2 = Conv2d(planes, planes, 3, 1, 1, bias=False, rng=rng, **kw)
+        self.bn2 = BatchNorm2d(planes, **kw)
         if stride != 1 or in_planes != planes:
             self.downsample = Sequential(
-                Conv2d(in_planes, planes, 1, stride, bias=False, rng=rng, dtype=dtype),
-                BatchNorm2d(planes, dtype=dtype))
+                Conv2d(in_planes, planes, 1, stride, bias=False, rng=rng, **kw),
+                BatchNorm2d(planes, **kw))
         else:
             self.downsample = None
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
+        # relu(bn1(.)) and relu(. + shortcut) each run as one fused op (fastconv.nn.fused)
+        out = self.bn1.forward_relu(self.conv1(x))
         out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(out + shortcut)
+        return fused.add_relu(out, shortcut)

@@ -1,7 +1,8 @@
-"""Training throughput of LeNet-5 on 28x28 inputs: fastconv against torch, in one run.
+"""Training throughput of small CNNs (``train_models.SPECS``: LeNet-5, a small and a wide
+ResNet) in NCHW or NHWC: fastconv against torch, in one run.
 
-Both train the same network (same initial weights, same batches x (batch, 1, 28, 28)
-float32 with 10 classes, SGD with momentum 0.9). Steps are timed one by one; the
+Both train the same network (same initial weights, same batches of float32 images with
+10 classes, SGD with momentum 0.9; torch in channels_last for NHWC). Steps are timed one by one; the
 frameworks alternate in blocks of ``steps`` steps (ABBA order over ``rounds`` rounds), so
 that load on a shared machine hits both alike, and the report gives medians and
 quartiles of the step times and images/s = batch / median step time. Each block starts
@@ -17,8 +18,9 @@ malloc decides how many of those megabytes come back as fresh pages (a page faul
 4 KiB): by default arrays above an adaptive threshold are mmap'ed and the heap top is
 returned to the system, and the thresholds rise when large blocks are freed, so one
 framework's frees changed the other's fault rate within one process (fastconv alone: 7.1
-ms per step with the defaults, 4.2 ms with fixed thresholds). ``malloc_mb`` (default 64)
-fixes the thresholds at the start of the run; 0 keeps glibc's defaults.
+ms per step with the defaults, 4.2 ms with fixed thresholds). The headline rows keep
+glibc's defaults, as a user's program would; ``malloc_mb`` > 0 repeats every case with
+the thresholds fixed at that many MiB, as separate rows.
 """
 
 from __future__ import annotations
@@ -32,19 +34,17 @@ from collections import defaultdict
 import numpy as np
 
 import fastconv
-from fastconv import autograd, models, optim
+from fastconv import autograd, optim
 from fastconv.nn import functional as F
 
+from . import train_models
+
 N_BATCHES = 8
-
-
-def torch_lenet(torch):
-    """torch's LeNet-5 with the layers of ``fastconv.models.lenet5(1, 10, 28)``."""
-    tnn = torch.nn
-    return tnn.Sequential(tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
-                          tnn.Conv2d(6, 16, 5), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(),
-                          tnn.Linear(400, 120), tnn.ReLU(), tnn.Linear(120, 84), tnn.ReLU(),
-                          tnn.Linear(84, 10))
+# the clock of the timed steps: wall time (perf_counter), or with clock="cpu" the
+# process's CPU time (process_time: all threads' CPU seconds; with one thread per
+# framework it is the work done, little changed by other processes' load)
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+_CLOCK = [time.perf_counter]
 
 
 def _functions():
@@ -93,7 +93,7 @@ def op_timers(acc):
 
 def profile_steps(model, opt, xs, ys, steps):
     """Per-op median milliseconds per training step over ``steps`` steps on the batches
-    xs (b, batch, 1, 28, 28) with labels ys (b, batch), and the median step time;
+    xs (b, batch, *image) with labels ys (b, batch), and the median step time;
     printed as a table."""
     per_step = defaultdict(list)
     n_batches = len(xs)
@@ -159,30 +159,29 @@ def _step_and_eval(model, opt, loss_fn, no_grad, xs, ys):
     return step, evaluate
 
 
-def _runners(xs, ys, threads: int):
-    """{framework: (train step(i), eval forward(i))} on batch i % N_BATCHES of xs
-    (N_BATCHES, batch, 1, 28, 28) and ys (N_BATCHES, batch), torch (when installed,
-    ``threads`` threads) starting from fastconv's initial weights; also fastconv's model,
-    its optimiser and the torch module (None)."""
-    ours = models.lenet5(1, 10, 28, rng=np.random.default_rng(1))
+def _runners(spec, layout: str, xs, ys, threads: int, torch):
+    """{framework: (train step(i), eval forward(i))} of network ``spec`` on batch
+    i % N_BATCHES of xs (N_BATCHES, batch, C, H, W) (NCHW; given in ``layout``) and ys
+    (N_BATCHES, batch), torch (when installed, ``threads`` threads, channels_last for
+    NHWC) starting from fastconv's initial weights; also fastconv's model and
+    optimiser."""
+    ours = spec.build(np.random.default_rng(1), layout)
     opt = optim.SGD(ours.parameters(), lr=0.01, momentum=0.9)
+    ours_x = xs if layout == "NCHW" else np.ascontiguousarray(xs.transpose(0, 1, 3, 4, 2))
     runners = {"fastconv": _step_and_eval(ours, opt, F.cross_entropy, fastconv.no_grad,
-                                          xs, ys)}
-    try:
-        import torch
-    except ImportError:
-        torch = None
-        print("torch is not installed: fastconv only")
+                                          ours_x, ys)}
     if torch is not None:
         torch.set_num_threads(threads)
-        theirs = torch_lenet(torch)
-        theirs.load_state_dict({k: torch.from_numpy(v.copy())
-                                for k, v in ours.state_dict().items()})
+        theirs = train_models.torch_model(torch, spec)
+        train_models.load_into_torch(torch, theirs, ours)
+        tx = torch.from_numpy(xs)
+        if layout == "NHWC":
+            theirs = theirs.to(memory_format=torch.channels_last)
+            tx = [t.contiguous(memory_format=torch.channels_last) for t in tx]
         topt = torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)
         runners["torch"] = _step_and_eval(theirs, topt, torch.nn.functional.cross_entropy,
-                                          torch.no_grad, torch.from_numpy(xs),
-                                          torch.from_numpy(ys))
-    return runners, ours, opt, torch
+                                          torch.no_grad, tx, torch.from_numpy(ys))
+    return runners, ours, opt, ours_x
 
 
 def _step_times(runners, kind: int, steps: int, rounds: int, interleave: str,
@@ -194,9 +193,9 @@ def _step_times(runners, kind: int, steps: int, rounds: int, interleave: str,
         # the frameworks alternate step by step
         for i in range(rounds * steps):
             for name, fns in runners.items():
-                t0 = time.perf_counter()
+                t0 = _CLOCK[0]()
                 fns[kind](i)
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(_CLOCK[0]() - t0)
         return times
     # blocks of `steps` steps per framework, alternating (ABBA...) round by round so that
     # load drifts hit both alike; each block starts after a pause and one untimed step,
@@ -208,13 +207,13 @@ def _step_times(runners, kind: int, steps: int, rounds: int, interleave: str,
             time.sleep(settle)
             fn(r)
             for i in range(steps):
-                t0 = time.perf_counter()
+                t0 = _CLOCK[0]()
                 fn(r * steps + i)
-                times[name].append(time.perf_counter() - t0)
+                times[name].append(_CLOCK[0]() - t0)
     return times
 
 
-def _print_setup(torch, load_before, malloc: str) -> None:
+def _print_setup(torch, load_before) -> None:
     """The machine, the libraries and their threads, the allocator setting."""
     import numba
     from threadpoolctl import threadpool_info
@@ -229,14 +228,16 @@ def _print_setup(torch, load_before, malloc: str) -> None:
           f"({numba.threading_layer()}, {numba.get_num_threads()} threads); BLAS: {blas}")
     if torch is not None:
         print(f"torch {torch.__version__}: {torch.get_num_threads()} threads")
-    print(f"memory allocator: {malloc}")
 
 
-def _run(batch, steps, rounds, threads, interleave, settle, malloc, profile) -> int:
+def _case(spec, layout, batch, steps, rounds, threads, interleave, settle, torch,
+          profile) -> dict:
+    """Time one network in one layout against torch; print its detail lines and return
+    {framework: (train ms median, q1, q3, eval ms median)}."""
     rng = np.random.default_rng(0)
-    xs = rng.random((N_BATCHES, batch, 1, 28, 28), dtype=np.float32)
+    xs = rng.random((N_BATCHES, batch, *spec.input_shape), dtype=np.float32)
     ys = rng.integers(0, 10, (N_BATCHES, batch))
-    runners, ours, opt, torch = _runners(xs, ys, threads)
+    runners, ours, opt, ours_x = _runners(spec, layout, xs, ys, threads, torch)
 
     # first steps: the same weights and batches give the same loss
     first = {name: step(0) for name, (step, _) in runners.items()}
@@ -244,46 +245,97 @@ def _run(batch, steps, rounds, threads, interleave, settle, malloc, profile) -> 
         for i in range(1, 4):
             step(i)
             ev(i)
-
-    load_before = os.getloadavg()
     train_t = _step_times(runners, 0, steps, rounds, interleave, settle)
     eval_t = _step_times(runners, 1, steps, rounds, interleave, settle)
-    _print_setup(torch, load_before, malloc)
-    how = ("step by step" if interleave == "step" else
-           f"in alternating blocks of {steps} steps")
-    print(f"LeNet-5, 28x28x1 input, batch {batch}, float32, SGD(momentum=0.9); "
-          f"{rounds * steps} timed train and eval steps per framework, "
-          f"interleaved {how}")
-    print("first-step loss: " + ", ".join(f"{k} {v:.6f}" for k, v in first.items()))
-    print(f"{'':10s} {'train step ms (q1 / median / q3)':>34s} {'train img/s':>12s} "
-          f"{'eval ms (median)':>17s} {'eval img/s':>11s}")
+    print(f"{spec.title} {layout}, {'x'.join(map(str, spec.input_shape))} input, batch "
+          f"{batch}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in first.items()))
+    out = {}
     for name in runners:
         q1, med, q3 = (1e3 * v for v in np.percentile(train_t[name], [25, 50, 75]))
-        emed = 1e3 * np.median(eval_t[name])
-        print(f"{name:10s} {q1:10.2f} / {med:8.2f} / {q3:8.2f}   {batch / med * 1e3:12.0f} "
-              f"{emed:17.2f} {batch / emed * 1e3:11.0f}")
-    if torch is not None:
-        ratio = np.median(train_t["fastconv"]) / np.median(train_t["torch"])
-        print(f"fastconv train step / torch train step (medians): {ratio:.2f}")
+        out[name] = (med, q1, q3, 1e3 * np.median(eval_t[name]))
+        print(f"  {name:9s} train step ms q1 / median / q3 {q1:8.2f} / {med:8.2f} / {q3:8.2f};"
+              f" eval ms {out[name][3]:8.2f}")
     if profile:
-        profile_steps(ours, opt, xs, ys, rounds * steps)
+        profile_steps(ours, opt, ours_x, ys, rounds * steps)
+    return out
+
+
+def _table(rows) -> None:
+    """The report: images/s of both frameworks and their ratio per case."""
+    print(f"\n{'network':18s} {'layout':6s} {'batch':>5s} {'setting':14s} "
+          f"{'fastconv img/s':>14s} {'torch img/s':>12s} {'ratio':>6s} "
+          f"{'eval fc/torch':>13s}")
+    for (title, layout, batch, setting), res in rows:
+        fc = batch / res["fastconv"][0] * 1e3
+        if "torch" in res:
+            th = batch / res["torch"][0] * 1e3
+            ev = res["torch"][3] / res["fastconv"][3]
+            tail = f"{th:12.0f} {fc / th:6.2f} {ev:13.2f}"
+        else:
+            tail = f"{'-':>12s} {'-':>6s} {'-':>13s}"
+        print(f"{title:18s} {layout:6s} {batch:5d} {setting:14s} {fc:14.0f} {tail}")
+    print("ratio: fastconv images/s / torch images/s in training (median step times); "
+          "eval fc/torch: the same for inference forwards")
+
+
+def _run(model_names, layouts, batch, steps, rounds, threads, interleave, settle,
+         malloc_mb, profile) -> int:
+    try:
+        import torch
+    except ImportError:
+        torch = None
+        print("torch is not installed: fastconv only")
+    load_before = os.getloadavg()
+    settings = [("glibc malloc", 0)] + ([(f"malloc {malloc_mb} MiB", malloc_mb)]
+                                         if malloc_mb > 0 else [])
+    rows = []
+    for setting, mib in settings:
+        if mib:
+            print(f"memory allocator from here on: {fix_malloc(mib)}")
+        for name in model_names:
+            spec = train_models.SPECS[name]
+            b = batch or spec.batch
+            for layout in layouts:
+                res = _case(spec, layout, b, steps, rounds, threads, interleave, settle,
+                            torch, profile and not mib)
+                rows.append(((spec.title, layout, b, setting), res))
+    _print_setup(torch, load_before)
+    how = ("step by step" if interleave == "step" else
+           f"in alternating blocks of {steps} steps")
+    print(f"float32, SGD(momentum=0.9), 10 classes; {rounds * steps} timed train and eval "
+          f"steps per framework and case, interleaved {how}; torch channels_last for NHWC; "
+          f"{'process CPU' if _CLOCK[0] is time.process_time else 'wall'} time")
+    _table(rows)
     return 0
 
 
-def throughput(batch: int = 64, steps: int = 20, rounds: int = 5, threads: int = 2,
+def throughput(models=("lenet",), layouts=("NCHW",), batch: int | None = None,
+               steps: int = 20, rounds: int = 5, threads: int = 2,
                numba_threads: int | None = None, blas_threads: int | None = None,
-               interleave: str = "block", settle: float = 0.3, malloc_mb: int = 64,
-               profile: bool = False) -> int:
-    """Time ``rounds * steps`` training steps and eval forwards per framework and print
-    the report; returns 0.
+               interleave: str = "block", settle: float = 0.3, malloc_mb: int = 0,
+               profile: bool = False, clock: str = "wall") -> int:
+    """Time ``rounds * steps`` training steps and eval forwards per framework, network
+    (``models``: names of :data:`train_models.SPECS`) and layout, and print the report;
+    returns 0.
 
-    torch runs with ``torch.set_num_threads(threads)`` (skipped, with a note, if torch is
-    not installed). Compilation (numba) is excluded by warm-up steps. ``numba_threads``
-    and ``blas_threads`` cap fastconv's numba threads and numpy's BLAS threads for the
-    whole run (None: the libraries' defaults). ``profile`` then times every fastconv op of
-    further training steps (forward and backward of each autograd Function, the optimiser
-    step) and prints the median milliseconds per step of each."""
-    malloc = fix_malloc(malloc_mb)
+    ``batch`` None takes each network's own batch. torch runs with
+    ``torch.set_num_threads(threads)`` (skipped, with a note, if torch is not installed),
+    channels_last for NHWC. Compilation (numba) is excluded by warm-up steps. The headline
+    rows keep glibc's malloc defaults; ``malloc_mb`` > 0 then repeats every case with fixed
+    thresholds (see the module docstring) as further rows. ``numba_threads`` and
+    ``blas_threads`` cap fastconv's numba threads and numpy's BLAS threads for the whole
+    run (None: the libraries' defaults). ``profile`` times every fastconv op of further
+    training steps of each headline case (forward and backward of each autograd Function,
+    the optimiser step) and prints the median milliseconds per step of each. ``clock``
+    "cpu" times the steps in process CPU time instead of wall time (see ``CLOCKS``)."""
+    if clock not in CLOCKS:
+        raise ValueError(f"train throughput: clock={clock!r} must be one of "
+                         f"{', '.join(CLOCKS)}")
+    _CLOCK[0] = CLOCKS[clock]
+    unknown = [m for m in models if m not in train_models.SPECS]
+    if unknown:
+        raise ValueError(f"train throughput: unknown model {unknown[0]!r}; known: "
+                         f"{', '.join(train_models.SPECS)}")
     with contextlib.ExitStack() as stack:
         if blas_threads is not None:
             from threadpoolctl import threadpool_limits
@@ -293,4 +345,5 @@ def throughput(batch: int = 64, steps: int = 20, rounds: int = 5, threads: int =
             import numba
 
             numba.set_num_threads(numba_threads)
-        return _run(batch, steps, rounds, threads, interleave, settle, malloc, profile)
+        return _run(models, layouts, batch, steps, rounds, threads, interleave, settle,
+                    malloc_mb, profile)

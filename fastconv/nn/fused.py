@@ -1,0 +1,58 @@
+"""Fused ops of the ResNet basic block: batch norm + ReLU, residual add + ReLU.
+
+Each is one autograd Function doing in one pass what two ops would do in two, with one
+output array instead of two, and the gradient of the pair:
+
+- :func:`batch_norm_relu`: max(batch_norm(x), 0), the ReLU applied in batch norm's
+  normalising pass (``fastconv.batch_norm(..., fuse_relu=True)``; the batch norm
+  Function of ``fastconv.nn.functional`` with ``relu=True``);
+- :func:`add_relu`: max(a + b, 0), the residual connection and the ReLU after it.
+
+Both keep their output ``y`` for the backward pass: the ReLU gradient passes where
+y > 0, as :func:`fastconv.nn.functional.relu`'s.
+
+>>> import numpy as np
+>>> from fastconv.nn import fused
+>>> fused.add_relu(np.array([1.0, -2.0]), np.array([0.5, 1.0])).data
+array([1.5, 0. ])
+"""
+
+from __future__ import annotations
+
+from .. import _elementwise
+from ..autograd import Function, Tensor
+from .functional import BatchNorm
+
+
+class AddReLU(Function):
+    """y = max(a + b, 0); both inputs get g where y > 0."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        y = _elementwise.add_relu(a, b)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        gx = _elementwise.relu_backward(g, ctx.saved_tensors[0])
+        return gx, gx     # one array for both: the engine never adds into a gradient
+
+
+def add_relu(a, b) -> Tensor:
+    """max(a + b, 0) for a and b of one shape (any shape): relu(a + b) in one pass."""
+    a, b = (t if isinstance(t, Tensor) else Tensor(t) for t in (a, b))
+    if a.shape != b.shape:
+        raise ValueError(f"add_relu: a of shape {a.shape} and b of shape {b.shape} must "
+                         "have one shape")
+    return AddReLU.apply(a, b)
+
+
+def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None,
+                    training=False, momentum=0.1, eps=1e-5, *, layout="NCHW") -> Tensor:
+    """relu(batch_norm(input, ...)) in one pass (arguments as
+    :func:`fastconv.nn.functional.batch_norm`): input (N, C, H, W), or (N, H, W, C) with
+    layout="NHWC"; the output has its shape."""
+    return BatchNorm.apply(input, weight, bias, running_mean=running_mean,
+                           running_var=running_var, training=training, momentum=momentum,
+                           eps=eps, layout=layout, relu=True)

@@ -1,0 +1,41 @@
+"""The training benchmark: torch's networks match fastconv's, and a tiny run reports."""
+
+import numpy as np
+import pytest
+
+from fastconv.tools.bench import train, train_models
+
+
+@pytest.mark.parametrize("name", sorted(train_models.SPECS))
+def test_torch_networks_take_fastconv_weights_and_agree(name):
+    torch = pytest.importorskip("torch")
+    spec = train_models.SPECS[name]
+    x = np.random.default_rng(0).random((2, *spec.input_shape), dtype=np.float32)
+    for layout in ("NCHW", "NHWC"):
+        ours = spec.build(np.random.default_rng(1), layout)
+        theirs = train_models.torch_model(torch, spec)
+        train_models.load_into_torch(torch, theirs, ours)
+        tx = torch.from_numpy(x)
+        ox = x
+        if layout == "NHWC":
+            theirs = theirs.to(memory_format=torch.channels_last)
+            tx = tx.contiguous(memory_format=torch.channels_last)
+            ox = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        np.testing.assert_allclose(ours(ox).data, theirs(tx).detach().numpy(), rtol=1e-4,
+                                   atol=1e-5, err_msg=f"{name} {layout}")
+
+
+def test_tiny_run_prints_the_table(capsys):
+    assert train.throughput(models=("lenet",), layouts=("NHWC",), batch=2, steps=1,
+                            rounds=1, settle=0.0) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("LeNet-5")][-1]
+    assert row.split()[1:4] == ["NHWC", "2", "glibc"]
+    assert float(row.split()[5]) > 0              # fastconv images/s
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="train throughput: unknown model 'vgg'"):
+        train.throughput(models=("vgg",))
+    with pytest.raises(ValueError, match="train throughput: clock='gpu' must be one of wall, cpu"):
+        train.throughput(clock="gpu")
