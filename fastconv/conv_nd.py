@@ -59,7 +59,9 @@ def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     groups : int dividing C_in and C_out.
     layout : "NCW" (default) or "NWC".
     algo : "auto" or a conv2d algorithm ("naive", "im2col", "fft"; "winograd" needs a
-        3x3 kernel, which a 1-D kernel never is).
+        3x3 kernel, which a 1-D kernel never is). "auto" is conv2d's choice for the
+        unit-height problem: ``fastconv.plan((N, C_in, 1, W), (C_out, C_in/groups, 1, k),
+        padding=((0, 0), (lo, hi)))`` says which and why.
 
     Returns
     -------
