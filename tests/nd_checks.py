@@ -52,3 +52,23 @@ def check_unbatched(conv, conv_backward, case):
     np.testing.assert_allclose(y, conv(x, wt, b, **kwargs)[0])
     gx, gw, gb = conv_backward(np.ones_like(y), x[0], wt, **kwargs)
     assert gx.shape == x[0].shape and gw.shape == wt.shape and gb.shape == b.shape
+
+
+def check_channels_last_layer(layer_cls, channels_last: str, x, **kwargs):
+    """A layer with a channels-last ``layout`` (same weight, torch's shape) gives the
+    channels-first layer's output and gradients on the moved-axis input."""
+    from fastconv import Tensor, manual_seed
+
+    manual_seed(0)
+    first = layer_cls(**kwargs, dtype=np.float64)
+    manual_seed(0)
+    last = layer_cls(**kwargs, dtype=np.float64, layout=channels_last)
+    assert last.weight.shape == first.weight.shape
+    assert repr(last).endswith(f"layout={channels_last!r})")
+    xf, xl = Tensor(x, requires_grad=True), Tensor(np.moveaxis(x, 1, -1), requires_grad=True)
+    yf, yl = first(xf), last(xl)
+    np.testing.assert_allclose(np.moveaxis(yl.data, -1, 1), yf.data, rtol=1e-12, atol=1e-12)
+    (yf * yf).sum().backward()
+    (yl * yl).sum().backward()
+    np.testing.assert_allclose(np.moveaxis(xl.grad, -1, 1), xf.grad, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(last.weight.grad, first.weight.grad, rtol=1e-10, atol=1e-12)

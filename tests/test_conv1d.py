@@ -10,7 +10,14 @@ from fastconv.nn import functional as F
 
 from . import reference as ref
 from .conftest import WINOGRAD_REFUSAL, assert_layer_matches_torch
-from .nd_checks import check_backward, check_forward, check_unbatched, nd_arrays, record
+from .nd_checks import (
+    check_backward,
+    check_channels_last_layer,
+    check_forward,
+    check_unbatched,
+    nd_arrays,
+    record,
+)
 
 ALGOS = ("naive", "im2col", "fft", "auto")
 
@@ -173,3 +180,12 @@ def test_padding_modes_match_torch(mode):
     m = fastconv.nn.Conv1d(2, 3, 3, padding=2, padding_mode=mode, dtype=np.float64)
     assert repr(m).endswith(f"padding=(2,), padding_mode={mode})")
     assert_layer_matches_torch(tm, m, np.random.default_rng(0).standard_normal((2, 2, 9)))
+
+
+def test_channels_last_layer_keeps_torchs_weight():
+    x = np.random.default_rng(4).standard_normal((2, 4, 11))
+    check_channels_last_layer(fastconv.nn.Conv1d, "NWC", x, in_channels=4, out_channels=6,
+                              kernel_size=3, stride=2, padding=1, groups=2,
+                              padding_mode="reflect")
+    with pytest.raises(ValueError, match=r"Conv1d: layout='NHWC' is not supported"):
+        fastconv.nn.Conv1d(2, 2, 3, layout="NHWC")

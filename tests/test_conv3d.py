@@ -10,7 +10,14 @@ from fastconv.nn import functional as F
 
 from . import reference as ref
 from .conftest import assert_layer_matches_torch
-from .nd_checks import check_backward, check_forward, check_unbatched, nd_arrays, record
+from .nd_checks import (
+    check_backward,
+    check_channels_last_layer,
+    check_forward,
+    check_unbatched,
+    nd_arrays,
+    record,
+)
 
 ALGOS = ("naive", "im2col", "fft", "auto")
 
@@ -217,3 +224,11 @@ def test_warmup_compiles_every_conv3d_algorithm():
     from fastconv.tools import warmup
 
     assert warmup.CONV3D_ALGOS == tuple(algos3d.ALGORITHMS)
+
+
+def test_channels_last_layer_keeps_torchs_weight():
+    x = np.random.default_rng(4).standard_normal((2, 2, 4, 5, 3))
+    check_channels_last_layer(fastconv.nn.Conv3d, "NDHWC", x, in_channels=2, out_channels=3,
+                              kernel_size=(2, 3, 2), padding=1, padding_mode="circular")
+    with pytest.raises(ValueError, match=r"Conv3d: layout='NHWC' is not supported"):
+        fastconv.nn.Conv3d(2, 2, 3, layout="NHWC")

@@ -6,6 +6,8 @@ kaiming_uniform(a=sqrt(5)), bias U(+-1/sqrt(fan_in)), fan_in = in/groups * kerne
 ``padding_mode``: "zeros" (the convolution's own zero padding), or "reflect",
 "replicate", "circular": the input is first padded by ``padding`` in that mode
 (:func:`fastconv.nn.padfold.padded_input`) and convolved without padding, as torch.
+``layout``: "NCW" / "NCDHW" (default) or channels-last "NWC" / "NDHWC" data; the weight
+keeps torch's shape in every layout (state dicts move between layouts unchanged).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._args.conv_nd import padding_nd, tuple_arg
+from ..layout import get as get_layout
 from . import _conv_nd_ops as ops
 from .layers import _WeightAndBias, conv_extra_repr
 from .padfold import check_padding_mode, padded_input
@@ -20,13 +23,16 @@ from .padfold import check_padding_mode, padded_input
 
 class _ConvNd(_WeightAndBias):
     rank = 1
+    default_layout = "NCW"
     op = staticmethod(ops.conv1d)
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1,
                  padding=0, dilation=1, groups: int = 1, bias: bool = True,
-                 padding_mode: str = "zeros", *, rng=None, dtype=np.float32):
+                 padding_mode: str = "zeros", *, rng=None, dtype=np.float32,
+                 layout: str | None = None):
         super().__init__()
         name = type(self).__name__
+        self.layout = get_layout(name, layout or self.default_layout, self.rank).name
         if in_channels % groups or out_channels % groups:
             raise ValueError(f"{name}: groups={groups} must divide in_channels={in_channels} "
                              f"and out_channels={out_channels}")
@@ -47,14 +53,17 @@ class _ConvNd(_WeightAndBias):
 
     def forward(self, x):
         x, padding = padded_input(x, self.padding_mode, self.padding, self.rank,
-                                  "NCW" if self.rank == 1 else "NCDHW",
-                                  kernel_size=self.kernel_size, dilation=self.dilation,
-                                  op=type(self).__name__)
-        return self.op(x, self.weight, self.bias, self.stride, padding, self.dilation,
-                       self.groups)
+                                  self.layout, kernel_size=self.kernel_size,
+                                  dilation=self.dilation, op=type(self).__name__)
+        dims = get_layout(type(self).__name__, self.layout, self.rank)
+        w = self.weight if dims.is_canonical else self.weight.permute(
+            *dims.weight_from_canonical)           # the layout's weight order, a view
+        return self.op(x, w, self.bias, self.stride, padding, self.dilation, self.groups,
+                       layout=self.layout)
 
     def extra_repr(self) -> str:
-        return conv_extra_repr(self, self.rank)
+        tail = "" if self.layout == self.default_layout else f", layout={self.layout!r}"
+        return conv_extra_repr(self, self.rank) + tail
 
 
 class Conv1d(_ConvNd):
@@ -79,4 +88,5 @@ class Conv3d(_ConvNd):
     """
 
     rank = 3
+    default_layout = "NCDHW"
     op = staticmethod(ops.conv3d)
