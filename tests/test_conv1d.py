@@ -8,16 +8,9 @@ import fastconv
 from fastconv import Tensor, gradcheck
 from fastconv.nn import functional as F
 
+from . import nd_checks as nd
 from . import reference as ref
 from .conftest import WINOGRAD_REFUSAL, assert_layer_matches_torch
-from .nd_checks import (
-    check_backward,
-    check_channels_last_layer,
-    check_forward,
-    check_unbatched,
-    nd_arrays,
-    record,
-)
 
 ALGOS = ("naive", "im2col", "fft", "auto")
 
@@ -35,18 +28,18 @@ CASES = [
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_forward_matches_reference(case, algo):
-    check_forward(fastconv.conv1d, case, algo, 1e-10)
+    nd.check_forward(fastconv.conv1d, case, algo, 1e-10)
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", CASES[:4], ids=str)
 def test_backward_matches_reference(case, algo):
-    check_backward(fastconv.conv1d_backward, case, algo, 1e-10)
+    nd.check_backward(fastconv.conv1d_backward, case, algo, 1e-10)
 
 
 @pytest.mark.parametrize("case", CASES[:3], ids=str)
 def test_nwc_layout_is_the_transposed_problem(case):
-    x, wt, b, kwargs = nd_arrays(case, np.float32)
+    x, wt, b, kwargs = nd.nd_arrays(case, np.float32)
     want = fastconv.conv1d(x, wt, b, **kwargs)
     xn, wn = x.transpose(0, 2, 1), wt.transpose(2, 1, 0)      # NWC views, WIO
     got = fastconv.conv1d(xn, wn, b, **kwargs, layout="NWC")
@@ -62,8 +55,8 @@ def test_nwc_layout_is_the_transposed_problem(case):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_dtypes(dtype):
-    x, wt, b, kwargs = nd_arrays(CASES[1], dtype)
-    a = record(x, wt, kwargs)
+    x, wt, b, kwargs = nd.nd_arrays(CASES[1], dtype)
+    a = nd.record(x, wt, kwargs)
     got = fastconv.conv1d(x, wt, b, **kwargs)
     assert got.dtype == dtype
     want = ref.conv_nd(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
@@ -73,11 +66,11 @@ def test_dtypes(dtype):
 
 
 def test_unbatched_signal_gives_2d_output():
-    check_unbatched(fastconv.conv1d, fastconv.conv1d_backward, CASES[0])
+    nd.check_unbatched(fastconv.conv1d, fastconv.conv1d_backward, CASES[0])
 
 
 def test_needs_input_grad_leaves_out_gradients():
-    x, wt, _, kwargs = nd_arrays(CASES[0])
+    x, wt, _, kwargs = nd.nd_arrays(CASES[0])
     gy = np.ones((2, 4, 9))
     gx, gw, gb = fastconv.conv1d_backward(gy, x, wt, needs_input_grad=(False, True, False))
     assert gx is None and gb is None and gw.shape == wt.shape
@@ -184,7 +177,7 @@ def test_padding_modes_match_torch(mode):
 
 def test_channels_last_layer_keeps_torchs_weight():
     x = np.random.default_rng(4).standard_normal((2, 4, 11))
-    check_channels_last_layer(fastconv.nn.Conv1d, "NWC", x, in_channels=4, out_channels=6,
+    nd.check_channels_last_layer(fastconv.nn.Conv1d, "NWC", x, in_channels=4, out_channels=6,
                               kernel_size=3, stride=2, padding=1, groups=2,
                               padding_mode="reflect")
     with pytest.raises(ValueError, match=r"Conv1d: layout='NHWC' is not supported"):

@@ -8,16 +8,9 @@ import fastconv
 from fastconv import Tensor, config, gradcheck
 from fastconv.nn import functional as F
 
+from . import nd_checks as nd
 from . import reference as ref
 from .conftest import assert_layer_matches_torch
-from .nd_checks import (
-    check_backward,
-    check_channels_last_layer,
-    check_forward,
-    check_unbatched,
-    nd_arrays,
-    record,
-)
 
 ALGOS = ("naive", "im2col", "fft", "auto")
 
@@ -39,18 +32,18 @@ def _tol(dtype, algo):
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_forward_matches_reference(case, algo):
-    check_forward(fastconv.conv3d, case, algo, _tol(np.float64, algo))
+    nd.check_forward(fastconv.conv3d, case, algo, _tol(np.float64, algo))
 
 
 @pytest.mark.parametrize("algo", ALGOS)
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_backward_matches_reference(case, algo):
-    check_backward(fastconv.conv3d_backward, case, algo, _tol(np.float64, algo))
+    nd.check_backward(fastconv.conv3d_backward, case, algo, _tol(np.float64, algo))
 
 
 @pytest.mark.parametrize("algo", ("naive", "im2col", "fft"))
 def test_ndhwc_layout_is_the_transposed_problem(algo):
-    x, wt, b, kwargs = nd_arrays(CASES[1], np.float32)
+    x, wt, b, kwargs = nd.nd_arrays(CASES[1], np.float32)
     want = fastconv.conv3d(x, wt, b, **kwargs, algo=algo)
     xn, wn = x.transpose(0, 2, 3, 4, 1), wt.transpose(2, 3, 4, 1, 0)   # NDHWC, DHWIO
     got = fastconv.conv3d(xn, wn, b, **kwargs, layout="NDHWC", algo=algo)
@@ -67,8 +60,8 @@ def test_ndhwc_layout_is_the_transposed_problem(algo):
 @pytest.mark.parametrize("algo", ("naive", "im2col", "fft"))
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_dtypes(dtype, algo):
-    x, wt, b, kwargs = nd_arrays(CASES[0], dtype)
-    a = record(x, wt, kwargs)
+    x, wt, b, kwargs = nd.nd_arrays(CASES[0], dtype)
+    a = nd.record(x, wt, kwargs)
     got = fastconv.conv3d(x, wt, b, **kwargs, algo=algo)
     assert got.dtype == dtype
     want = ref.conv_nd(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
@@ -79,14 +72,14 @@ def test_dtypes(dtype, algo):
 
 
 def test_im2col_unfolds_in_chunks(monkeypatch):
-    x, wt, b, kwargs = nd_arrays(CASES[0])
+    x, wt, b, kwargs = nd.nd_arrays(CASES[0])
     want = fastconv.conv3d(x, wt, b, **kwargs, algo="naive")
     gy = np.ones(want.shape)
     grads = fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="naive")
     from fastconv.algos.conv3d import im2col
-    assert im2col.chunk_positions(record(x, wt, kwargs)) == 24        # all at once
+    assert im2col.chunk_positions(nd.record(x, wt, kwargs)) == 24        # all at once
     monkeypatch.setattr(config, "WORKSPACE_CACHE_BYTES", 2 * 54 * 4 + 1)  # 2 positions
-    assert im2col.chunk_positions(record(x, wt, kwargs)) == 2     # (float32 record)
+    assert im2col.chunk_positions(nd.record(x, wt, kwargs)) == 2     # (float32 record)
     np.testing.assert_allclose(fastconv.conv3d(x, wt, b, **kwargs, algo="im2col"), want)
     for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="im2col"), grads,
                     strict=True):
@@ -94,8 +87,8 @@ def test_im2col_unfolds_in_chunks(monkeypatch):
 
 
 def test_unbatched_volume_and_empty_batch():
-    check_unbatched(fastconv.conv3d, fastconv.conv3d_backward, CASES[0])
-    x, wt, b, kwargs = nd_arrays(CASES[0])
+    nd.check_unbatched(fastconv.conv3d, fastconv.conv3d_backward, CASES[0])
+    x, wt, b, kwargs = nd.nd_arrays(CASES[0])
     empty = fastconv.conv3d(x[:0], wt, b, **kwargs)
     assert empty.shape == (0, 3, 3, 2, 4)
     gx, gw, gb = fastconv.conv3d_backward(empty, x[:0], wt, **kwargs)
@@ -103,7 +96,7 @@ def test_unbatched_volume_and_empty_batch():
 
 
 def test_needs_input_grad_leaves_out_gradients():
-    x, wt, _, kwargs = nd_arrays(CASES[0])
+    x, wt, _, kwargs = nd.nd_arrays(CASES[0])
     gy = np.ones((2, 3, 3, 2, 4))
     gx, gw, gb = fastconv.conv3d_backward(gy, x, wt, needs_input_grad=(True, False, False))
     assert gw is None and gb is None and gx.shape == x.shape
@@ -228,7 +221,7 @@ def test_warmup_compiles_every_conv3d_algorithm():
 
 def test_channels_last_layer_keeps_torchs_weight():
     x = np.random.default_rng(4).standard_normal((2, 2, 4, 5, 3))
-    check_channels_last_layer(fastconv.nn.Conv3d, "NDHWC", x, in_channels=2, out_channels=3,
+    nd.check_channels_last_layer(fastconv.nn.Conv3d, "NDHWC", x, in_channels=2, out_channels=3,
                               kernel_size=(2, 3, 2), padding=1, padding_mode="circular")
     with pytest.raises(ValueError, match=r"Conv3d: layout='NHWC' is not supported"):
         fastconv.nn.Conv3d(2, 2, 3, layout="NHWC")
