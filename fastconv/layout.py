@@ -5,6 +5,9 @@ channels) and of weights (``"HWIO"``: kernel height and width, input channels pe
 output channels) with one letter each. Every permutation between a layout and the
 canonical one (``"NCHW"`` / ``"OIHW"``, the order the algorithms' records use) is
 derived from those letters by :func:`permutation`; no other module writes one by hand.
+The 1-D (``NCW``/``NWC``, weights ``OIW``/``WIO``) and 3-D (``NCDHW``/``NDHWC``, weights
+``OIDHW``/``DHWIO``) layouts of conv1d and conv3d are records of the same kind, listed
+by spatial rank in :data:`LAYOUTS_BY_RANK`; :data:`LAYOUTS` holds the 2-D ones.
 
 Examples
 --------
@@ -114,14 +117,37 @@ def _reorder(values: tuple, perm: tuple[int, ...]) -> tuple:
 NCHW = Layout("NCHW", "OIHW", "NCHW", "OIHW")
 NHWC = Layout("NHWC", "HWIO", "NCHW", "OIHW")
 
-#: Every layout by name, in the order error messages list them.
+#: Every 2-D layout by name, in the order error messages list them.
 LAYOUTS = {lay.name: lay for lay in (NCHW, NHWC)}
 
+# 1-D (signals: W is the one spatial axis) and 3-D (volumes: D, H, W) layouts
+NCW = Layout("NCW", "OIW", "NCW", "OIW")
+NWC = Layout("NWC", "WIO", "NCW", "OIW")
+NCDHW = Layout("NCDHW", "OIDHW", "NCDHW", "OIDHW")
+NDHWC = Layout("NDHWC", "DHWIO", "NCDHW", "OIDHW")
 
-def get(op: str, name) -> Layout:
-    """The layout called ``name``; ValueError naming the op and the accepted layouts."""
+#: The layouts of each spatial rank (1: conv1d, 2: conv2d and the rest, 3: conv3d).
+LAYOUTS_BY_RANK = {
+    1: {lay.name: lay for lay in (NCW, NWC)},
+    2: LAYOUTS,
+    3: {lay.name: lay for lay in (NCDHW, NDHWC)},
+}
+
+
+def get(op: str, name, rank: int = 2) -> Layout:
+    """The layout called ``name`` among those of spatial ``rank``; ValueError naming the op
+    and the accepted layouts.
+
+    >>> get("conv3d", "NDHWC", rank=3).weight
+    'DHWIO'
+    >>> get("conv2d", "NCW")
+    Traceback (most recent call last):
+    ...
+    ValueError: conv2d: layout='NCW' is not supported; acceptable layouts are 'NCHW', 'NHWC'
+    """
+    table = LAYOUTS_BY_RANK[rank]
     try:
-        return LAYOUTS[name]
+        return table[name]
     except (KeyError, TypeError):
         raise ValueError(f"{op}: layout={name!r} is not supported; acceptable layouts are "
-                         f"{', '.join(repr(x) for x in LAYOUTS)}") from None
+                         f"{', '.join(repr(x) for x in table)}") from None

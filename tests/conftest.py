@@ -34,3 +34,24 @@ def refused(algo, x_shape, w_shape, layout="NCHW", stride=1, padding=0, dilation
 
 #: What "winograd" says when it refuses a problem.
 WINOGRAD_REFUSAL = r"algo='winograd' needs a 3x3 kernel with stride 1"
+
+
+def assert_layer_matches_torch(torch_layer, layer, x):
+    """Load ``torch_layer``'s state dict (float64) into ``layer``, run both on ``x`` with
+    the loss sum(y^2), and compare the outputs and every gradient."""
+    import torch
+
+    from fastconv import Tensor
+
+    layer.load_state_dict({k: v.detach().numpy() for k, v in
+                           torch_layer.state_dict().items()})
+    xt = torch.tensor(x, requires_grad=True)
+    yt = torch_layer(xt)
+    yt.square().sum().backward()
+    xf = Tensor(x, requires_grad=True)
+    y = layer(xf)
+    (y * y).sum().backward()
+    np.testing.assert_allclose(y.data, yt.detach().numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(xf.grad, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
+    for name, p in torch_layer.named_parameters():
+        np.testing.assert_allclose(getattr(layer, name).grad, p.grad.numpy(), rtol=1e-10)

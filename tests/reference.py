@@ -326,6 +326,74 @@ def batch_norm_backward(gy, x, weight=None, eps=1e-5, training=True, running_mea
     return gx, gweight, gbias
 
 
+# --------------------------------------------------------------- conv1d / conv3d (N-d)
+def _taps(kernel):
+    return np.ndindex(*kernel)
+
+
+def _nd_window(tap, stride, dilation, out):
+    """The strided slice of the padded input that tap ``tap`` reads for every output."""
+    return tuple(slice(t * r, t * r + s * (o - 1) + 1, s)
+                 for t, s, r, o in zip(tap, stride, dilation, out, strict=True))
+
+
+def _nd_problem(x, w, stride, padding, dilation):
+    """float64 x and w, the per-axis defaults (stride and dilation 1, no padding) and the
+    zero-padded input."""
+    x = np.asarray(x, np.float64)
+    w = np.asarray(w, np.float64)
+    rank = x.ndim - 2
+    stride = stride or (1,) * rank
+    dilation = dilation or (1,) * rank
+    padding = padding or ((0, 0),) * rank
+    return x, w, stride, padding, dilation, np.pad(x, ((0, 0), (0, 0), *padding))
+
+
+def conv_nd(x, w, bias=None, stride=None, padding=None, dilation=None, groups=1):
+    """N-d (NC + spatial / OI + kernel) correlation from the formula:
+    y[n, d, i...] = U[d] + sum_{c, a...} w[d, c, a...] xp[n, gCg + c, s i + r a ...]."""
+    x, w, stride, padding, dilation, xp = _nd_problem(x, w, stride, padding, dilation)
+    kernel = w.shape[2:]
+    out = tuple(out_size(n, k, s, lo, hi, r) for n, k, s, (lo, hi), r
+                in zip(x.shape[2:], kernel, stride, padding, dilation, strict=True))
+    d_all, cg = w.shape[:2]
+    dg = d_all // groups
+    y = np.zeros((x.shape[0], d_all, *out))
+    for d in range(d_all):
+        g = d // dg
+        for tap in _taps(kernel):
+            patch = xp[(slice(None), slice(g * cg, (g + 1) * cg),
+                        *_nd_window(tap, stride, dilation, out))]
+            y[:, d] += np.tensordot(patch, w[(d, slice(None), *tap)], axes=([1], [0]))
+        if bias is not None:
+            y[:, d] += bias[d]
+    return y
+
+
+def conv_nd_backward(gy, x, w, stride=None, padding=None, dilation=None, groups=1):
+    """The adjoint of ``conv_nd`` term by term; returns (gx, gw, gb)."""
+    gy = np.asarray(gy, np.float64)
+    x, w, stride, padding, dilation, xp = _nd_problem(x, w, stride, padding, dilation)
+    rank = x.ndim - 2
+    gxp = np.zeros_like(xp)
+    gw = np.zeros_like(w)
+    out = gy.shape[2:]
+    d_all, cg = w.shape[:2]
+    dg = d_all // groups
+    for d in range(d_all):
+        g = d // dg
+        for tap in _taps(w.shape[2:]):
+            window = (slice(None), slice(g * cg, (g + 1) * cg),
+                      *_nd_window(tap, stride, dilation, out))
+            wv = w[(d, slice(None), *tap)]
+            gxp[window] += gy[:, d, None] * wv.reshape((1, cg) + (1,) * rank)
+            gw[(d, slice(None), *tap)] = np.tensordot(
+                xp[window], gy[:, d], axes=([0, *range(2, 2 + rank)], list(range(1 + rank))))
+    crop = (slice(None), slice(None), *(slice(lo, lo + n) for (lo, _), n
+                                        in zip(padding, x.shape[2:], strict=True)))
+    return gxp[crop], gw, gy.sum(axis=(0, *range(2, gy.ndim)))
+
+
 # ------------------------------------------------------------------ pad, unfold and fold
 def pad_source(j, n, lo, hi, mode):
     """The input index that output index j copies along an axis of size n padded by

@@ -209,6 +209,25 @@ def test_bench_cuda_refuses_nhwc(capsys):
     assert "--layout NHWC is not available with --device cuda" in capsys.readouterr().err
 
 
+def test_bench_nd_tiny_prints_conv1d_and_conv3d_rows(capsys):
+    assert cli.main(["bench", "--suite", "nd-tiny", "--repeats", "1", "--no-extras"]) == 0
+    printed = capsys.readouterr().out
+    for layer in ("tiny_1d", "tiny_3d"):
+        rows = [line.split() for line in printed.splitlines() if line.startswith(layer)]
+        assert [r[1] for r in rows] == ["forward", "forward+backward"]
+        assert all(float(r[2]) > 0 and r[3] == "-" for r in rows)
+
+
+def test_bench_nd_checks_against_torch():
+    pytest.importorskip("torch")
+    from fastconv.tools.bench import nd
+
+    rows = nd.measure(nd.ND_TINY[1:], repeats=1, rounds=1)
+    assert [r["pass"] for r in rows] == ["forward", "forward+backward"]
+    assert all(r["fastconv"] > 0 and r["torch"] > 0 for r in rows)
+    assert "torch/fastconv" in nd.format_rows(rows)
+
+
 def test_transposed_layer_runs_conv_transpose2d_beside_torch():
     """The decoder's layer kind: fastconv's runner computes conv_transpose2d (the scatter
     reference), its output shape is the transposed one, and a run reports what auto ran."""

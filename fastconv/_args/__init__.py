@@ -3,7 +3,8 @@
 All validation and every error message live here (op, rule, values) and serve the CPU,
 CUDA and Dask front ends alike: ``checks`` (arrays, dtypes, ints, flags, pairs, padding,
 activation shapes, layouts, devices) and one module per op family's record (``conv``:
-ConvArgs; ``pool``: PoolArgs and PoolShapes; ``norm``: BatchNormArgs).
+ConvArgs; ``conv_nd``: ConvNdArgs of conv1d and conv3d; ``pool``: PoolArgs and
+PoolShapes; ``norm``: BatchNormArgs).
 """
 
 from .checks import (  # noqa: F401

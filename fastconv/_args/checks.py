@@ -217,17 +217,50 @@ def padding_pairs(op: str, padding, kernel: tuple[int, int], dilation: tuple[int
                          "'valid' and 'same'")
     if (isinstance(padding, (tuple, list)) and len(padding) == 2
             and all(isinstance(p, (tuple, list)) for p in padding)):
-        out = []
-        for axis, p in zip(("height", "width"), padding, strict=True):
-            if len(p) != 2 or not all(_is_int(v) for v in p):
-                raise ValueError(f"{op}: padding={padding!r}: each axis needs a pair of ints "
-                                 f"(low, high), got {p!r} for {axis}")
-            if p[0] < 0 or p[1] < 0:
-                raise ValueError(f"{op}: padding={padding!r} must be non-negative")
-            out.append((int(p[0]), int(p[1])))
-        return out[0], out[1]
+        return padding_per_axis(op, padding, ("height", "width"))
     ph, pw = pair(op, "padding", padding, minimum=0)
     return (ph, ph), (pw, pw)
+
+
+def padding_per_axis(op: str, padding, axes) -> tuple[tuple[int, int], ...]:
+    """``padding``, one (low, high) pair of non-negative ints per axis named in ``axes``,
+    as a tuple of int pairs; ValueError naming the axis otherwise."""
+    out = []
+    for axis, p in zip(axes, padding, strict=True):
+        if len(p) != 2 or not all(_is_int(v) for v in p):
+            raise ValueError(f"{op}: padding={padding!r}: each axis needs a pair of ints "
+                             f"(low, high), got {p!r} for {axis}")
+        if p[0] < 0 or p[1] < 0:
+            raise ValueError(f"{op}: padding={padding!r} must be non-negative")
+        out.append((int(p[0]), int(p[1])))
+    return tuple(out)
+
+
+def check_channels(op: str, c_in: int, c_out: int, c_in_g: int, groups: int,
+                   hint: str = "") -> None:
+    """ValueError unless ``groups`` divides both channel counts and the weight's
+    ``c_in_g`` input channels per group make up ``c_in``; ``hint`` ends the input's
+    messages (a layout hint)."""
+    if c_in % groups:
+        raise ValueError(f"{op}: groups={groups} must divide C_in={c_in}{hint}")
+    if c_out % groups:
+        raise ValueError(f"{op}: groups={groups} must divide C_out={c_out}")
+    if c_in_g * groups != c_in:
+        raise ValueError(f"{op}: weight has {c_in_g} input channels per group but input has "
+                         f"C_in={c_in} with groups={groups} (expected {c_in // groups})"
+                         f"{hint}")
+
+
+def check_kernel_fits(op: str, axes, sizes, kernel, dilation, padding,
+                      hint: str = "") -> None:
+    """ValueError when a dilated kernel is longer than the padded input along an axis
+    (``axes`` names them; the other arguments have one entry per axis)."""
+    for axis, size, k, r, p in zip(axes, sizes, kernel, dilation, padding, strict=True):
+        eff = r * (k - 1) + 1
+        if eff > size + p[0] + p[1]:
+            raise ValueError(f"{op}: kernel {axis} {eff} (k={k}, dilation={r}) is larger than "
+                             f"the padded input {axis} {size + p[0] + p[1]} "
+                             f"(size {size} + padding {p[0]}+{p[1]}){hint}")
 
 
 def check_groups(op: str, groups) -> int:

@@ -16,7 +16,9 @@ from .. import layout as _layout
 from .checks import (
     activation_dims,
     check_array,
+    check_channels,
     check_groups,
+    check_kernel_fits,
     check_layout,
     check_same_dtype,
     layout_hint,
@@ -142,24 +144,11 @@ def _validate_shapes(op, x_shape, w_shape, stride, padding, dilation, groups, la
     if kh < 1 or kw < 1:
         raise ValueError(f"{op}: kernel size must be positive, got {kh}x{kw}")
     hint = layout_hint(x_shape, layout)
-    if c_in % groups:
-        raise ValueError(f"{op}: groups={groups} must divide C_in={c_in}{hint}")
-    if c_out % groups:
-        raise ValueError(f"{op}: groups={groups} must divide C_out={c_out}")
-    if c_in_g * groups != c_in:
-        raise ValueError(f"{op}: weight has {c_in_g} input channels per group but input has "
-                         f"C_in={c_in} with groups={groups} (expected {c_in // groups})"
-                         f"{hint}")
+    check_channels(op, c_in, c_out, c_in_g, groups, hint)
     pad = padding_pairs(op, padding, (kh, kw), dilation_, stride_)
     h_out = conv_output_size(h, kh, stride_[0], *pad[0], dilation_[0])
     w_out = conv_output_size(w, kw, stride_[1], *pad[1], dilation_[1])
-    for axis, size, k, r, p in (("height", h, kh, dilation_[0], pad[0]),
-                                ("width", w, kw, dilation_[1], pad[1])):
-        eff = r * (k - 1) + 1
-        if eff > size + p[0] + p[1]:
-            raise ValueError(f"{op}: kernel {axis} {eff} (k={k}, dilation={r}) is larger than "
-                             f"the padded input {axis} {size + p[0] + p[1]} "
-                             f"(size {size} + padding {p[0]}+{p[1]}){hint}")
+    check_kernel_fits(op, ("height", "width"), (h, w), (kh, kw), dilation_, pad, hint)
     return ConvArgs(n, c_in, h, w, c_out, kh, kw, stride_, dilation_, pad, groups, h_out,
                     w_out, layout, np.dtype(dtype), unbatched)
 

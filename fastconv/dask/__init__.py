@@ -1,6 +1,6 @@
 """fastconv on Dask: convolve and pool image collections larger than one machine.
 
-``fastconv.dask.conv2d``, ``max_pool2d`` and ``avg_pool2d`` take a ``dask.array.Array``
+``fastconv.dask.conv2d``, ``conv3d``, ``max_pool2d`` and ``avg_pool2d`` take a ``dask.array.Array``
 (same arguments and layouts as the in-memory functions) and return a lazy dask array
 whose blocks are computed by the in-memory fastconv functions, on whatever scheduler is
 active: threads, processes, or a ``dask.distributed`` cluster. The results equal the
@@ -28,5 +28,5 @@ except ImportError as exc:  # pragma: no cover - exercised only without dask
     ) from exc
 
 from .cluster import local_cluster, worker_env  # noqa: F401
-from .ops import avg_pool2d, conv2d, max_pool2d  # noqa: F401
+from .ops import avg_pool2d, conv2d, conv3d, max_pool2d  # noqa: F401
 from .predict import predict  # noqa: F401

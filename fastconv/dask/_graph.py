@@ -19,51 +19,60 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from dask.task_spec import DataNode, List, Task, TaskRef
 
-from ..layout import LAYOUTS
+from ..layout import LAYOUTS_BY_RANK
 from ._geometry import Axis, chunk_pieces
 
-#: (channel axis, height axis, width axis) of a 4-D array in each layout.
-AXES = {name: (lay.channel_axis, *lay.spatial_axes) for name, lay in LAYOUTS.items()}
+#: Every layout (1-D, 2-D and 3-D) by name.
+ALL_LAYOUTS = {name: lay for table in LAYOUTS_BY_RANK.values() for name, lay in table.items()}
+#: (channel axis, *spatial axes) of a batched array in each layout.
+AXES = {name: (lay.channel_axis, *lay.spatial_axes) for name, lay in ALL_LAYOUTS.items()}
 
 
-def _cut(block: np.ndarray, h_ax: int, w_ax: int, rows, cols) -> np.ndarray:
+def _cut(block: np.ndarray, axes, spans) -> np.ndarray:
     index = [slice(None)] * block.ndim
-    index[h_ax] = slice(*rows)
-    index[w_ax] = slice(*cols)
+    for ax, span in zip(axes, spans, strict=True):
+        index[ax] = slice(*span)
     return block[tuple(index)]
 
 
-def _run_block(op, pieces, rows, cols, axes_hw, keep, origin, *extra):
+def _assemble(pieces, spans, axes, chosen=()):
+    """The slice from nested chunk ``pieces`` (one nesting level per spatial axis),
+    taking ``spans[d][i]`` = (start, stop) of the i-th chunk along axis d."""
+    depth = len(chosen)
+    if depth == len(axes):
+        return _cut(pieces, axes, chosen)
+    parts = [_assemble(p, spans, axes, chosen + (span,))
+             for p, span in zip(pieces, spans[depth], strict=True)]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=axes[depth])
+
+
+def _run_block(op, pieces, spans, axes, keep, origin, *extra):
     """Assemble the input slice from chunk pieces, run ``op`` and trim its output.
 
-    pieces: chunks as a nested list [row of chunks][column of chunks]; rows/cols: the
-    (start, stop) taken from each chunk row/column; keep: ((j0, length_h), (k0, length_w))
-    local output rows and columns to keep; origin: (a, c) global position of the slice.
+    pieces: chunks as a nested list, one level per spatial axis (rows of chunks, then
+    columns, ...); spans: per spatial axis, the (start, stop) taken from each chunk
+    along it; keep: per spatial axis, (first local output index, length) to keep;
+    origin: the global position of the slice along each spatial axis.
     """
-    h_ax, w_ax = axes_hw
-    bands = []
-    for row, r in zip(pieces, rows, strict=True):
-        parts = [_cut(p, h_ax, w_ax, r, c) for p, c in zip(row, cols, strict=True)]
-        bands.append(parts[0] if len(parts) == 1 else np.concatenate(parts, axis=w_ax))
-    xs = bands[0] if len(bands) == 1 else np.concatenate(bands, axis=h_ax)
-    result = op(xs, origin, *extra)
-    (j0, nh), (k0, nw) = keep
+    result = op(_assemble(pieces, spans, axes), origin, *extra)
+    wanted = tuple((j0, j0 + n) for j0, n in keep)
 
     def trim(y):
-        if y.shape[h_ax] == nh and y.shape[w_ax] == nw:
+        if all(y.shape[ax] == n for ax, (_, n) in zip(axes, keep, strict=True)):
             return y
-        return np.ascontiguousarray(_cut(y, h_ax, w_ax, (j0, j0 + nh), (k0, k0 + nw)))
+        return np.ascontiguousarray(_cut(y, axes, wanted))
 
     return tuple(trim(y) for y in result) if isinstance(result, tuple) else trim(result)
 
 
-def window_map(x, op, axes: tuple[Axis, Axis], *, layout: str, dtypes, out_channels=None,
+def window_map(x, op, axes: tuple[Axis, ...], *, layout: str, dtypes, out_channels=None,
                extra=(), name: str = "fastconv") -> list:
-    """Apply a sliding-window op to a 4-D dask array, block by output block.
+    """Apply a sliding-window op to a batched dask array, block by output block.
 
     Parameters
     ----------
-    x : dask array (N, C, H, W) for layout "NCHW" or (N, H, W, C) for "NHWC".
+    x : dask array (N, C, H, W) for layout "NCHW" or (N, H, W, C) for "NHWC"; likewise
+        3-D (NCW, NWC) and 5-D (NCDHW, NDHWC) arrays.
     op : picklable callable ``op(xs, origin, *extra)`` returning one array per entry of
         ``dtypes`` (a tuple when there are several) in the layout of ``xs``; ``xs`` is a
         slice of ``x`` (all of its batch and channel block) starting at the global
@@ -77,13 +86,12 @@ def window_map(x, op, axes: tuple[Axis, Axis], *, layout: str, dtypes, out_chann
     Returns
     -------
     list of dask arrays, one per dtype, chunked like ``x`` over the batch, with
-    ``out_channels`` over the channels and ``Axis.output_chunks`` over height and width.
+    ``out_channels`` over the channels and ``Axis.output_chunks`` over each spatial axis.
     """
-    c_ax, h_ax, w_ax = AXES[layout]
+    c_ax, *sp_ax = AXES[layout]
     if out_channels is not None and len(x.chunks[c_ax]) != 1:
         raise ValueError("window_map: x must have one channel chunk when out_channels is set")
-    out_h = axes[0].output_chunks(x.chunks[h_ax])
-    out_w = axes[1].output_chunks(x.chunks[w_ax])
+    outs_sp = [axis.output_chunks(x.chunks[ax]) for axis, ax in zip(axes, sp_ax, strict=True)]
     chan = tuple(out_channels) if out_channels is not None else x.chunks[c_ax]
     token = tokenize(x.name, op, axes, layout, [tokenize(e) for e in extra])
     block_name = f"{name}-{token}"
@@ -97,23 +105,22 @@ def window_map(x, op, axes: tuple[Axis, Axis], *, layout: str, dtypes, out_chann
             dsk[key] = DataNode(key, e)
             extra_args.append(TaskRef(key))
 
-    h_plans = _plans(axes[0], out_h, x.chunks[h_ax])
-    w_plans = _plans(axes[1], out_w, x.chunks[w_ax])
-    for bi, ci, (hi, hp), (wi, wp) in itertools.product(
-            range(len(x.chunks[0])), range(len(chan)), enumerate(h_plans), enumerate(w_plans)):
+    plans = [list(enumerate(_plans(axis, out, x.chunks[ax])))
+             for axis, out, ax in zip(axes, outs_sp, sp_ax, strict=True)]
+    for bi, ci, *cell in itertools.product(range(len(x.chunks[0])), range(len(chan)),
+                                           *plans):
         in_c = ci if out_channels is None else 0
-        refs = List(*(List(*(TaskRef(_key(x.name, layout, bi, in_c, h_idx, w_idx))
-                             for w_idx, _, _ in wp["pieces"]))
-                      for h_idx, _, _ in hp["pieces"]))
-        key = _key(block_name, layout, bi, ci, hi, wi)
-        dsk[key] = Task(key, _run_block, op, refs,
-                        [(lo, hi_) for _, lo, hi_ in hp["pieces"]],
-                        [(lo, hi_) for _, lo, hi_ in wp["pieces"]],
-                        (h_ax, w_ax), (hp["keep"], wp["keep"]), (hp["start"], wp["start"]),
-                        *extra_args)
+        key = _key(block_name, layout, bi, ci, *(i for i, _ in cell))
+        dsk[key] = Task(key, _run_block, op,
+                        _refs(x.name, layout, bi, in_c, [p["pieces"] for _, p in cell]),
+                        [[(lo, hi) for _, lo, hi in p["pieces"]] for _, p in cell],
+                        tuple(sp_ax), tuple(p["keep"] for _, p in cell),
+                        tuple(p["start"] for _, p in cell), *extra_args)
 
-    chunks = [None] * 4
-    chunks[0], chunks[c_ax], chunks[h_ax], chunks[w_ax] = x.chunks[0], chan, out_h, out_w
+    chunks = [None] * x.ndim
+    chunks[0], chunks[c_ax] = x.chunks[0], chan
+    for ax, out in zip(sp_ax, outs_sp, strict=True):
+        chunks[ax] = out
     graph = HighLevelGraph.from_collections(block_name, dsk, dependencies=[x])
     if len(dtypes) == 1:
         return [_array(graph, block_name, chunks, dtypes[0])]
@@ -142,10 +149,19 @@ def _plans(axis: Axis, out_chunks, in_chunks):
     return plans
 
 
-def _key(name, layout, n, c, h, w):
-    return (name, *LAYOUTS[layout].shape(n, c, h, w))
+def _refs(name, layout, bi, ci, pieces, index=()):
+    """Nested Lists of references to the input chunks ``pieces`` (per spatial axis, the
+    (chunk index, start, stop) of each chunk along it)."""
+    if len(index) == len(pieces):
+        return TaskRef(_key(name, layout, bi, ci, *index))
+    return List(*(_refs(name, layout, bi, ci, pieces, index + (i,))
+                  for i, _, _ in pieces[len(index)]))
+
+
+def _key(name, layout, n, c, *spatial):
+    return (name, *ALL_LAYOUTS[layout].shape(n, c, *spatial))
 
 
 def _array(graph, name, chunks, dtype):
     return da.Array(graph, name, chunks=tuple(chunks), dtype=dtype,
-                    meta=np.empty((0,) * 4, dtype=dtype))
+                    meta=np.empty((0,) * len(chunks), dtype=dtype))

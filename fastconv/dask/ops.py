@@ -1,4 +1,4 @@
-"""conv2d, max_pool2d and avg_pool2d on dask arrays.
+"""conv2d, conv3d, max_pool2d and avg_pool2d on dask arrays.
 
 Each function validates its arguments at once (errors name the op, the rule and the
 values, as the in-memory functions do), builds the graph of ``_graph.window_map`` and
@@ -17,7 +17,10 @@ import numpy as np
 
 from .. import _args, autotune
 from .. import conv as _conv
+from .. import conv_nd as _conv_nd
 from .. import pool as _pool
+from .._args.conv_nd import conv_nd_arrays
+from ..algos import conv3d as _algos3d
 from ._geometry import Axis
 from ._graph import AXES, window_map
 
@@ -106,6 +109,78 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     (y,) = window_map(x, block_op, axes, layout=layout, dtypes=(args.dtype,),
                       out_channels=(args.c_out,), extra=(w, bias), name="fastconv-conv2d")
     return y[0] if args.unbatched else y
+
+
+# --------------------------------------------------------------------------- conv3d
+@dataclass(frozen=True)
+class _Conv3d:
+    """Block op: fastconv.conv3d with fixed arguments and the algorithm planned for the
+    whole array (weight and bias come per call)."""
+
+    stride: tuple[int, int, int]
+    padding: tuple[tuple[int, int], ...]
+    dilation: tuple[int, int, int]
+    groups: int
+    layout: str
+    algo: str
+
+    def __call__(self, xs, origin, w, bias):
+        return _conv_nd.conv3d(xs, w, bias, self.stride, self.padding, self.dilation,
+                               self.groups, layout=self.layout, algo=self.algo)
+
+
+def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCDHW",
+           algo="auto"):
+    """3-D cross-correlation of a dask array, as :func:`fastconv.conv3d`.
+
+    Parameters
+    ----------
+    x : dask array, (N, C_in, D, H, W) for layout "NCDHW" or (N, D, H, W, C_in) for
+        "NDHWC" (4-D: one unbatched volume). Chunked over the batch and over depth,
+        height and width for large volumes; channel chunks are merged into one.
+    w : numpy array, OIDHW for NCDHW, DHWIO for NDHWC. Stored once in the graph.
+    bias : numpy array (C_out,) or None.
+    stride, padding, dilation, groups, layout, algo : as :func:`fastconv.conv3d`;
+        ``algo="auto"`` is planned once for the whole problem, so every block runs the
+        algorithm the in-memory call would run.
+
+    Returns
+    -------
+    y : lazy dask array of :func:`fastconv.conv3d`'s output shape, with the batch chunks
+        of ``x``, one channel chunk, and depth, height and width chunks that follow those
+        of ``x`` (as :func:`conv2d`'s: each block reads its halo from the neighbouring
+        chunks). Equals ``fastconv.conv3d(x.compute(), ...)``: bit for bit with "naive",
+        to rounding with "im2col" and "fft" (their GEMM and transform sizes follow the
+        block).
+
+    Examples
+    --------
+    >>> import dask.array as da, numpy as np, fastconv, fastconv.dask
+    >>> vol = np.random.default_rng(0).random((1, 2, 12, 12, 12))
+    >>> w = np.ones((3, 2, 3, 3, 3))
+    >>> lazy = fastconv.dask.conv3d(da.from_array(vol, chunks=(1, 2, 5, 6, 7)), w,
+    ...                             padding=1)
+    >>> lazy.chunks[2:]
+    ((6, 5, 1), (7, 5), (8, 4))
+    >>> bool(np.allclose(lazy.compute(), fastconv.conv3d(vol, w, padding=1)))
+    True
+    """
+    op = "conv3d"
+    _conv_nd._check_algo(op, algo)
+    x, w, bias, a = conv_nd_arrays(op, x, w, bias, stride, padding, dilation, groups,
+                                   layout, rank=3, check_input=_dask_input)
+    choice = _algos3d.plan_for(a).algorithm if algo == "auto" else algo
+    block_op = _Conv3d(a.stride, a.padding, a.dilation, a.groups, a.layout, choice)
+    x = x.rechunk({AXES[a.layout][0]: -1})
+    axes = tuple(Axis(*geo) for geo in zip(a.size, a.kernel, a.stride, a.dilation,
+                                           a.padding, strict=True))
+    (y,) = window_map(x, block_op, axes, layout=a.layout, dtypes=(a.dtype,),
+                      out_channels=(a.c_out,), extra=(w, bias), name="fastconv-conv3d")
+    return y[0] if a.unbatched else y
+
+
+def _dask_input(op, name, x, half=False):
+    return check_dask_array(op, name, x)
 
 
 # -------------------------------------------------------------------------- pooling

@@ -9,6 +9,7 @@ dicts as .npz.
 
 from . import functional, init, losses  # noqa: F401
 from .activations import GELU, LeakyReLU, Sigmoid, Softmax, Tanh  # noqa: F401
+from .conv_nd import Conv1d, Conv3d  # noqa: F401
 from .layers import (  # noqa: F401
     AdaptiveAvgPool2d,
     AvgPool2d,

@@ -4,7 +4,8 @@ Each op is one :class:`~fastconv.autograd.Function`; conv2d, pooling and batch n
 fastconv's kernels for both directions (``fastconv.conv2d`` / ``conv2d_backward``,
 ``max_pool2d(return_indices=True)`` / ``max_pool2d_backward``, ``avg_pool2d`` /
 ``avg_pool2d_backward``, ``global_avg_pool2d`` / ``global_avg_pool2d_backward``,
-``batch_norm(return_stats=True)`` / ``batch_norm_backward``). Inputs may be Tensors or
+``batch_norm(return_stats=True)`` / ``batch_norm_backward``); conv1d and conv3d
+(``fastconv.nn._conv_nd_ops``) likewise. Inputs may be Tensors or
 ndarrays; results are Tensors. The losses live in ``fastconv.nn.losses``, resizing in
 ``fastconv.nn.interpolate`` and pad / unfold / fold in ``fastconv.nn.padfold``; all are
 re-exported here.
@@ -37,6 +38,7 @@ from ..autograd.dims import dim_index, flat_shape
 from ..layout import LAYOUTS
 from ..layout import get as _get_layout
 from ..rng import default_generator
+from ._conv_nd_ops import conv1d, conv3d  # noqa: F401
 from ._targets import class_targets
 from .interpolate import interpolate  # noqa: F401
 from .losses import (  # noqa: F401

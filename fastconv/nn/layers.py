@@ -60,6 +60,23 @@ def _canonical_padding(padding, kernel, dilation, stride):
     return (t, lft) if (t, lft) == (b, r) else ((t, b), (lft, r))
 
 
+def conv_extra_repr(layer, rank: int) -> str:
+    """torch's repr of a Conv1d/2d/3d ``layer`` of ``rank`` spatial axes: channels,
+    kernel_size and stride, then padding, dilation, groups, padding_mode and bias where
+    they differ from the defaults."""
+    s = (f"{layer.in_channels}, {layer.out_channels}, kernel_size={layer.kernel_size}, "
+         f"stride={layer.stride}")
+    if layer.padding not in ((0,) * rank, "valid"):
+        s += f", padding={layer.padding}"
+    if layer.dilation != (1,) * rank:
+        s += f", dilation={layer.dilation}"
+    if layer.groups != 1:
+        s += f", groups={layer.groups}"
+    if layer.padding_mode != "zeros":
+        s += f", padding_mode={layer.padding_mode}"
+    return s + ("" if layer.bias is not None else ", bias=False")
+
+
 class Conv2d(_WeightAndBias):
     """2-D convolution layer: weight (out, in/groups, kh, kw), bias (out,); input
     (N, C, H, W), or (N, H, W, C) with layout="NHWC" (the weight stays OIHW).
@@ -101,18 +118,7 @@ class Conv2d(_WeightAndBias):
                         self.groups, layout=self.layout, weight_layout="OIHW")
 
     def extra_repr(self) -> str:
-        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-             f"stride={self.stride}")
-        if self.padding not in ((0, 0), "valid"):
-            s += f", padding={self.padding}"
-        if self.dilation != (1, 1):
-            s += f", dilation={self.dilation}"
-        if self.groups != 1:
-            s += f", groups={self.groups}"
-        if self.padding_mode != "zeros":
-            s += f", padding_mode={self.padding_mode}"
-        s += "" if self.bias is not None else ", bias=False"
-        return s + _layout_repr(self)
+        return conv_extra_repr(self, 2) + _layout_repr(self)
 
 
 class Linear(_WeightAndBias):

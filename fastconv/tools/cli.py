@@ -57,7 +57,17 @@ def cmd_bench(args) -> int:
     """``fastconv bench``: the suites on the CPU (tables, summary, report files), or
     ``--device cuda``: the GPU check and timings."""
     from . import bench
+    from .bench.nd import ND_SUITES
 
+    nd_suites = [s for s in args.suite or () if s in ND_SUITES]
+    if nd_suites and args.device == "cuda":
+        print(f"fastconv bench: --suite {nd_suites[0]} runs on the CPU only", file=sys.stderr)
+        return 2
+    if nd_suites:
+        _bench_nd(nd_suites, args)
+        if len(nd_suites) == len(args.suite):
+            return 0
+        args.suite = [s for s in args.suite if s not in ND_SUITES]
     if args.device == "cuda":
         from .bench.cuda import cli_main
 
@@ -93,6 +103,19 @@ def cmd_bench(args) -> int:
     else:
         print(NOT_SAVED_BENCH)
     return 0
+
+
+def _bench_nd(suites, args) -> None:
+    """The conv1d / conv3d suites (``fastconv.tools.bench.nd``): algo "auto" beside torch,
+    forward and forward + backward, printed as a table."""
+    from .bench import nd
+
+    for suite in suites:
+        rows = nd.measure(nd.ND_SUITES[suite], repeats=args.repeats,
+                          extras=not args.no_extras)
+        print(f"\n{suite}: conv1d / conv3d, float32, algo auto; best of 3 blocks of "
+              f"{args.repeats} calls, fastconv and torch alternating\n")
+        print(nd.format_rows(rows))
 
 
 NOT_SAVED_BENCH = ("results not saved (add --out DIR to write results.json, results.md and "
@@ -210,13 +233,17 @@ def build_parser() -> Parser:
     from fastconv._args import LAYOUTS
 
     from .bench import ALGOS, SUITES
+    from .bench.nd import ND_SUITES
 
     text = "time naive vs im2col vs FFT vs Winograd (and torch, scipy)"
     pb = sub.add_parser("bench", help=text, description=text[0].upper() + text[1:] + ".")
-    pb.add_argument("--suite", nargs="+", default=None, choices=list(SUITES),
-                    metavar="SUITE",
-                    help=f"shape suites to run, of {', '.join(SUITES)} (default: default; "
-                         "quick with --device cuda; 'tiny' is for tests)")
+    pb.add_argument("--suite", nargs="+", default=None,
+                    choices=list(SUITES) + list(ND_SUITES), metavar="SUITE",
+                    help=f"shape suites to run, of {', '.join([*SUITES, *ND_SUITES])} "
+                         "(default: default; quick with --device cuda; 'tiny' and "
+                         "'nd-tiny' are for tests; 'nd': a conv1d audio and a conv3d "
+                         "volume layer, algo auto, forward and forward + backward beside "
+                         "torch, printed only)")
     pb.add_argument("--algos", nargs="+", default=list(ALGOS), choices=list(ALGOS),
                     metavar="ALGO", help="fastconv's algorithms to time (auto: its own "
                     "choice)")

@@ -12,7 +12,9 @@ usual work calls:
   in each layout;
 * algos: ``conv2d`` and ``conv2d_backward`` with each algorithm on the default bench
   suite's layers (shrunk: at most 4 channels, 12x12 or the kernel's size; 1 image, and 4
-  for the im2col path that tiles several small images) in each layout.
+  for the im2col path that tiles several small images) in each layout; with it (once,
+  beside NCHW) ``conv3d`` and ``conv3d_backward`` of the algorithms conv3d has (their
+  kernels run channels-first whatever the layout; conv1d runs conv2d's kernels).
 
 Kernels are specialised on dtype and layout, not on sizes, so the tiny arrays compile
 what the real ones use. Each of those runs once per dtype (float32 and float64 by
@@ -31,6 +33,8 @@ MODELS = ("lenet", "resnet")
 DTYPES = ("float32", "float64")
 LAYOUT_NAMES = ("NCHW", "NHWC")
 CONV_ALGOS = ("naive", "im2col", "fft", "winograd")
+#: The conv2d algorithms that conv3d has too.
+CONV3D_ALGOS = ("naive", "im2col", "fft")
 
 
 def _shrunk_suite():
@@ -102,6 +106,10 @@ def _conv_task(algo: str, dtype, layout: str):
             bias = np.zeros(shape.c_out, dtype)
             y = fc.conv2d(x, w, bias, **shape.kwargs(), layout=layout, algo=algo)
             fc.conv2d_backward(y, x, w, **shape.kwargs(), layout=layout, algo=algo)
+        if layout == "NCHW" and algo in CONV3D_ALGOS:
+            x, w = np.ones((1, 2, 4, 4, 4), dtype), np.ones((2, 2, 3, 3, 3), dtype)
+            y = fc.conv3d(x, w, padding=1, algo=algo)
+            fc.conv3d_backward(y, x, w, padding=1, algo=algo)
     return f"{algo} {np.dtype(dtype).name} {layout}", task
 
 

@@ -1,0 +1,125 @@
+"""conv3d's algorithms and their cost models: "naive", "im2col" and "fft".
+
+Each algorithm works on channels-first arrays (NCDHW / OIDHW; ``fastconv.conv3d`` makes
+the copies for NDHWC) with a :class:`fastconv._args.conv_nd.ConvNdArgs` record. The
+cost models reuse ``fastconv.costs``' machine profile and primitives; "auto" takes the
+cheapest estimate (:func:`plan_for`).
+
+>>> from fastconv._args.conv_nd import conv_nd_args_from_shapes
+>>> a = conv_nd_args_from_shapes("conv3d", (4, 16, 32, 32, 32), (32, 16, 3, 3, 3),
+...                              rank=3, padding=1)
+>>> plan_for(a).algorithm
+'im2col'
+"""
+
+from __future__ import annotations
+
+import math
+import types
+from dataclasses import dataclass
+
+from ...costs import BACKWARD_FACTOR, Estimate, Profile, fmt_seconds, gemm_seconds, load_profile
+from . import fft, im2col, naive
+
+
+@dataclass(frozen=True)
+class Algorithm3d:
+    name: str
+    forward: object
+    backward: object
+    cost: object
+    backward_factor: float
+
+
+def _naive_cost(a, p: Profile) -> Estimate:
+    """FLOPs at the direct-loop rate, one task per (image, output channel)."""
+    busy = min(max(a.n * a.c_out, 1), p.threads)
+    rate = p.direct_gflops * 1e9 * (4 / a.dtype.itemsize) * busy
+    return Estimate(p.call_us * 1e-6 + a.flops / rate, 0,
+                    f"direct loops at {rate / 1e9:.3g} GFLOP/s")
+
+
+def _im2col_cost(a, p: Profile) -> Estimate:
+    """The unfold (column bytes at the copy bandwidth, a fixed cost per copied output
+    row) and one GEMM per chunk of output positions and group, (C_out/G) x (C_in/G*K) x
+    (chunk), plus a fixed cost per chunk."""
+    item = a.dtype.itemsize
+    kk, vox = math.prod(a.kernel), math.prod(a.out)
+    dg, cgk = a.c_out // a.groups, a.c_in // a.groups * kk
+    span = im2col.chunk_positions(a)
+    chunks = a.n * math.ceil(vox / span)
+    col_bytes = a.n * a.c_in * kk * vox * item
+    rows = a.n * a.c_in * kk * a.out[0] * a.out[1]
+    unfold = col_bytes / (p.copy_gbs * 1e9) + rows * p.copy_row_ns * 1e-9
+    gemm = gemm_seconds(p, dg, cgk, span, chunks * a.groups, item)
+    secs = (p.call_us + chunks * p.tile_us) * 1e-6 + unfold + gemm
+    return Estimate(secs, a.c_in * kk * span * item,
+                    f"{chunks} chunks, GEMM {dg}x{cgk}x{span} {1e3 * gemm:.3g} ms, unfold "
+                    f"{col_bytes / 1e6:.3g} MB {1e3 * unfold:.3g} ms")
+
+
+def _fft_cost(a, p: Profile) -> Estimate:
+    """Transforms of every input, output and kernel volume (points * log2(points) each)
+    and the channel sum's complex multiply-adds."""
+    shape = fft._lengths(a)
+    points = math.prod(shape)
+    half = points // shape[-1] * (shape[-1] // 2 + 1)
+    per_volume = points * math.log2(max(points, 2)) * p.fft_ns * 1e-9 + p.fft_plane_us * 1e-6
+    cg = a.c_in // a.groups
+    transforms = (a.n * (a.c_in + a.c_out) + a.c_out * cg) * per_volume
+    macs = a.n * a.c_out * cg * half
+    channel_sum = macs / (p.fft_gmacs * 1e9) * (a.dtype.itemsize / 4)
+    item = 2 * a.dtype.itemsize
+    workspace = (a.n * (a.c_in + a.c_out) + a.c_out * cg) * half * item
+    secs = (p.call_us + p.fft_call_us) * 1e-6 + transforms + channel_sum
+    return Estimate(secs, workspace,
+                    f"{'x'.join(map(str, shape))} transforms {1e3 * transforms:.3g} ms, "
+                    f"channel sum {1e3 * channel_sum:.3g} ms")
+
+
+ALGORITHMS = {
+    "naive": Algorithm3d("naive", naive.forward, naive.backward, _naive_cost, 2.0),
+    "im2col": Algorithm3d("im2col", im2col.forward, im2col.backward, _im2col_cost,
+                          BACKWARD_FACTOR),
+    "fft": Algorithm3d("fft", fft.forward, fft.backward, _fft_cost, BACKWARD_FACTOR),
+}
+
+
+@dataclass(frozen=True)
+class Plan3d:
+    """How ``conv3d(..., algo="auto")`` (or its backward) runs a problem, and why:
+    the chosen algorithm, 2 * multiply-adds, its workspace, modelled seconds and
+    workspaces per algorithm and a sentence."""
+
+    algorithm: str
+    flops: int
+    workspace_bytes: int
+    estimates: types.MappingProxyType
+    workspaces: types.MappingProxyType
+    why: str
+
+
+def estimate(name: str, a, p: Profile, backward: bool = False) -> Estimate:
+    """The modelled cost of algorithm ``name`` on problem ``a`` (its backward when
+    ``backward``: the forward's seconds times the algorithm's backward factor)."""
+    entry = ALGORITHMS[name]
+    est = entry.cost(a, p)
+    if not backward:
+        return est
+    call = p.call_us * 1e-6
+    return Estimate(call + entry.backward_factor * (est.seconds - call), est.workspace,
+                    f"{entry.backward_factor:g}x forward: {est.detail}")
+
+
+def plan_for(a, backward: bool = False) -> Plan3d:
+    """The cheapest algorithm by the cost model for a ConvNdArgs ``a``."""
+    prof = load_profile()
+    ests = {name: estimate(name, a, prof, backward) for name in ALGORITHMS}
+    best = min(ests, key=lambda k: ests[k].seconds)
+    others = ", ".join(f"{k} {fmt_seconds(e.seconds)}" for k, e in
+                       sorted(ests.items(), key=lambda kv: kv[1].seconds) if k != best)
+    why = (f"{best}: modelled {fmt_seconds(ests[best].seconds)}"
+           f"{' (backward)' if backward else ''} ({ests[best].detail}); {others}")
+    return Plan3d(best, a.flops, ests[best].workspace,
+                  types.MappingProxyType({k: e.seconds for k, e in ests.items()}),
+                  types.MappingProxyType({k: e.workspace for k, e in ests.items()}), why)
