@@ -1,0 +1,172 @@
+"""The direct algorithm's NHWC kernels: forward, depthwise forward, input and weight
+gradients on NHWC activations and HWIO weights, with no copy to NCHW.
+
+In NHWC the channel axis is innermost, so every kernel here keeps its innermost loop on
+channels: the output pixel y[n, i, j, :] (all D output channels) accumulates
+
+    y[n, i, j, g*Dg + d] += x[n, s_h*i + r_h*a - p_top, s_w*j + r_w*b - p_left, g*Cg + c]
+                            * w[a, b, c, g*Dg + d]
+
+as an outer-product update over d (one contiguous row of the HWIO weight per input
+value), and a depthwise layer (one input channel per group) as one elementwise
+multiply-add over the channels per tap (when D == C). The NCHW kernels are in ``naive`` (one kernel
+per layout: the two orders want different loop nests). One parallel task per output row
+(image, i) for the forward and the input gradient, per (image block, tap) for the weight
+gradient, so no two tasks write the same element.
+
+>>> import numpy as np
+>>> from fastconv import conv2d
+>>> x = np.ones((1, 4, 4, 2), np.float32)              # NHWC
+>>> w = np.ones((3, 3, 2, 5), np.float32)              # HWIO
+>>> y = conv2d(x, w, padding=1, layout="NHWC", algo="naive")
+>>> y.shape, float(y[0, 1, 1, 0]), float(y[0, 0, 0, 0])
+((1, 4, 4, 5), 18.0, 8.0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .. import config
+from ._common import U, valid_range
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _conv_direct_nhwc(x, w, out, sh, sw, pt, pl, rh, rw, groups, bias):
+    """x (N, H, W, C), w (KH, KW, C/groups, D) HWIO, out (N, Ho, Wo, D) overwritten;
+    bias (D,) or empty. Any groups; a depthwise layer with one output channel per input
+    channel (D == C == groups) is one elementwise multiply-add over the channels per tap,
+    out[.., c] += x[.., c] * w[a, b, 0, c]; other layers (depthwise with a channel
+    multiplier included) an outer-product update per input channel. Flat arrays and
+    unsigned offsets, no slicing in the loops (a view per tap costs reference counting
+    shared by the threads)."""
+    n_img, h, wd, c_all = x.shape
+    kh, kw, cg, d_all = w.shape
+    ho, wo = out.shape[1], out.shape[2]
+    dg = U(d_all // groups)
+    ucg, ud = U(cg), U(d_all)
+    with_bias = bias.shape[0] == d_all
+    depthwise = cg == 1 and d_all == c_all  # one output channel per input channel
+    fx, fw, fy = x.reshape(x.size), w.reshape(w.size), out.reshape(out.size)
+    for task in prange(n_img * ho):
+        n = task // ho
+        i = task % ho
+        for j in range(wo):
+            o = U((task * wo + j) * d_all)
+            for d in range(ud):
+                fy[o + d] = bias[d] if with_bias else 0
+            for a in range(kh):
+                src_i = i * sh + a * rh - pt
+                if src_i < 0 or src_i >= h:
+                    continue
+                for b in range(kw):
+                    src_j = j * sw + b * rw - pl
+                    if src_j < 0 or src_j >= wd:
+                        continue
+                    xo = U(((n * h + src_i) * wd + src_j) * c_all)
+                    wo_ = U((a * kw + b) * cg) * ud
+                    if depthwise:
+                        for d in range(ud):
+                            fy[o + d] += fx[xo + d] * fw[wo_ + d]
+                        continue
+                    for g in range(U(groups)):
+                        for c in range(ucg):
+                            v = fx[xo + g * ucg + c]
+                            wr = wo_ + c * ud + g * dg
+                            og = o + g * dg
+                            for d in range(dg):
+                                fy[og + d] += v * fw[wr + d]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _conv_direct_grad_x_nhwc(gy, wt, gx, sh, sw, pt, pl, rh, rw, groups):
+    """gy (N, Ho, Wo, D), wt (KH, KW, D, C/groups) (the HWIO weight with its last two
+    axes swapped, so a row over c is contiguous), gx (N, H, W, C) overwritten.
+
+    The gather form of the adjoint: gx[n, u, v, g*Cg + c] = sum over the taps (a, b) that
+    reach (u, v) from an output (i, j) of sum_d wt[a, b, g*Dg + d, c] * gy[n, i, j, g*Dg + d].
+    One task per input row (n, u); flat arrays as ``_conv_direct_nhwc``."""
+    n_img, h, wd, c_all = gx.shape
+    kh, kw, d_all, cg = wt.shape
+    ho, wo = gy.shape[1], gy.shape[2]
+    dg = U(d_all // groups)
+    ucg, ud, uc = U(cg), U(d_all), U(c_all)
+    depthwise = cg == 1 and d_all == c_all  # one output channel per input channel
+    fy, fw, fx = gy.reshape(gy.size), wt.reshape(wt.size), gx.reshape(gx.size)
+    for task in prange(n_img * h):
+        n = task // h
+        u = task % h
+        for v in range(wd):
+            o = U((task * wd + v) * c_all)
+            for c in range(uc):
+                fx[o + c] = 0
+            for a in range(kh):
+                num_i = u + pt - a * rh
+                if num_i < 0 or num_i % sh != 0 or num_i // sh >= ho:
+                    continue
+                for b in range(kw):
+                    num_j = v + pl - b * rw
+                    if num_j < 0 or num_j % sw != 0 or num_j // sw >= wo:
+                        continue
+                    yo = U(((n * ho + num_i // sh) * wo + num_j // sw) * d_all)
+                    wo_ = U((a * kw + b) * d_all) * ucg
+                    if depthwise:
+                        for d in range(ud):
+                            fx[o + d] += fy[yo + d] * fw[wo_ + d]
+                        continue
+                    for g in range(U(groups)):
+                        og = o + g * ucg
+                        for d in range(g * dg, (g + U(1)) * dg):
+                            s = fy[yo + d]
+                            wr = wo_ + d * ucg
+                            for c in range(ucg):
+                                fx[og + c] += s * fw[wr + c]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _conv_direct_grad_w_nhwc(gy, x, parts, sh, sw, pt, pl, rh, rw, groups):
+    """gy (N, Ho, Wo, D), x (N, H, W, C), parts (B, KH, KW, C/groups, D) overwritten with
+    the weight gradient of images b, b + B, b + 2B, ... (the caller sums over B):
+    parts[b, a, bb, c, g*Dg + d] = sum x[n, .., g*Cg + c] * gy[n, i, j, g*Dg + d].
+    One task per (block b, tap a, bb): each owns parts[b, a, bb]; flat arrays as
+    ``_conv_direct_nhwc``."""
+    n_img, h, wd, c_all = x.shape
+    blocks, kh, kw, cg, d_all = parts.shape
+    ho, wo = gy.shape[1], gy.shape[2]
+    dg = U(d_all // groups)
+    ucg, ud = U(cg), U(d_all)
+    depthwise = cg == 1 and d_all == c_all  # one output channel per input channel
+    fy, fx, fp = gy.reshape(gy.size), x.reshape(x.size), parts.reshape(parts.size)
+    for task in prange(blocks * kh * kw):
+        blk = task // (kh * kw)
+        a = (task // kw) % kh
+        b = task % kw
+        o = U(task) * ucg * ud
+        for k in range(ucg * ud):
+            fp[o + k] = 0
+        i_lo, i_hi = valid_range(ho, a * rh - pt, sh, h)
+        j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
+        for n in range(blk, n_img, blocks):
+            for i in range(i_lo, i_hi):
+                for j in range(j_lo, j_hi):
+                    xo = U(((n * h + i * sh + a * rh - pt) * wd + j * sw + b * rw - pl)
+                           * c_all)
+                    yo = U(((n * ho + i) * wo + j) * d_all)
+                    if depthwise:
+                        for d in range(ud):
+                            fp[o + d] += fx[xo + d] * fy[yo + d]
+                        continue
+                    for g in range(U(groups)):
+                        for c in range(ucg):
+                            s = fx[xo + g * ucg + c]
+                            row = o + c * ud + g * dg
+                            gyg = yo + g * dg
+                            for d in range(dg):
+                                fp[row + d] += s * fy[gyg + d]
+
+
+def grad_w_blocks(n_img: int, taps: int, threads: int) -> int:
+    """Image blocks of the weight gradient: enough (block, tap) tasks for every thread
+    (a 1x1 kernel has one tap), at most one block per image."""
+    return max(1, min(n_img, -(-threads // taps)))

@@ -1,0 +1,100 @@
+"""The NHWC kernels of their own (direct, depthwise, Winograd) against the NCHW
+references of tests/reference.py, both layouts, float32 and float64."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv.algos import registry
+from fastconv.nn import functional as F
+
+from . import reference as ref
+
+#: (C_in, C_out, groups, kernel, stride, padding, dilation): dense, grouped, depthwise,
+#: depthwise with a channel multiplier, single channel, strided, dilated, rectangular.
+CASES = [
+    (3, 4, 1, 3, 1, 1, 1),
+    (4, 6, 2, 3, 2, 1, 1),
+    (5, 5, 5, 3, 1, 1, 1),
+    (4, 4, 4, 3, 2, 2, 2),
+    (3, 6, 3, 3, 1, 0, 1),
+    (1, 3, 1, 5, 1, 2, 1),
+    (6, 4, 2, 2, 1, 0, 2),
+    (2, 3, 1, (1, 3), (2, 1), (0, 2), 1),
+]
+
+
+def _nhwc(x, w):
+    return (np.ascontiguousarray(x.transpose(0, 2, 3, 1)),
+            np.ascontiguousarray(w.transpose(2, 3, 1, 0)))
+
+
+def _problem(rng, case, dtype, n=2, h=7, wd=8):
+    c, d, g, k, s, p, r = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((n, c, h, wd)).astype(dtype)
+    w = rng.standard_normal((d, c // g, kh, kw)).astype(dtype)
+    b = rng.standard_normal(d).astype(dtype)
+    ph, pw = (p, p) if isinstance(p, int) else p
+    pad = ((ph, ph), (pw, pw))
+    stride = (s, s) if isinstance(s, int) else s
+    kwargs = dict(stride=s, padding=p, dilation=r, groups=g)
+    refargs = dict(stride=stride, padding=pad, dilation=(r, r), groups=g)
+    return x, w, b, kwargs, refargs
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_direct_forward_and_backward_match_the_reference(rng, case, dtype, layout):
+    x, w, b, kwargs, refargs = _problem(rng, case, dtype)
+    want = ref.conv2d(x, w, b, **refargs)
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    gx_want, gw_want, _ = ref.conv2d_backward(gy, x, w, **refargs)
+    tol = ref.tolerance(dtype, "naive")
+    if layout == "NHWC":
+        xl, wl = _nhwc(x, w)
+        gyl = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+    else:
+        xl, wl, gyl = x, w, gy
+    y = fastconv.conv2d(xl, wl, b, **kwargs, layout=layout, algo="naive")
+    gx, gw, _ = fastconv.conv2d_backward(gyl, xl, wl, **kwargs, layout=layout, algo="naive")
+    dims = fastconv.layout.LAYOUTS[layout]
+    assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == dtype
+    assert ref.rel_error(dims.to_canonical_view(y), want) < tol
+    assert ref.rel_error(dims.to_canonical_view(gx), gx_want) < tol
+    assert ref.rel_error(dims.weight_to_canonical_view(gw), gw_want) < tol
+
+
+def test_nhwc_direct_runs_without_layout_copies(rng, monkeypatch):
+    """Dense, grouped and depthwise NHWC layers never call the NCHW copies."""
+    from fastconv.algos import _nhwc as copies
+
+    def forbidden(*a, **k):
+        raise AssertionError("copied to NCHW")
+
+    monkeypatch.setattr(copies, "to_nchw", forbidden)
+    monkeypatch.setattr(copies, "write_nhwc", forbidden)
+    for case in (CASES[0], CASES[1], CASES[2]):
+        x, w, b, kwargs, refargs = _problem(rng, case, np.float64)
+        xl, wl = _nhwc(x, w)
+        y = fastconv.conv2d(xl, wl, b, **kwargs, layout="NHWC", algo="naive")
+        assert ref.rel_error(y.transpose(0, 3, 1, 2), ref.conv2d(x, w, b, **refargs)) < 1e-10
+        gy = np.ones_like(y)
+        fastconv.conv2d_backward(gy, xl, wl, **kwargs, layout="NHWC", algo="naive")
+
+
+@pytest.mark.parametrize("case", [CASES[1], CASES[3], CASES[4]])
+def test_nhwc_direct_gradients_match_finite_differences(rng, case):
+    x, w, b, kwargs, _ = _problem(rng, case, np.float64, n=1, h=5, wd=5)
+    xl, wl = _nhwc(x, w)
+    xt = fastconv.Tensor(xl, requires_grad=True)
+    wt = fastconv.Tensor(wl, requires_grad=True)
+    bt = fastconv.Tensor(b, requires_grad=True)
+    assert fastconv.gradcheck(
+        lambda a, k, c: F.conv2d(a, k, c, **kwargs, layout="NHWC", algo="naive"),
+        [xt, wt, bt])
+
+
+def test_the_registry_says_which_layouts_have_kernels():
+    assert registry.get("naive").layouts == ("NCHW", "NHWC")
