@@ -25,7 +25,6 @@ gradient, so no two tasks write the same element.
 
 from __future__ import annotations
 
-import numpy as np
 from numba import njit, prange
 
 from .. import config
