@@ -98,3 +98,20 @@ def test_nhwc_direct_gradients_match_finite_differences(rng, case):
 
 def test_the_registry_says_which_layouts_have_kernels():
     assert registry.get("naive").layouts == ("NCHW", "NHWC")
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nhwc_pointwise_is_one_gemm_without_unfold(rng, monkeypatch, groups, dtype):
+    from fastconv.algos.im2col import drivers
+
+    def forbidden(*a, **k):
+        raise AssertionError("unfolded a pointwise layer")
+
+    monkeypatch.setattr(drivers, "_im2col_nhwc", forbidden)
+    x, w, b, kwargs, refargs = _problem(rng, (4, 6, groups, 1, 1, 0, 1), dtype)
+    xl, wl = _nhwc(x, w)
+    y = fastconv.conv2d(xl, wl, b, **kwargs, layout="NHWC", algo="im2col")
+    assert y.dtype == dtype
+    assert ref.rel_error(y.transpose(0, 3, 1, 2), ref.conv2d(x, w, b, **refargs)) < \
+        ref.tolerance(dtype, "im2col")

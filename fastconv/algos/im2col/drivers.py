@@ -79,12 +79,24 @@ def _forward_nchw(x, w, args, out, bias) -> None:
 
 def _forward_nhwc(x, w, args, out, bias) -> None:
     """NHWC: per tile, cols (B*band*Wo, G, KH*KW*Cg) and W (G, KH*KW*Cg, Dg); the GEMM
-    writes (pixels, G, Dg), which is the output tile itself."""
-    t = tiling(args)
+    writes (pixels, G, Dg), which is the output tile itself. A pointwise layer's input
+    already is the column matrix: one GEMM (N*H*W, Cg) @ (Cg, Dg) per group, no unfold."""
     g, dg, cgkk = gemm_sizes(args)
-    conv = unfold_params(args)
     wmat = _weights_nhwc(w, args)
     bias_g = None if bias is None else bias.reshape(g, dg)
+    if is_pointwise(args):
+        pixels = args.n * args.h * args.w
+        xv = view(x, (pixels, g, cgkk))
+        y = view(out, (pixels, g, dg))
+        if g == 1:
+            _blas.matmul(xv[:, 0], wmat[0], out=y[:, 0])
+        else:
+            _blas.matmul(xv.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
+        if bias_g is not None:
+            y += bias_g
+        return
+    t = tiling(args)
+    conv = unfold_params(args)
     buf = column_buffer(args, t)
     for n0, nb, i0, band in tiles(args, t):
         length = band * args.w_out
