@@ -115,3 +115,63 @@ def test_nhwc_pointwise_is_one_gemm_without_unfold(rng, monkeypatch, groups, dty
     assert y.dtype == dtype
     assert ref.rel_error(y.transpose(0, 3, 1, 2), ref.conv2d(x, w, b, **refargs)) < \
         ref.tolerance(dtype, "im2col")
+
+
+#: (C_in, C_out, groups, padding, dilation, (H, W)): 3x3 stride-1 layers Winograd runs.
+WINOGRAD_CASES = [
+    (3, 4, 1, 1, 1, (7, 9)),
+    (4, 6, 2, 0, 1, (9, 6)),
+    (4, 8, 4, 2, 2, (8, 8)),
+    (5, 5, 5, 1, 1, (6, 7)),
+    (2, 3, 1, (2, 0), (1, 2), (5, 10)),
+]
+
+
+@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", WINOGRAD_CASES)
+def test_nhwc_winograd_matches_the_reference(rng, monkeypatch, m, dtype, case):
+    """Forward and backward in NHWC (grad_x by its own transforms where Winograd
+    computes it); the NCHW transforms are forbidden in the forward."""
+    from fastconv import config
+    from fastconv.algos import _nhwc as copies
+
+    monkeypatch.setattr(config, "WINOGRAD_TILE", m)
+    c, d, g, p, r, hw = case
+    x, w, b, kwargs, refargs = _problem(rng, (c, d, g, 3, 1, p, r), dtype, h=hw[0], wd=hw[1])
+    kwargs["dilation"] = r
+    refargs["dilation"] = (r, r) if isinstance(r, int) else r
+    want = ref.conv2d(x, w, b, **refargs)
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    gx_want, gw_want, _ = ref.conv2d_backward(gy, x, w, **refargs)
+    xl, wl = _nhwc(x, w)
+    tol = 1e-9 if dtype == np.float64 else (5e-6 if m == 4 else 1e-5)
+    with monkeypatch.context() as patch:
+        patch.setattr(copies, "to_nchw", None)
+        y = fastconv.conv2d(xl, wl, b, **kwargs, layout="NHWC", algo="winograd")
+    gx, gw, _ = fastconv.conv2d_backward(np.ascontiguousarray(gy.transpose(0, 2, 3, 1)),
+                                         xl, wl, **kwargs, layout="NHWC", algo="winograd")
+    assert y.dtype == dtype and gx.dtype == dtype and gw.dtype == dtype
+    assert ref.rel_error(y.transpose(0, 3, 1, 2), want) < tol
+    assert ref.rel_error(gx.transpose(0, 3, 1, 2), gx_want) < tol
+    assert ref.rel_error(gw.transpose(3, 2, 0, 1), gw_want) < tol
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_nhwc_winograd_reports_non_finite_outputs(rng, bad):
+    """A NaN or Inf reaches the NHWC output transform's flags: conv2d's fallback gives
+    the direct formula's pattern."""
+    from fastconv._args import conv_args_from_shapes
+    from fastconv.algos.winograd import drivers
+
+    x = rng.standard_normal((1, 6, 6, 2))
+    x[0, 2, 3, 1] = bad
+    w = rng.standard_normal((3, 3, 2, 3))
+    args = conv_args_from_shapes("t", x.shape, w.shape, padding=1, layout="NHWC",
+                                 dtype=x.dtype)
+    out = np.empty((1, 6, 6, 3))
+    assert drivers.forward(x, w, args, out) is False
+    y = fastconv.conv2d(x, w, padding=1, layout="NHWC", algo="winograd")
+    want = fastconv.conv2d(x, w, padding=1, layout="NHWC", algo="naive")
+    assert np.array_equal(np.isnan(y), np.isnan(want))
+    assert np.array_equal(np.isinf(y), np.isinf(want))

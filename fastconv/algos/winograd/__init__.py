@@ -25,7 +25,8 @@ as im2col's; F(4x4, 3x3) multiplies by up to 8 and 1/24 and loses a few more bit
 
 Applies to 3x3 kernels with stride 1 (``supports``), any padding, dilation (one
 undilated problem per phase of the input, ``drivers._run``), groups (one set of GEMMs per
-group) and both layouts (NHWC through transposed copies). Tiles are
+group) and both layouts, each with transforms of its own (NCHW: ``f2``, ``f4``; NHWC:
+``nhwc``, channels innermost; the weight gradient runs on NCHW copies). Tiles are
 processed in chunks of tile rows sized by ``config.WINOGRAD_CHUNK_BYTES`` (never above
 ``config.WORKSPACE_BYTES``), so the transformed tiles of a chunk are still in cache when
 its GEMMs read them. The backward pass computes grad_x as the same transform of grad_y
@@ -36,7 +37,8 @@ algorithm: they report non-finite results to the caller (``drivers``).
 Modules: ``tasks`` (the transforms' task helpers), ``f2`` and ``f4`` (the F(2x2, 3x3) and
 F(4x4, 3x3) transforms), ``tiling`` (tile size, chunks, transformed-tile planes, phases),
 ``kernel`` (the kernel transform of both sizes), ``grad_w`` (the weight-gradient
-adjoint), ``drivers`` (``forward``, ``backward``).
+adjoint), ``nhwc`` (the NHWC transforms and run), ``drivers`` (``forward``,
+``backward``).
 """
 
 from .cost import ALGORITHM  # registers the entry

@@ -1,5 +1,6 @@
-"""Winograd's drivers: applicability, the chunked F(m x m, 3x3) run (``_run_nchw``,
-``_run`` for dilated layers), ``forward`` and ``backward``.
+"""Winograd's drivers: applicability, the chunked F(m x m, 3x3) run (``_run_nchw``;
+``nhwc.run_nhwc`` for NHWC; ``_run`` for either layout and dilated layers), ``forward``
+and ``backward``.
 
 Neither falls back to another algorithm: ``forward`` returns whether every output is
 finite and ``backward`` which gradients are good; the caller recomputes the others (a
@@ -13,6 +14,7 @@ import numpy as np
 
 from ... import _blas
 from .. import _nhwc
+from . import nhwc
 from .grad_w import _grad_w_nchw
 from .kernel import _grad_x_kernel, transform_kernel
 from .tiling import _KERNELS, chunk_planes, phases, problem, tile_size
@@ -60,9 +62,10 @@ def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
 
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> bool:
     """F(m x m, 3x3) convolution into ``out`` (caller's layout), plus ``bias`` when given.
-    Wraps the kernel and input transforms, numpy's BLAS matmul (``_blas.split_matmul``)
-    and the output transform of ``_KERNELS[m]``; other layouts than NCHW run on NCHW
-    copies (``_nhwc``).
+    Each layout has its own transforms: NCHW wraps the kernel and input transforms,
+    numpy's BLAS matmul (``_blas.split_matmul``) and the output transform of
+    ``_KERNELS[m]``; NHWC runs ``nhwc.run_nhwc`` (channels innermost, no copies), with
+    the same transformed kernel.
 
     Returns whether every output is finite. The output transform flags any non-finite
     output; on False the caller must recompute the call (e.g. with im2col) to get the
@@ -73,29 +76,36 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> b
     m = tile_size()
     dims = args.dims
     u = transform_kernel(dims.weight_to_canonical_view(w), args.groups, m)
-    y = _nhwc.nchw_target(out, dims)
-    finite = _run(_nhwc.nchw_copy(x, dims), u, y, bias, (args.padding[0][0],
-                  args.padding[1][0]), args.groups, m, args.dilation)
-    _nhwc.write_back(y, out, dims)
-    return finite
+    return _run(np.ascontiguousarray(x), u, out, bias,
+                (args.padding[0][0], args.padding[1][0]), args.groups, m, args.dilation,
+                dims.channels_last)
 
 
-def _run(x, u, y, bias, pads, groups, m, dilation) -> bool:
-    """``_run_nchw`` for any dilation (dh, dw). Dilated, the outputs
-    y[:, :, rho_h::dh, rho_w::dw] of each phase are an undilated 3x3 correlation of the
-    input phase x[:, :, sigma_h::dh, sigma_w::dw] (``phases``), computed with
-    F(m x m, 3x3) on contiguous copies and scattered back. Returns whether every output
-    is finite."""
+def _run(x, u, y, bias, pads, groups, m, dilation, channels_last=False) -> bool:
+    """F(m x m, 3x3) of x into y, both contiguous in one layout (``channels_last``:
+    NHWC, ``nhwc.run_nhwc``; else NCHW, ``_run_nchw``), for any dilation (dh, dw).
+    Dilated, the outputs y[.., rho_h::dh, rho_w::dw] of each phase are an undilated 3x3
+    correlation of the input phase x[.., sigma_h::dh, sigma_w::dw] (``phases``),
+    computed with F(m x m, 3x3) on contiguous copies and scattered back. Returns whether
+    every output is finite."""
+    run = nhwc.run_nhwc if channels_last else _run_nchw
     if dilation == (1, 1):
-        return _run_nchw(x, u, y, bias, pads, groups, m)
-    ho, wo = y.shape[2:]
+        return run(x, u, y, bias, pads, groups, m)
+
+    def spatial(a, rows, cols):
+        return a[:, rows, cols] if channels_last else a[:, :, rows, cols]
+
+    ho, wo = (y.shape[1:3] if channels_last else y.shape[2:])
     finite = True
-    for rho_h, sigma_h, pt, count_h in phases(ho, pads[0], dilation[0]):
-        for rho_w, sigma_w, pl, count_w in phases(wo, pads[1], dilation[1]):
-            xs = np.ascontiguousarray(x[:, :, sigma_h::dilation[0], sigma_w::dilation[1]])
-            ys = np.empty(y.shape[:2] + (count_h, count_w), y.dtype)
-            finite &= _run_nchw(xs, u, ys, bias, (pt, pl), groups, m)
-            y[:, :, rho_h::dilation[0], rho_w::dilation[1]] = ys
+    for rho_h, sigma_h, pt, _ in phases(ho, pads[0], dilation[0]):
+        for rho_w, sigma_w, pl, _ in phases(wo, pads[1], dilation[1]):
+            xs = np.ascontiguousarray(spatial(x, slice(sigma_h, None, dilation[0]),
+                                              slice(sigma_w, None, dilation[1])))
+            target = spatial(y, slice(rho_h, None, dilation[0]), slice(rho_w, None,
+                                                                       dilation[1]))
+            ys = np.empty(target.shape, y.dtype)
+            finite &= run(xs, u, ys, bias, (pt, pl), groups, m)
+            target[...] = ys
     return finite
 
 
@@ -122,16 +132,15 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
     (pt, _), (pl, _) = args.padding
     m = tile_size()
     dims = args.dims
-    gy = _nhwc.nchw_copy(grad_y, dims)
-    if by_w:
+    if by_w:  # NCHW only: other layouts run on copies
         gw = _nhwc.oihw_target(grad_w, dims)
-        _grad_w_nchw(gy, _nhwc.nchw_copy(x, dims), gw, (pt, pl), args.groups)
+        _grad_w_nchw(_nhwc.nchw_copy(grad_y, dims), _nhwc.nchw_copy(x, dims), gw, (pt, pl),
+                     args.groups)
         _nhwc.write_weight_back(gw, grad_w, dims)
         ok_w = bool(np.isfinite(gw).all())
     if by_x:
         w_oihw = dims.weight_to_canonical_view(w)
         u = transform_kernel(_grad_x_kernel(w_oihw, args.groups), args.groups, m)
-        gx = _nhwc.nchw_target(grad_x, dims)
-        ok_x = _run_nchw(gy, u, gx, None, (2 - pt, 2 - pl), args.groups, m)
-        _nhwc.write_back(gx, grad_x, dims)
+        ok_x = _run(np.ascontiguousarray(grad_y), u, grad_x, None, (2 - pt, 2 - pl),
+                    args.groups, m, (1, 1), dims.channels_last)
     return ok_x, ok_w

@@ -58,18 +58,14 @@ def _rows_per_chunk(total_rows, tw, cg, dg, itemsize, m, chunk_bytes=None,
 
 
 def workspace_bytes(args) -> int:
-    """Scratch bytes of the forward: the chunk's transformed tiles and GEMM result, the
-    transformed kernel, and for NHWC the NCHW copies of input and output."""
+    """Scratch bytes of the forward: the chunk's transformed tiles and GEMM result and
+    the transformed kernel (both layouts have transforms of their own)."""
     item = args.dtype.itemsize
     m = tile_size()
     t = transformed(m)
     _, tw = tile_grid(args.h_out, args.w_out, m)
     cg, dg = args.c_in // args.groups, args.c_out // args.groups
-    total = t * (cg + dg) * chunk_rows(args) * tw * item + t * args.c_out * cg * item
-    if not args.dims.is_canonical:
-        total += args.n * (args.c_in * args.h * args.w + args.c_out * args.h_out
-                           * args.w_out) * item
-    return total
+    return t * (cg + dg) * chunk_rows(args) * tw * item + t * args.c_out * cg * item
 
 
 def chunks(args, m: int | None = None) -> int:
