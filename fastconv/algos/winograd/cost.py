@@ -38,8 +38,9 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     gemm = gemm_seconds(p, dg, cg, cols, t * a.groups * chunks, item)
     moved = t * (a.c_in + a.c_out) * tiles * item
     transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
-    # copies to NCHW for other layouts; the phases of a dilated layer
-    copies = (a.layout not in LAYOUTS) + (a.dilation != (1, 1))
+    # copies to NCHW for other layouts; the phases of a dilated NCHW layer (NHWC reads
+    # and writes them in place)
+    copies = (a.layout not in LAYOUTS) + (a.dilation != (1, 1) and not a.dims.channels_last)
     io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
     secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US) * 1e-6 + gemm + transforms

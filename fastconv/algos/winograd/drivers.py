@@ -85,27 +85,25 @@ def _run(x, u, y, bias, pads, groups, m, dilation, channels_last=False) -> bool:
     """F(m x m, 3x3) of x into y, both contiguous in one layout (``channels_last``:
     NHWC, ``nhwc.run_nhwc``; else NCHW, ``_run_nchw``), for any dilation (dh, dw).
     Dilated, the outputs y[.., rho_h::dh, rho_w::dw] of each phase are an undilated 3x3
-    correlation of the input phase x[.., sigma_h::dh, sigma_w::dw] (``phases``),
-    computed with F(m x m, 3x3) on contiguous copies and scattered back. Returns whether
-    every output is finite."""
+    correlation of the input phase x[.., sigma_h::dh, sigma_w::dw] (``phases``): NHWC
+    reads and writes the phases in place, NCHW computes them on contiguous copies and
+    scatters them back. Returns whether every output is finite."""
     run = nhwc.run_nhwc if channels_last else _run_nchw
     if dilation == (1, 1):
         return run(x, u, y, bias, pads, groups, m)
-
-    def spatial(a, rows, cols):
-        return a[:, rows, cols] if channels_last else a[:, :, rows, cols]
-
+    dh, dw = dilation
     ho, wo = (y.shape[1:3] if channels_last else y.shape[2:])
     finite = True
-    for rho_h, sigma_h, pt, _ in phases(ho, pads[0], dilation[0]):
-        for rho_w, sigma_w, pl, _ in phases(wo, pads[1], dilation[1]):
-            xs = np.ascontiguousarray(spatial(x, slice(sigma_h, None, dilation[0]),
-                                              slice(sigma_w, None, dilation[1])))
-            target = spatial(y, slice(rho_h, None, dilation[0]), slice(rho_w, None,
-                                                                       dilation[1]))
-            ys = np.empty(target.shape, y.dtype)
+    for rho_h, sigma_h, pt, count_h in phases(ho, pads[0], dh):
+        for rho_w, sigma_w, pl, count_w in phases(wo, pads[1], dw):
+            if channels_last:
+                finite &= run(x, u, y, bias, (pt, pl), groups, m,
+                              ((rho_h, sigma_h, count_h), (rho_w, sigma_w, count_w), dilation))
+                continue
+            xs = np.ascontiguousarray(x[:, :, sigma_h::dh, sigma_w::dw])
+            ys = np.empty(y.shape[:2] + (count_h, count_w), y.dtype)
             finite &= run(xs, u, ys, bias, (pt, pl), groups, m)
-            target[...] = ys
+            y[:, :, rho_h::dh, rho_w::dw] = ys
     return finite
 
 

@@ -57,12 +57,16 @@ def _combine(mat, row, src, s, stride, dst, o, n):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl):
+def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl, grid):
     """x (N, H, W, C); v (T, >= cols*Cg) planes: v[e, k*Cg + c] = (B^T d B)[e] of tile k
     of the chunk (tile rows r0..r1 of the whole batch, tw tiles each), channels
     c0..c0 + Cg - 1. One task per tile row; each tile's block d is copied with its
-    zero padding, combined down its columns, then along its rows."""
+    zero padding, combined down its columns, then along its rows.
+
+    grid (hp, wp, sigma_h, sigma_w, dh, dw): the tiles cover the hp x wp input phase
+    x[:, sigma_h::dh, sigma_w::dw] (the whole input: (H, W, 0, 0, 1, 1))."""
     n_img, h, wd, c_all = x.shape
+    hp, wp, sig_h, sig_w, dh, dw = grid
     s = bt.shape[0]
     m = s - 2
     ucg = U(cg)
@@ -79,8 +83,9 @@ def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl):
                 for b in range(s):
                     o = U(a * s + b) * ucg
                     ii, jj = top + a, left + b
-                    if 0 <= ii < h and 0 <= jj < wd:
-                        src = U(((n * h + ii) * wd + jj) * c_all + c0)
+                    if 0 <= ii < hp and 0 <= jj < wp:
+                        src = U(((n * h + sig_h + ii * dh) * wd + sig_w + jj * dw) * c_all
+                                + c0)
                         for c in range(ucg):
                             d[o + c] = fx[src + c]
                     else:
@@ -97,11 +102,14 @@ def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, flags):
+def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, flags, grid):
     """p (T, >= cols*Dg) planes of the GEMM results (entry e of tile k, channel d at
     p[e, k*Dg + d]) -> the m x m blocks A^T M A of y (N, Ho, Wo, D), channels
-    d0..d0 + Dg - 1, plus bias. flags[task] says whether a task wrote a NaN or Inf."""
-    n_img, ho, wo, d_all = y.shape
+    d0..d0 + Dg - 1, plus bias. flags[task] says whether a task wrote a NaN or Inf.
+    grid (ho, wo, rho_h, rho_w, dh, dw): the tiles cover the ho x wo output phase
+    y[:, rho_h::dh, rho_w::dw] (the whole output: (Ho, Wo, 0, 0, 1, 1))."""
+    n_img, y_h, y_w, d_all = y.shape
+    ho, wo, rho_h, rho_w, dh, dw = grid
     m, s = at.shape
     udg, ud0 = U(dg), U(d0)
     fy, fp, plane = y.reshape(y.size), p.reshape(p.size), U(p.shape[1])
@@ -128,7 +136,8 @@ def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, fla
             for a in range(min(m, ho - top)):    # A along the rows, into y
                 for q in range(min(m, wo - tj * m)):
                     _combine(at, q, tmp, U(a * s) * udg, udg, line, U(0), udg)
-                    o = U(((n * ho + top + a) * wo + tj * m + q) * d_all + d0)
+                    o = U(((n * y_h + rho_h + (top + a) * dh) * y_w + rho_w + (tj * m + q) * dw)
+                          * d_all + d0)
                     for c in range(udg):
                         val = line[c] + (bias[ud0 + c] if has_bias else 0)
                         fy[o + c] = val
@@ -138,13 +147,25 @@ def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, fla
         flags[task] = bad > 0
 
 
-def run_nhwc(x, u, y, bias, pads, groups: int, m: int) -> bool:
+def run_nhwc(x, u, y, bias, pads, groups: int, m: int, phase=None) -> bool:
     """y (N, Ho, Wo, C_out) = F(m x m, 3x3) of x (N, H, W, C_in), both C-contiguous, with
     the transformed kernel u (G, (m+2)^2, Dg, Cg) (``kernel.transform_kernel``), padding
-    (top, left), dilation 1. Returns whether every output is finite."""
+    (top, left), dilation 1. Returns whether every output is finite.
+
+    ``phase`` ((rho_h, sigma_h, count_h), (rho_w, sigma_w, count_w), (dh, dw)): only
+    the outputs y[:, rho_h::dh, rho_w::dw] (count_h x count_w of them), an undilated
+    correlation of the input phase x[:, sigma_h::dh, sigma_w::dw] with padding ``pads``
+    (one phase of a dilated layer, ``drivers._run``), read and written in place."""
     n, h, wd, c_in = x.shape
-    ho, wo, c_out = y.shape[1:]
-    th, tw = tile_grid(ho, wo, m)
+    c_out = y.shape[3]
+    if phase is None:
+        in_grid = (h, wd, 0, 0, 1, 1)
+        out_grid = (*y.shape[1:3], 0, 0, 1, 1)
+    else:
+        (rho_h, sig_h, ho), (rho_w, sig_w, wo), (dh, dw) = phase
+        in_grid = (len(range(sig_h, h, dh)), len(range(sig_w, wd, dw)), sig_h, sig_w, dh, dw)
+        out_grid = (ho, wo, rho_h, rho_w, dh, dw)
+    th, tw = tile_grid(out_grid[0], out_grid[1], m)
     cg, dg = c_in // groups, c_out // groups
     rows = _rows_per_chunk(n * th, tw, cg, dg, x.itemsize, m)
     bt, at = (np.array(t, x.dtype) for t in TRANSFORMS[m])
@@ -157,9 +178,9 @@ def run_nhwc(x, u, y, bias, pads, groups: int, m: int) -> bool:
         vv = v[:, :cols * cg].reshape(t, cols, cg)
         pv = prod[:, :cols * dg].reshape(t, cols, dg)
         for g in range(groups):
-            _input_transform_nhwc(x, bt, v, cg, g * cg, r0, r1, th, tw, *pads)
+            _input_transform_nhwc(x, bt, v, cg, g * cg, r0, r1, th, tw, *pads, in_grid)
             _blas.split_matmul(vv, u[g].transpose(0, 2, 1), pv)
             _output_transform_nhwc(prod, at, y, dg, g * dg, r0, r1, th, tw, b, has_bias,
-                                   flags)
+                                   flags, out_grid)
             finite = finite and not flags[:r1 - r0].any()
     return finite
