@@ -6,9 +6,10 @@ transformed tiles as (m+2)^2 planes of shape (tiles, Cg) (entry e of tile k, cha
 at ``v[e, k*Cg + c]``), the (m+2)^2 GEMMs are
 M[e] (tiles, Dg) = V[e] (tiles, Cg) @ U[e]^T (Cg, Dg) with the NCHW path's transformed
 kernel U, and the output transform writes each tile's m x m block of Dg output channels
-straight into the NHWC output. One kernel pair serves both tile sizes: B^T and A^T are
-passed as small matrices (``TRANSFORMS``) and their zero entries skipped. NCHW has its
-own transforms (``f2``, ``f4``: rows of one channel plane innermost).
+straight into the NHWC output. One kernel pair serves both tile sizes: F(4x4, 3x3)
+applies ``f4``'s B^T and A^T to six channel vectors at once; F(2x2, 3x3) takes B^T and
+A^T as small matrices (``TRANSFORMS``) and skips their zero entries. NCHW has its own
+transforms (``f2``, ``f4``: rows of one channel plane innermost).
 
 >>> import numpy as np
 >>> from fastconv import conv2d
@@ -28,6 +29,8 @@ from numba import njit, prange
 
 from ... import _blas, config
 from .._common import U
+from .f4 import _at6, _bt6
+from .tasks import _scalars
 from .tiling import _rows_per_chunk, chunk_planes, tile_grid, transformed
 
 #: Tile size m -> (B^T ((m+2) x (m+2)), A^T (m x (m+2))) of F(m x m, 3x3), as in the
@@ -40,6 +43,17 @@ TRANSFORMS = {
         [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
          [0, 1, -1, 8, -8, 1]]),
 }
+
+
+@njit(inline="always")
+def _put6(o, dst, i, step):
+    """dst[i + e*step] = o[e] for the six values of o (one ``_bt6`` result)."""
+    dst[i] = o[0]
+    dst[i + step] = o[1]
+    dst[i + U(2) * step] = o[2]
+    dst[i + U(3) * step] = o[3]
+    dst[i + U(4) * step] = o[4]
+    dst[i + U(5) * step] = o[5]
 
 
 @njit(inline="always")
@@ -69,6 +83,7 @@ def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl, grid):
     hp, wp, sig_h, sig_w, dh, dw = grid
     s = bt.shape[0]
     m = s - 2
+    two, four, five = _scalars(x, 2, 4, 5)
     ucg = U(cg)
     fx, fv, plane = x.reshape(x.size), v.reshape(v.size), U(v.shape[1])
     for task in prange(r1 - r0):
@@ -91,10 +106,29 @@ def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl, grid):
                     else:
                         for c in range(ucg):
                             d[o + c] = 0
+            k = U(task * tw + tj) * ucg
+            if s == 6:  # F(4x4, 3x3): f4's B^T on six channel vectors at once
+                col = U(6) * ucg
+                for b in range(6):   # down the columns: tmp[a, b] = (B^T d)[a, b]
+                    i0 = U(b) * ucg
+                    for c in range(ucg):
+                        i = i0 + c
+                        o = _bt6(d[i], d[i + col], d[i + U(2) * col], d[i + U(3) * col],
+                                 d[i + U(4) * col], d[i + U(5) * col], two, four, five)
+                        _put6(o, tmp, i, col)
+                for a in range(6):   # along the rows: v[6a + e] = (B^T tmp^T)[e, a]
+                    i0 = U(a) * col
+                    o0 = U(6 * a) * plane + k
+                    for c in range(ucg):
+                        i = i0 + c
+                        o = _bt6(tmp[i], tmp[i + ucg], tmp[i + U(2) * ucg],
+                                 tmp[i + U(3) * ucg], tmp[i + U(4) * ucg],
+                                 tmp[i + U(5) * ucg], two, four, five)
+                        _put6(o, fv, o0 + c, plane)
+                continue
             for a in range(s):       # B^T down the columns: tmp[a, b] = sum_q B^T[a, q] d[q, b]
                 for b in range(s):
                     _combine(bt, a, d, U(b) * ucg, U(s) * ucg, tmp, U(a * s + b) * ucg, ucg)
-            k = U(task * tw + tj) * ucg
             for a in range(s):       # B along the rows: v[a*s + e] = sum_q B^T[e, q] tmp[a, q]
                 for e in range(s):
                     _combine(bt, e, tmp, U(a * s) * ucg, ucg, fv, U(a * s + e) * plane + k,
@@ -111,6 +145,7 @@ def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, fla
     n_img, y_h, y_w, d_all = y.shape
     ho, wo, rho_h, rho_w, dh, dw = grid
     m, s = at.shape
+    two, four, eight = _scalars(y, 2, 4, 8)
     udg, ud0 = U(dg), U(d0)
     fy, fp, plane = y.reshape(y.size), p.reshape(p.size), U(p.shape[1])
     for task in prange(r1 - r0):
@@ -119,10 +154,24 @@ def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, fla
         top = (r % th) * m
         tmp = np.empty(m * s * dg, y.dtype)
         line = np.empty(dg, y.dtype)
+        quad = np.empty(4 * dg, y.dtype)
         bad = 0
         for tj in range(tw):
             k = U(task * tw + tj) * udg
-            for a in range(m):       # A^T down the columns: tmp[a, l] = sum_q A^T[a, q] M[q, l]
+            if s == 6:  # F(4x4, 3x3): f4's A^T on six channel vectors at once
+                for col in range(6):
+                    i0 = U(col) * plane + k
+                    for c in range(udg):
+                        i = i0 + c
+                        o = _at6(fp[i], fp[i + U(6) * plane], fp[i + U(12) * plane],
+                                 fp[i + U(18) * plane], fp[i + U(24) * plane],
+                                 fp[i + U(30) * plane], two, four, eight)
+                        j = U(col) * udg + c
+                        tmp[j] = o[0]
+                        tmp[j + U(6) * udg] = o[1]
+                        tmp[j + U(12) * udg] = o[2]
+                        tmp[j + U(18) * udg] = o[3]
+            for a in range(m if s != 6 else 0):  # A^T down the columns (generic m)
                 for col in range(s):
                     o = U(a * s + col) * udg
                     for c in range(udg):
@@ -134,8 +183,23 @@ def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, fla
                             for c in range(udg):
                                 tmp[o + c] += coef * fp[src + c]
             for a in range(min(m, ho - top)):    # A along the rows, into y
+                if s == 6:
+                    i0 = U(a * 6) * udg
+                    for c in range(udg):
+                        i = i0 + c
+                        o = _at6(tmp[i], tmp[i + udg], tmp[i + U(2) * udg],
+                                 tmp[i + U(3) * udg], tmp[i + U(4) * udg],
+                                 tmp[i + U(5) * udg], two, four, eight)
+                        quad[c] = o[0]
+                        quad[c + udg] = o[1]
+                        quad[c + U(2) * udg] = o[2]
+                        quad[c + U(3) * udg] = o[3]
                 for q in range(min(m, wo - tj * m)):
-                    _combine(at, q, tmp, U(a * s) * udg, udg, line, U(0), udg)
+                    if s == 6:
+                        for c in range(udg):
+                            line[c] = quad[U(q) * udg + c]
+                    else:
+                        _combine(at, q, tmp, U(a * s) * udg, udg, line, U(0), udg)
                     o = U(((n * y_h + rho_h + (top + a) * dh) * y_w + rho_w + (tj * m + q) * dw)
                           * d_all + d0)
                     for c in range(udg):
