@@ -8,11 +8,12 @@ channels: the output pixel y[n, i, j, :] (all D output channels) accumulates
                             * w[a, b, c, g*Dg + d]
 
 as an outer-product update over d (one contiguous row of the HWIO weight per input
-value), and a depthwise layer (one input channel per group) as one elementwise
-multiply-add over the channels per tap (when D == C). The NCHW kernels are in ``naive`` (one kernel
-per layout: the two orders want different loop nests). One parallel task per output row
-(image, i) for the forward and the input gradient, per (image block, tap) for the weight
-gradient, so no two tasks write the same element.
+value), and a depthwise layer with one output channel per input channel as one
+elementwise multiply-add over the channels per tap. The NCHW kernels are in ``naive``
+(one kernel per layout: the two orders want different loop nests). One parallel task
+per output row (image, i) for the forward, per input row for the input gradient, per
+block of output rows for the weight gradient (each with a partial sum), so no two tasks
+write the same element.
 
 >>> import numpy as np
 >>> from fastconv import conv2d
@@ -28,7 +29,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from .. import config
-from ._common import U, valid_range
+from ._common import U
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -126,10 +127,10 @@ def _conv_direct_grad_x_nhwc(gy, wt, gx, sh, sw, pt, pl, rh, rw, groups):
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _conv_direct_grad_w_nhwc(gy, x, parts, sh, sw, pt, pl, rh, rw, groups):
     """gy (N, Ho, Wo, D), x (N, H, W, C), parts (B, KH, KW, C/groups, D) overwritten with
-    the weight gradient of images b, b + B, b + 2B, ... (the caller sums over B):
+    the weight gradient of block b of the N*Ho output rows (the caller sums over B):
     parts[b, a, bb, c, g*Dg + d] = sum x[n, .., g*Cg + c] * gy[n, i, j, g*Dg + d].
-    One task per (block b, tap a, bb): each owns parts[b, a, bb]; flat arrays as
-    ``_conv_direct_nhwc``."""
+    One task per block: it owns parts[b] and reads each output pixel's gradient once
+    for all taps (it stays in cache); flat arrays as ``_conv_direct_nhwc``."""
     n_img, h, wd, c_all = x.shape
     blocks, kh, kw, cg, d_all = parts.shape
     ho, wo = gy.shape[1], gy.shape[2]
@@ -137,35 +138,40 @@ def _conv_direct_grad_w_nhwc(gy, x, parts, sh, sw, pt, pl, rh, rw, groups):
     ucg, ud = U(cg), U(d_all)
     depthwise = cg == 1 and d_all == c_all  # one output channel per input channel
     fy, fx, fp = gy.reshape(gy.size), x.reshape(x.size), parts.reshape(parts.size)
-    for task in prange(blocks * kh * kw):
-        blk = task // (kh * kw)
-        a = (task // kw) % kh
-        b = task % kw
-        o = U(task) * ucg * ud
-        for k in range(ucg * ud):
-            fp[o + k] = 0
-        i_lo, i_hi = valid_range(ho, a * rh - pt, sh, h)
-        j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
-        for n in range(blk, n_img, blocks):
-            for i in range(i_lo, i_hi):
-                for j in range(j_lo, j_hi):
-                    xo = U(((n * h + i * sh + a * rh - pt) * wd + j * sw + b * rw - pl)
-                           * c_all)
-                    yo = U(((n * ho + i) * wo + j) * d_all)
-                    if depthwise:
-                        for d in range(ud):
-                            fp[o + d] += fx[xo + d] * fy[yo + d]
+    rows = n_img * ho
+    for blk in prange(blocks):
+        base = U(blk) * U(kh * kw) * ucg * ud
+        for k in range(U(kh * kw) * ucg * ud):
+            fp[base + k] = 0
+        for r in range(blk * rows // blocks, (blk + 1) * rows // blocks):
+            n = r // ho
+            i = r % ho
+            for j in range(wo):
+                yo = U((r * wo + j) * d_all)
+                for a in range(kh):
+                    src_i = i * sh + a * rh - pt
+                    if src_i < 0 or src_i >= h:
                         continue
-                    for g in range(U(groups)):
-                        for c in range(ucg):
-                            s = fx[xo + g * ucg + c]
-                            row = o + c * ud + g * dg
-                            gyg = yo + g * dg
-                            for d in range(dg):
-                                fp[row + d] += s * fy[gyg + d]
+                    for b in range(kw):
+                        src_j = j * sw + b * rw - pl
+                        if src_j < 0 or src_j >= wd:
+                            continue
+                        xo = U(((n * h + src_i) * wd + src_j) * c_all)
+                        o = base + U(a * kw + b) * ucg * ud
+                        if depthwise:
+                            for d in range(ud):
+                                fp[o + d] += fx[xo + d] * fy[yo + d]
+                            continue
+                        for g in range(U(groups)):
+                            for c in range(ucg):
+                                v = fx[xo + g * ucg + c]
+                                row = o + c * ud + g * dg
+                                gyg = yo + g * dg
+                                for d in range(dg):
+                                    fp[row + d] += v * fy[gyg + d]
 
 
-def grad_w_blocks(n_img: int, taps: int, threads: int) -> int:
-    """Image blocks of the weight gradient: enough (block, tap) tasks for every thread
-    (a 1x1 kernel has one tap), at most one block per image."""
-    return max(1, min(n_img, -(-threads // taps)))
+def grad_w_blocks(rows: int, threads: int) -> int:
+    """Blocks of output rows of the weight gradient (each a task with a partial sum):
+    two per thread for balance, at most one per row."""
+    return max(1, min(rows, 2 * threads))

@@ -250,14 +250,13 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
 
 def _backward_nhwc(gy, x, w, args, grad_x, grad_w, conv) -> None:
     """NHWC gradients: grad_x with the HWIO weight's last two axes swapped (rows over
-    input channels contiguous), grad_w summed over the kernel's image blocks."""
+    input channels contiguous), grad_w summed over the kernel's blocks of output rows."""
     with parallel_guard():
         if grad_x is not None:
             wt = np.ascontiguousarray(w.transpose(0, 1, 3, 2))
             direct_nhwc._conv_direct_grad_x_nhwc(gy, wt, grad_x, *conv)
         if grad_w is not None:
-            blocks = direct_nhwc.grad_w_blocks(args.n, args.kh * args.kw,
-                                               numba.get_num_threads())
+            blocks = direct_nhwc.grad_w_blocks(args.n * args.h_out, numba.get_num_threads())
             parts = np.empty((blocks, *grad_w.shape), grad_w.dtype)
             direct_nhwc._conv_direct_grad_w_nhwc(gy, np.ascontiguousarray(x), parts, *conv)
             np.sum(parts, axis=0, out=grad_w)
