@@ -32,6 +32,24 @@ from .. import config
 from ._common import U
 
 
+@njit(inline="always")
+def _depthwise3x3(fx, fw, fy, bias, with_bias, o, x0, row, col, c):
+    """fy[o + k] = bias + the 3x3 depthwise sum over channels k < c of one output pixel
+    whose taps all lie inside the input (x0: its top-left tap; row, col: the offsets of
+    one tap down and across): the nine products summed in registers, one store."""
+    two = U(2)
+    for k in range(c):
+        acc = bias[k] if with_bias else fy.dtype.type(0)
+        acc += (fx[x0 + k] * fw[k] + fx[x0 + col + k] * fw[c + k]
+                + fx[x0 + two * col + k] * fw[two * c + k])
+        acc += (fx[x0 + row + k] * fw[U(3) * c + k] + fx[x0 + row + col + k] * fw[U(4) * c + k]
+                + fx[x0 + row + two * col + k] * fw[U(5) * c + k])
+        acc += (fx[x0 + two * row + k] * fw[U(6) * c + k]
+                + fx[x0 + two * row + col + k] * fw[U(7) * c + k]
+                + fx[x0 + two * row + two * col + k] * fw[U(8) * c + k])
+        fy[o + k] = acc
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _conv_direct_nhwc(x, w, out, sh, sw, pt, pl, rh, rw, groups, bias):
     """x (N, H, W, C), w (KH, KW, C/groups, D) HWIO, out (N, Ho, Wo, D) overwritten;
@@ -49,11 +67,19 @@ def _conv_direct_nhwc(x, w, out, sh, sw, pt, pl, rh, rw, groups, bias):
     with_bias = bias.shape[0] == d_all
     depthwise = cg == 1 and d_all == c_all  # one output channel per input channel
     fx, fw, fy = x.reshape(x.size), w.reshape(w.size), out.reshape(out.size)
+    three = depthwise and kh == 3 and kw == 3
     for task in prange(n_img * ho):
         n = task // ho
         i = task % ho
+        rows_in = 0 <= i * sh - pt and i * sh - pt + 2 * rh < h
         for j in range(wo):
             o = U((task * wo + j) * d_all)
+            left = j * sw - pl
+            if three and rows_in and 0 <= left and left + 2 * rw < wd:
+                _depthwise3x3(fx, fw, fy, bias, with_bias, o,
+                              U(((n * h + i * sh - pt) * wd + left) * c_all),
+                              U(rh * wd * c_all), U(rw * c_all), ud)
+                continue
             for d in range(ud):
                 fy[o + d] = bias[d] if with_bias else 0
             for a in range(kh):
