@@ -104,7 +104,7 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
         with parallel_guard():
             _im2col_nhwc(x, cols, n0, i0, *conv, band)
         y = view(out[n0:n0 + nb, i0:i0 + band, :, :], (nb * length, g, dg))
-        np.matmul(cols.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
+        _blas.matmul(cols.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
         if bias_g is not None:
             y += bias_g
 
