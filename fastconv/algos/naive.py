@@ -12,6 +12,10 @@ single-channel inputs such as a grayscale image or LeNet's first layer) have no 
 sum to turn into a GEMM, so im2col gains little there; the direct algorithm runs them
 with ``_conv_depthwise_nchw``, a kernel written to vectorise (long unit-stride
 multiply-adds over a padded plane, unsigned inner offsets).
+
+These are the NCHW kernels. NHWC has its own (``direct_nhwc``: channels innermost, one
+task per output row), for the forward and both gradients; only depthwise layers with a
+channel multiplier run the NCHW depthwise kernel on copies in NHWC.
 """
 
 from __future__ import annotations
