@@ -186,3 +186,12 @@ def test_nhwc_winograd_reports_non_finite_outputs(rng, bad):
     want = fastconv.conv2d(x, w, padding=1, layout="NHWC", algo="naive")
     assert np.array_equal(np.isnan(y), np.isnan(want))
     assert np.array_equal(np.isinf(y), np.isinf(want))
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[2], CASES[3]])
+def test_nhwc_direct_without_bias(rng, case):
+    """No bias: the kernels start from zero (the depthwise 3x3 interior pixels included)."""
+    x, w, _, kwargs, refargs = _problem(rng, case, np.float32, h=9, wd=10)
+    xl, wl = _nhwc(x, w)
+    y = fastconv.conv2d(xl, wl, **kwargs, layout="NHWC", algo="naive")
+    assert ref.rel_error(y.transpose(0, 3, 1, 2), ref.conv2d(x, w, **refargs)) < 1e-5
