@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
 from .drivers import backward, forward
+from .pointwise import backward_cost_pointwise
 from .tiling import is_pointwise, tile_count, tiling
 
 
@@ -59,6 +60,8 @@ def cost(a, p: Profile) -> Estimate:
 
 
 def backward_cost(a, p: Profile) -> Estimate:
+    if is_pointwise(a):
+        return backward_cost_pointwise(a, p)
     return backward_from_forward(cost(a, p), p)
 
 

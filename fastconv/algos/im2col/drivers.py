@@ -12,6 +12,7 @@ from ... import _blas
 from ..._runtime import parallel_guard
 from .._common import view
 from .image_last import backward_image_last, forward_image_last, image_last_tile
+from .pointwise import backward_pointwise
 from .tiling import column_buffer, gemm_sizes, is_pointwise, tiles, tiling, unfold_params
 from .unfold import _col2im_nchw, _col2im_nhwc, _im2col_nchw, _im2col_nhwc
 
@@ -116,7 +117,11 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     Tiles of several small images (``image_last_tile``) run the image-last backward
     (``image_last.backward_image_last``: no column matrix). Otherwise each tile of the
     forward (``tiling``) is unfolded, used for grad_w, then overwritten by its column
-    gradient and folded. Wraps ``_im2col_*``, ``_col2im_*`` and numpy's BLAS matmul."""
+    gradient and folded. Wraps ``_im2col_*``, ``_col2im_*`` and numpy's BLAS matmul.
+    Pointwise layers skip the unfold and the fold (``pointwise.backward_pointwise``)."""
+    if is_pointwise(args):
+        backward_pointwise(grad_y, x, w, args, grad_x, grad_w)
+        return
     images = image_last_tile(args, grad_x is not None)
     if images:
         backward_image_last(grad_y, x, w, args, grad_x, grad_w, images)

@@ -1,0 +1,88 @@
+"""The backward of pointwise layers (1x1 kernel, stride 1, no padding) as two plain GEMMs.
+
+The input of such a layer already is its column matrix, so nothing is unfolded or
+folded: per group g,
+
+* NCHW, x (N, G, Cg, HW), grad_y (N, G, Dg, HW), W (G, Dg, Cg):
+  grad_x[n] = W^T @ grad_y[n] and grad_W = sum_n grad_y[n] @ x[n]^T;
+* NHWC, x (P, G, Cg), grad_y (P, G, Dg) with P = N*H*W pixels, W (G, Cg, Dg):
+  grad_x = grad_y @ W^T and grad_W = x^T @ grad_y (one product over all pixels).
+
+Examples
+--------
+>>> import numpy as np
+>>> from fastconv import conv2d_backward
+>>> x = np.ones((2, 4, 3, 3), np.float32)          # (N, C_in, H, W)
+>>> w = np.ones((5, 4, 1, 1), np.float32)          # (C_out, C_in, 1, 1)
+>>> gy = np.ones((2, 5, 3, 3), np.float32)         # (N, C_out, H, W)
+>>> gx, gw, gb = conv2d_backward(gy, x, w, algo="im2col")
+>>> float(gx[0, 0, 0, 0]), float(gw[0, 0, 0, 0]), gx.shape, gw.shape
+(5.0, 18.0, (2, 4, 3, 3), (5, 4, 1, 1))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ... import _blas, config
+from ...costs import Estimate, Profile, gemm_seconds
+from .._common import view
+from .tiling import gemm_sizes
+
+
+def backward_pointwise(gy, x, w, args, grad_x, grad_w) -> None:
+    """grad_x and grad_w (either may be None: not computed) of a pointwise layer
+    (``tiling.is_pointwise``), in the caller's layout, with two GEMMs and no column
+    matrix. grad_x and grad_w are C-contiguous and fully written."""
+    g, dg, cg = gemm_sizes(args)
+    gy = np.ascontiguousarray(gy)
+    x = np.ascontiguousarray(x) if grad_w is not None else x
+    if args.dims.channels_last:
+        _nhwc(gy, x, w, args, grad_x, grad_w, g, dg, cg)
+    else:
+        _nchw(gy, x, w, args, grad_x, grad_w, g, dg, cg)
+
+
+def _nchw(gy, x, w, args, grad_x, grad_w, g, dg, cg) -> None:
+    n, hw = args.n, args.h * args.w
+    gyv = view(gy, (n, g, dg, hw))
+    wmat = np.ascontiguousarray(w).reshape(g, dg, cg)
+    if grad_x is not None:
+        gx = view(grad_x, (n, g, cg, hw))
+        if g == 1:  # one product per image, split over the threads
+            _blas.split_matmul(wmat[0].T, gyv[:, 0], gx[:, 0])
+        else:
+            np.matmul(wmat.transpose(0, 2, 1), gyv, out=gx)
+    if grad_w is not None:
+        gw = view(grad_w, (g, dg, cg))
+        gw[...] = 0
+        xt = view(x, (n, g, cg, hw)).transpose(0, 1, 3, 2)
+        # a batch of per-image products, then their sum; batches bounded in memory
+        step = max(1, config.WORKSPACE_BYTES // max(g * dg * cg * args.dtype.itemsize, 1))
+        for n0 in range(0, n, step):
+            gw += np.matmul(gyv[n0:n0 + step], xt[n0:n0 + step]).sum(axis=0)
+
+
+def _nhwc(gy, x, w, args, grad_x, grad_w, g, dg, cg) -> None:
+    p = args.n * args.h * args.w
+    gyv = view(gy, (p, g, dg))
+    wmat = np.ascontiguousarray(w).reshape(cg, g, dg)  # HWIO (1, 1, Cg, D)
+    gx = None if grad_x is None else view(grad_x, (p, g, cg))
+    gw = None if grad_w is None else view(grad_w, (cg, g, dg))
+    xv = None if grad_w is None else view(x, (p, g, cg))
+    for gi in range(g):  # row-strided operands go to BLAS as they are
+        if gx is not None:
+            np.matmul(gyv[:, gi], wmat[:, gi].T, out=gx[:, gi])
+        if gw is not None:
+            np.matmul(xv[:, gi].T, gyv[:, gi], out=gw[:, gi])
+
+
+def backward_cost_pointwise(a, p: Profile) -> Estimate:
+    """Model time of ``backward_pointwise``: per image and group a (Cg x Dg x HW)
+    product for grad_x and a (Dg x HW x Cg) one for grad_w."""
+    g, dg, cg = gemm_sizes(a)
+    hw, item = a.h * a.w, a.dtype.itemsize
+    gx = gemm_seconds(p, cg, dg, hw, a.n * g, item)
+    gw = gemm_seconds(p, dg, hw, cg, a.n * g, item)
+    return Estimate(p.call_us * 1e-6 + gx + gw, a.n * g * dg * cg * item,
+                    f"pointwise: GEMMs {cg}x{dg}x{hw} and {dg}x{hw}x{cg} x{a.n * g}")

@@ -1,0 +1,103 @@
+"""The backward of pointwise (1x1, stride 1, unpadded) layers as two GEMMs: against the
+explicit reference and finite differences, both layouts, dtypes, groups; the path runs
+for im2col and auto, and not for 1x1 layers with a stride or padding."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv._args import conv_args_from_shapes
+from fastconv.algos.im2col import is_pointwise, pointwise
+
+from . import reference as ref
+from .conftest import to_nhwc
+from .test_conv_backward import _backward, _explicit, _problem
+
+# (n, c, h, w, d, kh, kw, stride, padding, dilation, groups)
+POINTWISE = [
+    (2, 4, 3, 5, 6, 1, 1, 1, 0, 1, 1),
+    (3, 6, 4, 4, 9, 1, 1, 1, 0, 1, 3),
+    (1, 5, 2, 3, 5, 1, 1, 1, 0, 2, 5),        # depthwise 1x1 (dilation changes nothing)
+    (0, 4, 3, 3, 2, 1, 1, 1, 0, 1, 1),        # empty batch: grad_w is zero
+]
+
+
+def _spy(monkeypatch):
+    calls = []
+    real = pointwise.backward_pointwise
+    monkeypatch.setattr("fastconv.algos.im2col.drivers.backward_pointwise",
+                        lambda *a: calls.append(1) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", POINTWISE, ids=str)
+def test_pointwise_backward_matches_reference(case, dtype, layout, monkeypatch):
+    x, w, gy, kwargs, a = _problem(case, dtype)
+    assert is_pointwise(a)
+    calls = _spy(monkeypatch)
+    want = _explicit(x, w, gy, a)
+    tol = ref.tolerance(dtype, "im2col")
+    got = {algo: _backward(gy, x, w, kwargs, layout, algo) for algo in ("im2col", "auto")}
+    errors = {(algo, i): ref.rel_error(g, want[i]) for algo, gs in got.items()
+              for i, g in enumerate(gs)}
+    assert all(g.dtype == dtype and g.shape == want[i].shape
+               for gs in got.values() for i, g in enumerate(gs))
+    assert max(errors.values()) <= tol, errors
+    assert len(calls) >= (1 if a.n else 0)       # im2col took the two-GEMM path
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("needs", [(True, False, True), (False, True, False)])
+def test_pointwise_backward_one_gradient(layout, needs):
+    x, w, gy, kwargs, a = _problem(POINTWISE[1], np.float64)
+    want = _explicit(x, w, gy, a)
+    if layout == "NCHW":
+        got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col",
+                                       needs_input_grad=needs)
+    else:
+        got = _backward(gy, x, w, kwargs, layout, "im2col")
+        got = tuple(g if k else None for g, k in zip(got, needs, strict=True))
+    for g, wnt, k in zip(got, want, needs, strict=True):
+        assert (g is None) == (not k)
+        if k:
+            assert ref.rel_error(g, wnt) <= 1e-10
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_pointwise_backward_gradcheck(layout):
+    """Finite differences in float64 through the autograd layer (fastconv.gradcheck)."""
+    from fastconv import Tensor, gradcheck
+    from fastconv.nn import functional as F
+
+    x, w, _, kwargs, _ = _problem(POINTWISE[1], np.float64)
+    if layout == "NHWC":
+        x, w = to_nhwc(x, w)
+    b = np.random.default_rng(2).standard_normal(w.shape[0 if layout == "NCHW" else 3])
+    inputs = [Tensor(v, requires_grad=True) for v in (x, w, b)]
+    assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, **kwargs, layout=layout,
+                                              algo="im2col"), inputs)
+
+
+def test_pointwise_backward_in_several_batches(monkeypatch):
+    """grad_w summed over batches of images bounded by the workspace budget."""
+    from fastconv import config
+
+    x, w, gy, kwargs, a = _problem((5, 4, 3, 3, 3, 1, 1, 1, 0, 1, 1), np.float64)
+    monkeypatch.setattr(config, "WORKSPACE_BYTES", 2 * 3 * 4 * 8)   # two images a batch
+    got = fastconv.conv2d_backward(gy, x, w, algo="im2col")
+    for g, wnt in zip(got, _explicit(x, w, gy, a), strict=True):
+        assert ref.rel_error(g, wnt) <= 1e-10
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2), dict(padding=1)])
+def test_strided_or_padded_1x1_is_not_pointwise(kwargs):
+    a = conv_args_from_shapes("test", (2, 4, 5, 5), (3, 4, 1, 1), **kwargs)
+    assert not is_pointwise(a)
+
+
+def test_pointwise_backward_plan_names_the_gemms():
+    p = fastconv.plan((16, 256, 14, 14), (64, 256, 1, 1), backward=True)
+    assert p.algorithm == "im2col"
+    assert "pointwise: GEMMs 256x64x196 and 64x196x256 x16" in p.why
