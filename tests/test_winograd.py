@@ -301,7 +301,7 @@ def test_backward_reports_which_gradients_are_good(tile):
     gy_bad = gy.copy()
     gy_bad[1, 2, 3, 3] = np.inf
     assert winograd.backward(gy_bad, x, w, a, gx, None) == (False, True)
-    # padding 3: grad_x is not supported (grad_w is); a dilated layer supports neither
+    # padding 3: grad_x is not supported (grad_w is)
     a3 = conv_args_from_shapes("t", x.shape, w.shape, 1, 3)
     assert not winograd.grad_x_supported(a3) and winograd.grad_w_supported(a3)
     gx3 = np.full((2, 2, 6, 6), 7.0)
@@ -312,6 +312,28 @@ def test_backward_reports_which_gradients_are_good(tile):
     ad = conv_args_from_shapes("t", x.shape, w.shape, 1, 2, 2)
     assert winograd.backward(rng.standard_normal(ad.y_shape), x, w, ad, None, None) \
         == (True, True)
+
+
+def test_dilated_backward_runs_per_phase():
+    """A dilated layer's gradients are Winograd's (one undilated problem per phase) while
+    every phase problem's padding is at most 2; a non-finite phase flags its gradient."""
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((2, 2, 9, 8))
+    w = rng.standard_normal((3, 2, 3, 3))
+    ad = conv_args_from_shapes("t", x.shape, w.shape, 1, 2, 2)
+    assert winograd.grad_x_supported(ad) and winograd.grad_w_supported(ad)
+    assert [sub.padding for *_, sub in winograd.phase_problems(ad)] == [((1, 1), (1, 1))] * 4
+    gy = rng.standard_normal(ad.y_shape)
+    gx, gw = np.empty_like(x), np.empty_like(w)
+    assert winograd.backward(gy, x, w, ad, gx, gw) == (True, True)
+    want = ref.conv2d_backward(gy, x, w, ad.stride, ad.padding, ad.dilation)
+    assert ref.rel_error(gx, want[0]) <= 1e-13 and ref.rel_error(gw, want[1]) <= 1e-13
+    x_bad = x.copy()
+    x_bad[1, 1, 4, 3] = np.nan
+    assert winograd.backward(gy, x_bad, w, ad, gx, gw) == (True, False)
+    # padding 6 at dilation 2: phase problems padded by 3, beyond grad_x's transform
+    a6 = conv_args_from_shapes("t", x.shape, w.shape, 1, 6, 2)
+    assert not winograd.grad_x_supported(a6) and winograd.grad_w_supported(a6)
 
 
 def test_exact_algorithms_return_none():

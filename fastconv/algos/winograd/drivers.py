@@ -15,6 +15,7 @@ import numpy as np
 from ... import _blas
 from .. import _nhwc
 from . import nhwc
+from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
 from .kernel import _grad_x_kernel, transform_kernel
 from .tiling import _KERNELS, chunk_planes, phases, problem, tile_size
@@ -27,15 +28,20 @@ def supports(args) -> bool:
 
 
 def grad_x_supported(args) -> bool:
-    """grad_x is a correlation with padding 2 - p: every padding must be at most 2 (and
-    dilation 1)."""
-    return (supports(args) and args.dilation == (1, 1)
-            and all(0 <= p <= 2 for pair in args.padding for p in pair))
+    """grad_x is a correlation with padding 2 - p: every padding must be at most 2 (for
+    a dilated layer, every padding of its undilated phase problems,
+    ``dilated.phase_problems``)."""
+    if not supports(args):
+        return False
+    if args.dilation != (1, 1):
+        return all(grad_x_supported(sub) for *_, sub in phase_problems(args))
+    return all(0 <= p <= 2 for pair in args.padding for p in pair)
 
 
 def grad_w_supported(args) -> bool:
-    """The weight gradient runs in the Winograd domain for dilation 1."""
-    return supports(args) and args.dilation == (1, 1)
+    """The weight gradient runs in the Winograd domain (a dilated layer's as the sum over
+    its undilated phase problems)."""
+    return supports(args)
 
 
 def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
@@ -116,7 +122,8 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
     grad_x[n, c, i, j] = sum_{d,a,b} grad_y[n, d, i + p_top - a, j + p_left - b] w[d, c, a, b]
     is a 3x3 correlation of grad_y with the flipped kernel, channels transposed, padding
     (2 - p): the forward's transform applies. grad_w is the adjoint of F(2x2, 3x3) in the
-    Winograd domain (``grad_w._grad_w_nchw``, ``GRAD_W_TILE``).
+    Winograd domain (``grad_w._grad_w_nchw``, ``GRAD_W_TILE``). A dilated layer runs as
+    undilated problems, one per phase (``dilated.backward_phases``).
 
     Returns (ok_x, ok_w): False for a gradient the caller must compute itself, because
     its result here was non-finite (recompute it, e.g. with im2col, for the direct
@@ -130,6 +137,10 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
     (pt, _), (pl, _) = args.padding
     m = tile_size()
     dims = args.dims
+    if args.dilation != (1, 1):
+        return _backward_dilated(_nhwc.nchw_copy(grad_y, dims), x, w, args,
+                                 grad_x if by_x else None, grad_w if by_w else None, ok_x,
+                                 ok_w)
     if by_w:  # NCHW only: other layouts run on copies
         gw = _nhwc.oihw_target(grad_w, dims)
         _grad_w_nchw(_nhwc.nchw_copy(grad_y, dims), _nhwc.nchw_copy(x, dims), gw, (pt, pl),
@@ -141,4 +152,22 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
         u = transform_kernel(_grad_x_kernel(w_oihw, args.groups), args.groups, m)
         ok_x = _run(np.ascontiguousarray(grad_y), u, grad_x, None, (2 - pt, 2 - pl),
                     args.groups, m, (1, 1), dims.channels_last)
+    return ok_x, ok_w
+
+
+def _backward_dilated(gy, x, w, args, grad_x, grad_w, ok_x, ok_w) -> tuple[bool, bool]:
+    """``backward`` of a dilated layer (gy NCHW; grad_x, grad_w in the caller's layout,
+    None when not computed here): ``dilated.backward_phases`` on NCHW / OIHW arrays."""
+    dims = args.dims
+    gx = None if grad_x is None else _nhwc.nchw_target(grad_x, dims)
+    gw = None if grad_w is None else _nhwc.oihw_target(grad_w, dims)
+    xc = None if grad_w is None else _nhwc.nchw_copy(x, dims)
+    px, pw = backward_phases(gy, xc, np.ascontiguousarray(dims.weight_to_canonical_view(w)),
+                             args, gx, gw, backward)
+    if gx is not None:
+        _nhwc.write_back(gx, grad_x, dims)
+        ok_x = px
+    if gw is not None:
+        _nhwc.write_weight_back(gw, grad_w, dims)
+        ok_w = pw
     return ok_x, ok_w
