@@ -55,3 +55,12 @@ def assert_layer_matches_torch(torch_layer, layer, x):
     np.testing.assert_allclose(xf.grad, xt.grad.numpy(), rtol=1e-10, atol=1e-12)
     for name, p in torch_layer.named_parameters():
         np.testing.assert_allclose(getattr(layer, name).grad, p.grad.numpy(), rtol=1e-10)
+
+
+def count_calls(monkeypatch, module, name: str) -> list:
+    """Replace ``module.name`` by a wrapper that records each call in the returned list
+    and then calls the original (to check that a code path really runs)."""
+    calls = []
+    real = getattr(module, name)
+    monkeypatch.setattr(module, name, lambda *a: calls.append(1) or real(*a))
+    return calls

@@ -7,10 +7,10 @@ import pytest
 
 import fastconv
 from fastconv._args import conv_args_from_shapes
-from fastconv.algos.im2col import is_pointwise, pointwise
+from fastconv.algos.im2col import drivers, is_pointwise
 
 from . import reference as ref
-from .conftest import to_nhwc
+from .conftest import count_calls, to_nhwc
 from .test_conv_backward import _backward, _explicit, _problem
 
 # (n, c, h, w, d, kh, kw, stride, padding, dilation, groups)
@@ -22,21 +22,13 @@ POINTWISE = [
 ]
 
 
-def _spy(monkeypatch):
-    calls = []
-    real = pointwise.backward_pointwise
-    monkeypatch.setattr("fastconv.algos.im2col.drivers.backward_pointwise",
-                        lambda *a: calls.append(1) or real(*a))
-    return calls
-
-
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", POINTWISE, ids=str)
 def test_pointwise_backward_matches_reference(case, dtype, layout, monkeypatch):
     x, w, gy, kwargs, a = _problem(case, dtype)
     assert is_pointwise(a)
-    calls = _spy(monkeypatch)
+    calls = count_calls(monkeypatch, drivers, "backward_pointwise")
     want = _explicit(x, w, gy, a)
     tol = ref.tolerance(dtype, "im2col")
     got = {algo: _backward(gy, x, w, kwargs, layout, algo) for algo in ("im2col", "auto")}

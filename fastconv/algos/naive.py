@@ -29,6 +29,8 @@ from .._runtime import parallel_guard
 from ..costs import Estimate, Profile
 from . import _nhwc, direct_nhwc
 from ._common import U, geometry, valid_range
+from .depthwise_grad import applies as depthwise_grad_applies
+from .depthwise_grad import backward_depthwise, padded_plane
 from .registry import Algorithm, register
 
 
@@ -98,13 +100,7 @@ def _conv_depthwise_nchw(x, w, out, sh, sw, pt, pl, rh, rw, bias):
         b0 = bias[d] if with_bias else zero
         if unit:
             # padded plane (+ a tail so the last taps may read past the last row)
-            xp = np.zeros(hp * wp + rw * (kw - 1), out.dtype)
-            v_lo, v_hi = max(pl, 0), min(wp, wd + pl)
-            for u in range(max(pt, 0), min(hp, h + pt)):
-                line = img[u - pt]
-                base = U(u * wp)
-                for v in range(U(v_lo), U(v_hi)):
-                    xp[base + v] = line[v - U(pl)]
+            xp = padded_plane(img, hp, wp, rw * (kw - 1), pt, pl, out.dtype)
             m = U(ho * wp)
             acc = np.empty(ho * wp, out.dtype)
             for p in range(m):
@@ -236,7 +232,8 @@ def _conv_direct_grad_w_nchw(gy, x, gw, sh, sw, pt, pl, rh, rw, groups):
 def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, grad_w) -> None:
     """Direct gradients into ``grad_x`` / ``grad_w`` (caller's layout, fully written);
     either may be None (not computed). Each layout has its own kernels: NCHW wraps
-    ``_conv_direct_grad_x_nchw`` and ``_conv_direct_grad_w_nchw``, NHWC
+    ``_conv_direct_grad_x_nchw`` and ``_conv_direct_grad_w_nchw`` (depthwise layers of
+    stride 1: ``depthwise_grad.backward_depthwise``), NHWC
     ``direct_nhwc._conv_direct_grad_x_nhwc`` and ``_conv_direct_grad_w_nhwc``. Always
     exact: returns None."""
     gy = np.ascontiguousarray(grad_y)
@@ -245,11 +242,20 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
         _backward_nhwc(gy, x, w, args, grad_x, grad_w, conv)
         return
     with parallel_guard():
-        if grad_x is not None:
-            grad_x[...] = 0
-            _conv_direct_grad_x_nchw(gy, np.ascontiguousarray(w), grad_x, *conv)
-        if grad_w is not None:
-            _conv_direct_grad_w_nchw(gy, np.ascontiguousarray(x), grad_w, *conv)
+        if depthwise_grad_applies(args):
+            backward_depthwise(gy, np.ascontiguousarray(x), np.ascontiguousarray(w), args,
+                               grad_x, grad_w, _conv_depthwise_nchw)
+        else:
+            _direct_grads(gy, x, w, grad_x, grad_w, conv)
+
+
+def _direct_grads(gy, x, w, grad_x, grad_w, conv) -> None:
+    """The formula's loops (NCHW); they accumulate grad_x onto zeros."""
+    if grad_x is not None:
+        grad_x[...] = 0
+        _conv_direct_grad_x_nchw(gy, np.ascontiguousarray(w), grad_x, *conv)
+    if grad_w is not None:
+        _conv_direct_grad_w_nchw(gy, np.ascontiguousarray(x), grad_w, *conv)
 
 
 def _backward_nhwc(gy, x, w, args, grad_x, grad_w, conv) -> None:
@@ -264,6 +270,15 @@ def _backward_nhwc(gy, x, w, args, grad_x, grad_w, conv) -> None:
             parts = np.empty((blocks, *grad_w.shape), grad_w.dtype)
             direct_nhwc._conv_direct_grad_w_nhwc(gy, np.ascontiguousarray(x), parts, *conv)
             np.sum(parts, axis=0, out=grad_w)
+
+
+def _direct_grads(gy, x, w, gx, gw, conv) -> None:
+    """The formula's loops; they accumulate grad_x onto zeros."""
+    if gx is not None:
+        gx[...] = 0
+        _conv_direct_grad_x_nchw(gy, w, gx, *conv)
+    if gw is not None:
+        _conv_direct_grad_w_nchw(gy, x, gw, *conv)
 
 
 # ------------------------------------------------------------------------ registry
@@ -325,9 +340,15 @@ def cost(a, p: Profile) -> Estimate:
 
 
 def backward_cost(a, p: Profile) -> Estimate:
-    """Model time of the backward: twice the forward's FLOPs at the direct rate (NCHW has
-    no depthwise backward kernel); in NHWC, twice the forward's model (the gradient
+    """Model time of the backward: twice the forward's FLOPs at the direct rate; NCHW
+    depthwise layers of stride 1 (``depthwise_grad``) two depthwise forwards (grad_x is
+    one, grad_w as many multiply-adds); in NHWC, twice the forward's model (the gradient
     kernels have the forward's loops)."""
+    if depthwise_grad_applies(a):
+        fwd = cost(a, p)
+        call = p.call_us * 1e-6
+        return Estimate(call + 2 * (fwd.seconds - call), fwd.workspace,
+                        f"depthwise kernels, 2x forward: {fwd.detail}")
     if _native_nhwc(a):
         fwd = cost(a, p)
         return Estimate(2 * fwd.seconds, 0, "NHWC direct loops, 2x the forward")
