@@ -215,7 +215,7 @@ def plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *, layout=
         for large layers; the direct algorithm is timed on fewer images and scaled)
         instead of using the cost model.
     backward : plan ``conv2d_backward`` instead of ``conv2d`` (its algorithms have
-        other costs: the direct one has no depthwise kernel there).
+        other costs: the direct one has depthwise kernels there for stride 1 only).
 
     Returns
     -------

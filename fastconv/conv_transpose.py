@@ -42,8 +42,9 @@ def _transpose_arrays(op, x, w, bias, stride, padding, output_padding, groups, d
             raise ValueError(f"{op}: algo={algo!r} does not compute conv2d's input gradient "
                              f"for this problem (kernel {a.conv.kh}x{a.conv.kw}, stride "
                              f"{a.conv.stride}, padding {padding!r}, dilation "
-                             f"{a.conv.dilation}; Winograd needs dilation 1 and padding at "
-                             f"most 2); use algo='auto' or one of {able}")
+                             f"{a.conv.dilation}; Winograd needs padding at most 2, a dilated "
+                             f"layer in each of its phase problems); use algo='auto' or "
+                             f"one of {able}")
     return (x[None] if a.unbatched else x), w, bias, a
 
 

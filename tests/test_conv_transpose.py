@@ -57,11 +57,16 @@ def _run(x, w, b, kwargs, layout, algo):
 
 
 def _can_run(algo, case):
-    """Winograd computes conv2d's input gradient for 3x3, stride 1, dilation 1, padding
-    at most 2 only (conv_transpose2d refuses the rest)."""
-    _, _, _, _, _, kh, kw, stride, padding, _, dilation, _ = case
-    return algo != "winograd" or ((kh, kw) == (3, 3) and stride == 1 and dilation == 1
-                                  and padding in (0, 1, 2))
+    """Winograd computes conv2d's input gradient for 3x3, stride 1, padding at most 2
+    (for a dilated layer: in each of its undilated phase problems) only
+    (conv_transpose2d refuses the rest)."""
+    from fastconv._args import transpose_args_from_shapes
+    from fastconv.algos import winograd
+
+    n, c_in, h, w, c_out, kh, kw, stride, padding, out_pad, dilation, groups = case
+    a = transpose_args_from_shapes("t", (n, c_in, h, w), (c_in, c_out // groups, kh, kw),
+                                   stride, padding, out_pad, groups, dilation)
+    return algo != "winograd" or winograd.grad_x_supported(a.conv)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -279,14 +284,21 @@ def test_plan_is_the_backward_plan_of_the_conv2d_problem():
     (dict(groups=2), r"conv_transpose2d: groups=2 must divide C_in=3"),
     (dict(algo="winograd", stride=2),
      r"conv_transpose2d: algo='winograd' needs a 3x3 kernel with stride 1"),
-    (dict(algo="winograd", dilation=2),
-     r"conv_transpose2d: algo='winograd' does not compute conv2d's input gradient"),
     (dict(algo="magic"), r"conv_transpose2d: algo='magic' is not known"),
 ])
 def test_errors(kwargs, match):
     x, w = np.ones((1, 3, 4, 4)), np.ones((3, 2, 3, 3))
     with pytest.raises(ValueError, match=match):
         fastconv.conv_transpose2d(x, w, **kwargs)
+
+
+def test_winograd_refuses_a_phase_padded_beyond_2():
+    """Dilation 2, padding 5: conv2d's phase problems are padded by 3."""
+    x, w = np.ones((1, 3, 12, 12)), np.ones((3, 2, 3, 3))
+    with pytest.raises(ValueError, match=r"conv_transpose2d: algo='winograd' does not "
+                                         r"compute conv2d's input gradient .* dilation "
+                                         r"\(2, 2\)"):
+        fastconv.conv_transpose2d(x, w, padding=5, dilation=2, algo="winograd")
 
 
 def test_array_errors():
