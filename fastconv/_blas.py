@@ -136,17 +136,24 @@ def split_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     batch = b.shape[0]
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     threads = min(numba.get_num_threads(), batch)
-    with one_blas_thread():
-        if threads <= 1 or is_small(m, k, n, batch):
+    if threads <= 1 or is_small(m, k, n, batch):
+        with one_blas_thread():
             return np.matmul(a, b, out=out)
-        bounds = [batch * t // threads for t in range(threads + 1)]
+    bounds = [batch * t // threads for t in range(threads + 1)]
 
-        def part(t: int) -> None:
-            lo, hi = bounds[t], bounds[t + 1]
-            np.matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out=out[lo:hi])
+    def part(t: int) -> None:
+        lo, hi = bounds[t], bounds[t + 1]
+        np.matmul(a if a.ndim == 2 else a[lo:hi], b[lo:hi], out=out[lo:hi])
 
-        futures = [_helpers(threads - 1).submit(part, t) for t in range(1, threads)]
+    on_threads(part, threads)
+    return out
+
+
+def on_threads(part, threads: int) -> None:
+    """Run ``part(k)`` for k = 0 .. threads - 1 at once: k = 0 in the calling thread, the
+    others on helper threads, numpy's BLAS on one thread meanwhile; exceptions propagate."""
+    with one_blas_thread():
+        futures = [_helpers(threads - 1).submit(part, k) for k in range(1, threads)]
         part(0)
         for f in futures:
             f.result()
-    return out

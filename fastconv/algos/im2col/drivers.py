@@ -13,6 +13,7 @@ from ..._runtime import parallel_guard
 from .._common import view
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .pointwise import backward_pointwise
+from .split import forward_split, split_tiles
 from .tiling import column_buffer, gemm_sizes, is_pointwise, tiles, tiling, unfold_params
 from .unfold import _col2im_nchw, _col2im_nhwc, _im2col_nchw, _im2col_nhwc
 
@@ -45,7 +46,8 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     (B, C*KH*KW, pixels) from ``_im2col_nchw`` and a GEMM per image and group,
     W (G, Dg, Cg*KH*KW) @ cols, written straight into ``out`` (one batched matmul call).
     A tile of many images with short output rows (``Tiling.image_last``) runs
-    ``forward_image_last``."""
+    ``forward_image_last``; several large tiles per thread run split over the threads
+    (``split.forward_split``)."""
     g, dg, cgkk = gemm_sizes(args)
     ckk = g * cgkk
     wmat = _weights_nchw(w, args)
@@ -64,6 +66,9 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     t = tiling(args)
     if t.image_last:
         forward_image_last(x, wmat, args, out, bias, t)
+        return
+    if split_tiles(args):
+        forward_split(x, wmat, args, out, bias_g)
         return
     conv = unfold_params(args)
     buf = column_buffer(args, t)

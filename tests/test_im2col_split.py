@@ -1,0 +1,60 @@
+"""im2col's NCHW forward with its tiles split over the threads (``im2col.split``):
+against the reference over strides, paddings, dilations, groups, bias, dtypes, tiles of
+whole images and bands of rows; which layers take it."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import config
+from fastconv._args import conv_args_from_shapes
+from fastconv.algos.im2col import drivers, split
+
+from . import reference as ref
+from .conftest import count_calls
+
+# (n, c, h, w, d, kh, kw, stride, padding, dilation, groups)
+CASES = [
+    (5, 3, 9, 8, 4, 3, 3, 1, 1, 1, 1),
+    (4, 4, 11, 10, 6, 3, 3, 2, 1, 1, 2),
+    (3, 2, 12, 9, 3, 5, 3, (2, 1), ((2, 1), (0, 3)), (1, 2), 1),
+    (2, 6, 10, 10, 6, 3, 3, 1, 2, 2, 3),
+    (3, 3, 15, 15, 5, 7, 7, 2, 3, 1, 1),              # a stem-like layer
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("chunk", ["images", "bands"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_split_forward_matches_reference(case, chunk, dtype, monkeypatch):
+    n, c, h, w, d, kh, kw, stride, padding, dilation, groups = case
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((d, c // groups, kh, kw)).astype(dtype)
+    b = rng.standard_normal(d).astype(dtype)
+    a = conv_args_from_shapes("t", x.shape, wt.shape, stride, padding, dilation, groups,
+                              dtype=dtype)
+    image = c * kh * kw * a.h_out * a.w_out * x.itemsize
+    # two images per tile, or three output rows of one image per tile
+    size = 2 * image if chunk == "images" else 3 * image // a.h_out
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", size)
+    monkeypatch.setattr(drivers, "split_tiles", lambda args: True)
+    calls = count_calls(monkeypatch, drivers, "forward_split")
+    got = fastconv.conv2d(x, wt, b, stride=stride, padding=padding, dilation=dilation,
+                          groups=groups, algo="im2col")
+    want = ref.conv2d(x, wt, b, a.stride, a.padding, a.dilation, groups)
+    assert calls == [1]
+    assert got.dtype == dtype and ref.rel_error(got, want) <= ref.tolerance(dtype, "im2col")
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw,split_it", [
+    ((16, 64, 56, 56), (128, 64, 3, 3), dict(stride=2, padding=1), True),   # 4 tiles
+    ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), True),     # 8 tiles
+    ((64, 6, 12, 12), (16, 6, 5, 5), {}, False),               # one image-last tile
+    ((16, 128, 56, 56), (128, 1, 3, 3), dict(padding=1, groups=128), False),  # small GEMMs
+    ((3, 64, 56, 56), (128, 64, 3, 3), dict(stride=2, padding=1), False),   # 1 tile
+])
+def test_which_layers_split(x_shape, w_shape, kw, split_it):
+    a = conv_args_from_shapes("t", x_shape, w_shape, **kw)
+    assert split.split_tiles(a, threads=2) is split_it
+    assert split.split_tiles(a, threads=1) is False
