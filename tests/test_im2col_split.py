@@ -58,3 +58,30 @@ def test_which_layers_split(x_shape, w_shape, kw, split_it):
     a = conv_args_from_shapes("t", x_shape, w_shape, **kw)
     assert split.split_tiles(a, threads=2) is split_it
     assert split.split_tiles(a, threads=1) is False
+
+
+@pytest.mark.parametrize("needs", [(True, True, True), (True, False, False),
+                                   (False, True, False)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_split_backward_matches_reference(case, dtype, needs, monkeypatch):
+    from .test_conv_backward import _explicit, _problem
+
+    x, w, gy, kwargs, a = _problem(case, dtype)
+    image = a.c_in * a.kh * a.kw * a.h_out * a.w_out * x.itemsize
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 2 * image)    # two images a tile
+    monkeypatch.setattr(drivers, "split_backward", lambda args: True)
+    monkeypatch.setattr(drivers, "image_last_tile", lambda args, with_grad_x=True: 0)
+    calls = count_calls(monkeypatch, drivers, "backward_split")
+    got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col", needs_input_grad=needs)
+    assert calls == [1]
+    for g, want, k in zip(got, _explicit(x, w, gy, a), needs, strict=True):
+        assert (g is None) == (not k)
+        assert g is None or ref.rel_error(g, want) <= ref.tolerance(dtype, "im2col")
+
+
+def test_split_backward_needs_whole_image_tiles(monkeypatch):
+    a = conv_args_from_shapes("t", (8, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3)
+    assert split.split_backward(a) is split.split_tiles(a)       # bands of 112 rows: all
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 4 << 20)   # two bands an image
+    assert split.split_tiles(a, threads=2) and not split.split_backward(a)

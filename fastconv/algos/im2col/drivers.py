@@ -13,9 +13,15 @@ from ..._runtime import parallel_guard
 from .._common import view
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .pointwise import backward_pointwise
-from .split import forward_split, split_tiles
+from .split import (
+    backward_split,
+    backward_tile,
+    forward_split,
+    split_backward,
+    split_tiles,
+)
 from .tiling import column_buffer, gemm_sizes, is_pointwise, tiles, tiling, unfold_params
-from .unfold import _col2im_nchw, _col2im_nhwc, _im2col_nchw, _im2col_nhwc
+from .unfold import _col2im_nhwc, _im2col_nchw, _im2col_nhwc
 
 
 def _weights_nchw(w, args) -> np.ndarray:
@@ -139,32 +145,24 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
 
 def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:
     """NCHW tiles: grad_W (G, Dg, Cg*KH*KW) += gy_tile @ cols^T per image (into grad_w
-    itself), and the column gradient W^T @ gy_tile folded by ``_col2im_nchw``."""
+    itself), and the column gradient W^T @ gy_tile folded by ``_col2im_nchw``. Several
+    large whole-image tiles per thread run split over the threads
+    (``split.backward_split``)."""
     t = tiling(args)
     g, dg, cgkk = gemm_sizes(args)
     conv = unfold_params(args)
     wmat = _weights_nchw(w, args)
+    if split_backward(args):
+        backward_split(gy, x, wmat, args, grad_x,
+                       None if grad_w is None else view(grad_w, (g, dg, cgkk)))
+        return
     gw = None
     if grad_w is not None:
         gw = view(grad_w, (g, dg, cgkk))
         gw[...] = 0
-        tmp = np.empty_like(gw)
     buf = column_buffer(args, t)
-    for n0, nb, i0, band in tiles(args, t):
-        length = band * args.w_out
-        cols = view(buf[:nb * g * cgkk * length], (nb, g * cgkk, length))
-        cols4 = view(cols, (nb, g, cgkk, length))
-        gyt = view(gy[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
-        if gw is not None:
-            with parallel_guard():
-                _im2col_nchw(x, cols, n0, i0, *conv)
-            for bi in range(nb):
-                _blas.matmul(gyt[bi], cols4[bi].transpose(0, 2, 1), out=tmp)
-                gw += tmp
-        if grad_x is not None:
-            _blas.matmul(wmat.transpose(0, 2, 1), gyt, out=cols4)
-            with parallel_guard():
-                _col2im_nchw(cols, grad_x, n0, i0, *conv)
+    for tile in tiles(args, t):
+        backward_tile(gy, x, wmat, grad_x, gw, buf, tile, conv, parallel=True)
 
 
 def _backward_nhwc(gy, x, w, args, grad_x, grad_w) -> None:

@@ -22,17 +22,21 @@ True
 
 from __future__ import annotations
 
+import contextlib
+
 import numba
 import numpy as np
 from numba import njit
 
 from ... import _blas, config
-from .._common import view
+from ..._runtime import parallel_guard
+from .._common import view, workspace
 from .tiling import column_buffer, gemm_sizes, tile_count, tiles, tiling, unfold_params
-from .unfold import _im2col_nchw
+from .unfold import _col2im_nchw, _im2col_nchw
 
-#: The unfold kernel compiled without threads, for tiles run one per thread.
+#: The unfold and fold kernels compiled without threads, for tiles run one per thread.
 _im2col_nchw_serial = njit(cache=True, fastmath=config.FASTMATH)(_im2col_nchw.py_func)
+_col2im_nchw_serial = njit(cache=True, fastmath=config.FASTMATH)(_col2im_nchw.py_func)
 
 #: Split tiles over the threads when each tile's GEMMs hold at least this many
 #: multiply-adds (smaller ones already run on one BLAS thread, ``config.SMALL_GEMM_MACS``)
@@ -59,16 +63,21 @@ def split_tiles(args, threads: int | None = None) -> bool:
         macs > config.SMALL_GEMM_MACS
 
 
+def _parts(args):
+    """(tiling, its tiles, threads, the tile index bounds of each thread's run)."""
+    t = tiling(args)
+    todo = list(tiles(args, t))
+    threads = min(numba.get_num_threads(), len(todo))
+    return t, todo, threads, [len(todo) * k // threads for k in range(threads + 1)]
+
+
 def forward_split(x, wmat, args, out, bias_g) -> None:
     """The NCHW tile loop of ``drivers._forward_nchw`` with runs of whole tiles per
     thread (``split_tiles``): serial unfold, GEMM on one BLAS thread, into ``out``."""
-    t = tiling(args)
+    t, todo, threads, bounds = _parts(args)
     g, dg, cgkk = wmat.shape
     ckk = g * cgkk
     conv = unfold_params(args)
-    todo = list(tiles(args, t))
-    threads = min(numba.get_num_threads(), len(todo))
-    bounds = [len(todo) * k // threads for k in range(threads + 1)]
 
     def part(k: int) -> None:
         buf = column_buffer(args, t)  # per thread
@@ -82,3 +91,57 @@ def forward_split(x, wmat, args, out, bias_g) -> None:
                 y += bias_g
 
     _blas.on_threads(part, threads)
+
+
+def split_backward(args) -> bool:
+    """Whether the NCHW backward of ``args`` runs split over the threads: as the forward
+    (``split_tiles``), with tiles of whole images (the folds of two bands of one image
+    would add into the same input rows)."""
+    return split_tiles(args) and tiling(args).band == args.h_out
+
+
+def backward_split(gy, x, wmat, args, grad_x, gw) -> None:
+    """The NCHW tile loop of ``drivers._backward_nchw`` with runs of whole-image tiles
+    per thread (``split_backward``): grad_x (zero-filled, or None) folded by each thread
+    into its own images; gw (G, Dg, Cg*KH*KW) (or None) = the sum of the threads' parts.
+    """
+    t, todo, threads, bounds = _parts(args)
+    conv = unfold_params(args)
+    sums = [None] * threads
+
+    def part(k: int) -> None:
+        buf = column_buffer(args, t)  # per thread
+        acc = None if gw is None else np.zeros_like(gw)
+        for tile in todo[bounds[k]:bounds[k + 1]]:
+            backward_tile(gy, x, wmat, grad_x, acc, buf, tile, conv, parallel=False)
+        sums[k] = acc
+
+    _blas.on_threads(part, threads)
+    if gw is not None:
+        gw[...] = sum(sums[1:], sums[0])
+
+
+def backward_tile(gy, x, wmat, grad_x, gw, buf, tile, conv, parallel: bool) -> None:
+    """One NCHW tile (n0, nb, i0, band) of the backward: gw (G, Dg, Cg*KH*KW) (or None)
+    += gy_tile @ cols^T per image, and W^T @ gy_tile folded into grad_x (or None). With
+    ``parallel`` the unfold and fold use numba's threads and the GEMMs ``_blas.matmul``;
+    otherwise all of it runs on the calling thread (``backward_split``)."""
+    n0, nb, i0, band = tile
+    g, dg, cgkk = wmat.shape
+    length = band * conv[0]
+    cols = view(buf[:nb * g * cgkk * length], (nb, g * cgkk, length))
+    cols4 = view(cols, (nb, g, cgkk, length))
+    gyt = view(gy[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
+    unfold, fold = (_im2col_nchw, _col2im_nchw) if parallel else (_im2col_nchw_serial,
+                                                                  _col2im_nchw_serial)
+    matmul = _blas.matmul if parallel else np.matmul
+    with parallel_guard() if parallel else contextlib.nullcontext():
+        if gw is not None:
+            unfold(x, cols, n0, i0, *conv)
+            tmp = view(workspace("im2col.grad_w", gw.size, gw.dtype), gw.shape)
+            for bi in range(nb):
+                matmul(gyt[bi], cols4[bi].transpose(0, 2, 1), out=tmp)
+                gw += tmp
+        if grad_x is not None:
+            matmul(wmat.transpose(0, 2, 1), gyt, out=cols4)
+            fold(cols, grad_x, n0, i0, *conv)
