@@ -85,3 +85,11 @@ def test_split_backward_needs_whole_image_tiles(monkeypatch):
     assert split.split_backward(a) is split.split_tiles(a)       # bands of 112 rows: all
     monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 4 << 20)   # two bands an image
     assert split.split_tiles(a, threads=2) and not split.split_backward(a)
+
+
+def test_plan_says_the_tiles_are_split(monkeypatch):
+    monkeypatch.setattr(split.numba, "get_num_threads", lambda: 2)
+    fastconv.autotune.clear_cache()
+    why = fastconv.plan((16, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1).why
+    fastconv.autotune.clear_cache()
+    assert why.startswith("im2col") and "4 tiles split over the threads" in why

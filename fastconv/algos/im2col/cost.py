@@ -6,6 +6,7 @@ from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
 from .drivers import backward, forward
 from .pointwise import backward_cost_pointwise
+from .split import split_tiles
 from .tiling import is_pointwise, tile_count, tiling
 
 
@@ -53,7 +54,8 @@ def cost(a, p: Profile) -> Estimate:
         scatter = 4 * (in_bytes + out_bytes) / (p.copy_gbs * 1e9)
         workspace += (a.c_out * a.h_out * a.w_out + a.c_in * a.h * a.w) * t.images * item
     secs = (p.call_us + n_tiles * p.tile_us) * 1e-6 + unfold + gemm + scatter
-    detail = (f"{n_tiles} tiles, GEMM {dg}x{cgkk}x{width}"
+    split = " split over the threads" if split_tiles(a) else ""
+    detail = (f"{n_tiles} tiles{split}, GEMM {dg}x{cgkk}x{width}"
               f"{f' x{g} groups' if g > 1 else ''} {1e3 * gemm:.3g} ms, unfold "
               f"{col_bytes / 1e6:.3g} MB {1e3 * unfold:.3g} ms")
     return Estimate(secs, workspace, detail)
