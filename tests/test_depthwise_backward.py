@@ -84,3 +84,21 @@ def test_depthwise_backward_plan_prices_the_kernels():
                       backward=True)
     assert p.algorithm == "naive" and "depthwise kernels, 2x forward" in p.why
     assert p.estimates["naive"] < p.estimates["winograd"] / 2
+
+
+@pytest.mark.parametrize("where", ["x", "w", "gy"])
+def test_depthwise_backward_non_finite_pattern_is_the_formulas(where, monkeypatch):
+    """NaN and Inf reach the gradients the formula's loops reach, no more."""
+    from fastconv.algos import naive
+
+    x, w, gy, kwargs, _ = _problem((2, 2, 6, 6, 2, 3, 3, 1, 1, 1, 2), np.float64)
+    arrays = dict(x=x, w=w, gy=gy)
+    arrays[where][0, 0, 0, 0] = np.nan
+    arrays[where][-1, -1, -1, -1] = np.inf
+    got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="naive")
+    monkeypatch.setattr(naive, "depthwise_grad_applies", lambda args: False)
+    want = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="naive")
+    for g, wnt in zip(got, want, strict=True):
+        np.testing.assert_array_equal(np.isnan(g), np.isnan(wnt))
+        np.testing.assert_array_equal(np.isinf(g), np.isinf(wnt))
+    assert not all(np.isfinite(g).all() for g in want)     # the case is not trivial

@@ -8,7 +8,13 @@ channel, stride 1) with long unit-stride loops.
 * grad_w[c, 0, a, b] = sum_{n,i,j} grad_y[n, c, i, j] x[n, c, i + r_h a - p_top,
   j + r_w b - p_left]: per image, the input plane is copied zero-padded (width
   Wp = Wo + r_w (KW-1)) and grad_y into a plane of that width (zero beyond Wo), so each
-  tap is one dot product of two flat runs (``_depthwise_grad_w_nchw``).
+  tap is one dot product of two flat runs (``_depthwise_grad_w_nchw``). The zeros add
+  terms the formula does not have: a non-finite result is recomputed with the formula's
+  terms only (``_depthwise_grad_w_exact``).
+
+The padded plane of grad_x's correlation multiplies the kernel by zeros where the formula
+has no term, so a kernel holding NaN or Inf runs the formula's loops instead
+(``naive.backward``).
 
 Examples
 --------
@@ -28,7 +34,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
-from ._common import U
+from ._common import U, valid_range
 
 
 @njit(inline="always")
@@ -51,7 +57,9 @@ def padded_plane(img, hp, wp, tail, pt, pl, dtype):
 def _depthwise_grad_w_nchw(gy, x, gw, pt, pl, rh, rw):
     """gy (N, C, Ho, Wo), x (N, C, H, W), gw (C, 1, KH, KW) fully written; stride 1.
     One task per channel (it owns its weights); per image, each tap is a dot product of
-    the padded input plane and grad_y laid out at the padded width."""
+    the padded input plane and grad_y laid out at the padded width. Exact for finite
+    inputs (the extra terms are zeros times finite values); with NaN or Inf the zeros
+    may spread them to more taps than the formula does (``_depthwise_grad_w_exact``)."""
     n_img, c_all = x.shape[0], x.shape[1]
     kh, kw = gw.shape[2], gw.shape[3]
     ho, wo = gy.shape[2], gy.shape[3]
@@ -80,6 +88,34 @@ def _depthwise_grad_w_nchw(gy, x, gw, pt, pl, rh, rw):
                 gw[c, 0, a, b] = acc[a * kw + b]
 
 
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _depthwise_grad_w_exact(gy, x, gw, pt, pl, rh, rw):
+    """As ``_depthwise_grad_w_nchw`` with the formula's terms only (each tap a sum of dot
+    products of a grad_y row and an input row over the columns that read inside the
+    input), so NaN and Inf reach the taps they reach in the formula; slower (short
+    rows)."""
+    n_img, c_all, h, wd = x.shape
+    kh, kw = gw.shape[2], gw.shape[3]
+    ho, wo = gy.shape[2], gy.shape[3]
+    for c in prange(c_all):
+        for a in range(kh):
+            i_lo, i_hi = valid_range(ho, a * rh - pt, 1, h)
+            for b in range(kw):
+                j_lo, j_hi = valid_range(wo, b * rw - pl, 1, wd)
+                first = U(j_lo + b * rw - pl)
+                start = U(j_lo)
+                acc = 0.0
+                for n in range(n_img):
+                    s = gy.dtype.type(0)
+                    for i in range(i_lo, i_hi):
+                        grow = gy[n, c, i]
+                        xrow = x[n, c, i + a * rh - pt]
+                        for j in range(U(j_hi - j_lo)):
+                            s += grow[start + j] * xrow[first + j]
+                    acc += s
+                gw[c, 0, a, b] = acc
+
+
 def applies(args) -> bool:
     """NCHW, one output channel per input channel (C_out == C_in == groups), stride 1,
     and each padding at most the dilated kernel's reach r*(K-1) (grad_x's flipped
@@ -101,4 +137,7 @@ def backward_depthwise(gy, x, w, args, gx, gw, forward_kernel) -> None:
         forward_kernel(gy, flipped, gx, 1, 1, rh * (args.kh - 1) - pt,
                        rw * (args.kw - 1) - pl, rh, rw, np.zeros(0, gy.dtype))
     if gw is not None:
-        _depthwise_grad_w_nchw(gy, np.ascontiguousarray(x), gw, pt, pl, rh, rw)
+        x = np.ascontiguousarray(x)
+        _depthwise_grad_w_nchw(gy, x, gw, pt, pl, rh, rw)
+        if not np.isfinite(gw).all():  # NaN or Inf in x or grad_y: the formula's pattern
+            _depthwise_grad_w_exact(gy, x, gw, pt, pl, rh, rw)

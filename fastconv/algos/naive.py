@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .. import config
+from .. import config, numerics
 from .._runtime import parallel_guard
 from ..costs import Estimate, Profile
 from . import _nhwc, direct_nhwc
@@ -242,7 +242,8 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
         _backward_nhwc(gy, x, w, args, grad_x, grad_w, conv)
         return
     with parallel_guard():
-        if depthwise_grad_applies(args):
+        # the flipped kernel meets the padding's zeros: exact loops for a non-finite w
+        if depthwise_grad_applies(args) and (grad_x is None or numerics.all_finite(w)):
             backward_depthwise(gy, np.ascontiguousarray(x), np.ascontiguousarray(w), args,
                                grad_x, grad_w, _conv_depthwise_nchw)
         else:
