@@ -231,12 +231,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_y = _args.check_array(op, "grad_y", grad_y, half=True)
     _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
     half, args, (grad_y, x, w) = _float32(args, grad_y, x, w)
-    want = args.y_layout_shape[1:] if args.unbatched else args.y_layout_shape
-    if grad_y.shape != want:
-        raise ValueError(f"{op}: grad_y must have shape {want} (the conv2d output), got "
-                         f"{grad_y.shape}")
-    if args.unbatched:
-        grad_y = grad_y[None]
+    grad_y = _args.batched_grad_y(op, grad_y, args, "conv2d")
     grad_x = allocate(op, "input gradient", x.shape, args.dtype) if need_x else None
     grad_w = allocate(op, "weight gradient", w.shape, args.dtype) if need_w else None
     if args.n > 0 and (need_x or need_w):

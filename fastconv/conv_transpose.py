@@ -178,12 +178,7 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
                                    dilation, layout, algo)
     grad_y = _args.check_array(op, "grad_y", grad_y, half=True)
     _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
-    want = a.y_layout_shape[1:] if a.unbatched else a.y_layout_shape
-    if grad_y.shape != want:
-        raise ValueError(f"{op}: grad_y must have shape {want} (the conv_transpose2d "
-                         f"output), got {grad_y.shape}")
-    if a.unbatched:
-        grad_y = grad_y[None]
+    grad_y = _args.batched_grad_y(op, grad_y, a, "conv_transpose2d")
     half, (grad_y, x, w) = _args.widen(grad_y, x, w)
     dtype = np.dtype(np.float32) if half else a.dtype
     grad_x = allocate(op, "input gradient", x.shape, dtype) if need_x else None

@@ -14,6 +14,7 @@ from .checks import (  # noqa: F401
     LAYOUTS,
     activation_dims,
     as_ndarray,
+    batched_grad_y,
     check_array,
     check_device,
     check_flag,

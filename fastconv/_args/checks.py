@@ -282,3 +282,14 @@ def check_needs_input_grad(op: str, needs) -> tuple[bool, bool, bool]:
         raise TypeError(f"{op}: needs_input_grad={needs!r} must be three bools (grad_x, "
                         "grad_w, grad_bias)")
     return bool(flags[0]), bool(flags[1]), bool(flags[2])
+
+
+def batched_grad_y(op: str, grad_y, args, producer: str):
+    """``grad_y`` (an array) checked against the forward output's shape
+    (``args.y_layout_shape``, without the batch axis when ``args.unbatched``) and returned
+    batched; ValueError naming the expected shape and ``producer`` otherwise."""
+    want = args.y_layout_shape[1:] if args.unbatched else args.y_layout_shape
+    if grad_y.shape != want:
+        raise ValueError(f"{op}: grad_y must have shape {want} (the {producer} output), got "
+                         f"{grad_y.shape}")
+    return grad_y[None] if args.unbatched else grad_y

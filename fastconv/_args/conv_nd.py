@@ -28,6 +28,7 @@ import numpy as np
 from .. import layout as _layout
 from .checks import (
     _is_int,
+    batched_grad_y,
     check_array,
     check_channels,
     check_groups,
@@ -194,9 +195,4 @@ def conv_nd_arrays(op, x, w, bias, stride, padding, dilation, groups, layout, *,
 def check_grad_y(op: str, grad_y, args: ConvNdArgs):
     """``grad_y`` (checked, of the input's dtype) with the forward output's shape, batched;
     ValueError naming the expected shape otherwise."""
-    grad_y = check_array(op, "grad_y", grad_y, True)
-    want = args.y_layout_shape[1:] if args.unbatched else args.y_layout_shape
-    if grad_y.shape != want:
-        raise ValueError(f"{op}: grad_y must have shape {want} (the {op[:6]} output), got "
-                         f"{grad_y.shape}")
-    return grad_y[None] if args.unbatched else grad_y
+    return batched_grad_y(op, check_array(op, "grad_y", grad_y, True), args, op[:6])
