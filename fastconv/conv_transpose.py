@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from . import _args, autotune
+from . import _args, autotune, devices
 from ._args.transpose import TransposeArgs, transpose_args_from_shapes
 from ._memory import allocate
 from .algos import registry
@@ -24,16 +24,8 @@ def _transpose_arrays(op, x, w, bias, stride, padding, output_padding, groups, d
                       layout, algo):
     """Validate the arrays, arguments and ``algo``; returns (x 4-D, w, bias, record)."""
     registry.check_algo(op, algo)
-    x = _args.check_array(op, "input", x, half=True)
-    w = _args.check_array(op, "weight", w, half=True)
-    if bias is not None:
-        bias = _args.check_array(op, "bias", bias, half=True)
-    dtype = _args.check_same_dtype(op, input=x, weight=w, bias=bias)
-    a = transpose_args_from_shapes(op, x.shape, w.shape, stride, padding, output_padding,
-                                   groups, dilation, layout, dtype)
-    if bias is not None and bias.shape != (a.c_out,):
-        raise ValueError(f"{op}: bias must have shape (C_out,) = ({a.c_out},), got "
-                         f"{bias.shape}")
+    x, w, bias, a = _args.transpose_arrays(op, x, w, bias, stride, padding, output_padding,
+                                           groups, dilation, layout, half=True)
     if algo != "auto" and a.conv is not None:
         registry.check_supported(op, algo, a.conv)
         if not registry.get(algo).grads(a.conv)[0]:
@@ -45,7 +37,7 @@ def _transpose_arrays(op, x, w, bias, stride, padding, output_padding, groups, d
                              f"{a.conv.dilation}; Winograd needs padding at most 2, a dilated "
                              f"layer in each of its phase problems); use algo='auto' or "
                              f"one of {able}")
-    return (x[None] if a.unbatched else x), w, bias, a
+    return x, w, bias, a
 
 
 def _add_bias(out, bias, a: TransposeArgs):
@@ -65,7 +57,7 @@ def _top_left(a: TransposeArgs, arr):
 
 
 def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, groups=1,
-                     dilation=1, *, layout="NCHW", algo="auto"):
+                     dilation=1, *, layout="NCHW", algo="auto", device="cpu"):
     """2-D transposed convolution, as torch.nn.functional.conv_transpose2d: the
     gradient of ``conv2d`` with respect to its input.
 
@@ -88,6 +80,9 @@ def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, gro
         conv2d's input gradient (Winograd: 3x3 kernels, stride 1, dilation 1, padding at
         most 2; ValueError where one cannot run). "auto" follows
         :func:`plan_conv_transpose2d`.
+    device : "cpu" (default) or "cuda": run on the GPU (``fastconv.cuda.conv_transpose2d``,
+        conv2d's GPU input gradient; numpy or GPU arrays; algorithms "auto", "naive",
+        "im2col"; float32 and float64).
 
     Returns
     -------
@@ -115,6 +110,10 @@ def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, gro
     True
     """
     op = "conv_transpose2d"
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(x, w, bias, stride, padding, output_padding, groups, dilation,
+                   layout=layout, algo=algo)
     x, w, bias, a = _transpose_arrays(op, x, w, bias, stride, padding, output_padding,
                                       groups, dilation, layout, algo)
     half, (x, w, bias) = _args.widen(x, w, bias)
@@ -138,7 +137,7 @@ def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, gro
 
 def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=0,
                               groups=1, dilation=1, *, layout="NCHW", algo="auto",
-                              needs_input_grad=(True, True, True)):
+                              device="cpu", needs_input_grad=(True, True, True)):
     """Gradients of :func:`conv_transpose2d` with respect to its input, weight and bias.
 
     Parameters
@@ -151,6 +150,8 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
         backward policy for grad_w); an explicit one must be one that
         :func:`conv_transpose2d` accepts for the problem (ValueError otherwise), and a
         gradient it does not compute comes from im2col, as in ``conv2d_backward``.
+    device : "cpu" (default) or "cuda": the same op on the GPU
+        (``fastconv.cuda.conv_transpose2d_backward``).
     needs_input_grad : three bools (grad_x, grad_w, grad_bias); the others come back None.
 
     Returns
@@ -174,11 +175,13 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     """
     op = "conv_transpose2d_backward"
     need_x, need_w, need_b = _args.check_needs_input_grad(op, needs_input_grad)
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(grad_y, x, w, stride, padding, output_padding, groups, dilation,
+                   layout=layout, algo=algo, needs_input_grad=(need_x, need_w, need_b))
     x, w, _, a = _transpose_arrays(op, x, w, None, stride, padding, output_padding, groups,
                                    dilation, layout, algo)
-    grad_y = _args.check_array(op, "grad_y", grad_y, half=True)
-    _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
-    grad_y = _args.batched_grad_y(op, grad_y, a, "conv_transpose2d")
+    grad_y = _args.transpose_grad_y(op, grad_y, x, w, a, half=True)
     half, (grad_y, x, w) = _args.widen(grad_y, x, w)
     dtype = np.dtype(np.float32) if half else a.dtype
     grad_x = allocate(op, "input gradient", x.shape, dtype) if need_x else None

@@ -102,6 +102,7 @@ def kernels(dtype_name):
     from fastconv.cuda import _gemm, _global_pool, _layout, _reduce
     from fastconv.cuda import _norm_kernels as N
     from fastconv.cuda import _pool_kernels as P
+    from fastconv.cuda import _transpose as T
 
     f = getattr(numba, dtype_name)
     i = types.int64
@@ -120,6 +121,7 @@ def kernels(dtype_name):
         (C._conv_direct, (a4, a4, a1, i, a4) + (i,) * 7, False),
         (C._conv_direct_grad_x, (a5, a5, a4) + (i,) * 12, False),
         (C._conv_direct_grad_w, (a4, a4, a4) + (i,) * 7, False),
+        (T._place, (a4, a1, i, a4), False),
         (_layout._permute4, (f[:, :, :, :], a4, i, i, i, i), False),
         (_layout._permute4, (types.int64[:, :, :, :], types.int64[:, :, :, ::1], i, i, i, i),
          False),

@@ -55,5 +55,7 @@ from .pool import (  # noqa: F401
 from .transpose import (  # noqa: F401
     TransposeArgs,
     transpose_args_from_shapes,
+    transpose_arrays,
+    transpose_grad_y,
     transpose_output_size,
 )

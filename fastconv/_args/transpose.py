@@ -14,7 +14,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import layout as _layout
-from .checks import activation_dims, check_groups, check_layout, layout_hint, pair
+from .checks import (
+    activation_dims,
+    batched_grad_y,
+    check_array,
+    check_groups,
+    check_layout,
+    check_same_dtype,
+    layout_hint,
+    pair,
+)
 from .conv import ConvArgs, conv_args_from_shapes
 
 
@@ -134,3 +143,47 @@ def transpose_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0,
     return TransposeArgs(n, c_in, h, w, c_out, h_out, w_out, reach_h, reach_w, layout,
                          np.dtype(dtype), unbatched, conv)
 
+
+
+def transpose_arrays(op: str, x, w, bias, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, layout="NCHW", half: bool = False):
+    """Validate conv_transpose2d's arrays and arguments; returns (x 4-D, w, bias,
+    :class:`TransposeArgs`). ``half``: float16 arrays are accepted (the CPU front end);
+    the GPU front end passes zero-byte stand-ins of its device arrays.
+
+    >>> x, w, b, a = transpose_arrays("op", np.ones((2, 3, 3)), np.ones((2, 1, 2, 2)),
+    ...                               np.ones(1))
+    >>> x.shape, a.y_layout_shape
+    ((1, 2, 3, 3), (1, 1, 4, 4))
+    >>> transpose_arrays("op", np.ones((1, 2, 3, 3)), np.ones((2, 1, 2, 2)), np.ones(2))
+    Traceback (most recent call last):
+    ...
+    ValueError: op: bias must have shape (C_out,) = (1,), got (2,)
+    """
+    x = check_array(op, "input", x, half)
+    w = check_array(op, "weight", w, half)
+    if bias is not None:
+        bias = check_array(op, "bias", bias, half)
+    dtype = check_same_dtype(op, input=x, weight=w, bias=bias)
+    a = transpose_args_from_shapes(op, x.shape, w.shape, stride, padding, output_padding,
+                                   groups, dilation, layout, dtype)
+    if bias is not None and bias.shape != (a.c_out,):
+        raise ValueError(f"{op}: bias must have shape (C_out,) = ({a.c_out},), got "
+                         f"{bias.shape}")
+    return (x[None] if a.unbatched else x), w, bias, a
+
+
+def transpose_grad_y(op: str, grad_y, x, w, a: TransposeArgs, half: bool = False):
+    """grad_y of conv_transpose2d_backward validated against the op's output (its
+    shape, 3-D when x is 3-D; the dtype of x and w); returned 4-D.
+
+    >>> _, w, _, a = transpose_arrays("op", np.ones((1, 2, 3, 3)), np.ones((2, 1, 2, 2)),
+    ...                               None)
+    >>> transpose_grad_y("op", np.ones((1, 1, 3, 3)), np.ones((1, 2, 3, 3)), w, a)
+    Traceback (most recent call last):
+    ...
+    ValueError: op: grad_y must have shape (1, 1, 4, 4) (the conv_transpose2d output), ...
+    """
+    grad_y = check_array(op, "grad_y", grad_y, half)
+    check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
+    return batched_grad_y(op, grad_y, a, "conv_transpose2d")

@@ -58,6 +58,23 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                              needs_input_grad=needs_input_grad)
 
 
+def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, groups=1,
+                     dilation=1, *, layout="NCHW", algo="auto"):
+    """fastconv.conv_transpose2d on the GPU (see fastconv.cuda._transpose)."""
+    return _impl("conv_transpose2d", "_transpose")(x, w, bias, stride, padding,
+                                                   output_padding, groups, dilation,
+                                                   layout=layout, algo=algo)
+
+
+def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=0, groups=1,
+                              dilation=1, *, layout="NCHW", algo="auto",
+                              needs_input_grad=(True, True, True)):
+    """fastconv.conv_transpose2d_backward on the GPU (see fastconv.cuda._transpose)."""
+    return _impl("conv_transpose2d_backward", "_transpose")(
+        grad_y, x, w, stride, padding, output_padding, groups, dilation, layout=layout,
+        algo=algo, needs_input_grad=needs_input_grad)
+
+
 def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,
                layout="NCHW", return_indices=False):
     """fastconv.max_pool2d on the GPU (see fastconv.cuda._pool.max_pool2d)."""
@@ -124,6 +141,6 @@ def __getattr__(name):
 
 
 __all__ = ["CudaUnavailableError", "is_available", "unavailable_reason", "require", "conv2d",
-           "conv2d_backward", "max_pool2d", "max_pool2d_backward", "avg_pool2d",
-           "avg_pool2d_backward", "global_avg_pool2d", "global_avg_pool2d_backward",
-           "batch_norm", "batch_norm_backward"]
+           "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
+           "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d",
+           "global_avg_pool2d_backward", "batch_norm", "batch_norm_backward"]

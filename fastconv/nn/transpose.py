@@ -13,6 +13,7 @@ import math
 import numpy as np
 
 from .. import conv_transpose as _ct
+from .. import devices
 from .._args import pair, transpose_output_size
 from ..autograd import Function, Tensor
 from ..layout import get as get_layout
@@ -21,13 +22,16 @@ from .module import Module, Parameter
 
 
 class ConvTranspose2dFunction(Function):
+    gpu = True  # device arrays run fastconv.cuda.conv_transpose2d (and its backward)
+
     @staticmethod
     def forward(ctx, x, w, b, stride=1, padding=0, output_padding=0, groups=1, dilation=1,
                 layout="NCHW", algo="auto"):
         ctx.save_for_backward(x, w)
         ctx.args = (stride, padding, output_padding, groups, dilation)
         ctx.layout, ctx.algo, ctx.has_bias = layout, algo, b is not None
-        return _ct.conv_transpose2d(x, w, b, *ctx.args, layout=layout, algo=algo)
+        return _ct.conv_transpose2d(x, w, b, *ctx.args, layout=layout, algo=algo,
+                                    device=devices.array_device(x))
 
     @staticmethod
     def backward(ctx, g):
@@ -35,7 +39,8 @@ class ConvTranspose2dFunction(Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         return _ct.conv_transpose2d_backward(
             g, x, w, *ctx.args, layout=ctx.layout, algo=ctx.algo,
-            needs_input_grad=(need_x, need_w, need_b and ctx.has_bias))
+            needs_input_grad=(need_x, need_w, need_b and ctx.has_bias),
+            device=devices.array_device(g))
 
 
 def conv_transpose2d(input, weight, bias=None, stride=1, padding=0, output_padding=0,
