@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import _args, conv
+from . import _args, conv, devices
 from ._args.conv_nd import check_grad_y, conv_nd_args_from_shapes, conv_nd_arrays
 from ._memory import allocate
 from .algos import conv3d as _algos
@@ -44,7 +44,7 @@ def _as_2d(op, x, w, bias, stride, padding, dilation, groups, layout, algo):
 
 
 def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCW",
-           algo="auto"):
+           algo="auto", device="cpu"):
     """1-D cross-correlation, as torch.nn.functional.conv1d.
 
     Parameters
@@ -62,6 +62,9 @@ def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
         3x3 kernel, which a 1-D kernel never is). "auto" is conv2d's choice for the
         unit-height problem: ``fastconv.plan((N, C_in, 1, W), (C_out, C_in/groups, 1, k),
         padding=((0, 0), (lo, hi)))`` says which and why.
+    device : "cpu" (default) or "cuda": the GPU conv2d over the unit height axis
+        (``fastconv.cuda.conv1d``; algorithms "auto", "naive", "im2col"; float32 and
+        float64).
 
     Returns
     -------
@@ -78,6 +81,9 @@ def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     (14, 4)
     """
     op = "conv1d"
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout, algo=algo)
     x4, w4, bias, args, lay2, window = _as_2d(op, x, w, bias, stride, padding, dilation,
                                               groups, layout, algo)
     y = conv.conv2d(x4, w4, bias, *window, layout=lay2.name, algo=algo)
@@ -86,12 +92,13 @@ def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 
 
 def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout="NCW", algo="auto", needs_input_grad=(True, True, True)):
+                    layout="NCW", algo="auto", device="cpu",
+                    needs_input_grad=(True, True, True)):
     """Gradients of ``conv1d`` with respect to its input, weight and bias.
 
     grad_y has conv1d's output shape; the arguments are conv1d's, ``needs_input_grad``
-    as in ``fastconv.conv2d_backward``. Returns (grad_x, grad_w, grad_bias) of the shapes
-    of x, w and (C_out,), None where not wanted.
+    as in ``fastconv.conv2d_backward``, ``device`` as in :func:`conv1d`. Returns (grad_x,
+    grad_w, grad_bias) of the shapes of x, w and (C_out,), None where not wanted.
 
     >>> import numpy as np, fastconv
     >>> x = np.arange(5.0).reshape(1, 1, 5)
@@ -101,6 +108,10 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     """
     op = "conv1d_backward"
     needs = _args.check_needs_input_grad(op, needs_input_grad)
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo,
+                   needs_input_grad=needs)
     x4, w4, _, args, lay2, window = _as_2d(op, x, w, None, stride, padding, dilation,
                                            groups, layout, algo)
     grad_y = check_grad_y(op, grad_y, args)
@@ -147,7 +158,7 @@ def _pick(a, algo, arrays, backward=False) -> str:
 
 
 def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCDHW",
-           algo="auto"):
+           algo="auto", device="cpu"):
     """3-D cross-correlation, as torch.nn.functional.conv3d.
 
     Parameters
@@ -167,6 +178,9 @@ def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
         unfold + GEMM, image by image in chunks of output positions: memory
         bounded whatever the batch) or "fft" (pays off for large kernels; one NaN or Inf
         spreads over whole volumes).
+    device : "cpu" (default) or "cuda": run on the GPU (``fastconv.cuda.conv3d``: a
+        direct kernel, "naive", or a 3-D unfold and the blocked GEMM, "im2col"; "auto"
+        follows the GPU conv2d's thin-GEMM rule; float32 and float64).
 
     Returns
     -------
@@ -185,6 +199,9 @@ def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     ...                 layout="NDHWC").shape
     (4, 5, 6, 7)
     """
+    gpu = devices.gpu_op(OP, device)
+    if gpu is not None:
+        return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout, algo=algo)
     _check_algo(OP, algo)
     x, w, bias, a = conv_nd_arrays(OP, x, w, bias, stride, padding, dilation, groups,
                                    layout, rank=3)
@@ -206,14 +223,15 @@ def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
 
 
 def conv3d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
-                    layout="NCDHW", algo="auto", needs_input_grad=(True, True, True)):
+                    layout="NCDHW", algo="auto", device="cpu",
+                    needs_input_grad=(True, True, True)):
     """Gradients of ``conv3d`` with respect to its input, weight and bias.
 
     grad_y has conv3d's output shape and layout; the other arguments are conv3d's;
     ``needs_input_grad`` (three bools, default all True) says which of (grad_x, grad_w,
     grad_bias) to compute, the others are None. Returns arrays of the shapes (and
     layouts) of x, w and (C_out,), in x's dtype. "auto" picks by the backward's cost
-    model (``conv3d_plan(..., backward=True)``).
+    model (``conv3d_plan(..., backward=True)``). ``device`` as in :func:`conv3d`.
 
     >>> import numpy as np, fastconv
     >>> gx, gw, gb = fastconv.conv3d_backward(np.ones((1, 1, 2, 2, 2)),
@@ -229,6 +247,10 @@ def conv3d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     """
     op = "conv3d_backward"
     need_x, need_w, need_b = _args.check_needs_input_grad(op, needs_input_grad)
+    gpu = devices.gpu_op(op, device)
+    if gpu is not None:
+        return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo,
+                   needs_input_grad=(need_x, need_w, need_b))
     _check_algo(op, algo)
     x, w, _, a = conv_nd_arrays(op, x, w, None, stride, padding, dilation, groups, layout,
                                 rank=3)

@@ -126,6 +126,8 @@ def kernels(dtype_name):
         (_layout._permute4, (types.int64[:, :, :, :], types.int64[:, :, :, ::1], i, i, i, i),
          False),
         (_layout._copy3, (f[:, :, :], a3), False),
+        (_layout._copy2, (f[:, :], a2), False),
+        (_layout._copy5, (f[:, :, :, :, :], a5), False),
         (_layout._copy1, (f[:], a1), False),
         (_layout._fill, (a1, f), False),
         (_gemm.gemm_kernel(dtype_name, 16), gemm_args, False),

@@ -174,14 +174,14 @@ def conv_nd_args_from_shapes(op: str, x_shape, w_shape, *, rank: int, stride=1, 
 
 
 def conv_nd_arrays(op, x, w, bias, stride, padding, dilation, groups, layout, *, rank,
-                   check_input=check_array):
-    """Validate conv1d / conv3d arrays and arguments (float16 accepted, as conv2d's);
-    returns (x, w, bias, ConvNdArgs) with x batched (an unbatched input gets a unit
-    batch axis, a view)."""
-    x = check_input(op, "input", x, True)
-    w = check_array(op, "weight", w, True)
+                   check_input=check_array, half=True):
+    """Validate conv1d / conv3d arrays and arguments (float16 accepted when ``half``, as
+    conv2d's on the CPU; the GPU front end passes False); returns (x, w, bias,
+    ConvNdArgs) with x batched (an unbatched input gets a unit batch axis, a view)."""
+    x = check_input(op, "input", x, half)
+    w = check_array(op, "weight", w, half)
     if bias is not None:
-        bias = check_array(op, "bias", bias, True)
+        bias = check_array(op, "bias", bias, half)
     dtype = check_same_dtype(op, input=x, weight=w, bias=bias)
     args = conv_nd_args_from_shapes(op, x.shape, w.shape, rank=rank, stride=stride,
                                     padding=padding, dilation=dilation, groups=groups,
@@ -192,7 +192,7 @@ def conv_nd_arrays(op, x, w, bias, stride, padding, dilation, groups, layout, *,
     return (x[None] if args.unbatched else x), w, bias, args
 
 
-def check_grad_y(op: str, grad_y, args: ConvNdArgs):
+def check_grad_y(op: str, grad_y, args: ConvNdArgs, half: bool = True):
     """``grad_y`` (checked, of the input's dtype) with the forward output's shape, batched;
-    ValueError naming the expected shape otherwise."""
-    return batched_grad_y(op, check_array(op, "grad_y", grad_y, True), args, op[:6])
+    ValueError naming the expected shape otherwise. ``half`` as in :func:`conv_nd_arrays`."""
+    return batched_grad_y(op, check_array(op, "grad_y", grad_y, half), args, op[:6])

@@ -58,6 +58,21 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                              needs_input_grad=needs_input_grad)
 
 
+def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCW",
+           algo="auto"):
+    """fastconv.conv1d on the GPU (see fastconv.cuda._conv1d)."""
+    return _impl("conv1d", "_conv1d")(x, w, bias, stride, padding, dilation, groups,
+                                      layout=layout, algo=algo)
+
+
+def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
+                    layout="NCW", algo="auto", needs_input_grad=(True, True, True)):
+    """fastconv.conv1d_backward on the GPU (see fastconv.cuda._conv1d)."""
+    return _impl("conv1d_backward", "_conv1d")(grad_y, x, w, stride, padding, dilation,
+                                               groups, layout=layout, algo=algo,
+                                               needs_input_grad=needs_input_grad)
+
+
 def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, layout="NCHW", algo="auto"):
     """fastconv.conv_transpose2d on the GPU (see fastconv.cuda._transpose)."""
@@ -141,6 +156,7 @@ def __getattr__(name):
 
 
 __all__ = ["CudaUnavailableError", "is_available", "unavailable_reason", "require", "conv2d",
-           "conv2d_backward", "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
+           "conv2d_backward", "conv1d", "conv1d_backward", "conv3d", "conv3d_backward",
+           "conv_transpose2d", "conv_transpose2d_backward", "max_pool2d",
            "max_pool2d_backward", "avg_pool2d", "avg_pool2d_backward", "global_avg_pool2d",
            "global_avg_pool2d_backward", "batch_norm", "batch_norm_backward"]

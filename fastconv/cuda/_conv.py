@@ -11,9 +11,8 @@ from numba import cuda
 from .. import _args, config
 from ..algos import registry
 from . import _conv_kernels as K
-from . import _layout
+from . import _im2col, _layout
 from ._device import Residency, host_spec, launch
-from ._gemm import gemm
 from ._reduce import channel_sum
 
 # ----------------------------------------------------------------------------------------
@@ -62,38 +61,22 @@ def _geometry(args):
             args.dilation[0], args.dilation[1])
 
 
-def _chunk(args) -> int:
-    """Images per im2col chunk: the column buffer (C_in*kh*kw, chunk*H_out*W_out) stays
-    within config.WORKSPACE_BYTES (at least one image)."""
-    per_image = args.c_in * args.kh * args.kw * args.h_out * args.w_out * args.dtype.itemsize
-    return int(max(1, min(args.n, config.WORKSPACE_BYTES // max(per_image, 1))))
+def unfolding(args) -> _im2col.Unfolding:
+    """The 2-D problem for the im2col path: ``_im2col`` unfolds, ``_col2im`` folds
+    (column layout in ``_conv_kernels``)."""
+    geo = _geometry(args)
 
+    def unfold(x, cols, n0):
+        launch(K._im2col, cols.size, x, cols, n0, args.kh, args.kw, *geo, args.h_out,
+               args.w_out)
 
-def _im2col(x, args, n0, nc):
-    """The column buffer (C_in*kh*kw, nc*H_out*W_out) of images n0 .. n0+nc-1 of the
-    NCHW ``x`` (layout in ``_conv_kernels``)."""
-    rows = args.c_in * args.kh * args.kw
-    cols = cuda.device_array((rows, nc * args.h_out * args.w_out), args.dtype)
-    launch(K._im2col, cols.size, x, cols, n0, args.kh, args.kw, *_geometry(args),
-           args.h_out, args.w_out)
-    return cols
+    def fold(cols, gx, n0, nc):
+        cols6 = cols.reshape((args.c_in, args.kh, args.kw, nc, args.h_out, args.w_out))
+        launch(K._col2im, nc * args.c_in * args.h * args.w, cols6, cols6, gx, n0, nc,
+               args.kh, args.kw, *geo, args.h_out, args.w_out)
 
-
-def _forward_im2col(x, w, bias, has_bias, y, args):
-    """y (N, C_out, H_out, W_out) = per group w (C_out/g, C_in/g*kh*kw) @ cols, per batch
-    chunk, plus the bias when ``has_bias``."""
-    g = args.groups
-    hw = args.h_out * args.w_out
-    w3 = w.reshape((g, args.c_out // g, args.c_in // g * args.kh * args.kw))
-    y3 = y.reshape((args.n, args.c_out, hw))
-    step = _chunk(args)
-    for n0 in range(0, args.n, step):
-        nc = min(step, args.n - n0)
-        cols = _im2col(x, args, n0, nc)
-        yt = cuda.device_array((args.c_out, nc * hw), args.dtype)
-        gemm(w3, cols.reshape((g, cols.shape[0] // g, cols.shape[1])),
-             yt.reshape((g, args.c_out // g, nc * hw)))
-        launch(K._cnhw_to_y, yt.size, yt, bias, has_bias, y3, n0)
+    return _im2col.Unfolding(args.n, args.c_in, args.c_out, args.groups, args.kh * args.kw,
+                             args.h_out * args.w_out, args.dtype, unfold, fold)
 
 
 def forward_nchw(x, w, bias, args, algo):
@@ -108,7 +91,7 @@ def forward_nchw(x, w, bias, args, algo):
     if algo == "naive":
         launch(K._conv_direct, y.size, x, w, bias, has_bias, y, *_geometry(args), args.groups)
     else:
-        _forward_im2col(x, w, bias, has_bias, y, args)
+        _im2col.forward(x, w, bias, has_bias, y, unfolding(args))
     return y
 
 
@@ -138,39 +121,6 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     return res.result(_layout.from_nchw(y, args.dims, args.unbatched))
 
 
-def _backward_im2col(gy, x, w, gx, gw, args):
-    """grad_x into gx (N, C_in, H, W) and grad_w into gw (C_out, C_in/g, kh, kw), per
-    batch chunk: two GEMMs per group, then col2im; either of gx, gw may be None (not
-    computed)."""
-    g = args.groups
-    hw = args.h_out * args.w_out
-    kdim = args.c_in // g * args.kh * args.kw
-    w3 = w.reshape((g, args.c_out // g, kdim))
-    gw3 = gw.reshape((g, args.c_out // g, kdim)) if gw is not None else None
-    gy3 = gy.reshape((args.n, args.c_out, hw))
-    step = _chunk(args)
-    for n0 in range(0, args.n, step):
-        nc = min(step, args.n - n0)
-        gyt = cuda.device_array((args.c_out, nc * hw), args.dtype)
-        launch(K._y_to_cnhw, gyt.size, gy3, gyt, n0)
-        gyt3 = gyt.reshape((g, args.c_out // g, nc * hw))
-        if gw is not None:
-            cols = _im2col(x, args, n0, nc)
-        else:  # only grad_x: the buffer receives grad_cols, nothing to gather
-            cols = cuda.device_array((args.c_in * args.kh * args.kw, nc * hw), args.dtype)
-        cols3 = cols.reshape((g, kdim, nc * hw))
-        if gw is not None:
-            # grad_w[g] += grad_y^T[g] (Dg x P) @ cols[g]^T (P x K); chunks run in order.
-            gemm(gyt3, cols3, gw3, trans_b=True, accumulate=n0 > 0)
-        if gx is None:
-            continue
-        # grad_cols[g] = w[g]^T (K x Dg) @ grad_y^T[g] (Dg x P), into the same buffer.
-        gemm(w3, gyt3, cols3, trans_a=True)
-        cols6 = cols.reshape((args.c_in, args.kh, args.kw, nc, args.h_out, args.w_out))
-        launch(K._col2im, nc * args.c_in * args.h * args.w, cols6, cols6, gx, n0, nc, args.kh,
-               args.kw, *_geometry(args), args.h_out, args.w_out)
-
-
 def backward_nchw(gy, x, w, args, algo, needs=(True, True, True)):
     """(grad_x (N, C_in, H, W), grad_w (C_out, C_in/groups, kh, kw), grad_bias (C_out,))
     for contiguous device arrays gy (N, C_out, H_out, W_out), x and w as in
@@ -195,7 +145,7 @@ def backward_nchw(gy, x, w, args, algo, needs=(True, True, True)):
         if need_w:
             launch(K._conv_direct_grad_w, gw.size, gy, x, gw, *geo, g)
     elif need_x or need_w:
-        _backward_im2col(gy, x, w, gx, gw, args)
+        _im2col.backward(gy, x, w, gx, gw, unfolding(args))
     if need_b:
         channel_sum(gy.reshape((args.n, args.c_out, args.h_out * args.w_out)), gb)
     return gx, gw, gb

@@ -57,6 +57,28 @@ def _copy3(src, dst):
 
 
 @cuda.jit
+def _copy5(src, dst):
+    """dst (contiguous) = src (5-D, any strides)."""
+    d1, d2, d3, d4 = dst.shape[1], dst.shape[2], dst.shape[3], dst.shape[4]
+    for t in range(cuda.grid(1), dst.shape[0] * d1 * d2 * d3 * d4, cuda.gridsize(1)):
+        i4 = t % d4
+        r = t // d4
+        i3 = r % d3
+        r //= d3
+        i2 = r % d2
+        r //= d2
+        dst[r // d1, r % d1, i2, i3, i4] = src[r // d1, r % d1, i2, i3, i4]
+
+
+@cuda.jit
+def _copy2(src, dst):
+    """dst (contiguous) = src (2-D, any strides)."""
+    d1 = dst.shape[1]
+    for t in range(cuda.grid(1), dst.shape[0] * d1, cuda.gridsize(1)):
+        dst[t // d1, t % d1] = src[t // d1, t % d1]
+
+
+@cuda.jit
 def _copy1(src, dst):
     """dst (contiguous) = src (1-D, any stride)."""
     for t in range(cuda.grid(1), dst.shape[0], cuda.gridsize(1)):
@@ -90,15 +112,16 @@ def permute(d, perm):
 
 
 def contiguous(d):
-    """``d`` itself when C-contiguous, else a contiguous device copy (1-D, 3-D or 4-D)."""
+    """``d`` itself when C-contiguous, else a contiguous device copy (1-D to 5-D)."""
     if d.is_c_contiguous():
         return d
     if d.ndim == 4:
         return permute(d, range(4))
-    if d.ndim not in (1, 3):
+    copy = {1: _copy1, 2: _copy2, 3: _copy3, 5: _copy5}.get(d.ndim)
+    if copy is None:
         raise AssertionError(f"contiguous: {d.ndim}-D device array")  # callers validate ndim
     out = cuda.device_array(d.shape, d.dtype)
-    launch(_copy1 if d.ndim == 1 else _copy3, out.size, d, out)
+    launch(copy, out.size, d, out)
     return out
 
 

@@ -52,3 +52,28 @@ def small_launches(monkeypatch):
         monkeypatch.setattr(config, "CUDA_MAX_BLOCKS", 4)
         monkeypatch.setattr(config, "CUDA_GEMM_TILE", 4)
         monkeypatch.setattr(config, "CUDA_REDUCE_THREADS", 8)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    """The names of the kernels the convolution paths launch, in order: each kernel's
+    function name, and the im2col GEMMs as "gemm" (forward), "gemm_t" (column gradient,
+    A transposed) and "gemm_w" (weight gradient, B transposed)."""
+    from fastconv.cuda import _conv, _im2col
+
+    names = []
+    real_launch, real_gemm = _conv.launch, _im2col.gemm
+
+    def launch(kernel, *args):
+        names.append(kernel.py_func.__code__.co_name)
+        real_launch(kernel, *args)
+
+    def gemm(*args, **kw):
+        names.append("gemm_t" if kw.get("trans_a") else "gemm_w" if kw.get("trans_b")
+                     else "gemm")
+        real_gemm(*args, **kw)
+
+    for module in (_conv, _im2col):
+        monkeypatch.setattr(module, "launch", launch)
+    monkeypatch.setattr(_im2col, "gemm", gemm)
+    return names
