@@ -97,6 +97,7 @@ def kernels(dtype_name):
     """[(kernel, argument types, float64 arithmetic meant)] for one float dtype."""
     from numba import types
 
+    from fastconv.cuda import _conv3d_kernels as C3
     from fastconv.cuda import _conv_kernels as C
     from fastconv.cuda import _elementwise as E
     from fastconv.cuda import _gemm, _global_pool, _layout, _reduce
@@ -108,6 +109,7 @@ def kernels(dtype_name):
     i = types.int64
     b = types.boolean
     f64 = numba.float64
+    a8 = f[:, :, :, :, :, :, :, ::1]
     a6, a5 = f[:, :, :, :, :, ::1], f[:, :, :, :, ::1]
     a4, a3, a2, a1 = f[:, :, :, ::1], f[:, :, ::1], f[:, ::1], f[::1]
     d1 = f64[::1]
@@ -122,6 +124,11 @@ def kernels(dtype_name):
         (C._conv_direct_grad_x, (a5, a5, a4) + (i,) * 12, False),
         (C._conv_direct_grad_w, (a4, a4, a4) + (i,) * 7, False),
         (T._place, (a4, a1, i, a4), False),
+        (C3._vol2col, (a5, a2) + (i,) * 16, False),
+        (C3._col2vol, (a8, a8, a5) + (i,) * 17, False),
+        (C3._conv3d_direct, (a5, a5, a1, i, a5) + (i,) * 10, False),
+        (C3._conv3d_direct_grad_x, (a6, a6, a5) + (i,) * 17, False),
+        (C3._conv3d_direct_grad_w, (a5, a5, a5) + (i,) * 10, False),
         (_layout._permute4, (f[:, :, :, :], a4, i, i, i, i), False),
         (_layout._permute4, (types.int64[:, :, :, :], types.int64[:, :, :, ::1], i, i, i, i),
          False),

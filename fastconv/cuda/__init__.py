@@ -73,6 +73,21 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                                needs_input_grad=needs_input_grad)
 
 
+def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCDHW",
+           algo="auto"):
+    """fastconv.conv3d on the GPU (see fastconv.cuda._conv3d)."""
+    return _impl("conv3d", "_conv3d")(x, w, bias, stride, padding, dilation, groups,
+                                      layout=layout, algo=algo)
+
+
+def conv3d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
+                    layout="NCDHW", algo="auto", needs_input_grad=(True, True, True)):
+    """fastconv.conv3d_backward on the GPU (see fastconv.cuda._conv3d)."""
+    return _impl("conv3d_backward", "_conv3d")(grad_y, x, w, stride, padding, dilation,
+                                               groups, layout=layout, algo=algo,
+                                               needs_input_grad=needs_input_grad)
+
+
 def conv_transpose2d(x, w, bias=None, stride=1, padding=0, output_padding=0, groups=1,
                      dilation=1, *, layout="NCHW", algo="auto"):
     """fastconv.conv_transpose2d on the GPU (see fastconv.cuda._transpose)."""

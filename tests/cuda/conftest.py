@@ -59,7 +59,7 @@ def launches(monkeypatch):
     """The names of the kernels the convolution paths launch, in order: each kernel's
     function name, and the im2col GEMMs as "gemm" (forward), "gemm_t" (column gradient,
     A transposed) and "gemm_w" (weight gradient, B transposed)."""
-    from fastconv.cuda import _conv, _im2col
+    from fastconv.cuda import _conv, _conv3d, _im2col
 
     names = []
     real_launch, real_gemm = _conv.launch, _im2col.gemm
@@ -73,7 +73,7 @@ def launches(monkeypatch):
                      else "gemm")
         real_gemm(*args, **kw)
 
-    for module in (_conv, _im2col):
+    for module in (_conv, _conv3d, _im2col):
         monkeypatch.setattr(module, "launch", launch)
     monkeypatch.setattr(_im2col, "gemm", gemm)
     return names
