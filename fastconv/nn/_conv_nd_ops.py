@@ -5,11 +5,15 @@
 from __future__ import annotations
 
 from .. import conv_nd as _c
+from .. import devices
 from ..autograd import Function
 
 
 class _ConvNd(Function):
-    """Saves x and w; the backward asks only for the gradients the graph needs."""
+    """Saves x and w; the backward asks only for the gradients the graph needs. Tensors
+    on "cuda" run the GPU ops (``fastconv.cuda.conv1d`` / ``conv3d``)."""
+
+    gpu = True
 
     forward_fn = staticmethod(_c.conv1d)
     backward_fn = staticmethod(_c.conv1d_backward)
@@ -21,14 +25,15 @@ class _ConvNd(Function):
         ctx.args = (stride, padding, dilation, groups)
         ctx.layout, ctx.algo, ctx.has_bias = layout, algo, b is not None
         return cls.forward_fn(x, w, b, stride, padding, dilation, groups, layout=layout,
-                              algo=algo)
+                              algo=algo, device=devices.array_device(x))
 
     @classmethod
     def backward(cls, ctx, g):
         x, w = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad
         return cls.backward_fn(g, x, w, *ctx.args, layout=ctx.layout, algo=ctx.algo,
-                               needs_input_grad=(need_x, need_w, need_b and ctx.has_bias))
+                               needs_input_grad=(need_x, need_w, need_b and ctx.has_bias),
+                               device=devices.array_device(g))
 
 
 class Conv1d(_ConvNd):

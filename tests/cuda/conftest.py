@@ -77,3 +77,24 @@ def launches(monkeypatch):
         monkeypatch.setattr(module, "launch", launch)
     monkeypatch.setattr(_im2col, "gemm", gemm)
     return names
+
+
+def assert_layer_matches_cpu(make_layer, a):
+    """``make_layer()`` moved to "cuda" gives the CPU's output and gradients of the input,
+    weight and bias, for the input ``a`` and a fixed output gradient."""
+    import numpy as np
+
+    from fastconv import Tensor
+
+    results = []
+    for device in ("cpu", "cuda"):
+        m = make_layer().to(device)
+        x = Tensor(a, requires_grad=True).to(device)
+        y = m(x)
+        assert y.device == device
+        g = np.linspace(-1, 1, int(np.prod(y.shape))).reshape(y.shape)
+        y.backward(Tensor(g).to(device).data)
+        results.append([Tensor(t).numpy() for t in (y.data, x.grad, m.weight.grad,
+                                                    m.bias.grad)])
+    for got, want in zip(results[1], results[0], strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)

@@ -1,17 +1,21 @@
 """conv3d / conv3d_backward on CUDA (under the simulator) against the CPU ops: the direct
 kernels and the 3-D unfold + GEMM path over stride, uneven padding, 'same', dilation,
 groups, both layouts, float32 and float64; needs_input_grad; residency, unbatched and
-strided device inputs, an empty batch; errors."""
+strided device inputs, an empty batch; errors; nn.Conv1d / nn.Conv3d on "cuda", and
+gradcheck of the GPU conv3d in float64."""
 
 import numpy as np
 import pytest
 from numba import cuda
 
 import fastconv
+from fastconv import Tensor, gradcheck, nn
 from fastconv import cuda as fcuda
 from fastconv._args.conv_nd import conv_nd_args_from_shapes
+from fastconv.nn import functional as F
 
 from .. import reference as ref
+from .conftest import assert_layer_matches_cpu
 
 ALGOS = ("naive", "im2col")
 
@@ -135,3 +139,32 @@ def test_errors_match_the_cpu(call, exc, match):
     x, w = np.ones((1, 4, 3, 4, 4)), np.ones((2, 4, 3, 3, 3))
     with pytest.raises(exc, match=match):
         call(x, w)
+
+
+@pytest.mark.parametrize("layer,shape", [
+    (lambda: nn.Conv1d(2, 4, 3, stride=2, padding=1, groups=2, dtype=np.float64,
+                       rng=np.random.default_rng(8)), (2, 2, 5)),
+    (lambda: nn.Conv3d(2, 3, 2, padding=(1, 0, 1), dtype=np.float64,
+                       rng=np.random.default_rng(8)), (1, 2, 2, 3, 2)),
+], ids=["Conv1d", "Conv3d"])
+def test_layers_on_the_gpu_match_the_cpu(layer, shape):
+    """nn.Conv1d / nn.Conv3d moved to "cuda": output and gradients as on the CPU."""
+    assert_layer_matches_cpu(layer, np.random.default_rng(9).standard_normal(shape))
+
+
+def test_gpu_gradients_pass_gradcheck():
+    rng = np.random.default_rng(10)
+    x = Tensor(rng.standard_normal((1, 2, 2, 2, 3)), requires_grad=True).to("cuda")
+    w = Tensor(rng.standard_normal((2, 1, 1, 2, 2)), requires_grad=True).to("cuda")
+    b = Tensor(rng.standard_normal(2), requires_grad=True).to("cuda")
+    assert gradcheck(lambda x, w, b: F.conv3d(x, w, b, padding=(0, 1, 0), groups=2,
+                                              algo="im2col"), (x, w, b))
+
+
+def test_channels_last_nd_layers_refuse_the_gpu():
+    """Their weights (torch's order) are permuted per call: 3-D / 5-D permutations have no
+    GPU kernel, and the error says so."""
+    m = nn.Conv1d(2, 4, 3, layout="NWC").to("cuda")
+    with pytest.raises(ValueError, match=r"fastconv.cuda.permute: only 4-D device arrays are "
+                                         r"permuted on the GPU, got shape \(4, 2, 3\)"):
+        m(Tensor(np.ones((1, 5, 2), np.float32)).to("cuda"))

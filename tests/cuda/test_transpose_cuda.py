@@ -15,6 +15,7 @@ from fastconv.nn import functional as F
 
 from .. import reference as ref
 from ..conftest import from_nhwc, to_nhwc
+from .conftest import assert_layer_matches_cpu
 
 ALGOS = ("naive", "im2col")
 
@@ -157,23 +158,12 @@ def test_errors_match_the_cpu(call, exc, match):
 
 
 def test_autograd_op_and_layer_on_the_gpu_match_the_cpu():
-    """nn.ConvTranspose2d moved to "cuda" (and back): output and the gradients of the
-    input, weight and bias as on the CPU; the input's gradient stays on the GPU."""
-    rng = np.random.default_rng(5)
-    a = rng.standard_normal((2, 2, 3, 3))
-    g = rng.standard_normal((2, 4, 6, 6))
-    results = []
-    for device in ("cpu", "cuda"):
-        layer = nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1, groups=2,
-                                   rng=np.random.default_rng(6), dtype=np.float64).to(device)
-        x = Tensor(a, requires_grad=True).to(device)
-        y = layer(x)
-        assert y.device == device and x.device == device
-        y.backward(Tensor(g).to(device).data)
-        results.append([Tensor(t).numpy() for t in (y.data, x.grad, layer.weight.grad,
-                                                    layer.bias.grad)])
-    for got, want in zip(results[1], results[0], strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+    """nn.ConvTranspose2d moved to "cuda": output and the gradients of the input, weight
+    and bias as on the CPU."""
+    assert_layer_matches_cpu(
+        lambda: nn.ConvTranspose2d(2, 4, 3, stride=2, padding=1, output_padding=1,
+                                   groups=2, rng=np.random.default_rng(6), dtype=np.float64),
+        np.random.default_rng(5).standard_normal((2, 2, 3, 3)))
 
 
 def test_gpu_gradients_pass_gradcheck():
