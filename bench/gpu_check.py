@@ -71,14 +71,15 @@ def gemm_cases(shapes):
     """(layer name, M, K, N) of the GPU im2col forward GEMM of each groups=1 layer."""
     import numpy as np
 
-    from fastconv.cuda._conv import _chunk
+    from fastconv.cuda._conv import unfolding
 
     out = []
     for s in shapes:
         if s.groups != 1:
             continue
         a = s.args(np.float32)
-        out.append((s.name, a.c_out, a.c_in * a.kh * a.kw, _chunk(a) * a.h_out * a.w_out))
+        u = unfolding(a)
+        out.append((s.name, a.c_out, u.kdim, u.chunk() * u.positions))
     return out
 
 
