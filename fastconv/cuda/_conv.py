@@ -172,12 +172,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                         dilation, groups, layout)
     grad_y_spec = _args.check_array(op, "grad_y", host_spec(grad_y))
     _args.check_same_dtype(op, input=sx, weight=sw, grad_y=grad_y_spec)
-    want = args.y_layout_shape
-    if args.unbatched:
-        want = want[1:]
-    if grad_y_spec.shape != want:
-        raise ValueError(f"{op}: grad_y must have shape {want} (the conv2d output), got "
-                         f"{grad_y_spec.shape}")
+    _args.batched_grad_y(op, grad_y_spec, args, "conv2d")
     res = Residency(grad_y, x, w)
     algo = resolve_algorithm(args, algo)
     dgy = _layout.to_nchw(res.to_device(grad_y), args.dims)
