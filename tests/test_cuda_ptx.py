@@ -3,7 +3,7 @@
 The simulator (tests/cuda) runs kernels as Python, so it checks neither numba's typing
 nor code generation. Here each kernel goes through numba-cuda's full compiler (NVVM) for
 compute capabilities 8.0 (A100) and 9.0 (H100/H200) in float32 (8.0 only in float64,
-to keep the test at about 12 s of CPU) with the argument types the wrappers pass, and
+to keep the test at about 20 s of CPU) with the argument types the wrappers pass, and
 float32 kernels must not contain float64 instructions (an accidental NumPy-2-style
 widening) except where float64 is meant (batch-norm statistics).
 
