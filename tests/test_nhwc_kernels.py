@@ -195,3 +195,30 @@ def test_nhwc_direct_without_bias(rng, case):
     xl, wl = _nhwc(x, w)
     y = fastconv.conv2d(xl, wl, **kwargs, layout="NHWC", algo="naive")
     assert ref.rel_error(y.transpose(0, 3, 1, 2), ref.conv2d(x, w, **refargs)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES)
+def test_nhwc_im2col_backward_folds_like_the_reference(rng, monkeypatch, case, dtype):
+    """im2col's NHWC backward through its GEMMs and ``_col2im_nhwc`` (the image-last path
+    switched off): dense, grouped, depthwise, strided, dilated and rectangular layers,
+    in one tile and in bands of one output row (the fold's rows outside the band)."""
+    from fastconv import config
+    from fastconv.algos.im2col import drivers
+
+    monkeypatch.setattr(drivers, "image_last_tile", lambda *a, **k: 0)
+    x, w, b, kwargs, refargs = _problem(rng, case, dtype)
+    want = ref.conv2d(x, w, b, **refargs)
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    gx_want, gw_want, _ = ref.conv2d_backward(gy, x, w, **refargs)
+    xl, wl = _nhwc(x, w)
+    gyl = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+    tol = ref.tolerance(dtype, "im2col")
+    for chunk in (None, 1):   # the default tiles; one output row per tile
+        if chunk is not None:
+            monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", chunk)
+        gx, gw, _ = fastconv.conv2d_backward(gyl, xl, wl, **kwargs, layout="NHWC",
+                                             algo="im2col")
+        assert gx.dtype == dtype and gw.dtype == dtype
+        assert ref.rel_error(gx.transpose(0, 3, 1, 2), gx_want) < tol, chunk
+        assert ref.rel_error(gw.transpose(3, 2, 0, 1), gw_want) < tol, chunk

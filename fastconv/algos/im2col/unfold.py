@@ -151,18 +151,27 @@ def _col2im_nchw(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _col2im_nhwc(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
     """gx (N, H, W, C) += fold of cols (B*band*Wo, G, KH*KW*Cg) for output rows i0..;
-    one task per (image, input row) that the band touches."""
-    _, h, wd, _ = gx.shape
+    one task per (image, input row) that the band touches.
+
+    The adjoint of ``_im2col_nhwc``, with its runs: with one group and no column
+    dilation, an output pixel whose KW taps all lie inside the row adds one contiguous
+    run of KW*C column values to KW neighbouring input pixels; otherwise each tap adds
+    its Cg channels per group. Flat arrays and unsigned offsets (no view per pixel)."""
+    _, h, wd, c_all = gx.shape
     n_pix, groups, kkc = cols.shape
     cg = kkc // (kh * kw)
+    run = U(kw * cg)
+    uc, ucg, ukkc = U(c_all), U(cg), U(kkc)
     nb = n_pix // (band * wo)
     r_lo = max(i0 * sh - pt, 0)
     r_hi = min((i0 + band - 1) * sh + (kh - 1) * rh - pt + 1, h)
     n_rows = max(r_hi - r_lo, 0)
+    runs = groups == 1 and rw == 1
+    fc, fg = cols.reshape(cols.size), gx.reshape(gx.size)
     for task in prange(nb * n_rows):
         bi = task // n_rows
         src_i = r_lo + task % n_rows
-        line = gx[n0 + bi, src_i]
+        line = U(((n0 + bi) * h + src_i) * wd) * uc  # start of input row src_i
         for a in range(kh):
             num = src_i + pt - a * rh          # = i * sh for the output row i that reads it
             if num < 0 or num % sh != 0:
@@ -171,12 +180,22 @@ def _col2im_nhwc(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
             if i < i0 or i >= i0 + band:
                 continue
             p0 = (bi * band + i - i0) * wo
-            for b in range(kw):
-                k0 = (a * kw + b) * cg
-                j_lo, j_hi = valid_range(wo, b * rw - pl, sw, wd)
-                for j in range(j_lo, j_hi):
-                    px = line[j * sw + b * rw - pl]
-                    src = cols[p0 + j]
-                    for g in range(groups):
-                        for c in range(cg):
-                            px[g * cg + c] += src[g, k0 + c]
+            for j in range(wo):
+                row = U((p0 + j) * groups) * ukkc  # cols[p0 + j, 0, 0]
+                j_first = j * sw - pl
+                if runs and j_first >= 0 and j_first + kw <= wd:
+                    d0 = line + U(j_first) * uc
+                    s0 = row + U(a) * run
+                    for t in range(run):
+                        fg[d0 + t] += fc[s0 + t]
+                    continue
+                for b in range(kw):
+                    src_j = j_first + b * rw
+                    if src_j < 0 or src_j >= wd:
+                        continue
+                    k0 = row + U((a * kw + b) * cg)
+                    for g in range(U(groups)):
+                        d0 = line + U(src_j) * uc + g * ucg
+                        s0 = k0 + g * ukkc
+                        for t in range(ucg):
+                            fg[d0 + t] += fc[s0 + t]
