@@ -222,3 +222,50 @@ def test_nhwc_im2col_backward_folds_like_the_reference(rng, monkeypatch, case, d
         assert gx.dtype == dtype and gw.dtype == dtype
         assert ref.rel_error(gx.transpose(0, 3, 1, 2), gx_want) < tol, chunk
         assert ref.rel_error(gw.transpose(3, 2, 0, 1), gw_want) < tol, chunk
+
+
+def test_nhwc_backward_routes_of_small_resnet_layers():
+    """NHWC layers of 16 or more input channels per group run im2col's backward through
+    its GEMMs and fold, not the image-last copies (LeNet-like layers of fewer channels
+    keep them, and NCHW is unchanged); Winograd leaves NHWC's weight gradient to im2col
+    and its cost model prices that share."""
+    from fastconv._args import conv_args_from_shapes
+    from fastconv.algos import winograd
+    from fastconv.algos.im2col import image_last, image_last_tile
+
+    def args(c, d, layout, h=14):
+        x = (32, c, h, h) if layout == "NCHW" else (32, h, h, c)
+        w = (d, c, 3, 3) if layout == "NCHW" else (3, 3, c, d)
+        return conv_args_from_shapes("t", x, w, padding=1, layout=layout,
+                                     dtype=np.float32)
+
+    below = image_last.NHWC_IMAGE_LAST_BELOW_CHANNELS
+    assert below == 16
+    assert image_last_tile(args(16, 32, "NCHW")) >= 2
+    assert image_last_tile(args(16, 32, "NHWC")) == 0
+    assert image_last_tile(args(below - 1, 16, "NHWC")) >= 2
+    assert winograd.grad_w_supported(args(32, 32, "NCHW"))
+    assert not winograd.grad_w_supported(args(32, 32, "NHWC"))
+    assert registry.get("winograd").grads(args(32, 32, "NCHW")) == (True, True)
+    assert registry.get("winograd").grads(args(32, 32, "NHWC")) == (True, False)
+    assert "Winograd grad_x, the rest with im2col" in \
+        registry.get("winograd").backward_cost(args(32, 32, "NHWC"),
+                                               fastconv.costs.DEFAULT_PROFILE).detail
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nhwc_winograd_backward_with_im2col_weight_gradient(rng, dtype):
+    """algo="winograd" in NHWC: grad_x from Winograd, grad_w from im2col, both as the
+    reference."""
+    x, w, b, kwargs, refargs = _problem(rng, (16, 8, 1, 3, 1, 1, 1), dtype, n=3, h=6, wd=5)
+    want = ref.conv2d(x, w, b, **refargs)
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    gx_want, gw_want, gb_want = ref.conv2d_backward(gy, x, w, **refargs)
+    xl, wl = _nhwc(x, w)
+    gx, gw, gb = fastconv.conv2d_backward(np.ascontiguousarray(gy.transpose(0, 2, 3, 1)),
+                                          xl, wl, **kwargs, layout="NHWC", algo="winograd")
+    tol = ref.tolerance(dtype, "winograd")
+    assert gw.dtype == dtype and gw.shape == wl.shape
+    assert ref.rel_error(gx.transpose(0, 3, 1, 2), gx_want) < tol
+    assert ref.rel_error(gw.transpose(3, 2, 0, 1), gw_want) < tol
+    assert ref.rel_error(gb, gb_want) < tol

@@ -24,6 +24,13 @@ from .unfold import _column_row, _zero_pad
 
 #: The axes of an image-last tile (channels, rows, columns, images).
 IMAGE_LAST = "CHWN"
+#: NHWC backward: the image-last path only below this many input channels per group.
+#: One core, batch 32, image-last vs GEMMs + ``_col2im_nhwc`` (forward and backward, both
+#: gradients): 16 -> 32 3x3 stride 2 at 28x28 6.9 vs 1.7 ms, 32 -> 32 3x3 at 14x14 3.9
+#: vs 3.0 ms, 64 -> 64 3x3 at 7x7 4.5 vs 2.1 ms, 16 -> 16 3x3 at 28x28 8.5 vs 8.8 ms;
+#: image-last keeps LeNet's layers (1 -> 6 5x5: 0.42 vs 2.1 ms, 6 -> 16 5x5: 1.0 vs
+#: 1.5 ms, batch 64) and single-channel stems (1 -> 16 3x3 at 28x28: 0.46 vs 0.65 ms).
+NHWC_IMAGE_LAST_BELOW_CHANNELS = 16
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -166,9 +173,14 @@ def image_last_tile(args, with_grad_x: bool = True) -> int:
     at 14x14 and 256 -> 256 at 7x7 (batch 32: 88 vs 66, 70 vs 59 ms), 32 -> 64 stride 2
     at 28x28 (48 vs 24 ms) and 1x1 layers of many channels (16 vs 8.8 ms for 64 -> 128
     at 14x14).
+    NHWC layers of ``NHWC_IMAGE_LAST_BELOW_CHANNELS`` or more input channels per group
+    take the GEMMs and the NHWC fold instead (their copies to image-last order cost
+    more than the fold's runs of KW*C values).
     A tile holds x, grad_y (and grad_x) of its images, image-last, within
     ``config.IM2COL_CHUNK_BYTES``."""
     if args.n < 2 or args.kh * args.kw == 1 or tiling(args).images < 2:
+        return 0
+    if args.dims.channels_last and args.c_in // args.groups >= NHWC_IMAGE_LAST_BELOW_CHANNELS:
         return 0
     dg = args.c_out // args.groups
     if max(args.stride) > 1:
