@@ -227,8 +227,9 @@ def test_nhwc_im2col_backward_folds_like_the_reference(rng, monkeypatch, case, d
 def test_nhwc_backward_routes_of_small_resnet_layers():
     """NHWC layers of 16 or more input channels per group run im2col's backward through
     its GEMMs and fold, not the image-last copies (LeNet-like layers of fewer channels
-    keep them, and NCHW is unchanged); Winograd leaves NHWC's weight gradient to im2col
-    and its cost model prices that share."""
+    keep them, and NCHW is unchanged); Winograd leaves the weight gradient of NHWC layers
+    of fewer than 128 channels or small images to im2col, and its cost model prices that
+    share."""
     from fastconv._args import conv_args_from_shapes
     from fastconv.algos import winograd
     from fastconv.algos.im2col import image_last, image_last_tile
@@ -246,6 +247,8 @@ def test_nhwc_backward_routes_of_small_resnet_layers():
     assert image_last_tile(args(below - 1, 16, "NHWC")) >= 2
     assert winograd.grad_w_supported(args(32, 32, "NCHW"))
     assert not winograd.grad_w_supported(args(32, 32, "NHWC"))
+    assert winograd.grad_w_supported(args(128, 128, "NHWC"))      # wide: Winograd's
+    assert not winograd.grad_w_supported(args(128, 128, "NHWC", h=8))   # small images
     assert registry.get("winograd").grads(args(32, 32, "NCHW")) == (True, True)
     assert registry.get("winograd").grads(args(32, 32, "NHWC")) == (True, False)
     assert "Winograd grad_x, the rest with im2col" in \
@@ -253,15 +256,26 @@ def test_nhwc_backward_routes_of_small_resnet_layers():
                                                fastconv.costs.DEFAULT_PROFILE).detail
 
 
+@pytest.mark.parametrize("winograd_w", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_nhwc_winograd_backward_with_im2col_weight_gradient(rng, dtype):
-    """algo="winograd" in NHWC: grad_x from Winograd, grad_w from im2col, both as the
+def test_nhwc_winograd_backward_weight_gradient_routes(rng, monkeypatch, dtype, winograd_w):
+    """algo="winograd" in NHWC: grad_x from Winograd, grad_w from im2col (a narrow
+    layer) or from Winograd on NCHW copies (the thresholds lowered to 1), all as the
     reference."""
+    from fastconv._args import conv_args_from_shapes
+    from fastconv.algos.winograd import drivers
+
+    if winograd_w:
+        monkeypatch.setattr(drivers, "NHWC_GRAD_W_MIN_CHANNELS", 1)
+        monkeypatch.setattr(drivers, "NHWC_GRAD_W_MIN_PIXELS", 1)
     x, w, b, kwargs, refargs = _problem(rng, (16, 8, 1, 3, 1, 1, 1), dtype, n=3, h=6, wd=5)
     want = ref.conv2d(x, w, b, **refargs)
     gy = rng.standard_normal(want.shape).astype(dtype)
     gx_want, gw_want, gb_want = ref.conv2d_backward(gy, x, w, **refargs)
     xl, wl = _nhwc(x, w)
+    args = conv_args_from_shapes("t", xl.shape, wl.shape, **kwargs, layout="NHWC",
+                                 dtype=dtype)
+    assert registry.get("winograd").grads(args) == (True, winograd_w)
     gx, gw, gb = fastconv.conv2d_backward(np.ascontiguousarray(gy.transpose(0, 2, 3, 1)),
                                           xl, wl, **kwargs, layout="NHWC", algo="winograd")
     tol = ref.tolerance(dtype, "winograd")

@@ -10,8 +10,8 @@ from ..registry import Algorithm, register
 from . import drivers, grad_w, tiling
 
 #: The layouts whose forward and grad_x have transforms of their own (NHWC: ``nhwc``);
-#: the weight gradient runs in the Winograd domain in ``drivers.GRAD_W_LAYOUTS`` only
-#: (NHWC's is im2col's).
+#: the weight gradient runs in the Winograd domain on NCHW copies in NHWC, for wide
+#: layers only (``drivers.grad_w_supported``; im2col's otherwise).
 LAYOUTS = ("NCHW", "NHWC")
 #: Winograd's transforms move each element several times (a padded row copy, the column
 #: pass, the strided row pass): measured at about 1/1.6 of the unfold's copy bandwidth.
@@ -56,6 +56,7 @@ def backward_cost(a, p: Profile) -> Estimate:
     and grad_w (the adjoint of F(2x2, 3x3), priced as that forward) where it computes
     them, im2col's share for the rest (about one forward for grad_w, two for grad_x)."""
     call = p.call_us * 1e-6
+    item = a.dtype.itemsize
     cols, cws, _ = im2col_cost.cost(a, p)
     by_x, by_w = drivers.grad_x_supported(a), drivers.grad_w_supported(a)
     # what im2col still does: about one forward for grad_w, two for grad_x (the fold)
@@ -69,6 +70,9 @@ def backward_cost(a, p: Profile) -> Estimate:
     if by_w:
         wino, wws, _ = cost(a, p, grad_w.GRAD_W_TILE)
         secs += wino - call
+        if a.layout != "NCHW":  # grad_w's copies of grad_y and x to NCHW
+            moved = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
+            secs += 2 * moved / (p.copy_gbs * 1e9)
         ws = max(ws, wws)
         parts.append("grad_w")
     how = f"Winograd {' and '.join(parts)}" if parts else "as im2col"

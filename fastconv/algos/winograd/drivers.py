@@ -38,18 +38,28 @@ def grad_x_supported(args) -> bool:
     return all(0 <= p <= 2 for pair in args.padding for p in pair)
 
 
-#: Layouts whose weight gradient runs in the Winograd domain. NHWC's is left to im2col
-#: (GEMMs on its NHWC columns): the Winograd adjoint needs NCHW copies of x and grad_y,
-#: and ran slower on one core (weight gradient alone, batch 32, 3x3 stride 1: 16 -> 16
-#: at 28x28 3.4 vs 2.4 ms, 32 -> 32 at 14x14 2.8 vs 1.5 ms, 64 -> 64 at 7x7 2.7 vs
-#: 1.1 ms; batch 64, 32 -> 32 at 32x32 58 vs 35 ms).
-GRAD_W_LAYOUTS = ("NCHW",)
+#: In NHWC the Winograd-domain weight gradient needs NCHW copies of x and grad_y; it runs
+#: there only for layers of at least this many channels per group (input and output)
+#: and output pixels per image, else im2col computes it (GEMMs on NHWC columns). One
+#: core, weight gradient alone, Winograd / im2col time: 16 -> 16 at 28x28 (batch 32)
+#: 5.3, 64 -> 64 at 7x7 2.2, 32 -> 32 at 32x32 (batch 64) 1.5, 64 -> 64 at 14x14 1.5,
+#: 64 -> 64 at 56x56 (batch 16) 1.2, 128 -> 128 at 8x8 (batch 64) 1.24, 64 -> 64 at
+#: 16x16 0.87, 128 -> 128 at 28x28 (batch 16) 0.79, 256 -> 256 at 14x14 0.72.
+NHWC_GRAD_W_MIN_CHANNELS = 128
+NHWC_GRAD_W_MIN_PIXELS = 14 * 14
 
 
 def grad_w_supported(args) -> bool:
     """The weight gradient runs in the Winograd domain (a dilated layer's as the sum over
-    its undilated phase problems), in the layouts of ``GRAD_W_LAYOUTS``."""
-    return supports(args) and args.layout in GRAD_W_LAYOUTS
+    its undilated phase problems): in NCHW, and in NHWC for layers of at least
+    ``NHWC_GRAD_W_MIN_CHANNELS`` channels per group and ``NHWC_GRAD_W_MIN_PIXELS``
+    output pixels."""
+    if not supports(args):
+        return False
+    if not args.dims.channels_last:
+        return True
+    return (min(args.c_in, args.c_out) // args.groups >= NHWC_GRAD_W_MIN_CHANNELS
+            and args.h_out * args.w_out >= NHWC_GRAD_W_MIN_PIXELS)
 
 
 def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
@@ -149,7 +159,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
         return _backward_dilated(_nhwc.nchw_copy(grad_y, dims), x, w, args,
                                  grad_x if by_x else None, grad_w if by_w else None, ok_x,
                                  ok_w)
-    if by_w:  # GRAD_W_LAYOUTS (NCHW): the copies below do nothing there
+    if by_w:  # NCHW, or NHWC on copies (wide layers, ``grad_w_supported``)
         gw = _nhwc.oihw_target(grad_w, dims)
         _grad_w_nchw(_nhwc.nchw_copy(grad_y, dims), _nhwc.nchw_copy(x, dims), gw, (pt, pl),
                      args.groups)
