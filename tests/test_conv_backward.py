@@ -255,6 +255,23 @@ def test_image_last_backward_in_several_tiles(layout, monkeypatch):
         assert ref.rel_error(g, wnt) <= 1e-10
 
 
+def test_image_last_paths_take_read_only_arrays():
+    # One kernel copies into and out of image-last tiles, writing its first argument in
+    # one direction: a read-only input (or grad_y) takes numpy's copy instead.
+    from fastconv.algos.im2col import image_last_tile, tiling
+
+    x, w, gy, kwargs, a = _problem((8, 6, 14, 14, 16, 5, 5, 1, 0, 1, 1), np.float32)
+    assert tiling(a).image_last and image_last_tile(a) >= 2   # the paths under test run
+    want_y = fastconv.conv2d(x, w, **kwargs, algo="im2col")
+    want = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col")
+    for v in (x, w, gy):
+        v.setflags(write=False)
+    np.testing.assert_array_equal(fastconv.conv2d(x, w, **kwargs, algo="im2col"), want_y)
+    got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col")
+    for g, wnt in zip(got, want, strict=True):
+        np.testing.assert_array_equal(g, wnt)
+
+
 FD_IMAGE_LAST = [c for c in IMAGE_LAST_CASES if c[0] * c[1] * c[2] * c[3] <= 300]
 
 

@@ -163,3 +163,22 @@ def test_warmup_help_explains_every_option_and_shows_defaults():
                     "naive im2col fft winograd"):
         assert f"(default: {default})" in text
     assert "None" not in text and "``" not in text
+
+
+def test_image_last_grad_w_task_compiles_once_for_its_parallel_loop():
+    # The kernel's body is compiled apart from its parallel loop (a lighter first
+    # compile); the loop passes the task index as int64 so that the loop and a direct
+    # call share one specialisation (the loop's own index type would compile it twice).
+    # A fresh uncached compile of the parallel kernel types its call of the task (a
+    # kernel loaded from numba's cache would not).
+    from numba import njit, types
+
+    from fastconv.algos.im2col import image_last_grad as ilg
+
+    kernel = njit(parallel=True)(ilg._grad_w_image_last.py_func)
+    gt = np.ones((5, 2, 2, 3), np.float32)   # D=5 output channels: a block of 4 and of 1
+    xt = np.ones((1, 3, 3, 3), np.float32)   # one input channel, 3x3 images
+    gw = np.zeros((5, 1, 2, 2))
+    kernel(gt, xt, gw, 1, 1, 0, 0, 1, 1)
+    np.testing.assert_array_equal(gw, np.full((5, 1, 2, 2), 2 * 2 * 3.0))
+    assert {sig[0] for sig in ilg._grad_w_task.signatures} == {types.int64}

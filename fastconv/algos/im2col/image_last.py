@@ -94,52 +94,46 @@ def _scatter_chwn(tmp, out, n0, i0, nb, bias):
                 row[j] = src[base + j * step] + bv
 
 
-@njit(inline="always")
-def _copy_task(x, xt, n0, task):
-    """The set-up shared by the two copies: (x flat, row xt[c, i] flat, offset in x of
-    row i of channel c of image n0, elements per image, B, W) for task (c, i), with x
-    (N, C, H, W) and xt (C, H, W, B) both contiguous."""
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _image_last_copy(x, n0, xt, to_last):
+    """xt[c, i, j, b] = x[n0 + b, c, i, j] (``to_last``) or the inverse, x[n0 + b, c, i,
+    j] = xt[c, i, j, b], for x (N, C, H, W) and xt (C, H, W, B), both contiguous. One
+    task per (c, i); each image's row is read (written) in one contiguous pass (reading
+    one element of every image per column instead runs 2.4x slower on 28x28 planes).
+    Both directions in one kernel: one compile (a parallel kernel's compile costs about
+    0.5 s of CPU before its body)."""
     n_all, c_all, h, wd = x.shape
     nb = xt.shape[3]
-    c = task // h
-    i = task % h
     img = U(c_all * h * wd)
-    return (x.reshape(n_all * c_all * h * wd), xt[c, i].reshape(wd * nb),
-            U(n0) * img + U((c * h + i) * wd), img, nb, wd)
-
-
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _to_image_last(x, n0, xt):
-    """xt[c, i, j, b] = x[n0 + b, c, i, j] for x (N, C, H, W), xt (C, H, W, B). One task
-    per (c, i); each image's row is read in one contiguous pass (reading one element of
-    every image per column instead runs 2.4x slower on 28x28 planes)."""
-    for task in prange(x.shape[1] * x.shape[2]):
-        xf, line, base, img, nb, wd = _copy_task(x, xt, n0, task)
+    xf = x.reshape(n_all * c_all * h * wd)
+    for task in prange(c_all * h):
+        c = task // h
+        i = task % h
+        line = xt[c, i].reshape(wd * nb)
+        base = U(n0) * img + U((c * h + i) * wd)  # row i of channel c of image n0
         for b in range(U(nb)):
             src = base + b * img
-            for j in range(U(wd)):
-                line[j * U(nb) + b] = xf[src + j]
-
-
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _from_image_last(xt, x, n0):
-    """x[n0 + b, c, i, j] = xt[c, i, j, b]: the inverse of ``_to_image_last``."""
-    for task in prange(x.shape[1] * x.shape[2]):
-        xf, line, base, img, nb, wd = _copy_task(x, xt, n0, task)
-        for b in range(U(nb)):
-            dst = base + b * img
-            for j in range(U(wd)):
-                xf[dst + j] = line[j * U(nb) + b]
+            if to_last:
+                for j in range(U(wd)):
+                    line[j * U(nb) + b] = xf[src + j]
+            else:
+                for j in range(U(wd)):
+                    xf[src + j] = line[j * U(nb) + b]
 
 
 def _to_last_nchw(a, n0, at, dims) -> None:
-    """at (C, H, W, B) = images n0.. of a (N, C, H, W), contiguous (``_to_image_last``)."""
-    _to_image_last(a, n0, at)
+    """at (C, H, W, B) = images n0.. of a (N, C, H, W), contiguous (``_image_last_copy``;
+    a read-only a takes numpy's copy, ``_to_last_any``: the kernel writes its first
+    argument in the other direction, so numba cannot compile it for a read-only one)."""
+    if a.flags.writeable:
+        _image_last_copy(a, n0, at, True)
+    else:
+        _to_last_any(a, n0, at, dims)
 
 
 def _from_last_nchw(at, a, n0, dims) -> None:
     """Images n0.. of a (N, C, H, W), contiguous, = at (C, H, W, B)."""
-    _from_image_last(at, a, n0)
+    _image_last_copy(a, n0, at, False)
 
 
 def _to_last_any(a, n0, at, dims) -> None:
@@ -196,7 +190,7 @@ def image_last_tile(args, with_grad_x: bool = True) -> int:
 
 def forward_image_last(x, wmat, args, out, bias, t) -> None:
     """The NCHW forward of ``Tiling.image_last`` tiles: the images of a tile are first put
-    image-index last (``_to_image_last``, a pass over the input only), unfolded with
+    image-index last (``_to_last_nchw``, a pass over the input only), unfolded with
     long contiguous runs (``_im2col_chwn``), multiplied by wmat (G, Dg, Cg*KH*KW) in one
     GEMM of B times the width, and the result is spread into ``out`` with the bias
     (``_scatter_chwn``). x is C-contiguous."""
@@ -215,7 +209,7 @@ def forward_image_last(x, wmat, args, out, bias, t) -> None:
         xt = view(xt_buf[:image * nb], (args.c_in, args.h, args.w, nb))
         cols = view(buf[:ckk * length], (ckk, length))
         with parallel_guard():
-            _to_image_last(x, n0, xt)
+            _to_last_nchw(x, n0, xt, args.dims)
             _im2col_chwn(xt, cols, 0, *conv)
         y = view(tmp[:args.c_out * length], (g, dg, length))
         np.matmul(wmat, view(cols, (g, cgkk, length)), out=y)
