@@ -1,6 +1,8 @@
 """conv3d and conv3d_backward: every algorithm against the formula's reference, layouts,
 dtypes, gradients by finite differences, torch, the autograd layer, the plan, errors."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,32 @@ def test_im2col_unfolds_in_chunks(monkeypatch):
     for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="im2col"), grads,
                     strict=True):
         np.testing.assert_allclose(g, r, atol=1e-12)
+
+
+# Stride-1 problems for the windowed unfold: padding beyond the dilated kernel's extent
+# (the input gradient then takes the gather path), asymmetric padding, groups, dilation.
+WINDOW_CASES = [
+    (2, 2, (4, 3, 5), 4, (2, 2, 2), 1, 3, 1, 2),
+    (1, 3, (5, 4, 6), 2, (3, 2, 3), 1, ((2, 0), (0, 1), (1, 2)), (1, 2, 2), 1),
+]
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES + CASES[:1], ids=str)
+def test_im2col_windowed_unfold_in_small_chunks(case, monkeypatch):
+    from fastconv.algos.conv3d import window
+    x, wt, _, kwargs = nd.nd_arrays(case)
+    a = nd.record(x, wt, kwargs)
+    assert window.applies(a)
+    monkeypatch.setattr(window, "CHUNK_BYTES", 7 * a.c_in * math.prod(a.kernel) * 4)
+    assert window.chunk_positions(a, 10 ** 6) == 7    # (float32 record; float64: 3)
+    nd.check_forward(fastconv.conv3d, case, "im2col", 1e-10)
+    nd.check_backward(fastconv.conv3d_backward, case, "im2col", 1e-10)
+
+
+def test_im2col_window_takes_stride_one_only():
+    from fastconv.algos.conv3d import window
+    x, wt, _, kwargs = nd.nd_arrays(CASES[1])
+    assert not window.applies(nd.record(x, wt, kwargs))
 
 
 def test_unbatched_volume_and_empty_batch():
