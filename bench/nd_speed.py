@@ -59,7 +59,26 @@ def _conv3d():
     return x, w, kw, run, "conv3d"
 
 
-LAYERS = {"conv3d": _conv3d}
+def _conv1d():
+    from fastconv import conv1d_window
+    rng = np.random.default_rng(0)
+    x = rng.random((8, 64, 16000), np.float32)
+    w = rng.random((64, 64, 9), np.float32)
+    kw = dict(padding=4)
+
+    def run(new, backward):
+        def fn():
+            ctx = contextlib.nullcontext() if new else _patched(
+                conv1d_window, "applies", lambda *a, **k: False)
+            with ctx:
+                y = fastconv.conv1d(x, w, **kw)
+                if backward:
+                    fastconv.conv1d_backward(np.ones_like(y), x, w, **kw)
+        return fn
+    return x, w, kw, run, "conv1d"
+
+
+LAYERS = {"conv3d": _conv3d, "conv1d": _conv1d}
 
 
 def _torch(name, x, w, kw, backward):

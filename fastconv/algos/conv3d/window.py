@@ -122,7 +122,7 @@ def forward(x, w, a, out) -> None:
         out[b] = _grid_view(a, q)
 
 
-def _input_gradient_problem(a):
+def input_gradient_problem(a):
     """The forward problem that gives the input gradient, or None where some padding
     exceeds the dilated kernel's extent (it would need a crop)."""
     pads = tuple((r * (k - 1) - lo, r * (k - 1) - hi) for k, r, (lo, hi) in
@@ -159,7 +159,7 @@ def backward(gy, x, w, a, grad_x, grad_w) -> bool:
                     gwm[ds] += q[ds, p0:p1] @ cols[rows].T
     if grad_x is None:
         return True
-    t = _input_gradient_problem(a)
+    t = input_gradient_problem(a)
     if t is None:
         return False
     forward(gy, _flipped(w, a.groups), t, grad_x)
