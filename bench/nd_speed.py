@@ -1,6 +1,6 @@
 """conv3d, conv_transpose2d and conv1d bench layers: a path before and after a change
-against torch, one process, CPU time (the machine is shared: wall time is noise), the
-contenders alternating in blocks, best of rounds.
+against torch, one process, CPU time (the machine is shared: wall time is noise;
+``--wall`` for it), the contenders alternating in blocks, best of rounds.
 
     NUMBA_NUM_THREADS=1 OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 \\
         python bench/nd_speed.py conv3d [--rounds 3]
@@ -19,14 +19,16 @@ import numpy as np
 
 import fastconv
 
+CLOCK = time.process_time
+
 
 def _best(fn, repeats=3):
     fn()
     times = []
     for _ in range(repeats):
-        t0 = time.process_time()
+        t0 = CLOCK()
         fn()
-        times.append(time.process_time() - t0)
+        times.append(CLOCK() - t0)
     return min(times) * 1e3
 
 
@@ -78,7 +80,22 @@ def _conv1d():
     return x, w, kw, run, "conv1d"
 
 
-LAYERS = {"conv3d": _conv3d, "conv1d": _conv1d}
+def _decoder():
+    rng = np.random.default_rng(0)
+    x = rng.random((16, 64, 28, 28), np.float32)
+    w = rng.random((64, 32, 4, 4), np.float32)
+    kw = dict(stride=2, padding=1)
+
+    def run(new, backward):
+        def fn():
+            y = fastconv.conv_transpose2d(x, w, **kw)
+            if backward:
+                fastconv.conv_transpose2d_backward(np.ones_like(y), x, w, **kw)
+        return fn
+    return x, w, kw, run, "conv_transpose2d"
+
+
+LAYERS = {"conv3d": _conv3d, "conv1d": _conv1d, "decoder": _decoder}
 
 
 def _torch(name, x, w, kw, backward):
@@ -99,7 +116,11 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("layer", choices=sorted(LAYERS))
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--wall", action="store_true",
+                        help="wall-clock time instead of the process's CPU time")
     args = parser.parse_args(argv)
+    global CLOCK
+    CLOCK = time.perf_counter if args.wall else time.process_time
     x, w, kw, run, torch_name = LAYERS[args.layer]()
     for backward in (False, True):
         fns = {"old": run(False, backward), "new": run(True, backward),

@@ -41,6 +41,10 @@ from .._common import workspace
 #: the 16 -> 32 channel 32^3 layer ran fastest at 512-1024 positions, 0.9-1.8 MB).
 CHUNK_BYTES = 1 << 20
 
+#: Grid positions per chunk of the tap-by-tap weight gradient (the 32^3 layer: 12 ms an
+#: image at 1024, 14 at 512, 18 at 4096 and over).
+TAP_SPAN = 1024
+
 
 def applies(a) -> bool:
     """Whether the windowed unfold serves problem ``a`` (every stride 1)."""
@@ -141,22 +145,57 @@ def _flipped(w, groups):
     return np.ascontiguousarray(wg).reshape(groups * cg, dg, *w.shape[2:])
 
 
+def _tap_offsets(a):
+    """Flat offset within the padded channel of each tap (kd * kh * kw of them)."""
+    (_, hp, wp), _, _, _ = _geometry(a)
+    (rd, rh, rw), (kd, kh, kw) = a.dilation, a.kernel
+    return [(i * rd * hp + j * rh) * wp + e * rw
+            for i in range(kd) for j in range(kh) for e in range(kw)]
+
+
+def _weight_gradient_by_taps(a, q, xp, acc) -> None:
+    """Add one image's weight gradient, tap by tap, to ``acc`` (K, C_out, C_in): for
+    each chunk of ``TAP_SPAN`` grid positions and each tap, grad_y's chunk times the
+    padded input's shifted chunk transposed, both read in place (no columns)."""
+    grid = q.shape[1]
+    offs = _tap_offsets(a)
+    for p0 in range(0, grid, TAP_SPAN):
+        p1 = min(grid, p0 + TAP_SPAN)
+        for k, off in enumerate(offs):
+            acc[k] += q[:, p0:p1] @ xp[:, p0 + off:p1 + off].T
+
+
+def _weight_gradient_by_columns(a, q, xp, gwm) -> None:
+    """Add one image's weight gradient to ``gwm`` (C_out, C_in/G K): grad_y's chunks
+    times the columns' transposed, per group."""
+    for p0, p1, cols in _columns(a, xp):
+        for rows, ds in _groups(a):
+            gwm[ds] += q[ds, p0:p1] @ cols[rows].T
+
+
 def backward(gy, x, w, a, grad_x, grad_w) -> bool:
     """Weight gradient into ``grad_w`` and input gradient into ``grad_x`` (None: not
     wanted) at stride 1. Returns whether grad_x was written (False where its padding
-    would be negative: the caller computes it)."""
+    would be negative: the caller computes it). Without groups the weight gradient
+    runs tap by tap on the padded input itself (:func:`_weight_gradient_by_taps`: the
+    32^3 layer's took 12 instead of 16 ms an image), with groups through columns."""
     if grad_w is not None:
         _, grid, _, length = _geometry(a)
         gwm = grad_w.reshape(a.c_out, -1)
         gwm[...] = 0
         q = workspace("conv3d-window-y", a.c_out * grid, a.dtype).reshape(a.c_out, grid)
-        groups = _groups(a)
+        taps = math.prod(a.kernel)
+        acc = np.zeros((taps, a.c_out, a.c_in), a.dtype) if a.groups == 1 else None
         for b in range(a.n):
             q[...] = 0
             _grid_view(a, q)[...] = gy[b]
-            for p0, p1, cols in _columns(a, _padded(a, x[b], length)):
-                for rows, ds in groups:
-                    gwm[ds] += q[ds, p0:p1] @ cols[rows].T
+            xp = _padded(a, x[b], length)
+            if acc is None:
+                _weight_gradient_by_columns(a, q, xp, gwm)
+            else:
+                _weight_gradient_by_taps(a, q, xp, acc)
+        if acc is not None:
+            gwm.reshape(a.c_out, a.c_in, taps)[...] = acc.transpose(1, 2, 0)
     if grad_x is None:
         return True
     t = input_gradient_problem(a)
