@@ -6,9 +6,7 @@ the padded signal itself, every column row of a chunk is one contiguous run of i
 GEMMs; conv2d's im2col on the unit-height image writes the whole (C_in k, W_out)
 column matrix of an image first (295 MB for the 8-signal, 64-channel, 16000-sample
 audio layer) and reads it back from memory. This path serves NCW float32 / float64
-problems whose algorithm (given, or conv2d's choice for "auto") is "im2col"; its input
-gradient needs padding at most dilation * (k - 1) per side (the forward on grad_y with
-the flipped kernel), otherwise conv2d's path runs.
+problems whose algorithm (given, or conv2d's choice for "auto") is "im2col".
 
 >>> import numpy as np
 >>> from fastconv._args.conv_nd import conv_nd_args_from_shapes
@@ -31,17 +29,16 @@ from .algos.conv3d import window
 
 def as_volume(a):
     """The conv3d record of 1-D problem ``a``: depth and height 1."""
-    return replace(a, size=(1, 1, *a.size), kernel=(1, 1, *a.kernel), stride=(1, 1, *a.stride),
-                   dilation=(1, 1, *a.dilation), padding=((0, 0), (0, 0), *a.padding),
+    return replace(a, size=(1, 1, *a.size), kernel=(1, 1, *a.kernel),
+                   stride=(1, 1, *a.stride), dilation=(1, 1, *a.dilation),
+                   padding=((0, 0), (0, 0), *a.padding),
                    out=(1, 1, *a.out), layout="NCDHW")
 
 
-def applies(a, choice: str, need_x: bool = False) -> bool:
-    """Whether 1-D problem ``a`` run by algorithm ``choice`` takes this path (with its
-    input gradient when ``need_x``)."""
+def applies(a, choice: str) -> bool:
+    """Whether 1-D problem ``a`` run by algorithm ``choice`` takes this path."""
     return (choice == "im2col" and a.layout == "NCW" and a.n > 0
-            and a.dtype in (np.float32, np.float64) and window.applies(as_volume(a))
-            and (not need_x or window.input_gradient_problem(as_volume(a)) is not None))
+            and a.dtype in (np.float32, np.float64) and window.applies(as_volume(a)))
 
 
 def _volume(t):

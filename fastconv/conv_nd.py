@@ -46,7 +46,7 @@ def _as_2d(op, x, w, bias, stride, padding, dilation, groups, layout, algo):
 def _windowed(op, args, x4, w4, window, lay2, algo, backward=False, need_x=False):
     """Whether conv1d (its backward when ``backward``) runs conv3d's windowed unfold
     (``fastconv.conv1d_window``): where conv2d would run im2col on a stride-1 problem."""
-    if not conv1d_window.applies(args, "im2col", need_x):
+    if not conv1d_window.applies(args, "im2col"):
         return False
     a2 = _args.conv_args_from_shapes(op, x4.shape, w4.shape, *window, lay2.name, args.dtype)
     choice = (autotune.backward_choice(a2, algo, need_x) if backward

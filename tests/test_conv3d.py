@@ -106,7 +106,25 @@ def test_im2col_windowed_unfold_in_small_chunks(case, monkeypatch):
     assert window.chunk_positions(a, 10 ** 6) == 7    # (float32 record; float64: 3)
     monkeypatch.setattr(window, "TAP_SPAN", 5)
     nd.check_forward(fastconv.conv3d, case, "im2col", 1e-10)
-    nd.check_backward(fastconv.conv3d_backward, case, "im2col", 1e-10)
+    for fold in (True, False):      # the input gradient by folding, by the flipped forward
+        if fold or window.input_gradient_problem(a) is not None:
+            monkeypatch.setattr(window, "input_gradient_by_fold", lambda a, _f=fold: _f)
+            nd.check_backward(fastconv.conv3d_backward, case, "im2col", 1e-10)
+
+
+def test_window_input_gradient_choice():
+    from fastconv._args.conv_nd import conv_nd_args_from_shapes
+    from fastconv.algos.conv3d import window
+    from fastconv.conv1d_window import as_volume
+    x, wt, _, kwargs = nd.nd_arrays(WINDOW_CASES[0])
+    a = nd.record(x, wt, kwargs)
+    assert window.input_gradient_problem(a) is None and window.input_gradient_by_fold(a)
+    volume = conv_nd_args_from_shapes("conv3d", (4, 16, 32, 32, 32), (32, 16, 3, 3, 3),
+                                      rank=3, padding=1)
+    assert window.input_gradient_by_fold(volume)        # 16 input channels: skinny GEMM
+    audio = conv_nd_args_from_shapes("conv1d", (8, 64, 16000), (64, 64, 9), rank=1,
+                                     padding=4)
+    assert not window.input_gradient_by_fold(as_volume(audio))
 
 
 def test_im2col_window_takes_stride_one_only():

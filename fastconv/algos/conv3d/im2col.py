@@ -128,12 +128,10 @@ def forward(x, w, a, out) -> None:
 
 def backward(gy, x, w, a, grad_x, grad_w) -> None:
     """Input and weight gradients of canonical arrays (None: not wanted); at stride 1
-    through :mod:`.window` (the input gradient here only where its padding would be
-    negative)."""
+    through :mod:`.window`."""
     if window.applies(a):
-        if window.backward(gy, x, w, a, grad_x, grad_w):
-            return
-        grad_w = None
+        window.backward(gy, x, w, a, grad_x, grad_w)
+        return
     table, groups = _table(a), _groups(a)
     wm = w.reshape(a.c_out, -1)
     xv = x.reshape(a.n, a.c_in, -1)

@@ -12,10 +12,12 @@ outputs; those with j >= H_out or l >= W_out read past a row's end and are dropp
 ``CHUNK_BYTES`` of columns, so each chunk's columns are still in cache for its GEMM.
 
 The backward: the weight gradient is grad_y spread on the same grid (zeros at the
-dropped positions) times the columns transposed, chunk by chunk; the input gradient is
-the forward on grad_y with the kernel flipped and each group's channels transposed,
-padding r (k - 1) - p per side (where that is negative, :func:`backward` returns False
-for the input gradient and the caller folds the gather path's columns instead).
+dropped positions) against the padded input, tap by tap in place (without groups) or
+against the columns. The input gradient is either the column gradients w^T grad_y,
+chunk by chunk, each row added back as one contiguous run of the padded image
+(:func:`fold`), whose interior is grad_x (any padding), or the forward on grad_y with
+the kernel flipped and each group's channels transposed (padding r (k - 1) - p, when
+not negative): :func:`input_gradient_by_fold` picks by the cost model.
 
 >>> import numpy as np
 >>> from fastconv._args.conv_nd import conv_nd_args_from_shapes
@@ -33,8 +35,10 @@ import math
 from dataclasses import replace
 
 import numpy as np
+from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
+from ...costs import gemm_seconds, load_profile
 from .._common import workspace
 
 #: Column bytes per chunk: near the per-core L2 cache (2 MiB on the development machine;
@@ -126,9 +130,51 @@ def forward(x, w, a, out) -> None:
         out[b] = _grid_view(a, q)
 
 
+@njit(parallel=True, cache=True)
+def fold(cols, gxp, offs, p0):
+    """Add column gradients ``cols`` (C K, span) of grid positions p0 .. p0 + span - 1
+    onto the padded image gradient ``gxp`` (C, length): row (c, k) onto channel c from
+    p0 + offs[k] on, a contiguous run; one task per channel (each writes only its own)."""
+    taps = offs.size
+    span = cols.shape[1]
+    for c in prange(gxp.shape[0]):
+        for k in range(taps):
+            base = p0 + offs[k]
+            for p in range(span):
+                gxp[c, base + p] += cols[c * taps + k, p]
+
+
+def _input_gradient(gy, w, a, grad_x) -> None:
+    """grad_x of every image: the column gradients w^T grad_y (grad_y spread on the
+    grid, zeros at the dropped positions), chunk by chunk, folded onto the padded
+    image, whose interior is the gradient."""
+    (dp, hp, wp), grid, _, length = _geometry(a)
+    wm, groups = w.reshape(a.c_out, -1), _groups(a)
+    q = workspace("conv3d-window-y", a.c_out * grid, a.dtype).reshape(a.c_out, grid)
+    gxp = workspace("conv3d-window-x", a.c_in * length, a.dtype).reshape(a.c_in, length)
+    offs = np.array(_tap_offsets(a), np.int64)
+    span, rows = chunk_positions(a, grid), a.c_in * math.prod(a.kernel)
+    buf = workspace("conv3d-window-cols", rows * span, a.dtype)
+    (d0, _), (h0, _), (w0, _) = a.padding
+    d, h, w_ = a.size
+    for b in range(a.n):
+        q[...] = 0
+        _grid_view(a, q)[...] = gy[b]
+        gxp[...] = 0
+        for p0 in range(0, grid, span):
+            p1 = min(grid, p0 + span)
+            cols = buf[:rows * (p1 - p0)].reshape(rows, p1 - p0)
+            for rs, ds in groups:
+                np.matmul(wm[ds].T, q[ds, p0:p1], out=cols[rs])
+            fold(cols, gxp, offs, p0)
+        grad_x[b] = gxp[:, :dp * hp * wp].reshape(a.c_in, dp, hp, wp)[
+            :, d0:d0 + d, h0:h0 + h, w0:w0 + w_]
+
+
 def input_gradient_problem(a):
-    """The forward problem that gives the input gradient, or None where some padding
-    exceeds the dilated kernel's extent (it would need a crop)."""
+    """The forward problem whose output is the input gradient (grad_y as its input, the
+    kernel flipped, padding r (k - 1) - p per side), or None where some padding exceeds
+    the dilated kernel's extent (it would need a crop)."""
     pads = tuple((r * (k - 1) - lo, r * (k - 1) - hi) for k, r, (lo, hi) in
                  zip(a.kernel, a.dilation, a.padding, strict=True))
     if any(p < 0 for side in pads for p in side):
@@ -143,6 +189,33 @@ def _flipped(w, groups):
     dg = c_out // groups
     wg = w.reshape(groups, dg, cg, *w.shape[2:]).swapaxes(1, 2)[..., ::-1, ::-1, ::-1]
     return np.ascontiguousarray(wg).reshape(groups * cg, dg, *w.shape[2:])
+
+
+def _seconds(a, m, k, copied_rows, copy_passes):
+    """Modelled seconds of one image's chunked GEMMs (m x k) @ (k x span) over the grid
+    of ``a`` plus ``copy_passes`` passes over ``copied_rows`` grid-long rows."""
+    p, item = load_profile(), a.dtype.itemsize
+    grid = grid_positions(a)
+    span = chunk_positions(a, grid)
+    gemm = gemm_seconds(p, m, k, span, math.ceil(grid / span) * a.groups, item)
+    return gemm + copy_passes * copied_rows * grid * item / (p.copy_gbs * 1e9)
+
+
+def input_gradient_by_fold(a) -> bool:
+    """Whether the input gradient folds column gradients (:func:`_input_gradient`) rather
+    than running the forward of :func:`input_gradient_problem`: where that problem
+    needs a crop, or where the cost model prices the fold lower. The forward's GEMM is
+    (C_in/G) x (C_out/G K), skinny when C_in is small (the 16 -> 32 channel 32^3 layer:
+    77 ms forward, 64 ms fold), the fold's (C_in/G K) x (C_out/G) with a read-modify-
+    write pass more (the 64-channel k=9 audio layer: 94 ms forward, 114 ms fold)."""
+    t = input_gradient_problem(a)
+    if t is None:
+        return True
+    kk = math.prod(a.kernel)
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
+    fold_s = _seconds(a, cg * kk, dg, a.c_in * kk, 2)
+    forward_s = _seconds(t, cg, dg * kk, a.c_out * kk, 1)
+    return fold_s < forward_s
 
 
 def _tap_offsets(a):
@@ -173,10 +246,9 @@ def _weight_gradient_by_columns(a, q, xp, gwm) -> None:
             gwm[ds] += q[ds, p0:p1] @ cols[rows].T
 
 
-def backward(gy, x, w, a, grad_x, grad_w) -> bool:
+def backward(gy, x, w, a, grad_x, grad_w) -> None:
     """Weight gradient into ``grad_w`` and input gradient into ``grad_x`` (None: not
-    wanted) at stride 1. Returns whether grad_x was written (False where its padding
-    would be negative: the caller computes it). Without groups the weight gradient
+    wanted) at stride 1. Without groups the weight gradient
     runs tap by tap on the padded input itself (:func:`_weight_gradient_by_taps`: the
     32^3 layer's took 12 instead of 16 ms an image), with groups through columns."""
     if grad_w is not None:
@@ -196,10 +268,7 @@ def backward(gy, x, w, a, grad_x, grad_w) -> bool:
                 _weight_gradient_by_taps(a, q, xp, acc)
         if acc is not None:
             gwm.reshape(a.c_out, a.c_in, taps)[...] = acc.transpose(1, 2, 0)
-    if grad_x is None:
-        return True
-    t = input_gradient_problem(a)
-    if t is None:
-        return False
-    forward(gy, _flipped(w, a.groups), t, grad_x)
-    return True
+    if grad_x is not None and input_gradient_by_fold(a):
+        _input_gradient(gy, w, a, grad_x)
+    elif grad_x is not None:
+        forward(gy, _flipped(w, a.groups), input_gradient_problem(a), grad_x)
