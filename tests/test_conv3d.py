@@ -112,6 +112,17 @@ def test_im2col_windowed_unfold_in_small_chunks(case, monkeypatch):
             nd.check_backward(fastconv.conv3d_backward, case, "im2col", 1e-10)
 
 
+@pytest.mark.parametrize("case", WINDOW_CASES + CASES[0:5:2], ids=str)
+def test_window_runs_stay_inside_the_padded_channel(case):
+    """The strided views (as_strided) and the fold (numba) check no bounds: the last
+    grid position's farthest tap lies inside the padded channel."""
+    from fastconv.algos.conv3d import window
+    x, wt, _, kwargs = nd.nd_arrays(case)
+    a = nd.record(x, wt, kwargs)
+    (_, hp, wp), grid, reach, length = window._geometry(a)
+    assert grid == a.out[0] * hp * wp and grid - 1 + reach < length
+
+
 def test_window_input_gradient_choice():
     from fastconv._args.conv_nd import conv_nd_args_from_shapes
     from fastconv.algos.conv3d import window
