@@ -38,6 +38,7 @@ import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
+from ... import _blas
 from ...costs import gemm_seconds, load_profile
 from .._common import workspace
 
@@ -118,8 +119,22 @@ def _grid_view(a, q):
     return q.reshape(a.c_out, od, hp, wp)[:, :, :oh, :ow]
 
 
+def _chunk_macs(a) -> int:
+    """Multiply-adds of one chunk's GEMM, (C_out/G) x (C_in/G K) x (span): the loops
+    run on one BLAS thread when that counts as small (``fastconv._blas``: many small
+    multi-threaded products stall on a busy machine; the 32^3 layer's forward took
+    1.5 s instead of 54 ms at two threads under load)."""
+    span = chunk_positions(a, grid_positions(a))
+    return a.c_out // a.groups * (a.c_in // a.groups) * math.prod(a.kernel) * span
+
+
 def forward(x, w, a, out) -> None:
     """conv3d of canonical arrays into canonical ``out`` at stride 1 (no bias)."""
+    with _blas.limit_for(_chunk_macs(a)):
+        _forward(x, w, a, out)
+
+
+def _forward(x, w, a, out) -> None:
     _, grid, _, length = _geometry(a)
     wm, groups = w.reshape(a.c_out, -1), _groups(a)
     q = workspace("conv3d-window-y", a.c_out * grid, a.dtype).reshape(a.c_out, grid)
@@ -248,9 +263,16 @@ def _weight_gradient_by_columns(a, q, xp, gwm) -> None:
 
 def backward(gy, x, w, a, grad_x, grad_w) -> None:
     """Weight gradient into ``grad_w`` and input gradient into ``grad_x`` (None: not
-    wanted) at stride 1. Without groups the weight gradient
-    runs tap by tap on the padded input itself (:func:`_weight_gradient_by_taps`: the
-    32^3 layer's took 12 instead of 16 ms an image), with groups through columns."""
+    wanted) at stride 1 (see :func:`_backward`)."""
+    with _blas.limit_for(_chunk_macs(a)):
+        _backward(gy, x, w, a, grad_x, grad_w)
+
+
+def _backward(gy, x, w, a, grad_x, grad_w) -> None:
+    """Without groups the weight gradient runs tap by tap on the padded input itself
+    (:func:`_weight_gradient_by_taps`: the 32^3 layer's took 12 instead of 16 ms an
+    image), with groups through columns; the input gradient as
+    :func:`input_gradient_by_fold` picks."""
     if grad_w is not None:
         _, grid, _, length = _geometry(a)
         gwm = grad_w.reshape(a.c_out, -1)
