@@ -133,6 +133,9 @@ def test_window_input_gradient_choice():
     volume = conv_nd_args_from_shapes("conv3d", (4, 16, 32, 32, 32), (32, 16, 3, 3, 3),
                                       rank=3, padding=1)
     assert window.input_gradient_by_fold(volume)        # 16 input channels: skinny GEMM
+    fwd, back = (fastconv.conv3d_plan((4, 16, 32, 32, 32), (32, 16, 3, 3, 3), padding=1,
+                                      backward=b).estimates["im2col"] for b in (False, True))
+    assert fwd < back < 3 * fwd         # the gradients' GEMMs, not a fixed 3x forward
     audio = conv_nd_args_from_shapes("conv1d", (8, 64, 16000), (64, 64, 9), rank=1,
                                      padding=4)
     assert not window.input_gradient_by_fold(as_volume(audio))

@@ -110,12 +110,17 @@ class Plan3d:
 
 def estimate(name: str, a, p: Profile, backward: bool = False) -> Estimate:
     """The modelled cost of algorithm ``name`` on problem ``a`` (its backward when
-    ``backward``: the forward's seconds times the algorithm's backward factor)."""
+    ``backward``: the forward's seconds times the algorithm's backward factor; im2col at
+    stride 1 prices its two gradients' GEMMs, :func:`.window.backward_seconds`)."""
     entry = ALGORITHMS[name]
     est = entry.cost(a, p)
     if not backward:
         return est
     call = p.call_us * 1e-6
+    if name == "im2col" and window.applies(a):
+        secs = call + window.backward_seconds(a)
+        return Estimate(secs, est.workspace,
+                        f"gradients {1e3 * (secs - call):.3g} ms; forward: {est.detail}")
     return Estimate(call + entry.backward_factor * (est.seconds - call), est.workspace,
                     f"{entry.backward_factor:g}x forward: {est.detail}")
 

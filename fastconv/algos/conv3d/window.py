@@ -216,6 +216,18 @@ def _seconds(a, m, k, copied_rows, copy_passes):
     return gemm + copy_passes * copied_rows * grid * item / (p.copy_gbs * 1e9)
 
 
+def _input_gradient_seconds(a):
+    """(modelled seconds of one image's input gradient, whether by the fold)."""
+    t = input_gradient_problem(a)
+    kk = math.prod(a.kernel)
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
+    fold_s = _seconds(a, cg * kk, dg, a.c_in * kk, 2)
+    if t is None:
+        return fold_s, True
+    forward_s = _seconds(t, cg, dg * kk, a.c_out * kk, 1)
+    return min(fold_s, forward_s), fold_s < forward_s
+
+
 def input_gradient_by_fold(a) -> bool:
     """Whether the input gradient folds column gradients (:func:`_input_gradient`) rather
     than running the forward of :func:`input_gradient_problem`: where that problem
@@ -223,14 +235,22 @@ def input_gradient_by_fold(a) -> bool:
     (C_in/G) x (C_out/G K), skinny when C_in is small (the 16 -> 32 channel 32^3 layer:
     77 ms forward, 64 ms fold), the fold's (C_in/G K) x (C_out/G) with a read-modify-
     write pass more (the 64-channel k=9 audio layer: 94 ms forward, 114 ms fold)."""
-    t = input_gradient_problem(a)
-    if t is None:
-        return True
+    return _input_gradient_seconds(a)[1]
+
+
+def backward_seconds(a) -> float:
+    """Modelled seconds of both gradients of every image: the weight gradient's GEMMs
+    (tap by tap without groups, else against the columns) and the input gradient's
+    cheaper way."""
+    p, item = load_profile(), a.dtype.itemsize
     kk = math.prod(a.kernel)
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
-    fold_s = _seconds(a, cg * kk, dg, a.c_in * kk, 2)
-    forward_s = _seconds(t, cg, dg * kk, a.c_out * kk, 1)
-    return fold_s < forward_s
+    if a.groups == 1:
+        chunks = math.ceil(grid_positions(a) / TAP_SPAN)
+        grad_w = gemm_seconds(p, a.c_out, TAP_SPAN, a.c_in, kk * chunks, item)
+    else:
+        grad_w = _seconds(a, dg, cg * kk, a.c_in * kk, 1)
+    return a.n * (grad_w + _input_gradient_seconds(a)[0])
 
 
 def _tap_offsets(a):
