@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from . import _args, conv, devices
+from . import _args, autotune, conv, conv1d_window, devices
 from ._args.conv_nd import check_grad_y, conv_nd_args_from_shapes, conv_nd_arrays
 from ._memory import allocate
 from .algos import conv3d as _algos
@@ -41,6 +41,17 @@ def _as_2d(op, x, w, bias, stride, padding, dilation, groups, layout, algo):
                                          args.dtype)
         registry.check_supported(op, algo, a2)
     return x4, w4, bias, args, lay2, window
+
+
+def _windowed(op, args, x4, w4, window, lay2, algo, backward=False, need_x=False):
+    """Whether conv1d (its backward when ``backward``) runs conv3d's windowed unfold
+    (``fastconv.conv1d_window``): where conv2d would run im2col on a stride-1 problem."""
+    if not conv1d_window.applies(args, "im2col"):
+        return False
+    a2 = _args.conv_args_from_shapes(op, x4.shape, w4.shape, *window, lay2.name, args.dtype)
+    choice = (autotune.backward_choice(a2, algo, need_x) if backward
+              else autotune.forward_choice(a2, algo))
+    return choice == "im2col"
 
 
 def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCW",
@@ -86,8 +97,11 @@ def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
         return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout, algo=algo)
     x4, w4, bias, args, lay2, window = _as_2d(op, x, w, bias, stride, padding, dilation,
                                               groups, layout, algo)
-    y = conv.conv2d(x4, w4, bias, *window, layout=lay2.name, algo=algo)
-    y = np.squeeze(y, lay2.name.index("H"))
+    if _windowed(op, args, x4, w4, window, lay2, algo):
+        y = conv1d_window.forward(x4[:, :, 0], w4[:, :, 0], bias, args)
+    else:
+        y = conv.conv2d(x4, w4, bias, *window, layout=lay2.name, algo=algo)
+        y = np.squeeze(y, lay2.name.index("H"))
     return y[0] if args.unbatched else y
 
 
@@ -116,14 +130,16 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                            groups, layout, algo)
     grad_y = check_grad_y(op, grad_y, args)
     _args.check_same_dtype(op, input=x4, weight=w4, grad_y=grad_y)
-    gx, gw, gb = conv.conv2d_backward(np.expand_dims(grad_y, lay2.name.index("H")), x4, w4,
-                                      *window, layout=lay2.name, algo=algo,
-                                      needs_input_grad=needs)
-    if gx is not None:
-        gx = np.squeeze(gx, lay2.name.index("H"))
-        gx = gx[0] if args.unbatched else gx
-    if gw is not None:
-        gw = np.squeeze(gw, lay2.weight.index("H"))
+    if _windowed(op, args, x4, w4, window, lay2, algo, backward=True, need_x=needs[0]):
+        gx, gw, gb = conv1d_window.backward(grad_y, x4[:, :, 0], w4[:, :, 0], args, needs)
+    else:
+        gx, gw, gb = conv.conv2d_backward(np.expand_dims(grad_y, lay2.name.index("H")), x4,
+                                          w4, *window, layout=lay2.name, algo=algo,
+                                          needs_input_grad=needs)
+        gx = None if gx is None else np.squeeze(gx, lay2.name.index("H"))
+        gw = None if gw is None else np.squeeze(gw, lay2.weight.index("H"))
+    if gx is not None and args.unbatched:
+        gx = gx[0]
     return gx, gw, gb
 
 

@@ -37,6 +37,24 @@ def test_backward_matches_reference(case, algo):
     nd.check_backward(fastconv.conv1d_backward, case, algo, 1e-10)
 
 
+@pytest.mark.parametrize("case", CASES[0:5:2] + [(2, 2, (6,), 4, (2,), 1, (3, 0), 1, 2)],
+                         ids=str)
+def test_im2col_at_stride_one_runs_the_windowed_unfold(case, monkeypatch):
+    from fastconv import conv1d_window
+    ran = []
+    for name in ("forward", "backward"):
+        real = getattr(conv1d_window, name)
+        monkeypatch.setattr(conv1d_window, name,
+                            lambda *args, _real=real, _name=name: ran.append(_name)
+                            or _real(*args))
+    nd.check_forward(fastconv.conv1d, case, "im2col", 1e-10)
+    nd.check_backward(fastconv.conv1d_backward, case, "im2col", 1e-10)
+    assert ran == ["forward", "backward"]
+    x, wt, b, kwargs = nd.nd_arrays(case, np.float16)
+    fastconv.conv1d(x, wt, b, **kwargs, algo="im2col")         # float16: conv2d's path
+    assert ran.count("forward") == 1
+
+
 @pytest.mark.parametrize("case", CASES[:3], ids=str)
 def test_nwc_layout_is_the_transposed_problem(case):
     x, wt, b, kwargs = nd.nd_arrays(case, np.float32)

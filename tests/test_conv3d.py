@@ -1,6 +1,8 @@
 """conv3d and conv3d_backward: every algorithm against the formula's reference, layouts,
 dtypes, gradients by finite differences, torch, the autograd layer, the plan, errors."""
 
+import math
+
 import numpy as np
 import pytest
 
@@ -84,6 +86,65 @@ def test_im2col_unfolds_in_chunks(monkeypatch):
     for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="im2col"), grads,
                     strict=True):
         np.testing.assert_allclose(g, r, atol=1e-12)
+
+
+# Stride-1 problems for the windowed unfold: padding beyond the dilated kernel's extent
+# (the input gradient then takes the gather path), asymmetric padding, groups, dilation.
+WINDOW_CASES = [
+    (2, 2, (4, 3, 5), 4, (2, 2, 2), 1, 3, 1, 2),
+    (1, 3, (5, 4, 6), 2, (3, 2, 3), 1, ((2, 0), (0, 1), (1, 2)), (1, 2, 2), 1),
+]
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES + CASES[:1], ids=str)
+def test_im2col_windowed_unfold_in_small_chunks(case, monkeypatch):
+    from fastconv.algos.conv3d import window
+    x, wt, _, kwargs = nd.nd_arrays(case)
+    a = nd.record(x, wt, kwargs)
+    assert window.applies(a)
+    monkeypatch.setattr(window, "CHUNK_BYTES", 7 * a.c_in * math.prod(a.kernel) * 4)
+    assert window.chunk_positions(a, 10 ** 6) == 7    # (float32 record; float64: 3)
+    monkeypatch.setattr(window, "TAP_SPAN", 5)
+    nd.check_forward(fastconv.conv3d, case, "im2col", 1e-10)
+    for fold in (True, False):      # the input gradient by folding, by the flipped forward
+        if fold or window.input_gradient_problem(a) is not None:
+            monkeypatch.setattr(window, "input_gradient_by_fold", lambda a, _f=fold: _f)
+            nd.check_backward(fastconv.conv3d_backward, case, "im2col", 1e-10)
+
+
+@pytest.mark.parametrize("case", WINDOW_CASES + CASES[0:5:2], ids=str)
+def test_window_runs_stay_inside_the_padded_channel(case):
+    """The strided views (as_strided) and the fold (numba) check no bounds: the last
+    grid position's farthest tap lies inside the padded channel."""
+    from fastconv.algos.conv3d import window
+    x, wt, _, kwargs = nd.nd_arrays(case)
+    a = nd.record(x, wt, kwargs)
+    (_, hp, wp), grid, reach, length = window._geometry(a)
+    assert grid == a.out[0] * hp * wp and grid - 1 + reach < length
+
+
+def test_window_input_gradient_choice():
+    from fastconv._args.conv_nd import conv_nd_args_from_shapes
+    from fastconv.algos.conv3d import window
+    from fastconv.conv1d_window import as_volume
+    x, wt, _, kwargs = nd.nd_arrays(WINDOW_CASES[0])
+    a = nd.record(x, wt, kwargs)
+    assert window.input_gradient_problem(a) is None and window.input_gradient_by_fold(a)
+    volume = conv_nd_args_from_shapes("conv3d", (4, 16, 32, 32, 32), (32, 16, 3, 3, 3),
+                                      rank=3, padding=1)
+    assert window.input_gradient_by_fold(volume)        # 16 input channels: skinny GEMM
+    fwd, back = (fastconv.conv3d_plan((4, 16, 32, 32, 32), (32, 16, 3, 3, 3), padding=1,
+                                      backward=b).estimates["im2col"] for b in (False, True))
+    assert fwd < back < 3 * fwd         # the gradients' GEMMs, not a fixed 3x forward
+    audio = conv_nd_args_from_shapes("conv1d", (8, 64, 16000), (64, 64, 9), rank=1,
+                                     padding=4)
+    assert not window.input_gradient_by_fold(as_volume(audio))
+
+
+def test_im2col_window_takes_stride_one_only():
+    from fastconv.algos.conv3d import window
+    x, wt, _, kwargs = nd.nd_arrays(CASES[1])
+    assert not window.applies(nd.record(x, wt, kwargs))
 
 
 def test_unbatched_volume_and_empty_batch():

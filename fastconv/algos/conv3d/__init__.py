@@ -19,7 +19,7 @@ import types
 from dataclasses import dataclass
 
 from ...costs import BACKWARD_FACTOR, Estimate, Profile, fmt_seconds, gemm_seconds, load_profile
-from . import fft, im2col, naive
+from . import fft, im2col, naive, window
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,26 @@ def _naive_cost(a, p: Profile) -> Estimate:
 
 
 def _im2col_cost(a, p: Profile) -> Estimate:
-    """The unfold (column bytes at the copy bandwidth, a fixed cost per copied output
-    row) and one GEMM per chunk of output positions and group, (C_out/G) x (C_in/G*K) x
-    (chunk), plus a fixed cost per chunk."""
+    """The unfold (column bytes at the copy bandwidth, a fixed cost per copied run) and
+    one GEMM per chunk of output positions and group, (C_out/G) x (C_in/G*K) x (chunk),
+    plus a fixed cost per chunk. At stride 1 (:mod:`.window`) the positions are the
+    padded grid's and each chunk copies one run per column row; otherwise the gather
+    copies one run per output row."""
     item = a.dtype.itemsize
-    kk, vox = math.prod(a.kernel), math.prod(a.out)
+    kk = math.prod(a.kernel)
     dg, cgk = a.c_out // a.groups, a.c_in // a.groups * kk
-    span = im2col.chunk_positions(a)
-    chunks = a.n * math.ceil(vox / span)
+    if window.applies(a):
+        vox = window.grid_positions(a)
+        span = window.chunk_positions(a, vox)
+        chunks = a.n * math.ceil(vox / span)
+        runs = chunks * a.c_in * kk
+    else:
+        vox = math.prod(a.out)
+        span = im2col.chunk_positions(a)
+        chunks = a.n * math.ceil(vox / span)
+        runs = a.n * a.c_in * kk * a.out[0] * a.out[1]
     col_bytes = a.n * a.c_in * kk * vox * item
-    rows = a.n * a.c_in * kk * a.out[0] * a.out[1]
-    unfold = col_bytes / (p.copy_gbs * 1e9) + rows * p.copy_row_ns * 1e-9
+    unfold = col_bytes / (p.copy_gbs * 1e9) + runs * p.copy_row_ns * 1e-9
     gemm = gemm_seconds(p, dg, cgk, span, chunks * a.groups, item)
     secs = (p.call_us + chunks * p.tile_us) * 1e-6 + unfold + gemm
     return Estimate(secs, a.c_in * kk * span * item,
@@ -101,12 +110,17 @@ class Plan3d:
 
 def estimate(name: str, a, p: Profile, backward: bool = False) -> Estimate:
     """The modelled cost of algorithm ``name`` on problem ``a`` (its backward when
-    ``backward``: the forward's seconds times the algorithm's backward factor)."""
+    ``backward``: the forward's seconds times the algorithm's backward factor; im2col at
+    stride 1 prices its two gradients' GEMMs, :func:`.window.backward_seconds`)."""
     entry = ALGORITHMS[name]
     est = entry.cost(a, p)
     if not backward:
         return est
     call = p.call_us * 1e-6
+    if name == "im2col" and window.applies(a):
+        secs = call + window.backward_seconds(a)
+        return Estimate(secs, est.workspace,
+                        f"gradients {1e3 * (secs - call):.3g} ms; forward: {est.detail}")
     return Estimate(call + entry.backward_factor * (est.seconds - call), est.workspace,
                     f"{entry.backward_factor:g}x forward: {est.detail}")
 

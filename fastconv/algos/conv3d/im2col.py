@@ -21,6 +21,7 @@ from numba import njit, prange
 
 from ... import config
 from .._common import workspace
+from . import window
 
 
 @njit(cache=True)
@@ -109,7 +110,11 @@ def _groups(a):
 
 
 def forward(x, w, a, out) -> None:
-    """conv3d of canonical arrays into canonical ``out`` (bias not added)."""
+    """conv3d of canonical arrays into canonical ``out`` (bias not added); at stride 1
+    the columns are shifted windows of the padded image (:mod:`.window`)."""
+    if window.applies(a):
+        window.forward(x, w, a, out)
+        return
     table, groups = _table(a), _groups(a)
     wm = w.reshape(a.c_out, -1)
     xv = x.reshape(a.n, a.c_in, -1)
@@ -122,7 +127,11 @@ def forward(x, w, a, out) -> None:
 
 
 def backward(gy, x, w, a, grad_x, grad_w) -> None:
-    """Input and weight gradients of canonical arrays (None: not wanted)."""
+    """Input and weight gradients of canonical arrays (None: not wanted); at stride 1
+    through :mod:`.window`."""
+    if window.applies(a):
+        window.backward(gy, x, w, a, grad_x, grad_w)
+        return
     table, groups = _table(a), _groups(a)
     wm = w.reshape(a.c_out, -1)
     xv = x.reshape(a.n, a.c_in, -1)
