@@ -67,3 +67,19 @@ def move(op: str, a, device):
     a = np.asarray(a)
     # np.ascontiguousarray would make a 0-D array 1-D; 0-D arrays are contiguous already
     return cuda.to_device(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+
+
+def require(op: str, device) -> str:
+    """``device`` checked ("cpu" or "cuda", as :func:`gpu_op`); for "cuda", now rather than
+    at the first kernel, ``fastconv.cuda.CudaUnavailableError`` (naming ``op``, why and
+    the fix) when no GPU can be used.
+
+    >>> require("train", "cpu")
+    'cpu'
+    """
+    device = check_device(op, device)
+    if device == "cuda":
+        from .cuda import _device
+
+        _device.require(op)
+    return device

@@ -21,25 +21,32 @@ import time
 import numpy as np
 
 from . import checkpoint as ckpt
-from . import data, models, nn, optim
+from . import data, devices, nn, optim
+from ._train_setup import (  # noqa: F401  (build_model etc. are part of this module's API)
+    DATASETS,
+    MODELS,
+    OPTIMIZERS,
+    build_model,
+    build_optimizer,
+    check_device,
+    load_dataset,
+    prepare_data,
+)
 from .autograd import Tensor, no_grad
 from .nn import functional as F
 from .rng import default_generator, manual_seed
 
-DATASETS = ("digits", "synthetic", "mnist")
-MODELS = ("lenet", "resnet")
-OPTIMIZERS = ("sgd", "adam", "adamw")
-
 
 def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch_size: int = 256):
-    """Mean cross-entropy and accuracy of ``model`` (put in eval mode) on (x, y)."""
+    """Mean cross-entropy and accuracy of ``model`` (put in eval mode) on (x, y): host
+    arrays, each batch moved to the model's device (the logits and the loss come back)."""
     model.eval()
-    total, correct = 0.0, 0
+    device, total, correct = _device_of(model), 0.0, 0
     with no_grad():
         for xb, yb in data.DataLoader((x, y), batch_size):
-            logits = model(xb)
+            logits = model(Tensor(xb).to(device))
             total += float(F.cross_entropy(logits, yb, reduction="sum").item())
-            correct += int((logits.data.argmax(axis=1) == yb).sum())
+            correct += int((logits.numpy().argmax(axis=1) == yb).sum())
     return total / len(y), correct / len(y)
 
 
@@ -56,6 +63,11 @@ def train_epoch(model: nn.Module, loader: data.DataLoader, optimizer: optim.Opti
         return _summary(_run_epoch(model, loader, optimizer, progress))
     except _Stop:
         raise KeyboardInterrupt from None
+
+
+def _device_of(model: nn.Module) -> str:
+    """Where the model's parameters live ("cpu" without parameters)."""
+    return next((p.device for p in model.parameters()), "cpu")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -101,7 +113,16 @@ def locate_nonfinite(model: nn.Module, x) -> str:
     >>> net[2].weight.data[:] = np.inf
     >>> locate_nonfinite(net, np.ones((1, 2), np.float32))
     "layer '2' (Linear); non-finite parameters: 2.weight"
+
+    A model on the GPU is searched on the host (moved there and back).
     """
+    device = _device_of(model)
+    if device != "cpu":
+        model.to("cpu")
+        try:
+            return locate_nonfinite(model, Tensor(x).numpy() if isinstance(x, Tensor) else x)
+        finally:
+            model.to(device)
     x = x.data if isinstance(x, Tensor) else np.asarray(x)
     if x.dtype.kind in "fc" and not np.isfinite(x).all():
         return "the input batch"
@@ -139,14 +160,15 @@ def _run_epoch(model, loader, optimizer, progress=None, stop=None, skip: int = 0
     tot = dict(partial or {"losses": [], "seen": 0, "correct": 0, "seconds": 0.0})
     tot["losses"] = list(tot["losses"])
     start = time.perf_counter() - tot["seconds"]
+    device = _device_of(model)
     for i, (xb, yb) in enumerate(loader):
         if i < skip:
             continue
         optimizer.zero_grad()
         rng_state = default_generator().bit_generator.state
-        logits = model(xb)
+        logits = model(Tensor(xb).to(device))
         loss = F.cross_entropy(logits, yb)
-        value = float(loss.item())
+        value = float(loss.item())          # on the GPU: the one read-back of the step
         if not np.isfinite(value):
             default_generator().bit_generator.state = rng_state
             where = locate_nonfinite(model, xb)
@@ -158,7 +180,7 @@ def _run_epoch(model, loader, optimizer, progress=None, stop=None, skip: int = 0
         optimizer.step()
         tot["losses"].append(value)
         tot["seen"] += len(yb)
-        tot["correct"] += int((logits.data.argmax(axis=1) == yb).sum())
+        tot["correct"] += int((logits.numpy().argmax(axis=1) == yb).sum())
         tot["seconds"] = time.perf_counter() - start
         tot["batch"] = i + 1
         try:
@@ -203,13 +225,16 @@ class _DeferredSigint:
             signal.signal(signal.SIGINT, self._old)
 
 
-def warm_up(model: nn.Module, optimizer: optim.Optimizer, x, y, x_eval=None) -> float:
+def warm_up(model: nn.Module, optimizer: optim.Optimizer, x, y, x_eval=None, *,
+            device: str = "cpu") -> float:
     """One untimed training step (forward, loss, backward, optimiser step) on the batch
     (x, y) and one evaluation forward on ``x_eval`` (default ``x``), run on a copy of
     ``model`` and ``optimizer``: every kernel that training and evaluation call is
     compiled (or loaded from numba's cache) here, so no compile time lands in a timed
     epoch. ``model``, ``optimizer`` and fastconv's generator are left exactly as they
     were (training afterwards is bit for bit the same). Returns the seconds it took.
+    ``device``: where the copy runs ("cuda": the GPU kernels compile; ``model`` on the
+    host, the arrays too).
 
     >>> import numpy as np
     >>> from fastconv import nn, optim
@@ -224,16 +249,26 @@ def warm_up(model: nn.Module, optimizer: optim.Optimizer, x, y, x_eval=None) -> 
     rng_state = default_generator().bit_generator.state
     net, opt = copy.deepcopy((model, optimizer))  # one memo: opt steps net's parameters
     try:
+        net.to(device)                  # in place: opt's parameters move with it
         net.train()
         opt.zero_grad()
-        F.cross_entropy(net(x), y).backward()
+        F.cross_entropy(net(Tensor(x).to(device)), y).backward()
         opt.step()
         net.eval()
         with no_grad():
-            net(x if x_eval is None else x_eval)
+            net(Tensor(x if x_eval is None else x_eval).to(device))
     finally:
         default_generator().bit_generator.state = rng_state
     return time.perf_counter() - start
+
+
+def _differences(had, meta) -> str:
+    """'<had>, this run has <meta>', for dicts only the keys whose values differ."""
+    if isinstance(had, dict) and isinstance(meta, dict):
+        keys = [k for k in {**had, **meta} if had.get(k) != meta.get(k)]
+        had, meta = ({k: d.get(k) for k in keys} for d in (had, meta))
+        had, meta = (", ".join(f"{k}={v!r}" for k, v in d.items()) for d in (had, meta))
+    return f"{had}, this run has {meta}"
 
 
 def _generator_at(state: dict) -> np.random.Generator:
@@ -278,8 +313,8 @@ def fit(model: nn.Module, loader: data.DataLoader, optimizer: optim.Optimizer,
                         generators=gens)
         if not isinstance(got.extra, dict) or got.extra.get("meta") != meta:
             had = got.extra.get("meta") if isinstance(got.extra, dict) else None
-            raise ckpt.CheckpointError(f"train: {resume} was written by a run with {had}, "
-                                       f"this run has {meta}")
+            raise ckpt.CheckpointError(f"train: {resume} was written by a run with "
+                                       f"{_differences(had, meta)}")
         epoch, skip = got.epoch, got.extra["batch"]
         partial, history = got.extra["partial"], got.extra["history"]
     n = len(loader)
@@ -321,49 +356,6 @@ def fit(model: nn.Module, loader: data.DataLoader, optimizer: optim.Optimizer,
     return history
 
 
-def load_dataset(name: str, seed: int = 0):
-    """(x_train, y_train, x_test, y_test, num_classes) for a dataset name.
-
-    digits: scikit-learn's 8x8 digits, seeded 80/20 split. synthetic: 2000 16x16
-    shapes (``data.make_shapes``), seeded 80/20 split. mnist: the standard 60k/10k
-    split (downloaded once, see ``data.load_mnist``).
-    """
-    if name == "digits":
-        x, y = data.load_digits()
-        x_tr, x_te, y_tr, y_te = data.train_test_split(x, y, test_size=0.2, seed=seed)
-        return x_tr, y_tr, x_te, y_te, 10
-    if name == "synthetic":
-        x, y = data.make_shapes(2000, 16, seed=seed)
-        x_tr, x_te, y_tr, y_te = data.train_test_split(x, y, test_size=0.2, seed=seed)
-        return x_tr, y_tr, x_te, y_te, len(data.SHAPE_CLASSES)
-    if name == "mnist":
-        x_tr, y_tr = data.load_mnist(train=True)
-        x_te, y_te = data.load_mnist(train=False)
-        return x_tr, y_tr, x_te, y_te, 10
-    raise ValueError(f"train: dataset={name!r} is not known; acceptable values are "
-                     f"{', '.join(map(repr, DATASETS))}")
-
-
-def build_model(name: str, in_channels: int, num_classes: int, input_size: int, rng):
-    if name == "lenet":
-        return models.lenet5(in_channels, num_classes, input_size, rng=rng)
-    if name == "resnet":
-        return models.resnet_small(in_channels, num_classes, rng=rng)
-    raise ValueError(f"train: model={name!r} is not known; acceptable values are "
-                     f"{', '.join(map(repr, MODELS))}")
-
-
-def build_optimizer(name: str, params, lr: float) -> optim.Optimizer:
-    if name == "sgd":
-        return optim.SGD(params, lr=lr, momentum=0.9, weight_decay=5e-4)
-    if name == "adam":
-        return optim.Adam(params, lr=lr)
-    if name == "adamw":
-        return optim.AdamW(params, lr=lr)
-    raise ValueError(f"train: optimizer={name!r} is not known; acceptable values are "
-                     f"{', '.join(map(repr, OPTIMIZERS))}")
-
-
 def _bar(total: int, desc: str, enabled: bool, initial: int = 0):
     if not enabled:
         return None
@@ -379,12 +371,20 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
         batch_size: int = 32, lr: float = 0.05, seed: int = 0, optimizer: str = "sgd",
         out: str | None = None, progress: bool = True, log=print, *,
         checkpoint: str | None = None, checkpoint_every: int | None = None,
-        resume: str | None = None) -> dict:
+        resume: str | None = None, layout: str = "NCHW", device: str = "cpu",
+        limit: int | None = None) -> dict:
     """Train ``model`` on ``dataset`` and return the metrics (see module docstring).
 
     Seeding: the weights come from ``default_rng(seed)``, the shuffling from
     ``default_rng(seed + 1)``, the split from ``seed``; fastconv's default generator is
     seeded with ``seed`` too, so a run is repeatable bit for bit on one machine.
+
+    ``layout`` "NHWC" trains the model channels last (the data transposed once, up
+    front); ``device`` "cuda" trains on the GPU (the model and each batch moved there;
+    the loss and the logits read back per batch; ValueError up front for a model or
+    optimiser without a GPU path, ``fastconv.cuda.CudaUnavailableError`` without a
+    usable GPU). ``limit`` keeps the first ``limit`` training and test images (None:
+    all), for quick runs.
 
     Checkpoints (see :func:`fit`): ``checkpoint`` is the file (default
     ``<out>/checkpoint.npz``, or ``checkpoint.npz`` without ``out``), written every
@@ -402,12 +402,17 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
         raise ValueError(f"train: lr={lr!r} must be positive")
     if not (isinstance(batch_size, int) and batch_size > 0):
         raise ValueError(f"train: batch_size={batch_size!r} must be a positive int")
+    check_device(model, optimizer, device)
+    devices.require("train", device)
     config = {"model": model, "dataset": dataset, "epochs": epochs,
-              "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer}
+              "batch_size": batch_size, "lr": lr, "seed": seed, "optimizer": optimizer,
+              "layout": layout, "limit": limit}
     manual_seed(seed)
-    x_tr, y_tr, x_te, y_te, n_classes = load_dataset(dataset, seed)
-    net = build_model(model, x_tr.shape[1], n_classes, x_tr.shape[-1],
-                      np.random.default_rng(seed))
+    *arrays, n_classes = load_dataset(dataset, seed)
+    in_channels, size = arrays[0].shape[1], arrays[0].shape[-1]
+    x_tr, y_tr, x_te, y_te = prepare_data(arrays, layout, limit)
+    net = build_model(model, in_channels, n_classes, size, np.random.default_rng(seed),
+                      layout)
     opt = build_optimizer(optimizer, net.parameters(), lr)
     sched = optim.CosineAnnealingLR(opt, T_max=epochs)
     loader = data.DataLoader((x_tr, y_tr), batch_size, shuffle=True, seed=seed + 1)
@@ -455,7 +460,9 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
         ckpt.read_npz(resume)
     # Untimed: the kernels compile (first use) or load from the cache before the clock
     # and the progress bar's ETA start, so images/s never includes compile time.
-    secs = warm_up(net, opt, x_tr[:batch_size], y_tr[:batch_size], x_te[:256])
+    secs = warm_up(net, opt, x_tr[:batch_size], y_tr[:batch_size], x_te[:256],
+                   device=device)
+    net.to(device)                  # in place: the optimiser's parameters move with it
     log(f"warm-up step: {secs:.1f} s (kernels compiled or loaded from the cache; not timed)")
     start = time.perf_counter()
     try:
@@ -471,6 +478,7 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
         "test_loss": history[-1]["test_loss"],
         "train_seconds": time.perf_counter() - start,
         "warmup_seconds": secs,
+        "device": device,
         "epochs": history,
     }
     n_right = round(metrics["test_accuracy"] * len(y_te))

@@ -225,7 +225,9 @@ class Module:
                 for name, v in store.items():
                     if v is not None:
                         key = f"{prefix}.{name}" if prefix else name
-                        out[key] = np.array(v.data if isinstance(v, Tensor) else v, copy=True)
+                        v = v.data if isinstance(v, Tensor) else v   # a host copy:
+                        out[key] = np.array(devices.move("Module.state_dict", v, "cpu"),
+                                            copy=True)
         return out
 
     def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
@@ -254,7 +256,10 @@ class Module:
                 raise ValueError(f"load_state_dict for {type(self).__name__}: {key} has shape "
                                  f"{value.shape} in the state dict but {dest.shape} in the "
                                  "model")
-            np.copyto(dest, value, casting="unsafe")
+            if devices.is_device_array(dest):          # a model moved to the GPU
+                dest.copy_to_device(np.ascontiguousarray(value, dest.dtype))
+            else:
+                np.copyto(dest, value, casting="unsafe")
         return IncompatibleKeys(missing, unexpected)
 
     # ---- calling and printing
