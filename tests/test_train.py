@@ -123,7 +123,8 @@ def test_cli_train(tmp_path, capsys):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["config"] == {"model": "lenet", "dataset": "synthetic", "epochs": 1,
                                  "batch_size": 64, "lr": 0.05, "seed": 1,
-                                 "optimizer": "adam"}
+                                 "optimizer": "adam", "layout": "NCHW", "limit": None}
+    assert metrics["device"] == "cpu"
     assert len(metrics["epochs"]) == 1 and metrics["epochs"][0]["images_per_s"] > 0
     assert f"{100 * metrics['test_accuracy']:.2f}%" in captured.out
     net = models.lenet5(1, 4, 16)

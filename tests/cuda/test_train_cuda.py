@@ -36,3 +36,17 @@ def test_state_dict_of_a_model_on_the_gpu_goes_through_the_host():
     assert all(p.device == "cuda" for p in b.parameters())
     for k, v in b.state_dict().items():
         np.testing.assert_array_equal(v, state[k], err_msg=k)
+
+
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
+def test_a_nonfinite_loss_on_the_gpu_is_located_on_the_host():
+    from fastconv import nn
+    from fastconv.autograd import Tensor
+
+    net = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    net[2].weight.data[:] = np.inf
+    net.to("cuda")
+    x = Tensor(np.ones((1, 2), np.float32)).to("cuda")
+    assert training.locate_nonfinite(net, x) == ("layer '2' (Linear); non-finite "
+                                                 "parameters: 2.weight")
+    assert all(p.device == "cuda" for p in net.parameters())
