@@ -221,11 +221,11 @@ def add_train_parser(sub) -> None:
                     help="continue the run that wrote this checkpoint (same options)")
     pt.add_argument("--layout", choices=["NCHW", "NHWC"], default="NCHW",
                     help="NHWC: every layer channels last (the images transposed once, up "
-                         "front; the same weights and results); NCHW is the default because "
-                         "it trained faster in the benchmark")
+                         "front; the same parameters, results within float32 rounding); "
+                         "NCHW is the default because it trained faster in the benchmark")
     pt.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
-                    help="cuda: train and evaluate on the GPU (lenet with sgd; the loss "
-                         "read back once per batch)")
+                    help="cuda: train and evaluate on the GPU (lenet with sgd; the loss and "
+                         "the logits read back once per batch)")
     pt.add_argument("--no-progress", action="store_true", help="one line per epoch, no bar")
     pt.set_defaults(func=cmd_train)
 
