@@ -280,7 +280,7 @@ def _generator_at(state: dict) -> np.random.Generator:
 def fit(model: nn.Module, loader: data.DataLoader, optimizer: optim.Optimizer,
         scheduler=None, epochs: int = 1, *, checkpoint: str | None = None,
         checkpoint_every: int | None = None, resume: str | None = None, progress=None,
-        on_epoch=None, on_epoch_start=None, meta=None) -> list:
+        on_epoch=None, on_epoch_start=None, meta=None, meta_defaults=None) -> list:
     """Train for ``epochs`` epochs (scheduler stepped after each); returns the history.
 
     checkpoint : the file that ``checkpoint_every`` (epochs) and Ctrl-C write
@@ -299,6 +299,8 @@ def fit(model: nn.Module, loader: data.DataLoader, optimizer: optim.Optimizer,
         default: the epoch's stats. ``on_epoch_start(epoch, batches_done)`` (optional)
         is called before each epoch's batches.
     meta : a JSON-able value stored in the checkpoint; resuming requires it to match.
+        ``meta_defaults`` (a dict): values of keys that older checkpoints' dict metas
+        lack (they resume when this run has those values).
     """
     for key, val in (("epochs", epochs), ("checkpoint_every", checkpoint_every)):
         if val is not None and not (isinstance(val, int) and val > 0):
@@ -311,8 +313,10 @@ def fit(model: nn.Module, loader: data.DataLoader, optimizer: optim.Optimizer,
     if resume is not None:
         got = ckpt.load(resume, model=model, optimizer=optimizer, scheduler=scheduler,
                         generators=gens)
-        if not isinstance(got.extra, dict) or got.extra.get("meta") != meta:
-            had = got.extra.get("meta") if isinstance(got.extra, dict) else None
+        had = got.extra.get("meta") if isinstance(got.extra, dict) else None
+        if isinstance(had, dict) and meta_defaults:
+            had = {**meta_defaults, **had}
+        if had != meta:
             raise ckpt.CheckpointError(f"train: {resume} was written by a run with "
                                        f"{_differences(had, meta)}")
         epoch, skip = got.epoch, got.extra["batch"]
@@ -469,7 +473,8 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
         history = fit(net, loader, opt, sched, epochs, checkpoint=checkpoint,
                       checkpoint_every=checkpoint_every, resume=resume,
                       progress=show if progress else None, on_epoch=record,
-                      on_epoch_start=new_bar, meta=config)
+                      on_epoch_start=new_bar, meta=config,
+                      meta_defaults={"layout": "NCHW", "limit": None})
     finally:
         close_bar()
     metrics = {

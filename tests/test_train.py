@@ -277,6 +277,18 @@ def test_fit_errors(tmp_path):
         _fit(*_FIT_OPTIMS[0], resume=path, meta={"seed": 2})
 
 
+def test_checkpoints_without_later_settings_resume_when_this_run_has_their_defaults(
+        tmp_path):
+    path = str(tmp_path / "ck.npz")      # as written before "layout" existed
+    _fit(*_FIT_OPTIMS[0], checkpoint=path, checkpoint_every=3, meta={"seed": 1})
+    _fit(*_FIT_OPTIMS[0], resume=path, meta={"seed": 1, "layout": "NCHW"},
+         meta_defaults={"layout": "NCHW"})
+    with pytest.raises(ValueError, match=r"with layout='NCHW', this run has "
+                                         r"layout='NHWC'$"):
+        _fit(*_FIT_OPTIMS[0], resume=path, meta={"seed": 1, "layout": "NHWC"},
+             meta_defaults={"layout": "NCHW"})
+
+
 @pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid:RuntimeWarning")
 def test_a_nonfinite_loss_names_the_step_and_the_layer():
     net, opt, sched, loader = _setup(*_FIT_OPTIMS[0])
