@@ -34,11 +34,12 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
+import numba
 import numpy as np
 from numba import njit, prange
 from numpy.lib.stride_tricks import as_strided
 
-from ... import _blas
+from ... import _blas, config
 from ...costs import gemm_seconds, load_profile
 from .._common import workspace
 
@@ -128,17 +129,45 @@ def _chunk_macs(a) -> int:
     return a.c_out // a.groups * (a.c_in // a.groups) * math.prod(a.kernel) * span
 
 
+def split_threads(a, threads: int | None = None) -> int:
+    """Threads the images of ``a`` are split over (1: not split). Each of two or more
+    threads takes a run of whole images with its own workspaces, every GEMM on one BLAS
+    thread (``fastconv._blas.on_threads``, as im2col's tile split): the chunks' GEMMs
+    are small, so on two BLAS threads one core mostly idles. Split when there are at
+    least as many images as threads and one image's GEMMs are not small."""
+    threads = numba.get_num_threads() if threads is None else threads
+    macs = a.c_out // a.groups * (a.c_in // a.groups) * math.prod(a.kernel) * \
+        grid_positions(a)
+    if threads < 2 or a.n < 2 or macs <= config.SMALL_GEMM_MACS:
+        return 1
+    return min(threads, a.n)
+
+
+def _on_images(a, part) -> None:
+    """``part(k, images, split)`` over all images: split over the threads of
+    :func:`split_threads` (thread k a run of images, ``split`` True), or at once in the
+    calling thread (k = 0, small chunk GEMMs on one BLAS thread). Returns the threads'
+    count."""
+    threads = split_threads(a)
+    if threads == 1:
+        with _blas.limit_for(_chunk_macs(a)):
+            part(0, range(a.n), False)
+        return 1
+    bounds = [a.n * k // threads for k in range(threads + 1)]
+    _blas.on_threads(lambda k: part(k, range(bounds[k], bounds[k + 1]), True), threads)
+    return threads
+
+
 def forward(x, w, a, out) -> None:
     """conv3d of canonical arrays into canonical ``out`` at stride 1 (no bias)."""
-    with _blas.limit_for(_chunk_macs(a)):
-        _forward(x, w, a, out)
+    _on_images(a, lambda _k, images, _split: _forward(x, w, a, out, images))
 
 
-def _forward(x, w, a, out) -> None:
+def _forward(x, w, a, out, images) -> None:
     _, grid, _, length = _geometry(a)
     wm, groups = w.reshape(a.c_out, -1), _groups(a)
     q = workspace("conv3d-window-y", a.c_out * grid, a.dtype).reshape(a.c_out, grid)
-    for b in range(a.n):
+    for b in images:
         for p0, p1, cols in _columns(a, _padded(a, x[b], length)):
             for rows, ds in groups:
                 np.matmul(wm[ds], cols[rows], out=q[ds, p0:p1])
@@ -159,10 +188,15 @@ def fold(cols, gxp, offs, p0):
                 gxp[c, base + p] += cols[c * taps + k, p]
 
 
-def _input_gradient(gy, w, a, grad_x) -> None:
-    """grad_x of every image: the column gradients w^T grad_y (grad_y spread on the
+#: :func:`fold` without threads, for images split over the threads.
+_fold_serial = njit(cache=True)(fold.py_func)
+
+
+def _input_gradient(gy, w, a, grad_x, images, serial: bool) -> None:
+    """grad_x of ``images``: the column gradients w^T grad_y (grad_y spread on the
     grid, zeros at the dropped positions), chunk by chunk, folded onto the padded
-    image, whose interior is the gradient."""
+    image, whose interior is the gradient (the fold on this thread alone if
+    ``serial``)."""
     (dp, hp, wp), grid, _, length = _geometry(a)
     wm, groups = w.reshape(a.c_out, -1), _groups(a)
     q = workspace("conv3d-window-y", a.c_out * grid, a.dtype).reshape(a.c_out, grid)
@@ -172,7 +206,8 @@ def _input_gradient(gy, w, a, grad_x) -> None:
     buf = workspace("conv3d-window-cols", rows * span, a.dtype)
     (d0, _), (h0, _), (w0, _) = a.padding
     d, h, w_ = a.size
-    for b in range(a.n):
+    fold_into = _fold_serial if serial else fold
+    for b in images:
         q[...] = 0
         _grid_view(a, q)[...] = gy[b]
         gxp[...] = 0
@@ -181,7 +216,7 @@ def _input_gradient(gy, w, a, grad_x) -> None:
             cols = buf[:rows * (p1 - p0)].reshape(rows, p1 - p0)
             for rs, ds in groups:
                 np.matmul(wm[ds].T, q[ds, p0:p1], out=cols[rs])
-            fold(cols, gxp, offs, p0)
+            fold_into(cols, gxp, offs, p0)
         grad_x[b] = gxp[:, :dp * hp * wp].reshape(a.c_in, dp, hp, wp)[
             :, d0:d0 + d, h0:h0 + h, w0:w0 + w_]
 
@@ -283,24 +318,37 @@ def _weight_gradient_by_columns(a, q, xp, gwm) -> None:
 
 def backward(gy, x, w, a, grad_x, grad_w) -> None:
     """Weight gradient into ``grad_w`` and input gradient into ``grad_x`` (None: not
-    wanted) at stride 1 (see :func:`_backward`)."""
-    with _blas.limit_for(_chunk_macs(a)):
-        _backward(gy, x, w, a, grad_x, grad_w)
+    wanted) at stride 1. Without groups the weight gradient runs tap by tap on the
+    padded input itself (:func:`_weight_gradient_by_taps`: the 32^3 layer's took 12
+    instead of 16 ms an image), with groups through columns; the input gradient as
+    :func:`input_gradient_by_fold` picks. Split over threads (:func:`split_threads`),
+    each thread sums its images' weight gradients, and the parts are added at the end."""
+    by_fold = grad_x is not None and input_gradient_by_fold(a)
+    if grad_w is not None or by_fold:
+        parts = {}
+
+        def part(k, images, serial):
+            gw = None if grad_w is None else np.zeros_like(grad_w)
+            _backward(gy, x, w, a, grad_x if by_fold else None, gw, images, serial)
+            parts[k] = gw
+
+        threads = _on_images(a, part)
+        if grad_w is not None:       # in thread order: the same sum every run
+            grad_w[...] = sum((parts[k] for k in range(1, threads)), parts[0])
+    if grad_x is not None and not by_fold:
+        forward(gy, _flipped(w, a.groups), input_gradient_problem(a), grad_x)
 
 
-def _backward(gy, x, w, a, grad_x, grad_w) -> None:
-    """Without groups the weight gradient runs tap by tap on the padded input itself
-    (:func:`_weight_gradient_by_taps`: the 32^3 layer's took 12 instead of 16 ms an
-    image), with groups through columns; the input gradient as
-    :func:`input_gradient_by_fold` picks."""
+def _backward(gy, x, w, a, grad_x, grad_w, images, serial: bool) -> None:
+    """The gradients of ``images``: their weight gradients' sum into ``grad_w`` (or
+    None), their input gradients by the fold into ``grad_x`` (or None)."""
     if grad_w is not None:
         _, grid, _, length = _geometry(a)
         gwm = grad_w.reshape(a.c_out, -1)
-        gwm[...] = 0
         q = workspace("conv3d-window-y", a.c_out * grid, a.dtype).reshape(a.c_out, grid)
         taps = math.prod(a.kernel)
         acc = np.zeros((taps, a.c_out, a.c_in), a.dtype) if a.groups == 1 else None
-        for b in range(a.n):
+        for b in images:
             q[...] = 0
             _grid_view(a, q)[...] = gy[b]
             xp = _padded(a, x[b], length)
@@ -310,7 +358,5 @@ def _backward(gy, x, w, a, grad_x, grad_w) -> None:
                 _weight_gradient_by_taps(a, q, xp, acc)
         if acc is not None:
             gwm.reshape(a.c_out, a.c_in, taps)[...] = acc.transpose(1, 2, 0)
-    if grad_x is not None and input_gradient_by_fold(a):
-        _input_gradient(gy, w, a, grad_x)
-    elif grad_x is not None:
-        forward(gy, _flipped(w, a.groups), input_gradient_problem(a), grad_x)
+    if grad_x is not None:
+        _input_gradient(gy, w, a, grad_x, images, serial)
