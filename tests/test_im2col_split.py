@@ -9,6 +9,7 @@ import fastconv
 from fastconv import config
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos.im2col import drivers, split
+from fastconv.algos.im2col.tiling import tiles
 
 from . import reference as ref
 from .conftest import count_calls
@@ -93,3 +94,29 @@ def test_plan_says_the_tiles_are_split(monkeypatch):
     why = fastconv.plan((16, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1).why
     fastconv.autotune.clear_cache()
     assert why.startswith("im2col") and "4 tiles split over the threads" in why
+
+
+@pytest.mark.parametrize("n,per_tile,threads,want", [
+    (16, 5, 2, [[(0, 4), (4, 4)], [(8, 4), (12, 4)]]),   # not 10 and 6 images
+    (5, 2, 2, [[(0, 2)], [(2, 1), (3, 2)]]),
+    (3, 5, 4, [[(0, 1)], [(1, 1)], [(2, 1)]]),           # fewer images than threads
+])
+def test_whole_image_runs_are_even(n, per_tile, threads, want, monkeypatch):
+    a = conv_args_from_shapes("t", (n, 32, 56, 56), (64, 32, 4, 4), 2, 1)
+    image = a.c_in * a.kh * a.kw * a.h_out * a.w_out * 4
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", per_tile * image)
+    monkeypatch.setattr(split.numba, "get_num_threads", lambda: threads)
+    t, runs = split._parts(a)
+    assert t.images == min(per_tile, n)
+    assert [[(n0, nb) for n0, nb, _, _ in run] for run in runs] == want
+    assert all(i0 == 0 and band == a.h_out for run in runs for _, _, i0, band in run)
+
+
+def test_band_runs_share_the_tiles(monkeypatch):
+    a = conv_args_from_shapes("t", (1, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3)
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 2 << 20)
+    monkeypatch.setattr(split.numba, "get_num_threads", lambda: 2)
+    t, runs = split._parts(a)
+    assert t.band < a.h_out and len(runs) == 2
+    assert [tile for run in runs for tile in run] == list(tiles(a, t))
+    assert abs(len(runs[0]) - len(runs[1])) <= 1

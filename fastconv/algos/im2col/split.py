@@ -64,24 +64,38 @@ def split_tiles(args, threads: int | None = None) -> bool:
 
 
 def _parts(args):
-    """(tiling, its tiles, threads, the tile index bounds of each thread's run)."""
+    """(tiling, each thread's run of tiles). Tiles of whole images: the batch cut into
+    one even run of images per thread, each run into tiles of at most ``images`` (16
+    images in tiles of 5 would give the threads 10 and 6); bands of rows: the tiles in
+    order, an even share of them per thread."""
     t = tiling(args)
+    if t.band == args.h_out:
+        threads = min(numba.get_num_threads(), args.n)
+        runs = []
+        for k in range(threads):
+            lo, hi = args.n * k // threads, args.n * (k + 1) // threads
+            count = -(-(hi - lo) // t.images)
+            cuts = [lo + (hi - lo) * m // count for m in range(count + 1)]
+            runs.append([(cuts[m], cuts[m + 1] - cuts[m], 0, args.h_out)
+                         for m in range(count)])
+        return t, runs
     todo = list(tiles(args, t))
     threads = min(numba.get_num_threads(), len(todo))
-    return t, todo, threads, [len(todo) * k // threads for k in range(threads + 1)]
+    bounds = [len(todo) * k // threads for k in range(threads + 1)]
+    return t, [todo[bounds[k]:bounds[k + 1]] for k in range(threads)]
 
 
 def forward_split(x, wmat, args, out, bias_g) -> None:
     """The NCHW tile loop of ``drivers._forward_nchw`` with runs of whole tiles per
     thread (``split_tiles``): serial unfold, GEMM on one BLAS thread, into ``out``."""
-    t, todo, threads, bounds = _parts(args)
+    t, runs = _parts(args)
     g, dg, cgkk = wmat.shape
     ckk = g * cgkk
     conv = unfold_params(args)
 
     def part(k: int) -> None:
         buf = column_buffer(args, t)  # per thread
-        for n0, nb, i0, band in todo[bounds[k]:bounds[k + 1]]:
+        for n0, nb, i0, band in runs[k]:
             length = band * args.w_out
             cols = view(buf[:nb * ckk * length], (nb, ckk, length))
             _im2col_nchw_serial(x, cols, n0, i0, *conv)
@@ -90,7 +104,7 @@ def forward_split(x, wmat, args, out, bias_g) -> None:
             if bias_g is not None:
                 y += bias_g
 
-    _blas.on_threads(part, threads)
+    _blas.on_threads(part, len(runs))
 
 
 def split_backward(args) -> bool:
@@ -105,18 +119,18 @@ def backward_split(gy, x, wmat, args, grad_x, gw) -> None:
     per thread (``split_backward``): grad_x (zero-filled, or None) folded by each thread
     into its own images; gw (G, Dg, Cg*KH*KW) (or None) = the sum of the threads' parts.
     """
-    t, todo, threads, bounds = _parts(args)
+    t, runs = _parts(args)
     conv = unfold_params(args)
-    sums = [None] * threads
+    sums = [None] * len(runs)
 
     def part(k: int) -> None:
         buf = column_buffer(args, t)  # per thread
         acc = None if gw is None else np.zeros_like(gw)
-        for tile in todo[bounds[k]:bounds[k + 1]]:
+        for tile in runs[k]:
             backward_tile(gy, x, wmat, grad_x, acc, buf, tile, conv, parallel=False)
         sums[k] = acc
 
-    _blas.on_threads(part, threads)
+    _blas.on_threads(part, len(runs))
     if gw is not None:
         gw[...] = sum(sums[1:], sums[0])
 
