@@ -120,3 +120,35 @@ def test_band_runs_share_the_tiles(monkeypatch):
     assert t.band < a.h_out and len(runs) == 2
     assert [tile for run in runs for tile in run] == list(tiles(a, t))
     assert abs(len(runs[0]) - len(runs[1])) <= 1
+
+
+def test_grad_x_only_tiles_stay_small(monkeypatch):
+    """The decoder layer's grad_x-only backward: tiles of one 1.6 MB image, even runs."""
+    a = conv_args_from_shapes("t", (16, 32, 56, 56), (64, 32, 4, 4), 2, 1)
+    monkeypatch.setattr(split.numba, "get_num_threads", lambda: 2)
+    t, runs = split._parts(a, split.SPLIT_BACKWARD_TILE_BYTES)
+    assert t.images == 5
+    assert [[(n0, nb) for n0, nb, _, _ in run] for run in runs] == \
+        [[(i, 1) for i in range(8)], [(i, 1) for i in range(8, 16)]]
+
+
+@pytest.mark.parametrize("needs", [(True, False, False), (True, True, False)])
+def test_split_grad_x_alone_in_one_image_tiles_matches_reference(needs, monkeypatch):
+    from .test_conv_backward import _explicit, _problem
+
+    x, w, gy, kwargs, a = _problem(CASES[0], np.float64)
+    image = a.c_in * a.kh * a.kw * a.h_out * a.w_out * x.itemsize
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 3 * image)    # three images a tile
+    monkeypatch.setattr(split, "SPLIT_BACKWARD_TILE_BYTES", 1)      # ... or one
+    monkeypatch.setattr(split.numba, "get_num_threads", lambda: 2)  # runs of 2 and 3
+    monkeypatch.setattr(drivers, "split_backward", lambda args: True)
+    monkeypatch.setattr(drivers, "image_last_tile", lambda args, with_grad_x=True: 0)
+    sizes = []
+    real = split.backward_tile
+    monkeypatch.setattr(split, "backward_tile",
+                        lambda *args, **kw: sizes.append(args[6][1]) or real(*args, **kw))
+    got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col", needs_input_grad=needs)
+    assert max(sizes) == (1 if needs[1] is False else 3) and sum(sizes) == a.n
+    for g, want, k in zip(got, _explicit(x, w, gy, a), needs, strict=True):
+        assert (g is None) == (not k)
+        assert g is None or ref.rel_error(g, want) <= 1e-12

@@ -44,6 +44,13 @@ _col2im_nchw_serial = njit(cache=True, fastmath=config.FASTMATH)(_col2im_nchw.py
 #: the thread count), so that the threads finish together.
 SPLIT_MIN_TILES_PER_THREAD = 2
 
+#: The split grad_x-only backward's whole-image tiles hold at most this many bytes of
+#: columns (at least one image): the fold reads the column gradients the GEMM has just
+#: written, from the per-core L2 cache when they fit (the decoder layer's
+#: conv_transpose2d, one 1.6 MB image a tile: 6.8 ms against 7.5 ms in tiles of five
+#: images; with grad_w too, no faster).
+SPLIT_BACKWARD_TILE_BYTES = 2 << 20
+
 
 def split_tiles(args, threads: int | None = None) -> bool:
     """Whether the NCHW forward of ``args`` runs its tiles split over the threads:
@@ -63,18 +70,22 @@ def split_tiles(args, threads: int | None = None) -> bool:
         macs > config.SMALL_GEMM_MACS
 
 
-def _parts(args):
+def _parts(args, tile_bytes: int | None = None):
     """(tiling, each thread's run of tiles). Tiles of whole images: the batch cut into
     one even run of images per thread, each run into tiles of at most ``images`` (16
-    images in tiles of 5 would give the threads 10 and 6); bands of rows: the tiles in
-    order, an even share of them per thread."""
+    images in tiles of 5 would give the threads 10 and 6), and of at most
+    ``tile_bytes`` of columns when given (at least one image); bands of rows: the tiles
+    in order, an even share of them per thread."""
     t = tiling(args)
     if t.band == args.h_out:
+        per_tile = t.images
+        if tile_bytes is not None:
+            per_tile = max(1, min(per_tile, tile_bytes * t.images // t.col_bytes))
         threads = min(numba.get_num_threads(), args.n)
         runs = []
         for k in range(threads):
             lo, hi = args.n * k // threads, args.n * (k + 1) // threads
-            count = -(-(hi - lo) // t.images)
+            count = -(-(hi - lo) // per_tile)
             cuts = [lo + (hi - lo) * m // count for m in range(count + 1)]
             runs.append([(cuts[m], cuts[m + 1] - cuts[m], 0, args.h_out)
                          for m in range(count)])
@@ -119,7 +130,7 @@ def backward_split(gy, x, wmat, args, grad_x, gw) -> None:
     per thread (``split_backward``): grad_x (zero-filled, or None) folded by each thread
     into its own images; gw (G, Dg, Cg*KH*KW) (or None) = the sum of the threads' parts.
     """
-    t, runs = _parts(args)
+    t, runs = _parts(args, SPLIT_BACKWARD_TILE_BYTES if gw is None else None)
     conv = unfold_params(args)
     sums = [None] * len(runs)
 
