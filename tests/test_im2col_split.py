@@ -152,3 +152,29 @@ def test_split_grad_x_alone_in_one_image_tiles_matches_reference(needs, monkeypa
     for g, want, k in zip(got, _explicit(x, w, gy, a), needs, strict=True):
         assert (g is None) == (not k)
         assert g is None or ref.rel_error(g, want) <= 1e-12
+
+
+@pytest.mark.parametrize("split_it", [False, True])
+@pytest.mark.parametrize("w_in,kw,padding", [
+    (9, 4, 1), (10, 4, (0, 3)), (11, 2, 0), (8, 5, 2), (7, 3, (2, 0)), (12, 6, (3, 1)),
+])
+def test_fold_at_column_stride_two_matches_reference(w_in, kw, padding, split_it,
+                                                      monkeypatch):
+    """The NCHW fold adds neighbouring taps in pairs at column stride 2: even and odd
+    kernel widths, paddings that clip either end of a row."""
+    from .test_conv_backward import _explicit
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 2, 5, w_in))
+    w = rng.standard_normal((3, 2, 2, kw))
+    side = padding if isinstance(padding, tuple) else (padding, padding)
+    kwargs = dict(stride=(1, 2), padding=((1, 0), side))
+    a = conv_args_from_shapes("t", x.shape, w.shape, dtype=np.float64, **kwargs)
+    gy = rng.standard_normal(a.y_shape)
+    monkeypatch.setattr(drivers, "image_last_tile", lambda args, with_grad_x=True: 0)
+    monkeypatch.setattr(drivers, "split_backward", lambda args: split_it)
+    name = "_col2im_nchw_serial" if split_it else "_col2im_nchw"
+    folds = count_calls(monkeypatch, split, name)
+    gx = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col",
+                                  needs_input_grad=(True, False, False))[0]
+    assert folds and ref.rel_error(gx, _explicit(x, w, gy, a)[0]) <= 1e-12
