@@ -252,3 +252,19 @@ def test_transposed_layer_runs_conv_transpose2d_beside_torch():
 def test_bench_cuda_refuses_a_suite_of_transposed_layers_only(capsys):
     assert cli.main(["bench", "--suite", "decoder", "--device", "cuda"]) == 2
     assert "--device cuda times conv2d only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("gemm,pauses", [((512, 64, 784, 16), [runner.SETTLE_SECONDS]),
+                                          ((4, 27, 144, 2), [])])
+def test_pause_after_a_large_sgemm_reference(gemm, pauses, monkeypatch):
+    """OpenBLAS's workers spin after a multi-threaded product: the next measurement
+    waits for them to park; after a small (one-thread) product it does not."""
+    from fastconv.tools.bench import suites
+
+    slept = []
+    monkeypatch.setattr(runner.engine, "im2col_gemm", lambda *a: gemm)
+    monkeypatch.setattr(runner, "sgemm_gflops", lambda *a, **k: 1.0)
+    monkeypatch.setattr(runner, "_maker", lambda *a: None)
+    monkeypatch.setattr(runner.time, "sleep", slept.append)
+    runner.run(suites.TINY_SUITE[:1], ("im2col",), extras=())
+    assert slept == pauses

@@ -20,6 +20,7 @@ import time
 import numpy as np
 
 import fastconv
+from fastconv import _blas
 from fastconv._timing import median_time
 from fastconv.layout import NHWC
 
@@ -146,6 +147,13 @@ def _fastconv_runner(shape: Shape, algo: str, x, w, backward: bool, layout: str 
 #: after another library's or algorithm's run (its threads still spinning, caches cold)
 #: moved by 1.5-2x between runs of the suite; hundreds of calls settle it.
 MIN_MEASURE_SECONDS = 0.1
+
+#: Seconds to wait after a multi-threaded SGEMM reference before the next measurement:
+#: OpenBLAS's idle workers keep spinning for about 0.1 s after a product, and a layer
+#: timed meanwhile loses a core (the decoder layer's conv_transpose2d, threads split
+#: with one BLAS thread each: 10.1 ms right after 20 two-thread SGEMMs, 5.8 ms after
+#: this pause, 5.7 ms alone).
+SETTLE_SECONDS = 0.25
 MAX_REPEATS = 200
 
 
@@ -240,6 +248,8 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
             m, k, n, count = engine.im2col_gemm(shape, dtype, layout)
             gf, load = measured(lambda m=m, k=k, n=n, c=count: sgemm_gflops(
                 m, k, n, dtype, batch=min(c, 4)), wait_idle)
+            if not _blas.is_small(m, k, n, min(count, 4)):
+                time.sleep(SETTLE_SECONDS)
             old = gemm.get(shape.name)
             if old is None or gf > old["gflops"]:
                 gemm[shape.name] = {"m": m, "k": k, "n": n, "count": count, "gflops": gf,
