@@ -10,6 +10,7 @@ tnn = torch.nn
 
 from fastconv import models, nn, optim  # noqa: E402
 from fastconv.nn import functional as F  # noqa: E402
+from fastconv.tools.bench.train_models import Spec, torch_model  # noqa: E402
 
 TOL = {np.float64: dict(rtol=1e-9, atol=1e-12), np.float32: dict(rtol=2e-4, atol=2e-6)}
 
@@ -121,49 +122,11 @@ def test_eval_mode_gradients(rng):
 
 
 # ------------------------------------------------------------------ LeNet / ResNet training
-class TorchBlock(tnn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = tnn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = tnn.BatchNorm2d(cout)
-        self.relu = tnn.ReLU()
-        self.conv2 = tnn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = tnn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = tnn.Sequential(tnn.Conv2d(cin, cout, 1, stride, bias=False),
-                                             tnn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-        return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-
-class TorchResNet(tnn.Module):
-    def __init__(self, widths, classes):
-        super().__init__()
-        self.stem = tnn.Sequential(tnn.Conv2d(1, widths[0], 3, padding=1, bias=False),
-                                   tnn.BatchNorm2d(widths[0]), tnn.ReLU())
-        blocks, c = [], widths[0]
-        for i, w in enumerate(widths):
-            blocks.append(TorchBlock(c, w, 2 if i else 1))
-            c = w
-        self.layers = tnn.Sequential(*blocks)
-        self.pool = tnn.AdaptiveAvgPool2d(1)
-        self.flatten = tnn.Flatten()
-        self.fc = tnn.Linear(c, classes)
-
-    def forward(self, x):
-        return self.fc(self.flatten(self.pool(self.layers(self.stem(x)))))
-
-
-def _torch_lenet(size):
-    pad2 = 0 if size // 2 >= 10 else 2
-    s = (size // 2 + 2 * pad2 - 4) // 2
-    return tnn.Sequential(tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2),
-                          tnn.Conv2d(6, 16, 5, padding=pad2), tnn.ReLU(), tnn.MaxPool2d(2),
-                          tnn.Flatten(), tnn.Linear(16 * s * s, 120), tnn.ReLU(),
-                          tnn.Linear(120, 84), tnn.ReLU(), tnn.Linear(84, 10))
+def _torch_net(model, size):
+    """torch's LeNet-5 (size x size input) or ResNet with widths (4, 6), 1 input channel and
+    10 classes, as the training benchmark builds them (fastconv's module names)."""
+    widths = None if model == "lenet" else (4, 6)
+    return torch_model(torch, Spec(model, (1, size, size), 1, widths))
 
 
 @pytest.mark.parametrize("model,opt", [("lenet", "sgd"), ("lenet", "adamw"),
@@ -171,11 +134,11 @@ def _torch_lenet(size):
 def test_training_steps_match_torch(rng, model, opt):
     if model == "lenet":
         ours = models.lenet5(1, 10, 12, rng=rng, dtype=np.float64)
-        theirs = _torch_lenet(12).double()
+        theirs = _torch_net("lenet", 12).double()
         x = rng.random((6, 5, 1, 12, 12))
     else:
         ours = models.resnet_small(1, 10, widths=(4, 6), rng=rng, dtype=np.float64)
-        theirs = TorchResNet((4, 6), 10).double()
+        theirs = _torch_net("resnet", 8).double()
         x = rng.random((6, 5, 1, 8, 8))
     _copy_weights(ours, theirs)
     y = rng.integers(0, 10, (6, 5))

@@ -82,6 +82,14 @@ def unfolding(args) -> _im2col.Unfolding:
 def forward_nchw(x, w, bias, args, algo):
     """y (N, C_out, H_out, W_out) for contiguous device arrays x (N, C_in, H, W), w
     (C_out, C_in/groups, kh, kw) and bias (C_out,) or None; ``algo`` "naive" or "im2col"."""
+    return forward_with(K._conv_direct, _geometry(args), unfolding(args), x, w, bias, args,
+                        algo)
+
+
+def forward_with(direct, geometry, unfold, x, w, bias, args, algo):
+    """The forward of any rank on contiguous device arrays in canonical order: the direct
+    kernel ``direct`` (launched over y with ``geometry`` and the groups) for "naive", else
+    im2col with the ``unfold`` record (``_im2col.Unfolding``)."""
     y = cuda.device_array(args.y_shape, args.dtype)
     has_bias = int(bias is not None)
     if bias is None:
@@ -89,9 +97,9 @@ def forward_nchw(x, w, bias, args, algo):
     if y.size == 0:
         return y
     if algo == "naive":
-        launch(K._conv_direct, y.size, x, w, bias, has_bias, y, *_geometry(args), args.groups)
+        launch(direct, y.size, x, w, bias, has_bias, y, *geometry, args.groups)
     else:
-        _im2col.forward(x, w, bias, has_bias, y, unfolding(args))
+        _im2col.forward(x, w, bias, has_bias, y, unfold)
     return y
 
 

@@ -18,7 +18,7 @@ from .. import _args, config
 from .._args.conv_nd import ConvNdArgs, check_grad_y, conv_nd_arrays
 from . import _conv3d_kernels as K
 from . import _im2col, _layout
-from ._conv import check_algo
+from ._conv import check_algo, forward_with
 from ._device import Residency, host_spec, launch
 from ._reduce import channel_sum
 
@@ -100,17 +100,7 @@ def weight_from_oidhw(d, a: ConvNdArgs):
 # ------------------------------------------------------------------------ the ops
 def forward_ncdhw(x, w, bias, a: ConvNdArgs, algo: str):
     """y (N, C_out, od, oh, ow) for contiguous device arrays x, w and bias or None."""
-    y = cuda.device_array(a.y_shape, a.dtype)
-    has_bias = int(bias is not None)
-    if bias is None:
-        bias = cuda.device_array(1, a.dtype)  # never read
-    if y.size == 0:
-        return y
-    if algo == "naive":
-        launch(K._conv3d_direct, y.size, x, w, bias, has_bias, y, *_geometry(a), a.groups)
-    else:
-        _im2col.forward(x, w, bias, has_bias, y, unfolding(a))
-    return y
+    return forward_with(K._conv3d_direct, _geometry(a), unfolding(a), x, w, bias, a, algo)
 
 
 def backward_ncdhw(gy, x, w, a: ConvNdArgs, algo: str, needs):

@@ -15,6 +15,7 @@ from fastconv.nn import functional as F
 
 from .. import reference as ref
 from ..conftest import from_nhwc, to_nhwc
+from ..test_conv_transpose import _cid, _pairs, _problem  # the CPU tests' problems
 from .conftest import assert_layer_matches_cpu
 
 ALGOS = ("naive", "im2col")
@@ -27,26 +28,6 @@ CASES = [
     (1, 2, 2, 2, 2, 2, 2, 1, 0, 2, 3, 1),            # output_padding past every input
     (2, 1, 1, 1, 2, 1, 1, 1, 1, 2, 3, 1),            # no input reaches the output
 ]
-
-
-def _cid(case):
-    return "n{}c{}_{}x{}_d{}_k{}x{}_s{}_p{}_op{}_r{}_g{}".format(*case).replace(" ", "")
-
-
-def _problem(case, dtype, seed=0):
-    n, c_in, h, w, c_out, kh, kw, stride, padding, out_pad, dilation, groups = case
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, c_in, h, w)).astype(dtype)
-    wt = rng.standard_normal((c_in, c_out // groups, kh, kw)).astype(dtype)
-    b = rng.standard_normal(c_out).astype(dtype)
-    kwargs = dict(stride=stride, padding=padding, output_padding=out_pad, groups=groups,
-                  dilation=dilation)
-    return x, wt, b, kwargs
-
-
-def _pairs(kwargs):
-    return {k: (v, v) if isinstance(v, int) and k != "groups" else v
-            for k, v in kwargs.items()}
 
 
 def _nhwc(a):
