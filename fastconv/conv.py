@@ -217,11 +217,11 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     array([4.])
     """
     op = "conv2d_backward"
-    need_x, need_w, need_b = _args.check_needs_input_grad(op, needs_input_grad)
-    gpu = devices.gpu_op(op, device)
+    needs, gpu = devices.gpu_backward(op, device, needs_input_grad)
     if gpu is not None:
         return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo,
-                   needs_input_grad=(need_x, need_w, need_b))
+                   needs_input_grad=needs)
+    need_x, need_w, need_b = needs
     x = _args.check_array(op, "input", x, half=True)
     if x.ndim == 2:
         return _conv_plane_backward(grad_y, x, w, (stride, padding, dilation, groups),

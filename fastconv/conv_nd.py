@@ -121,8 +121,7 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     (array([[[1., 2., 3., 2., 1.]]]), array([[[3., 6., 9.]]]), array([3.]))
     """
     op = "conv1d_backward"
-    needs = _args.check_needs_input_grad(op, needs_input_grad)
-    gpu = devices.gpu_op(op, device)
+    needs, gpu = devices.gpu_backward(op, device, needs_input_grad)
     if gpu is not None:
         return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo,
                    needs_input_grad=needs)
@@ -262,11 +261,11 @@ def conv3d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
            [8., 8.]]), array([8.]))
     """
     op = "conv3d_backward"
-    need_x, need_w, need_b = _args.check_needs_input_grad(op, needs_input_grad)
-    gpu = devices.gpu_op(op, device)
+    needs, gpu = devices.gpu_backward(op, device, needs_input_grad)
     if gpu is not None:
         return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo,
-                   needs_input_grad=(need_x, need_w, need_b))
+                   needs_input_grad=needs)
+    need_x, need_w, need_b = needs
     _check_algo(op, algo)
     x, w, _, a = conv_nd_arrays(op, x, w, None, stride, padding, dilation, groups, layout,
                                 rank=3)

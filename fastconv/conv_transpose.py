@@ -174,11 +174,11 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
            [4., 4.]]), array([9.]))
     """
     op = "conv_transpose2d_backward"
-    need_x, need_w, need_b = _args.check_needs_input_grad(op, needs_input_grad)
-    gpu = devices.gpu_op(op, device)
+    needs, gpu = devices.gpu_backward(op, device, needs_input_grad)
     if gpu is not None:
         return gpu(grad_y, x, w, stride, padding, output_padding, groups, dilation,
-                   layout=layout, algo=algo, needs_input_grad=(need_x, need_w, need_b))
+                   layout=layout, algo=algo, needs_input_grad=needs)
+    need_x, need_w, need_b = needs
     x, w, _, a = _transpose_arrays(op, x, w, None, stride, padding, output_padding, groups,
                                    dilation, layout, algo)
     grad_y = _args.transpose_grad_y(op, grad_y, x, w, a, half=True)

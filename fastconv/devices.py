@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._args import check_device
+from ._args import check_device, check_needs_input_grad
 from .cuda._device import is_device as is_device_array  # (imports no numba.cuda)
 
 
@@ -42,6 +42,13 @@ def gpu_op(op: str, device):
     from . import cuda
 
     return getattr(cuda, op)
+
+
+def gpu_backward(op: str, device, needs_input_grad):
+    """(needs, gpu) for a backward op: ``needs_input_grad`` checked (three bools) and
+    :func:`gpu_op`'s GPU function (None on the CPU), which takes the flags as
+    ``needs_input_grad=needs``."""
+    return check_needs_input_grad(op, needs_input_grad), gpu_op(op, device)
 
 
 def array_device(a) -> str:

@@ -129,19 +129,25 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     return res.result(_layout.from_nchw(y, args.dims, args.unbatched))
 
 
+def gradient_buffers(args, needs):
+    """((grad_x, grad_w, grad_bias), empty): device arrays of the canonical input, weight
+    and (C_out,) shapes for the gradients ``needs`` asks for (None for the others), and
+    whether the batch is empty (the arrays are then zeros, the gradients' final value)."""
+    shapes = (args.x_shape, args.w_shape, args.c_out)
+    make = _layout.zeros if args.n == 0 else cuda.device_array
+    return tuple(make(shape, args.dtype) if need else None
+                 for shape, need in zip(shapes, needs, strict=True)), args.n == 0
+
+
 def backward_nchw(gy, x, w, args, algo, needs=(True, True, True)):
     """(grad_x (N, C_in, H, W), grad_w (C_out, C_in/groups, kh, kw), grad_bias (C_out,))
     for contiguous device arrays gy (N, C_out, H_out, W_out), x and w as in
     :func:`forward_nchw`; ``needs`` (three bools) says which to compute: the others are
     None and cost nothing."""
     need_x, need_w, need_b = needs
-    if args.n == 0:
-        return tuple(_layout.zeros(shape, args.dtype) if need else None
-                     for shape, need in ((args.x_shape, need_x), (args.w_shape, need_w),
-                                         (args.c_out, need_b)))
-    gx = cuda.device_array(args.x_shape, args.dtype) if need_x else None
-    gw = cuda.device_array(args.w_shape, args.dtype) if need_w else None
-    gb = cuda.device_array(args.c_out, args.dtype) if need_b else None
+    (gx, gw, gb), empty = gradient_buffers(args, needs)
+    if empty:
+        return gx, gw, gb
     if algo == "naive":
         g = args.groups
         geo = _geometry(args)

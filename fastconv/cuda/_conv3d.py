@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import math
 
-from numba import cuda
-
 from .. import _args, config
 from .._args.conv_nd import ConvNdArgs, check_grad_y, conv_nd_arrays
 from . import _conv3d_kernels as K
 from . import _im2col, _layout
-from ._conv import check_algo, forward_with
+from ._conv import check_algo, forward_with, gradient_buffers
 from ._device import Residency, host_spec, launch
 from ._reduce import channel_sum
 
@@ -107,13 +105,9 @@ def backward_ncdhw(gy, x, w, a: ConvNdArgs, algo: str, needs):
     """(grad_x, grad_w, grad_bias) of contiguous NCDHW / OIDHW device arrays; those not
     in ``needs`` are None."""
     need_x, need_w, need_b = needs
-    if a.n == 0:
-        return tuple(_layout.zeros(shape, a.dtype) if need else None
-                     for shape, need in ((a.x_shape, need_x), (a.w_shape, need_w),
-                                         (a.c_out, need_b)))
-    gx = cuda.device_array(a.x_shape, a.dtype) if need_x else None
-    gw = cuda.device_array(a.w_shape, a.dtype) if need_w else None
-    gb = cuda.device_array(a.c_out, a.dtype) if need_b else None
+    (gx, gw, gb), empty = gradient_buffers(a, needs)
+    if empty:
+        return gx, gw, gb
     geo = _geometry(a)
     if algo == "naive":
         g = a.groups
