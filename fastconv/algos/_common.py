@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import types
 
 import numpy as np
 from numba import njit, uint64
@@ -27,6 +28,25 @@ def valid_range(n_out: int, offset: int, stride: int, size: int) -> tuple[int, i
     top = size - 1 - offset
     hi = 0 if top < 0 else min(top // stride + 1, n_out)
     return min(lo, hi), hi
+
+
+def serial_twin(kernel):
+    """The parallel numba kernel ``kernel`` compiled without threads (its other options
+    kept), for tiles that run one per thread or are too small for threads to pay.
+
+    numba's on-disk cache keys a kernel by module, name, first line and signature, not
+    by its options: a twin compiled from the same Python function would share the
+    kernel's cache entries, and whichever was compiled last would be loaded for both
+    (a parallel kernel running on one thread). So the twin is compiled from a copy of the
+    function named ``<name>_serial``, which the cache keeps apart."""
+    f = kernel.py_func
+    copy = types.FunctionType(f.__code__, f.__globals__, f.__name__ + "_serial",
+                              f.__defaults__, f.__closure__)
+    copy.__qualname__ = f.__qualname__ + "_serial"
+    copy.__doc__ = f.__doc__
+    options = {k: v for k, v in kernel.targetoptions.items()
+               if k not in ("parallel", "nopython")}
+    return njit(cache=True, **options)(copy)
 
 
 def geometry(args) -> tuple[int, int, int, int, int, int]:

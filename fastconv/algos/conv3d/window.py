@@ -41,7 +41,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from ... import _blas, config
 from ...costs import gemm_seconds, load_profile
-from .._common import workspace
+from .._common import serial_twin, workspace
 
 #: Column bytes per chunk: near the per-core L2 cache (2 MiB on the development machine;
 #: the 16 -> 32 channel 32^3 layer ran fastest at 512-1024 positions, 0.9-1.8 MB).
@@ -189,7 +189,7 @@ def fold(cols, gxp, offs, p0):
 
 
 #: :func:`fold` without threads, for images split over the threads.
-_fold_serial = njit(cache=True)(fold.py_func)
+_fold_serial = serial_twin(fold)
 
 
 def _input_gradient(gy, w, a, grad_x, images, serial: bool) -> None:

@@ -26,17 +26,12 @@ import contextlib
 
 import numba
 import numpy as np
-from numba import njit
 
 from ... import _blas, config
 from ..._runtime import parallel_guard
 from .._common import view, workspace
 from .tiling import column_buffer, gemm_sizes, tile_count, tiles, tiling, unfold_params
-from .unfold import _col2im_nchw, _im2col_nchw
-
-#: The unfold and fold kernels compiled without threads, for tiles run one per thread.
-_im2col_nchw_serial = njit(cache=True, fastmath=config.FASTMATH)(_im2col_nchw.py_func)
-_col2im_nchw_serial = njit(cache=True, fastmath=config.FASTMATH)(_col2im_nchw.py_func)
+from .unfold import _col2im_nchw, _col2im_nchw_serial, _im2col_nchw, _im2col_nchw_serial
 
 #: Split tiles over the threads when each tile's GEMMs hold at least this many
 #: multiply-adds (smaller ones already run on one BLAS thread, ``config.SMALL_GEMM_MACS``)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ... import config
-from .._common import U, valid_range
+from .._common import U, serial_twin, valid_range
 
 
 @njit(inline="always")
@@ -73,6 +73,11 @@ def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
             else:
                 for j in range(U(j_hi - j_lo)):
                     dst[d0 + j] = line[first + j * step]
+
+
+#: The NCHW unfold compiled without threads, for tiles run one per thread (``split``).
+_im2col_nchw_serial = serial_twin(_im2col_nchw)
+
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -175,6 +180,10 @@ def _col2im_nchw(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
                     for j in range(j_lo, j_hi):
                         line[j * sw + b * rw - pl] += seg[j]
                 b += 2 if pair else 1
+
+
+#: The NCHW fold compiled without threads, for tiles run one per thread (``split``).
+_col2im_nchw_serial = serial_twin(_col2im_nchw)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
