@@ -217,6 +217,36 @@ def test_conv2d_unbatched_input(client, rng):
                                   fastconv.conv2d(x, w, stride=2, padding=1, algo="naive"))
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("w_shape", [(3, 3), "four-d"])
+def test_conv2d_gray_image(rng, layout, w_shape):
+    """A 2-D (H, W) image, chunked over rows and columns, as the in-memory conv2d: a 2-D
+    weight gives a 2-D result, a 4-D one C_out channels of one unbatched image."""
+    x = rng.standard_normal((11, 13))
+    if w_shape == "four-d":
+        w_shape = (2, 1, 3, 3) if layout == "NCHW" else (3, 3, 1, 2)
+    w = rng.standard_normal(w_shape)
+    y = fcd.conv2d(da.from_array(x, chunks=(5, 6)), w, padding=1, layout=layout,
+                   algo="naive")
+    want = fastconv.conv2d(x, w, padding=1, layout=layout, algo="naive")
+    assert y.shape == want.shape and want.ndim == (2 if len(w_shape) == 2 else 3)
+    np.testing.assert_array_equal(y.compute(scheduler="sync"), want)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_pooling_gray_image(rng, layout):
+    x = rng.standard_normal((11, 13))
+    xd = da.from_array(x, chunks=(5, 6))
+    y, idx = fcd.max_pool2d(xd, 3, 2, padding=1, layout=layout, return_indices=True)
+    want, want_idx = fastconv.max_pool2d(x, 3, 2, padding=1, layout=layout,
+                                         return_indices=True)
+    assert y.shape == want.shape == (6, 7)
+    np.testing.assert_array_equal(y.compute(scheduler="sync"), want)
+    np.testing.assert_array_equal(idx.compute(scheduler="sync"), want_idx)
+    avg = fcd.avg_pool2d(xd, 2, layout=layout).compute(scheduler="sync")
+    np.testing.assert_allclose(avg, fastconv.avg_pool2d(x, 2, layout=layout), rtol=1e-12)
+
+
 def test_conv2d_graph_is_lazy(monkeypatch, rng):
     """Building the graph neither loads the input nor calls the kernel; computing does."""
     import dask
@@ -375,8 +405,8 @@ def test_pooling_errors():
         fcd.max_pool2d(x, 2, layout="NWHC")
     with pytest.raises(TypeError, match="avg_pool2d: input must be a dask.array.Array"):
         fcd.avg_pool2d(np.zeros((1, 2, 8, 8)), 2)
-    with pytest.raises(ValueError, match="max_pool2d: input must be 4-D .* got 2-D"):
-        fcd.max_pool2d(da.zeros((8, 8)), 2)
+    with pytest.raises(ValueError, match="max_pool2d: input must be 4-D .* got 1-D"):
+        fcd.max_pool2d(da.zeros(8), 2)
 
 
 # --------------------------------------------------------------------------- workers

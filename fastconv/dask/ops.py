@@ -70,9 +70,10 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     Parameters
     ----------
     x : dask array, (N, C_in, H, W) for layout "NCHW" or (N, H, W, C_in) for "NHWC"
-        (3-D: one unbatched image). Chunked over the batch, and over H and W if
-        images are large; chunks over the channels are merged into one (a conv output
-        channel needs every input channel of its group).
+        (3-D: one unbatched image; 2-D: one gray (H, W) image, where a 2-D (kh, kw)
+        weight gives a 2-D result, as in memory). Chunked over the batch, and over H
+        and W if images are large; chunks over the channels are merged into one (a conv
+        output channel needs every input channel of its group).
     w : numpy array, (C_out, C_in/groups, kh, kw) "OIHW" for NCHW, (kh, kw,
         C_in/groups, C_out) "HWIO" for NHWC. Stored once in the graph.
     bias : numpy array (C_out,) or None.
@@ -98,6 +99,12 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     the block (BLAS sums in a size-dependent order).
     """
     op = "conv2d"
+    if check_dask_array(op, "input", x).ndim == 2:
+        axis = _args.plane_axis(_args.check_layout(op, layout))
+        w, flat = _conv._plane_weight(op, w, layout)
+        y = conv2d(da.expand_dims(x, axis), w, bias, stride, padding, dilation, groups,
+                   layout=layout, algo=algo)
+        return da.squeeze(y, axis) if flat else y
     x, w, bias, args = _conv.conv_args(op, x, w, bias, stride, padding, dilation, groups,
                                        layout, check_input=check_dask_array, algo=algo)
     block_op = _Conv(args.stride, args.padding, args.dilation, args.groups, layout, algo,
@@ -233,12 +240,25 @@ class _AvgPool:
                                 self.ceil_mode, self.count_include_pad, layout=self.layout)
 
 
-def _pooling(op, x, block_op, axes, dtypes, layout):
+def _pool_input(op, x, layout):
+    """(x, plane): a 2-D (H, W) gray image gets its one channel axis (``plane``, where the
+    result drops it again, as in memory); any other input is returned as it is, plane
+    None."""
+    x = check_dask_array(op, "input", x)
+    if x.ndim != 2:
+        return x, None
+    plane = _args.plane_axis(_args.check_layout(op, layout))
+    return da.expand_dims(x, plane), plane
+
+
+def _pooling(op, x, block_op, axes, dtypes, layout, plane):
     unbatched = x.ndim == 3
     if unbatched:
         x = x[None]
     outs = window_map(x, block_op, axes, layout=layout, dtypes=dtypes, name=f"fastconv-{op}")
     outs = [y[0] for y in outs] if unbatched else outs
+    if plane is not None:
+        outs = [da.squeeze(y, plane) for y in outs]
     return outs[0] if len(outs) == 1 else tuple(outs)
 
 
@@ -248,8 +268,9 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
 
     Parameters
     ----------
-    x : dask array, (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC" (3-D: unbatched),
-        chunked over any axis; channel chunks are kept (pooling is per channel).
+    x : dask array, (N, C, H, W) for "NCHW" or (N, H, W, C) for "NHWC" (3-D: unbatched,
+        2-D: one gray (H, W) image, giving 2-D results), chunked over any axis; channel
+        chunks are kept (pooling is per channel).
     kernel_size, stride (None: kernel_size), padding, dilation, ceil_mode, layout,
     return_indices : as :func:`fastconv.max_pool2d`.
 
@@ -260,13 +281,13 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
         int64 flat indices h*W + w into the whole input plane (torch's convention).
     """
     op = "max_pool2d"
-    x = check_dask_array(op, "input", x)
+    x, plane = _pool_input(op, x, layout)
     axes = pool_axes(op, x, kernel_size, stride, padding, dilation, ceil_mode, layout)
     h, w = axes
     block_op = _MaxPool((h.k, w.k), (h.s, w.s), (h.pad[0], w.pad[0]), (h.r, w.r),
                         h.ceil_mode, layout, bool(return_indices), w.n)
     dtypes = (x.dtype, np.dtype(np.int64)) if return_indices else (x.dtype,)
-    return _pooling(op, x, block_op, axes, dtypes, layout)
+    return _pooling(op, x, block_op, axes, dtypes, layout, plane)
 
 
 def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
@@ -278,10 +299,10 @@ def avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False,
     windows that hang over the edge in ``ceil_mode``, are those of the whole image.
     """
     op = "avg_pool2d"
-    x = check_dask_array(op, "input", x)
+    x, plane = _pool_input(op, x, layout)
     axes = pool_axes(op, x, kernel_size, stride, padding, 1, ceil_mode, layout)
     count_include_pad = _args.check_flag(op, "count_include_pad", count_include_pad)
     h, w = axes
     block_op = _AvgPool((h.k, w.k), (h.s, w.s), (h.pad[0], w.pad[0]), h.ceil_mode,
                         count_include_pad, layout)
-    return _pooling(op, x, block_op, axes, (x.dtype,), layout)
+    return _pooling(op, x, block_op, axes, (x.dtype,), layout, plane)
