@@ -21,7 +21,7 @@ from .split import (
     split_tiles,
 )
 from .tiling import column_buffer, gemm_sizes, is_pointwise, tiles, tiling, unfold_params
-from .unfold import _col2im_nhwc, _im2col_nchw, _im2col_nhwc
+from .unfold import _col2im_nhwc, _im2col_nhwc, unfold_nchw
 
 
 def _weights_nchw(w, args) -> np.ndarray:
@@ -39,7 +39,7 @@ def _weights_nhwc(w, args) -> np.ndarray:
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
     """im2col convolution into ``out`` (caller's layout), plus ``bias`` when given.
 
-    Wraps the unfold kernels ``_im2col_nchw`` / ``_im2col_nhwc`` (NCHW tiles of many
+    Wraps the unfold kernels ``unfold_nchw`` / ``_im2col_nhwc`` (NCHW tiles of many
     small images: ``image_last.forward_image_last``) and numpy's BLAS matmul. Always
     exact: returns None."""
     if args.n == 0:
@@ -49,7 +49,7 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
 
 def _forward_nchw(x, w, args, out, bias) -> None:
     """NCHW. A tile of whole images (or a band of output rows of one image): cols
-    (B, C*KH*KW, pixels) from ``_im2col_nchw`` and a GEMM per image and group,
+    (B, C*KH*KW, pixels) from ``unfold_nchw`` and a GEMM per image and group,
     W (G, Dg, Cg*KH*KW) @ cols, written straight into ``out`` (one batched matmul call).
     A tile of many images with short output rows (``Tiling.image_last``) runs
     ``forward_image_last``; several large tiles per thread run split over the threads
@@ -81,8 +81,7 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     for n0, nb, i0, band in tiles(args, t):
         length = band * args.w_out
         cols = view(buf[:nb * ckk * length], (nb, ckk, length))
-        with parallel_guard():
-            _im2col_nchw(x, cols, n0, i0, *conv)
+        unfold_nchw(x, cols, n0, i0, conv)
         y = view(out[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
         np.matmul(wmat, view(cols, (nb, g, cgkk, length)), out=y)
         if bias_g is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from ... import config
+from .. import tiered
 from .._common import U, serial_twin, valid_range
 
 
@@ -75,8 +76,21 @@ def _im2col_nchw(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
                     dst[d0 + j] = line[first + j * step]
 
 
-#: The NCHW unfold compiled without threads, for tiles run one per thread (``split``).
+#: The NCHW unfold compiled without threads, for tiles run one per thread (``split``)
+#: and for a process's first small unfolds (``unfold_nchw``).
 _im2col_nchw_serial = serial_twin(_im2col_nchw)
+
+#: An unfold of at most this many column entries (a serial copy of about a millisecond)
+#: may run on the serial twin while the parallel kernel compiles (``algos.tiered``).
+TIERED_UNFOLD_ENTRIES = 1 << 20
+
+
+def unfold_nchw(x, cols, n0: int, i0: int, conv) -> None:
+    """``_im2col_nchw(x, cols, n0, i0, *conv)``, tiered (``algos.tiered.run``): a
+    process's first unfolds of up to ``TIERED_UNFOLD_ENTRIES`` entries run the serial
+    twin until the parallel kernel, compiled on a background thread, is ready."""
+    tiered.run(_im2col_nchw, _im2col_nchw_serial, cols.size <= TIERED_UNFOLD_ENTRIES,
+               x, cols, n0, i0, *conv)
 
 
 
