@@ -18,6 +18,7 @@ def test_twin_has_its_own_cache_entries(kernel, twin):
     # Sharing the index file would let one load the other's machine code.
     assert kernel.targetoptions["parallel"] and "parallel" not in twin.targetoptions
     assert twin.targetoptions.get("fastmath") == kernel.targetoptions.get("fastmath")
+    assert twin.targetoptions.get("nogil") is True   # Python threads overlap in it
     assert twin.py_func.__code__ is kernel.py_func.__code__
     ours, theirs = (d._cache._cache_file._index_path for d in (twin, kernel))
     assert ours != theirs and ours.endswith(".nbi")

@@ -32,7 +32,10 @@ def valid_range(n_out: int, offset: int, stride: int, size: int) -> tuple[int, i
 
 def serial_twin(kernel):
     """The parallel numba kernel ``kernel`` compiled without threads (its other options
-    kept), for tiles that run one per thread or are too small for threads to pay.
+    kept), for work that Python threads share out (``_blas.on_threads``) or calls too
+    early for the parallel kernel (``algos.tiered``). The twin releases the GIL
+    (``nogil``): a numba function holds it for its whole call otherwise, and the
+    threads' calls would take turns instead of overlapping.
 
     numba's on-disk cache keys a kernel by module, name, first line and signature, not
     by its options: a twin compiled from the same Python function would share the
@@ -46,7 +49,7 @@ def serial_twin(kernel):
     copy.__doc__ = f.__doc__
     options = {k: v for k, v in kernel.targetoptions.items()
                if k not in ("parallel", "nopython")}
-    return njit(cache=True, **options)(copy)
+    return njit(cache=True, nogil=True, **options)(copy)
 
 
 def geometry(args) -> tuple[int, int, int, int, int, int]:
