@@ -59,7 +59,7 @@ def test_ndhwc_layout_is_the_transposed_problem(algo):
     np.testing.assert_allclose(gb, rb, rtol=1e-5)
 
 
-@pytest.mark.parametrize("algo", ("naive", "im2col", "fft"))
+@pytest.mark.parametrize("algo", ("naive", "im2col", "fft", "winograd"))
 @pytest.mark.parametrize("dtype", [np.float32, np.float16])
 def test_dtypes(dtype, algo):
     x, wt, b, kwargs = nd.nd_arrays(CASES[0], dtype)
@@ -186,14 +186,17 @@ def test_auto_keeps_the_formulas_nan_pattern_where_it_would_take_the_fft():
 
 def test_plan_explains_and_picks_by_cost():
     small = fastconv.conv3d_plan((4, 16, 32, 32, 32), (32, 16, 3, 3, 3), padding=1)
-    assert small.algorithm == "im2col" and small.flops == 2 * 4 * 32 * 32 ** 3 * 16 * 27
-    assert set(small.estimates) == {"naive", "im2col", "fft"}
-    assert small.why.startswith("im2col: modelled ")
+    assert small.algorithm == "winograd" and small.flops == 2 * 4 * 32 * 32 ** 3 * 16 * 27
+    assert set(small.estimates) == {"naive", "im2col", "fft", "winograd"}
+    assert small.why.startswith("winograd: modelled ") and "F(4x4, 3x3)" in small.why
+    even = fastconv.conv3d_plan((4, 16, 32, 32, 32), (32, 16, 2, 2, 2), padding=1)
+    assert even.algorithm == "im2col" and "winograd" not in even.estimates
     big = fastconv.conv3d_plan((1, 1, 48, 48, 48), (1, 1, 15, 15, 15), padding=7)
     assert big.algorithm == "fft"
     back = fastconv.conv3d_plan((4, 16, 32, 32, 32), (32, 16, 3, 3, 3), padding=1,
                                 backward=True)
     assert back.estimates["im2col"] > small.estimates["im2col"] and "(backward)" in back.why
+    assert back.algorithm == "winograd" and "grad_x Winograd" in back.why
 
 
 @pytest.mark.parametrize(("kwargs", "exc", "match"), [
@@ -211,8 +214,12 @@ def test_plan_explains_and_picks_by_cost():
     (dict(groups=2), ValueError, r"conv3d: groups=2 must divide C_in=3"),
     (dict(dilation=(1, 3, 1)), ValueError,
      r"conv3d: kernel height 7 \(k=3, dilation=3\) is larger than the padded input height 5"),
-    (dict(algo="winograd"), ValueError,
-     r"conv3d: algo='winograd' is not known; acceptable algorithms are 'auto', 'naive'"),
+    (dict(algo="gemm"), ValueError,
+     r"conv3d: algo='gemm' is not known; acceptable algorithms are 'auto', 'naive', "
+     r"'im2col', 'fft', 'winograd'"),
+    (dict(algo="winograd", stride=(1, 2, 1)), ValueError,
+     r"conv3d: algo='winograd' needs a \(kd, 3, 3\) kernel with stride 1 and dilation 1; "
+     r"got kernel \(3, 3, 3\), stride \(1, 2, 1\), dilation \(1, 1, 1\)"),
 ])
 def test_errors_name_op_rule_and_values(kwargs, exc, match):
     x, wt = np.ones((1, 3, 6, 5, 6)), np.ones((2, 3, 3, 3, 3))

@@ -34,7 +34,7 @@ DTYPES = ("float32", "float64")
 LAYOUT_NAMES = ("NCHW", "NHWC")
 CONV_ALGOS = ("naive", "im2col", "fft", "winograd")
 #: The conv2d algorithms that conv3d has too.
-CONV3D_ALGOS = ("naive", "im2col", "fft")
+CONV3D_ALGOS = ("naive", "im2col", "fft", "winograd")
 
 
 def _shrunk_suite():

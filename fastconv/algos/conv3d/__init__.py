@@ -1,15 +1,20 @@
-"""conv3d's algorithms and their cost models: "naive", "im2col" and "fft".
+"""conv3d's algorithms and their cost models: "naive", "im2col", "fft" and "winograd"
+(kernels (kd, 3, 3) at stride and dilation 1 only, :mod:`.winograd`).
 
 Each algorithm works on channels-first arrays (NCDHW / OIDHW; ``fastconv.conv3d`` makes
 the copies for NDHWC) with a :class:`fastconv._args.conv_nd.ConvNdArgs` record. The
 cost models reuse ``fastconv.costs``' machine profile and primitives; "auto" takes the
-cheapest estimate (:func:`plan_for`).
+cheapest estimate among the algorithms that apply (:func:`plan_for`).
 
 >>> from fastconv._args.conv_nd import conv_nd_args_from_shapes
 >>> a = conv_nd_args_from_shapes("conv3d", (4, 16, 32, 32, 32), (32, 16, 3, 3, 3),
 ...                              rank=3, padding=1)
 >>> plan_for(a).algorithm
-'im2col'
+'winograd'
+>>> a = conv_nd_args_from_shapes("conv3d", (4, 16, 32, 32, 32), (32, 16, 2, 2, 2),
+...                              rank=3)
+>>> why_not("winograd", a)[:50]
+'needs a (kd, 3, 3) kernel with stride 1 and dilati'
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import types
 from dataclasses import dataclass
 
 from ...costs import BACKWARD_FACTOR, Estimate, Profile, fmt_seconds, gemm_seconds, load_profile
-from . import fft, im2col, naive, window
+from . import fft, im2col, naive, window, winograd
 
 
 @dataclass(frozen=True)
@@ -29,6 +34,7 @@ class Algorithm3d:
     backward: object
     cost: object
     backward_factor: float
+    applies: object = None      # problem -> bool; None: every problem
 
 
 def _naive_cost(a, p: Profile) -> Estimate:
@@ -86,12 +92,29 @@ def _fft_cost(a, p: Profile) -> Estimate:
                     f"channel sum {1e3 * channel_sum:.3g} ms")
 
 
+def _winograd_cost(a, p: Profile) -> Estimate:
+    """:func:`.winograd.seconds`: batched GEMMs, transforms, a fixed cost per depth."""
+    secs, detail = winograd.seconds(a, p)
+    return Estimate(secs, winograd.workspace_bytes(a), detail)
+
+
 ALGORITHMS = {
     "naive": Algorithm3d("naive", naive.forward, naive.backward, _naive_cost, 2.0),
     "im2col": Algorithm3d("im2col", im2col.forward, im2col.backward, _im2col_cost,
                           BACKWARD_FACTOR),
     "fft": Algorithm3d("fft", fft.forward, fft.backward, _fft_cost, BACKWARD_FACTOR),
+    "winograd": Algorithm3d("winograd", winograd.forward, winograd.backward,
+                            _winograd_cost, BACKWARD_FACTOR, winograd.applies),
 }
+
+
+def why_not(name: str, a) -> str | None:
+    """Why algorithm ``name`` cannot run problem ``a`` (None: it can)."""
+    entry = ALGORITHMS[name]
+    if entry.applies is None or entry.applies(a):
+        return None
+    return (f"needs a (kd, 3, 3) kernel with stride 1 and dilation 1; got kernel "
+            f"{tuple(a.kernel)}, stride {tuple(a.stride)}, dilation {tuple(a.dilation)}")
 
 
 @dataclass(frozen=True)
@@ -111,7 +134,8 @@ class Plan3d:
 def estimate(name: str, a, p: Profile, backward: bool = False) -> Estimate:
     """The modelled cost of algorithm ``name`` on problem ``a`` (its backward when
     ``backward``: the forward's seconds times the algorithm's backward factor; im2col at
-    stride 1 prices its two gradients' GEMMs, :func:`.window.backward_seconds`)."""
+    stride 1 prices its two gradients' GEMMs, :func:`.window.backward_seconds`, and
+    winograd its own, :func:`.winograd.backward_seconds`)."""
     entry = ALGORITHMS[name]
     est = entry.cost(a, p)
     if not backward:
@@ -121,14 +145,19 @@ def estimate(name: str, a, p: Profile, backward: bool = False) -> Estimate:
         secs = call + window.backward_seconds(a)
         return Estimate(secs, est.workspace,
                         f"gradients {1e3 * (secs - call):.3g} ms; forward: {est.detail}")
+    if name == "winograd":
+        secs, detail = winograd.backward_seconds(a, p)
+        return Estimate(secs, est.workspace, detail)
     return Estimate(call + entry.backward_factor * (est.seconds - call), est.workspace,
                     f"{entry.backward_factor:g}x forward: {est.detail}")
 
 
 def plan_for(a, backward: bool = False) -> Plan3d:
-    """The cheapest algorithm by the cost model for a ConvNdArgs ``a``."""
+    """The cheapest algorithm by the cost model for a ConvNdArgs ``a``, among those that
+    apply (:func:`why_not`)."""
     prof = load_profile()
-    ests = {name: estimate(name, a, prof, backward) for name in ALGORITHMS}
+    ests = {name: estimate(name, a, prof, backward) for name in ALGORITHMS
+            if why_not(name, a) is None}
     best = min(ests, key=lambda k: ests[k].seconds)
     others = ", ".join(f"{k} {fmt_seconds(e.seconds)}" for k, e in
                        sorted(ests.items(), key=lambda kv: kv[1].seconds) if k != best)

@@ -273,19 +273,22 @@ def input_gradient_by_fold(a) -> bool:
     return _input_gradient_seconds(a)[1]
 
 
-def backward_seconds(a) -> float:
-    """Modelled seconds of both gradients of every image: the weight gradient's GEMMs
-    (tap by tap without groups, else against the columns) and the input gradient's
-    cheaper way."""
+def weight_gradient_seconds(a) -> float:
+    """Modelled seconds of the weight gradient's GEMMs over every image (tap by tap
+    without groups, else against the columns)."""
     p, item = load_profile(), a.dtype.itemsize
     kk = math.prod(a.kernel)
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
     if a.groups == 1:
         chunks = math.ceil(grid_positions(a) / TAP_SPAN)
-        grad_w = gemm_seconds(p, a.c_out, TAP_SPAN, a.c_in, kk * chunks, item)
-    else:
-        grad_w = _seconds(a, dg, cg * kk, a.c_in * kk, 1)
-    return a.n * (grad_w + _input_gradient_seconds(a)[0])
+        return a.n * gemm_seconds(p, a.c_out, TAP_SPAN, a.c_in, kk * chunks, item)
+    return a.n * _seconds(a, dg, cg * kk, a.c_in * kk, 1)
+
+
+def backward_seconds(a) -> float:
+    """Modelled seconds of both gradients of every image: the weight gradient
+    (:func:`weight_gradient_seconds`) and the input gradient's cheaper way."""
+    return weight_gradient_seconds(a) + a.n * _input_gradient_seconds(a)[0]
 
 
 def _tap_offsets(a):

@@ -1,0 +1,111 @@
+"""The transforms of conv3d's Winograd path (:mod:`.winograd`): F(4x4, 3x3) over the
+(h, w) planes, one depth plane of every channel at a time.
+
+A plane's tiles are the 6x6 blocks of the padded plane at rows 4r - pt, columns
+4j - pl (r < th, j < tw), numbered t = r * tw + j; entry e = 6 a + b of a transform is
+row (a) and column (b) of the 6x6 block. The coefficient helpers are 2-D Winograd's
+(``fastconv.algos.winograd.f4``).
+
+>>> import numpy as np
+>>> v = np.empty((36, 1, 1), np.float32)
+>>> input_planes(np.ones((1, 4, 4), np.float32), v, 1, 1, 1, 1)
+>>> float(v[0, 0, 0])  # (B^T d B)[0, 0] = (4 * 0 - 5 * 1 + 1)^2 on the padded ones
+16.0
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+from ... import config
+from .._common import U
+from ..winograd.f4 import _at6, _bt6, _gk4
+from ..winograd.tasks import _scalars
+
+
+@njit(cache=True, fastmath=config.FASTMATH)
+def kernel_transform(w, u):
+    """w (O, C, kd, 3, 3) -> u (36, O, kd * C): u[e, o, k * C + c] = (G w[o, c, k] G^T)[e]
+    (F(4x4, 3x3)'s G, in float64, rounded once)."""
+    c_out, c_in, kd = w.shape[0], w.shape[1], w.shape[2]
+    tmp = np.empty((36, kd * c_in), dtype=u.dtype)
+    for o in range(c_out):
+        for c in range(c_in):
+            for k in range(kd):
+                _gk4(w[o, c, k], tmp, k * c_in + c)
+        for e in range(36):
+            u[e, o, :] = tmp[e]
+
+
+@njit(cache=True, fastmath=config.FASTMATH)
+def input_planes(xz, v, th, tw, pt, pl):
+    """xz (C, H, W), one depth plane per channel -> v (36, C, th * tw): B^T d B of every
+    6x6 tile d of each zero-padded plane (padding pt on top, pl on the left, zeros
+    beyond the plane). B along the padded rows first (each row once), then down the
+    columns, tile row by tile row."""
+    c_in, h, w = xz.shape
+    hp = 4 * th + 2
+    pad = np.zeros((hp, 4 * tw + 2), dtype=xz.dtype)
+    rows = np.empty((hp, 6, tw), dtype=xz.dtype)
+    two, four, five = _scalars(xz, 2, 4, 5)
+    hh, ww = min(h, hp - pt), min(w, 4 * tw + 2 - pl)
+    for c in range(c_in):
+        pad[pt:pt + hh, pl:pl + ww] = xz[c, :hh, :ww]
+        for rr in range(hp):
+            src = pad[rr]
+            dst = rows[rr]
+            for j in range(U(tw)):
+                q = U(4) * j
+                o = _bt6(src[q], src[q + U(1)], src[q + U(2)], src[q + U(3)],
+                         src[q + U(4)], src[q + U(5)], two, four, five)
+                for b in range(6):
+                    dst[b, j] = o[b]
+        vc = v[:, c]
+        for r in range(th):
+            base = U(r * tw)
+            for b in range(6):
+                e0, e1, e2 = rows[4 * r, b], rows[4 * r + 1, b], rows[4 * r + 2, b]
+                e3, e4, e5 = rows[4 * r + 3, b], rows[4 * r + 4, b], rows[4 * r + 5, b]
+                for j in range(U(tw)):
+                    o = _bt6(e0[j], e1[j], e2[j], e3[j], e4[j], e5[j], two, four, five)
+                    for a in range(6):
+                        vc[6 * a + b, base + j] = o[a]
+
+
+@njit(cache=True, fastmath=config.FASTMATH)
+def output_planes(m, yz, th, tw):
+    """m (36, O, th * tw) Winograd-domain products -> yz (O, Ho, Wo): the 4x4 block
+    A^T m A of every tile (those past Ho, Wo dropped). Returns how many outputs are
+    NaN or +-Inf."""
+    c_out, ho, wo = yz.shape
+    u = np.empty((4, 6, tw), dtype=m.dtype)
+    line = np.empty(4 * tw, dtype=m.dtype)
+    two, four, eight = _scalars(m, 2, 4, 8)
+    bad = 0
+    for o in range(c_out):
+        mo = m[:, o]
+        for r in range(th):
+            base = U(r * tw)
+            for b in range(6):  # A^T down the columns
+                s0, s1, s2 = mo[b], mo[6 + b], mo[12 + b]
+                s3, s4, s5 = mo[18 + b], mo[24 + b], mo[30 + b]
+                for j in range(U(tw)):
+                    k = base + j
+                    q = _at6(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k], two, four, eight)
+                    for a in range(4):
+                        u[a, b, j] = q[a]
+            for a in range(min(4, ho - 4 * r)):  # A along the rows
+                ua = u[a]
+                for j in range(U(tw)):
+                    q = _at6(ua[0, j], ua[1, j], ua[2, j], ua[3, j], ua[4, j], ua[5, j],
+                             two, four, eight)
+                    for e in range(4):
+                        line[U(4) * j + U(e)] = q[e]
+                dst = yz[o, 4 * r + a]
+                for s in range(U(wo)):
+                    dst[s] = line[s]
+                    bad += not math.isfinite(line[s])
+    return bad

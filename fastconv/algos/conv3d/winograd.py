@@ -1,0 +1,212 @@
+"""conv3d by Winograd F(4x4, 3x3) over the (h, w) planes (kernels (kd, 3, 3), stride 1,
+dilation 1).
+
+A (kd, 3, 3) correlation is, for each output depth i, the sum over kernel depths k and
+input channels c of 3x3 correlations of the input planes at depth i + k - p_d. Each input
+plane is transformed once (:func:`.wino_kernels.input_planes`: 36 values per 6x6 tile,
+th x tw tiles of 4x4 outputs per plane) into V (36, G, D, C/G, tiles), depth-major, so
+the (k, c) rows that output depth i reads are one contiguous block of V; per output depth
+(and group) one batched GEMM over the 36 entries, (C_out/G) x (kd C/G) x (tiles), with
+the transformed kernel U (G, 36, C_out/G, kd C/G), then the output transform of that
+depth's planes. At the volume edges the GEMM takes only the kernel depths that read
+inside the input (no padded planes are stored). A 3x3x3 layer does 27 / 6.75 = 4x fewer
+multiplications than the direct sum.
+
+The (image, output depth) pairs are split over the threads in even runs, each thread
+with its own V and one BLAS thread (the GEMMs are small), transforming an input depth
+when its first output depth needs it, so the rows each GEMM reads were just written.
+
+The input gradient is this forward on grad_y with the kernel flipped and each group's
+channels transposed (``window.input_gradient_problem``); the weight gradient is the
+windowed path's (``window.backward``).
+
+As 2-D Winograd, a NaN or Inf entering a tile's transform can reach every output of the
+tile: :func:`forward` returns whether every output is finite, and the caller recomputes
+otherwise.
+
+>>> import numpy as np
+>>> from fastconv._args.conv_nd import conv_nd_args_from_shapes
+>>> a = conv_nd_args_from_shapes("conv3d", (1, 1, 2, 5, 5), (1, 1, 1, 3, 3), rank=3)
+>>> y = np.empty(a.y_shape)
+>>> forward(np.ones(a.x_shape), np.ones(a.w_shape), a, y)
+True
+>>> y[0, 0, 0]
+array([[9., 9., 9.],
+       [9., 9., 9.],
+       [9., 9., 9.]])
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+from ... import _blas, config
+from ...costs import gemm_seconds, load_profile
+from .._common import workspace
+from . import window
+from .wino_kernels import input_planes, kernel_transform, output_planes
+
+#: Entries of a transformed 6x6 tile (F(4x4, 3x3)).
+ENTRIES = 36
+
+#: Element passes of the transforms over their inputs and outputs (padded rows, the row
+#: and column passes), in units of the copy bandwidth.
+TRANSFORM_PASSES = 2.0
+
+#: Fixed cost of one output depth of one image and group: a batched GEMM call and two
+#: transform calls from Python.
+DEPTH_US = 12.0
+
+
+def applies(a) -> bool:
+    """Whether the path serves problem ``a``: kernel (kd, 3, 3), every stride and
+    dilation 1."""
+    return (tuple(a.kernel[1:]) == (3, 3) and all(s == 1 for s in a.stride)
+            and all(r == 1 for r in a.dilation))
+
+
+def tiles(a) -> tuple[int, int]:
+    """(tile rows, tile columns) of 4x4 outputs per output plane."""
+    return -(-a.out[1] // 4), -(-a.out[2] // 4)
+
+
+def transform_kernel(w, a) -> np.ndarray:
+    """U (G, 36, C_out/G, kd C_in/G) of the canonical kernel ``w``."""
+    dg, cg = a.c_out // a.groups, a.c_in // a.groups
+    u = np.empty((a.groups, ENTRIES, dg, a.kernel[0] * cg), a.dtype)
+    for g in range(a.groups):
+        kernel_transform(np.ascontiguousarray(w[g * dg:(g + 1) * dg]), u[g])
+    return u
+
+
+def _macs(a) -> int:
+    th, tw = tiles(a)
+    return (ENTRIES * a.n * a.out[0] * a.c_out * (a.c_in // a.groups) * a.kernel[0]
+            * th * tw)
+
+
+def split_threads(a, threads: int | None = None) -> int:
+    """Threads the (image, output depth) pairs are split over: 1 when the GEMMs' total is
+    small (``config.SMALL_GEMM_MACS``), else as many as numba uses (at most the pairs)."""
+    threads = numba.get_num_threads() if threads is None else threads
+    if _macs(a) <= config.SMALL_GEMM_MACS:
+        return 1
+    return max(1, min(threads, a.n * a.out[0]))
+
+
+def forward(x, w, a, out) -> bool:
+    """conv3d of canonical arrays into canonical ``out`` (no bias); ``a`` one
+    :func:`applies` accepts. Returns whether every output is finite."""
+    u = transform_kernel(w, a)
+    pairs = a.n * a.out[0]
+    threads = split_threads(a)
+    bounds = [pairs * k // threads for k in range(threads + 1)]
+    bad = [0] * threads
+
+    def part(k):
+        bad[k] = _run(x, u, a, out, bounds[k], bounds[k + 1])
+
+    if threads == 1:
+        with _blas.one_blas_thread():
+            part(0)
+    else:
+        _blas.on_threads(part, threads)
+    return not any(bad)
+
+
+def _run(x, u, a, out, lo, hi) -> int:
+    """Output depths ``lo`` .. ``hi`` - 1 of the (image, output depth) pairs; returns how
+    many outputs are not finite."""
+    d_in, od = a.size[0], a.out[0]
+    kd, pd = a.kernel[0], a.padding[0][0]
+    (pt, _), (pl, _) = a.padding[1:]
+    th, tw = tiles(a)
+    nt = th * tw
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
+    v = workspace("conv3d-wino-v", ENTRIES * a.groups * d_in * cg * nt, a.dtype).reshape(
+        ENTRIES, a.groups, d_in, cg, nt)
+    m = workspace("conv3d-wino-m", ENTRIES * dg * nt, a.dtype).reshape(ENTRIES, dg, nt)
+    bad = 0
+    for b in range(lo // od, -(-hi // od)):
+        i0, i1 = max(lo - b * od, 0), min(hi - b * od, od)
+        ready = max(0, i0 - pd)             # the next input depth to transform
+        for i in range(i0, i1):
+            z0 = i - pd
+            k0, k1 = max(0, -z0), min(kd, d_in - z0)
+            if k1 <= k0:                    # reads only padding
+                out[b, :, i] = 0
+                continue
+            for z in range(ready, z0 + k1):
+                for g in range(a.groups):
+                    input_planes(x[b, g * cg:(g + 1) * cg, z], v[:, g, z], th, tw, pt, pl)
+            ready = max(ready, z0 + k1)
+            for g in range(a.groups):
+                rows = v[:, g, z0 + k0:z0 + k1].reshape(ENTRIES, -1, nt)
+                np.matmul(u[g][:, :, k0 * cg:k1 * cg], rows, out=m)
+                bad += output_planes(m, out[b, g * dg:(g + 1) * dg, i], th, tw)
+    return bad
+
+
+def input_gradient_applies(a) -> bool:
+    """Whether the input gradient runs here: its forward problem exists (no padding
+    beyond the kernel's extent) and is one :func:`applies` accepts."""
+    t = window.input_gradient_problem(a)
+    return applies(a) and t is not None
+
+
+def backward(gy, x, w, a, grad_x, grad_w) -> None:
+    """Weight gradient (the windowed path's) into ``grad_w`` and input gradient into
+    ``grad_x`` (None: not wanted): the forward of ``window.input_gradient_problem`` where
+    :func:`input_gradient_applies` and every result is finite, else the windowed path's."""
+    by_wino = grad_x is not None and input_gradient_applies(a)
+    if grad_w is not None or (grad_x is not None and not by_wino):
+        window.backward(gy, x, w, a, None if by_wino else grad_x, grad_w)
+    if by_wino:
+        t = window.input_gradient_problem(a)
+        if not forward(gy, window._flipped(w, a.groups), t, grad_x):
+            window.backward(gy, x, w, a, grad_x, None)
+
+
+def seconds(a, p=None) -> tuple[float, str]:
+    """Modelled seconds of :func:`forward` on ``a`` and a sentence: the batched GEMMs,
+    the transforms (every input plane once, every output plane once) and a fixed cost
+    per output depth, over the threads of :func:`split_threads`."""
+    p = load_profile() if p is None else p
+    item = a.dtype.itemsize
+    th, tw = tiles(a)
+    nt = th * tw
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
+    calls = a.n * a.out[0] * a.groups
+    gemm = gemm_seconds(p, dg, a.kernel[0] * cg, nt, ENTRIES * calls, item)
+    planes = a.n * (a.c_in * a.size[0] + a.c_out * a.out[0])
+    moved = planes * ENTRIES * nt * item
+    threads = split_threads(a, p.threads)
+    transforms = TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9) / threads
+    fixed = calls * DEPTH_US * 1e-6 / threads
+    secs = p.call_us * 1e-6 + gemm + transforms + fixed
+    detail = (f"F(4x4, 3x3) planes, {ENTRIES * calls} GEMMs {dg}x{a.kernel[0] * cg}x{nt} "
+              f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms")
+    return secs, detail
+
+
+def backward_seconds(a, p=None) -> tuple[float, str]:
+    """Modelled seconds of :func:`backward`: the windowed weight gradient and this
+    path's input gradient (else the windowed one)."""
+    p = load_profile() if p is None else p
+    grad_w = window.weight_gradient_seconds(a)
+    if input_gradient_applies(a):
+        grad_x, how = seconds(window.input_gradient_problem(a), p)[0], "Winograd"
+    else:
+        grad_x, how = window.backward_seconds(a) - grad_w, "windowed"
+    secs = p.call_us * 1e-6 + grad_w + grad_x
+    return secs, (f"grad_x {how} {1e3 * grad_x:.3g} ms, grad_w windowed "
+                  f"{1e3 * grad_w:.3g} ms")
+
+
+def workspace_bytes(a) -> int:
+    """Bytes of one thread's V and product workspaces."""
+    th, tw = tiles(a)
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
+    return ENTRIES * th * tw * (a.groups * a.size[0] * cg + dg) * a.dtype.itemsize
+
