@@ -17,8 +17,8 @@ with its own V and one BLAS thread (the GEMMs are small), transforming an input 
 when its first output depth needs it, so the rows each GEMM reads were just written.
 
 The input gradient is this forward on grad_y with the kernel flipped and each group's
-channels transposed (``window.input_gradient_problem``); the weight gradient is the
-windowed path's (``window.backward``).
+channels transposed (``window.input_gradient_problem``); the weight gradient is formed
+in the Winograd domain too (:mod:`.wino_grad_w`).
 
 As 2-D Winograd, a NaN or Inf entering a tile's transform can reach every output of the
 tile: :func:`forward` returns whether every output is finite, and the caller recomputes
@@ -44,7 +44,7 @@ import numpy as np
 from ... import _blas, config
 from ...costs import gemm_seconds, load_profile
 from .._common import workspace
-from . import window
+from . import window, wino_grad_w
 from .wino_kernels import input_planes, kernel_transform, output_planes
 
 #: Entries of a transformed 6x6 tile (F(4x4, 3x3)).
@@ -156,16 +156,22 @@ def input_gradient_applies(a) -> bool:
 
 
 def backward(gy, x, w, a, grad_x, grad_w) -> None:
-    """Weight gradient (the windowed path's) into ``grad_w`` and input gradient into
-    ``grad_x`` (None: not wanted): the forward of ``window.input_gradient_problem`` where
-    :func:`input_gradient_applies` and every result is finite, else the windowed path's."""
+    """Weight gradient into ``grad_w`` (:func:`.wino_grad_w.weight_gradient`) and input
+    gradient into ``grad_x`` (None: not wanted; the forward of
+    ``window.input_gradient_problem`` where :func:`input_gradient_applies`). A gradient
+    not computed here, or not finite here, is the windowed path's (the formula's NaN and
+    Inf)."""
     by_wino = grad_x is not None and input_gradient_applies(a)
-    if grad_w is not None or (grad_x is not None and not by_wino):
-        window.backward(gy, x, w, a, None if by_wino else grad_x, grad_w)
+    if grad_x is not None and not by_wino:
+        window.backward(gy, x, w, a, grad_x, None)
     if by_wino:
         t = window.input_gradient_problem(a)
         if not forward(gy, window._flipped(w, a.groups), t, grad_x):
             window.backward(gy, x, w, a, grad_x, None)
+    if grad_w is not None:
+        wino_grad_w.weight_gradient(gy, x, a, grad_w)
+        if not np.isfinite(grad_w).all():
+            window.backward(gy, x, w, a, None, grad_w)
 
 
 def seconds(a, p=None) -> tuple[float, str]:
@@ -190,17 +196,35 @@ def seconds(a, p=None) -> tuple[float, str]:
     return secs, detail
 
 
-def backward_seconds(a, p=None) -> tuple[float, str]:
-    """Modelled seconds of :func:`backward`: the windowed weight gradient and this
-    path's input gradient (else the windowed one)."""
+def weight_gradient_seconds(a, p=None) -> float:
+    """Modelled seconds of :func:`.wino_grad_w.weight_gradient`: per image and group
+    kd batched GEMMs (C_out/G) x (D_out tiles) x (C_in/G), the transforms of the input's
+    padded depths and of grad_y, over the threads of ``wino_grad_w.split_threads``."""
     p = load_profile() if p is None else p
-    grad_w = window.weight_gradient_seconds(a)
+    item = a.dtype.itemsize
+    th, tw = tiles(a)
+    nt = th * tw
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
+    kd, od = a.kernel[0], a.out[0]
+    gemm = gemm_seconds(p, dg, od * nt, cg, ENTRIES * a.n * a.groups * kd, item)
+    planes = a.n * (a.c_in * (od + kd - 1) + a.c_out * od)
+    threads = wino_grad_w.split_threads(a, p.threads)
+    transforms = TRANSFORM_PASSES * planes * ENTRIES * nt * item / (p.copy_gbs * 1e9)
+    return gemm + transforms / threads
+
+
+def backward_seconds(a, p=None) -> tuple[float, str]:
+    """Modelled seconds of :func:`backward`: the Winograd weight gradient and input
+    gradient (else the windowed one)."""
+    p = load_profile() if p is None else p
+    grad_w = weight_gradient_seconds(a, p)
     if input_gradient_applies(a):
         grad_x, how = seconds(window.input_gradient_problem(a), p)[0], "Winograd"
     else:
-        grad_x, how = window.backward_seconds(a) - grad_w, "windowed"
+        grad_x = window.backward_seconds(a) - window.weight_gradient_seconds(a)
+        how = "windowed"
     secs = p.call_us * 1e-6 + grad_w + grad_x
-    return secs, (f"grad_x {how} {1e3 * grad_x:.3g} ms, grad_w windowed "
+    return secs, (f"grad_x {how} {1e3 * grad_x:.3g} ms, grad_w Winograd "
                   f"{1e3 * grad_w:.3g} ms")
 
 
