@@ -8,7 +8,7 @@ import pytest
 
 import fastconv
 from fastconv import Tensor, gradcheck
-from fastconv.algos.conv3d import winograd
+from fastconv.algos.conv3d import wino_grad_w, winograd
 from fastconv.nn import functional as F
 
 from . import nd_checks as nd
@@ -82,9 +82,15 @@ def test_threads_split_images_and_depths(threads, monkeypatch):
     case = (2, 2, (5, 4, 6), 3, (3, 3, 3), 1, (2, 1, 0), 1, 1)
     x, wt, b, kwargs = nd.nd_arrays(case)
     want = fastconv.conv3d(x, wt, b, **kwargs, algo="naive")
+    gy = np.random.default_rng(1).standard_normal(want.shape)
+    grads = fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="naive")
     monkeypatch.setattr(winograd, "split_threads", lambda a, t=None: threads)
+    monkeypatch.setattr(wino_grad_w, "split_threads", lambda a, t=None: threads)
     got = fastconv.conv3d(x, wt, b, **kwargs, algo="winograd")
     assert ref.rel_error(got, want) < 1e-10
+    for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="winograd"), grads,
+                    strict=True):
+        assert ref.rel_error(g, r) < 1e-10
 
 
 def test_auto_picks_it_where_the_model_prices_it_lower():

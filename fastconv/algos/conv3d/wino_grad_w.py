@@ -10,8 +10,9 @@ V that tap depth k reads for all output depths are one contiguous run per channe
 each (group, k) is one batched GEMM (C_out/G) x (D_out tiles) x (C_in/G) per image:
 27 / 6.75 = 4x fewer multiplications than the direct weight gradient of a 3x3x3 layer.
 
-Images are split over the threads (each with its own workspaces, one BLAS thread), the
-threads' sums added in thread order.
+The (image, output depth) pairs are split over the threads in even runs as the
+forward's (each thread with its own workspaces and one BLAS thread, its GEMMs over its
+depths), the threads' sums added in thread order.
 
 >>> import numpy as np
 >>> from fastconv._args.conv_nd import conv_nd_args_from_shapes
@@ -41,25 +42,27 @@ def _tiles(a):
 
 
 def split_threads(a, threads: int | None = None) -> int:
-    """Threads the images are split over: 1 when the GEMMs' total is small
-    (``config.SMALL_GEMM_MACS``), else as many as numba uses, at most the images."""
+    """Threads the (image, output depth) pairs are split over: 1 when the GEMMs' total
+    is small (``config.SMALL_GEMM_MACS``), else as many as numba uses, at most the
+    pairs."""
     threads = numba.get_num_threads() if threads is None else threads
     th, tw = _tiles(a)
     macs = ENTRIES * a.n * a.out[0] * th * tw * a.c_out * (a.c_in // a.groups) * a.kernel[0]
     if macs <= config.SMALL_GEMM_MACS:
         return 1
-    return max(1, min(threads, a.n))
+    return max(1, min(threads, a.n * a.out[0]))
 
 
 def weight_gradient(gy, x, a, grad_w) -> None:
     """The weight gradient of canonical ``gy`` and ``x`` into canonical ``grad_w``
     (O, C/G, kd, 3, 3); ``a`` a problem ``winograd.applies`` accepts."""
     threads = split_threads(a)
-    bounds = [a.n * k // threads for k in range(threads + 1)]
+    pairs = a.n * a.out[0]
+    bounds = [pairs * k // threads for k in range(threads + 1)]
     parts = [None] * threads
 
     def part(k):
-        parts[k] = _images(gy, x, a, range(bounds[k], bounds[k + 1]))
+        parts[k] = _pairs(gy, x, a, bounds[k], bounds[k + 1])
 
     if threads == 1:
         with _blas.one_blas_thread():
@@ -74,8 +77,9 @@ def weight_gradient(gy, x, a, grad_w) -> None:
         kernel_adjoint(du[g], grad_w[g * dg:(g + 1) * dg])
 
 
-def _images(gy, x, a, images) -> np.ndarray:
-    """dU (G, 36, C_out/G, kd C_in/G) summed over ``images``."""
+def _pairs(gy, x, a, lo, hi) -> np.ndarray:
+    """dU (G, 36, C_out/G, kd C_in/G) summed over the (image, output depth) pairs
+    ``lo`` .. ``hi`` - 1."""
     d_in, od = a.size[0], a.out[0]
     kd, pd = a.kernel[0], a.padding[0][0]
     (pt, _), (pl, _) = a.padding[1:]
@@ -89,8 +93,9 @@ def _images(gy, x, a, images) -> np.ndarray:
         ENTRIES, groups, dg, od, nt)
     du = np.zeros((groups, ENTRIES, dg, kd * cg), a.dtype)
     prod = np.empty((ENTRIES, dg, cg), a.dtype)
-    for b in images:
-        for s in range(slots):
+    for b in range(lo // od, -(-hi // od)):
+        i0, i1 = max(lo - b * od, 0), min(hi - b * od, od)
+        for s in range(i0, i1 + kd - 1):     # slot s: input depth s - p_d
             z = s - pd
             for g in range(groups):
                 if 0 <= z < d_in:
@@ -98,13 +103,14 @@ def _images(gy, x, a, images) -> np.ndarray:
                                  pl)
                 else:
                     vc[:, g, :, s] = 0
-        for i in range(od):
+        for i in range(i0, i1):
             for g in range(groups):
                 grad_planes(gy[b, g * dg:(g + 1) * dg, i], pg[:, g, :, i], th, tw)
+        span = (i1 - i0) * nt
         for g in range(groups):
-            lhs = pg[:, g].reshape(ENTRIES, dg, od * nt)
+            lhs = pg[:, g, :, i0:i1].reshape(ENTRIES, dg, span)
             for k in range(kd):
-                rhs = vc[:, g, :, k:k + od].reshape(ENTRIES, cg, od * nt)
+                rhs = vc[:, g, :, i0 + k:i1 + k].reshape(ENTRIES, cg, span)
                 np.matmul(lhs, rhs.transpose(0, 2, 1), out=prod)
                 du[g][:, :, k * cg:(k + 1) * cg] += prod
     return du

@@ -50,9 +50,10 @@ from .wino_kernels import input_planes, kernel_transform, output_planes
 #: Entries of a transformed 6x6 tile (F(4x4, 3x3)).
 ENTRIES = 36
 
-#: Element passes of the transforms over their inputs and outputs (padded rows, the row
-#: and column passes), in units of the copy bandwidth.
-TRANSFORM_PASSES = 2.0
+#: The transforms' time per transformed plane (36 entries per tile) in passes at the
+#: copy bandwidth: the 32^3 layer's took about 2.3 us per input plane and 1.8 us per
+#: output plane of 64 tiles (9 KiB transformed) on one core of the development machine.
+TRANSFORM_PASSES = 6.0
 
 #: Fixed cost of one output depth of one image and group: a batched GEMM call and two
 #: transform calls from Python.
@@ -177,7 +178,7 @@ def backward(gy, x, w, a, grad_x, grad_w) -> None:
 def seconds(a, p=None) -> tuple[float, str]:
     """Modelled seconds of :func:`forward` on ``a`` and a sentence: the batched GEMMs,
     the transforms (every input plane once, every output plane once) and a fixed cost
-    per output depth, over the threads of :func:`split_threads`."""
+    per output depth, as the other algorithms' models on one thread's rates."""
     p = load_profile() if p is None else p
     item = a.dtype.itemsize
     th, tw = tiles(a)
@@ -187,9 +188,8 @@ def seconds(a, p=None) -> tuple[float, str]:
     gemm = gemm_seconds(p, dg, a.kernel[0] * cg, nt, ENTRIES * calls, item)
     planes = a.n * (a.c_in * a.size[0] + a.c_out * a.out[0])
     moved = planes * ENTRIES * nt * item
-    threads = split_threads(a, p.threads)
-    transforms = TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9) / threads
-    fixed = calls * DEPTH_US * 1e-6 / threads
+    transforms = TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
+    fixed = calls * DEPTH_US * 1e-6
     secs = p.call_us * 1e-6 + gemm + transforms + fixed
     detail = (f"F(4x4, 3x3) planes, {ENTRIES * calls} GEMMs {dg}x{a.kernel[0] * cg}x{nt} "
               f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms")
@@ -199,7 +199,7 @@ def seconds(a, p=None) -> tuple[float, str]:
 def weight_gradient_seconds(a, p=None) -> float:
     """Modelled seconds of :func:`.wino_grad_w.weight_gradient`: per image and group
     kd batched GEMMs (C_out/G) x (D_out tiles) x (C_in/G), the transforms of the input's
-    padded depths and of grad_y, over the threads of ``wino_grad_w.split_threads``."""
+    padded depths and of grad_y (one thread's rates, as :func:`seconds`)."""
     p = load_profile() if p is None else p
     item = a.dtype.itemsize
     th, tw = tiles(a)
@@ -208,9 +208,8 @@ def weight_gradient_seconds(a, p=None) -> float:
     kd, od = a.kernel[0], a.out[0]
     gemm = gemm_seconds(p, dg, od * nt, cg, ENTRIES * a.n * a.groups * kd, item)
     planes = a.n * (a.c_in * (od + kd - 1) + a.c_out * od)
-    threads = wino_grad_w.split_threads(a, p.threads)
     transforms = TRANSFORM_PASSES * planes * ENTRIES * nt * item / (p.copy_gbs * 1e9)
-    return gemm + transforms / threads
+    return gemm + transforms + a.n * a.groups * (od + kd) * DEPTH_US * 1e-6
 
 
 def backward_seconds(a, p=None) -> tuple[float, str]:
