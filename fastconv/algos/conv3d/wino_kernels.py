@@ -52,7 +52,7 @@ def _store(tile, dst):
             out[k] = src[k]
 
 
-@njit(cache=True, fastmath=config.FASTMATH)
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
 def input_planes(xz, v, th, tw, pt, pl):
     """xz (C, H, W), one depth plane per channel -> v (36, C, th * tw): B^T d B of every
     6x6 tile d of each zero-padded plane (padding pt on top, pl on the left, zeros
@@ -88,7 +88,7 @@ def input_planes(xz, v, th, tw, pt, pl):
         _store(tile, v[:, c])
 
 
-@njit(cache=True, fastmath=config.FASTMATH)
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
 def output_planes(m, yz, th, tw):
     """m (36, O, th * tw) Winograd-domain products -> yz (O, Ho, Wo): the 4x4 block
     A^T m A of every tile (those past Ho, Wo dropped). Returns how many outputs are
@@ -133,7 +133,7 @@ def _a6(g0, g1, g2, g3, two, four, eight):
     return g0, p02 + p13, p02 - p13, e + o, e - o, g3
 
 
-@njit(cache=True, fastmath=config.FASTMATH)
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
 def grad_planes(gz, p, th, tw):
     """gz (O, Ho, Wo), one output-gradient plane per channel -> p (36, O, th * tw):
     A g A^T of every 4x4 block g of each plane (zeros past Ho, Wo), the adjoint of
