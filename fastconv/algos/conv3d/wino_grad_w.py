@@ -31,10 +31,7 @@ import numba
 import numpy as np
 
 from ... import _blas, config
-from .._common import workspace
-from .wino_kernels import grad_planes, input_planes, kernel_adjoint
-
-ENTRIES = 36
+from .wino_kernels import ENTRIES, entry_planes, grad_planes, input_planes, kernel_adjoint
 
 
 def _tiles(a):
@@ -87,10 +84,8 @@ def _pairs(gy, x, a, lo, hi) -> np.ndarray:
     nt = th * tw
     groups, cg, dg = a.groups, a.c_in // a.groups, a.c_out // a.groups
     slots = od + kd - 1
-    vc = workspace("conv3d-wino-vc", ENTRIES * groups * cg * slots * nt, a.dtype).reshape(
-        ENTRIES, groups, cg, slots, nt)
-    pg = workspace("conv3d-wino-pg", ENTRIES * groups * dg * od * nt, a.dtype).reshape(
-        ENTRIES, groups, dg, od, nt)
+    vc = entry_planes("conv3d-wino-vc", (groups, cg, slots, nt), a.dtype)
+    pg = entry_planes("conv3d-wino-pg", (groups, dg, od, nt), a.dtype)
     du = np.zeros((groups, ENTRIES, dg, kd * cg), a.dtype)
     prod = np.empty((ENTRIES, dg, cg), a.dtype)
     for b in range(lo // od, -(-hi // od)):

@@ -43,12 +43,8 @@ import numpy as np
 
 from ... import _blas, config
 from ...costs import gemm_seconds, load_profile
-from .._common import workspace
 from . import window, wino_grad_w
-from .wino_kernels import input_planes, kernel_transform, output_planes
-
-#: Entries of a transformed 6x6 tile (F(4x4, 3x3)).
-ENTRIES = 36
+from .wino_kernels import ENTRIES, entry_planes, input_planes, kernel_transform, output_planes
 
 #: The transforms' time per transformed plane (36 entries per tile) in passes at the
 #: copy bandwidth: the 32^3 layer's took about 2.3 us per input plane and 1.8 us per
@@ -125,9 +121,8 @@ def _run(x, u, a, out, lo, hi) -> int:
     th, tw = tiles(a)
     nt = th * tw
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
-    v = workspace("conv3d-wino-v", ENTRIES * a.groups * d_in * cg * nt, a.dtype).reshape(
-        ENTRIES, a.groups, d_in, cg, nt)
-    m = workspace("conv3d-wino-m", ENTRIES * dg * nt, a.dtype).reshape(ENTRIES, dg, nt)
+    v = entry_planes("conv3d-wino-v", (a.groups, d_in, cg, nt), a.dtype)
+    m = entry_planes("conv3d-wino-m", (dg, nt), a.dtype)
     bad = 0
     for b in range(lo // od, -(-hi // od)):
         i0, i1 = max(lo - b * od, 0), min(hi - b * od, od)
