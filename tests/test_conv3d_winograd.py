@@ -101,3 +101,27 @@ def test_auto_picks_it_where_the_model_prices_it_lower():
                                          r"\(kd, 3, 3\) kernel .* got kernel \(3, 2, 3\)"):
         fastconv.conv3d_backward(np.ones((1, 1, 1, 2, 1)), np.ones((1, 1, 3, 3, 3)),
                                  np.ones((1, 1, 3, 2, 3)), algo="winograd")
+
+
+@pytest.mark.parametrize(("half", "slots", "block"), [(9216, 4, 1), (21888, 9, 3)])
+def test_workspaces_stay_bounded_on_deep_volumes(half, slots, block, monkeypatch):
+    """With room for few depths (``half``: half the workspace budget, bytes), the
+    forward's window of transformed depths slides and the weight gradient runs in blocks
+    of output depths: the same results."""
+    from dataclasses import replace
+
+    from fastconv import config
+
+    case = (2, 2, (9, 5, 6), 3, (3, 3, 3), 1, (2, 1, 1), 1, 1)
+    x, wt, b, kwargs = nd.nd_arrays(case)
+    a = replace(nd.record(x, wt, kwargs), dtype=x.dtype)
+    want = fastconv.conv3d(x, wt, b, **kwargs, algo="naive")
+    gy = np.random.default_rng(1).standard_normal(want.shape)
+    grads = fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="naive")
+    assert winograd.depth_slots(a) == 9 and wino_grad_w.block_depths(a) == a.out[0] == 11
+    monkeypatch.setattr(config, "WORKSPACE_CACHE_BYTES", 2 * half)
+    assert (winograd.depth_slots(a), wino_grad_w.block_depths(a)) == (slots, block)
+    assert ref.rel_error(fastconv.conv3d(x, wt, b, **kwargs, algo="winograd"), want) < 1e-10
+    for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="winograd"), grads,
+                    strict=True):
+        assert ref.rel_error(g, r) < 1e-10

@@ -83,29 +83,41 @@ def _pairs(gy, x, a, lo, hi) -> np.ndarray:
     th, tw = _tiles(a)
     nt = th * tw
     groups, cg, dg = a.groups, a.c_in // a.groups, a.c_out // a.groups
-    slots = od + kd - 1
-    vc = entry_planes("conv3d-wino-vc", (groups, cg, slots, nt), a.dtype)
-    pg = entry_planes("conv3d-wino-pg", (groups, dg, od, nt), a.dtype)
+    block = block_depths(a)
+    vc = entry_planes("conv3d-wino-vc", (groups, cg, block + kd - 1, nt), a.dtype)
+    pg = entry_planes("conv3d-wino-pg", (groups, dg, block, nt), a.dtype)
     du = np.zeros((groups, ENTRIES, dg, kd * cg), a.dtype)
     prod = np.empty((ENTRIES, dg, cg), a.dtype)
     for b in range(lo // od, -(-hi // od)):
-        i0, i1 = max(lo - b * od, 0), min(hi - b * od, od)
-        for s in range(i0, i1 + kd - 1):     # slot s: input depth s - p_d
-            z = s - pd
+        for j0 in range(max(lo - b * od, 0), min(hi - b * od, od), block):
+            j1 = min(hi - b * od, od, j0 + block)
+            for s in range(j1 - j0 + kd - 1):    # slot s: input depth j0 + s - p_d
+                z = j0 + s - pd
+                for g in range(groups):
+                    if 0 <= z < d_in:
+                        input_planes(x[b, g * cg:(g + 1) * cg, z], vc[:, g, :, s], th, tw,
+                                     pt, pl)
+                    else:
+                        vc[:, g, :, s] = 0
+            for i in range(j0, j1):
+                for g in range(groups):
+                    grad_planes(gy[b, g * dg:(g + 1) * dg, i], pg[:, g, :, i - j0], th, tw)
+            span = (j1 - j0) * nt
             for g in range(groups):
-                if 0 <= z < d_in:
-                    input_planes(x[b, g * cg:(g + 1) * cg, z], vc[:, g, :, s], th, tw, pt,
-                                 pl)
-                else:
-                    vc[:, g, :, s] = 0
-        for i in range(i0, i1):
-            for g in range(groups):
-                grad_planes(gy[b, g * dg:(g + 1) * dg, i], pg[:, g, :, i], th, tw)
-        span = (i1 - i0) * nt
-        for g in range(groups):
-            lhs = pg[:, g, :, i0:i1].reshape(ENTRIES, dg, span)
-            for k in range(kd):
-                rhs = vc[:, g, :, i0 + k:i1 + k].reshape(ENTRIES, cg, span)
-                np.matmul(lhs, rhs.transpose(0, 2, 1), out=prod)
-                du[g][:, :, k * cg:(k + 1) * cg] += prod
+                lhs = pg[:, g, :, :j1 - j0].reshape(ENTRIES, dg, span)
+                for k in range(kd):
+                    rhs = vc[:, g, :, k:k + j1 - j0].reshape(ENTRIES, cg, span)
+                    np.matmul(lhs, rhs.transpose(0, 2, 1), out=prod)
+                    du[g][:, :, k * cg:(k + 1) * cg] += prod
     return du
+
+
+def block_depths(a) -> int:
+    """Output depths whose transforms are held at once: all of an image's where the
+    two workspaces fit half of ``config.WORKSPACE_CACHE_BYTES``, else as many as do (at
+    least 1; each block transforms the kd - 1 input depths it shares with the next
+    again)."""
+    th, tw = _tiles(a)
+    plane = ENTRIES * th * tw * a.dtype.itemsize
+    spare = config.WORKSPACE_CACHE_BYTES // 2 - plane * a.c_in * (a.kernel[0] - 1)
+    return max(1, min(a.out[0], spare // (plane * (a.c_in + a.c_out))))

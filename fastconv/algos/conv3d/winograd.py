@@ -4,13 +4,14 @@ dilation 1).
 A (kd, 3, 3) correlation is, for each output depth i, the sum over kernel depths k and
 input channels c of 3x3 correlations of the input planes at depth i + k - p_d. Each input
 plane is transformed once (:func:`.wino_kernels.input_planes`: 36 values per 6x6 tile,
-th x tw tiles of 4x4 outputs per plane) into V (36, G, D, C/G, tiles), depth-major, so
-the (k, c) rows that output depth i reads are one contiguous block of V; per output depth
-(and group) one batched GEMM over the 36 entries, (C_out/G) x (kd C/G) x (tiles), with
-the transformed kernel U (G, 36, C_out/G, kd C/G), then the output transform of that
-depth's planes. At the volume edges the GEMM takes only the kernel depths that read
-inside the input (no padded planes are stored). A 3x3x3 layer does 27 / 6.75 = 4x fewer
-multiplications than the direct sum.
+th x tw tiles of 4x4 outputs per plane) into V (36, G, depths, C/G, tiles), depth-major,
+so the (k, c) rows that output depth i reads are one contiguous block of V (V holds every
+input depth where that fits, else a window of them that slides, :func:`depth_slots`);
+per output depth (and group) one batched GEMM over the 36 entries, (C_out/G) x (kd C/G) x
+(tiles), with the transformed kernel U (G, 36, C_out/G, kd C/G), then the output
+transform of that depth's planes. At the volume edges the GEMM takes only the kernel
+depths that read inside the input (no padded planes are stored). A 3x3x3 layer does
+27 / 6.75 = 4x fewer multiplications than the direct sum.
 
 The (image, output depth) pairs are split over the threads in even runs, each thread
 with its own V and one BLAS thread (the GEMMs are small), transforming an input depth
@@ -112,6 +113,16 @@ def forward(x, w, a, out) -> bool:
     return not any(bad)
 
 
+def depth_slots(a) -> int:
+    """Input depths the forward's V holds at once: all of them where that fits half of
+    ``config.WORKSPACE_CACHE_BYTES``, else as many as do (at least kd): the window
+    slides, its last depths copied to the front."""
+    th, tw = tiles(a)
+    slab = ENTRIES * a.c_in * th * tw * a.dtype.itemsize
+    fits = config.WORKSPACE_CACHE_BYTES // 2 // slab
+    return max(a.kernel[0], min(a.size[0], fits))
+
+
 def _run(x, u, a, out, lo, hi) -> int:
     """Output depths ``lo`` .. ``hi`` - 1 of the (image, output depth) pairs; returns how
     many outputs are not finite."""
@@ -121,24 +132,31 @@ def _run(x, u, a, out, lo, hi) -> int:
     th, tw = tiles(a)
     nt = th * tw
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
-    v = entry_planes("conv3d-wino-v", (a.groups, d_in, cg, nt), a.dtype)
+    slots = depth_slots(a)
+    v = entry_planes("conv3d-wino-v", (a.groups, slots, cg, nt), a.dtype)
     m = entry_planes("conv3d-wino-m", (dg, nt), a.dtype)
     bad = 0
     for b in range(lo // od, -(-hi // od)):
         i0, i1 = max(lo - b * od, 0), min(hi - b * od, od)
-        ready = max(0, i0 - pd)             # the next input depth to transform
+        base = ready = max(0, i0 - pd)      # depth in slot 0; the next to transform
         for i in range(i0, i1):
             z0 = i - pd
             k0, k1 = max(0, -z0), min(kd, d_in - z0)
             if k1 <= k0:                    # reads only padding
                 out[b, :, i] = 0
                 continue
+            if z0 + k1 > base + slots:      # slide: keep depths z0 + k0 .. ready - 1
+                keep = max(0, ready - (z0 + k0))
+                v[:, :, :keep] = v[:, :, ready - keep - base:ready - base].copy()
+                base = z0 + k0
+                ready = max(ready, base)
             for z in range(ready, z0 + k1):
                 for g in range(a.groups):
-                    input_planes(x[b, g * cg:(g + 1) * cg, z], v[:, g, z], th, tw, pt, pl)
+                    input_planes(x[b, g * cg:(g + 1) * cg, z], v[:, g, z - base], th, tw,
+                                 pt, pl)
             ready = max(ready, z0 + k1)
             for g in range(a.groups):
-                rows = v[:, g, z0 + k0:z0 + k1].reshape(ENTRIES, -1, nt)
+                rows = v[:, g, z0 + k0 - base:z0 + k1 - base].reshape(ENTRIES, -1, nt)
                 np.matmul(u[g][:, :, k0 * cg:k1 * cg], rows, out=m)
                 bad += output_planes(m, out[b, g * dg:(g + 1) * dg, i], th, tw)
     return bad
