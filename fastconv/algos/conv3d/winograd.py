@@ -209,17 +209,22 @@ def seconds(a, p=None) -> tuple[float, str]:
     return secs, detail
 
 
+#: Multiply-adds per second (float32, one core) of ``wino_kernels.weight_products``: the
+#: 32^3 layer's 113 million per image took 2.8 ms.
+WEIGHT_PRODUCTS_GMACS = 40.0
+
+
 def weight_gradient_seconds(a, p=None) -> float:
-    """Modelled seconds of :func:`.wino_grad_w.weight_gradient`: per image and group
-    kd batched GEMMs (C_out/G) x (D_out tiles) x (C_in/G), the transforms of the input's
-    padded depths and of grad_y (one thread's rates, as :func:`seconds`)."""
+    """Modelled seconds of :func:`.wino_grad_w.weight_gradient`: the Winograd-domain
+    products (``WEIGHT_PRODUCTS_GMACS``), the transforms of the input's padded depths
+    and of grad_y (one thread's rates, as :func:`seconds`)."""
     p = load_profile() if p is None else p
     item = a.dtype.itemsize
     th, tw = tiles(a)
     nt = th * tw
-    cg, dg = a.c_in // a.groups, a.c_out // a.groups
     kd, od = a.kernel[0], a.out[0]
-    gemm = gemm_seconds(p, dg, od * nt, cg, ENTRIES * a.n * a.groups * kd, item)
+    macs = ENTRIES * a.n * od * nt * a.c_out * (a.c_in // a.groups) * kd
+    gemm = macs / (WEIGHT_PRODUCTS_GMACS * 1e9) * (item / 4)
     planes = a.n * (a.c_in * (od + kd - 1) + a.c_out * od)
     transforms = TRANSFORM_PASSES * planes * ENTRIES * nt * item / (p.copy_gbs * 1e9)
     return gemm + transforms + a.n * a.groups * (od + kd) * DEPTH_US * 1e-6
