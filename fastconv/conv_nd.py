@@ -180,6 +180,19 @@ def _pick(a, algo, arrays, backward=False) -> str:
     return choice
 
 
+def _forward3d(entry, xc, wc, a, out, bias) -> None:
+    """``entry``'s forward into ``out`` plus ``bias`` (by the algorithm where it adds it
+    itself); where Winograd reports a non-finite output, im2col's result instead (the
+    formula's NaN and Inf)."""
+    if entry.adds_bias:
+        if entry.forward(xc, wc, a, out, bias) is not False:
+            return
+        entry = _algos.ALGORITHMS["im2col"]
+    entry.forward(xc, wc, a, out)
+    if bias is not None:
+        out += bias.reshape(-1, 1, 1, 1)
+
+
 def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout="NCDHW",
            algo="auto", device="cpu"):
     """3-D cross-correlation, as torch.nn.functional.conv3d.
@@ -239,10 +252,7 @@ def conv3d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     if a.n > 0:
         xc, = _canonical(a, x)
         wc = np.ascontiguousarray(a.dims.weight_to_canonical_view(w))
-        if _algos.ALGORITHMS[_pick(a, algo, (xc, wc))].forward(xc, wc, a, out) is False:
-            _algos.ALGORITHMS["im2col"].forward(xc, wc, a, out)  # non-finite Winograd
-        if bias is not None:
-            out += bias.reshape(-1, 1, 1, 1)
+        _forward3d(_algos.ALGORITHMS[_pick(a, algo, (xc, wc))], xc, wc, a, out, bias)
     y = a.dims.from_canonical_view(out)
     if a.unbatched:
         y = y[0]

@@ -35,6 +35,7 @@ class Algorithm3d:
     cost: object
     backward_factor: float
     applies: object = None      # problem -> bool; None: every problem
+    adds_bias: bool = False     # forward(x, w, a, out, bias) adds the bias itself
 
 
 def _naive_cost(a, p: Profile) -> Estimate:
@@ -104,7 +105,7 @@ ALGORITHMS = {
                           BACKWARD_FACTOR),
     "fft": Algorithm3d("fft", fft.forward, fft.backward, _fft_cost, BACKWARD_FACTOR),
     "winograd": Algorithm3d("winograd", winograd.forward, winograd.backward,
-                            _winograd_cost, BACKWARD_FACTOR, winograd.applies),
+                            _winograd_cost, BACKWARD_FACTOR, winograd.applies, True),
 }
 
 

@@ -107,10 +107,10 @@ def input_planes(xz, v, th, tw, pt, pl):
 
 
 @njit(cache=True, nogil=True, fastmath=config.FASTMATH)
-def output_planes(m, yz, th, tw):
+def output_planes(m, yz, th, tw, bias):
     """m (36, O, th * tw) Winograd-domain products -> yz (O, Ho, Wo): the 4x4 block
-    A^T m A of every tile (those past Ho, Wo dropped). Returns how many outputs are
-    NaN or +-Inf."""
+    A^T m A of every tile (those past Ho, Wo dropped), plus bias[o] (O values). Returns
+    how many outputs are NaN or +-Inf."""
     c_out, ho, wo = yz.shape
     u = np.empty((4, 6, tw), dtype=m.dtype)
     line = np.empty(4 * tw, dtype=m.dtype)
@@ -118,6 +118,7 @@ def output_planes(m, yz, th, tw):
     bad = 0
     for o in range(c_out):
         mo = m[:, o]
+        add = bias[o]
         for r in range(th):
             base = U(r * tw)
             for b in range(6):  # A^T down the columns
@@ -134,7 +135,7 @@ def output_planes(m, yz, th, tw):
                     q = _at6(ua[0, j], ua[1, j], ua[2, j], ua[3, j], ua[4, j], ua[5, j],
                              two, four, eight)
                     for e in range(4):
-                        line[U(4) * j + U(e)] = q[e]
+                        line[U(4) * j + U(e)] = q[e] + add
                 dst = yz[o, 4 * r + a]
                 for s in range(U(wo)):
                     dst[s] = line[s]

@@ -93,17 +93,19 @@ def split_threads(a, threads: int | None = None) -> int:
     return max(1, min(threads, a.n * a.out[0]))
 
 
-def forward(x, w, a, out) -> bool:
-    """conv3d of canonical arrays into canonical ``out`` (no bias); ``a`` one
-    :func:`applies` accepts. Returns whether every output is finite."""
+def forward(x, w, a, out, bias=None) -> bool:
+    """conv3d of canonical arrays into canonical ``out``, plus ``bias`` (C_out,) when
+    given (added by the output transform: no pass of its own); ``a`` one :func:`applies`
+    accepts. Returns whether every output is finite."""
     u = transform_kernel(w, a)
+    bias = np.zeros(a.c_out, a.dtype) if bias is None else bias.astype(a.dtype, copy=False)
     pairs = a.n * a.out[0]
     threads = split_threads(a)
     bounds = [pairs * k // threads for k in range(threads + 1)]
     bad = [0] * threads
 
     def part(k):
-        bad[k] = _run(x, u, a, out, bounds[k], bounds[k + 1])
+        bad[k] = _run(x, u, a, out, bias, bounds[k], bounds[k + 1])
 
     if threads == 1:
         with _blas.one_blas_thread():
@@ -123,7 +125,7 @@ def depth_slots(a) -> int:
     return max(a.kernel[0], min(a.size[0], fits))
 
 
-def _run(x, u, a, out, lo, hi) -> int:
+def _run(x, u, a, out, bias, lo, hi) -> int:
     """Output depths ``lo`` .. ``hi`` - 1 of the (image, output depth) pairs; returns how
     many outputs are not finite."""
     d_in, od = a.size[0], a.out[0]
@@ -143,7 +145,7 @@ def _run(x, u, a, out, lo, hi) -> int:
             z0 = i - pd
             k0, k1 = max(0, -z0), min(kd, d_in - z0)
             if k1 <= k0:                    # reads only padding
-                out[b, :, i] = 0
+                out[b, :, i] = bias.reshape(-1, 1, 1)
                 continue
             if z0 + k1 > base + slots:      # slide: keep depths z0 + k0 .. ready - 1
                 keep = max(0, ready - (z0 + k0))
@@ -158,7 +160,8 @@ def _run(x, u, a, out, lo, hi) -> int:
             for g in range(a.groups):
                 rows = v[:, g, z0 + k0 - base:z0 + k1 - base].reshape(ENTRIES, -1, nt)
                 np.matmul(u[g][:, :, k0 * cg:k1 * cg], rows, out=m)
-                bad += output_planes(m, out[b, g * dg:(g + 1) * dg, i], th, tw)
+                bad += output_planes(m, out[b, g * dg:(g + 1) * dg, i], th, tw,
+                                     bias[g * dg:(g + 1) * dg])
     return bad
 
 
