@@ -8,7 +8,7 @@ import pytest
 
 import fastconv
 from fastconv import Tensor, gradcheck
-from fastconv.algos.conv3d import wino_grad_w, winograd
+from fastconv.algos.conv3d import wino_backward, winograd
 from fastconv.nn import functional as F
 
 from . import nd_checks as nd
@@ -85,7 +85,7 @@ def test_threads_split_images_and_depths(threads, monkeypatch):
     gy = np.random.default_rng(1).standard_normal(want.shape)
     grads = fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="naive")
     monkeypatch.setattr(winograd, "split_threads", lambda a, t=None: threads)
-    monkeypatch.setattr(wino_grad_w, "split_threads", lambda a, t=None: threads)
+    monkeypatch.setattr(wino_backward, "split_threads", lambda a, t=None: threads)
     got = fastconv.conv3d(x, wt, b, **kwargs, algo="winograd")
     assert ref.rel_error(got, want) < 1e-10
     for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="winograd"), grads,
@@ -118,9 +118,9 @@ def test_workspaces_stay_bounded_on_deep_volumes(half, slots, block, monkeypatch
     want = fastconv.conv3d(x, wt, b, **kwargs, algo="naive")
     gy = np.random.default_rng(1).standard_normal(want.shape)
     grads = fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="naive")
-    assert winograd.depth_slots(a) == 9 and wino_grad_w.block_depths(a) == a.out[0] == 11
+    assert winograd.depth_slots(a) == 9 and wino_backward.block_depths(a) == a.out[0] == 11
     monkeypatch.setattr(config, "WORKSPACE_CACHE_BYTES", 2 * half)
-    assert (winograd.depth_slots(a), wino_grad_w.block_depths(a)) == (slots, block)
+    assert (winograd.depth_slots(a), wino_backward.block_depths(a)) == (slots, block)
     assert ref.rel_error(fastconv.conv3d(x, wt, b, **kwargs, algo="winograd"), want) < 1e-10
     for g, r in zip(fastconv.conv3d_backward(gy, x, wt, **kwargs, algo="winograd"), grads,
                     strict=True):

@@ -217,55 +217,60 @@ def kernel_adjoint(du, gw):
 
 
 @njit(cache=True, nogil=True, fastmath=config.FASTMATH)
-def weight_products(p, p0, o_n, o_step, v, v0, c_n, c_step, nt, span, du):
-    """du[e, o, k * c_n + c] += sum over q < span of p[e, p0 + o * o_step + q] *
-    v[e, v0 + c * c_step + k * nt + q], for every entry e, o < o_n, c < c_n and tap
-    depth k < du.shape[2] // c_n: the weight gradient's Winograd-domain products of
-    :mod:`.wino_grad_w` (p: transformed grad_y rows, v: transformed input rows, each
-    entry's plane a row of the C-contiguous p and v).
+def weight_products(p, p0, o_n, o_step, i_step, v, v0, c_n, c_step, nt, n_i, du):
+    """du[e, o, k * c_n + c] += sum over depths i < n_i and q < nt of
+    p[e, p0 + o * o_step + i * i_step + q] * v[e, v0 + c * c_step + (i + k) * nt + q], for
+    every entry e, o < o_n, c < c_n and tap depth k < du.shape[2] // c_n: the weight
+    gradient's Winograd-domain products of :mod:`.wino_backward` (p: transformed grad_y,
+    v: transformed input, each entry's planes a row of the C-contiguous p and v).
 
-    Blocks of 4 x 4 (o, c) pairs, 16 running sums over q (vectorised): two multiply-adds
-    per load. OpenBLAS took 1.6x as long on these (32 x 2048) @ (2048 x 16) products
-    (the 32^3 layer's). Rows past o_n or c_n repeat the last row and are not stored."""
+    Blocks of 4 x 4 (o, c) pairs, 16 running sums over (i, q) (vectorised over q): two
+    multiply-adds per load. OpenBLAS took 1.6x as long on these (32 x 2048) @ (2048 x 16)
+    products (the 32^3 layer's). Rows past o_n or c_n repeat the last row and are not
+    stored."""
     kd = du.shape[2] // c_n
     zero = du.dtype.type(0)
     acc = np.empty((4, 4), dtype=du.dtype)
     for e in range(p.shape[0]):
         pe, ve, de = p[e], v[e], du[e]
         for o0 in range(0, o_n, 4):
-            r0 = U(p0 + o0 * o_step)
-            r1 = U(p0 + min(o0 + 1, o_n - 1) * o_step)
-            r2 = U(p0 + min(o0 + 2, o_n - 1) * o_step)
-            r3 = U(p0 + min(o0 + 3, o_n - 1) * o_step)
+            r0 = p0 + o0 * o_step
+            r1 = p0 + min(o0 + 1, o_n - 1) * o_step
+            r2 = p0 + min(o0 + 2, o_n - 1) * o_step
+            r3 = p0 + min(o0 + 3, o_n - 1) * o_step
             for k in range(kd):
                 for c0 in range(0, c_n, 4):
-                    s0 = U(v0 + c0 * c_step + k * nt)
-                    s1 = U(v0 + min(c0 + 1, c_n - 1) * c_step + k * nt)
-                    s2 = U(v0 + min(c0 + 2, c_n - 1) * c_step + k * nt)
-                    s3 = U(v0 + min(c0 + 3, c_n - 1) * c_step + k * nt)
+                    s0 = v0 + c0 * c_step + k * nt
+                    s1 = v0 + min(c0 + 1, c_n - 1) * c_step + k * nt
+                    s2 = v0 + min(c0 + 2, c_n - 1) * c_step + k * nt
+                    s3 = v0 + min(c0 + 3, c_n - 1) * c_step + k * nt
                     a00 = a01 = a02 = a03 = zero
                     a10 = a11 = a12 = a13 = zero
                     a20 = a21 = a22 = a23 = zero
                     a30 = a31 = a32 = a33 = zero
-                    for q in range(U(span)):
-                        x0, x1, x2, x3 = pe[r0 + q], pe[r1 + q], pe[r2 + q], pe[r3 + q]
-                        y0, y1, y2, y3 = ve[s0 + q], ve[s1 + q], ve[s2 + q], ve[s3 + q]
-                        a00 += x0 * y0
-                        a01 += x0 * y1
-                        a02 += x0 * y2
-                        a03 += x0 * y3
-                        a10 += x1 * y0
-                        a11 += x1 * y1
-                        a12 += x1 * y2
-                        a13 += x1 * y3
-                        a20 += x2 * y0
-                        a21 += x2 * y1
-                        a22 += x2 * y2
-                        a23 += x2 * y3
-                        a30 += x3 * y0
-                        a31 += x3 * y1
-                        a32 += x3 * y2
-                        a33 += x3 * y3
+                    for i in range(n_i):
+                        pi, vi = U(i * i_step), U(i * nt)
+                        q0, q1, q2, q3 = U(r0) + pi, U(r1) + pi, U(r2) + pi, U(r3) + pi
+                        w0, w1, w2, w3 = U(s0) + vi, U(s1) + vi, U(s2) + vi, U(s3) + vi
+                        for q in range(U(nt)):
+                            x0, x1, x2, x3 = pe[q0 + q], pe[q1 + q], pe[q2 + q], pe[q3 + q]
+                            y0, y1, y2, y3 = ve[w0 + q], ve[w1 + q], ve[w2 + q], ve[w3 + q]
+                            a00 += x0 * y0
+                            a01 += x0 * y1
+                            a02 += x0 * y2
+                            a03 += x0 * y3
+                            a10 += x1 * y0
+                            a11 += x1 * y1
+                            a12 += x1 * y2
+                            a13 += x1 * y3
+                            a20 += x2 * y0
+                            a21 += x2 * y1
+                            a22 += x2 * y2
+                            a23 += x2 * y3
+                            a30 += x3 * y0
+                            a31 += x3 * y1
+                            a32 += x3 * y2
+                            a33 += x3 * y3
                     acc[0, 0], acc[0, 1], acc[0, 2], acc[0, 3] = a00, a01, a02, a03
                     acc[1, 0], acc[1, 1], acc[1, 2], acc[1, 3] = a10, a11, a12, a13
                     acc[2, 0], acc[2, 1], acc[2, 2], acc[2, 3] = a20, a21, a22, a23
@@ -273,3 +278,58 @@ def weight_products(p, p0, o_n, o_step, v, v0, c_n, c_step, nt, span, du):
                     for i in range(min(4, o_n - o0)):
                         for j in range(min(4, c_n - c0)):
                             de[o0 + i, k * c_n + c0 + j] += acc[i, j]
+
+
+@njit(inline="always")
+def _b6(x0, x1, x2, x3, x4, x5, two, four, five):
+    """B x for F(4x4, 3x3) (the transpose of ``_bt6``'s B^T), six values from six."""
+    return (four * x0,
+            four * (x2 - x1) + two * (x4 - x3) + four * x5,
+            -five * x0 - four * (x1 + x2) - x3 - x4,
+            x1 - x2 + two * (x3 - x4) - five * x5,
+            x0 + x1 + x2 + x3 + x4,
+            x5)
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def input_adjoint(dv, gz, th, tw, pt, pl):
+    """dv (36, C, th * tw) Winograd-domain input gradients -> gz (C, H, W): B dv B^T of
+    every tile added onto its 6x6 block of the padded plane (neighbouring tiles overlap
+    by two rows and columns), the plane's interior stored: the adjoint of
+    :func:`input_planes`. Returns how many stored values are NaN or +-Inf."""
+    c_in, h, w = gz.shape
+    hp = 4 * th + 2
+    pad = np.empty((hp, 4 * tw + 2), dtype=dv.dtype)
+    cols = np.empty((6, 6, tw), dtype=dv.dtype)
+    two, four, five = _scalars(dv, 2, 4, 5)
+    hh, ww = min(h, hp - pt), min(w, 4 * tw + 2 - pl)
+    bad = 0
+    for c in range(c_in):
+        pad[:] = 0
+        vc = dv[:, c]
+        for r in range(th):
+            base = U(r * tw)
+            for b in range(6):  # B down the columns
+                s0, s1, s2 = vc[b], vc[6 + b], vc[12 + b]
+                s3, s4, s5 = vc[18 + b], vc[24 + b], vc[30 + b]
+                for j in range(U(tw)):
+                    k = base + j
+                    q = _b6(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k], two, four, five)
+                    for p in range(6):
+                        cols[p, b, j] = q[p]
+            for p in range(6):  # B along the rows, added onto the padded plane
+                cp = cols[p]
+                dst = pad[4 * r + p]
+                for j in range(U(tw)):
+                    q = _b6(cp[0, j], cp[1, j], cp[2, j], cp[3, j], cp[4, j], cp[5, j],
+                            two, four, five)
+                    s = U(4) * j
+                    for e in range(6):
+                        dst[s + U(e)] += q[e]
+        out = gz[c]
+        for i in range(hh):
+            src, row = pad[pt + i], out[i]
+            for q in range(U(ww)):
+                row[q] = src[U(pl) + q]
+                bad += not math.isfinite(row[q])
+    return bad

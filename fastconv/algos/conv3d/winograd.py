@@ -17,9 +17,8 @@ The (image, output depth) pairs are split over the threads in even runs, each th
 with its own V and one BLAS thread (the GEMMs are small), transforming an input depth
 when its first output depth needs it, so the rows each GEMM reads were just written.
 
-The input gradient is this forward on grad_y with the kernel flipped and each group's
-channels transposed (``window.input_gradient_problem``); the weight gradient is formed
-in the Winograd domain too (:mod:`.wino_grad_w`).
+Both gradients are the forward's adjoints in the Winograd domain, from one transform of
+grad_y (:mod:`.wino_backward`).
 
 As 2-D Winograd, a NaN or Inf entering a tile's transform can reach every output of the
 tile: :func:`forward` returns whether every output is finite, and the caller recomputes
@@ -44,7 +43,7 @@ import numpy as np
 
 from ... import _blas, config
 from ...costs import gemm_seconds, load_profile
-from . import window, wino_grad_w
+from . import window, wino_backward
 from .wino_kernels import ENTRIES, entry_planes, input_planes, kernel_transform, output_planes
 
 #: The transforms' time per transformed plane (36 entries per tile) in passes at the
@@ -165,30 +164,13 @@ def _run(x, u, a, out, bias, lo, hi) -> int:
     return bad
 
 
-def input_gradient_applies(a) -> bool:
-    """Whether the input gradient runs here: its forward problem exists (no padding
-    beyond the kernel's extent) and is one :func:`applies` accepts."""
-    t = window.input_gradient_problem(a)
-    return applies(a) and t is not None
-
-
 def backward(gy, x, w, a, grad_x, grad_w) -> None:
-    """Weight gradient into ``grad_w`` (:func:`.wino_grad_w.weight_gradient`) and input
-    gradient into ``grad_x`` (None: not wanted; the forward of
-    ``window.input_gradient_problem`` where :func:`input_gradient_applies`). A gradient
-    not computed here, or not finite here, is the windowed path's (the formula's NaN and
-    Inf)."""
-    by_wino = grad_x is not None and input_gradient_applies(a)
-    if grad_x is not None and not by_wino:
-        window.backward(gy, x, w, a, grad_x, None)
-    if by_wino:
-        t = window.input_gradient_problem(a)
-        if not forward(gy, window._flipped(w, a.groups), t, grad_x):
-            window.backward(gy, x, w, a, grad_x, None)
-    if grad_w is not None:
-        wino_grad_w.weight_gradient(gy, x, a, grad_w)
-        if not np.isfinite(grad_w).all():
-            window.backward(gy, x, w, a, None, grad_w)
+    """Input gradient into ``grad_x`` and weight gradient into ``grad_w`` (None: not
+    wanted), both by :func:`.wino_backward.gradients`; a gradient that is not finite
+    there is recomputed by the windowed path (the formula's NaN and Inf)."""
+    ok_x, ok_w = wino_backward.gradients(gy, x, transform_kernel(w, a), a, grad_x, grad_w)
+    if not (ok_x and ok_w):
+        window.backward(gy, x, w, a, None if ok_x else grad_x, None if ok_w else grad_w)
 
 
 def seconds(a, p=None) -> tuple[float, str]:
@@ -217,35 +199,26 @@ def seconds(a, p=None) -> tuple[float, str]:
 WEIGHT_PRODUCTS_GMACS = 40.0
 
 
-def weight_gradient_seconds(a, p=None) -> float:
-    """Modelled seconds of :func:`.wino_grad_w.weight_gradient`: the Winograd-domain
-    products (``WEIGHT_PRODUCTS_GMACS``), the transforms of the input's padded depths
-    and of grad_y (one thread's rates, as :func:`seconds`)."""
+def backward_seconds(a, p=None) -> tuple[float, str]:
+    """Modelled seconds of :func:`backward` (one thread's rates, as :func:`seconds`):
+    the weight gradient's products (``WEIGHT_PRODUCTS_GMACS``) and the input
+    gradient's GEMMs, the transforms of grad_y (once for both), of the input's padded
+    depths and the input gradient's adjoint transform, a fixed cost per output depth."""
     p = load_profile() if p is None else p
     item = a.dtype.itemsize
     th, tw = tiles(a)
     nt = th * tw
+    cg, dg = a.c_in // a.groups, a.c_out // a.groups
     kd, od = a.kernel[0], a.out[0]
-    macs = ENTRIES * a.n * od * nt * a.c_out * (a.c_in // a.groups) * kd
-    gemm = macs / (WEIGHT_PRODUCTS_GMACS * 1e9) * (item / 4)
-    planes = a.n * (a.c_in * (od + kd - 1) + a.c_out * od)
+    macs = ENTRIES * a.n * od * nt * a.c_out * cg * kd
+    grad_w = macs / (WEIGHT_PRODUCTS_GMACS * 1e9) * (item / 4)
+    grad_x = gemm_seconds(p, cg, dg, nt, ENTRIES * a.n * a.size[0] * a.groups * kd, item)
+    planes = a.n * (a.c_in * (od + kd - 1) + a.c_out * od + a.c_in * a.size[0])
     transforms = TRANSFORM_PASSES * planes * ENTRIES * nt * item / (p.copy_gbs * 1e9)
-    return gemm + transforms + a.n * a.groups * (od + kd) * DEPTH_US * 1e-6
-
-
-def backward_seconds(a, p=None) -> tuple[float, str]:
-    """Modelled seconds of :func:`backward`: the Winograd weight gradient and input
-    gradient (else the windowed one)."""
-    p = load_profile() if p is None else p
-    grad_w = weight_gradient_seconds(a, p)
-    if input_gradient_applies(a):
-        grad_x, how = seconds(window.input_gradient_problem(a), p)[0], "Winograd"
-    else:
-        grad_x = window.backward_seconds(a) - window.weight_gradient_seconds(a)
-        how = "windowed"
-    secs = p.call_us * 1e-6 + grad_w + grad_x
-    return secs, (f"grad_x {how} {1e3 * grad_x:.3g} ms, grad_w Winograd "
-                  f"{1e3 * grad_w:.3g} ms")
+    fixed = a.n * a.groups * (od + kd + a.size[0] * kd) * DEPTH_US * 1e-6
+    secs = p.call_us * 1e-6 + grad_w + grad_x + transforms + fixed
+    return secs, (f"grad_x Winograd GEMMs {1e3 * grad_x:.3g} ms, grad_w Winograd "
+                  f"products {1e3 * grad_w:.3g} ms, transforms {1e3 * transforms:.3g} ms")
 
 
 def workspace_bytes(a) -> int:
