@@ -106,6 +106,21 @@ def input_planes(xz, v, th, tw, pt, pl):
         _store(tile, v[:, c])
 
 
+@njit(inline="always")
+def _down_columns(f, planes, base, tw, out, c0, c1, c2):
+    """out[a, b, j] = f(planes[b], planes[6 + b], ..., planes[30 + b])[a], each plane
+    read at element base + j (j < tw, b < 6): the 6-point transform ``f`` (coefficients
+    c0, c1, c2) down the columns of one tile row's tiles."""
+    for b in range(6):
+        s0, s1, s2 = planes[b], planes[6 + b], planes[12 + b]
+        s3, s4, s5 = planes[18 + b], planes[24 + b], planes[30 + b]
+        for j in range(U(tw)):
+            k = base + j
+            q = f(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k], c0, c1, c2)
+            for a in range(len(q)):
+                out[a, b, j] = q[a]
+
+
 @njit(cache=True, nogil=True, fastmath=config.FASTMATH)
 def output_planes(m, yz, th, tw, bias):
     """m (36, O, th * tw) Winograd-domain products -> yz (O, Ho, Wo): the 4x4 block
@@ -121,14 +136,7 @@ def output_planes(m, yz, th, tw, bias):
         add = bias[o]
         for r in range(th):
             base = U(r * tw)
-            for b in range(6):  # A^T down the columns
-                s0, s1, s2 = mo[b], mo[6 + b], mo[12 + b]
-                s3, s4, s5 = mo[18 + b], mo[24 + b], mo[30 + b]
-                for j in range(U(tw)):
-                    k = base + j
-                    q = _at6(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k], two, four, eight)
-                    for a in range(4):
-                        u[a, b, j] = q[a]
+            _down_columns(_at6, mo, base, tw, u, two, four, eight)  # A^T
             for a in range(min(4, ho - 4 * r)):  # A along the rows
                 ua = u[a]
                 for j in range(U(tw)):
@@ -309,14 +317,7 @@ def input_adjoint(dv, gz, th, tw, pt, pl):
         vc = dv[:, c]
         for r in range(th):
             base = U(r * tw)
-            for b in range(6):  # B down the columns
-                s0, s1, s2 = vc[b], vc[6 + b], vc[12 + b]
-                s3, s4, s5 = vc[18 + b], vc[24 + b], vc[30 + b]
-                for j in range(U(tw)):
-                    k = base + j
-                    q = _b6(s0[k], s1[k], s2[k], s3[k], s4[k], s5[k], two, four, five)
-                    for p in range(6):
-                        cols[p, b, j] = q[p]
+            _down_columns(_b6, vc, base, tw, cols, two, four, five)  # B
             for p in range(6):  # B along the rows, added onto the padded plane
                 cp = cols[p]
                 dst = pad[4 * r + p]
