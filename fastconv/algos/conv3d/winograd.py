@@ -194,9 +194,11 @@ def seconds(a, p=None) -> tuple[float, str]:
     return secs, detail
 
 
-#: Multiply-adds per second (float32, one core) of ``wino_kernels.weight_products``: the
-#: 32^3 layer's 113 million per image took 2.8 ms.
+#: Multiply-adds per second (float32, one core) of ``wino_kernels.weight_products`` on
+#: long rows, and the tiles per plane at which it runs at half that (its innermost loop
+#: runs over one plane's tiles): 30, 15.5 and 6.7 GMAC/s at 64, 16 and 4 tiles.
 WEIGHT_PRODUCTS_GMACS = 40.0
+WEIGHT_PRODUCTS_HALF_TILES = 20.0
 
 
 def backward_seconds(a, p=None) -> tuple[float, str]:
@@ -211,7 +213,8 @@ def backward_seconds(a, p=None) -> tuple[float, str]:
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
     kd, od = a.kernel[0], a.out[0]
     macs = ENTRIES * a.n * od * nt * a.c_out * cg * kd
-    grad_w = macs / (WEIGHT_PRODUCTS_GMACS * 1e9) * (item / 4)
+    rate = WEIGHT_PRODUCTS_GMACS * 1e9 * nt / (nt + WEIGHT_PRODUCTS_HALF_TILES)
+    grad_w = macs / rate * (item / 4)
     grad_x = gemm_seconds(p, cg, dg, nt, ENTRIES * a.n * a.size[0] * a.groups * kd, item)
     planes = a.n * (a.c_in * (od + kd - 1) + a.c_out * od + a.c_in * a.size[0])
     transforms = TRANSFORM_PASSES * planes * ENTRIES * nt * item / (p.copy_gbs * 1e9)
