@@ -54,7 +54,7 @@ def test_gradcheck_float64():
                                               algo="winograd"), [x, w, b])
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # NaN in
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_nan_and_inf_follow_the_formula():
     x, wt, _, kwargs = nd.nd_arrays(CASES[0])
     x[0, 1, 2, 2, 3] = np.nan
