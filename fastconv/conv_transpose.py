@@ -193,9 +193,11 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     else:
         conv = dataclasses.replace(a.conv, dtype=dtype)
         gy = np.ascontiguousarray(_top_left(a, grad_y)) if a.cropped else grad_y
-        if need_x:
+        if need_x and need_w:
+            autotune.run_forward_and_weight_grad(gy, w, x, conv, grad_x, grad_w, algo=algo)
+        elif need_x:
             autotune.run_forward(gy, w, None, conv, grad_x, algo=algo)
-        if need_w:
+        elif need_w:
             autotune.run_backward(x, gy, w, conv, None, grad_w, algo=algo)
     grad_bias = None
     if need_b:

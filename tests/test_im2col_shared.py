@@ -1,0 +1,91 @@
+"""im2col's forward and weight gradient from one unfold per image (``im2col.shared``):
+against the references over strides, paddings, dilations, groups, dtypes and thread
+counts; conv_transpose2d_backward takes it for grad_x and grad_w together; float64
+gradcheck through the autograd op."""
+
+import numba
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import autotune
+from fastconv._args import conv_args_from_shapes
+from fastconv.algos.im2col import shared
+
+from . import reference as ref
+from .conftest import count_calls
+from .test_conv_transpose import grouped_gradcheck
+
+# (n, c, h, w, d, kh, kw, stride, padding, dilation, groups)
+CASES = [
+    (3, 3, 7, 6, 4, 3, 3, 1, 1, 1, 1),
+    (2, 4, 9, 8, 6, 4, 4, 2, 1, 1, 2),
+    (3, 2, 8, 7, 3, 3, 2, (2, 1), ((2, 1), (0, 3)), (1, 2), 1),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_forward_and_weight_grad_match_reference(case, dtype, threads):
+    n, c, h, w, d, kh, kw, stride, padding, dilation, groups = case
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    wt = rng.standard_normal((d, c // groups, kh, kw)).astype(dtype)
+    a = conv_args_from_shapes("t", x.shape, wt.shape, stride, padding, dilation, groups,
+                              dtype=dtype)
+    gy = rng.standard_normal(a.y_shape).astype(dtype)
+    assert shared.applies(a)
+    y, gw = np.full(a.y_shape, np.nan, dtype), np.full(wt.shape, np.nan, dtype)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        shared.forward_and_weight_grad(x, wt, gy, a, y, gw)
+    finally:
+        numba.set_num_threads(before)
+    want_y = ref.conv2d(x, wt, None, a.stride, a.padding, a.dilation, groups)
+    want_gw = ref.conv2d_backward(gy, x, wt, a.stride, a.padding, a.dilation, groups)[1]
+    tol = ref.tolerance(dtype, "im2col")
+    assert y.dtype == gw.dtype == dtype
+    assert ref.rel_error(y, want_y) <= tol and ref.rel_error(gw, want_gw) <= tol
+
+
+def test_which_problems_apply():
+    assert shared.applies(conv_args_from_shapes("t", (16, 32, 56, 56), (64, 32, 4, 4), 2, 1))
+    assert not shared.applies(conv_args_from_shapes("t", (2, 8, 5, 5), (4, 8, 1, 1)))
+    assert not shared.applies(conv_args_from_shapes("t", (2, 5, 5, 8), (3, 3, 8, 4),
+                                                    layout="NHWC"))
+    # many small images: the forward unfolds them image-last
+    assert not shared.applies(conv_args_from_shapes("t", (64, 6, 14, 14), (16, 6, 5, 5)))
+
+
+@pytest.mark.parametrize("algo", ["im2col", "auto"])
+def test_conv_transpose_backward_unfolds_once(algo, monkeypatch):
+    """grad_x and grad_w together take the shared unfold (the decoder layer's geometry,
+    small); one of them alone does not."""
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((2, 6, 5, 5))
+    w = rng.standard_normal((6, 3, 4, 4))
+    kwargs = dict(stride=2, padding=1)
+    gy = rng.standard_normal((2, 3, 10, 10))
+    monkeypatch.setattr(autotune, "forward_choice", lambda a, algo="auto": "im2col")
+    monkeypatch.setattr(autotune, "backward_choice", lambda a, algo="auto", need_x=True:
+                        "im2col")
+    monkeypatch.setattr(autotune.im2col, "image_last_tile", lambda a, with_grad_x=True: 0)
+    calls = count_calls(monkeypatch, shared, "forward_and_weight_grad")
+    gx, gw, gb = fastconv.conv_transpose2d_backward(gy, x, w, **kwargs, algo=algo)
+    assert calls == [1]
+    want = ref.conv_transpose2d_backward(gy, x, w, (2, 2), (1, 1))
+    for got, exp in zip((gx, gw, gb), want, strict=True):
+        assert ref.rel_error(got, exp) < 1e-12
+    only_w = fastconv.conv_transpose2d_backward(gy, x, w, **kwargs, algo=algo,
+                                                needs_input_grad=(False, True, False))
+    assert calls == [1] and ref.rel_error(only_w[1], want[1]) < 1e-12
+
+
+def test_gradcheck_through_the_shared_unfold(monkeypatch):
+    """float64 central differences of conv_transpose2d (two images) where its backward
+    unfolds once."""
+    monkeypatch.setattr(autotune.im2col, "image_last_tile", lambda a, with_grad_x=True: 0)
+    calls = count_calls(monkeypatch, shared, "forward_and_weight_grad")
+    assert grouped_gradcheck("im2col", n=2) and calls
