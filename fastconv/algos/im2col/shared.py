@@ -76,14 +76,16 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w) -> None:
         cols = view(workspace("im2col.cols", g * cgkk * length, args.dtype),
                     (1, g * cgkk, length))
         cols4 = view(cols, (g, cgkk, length))
-        tmp = np.empty((g, dg, cgkk), args.dtype)
-        acc = np.zeros((g, dg, cgkk), args.dtype)
+        tmp = np.empty((g, cgkk, dg), args.dtype)
+        acc = np.zeros((g, cgkk, dg), args.dtype)
         for n in range(args.n * k // threads, args.n * (k + 1) // threads):
             _im2col_nchw_serial(x, cols, n, 0, *conv)
             np.matmul(wmat, cols4, out=y[n])
-            np.matmul(gy[n], cols4.transpose(0, 2, 1), out=tmp)
+            # grad_W^T = cols @ grad_y^T: 6.4 against 7.7 ms for grad_y @ cols^T (the
+            # decoder layer's 16 images, one core)
+            np.matmul(cols4, gy[n].transpose(0, 2, 1), out=tmp)
             acc += tmp
         sums[k] = acc
 
     _blas.on_threads(part, threads)
-    view(grad_w, (g, dg, cgkk))[...] = sum(sums[1:], sums[0])
+    view(grad_w, (g, dg, cgkk))[...] = sum(sums[1:], sums[0]).transpose(0, 2, 1)
