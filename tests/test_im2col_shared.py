@@ -21,6 +21,9 @@ CASES = [
     (3, 3, 7, 6, 4, 3, 3, 1, 1, 1, 1),
     (2, 4, 9, 8, 6, 4, 4, 2, 1, 1, 2),
     (3, 2, 8, 7, 3, 3, 2, (2, 1), ((2, 1), (0, 3)), (1, 2), 1),
+    # by phases: kernel sides multiples of the stride
+    (3, 2, 7, 9, 3, 2, 4, (1, 2), ((0, 1), (2, 0)), 1, 1),
+    (2, 3, 10, 11, 4, 6, 3, 3, 2, 1, 1),
 ]
 
 
@@ -48,6 +51,13 @@ def test_forward_and_weight_grad_match_reference(case, dtype, threads):
     tol = ref.tolerance(dtype, "im2col")
     assert y.dtype == gw.dtype == dtype
     assert ref.rel_error(y, want_y) <= tol and ref.rel_error(gw, want_gw) <= tol
+
+
+def test_which_unfold_by_phases():
+    args = [conv_args_from_shapes("t", (1, 1, 9, 9), w, *kw) for w, kw in [
+        ((1, 1, 4, 4), (2, 1)), ((1, 1, 2, 4), ((1, 2), 0)), ((1, 1, 6, 3), (3,)),
+        ((1, 1, 3, 3), (2, 1)), ((1, 1, 4, 4), (2, 1, 2)), ((1, 1, 4, 4), (1, 1))]]
+    assert [shared.by_phases(a) for a in args] == [True, True, True, False, False, False]
 
 
 def test_which_problems_apply():
