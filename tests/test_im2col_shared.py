@@ -27,17 +27,23 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_forward_and_weight_grad_match_reference(case, dtype, threads):
+def _problem(case, dtype):
+    """(x, w, conv2d record, grad_y) of a case."""
     n, c, h, w, d, kh, kw, stride, padding, dilation, groups = case
     rng = np.random.default_rng(1)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
     wt = rng.standard_normal((d, c // groups, kh, kw)).astype(dtype)
     a = conv_args_from_shapes("t", x.shape, wt.shape, stride, padding, dilation, groups,
                               dtype=dtype)
-    gy = rng.standard_normal(a.y_shape).astype(dtype)
+    return x, wt, a, rng.standard_normal(a.y_shape).astype(dtype)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_forward_and_weight_grad_match_reference(case, dtype, threads):
+    x, wt, a, gy = _problem(case, dtype)
+    groups = a.groups
     assert shared.applies(a)
     y, gw = np.full(a.y_shape, np.nan, dtype), np.full(wt.shape, np.nan, dtype)
     before = numba.get_num_threads()
@@ -51,6 +57,31 @@ def test_forward_and_weight_grad_match_reference(case, dtype, threads):
     tol = ref.tolerance(dtype, "im2col")
     assert y.dtype == gw.dtype == dtype
     assert ref.rel_error(y, want_y) <= tol and ref.rel_error(gw, want_gw) <= tol
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES[1:2] + CASES[3:] + [
+    (2, 2, 11, 6, 3, 4, 2, 2, 0, 1, 1)], ids=str)   # row 10: past every output's reach
+def test_input_gradient_by_phases_matches_reference(case, dtype):
+    x, wt, a, gy = _problem(case, dtype)
+    groups = a.groups
+    assert shared.by_phases(a)
+    gx = np.zeros(x.shape, dtype)
+    shared.input_gradient_by_phases(gy, wt, a, gx)
+    want = ref.conv2d_backward(gy, x, wt, a.stride, a.padding, a.dilation, groups)[0]
+    assert gx.dtype == dtype and ref.rel_error(gx, want) <= ref.tolerance(dtype, "im2col")
+
+
+def test_conv_transpose_forward_folds_by_phases(monkeypatch):
+    from fastconv.algos.im2col import drivers
+
+    monkeypatch.setattr(drivers, "image_last_tile", lambda args, with_grad_x=True: 0)
+    calls = count_calls(monkeypatch, drivers, "input_gradient_by_phases")
+    rng = np.random.default_rng(5)
+    x, w, b = (rng.standard_normal(s) for s in ((2, 6, 5, 4), (6, 3, 4, 2), 3))
+    got = fastconv.conv_transpose2d(x, w, b, stride=2, padding=1, algo="im2col")
+    want = ref.conv_transpose2d(x, w, b, (2, 2), (1, 1))
+    assert calls == [1] and ref.rel_error(got, want) < 1e-12
 
 
 def test_which_unfold_by_phases():

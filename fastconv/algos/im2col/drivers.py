@@ -13,6 +13,8 @@ from ..._runtime import parallel_guard
 from .._common import view
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .pointwise import backward_pointwise
+from .shared import applies as shared_applies
+from .shared import by_phases, input_gradient_by_phases
 from .split import (
     backward_split,
     backward_tile,
@@ -151,6 +153,9 @@ def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:
     g, dg, cgkk = gemm_sizes(args)
     conv = unfold_params(args)
     wmat = _weights_nchw(w, args)
+    if grad_w is None and by_phases(args) and shared_applies(args):
+        input_gradient_by_phases(gy, w, args, grad_x)
+        return
     if split_backward(args):
         backward_split(gy, x, wmat, args, grad_x,
                        None if grad_w is None else view(grad_w, (g, dg, cgkk)))

@@ -15,7 +15,11 @@ into its s x s phases (padded pixel (s u + a0, s v + b0) to phase (a0, b0) at (u
 tap (s a1 + a0, s b1 + b0) of output (i, j) is then phase (a0, b0) at (i + a1, j + b1),
 so on an output grid Wq = W_out + KW/s - 1 wide every column row is one contiguous run
 of a phase, copied by one ``np.copyto`` per image (``_phase_columns``). The grid's
-extra columns are zeroed in the columns, computed, and dropped.
+extra columns are zeroed in the columns, computed, and dropped. The input gradient
+alone (``input_gradient_by_phases``: conv_transpose2d's forward) folds the same way:
+the column gradients W^T grad_y on the grid are added to the phases of the padded
+gradient one kernel offset (a1, b1) at a time, a contiguous run per row, and the phases
+are merged into grad_x.
 
 NCHW, whole-image tiles (``tiling``) that are not unfolded image-last; ``applies`` says
 which problems.
@@ -111,6 +115,38 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w) -> None:
     view(grad_w, (g, dg, cgkk))[...] = sum(sums[1:], sums[0]).transpose(0, 2, 1)
 
 
+def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
+    """grad_x (N, C_in, H, W) of conv2d problem ``args`` (``by_phases(args)``, NCHW,
+    whole-image tiles) from grad_y (N, C_out, H_out, W_out): per image, the column
+    gradients W^T grad_y on the grid folded onto the phases of the padded gradient
+    (module docstring); the images split over the threads. grad_x comes zero-filled
+    (pixels that no output reads keep their zero)."""
+    g, dg, cgkk = gemm_sizes(args)
+    (sh, sw), (kh, kw) = args.stride, (args.kh, args.kw)
+    (pt, _), (pl, _) = args.padding
+    wq = _grid_width(args)
+    hq = args.h_out + kh // sh
+    length = args.h_out * wq
+    wt = np.ascontiguousarray(np.ascontiguousarray(w).reshape(g, dg, cgkk).transpose(0, 2, 1))
+    gy = np.ascontiguousarray(grad_y).reshape(args.n, g, dg, args.h_out, args.w_out)
+    c = args.c_in
+    threads = max(1, min(numba.get_num_threads(), args.n))
+
+    def part(k: int) -> None:
+        cols = workspace("im2col.cols", g * cgkk * length, args.dtype).reshape(g, cgkk, length)
+        phases = workspace("im2col.phases", c * sh * sw * hq * wq, args.dtype)
+        phases = phases.reshape(c, sh, sw, hq, wq)
+        gyq = np.zeros((g, dg, args.h_out, wq), args.dtype)
+        for n in range(args.n * k // threads, args.n * (k + 1) // threads):
+            gyq[..., :args.w_out] = gy[n]
+            np.matmul(wt, gyq.reshape(g, dg, length), out=cols)
+            _fold_phases(cols.reshape(c, kh // sh, sh, kw // sw, sw, length),
+                         phases.reshape(c, sh, sw, hq * wq), wq)
+            _merge_phases(phases, grad_x[n], pt, pl)
+
+    _blas.on_threads(part, threads)
+
+
 def by_phases(args) -> bool:
     """Whether the unfold goes by phases (module docstring): a stride above 1, kernel
     sides multiples of the stride, no dilation."""
@@ -165,3 +201,45 @@ def _split_phases(img, phases, pt, pl):
                     first, step = U(sw * v_lo + off), U(sw)
                     for t in range(U(v_hi - v_lo)):
                         dst[U(v_lo) + t] = line[first + t * step]
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def _merge_phases(phases, img, pt, pl):
+    """img[c, y, x] = phases[c, (y + pt) % sh, (x + pl) % sw, (y + pt) // sh,
+    (x + pl) // sw]: the inverse of :func:`_split_phases` on the image's pixels (those
+    past the phases' reach are left as they are)."""
+    c_all, sh, sw, hq, wq = phases.shape
+    _, h, w = img.shape
+    for c in range(c_all):
+        for y in range(min(h, hq * sh - pt)):  # rows below the grid's reach: no gradient
+            u, a0 = (y + pt) // sh, (y + pt) % sh
+            line = img[c, y]
+            for b0 in range(sw):
+                src = phases[c, a0, b0, u]
+                # pixels x = sw v + b0 - pl, for v with 0 <= x < w
+                v_lo, v_hi = valid_range(wq, b0 - pl, sw, w)
+                first, step = U(sw * v_lo + b0 - pl), U(sw)
+                for t in range(U(v_hi - v_lo)):
+                    line[first + t * step] = src[U(v_lo) + t]
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def _fold_phases(cols, phases, wq):
+    """phases (C, sh, sw, Hq*Wq) = the sum over kernel offsets (a1, b1) of the column
+    gradients cols (C, KH/sh, sh, KW/sw, sw, span) of taps (sh a1 + a0, sw b1 + b0),
+    each run added at offset a1 Wq + b1 of its phase (grid width ``wq``)."""
+    c_all, kh1, sh, kw1, sw, span = cols.shape
+    plane = phases.shape[3]
+    zero = phases.dtype.type(0)
+    for c in range(c_all):
+        for a0 in range(sh):
+            for b0 in range(sw):
+                dst = phases[c, a0, b0]
+                for t in range(U(plane)):
+                    dst[t] = zero
+                for a1 in range(kh1):
+                    for b1 in range(kw1):
+                        src = cols[c, a1, a0, b1, b0]
+                        base = U(a1 * wq + b1)
+                        for t in range(U(span)):
+                            dst[base + t] += src[t]
