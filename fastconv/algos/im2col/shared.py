@@ -49,9 +49,8 @@ from numpy.lib.stride_tricks import as_strided
 
 from ... import _blas, config
 from .._common import U, valid_range, view, workspace
-from .split import _im2col_nchw_serial
 from .tiling import gemm_sizes, is_pointwise, tiling, unfold_params
-from .unfold import _zero_pad
+from .unfold import _im2col_nchw_serial, _zero_pad
 
 
 def applies(args) -> bool:
