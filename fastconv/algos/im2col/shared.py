@@ -118,8 +118,7 @@ def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
     """grad_x (N, C_in, H, W) of conv2d problem ``args`` (``by_phases(args)``, NCHW,
     whole-image tiles) from grad_y (N, C_out, H_out, W_out): per image, the column
     gradients W^T grad_y on the grid folded onto the phases of the padded gradient
-    (module docstring); the images split over the threads. grad_x comes zero-filled
-    (pixels that no output reads keep their zero)."""
+    (module docstring); the images split over the threads. Writes all of grad_x."""
     g, dg, cgkk = gemm_sizes(args)
     (sh, sw), (kh, kw) = args.stride, (args.kh, args.kw)
     (pt, _), (pl, _) = args.padding
@@ -205,14 +204,19 @@ def _split_phases(img, phases, pt, pl):
 @njit(cache=True, nogil=True, fastmath=config.FASTMATH)
 def _merge_phases(phases, img, pt, pl):
     """img[c, y, x] = phases[c, (y + pt) % sh, (x + pl) % sw, (y + pt) // sh,
-    (x + pl) // sw]: the inverse of :func:`_split_phases` on the image's pixels (those
-    past the phases' reach are left as they are)."""
+    (x + pl) // sw]: the inverse of :func:`_split_phases` on the image's pixels (zero
+    past the phases' reach: no output reads them)."""
     c_all, sh, sw, hq, wq = phases.shape
     _, h, w = img.shape
+    zero = img.dtype.type(0)
+    rows, cols = min(h, hq * sh - pt), max(0, min(w, wq * sw - pl))
     for c in range(c_all):
-        for y in range(min(h, hq * sh - pt)):  # rows below the grid's reach: no gradient
+        for y in range(rows, h):
+            _zero_pad(img[c, y], U(0), U(w), U(w), U(w), zero)
+        for y in range(rows):
             u, a0 = (y + pt) // sh, (y + pt) % sh
             line = img[c, y]
+            _zero_pad(line, U(0), U(0), U(cols), U(w), zero)
             for b0 in range(sw):
                 src = phases[c, a0, b0, u]
                 # pixels x = sw v + b0 - pl, for v with 0 <= x < w
