@@ -46,10 +46,11 @@ def test_forward_and_weight_grad_match_reference(case, dtype, threads):
     groups = a.groups
     assert shared.applies(a)
     y, gw = np.full(a.y_shape, np.nan, dtype), np.full(wt.shape, np.nan, dtype)
+    sums = np.full(x.shape[1], np.nan)
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        shared.forward_and_weight_grad(x, wt, gy, a, y, gw)
+        shared.forward_and_weight_grad(x, wt, gy, a, y, gw, sums)
     finally:
         numba.set_num_threads(before)
     want_y = ref.conv2d(x, wt, None, a.stride, a.padding, a.dilation, groups)
@@ -57,6 +58,7 @@ def test_forward_and_weight_grad_match_reference(case, dtype, threads):
     tol = ref.tolerance(dtype, "im2col")
     assert y.dtype == gw.dtype == dtype
     assert ref.rel_error(y, want_y) <= tol and ref.rel_error(gw, want_gw) <= tol
+    assert ref.rel_error(sums, x.sum(axis=(0, 2, 3), dtype=np.float64)) <= 1e-12
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -62,7 +62,7 @@ def applies(args) -> bool:
     return t.band == args.h_out and not t.image_last
 
 
-def forward_and_weight_grad(x, w, grad_y, args, out, grad_w) -> None:
+def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> None:
     """``out`` = conv2d(x, w) and ``grad_w`` = conv2d's weight gradient for input x
     and output gradient ``grad_y``, each image unfolded once (``applies(args)`` must
     hold).
@@ -75,6 +75,8 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w) -> None:
         output.
     out : (N, C_out, H_out, W_out), written.
     grad_w : shape of w, written.
+    x_sums : None, or (C_in,) float64, written: x summed over images and pixels
+        (conv_transpose2d's bias gradient), taken while each image is in cache.
     """
     g, dg, cgkk = gemm_sizes(args)
     phased = by_phases(args)
@@ -85,7 +87,7 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w) -> None:
     gy = np.ascontiguousarray(grad_y).reshape(args.n, g, dg, args.h_out, args.w_out)
     conv = unfold_params(args)
     threads = max(1, min(numba.get_num_threads(), args.n))
-    sums = [None] * threads
+    sums, x_parts = [None] * threads, [0.0] * threads
 
     def part(k: int) -> None:
         cols = view(workspace("im2col.cols", g * cgkk * length, args.dtype),
@@ -108,10 +110,14 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w) -> None:
             # decoder layer's 16 images, one core)
             np.matmul(cols4, view(gyq, (g, dg, length)).transpose(0, 2, 1), out=tmp)
             acc += tmp
+            if x_sums is not None:
+                x_parts[k] = x_parts[k] + x[n].reshape(args.c_in, -1).sum(1, np.float64)
         sums[k] = acc
 
     _blas.on_threads(part, threads)
     view(grad_w, (g, dg, cgkk))[...] = sum(sums[1:], sums[0]).transpose(0, 2, 1)
+    if x_sums is not None:
+        x_sums[...] = sum(x_parts)
 
 
 def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
