@@ -98,6 +98,8 @@ def test_which_problems_apply():
     assert not shared.applies(conv_args_from_shapes("t", (2, 8, 5, 5), (4, 8, 1, 1)))
     assert not shared.applies(conv_args_from_shapes("t", (2, 5, 5, 8), (3, 3, 8, 4),
                                                     layout="NHWC"))
+    one = conv_args_from_shapes("t", (1, 32, 56, 56), (64, 32, 4, 4), 2, 1)
+    assert shared.applies(one) is (numba.get_num_threads() == 1)
     # many small images: the forward unfolds them image-last
     assert not shared.applies(conv_args_from_shapes("t", (64, 6, 14, 14), (16, 6, 5, 5)))
 

@@ -54,9 +54,13 @@ from .unfold import _im2col_nchw_serial, _zero_pad
 
 
 def applies(args) -> bool:
-    """Whether :func:`forward_and_weight_grad` serves problem ``args``: NCHW, a kernel
-    that is not pointwise, one image's columns within a tile, no image-last tiles."""
-    if args.dims.channels_last or args.n == 0 or is_pointwise(args):
+    """Whether :func:`forward_and_weight_grad` (and ``input_gradient_by_phases``) serve
+    problem ``args``: NCHW, a kernel that is not pointwise, one image's columns within a
+    tile, no image-last tiles, and images to share out (a single image on several
+    threads keeps the tile loops, whose unfold, fold and GEMMs use them all)."""
+    if args.dims.channels_last or is_pointwise(args):
+        return False
+    if args.n < 2 and not (args.n == 1 and numba.get_num_threads() == 1):
         return False
     t = tiling(args)
     return t.band == args.h_out and not t.image_last
