@@ -38,6 +38,7 @@ import numpy as np
 from . import _args, config, numerics
 from ._timing import median_time
 from .algos import im2col, registry
+from .algos.im2col import shared
 from .algos.registry import ALGORITHMS, applicable  # noqa: F401
 from .costs import (  # noqa: F401  (the profile is part of the policy's public face)
     DEFAULT_PROFILE,
@@ -346,3 +347,22 @@ def run_backward(grad_y, x, w, a, grad_x, grad_w, *, algo: str = "auto",
     if rest_x is not None or rest_w is not None:
         registry.get(registry.FALLBACK).backward(grad_y, x, w, a, rest_x, rest_w)
     return entry.name
+
+
+def run_forward_and_weight_grad(x, w, grad_y, a, out, grad_w, *, algo: str = "auto",
+                                x_sums=None) -> None:
+    """``out`` = conv2d's forward of ``x`` and ``grad_w`` = its weight gradient for the
+    output gradient ``grad_y`` (``conv_transpose2d_backward``'s grad_x and grad_w), and
+    ``x_sums`` (None or (C_in,) float64) = x summed over all but its channel axis (the
+    transposed op's bias gradient). Where both would run im2col's per-image GEMMs, each
+    image is unfolded once for the two products and summed while in cache
+    (``im2col.shared``); otherwise ``run_forward`` and ``run_backward``."""
+    if (forward_choice(a, algo) == "im2col" and backward_choice(a, algo, False) == "im2col"
+            and not im2col.image_last_tile(a, False) and shared.applies(a)):
+        shared.forward_and_weight_grad(x, w, grad_y, a, out, grad_w, x_sums)
+        return
+    run_forward(x, w, None, a, out, algo=algo)
+    run_backward(grad_y, x, w, a, None, grad_w, algo=algo)
+    if x_sums is not None:
+        axes = tuple(i for i in range(4) if i != a.dims.channel_axis)
+        x_sums[...] = x.sum(axis=axes, dtype=np.float64)

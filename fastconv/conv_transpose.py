@@ -186,6 +186,7 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     dtype = np.dtype(np.float32) if half else a.dtype
     grad_x = allocate(op, "input gradient", x.shape, dtype) if need_x else None
     grad_w = allocate(op, "weight gradient", w.shape, dtype) if need_w else None
+    sums = None
     if a.conv is None or a.n == 0:
         for g in (grad_x, grad_w):
             if g is not None:
@@ -193,12 +194,19 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     else:
         conv = dataclasses.replace(a.conv, dtype=dtype)
         gy = np.ascontiguousarray(_top_left(a, grad_y)) if a.cropped else grad_y
-        if need_x:
+        if need_x and need_w:
+            # grad_bias sums grad_y's reach only when nothing lies past it (not cropped)
+            sums = np.empty(a.c_out) if need_b and not a.cropped else None
+            autotune.run_forward_and_weight_grad(gy, w, x, conv, grad_x, grad_w, algo=algo,
+                                                 x_sums=sums)
+        elif need_x:
             autotune.run_forward(gy, w, None, conv, grad_x, algo=algo)
-        if need_w:
+        elif need_w:
             autotune.run_backward(x, gy, w, conv, None, grad_w, algo=algo)
     grad_bias = None
-    if need_b:
+    if need_b and sums is not None:
+        grad_bias = sums.astype(dtype)
+    elif need_b:
         axes = tuple(i for i in range(4) if i != a.dims.channel_axis)
         grad_bias = grad_y.sum(axis=axes, dtype=np.float64).astype(dtype)
     if a.unbatched and need_x:

@@ -13,6 +13,8 @@ from ..._runtime import parallel_guard
 from .._common import view
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .pointwise import backward_pointwise
+from .shared import applies as shared_applies
+from .shared import by_phases, input_gradient_by_phases
 from .split import (
     backward_split,
     backward_tile,
@@ -128,13 +130,18 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     (``image_last.backward_image_last``: no column matrix). Otherwise each tile of the
     forward (``tiling``) is unfolded, used for grad_w, then overwritten by its column
     gradient and folded. Wraps ``_im2col_*``, ``_col2im_*`` and numpy's BLAS matmul.
-    Pointwise layers skip the unfold and the fold (``pointwise.backward_pointwise``)."""
+    Pointwise layers skip the unfold and the fold (``pointwise.backward_pointwise``); the
+    input gradient alone at a stride that divides the kernel folds by phases
+    (``shared.input_gradient_by_phases``)."""
     if is_pointwise(args):
         backward_pointwise(grad_y, x, w, args, grad_x, grad_w)
         return
     images = image_last_tile(args, grad_x is not None)
     if images:
         backward_image_last(grad_y, x, w, args, grad_x, grad_w, images)
+        return
+    if grad_x is not None and grad_w is None and by_phases(args) and shared_applies(args):
+        input_gradient_by_phases(np.ascontiguousarray(grad_y), w, args, grad_x)
         return
     if grad_x is not None:
         grad_x[...] = 0
