@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
 from .drivers import backward, forward
+from .image_last_direct import direct_cost, direct_forward_applies
 from .pointwise import backward_cost_pointwise
 from .split import split_tiles
 from .tiling import is_pointwise, tile_count, tiling
@@ -15,7 +16,10 @@ def cost(a, p: Profile) -> Estimate:
     fixed cost per copied row segment) and one GEMM per group, (C_out/G) x (C_in/G*KH*KW)
     x (tile pixels), at ``gemm_seconds``'s rate (skinny GEMMs are slow); tiles of
     several images add a scatter pass over their output. 1x1 stride-1 layers are one
-    batched GEMM."""
+    batched GEMM; small stride-1 layers on tiles of many images run the direct
+    image-last kernel (``image_last_direct.direct_cost``)."""
+    if direct_forward_applies(a):
+        return direct_cost(a, p)
     item = a.dtype.itemsize
     g, dg, cg = a.groups, a.c_out // a.groups, a.c_in // a.groups
     cgkk = cg * a.kh * a.kw

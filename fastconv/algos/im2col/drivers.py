@@ -12,6 +12,7 @@ from ... import _blas
 from ..._runtime import parallel_guard
 from .._common import view
 from .image_last import backward_image_last, forward_image_last, image_last_tile
+from .image_last_direct import direct_forward_applies, forward_direct
 from .pointwise import backward_pointwise
 from .shared import applies as shared_applies
 from .shared import by_phases, input_gradient_by_phases
@@ -54,8 +55,13 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     (B, C*KH*KW, pixels) from ``unfold_nchw`` and a GEMM per image and group,
     W (G, Dg, Cg*KH*KW) @ cols, written straight into ``out`` (one batched matmul call).
     A tile of many images with short output rows (``Tiling.image_last``) runs
-    ``forward_image_last``; several large tiles per thread run split over the threads
-    (``split.forward_split``)."""
+    ``forward_image_last``, or, for small stride-1 layers
+    (``image_last_direct.direct_forward_applies``), the direct image-last kernel
+    without a GEMM (``image_last_direct.forward_direct``); several large tiles per
+    thread run split over the threads (``split.forward_split``)."""
+    if direct_forward_applies(args):
+        forward_direct(x, w, args, out, bias)
+        return
     g, dg, cgkk = gemm_sizes(args)
     ckk = g * cgkk
     wmat = _weights_nchw(w, args)
