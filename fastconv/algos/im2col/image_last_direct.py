@@ -1,22 +1,25 @@
-"""The direct image-last forward: small stride-1 layers on many small images without a
-GEMM (LeNet's 6 -> 16 channels 5x5 on 12x12 images).
+"""The direct image-last convolution: small stride-1 layers on many small images in one
+parallel numba kernel, without a GEMM (LeNet's 1 -> 6 and 6 -> 16 channels 5x5).
 
 On tiles of many small images the GEMM forward (``image_last.forward_image_last``)
 hands each tile from numba's threads to OpenBLAS's and back; on a layer this small the
-handover costs as much as the arithmetic. A stride-1 convolution is the input gradient
-of another one, so the image-last backward's kernel ``_grad_x_image_last`` computes it
-directly, in numba's threads only:
+handover costs as much as the arithmetic. ``_conv_tiles`` does the whole layer in
+numba's threads, one task per tile of B images:
 
-    y[d, i, j] = sum_{c, a, b} w[d, c, a, b] x[c, i + a*r_h - p_top, j + b*r_w - p_left]
+1. copy the tile's images image-last and zero-padded, xp (C, Hp, Wp, B), in the task's
+   own buffer (Hp = Ho + (KH-1)*r_h rows: every tap of every output row lies inside);
+2. for each block of 4 output channels and output row i, accumulate the output row
+   image-last, acc[k, j*B + n] for j < Wo, n < B (one run of Wo*B values), as
 
-is the input gradient, for an "output" x (C, H, W), of the convolution with weight
-w'[c, d, a, b] = w[d, c, KH-1-a, KW-1-b] (input and output channels swapped, the kernel
-flipped), stride 1, dilation r and leading padding (KH-1)*r_h - p_top,
-(KW-1)*r_w - p_left: output row i reads input rows i + a*r_h - p_top, and the
-gradient's row i gathers from exactly those rows. Per tile of B images: x is put
-image-last (C, H, W, B), the kernel fills y image-last (D, Ho, Wo, B) with runs of
-(valid columns) * B values, and y is copied back to NCHW (bias added). The kernels are
-the backward's, already compiled for the backward of the same layer.
+       acc[k, :] += sum of w[d0 + k, c, a, b] * xp[c, i + a*r_h, b*r_w :, :] (a run)
+
+   over the taps (c, a, b), 4 taps per pass: one load of each input run feeds 4 output
+   channels, and each pass over the accumulators adds 16 products per element;
+3. write the 4 rows to out[n, d0 + k, i, :] (bias added first).
+
+With stride 1 the input gradient is the same kernel: grad_x is the convolution of
+grad_y with the flipped, transposed kernel w'[c, d, a, b] = w[d, c, KH-1-a, KW-1-b] and
+leading padding (KH-1)*r_h - p_top, (KW-1)*r_w - p_left (``grad_x_direct``).
 
 >>> import numpy as np
 >>> from fastconv import conv2d
@@ -29,76 +32,190 @@ the backward's, already compiled for the backward of the same layer.
 
 from __future__ import annotations
 
-import numpy as np
+import functools
 
+import numba
+import numpy as np
+from numba import njit, prange
+
+from ... import config
 from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
-from .._common import view, workspace
-from .image_last import _COPIES, _from_last_any
-from .image_last_grad import _grad_x_image_last
-from .tiling import tiling
+from .._common import U
+from .tiling import IMAGE_LAST_MIN_IMAGES
 
-#: Multiply-adds per second per thread of the image-last kernels (about 30 GMAC/s on
-#: one core of the 2-core AVX-512 machine, ``image_last.image_last_tile``).
-DIRECT_GMACS = 30.0
-#: The direct forward runs layers of at most this many output channels (wider layers
+#: Multiply-adds per second per thread of ``_conv_tiles`` (float32; about 35 GMAC/s on
+#: one core of the 2-core AVX-512 machine on LeNet's layers), for the cost model.
+DIRECT_GMACS = 35.0
+#: The direct kernel runs layers of at most this many output channels (wider layers
 #: make wide GEMMs, which BLAS runs faster).
 DIRECT_MAX_CHANNELS = 64
+#: ... and at most this many taps C*KH*KW (more: the GEMM is wide enough for BLAS).
+DIRECT_MAX_TAPS = 400
+#: Widest output row (wider rows make long GEMM rows).
+MAX_WIDTH = 32
+#: Images per task: at most this many, fewer when the padded tile would exceed
+#: ``TILE_BYTES`` or leave a thread without a task.
+MAX_TILE = 32
+TILE_BYTES = 256 * 1024
 
 
 def direct_forward_applies(args) -> bool:
-    """Whether the NCHW forward of ``args`` runs ``forward_direct``: tiles of several
-    small images (``Tiling.image_last``), one group, stride 1, at least 2 input
-    channels (single-channel layers have no channel sum; the direct algorithm's
-    depthwise kernel runs them), at most ``DIRECT_MAX_CHANNELS`` output channels, and
-    leading padding within the kernel's reach ((KH-1)*r_h, (KW-1)*r_w), which the
-    flipped kernel's padding needs."""
-    return (not args.dims.channels_last and args.groups == 1 and args.stride == (1, 1)
-            and 2 <= args.c_in and args.c_out <= DIRECT_MAX_CHANNELS
-            and args.kh * args.kw > 1
-            and args.padding[0][0] <= (args.kh - 1) * args.dilation[0]
-            and args.padding[1][0] <= (args.kw - 1) * args.dilation[1]
-            and tiling(args).image_last)
+    """Whether the NCHW forward of ``args`` runs ``forward_direct``: several small images
+    (at least ``IMAGE_LAST_MIN_IMAGES``, output rows of at most ``MAX_WIDTH`` pixels, a
+    padded image within a quarter of ``TILE_BYTES``), one group, stride 1, a kernel
+    larger than 1x1, at most ``DIRECT_MAX_CHANNELS`` output channels and
+    ``DIRECT_MAX_TAPS`` taps C*KH*KW, and leading padding within the kernel's reach
+    ((KH-1)*r_h, (KW-1)*r_w; the padded tile starts there)."""
+    if (args.dims.channels_last or args.groups != 1 or args.stride != (1, 1)
+            or args.n < IMAGE_LAST_MIN_IMAGES or args.kh * args.kw == 1):
+        return False
+    rh, rw = args.dilation
+    hp, wp = args.h_out + (args.kh - 1) * rh, args.w_out + (args.kw - 1) * rw
+    return (args.c_out <= DIRECT_MAX_CHANNELS and 0 < args.w_out <= MAX_WIDTH
+            and args.c_in * args.kh * args.kw <= DIRECT_MAX_TAPS
+            and 4 * args.c_in * hp * wp * args.dtype.itemsize <= TILE_BYTES
+            and args.padding[0][0] <= (args.kh - 1) * rh
+            and args.padding[1][0] <= (args.kw - 1) * rw)
+
+
+@njit(inline="always")
+def _pass4(fx, fy, fw, offs, ib, run, wr, taps):
+    """fy[k*run + t] += sum over taps q of fw[wr + k*taps + q] * fx[offs[q] + ib + t] for
+    the 4 accumulator rows k and t < run: 4 taps per pass, then single taps."""
+    t4 = taps - taps % 4
+    y1, y2, y3 = run, U(2) * run, U(3) * run
+    w1 = wr + U(taps)
+    w2 = w1 + U(taps)
+    w3 = w2 + U(taps)
+    for q in range(0, t4, 4):
+        uq = U(q)
+        x0, x1 = offs[q] + ib, offs[q + 1] + ib
+        x2, x3 = offs[q + 2] + ib, offs[q + 3] + ib
+        a00, a01, a02, a03 = fw[wr + uq], fw[wr + uq + U(1)], fw[wr + uq + U(2)], fw[wr + uq + U(3)]
+        a10, a11, a12, a13 = fw[w1 + uq], fw[w1 + uq + U(1)], fw[w1 + uq + U(2)], fw[w1 + uq + U(3)]
+        a20, a21, a22, a23 = fw[w2 + uq], fw[w2 + uq + U(1)], fw[w2 + uq + U(2)], fw[w2 + uq + U(3)]
+        a30, a31, a32, a33 = fw[w3 + uq], fw[w3 + uq + U(1)], fw[w3 + uq + U(2)], fw[w3 + uq + U(3)]
+        for t in range(run):
+            v0, v1, v2, v3 = fx[x0 + t], fx[x1 + t], fx[x2 + t], fx[x3 + t]
+            fy[t] += (a00 * v0 + a01 * v1) + (a02 * v2 + a03 * v3)
+            fy[y1 + t] += (a10 * v0 + a11 * v1) + (a12 * v2 + a13 * v3)
+            fy[y2 + t] += (a20 * v0 + a21 * v1) + (a22 * v2 + a23 * v3)
+            fy[y3 + t] += (a30 * v0 + a31 * v1) + (a32 * v2 + a33 * v3)
+    for q in range(t4, taps):
+        uq = U(q)
+        x0 = offs[q] + ib
+        a0, a1, a2, a3 = fw[wr + uq], fw[w1 + uq], fw[w2 + uq], fw[w3 + uq]
+        for t in range(run):
+            v0 = fx[x0 + t]
+            fy[t] += a0 * v0
+            fy[y1 + t] += a1 * v0
+            fy[y2 + t] += a2 * v0
+            fy[y3 + t] += a3 * v0
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _conv_tiles(x, w4, offs, out, tile, hp, wp, pt, pl, bias):
+    """out (N, D, Ho, Wo) = the stride-1 convolution of x (N, C, H, W) (+ bias (D,); an
+    empty bias adds nothing). w4 (D4, T): the weight (D, C*KH*KW) with zero rows up to
+    a multiple of 4; offs (T,): tap t's offset in a padded tile (C, hp, wp, tile) for
+    output row 0, ((c*hp + a*r_h)*wp + b*r_w)*tile. Input row i, column j sits at row
+    i + pt, column j + pl of the tile (parts beyond hp, wp are never read: dropped).
+    One task per tile of ``tile`` images (the module docstring's three steps)."""
+    n_img, c_all, h, wd = x.shape
+    d4, taps = w4.shape
+    d_all, ho, wo = out.shape[1], out.shape[2], out.shape[3]
+    fw, fo, xf = w4.reshape(w4.size), out.reshape(out.size), x.reshape(x.size)
+    z = out.dtype.type(0)
+    with_bias = bias.shape[0] == d_all
+    img, oimg = U(c_all * h * wd), U(d_all * ho * wo)
+    ut, run, step = U(tile), U(wo * tile), U(wp * tile)
+    rows, cols = min(h, hp - pt), min(wd, wp - pl)
+    for tt in prange((n_img + tile - 1) // tile):
+        n0 = tt * tile
+        nb = min(tile, n_img - n0)
+        xp = np.zeros(c_all * hp * wp * tile, x.dtype)
+        acc = np.empty(4 * wo * tile, x.dtype)
+        for c in range(c_all):
+            for i in range(rows):
+                line = U(((c * hp + i + pt) * wp + pl) * tile)
+                src = U(n0) * img + U((c * h + i) * wd)
+                for b in range(U(nb)):
+                    for j in range(U(cols)):
+                        xp[line + j * ut + b] = xf[src + b * img + j]
+        for d0 in range(0, d4, 4):
+            for i in range(ho):
+                for k in range(4):
+                    bv = bias[d0 + k] if with_bias and d0 + k < d_all else z
+                    for t in range(run):
+                        acc[U(k) * run + t] = bv
+                _pass4(xp, acc, fw, offs, U(i) * step, run, U(d0 * taps), taps)
+                for k in range(min(4, d_all - d0)):
+                    ob = U((d0 + k) * ho + i) * U(wo)
+                    for b in range(U(nb)):
+                        o = (U(n0) + b) * oimg + ob
+                        for j in range(U(wo)):
+                            fo[o + j] = acc[U(k) * run + j * ut + b]
+
+
+def _tile(n: int, image_bytes: int) -> int:
+    """Images per task: at most ``MAX_TILE`` and ``TILE_BYTES`` of padded tile, and at
+    least one task per thread when the batch allows."""
+    per_thread = -(-n // max(1, numba.get_num_threads()))
+    return max(1, min(MAX_TILE, per_thread, TILE_BYTES // max(1, image_bytes)))
+
+
+@functools.lru_cache(maxsize=64)
+def _tap_offsets(c, kh, kw, rh, rw, hp, wp, tile) -> np.ndarray:
+    """offs[(ci*KH + a)*KW + b] = ((ci*hp + a*rh)*wp + b*rw)*tile (uint64; cached, not
+    to be written)."""
+    cc, aa, bb = np.meshgrid(np.arange(c), np.arange(kh) * rh, np.arange(kw) * rw,
+                             indexing="ij")
+    return (((cc * hp + aa) * wp + bb) * tile).ravel().astype(np.uint64)
+
+
+def direct_conv(x, w, out, pads, dilation, bias) -> None:
+    """out (N, D, Ho, Wo) = the stride-1 convolution of x (N, C, H, W) (any strides)
+    with w (D, C, KH, KW) (any strides), leading padding ``pads`` (top, left),
+    ``dilation`` (r_h, r_w), plus bias (D,) when given. Wraps ``_conv_tiles``."""
+    d, c, kh, kw = w.shape
+    rh, rw = dilation
+    hp, wp = out.shape[2] + (kh - 1) * rh, out.shape[3] + (kw - 1) * rw
+    tile = _tile(x.shape[0], c * hp * wp * out.dtype.itemsize)
+    w4 = np.zeros((-(-d // 4) * 4, c * kh * kw), out.dtype)
+    w4[:d] = w.reshape(d, c * kh * kw)
+    offs = _tap_offsets(c, kh, kw, rh, rw, hp, wp, tile)
+    bias = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
+    with parallel_guard():
+        _conv_tiles(np.ascontiguousarray(x), w4, offs, out, tile, hp, wp, pads[0],
+                    pads[1], bias)
 
 
 def forward_direct(x, w, args, out, bias) -> None:
     """The forward of a ``direct_forward_applies`` problem into ``out`` (N, D, Ho, Wo),
-    bias (D,) added when given, in tiles of ``tiling(args).images`` images. x is
-    C-contiguous. Wraps ``_grad_x_image_last`` and the image-last copies."""
-    _, to_last, from_last = _COPIES["NCHW"]
-    if not out.flags.c_contiguous:
-        from_last = _from_last_any
-    w_adj = np.ascontiguousarray(w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1])
+    C-contiguous, bias (D,) added when given."""
+    direct_conv(x, w, out, (args.padding[0][0], args.padding[1][0]), args.dilation, bias)
+
+
+def grad_x_direct(gy, w, args, grad_x) -> None:
+    """The input gradient of a ``direct_forward_applies`` problem into ``grad_x`` (N, C,
+    H, W), C-contiguous: the convolution of gy with the flipped, transposed kernel."""
     rh, rw = args.dilation
     pads = ((args.kh - 1) * rh - args.padding[0][0], (args.kw - 1) * rw - args.padding[1][0])
-    images = tiling(args).images
-    x_img = (args.c_in, args.h, args.w)
-    y_img = (args.c_out, args.h_out, args.w_out)
-    x_size, y_size = int(np.prod(x_img)), int(np.prod(y_img))
-    xt_buf = workspace("im2col.chwn", x_size * images, args.dtype)
-    yt_buf = workspace("im2col.direct.y", y_size * images, args.dtype)
-    for n0 in range(0, args.n, images):
-        nb = min(images, args.n - n0)
-        xt = view(xt_buf[:x_size * nb], x_img + (nb,))
-        yt = view(yt_buf[:y_size * nb], y_img + (nb,))
-        with parallel_guard():
-            to_last(x, n0, xt, args.dims)
-            _grad_x_image_last(xt, w_adj, yt, 1, 1, pads[0], pads[1], rh, rw)
-            from_last(yt, out, n0, args.dims)
-    if bias is not None:
-        out += np.asarray(bias).reshape(-1, 1, 1)
+    direct_conv(gy, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], grad_x, pads,
+                args.dilation, None)
 
 
 def direct_cost(a, p: Profile) -> Estimate:
-    """Model time of ``forward_direct``: the multiply-adds at ``DIRECT_GMACS`` per
-    thread (float64 at half the rate), plus the copies to and from image-last order at
-    the copy bandwidth (read and written) and the call's fixed cost."""
-    macs = a.n * a.c_out * a.h_out * a.w_out * a.c_in * a.kh * a.kw
+    """Model time of ``forward_direct``: the multiply-adds (output channels rounded up
+    to 4) at ``DIRECT_GMACS`` per thread (float64 at half the rate), plus the call's
+    fixed cost; the copies are a small part on these layers."""
+    d4 = -(-a.c_out // 4) * 4
+    macs = a.n * d4 * a.h_out * a.w_out * a.c_in * a.kh * a.kw
     rate = DIRECT_GMACS * 1e9 * p.threads * (4 / a.dtype.itemsize)
-    copies = 2 * (a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out)
-                  * a.dtype.itemsize) / (p.copy_gbs * 1e9)
-    secs = p.call_us * 1e-6 + macs / rate + copies
-    images = tiling(a).images
-    workspace = (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * images * a.dtype.itemsize
-    return Estimate(secs, workspace, f"direct image-last kernel (no GEMM), {macs / 1e6:.3g}M "
-                             f"multiply-adds {1e3 * macs / rate:.3g} ms")
+    hp, wp = a.h_out + (a.kh - 1) * a.dilation[0], a.w_out + (a.kw - 1) * a.dilation[1]
+    tile = _tile(a.n, a.c_in * hp * wp * a.dtype.itemsize)
+    workspace = (a.c_in * hp * wp + 4 * a.w_out) * tile * a.dtype.itemsize * p.threads
+    return Estimate(p.call_us * 1e-6 + macs / rate, workspace,
+                    f"direct image-last kernel (no GEMM), {macs / 1e6:.3g}M multiply-adds "
+                    f"{1e3 * macs / rate:.3g} ms")
