@@ -40,6 +40,7 @@ def test_split_forward_matches_reference(case, chunk, dtype, monkeypatch):
     size = 2 * image if chunk == "images" else 3 * image // a.h_out
     monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", size)
     monkeypatch.setattr(drivers, "split_tiles", lambda args: True)
+    monkeypatch.setattr(drivers, "direct_forward_applies", lambda args: False)
     calls = count_calls(monkeypatch, drivers, "forward_split")
     got = fastconv.conv2d(x, wt, b, stride=stride, padding=padding, dilation=dilation,
                           groups=groups, algo="im2col")
