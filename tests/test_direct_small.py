@@ -13,7 +13,7 @@ from fastconv.algos.im2col.image_last_direct import direct_forward_applies
 from fastconv.nn import functional as F
 
 from . import reference as ref
-from .conftest import count_calls
+from .conftest import count_calls, from_nhwc, to_nhwc
 
 # (n, c, h, w, d, kernel, padding, dilation): output channels not a multiple of 4,
 # single input channel, rectangular kernels and images, asymmetric padding, dilation,
@@ -32,9 +32,10 @@ def _args(x, w, padding, dilation):
                                  dtype=x.dtype)
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES)
-def test_direct_kernel_matches_the_reference(case, dtype, rng, monkeypatch):
+def test_direct_kernel_matches_the_reference(case, dtype, layout, rng, monkeypatch):
     n, c, h, wd, d, k, padding, dilation = case
     kh, kw = (k, k) if isinstance(k, int) else k
     x = rng.standard_normal((n, c, h, wd)).astype(dtype)
@@ -42,10 +43,15 @@ def test_direct_kernel_matches_the_reference(case, dtype, rng, monkeypatch):
     b = rng.standard_normal(d).astype(dtype)
     a = _args(x, w, padding, dilation)
     assert direct_forward_applies(a)
+    xl, wl = to_nhwc(x, w) if layout == "NHWC" else (x, w)
+    assert direct_forward_applies(conv_args_from_shapes(
+        "t", xl.shape, wl.shape, 1, padding, dilation, layout=layout, dtype=dtype))
     calls = count_calls(monkeypatch, drivers, "forward_direct")
     for bias in (b, None):
         want = ref.conv2d(x, w, bias, a.stride, a.padding, a.dilation)
-        got = fastconv.conv2d(x, w, bias, padding=padding, dilation=dilation, algo="im2col")
+        got = fastconv.conv2d(xl, wl, bias, padding=padding, dilation=dilation,
+                              layout=layout, algo="im2col")
+        got = from_nhwc(got) if layout == "NHWC" else got
         assert got.dtype == dtype and got.shape == want.shape
         assert ref.rel_error(got, want) <= ref.tolerance(dtype, "im2col")
     assert len(calls) == 2
@@ -81,7 +87,7 @@ def test_direct_kernel_keeps_the_formulas_nan_pattern(rng):
     ((8, 3, 8, 40), (4, 3, 3, 3), {}),                        # rows too wide
     ((8, 3, 8, 8), (128, 3, 3, 3), {}),                       # too many output channels
     ((8, 64, 8, 8), (8, 64, 3, 3), {}),                       # too many taps
-    ((8, 8, 8, 3), (3, 3, 3, 4), dict(layout="NHWC")),
+    ((8, 8, 8, 3), (3, 3, 3, 4), dict(layout="NHWC", stride=2)),
 ])
 def test_direct_kernel_does_not_apply(x_shape, w_shape, kwargs, rng):
     assert not direct_forward_applies(conv_args_from_shapes("t", x_shape, w_shape, **kwargs))

@@ -43,9 +43,14 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     """im2col convolution into ``out`` (caller's layout), plus ``bias`` when given.
 
     Wraps the unfold kernels ``unfold_nchw`` / ``_im2col_nhwc`` (NCHW tiles of many
-    small images: ``image_last.forward_image_last``) and numpy's BLAS matmul. Always
-    exact: returns None."""
+    small images: ``image_last.forward_image_last``) and numpy's BLAS matmul; small
+    stride-1 layers on many small images (``image_last_direct.direct_forward_applies``)
+    run the direct image-last kernel without a GEMM
+    (``image_last_direct.forward_direct``). Always exact: returns None."""
     if args.n == 0:
+        return
+    if direct_forward_applies(args):
+        forward_direct(np.ascontiguousarray(x), w, args, out, bias)
         return
     _FORWARD[args.layout](np.ascontiguousarray(x), w, args, out, bias)
 
@@ -55,13 +60,8 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     (B, C*KH*KW, pixels) from ``unfold_nchw`` and a GEMM per image and group,
     W (G, Dg, Cg*KH*KW) @ cols, written straight into ``out`` (one batched matmul call).
     A tile of many images with short output rows (``Tiling.image_last``) runs
-    ``forward_image_last``, or, for small stride-1 layers
-    (``image_last_direct.direct_forward_applies``), the direct image-last kernel
-    without a GEMM (``image_last_direct.forward_direct``); several large tiles per
-    thread run split over the threads (``split.forward_split``)."""
-    if direct_forward_applies(args):
-        forward_direct(x, w, args, out, bias)
-        return
+    ``forward_image_last``; several large tiles per thread run split over the threads
+    (``split.forward_split``)."""
     g, dg, cgkk = gemm_sizes(args)
     ckk = g * cgkk
     wmat = _weights_nchw(w, args)

@@ -17,9 +17,8 @@ numba's threads, one task per tile of B images:
    channels, and each pass over the accumulators adds 16 products per element;
 3. write the 4 rows to out[n, d0 + k, i, :] (bias added first).
 
-With stride 1 the input gradient is the same kernel: grad_x is the convolution of
-grad_y with the flipped, transposed kernel w'[c, d, a, b] = w[d, c, KH-1-a, KW-1-b] and
-leading padding (KH-1)*r_h - p_top, (KW-1)*r_w - p_left (``grad_x_direct``).
+x and out may be NCHW or NHWC (the kernel takes their element strides), the weight
+OIHW.
 
 >>> import numpy as np
 >>> from fastconv import conv2d
@@ -41,6 +40,7 @@ from numba import njit, prange
 from ... import config
 from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
+from ...layout import NCHW
 from .._common import U
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
@@ -61,13 +61,13 @@ TILE_BYTES = 256 * 1024
 
 
 def direct_forward_applies(args) -> bool:
-    """Whether the NCHW forward of ``args`` runs ``forward_direct``: several small images
+    """Whether the forward of ``args`` (either layout) runs ``forward_direct``: several small images
     (at least ``IMAGE_LAST_MIN_IMAGES``, output rows of at most ``MAX_WIDTH`` pixels, a
     padded image within a quarter of ``TILE_BYTES``), one group, stride 1, a kernel
     larger than 1x1, at most ``DIRECT_MAX_CHANNELS`` output channels and
     ``DIRECT_MAX_TAPS`` taps C*KH*KW, and leading padding within the kernel's reach
     ((KH-1)*r_h, (KW-1)*r_w; the padded tile starts there)."""
-    if (args.dims.channels_last or args.groups != 1 or args.stride != (1, 1)
+    if (args.groups != 1 or args.stride != (1, 1)
             or args.n < IMAGE_LAST_MIN_IMAGES or args.kh * args.kw == 1):
         return False
     rh, rw = args.dilation
@@ -115,34 +115,36 @@ def _pass4(fx, fy, fw, offs, ib, run, wr, taps):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _conv_tiles(x, w4, offs, out, tile, hp, wp, pt, pl, bias):
-    """out (N, D, Ho, Wo) = the stride-1 convolution of x (N, C, H, W) (+ bias (D,); an
-    empty bias adds nothing). w4 (D4, T): the weight (D, C*KH*KW) with zero rows up to
-    a multiple of 4; offs (T,): tap t's offset in a padded tile (C, hp, wp, tile) for
-    output row 0, ((c*hp + a*r_h)*wp + b*r_w)*tile. Input row i, column j sits at row
-    i + pt, column j + pl of the tile (parts beyond hp, wp are never read: dropped).
-    One task per tile of ``tile`` images (the module docstring's three steps)."""
-    n_img, c_all, h, wd = x.shape
+def _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pt, pl, bias):
+    """The stride-1 convolution of x, plus bias (D,) (an empty bias adds nothing), into
+    out. x (N, C, H, W) and out (N, D, Ho, Wo) are given as flat arrays xf, fo and the
+    shape and element strides of their (N, C, H, W) views, xs = (N, C, H, W, s_n, s_c,
+    s_h, s_w), os alike: one kernel for every layout. w4 (D4, T): the weight
+    (D, C*KH*KW) with zero rows up to a multiple of 4; offs (T,): tap t's offset in a
+    padded tile (C, hp, wp, tile) for output row 0, ((c*hp + a*r_h)*wp + b*r_w)*tile.
+    Input row i, column j sits at row i + pt, column j + pl of the tile (parts beyond
+    hp, wp are never read: dropped). One task per tile of ``tile`` images (the module
+    docstring's three steps)."""
+    n_img, c_all, h, wd, xsn, xsc, xsh, xsw = xs
+    _, d_all, ho, wo, osn, osd, osh, osw = os
     d4, taps = w4.shape
-    d_all, ho, wo = out.shape[1], out.shape[2], out.shape[3]
-    fw, fo, xf = w4.reshape(w4.size), out.reshape(out.size), x.reshape(x.size)
-    z = out.dtype.type(0)
+    fw = w4.reshape(w4.size)
+    z = fo.dtype.type(0)
     with_bias = bias.shape[0] == d_all
-    img, oimg = U(c_all * h * wd), U(d_all * ho * wo)
     ut, run, step = U(tile), U(wo * tile), U(wp * tile)
     rows, cols = min(h, hp - pt), min(wd, wp - pl)
     for tt in prange((n_img + tile - 1) // tile):
         n0 = tt * tile
         nb = min(tile, n_img - n0)
-        xp = np.zeros(c_all * hp * wp * tile, x.dtype)
-        acc = np.empty(4 * wo * tile, x.dtype)
+        xp = np.zeros(c_all * hp * wp * tile, fo.dtype)
+        acc = np.empty(4 * wo * tile, fo.dtype)
         for c in range(c_all):
             for i in range(rows):
                 line = U(((c * hp + i + pt) * wp + pl) * tile)
-                src = U(n0) * img + U((c * h + i) * wd)
-                for b in range(U(nb)):
+                for b in range(nb):
+                    src = U((n0 + b) * xsn + c * xsc + i * xsh)
                     for j in range(U(cols)):
-                        xp[line + j * ut + b] = xf[src + b * img + j]
+                        xp[line + j * ut + U(b)] = xf[src + j * U(xsw)]
         for d0 in range(0, d4, 4):
             for i in range(ho):
                 for k in range(4):
@@ -151,11 +153,10 @@ def _conv_tiles(x, w4, offs, out, tile, hp, wp, pt, pl, bias):
                         acc[U(k) * run + t] = bv
                 _pass4(xp, acc, fw, offs, U(i) * step, run, U(d0 * taps), taps)
                 for k in range(min(4, d_all - d0)):
-                    ob = U((d0 + k) * ho + i) * U(wo)
-                    for b in range(U(nb)):
-                        o = (U(n0) + b) * oimg + ob
+                    for b in range(nb):
+                        o = U((n0 + b) * osn + (d0 + k) * osd + i * osh)
                         for j in range(U(wo)):
-                            fo[o + j] = acc[U(k) * run + j * ut + b]
+                            fo[o + j * U(osw)] = acc[U(k) * run + j * ut + U(b)]
 
 
 def _tile(n: int, image_bytes: int) -> int:
@@ -174,36 +175,39 @@ def _tap_offsets(c, kh, kw, rh, rw, hp, wp, tile) -> np.ndarray:
     return (((cc * hp + aa) * wp + bb) * tile).ravel().astype(np.uint64)
 
 
-def direct_conv(x, w, out, pads, dilation, bias) -> None:
-    """out (N, D, Ho, Wo) = the stride-1 convolution of x (N, C, H, W) (any strides)
-    with w (D, C, KH, KW) (any strides), leading padding ``pads`` (top, left),
-    ``dilation`` (r_h, r_w), plus bias (D,) when given. Wraps ``_conv_tiles``."""
+def _flat(a, dims):
+    """A C-contiguous array of layout ``dims`` as (flat array, the shape and element
+    strides of its canonical (N, C, H, W) view)."""
+    v = dims.to_canonical_view(a)
+    return a.reshape(-1), tuple(v.shape) + tuple(s // a.itemsize for s in v.strides)
+
+
+def direct_conv(x, w, out, pads, dilation, bias, dims=NCHW) -> None:
+    """out = the stride-1 convolution of x with w (D, C, KH, KW) (OIHW, any strides),
+    leading padding ``pads`` (top, left), ``dilation`` (r_h, r_w), plus bias (D,) when
+    given; x and out in layout ``dims`` (any strides). Wraps ``_conv_tiles``."""
     d, c, kh, kw = w.shape
     rh, rw = dilation
-    hp, wp = out.shape[2] + (kh - 1) * rh, out.shape[3] + (kw - 1) * rw
-    tile = _tile(x.shape[0], c * hp * wp * out.dtype.itemsize)
+    target = out if out.flags.c_contiguous else np.empty(out.shape, out.dtype)
+    xf, xs = _flat(np.ascontiguousarray(x), dims)
+    fo, os = _flat(target, dims)
+    hp, wp = os[2] + (kh - 1) * rh, os[3] + (kw - 1) * rw
+    tile = _tile(xs[0], c * hp * wp * out.dtype.itemsize)
     w4 = np.zeros((-(-d // 4) * 4, c * kh * kw), out.dtype)
     w4[:d] = w.reshape(d, c * kh * kw)
     offs = _tap_offsets(c, kh, kw, rh, rw, hp, wp, tile)
     bias = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
     with parallel_guard():
-        _conv_tiles(np.ascontiguousarray(x), w4, offs, out, tile, hp, wp, pads[0],
-                    pads[1], bias)
+        _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pads[0], pads[1], bias)
+    if target is not out:
+        out[...] = target
 
 
 def forward_direct(x, w, args, out, bias) -> None:
     """The forward of a ``direct_forward_applies`` problem into ``out`` (N, D, Ho, Wo),
     C-contiguous, bias (D,) added when given."""
-    direct_conv(x, w, out, (args.padding[0][0], args.padding[1][0]), args.dilation, bias)
-
-
-def grad_x_direct(gy, w, args, grad_x) -> None:
-    """The input gradient of a ``direct_forward_applies`` problem into ``grad_x`` (N, C,
-    H, W), C-contiguous: the convolution of gy with the flipped, transposed kernel."""
-    rh, rw = args.dilation
-    pads = ((args.kh - 1) * rh - args.padding[0][0], (args.kw - 1) * rw - args.padding[1][0])
-    direct_conv(gy, w.transpose(1, 0, 2, 3)[:, :, ::-1, ::-1], grad_x, pads,
-                args.dilation, None)
+    direct_conv(x, args.dims.weight_to_canonical_view(w), out,
+                (args.padding[0][0], args.padding[1][0]), args.dilation, bias, args.dims)
 
 
 def direct_cost(a, p: Profile) -> Estimate:
