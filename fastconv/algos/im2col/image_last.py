@@ -95,45 +95,52 @@ def _scatter_chwn(tmp, out, n0, i0, nb, bias):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _image_last_copy(x, n0, xt, to_last):
+def _image_last_copy(xf, xs, n0, xt, to_last):
     """xt[c, i, j, b] = x[n0 + b, c, i, j] (``to_last``) or the inverse, x[n0 + b, c, i,
-    j] = xt[c, i, j, b], for x (N, C, H, W) and xt (C, H, W, B), both contiguous. One
-    task per (c, i); each image's row is read (written) in one contiguous pass (reading
-    one element of every image per column instead runs 2.4x slower on 28x28 planes).
-    Both directions in one kernel: one compile (a parallel kernel's compile costs about
-    0.5 s of CPU before its body)."""
-    n_all, c_all, h, wd = x.shape
+    j] = xt[c, i, j, b], for xt (C, H, W, B) contiguous and x given as a flat array xf
+    with the shape and element strides of its (N, C, H, W) view, xs = (N, C, H, W, s_n,
+    s_c, s_h, s_w): one kernel for NCHW and NHWC. One task per (c, i); each image's row
+    is read (written) in one pass (reading one element of every image per column
+    instead runs 2.4x slower on 28x28 planes). Both directions in one kernel: one
+    compile (a parallel kernel's compile costs about 0.5 s of CPU before its body)."""
+    _, c_all, h, wd, sn, sc, sh, sw = xs
     nb = xt.shape[3]
-    img = U(c_all * h * wd)
-    xf = x.reshape(n_all * c_all * h * wd)
+    usw = U(sw)
     for task in prange(c_all * h):
         c = task // h
         i = task % h
         line = xt[c, i].reshape(wd * nb)
-        base = U(n0) * img + U((c * h + i) * wd)  # row i of channel c of image n0
         for b in range(U(nb)):
-            src = base + b * img
+            src = U((n0 + b) * sn + c * sc + i * sh)
             if to_last:
                 for j in range(U(wd)):
-                    line[j * U(nb) + b] = xf[src + j]
+                    line[j * U(nb) + b] = xf[src + j * usw]
             else:
                 for j in range(U(wd)):
-                    xf[src + j] = line[j * U(nb) + b]
+                    xf[src + j * usw] = line[j * U(nb) + b]
 
 
-def _to_last_nchw(a, n0, at, dims) -> None:
-    """at (C, H, W, B) = images n0.. of a (N, C, H, W), contiguous (``_image_last_copy``;
-    a read-only a takes numpy's copy, ``_to_last_any``: the kernel writes its first
-    argument in the other direction, so numba cannot compile it for a read-only one)."""
+def _flat(a, dims):
+    """A C-contiguous array of layout ``dims`` as (flat array, the shape and element
+    strides of its canonical (N, C, H, W) view)."""
+    v = dims.to_canonical_view(a)
+    return a.reshape(-1), tuple(v.shape) + tuple(s // a.itemsize for s in v.strides)
+
+
+def _to_last(a, n0, at, dims) -> None:
+    """at (C, H, W, B) = images n0.. of a (layout ``dims``, C-contiguous) with
+    ``_image_last_copy`` (a read-only a takes numpy's copy, ``_to_last_any``: the kernel
+    writes its first argument in the other direction, so numba cannot compile it for a
+    read-only one)."""
     if a.flags.writeable:
-        _image_last_copy(a, n0, at, True)
+        _image_last_copy(*_flat(a, dims), n0, at, True)
     else:
         _to_last_any(a, n0, at, dims)
 
 
-def _from_last_nchw(at, a, n0, dims) -> None:
-    """Images n0.. of a (N, C, H, W), contiguous, = at (C, H, W, B)."""
-    _image_last_copy(a, n0, at, False)
+def _from_last(at, a, n0, dims) -> None:
+    """Images n0.. of a (layout ``dims``, C-contiguous) = at (C, H, W, B)."""
+    _image_last_copy(*_flat(a, dims), n0, at, False)
 
 
 def _to_last_any(a, n0, at, dims) -> None:
@@ -141,15 +148,6 @@ def _to_last_any(a, n0, at, dims) -> None:
     np.copyto(at, a[n0:n0 + at.shape[3]].transpose(permutation(dims.name, IMAGE_LAST)))
 
 
-def _from_last_any(at, a, n0, dims) -> None:
-    """Images n0.. of a (layout ``dims``) = at (C, H, W, B): numpy's copy."""
-    np.copyto(a[n0:n0 + at.shape[3]], at.transpose(permutation(IMAGE_LAST, dims.name)))
-
-
-#: Per layout: whether the copies read C-contiguous arrays, the copy into an image-last
-#: tile and the copy out of one.
-_COPIES = {"NCHW": (True, _to_last_nchw, _from_last_nchw),
-           "NHWC": (False, _to_last_any, _from_last_any)}
 
 
 def image_last_tile(args, with_grad_x: bool = True) -> int:
@@ -190,7 +188,7 @@ def image_last_tile(args, with_grad_x: bool = True) -> int:
 
 def forward_image_last(x, wmat, args, out, bias, t) -> None:
     """The NCHW forward of ``Tiling.image_last`` tiles: the images of a tile are first put
-    image-index last (``_to_last_nchw``, a pass over the input only), unfolded with
+    image-index last (``_to_last``, a pass over the input only), unfolded with
     long contiguous runs (``_im2col_chwn``), multiplied by wmat (G, Dg, Cg*KH*KW) in one
     GEMM of B times the width, and the result is spread into ``out`` with the bias
     (``_scatter_chwn``). x is C-contiguous."""
@@ -209,7 +207,7 @@ def forward_image_last(x, wmat, args, out, bias, t) -> None:
         xt = view(xt_buf[:image * nb], (args.c_in, args.h, args.w, nb))
         cols = view(buf[:ckk * length], (ckk, length))
         with parallel_guard():
-            _to_last_nchw(x, n0, xt, args.dims)
+            _to_last(x, n0, xt, args.dims)
             _im2col_chwn(xt, cols, 0, *conv)
         y = view(tmp[:args.c_out * length], (g, dg, length))
         np.matmul(wmat, view(cols, (g, cgkk, length)), out=y)
@@ -219,10 +217,9 @@ def forward_image_last(x, wmat, args, out, bias, t) -> None:
 
 def backward_image_last(gy, x, w, args, grad_x, grad_w, images) -> None:
     """The image-last backward in tiles of ``images`` images (``image_last_tile``);
-    grad_x or grad_w may be None (not computed). Wraps the copies of ``_COPIES`` and
-    ``_grad_w_image_last`` / ``_grad_x_image_last``."""
+    grad_x or grad_w may be None (not computed). Wraps the copies ``_to_last`` /
+    ``_from_last`` and ``_grad_w_image_last`` / ``_grad_x_image_last``."""
     dims = args.dims
-    contiguous, to_last, from_last = _COPIES[dims.name]
     w_oihw = np.ascontiguousarray(dims.weight_to_canonical_view(w))
     conv = geometry(args)
     gw = np.zeros(w_oihw.shape, np.float64) if grad_w is not None else None
@@ -233,21 +230,20 @@ def backward_image_last(gy, x, w, args, grad_x, grad_w, images) -> None:
     gt_buf = workspace("im2col.back.gy", y_size * images, args.dtype)
     gx_buf = None if grad_x is None else workspace("im2col.back.gx", x_size * images,
                                                    args.dtype)
-    if contiguous:
-        gy = np.ascontiguousarray(gy)
-        x = np.ascontiguousarray(x) if grad_w is not None else x
+    gy = np.ascontiguousarray(gy)
+    x = np.ascontiguousarray(x) if grad_w is not None else x
     for n0 in range(0, args.n, images):
         nb = min(images, args.n - n0)
         gt = view(gt_buf[:y_size * nb], y_img + (nb,))
         xt = None if grad_w is None else view(xt_buf[:x_size * nb], x_img + (nb,))
         with parallel_guard():
-            to_last(gy, n0, gt, dims)
+            _to_last(gy, n0, gt, dims)
             if xt is not None:
-                to_last(x, n0, xt, dims)
+                _to_last(x, n0, xt, dims)
                 _grad_w_image_last(gt, xt, gw, *conv)
             if grad_x is not None:
                 gxt = view(gx_buf[:x_size * nb], x_img + (nb,))
                 _grad_x_image_last(gt, w_oihw, gxt, *conv)
-                from_last(gxt, grad_x, n0, dims)
+                _from_last(gxt, grad_x, n0, dims)
     if grad_w is not None:
         grad_w[...] = dims.weight_from_canonical_view(gw)

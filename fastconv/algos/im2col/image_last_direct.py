@@ -42,6 +42,7 @@ from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
 from ...layout import NCHW
 from .._common import U
+from .image_last import _flat
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Multiply-adds per second per thread of ``_conv_tiles`` (float32; about 35 GMAC/s on
@@ -173,13 +174,6 @@ def _tap_offsets(c, kh, kw, rh, rw, hp, wp, tile) -> np.ndarray:
     cc, aa, bb = np.meshgrid(np.arange(c), np.arange(kh) * rh, np.arange(kw) * rw,
                              indexing="ij")
     return (((cc * hp + aa) * wp + bb) * tile).ravel().astype(np.uint64)
-
-
-def _flat(a, dims):
-    """A C-contiguous array of layout ``dims`` as (flat array, the shape and element
-    strides of its canonical (N, C, H, W) view)."""
-    v = dims.to_canonical_view(a)
-    return a.reshape(-1), tuple(v.shape) + tuple(s // a.itemsize for s in v.strides)
 
 
 def direct_conv(x, w, out, pads, dilation, bias, dims=NCHW) -> None:
