@@ -146,8 +146,8 @@ def _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pt, pl, bias):
                     src = U((n0 + b) * xsn + c * xsc + i * xsh)
                     for j in range(U(cols)):
                         xp[line + j * ut + U(b)] = xf[src + j * U(xsw)]
-        for d0 in range(0, d4, 4):
-            for i in range(ho):
+        for i in range(ho):          # the input rows of output row i stay in cache
+            for d0 in range(0, d4, 4):
                 for k in range(4):
                     bv = bias[d0 + k] if with_bias and d0 + k < d_all else z
                     for t in range(run):
