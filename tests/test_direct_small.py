@@ -24,6 +24,7 @@ CASES = [
     (5, 3, 7, 6, 5, (3, 2), ((2, 0), (1, 1)), 1),
     (6, 4, 9, 9, 7, 3, "same", 2),
     (4, 2, 5, 7, 3, (1, 3), (0, 2), (1, 2)),
+    (5, 8, 6, 7, 9, 3, 1, 1),                       # 72 taps, 9 output channels
 ]
 
 
@@ -87,6 +88,7 @@ def test_direct_kernel_keeps_the_formulas_nan_pattern(rng):
     ((8, 3, 8, 40), (4, 3, 3, 3), {}),                        # rows too wide
     ((8, 3, 8, 8), (128, 3, 3, 3), {}),                       # too many output channels
     ((8, 64, 8, 8), (8, 64, 3, 3), {}),                       # too many taps
+    ((8, 3, 8, 8), (16, 3, 3, 3), {}),                        # few taps, many channels
     ((8, 8, 8, 3), (3, 3, 3, 4), dict(layout="NHWC", stride=2)),
 ])
 def test_direct_kernel_does_not_apply(x_shape, w_shape, kwargs, rng):

@@ -53,6 +53,14 @@ DIRECT_GMACS = 35.0
 DIRECT_MAX_CHANNELS = 64
 #: ... and at most this many taps C*KH*KW (more: the GEMM is wide enough for BLAS).
 DIRECT_MAX_TAPS = 400
+#: ... and at least this many taps, unless at most ``THIN_CHANNELS`` output channels:
+#: with few taps per output the fixed work per output (bias fill, write-back, the last
+#: taps' single passes) dominates, and only the thinnest GEMMs lose to it. Measured
+#: (batch 64, 2 threads, direct vs the GEMM path): 3 -> 32 channels 3x3 at 32x32
+#: 2.5 vs 1.6 ms, 3 -> 16 1.15 vs 1.0 ms; LeNet's 1 -> 6 5x5 (25 taps) 0.27 vs 0.42 ms,
+#: 3 -> 6 5x5 (75 taps) 1.1 vs 1.4 ms, 16 -> 32 3x3 at 16x16 (144 taps) 2.9 vs 5.0 ms.
+DIRECT_MIN_TAPS = 64
+THIN_CHANNELS = 8
 #: Widest output row (wider rows make long GEMM rows).
 MAX_WIDTH = 32
 #: Images per task: at most this many, fewer when the padded tile would exceed
@@ -65,16 +73,19 @@ def direct_forward_applies(args) -> bool:
     """Whether the forward of ``args`` (either layout) runs ``forward_direct``: several small images
     (at least ``IMAGE_LAST_MIN_IMAGES``, output rows of at most ``MAX_WIDTH`` pixels, a
     padded image within a quarter of ``TILE_BYTES``), one group, stride 1, a kernel
-    larger than 1x1, at most ``DIRECT_MAX_CHANNELS`` output channels and
-    ``DIRECT_MAX_TAPS`` taps C*KH*KW, and leading padding within the kernel's reach
-    ((KH-1)*r_h, (KW-1)*r_w; the padded tile starts there)."""
+    larger than 1x1, at most ``DIRECT_MAX_CHANNELS`` output channels, at most
+    ``DIRECT_MAX_TAPS`` taps C*KH*KW and at least ``DIRECT_MIN_TAPS`` (any number for
+    at most ``THIN_CHANNELS`` output channels), and leading padding within the kernel's
+    reach ((KH-1)*r_h, (KW-1)*r_w; the padded tile starts there)."""
     if (args.groups != 1 or args.stride != (1, 1)
             or args.n < IMAGE_LAST_MIN_IMAGES or args.kh * args.kw == 1):
         return False
     rh, rw = args.dilation
     hp, wp = args.h_out + (args.kh - 1) * rh, args.w_out + (args.kw - 1) * rw
+    taps = args.c_in * args.kh * args.kw
     return (args.c_out <= DIRECT_MAX_CHANNELS and 0 < args.w_out <= MAX_WIDTH
-            and args.c_in * args.kh * args.kw <= DIRECT_MAX_TAPS
+            and (DIRECT_MIN_TAPS <= taps or args.c_out <= THIN_CHANNELS)
+            and taps <= DIRECT_MAX_TAPS
             and 4 * args.c_in * hp * wp * args.dtype.itemsize <= TILE_BYTES
             and args.padding[0][0] <= (args.kh - 1) * rh
             and args.padding[1][0] <= (args.kw - 1) * rw)
