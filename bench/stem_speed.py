@@ -5,7 +5,8 @@ and read ratios, not absolute times).
 
     python bench/stem_speed.py [stem stride2 dilated] [--rounds 9] [--backward]
 
-"before" runs the split forward without L2-sized panels (``im2col.panels``); prints
+"before" runs the split forward without L2-sized panels (``im2col.panels``) and a
+dilated layer's Winograd phase by phase (``winograd.phase_batch``); prints
 each contender's best milliseconds and its time over torch's (1.0: as fast as torch).
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 
 import fastconv
 from fastconv.algos.im2col import drivers
+from fastconv.algos.winograd import drivers as winograd
 
 LAYERS = {
     "stem": ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
@@ -36,17 +38,19 @@ def contenders(name: str, backward: bool) -> dict:
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-    panels = drivers.panel_tiling
+    panels, batched = drivers.panel_tiling, winograd.forward_batched
 
-    def ours(tiling):
+    def ours(new: bool):
         def run():
-            drivers.panel_tiling = tiling
+            if not new:
+                drivers.panel_tiling = lambda args: None
+                winograd.forward_batched = lambda *args: None
             try:
                 y = fastconv.conv2d(x, w, **kw)
                 if backward:
                     fastconv.conv2d_backward(np.ones_like(y), x, w, **kw)
             finally:
-                drivers.panel_tiling = panels
+                drivers.panel_tiling, winograd.forward_batched = panels, batched
         return run
 
     def theirs():
@@ -58,7 +62,7 @@ def contenders(name: str, backward: bool) -> dict:
         y = torch.nn.functional.conv2d(xg, wg, **kw)
         y.backward(torch.ones_like(y))
 
-    return {"before": ours(lambda args: None), "after": ours(panels), "torch": theirs}
+    return {"before": ours(False), "after": ours(True), "torch": theirs}
 
 
 def best_times(fns: dict, rounds: int, block: int = 3) -> dict:

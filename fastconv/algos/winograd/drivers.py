@@ -18,6 +18,7 @@ from . import nhwc
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
 from .kernel import _grad_x_kernel, transform_kernel
+from .phase_batch import forward_batched
 from .tiling import _KERNELS, chunk_planes, phases, problem, tile_size
 
 
@@ -111,10 +112,15 @@ def _run(x, u, y, bias, pads, groups, m, dilation, channels_last=False) -> bool:
     Dilated, the outputs y[.., rho_h::dh, rho_w::dw] of each phase are an undilated 3x3
     correlation of the input phase x[.., sigma_h::dh, sigma_w::dw] (``phases``): NHWC
     reads and writes the phases in place, NCHW computes them on contiguous copies and
-    scatters them back. Returns whether every output is finite."""
+    scatters them back (all at once as one batch when they are the same problem:
+    ``phase_batch.forward_batched``). Returns whether every output is finite."""
     run = nhwc.run_nhwc if channels_last else _run_nchw
     if dilation == (1, 1):
         return run(x, u, y, bias, pads, groups, m)
+    if not channels_last:  # the phases as one batch when they are all the same problem
+        finite = forward_batched(x, u, y, bias, pads, groups, m, dilation, run)
+        if finite is not None:
+            return finite
     dh, dw = dilation
     ho, wo = (y.shape[1:3] if channels_last else y.shape[2:])
     finite = True

@@ -1,0 +1,97 @@
+"""A dilated NCHW layer's phases as one batch, when they are all the same problem.
+
+A 3x3 stride-1 layer with dilation (dh, dw) is dh*dw undilated problems, one per phase
+(``tiling.phases``). When every phase has the same padding and size (the usual dilated
+layer: padding = dilation, even sides), they are one problem on a batch of dh*dw*N
+images: the input phases are gathered into it in one parallel pass (``_phase_copy``),
+the Winograd forward runs once with dh*dw times wider GEMMs, and its output is scattered
+back in one parallel pass. The phase by phase run copies each phase with numpy
+(a strided copy on one thread) and runs dh*dw smaller problems.
+
+Examples
+--------
+>>> import numpy as np
+>>> from fastconv import conv2d
+>>> rng = np.random.default_rng(0)
+>>> x = rng.standard_normal((2, 3, 8, 8))            # (N, C_in, H, W)
+>>> w = rng.standard_normal((4, 3, 3, 3))            # (C_out, C_in, 3, 3)
+>>> uniform_phases((8, 8), (8, 8), (2, 2), (2, 2)) is not None  # padding 2, dilation 2
+True
+>>> uniform_phases((8, 8), (6, 6), (1, 1), (2, 2)) is None      # padding 1: p' 1 and 0
+True
+>>> y = conv2d(x, w, padding=2, dilation=2, algo="winograd")
+>>> bool(np.allclose(y, conv2d(x, w, padding=2, dilation=2, algo="naive")))
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ... import config
+from .tiling import phases
+
+
+def uniform_phases(size, out, pads, dilation):
+    """For an NCHW layer of input sides ``size`` (H, W), output sides ``out``, padding
+    before ``pads`` and ``dilation``: (p'_h, p'_w, order) when every phase is the same
+    undilated problem (sides multiples of the dilation, one padding p' per axis), where
+    order[rho_h, rho_w] is the batch block (sigma_h*dw + sigma_w) of output phase
+    (rho_h, rho_w); else None."""
+    dh, dw = dilation
+    if any(s % d or o % d for s, o, d in zip(size, out, dilation, strict=True)):
+        return None
+    axes = [phases(o, p, d) for o, p, d in zip(out, pads, dilation, strict=True)]
+    if any(len(ax) != d or len({p for _, _, p, _ in ax}) != 1
+           for ax, d in zip(axes, dilation, strict=True)):
+        return None
+    order = np.empty((dh, dw), np.int64)
+    for rho_h, sig_h, _, _ in axes[0]:
+        for rho_w, sig_w, _, _ in axes[1]:
+            order[rho_h, rho_w] = sig_h * dw + sig_w
+    return axes[0][0][2], axes[1][0][2], order
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _phase_copy(plain, batch, order, to_batch):
+    """Between plain (N, C, H, W) and its phases batch (dh*dw*N, C, H/dh, W/dw):
+    batch[order[rho_h, rho_w]*N + n, c, i, j] is plain[n, c, dh*i + rho_h, dw*j + rho_w],
+    copied into ``batch`` when ``to_batch``, else into ``plain``. One task per plane of
+    ``plain``, each of its rows read or written once."""
+    n_img, c_all, h, _ = plain.shape
+    dh, dw = order.shape
+    ws = batch.shape[3]
+    for task in prange(n_img * c_all):
+        n = task // c_all
+        c = task % c_all
+        for r in range(h):
+            line = plain[n, c, r]
+            for rw in range(dw):
+                part = batch[order[r % dh, rw] * n_img + n, c, r // dh]
+                if to_batch:
+                    for j in range(ws):
+                        part[j] = line[j * dw + rw]
+                else:
+                    for j in range(ws):
+                        line[j * dw + rw] = part[j]
+
+
+def forward_batched(x, u, y, bias, pads, groups, m, dilation, run):
+    """The forward of a dilated NCHW layer (x, y contiguous) as one batch of its phases
+    by ``run(x_batch, u, y_batch, bias, pads, groups, m)`` (``drivers._run_nchw``):
+    whether every output is finite, or None (nothing done) when the phases differ
+    (``uniform_phases``)."""
+    n, _, h, wd = x.shape
+    ho, wo = y.shape[2:]
+    uniform = uniform_phases((h, wd), (ho, wo), pads, dilation)
+    if uniform is None:
+        return None
+    pt, pl, order = uniform
+    dh, dw = dilation
+    xb = np.empty((dh * dw * n, x.shape[1], h // dh, wd // dw), x.dtype)
+    _phase_copy(x, xb, np.arange(dh * dw).reshape(dh, dw), True)   # input phase sigma
+    yb = np.empty((dh * dw * n, y.shape[1], ho // dh, wo // dw), y.dtype)
+    finite = run(xb, u, yb, bias, (pt, pl), groups, m)
+    _phase_copy(y, yb, order, False)
+    return finite
