@@ -71,3 +71,45 @@ def test_non_finite_input_gets_the_direct_pattern(value):
     assert np.array_equal(np.isnan(got), np.isnan(want))
     assert np.array_equal(got[np.isfinite(want)], want[np.isfinite(want)])
     assert np.isnan(want).any() or np.isinf(want).any()
+
+
+@pytest.mark.parametrize("needs", [(True, True, False), (True, False, False),
+                                   (False, True, False)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=_ids)
+def test_batched_backward_matches_reference(case, dtype, needs, monkeypatch):
+    x, wt, _, a, kw = _arrays(case, dtype)
+    gy = np.random.default_rng(1).standard_normal(a.y_shape).astype(dtype)
+    wants = ref.conv2d_backward(gy, x, wt, a.stride, a.padding, a.dilation, a.groups)
+    calls = count_calls(monkeypatch, phase_batch, "_phase_copy")
+    got = fastconv.conv2d_backward(gy, x, wt, algo="winograd", needs_input_grad=needs, **kw)
+    assert len(calls) == 1 + needs[0] + needs[1]   # gy in; x in for grad_w; grad_x out
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    errors = [None if g is None else ref.rel_error(g, want)
+              for g, want in zip(got, wants, strict=True)]
+    assert [e is None for e in errors] == [not k for k in needs]
+    assert all(e is None or e <= tol for e in errors)
+
+
+def test_batched_gradients_match_finite_differences(monkeypatch):
+    """float64 central differences through conv2d (padding 2, dilation 2, batched)."""
+    x, wt, b, _, kw = _arrays((1, 2, 6, 4, 2, 2, 1, 2), np.float64)
+    calls = count_calls(monkeypatch, phase_batch, "_phase_copy")
+    inputs = [fastconv.Tensor(v, requires_grad=True) for v in (x, wt, b)]
+    assert fastconv.gradcheck(lambda x, w, b: fastconv.nn.functional.conv2d(
+        x, w, b, algo="winograd", **kw), inputs)
+    assert len(calls) >= 5     # the forwards' two copies, the backward's three
+
+
+@pytest.mark.parametrize("case", [(1, 2, 6, 6, 3, 1, 1, 2), (1, 2, 7, 6, 3, 2, 1, 2)],
+                         ids=_ids)
+def test_other_phases_run_one_by_one(case, monkeypatch):
+    """Padding 1 at dilation 2 (phases padded by 1 and 0), or an odd side (phases of 4
+    and 3 rows): the phases are different problems, run one by one."""
+    x, wt, _, a, kw = _arrays(case, np.float64)
+    gy = np.random.default_rng(1).standard_normal(a.y_shape)
+    calls = count_calls(monkeypatch, phase_batch, "_phase_copy")
+    got = fastconv.conv2d_backward(gy, x, wt, algo="winograd", **kw)
+    wants = ref.conv2d_backward(gy, x, wt, a.stride, a.padding, a.dilation, a.groups)
+    assert calls == []
+    assert all(ref.rel_error(g, want) <= 1e-12 for g, want in zip(got, wants, strict=True))

@@ -95,3 +95,32 @@ def forward_batched(x, u, y, bias, pads, groups, m, dilation, run):
     finite = run(xb, u, yb, bias, (pt, pl), groups, m)
     _phase_copy(y, yb, order, False)
     return finite
+
+
+def backward_batched(gy, x, w, args, gx, gw, problems, run):
+    """``dilated.backward_phases`` as one batch of the phase ``problems``
+    (``dilated.phase_problems``) when they are all the same, untrimmed problem: gy's
+    phases and x's gathered, ``run(gy_batch, x_batch, w, batch_args, gx_batch, gw)``
+    once (the weight gradient sums over the batch, i.e. over the phases), gx scattered
+    back. Returns (ok_x, ok_w), or None (nothing done) when the phases differ."""
+    dh, dw = args.dilation
+    n, c, h, wd = args.x_shape
+    uniform = uniform_phases((h, wd), (args.h_out, args.w_out),
+                             (args.padding[0][0], args.padding[1][0]), args.dilation)
+    first = problems[0][-1]
+    if uniform is None or len(problems) != dh * dw or first.x_shape != (n, c, h // dh, wd // dw) \
+            or any(p[-1] != first for p in problems):
+        return None
+    order = uniform[2]
+    sub = first.with_batch(dh * dw * n)
+    gyb = np.empty(sub.y_shape, gy.dtype)
+    _phase_copy(gy, gyb, order, True)   # output phase rho where its input phase is
+    xb = None
+    if gw is not None:
+        xb = np.empty(sub.x_shape, x.dtype)
+        _phase_copy(x, xb, np.arange(dh * dw).reshape(dh, dw), True)
+    gxb = None if gx is None else np.empty(sub.x_shape, gx.dtype)
+    ok_x, ok_w = run(gyb, xb, w, sub, gxb, gw)
+    if gx is not None:
+        _phase_copy(gx, gxb, np.arange(dh * dw).reshape(dh, dw), False)
+    return ok_x, ok_w
