@@ -113,3 +113,13 @@ def test_other_phases_run_one_by_one(case, monkeypatch):
     wants = ref.conv2d_backward(gy, x, wt, a.stride, a.padding, a.dilation, a.groups)
     assert calls == []
     assert all(ref.rel_error(g, want) <= 1e-12 for g, want in zip(got, wants, strict=True))
+
+
+@pytest.mark.parametrize("padding,layout,says", [
+    (2, "NCHW", True), (1, "NCHW", False), (2, "NHWC", False)])   # NHWC: in place
+def test_plan_says_the_phases_run_as_one_batch(padding, layout, says):
+    x, w = ((16, 64, 56, 56), (64, 64, 3, 3)) if layout == "NCHW" else \
+        ((16, 56, 56, 64), (3, 3, 64, 64))
+    why = fastconv.plan(x, w, padding=padding, dilation=2, layout=layout).why
+    assert why.startswith("winograd")
+    assert ("the 4 phases as one batch" in why) is says

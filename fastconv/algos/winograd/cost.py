@@ -7,7 +7,7 @@ import math
 from ...costs import Estimate, Profile, gemm_seconds
 from ..im2col import cost as im2col_cost
 from ..registry import Algorithm, register
-from . import drivers, grad_w, tiling
+from . import drivers, grad_w, phase_batch, tiling
 
 #: The layouts whose forward and grad_x have transforms of their own (NHWC: ``nhwc``);
 #: the weight gradient runs in the Winograd domain on NCHW copies in NHWC, for wide
@@ -47,7 +47,8 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US) * 1e-6 + gemm + transforms
     groups = f" x{a.groups} groups" if a.groups > 1 else ""
     detail = (f"F({m}x{m}, 3x3), {chunks} chunks, {t} GEMMs {dg}x{cg}x{cols}{groups} "
-              f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms")
+              f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms"
+              f"{phase_batch.described(a)}")
     return Estimate(secs, tiling.workspace_bytes(a), detail)
 
 

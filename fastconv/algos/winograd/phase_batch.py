@@ -53,6 +53,16 @@ def uniform_phases(size, out, pads, dilation):
     return axes[0][0][2], axes[1][0][2], order
 
 
+def described(args) -> str:
+    """", the 4 phases as one batch" for an NCHW layer ``args`` whose phases run as one
+    batch (``uniform_phases``), else "" (the cost model's sentence)."""
+    if args.dilation == (1, 1) or args.dims.channels_last or uniform_phases(
+            (args.h, args.w), (args.h_out, args.w_out),
+            (args.padding[0][0], args.padding[1][0]), args.dilation) is None:
+        return ""
+    return f", the {args.dilation[0] * args.dilation[1]} phases as one batch"
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _phase_copy(plain, batch, order, to_batch):
     """Between plain (N, C, H, W) and its phases batch (dh*dw*N, C, H/dh, W/dw):
