@@ -85,12 +85,15 @@ def main() -> None:
     import torch
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("layers", nargs="*", default=list(LAYERS), choices=list(LAYERS))
+    ap.add_argument("layers", nargs="*", help=f"of {', '.join(LAYERS)} (default: all)")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--backward", action="store_true", help="forward + backward")
     opts = ap.parse_args()
+    unknown = set(opts.layers) - set(LAYERS)
+    if unknown:
+        ap.error(f"unknown layers {sorted(unknown)}; choose from {', '.join(LAYERS)}")
     torch.set_num_threads(2)
-    for name in opts.layers:
+    for name in opts.layers or LAYERS:
         best = best_times(contenders(name, opts.backward), opts.rounds)
         print(f"{name} {'forward+backward' if opts.backward else 'forward'}: " + ", ".join(
             f"{k} {v * 1e3:.2f} ms ({v / best['torch']:.2f}x torch)" for k, v in best.items()))
