@@ -1,17 +1,20 @@
-"""A dilated NCHW layer's phases as one batch, when they are all the same problem.
+"""A dilated NCHW layer's backward with its phases as one batch, when they are all the
+same problem.
 
 A 3x3 stride-1 layer with dilation (dh, dw) is dh*dw undilated problems, one per phase
-(``tiling.phases``). When every phase has the same padding and size (the usual dilated
-layer: padding = dilation, even sides), they are one problem on a batch of dh*dw*N
-images: the input phases are gathered into it in one parallel pass (``_phase_copy``),
-the Winograd forward runs once with dh*dw times wider GEMMs, and its output is scattered
-back in one parallel pass. The phase by phase run copies each phase with numpy
-(a strided copy on one thread) and runs dh*dw smaller problems.
+(``tiling.phases``; ``dilated.backward_phases``). When every phase has the same padding
+and size (the usual dilated layer: padding = dilation, even sides), they are one problem
+on a batch of dh*dw*N images: grad_y's and x's phases are gathered into it in one
+parallel pass each (``_phase_copy``), the Winograd backward runs once (its weight
+gradient sums over the batch, i.e. over the phases), and grad_x is scattered back in one
+parallel pass. Phase by phase, numpy copies each phase on one thread and the backward
+runs dh*dw times. (The forward needs no copies: ``drivers._run`` runs its transforms on
+strided views of the phases.)
 
 Examples
 --------
 >>> import numpy as np
->>> from fastconv import conv2d
+>>> from fastconv import conv2d_backward
 >>> rng = np.random.default_rng(0)
 >>> x = rng.standard_normal((2, 3, 8, 8))            # (N, C_in, H, W)
 >>> w = rng.standard_normal((4, 3, 3, 3))            # (C_out, C_in, 3, 3)
@@ -19,8 +22,10 @@ Examples
 True
 >>> uniform_phases((8, 8), (6, 6), (1, 1), (2, 2)) is None      # padding 1: p' 1 and 0
 True
->>> y = conv2d(x, w, padding=2, dilation=2, algo="winograd")
->>> bool(np.allclose(y, conv2d(x, w, padding=2, dilation=2, algo="naive")))
+>>> gy = rng.standard_normal((2, 4, 8, 8))           # grad_y (N, C_out, 8, 8)
+>>> wino = conv2d_backward(gy, x, w, padding=2, dilation=2, algo="winograd")
+>>> exact = conv2d_backward(gy, x, w, padding=2, dilation=2, algo="naive")
+>>> all(np.allclose(a, b) for a, b in zip(wino, exact))
 True
 """
 
@@ -53,16 +58,6 @@ def uniform_phases(size, out, pads, dilation):
     return axes[0][0][2], axes[1][0][2], order
 
 
-def described(args) -> str:
-    """", the 4 phases as one batch" for an NCHW layer ``args`` whose phases run as one
-    batch (``uniform_phases``), else "" (the cost model's sentence)."""
-    if args.dilation == (1, 1) or args.dims.channels_last or uniform_phases(
-            (args.h, args.w), (args.h_out, args.w_out),
-            (args.padding[0][0], args.padding[1][0]), args.dilation) is None:
-        return ""
-    return f", the {args.dilation[0] * args.dilation[1]} phases as one batch"
-
-
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _phase_copy(plain, batch, order, to_batch):
     """Between plain (N, C, H, W) and its phases batch (dh*dw*N, C, H/dh, W/dw):
@@ -85,26 +80,6 @@ def _phase_copy(plain, batch, order, to_batch):
                 else:
                     for j in range(ws):
                         line[j * dw + rw] = part[j]
-
-
-def forward_batched(x, u, y, bias, pads, groups, m, dilation, run):
-    """The forward of a dilated NCHW layer (x, y contiguous) as one batch of its phases
-    by ``run(x_batch, u, y_batch, bias, pads, groups, m)`` (``drivers._run_nchw``):
-    whether every output is finite, or None (nothing done) when the phases differ
-    (``uniform_phases``)."""
-    n, _, h, wd = x.shape
-    ho, wo = y.shape[2:]
-    uniform = uniform_phases((h, wd), (ho, wo), pads, dilation)
-    if uniform is None:
-        return None
-    pt, pl, order = uniform
-    dh, dw = dilation
-    xb = np.empty((dh * dw * n, x.shape[1], h // dh, wd // dw), x.dtype)
-    _phase_copy(x, xb, np.arange(dh * dw).reshape(dh, dw), True)   # input phase sigma
-    yb = np.empty((dh * dw * n, y.shape[1], ho // dh, wo // dw), y.dtype)
-    finite = run(xb, u, yb, bias, (pt, pl), groups, m)
-    _phase_copy(y, yb, order, False)
-    return finite
 
 
 def backward_batched(gy, x, w, args, gx, gw, problems, run):
