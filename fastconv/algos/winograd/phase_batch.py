@@ -35,7 +35,14 @@ import numpy as np
 from numba import njit, prange
 
 from ... import config
+from .._common import view, workspace
 from .tiling import phases
+
+
+def _buffer(slot: str, shape, dtype) -> np.ndarray:
+    """This thread's reused scratch array of ``shape`` (``_common.workspace``: no page
+    faults on each call)."""
+    return view(workspace(slot, int(np.prod(shape)), dtype), shape)
 
 
 def uniform_phases(size, out, pads, dilation):
@@ -98,13 +105,13 @@ def backward_batched(gy, x, w, args, gx, gw, problems, run):
         return None
     order = uniform[2]
     sub = first.with_batch(dh * dw * n)
-    gyb = np.empty(sub.y_shape, gy.dtype)
+    gyb = _buffer("winograd.phases_gy", sub.y_shape, gy.dtype)
     _phase_copy(gy, gyb, order, True)   # output phase rho where its input phase is
     xb = None
     if gw is not None:
-        xb = np.empty(sub.x_shape, x.dtype)
+        xb = _buffer("winograd.phases_x", sub.x_shape, x.dtype)
         _phase_copy(x, xb, np.arange(dh * dw).reshape(dh, dw), True)
-    gxb = None if gx is None else np.empty(sub.x_shape, gx.dtype)
+    gxb = None if gx is None else _buffer("winograd.phases_gx", sub.x_shape, gx.dtype)
     ok_x, ok_w = run(gyb, xb, w, sub, gxb, gw)
     if gx is not None:
         _phase_copy(gx, gxb, np.arange(dh * dw).reshape(dh, dw), False)
