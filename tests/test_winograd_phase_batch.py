@@ -124,3 +124,12 @@ def test_plan_says_the_phases_run_in_place(dilation, layout, says):
     why = fastconv.plan(x, w, padding=2, dilation=dilation, layout=layout).why
     assert why.startswith("winograd")
     assert ("4 phases in place" in why) is says
+
+
+@pytest.mark.parametrize("padding,layout,says", [
+    (2, "NCHW", True), (1, "NCHW", False), (2, "NHWC", False)])    # NHWC: in place
+def test_backward_plan_says_the_phases_run_as_one_batch(padding, layout, says):
+    x, w = ((16, 64, 56, 56), (64, 64, 3, 3)) if layout == "NCHW" else \
+        ((16, 56, 56, 64), (3, 3, 64, 64))
+    why = fastconv.plan(x, w, padding=padding, dilation=2, layout=layout, backward=True).why
+    assert ("(its 4 phases as one batch)" in why) is says

@@ -7,7 +7,7 @@ import math
 from ...costs import Estimate, Profile, gemm_seconds
 from ..im2col import cost as im2col_cost
 from ..registry import Algorithm, register
-from . import drivers, grad_w, tiling
+from . import drivers, grad_w, phase_batch, tiling
 
 #: The layouts whose forward and grad_x have transforms of their own (NHWC: ``nhwc``);
 #: the weight gradient runs in the Winograd domain on NCHW copies in NHWC, for wide
@@ -78,6 +78,8 @@ def backward_cost(a, p: Profile) -> Estimate:
         ws = max(ws, wws)
         parts.append("grad_w")
     how = f"Winograd {' and '.join(parts)}" if parts else "as im2col"
+    if parts and phase_batch.batches(a):
+        how += f" (its {a.dilation[0] * a.dilation[1]} phases as one batch)"
     return Estimate(secs, ws, f"{how}, the rest with im2col")
 
 

@@ -65,6 +65,15 @@ def uniform_phases(size, out, pads, dilation):
     return axes[0][0][2], axes[1][0][2], order
 
 
+def batches(args) -> bool:
+    """Whether the Winograd backward of ``args`` runs its phases as one batch: a dilated
+    NCHW layer whose phases are the same problem (``uniform_phases``; the backward also
+    requires the phase problems untrimmed, which these always are)."""
+    return args.dilation != (1, 1) and not args.dims.channels_last and uniform_phases(
+        (args.h, args.w), (args.h_out, args.w_out),
+        (args.padding[0][0], args.padding[1][0]), args.dilation) is not None
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _phase_copy(plain, batch, order, to_batch):
     """Between plain (N, C, H, W) and its phases batch (dh*dw*N, C, H/dh, W/dw):
