@@ -24,10 +24,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("chunk", ["images", "bands"])
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_split_forward_matches_reference(case, chunk, dtype, monkeypatch):
+def forward_problem(case, dtype):
+    """(x, w, bias, ConvArgs, the column bytes of one image) of a case of ``CASES``."""
     n, c, h, w, d, kh, kw, stride, padding, dilation, groups = case
     rng = np.random.default_rng(0)
     x = rng.standard_normal((n, c, h, w)).astype(dtype)
@@ -35,18 +33,30 @@ def test_split_forward_matches_reference(case, chunk, dtype, monkeypatch):
     b = rng.standard_normal(d).astype(dtype)
     a = conv_args_from_shapes("t", x.shape, wt.shape, stride, padding, dilation, groups,
                               dtype=dtype)
-    image = c * kh * kw * a.h_out * a.w_out * x.itemsize
+    return x, wt, b, a, c * kh * kw * a.h_out * a.w_out * x.itemsize
+
+
+def forward_matches_reference(x, wt, b, a):
+    """conv2d(algo="im2col") of the problem is the reference's result."""
+    got = fastconv.conv2d(x, wt, b, stride=a.stride, padding=a.padding,
+                          dilation=a.dilation, groups=a.groups, algo="im2col")
+    want = ref.conv2d(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
+    return got.dtype == x.dtype and ref.rel_error(got, want) <= ref.tolerance(x.dtype, "im2col")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("chunk", ["images", "bands"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_split_forward_matches_reference(case, chunk, dtype, monkeypatch):
+    x, wt, b, a, image = forward_problem(case, dtype)
     # two images per tile, or three output rows of one image per tile
     size = 2 * image if chunk == "images" else 3 * image // a.h_out
     monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", size)
     monkeypatch.setattr(drivers, "split_tiles", lambda args: True)
     monkeypatch.setattr(drivers, "direct_forward_applies", lambda args: False)
     calls = count_calls(monkeypatch, drivers, "forward_split")
-    got = fastconv.conv2d(x, wt, b, stride=stride, padding=padding, dilation=dilation,
-                          groups=groups, algo="im2col")
-    want = ref.conv2d(x, wt, b, a.stride, a.padding, a.dilation, groups)
+    assert forward_matches_reference(x, wt, b, a)
     assert calls == [1]
-    assert got.dtype == dtype and ref.rel_error(got, want) <= ref.tolerance(dtype, "im2col")
 
 
 @pytest.mark.parametrize("x_shape,w_shape,kw,split_it", [
@@ -89,12 +99,18 @@ def test_split_backward_needs_whole_image_tiles(monkeypatch):
     assert split.split_tiles(a, threads=2) and not split.split_backward(a)
 
 
-def test_plan_says_the_tiles_are_split(monkeypatch):
+@pytest.mark.parametrize("x_shape,w_shape,padding,says", [
+    ((16, 64, 56, 56), (128, 64, 3, 3), 1,
+     "4 tiles split over the threads as 16 panels of 1.8 MB (L2-sized)"),
+    ((8, 3, 224, 224), (64, 3, 7, 7), 3,
+     "8 tiles split over the threads as 32 panels of 1.8 MB (L2-sized)"),   # im2col.panels
+])
+def test_plan_says_the_tiles_are_split(x_shape, w_shape, padding, says, monkeypatch):
     monkeypatch.setattr(split.numba, "get_num_threads", lambda: 2)
     fastconv.autotune.clear_cache()
-    why = fastconv.plan((16, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1).why
+    why = fastconv.plan(x_shape, w_shape, stride=2, padding=padding).why
     fastconv.autotune.clear_cache()
-    assert why.startswith("im2col") and "4 tiles split over the threads" in why
+    assert why.startswith("im2col") and says in why
 
 
 @pytest.mark.parametrize("n,per_tile,threads,want", [

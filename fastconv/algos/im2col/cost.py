@@ -6,6 +6,7 @@ from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
 from .drivers import backward, forward
 from .image_last_direct import direct_cost, direct_forward_applies
+from .panels import panel_tiling
 from .pointwise import backward_cost_pointwise
 from .split import split_tiles
 from .tiling import is_pointwise, tile_count, tiling
@@ -59,6 +60,10 @@ def cost(a, p: Profile) -> Estimate:
         workspace += (a.c_out * a.h_out * a.w_out + a.c_in * a.h * a.w) * t.images * item
     secs = (p.call_us + n_tiles * p.tile_us) * 1e-6 + unfold + gemm + scatter
     split = " split over the threads" if split_tiles(a) else ""
+    panel = panel_tiling(a) if split else None
+    if panel is not None:   # the same work, in cache-sized tiles (not priced apart)
+        split += (f" as {tile_count(a, panel)} panels of {panel.col_bytes / 1e6:.2g} MB"
+                  " (L2-sized)")
     detail = (f"{n_tiles} tiles{split}, GEMM {dg}x{cgkk}x{width}"
               f"{f' x{g} groups' if g > 1 else ''} {1e3 * gemm:.3g} ms, unfold "
               f"{col_bytes / 1e6:.3g} MB {1e3 * unfold:.3g} ms")

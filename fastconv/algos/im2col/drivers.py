@@ -13,6 +13,7 @@ from ..._runtime import parallel_guard
 from .._common import view
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .image_last_direct import direct_forward_applies, forward_direct
+from .panels import panel_tiling
 from .pointwise import backward_pointwise
 from .shared import applies as shared_applies
 from .shared import by_phases, input_gradient_by_phases
@@ -82,7 +83,7 @@ def _forward_nchw(x, w, args, out, bias) -> None:
         forward_image_last(x, wmat, args, out, bias, t)
         return
     if split_tiles(args):
-        forward_split(x, wmat, args, out, bias_g)
+        forward_split(x, wmat, args, out, bias_g, panel_tiling(args))
         return
     conv = unfold_params(args)
     buf = column_buffer(args, t)

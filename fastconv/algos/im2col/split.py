@@ -65,13 +65,14 @@ def split_tiles(args, threads: int | None = None) -> bool:
         macs > config.SMALL_GEMM_MACS
 
 
-def _parts(args, tile_bytes: int | None = None):
-    """(tiling, each thread's run of tiles). Tiles of whole images: the batch cut into
+def _parts(args, tile_bytes: int | None = None, t=None):
+    """(tiling, each thread's run of tiles) for the tiling ``t`` (default: ``tiling``).
+    Tiles of whole images: the batch cut into
     one even run of images per thread, each run into tiles of at most ``images`` (16
     images in tiles of 5 would give the threads 10 and 6), and of at most
     ``tile_bytes`` of columns when given (at least one image); bands of rows: the tiles
     in order, an even share of them per thread."""
-    t = tiling(args)
+    t = tiling(args) if t is None else t
     if t.band == args.h_out:
         per_tile = t.images
         if tile_bytes is not None:
@@ -91,10 +92,11 @@ def _parts(args, tile_bytes: int | None = None):
     return t, [todo[bounds[k]:bounds[k + 1]] for k in range(threads)]
 
 
-def forward_split(x, wmat, args, out, bias_g) -> None:
+def forward_split(x, wmat, args, out, bias_g, t=None) -> None:
     """The NCHW tile loop of ``drivers._forward_nchw`` with runs of whole tiles per
-    thread (``split_tiles``): serial unfold, GEMM on one BLAS thread, into ``out``."""
-    t, runs = _parts(args)
+    thread (``split_tiles``): serial unfold, GEMM on one BLAS thread, into ``out``.
+    ``t``: the tiles (default ``tiling``; ``panels.panel_tiling``'s cache-sized ones)."""
+    t, runs = _parts(args, t=t)
     g, dg, cgkk = wmat.shape
     ckk = g * cgkk
     conv = unfold_params(args)

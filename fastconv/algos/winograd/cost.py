@@ -7,7 +7,7 @@ import math
 from ...costs import Estimate, Profile, gemm_seconds
 from ..im2col import cost as im2col_cost
 from ..registry import Algorithm, register
-from . import drivers, grad_w, tiling
+from . import drivers, grad_w, phase_batch, tiling
 
 #: The layouts whose forward and grad_x have transforms of their own (NHWC: ``nhwc``);
 #: the weight gradient runs in the Winograd domain on NCHW copies in NHWC, for wide
@@ -39,15 +39,17 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     gemm = gemm_seconds(p, dg, cg, cols, t * a.groups * chunks, item)
     moved = t * (a.c_in + a.c_out) * tiles * item
     transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
-    # copies to NCHW for other layouts; the phases of a dilated NCHW layer (NHWC reads
-    # and writes them in place)
-    copies = (a.layout not in LAYOUTS) + (a.dilation != (1, 1) and not a.dims.channels_last)
+    # copies to NCHW for other layouts (a dilated layer's phases are read and written in
+    # place, on strided views in NCHW: ``drivers._run``)
+    copies = a.layout not in LAYOUTS
+    phased = "" if a.dilation == (1, 1) else \
+        f", {a.dilation[0] * a.dilation[1]} phases in place"
     io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
     secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US) * 1e-6 + gemm + transforms
     groups = f" x{a.groups} groups" if a.groups > 1 else ""
     detail = (f"F({m}x{m}, 3x3), {chunks} chunks, {t} GEMMs {dg}x{cg}x{cols}{groups} "
-              f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms")
+              f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms{phased}")
     return Estimate(secs, tiling.workspace_bytes(a), detail)
 
 
@@ -76,6 +78,8 @@ def backward_cost(a, p: Profile) -> Estimate:
         ws = max(ws, wws)
         parts.append("grad_w")
     how = f"Winograd {' and '.join(parts)}" if parts else "as im2col"
+    if parts and phase_batch.batches(a):
+        how += f" (its {a.dilation[0] * a.dilation[1]} phases as one batch)"
     return Estimate(secs, ws, f"{how}, the rest with im2col")
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..._args import conv_args_from_shapes
+from .phase_batch import backward_batched
 from .tiling import phases
 
 
@@ -62,7 +63,12 @@ def phase_problems(args) -> list:
 def backward_phases(gy, x, w, args, gx, gw, run) -> tuple[bool, bool]:
     """The backward of a dilated layer, NCHW / OIHW arrays (gx, gw C-contiguous or None),
     by ``run(gy_phase, x_phase, w, sub_args, gx_phase, gw_phase)`` on each phase problem
-    (contiguous copies); returns (ok_x, ok_w) over all phases."""
+    (contiguous copies); returns (ok_x, ok_w) over all phases. Phases that are all the
+    same problem run as one batch (``phase_batch.backward_batched``)."""
+    problems = phase_problems(args)
+    batched = backward_batched(gy, x, w, args, gx, gw, problems, run)
+    if batched is not None:
+        return batched
     dh, dw = args.dilation
     ok_x = ok_w = True
     if gx is not None:
@@ -70,7 +76,7 @@ def backward_phases(gy, x, w, args, gx, gw, run) -> tuple[bool, bool]:
     if gw is not None:
         gw[...] = 0
         part = np.empty_like(gw)
-    for rho_h, sig_h, rho_w, sig_w, sub in phase_problems(args):
+    for rho_h, sig_h, rho_w, sig_w, sub in problems:
         gys = np.ascontiguousarray(gy[:, :, rho_h::dh, rho_w::dw])
         rows = slice(sig_h, sig_h + dh * (sub.h - 1) + 1, dh)
         cols = slice(sig_w, sig_w + dw * (sub.w - 1) + 1, dw)

@@ -1,0 +1,102 @@
+"""The stem, stride2 and dilated bench layers (NCHW float32, algo auto, 2 threads):
+before and after a change against torch, one process, wall time, the contenders
+alternating in blocks, best of rounds (the machine is shared: run it on a quiet one,
+and read ratios, not absolute times).
+
+    python bench/stem_speed.py [stem stride2 dilated] [--rounds 9] [--backward]
+
+"before" runs the split forward without L2-sized panels (``im2col.panels``) and a
+dilated layer's Winograd backward phase by phase (not as one batch,
+``winograd.phase_batch``); prints
+each contender's best milliseconds and its time over torch's (1.0: as fast as torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+import fastconv
+from fastconv.algos.im2col import drivers
+from fastconv.algos.winograd import dilated
+
+LAYERS = {
+    "stem": ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
+    "stride2": ((16, 64, 56, 56), (128, 64, 3, 3), dict(stride=2, padding=1)),
+    "dilated": ((16, 64, 56, 56), (64, 64, 3, 3), dict(padding=2, dilation=2)),
+}
+
+
+def contenders(name: str, backward: bool) -> dict:
+    """{"before", "after", "torch"}: callables running the layer (forward, or forward
+    and backward)."""
+    import torch
+
+    x_shape, w_shape, kw = LAYERS[name]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    w = rng.standard_normal(w_shape).astype(np.float32)
+    xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+    saved = drivers.panel_tiling, dilated.backward_batched
+
+    def ours(new: bool):
+        def run():
+            if not new:
+                drivers.panel_tiling = lambda args: None
+                dilated.backward_batched = lambda *args: None
+            try:
+                y = fastconv.conv2d(x, w, **kw)
+                if backward:
+                    fastconv.conv2d_backward(np.ones_like(y), x, w, **kw)
+            finally:
+                drivers.panel_tiling, dilated.backward_batched = saved
+        return run
+
+    def theirs():
+        if not backward:
+            with torch.no_grad():
+                torch.nn.functional.conv2d(xt, wt, **kw)
+            return
+        xg, wg = xt.clone().requires_grad_(), wt.clone().requires_grad_()
+        y = torch.nn.functional.conv2d(xg, wg, **kw)
+        y.backward(torch.ones_like(y))
+
+    return {"before": ours(False), "after": ours(True), "torch": theirs}
+
+
+def best_times(fns: dict, rounds: int, block: int = 3) -> dict:
+    """Each callable's best wall time (seconds), run in alternating blocks."""
+    for fn in fns.values():
+        fn()
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                best[k] = min(best[k], time.perf_counter() - t0)
+    return best
+
+
+def main() -> None:
+    import torch
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("layers", nargs="*", help=f"of {', '.join(LAYERS)} (default: all)")
+    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--backward", action="store_true", help="forward + backward")
+    opts = ap.parse_args()
+    unknown = set(opts.layers) - set(LAYERS)
+    if unknown:
+        ap.error(f"unknown layers {sorted(unknown)}; choose from {', '.join(LAYERS)}")
+    torch.set_num_threads(2)
+    for name in opts.layers or LAYERS:
+        best = best_times(contenders(name, opts.backward), opts.rounds)
+        print(f"{name} {'forward+backward' if opts.backward else 'forward'}: " + ", ".join(
+            f"{k} {v * 1e3:.2f} ms ({v / best['torch']:.2f}x torch)" for k, v in best.items()))
+
+
+if __name__ == "__main__":
+    main()
