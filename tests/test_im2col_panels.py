@@ -47,6 +47,7 @@ def test_panel_forward_matches_reference(case, rows, dtype, monkeypatch):
     monkeypatch.setattr(panels, "PANEL_MIN_PIXELS", 1)
     monkeypatch.setattr(panels, "split_tiles", lambda args, threads=None: True)
     monkeypatch.setattr(drivers, "split_tiles", lambda args: True)
+    monkeypatch.setattr(drivers, "direct_forward_applies", lambda args: False)
     monkeypatch.setattr(fastconv.config, "IM2COL_CHUNK_BYTES", 2 * image)
     seen = []
     real = split._parts
