@@ -131,6 +131,7 @@ class _FirstCompile:
     def __init__(self):
         self.shown = False
         self.compiles = 0  # fastconv kernels compiled in this process (not from the cache)
+        self.hooks = []    # called (no arguments) at each such compile, before it runs
 
     def on_start(self, event) -> None:
         dispatcher = (event.data or {}).get("dispatcher")
@@ -138,6 +139,8 @@ class _FirstCompile:
         if not getattr(func, "__module__", "").startswith(__package__ + "."):
             return  # the user's own numba functions
         self.compiles += 1
+        for hook in tuple(self.hooks):
+            hook()
         if self.shown:
             return
         self.shown = True

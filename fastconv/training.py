@@ -20,8 +20,8 @@ import time
 
 import numpy as np
 
+from . import _compile_split, data, devices, nn, optim
 from . import checkpoint as ckpt
-from . import data, devices, nn, optim
 from ._train_setup import (  # noqa: F401  (build_model etc. are part of this module's API)
     DATASETS,
     MODELS,
@@ -231,8 +231,9 @@ def warm_up(model: nn.Module, optimizer: optim.Optimizer, x, y, x_eval=None, *,
     (x, y) and one evaluation forward on ``x_eval`` (default ``x``), run on a copy of
     ``model`` and ``optimizer``: every kernel that training and evaluation call is
     compiled (or loaded from numba's cache) here, so no compile time lands in a timed
-    epoch. ``model``, ``optimizer`` and fastconv's generator are left exactly as they
-    were (training afterwards is bit for bit the same). Returns the seconds it took.
+    epoch (on a cold cache a child process compiles the backward's meanwhile:
+    ``fastconv._compile_split``). ``model``, ``optimizer`` and fastconv's generator are
+    left as they were (training afterwards is bit for bit the same); returns the seconds.
     ``device``: where the copy runs ("cuda": the GPU kernels compile; ``model`` on the
     host, the arrays too).
 
@@ -252,7 +253,9 @@ def warm_up(model: nn.Module, optimizer: optim.Optimizer, x, y, x_eval=None, *,
         net.to(device)                  # in place: opt's parameters move with it
         net.train()
         opt.zero_grad()
-        F.cross_entropy(net(Tensor(x).to(device)), y).backward()
+        with _compile_split.for_step(net, x, device):  # leaving it waits for the child
+            loss = F.cross_entropy(net(Tensor(x).to(device)), y)
+        loss.backward()
         opt.step()
         net.eval()
         with no_grad():
@@ -387,8 +390,7 @@ def run(model: str = "lenet", dataset: str = "digits", epochs: int = 10,
     front); ``device`` "cuda" trains on the GPU (the model and each batch moved there;
     the loss and the logits read back per batch; ValueError up front for a model or
     optimiser without a GPU path, ``fastconv.cuda.CudaUnavailableError`` without a
-    usable GPU). ``limit`` keeps the first ``limit`` training and test images (None:
-    all), for quick runs.
+    usable GPU). ``limit``: the first ``limit`` training and test images (None: all).
 
     Checkpoints (see :func:`fit`): ``checkpoint`` is the file (default
     ``<out>/checkpoint.npz``, or ``checkpoint.npz`` without ``out``), written every

@@ -1,0 +1,220 @@
+"""A cold first training step compiled in two processes.
+
+On an empty numba cache the untimed warm-up step of ``fastconv train``
+(:func:`fastconv.training.warm_up`) compiles about a dozen kernels one after another on
+one core, and the backward's are about half of that CPU time (LeNet: the image-last
+grad_w and grad_x kernels, 6 of 12 s). :func:`for_step` splits that work. At the first
+compile of a fastconv kernel in the step (so never while the cache is warm: numba's
+compile event fires only for a kernel neither compiled nor cached), a child process
+(``python -m fastconv._compile_split``) calls ``conv2d_backward`` for the model's
+convolutions on zero arrays of the step's shapes, dtype and layout, with the same
+numba thread count, so the kernels it compiles into the shared cache
+(``NUMBA_CACHE_DIR``) have the signatures the parent will meet. The parent meanwhile
+compiles the forward, then the max-unpooling (``max_pool2d_backward``, cheap), and
+waits for the child before its backward pass (on leaving the :class:`Split` block); a
+dispatcher looks in the cache when it meets a new signature, so the parent then loads
+the child's kernels instead of compiling them.
+
+The child only ever saves time: when it cannot start, fails, or outlives ``TIMEOUT_S``
+(then it is killed), the parent compiles the rest itself; an error or Ctrl-C in the
+step kills and reaps it. The jobs come from an ``nn.Sequential`` of ``Conv2d``,
+``MaxPool2d``, ``ReLU``, ``Dropout`` and ``Identity`` layers (the walk stops at the first
+other layer; other models and ``device="cuda"`` get no child).
+``FASTCONV_COMPILE_CHILD=0`` (or false, no, off) turns the child off.
+
+>>> from fastconv import nn
+>>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2))
+>>> for job in backward_jobs(net, (4, 1, 8, 8), np.float32):
+...     print(job["op"], job["x"], "->", job["y"], job["needs"])
+max_pool2d (4, 2, 6, 6) -> (4, 2, 3, 3) None
+conv2d (4, 1, 8, 8) -> (4, 2, 6, 6) (False, True, True)
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+
+import numpy as np
+
+from . import _runtime
+
+#: The environment variable that turns the child process off ("0", "false", "no", "off").
+ENV = "FASTCONV_COMPILE_CHILD"
+#: Seconds the parent waits for the child before killing it and compiling on its own.
+TIMEOUT_S = 120.0
+
+_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def enabled() -> bool:
+    """False when ``FASTCONV_COMPILE_CHILD`` says no child process is wanted."""
+    return os.environ.get(ENV, "").strip().lower() not in ("0", "false", "no", "off")
+
+
+def backward_jobs(model, x_shape, dtype) -> list[dict]:
+    """The backward calls (plain dicts) of ``model``'s convolution and max-pooling layers
+    for an input batch of ``x_shape`` and ``dtype``, last layer first.
+
+    ``model``: an ``nn.Sequential``; the walk stops at the first layer other than Conv2d
+    (zero padding), MaxPool2d, ReLU, Dropout and Identity (other models: no jobs). A
+    layer's input needs a gradient once a layer with parameters came before it, as in
+    the autograd graph. ``needs``: conv2d_backward's ``needs_input_grad``."""
+    from . import nn
+    from ._args.conv import conv_args_from_shapes
+    from ._args.pool import pool_args
+    from .layout import LAYOUTS
+
+    if not isinstance(model, nn.Sequential):
+        return []
+    dtype, shape, flows, jobs = np.dtype(dtype), tuple(x_shape), False, []
+    for layer in model:
+        if isinstance(layer, nn.Conv2d) and layer.padding_mode == "zeros":
+            if layer.weight.data.dtype != dtype or len(shape) != 4:
+                break
+            w_shape = LAYOUTS[layer.layout].weight_shape(*layer.weight.shape)
+            a = conv_args_from_shapes("Conv2d", shape, w_shape, layer.stride, layer.padding,
+                                      layer.dilation, layer.groups, layer.layout, dtype)
+            has_b = layer.bias is not None and layer.bias.requires_grad
+            jobs.append({"op": "conv2d", "x": shape, "y": a.y_layout_shape,
+                         "w": a.w_layout_shape, "args": (layer.stride, layer.padding,
+                                                         layer.dilation, layer.groups),
+                         "layout": layer.layout, "dtype": dtype.name,
+                         "needs": (flows, layer.weight.requires_grad, has_b)})
+            flows, shape = True, a.y_layout_shape
+        elif isinstance(layer, nn.MaxPool2d):
+            a = pool_args("MaxPool2d", shape, layer.kernel_size, layer.stride, layer.padding,
+                          layer.dilation, layer.ceil_mode, layer.layout)
+            if flows:
+                jobs.append({"op": "max_pool2d", "x": shape, "y": a.y_shape,
+                             "layout": layer.layout, "dtype": dtype.name, "needs": None})
+            shape = a.y_shape
+        elif not isinstance(layer, (nn.ReLU, nn.Dropout, nn.Identity)):
+            break
+    return jobs[::-1]
+
+
+def run_jobs(jobs) -> None:
+    """Run ``jobs`` (:func:`backward_jobs`) on zero arrays: what the child process does."""
+    from . import conv, pool
+
+    for job in jobs:
+        dtype = np.dtype(job["dtype"])
+        grad_y = np.zeros(job["y"], dtype)
+        if job["op"] == "conv2d":
+            conv.conv2d_backward(grad_y, np.zeros(job["x"], dtype), np.zeros(job["w"], dtype),
+                                 *job["args"], layout=job["layout"],
+                                 needs_input_grad=job["needs"])
+        elif job["op"] == "max_pool2d":
+            pool.max_pool2d_backward(grad_y, np.zeros(job["y"], np.int64), job["x"],
+                                     layout=job["layout"])
+        else:
+            raise ValueError(f"compile child: job op={job['op']!r} is not known")
+
+
+def _run_quietly(jobs) -> None:
+    """:func:`run_jobs` in the parent, errors ignored: these calls only compile ahead of
+    the real backward pass, which runs (and reports any error) anyway."""
+    try:
+        run_jobs(jobs)
+    except Exception:
+        pass
+
+
+class Split:
+    """The child process of one warm-up step (see the module docstring), a context
+    manager: the child starts at the first compile of a fastconv kernel inside the block
+    (before :meth:`wait`); ``jobs`` empty: never."""
+
+    def __init__(self, jobs, local=()):
+        self.jobs, self.local = list(jobs), list(local)
+        self.proc = None
+        self.returncode = None  # the child's exit status once waited for (None: no child)
+
+    def __enter__(self) -> Split:
+        if self.jobs:
+            _runtime.FIRST_COMPILE.hooks.append(self._on_compile)
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        """Leaving normally waits for the child (:meth:`wait`); an exception (Ctrl-C
+        too) kills it. Either way no child outlives the block."""
+        try:
+            if exc_type is None:
+                if self.proc is not None:
+                    _run_quietly(self.local)
+                self.wait()
+        finally:
+            self._unhook()
+            self._stop()
+
+    def _unhook(self) -> None:
+        hooks = _runtime.FIRST_COMPILE.hooks
+        if self._on_compile in hooks:
+            hooks.remove(self._on_compile)
+
+    def _on_compile(self) -> None:
+        self._unhook()
+        try:
+            self.proc = start_child(self.jobs)
+        except OSError:        # no child: the parent compiles everything, as without one
+            self.proc = None
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Wait for the child (if one started) at most ``timeout`` seconds (default
+        ``TIMEOUT_S``), killing it then; no child starts after this. Returns its exit
+        status (None: no child)."""
+        self._unhook()
+        if self.proc is not None:
+            try:
+                self.returncode = self.proc.wait(TIMEOUT_S if timeout is None else timeout)
+            except subprocess.TimeoutExpired:
+                self._stop()
+        return self.returncode
+
+    def _stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            self.returncode = proc.wait()
+
+
+def start_child(jobs) -> subprocess.Popen:
+    """``python -m fastconv._compile_split <jobs>``: this fastconv, the same numba cache
+    and thread count, no first-use notice, no output."""
+    import numba
+
+    env = dict(os.environ, FASTCONV_QUIET="1", NUMBA_CACHE_DIR=_runtime.cache_dir(),
+               NUMBA_NUM_THREADS=str(numba.get_num_threads()))
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, env.get("PYTHONPATH"))
+                                        if p)
+    return subprocess.Popen([sys.executable, "-m", __name__, repr(list(jobs))], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def for_step(model, x, device: str = "cpu") -> Split:
+    """The :class:`Split` of a warm-up step of ``model`` on the batch ``x`` (an array):
+    no child when turned off, for ``device="cuda"`` or when there is nothing to do."""
+    if not enabled() or device != "cpu":
+        return Split([])
+    x = np.asarray(getattr(x, "data", x))
+    try:
+        jobs = backward_jobs(model, x.shape, x.dtype)
+    except ValueError:       # a shape the layers refuse: the step itself will say so
+        return Split([])
+    # the child: the convolutions' gradients (LeNet: about 6 s of CPU with the image-last
+    # copy); the parent: the cheap max-unpooling, after its forward
+    return Split([j for j in jobs if j["op"] == "conv2d"],
+                 [j for j in jobs if j["op"] != "conv2d"])
+
+
+def main(argv) -> int:
+    run_jobs(ast.literal_eval(argv[0]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
