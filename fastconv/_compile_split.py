@@ -20,7 +20,8 @@ The child only ever saves time: when it cannot start, fails, or outlives ``TIMEO
 step kills and reaps it. The jobs come from an ``nn.Sequential`` of ``Conv2d``,
 ``MaxPool2d``, ``ReLU``, ``Dropout`` and ``Identity`` layers (the walk stops at the first
 other layer; other models and ``device="cuda"`` get no child).
-``FASTCONV_COMPILE_CHILD=0`` (or false, no, off) turns the child off.
+``FASTCONV_COMPILE_CHILD=0`` (or false, no, off; ``config.COMPILE_CHILD``) turns the
+child off.
 
 >>> from fastconv import nn
 >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2))
@@ -39,19 +40,12 @@ import sys
 
 import numpy as np
 
-from . import _runtime
+from . import _runtime, config
 
-#: The environment variable that turns the child process off ("0", "false", "no", "off").
-ENV = "FASTCONV_COMPILE_CHILD"
 #: Seconds the parent waits for the child before killing it and compiling on its own.
 TIMEOUT_S = 120.0
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def enabled() -> bool:
-    """False when ``FASTCONV_COMPILE_CHILD`` says no child process is wanted."""
-    return os.environ.get(ENV, "").strip().lower() not in ("0", "false", "no", "off")
 
 
 def backward_jobs(model, x_shape, dtype) -> list[dict]:
@@ -198,7 +192,7 @@ def start_child(jobs) -> subprocess.Popen:
 def for_step(model, x, device: str = "cpu") -> Split:
     """The :class:`Split` of a warm-up step of ``model`` on the batch ``x`` (an array):
     no child when turned off, for ``device="cuda"`` or when there is nothing to do."""
-    if not enabled() or device != "cpu":
+    if not config.COMPILE_CHILD or device != "cpu":
         return Split([])
     x = np.asarray(getattr(x, "data", x))
     try:

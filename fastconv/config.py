@@ -16,6 +16,7 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
 | (numba's kernel cache)| NUMBA_CACHE_DIR              | CACHE_DIR/numba            |
 | QUIET                | FASTCONV_QUIET                | False (1: no first-compile notice) |
+| COMPILE_CHILD        | FASTCONV_COMPILE_CHILD        | True (0: no child process compiles) |
 | MNIST_MIRROR         | FASTCONV_MNIST_MIRROR         | None (the usual mirror)    |
 | FASHION_MNIST_MIRROR | FASTCONV_FASHION_MNIST_MIRROR | None (the usual mirror)    |
 | CIFAR10_MIRROR       | FASTCONV_CIFAR10_MIRROR       | None (the usual mirror)    |
@@ -86,6 +87,12 @@ CACHE_DIR: str = os.environ.get("FASTCONV_CACHE_DIR") or os.path.join(
 #: value of FASTCONV_QUIET other than "", "0", "false", "no" sets it.
 QUIET: bool = os.environ.get("FASTCONV_QUIET", "").strip().lower() not in ("", "0", "false",
                                                                           "no")
+
+#: True: on a cold numba cache a child process compiles the backward's kernels of the
+#: warm-up step while this one compiles the forward (fastconv._compile_split).
+#: FASTCONV_COMPILE_CHILD "0", "false", "no" or "off" turns it off.
+COMPILE_CHILD: bool = os.environ.get("FASTCONV_COMPILE_CHILD", "").strip().lower() not in (
+    "0", "false", "no", "off")
 
 #: Threading layers tried in order when NUMBA_THREADING_LAYER is unset. TBB is both
 #: thread-safe and fork-safe; omp is thread-safe only; workqueue is neither, so calls into
