@@ -34,6 +34,7 @@ conv2d (4, 1, 8, 8) -> (4, 2, 6, 6) (False, True, True)
 from __future__ import annotations
 
 import ast
+import functools
 import os
 import subprocess
 import sys
@@ -118,17 +119,19 @@ def _run_quietly(jobs) -> None:
 
 
 class Split:
-    """The child process of one warm-up step (see the module docstring), a context
-    manager: the child starts at the first compile of a fastconv kernel inside the block
-    (before :meth:`wait`); ``jobs`` empty: never."""
+    """A child process that compiles into the shared cache while this one compiles, as a
+    context manager (see the module docstring): ``start()`` (returning the started
+    ``subprocess.Popen``) is called at the first compile of a fastconv kernel inside the
+    block, before :meth:`wait`; ``start`` None: never a child. ``local``: jobs this
+    process runs itself, after the block's work, when a child runs."""
 
-    def __init__(self, jobs, local=()):
-        self.jobs, self.local = list(jobs), list(local)
+    def __init__(self, start=None, local=()):
+        self.start, self.local = start, list(local)
         self.proc = None
         self.returncode = None  # the child's exit status once waited for (None: no child)
 
     def __enter__(self) -> Split:
-        if self.jobs:
+        if self.start is not None:
             _runtime.FIRST_COMPILE.hooks.append(self._on_compile)
         return self
 
@@ -152,14 +155,14 @@ class Split:
     def _on_compile(self) -> None:
         self._unhook()
         try:
-            self.proc = start_child(self.jobs)
+            self.proc = self.start()
         except OSError:        # no child: the parent compiles everything, as without one
             self.proc = None
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the child (if one started) at most ``timeout`` seconds (default
         ``TIMEOUT_S``), killing it then; no child starts after this. Returns its exit
-        status (None: no child)."""
+        status (None: no child; negative: killed)."""
         self._unhook()
         if self.proc is not None:
             try:
@@ -175,33 +178,41 @@ class Split:
             self.returncode = proc.wait()
 
 
-def start_child(jobs) -> subprocess.Popen:
-    """``python -m fastconv._compile_split <jobs>``: this fastconv, the same numba cache
-    and thread count, no first-use notice, no output."""
+def spawn(module: str, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
+    """``python -m module args``: this fastconv, the same numba cache and thread count, no
+    first-use notice and no child of its own (``FASTCONV_COMPILE_CHILD=0``); stderr
+    discarded."""
     import numba
 
-    env = dict(os.environ, FASTCONV_QUIET="1", NUMBA_CACHE_DIR=_runtime.cache_dir(),
+    env = dict(os.environ, FASTCONV_QUIET="1", FASTCONV_COMPILE_CHILD="0",
+               NUMBA_CACHE_DIR=_runtime.cache_dir(),
                NUMBA_NUM_THREADS=str(numba.get_num_threads()))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, env.get("PYTHONPATH"))
                                         if p)
-    return subprocess.Popen([sys.executable, "-m", __name__, repr(list(jobs))], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    return subprocess.Popen([sys.executable, "-m", module, *args], env=env,
+                            stdin=subprocess.DEVNULL, stdout=stdout,
                             stderr=subprocess.DEVNULL)
+
+
+def start_child(jobs) -> subprocess.Popen:
+    """The child of a warm-up step: ``python -m fastconv._compile_split <jobs>``."""
+    return spawn(__name__, repr(list(jobs)))
 
 
 def for_step(model, x, device: str = "cpu") -> Split:
     """The :class:`Split` of a warm-up step of ``model`` on the batch ``x`` (an array):
     no child when turned off, for ``device="cuda"`` or when there is nothing to do."""
     if not config.COMPILE_CHILD or device != "cpu":
-        return Split([])
+        return Split()
     x = np.asarray(getattr(x, "data", x))
     try:
         jobs = backward_jobs(model, x.shape, x.dtype)
     except ValueError:       # a shape the layers refuse: the step itself will say so
-        return Split([])
+        return Split()
     # the child: the convolutions' gradients (LeNet: about 6 s of CPU with the image-last
     # copy); the parent: the cheap max-unpooling, after its forward
-    return Split([j for j in jobs if j["op"] == "conv2d"],
+    convs = [j for j in jobs if j["op"] == "conv2d"]
+    return Split(functools.partial(start_child, convs) if convs else None,
                  [j for j in jobs if j["op"] != "conv2d"])
 
 

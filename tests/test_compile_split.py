@@ -59,30 +59,29 @@ def test_the_environment_variable_turns_the_child_off(value, on):
 
 def test_turned_off_the_step_has_no_jobs(monkeypatch):
     x = np.zeros((2, 1, 8, 8), np.float32)
-    assert cs.for_step(models.lenet5(1, 10, 8), x).jobs
+    assert cs.for_step(models.lenet5(1, 10, 8), x).start is not None
     monkeypatch.setattr(config, "COMPILE_CHILD", False)
-    assert cs.for_step(models.lenet5(1, 10, 8), x).jobs == []
+    assert cs.for_step(models.lenet5(1, 10, 8), x).start is None
 
 
 def test_no_child_for_the_gpu_or_for_a_batch_the_model_refuses():
     net = models.lenet5(1, 10, 8)
-    assert cs.for_step(net, np.zeros((2, 1, 8, 8), np.float32), device="cuda").jobs == []
-    assert cs.for_step(net, np.zeros((2, 1, 2, 2), np.float32)).jobs == []
+    assert cs.for_step(net, np.zeros((2, 1, 8, 8), np.float32), device="cuda").start is None
+    assert cs.for_step(net, np.zeros((2, 1, 2, 2), np.float32)).start is None
     split = cs.for_step(net, np.zeros((2, 1, 8, 8), np.float32))
-    assert [j["op"] for j in split.jobs] == ["conv2d"] * 2          # the child's
-    assert [j["op"] for j in split.local] == ["max_pool2d"] * 2     # the parent's
+    assert [j["op"] for j in split.start.args[0]] == ["conv2d"] * 2  # the child's
+    assert [j["op"] for j in split.local] == ["max_pool2d"] * 2      # the parent's
 
 
-def _fake_child(monkeypatch, code):
-    """Split's child replaced by ``python -c code``; returns the list of started ones."""
+def _fake_child(code):
+    """A Split whose child is ``python -c code``, and the list of children started."""
     started = []
 
-    def start(jobs):
+    def start():
         started.append(subprocess.Popen([*PY, code]))
         return started[-1]
 
-    monkeypatch.setattr(cs, "start_child", start)
-    return started
+    return cs.Split(start), started
 
 
 def _compile_now():
@@ -91,9 +90,8 @@ def _compile_now():
         hook()
 
 
-def test_the_child_starts_at_the_first_compile_only_and_a_failure_is_tolerated(monkeypatch):
-    started = _fake_child(monkeypatch, "import sys; sys.exit(3)")
-    split = cs.Split([{"op": "conv2d"}])
+def test_the_child_starts_at_the_first_compile_only_and_a_failure_is_tolerated():
+    split, started = _fake_child("import sys; sys.exit(3)")
     with split:
         assert started == []          # nothing compiled yet: a warm cache starts no child
         _compile_now()
@@ -104,24 +102,24 @@ def test_the_child_starts_at_the_first_compile_only_and_a_failure_is_tolerated(m
     assert len(started) == 1
 
 
-def test_a_hanging_child_is_killed_at_the_timeout_and_on_an_error(monkeypatch):
-    started = _fake_child(monkeypatch, "import time; time.sleep(60)")
-    with cs.Split([{"op": "conv2d"}]) as split:
+def test_a_hanging_child_is_killed_at_the_timeout_and_on_an_error():
+    split, started = _fake_child("import time; time.sleep(60)")
+    with split:
         _compile_now()
         assert split.wait(timeout=0.2) == -9
     assert started[0].poll() == -9
-    with pytest.raises(KeyboardInterrupt), cs.Split([{"op": "conv2d"}]) as split:
+    split, started = _fake_child("import time; time.sleep(60)")
+    with pytest.raises(KeyboardInterrupt), split:
         _compile_now()
         raise KeyboardInterrupt   # Ctrl-C in the forward: the child does not outlive it
-    assert started[1].poll() == -9 and split.proc is None
+    assert started[0].poll() == -9 and split.proc is None
 
 
-def test_a_child_that_cannot_start_costs_nothing(monkeypatch):
-    def fail(jobs):
+def test_a_child_that_cannot_start_costs_nothing():
+    def fail():
         raise OSError("no processes left")
 
-    monkeypatch.setattr(cs, "start_child", fail)
-    with cs.Split([{"op": "conv2d"}]) as split:
+    with cs.Split(fail) as split:
         _compile_now()
     assert split.proc is None and split.returncode is None
 
