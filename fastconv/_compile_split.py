@@ -176,6 +176,8 @@ class Split:
         if proc is not None and proc.poll() is None:
             proc.kill()
             self.returncode = proc.wait()
+        if proc is not None and proc.stdout is not None:
+            proc.stdout.close()
 
 
 def spawn(module: str, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:

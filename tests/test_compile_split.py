@@ -12,6 +12,7 @@ import pytest
 
 from fastconv import _compile_split as cs
 from fastconv import _runtime, config, models, nn
+from fastconv.tools import warmup
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = [sys.executable, "-c"]
@@ -174,3 +175,36 @@ def test_cold_step_loads_the_childs_kernels_and_a_warm_one_starts_no_child(tmp_p
     assert os.listdir(tmp_path)
     children, compiled = _step(tmp_path, NUMBA_NUM_THREADS="1")
     assert children == [] and compiled == set()
+
+
+# ``fastconv warmup``: the parent's tasks replaced by two that record themselves (the
+# first one "compiles"); the child runs the real second task of the selection (im2col,
+# float32, NHWC), this one's twin.
+SELECTION = ([], ["float32"], ["NHWC"], ["im2col"])
+
+
+def _recording_tasks(monkeypatch, compiles=True):
+    ran = []
+    first = ("first", lambda: (ran.append("first"), compiles and _compile_now()))
+    second = ("second", lambda: ran.append("second"))
+    monkeypatch.setattr(warmup, "tasks", lambda *selection: [first, second])
+    return ran
+
+
+def test_warmup_gives_every_other_task_to_a_child(monkeypatch):
+    ran = _recording_tasks(monkeypatch)
+    res = warmup.run(*SELECTION, progress=False)
+    assert ran == ["first"] and res["tasks"] == 2 and res["compiled"] >= 0
+    assert not _runtime.FIRST_COMPILE.hooks and config.COMPILE_CHILD
+
+
+def test_warmup_without_a_compile_or_with_a_failing_child_runs_every_task(monkeypatch):
+    spawned = []
+    monkeypatch.setattr(cs, "spawn", lambda *a, **k: spawned.append(a) or subprocess.Popen(
+        [*PY, "import sys; sys.exit(1)"], stdout=subprocess.PIPE))
+    ran = _recording_tasks(monkeypatch, compiles=False)   # a warm cache: no child
+    warmup.run(*SELECTION, progress=False)
+    assert ran == ["first", "second"] and spawned == []
+    ran = _recording_tasks(monkeypatch)                   # the child fails
+    warmup.run(*SELECTION, progress=False)
+    assert ran == ["first", "second"] and len(spawned) == 1

@@ -23,7 +23,10 @@ default).
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import subprocess
 import sys
 import time
 
@@ -129,35 +132,85 @@ def tasks(models=MODELS, dtypes=DTYPES, layouts=LAYOUT_NAMES, algos=CONV_ALGOS) 
 def run(models=MODELS, dtypes=DTYPES, layouts=LAYOUT_NAMES, algos=CONV_ALGOS,
         progress: bool = True) -> dict:
     """Compile (or load from the cache) the kernels of ``tasks``; returns {"seconds",
-    "compiled" (kernels compiled now, the rest came from the cache), "tasks",
-    "cache_dir"}. The first-use notice stays quiet meanwhile (the bar is the progress)."""
-    from fastconv import _runtime, config
+    "compiled" (kernels compiled now, the rest came from the cache; a child's included),
+    "tasks", "cache_dir"}. The first-use notice stays quiet meanwhile (the bar is the
+    progress).
+
+    In two processes, as the warm-up step of ``fastconv train``
+    (``fastconv._compile_split``): at the first kernel that compiles (never with a warm
+    cache) a child process takes every other task (``python -m fastconv.tools.warmup``);
+    this one runs the rest, then waits for it. A child that fails, or outlives twice
+    this process's time (at least ``TIMEOUT_S``; killed then), leaves its tasks to this
+    one. ``FASTCONV_COMPILE_CHILD=0``: one process."""
+    from fastconv import _compile_split, _runtime, config
 
     todo = tasks(models, dtypes, layouts, algos)
-    bar = None
-    if progress:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            pass
-        else:
-            bar = tqdm(total=len(todo), desc="warmup", unit="step", file=sys.stderr)
-    quiet, config.QUIET = config.QUIET, True
-    before, start = _runtime.FIRST_COMPILE.compiles, time.perf_counter()
+    selection = repr(tuple(list(a) for a in (models, dtypes, layouts, algos)))
+    mine, theirs = todo[0::2], todo[1::2]
+    split = _compile_split.Split(functools.partial(
+        _compile_split.spawn, __name__, selection, stdout=subprocess.PIPE)
+        if config.COMPILE_CHILD and theirs else None)
+    bar = _bar(len(todo), progress)
+    saved = config.QUIET, config.COMPILE_CHILD
+    # the training steps of the models take no child of their own beside this one
+    config.QUIET, config.COMPILE_CHILD = True, config.COMPILE_CHILD and not theirs
+    before, start, child = _runtime.FIRST_COMPILE.compiles, time.perf_counter(), 0
     try:
-        for label, task in todo:
-            if bar is not None:
-                bar.set_postfix_str(label)
-            task()
-            if bar is not None:
-                bar.update(1)
+        with split:
+            _run_tasks(mine, bar)
+            if split.proc is not None:
+                if bar is not None:
+                    bar.set_postfix_str("the child process's half")
+                proc = split.proc
+                if split.wait(max(_compile_split.TIMEOUT_S,
+                                  2 * (time.perf_counter() - start))) == 0:
+                    child, theirs = _count(proc.stdout.read()), []
+                    if bar is not None:
+                        bar.update(len(todo) - len(mine))
+        _run_tasks(theirs, bar)     # no child, or it failed: this process does its tasks
     finally:
-        config.QUIET = quiet
+        config.QUIET, config.COMPILE_CHILD = saved
         if bar is not None:
             bar.close()
     return {"seconds": time.perf_counter() - start, "tasks": len(todo),
-            "compiled": _runtime.FIRST_COMPILE.compiles - before,
+            "compiled": _runtime.FIRST_COMPILE.compiles - before + child,
             "cache_dir": _runtime.cache_dir()}
+
+
+def _bar(total: int, progress: bool):
+    if not progress:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, desc="warmup", unit="step", file=sys.stderr)
+
+
+def _run_tasks(todo, bar) -> None:
+    for label, task in todo:
+        if bar is not None:
+            bar.set_postfix_str(label)
+        task()
+        if bar is not None:
+            bar.update(1)
+
+
+def _count(out: bytes) -> int:
+    """The child's count of compiled kernels (its last line; 0 if it printed none)."""
+    words = out.split()
+    return int(words[-1]) if words and words[-1].isdigit() else 0
+
+
+def _child(selection: str) -> int:
+    """The child of :func:`run`: every other task of the selection (a repr of the
+    models, dtypes, layouts and algos); prints the number of kernels it compiled."""
+    from fastconv import _runtime
+
+    for _, task in tasks(*ast.literal_eval(selection))[1::2]:
+        task()
+    print(_runtime.FIRST_COMPILE.compiles)
+    return 0
 
 
 def cmd_warmup(args) -> int:
@@ -184,3 +237,7 @@ def add_parser(sub) -> None:
                     help="conv2d algorithms to compile, forward and backward")
     pw.add_argument("--no-progress", action="store_true", help="no progress bar")
     pw.set_defaults(func=cmd_warmup)
+
+
+if __name__ == "__main__":
+    sys.exit(_child(sys.argv[1]))
