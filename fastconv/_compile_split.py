@@ -56,7 +56,8 @@ def backward_jobs(model, x_shape, dtype) -> list[dict]:
     ``model``: an ``nn.Sequential``; the walk stops at the first layer other than Conv2d
     (zero padding), MaxPool2d, ReLU, Dropout and Identity (other models: no jobs). A
     layer's input needs a gradient once a layer with parameters came before it, as in
-    the autograd graph. ``needs``: conv2d_backward's ``needs_input_grad``."""
+    the autograd graph (a frozen one passes none on). ``needs``: conv2d_backward's
+    ``needs_input_grad``."""
     from . import nn
     from ._args.conv import conv_args_from_shapes
     from ._args.pool import pool_args
@@ -72,13 +73,14 @@ def backward_jobs(model, x_shape, dtype) -> list[dict]:
             w_shape = LAYOUTS[layer.layout].weight_shape(*layer.weight.shape)
             a = conv_args_from_shapes("Conv2d", shape, w_shape, layer.stride, layer.padding,
                                       layer.dilation, layer.groups, layer.layout, dtype)
-            has_b = layer.bias is not None and layer.bias.requires_grad
-            jobs.append({"op": "conv2d", "x": shape, "y": a.y_layout_shape,
-                         "w": a.w_layout_shape, "args": (layer.stride, layer.padding,
-                                                         layer.dilation, layer.groups),
-                         "layout": layer.layout, "dtype": dtype.name,
-                         "needs": (flows, layer.weight.requires_grad, has_b)})
-            flows, shape = True, a.y_layout_shape
+            needs = (flows, layer.weight.requires_grad,
+                     layer.bias is not None and layer.bias.requires_grad)
+            if any(needs):
+                jobs.append({"op": "conv2d", "x": shape, "y": a.y_layout_shape,
+                             "w": a.w_layout_shape, "args": (layer.stride, layer.padding,
+                                                             layer.dilation, layer.groups),
+                             "layout": layer.layout, "dtype": dtype.name, "needs": needs})
+            flows, shape = any(needs), a.y_layout_shape
         elif isinstance(layer, nn.MaxPool2d):
             a = pool_args("MaxPool2d", shape, layer.kernel_size, layer.stride, layer.padding,
                           layer.dilation, layer.ceil_mode, layer.layout)

@@ -45,6 +45,8 @@ def test_the_walk_stops_at_a_layer_it_does_not_know_and_skips_gradient_free_laye
     # the leading pool's input needs no gradient (no backward); batch norm ends the walk
     assert [j["op"] for j in cs.backward_jobs(net, (1, 2, 12, 12), np.float32)] == ["conv2d"]
     assert cs.backward_jobs(models.resnet_small(1, 10), (2, 1, 8, 8), np.float32) == []
+    net[1].weight.requires_grad = net[1].bias.requires_grad = False   # frozen: no grads
+    assert [j["needs"] for j in cs.backward_jobs(net, (1, 2, 12, 12), np.float32)] == []
     # the step's dtype differs from the weights': nothing (the step itself decides)
     assert cs.backward_jobs(net[1:], (1, 2, 8, 8), np.float64) == []
 
