@@ -158,7 +158,7 @@ class Split:
         self._unhook()
         try:
             self.proc = self.start()
-        except OSError:        # no child: the parent compiles everything, as without one
+        except (OSError, ValueError):  # no child: the parent compiles everything itself
             self.proc = None
 
     def wait(self, timeout: float | None = None) -> int | None:
