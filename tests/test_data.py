@@ -124,7 +124,21 @@ def test_load_digits():
     assert set(np.unique(y)) == set(range(10))
 
 
+def test_load_digits_reads_the_same_as_sklearn(monkeypatch):
+    sklearn_datasets = pytest.importorskip("sklearn.datasets")
+    assert data._sklearn_digits_file() is not None   # read without importing sklearn
+    x, y = data.load_digits()
+    d = sklearn_datasets.load_digits()
+    np.testing.assert_array_equal(x[:, 0], (d.images / 16.0).astype(np.float32))
+    np.testing.assert_array_equal(y, d.target)
+    monkeypatch.setattr(data, "_sklearn_digits_file", lambda: None)   # elsewhere: sklearn's
+    x2, y2 = data.load_digits()
+    np.testing.assert_array_equal(x2, x)
+    np.testing.assert_array_equal(y2, y)
+
+
 def test_load_digits_without_sklearn(monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)            # not installed
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)   # import fails
     with pytest.raises(ImportError, match=r"needs scikit-learn, which is in fastconv's "
                        r"'examples' extra: pip install '\.\[examples\]' in a fastconv checkout"):
