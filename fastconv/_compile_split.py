@@ -20,8 +20,10 @@ The child only ever saves time: when it cannot start, fails, or outlives ``TIMEO
 step kills and reaps it. The jobs come from an ``nn.Sequential`` of ``Conv2d``,
 ``MaxPool2d``, ``ReLU``, ``Dropout`` and ``Identity`` layers (the walk stops at the first
 other layer; other models and ``device="cuda"`` get no child).
-``FASTCONV_COMPILE_CHILD=0`` (or false, no, off; ``config.COMPILE_CHILD``) turns the
-child off.
+A child only helps with a core to run on: by default (``config.COMPILE_CHILD`` "auto")
+it starts when the 1-minute load average leaves a core idle (:func:`wanted`; on a busy
+machine it would only add its own start-up and the kernels both compile);
+``FASTCONV_COMPILE_CHILD=always`` (or 1) starts it anyway, ``never`` (or 0) never.
 
 >>> from fastconv import nn
 >>> net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.MaxPool2d(2))
@@ -47,6 +49,24 @@ from . import _runtime, config
 TIMEOUT_S = 120.0
 
 _PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def wanted(mode: str | None = None) -> bool:
+    """Whether a child process may start now under ``mode`` (default
+    ``config.COMPILE_CHILD``): "always", or "auto" while the 1-minute load average is at
+    most the usable cores - 1 (a core is idle for it; never on one core)."""
+    mode = config.COMPILE_CHILD if mode is None else mode
+    if mode != "auto":
+        return mode == "always"
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:        # no affinity masks on this system
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):   # no load average here: assume the others idle
+        load = 0.0
+    return cores > 1 and load <= cores - 1
 
 
 def backward_jobs(model, x_shape, dtype) -> list[dict]:
@@ -129,6 +149,7 @@ class Split:
 
     def __init__(self, start=None, local=()):
         self.start, self.local = start, list(local)
+        self.mode = config.COMPILE_CHILD  # as set when the step began (see wanted)
         self.proc = None
         self.returncode = None  # the child's exit status once waited for (None: no child)
 
@@ -156,6 +177,8 @@ class Split:
 
     def _on_compile(self) -> None:
         self._unhook()
+        if not wanted(self.mode):
+            return
         try:
             self.proc = self.start()
         except (OSError, ValueError):  # no child: the parent compiles everything itself
@@ -184,11 +207,11 @@ class Split:
 
 def spawn(module: str, *args: str, stdout=subprocess.DEVNULL) -> subprocess.Popen:
     """``python -m module args``: this fastconv, the same numba cache and thread count, no
-    first-use notice and no child of its own (``FASTCONV_COMPILE_CHILD=0``); stderr
+    first-use notice and no child of its own (``FASTCONV_COMPILE_CHILD=never``); stderr
     discarded."""
     import numba
 
-    env = dict(os.environ, FASTCONV_QUIET="1", FASTCONV_COMPILE_CHILD="0",
+    env = dict(os.environ, FASTCONV_QUIET="1", FASTCONV_COMPILE_CHILD="never",
                NUMBA_CACHE_DIR=_runtime.cache_dir(),
                NUMBA_NUM_THREADS=str(numba.get_num_threads()))
     env["PYTHONPATH"] = os.pathsep.join(p for p in (_PKG_PARENT, env.get("PYTHONPATH"))
@@ -206,7 +229,7 @@ def start_child(jobs) -> subprocess.Popen:
 def for_step(model, x, device: str = "cpu") -> Split:
     """The :class:`Split` of a warm-up step of ``model`` on the batch ``x`` (an array):
     no child when turned off, for ``device="cuda"`` or when there is nothing to do."""
-    if not config.COMPILE_CHILD or device != "cpu":
+    if config.COMPILE_CHILD == "never" or device != "cpu":
         return Split()
     x = np.asarray(getattr(x, "data", x))
     try:

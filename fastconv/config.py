@@ -16,7 +16,7 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | THREADING_LAYER      | NUMBA_THREADING_LAYER         | tbb, else omp, else workqueue |
 | (numba's kernel cache)| NUMBA_CACHE_DIR              | CACHE_DIR/numba            |
 | QUIET                | FASTCONV_QUIET                | False (1: no first-compile notice) |
-| COMPILE_CHILD        | FASTCONV_COMPILE_CHILD        | True (0: no child process compiles) |
+| COMPILE_CHILD        | FASTCONV_COMPILE_CHILD        | "auto" (a child when a core is idle) |
 | MNIST_MIRROR         | FASTCONV_MNIST_MIRROR         | None (the usual mirror)    |
 | FASHION_MNIST_MIRROR | FASTCONV_FASHION_MNIST_MIRROR | None (the usual mirror)    |
 | CIFAR10_MIRROR       | FASTCONV_CIFAR10_MIRROR       | None (the usual mirror)    |
@@ -88,11 +88,19 @@ CACHE_DIR: str = os.environ.get("FASTCONV_CACHE_DIR") or os.path.join(
 QUIET: bool = os.environ.get("FASTCONV_QUIET", "").strip().lower() not in ("", "0", "false",
                                                                           "no")
 
-#: True: on a cold numba cache a child process compiles the backward's kernels of the
-#: warm-up step while this one compiles the forward (fastconv._compile_split).
-#: FASTCONV_COMPILE_CHILD "0", "false", "no" or "off" turns it off.
-COMPILE_CHILD: bool = os.environ.get("FASTCONV_COMPILE_CHILD", "").strip().lower() not in (
-    "0", "false", "no", "off")
+#: Whether, on a cold numba cache, the warm-up step of ``fastconv train`` and ``fastconv
+#: warmup`` start a child process that compiles part of the kernels meanwhile
+#: (fastconv._compile_split): "auto" when a core is idle (the 1-minute load average at
+#: most the usable cores - 1), "always" or "never". FASTCONV_COMPILE_CHILD: auto (or
+#: unset), always (1, true, yes, on) or never (0, false, no, off).
+_CHILD_WORDS = {"": "auto", "auto": "auto", "always": "always", "1": "always",
+                "true": "always", "yes": "always", "on": "always", "never": "never",
+                "0": "never", "false": "never", "no": "never", "off": "never"}
+_child_raw = os.environ.get("FASTCONV_COMPILE_CHILD", "")
+if _child_raw.strip().lower() not in _CHILD_WORDS:
+    raise ValueError(f"config: environment variable FASTCONV_COMPILE_CHILD={_child_raw!r} "
+                     "must be auto, always (1) or never (0)")
+COMPILE_CHILD: str = _CHILD_WORDS[_child_raw.strip().lower()]
 
 #: Threading layers tried in order when NUMBA_THREADING_LAYER is unset. TBB is both
 #: thread-safe and fork-safe; omp is thread-safe only; workqueue is neither, so calls into

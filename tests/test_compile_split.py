@@ -51,19 +51,44 @@ def test_the_walk_stops_at_a_layer_it_does_not_know_and_skips_gradient_free_laye
     assert cs.backward_jobs(net[1:], (1, 2, 8, 8), np.float64) == []
 
 
-@pytest.mark.parametrize("value, on", [("", True), ("1", True), (" Off ", False)])
-def test_the_environment_variable_turns_the_child_off(value, on):
+@pytest.fixture(autouse=True)
+def _always(monkeypatch):
+    """A child whatever the machine's load (the load rule has its own test)."""
+    monkeypatch.setattr(config, "COMPILE_CHILD", "always")
+
+
+@pytest.mark.parametrize("value, mode", [("", "auto"), ("1", "always"), (" Off ", "never"),
+                                         ("maybe", None)])
+def test_the_environment_variable_sets_the_mode_and_refuses_other_words(value, mode):
     code = "from fastconv import config; print(config.COMPILE_CHILD)"
     env = dict(os.environ, PYTHONPATH=ROOT, FASTCONV_COMPILE_CHILD=value)
-    out = subprocess.run([*PY, code], env=env, capture_output=True, text=True, timeout=120,
-                         check=True).stdout
-    assert out.split() == [str(on)]
+    proc = subprocess.run([*PY, code], env=env, capture_output=True, text=True, timeout=120)
+    if mode is None:
+        assert "FASTCONV_COMPILE_CHILD='maybe' must be auto, always (1) or never (0)" in (
+            proc.stderr)
+    else:
+        assert proc.stdout.split() == [mode]
 
 
-def test_turned_off_the_step_has_no_jobs(monkeypatch):
+@pytest.mark.parametrize("mode, cores, load, want", [
+    ("auto", 2, 0.6, True), ("auto", 2, 1.3, False), ("auto", 2, 1.0, True),
+    ("auto", 1, 0.0, False), ("always", 2, 5.0, True), ("never", 8, 0.0, False)])
+def test_auto_wants_a_child_while_a_core_is_idle(monkeypatch, mode, cores, load, want):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, 0.0, 0.0))
+    monkeypatch.setattr(config, "COMPILE_CHILD", mode)
+    assert cs.wanted() is want
+
+
+def test_a_busy_machine_starts_no_child_and_never_none_at_all(monkeypatch):
+    split, started = _fake_child("pass")
+    monkeypatch.setattr(cs, "wanted", lambda mode=None: False)
+    with split:
+        _compile_now()
+    assert started == [] and split.returncode is None
     x = np.zeros((2, 1, 8, 8), np.float32)
     assert cs.for_step(models.lenet5(1, 10, 8), x).start is not None
-    monkeypatch.setattr(config, "COMPILE_CHILD", False)
+    monkeypatch.setattr(config, "COMPILE_CHILD", "never")
     assert cs.for_step(models.lenet5(1, 10, 8), x).start is None
 
 
@@ -170,12 +195,12 @@ def _step(cache_dir, **env):
 
 def test_cold_step_loads_the_childs_kernels_and_a_warm_one_starts_no_child(tmp_path):
     # one thread: the split holds where the kernels run serially, and compiles are cheaper
-    children, compiled = _step(tmp_path, NUMBA_NUM_THREADS="1")
+    children, compiled = _step(tmp_path, NUMBA_NUM_THREADS="1", FASTCONV_COMPILE_CHILD="1")
     assert children == [0]
     assert {"_conv_depthwise_nchw", "_im2col_chwn"} <= compiled        # the parent's forward
     assert not compiled & {"_grad_w_image_last", "_grad_x_image_last"}  # the child's
     assert os.listdir(tmp_path)
-    children, compiled = _step(tmp_path, NUMBA_NUM_THREADS="1")
+    children, compiled = _step(tmp_path, NUMBA_NUM_THREADS="1", FASTCONV_COMPILE_CHILD="1")
     assert children == [] and compiled == set()
 
 
@@ -197,7 +222,7 @@ def test_warmup_gives_every_other_task_to_a_child(monkeypatch):
     ran = _recording_tasks(monkeypatch)
     res = warmup.run(*SELECTION, progress=False)
     assert ran == ["first"] and res["tasks"] == 2 and res["compiled"] >= 0
-    assert not _runtime.FIRST_COMPILE.hooks and config.COMPILE_CHILD
+    assert not _runtime.FIRST_COMPILE.hooks and config.COMPILE_CHILD == "always"
 
 
 def test_warmup_without_a_compile_or_with_a_failing_child_runs_every_task(monkeypatch):

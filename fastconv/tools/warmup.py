@@ -141,7 +141,8 @@ def run(models=MODELS, dtypes=DTYPES, layouts=LAYOUT_NAMES, algos=CONV_ALGOS,
     cache) a child process takes every other task (``python -m fastconv.tools.warmup``);
     this one runs the rest, then waits for it. A child that fails, or outlives twice
     this process's time (at least ``TIMEOUT_S``; killed then), leaves its tasks to this
-    one. ``FASTCONV_COMPILE_CHILD=0``: one process."""
+    one. ``FASTCONV_COMPILE_CHILD`` as there (by default a child only with a core idle).
+    """
     from fastconv import _compile_split, _runtime, config
 
     todo = tasks(models, dtypes, layouts, algos)
@@ -149,11 +150,13 @@ def run(models=MODELS, dtypes=DTYPES, layouts=LAYOUT_NAMES, algos=CONV_ALGOS,
     mine, theirs = todo[0::2], todo[1::2]
     split = _compile_split.Split(functools.partial(
         _compile_split.spawn, __name__, selection, stdout=subprocess.PIPE)
-        if config.COMPILE_CHILD and theirs else None)
+        if config.COMPILE_CHILD != "never" and theirs else None)
     bar = _bar(len(todo), progress)
     saved = config.QUIET, config.COMPILE_CHILD
     # the training steps of the models take no child of their own beside this one
-    config.QUIET, config.COMPILE_CHILD = True, config.COMPILE_CHILD and not theirs
+    config.QUIET = True
+    if theirs:
+        config.COMPILE_CHILD = "never"
     before, start, child = _runtime.FIRST_COMPILE.compiles, time.perf_counter(), 0
     try:
         with split:
