@@ -19,7 +19,10 @@ The child only ever saves time: when it cannot start, fails, or outlives ``TIMEO
 (then it is killed), the parent compiles the rest itself; an error or Ctrl-C in the
 step kills and reaps it. The jobs come from an ``nn.Sequential`` of ``Conv2d``,
 ``MaxPool2d``, ``ReLU``, ``Dropout`` and ``Identity`` layers (the walk stops at the first
-other layer; other models and ``device="cuda"`` get no child).
+other layer; other models and ``device="cuda"`` get no child). ``fastconv warmup``
+splits its steps with :class:`Split` and :func:`spawn` too (the child takes every other
+step).
+
 A child only helps with a core to run on: by default (``config.COMPILE_CHILD`` "auto")
 it starts when the 1-minute load average leaves a core idle (:func:`wanted`; on a busy
 machine it would only add its own start-up and the kernels both compile);
