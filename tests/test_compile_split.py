@@ -197,7 +197,7 @@ def test_cold_step_loads_the_childs_kernels_and_a_warm_one_starts_no_child(tmp_p
     # one thread: the split holds where the kernels run serially, and compiles are cheaper
     children, compiled = _step(tmp_path, NUMBA_NUM_THREADS="1", FASTCONV_COMPILE_CHILD="1")
     assert children == [0]
-    assert {"_conv_depthwise_nchw", "_im2col_chwn"} <= compiled        # the parent's forward
+    assert "_max_pool_2x2_planes" in compiled                           # the parent's forward
     assert not compiled & {"_grad_w_image_last", "_grad_x_image_last"}  # the child's
     assert os.listdir(tmp_path)
     children, compiled = _step(tmp_path, NUMBA_NUM_THREADS="1", FASTCONV_COMPILE_CHILD="1")
