@@ -43,6 +43,7 @@ import functools
 import os
 import subprocess
 import sys
+import threading
 
 import numpy as np
 
@@ -155,6 +156,11 @@ class Split:
         self.mode = config.COMPILE_CHILD  # as set when the step began (see wanted)
         self.proc = None
         self.returncode = None  # the child's exit status once waited for (None: no child)
+        # The hook runs on whichever thread compiles first (a background compile, a
+        # helper thread of a split op): starting the child and closing the block (after
+        # which no child may start) exclude each other.
+        self._lock = threading.Lock()
+        self._closed = False
 
     def __enter__(self) -> Split:
         if self.start is not None:
@@ -170,28 +176,36 @@ class Split:
                     _run_quietly(self.local)
                 self.wait()
         finally:
-            self._unhook()
+            self._close()
             self._stop()
 
     def _unhook(self) -> None:
-        hooks = _runtime.FIRST_COMPILE.hooks
-        if self._on_compile in hooks:
-            hooks.remove(self._on_compile)
+        try:
+            _runtime.FIRST_COMPILE.hooks.remove(self._on_compile)
+        except ValueError:  # already removed
+            pass
 
     def _on_compile(self) -> None:
-        self._unhook()
-        if not wanted(self.mode):
-            return
-        try:
-            self.proc = self.start()
-        except (OSError, ValueError):  # no child: the parent compiles everything itself
-            self.proc = None
+        with self._lock:
+            self._unhook()
+            if self._closed or not wanted(self.mode):
+                return
+            try:
+                self.proc = self.start()
+            except (OSError, ValueError):  # no child: the parent compiles everything
+                self.proc = None
+
+    def _close(self) -> None:
+        """No child starts from now on."""
+        with self._lock:
+            self._closed = True
+            self._unhook()
 
     def wait(self, timeout: float | None = None) -> int | None:
         """Wait for the child (if one started) at most ``timeout`` seconds (default
         ``TIMEOUT_S``), killing it then; no child starts after this. Returns its exit
         status (None: no child; negative: killed)."""
-        self._unhook()
+        self._close()
         if self.proc is not None:
             try:
                 self.returncode = self.proc.wait(TIMEOUT_S if timeout is None else timeout)

@@ -130,6 +130,18 @@ def test_the_child_starts_at_the_first_compile_only_and_a_failure_is_tolerated()
     assert len(started) == 1
 
 
+def test_a_hook_already_running_when_the_block_closes_starts_no_child():
+    """The hook runs on whichever thread compiles first; once the block has waited, a
+    hook call that was already under way (it holds a reference) starts nothing."""
+    split, started = _fake_child("pass")
+    with split:
+        hook = split._on_compile
+        split.wait()
+        hook()
+        hook()                        # a second thread's call: no error either
+    assert started == [] and split.proc is None
+
+
 def test_a_hanging_child_is_killed_at_the_timeout_and_on_an_error():
     split, started = _fake_child("import time; time.sleep(60)")
     with split:

@@ -58,6 +58,19 @@ def test_large_calls_run_the_kernel_at_once(kernels):
     assert kernel.calls == [(1,)] and twin.calls == []
 
 
+def test_a_failed_background_compile_sends_later_calls_to_the_kernel(kernels):
+    kernel, twin = kernels
+
+    def broken(sig):
+        raise RuntimeError("cannot compile")
+
+    kernel.compile = broken
+    tiered.run(kernel, twin, True, 1)
+    tiered.wait()
+    tiered.run(kernel, twin, True, 2)    # the foreground call compiles (and would raise)
+    assert twin.calls == [(1,)] and kernel.calls == [(2,)]
+
+
 CHILD = textwrap.dedent("""
     import numpy as np
     import fastconv

@@ -26,15 +26,16 @@ import threading
 from .._runtime import parallel_guard
 
 _lock = threading.Lock()
-_threads: dict[int, threading.Thread] = {}  # id(kernel) -> its background compile
-_indexed: dict[int, bool] = {}  # id(kernel) -> whether numba's cache had it at first look
+_threads: dict = {}  # kernel -> its background compile thread (kernels live for good)
+_indexed: dict = {}  # kernel -> whether numba's cache had it at first look
+_failed: set = set()  # kernels whose background compile raised
 
 
 def run(kernel, twin, small: bool, *args) -> None:
     """``kernel(*args)`` (under ``parallel_guard``); but ``twin(*args)`` when the call is
     ``small`` and ``kernel`` has no compiled code in this process yet, starting its
     compile in the background."""
-    if small and not kernel.overloads and not _on_disk(kernel):
+    if small and not kernel.overloads and kernel not in _failed and not _on_disk(kernel):
         twin(*args)
         _compile_later(kernel, twin)
         return
@@ -45,23 +46,23 @@ def run(kernel, twin, small: bool, *args) -> None:
 def _on_disk(kernel) -> bool:
     """Whether numba's cache holds code of ``kernel`` (its index file exists: loading it
     is then quicker than compiling the twin). Looked up once per kernel and process."""
-    found = _indexed.get(id(kernel))
+    found = _indexed.get(kernel)
     if found is None:
         try:
             found = os.path.exists(kernel._cache._cache_file._index_path)
         except AttributeError:  # a numba without this cache layout: assume not cached
             found = False
-        _indexed[id(kernel)] = found
+        _indexed[kernel] = found
     return found
 
 
 def _compile_later(kernel, twin) -> None:
     with _lock:
-        if id(kernel) in _threads:
+        if kernel in _threads:
             return
         thread = threading.Thread(target=_compile, args=(kernel, list(twin.signatures)),
                                   name="fastconv-compile", daemon=False)
-        _threads[id(kernel)] = thread
+        _threads[kernel] = thread
     thread.start()
 
 
@@ -69,7 +70,8 @@ def _compile(kernel, signatures) -> None:
     for sig in signatures:
         try:
             kernel.compile(sig)
-        except Exception:  # noqa: BLE001 - the next foreground call compiles and raises
+        except Exception:  # noqa: BLE001 - from now on calls run the kernel in the
+            _failed.add(kernel)  # foreground, whose compile raises to the caller
             return
 
 

@@ -13,14 +13,20 @@ from .tiling import is_pointwise, tile_count, tiling
 
 
 def cost(a, p: Profile) -> Estimate:
-    """Model time of the forward: per tile, the unfold (column bytes / copy bandwidth + a
+    """Model time of the forward: small stride-1 layers on tiles of many images run the
+    direct image-last kernel (``image_last_direct.direct_cost``), the others the GEMM
+    path (:func:`_gemm_cost`)."""
+    if direct_forward_applies(a):
+        return direct_cost(a, p)
+    return _gemm_cost(a, p)
+
+
+def _gemm_cost(a, p: Profile) -> Estimate:
+    """The GEMM path's forward: per tile, the unfold (column bytes / copy bandwidth + a
     fixed cost per copied row segment) and one GEMM per group, (C_out/G) x (C_in/G*KH*KW)
     x (tile pixels), at ``gemm_seconds``'s rate (skinny GEMMs are slow); tiles of
     several images add a scatter pass over their output. 1x1 stride-1 layers are one
-    batched GEMM; small stride-1 layers on tiles of many images run the direct
-    image-last kernel (``image_last_direct.direct_cost``)."""
-    if direct_forward_applies(a):
-        return direct_cost(a, p)
+    batched GEMM."""
     item = a.dtype.itemsize
     g, dg, cg = a.groups, a.c_out // a.groups, a.c_in // a.groups
     cgkk = cg * a.kh * a.kw
@@ -71,9 +77,11 @@ def cost(a, p: Profile) -> Estimate:
 
 
 def backward_cost(a, p: Profile) -> Estimate:
+    """The backward runs the GEMM path (or the pointwise GEMMs), never the direct
+    kernel, so it is priced from the GEMM path's forward."""
     if is_pointwise(a):
         return backward_cost_pointwise(a, p)
-    return backward_from_forward(cost(a, p), p)
+    return backward_from_forward(_gemm_cost(a, p), p)
 
 
 ALGORITHM = register(Algorithm(

@@ -124,7 +124,9 @@ def _flat(a, dims):
     """A C-contiguous array of layout ``dims`` as (flat array, the shape and element
     strides of its canonical (N, C, H, W) view)."""
     v = dims.to_canonical_view(a)
-    return a.reshape(-1), tuple(v.shape) + tuple(s // a.itemsize for s in v.strides)
+    flat = a.view()
+    flat.shape = (a.size,)  # raises rather than copy: the kernel writes through it
+    return flat, tuple(v.shape) + tuple(s // a.itemsize for s in v.strides)
 
 
 def _to_last(a, n0, at, dims) -> None:
