@@ -41,7 +41,6 @@ array([[18., 18., 18.],
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from ... import _blas, config
@@ -52,44 +51,37 @@ from .wino_kernels import (
     input_adjoint,
     input_planes,
     kernel_adjoint,
+    split_threads,
+    tiles,
     weight_products,
 )
 
 
-def _tiles(a):
-    return -(-a.out[1] // 4), -(-a.out[2] // 4)
-
-
-def split_threads(a, threads: int | None = None) -> int:
-    """Threads the (image, output depth) pairs are split over: 1 when the products'
-    total is small (``config.SMALL_GEMM_MACS``), else as many as numba uses, at most the
-    pairs."""
-    threads = numba.get_num_threads() if threads is None else threads
-    th, tw = _tiles(a)
-    macs = ENTRIES * a.n * a.out[0] * th * tw * a.c_out * (a.c_in // a.groups) * a.kernel[0]
-    if macs <= config.SMALL_GEMM_MACS:
-        return 1
-    return max(1, min(threads, a.n * a.out[0]))
+def _columns_for_input_gradient(u, a):
+    """ut (G, 36, C_in/G, kd C_out/G), ut[g, e, c, (kd - 1 - k) * dg + o] =
+    u[g, e, o, k * cg + c]: the input gradient's (k, o) columns in the order of P's rows
+    (i, o), i = z + p_d - k ascending."""
+    groups, cg, dg, kd = a.groups, a.c_in // a.groups, a.c_out // a.groups, a.kernel[0]
+    return np.ascontiguousarray(u.reshape(groups, ENTRIES, dg, kd, cg).transpose(
+        0, 1, 4, 3, 2)[:, :, :, ::-1]).reshape(groups, ENTRIES, cg, kd * dg)
 
 
 def gradients(gy, x, u, a, grad_x, grad_w) -> tuple[bool, bool]:
     """The input gradient into ``grad_x`` and the weight gradient into ``grad_w``
     (canonical arrays; None: not wanted) of canonical ``gy`` and ``x``, ``u`` the
-    forward's transformed kernel (G, 36, C_out/G, kd C_in/G); ``a`` a problem
+    forward's transformed kernel (G, 36, C_out/G, kd C_in/G; read only for grad_x, may
+    be None without it); ``a`` a problem
     ``winograd.applies`` accepts. Returns (grad_x finite, grad_w finite)."""
     threads = split_threads(a)
     pairs = a.n * a.out[0]
+    ut = None if grad_x is None else _columns_for_input_gradient(u, a)
     bounds = [pairs * k // threads for k in range(threads + 1)]
     parts = [None] * threads
 
     def part(k):
-        parts[k] = _pairs(gy, x, u, a, bounds[k], bounds[k + 1], grad_x, grad_w is not None)
+        parts[k] = _pairs(gy, x, ut, a, bounds[k], bounds[k + 1], grad_x, grad_w is not None)
 
-    if threads == 1:
-        with _blas.one_blas_thread():
-            part(0)
-    else:
-        _blas.on_threads(part, threads)
+    _blas.on_threads(part, threads)   # one thread: part(0) here, on one BLAS thread
     ok_x = ok_w = True
     if grad_x is not None:
         ok_x = _finish_input_gradient(a, grad_x, [p[1] for p in parts]) and not any(
@@ -124,7 +116,7 @@ def _finish_input_gradient(a, grad_x, partials) -> bool:
     return all(np.isfinite(p).all() for p in sums.values())
 
 
-def _pairs(gy, x, u, a, lo, hi, grad_x, want_w):
+def _pairs(gy, x, ut, a, lo, hi, grad_x, want_w):
     """Over the (image, output depth) pairs ``lo`` .. ``hi`` - 1: (dU (G, 36, C_out/G,
     kd C_in/G) summed or None, [(image, input depth, (C_in, H, W) part)] of the input
     depths whose output depths reach past this run, how many input-gradient values were
@@ -132,7 +124,7 @@ def _pairs(gy, x, u, a, lo, hi, grad_x, want_w):
     d_in, od = a.size[0], a.out[0]
     kd, pd = a.kernel[0], a.padding[0][0]
     (pt, _), (pl, _) = a.padding[1:]
-    th, tw = _tiles(a)
+    th, tw = tiles(a)
     nt = th * tw
     groups, cg, dg = a.groups, a.c_in // a.groups, a.c_out // a.groups
     block = block_depths(a)
@@ -143,10 +135,6 @@ def _pairs(gy, x, u, a, lo, hi, grad_x, want_w):
                                  flat=True)
     du = np.zeros((groups, ENTRIES, dg, kd * cg), a.dtype) if want_w else None
     dv = entry_planes("conv3d-wino-dv", (cg, nt), a.dtype)
-    # ut[g, e, c, (kd - 1 - k) * dg + o] = u[g, e, o, k * cg + c]: the input gradient's
-    # (k, o) columns in the order of P's rows (i, o), i = z + p_d - k ascending
-    ut = np.ascontiguousarray(u.reshape(groups, ENTRIES, dg, kd, cg).transpose(
-        0, 1, 4, 3, 2)[:, :, :, ::-1]).reshape(groups, ENTRIES, cg, kd * dg)
     partials, bad = [], 0
     for b in range(lo // od, -(-hi // od)):
         for j0 in range(max(lo - b * od, 0), min(hi - b * od, od), block):
@@ -192,7 +180,7 @@ def block_depths(a) -> int:
     workspaces fit half of ``config.WORKSPACE_CACHE_BYTES``, else as many as do (at
     least 1; each block transforms the kd - 1 input depths it shares with the next
     again)."""
-    th, tw = _tiles(a)
+    th, tw = tiles(a)
     plane = ENTRIES * th * tw * a.dtype.itemsize
     spare = config.WORKSPACE_CACHE_BYTES // 2 - plane * a.c_in * (a.kernel[0] - 1)
     return max(1, min(a.out[0], spare // (plane * (a.c_in + a.c_out))))

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from numba import njit
 
@@ -24,6 +25,24 @@ from ... import config
 from .._common import U, workspace
 from ..winograd.f4 import _at6, _bt6, _gk4
 from ..winograd.tasks import _scalars
+
+
+def tiles(a) -> tuple[int, int]:
+    """(tile rows, tile columns) of 4x4 outputs per output plane of conv3d problem ``a``."""
+    return -(-a.out[1] // 4), -(-a.out[2] // 4)
+
+
+def split_threads(a, threads: int | None = None) -> int:
+    """Threads the (image, output depth) pairs of the forward and the backward are split
+    over: 1 when their Winograd-domain products are small in total
+    (``config.SMALL_GEMM_MACS``), else as many as numba uses (at most the pairs)."""
+    threads = numba.get_num_threads() if threads is None else threads
+    th, tw = tiles(a)
+    macs = (ENTRIES * a.n * a.out[0] * a.c_out * (a.c_in // a.groups) * a.kernel[0]
+            * th * tw)
+    if macs <= config.SMALL_GEMM_MACS:
+        return 1
+    return max(1, min(threads, a.n * a.out[0]))
 
 #: Entries of a transformed 6x6 tile.
 ENTRIES = 36

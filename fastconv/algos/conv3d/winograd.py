@@ -38,13 +38,20 @@ array([[9., 9., 9.],
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 
 from ... import _blas, config
 from ...costs import gemm_seconds, load_profile
 from . import window, wino_backward
-from .wino_kernels import ENTRIES, entry_planes, input_planes, kernel_transform, output_planes
+from .wino_kernels import (
+    ENTRIES,
+    entry_planes,
+    input_planes,
+    kernel_transform,
+    output_planes,
+    split_threads,
+    tiles,
+)
 
 #: The transforms' time per transformed plane (36 entries per tile) in passes at the
 #: copy bandwidth: the 32^3 layer's took about 2.3 us per input plane and 1.8 us per
@@ -63,11 +70,6 @@ def applies(a) -> bool:
             and all(r == 1 for r in a.dilation))
 
 
-def tiles(a) -> tuple[int, int]:
-    """(tile rows, tile columns) of 4x4 outputs per output plane."""
-    return -(-a.out[1] // 4), -(-a.out[2] // 4)
-
-
 def transform_kernel(w, a) -> np.ndarray:
     """U (G, 36, C_out/G, kd C_in/G) of the canonical kernel ``w``."""
     dg, cg = a.c_out // a.groups, a.c_in // a.groups
@@ -75,21 +77,6 @@ def transform_kernel(w, a) -> np.ndarray:
     for g in range(a.groups):
         kernel_transform(np.ascontiguousarray(w[g * dg:(g + 1) * dg]), u[g])
     return u
-
-
-def _macs(a) -> int:
-    th, tw = tiles(a)
-    return (ENTRIES * a.n * a.out[0] * a.c_out * (a.c_in // a.groups) * a.kernel[0]
-            * th * tw)
-
-
-def split_threads(a, threads: int | None = None) -> int:
-    """Threads the (image, output depth) pairs are split over: 1 when the GEMMs' total is
-    small (``config.SMALL_GEMM_MACS``), else as many as numba uses (at most the pairs)."""
-    threads = numba.get_num_threads() if threads is None else threads
-    if _macs(a) <= config.SMALL_GEMM_MACS:
-        return 1
-    return max(1, min(threads, a.n * a.out[0]))
 
 
 def forward(x, w, a, out, bias=None) -> bool:
@@ -106,11 +93,7 @@ def forward(x, w, a, out, bias=None) -> bool:
     def part(k):
         bad[k] = _run(x, u, a, out, bias, bounds[k], bounds[k + 1])
 
-    if threads == 1:
-        with _blas.one_blas_thread():
-            part(0)
-    else:
-        _blas.on_threads(part, threads)
+    _blas.on_threads(part, threads)   # one thread: part(0) here, on one BLAS thread
     return not any(bad)
 
 
@@ -168,7 +151,8 @@ def backward(gy, x, w, a, grad_x, grad_w) -> None:
     """Input gradient into ``grad_x`` and weight gradient into ``grad_w`` (None: not
     wanted), both by :func:`.wino_backward.gradients`; a gradient that is not finite
     there is recomputed by the windowed path (the formula's NaN and Inf)."""
-    ok_x, ok_w = wino_backward.gradients(gy, x, transform_kernel(w, a), a, grad_x, grad_w)
+    u = None if grad_x is None else transform_kernel(w, a)  # only grad_x reads it
+    ok_x, ok_w = wino_backward.gradients(gy, x, u, a, grad_x, grad_w)
     if not (ok_x and ok_w):
         window.backward(gy, x, w, a, None if ok_x else grad_x, None if ok_w else grad_w)
 
@@ -225,8 +209,8 @@ def backward_seconds(a, p=None) -> tuple[float, str]:
 
 
 def workspace_bytes(a) -> int:
-    """Bytes of one thread's V and product workspaces."""
+    """Bytes of one thread's V (``depth_slots`` input depths) and product workspaces."""
     th, tw = tiles(a)
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
-    return ENTRIES * th * tw * (a.groups * a.size[0] * cg + dg) * a.dtype.itemsize
+    return ENTRIES * th * tw * (a.groups * depth_slots(a) * cg + dg) * a.dtype.itemsize
 

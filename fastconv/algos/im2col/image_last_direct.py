@@ -209,8 +209,8 @@ def direct_conv(x, w, out, pads, dilation, bias, dims=NCHW) -> None:
 
 
 def forward_direct(x, w, args, out, bias) -> None:
-    """The forward of a ``direct_forward_applies`` problem into ``out`` (N, D, Ho, Wo),
-    C-contiguous, bias (D,) added when given."""
+    """The forward of a ``direct_forward_applies`` problem into ``out`` (layout
+    ``args.dims``, any strides), bias (D,) added when given."""
     direct_conv(x, args.dims.weight_to_canonical_view(w), out,
                 (args.padding[0][0], args.padding[1][0]), args.dilation, bias, args.dims)
 
