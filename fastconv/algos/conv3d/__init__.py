@@ -35,6 +35,7 @@ class Algorithm3d:
     cost: object
     backward_factor: float
     applies: object = None      # problem -> bool; None: every problem
+    rule: str = ""              # what ``applies`` asks of a problem, for errors
     adds_bias: bool = False     # forward(x, w, a, out, bias) adds the bias itself
 
 
@@ -105,7 +106,9 @@ ALGORITHMS = {
                           BACKWARD_FACTOR),
     "fft": Algorithm3d("fft", fft.forward, fft.backward, _fft_cost, BACKWARD_FACTOR),
     "winograd": Algorithm3d("winograd", winograd.forward, winograd.backward,
-                            _winograd_cost, BACKWARD_FACTOR, winograd.applies, True),
+                            _winograd_cost, BACKWARD_FACTOR, winograd.applies,
+                            "needs a (kd, 3, 3) kernel with stride 1 and dilation 1",
+                            adds_bias=True),
 }
 
 
@@ -114,8 +117,8 @@ def why_not(name: str, a) -> str | None:
     entry = ALGORITHMS[name]
     if entry.applies is None or entry.applies(a):
         return None
-    return (f"needs a (kd, 3, 3) kernel with stride 1 and dilation 1; got kernel "
-            f"{tuple(a.kernel)}, stride {tuple(a.stride)}, dilation {tuple(a.dilation)}")
+    return (f"{entry.rule}; got kernel {tuple(a.kernel)}, stride {tuple(a.stride)}, "
+            f"dilation {tuple(a.dilation)}")
 
 
 @dataclass(frozen=True)

@@ -97,11 +97,11 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
         cols = view(workspace("im2col.cols", g * cgkk * length, args.dtype),
                     (1, g * cgkk, length))
         cols4 = view(cols, (g, cgkk, length))
-        tmp = np.empty((g, cgkk, dg), args.dtype)
-        acc = np.zeros((g, cgkk, dg), args.dtype)
+        tmp = view(workspace("im2col.shared-tmp", g * cgkk * dg, args.dtype), (g, cgkk, dg))
+        acc = np.zeros((g, cgkk, dg), args.dtype)   # returned: not a workspace
         # grad_y and the output on the grid (its extra columns zero / dropped)
-        gyq = np.zeros((g, dg, args.h_out, wq), args.dtype)
-        yq = np.empty((g, dg, args.h_out, wq), args.dtype)
+        gyq = _on_grid("im2col.shared-gy", args, g, dg, wq)
+        yq = _on_grid("im2col.shared-y", args, g, dg, wq)
         for n in range(args.n * k // threads, args.n * (k + 1) // threads):
             if phased:
                 _phase_columns(x[n], cols[0], args, wq)
@@ -144,7 +144,7 @@ def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
         cols = workspace("im2col.cols", g * cgkk * length, args.dtype).reshape(g, cgkk, length)
         phases = workspace("im2col.phases", c * sh * sw * hq * wq, args.dtype)
         phases = phases.reshape(c, sh, sw, hq, wq)
-        gyq = np.zeros((g, dg, args.h_out, wq), args.dtype)
+        gyq = _on_grid("im2col.shared-gy", args, g, dg, wq)
         for n in range(args.n * k // threads, args.n * (k + 1) // threads):
             gyq[..., :args.w_out] = gy[n]
             np.matmul(wt, gyq.reshape(g, dg, length), out=cols)
@@ -153,6 +153,14 @@ def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
             _merge_phases(phases, grad_x[n], pt, pl)
 
     _blas.on_threads(part, threads)
+
+
+def _on_grid(slot: str, args, g: int, dg: int, wq: int) -> np.ndarray:
+    """A (G, C_out/G, H_out, wq) workspace of this thread for grad_y or the output on the
+    grid of width ``wq`` >= W_out, its extra columns zero (each image fills the rest)."""
+    q = view(workspace(slot, g * dg * args.h_out * wq, args.dtype), (g, dg, args.h_out, wq))
+    q[..., args.w_out:] = 0
+    return q
 
 
 def by_phases(args) -> bool:
