@@ -3,10 +3,12 @@
 conv1d runs as conv2d over a unit height axis: the signal (N, C, W) becomes the image
 (N, C, 1, W) and the weight (O, I, k) the filter (O, I, 1, k) as views (no copies; NWC /
 WIO likewise become NHWC / HWIO), so every conv2d algorithm and the policy's choice
-serve it. conv3d has algorithms of its own (``fastconv.algos.conv3d``: "naive", "im2col",
-"fft", "winograd") on channels-first arrays; an NDHWC call runs through copies to NCDHW / OIDHW and
-back. Arguments are validated under each op's name (``fastconv._args.conv_nd``);
-float16 is computed in float32 and rounded once, as conv2d's."""
+serve it; besides, its forward has a Winograd algorithm of its own
+(``fastconv.algos.winograd.line``). conv3d has algorithms of its own
+(``fastconv.algos.conv3d``: "naive", "im2col", "fft", "winograd") on channels-first
+arrays; an NDHWC call runs through copies to NCDHW / OIDHW and back. Arguments are
+validated under each op's name (``fastconv._args.conv_nd``); float16 is computed in
+float32 and rounded once, as conv2d's."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from ._args.conv_nd import check_grad_y, conv_nd_args_from_shapes, conv_nd_array
 from ._memory import allocate
 from .algos import conv3d as _algos
 from .algos import registry
+from .algos.winograd import line
 from .layout import LAYOUTS
 
 #: the 2-D layout each 1-D layout runs in
@@ -36,11 +39,35 @@ def _as_2d(op, x, w, bias, stride, padding, dilation, groups, layout, algo):
     w4 = np.expand_dims(w, lay2.weight.index("H"))
     window = ((1, args.stride[0]), ((0, 0), args.padding[0]), (1, args.dilation[0]),
               args.groups)
-    if algo != "auto":
+    if algo == "winograd":
+        reason = line.why_not(args)
+        if reason is not None:
+            raise ValueError(f"{op}: algo='winograd' {reason} (use algo='auto', 'naive', "
+                             f"'im2col' or 'fft')")
+    elif algo != "auto":
         a2 = _args.conv_args_from_shapes(op, x4.shape, w4.shape, *window, lay2.name,
                                          args.dtype)
         registry.check_supported(op, algo, a2)
     return x4, w4, bias, args, lay2, window
+
+
+def _by_winograd(op, args, x4, w4, window, lay2, algo) -> bool:
+    """Whether conv1d's forward runs the 1-D Winograd (``fastconv.algos.winograd.line``):
+    when asked for, or for "auto" where it is worth it and conv2d's choice for the
+    unit-height problem is im2col (the FFT keeps the large kernels it wins)."""
+    if algo != "auto":
+        return algo == "winograd"
+    if not line.worth_it(args):
+        return False
+    a2 = _args.conv_args_from_shapes(op, x4.shape, w4.shape, *window, lay2.name, args.dtype)
+    return autotune.forward_choice(a2, "auto") == "im2col"
+
+
+def _ncw(x4, w4, lay2):
+    """conv1d's (N, C, W) view of x4 in its own layout and its (C_out, C_in, k) weights."""
+    if lay2.name == "NCHW":
+        return x4[:, :, 0], w4[:, :, 0]
+    return x4[:, 0], w4[0].transpose(2, 1, 0)
 
 
 def _windowed(op, args, x4, w4, window, lay2, algo, backward=False, need_x=False):
@@ -69,10 +96,14 @@ def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     padding : int, (lo, hi), "valid" or "same" (stride 1).
     groups : int dividing C_in and C_out.
     layout : "NCW" (default) or "NWC".
-    algo : "auto" or a conv2d algorithm ("naive", "im2col", "fft"; "winograd" needs a
-        3x3 kernel, which a 1-D kernel never is). "auto" is conv2d's choice for the
-        unit-height problem: ``fastconv.plan((N, C_in, 1, W), (C_out, C_in/groups, 1, k),
-        padding=((0, 0), (lo, hi)))`` says which and why.
+    algo : "auto", "naive", "im2col", "fft" (conv2d's, over the unit height axis) or
+        "winograd": F(4, 3) over the signal's phase sequences, half of im2col's
+        multiplications (``fastconv.algos.winograd.line``; stride 1, dilation 1, one
+        group, k >= 3, float32 / float64; its backward runs im2col's). "auto" runs
+        "winograd" where that applies, the layer has at least 2^20 multiply-adds per
+        image and conv2d's choice for the unit-height problem is im2col; otherwise
+        conv2d's choice, which ``fastconv.plan((N, C_in, 1, W), (C_out, C_in/groups,
+        1, k), padding=((0, 0), (lo, hi)))`` explains.
     device : "cpu" (default) or "cuda": the GPU conv2d over the unit height axis
         (``fastconv.cuda.conv1d``; algorithms "auto", "naive", "im2col"; float32 and
         float64).
@@ -97,6 +128,12 @@ def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
         return gpu(x, w, bias, stride, padding, dilation, groups, layout=layout, algo=algo)
     x4, w4, bias, args, lay2, window = _as_2d(op, x, w, bias, stride, padding, dilation,
                                               groups, layout, algo)
+    y = None
+    if _by_winograd(op, args, x4, w4, window, lay2, algo):
+        y = line.forward(*_ncw(x4, w4, lay2), bias, args)
+    if y is not None:
+        return y[0] if args.unbatched else y
+    algo = "im2col" if algo == "winograd" else algo  # y None: not finite, see line
     if _windowed(op, args, x4, w4, window, lay2, algo):
         y = conv1d_window.forward(x4[:, :, 0], w4[:, :, 0], bias, args)
     else:
@@ -129,6 +166,7 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                            groups, layout, algo)
     grad_y = check_grad_y(op, grad_y, args)
     _args.check_same_dtype(op, input=x4, weight=w4, grad_y=grad_y)
+    algo = "im2col" if algo == "winograd" else algo  # the 1-D Winograd has no backward
     if _windowed(op, args, x4, w4, window, lay2, algo, backward=True, need_x=needs[0]):
         gx, gw, gb = conv1d_window.backward(grad_y, x4[:, :, 0], w4[:, :, 0], args, needs)
     else:

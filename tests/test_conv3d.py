@@ -119,7 +119,7 @@ def test_window_runs_stay_inside_the_padded_channel(case):
     from fastconv.algos.conv3d import window
     x, wt, _, kwargs = nd.nd_arrays(case)
     a = nd.record(x, wt, kwargs)
-    (_, hp, wp), grid, reach, length = window._geometry(a)
+    (_, hp, wp), grid, reach, length = window.geometry(a)
     assert grid == a.out[0] * hp * wp and grid - 1 + reach < length
 
 

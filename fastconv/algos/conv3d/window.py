@@ -66,10 +66,10 @@ def chunk_positions(a, grid: int) -> int:
 
 def grid_positions(a) -> int:
     """Output positions the GEMMs compute: D_out * Hp * Wp (the padded plane's)."""
-    return _geometry(a)[1]
+    return geometry(a)[1]
 
 
-def _geometry(a):
+def geometry(a):
     """(padded sizes, grid positions, tap offsets' extent, padded channel length)."""
     dp, hp, wp = (s + lo + hi for s, (lo, hi) in zip(a.size, a.padding, strict=True))
     grid = a.out[0] * hp * wp
@@ -78,9 +78,9 @@ def _geometry(a):
     return (dp, hp, wp), grid, reach, max(dp * hp * wp, grid + reach)
 
 
-def _padded(a, xb, length):
+def padded(a, xb, length):
     """Image ``xb`` (C, D, H, W) zero-padded into a (C, length) workspace."""
-    (dp, hp, wp), _, _, _ = _geometry(a)
+    (dp, hp, wp), _, _, _ = geometry(a)
     xp = workspace("conv3d-window-x", a.c_in * length, a.dtype).reshape(a.c_in, length)
     xp[...] = 0
     (d0, _), (h0, _), (w0, _) = a.padding
@@ -90,10 +90,12 @@ def _padded(a, xb, length):
     return xp
 
 
-def _columns(a, xp):
-    """(p0, p1, cols) per chunk of grid positions; cols (C_in K, p1 - p0) a reused
-    workspace holding the shifted windows of the padded image ``xp``."""
-    (_, hp, wp), grid, _, _ = _geometry(a)
+def columns(a, xp, end: int | None = None):
+    """(p0, p1, cols) per chunk of the grid positions before ``end`` (all: None); cols
+    (C_in K, p1 - p0) a reused workspace holding the shifted windows of the padded image
+    ``xp``."""
+    (_, hp, wp), grid, _, _ = geometry(a)
+    grid = grid if end is None else end
     span = chunk_positions(a, grid)
     rows = a.c_in * math.prod(a.kernel)
     buf = workspace("conv3d-window-cols", rows * span, a.dtype)
@@ -107,7 +109,8 @@ def _columns(a, xp):
         yield p0, p1, cols.reshape(rows, p1 - p0)
 
 
-def _groups(a):
+def group_slices(a):
+    """(column rows, output channels) slices of each group."""
     rows, dg = a.c_in // a.groups * math.prod(a.kernel), a.c_out // a.groups
     return [(slice(g * rows, (g + 1) * rows), slice(g * dg, (g + 1) * dg))
             for g in range(a.groups)]
@@ -115,7 +118,7 @@ def _groups(a):
 
 def _grid_view(a, q):
     """The (C_out, D_out, H_out, W_out) outputs within grid array ``q`` (C_out, grid)."""
-    (_, hp, wp), _, _, _ = _geometry(a)
+    (_, hp, wp), _, _, _ = geometry(a)
     od, oh, ow = a.out
     return q.reshape(a.c_out, od, hp, wp)[:, :, :oh, :ow]
 
@@ -143,7 +146,7 @@ def split_threads(a, threads: int | None = None) -> int:
     return min(threads, a.n)
 
 
-def _on_images(a, part) -> None:
+def on_images(a, part) -> None:
     """``part(k, images, split)`` over all images: split over the threads of
     :func:`split_threads` (thread k a run of images, ``split`` True), or at once in the
     calling thread (k = 0, small chunk GEMMs on one BLAS thread). Returns the threads'
@@ -160,15 +163,15 @@ def _on_images(a, part) -> None:
 
 def forward(x, w, a, out) -> None:
     """conv3d of canonical arrays into canonical ``out`` at stride 1 (no bias)."""
-    _on_images(a, lambda _k, images, _split: _forward(x, w, a, out, images))
+    on_images(a, lambda _k, images, _split: _forward(x, w, a, out, images))
 
 
 def _forward(x, w, a, out, images) -> None:
-    _, grid, _, length = _geometry(a)
-    wm, groups = w.reshape(a.c_out, -1), _groups(a)
+    _, grid, _, length = geometry(a)
+    wm, groups = w.reshape(a.c_out, -1), group_slices(a)
     q = workspace("conv3d-window-y", a.c_out * grid, a.dtype).reshape(a.c_out, grid)
     for b in images:
-        for p0, p1, cols in _columns(a, _padded(a, x[b], length)):
+        for p0, p1, cols in columns(a, padded(a, x[b], length)):
             for rows, ds in groups:
                 np.matmul(wm[ds], cols[rows], out=q[ds, p0:p1])
         out[b] = _grid_view(a, q)
@@ -197,8 +200,8 @@ def _input_gradient(gy, w, a, grad_x, images, serial: bool) -> None:
     grid, zeros at the dropped positions), chunk by chunk, folded onto the padded
     image, whose interior is the gradient (the fold on this thread alone if
     ``serial``)."""
-    (dp, hp, wp), grid, _, length = _geometry(a)
-    wm, groups = w.reshape(a.c_out, -1), _groups(a)
+    (dp, hp, wp), grid, _, length = geometry(a)
+    wm, groups = w.reshape(a.c_out, -1), group_slices(a)
     q = workspace("conv3d-window-y", a.c_out * grid, a.dtype).reshape(a.c_out, grid)
     gxp = workspace("conv3d-window-x", a.c_in * length, a.dtype).reshape(a.c_in, length)
     offs = np.array(_tap_offsets(a), np.int64)
@@ -293,7 +296,7 @@ def backward_seconds(a) -> float:
 
 def _tap_offsets(a):
     """Flat offset within the padded channel of each tap (kd * kh * kw of them)."""
-    (_, hp, wp), _, _, _ = _geometry(a)
+    (_, hp, wp), _, _, _ = geometry(a)
     (rd, rh, rw), (kd, kh, kw) = a.dilation, a.kernel
     return [(i * rd * hp + j * rh) * wp + e * rw
             for i in range(kd) for j in range(kh) for e in range(kw)]
@@ -314,8 +317,8 @@ def _weight_gradient_by_taps(a, q, xp, acc) -> None:
 def _weight_gradient_by_columns(a, q, xp, gwm) -> None:
     """Add one image's weight gradient to ``gwm`` (C_out, C_in/G K): grad_y's chunks
     times the columns' transposed, per group."""
-    for p0, p1, cols in _columns(a, xp):
-        for rows, ds in _groups(a):
+    for p0, p1, cols in columns(a, xp):
+        for rows, ds in group_slices(a):
             gwm[ds] += q[ds, p0:p1] @ cols[rows].T
 
 
@@ -335,7 +338,7 @@ def backward(gy, x, w, a, grad_x, grad_w) -> None:
             _backward(gy, x, w, a, grad_x if by_fold else None, gw, images, serial)
             parts[k] = gw
 
-        threads = _on_images(a, part)
+        threads = on_images(a, part)
         if grad_w is not None:       # in thread order: the same sum every run
             grad_w[...] = sum((parts[k] for k in range(1, threads)), parts[0])
     if grad_x is not None and not by_fold:
@@ -346,7 +349,7 @@ def _backward(gy, x, w, a, grad_x, grad_w, images, serial: bool) -> None:
     """The gradients of ``images``: their weight gradients' sum into ``grad_w`` (or
     None), their input gradients by the fold into ``grad_x`` (or None)."""
     if grad_w is not None:
-        _, grid, _, length = _geometry(a)
+        _, grid, _, length = geometry(a)
         gwm = grad_w.reshape(a.c_out, -1)
         q = workspace("conv3d-window-y", a.c_out * grid, a.dtype).reshape(a.c_out, grid)
         taps = math.prod(a.kernel)
@@ -354,7 +357,7 @@ def _backward(gy, x, w, a, grad_x, grad_w, images, serial: bool) -> None:
         for b in images:
             q[...] = 0
             _grid_view(a, q)[...] = gy[b]
-            xp = _padded(a, x[b], length)
+            xp = padded(a, x[b], length)
             if acc is None:
                 _weight_gradient_by_columns(a, q, xp, gwm)
             else:
