@@ -112,3 +112,15 @@ def test_short_kernels_and_half_precision_are_refused():
     with pytest.raises(ValueError, match=r"needs float32 or float64 \(got float16\)"):
         fastconv.conv1d(np.ones((1, 2, 8), np.float16), np.ones((2, 2, 3), np.float16),
                         algo="winograd")
+
+
+def test_autograd_gradients_match_finite_differences():
+    from fastconv import Tensor, gradcheck
+    from fastconv.nn import functional as F
+
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.standard_normal((2, 3, 14)), requires_grad=True)
+    w = Tensor(rng.standard_normal((4, 3, 9)), requires_grad=True)
+    b = Tensor(rng.standard_normal(4), requires_grad=True)
+    assert gradcheck(lambda x_, w_, b_: F.conv1d(x_, w_, b_, padding=4, algo="winograd"),
+                     (x, w, b))
