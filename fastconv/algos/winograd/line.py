@@ -18,7 +18,8 @@ BLAS reads in place, no copy.
 
 Serves stride 1, dilation 1, one group, k >= 3, float32 and float64, layouts NCW and
 NWC (the image's padded copy is channels-first either way). Images are split over the
-threads, each with its own workspaces, its GEMMs on one BLAS thread.
+threads (with fewer images than threads, each image's tiles), each thread with its own
+workspaces and its GEMMs on one BLAS thread.
 
 >>> import numpy as np
 >>> from fastconv._args.conv_nd import conv_nd_args_from_shapes
@@ -133,9 +134,9 @@ def _chunk_tiles(a) -> int:
     return max(1, min(tiles(a), CHUNK_BYTES // per_tile))
 
 
-def _image(xb, u, bias, a, yb) -> bool:
-    """One image: ``xb`` (C_in, W) channels-first (any strides) into ``yb`` (C_out,
-    W_out) (any strides); whether every output is finite."""
+def _image(xb, u, bias, a, yb, first, end) -> bool:
+    """Tiles ``first`` .. ``end`` - 1 of one image: ``xb`` (C_in, W) channels-first (any
+    strides) into ``yb`` (C_out, W_out) (any strides); whether every output is finite."""
     r, n_tiles, lo = phases(a), tiles(a), a.padding[0][0]
     n_s = 2 * r - 1
     length = r * (4 * n_tiles + 2) + n_s
@@ -147,8 +148,8 @@ def _image(xb, u, bias, a, yb) -> bool:
     v = workspace("conv1d-wino-v", 6 * span * n_s * a.c_in, a.dtype)
     m = workspace("conv1d-wino-m", r * 6 * span * a.c_out, a.dtype)
     rows, finite = r * a.c_in, True
-    for t0 in range(0, n_tiles, span):
-        n = min(span, n_tiles - t0)
+    for t0 in range(first, end, span):
+        n = min(span, end - t0)
         vc = v[:6 * n * n_s * a.c_in].reshape(6, n, n_s, a.c_in)
         mc = m[:r * 6 * n * a.c_out].reshape(r, 6, n, a.c_out)
         _input_tiles(xp, r, t0, vc)
@@ -171,12 +172,22 @@ def forward(x, w, bias, a) -> np.ndarray:
     b = np.zeros(a.c_out, a.dtype) if bias is None else np.asarray(bias, a.dtype)
     xs = x.transpose(0, 2, 1) if nwc else x
     ys = y.transpose(0, 2, 1) if nwc else y
-    threads = max(1, min(numba.get_num_threads(), a.n))
+    threads = numba.get_num_threads()
+    n_tiles = tiles(a)
+    by_image = a.n >= threads or n_tiles < 2 * threads
+    threads = max(1, min(threads, a.n if by_image else n_tiles))
     finite = [True] * threads
 
     def part(k):
-        for i in range(a.n * k // threads, a.n * (k + 1) // threads):
-            finite[k] &= _image(xs[i], u, b, a, ys[i])
+        """Thread k's run of images, or (fewer images than threads) its run of every
+        image's tiles."""
+        if by_image:
+            for i in range(a.n * k // threads, a.n * (k + 1) // threads):
+                finite[k] &= _image(xs[i], u, b, a, ys[i], 0, n_tiles)
+            return
+        first, end = n_tiles * k // threads, n_tiles * (k + 1) // threads
+        for i in range(a.n):
+            finite[k] &= _image(xs[i], u, b, a, ys[i], first, end)
 
     if threads > 1:
         _blas.on_threads(part, threads)
