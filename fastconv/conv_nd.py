@@ -149,7 +149,10 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
 
     grad_y has conv1d's output shape; the arguments are conv1d's, ``needs_input_grad``
     as in ``fastconv.conv2d_backward``, ``device`` as in :func:`conv1d`. Returns (grad_x,
-    grad_w, grad_bias) of the shapes of x, w and (C_out,), None where not wanted.
+    grad_w, grad_bias) of the shapes of x, w and (C_out,), None where not wanted. Where
+    the forward runs "winograd", so does grad_x (the forward of grad_y with the kernel
+    reversed, ``fastconv.algos.winograd.line.input_gradient``; for "auto" when that
+    problem is worth it too); grad_w runs im2col's (or "auto"'s) algorithm.
 
     >>> import numpy as np, fastconv
     >>> x = np.arange(5.0).reshape(1, 1, 5)
@@ -166,8 +169,17 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                            groups, layout, algo)
     grad_y = check_grad_y(op, grad_y, args)
     _args.check_same_dtype(op, input=x4, weight=w4, grad_y=grad_y)
-    algo = "im2col" if algo == "winograd" else algo  # the 1-D Winograd has no backward
-    if _windowed(op, args, x4, w4, window, lay2, algo, backward=True, need_x=needs[0]):
+    gx_w = None
+    if needs[0] and _by_winograd(op, args, x4, w4, window, lay2, algo):
+        t = line.input_gradient_problem(args)
+        if t is not None and (algo == "winograd" or line.worth_it(t)):
+            gx_w = line.input_gradient(grad_y, _ncw(x4, w4, lay2)[1], args)
+    if gx_w is not None:
+        needs = (False, *needs[1:])
+    algo = "im2col" if algo == "winograd" else algo  # the weight gradient's algorithm
+    if not any(needs):
+        gx, gw, gb = None, None, None
+    elif _windowed(op, args, x4, w4, window, lay2, algo, backward=True, need_x=needs[0]):
         gx, gw, gb = conv1d_window.backward(grad_y, x4[:, :, 0], w4[:, :, 0], args, needs)
     else:
         gx, gw, gb = conv.conv2d_backward(np.expand_dims(grad_y, lay2.name.index("H")), x4,
@@ -175,6 +187,7 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
                                           needs_input_grad=needs)
         gx = None if gx is None else np.squeeze(gx, lay2.name.index("H"))
         gw = None if gw is None else np.squeeze(gw, lay2.weight.index("H"))
+    gx = gx_w if gx_w is not None else gx
     if gx is not None and args.unbatched:
         gx = gx[0]
     return gx, gw, gb

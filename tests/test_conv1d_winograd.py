@@ -92,8 +92,34 @@ def test_non_finite_input_gives_the_formulas_pattern(algo):
     np.testing.assert_allclose(y[ok], want[ok], rtol=1e-10, atol=1e-10)
 
 
-def test_backward_of_winograd_runs_im2cols():
-    nd.check_backward(fastconv.conv1d_backward, CASES[4], "winograd", 1e-10)
+@pytest.mark.parametrize("case", [CASES[4], (2, 3, (20,), 2, (3,), 1, (3, 0), 1, 1)],
+                         ids=str)
+def test_backward_matches_reference(case):
+    """grad_x by the reversed kernel's forward (the second case's padding 3 > k - 1
+    needs a crop: im2col's instead), grad_w and grad_bias by im2col's."""
+    nd.check_backward(fastconv.conv1d_backward, case, "winograd", 1e-10)
+
+
+def test_auto_backward_runs_the_input_gradient_by_winograd(monkeypatch):
+    ran = []
+    real = line.input_gradient
+    monkeypatch.setattr(line, "input_gradient", lambda *args: ran.append(1) or real(*args))
+    rng = np.random.default_rng(0)
+    x, wt = rng.standard_normal((2, 16, 520)), rng.standard_normal((16, 16, 9))
+    gy = rng.standard_normal((2, 16, 520))
+    got = fastconv.conv1d_backward(gy, x, wt, padding=4)
+    want = fastconv.conv1d_backward(gy, x, wt, padding=4, algo="naive")
+    assert ran == [1]
+    for g, r in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, r, rtol=1e-10, atol=1e-9)
+    gx, gw, gb = fastconv.conv1d_backward(gy, x, wt, padding=4,
+                                          needs_input_grad=(True, False, False))
+    assert gw is None and gb is None and ran == [1, 1]
+    np.testing.assert_allclose(gx, want[0], rtol=1e-10, atol=1e-9)
+    gy[1, 2, 30] = np.nan                                   # the formula's NaN pattern
+    gx = fastconv.conv1d_backward(gy, x, wt, padding=4)[0]
+    np.testing.assert_array_equal(np.isnan(gx), np.isnan(
+        fastconv.conv1d_backward(gy, x, wt, padding=4, algo="naive")[0]))
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [

@@ -33,6 +33,7 @@ array([[[-1., -2., -2., -2., -2.,  4.]]])
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numba
 import numpy as np
@@ -195,6 +196,30 @@ def forward(x, w, bias, a) -> np.ndarray:
         with _blas.one_blas_thread():
             part(0)
     return y if all(finite) else None
+
+
+def input_gradient_problem(a):
+    """The conv1d forward problem whose output is the input gradient of problem ``a``
+    (stride 1): grad_y as its input, the kernel reversed with its channels swapped,
+    padding k - 1 - p per side; None where a padding exceeds k - 1 (it would need a
+    crop)."""
+    k = a.kernel[0]
+    lo, hi = a.padding[0]
+    if lo > k - 1 or hi > k - 1:
+        return None
+    return replace(a, c_in=a.c_out, c_out=a.c_in, size=a.out, out=a.size,
+                   padding=((k - 1 - lo, k - 1 - hi),))
+
+
+def input_gradient(gy, w, a):
+    """grad_x of conv1d problem ``a`` from ``gy`` (its output's shape and layout) and NCW
+    weights ``w`` (C_out, C_in, k), by :func:`forward` on
+    :func:`input_gradient_problem`; None where that problem is None or an output is not
+    finite."""
+    t = input_gradient_problem(a)
+    if t is None:
+        return None
+    return forward(gy, np.ascontiguousarray(w.transpose(1, 0, 2)[:, :, ::-1]), None, t)
 
 
 def worth_it(a) -> bool:
