@@ -4,7 +4,7 @@ from . import _runtime  # noqa: F401, I001  (threading layer and cache dir, befo
 from . import config  # noqa: F401
 from .conv import ALGORITHMS, conv2d  # noqa: F401
 from .conv import conv2d_backward  # noqa: F401
-from .conv_nd import conv1d, conv1d_backward  # noqa: F401
+from .conv_nd import conv1d, conv1d_backward, conv1d_plan  # noqa: F401
 from .conv_nd import conv3d, conv3d_backward, conv3d_plan  # noqa: F401
 from .conv_transpose import conv_transpose2d, conv_transpose2d_backward  # noqa: F401
 from .conv_transpose import plan_conv_transpose2d  # noqa: F401

@@ -51,7 +51,7 @@ def _as_2d(op, x, w, bias, stride, padding, dilation, groups, layout, algo):
     return x4, w4, bias, args, lay2, window
 
 
-def _by_winograd(op, args, x4, w4, window, lay2, algo) -> bool:
+def _by_winograd(op, args, x4_shape, w4_shape, window, lay2, algo) -> bool:
     """Whether conv1d's forward runs the 1-D Winograd (``fastconv.algos.winograd.line``):
     when asked for, or for "auto" where it is worth it and conv2d's choice for the
     unit-height problem is im2col (the FFT keeps the large kernels it wins)."""
@@ -59,7 +59,8 @@ def _by_winograd(op, args, x4, w4, window, lay2, algo) -> bool:
         return algo == "winograd"
     if not line.worth_it(args):
         return False
-    a2 = _args.conv_args_from_shapes(op, x4.shape, w4.shape, *window, lay2.name, args.dtype)
+    a2 = _args.conv_args_from_shapes(op, x4_shape, w4_shape, *window, lay2.name,
+                                     args.dtype)
     return autotune.forward_choice(a2, "auto") == "im2col"
 
 
@@ -129,7 +130,7 @@ def conv1d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     x4, w4, bias, args, lay2, window = _as_2d(op, x, w, bias, stride, padding, dilation,
                                               groups, layout, algo)
     y = None
-    if _by_winograd(op, args, x4, w4, window, lay2, algo):
+    if _by_winograd(op, args, x4.shape, w4.shape, window, lay2, algo):
         y = line.forward(*_ncw(x4, w4, lay2), bias, args)
     if y is not None:
         return y[0] if args.unbatched else y
@@ -170,7 +171,7 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_y = check_grad_y(op, grad_y, args)
     _args.check_same_dtype(op, input=x4, weight=w4, grad_y=grad_y)
     gx_w = None
-    if needs[0] and _by_winograd(op, args, x4, w4, window, lay2, algo):
+    if needs[0] and _by_winograd(op, args, x4.shape, w4.shape, window, lay2, algo):
         t = line.input_gradient_problem(args)
         if t is not None and (algo == "winograd" or line.worth_it(t)):
             gx_w = line.input_gradient(grad_y, _ncw(x4, w4, lay2)[1], args)
@@ -191,6 +192,43 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     if gx is not None and args.unbatched:
         gx = gx[0]
     return gx, gw, gb
+
+
+def conv1d_plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *,
+                layout="NCW", dtype=np.float32, backward=False):
+    """How ``conv1d(x, w, ..., algo="auto")`` (or its backward, ``backward=True``) would
+    run this problem: conv2d's ``Plan`` for the unit-height problem, or where the 1-D
+    Winograd runs (the forward; the backward's grad_x), that plan with the algorithm
+    and the sentence saying so. Shapes and arguments as in :func:`conv1d`.
+
+    >>> import fastconv
+    >>> fastconv.conv1d_plan((8, 64, 16000), (64, 64, 9), padding=4).algorithm
+    'winograd'
+    >>> fastconv.conv1d_plan((8, 64, 16000), (64, 64, 9), stride=2).algorithm
+    'im2col'
+    """
+    op = "conv1d_plan"
+    a = conv_nd_args_from_shapes(op, x_shape, w_shape, rank=1, stride=stride,
+                                 padding=padding, dilation=dilation, groups=groups,
+                                 layout=layout, dtype=autotune.plan_dtype(op, dtype))
+    lay2 = LAYOUTS[AS_2D[a.layout]]
+    x4 = (a.n, a.c_in, 1, a.size[0]) if lay2.name == "NCHW" else (a.n, 1, a.size[0], a.c_in)
+    k, cg = a.kernel[0], a.c_in // a.groups
+    w4 = (a.c_out, cg, 1, k) if lay2.name == "NCHW" else (1, k, cg, a.c_out)
+    window = ((1, a.stride[0]), ((0, 0), a.padding[0]), (1, a.dilation[0]), a.groups)
+    p2 = autotune.plan(x4, w4, *window, layout=lay2.name, dtype=a.dtype, backward=backward)
+    if not _by_winograd(op, a, x4, w4, window, lay2, "auto"):
+        return p2
+    rule = (f"F(4, 3) over the signal's phase sequences, {3 * line.phases(a) / 2:g} "
+            f"multiplications per output and channel pair against im2col's {k}; run where "
+            "conv2d's plan for the unit-height problem is im2col and the layer has at "
+            "least 2^20 multiply-adds per image")
+    if not backward:
+        return replace(p2, algorithm="winograd", why=f"winograd: {rule}. {p2.why}")
+    t = line.input_gradient_problem(a)
+    if t is None or not line.worth_it(t):
+        return p2
+    return replace(p2, why=f"grad_x by winograd ({rule}); the rest: {p2.why}")
 
 
 # ------------------------------------------------------------------------ conv3d

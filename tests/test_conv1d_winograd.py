@@ -150,3 +150,17 @@ def test_autograd_gradients_match_finite_differences():
     b = Tensor(rng.standard_normal(4), requires_grad=True)
     assert gradcheck(lambda x_, w_, b_: F.conv1d(x_, w_, b_, padding=4, algo="winograd"),
                      (x, w, b))
+
+
+def test_conv1d_plan_says_what_auto_runs_and_why():
+    p = fastconv.conv1d_plan((2, 16, 520), (16, 16, 9), padding=4)
+    assert p.algorithm == "winograd" and "F(4, 3) over the signal's phase" in p.why
+    assert "4.5 multiplications per output" in p.why
+    nwc = fastconv.conv1d_plan((2, 520, 16), (9, 16, 16), padding=4, layout="NWC")
+    assert nwc.algorithm == "winograd"
+    small = fastconv.conv1d_plan((2, 16, 60), (16, 16, 9), padding=4)
+    assert small.algorithm != "winograd"
+    back = fastconv.conv1d_plan((2, 16, 520), (16, 16, 9), padding=4, backward=True)
+    assert back.why.startswith("grad_x by winograd")
+    with pytest.raises(TypeError, match=r"conv1d_plan: dtype=int64 is not supported"):
+        fastconv.conv1d_plan((2, 16, 520), (16, 16, 9), dtype=np.int64)
