@@ -1,7 +1,9 @@
 """``fastconv bench --suite nd``: conv1d and conv3d layers beside torch.
 
-A 1-D audio layer (64 -> 64 channels, kernel 9, 16000 samples, batch 8, padding 4) and a
-3-D volume layer (16 -> 32 channels, 3x3x3, 32^3 voxels, batch 4, padding 1), forward
+A 1-D audio layer (64 -> 64 channels, kernel 9, 16000 samples, batch 8, padding 4), a
+3-D volume layer (16 -> 32 channels, 3x3x3, 32^3 voxels, batch 4, padding 1) and a
+single-channel 48^3 volume filtered by an 11x11x11 kernel (padding 5: where the FFT has
+the edge), forward
 and forward + backward (all three gradients), float32, NCW / NCDHW. Results are checked
 against torch (when installed) before anything is timed. The contenders alternate in
 blocks of ``repeats`` calls, each best of ``rounds`` blocks (the machine may be shared:
@@ -56,6 +58,7 @@ class NdLayer:
 ND_SUITE = (
     NdLayer("audio_1d", 8, 64, (16000,), 64, 9, 4),
     NdLayer("volume_3d", 4, 16, (32, 32, 32), 32, 3, 1),
+    NdLayer("volume_k11", 1, 1, (48, 48, 48), 1, 11, 5),
 )
 #: Tiny versions for the tests (seconds).
 ND_TINY = (
