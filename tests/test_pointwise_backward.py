@@ -72,15 +72,23 @@ def test_pointwise_backward_gradcheck(layout):
                                               algo="im2col"), inputs)
 
 
-def test_pointwise_backward_in_several_batches(monkeypatch):
-    """grad_w summed over batches of images bounded by the workspace budget."""
+@pytest.mark.parametrize("needs", [(True, True, False), (True, False, False),
+                                   (False, True, False)])
+@pytest.mark.parametrize("case", [(5, 4, 3, 3, 3, 1, 1, 1, 0, 1, 1),
+                                  (3, 6, 2, 3, 4, 1, 1, 1, 0, 1, 2)], ids=str)
+def test_pointwise_backward_split_over_threads(case, needs, monkeypatch):
+    """Products no longer counted as small: the images split over the threads, each
+    thread summing its own grad_w (an odd batch, groups)."""
     from fastconv import config
 
-    x, w, gy, kwargs, a = _problem((5, 4, 3, 3, 3, 1, 1, 1, 0, 1, 1), np.float64)
-    monkeypatch.setattr(config, "WORKSPACE_BYTES", 2 * 3 * 4 * 8)   # two images a batch
-    got = fastconv.conv2d_backward(gy, x, w, algo="im2col")
-    for g, wnt in zip(got, _explicit(x, w, gy, a), strict=True):
-        assert ref.rel_error(g, wnt) <= 1e-10
+    x, w, gy, kwargs, a = _problem(case, np.float64)
+    monkeypatch.setattr(config, "SMALL_GEMM_MACS", 0)
+    got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col",
+                                   needs_input_grad=needs)
+    for g, wnt, k in zip(got, _explicit(x, w, gy, a), needs, strict=True):
+        assert (g is None) == (not k)
+        if k:
+            assert ref.rel_error(g, wnt) <= 1e-10
 
 
 @pytest.mark.parametrize("kwargs", [dict(stride=2), dict(padding=1)])

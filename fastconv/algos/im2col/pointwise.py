@@ -22,9 +22,11 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 
-from ... import _blas, config
+from ... import _blas
 from ...costs import Estimate, Profile, gemm_seconds
 from .._common import view
 from .tiling import gemm_sizes
@@ -44,23 +46,52 @@ def backward_pointwise(gy, x, w, args, grad_x, grad_w) -> None:
 
 
 def _nchw(gy, x, w, args, grad_x, grad_w, g, dg, cg) -> None:
+    """The images split over the threads (one BLAS thread each): each thread writes
+    grad_x of its images and sums their grad_W products in its own (G, Dg, Cg) buffer
+    while grad_y's image is in cache; the buffers are added at the end. A small problem
+    (``_blas.is_small``) or a single image runs in the calling thread."""
+    import numba
+
     n, hw = args.n, args.h * args.w
     gyv = view(gy, (n, g, dg, hw))
-    wmat = np.ascontiguousarray(w).reshape(g, dg, cg)
-    if grad_x is not None:
-        gx = view(grad_x, (n, g, cg, hw))
-        if g == 1:  # one product per image, split over the threads
-            _blas.split_matmul(wmat[0].T, gyv[:, 0], gx[:, 0])
-        else:
-            np.matmul(wmat.transpose(0, 2, 1), gyv, out=gx)
+    wt = np.ascontiguousarray(w).reshape(g, dg, cg).transpose(0, 2, 1)
+    gx = None if grad_x is None else view(grad_x, (n, g, cg, hw))
+    xt = None if grad_w is None else view(x, (n, g, cg, hw)).transpose(0, 1, 3, 2)
+    threads = min(numba.get_num_threads(), n)
+    small = _blas.is_small(dg, cg, hw, n * g * ((gx is not None) + (xt is not None)))
+    if small:
+        threads = 1
+    bounds = [n * t // threads for t in range(threads + 1)]
+    sums = [None] * threads
+
+    def part(k: int) -> None:
+        lo, hi = bounds[k], bounds[k + 1]
+        if gx is not None:
+            np.matmul(wt, gyv[lo:hi], out=gx[lo:hi])
+        if xt is not None:
+            sums[k] = _weight_sum(gyv, xt, lo, hi)
+
+    if threads > 1:
+        _blas.on_threads(part, threads)
+    else:
+        with _blas.one_blas_thread() if small else contextlib.nullcontext():
+            part(0)
     if grad_w is not None:
         gw = view(grad_w, (g, dg, cg))
-        gw[...] = 0
-        xt = view(x, (n, g, cg, hw)).transpose(0, 1, 3, 2)
-        # a batch of per-image products, then their sum; batches bounded in memory
-        step = max(1, config.WORKSPACE_BYTES // max(g * dg * cg * args.dtype.itemsize, 1))
-        for n0 in range(0, n, step):
-            gw += np.matmul(gyv[n0:n0 + step], xt[n0:n0 + step]).sum(axis=0)
+        gw[...] = sums[0]
+        for s in sums[1:]:
+            gw += s
+
+
+def _weight_sum(gyv, xt, lo: int, hi: int) -> np.ndarray:
+    """sum over images lo .. hi - 1 of gyv[i] @ xt[i], (G, Dg, Cg): one product per
+    image, each added to the sum while it is in cache."""
+    acc = np.matmul(gyv[lo], xt[lo])
+    tmp = np.empty_like(acc)
+    for i in range(lo + 1, hi):
+        np.matmul(gyv[i], xt[i], out=tmp)
+        acc += tmp
+    return acc
 
 
 def _nhwc(gy, x, w, args, grad_x, grad_w, g, dg, cg) -> None:
