@@ -37,7 +37,9 @@ _libs = None           # numpy's BLAS controllers (threadpoolctl), found on firs
 
 
 def _numpy_blas() -> tuple:
-    """threadpoolctl controllers of the BLAS libraries numpy links (() when unknown)."""
+    """threadpoolctl controllers of the BLAS libraries numpy links and of the one scipy
+    links (which numba's ``np.dot`` calls, ``numba_blas_limited``); all BLAS libraries
+    when neither can be told apart, () when unknown."""
     global _libs
     if _libs is None:
         try:
@@ -47,11 +49,27 @@ def _numpy_blas() -> tuple:
             return _libs
         libs = [lib for lib in ThreadpoolController().lib_controllers
                 if lib.user_api == "blas"]
-        numpy_dir = os.path.dirname(os.path.dirname(np.__file__))
-        own = [lib for lib in libs if os.path.dirname(lib.filepath).startswith(
-            os.path.join(numpy_dir, "numpy"))]
-        _libs = tuple(own or libs)
+        own = [lib for lib in libs if _bundled(lib.filepath, np)]
+        try:
+            import scipy
+        except ImportError:  # pragma: no cover  (a dependency)
+            scipy = None
+        scipy_own = [lib for lib in libs if scipy is not None and _bundled(lib.filepath, scipy)]
+        _libs = tuple(own + scipy_own) if own and scipy_own else tuple(libs)
     return _libs
+
+
+def _bundled(path: str, module) -> bool:
+    """Whether the library at ``path`` ships inside ``module``'s package (its own
+    directory, or the ``<name>.libs`` one of a wheel)."""
+    return os.path.dirname(path).startswith(os.path.join(
+        os.path.dirname(os.path.dirname(module.__file__)), module.__name__))
+
+
+def numba_blas_limited() -> bool:
+    """Whether :class:`one_blas_thread` also holds the BLAS that numba's ``np.dot``
+    calls (scipy's) to one thread: only then may numba's threads call it at once."""
+    return bool(_numpy_blas())
 
 
 class one_blas_thread:

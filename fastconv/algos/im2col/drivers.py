@@ -14,7 +14,7 @@ from .._common import view
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .image_last_direct import direct_forward_applies, forward_direct
 from .panels import panel_tiling
-from .pointwise import backward_pointwise
+from .pointwise import backward_pointwise, forward_pointwise
 from .shared import applies as shared_applies
 from .shared import by_phases, input_gradient_by_phases
 from .split import (
@@ -68,15 +68,7 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     wmat = _weights_nchw(w, args)
     bias_g = None if bias is None else bias.reshape(g, dg, 1)
     if is_pointwise(args):
-        hw = args.h * args.w
-        y = view(out, (args.n, g, dg, hw))
-        xv = view(x, (args.n, g, args.c_in // g, hw))
-        if g == 1:  # one product per image, split over the threads
-            _blas.split_matmul(wmat[0], xv[:, 0], y[:, 0])
-        else:
-            np.matmul(wmat, xv, out=y)
-        if bias_g is not None:
-            y += bias_g
+        forward_pointwise(x, wmat, args, out, bias_g)
         return
     t = tiling(args)
     if t.image_last:

@@ -29,6 +29,7 @@ import numpy as np
 from ... import _blas
 from ...costs import Estimate, Profile, gemm_seconds
 from .._common import view
+from . import pointwise_kernels as kernels
 from .tiling import gemm_sizes
 
 
@@ -45,23 +46,52 @@ def backward_pointwise(gy, x, w, args, grad_x, grad_w) -> None:
         _nchw(gy, x, w, args, grad_x, grad_w, g, dg, cg)
 
 
+def forward_pointwise(x, wmat, args, out, bias_g) -> None:
+    """out = the NCHW pointwise layer of x plus bias_g (G, Dg, 1) when given; wmat
+    (G, Dg, Cg) C-contiguous, x and out C-contiguous. Images split over numba's threads
+    (``pointwise_kernels``) unless the products are small (``_blas.is_small``: one
+    batched matmul on one BLAS thread) or the kernels do not apply
+    (``pointwise_kernels.threads_for``: numpy's matmul)."""
+    g, dg, cg = wmat.shape
+    n, hw = args.n, args.h * args.w
+    y = view(out, (n, g, dg, hw))
+    xv = view(x, (n, g, cg, hw))
+    small = _blas.is_small(dg, cg, hw, n * g)
+    threads = 0 if small else kernels.threads_for(n, x, wmat)
+    if threads:
+        kernels.forward(wmat, xv, y, None if bias_g is None else bias_g[..., 0], threads)
+        return
+    if g == 1:  # one product per image, split over the threads
+        _blas.split_matmul(wmat[0], xv[:, 0], y[:, 0])
+    else:
+        _blas.matmul(wmat, xv, out=y)
+    if bias_g is not None:
+        y += bias_g
+
+
 def _nchw(gy, x, w, args, grad_x, grad_w, g, dg, cg) -> None:
     """The images split over the threads (one BLAS thread each): each thread writes
     grad_x of its images and sums their grad_W products in its own (G, Cg, Dg) buffer
-    while grad_y's image is in cache; the buffers are added at the end. A small problem
-    (``_blas.is_small``) or a single image runs in the calling thread."""
+    while grad_y's image is in cache; the buffers are added at the end. numba's threads
+    run it (``pointwise_kernels``) where the kernels apply, else Python threads; a small
+    problem (``_blas.is_small``) or a single image runs in the calling thread."""
     import numba
 
     n, hw = args.n, args.h * args.w
     gyv = view(gy, (n, g, dg, hw))
-    wt = np.ascontiguousarray(w).reshape(g, dg, cg).transpose(0, 2, 1)
+    wmat = np.ascontiguousarray(w).reshape(g, dg, cg)
+    wt = wmat.transpose(0, 2, 1)
     gx = None if grad_x is None else view(grad_x, (n, g, cg, hw))
     xv = None if grad_w is None else view(x, (n, g, cg, hw))
     gyt = gyv.transpose(0, 1, 3, 2)
-    threads = min(numba.get_num_threads(), n)
     small = _blas.is_small(dg, cg, hw, n * g * ((gx is not None) + (xv is not None)))
-    if small:
-        threads = 1
+    threads = 0 if small else kernels.threads_for(n, gy, x, wmat)
+    if threads:
+        gwt = kernels.backward(wmat, gyv, xv, gx, threads)
+        if grad_w is not None:
+            view(grad_w, (g, dg, cg))[...] = gwt.transpose(0, 2, 1)
+        return
+    threads = 1 if small else min(numba.get_num_threads(), n)
     bounds = [n * t // threads for t in range(threads + 1)]
     sums = [None] * threads
 
