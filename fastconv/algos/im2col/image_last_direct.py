@@ -150,13 +150,14 @@ def _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pt, pl, bias):
         nb = min(tile, n_img - n0)
         xp = np.zeros(c_all * hp * wp * tile, fo.dtype)
         acc = np.empty(4 * wo * tile, fo.dtype)
-        for c in range(c_all):
+        for c in range(c_all):       # contiguous writes: runs of the tile's images
             for i in range(rows):
                 line = U(((c * hp + i + pt) * wp + pl) * tile)
-                for b in range(nb):
-                    src = U((n0 + b) * xsn + c * xsc + i * xsh)
-                    for j in range(U(cols)):
-                        xp[line + j * ut + U(b)] = xf[src + j * U(xsw)]
+                src = U(n0 * xsn + c * xsc + i * xsh)
+                for j in range(U(cols)):
+                    dst, sj = line + j * ut, src + j * U(xsw)
+                    for b in range(U(nb)):
+                        xp[dst + b] = xf[sj + b * U(xsn)]
         for i in range(ho):          # the input rows of output row i stay in cache
             for d0 in range(0, d4, 4):
                 for k in range(4):
@@ -198,8 +199,11 @@ def direct_conv(x, w, out, pads, dilation, bias, dims=NCHW) -> None:
     fo, os = _flat(target, dims)
     hp, wp = os[2] + (kh - 1) * rh, os[3] + (kw - 1) * rw
     tile = _tile(xs[0], c * hp * wp * out.dtype.itemsize)
-    w4 = np.zeros((-(-d // 4) * 4, c * kh * kw), out.dtype)
-    w4[:d] = w.reshape(d, c * kh * kw)
+    if d % 4 == 0 and w.dtype == out.dtype and w.flags.writeable:  # no padded copy
+        w4 = np.ascontiguousarray(w).reshape(d, c * kh * kw)
+    else:
+        w4 = np.zeros((-(-d // 4) * 4, c * kh * kw), out.dtype)
+        w4[:d] = w.reshape(d, c * kh * kw)
     offs = _tap_offsets(c, kh, kw, rh, rw, hp, wp, tile)
     bias = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
     with parallel_guard():
