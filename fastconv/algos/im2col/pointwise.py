@@ -1,10 +1,11 @@
-"""The backward of pointwise layers (1x1 kernel, stride 1, no padding) as two plain GEMMs.
+"""Pointwise layers (1x1 kernel, stride 1, no padding): the NCHW forward, and the
+backward as two plain GEMMs.
 
 The input of such a layer already is its column matrix, so nothing is unfolded or
 folded: per group g,
 
 * NCHW, x (N, G, Cg, HW), grad_y (N, G, Dg, HW), W (G, Dg, Cg):
-  grad_x[n] = W^T @ grad_y[n] and grad_W = sum_n grad_y[n] @ x[n]^T;
+  grad_x[n] = W^T @ grad_y[n] and grad_W^T = sum_n x[n] @ grad_y[n]^T;
 * NHWC, x (P, G, Cg), grad_y (P, G, Dg) with P = N*H*W pixels, W (G, Cg, Dg):
   grad_x = grad_y @ W^T and grad_W = x^T @ grad_y (one product over all pixels).
 
@@ -143,10 +144,11 @@ def _nhwc(gy, x, w, args, grad_x, grad_w, g, dg, cg) -> None:
 
 def backward_cost_pointwise(a, p: Profile) -> Estimate:
     """Model time of ``backward_pointwise``: per image and group a (Cg x Dg x HW)
-    product for grad_x and a (Dg x HW x Cg) one for grad_w."""
+    product for grad_x and a (Cg x HW x Dg) one for grad_w; the workspace is a grad_w
+    sum and a product buffer per thread."""
     g, dg, cg = gemm_sizes(a)
     hw, item = a.h * a.w, a.dtype.itemsize
     gx = gemm_seconds(p, cg, dg, hw, a.n * g, item)
-    gw = gemm_seconds(p, dg, hw, cg, a.n * g, item)
-    return Estimate(p.call_us * 1e-6 + gx + gw, a.n * g * dg * cg * item,
-                    f"pointwise: GEMMs {cg}x{dg}x{hw} and {dg}x{hw}x{cg} x{a.n * g}")
+    gw = gemm_seconds(p, cg, hw, dg, a.n * g, item)
+    return Estimate(p.call_us * 1e-6 + gx + gw, 2 * p.threads * g * dg * cg * item,
+                    f"pointwise: GEMMs {cg}x{dg}x{hw} and {cg}x{hw}x{dg} x{a.n * g}")
