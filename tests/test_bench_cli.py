@@ -255,6 +255,7 @@ def test_bench_cuda_refuses_a_suite_of_transposed_layers_only(capsys):
 
 
 @pytest.mark.parametrize("gemm,pauses", [((512, 64, 784, 16), [runner.SETTLE_SECONDS]),
+                                          ((64, 256, 196, 16), [runner.SETTLE_SECONDS]),
                                           ((4, 27, 144, 2), [])])
 def test_pause_after_a_large_sgemm_reference(gemm, pauses, monkeypatch):
     """OpenBLAS's workers spin after a multi-threaded product: the next measurement

@@ -20,7 +20,6 @@ import time
 import numpy as np
 
 import fastconv
-from fastconv import _blas
 from fastconv._timing import median_time
 from fastconv.layout import NHWC
 
@@ -154,6 +153,13 @@ MIN_MEASURE_SECONDS = 0.1
 #: with one BLAS thread each: 10.1 ms right after 20 two-thread SGEMMs, 5.8 ms after
 #: this pause, 5.7 ms alone).
 SETTLE_SECONDS = 0.25
+#: ... which follows every reference of at least this many multiply-adds m*k*n per
+#: product: OpenBLAS runs smaller ones on one thread (its SMP threshold 65536 times
+#: GEMM_MULTITHREAD_THRESHOLD 4) and larger ones on all of its threads, even those
+#: fastconv counts as small (``_blas.is_small``, which only fastconv's own calls honour).
+#: Without the pause the pointwise layer's forward, timed right after its 64x256x196
+#: reference, took 1.02 ms instead of 0.55 ms.
+THREADED_REFERENCE_MACS = 4 * 65536
 MAX_REPEATS = 200
 
 
@@ -248,7 +254,7 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
             m, k, n, count = engine.im2col_gemm(shape, dtype, layout)
             gf, load = measured(lambda m=m, k=k, n=n, c=count: sgemm_gflops(
                 m, k, n, dtype, batch=min(c, 4)), wait_idle)
-            if not _blas.is_small(m, k, n, min(count, 4)):
+            if m * k * n >= THREADED_REFERENCE_MACS:
                 time.sleep(SETTLE_SECONDS)
             old = gemm.get(shape.name)
             if old is None or gf > old["gflops"]:
