@@ -37,9 +37,7 @@ _libs = None           # numpy's BLAS controllers (threadpoolctl), found on firs
 
 
 def _numpy_blas() -> tuple:
-    """threadpoolctl controllers of the BLAS libraries numpy links and of the one scipy
-    links (which numba's ``np.dot`` calls, ``numba_blas_limited``); all BLAS libraries
-    when neither can be told apart, () when unknown."""
+    """threadpoolctl controllers of the BLAS libraries numpy links (() when unknown)."""
     global _libs
     if _libs is None:
         try:
@@ -50,12 +48,7 @@ def _numpy_blas() -> tuple:
         libs = [lib for lib in ThreadpoolController().lib_controllers
                 if lib.user_api == "blas"]
         own = [lib for lib in libs if _bundled(lib.filepath, np)]
-        try:
-            import scipy
-        except ImportError:  # pragma: no cover  (a dependency)
-            scipy = None
-        scipy_own = [lib for lib in libs if scipy is not None and _bundled(lib.filepath, scipy)]
-        _libs = tuple(own + scipy_own) if own and scipy_own else tuple(libs)
+        _libs = tuple(own or libs)
     return _libs
 
 
@@ -64,12 +57,6 @@ def _bundled(path: str, module) -> bool:
     directory, or the ``<name>.libs`` one of a wheel)."""
     return os.path.dirname(path).startswith(os.path.join(
         os.path.dirname(os.path.dirname(module.__file__)), module.__name__))
-
-
-def numba_blas_limited() -> bool:
-    """Whether :class:`one_blas_thread` also holds the BLAS that numba's ``np.dot``
-    calls (scipy's) to one thread: only then may numba's threads call it at once."""
-    return bool(_numpy_blas())
 
 
 class one_blas_thread:
