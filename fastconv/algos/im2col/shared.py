@@ -14,12 +14,12 @@ stride 2), the unfold gathers every s-th pixel, slowly. There each image is firs
 into its s x s phases (padded pixel (s u + a0, s v + b0) to phase (a0, b0) at (u, v));
 tap (s a1 + a0, s b1 + b0) of output (i, j) is then phase (a0, b0) at (i + a1, j + b1),
 so on an output grid Wq = W_out + KW/s - 1 wide every column row is one contiguous run
-of a phase, copied by one ``np.copyto`` per image (``_phase_columns``). The grid's
-extra columns are zeroed in the columns, computed, and dropped. The input gradient
-alone (``input_gradient_by_phases``: conv_transpose2d's forward) folds the same way:
-the column gradients W^T grad_y on the grid are added to the phases of the padded
-gradient one kernel offset (a1, b1) at a time, a contiguous run per row, and the phases
-are merged into grad_x.
+of a phase (``phase_kernels.phase_columns``, one call per image). The grid's extra
+columns are zeroed in the columns, computed, and dropped. The input gradient alone
+(``input_gradient_by_phases``: conv_transpose2d's forward) folds the same way: the
+column gradients W^T grad_y on the grid are added to the phases of the padded gradient
+one kernel offset (a1, b1) at a time, a contiguous run per row, and the phases are
+merged into grad_x, one channel at a time (``phase_kernels.fold_into_image``).
 
 NCHW, whole-image tiles (``tiling``) that are not unfolded image-last; ``applies`` says
 which problems.
@@ -44,13 +44,12 @@ from __future__ import annotations
 
 import numba
 import numpy as np
-from numba import njit
-from numpy.lib.stride_tricks import as_strided
 
-from ... import _blas, config
-from .._common import U, valid_range, view, workspace
+from ... import _blas
+from .._common import view, workspace
+from .phase_kernels import channel_sums, fold_into_image, phase_columns
 from .tiling import gemm_sizes, is_pointwise, tiling, unfold_params
-from .unfold import _im2col_nchw_serial, _zero_pad
+from .unfold import _im2col_nchw_serial
 
 
 def applies(args) -> bool:
@@ -86,6 +85,8 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
     phased = by_phases(args)
     wq = _grid_width(args) if phased else args.w_out
     length = args.h_out * wq
+    sh, sw = args.stride
+    cols_shape = (args.c_in, args.kh // sh, sh, args.kw // sw, sw, args.h_out, wq)
     wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
     x = np.ascontiguousarray(x)
     gy = np.ascontiguousarray(grad_y).reshape(args.n, g, dg, args.h_out, args.w_out)
@@ -93,10 +94,16 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
     threads = max(1, min(numba.get_num_threads(), args.n))
     sums, x_parts = [None] * threads, [0.0] * threads
 
+    (pt, _), (pl, _) = args.padding
+    hq = args.h_out + args.kh // args.stride[0]
+
     def part(k: int) -> None:
         cols = view(workspace("im2col.cols", g * cgkk * length, args.dtype),
                     (1, g * cgkk, length))
         cols4 = view(cols, (g, cgkk, length))
+        phases = view(workspace("im2col.phases", args.c_in * sh * sw * hq * wq, args.dtype),
+                      (args.c_in, sh, sw, hq, wq)) if phased else None
+        x_sum = np.empty(args.c_in)
         tmp = view(workspace("im2col.shared-tmp", g * cgkk * dg, args.dtype), (g, cgkk, dg))
         acc = np.zeros((g, cgkk, dg), args.dtype)   # returned: not a workspace
         # grad_y and the output on the grid (its extra columns zero / dropped)
@@ -104,7 +111,7 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
         yq = _on_grid("im2col.shared-y", args, g, dg, wq)
         for n in range(args.n * k // threads, args.n * (k + 1) // threads):
             if phased:
-                _phase_columns(x[n], cols[0], args, wq)
+                phase_columns(x[n], phases, view(cols, cols_shape), pt, pl, args.w_out)
             else:
                 _im2col_nchw_serial(x, cols, n, 0, *conv)
             np.matmul(wmat, cols4, out=view(yq, (g, dg, length)))
@@ -115,7 +122,8 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
             np.matmul(cols4, view(gyq, (g, dg, length)).transpose(0, 2, 1), out=tmp)
             acc += tmp
             if x_sums is not None:
-                x_parts[k] = x_parts[k] + x[n].reshape(args.c_in, -1).sum(1, np.float64)
+                channel_sums(x[n], x_sum)
+                x_parts[k] = x_parts[k] + x_sum
         sums[k] = acc
 
     _blas.on_threads(part, threads)
@@ -133,7 +141,6 @@ def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
     (sh, sw), (kh, kw) = args.stride, (args.kh, args.kw)
     (pt, _), (pl, _) = args.padding
     wq = _grid_width(args)
-    hq = args.h_out + kh // sh
     length = args.h_out * wq
     wt = np.ascontiguousarray(np.ascontiguousarray(w).reshape(g, dg, cgkk).transpose(0, 2, 1))
     gy = np.ascontiguousarray(grad_y).reshape(args.n, g, dg, args.h_out, args.w_out)
@@ -142,15 +149,12 @@ def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
 
     def part(k: int) -> None:
         cols = workspace("im2col.cols", g * cgkk * length, args.dtype).reshape(g, cgkk, length)
-        phases = workspace("im2col.phases", c * sh * sw * hq * wq, args.dtype)
-        phases = phases.reshape(c, sh, sw, hq, wq)
         gyq = _on_grid("im2col.shared-gy", args, g, dg, wq)
         for n in range(args.n * k // threads, args.n * (k + 1) // threads):
             gyq[..., :args.w_out] = gy[n]
             np.matmul(wt, gyq.reshape(g, dg, length), out=cols)
-            _fold_phases(cols.reshape(c, kh // sh, sh, kw // sw, sw, length),
-                         phases.reshape(c, sh, sw, hq * wq), wq)
-            _merge_phases(phases, grad_x[n], pt, pl)
+            fold_into_image(cols.reshape(c, kh // sh, sh, kw // sw, sw, length), grad_x[n],
+                            pt, pl, wq)
 
     _blas.on_threads(part, threads)
 
@@ -173,94 +177,3 @@ def by_phases(args) -> bool:
 
 def _grid_width(args) -> int:
     return args.w_out + args.kw // args.stride[1] - 1
-
-
-def _phase_columns(img, cols, args, wq) -> None:
-    """cols (C*KH*KW, H_out*Wq) of one image ``img`` (C, H, W) on the output grid of
-    width ``wq``, by phases (``by_phases(args)``); the grid's extra columns zero."""
-    (sh, sw), (kh, kw) = args.stride, (args.kh, args.kw)
-    (pt, _), (pl, _) = args.padding
-    c = img.shape[0]
-    hq = args.h_out + kh // sh  # one row to spare: the last taps' runs end in it
-    phases = workspace("im2col.phases", c * sh * sw * hq * wq, img.dtype)
-    phases = phases.reshape(c, sh, sw, hq, wq)
-    _split_phases(img, phases, pt, pl)
-    item = img.dtype.itemsize
-    length = args.h_out * wq
-    st = phases.strides
-    runs = as_strided(phases, (c, kh // sh, sh, kw // sw, sw, length),
-                      (st[0], wq * item, st[1], item, st[2], item), writeable=False)
-    np.copyto(cols.reshape(c, kh // sh, sh, kw // sw, sw, length), runs)
-    cols.reshape(-1, args.h_out, wq)[:, :, args.w_out:] = 0
-
-
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
-def _split_phases(img, phases, pt, pl):
-    """phases[c, a0, b0, u, v] = img[c, sh u + a0 - pt, sw v + b0 - pl], zero outside
-    the image (phases (C, sh, sw, Hq, Wq)); on the calling thread, without the GIL."""
-    c_all, sh, sw, hq, wq = phases.shape
-    _, h, w = img.shape
-    zero = phases.dtype.type(0)
-    for c in range(c_all):
-        for a0 in range(sh):
-            for b0 in range(sw):
-                off = b0 - pl
-                v_lo, v_hi = valid_range(wq, off, sw, w)
-                for u in range(hq):
-                    dst = phases[c, a0, b0, u]
-                    src = sh * u + a0 - pt
-                    if src < 0 or src >= h:
-                        _zero_pad(dst, U(0), U(wq), U(wq), U(wq), zero)
-                        continue
-                    line = img[c, src]
-                    _zero_pad(dst, U(0), U(v_lo), U(v_hi), U(wq), zero)
-                    first, step = U(sw * v_lo + off), U(sw)
-                    for t in range(U(v_hi - v_lo)):
-                        dst[U(v_lo) + t] = line[first + t * step]
-
-
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
-def _merge_phases(phases, img, pt, pl):
-    """img[c, y, x] = phases[c, (y + pt) % sh, (x + pl) % sw, (y + pt) // sh,
-    (x + pl) // sw]: the inverse of :func:`_split_phases` on the image's pixels (zero
-    past the phases' reach: no output reads them)."""
-    c_all, sh, sw, hq, wq = phases.shape
-    _, h, w = img.shape
-    zero = img.dtype.type(0)
-    rows, cols = min(h, hq * sh - pt), max(0, min(w, wq * sw - pl))
-    for c in range(c_all):
-        for y in range(rows, h):
-            _zero_pad(img[c, y], U(0), U(w), U(w), U(w), zero)
-        for y in range(rows):
-            u, a0 = (y + pt) // sh, (y + pt) % sh
-            line = img[c, y]
-            _zero_pad(line, U(0), U(0), U(cols), U(w), zero)
-            for b0 in range(sw):
-                src = phases[c, a0, b0, u]
-                # pixels x = sw v + b0 - pl, for v with 0 <= x < w
-                v_lo, v_hi = valid_range(wq, b0 - pl, sw, w)
-                first, step = U(sw * v_lo + b0 - pl), U(sw)
-                for t in range(U(v_hi - v_lo)):
-                    line[first + t * step] = src[U(v_lo) + t]
-
-
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
-def _fold_phases(cols, phases, wq):
-    """phases (C, sh, sw, Hq*Wq) = the sum over kernel offsets (a1, b1) of the column
-    gradients cols (C, KH/sh, sh, KW/sw, sw, span) of taps (sh a1 + a0, sw b1 + b0),
-    each run added at offset a1 Wq + b1 of its phase (grid width ``wq``)."""
-    c_all, kh1, sh, kw1, sw, span = cols.shape
-    plane = phases.shape[3]
-    zero = phases.dtype.type(0)
-    for c in range(c_all):
-        for a0 in range(sh):
-            for b0 in range(sw):
-                dst = phases[c, a0, b0]
-                for t in range(U(plane)):
-                    dst[t] = zero
-                for a1 in range(kh1):
-                    for b1 in range(kw1):
-                        src = cols[c, a1, a0, b1, b0]
-                        base = U(a1 * wq + b1)
-                        for t in range(U(span)):
-                            dst[base + t] += src[t]

@@ -1,0 +1,152 @@
+"""The numba kernels of the unfold by phases (``shared``): one call per image each, on
+the calling thread and without the GIL, so the threads that share the images out do
+not wait on each other between the steps.
+
+- :func:`phase_columns`: split an image into its phases and copy every column row
+  from them, the grid's unread columns zeroed (the forward and weight gradient's
+  columns);
+- :func:`fold_into_image`: add the column gradients back onto the phases and write
+  the image's gradient from them, row by row (conv2d's input gradient alone);
+- :func:`channel_sums`: an image's sums per channel in float64 (conv_transpose2d's
+  bias gradient).
+
+Examples
+--------
+>>> import numpy as np
+>>> sums = np.empty(2)
+>>> channel_sums(np.arange(8.0, dtype=np.float32).reshape(2, 2, 2), sums)
+>>> sums
+array([ 6., 22.])
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from ... import config
+from .._common import U, valid_range
+from .unfold import _zero_pad
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def split_phases(img, phases, pt, pl):
+    """phases[c, a0, b0, u, v] = img[c, sh u + a0 - pt, sw v + b0 - pl], zero outside
+    the image (phases (C, sh, sw, Hq, Wq))."""
+    c_all, sh, sw, hq, wq = phases.shape
+    _, h, w = img.shape
+    zero = phases.dtype.type(0)
+    for c in range(c_all):
+        for a0 in range(sh):
+            for b0 in range(sw):
+                off = b0 - pl
+                v_lo, v_hi = valid_range(wq, off, sw, w)
+                for u in range(hq):
+                    dst = phases[c, a0, b0, u]
+                    src = sh * u + a0 - pt
+                    if src < 0 or src >= h:
+                        _zero_pad(dst, U(0), U(wq), U(wq), U(wq), zero)
+                        continue
+                    line = img[c, src]
+                    _zero_pad(dst, U(0), U(v_lo), U(v_hi), U(wq), zero)
+                    first, step = U(sw * v_lo + off), U(sw)
+                    for t in range(U(v_hi - v_lo)):
+                        dst[U(v_lo) + t] = line[first + t * step]
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def phase_columns(img, phases, cols, pt, pl, w_out):
+    """cols (C, KH/sh, sh, KW/sw, sw, H_out, Wq) of image ``img`` (C, H, W): row
+    (c, a1, a0, b1, b0) is phase (a0, b0) of channel c read from grid row a1, column
+    b1 on (``phases`` (C, sh, sw, Hq, Wq) is the workspace it is split into); the grid
+    columns from ``w_out`` on are zero."""
+    split_phases(img, phases, pt, pl)
+    c_all, kh1, sh, kw1, sw, h_out, wq = cols.shape
+    zero = cols.dtype.type(0)
+    for c in range(c_all):
+        for a1 in range(kh1):
+            for a0 in range(sh):
+                for b1 in range(kw1):
+                    for b0 in range(sw):
+                        plane = phases[c, a0, b0]
+                        dst = cols[c, a1, a0, b1, b0]
+                        for i in range(h_out):
+                            src, row = plane[i + a1], dst[i]
+                            for j in range(U(w_out)):
+                                row[j] = src[U(b1) + j]
+                            _zero_pad(row, U(0), U(0), U(w_out), U(wq), zero)
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def fold_into_image(cols, img, pt, pl, wq):
+    """img (C, H, W) = the input gradient whose phases (sh, sw, Hq, Wq) are the sums of
+    the column gradients ``cols`` (C, KH/sh, sh, KW/sw, sw, H_out*Wq) over the kernel
+    offsets (a1, b1) (:func:`fold_phases`), merged into the image (:func:`merge_phases`)
+    one channel at a time, its phases in a buffer that stays in cache."""
+    c_all, kh1, sh, kw1, sw, span = cols.shape
+    hq = span // wq + kh1
+    phases = np.empty((1, sh, sw, hq, wq), img.dtype)
+    flat = phases.reshape(1, sh, sw, hq * wq)
+    for c in range(c_all):
+        fold_phases(cols[c:c + 1], flat, wq)
+        merge_phases(phases, img[c:c + 1], pt, pl)
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def merge_phases(phases, img, pt, pl):
+    """img[c, y, x] = phases[c, (y + pt) % sh, (x + pl) % sw, (y + pt) // sh,
+    (x + pl) // sw]: the inverse of :func:`split_phases` on the image's pixels (zero
+    past the phases' reach: no output reads them)."""
+    c_all, sh, sw, hq, wq = phases.shape
+    _, h, w = img.shape
+    zero = img.dtype.type(0)
+    rows, cols = min(h, hq * sh - pt), max(0, min(w, wq * sw - pl))
+    for c in range(c_all):
+        for y in range(rows, h):
+            _zero_pad(img[c, y], U(0), U(w), U(w), U(w), zero)
+        for y in range(rows):
+            u, a0 = (y + pt) // sh, (y + pt) % sh
+            line = img[c, y]
+            _zero_pad(line, U(0), U(0), U(cols), U(w), zero)
+            for b0 in range(sw):
+                src = phases[c, a0, b0, u]
+                # pixels x = sw v + b0 - pl, for v with 0 <= x < w
+                v_lo, v_hi = valid_range(wq, b0 - pl, sw, w)
+                first, step = U(sw * v_lo + b0 - pl), U(sw)
+                for t in range(U(v_hi - v_lo)):
+                    line[first + t * step] = src[U(v_lo) + t]
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def fold_phases(cols, phases, wq):
+    """phases (C, sh, sw, Hq*Wq) = the sum over kernel offsets (a1, b1) of the column
+    gradients cols (C, KH/sh, sh, KW/sw, sw, span) of taps (sh a1 + a0, sw b1 + b0),
+    each run added at offset a1 Wq + b1 of its phase (grid width ``wq``)."""
+    c_all, kh1, sh, kw1, sw, span = cols.shape
+    plane = phases.shape[3]
+    zero = phases.dtype.type(0)
+    for c in range(c_all):
+        for a0 in range(sh):
+            for b0 in range(sw):
+                dst = phases[c, a0, b0]
+                for t in range(U(plane)):
+                    dst[t] = zero
+                for a1 in range(kh1):
+                    for b1 in range(kw1):
+                        src = cols[c, a1, a0, b1, b0]
+                        base = U(a1 * wq + b1)
+                        for t in range(U(span)):
+                            dst[base + t] += src[t]
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def channel_sums(img, out):
+    """out[c] = the sum of img[c] (C, H, W) in float64."""
+    c_all, h, w = img.shape
+    for c in range(c_all):
+        s = 0.0
+        for i in range(h):
+            line = img[c, i]
+            for j in range(U(w)):
+                s += np.float64(line[j])
+        out[c] = s
