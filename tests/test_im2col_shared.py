@@ -134,3 +134,25 @@ def test_gradcheck_through_the_shared_unfold(monkeypatch):
     monkeypatch.setattr(autotune.im2col, "image_last_tile", lambda a, with_grad_x=True: 0)
     calls = count_calls(monkeypatch, shared, "forward_and_weight_grad")
     assert grouped_gradcheck("im2col", n=2) and calls
+
+
+@pytest.mark.parametrize("stride", [(2, 2), (1, 2), (2, 3)])
+@pytest.mark.parametrize("pad", [(0, 0), (1, 1), (2, 3)])
+@pytest.mark.parametrize("width", [7, 8])
+def test_phases_split_and_merge_back(stride, pad, width):
+    """merge_phases undoes split_phases on every pixel the phases reach (the stride-2
+    rows go by pixel pairs) and zeroes the rest; odd and even widths, paddings past a
+    whole phase."""
+    from fastconv.algos.im2col import phase_kernels
+
+    (sh, sw), (pt, pl) = stride, pad
+    img = np.random.default_rng(3).standard_normal((2, 6, width)).astype(np.float32)
+    for hq, wq in [((6 + pt) // sh + 1, (width + pl) // sw + 1), (3, 2)]:
+        phases = np.full((2, sh, sw, hq, wq), np.nan, np.float32)
+        phase_kernels.split_phases(img, phases, pt, pl)
+        back = np.full_like(img, np.nan)
+        phase_kernels.merge_phases(phases, back, pt, pl)
+        want = np.zeros_like(img)
+        rows, cols = min(6, hq * sh - pt), min(width, wq * sw - pl)
+        want[:, :rows, :cols] = img[:, :rows, :cols]
+        assert np.array_equal(back, want)

@@ -108,6 +108,16 @@ def merge_phases(phases, img, pt, pl):
             u, a0 = (y + pt) // sh, (y + pt) % sh
             line = img[c, y]
             _zero_pad(line, U(0), U(0), U(cols), U(w), zero)
+            if sw == 2:     # both phases in one pass, pixel pairs (a vectorised loop)
+                even, odd = phases[c, a0, pl % 2, u], phases[c, a0, (pl + 1) % 2, u]
+                d0, d1 = pl // 2, (pl + 1) // 2
+                pairs = max(0, min(w // 2, wq - d1))
+                for t in range(U(pairs)):
+                    line[U(2) * t] = even[U(d0) + t]
+                    line[U(2) * t + U(1)] = odd[U(d1) + t]
+                for x in range(2 * pairs, cols):
+                    line[x] = phases[c, a0, (x + pl) % 2, u, (x + pl) // 2]
+                continue
             for b0 in range(sw):
                 src = phases[c, a0, b0, u]
                 # pixels x = sw v + b0 - pl, for v with 0 <= x < w
