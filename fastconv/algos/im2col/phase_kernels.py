@@ -63,18 +63,20 @@ def phase_columns(img, phases, cols, pt, pl, w_out):
     split_phases(img, phases, pt, pl)
     c_all, kh1, sh, kw1, sw, h_out, wq = cols.shape
     zero = cols.dtype.type(0)
+    length = h_out * wq
+    runs = phases.reshape(c_all, sh, sw, phases.shape[3] * wq)
+    rows = cols.reshape(c_all, kh1, sh, kw1, sw, length)
     for c in range(c_all):
         for a1 in range(kh1):
             for a0 in range(sh):
                 for b1 in range(kw1):
                     for b0 in range(sw):
-                        plane = phases[c, a0, b0]
-                        dst = cols[c, a1, a0, b1, b0]
+                        src, dst = runs[c, a0, b0], rows[c, a1, a0, b1, b0]
+                        start = U(a1 * wq + b1)      # one contiguous run
+                        for t in range(U(length)):
+                            dst[t] = src[start + t]
                         for i in range(h_out):
-                            src, row = plane[i + a1], dst[i]
-                            for j in range(U(w_out)):
-                                row[j] = src[U(b1) + j]
-                            _zero_pad(row, U(0), U(0), U(w_out), U(wq), zero)
+                            _zero_pad(dst, U(i * wq), U(0), U(w_out), U(wq), zero)
 
 
 @njit(cache=True, nogil=True, fastmath=config.FASTMATH)
