@@ -85,7 +85,8 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
     phased = by_phases(args)
     wq = _grid_width(args) if phased else args.w_out
     length = args.h_out * wq
-    sh, sw = args.stride
+    (sh, sw), (pt, _), (pl, _) = args.stride, *args.padding
+    hq = args.h_out + args.kh // sh          # phase rows (``phase_kernels.phase_columns``)
     cols_shape = (args.c_in, args.kh // sh, sh, args.kw // sw, sw, args.h_out, wq)
     wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
     x = np.ascontiguousarray(x)
@@ -93,9 +94,6 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
     conv = unfold_params(args)
     threads = max(1, min(numba.get_num_threads(), args.n))
     sums, x_parts = [None] * threads, [0.0] * threads
-
-    (pt, _), (pl, _) = args.padding
-    hq = args.h_out + args.kh // args.stride[0]
 
     def part(k: int) -> None:
         cols = view(workspace("im2col.cols", g * cgkk * length, args.dtype),
