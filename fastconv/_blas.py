@@ -162,3 +162,31 @@ def on_threads(part, threads: int) -> None:
         part(0)
         for f in futures:
             f.result()
+
+
+class Runs:
+    """``count`` contiguous runs of ``n`` items (images), handed out in order to whichever
+    thread of :func:`on_threads` asks next: a thread that a busy machine holds back takes
+    fewer runs, instead of the others waiting for its fixed share (the decoder layer's
+    conv_transpose2d, one image a run, 5.9-8.4 against 7.8-8.8 ms with another process on
+    the second core). Each run's index comes with it, so results kept per run and added
+    in run order come out the same whichever thread took which.
+
+    Examples
+    --------
+    >>> runs = Runs(5, 2)
+    >>> runs.claim(), runs.claim(), runs.claim()
+    ((0, range(0, 2)), (1, range(2, 5)), None)
+    """
+
+    __slots__ = ("_bounds", "_next")
+
+    def __init__(self, n: int, count: int):
+        count = max(1, min(count, n))
+        self._bounds = [n * j // count for j in range(count + 1)]
+        self._next = iter(range(count))      # next() on it is atomic under the GIL
+
+    def claim(self) -> tuple[int, range] | None:
+        """(index, items) of the next run no thread has taken, None when all are."""
+        j = next(self._next, None)
+        return None if j is None else (j, range(self._bounds[j], self._bounds[j + 1]))

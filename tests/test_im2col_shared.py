@@ -156,3 +156,24 @@ def test_phases_split_and_merge_back(stride, pad, width):
         rows, cols = min(6, hq * sh - pt), min(width, wq * sw - pl)
         want[:, :rows, :cols] = img[:, :rows, :cols]
         assert np.array_equal(back, want)
+
+
+def test_weight_grad_bits_do_not_depend_on_threads():
+    """The images go to whichever thread is free, in runs whose sums are added in order:
+    one thread and two give the same bits, call after call."""
+    x, wt, a, gy = _problem((12, 3, 9, 8, 4, 4, 4, 2, 1, 1, 1), np.float32)
+    before = numba.get_num_threads()
+    results = []
+    try:
+        for threads in [1, 2, 2, 2]:
+            numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+            y, gw, sums = np.empty(a.y_shape, np.float32), np.empty_like(wt), np.empty(3)
+            shared.forward_and_weight_grad(x, wt, gy, a, y, gw, sums)
+            results.append((y, gw, sums))
+    finally:
+        numba.set_num_threads(before)
+    for y, gw, sums in results[1:]:
+        assert np.array_equal(y, results[0][0]) and np.array_equal(gw, results[0][1])
+        assert np.array_equal(sums, results[0][2])
+    want = ref.conv2d_backward(gy, x, wt, a.stride, a.padding, a.dilation, 1)[1]
+    assert ref.rel_error(results[0][1], want) <= ref.tolerance(np.float32, "im2col")

@@ -5,9 +5,11 @@ grad_y @ cols(x)^T: both read the same column matrix. A caller that needs both f
 same input (``conv_transpose2d_backward``: its grad_x is conv2d's forward of grad_y, its
 grad_w conv2d's weight gradient with grad_y as the input) unfolds each image once here
 and runs both GEMMs while the columns are still in the core's cache, instead of
-unfolding every image twice. The images are split over the threads, one run of whole
-images per thread, serial unfold and GEMMs on one BLAS thread; each thread sums its
-images' weight gradients, and the threads' sums are added at the end.
+unfolding every image twice. The batch is cut into runs of whole images (``RUNS``),
+which the threads take one after another (``_blas.Runs``: one held back by another
+process takes fewer), serial unfold and GEMMs on one BLAS thread; each run sums its
+images' weight gradients, and the runs' sums are added in order at the end, so the bits
+do not depend on which thread took which run.
 
 At a stride s > 1 with kernel sides multiple of s (dilation 1: the decoder layer's 4x4
 stride 2), the unfold gathers every s-th pixel, slowly. There each image is first split
@@ -51,6 +53,14 @@ from .phase_kernels import channel_sums, fold_into_image, phase_columns
 from .tiling import gemm_sizes, is_pointwise, tiling, unfold_params
 from .unfold import _im2col_nchw_serial
 
+#: ``forward_and_weight_grad`` cuts the batch into this many runs of images (fewer with
+#: fewer images), which the threads take one at a time (a thread held back by another
+#: process takes fewer) and whose weight gradients are summed apart and then added in
+#: order, so the result does not depend on the thread count; unless those sums would
+#: take more than ``RUN_SUMS_BYTES``: then one run a thread.
+RUNS = 8
+RUN_SUMS_BYTES = 8 << 20
+
 
 def applies(args) -> bool:
     """Whether :func:`forward_and_weight_grad` (and ``input_gradient_by_phases``) serve
@@ -93,7 +103,11 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
     gy = np.ascontiguousarray(grad_y).reshape(args.n, g, dg, args.h_out, args.w_out)
     conv = unfold_params(args)
     threads = max(1, min(numba.get_num_threads(), args.n))
-    sums, x_parts = [None] * threads, [0.0] * threads
+    # runs of images taken by whichever thread is free, each summing its own weight
+    # gradient (added in run order: the same bits whichever thread took which)
+    acc_bytes = g * cgkk * dg * args.dtype.itemsize
+    runs = _blas.Runs(args.n, RUNS if acc_bytes * RUNS <= RUN_SUMS_BYTES else threads)
+    sums, x_parts = {}, {}
 
     def part(k: int) -> None:
         cols = view(workspace("im2col.cols", g * cgkk * length, args.dtype),
@@ -103,38 +117,43 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
                       (args.c_in, sh, sw, hq, wq)) if phased else None
         x_sum = np.empty(args.c_in)
         tmp = view(workspace("im2col.shared-tmp", g * cgkk * dg, args.dtype), (g, cgkk, dg))
-        acc = np.zeros((g, cgkk, dg), args.dtype)   # returned: not a workspace
         # grad_y and the output on the grid (its extra columns zero / dropped)
         gyq = _on_grid("im2col.shared-gy", args, g, dg, wq)
         yq = _on_grid("im2col.shared-y", args, g, dg, wq)
-        for n in range(args.n * k // threads, args.n * (k + 1) // threads):
-            if phased:
-                phase_columns(x[n], phases, view(cols, cols_shape), pt, pl, args.w_out)
-            else:
-                _im2col_nchw_serial(x, cols, n, 0, *conv)
-            np.matmul(wmat, cols4, out=view(yq, (g, dg, length)))
-            out[n] = view(yq, out.shape[1:-1] + (wq,))[..., :args.w_out]
-            gyq[..., :args.w_out] = gy[n]
-            # grad_W^T = cols @ grad_y^T: 6.4 against 7.7 ms for grad_y @ cols^T (the
-            # decoder layer's 16 images, one core)
-            np.matmul(cols4, view(gyq, (g, dg, length)).transpose(0, 2, 1), out=tmp)
-            acc += tmp
-            if x_sums is not None:
-                channel_sums(x[n], x_sum)
-                x_parts[k] = x_parts[k] + x_sum
-        sums[k] = acc
+        while (run := runs.claim()) is not None:
+            j, images = run
+            acc = np.zeros((g, cgkk, dg), args.dtype)   # kept: not a workspace
+            x_parts[j] = 0.0
+            for n in images:
+                if phased:
+                    phase_columns(x[n], phases, view(cols, cols_shape), pt, pl, args.w_out)
+                else:
+                    _im2col_nchw_serial(x, cols, n, 0, *conv)
+                np.matmul(wmat, cols4, out=view(yq, (g, dg, length)))
+                out[n] = view(yq, out.shape[1:-1] + (wq,))[..., :args.w_out]
+                gyq[..., :args.w_out] = gy[n]
+                # grad_W^T = cols @ grad_y^T: 6.4 against 7.7 ms for grad_y @ cols^T (the
+                # decoder layer's 16 images, one core)
+                np.matmul(cols4, view(gyq, (g, dg, length)).transpose(0, 2, 1), out=tmp)
+                acc += tmp
+                if x_sums is not None:
+                    channel_sums(x[n], x_sum)
+                    x_parts[j] = x_parts[j] + x_sum
+            sums[j] = acc
 
     _blas.on_threads(part, threads)
-    view(grad_w, (g, dg, cgkk))[...] = sum(sums[1:], sums[0]).transpose(0, 2, 1)
+    order = sorted(sums)
+    view(grad_w, (g, dg, cgkk))[...] = sum((sums[j] for j in order[1:]),
+                                           sums[order[0]]).transpose(0, 2, 1)
     if x_sums is not None:
-        x_sums[...] = sum(x_parts)
+        x_sums[...] = sum(x_parts[j] for j in order)
 
 
 def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
     """grad_x (N, C_in, H, W) of conv2d problem ``args`` (``by_phases(args)``, NCHW,
     whole-image tiles) from grad_y (N, C_out, H_out, W_out): per image, the column
     gradients W^T grad_y on the grid folded onto the phases of the padded gradient
-    (module docstring); the images split over the threads. Writes all of grad_x."""
+    (module docstring); each image to whichever thread is free. Writes all of grad_x."""
     g, dg, cgkk = gemm_sizes(args)
     (sh, sw), (kh, kw) = args.stride, (args.kh, args.kw)
     (pt, _), (pl, _) = args.padding
@@ -144,11 +163,13 @@ def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
     gy = np.ascontiguousarray(grad_y).reshape(args.n, g, dg, args.h_out, args.w_out)
     c = args.c_in
     threads = max(1, min(numba.get_num_threads(), args.n))
+    runs = _blas.Runs(args.n, args.n)    # one image a run, to whichever thread is free
 
     def part(k: int) -> None:
         cols = workspace("im2col.cols", g * cgkk * length, args.dtype).reshape(g, cgkk, length)
         gyq = _on_grid("im2col.shared-gy", args, g, dg, wq)
-        for n in range(args.n * k // threads, args.n * (k + 1) // threads):
+        while (run := runs.claim()) is not None:
+            n = run[1].start
             gyq[..., :args.w_out] = gy[n]
             np.matmul(wt, gyq.reshape(g, dg, length), out=cols)
             fold_into_image(cols.reshape(c, kh // sh, sh, kw // sw, sw, length), grad_x[n],
