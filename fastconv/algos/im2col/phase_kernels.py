@@ -1,6 +1,6 @@
-"""The numba kernels of the unfold by phases (``shared``): one call per image each, on
-the calling thread and without the GIL, so the threads that share the images out do
-not wait on each other between the steps.
+"""The numba kernels of ``shared``'s unfold by phases and of its output grid: one call per
+image each, on the calling thread and without the GIL, so the threads that share the
+images out do not wait on each other between the steps.
 
 - :func:`phase_columns`: split an image into its phases and copy every column row
   from them, the grid's unread columns zeroed (the forward and weight gradient's
@@ -8,7 +8,9 @@ not wait on each other between the steps.
 - :func:`fold_into_image`: add the column gradients back onto the phases and write
   the image's gradient from them, row by row (conv2d's input gradient alone);
 - :func:`channel_sums`: an image's sums per channel in float64 (conv_transpose2d's
-  bias gradient).
+  bias gradient);
+- :func:`to_grid`, :func:`from_grid`: an image onto the output grid and back (rows of a
+  few dozen pixels, which numpy's strided copies take several times longer over).
 
 Examples
 --------
@@ -162,3 +164,26 @@ def channel_sums(img, out):
             for j in range(U(w)):
                 s += np.float64(line[j])
         out[c] = s
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def to_grid(img, grid):
+    """grid[c, i, :W] = img[c, i] (img (C, H, W), grid (C, H, Wq) with Wq >= W; the
+    grid's other columns are left as they are): an image onto the output grid."""
+    c_all, h, w = img.shape
+    for c in range(c_all):
+        for i in range(h):
+            src, dst = img[c, i], grid[c, i]
+            for j in range(U(w)):
+                dst[j] = src[j]
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+def from_grid(grid, img):
+    """img[c, i] = grid[c, i, :W]: the inverse of :func:`to_grid`."""
+    c_all, h, w = img.shape
+    for c in range(c_all):
+        for i in range(h):
+            src, dst = grid[c, i], img[c, i]
+            for j in range(U(w)):
+                dst[j] = src[j]
