@@ -141,21 +141,22 @@ def test_gradcheck_through_the_shared_unfold(monkeypatch):
 @pytest.mark.parametrize("width", [7, 8])
 def test_phases_split_and_merge_back(stride, pad, width):
     """merge_phases undoes split_phases on every pixel the phases reach (the stride-2
-    rows go by pixel pairs) and zeroes the rest; odd and even widths, paddings past a
-    whole phase."""
+    rows go by pixel pairs) and zeroes the rest, and the split sums those pixels; odd and
+    even widths, paddings past a whole phase."""
     from fastconv.algos.im2col import phase_kernels
 
     (sh, sw), (pt, pl) = stride, pad
     img = np.random.default_rng(3).standard_normal((2, 6, width)).astype(np.float32)
     for hq, wq in [((6 + pt) // sh + 1, (width + pl) // sw + 1), (3, 2)]:
-        phases = np.full((2, sh, sw, hq, wq), np.nan, np.float32)
-        phase_kernels.split_phases(img, phases, pt, pl)
+        phases, sums = np.full((2, sh, sw, hq, wq), np.nan, np.float32), np.empty(2)
+        phase_kernels.split_phases(img, phases, pt, pl, sums)
         back = np.full_like(img, np.nan)
         phase_kernels.merge_phases(phases, back, pt, pl)
         want = np.zeros_like(img)
         rows, cols = min(6, hq * sh - pt), min(width, wq * sw - pl)
         want[:, :rows, :cols] = img[:, :rows, :cols]
         assert np.array_equal(back, want)
+        assert np.allclose(sums, want.sum(axis=(1, 2), dtype=np.float64), rtol=1e-12)
 
 
 def test_weight_grad_bits_do_not_depend_on_threads():

@@ -32,13 +32,16 @@ from .unfold import _zero_pad
 
 
 @njit(cache=True, nogil=True, fastmath=config.FASTMATH)
-def split_phases(img, phases, pt, pl):
+def split_phases(img, phases, pt, pl, sums):
     """phases[c, a0, b0, u, v] = img[c, sh u + a0 - pt, sw v + b0 - pl], zero outside
-    the image (phases (C, sh, sw, Hq, Wq))."""
+    the image (phases (C, sh, sw, Hq, Wq)); sums[c] (float64) = the sum of the pixels
+    of channel c the phases hold (every pixel when sh Hq - pt >= H and sw Wq - pl >= W),
+    taken as they are read."""
     c_all, sh, sw, hq, wq = phases.shape
     _, h, w = img.shape
     zero = phases.dtype.type(0)
     for c in range(c_all):
+        s = 0.0
         for a0 in range(sh):
             for b0 in range(sw):
                 off = b0 - pl
@@ -53,16 +56,19 @@ def split_phases(img, phases, pt, pl):
                     _zero_pad(dst, U(0), U(v_lo), U(v_hi), U(wq), zero)
                     first, step = U(sw * v_lo + off), U(sw)
                     for t in range(U(v_hi - v_lo)):
-                        dst[U(v_lo) + t] = line[first + t * step]
+                        value = line[first + t * step]
+                        dst[U(v_lo) + t] = value
+                        s += np.float64(value)
+        sums[c] = s
 
 
 @njit(cache=True, nogil=True, fastmath=config.FASTMATH)
-def phase_columns(img, phases, cols, pt, pl, w_out):
+def phase_columns(img, phases, cols, pt, pl, w_out, sums):
     """cols (C, KH/sh, sh, KW/sw, sw, H_out, Wq) of image ``img`` (C, H, W): row
     (c, a1, a0, b1, b0) is phase (a0, b0) of channel c read from grid row a1, column
     b1 on (``phases`` (C, sh, sw, Hq, Wq) is the workspace it is split into); the grid
-    columns from ``w_out`` on are zero."""
-    split_phases(img, phases, pt, pl)
+    columns from ``w_out`` on are zero. ``sums`` as in :func:`split_phases`."""
+    split_phases(img, phases, pt, pl, sums)
     c_all, kh1, sh, kw1, sw, h_out, wq = cols.shape
     zero = cols.dtype.type(0)
     length = h_out * wq

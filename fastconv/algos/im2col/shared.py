@@ -97,6 +97,7 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
     length = args.h_out * wq
     (sh, sw), (pt, _), (pl, _) = args.stride, *args.padding
     hq = args.h_out + args.kh // sh          # phase rows (``phase_kernels.phase_columns``)
+    whole = phased and sh * hq - pt >= args.h and sw * wq - pl >= args.w  # phases hold all x
     cols_shape = (args.c_in, args.kh // sh, sh, args.kw // sw, sw, args.h_out, wq)
     wmat = np.ascontiguousarray(w).reshape(g, dg, cgkk)
     x = np.ascontiguousarray(x)
@@ -125,12 +126,14 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
             acc = None     # the run's sum: its first image's product (a fresh array, kept)
             x_parts[j] = 0.0
             for n in images:
-                if phased:
-                    phase_columns(x[n], phases, view(cols, cols_shape), pt, pl, args.w_out)
+                if phased:      # x's sums as it splits x (all of it: ``whole``)
+                    phase_columns(x[n], phases, view(cols, cols_shape), pt, pl, args.w_out,
+                                  x_sum)
                 else:
                     _im2col_nchw_serial(x, cols, n, 0, *conv)
-                if x_sums is not None:          # while the image is in cache
-                    channel_sums(x[n], x_sum)
+                if x_sums is not None:
+                    if not whole:
+                        channel_sums(x[n], x_sum)
                     x_parts[j] = x_parts[j] + x_sum
                 np.matmul(wmat, cols4, out=view(yq, (g, dg, length)))
                 from_grid(view(yq, (g * dg, args.h_out, wq)), out[n])
