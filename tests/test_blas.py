@@ -144,3 +144,20 @@ def test_split_matmul_in_a_forked_child():
     with mp.get_context("fork").Pool(1) as pool:
         result = pool.apply_async(_split_checksum, (1,))
         assert result.get(timeout=60) < 1e-5
+
+
+@pytest.mark.parametrize("n, count", [(16, 8), (5, 2), (3, 7), (1, 1)])
+def test_runs_hand_each_run_out_once(n, count):
+    """Threads claiming runs until none is left take every run exactly once; the runs
+    cut the n items in order, none empty (at most n runs)."""
+    runs, taken = _blas.Runs(n, count), [[] for _ in range(3)]
+
+    def part(k):
+        while (run := runs.claim()) is not None:
+            taken[k].append(run)
+
+    _blas.on_threads(part, 3)
+    got = sorted(r for t in taken for r in t)
+    assert [j for j, _ in got] == list(range(min(n, count)))
+    assert [i for _, items in got for i in items] == list(range(n))
+    assert all(len(items) > 0 for _, items in got) and runs.claim() is None
