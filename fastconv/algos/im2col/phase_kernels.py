@@ -9,8 +9,8 @@ images out do not wait on each other between the steps.
   the image's gradient from them, row by row (conv2d's input gradient alone);
 - :func:`channel_sums`: an image's sums per channel in float64 (conv_transpose2d's
   bias gradient);
-- :func:`to_grid`, :func:`from_grid`: an image onto the output grid and back (rows of a
-  few dozen pixels, which numpy's strided copies take several times longer over).
+- :func:`copy_columns`: an image onto the output grid and back (rows of a few dozen
+  pixels, which numpy's strided copies take several times longer over).
 
 Examples
 --------
@@ -173,23 +173,12 @@ def channel_sums(img, out):
 
 
 @njit(cache=True, nogil=True, fastmath=config.FASTMATH)
-def to_grid(img, grid):
-    """grid[c, i, :W] = img[c, i] (img (C, H, W), grid (C, H, Wq) with Wq >= W; the
-    grid's other columns are left as they are): an image onto the output grid."""
-    c_all, h, w = img.shape
+def copy_columns(src, dst, w):
+    """dst[c, i, :w] = src[c, i, :w] (both (C, H, W or more)): an image onto the output
+    grid (w = W, the grid's other columns left as they are) or off it."""
+    c_all, h = dst.shape[0], dst.shape[1]
     for c in range(c_all):
         for i in range(h):
-            src, dst = img[c, i], grid[c, i]
+            line, row = src[c, i], dst[c, i]
             for j in range(U(w)):
-                dst[j] = src[j]
-
-
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
-def from_grid(grid, img):
-    """img[c, i] = grid[c, i, :W]: the inverse of :func:`to_grid`."""
-    c_all, h, w = img.shape
-    for c in range(c_all):
-        for i in range(h):
-            src, dst = grid[c, i], img[c, i]
-            for j in range(U(w)):
-                dst[j] = src[j]
+                row[j] = line[j]

@@ -49,7 +49,7 @@ import numpy as np
 
 from ... import _blas
 from .._common import view, workspace
-from .phase_kernels import channel_sums, fold_into_image, from_grid, phase_columns, to_grid
+from .phase_kernels import channel_sums, copy_columns, fold_into_image, phase_columns
 from .tiling import gemm_sizes, is_pointwise, tiling, unfold_params
 from .unfold import _im2col_nchw_serial
 
@@ -136,8 +136,8 @@ def forward_and_weight_grad(x, w, grad_y, args, out, grad_w, x_sums=None) -> Non
                         channel_sums(x[n], x_sum)
                     x_parts[j] = x_parts[j] + x_sum
                 np.matmul(wmat, cols4, out=view(yq, (g, dg, length)))
-                from_grid(view(yq, (g * dg, args.h_out, wq)), out[n])
-                to_grid(gy[n], view(gyq, (g * dg, args.h_out, wq)))
+                copy_columns(view(yq, (g * dg, args.h_out, wq)), out[n], args.w_out)
+                copy_columns(gy[n], view(gyq, (g * dg, args.h_out, wq)), args.w_out)
                 # grad_W^T = cols @ grad_y^T: 6.4 against 7.7 ms for grad_y @ cols^T (the
                 # decoder layer's 16 images, one core)
                 gyq_t = view(gyq, (g, dg, length)).transpose(0, 2, 1)
@@ -177,7 +177,7 @@ def input_gradient_by_phases(grad_y, w, args, grad_x) -> None:
         gyq = _on_grid("im2col.shared-gy", args, g, dg, wq)
         while (run := runs.claim()) is not None:
             n = run[1].start
-            to_grid(gy[n], view(gyq, (g * dg, args.h_out, wq)))
+            copy_columns(gy[n], view(gyq, (g * dg, args.h_out, wq)), args.w_out)
             np.matmul(wt, gyq.reshape(g, dg, length), out=cols)
             fold_into_image(cols.reshape(c, kh // sh, sh, kw // sw, sw, length), grad_x[n],
                             pt, pl, wq)
