@@ -56,9 +56,10 @@ def split_phases(img, phases, pt, pl, sums):
                     _zero_pad(dst, U(0), U(v_lo), U(v_hi), U(wq), zero)
                     first, step = U(sw * v_lo + off), U(sw)
                     for t in range(U(v_hi - v_lo)):
-                        value = line[first + t * step]
-                        dst[U(v_lo) + t] = value
-                        s += np.float64(value)
+                        dst[U(v_lo) + t] = line[first + t * step]
+        flat = phases[c].reshape(sh * sw * hq * wq)   # in cache: one long vector sum
+        for t in range(U(flat.shape[0])):
+            s += np.float64(flat[t])
         sums[c] = s
 
 
@@ -149,6 +150,10 @@ def fold_phases(cols, phases, wq):
         for a0 in range(sh):
             for b0 in range(sw):
                 dst = phases[c, a0, b0]
+                if kh1 == 2 and kw1 == 2 and span > wq + 1:
+                    _fold_four(cols[c, 0, a0, 0, b0], cols[c, 0, a0, 1, b0],
+                               cols[c, 1, a0, 0, b0], cols[c, 1, a0, 1, b0], dst, wq)
+                    continue
                 for t in range(U(plane)):
                     dst[t] = zero
                 for a1 in range(kh1):
@@ -157,6 +162,28 @@ def fold_phases(cols, phases, wq):
                         base = U(a1 * wq + b1)
                         for t in range(U(span)):
                             dst[base + t] += src[t]
+
+
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH, inline="always")
+def _fold_four(s00, s01, s10, s11, dst, wq):
+    """:func:`fold_phases` of one phase for 2 x 2 kernel offsets (the 4x4 kernel at
+    stride 2): where all four runs reach, one pass adding them (no zeroing, no
+    read-modify-write per run); the few positions at the ends term by term."""
+    span, plane = s00.shape[0], dst.shape[0]
+    for p in range(wq + 1):
+        dst[p] = _fold_term(s00, p) + _fold_term(s01, p - 1) + _fold_term(s10, p - wq)
+    for t in range(U(span - wq - 1)):
+        p = U(wq + 1) + t
+        dst[p] = s00[p] + s01[p - U(1)] + s10[p - U(wq)] + s11[t]
+    for p in range(span, plane):
+        dst[p] = (_fold_term(s00, p) + _fold_term(s01, p - 1) + _fold_term(s10, p - wq)
+                  + _fold_term(s11, p - wq - 1))
+
+
+@njit(inline="always")
+def _fold_term(src, i):
+    """src[i] where 0 <= i < len(src), else zero."""
+    return src[i] if 0 <= i < src.shape[0] else src.dtype.type(0)
 
 
 @njit(cache=True, nogil=True, fastmath=config.FASTMATH)
