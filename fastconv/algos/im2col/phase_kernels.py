@@ -36,7 +36,7 @@ def split_phases(img, phases, pt, pl, sums):
     """phases[c, a0, b0, u, v] = img[c, sh u + a0 - pt, sw v + b0 - pl], zero outside
     the image (phases (C, sh, sw, Hq, Wq)); sums[c] (float64) = the sum of the pixels
     of channel c the phases hold (every pixel when sh Hq - pt >= H and sw Wq - pl >= W),
-    taken as they are read."""
+    summed over the channel's phases while they are in cache."""
     c_all, sh, sw, hq, wq = phases.shape
     _, h, w = img.shape
     zero = phases.dtype.type(0)
