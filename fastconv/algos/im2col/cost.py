@@ -5,6 +5,7 @@ from __future__ import annotations
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
 from .drivers import backward, forward
+from .fused import fused_tiling
 from .image_last_direct import direct_cost, direct_forward_applies
 from .panels import panel_tiling
 from .pointwise import backward_cost_pointwise
@@ -21,12 +22,13 @@ def cost(a, p: Profile) -> Estimate:
     return _gemm_cost(a, p)
 
 
-def _gemm_cost(a, p: Profile) -> Estimate:
+def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
     """The GEMM path's forward: per tile, the unfold (column bytes / copy bandwidth + a
     fixed cost per copied row segment) and one GEMM per group, (C_out/G) x (C_in/G*KH*KW)
     x (tile pixels), at ``gemm_seconds``'s rate (skinny GEMMs are slow); tiles of
     several images add a scatter pass over their output. 1x1 stride-1 layers are one
-    batched GEMM."""
+    batched GEMM. With ``fuse``, layers that run fused (``fused.fused_tiling``) are
+    priced in its panels, without the per-tile cost (one kernel call runs them all)."""
     item = a.dtype.itemsize
     g, dg, cg = a.groups, a.c_out // a.groups, a.c_in // a.groups
     cgkk = cg * a.kh * a.kw
@@ -34,7 +36,8 @@ def _gemm_cost(a, p: Profile) -> Estimate:
         secs = gemm_seconds(p, dg, cg, a.h * a.w, a.n * g, item)
         return Estimate(secs + p.call_us * 1e-6, 0,
                         f"batched GEMM {dg}x{cg}x{a.h * a.w} x{a.n * g}")
-    t = tiling(a)
+    fused = fused_tiling(a) if fuse else None
+    t = tiling(a) if fused is None else fused
     n_tiles = tile_count(a, t)
     pixels = a.n * a.h_out * a.w_out / n_tiles  # output pixels per tile (average)
     ckk = a.c_in * a.kh * a.kw
@@ -56,7 +59,7 @@ def _gemm_cost(a, p: Profile) -> Estimate:
         gemm = gemm_seconds(p, dg, cgkk, width, gemms * g, item)
     else:
         gemm = n_tiles * gemm_seconds(p, int(pixels), cgkk, dg, g, item)
-    workspace = t.col_bytes
+    workspace = t.col_bytes * (p.threads if fused is not None else 1)
     scatter = 0.0
     if t.image_last:
         # input to image-last order, GEMM result back to NCHW (strided reads)
@@ -64,9 +67,12 @@ def _gemm_cost(a, p: Profile) -> Estimate:
         out_bytes = a.n * a.c_out * a.h_out * a.w_out * item
         scatter = 4 * (in_bytes + out_bytes) / (p.copy_gbs * 1e9)
         workspace += (a.c_out * a.h_out * a.w_out + a.c_in * a.h * a.w) * t.images * item
-    secs = (p.call_us + n_tiles * p.tile_us) * 1e-6 + unfold + gemm + scatter
+    secs = (p.call_us + (0 if fused else n_tiles) * p.tile_us) * 1e-6 + unfold + gemm + scatter
     split = " split over the threads" if split_tiles(a) else ""
-    panel = panel_tiling(a) if split else None
+    if fused is not None:
+        split = (f" of {t.col_bytes / 1e6:.2g} MB (L2-sized), each unfolded and multiplied"
+                 " by one numba thread (fused)")
+    panel = panel_tiling(a) if split and fused is None else None
     if panel is not None:   # the same work, in cache-sized tiles (not priced apart)
         split += (f" as {tile_count(a, panel)} panels of {panel.col_bytes / 1e6:.2g} MB"
                   " (L2-sized)")
@@ -81,7 +87,7 @@ def backward_cost(a, p: Profile) -> Estimate:
     kernel, so it is priced from the GEMM path's forward."""
     if is_pointwise(a):
         return backward_cost_pointwise(a, p)
-    return backward_from_forward(_gemm_cost(a, p), p)
+    return backward_from_forward(_gemm_cost(a, p, fuse=False), p)
 
 
 ALGORITHM = register(Algorithm(

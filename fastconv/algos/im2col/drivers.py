@@ -11,6 +11,7 @@ import numpy as np
 from ... import _blas
 from ..._runtime import parallel_guard
 from .._common import view
+from .fused import forward_fused, fused_tiling
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .image_last_direct import direct_forward_applies, forward_direct
 from .panels import panel_tiling
@@ -62,7 +63,8 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     W (G, Dg, Cg*KH*KW) @ cols, written straight into ``out`` (one batched matmul call).
     A tile of many images with short output rows (``Tiling.image_last``) runs
     ``forward_image_last``; several large tiles per thread run split over the threads
-    (``split.forward_split``)."""
+    (``split.forward_split``), strided ones in fused panels (``fused.forward_fused``;
+    read-only inputs, which would compile kernels of their own, stay split)."""
     g, dg, cgkk = gemm_sizes(args)
     ckk = g * cgkk
     wmat = _weights_nchw(w, args)
@@ -73,6 +75,11 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     t = tiling(args)
     if t.image_last:
         forward_image_last(x, wmat, args, out, bias, t)
+        return
+    fused = fused_tiling(args)
+    if fused is not None and x.flags.writeable and wmat.flags.writeable \
+            and out.flags.c_contiguous:
+        forward_fused(x, wmat, args, out, bias, fused.band)
         return
     if split_tiles(args):
         forward_split(x, wmat, args, out, bias_g, panel_tiling(args))
