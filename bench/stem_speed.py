@@ -5,9 +5,9 @@ and read ratios, not absolute times).
 
     python bench/stem_speed.py [stem stride2 dilated] [--rounds 9] [--backward]
 
-"before" runs the split forward without L2-sized panels (``im2col.panels``) and a
-dilated layer's Winograd backward phase by phase (not as one batch,
-``winograd.phase_batch``); prints
+"before" runs the strided split forward through Python threads
+(``im2col.split.forward_split``, in L2-sized panels) instead of the fused kernel
+(``im2col.fused``); prints
 each contender's best milliseconds and its time over torch's (1.0: as fast as torch).
 """
 
@@ -20,7 +20,6 @@ import numpy as np
 
 import fastconv
 from fastconv.algos.im2col import drivers
-from fastconv.algos.winograd import dilated
 
 LAYERS = {
     "stem": ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
@@ -39,19 +38,18 @@ def contenders(name: str, backward: bool) -> dict:
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-    saved = drivers.panel_tiling, dilated.backward_batched
+    saved = drivers.fused_tiling
 
     def ours(new: bool):
         def run():
             if not new:
-                drivers.panel_tiling = lambda args: None
-                dilated.backward_batched = lambda *args: None
+                drivers.fused_tiling = lambda args: None
             try:
                 y = fastconv.conv2d(x, w, **kw)
                 if backward:
                     fastconv.conv2d_backward(np.ones_like(y), x, w, **kw)
             finally:
-                drivers.panel_tiling, dilated.backward_batched = saved
+                drivers.fused_tiling = saved
         return run
 
     def theirs():

@@ -1,7 +1,9 @@
 """The strided NCHW forward with the unfold and the GEMM fused (``im2col.fused``): which
 layers take it, its panels, the plan's account of it, and the result against the
-reference over strides, paddings, dilations, groups, bias, dtypes and band heights."""
+reference over strides, paddings, dilations, groups, bias, dtypes and band heights; its
+unfold by phases against the plain unfold."""
 
+import numba
 import numpy as np
 import pytest
 
@@ -9,6 +11,9 @@ import fastconv
 from fastconv import config
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos.im2col import drivers, fused
+from fastconv.algos.im2col.phased_unfold import phase_size, unfold_phased
+from fastconv.algos.im2col.tiling import unfold_params
+from fastconv.algos.im2col.unfold import _im2col_nchw_serial
 
 from . import reference as ref
 from .conftest import count_calls
@@ -24,6 +29,8 @@ CASES = [
     (2, 6, 13, 12, 6, 3, 3, (1, 3), 2, 2, 3),
     (3, 3, 15, 15, 5, 7, 7, 2, 3, 1, 1),              # a stem-like layer
     (2, 2, 9, 9, 4, 2, 2, 3, 0, 1, 1),                # stride past the kernel
+    (2, 2, 9, 11, 3, 2, 2, 3, 0, 1, 1),               # input columns no tap reads
+    (2, 3, 10, 12, 4, 3, 2, 2, ((0, 3), (4, 1)), (2, 3), 1),   # wide padding, dilated
 ]
 
 
@@ -91,3 +98,31 @@ def test_read_only_input_runs_split(monkeypatch):
     want = ref.conv2d(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
     assert ref.rel_error(got, want) <= ref.tolerance(x.dtype, "im2col")
     assert calls == [] and split_calls == [1]
+
+
+@numba.njit(boundscheck=True)
+def _phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """``unfold_phased`` with every index checked (an out-of-range one raises)."""
+    unfold_phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw)
+
+
+def test_phased_unfold_is_the_unfold():
+    rng = np.random.default_rng(1)
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        kh, kw, sh, sw, rh, rw = (int(v) for v in rng.integers(1, 4, 6))
+        pads = tuple(tuple(int(v) for v in rng.integers(0, 4, 2)) for _ in range(2))
+        try:
+            a = conv_args_from_shapes("t", (2, 2, h, w), (1, 2, kh, kw), (sh, sw), pads,
+                                      (rh, rw))
+        except ValueError:
+            continue                    # the kernel does not fit
+        x = rng.standard_normal((2, 2, h, w)).astype(np.float32)
+        i0 = int(rng.integers(0, a.h_out))
+        band = int(rng.integers(1, a.h_out - i0 + 1))
+        want = np.full((1, 2 * kh * kw, band * a.w_out), np.nan, np.float32)
+        got = want.copy()
+        _im2col_nchw_serial(x, want, 1, i0, *unfold_params(a))
+        phases = np.full(phase_size(2, band, a), np.nan, np.float32)
+        _phased(x, got, phases, 1, i0, *unfold_params(a))
+        assert np.array_equal(got, want), a

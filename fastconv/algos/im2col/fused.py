@@ -49,9 +49,9 @@ from ..._cblas import NO_TRANS, gemm
 from ..._runtime import parallel_guard
 from .._common import workspace
 from .panels import PANEL_BYTES, PANEL_MIN_PIXELS
+from .phased_unfold import phase_size, unfold_phased
 from .split import split_tiles
 from .tiling import Tiling, unfold_params
-from .unfold import _im2col_nchw_serial
 
 #: A fused panel spans at most this many output pixels (two 28 x 28 images' worth).
 FUSED_MAX_PIXELS = 1568
@@ -76,7 +76,7 @@ def fused_tiling(args, threads: int | None = None) -> Tiling | None:
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _forward_fused(fn, x, w, out, bias, band, bufs, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+def _forward_fused(fn, x, w, out, bias, band, bufs, phases, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     """out[n, :, i0*Wo:(i0+band)*Wo] = W @ cols(x[n], output rows i0..) (+ bias per
     output channel when bias holds D values; an empty one adds nothing) for every image
     n and band of ``band`` output rows, one task each. x (N, C, H, W),
@@ -93,8 +93,9 @@ def _forward_fused(fn, x, w, out, bias, band, bufs, wo, sh, sw, pt, pl, rh, rw, 
         i = task // bands
         i0 = (task % bands) * band
         length = min(band, ho - i0) * wo
-        cols = bufs[numba.get_thread_id()][:ckk * length].reshape((1, ckk, length))
-        _im2col_nchw_serial(x, cols, i, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw)
+        tid = numba.get_thread_id()
+        cols = bufs[tid][:ckk * length].reshape((1, ckk, length))
+        unfold_phased(x, cols, phases[tid], i, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw)
         for gi in range(g):
             y = out[i, gi * dg:(gi + 1) * dg, i0 * wo:]
             gemm(fn, NO_TRANS, NO_TRANS, dg, length, cgkk, w[gi], cgkk,
@@ -119,9 +120,11 @@ def forward_fused(x, wmat, args, out, bias, band: int) -> None:
     threads = numba.get_num_threads()
     size = args.c_in * args.kh * args.kw * band * args.w_out
     bufs = workspace("im2col.fused", threads * size, out.dtype).reshape(threads, size)
+    psize = phase_size(args.c_in, band, args)
+    phases = workspace("im2col.phases", threads * psize, out.dtype).reshape(threads, psize)
     b = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
     with _blas.one_blas_thread(), parallel_guard():
         _forward_fused(_cblas.address(out.dtype), x, wmat,
                        out.reshape(out.shape[0], out.shape[1], -1), b.reshape(-1), band,
-                       bufs, *unfold_params(args))
+                       bufs, phases, *unfold_params(args))
 
