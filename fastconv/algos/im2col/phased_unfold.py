@@ -5,7 +5,10 @@ s*(j + k) + q (q = (b*r_w - p_left) mod s, k its floor quotient): entry j + k of
 row's phase q, the columns q, q + s, q + 2s, .... ``unfold_phased`` first splits the
 input rows the band reads into their phases (one strided pass over them), then copies
 every column row from a phase as contiguous runs, where the plain unfold
-(``unfold._im2col_nchw``) gathers every s-th element once per tap.
+(``unfold._im2col_nchw``) gathers every s-th element once per tap. One panel on one
+core, float32, best of 10 rounds of 20: the stride-2 layer's (x (16, 64, 56, 56),
+3x3, stride 2, padding 1) 28 output rows in 287 against 321 us, the stem's
+(x (8, 3, 224, 224), 7x7, stride 2, padding 3) 14 rows in 40 against 68 us.
 
 Examples
 --------
