@@ -1,8 +1,8 @@
 """The strided NCHW forward with the unfold and the GEMM fused in one numba kernel.
 
 Each task is a panel: a band of output rows of one image. The thread that takes it
-unfolds it into that thread's own column buffer (the serial unfold,
-``unfold._im2col_nchw_serial``) and at once multiplies it by the weights with numpy's
+unfolds it into that thread's own column buffer (through its column phases,
+``phased_unfold``) and at once multiplies it by the weights with numpy's
 BLAS on one thread (``fastconv._cblas``), writing the output rows and adding the bias
 while they are in cache. The columns stay in the core's L2 cache between the unfold and
 the GEMM, and no Python thread hands work to another (``split.forward_split`` runs the
@@ -12,9 +12,11 @@ numba's scheduler, so a core that another process holds back takes fewer.
 Panels hold at most ``panels.PANEL_BYTES`` of columns and ``FUSED_MAX_PIXELS`` output
 pixels: one-thread GEMM rates (GFLOP/s) of the stem's 64 x 147 weights times panels of
 784 / 1568 / 3136 pixels were 151 / 140 / 115, and of the stride-2 layer's 128 x 576
-ones 147 / 136 at 784 / 1568. Measured on the shared 2-core machine, best of 30 rounds,
-alternating: the stride-2 layer (x (16, 64, 56, 56), w (128, 64, 3, 3), stride 2,
-padding 1) in 8.8 against 10.3 ms through ``split.forward_split``.
+ones 147 / 136 at 784 / 1568. Measured on the shared 2-core machine
+(``bench/stem_speed.py``, best of 15 rounds, alternating), against ``split.forward_split``:
+the stride-2 layer (x (16, 64, 56, 56), w (128, 64, 3, 3), stride 2, padding 1) in 7.6
+against 9.5 ms, the stem (x (8, 3, 224, 224), w (64, 3, 7, 7), stride 2, padding 3) in
+8.7 against 12.2 ms.
 
 Examples
 --------
