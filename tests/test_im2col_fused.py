@@ -123,6 +123,6 @@ def test_phased_unfold_is_the_unfold():
         want = np.full((1, 2 * kh * kw, band * a.w_out), np.nan, np.float32)
         got = want.copy()
         _im2col_nchw_serial(x, want, 1, i0, *unfold_params(a))
-        phases = np.full(phase_size(2, band, a), np.nan, np.float32)
+        phases = np.full(phase_size(band, a), np.nan, np.float32)
         _phased(x, got, phases, 1, i0, *unfold_params(a))
         assert np.array_equal(got, want), a

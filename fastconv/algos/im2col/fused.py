@@ -122,7 +122,7 @@ def forward_fused(x, wmat, args, out, bias, band: int) -> None:
     threads = numba.get_num_threads()
     size = args.c_in * args.kh * args.kw * band * args.w_out
     bufs = workspace("im2col.fused", threads * size, out.dtype).reshape(threads, size)
-    psize = phase_size(args.c_in, band, args)
+    psize = phase_size(band, args)
     phases = workspace("im2col.phases", threads * psize, out.dtype).reshape(threads, psize)
     b = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
     with _blas.one_blas_thread(), parallel_guard():

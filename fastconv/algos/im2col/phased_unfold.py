@@ -17,7 +17,7 @@ Examples
 >>> cols = np.empty((1, 9, 6), np.float32)       # 3x3 taps, 2 output rows of 3
 >>> from fastconv._args import conv_args_from_shapes
 >>> a = conv_args_from_shapes("t", (2, 1, 5, 6), (1, 1, 3, 3), stride=2, padding=1)
->>> phases = np.empty(phase_size(1, 2, a), np.float32)
+>>> phases = np.empty(phase_size(2, a), np.float32)
 >>> unfold_phased(x, cols, phases, 1, 0, 3, 2, 2, 1, 1, 1, 1, 3, 3)
 >>> cols[0, 4]                                   # centre tap: x[1, 0, 0::2, 0::2]
 array([30., 32., 34., 42., 44., 46.], dtype=float32)
@@ -42,21 +42,22 @@ def _phase_geometry(band, kh, kw, sh, sw, pt, pl, rh, rw, wo):
     return rows, left, width
 
 
-def phase_size(c: int, band: int, args) -> int:
+def phase_size(band: int, args) -> int:
     """Elements of the phase buffer ``unfold_phased`` needs for a band of ``band``
-    output rows of the conv2d record ``args`` (C input channels)."""
+    output rows of the conv2d record ``args`` (one channel's phases at a time)."""
     rows, _, width = _phase_geometry(band, args.kh, args.kw, args.stride[0], args.stride[1],
                                      args.padding[0][0], args.padding[1][0],
                                      args.dilation[0], args.dilation[1], args.w_out)
-    return c * rows * args.stride[1] * width
+    return rows * args.stride[1] * width
 
 
 @njit(inline="always")
 def unfold_phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     """x (N, C, H, W) -> cols (1, C*KH*KW, band*Wo) for image n and output rows i0..,
     as ``unfold._im2col_nchw`` (zero outside), through ``phases``, a scratch array of at
-    least ``phase_size`` elements: the band's source rows split into their column
-    phases, zero-padded, so that every column row is a run of plain copies."""
+    least ``phase_size`` elements: channel by channel, the band's source rows split into
+    their column phases, zero-padded (small enough to stay in the L1 cache), then the
+    channel's KH*KW column rows copied from them as runs of plain copies."""
     _, c_all, h, wd = x.shape
     length = cols.shape[2]
     band = length // wo
@@ -64,13 +65,15 @@ def unfold_phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     left = -(-pl // sw)
     width = wo + ((kw - 1) * rw - pl) // sw + left
     r0 = i0 * sh - pt
-    ph = phases[:c_all * rows * sw * width].reshape((c_all, rows, sw, width))
+    ph = phases[:rows * sw * width].reshape((rows, sw, width))
+    flat = ph.reshape(ph.size)
+    step = U(sh * sw * width)
     zero = cols.dtype.type(0)
     full = min(wd // sw, width - left)  # whole groups of sw input columns that are read
     for c in range(c_all):
         for r in range(rows):
             src = r0 + r
-            dst = ph[c, r]
+            dst = ph[r]
             if src < 0 or src >= h:
                 dst[:, :] = zero
                 continue
@@ -89,16 +92,14 @@ def unfold_phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
             if left + full < width:     # the last, partial group
                 for q in range(wd - full * sw):
                     dst[q, left + full] = line[full * sw + q]
-    flat = ph.reshape(ph.size)
-    step = U(sh * sw * width)
-    for r in range(c_all * kh * kw):
-        c, a, b = r // (kh * kw), (r // kw) % kh, r % kw
-        dst = cols[0, r]
-        off = b * rw - pl
-        q = off % sw
-        base = U(((c * rows + a * rh) * sw + q) * width + (off - q) // sw + left)
-        for ii in range(band):
-            s0 = base + U(ii) * step
-            d0 = U(ii * wo)
-            for j in range(U(wo)):
-                dst[d0 + j] = flat[s0 + j]
+        for t in range(kh * kw):
+            a, b = t // kw, t % kw
+            dst = cols[0, c * kh * kw + t]
+            off = b * rw - pl
+            q = off % sw
+            base = U((a * rh * sw + q) * width + (off - q) // sw + left)
+            for ii in range(band):
+                s0 = base + U(ii) * step
+                d0 = U(ii * wo)
+                for j in range(U(wo)):
+                    dst[d0 + j] = flat[s0 + j]
