@@ -7,7 +7,7 @@ import math
 from ...costs import Estimate, Profile, gemm_seconds
 from ..im2col import cost as im2col_cost
 from ..registry import Algorithm, register
-from . import drivers, grad_w, phase_batch, tiling
+from . import drivers, phase_batch, tiling
 
 #: The layouts whose forward and grad_x have transforms of their own (NHWC: ``nhwc``);
 #: the weight gradient runs in the Winograd domain on NCHW copies in NHWC, for wide
@@ -55,8 +55,9 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
 
 def backward_cost(a, p: Profile) -> Estimate:
     """Model time of the backward: Winograd's grad_x (the forward's transform of grad_y)
-    and grad_w (the adjoint of F(2x2, 3x3), priced as that forward) where it computes
-    them, im2col's share for the rest (about one forward for grad_w, two for grad_x)."""
+    and grad_w (the adjoint of the forward's F(m x m, 3x3), priced as that forward)
+    where it computes them, im2col's share for the rest (about one forward for grad_w,
+    two for grad_x)."""
     call = p.call_us * 1e-6
     item = a.dtype.itemsize
     cols, cws, _ = im2col_cost.cost(a, p)
@@ -70,7 +71,7 @@ def backward_cost(a, p: Profile) -> Estimate:
         ws = max(ws, wws)
         parts.append("grad_x")
     if by_w:
-        wino, wws, _ = cost(a, p, grad_w.GRAD_W_TILE)
+        wino, wws, _ = cost(a, p)
         secs += wino - call
         if a.layout != "NCHW":  # grad_w's copies of grad_y and x to NCHW
             moved = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item

@@ -140,8 +140,8 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
 
     grad_x[n, c, i, j] = sum_{d,a,b} grad_y[n, d, i + p_top - a, j + p_left - b] w[d, c, a, b]
     is a 3x3 correlation of grad_y with the flipped kernel, channels transposed, padding
-    (2 - p): the forward's transform applies. grad_w is the adjoint of F(2x2, 3x3) in the
-    Winograd domain (``grad_w._grad_w_nchw``, ``GRAD_W_TILE``). A dilated layer runs as
+    (2 - p): the forward's transform applies. grad_w is the adjoint of F(m x m, 3x3) in the
+    Winograd domain (``grad_w._grad_w_nchw``, the forward's tile size m). A dilated layer runs as
     undilated problems, one per phase (``dilated.backward_phases``).
 
     Returns (ok_x, ok_w): False for a gradient the caller must compute itself, because
@@ -163,7 +163,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
     if by_w:  # NCHW, or NHWC on copies (wide layers, ``grad_w_supported``)
         gw = _nhwc.oihw_target(grad_w, dims)
         _grad_w_nchw(_nhwc.nchw_copy(grad_y, dims), _nhwc.nchw_copy(x, dims), gw, (pt, pl),
-                     args.groups)
+                     args.groups, m)
         _nhwc.write_weight_back(gw, grad_w, dims)
         ok_w = bool(np.isfinite(gw).all())
     if by_x:

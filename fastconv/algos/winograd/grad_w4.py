@@ -1,0 +1,85 @@
+"""The output-gradient transform of F(4x4, 3x3)'s weight gradient (``grad_w``).
+
+For a 4x4 block g of grad_y, the adjoint of y = A^T [U * V] A needs A g A^T (6x6), with
+A = (A^T)^T of ``f4._output_transform4``: A applied to four values (g0, g1, g2, g3) is
+
+    (g0, g0 + g1 + g2 + g3, g0 - g1 + g2 - g3, g0 + 2 g1 + 4 g2 + 8 g3,
+     g0 - 2 g1 + 4 g2 - 8 g3, g3).
+
+Planes as in ``f4``: 36 flat planes, entry e = 6*a + b of every tile in row e.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ... import config
+from .._common import U
+from .f4 import _put6
+from .tasks import _scalars, _task_count, _task_plane
+
+
+@njit(inline="always")
+def _a6(g0, g1, g2, g3, two, four, eight):
+    """A g for F(4x4, 3x3): six values from a 4-point column or row."""
+    even = g0 + g2
+    odd = g1 + g3
+    even4 = g0 + four * g2
+    odd4 = two * g1 + eight * g3
+    return g0, even + odd, even - odd, even4 + odd4, even4 - odd4, g3
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _grad_transform4(gy, p, dg, cols, d0, r0, r1, th, tw):
+    """gy (N, C_out, Ho, Wo) -> p (36, Dg*cols + pad): the transformed output-gradient
+    tiles of F(4x4, 3x3), p[6*a + b, d*cols + (r - r0)*tw + j] = (A g A^T)[a, b] for the
+    4x4 block g of grad_y channel d0 + d at tile (r, j), zero beyond Ho, Wo.
+
+    One task per (channel, image) of the chunk. Each grad_y row of a tile row is split
+    into its four column phases (phase q holds columns 4j + q, zero beyond Wo) and
+    transformed along the row (A, six values per tile, contiguous loops); A down the
+    columns then combines the four rows' results entry by entry."""
+    _, _, ho, wo = gy.shape
+    two, four, eight = _scalars(gy, 2, 4, 8)
+    zero = gy.dtype.type(0)
+    for task in prange(_task_count(dg, r0, r1, th)):
+        d, n, ra, rb, plane = _task_plane(gy, task, d0, r0, r1, th)
+        line = np.zeros(4 * tw, dtype=gy.dtype)       # one row, zero beyond Wo
+        ph = np.empty((4, tw), dtype=gy.dtype)
+        rows = np.empty((4, 6, tw), dtype=gy.dtype)   # A along each of the 4 rows
+        for r in range(ra, rb):
+            i0 = 4 * (r - n * th)
+            for i in range(4):
+                dst = rows[i]
+                if i0 + i >= ho:
+                    dst[:, :] = zero
+                    continue
+                src = plane[i0 + i]
+                for q in range(U(wo)):
+                    line[q] = src[q]
+                p0, p1, p2, p3 = ph[0], ph[1], ph[2], ph[3]
+                for j in range(U(tw)):
+                    q = U(4) * j
+                    p0[j] = line[q]
+                    p1[j] = line[q + U(1)]
+                    p2[j] = line[q + U(2)]
+                    p3[j] = line[q + U(3)]
+                s0, s1, s2, s3, s4, s5 = dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]
+                for j in range(U(tw)):
+                    o = _a6(p0[j], p1[j], p2[j], p3[j], two, four, eight)
+                    _put6(o, s0, s1, s2, s3, s4, s5, j)
+            k0 = U(d * cols + (r - r0) * tw)
+            for b in range(6):  # A down the columns
+                e0, e1, e2, e3 = rows[0, b], rows[1, b], rows[2, b], rows[3, b]
+                o0, o1, o2 = p[b], p[6 + b], p[12 + b]
+                o3, o4, o5 = p[18 + b], p[24 + b], p[30 + b]
+                for j in range(U(tw)):
+                    o = _a6(e0[j], e1[j], e2[j], e3[j], two, four, eight)
+                    _put6(o, o0, o1, o2, o3, o4, o5, k0 + j)
+
+
+#: G^T (3 x 6) of F(4x4, 3x3) (``f4._g6``), float64.
+GT4 = np.array([[1 / 4, -1 / 6, -1 / 6, 1 / 24, 1 / 24, 0],
+                [0, -1 / 6, 1 / 6, 1 / 12, -1 / 12, 0],
+                [0, -1 / 6, -1 / 6, 1 / 6, 1 / 6, 1]])
