@@ -36,47 +36,51 @@ def _grad_transform4(gy, p, dg, cols, d0, r0, r1, th, tw):
     tiles of F(4x4, 3x3), p[6*a + b, d*cols + (r - r0)*tw + j] = (A g A^T)[a, b] for the
     4x4 block g of grad_y channel d0 + d at tile (r, j), zero beyond Ho, Wo.
 
-    One task per (channel, image) of the chunk. Each grad_y row of a tile row is split
-    into its four column phases (phase q holds columns 4j + q, zero beyond Wo) and
-    transformed along the row (A, six values per tile, contiguous loops); A down the
-    columns then combines the four rows' results entry by entry."""
+    One task per (channel, image) of the chunk, as ``f4._input_transform4``: each
+    grad_y row i of the task's tile rows is split into its four column phases (phase q
+    holds columns 4j + q, zero beyond Wo) and transformed along the row once (A, six
+    values per tile) into ``rows[i % 4, b]`` at tile row i // 4; A down the columns then
+    runs over all the task's tile rows in one contiguous loop per entry b (0.55x the
+    time of the same steps tile row by tile row on the bench layers, whose loops run
+    over a tile row's 4 to 14 tiles only)."""
     _, _, ho, wo = gy.shape
     two, four, eight = _scalars(gy, 2, 4, 8)
-    zero = gy.dtype.type(0)
     for task in prange(_task_count(dg, r0, r1, th)):
         d, n, ra, rb, plane = _task_plane(gy, task, d0, r0, r1, th)
-        line = np.zeros(4 * tw, dtype=gy.dtype)       # one row, zero beyond Wo
+        nr = rb - ra
+        line = np.zeros(4 * tw, dtype=gy.dtype)   # one row, zero beyond Wo
         ph = np.empty((4, tw), dtype=gy.dtype)
-        rows = np.empty((4, 6, tw), dtype=gy.dtype)   # A along each of the 4 rows
-        for r in range(ra, rb):
-            i0 = 4 * (r - n * th)
-            for i in range(4):
-                dst = rows[i]
-                if i0 + i >= ho:
-                    dst[:, :] = zero
-                    continue
-                src = plane[i0 + i]
+        rows = np.empty((4, 6, nr * tw), dtype=gy.dtype)
+        top = 4 * (ra - n * th)
+        for rho in range(4 * nr):  # A along each grad_y row, once
+            if top + rho < ho:
+                src = plane[top + rho]
                 for q in range(U(wo)):
                     line[q] = src[q]
-                p0, p1, p2, p3 = ph[0], ph[1], ph[2], ph[3]
-                for j in range(U(tw)):
-                    q = U(4) * j
-                    p0[j] = line[q]
-                    p1[j] = line[q + U(1)]
-                    p2[j] = line[q + U(2)]
-                    p3[j] = line[q + U(3)]
-                s0, s1, s2, s3, s4, s5 = dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]
-                for j in range(U(tw)):
-                    o = _a6(p0[j], p1[j], p2[j], p3[j], two, four, eight)
-                    _put6(o, s0, s1, s2, s3, s4, s5, j)
-            k0 = U(d * cols + (r - r0) * tw)
-            for b in range(6):  # A down the columns
-                e0, e1, e2, e3 = rows[0, b], rows[1, b], rows[2, b], rows[3, b]
-                o0, o1, o2 = p[b], p[6 + b], p[12 + b]
-                o3, o4, o5 = p[18 + b], p[24 + b], p[30 + b]
-                for j in range(U(tw)):
-                    o = _a6(e0[j], e1[j], e2[j], e3[j], two, four, eight)
-                    _put6(o, o0, o1, o2, o3, o4, o5, k0 + j)
+            else:
+                for q in range(U(wo)):
+                    line[q] = 0
+            p0, p1, p2, p3 = ph[0], ph[1], ph[2], ph[3]
+            for j in range(U(tw)):
+                q = U(4) * j
+                p0[j] = line[q]
+                p1[j] = line[q + U(1)]
+                p2[j] = line[q + U(2)]
+                p3[j] = line[q + U(3)]
+            dst = rows[rho % 4]
+            base = U((rho // 4) * tw)
+            s0, s1, s2, s3, s4, s5 = dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]
+            for j in range(U(tw)):
+                o = _a6(p0[j], p1[j], p2[j], p3[j], two, four, eight)
+                _put6(o, s0, s1, s2, s3, s4, s5, base + j)
+        k0 = U(d * cols + (ra - r0) * tw)
+        for b in range(6):  # A down the columns, all tile rows at once
+            e0, e1, e2, e3 = rows[0, b], rows[1, b], rows[2, b], rows[3, b]
+            o0, o1, o2 = p[b], p[6 + b], p[12 + b]
+            o3, o4, o5 = p[18 + b], p[24 + b], p[30 + b]
+            for k in range(U(nr * tw)):
+                o = _a6(e0[k], e1[k], e2[k], e3[k], two, four, eight)
+                _put6(o, o0, o1, o2, o3, o4, o5, k0 + k)
 
 
 #: G^T (3 x 6) of F(4x4, 3x3) (``f4._g6``), float64.
