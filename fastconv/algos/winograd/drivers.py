@@ -18,7 +18,7 @@ from . import nhwc
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
 from .kernel import _grad_x_kernel, transform_kernel
-from .tiling import _KERNELS, chunk_planes, phases, problem, tile_size
+from .tiling import _KERNELS, chunk_planes, phases, problem, thread_runs, tile_size
 
 
 def supports(args) -> bool:
@@ -66,23 +66,34 @@ def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
     """y (N, C_out, Ho, Wo) = F(m x m, 3x3) of x (N, C_in, H, W) (contiguous, or a
     dilated layer's phases: strided views), with the
     transformed kernel u (G, (m+2)^2, Dg, Cg) and padding (top, left), dilation 1.
-    Returns whether every output is finite."""
-    th, tw, cg, dg, rows = problem(x.shape, y.shape, groups, m, x.itemsize)
+    Returns whether every output is finite.
+
+    The tile rows are split into one even run per thread (``tiling.split_rows``); each
+    thread goes through its run chunk by chunk, the transforms (single-threaded
+    kernels) and the chunk's GEMMs (on one BLAS thread) one after the other, so a
+    chunk's transformed tiles stay in its core's cache."""
+    th, tw, cg, dg, threads, rows = problem(x.shape, y.shape, groups, m, x.itemsize)
     _, input_transform, output_transform = _KERNELS[m]
     pt, pl = pads
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, x.dtype)
-    flags = np.zeros(dg * (rows // th + 2), np.bool_)  # a chunk covers <= rows/th + 2 images
-    finite = True
-    for r0, r1, cols, (v, v_planes), (prod, prod_planes) in chunk_planes(
-            x.shape[0] * th, rows, tw, cg, dg, m, x.dtype):
-        for g in range(groups):
-            input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
-            _blas.split_matmul(u[g], v, prod)
-            output_transform(prod_planes, y, dg, cols, g * dg, r0, r1, th, tw, b,
-                             has_bias, flags)
-            finite = finite and not flags.any()
-    return finite
+    runs = thread_runs(x.shape[0] * th, threads)
+    bad = [False] * threads
+
+    def part(k):
+        flags = np.zeros(dg * (rows // th + 2), np.bool_)  # a chunk: <= rows/th + 2 images
+        lo, hi = runs[k]
+        for r0, r1, cols, (v, v_planes), (prod, prod_planes) in chunk_planes(
+                hi, rows, tw, cg, dg, m, x.dtype, lo):
+            for g in range(groups):
+                input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
+                np.matmul(u[g], v, out=prod)
+                output_transform(prod_planes, y, dg, cols, g * dg, r0, r1, th, tw, b,
+                                 has_bias, flags)
+                bad[k] = bad[k] or flags.any()
+
+    _blas.on_threads(part, threads)
+    return not any(bad)
 
 
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> bool:

@@ -25,7 +25,7 @@ from ... import _blas, config
 from .._common import U
 from .grad_w4 import GT4, _grad_transform4
 from .tasks import _task_count, _task_plane
-from .tiling import _KERNELS, chunk_planes, problem, transformed
+from .tiling import _KERNELS, chunk_planes, problem, thread_runs, transformed
 
 
 @njit(inline="always")
@@ -34,7 +34,7 @@ def _a2(g0, g1):
     return g0, g0 + g1, g0 - g1, -g1
 
 
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
 def _grad_transform(gy, p, dg, cols, d0, r0, r1, th, tw):
     """gy (N, C_out, Ho, Wo) -> p (16, Dg*cols + pad): the transformed output-gradient
     tiles of F(2x2, 3x3), p[4*a + b, d*cols + (r - r0)*tw + j] = (A g A^T)[a, b] for the
@@ -42,7 +42,7 @@ def _grad_transform(gy, p, dg, cols, d0, r0, r1, th, tw):
     (channel, image) of the chunk."""
     _, _, ho, wo = gy.shape
     width = 2 * tw
-    for task in prange(_task_count(dg, r0, r1, th)):
+    for task in range(_task_count(dg, r0, r1, th)):
         d, n, ra, rb, plane = _task_plane(gy, task, d0, r0, r1, th)
         rows = np.zeros((2, width), dtype=gy.dtype)
         t = np.empty((4, width), dtype=gy.dtype)
@@ -118,19 +118,31 @@ def _grad_w_nchw(gy, x, grad_w, pads, groups, m) -> None:
     """grad_w (C_out, Cg, 3, 3) from gy (N, C_out, Ho, Wo) and x (N, C_in, H, W), both
     contiguous, with F(m x m, 3x3) (m 2 or 4): per chunk of tile rows and group,
     the input and output-gradient transforms and the (m+2)^2 GEMMs Yt[e] @ V[e]^T, summed
-    over chunks."""
-    th, tw, cg, dg, rows = problem(x.shape, gy.shape, groups, m, x.itemsize)
+    over chunks. The tile rows are split over the threads as in the forward
+    (``drivers._run_nchw``), each thread summing its own chunks; the threads' sums are
+    added in thread order (the same result on every call)."""
+    th, tw, cg, dg, threads, rows = problem(x.shape, gy.shape, groups, m, x.itemsize)
     input_transform = _KERNELS[m][1]
     grad_transform, gt = _GRAD_KERNELS[m]
     pt, pl = pads
-    total = np.zeros((groups, transformed(m), dg, cg), x.dtype)
-    part = np.empty((transformed(m), dg, cg), x.dtype)
-    for r0, r1, cols, (v, v_planes), (yt, yt_planes) in chunk_planes(
-            x.shape[0] * th, rows, tw, cg, dg, m, x.dtype):
-        for g in range(groups):
-            input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
-            grad_transform(gy, yt_planes, dg, cols, g * dg, r0, r1, th, tw)
-            _blas.split_matmul(yt, v.transpose(0, 2, 1), part)
-            total[g] += part
+    runs = thread_runs(x.shape[0] * th, threads)
+    totals = np.zeros((threads, groups, transformed(m), dg, cg), x.dtype)
+
+    def run(k):
+        total = totals[k]
+        part = np.empty((transformed(m), dg, cg), x.dtype)
+        lo, hi = runs[k]
+        for r0, r1, cols, (v, v_planes), (yt, yt_planes) in chunk_planes(
+                hi, rows, tw, cg, dg, m, x.dtype, lo):
+            for g in range(groups):
+                input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
+                grad_transform(gy, yt_planes, dg, cols, g * dg, r0, r1, th, tw)
+                np.matmul(yt, v.transpose(0, 2, 1), out=part)
+                total[g] += part
+
+    _blas.on_threads(run, threads)
+    total = totals[0]
+    for k in range(1, threads):
+        total += totals[k]
     for g in range(groups):
         _weight_from_transform(total[g], gt, grad_w, g * dg)
