@@ -18,7 +18,16 @@ from . import nhwc
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
 from .kernel import _grad_x_kernel, transform_kernel
-from .tiling import _KERNELS, chunk_planes, phases, problem, thread_runs, tile_size
+from .tiling import (
+    _KERNELS,
+    _SERIAL,
+    chunk_planes,
+    per_thread,
+    phases,
+    problem,
+    thread_runs,
+    tile_size,
+)
 
 
 def supports(args) -> bool:
@@ -68,12 +77,16 @@ def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
     transformed kernel u (G, (m+2)^2, Dg, Cg) and padding (top, left), dilation 1.
     Returns whether every output is finite.
 
-    The tile rows are split into one even run per thread (``tiling.split_rows``); each
-    thread goes through its run chunk by chunk, the transforms (single-threaded
-    kernels) and the chunk's GEMMs (on one BLAS thread) one after the other, so a
-    chunk's transformed tiles stay in its core's cache."""
+    Narrow layers (``tiling.per_thread``) split their tile rows into one even run per
+    thread (``tiling.split_rows``); each thread goes through its run chunk by chunk,
+    the transforms (single-threaded kernels) and the chunk's GEMMs (on one BLAS thread)
+    one after the other, so a chunk's transformed tiles stay in its core's cache. Wider
+    layers go through one run, each chunk's transforms and GEMMs split over the
+    threads (``_blas.split_matmul``)."""
     th, tw, cg, dg, threads, rows = problem(x.shape, y.shape, groups, m, x.itemsize)
-    _, input_transform, output_transform = _KERNELS[m]
+    split = per_thread(cg, dg)
+    input_transform, output_transform = _SERIAL[m] if split else _KERNELS[m][1:]
+    matmul = np.matmul if split else _blas.split_matmul
     pt, pl = pads
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, x.dtype)
@@ -87,12 +100,15 @@ def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
                 hi, rows, tw, cg, dg, m, x.dtype, lo):
             for g in range(groups):
                 input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
-                np.matmul(u[g], v, out=prod)
+                matmul(u[g], v, out=prod)
                 output_transform(prod_planes, y, dg, cols, g * dg, r0, r1, th, tw, b,
                                  has_bias, flags)
                 bad[k] = bad[k] or flags.any()
 
-    _blas.on_threads(part, threads)
+    if split:
+        _blas.on_threads(part, threads)
+    else:
+        part(0)
     return not any(bad)
 
 

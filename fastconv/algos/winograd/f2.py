@@ -52,7 +52,7 @@ def _kernel_transform(w, u):
         _store_rows(u, o, tmp)
 
 
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _input_transform(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
     """x (N, C, H, W) -> v, 16 flat planes of Cg*cols (+ padding) elements: the
     transformed 4x4 input tiles of channels c0.. for global tile rows r0..r1 (tile row r:
@@ -68,7 +68,7 @@ def _input_transform(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
     wp = 2 * tw + 2  # input columns the tile row reads
     lo = min(pl, wp)
     hi = min(wp, pl + wd)
-    for task in range(_task_count(cg, r0, r1, th)):
+    for task in prange(_task_count(cg, r0, r1, th)):
         c, n, ra, rb, img = _task_plane(x, task, c0, r0, r1, th)
         buf = np.empty((4, wp), dtype=x.dtype)
         t = np.empty((4, wp), dtype=x.dtype)
@@ -102,7 +102,7 @@ def _input_transform(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
                     d3[k0 + j] = e1 - e3
 
 
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _output_transform(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags):
     """m, 16 flat planes of Dg*cols (+ padding) elements (the GEMM results, tile (r, j) of
     channel d at d*cols + (r - r0)*tw + j) -> y (N, C_out, Ho, Wo), channels d0..: the 2x2
@@ -110,7 +110,7 @@ def _output_transform(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags)
     when Ho or Wo is odd. One task per (output channel, image) covered by the chunk;
     flags[task] is set when the task wrote a NaN or an infinity."""
     _, _, ho, wo = y.shape
-    for task in range(_task_count(dg, r0, r1, th)):
+    for task in prange(_task_count(dg, r0, r1, th)):
         d, n, ra, rb, out = _task_plane(y, task, d0, r0, r1, th)
         add = bias[d0 + d] if has_bias else y.dtype.type(0)
         bad = 0  # outputs that are NaN or +-Inf

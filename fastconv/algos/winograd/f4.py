@@ -74,7 +74,7 @@ def _put6(o, s0, s1, s2, s3, s4, s5, i):
     s5[i] = o[5]
 
 
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
     """As ``f2._input_transform`` for F(4x4, 3x3): 6x6 input tiles at (4i - pt, 4j - pl),
     v (36 flat planes of Cg*cols + padding elements) = B^T d B with
@@ -93,7 +93,7 @@ def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
     lo = min(pl, wp)
     hi = min(wp, pl + wd)
     two, four, five = _scalars(x, 2, 4, 5)
-    for task in range(_task_count(cg, r0, r1, th)):
+    for task in prange(_task_count(cg, r0, r1, th)):
         c, n, ra, rb, img = _task_plane(x, task, c0, r0, r1, th)
         nr = rb - ra
         row = np.empty(wp, dtype=x.dtype)
@@ -138,7 +138,7 @@ def _at6(e0, e1, e2, e3, e4, e5, two, four, eight):
     return e0 + p12 + p34, m12 + two * m34, p12 + four * p34, m12 + eight * m34 + e5
 
 
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _output_transform4(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags):
     """As ``f2._output_transform`` for F(4x4, 3x3): the 4x4 block A^T m A of every 6x6 tile,
     A^T = [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
@@ -148,7 +148,7 @@ def _output_transform4(m, y, dg, cols, d0, r0, r1, th, tw, bias, has_bias, flags
     (one interleaved store group)."""
     _, _, ho, wo = y.shape
     two, four, eight = _scalars(m, 2, 4, 8)
-    for task in range(_task_count(dg, r0, r1, th)):
+    for task in prange(_task_count(dg, r0, r1, th)):
         d, n, ra, rb, out = _task_plane(y, task, d0, r0, r1, th)
         add = bias[d0 + d] if has_bias else y.dtype.type(0)
         bad = 0  # outputs that are NaN or +-Inf

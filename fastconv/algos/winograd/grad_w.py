@@ -22,10 +22,18 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _blas, config
-from .._common import U
+from .._common import U, serial_twin
 from .grad_w4 import GT4, _grad_transform4
 from .tasks import _task_count, _task_plane
-from .tiling import _KERNELS, chunk_planes, problem, thread_runs, transformed
+from .tiling import (
+    _KERNELS,
+    _SERIAL,
+    chunk_planes,
+    per_thread,
+    problem,
+    thread_runs,
+    transformed,
+)
 
 
 @njit(inline="always")
@@ -34,7 +42,7 @@ def _a2(g0, g1):
     return g0, g0 + g1, g0 - g1, -g1
 
 
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _grad_transform(gy, p, dg, cols, d0, r0, r1, th, tw):
     """gy (N, C_out, Ho, Wo) -> p (16, Dg*cols + pad): the transformed output-gradient
     tiles of F(2x2, 3x3), p[4*a + b, d*cols + (r - r0)*tw + j] = (A g A^T)[a, b] for the
@@ -42,7 +50,7 @@ def _grad_transform(gy, p, dg, cols, d0, r0, r1, th, tw):
     (channel, image) of the chunk."""
     _, _, ho, wo = gy.shape
     width = 2 * tw
-    for task in range(_task_count(dg, r0, r1, th)):
+    for task in prange(_task_count(dg, r0, r1, th)):
         d, n, ra, rb, plane = _task_plane(gy, task, d0, r0, r1, th)
         rows = np.zeros((2, width), dtype=gy.dtype)
         t = np.empty((4, width), dtype=gy.dtype)
@@ -112,18 +120,23 @@ _GT2 = np.array([[1, 0.5, 0.5, 0], [0, 0.5, -0.5, 0], [0, 0.5, 0.5, 1]])
 
 #: The output-gradient transform and G^T of F(m x m, 3x3) per tile size m.
 _GRAD_KERNELS = {2: (_grad_transform, _GT2), 4: (_grad_transform4, GT4)}
+#: The output-gradient transforms compiled without threads (``tiling.per_thread``).
+_GRAD_SERIAL = {m: serial_twin(kernels[0]) for m, kernels in _GRAD_KERNELS.items()}
 
 
 def _grad_w_nchw(gy, x, grad_w, pads, groups, m) -> None:
     """grad_w (C_out, Cg, 3, 3) from gy (N, C_out, Ho, Wo) and x (N, C_in, H, W), both
     contiguous, with F(m x m, 3x3) (m 2 or 4): per chunk of tile rows and group,
     the input and output-gradient transforms and the (m+2)^2 GEMMs Yt[e] @ V[e]^T, summed
-    over chunks. The tile rows are split over the threads as in the forward
-    (``drivers._run_nchw``), each thread summing its own chunks; the threads' sums are
-    added in thread order (the same result on every call)."""
+    over chunks. Narrow layers split their tile rows over the threads as the forward
+    does (``drivers._run_nchw``), each thread summing its own chunks; the threads' sums
+    are added in thread order (the same result on every call)."""
     th, tw, cg, dg, threads, rows = problem(x.shape, gy.shape, groups, m, x.itemsize)
-    input_transform = _KERNELS[m][1]
-    grad_transform, gt = _GRAD_KERNELS[m]
+    split = per_thread(cg, dg)
+    gt = _GRAD_KERNELS[m][1]
+    input_transform = _SERIAL[m][0] if split else _KERNELS[m][1]
+    grad_transform = _GRAD_SERIAL[m] if split else _GRAD_KERNELS[m][0]
+    matmul = np.matmul if split else _blas.split_matmul
     pt, pl = pads
     runs = thread_runs(x.shape[0] * th, threads)
     totals = np.zeros((threads, groups, transformed(m), dg, cg), x.dtype)
@@ -137,10 +150,13 @@ def _grad_w_nchw(gy, x, grad_w, pads, groups, m) -> None:
             for g in range(groups):
                 input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
                 grad_transform(gy, yt_planes, dg, cols, g * dg, r0, r1, th, tw)
-                np.matmul(yt, v.transpose(0, 2, 1), out=part)
+                matmul(yt, v.transpose(0, 2, 1), out=part)
                 total[g] += part
 
-    _blas.on_threads(run, threads)
+    if split:
+        _blas.on_threads(run, threads)
+    else:
+        run(0)
     total = totals[0]
     for k in range(1, threads):
         total += totals[k]

@@ -12,7 +12,7 @@ Planes as in ``f4``: 36 flat planes, entry e = 6*a + b of every tile in row e.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 from ... import config
 from .._common import U
@@ -30,7 +30,7 @@ def _a6(g0, g1, g2, g3, two, four, eight):
     return g0, even + odd, even - odd, even4 + odd4, even4 - odd4, g3
 
 
-@njit(cache=True, nogil=True, fastmath=config.FASTMATH)
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _grad_transform4(gy, p, dg, cols, d0, r0, r1, th, tw):
     """gy (N, C_out, Ho, Wo) -> p (36, Dg*cols + pad): the transformed output-gradient
     tiles of F(4x4, 3x3), p[6*a + b, d*cols + (r - r0)*tw + j] = (A g A^T)[a, b] for the
@@ -45,7 +45,7 @@ def _grad_transform4(gy, p, dg, cols, d0, r0, r1, th, tw):
     over a tile row's 4 to 14 tiles only)."""
     _, _, ho, wo = gy.shape
     two, four, eight = _scalars(gy, 2, 4, 8)
-    for task in range(_task_count(dg, r0, r1, th)):
+    for task in prange(_task_count(dg, r0, r1, th)):
         d, n, ra, rb, plane = _task_plane(gy, task, d0, r0, r1, th)
         nr = rb - ra
         line = np.zeros(4 * tw, dtype=gy.dtype)   # one row, zero beyond Wo

@@ -9,7 +9,7 @@ import math
 import numba
 
 from ... import config
-from .._common import workspace
+from .._common import serial_twin, workspace
 from .f2 import _input_transform, _kernel_transform, _output_transform
 from .f4 import _input_transform4, _kernel_transform4, _output_transform4
 
@@ -17,6 +17,10 @@ from .f4 import _input_transform4, _kernel_transform4, _output_transform4
 #: transform).
 _KERNELS = {2: (_kernel_transform, _input_transform, _output_transform),
             4: (_kernel_transform4, _input_transform4, _output_transform4)}
+#: The input and output transforms compiled without threads, for layers whose tile rows
+#: are split over the threads (``per_thread``), by m.
+_SERIAL = {m: (serial_twin(kernels[1]), serial_twin(kernels[2]))
+           for m, kernels in _KERNELS.items()}
 
 
 def tile_size() -> int:
@@ -41,35 +45,53 @@ def tile_grid(h_out: int, w_out: int, m: int) -> tuple[int, int]:
 
 def chunk_rows(args, m: int | None = None) -> int:
     """Tile rows per chunk of an NCHW F(m x m, 3x3) (default: ``tile_size()``): each
-    thread's chunks of its share of the tile rows (``split_rows``)."""
+    thread's chunks of its share of the tile rows, or the chunks of a wide layer
+    (``split_rows``)."""
     m = tile_size() if m is None else m
     th, tw = tile_grid(args.h_out, args.w_out, m)
     return split_rows(args.n * th, tw, args.c_in // args.groups, args.c_out // args.groups,
                       args.dtype.itemsize, m)[1]
 
 
-#: Bytes of transformed tiles and GEMM operand or result that one thread's NCHW chunk
-#: aims at (``split_rows``): the chunk stays in that core's cache from its transforms
-#: to its GEMMs and back. Measured against one chunk of 16 MiB split over both threads
-#: task by task (2 threads, float32, F(4x4, 3x3)): forward 0.78x, weight gradient
-#: 0.73x on the bench suite's cifar layer (32 channels), 0.76x and 0.95x on resnet_56
-#: (64); wide layers gain nothing from smaller chunks, where ``THREAD_CHUNK_TILES``
-#: takes over.
+#: NCHW layers of at most this many channels per group, in and out together, split
+#: their tile rows over the threads (``per_thread``): each thread transforms its own
+#: chunks with single-threaded kernels and runs their GEMMs on one BLAS thread, so a
+#: chunk stays in its core's cache from its transforms to its GEMMs and back. Against
+#: chunks of 16 MiB whose transforms and GEMMs are each split over both threads
+#: (2 threads, float32, F(4x4, 3x3)): forward 0.78x, weight gradient 0.73x on the bench
+#: suite's cifar layer (32 -> 32 channels), 0.76x and 0.95x on resnet_56 (64 -> 64);
+#: resnet_28 (128 -> 128) forward 1.03-1.07x, resnet_14 (256 -> 256) 1.07-1.12x, so
+#: wider layers keep the shared chunks.
+PER_THREAD_MAX_CHANNELS = 128
+#: Bytes of transformed tiles and GEMM operand or result one thread's chunk aims at
+#: (``split_rows``): 4 MiB ran best on the cifar and resnet_56 layers (2-8 MiB tried).
 THREAD_CHUNK_BYTES = 4 << 20
-#: Tiles per chunk at least (the GEMMs' long side), whatever ``THREAD_CHUNK_BYTES``
-#: says: below about 256 the GEMMs of wide layers get too thin (resnet_28 and resnet_14
-#: ran 1.1x-1.2x slower with 4 MiB chunks of 112 and 56 tiles).
+#: Tiles per thread's chunk at least (the GEMMs' long side), whatever
+#: ``THREAD_CHUNK_BYTES`` says: thinner GEMMs run below their rate.
 THREAD_CHUNK_TILES = 256
 
 
+def per_thread(cg: int, dg: int) -> bool:
+    """Whether an NCHW layer of ``cg`` -> ``dg`` channels per group splits its tile rows
+    over the threads (``PER_THREAD_MAX_CHANNELS``)."""
+    return cg + dg <= PER_THREAD_MAX_CHANNELS
+
+
 def split_rows(total_rows, tw, cg, dg, itemsize, m) -> tuple[int, int]:
-    """(threads, rows): an NCHW F(m x m, 3x3) splits its ``total_rows`` tile rows (tw
-    tiles each) into one even run per thread (as many as numba uses, at most one per
-    row), and each thread goes through its run in chunks of ``rows`` tile rows: about
-    ``THREAD_CHUNK_BYTES`` of (m+2)^2 * (Cg + Dg) * rows * tw elements, at least
-    ``THREAD_CHUNK_TILES`` tiles, at most the thread's run, ``config.WINOGRAD_CHUNK_BYTES``
-    and its share of ``config.WORKSPACE_BYTES``; at least one row. The chunks of a run
-    are then evened out (two of 28 rows rather than 37 and 19)."""
+    """(threads, rows) of an NCHW F(m x m, 3x3) over ``total_rows`` tile rows of tw
+    tiles each.
+
+    A layer that splits its tile rows (``per_thread``) gives one even run to each
+    thread (as many as numba uses, at most one per row), and each thread goes through
+    its run in chunks of ``rows`` tile rows: about ``THREAD_CHUNK_BYTES`` of (m+2)^2 *
+    (Cg + Dg) * rows * tw elements, at least ``THREAD_CHUNK_TILES`` tiles, at most the
+    thread's run, ``config.WINOGRAD_CHUNK_BYTES`` and its share of
+    ``config.WORKSPACE_BYTES``; at least one row; the chunks of a run evened out (two of
+    28 rows rather than 37 and 19). A wider layer has one run (threads 1) in chunks of
+    ``config.WINOGRAD_CHUNK_BYTES`` within the workspace budget, each chunk's transforms
+    and GEMMs split over the threads."""
+    if not per_thread(cg, dg):
+        return 1, _rows_per_chunk(total_rows, tw, cg, dg, itemsize, m)
     threads = max(1, min(numba.get_num_threads(), total_rows))
     run = -(-total_rows // threads)
     per_row = transformed(m) * (cg + dg) * tw * itemsize
