@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ...costs import Estimate, Profile, gemm_seconds
@@ -36,7 +37,13 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     tiles = a.n * th * tw
     chunks = max(tiling.chunks(a, m), a.dilation[0] * a.dilation[1])
     cols = math.ceil(tiles / chunks)
-    gemm = gemm_seconds(p, dg, cg, cols, t * a.groups * chunks, item)
+    # NCHW layers split over the threads read their GEMM operands from the cache their
+    # transforms just wrote (``tiling.per_thread``): no traffic at the copy bandwidth,
+    # and the chunks' fixed costs overlap
+    split = not a.dims.channels_last and tiling.per_thread(cg, dg)
+    threads = tiling.split_rows(a.n * th, tw, cg, dg, item, m)[0] if split else 1
+    in_cache = dataclasses.replace(p, copy_gbs=math.inf) if split else p
+    gemm = gemm_seconds(in_cache, dg, cg, cols, t * a.groups * chunks, item)
     moved = t * (a.c_in + a.c_out) * tiles * item
     transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
     # copies to NCHW for other layouts (a dilated layer's phases are read and written in
@@ -46,9 +53,11 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
         f", {a.dilation[0] * a.dilation[1]} phases in place"
     io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
-    secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US) * 1e-6 + gemm + transforms
+    secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US / threads) * 1e-6 + gemm \
+        + transforms
     groups = f" x{a.groups} groups" if a.groups > 1 else ""
-    detail = (f"F({m}x{m}, 3x3), {chunks} chunks, {t} GEMMs {dg}x{cg}x{cols}{groups} "
+    where = f" over {threads} threads, in cache" if split else ""
+    detail = (f"F({m}x{m}, 3x3), {chunks} chunks{where}, {t} GEMMs {dg}x{cg}x{cols}{groups} "
               f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms{phased}")
     return Estimate(secs, tiling.workspace_bytes(a), detail)
 

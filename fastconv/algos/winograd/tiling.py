@@ -132,12 +132,15 @@ def workspace_bytes(args) -> int:
 
 
 def chunks(args, m: int | None = None) -> int:
-    """Chunks of tile rows the NCHW forward (or, with m, F(m x m, 3x3)) runs in, over
-    all threads."""
+    """Chunks of tile rows the forward (or, with m, F(m x m, 3x3)) runs in, over all
+    threads (``split_rows``; NHWC: one run, ``nhwc.run_nhwc``)."""
     m = tile_size() if m is None else m
     th, tw = tile_grid(args.h_out, args.w_out, m)
-    threads, rows = split_rows(args.n * th, tw, args.c_in // args.groups,
-                               args.c_out // args.groups, args.dtype.itemsize, m)
+    cg, dg = args.c_in // args.groups, args.c_out // args.groups
+    if args.dims.channels_last:
+        return math.ceil(args.n * th / _rows_per_chunk(args.n * th, tw, cg, dg,
+                                                       args.dtype.itemsize, m))
+    threads, rows = split_rows(args.n * th, tw, cg, dg, args.dtype.itemsize, m)
     return sum(math.ceil((hi - lo) / rows) for lo, hi in thread_runs(args.n * th, threads))
 
 
