@@ -29,10 +29,12 @@ group) and both layouts, each with transforms of its own (NCHW: ``f2``, ``f4``; 
 ``nhwc``, channels innermost; the weight gradient runs on NCHW copies). Tiles are
 processed in chunks of tile rows sized by ``config.WINOGRAD_CHUNK_BYTES`` (never above
 ``config.WORKSPACE_BYTES``), so the transformed tiles of a chunk are still in cache when
-its GEMMs read them. The backward pass computes grad_x as the same transform of grad_y
-with the flipped, transposed kernel (padding 2 - p), and grad_w as the adjoint of the
-same F(m x m, 3x3) in the Winograd domain (``grad_w``, ``grad_w4``); a dilated layer's
-as undilated problems, one per phase (``dilated``). Neither pass falls back to another
+its GEMMs read them; narrow NCHW layers split their tile rows over the threads, each
+thread with chunks of its own (``tiling.per_thread``, ``tiling.split_rows``). The
+backward pass computes grad_x as the same transform of grad_y with the flipped,
+transposed kernel (padding 2 - p), and grad_w as the adjoint of the same F(m x m, 3x3)
+in the Winograd domain (``grad_w``, ``grad_w4``); a dilated layer's as undilated
+problems, one per phase (``dilated``). Neither pass falls back to another
 algorithm: they report non-finite results to the caller (``drivers``).
 
 Modules: ``tasks`` (the transforms' task helpers), ``f2`` and ``f4`` (the F(2x2, 3x3) and
