@@ -57,7 +57,9 @@ WORKSPACE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_MB", 256) * MIB)
 IM2COL_CHUNK_BYTES: int = int(_env_float("FASTCONV_IM2COL_CHUNK_MB", 8) * MIB)
 #: Transformed tiles plus GEMM result per Winograd chunk (fastconv.algos.winograd): 8-32
 #: MiB ran fastest on the resnet layers here; below 4 MiB the (m+2)^2 GEMMs (36 for
-#: F(4x4, 3x3), 16 for F(2x2, 3x3)) get too thin.
+#: F(4x4, 3x3), 16 for F(2x2, 3x3)) get too thin. Narrow NCHW layers split their tile
+#: rows over the threads in chunks of their own (``winograd.tiling.split_rows``), no
+#: larger than this either.
 WINOGRAD_CHUNK_BYTES: int = int(_env_float("FASTCONV_WINOGRAD_CHUNK_MB", 16) * MIB)
 #: Output block m of algo="winograd", F(m x m, 3x3): 4 (36 multiplications per 16
 #: outputs, 4x fewer than direct) or 2 (16 per 4, 2.25x fewer; float32 error about 3x

@@ -5,12 +5,14 @@ import pytest
 
 from fastconv.algos.conv3d import window
 from fastconv.algos.im2col import unfold
+from fastconv.algos.winograd import grad_w, tiling
 
 TWINS = [
     (unfold._im2col_nchw, unfold._im2col_nchw_serial),
     (unfold._col2im_nchw, unfold._col2im_nchw_serial),
     (window.fold, window._fold_serial),
-]
+] + [(tiling._KERNELS[m][i], tiling._SERIAL[m][i - 1]) for m in (2, 4) for i in (1, 2)] \
+  + [(grad_w._GRAD_KERNELS[m][0], grad_w._GRAD_SERIAL[m]) for m in (2, 4)]
 
 
 @pytest.mark.parametrize("kernel,twin", TWINS, ids=lambda k: k.py_func.__name__)

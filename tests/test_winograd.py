@@ -53,7 +53,8 @@ def _arrays(case, dtype, seed=0):
 # float32: max error / max |y| (F(4x4, 3x3) multiplies by up to 8 and 1/24 in its
 # transforms, so it loses a few more bits than F(2x2, 3x3); im2col's is about 1e-7)
 F32_TOL = {2: 1e-6, 4: 1e-5}
-GRAD_W_TOL = 2e-6   # the weight gradient always runs F(2x2, 3x3) (winograd.GRAD_W_TILE)
+# the weight gradient runs the forward's tile: F(2x2, 3x3) about 7e-7, F(4x4, 3x3) 7e-6
+GRAD_W_TOL = {2: 2e-6, 4: 1.5e-5}
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -89,7 +90,7 @@ def test_backward_matches_reference(case, dtype, layout, tile):
         gx, gw, gb = fastconv.conv2d_backward(gy, x, wt, algo="winograd", **kw)
     tol = 1e-13 if dtype == np.float64 else F32_TOL[tile]
     assert ref.rel_error(gx, want_x) <= tol
-    assert ref.rel_error(gw, want_w) <= (1e-13 if dtype == np.float64 else GRAD_W_TOL)
+    assert ref.rel_error(gw, want_w) <= (1e-13 if dtype == np.float64 else GRAD_W_TOL[tile])
     assert ref.rel_error(gb, want_b) <= tol
 
 
@@ -143,7 +144,7 @@ def test_float32_accuracy_on_a_resnet_layer(tile):
     _, want_w, _ = fastconv.conv2d_backward(gy, x, w, padding=1, algo="im2col")
     _, gw, _ = fastconv.conv2d_backward(gy.astype(np.float32), x32, w32, padding=1,
                                         algo="winograd")
-    assert ref.rel_error(gw, want_w) <= GRAD_W_TOL
+    assert ref.rel_error(gw, want_w) <= GRAD_W_TOL[tile]
 
 
 @pytest.mark.parametrize("bad", [dict(stride=2, ksize=3), dict(stride=1, ksize=5),

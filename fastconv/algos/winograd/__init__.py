@@ -29,17 +29,20 @@ group) and both layouts, each with transforms of its own (NCHW: ``f2``, ``f4``; 
 ``nhwc``, channels innermost; the weight gradient runs on NCHW copies). Tiles are
 processed in chunks of tile rows sized by ``config.WINOGRAD_CHUNK_BYTES`` (never above
 ``config.WORKSPACE_BYTES``), so the transformed tiles of a chunk are still in cache when
-its GEMMs read them. The backward pass computes grad_x as the same transform of grad_y
-with the flipped, transposed kernel (padding 2 - p), and grad_w as the adjoint of
-F(2x2, 3x3) in the Winograd domain (``grad_w``); a dilated layer's as undilated problems,
-one per phase (``dilated``). Neither pass falls back to another
+its GEMMs read them; narrow NCHW layers split their tile rows over the threads, each
+thread with chunks of its own (``tiling.per_thread``, ``tiling.split_rows``). The
+backward pass computes grad_x as the same transform of grad_y with the flipped,
+transposed kernel (padding 2 - p), and grad_w as the adjoint of the same F(m x m, 3x3)
+in the Winograd domain (``grad_w``, ``grad_w4``); a dilated layer's as undilated
+problems, one per phase (``dilated``). Neither pass falls back to another
 algorithm: they report non-finite results to the caller (``drivers``).
 
 Modules: ``tasks`` (the transforms' task helpers), ``f2`` and ``f4`` (the F(2x2, 3x3) and
 F(4x4, 3x3) transforms), ``tiling`` (tile size, chunks, transformed-tile planes, phases),
 ``kernel`` (the kernel transform of both sizes), ``grad_w`` (the weight-gradient
-adjoint), ``nhwc`` (the NHWC transforms and run), ``dilated`` (the backward of dilated
-layers by phases), ``drivers`` (``forward``, ``backward``).
+adjoint; ``grad_w4``: its F(4x4, 3x3) output-gradient transform), ``nhwc`` (the NHWC
+transforms and run), ``dilated`` (the backward of dilated layers by phases),
+``drivers`` (``forward``, ``backward``).
 """
 
 from .cost import ALGORITHM  # registers the entry
@@ -51,7 +54,6 @@ from .drivers import (
     grad_x_supported,
     supports,
 )
-from .grad_w import GRAD_W_TILE
 from .kernel import transform_kernel
 from .tiling import (
     PLANE_PAD,
@@ -64,7 +66,7 @@ from .tiling import (
     workspace_bytes,
 )
 
-__all__ = ["ALGORITHM", "GRAD_W_TILE", "PLANE_PAD", "backward", "chunk_rows", "chunks",
+__all__ = ["ALGORITHM", "PLANE_PAD", "backward", "chunk_rows", "chunks",
            "forward", "grad_w_supported", "grad_x_supported", "phase_problems", "phases",
            "supports", "tile_grid", "tile_size", "transform_kernel", "transformed",
            "workspace_bytes"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ...costs import Estimate, Profile, gemm_seconds
 from ..im2col import cost as im2col_cost
 from ..registry import Algorithm, register
-from . import drivers, grad_w, phase_batch, tiling
+from . import drivers, phase_batch, tiling
 
 #: The layouts whose forward and grad_x have transforms of their own (NHWC: ``nhwc``);
 #: the weight gradient runs in the Winograd domain on NCHW copies in NHWC, for wide
@@ -36,7 +37,13 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     tiles = a.n * th * tw
     chunks = max(tiling.chunks(a, m), a.dilation[0] * a.dilation[1])
     cols = math.ceil(tiles / chunks)
-    gemm = gemm_seconds(p, dg, cg, cols, t * a.groups * chunks, item)
+    # NCHW layers split over the threads read their GEMM operands from the cache their
+    # transforms just wrote (``tiling.per_thread``): no traffic at the copy bandwidth,
+    # and the chunks' fixed costs overlap
+    split = not a.dims.channels_last and tiling.per_thread(cg, dg)
+    threads = tiling.split_rows(a.n * th, tw, cg, dg, item, m)[0] if split else 1
+    in_cache = dataclasses.replace(p, copy_gbs=math.inf) if split else p
+    gemm = gemm_seconds(in_cache, dg, cg, cols, t * a.groups * chunks, item)
     moved = t * (a.c_in + a.c_out) * tiles * item
     transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
     # copies to NCHW for other layouts (a dilated layer's phases are read and written in
@@ -46,17 +53,20 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
         f", {a.dilation[0] * a.dilation[1]} phases in place"
     io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
-    secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US) * 1e-6 + gemm + transforms
+    secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US / threads) * 1e-6 + gemm \
+        + transforms
     groups = f" x{a.groups} groups" if a.groups > 1 else ""
-    detail = (f"F({m}x{m}, 3x3), {chunks} chunks, {t} GEMMs {dg}x{cg}x{cols}{groups} "
+    where = f" over {threads} threads, in cache" if split else ""
+    detail = (f"F({m}x{m}, 3x3), {chunks} chunks{where}, {t} GEMMs {dg}x{cg}x{cols}{groups} "
               f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms{phased}")
     return Estimate(secs, tiling.workspace_bytes(a), detail)
 
 
 def backward_cost(a, p: Profile) -> Estimate:
     """Model time of the backward: Winograd's grad_x (the forward's transform of grad_y)
-    and grad_w (the adjoint of F(2x2, 3x3), priced as that forward) where it computes
-    them, im2col's share for the rest (about one forward for grad_w, two for grad_x)."""
+    and grad_w (the adjoint of the forward's F(m x m, 3x3), priced as that forward)
+    where it computes them, im2col's share for the rest (about one forward for grad_w,
+    two for grad_x)."""
     call = p.call_us * 1e-6
     item = a.dtype.itemsize
     cols, cws, _ = im2col_cost.cost(a, p)
@@ -70,7 +80,7 @@ def backward_cost(a, p: Profile) -> Estimate:
         ws = max(ws, wws)
         parts.append("grad_x")
     if by_w:
-        wino, wws, _ = cost(a, p, grad_w.GRAD_W_TILE)
+        wino, wws, _ = cost(a, p)
         secs += wino - call
         if a.layout != "NCHW":  # grad_w's copies of grad_y and x to NCHW
             moved = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item

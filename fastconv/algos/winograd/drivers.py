@@ -18,7 +18,16 @@ from . import nhwc
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
 from .kernel import _grad_x_kernel, transform_kernel
-from .tiling import _KERNELS, chunk_planes, phases, problem, tile_size
+from .tiling import (
+    _KERNELS,
+    _SERIAL,
+    chunk_planes,
+    per_thread,
+    phases,
+    problem,
+    thread_runs,
+    tile_size,
+)
 
 
 def supports(args) -> bool:
@@ -66,23 +75,41 @@ def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
     """y (N, C_out, Ho, Wo) = F(m x m, 3x3) of x (N, C_in, H, W) (contiguous, or a
     dilated layer's phases: strided views), with the
     transformed kernel u (G, (m+2)^2, Dg, Cg) and padding (top, left), dilation 1.
-    Returns whether every output is finite."""
-    th, tw, cg, dg, rows = problem(x.shape, y.shape, groups, m, x.itemsize)
-    _, input_transform, output_transform = _KERNELS[m]
+    Returns whether every output is finite.
+
+    Narrow layers (``tiling.per_thread``) split their tile rows into one even run per
+    thread (``tiling.split_rows``); each thread goes through its run chunk by chunk,
+    the transforms (single-threaded kernels) and the chunk's GEMMs (on one BLAS thread)
+    one after the other, so a chunk's transformed tiles stay in its core's cache. Wider
+    layers go through one run, each chunk's transforms and GEMMs split over the
+    threads (``_blas.split_matmul``)."""
+    th, tw, cg, dg, threads, rows = problem(x.shape, y.shape, groups, m, x.itemsize)
+    split = per_thread(cg, dg)
+    input_transform, output_transform = _SERIAL[m] if split else _KERNELS[m][1:]
+    matmul = np.matmul if split else _blas.split_matmul
     pt, pl = pads
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, x.dtype)
-    flags = np.zeros(dg * (rows // th + 2), np.bool_)  # a chunk covers <= rows/th + 2 images
-    finite = True
-    for r0, r1, cols, (v, v_planes), (prod, prod_planes) in chunk_planes(
-            x.shape[0] * th, rows, tw, cg, dg, m, x.dtype):
-        for g in range(groups):
-            input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
-            _blas.split_matmul(u[g], v, prod)
-            output_transform(prod_planes, y, dg, cols, g * dg, r0, r1, th, tw, b,
-                             has_bias, flags)
-            finite = finite and not flags.any()
-    return finite
+    runs = thread_runs(x.shape[0] * th, threads)
+    bad = [False] * threads
+
+    def part(k):
+        flags = np.zeros(dg * (rows // th + 2), np.bool_)  # a chunk: <= rows/th + 2 images
+        lo, hi = runs[k]
+        for r0, r1, cols, (v, v_planes), (prod, prod_planes) in chunk_planes(
+                hi, rows, tw, cg, dg, m, x.dtype, lo):
+            for g in range(groups):
+                input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
+                matmul(u[g], v, out=prod)
+                output_transform(prod_planes, y, dg, cols, g * dg, r0, r1, th, tw, b,
+                                 has_bias, flags)
+                bad[k] = bad[k] or flags.any()
+
+    if split:
+        _blas.on_threads(part, threads)
+    else:
+        part(0)
+    return not any(bad)
 
 
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> bool:
@@ -140,8 +167,8 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
 
     grad_x[n, c, i, j] = sum_{d,a,b} grad_y[n, d, i + p_top - a, j + p_left - b] w[d, c, a, b]
     is a 3x3 correlation of grad_y with the flipped kernel, channels transposed, padding
-    (2 - p): the forward's transform applies. grad_w is the adjoint of F(2x2, 3x3) in the
-    Winograd domain (``grad_w._grad_w_nchw``, ``GRAD_W_TILE``). A dilated layer runs as
+    (2 - p): the forward's transform applies. grad_w is the adjoint of F(m x m, 3x3) in the
+    Winograd domain (``grad_w._grad_w_nchw``, the forward's tile size m). A dilated layer runs as
     undilated problems, one per phase (``dilated.backward_phases``).
 
     Returns (ok_x, ok_w): False for a gradient the caller must compute itself, because
@@ -163,7 +190,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
     if by_w:  # NCHW, or NHWC on copies (wide layers, ``grad_w_supported``)
         gw = _nhwc.oihw_target(grad_w, dims)
         _grad_w_nchw(_nhwc.nchw_copy(grad_y, dims), _nhwc.nchw_copy(x, dims), gw, (pt, pl),
-                     args.groups)
+                     args.groups, m)
         _nhwc.write_weight_back(gw, grad_w, dims)
         ok_w = bool(np.isfinite(gw).all())
     if by_x:

@@ -1,10 +1,19 @@
-"""The weight gradient in the Winograd domain: the adjoint of F(2x2, 3x3).
+"""The weight gradient in the Winograd domain: the adjoint of F(m x m, 3x3).
 
 y = A^T [(G w G^T) * (B^T d B)] A is linear in w, so its adjoint gives the weight
 gradient of one tile: grad_w += G^T [(A gy A^T) * (B^T d B)] G, with gy the tile's m x m
 block of grad_y. Summed over channels and tiles: per entry e of the (m+2) x (m+2)
 transforms, GW[e] (Dg, Cg) = sum over tiles of Yt[e] (Dg, tiles) @ V[e]^T, one GEMM per
 entry as in the forward, then grad_w[d, c] = G^T GW[:, d, c] G.
+
+The tile size is the forward's (``tiling.tile_size``, ``config.WINOGRAD_TILE``):
+F(4x4, 3x3) by default, F(2x2, 3x3) (``_grad_transform`` here; F(4x4, 3x3)'s in
+``grad_w4``) as the more accurate variant. F(4x4, 3x3) transforms 2.25 instead of 4
+values per input and output-gradient element and its 36 GEMMs sum over 4x fewer tiles:
+weight gradient alone, float32, NCHW, F(4x4) / F(2x2) time 0.71 on the bench suite's
+cifar (64 x 32 x 32 x 32, 32 -> 32 channels), resnet_56 and resnet_28 layers and 1.0 on
+resnet_14 (2 threads; 0.72, 0.73, 0.71, 0.94 on one), for a float32 error of about 7e-6
+of the largest gradient instead of 7e-7 (im2col: 4e-7), the forward's own trade.
 """
 
 from __future__ import annotations
@@ -13,9 +22,18 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _blas, config
-from .._common import U
+from .._common import U, serial_twin
+from .grad_w4 import GT4, _grad_transform4
 from .tasks import _task_count, _task_plane
-from .tiling import _KERNELS, chunk_planes, problem, transformed
+from .tiling import (
+    _KERNELS,
+    _SERIAL,
+    chunk_planes,
+    per_thread,
+    problem,
+    thread_runs,
+    transformed,
+)
 
 
 @njit(inline="always")
@@ -100,30 +118,47 @@ def _weight_from_transform(gw, gt, grad_w, o0):
 #: G^T (3 x 4) of F(2x2, 3x3), float64.
 _GT2 = np.array([[1, 0.5, 0.5, 0], [0, 0.5, -0.5, 0], [0, 0.5, 0.5, 1]])
 
-
-#: The weight gradient always uses F(2x2, 3x3): on a resnet_56 layer (16 x 64 x 56 x 56)
-#: it ran as fast as an F(4x4, 3x3) version (23.6 vs 22.7 ms; its GEMMs sum over 4x more
-#: tiles, the long dimension) with a float32 error of 7.4e-7 instead of 7.3e-6 of the
-#: largest gradient (im2col: 4.4e-7), so only the F(2x2, 3x3) kernels exist.
-GRAD_W_TILE = 2
+#: The output-gradient transform and G^T of F(m x m, 3x3) per tile size m.
+_GRAD_KERNELS = {2: (_grad_transform, _GT2), 4: (_grad_transform4, GT4)}
+#: The output-gradient transforms compiled without threads (``tiling.per_thread``).
+_GRAD_SERIAL = {m: serial_twin(kernels[0]) for m, kernels in _GRAD_KERNELS.items()}
 
 
-def _grad_w_nchw(gy, x, grad_w, pads, groups) -> None:
+def _grad_w_nchw(gy, x, grad_w, pads, groups, m) -> None:
     """grad_w (C_out, Cg, 3, 3) from gy (N, C_out, Ho, Wo) and x (N, C_in, H, W), both
-    contiguous, with F(2x2, 3x3): per chunk of tile rows and group, the input and
-    output-gradient transforms and the 16 GEMMs Yt[e] @ V[e]^T, summed over chunks."""
-    m = GRAD_W_TILE
-    th, tw, cg, dg, rows = problem(x.shape, gy.shape, groups, m, x.itemsize)
-    input_transform = _KERNELS[m][1]
+    contiguous, with F(m x m, 3x3) (m 2 or 4): per chunk of tile rows and group,
+    the input and output-gradient transforms and the (m+2)^2 GEMMs Yt[e] @ V[e]^T, summed
+    over chunks. Narrow layers split their tile rows over the threads as the forward
+    does (``drivers._run_nchw``), each thread summing its own chunks; the threads' sums
+    are added in thread order (the same result on every call)."""
+    th, tw, cg, dg, threads, rows = problem(x.shape, gy.shape, groups, m, x.itemsize)
+    split = per_thread(cg, dg)
+    gt = _GRAD_KERNELS[m][1]
+    input_transform = _SERIAL[m][0] if split else _KERNELS[m][1]
+    grad_transform = _GRAD_SERIAL[m] if split else _GRAD_KERNELS[m][0]
+    matmul = np.matmul if split else _blas.split_matmul
     pt, pl = pads
-    total = np.zeros((groups, transformed(m), dg, cg), x.dtype)
-    part = np.empty((transformed(m), dg, cg), x.dtype)
-    for r0, r1, cols, (v, v_planes), (yt, yt_planes) in chunk_planes(
-            x.shape[0] * th, rows, tw, cg, dg, m, x.dtype):
-        for g in range(groups):
-            input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
-            _grad_transform(gy, yt_planes, dg, cols, g * dg, r0, r1, th, tw)
-            _blas.split_matmul(yt, v.transpose(0, 2, 1), part)
-            total[g] += part
+    runs = thread_runs(x.shape[0] * th, threads)
+    totals = np.zeros((threads, groups, transformed(m), dg, cg), x.dtype)
+
+    def run(k):
+        total = totals[k]
+        part = np.empty((transformed(m), dg, cg), x.dtype)
+        lo, hi = runs[k]
+        for r0, r1, cols, (v, v_planes), (yt, yt_planes) in chunk_planes(
+                hi, rows, tw, cg, dg, m, x.dtype, lo):
+            for g in range(groups):
+                input_transform(x, v_planes, cg, cols, g * cg, r0, r1, th, tw, pt, pl)
+                grad_transform(gy, yt_planes, dg, cols, g * dg, r0, r1, th, tw)
+                matmul(yt, v.transpose(0, 2, 1), out=part)
+                total[g] += part
+
+    if split:
+        _blas.on_threads(run, threads)
+    else:
+        run(0)
+    total = totals[0]
+    for k in range(1, threads):
+        total += totals[k]
     for g in range(groups):
-        _weight_from_transform(total[g], _GT2, grad_w, g * dg)
+        _weight_from_transform(total[g], gt, grad_w, g * dg)
