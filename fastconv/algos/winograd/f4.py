@@ -64,6 +64,18 @@ def _bt6(e0, e1, e2, e3, e4, e5, two, four, five):
 
 
 @njit(inline="always")
+def _zero6(s0, s1, s2, s3, s4, s5, base, n, zero):
+    """s0[base + j], ..., s5[base + j] = zero for j < n (a tile row outside the image)."""
+    for j in range(n):
+        s0[base + j] = zero
+        s1[base + j] = zero
+        s2[base + j] = zero
+        s3[base + j] = zero
+        s4[base + j] = zero
+        s5[base + j] = zero
+
+
+@njit(inline="always")
 def _put6(o, s0, s1, s2, s3, s4, s5, i):
     """s0[i], ..., s5[i] = the six values of o (one ``_bt6`` result)."""
     s0[i] = o[0]
@@ -121,13 +133,7 @@ def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
             base = U((rho // 4) * tw)
             s0, s1, s2, s3, s4, s5 = dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]
             if top + rho < 0 or top + rho >= h:
-                for j in range(U(tw)):
-                    s0[base + j] = zero
-                    s1[base + j] = zero
-                    s2[base + j] = zero
-                    s3[base + j] = zero
-                    s4[base + j] = zero
-                    s5[base + j] = zero
+                _zero6(s0, s1, s2, s3, s4, s5, base, U(tw), zero)
                 continue
             src = img[top + rho]
             for j in range(jlo):

@@ -16,7 +16,7 @@ from numba import njit, prange
 
 from ... import config
 from .._common import U
-from .f4 import _at, _put6
+from .f4 import _at, _put6, _zero6
 from .tasks import _scalars, _task_count, _task_plane
 
 
@@ -58,13 +58,7 @@ def _grad_transform4(gy, p, dg, cols, d0, r0, r1, th, tw):
             base = U((rho // 4) * tw)
             s0, s1, s2, s3, s4, s5 = dst[0], dst[1], dst[2], dst[3], dst[4], dst[5]
             if top + rho >= ho:
-                for j in range(U(tw)):
-                    s0[base + j] = zero
-                    s1[base + j] = zero
-                    s2[base + j] = zero
-                    s3[base + j] = zero
-                    s4[base + j] = zero
-                    s5[base + j] = zero
+                _zero6(s0, s1, s2, s3, s4, s5, base, U(tw), zero)
                 continue
             src = plane[top + rho]
             for j in range(U(full)):  # tiles wholly inside the row
