@@ -28,17 +28,22 @@ from .layout import LAYOUTS
 AS_2D = {"NCW": "NCHW", "NWC": "NHWC"}
 
 
+def _unit_height(a):
+    """(the 2-D layout, conv2d's (stride, padding, dilation, groups)) of 1-D problem
+    ``a`` run over a unit height axis."""
+    window = ((1, a.stride[0]), ((0, 0), a.padding[0]), (1, a.dilation[0]), a.groups)
+    return LAYOUTS[AS_2D[a.layout]], window
+
+
 def _as_2d(op, x, w, bias, stride, padding, dilation, groups, layout, algo):
     """Validate a conv1d problem; returns (x4, w4, bias, args, lay2, window) with x4 and
     w4 the 4-D views conv2d runs and ``window`` its (stride, padding, dilation, groups)."""
     registry.check_algo(op, algo)
     x, w, bias, args = conv_nd_arrays(op, x, w, bias, stride, padding, dilation, groups,
                                       layout, rank=1)
-    lay2 = LAYOUTS[AS_2D[args.layout]]
+    lay2, window = _unit_height(args)
     x4 = np.expand_dims(x, lay2.name.index("H"))
     w4 = np.expand_dims(w, lay2.weight.index("H"))
-    window = ((1, args.stride[0]), ((0, 0), args.padding[0]), (1, args.dilation[0]),
-              args.groups)
     if algo == "winograd":
         reason = line.why_not(args)
         if reason is not None:
@@ -211,11 +216,10 @@ def conv1d_plan(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1, *,
     a = conv_nd_args_from_shapes(op, x_shape, w_shape, rank=1, stride=stride,
                                  padding=padding, dilation=dilation, groups=groups,
                                  layout=layout, dtype=autotune.plan_dtype(op, dtype))
-    lay2 = LAYOUTS[AS_2D[a.layout]]
+    lay2, window = _unit_height(a)
     x4 = (a.n, a.c_in, 1, a.size[0]) if lay2.name == "NCHW" else (a.n, 1, a.size[0], a.c_in)
     k, cg = a.kernel[0], a.c_in // a.groups
     w4 = (a.c_out, cg, 1, k) if lay2.name == "NCHW" else (1, k, cg, a.c_out)
-    window = ((1, a.stride[0]), ((0, 0), a.padding[0]), (1, a.dilation[0]), a.groups)
     p2 = autotune.plan(x4, w4, *window, layout=lay2.name, dtype=a.dtype, backward=backward)
     if not _by_winograd(op, a, x4, w4, window, lay2, "auto"):
         return p2

@@ -33,7 +33,8 @@ from numba import njit
 from .._common import U
 
 
-def _phase_geometry(band, kh, kw, sh, sw, pt, pl, rh, rw, wo):
+@njit(inline="always")
+def _phase_geometry(band, kh, kw, sh, sw, pl, rh, rw, wo):
     """(rows, left, width): the band's source rows (its first at (i0*sh - pt), padding
     rows included), the zero columns left of each phase row, and a phase row's length
     (every tap reads Wo entries of one phase row from column k + left)."""
@@ -46,9 +47,9 @@ def _phase_geometry(band, kh, kw, sh, sw, pt, pl, rh, rw, wo):
 def phase_size(band: int, args) -> int:
     """Elements of the phase buffer ``unfold_phased`` needs for a band of ``band``
     output rows of the conv2d record ``args`` (one channel's phases at a time)."""
-    rows, _, width = _phase_geometry(band, args.kh, args.kw, args.stride[0], args.stride[1],
-                                     args.padding[0][0], args.padding[1][0],
-                                     args.dilation[0], args.dilation[1], args.w_out)
+    sh, sw = args.stride
+    rows, _, width = _phase_geometry.py_func(band, args.kh, args.kw, sh, sw,
+                                             args.padding[1][0], *args.dilation, args.w_out)
     return rows * args.stride[1] * width
 
 
@@ -62,9 +63,7 @@ def unfold_phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     _, c_all, h, wd = x.shape
     length = cols.shape[2]
     band = length // wo
-    rows = (band - 1) * sh + (kh - 1) * rh + 1
-    left = -(-pl // sw)
-    width = wo + ((kw - 1) * rw - pl) // sw + left
+    rows, left, width = _phase_geometry(band, kh, kw, sh, sw, pl, rh, rw, wo)
     r0 = i0 * sh - pt
     ph = phases[:rows * sw * width].reshape((rows, sw, width))
     flat = ph.reshape(ph.size)
