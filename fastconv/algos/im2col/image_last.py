@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from ... import config
+from ... import _blas, config
 from ..._runtime import parallel_guard
 from ...layout import permutation
 from .._common import U, geometry, valid_range, view, workspace
@@ -212,7 +212,7 @@ def forward_image_last(x, wmat, args, out, bias, t) -> None:
             _to_last(x, n0, xt, args.dims)
             _im2col_chwn(xt, cols, 0, *conv)
         y = view(tmp[:args.c_out * length], (g, dg, length))
-        np.matmul(wmat, view(cols, (g, cgkk, length)), out=y)
+        _blas.matmul(wmat, view(cols, (g, cgkk, length)), out=y)
         with parallel_guard():
             _scatter_chwn(view(y, (args.c_out, length)), out, n0, 0, nb, bias_flat)
 
