@@ -1,4 +1,5 @@
-"""Matrix products through numpy's BLAS, small ones on a single BLAS thread.
+"""Matrix products through numpy's BLAS on one BLAS thread, large ones split over numba's
+threads.
 
 A multi-threaded BLAS call waits for all of its threads. When the machine is busy, a
 thread that is not scheduled stalls the call for a whole scheduler time slice: on the
@@ -9,9 +10,13 @@ keeps spinning on a core (about 0.1 s of CPU time after each call here), which s
 numba kernels that follow: a
 LeNet training step took 7.3 ms with the linear layers on two BLAS threads and 5.2 ms on
 one, and 4.7 vs 3.5 ms when the forward convolutions' GEMMs (7.5 and 15.4 million
-multiply-adds) ran on one thread too. Products of at most ``config.SMALL_GEMM_MACS``
-multiply-adds therefore run through :func:`matmul` with numpy's BLAS limited to one
-thread (through threadpoolctl; without it, nothing is limited).
+multiply-adds) ran on one thread too. :func:`matmul` therefore never lets numpy's BLAS
+start its own threads where it can avoid it: products of fewer than
+``_threaded_gemm.MIN_MACS`` multiply-adds run on one BLAS thread, larger ones in blocks
+on numba's threads with one BLAS thread each (``_threaded_gemm.product``; numpy's BLAS
+threads only where that does not apply and the product is larger than
+``config.SMALL_GEMM_MACS``). numpy's BLAS is limited through threadpoolctl (without it,
+nothing is limited).
 
 The limit is process-wide while any small product runs: a large product started by
 another Python thread at that moment runs on one thread too (correct, only slower).
@@ -28,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import config
+from . import _threaded_gemm, config
 
 _lock = threading.Lock()
 _active = 0            # small products running now (all threads)
@@ -99,11 +104,21 @@ def is_small(m: int, k: int, n: int, batch: int = 1) -> bool:
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)`` for operands of 2 or more dimensions, on one BLAS thread
-    when the product is small (:func:`is_small`)."""
+    when the product is small (:func:`is_small`), else cut into blocks on numba's
+    threads, one BLAS thread each (``_threaded_gemm.product``; numpy's BLAS threads
+    where that does not apply)."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = max(a.size // max(m * k, 1), b.size // max(k * n, 1))
-    if is_small(m, k, n, batch):
+    if batch * m * k * n < _threaded_gemm.MIN_MACS:
         with one_blas_thread():
+            return np.matmul(a, b, out=out)
+    if out is None:
+        out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n),
+                       np.result_type(a, b))
+    with one_blas_thread():
+        if _threaded_gemm.product(a, b, out):
+            return out
+        if is_small(m, k, n, batch):
             return np.matmul(a, b, out=out)
     return np.matmul(a, b, out=out)
 
@@ -141,8 +156,12 @@ def split_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     batch = b.shape[0]
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     threads = min(numba.get_num_threads(), batch)
-    if threads <= 1 or is_small(m, k, n, batch):
-        with one_blas_thread():
+    with one_blas_thread():
+        if threads <= 1 or batch * m * k * n < _threaded_gemm.MIN_MACS:
+            return np.matmul(a, b, out=out)
+        if _threaded_gemm.product(a, b, out):
+            return out
+        if is_small(m, k, n, batch):
             return np.matmul(a, b, out=out)
     bounds = [batch * t // threads for t in range(threads + 1)]
 

@@ -72,6 +72,38 @@ def gemm(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)
     return sig, codegen
 
 
+@intrinsic
+def gemm_at(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """``gemm`` with the matrices given by address (integers) instead of arrays: the
+    float type comes from ``beta`` (float32 or float64). The caller keeps the arrays
+    alive and in bounds; kernels built on it compile once per dtype."""
+    dt = beta
+    sig = types.void(fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        at = signature.args
+        flt = context.get_value_type(dt)
+        i32, i64 = ir.IntType(32), ir.IntType(64)
+        ptr = flt.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, flt, ptr, i64,
+                                               ptr, i64, flt, ptr, i64])
+
+        def int64(i):
+            return context.cast(builder, args[i], at[i], types.int64)
+
+        def address(i):
+            return builder.inttoptr(int64(i), ptr)
+
+        f = builder.inttoptr(int64(0), fnty.as_pointer())
+        builder.call(f, [i32(ROW_MAJOR), builder.trunc(int64(1), i32),
+                         builder.trunc(int64(2), i32), int64(3), int64(4), int64(5),
+                         context.get_constant(dt, 1.0), address(6), int64(7), address(8),
+                         int64(9), args[10], address(11), int64(12)])
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
 @njit(cache=True)
 def _product(fn, a, b, c):
     gemm(fn, NO_TRANS, NO_TRANS, a.shape[0], b.shape[1], a.shape[1], a, a.shape[1], b,

@@ -91,7 +91,7 @@ def _forward_nchw(x, w, args, out, bias) -> None:
         cols = view(buf[:nb * ckk * length], (nb, ckk, length))
         unfold_nchw(x, cols, n0, i0, conv)
         y = view(out[n0:n0 + nb, :, i0:i0 + band, :], (nb, g, dg, length))
-        np.matmul(wmat, view(cols, (nb, g, cgkk, length)), out=y)
+        _blas.matmul(wmat, view(cols, (nb, g, cgkk, length)), out=y)
         if bias_g is not None:
             y += bias_g
 

@@ -137,9 +137,9 @@ def _nhwc(gy, x, w, args, grad_x, grad_w, g, dg, cg) -> None:
     xv = None if grad_w is None else view(x, (p, g, cg))
     for gi in range(g):  # row-strided operands go to BLAS as they are
         if gx is not None:
-            np.matmul(gyv[:, gi], wmat[:, gi].T, out=gx[:, gi])
+            _blas.matmul(gyv[:, gi], wmat[:, gi].T, out=gx[:, gi])
         if gw is not None:
-            np.matmul(xv[:, gi].T, gyv[:, gi], out=gw[:, gi])
+            _blas.matmul(xv[:, gi].T, gyv[:, gi], out=gw[:, gi])
 
 
 def backward_cost_pointwise(a, p: Profile) -> Estimate:
