@@ -10,8 +10,8 @@ development machine; numba's threads start in ~2 us.
 
 :func:`product` therefore computes ``out = a @ b`` (np.matmul's batching and
 broadcasting) as blocks: one per batch entry, or, with fewer entries than threads (or a
-count the threads do not share evenly), each entry's output columns (or rows) cut into
-as many parts as balance the threads. A numba ``prange`` runs the blocks, each through
+count the threads do not share evenly), each entry's output cut along its longer side
+(columns or rows) into as many parts as balance the threads. A numba ``prange`` runs the blocks, each through
 numpy's own ``cblas_?gemm`` (``_cblas.gemm_at``, by address: one compiled kernel per
 dtype) while numpy's BLAS is held at one thread.
 
@@ -168,7 +168,7 @@ def _plan(a, b, out, threads: int):
     except ValueError:                     # shapes that do not broadcast to out's
         return False
     parts = _parts(offsets.shape[1], threads)
-    by_cols = n >= parts * MIN_PART or m < parts * MIN_PART
+    by_cols = n >= m or m < parts * MIN_PART       # cut the longer side
     parts = max(1, min(parts, (n if by_cols else m) // MIN_PART))
     ops = np.array([0, 0, 0, ma[1], mb[1], mc[1], ma[0], mb[0], m, n, k, out.itemsize],
                    np.int64)
