@@ -123,6 +123,24 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     return np.matmul(a, b, out=out)
 
 
+def matmul_sum(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``out[...] = np.matmul(a, b).sum(axis=0)`` term by term (no (E, ...) temporary):
+    one run of terms per numba thread when the products are not small
+    (``_threaded_gemm.product_sum``), else on one BLAS thread in the calling thread."""
+    terms, (m, k), n = a.shape[0], a.shape[-2:], b.shape[-1]
+    if terms == 1:
+        return matmul(a[0], b[0], out=out)
+    with one_blas_thread():
+        if out.size // max(m * n, 1) * terms * m * k * n >= _threaded_gemm.MIN_MACS \
+                and _threaded_gemm.product_sum(a, b, out):
+            return out
+        np.matmul(a[0], b[0], out=out)
+        tmp = np.empty_like(out)
+        for i in range(1, terms):
+            out += np.matmul(a[i], b[i], out=tmp)
+    return out
+
+
 # ------------------------------------------------------- batches split over threads
 _pool: ThreadPoolExecutor | None = None
 _pool_key: tuple = ()

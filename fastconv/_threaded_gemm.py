@@ -11,9 +11,11 @@ development machine; numba's threads start in ~2 us.
 :func:`product` therefore computes ``out = a @ b`` (np.matmul's batching and
 broadcasting) as blocks: one per batch entry, or, with fewer entries than threads (or a
 count the threads do not share evenly), each entry's output cut along its longer side
-(columns or rows) into as many parts as balance the threads. A numba ``prange`` runs the blocks, each through
-numpy's own ``cblas_?gemm`` (``_cblas.gemm_at``, by address: one compiled kernel per
-dtype) while numpy's BLAS is held at one thread.
+(columns or rows) into as many parts as balance the threads. A numba ``prange`` runs
+the blocks, each through numpy's own ``cblas_?gemm`` (``_cblas.gemm_at``, by address:
+one compiled kernel per dtype) while numpy's BLAS is held at one thread.
+:func:`product_sum` adds a batch of products up (a weight gradient's per-image terms)
+in one run of terms per thread.
 
 Examples
 --------
@@ -125,14 +127,7 @@ def product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
     threads = numba.get_num_threads()
     if a.ndim < 2 or b.ndim < 2 or not out.flags.writeable:
         return False
-    key = (a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, out.dtype.char,
-           a.dtype.char, b.dtype.char, threads)
-    plan = _plans.get(key)
-    if plan is None:
-        plan = _plan(a, b, out, threads)
-        if len(_plans) >= 256:
-            _plans.clear()
-        _plans[key] = plan
+    plan = _cached_plan(a, b, out, threads)
     if plan is False:
         return False
     fn, beta, ops, offsets, cuts, by_cols = plan
@@ -145,6 +140,19 @@ def product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
 
 #: product's plans by operand shapes, strides, dtypes and thread count
 _plans: dict = {}
+
+
+def _cached_plan(a, b, out, threads: int):
+    """``_plan``, kept for the operands' shapes, strides, dtypes and ``threads``."""
+    key = (a.shape, a.strides, b.shape, b.strides, out.shape, out.strides, out.dtype.char,
+           a.dtype.char, b.dtype.char, threads)
+    plan = _plans.get(key)
+    if plan is None:
+        plan = _plan(a, b, out, threads)
+        if len(_plans) >= 256:
+            _plans.clear()
+        _plans[key] = plan
+    return plan
 
 
 def _plan(a, b, out, threads: int):
@@ -173,3 +181,54 @@ def _plan(a, b, out, threads: int):
     ops = np.array([0, 0, 0, ma[1], mb[1], mc[1], ma[0], mb[0], m, n, k, out.itemsize],
                    np.int64)
     return fn, dt.type(0), ops, offsets, _bounds(n if by_cols else m, parts), by_cols
+
+
+@njit(parallel=True, cache=True)
+def _run_sum(fn, zero, one, ops, offsets, runs, entries):
+    """Run t of the summed products: partial t, entry j = the sum over e in
+    runs[t]:runs[t + 1] of op(A[e, j]) @ op(B[e, j]), one ``?gemm`` call per e (beta 0,
+    then 1), the (run, entry) pairs over numba's threads. ``ops`` as in ``_run`` with
+    the partial sums' address (T, J, m, n, C-contiguous) as C; ``offsets`` (2, E * J):
+    byte offsets of A[e, j] and B[e, j] at e * J + j; ``entries`` J; ``zero`` and
+    ``one`` in the dtype (which picks ``?gemm``'s float type)."""
+    a, b, c, lda, ldb, ta, tb, m, n, k, item = (ops[0], ops[1], ops[2], ops[3], ops[4],
+                                                ops[6], ops[7], ops[8], ops[9], ops[10],
+                                                ops[11])
+    for i in prange((runs.shape[0] - 1) * entries):
+        t, j = i // entries, i % entries
+        ct = c + i * m * n * item
+        for e in range(runs[t], runs[t + 1]):
+            at = e * entries + j
+            _cblas.gemm_at(fn, ta, tb, m, n, k, a + offsets[0, at], lda, b + offsets[1, at],
+                           ldb, zero if e == runs[t] else one, ct, n)
+
+
+def product_sum(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
+    """``out[...] = np.matmul(a, b).sum(axis=0)`` without the (E, ...) products: a and b
+    of at least 3 dimensions with one leading length E (the terms), out the shape of one
+    term. The terms are cut into one run per thread, each run summed by its thread
+    through ``?gemm`` calls with beta = 1 into a partial sum of its own, and the partial
+    sums added in run order (the same result for the same thread count). Like
+    :func:`product`: needs numpy's BLAS held at one thread; False, with nothing
+    written, where it does not apply (also fewer than 2 terms)."""
+    threads = numba.get_num_threads()
+    if a.ndim < 3 or b.ndim < 3 or a.shape[0] != b.shape[0] or a.shape[0] < 2 \
+            or not out.flags.writeable:
+        return False
+    terms = a.shape[0]
+    plan = _cached_plan(a, b, np.broadcast_to(out, (terms,) + out.shape), threads)
+    if plan is False:
+        return False
+    fn, zero, ops, offsets, _, _ = plan
+    runs = min(threads, terms)
+    cuts = np.array([terms * t // runs for t in range(runs + 1)], np.int64)
+    m, n = out.shape[-2:]
+    partial = np.empty((runs,) + out.shape[:-2] + (m, n), out.dtype)
+    ops = ops.copy()
+    ops[:3] = a.ctypes.data, b.ctypes.data, partial.ctypes.data
+    with parallel_guard():
+        _run_sum(fn, zero, zero + 1, ops, offsets[:2], cuts, offsets.shape[1] // terms)
+    out[...] = partial[0]
+    for t in range(1, runs):         # in run order
+        out += partial[t]
+    return True

@@ -91,3 +91,37 @@ def test_bounds_cut_on_the_alignment():
     assert list(_threaded_gemm._bounds(7, 1)) == [0, 7]
     assert _threaded_gemm._parts(3, 2) == 2 and _threaded_gemm._parts(4, 2) == 1
     assert _threaded_gemm._parts(9, 2) == 1                   # many entries: no cuts
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("terms", [2, 3, 5])
+def test_product_sum_adds_the_terms_up(terms, dtype, rng):
+    a = rng.standard_normal((terms, 2, 20, 30)).astype(dtype)
+    b = rng.standard_normal((terms, 2, 40, 30)).astype(dtype).swapaxes(-1, -2)  # transposed
+    want = np.matmul(a, b).sum(axis=0)
+    out = np.full((2, 20, 40), np.nan, dtype)
+    with _blas.one_blas_thread():
+        assert _threaded_gemm.product_sum(a, b, out)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.abs(out - want).max() <= tol * np.abs(want).max()
+
+
+def test_product_sum_declines_single_terms_and_mismatched_lengths(rng):
+    a = rng.standard_normal((1, 20, 30)).astype(np.float32)
+    b = rng.standard_normal((1, 30, 40)).astype(np.float32)
+    out = np.zeros((20, 40), np.float32)
+    with _blas.one_blas_thread():
+        assert not _threaded_gemm.product_sum(a, b, out)
+        assert not _threaded_gemm.product_sum(np.repeat(a, 3, 0), np.repeat(b, 2, 0), out)
+    assert not out.any()
+
+
+@pytest.mark.parametrize("min_macs", [0, 1 << 40])    # in runs per thread / one thread
+@pytest.mark.parametrize("terms", [1, 4])
+def test_blas_matmul_sum_matches_numpy(terms, min_macs, rng, monkeypatch):
+    monkeypatch.setattr(_threaded_gemm, "MIN_MACS", min_macs)
+    a = rng.standard_normal((terms, 20, 30))
+    b = rng.standard_normal((terms, 30, 40))
+    out = np.empty((20, 40))
+    assert _blas.matmul_sum(a, b, out) is out
+    np.testing.assert_allclose(out, np.matmul(a, b).sum(axis=0), rtol=1e-12, atol=1e-12)

@@ -146,8 +146,9 @@ def backward_split(gy, x, wmat, args, grad_x, gw) -> None:
 def backward_tile(gy, x, wmat, grad_x, gw, buf, tile, conv, parallel: bool) -> None:
     """One NCHW tile (n0, nb, i0, band) of the backward: gw (G, Dg, Cg*KH*KW) (or None)
     += gy_tile @ cols^T per image, and W^T @ gy_tile folded into grad_x (or None). With
-    ``parallel`` the unfold and fold use numba's threads and the GEMMs ``_blas.matmul``;
-    otherwise all of it runs on the calling thread (``backward_split``)."""
+    ``parallel`` the unfold and fold use numba's threads and the GEMMs ``_blas.matmul``
+    and ``_blas.matmul_sum``; otherwise all of it runs on the calling thread
+    (``backward_split``)."""
     n0, nb, i0, band = tile
     g, dg, cgkk = wmat.shape
     length = band * conv[0]
@@ -161,9 +162,11 @@ def backward_tile(gy, x, wmat, grad_x, gw, buf, tile, conv, parallel: bool) -> N
         if gw is not None:
             unfold(x, cols, n0, i0, *conv)
             tmp = view(workspace("im2col.grad_w", gw.size, gw.dtype), gw.shape)
-            for bi in range(nb):
-                matmul(gyt[bi], cols4[bi].transpose(0, 2, 1), out=tmp)
-                gw += tmp
+            if parallel:      # the tile's per-image terms, a run per thread
+                gw += _blas.matmul_sum(gyt, cols4.transpose(0, 1, 3, 2), tmp)
+            else:
+                for bi in range(nb):
+                    gw += np.matmul(gyt[bi], cols4[bi].transpose(0, 2, 1), out=tmp)
         if grad_x is not None:
             matmul(wmat.transpose(0, 2, 1), gyt, out=cols4)
             fold(cols, grad_x, n0, i0, *conv)
