@@ -159,14 +159,17 @@ def image_last_tile(args, with_grad_x: bool = True) -> int:
     batches of small images (the forward unfolds whole images per tile,
     ``tiling(args).images > 1``), the image-last path runs for kernels larger than 1x1
     with at most 64 output channels per group, or at most 8192 output channels per group
-    times output pixels; strided layers (whose image-last runs are one pixel's B images
-    long) only with at most 32 output channels per group. Measured on one core, batch 64
-    (image-last vs GEMMs): LeNet's 6 -> 16 5x5 at 14x14 1.0 vs 4.6 ms, 16 -> 16 3x3 at
-    28x28 11 vs 24 ms, 64 -> 64 3x3 at 14x14 37 vs 47 ms, 128 -> 128 3x3 at 7x7 29 vs
-    38 ms, 16 -> 32 3x3 stride 2 at 28x28 8.9 vs 10.5 ms; the GEMMs win for 128 -> 128
+    times output pixels, and never for strided layers (whose image-last runs are one
+    pixel's B images long). Measured on one core, batch 64 (image-last vs GEMMs): LeNet's
+    6 -> 16 5x5 at 14x14 1.0 vs 4.6 ms, 16 -> 16 3x3 at 28x28 11 vs 24 ms, 64 -> 64 3x3
+    at 14x14 37 vs 47 ms, 128 -> 128 3x3 at 7x7 29 vs 38 ms; the GEMMs win for 128 -> 128
     at 14x14 and 256 -> 256 at 7x7 (batch 32: 88 vs 66, 70 vs 59 ms), 32 -> 64 stride 2
     at 28x28 (48 vs 24 ms) and 1x1 layers of many channels (16 vs 8.8 ms for 64 -> 128
-    at 14x14).
+    at 14x14). Since the GEMMs run on numba's threads (``_blas.matmul``, the weight
+    gradient's per-image terms summed a run per thread), they also win on every strided
+    layer measured (2 threads, batch 32, 3x3 stride 2, image-last vs GEMMs): 16 -> 32 at
+    28x28 3.0 vs 2.0 ms (NHWC 1.53 vs 1.43), 8 -> 16 at 28x28 2.0 vs 1.7 ms (NHWC 1.17 vs
+    0.78), 3 -> 16 at 32x32 (batch 64, no grad_x) 1.30 vs 0.65 ms.
     NHWC layers of ``NHWC_IMAGE_LAST_BELOW_CHANNELS`` or more input channels per group
     take the GEMMs and the NHWC fold instead (their copies to image-last order cost
     more than the fold's runs of KW*C values).
@@ -177,10 +180,7 @@ def image_last_tile(args, with_grad_x: bool = True) -> int:
     if args.dims.channels_last and args.c_in // args.groups >= NHWC_IMAGE_LAST_BELOW_CHANNELS:
         return 0
     dg = args.c_out // args.groups
-    if max(args.stride) > 1:
-        if dg > 32:
-            return 0
-    elif dg > 64 and dg * args.h_out * args.w_out > 8192:
+    if max(args.stride) > 1 or (dg > 64 and dg * args.h_out * args.w_out > 8192):
         return 0
     per_image = (args.c_in * args.h * args.w * (2 if with_grad_x else 1)
                  + args.c_out * args.h_out * args.w_out) * args.dtype.itemsize
