@@ -34,34 +34,11 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _threaded_gemm, config
+from ._blas_libs import numpy_blas as _numpy_blas
 
 _lock = threading.Lock()
 _active = 0            # small products running now (all threads)
 _saved: tuple = ()     # thread counts to restore when the last one ends
-_libs = None           # numpy's BLAS controllers (threadpoolctl), found on first use
-
-
-def _numpy_blas() -> tuple:
-    """threadpoolctl controllers of the BLAS libraries numpy links (() when unknown)."""
-    global _libs
-    if _libs is None:
-        try:
-            from threadpoolctl import ThreadpoolController
-        except ImportError:
-            _libs = ()
-            return _libs
-        libs = [lib for lib in ThreadpoolController().lib_controllers
-                if lib.user_api == "blas"]
-        own = [lib for lib in libs if _bundled(lib.filepath, np)]
-        _libs = tuple(own or libs)
-    return _libs
-
-
-def _bundled(path: str, module) -> bool:
-    """Whether the library at ``path`` ships inside ``module``'s package (its own
-    directory, or the ``<name>.libs`` one of a wheel)."""
-    return os.path.dirname(path).startswith(os.path.join(
-        os.path.dirname(os.path.dirname(module.__file__)), module.__name__))
 
 
 class one_blas_thread:

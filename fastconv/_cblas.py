@@ -31,6 +31,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
 
+from ._blas_libs import bundled, numpy_blas
+
 #: cblas enums
 ROW_MAJOR, NO_TRANS, TRANS = 101, 111, 112
 _NAMES = ("scipy_cblas_{}gemm64_", "cblas_{}gemm64_", "cblas_{}gemm")
@@ -39,14 +41,9 @@ _lock = threading.Lock()
 _found: dict = {}
 
 
-@intrinsic
-def gemm(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
-    """C = op(A) @ op(B) + beta * C (row-major; op transposes for ``TRANS``) through the
-    cblas ``?gemm`` at address ``fn``: A (m, k), B (k, n), C (m, n) given as arrays whose
-    data starts at the matrix (leading dimensions lda, ldb, ldc, in elements)."""
-    dt = c.dtype
-    sig = types.void(fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)
-
+def _gemm_codegen(dt, by_address: bool):
+    """numba codegen of one ``?gemm`` call in float type ``dt``; the matrices (arguments
+    6, 8 and 11) are arrays, or integer addresses when ``by_address``."""
     def codegen(context, builder, signature, args):
         at = signature.args
         flt = context.get_value_type(dt)
@@ -58,18 +55,30 @@ def gemm(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)
         def int64(i):
             return context.cast(builder, args[i], at[i], types.int64)
 
-        def data(i):
+        def matrix(i):
+            if by_address:
+                return builder.inttoptr(int64(i), ptr)
             arr = context.make_array(at[i])(context, builder, args[i])
             return builder.bitcast(arr.data, ptr)
 
         f = builder.inttoptr(int64(0), fnty.as_pointer())
         builder.call(f, [i32(ROW_MAJOR), builder.trunc(int64(1), i32),
                          builder.trunc(int64(2), i32), int64(3), int64(4), int64(5),
-                         context.get_constant(dt, 1.0), data(6), int64(7), data(8), int64(9),
-                         context.cast(builder, args[10], at[10], dt), data(11), int64(12)])
+                         context.get_constant(dt, 1.0), matrix(6), int64(7), matrix(8),
+                         int64(9), context.cast(builder, args[10], at[10], dt), matrix(11),
+                         int64(12)])
         return context.get_dummy_value()
 
-    return sig, codegen
+    return codegen
+
+
+@intrinsic
+def gemm(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc):
+    """C = op(A) @ op(B) + beta * C (row-major; op transposes for ``TRANS``) through the
+    cblas ``?gemm`` at address ``fn``: A (m, k), B (k, n), C (m, n) given as arrays whose
+    data starts at the matrix (leading dimensions lda, ldb, ldc, in elements)."""
+    sig = types.void(fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)
+    return sig, _gemm_codegen(c.dtype, by_address=False)
 
 
 @intrinsic
@@ -77,31 +86,8 @@ def gemm_at(typingctx, fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, l
     """``gemm`` with the matrices given by address (integers) instead of arrays: the
     float type comes from ``beta`` (float32 or float64). The caller keeps the arrays
     alive and in bounds; kernels built on it compile once per dtype."""
-    dt = beta
     sig = types.void(fn, trans_a, trans_b, m, n, k, a, lda, b, ldb, beta, c, ldc)
-
-    def codegen(context, builder, signature, args):
-        at = signature.args
-        flt = context.get_value_type(dt)
-        i32, i64 = ir.IntType(32), ir.IntType(64)
-        ptr = flt.as_pointer()
-        fnty = ir.FunctionType(ir.VoidType(), [i32, i32, i32, i64, i64, i64, flt, ptr, i64,
-                                               ptr, i64, flt, ptr, i64])
-
-        def int64(i):
-            return context.cast(builder, args[i], at[i], types.int64)
-
-        def address(i):
-            return builder.inttoptr(int64(i), ptr)
-
-        f = builder.inttoptr(int64(0), fnty.as_pointer())
-        builder.call(f, [i32(ROW_MAJOR), builder.trunc(int64(1), i32),
-                         builder.trunc(int64(2), i32), int64(3), int64(4), int64(5),
-                         context.get_constant(dt, 1.0), address(6), int64(7), address(8),
-                         int64(9), args[10], address(11), int64(12)])
-        return context.get_dummy_value()
-
-    return sig, codegen
+    return sig, _gemm_codegen(beta, by_address=True)
 
 
 @njit(cache=True)
@@ -128,10 +114,8 @@ def address(dtype) -> int | None:
 
 
 def _find(dtype: np.dtype) -> int | None:
-    from . import _blas
-
     letter = {np.dtype(np.float32): "s", np.dtype(np.float64): "d"}.get(dtype)
-    own = [lib for lib in _blas._numpy_blas() if _blas._bundled(lib.filepath, np)]
+    own = [lib for lib in numpy_blas() if bundled(lib.filepath, np)]
     if letter is None or not own:
         return None
     try:
