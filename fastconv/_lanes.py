@@ -1,0 +1,129 @@
+"""A SIMD register of floats for numba kernels: ``Lanes``, and four operations on it.
+
+numba's loop vectoriser vectorises innermost loops, and numba runs LLVM without its
+straight-line (SLP) vectoriser, so a kernel that wants a few accumulators of a handful
+of contiguous outputs each (one register each, over a long loop of taps) cannot say so
+in plain numba: short lane loops are unrolled into scalar code, or the tap loop is
+vectorised as a reduction. ``Lanes`` is an LLVM vector of ``LANE_BYTES`` bytes (one
+AVX-512 register where the host has AVX-512, else one AVX register), so such a kernel
+keeps its accumulators in registers:
+
+* ``load(a, i)``: the lanes a[i : i + count] of a 1-D contiguous float array (no bounds
+  check: the caller keeps i + count <= a.size);
+* ``fma(acc, s, v)``: acc + s * v, the scalar s in every lane (one fused multiply-add);
+* ``lane(v, k)``: lane k of v (0 <= k < count);
+* ``count(a)``: how many lanes of a's dtype a vector holds.
+
+>>> import numpy as np
+>>> from numba import njit
+>>> from fastconv import _lanes
+>>> @njit
+... def axpy_head(s, x, y):      # s * x + y over the first vector of lanes
+...     v = _lanes.fma(_lanes.load(y, 0), s, _lanes.load(x, 0))
+...     return [_lanes.lane(v, k) for k in range(_lanes.count(y))]
+>>> n = LANE_BYTES // 4
+>>> out = axpy_head(np.float32(2), np.ones(n, np.float32), np.arange(n, dtype=np.float32))
+>>> out[:3]
+[2.0, 3.0, 4.0]
+"""
+
+from __future__ import annotations
+
+from llvmlite import binding as llvm
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic, models, register_model
+
+
+def _vector_bytes() -> int:
+    """64 where the host CPU has AVX-512 (numba compiles for the host), else 32."""
+    try:
+        features = llvm.get_host_cpu_features()
+    except RuntimeError:     # a host LLVM cannot describe: the narrower registers
+        return 32
+    return 64 if features.get("avx512f", False) else 32
+
+
+#: Bytes of one ``Lanes`` vector.
+LANE_BYTES = _vector_bytes()
+
+
+class Lanes(types.Type):
+    """numba type of a vector of ``LANE_BYTES // itemsize`` floats of ``dtype``."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self.count = LANE_BYTES // (dtype.bitwidth // 8)
+        super().__init__(name=f"Lanes({dtype}x{self.count})")
+
+
+@register_model(Lanes)
+class _LanesModel(models.PrimitiveModel):
+    def __init__(self, dmm, fe_type):
+        scalar = dmm.lookup(fe_type.dtype).get_value_type()
+        super().__init__(dmm, fe_type, ir.VectorType(scalar, fe_type.count))
+
+
+def _vector_pointer(context, builder, aryty, ary, idx, vec):
+    data = context.make_array(aryty)(context, builder, ary).data
+    return builder.bitcast(builder.gep(data, [idx]), vec.as_pointer())
+
+
+@intrinsic
+def load(typingctx, ary, idx):
+    """The vector ary[idx : idx + count] (1-D contiguous float array)."""
+    if not (isinstance(ary, types.Array) and ary.ndim == 1
+            and isinstance(ary.dtype, types.Float) and isinstance(idx, types.Integer)):
+        return None
+    lanes = Lanes(ary.dtype)
+
+    def codegen(context, builder, sig, args):
+        vec = context.get_value_type(lanes)
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vec)
+        return builder.load(ptr, align=ary.dtype.bitwidth // 8)
+    return lanes(ary, idx), codegen
+
+
+@intrinsic
+def fma(typingctx, acc, s, v):
+    """acc + s * v in every lane (s a scalar, cast to the lanes' dtype)."""
+    if not (isinstance(acc, Lanes) and acc == v and isinstance(s, types.Number)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vec = context.get_value_type(sig.args[0])
+        scalar = context.cast(builder, args[1], sig.args[1], sig.args[0].dtype)
+        i32 = ir.IntType(32)
+        one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, i32(0))
+        splat = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
+                                       ir.Constant(ir.VectorType(i32, vec.count),
+                                                   [0] * vec.count))
+        bits = 32 if sig.args[0].dtype == types.float32 else 64
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                            f"llvm.fma.v{vec.count}f{bits}")
+        return builder.call(fn, [splat, args[2], args[0]])
+    return acc(acc, s, v), codegen
+
+
+@intrinsic
+def lane(typingctx, v, k):
+    """Lane k of v."""
+    if not (isinstance(v, Lanes) and isinstance(k, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.extract_element(args[0], args[1])
+    return v.dtype(v, k), codegen
+
+
+@intrinsic
+def count(typingctx, ary):
+    """How many lanes of ary's dtype one vector holds (a constant)."""
+    if not (isinstance(ary, types.Array) and isinstance(ary.dtype, types.Float)):
+        return None
+    n = Lanes(ary.dtype).count
+
+    def codegen(context, builder, sig, args):
+        return context.get_constant(types.intp, n)
+    return types.intp(ary), codegen

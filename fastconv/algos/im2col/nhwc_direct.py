@@ -1,0 +1,205 @@
+"""The direct NHWC convolution: small layers on many small images (LeNet's 6 -> 16
+channels 5x5) in one parallel numba kernel, without a layout copy or a GEMM.
+
+In NHWC an output pixel's C_out values are contiguous, and so are the weight's for one
+tap (HWIO: w[a, b, c, :]). ``_conv_rows`` takes one output row (n, i) per task and,
+for each block of ``count`` output channels (one SIMD register, ``fastconv._lanes``),
+accumulates 8 output pixels of the row at once in 8 registers:
+
+    acc_p += x[n, i*s_h - p_t + a*r_h, (j + p)*s_w - p_l + b*r_w, c] * w[a, b, c, block]
+
+over the taps (a, b, c): one load of the weight's lanes feeds 8 fused multiply-adds,
+each with one input value in every lane, and the weight stays in L1. With column
+dilation 1 a kernel row's taps (b, c) are one contiguous run of KW*C input values. The
+8 pixels must lie wholly inside the image's columns (a group of fewer pixels at the
+row's end repeats its first pixel's taps and drops those sums); pixels whose kernel
+reaches into the left or right padding run one at a time over their valid columns.
+Rows of taps outside the image (top, bottom padding) are skipped. The bias starts each
+accumulator; output channels beyond C_out (up to a whole block) are computed from zero
+weights and not written.
+
+>>> import numpy as np
+>>> from fastconv import conv2d
+>>> x = np.ones((8, 6, 6, 2), np.float32)            # NHWC
+>>> w = np.ones((3, 3, 2, 16), np.float32)           # HWIO
+>>> y = conv2d(x, w, padding=1, layout="NHWC", algo="im2col")
+>>> float(y[0, 0, 0, 0]), float(y[0, 2, 2, 15])      # a corner: 2 channels x 4 taps
+(8.0, 18.0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ... import _lanes
+from ..._runtime import parallel_guard
+from ...costs import Estimate, Profile
+from .._common import U
+from .tiling import IMAGE_LAST_MIN_IMAGES
+
+#: Multiply-adds per second per thread of ``_conv_rows`` on whole groups of 8 pixels
+#: (float32, AVX-512: about 45 GMAC/s on LeNet's 6 -> 16 5x5 on one core of the 2-core
+#: machine), for the cost model; half with 256-bit registers, half for float64.
+NHWC_DIRECT_GMACS = 45.0
+#: Pixels accumulated at once (the kernel's 8 registers).
+PIXELS = 8
+#: The kernel runs layers of at most this many output channels (wider layers make
+#: wide GEMMs, which BLAS runs faster) ...
+MAX_CHANNELS = 32
+#: ... of at least 3/4 of the lanes of their blocks of output channels in use
+#: (``_lane_use``; LeNet's 1 -> 6 would compute 16 channels for 6) ...
+MIN_LANE_USE = 0.75
+#: ... and of at least this many taps in a run (KW*C_in; C_in with column dilation):
+#: shorter runs spend as much on the loop as on the multiply-adds.
+MIN_RUN = 8
+#: ... and at most this many taps C_in*KH*KW (more: the GEMM is wide enough for BLAS).
+MAX_TAPS = 600
+
+
+def _lane_use(args) -> float:
+    """Output channels over the lanes computed for them (whole blocks)."""
+    count = _lanes.LANE_BYTES // args.dtype.itemsize
+    return args.c_out / (-(-args.c_out // count) * count)
+
+
+def nhwc_direct_applies(args) -> bool:
+    """Whether the forward of ``args`` runs ``forward_nhwc_direct``: NHWC, several images
+    (at least ``IMAGE_LAST_MIN_IMAGES``), one group, a kernel larger than 1x1, at most
+    ``MAX_CHANNELS`` output channels using at least ``MIN_LANE_USE`` of their lanes,
+    runs of at least ``MIN_RUN`` taps and at most ``MAX_TAPS`` taps C_in*KH*KW. Any
+    stride, padding and dilation."""
+    if not args.dims.channels_last or args.groups != 1 or args.kh * args.kw == 1:
+        return False
+    run = args.c_in * (args.kw if args.dilation[1] == 1 else 1)
+    return (args.n >= IMAGE_LAST_MIN_IMAGES and args.c_out <= MAX_CHANNELS
+            and _lane_use(args) >= MIN_LANE_USE and run >= MIN_RUN
+            and args.c_in * args.kh * args.kw <= MAX_TAPS and args.w_out > 0)
+
+
+@njit(inline="always")
+def _write(fo, o, v, m):
+    """fo[o + k] = lane k of v for k < m."""
+    for k in range(m):
+        fo[o + U(k)] = _lanes.lane(v, k)
+
+
+@njit(inline="always")
+def _offset(p, k, step):
+    """Pixel p's input offset in a group of k pixels (pixel 0's beyond them)."""
+    return U(p * step if p < k else 0)
+
+
+@njit(parallel=True, cache=True)
+def _conv_rows(xf, xs, fw, fb, fo, os, geo):
+    """out = conv(x, w) + bias, x (N, H, W, C) and out (N, Ho, Wo, D) C-contiguous, given
+    flat (xf, fo) with their shapes xs, os. fw: the weight as (D_pad/L, KH*KW*C, L) flat,
+    L lanes a block, zero beyond D; fb (D_pad,) the bias (zeros without one). geo = (KH,
+    KW, s_h, s_w, p_t, p_l, r_h, r_w). One task per output row (module docstring)."""
+    n_img, h, wd, c_all = xs
+    _, ho, wo, d_all = os
+    kh, kw, sh, sw, pt, pl, rh, rw = geo
+    nl = _lanes.count(fb)
+    wlen = kh * kw * c_all * nl
+    run, kcols = (kw * c_all, 1) if rw == 1 else (c_all, kw)
+    ps = sw * c_all
+    for task in prange(n_img * ho):
+        n = task // ho
+        i = task % ho
+        a_lo = max(0, (pt - i * sh + rh - 1) // rh)           # rows of taps in the image
+        a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
+        obase = (n * ho + i) * wo * d_all
+        for d0 in range(0, fb.shape[0], nl):
+            m = min(nl, d_all - d0)
+            wb = U(d0 // nl * wlen)
+            j = 0
+            while j < wo:
+                col0 = j * sw - pl
+                v0 = _lanes.load(fb, U(d0))
+                k = min(PIXELS, wo - j)
+                if col0 >= 0 and (j + k - 1) * sw - pl + (kw - 1) * rw < wd:
+                    # offsets of pixels 1..7 (repeating pixel 0 beyond the k real ones)
+                    o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
+                    o4, o5 = _offset(4, k, ps), _offset(5, k, ps)
+                    o6, o7 = _offset(6, k, ps), _offset(7, k, ps)
+                    v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
+                    for a in range(a_lo, a_hi):
+                        r = i * sh - pt + a * rh
+                        for b in range(kcols):
+                            xo = U(((n * h + r) * wd + col0 + b * rw) * c_all)
+                            wq = wb + U((a * kw + b) * c_all * nl)
+                            for q in range(U(run)):
+                                wv = _lanes.load(fw, wq + q * U(nl))
+                                xq = xo + q
+                                v0 = _lanes.fma(v0, xf[xq], wv)
+                                v1 = _lanes.fma(v1, xf[xq + o1], wv)
+                                v2 = _lanes.fma(v2, xf[xq + o2], wv)
+                                v3 = _lanes.fma(v3, xf[xq + o3], wv)
+                                v4 = _lanes.fma(v4, xf[xq + o4], wv)
+                                v5 = _lanes.fma(v5, xf[xq + o5], wv)
+                                v6 = _lanes.fma(v6, xf[xq + o6], wv)
+                                v7 = _lanes.fma(v7, xf[xq + o7], wv)
+                    o = U(obase + j * d_all + d0)
+                    for p, v in enumerate((v0, v1, v2, v3, v4, v5, v6, v7)):
+                        if p < k:
+                            _write(fo, o + U(p * d_all), v, m)
+                    j += k
+                else:             # one pixel over the kernel columns inside the image
+                    b_lo = max(0, (rw - 1 - col0) // rw)
+                    b_hi = min(kw, (wd - col0 + rw - 1) // rw)
+                    for a in range(a_lo, a_hi):
+                        r = i * sh - pt + a * rh
+                        for b in range(b_lo, b_hi):
+                            xo = U(((n * h + r) * wd + col0 + b * rw) * c_all)
+                            wq = wb + U((a * kw + b) * c_all * nl)
+                            for c in range(U(c_all)):
+                                v0 = _lanes.fma(v0, xf[xo + c], _lanes.load(fw, wq + c * U(nl)))
+                    _write(fo, U(obase + j * d_all + d0), v0, m)
+                    j += 1
+
+
+def _packed_weight(w, dtype) -> np.ndarray:
+    """HWIO (KH, KW, C, D) -> (D_pad/L, KH*KW*C, L) flat, zero beyond D."""
+    kh, kw, c, d = w.shape
+    nl = _lanes.LANE_BYTES // dtype.itemsize
+    blocks = -(-d // nl)
+    packed = np.zeros((blocks, kh * kw * c, nl), dtype)
+    padded = packed.transpose(1, 0, 2).reshape(kh * kw * c, blocks * nl)  # a view
+    padded[:, :d] = w.reshape(kh * kw * c, d)
+    return packed.reshape(-1)
+
+
+def forward_nhwc_direct(x, w, args, out, bias) -> None:
+    """The forward of a ``nhwc_direct_applies`` problem: out (N, Ho, Wo, C_out) (any
+    strides) = conv(x (N, H, W, C_in), w (KH, KW, C_in, C_out)) + bias (C_out,) when
+    given. Wraps ``_conv_rows``."""
+    dt = args.dtype
+    nl = _lanes.LANE_BYTES // dt.itemsize
+    fb = np.zeros(-(-args.c_out // nl) * nl, dt)
+    if bias is not None:
+        fb[:args.c_out] = bias
+    target = out if out.flags.c_contiguous else np.empty(out.shape, dt)
+    xc = np.ascontiguousarray(x, dt)
+    xf = xc.reshape(-1)
+    fo = target.reshape(-1)  # a view: target is C-contiguous
+    (pt, _), (pl, _) = args.padding
+    geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
+    with parallel_guard():
+        _conv_rows(xf, xc.shape, _packed_weight(w, dt), fb, fo, target.shape, geo)
+    if target is not out:
+        out[...] = target
+
+
+def nhwc_direct_cost(a, p: Profile) -> Estimate:
+    """Model time of ``forward_nhwc_direct``: the multiply-adds computed (output channels
+    rounded up to whole blocks of lanes, output rows up to whole groups of 8 pixels) at
+    ``NHWC_DIRECT_GMACS`` per thread (scaled by the register width and the dtype), plus
+    the call's fixed cost."""
+    d_pad = a.c_out / _lane_use(a)
+    w_pad = -(-a.w_out // PIXELS) * PIXELS
+    macs = a.n * a.h_out * w_pad * d_pad * a.c_in * a.kh * a.kw
+    rate = (NHWC_DIRECT_GMACS * 1e9 * p.threads * (4 / a.dtype.itemsize)
+            * _lanes.LANE_BYTES / 64)
+    return Estimate(p.call_us * 1e-6 + macs / rate, 0,
+                    f"direct NHWC kernel (no GEMM, no layout copy), {macs / 1e6:.3g}M "
+                    f"multiply-adds {1e3 * macs / rate:.3g} ms")
