@@ -163,10 +163,9 @@ def _packed_weight(w, dtype) -> np.ndarray:
     kh, kw, c, d = w.shape
     nl = _lanes.LANE_BYTES // dtype.itemsize
     blocks = -(-d // nl)
-    packed = np.zeros((blocks, kh * kw * c, nl), dtype)
-    padded = packed.transpose(1, 0, 2).reshape(kh * kw * c, blocks * nl)  # a view
+    padded = np.zeros((kh * kw * c, blocks * nl), dtype)
     padded[:, :d] = w.reshape(kh * kw * c, d)
-    return packed.reshape(-1)
+    return np.ascontiguousarray(padded.reshape(-1, blocks, nl).transpose(1, 0, 2)).reshape(-1)
 
 
 def forward_nhwc_direct(x, w, args, out, bias) -> None:
