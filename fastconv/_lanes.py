@@ -11,6 +11,7 @@ keeps its accumulators in registers:
 * ``load(a, i)``: the lanes a[i : i + count] of a 1-D contiguous float array (no bounds
   check: the caller keeps i + count <= a.size);
 * ``fma(acc, s, v)``: acc + s * v, the scalar s in every lane (one fused multiply-add);
+* ``add(u, v)``: u + v, lane by lane; ``zeros(a)``: a vector of zeros of a's dtype;
 * ``lane(v, k)``: lane k of v (0 <= k < count);
 * ``count(a)``: how many lanes of a's dtype a vector holds.
 
@@ -104,6 +105,29 @@ def fma(typingctx, acc, s, v):
                                             f"llvm.fma.v{vec.count}f{bits}")
         return builder.call(fn, [splat, args[2], args[0]])
     return acc(acc, s, v), codegen
+
+
+@intrinsic
+def add(typingctx, u, v):
+    """u + v, lane by lane."""
+    if not (isinstance(u, Lanes) and u == v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        return builder.fadd(args[0], args[1])
+    return u(u, v), codegen
+
+
+@intrinsic
+def zeros(typingctx, ary):
+    """A vector of zeros of ary's dtype."""
+    if not (isinstance(ary, types.Array) and isinstance(ary.dtype, types.Float)):
+        return None
+    lanes = Lanes(ary.dtype)
+
+    def codegen(context, builder, sig, args):
+        return ir.Constant(context.get_value_type(lanes), None)
+    return lanes(ary), codegen
 
 
 @intrinsic

@@ -48,7 +48,7 @@ def test_direct_kernel_matches_the_reference(case, dtype, layout, rng, monkeypat
     assert direct_forward_applies(conv_args_from_shapes(
         "t", xl.shape, wl.shape, 1, padding, dilation, layout=layout, dtype=dtype))
     # NHWC layers the direct NHWC kernel serves (case 0) run it (test_nhwc_direct.py)
-    monkeypatch.setattr(drivers, "nhwc_direct_applies", lambda args: False)
+    monkeypatch.setattr(drivers, "nhwc_direct_chosen", lambda args: False)
     calls = count_calls(monkeypatch, drivers, "forward_direct")
     for bias in (b, None):
         want = ref.conv2d(x, w, bias, a.stride, a.padding, a.dilation)

@@ -7,8 +7,8 @@ import pytest
 import fastconv
 from fastconv import Tensor, _lanes, gradcheck
 from fastconv._args import conv_args_from_shapes
-from fastconv.algos.im2col import drivers
-from fastconv.algos.im2col.nhwc_direct import nhwc_direct_applies
+from fastconv.algos.im2col import drivers, nhwc_direct
+from fastconv.algos.im2col.nhwc_direct import nhwc_direct_applies, nhwc_direct_chosen
 from fastconv.nn import functional as F
 
 from . import reference as ref
@@ -44,6 +44,8 @@ def test_nhwc_direct_kernel_matches_the_reference(case, dtype, rng, monkeypatch)
     xl, wl = to_nhwc(x, w)
     a = conv_args_from_shapes("t", xl.shape, wl.shape, layout="NHWC", dtype=dtype, **kwargs)
     assert nhwc_direct_applies(a)
+    # the kernel where it applies (the driver also weighs the image-last kernel)
+    monkeypatch.setattr(drivers, "nhwc_direct_chosen", nhwc_direct_applies)
     canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
     calls = count_calls(monkeypatch, drivers, "forward_nhwc_direct")
     for bias in (b, None):
@@ -102,6 +104,30 @@ def test_auto_plans_the_nhwc_direct_kernel_for_lenets_second_layer():
     # LeNet's first layer (6 of 16 lanes, runs of 5 taps) keeps the image-last kernel
     why = fastconv.plan((64, 28, 28, 1), (5, 5, 1, 6), layout="NHWC").why
     assert "direct image-last kernel" in why, why
+
+
+@pytest.mark.parametrize("x_shape,w_shape,padding,chosen", [
+    ((64, 12, 12, 6), (5, 5, 6, 16), 0, True),        # LeNet's second layer
+    ((64, 14, 14, 6), (5, 5, 6, 16), 2, False),       # 4 of 14 pixels in the padding
+    ((64, 16, 16, 16), (3, 3, 16, 32), 1, True),      # the image-last kernel does not apply
+])
+def test_the_driver_weighs_the_two_direct_kernels(x_shape, w_shape, padding, chosen,
+                                                  monkeypatch):
+    a = conv_args_from_shapes("t", x_shape, w_shape, padding=padding, layout="NHWC")
+    assert nhwc_direct_applies(a)
+    if _lanes.LANE_BYTES == 64:           # the measured choices (AVX-512)
+        assert nhwc_direct_chosen(a) == chosen
+    # the choice follows the model times; the plan names the kernel that runs
+    monkeypatch.setattr(nhwc_direct, "NHWC_DIRECT_GMACS", 1e-3)
+    assert nhwc_direct_chosen(a) == (not nhwc_direct.direct_forward_applies(a))
+    monkeypatch.setattr(nhwc_direct, "NHWC_DIRECT_GMACS", 1e6)
+    assert nhwc_direct_chosen(a)
+    fastconv.autotune.clear_cache()
+    try:
+        why = fastconv.plan(x_shape, w_shape, padding=padding, layout="NHWC").why
+    finally:
+        fastconv.autotune.clear_cache()   # no plan of the patched rate kept
+    assert "direct NHWC kernel" in why, why
 
 
 def test_nhwc_direct_kernel_matches_torch(rng):

@@ -7,7 +7,7 @@ from ..registry import Algorithm, register
 from .drivers import backward, forward
 from .fused import fused_tiling
 from .image_last_direct import direct_cost, direct_forward_applies
-from .nhwc_direct import nhwc_direct_applies, nhwc_direct_cost
+from .nhwc_direct import nhwc_direct_chosen, nhwc_direct_cost
 from .panels import panel_tiling
 from .pointwise import backward_cost_pointwise
 from .split import split_tiles
@@ -19,7 +19,7 @@ def cost(a, p: Profile) -> Estimate:
     (``nhwc_direct.nhwc_direct_cost``), small stride-1 layers on tiles of many images the
     direct image-last kernel (``image_last_direct.direct_cost``), the others the GEMM
     path (:func:`_gemm_cost`), as ``drivers.forward`` picks them."""
-    if nhwc_direct_applies(a):
+    if nhwc_direct_chosen(a, p):
         return nhwc_direct_cost(a, p)
     if direct_forward_applies(a):
         return direct_cost(a, p)

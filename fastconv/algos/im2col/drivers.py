@@ -14,7 +14,7 @@ from .._common import view
 from .fused import forward_fused, fused_tiling
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .image_last_direct import direct_forward_applies, forward_direct
-from .nhwc_direct import forward_nhwc_direct, nhwc_direct_applies
+from .nhwc_direct import forward_nhwc_direct, nhwc_direct_chosen
 from .panels import panel_tiling
 from .pointwise import backward_pointwise, forward_pointwise
 from .shared import applies as shared_applies
@@ -54,7 +54,7 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     returns None."""
     if args.n == 0:
         return
-    if nhwc_direct_applies(args):
+    if nhwc_direct_chosen(args):
         forward_nhwc_direct(x, w, args, out, bias)
         return
     if direct_forward_applies(args):

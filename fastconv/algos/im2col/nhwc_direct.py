@@ -34,8 +34,9 @@ from numba import njit, prange
 
 from ... import _lanes
 from ..._runtime import parallel_guard
-from ...costs import Estimate, Profile
+from ...costs import Estimate, Profile, load_profile
 from .._common import U
+from .image_last_direct import direct_cost, direct_forward_applies
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Multiply-adds per second per thread of ``_conv_rows`` on whole groups of 8 pixels
@@ -90,12 +91,42 @@ def _offset(p, k, step):
     return U(p * step if p < k else 0)
 
 
+@njit(inline="always")
+def _edge_pixel(xf, fw, v, xrow, wrow, geo, c_all, col0, nl):
+    """v + one pixel's sums over the kernel columns inside the image (its kernel
+    reaches into the left or right padding): xrow, wrow the offsets of the pixel's
+    input row (column 0) and of the weight's kernel row. Four accumulators, taps in
+    turn, for four chains of multiply-adds at once."""
+    kw, wd, rw = geo
+    b_lo = max(0, (rw - 1 - col0) // rw)
+    b_hi = min(kw, (wd - col0 + rw - 1) // rw)
+    # with column dilation 1 the valid taps are one run of (b_hi - b_lo)*C values
+    run, kcols = ((b_hi - b_lo) * c_all, 1) if rw == 1 else (c_all, b_hi - b_lo)
+    e1, e2, e3 = _lanes.zeros(fw), _lanes.zeros(fw), _lanes.zeros(fw)
+    for bb in range(kcols):
+        b = b_lo + bb
+        xo = xrow + U((col0 + b * rw) * c_all)
+        wq = wrow + U(b * c_all * nl)
+        q4 = U(run - run % 4)
+        for q in range(U(0), q4, U(4)):
+            x, w = xo + q, wq + q * U(nl)
+            v = _lanes.fma(v, xf[x], _lanes.load(fw, w))
+            e1 = _lanes.fma(e1, xf[x + U(1)], _lanes.load(fw, w + U(nl)))
+            e2 = _lanes.fma(e2, xf[x + U(2)], _lanes.load(fw, w + U(2 * nl)))
+            e3 = _lanes.fma(e3, xf[x + U(3)], _lanes.load(fw, w + U(3 * nl)))
+        for q in range(q4, U(run)):
+            v = _lanes.fma(v, xf[xo + q], _lanes.load(fw, wq + q * U(nl)))
+    return _lanes.add(_lanes.add(v, e1), _lanes.add(e2, e3))
+
+
 @njit(parallel=True, cache=True)
-def _conv_rows(xf, xs, fw, fb, fo, os, geo):
+def _conv_rows(xf, xs, fw, fb, fo, os, geo, j_lo, j_hi):
     """out = conv(x, w) + bias, x (N, H, W, C) and out (N, Ho, Wo, D) C-contiguous, given
     flat (xf, fo) with their shapes xs, os. fw: the weight as (D_pad/L, KH*KW*C, L) flat,
     L lanes a block, zero beyond D; fb (D_pad,) the bias (zeros without one). geo = (KH,
-    KW, s_h, s_w, p_t, p_l, r_h, r_w). One task per output row (module docstring)."""
+    KW, s_h, s_w, p_t, p_l, r_h, r_w); output columns j_lo <= j < j_hi have their
+    whole kernel inside the image's columns. One task per output row (module
+    docstring)."""
     n_img, h, wd, c_all = xs
     _, ho, wo, d_all = os
     kh, kw, sh, sw, pt, pl, rh, rw = geo
@@ -112,50 +143,46 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo):
         for d0 in range(0, fb.shape[0], nl):
             m = min(nl, d_all - d0)
             wb = U(d0 // nl * wlen)
-            j = 0
-            while j < wo:
+            bias = _lanes.load(fb, U(d0))
+            for e in range(j_lo + wo - j_hi):  # pixels reaching into the padding
+                j = e if e < j_lo else j_hi + e - j_lo
+                v = bias
+                for a in range(a_lo, a_hi):
+                    xrow = U((n * h + i * sh - pt + a * rh) * wd * c_all)
+                    v = _edge_pixel(xf, fw, v, xrow, wb + U(a * kw * c_all * nl),
+                                    (kw, wd, rw), c_all, j * sw - pl, nl)
+                _write(fo, U(obase + j * d_all + d0), v, m)
+            j = j_lo
+            while j < j_hi:                    # groups of 8 pixels inside the image
                 col0 = j * sw - pl
-                v0 = _lanes.load(fb, U(d0))
-                k = min(PIXELS, wo - j)
-                if col0 >= 0 and (j + k - 1) * sw - pl + (kw - 1) * rw < wd:
-                    # offsets of pixels 1..7 (repeating pixel 0 beyond the k real ones)
-                    o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
-                    o4, o5 = _offset(4, k, ps), _offset(5, k, ps)
-                    o6, o7 = _offset(6, k, ps), _offset(7, k, ps)
-                    v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
-                    for a in range(a_lo, a_hi):
-                        r = i * sh - pt + a * rh
-                        for b in range(kcols):
-                            xo = U(((n * h + r) * wd + col0 + b * rw) * c_all)
-                            wq = wb + U((a * kw + b) * c_all * nl)
-                            for q in range(U(run)):
-                                wv = _lanes.load(fw, wq + q * U(nl))
-                                xq = xo + q
-                                v0 = _lanes.fma(v0, xf[xq], wv)
-                                v1 = _lanes.fma(v1, xf[xq + o1], wv)
-                                v2 = _lanes.fma(v2, xf[xq + o2], wv)
-                                v3 = _lanes.fma(v3, xf[xq + o3], wv)
-                                v4 = _lanes.fma(v4, xf[xq + o4], wv)
-                                v5 = _lanes.fma(v5, xf[xq + o5], wv)
-                                v6 = _lanes.fma(v6, xf[xq + o6], wv)
-                                v7 = _lanes.fma(v7, xf[xq + o7], wv)
-                    o = U(obase + j * d_all + d0)
-                    for p, v in enumerate((v0, v1, v2, v3, v4, v5, v6, v7)):
-                        if p < k:
-                            _write(fo, o + U(p * d_all), v, m)
-                    j += k
-                else:             # one pixel over the kernel columns inside the image
-                    b_lo = max(0, (rw - 1 - col0) // rw)
-                    b_hi = min(kw, (wd - col0 + rw - 1) // rw)
-                    for a in range(a_lo, a_hi):
-                        r = i * sh - pt + a * rh
-                        for b in range(b_lo, b_hi):
-                            xo = U(((n * h + r) * wd + col0 + b * rw) * c_all)
-                            wq = wb + U((a * kw + b) * c_all * nl)
-                            for c in range(U(c_all)):
-                                v0 = _lanes.fma(v0, xf[xo + c], _lanes.load(fw, wq + c * U(nl)))
-                    _write(fo, U(obase + j * d_all + d0), v0, m)
-                    j += 1
+                k = min(PIXELS, j_hi - j)
+                # offsets of pixels 1..7 (repeating pixel 0 beyond the k real ones)
+                o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
+                o4, o5 = _offset(4, k, ps), _offset(5, k, ps)
+                o6, o7 = _offset(6, k, ps), _offset(7, k, ps)
+                v0 = bias
+                v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
+                for a in range(a_lo, a_hi):
+                    r = i * sh - pt + a * rh
+                    for b in range(kcols):
+                        xo = U(((n * h + r) * wd + col0 + b * rw) * c_all)
+                        wq = wb + U((a * kw + b) * c_all * nl)
+                        for q in range(U(run)):
+                            wv = _lanes.load(fw, wq + q * U(nl))
+                            xq = xo + q
+                            v0 = _lanes.fma(v0, xf[xq], wv)
+                            v1 = _lanes.fma(v1, xf[xq + o1], wv)
+                            v2 = _lanes.fma(v2, xf[xq + o2], wv)
+                            v3 = _lanes.fma(v3, xf[xq + o3], wv)
+                            v4 = _lanes.fma(v4, xf[xq + o4], wv)
+                            v5 = _lanes.fma(v5, xf[xq + o5], wv)
+                            v6 = _lanes.fma(v6, xf[xq + o6], wv)
+                            v7 = _lanes.fma(v7, xf[xq + o7], wv)
+                o = U(obase + j * d_all + d0)
+                for p, v in enumerate((v0, v1, v2, v3, v4, v5, v6, v7)):
+                    if p < k:
+                        _write(fo, o + U(p * d_all), v, m)
+                j += k
 
 
 def _packed_weight(w, dtype) -> np.ndarray:
@@ -184,21 +211,47 @@ def forward_nhwc_direct(x, w, args, out, bias) -> None:
     (pt, _), (pl, _) = args.padding
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
     with parallel_guard():
-        _conv_rows(xf, xc.shape, _packed_weight(w, dt), fb, fo, target.shape, geo)
+        _conv_rows(xf, xc.shape, _packed_weight(w, dt), fb, fo, target.shape, geo,
+                   *_interior(args))
     if target is not out:
         out[...] = target
 
 
+def _interior(a) -> tuple[int, int]:
+    """The output columns j_lo <= j < j_hi whose whole kernel lies inside the image's."""
+    (sw, rw), pl = (a.stride[1], a.dilation[1]), a.padding[1][0]
+    j_lo = min(a.w_out, (pl + sw - 1) // sw)
+    return j_lo, max(j_lo, min(a.w_out, (a.w + pl - (a.kw - 1) * rw - 1) // sw + 1))
+
+
 def nhwc_direct_cost(a, p: Profile) -> Estimate:
     """Model time of ``forward_nhwc_direct``: the multiply-adds computed (output channels
-    rounded up to whole blocks of lanes, output rows up to whole groups of 8 pixels) at
-    ``NHWC_DIRECT_GMACS`` per thread (scaled by the register width and the dtype), plus
-    the call's fixed cost."""
+    rounded up to whole blocks of lanes, the interior of each output row up to whole
+    groups of 8 pixels, pixels reaching into the padding at half the rate: 4 chains of
+    multiply-adds instead of 8) at ``NHWC_DIRECT_GMACS`` per thread (scaled by the
+    register width and the dtype), plus the call's fixed cost."""
     d_pad = a.c_out / _lane_use(a)
-    w_pad = -(-a.w_out // PIXELS) * PIXELS
-    macs = a.n * a.h_out * w_pad * d_pad * a.c_in * a.kh * a.kw
+    j_lo, j_hi = _interior(a)
+    slots = -(-(j_hi - j_lo) // PIXELS) * PIXELS + 2 * (a.w_out - (j_hi - j_lo))
+    macs = a.n * a.h_out * slots * d_pad * a.c_in * a.kh * a.kw
     rate = (NHWC_DIRECT_GMACS * 1e9 * p.threads * (4 / a.dtype.itemsize)
             * _lanes.LANE_BYTES / 64)
     return Estimate(p.call_us * 1e-6 + macs / rate, 0,
                     f"direct NHWC kernel (no GEMM, no layout copy), {macs / 1e6:.3g}M "
                     f"multiply-adds {1e3 * macs / rate:.3g} ms")
+
+
+def nhwc_direct_chosen(args, p: Profile | None = None) -> bool:
+    """Whether im2col's forward runs ``forward_nhwc_direct``: where it applies
+    (``nhwc_direct_applies``) and, where the direct image-last kernel applies too, its
+    model time (``nhwc_direct_cost``) is not above that kernel's (``direct_cost``;
+    ``p``: the profile, default ``load_profile()``). Measured, batch 64, 2 threads: 6 ->
+    16 5x5 at 12x12 0.18 vs 0.41 ms (image-last); 6 -> 16 5x5 padding 2 at 14x14 (4 of
+    14 pixels a row in the padding) 0.88 vs 0.56 ms; 6 -> 12 5x5 at 12x12 (12 of 16
+    lanes) 0.22 vs 0.19 ms."""
+    if not nhwc_direct_applies(args):
+        return False
+    if not direct_forward_applies(args):
+        return True
+    p = load_profile() if p is None else p
+    return nhwc_direct_cost(args, p).seconds <= direct_cost(args, p).seconds
