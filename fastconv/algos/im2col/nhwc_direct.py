@@ -40,11 +40,12 @@ from .image_last_direct import direct_cost, direct_forward_applies
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Multiply-adds per second per thread of ``_conv_rows`` on whole groups of 8 pixels
-#: (float32, AVX-512), for the cost model; half with 256-bit registers, half for
-#: float64. Measured on one core of the 2-core machine: 45 GMAC/s where a block's
-#: weight (taps x one register) fits in ``L1_WEIGHT_BYTES`` (LeNet's 6 -> 16 5x5: 9.6 KB;
-#: the 3 -> 64 7x7 stride-2 stem: 9.4 KB a block), 35 beyond (32 -> 32 3x3: 18 KB,
-#: 64 -> 128 3x3 stride 2: 36 KB).
+#: (float32; half for float64), for the cost model. Measured on one core of the 2-core
+#: machine: 45 GMAC/s where a block's weight (taps x one register) fits in
+#: ``L1_WEIGHT_BYTES`` (LeNet's 6 -> 16 5x5: 9.6 KB; the 3 -> 64 7x7 stride-2 stem: 9.4 KB
+#: a block), 35 beyond (32 -> 32 3x3: 18 KB, 64 -> 128 3x3 stride 2: 36 KB). The same
+#: with 256-bit as with 512-bit registers (35 GMAC/s each, alternating, on a loaded
+#: machine: the loads of the broadcast inputs bound both).
 NHWC_DIRECT_GMACS = 45.0
 NHWC_DIRECT_GMACS_LARGE = 35.0
 L1_WEIGHT_BYTES = 16 * 1024
@@ -234,15 +235,15 @@ def nhwc_direct_cost(a, p: Profile) -> Estimate:
     rounded up to whole blocks of lanes, the interior of each output row up to whole
     groups of 8 pixels, pixels reaching into the padding at half the rate: 4 chains of
     multiply-adds instead of 8) at ``NHWC_DIRECT_GMACS`` per thread
-    (``NHWC_DIRECT_GMACS_LARGE`` for a block's weight beyond ``L1_WEIGHT_BYTES``; scaled
-    by the register width and the dtype), plus the call's fixed cost."""
+    (``NHWC_DIRECT_GMACS_LARGE`` for a block's weight beyond ``L1_WEIGHT_BYTES``; half
+    for float64), plus the call's fixed cost."""
     d_pad = a.c_out / _lane_use(a)
     j_lo, j_hi = _interior(a)
     slots = -(-(j_hi - j_lo) // PIXELS) * PIXELS + 2 * (a.w_out - (j_hi - j_lo))
     macs = a.n * a.h_out * slots * d_pad * a.c_in * a.kh * a.kw
     block_bytes = a.c_in * a.kh * a.kw * _lanes.LANE_BYTES
     gmacs = NHWC_DIRECT_GMACS if block_bytes <= L1_WEIGHT_BYTES else NHWC_DIRECT_GMACS_LARGE
-    rate = gmacs * 1e9 * p.threads * (4 / a.dtype.itemsize) * _lanes.LANE_BYTES / 64
+    rate = gmacs * 1e9 * p.threads * (4 / a.dtype.itemsize)
     return Estimate(p.call_us * 1e-6 + macs / rate, 0,
                     f"direct NHWC kernel (no GEMM, no layout copy), {macs / 1e6:.3g}M "
                     f"multiply-adds {1e3 * macs / rate:.3g} ms")
