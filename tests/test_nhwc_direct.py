@@ -119,15 +119,17 @@ def test_the_driver_weighs_the_two_direct_kernels(x_shape, w_shape, padding, cho
     if _lanes.LANE_BYTES == 64:           # the measured choices (AVX-512)
         assert nhwc_direct_chosen(a) == chosen
     # the choice follows the model times; the plan names the kernel that runs
-    monkeypatch.setattr(nhwc_direct, "NHWC_DIRECT_GMACS", 1e-3)
-    assert nhwc_direct_chosen(a) == (not nhwc_direct.direct_forward_applies(a))
-    monkeypatch.setattr(nhwc_direct, "NHWC_DIRECT_GMACS", 1e6)
-    assert nhwc_direct_chosen(a)
-    fastconv.autotune.clear_cache()
     try:
+        for gmacs, want in ((1e-3, not nhwc_direct.direct_forward_applies(a)), (1e6, True)):
+            monkeypatch.setattr(nhwc_direct, "NHWC_DIRECT_GMACS", gmacs)
+            monkeypatch.setattr(nhwc_direct, "NHWC_DIRECT_GMACS_LARGE", gmacs)
+            nhwc_direct_chosen.cache_clear()
+            assert nhwc_direct_chosen(a) == want
+        fastconv.autotune.clear_cache()
         why = fastconv.plan(x_shape, w_shape, padding=padding, layout="NHWC").why
-    finally:
-        fastconv.autotune.clear_cache()   # no plan of the patched rate kept
+    finally:               # no choice nor plan of the patched rate kept
+        nhwc_direct_chosen.cache_clear()
+        fastconv.autotune.clear_cache()
     assert "direct NHWC kernel" in why, why
 
 

@@ -19,7 +19,7 @@ def cost(a, p: Profile) -> Estimate:
     (``nhwc_direct.nhwc_direct_cost``), small stride-1 layers on tiles of many images the
     direct image-last kernel (``image_last_direct.direct_cost``), the others the GEMM
     path (:func:`_gemm_cost`), as ``drivers.forward`` picks them."""
-    if nhwc_direct_chosen(a, p):
+    if nhwc_direct_chosen(a):
         return nhwc_direct_cost(a, p)
     if direct_forward_applies(a):
         return direct_cost(a, p)

@@ -29,12 +29,14 @@ weights and not written.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
 from ... import _lanes
 from ..._runtime import parallel_guard
-from ...costs import Estimate, Profile, load_profile
+from ...costs import DEFAULT_PROFILE, Estimate, Profile
 from .._common import U
 from .image_last_direct import direct_cost, direct_forward_applies
 from .tiling import IMAGE_LAST_MIN_IMAGES
@@ -249,17 +251,19 @@ def nhwc_direct_cost(a, p: Profile) -> Estimate:
                     f"multiply-adds {1e3 * macs / rate:.3g} ms")
 
 
-def nhwc_direct_chosen(args, p: Profile | None = None) -> bool:
+@functools.lru_cache(maxsize=256)
+def nhwc_direct_chosen(args) -> bool:
     """Whether im2col's forward runs ``forward_nhwc_direct``: where it applies
     (``nhwc_direct_applies``) and, where the direct image-last kernel applies too, its
-    model time (``nhwc_direct_cost``) is not above that kernel's (``direct_cost``;
-    ``p``: the profile, default ``load_profile()``). Measured, batch 64, 2 threads: 6 ->
-    16 5x5 at 12x12 0.18 vs 0.41 ms (image-last); 6 -> 16 5x5 padding 2 at 14x14 (4 of
-    14 pixels a row in the padding) 0.88 vs 0.56 ms; 6 -> 12 5x5 at 12x12 (12 of 16
+    model time (``nhwc_direct_cost``) is not above that kernel's (``direct_cost``; both
+    scale with the profile's threads and add its call cost, so the profile does not
+    change the choice: cached per problem). Measured, batch 64, 2 threads: 6 -> 16 5x5
+    at 12x12 0.18 vs 0.41 ms (image-last); 6 -> 16 5x5 padding 2 at 14x14 (4 of 14
+    pixels a row in the padding) 0.88 vs 0.56 ms; 6 -> 12 5x5 at 12x12 (12 of 16
     lanes) 0.22 vs 0.19 ms."""
     if not nhwc_direct_applies(args):
         return False
     if not direct_forward_applies(args):
         return True
-    p = load_profile() if p is None else p
-    return nhwc_direct_cost(args, p).seconds <= direct_cost(args, p).seconds
+    return (nhwc_direct_cost(args, DEFAULT_PROFILE).seconds
+            <= direct_cost(args, DEFAULT_PROFILE).seconds)
