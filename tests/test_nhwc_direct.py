@@ -17,13 +17,14 @@ from .conftest import count_calls, from_nhwc, to_nhwc
 # (n, c, h, w, d, kernel, stride, padding, dilation), NCHW / OIHW sizes: a partial
 # group of pixels, output channels short of a block, padding on every side (pixels run
 # one at a time), strides, rectangular kernels, asymmetric padding, column dilation
-# (runs of C taps), two blocks of output channels
+# (runs of C taps), two blocks of output channels, output pixels wholly in the padding
 CASES = [
     (4, 6, 8, 8, 16, 5, 1, 0, 1),                         # LeNet's second layer, smaller
     (5, 3, 9, 11, 13, 3, 1, 1, 1),
     (4, 4, 10, 13, 16, (3, 2), 2, ((2, 0), (1, 1)), 1),
     (4, 8, 9, 12, 32, 3, 1, 2, 2),
     (4, 9, 7, 20, 14, 3, (1, 2), 1, (2, 1)),
+    (4, 8, 5, 6, 16, 3, 2, 3, 1),     # padding beyond the kernel: pixels of bias alone
 ]
 
 
