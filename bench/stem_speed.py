@@ -1,13 +1,16 @@
-"""The stem, stride2 and dilated bench layers (NCHW float32, algo auto, 2 threads):
+"""The stem, stride2 and dilated bench layers (float32, algo auto, 2 threads):
 before and after a change against torch, one process, wall time, the contenders
 alternating in blocks, best of rounds (the machine is shared: run it on a quiet one,
 and read ratios, not absolute times).
 
     python bench/stem_speed.py [stem stride2 dilated] [--rounds 9] [--backward]
+                               [--layout NHWC]
 
-"before" runs the strided split forward through Python threads
+"before" runs, in NCHW, the strided split forward through Python threads
 (``im2col.split.forward_split``, in L2-sized panels) instead of the fused kernel
-(``im2col.fused``); prints
+(``im2col.fused``), and in NHWC (input NHWC, weight HWIO; torch's tensors
+channels_last) the tile loop (a parallel unfold, then one threaded GEMM) instead of the
+fused kernel (``im2col.fused_nhwc``); prints
 each contender's best milliseconds and its time over torch's (1.0: as fast as torch).
 """
 
@@ -20,6 +23,7 @@ import numpy as np
 
 import fastconv
 from fastconv.algos.im2col import drivers
+from fastconv.layout import LAYOUTS
 
 LAYERS = {
     "stem": ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
@@ -28,9 +32,9 @@ LAYERS = {
 }
 
 
-def contenders(name: str, backward: bool) -> dict:
+def contenders(name: str, backward: bool, layout: str = "NCHW") -> dict:
     """{"before", "after", "torch"}: callables running the layer (forward, or forward
-    and backward)."""
+    and backward) in ``layout``."""
     import torch
 
     x_shape, w_shape, kw = LAYERS[name]
@@ -38,18 +42,25 @@ def contenders(name: str, backward: bool) -> dict:
     x = rng.standard_normal(x_shape).astype(np.float32)
     w = rng.standard_normal(w_shape).astype(np.float32)
     xt, wt = torch.from_numpy(x), torch.from_numpy(w)
-    saved = drivers.fused_tiling
+    slot = "fused_tiling"
+    if layout == "NHWC":
+        xt = xt.contiguous(memory_format=torch.channels_last)
+        wt = wt.contiguous(memory_format=torch.channels_last)
+        x = np.ascontiguousarray(x.transpose(LAYOUTS["NHWC"].from_canonical))
+        w = np.ascontiguousarray(w.transpose(LAYOUTS["NHWC"].weight_from_canonical))
+        slot = "fused_nhwc_tiling"
+    saved = getattr(drivers, slot)
 
     def ours(new: bool):
         def run():
             if not new:
-                drivers.fused_tiling = lambda args: None
+                setattr(drivers, slot, lambda args: None)
             try:
-                y = fastconv.conv2d(x, w, **kw)
+                y = fastconv.conv2d(x, w, layout=layout, **kw)
                 if backward:
-                    fastconv.conv2d_backward(np.ones_like(y), x, w, **kw)
+                    fastconv.conv2d_backward(np.ones_like(y), x, w, layout=layout, **kw)
             finally:
-                drivers.fused_tiling = saved
+                setattr(drivers, slot, saved)
         return run
 
     def theirs():
@@ -85,14 +96,16 @@ def main() -> None:
     ap.add_argument("layers", nargs="*", help=f"of {', '.join(LAYERS)} (default: all)")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--backward", action="store_true", help="forward + backward")
+    ap.add_argument("--layout", choices=("NCHW", "NHWC"), default="NCHW")
     opts = ap.parse_args()
     unknown = set(opts.layers) - set(LAYERS)
     if unknown:
         ap.error(f"unknown layers {sorted(unknown)}; choose from {', '.join(LAYERS)}")
     torch.set_num_threads(2)
     for name in opts.layers or LAYERS:
-        best = best_times(contenders(name, opts.backward), opts.rounds)
-        print(f"{name} {'forward+backward' if opts.backward else 'forward'}: " + ", ".join(
+        best = best_times(contenders(name, opts.backward, opts.layout), opts.rounds)
+        what = "forward+backward" if opts.backward else "forward"
+        print(f"{name} {opts.layout} {what}: " + ", ".join(
             f"{k} {v * 1e3:.2f} ms ({v / best['torch']:.2f}x torch)" for k, v in best.items()))
 
 

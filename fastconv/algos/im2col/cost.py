@@ -6,6 +6,7 @@ from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
 from .drivers import backward, forward
 from .fused import fused_tiling
+from .fused_nhwc import fused_nhwc_tiling, panel_count
 from .image_last_direct import direct_cost, direct_forward_applies
 from .nhwc_direct import nhwc_direct_chosen, nhwc_direct_cost
 from .panels import panel_tiling
@@ -31,8 +32,9 @@ def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
     fixed cost per copied row segment) and one GEMM per group, (C_out/G) x (C_in/G*KH*KW)
     x (tile pixels), at ``gemm_seconds``'s rate (skinny GEMMs are slow); tiles of
     several images add a scatter pass over their output. 1x1 stride-1 layers are one
-    batched GEMM. With ``fuse``, layers that run fused (``fused.fused_tiling``) are
-    priced in its panels, without the per-tile cost (one kernel call runs them all)."""
+    batched GEMM. With ``fuse``, layers that run fused (``fused.fused_tiling``,
+    ``fused_nhwc.fused_nhwc_tiling``) are priced in their panels, without the per-tile
+    cost (one kernel call runs them all)."""
     item = a.dtype.itemsize
     g, dg, cg = a.groups, a.c_out // a.groups, a.c_in // a.groups
     cgkk = cg * a.kh * a.kw
@@ -40,9 +42,14 @@ def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
         secs = gemm_seconds(p, dg, cg, a.h * a.w, a.n * g, item)
         return Estimate(secs + p.call_us * 1e-6, 0,
                         f"batched GEMM {dg}x{cg}x{a.h * a.w} x{a.n * g}")
-    fused = fused_tiling(a) if fuse else None
+    fused = None
+    if fuse:
+        fused = fused_nhwc_tiling(a) if a.dims.channels_last else fused_tiling(a)
     t = tiling(a) if fused is None else fused
-    n_tiles = tile_count(a, t)
+    if fused is not None and a.dims.channels_last:
+        n_tiles = panel_count(a, fused)     # bands of the batch's rows
+    else:
+        n_tiles = tile_count(a, t)
     pixels = a.n * a.h_out * a.w_out / n_tiles  # output pixels per tile (average)
     ckk = a.c_in * a.kh * a.kw
     col_bytes = a.n * ckk * a.h_out * a.w_out * item

@@ -12,6 +12,7 @@ from ... import _blas
 from ..._runtime import parallel_guard
 from .._common import view
 from .fused import forward_fused, fused_tiling
+from .fused_nhwc import forward_fused_nhwc, fused_nhwc_tiling
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .image_last_direct import direct_forward_applies, forward_direct
 from .nhwc_direct import forward_nhwc_direct, nhwc_direct_chosen
@@ -105,7 +106,9 @@ def _forward_nchw(x, w, args, out, bias) -> None:
 def _forward_nhwc(x, w, args, out, bias) -> None:
     """NHWC: per tile, cols (B*band*Wo, G, KH*KW*Cg) and W (G, KH*KW*Cg, Dg); the GEMM
     writes (pixels, G, Dg), which is the output tile itself. A pointwise layer's input
-    already is the column matrix: one GEMM (N*H*W, Cg) @ (Cg, Dg) per group, no unfold."""
+    already is the column matrix: one GEMM (N*H*W, Cg) @ (Cg, Dg) per group, no unfold.
+    Strided layers run in fused panels (``fused_nhwc.forward_fused_nhwc``; read-only
+    inputs, which would compile kernels of their own, run the tile loop)."""
     g, dg, cgkk = gemm_sizes(args)
     wmat = _weights_nhwc(w, args)
     bias_g = None if bias is None else bias.reshape(g, dg)
@@ -119,6 +122,10 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
             _blas.matmul(xv.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
         if bias_g is not None:
             y += bias_g
+        return
+    fused = fused_nhwc_tiling(args)
+    if fused is not None and x.flags.writeable and out.flags.c_contiguous:
+        forward_fused_nhwc(x, wmat, args, out, bias, fused.band)
         return
     t = tiling(args)
     conv = unfold_params(args)

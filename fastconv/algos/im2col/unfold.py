@@ -94,51 +94,59 @@ def unfold_nchw(x, cols, n0: int, i0: int, conv) -> None:
 
 
 
+@njit(inline="always")
+def unfold_pixel_nhwc(flat, dst, n, i, j, h, wd, c_all, params, zero):
+    """dst (G, KH*KW*Cg) = the receptive field of output pixel (n, i, j) of
+    flat = x (N, H, W, C).ravel(): dst[g, (a*KW + b)*Cg + c] = x[n, i*sh + a*rh - pt,
+    j*sw + b*rw - pl, g*Cg + c], zero outside; ``params`` = (sh, sw, pt, pl, rh, rw,
+    kh, kw). With one group and no column dilation, the KW taps of a kernel row are KW
+    neighbouring input pixels, one contiguous run of KW*C values in x (copied at once
+    when all of them lie inside the image); otherwise each tap copies its Cg channels
+    per group. Explicit loops: slice copies of a few channels (LeNet's 6, an RGB stem's
+    3) cost more than the copy itself."""
+    sh, sw, pt, pl, rh, rw, kh, kw = params
+    groups, kkc = dst.shape
+    cg = kkc // (kh * kw)
+    run = kw * cg
+    j_first = j * sw - pl
+    row_inside = groups == 1 and rw == 1 and j_first >= 0 and j_first + kw <= wd
+    for a in range(kh):
+        src_i = i * sh + a * rh - pt
+        if src_i < 0 or src_i >= h:
+            for g in range(groups):
+                for t in range(a * run, (a + 1) * run):
+                    dst[g, t] = zero
+            continue
+        line = U((n * h + src_i) * wd) * U(c_all)  # start of input row src_i
+        if row_inside:
+            d0 = U(a * run)
+            s0 = line + U(j_first * c_all)
+            for t in range(U(run)):
+                dst[0, d0 + t] = flat[s0 + t]
+            continue
+        for b in range(kw):
+            src_j = j_first + b * rw
+            k0 = U((a * kw + b) * cg)
+            inside = 0 <= src_j < wd
+            for g in range(groups):
+                s0 = line + U(src_j * c_all + g * cg)
+                for t in range(U(cg)):
+                    dst[g, k0 + t] = flat[s0 + t] if inside else zero
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _im2col_nhwc(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
     """x (N, H, W, C) -> cols (B*band*Wo, G, KH*KW*Cg) for images n0.. and rows i0..
 
-    One task per output pixel. With one group and no column dilation, the KW taps of a
-    kernel row are KW neighbouring input pixels, one contiguous run of KW*C values in x
-    (copied at once when all of them lie inside the image); otherwise each tap copies
-    its Cg channels per group. Explicit loops: slice copies of a few channels (LeNet's
-    6, an RGB stem's 3) cost more than the copy itself."""
+    One task per output pixel (``unfold_pixel_nhwc``)."""
     _, h, wd, c_all = x.shape
     flat = x.reshape(x.size)
-    n_pix, groups, kkc = cols.shape
-    cg = kkc // (kh * kw)
-    run = kw * cg
     per_img = band * wo
     zero = cols.dtype.type(0)
-    for p in prange(n_pix):
-        n = n0 + p // per_img
-        i = i0 + (p % per_img) // wo
-        j = p % wo
-        dst = cols[p]
-        j_first = j * sw - pl
-        row_inside = groups == 1 and rw == 1 and j_first >= 0 and j_first + kw <= wd
-        for a in range(kh):
-            src_i = i * sh + a * rh - pt
-            if src_i < 0 or src_i >= h:
-                for g in range(groups):
-                    for t in range(a * run, (a + 1) * run):
-                        dst[g, t] = zero
-                continue
-            line = U((n * h + src_i) * wd) * U(c_all)  # start of input row src_i
-            if row_inside:
-                d0 = U(a * run)
-                s0 = line + U(j_first * c_all)
-                for t in range(U(run)):
-                    dst[0, d0 + t] = flat[s0 + t]
-                continue
-            for b in range(kw):
-                src_j = j_first + b * rw
-                k0 = U((a * kw + b) * cg)
-                inside = 0 <= src_j < wd
-                for g in range(groups):
-                    s0 = line + U(src_j * c_all + g * cg)
-                    for t in range(U(cg)):
-                        dst[g, k0 + t] = flat[s0 + t] if inside else zero
+    params = (sh, sw, pt, pl, rh, rw, kh, kw)
+    for p in prange(cols.shape[0]):
+        unfold_pixel_nhwc(flat, cols[p], n0 + p // per_img, i0 + (p % per_img) // wo,
+                          p % wo, h, wd, c_all, params, zero)
 
 
 @njit(inline="always")

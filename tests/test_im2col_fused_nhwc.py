@@ -1,0 +1,113 @@
+"""The strided NHWC forward with the unfold and the GEMM fused (``im2col.fused_nhwc``):
+which layers take it, its panels, the plan's account of it, and the result against the
+reference over strides, paddings, dilations, groups, bias, dtypes and band heights
+(bands within an image and across images)."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv._args import conv_args_from_shapes
+from fastconv.algos.im2col import drivers, fused_nhwc
+from fastconv.layout import LAYOUTS
+
+from . import reference as ref
+from .conftest import count_calls
+from .test_im2col_fused import CASES
+from .test_im2col_split import forward_problem
+
+pytestmark = pytest.mark.skipif(not fused_nhwc.available(np.float32),
+                                reason="numpy's BLAS not found")
+
+NHWC = LAYOUTS["NHWC"]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw,band", [
+    ((8, 224, 224, 3), (7, 7, 3, 64), dict(stride=2, padding=3), 14),     # stem
+    ((16, 56, 56, 64), (3, 3, 64, 128), dict(stride=2, padding=1), 32),   # stride2
+    ((4, 56, 56, 64), (3, 3, 64, 128), dict(stride=2, padding=1), 28),    # 4 panels
+    ((16, 56, 56, 64), (3, 3, 64, 64), dict(padding=1), None),            # stride 1
+    ((64, 12, 12, 6), (5, 5, 6, 16), dict(stride=2), None),               # narrow panels
+    ((1, 56, 56, 64), (3, 3, 64, 128), dict(stride=2, padding=1), None),  # too few
+])
+def test_which_layers_take_it(x_shape, w_shape, kw, band):
+    a = conv_args_from_shapes("t", x_shape, w_shape, layout="NHWC", **kw)
+    t = fused_nhwc.fused_nhwc_tiling(a, threads=2)
+    assert (None if t is None else t.band) == band
+    assert fused_nhwc.fused_nhwc_tiling(a, threads=1) is None
+    if t is not None:
+        assert t.col_bytes <= fused_nhwc.PANEL_BYTES
+        assert t.band * a.w_out <= fused_nhwc.FUSED_MAX_PIXELS
+        assert fused_nhwc.panel_count(a, t) % 2 == 0
+    nchw = conv_args_from_shapes("t", tuple(x_shape[i] for i in NHWC.to_canonical),
+                                 tuple(w_shape[i] for i in NHWC.weight_to_canonical), **kw)
+    assert fused_nhwc.fused_nhwc_tiling(nchw, threads=2) is None
+
+
+def test_plan_names_the_fused_panels(monkeypatch):
+    monkeypatch.setattr(fused_nhwc.numba, "get_num_threads", lambda: 2)
+    why = fastconv.plan((8, 224, 224, 3), (7, 7, 3, 64), stride=2, padding=3,
+                        layout="NHWC").why
+    assert why.startswith("im2col") and "64 tiles of 0.92 MB" in why and "(fused)" in why
+
+
+def _nhwc_problem(case, dtype):
+    """(x NHWC, w HWIO, bias, NCHW x, OIHW w, ConvArgs of the NCHW layer)."""
+    x, wt, b, a, _ = forward_problem(case, dtype)
+    return (np.ascontiguousarray(x.transpose(NHWC.from_canonical)),
+            np.ascontiguousarray(wt.transpose(NHWC.weight_from_canonical)), b, x, wt, a)
+
+
+def _force(monkeypatch, rows: int) -> list:
+    """Send the next NHWC im2col forwards through the fused kernel in bands of ``rows``
+    output rows of the batch; its calls are returned."""
+    monkeypatch.setattr(drivers, "direct_forward_applies", lambda args: False)
+    monkeypatch.setattr(drivers, "fused_nhwc_tiling",
+                        lambda args: fused_nhwc.Tiling(1, rows, 0))
+    return count_calls(monkeypatch, drivers, "forward_fused_nhwc")
+
+
+STRIDE1 = (2, 4, 7, 6, 4, 3, 2, 1, ((1, 0), (2, 1)), (2, 1), 2)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [1, 2, 100])
+@pytest.mark.parametrize("case", [*CASES, STRIDE1], ids=str)
+def test_fused_forward_matches_reference(case, rows, dtype, monkeypatch):
+    x, w, b, x_nchw, w_oihw, a = _nhwc_problem(case, dtype)
+    calls = _force(monkeypatch, rows)
+    for bias in (b, None):
+        got = fastconv.conv2d(x, w, bias, stride=a.stride, padding=a.padding,
+                              dilation=a.dilation, groups=a.groups, layout="NHWC",
+                              algo="im2col")
+        want = ref.conv2d(x_nchw, w_oihw, bias, a.stride, a.padding, a.dilation, a.groups)
+        assert got.dtype == x.dtype
+        assert ref.rel_error(got.transpose(NHWC.to_canonical), want) <= \
+            ref.tolerance(x.dtype, "im2col")
+    assert calls == [1, 1]
+
+
+def test_read_only_input_runs_the_tile_loop(monkeypatch):
+    x, w, b, x_nchw, w_oihw, a = _nhwc_problem(CASES[0], np.float32)
+    calls = _force(monkeypatch, 2)
+    x.flags.writeable = False
+    got = fastconv.conv2d(x, w, b, stride=a.stride, padding=a.padding, groups=a.groups,
+                          layout="NHWC", algo="im2col")
+    want = ref.conv2d(x_nchw, w_oihw, b, a.stride, a.padding, a.dilation, a.groups)
+    assert ref.rel_error(got.transpose(NHWC.to_canonical), want) <= \
+        ref.tolerance(x.dtype, "im2col")
+    assert calls == []
+
+
+def test_the_stem_runs_fused_by_default(monkeypatch):
+    """A stem-like layer (7x7, stride 2, RGB) small enough for the test suite takes the
+    fused kernel with its own panels (no forcing) and matches the reference."""
+    monkeypatch.setattr(fused_nhwc.numba, "get_num_threads", lambda: 2)
+    calls = count_calls(monkeypatch, drivers, "forward_fused_nhwc")
+    x, w, b, x_nchw, w_oihw, a = _nhwc_problem((4, 3, 60, 60, 8, 7, 7, 2, 3, 1, 1),
+                                               np.float32)
+    got = fastconv.conv2d(x, w, b, stride=2, padding=3, layout="NHWC", algo="im2col")
+    want = ref.conv2d(x_nchw, w_oihw, b, a.stride, a.padding)
+    assert ref.rel_error(got.transpose(NHWC.to_canonical), want) <= \
+        ref.tolerance(x.dtype, "im2col")
+    assert calls == [1]
