@@ -1,4 +1,4 @@
-"""The strided NHWC forward with the unfold and the GEMM fused (``im2col.fused_nhwc``):
+"""The NHWC forward with the unfold and the GEMM fused (``im2col.fused_nhwc``):
 which layers take it, its panels, the plan's account of it, and the result against the
 reference over strides, paddings, dilations, groups, bias, dtypes and band heights
 (bands within an image and across images)."""
@@ -26,7 +26,9 @@ NHWC = LAYOUTS["NHWC"]
     ((8, 224, 224, 3), (7, 7, 3, 64), dict(stride=2, padding=3), 14),     # stem
     ((16, 56, 56, 64), (3, 3, 64, 128), dict(stride=2, padding=1), 32),   # stride2
     ((4, 56, 56, 64), (3, 3, 64, 128), dict(stride=2, padding=1), 28),    # 4 panels
-    ((16, 56, 56, 64), (3, 3, 64, 64), dict(padding=1), None),            # stride 1
+    ((16, 56, 56, 64), (3, 3, 64, 64), dict(padding=1), 16),              # stride 1
+    ((16, 56, 56, 64), (1, 1, 64, 64), {}, None),                         # pointwise
+    ((16, 56, 56, 64), (3, 3, 1, 64), dict(stride=2, groups=64), None),   # depthwise
     ((64, 12, 12, 6), (5, 5, 6, 16), dict(stride=2), None),               # narrow panels
     ((1, 56, 56, 64), (3, 3, 64, 128), dict(stride=2, padding=1), None),  # too few
 ])

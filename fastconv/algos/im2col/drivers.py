@@ -107,8 +107,9 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
     """NHWC: per tile, cols (B*band*Wo, G, KH*KW*Cg) and W (G, KH*KW*Cg, Dg); the GEMM
     writes (pixels, G, Dg), which is the output tile itself. A pointwise layer's input
     already is the column matrix: one GEMM (N*H*W, Cg) @ (Cg, Dg) per group, no unfold.
-    Strided layers run in fused panels (``fused_nhwc.forward_fused_nhwc``; read-only
-    inputs, which would compile kernels of their own, run the tile loop)."""
+    With several threads the others run in fused panels
+    (``fused_nhwc.forward_fused_nhwc``; read-only inputs, which would compile kernels
+    of their own, run the tile loop)."""
     g, dg, cgkk = gemm_sizes(args)
     wmat = _weights_nhwc(w, args)
     bias_g = None if bias is None else bias.reshape(g, dg)
