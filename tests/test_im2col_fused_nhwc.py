@@ -89,10 +89,11 @@ def test_fused_forward_matches_reference(case, rows, dtype, monkeypatch):
     assert calls == [1, 1]
 
 
-def test_read_only_input_runs_the_tile_loop(monkeypatch):
-    x, w, b, x_nchw, w_oihw, a = _nhwc_problem(CASES[0], np.float32)
+@pytest.mark.parametrize("read_only", ["x", "w"])
+def test_read_only_arrays_run_the_tile_loop(read_only, monkeypatch):
+    x, w, b, x_nchw, w_oihw, a = _nhwc_problem(CASES[3], np.float32)
     calls = _force(monkeypatch, 2)
-    x.flags.writeable = False
+    (x if read_only == "x" else w).flags.writeable = False
     got = fastconv.conv2d(x, w, b, stride=a.stride, padding=a.padding, groups=a.groups,
                           layout="NHWC", algo="im2col")
     want = ref.conv2d(x_nchw, w_oihw, b, a.stride, a.padding, a.dilation, a.groups)

@@ -125,7 +125,8 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
             y += bias_g
         return
     fused = fused_nhwc_tiling(args)
-    if fused is not None and x.flags.writeable and out.flags.c_contiguous:
+    if fused is not None and x.flags.writeable and wmat.flags.writeable \
+            and out.flags.c_contiguous:
         forward_fused_nhwc(x, wmat, args, out, bias, fused.band)
         return
     t = tiling(args)
