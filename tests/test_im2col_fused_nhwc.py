@@ -69,12 +69,16 @@ def _force(monkeypatch, rows: int) -> list:
     return count_calls(monkeypatch, drivers, "forward_fused_nhwc")
 
 
-STRIDE1 = (2, 4, 7, 6, 4, 3, 2, 1, ((1, 0), (2, 1)), (2, 1), 2)
+MORE = [
+    (2, 4, 7, 6, 4, 3, 2, 1, ((1, 0), (2, 1)), (2, 1), 2),   # stride 1
+    (2, 2, 5, 3, 3, 3, 5, 1, 2, 1, 1),                        # kernel wider than the row
+    (3, 5, 9, 12, 4, 3, 4, (2, 3), ((2, 0), (1, 2)), 1, 1),   # taps inside, many channels
+]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("rows", [1, 2, 100])
-@pytest.mark.parametrize("case", [*CASES, STRIDE1], ids=str)
+@pytest.mark.parametrize("case", [*CASES, *MORE], ids=str)
 def test_fused_forward_matches_reference(case, rows, dtype, monkeypatch):
     x, w, b, x_nchw, w_oihw, a = _nhwc_problem(case, dtype)
     calls = _force(monkeypatch, rows)

@@ -6,7 +6,7 @@ is a block of output rows (pixels, D) of the output itself, and its columns are
 split needed). Each task is a panel: a band of ``band`` consecutive output rows of the
 batch (rows of the flattened (N*Ho) row index, so a panel may run from one image into
 the next). The thread that takes it unfolds it into that thread's own column buffer
-(``unfold.unfold_pixel_nhwc``) and at once multiplies it by the HWIO weight
+(``unfold.unfold_row_nhwc``) and at once multiplies it by the HWIO weight
 (KH*KW*Cg, Dg) per group with numpy's BLAS on one thread (``fastconv._cblas``),
 straight into the output rows; a bias is written into those rows first and the GEMM
 adds to it (beta = 1). The columns stay in the core's L2 cache between the unfold and
@@ -49,7 +49,7 @@ from .._common import workspace
 from .fused import FUSED_MAX_PIXELS, available
 from .panels import PANEL_BYTES, PANEL_MIN_PIXELS
 from .tiling import Tiling, is_pointwise, unfold_params
-from .unfold import unfold_pixel_nhwc
+from .unfold import unfold_row_nhwc
 
 #: A layer runs fused only when its panels number at least this many per thread (so the
 #: threads finish together).
@@ -119,11 +119,9 @@ def _forward_fused_nhwc(fn, x, w, out, bias, band, bufs, ho, wo, sh, sw, pt, pl,
         length = min(band * wo, rows * wo - q0)
         cols = bufs[numba.get_thread_id()][:length * g * kkc].reshape((length, g, kkc))
         r0 = task * band
-        for r in range(r0, r0 + length // wo):     # output rows: no division per pixel
-            base = (r - r0) * wo
-            for j in range(wo):
-                unfold_pixel_nhwc(flat, cols[base + j], r // ho, r % ho, j, h, wd, c_all,
-                                  params, zero)
+        for r in range(r0, r0 + length // wo):
+            unfold_row_nhwc(flat, cols, (r - r0) * wo, r // ho, r % ho, h, wd, c_all, wo,
+                            params, zero)
         y = out[q0:q0 + length]
         if with_bias:
             for p in range(length):

