@@ -176,15 +176,14 @@ def unfold_row_nhwc(flat, cols, base, n, i, h, wd, c_all, wo, params, zero):
 def _im2col_nhwc(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw, band):
     """x (N, H, W, C) -> cols (B*band*Wo, G, KH*KW*Cg) for images n0.. and rows i0..
 
-    One task per output pixel (``unfold_pixel_nhwc``)."""
+    One task per output row (``unfold_row_nhwc``)."""
     _, h, wd, c_all = x.shape
     flat = x.reshape(x.size)
-    per_img = band * wo
     zero = cols.dtype.type(0)
     params = (sh, sw, pt, pl, rh, rw, kh, kw)
-    for p in prange(cols.shape[0]):
-        unfold_pixel_nhwc(flat, cols[p], n0 + p // per_img, i0 + (p % per_img) // wo,
-                          p % wo, h, wd, c_all, params, zero)
+    for r in prange(cols.shape[0] // wo):
+        unfold_row_nhwc(flat, cols, r * wo, n0 + r // band, i0 + r % band, h, wd, c_all, wo,
+                        params, zero)
 
 
 @njit(inline="always")
