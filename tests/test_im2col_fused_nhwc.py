@@ -73,6 +73,7 @@ MORE = [
     (2, 4, 7, 6, 4, 3, 2, 1, ((1, 0), (2, 1)), (2, 1), 2),   # stride 1
     (2, 2, 5, 3, 3, 3, 5, 1, 2, 1, 1),                        # kernel wider than the row
     (3, 5, 9, 12, 4, 3, 4, (2, 3), ((2, 0), (1, 2)), 1, 1),   # taps inside, many channels
+    (2, 3, 11, 9, 4, 3, 3, 2, 2, (2, 1), 1),                  # row dilation, runs of taps
 ]
 
 
