@@ -48,9 +48,9 @@ def test_which_layers_take_it(x_shape, w_shape, kw, band):
 
 def test_plan_names_the_fused_panels(monkeypatch):
     monkeypatch.setattr(fused_nhwc.numba, "get_num_threads", lambda: 2)
-    why = fastconv.plan((8, 224, 224, 3), (7, 7, 3, 64), stride=2, padding=3,
+    why = fastconv.plan((16, 56, 56, 64), (3, 3, 64, 128), stride=2, padding=1,
                         layout="NHWC").why
-    assert why.startswith("im2col") and "64 tiles of 0.92 MB" in why and "(fused)" in why
+    assert why.startswith("im2col") and "14 tiles of 2.1 MB" in why and "(fused)" in why
 
 
 def _nhwc_problem(case, dtype):
@@ -64,6 +64,7 @@ def _force(monkeypatch, rows: int) -> list:
     """Send the next NHWC im2col forwards through the fused kernel in bands of ``rows``
     output rows of the batch; its calls are returned."""
     monkeypatch.setattr(drivers, "direct_forward_applies", lambda args: False)
+    monkeypatch.setattr(drivers, "nhwc_direct_chosen", lambda args: False)
     monkeypatch.setattr(drivers, "fused_nhwc_tiling",
                         lambda args: fused_nhwc.Tiling(1, rows, 0))
     return count_calls(monkeypatch, drivers, "forward_fused_nhwc")
@@ -107,13 +108,17 @@ def test_read_only_arrays_run_the_tile_loop(read_only, monkeypatch):
     assert calls == []
 
 
-def test_the_stem_runs_fused_by_default(monkeypatch):
-    """A stem-like layer (7x7, stride 2, RGB) small enough for the test suite takes the
-    fused kernel with its own panels (no forcing) and matches the reference."""
+def test_a_stem_on_two_images_runs_fused_by_default(monkeypatch):
+    """A stem-like layer (7x7, stride 2, RGB) on too few images for the direct NHWC
+    kernel takes the fused kernel with its own panels (no forcing) and matches the
+    reference."""
     monkeypatch.setattr(fused_nhwc.numba, "get_num_threads", lambda: 2)
     calls = count_calls(monkeypatch, drivers, "forward_fused_nhwc")
-    x, w, b, x_nchw, w_oihw, a = _nhwc_problem((4, 3, 60, 60, 8, 7, 7, 2, 3, 1, 1),
+    x, w, b, x_nchw, w_oihw, a = _nhwc_problem((2, 3, 112, 112, 8, 7, 7, 2, 3, 1, 1),
                                                np.float32)
+    nhwc = conv_args_from_shapes("t", x.shape, w.shape, 2, 3, layout="NHWC")
+    assert not drivers.nhwc_direct_chosen(nhwc)
+    assert fused_nhwc.fused_nhwc_tiling(nhwc).band == 28
     got = fastconv.conv2d(x, w, b, stride=2, padding=3, layout="NHWC", algo="im2col")
     want = ref.conv2d(x_nchw, w_oihw, b, a.stride, a.padding)
     assert ref.rel_error(got.transpose(NHWC.to_canonical), want) <= \
