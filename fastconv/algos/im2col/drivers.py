@@ -84,8 +84,7 @@ def _forward_nchw(x, w, args, out, bias) -> None:
         forward_image_last(x, wmat, args, out, bias, t)
         return
     fused = fused_tiling(args)
-    if fused is not None and x.flags.writeable and wmat.flags.writeable \
-            and out.flags.c_contiguous:
+    if _fusable(fused, x, wmat, out):
         forward_fused(x, wmat, args, out, bias, fused.band)
         return
     if split_tiles(args):
@@ -101,6 +100,13 @@ def _forward_nchw(x, w, args, out, bias) -> None:
         _blas.matmul(wmat, view(cols, (nb, g, cgkk, length)), out=y)
         if bias_g is not None:
             y += bias_g
+
+
+def _fusable(fused, x, wmat, out) -> bool:
+    """Whether a fused tiling (or None) runs: writable x and weights (read-only ones
+    would compile kernels of their own) and a C-contiguous output."""
+    return fused is not None and x.flags.writeable and wmat.flags.writeable \
+        and out.flags.c_contiguous
 
 
 def _forward_nhwc(x, w, args, out, bias) -> None:
@@ -125,8 +131,7 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
             y += bias_g
         return
     fused = fused_nhwc_tiling(args)
-    if fused is not None and x.flags.writeable and wmat.flags.writeable \
-            and out.flags.c_contiguous:
+    if _fusable(fused, x, wmat, out):
         forward_fused_nhwc(x, wmat, args, out, bias, fused.band)
         return
     t = tiling(args)
