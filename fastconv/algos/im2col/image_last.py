@@ -101,23 +101,37 @@ def _image_last_copy(xf, xs, n0, xt, to_last):
     with the shape and element strides of its (N, C, H, W) view, xs = (N, C, H, W, s_n,
     s_c, s_h, s_w): one kernel for NCHW and NHWC. One task per (c, i); each image's row
     is read (written) in one pass (reading one element of every image per column
-    instead runs 2.4x slower on 28x28 planes). Both directions in one kernel: one
-    compile (a parallel kernel's compile costs about 0.5 s of CPU before its body)."""
+    instead runs 2.4x slower on 28x28 planes). Writing back into a channels-last x
+    (s_c == 1, C > 1): one task per row i with every channel, so that no two tasks write
+    into one cache line of x (a task per (c, i) wrote LeNet's (64, 28, 28, 6) gradient
+    back in 382 us, this way in 151, the NCHW one in 75; reading, a task per (c, i)
+    stays the faster: 103 against 173 us). Both directions in one kernel: one compile (a
+    parallel kernel's compile costs about 0.5 s of CPU before its body)."""
     _, c_all, h, wd, sn, sc, sh, sw = xs
     nb = xt.shape[3]
-    usw = U(sw)
-    for task in prange(c_all * h):
-        c = task // h
-        i = task % h
-        line = xt[c, i].reshape(wd * nb)
-        for b in range(U(nb)):
-            src = U((n0 + b) * sn + c * sc + i * sh)
-            if to_last:
+    usw, usc = U(sw), U(sc)
+    rows = sc == 1 and c_all > 1 and not to_last
+    tasks = h if rows else c_all * h
+    for task in prange(tasks):
+        if rows:
+            for b in range(U(nb)):
+                src = U((n0 + b) * sn + task * sh)
                 for j in range(U(wd)):
-                    line[j * U(nb) + b] = xf[src + j * usw]
-            else:
-                for j in range(U(wd)):
-                    xf[src + j * usw] = line[j * U(nb) + b]
+                    s = src + j * usw
+                    for c in range(c_all):
+                        xf[s + U(c) * usc] = xt[c, task, j, b]
+        else:
+            c = task // h
+            i = task % h
+            line = xt[c, i].reshape(wd * nb)
+            for b in range(U(nb)):
+                src = U((n0 + b) * sn + c * sc + i * sh)
+                if to_last:
+                    for j in range(U(wd)):
+                        line[j * U(nb) + b] = xf[src + j * usw]
+                else:
+                    for j in range(U(wd)):
+                        xf[src + j * usw] = line[j * U(nb) + b]
 
 
 def _flat(a, dims):
