@@ -139,7 +139,9 @@ def _helpers(count: int) -> ThreadPoolExecutor:
 def split_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``np.matmul(a, b, out=out)`` for a batch of independent products
     (E, m, k) @ (E, k, n) (or a shared (m, k) left operand), the batch split over as
-    many threads as numba uses, each product on one BLAS thread.
+    many threads as numba uses, each product on one BLAS thread: on numba's threads
+    (``_threaded_gemm.product``), or where that does not apply on Python threads
+    (``on_threads``).
 
     On the 2-core machine a Winograd F(2x2, 3x3) prototype ran the four dense 3x3 layers
     of the benchmark suite 10-22% faster this way than with one 2-thread BLAS call: no
