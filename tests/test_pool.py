@@ -455,3 +455,25 @@ def test_bad_avg_and_global_backward_arguments():
                        r"\(1, 1, 4000000000, 4000000000\) \(float64\) needs"):
         fastconv.max_pool2d_backward(np.zeros((1, 1, 1, 1)), np.zeros((1, 1, 1, 1), np.int64),
                                      (1, 1, 4 * 10**9, 4 * 10**9))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("kernel, stride", [(2, 2), (3, 1)])
+def test_max_pool_backward_writes_the_whole_gradient(layout, kernel, stride, rng, monkeypatch):
+    # the unpool kernels zero their own part of the gradient: an output buffer full of
+    # NaN must come back as the reference, zeros where no maximum sits
+    from fastconv.pool import ops
+
+    def dirty(op, what, shape, dtype):
+        return np.full(shape, np.nan, dtype)
+
+    x = rng.standard_normal((3, 4, 7, 6)).astype(np.float32)
+    xl = x if layout == "NCHW" else np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y, idx = fastconv.max_pool2d(xl, kernel, stride, layout=layout, return_indices=True)
+    gy = rng.standard_normal(y.shape).astype(np.float32)
+    want = fastconv.max_pool2d_backward(gy, idx, xl.shape, layout=layout)
+    monkeypatch.setattr(ops, "allocate", dirty)
+    got = fastconv.max_pool2d_backward(gy, idx, xl.shape, layout=layout)
+    assert not np.isnan(got).any()
+    np.testing.assert_array_equal(got, want)
+    assert (got == 0).sum() >= got.size - gy.size     # untouched inputs stay zero

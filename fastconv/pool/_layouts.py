@@ -25,7 +25,7 @@ class LayoutKernels:
     - ``max_pool(a, x, y, idx, with_idx)``: y, the maxima; idx, their flat indices h*W + w
       (int64), computed when ``with_idx`` or when ``max_pool_scans_indices(a)``; else idx
       may be empty.
-    - ``max_unpool(s, gy, idx, gx)``: gx (zero-filled) += gy at idx.
+    - ``max_unpool(s, gy, idx, gx)``: gx = 0, then += gy at idx (gx fully written).
     - ``avg_pool(a, x, y)`` and ``avg_unpool(a, gy, gx)`` (gx fully written).
     - ``mean(s, x, y)``: y (N, C), the mean over each plane.
     """

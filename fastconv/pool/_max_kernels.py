@@ -160,10 +160,13 @@ def _max_pool_nhwc(x, y, idx, kh, kw, sh, sw, ph, pw, rh, rw):
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _max_unpool_planes(gy, idx, gx):
-    """gx (P, H*W) zero-filled; gx[p, idx[p, k]] += gy[p, k] for gy, idx (P, Ho*Wo).
-    One task per plane (windows may overlap); index -1 gets nothing."""
+    """gx (P, H*W) = 0, then gx[p, idx[p, k]] += gy[p, k] for gy, idx (P, Ho*Wo). One
+    task per plane (windows may overlap), which zeroes its plane first (in cache for the
+    scatter; numpy's fill ran on one thread); index -1 gets nothing."""
     n_planes, n_out = gy.shape
+    zero = gx.dtype.type(0)
     for p in prange(n_planes):
+        gx[p, :] = zero
         for k in range(n_out):
             t = idx[p, k]
             if t >= 0:
@@ -172,11 +175,14 @@ def _max_unpool_planes(gy, idx, gx):
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _max_unpool_nhwc(gy, idx, gx):
-    """gx (N, H*W, C) zero-filled; gx[n, idx[n, k, c], c] += gy[n, k, c] for gy, idx
-    (N, Ho*Wo, C). One task per (image, block of channels)."""
+    """gx (N, H*W, C) = 0, then gx[n, idx[n, k, c], c] += gy[n, k, c] for gy, idx
+    (N, Ho*Wo, C). One task per (image, block of channels), which zeroes its part
+    first."""
     n_img, n_out, c_all = gy.shape
+    zero = gx.dtype.type(0)
     for task in prange(n_img * n_blocks(c_all, C_BLOCK)):
         n, c0, c1 = task_block(task, C_BLOCK, c_all)
+        gx[n, :, c0:c1] = zero
         for k in range(n_out):
             for c in range(c0, c1):
                 t = idx[n, k, c]

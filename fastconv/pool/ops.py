@@ -178,7 +178,8 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     s, grad_y, indices = max_unpool_inputs(op, grad_y, indices, input_shape, layout, True)
     half, (grad_y,) = widen(grad_y)
     gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
-    gx[...] = 0
+    if not grad_y.size:
+        gx[...] = 0      # the kernels zero gx themselves; with no output, nothing runs
     _run(KERNELS[s.layout].max_unpool, grad_y.size, s, _batched(grad_y, s.unbatched),
          _batched(indices, s.unbatched), gx)
     return _as_given(s, gx, half=half)
