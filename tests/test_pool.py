@@ -477,3 +477,21 @@ def test_max_pool_backward_writes_the_whole_gradient(layout, kernel, stride, rng
     assert not np.isnan(got).any()
     np.testing.assert_array_equal(got, want)
     assert (got == 0).sum() >= got.size - gy.size     # untouched inputs stay zero
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels", [1, 6, 19])
+def test_max_pool_2x2_nhwc_matches_nchw_with_ties_and_nans(channels, dtype, rng):
+    # NHWC 2x2 stride-2 windows run a kernel of their own: same maxima and indices as
+    # NCHW's, the first maximum winning ties and the last NaN winning
+    x = rng.integers(0, 3, (3, channels, 6, 8)).astype(dtype)   # many ties
+    x[0, 0, 0, 1] = np.nan
+    x[1, -1, 2, 2] = x[1, -1, 3, 3] = np.nan
+    xn = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y, idx = fastconv.max_pool2d(x, 2, return_indices=True)
+    yn, idxn = fastconv.max_pool2d(xn, 2, layout="NHWC", return_indices=True)
+    np.testing.assert_array_equal(yn.transpose(0, 3, 1, 2), y)
+    np.testing.assert_array_equal(idxn.transpose(0, 3, 1, 2), idx)
+    np.testing.assert_array_equal(fastconv.max_pool2d(xn, 2, layout="NHWC"), yn)
+    assert idx[1, -1, 1, 1] == 3 * 8 + 3                  # the last NaN of its window
+    assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1

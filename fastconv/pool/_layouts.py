@@ -84,11 +84,16 @@ def _pixels(s, arr, n_pixels):
 
 
 def _nhwc_max_pool(a, x, y, idx, with_idx):
-    M._max_pool_nhwc(x, y, idx, *a.max_geometry)
+    if M.is_2x2_stride_2(a):
+        M._max_pool_2x2_nhwc(x, y, idx if idx.size else idx.reshape(0, 0, 0, 0), with_idx)
+    else:
+        M._max_pool_nhwc(x, y, idx, *a.max_geometry)
 
 
 def _nhwc_max_pool_scans_indices(a) -> bool:
-    return True  # the NHWC kernel keeps the indices of its running maxima
+    # the general NHWC kernel keeps the indices of its running maxima; the 2x2 kernel
+    # writes them only when asked
+    return not M.is_2x2_stride_2(a)
 
 
 def _nhwc_max_unpool(s, gy, idx, gx):

@@ -117,6 +117,50 @@ def _max_pool_2x2_planes(x, y, idx, with_idx, rows):
                 krow[np.uint64(j)] = base + 2 * j + (c & 1) + (c >> 1) * wd
 
 
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _max_pool_2x2_nhwc(x, y, idx, with_idx):
+    """``_max_pool_2x2_planes`` for x (N, H, W, C) -> y (N, Ho, Wo, C) and, when
+    ``with_idx``, idx (N, Ho, Wo, C) (else idx is not touched and may be empty): one task
+    per (image, output row), the four taps of a window read channel by channel (the
+    general NHWC kernel's per-pixel loop took 370 against 83 us for NCHW on LeNet's
+    (64, 28, 28, 6) input)."""
+    n_img, _, wd, c_all = x.shape
+    _, ho, wo, _ = y.shape
+    for task in prange(n_img * ho):
+        n = task // ho
+        i = task % ho
+        r0 = x[n, 2 * i]
+        r1 = x[n, 2 * i + 1]
+        yrow = y[n, i]
+        if not with_idx:
+            for j in range(wo):
+                for c in range(c_all):
+                    best = r0[2 * j, c]
+                    best, _ = _max_tap(r0[2 * j + 1, c], best, 0, 1)
+                    best, _ = _max_tap(r1[2 * j, c], best, 0, 2)
+                    best, _ = _max_tap(r1[2 * j + 1, c], best, 0, 3)
+                    yrow[j, c] = best
+        else:
+            # the winning tap as an int32 code first, then the int64 indices in a
+            # second pass over the row (one pass took 5x the time on 6 channels)
+            codes = np.empty((wo, c_all), np.int32)
+            for j in range(wo):
+                for c in range(c_all):
+                    best = r0[2 * j, c]
+                    code = np.int32(0)
+                    best, code = _max_tap(r0[2 * j + 1, c], best, code, np.int32(1))
+                    best, code = _max_tap(r1[2 * j, c], best, code, np.int32(2))
+                    best, code = _max_tap(r1[2 * j + 1, c], best, code, np.int32(3))
+                    yrow[j, c] = best
+                    codes[j, c] = code
+            krow = idx[n, i]
+            base = 2 * i * wd
+            for j in range(wo):
+                for c in range(c_all):
+                    k = np.int64(codes[j, c])
+                    krow[j, c] = base + 2 * j + (k & 1) + (k >> 1) * wd
+
+
 def is_2x2_stride_2(a) -> bool:
     """Whether the problem ``a`` (a PoolArgs) is the common pooling layer that
     ``_max_pool_2x2_planes`` runs: 2x2 windows, stride 2, no padding or dilation, no
