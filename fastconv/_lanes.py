@@ -10,6 +10,7 @@ keeps its accumulators in registers:
 
 * ``load(a, i)``: the lanes a[i : i + count] of a 1-D contiguous float array (no bounds
   check: the caller keeps i + count <= a.size);
+* ``store(a, i, v)``: a[i : i + count] = v (the same rules);
 * ``fma(acc, s, v)``: acc + s * v, the scalar s in every lane (one fused multiply-add);
 * ``add(u, v)``: u + v, lane by lane; ``zeros(a)``: a vector of zeros of a's dtype;
 * ``lane(v, k)``: lane k of v (0 <= k < count);
@@ -84,6 +85,21 @@ def load(typingctx, ary, idx):
         ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vec)
         return builder.load(ptr, align=ary.dtype.bitwidth // 8)
     return lanes(ary, idx), codegen
+
+
+@intrinsic
+def store(typingctx, ary, idx, v):
+    """ary[idx : idx + count] = v (1-D contiguous float array of v's dtype)."""
+    if not (isinstance(ary, types.Array) and ary.ndim == 1 and isinstance(v, Lanes)
+            and ary.dtype == v.dtype and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vec = context.get_value_type(sig.args[2])
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vec)
+        builder.store(args[2], ptr, align=ary.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(ary, idx, v), codegen
 
 
 @intrinsic

@@ -64,7 +64,7 @@ def _force(monkeypatch, rows: int) -> list:
     """Send the next NHWC im2col forwards through the fused kernel in bands of ``rows``
     output rows of the batch; its calls are returned."""
     monkeypatch.setattr(drivers, "direct_forward_applies", lambda args: False)
-    monkeypatch.setattr(drivers, "nhwc_direct_chosen", lambda args: False)
+    monkeypatch.setattr(drivers, "lanes_chosen", lambda args: False)
     monkeypatch.setattr(drivers, "fused_nhwc_tiling",
                         lambda args: fused_nhwc.Tiling(1, rows, 0))
     return count_calls(monkeypatch, drivers, "forward_fused_nhwc")
@@ -117,7 +117,7 @@ def test_a_stem_on_two_images_runs_fused_by_default(monkeypatch):
     x, w, b, x_nchw, w_oihw, a = _nhwc_problem((2, 3, 112, 112, 8, 7, 7, 2, 3, 1, 1),
                                                np.float32)
     nhwc = conv_args_from_shapes("t", x.shape, w.shape, 2, 3, layout="NHWC")
-    assert not drivers.nhwc_direct_chosen(nhwc)
+    assert not drivers.lanes_chosen(nhwc)
     assert fused_nhwc.fused_nhwc_tiling(nhwc).band == 28
     got = fastconv.conv2d(x, w, b, stride=2, padding=3, layout="NHWC", algo="im2col")
     want = ref.conv2d(x_nchw, w_oihw, b, a.stride, a.padding)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
+from .direct_lanes import lanes_chosen, lanes_cost
 from .drivers import backward, forward
 from .fused import fused_tiling
 from .fused_nhwc import fused_nhwc_tiling, panel_count
 from .image_last_direct import direct_cost, direct_forward_applies
-from .nhwc_direct import nhwc_direct_chosen, nhwc_direct_cost
 from .panels import panel_tiling
 from .pointwise import backward_cost_pointwise
 from .split import split_tiles
@@ -16,12 +16,12 @@ from .tiling import is_pointwise, tile_count, tiling
 
 
 def cost(a, p: Profile) -> Estimate:
-    """Model time of the forward: small NHWC layers run the direct NHWC kernel
-    (``nhwc_direct.nhwc_direct_cost``), small stride-1 layers on tiles of many images the
+    """Model time of the forward: small layers run the direct lanes kernel
+    (``direct_lanes.lanes_cost``), small stride-1 layers on tiles of many images the
     direct image-last kernel (``image_last_direct.direct_cost``), the others the GEMM
     path (:func:`_gemm_cost`), as ``drivers.forward`` picks them."""
-    if nhwc_direct_chosen(a):
-        return nhwc_direct_cost(a, p)
+    if lanes_chosen(a):
+        return lanes_cost(a, p)
     if direct_forward_applies(a):
         return direct_cost(a, p)
     return _gemm_cost(a, p)

@@ -11,11 +11,11 @@ import numpy as np
 from ... import _blas
 from ..._runtime import parallel_guard
 from .._common import view
+from .direct_lanes import forward_lanes, lanes_chosen
 from .fused import forward_fused, fused_tiling
 from .fused_nhwc import forward_fused_nhwc, fused_nhwc_tiling
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .image_last_direct import direct_forward_applies, forward_direct
-from .nhwc_direct import forward_nhwc_direct, nhwc_direct_chosen
 from .panels import panel_tiling
 from .pointwise import backward_pointwise, forward_pointwise
 from .shared import applies as shared_applies
@@ -50,13 +50,13 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     small images: ``image_last.forward_image_last``) and numpy's BLAS matmul; small
     stride-1 layers on many small images (``image_last_direct.direct_forward_applies``)
     run the direct image-last kernel without a GEMM
-    (``image_last_direct.forward_direct``), small NHWC layers the direct NHWC kernel
-    (``nhwc_direct.forward_nhwc_direct``: no layout copy either). Always exact:
-    returns None."""
+    (``image_last_direct.forward_direct``), small layers of either layout the direct
+    lanes kernel where its model time is lower (``direct_lanes.forward_lanes``: no
+    layout copy either). Always exact: returns None."""
     if args.n == 0:
         return
-    if nhwc_direct_chosen(args):
-        forward_nhwc_direct(x, w, args, out, bias)
+    if lanes_chosen(args):
+        forward_lanes(x, w, args, out, bias)
         return
     if direct_forward_applies(args):
         forward_direct(np.ascontiguousarray(x), w, args, out, bias)

@@ -1,0 +1,180 @@
+"""im2col's direct lanes kernel for small layers in either layout
+(``algos.im2col.direct_lanes``) against the reference, torch and finite differences,
+and where it applies."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import Tensor, _lanes, gradcheck
+from fastconv._args import conv_args_from_shapes
+from fastconv.algos.im2col import direct_lanes, drivers
+from fastconv.algos.im2col.direct_lanes import lanes_applies, lanes_chosen
+from fastconv.nn import functional as F
+
+from . import reference as ref
+from .conftest import count_calls, from_nhwc, to_nhwc
+
+LAYOUTS = ["NCHW", "NHWC"]
+
+# (n, c, h, w, d, kernel, stride, padding, dilation), NCHW / OIHW sizes: a partial
+# group of pixels, output channels short of a block, padding on every side (pixels run
+# one at a time), strides, rectangular kernels, asymmetric padding, column dilation
+# (runs of C taps), two blocks of output channels, output pixels wholly in the padding
+CASES = [
+    (4, 6, 8, 8, 16, 5, 1, 0, 1),                         # LeNet's second layer, smaller
+    (5, 6, 9, 11, 13, 3, 1, 1, 1),
+    (4, 6, 10, 13, 16, (3, 2), 2, ((2, 0), (1, 1)), 1),
+    (4, 8, 9, 12, 32, 3, 1, 2, 2),
+    (4, 9, 7, 20, 14, 3, (1, 2), 1, (2, 1)),
+    (4, 8, 5, 6, 16, 3, 2, 3, 1),     # padding beyond the kernel: pixels of bias alone
+]
+
+
+def _problem(case, dtype, rng):
+    n, c, h, wd, d, k, stride, padding, dilation = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((n, c, h, wd)).astype(dtype)
+    w = rng.standard_normal((d, c, kh, kw)).astype(dtype)
+    b = rng.standard_normal(d).astype(dtype)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    return x, w, b, kwargs
+
+
+def _in_layout(layout, x, w):
+    """NCHW / OIHW x, w in ``layout``, and the function taking its outputs back."""
+    if layout == "NHWC":
+        return (*to_nhwc(x, w), from_nhwc)
+    return x, w, lambda y: y
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_lanes_kernel_matches_the_reference(layout, case, dtype, rng, monkeypatch):
+    x, w, b, kwargs = _problem(case, dtype, rng)
+    xl, wl, back = _in_layout(layout, x, w)
+    a = conv_args_from_shapes("t", xl.shape, wl.shape, layout=layout, dtype=dtype,
+                              **kwargs)
+    assert lanes_applies(a)
+    # the kernel where it applies (the driver also weighs the image-last kernel)
+    monkeypatch.setattr(drivers, "lanes_chosen", lanes_applies)
+    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
+    calls = count_calls(monkeypatch, drivers, "forward_lanes")
+    for bias in (b, None):
+        want = ref.conv2d(x, w, bias, canon.stride, canon.padding, canon.dilation)
+        got = fastconv.conv2d(xl, wl, bias, layout=layout, algo="im2col", **kwargs)
+        assert got.dtype == dtype and got.flags.c_contiguous
+        assert ref.rel_error(back(got), want) <= ref.tolerance(dtype, "im2col")
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_lanes_kernel_reads_strided_input_and_writes_strided_out(layout, rng):
+    x, w, b, kwargs = _problem(CASES[1], np.float32, rng)
+    xl, wl, back = _in_layout(layout, x, w)
+    xs = np.asfortranarray(xl)            # not C-contiguous, read-only
+    xs.flags.writeable = False
+    a = conv_args_from_shapes("t", xl.shape, wl.shape, layout=layout, dtype=np.float32,
+                              **kwargs)
+    assert lanes_applies(a)
+    out = np.full(a.dims.shape(5, 13, 9, 11)[::-1], np.nan, np.float32).T  # strided
+    drivers.forward(xs, wl, a, out, b)
+    want = ref.conv2d(x, w, b, (1, 1), ((1, 1), (1, 1)))
+    assert ref.rel_error(back(out), want) <= ref.tolerance(np.float32, "im2col")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_lanes_kernel_keeps_the_formulas_nan_pattern(layout, rng, monkeypatch):
+    x = rng.standard_normal((4, 6, 7, 7))
+    w = rng.standard_normal((8, 6, 3, 3))
+    x[1, 0, 3, 4] = np.nan
+    xl, wl, back = _in_layout(layout, x, w)
+    assert lanes_applies(conv_args_from_shapes("t", xl.shape, wl.shape, padding=1,
+                                               layout=layout, dtype=x.dtype))
+    monkeypatch.setattr(drivers, "lanes_chosen", lanes_applies)
+    calls = count_calls(monkeypatch, drivers, "forward_lanes")
+    got = back(fastconv.conv2d(xl, wl, padding=1, layout=layout, algo="im2col"))
+    assert np.isnan(got).sum() == 8 * 9                       # 8 channels x 3x3 pixels
+    assert np.isnan(got[1, :, 2:5, 3:6]).all() and calls == [1]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", [
+    ((8, 4, 8, 8), (16, 4, 3, 3), {}),                        # NCHW: channel loops of 4
+    ((8, 8, 8, 4), (3, 3, 2, 16), dict(groups=2)),
+    ((8, 8, 8, 16), (1, 1, 16, 16), {}),                      # pointwise
+    ((3, 8, 8, 6), (5, 5, 6, 16), {}),                        # too few images
+    ((8, 8, 8, 6), (5, 5, 6, 80), {}),                        # too many output channels
+    ((8, 8, 8, 6), (5, 5, 6, 17), {}),                        # lanes left idle
+    ((8, 28, 28, 1), (5, 5, 1, 16), {}),                      # runs of 5 taps
+    ((8, 8, 8, 4), (3, 3, 4, 16), dict(dilation=(1, 2))),     # runs of C = 4 taps
+    ((8, 8, 8, 128), (3, 3, 128, 16), {}),                    # too many taps
+])
+def test_lanes_kernel_does_not_apply(x_shape, w_shape, kwargs):
+    layout = "NCHW" if w_shape == (16, 4, 3, 3) else "NHWC"
+    assert not lanes_applies(conv_args_from_shapes("t", x_shape, w_shape,
+                                                   layout=layout, **kwargs))
+
+
+def test_auto_plans_the_lanes_kernel_for_lenets_second_layer():
+    for x_shape, w_shape, layout in (((64, 12, 12, 6), (5, 5, 6, 16), "NHWC"),
+                                     ((64, 6, 12, 12), (16, 6, 5, 5), "NCHW")):
+        why = fastconv.plan(x_shape, w_shape, layout=layout).why
+        assert why.startswith("im2col:") and "direct lanes kernel" in why, why
+    # LeNet's first layer (6 of 16 lanes, runs of 5 taps) keeps the image-last kernel
+    why = fastconv.plan((64, 28, 28, 1), (5, 5, 1, 6), layout="NHWC").why
+    assert "direct image-last kernel" in why, why
+
+
+@pytest.mark.parametrize("x_shape,w_shape,padding,layout,chosen", [
+    ((64, 12, 12, 6), (5, 5, 6, 16), 0, "NHWC", True),      # LeNet's second layer
+    ((64, 6, 12, 12), (16, 6, 5, 5), 0, "NCHW", True),
+    ((64, 14, 14, 6), (5, 5, 6, 16), 2, "NHWC", False),     # 4 of 14 pixels in the padding
+    ((64, 6, 14, 14), (16, 6, 5, 5), 2, "NCHW", False),
+    ((32, 14, 14, 32), (3, 3, 32, 32), 1, "NHWC", True),    # 32 -> 32 channels 3x3
+    ((64, 16, 16, 16), (3, 3, 16, 32), 1, "NHWC", True),    # the image-last kernel does not apply
+])
+def test_the_driver_weighs_the_two_direct_kernels(x_shape, w_shape, padding, layout, chosen,
+                                                  monkeypatch):
+    a = conv_args_from_shapes("t", x_shape, w_shape, padding=padding, layout=layout)
+    assert lanes_applies(a)
+    if _lanes.LANE_BYTES == 64:           # the measured choices (AVX-512)
+        assert lanes_chosen(a) == chosen
+    # the choice follows the model times; the plan names the kernel that runs
+    try:
+        for gmacs, want in ((1e-3, not direct_lanes.direct_forward_applies(a)), (1e6, True)):
+            monkeypatch.setattr(direct_lanes, "LANES_GMACS", gmacs)
+            monkeypatch.setattr(direct_lanes, "LANES_GMACS_LARGE", gmacs)
+            lanes_chosen.cache_clear()
+            assert lanes_chosen(a) == want
+        fastconv.autotune.clear_cache()
+        why = fastconv.plan(x_shape, w_shape, padding=padding, layout=layout).why
+    finally:               # no choice nor plan of the patched rate kept
+        lanes_chosen.cache_clear()
+        fastconv.autotune.clear_cache()
+    assert "direct lanes kernel" in why, why
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_lanes_kernel_matches_torch(layout, rng, monkeypatch):
+    torch = pytest.importorskip("torch")
+    x, w, b, kwargs = _problem(CASES[4], np.float32, rng)     # strides (1, 2), dilation (2, 1)
+    want = torch.nn.functional.conv2d(torch.from_numpy(x), torch.from_numpy(w),
+                                      torch.from_numpy(b), **kwargs).numpy()
+    xl, wl, back = _in_layout(layout, x, w)
+    calls = count_calls(monkeypatch, drivers, "forward_lanes")
+    got = fastconv.conv2d(xl, wl, b, layout=layout, algo="im2col", **kwargs)
+    np.testing.assert_allclose(back(got), want, rtol=1e-4, atol=1e-4)
+    assert calls == [1]
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_gradients_through_the_lanes_kernel_match_finite_differences(layout, rng):
+    x, w, _, _ = _problem((4, 6, 5, 6, 12, 3, 1, 1, 1), np.float64, rng)
+    xl, wl, _ = _in_layout(layout, x, w)
+    assert lanes_applies(conv_args_from_shapes("t", xl.shape, wl.shape, padding=1,
+                                               layout=layout, dtype=np.float64))
+    x, w = Tensor(xl, requires_grad=True), Tensor(wl, requires_grad=True)
+    b = Tensor(rng.standard_normal(12), requires_grad=True)
+    assert gradcheck(lambda x, w, b: (F.conv2d(x, w, b, padding=1, layout=layout,
+                                               algo="im2col") ** 2).sum(), [x, w, b])
