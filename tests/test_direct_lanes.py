@@ -178,3 +178,25 @@ def test_gradients_through_the_lanes_kernel_match_finite_differences(layout, rng
     b = Tensor(rng.standard_normal(12), requires_grad=True)
     assert gradcheck(lambda x, w, b: (F.conv2d(x, w, b, padding=1, layout=layout,
                                                algo="im2col") ** 2).sum(), [x, w, b])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_store_columns_writes_8_vectors_transposed(dtype):
+    from numba import njit
+
+    @njit
+    def columns(src, out, at, step):        # vector p = src[p*count : (p+1)*count]
+        n = _lanes.count(src)
+        vs = (_lanes.load(src, 0), _lanes.load(src, n), _lanes.load(src, 2 * n),
+              _lanes.load(src, 3 * n), _lanes.load(src, 4 * n), _lanes.load(src, 5 * n),
+              _lanes.load(src, 6 * n), _lanes.load(src, 7 * n))
+        _lanes.store_columns(out, at, step, vs)
+
+    n = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    src = np.arange(8 * n, dtype=dtype)
+    out = np.full(3 + 10 * n, -1, dtype)
+    columns(src, out, 3, 10)
+    want = np.full_like(out, -1)
+    for k in range(n):
+        want[3 + 10 * k: 3 + 10 * k + 8] = src.reshape(8, n)[:, k]
+    np.testing.assert_array_equal(out, want)
