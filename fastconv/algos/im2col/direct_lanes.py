@@ -54,14 +54,17 @@ from .image_last_direct import direct_cost, direct_forward_applies
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Multiply-adds per second per thread of ``_conv_rows`` on whole groups of 8 pixels
-#: (float32; half for float64), for the cost model. Measured on one core of the 2-core
-#: machine (48 KB of L1 data cache): 45 GMAC/s where a block's weight (taps x one
-#: register) fits in ``L1_WEIGHT_BYTES`` (LeNet's 6 -> 16 5x5: 9.6 KB; 32 -> 32 3x3:
-#: 18 KB; 64 -> 64 3x3: 36 KB, 44-51 GMAC/s in either layout), 35 beyond. The same
-#: with 256-bit as with 512-bit registers (35 GMAC/s each, alternating, on a loaded
-#: machine: the loads of the broadcast inputs bound both).
-LANES_GMACS = 50.0
+#: (float32; half for float64), for the cost model, each inner tap loop counted as
+#: ``LOOP_TAPS`` more taps (its start costs as much). Measured on one core of the 2-core
+#: machine (48 KB of L1 data cache), CPU time: 45-57 GMAC/s in NHWC (one inner loop per
+#: kernel row), 36-57 in NCHW (KW loops over the channels per kernel row: 6 -> 16 3x3 36,
+#: 16 -> 16 48, 32 -> 32 57), where a block's weight (taps x one register) fits in
+#: ``L1_WEIGHT_BYTES`` (LeNet's 6 -> 16 5x5: 9.6 KB; 64 -> 64 3x3: 36 KB); 35 beyond.
+#: The same with 256-bit as with 512-bit registers (the loads of the broadcast inputs
+#: bound both).
+LANES_GMACS = 55.0
 LANES_GMACS_LARGE = 35.0
+LOOP_TAPS = 3
 L1_WEIGHT_BYTES = 40 * 1024
 #: Pixels accumulated at once (the kernel's 8 registers).
 PIXELS = 8
@@ -323,21 +326,26 @@ def lanes_cost(a, p: Profile) -> Estimate:
     rounded up to whole blocks of lanes, the interior of each output row as groups of 8
     pixels, a last group of at most 4 as 5 (its 4 accumulators measured 0.6 of a
     group's time), pixels reaching into the padding as 2: 4 chains of multiply-adds
-    instead of 8, measured 1.2 to 1.7) at ``LANES_GMACS`` per thread
-    (``LANES_GMACS_LARGE`` for a block's weight beyond ``L1_WEIGHT_BYTES``; half for
-    float64), plus the call's fixed cost."""
+    instead of 8, measured 1.2 to 1.7), each kernel row's inner tap loops
+    (``_tap_order``: one in NHWC without column dilation, else KW) counted as
+    ``LOOP_TAPS`` taps more, at ``LANES_GMACS`` per thread (``LANES_GMACS_LARGE`` for a
+    block's weight beyond ``L1_WEIGHT_BYTES``; half for float64), plus the call's fixed
+    cost."""
     d_pad = a.c_out / _lane_use(a)
     j_lo, j_hi = _interior(a)
     full, rest = divmod(j_hi - j_lo, PIXELS)
     tail = 0 if rest == 0 else 5 if rest <= PIXELS // 2 else PIXELS
     slots = full * PIXELS + tail + 2 * (a.w_out - (j_hi - j_lo))
-    macs = a.n * a.h_out * slots * d_pad * a.c_in * a.kh * a.kw
+    taps = a.c_in * a.kh * a.kw
+    loops = a.kh * (1 if _run(a) == a.c_in * a.kw else a.kw)
+    macs = a.n * a.h_out * slots * d_pad * taps
+    work = macs * (taps + LOOP_TAPS * loops) / taps
     block_bytes = a.c_in * a.kh * a.kw * _lanes.LANE_BYTES
     gmacs = LANES_GMACS if block_bytes <= L1_WEIGHT_BYTES else LANES_GMACS_LARGE
     rate = gmacs * 1e9 * p.threads * (4 / a.dtype.itemsize)
-    return Estimate(p.call_us * 1e-6 + macs / rate, 0,
+    return Estimate(p.call_us * 1e-6 + work / rate, 0,
                     f"direct lanes kernel (no GEMM, no layout copy), {macs / 1e6:.3g}M "
-                    f"multiply-adds {1e3 * macs / rate:.3g} ms")
+                    f"multiply-adds {1e3 * work / rate:.3g} ms")
 
 
 @functools.lru_cache(maxsize=256)
