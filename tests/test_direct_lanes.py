@@ -116,6 +116,19 @@ def test_lanes_kernel_does_not_apply(x_shape, w_shape, kwargs):
                                                    layout=layout, **kwargs))
 
 
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_wide_3x3_layers_on_large_maps_are_left_to_winograd(layout):
+    nhwc = layout == "NHWC"
+    x_shape = (64, 32, 32, 32)                                     # the suite's cifar layer
+    w_shape = (3, 3, 32, 32) if nhwc else (32, 32, 3, 3)
+    a = conv_args_from_shapes("t", x_shape, w_shape, padding=1, layout=layout)
+    assert lanes_applies(a) and not lanes_chosen(a)
+    assert fastconv.plan(x_shape, w_shape, padding=1, layout=layout).algorithm == "winograd"
+    x_small = (32, 14, 14, 32) if nhwc else (32, 32, 14, 14)
+    small = conv_args_from_shapes("t", x_small, w_shape, padding=1, layout=layout)
+    assert lanes_chosen(small)                                     # 14x14: the lanes kernel
+
+
 def test_auto_plans_the_lanes_kernel_for_lenets_second_layer():
     for x_shape, w_shape, layout in (((64, 12, 12, 6), (5, 5, 6, 16), "NHWC"),
                                      ((64, 6, 12, 12), (16, 6, 5, 5), "NCHW")):

@@ -80,6 +80,13 @@ MIN_LANE_USE = 0.75
 MIN_RUN = 6
 #: ... and at most this many taps C_in*KH*KW (more: the GEMM is wide enough for BLAS).
 MAX_TAPS = 600
+#: 3x3 stride-1 undilated layers of at least ``WINOGRAD_PAIRS`` channel pairs
+#: C_in*C_out on output maps of more than ``WINOGRAD_MAP`` pixels are left to the other
+#: paths (``lanes_chosen``): Winograd's wider GEMMs run them faster than its cost model
+#: says. Measured, 2 threads, lanes / Winograd: 32 -> 32 at 32x32 (batch 64) 1.3 (NHWC)
+#: to 1.8 (NCHW), at 28x28 1.5; at 14x14 0.65-0.95; 16 -> 16 at 28x28 0.65-0.9.
+WINOGRAD_PAIRS = 1024
+WINOGRAD_MAP = 256
 
 
 def _lane_use(args) -> float:
@@ -348,11 +355,18 @@ def lanes_cost(a, p: Profile) -> Estimate:
                     f"multiply-adds {1e3 * work / rate:.3g} ms")
 
 
+def _left_to_winograd(a) -> bool:
+    """Whether ``a`` is a layer Winograd runs faster (``WINOGRAD_PAIRS``)."""
+    return ((a.kh, a.kw) == (3, 3) and a.stride == (1, 1) and a.dilation == (1, 1)
+            and a.c_in * a.c_out >= WINOGRAD_PAIRS and a.h_out * a.w_out > WINOGRAD_MAP)
+
+
 @functools.lru_cache(maxsize=256)
 def lanes_chosen(args) -> bool:
     """Whether im2col's forward runs ``forward_lanes``: where it applies
-    (``lanes_applies``) and, where the direct image-last kernel applies too, its
-    model time (``lanes_cost``) is not above that kernel's (``direct_cost``; both
+    (``lanes_applies``), is not left to Winograd (``WINOGRAD_PAIRS``) and, where the
+    direct image-last kernel applies too, its model time (``lanes_cost``) is not above
+    that kernel's (``direct_cost``; both
     scale with the profile's threads and add its call cost, so the profile does not
     change the choice: cached per problem). Measured, batch 64, 2 threads, NHWC: 6 -> 16
     5x5 at 12x12 0.18 vs 0.41 ms (image-last); 6 -> 16 5x5 padding 2 at 14x14 (4 of 14
@@ -360,7 +374,7 @@ def lanes_chosen(args) -> bool:
     lanes) 0.22 vs 0.19 ms. NCHW, alternating: 6 -> 16 5x5 at 12x12 0.155 vs 0.18 ms;
     batch 32, padding 1: 16 -> 16 3x3 at 28x28 0.85 vs 1.19 ms, 32 -> 32 3x3 at 14x14
     0.83 vs 1.02 ms (NHWC 0.62 vs 1.07 ms)."""
-    if not lanes_applies(args):
+    if not lanes_applies(args) or _left_to_winograd(args):
         return False
     if not direct_forward_applies(args):
         return True
