@@ -14,6 +14,8 @@ keeps its accumulators in registers:
 * ``store_columns(a, i, step, vs)``: a[i + k*step + p] = vs[p][k] for the 8 vectors
   vs[p] and every lane k: 8 vectors written as ``count`` runs of 8 (a transpose);
 * ``fma(acc, s, v)``: acc + s * v, the scalar s in every lane (one fused multiply-add);
+* ``fma_lanes(acc, u, v)``: acc + u * v, lane by lane (u, v vectors);
+* ``store(a, i, v)``: a[i : i + count] = v (as ``load``, no bounds check);
 * ``add(u, v)``: u + v, lane by lane; ``zeros(a)``: a vector of zeros of a's dtype;
 * ``lane(v, k)``: lane k of v (0 <= k < count);
 * ``count(a)``: how many lanes of a's dtype a vector holds.
@@ -89,6 +91,14 @@ def load(typingctx, ary, idx):
     return lanes(ary, idx), codegen
 
 
+def _fma_call(builder, vec, dtype, args):
+    """llvm.fma on three vectors: args[0] * args[1] + args[2]."""
+    bits = 32 if dtype == types.float32 else 64
+    fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
+                                        f"llvm.fma.v{vec.count}f{bits}")
+    return builder.call(fn, args)
+
+
 @intrinsic
 def store(typingctx, ary, idx, v):
     """ary[idx : idx + count] = v (1-D contiguous float array of v's dtype)."""
@@ -152,11 +162,35 @@ def fma(typingctx, acc, s, v):
         splat = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
                                        ir.Constant(ir.VectorType(i32, vec.count),
                                                    [0] * vec.count))
-        bits = 32 if sig.args[0].dtype == types.float32 else 64
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3),
-                                            f"llvm.fma.v{vec.count}f{bits}")
-        return builder.call(fn, [splat, args[2], args[0]])
+        return _fma_call(builder, vec, sig.args[0].dtype, [splat, args[2], args[0]])
     return acc(acc, s, v), codegen
+
+
+@intrinsic
+def fma_lanes(typingctx, acc, u, v):
+    """acc + u * v, lane by lane (one fused multiply-add)."""
+    if not (isinstance(acc, Lanes) and acc == u == v):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vec = context.get_value_type(sig.args[0])
+        return _fma_call(builder, vec, sig.args[0].dtype, [args[1], args[2], args[0]])
+    return acc(acc, u, v), codegen
+
+
+@intrinsic
+def store(typingctx, ary, idx, v):
+    """ary[idx : idx + count] = v (1-D contiguous array of v's dtype)."""
+    if not (isinstance(ary, types.Array) and ary.ndim == 1 and isinstance(v, Lanes)
+            and ary.dtype == v.dtype and isinstance(idx, types.Integer)):
+        return None
+
+    def codegen(context, builder, sig, args):
+        vec = context.get_value_type(sig.args[2])
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vec)
+        builder.store(args[2], ptr, align=ary.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(ary, idx, v), codegen
 
 
 @intrinsic

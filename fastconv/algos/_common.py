@@ -30,6 +30,14 @@ def valid_range(n_out: int, offset: int, stride: int, size: int) -> tuple[int, i
     return min(lo, hi), hi
 
 
+def interior_columns(a) -> tuple[int, int]:
+    """The output columns j_lo <= j < j_hi of the conv ``a`` whose whole kernel row lies
+    inside the image's columns (the others reach into the left or right padding)."""
+    (sw, rw), pl = (a.stride[1], a.dilation[1]), a.padding[1][0]
+    j_lo = min(a.w_out, (pl + sw - 1) // sw)
+    return j_lo, max(j_lo, min(a.w_out, (a.w + pl - (a.kw - 1) * rw - 1) // sw + 1))
+
+
 def serial_twin(kernel):
     """The parallel numba kernel ``kernel`` compiled without threads (its other options
     kept), for work that Python threads share out (``_blas.on_threads``) or calls too

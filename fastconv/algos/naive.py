@@ -27,7 +27,7 @@ from numba import njit, prange
 from .. import config, numerics
 from .._runtime import parallel_guard
 from ..costs import Estimate, Profile
-from . import _nhwc, direct_nhwc
+from . import _nhwc, depthwise_nhwc, direct_nhwc
 from ._common import U, geometry, valid_range
 from .depthwise_grad import applies as depthwise_grad_applies
 from .depthwise_grad import backward_depthwise, padded_plane
@@ -155,11 +155,15 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     Each layout has its own kernels: NCHW wraps ``_conv_direct_nchw``
     (``_conv_depthwise_nchw`` for depthwise layers), NHWC
     ``direct_nhwc._conv_direct_nhwc`` (one kernel for dense, grouped and depthwise
-    layers, channels innermost). Depthwise layers with a channel multiplier
+    layers, channels innermost), except depthwise layers of at least one SIMD register
+    of channels (``depthwise_nhwc``: 8 pixels' blocks of channels in registers). Depthwise layers with a channel multiplier
     (``channel_multiplier``) have a few input channels and no long channel loop in NHWC:
     they run ``_conv_depthwise_nchw`` on NCHW copies in both layouts (``_nhwc``). Always
     exact: returns None."""
     dims = args.dims
+    if depthwise_nhwc.applies(args):
+        depthwise_nhwc.forward(x, w, args, out, bias)
+        return
     b = np.zeros(0, args.dtype) if bias is None else np.ascontiguousarray(bias)
     if dims.channels_last and not channel_multiplier(args):
         with parallel_guard():
