@@ -82,10 +82,12 @@ def _bn_apply_nchw(x, mean, scale, shift, y, relu):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_moments_nhwc(x, shift, part1, part2):
-    """part1[t, c] and part2[t, c]: the sums over the rows r of block t of d and d**2,
-    d = x[r, c] - shift[c]; x (P, C), part1, part2 (T, C)."""
-    n_rows, c_all = x.shape
+def _block_sums_nhwc(u, u_shift, v, v_shift, part1, part2):
+    """Per block t of ``_ROWS`` rows: part1[t, c] = sum of du and part2[t, c] = sum of
+    du * dv over the block's rows r, du = u[r, c] - u_shift[c], dv = v[r, c] -
+    v_shift[c]; u, v (P, C), part1, part2 (T, C). Moments: u = v = x, both shifts the
+    shift; gradient sums: u = grad_y unshifted, v = x less the mean."""
+    n_rows, c_all = u.shape
     for t in prange(part1.shape[0]):
         s1 = part1[t]
         s2 = part2[t]
@@ -93,9 +95,9 @@ def _block_moments_nhwc(x, shift, part1, part2):
         s2[:] = 0.0
         for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
             for c in range(c_all):
-                d = x[r, c] - shift[c]
-                s1[c] += d
-                s2[c] += d * d
+                du = u[r, c] - u_shift[c]
+                s1[c] += du
+                s2[c] += du * (v[r, c] - v_shift[c])
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -139,23 +141,6 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_
         for n in range(n_img):
             for k in range(m):
                 gx[n, c, k] = gy[n, c, k] * a + b + (x[n, c, k] - mu) * kx
-
-
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_grad_sums_nhwc(gy, x, mean, part_dy, part_dy_xmu):
-    """Per row block t: part_dy[t, c] = sum gy[r, c], part_dy_xmu[t, c] = sum gy[r, c] *
-    (x[r, c] - mean[c]); gy, x (P, C)."""
-    n_rows, c_all = x.shape
-    for t in prange(part_dy.shape[0]):
-        s1 = part_dy[t]
-        s2 = part_dy_xmu[t]
-        s1[:] = 0.0
-        s2[:] = 0.0
-        for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-            for c in range(c_all):
-                g = gy[r, c]
-                s1[c] += g
-                s2[c] += g * (x[r, c] - mean[c])
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -220,7 +205,7 @@ def _nhwc_train(x, weight, bias, eps, y, relu):
     count = x.shape[0]
     p1, p2 = _partials(x), _partials(x)
     shift = x[0].astype(np.float64)
-    _block_moments_nhwc(x, shift, p1, p2)
+    _block_sums_nhwc(x, shift, x, shift, p1, p2)
     ds = p1.sum(axis=0) / count     # serial reduction of the partials
     mean = shift + ds
     var = np.maximum(p2.sum(axis=0) / count - ds * ds, 0.0)
@@ -231,7 +216,7 @@ def _nhwc_train(x, weight, bias, eps, y, relu):
 def _nhwc_backward(gy, x, mean, invstd, weight, training, gx):
     count = x.shape[0]
     p1, p2 = _partials(x), _partials(x)
-    _block_grad_sums_nhwc(gy, x, mean, p1, p2)
+    _block_sums_nhwc(gy, np.zeros(x.shape[1]), x, mean, p1, p2)
     sum_dy, sum_dy_xmu = p1.sum(axis=0), p2.sum(axis=0)   # serial reduction
     a = weight * invstd
     if training:
@@ -361,7 +346,7 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     Sums are float64. Array arguments may be array-likes, as in ``batch_norm``; float16
     is computed in float32 and the gradients rounded once to float16. Runs
     ``_bn_backward_nchw`` (one task per channel) /
-    ``_block_grad_sums_nhwc`` + ``_bn_backward_apply_nhwc``.
+    ``_block_sums_nhwc`` + ``_bn_backward_apply_nhwc``.
     """
     op = "batch_norm_backward"
     gpu = devices.gpu_op(op, device)

@@ -29,7 +29,7 @@ from __future__ import annotations
 from numba import njit, prange
 
 from .. import config
-from ._common import U
+from ._common import U, valid_range
 
 
 @njit(inline="always")
@@ -48,6 +48,31 @@ def _depthwise3x3(fx, fw, fy, bias, with_bias, o, x0, row, col, c):
                 + fx[x0 + two * row + col + k] * fw[U(7) * c + k]
                 + fx[x0 + two * row + two * col + k] * fw[U(8) * c + k])
         fy[o + k] = acc
+
+
+@njit(inline="always")
+def _tap_products(dst, o, dst_c, fx, xo, src, so, src_c, grouping, depthwise):
+    """One tap's products of an input pixel's channels x (at xo) with a row of D values
+    per input channel:
+
+        dst[o + c*dst_c + g*Dg + d] += x[g*Cg + c] * src[so + c*src_c + g*Dg + d]
+
+    (the forward: dst the output pixel, src the tap's weights, (dst_c, src_c) = (0, D);
+    the weight gradient: dst the tap's gradient rows, src the output pixel's gradient,
+    (D, 0)). A depthwise layer (one output channel per input channel) multiplies
+    channel by channel: dst[o + d] += x[d] * src[so + d]."""
+    groups, ucg, dg = grouping
+    if depthwise:
+        for d in range(dg * U(groups)):
+            dst[o + d] += fx[xo + d] * src[so + d]
+        return
+    for g in range(U(groups)):
+        for c in range(ucg):
+            v = fx[xo + g * ucg + c]
+            do = o + c * dst_c + g * dg
+            sr = so + c * src_c + g * dg
+            for d in range(dg):
+                dst[do + d] += v * src[sr + d]
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -82,27 +107,13 @@ def _conv_direct_nhwc(x, w, out, sh, sw, pt, pl, rh, rw, groups, bias):
                 continue
             for d in range(ud):
                 fy[o + d] = bias[d] if with_bias else 0
-            for a in range(kh):
-                src_i = i * sh + a * rh - pt
-                if src_i < 0 or src_i >= h:
-                    continue
-                for b in range(kw):
-                    src_j = j * sw + b * rw - pl
-                    if src_j < 0 or src_j >= wd:
-                        continue
-                    xo = U(((n * h + src_i) * wd + src_j) * c_all)
-                    wo_ = U((a * kw + b) * cg) * ud
-                    if depthwise:
-                        for d in range(ud):
-                            fy[o + d] += fx[xo + d] * fw[wo_ + d]
-                        continue
-                    for g in range(U(groups)):
-                        for c in range(ucg):
-                            v = fx[xo + g * ucg + c]
-                            wr = wo_ + c * ud + g * dg
-                            og = o + g * dg
-                            for d in range(dg):
-                                fy[og + d] += v * fw[wr + d]
+            a_lo, a_hi = valid_range(kh, i * sh - pt, rh, h)   # taps inside the image
+            b_lo, b_hi = valid_range(kw, left, rw, wd)
+            for a in range(a_lo, a_hi):
+                for b in range(b_lo, b_hi):     # out += x (tap's input) (x) w[a, b]
+                    xo = U(((n * h + i * sh + a * rh - pt) * wd + left + b * rw) * c_all)
+                    _tap_products(fy, o, U(0), fx, xo, fw, U((a * kw + b) * cg) * ud, ud,
+                                  (groups, ucg, dg), depthwise)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -174,27 +185,14 @@ def _conv_direct_grad_w_nhwc(gy, x, parts, sh, sw, pt, pl, rh, rw, groups):
             i = r % ho
             for j in range(wo):
                 yo = U((r * wo + j) * d_all)
-                for a in range(kh):
-                    src_i = i * sh + a * rh - pt
-                    if src_i < 0 or src_i >= h:
-                        continue
-                    for b in range(kw):
-                        src_j = j * sw + b * rw - pl
-                        if src_j < 0 or src_j >= wd:
-                            continue
-                        xo = U(((n * h + src_i) * wd + src_j) * c_all)
-                        o = base + U(a * kw + b) * ucg * ud
-                        if depthwise:
-                            for d in range(ud):
-                                fp[o + d] += fx[xo + d] * fy[yo + d]
-                            continue
-                        for g in range(U(groups)):
-                            for c in range(ucg):
-                                v = fx[xo + g * ucg + c]
-                                row = o + c * ud + g * dg
-                                gyg = yo + g * dg
-                                for d in range(dg):
-                                    fp[row + d] += v * fy[gyg + d]
+                a_lo, a_hi = valid_range(kh, i * sh - pt, rh, h)   # taps inside the image
+                b_lo, b_hi = valid_range(kw, j * sw - pl, rw, wd)
+                for a in range(a_lo, a_hi):
+                    for b in range(b_lo, b_hi):  # parts[b, a, bb] += x (tap's input) (x) gy
+                        xo = U(((n * h + i * sh + a * rh - pt) * wd + j * sw + b * rw - pl)
+                               * c_all)
+                        _tap_products(fp, base + U(a * kw + b) * ucg * ud, ud, fx, xo, fy, yo,
+                                      U(0), (groups, ucg, dg), depthwise)
 
 
 def grad_w_blocks(rows: int, threads: int) -> int:

@@ -156,10 +156,10 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     (``_conv_depthwise_nchw`` for depthwise layers), NHWC
     ``direct_nhwc._conv_direct_nhwc`` (one kernel for dense, grouped and depthwise
     layers, channels innermost), except depthwise layers of at least one SIMD register
-    of channels (``depthwise_nhwc``: 8 pixels' blocks of channels in registers). Depthwise layers with a channel multiplier
-    (``channel_multiplier``) have a few input channels and no long channel loop in NHWC:
-    they run ``_conv_depthwise_nchw`` on NCHW copies in both layouts (``_nhwc``). Always
-    exact: returns None."""
+    of channels (``depthwise_nhwc``: 8 pixels' blocks of channels in registers).
+    Depthwise layers with a channel multiplier (``channel_multiplier``) have a few input
+    channels and no long channel loop in NHWC: they run ``_conv_depthwise_nchw`` on NCHW
+    copies in both layouts (``_nhwc``). Always exact: returns None."""
     dims = args.dims
     if depthwise_nhwc.applies(args):
         depthwise_nhwc.forward(x, w, args, out, bias)
