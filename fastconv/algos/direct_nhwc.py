@@ -15,13 +15,15 @@ per output row (image, i) for the forward, per input row for the input gradient,
 block of output rows for the weight gradient (each with a partial sum), so no two tasks
 write the same element.
 
+Two groups of two input channels, three output channels each (HWIO weight (3, 3, 2, 6)),
+on an NHWC image of ones: an inner pixel sums 2 channels x 9 taps, a corner 2 x 4.
+
 >>> import numpy as np
 >>> from fastconv import conv2d
->>> x = np.ones((1, 4, 4, 2), np.float32)              # NHWC
->>> w = np.ones((3, 3, 2, 5), np.float32)              # HWIO
->>> y = conv2d(x, w, padding=1, layout="NHWC", algo="naive")
->>> y.shape, float(y[0, 1, 1, 0]), float(y[0, 0, 0, 0])
-((1, 4, 4, 5), 18.0, 8.0)
+>>> y = conv2d(np.ones((1, 4, 4, 4)), np.ones((3, 3, 2, 6)), padding=1, groups=2,
+...            layout="NHWC", algo="naive")
+>>> y[0, 1, 1].tolist(), y[0, 0, 0].tolist()
+([18.0, 18.0, 18.0, 18.0, 18.0, 18.0], [8.0, 8.0, 8.0, 8.0, 8.0, 8.0])
 """
 
 from __future__ import annotations
