@@ -16,6 +16,7 @@ keeps its accumulators in registers:
 * ``fma(acc, s, v)``: acc + s * v, the scalar s in every lane (one fused multiply-add);
 * ``fma_lanes(acc, u, v)``: acc + u * v, lane by lane (u, v vectors);
 * ``store(a, i, v)``: a[i : i + count] = v (as ``load``, no bounds check);
+* ``splat(a, s)``: the scalar s in every lane of a vector of a's dtype;
 * ``add(u, v)``: u + v, lane by lane; ``zeros(a)``: a vector of zeros of a's dtype;
 * ``lane(v, k)``: lane k of v (0 <= k < count);
 * ``count(a)``: how many lanes of a's dtype a vector holds.
@@ -91,6 +92,14 @@ def load(typingctx, ary, idx):
     return lanes(ary, idx), codegen
 
 
+def _splat(builder, vec, scalar):
+    """The vector of type vec with scalar in every lane."""
+    i32 = ir.IntType(32)
+    one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, i32(0))
+    return builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
+                                  ir.Constant(ir.VectorType(i32, vec.count), [0] * vec.count))
+
+
 def _fma_call(builder, vec, dtype, args):
     """llvm.fma on three vectors: args[0] * args[1] + args[2]."""
     bits = 32 if dtype == types.float32 else 64
@@ -157,12 +166,8 @@ def fma(typingctx, acc, s, v):
     def codegen(context, builder, sig, args):
         vec = context.get_value_type(sig.args[0])
         scalar = context.cast(builder, args[1], sig.args[1], sig.args[0].dtype)
-        i32 = ir.IntType(32)
-        one = builder.insert_element(ir.Constant(vec, ir.Undefined), scalar, i32(0))
-        splat = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
-                                       ir.Constant(ir.VectorType(i32, vec.count),
-                                                   [0] * vec.count))
-        return _fma_call(builder, vec, sig.args[0].dtype, [splat, args[2], args[0]])
+        return _fma_call(builder, vec, sig.args[0].dtype,
+                         [_splat(builder, vec, scalar), args[2], args[0]])
     return acc(acc, s, v), codegen
 
 
@@ -191,6 +196,21 @@ def store(typingctx, ary, idx, v):
         builder.store(args[2], ptr, align=ary.dtype.bitwidth // 8)
         return context.get_dummy_value()
     return types.none(ary, idx, v), codegen
+
+
+@intrinsic
+def splat(typingctx, ary, s):
+    """The scalar s (cast to ary's dtype) in every lane."""
+    if not (isinstance(ary, types.Array) and isinstance(ary.dtype, types.Float)
+            and isinstance(s, types.Number)):
+        return None
+    lanes = Lanes(ary.dtype)
+
+    def codegen(context, builder, sig, args):
+        vec = context.get_value_type(lanes)
+        scalar = context.cast(builder, args[1], sig.args[1], lanes.dtype)
+        return _splat(builder, vec, scalar)
+    return lanes(ary, s), codegen
 
 
 @intrinsic

@@ -27,7 +27,7 @@ from numba import njit, prange
 from .. import config, numerics
 from .._runtime import parallel_guard
 from ..costs import Estimate, Profile
-from . import _nhwc, depthwise_nhwc, direct_nhwc
+from . import _nhwc, depthwise_lanes, direct_nhwc
 from ._common import U, geometry, valid_range
 from .depthwise_grad import applies as depthwise_grad_applies
 from .depthwise_grad import backward_depthwise, padded_plane
@@ -156,13 +156,13 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     (``_conv_depthwise_nchw`` for depthwise layers), NHWC
     ``direct_nhwc._conv_direct_nhwc`` (one kernel for dense, grouped and depthwise
     layers, channels innermost), except depthwise layers of at least one SIMD register
-    of channels (``depthwise_nhwc``: 8 pixels' blocks of channels in registers).
+    of channels (``depthwise_lanes``: 8 pixels' blocks of channels in registers).
     Depthwise layers with a channel multiplier (``channel_multiplier``) have a few input
     channels and no long channel loop in NHWC: they run ``_conv_depthwise_nchw`` on NCHW
     copies in both layouts (``_nhwc``). Always exact: returns None."""
     dims = args.dims
-    if depthwise_nhwc.applies(args):
-        depthwise_nhwc.forward(x, w, args, out, bias)
+    if depthwise_lanes.nhwc_applies(args):
+        depthwise_lanes.forward_nhwc(x, w, args, out, bias)
         return
     b = np.zeros(0, args.dtype) if bias is None else np.ascontiguousarray(bias)
     if dims.channels_last and not channel_multiplier(args):
@@ -175,13 +175,19 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     y = _nhwc.nchw_target(out, dims)
     if is_depthwise(args):
         with parallel_guard():
-            _conv_depthwise_nchw(x, w, y, *geometry(args), b)
+            _depthwise_forward(x, w, y, *geometry(args), b)
     else:
         # The kernel accumulates onto its output: start from the bias (or zero).
         y[...] = 0 if bias is None else bias[:, None, None]
         with parallel_guard():
             _conv_direct_nchw(x, w, y, *geometry(args), args.groups)
     _nhwc.write_back(y, out, dims)
+
+
+def _depthwise_forward(x, w, out, sh, sw, pt, pl, rh, rw, bias) -> None:
+    """The NCHW depthwise forward kernels (``depthwise_lanes.depthwise_nchw``)."""
+    depthwise_lanes.depthwise_nchw(x, w, out, sh, sw, pt, pl, rh, rw, bias,
+                                   _conv_depthwise_nchw)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -249,7 +255,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
         # the flipped kernel meets the padding's zeros: exact loops for a non-finite w
         if depthwise_grad_applies(args) and (grad_x is None or numerics.all_finite(w)):
             backward_depthwise(gy, np.ascontiguousarray(x), np.ascontiguousarray(w), args,
-                               grad_x, grad_w, _conv_depthwise_nchw)
+                               grad_x, grad_w, _depthwise_forward)
         else:
             _direct_grads(gy, x, w, grad_x, grad_w, conv)
 

@@ -1,20 +1,29 @@
-"""The depthwise NHWC forward in SIMD registers: one output channel per input channel
-(``C_out == C_in == groups``), channels innermost.
+"""Depthwise forwards in SIMD registers (``fastconv._lanes``), one output channel per
+input channel (``C_out == C_in == groups``), a kernel per layout.
 
-In NHWC a pixel's channels are contiguous, and a depthwise layer multiplies each
-channel by its own weight, so a block of ``count`` channels (one register,
-``fastconv._lanes``) is one lane-by-lane multiply-add per tap:
+NHWC: a pixel's channels are contiguous, and each channel has its own weights, so a
+block of ``count`` channels (one register) is one lane-by-lane multiply-add per tap:
 
     y[n, i, j, c:c+L] = bias[c:c+L] + sum over taps (a, b) of
                         x[n, i*s_h - p_t + a*r_h, j*s_w - p_l + b*r_w, c:c+L] * w[a, b, 0, c:c+L]
 
-``_depthwise_rows`` takes one output row (n, i) per task and, for each block of
-channels, accumulates 8 output pixels of the row at once in 8 registers: one load of
-the tap's weights feeds 8 multiply-adds. Pixels whose kernel reaches into the left or
-right padding run one at a time over their valid columns, and rows of taps in the
-top or bottom padding are skipped. The last block of channels ends at C (it overlaps
-the one before when C is not a multiple of the lanes and writes those channels
-again, with the same values), so the kernel needs C >= ``count``.
+``_depthwise_rows`` accumulates 8 output pixels of a row at once in 8 registers (one
+load of the tap's weights feeds 8 multiply-adds). A task takes ``BAND`` output rows of
+an image and goes through them group of 8 columns by group, so that the input rows of
+a group's kernel stay in L1 from one output row to the next. Pixels whose kernel
+reaches into the left or right padding run one at a time over their valid columns,
+and rows of taps in the top or bottom padding are skipped. The last block of channels
+ends at C (it overlaps the one before when C is not a multiple of the lanes and writes
+those channels again, with the same values), so the kernel needs C >= ``count``.
+
+NCHW, stride 1: ``_depthwise_planes`` copies an input plane zero-padded (every tap of
+every output lies inside it) and accumulates 4 registers of an output row at once, the
+weight of each tap broadcast to every lane:
+
+    y[n, d, i, j:j+L] = bias[d] + sum over taps of w[d, 0, a, b] * xp[i + a*r_h, j + b*r_w :][:L]
+
+(the last register of a row ends at Wo, overlapping the one before), so it needs
+Wo >= ``count``; ``depthwise_nchw`` runs the direct algorithm's loops otherwise.
 
 >>> import numpy as np
 >>> from fastconv import conv2d
@@ -22,6 +31,11 @@ again, with the same values), so the kernel needs C >= ``count``.
 >>> w = np.ones((3, 3, 1, 16), np.float32)           # HWIO, one channel per group
 >>> y = conv2d(x, w, padding=1, groups=16, layout="NHWC", algo="naive")
 >>> float(y[0, 0, 0, 0]), float(y[0, 2, 2, 15])      # a corner: 4 taps; inside: 9
+(4.0, 9.0)
+>>> x = np.ones((2, 16, 20, 20), np.float32)         # NCHW
+>>> w = np.ones((16, 1, 3, 3), np.float32)
+>>> y = conv2d(x, w, padding=1, groups=16, algo="naive")
+>>> float(y[0, 0, 0, 0]), float(y[1, 15, 10, 10])
 (4.0, 9.0)
 """
 
@@ -33,6 +47,7 @@ from numba import njit, prange
 from .. import _lanes
 from .._runtime import parallel_guard
 from ._common import U, interior_columns
+from .depthwise_grad import padded_plane
 
 #: Pixels accumulated at once (the kernel's 8 registers).
 PIXELS = 8
@@ -41,8 +56,8 @@ PIXELS = 8
 BAND = 8
 
 
-def applies(args) -> bool:
-    """Whether ``forward`` runs the NHWC depthwise layer ``args``: one output channel
+def nhwc_applies(args) -> bool:
+    """Whether ``forward_nhwc`` runs the NHWC depthwise layer ``args``: one output channel
     per input channel and at least one register of channels."""
     return (args.dims.channels_last and args.c_in == args.groups == args.c_out
             and args.c_in >= _lanes.LANE_BYTES // args.dtype.itemsize and args.w_out > 0)
@@ -148,8 +163,8 @@ def _depthwise_rows(xf, xs, wf, fb, fo, os, geo, j_lo, j_hi):
                            U(ps), U(c_all))
 
 
-def forward(x, w, args, out, bias) -> None:
-    """The forward of an ``applies`` problem: out (N, Ho, Wo, C) (any strides) =
+def forward_nhwc(x, w, args, out, bias) -> None:
+    """The forward of an ``nhwc_applies`` problem: out (N, Ho, Wo, C) (any strides) =
     depthwise conv(x (N, H, W, C), w (KH, KW, 1, C)) + bias (C,) when given."""
     dt = args.dtype
     fb = np.zeros(args.c_out, dt) if bias is None else np.ascontiguousarray(bias, dt)
@@ -162,3 +177,60 @@ def forward(x, w, args, out, bias) -> None:
                         fb, target.reshape(-1), target.shape, geo, *interior_columns(args))
     if target is not out:
         out[...] = target
+
+
+#: Registers of an output row accumulated at once (independent chains of multiply-adds).
+ROW_REGISTERS = 4
+
+
+@njit(parallel=True, cache=True)
+def _depthwise_planes(x, w, out, pt, pl, rh, rw, bias):
+    """out (N, D, Ho, Wo) C-contiguous = the stride-1 depthwise correlation of x (N, C,
+    H, W) with w (D, 1, KH, KW) (output channel d reads input channel d // (D/C)) plus
+    bias (D,); Wo >= count. One task per output plane (module docstring)."""
+    n_img, _, h, wd = x.shape
+    d_all, _, kh, kw = w.shape
+    ho, wo = out.shape[2], out.shape[3]
+    mult = d_all // x.shape[1]
+    fo, wf = out.reshape(out.size), w.reshape(w.size)
+    nl = _lanes.count(fo)
+    hp, wp = ho + rh * (kh - 1), wo + rw * (kw - 1)
+    last = wo - nl
+    for task in prange(n_img * d_all):
+        n = task // d_all
+        d = task % d_all
+        xp = padded_plane(x[n, d // mult], hp, wp, 0, pt, pl, out.dtype)
+        b0 = _lanes.splat(fo, bias[d])
+        taps = U(d * kh * kw)
+        for i in range(ho):
+            o = U((task * ho + i) * wo)
+            for v in range(0, -(-wo // nl), ROW_REGISTERS):
+                j0, j1 = U(min(v * nl, last)), U(min((v + 1) * nl, last))
+                j2, j3 = U(min((v + 2) * nl, last)), U(min((v + 3) * nl, last))
+                c0, c1, c2, c3 = b0, b0, b0, b0
+                for a in range(kh):
+                    row = U((i + a * rh) * wp)
+                    for b in range(kw):
+                        wv = wf[taps + U(a * kw + b)]
+                        q = row + U(b * rw)
+                        c0 = _lanes.fma(c0, wv, _lanes.load(xp, q + j0))
+                        c1 = _lanes.fma(c1, wv, _lanes.load(xp, q + j1))
+                        c2 = _lanes.fma(c2, wv, _lanes.load(xp, q + j2))
+                        c3 = _lanes.fma(c3, wv, _lanes.load(xp, q + j3))
+                _lanes.store(fo, o + j0, c0)
+                _lanes.store(fo, o + j1, c1)
+                _lanes.store(fo, o + j2, c2)
+                _lanes.store(fo, o + j3, c3)
+
+
+def depthwise_nchw(x, w, out, sh, sw, pt, pl, rh, rw, bias, fallback) -> None:
+    """out (N, D, Ho, Wo) = the depthwise correlation of x (N, C, H, W) with w (D, 1,
+    KH, KW) plus bias ((D,) or empty: none), x and w C-contiguous: ``_depthwise_planes``
+    for stride 1, a C-contiguous out and rows of at least one register; else
+    ``fallback`` (the direct algorithm's kernel, same arguments)."""
+    lanes = _lanes.LANE_BYTES // out.dtype.itemsize
+    if (sh, sw) != (1, 1) or not out.flags.c_contiguous or out.shape[3] < lanes:
+        fallback(x, w, out, sh, sw, pt, pl, rh, rw, bias)
+        return
+    b = bias if bias.shape[0] == out.shape[1] else np.zeros(out.shape[1], out.dtype)
+    _depthwise_planes(x, w, out, pt, pl, rh, rw, b)
