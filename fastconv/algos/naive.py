@@ -24,7 +24,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from .. import config, numerics
+from .. import _lanes, config, numerics
 from .._runtime import parallel_guard
 from ..costs import Estimate, Profile
 from . import _nhwc, depthwise_lanes, direct_nhwc
@@ -309,11 +309,17 @@ def _native_nhwc(a) -> bool:
 
 def _depthwise_macs(a) -> tuple[int, float]:
     """(multiply-adds, rate factor) of the depthwise kernel of ``a``'s layout: NCHW with
-    stride 1 computes padded rows of width Wo + r_w*(KW - 1), other strides at half the
-    rate; NHWC computes each output once, at the rate of NCHW stride 1."""
+    stride 1 computes rows of whole registers, 4 at a time (``depthwise_lanes``), or,
+    with rows shorter than a register, padded rows of width Wo + r_w*(KW - 1); other
+    strides at half the rate; NHWC computes each output once, at the rate of NCHW
+    stride 1."""
     unit = a.stride == (1, 1)
     width = a.w_out
-    if unit and not _native_nhwc(a):
+    lanes = _lanes.LANE_BYTES // a.dtype.itemsize
+    if unit and not _native_nhwc(a) and width >= lanes:
+        step = depthwise_lanes.ROW_REGISTERS * lanes
+        width = -(-width // step) * step
+    elif unit and not _native_nhwc(a):
         width += a.dilation[1] * (a.kw - 1)
     macs = a.n * a.c_out * a.h_out * width * a.kh * a.kw
     return macs, 1.0 if unit or _native_nhwc(a) else 0.5
