@@ -1,4 +1,4 @@
-"""A SIMD register of floats for numba kernels: ``Lanes``, and four operations on it.
+"""A SIMD register of floats for numba kernels: ``Lanes``, and the operations on it.
 
 numba's loop vectoriser vectorises innermost loops, and numba runs LLVM without its
 straight-line (SLP) vectoriser, so a kernel that wants a few accumulators of a handful
@@ -15,7 +15,6 @@ keeps its accumulators in registers:
   vs[p] and every lane k: 8 vectors written as ``count`` runs of 8 (a transpose);
 * ``fma(acc, s, v)``: acc + s * v, the scalar s in every lane (one fused multiply-add);
 * ``fma_lanes(acc, u, v)``: acc + u * v, lane by lane (u, v vectors);
-* ``store(a, i, v)``: a[i : i + count] = v (as ``load``, no bounds check);
 * ``splat(a, s)``: the scalar s in every lane of a vector of a's dtype;
 * ``add(u, v)``: u + v, lane by lane; ``zeros(a)``: a vector of zeros of a's dtype;
 * ``lane(v, k)``: lane k of v (0 <= k < count);
@@ -181,21 +180,6 @@ def fma_lanes(typingctx, acc, u, v):
         vec = context.get_value_type(sig.args[0])
         return _fma_call(builder, vec, sig.args[0].dtype, [args[1], args[2], args[0]])
     return acc(acc, u, v), codegen
-
-
-@intrinsic
-def store(typingctx, ary, idx, v):
-    """ary[idx : idx + count] = v (1-D contiguous array of v's dtype)."""
-    if not (isinstance(ary, types.Array) and ary.ndim == 1 and isinstance(v, Lanes)
-            and ary.dtype == v.dtype and isinstance(idx, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vec = context.get_value_type(sig.args[2])
-        ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vec)
-        builder.store(args[2], ptr, align=ary.dtype.bitwidth // 8)
-        return context.get_dummy_value()
-    return types.none(ary, idx, v), codegen
 
 
 @intrinsic
