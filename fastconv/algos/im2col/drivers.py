@@ -176,8 +176,8 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
 
 
 def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:
-    """NCHW tiles: grad_W (G, Dg, Cg*KH*KW) += gy_tile @ cols^T per image (into grad_w
-    itself), and the column gradient W^T @ gy_tile folded by ``_col2im_nchw``. Several
+    """NCHW tiles: grad_W (G, Dg, Cg*KH*KW), summed transposed (``split.backward_tile``),
+    and the column gradient W^T @ gy_tile folded by ``_col2im_nchw``. Several
     large whole-image tiles per thread run split over the threads
     (``split.backward_split``)."""
     t = tiling(args)
@@ -188,13 +188,12 @@ def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:
         backward_split(gy, x, wmat, args, grad_x,
                        None if grad_w is None else view(grad_w, (g, dg, cgkk)))
         return
-    gw = None
-    if grad_w is not None:
-        gw = view(grad_w, (g, dg, cgkk))
-        gw[...] = 0
+    gw_t = None if grad_w is None else np.zeros((g, cgkk, dg), args.dtype)
     buf = column_buffer(args, t)
     for tile in tiles(args, t):
-        backward_tile(gy, x, wmat, grad_x, gw, buf, tile, conv, parallel=True)
+        backward_tile(gy, x, wmat, grad_x, gw_t, buf, tile, conv, parallel=True)
+    if grad_w is not None:
+        view(grad_w, (g, dg, cgkk))[...] = gw_t.transpose(0, 2, 1)
 
 
 def _backward_nhwc(gy, x, w, args, grad_x, grad_w) -> None:
