@@ -28,6 +28,7 @@ CASES = [
     (4, 8, 9, 12, 32, 3, 1, 2, 2),
     (4, 9, 7, 20, 14, 3, (1, 2), 1, (2, 1)),
     (4, 8, 5, 6, 16, 3, 2, 3, 1),     # padding beyond the kernel: pixels of bias alone
+    (4, 6, 5, 6, 16, 3, 1, 4, 1),     # whole rows of bias alone above and below, 4 pixels
 ]
 
 

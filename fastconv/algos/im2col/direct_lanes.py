@@ -222,8 +222,8 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi):
             for e in range(j_lo + wo - j_hi):  # pixels reaching into the padding
                 j = e if e < j_lo else j_hi + e - j_lo
                 col0 = j * sw - pl
-                cols = (col0, rw, xsw, max(0, (rw - 1 - col0) // rw),
-                        min(kw, (wd - col0 + rw - 1) // rw))
+                b_lo = max(0, (rw - 1 - col0) // rw)    # kernel columns in the image
+                cols = (col0, rw, xsw, b_lo, max(b_lo, min(kw, (wd - col0 + rw - 1) // rw)))
                 v = bias
                 for a in range(a_lo, a_hi):
                     xrow = n * xsn + (i * sh - pt + a * rh) * xsh
@@ -238,7 +238,7 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi):
                 x0 = n * xsn + (i * sh - pt + a_lo * rh) * xsh + col0 * xsw
                 if k <= PIXELS // 2:           # the row's last few: half a group
                     rows = (x0, rh * xsh, wb + U(a_lo * nu * nv * nl), nu * nv * nl,
-                            a_hi - a_lo, k)
+                            max(0, a_hi - a_lo), k)
                     for p, v in enumerate(_group4(xf, fw, bias, rows, taps, ps, nl)):
                         if p < k:
                             _put(fo, o + U(p) * uosw, uosd, v, m, nl)
