@@ -11,8 +11,9 @@ keeps its accumulators in registers:
 * ``load(a, i)``: the lanes a[i : i + count] of a 1-D contiguous float array (no bounds
   check: the caller keeps i + count <= a.size);
 * ``store(a, i, v)``: a[i : i + count] = v (the same rules);
-* ``store_columns(a, i, step, vs)``: a[i + k*step + p] = vs[p][k] for the 8 vectors
-  vs[p] and every lane k: 8 vectors written as ``count`` runs of 8 (a transpose);
+* ``store_columns(a, i, step, vs)``: a[i + k*step + p] = vs[p][k] for the P vectors
+  vs[p] (P = 2, 4 or 8) and every lane k: P vectors written as ``count`` runs of P (a
+  transpose);
 * ``fma(acc, s, v)``: acc + s * v, the scalar s in every lane (one fused multiply-add);
 * ``fma_lanes(acc, u, v)``: acc + u * v, lane by lane (u, v vectors);
 * ``splat(a, s)``: the scalar s in every lane of a vector of a's dtype;
@@ -124,13 +125,14 @@ def store(typingctx, ary, idx, v):
 
 @intrinsic
 def store_columns(typingctx, ary, idx, step, vs):
-    """ary[idx + k*step + p] = vs[p][k] for p < 8, k < count (vs: 8 vectors)."""
+    """ary[idx + k*step + p] = vs[p][k] for p < P, k < count (vs: P = 2, 4 or 8
+    vectors)."""
     if not (isinstance(ary, types.Array) and ary.ndim == 1
-            and isinstance(vs, types.UniTuple) and vs.count == 8
+            and isinstance(vs, types.UniTuple) and vs.count in (2, 4, 8)
             and isinstance(vs.dtype, Lanes) and ary.dtype == vs.dtype.dtype
             and isinstance(idx, types.Integer) and isinstance(step, types.Integer)):
         return None
-    n = vs.dtype.count
+    n, cols = vs.dtype.count, vs.count
 
     def codegen(context, builder, sig, args):
         i32 = ir.IntType(32)
@@ -138,17 +140,17 @@ def store_columns(typingctx, ary, idx, step, vs):
         def shuffle(u, v, picks):
             return builder.shuffle_vector(u, v, ir.Constant(ir.VectorType(i32, len(picks)),
                                                             list(picks)))
-        parts = [builder.extract_value(args[3], p) for p in range(8)]
-        while len(parts) > 1:        # concatenate: <8n> = vs[0] | vs[1] | ... | vs[7]
+        parts = [builder.extract_value(args[3], p) for p in range(cols)]
+        while len(parts) > 1:        # concatenate: <P*n> = vs[0] | vs[1] | ... | vs[P-1]
             size = parts[0].type.count
             parts = [shuffle(parts[q], parts[q + 1], range(2 * size))
                      for q in range(0, len(parts), 2)]
-        row_type = ir.VectorType(context.get_value_type(vs.dtype.dtype), 8)
+        row_type = ir.VectorType(context.get_value_type(vs.dtype.dtype), cols)
         data = context.make_array(sig.args[0])(context, builder, args[0]).data
         idx_v = context.cast(builder, args[1], sig.args[1], types.intp)
         step_v = context.cast(builder, args[2], sig.args[2], types.intp)
         for k in range(n):
-            row = shuffle(parts[0], parts[0], [p * n + k for p in range(8)])
+            row = shuffle(parts[0], parts[0], [p * n + k for p in range(cols)])
             at = builder.add(idx_v, builder.mul(step_v, ir.Constant(idx_v.type, k)))
             ptr = builder.bitcast(builder.gep(data, [at]), row_type.as_pointer())
             builder.store(row, ptr, align=ary.dtype.bitwidth // 8)

@@ -195,22 +195,25 @@ def test_gradients_through_the_lanes_kernel_match_finite_differences(layout, rng
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_store_columns_writes_8_vectors_transposed(dtype):
+def test_store_columns_writes_vectors_transposed(dtype):
     from numba import njit
 
     @njit
-    def columns(src, out, at, step):        # vector p = src[p*count : (p+1)*count]
+    def columns(src, out, at, step):   # vector p = src[p*count : (p+1)*count], 8 and 4 of them
         n = _lanes.count(src)
-        vs = (_lanes.load(src, 0), _lanes.load(src, n), _lanes.load(src, 2 * n),
-              _lanes.load(src, 3 * n), _lanes.load(src, 4 * n), _lanes.load(src, 5 * n),
-              _lanes.load(src, 6 * n), _lanes.load(src, 7 * n))
-        _lanes.store_columns(out, at, step, vs)
+        v0, v1, v2, v3 = (_lanes.load(src, 0), _lanes.load(src, n), _lanes.load(src, 2 * n),
+                          _lanes.load(src, 3 * n))
+        v4, v5, v6, v7 = (_lanes.load(src, 4 * n), _lanes.load(src, 5 * n),
+                          _lanes.load(src, 6 * n), _lanes.load(src, 7 * n))
+        _lanes.store_columns(out, at, step, (v0, v1, v2, v3, v4, v5, v6, v7))
+        _lanes.store_columns(out, at + 8, step, (v0, v1, v2, v3))
 
     n = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
     src = np.arange(8 * n, dtype=dtype)
-    out = np.full(3 + 10 * n, -1, dtype)
-    columns(src, out, 3, 10)
+    out = np.full(3 + 16 * n, -1, dtype)
+    columns(src, out, 3, 16)
     want = np.full_like(out, -1)
     for k in range(n):
-        want[3 + 10 * k: 3 + 10 * k + 8] = src.reshape(8, n)[:, k]
+        want[3 + 16 * k: 3 + 16 * k + 8] = src.reshape(8, n)[:, k]
+        want[11 + 16 * k: 11 + 16 * k + 4] = src.reshape(8, n)[:4, k]
     np.testing.assert_array_equal(out, want)

@@ -239,9 +239,13 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi):
                 if k <= PIXELS // 2:           # the row's last few: half a group
                     rows = (x0, rh * xsh, wb + U(a_lo * nu * nv * nl), nu * nv * nl,
                             max(0, a_hi - a_lo), k)
-                    for p, v in enumerate(_group4(xf, fw, bias, rows, taps, ps, nl)):
-                        if p < k:
-                            _put(fo, o + U(p) * uosw, uosd, v, m, nl)
+                    vs4 = _group4(xf, fw, bias, rows, taps, ps, nl)
+                    if osw == 1 and osd > 1 and k == PIXELS // 2 and m == nl:
+                        _lanes.store_columns(fo, o, uosd, vs4)
+                    else:
+                        for p, v in enumerate(vs4):
+                            if p < k:
+                                _put(fo, o + U(p) * uosw, uosd, v, m, nl)
                     break
                 # offsets of pixels 1..7 (repeating pixel 0 beyond the k real ones)
                 o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
