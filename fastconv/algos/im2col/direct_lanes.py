@@ -48,7 +48,7 @@ from numba import njit, prange
 from ... import _lanes
 from ..._runtime import parallel_guard
 from ...costs import DEFAULT_PROFILE, Estimate, Profile
-from .._common import U
+from .._common import U, interior_columns
 from .image_last import _flat
 from .image_last_direct import direct_cost, direct_forward_applies
 from .tiling import IMAGE_LAST_MIN_IMAGES
@@ -320,16 +320,9 @@ def forward_lanes(x, w, args, out, bias) -> None:
     (pt, _), (pl, _) = args.padding
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
     with parallel_guard():
-        _conv_rows(xf, xs, fw, fb, fo, os, geo, _tap_order(args, xs), *_interior(args))
+        _conv_rows(xf, xs, fw, fb, fo, os, geo, _tap_order(args, xs), *interior_columns(args))
     if target is not out:
         out[...] = target
-
-
-def _interior(a) -> tuple[int, int]:
-    """The output columns j_lo <= j < j_hi whose whole kernel lies inside the image's."""
-    (sw, rw), pl = (a.stride[1], a.dilation[1]), a.padding[1][0]
-    j_lo = min(a.w_out, (pl + sw - 1) // sw)
-    return j_lo, max(j_lo, min(a.w_out, (a.w + pl - (a.kw - 1) * rw - 1) // sw + 1))
 
 
 def lanes_cost(a, p: Profile) -> Estimate:
@@ -343,7 +336,7 @@ def lanes_cost(a, p: Profile) -> Estimate:
     block's weight beyond ``L1_WEIGHT_BYTES``; half for float64), plus the call's fixed
     cost."""
     d_pad = a.c_out / _lane_use(a)
-    j_lo, j_hi = _interior(a)
+    j_lo, j_hi = interior_columns(a)
     full, rest = divmod(j_hi - j_lo, PIXELS)
     tail = 0 if rest == 0 else 5 if rest <= PIXELS // 2 else PIXELS
     slots = full * PIXELS + tail + 2 * (a.w_out - (j_hi - j_lo))
