@@ -20,7 +20,8 @@ LAYOUTS = ["NCHW", "NHWC"]
 # (n, c, h, w, d, kernel, stride, padding, dilation), NCHW / OIHW sizes: a partial
 # group of pixels, output channels short of a block, padding on every side (pixels run
 # one at a time), strides, rectangular kernels, asymmetric padding, column dilation
-# (runs of C taps), two blocks of output channels, output pixels wholly in the padding
+# (runs of C taps), two blocks of output channels, output pixels wholly in the padding;
+# blocks run in pairs (``_group8x2``), a last odd block alone
 CASES = [
     (4, 6, 8, 8, 16, 5, 1, 0, 1),                         # LeNet's second layer, smaller
     (5, 6, 9, 11, 13, 3, 1, 1, 1),
@@ -29,6 +30,8 @@ CASES = [
     (4, 9, 7, 20, 14, 3, (1, 2), 1, (2, 1)),
     (4, 8, 5, 6, 16, 3, 2, 3, 1),     # padding beyond the kernel: pixels of bias alone
     (4, 6, 5, 6, 16, 3, 1, 4, 1),     # whole rows of bias alone above and below, 4 pixels
+    (4, 6, 7, 12, 40, 3, 1, 1, 1),    # a pair of blocks and a block short of its lanes
+    (4, 7, 6, 11, 28, 3, 2, 1, 1),    # a pair of blocks, the second short of its lanes
 ]
 
 
