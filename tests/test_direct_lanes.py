@@ -21,7 +21,8 @@ LAYOUTS = ["NCHW", "NHWC"]
 # group of pixels, output channels short of a block, padding on every side (pixels run
 # one at a time), strides, rectangular kernels, asymmetric padding, column dilation
 # (runs of C taps), two blocks of output channels, output pixels wholly in the padding;
-# blocks run in pairs (``_group8x2``), a last odd block alone
+# blocks run in pairs (``_group8x2``), a last odd block alone; narrow maps with pixels
+# in the padding (padded first, ``_prepadded``: the 7x7 and 14x14 cases below)
 CASES = [
     (4, 6, 8, 8, 16, 5, 1, 0, 1),                         # LeNet's second layer, smaller
     (5, 6, 9, 11, 13, 3, 1, 1, 1),
@@ -32,6 +33,8 @@ CASES = [
     (4, 6, 5, 6, 16, 3, 1, 4, 1),     # whole rows of bias alone above and below, 4 pixels
     (4, 6, 7, 12, 40, 3, 1, 1, 1),    # a pair of blocks and a block short of its lanes
     (4, 7, 6, 11, 28, 3, 2, 1, 1),    # a pair of blocks, the second short of its lanes
+    (4, 16, 7, 7, 32, 3, 1, 1, 1),    # 7x7 with padding 1: every pixel in one group
+    (4, 6, 14, 14, 16, 5, 1, 2, 1),   # LeNet's second layer with padding 2
 ]
 
 
@@ -71,6 +74,22 @@ def test_lanes_kernel_matches_the_reference(layout, case, dtype, rng, monkeypatc
         assert got.dtype == dtype and got.flags.c_contiguous
         assert ref.rel_error(back(got), want) <= ref.tolerance(dtype, "im2col")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[-2]], ids=str)
+def test_lanes_kernel_on_a_padded_copy_or_not(case, layout, padded, rng, monkeypatch):
+    """Both ways of handling the pixels in the padding (``_prepadded``) give the
+    reference."""
+    x, w, b, kwargs = _problem(case, np.float64, rng)
+    xl, wl, back = _in_layout(layout, x, w)
+    monkeypatch.setattr(drivers, "lanes_chosen", lanes_applies)
+    monkeypatch.setattr(direct_lanes, "_prepadded", lambda a: padded)
+    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=np.float64, **kwargs)
+    want = ref.conv2d(x, w, b, canon.stride, canon.padding, canon.dilation)
+    got = fastconv.conv2d(xl, wl, b, layout=layout, algo="im2col", **kwargs)
+    assert ref.rel_error(back(got), want) <= ref.tolerance(np.float64, "im2col")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -146,8 +165,8 @@ def test_auto_plans_the_lanes_kernel_for_lenets_second_layer():
 @pytest.mark.parametrize("x_shape,w_shape,padding,layout,chosen", [
     ((64, 12, 12, 6), (5, 5, 6, 16), 0, "NHWC", True),      # LeNet's second layer
     ((64, 6, 12, 12), (16, 6, 5, 5), 0, "NCHW", True),
-    ((64, 14, 14, 6), (5, 5, 6, 16), 2, "NHWC", False),     # 4 of 14 pixels in the padding
-    ((64, 6, 14, 14), (16, 6, 5, 5), 2, "NCHW", False),
+    ((64, 14, 14, 6), (5, 5, 6, 16), 2, "NHWC", True),      # 4 of 14 pixels in the padding:
+    ((64, 6, 14, 14), (16, 6, 5, 5), 2, "NCHW", False),     # a padded copy (NHWC's is cheaper)
     ((32, 14, 14, 32), (3, 3, 32, 32), 1, "NHWC", True),    # 32 -> 32 channels 3x3
     ((64, 16, 16, 16), (3, 3, 16, 32), 1, "NHWC", True),    # the image-last kernel does not apply
 ])

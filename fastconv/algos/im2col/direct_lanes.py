@@ -375,25 +375,76 @@ def _packed_weight(w, dtype) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(-1, blocks, nl).transpose(1, 0, 2)).reshape(-1)
 
 
+@functools.lru_cache(maxsize=256)
+def _prepadded(a) -> bool:
+    """Whether ``forward_lanes`` pads the input first: where some output pixels reach
+    into the padding (those run one at a time, at half the rate; on a 7-pixel row with
+    padding 1, 2 of 7) and the model time with the copy (``_lanes_time``) is the lower.
+    Measured, one thread, CPU time: 64 -> 64 3x3 at 7x7 (batch 32) 1.28-1.65 -> 1.19-1.30
+    ms NCHW, 1.12-1.55 -> 1.00-1.08 NHWC; LeNet's 6 -> 16 5x5 with padding 2 at 14x14
+    (batch 64) 0.86-0.93 -> 0.69-0.71 NCHW, 0.78 -> 0.59-0.62 NHWC; 32 -> 32 3x3 at 14x14
+    (2 of 14 pixels in the padding) not padded: 1.01-1.10 against 1.20-1.22 ms NCHW."""
+    j_lo, j_hi = interior_columns(a)
+    return j_hi - j_lo < a.w_out and \
+        _lanes_time(a, DEFAULT_PROFILE, True)[0] < _lanes_time(a, DEFAULT_PROFILE, False)[0]
+
+
+def _padded_input(x, a):
+    """x (layout ``a.dims``) zero-padded by ``a.padding`` on all four sides, C-contiguous."""
+    (pt, pb), (pl, pr) = a.padding
+    n, c, h, wd = a.dims.canonical_shape(x.shape)
+    xp = np.zeros(a.dims.shape(n, c, h + pt + pb, wd + pl + pr), a.dtype)
+    a.dims.to_canonical_view(xp)[:, :, pt:pt + h, pl:pl + wd] = a.dims.to_canonical_view(x)
+    return xp
+
+
 def forward_lanes(x, w, args, out, bias) -> None:
     """The forward of a ``lanes_applies`` problem: out (layout ``args.dims``, any
     strides) = conv(x, w) + bias (C_out,) when given, x and w in the same layout.
-    Wraps ``_conv_rows``."""
+    Wraps ``_conv_rows``; narrow maps with pixels in the padding are padded first
+    (``_prepadded``)."""
     dt = args.dtype
     nl = _lanes.LANE_BYTES // dt.itemsize
     fb = np.zeros(-(-args.c_out // nl) * nl, dt)
     if bias is not None:
         fb[:args.c_out] = bias
     target = out if out.flags.c_contiguous else np.empty(out.shape, dt)
+    (pt, _), (pl, _) = args.padding
+    interior = interior_columns(args)
+    if _prepadded(args):
+        x, pt, pl, interior = _padded_input(x, args), 0, 0, (0, args.w_out)
     xf, xs = _flat(np.ascontiguousarray(x, dt), args.dims)
     fo, os = _flat(target, args.dims)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt)
-    (pt, _), (pl, _) = args.padding
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
     with parallel_guard():
-        _conv_rows(xf, xs, fw, fb, fo, os, geo, _tap_order(args, xs), *interior_columns(args))
+        _conv_rows(xf, xs, fw, fb, fo, os, geo, _tap_order(args, xs), *interior)
     if target is not out:
         out[...] = target
+
+
+def _lanes_time(a, p: Profile, padded: bool) -> tuple[float, float, int]:
+    """(seconds, multiply-adds, bytes of a padded input copy) of ``lanes_cost``'s model,
+    the input padded first or not."""
+    d_pad = a.c_out / _lane_use(a)
+    j_lo, j_hi = (0, a.w_out) if padded else interior_columns(a)
+    full, rest = divmod(j_hi - j_lo, PIXELS)
+    tail = 0 if rest == 0 else 5 if rest <= PIXELS // 2 else PIXELS
+    slots = full * PIXELS + tail + 2 * (a.w_out - (j_hi - j_lo))
+    taps = a.c_in * a.kh * a.kw
+    loops = a.kh * (1 if _run(a) == a.c_in * a.kw else a.kw)
+    macs = a.n * a.h_out * slots * d_pad * taps
+    work = macs * (taps + LOOP_TAPS * loops) / taps
+    block_bytes = a.c_in * a.kh * a.kw * _lanes.LANE_BYTES
+    gmacs = LANES_GMACS if block_bytes <= L1_WEIGHT_BYTES else LANES_GMACS_LARGE
+    seconds = p.call_us * 1e-6 + work / (gmacs * 1e9 * p.threads * (4 / a.dtype.itemsize))
+    if not padded:
+        return seconds, macs, 0
+    (pt, pb), (pl, pr) = a.padding
+    hp = a.h + pt + pb
+    copy = a.n * a.c_in * hp * (a.w + pl + pr) * a.dtype.itemsize
+    rows = a.n * hp * (1 if a.dims.channels_last else a.c_in)
+    return seconds + copy / (p.copy_gbs * 1e9) + rows * p.copy_row_ns * 1e-9, macs, copy
 
 
 def lanes_cost(a, p: Profile) -> Estimate:
@@ -405,22 +456,13 @@ def lanes_cost(a, p: Profile) -> Estimate:
     (``_tap_order``: one in NHWC without column dilation, else KW) counted as
     ``LOOP_TAPS`` taps more, at ``LANES_GMACS`` per thread (``LANES_GMACS_LARGE`` for a
     block's weight beyond ``L1_WEIGHT_BYTES``; half for float64), plus the call's fixed
-    cost."""
-    d_pad = a.c_out / _lane_use(a)
-    j_lo, j_hi = interior_columns(a)
-    full, rest = divmod(j_hi - j_lo, PIXELS)
-    tail = 0 if rest == 0 else 5 if rest <= PIXELS // 2 else PIXELS
-    slots = full * PIXELS + tail + 2 * (a.w_out - (j_hi - j_lo))
-    taps = a.c_in * a.kh * a.kw
-    loops = a.kh * (1 if _run(a) == a.c_in * a.kw else a.kw)
-    macs = a.n * a.h_out * slots * d_pad * taps
-    work = macs * (taps + LOOP_TAPS * loops) / taps
-    block_bytes = a.c_in * a.kh * a.kw * _lanes.LANE_BYTES
-    gmacs = LANES_GMACS if block_bytes <= L1_WEIGHT_BYTES else LANES_GMACS_LARGE
-    rate = gmacs * 1e9 * p.threads * (4 / a.dtype.itemsize)
-    return Estimate(p.call_us * 1e-6 + work / rate, 0,
-                    f"direct lanes kernel (no GEMM, no layout copy), {macs / 1e6:.3g}M "
-                    f"multiply-adds {1e3 * work / rate:.3g} ms")
+    cost; with a padded copy of the input (``_prepadded``: every pixel in groups), the
+    copy at the profile's rates."""
+    padded = _prepadded(a)
+    seconds, macs, copy = _lanes_time(a, p, padded)
+    return Estimate(seconds, copy,
+                    f"direct lanes kernel (no GEMM{', a padded input' if padded else ''}), "
+                    f"{macs / 1e6:.3g}M multiply-adds {1e3 * seconds:.3g} ms")
 
 
 def _left_to_winograd(a) -> bool:
