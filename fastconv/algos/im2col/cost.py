@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
+from .direct_grad import direct_backward_chosen, direct_backward_cost
 from .direct_lanes import lanes_chosen, lanes_cost
 from .drivers import backward, forward
 from .fused import fused_tiling
@@ -94,11 +95,15 @@ def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
 
 
 def backward_cost(a, p: Profile) -> Estimate:
-    """The backward runs the GEMM path (or the pointwise GEMMs), never the direct
-    kernel, so it is priced from the GEMM path's forward."""
+    """The backward of both gradients as ``drivers.backward`` runs it: the pointwise
+    GEMMs, the direct backward (``direct_grad.direct_backward_cost``) or the GEMM path,
+    priced from the GEMM path's forward."""
     if is_pointwise(a):
         return backward_cost_pointwise(a, p)
-    return backward_from_forward(_gemm_cost(a, p, fuse=False), p)
+    gemm = _gemm_cost(a, p, fuse=False)
+    if direct_backward_chosen(a):
+        return direct_backward_cost(a, p, gemm)
+    return backward_from_forward(gemm, p)
 
 
 ALGORITHM = register(Algorithm(

@@ -11,6 +11,7 @@ import numpy as np
 from ... import _blas
 from ..._runtime import parallel_guard
 from .._common import view
+from .direct_grad import backward_direct, direct_backward_chosen
 from .direct_lanes import forward_lanes, lanes_chosen
 from .fused import forward_fused, fused_tiling
 from .fused_nhwc import forward_fused_nhwc, fused_nhwc_tiling
@@ -158,10 +159,21 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     gradient and folded. Wraps ``_im2col_*``, ``_col2im_*`` and numpy's BLAS matmul.
     Pointwise layers skip the unfold and the fold (``pointwise.backward_pointwise``); the
     input gradient alone at a stride that divides the kernel folds by phases
-    (``shared.input_gradient_by_phases``)."""
+    (``shared.input_gradient_by_phases``). Small layers run the direct backward
+    (``direct_grad.backward_direct``: grad_w, and grad_x of stride-1 layers, without a
+    GEMM)."""
     if is_pointwise(args):
         backward_pointwise(grad_y, x, w, args, grad_x, grad_w)
         return
+    if direct_backward_chosen(args, grad_x is not None):
+        backward_direct(grad_y, x, w, args, grad_x, grad_w,
+                        lambda gx: _backward_gemms(grad_y, x, w, args, gx, None))
+        return
+    _backward_gemms(grad_y, x, w, args, grad_x, grad_w)
+
+
+def _backward_gemms(grad_y, x, w, args, grad_x, grad_w) -> None:
+    """``backward`` of a layer that is neither pointwise nor direct."""
     images = image_last_tile(args, grad_x is not None)
     if images:
         backward_image_last(grad_y, x, w, args, grad_x, grad_w, images)

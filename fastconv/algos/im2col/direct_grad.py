@@ -1,0 +1,379 @@
+"""The direct backward of small layers: the weight gradient in one parallel numba kernel
+with each pixel's output-channel gradients in one SIMD register (``fastconv._lanes``),
+and the input gradient of stride-1 layers as a forward direct convolution
+(``direct_lanes``) of grad_y with the flipped weight.
+
+Weight gradient. With x zero-padded (xp (N, Hp, Wp, C), channels last),
+
+    grad_w[a, b, c, block] = sum_{n, i, j} xp[n, i*s_h + a*r_h, j*s_w + b*r_w, c]
+                                           * grad_y[n, i, j, block]
+
+for each block of ``count`` output channels (one register). A task holds 8 taps (a, b,
+c) (consecutive in HWIO order) in 8 registers and runs over the output pixels of a fixed
+run of images (``part_images``): one load of grad_y's lanes feeds 8 fused multiply-adds,
+each with one input value in every lane. The padded copy takes the bounds checks out of
+the loop. Each run of images sums into its own float32 partial; the partials are added
+in order in float64, so the result does not depend on the thread count. grad_y's output
+channels must fill whole blocks (``direct_backward_applies``).
+
+Input gradient. For stride 1, grad_x = conv(grad_y, w') with w'[a, b, d, c] =
+w[KH-1-a, KW-1-b, c, d] and padding (K-1)*r - p on each side (dilation r), which
+``direct_lanes.forward_lanes`` runs where it applies (``flipped_args``). Other
+layers take im2col's other paths for grad_x.
+
+NCHW arrays are copied channels-last first (grad_y once for both gradients; x into the
+padded copy directly) and grad_x back.
+
+>>> import numpy as np
+>>> from fastconv import conv2d_backward
+>>> x = np.ones((8, 6, 6, 16), np.float32)                   # NHWC
+>>> w = np.ones((3, 3, 16, 16), np.float32)                  # HWIO
+>>> gx, gw, _ = conv2d_backward(np.ones((8, 6, 6, 16), np.float32), x, w, padding=1,
+...                             layout="NHWC", algo="im2col")
+>>> float(gw[0, 0, 0, 0]), float(gw[1, 1, 0, 0])   # 8 images x 5x5 / 6x6 pixels
+(200.0, 288.0)
+>>> float(gx[0, 0, 0, 0]), float(gx[0, 2, 2, 0])   # 16 channels x 4 / 9 taps
+(64.0, 144.0)
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+import numpy as np
+from numba import njit, prange
+
+from ... import _lanes
+from ..._runtime import parallel_guard
+from ...costs import BACKWARD_FACTOR, Estimate, Profile
+from .._common import U, view, workspace
+from .._nhwc import _swap_last2
+from .direct_lanes import forward_lanes, lanes_applies, lanes_cost
+from .image_last import image_last_tile
+from .tiling import IMAGE_LAST_MIN_IMAGES
+
+#: Taps accumulated at once (the weight-gradient kernel's 8 registers).
+TAPS = 8
+#: A run of images (one partial sum of the weight gradient) holds at most about this many
+#: bytes of padded input and grad_y ...
+PART_BYTES = 2 * 1024 * 1024
+#: ... and there are runs enough for this many tasks (when the batch allows).
+MIN_TASKS = 8
+#: A task's sums (a chunk of taps x one register) take at most this many bytes (in L1,
+#: with the input and grad_y rows of a band) ...
+CHUNK_BYTES = 8 * 1024
+#: ... and it sums a group of taps over a band of at least this many output pixels (whole
+#: rows) between loading and storing its registers.
+BAND_PIXELS = 48
+#: Layers of at most this many input and output channels run the direct backward
+#: (wider ones make GEMMs wide enough for BLAS).
+MAX_CHANNELS = 64
+#: Multiply-adds per second per thread of ``_grad_w_parts`` (float32; half for float64),
+#: for the cost model: 35 to 48 measured on the small ResNets' layers (2 threads,
+#: batch 32, 16 -> 16 3x3 at 28x28 up to 64 -> 64 at 7x7).
+GRAD_W_GMACS = 40.0
+
+
+def direct_backward_applies(args) -> bool:
+    """Whether im2col's backward runs the direct weight gradient (``backward_direct``):
+    one group, a kernel larger than 1x1, at least ``IMAGE_LAST_MIN_IMAGES`` images, at
+    most ``MAX_CHANNELS`` input and output channels, the output channels whole blocks
+    of lanes."""
+    count = _lanes.LANE_BYTES // args.dtype.itemsize
+    return (args.groups == 1 and args.kh * args.kw > 1 and args.n >= IMAGE_LAST_MIN_IMAGES
+            and args.c_in <= MAX_CHANNELS and args.c_out <= MAX_CHANNELS
+            and args.c_out % count == 0 and args.h_out > 0 and args.w_out > 0)
+
+
+def direct_backward_chosen(args, with_grad_x: bool = True) -> bool:
+    """Whether im2col's backward runs ``backward_direct``: where it applies, unless
+    grad_x is wanted, the direct forward cannot run it (``flipped_args``) and the
+    image-last path forms both gradients in one pass (``image_last_tile``: LeNet's 6 ->
+    16 5x5, NCHW, batch 64: 1.23 ms for both, direct grad_w + image-last grad_x 1.28)."""
+    if not direct_backward_applies(args):
+        return False
+    return not with_grad_x or flipped_args(args) is not None \
+        or not image_last_tile(args, True)
+
+
+@functools.lru_cache(maxsize=256)
+def flipped_args(args):
+    """The problem grad_x = conv(grad_y, flipped w) of a stride-1 layer, channels last,
+    or None where the direct forward does not run it (other strides, a padding beyond
+    (K-1)*r, ``lanes_applies``)."""
+    if args.stride != (1, 1) or args.groups != 1:
+        return None
+    (pt, pb), (pl, pr) = args.padding
+    eh, ew = (args.kh - 1) * args.dilation[0], (args.kw - 1) * args.dilation[1]
+    pads = ((eh - pt, eh - pb), (ew - pl, ew - pr))
+    if min(min(p) for p in pads) < 0:
+        return None
+    g = replace(args, c_in=args.c_out, h=args.h_out, w=args.w_out, c_out=args.c_in,
+                padding=pads, h_out=args.h, w_out=args.w, layout="NHWC", unbatched=False)
+    return g if lanes_applies(g) else None
+
+
+def part_images(a) -> int:
+    """Images per partial sum of the weight gradient: at most about ``PART_BYTES`` of
+    padded input and grad_y, and runs enough for ``MIN_TASKS`` tasks (a function of the
+    problem alone, never of the threads)."""
+    hp, wp = _padded_size(a)
+    image = (hp * wp * a.c_in + a.h_out * a.w_out * a.c_out) * a.dtype.itemsize
+    nl = _lanes.LANE_BYTES // a.dtype.itemsize
+    per_run = (a.c_out // nl) * -(-a.kh * a.kw * a.c_in // _chunk(a))
+    runs = max(-(-a.n * image // PART_BYTES), -(-MIN_TASKS // per_run))
+    return -(-a.n // min(a.n, runs))
+
+
+def _padded_size(a) -> tuple[int, int]:
+    """Rows and columns of the padded input the kernel reads."""
+    return ((a.h_out - 1) * a.stride[0] + (a.kh - 1) * a.dilation[0] + 1,
+            (a.w_out - 1) * a.stride[1] + (a.kw - 1) * a.dilation[1] + 1)
+
+
+@njit(parallel=True, cache=True)
+def _pad_images(xf, xs, xp, ps, pt, pl):
+    """xp (N, Hp, Wp, C) flat, fully written: xp[n, R, Q, c] = x[n, R - pt, Q - pl, c],
+    zero outside x; x given flat with the shape and element strides of its (N, H, W, C)
+    view, xs = (N, H, W, C, s_n, s_h, s_w, s_c): one kernel for both layouts."""
+    _, h, wd, c_all, sn, sh, sw, sc = xs
+    n_img, hp, wp, _ = ps
+    zero = xp.dtype.type(0)
+    row = U(wp * c_all)
+    q_lo, q_hi = min(pl, wp), min(pl + wd, wp)
+    for task in prange(n_img * hp):
+        n = task // hp
+        r = task % hp - pt
+        dst = U(task) * row
+        if r < 0 or r >= h:
+            for t in range(row):
+                xp[dst + t] = zero
+            continue
+        for t in range(U(q_lo * c_all)):
+            xp[dst + t] = zero
+        for t in range(U(q_hi * c_all), row):
+            xp[dst + t] = zero
+        src = U(n * sn + r * sh)
+        if sc == 1 and sw == c_all:             # channels last: one run
+            d = dst + U(q_lo * c_all)
+            for t in range(U((q_hi - q_lo) * c_all)):
+                xp[d + t] = xf[src + t]
+            continue
+        for q in range(U(q_hi - q_lo)):
+            s = src + q * U(sw)
+            d = dst + (U(q_lo) + q) * U(c_all)
+            for c in range(U(c_all)):
+                xp[d + c] = xf[s + c * U(sc)]
+
+
+@njit(inline="always")
+def _taps8(toff, t0, k):
+    """The input offsets of the taps t0 .. t0 + 7 (of k real ones: tap t0's beyond)."""
+    t = toff[t0]
+    return (U(t), U(toff[t0 + 1] if k > 1 else t), U(toff[t0 + 2] if k > 2 else t),
+            U(toff[t0 + 3] if k > 3 else t), U(toff[t0 + 4] if k > 4 else t),
+            U(toff[t0 + 5] if k > 5 else t), U(toff[t0 + 6] if k > 6 else t),
+            U(toff[t0 + 7] if k > 7 else t))
+
+
+@njit(inline="always")
+def _sums8(part, a0, k):
+    """The 8 registers of sums of a group of k taps starting at a0 (tap 0's beyond)."""
+    nl = _lanes.count(part)
+    return (_lanes.load(part, a0), _lanes.load(part, a0 + U(nl if k > 1 else 0)),
+            _lanes.load(part, a0 + U(2 * nl if k > 2 else 0)),
+            _lanes.load(part, a0 + U(3 * nl if k > 3 else 0)),
+            _lanes.load(part, a0 + U(4 * nl if k > 4 else 0)),
+            _lanes.load(part, a0 + U(5 * nl if k > 5 else 0)),
+            _lanes.load(part, a0 + U(6 * nl if k > 6 else 0)),
+            _lanes.load(part, a0 + U(7 * nl if k > 7 else 0)))
+
+
+@njit(inline="always")
+def _fma8(v, xp, xb, o, gv):
+    """v[p] + xp[xb + o[p]] * gv for the 8 registers p (one load of gv for 8)."""
+    f = _lanes.fma
+    return (f(v[0], xp[xb + o[0]], gv), f(v[1], xp[xb + o[1]], gv),
+            f(v[2], xp[xb + o[2]], gv), f(v[3], xp[xb + o[3]], gv),
+            f(v[4], xp[xb + o[4]], gv), f(v[5], xp[xb + o[5]], gv),
+            f(v[6], xp[xb + o[6]], gv), f(v[7], xp[xb + o[7]], gv))
+
+
+@njit(parallel=True, cache=True)
+def _grad_w_parts(xp, ps, gf, gs, toff, part, geo):
+    """part (P, D/L, T, L) flat, fully written: part[q, blk, t, :] = sum over the images
+    of run q (``per`` images each) and their output pixels of xp[pixel's window, tap t]
+    * gf[pixel, blk*L : (blk+1)*L]. xp (N, Hp, Wp, C) and gf (N, Ho, Wo, D) flat with
+    their shapes ps, gs; toff (T,) each tap's offset in xp from its pixel's window
+    corner; geo = (s_h, s_w, per, band, chunk). One task per (run, block, chunk of
+    ``chunk`` taps), whose sums stay in part (in L1); per band of ``band`` output rows
+    of an image, each group of ``TAPS`` taps of the chunk is loaded into registers,
+    summed over the band's pixels (whose input and grad_y rows stay in L1 for the
+    chunk's groups) and stored."""
+    n_img, hp, wp, c_all = ps
+    _, ho, wo, d_all = gs
+    sh, sw, per, band, chunk = geo
+    nl = _lanes.count(part)
+    taps = toff.shape[0]
+    nblk = d_all // nl
+    n_chunk = (taps + chunk - 1) // chunk
+    n_run = (n_img + per - 1) // per
+    step = U(sw * c_all)
+    zero = _lanes.zeros(part)
+    for task in prange(n_run * nblk * n_chunk):
+        q = task // (nblk * n_chunk)
+        blk = (task // n_chunk) % nblk
+        t_lo = (task % n_chunk) * chunk
+        t_hi = min(taps, t_lo + chunk)
+        base = U((q * nblk + blk) * taps * nl)
+        for t in range(t_lo, t_hi):
+            _lanes.store(part, base + U(t * nl), zero)
+        for n in range(q * per, min(n_img, (q + 1) * per)):
+            for i0 in range(0, ho, band):
+                for t0 in range(t_lo, t_hi, TAPS):
+                    k = min(TAPS, t_hi - t0)
+                    o = _taps8(toff, t0, k)
+                    a0 = base + U(t0 * nl)
+                    v = _sums8(part, a0, k)
+                    for i in range(i0, min(ho, i0 + band)):
+                        xb = U(((n * hp + i * sh) * wp) * c_all)
+                        gb = U((n * ho + i) * wo * d_all + blk * nl)
+                        for _j in range(wo):
+                            v = _fma8(v, xp, xb, o, _lanes.load(gf, gb))
+                            xb += step
+                            gb += U(d_all)
+                    for p in range(k):
+                        _lanes.store(part, a0 + U(p * nl), v[p])
+
+
+def _chunk(a) -> int:
+    """Taps per task: whole groups of ``TAPS``, at most ``CHUNK_BYTES`` of sums, the
+    chunks of a layer about equal."""
+    taps = a.kh * a.kw * a.c_in
+    most = max(TAPS, CHUNK_BYTES // _lanes.LANE_BYTES // TAPS * TAPS)
+    chunks = -(-taps // most)
+    return -(-taps // (chunks * TAPS)) * TAPS
+
+
+def _band(a) -> int:
+    """Output rows per band: ``BAND_PIXELS`` pixels (at least one row)."""
+    return max(1, -(-BAND_PIXELS // a.w_out))
+
+
+def _tap_offsets(a, wp) -> np.ndarray:
+    """Each HWIO tap (a, b, c)'s offset in the padded input from its window's corner."""
+    rows = np.arange(a.kh)[:, None, None] * a.dilation[0] * wp
+    cols = np.arange(a.kw)[None, :, None] * a.dilation[1]
+    return (((rows + cols) * a.c_in) + np.arange(a.c_in)).reshape(-1).astype(np.int64)
+
+
+def _flat_nhwc(x, a):
+    """x (layout of ``a``, C-contiguous) as (flat array, (N, H, W, C) shape and element
+    strides of its channels-last view)."""
+    v = a.dims.to_canonical_view(x).transpose(0, 2, 3, 1)
+    return x.reshape(-1), tuple(v.shape) + tuple(s // x.itemsize for s in v.strides)
+
+
+def weight_grad_hwio(x, gy_nhwc, a) -> np.ndarray:
+    """grad_w as HWIO (KH, KW, C, D) in float64 for x (layout of ``a``) and grad_y
+    (N, Ho, Wo, D) C-contiguous. Wraps ``_pad_images`` and ``_grad_w_parts``."""
+    dt = a.dtype
+    nl = _lanes.LANE_BYTES // dt.itemsize
+    hp, wp = _padded_size(a)
+    ps = (a.n, hp, wp, a.c_in)
+    xp = workspace("direct_grad.xp", a.n * hp * wp * a.c_in, dt)
+    per = part_images(a)
+    runs = -(-a.n // per)
+    taps = a.kh * a.kw * a.c_in
+    part = np.empty(runs * a.c_out * taps, dt)
+    (pt, _), (pl, _) = a.padding
+    with parallel_guard():
+        _pad_images(*_flat_nhwc(np.ascontiguousarray(x, dt), a), xp, ps, pt, pl)
+        _grad_w_parts(xp, ps, gy_nhwc.reshape(-1), gy_nhwc.shape, _tap_offsets(a, wp),
+                      part, (a.stride[0], a.stride[1], per, _band(a), _chunk(a)))
+    sums = view(part, (runs, a.c_out // nl, taps, nl)).sum(axis=0, dtype=np.float64)
+    return sums.transpose(1, 0, 2).reshape(a.kh, a.kw, a.c_in, a.c_out)
+
+
+def _nhwc_grad_y(gy, a) -> np.ndarray:
+    """grad_y (N, Ho, Wo, D) C-contiguous: gy itself in NHWC, a transposed copy of NCHW."""
+    if a.dims.channels_last:
+        return np.ascontiguousarray(gy, a.dtype)
+    out = workspace("direct_grad.gy", gy.size, a.dtype)
+    n, d, ho, wo = gy.shape
+    with parallel_guard():
+        _swap_last2(np.ascontiguousarray(gy, a.dtype).reshape(n, d, ho * wo),
+                    view(out, (n, ho * wo, d)))
+    return view(out, (n, ho, wo, d))
+
+
+def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
+    """grad_x (layout of ``a``, C-contiguous) of a layer with ``flipped_args``: the
+    direct forward of grad_y (N, Ho, Wo, D) with the flipped weight."""
+    w_hwio = a.dims.weight_to_canonical_view(w).transpose(2, 3, 1, 0)   # (KH, KW, C, D)
+    flipped = w_hwio[::-1, ::-1].transpose(0, 1, 3, 2)                  # (KH, KW, D, C)
+    g = flipped_args(a)
+    if a.dims.channels_last:
+        forward_lanes(gy_nhwc, flipped, g, grad_x, None)
+        return
+    tmp = view(workspace("direct_grad.gx", grad_x.size, a.dtype), g.y_layout_shape)
+    forward_lanes(gy_nhwc, flipped, g, tmp, None)
+    with parallel_guard():
+        _swap_last2(view(tmp, (a.n, a.h * a.w, a.c_in)), view(grad_x, (a.n, a.c_in, -1)))
+
+
+def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
+    """The gradients of a ``direct_backward_applies`` problem: grad_w by the direct
+    kernel, grad_x by ``input_grad_direct`` where ``flipped_args`` allows, else by
+    ``rest(grad_x)`` (im2col's other paths)."""
+    gy_nhwc = _nhwc_grad_y(gy, a)
+    if grad_w is not None:
+        grad_w[...] = a.dims.weight_from_canonical_view(
+            weight_grad_hwio(x, gy_nhwc, a).transpose(3, 2, 0, 1))
+    if grad_x is None:
+        return
+    if flipped_args(a) is not None:
+        input_grad_direct(gy_nhwc, w, a, grad_x)
+    else:
+        rest(grad_x)
+
+
+def grad_w_cost(a, p: Profile) -> Estimate:
+    """Model time of ``weight_grad_hwio``: the multiply-adds (taps rounded up to whole
+    groups of ``TAPS``) at ``GRAD_W_GMACS`` per thread (half for float64), plus the
+    call's fixed cost."""
+    taps = a.kh * a.kw * a.c_in
+    macs = a.n * a.h_out * a.w_out * a.c_out * -(-taps // TAPS) * TAPS
+    rate = GRAD_W_GMACS * 1e9 * p.threads * (4 / a.dtype.itemsize)
+    return Estimate(p.call_us * 1e-6 + macs / rate, 0,
+                    f"direct weight gradient {macs / 1e6:.3g}M multiply-adds "
+                    f"{1e3 * macs / rate:.3g} ms")
+
+
+def direct_backward_cost(a, p: Profile, gemm_forward: Estimate) -> Estimate:
+    """Model time of ``backward_direct`` with both gradients: ``grad_w_cost``, the
+    direct forward of ``flipped_args`` for grad_x (``lanes_cost``) or else
+    ``BACKWARD_FACTOR``/2 times im2col's GEMM forward ``gemm_forward`` (its grad_x and
+    fold), and the copies (the padded input; NCHW: grad_y and grad_x transposed) at the
+    profile's copy bandwidth."""
+    call = p.call_us * 1e-6
+    gw = grad_w_cost(a, p)
+    g = flipped_args(a)
+    item = a.dtype.itemsize
+    hp, wp = _padded_size(a)
+    moved = a.n * hp * wp * a.c_in * item
+    if g is not None:
+        gx = lanes_cost(g, p)
+        how = "grad_x as the direct forward of grad_y with the flipped weight"
+    else:
+        gx = Estimate(call + BACKWARD_FACTOR / 2 * (gemm_forward.seconds - call), 0, "")
+        how = "grad_x by im2col's GEMMs and fold"
+    if not a.dims.channels_last:
+        moved += a.n * a.c_out * a.h_out * a.w_out * item
+        moved += a.n * a.c_in * a.h * a.w * item if g is not None else 0
+    copies = moved / (p.copy_gbs * 1e9)
+    secs = gw.seconds + gx.seconds - call + copies
+    return Estimate(secs, gemm_forward.workspace if g is None else 0,
+                    f"{gw.detail}, {how} {1e3 * (gx.seconds - call):.3g} ms, copies "
+                    f"{1e3 * copies:.3g} ms")

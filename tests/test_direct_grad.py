@@ -1,0 +1,165 @@
+"""im2col's direct backward for small layers (``algos.im2col.direct_grad``): the weight
+gradient's kernel and the input gradient as a direct forward, against the reference,
+torch and finite differences, and where they run."""
+
+import numba
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import Tensor, gradcheck
+from fastconv._args import conv_args_from_shapes
+from fastconv.algos.im2col import direct_grad, drivers
+from fastconv.algos.im2col.direct_grad import (
+    direct_backward_applies,
+    direct_backward_chosen,
+    flipped_args,
+)
+from fastconv.nn import functional as F
+
+from . import reference as ref
+from .conftest import count_calls, from_nhwc, to_nhwc
+
+# (n, c, h, w, d, kernel, stride, padding, dilation, grad_x direct), NCHW / OIHW sizes:
+# 27 taps (a partial group of 8), grad_x by the direct forward, stride 2 with two blocks
+# of output channels, a rectangular kernel with asymmetric padding and dilation, padding
+# beyond the kernel (output pixels wholly in the padding: grad_x by the GEMMs), 576 taps
+# (several chunks of taps per image run), an uneven last run of images
+CASES = [
+    (4, 3, 7, 9, 16, 3, 1, 1, 1, False),
+    (5, 16, 6, 7, 16, 3, 1, 1, 1, True),
+    (4, 8, 9, 8, 32, 3, 2, 1, 1, False),
+    (4, 16, 8, 9, 16, (3, 2), 1, ((2, 0), (1, 1)), (2, 1), True),
+    (4, 16, 5, 5, 16, 3, 1, 3, 1, False),
+    (6, 64, 4, 4, 16, 3, 1, 1, 1, True),
+]
+
+
+def _problem(case, dtype, rng, layout):
+    n, c, h, wd, d, k, stride, padding, dilation, _ = case
+    kh, kw = (k, k) if isinstance(k, int) else k
+    x = rng.standard_normal((n, c, h, wd)).astype(dtype)
+    w = rng.standard_normal((d, c, kh, kw)).astype(dtype)
+    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
+    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
+    gy = rng.standard_normal(canon.y_shape).astype(dtype)
+    want = ref.conv2d_backward(gy, x, w, canon.stride, canon.padding, canon.dilation)
+    if layout == "NHWC":
+        x, w = to_nhwc(x, w)
+        gy = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+    a = conv_args_from_shapes("t", x.shape, w.shape, layout=layout, dtype=dtype, **kwargs)
+    return x, w, gy, a, kwargs, want
+
+
+def _canonical(gx, gw, layout):
+    return (from_nhwc(gx), gw.transpose(3, 2, 0, 1)) if layout == "NHWC" else (gx, gw)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_direct_backward_matches_the_reference(case, dtype, layout, rng, monkeypatch):
+    x, w, gy, a, kwargs, (gx0, gw0, _) = _problem(case, dtype, rng, layout)
+    assert direct_backward_applies(a) and (flipped_args(a) is not None) == case[-1]
+    both = direct_backward_chosen(a)    # else the image-last pass forms both gradients
+    assert both or not case[-1]
+    calls = count_calls(monkeypatch, drivers, "backward_direct")
+    inputs = count_calls(monkeypatch, direct_grad, "input_grad_direct")
+    gx, gw, gb = fastconv.conv2d_backward(gy, x, w, layout=layout, algo="im2col", **kwargs)
+    assert gx.dtype == gw.dtype == dtype and gx.shape == x.shape and gw.shape == w.shape
+    gx, gw = _canonical(gx, gw, layout)
+    tol = ref.tolerance(dtype, "im2col")
+    assert ref.rel_error(gw, gw0) <= tol and ref.rel_error(gx, gx0) <= tol
+    assert len(calls) == int(both) and len(inputs) == int(case[-1])
+    # the weight gradient alone
+    _, gw1, _ = fastconv.conv2d_backward(gy, x, w, layout=layout, algo="im2col",
+                                         needs_input_grad=(False, True, False), **kwargs)
+    gw1 = gw1.transpose(3, 2, 0, 1) if layout == "NHWC" else gw1
+    assert ref.rel_error(gw1, gw0) <= tol and len(calls) == int(both) + 1
+
+
+def test_weight_gradient_does_not_depend_on_the_thread_count(rng):
+    x, w, gy, a, kwargs, _ = _problem(CASES[5], np.float32, rng, "NHWC")
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one = direct_grad.weight_grad_hwio(x, gy, a)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.array_equal(one, direct_grad.weight_grad_hwio(x, gy, a))
+    assert -(-a.n // direct_grad.part_images(a)) > 1          # several partial sums
+
+
+def test_direct_backward_reads_read_only_and_strided_arrays(rng):
+    x, w, gy, a, kwargs, (gx0, gw0, _) = _problem(CASES[1], np.float32, rng, "NHWC")
+    xs, gys = np.asfortranarray(x), np.asfortranarray(gy)
+    xs.flags.writeable = gys.flags.writeable = False
+    gx, gw, _ = fastconv.conv2d_backward(gys, xs, w[::-1][::-1], layout="NHWC",
+                                         algo="im2col", **kwargs)
+    gx, gw = _canonical(gx, gw, "NHWC")
+    assert ref.rel_error(gw, gw0) <= 1e-4 and ref.rel_error(gx, gx0) <= 1e-4
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kwargs", [
+    ((8, 8, 8, 4), (3, 3, 2, 16), dict(groups=2)),
+    ((8, 8, 8, 16), (1, 1, 16, 16), {}),                      # pointwise
+    ((3, 8, 8, 16), (3, 3, 16, 16), {}),                      # too few images
+    ((8, 8, 8, 80), (3, 3, 80, 16), {}),                      # too many input channels
+    ((8, 8, 8, 16), (3, 3, 16, 80), {}),                      # too many output channels
+    ((8, 8, 8, 16), (3, 3, 16, 12), {}),                      # a partial block of lanes
+])
+def test_direct_backward_does_not_apply(x_shape, w_shape, kwargs):
+    assert not direct_backward_applies(conv_args_from_shapes("t", x_shape, w_shape,
+                                                             layout="NHWC", **kwargs))
+
+
+def test_lenets_second_layer_keeps_the_image_last_pass_for_both_gradients():
+    a = conv_args_from_shapes("t", (64, 6, 14, 14), (16, 6, 5, 5))
+    assert direct_backward_applies(a) and flipped_args(a) is None
+    assert not direct_backward_chosen(a) and direct_backward_chosen(a, False)
+
+
+def test_the_backward_plan_prices_the_direct_backward(monkeypatch):
+    x_shape, w_shape = (32, 28, 28, 16), (3, 3, 16, 16)
+    a = conv_args_from_shapes("t", x_shape, w_shape, padding=1, layout="NHWC")
+    assert direct_backward_chosen(a)
+    plan = fastconv.plan(x_shape, w_shape, padding=1, layout="NHWC", backward=True)
+    assert "direct weight gradient" in plan.why and "flipped weight" in plan.why, plan.why
+    try:      # the estimate follows the kernel's rate
+        monkeypatch.setattr(direct_grad, "GRAD_W_GMACS", 1e-3)
+        fastconv.autotune.clear_cache()
+        slow = fastconv.plan(x_shape, w_shape, padding=1, layout="NHWC", backward=True)
+    finally:
+        fastconv.autotune.clear_cache()
+    assert slow.estimates["im2col"] > 10 * plan.estimates["im2col"]
+    assert slow.algorithm != "im2col"
+
+
+def test_direct_backward_matches_torch(rng):
+    torch = pytest.importorskip("torch")
+    x, w, gy, a, kwargs, _ = _problem(CASES[3], np.float32, rng, "NCHW")
+    xt = torch.from_numpy(x).requires_grad_()
+    wt = torch.from_numpy(w).requires_grad_()
+    pad = a.padding
+    xpad = torch.nn.functional.pad(xt, (pad[1][0], pad[1][1], pad[0][0], pad[0][1]))
+    y = torch.nn.functional.conv2d(xpad, wt, stride=a.stride, dilation=a.dilation)
+    y.backward(torch.from_numpy(gy))
+    gx, gw, _ = fastconv.conv2d_backward(gy, x, w, algo="im2col", **kwargs)
+    np.testing.assert_allclose(gx, xt.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw, wt.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_gradients_through_the_direct_backward_match_finite_differences(rng, stride,
+                                                                        monkeypatch):
+    x = Tensor(rng.standard_normal((4, 5, 6, 16)), requires_grad=True)
+    w = Tensor(rng.standard_normal((3, 3, 16, 16)), requires_grad=True)
+    b = Tensor(rng.standard_normal(16), requires_grad=True)
+    a = conv_args_from_shapes("t", x.data.shape, w.data.shape, stride=stride, padding=1,
+                              layout="NHWC", dtype=np.float64)
+    assert direct_backward_chosen(a)
+    calls = count_calls(monkeypatch, drivers, "backward_direct")
+    assert gradcheck(lambda x, w, b: (F.conv2d(x, w, b, stride=stride, padding=1,
+                                               layout="NHWC", algo="im2col") ** 2).sum(),
+                     [x, w, b])
+    assert calls
