@@ -13,25 +13,29 @@ from fastconv.algos.im2col import direct_grad, drivers
 from fastconv.algos.im2col.direct_grad import (
     direct_backward_applies,
     direct_backward_chosen,
-    flipped_args,
 )
+from fastconv.algos.im2col.direct_grad_input import input_phases
 from fastconv.nn import functional as F
 
 from . import reference as ref
 from .conftest import count_calls, from_nhwc, to_nhwc
 
 # (n, c, h, w, d, kernel, stride, padding, dilation, grad_x direct), NCHW / OIHW sizes:
-# 27 taps (a partial group of 8), grad_x by the direct forward, stride 2 with two blocks
-# of output channels, a rectangular kernel with asymmetric padding and dilation, padding
+# 27 taps (a partial group of 8; grad_x by the GEMMs: 3 channels fill too few lanes),
+# grad_x by the direct forward, stride 2 (four phases, odd sizes) with two blocks of
+# output channels, a rectangular kernel with asymmetric padding and dilation, padding
 # beyond the kernel (output pixels wholly in the padding: grad_x by the GEMMs), 576 taps
-# (several chunks of taps per image run), an uneven last run of images
+# (several chunks of taps per image run; an uneven last run of images), stride 3 with a
+# 2x2 kernel (phases without taps), strides (2, 1) with column dilation
 CASES = [
     (4, 3, 7, 9, 16, 3, 1, 1, 1, False),
     (5, 16, 6, 7, 16, 3, 1, 1, 1, True),
-    (4, 8, 9, 8, 32, 3, 2, 1, 1, False),
+    (4, 16, 9, 8, 32, 3, 2, 1, 1, True),
     (4, 16, 8, 9, 16, (3, 2), 1, ((2, 0), (1, 1)), (2, 1), True),
     (4, 16, 5, 5, 16, 3, 1, 3, 1, False),
     (6, 64, 4, 4, 16, 3, 1, 1, 1, True),
+    (4, 16, 8, 7, 16, 2, 3, 0, 1, True),
+    (4, 16, 7, 9, 16, 3, (2, 1), (1, 2), (1, 2), True),
 ]
 
 
@@ -60,7 +64,7 @@ def _canonical(gx, gw, layout):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_direct_backward_matches_the_reference(case, dtype, layout, rng, monkeypatch):
     x, w, gy, a, kwargs, (gx0, gw0, _) = _problem(case, dtype, rng, layout)
-    assert direct_backward_applies(a) and (flipped_args(a) is not None) == case[-1]
+    assert direct_backward_applies(a) and (input_phases(a) is not None) == case[-1]
     both = direct_backward_chosen(a)    # else the image-last pass forms both gradients
     assert both or not case[-1]
     calls = count_calls(monkeypatch, drivers, "backward_direct")
@@ -115,7 +119,7 @@ def test_direct_backward_does_not_apply(x_shape, w_shape, kwargs):
 
 def test_lenets_second_layer_keeps_the_image_last_pass_for_both_gradients():
     a = conv_args_from_shapes("t", (64, 6, 14, 14), (16, 6, 5, 5))
-    assert direct_backward_applies(a) and flipped_args(a) is None
+    assert direct_backward_applies(a) and input_phases(a) is None
     assert not direct_backward_chosen(a) and direct_backward_chosen(a, False)
 
 
@@ -124,7 +128,7 @@ def test_the_backward_plan_prices_the_direct_backward(monkeypatch):
     a = conv_args_from_shapes("t", x_shape, w_shape, padding=1, layout="NHWC")
     assert direct_backward_chosen(a)
     plan = fastconv.plan(x_shape, w_shape, padding=1, layout="NHWC", backward=True)
-    assert "direct weight gradient" in plan.why and "flipped weight" in plan.why, plan.why
+    assert "direct weight gradient" in plan.why and "1 direct forward" in plan.why, plan.why
     try:      # the estimate follows the kernel's rate
         monkeypatch.setattr(direct_grad, "GRAD_W_GMACS", 1e-3)
         fastconv.autotune.clear_cache()

@@ -1,7 +1,7 @@
 """The direct backward of small layers: the weight gradient in one parallel numba kernel
 with each pixel's output-channel gradients in one SIMD register (``fastconv._lanes``),
-and the input gradient of stride-1 layers as a forward direct convolution
-(``direct_lanes``) of grad_y with the flipped weight.
+and the input gradient as forward direct convolutions (``direct_lanes``) of grad_y with
+the flipped weight, one per input phase (``direct_grad_input``).
 
 Weight gradient. With x zero-padded (xp (N, Hp, Wp, C), channels last),
 
@@ -17,9 +17,10 @@ in order in float64, so the result does not depend on the thread count. grad_y's
 channels must fill whole blocks (``direct_backward_applies``).
 
 Input gradient. For stride 1, grad_x = conv(grad_y, w') with w'[a, b, d, c] =
-w[KH-1-a, KW-1-b, c, d] and padding (K-1)*r - p on each side (dilation r), which
-``direct_lanes.forward_lanes`` runs where it applies (``flipped_args``). Other
-layers take im2col's other paths for grad_x.
+w[KH-1-a, KW-1-b, c, d] and padding (K-1)*r - p on each side (dilation r); a strided
+layer's input phases are such problems with sub-kernels. ``direct_lanes.forward_lanes``
+runs them where it applies (``direct_grad_input.input_phases``); other layers take
+im2col's other paths for grad_x.
 
 NCHW arrays are copied channels-last first (grad_y once for both gradients; x into the
 padded copy directly) and grad_x back.
@@ -38,9 +39,6 @@ padded copy directly) and grad_x back.
 
 from __future__ import annotations
 
-import functools
-from dataclasses import replace
-
 import numpy as np
 from numba import njit, prange
 
@@ -49,7 +47,7 @@ from ..._runtime import parallel_guard
 from ...costs import BACKWARD_FACTOR, Estimate, Profile
 from .._common import U, view, workspace
 from .._nhwc import _swap_last2
-from .direct_lanes import forward_lanes, lanes_applies, lanes_cost
+from .direct_grad_input import input_grad_cost, input_grad_direct, input_phases
 from .image_last import image_last_tile
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
@@ -88,30 +86,13 @@ def direct_backward_applies(args) -> bool:
 
 def direct_backward_chosen(args, with_grad_x: bool = True) -> bool:
     """Whether im2col's backward runs ``backward_direct``: where it applies, unless
-    grad_x is wanted, the direct forward cannot run it (``flipped_args``) and the
+    grad_x is wanted, the direct forward cannot run it (``input_phases``) and the
     image-last path forms both gradients in one pass (``image_last_tile``: LeNet's 6 ->
     16 5x5, NCHW, batch 64: 1.23 ms for both, direct grad_w + image-last grad_x 1.28)."""
     if not direct_backward_applies(args):
         return False
-    return not with_grad_x or flipped_args(args) is not None \
+    return not with_grad_x or input_phases(args) is not None \
         or not image_last_tile(args, True)
-
-
-@functools.lru_cache(maxsize=256)
-def flipped_args(args):
-    """The problem grad_x = conv(grad_y, flipped w) of a stride-1 layer, channels last,
-    or None where the direct forward does not run it (other strides, a padding beyond
-    (K-1)*r, ``lanes_applies``)."""
-    if args.stride != (1, 1) or args.groups != 1:
-        return None
-    (pt, pb), (pl, pr) = args.padding
-    eh, ew = (args.kh - 1) * args.dilation[0], (args.kw - 1) * args.dilation[1]
-    pads = ((eh - pt, eh - pb), (ew - pl, ew - pr))
-    if min(min(p) for p in pads) < 0:
-        return None
-    g = replace(args, c_in=args.c_out, h=args.h_out, w=args.w_out, c_out=args.c_in,
-                padding=pads, h_out=args.h, w_out=args.w, layout="NHWC", unbatched=False)
-    return g if lanes_applies(g) else None
 
 
 def part_images(a) -> int:
@@ -308,24 +289,9 @@ def _nhwc_grad_y(gy, a) -> np.ndarray:
     return view(out, (n, ho, wo, d))
 
 
-def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
-    """grad_x (layout of ``a``, C-contiguous) of a layer with ``flipped_args``: the
-    direct forward of grad_y (N, Ho, Wo, D) with the flipped weight."""
-    w_hwio = a.dims.weight_to_canonical_view(w).transpose(2, 3, 1, 0)   # (KH, KW, C, D)
-    flipped = w_hwio[::-1, ::-1].transpose(0, 1, 3, 2)                  # (KH, KW, D, C)
-    g = flipped_args(a)
-    if a.dims.channels_last:
-        forward_lanes(gy_nhwc, flipped, g, grad_x, None)
-        return
-    tmp = view(workspace("direct_grad.gx", grad_x.size, a.dtype), g.y_layout_shape)
-    forward_lanes(gy_nhwc, flipped, g, tmp, None)
-    with parallel_guard():
-        _swap_last2(view(tmp, (a.n, a.h * a.w, a.c_in)), view(grad_x, (a.n, a.c_in, -1)))
-
-
 def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
     """The gradients of a ``direct_backward_applies`` problem: grad_w by the direct
-    kernel, grad_x by ``input_grad_direct`` where ``flipped_args`` allows, else by
+    kernel, grad_x by ``input_grad_direct`` where ``input_phases`` allows, else by
     ``rest(grad_x)`` (im2col's other paths)."""
     gy_nhwc = _nhwc_grad_y(gy, a)
     if grad_w is not None:
@@ -333,7 +299,7 @@ def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
             weight_grad_hwio(x, gy_nhwc, a).transpose(3, 2, 0, 1))
     if grad_x is None:
         return
-    if flipped_args(a) is not None:
+    if input_phases(a) is not None:
         input_grad_direct(gy_nhwc, w, a, grad_x)
     else:
         rest(grad_x)
@@ -353,27 +319,27 @@ def grad_w_cost(a, p: Profile) -> Estimate:
 
 def direct_backward_cost(a, p: Profile, gemm_forward: Estimate) -> Estimate:
     """Model time of ``backward_direct`` with both gradients: ``grad_w_cost``, the
-    direct forward of ``flipped_args`` for grad_x (``lanes_cost``) or else
+    direct forwards of ``input_phases`` for grad_x (``input_grad_cost``) or else
     ``BACKWARD_FACTOR``/2 times im2col's GEMM forward ``gemm_forward`` (its grad_x and
     fold), and the copies (the padded input; NCHW: grad_y and grad_x transposed) at the
     profile's copy bandwidth."""
     call = p.call_us * 1e-6
     gw = grad_w_cost(a, p)
-    g = flipped_args(a)
+    gx = input_grad_cost(a, p)
     item = a.dtype.itemsize
     hp, wp = _padded_size(a)
     moved = a.n * hp * wp * a.c_in * item
-    if g is not None:
-        gx = lanes_cost(g, p)
-        how = "grad_x as the direct forward of grad_y with the flipped weight"
+    direct_x = gx is not None
+    if direct_x:
+        how = f"grad_x as {gx.detail} with the flipped weight"
     else:
         gx = Estimate(call + BACKWARD_FACTOR / 2 * (gemm_forward.seconds - call), 0, "")
         how = "grad_x by im2col's GEMMs and fold"
     if not a.dims.channels_last:
         moved += a.n * a.c_out * a.h_out * a.w_out * item
-        moved += a.n * a.c_in * a.h * a.w * item if g is not None else 0
+        moved += a.n * a.c_in * a.h * a.w * item if direct_x else 0
     copies = moved / (p.copy_gbs * 1e9)
     secs = gw.seconds + gx.seconds - call + copies
-    return Estimate(secs, gemm_forward.workspace if g is None else 0,
+    return Estimate(secs, 0 if direct_x else gemm_forward.workspace,
                     f"{gw.detail}, {how} {1e3 * (gx.seconds - call):.3g} ms, copies "
                     f"{1e3 * copies:.3g} ms")
