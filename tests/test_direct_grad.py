@@ -167,3 +167,16 @@ def test_gradients_through_the_direct_backward_match_finite_differences(rng, str
                                                layout="NHWC", algo="im2col") ** 2).sum(),
                      [x, w, b])
     assert calls
+
+
+def test_phase_outputs_are_written_in_place():
+    from fastconv.algos.im2col.image_last import strided_flat
+    from fastconv.layout import LAYOUTS
+    gx = np.zeros((2, 5, 6, 16), np.float32)
+    gx[0, 1, 0, 0], gx[1, 3, 4, 15] = 7, 8         # the phase's first and last elements
+    flat, shape_strides = strided_flat(gx[:, 1::2, ::2, :], LAYOUTS["NHWC"])
+    assert np.shares_memory(flat, gx) and flat.size == 1 + 480 + 192 + 2 * 32 + 15
+    assert flat[0] == 7 and flat[-1] == 8
+    assert shape_strides == (2, 16, 2, 3, 480, 1, 192, 32)     # (N, C, H, W), strides
+    assert strided_flat(gx[:, ::-1], LAYOUTS["NHWC"]) is None      # negative strides
+    assert strided_flat(gx, LAYOUTS["NHWC"]) is None                # C-contiguous

@@ -9,9 +9,10 @@ so each phase is a correlation of grad_y with the sub-kernel
     w'[k, l, d, c] = w[a_k, b_l, c, d]      (a_0 > a_1 > ..., b_0 > b_1 > ...)
 
 at stride 1, dilation e_{a_1} - e_{a_0}, padding -e_{a_0} at the top: a forward problem
-whose output is grad_x[:, ph::s_h, pw::s_w, :]. A stride-1 layer has one phase, the
-whole kernel flipped with its channel axes swapped and padding (K-1)*r - p; a 3x3
-stride-2 layer has four, of 1x1, 1x2, 2x1 and 2x2 taps. A phase without taps is zero.
+whose output is grad_x[:, ph::s_h, pw::s_w, :] (written there in place). A stride-1
+layer has one phase, the whole kernel flipped with its channel axes swapped and padding
+(K-1)*r - p; a 3x3 stride-2 layer has four, of 1x1, 1x2, 2x1 and 2x2 taps. A phase
+without taps is zero.
 
 >>> from fastconv._args import conv_args_from_shapes
 >>> a = conv_args_from_shapes("t", (8, 14, 14, 16), (3, 3, 16, 32), stride=2, padding=1,
@@ -102,15 +103,12 @@ def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
 
 def input_grad_cost(a, p: Profile) -> Estimate | None:
     """Model time of ``input_grad_direct`` (None where it does not run): the phases'
-    ``lanes_cost`` (the call's fixed cost once), plus, with several phases, a
-    copy of grad_x (each phase's output goes through a buffer into its strided
-    place) at the profile's copy bandwidth."""
+    ``lanes_cost`` (the call's fixed cost once; each phase's output is written in its
+    strided place, ``image_last.strided_flat``)."""
     phases = input_phases(a)
     if phases is None:
         return None
     call = p.call_us * 1e-6
     secs = call + sum(lanes_cost(g, p).seconds - call for _, _, g, *_ in phases)
-    if len(phases) > 1:
-        secs += 2 * a.n * a.c_in * a.h * a.w * a.dtype.itemsize / (p.copy_gbs * 1e9)
     return Estimate(secs, 0, f"{len(phases)} direct forward{'s' if len(phases) > 1 else ''}"
                              " of grad_y")

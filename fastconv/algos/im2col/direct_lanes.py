@@ -51,7 +51,7 @@ from ... import _lanes
 from ..._runtime import parallel_guard
 from ...costs import DEFAULT_PROFILE, Estimate, Profile
 from .._common import U, interior_columns
-from .image_last import _flat
+from .image_last import _flat, strided_flat
 from .image_last_direct import direct_cost, direct_forward_applies
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
@@ -400,21 +400,22 @@ def _padded_input(x, a):
 
 def forward_lanes(x, w, args, out, bias) -> None:
     """The forward of a ``lanes_applies`` problem: out (layout ``args.dims``, any
-    strides) = conv(x, w) + bias (C_out,) when given, x and w in the same layout.
-    Wraps ``_conv_rows``; narrow maps with pixels in the padding are padded first
-    (``_prepadded``)."""
+    strides; positive ones written in place, ``image_last.strided_flat``) = conv(x, w)
+    + bias (C_out,) when given, x and w in the same layout. Wraps ``_conv_rows``; narrow
+    maps with pixels in the padding are padded first (``_prepadded``)."""
     dt = args.dtype
     nl = _lanes.LANE_BYTES // dt.itemsize
     fb = np.zeros(-(-args.c_out // nl) * nl, dt)
     if bias is not None:
         fb[:args.c_out] = bias
-    target = out if out.flags.c_contiguous else np.empty(out.shape, dt)
+    strided = strided_flat(out, args.dims)
+    target = out if out.flags.c_contiguous or strided else np.empty(out.shape, dt)
     (pt, _), (pl, _) = args.padding
     interior = interior_columns(args)
     if _prepadded(args):
         x, pt, pl, interior = _padded_input(x, args), 0, 0, (0, args.w_out)
     xf, xs = _flat(np.ascontiguousarray(x, dt), args.dims)
-    fo, os = _flat(target, args.dims)
+    fo, os = strided or _flat(target, args.dims)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt)
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
     with parallel_guard():

@@ -143,6 +143,21 @@ def _flat(a, dims):
     return flat, tuple(v.shape) + tuple(s // a.itemsize for s in v.strides)
 
 
+def strided_flat(a, dims):
+    """For an array that is not C-contiguous but has positive strides in whole elements
+    (a phase of a larger array: grad_x[:, ::2, 1::2, :]): (a 1-D view of its memory
+    from its first element to its last, the shape and element strides of its canonical
+    (N, C, H, W) view), which the kernel writes in place; else None."""
+    item = a.itemsize
+    if a.flags.c_contiguous or a.size == 0 or not a.flags.writeable \
+            or any(s <= 0 or s % item for s in a.strides):
+        return None
+    span = 1 + sum((n - 1) * s // item for n, s in zip(a.shape, a.strides, strict=True))
+    flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,))
+    v = dims.to_canonical_view(a)
+    return flat, tuple(v.shape) + tuple(s // item for s in v.strides)
+
+
 def _to_last(a, n0, at, dims) -> None:
     """at (C, H, W, B) = images n0.. of a (layout ``dims``, C-contiguous) with
     ``_image_last_copy`` (a read-only a takes numpy's copy, ``_to_last_any``: the kernel
