@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from . import config
+from . import _pool, config
 
 _FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
 
@@ -53,7 +53,7 @@ def relu(a: np.ndarray) -> np.ndarray:
     other dtypes through numpy."""
     if a.dtype not in _FLOATS:
         return np.maximum(a, 0)
-    y = np.empty(a.shape, a.dtype)
+    y = _pool.empty(a.shape, a.dtype)
     _relu(_flat(a), y.reshape(-1))
     return y
 
@@ -63,7 +63,7 @@ def relu_backward(g: np.ndarray, y: np.ndarray) -> np.ndarray:
     nothing). g and y have one shape; the result has g's dtype."""
     if g.dtype not in _FLOATS or y.dtype not in _FLOATS:
         return g * (y > 0)
-    gx = np.empty(g.shape, g.dtype)
+    gx = _pool.empty(g.shape, g.dtype)
     _relu_backward(_flat(g), _flat(y), gx.reshape(-1))
     return gx
 
@@ -74,6 +74,6 @@ def add_relu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     through ``_add_relu``, other dtypes through numpy (promotion)."""
     if a.dtype != b.dtype or a.dtype not in _FLOATS:
         return relu(np.asarray(a + b))
-    y = np.empty(a.shape, a.dtype)
+    y = _pool.empty(a.shape, a.dtype)
     _add_relu(_flat(a), _flat(b), y.reshape(-1))
     return y

@@ -7,6 +7,8 @@ import os
 
 import numpy as np
 
+from . import _pool
+
 
 def physical_memory_bytes() -> int | None:
     """Total physical memory of the machine, or None where it cannot be read."""
@@ -17,7 +19,8 @@ def physical_memory_bytes() -> int | None:
 
 
 def allocate(op: str, what: str, shape, dtype) -> np.ndarray:
-    """``np.empty(shape, dtype)``, or a MemoryError naming the op, the shape and the size.
+    """``np.empty(shape, dtype)`` (from ``fastconv._pool`` where one of that shape is
+    free), or a MemoryError naming the op, the shape and the size.
 
     Sizes above the machine's physical memory are refused up front: on Linux such an
     allocation may succeed lazily and the process be killed later, mid-computation."""
@@ -28,7 +31,7 @@ def allocate(op: str, what: str, shape, dtype) -> np.ndarray:
         raise MemoryError(f"{op}: the {what} of shape {tuple(shape)} ({dtype}) needs "
                           f"{_human(nbytes)}, more than this machine's {_human(total)} of memory")
     try:
-        return np.empty(shape, dtype)
+        return _pool.empty(shape, dtype)
     except MemoryError:
         raise MemoryError(f"{op}: the {what} of shape {tuple(shape)} ({dtype}) needs "
                           f"{_human(nbytes)}, which cannot be allocated") from None

@@ -10,6 +10,7 @@ time by assigning to the module attributes (``fastconv.config.WORKSPACE_BYTES = 
 | WINOGRAD_CHUNK_BYTES | FASTCONV_WINOGRAD_CHUNK_MB    | 16 MiB                     |
 | WINOGRAD_TILE        | FASTCONV_WINOGRAD_TILE        | 4 (F(4x4, 3x3))            |
 | WORKSPACE_CACHE_BYTES| FASTCONV_WORKSPACE_CACHE_MB   | 32 MiB                     |
+| POOL_BYTES           | FASTCONV_POOL_MB              | 256 MiB                    |
 | PLAN_CACHE_SIZE      | FASTCONV_PLAN_CACHE_SIZE      | 1024 plans                 |
 | FFT_WORKERS          | FASTCONV_FFT_WORKERS          | os.cpu_count()             |
 | CACHE_DIR            | FASTCONV_CACHE_DIR            | $XDG_CACHE_HOME/fastconv   |
@@ -69,6 +70,11 @@ WINOGRAD_TILE: int = int(_env_float("FASTCONV_WINOGRAD_TILE", 4))
 #: Scratch buffers up to this size are kept per thread and reused across calls (no page
 #: faults on every call); larger ones are allocated per call.
 WORKSPACE_CACHE_BYTES: int = int(_env_float("FASTCONV_WORKSPACE_CACHE_MB", 32) * MIB)
+
+#: Result arrays (outputs, gradients) of repeating shapes kept for reuse, up to this many
+#: bytes (``fastconv._pool``: no fresh pages, and their faults, every training step);
+#: 0 turns the pool off.
+POOL_BYTES: int = int(_env_float("FASTCONV_POOL_MB", 256) * MIB)
 
 #: How many algorithm choices (plans) ``algo="auto"`` keeps, least recently used first out.
 PLAN_CACHE_SIZE: int = int(_env_float("FASTCONV_PLAN_CACHE_SIZE", 1024))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _elementwise, devices
+from .. import _elementwise, _pool, devices
 
 
 def on_gpu(op: str, a):
@@ -26,9 +26,15 @@ def on_gpu(op: str, a):
 
 
 def add(a, b):
-    """a + b as a new array (same shapes on the GPU; numpy's broadcasting on the host)."""
+    """a + b as a new array (same shapes on the GPU; numpy's broadcasting on the host,
+    into an array from ``fastconv._pool``)."""
     gpu = on_gpu("add", a)
-    return a + b if gpu is None else gpu(a, b)
+    if gpu is not None:
+        return gpu(a, b)
+    if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return a + b
+    out = _pool.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b))
+    return np.add(a, b, out=out)
 
 
 def full_like(a, value, dtype=None):
