@@ -20,6 +20,15 @@ WINOGRAD_TRANSFORM_PASSES = 1.6
 #: Fixed cost of one chunk of one group (three kernel launches, the split GEMMs): a
 #: depthwise layer (128 groups, 16 x 56 x 56) took 32 ms, about 80 us per group.
 WINOGRAD_GROUP_US = 60.0
+#: NCHW layers split over the threads (``tiling.per_thread``) start Python threads and
+#: one serial kernel per chunk and channel plane: a fixed cost per call and a cost per
+#: (image, channel) plane, in and out, per thread. Measured, 2 threads, 64 -> 64 at 7x7
+#: and 32 -> 32 at 14x14, batch 1 to 64: 0.13-0.19 ms more than the rest of the model at
+#: batch 1, about 70 ns more per plane beyond (at batch 32: 0.88-0.95 and 0.97-1.01 ms
+#: measured, 0.50 and 0.73 modelled without these terms; the direct lanes kernel 0.66 and
+#: 0.60 ms).
+WINOGRAD_SPLIT_US = 150.0
+WINOGRAD_PLANE_NS = 140.0
 
 
 def cost(a, p: Profile, m: int | None = None) -> Estimate:
@@ -55,6 +64,9 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
     secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US / threads) * 1e-6 + gemm \
         + transforms
+    if split:
+        planes = a.n * (a.c_in + a.c_out)
+        secs += WINOGRAD_SPLIT_US * 1e-6 + planes * WINOGRAD_PLANE_NS * 1e-9 / threads
     groups = f" x{a.groups} groups" if a.groups > 1 else ""
     where = f" over {threads} threads, in cache" if split else ""
     detail = (f"F({m}x{m}, 3x3), {chunks} chunks{where}, {t} GEMMs {dg}x{cg}x{cols}{groups} "
