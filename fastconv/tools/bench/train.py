@@ -13,14 +13,18 @@ by step on 2 cores; OpenBLAS's workers spin for up to about 0.1 s), and the paus
 them go to sleep before the other framework's block. ``interleave="step"`` keeps the
 step-by-step order.
 
-Both frameworks allocate their activations and gradients afresh every step, so glibc's
-malloc decides how many of those megabytes come back as fresh pages (a page fault per
-4 KiB): by default arrays above an adaptive threshold are mmap'ed and the heap top is
-returned to the system, and the thresholds rise when large blocks are freed, so one
-framework's frees changed the other's fault rate within one process (fastconv alone: 7.1
-ms per step with the defaults, 4.2 ms with fixed thresholds). The headline rows keep
-glibc's defaults, as a user's program would; ``malloc_mb`` > 0 repeats every case with
-the thresholds fixed at that many MiB, as separate rows.
+torch allocates its activations and gradients afresh every step, so glibc's malloc
+decides how many of those megabytes come back as fresh pages (a page fault per 4 KiB):
+by default arrays above an adaptive threshold are mmap'ed and the heap top is returned
+to the system, and the thresholds rise when large blocks are freed, so one framework's
+frees change the other's fault rate within one process. fastconv takes its results
+from a pool of arrays (``fastconv._pool``) and faults little after the first step;
+before the pool, its frees had raised the thresholds for torch too (torch's LeNet-5
+step: 0 faults beside fastconv then, about 980 in a process of its own, 770 beside the
+pool; the small ResNet's 2,500, 2,300 and 3,700). Each case prints both frameworks'
+faults per step. The headline rows keep glibc's defaults, as a user's program would;
+``malloc_mb`` > 0 repeats every case with the thresholds fixed at that many MiB, as
+separate rows (where neither framework faults much).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import resource
 import time
 from collections import defaultdict
 
@@ -184,18 +189,28 @@ def _runners(spec, layout: str, xs, ys, threads: int, torch):
     return runners, ours, opt, ours_x
 
 
+def _faults() -> int:
+    """Minor page faults of this process so far (fresh pages mapped by malloc)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def _step_times(runners, kind: int, steps: int, rounds: int, interleave: str,
-                settle: float) -> dict:
+                settle: float, faults: dict | None = None) -> dict:
     """{framework: seconds of each of rounds * steps timed steps}; ``kind`` 0: training
-    steps, 1: eval forwards."""
+    steps, 1: eval forwards. ``faults``: {framework: page faults per timed step}, filled
+    in when given."""
     times = {name: [] for name in runners}
+    counts = dict.fromkeys(runners, 0)
     if interleave == "step":
         # the frameworks alternate step by step
         for i in range(rounds * steps):
             for name, fns in runners.items():
-                t0 = _CLOCK[0]()
+                f0, t0 = _faults(), _CLOCK[0]()
                 fns[kind](i)
                 times[name].append(_CLOCK[0]() - t0)
+                counts[name] += _faults() - f0
+        if faults is not None:
+            faults.update({k: v / (rounds * steps) for k, v in counts.items()})
         return times
     # blocks of `steps` steps per framework, alternating (ABBA...) round by round so that
     # load drifts hit both alike; each block starts after a pause and one untimed step,
@@ -206,10 +221,14 @@ def _step_times(runners, kind: int, steps: int, rounds: int, interleave: str,
             fn = runners[name][kind]
             time.sleep(settle)
             fn(r)
+            f0 = _faults()
             for i in range(steps):
                 t0 = _CLOCK[0]()
                 fn(r * steps + i)
                 times[name].append(_CLOCK[0]() - t0)
+            counts[name] += _faults() - f0
+    if faults is not None:
+        faults.update({k: v / (rounds * steps) for k, v in counts.items()})
     return times
 
 
@@ -245,7 +264,8 @@ def _case(spec, layout, batch, steps, rounds, threads, interleave, settle, torch
         for i in range(1, 4):
             step(i)
             ev(i)
-    train_t = _step_times(runners, 0, steps, rounds, interleave, settle)
+    faults = {}
+    train_t = _step_times(runners, 0, steps, rounds, interleave, settle, faults)
     eval_t = _step_times(runners, 1, steps, rounds, interleave, settle)
     print(f"{spec.title} {layout}, {'x'.join(map(str, spec.input_shape))} input, batch "
           f"{batch}: first-step loss " + ", ".join(f"{k} {v:.6f}" for k, v in first.items()))
@@ -254,7 +274,7 @@ def _case(spec, layout, batch, steps, rounds, threads, interleave, settle, torch
         q1, med, q3 = (1e3 * v for v in np.percentile(train_t[name], [25, 50, 75]))
         out[name] = (med, q1, q3, 1e3 * np.median(eval_t[name]))
         print(f"  {name:9s} train step ms q1 / median / q3 {q1:8.2f} / {med:8.2f} / {q3:8.2f};"
-              f" eval ms {out[name][3]:8.2f}")
+              f" eval ms {out[name][3]:8.2f}; page faults per step {faults[name]:.0f}")
     if profile:
         profile_steps(ours, opt, ours_x, ys, rounds * steps)
     return out
