@@ -70,7 +70,7 @@ def _release(nbytes: int) -> None:
             a = _take(arrays)
             if a is None:
                 break
-            arrays.remove(a)
+            del arrays[next(i for i, b in enumerate(arrays) if b is a)]   # not ==
             _held[0] -= a.nbytes
         if not arrays:
             del _arrays[key]

@@ -69,6 +69,16 @@ def test_the_budget_lets_free_arrays_of_other_shapes_go_and_then_stops_pooling(m
     assert len({b.ctypes.data, c.ctypes.data, d.ctypes.data}) == 3
 
 
+def test_a_free_array_behind_held_ones_is_let_go(monkeypatch):
+    nbytes = int(np.prod(SHAPE)) * 4
+    monkeypatch.setattr(config, "POOL_BYTES", 3 * nbytes)
+    a, b, c = (_pool.empty(SHAPE, np.float32) for _ in range(3))
+    del c                                   # the third of its list: free
+    d = _pool.empty((64, 8, 64), np.float32)
+    assert _pool.held_bytes() == 3 * nbytes
+    assert len({a.ctypes.data, b.ctypes.data, d.ctypes.data}) == 3
+
+
 def test_threads_never_share_a_held_array():
     held, errors = [], []
 
