@@ -303,26 +303,36 @@ LAYOUTS = ("NCHW", "NHWC")
 NHWC_DIRECT_SPEEDUP = 4.0
 
 
+#: NCHW depthwise planes in SIMD registers (``depthwise_lanes._depthwise_planes``) over
+#: the profile's depthwise rate: one thread, a 256 x 256 plane, kernels 16 to 18, net of
+#: the call's fixed cost: 31-33 GMAC/s against the default profile's 11.8 (the suite's
+#: depthwise layer, bound by memory, about 12 a thread: its copy term covers that).
+LANES_DEPTHWISE_SPEEDUP = 2.7
+
+
 def _native_nhwc(a) -> bool:
     return a.dims.channels_last and not channel_multiplier(a)
 
 
 def _depthwise_macs(a) -> tuple[int, float]:
     """(multiply-adds, rate factor) of the depthwise kernel of ``a``'s layout: NCHW with
-    stride 1 computes rows of whole registers, 4 at a time (``depthwise_lanes``), or,
-    with rows shorter than a register, padded rows of width Wo + r_w*(KW - 1); other
-    strides at half the rate; NHWC computes each output once, at the rate of NCHW
-    stride 1."""
+    stride 1 computes rows of whole registers, 4 at a time (``depthwise_lanes``), at
+    ``LANES_DEPTHWISE_SPEEDUP`` times the rate, or, with rows shorter than a register,
+    padded rows of width Wo + r_w*(KW - 1); other strides at half the rate; NHWC
+    computes each output once, at the rate of NCHW stride 1."""
     unit = a.stride == (1, 1)
-    width = a.w_out
+    width, factor = a.w_out, 1.0 if unit or _native_nhwc(a) else 0.5
     lanes = _lanes.LANE_BYTES // a.dtype.itemsize
     if unit and not _native_nhwc(a) and width >= lanes:
         step = depthwise_lanes.ROW_REGISTERS * lanes
-        width = -(-width // step) * step
+        # rows of under 3 registers repeat some of a group's 4 (LeNet's 28 pixels: 2 of
+        # 4): no faster than the plain loops there (measured 0.84 against 0.42 ms for
+        # im2col on LeNet's first layer)
+        speedup = LANES_DEPTHWISE_SPEEDUP if width >= 3 * lanes else 1.0
+        width, factor = -(-width // step) * step, speedup
     elif unit and not _native_nhwc(a):
         width += a.dilation[1] * (a.kw - 1)
-    macs = a.n * a.c_out * a.h_out * width * a.kh * a.kw
-    return macs, 1.0 if unit or _native_nhwc(a) else 0.5
+    return a.n * a.c_out * a.h_out * width * a.kh * a.kw, factor
 
 
 def _busy(a, p: Profile) -> int:
@@ -358,14 +368,22 @@ def cost(a, p: Profile) -> Estimate:
 
 def backward_cost(a, p: Profile) -> Estimate:
     """Model time of the backward: twice the forward's FLOPs at the direct rate; NCHW
-    depthwise layers of stride 1 (``depthwise_grad``) two depthwise forwards (grad_x is
-    one, grad_w as many multiply-adds); in NHWC, twice the forward's model (the gradient
+    depthwise layers of stride 1 (``depthwise_grad``): grad_x is one depthwise forward
+    (``cost``), grad_w as many multiply-adds over padded planes at the profile's
+    depthwise rate (its dot products do not run in SIMD registers of their own: the
+    kernel sweep's 16x16 kernel measured 2.34 ms backward against 0.51 forward) and one
+    pass over the input and gradient; in NHWC, twice the forward's model (the gradient
     kernels have the forward's loops)."""
     if depthwise_grad_applies(a):
         fwd = cost(a, p)
-        call = p.call_us * 1e-6
-        return Estimate(call + 2 * (fwd.seconds - call), fwd.workspace,
-                        f"depthwise kernels, 2x forward: {fwd.detail}")
+        item = a.dtype.itemsize
+        planes = a.n * a.c_out * a.h_out * (a.w_out + a.dilation[1] * (a.kw - 1))
+        rate = p.depthwise_gmacs * 1e9 * (4 / item) * _busy(a, p)
+        io = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
+        grad_w = planes * a.kh * a.kw / rate + io / (p.copy_gbs * 1e9)
+        return Estimate(fwd.seconds + grad_w, fwd.workspace,
+                        f"depthwise kernels: grad_x as the forward ({fwd.detail}), grad_w "
+                        f"{1e3 * grad_w:.3g} ms")
     if _native_nhwc(a):
         fwd = cost(a, p)
         return Estimate(2 * fwd.seconds, 0, "NHWC direct loops, 2x the forward")
