@@ -134,13 +134,18 @@ def _image_last_copy(xf, xs, n0, xt, to_last):
                         xf[src + j * usw] = line[j * U(nb) + b]
 
 
+def _canonical_geometry(a, dims) -> tuple[int, ...]:
+    """The shape and element strides of the canonical (N, C, H, W) view of ``a``."""
+    v = dims.to_canonical_view(a)
+    return tuple(v.shape) + tuple(s // a.itemsize for s in v.strides)
+
+
 def _flat(a, dims):
     """A C-contiguous array of layout ``dims`` as (flat array, the shape and element
     strides of its canonical (N, C, H, W) view)."""
-    v = dims.to_canonical_view(a)
     flat = a.view()
     flat.shape = (a.size,)  # raises rather than copy: the kernel writes through it
-    return flat, tuple(v.shape) + tuple(s // a.itemsize for s in v.strides)
+    return flat, _canonical_geometry(a, dims)
 
 
 def strided_flat(a, dims):
@@ -154,8 +159,7 @@ def strided_flat(a, dims):
         return None
     span = 1 + sum((n - 1) * s // item for n, s in zip(a.shape, a.strides, strict=True))
     flat = np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(item,))
-    v = dims.to_canonical_view(a)
-    return flat, tuple(v.shape) + tuple(s // item for s in v.strides)
+    return flat, _canonical_geometry(a, dims)
 
 
 def _to_last(a, n0, at, dims) -> None:

@@ -209,24 +209,22 @@ def _step_times(runners, kind: int, steps: int, rounds: int, interleave: str,
                 fns[kind](i)
                 times[name].append(_CLOCK[0]() - t0)
                 counts[name] += _faults() - f0
-        if faults is not None:
-            faults.update({k: v / (rounds * steps) for k, v in counts.items()})
-        return times
-    # blocks of `steps` steps per framework, alternating (ABBA...) round by round so that
-    # load drifts hit both alike; each block starts after a pause and one untimed step,
-    # so that the other framework's idle threads have stopped spinning
-    names = list(runners)
-    for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
-            fn = runners[name][kind]
-            time.sleep(settle)
-            fn(r)
-            f0 = _faults()
-            for i in range(steps):
-                t0 = _CLOCK[0]()
-                fn(r * steps + i)
-                times[name].append(_CLOCK[0]() - t0)
-            counts[name] += _faults() - f0
+    else:
+        # blocks of `steps` steps per framework, alternating (ABBA...) round by round so
+        # that load drifts hit both alike; each block starts after a pause and one
+        # untimed step, so that the other framework's idle threads have stopped spinning
+        names = list(runners)
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else names[::-1]):
+                fn = runners[name][kind]
+                time.sleep(settle)
+                fn(r)
+                f0 = _faults()
+                for i in range(steps):
+                    t0 = _CLOCK[0]()
+                    fn(r * steps + i)
+                    times[name].append(_CLOCK[0]() - t0)
+                counts[name] += _faults() - f0
     if faults is not None:
         faults.update({k: v / (rounds * steps) for k, v in counts.items()})
     return times
