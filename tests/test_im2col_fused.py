@@ -17,7 +17,7 @@ from fastconv.algos.im2col.unfold import _im2col_nchw_serial
 
 from . import reference as ref
 from .conftest import count_calls
-from .test_im2col_split import forward_problem
+from .test_im2col_split import forward_problem, random_geometries
 
 pytestmark = pytest.mark.skipif(not fused.available(np.float32),
                                 reason="numpy's BLAS not found")
@@ -108,19 +108,8 @@ def _phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
 
 def test_phased_unfold_is_the_unfold():
     rng = np.random.default_rng(1)
-    for _ in range(40):
-        h, w = (int(v) for v in rng.integers(1, 14, 2))
-        kh, kw, sh, sw, rh, rw = (int(v) for v in rng.integers(1, 4, 6))
-        pads = tuple(tuple(int(v) for v in rng.integers(0, 4, 2)) for _ in range(2))
-        try:
-            a = conv_args_from_shapes("t", (2, 2, h, w), (1, 2, kh, kw), (sh, sw), pads,
-                                      (rh, rw))
-        except ValueError:
-            continue                    # the kernel does not fit
-        x = rng.standard_normal((2, 2, h, w)).astype(np.float32)
-        i0 = int(rng.integers(0, a.h_out))
-        band = int(rng.integers(1, a.h_out - i0 + 1))
-        want = np.full((1, 2 * kh * kw, band * a.w_out), np.nan, np.float32)
+    for a, x, i0, band in random_geometries(rng, 30, 2, np.float32):
+        want = np.full((1, 2 * a.kh * a.kw, band * a.w_out), np.nan, np.float32)
         got = want.copy()
         _im2col_nchw_serial(x, want, 1, i0, *unfold_params(a))
         phases = np.full(phase_size(band, a), np.nan, np.float32)

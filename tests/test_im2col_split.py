@@ -8,8 +8,8 @@ import pytest
 import fastconv
 from fastconv import config
 from fastconv._args import conv_args_from_shapes
-from fastconv.algos.im2col import drivers, fused, split
-from fastconv.algos.im2col.tiling import tiles
+from fastconv.algos.im2col import drivers, fused, phased_unfold, split, unfold
+from fastconv.algos.im2col.tiling import tiles, unfold_params
 
 from . import reference as ref
 from .conftest import count_calls
@@ -173,14 +173,16 @@ def test_split_grad_x_alone_in_one_image_tiles_matches_reference(needs, monkeypa
         assert g is None or ref.rel_error(g, want) <= 1e-12
 
 
+@pytest.mark.parametrize("phased", [False, True])
 @pytest.mark.parametrize("split_it", [False, True])
 @pytest.mark.parametrize("w_in,kw,padding", [
     (9, 4, 1), (10, 4, (0, 3)), (11, 2, 0), (8, 5, 2), (7, 3, (2, 0)), (12, 6, (3, 1)),
 ])
-def test_fold_at_column_stride_two_matches_reference(w_in, kw, padding, split_it,
+def test_fold_at_column_stride_two_matches_reference(w_in, kw, padding, split_it, phased,
                                                       monkeypatch):
-    """The NCHW fold adds neighbouring taps in pairs at column stride 2: even and odd
-    kernel widths, paddings that clip either end of a row."""
+    """Both NCHW folds at column stride 2, even and odd kernel widths, paddings that clip
+    either end of a row: the plain one (neighbouring taps added in pairs) and the one
+    through column phases, which the backward's tiles run."""
     from .test_conv_backward import _explicit
 
     rng = np.random.default_rng(3)
@@ -193,8 +195,53 @@ def test_fold_at_column_stride_two_matches_reference(w_in, kw, padding, split_it
     monkeypatch.setattr(drivers, "image_last_tile", lambda args, with_grad_x=True: 0)
     monkeypatch.setattr(drivers, "split_backward", lambda args: split_it)
     monkeypatch.setattr(drivers, "by_phases", lambda args: False)  # the fold kernels
-    name = "_col2im_nchw_serial" if split_it else "_col2im_nchw"
-    folds = count_calls(monkeypatch, split, name)
+    sfx = "_serial" if split_it else ""
+    if not phased:      # the plain kernels, looked up when called (counted below)
+        monkeypatch.setattr(split, "_unfold_fold", lambda conv, parallel: (
+            getattr(split, "_im2col_nchw" + sfx), getattr(split, "_col2im_nchw" + sfx)))
+    folds = count_calls(monkeypatch, split, ("col2im_phased" if phased else "_col2im_nchw")
+                        + sfx)
     gx = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col",
                                   needs_input_grad=(True, False, False))[0]
     assert folds and ref.rel_error(gx, _explicit(x, w, gy, a)[0]) <= 1e-12
+
+
+def random_geometries(rng, count, images, dtype):
+    """``count`` random unfold problems (ConvArgs of 2 channels, x (images, 2, H, W),
+    i0, band): kernels, strides and dilations 1-3, paddings 0-3, maps 1-13, a random
+    band of output rows."""
+    while count:
+        h, w = (int(v) for v in rng.integers(1, 14, 2))
+        kh, kw, sh, sw, rh, rw = (int(v) for v in rng.integers(1, 4, 6))
+        pads = tuple(tuple(int(v) for v in rng.integers(0, 4, 2)) for _ in range(2))
+        try:
+            a = conv_args_from_shapes("t", (images, 2, h, w), (1, 2, kh, kw), (sh, sw),
+                                      pads, (rh, rw))
+        except ValueError:
+            continue                    # the kernel does not fit
+        count -= 1
+        i0 = int(rng.integers(0, a.h_out))
+        yield a, rng.standard_normal((images, 2, h, w)).astype(dtype), i0, \
+            int(rng.integers(1, a.h_out - i0 + 1))
+
+
+def test_phased_kernels_are_the_plain_ones():
+    """``phased_unfold.im2col_phased`` and ``col2im_phased`` (and their serial twins)
+    against the plain unfold and fold, on random geometries, bands and image offsets:
+    every column entry written, the same values, the same folded sums."""
+    rng = np.random.default_rng(5)
+    for a, x, i0, band in random_geometries(rng, 30, 3, np.float64):
+        conv = unfold_params(a)
+        want = np.full((2, 2 * a.kh * a.kw, band * a.w_out), np.nan)
+        unfold._im2col_nchw_serial(x, want, 1, i0, *conv)
+        for unfold_k in (phased_unfold.im2col_phased, phased_unfold.im2col_phased_serial):
+            got = np.full_like(want, np.nan)
+            unfold_k(x, got, 1, i0, *conv)
+            assert np.array_equal(got, want), a
+        gx_want = rng.standard_normal(x.shape)
+        gx_got = gx_want.copy()
+        unfold._col2im_nchw_serial(want, gx_want, 1, i0, *conv)
+        for fold_k in (phased_unfold.col2im_phased, phased_unfold.col2im_phased_serial):
+            g = gx_got.copy()
+            fold_k(want, g, 1, i0, *conv)
+            np.testing.assert_allclose(g, gx_want, rtol=1e-13, atol=1e-13, err_msg=str(a))

@@ -189,7 +189,7 @@ def _backward_gemms(grad_y, x, w, args, grad_x, grad_w) -> None:
 
 def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:
     """NCHW tiles: grad_W (G, Dg, Cg*KH*KW), summed transposed (``split.backward_tile``),
-    and the column gradient W^T @ gy_tile folded by ``_col2im_nchw``. Several
+    and the column gradient W^T @ gy_tile folded (``split.backward_tile``). Several
     large whole-image tiles per thread run split over the threads
     (``split.backward_split``)."""
     t = tiling(args)

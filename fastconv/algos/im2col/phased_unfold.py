@@ -1,4 +1,4 @@
-"""The NCHW unfold of a band of output rows through its column phases (strided layers).
+"""The NCHW unfold and fold of strided layers through their column phases.
 
 At column stride s, tap b of output column j reads input column j*s + b*r_w - p_left =
 s*(j + k) + q (q = (b*r_w - p_left) mod s, k its floor quotient): entry j + k of the
@@ -9,8 +9,10 @@ every column row from a phase as contiguous runs, where the plain unfold
 channel, so the phases stay in the L1 cache. One panel on one core, float32, best of
 10 rounds of 20: the stride-2 layer's (x (16, 64, 56, 56), 3x3, stride 2, padding 1)
 28 output rows in 126 against 306 us, the stem's (x (8, 3, 224, 224), 7x7, stride 2,
-padding 3) 14 rows in 25 against 64 us.
-
+padding 3) 14 rows in 25 against 64 us. ``unfold_phased`` serves the fused forward
+(``fused``); ``im2col_phased`` and its adjoint ``col2im_phased`` (column rows added into
+zeroed phases as runs, the phases then added into the input rows) the backward's tiles
+(``split.backward_tile``), one task per (image, channel).
 Examples
 --------
 >>> import numpy as np
@@ -28,9 +30,11 @@ array([ 0.,  0.,  0.,  0., 37., 39.], dtype=float32)
 
 from __future__ import annotations
 
-from numba import njit
+import numpy as np
+from numba import njit, prange
 
-from .._common import U
+from ... import config
+from .._common import U, serial_twin
 
 
 @njit(inline="always")
@@ -54,6 +58,77 @@ def phase_size(band: int, args) -> int:
 
 
 @njit(inline="always")
+def _phase_plan(h, wd, band, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """(r0, rows, left, width, full): the band's first source row and ``_phase_geometry``,
+    with ``full`` the whole groups of s_w input columns that are read."""
+    rows, left, width = _phase_geometry(band, kh, kw, sh, sw, pl, rh, rw, wo)
+    return i0 * sh - pt, rows, left, width, min(wd // sw, width - left)
+
+
+@njit(inline="always")
+def _split_rows(plane, ph, r0, left, full, zero):
+    """ph (rows, s_w, width) = the input rows r0.. of one channel plane (H, W) split into
+    their column phases after ``left`` zero columns, zero outside the image."""
+    h, wd = plane.shape
+    rows, sw, width = ph.shape
+    for r in range(rows):
+        src = r0 + r
+        dst = ph[r]
+        if src < 0 or src >= h:
+            dst[:, :] = zero
+            continue
+        dst[:, :left] = zero
+        dst[:, left + full:] = zero
+        line = plane[src]
+        if sw == 2:                 # two phases in one pass (vectorises)
+            d0, d1 = dst[0, left:], dst[1, left:]
+            for m in range(full):
+                d0[m] = line[2 * m]
+                d1[m] = line[2 * m + 1]
+        else:
+            for m in range(full):
+                for q in range(sw):
+                    dst[q, left + m] = line[m * sw + q]
+        if left + full < width:     # the last, partial group
+            for q in range(wd - full * sw):
+                dst[q, left + full] = line[full * sw + q]
+
+
+@njit(inline="always")
+def _merge_rows(plane, ph, r0, left, full):
+    """The adjoint of ``_split_rows``: plane (H, W) += the phase rows ph, entries in the
+    padding dropped."""
+    h, wd = plane.shape
+    rows, sw, width = ph.shape
+    for r in range(rows):
+        src = r0 + r
+        if src < 0 or src >= h:
+            continue
+        line = plane[src]
+        if sw == 2:                 # as in ``_split_rows``
+            d0, d1 = ph[r, 0, left:], ph[r, 1, left:]
+            for m in range(full):
+                line[2 * m] += d0[m]
+                line[2 * m + 1] += d1[m]
+        else:
+            for m in range(full):
+                for q in range(sw):
+                    line[m * sw + q] += ph[r, q, left + m]
+        if left + full < width:
+            for q in range(wd - full * sw):
+                line[full * sw + q] += ph[r, q, left + full]
+
+
+@njit(inline="always")
+def _tap_base(t, kw, sh, sw, pl, rh, rw, left, width):
+    """(entry of tap t's first value in the flat phases, entries per output row)."""
+    a, b = t // kw, t % kw
+    off = b * rw - pl
+    q = off % sw
+    return U((a * rh * sw + q) * width + (off - q) // sw + left), U(sh * sw * width)
+
+
+@njit(inline="always")
 def unfold_phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     """x (N, C, H, W) -> cols (1, C*KH*KW, band*Wo) for image n and output rows i0..,
     as ``unfold._im2col_nchw`` (zero outside), through ``phases``, a scratch array of at
@@ -61,45 +136,75 @@ def unfold_phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     their column phases, zero-padded (small enough to stay in the L1 cache), then the
     channel's KH*KW column rows copied from them as runs of plain copies."""
     _, c_all, h, wd = x.shape
-    length = cols.shape[2]
-    band = length // wo
-    rows, left, width = _phase_geometry(band, kh, kw, sh, sw, pl, rh, rw, wo)
-    r0 = i0 * sh - pt
+    band = cols.shape[2] // wo
+    r0, rows, left, width, full = _phase_plan(h, wd, band, i0, wo, sh, sw, pt, pl, rh, rw,
+                                              kh, kw)
     ph = phases[:rows * sw * width].reshape((rows, sw, width))
-    flat = ph.reshape(ph.size)
-    step = U(sh * sw * width)
     zero = cols.dtype.type(0)
-    full = min(wd // sw, width - left)  # whole groups of sw input columns that are read
     for c in range(c_all):
-        for r in range(rows):
-            src = r0 + r
-            dst = ph[r]
-            if src < 0 or src >= h:
-                dst[:, :] = zero
-                continue
-            dst[:, :left] = zero
-            dst[:, left + full:] = zero
-            line = x[n, c, src]
-            if sw == 2:                 # two phases in one pass (vectorises)
-                d0, d1 = dst[0, left:], dst[1, left:]
-                for m in range(full):
-                    d0[m] = line[2 * m]
-                    d1[m] = line[2 * m + 1]
-            else:
-                for m in range(full):
-                    for q in range(sw):
-                        dst[q, left + m] = line[m * sw + q]
-            if left + full < width:     # the last, partial group
-                for q in range(wd - full * sw):
-                    dst[q, left + full] = line[full * sw + q]
+        _split_rows(x[n, c], ph, r0, left, full, zero)
+        _copy_taps(ph, cols[0], c, band, wo, sh, sw, pl, rh, rw, kh, kw, left, width)
+
+
+@njit(inline="always")
+def _copy_taps(ph, cols, c, band, wo, sh, sw, pl, rh, rw, kh, kw, left, width):
+    """cols[(c*KH + a)*KW + b] = tap (a, b)'s values, read from channel c's phases."""
+    flat = ph.reshape(ph.size)
+    for t in range(kh * kw):
+        dst = cols[c * kh * kw + t]
+        base, step = _tap_base(t, kw, sh, sw, pl, rh, rw, left, width)
+        for ii in range(band):
+            s0 = base + U(ii) * step
+            d0 = U(ii * wo)
+            for j in range(U(wo)):
+                dst[d0 + j] = flat[s0 + j]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def im2col_phased(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """``unfold._im2col_nchw`` through column phases: x (N, C, H, W) -> cols
+    (B, C*KH*KW, band*Wo) for images n0.. and output rows i0..; one task per (image,
+    channel), each with its own phases."""
+    _, c_all, h, wd = x.shape
+    nb, _, length = cols.shape
+    band = length // wo
+    r0, rows, left, width, full = _phase_plan(h, wd, band, i0, wo, sh, sw, pt, pl, rh, rw,
+                                              kh, kw)
+    zero = cols.dtype.type(0)
+    for task in prange(nb * c_all):
+        bi, c = task // c_all, task % c_all
+        ph = np.empty((rows, sw, width), cols.dtype)
+        _split_rows(x[n0 + bi, c], ph, r0, left, full, zero)
+        _copy_taps(ph, cols[bi], c, band, wo, sh, sw, pl, rh, rw, kh, kw, left, width)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def col2im_phased(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+    """The adjoint of ``im2col_phased`` (``unfold._col2im_nchw`` through column phases):
+    gx[n0 + bi, c] += fold of cols (B, C*KH*KW, band*Wo); one task per (image, channel):
+    its KH*KW column rows added into zeroed phases as contiguous runs, the phases then
+    added into the channel's rows."""
+    _, c_all, h, wd = gx.shape
+    nb, _, length = cols.shape
+    band = length // wo
+    r0, rows, left, width, full = _phase_plan(h, wd, band, i0, wo, sh, sw, pt, pl, rh, rw,
+                                              kh, kw)
+    for task in prange(nb * c_all):
+        bi, c = task // c_all, task % c_all
+        ph = np.zeros((rows, sw, width), cols.dtype)
+        flat = ph.reshape(ph.size)
         for t in range(kh * kw):
-            a, b = t // kw, t % kw
-            dst = cols[0, c * kh * kw + t]
-            off = b * rw - pl
-            q = off % sw
-            base = U((a * rh * sw + q) * width + (off - q) // sw + left)
+            src = cols[bi, c * kh * kw + t]
+            base, step = _tap_base(t, kw, sh, sw, pl, rh, rw, left, width)
             for ii in range(band):
                 s0 = base + U(ii) * step
                 d0 = U(ii * wo)
                 for j in range(U(wo)):
-                    dst[d0 + j] = flat[s0 + j]
+                    flat[s0 + j] += src[d0 + j]
+        _merge_rows(gx[n0 + bi, c], ph, r0, left, full)
+
+
+#: The phased unfold and fold compiled without threads, for tiles run one per thread
+#: (``split``).
+im2col_phased_serial = serial_twin(im2col_phased)
+col2im_phased_serial = serial_twin(col2im_phased)
