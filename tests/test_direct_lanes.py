@@ -22,7 +22,8 @@ LAYOUTS = ["NCHW", "NHWC"]
 # one at a time), strides, rectangular kernels, asymmetric padding, column dilation
 # (runs of C taps), two blocks of output channels, output pixels wholly in the padding;
 # blocks run in pairs (``_group8x2``), a last odd block alone; narrow maps with pixels
-# in the padding (padded first, ``_prepadded``: the 7x7 and 14x14 cases below)
+# in the padding (padded first, ``_prepadded``: the 7x7 and 14x14 cases below); fewer
+# channels than kernel columns (``_tap_order``: the channels outer)
 CASES = [
     (4, 6, 8, 8, 16, 5, 1, 0, 1),                         # LeNet's second layer, smaller
     (5, 6, 9, 11, 13, 3, 1, 1, 1),
@@ -35,6 +36,8 @@ CASES = [
     (4, 7, 6, 11, 28, 3, 2, 1, 1),    # a pair of blocks, the second short of its lanes
     (4, 16, 7, 7, 32, 3, 1, 1, 1),    # 7x7 with padding 1: every pixel in one group
     (4, 6, 14, 14, 16, 5, 1, 2, 1),   # LeNet's second layer with padding 2
+    (4, 3, 15, 15, 40, 7, 2, 3, 1),   # a stem: in NCHW the channels outer, columns inner
+    (4, 2, 9, 20, 16, (3, 7), 1, 1, (1, 2)),  # the same order with column dilation
 ]
 
 

@@ -101,7 +101,14 @@ def _run(args) -> int:
     """Taps of the inner loop (``_tap_order`` on a C-contiguous input)."""
     if args.dims.channels_last and args.dilation[1] == 1:
         return args.c_in * args.kw
-    return args.c_in
+    return max(args.c_in, args.kw)
+
+
+def _outer(args) -> int:
+    """Inner loops per kernel row (``_tap_order`` on a C-contiguous input)."""
+    if args.dims.channels_last and args.dilation[1] == 1:
+        return 1
+    return args.kw if args.c_in >= args.kw else args.c_in
 
 
 def lanes_applies(args) -> bool:
@@ -355,23 +362,29 @@ def _tap_order(args, xs) -> tuple[int, int, int, int, int]:
     """``_conv_rows``'s taps (n_u, s_u, n_v, s_v, b_v) for an input of canonical strides
     xs[4:] = (s_n, s_c, s_h, s_w): a kernel row whose channels and columns are one
     contiguous run (NHWC, column dilation 1) runs as one inner loop of KW*C taps, any
-    other as the kernel columns outer and the channels inner. (NCHW with the channels
-    outer and the KW taps inner measured 1.2x slower: inner loops of 3 taps.)"""
+    other as two loops, the longer inner: the kernel columns outer and the channels
+    inner, or (fewer channels than kernel columns, an RGB stem's 3 -> 64 7x7 in NCHW)
+    the channels outer and the columns inner. (NCHW 3x3 layers with the channels outer
+    measured 1.2x slower: inner loops of 3 taps.)"""
     c, kw, rw = args.c_in, args.kw, args.dilation[1]
     xsc, xsw = xs[5], xs[7]
     if rw == 1 and xsw == c * xsc:
         return (1, 0, kw * c, xsc, c)
+    if c < kw:
+        return (c, xsc, kw, rw * xsw, 1)
     return (kw, rw * xsw, c, xsc, 0)
 
 
-def _packed_weight(w, dtype) -> np.ndarray:
+def _packed_weight(w, dtype, taps) -> np.ndarray:
     """OIHW (D, C, KH, KW) (any strides) -> (D_pad/L, KH*KW*C, L) flat, taps in the
-    order (a, b, c), zero beyond D."""
+    order of ``_tap_order``'s ``taps``: (a, b, c), or (a, c, b) with the channels outer
+    and the columns inner; zero beyond D."""
     d, c, kh, kw = w.shape
     nl = _lanes.LANE_BYTES // dtype.itemsize
     blocks = -(-d // nl)
     padded = np.zeros((kh * kw * c, blocks * nl), dtype)
-    padded[:, :d] = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, d)
+    order = (2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0)
+    padded[:, :d] = w.transpose(*order).reshape(kh * kw * c, d)
     return np.ascontiguousarray(padded.reshape(-1, blocks, nl).transpose(1, 0, 2)).reshape(-1)
 
 
@@ -416,10 +429,11 @@ def forward_lanes(x, w, args, out, bias) -> None:
         x, pt, pl, interior = _padded_input(x, args), 0, 0, (0, args.w_out)
     xf, xs = _flat(np.ascontiguousarray(x, dt), args.dims)
     fo, os = strided or _flat(target, args.dims)
-    fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt)
+    taps = _tap_order(args, xs)
+    fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
     with parallel_guard():
-        _conv_rows(xf, xs, fw, fb, fo, os, geo, _tap_order(args, xs), *interior)
+        _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, *interior)
     if target is not out:
         out[...] = target
 
@@ -433,7 +447,7 @@ def _lanes_time(a, p: Profile, padded: bool) -> tuple[float, float, int]:
     tail = 0 if rest == 0 else 5 if rest <= PIXELS // 2 else PIXELS
     slots = full * PIXELS + tail + 2 * (a.w_out - (j_hi - j_lo))
     taps = a.c_in * a.kh * a.kw
-    loops = a.kh * (1 if _run(a) == a.c_in * a.kw else a.kw)
+    loops = a.kh * _outer(a)
     macs = a.n * a.h_out * slots * d_pad * taps
     work = macs * (taps + LOOP_TAPS * loops) / taps
     block_bytes = a.c_in * a.kh * a.kw * _lanes.LANE_BYTES
