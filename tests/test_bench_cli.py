@@ -269,3 +269,45 @@ def test_pause_after_a_large_sgemm_reference(gemm, pauses, monkeypatch):
     monkeypatch.setattr(runner.time, "sleep", slept.append)
     runner.run(suites.TINY_SUITE[:1], ("im2col",), extras=())
     assert slept == pauses
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="glibc only")
+def test_settled_allocator_gives_large_arrays_without_page_faults():
+    """After ``settle_allocator`` a 20 MiB array allocated, freed and allocated again
+    comes back without page faults; in a fresh process the second one still faults
+    (the first was mapped afresh, and its free only then raised glibc's threshold, so
+    the second grows the heap)."""
+    import subprocess
+    import sys
+
+    def second_faults(settle: bool) -> list[str]:
+        code = ("import resource, numpy as np\n"
+                "from fastconv.tools.bench.malloc import settle_allocator\n"
+                "def faults(): return resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+                f"print(settle_allocator() if {settle} else '-')\n"
+                "a = np.ones((20 << 20) // 8); del a\n"
+                "f0 = faults(); a = np.ones((20 << 20) // 8); del a\n"
+                "print(faults() - f0)\n")
+        return subprocess.run([sys.executable, "-c", code], capture_output=True,
+                              text=True, check=True, timeout=120).stdout.split("\n")
+
+    settled, fresh = second_faults(True), second_faults(False)
+    assert settled[0] == "glibc malloc after one free of a 31 MiB array"
+    assert int(settled[1]) < 20 and int(fresh[1]) > int(settled[1])
+
+
+def test_bench_with_fixed_malloc_says_so_in_its_header():
+    """``--malloc-mb`` is a tuned setting: the report's header names it (a process of
+    its own, as mallopt holds for the rest of the process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(__file__)))
+    out = subprocess.run([sys.executable, "-m", "fastconv.tools", "bench", "--suite", "tiny",
+                          "--algos", "im2col", "--repeats", "1", "--no-extras",
+                          "--malloc-mb", "8"], capture_output=True, text=True, env=env,
+                         check=True, timeout=300).stdout
+    glibc = __import__("platform").libc_ver()[0] == "glibc"
+    assert ("allocator: glibc mallopt: mmap threshold 8 MiB, trim threshold 32 MiB" if glibc
+            else "allocator: defaults (mallopt unavailable)") in out

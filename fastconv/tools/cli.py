@@ -57,6 +57,7 @@ def cmd_bench(args) -> int:
     """``fastconv bench``: the suites on the CPU (tables, summary, report files), or
     ``--device cuda``: the GPU check and timings."""
     from . import bench
+    from .bench.malloc import fix_malloc
     from .bench.nd import ND_SUITES
 
     nd_suites = [s for s in args.suite or () if s in ND_SUITES]
@@ -87,7 +88,9 @@ def cmd_bench(args) -> int:
             print(NOT_SAVED_BENCH)
         return status
     extras = () if args.no_extras else bench.EXTRAS
-    report = bench.Report(bench.environment(args.backward, args.layout, extras=extras))
+    fixed = fix_malloc(args.malloc_mb) if args.malloc_mb else None
+    report = bench.Report(bench.environment(args.backward, args.layout, extras=extras,
+                                            allocator=fixed))
     print(bench.format_header(report.info))
     for suite in args.suite or ["default"]:
         bench.run(bench.SUITES[suite], tuple(args.algos), suite=suite, extras=extras,
@@ -281,6 +284,10 @@ def build_parser() -> Parser:
                          "smallest median (the least disturbed run)")
     pb.add_argument("--no-extras", action="store_true",
                     help="skip torch and scipy even when installed")
+    pb.add_argument("--malloc-mb", type=non_negative_int, default=0, metavar="MIB",
+                    help="fix glibc malloc's thresholds for the run (arrays up to MIB MiB "
+                         "from the heap; a tuned setting, reported as such); default: "
+                         "glibc's adaptive ones after one large free")
     pb.add_argument("--out", default=None, metavar="DIR",
                     help="directory for results.json, results.md and the PNG plots, created "
                          "when absent (default: nothing is saved)")

@@ -19,6 +19,7 @@ import numpy as np
 
 import fastconv
 
+from .malloc import settle_allocator
 from .runner import _torch, call_times
 
 
@@ -121,9 +122,11 @@ def _check(layer, fast, ref) -> None:
 def measure(layers=ND_SUITE, algo: str = "auto", repeats: int = 3, rounds: int = 3,
             extras: bool = True) -> list[dict]:
     """Per layer and pass: fastconv's and torch's best seconds (contenders alternating in
-    blocks of ``repeats`` calls, best of ``rounds`` blocks). torch only with ``extras``
+    blocks of ``repeats`` calls, best of ``rounds`` blocks; malloc settled first,
+    ``malloc.settle_allocator``). torch only with ``extras``
     and when installed (its seconds are None otherwise)."""
     rows = []
+    settle_allocator()
     for layer in layers:
         arrays = layer.arrays()
         fast = _fastconv_calls(layer, arrays, algo)

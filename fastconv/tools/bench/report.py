@@ -323,7 +323,7 @@ def _peers(info: dict) -> str:
 
 def format_header(info: dict) -> str:
     """Two lines on the machine the numbers come from: BLAS, threads, the libraries
-    compared, CPU, layout (missing entries in words: "unset", "unknown")."""
+    compared, CPU, layout, allocator (missing entries in words: "unset", "unknown")."""
     def known(key, missing="unknown"):
         v = info.get(key)
         return missing if v is None or v == "" else v
@@ -331,7 +331,8 @@ def format_header(info: dict) -> str:
     return (f"BLAS: {known('blas')}\n"
             f"OPENBLAS_CORETYPE={known('openblas_coretype_env', 'unset')}; numba threading "
             f"layer {known('threading_layer')}, {known('numba_threads')} threads; compared "
-            f"with: {_peers(info)}; CPU {known('cpu')}; layout {info.get('layout', 'NCHW')}")
+            f"with: {_peers(info)}; CPU {known('cpu')}; layout {info.get('layout', 'NCHW')}; "
+            f"allocator: {known('allocator')}")
 
 
 def write(report: Report, out_dir: str) -> list[str]:

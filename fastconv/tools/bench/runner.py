@@ -2,9 +2,10 @@
 same arrays, each measurement checked for other processes' load.
 
 Every time is the median of repeated calls after an untimed warm-up call (which also
-compiles). The direct ("naive") algorithm is slow on large layers: when one image takes
-longer than ``naive_budget / repeats``, it runs on fewer images and the time is scaled
-to the full batch (``Result.batch`` says how many images ran; tables mark it with *).
+compiles), with malloc in a settled state (``malloc.settle_allocator``). The direct
+("naive") algorithm is slow on large layers: when one image takes longer than
+``naive_budget / repeats``, it runs on fewer images and the time is scaled to the full
+batch (``Result.batch`` says how many images ran; tables mark it with *).
 
 For each shape the SGEMM rate of the GEMM im2col actually issues (its tile shape) is
 measured in the same run, so "share of SGEMM" compares like with like on a machine whose
@@ -25,6 +26,7 @@ from fastconv.layout import NHWC
 
 from . import engine
 from .load import measured
+from .malloc import settle_allocator
 from .report import Report, Result, relate, shape_fields, summarize
 from .suites import ALGOS, EXTRAS, NHWC_FROM_NCHW, Shape
 
@@ -196,10 +198,13 @@ def _maker(algo: str, shape: Shape, x, w, backward: bool, layout: str):
     return lambda xb: _scipy_runner(algo, shape, xb, w, layout)
 
 
-def environment(backward: bool = False, layout: str = "NCHW", extras=EXTRAS) -> dict:
+def environment(backward: bool = False, layout: str = "NCHW", extras=EXTRAS,
+                allocator: str | None = None) -> dict:
     """What the numbers were measured on: ``fastconv info``'s fields, torch's version and
     threads (None when not installed), the CPU, numba's threads, OPENBLAS_CORETYPE (None
-    when unset), the pass, the layout and the other libraries to be timed (``extras``)."""
+    when unset), the pass, the layout, the other libraries to be timed (``extras``) and
+    the allocator's state (``allocator``, e.g. ``malloc.fix_malloc``'s description;
+    default: ``malloc.settle_allocator``'s)."""
     import numba
 
     from .. import info
@@ -215,6 +220,7 @@ def environment(backward: bool = False, layout: str = "NCHW", extras=EXTRAS) -> 
     data["backward"] = backward
     data["layout"] = layout
     data["extras"] = list(extras)
+    data["allocator"] = allocator or settle_allocator()
     return data
 
 
@@ -239,6 +245,7 @@ def run(shapes, algos=ALGOS, *, suite: str = "custom", extras=EXTRAS, dtype=np.f
     """
     if report is None:
         report = Report(environment(backward, layout, extras))
+    settle_allocator()
     jobs = [(r, s, a) for r in range(max(runs, 1)) for s in shapes
             for a in tuple(algos) + tuple(extras)]
     arrays: dict = {}

@@ -42,7 +42,7 @@ import fastconv
 from fastconv import autograd, optim
 from fastconv.nn import functional as F
 
-from . import train_models
+from . import malloc, train_models
 
 N_BATCHES = 8
 # the clock of the timed steps: wall time (perf_counter), or with clock="cpu" the
@@ -125,25 +125,6 @@ def profile_steps(model, opt, xs, ys, steps):
     for k in sorted(per_step, key=lambda k: -np.median(per_step[k])):
         med = np.median(per_step[k])
         print(f"  {k:26s} {1e3 * med:8.3f} ms {100 * med / total:6.1f} %")
-
-
-def fix_malloc(mib: int) -> str:
-    """Fixed glibc malloc thresholds for the run (see the module docstring); returns a
-    description for the report."""
-    if mib <= 0:
-        return "glibc defaults (adaptive thresholds)"
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = (libc.mallopt(m_mmap_threshold, mib << 20) == 1
-              and libc.mallopt(m_trim_threshold, 4 * mib << 20) == 1)
-    except (OSError, AttributeError):
-        ok = False
-    if not ok:
-        return "defaults (mallopt unavailable)"
-    return f"glibc mallopt: mmap threshold {mib} MiB, trim threshold {4 * mib} MiB"
 
 
 def _step_and_eval(model, opt, loss_fn, no_grad, xs, ys):
@@ -309,7 +290,7 @@ def _run(model_names, layouts, batch, steps, rounds, threads, interleave, settle
     rows = []
     for setting, mib in settings:
         if mib:
-            print(f"memory allocator from here on: {fix_malloc(mib)}")
+            print(f"memory allocator from here on: {malloc.fix_malloc(mib)}")
         for name in model_names:
             spec = train_models.SPECS[name]
             b = batch or spec.batch
