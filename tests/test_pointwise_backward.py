@@ -101,3 +101,64 @@ def test_pointwise_backward_plan_names_the_gemms():
     p = fastconv.plan((16, 256, 14, 14), (64, 256, 1, 1), backward=True)
     assert p.algorithm == "im2col"
     assert "pointwise: GEMMs 256x64x196 and 256x196x64 x16" in p.why
+
+
+# (n, c, h, w, d, kh, kw, stride, padding, dilation, groups): strided 1x1 layers, sizes
+# that the stride does and does not divide, a stride per axis, groups, dilation
+STRIDED = [
+    (3, 4, 6, 6, 5, 1, 1, 2, 0, 1, 1),
+    (2, 6, 7, 5, 9, 1, 1, 2, 0, 1, 3),
+    (2, 3, 8, 7, 4, 1, 1, (3, 2), 0, 2, 1),
+    (1, 4, 5, 9, 8, 1, 1, (1, 3), 0, 1, 2),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", STRIDED, ids=str)
+def test_strided_pointwise_matches_reference(case, dtype, monkeypatch):
+    """NCHW 1x1 layers with a stride run as a pointwise problem on the pixels read
+    (``strided_pointwise``): forward with and without bias, and each gradient alone or
+    with the others."""
+    from fastconv.algos.im2col import strided_pointwise
+
+    x, w, gy, kwargs, a = _problem(case, dtype)
+    assert strided_pointwise.applies(a) and not is_pointwise(a)
+    fwd = count_calls(monkeypatch, strided_pointwise, "forward")
+    bwd = count_calls(monkeypatch, strided_pointwise, "backward")
+    tol = ref.tolerance(dtype, "im2col")
+    b = np.arange(a.c_out, dtype=dtype)
+    for bias in (None, b):
+        got = fastconv.conv2d(x, w, bias, **kwargs, algo="im2col")
+        want = ref.conv2d(x, w, bias, a.stride, a.padding, a.dilation, a.groups)
+        assert got.dtype == dtype and ref.rel_error(got, want) <= tol
+    want = _explicit(x, w, gy, a)
+    for needs in [(True, True, True), (True, False, False), (False, True, False)]:
+        got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col",
+                                       needs_input_grad=needs)
+        for g, wnt, k in zip(got, want, needs, strict=True):
+            assert (g is None) == (not k)
+            assert g is None or ref.rel_error(g, wnt) <= tol
+    assert len(fwd) == 2 and len(bwd) == 3
+
+
+def test_strided_pointwise_gradcheck():
+    """Finite differences in float64 through the autograd layer."""
+    from fastconv import Tensor, gradcheck
+    from fastconv.nn import functional as F
+
+    x, w, _, kwargs, _ = _problem(STRIDED[1], np.float64)
+    b = np.random.default_rng(2).standard_normal(w.shape[0])
+    inputs = [Tensor(v, requires_grad=True) for v in (x, w, b)]
+    assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, **kwargs, algo="im2col"), inputs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1), dict(stride=1),
+                                    dict(stride=2, layout="NHWC")])
+def test_strided_pointwise_applies_to_unpadded_strided_nchw_only(kwargs):
+    from fastconv.algos.im2col import strided_pointwise
+
+    layout = kwargs.get("layout", "NCHW")
+    shape = (2, 4, 5, 5) if layout == "NCHW" else (2, 5, 5, 4)
+    w_shape = (3, 4, 1, 1) if layout == "NCHW" else (1, 1, 4, 3)
+    a = conv_args_from_shapes("test", shape, w_shape, **kwargs)
+    assert not strided_pointwise.applies(a)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
+from . import strided_pointwise
 from .direct_grad import direct_backward_chosen, direct_backward_cost
 from .direct_lanes import lanes_chosen, lanes_cost
 from .drivers import backward, forward
@@ -32,17 +33,19 @@ def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
     """The GEMM path's forward: per tile, the unfold (column bytes / copy bandwidth + a
     fixed cost per copied row segment) and one GEMM per group, (C_out/G) x (C_in/G*KH*KW)
     x (tile pixels), at ``gemm_seconds``'s rate (skinny GEMMs are slow); tiles of
-    several images add a scatter pass over their output. 1x1 stride-1 layers are one
-    batched GEMM. With ``fuse``, layers that run fused (``fused.fused_tiling``,
-    ``fused_nhwc.fused_nhwc_tiling``) are priced in their panels, without the per-tile
-    cost (one kernel call runs them all)."""
+    several images add a scatter pass over their output. 1x1 layers are one batched
+    GEMM (strided ones in NCHW after a copy of the pixels read). With ``fuse``, layers
+    that run fused (``fused.fused_tiling``, ``fused_nhwc.fused_nhwc_tiling``) are priced
+    in their panels, without the per-tile cost (one kernel call runs them all)."""
     item = a.dtype.itemsize
     g, dg, cg = a.groups, a.c_out // a.groups, a.c_in // a.groups
     cgkk = cg * a.kh * a.kw
-    if is_pointwise(a):
-        secs = gemm_seconds(p, dg, cg, a.h * a.w, a.n * g, item)
-        return Estimate(secs + p.call_us * 1e-6, 0,
-                        f"batched GEMM {dg}x{cg}x{a.h * a.w} x{a.n * g}")
+    if is_pointwise(a) or strided_pointwise.applies(a):
+        hw = a.h_out * a.w_out
+        secs = gemm_seconds(p, dg, cg, hw, a.n * g, item) + p.call_us * 1e-6
+        if not is_pointwise(a):    # the copy of the pixels read
+            secs += a.n * a.c_in * (hw * item / (p.copy_gbs * 1e9) + a.h_out * p.copy_row_ns * 1e-9)
+        return Estimate(secs, 0, f"batched GEMM {dg}x{cg}x{hw} x{a.n * g}")
     fused = None
     if fuse:
         fused = fused_nhwc_tiling(a) if a.dims.channels_last else fused_tiling(a)
@@ -100,6 +103,9 @@ def backward_cost(a, p: Profile) -> Estimate:
     priced from the GEMM path's forward."""
     if is_pointwise(a):
         return backward_cost_pointwise(a, p)
+    if strided_pointwise.applies(a):
+        plain = strided_pointwise.plain(a)
+        return backward_cost_pointwise(plain, p)
     gemm = _gemm_cost(a, p, fuse=False)
     if direct_backward_chosen(a):
         return direct_backward_cost(a, p, gemm)

@@ -11,6 +11,7 @@ import numpy as np
 from ... import _blas
 from ..._runtime import parallel_guard
 from .._common import view
+from . import strided_pointwise
 from .direct_grad import backward_direct, direct_backward_chosen
 from .direct_lanes import forward_lanes, lanes_chosen
 from .fused import forward_fused, fused_tiling
@@ -72,13 +73,17 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     A tile of many images with short output rows (``Tiling.image_last``) runs
     ``forward_image_last``; several large tiles per thread run split over the threads
     (``split.forward_split``), strided ones in fused panels (``fused.forward_fused``;
-    read-only inputs, which would compile kernels of their own, stay split)."""
+    read-only inputs, which would compile kernels of their own, stay split). 1x1 layers
+    run as GEMMs of their input (``pointwise``, ``strided_pointwise``)."""
     g, dg, cgkk = gemm_sizes(args)
     ckk = g * cgkk
     wmat = _weights_nchw(w, args)
     bias_g = None if bias is None else bias.reshape(g, dg, 1)
     if is_pointwise(args):
         forward_pointwise(x, wmat, args, out, bias_g)
+        return
+    if strided_pointwise.applies(args):
+        strided_pointwise.forward(x, wmat, args, out, bias_g)
         return
     t = tiling(args)
     if t.image_last:
@@ -157,13 +162,17 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     (``image_last.backward_image_last``: no column matrix). Otherwise each tile of the
     forward (``tiling``) is unfolded, used for grad_w, then overwritten by its column
     gradient and folded. Wraps ``_im2col_*``, ``_col2im_*`` and numpy's BLAS matmul.
-    Pointwise layers skip the unfold and the fold (``pointwise.backward_pointwise``); the
+    Pointwise layers skip the unfold and the fold (``pointwise.backward_pointwise``;
+    strided ones in NCHW on a copy of the pixels read, ``strided_pointwise``); the
     input gradient alone at a stride that divides the kernel folds by phases
     (``shared.input_gradient_by_phases``). Small layers run the direct backward
     (``direct_grad.backward_direct``: grad_w, and grad_x of stride-1 layers, without a
     GEMM)."""
     if is_pointwise(args):
         backward_pointwise(grad_y, x, w, args, grad_x, grad_w)
+        return
+    if strided_pointwise.applies(args):
+        strided_pointwise.backward(grad_y, x, w, args, grad_x, grad_w)
         return
     if direct_backward_chosen(args, grad_x is not None):
         backward_direct(grad_y, x, w, args, grad_x, grad_w,
