@@ -49,6 +49,7 @@ from .._common import U, view, workspace
 from .._nhwc import _swap_last2
 from .direct_grad_input import input_grad_cost, input_grad_direct, input_phases
 from .image_last import image_last_tile
+from .padded import padded_channels_last, padded_size
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Taps accumulated at once (the weight-gradient kernel's 8 registers).
@@ -99,53 +100,12 @@ def part_images(a) -> int:
     """Images per partial sum of the weight gradient: at most about ``PART_BYTES`` of
     padded input and grad_y, and runs enough for ``MIN_TASKS`` tasks (a function of the
     problem alone, never of the threads)."""
-    hp, wp = _padded_size(a)
+    hp, wp = padded_size(a)
     image = (hp * wp * a.c_in + a.h_out * a.w_out * a.c_out) * a.dtype.itemsize
     nl = _lanes.LANE_BYTES // a.dtype.itemsize
     per_run = (a.c_out // nl) * -(-a.kh * a.kw * a.c_in // _chunk(a))
     runs = max(-(-a.n * image // PART_BYTES), -(-MIN_TASKS // per_run))
     return -(-a.n // min(a.n, runs))
-
-
-def _padded_size(a) -> tuple[int, int]:
-    """Rows and columns of the padded input the kernel reads."""
-    return ((a.h_out - 1) * a.stride[0] + (a.kh - 1) * a.dilation[0] + 1,
-            (a.w_out - 1) * a.stride[1] + (a.kw - 1) * a.dilation[1] + 1)
-
-
-@njit(parallel=True, cache=True)
-def _pad_images(xf, xs, xp, ps, pt, pl):
-    """xp (N, Hp, Wp, C) flat, fully written: xp[n, R, Q, c] = x[n, R - pt, Q - pl, c],
-    zero outside x; x given flat with the shape and element strides of its (N, H, W, C)
-    view, xs = (N, H, W, C, s_n, s_h, s_w, s_c): one kernel for both layouts."""
-    _, h, wd, c_all, sn, sh, sw, sc = xs
-    n_img, hp, wp, _ = ps
-    zero = xp.dtype.type(0)
-    row = U(wp * c_all)
-    q_lo, q_hi = min(pl, wp), min(pl + wd, wp)
-    for task in prange(n_img * hp):
-        n = task // hp
-        r = task % hp - pt
-        dst = U(task) * row
-        if r < 0 or r >= h:
-            for t in range(row):
-                xp[dst + t] = zero
-            continue
-        for t in range(U(q_lo * c_all)):
-            xp[dst + t] = zero
-        for t in range(U(q_hi * c_all), row):
-            xp[dst + t] = zero
-        src = U(n * sn + r * sh)
-        if sc == 1 and sw == c_all:             # channels last: one run
-            d = dst + U(q_lo * c_all)
-            for t in range(U((q_hi - q_lo) * c_all)):
-                xp[d + t] = xf[src + t]
-            continue
-        for q in range(U(q_hi - q_lo)):
-            s = src + q * U(sw)
-            d = dst + (U(q_lo) + q) * U(c_all)
-            for c in range(U(c_all)):
-                xp[d + c] = xf[s + c * U(sc)]
 
 
 @njit(inline="always")
@@ -249,28 +209,20 @@ def _tap_offsets(a, wp) -> np.ndarray:
     return (((rows + cols) * a.c_in) + np.arange(a.c_in)).reshape(-1).astype(np.int64)
 
 
-def _flat_nhwc(x, a):
-    """x (layout of ``a``, C-contiguous) as (flat array, (N, H, W, C) shape and element
-    strides of its channels-last view)."""
-    v = a.dims.to_canonical_view(x).transpose(0, 2, 3, 1)
-    return x.reshape(-1), tuple(v.shape) + tuple(s // x.itemsize for s in v.strides)
-
-
 def weight_grad_hwio(x, gy_nhwc, a) -> np.ndarray:
     """grad_w as HWIO (KH, KW, C, D) in float64 for x (layout of ``a``) and grad_y
-    (N, Ho, Wo, D) C-contiguous. Wraps ``_pad_images`` and ``_grad_w_parts``."""
+    (N, Ho, Wo, D) C-contiguous. Wraps ``padded.padded_channels_last`` and
+    ``_grad_w_parts``."""
     dt = a.dtype
     nl = _lanes.LANE_BYTES // dt.itemsize
-    hp, wp = _padded_size(a)
+    hp, wp = padded_size(a)
     ps = (a.n, hp, wp, a.c_in)
-    xp = workspace("direct_grad.xp", a.n * hp * wp * a.c_in, dt)
     per = part_images(a)
     runs = -(-a.n // per)
     taps = a.kh * a.kw * a.c_in
     part = np.empty(runs * a.c_out * taps, dt)
-    (pt, _), (pl, _) = a.padding
+    xp = padded_channels_last(x, a, "direct_grad.xp").reshape(-1)
     with parallel_guard():
-        _pad_images(*_flat_nhwc(np.ascontiguousarray(x, dt), a), xp, ps, pt, pl)
         _grad_w_parts(xp, ps, gy_nhwc.reshape(-1), gy_nhwc.shape, _tap_offsets(a, wp),
                       part, (a.stride[0], a.stride[1], per, _band(a), _chunk(a)))
     sums = view(part, (runs, a.c_out // nl, taps, nl)).sum(axis=0, dtype=np.float64)
@@ -327,7 +279,7 @@ def direct_backward_cost(a, p: Profile, gemm_forward: Estimate) -> Estimate:
     gw = grad_w_cost(a, p)
     gx = input_grad_cost(a, p)
     item = a.dtype.itemsize
-    hp, wp = _padded_size(a)
+    hp, wp = padded_size(a)
     moved = a.n * hp * wp * a.c_in * item
     direct_x = gx is not None
     if direct_x:

@@ -10,22 +10,20 @@ of the row at once in 8 registers:
 
 over the taps (a, b, c): one load of the weight's lanes feeds 8 fused multiply-adds,
 each with one input value in every lane, and the weight stays in L1. Blocks run in
-pairs where there are two (``_group8x2``: 16 registers, each input value loaded once
-for both blocks; 5-18% faster on the small ResNets' stride-2 layers, one thread). The 8 pixels'
-inputs lie s_w column strides apart. A kernel row's taps run as two nested loops, each
-with its own input stride, and the weight is packed in the same tap order (layout as
-data, ``_tap_order``): in NHWC with column dilation 1 the taps (b, c) are one
-contiguous run of KW*C input values; otherwise the kernel columns run outer (stride
-r_w columns) and the channels inner (NHWC: stride 1; NCHW: stride H*W). The 8 pixels
-must lie wholly inside the image's columns (a group of fewer pixels at the row's end
-repeats its first pixel's taps and drops those sums; at most 4 run in 4 accumulators,
-``_group4``); pixels whose kernel reaches into
-the left or right padding run one at a time over their valid columns. Rows of taps
-outside the image (top, bottom padding) are skipped. The bias starts each
-accumulator; output channels beyond C_out (up to a whole block) are computed from zero
-weights and not written. An output pixel's lanes are one vector store in NHWC; in
-NCHW a whole group's 8 registers are written transposed, as runs of 8 pixels per
-channel (``_lanes.store_columns``; 1.05-1.1x faster than a store per lane).
+pairs where there are two (``_group8x2``: each input value loaded once for both; 5-18%
+faster on the small ResNets' stride-2 layers). The 8 pixels' inputs lie s_w column
+strides apart. A kernel row's taps run as two nested loops, each with its own input
+stride, and the weight is packed in the same order (layout as data, ``_tap_order``):
+NHWC without column dilation: one run of KW*C contiguous values; otherwise the longer
+of the kernel columns and the channels inner. The 8 pixels must lie inside the image's
+columns (a row's last few repeat the first pixel's taps and drop those sums; at most 4
+run in 4 accumulators, ``_group4``); pixels whose kernel reaches into the left or right
+padding run one at a time over their valid columns, unless the input is first copied
+zero-padded and channels last (``_prepadded``). Rows of taps outside the image are
+skipped. The bias starts each accumulator; output channels beyond C_out (up to a whole
+block) are computed from zero weights and not written. An output pixel's lanes are one
+vector store in NHWC; in NCHW a group's 8 registers are written transposed, as runs of
+8 pixels per channel (``_lanes.store_columns``; 1.05-1.1x faster than lane by lane).
 
 >>> import numpy as np
 >>> from fastconv import conv2d
@@ -50,9 +48,11 @@ from numba import njit, prange
 from ... import _lanes
 from ..._runtime import parallel_guard
 from ...costs import DEFAULT_PROFILE, Estimate, Profile
+from ...layout import NHWC
 from .._common import U, interior_columns
 from .image_last import _flat, strided_flat
 from .image_last_direct import direct_cost, direct_forward_applies
+from .padded import padded_channels_last, padded_size
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Multiply-adds per second per thread of ``_conv_rows`` on whole groups of 8 pixels
@@ -62,8 +62,7 @@ from .tiling import IMAGE_LAST_MIN_IMAGES
 #: kernel row), 36-57 in NCHW (KW loops over the channels per kernel row: 6 -> 16 3x3 36,
 #: 16 -> 16 48, 32 -> 32 57), where a block's weight (taps x one register) fits in
 #: ``L1_WEIGHT_BYTES`` (LeNet's 6 -> 16 5x5: 9.6 KB; 64 -> 64 3x3: 36 KB); 35 beyond.
-#: The same with 256-bit as with 512-bit registers (the loads of the broadcast inputs
-#: bound both).
+#: The same with 256-bit as with 512-bit registers.
 LANES_GMACS = 55.0
 LANES_GMACS_LARGE = 35.0
 LOOP_TAPS = 3
@@ -77,8 +76,7 @@ MAX_CHANNELS = 64
 #: (``_lane_use``; LeNet's 1 -> 6 would compute 16 channels for 6) ...
 MIN_LANE_USE = 0.75
 #: ... and of at least this many taps in an inner loop (``_run``): shorter loops spend
-#: as much on the loop as on the multiply-adds (NCHW: 3 -> 64 7x7 ran at 18 GMAC/s;
-#: LeNet's 6 -> 16 5x5, 6 channels inner, at 37).
+#: as much on the loop as on the multiply-adds (3-tap loops ran at 18 GMAC/s).
 MIN_RUN = 6
 #: ... and at most this many taps C_in*KH*KW (more: the GEMM is wide enough for BLAS).
 MAX_TAPS = 600
@@ -97,16 +95,18 @@ def _lane_use(args) -> float:
     return args.c_out / (-(-args.c_out // count) * count)
 
 
-def _run(args) -> int:
-    """Taps of the inner loop (``_tap_order`` on a C-contiguous input)."""
-    if args.dims.channels_last and args.dilation[1] == 1:
+def _run(args, channels_last: bool | None = None) -> int:
+    """Taps of the inner loop (``_tap_order`` on a C-contiguous input of ``args``'
+    layout, or channels last when ``channels_last``)."""
+    if (args.dims.channels_last if channels_last is None else channels_last) \
+            and args.dilation[1] == 1:
         return args.c_in * args.kw
     return max(args.c_in, args.kw)
 
 
-def _outer(args) -> int:
-    """Inner loops per kernel row (``_tap_order`` on a C-contiguous input)."""
-    if args.dims.channels_last and args.dilation[1] == 1:
+def _outer(args, channels_last: bool | None = None) -> int:
+    """Inner loops per kernel row (as ``_run``)."""
+    if _run(args, channels_last) == args.c_in * args.kw:
         return 1
     return args.kw if args.c_in >= args.kw else args.c_in
 
@@ -390,32 +390,26 @@ def _packed_weight(w, dtype, taps) -> np.ndarray:
 
 @functools.lru_cache(maxsize=256)
 def _prepadded(a) -> bool:
-    """Whether ``forward_lanes`` pads the input first: where some output pixels reach
-    into the padding (those run one at a time, at half the rate; on a 7-pixel row with
-    padding 1, 2 of 7) and the model time with the copy (``_lanes_time``) is the lower.
-    Measured, one thread, CPU time: 64 -> 64 3x3 at 7x7 (batch 32) 1.28-1.65 -> 1.19-1.30
-    ms NCHW, 1.12-1.55 -> 1.00-1.08 NHWC; LeNet's 6 -> 16 5x5 with padding 2 at 14x14
-    (batch 64) 0.86-0.93 -> 0.69-0.71 NCHW, 0.78 -> 0.59-0.62 NHWC; 32 -> 32 3x3 at 14x14
-    (2 of 14 pixels in the padding) not padded: 1.01-1.10 against 1.20-1.22 ms NCHW."""
+    """Whether ``forward_lanes`` pads the input first, channels last in either layout
+    (``padded.padded_channels_last``: NCHW layers then run NHWC's longer tap loops):
+    where some output pixels reach into the padding (those run one at a time, at half
+    the rate) and the model time with the copy (``_lanes_time``) is the lower. One
+    thread, CPU time, unpadded -> an NCHW copy: 64 -> 64 3x3 at 7x7 (batch 32) 1.28-1.65
+    -> 1.19-1.30 ms; LeNet's 6 -> 16 5x5 with padding 2 at 14x14 (batch 64) 0.86-0.93 ->
+    0.69-0.71; 32 -> 32 3x3 at 14x14 (2 of 14 pixels in the padding) not padded
+    1.01-1.10 against 1.20-1.22. Two threads, an NCHW copy -> channels last: 64 -> 64
+    at 7x7 0.71-0.75 -> 0.52-0.65 ms, the stem (3 -> 64 7x7) 7.5-7.9 -> 7.1-7.7 ms."""
     j_lo, j_hi = interior_columns(a)
     return j_hi - j_lo < a.w_out and \
         _lanes_time(a, DEFAULT_PROFILE, True)[0] < _lanes_time(a, DEFAULT_PROFILE, False)[0]
-
-
-def _padded_input(x, a):
-    """x (layout ``a.dims``) zero-padded by ``a.padding`` on all four sides, C-contiguous."""
-    (pt, pb), (pl, pr) = a.padding
-    n, c, h, wd = a.dims.canonical_shape(x.shape)
-    xp = np.zeros(a.dims.shape(n, c, h + pt + pb, wd + pl + pr), a.dtype)
-    a.dims.to_canonical_view(xp)[:, :, pt:pt + h, pl:pl + wd] = a.dims.to_canonical_view(x)
-    return xp
 
 
 def forward_lanes(x, w, args, out, bias) -> None:
     """The forward of a ``lanes_applies`` problem: out (layout ``args.dims``, any
     strides; positive ones written in place, ``image_last.strided_flat``) = conv(x, w)
     + bias (C_out,) when given, x and w in the same layout. Wraps ``_conv_rows``; narrow
-    maps with pixels in the padding are padded first (``_prepadded``)."""
+    maps with pixels in the padding are padded first, into a channels-last copy
+    (``_prepadded``)."""
     dt = args.dtype
     nl = _lanes.LANE_BYTES // dt.itemsize
     fb = np.zeros(-(-args.c_out // nl) * nl, dt)
@@ -425,9 +419,11 @@ def forward_lanes(x, w, args, out, bias) -> None:
     target = out if out.flags.c_contiguous or strided else np.empty(out.shape, dt)
     (pt, _), (pl, _) = args.padding
     interior = interior_columns(args)
-    if _prepadded(args):
-        x, pt, pl, interior = _padded_input(x, args), 0, 0, (0, args.w_out)
-    xf, xs = _flat(np.ascontiguousarray(x, dt), args.dims)
+    if _prepadded(args):      # channels last whatever the layout: the longer tap loops
+        xf, xs = _flat(padded_channels_last(x, args, "direct_lanes.xp"), NHWC)
+        pt, pl, interior = 0, 0, (0, args.w_out)
+    else:
+        xf, xs = _flat(np.ascontiguousarray(x, dt), args.dims)
     fo, os = strided or _flat(target, args.dims)
     taps = _tap_order(args, xs)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
@@ -447,7 +443,7 @@ def _lanes_time(a, p: Profile, padded: bool) -> tuple[float, float, int]:
     tail = 0 if rest == 0 else 5 if rest <= PIXELS // 2 else PIXELS
     slots = full * PIXELS + tail + 2 * (a.w_out - (j_hi - j_lo))
     taps = a.c_in * a.kh * a.kw
-    loops = a.kh * _outer(a)
+    loops = a.kh * _outer(a, True if padded else None)
     macs = a.n * a.h_out * slots * d_pad * taps
     work = macs * (taps + LOOP_TAPS * loops) / taps
     block_bytes = a.c_in * a.kh * a.kw * _lanes.LANE_BYTES
@@ -455,24 +451,21 @@ def _lanes_time(a, p: Profile, padded: bool) -> tuple[float, float, int]:
     seconds = p.call_us * 1e-6 + work / (gmacs * 1e9 * p.threads * (4 / a.dtype.itemsize))
     if not padded:
         return seconds, macs, 0
-    (pt, pb), (pl, pr) = a.padding
-    hp = a.h + pt + pb
-    copy = a.n * a.c_in * hp * (a.w + pl + pr) * a.dtype.itemsize
-    rows = a.n * hp * (1 if a.dims.channels_last else a.c_in)
+    hp, wp = padded_size(a)
+    copy = a.n * a.c_in * hp * wp * a.dtype.itemsize
+    rows = a.n * hp * (1 if a.dims.channels_last else wp)   # NCHW: a gather per pixel
     return seconds + copy / (p.copy_gbs * 1e9) + rows * p.copy_row_ns * 1e-9, macs, copy
 
 
 def lanes_cost(a, p: Profile) -> Estimate:
-    """Model time of ``forward_lanes``: the multiply-adds computed (output channels
-    rounded up to whole blocks of lanes, the interior of each output row as groups of 8
-    pixels, a last group of at most 4 as 5 (its 4 accumulators measured 0.6 of a
-    group's time), pixels reaching into the padding as 2: 4 chains of multiply-adds
-    instead of 8, measured 1.2 to 1.7), each kernel row's inner tap loops
-    (``_tap_order``: one in NHWC without column dilation, else KW) counted as
-    ``LOOP_TAPS`` taps more, at ``LANES_GMACS`` per thread (``LANES_GMACS_LARGE`` for a
-    block's weight beyond ``L1_WEIGHT_BYTES``; half for float64), plus the call's fixed
-    cost; with a padded copy of the input (``_prepadded``: every pixel in groups), the
-    copy at the profile's rates."""
+    """Model time of ``forward_lanes``: the multiply-adds computed (output channels in
+    whole blocks of lanes, each row's interior as groups of 8 pixels, a last group of at
+    most 4 as 5 (measured 0.6 of a group's time), pixels reaching into the padding as 2
+    (4 chains of multiply-adds instead of 8: measured 1.2 to 1.7)), each kernel row's
+    inner tap loops (``_outer``) as ``LOOP_TAPS`` taps more, at ``LANES_GMACS`` per
+    thread (``LANES_GMACS_LARGE`` for a block's weight beyond ``L1_WEIGHT_BYTES``; half
+    for float64), plus the call's fixed cost and, with a padded copy of the input
+    (``_prepadded``: every pixel in groups), the copy at the profile's rates."""
     padded = _prepadded(a)
     seconds, macs, copy = _lanes_time(a, p, padded)
     return Estimate(seconds, copy,
@@ -491,9 +484,9 @@ def lanes_chosen(args) -> bool:
     """Whether im2col's forward runs ``forward_lanes``: where it applies
     (``lanes_applies``), is not left to Winograd (``WINOGRAD_PAIRS``) and, where the
     direct image-last kernel applies too, its model time (``lanes_cost``) is not above
-    that kernel's (``direct_cost``; both
-    scale with the profile's threads and add its call cost, so the profile does not
-    change the choice: cached per problem). Measured, batch 64, 2 threads, NHWC: 6 -> 16
+    that kernel's (``direct_cost``; both scale with the profile's threads and add its
+    call cost, so the profile does not change the choice: cached per problem).
+    Measured, batch 64, 2 threads, NHWC: 6 -> 16
     5x5 at 12x12 0.18 vs 0.41 ms (image-last); 6 -> 16 5x5 padding 2 at 14x14 (4 of 14
     pixels a row in the padding) 0.88 vs 0.56 ms; 6 -> 12 5x5 at 12x12 (12 of 16
     lanes) 0.22 vs 0.19 ms. NCHW, alternating: 6 -> 16 5x5 at 12x12 0.155 vs 0.18 ms;

@@ -1,0 +1,81 @@
+"""The zero-padded channels-last copy of an input that the direct kernels read
+(``direct_grad``'s weight gradient, ``direct_lanes``' narrow maps): every row and column
+the kernel reads, so that its loops need no bounds checks, from either layout in one
+pass.
+
+>>> import numpy as np
+>>> from fastconv._args import conv_args_from_shapes
+>>> a = conv_args_from_shapes("t", (1, 2, 2, 3), (4, 2, 3, 3), padding=1)   # NCHW
+>>> xp = padded_channels_last(np.ones((1, 2, 2, 3), np.float32), a, "doc")
+>>> xp.shape, float(xp[0, 0, 0, 0]), float(xp[0, 1, 1, 1])                  # (N, Hp, Wp, C)
+((1, 4, 5, 2), 0.0, 1.0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ..._runtime import parallel_guard
+from .._common import U, workspace
+
+
+def padded_size(a) -> tuple[int, int]:
+    """Rows and columns of the padded input the kernel reads."""
+    return ((a.h_out - 1) * a.stride[0] + (a.kh - 1) * a.dilation[0] + 1,
+            (a.w_out - 1) * a.stride[1] + (a.kw - 1) * a.dilation[1] + 1)
+
+
+@njit(parallel=True, cache=True)
+def _pad_images(xf, xs, xp, ps, pt, pl):
+    """xp (N, Hp, Wp, C) flat, fully written: xp[n, R, Q, c] = x[n, R - pt, Q - pl, c],
+    zero outside x; x given flat with the shape and element strides of its (N, H, W, C)
+    view, xs = (N, H, W, C, s_n, s_h, s_w, s_c): one kernel for both layouts."""
+    _, h, wd, c_all, sn, sh, sw, sc = xs
+    n_img, hp, wp, _ = ps
+    zero = xp.dtype.type(0)
+    row = U(wp * c_all)
+    q_lo, q_hi = min(pl, wp), min(pl + wd, wp)
+    for task in prange(n_img * hp):
+        n = task // hp
+        r = task % hp - pt
+        dst = U(task) * row
+        if r < 0 or r >= h:
+            for t in range(row):
+                xp[dst + t] = zero
+            continue
+        for t in range(U(q_lo * c_all)):
+            xp[dst + t] = zero
+        for t in range(U(q_hi * c_all), row):
+            xp[dst + t] = zero
+        src = U(n * sn + r * sh)
+        if sc == 1 and sw == c_all:             # channels last: one run
+            d = dst + U(q_lo * c_all)
+            for t in range(U((q_hi - q_lo) * c_all)):
+                xp[d + t] = xf[src + t]
+            continue
+        for q in range(U(q_hi - q_lo)):
+            s = src + q * U(sw)
+            d = dst + (U(q_lo) + q) * U(c_all)
+            for c in range(U(c_all)):
+                xp[d + c] = xf[s + c * U(sc)]
+
+
+def _flat_nhwc(x, a):
+    """x (layout of ``a``, C-contiguous) as (flat array, (N, H, W, C) shape and element
+    strides of its channels-last view)."""
+    v = a.dims.to_canonical_view(x).transpose(0, 2, 3, 1)
+    return x.reshape(-1), tuple(v.shape) + tuple(s // x.itemsize for s in v.strides)
+
+
+def padded_channels_last(x, a, slot: str) -> np.ndarray:
+    """x (layout of ``a``, any strides) zero-padded by ``a.padding`` as (N, Hp, Wp, C)
+    in ``a.dtype`` (``padded_size``; rows and columns beyond the reads left out), in the
+    calling thread's workspace ``slot`` (valid until its next use)."""
+    hp, wp = padded_size(a)
+    xp = workspace(slot, a.n * hp * wp * a.c_in, a.dtype)
+    (pt, _), (pl, _) = a.padding
+    with parallel_guard():
+        _pad_images(*_flat_nhwc(np.ascontiguousarray(x, a.dtype), a), xp,
+                    (a.n, hp, wp, a.c_in), pt, pl)
+    return xp.reshape(a.n, hp, wp, a.c_in)
