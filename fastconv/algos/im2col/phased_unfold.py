@@ -13,6 +13,7 @@ padding 3) 14 rows in 25 against 64 us. ``unfold_phased`` serves the fused forwa
 (``fused``); ``im2col_phased`` and its adjoint ``col2im_phased`` (column rows added into
 zeroed phases as runs, the phases then added into the input rows) the backward's tiles
 (``split.backward_tile``), one task per (image, channel).
+
 Examples
 --------
 >>> import numpy as np
@@ -58,7 +59,7 @@ def phase_size(band: int, args) -> int:
 
 
 @njit(inline="always")
-def _phase_plan(h, wd, band, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
+def _phase_plan(wd, band, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     """(r0, rows, left, width, full): the band's first source row and ``_phase_geometry``,
     with ``full`` the whole groups of s_w input columns that are read."""
     rows, left, width = _phase_geometry(band, kh, kw, sh, sw, pl, rh, rw, wo)
@@ -135,10 +136,10 @@ def unfold_phased(x, cols, phases, n, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     least ``phase_size`` elements: channel by channel, the band's source rows split into
     their column phases, zero-padded (small enough to stay in the L1 cache), then the
     channel's KH*KW column rows copied from them as runs of plain copies."""
-    _, c_all, h, wd = x.shape
+    _, c_all, _, wd = x.shape
     band = cols.shape[2] // wo
-    r0, rows, left, width, full = _phase_plan(h, wd, band, i0, wo, sh, sw, pt, pl, rh, rw,
-                                              kh, kw)
+    r0, rows, left, width, full = _phase_plan(wd, band, i0, wo, sh, sw, pt, pl, rh, rw, kh,
+                                              kw)
     ph = phases[:rows * sw * width].reshape((rows, sw, width))
     zero = cols.dtype.type(0)
     for c in range(c_all):
@@ -165,11 +166,11 @@ def im2col_phased(x, cols, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     """``unfold._im2col_nchw`` through column phases: x (N, C, H, W) -> cols
     (B, C*KH*KW, band*Wo) for images n0.. and output rows i0..; one task per (image,
     channel), each with its own phases."""
-    _, c_all, h, wd = x.shape
+    _, c_all, _, wd = x.shape
     nb, _, length = cols.shape
     band = length // wo
-    r0, rows, left, width, full = _phase_plan(h, wd, band, i0, wo, sh, sw, pt, pl, rh, rw,
-                                              kh, kw)
+    r0, rows, left, width, full = _phase_plan(wd, band, i0, wo, sh, sw, pt, pl, rh, rw, kh,
+                                              kw)
     zero = cols.dtype.type(0)
     for task in prange(nb * c_all):
         bi, c = task // c_all, task % c_all
@@ -184,11 +185,11 @@ def col2im_phased(cols, gx, n0, i0, wo, sh, sw, pt, pl, rh, rw, kh, kw):
     gx[n0 + bi, c] += fold of cols (B, C*KH*KW, band*Wo); one task per (image, channel):
     its KH*KW column rows added into zeroed phases as contiguous runs, the phases then
     added into the channel's rows."""
-    _, c_all, h, wd = gx.shape
+    _, c_all, _, wd = gx.shape
     nb, _, length = cols.shape
     band = length // wo
-    r0, rows, left, width, full = _phase_plan(h, wd, band, i0, wo, sh, sw, pt, pl, rh, rw,
-                                              kh, kw)
+    r0, rows, left, width, full = _phase_plan(wd, band, i0, wo, sh, sw, pt, pl, rh, rw, kh,
+                                              kw)
     for task in prange(nb * c_all):
         bi, c = task // c_all, task % c_all
         ph = np.zeros((rows, sw, width), cols.dtype)
