@@ -226,8 +226,7 @@ def add_train_parser(sub) -> None:
                     help="NHWC: every layer channels last (the images transposed once, up "
                          "front; the same parameters, results within float32 rounding); "
                          "NCHW, torch's layout, is the default; in the benchmark the two "
-                         "train LeNet-5 and the small ResNet equally fast, NHWC the wide "
-                         "ResNet ~12%% faster")
+                         "train LeNet-5 equally fast, NHWC the ResNets 5-17%% faster")
     pt.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: train and evaluate on the GPU (lenet with sgd; the loss and "
                          "the logits read back once per batch)")
