@@ -14,10 +14,11 @@ run of images (``part_images``): one load of grad_y's lanes feeds 8 fused multip
 each with one input value in every lane; blocks go in pairs where there are two, each
 input value loaded once for both (``_pair_band``: 16 registers; alternating, 2 threads,
 grad_w alone: 64 -> 64 3x3 at 7x7 (batch 32) 0.90 -> 0.77 ms NCHW, 0.77 -> 0.66 NHWC;
-32 -> 32 at 14x14 0.70-0.74 -> 0.64 ms; 16 -> 16, one block, level). The padded copy takes the bounds checks out of
-the loop. Each run of images sums into its own float32 partial; the partials are added
-in order in float64, so the result does not depend on the thread count. grad_y's output
-channels must fill whole blocks (``direct_backward_applies``).
+32 -> 32 at 14x14 0.70-0.74 -> 0.64 ms; 16 -> 16, one block, level). The padded copy
+takes the bounds checks out of the loop. Each run of images sums into its own float32
+partial; the partials are added in order in float64, so the result does not depend on
+the thread count. grad_y's output channels must fill whole blocks
+(``direct_backward_applies``).
 
 Input gradient. For stride 1, grad_x = conv(grad_y, w') with w'[a, b, d, c] =
 w[KH-1-a, KW-1-b, c, d] and padding (K-1)*r - p on each side (dilation r); a strided
