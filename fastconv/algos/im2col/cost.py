@@ -43,8 +43,8 @@ def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
     if is_pointwise(a) or strided_pointwise.applies(a):
         hw = a.h_out * a.w_out
         secs = gemm_seconds(p, dg, cg, hw, a.n * g, item) + p.call_us * 1e-6
-        if not is_pointwise(a):    # the copy of the pixels read
-            secs += a.n * a.c_in * (hw * item / (p.copy_gbs * 1e9) + a.h_out * p.copy_row_ns * 1e-9)
+        if not is_pointwise(a):
+            secs += strided_pointwise.copy_seconds(a, p)
         return Estimate(secs, 0, f"batched GEMM {dg}x{cg}x{hw} x{a.n * g}")
     fused = None
     if fuse:
@@ -104,8 +104,7 @@ def backward_cost(a, p: Profile) -> Estimate:
     if is_pointwise(a):
         return backward_cost_pointwise(a, p)
     if strided_pointwise.applies(a):
-        plain = strided_pointwise.plain(a)
-        return backward_cost_pointwise(plain, p)
+        return strided_pointwise.backward_cost(a, p)
     gemm = _gemm_cost(a, p, fuse=False)
     if direct_backward_chosen(a):
         return direct_backward_cost(a, p, gemm)

@@ -210,10 +210,11 @@ def _grad_w_parts(xp, ps, gf, gs, toff, part, geo):
         t_lo = (task % n_chunk) * chunk
         t_hi = min(taps, t_lo + chunk)
         base = U((q * nblk + blk) * taps * nl)
-        other = base + U(taps * nl if two else 0)     # the pair's second block
+        other = base + U(taps * nl)                   # the pair's second block
         for t in range(t_lo, t_hi):
             _lanes.store(part, base + U(t * nl), zero)
-            _lanes.store(part, other + U(t * nl), zero)
+            if two:
+                _lanes.store(part, other + U(t * nl), zero)
         for n in range(q * per, min(n_img, (q + 1) * per)):
             for i0 in range(0, ho, band):
                 for t0 in range(t_lo, t_hi, TAPS):

@@ -24,7 +24,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..._memory import allocate
-from .pointwise import backward_pointwise, forward_pointwise
+from ...costs import Estimate, Profile
+from .pointwise import backward_cost_pointwise, backward_pointwise, forward_pointwise
 
 
 def applies(args) -> bool:
@@ -36,6 +37,22 @@ def applies(args) -> bool:
 def plain(args):
     """The pointwise problem (stride 1) on the pixels ``args`` reads."""
     return replace(args, h=args.h_out, w=args.w_out, stride=(1, 1), dilation=(1, 1))
+
+
+def copy_seconds(a, p: Profile) -> float:
+    """Model time of one copy of the pixels read (or of putting a gradient back in
+    their places): bytes at the profile's copy rate plus a fixed cost per output row."""
+    return a.n * a.c_in * (a.h_out * a.w_out * a.dtype.itemsize / (p.copy_gbs * 1e9)
+                           + a.h_out * p.copy_row_ns * 1e-9)
+
+
+def backward_cost(a, p: Profile) -> Estimate:
+    """Model time of ``backward``: the plain problem's GEMMs, the copy of the pixels
+    read, grad_x zeroed and its pixels put back."""
+    gemms = backward_cost_pointwise(plain(a), p)
+    zero = a.n * a.c_in * a.h * a.w * a.dtype.itemsize / (p.copy_gbs * 1e9)
+    return Estimate(gemms.seconds + 2 * copy_seconds(a, p) + zero, gemms.workspace,
+                    gemms.detail + ", the pixels read copied")
 
 
 def _pixels(x, args):
