@@ -17,7 +17,8 @@ from .conftest import count_calls, from_nhwc, to_nhwc
 # rows with several groups of 8 pixels and a last group overlapping the one before,
 # rows of fewer than 8 interior pixels (every pixel one at a time), padding on every
 # side, strides, dilations, a rectangular kernel and asymmetric padding, more rows
-# than one task's band, and padding beyond the kernel (pixels of bias alone).
+# than one task's band, padding beyond the kernel (pixels of bias alone), and a kernel 3
+# columns wide at column stride 1 (inputs shared by neighbouring pixels) with dilated rows.
 CASES = [
     (2, 32, 6, 19, 3, 1, 1, 1),
     (3, 37, 11, 10, 5, 1, 2, 2),
@@ -26,6 +27,7 @@ CASES = [
     (1, 24, 13, 21, (3, 2), (2, 1), ((2, 0), (1, 1)), (1, 2)),
     (1, 16, 20, 12, 3, 1, 1, 1),
     (2, 16, 5, 6, 3, 2, 3, 1),
+    (1, 16, 11, 12, (2, 3), 1, ((1, 0), (0, 2)), (2, 1)),
 ]
 
 
