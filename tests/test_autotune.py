@@ -52,6 +52,8 @@ def test_plan_fields():
     ((16, 256, 14, 14), (64, 256, 1, 1), {}, "im2col"),
     ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3), "im2col"),
     ((16, 128, 56, 56), (128, 1, 3, 3), dict(padding=1, groups=128), "naive"),
+    # a single-channel NHWC stem: the unfold's 3-value runs cost a cache line each
+    ((32, 28, 28, 1), (3, 3, 1, 16), dict(padding=1, layout="NHWC"), "im2col"),
 ])
 def test_default_profile_choices(x_shape, w_shape, kwargs, want):
     assert fastconv.choose_algorithm(x_shape, w_shape, **kwargs) == want
