@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import _threaded_gemm, config
+from . import _small_gemm, _threaded_gemm, config
 from ._blas_libs import numpy_blas as _numpy_blas
 
 _lock = threading.Lock()
@@ -141,7 +141,8 @@ def split_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     (E, m, k) @ (E, k, n) (or a shared (m, k) left operand), the batch split over as
     many threads as numba uses, each product on one BLAS thread: on numba's threads
     (``_threaded_gemm.product``), or where that does not apply on Python threads
-    (``on_threads``).
+    (``on_threads``). Batches of narrow products (``_small_gemm.applies``: K and N at
+    most 64) run in SIMD registers on numba's threads instead.
 
     On the 2-core machine a Winograd F(2x2, 3x3) prototype ran the four dense 3x3 layers
     of the benchmark suite 10-22% faster this way than with one 2-thread BLAS call: no
@@ -153,6 +154,9 @@ def split_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     batch = b.shape[0]
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     threads = min(numba.get_num_threads(), batch)
+    if batch * m * k * n >= _threaded_gemm.MIN_MACS and _small_gemm.applies(a, b, out):
+        _small_gemm.product(a, b, out)
+        return out
     with one_blas_thread():
         if threads <= 1 or batch * m * k * n < _threaded_gemm.MIN_MACS:
             return np.matmul(a, b, out=out)

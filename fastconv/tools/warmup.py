@@ -14,7 +14,8 @@ usual work calls:
   suite's layers (shrunk: at most 4 channels, 12x12 or the kernel's size; 1 image, and 4
   for the im2col path that tiles several small images) in each layout; with it (once,
   beside NCHW) ``conv3d`` and ``conv3d_backward`` of the algorithms conv3d has (their
-  kernels run channels-first whatever the layout; conv1d runs conv2d's kernels).
+  kernels run channels-first whatever the layout; conv1d runs conv2d's kernels), and
+  for NHWC Winograd the products in registers that only batches of megabytes take.
 
 Kernels are specialised on dtype and layout, not on sizes, so the tiny arrays compile
 what the real ones use. Each of those runs once per dtype (float32 and float64 by
@@ -109,6 +110,10 @@ def _conv_task(algo: str, dtype, layout: str):
             bias = np.zeros(shape.c_out, dtype)
             y = fc.conv2d(x, w, bias, **shape.kwargs(), layout=layout, algo=algo)
             fc.conv2d_backward(y, x, w, **shape.kwargs(), layout=layout, algo=algo)
+        if algo == "winograd" and layout == "NHWC":   # large batches' stage, uncalled
+            from fastconv import _small_gemm
+            _small_gemm.product(np.ones((1, 6, 1), dtype), np.ones((1, 1, 64), dtype),
+                                np.empty((1, 6, 64), dtype))
         if layout == "NCHW" and algo in CONV3D_ALGOS:
             x, w = np.ones((1, 2, 4, 4, 4), dtype), np.ones((2, 2, 3, 3, 3), dtype)
             y = fc.conv3d(x, w, padding=1, algo=algo)

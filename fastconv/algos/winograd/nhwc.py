@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ... import _blas, config
+from ... import _blas, _small_gemm, config
 from .._common import U
 from .f4 import _at6, _bt6
 from .tasks import _scalars
@@ -238,12 +238,17 @@ def run_nhwc(x, u, y, bias, pads, groups: int, m: int, phase=None) -> bool:
     b = bias if has_bias else np.zeros(1, x.dtype)
     flags = np.zeros(rows, np.bool_)
     finite = True
+    # the stage's right operands: (t, Cg, Dg) views of u, C-contiguous for products in
+    # registers (``_small_gemm``; OpenBLAS runs the others faster on the views)
+    ut = u.transpose(0, 1, 3, 2)
+    if _small_gemm.takes(t, min(rows, n * th) * tw, cg, dg, x.itemsize):
+        ut = np.ascontiguousarray(ut)
     for r0, r1, cols, (_, v), (_, prod) in chunk_planes(n * th, rows, tw, cg, dg, m, x.dtype):
         vv = v[:, :cols * cg].reshape(t, cols, cg)
         pv = prod[:, :cols * dg].reshape(t, cols, dg)
         for g in range(groups):
             _input_transform_nhwc(x, bt, v, cg, g * cg, r0, r1, th, tw, *pads, in_grid)
-            _blas.split_matmul(vv, u[g].transpose(0, 2, 1), pv)
+            _blas.split_matmul(vv, ut[g], pv)
             _output_transform_nhwc(prod, at, y, dg, g * dg, r0, r1, th, tw, b, has_bias,
                                    flags, out_grid)
             finite = finite and not flags[:r1 - r0].any()

@@ -1,0 +1,152 @@
+"""Batches of narrow matrix products in SIMD registers: out[e] = a[e] @ b[e] for
+(E, M, K) @ (E, K, N) with many rows M, and K and N at most ``MAX_INNER`` (the Winograd
+stage of NHWC layers of 16-64 channels: a transformed tile's channels times the
+transformed kernel).
+
+On such products OpenBLAS runs well below its rate on square ones once the batch's
+left operands outgrow the cache (it copies them into packed panels before multiplying):
+(36, 1368, 32, 32) at 150-160 GFLOP/s on the 2-core development machine, against
+250-260 here. Each task takes ``ROWS`` rows of one product and a block of two registers
+of its columns: 6 rows x 2 registers of sums (``fastconv._lanes``), and for every k one
+load of b's two registers and 6 broadcasts of a's values, read in place. The last block
+of rows (of columns) ends at M (at N), overlapping the one before and writing those
+outputs again with the same values. Batches that fit in cache (``MIN_BYTES``), wider
+products (K or N above ``MAX_INNER``: (36, 1368, 128, 128) ran at 187 GFLOP/s here, 231
+through OpenBLAS) and the orientation with few rows and long ones stay with BLAS.
+
+>>> import numpy as np
+>>> from fastconv import _small_gemm
+>>> rng = np.random.default_rng(0)
+>>> a = rng.standard_normal((36, 2000, 16)).astype(np.float32)    # 4.6 MB
+>>> b = rng.standard_normal((36, 16, 32)).astype(np.float32)
+>>> out = np.empty((36, 2000, 32), np.float32)
+>>> _small_gemm.applies(a, b, out)
+True
+>>> _small_gemm.product(a, b, out)
+>>> bool(np.allclose(out, a @ b, atol=1e-5))
+True
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+from numba import uint64 as U
+
+from . import _lanes
+from ._runtime import parallel_guard
+
+#: The largest inner dimension K and column count N taken.
+MAX_INNER = 64
+#: Rows of the register tile, and rows of a task (a multiple of it).
+TILE_ROWS = 6
+ROWS = 16 * TILE_ROWS
+#: The least size of the batch's left operands taken, in bytes: smaller batches stay
+#: in the two cores' L2 through OpenBLAS's packing, which then keeps up ((36, 128, 64,
+#: 64), 1.2 MB: 0.125 ms against 0.140 here; (36, 768, 32, 32), 3.5 MB: level; (36, 1000,
+#: 32, 32), 4.6 MB: 0.49 against 0.32; (36, 512, 64, 64), 4.7 MB: 0.78 against 0.62).
+MIN_BYTES = 4 << 20
+
+
+def applies(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
+    """Whether :func:`product` computes ``np.matmul(a, b, out=out)``: a (E, M, K), b
+    (E, K, N) and out (E, M, N) of one float dtype, each matrix's rows contiguous and
+    one after the other (any step from one matrix to the next, as in a slice of a
+    larger batch), ``takes`` their sizes."""
+    if not (a.ndim == b.ndim == out.ndim == 3 and a.dtype == b.dtype == out.dtype
+            and a.dtype.char in "fd"):
+        return False
+    (e, m, k), n = a.shape, b.shape[2]
+    return (b.shape[:2] == (e, k) and out.shape == (e, m, n)
+            and takes(e, m, k, n, a.dtype.itemsize)
+            and all(_flat_matrices(x) for x in (a, b, out)))
+
+
+def takes(e: int, m: int, k: int, n: int, itemsize: int) -> bool:
+    """Whether a batch of ``e`` products (m, k) @ (k, n) of items of ``itemsize`` bytes
+    is for :func:`product` (whatever its memory layout): K <= ``MAX_INNER``, N between
+    two registers and ``MAX_INNER``, M >= 6, and left operands of ``MIN_BYTES`` or
+    more."""
+    lanes = _lanes.LANE_BYTES // itemsize
+    return (m >= TILE_ROWS and 0 < k <= MAX_INNER and 2 * lanes <= n <= MAX_INNER
+            and e * m * k * itemsize >= MIN_BYTES)
+
+
+def _flat_matrices(x: np.ndarray) -> bool:
+    """Whether x's matrices have contiguous rows back to back, and a whole number of
+    items, at least a matrix, from one to the next."""
+    item, (rows, cols) = x.itemsize, x.shape[1:]
+    step = x.strides[0]
+    return (x.strides[1:] == (cols * item, item) and step % item == 0
+            and (step >= rows * cols * item or x.shape[0] == 1))
+
+
+def _flat(x: np.ndarray) -> tuple[np.ndarray, int]:
+    """(1-D view of the items from x's first to its last, matrix step in items) of an
+    operand ``_flat_matrices`` accepts."""
+    e, rows, cols = x.shape
+    step = x.strides[0] // x.itemsize if e > 1 else rows * cols
+    span = (e - 1) * step + rows * cols
+    return np.lib.stride_tricks.as_strided(x, (span,), (x.itemsize,)), step
+
+
+def product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
+    """out = a @ b for operands that :func:`applies` accepts, on numba's threads."""
+    (af, sa), (bf, sb), (cf, sc) = _flat(a), _flat(b), _flat(out)
+    with parallel_guard():
+        _products(af, bf, cf, (sa, sb, sc), *a.shape, b.shape[2])
+
+
+@njit(parallel=True, cache=True)
+def _products(af, bf, cf, steps, e_all, m, k, n):
+    """Product e of cf = af @ bf at items e*steps[0], e*steps[1], e*steps[2] of the flat
+    operands, (M, K) @ (K, N) -> (M, N) row-major; one task per product, ``ROWS`` rows
+    and two registers of columns (module docstring)."""
+    nl = _lanes.count(cf)
+    col_blocks = -(-n // (2 * nl))
+    row_runs = -(-m // ROWS)
+    for task in prange(e_all * row_runs * col_blocks):
+        e = task // (row_runs * col_blocks)
+        run = task // col_blocks % row_runs
+        j = min(task % col_blocks * 2 * nl, n - 2 * nl)
+        for r in range(run * ROWS, min(m, (run + 1) * ROWS), TILE_ROWS):
+            i = min(r, m - TILE_ROWS)
+            _tile(af, bf, cf, U(e * steps[0] + i * k), U(k), U(e * steps[1] + j), U(n),
+                  U(e * steps[2] + i * n + j), k)
+
+
+@njit(inline="always")
+def _tile(af, bf, cf, a0, lda, b0, ldb, c0, k):
+    """cf[c0 + r*ldb :][:2 registers] = sum over q < k of af[a0 + r*lda + q] *
+    bf[b0 + q*ldb :][:2 registers] for the 6 rows r (ldb is also out's row length)."""
+    nl = U(_lanes.count(cf))
+    p00 = p01 = p10 = p11 = p20 = p21 = p30 = p31 = p40 = p41 = p50 = p51 = _lanes.zeros(cf)
+    for q in range(k):
+        bq = b0 + U(q) * ldb
+        u0, u1 = _lanes.load(bf, bq), _lanes.load(bf, bq + nl)
+        aq = a0 + U(q)
+        p00, p01 = _pair(p00, p01, af[aq], u0, u1)
+        p10, p11 = _pair(p10, p11, af[aq + lda], u0, u1)
+        p20, p21 = _pair(p20, p21, af[aq + U(2) * lda], u0, u1)
+        p30, p31 = _pair(p30, p31, af[aq + U(3) * lda], u0, u1)
+        p40, p41 = _pair(p40, p41, af[aq + U(4) * lda], u0, u1)
+        p50, p51 = _pair(p50, p51, af[aq + U(5) * lda], u0, u1)
+    _put(cf, c0, nl, p00, p01)
+    _put(cf, c0 + ldb, nl, p10, p11)
+    _put(cf, c0 + U(2) * ldb, nl, p20, p21)
+    _put(cf, c0 + U(3) * ldb, nl, p30, p31)
+    _put(cf, c0 + U(4) * ldb, nl, p40, p41)
+    _put(cf, c0 + U(5) * ldb, nl, p50, p51)
+
+
+@njit(inline="always")
+def _pair(v0, v1, s, u0, u1):
+    """(v0 + s*u0, v1 + s*u1): one row's two registers, s broadcast."""
+    return _lanes.fma(v0, s, u0), _lanes.fma(v1, s, u1)
+
+
+@njit(inline="always")
+def _put(cf, c, nl, v0, v1):
+    """cf[c : c + 2 registers] = (v0, v1)."""
+    _lanes.store(cf, c, v0)
+    _lanes.store(cf, c + nl, v1)

@@ -1,0 +1,119 @@
+"""fastconv._small_gemm: batches of narrow products in SIMD registers against np.matmul,
+the operands it declines, and its use by ``_blas.split_matmul`` and the NHWC Winograd
+stage."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _blas, _lanes, _small_gemm
+
+from . import reference as ref
+from .conftest import count_calls, from_nhwc, to_nhwc
+
+ROWS = 40
+
+
+@pytest.fixture(autouse=True)
+def any_size(monkeypatch):
+    """Batches of any size run in registers (``MIN_BYTES`` keeps those that fit in cache
+    with BLAS), so that the tests' small operands take the kernel."""
+    monkeypatch.setattr(_small_gemm, "MIN_BYTES", 0)
+
+
+def _lanes_of(dtype) -> int:
+    return _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("e, m, k, n", [
+    (1, ROWS, 1, None),                    # one product, one inner step, two registers
+    (3, ROWS + 5, 5, "two+1"),             # rows and columns off the tile: overlaps
+    (2, 3 * ROWS + 1, 64, 64),             # the widest taken, several row runs
+    (5, ROWS + 97, 17, 48),
+])
+def test_product_matches_numpy(e, m, k, n, dtype, rng):
+    two = 2 * _lanes_of(dtype)
+    n = {None: two, "two+1": two + 1}.get(n, n)
+    a = rng.standard_normal((e, m, k)).astype(dtype)
+    b = rng.standard_normal((e, k, n)).astype(dtype)
+    out = np.full((e, m, n), np.nan, dtype)
+    assert _small_gemm.applies(a, b, out)
+    _small_gemm.product(a, b, out)
+    want = np.matmul(a, b)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert np.abs(out - want).max() <= tol * np.abs(want).max()
+
+
+def test_product_reads_and_writes_slices_of_a_larger_batch(rng):
+    """Each matrix a slice of a longer row (a chunk of the Winograd stage's planes):
+    the items between matrices are neither read nor written."""
+    m, k, n = ROWS + 3, 16, 32
+    big = rng.standard_normal((4, (m + 2) * k)).astype(np.float32)
+    a = big[:, :m * k].reshape(4, m, k)
+    b = rng.standard_normal((4, k, n)).astype(np.float32)
+    big_out = np.full((4, (m + 1) * n), np.nan, np.float32)
+    out = big_out[:, :m * n].reshape(4, m, n)
+    assert _small_gemm.applies(a, b, out)
+    _small_gemm.product(a, b, out)
+    assert np.abs(out - a @ b).max() <= 1e-5 * np.abs(a @ b).max()
+    assert np.isnan(big_out[:, m * n:]).all()
+
+
+def test_product_declines_what_it_cannot_run(rng):
+    f32 = np.float32
+    two = 2 * _lanes_of(f32)
+
+    def ok(a_shape, b_shape, dtype=f32, out_dtype=f32):
+        a = np.zeros(a_shape, dtype)
+        b = np.zeros(b_shape, dtype)
+        out = np.zeros(a_shape[:-1] + b_shape[-1:], out_dtype)
+        return _small_gemm.applies(a, b, out)
+
+    assert ok((2, ROWS, 8), (2, 8, two))
+    assert not ok((2, 5, 8), (2, 8, two))                           # under 6 rows
+    assert not ok((2, ROWS, 65), (2, 65, two))                      # K above 64
+    assert not ok((2, ROWS, 8), (2, 8, 65))                         # N above 64
+    assert not ok((2, ROWS, 8), (2, 8, two - 1))                    # N under 2 registers
+    assert not ok((ROWS, 8), (8, two))                              # not a batch
+    assert not ok((2, ROWS, 8), (2, 8, two), out_dtype=np.float64)  # mixed dtypes
+    assert not ok((2, ROWS, 8), (2, 8, two), dtype=np.int32, out_dtype=np.int32)
+    a = np.zeros((2, ROWS, 8), f32)
+    b = np.zeros((2, two, 8), f32).transpose(0, 2, 1)               # columns not rows
+    assert not _small_gemm.applies(a, b, np.zeros((2, ROWS, two), f32))
+
+
+def test_batches_that_fit_in_cache_stay_with_blas(monkeypatch):
+    monkeypatch.setattr(_small_gemm, "MIN_BYTES", 4 << 20)
+    for item in (4, 8):                 # the least rows of left operands of 4 MiB
+        rows = -(-(4 << 20) // (36 * 32 * item))
+        assert _small_gemm.takes(36, rows, 32, 32, item)
+        assert not _small_gemm.takes(36, rows - 1, 32, 32, item)
+
+
+def test_split_matmul_runs_narrow_batches_in_registers(rng, monkeypatch):
+    calls = count_calls(monkeypatch, _small_gemm, "product")
+    a = rng.standard_normal((36, 4 * ROWS, 32)).astype(np.float32)
+    b = rng.standard_normal((36, 32, 32)).astype(np.float32)
+    out = np.empty((36, 4 * ROWS, 32), np.float32)
+    _blas.split_matmul(a, b, out)
+    assert len(calls) == 1
+    assert np.abs(out - a @ b).max() <= 1e-5 * np.abs(a @ b).max()
+    wide = rng.standard_normal((36, 32, 128)).astype(np.float32)   # N above 64: BLAS
+    _blas.split_matmul(a, wide, np.empty((36, 4 * ROWS, 128), np.float32))
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nhwc_winograd_stage_in_registers_matches_the_reference(dtype, rng, monkeypatch):
+    """16 -> 32 channels on 4 images of 32x32: 256 tiles of F(4x4, 3x3) in one chunk,
+    the kernel's transform copied to rows of output channels."""
+    calls = count_calls(monkeypatch, _small_gemm, "product")
+    x = rng.standard_normal((4, 16, 32, 32)).astype(dtype)
+    w = rng.standard_normal((32, 16, 3, 3)).astype(dtype)
+    b = rng.standard_normal(32).astype(dtype)
+    xl, wl = to_nhwc(x, w)
+    got = from_nhwc(fastconv.conv2d(xl, wl, b, padding=1, layout="NHWC", algo="winograd"))
+    assert calls
+    want = ref.conv2d(x, w, b, (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
+    assert ref.rel_error(got, want) <= (1e-5 if dtype == np.float32 else 1e-13)
