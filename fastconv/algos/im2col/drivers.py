@@ -118,7 +118,7 @@ def _fusable(fused, x, wmat, out) -> bool:
 def _forward_nhwc(x, w, args, out, bias) -> None:
     """NHWC: per tile, cols (B*band*Wo, G, KH*KW*Cg) and W (G, KH*KW*Cg, Dg); the GEMM
     writes (pixels, G, Dg), which is the output tile itself. A pointwise layer's input
-    already is the column matrix: one GEMM (N*H*W, Cg) @ (Cg, Dg) per group, no unfold.
+    already is the column matrix (``pointwise``): no unfold.
     With several threads the others run in fused panels
     (``fused_nhwc.forward_fused_nhwc``; read-only inputs, which would compile kernels
     of their own, run the tile loop)."""
@@ -126,15 +126,7 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
     wmat = _weights_nhwc(w, args)
     bias_g = None if bias is None else bias.reshape(g, dg)
     if is_pointwise(args):
-        pixels = args.n * args.h * args.w
-        xv = view(x, (pixels, g, cgkk))
-        y = view(out, (pixels, g, dg))
-        if g == 1:
-            _blas.matmul(xv[:, 0], wmat[0], out=y[:, 0])
-        else:
-            _blas.matmul(xv.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
-        if bias_g is not None:
-            y += bias_g
+        forward_pointwise(x, wmat, args, out, bias_g)
         return
     fused = fused_nhwc_tiling(args)
     if _fusable(fused, x, wmat, out):

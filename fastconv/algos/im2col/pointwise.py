@@ -1,5 +1,5 @@
-"""Pointwise layers (1x1 kernel, stride 1, no padding): the NCHW forward, and the
-backward as two plain GEMMs.
+"""Pointwise layers (1x1 kernel, stride 1, no padding): the forward, and the backward
+as two plain GEMMs.
 
 The input of such a layer already is its column matrix, so nothing is unfolded or
 folded: per group g,
@@ -48,11 +48,16 @@ def backward_pointwise(gy, x, w, args, grad_x, grad_w) -> None:
 
 
 def forward_pointwise(x, wmat, args, out, bias_g) -> None:
-    """out = the NCHW pointwise layer of x plus bias_g (G, Dg, 1) when given; wmat
-    (G, Dg, Cg) C-contiguous, x and out C-contiguous. Images split over numba's threads
+    """out = the pointwise layer of x plus bias_g when given, x and out C-contiguous.
+    NHWC: wmat (G, Cg, Dg) and bias_g (G, Dg); x already is the column matrix, one GEMM
+    (N*H*W, Cg) @ (Cg, Dg) per group. NCHW: wmat (G, Dg, Cg) C-contiguous and bias_g
+    (G, Dg, 1); images split over numba's threads
     (``pointwise_kernels``) unless the products are small (``_blas.is_small``: one
     batched matmul on one BLAS thread) or the kernels do not apply
     (``pointwise_kernels.threads_for``: numpy's matmul)."""
+    if args.dims.channels_last:
+        _forward_nhwc(x, wmat, args, out, bias_g)
+        return
     g, dg, cg = wmat.shape
     n, hw = args.n, args.h * args.w
     y = view(out, (n, g, dg, hw))
@@ -66,6 +71,19 @@ def forward_pointwise(x, wmat, args, out, bias_g) -> None:
         _blas.split_matmul(wmat[0], xv[:, 0], y[:, 0])
     else:
         _blas.matmul(wmat, xv, out=y)
+    if bias_g is not None:
+        y += bias_g
+
+
+def _forward_nhwc(x, wmat, args, out, bias_g) -> None:
+    g, cg, dg = wmat.shape
+    pixels = args.n * args.h * args.w
+    xv = view(x, (pixels, g, cg))
+    y = view(out, (pixels, g, dg))
+    if g == 1:
+        _blas.matmul(xv[:, 0], wmat[0], out=y[:, 0])
+    else:
+        _blas.matmul(xv.transpose(1, 0, 2), wmat, out=y.transpose(1, 0, 2))
     if bias_g is not None:
         y += bias_g
 
