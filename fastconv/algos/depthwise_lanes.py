@@ -112,18 +112,12 @@ def _slide3(xf, wf, fo, v0, x0, w0, o, rows, rstep, c_all):
         v0 = _lanes.fma_lanes(v0, u, k0)
         u = _lanes.load(xf, xa + c_all)
         v0, v1 = _lanes.fma_lanes(v0, u, k1), _lanes.fma_lanes(v1, u, k0)
-        u = _lanes.load(xf, xa + U(2) * c_all)
-        v0, v1, v2 = _feed3(u, v0, v1, v2, k0, k1, k2)
-        u = _lanes.load(xf, xa + U(3) * c_all)
-        v1, v2, v3 = _feed3(u, v1, v2, v3, k0, k1, k2)
-        u = _lanes.load(xf, xa + U(4) * c_all)
-        v2, v3, v4 = _feed3(u, v2, v3, v4, k0, k1, k2)
-        u = _lanes.load(xf, xa + U(5) * c_all)
-        v3, v4, v5 = _feed3(u, v3, v4, v5, k0, k1, k2)
-        u = _lanes.load(xf, xa + U(6) * c_all)
-        v4, v5, v6 = _feed3(u, v4, v5, v6, k0, k1, k2)
-        u = _lanes.load(xf, xa + U(7) * c_all)
-        v5, v6, v7 = _feed3(u, v5, v6, v7, k0, k1, k2)
+        v0, v1, v2 = _feed3(xf, xa + U(2) * c_all, v0, v1, v2, k0, k1, k2)
+        v1, v2, v3 = _feed3(xf, xa + U(3) * c_all, v1, v2, v3, k0, k1, k2)
+        v2, v3, v4 = _feed3(xf, xa + U(4) * c_all, v2, v3, v4, k0, k1, k2)
+        v3, v4, v5 = _feed3(xf, xa + U(5) * c_all, v3, v4, v5, k0, k1, k2)
+        v4, v5, v6 = _feed3(xf, xa + U(6) * c_all, v4, v5, v6, k0, k1, k2)
+        v5, v6, v7 = _feed3(xf, xa + U(7) * c_all, v5, v6, v7, k0, k1, k2)
         u = _lanes.load(xf, xa + U(8) * c_all)
         v6, v7 = _lanes.fma_lanes(v6, u, k2), _lanes.fma_lanes(v7, u, k1)
         v7 = _lanes.fma_lanes(v7, _lanes.load(xf, xa + U(9) * c_all), k2)
@@ -131,9 +125,10 @@ def _slide3(xf, wf, fo, v0, x0, w0, o, rows, rstep, c_all):
 
 
 @njit(inline="always")
-def _feed3(u, va, vb, vc, k0, k1, k2):
-    """Input column u's share of the three pixels whose kernels hold it in columns 2, 1
-    and 0: (va + u*k2, vb + u*k1, vc + u*k0)."""
+def _feed3(xf, i, va, vb, vc, k0, k1, k2):
+    """The input column u = xf[i :][:count]'s share of the three pixels whose kernels
+    hold it in columns 2, 1 and 0: (va + u*k2, vb + u*k1, vc + u*k0)."""
+    u = _lanes.load(xf, i)
     return (_lanes.fma_lanes(va, u, k2), _lanes.fma_lanes(vb, u, k1),
             _lanes.fma_lanes(vc, u, k0))
 
