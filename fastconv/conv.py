@@ -220,8 +220,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     op = "conv2d_backward"
     needs, gpu = devices.gpu_backward(op, device, needs_input_grad)
     if gpu is not None:
-        return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo,
-                   needs_input_grad=needs)
+        return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo)
     need_x, need_w, need_b = needs
     x = _args.check_array(op, "input", x, half=True)
     if x.ndim == 2:

@@ -169,8 +169,7 @@ def conv1d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     op = "conv1d_backward"
     needs, gpu = devices.gpu_backward(op, device, needs_input_grad)
     if gpu is not None:
-        return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo,
-                   needs_input_grad=needs)
+        return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo)
     x4, w4, _, args, lay2, window = _as_2d(op, x, w, None, stride, padding, dilation,
                                            groups, layout, algo)
     grad_y = check_grad_y(op, grad_y, args)
@@ -379,8 +378,7 @@ def conv3d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     op = "conv3d_backward"
     needs, gpu = devices.gpu_backward(op, device, needs_input_grad)
     if gpu is not None:
-        return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo,
-                   needs_input_grad=needs)
+        return gpu(grad_y, x, w, stride, padding, dilation, groups, layout=layout, algo=algo)
     need_x, need_w, need_b = needs
     _check_algo(op, algo)
     x, w, _, a = conv_nd_arrays(op, x, w, None, stride, padding, dilation, groups, layout,

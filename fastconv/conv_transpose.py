@@ -178,7 +178,7 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     needs, gpu = devices.gpu_backward(op, device, needs_input_grad)
     if gpu is not None:
         return gpu(grad_y, x, w, stride, padding, output_padding, groups, dilation,
-                   layout=layout, algo=algo, needs_input_grad=needs)
+                   layout=layout, algo=algo)
     need_x, need_w, need_b = needs
     x, w, _, a = _transpose_arrays(op, x, w, None, stride, padding, output_padding, groups,
                                    dilation, layout, algo)

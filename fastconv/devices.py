@@ -27,6 +27,8 @@ and ``Module.to`` use it); :func:`array_device` says where an array lives:
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ._args import check_device, check_needs_input_grad
@@ -46,9 +48,10 @@ def gpu_op(op: str, device):
 
 def gpu_backward(op: str, device, needs_input_grad):
     """(needs, gpu) for a backward op: ``needs_input_grad`` checked (three bools) and
-    :func:`gpu_op`'s GPU function (None on the CPU), which takes the flags as
-    ``needs_input_grad=needs``."""
-    return check_needs_input_grad(op, needs_input_grad), gpu_op(op, device)
+    :func:`gpu_op`'s GPU function with those flags bound (None on the CPU)."""
+    needs = check_needs_input_grad(op, needs_input_grad)
+    gpu = gpu_op(op, device)
+    return needs, None if gpu is None else functools.partial(gpu, needs_input_grad=needs)
 
 
 def array_device(a) -> str:
