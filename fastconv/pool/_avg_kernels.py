@@ -55,6 +55,26 @@ def _inv_col_divisors(inv, sw, pw, kw, wd, include_pad):
         inv[j] = 1.0 / n if n > 0 and c0 < c1 else 0.0
 
 
+@njit(inline="always")
+def _plane_task(task, rows, extent, wo, cols, include_pad):
+    """(plane, first row, end row, a float64 row buffer, the column divisors'
+    reciprocals) of a task over blocks of ``rows`` of ``extent`` rows per plane; cols =
+    (s_w, p_w, k_w, W)."""
+    p, lo, hi = task_block(task, rows, extent)
+    inv = np.empty(wo, np.float64)
+    _inv_col_divisors(inv, cols[0], cols[1], cols[2], cols[3], include_pad)
+    return p, lo, hi, np.empty(wo, np.float64), inv
+
+
+@njit(inline="always")
+def _row_divisor(i, sh, ph, kh, h, include_pad):
+    """(r0, r1, 1 / row extent) of output row i's windows: the input rows r0..r1 they
+    cover, and the reciprocal of the row factor of their divisors (0 when empty)."""
+    r0, r1, eh = _avg_window(i, sh, ph, kh, h)
+    n_rows = eh if include_pad else r1 - r0
+    return r0, r1, 1.0 / n_rows if n_rows > 0 and r0 < r1 else 0.0
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _avg_pool_planes(x, y, kh, kw, sh, sw, ph, pw, include_pad, rows):
     """x (P, H, W) -> y (P, Ho, Wo); one task per (plane, block of ``rows`` output rows).
@@ -63,14 +83,9 @@ def _avg_pool_planes(x, y, kh, kw, sh, sw, ph, pw, include_pad, rows):
     n_planes, h, wd = x.shape
     _, ho, wo = y.shape
     for task in prange(n_planes * n_blocks(ho, rows)):
-        p, i0, i1 = task_block(task, rows, ho)
-        acc = np.empty(wo, np.float64)
-        inv = np.empty(wo, np.float64)
-        _inv_col_divisors(inv, sw, pw, kw, wd, include_pad)
+        p, i0, i1, acc, inv = _plane_task(task, rows, ho, wo, (sw, pw, kw, wd), include_pad)
         for i in range(i0, i1):
-            r0, r1, eh = _avg_window(i, sh, ph, kh, h)
-            n_rows = eh if include_pad else r1 - r0
-            inv_r = 1.0 / n_rows if n_rows > 0 and r0 < r1 else 0.0
+            r0, r1, inv_r = _row_divisor(i, sh, ph, kh, h, include_pad)
             acc[:] = 0.0
             for r in range(r0, r1):
                 window_row(_sum_taps, x[p, r], acc, kw, pw, 1, sw, wd, wo)
@@ -123,18 +138,14 @@ def _avg_unpool_planes(gy, gx, kh, kw, sh, sw, ph, pw, include_pad, rows):
     n_planes, h, wd = gx.shape
     _, ho, wo = gy.shape
     for task in prange(n_planes * n_blocks(h, rows)):
-        p, r_start, r_end = task_block(task, rows, h)
-        g = np.empty(wo, np.float64)
-        inv = np.empty(wo, np.float64)
-        _inv_col_divisors(inv, sw, pw, kw, wd, include_pad)
+        p, r_start, r_end, g, inv = _plane_task(task, rows, h, wo, (sw, pw, kw, wd),
+                                                include_pad)
         for r in range(r_start, r_end):
             grow = gx[p, r]
             grow[:] = 0
             i_lo, i_hi = _covering_rows(r, sh, ph, kh, ho)
             for i in range(i_lo, i_hi):
-                r0, r1, eh = _avg_window(i, sh, ph, kh, h)
-                n_rows = eh if include_pad else r1 - r0
-                inv_r = 1.0 / n_rows
+                inv_r = _row_divisor(i, sh, ph, kh, h, include_pad)[2]
                 gyrow = gy[p, i]
                 for j in range(wo):
                     g[j] = gyrow[j] * inv[j] * inv_r
