@@ -9,7 +9,8 @@ AVX-512 register where the host has AVX-512, else one AVX register), so such a k
 keeps its accumulators in registers:
 
 * ``load(a, i)``: the lanes a[i : i + count] of a 1-D contiguous float array (no bounds
-  check: the caller keeps i + count <= a.size);
+  check: the caller keeps i + count <= a.size); ``load_f64(a, i)``: a[i : i + k] as a
+  vector of float64 (k of them per vector: float32 values widened);
 * ``store(a, i, v)``: a[i : i + count] = v (the same rules);
 * ``store_columns(a, i, step, vs)``: a[i + k*step + p] = vs[p][k] for the P vectors
   vs[p] (P = 2, 4 or 8) and every lane k: P vectors written as ``count`` runs of P (a
@@ -77,11 +78,35 @@ def _vector_pointer(context, builder, aryty, ary, idx, vec):
     return builder.bitcast(builder.gep(data, [idx]), vec.as_pointer())
 
 
+def _flat_float(ary, idx) -> bool:
+    """Whether ary is a 1-D float array and idx an integer (the loads' arguments)."""
+    return (isinstance(ary, types.Array) and ary.ndim == 1
+            and isinstance(ary.dtype, types.Float) and isinstance(idx, types.Integer))
+
+
+@intrinsic
+def load_f64(typingctx, ary, idx):
+    """The float64 vector of ary[idx : idx + count64] (count64: lanes of a float64
+    vector), ary a 1-D contiguous float32 array (widened) or float64 one (loaded)."""
+    if not _flat_float(ary, idx):
+        return None
+    lanes = Lanes(types.float64)
+
+    def codegen(context, builder, sig, args):
+        wide = context.get_value_type(lanes)
+        if ary.dtype == types.float64:
+            ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], wide)
+            return builder.load(ptr, align=8)
+        vec = ir.VectorType(ir.FloatType(), lanes.count)
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vec)
+        return builder.fpext(builder.load(ptr, align=4), wide)
+    return lanes(ary, idx), codegen
+
+
 @intrinsic
 def load(typingctx, ary, idx):
     """The vector ary[idx : idx + count] (1-D contiguous float array)."""
-    if not (isinstance(ary, types.Array) and ary.ndim == 1
-            and isinstance(ary.dtype, types.Float) and isinstance(idx, types.Integer)):
+    if not _flat_float(ary, idx):
         return None
     lanes = Lanes(ary.dtype)
 

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
+from numba import uint64 as U
 
-from . import config, devices
+from . import _lanes, config, devices
 from ._args import batch_norm_backward_inputs, batch_norm_inputs, narrow, widen
 from ._memory import allocate
 from ._runtime import parallel_guard
@@ -98,6 +99,39 @@ def _block_sums_nhwc(u, u_shift, v, v_shift, part1, part2):
                 du = u[r, c] - u_shift[c]
                 s1[c] += du
                 s2[c] += du * (v[r, c] - v_shift[c])
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2):
+    """``_block_sums_nhwc`` for C a whole number of float64 vectors, the shifts given
+    negated: each vector of channels' two sums accumulate in registers (float64 lanes,
+    float32 values widened), row by row as there (the loop over channels with the sums
+    in memory ran at about half this speed on 16-32 channels)."""
+    n_rows, c_all = u.shape
+    uf, vf = u.reshape(u.size), v.reshape(v.size)
+    nl = _lanes.count(part1)
+    for t in prange(part1.shape[0]):
+        s1, s2 = part1[t], part2[t]
+        for c0 in range(0, c_all, nl):
+            ku, kv = _lanes.load(neg_u_shift, U(c0)), _lanes.load(neg_v_shift, U(c0))
+            a1, a2 = _lanes.zeros(s1), _lanes.zeros(s2)
+            for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
+                o = U(r * c_all + c0)
+                du = _lanes.add(_lanes.load_f64(uf, o), ku)
+                a1 = _lanes.add(a1, du)
+                a2 = _lanes.fma_lanes(a2, du, _lanes.add(_lanes.load_f64(vf, o), kv))
+            _lanes.store(s1, U(c0), a1)
+            _lanes.store(s2, U(c0), a2)
+
+
+def _block_sums(u, u_shift, v, v_shift, part1, part2) -> None:
+    """``_block_sums_nhwc``, in registers where C is a whole number of float64 vectors
+    (``_block_sums_lanes``)."""
+    if u.shape[1] % (_lanes.LANE_BYTES // 8) == 0:
+        _block_sums_lanes(np.ascontiguousarray(u), -u_shift, np.ascontiguousarray(v),
+                          -v_shift, part1, part2)
+    else:
+        _block_sums_nhwc(u, u_shift, v, v_shift, part1, part2)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -205,7 +239,7 @@ def _nhwc_train(x, weight, bias, eps, y, relu):
     count = x.shape[0]
     p1, p2 = _partials(x), _partials(x)
     shift = x[0].astype(np.float64)
-    _block_sums_nhwc(x, shift, x, shift, p1, p2)
+    _block_sums(x, shift, x, shift, p1, p2)
     ds = p1.sum(axis=0) / count     # serial reduction of the partials
     mean = shift + ds
     var = np.maximum(p2.sum(axis=0) / count - ds * ds, 0.0)
@@ -216,7 +250,7 @@ def _nhwc_train(x, weight, bias, eps, y, relu):
 def _nhwc_backward(gy, x, mean, invstd, weight, training, gx):
     count = x.shape[0]
     p1, p2 = _partials(x), _partials(x)
-    _block_sums_nhwc(gy, np.zeros(x.shape[1]), x, mean, p1, p2)
+    _block_sums(gy, np.zeros(x.shape[1]), x, mean, p1, p2)
     sum_dy, sum_dy_xmu = p1.sum(axis=0), p2.sum(axis=0)   # serial reduction
     a = weight * invstd
     if training:

@@ -8,11 +8,14 @@ import fastconv
 from fastconv import norm
 
 from . import reference as ref
+from .conftest import count_calls
 
 LAYOUTS = ["NCHW", "NHWC"]
 DTYPES = [np.float32, np.float64]
-# (N, C, H, W): one block of partial sums; several NHWC blocks (N*H*W > norm._ROWS)
-SHAPES = [(3, 4, 5, 6), (2, 3, 13, 12)]
+# (N, C, H, W): one block of partial sums; several NHWC blocks (N*H*W > norm._ROWS);
+# channels a whole number of float64 vectors (NHWC sums in registers, one vector of
+# channels and two)
+SHAPES = [(3, 4, 5, 6), (2, 3, 13, 12), (2, 8, 13, 12), (1, 16, 4, 5)]
 
 
 def _to(a, layout):
@@ -119,12 +122,13 @@ def test_training_gradient_sums_to_zero_per_channel():
                                atol=1e-11)
 
 
+@pytest.mark.parametrize("channels", [3, 16])
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_float32_large_mean_small_spread(layout):
+def test_float32_large_mean_small_spread(layout, channels):
     """mean 1e4, std 1e-2 per channel: float32 still normalises to within 1e-2 of the
     float64 computation on the same numbers (a one-pass float32 sum of squares fails)."""
     rng = np.random.default_rng(0)
-    x = (1e4 + 1e-2 * rng.standard_normal((4, 3, 8, 8))).astype(np.float32)
+    x = (1e4 + 1e-2 * rng.standard_normal((4, channels, 8, 8))).astype(np.float32)
     want = ref.batch_norm(x.astype(np.float64), None, None, training=True)[0]
     got = _from(fastconv.batch_norm(_to(x, layout), None, None, training=True, layout=layout),
                 layout)
@@ -265,3 +269,15 @@ def test_bad_batch_norm_backward_arguments(kwargs, exc, match):
     with pytest.raises(exc, match=match):
         fastconv.batch_norm_backward(call.pop("gy"), call.pop("x"), call.pop("mean"),
                                      call.pop("invstd"), **call)
+
+
+@pytest.mark.parametrize("channels, lanes", [(16, 1), (3, 0)])
+def test_nhwc_sums_run_in_registers_for_whole_vectors_of_channels(channels, lanes,
+                                                                   monkeypatch):
+    calls = count_calls(monkeypatch, norm, "_block_sums_lanes")
+    x, rm, rv, w, b, gy = _problem((2, channels, 5, 4), np.float32)
+    y, mean, invstd = fastconv.batch_norm(_to(x, "NHWC"), rm, rv, w, b, True, layout="NHWC",
+                                          return_stats=True)
+    fastconv.batch_norm_backward(_to(gy, "NHWC"), _to(x, "NHWC"), mean, invstd, w,
+                                 layout="NHWC")
+    assert len(calls) == 2 * lanes           # the moments, then the gradient's sums
