@@ -406,10 +406,12 @@ def test_max_pool_without_graph_matches_and_records_nothing(rng):
     np.testing.assert_array_equal(F.max_pool2d(x, 2).data, y.data)
 
 
+@pytest.mark.parametrize("parallel_min", [1 << 18, 0], ids=["serial", "threads"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_relu_kernels_match_numpy(dtype, rng):
+def test_relu_kernels_match_numpy(dtype, parallel_min, rng, monkeypatch):
     from fastconv import _elementwise
 
+    monkeypatch.setattr(_elementwise, "PARALLEL_MIN", parallel_min)
     a = rng.standard_normal((4, 3, 7, 5)).astype(dtype)
     a[0, 0, 0, :3] = [np.nan, -np.inf, np.inf]
     a[1, 1, 1, 1] = 0.0
@@ -422,6 +424,13 @@ def test_relu_kernels_match_numpy(dtype, rng):
         gx = _elementwise.relu_backward(g, y)
         assert gx.dtype == dtype
         np.testing.assert_array_equal(gx, np.where(arr > 0, g, 0))
+        b = rng.standard_normal(arr.shape).astype(dtype)
+        np.testing.assert_array_equal(_elementwise.add_relu(arr, b), np.maximum(arr + b, 0))
+        np.testing.assert_array_equal(_elementwise.add(arr, b), arr + b)
+    assert _elementwise.add(a, a[:1]) is None                     # broadcasting: numpy's
+    long = rng.standard_normal(2 * _elementwise.CHUNK + 5).astype(dtype)  # 3 chunks
+    np.testing.assert_array_equal(_elementwise.relu(long), np.maximum(long, 0))
+    np.testing.assert_array_equal(_elementwise.add(long, long), 2 * long)
     ints = np.array([-2, 0, 3])
     np.testing.assert_array_equal(_elementwise.relu(ints), [0, 0, 3])
     np.testing.assert_array_equal(_elementwise.relu_backward(np.ones(3), ints), [0, 0, 1])

@@ -182,3 +182,24 @@ def test_image_last_grad_w_task_compiles_once_for_its_parallel_loop():
     kernel(gt, xt, gw, 1, 1, 0, 0, 1, 1)
     np.testing.assert_array_equal(gw, np.full((5, 1, 2, 2), 2 * 2 * 3.0))
     assert {sig[0] for sig in ilg._grad_w_task.signatures} == {types.int64}
+
+
+def test_element_wise_kernels_from_one_factory_load_their_own_cache_entries(tmp_path):
+    """The ReLU and add kernels come from one factory (one source line each); loaded
+    from the on-disk cache in a second process, each still computes its own op."""
+    script = textwrap.dedent("""
+        import numpy as np
+        from fastconv import _elementwise as E
+        E.PARALLEL_MIN = 0
+        a = np.linspace(-2, 2, 9, dtype=np.float32)
+        print(E.relu(a).tolist() == np.maximum(a, 0).tolist(),
+              E.add(a, a).tolist() == (2 * a).tolist(),
+              E.add_relu(a, a).tolist() == np.maximum(2 * a, 0).tolist())
+    """)
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path), FASTCONV_QUIET="1")
+    for _ in range(2):                    # compiles and caches, then loads
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                             env=env, cwd=ROOT, timeout=600)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["True", "True", "True"]
+    assert any(tmp_path.rglob("*_elementwise*add_parallel*.nbi"))

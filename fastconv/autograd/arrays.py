@@ -26,15 +26,18 @@ def on_gpu(op: str, a):
 
 
 def add(a, b):
-    """a + b as a new array (same shapes on the GPU; numpy's broadcasting on the host,
-    into an array from ``fastconv._pool``)."""
+    """a + b as a new array (same shapes on the GPU; on the host numpy's broadcasting
+    into an array from ``fastconv._pool``, or ``_elementwise.add``)."""
     gpu = on_gpu("add", a)
     if gpu is not None:
         return gpu(a, b)
     if not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
         return a + b
-    out = _pool.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b))
-    return np.add(a, b, out=out)
+    out = _elementwise.add(a, b)    # one shape and float dtype: on the threads if large
+    if out is None:
+        out = _pool.empty(np.broadcast_shapes(a.shape, b.shape), np.result_type(a, b))
+        np.add(a, b, out=out)
+    return out
 
 
 def full_like(a, value, dtype=None):
