@@ -24,70 +24,53 @@ PARALLEL_MIN = 1 << 18
 CHUNK = 1 << 14
 
 
-@njit(inline="always")
-def _relu_range(a, b, y, lo, hi):
-    """y = a where a > 0, else 0; NaN stays NaN (as np.maximum(a, 0)); b unused."""
-    zero = a.dtype.type(0)
-    for i in range(lo, hi):
-        v = a[i]
-        y[i] = zero if v <= zero else v
+#: The ops of ``_ranges``.
+RELU, RELU_BACKWARD, ADD_RELU, ADD = range(4)
 
 
 @njit(inline="always")
-def _relu_backward_range(g, y, gx, lo, hi):
-    """gx = g where y > 0, else 0 (y: the ReLU output)."""
-    zero = gx.dtype.type(0)
-    for i in range(lo, hi):
-        gx[i] = g[i] if y[i] > zero else zero
-
-
-@njit(inline="always")
-def _add_relu_range(a, b, y, lo, hi):
-    """y = max(a + b, 0) (NaN stays NaN)."""
+def _ranges(op, a, b, y, lo, hi):
+    """Elements lo..hi of op: RELU y = a where a > 0, else 0, NaN kept (as
+    np.maximum(a, 0)); RELU_BACKWARD y = a where b > 0, else 0 (a the gradient, b the
+    ReLU's output); ADD_RELU y = max(a + b, 0), NaN kept; ADD y = a + b. Each op is a
+    loop of its own (the branch is outside it), which vectorises."""
     zero = y.dtype.type(0)
-    for i in range(lo, hi):
-        v = a[i] + b[i]
-        y[i] = zero if v <= zero else v
+    if op == RELU:
+        for i in range(lo, hi):
+            v = a[i]
+            y[i] = zero if v <= zero else v
+    elif op == RELU_BACKWARD:
+        for i in range(lo, hi):
+            y[i] = a[i] if b[i] > zero else zero
+    elif op == ADD_RELU:
+        for i in range(lo, hi):
+            v = a[i] + b[i]
+            y[i] = zero if v <= zero else v
+    else:
+        for i in range(lo, hi):
+            y[i] = a[i] + b[i]
 
 
-@njit(inline="always")
-def _add_range(a, b, y, lo, hi):
-    """y = a + b."""
-    for i in range(lo, hi):
-        y[i] = a[i] + b[i]
+@njit(cache=True, fastmath=config.FASTMATH)
+def _serial(op, a, b, y):
+    """``_ranges`` over all of y (1-D arrays)."""
+    _ranges(op, a, b, y, 0, y.size)
 
 
-def _kernels(body, name: str):
-    """(serial, parallel) numba kernels running ``body(a, b, y, lo, hi)`` over 1-D
-    arrays: the whole range in one call, or ``CHUNK``-sized chunks over the threads.
-    Each is named after ``name`` (numba's on-disk cache files a kernel under its name
-    and first line, which these share)."""
-    def serial(a, b, y):
-        body(a, b, y, 0, y.size)
-
-    def parallel(a, b, y):
-        n = y.size
-        for t in prange((n + CHUNK - 1) // CHUNK):
-            body(a, b, y, t * CHUNK, min(n, (t + 1) * CHUNK))
-
-    for f, kind in ((serial, "serial"), (parallel, "parallel")):
-        f.__name__ = f.__qualname__ = f"_{name}_{kind}"
-    return (njit(cache=True, fastmath=config.FASTMATH)(serial),
-            njit(parallel=True, cache=True, fastmath=config.FASTMATH)(parallel))
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _threaded(op, a, b, y):
+    """``_ranges`` in chunks of ``CHUNK`` over numba's threads (1-D arrays)."""
+    n = y.size
+    for t in prange((n + CHUNK - 1) // CHUNK):
+        _ranges(op, a, b, y, t * CHUNK, min(n, (t + 1) * CHUNK))
 
 
-_RELU = _kernels(_relu_range, "relu")
-_RELU_BACKWARD = _kernels(_relu_backward_range, "relu_backward")
-_ADD_RELU = _kernels(_add_relu_range, "add_relu")
-_ADD = _kernels(_add_range, "add")
-
-
-def _run(kernels, a, b, shape, dtype) -> np.ndarray:
-    """A new array of ``shape`` from one of the ``_kernels`` pairs on a and b (1-D views
-    of the operands, contiguous copies where needed)."""
+def _run(op: int, a, b, shape, dtype) -> np.ndarray:
+    """A new array of ``shape``: ``op`` of a and b (contiguous copies where needed),
+    serial or over the threads by size."""
     y = _pool.empty(shape, dtype)
-    kernel = kernels[y.size >= PARALLEL_MIN]
-    kernel(_flat(a), _flat(b), y.reshape(-1))
+    kernel = _threaded if y.size >= PARALLEL_MIN else _serial
+    kernel(op, _flat(a), _flat(b), y.reshape(-1))
     return y
 
 
@@ -100,7 +83,7 @@ def relu(a: np.ndarray) -> np.ndarray:
     other dtypes through numpy."""
     if a.dtype not in _FLOATS:
         return np.maximum(a, 0)
-    return _run(_RELU, a, a, a.shape, a.dtype)
+    return _run(RELU, a, a, a.shape, a.dtype)
 
 
 def relu_backward(g: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -108,7 +91,7 @@ def relu_backward(g: np.ndarray, y: np.ndarray) -> np.ndarray:
     nothing). g and y have one shape; the result has g's dtype."""
     if g.dtype not in _FLOATS or y.dtype not in _FLOATS:
         return g * (y > 0)
-    return _run(_RELU_BACKWARD, g, y, g.shape, g.dtype)
+    return _run(RELU_BACKWARD, g, y, g.shape, g.dtype)
 
 
 def add_relu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -117,7 +100,7 @@ def add_relu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     through the kernels, other dtypes through numpy (promotion)."""
     if a.dtype != b.dtype or a.dtype not in _FLOATS:
         return relu(np.asarray(a + b))
-    return _run(_ADD_RELU, a, b, a.shape, a.dtype)
+    return _run(ADD_RELU, a, b, a.shape, a.dtype)
 
 
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
@@ -125,4 +108,4 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     gradients of one tensor, summed); None otherwise (the caller uses numpy)."""
     if a.shape != b.shape or a.dtype != b.dtype or a.dtype not in _FLOATS:
         return None
-    return _run(_ADD, a, b, a.shape, a.dtype)
+    return _run(ADD, a, b, a.shape, a.dtype)

@@ -9,7 +9,8 @@ usual work calls:
   digits, 28x28 MNIST; the ResNet: 16x16 shapes), as ``fastconv.training.warm_up``
   (the models are NCHW);
 * layers: max / average / global average pooling and batch norm, forward and backward,
-  in each layout;
+  in each layout, and the element-wise ops' threaded kernels (arrays of 2^18 elements
+  or more);
 * algos: ``conv2d`` and ``conv2d_backward`` with each algorithm on the default bench
   suite's layers (shrunk: at most 4 channels, 12x12 or the kernel's size; 1 image, and 4
   for the im2col path that tiles several small images) in each layout; with it (once,
@@ -89,12 +90,19 @@ def _layers_task(dtype, layout: str):
         fc.avg_pool2d_backward(y, x.shape, 2, layout=layout)
         y = fc.global_avg_pool2d(x, layout=layout)
         fc.global_avg_pool2d_backward(y, x.shape, layout=layout)
-        mean, var = np.zeros(4, dtype), np.ones(4, dtype)
-        weight, bias = np.ones(4, dtype), np.zeros(4, dtype)
-        for training in (True, False):
-            y, m, invstd = fc.batch_norm(x, mean, var, weight, bias, training, layout=layout,
-                                         return_stats=True)
-            fc.batch_norm_backward(y, x, m, invstd, weight, training=training, layout=layout)
+        for c in (4, 8):        # NHWC sums of 8 channels run in registers
+            xc = np.ascontiguousarray(np.resize(x, x.shape[:3] + (c,)) if layout == "NHWC"
+                                      else np.resize(x, (x.shape[0], c) + x.shape[2:]))
+            mean, var = np.zeros(c, dtype), np.ones(c, dtype)
+            weight, bias = np.ones(c, dtype), np.zeros(c, dtype)
+            for training in (True, False):
+                y, m, invstd = fc.batch_norm(xc, mean, var, weight, bias, training,
+                                             layout=layout, return_stats=True)
+                fc.batch_norm_backward(y, xc, m, invstd, weight, training=training,
+                                       layout=layout)
+        from fastconv import _elementwise  # the threaded kernel of large arrays
+        _elementwise._threaded(_elementwise.ADD, x.reshape(-1), x.reshape(-1),
+                               np.empty(x.size, dtype))
     return f"layers {np.dtype(dtype).name} {layout}", task
 
 
