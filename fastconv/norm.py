@@ -14,8 +14,10 @@ element is normalised in float64 and rounded once, so a float32 channel whose sp
 tiny next to its mean (mean 1e4, std 1e-2) keeps its precision. Training thus reads x
 twice (the statistics, then the normalisation), the gradient reads grad_y and x twice.
 Parallel reductions own their writes: NCHW runs one task per channel; NHWC
-sums fixed blocks of ``_ROWS`` pixels into per-block partial sums (one task per block),
-then reduces the partials serially (the result does not depend on the thread count).
+sums fixed blocks of ``_ROWS`` pixels into per-block partial sums (one task per block;
+in SIMD registers, a float64 vector of channels at a time, where C is a whole number of
+such vectors), then reduces the partials serially (the result does not depend on the
+thread count).
 """
 
 from __future__ import annotations
