@@ -217,15 +217,32 @@ def _max_unpool_planes(gy, idx, gx):
                 gx[p, t] += gy[p, k]
 
 
+@njit(inline="always")
+def _unpool_image(gy, idx, gx, c_all, zero):
+    """``_max_unpool_nhwc`` of one image, flat: gx = 0, then gx[idx[k*C + c]*C + c] +=
+    gy[k*C + c] (LeNet's 6 and 16 channels: 2x faster than by (pixel, channel)
+    indices with the zeroing a strided slice)."""
+    gx[:] = zero
+    for k in range(gy.size // c_all):
+        for c in range(c_all):
+            t = idx[k * c_all + c]
+            if t >= 0:
+                gx[t * c_all + c] += gy[k * c_all + c]
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _max_unpool_nhwc(gy, idx, gx):
     """gx (N, H*W, C) = 0, then gx[n, idx[n, k, c], c] += gy[n, k, c] for gy, idx
     (N, Ho*Wo, C). One task per (image, block of channels), which zeroes its part
-    first."""
+    first; a block that is the whole image goes through it flat (``_unpool_image``)."""
     n_img, n_out, c_all = gy.shape
     zero = gx.dtype.type(0)
     for task in prange(n_img * n_blocks(c_all, C_BLOCK)):
         n, c0, c1 = task_block(task, C_BLOCK, c_all)
+        if c1 - c0 == c_all:
+            _unpool_image(gy[n].reshape(gy[n].size), idx[n].reshape(idx[n].size),
+                          gx[n].reshape(gx[n].size), c_all, zero)
+            continue
         gx[n, :, c0:c1] = zero
         for k in range(n_out):
             for c in range(c0, c1):
