@@ -65,10 +65,10 @@ def _threaded(op, a, b, y):
         _ranges(op, a, b, y, t * CHUNK, min(n, (t + 1) * CHUNK))
 
 
-def _run(op: int, a, b, shape, dtype) -> np.ndarray:
-    """A new array of ``shape``: ``op`` of a and b (contiguous copies where needed),
-    serial or over the threads by size."""
-    y = _pool.empty(shape, dtype)
+def _run(op: int, a, b) -> np.ndarray:
+    """A new array of a's shape and dtype: ``op`` of a and b (contiguous copies where
+    needed), serial or over the threads by size."""
+    y = _pool.empty(a.shape, a.dtype)
     kernel = _threaded if y.size >= PARALLEL_MIN else _serial
     kernel(op, _flat(a), _flat(b), y.reshape(-1))
     return y
@@ -83,7 +83,7 @@ def relu(a: np.ndarray) -> np.ndarray:
     other dtypes through numpy."""
     if a.dtype not in _FLOATS:
         return np.maximum(a, 0)
-    return _run(RELU, a, a, a.shape, a.dtype)
+    return _run(RELU, a, a)
 
 
 def relu_backward(g: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -91,7 +91,7 @@ def relu_backward(g: np.ndarray, y: np.ndarray) -> np.ndarray:
     nothing). g and y have one shape; the result has g's dtype."""
     if g.dtype not in _FLOATS or y.dtype not in _FLOATS:
         return g * (y > 0)
-    return _run(RELU_BACKWARD, g, y, g.shape, g.dtype)
+    return _run(RELU_BACKWARD, g, y)
 
 
 def add_relu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -100,7 +100,7 @@ def add_relu(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     through the kernels, other dtypes through numpy (promotion)."""
     if a.dtype != b.dtype or a.dtype not in _FLOATS:
         return relu(np.asarray(a + b))
-    return _run(ADD_RELU, a, b, a.shape, a.dtype)
+    return _run(ADD_RELU, a, b)
 
 
 def add(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
@@ -108,4 +108,4 @@ def add(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     gradients of one tensor, summed); None otherwise (the caller uses numpy)."""
     if a.shape != b.shape or a.dtype != b.dtype or a.dtype not in _FLOATS:
         return None
-    return _run(ADD, a, b, a.shape, a.dtype)
+    return _run(ADD, a, b)

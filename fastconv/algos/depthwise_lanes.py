@@ -197,7 +197,7 @@ def _depthwise_rows(xf, xs, wf, fb, fo, os, geo, j_lo, j_hi):
             for i in range(i0, i1):
                 a_lo = max(0, (pt - i * sh + rh - 1) // rh)
                 a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
-                for a in range(a_hi - a_lo):    # tap offsets from the first tap
+                for a in range(0 if slide else a_hi - a_lo):   # taps from the first
                     for b in range(kw):
                         taps[a * kw + b] = U((a * rh * wd + b * rw) * c_all)
                 x0 = ((n * h + i * sh - pt + a_lo * rh) * wd + j * sw - pl) * c_all

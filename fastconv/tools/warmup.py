@@ -81,9 +81,11 @@ def _layers_task(dtype, layout: str):
     def task():
         import fastconv as fc
 
-        x = np.random.default_rng(0).standard_normal((2, 4, 6, 6)).astype(dtype)
-        if layout == "NHWC":
-            x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+        def images(c):
+            x = np.random.default_rng(0).standard_normal((2, c, 6, 6)).astype(dtype)
+            return np.ascontiguousarray(x.transpose(0, 2, 3, 1)) if layout == "NHWC" else x
+
+        x = images(4)
         y, idx = fc.max_pool2d(x, 2, layout=layout, return_indices=True)
         fc.max_pool2d_backward(y, idx, x.shape, layout=layout)
         y = fc.avg_pool2d(x, 2, layout=layout)
@@ -91,8 +93,7 @@ def _layers_task(dtype, layout: str):
         y = fc.global_avg_pool2d(x, layout=layout)
         fc.global_avg_pool2d_backward(y, x.shape, layout=layout)
         for c in (4, 8):        # NHWC sums of 8 channels run in registers
-            xc = np.ascontiguousarray(np.resize(x, x.shape[:3] + (c,)) if layout == "NHWC"
-                                      else np.resize(x, (x.shape[0], c) + x.shape[2:]))
+            xc = images(c)
             mean, var = np.zeros(c, dtype), np.ones(c, dtype)
             weight, bias = np.ones(c, dtype), np.zeros(c, dtype)
             for training in (True, False):
