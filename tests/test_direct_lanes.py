@@ -8,8 +8,8 @@ import pytest
 import fastconv
 from fastconv import Tensor, _lanes, gradcheck
 from fastconv._args import conv_args_from_shapes
-from fastconv.algos.im2col import direct_lanes, drivers
-from fastconv.algos.im2col.direct_lanes import lanes_applies, lanes_chosen
+from fastconv.algos.im2col import direct_lanes, drivers, lanes_plan
+from fastconv.algos.im2col.lanes_plan import lanes_applies, lanes_chosen
 from fastconv.nn import functional as F
 
 from . import reference as ref
@@ -21,7 +21,8 @@ LAYOUTS = ["NCHW", "NHWC"]
 # group of pixels, output channels short of a block, padding on every side (pixels run
 # one at a time), strides, rectangular kernels, asymmetric padding, column dilation
 # (runs of C taps), two blocks of output channels, output pixels wholly in the padding;
-# blocks run in pairs (``_group8x2``), a last odd block alone; narrow maps with pixels
+# blocks run in pairs (``_group8x2`` or ``_group4x2``: both tiles, ``PAIR_PIXELS``), a
+# last odd block alone; narrow maps with pixels
 # in the padding (padded first, ``_prepadded``: the 7x7 and 14x14 cases below); fewer
 # channels than kernel columns (``_tap_order``: the channels outer)
 CASES = [
@@ -58,10 +59,14 @@ def _in_layout(layout, x, w):
     return x, w, lambda y: y
 
 
+@pytest.mark.parametrize("pair_pixels", [4, 8])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=str)
 @pytest.mark.parametrize("layout", LAYOUTS)
-def test_lanes_kernel_matches_the_reference(layout, case, dtype, rng, monkeypatch):
+def test_lanes_kernel_matches_the_reference(layout, case, dtype, pair_pixels, rng,
+                                            monkeypatch):
+    # either register tile for pairs of blocks, whatever the host's registers
+    monkeypatch.setattr(direct_lanes, "PAIR_PIXELS", pair_pixels)
     x, w, b, kwargs = _problem(case, dtype, rng)
     xl, wl, back = _in_layout(layout, x, w)
     a = conv_args_from_shapes("t", xl.shape, wl.shape, layout=layout, dtype=dtype,
@@ -181,9 +186,9 @@ def test_the_driver_weighs_the_two_direct_kernels(x_shape, w_shape, padding, lay
         assert lanes_chosen(a) == chosen
     # the choice follows the model times; the plan names the kernel that runs
     try:
-        for gmacs, want in ((1e-3, not direct_lanes.direct_forward_applies(a)), (1e6, True)):
-            monkeypatch.setattr(direct_lanes, "LANES_GMACS", gmacs)
-            monkeypatch.setattr(direct_lanes, "LANES_GMACS_LARGE", gmacs)
+        for gmacs, want in ((1e-3, not lanes_plan.direct_forward_applies(a)), (1e6, True)):
+            monkeypatch.setattr(lanes_plan, "LANES_GMACS", gmacs)
+            monkeypatch.setattr(lanes_plan, "LANES_GMACS_LARGE", gmacs)
             lanes_chosen.cache_clear()
             assert lanes_chosen(a) == want
         fastconv.autotune.clear_cache()

@@ -6,11 +6,11 @@ from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from ..registry import Algorithm, register
 from . import strided_pointwise
 from .direct_grad import direct_backward_chosen, direct_backward_cost
-from .direct_lanes import lanes_chosen, lanes_cost
 from .drivers import backward, forward
 from .fused import fused_tiling
 from .fused_nhwc import fused_nhwc_tiling, panel_count
 from .image_last_direct import direct_cost, direct_forward_applies
+from .lanes_plan import lanes_chosen, lanes_cost
 from .panels import panel_tiling
 from .pointwise import backward_cost_pointwise
 from .split import split_tiles
@@ -22,7 +22,7 @@ CACHE_LINE = 64
 
 def cost(a, p: Profile) -> Estimate:
     """Model time of the forward: small layers run the direct lanes kernel
-    (``direct_lanes.lanes_cost``), small stride-1 layers on tiles of many images the
+    (``lanes_plan.lanes_cost``), small stride-1 layers on tiles of many images the
     direct image-last kernel (``image_last_direct.direct_cost``), the others the GEMM
     path (:func:`_gemm_cost`), as ``drivers.forward`` picks them."""
     if lanes_chosen(a):

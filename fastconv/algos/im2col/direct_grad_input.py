@@ -34,7 +34,8 @@ from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
 from .._common import view, workspace
 from .._nhwc import _swap_last2
-from .direct_lanes import forward_lanes, lanes_applies, lanes_cost
+from .direct_lanes import forward_lanes
+from .lanes_plan import lanes_applies, lanes_cost
 
 
 def _axis(phase, pad, k, s, r, n_in, n_g):

@@ -10,8 +10,10 @@ of the row at once in 8 registers:
 
 over the taps (a, b, c): one load of the weight's lanes feeds 8 fused multiply-adds,
 each with one input value in every lane, and the weight stays in L1. Blocks run in
-pairs where there are two (``_group8x2``: each input value loaded once for both; 5-18%
-faster on the small ResNets' stride-2 layers). The 8 pixels' inputs lie s_w column
+pairs where there are two, each input value loaded once for both: 8 pixels x 2 blocks
+(``_group8x2``, 16 accumulators; 5-18% faster on the small ResNets' stride-2 layers)
+with AVX-512's 32 registers, 4 pixels x 2 blocks twice (``_group4x2``) with AVX2's 16
+(``PAIR_PIXELS``). The 8 pixels' inputs lie s_w column
 strides apart. A kernel row's taps run as two nested loops, each with its own input
 stride, and the weight is packed in the same order (layout as data, ``_tap_order``):
 NHWC without column dilation: one run of KW*C contiguous values; otherwise the longer
@@ -40,88 +42,25 @@ vector store in NHWC; in NCHW a group's 8 registers are written transposed, as r
 
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 from numba import njit, prange
 
 from ... import _lanes
 from ..._runtime import parallel_guard
-from ...costs import DEFAULT_PROFILE, Estimate, Profile
 from ...layout import NHWC
 from .._common import U, interior_columns
 from .image_last import _flat, strided_flat
-from .image_last_direct import direct_cost, direct_forward_applies
-from .padded import padded_channels_last, padded_size
-from .tiling import IMAGE_LAST_MIN_IMAGES
+from .lanes_plan import PIXELS, _prepadded
+from .padded import padded_channels_last
 
-#: Multiply-adds per second per thread of ``_conv_rows`` on whole groups of 8 pixels
-#: (float32; half for float64), for the cost model, each inner tap loop counted as
-#: ``LOOP_TAPS`` more taps (its start costs as much). Measured on one core of the 2-core
-#: machine (48 KB of L1 data cache), CPU time: 45-57 GMAC/s in NHWC (one inner loop per
-#: kernel row), 36-57 in NCHW (KW loops over the channels per kernel row: 6 -> 16 3x3 36,
-#: 16 -> 16 48, 32 -> 32 57), where a block's weight (taps x one register) fits in
-#: ``L1_WEIGHT_BYTES`` (LeNet's 6 -> 16 5x5: 9.6 KB; 64 -> 64 3x3: 36 KB); 35 beyond.
-#: The same with 256-bit as with 512-bit registers.
-LANES_GMACS = 55.0
-LANES_GMACS_LARGE = 35.0
-LOOP_TAPS = 3
-L1_WEIGHT_BYTES = 40 * 1024
-#: Pixels accumulated at once (the kernel's 8 registers).
-PIXELS = 8
-#: The kernel runs layers of at most this many output channels (wider layers make
-#: wide GEMMs, which BLAS runs faster) ...
-MAX_CHANNELS = 64
-#: ... of at least 3/4 of the lanes of their blocks of output channels in use
-#: (``_lane_use``; LeNet's 1 -> 6 would compute 16 channels for 6) ...
-MIN_LANE_USE = 0.75
-#: ... and of at least this many taps in an inner loop (``_run``): shorter loops spend
-#: as much on the loop as on the multiply-adds (3-tap loops ran at 18 GMAC/s).
-MIN_RUN = 6
-#: ... and at most this many taps C_in*KH*KW (more: the GEMM is wide enough for BLAS).
-MAX_TAPS = 600
-#: 3x3 stride-1 undilated layers of at least ``WINOGRAD_PAIRS`` channel pairs
-#: C_in*C_out on output maps of more than ``WINOGRAD_MAP`` pixels are left to the other
-#: paths (``lanes_chosen``): Winograd's wider GEMMs run them faster than its cost model
-#: says. Measured, 2 threads, lanes / Winograd: 32 -> 32 at 32x32 (batch 64) 1.3 (NHWC)
-#: to 1.8 (NCHW), at 28x28 1.5; at 14x14 0.65-0.95; 16 -> 16 at 28x28 0.65-0.9.
-WINOGRAD_PAIRS = 1024
-WINOGRAD_MAP = 256
-
-
-def _lane_use(args) -> float:
-    """Output channels over the lanes computed for them (whole blocks)."""
-    count = _lanes.LANE_BYTES // args.dtype.itemsize
-    return args.c_out / (-(-args.c_out // count) * count)
-
-
-def _run(args, channels_last: bool | None = None) -> int:
-    """Taps of the inner loop (``_tap_order`` on a C-contiguous input of ``args``'
-    layout, or channels last when ``channels_last``)."""
-    if (args.dims.channels_last if channels_last is None else channels_last) \
-            and args.dilation[1] == 1:
-        return args.c_in * args.kw
-    return max(args.c_in, args.kw)
-
-
-def _outer(args, channels_last: bool | None = None) -> int:
-    """Inner loops per kernel row (as ``_run``)."""
-    if _run(args, channels_last) == args.c_in * args.kw:
-        return 1
-    return args.kw if args.c_in >= args.kw else args.c_in
-
-
-def lanes_applies(args) -> bool:
-    """Whether the forward of ``args`` (either layout) can run ``forward_lanes``: several
-    images (at least ``IMAGE_LAST_MIN_IMAGES``), one group, a kernel larger than 1x1, at
-    most ``MAX_CHANNELS`` output channels using at least ``MIN_LANE_USE`` of their lanes,
-    inner loops of at least ``MIN_RUN`` taps (``_run``) and at most ``MAX_TAPS`` taps
-    C_in*KH*KW. Any stride, padding and dilation."""
-    if args.groups != 1 or args.kh * args.kw == 1:
-        return False
-    return (args.n >= IMAGE_LAST_MIN_IMAGES and args.c_out <= MAX_CHANNELS
-            and _lane_use(args) >= MIN_LANE_USE and _run(args) >= MIN_RUN
-            and args.c_in * args.kh * args.kw <= MAX_TAPS and args.w_out > 0)
+#: Pixels of the register tile that runs a pair of blocks of output channels:
+#: ``_group8x2`` (8 pixels, 16 accumulators) where the host has 32 vector registers
+#: (AVX-512), else ``_group4x2`` (4 pixels, 8 accumulators) twice a group, since
+#: ``_group8x2`` spills out of AVX2's 16 registers. AVX2 (2-core AMD EPYC, 2 threads,
+#: best of 9): the stem (3 -> 64 7x7 stride 2) 22.6-25.4 -> 14.6-17.2 ms, 16 -> 16 3x3
+#: at 28x28 (batch 32) 1.57-1.63 -> 1.19-1.27 ms NCHW, 32 -> 32 at 14x14 1.35-1.42 ->
+#: 1.00-1.12, 64 -> 64 at 7x7 1.64-1.66 -> 1.06-1.07.
+PAIR_PIXELS = 8 if _lanes.LANE_BYTES == 64 else 4
 
 
 @njit(inline="always")
@@ -197,11 +136,11 @@ def _group4(xf, fw, v0, rows, taps, ps, nl):
 
 
 @njit(inline="always")
-def _write8(fo, o, vs, k, m, osd, osw, nl):
-    """A group's registers vs (8) into out at o: pixels p < k, lanes < m; osd, osw the
-    output's channel and column strides."""
-    if osw == 1 and osd > 1 and k == PIXELS and m == nl:
-        _lanes.store_columns(fo, o, U(osd), vs)      # NCHW: runs of 8 pixels
+def _write(fo, o, vs, k, m, osd, osw, nl):
+    """A group's registers vs (4 or 8, one per pixel) into out at o: pixels p < k,
+    lanes < m; osd, osw the output's channel and column strides."""
+    if osw == 1 and osd > 1 and k == len(vs) and m == nl:
+        _lanes.store_columns(fo, o, U(osd), vs)      # NCHW: runs of pixels
     else:
         for p, v in enumerate(vs):
             if p < k:
@@ -275,12 +214,43 @@ def _group8x2(xf, fw, b0, b1, rows, taps, ps, wlen, nl, fo, outs):
                 s = xf[xq + o7]
                 p7, q7 = _lanes.fma(p7, s, w0v), _lanes.fma(q7, s, w1v)
     o, o_1, m0, m1, osd, osw = outs
-    _write8(fo, o, (p0, p1, p2, p3, p4, p5, p6, p7), k, m0, osd, osw, nl)
-    _write8(fo, o_1, (q0, q1, q2, q3, q4, q5, q6, q7), k, m1, osd, osw, nl)
+    _write(fo, o, (p0, p1, p2, p3, p4, p5, p6, p7), k, m0, osd, osw, nl)
+    _write(fo, o_1, (q0, q1, q2, q3, q4, q5, q6, q7), k, m1, osd, osw, nl)
+
+
+@njit(inline="always")
+def _group4x2(xf, fw, b0, b1, rows, taps, ps, wlen, nl, fo, outs):
+    """``_group4`` for two blocks of output channels at once (their weights wlen apart):
+    each input value loaded once feeds 2 multiply-adds, 8 accumulators (``_group8x2``'s
+    16 do not fit in 256-bit AVX's 16 registers), written out as ``_group8x2``'s."""
+    nu, su, nv, sv, _ = taps
+    x0, xa, w0, wa, n_rows, k = rows
+    o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
+    p0, p1, p2, p3 = b0, b0, b0, b0
+    q0, q1, q2, q3 = b1, b1, b1, b1
+    for a in range(U(n_rows)):
+        for u in range(U(nu)):
+            xo = U(x0) + a * U(xa) + u * U(su)
+            wq = U(w0) + a * U(wa) + u * U(nv * nl)
+            for q in range(U(nv)):
+                w0v = _lanes.load(fw, wq + q * U(nl))
+                w1v = _lanes.load(fw, wq + U(wlen) + q * U(nl))
+                xq = xo + q * U(sv)
+                s = xf[xq]
+                p0, q0 = _lanes.fma(p0, s, w0v), _lanes.fma(q0, s, w1v)
+                s = xf[xq + o1]
+                p1, q1 = _lanes.fma(p1, s, w0v), _lanes.fma(q1, s, w1v)
+                s = xf[xq + o2]
+                p2, q2 = _lanes.fma(p2, s, w0v), _lanes.fma(q2, s, w1v)
+                s = xf[xq + o3]
+                p3, q3 = _lanes.fma(p3, s, w0v), _lanes.fma(q3, s, w1v)
+    o, o_1, m0, m1, osd, osw = outs
+    _write(fo, o, (p0, p1, p2, p3), k, m0, osd, osw, nl)
+    _write(fo, o_1, (q0, q1, q2, q3), k, m1, osd, osw, nl)
 
 
 @njit(parallel=True, cache=True)
-def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi):
+def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi, pair_px):
     """out = conv(x, w) + bias, x (N, C, H, W) and out (N, D, Ho, Wo) given as flat
     arrays xf, fo and the shape and element strides of their canonical views, xs =
     (N, C, H, W, s_n, s_c, s_h, s_w), os alike: one kernel for every layout. A kernel
@@ -290,8 +260,9 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi):
     inner level holds the channels). fw: the weight as (D_pad/L, KH*n_u*n_v, L) flat in
     that tap order, L lanes a block, zero beyond D; fb (D_pad,) the bias (zeros
     without one). geo = (KH, KW, s_h, s_w, p_t, p_l, r_h, r_w); output columns
-    j_lo <= j < j_hi have their whole kernel inside the image's columns. One task per
-    output row (module docstring)."""
+    j_lo <= j < j_hi have their whole kernel inside the image's columns. pair_px: the
+    pixels of a pair of blocks' register tile (``PAIR_PIXELS``). One task per output row
+    (module docstring)."""
     n_img, c_all, h, wd, xsn, xsc, xsh, xsw = xs
     _, d_all, ho, wo, osn, osd, osh, osw = os
     kh, kw, sh, sw, pt, pl, rh, rw = geo
@@ -334,27 +305,36 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi):
                 o = U(obase + bp * nl * osd) + U(j) * uosw
                 m0, m1 = min(nl, d_all - bp * nl), min(nl, d_all - (bp + 1) * nl)
                 if k <= PIXELS // 2:           # the row's last few: half a group
+                    if pair and pair_px < PIXELS:
+                        r4 = (x0, rh * xsh, w0, nu * nv * nl, max(0, a_hi - a_lo), k)
+                        _group4x2(xf, fw, _lanes.load(fb, U(bp * nl)),
+                                  _lanes.load(fb, U((bp + 1) * nl)), r4, taps, ps, wlen,
+                                  nl, fo, (o, o + U(nl) * uosd, m0, m1, osd, osw))
+                        break
                     for half in range(1 + pair):
                         mh = m1 if half else m0
                         vs4 = _group4(xf, fw, _lanes.load(fb, U((bp + half) * nl)),
                                       (x0, rh * xsh, w0 + U(half * wlen), nu * nv * nl,
                                        max(0, a_hi - a_lo), k), taps, ps, nl)
-                        oh = o + U(half * nl) * uosd
-                        if osw == 1 and osd > 1 and k == PIXELS // 2 and mh == nl:
-                            _lanes.store_columns(fo, oh, uosd, vs4)
-                        else:
-                            for p, v in enumerate(vs4):
-                                if p < k:
-                                    _put(fo, oh + U(p) * uosw, uosd, v, mh, nl)
+                        _write(fo, o + U(half * nl) * uosd, vs4, k, mh, osd, osw, nl)
                     break
                 rows8 = (x0, rh * xsh, w0, nu * nv * nl, max(0, a_hi - a_lo), k)
-                if pair:
+                if pair and pair_px < PIXELS:  # two halves of 4 pixels x 2 blocks
+                    for h in range(2):
+                        kh4 = min(PIXELS // 2, k - h * (PIXELS // 2))
+                        r4 = (x0 + h * (PIXELS // 2) * ps, rh * xsh, w0, nu * nv * nl,
+                              max(0, a_hi - a_lo), kh4)
+                        oh = o + U(h * (PIXELS // 2)) * uosw
+                        _group4x2(xf, fw, _lanes.load(fb, U(bp * nl)),
+                                  _lanes.load(fb, U((bp + 1) * nl)), r4, taps, ps, wlen,
+                                  nl, fo, (oh, oh + U(nl) * uosd, m0, m1, osd, osw))
+                elif pair:
                     _group8x2(xf, fw, _lanes.load(fb, U(bp * nl)),
                               _lanes.load(fb, U((bp + 1) * nl)), rows8, taps, ps, wlen, nl,
                               fo, (o, o + U(nl) * uosd, m0, m1, osd, osw))
                 else:
                     vs = _group8(xf, fw, _lanes.load(fb, U(bp * nl)), rows8, taps, ps, nl)
-                    _write8(fo, o, vs, k, m0, osd, osw, nl)
+                    _write(fo, o, vs, k, m0, osd, osw, nl)
                 j += k
 
 
@@ -388,22 +368,6 @@ def _packed_weight(w, dtype, taps) -> np.ndarray:
     return np.ascontiguousarray(padded.reshape(-1, blocks, nl).transpose(1, 0, 2)).reshape(-1)
 
 
-@functools.lru_cache(maxsize=256)
-def _prepadded(a) -> bool:
-    """Whether ``forward_lanes`` pads the input first, channels last in either layout
-    (``padded.padded_channels_last``: NCHW layers then run NHWC's longer tap loops):
-    where some output pixels reach into the padding (those run one at a time, at half
-    the rate) and the model time with the copy (``_lanes_time``) is the lower. One
-    thread, CPU time, unpadded -> an NCHW copy: 64 -> 64 3x3 at 7x7 (batch 32) 1.28-1.65
-    -> 1.19-1.30 ms; LeNet's 6 -> 16 5x5 with padding 2 at 14x14 (batch 64) 0.86-0.93 ->
-    0.69-0.71; 32 -> 32 3x3 at 14x14 (2 of 14 pixels in the padding) not padded
-    1.01-1.10 against 1.20-1.22. Two threads, an NCHW copy -> channels last: 64 -> 64
-    at 7x7 0.71-0.75 -> 0.52-0.65 ms, the stem (3 -> 64 7x7) 7.5-7.9 -> 7.1-7.7 ms."""
-    j_lo, j_hi = interior_columns(a)
-    return j_hi - j_lo < a.w_out and \
-        _lanes_time(a, DEFAULT_PROFILE, True)[0] < _lanes_time(a, DEFAULT_PROFILE, False)[0]
-
-
 def forward_lanes(x, w, args, out, bias) -> None:
     """The forward of a ``lanes_applies`` problem: out (layout ``args.dims``, any
     strides; positive ones written in place, ``image_last.strided_flat``) = conv(x, w)
@@ -429,72 +393,6 @@ def forward_lanes(x, w, args, out, bias) -> None:
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
     with parallel_guard():
-        _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, *interior)
+        _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, *interior, PAIR_PIXELS)
     if target is not out:
         out[...] = target
-
-
-def _lanes_time(a, p: Profile, padded: bool) -> tuple[float, float, int]:
-    """(seconds, multiply-adds, bytes of a padded input copy) of ``lanes_cost``'s model,
-    the input padded first or not."""
-    d_pad = a.c_out / _lane_use(a)
-    j_lo, j_hi = (0, a.w_out) if padded else interior_columns(a)
-    full, rest = divmod(j_hi - j_lo, PIXELS)
-    tail = 0 if rest == 0 else 5 if rest <= PIXELS // 2 else PIXELS
-    slots = full * PIXELS + tail + 2 * (a.w_out - (j_hi - j_lo))
-    taps = a.c_in * a.kh * a.kw
-    loops = a.kh * _outer(a, True if padded else None)
-    macs = a.n * a.h_out * slots * d_pad * taps
-    work = macs * (taps + LOOP_TAPS * loops) / taps
-    block_bytes = a.c_in * a.kh * a.kw * _lanes.LANE_BYTES
-    gmacs = LANES_GMACS if block_bytes <= L1_WEIGHT_BYTES else LANES_GMACS_LARGE
-    seconds = p.call_us * 1e-6 + work / (gmacs * 1e9 * p.threads * (4 / a.dtype.itemsize))
-    if not padded:
-        return seconds, macs, 0
-    hp, wp = padded_size(a)
-    copy = a.n * a.c_in * hp * wp * a.dtype.itemsize
-    rows = a.n * hp * (1 if a.dims.channels_last else wp)   # NCHW: a gather per pixel
-    return seconds + copy / (p.copy_gbs * 1e9) + rows * p.copy_row_ns * 1e-9, macs, copy
-
-
-def lanes_cost(a, p: Profile) -> Estimate:
-    """Model time of ``forward_lanes``: the multiply-adds computed (output channels in
-    whole blocks of lanes, each row's interior as groups of 8 pixels, a last group of at
-    most 4 as 5 (measured 0.6 of a group's time), pixels reaching into the padding as 2
-    (4 chains of multiply-adds instead of 8: measured 1.2 to 1.7)), each kernel row's
-    inner tap loops (``_outer``) as ``LOOP_TAPS`` taps more, at ``LANES_GMACS`` per
-    thread (``LANES_GMACS_LARGE`` for a block's weight beyond ``L1_WEIGHT_BYTES``; half
-    for float64), plus the call's fixed cost and, with a padded copy of the input
-    (``_prepadded``: every pixel in groups), the copy at the profile's rates."""
-    padded = _prepadded(a)
-    seconds, macs, copy = _lanes_time(a, p, padded)
-    return Estimate(seconds, copy,
-                    f"direct lanes kernel (no GEMM{', a padded input' if padded else ''}), "
-                    f"{macs / 1e6:.3g}M multiply-adds {1e3 * seconds:.3g} ms")
-
-
-def _left_to_winograd(a) -> bool:
-    """Whether ``a`` is a layer Winograd runs faster (``WINOGRAD_PAIRS``)."""
-    return ((a.kh, a.kw) == (3, 3) and a.stride == (1, 1) and a.dilation == (1, 1)
-            and a.c_in * a.c_out >= WINOGRAD_PAIRS and a.h_out * a.w_out > WINOGRAD_MAP)
-
-
-@functools.lru_cache(maxsize=256)
-def lanes_chosen(args) -> bool:
-    """Whether im2col's forward runs ``forward_lanes``: where it applies
-    (``lanes_applies``), is not left to Winograd (``WINOGRAD_PAIRS``) and, where the
-    direct image-last kernel applies too, its model time (``lanes_cost``) is not above
-    that kernel's (``direct_cost``; both scale with the profile's threads and add its
-    call cost, so the profile does not change the choice: cached per problem).
-    Measured, batch 64, 2 threads, NHWC: 6 -> 16
-    5x5 at 12x12 0.18 vs 0.41 ms (image-last); 6 -> 16 5x5 padding 2 at 14x14 (4 of 14
-    pixels a row in the padding) 0.88 vs 0.56 ms; 6 -> 12 5x5 at 12x12 (12 of 16
-    lanes) 0.22 vs 0.19 ms. NCHW, alternating: 6 -> 16 5x5 at 12x12 0.155 vs 0.18 ms;
-    batch 32, padding 1: 16 -> 16 3x3 at 28x28 0.85 vs 1.19 ms, 32 -> 32 3x3 at 14x14
-    0.83 vs 1.02 ms (NHWC 0.62 vs 1.07 ms)."""
-    if not lanes_applies(args) or _left_to_winograd(args):
-        return False
-    if not direct_forward_applies(args):
-        return True
-    return (lanes_cost(args, DEFAULT_PROFILE).seconds
-            <= direct_cost(args, DEFAULT_PROFILE).seconds)

@@ -13,11 +13,12 @@ from ..._runtime import parallel_guard
 from .._common import view
 from . import strided_pointwise
 from .direct_grad import backward_direct, direct_backward_chosen
-from .direct_lanes import forward_lanes, lanes_chosen
+from .direct_lanes import forward_lanes
 from .fused import forward_fused, fused_tiling
 from .fused_nhwc import forward_fused_nhwc, fused_nhwc_tiling
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .image_last_direct import direct_forward_applies, forward_direct
+from .lanes_plan import lanes_chosen
 from .panels import panel_tiling
 from .pointwise import backward_pointwise, forward_pointwise
 from .shared import applies as shared_applies
