@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import Tensor, gradcheck
+from fastconv import Tensor, _lanes, gradcheck
 from fastconv._args import conv_args_from_shapes
-from fastconv.algos.im2col import direct_grad, drivers
+from fastconv.algos.im2col import direct_grad, drivers, lanes_plan
 from fastconv.algos.im2col.direct_grad import (
     direct_backward_applies,
     direct_backward_chosen,
@@ -21,14 +21,15 @@ from . import reference as ref
 from .conftest import count_calls, from_nhwc, to_nhwc
 
 # (n, c, h, w, d, kernel, stride, padding, dilation, grad_x direct), NCHW / OIHW sizes:
-# 27 taps (a partial group of 8; grad_x by the GEMMs: 3 channels fill too few lanes),
+# 27 taps (a partial group of 8; grad_x by the GEMMs where its 3 channels fill too few
+# lanes: all but float64 with 4 lanes, ``_fills_lanes``),
 # grad_x by the direct forward, stride 2 (four phases, odd sizes) with two blocks of
 # output channels, a rectangular kernel with asymmetric padding and dilation, padding
 # beyond the kernel (output pixels wholly in the padding: grad_x by the GEMMs), 576 taps
 # (several chunks of taps per image run; an uneven last run of images), stride 3 with a
 # 2x2 kernel (phases without taps), strides (2, 1) with column dilation
 CASES = [
-    (4, 3, 7, 9, 16, 3, 1, 1, 1, False),
+    (4, 3, 7, 9, 16, 3, 1, 1, 1, None),
     (5, 16, 6, 7, 16, 3, 1, 1, 1, True),
     (4, 16, 9, 8, 32, 3, 2, 1, 1, True),
     (4, 16, 8, 9, 16, (3, 2), 1, ((2, 0), (1, 1)), (2, 1), True),
@@ -36,7 +37,15 @@ CASES = [
     (6, 64, 4, 4, 16, 3, 1, 1, 1, True),
     (4, 16, 8, 7, 16, 2, 3, 0, 1, True),
     (4, 16, 7, 9, 16, 3, (2, 1), (1, 2), (1, 2), True),
+    (4, 30, 5, 6, 16, 3, 1, 1, 1, True),    # 270 taps: a last group of 6
 ]
+
+
+def _fills_lanes(c, dtype) -> bool:
+    """Whether c channels use ``MIN_LANE_USE`` of the lanes of their registers on this
+    host (the direct forward's rule, which grad_x's direct run follows)."""
+    lanes = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    return c / (-(-c // lanes) * lanes) >= lanes_plan.MIN_LANE_USE
 
 
 def _problem(case, dtype, rng, layout):
@@ -59,14 +68,19 @@ def _canonical(gx, gw, layout):
     return (from_nhwc(gx), gw.transpose(3, 2, 0, 1)) if layout == "NHWC" else (gx, gw)
 
 
+@pytest.mark.parametrize("pair_taps", [4, 8])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_direct_backward_matches_the_reference(case, dtype, layout, rng, monkeypatch):
+def test_direct_backward_matches_the_reference(case, dtype, layout, pair_taps, rng,
+                                               monkeypatch):
+    # either register tile for pairs of blocks, whatever the host's registers
+    monkeypatch.setattr(direct_grad, "PAIR_TAPS", pair_taps)
     x, w, gy, a, kwargs, (gx0, gw0, _) = _problem(case, dtype, rng, layout)
-    assert direct_backward_applies(a) and (input_phases(a) is not None) == case[-1]
+    direct_x = _fills_lanes(case[1], dtype) if case[-1] is None else case[-1]
+    assert direct_backward_applies(a) and (input_phases(a) is not None) == direct_x
     both = direct_backward_chosen(a)    # else the image-last pass forms both gradients
-    assert both or not case[-1]
+    assert both or not direct_x
     calls = count_calls(monkeypatch, drivers, "backward_direct")
     inputs = count_calls(monkeypatch, direct_grad, "input_grad_direct")
     gx, gw, gb = fastconv.conv2d_backward(gy, x, w, layout=layout, algo="im2col", **kwargs)
@@ -74,7 +88,7 @@ def test_direct_backward_matches_the_reference(case, dtype, layout, rng, monkeyp
     gx, gw = _canonical(gx, gw, layout)
     tol = ref.tolerance(dtype, "im2col")
     assert ref.rel_error(gw, gw0) <= tol and ref.rel_error(gx, gx0) <= tol
-    assert len(calls) == int(both) and len(inputs) == int(case[-1])
+    assert len(calls) == int(both) and len(inputs) == int(direct_x)
     # the weight gradient alone
     _, gw1, _ = fastconv.conv2d_backward(gy, x, w, layout=layout, algo="im2col",
                                          needs_input_grad=(False, True, False), **kwargs)
@@ -117,10 +131,11 @@ def test_direct_backward_does_not_apply(x_shape, w_shape, kwargs):
                                                              layout="NHWC", **kwargs))
 
 
-def test_lenets_second_layer_keeps_the_image_last_pass_for_both_gradients():
+def test_lenets_second_layer_keeps_the_image_last_pass_unless_grad_x_runs_direct():
     a = conv_args_from_shapes("t", (64, 6, 14, 14), (16, 6, 5, 5))
-    assert direct_backward_applies(a) and input_phases(a) is None
-    assert not direct_backward_chosen(a) and direct_backward_chosen(a, False)
+    fills = _fills_lanes(6, np.float32)      # grad_x's 6 channels: 8 lanes (AVX2), not 16
+    assert direct_backward_applies(a) and (input_phases(a) is not None) == fills
+    assert direct_backward_chosen(a) == fills and direct_backward_chosen(a, False)
 
 
 def test_the_backward_plan_prices_the_direct_backward(monkeypatch):
