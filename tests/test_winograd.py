@@ -236,7 +236,9 @@ def test_weight_gradient_non_finite_pattern_is_the_direct_one():
 
 def test_threads_share_the_gemm_helpers():
     """Python threads running layers big enough for split GEMMs at once (each split over
-    the helper pool) get the single-threaded results."""
+    the helper pool) get identical results, those of the main thread to rounding (with
+    OpenBLAS's Haswell kernel a thread other than the main one gets other roundings,
+    about 1e-6 relative, as accurate against float64; bitwise the same with SkylakeX's)."""
     import threading
 
     from fastconv import _blas
@@ -261,7 +263,8 @@ def test_threads_share_the_gemm_helpers():
     for t in threads:
         t.join(timeout=120)
     assert not errors and len(results) == 20
-    assert all(np.array_equal(r, want) for r in results)
+    assert all(np.array_equal(r, results[0]) for r in results)
+    assert np.linalg.norm(results[0] - want) <= 1e-5 * np.linalg.norm(want)
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
