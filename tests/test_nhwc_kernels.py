@@ -228,8 +228,8 @@ def test_nhwc_backward_routes_of_small_resnet_layers():
     """NHWC layers of 16 or more input channels per group run im2col's backward through
     its GEMMs and fold, not the image-last copies (LeNet-like layers of fewer channels
     keep them, and NCHW is unchanged); Winograd leaves the weight gradient of NHWC layers
-    of fewer than 128 channels or small images to im2col, and its cost model prices that
-    share."""
+    of fewer channels than ``NHWC_GRAD_W_MIN_CHANNELS`` (128; 32 with AVX2's registers)
+    or small images to im2col, and its cost model prices that share."""
     from fastconv._args import conv_args_from_shapes
     from fastconv.algos import winograd
     from fastconv.algos.im2col import image_last, image_last_tile
@@ -245,14 +245,17 @@ def test_nhwc_backward_routes_of_small_resnet_layers():
     assert image_last_tile(args(16, 32, "NCHW")) >= 2
     assert image_last_tile(args(16, 32, "NHWC")) == 0
     assert image_last_tile(args(below - 1, 16, "NHWC")) >= 2
-    assert winograd.grad_w_supported(args(32, 32, "NCHW"))
-    assert not winograd.grad_w_supported(args(32, 32, "NHWC"))
-    assert winograd.grad_w_supported(args(128, 128, "NHWC"))      # wide: Winograd's
-    assert not winograd.grad_w_supported(args(128, 128, "NHWC", h=8))   # small images
-    assert registry.get("winograd").grads(args(32, 32, "NCHW")) == (True, True)
-    assert registry.get("winograd").grads(args(32, 32, "NHWC")) == (True, False)
+    wide = winograd.drivers.NHWC_GRAD_W_MIN_CHANNELS
+    assert winograd.drivers.NHWC_GRAD_W_MIN_PIXELS <= 14 * 14
+    narrow = wide // 2
+    assert winograd.grad_w_supported(args(narrow, narrow, "NCHW"))
+    assert not winograd.grad_w_supported(args(narrow, narrow, "NHWC"))
+    assert winograd.grad_w_supported(args(wide, wide, "NHWC"))    # wide: Winograd's
+    assert not winograd.grad_w_supported(args(wide, wide, "NHWC", h=6))   # small images
+    assert registry.get("winograd").grads(args(narrow, narrow, "NCHW")) == (True, True)
+    assert registry.get("winograd").grads(args(narrow, narrow, "NHWC")) == (True, False)
     assert "Winograd grad_x, the rest with im2col" in \
-        registry.get("winograd").backward_cost(args(32, 32, "NHWC"),
+        registry.get("winograd").backward_cost(args(narrow, narrow, "NHWC"),
                                                fastconv.costs.DEFAULT_PROFILE).detail
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import _blas
+from ... import _blas, _lanes
 from .. import _nhwc
 from . import nhwc
 from .dilated import backward_phases, phase_problems
@@ -53,9 +53,14 @@ def grad_x_supported(args) -> bool:
 #: core, weight gradient alone, Winograd / im2col time: 16 -> 16 at 28x28 (batch 32)
 #: 5.3, 64 -> 64 at 7x7 2.2, 32 -> 32 at 32x32 (batch 64) 1.5, 64 -> 64 at 14x14 1.5,
 #: 64 -> 64 at 56x56 (batch 16) 1.2, 128 -> 128 at 8x8 (batch 64) 1.24, 64 -> 64 at
-#: 16x16 0.87, 128 -> 128 at 28x28 (batch 16) 0.79, 256 -> 256 at 14x14 0.72.
-NHWC_GRAD_W_MIN_CHANNELS = 128
-NHWC_GRAD_W_MIN_PIXELS = 14 * 14
+#: 16x16 0.87, 128 -> 128 at 28x28 (batch 16) 0.79, 256 -> 256 at 14x14 0.72. With
+#: 256-bit registers (AVX2: 2-core AMD EPYC, 2 threads, best of 5, two runs) the direct
+#: weight gradient's rate halves and the bounds come down: 32 -> 32 at 32x32 (batch 64)
+#: 0.70, 64 -> 64 at 16x16 0.43-0.54, 32 -> 32 at 14x14 (batch 32) 0.83-0.88, 64 -> 64
+#: at 7x7 0.65-0.66, 64 -> 64 at 56x56 (batch 16) 0.37; 16 -> 16 at 28x28 0.89-1.01,
+#: 128 -> 128 at 8x8 (batch 64) 0.97.
+NHWC_GRAD_W_MIN_CHANNELS = 128 if _lanes.LANE_BYTES == 64 else 32
+NHWC_GRAD_W_MIN_PIXELS = 14 * 14 if _lanes.LANE_BYTES == 64 else 7 * 7
 
 
 def grad_w_supported(args) -> bool:
