@@ -68,14 +68,10 @@ def _canonical(gx, gw, layout):
     return (from_nhwc(gx), gw.transpose(3, 2, 0, 1)) if layout == "NHWC" else (gx, gw)
 
 
-@pytest.mark.parametrize("pair_taps", [4, 8])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_direct_backward_matches_the_reference(case, dtype, layout, pair_taps, rng,
-                                               monkeypatch):
-    # either register tile for pairs of blocks, whatever the host's registers
-    monkeypatch.setattr(direct_grad, "PAIR_TAPS", pair_taps)
+def test_direct_backward_matches_the_reference(case, dtype, layout, rng, monkeypatch):
     x, w, gy, a, kwargs, (gx0, gw0, _) = _problem(case, dtype, rng, layout)
     direct_x = _fills_lanes(case[1], dtype) if case[-1] is None else case[-1]
     assert direct_backward_applies(a) and (input_phases(a) is not None) == direct_x

@@ -15,9 +15,10 @@ each with one input value in every lane; blocks go in pairs where there are two,
 input value loaded once for both (``_pair_band``: 16 registers; alternating, 2 threads,
 grad_w alone: 64 -> 64 3x3 at 7x7 (batch 32) 0.90 -> 0.77 ms NCHW, 0.77 -> 0.66 NHWC;
 32 -> 32 at 14x14 0.70-0.74 -> 0.64 ms; 16 -> 16, one block, level). With AVX2's 16
-registers a pair runs each half of a group of taps in 8 (``_pair_band4``, ``PAIR_TAPS``;
-2-core AMD EPYC, best of 5 over two processes: 32 -> 32 at 32x32 (batch 64) 18.8 ->
-15.2 ms, at 14x14 (batch 32) 1.79 -> 1.44, 16 -> 16 at 28x28 1.77 -> 1.45). The padded copy
+registers the pair's 16 accumulators spill, yet two passes of 4 taps x 2 blocks measured
+no faster (2-core AMD EPYC, calls alternating, 2 threads: 6 -> 16 5x5 at 8x8 (batch 64)
+0.67 against 0.60 ms, 64 -> 64 at 7x7 3.4 against 3.1, 32 -> 32 at 32x32 21.7 against
+23.7). The padded copy
 takes the bounds checks out of the loop. Each run of images sums into its own float32
 partial; the partials are added in order in float64, so the result does not depend on
 the thread count. grad_y's output channels must fill whole blocks
@@ -61,10 +62,6 @@ from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Taps accumulated at once (the weight-gradient kernel's 8 registers).
 TAPS = 8
-#: Taps of the register tile of a pair of blocks of output channels: 8 (``_pair_band``,
-#: 16 accumulators) where the host has 32 vector registers (AVX-512), else 4 twice a group
-#: (``_pair_band4``, 8 accumulators; AVX2 has 16 registers).
-PAIR_TAPS = TAPS if _lanes.LANE_BYTES == 64 else 4
 #: A run of images (one partial sum of the weight gradient) holds at most about this many
 #: bytes of padded input and grad_y ...
 PART_BYTES = 2 * 1024 * 1024
@@ -174,41 +171,6 @@ def _pair_band(part, a0, a1, k, xp, gf, o, rows, wo, step, d_all):
         _lanes.store(part, a1 + U(p * nl), u[p])
 
 
-@njit(cache=True)
-def _pair_band4(part, a0, a1, k, xp, gf, o, rows, wo, step, d_all):
-    """``_pair_band`` for a group of k <= 4 taps (offsets o[:4]) in 8 registers, for
-    hosts with 16 vector registers (AVX2), out of which ``_pair_band``'s 16 spill
-    (``PAIR_TAPS``)."""
-    x0, xrow, g0, grow, i_lo, i_hi = rows
-    nl = _lanes.count(part)
-    f = _lanes.fma
-    o0, o1, o2, o3 = o[0], o[1], o[2], o[3]
-    b1, b2, b3 = U(nl if k > 1 else 0), U(2 * nl if k > 2 else 0), U(3 * nl if k > 3 else 0)
-    v0, v1 = _lanes.load(part, a0), _lanes.load(part, a0 + b1)
-    v2, v3 = _lanes.load(part, a0 + b2), _lanes.load(part, a0 + b3)
-    u0, u1 = _lanes.load(part, a1), _lanes.load(part, a1 + b1)
-    u2, u3 = _lanes.load(part, a1 + b2), _lanes.load(part, a1 + b3)
-    for i in range(i_lo, i_hi):
-        xb = U(x0 + i * xrow)
-        gb = U(g0 + i * grow)
-        for _j in range(wo):
-            gv0, gv1 = _lanes.load(gf, gb), _lanes.load(gf, gb + U(nl))
-            s = xp[xb + o0]
-            v0, u0 = f(v0, s, gv0), f(u0, s, gv1)
-            s = xp[xb + o1]
-            v1, u1 = f(v1, s, gv0), f(u1, s, gv1)
-            s = xp[xb + o2]
-            v2, u2 = f(v2, s, gv0), f(u2, s, gv1)
-            s = xp[xb + o3]
-            v3, u3 = f(v3, s, gv0), f(u3, s, gv1)
-            xb += step
-            gb += U(d_all)
-    for p, (vp, up) in enumerate(((v0, u0), (v1, u1), (v2, u2), (v3, u3))):
-        if p < k:
-            _lanes.store(part, a0 + U(p * nl), vp)
-            _lanes.store(part, a1 + U(p * nl), up)
-
-
 @njit(inline="always")
 def _fma8x2(v, u, xp, xb, o, g0, g1):
     """``_fma8`` for two blocks of output channels: each input value loaded once for
@@ -223,7 +185,7 @@ def _fma8x2(v, u, xp, xb, o, g0, g1):
 
 
 @njit(parallel=True, cache=True)
-def _grad_w_parts(xp, ps, gf, gs, toff, part, geo, pair_taps):
+def _grad_w_parts(xp, ps, gf, gs, toff, part, geo):
     """part (P, D/L, T, L) flat, fully written: part[q, blk, t, :] = sum over the images
     of run q (``per`` images each) and their output pixels of xp[pixel's window, tap t]
     * gf[pixel, blk*L : (blk+1)*L]. xp (N, Hp, Wp, C) and gf (N, Ho, Wo, D) flat with
@@ -233,8 +195,7 @@ def _grad_w_parts(xp, ps, gf, gs, toff, part, geo, pair_taps):
     part (in L1); per band of ``band`` output rows of an image, each group of ``TAPS``
     taps of the chunk is loaded into registers, summed over the band's pixels (whose
     input and grad_y rows stay in L1 for the chunk's groups) and stored. A pair loads
-    each input value once for both blocks: ``_pair_band`` (8 taps), or, with pair_taps
-    4, ``_pair_band4`` on each half of the group (``PAIR_TAPS``)."""
+    each input value once for both blocks (``_fma8x2``)."""
     n_img, hp, wp, c_all = ps
     _, ho, wo, d_all = gs
     sh, sw, per, band, chunk = geo
@@ -266,14 +227,6 @@ def _grad_w_parts(xp, ps, gf, gs, toff, part, geo, pair_taps):
                     a0 = base + U(t0 * nl)
                     rows = (n * hp * wp * c_all, sh * wp * c_all, (n * ho) * wo * d_all
                             + blk * nl, wo * d_all, i0, min(ho, i0 + band))
-                    if two and pair_taps < TAPS:
-                        a1 = other + U(t0 * nl)
-                        _pair_band4(part, a0, a1, min(k, 4), xp, gf, o[:4], rows, wo,
-                                    step, d_all)
-                        if k > 4:
-                            _pair_band4(part, a0 + U(4 * nl), a1 + U(4 * nl), k - 4, xp,
-                                        gf, o[4:], rows, wo, step, d_all)
-                        continue
                     if two:
                         _pair_band(part, a0, other + U(t0 * nl), k, xp, gf, o, rows, wo,
                                    step, d_all)
@@ -326,8 +279,7 @@ def weight_grad_hwio(x, gy_nhwc, a) -> np.ndarray:
     xp = padded_channels_last(x, a, "direct_grad.xp").reshape(-1)
     with parallel_guard():
         _grad_w_parts(xp, ps, gy_nhwc.reshape(-1), gy_nhwc.shape, _tap_offsets(a, wp),
-                      part, (a.stride[0], a.stride[1], per, _band(a), _chunk(a)),
-                      PAIR_TAPS)
+                      part, (a.stride[0], a.stride[1], per, _band(a), _chunk(a)))
     sums = view(part, (runs, a.c_out // nl, taps, nl)).sum(axis=0, dtype=np.float64)
     return sums.transpose(1, 0, 2).reshape(a.kh, a.kw, a.c_in, a.c_out)
 
