@@ -72,6 +72,7 @@ def _canonical(gx, gw, layout):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_direct_backward_matches_the_reference(case, dtype, layout, rng, monkeypatch):
+    monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)   # the direct kernels
     x, w, gy, a, kwargs, (gx0, gw0, _) = _problem(case, dtype, rng, layout)
     direct_x = _fills_lanes(case[1], dtype) if case[-1] is None else case[-1]
     assert direct_backward_applies(a) and (input_phases(a) is not None) == direct_x
@@ -127,11 +128,29 @@ def test_direct_backward_does_not_apply(x_shape, w_shape, kwargs):
                                                              layout="NHWC", **kwargs))
 
 
-def test_lenets_second_layer_keeps_the_image_last_pass_unless_grad_x_runs_direct():
+def test_lenets_second_layer_keeps_the_image_last_pass_unless_grad_x_runs_direct(
+        monkeypatch):
     a = conv_args_from_shapes("t", (64, 6, 14, 14), (16, 6, 5, 5))
+    monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)
     fills = _fills_lanes(6, np.float32)      # grad_x's 6 channels: 8 lanes (AVX2), not 16
     assert direct_backward_applies(a) and (input_phases(a) is not None) == fills
     assert direct_backward_chosen(a) == fills and direct_backward_chosen(a, False)
+    # hosts of 256-bit registers: the image-last pass wherever it applies
+    monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", True)
+    assert not direct_backward_chosen(a) and not direct_backward_chosen(a, False)
+    nhwc = conv_args_from_shapes("t", (32, 14, 14, 32), (3, 3, 32, 32), padding=1,
+                                 layout="NHWC")      # no image-last pass: direct
+    assert direct_backward_chosen(nhwc, False)
+
+
+def test_the_backward_runs_the_image_last_pass_where_preferred(rng, monkeypatch):
+    monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", True)
+    x, w, gy, a, kwargs, (gx0, gw0, _) = _problem(CASES[1], np.float64, rng, "NCHW")
+    calls = count_calls(monkeypatch, drivers, "backward_direct")
+    gx, gw, _ = fastconv.conv2d_backward(gy, x, w, algo="im2col", **kwargs)
+    tol = ref.tolerance(np.float64, "im2col")
+    assert ref.rel_error(gx, gx0) <= tol and ref.rel_error(gw, gw0) <= tol
+    assert not calls
 
 
 def test_the_backward_plan_prices_the_direct_backward(monkeypatch):

@@ -80,6 +80,9 @@ MAX_CHANNELS = 64
 #: for the cost model: 35 to 48 measured on the small ResNets' layers (2 threads,
 #: batch 32, 16 -> 16 3x3 at 28x28 up to 64 -> 64 at 7x7).
 GRAD_W_GMACS = 40.0
+#: Whether the image-last pass takes every layer it applies to (``direct_backward_chosen``):
+#: with 256-bit registers (AVX2), where the direct kernels measured 1.6-2.8x slower.
+PREFER_IMAGE_LAST = _lanes.LANE_BYTES < 64
 
 
 def direct_backward_applies(args) -> bool:
@@ -97,8 +100,16 @@ def direct_backward_chosen(args, with_grad_x: bool = True) -> bool:
     """Whether im2col's backward runs ``backward_direct``: where it applies, unless
     grad_x is wanted, the direct forward cannot run it (``input_phases``) and the
     image-last path forms both gradients in one pass (``image_last_tile``: LeNet's 6 ->
-    16 5x5, NCHW, batch 64: 1.23 ms for both, direct grad_w + image-last grad_x 1.28)."""
+    16 5x5, NCHW, batch 64: 1.23 ms for both, direct grad_w + image-last grad_x 1.28).
+    With 256-bit registers (AVX2, ``PREFER_IMAGE_LAST``) the image-last pass runs
+    wherever it applies, for one gradient or both: 2-core AMD EPYC, 2 threads, calls
+    alternating, direct / image-last with grad_x, grad_w alone: LeNet's 6 -> 16 5x5
+    NCHW 2.51 / 0.90 ms, 1.11 / 0.41; NHWC 2.64 / 1.12, 1.26 / 0.53; 16 -> 16 3x3 at
+    28x28 (batch 32) 8.8 / 5.4, 6.0 / 2.8; 16 -> 32 15.1 / 7.7; 32 -> 32 at 14x14 8.3 /
+    4.7; NHWC 8 -> 16 at 28x28 4.5 / 2.8."""
     if not direct_backward_applies(args):
+        return False
+    if PREFER_IMAGE_LAST and image_last_tile(args, with_grad_x):
         return False
     return not with_grad_x or input_phases(args) is not None \
         or not image_last_tile(args, True)
