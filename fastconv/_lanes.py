@@ -5,8 +5,8 @@ straight-line (SLP) vectoriser, so a kernel that wants a few accumulators of a h
 of contiguous outputs each (one register each, over a long loop of taps) cannot say so
 in plain numba: short lane loops are unrolled into scalar code, or the tap loop is
 vectorised as a reduction. ``Lanes`` is an LLVM vector of ``LANE_BYTES`` bytes (one
-AVX-512 register where the host has AVX-512, else one AVX register), so such a kernel
-keeps its accumulators in registers:
+AVX-512 register where the host has AVX-512, else one AVX register; ``WIDE`` says
+which), so such a kernel keeps its accumulators in registers:
 
 * ``load(a, i)``: the lanes a[i : i + count] of a 1-D contiguous float array (no bounds
   check: the caller keeps i + count <= a.size); ``load_f64(a, i)``: a[i : i + k] as a
@@ -55,6 +55,9 @@ def _vector_bytes() -> int:
 
 #: Bytes of one ``Lanes`` vector.
 LANE_BYTES = _vector_bytes()
+#: Whether the host has AVX-512's 32 vector registers (else AVX's 16): kernels size their
+#: register tiles, and planners the bounds measured per register file, by it.
+WIDE = LANE_BYTES == 64
 
 
 class Lanes(types.Type):

@@ -56,7 +56,7 @@ def test_plan_fields():
     # 256-bit registers the direct kernel's model wins (AVX2, 2-core AMD EPYC, measured
     # best of 9: naive 0.55 ms, im2col 0.50-0.53: within 10%)
     ((32, 28, 28, 1), (3, 3, 1, 16), dict(padding=1, layout="NHWC"),
-     "im2col" if _lanes.LANE_BYTES == 64 else "naive"),
+     "im2col" if _lanes.WIDE else "naive"),
 ])
 def test_default_profile_choices(x_shape, w_shape, kwargs, want):
     assert fastconv.choose_algorithm(x_shape, w_shape, **kwargs) == want

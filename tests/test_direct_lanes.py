@@ -182,7 +182,7 @@ def test_the_driver_weighs_the_two_direct_kernels(x_shape, w_shape, padding, lay
                                                   monkeypatch):
     a = conv_args_from_shapes("t", x_shape, w_shape, padding=padding, layout=layout)
     assert lanes_applies(a)
-    if _lanes.LANE_BYTES == 64:           # the measured choices (AVX-512)
+    if _lanes.WIDE:                       # the measured choices (AVX-512)
         assert lanes_chosen(a) == chosen
     # the choice follows the model times; the plan names the kernel that runs
     try:

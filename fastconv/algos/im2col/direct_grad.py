@@ -82,7 +82,7 @@ MAX_CHANNELS = 64
 GRAD_W_GMACS = 40.0
 #: Whether the image-last pass takes every layer it applies to (``direct_backward_chosen``):
 #: with 256-bit registers (AVX2), where the direct kernels measured 1.6-2.8x slower.
-PREFER_IMAGE_LAST = _lanes.LANE_BYTES < 64
+PREFER_IMAGE_LAST = not _lanes.WIDE
 
 
 def direct_backward_applies(args) -> bool:

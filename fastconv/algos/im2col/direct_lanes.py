@@ -60,7 +60,7 @@ from .padded import padded_channels_last
 #: best of 9): the stem (3 -> 64 7x7 stride 2) 22.6-25.4 -> 14.6-17.2 ms, 16 -> 16 3x3
 #: at 28x28 (batch 32) 1.57-1.63 -> 1.19-1.27 ms NCHW, 32 -> 32 at 14x14 1.35-1.42 ->
 #: 1.00-1.12, 64 -> 64 at 7x7 1.64-1.66 -> 1.06-1.07.
-PAIR_PIXELS = 8 if _lanes.LANE_BYTES == 64 else 4
+PAIR_PIXELS = 8 if _lanes.WIDE else 4
 
 
 @njit(inline="always")

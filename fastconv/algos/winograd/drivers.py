@@ -59,8 +59,8 @@ def grad_x_supported(args) -> bool:
 #: 0.70, 64 -> 64 at 16x16 0.43-0.54, 32 -> 32 at 14x14 (batch 32) 0.83-0.88, 64 -> 64
 #: at 7x7 0.65-0.66, 64 -> 64 at 56x56 (batch 16) 0.37; 16 -> 16 at 28x28 0.89-1.01,
 #: 128 -> 128 at 8x8 (batch 64) 0.97.
-NHWC_GRAD_W_MIN_CHANNELS = 128 if _lanes.LANE_BYTES == 64 else 32
-NHWC_GRAD_W_MIN_PIXELS = 14 * 14 if _lanes.LANE_BYTES == 64 else 7 * 7
+NHWC_GRAD_W_MIN_CHANNELS = 128 if _lanes.WIDE else 32
+NHWC_GRAD_W_MIN_PIXELS = 14 * 14 if _lanes.WIDE else 7 * 7
 
 
 def grad_w_supported(args) -> bool:
