@@ -1,5 +1,5 @@
-"""A dilated NCHW layer's Winograd backward with its phases as one batch
-(``winograd.phase_batch``), and its forward on strided views of the phases
+"""A dilated NCHW layer's Winograd forward and backward with its phases as one batch
+(``winograd.phase_batch``), other dilated layers' forward on strided views of the phases
 (``drivers._run``): which layers batch, and the results against the reference over
 dilations, paddings, groups, bias, dtypes and both tile sizes; non-finite input."""
 
@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv._args import conv_args_from_shapes
+from fastconv.algos.winograd import cost as winograd_cost
 from fastconv.algos.winograd import phase_batch
+from fastconv.costs import load_profile
 
 from . import reference as ref
 from .conftest import count_calls
@@ -42,14 +45,27 @@ def test_which_layers_batch_their_phases(size, out, pads, dilation, uniform):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=_ids)
-def test_forward_on_phase_views_matches_reference(case, dtype, tile, monkeypatch):  # noqa: F811
+def test_batched_forward_matches_reference(case, dtype, tile, monkeypatch):  # noqa: F811
     x, wt, b, a, kw = _arrays(case, dtype)
     calls = count_calls(monkeypatch, phase_batch, "_phase_copy")
     got = fastconv.conv2d(x, wt, b, algo="winograd", **kw)
     want = ref.conv2d(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
-    assert calls == []      # no copies
+    assert len(calls) == 2      # x's phases in, y's out
     assert got.dtype == dtype and got.shape == want.shape
     assert ref.rel_error(got, want) <= (1e-13 if dtype == np.float64 else F32_TOL[tile])
+
+
+@pytest.mark.parametrize("case", [(1, 2, 6, 6, 3, 1, 1, 2), (2, 4, 7, 6, 2, 2, 2, 2),
+                                  (1, 2, 9, 9, 2, (1, 3), 1, 3)], ids=_ids)
+def test_forward_of_other_phases_runs_on_views(case, monkeypatch):
+    """Phases padded differently or of different sizes: one run per phase on strided
+    views of x and y, no copies."""
+    x, wt, b, a, kw = _arrays(case, np.float64)
+    calls = count_calls(monkeypatch, phase_batch, "_phase_copy")
+    got = fastconv.conv2d(x, wt, b, algo="winograd", **kw)
+    want = ref.conv2d(x, wt, b, a.stride, a.padding, a.dilation, a.groups)
+    assert calls == []
+    assert ref.rel_error(got, want) <= 1e-13
 
 
 def test_gather_and_scatter_are_inverse():
@@ -95,11 +111,14 @@ def test_batched_backward_matches_reference(case, dtype, needs, monkeypatch):
 def test_batched_gradients_match_finite_differences(monkeypatch):
     """float64 central differences through conv2d (padding 2, dilation 2, batched)."""
     x, wt, b, _, kw = _arrays((1, 2, 6, 4, 2, 2, 1, 2), np.float64)
+    forwards = count_calls(monkeypatch, phase_batch, "forward_batched")
     calls = count_calls(monkeypatch, phase_batch, "_phase_copy")
     inputs = [fastconv.Tensor(v, requires_grad=True) for v in (x, wt, b)]
     assert fastconv.gradcheck(lambda x, w, b: fastconv.nn.functional.conv2d(
         x, w, b, algo="winograd", **kw), inputs)
-    assert calls and len(calls) % 3 == 0    # per backward: grad_y and x in, grad_x out
+    # per forward: x in, y out; per backward: grad_y and x in, grad_x out
+    backwards = len(calls) - 2 * len(forwards)
+    assert forwards and backwards > 0 and backwards % 3 == 0
 
 
 @pytest.mark.parametrize("case", [(1, 2, 6, 6, 3, 1, 1, 2), (1, 2, 7, 6, 3, 2, 1, 2)],
@@ -116,14 +135,17 @@ def test_other_phases_run_one_by_one(case, monkeypatch):
     assert all(ref.rel_error(g, want) <= 1e-12 for g, want in zip(got, wants, strict=True))
 
 
-@pytest.mark.parametrize("dilation,layout,says", [
-    (2, "NCHW", True), (1, "NCHW", False), (2, "NHWC", True)])
-def test_plan_says_the_phases_run_in_place(dilation, layout, says):
+@pytest.mark.parametrize("dilation,padding,layout,says", [
+    (2, 2, "NCHW", "4 phases as one batch"), (2, 1, "NCHW", "4 phases in place"),
+    (1, 2, "NCHW", None), (2, 2, "NHWC", "4 phases in place")])
+def test_cost_model_says_how_the_phases_run(dilation, padding, layout, says):
     x, w = ((16, 64, 56, 56), (64, 64, 3, 3)) if layout == "NCHW" else \
         ((16, 56, 56, 64), (3, 3, 64, 64))
-    why = fastconv.plan(x, w, padding=2, dilation=dilation, layout=layout).why
-    assert why.startswith("winograd")
-    assert ("4 phases in place" in why) is says
+    a = conv_args_from_shapes("conv2d", x, w, padding=padding, dilation=dilation,
+                              layout=layout)
+    detail = winograd_cost.cost(a, load_profile()).detail
+    assert ("phases" in detail) is (says is not None)
+    assert says is None or says in detail
 
 
 @pytest.mark.parametrize("padding,layout,says", [

@@ -61,11 +61,15 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
         gemm = gemm_seconds(peak, cols, cg, dg, t * a.groups * chunks, item)
     moved = t * (a.c_in + a.c_out) * tiles * item
     transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
-    # copies to NCHW for other layouts (a dilated layer's phases are read and written in
-    # place, on strided views in NCHW: ``drivers._run``)
+    # copies to NCHW for other layouts; a dilated NCHW layer's phases gathered into one
+    # batch and scattered back when they are the same problem (``drivers._run``)
     copies = a.layout not in LAYOUTS
-    phased = "" if a.dilation == (1, 1) else \
-        f", {a.dilation[0] * a.dilation[1]} phases in place"
+    phased = ""
+    if a.dilation != (1, 1):
+        batched = phase_batch.batches(a)
+        copies += batched
+        phased = f", {a.dilation[0] * a.dilation[1]} phases " + \
+            ("as one batch" if batched else "in place")
     io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
     secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US / threads) * 1e-6 + gemm \

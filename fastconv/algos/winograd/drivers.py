@@ -14,7 +14,7 @@ import numpy as np
 
 from ... import _blas, _lanes
 from .. import _nhwc
-from . import nhwc
+from . import nhwc, phase_batch
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
 from .kernel import _grad_x_kernel, transform_kernel
@@ -142,14 +142,17 @@ def _run(x, u, y, bias, pads, groups, m, dilation, channels_last=False) -> bool:
     """F(m x m, 3x3) of x into y, both contiguous in one layout (``channels_last``:
     NHWC, ``nhwc.run_nhwc``; else NCHW, ``_run_nchw``), for any dilation (dh, dw).
     Dilated, the outputs y[.., rho_h::dh, rho_w::dw] of each phase are an undilated 3x3
-    correlation of the input phase x[.., sigma_h::dh, sigma_w::dw] (``phases``), read
-    and written in place: NHWC by its kernels' phase arguments, NCHW by running the
-    transforms on strided views of x and y (copies of the phases cost more: the dilation-2
-    bench layer 0.83x the time of one batch of gathered phases, 2 threads).
-    Returns whether every output is finite."""
+    correlation of the input phase x[.., sigma_h::dh, sigma_w::dw] (``phases``): NHWC
+    reads and writes them in place (its kernels' phase arguments); NCHW runs them as one
+    batch when they are all the same problem (``phase_batch.forward_batched``), else
+    each on strided views of x and y. Returns whether every output is finite."""
     run = nhwc.run_nhwc if channels_last else _run_nchw
     if dilation == (1, 1):
         return run(x, u, y, bias, pads, groups, m)
+    if not channels_last:
+        finite = phase_batch.forward_batched(x, u, y, bias, pads, groups, m, dilation, run)
+        if finite is not None:
+            return finite
     dh, dw = dilation
     ho, wo = (y.shape[1:3] if channels_last else y.shape[2:])
     finite = True
