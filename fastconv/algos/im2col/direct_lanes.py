@@ -13,19 +13,25 @@ each with one input value in every lane, and the weight stays in L1. Blocks run 
 pairs where there are two, each input value loaded once for both: 8 pixels x 2 blocks
 (``_group8x2``, 16 accumulators; 5-18% faster on the small ResNets' stride-2 layers)
 with AVX-512's 32 registers, 4 pixels x 2 blocks twice (``_group4x2``) with AVX2's 16
-(``PAIR_PIXELS``). The 8 pixels' inputs lie s_w column
-strides apart. A kernel row's taps run as two nested loops, each with its own input
-stride, and the weight is packed in the same order (layout as data, ``_tap_order``):
-NHWC without column dilation: one run of KW*C contiguous values; otherwise the longer
-of the kernel columns and the channels inner. The 8 pixels must lie inside the image's
-columns (a row's last few repeat the first pixel's taps and drop those sums; at most 4
-run in 4 accumulators, ``_group4``); pixels whose kernel reaches into the left or right
-padding run one at a time over their valid columns, unless the input is first copied
-zero-padded and channels last (``_prepadded``). Rows of taps outside the image are
-skipped. The bias starts each accumulator; output channels beyond C_out (up to a whole
-block) are computed from zero weights and not written. An output pixel's lanes are one
-vector store in NHWC; in NCHW a group's 8 registers are written transposed, as runs of
-8 pixels per channel (``_lanes.store_columns``; 1.05-1.1x faster than lane by lane).
+(``PAIR_PIXELS``). The 8 pixels' inputs lie s_w column strides apart. The taps are
+ordered per kernel row as two nested levels, each with its own input stride, and the
+weight is packed in the same order (layout as data, ``_tap_order``): NHWC without column
+dilation: one run of KW*C contiguous values; otherwise the longer of the kernel columns
+and the channels inner. A register tile runs them as one flat loop over a table of their
+input offsets (``_tap_offsets``): with the levels as nested loops, LLVM kept one pointer
+per pixel as a loop variable, spilled them to the stack and updated them there on every
+tap (LeNet's 6 -> 16 5x5 layer and 16 -> 16 3x3 at 28x28 ran 1.35-1.65x slower; AMD EPYC
+with AVX-512).
+
+The 8 pixels must lie inside the image's columns (a row's last few repeat the first
+pixel's taps and drop those sums; at most 4 run in 4 accumulators, ``_group4``); pixels
+whose kernel reaches into the left or right padding run one at a time over their valid
+columns, unless the input is first copied zero-padded and channels last
+(``_prepadded``). Rows of taps outside the image are skipped. The bias starts each
+accumulator; output channels beyond C_out (up to a whole block) are computed from zero
+weights and not written. An output pixel's lanes are one vector store in NHWC; in NCHW a
+group's 8 registers are written transposed, as runs of 8 pixels per channel
+(``_lanes.store_columns``; 1.05-1.1x faster than lane by lane).
 
 >>> import numpy as np
 >>> from fastconv import conv2d
@@ -112,26 +118,22 @@ def _edge_pixel(xf, fw, v, xrow, wrow, taps, cols, nl):
 
 
 @njit(inline="always")
-def _group4(xf, fw, v0, rows, taps, ps, nl):
+def _group4(xf, fw, v0, rows, ps, nl):
     """A group of at most 4 pixels (a row's last): v0 + their sums in 4 accumulators,
-    pixel 0's taps repeated beyond the k real ones. rows = (x0, x_a, w0, w_a, count,
-    k): the offsets of the first kernel row's input (pixel 0) and weight and their steps
-    per kernel row."""
-    nu, su, nv, sv, _ = taps
-    x0, xa, w0, wa, n_rows, k = rows
+    pixel 0's taps repeated beyond the k real ones. rows = (x0, toff, t_lo, t_hi, w0,
+    k): the taps t_lo <= t < t_hi, tap t reading input x0 + toff[t] (pixel 0; x0 the
+    offset of its tap (0, 0, 0), outside the image when t_lo > 0) and weight
+    w0 + t * lanes."""
+    x0, toff, t_lo, t_hi, w0, k = rows
     o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
     v1, v2, v3 = v0, v0, v0
-    for a in range(U(n_rows)):
-        for u in range(U(nu)):
-            xo = U(x0) + a * U(xa) + u * U(su)
-            wq = U(w0) + a * U(wa) + u * U(nv * nl)
-            for q in range(U(nv)):
-                wv = _lanes.load(fw, wq + q * U(nl))
-                xq = xo + q * U(sv)
-                v0 = _lanes.fma(v0, xf[xq], wv)
-                v1 = _lanes.fma(v1, xf[xq + o1], wv)
-                v2 = _lanes.fma(v2, xf[xq + o2], wv)
-                v3 = _lanes.fma(v3, xf[xq + o3], wv)
+    for t in range(U(t_lo), U(t_hi)):
+        wv = _lanes.load(fw, U(w0) + t * U(nl))
+        xq = U(x0 + toff[t])
+        v0 = _lanes.fma(v0, xf[xq], wv)
+        v1 = _lanes.fma(v1, xf[xq + o1], wv)
+        v2 = _lanes.fma(v2, xf[xq + o2], wv)
+        v3 = _lanes.fma(v3, xf[xq + o3], wv)
     return v0, v1, v2, v3
 
 
@@ -148,109 +150,94 @@ def _write(fo, o, vs, k, m, osd, osw, nl):
 
 
 @njit(inline="always")
-def _group8(xf, fw, v0, rows, taps, ps, nl):
+def _group8(xf, fw, v0, rows, ps, nl):
     """A group of k <= 8 pixels ps input elements apart (pixel 0's taps repeated beyond
     the real ones, ``_offset``): v0 + their sums in 8 accumulators; rows as
     ``_group4``'s."""
-    nu, su, nv, sv, _ = taps
-    x0, xa, w0, wa, n_rows, k = rows
+    x0, toff, t_lo, t_hi, w0, k = rows
     o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
     o4, o5 = _offset(4, k, ps), _offset(5, k, ps)
     o6, o7 = _offset(6, k, ps), _offset(7, k, ps)
     v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
-    for a in range(U(n_rows)):
-        for u in range(U(nu)):
-            xo = U(x0) + a * U(xa) + u * U(su)
-            wq = U(w0) + a * U(wa) + u * U(nv * nl)
-            for q in range(U(nv)):
-                wv = _lanes.load(fw, wq + q * U(nl))
-                xq = xo + q * U(sv)
-                v0 = _lanes.fma(v0, xf[xq], wv)
-                v1 = _lanes.fma(v1, xf[xq + o1], wv)
-                v2 = _lanes.fma(v2, xf[xq + o2], wv)
-                v3 = _lanes.fma(v3, xf[xq + o3], wv)
-                v4 = _lanes.fma(v4, xf[xq + o4], wv)
-                v5 = _lanes.fma(v5, xf[xq + o5], wv)
-                v6 = _lanes.fma(v6, xf[xq + o6], wv)
-                v7 = _lanes.fma(v7, xf[xq + o7], wv)
+    for t in range(U(t_lo), U(t_hi)):
+        wv = _lanes.load(fw, U(w0) + t * U(nl))
+        xq = U(x0 + toff[t])
+        v0 = _lanes.fma(v0, xf[xq], wv)
+        v1 = _lanes.fma(v1, xf[xq + o1], wv)
+        v2 = _lanes.fma(v2, xf[xq + o2], wv)
+        v3 = _lanes.fma(v3, xf[xq + o3], wv)
+        v4 = _lanes.fma(v4, xf[xq + o4], wv)
+        v5 = _lanes.fma(v5, xf[xq + o5], wv)
+        v6 = _lanes.fma(v6, xf[xq + o6], wv)
+        v7 = _lanes.fma(v7, xf[xq + o7], wv)
     return v0, v1, v2, v3, v4, v5, v6, v7
 
 
 @njit(inline="always")
-def _group8x2(xf, fw, b0, b1, rows, taps, ps, wlen, nl, fo, outs):
+def _group8x2(xf, fw, b0, b1, rows, ps, wlen, nl, fo, outs):
     """``_group8`` for two blocks of output channels at once (their weights wlen apart),
     written out by ``_write8``: each input value loaded once feeds 2 multiply-adds, 16
     accumulators. outs = (o, o_1, m_0, m_1, s_d, s_w): each block's output offset and
     lanes kept, the output's channel and column strides."""
-    nu, su, nv, sv, _ = taps
-    x0, xa, w0, wa, n_rows, k = rows
+    x0, toff, t_lo, t_hi, w0, k = rows
     o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
     o4, o5 = _offset(4, k, ps), _offset(5, k, ps)
     o6, o7 = _offset(6, k, ps), _offset(7, k, ps)
     p0, p1, p2, p3, p4, p5, p6, p7 = b0, b0, b0, b0, b0, b0, b0, b0
     q0, q1, q2, q3, q4, q5, q6, q7 = b1, b1, b1, b1, b1, b1, b1, b1
-    for a in range(U(n_rows)):
-        for u in range(U(nu)):
-            xo = U(x0) + a * U(xa) + u * U(su)
-            wq = U(w0) + a * U(wa) + u * U(nv * nl)
-            for q in range(U(nv)):
-                w0v = _lanes.load(fw, wq + q * U(nl))
-                w1v = _lanes.load(fw, wq + U(wlen) + q * U(nl))
-                xq = xo + q * U(sv)
-                s = xf[xq]
-                p0, q0 = _lanes.fma(p0, s, w0v), _lanes.fma(q0, s, w1v)
-                s = xf[xq + o1]
-                p1, q1 = _lanes.fma(p1, s, w0v), _lanes.fma(q1, s, w1v)
-                s = xf[xq + o2]
-                p2, q2 = _lanes.fma(p2, s, w0v), _lanes.fma(q2, s, w1v)
-                s = xf[xq + o3]
-                p3, q3 = _lanes.fma(p3, s, w0v), _lanes.fma(q3, s, w1v)
-                s = xf[xq + o4]
-                p4, q4 = _lanes.fma(p4, s, w0v), _lanes.fma(q4, s, w1v)
-                s = xf[xq + o5]
-                p5, q5 = _lanes.fma(p5, s, w0v), _lanes.fma(q5, s, w1v)
-                s = xf[xq + o6]
-                p6, q6 = _lanes.fma(p6, s, w0v), _lanes.fma(q6, s, w1v)
-                s = xf[xq + o7]
-                p7, q7 = _lanes.fma(p7, s, w0v), _lanes.fma(q7, s, w1v)
+    for t in range(U(t_lo), U(t_hi)):
+        w0v = _lanes.load(fw, U(w0) + t * U(nl))
+        w1v = _lanes.load(fw, U(w0) + U(wlen) + t * U(nl))
+        xq = U(x0 + toff[t])
+        s = xf[xq]
+        p0, q0 = _lanes.fma(p0, s, w0v), _lanes.fma(q0, s, w1v)
+        s = xf[xq + o1]
+        p1, q1 = _lanes.fma(p1, s, w0v), _lanes.fma(q1, s, w1v)
+        s = xf[xq + o2]
+        p2, q2 = _lanes.fma(p2, s, w0v), _lanes.fma(q2, s, w1v)
+        s = xf[xq + o3]
+        p3, q3 = _lanes.fma(p3, s, w0v), _lanes.fma(q3, s, w1v)
+        s = xf[xq + o4]
+        p4, q4 = _lanes.fma(p4, s, w0v), _lanes.fma(q4, s, w1v)
+        s = xf[xq + o5]
+        p5, q5 = _lanes.fma(p5, s, w0v), _lanes.fma(q5, s, w1v)
+        s = xf[xq + o6]
+        p6, q6 = _lanes.fma(p6, s, w0v), _lanes.fma(q6, s, w1v)
+        s = xf[xq + o7]
+        p7, q7 = _lanes.fma(p7, s, w0v), _lanes.fma(q7, s, w1v)
     o, o_1, m0, m1, osd, osw = outs
     _write(fo, o, (p0, p1, p2, p3, p4, p5, p6, p7), k, m0, osd, osw, nl)
     _write(fo, o_1, (q0, q1, q2, q3, q4, q5, q6, q7), k, m1, osd, osw, nl)
 
 
 @njit(inline="always")
-def _group4x2(xf, fw, b0, b1, rows, taps, ps, wlen, nl, fo, outs):
+def _group4x2(xf, fw, b0, b1, rows, ps, wlen, nl, fo, outs):
     """``_group4`` for two blocks of output channels at once (their weights wlen apart):
     each input value loaded once feeds 2 multiply-adds, 8 accumulators (``_group8x2``'s
     16 do not fit in 256-bit AVX's 16 registers), written out as ``_group8x2``'s."""
-    nu, su, nv, sv, _ = taps
-    x0, xa, w0, wa, n_rows, k = rows
+    x0, toff, t_lo, t_hi, w0, k = rows
     o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
     p0, p1, p2, p3 = b0, b0, b0, b0
     q0, q1, q2, q3 = b1, b1, b1, b1
-    for a in range(U(n_rows)):
-        for u in range(U(nu)):
-            xo = U(x0) + a * U(xa) + u * U(su)
-            wq = U(w0) + a * U(wa) + u * U(nv * nl)
-            for q in range(U(nv)):
-                w0v = _lanes.load(fw, wq + q * U(nl))
-                w1v = _lanes.load(fw, wq + U(wlen) + q * U(nl))
-                xq = xo + q * U(sv)
-                s = xf[xq]
-                p0, q0 = _lanes.fma(p0, s, w0v), _lanes.fma(q0, s, w1v)
-                s = xf[xq + o1]
-                p1, q1 = _lanes.fma(p1, s, w0v), _lanes.fma(q1, s, w1v)
-                s = xf[xq + o2]
-                p2, q2 = _lanes.fma(p2, s, w0v), _lanes.fma(q2, s, w1v)
-                s = xf[xq + o3]
-                p3, q3 = _lanes.fma(p3, s, w0v), _lanes.fma(q3, s, w1v)
+    for t in range(U(t_lo), U(t_hi)):
+        w0v = _lanes.load(fw, U(w0) + t * U(nl))
+        w1v = _lanes.load(fw, U(w0) + U(wlen) + t * U(nl))
+        xq = U(x0 + toff[t])
+        s = xf[xq]
+        p0, q0 = _lanes.fma(p0, s, w0v), _lanes.fma(q0, s, w1v)
+        s = xf[xq + o1]
+        p1, q1 = _lanes.fma(p1, s, w0v), _lanes.fma(q1, s, w1v)
+        s = xf[xq + o2]
+        p2, q2 = _lanes.fma(p2, s, w0v), _lanes.fma(q2, s, w1v)
+        s = xf[xq + o3]
+        p3, q3 = _lanes.fma(p3, s, w0v), _lanes.fma(q3, s, w1v)
     o, o_1, m0, m1, osd, osw = outs
     _write(fo, o, (p0, p1, p2, p3), k, m0, osd, osw, nl)
     _write(fo, o_1, (q0, q1, q2, q3), k, m1, osd, osw, nl)
 
 
 @njit(parallel=True, cache=True)
-def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi, pair_px):
+def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px):
     """out = conv(x, w) + bias, x (N, C, H, W) and out (N, D, Ho, Wo) given as flat
     arrays xf, fo and the shape and element strides of their canonical views, xs =
     (N, C, H, W, s_n, s_c, s_h, s_w), os alike: one kernel for every layout. A kernel
@@ -258,11 +245,12 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi, pair_px):
     elements, n_v inner ones of s_v; b_v > 0: each kernel column is b_v inner steps
     (the outer level holds the channels or nothing), b_v = 0: one outer step (the
     inner level holds the channels). fw: the weight as (D_pad/L, KH*n_u*n_v, L) flat in
-    that tap order, L lanes a block, zero beyond D; fb (D_pad,) the bias (zeros
-    without one). geo = (KH, KW, s_h, s_w, p_t, p_l, r_h, r_w); output columns
-    j_lo <= j < j_hi have their whole kernel inside the image's columns. pair_px: the
-    pixels of a pair of blocks' register tile (``PAIR_PIXELS``). One task per output row
-    (module docstring)."""
+    that tap order, L lanes a block, zero beyond D; toff (KH*n_u*n_v,) each tap's input
+    offset in that order (``_tap_offsets``); fb (D_pad,) the bias (zeros without one).
+    geo = (KH, KW, s_h, s_w, p_t, p_l, r_h, r_w); output columns j_lo <= j < j_hi have
+    their whole kernel inside the image's columns. pair_px: the pixels of a pair of
+    blocks' register tile (``PAIR_PIXELS``). One task per output row (module
+    docstring)."""
     n_img, c_all, h, wd, xsn, xsc, xsh, xsw = xs
     _, d_all, ho, wo, osn, osd, osh, osw = os
     kh, kw, sh, sw, pt, pl, rh, rw = geo
@@ -278,6 +266,7 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi, pair_px):
         a_lo = max(0, (pt - i * sh + rh - 1) // rh)           # rows of taps in the image
         a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
         obase = n * osn + i * osh
+        t_lo, t_hi = a_lo * nu * nv, max(a_lo, a_hi) * nu * nv
         for bp in range(0, blocks, 2):         # pairs of blocks of output channels
             pair = 1 if bp + 1 < blocks else 0
             for d0 in range(bp * nl, (bp + 1 + pair) * nl, nl):
@@ -300,40 +289,39 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, j_lo, j_hi, pair_px):
             j = j_lo
             while j < j_hi:                    # groups of 8 pixels inside the image
                 k = min(PIXELS, j_hi - j)
-                x0 = n * xsn + (i * sh - pt + a_lo * rh) * xsh + (j * sw - pl) * xsw
-                w0 = U(bp * wlen + a_lo * nu * nv * nl)
+                x0 = n * xsn + (i * sh - pt) * xsh + (j * sw - pl) * xsw
+                w0 = bp * wlen
                 o = U(obase + bp * nl * osd) + U(j) * uosw
                 m0, m1 = min(nl, d_all - bp * nl), min(nl, d_all - (bp + 1) * nl)
                 if k <= PIXELS // 2:           # the row's last few: half a group
                     if pair and pair_px < PIXELS:
-                        r4 = (x0, rh * xsh, w0, nu * nv * nl, max(0, a_hi - a_lo), k)
+                        r4 = (x0, toff, t_lo, t_hi, w0, k)
                         _group4x2(xf, fw, _lanes.load(fb, U(bp * nl)),
-                                  _lanes.load(fb, U((bp + 1) * nl)), r4, taps, ps, wlen,
+                                  _lanes.load(fb, U((bp + 1) * nl)), r4, ps, wlen,
                                   nl, fo, (o, o + U(nl) * uosd, m0, m1, osd, osw))
                         break
                     for half in range(1 + pair):
                         mh = m1 if half else m0
                         vs4 = _group4(xf, fw, _lanes.load(fb, U((bp + half) * nl)),
-                                      (x0, rh * xsh, w0 + U(half * wlen), nu * nv * nl,
-                                       max(0, a_hi - a_lo), k), taps, ps, nl)
+                                      (x0, toff, t_lo, t_hi, w0 + half * wlen, k), ps,
+                                      nl)
                         _write(fo, o + U(half * nl) * uosd, vs4, k, mh, osd, osw, nl)
                     break
-                rows8 = (x0, rh * xsh, w0, nu * nv * nl, max(0, a_hi - a_lo), k)
+                rows8 = (x0, toff, t_lo, t_hi, w0, k)
                 if pair and pair_px < PIXELS:  # two halves of 4 pixels x 2 blocks
                     for h in range(2):
                         kh4 = min(PIXELS // 2, k - h * (PIXELS // 2))
-                        r4 = (x0 + h * (PIXELS // 2) * ps, rh * xsh, w0, nu * nv * nl,
-                              max(0, a_hi - a_lo), kh4)
+                        r4 = (x0 + h * (PIXELS // 2) * ps, toff, t_lo, t_hi, w0, kh4)
                         oh = o + U(h * (PIXELS // 2)) * uosw
                         _group4x2(xf, fw, _lanes.load(fb, U(bp * nl)),
-                                  _lanes.load(fb, U((bp + 1) * nl)), r4, taps, ps, wlen,
+                                  _lanes.load(fb, U((bp + 1) * nl)), r4, ps, wlen,
                                   nl, fo, (oh, oh + U(nl) * uosd, m0, m1, osd, osw))
                 elif pair:
                     _group8x2(xf, fw, _lanes.load(fb, U(bp * nl)),
-                              _lanes.load(fb, U((bp + 1) * nl)), rows8, taps, ps, wlen, nl,
+                              _lanes.load(fb, U((bp + 1) * nl)), rows8, ps, wlen, nl,
                               fo, (o, o + U(nl) * uosd, m0, m1, osd, osw))
                 else:
-                    vs = _group8(xf, fw, _lanes.load(fb, U(bp * nl)), rows8, taps, ps, nl)
+                    vs = _group8(xf, fw, _lanes.load(fb, U(bp * nl)), rows8, ps, nl)
                     _write(fo, o, vs, k, m0, osd, osw, nl)
                 j += k
 
@@ -353,6 +341,15 @@ def _tap_order(args, xs) -> tuple[int, int, int, int, int]:
     if c < kw:
         return (c, xsc, kw, rw * xsw, 1)
     return (kw, rw * xsw, c, xsc, 0)
+
+
+def _tap_offsets(kh: int, row_step: int, taps) -> np.ndarray:
+    """The input offset of every tap (a, u, q) relative to tap (0, 0, 0), in the order
+    of the packed weight: a * row_step + u * s_u + q * s_v, as (KH * n_u * n_v,) int64
+    (row_step: the input elements between kernel rows, r_h * s_h)."""
+    nu, su, nv, sv, _ = taps
+    return (np.arange(kh)[:, None, None] * row_step + np.arange(nu)[None, :, None] * su
+            + np.arange(nv)[None, None, :] * sv).reshape(-1).astype(np.int64)
 
 
 def _packed_weight(w, dtype, taps) -> np.ndarray:
@@ -392,7 +389,8 @@ def forward_lanes(x, w, args, out, bias) -> None:
     taps = _tap_order(args, xs)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
+    toff = _tap_offsets(args.kh, args.dilation[0] * xs[6], taps)
     with parallel_guard():
-        _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, *interior, PAIR_PIXELS)
+        _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS)
     if target is not out:
         out[...] = target
