@@ -91,7 +91,15 @@ def _flat(x: np.ndarray) -> tuple[np.ndarray, int]:
 
 
 def product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
-    """out = a @ b for operands that :func:`applies` accepts, on numba's threads."""
+    """out = a @ b for operands that :func:`applies` accepts, on numba's threads. Shapes
+    the register tile cannot cover (fewer than 6 rows or two registers of columns, or
+    operands that do not match) raise ValueError: the tile would write outside out."""
+    lanes = _lanes.LANE_BYTES // out.itemsize
+    (e, m, k), n = a.shape, b.shape[2]
+    if m < TILE_ROWS or n < 2 * lanes or b.shape[:2] != (e, k) or out.shape != (e, m, n):
+        raise ValueError(f"_small_gemm.product: needs (E, M, K) @ (E, K, N) -> (E, M, N) "
+                         f"with M >= {TILE_ROWS} and N >= {2 * lanes}; got {a.shape} @ "
+                         f"{b.shape} -> {out.shape}")
     (af, sa), (bf, sb), (cf, sc) = _flat(a), _flat(b), _flat(out)
     with parallel_guard():
         _products(af, bf, cf, (sa, sb, sc), *a.shape, b.shape[2])

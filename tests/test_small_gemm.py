@@ -117,3 +117,14 @@ def test_nhwc_winograd_stage_in_registers_matches_the_reference(dtype, rng, monk
     assert calls
     want = ref.conv2d(x, w, b, (1, 1), ((1, 1), (1, 1)), (1, 1), 1)
     assert ref.rel_error(got, want) <= (1e-5 if dtype == np.float32 else 1e-13)
+
+
+@pytest.mark.parametrize("shapes", [((1, 6, 4), (1, 4, 8), (1, 6, 8)),      # N below 2 registers
+                                    ((1, 5, 4), (1, 4, 64), (1, 5, 64)),    # M below the tile
+                                    ((2, 6, 4), (1, 4, 64), (2, 6, 64))])   # batches differ
+def test_product_refuses_shapes_its_tile_cannot_cover(shapes):
+    """Called directly with operands ``applies`` rejects, product raises instead of
+    writing outside out (the tile's last block would start before column 0)."""
+    a, b, out = (np.ones(s, np.float32) for s in shapes)
+    with pytest.raises(ValueError, match="_small_gemm.product: needs"):
+        _small_gemm.product(a, b, out)
