@@ -22,15 +22,16 @@ from .padded import padded_size
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Multiply-adds per second per thread of ``_conv_rows`` on whole groups of 8 pixels
-#: (float32; half for float64), for the cost model, a group's tap loop counted as
+#: (float32; half for float64), for the cost model, each inner tap loop counted as
 #: ``LOOP_TAPS`` more taps (its start costs as much). Measured on one core of the 2-core
-#: machine (48 KB of L1 data cache), CPU time, with a loop per kernel row and tap level:
-#: 45-57 GMAC/s in NHWC, 36-57 in NCHW (6 -> 16 3x3 36, 16 -> 16 48, 32 -> 32 57), where
-#: a block's weight (taps x one register) fits in ``L1_WEIGHT_BYTES`` (LeNet's 6 -> 16
-#: 5x5: 9.6 KB; 64 -> 64 3x3: 36 KB); 35 beyond. The same with 256-bit as with 512-bit
-#: registers. Since the groups run all their taps as one loop (``direct_lanes``), a
-#: single block of NCHW layers runs 1.35-1.65x faster than it did and the model counts
-#: one loop start per group.
+#: machine (48 KB of L1 data cache), CPU time: 45-57 GMAC/s in NHWC (one inner loop per
+#: kernel row), 36-57 in NCHW (KW loops over the channels per kernel row: 6 -> 16 3x3 36,
+#: 16 -> 16 48, 32 -> 32 57), where a block's weight (taps x one register) fits in
+#: ``L1_WEIGHT_BYTES`` (LeNet's 6 -> 16 5x5: 9.6 KB; 64 -> 64 3x3: 36 KB); 35 beyond.
+#: The same with 256-bit as with 512-bit registers. The groups now run all their taps as
+#: one loop (``direct_lanes``); the model keeps the loop term it was fitted with:
+#: counting one loop start per group instead flipped a measured choice (6 -> 16 5x5
+#: with padding 2, NCHW, batch 64: the image-last kernel 0.47 ms, lanes 0.67).
 LANES_GMACS = 55.0
 LANES_GMACS_LARGE = 35.0
 LOOP_TAPS = 3
@@ -72,6 +73,13 @@ def _run(args, channels_last: bool | None = None) -> int:
     return max(args.c_in, args.kw)
 
 
+def _outer(args, channels_last: bool | None = None) -> int:
+    """Inner loops per kernel row (as ``_run``)."""
+    if _run(args, channels_last) == args.c_in * args.kw:
+        return 1
+    return args.kw if args.c_in >= args.kw else args.c_in
+
+
 def lanes_applies(args) -> bool:
     """Whether the forward of ``args`` (either layout) can run ``forward_lanes``: several
     images (at least ``IMAGE_LAST_MIN_IMAGES``), one group, a kernel larger than 1x1, at
@@ -110,8 +118,9 @@ def _lanes_time(a, p: Profile, padded: bool) -> tuple[float, float, int]:
     tail = 0 if rest == 0 else 5 if rest <= PIXELS // 2 else PIXELS
     slots = full * PIXELS + tail + 2 * (a.w_out - (j_hi - j_lo))
     taps = a.c_in * a.kh * a.kw
+    loops = a.kh * _outer(a, True if padded else None)
     macs = a.n * a.h_out * slots * d_pad * taps
-    work = macs * (taps + LOOP_TAPS) / taps
+    work = macs * (taps + LOOP_TAPS * loops) / taps
     block_bytes = a.c_in * a.kh * a.kw * _lanes.LANE_BYTES
     gmacs = LANES_GMACS if block_bytes <= L1_WEIGHT_BYTES else LANES_GMACS_LARGE
     seconds = p.call_us * 1e-6 + work / (gmacs * 1e9 * p.threads * (4 / a.dtype.itemsize))
@@ -127,8 +136,8 @@ def lanes_cost(a, p: Profile) -> Estimate:
     """Model time of ``forward_lanes``: the multiply-adds computed (output channels in
     whole blocks of lanes, each row's interior as groups of 8 pixels, a last group of at
     most 4 as 5 (measured 0.6 of a group's time), pixels reaching into the padding as 2
-    (4 chains of multiply-adds instead of 8: measured 1.2 to 1.7)), a group's tap loop
-    as ``LOOP_TAPS`` taps more, at ``LANES_GMACS`` per
+    (4 chains of multiply-adds instead of 8: measured 1.2 to 1.7)), each kernel row's
+    inner tap loops (``_outer``) as ``LOOP_TAPS`` taps more, at ``LANES_GMACS`` per
     thread (``LANES_GMACS_LARGE`` for a block's weight beyond ``L1_WEIGHT_BYTES``; half
     for float64), plus the call's fixed cost and, with a padded copy of the input
     (``_prepadded``: every pixel in groups), the copy at the profile's rates."""
