@@ -48,6 +48,8 @@ group's 8 registers are written transposed, as runs of 8 pixels per channel
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -343,13 +345,17 @@ def _tap_order(args, xs) -> tuple[int, int, int, int, int]:
     return (kw, rw * xsw, c, xsc, 0)
 
 
+@functools.lru_cache(maxsize=256)
 def _tap_offsets(kh: int, row_step: int, taps) -> np.ndarray:
     """The input offset of every tap (a, u, q) relative to tap (0, 0, 0), in the order
     of the packed weight: a * row_step + u * s_u + q * s_v, as (KH * n_u * n_v,) int64
-    (row_step: the input elements between kernel rows, r_h * s_h)."""
+    (row_step: the input elements between kernel rows, r_h * s_h); read-only, one per
+    geometry (a layer's every call shares it)."""
     nu, su, nv, sv, _ = taps
-    return (np.arange(kh)[:, None, None] * row_step + np.arange(nu)[None, :, None] * su
-            + np.arange(nv)[None, None, :] * sv).reshape(-1).astype(np.int64)
+    offsets = (np.arange(kh)[:, None, None] * row_step + np.arange(nu)[None, :, None] * su
+               + np.arange(nv)[None, None, :] * sv).reshape(-1).astype(np.int64)
+    offsets.flags.writeable = False
+    return offsets
 
 
 def _packed_weight(w, dtype, taps) -> np.ndarray:
@@ -389,7 +395,7 @@ def forward_lanes(x, w, args, out, bias) -> None:
     taps = _tap_order(args, xs)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
-    toff = _tap_offsets(args.kh, args.dilation[0] * xs[6], taps)
+    toff = _tap_offsets(args.kh, int(args.dilation[0] * xs[6]), tuple(int(t) for t in taps))
     with parallel_guard():
         _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS)
     if target is not out:
