@@ -112,9 +112,11 @@ def forward_batched(x, u, y, bias, pads, groups, m, dilation, run) -> bool | Non
     if uniform is None:
         return None
     pt, pl, order = uniform
-    xb = _buffer("winograd.fwd_phases_x", (dh * dw * n, c, h // dh, wd // dw), x.dtype)
-    yb = _buffer("winograd.fwd_phases_y", (dh * dw * n, y.shape[1], y.shape[2] // dh,
-                                           y.shape[3] // dw), y.dtype)
+    # the backward's buffers of x's and grad_y's phases (the same sizes; a backward never
+    # runs a dilated forward inside it)
+    xb = _buffer("winograd.phases_x", (dh * dw * n, c, h // dh, wd // dw), x.dtype)
+    yb = _buffer("winograd.phases_gy", (dh * dw * n, y.shape[1], y.shape[2] // dh,
+                                        y.shape[3] // dw), y.dtype)
     _phase_copy(x, xb, np.arange(dh * dw).reshape(dh, dw), True)
     finite = run(xb, u, yb, bias, (pt, pl), groups, m)
     _phase_copy(y, yb, order, False)   # output phase rho from its input phase's block
