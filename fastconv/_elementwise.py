@@ -36,7 +36,7 @@ def _ranges(op, a, b, y, lo, hi):
     ReLU's output); ADD_RELU y = max(a + b, 0), NaN kept; ADD y = a + b. Each op is a
     loop of its own (the branch is outside it), which vectorises: with unsigned bounds
     (signed ones, inside a parallel kernel, left the loops scalar with a wraparound
-    check per index: 400,000 elements took 0.29 ms on 2 threads, 0.03 with U)."""
+    check per index: 400,000 elements took 0.49 ms on 2 threads, 0.036 unsigned)."""
     zero = y.dtype.type(0)
     lo, hi = U(lo), U(hi)
     if op == RELU:

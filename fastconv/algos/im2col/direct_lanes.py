@@ -20,7 +20,7 @@ dilation: one run of KW*C contiguous values; otherwise the longer of the kernel 
 and the channels inner. A register tile runs them as one flat loop over a table of their
 input offsets (``_tap_offsets``): with the levels as nested loops, LLVM kept one pointer
 per pixel as a loop variable, spilled them to the stack and updated them there on every
-tap (LeNet's 6 -> 16 5x5 layer and 16 -> 16 3x3 at 28x28 ran 1.35-1.65x slower; AMD EPYC
+tap (LeNet's 6 -> 16 5x5 layer ran 1.35-1.67x slower, 16 -> 16 3x3 at 28x28 1.25-1.5x; AMD EPYC
 with AVX-512).
 
 The 8 pixels must lie inside the image's columns (a row's last few repeat the first
@@ -178,7 +178,7 @@ def _group8(xf, fw, v0, rows, ps, nl):
 @njit(inline="always")
 def _group8x2(xf, fw, b0, b1, rows, ps, wlen, nl, fo, outs):
     """``_group8`` for two blocks of output channels at once (their weights wlen apart),
-    written out by ``_write8``: each input value loaded once feeds 2 multiply-adds, 16
+    written out by ``_write``: each input value loaded once feeds 2 multiply-adds, 16
     accumulators. outs = (o, o_1, m_0, m_1, s_d, s_w): each block's output offset and
     lanes kept, the output's channel and column strides."""
     x0, toff, t_lo, t_hi, w0, k = rows
@@ -395,7 +395,7 @@ def forward_lanes(x, w, args, out, bias) -> None:
     taps = _tap_order(args, xs)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
-    toff = _tap_offsets(args.kh, int(args.dilation[0] * xs[6]), tuple(int(t) for t in taps))
+    toff = _tap_offsets(args.kh, args.dilation[0] * xs[6], taps)
     with parallel_guard():
         _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS)
     if target is not out:

@@ -61,15 +61,13 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
         gemm = gemm_seconds(peak, cols, cg, dg, t * a.groups * chunks, item)
     moved = t * (a.c_in + a.c_out) * tiles * item
     transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
-    # copies to NCHW for other layouts; a dilated NCHW layer's phases gathered into one
-    # batch and scattered back when they are the same problem (``drivers._run``)
-    copies = a.layout not in LAYOUTS
-    phased = ""
-    if a.dilation != (1, 1):
-        batched = phase_batch.batches(a)
-        copies += batched
-        phased = f", {a.dilation[0] * a.dilation[1]} phases " + \
-            ("as one batch" if batched else "in place")
+    # passes copying x and y: to NCHW and back for other layouts; a dilated NCHW layer's
+    # phases gathered into one batch and scattered back when they are the same problem
+    # (``drivers._run``)
+    batched = phase_batch.batches(a)
+    copies = int(a.layout not in LAYOUTS) + int(batched)
+    phased = "" if a.dilation == (1, 1) else \
+        f", {a.dilation[0] * a.dilation[1]} phases {'as one batch' if batched else 'in place'}"
     io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
     secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US / threads) * 1e-6 + gemm \
