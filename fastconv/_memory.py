@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -10,8 +11,9 @@ import numpy as np
 from . import _pool
 
 
+@functools.cache
 def physical_memory_bytes() -> int | None:
-    """Total physical memory of the machine, or None where it cannot be read."""
+    """Total physical memory of the machine, or None where it cannot be read (read once)."""
     try:
         return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
@@ -25,7 +27,7 @@ def allocate(op: str, what: str, shape, dtype) -> np.ndarray:
     Sizes above the machine's physical memory are refused up front: on Linux such an
     allocation may succeed lazily and the process be killed later, mid-computation."""
     dtype = np.dtype(dtype)
-    nbytes = math.prod(int(s) for s in shape) * dtype.itemsize
+    nbytes = math.prod(map(int, shape)) * dtype.itemsize
     total = physical_memory_bytes()
     if total is not None and nbytes > total:
         raise MemoryError(f"{op}: the {what} of shape {tuple(shape)} ({dtype}) needs "

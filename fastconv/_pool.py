@@ -81,7 +81,7 @@ def _release(nbytes: int) -> None:
 def empty(shape, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` (C-contiguous, uninitialised), from the pool where one
     of that shape and dtype is free, else new (and kept by the pool when it fits)."""
-    shape = tuple(int(s) for s in shape)
+    shape = tuple(map(int, shape))
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
     if nbytes < MIN_BYTES or config.POOL_BYTES <= 0:

@@ -14,6 +14,7 @@ import dataclasses
 import json
 import os
 import threading
+import time
 import warnings
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -76,20 +77,41 @@ def profile_path(path: str | None = None) -> str:
 
 _profile_lock = threading.Lock()
 _profile_cache: dict = {}
+#: path -> (when the file was last looked at, the profile then): within
+#: ``RECHECK_SECONDS`` a load returns that profile without asking the file system or
+#: numba's thread count.
+_recent: dict = {}
+#: How long a loaded profile is used before the file and the thread count are looked at
+#: again (a profile written by another process, or a change of ``numba.set_num_threads``,
+#: takes effect within this time; ``save_profile`` in this process at once). Every
+#: conv2d call plans through here: the file's stat and the thread count took 20-25 us a
+#: call inside a small ResNet's training step (18 calls a step), 2 us in a loop.
+RECHECK_SECONDS = 1.0
 
 
 def load_profile(path: str | None = None) -> Profile:
     """The calibrated profile at ``path`` (default: the cache directory), or
     ``DEFAULT_PROFILE`` when there is none, it is unreadable or it was measured with a
-    different thread count (a RuntimeWarning says so for the last two)."""
+    different thread count (a RuntimeWarning says so for the last two); see
+    ``RECHECK_SECONDS``."""
+    path = profile_path(path)
+    now = time.monotonic()
+    seen = _recent.get(path)
+    if seen is not None and now - seen[0] < RECHECK_SECONDS:
+        return seen[1]
     import numba
 
-    path = profile_path(path)
+    prof = _load_profile(path, numba.get_num_threads())
+    _recent[path] = (now, prof)
+    return prof
+
+
+def _load_profile(path: str, threads: int) -> Profile:
     try:
         stamp = os.stat(path).st_mtime_ns
     except OSError:
         return DEFAULT_PROFILE
-    key = (path, stamp, numba.get_num_threads())
+    key = (path, stamp, threads)
     with _profile_lock:
         if key in _profile_cache:
             return _profile_cache[key]
@@ -103,14 +125,13 @@ def load_profile(path: str | None = None) -> Profile:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         warnings.warn(f"fastconv: ignoring calibration profile {path}: {exc}; using the "
                       "default profile (run `fastconv calibrate` to rebuild it)",
-                      RuntimeWarning, stacklevel=2)
+                      RuntimeWarning, stacklevel=3)
         prof = DEFAULT_PROFILE
     else:
-        if prof.threads != numba.get_num_threads():
+        if prof.threads != threads:
             warnings.warn(f"fastconv: calibration profile {path} was measured with "
-                          f"{prof.threads} threads, this process runs "
-                          f"{numba.get_num_threads()}; using the default profile",
-                          RuntimeWarning, stacklevel=2)
+                          f"{prof.threads} threads, this process runs {threads}; using "
+                          "the default profile", RuntimeWarning, stacklevel=3)
             prof = DEFAULT_PROFILE
     with _profile_lock:
         _profile_cache[key] = prof
@@ -134,6 +155,7 @@ def clear_profiles() -> None:
     """Forget loaded profiles (the next load reads the file again)."""
     with _profile_lock:
         _profile_cache.clear()
+        _recent.clear()
 
 
 # ----------------------------------------------------------------------- cost model

@@ -39,7 +39,7 @@ def gpu_op(op: str, device):
     """``None`` for ``device="cpu"``; for ``"cuda"`` the GPU function ``fastconv.cuda.<op>``
     (it raises ``fastconv.cuda.CudaUnavailableError`` when called without a usable GPU).
     ValueError for any other device."""
-    if check_device(op, device) == "cpu":
+    if device == "cpu" or check_device(op, device) == "cpu":
         return None
     from . import cuda
 
@@ -57,7 +57,7 @@ def gpu_backward(op: str, device, needs_input_grad):
 def array_device(a) -> str:
     """"cuda" for a GPU array (a numba device array or anything exposing
     ``__cuda_array_interface__``), else "cpu"."""
-    return "cuda" if is_device_array(a) else "cpu"
+    return "cpu" if type(a) is np.ndarray or not is_device_array(a) else "cuda"
 
 
 def move(op: str, a, device):

@@ -22,7 +22,7 @@ from .. import _elementwise, _pool, devices
 
 def on_gpu(op: str, a):
     """``fastconv.cuda.<op>`` when ``a`` is a GPU array, else None (compute on the host)."""
-    return devices.gpu_op(op, devices.array_device(a))
+    return None if type(a) is np.ndarray else devices.gpu_op(op, devices.array_device(a))
 
 
 def add(a, b):

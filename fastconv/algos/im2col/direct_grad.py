@@ -47,6 +47,8 @@ padded copy directly) and grad_x back.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from numba import njit, prange
 
@@ -268,31 +270,63 @@ def _band(a) -> int:
     return max(1, -(-BAND_PIXELS // a.w_out))
 
 
-def _tap_offsets(a, wp) -> np.ndarray:
-    """Each HWIO tap (a, b, c)'s offset in the padded input from its window's corner."""
-    rows = np.arange(a.kh)[:, None, None] * a.dilation[0] * wp
-    cols = np.arange(a.kw)[None, :, None] * a.dilation[1]
-    return (((rows + cols) * a.c_in) + np.arange(a.c_in)).reshape(-1).astype(np.int64)
+@functools.lru_cache(maxsize=256)
+def _tap_offsets(kh: int, kw: int, row_step: int, col_step: int, c_in: int) -> np.ndarray:
+    """Each HWIO tap (a, b, c)'s offset in the padded input from its window's corner:
+    (a * row_step + b * col_step) * c_in + c, as (KH * KW * C,) int64 (cached per
+    geometry, read-only)."""
+    rows = np.arange(kh)[:, None, None] * row_step
+    cols = np.arange(kw)[None, :, None] * col_step
+    offsets = (((rows + cols) * c_in) + np.arange(c_in)).reshape(-1).astype(np.int64)
+    offsets.flags.writeable = False
+    return offsets
 
 
-def weight_grad_hwio(x, gy_nhwc, a) -> np.ndarray:
-    """grad_w as HWIO (KH, KW, C, D) in float64 for x (layout of ``a``) and grad_y
-    (N, Ho, Wo, D) C-contiguous. Wraps ``padded.padded_channels_last`` and
-    ``_grad_w_parts``."""
+def weight_grad_into(x, gy_nhwc, a, grad_w) -> None:
+    """grad_w (layout of ``a``, a's dtype) = the weight gradient for x (layout of ``a``)
+    and grad_y (N, Ho, Wo, D) C-contiguous. Wraps ``padded.padded_channels_last``,
+    ``_grad_w_parts`` and ``_sum_parts``."""
     dt = a.dtype
-    nl = _lanes.LANE_BYTES // dt.itemsize
     hp, wp = padded_size(a)
     ps = (a.n, hp, wp, a.c_in)
     per = part_images(a)
     runs = -(-a.n // per)
     taps = a.kh * a.kw * a.c_in
-    part = np.empty(runs * a.c_out * taps, dt)
+    part = workspace("direct_grad.part", runs * a.c_out * taps, dt)
     xp = padded_channels_last(x, a, "direct_grad.xp").reshape(-1)
+    toff = _tap_offsets(a.kh, a.kw, a.dilation[0] * wp, a.dilation[1], a.c_in)
     with parallel_guard():
-        _grad_w_parts(xp, ps, gy_nhwc.reshape(-1), gy_nhwc.shape, _tap_offsets(a, wp),
-                      part, (a.stride[0], a.stride[1], per, _band(a), _chunk(a)))
-    sums = view(part, (runs, a.c_out // nl, taps, nl)).sum(axis=0, dtype=np.float64)
-    return sums.transpose(1, 0, 2).reshape(a.kh, a.kw, a.c_in, a.c_out)
+        _grad_w_parts(xp, ps, gy_nhwc.reshape(-1), gy_nhwc.shape, toff, part,
+                      (a.stride[0], a.stride[1], per, _band(a), _chunk(a)))
+    target = grad_w if grad_w.flags.c_contiguous else np.empty(grad_w.shape, grad_w.dtype)
+    oihw = a.dims.weight_to_canonical_view(target)
+    steps = tuple(s // target.itemsize for s in oihw.strides)   # (d, c, a, b)
+    _sum_parts(part, runs, (a.kw, a.c_in, a.c_out), view(target, (-1,)),
+               (steps[2], steps[3], steps[1], steps[0]))
+    if target is not grad_w:
+        grad_w[...] = target
+
+
+@njit(cache=True)
+def _sum_parts(part, runs, dims, out, steps):
+    """out[a, b, c, d] (flat; element steps ``steps`` for a, b, c, d) = the sum over the
+    runs q, in order and in float64, of part[q, d // L, t, d % L] (part flat (runs, D/L,
+    T, L); tap t = (a*KW + b)*C + c; dims = (KW, C, D)), rounded once to out's dtype:
+    the result does not depend on the thread count."""
+    kw, c_all, d_all = dims
+    sa, sb, sc, sd = steps
+    nl = _lanes.count(part)
+    taps = out.size // d_all
+    for t in range(taps):
+        a, rest = divmod(t, kw * c_all)
+        b, c = divmod(rest, c_all)
+        base = a * sa + b * sb + c * sc
+        for d in range(d_all):
+            src = ((d // nl) * taps + t) * nl + d % nl
+            acc = 0.0
+            for q in range(runs):
+                acc += np.float64(part[q * taps * d_all + src])
+            out[base + d * sd] = acc
 
 
 def _nhwc_grad_y(gy, a) -> np.ndarray:
@@ -313,8 +347,7 @@ def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
     ``rest(grad_x)`` (im2col's other paths)."""
     gy_nhwc = _nhwc_grad_y(gy, a)
     if grad_w is not None:
-        grad_w[...] = a.dims.weight_from_canonical_view(
-            weight_grad_hwio(x, gy_nhwc, a).transpose(3, 2, 0, 1))
+        weight_grad_into(x, gy_nhwc, a, grad_w)
     if grad_x is None:
         return
     if input_phases(a) is not None:
@@ -324,7 +357,7 @@ def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
 
 
 def grad_w_cost(a, p: Profile) -> Estimate:
-    """Model time of ``weight_grad_hwio``: the multiply-adds (taps rounded up to whole
+    """Model time of ``weight_grad_into``: the multiply-adds (taps rounded up to whole
     groups of ``TAPS``) at ``GRAD_W_GMACS`` per thread (half for float64), plus the
     call's fixed cost."""
     taps = a.kh * a.kw * a.c_in

@@ -82,6 +82,14 @@ def input_phases(a):
     return tuple(phases)
 
 
+def _taps_slice(taps) -> slice:
+    """Kernel taps by decreasing index in equal steps (``_axis``) as a slice (a view of
+    the weight, where a list of indices would copy it)."""
+    step = taps[1] - taps[0] if len(taps) > 1 else -1
+    stop = taps[-1] + step
+    return slice(taps[0], None if stop < 0 else stop, step)
+
+
 def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
     """grad_x (layout of ``a``, C-contiguous) of a layer with ``input_phases``: per phase,
     the direct forward of grad_y (N, Ho, Wo, D) with the phase's sub-kernel."""
@@ -95,7 +103,7 @@ def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
         if not rows or not cols:
             target[...] = 0
             continue
-        sub = w_hwio[list(rows)][:, list(cols)].transpose(0, 1, 3, 2)    # (kh', kw', D, C)
+        sub = w_hwio[_taps_slice(rows), _taps_slice(cols)].transpose(0, 1, 3, 2)  # (kh', kw', D, C)
         forward_lanes(gy_nhwc, sub, g, target, None)
     if out is not grad_x:
         with parallel_guard():

@@ -365,10 +365,12 @@ def _packed_weight(w, dtype, taps) -> np.ndarray:
     d, c, kh, kw = w.shape
     nl = _lanes.LANE_BYTES // dtype.itemsize
     blocks = -(-d // nl)
-    padded = np.zeros((kh * kw * c, blocks * nl), dtype)
-    order = (2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0)
-    padded[:, :d] = w.transpose(*order).reshape(kh * kw * c, d)
-    return np.ascontiguousarray(padded.reshape(-1, blocks, nl).transpose(1, 0, 2)).reshape(-1)
+    src = w.transpose(*((2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0)))
+    packed = (np.empty if d % nl == 0 else np.zeros)((blocks, kh * kw * c, nl), dtype)
+    for b in range(blocks):  # one strided copy a block (no temporaries)
+        cols = min(nl, d - b * nl)
+        packed[b].reshape(*src.shape[:3], nl)[..., :cols] = src[..., b * nl:b * nl + cols]
+    return packed.reshape(-1)
 
 
 def forward_lanes(x, w, args, out, bias) -> None:
