@@ -45,6 +45,7 @@ from .pool import (  # noqa: F401
     PoolShapes,
     avg_pool_args,
     check_grad_y,
+    check_indices_range,
     check_input_shape,
     global_pool_args,
     max_unpool_args,

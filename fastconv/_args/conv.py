@@ -25,6 +25,7 @@ from .checks import (
     padding_pairs,
     pair,
 )
+from .memo import remembered
 
 
 def conv_output_size(n: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
@@ -95,33 +96,13 @@ class ConvArgs:
         return replace(self, n=n)
 
 
-# Validated problems: {key: ConvArgs}. A training step asks for the same few problems
-# every step; validating one from scratch took about 0.1 ms, a look-up a few us. The key
-# is the arguments' repr, so that values that compare equal but validate apart (True and
-# 1, 2.0 and 2) never share an entry; errors are never cached.
-_VALIDATED: dict = {}
-_VALIDATED_MAX = 1024
-
-
+@remembered
 def conv_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0, dilation=1,
                           groups=1, layout="NCHW", dtype=np.float32) -> ConvArgs:
     """Validate a conv2d problem given by shapes in the caller's layout (remembered: the
-    same problem validates once)."""
-    try:
-        key = (repr((tuple(x_shape), tuple(w_shape), stride, padding, dilation, groups,
-                     layout)), np.dtype(dtype))
-    except TypeError:                      # not a shape, not a dtype: the checks say so
-        key = None
-    hit = _VALIDATED.get(key) if key is not None else None
-    if hit is not None:
-        return hit
-    args = _validate_shapes(op, x_shape, w_shape, stride, padding, dilation, groups, layout,
+    same problem validates once, ``memo.remembered``)."""
+    return _validate_shapes(op, x_shape, w_shape, stride, padding, dilation, groups, layout,
                             dtype)
-    if key is not None:
-        if len(_VALIDATED) >= _VALIDATED_MAX:
-            _VALIDATED.clear()
-        _VALIDATED[key] = args
-    return args
 
 
 def _validate_shapes(op, x_shape, w_shape, stride, padding, dilation, groups, layout,

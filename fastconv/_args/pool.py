@@ -26,6 +26,7 @@ from .checks import (
     layout_hint,
     pair,
 )
+from .memo import remembered
 
 
 def pool_output_size(n: int, k: int, stride: int, pad: int, dilation: int,
@@ -109,10 +110,11 @@ class PoolArgs(PoolShapes):
         return (*self.kernel, *self.stride, *self.padding, self.count_include_pad)
 
 
+@remembered
 def pool_args(op: str, shape, kernel_size, stride=None, padding=0, dilation=1,
               ceil_mode=False, layout="NCHW") -> PoolArgs:
     """Validate a pooling problem given by the input shape (4-D, or 3-D unbatched) in the
-    caller's layout; stride None means kernel_size."""
+    caller's layout; stride None means kernel_size (remembered, ``memo.remembered``)."""
     check_layout(op, layout)
     n, c, h, w, unbatched = activation_dims(op, shape, layout)
     kernel = pair(op, "kernel_size", kernel_size, minimum=1)
@@ -177,11 +179,14 @@ def max_unpool_args(op: str, grad_y, indices, input_shape, layout) -> PoolShapes
     return max_unpool_inputs(op, grad_y, indices, input_shape, layout)[0]
 
 
-def max_unpool_inputs(op: str, grad_y, indices, input_shape, layout, half: bool = False):
+def max_unpool_inputs(op: str, grad_y, indices, input_shape, layout, half: bool = False,
+                      check_range: bool = True):
     """The checks of ``max_pool2d_backward``: grad_y (float16 too when ``half``) and its
     int64 ``indices`` (flat positions h*W + w in [0, H*W), or -1) against
     ``input_shape``; returns (sizes, grad_y, indices), both plain ndarrays (array-likes
-    converted)."""
+    converted). ``check_range`` False leaves the values of the indices to the caller
+    (the CPU kernels count those out of range, and the op raises
+    :func:`check_indices_range`'s error)."""
     check_layout(op, layout)
     shape = check_input_shape(op, input_shape)
     n, c, h, w, unbatched = activation_dims(op, shape, layout)
@@ -200,7 +205,13 @@ def max_unpool_inputs(op: str, grad_y, indices, input_shape, layout, half: bool 
     if indices.shape != grad_y.shape:
         raise ValueError(f"{op}: indices must have the shape of grad_y {grad_y.shape}, got "
                          f"{indices.shape}")
-    if indices.size and (indices.min() < -1 or indices.max() >= h * w):
-        raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, {h * w}) (or be -1), got "
-                         f"values from {indices.min()} to {indices.max()}")
+    if check_range:
+        check_indices_range(op, indices, h * w)
     return PoolShapes(n, c, h, w, ho, wo, layout, unbatched), grad_y, indices
+
+
+def check_indices_range(op: str, indices, plane: int) -> None:
+    """ValueError unless every index lies in [0, plane) or is -1."""
+    if indices.size and (indices.min() < -1 or indices.max() >= plane):
+        raise ValueError(f"{op}: indices must lie in [0, H*W) = [0, {plane}) (or be -1), "
+                         f"got values from {indices.min()} to {indices.max()}")

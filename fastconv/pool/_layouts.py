@@ -25,7 +25,8 @@ class LayoutKernels:
     - ``max_pool(a, x, y, idx, with_idx)``: y, the maxima; idx, their flat indices h*W + w
       (int64), computed when ``with_idx`` or when ``max_pool_scans_indices(a)``; else idx
       may be empty.
-    - ``max_unpool(s, gy, idx, gx)``: gx = 0, then += gy at idx (gx fully written).
+    - ``max_unpool(s, gy, idx, gx) -> int``: gx = 0, then += gy at idx (gx fully
+      written); returns the count of indices outside [0, H*W) other than -1 (skipped).
     - ``avg_pool(a, x, y)`` and ``avg_unpool(a, gy, gx)`` (gx fully written).
     - ``mean(s, x, y)``: y (N, C), the mean over each plane.
     """
@@ -60,7 +61,8 @@ def _nchw_max_pool_scans_indices(a) -> bool:
 
 def _nchw_max_unpool(s, gy, idx, gx):
     out = s.h_out * s.w_out
-    M._max_unpool_planes(_planes(s, gy, out), _planes(s, idx, out), _planes(s, gx, s.h * s.w))
+    return M._max_unpool_planes(_planes(s, gy, out), _planes(s, idx, out),
+                                _planes(s, gx, s.h * s.w))
 
 
 def _nchw_avg_pool(a, x, y):
@@ -98,7 +100,8 @@ def _nhwc_max_pool_scans_indices(a) -> bool:
 
 def _nhwc_max_unpool(s, gy, idx, gx):
     out = s.h_out * s.w_out
-    M._max_unpool_nhwc(_pixels(s, gy, out), _pixels(s, idx, out), _pixels(s, gx, s.h * s.w))
+    return M._max_unpool_nhwc(_pixels(s, gy, out), _pixels(s, idx, out),
+                              _pixels(s, gx, s.h * s.w))
 
 
 def _nhwc_avg_pool(a, x, y):

@@ -206,46 +206,64 @@ def _max_pool_nhwc(x, y, idx, kh, kw, sh, sw, ph, pw, rh, rw):
 def _max_unpool_planes(gy, idx, gx):
     """gx (P, H*W) = 0, then gx[p, idx[p, k]] += gy[p, k] for gy, idx (P, Ho*Wo). One
     task per plane (windows may overlap), which zeroes its plane first (in cache for the
-    scatter; numpy's fill ran on one thread); index -1 gets nothing."""
+    scatter; numpy's fill ran on one thread); index -1 gets nothing. Returns the count of
+    indices outside [0, H*W) other than -1, which get nothing either (the caller raises:
+    checking them here saves two passes of numpy over the indices)."""
     n_planes, n_out = gy.shape
+    hw = gx.shape[1]
     zero = gx.dtype.type(0)
+    bad = 0
     for p in prange(n_planes):
         gx[p, :] = zero
         for k in range(n_out):
             t = idx[p, k]
-            if t >= 0:
+            if 0 <= t < hw:
                 gx[p, t] += gy[p, k]
+            elif t != -1:
+                bad += 1
+    return bad
 
 
 @njit(inline="always")
 def _unpool_image(gy, idx, gx, c_all, zero):
     """``_max_unpool_nhwc`` of one image, flat: gx = 0, then gx[idx[k*C + c]*C + c] +=
     gy[k*C + c] (LeNet's 6 and 16 channels: 2x faster than by (pixel, channel)
-    indices with the zeroing a strided slice)."""
+    indices with the zeroing a strided slice); returns the count of bad indices."""
     gx[:] = zero
+    hw = gx.size // c_all
+    bad = 0
     for k in range(gy.size // c_all):
         for c in range(c_all):
             t = idx[k * c_all + c]
-            if t >= 0:
+            if 0 <= t < hw:
                 gx[t * c_all + c] += gy[k * c_all + c]
+            elif t != -1:
+                bad += 1
+    return bad
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _max_unpool_nhwc(gy, idx, gx):
     """gx (N, H*W, C) = 0, then gx[n, idx[n, k, c], c] += gy[n, k, c] for gy, idx
     (N, Ho*Wo, C). One task per (image, block of channels), which zeroes its part
-    first; a block that is the whole image goes through it flat (``_unpool_image``)."""
+    first; a block that is the whole image goes through it flat (``_unpool_image``).
+    Returns the count of bad indices, as ``_max_unpool_planes``."""
     n_img, n_out, c_all = gy.shape
+    hw = gx.shape[1]
     zero = gx.dtype.type(0)
+    bad = 0
     for task in prange(n_img * n_blocks(c_all, C_BLOCK)):
         n, c0, c1 = task_block(task, C_BLOCK, c_all)
         if c1 - c0 == c_all:
-            _unpool_image(gy[n].reshape(gy[n].size), idx[n].reshape(idx[n].size),
-                          gx[n].reshape(gx[n].size), c_all, zero)
+            bad += _unpool_image(gy[n].reshape(gy[n].size), idx[n].reshape(idx[n].size),
+                                 gx[n].reshape(gx[n].size), c_all, zero)
             continue
         gx[n, :, c0:c1] = zero
         for k in range(n_out):
             for c in range(c0, c1):
                 t = idx[n, k, c]
-                if t >= 0:
+                if 0 <= t < hw:
                     gx[n, t, c] += gy[n, k, c]
+                elif t != -1:
+                    bad += 1
+    return bad

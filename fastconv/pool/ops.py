@@ -18,6 +18,7 @@ from .._args import (
     check_array,
     check_flag,
     check_grad_y,
+    check_indices_range,
     check_input_shape,
     check_layout,
     global_pool_args,
@@ -175,13 +176,18 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     if len(check_input_shape(op, input_shape)) == 2:
         return _plane_backward(op, max_pool2d_backward, input_shape, layout,
                                (("grad_y", grad_y), ("indices", indices)))
-    s, grad_y, indices = max_unpool_inputs(op, grad_y, indices, input_shape, layout, True)
+    s, grad_y, indices = max_unpool_inputs(op, grad_y, indices, input_shape, layout, True,
+                                           check_range=False)
     half, (grad_y,) = widen(grad_y)
     gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
     if not grad_y.size:
         gx[...] = 0      # the kernels zero gx themselves; with no output, nothing runs
-    _run(KERNELS[s.layout].max_unpool, grad_y.size, s, _batched(grad_y, s.unbatched),
-         _batched(indices, s.unbatched), gx)
+    else:
+        with parallel_guard():   # the kernel counts the indices out of range
+            bad = KERNELS[s.layout].max_unpool(s, _batched(grad_y, s.unbatched),
+                                               _batched(indices, s.unbatched), gx)
+        if bad:
+            check_indices_range(op, indices, s.h * s.w)
     return _as_given(s, gx, half=half)
 
 

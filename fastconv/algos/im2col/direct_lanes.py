@@ -59,7 +59,7 @@ from ...layout import NHWC
 from .._common import U, interior_columns
 from .image_last import _flat, strided_flat
 from .lanes_plan import PIXELS, _prepadded
-from .padded import padded_channels_last
+from .padded import padded_channels_last, padded_size
 
 #: Pixels of the register tile that runs a pair of blocks of output channels:
 #: ``_group8x2`` (8 pixels, 16 accumulators) where the host has 32 vector registers
@@ -373,6 +373,38 @@ def _packed_weight(w, dtype, taps) -> np.ndarray:
     return packed.reshape(-1)
 
 
+def _contiguous_geometry(shape, dims) -> tuple[int, ...]:
+    """What ``image_last._flat`` gives for a C-contiguous array of ``shape`` in layout
+    ``dims``: its canonical (N, C, H, W) shape and element strides."""
+    steps = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        steps[i] = steps[i + 1] * shape[i + 1]
+    perm = dims.to_canonical
+    return tuple(shape[p] for p in perm) + tuple(steps[p] for p in perm)
+
+
+@functools.lru_cache(maxsize=256)
+def _call_parts(args):
+    """The parts of a ``forward_lanes`` call that depend on the problem alone (worked out
+    once per layer and shape, not per call): whether the input is padded first, the
+    input's canonical geometry (C-contiguous), the tap order and offsets, the geometry
+    tuple and the interior columns."""
+    (pt, _), (pl, _) = args.padding
+    prepadded = _prepadded(args)
+    if prepadded:      # channels last whatever the layout: the longer tap loops
+        hp, wp = padded_size(args)
+        xs = _contiguous_geometry((args.n, hp, wp, args.c_in), NHWC)
+        pt, pl, interior = 0, 0, (0, args.w_out)
+    else:
+        xs = _contiguous_geometry(args.dims.shape(args.n, args.c_in, args.h, args.w),
+                                  args.dims)
+        interior = interior_columns(args)
+    taps = _tap_order(args, xs)
+    geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
+    return prepadded, xs, taps, _tap_offsets(args.kh, args.dilation[0] * xs[6], taps), \
+        geo, interior
+
+
 def forward_lanes(x, w, args, out, bias) -> None:
     """The forward of a ``lanes_applies`` problem: out (layout ``args.dims``, any
     strides; positive ones written in place, ``image_last.strided_flat``) = conv(x, w)
@@ -386,18 +418,13 @@ def forward_lanes(x, w, args, out, bias) -> None:
         fb[:args.c_out] = bias
     strided = strided_flat(out, args.dims)
     target = out if out.flags.c_contiguous or strided else np.empty(out.shape, dt)
-    (pt, _), (pl, _) = args.padding
-    interior = interior_columns(args)
-    if _prepadded(args):      # channels last whatever the layout: the longer tap loops
-        xf, xs = _flat(padded_channels_last(x, args, "direct_lanes.xp"), NHWC)
-        pt, pl, interior = 0, 0, (0, args.w_out)
+    prepadded, xs, taps, toff, geo, interior = _call_parts(args)
+    if prepadded:
+        xf = padded_channels_last(x, args, "direct_lanes.xp").reshape(-1)
     else:
-        xf, xs = _flat(np.ascontiguousarray(x, dt), args.dims)
+        xf = np.ascontiguousarray(x, dt).reshape(-1)
     fo, os = strided or _flat(target, args.dims)
-    taps = _tap_order(args, xs)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
-    geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
-    toff = _tap_offsets(args.kh, args.dilation[0] * xs[6], taps)
     with parallel_guard():
         _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS)
     if target is not out:
