@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
+
 #: Records kept per check; the whole store is dropped when it is full.
 MAX_ENTRIES = 1024
 
@@ -31,7 +33,9 @@ def remembered(check):
 
     @functools.wraps(check)
     def wrapper(op, *args, **kwargs):
-        key = repr((args, kwargs))
+        # a dtype as its type string: numpy's dtype repr runs Python code (10 us a call)
+        key = repr([a.str if isinstance(a, np.dtype) else a for a in args] if not kwargs
+                   else (args, {k: _plain(v) for k, v in kwargs.items()}))
         hit = store.get(key)
         if hit is not None:
             return hit
@@ -43,3 +47,8 @@ def remembered(check):
 
     wrapper.clear = store.clear
     return wrapper
+
+
+def _plain(value):
+    """A dtype as its type string, anything else as it is."""
+    return value.str if isinstance(value, np.dtype) else value
