@@ -7,6 +7,8 @@ the backward pass of ``fastconv.autograd.tensor`` can call ``backward``.
 
 from __future__ import annotations
 
+import numpy as np
+
 from .grad_mode import is_grad_enabled
 
 # The class that Function.apply wraps inputs and results in: fastconv.autograd.tensor's
@@ -89,6 +91,8 @@ class Function:
 def _check_device(cls, tensors) -> None:
     """RuntimeError when an input lives on the GPU and the op has no GPU path (an honest
     error instead of a silent copy per op), or when its inputs are on different devices."""
+    if all(t is None or type(t.data) is np.ndarray for t in tensors):
+        return      # all on the CPU (the common case, without the device checks)
     on_gpu = [i for i, t in enumerate(tensors) if t is not None and t.device != "cpu"]
     if not on_gpu:
         return

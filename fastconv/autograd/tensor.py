@@ -53,7 +53,8 @@ class Tensor:
     def __init__(self, data, requires_grad: bool = False):
         if isinstance(data, Tensor):
             data = data.data
-        arr = data if devices.is_device_array(data) else np.asarray(data)
+        arr = data if type(data) is np.ndarray or devices.is_device_array(data) \
+            else np.asarray(data)
         if requires_grad and arr.dtype.kind != "f":
             raise TypeError(f"Tensor: only floating-point tensors can require gradients, "
                             f"got dtype {arr.dtype}")
@@ -382,7 +383,8 @@ def _run_backward(root: Tensor, grad: np.ndarray, wanted) -> dict:
             if ig.shape != inp.shape:
                 raise RuntimeError(f"{type(ctx).__name__}.backward returned a gradient of "
                                    f"shape {ig.shape} for an input of shape {inp.shape}")
-            ig = arrays.astype(ig, inp.dtype)
+            if ig.dtype != inp.data.dtype:
+                ig = arrays.astype(ig, inp.dtype)
             prev = grads.get(id(inp))
             # never in place: ig may alias
             grads[id(inp)] = ig if prev is None else arrays.add(prev, ig)
