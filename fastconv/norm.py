@@ -237,6 +237,17 @@ def _partials(x):
     return np.empty(((x.shape[0] + _ROWS - 1) // _ROWS, x.shape[1]))
 
 
+@njit(inline="always")
+def _partial_sums(p1, p2, c):
+    """Channel c's block partials of p1 and p2 (T, C) added in order (float64)."""
+    s1 = 0.0
+    s2 = 0.0
+    for t in range(p1.shape[0]):
+        s1 += p1[t, c]
+        s2 += p2[t, c]
+    return s1, s2
+
+
 @njit(cache=True)
 def _moments(p1, p2, shift, count, eps, weight, stats):
     """The serial end of the NHWC statistics in one call (it was about ten numpy calls on
@@ -245,11 +256,7 @@ def _moments(p1, p2, shift, count, eps, weight, stats):
     variance and weight / sqrt(var + eps). The partials are added in order (the result
     does not depend on the thread count)."""
     for c in range(p1.shape[1]):
-        s1 = 0.0
-        s2 = 0.0
-        for t in range(p1.shape[0]):
-            s1 += p1[t, c]
-            s2 += p2[t, c]
+        s1, s2 = _partial_sums(p1, p2, c)
         ds = s1 / count
         var = max(s2 / count - ds * ds, 0.0)
         stats[0, c] = shift[c] + ds
@@ -264,11 +271,7 @@ def _grad_coefficients(p1, p2, weight, invstd, count, training, out):
     the coefficients a, b, kx of ``_bn_backward_apply_nhwc`` (b = kx = 0 outside
     training)."""
     for c in range(p1.shape[1]):
-        s1 = 0.0
-        s2 = 0.0
-        for t in range(p1.shape[0]):
-            s1 += p1[t, c]
-            s2 += p2[t, c]
+        s1, s2 = _partial_sums(p1, p2, c)
         a = weight[c] * invstd[c]
         out[0, c] = s1
         out[1, c] = s2
