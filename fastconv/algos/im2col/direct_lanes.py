@@ -311,10 +311,11 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px):
                     break
                 rows8 = (x0, toff, t_lo, t_hi, w0, k)
                 if pair and pair_px < PIXELS:  # two halves of 4 pixels x 2 blocks
-                    for h in range(2):
-                        kh4 = min(PIXELS // 2, k - h * (PIXELS // 2))
-                        r4 = (x0 + h * (PIXELS // 2) * ps, toff, t_lo, t_hi, w0, kh4)
-                        oh = o + U(h * (PIXELS // 2)) * uosw
+                    # (not ``h``: that is the image's height, read by every task)
+                    for quad in range(2):
+                        kh4 = min(PIXELS // 2, k - quad * (PIXELS // 2))
+                        r4 = (x0 + quad * (PIXELS // 2) * ps, toff, t_lo, t_hi, w0, kh4)
+                        oh = o + U(quad * (PIXELS // 2)) * uosw
                         _group4x2(xf, fw, _lanes.load(fb, U(bp * nl)),
                                   _lanes.load(fb, U((bp + 1) * nl)), r4, ps, wlen,
                                   nl, fo, (oh, oh + U(nl) * uosd, m0, m1, osd, osw))
