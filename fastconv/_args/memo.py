@@ -33,9 +33,7 @@ def remembered(check):
 
     @functools.wraps(check)
     def wrapper(op, *args, **kwargs):
-        # a dtype as its type string: numpy's dtype repr runs Python code (10 us a call)
-        key = repr([a.str if isinstance(a, np.dtype) else a for a in args] if not kwargs
-                   else (args, {k: _plain(v) for k, v in kwargs.items()}))
+        key = repr([*map(_plain, args), *((k, _plain(v)) for k, v in kwargs.items())])
         hit = store.get(key)
         if hit is not None:
             return hit
@@ -45,10 +43,10 @@ def remembered(check):
         store[key] = result
         return result
 
-    wrapper.clear = store.clear
     return wrapper
 
 
 def _plain(value):
-    """A dtype as its type string, anything else as it is."""
+    """A dtype as its type string (numpy's dtype repr runs Python code: 10 us a call),
+    anything else as it is."""
     return value.str if isinstance(value, np.dtype) else value

@@ -75,11 +75,13 @@ def _plane_backward(op, backward, input_shape, layout, arrays, *args, **kwargs):
     return np.squeeze(gx, axis)
 
 
-def _run(kernel, size: int, *args) -> None:
-    """Run a layout's kernel under the parallel guard, unless its output is empty."""
+def _run(kernel, size: int, *args):
+    """Run a layout's kernel under the parallel guard, unless its output is empty; its
+    result (None when it did not run)."""
     if size:
         with parallel_guard():
-            kernel(*args)
+            return kernel(*args)
+    return None
 
 
 # ------------------------------------------------------------------------------ max pool
@@ -182,12 +184,9 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
     if not grad_y.size:
         gx[...] = 0      # the kernels zero gx themselves; with no output, nothing runs
-    else:
-        with parallel_guard():   # the kernel counts the indices out of range
-            bad = KERNELS[s.layout].max_unpool(s, _batched(grad_y, s.unbatched),
-                                               _batched(indices, s.unbatched), gx)
-        if bad:
-            check_indices_range(op, indices, s.h * s.w)
+    if _run(KERNELS[s.layout].max_unpool, grad_y.size, s, _batched(grad_y, s.unbatched),
+            _batched(indices, s.unbatched), gx):   # indices out of range, counted
+        check_indices_range(op, indices, s.h * s.w)
     return _as_given(s, gx, half=half)
 
 

@@ -57,7 +57,7 @@ from ... import _lanes
 from ..._runtime import parallel_guard
 from ...layout import NHWC
 from .._common import U, interior_columns
-from .image_last import _flat, strided_flat
+from .image_last import _flat, contiguous_geometry, strided_flat
 from .lanes_plan import PIXELS, _prepadded
 from .padded import padded_channels_last, padded_size
 
@@ -374,36 +374,24 @@ def _packed_weight(w, dtype, taps) -> np.ndarray:
     return packed.reshape(-1)
 
 
-def _contiguous_geometry(shape, dims) -> tuple[int, ...]:
-    """What ``image_last._flat`` gives for a C-contiguous array of ``shape`` in layout
-    ``dims``: its canonical (N, C, H, W) shape and element strides."""
-    steps = [1] * len(shape)
-    for i in range(len(shape) - 2, -1, -1):
-        steps[i] = steps[i + 1] * shape[i + 1]
-    perm = dims.to_canonical
-    return tuple(shape[p] for p in perm) + tuple(steps[p] for p in perm)
-
-
 @functools.lru_cache(maxsize=256)
-def _call_parts(args):
-    """The parts of a ``forward_lanes`` call that depend on the problem alone (worked out
-    once per layer and shape, not per call): whether the input is padded first, the
-    input's canonical geometry (C-contiguous), the tap order and offsets, the geometry
-    tuple and the interior columns."""
+def _call_parts(args, prepadded: bool):
+    """The parts of a ``forward_lanes`` call that depend on the problem (and on whether
+    its input is padded first, ``_prepadded``) alone, worked out once per layer and
+    shape: the input's canonical geometry (C-contiguous), the tap order and offsets,
+    the geometry tuple and the interior columns."""
     (pt, _), (pl, _) = args.padding
-    prepadded = _prepadded(args)
     if prepadded:      # channels last whatever the layout: the longer tap loops
         hp, wp = padded_size(args)
-        xs = _contiguous_geometry((args.n, hp, wp, args.c_in), NHWC)
+        xs = contiguous_geometry((args.n, hp, wp, args.c_in), NHWC)
         pt, pl, interior = 0, 0, (0, args.w_out)
     else:
-        xs = _contiguous_geometry(args.dims.shape(args.n, args.c_in, args.h, args.w),
+        xs = contiguous_geometry(args.dims.shape(args.n, args.c_in, args.h, args.w),
                                   args.dims)
         interior = interior_columns(args)
     taps = _tap_order(args, xs)
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
-    return prepadded, xs, taps, _tap_offsets(args.kh, args.dilation[0] * xs[6], taps), \
-        geo, interior
+    return xs, taps, _tap_offsets(args.kh, args.dilation[0] * xs[6], taps), geo, interior
 
 
 def forward_lanes(x, w, args, out, bias) -> None:
@@ -419,7 +407,8 @@ def forward_lanes(x, w, args, out, bias) -> None:
         fb[:args.c_out] = bias
     strided = strided_flat(out, args.dims)
     target = out if out.flags.c_contiguous or strided else np.empty(out.shape, dt)
-    prepadded, xs, taps, toff, geo, interior = _call_parts(args)
+    prepadded = _prepadded(args)
+    xs, taps, toff, geo, interior = _call_parts(args, prepadded)
     if prepadded:
         xf = padded_channels_last(x, args, "direct_lanes.xp").reshape(-1)
     else:

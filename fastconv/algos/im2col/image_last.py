@@ -140,6 +140,16 @@ def _canonical_geometry(a, dims) -> tuple[int, ...]:
     return tuple(v.shape) + tuple(s // a.itemsize for s in v.strides)
 
 
+def contiguous_geometry(shape, dims) -> tuple[int, ...]:
+    """``_canonical_geometry`` of a C-contiguous array of ``shape`` in layout ``dims``,
+    from the shape alone."""
+    steps = [1] * len(shape)
+    for i in range(len(shape) - 2, -1, -1):
+        steps[i] = steps[i + 1] * shape[i + 1]
+    perm = dims.to_canonical
+    return tuple(shape[p] for p in perm) + tuple(steps[p] for p in perm)
+
+
 def _flat(a, dims):
     """A C-contiguous array of layout ``dims`` as (flat array, the shape and element
     strides of its canonical (N, C, H, W) view)."""
