@@ -96,8 +96,7 @@ class ResNet(nn.Module):
         (C, H, W) (NHWC: (H, W, C)) -> (num_classes,)."""
         if getattr(x, "ndim", 0) == 3:
             return nn.call_unbatched(self.forward, x)
-        conv, bn, _ = self.stem        # conv-bn-relu, bn and relu as one op
-        return self.fc(self.flatten(self.pool(self.layers(bn.forward_relu(conv(x))))))
+        return self.fc(self.flatten(self.pool(self.layers(self.stem(x)))))
 
 
 def resnet_small(in_channels: int = 1, num_classes: int = 10, widths=(16, 32, 64),

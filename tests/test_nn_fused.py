@@ -67,3 +67,98 @@ def test_basic_block_matches_its_unfused_ops(rng, stride):
     want = [ref.data, x2.grad] + [p.grad for p in block.parameters()]
     for g, w in zip(got, want, strict=True):
         np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+
+
+def _pool_inputs(rng, dtype):
+    """Maps with NaN, ties among positives, windows of negatives only, zeros of both
+    signs: the cases where max pooling and the ReLU could disagree about the order."""
+    x = rng.standard_normal((2, 3, 7, 6)).astype(dtype)
+    x[0, 0, :2, :2] = [[np.nan, 1.0], [2.0, 3.0]]
+    x[0, 1, :2, :2] = [[-1.0, -2.0], [-0.0, -3.0]]
+    x[0, 1, 2:4, 2:4] = [[0.0, -0.0], [-1.0, 0.0]]
+    x[1, 0, :2, :2] = 2.5                            # a tie of positives
+    x[1, 2, :2, :2] = -np.inf
+    return x
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("window", [dict(kernel_size=2), dict(kernel_size=3, stride=2,
+                                                              padding=1),
+                                    dict(kernel_size=2, stride=1, dilation=2),
+                                    dict(kernel_size=3, stride=2, ceil_mode=True)])
+def test_relu_max_pool_is_max_pool_of_relu_exactly(rng, layout, dtype, window):
+    """The fused op pools first and applies the ReLU to the pooled map; the values and
+    the gradient are those of ReLU then max pooling, bit for bit."""
+    x = _pool_inputs(rng, dtype)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    xa, xb = Tensor(x, requires_grad=True), Tensor(x, requires_grad=True)
+    got = fused.relu_max_pool2d(xa, **window, layout=layout)
+    want = F.max_pool2d(F.relu(xb), **window, layout=layout)
+    np.testing.assert_array_equal(got.data, want.data)
+    assert got.dtype == dtype and np.isnan(got.data).any()
+    g = rng.standard_normal(got.shape).astype(dtype)
+    (got * Tensor(g)).sum().backward()
+    (want * Tensor(g)).sum().backward()
+    np.testing.assert_array_equal(xa.grad, xb.grad)
+    assert np.count_nonzero(xa.grad) > 0
+
+
+def test_relu_max_pool_gradient_against_finite_differences(rng):
+    x = Tensor(rng.standard_normal((2, 2, 6, 6)), requires_grad=True)
+    assert gradcheck(lambda t: fused.relu_max_pool2d(t, 2), [x])
+
+
+def test_relu_max_pool_without_a_graph_and_its_errors(rng):
+    x = rng.standard_normal((1, 2, 4, 4))
+    np.testing.assert_array_equal(fused.relu_max_pool2d(x, 2).data,
+                                  F.max_pool2d(np.maximum(x, 0), 2).data)
+    with pytest.raises(ValueError, match="max_pool2d"):
+        fused.relu_max_pool2d(x, 5)
+
+
+class _LeakyPool(nn.MaxPool2d):
+    def forward(self, x):                       # not a plain max pool: never fused
+        return super().forward(x) * 2.0
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_sequential_runs_fused_pairs_with_the_results_of_each_module(rng, layout):
+    """Sequential fuses ReLU + MaxPool2d and BatchNorm2d + ReLU (the output's op shows
+    it) and gives what calling the modules one by one gives; subclasses that change
+    forward and unbatched inputs run module by module."""
+    kw = dict(layout=layout, dtype=np.float64)
+    seq = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1, rng=rng, **kw), nn.BatchNorm2d(4, **kw),
+                        nn.ReLU(), nn.Conv2d(4, 4, 3, rng=rng, **kw), nn.ReLU(),
+                        nn.MaxPool2d(2, layout=layout))
+    x = rng.standard_normal((3, 2, 8, 8))
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    stats = [b.copy() for b in seq.buffers()]
+    xa = Tensor(x, requires_grad=True)
+    got = seq(xa)
+    assert type(got._ctx).__name__ == "ReLUMaxPool"
+    bn_out = got._ctx.inputs[0]._ctx.inputs[0]      # conv2's input: bn + relu, one op
+    assert type(bn_out._ctx).__name__ == "BatchNorm"
+    got.sum().backward()
+    grads = [xa.grad] + [p.grad.copy() for p in seq.parameters()]
+    for b, s in zip(seq.buffers(), stats, strict=True):
+        b[...] = s
+    seq.zero_grad()
+    xb = Tensor(x, requires_grad=True)
+    want = xb
+    for m in seq:
+        want = m(want)
+    assert type(want._ctx).__name__ == "MaxPool2d"
+    assert type(want._ctx.inputs[0]._ctx.inputs[0]._ctx.inputs[0]._ctx).__name__ == "ReLU"
+    want.sum().backward()
+    np.testing.assert_allclose(got.data, want.data, rtol=1e-12, atol=1e-12)
+    for g, w in zip(grads, [xb.grad] + [p.grad for p in seq.parameters()], strict=True):
+        np.testing.assert_allclose(g, w, rtol=1e-10, atol=1e-12)
+    leaky = nn.Sequential(nn.ReLU(), _LeakyPool(2, layout=layout))
+    np.testing.assert_array_equal(leaky(x).data, 2.0 * F.max_pool2d(np.maximum(x, 0), 2,
+                                                                    layout=layout).data)
+    one = x[0]                                   # an unbatched image
+    np.testing.assert_array_equal(nn.Sequential(nn.ReLU(), nn.MaxPool2d(2, layout=layout))(
+        one).data, F.max_pool2d(np.maximum(x, 0), 2, layout=layout).data[0])

@@ -241,6 +241,16 @@ class MaxPool2d(_Pool2d):
         return F.max_pool2d(x, self.kernel_size, self.stride, self.padding, self.dilation,
                             self.ceil_mode, layout=self.layout)
 
+    def fused_after(self, prev: Module):
+        """After a ReLU: self(relu(x)) as relu(self(x)), one op
+        (:func:`fastconv.nn.fused.relu_max_pool2d`)."""
+        if not (_plain(prev, ReLU) and _plain(self, MaxPool2d)):
+            return None
+        return lambda x: (fused.relu_max_pool2d(x, self.kernel_size, self.stride,
+                                                self.padding, self.dilation, self.ceil_mode,
+                                                layout=self.layout)
+                          if getattr(x, "ndim", 0) == 4 else self(prev(x)))
+
     def extra_repr(self) -> str:
         return (f"{super().extra_repr()}, dilation={self.dilation}, "
                 f"ceil_mode={self.ceil_mode}")
@@ -297,6 +307,12 @@ class ReLU(Module):
 
     def forward(self, x):
         return F.relu(x)
+
+    def fused_after(self, prev: Module):
+        """After a BatchNorm2d: relu(prev(x)) in its normalising pass (``forward_relu``)."""
+        if not (_plain(prev, BatchNorm2d) and _plain(self, ReLU)):
+            return None
+        return prev.forward_relu
 
 
 class Flatten(Module):
@@ -392,6 +408,12 @@ class CrossEntropyLoss(Module):
 
     def forward(self, input, target):
         return F.cross_entropy(input, target, self.reduction)
+
+
+def _plain(m: Module, cls) -> bool:
+    """Whether m is a ``cls`` whose forward is cls's own (a subclass may compute
+    something else, so it is not fused)."""
+    return isinstance(m, cls) and type(m).forward is cls.forward
 
 
 class BasicBlock(Module):

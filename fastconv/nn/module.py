@@ -269,6 +269,12 @@ class Module:
     def __call__(self, *args, **kwargs):
         return self.forward(*args, **kwargs)
 
+    def fused_after(self, prev: Module):
+        """A callable computing ``self(prev(x))`` as one fused op, or None (the default):
+        :class:`Sequential` runs such adjacent pairs through it (batch norm + ReLU,
+        ReLU + max pooling: ``fastconv.nn.fused``)."""
+        return None
+
     def extra_repr(self) -> str:
         return ""
 
@@ -284,7 +290,10 @@ class Module:
 
 
 class Sequential(Module):
-    """Modules applied in order: Sequential(m0, m1, ...) or Sequential(OrderedDict)."""
+    """Modules applied in order: Sequential(m0, m1, ...) or Sequential(OrderedDict).
+
+    Adjacent pairs that the second module fuses (``Module.fused_after``) run as one op:
+    BatchNorm2d then ReLU, ReLU then MaxPool2d (same results, one pass fewer)."""
 
     def __init__(self, *modules):
         super().__init__()
@@ -303,8 +312,11 @@ class Sequential(Module):
         mods = list(self._modules.values())
         if mods and getattr(mods[0], "takes_images", False) and getattr(x, "ndim", 0) == 3:
             return call_unbatched(self.forward, x)
-        for m in mods:
-            x = m(x)
+        i = 0
+        while i < len(mods):     # a pair the second module fuses (fused_after) as one op
+            pair = mods[i + 1].fused_after(mods[i]) if i + 1 < len(mods) else None
+            x = mods[i](x) if pair is None else pair(x)
+            i += 1 if pair is None else 2
         return x
 
     def __getitem__(self, i):
