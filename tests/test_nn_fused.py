@@ -162,3 +162,30 @@ def test_sequential_runs_fused_pairs_with_the_results_of_each_module(rng, layout
     one = x[0]                                   # an unbatched image
     np.testing.assert_array_equal(nn.Sequential(nn.ReLU(), nn.MaxPool2d(2, layout=layout))(
         one).data, F.max_pool2d(np.maximum(x, 0), 2, layout=layout).data[0])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_relu_is_relu_of_linear_exactly(rng, bias):
+    """functional.linear(relu=True) and Sequential(Linear, ReLU) against the two ops,
+    bit for bit (NaN kept), and the gradient against finite differences."""
+    x = rng.standard_normal((5, 7)).astype(np.float32)
+    x[0, 0] = np.nan
+    lin = nn.Linear(7, 4, bias=bias, rng=rng)
+    xa, xb = Tensor(x, requires_grad=True), Tensor(x, requires_grad=True)
+    got = nn.Sequential(lin, nn.ReLU())(xa)
+    assert type(got._ctx).__name__ == "Linear"
+    want = F.relu(lin(xb))
+    np.testing.assert_array_equal(got.data, want.data)
+    assert np.isnan(got.data[0]).all()
+    g = rng.standard_normal(got.shape).astype(np.float32)
+    grads = []
+    for y, t in ((got, xa), (want, xb)):
+        lin.zero_grad()
+        (y * Tensor(g)).sum().backward()
+        grads.append([t.grad] + [p.grad for p in lin.parameters()])
+    for a, b in zip(*grads, strict=True):
+        np.testing.assert_array_equal(a, b)
+    w = Tensor(rng.standard_normal((3, 4)), requires_grad=True)
+    b = Tensor(rng.standard_normal(3), requires_grad=True) if bias else None
+    ts = [Tensor(rng.standard_normal((6, 4)), requires_grad=True), w] + ([b] if bias else [])
+    assert gradcheck(lambda *t: F.linear(t[0], t[1], t[2] if bias else None, relu=True), ts)

@@ -28,6 +28,7 @@ from ..autograd import (
     Reshape,
     Softmax,
     Tensor,
+    arrays,
     log_softmax_array,
 )
 from ..autograd import ReLU as _ReLU
@@ -245,14 +246,21 @@ def batch_norm(input, running_mean, running_var, weight=None, bias=None, trainin
 class Linear(Function):
     """y = x @ W.T + b for x (*, in), W (out, in), b (out,). The products run through
     ``fastconv._blas.matmul`` (one BLAS thread for small layers); on the GPU through
-    ``fastconv.cuda.linear`` (the GEMM kernel)."""
+    ``fastconv.cuda.linear`` (the GEMM kernel). ``relu``: max(y, 0) in the same op
+    (the gradient passes where it is positive)."""
 
     gpu = True
 
     @staticmethod
-    def forward(ctx, x, w, b):
+    def forward(ctx, x, w, b, relu=False):
         ctx.save_for_backward(x, w)
         ctx.has_bias = b is not None
+        y = Linear._affine(x, w, b)
+        ctx.relu_out = arrays.relu(y) if relu else None
+        return y if ctx.relu_out is None else ctx.relu_out
+
+    @staticmethod
+    def _affine(x, w, b):
         gpu = on_gpu("linear", x)
         if gpu is not None:
             return gpu(x, w, b)
@@ -268,6 +276,8 @@ class Linear(Function):
     @staticmethod
     def backward(ctx, g):
         x, w = ctx.saved_tensors
+        if ctx.relu_out is not None:
+            g = arrays.relu_backward(g, ctx.relu_out)
         need_x, need_w, need_b = ctx.needs_input_grad
         gpu = on_gpu("linear_backward", g)
         if gpu is not None:
@@ -283,8 +293,9 @@ class Linear(Function):
         return gx, gw, gb
 
 
-def linear(input, weight, bias=None) -> Tensor:
-    """``input (*, in_features) @ weight.T (weight (out, in)) + bias (out,)``."""
+def linear(input, weight, bias=None, *, relu: bool = False) -> Tensor:
+    """``input (*, in_features) @ weight.T (weight (out, in)) + bias (out,)``; with
+    ``relu``, max(that, 0) in the same op."""
     x, w = _tensor(input), _tensor(weight)
     if x.ndim < 1 or w.ndim != 2 or x.shape[-1] != w.shape[1]:
         raise ValueError(f"linear: input of shape {x.shape} does not match weight of shape "
@@ -292,7 +303,7 @@ def linear(input, weight, bias=None) -> Tensor:
     if bias is not None and _tensor(bias).shape != (w.shape[0],):
         raise ValueError(f"linear: bias must have shape ({w.shape[0]},), got "
                          f"{_tensor(bias).shape}")
-    return Linear.apply(x, w, bias)
+    return Linear.apply(x, w, bias, relu=relu)
 
 
 class Dropout(Function):

@@ -12,7 +12,8 @@ output array instead of two, and the gradient of the pair:
 
 Each keeps its output ``y`` for the backward pass: the ReLU gradient passes where
 y > 0, as :func:`fastconv.nn.functional.relu`'s. ``fastconv.nn.Sequential`` runs a
-BatchNorm2d followed by a ReLU, and a ReLU followed by a MaxPool2d, through them.
+BatchNorm2d followed by a ReLU, and a ReLU followed by a MaxPool2d, through them (and a
+Linear followed by a ReLU through ``functional.linear(..., relu=True)``).
 
 >>> import numpy as np
 >>> from fastconv.nn import fused

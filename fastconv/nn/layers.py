@@ -309,10 +309,15 @@ class ReLU(Module):
         return F.relu(x)
 
     def fused_after(self, prev: Module):
-        """After a BatchNorm2d: relu(prev(x)) in its normalising pass (``forward_relu``)."""
-        if not (_plain(prev, BatchNorm2d) and _plain(self, ReLU)):
+        """After a BatchNorm2d: relu(prev(x)) in its normalising pass (``forward_relu``);
+        after a Linear: in the same op (``linear(..., relu=True)``)."""
+        if not _plain(self, ReLU):
             return None
-        return prev.forward_relu
+        if _plain(prev, BatchNorm2d):
+            return prev.forward_relu
+        if _plain(prev, Linear):
+            return lambda x: F.linear(x, prev.weight, prev.bias, relu=True)
+        return None
 
 
 class Flatten(Module):

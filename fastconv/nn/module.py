@@ -272,7 +272,7 @@ class Module:
     def fused_after(self, prev: Module):
         """A callable computing ``self(prev(x))`` as one fused op, or None (the default):
         :class:`Sequential` runs such adjacent pairs through it (batch norm + ReLU,
-        ReLU + max pooling: ``fastconv.nn.fused``)."""
+        linear + ReLU, ReLU + max pooling)."""
         return None
 
     def extra_repr(self) -> str:
@@ -293,7 +293,8 @@ class Sequential(Module):
     """Modules applied in order: Sequential(m0, m1, ...) or Sequential(OrderedDict).
 
     Adjacent pairs that the second module fuses (``Module.fused_after``) run as one op:
-    BatchNorm2d then ReLU, ReLU then MaxPool2d (same results, one pass fewer)."""
+    BatchNorm2d or Linear then ReLU, ReLU then MaxPool2d (same results, one op and one
+    pass fewer)."""
 
     def __init__(self, *modules):
         super().__init__()
