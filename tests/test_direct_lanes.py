@@ -24,7 +24,9 @@ LAYOUTS = ["NCHW", "NHWC"]
 # blocks run in pairs (``_group8x2`` or ``_group4x2``: both tiles, ``PAIR_PIXELS``), a
 # last odd block alone; narrow maps with pixels
 # in the padding (padded first, ``_prepadded``: the 7x7 and 14x14 cases below); fewer
-# channels than kernel columns (``_tap_order``: the channels outer)
+# channels than kernel columns (``_tap_order``: the channels outer); unpadded layers
+# whose rows are not a multiple of 8 pixels (groups across rows, ``band_rows``: the last
+# three, with pairs of blocks, a stride, a short last band)
 CASES = [
     (4, 6, 8, 8, 16, 5, 1, 0, 1),                         # LeNet's second layer, smaller
     (5, 6, 9, 11, 13, 3, 1, 1, 1),
@@ -39,6 +41,9 @@ CASES = [
     (4, 6, 14, 14, 16, 5, 1, 2, 1),   # LeNet's second layer with padding 2
     (4, 3, 15, 15, 40, 7, 2, 3, 1),   # a stem: in NCHW the channels outer, columns inner
     (4, 2, 9, 20, 16, (3, 7), 1, 1, (1, 2)),  # the same order with column dilation
+    (4, 6, 14, 14, 16, 5, 1, 0, 1),   # LeNet's second layer: 10 pixels a row, bands of 4
+    (4, 8, 11, 13, 40, 3, 1, 0, 1),   # 11 a row, bands of 8 rows and of 1
+    (4, 6, 13, 12, 32, 3, 2, 0, (1, 2)),  # strided: 6 rows of 4, bands of 2
 ]
 
 
@@ -82,6 +87,19 @@ def test_lanes_kernel_matches_the_reference(layout, case, dtype, pair_pixels, rn
         assert got.dtype == dtype and got.flags.c_contiguous
         assert ref.rel_error(back(got), want) <= ref.tolerance(dtype, "im2col")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("case,band", [(CASES[-3], 4), (CASES[-2], 8), (CASES[-1], 2),
+                                       (CASES[0], 2), (CASES[1], 0)], ids=str)
+def test_lanes_kernel_runs_unpadded_rows_in_bands(case, band, rng):
+    """Layers whose every pixel's kernel lies inside the image run their rows' pixels as
+    one sequence (``band_rows`` rows a task: a multiple of 8 pixels); padded ones by
+    rows."""
+    x, w, _, kwargs = _problem(case, np.float32, rng)
+    a = conv_args_from_shapes("t", x.shape, w.shape, dtype=np.float32, **kwargs)
+    assert direct_lanes._call_parts(a, False)[-1] == band
+    if band:
+        assert band * a.w_out % 8 == 0 or band == a.h_out
 
 
 @pytest.mark.parametrize("padded", [True, False])

@@ -58,7 +58,7 @@ from ..._runtime import parallel_guard
 from ...layout import NHWC
 from .._common import U, interior_columns
 from .image_last import _flat, contiguous_geometry, strided_flat
-from .lanes_plan import PIXELS, _prepadded
+from .lanes_plan import PIXELS, _prepadded, band_rows
 from .padded import padded_channels_last, padded_size
 
 #: Pixels of the register tile that runs a pair of blocks of output channels:
@@ -83,9 +83,24 @@ def _put(fo, o, osd, v, m, nl):
 
 
 @njit(inline="always")
-def _offset(p, k, step):
-    """Pixel p's input offset in a group of k pixels (pixel 0's beyond them)."""
-    return U(p * step if p < k else 0)
+def _pixel(f0, p, k, wrap, rstep, cstep):
+    """The input offset of pixel f0 + p of a group of k from pixel f0's (pixel f0's
+    own, 0, beyond the k real ones): pixels numbered along output rows of ``wrap``
+    columns, rstep / cstep input elements apart a row / a column (as uint64: a step
+    back to the next row's first column wraps around, and so does the sum)."""
+    if p >= k:
+        return U(0)
+    f = f0 + p
+    return U((f // wrap - f0 // wrap) * rstep + (f % wrap - f0 % wrap) * cstep)
+
+
+@njit(inline="always")
+def _offsets(f0, k, wrap, rstep, cstep):
+    """``_pixel``'s offsets of pixels f0 .. f0 + 7 of a group of k, as an 8-tuple."""
+    return (U(0), _pixel(f0, 1, k, wrap, rstep, cstep), _pixel(f0, 2, k, wrap, rstep, cstep),
+            _pixel(f0, 3, k, wrap, rstep, cstep), _pixel(f0, 4, k, wrap, rstep, cstep),
+            _pixel(f0, 5, k, wrap, rstep, cstep), _pixel(f0, 6, k, wrap, rstep, cstep),
+            _pixel(f0, 7, k, wrap, rstep, cstep))
 
 
 @njit(inline="always")
@@ -120,14 +135,14 @@ def _edge_pixel(xf, fw, v, xrow, wrow, taps, cols, nl):
 
 
 @njit(inline="always")
-def _group4(xf, fw, v0, rows, ps, nl):
+def _group4(xf, fw, v0, rows, offs, nl):
     """A group of at most 4 pixels (a row's last): v0 + their sums in 4 accumulators,
     pixel 0's taps repeated beyond the k real ones. rows = (x0, toff, t_lo, t_hi, w0,
     k): the taps t_lo <= t < t_hi, tap t reading input x0 + toff[t] (pixel 0; x0 the
     offset of its tap (0, 0, 0), outside the image when t_lo > 0) and weight
-    w0 + t * lanes."""
+    w0 + t * lanes; offs: the pixels' input offsets from pixel 0's (``_offsets``)."""
     x0, toff, t_lo, t_hi, w0, k = rows
-    o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
+    o1, o2, o3 = offs[1], offs[2], offs[3]
     v1, v2, v3 = v0, v0, v0
     for t in range(U(t_lo), U(t_hi)):
         wv = _lanes.load(fw, U(w0) + t * U(nl))
@@ -152,14 +167,12 @@ def _write(fo, o, vs, k, m, osd, osw, nl):
 
 
 @njit(inline="always")
-def _group8(xf, fw, v0, rows, ps, nl):
-    """A group of k <= 8 pixels ps input elements apart (pixel 0's taps repeated beyond
-    the real ones, ``_offset``): v0 + their sums in 8 accumulators; rows as
-    ``_group4``'s."""
+def _group8(xf, fw, v0, rows, offs, nl):
+    """A group of k <= 8 pixels at input offsets offs from pixel 0's (pixel 0's taps
+    repeated beyond the real ones, ``_offsets``): v0 + their sums in 8 accumulators;
+    rows as ``_group4``'s."""
     x0, toff, t_lo, t_hi, w0, k = rows
-    o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
-    o4, o5 = _offset(4, k, ps), _offset(5, k, ps)
-    o6, o7 = _offset(6, k, ps), _offset(7, k, ps)
+    _, o1, o2, o3, o4, o5, o6, o7 = offs
     v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
     for t in range(U(t_lo), U(t_hi)):
         wv = _lanes.load(fw, U(w0) + t * U(nl))
@@ -176,15 +189,13 @@ def _group8(xf, fw, v0, rows, ps, nl):
 
 
 @njit(inline="always")
-def _group8x2(xf, fw, b0, b1, rows, ps, wlen, nl, fo, outs):
+def _group8x2(xf, fw, b0, b1, rows, offs, wlen, nl, fo, outs):
     """``_group8`` for two blocks of output channels at once (their weights wlen apart),
     written out by ``_write``: each input value loaded once feeds 2 multiply-adds, 16
     accumulators. outs = (o, o_1, m_0, m_1, s_d, s_w): each block's output offset and
     lanes kept, the output's channel and column strides."""
     x0, toff, t_lo, t_hi, w0, k = rows
-    o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
-    o4, o5 = _offset(4, k, ps), _offset(5, k, ps)
-    o6, o7 = _offset(6, k, ps), _offset(7, k, ps)
+    _, o1, o2, o3, o4, o5, o6, o7 = offs
     p0, p1, p2, p3, p4, p5, p6, p7 = b0, b0, b0, b0, b0, b0, b0, b0
     q0, q1, q2, q3, q4, q5, q6, q7 = b1, b1, b1, b1, b1, b1, b1, b1
     for t in range(U(t_lo), U(t_hi)):
@@ -213,12 +224,12 @@ def _group8x2(xf, fw, b0, b1, rows, ps, wlen, nl, fo, outs):
 
 
 @njit(inline="always")
-def _group4x2(xf, fw, b0, b1, rows, ps, wlen, nl, fo, outs):
+def _group4x2(xf, fw, b0, b1, rows, offs, wlen, nl, fo, outs):
     """``_group4`` for two blocks of output channels at once (their weights wlen apart):
     each input value loaded once feeds 2 multiply-adds, 8 accumulators (``_group8x2``'s
     16 do not fit in 256-bit AVX's 16 registers), written out as ``_group8x2``'s."""
     x0, toff, t_lo, t_hi, w0, k = rows
-    o1, o2, o3 = _offset(1, k, ps), _offset(2, k, ps), _offset(3, k, ps)
+    o1, o2, o3 = offs[1], offs[2], offs[3]
     p0, p1, p2, p3 = b0, b0, b0, b0
     q0, q1, q2, q3 = b1, b1, b1, b1
     for t in range(U(t_lo), U(t_hi)):
@@ -238,8 +249,60 @@ def _group4x2(xf, fw, b0, b1, rows, ps, wlen, nl, fo, outs):
     _write(fo, o_1, (q0, q1, q2, q3), k, m1, osd, osw, nl)
 
 
+@njit(inline="always")
+def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pair_px):
+    """Output pixels f_lo <= f < f_hi of blocks bp and bp + pair (pair 0 or 1) in groups
+    of 8, every pixel's kernel inside the image: px = (f_lo, f_hi, wrap, rstep, cstep),
+    the pixels numbered along output rows of ``wrap`` columns (``_offsets``); base =
+    (x_base, o_base): the input offset of pixel 0's tap (0, 0, 0) and the output offset
+    of pixel 0; rows = (toff, t_lo, t_hi) (``_group4``); outs = (s_d, s_w), the output's
+    channel and column strides (pixel f at o_base + f * s_w)."""
+    f_lo, f_hi, wrap, rstep, cstep = px
+    x_base, o_base = base
+    toff, t_lo, t_hi = rows
+    osd, osw = outs
+    uosd, uosw = U(osd), U(osw)
+    w0 = bp * wlen
+    m0, m1 = min(nl, d_all - bp * nl), min(nl, d_all - (bp + 1) * nl)
+    b0 = _lanes.load(fb, U(bp * nl))
+    f = f_lo
+    while f < f_hi:
+        k = min(PIXELS, f_hi - f)
+        x0 = x_base + (f // wrap) * rstep + (f % wrap) * cstep
+        offs = _offsets(f, k, wrap, rstep, cstep)
+        o = U(o_base + bp * nl * osd) + U(f) * uosw
+        if k <= PIXELS // 2:           # the last few: half a group
+            if pair and pair_px < PIXELS:
+                _group4x2(xf, fw, b0, _lanes.load(fb, U((bp + 1) * nl)),
+                          (x0, toff, t_lo, t_hi, w0, k), offs, wlen, nl, fo,
+                          (o, o + U(nl) * uosd, m0, m1, osd, osw))
+                break
+            for half in range(1 + pair):
+                vs4 = _group4(xf, fw, _lanes.load(fb, U((bp + half) * nl)),
+                              (x0, toff, t_lo, t_hi, w0 + half * wlen, k), offs, nl)
+                _write(fo, o + U(half * nl) * uosd, vs4, k, m1 if half else m0, osd, osw,
+                       nl)
+            break
+        rows8 = (x0, toff, t_lo, t_hi, w0, k)
+        if pair and pair_px < PIXELS:  # two halves of 4 pixels x 2 blocks
+            for quad in range(2):
+                kh4 = min(PIXELS // 2, k - quad * (PIXELS // 2))
+                f4 = f + quad * (PIXELS // 2)
+                r4 = (x0 + offs[quad * (PIXELS // 2)], toff, t_lo, t_hi, w0, kh4)
+                oh = o + U(quad * (PIXELS // 2)) * uosw
+                _group4x2(xf, fw, b0, _lanes.load(fb, U((bp + 1) * nl)), r4,
+                          _offsets(f4, kh4, wrap, rstep, cstep), wlen, nl, fo,
+                          (oh, oh + U(nl) * uosd, m0, m1, osd, osw))
+        elif pair:
+            _group8x2(xf, fw, b0, _lanes.load(fb, U((bp + 1) * nl)), rows8, offs, wlen,
+                      nl, fo, (o, o + U(nl) * uosd, m0, m1, osd, osw))
+        else:
+            _write(fo, o, _group8(xf, fw, b0, rows8, offs, nl), k, m0, osd, osw, nl)
+        f += k
+
+
 @njit(parallel=True, cache=True)
-def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px):
+def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, band):
     """out = conv(x, w) + bias, x (N, C, H, W) and out (N, D, Ho, Wo) given as flat
     arrays xf, fo and the shape and element strides of their canonical views, xs =
     (N, C, H, W, s_n, s_c, s_h, s_w), os alike: one kernel for every layout. A kernel
@@ -252,19 +315,29 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px):
     geo = (KH, KW, s_h, s_w, p_t, p_l, r_h, r_w); output columns j_lo <= j < j_hi have
     their whole kernel inside the image's columns. pair_px: the pixels of a pair of
     blocks' register tile (``PAIR_PIXELS``). One task per output row (module
-    docstring)."""
+    docstring), or, with band > 0 (every output pixel's kernel inside the image, the
+    output's rows contiguous: ``lanes_plan.band_rows``), per band of ``band`` rows of
+    an image, whose pixels run as one sequence in groups of 8 across the rows."""
     n_img, c_all, h, wd, xsn, xsc, xsh, xsw = xs
     _, d_all, ho, wo, osn, osd, osh, osw = os
     kh, kw, sh, sw, pt, pl, rh, rw = geo
     nu, su, nv, sv, bv = taps
     nl = _lanes.count(fb)
     wlen = kh * nu * nv * nl
-    ps = sw * xsw
     uosd, uosw = U(osd), U(osw)
     blocks = fb.shape[0] // nl
-    for task in prange(n_img * ho):
-        n = task // ho
-        i = task % ho
+    bands = (ho + band - 1) // band if band > 0 else ho
+    for task in prange(n_img * bands):
+        n = task // bands
+        if band > 0:                           # a band's pixels as one sequence
+            i0 = task % bands * band
+            px = (i0 * wo, min(ho, i0 + band) * wo, wo, sh * xsh, sw * xsw)
+            base = (n * xsn - pt * xsh - pl * xsw, n * osn)
+            for bp in range(0, blocks, 2):
+                _groups(xf, fw, fb, fo, px, base, (toff, 0, kh * nu * nv), bp,
+                        1 if bp + 1 < blocks else 0, wlen, nl, d_all, (osd, osw), pair_px)
+            continue
+        i = task % bands
         a_lo = max(0, (pt - i * sh + rh - 1) // rh)           # rows of taps in the image
         a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
         obase = n * osn + i * osh
@@ -288,45 +361,11 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px):
                         v = _edge_pixel(xf, fw, v, xrow, wb + U(a * nu * nv * nl), taps,
                                         cols, nl)
                     _put(fo, ob + U(j) * uosw, uosd, v, m, nl)
-            j = j_lo
-            while j < j_hi:                    # groups of 8 pixels inside the image
-                k = min(PIXELS, j_hi - j)
-                x0 = n * xsn + (i * sh - pt) * xsh + (j * sw - pl) * xsw
-                w0 = bp * wlen
-                o = U(obase + bp * nl * osd) + U(j) * uosw
-                m0, m1 = min(nl, d_all - bp * nl), min(nl, d_all - (bp + 1) * nl)
-                if k <= PIXELS // 2:           # the row's last few: half a group
-                    if pair and pair_px < PIXELS:
-                        r4 = (x0, toff, t_lo, t_hi, w0, k)
-                        _group4x2(xf, fw, _lanes.load(fb, U(bp * nl)),
-                                  _lanes.load(fb, U((bp + 1) * nl)), r4, ps, wlen,
-                                  nl, fo, (o, o + U(nl) * uosd, m0, m1, osd, osw))
-                        break
-                    for half in range(1 + pair):
-                        mh = m1 if half else m0
-                        vs4 = _group4(xf, fw, _lanes.load(fb, U((bp + half) * nl)),
-                                      (x0, toff, t_lo, t_hi, w0 + half * wlen, k), ps,
-                                      nl)
-                        _write(fo, o + U(half * nl) * uosd, vs4, k, mh, osd, osw, nl)
-                    break
-                rows8 = (x0, toff, t_lo, t_hi, w0, k)
-                if pair and pair_px < PIXELS:  # two halves of 4 pixels x 2 blocks
-                    # (not ``h``: that is the image's height, read by every task)
-                    for quad in range(2):
-                        kh4 = min(PIXELS // 2, k - quad * (PIXELS // 2))
-                        r4 = (x0 + quad * (PIXELS // 2) * ps, toff, t_lo, t_hi, w0, kh4)
-                        oh = o + U(quad * (PIXELS // 2)) * uosw
-                        _group4x2(xf, fw, _lanes.load(fb, U(bp * nl)),
-                                  _lanes.load(fb, U((bp + 1) * nl)), r4, ps, wlen,
-                                  nl, fo, (oh, oh + U(nl) * uosd, m0, m1, osd, osw))
-                elif pair:
-                    _group8x2(xf, fw, _lanes.load(fb, U(bp * nl)),
-                              _lanes.load(fb, U((bp + 1) * nl)), rows8, ps, wlen, nl,
-                              fo, (o, o + U(nl) * uosd, m0, m1, osd, osw))
-                else:
-                    vs = _group8(xf, fw, _lanes.load(fb, U(bp * nl)), rows8, ps, nl)
-                    _write(fo, o, vs, k, m0, osd, osw, nl)
-                j += k
+            # groups of 8 pixels inside the image, along the row (wrap: never)
+            px = (j_lo, j_hi, wo + 1, 0, sw * xsw)
+            base = (n * xsn + (i * sh - pt) * xsh - pl * xsw, obase)
+            _groups(xf, fw, fb, fo, px, base, (toff, t_lo, t_hi), bp, pair, wlen, nl,
+                    d_all, (osd, osw), pair_px)
 
 
 def _tap_order(args, xs) -> tuple[int, int, int, int, int]:
@@ -391,7 +430,8 @@ def _call_parts(args, prepadded: bool):
         interior = interior_columns(args)
     taps = _tap_order(args, xs)
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
-    return xs, taps, _tap_offsets(args.kh, args.dilation[0] * xs[6], taps), geo, interior
+    toff = _tap_offsets(args.kh, args.dilation[0] * xs[6], taps)
+    return xs, taps, toff, geo, interior, band_rows(args, xs[2], pt, interior)
 
 
 def forward_lanes(x, w, args, out, bias) -> None:
@@ -408,14 +448,15 @@ def forward_lanes(x, w, args, out, bias) -> None:
     strided = strided_flat(out, args.dims)
     target = out if out.flags.c_contiguous or strided else np.empty(out.shape, dt)
     prepadded = _prepadded(args)
-    xs, taps, toff, geo, interior = _call_parts(args, prepadded)
+    xs, taps, toff, geo, interior, band = _call_parts(args, prepadded)
     if prepadded:
         xf = padded_channels_last(x, args, "direct_lanes.xp").reshape(-1)
     else:
         xf = np.ascontiguousarray(x, dt).reshape(-1)
     fo, os = strided or _flat(target, args.dims)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
+    band = band if os[6] == os[3] * os[7] else 0       # the output's rows contiguous
     with parallel_guard():
-        _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS)
+        _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS, band)
     if target is not out:
         out[...] = target
