@@ -212,3 +212,34 @@ def test_phase_outputs_are_written_in_place():
     assert shape_strides == (2, 16, 2, 3, 480, 1, 192, 32)     # (N, C, H, W), strides
     assert strided_flat(gx[:, ::-1], LAYOUTS["NHWC"]) is None      # negative strides
     assert strided_flat(gx, LAYOUTS["NHWC"]) is None                # C-contiguous
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_autograd_conv_shares_the_padded_input_with_the_weight_gradient(layout, rng,
+                                                                       monkeypatch):
+    """The autograd conv keeps the zero-padded copy of x its forward made
+    (``padded.shared_copies``) and the weight gradient reads it instead of padding x
+    again; the gradients are those of conv2d_backward, and the copies go with the
+    graph's op after the backward."""
+    from fastconv.algos.im2col import padded
+
+    x = rng.standard_normal((8, 16, 7, 7)).astype(np.float32)   # prepadded forward
+    w = rng.standard_normal((16, 16, 3, 3)).astype(np.float32)
+    xl, wl = to_nhwc(x, w) if layout == "NHWC" else (x, w)
+    a = conv_args_from_shapes("t", xl.shape, wl.shape, padding=1, layout=layout,
+                              dtype=np.float32)
+    assert lanes_plan._prepadded(a) and direct_backward_chosen(a, True)
+    monkeypatch.setattr(drivers, "lanes_chosen", lanes_plan.lanes_applies)
+    pads = count_calls(monkeypatch, padded, "_pad_images")
+    xt, wt = Tensor(xl, requires_grad=True), Tensor(wl, requires_grad=True)
+    y = F.conv2d(xt, wt, padding=1, layout=layout, algo="im2col")
+    assert len(pads) == 1
+    g = rng.standard_normal(y.shape).astype(np.float32)
+    node = y._ctx
+    assert len(node.padded) == 1
+    (y * Tensor(g)).sum().backward()
+    assert len(pads) == 2 and node.padded is None   # grad_y's pad for grad_x alone
+    gx, gw, _ = fastconv.conv2d_backward(g, xl, wl, padding=1, layout=layout,
+                                         algo="im2col")
+    np.testing.assert_array_equal(wt.grad, gw)
+    np.testing.assert_array_equal(xt.grad, gx)

@@ -19,6 +19,7 @@ from .. import _blas, _elementwise, devices
 from .. import conv as _conv
 from .. import norm as _norm
 from .. import pool as _pool
+from ..algos.im2col.padded import shared_copies
 from ..autograd import (
     GELU,
     Function,
@@ -77,7 +78,10 @@ class Conv2d(Function):
         # spins on the core the following kernels need. Bound on the multiply-adds:
         # (input pixels) * C_out * (C_in/groups) * kh * kw.
         c_in = tuple(x.shape)[LAYOUTS[layout].channel_axis - 4] if x.ndim >= 3 else 1
-        with _blas.limit_for(x.size // max(c_in, 1) * w.size):
+        # the zero-padded copy of x a direct kernel makes is kept for the weight gradient
+        ctx.padded = {}
+        with _blas.limit_for(x.size // max(c_in, 1) * w.size), \
+                shared_copies(ctx.padded, keep=ctx.needs_input_grad[1]):
             return _conv.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout,
                                 algo=algo, device=devices.array_device(x))
 
@@ -87,11 +91,13 @@ class Conv2d(Function):
         need_x, need_w, need_b = ctx.needs_input_grad
         # e.g. the first layer: its input (the data) needs no gradient, and grad_x is the
         # larger half of the work
-        gx, gw, gb = _conv.conv2d_backward(g, x, w, *ctx.args, layout=ctx.layout,
-                                           algo=ctx.algo,
-                                           needs_input_grad=(need_x, need_w,
-                                                             need_b and ctx.has_bias),
-                                           device=devices.array_device(g))
+        with shared_copies(ctx.padded, keep=False):
+            gx, gw, gb = _conv.conv2d_backward(g, x, w, *ctx.args, layout=ctx.layout,
+                                               algo=ctx.algo,
+                                               needs_input_grad=(need_x, need_w,
+                                                                 need_b and ctx.has_bias),
+                                               device=devices.array_device(g))
+        ctx.padded = None
         if ctx.permute_weight and gw is not None:
             gw = transpose(gw, LAYOUTS[ctx.layout].weight_to_canonical)
         return gx, gw, gb

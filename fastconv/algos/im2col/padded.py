@@ -13,11 +13,34 @@ pass.
 
 from __future__ import annotations
 
+import contextlib
+import threading
+
 import numpy as np
 from numba import njit, prange
 
+from ... import _pool
 from ..._runtime import parallel_guard
 from .._common import U, workspace
+
+_shared = threading.local()
+
+
+@contextlib.contextmanager
+def shared_copies(store: dict, keep: bool):
+    """Within the block (this thread), ``padded_channels_last`` returns the copy in
+    ``store`` of the same array and geometry when there is one, instead of making it
+    again; with ``keep``, the copies it makes are arrays of their own (``_pool``), put
+    in ``store`` with their source (held, so that no other array takes its address).
+    The autograd Conv2d op keeps its forward's copies (``keep``) and hands them to its
+    backward: the weight gradient reads the same padded input, with the values x had
+    at the forward."""
+    prev = getattr(_shared, "scope", None)
+    _shared.scope = (store, keep)
+    try:
+        yield
+    finally:
+        _shared.scope = prev
 
 
 def padded_size(a) -> tuple[int, int]:
@@ -71,11 +94,24 @@ def _flat_nhwc(x, a):
 def padded_channels_last(x, a, slot: str) -> np.ndarray:
     """x (layout of ``a``, any strides) zero-padded by ``a.padding`` as (N, Hp, Wp, C)
     in ``a.dtype`` (``padded_size``; rows and columns beyond the reads left out), in the
-    calling thread's workspace ``slot`` (valid until its next use)."""
+    calling thread's workspace ``slot`` (valid until its next use), or shared with a
+    layer's forward and backward (``shared_copies``); read-only for the caller."""
     hp, wp = padded_size(a)
-    xp = workspace(slot, a.n * hp * wp * a.c_in, a.dtype)
     (pt, _), (pl, _) = a.padding
+    store, keep = getattr(_shared, "scope", None) or (None, False)
+    if store is not None:
+        key = (x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str,
+               a.dims.name, a.dtype.str, hp, wp, pt, pl)
+        if key in store:
+            return store[key][1]
+    if keep:
+        xp = _pool.empty((a.n * hp * wp * a.c_in,), a.dtype)
+    else:
+        xp = workspace(slot, a.n * hp * wp * a.c_in, a.dtype)
     with parallel_guard():
         _pad_images(*_flat_nhwc(np.ascontiguousarray(x, a.dtype), a), xp,
                     (a.n, hp, wp, a.c_in), pt, pl)
-    return xp.reshape(a.n, hp, wp, a.c_in)
+    xp = xp.reshape(a.n, hp, wp, a.c_in)
+    if keep:
+        store[key] = (x, xp)
+    return xp
