@@ -120,24 +120,30 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
 # -------------------------------------------------------------------------------- pooling
 class MaxPool2d(Function):
+    """Max pooling; ``relu``: max_pool2d(relu(x)) as relu(max_pool2d(x)), which is exact
+    (``fastconv.nn.fused.relu_max_pool2d``)."""
+
     gpu = True
 
     @staticmethod
     def forward(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                layout="NCHW"):
+                layout="NCHW", relu=False):
         device = devices.array_device(x)
+        window = (kernel_size, stride, padding, dilation, ceil_mode)
         if not ctx.needs_input_grad[0]:      # no graph: the indices are not needed
-            return _pool.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                    layout=layout, device=device)
-        y, idx = _pool.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode,
-                                  layout=layout, return_indices=True, device=device)
+            y = _pool.max_pool2d(x, *window, layout=layout, device=device)
+            return arrays.relu(y) if relu else y
+        y, idx = _pool.max_pool2d(x, *window, layout=layout, return_indices=True,
+                                  device=device)
         ctx.save_for_backward(idx)
-        ctx.shape, ctx.layout = x.shape, layout
-        return y
+        ctx.shape, ctx.layout, ctx.relu_out = x.shape, layout, arrays.relu(y) if relu else None
+        return y if ctx.relu_out is None else ctx.relu_out
 
     @staticmethod
     def backward(ctx, g):
         (idx,) = ctx.saved_tensors
+        if ctx.relu_out is not None:
+            g = arrays.relu_backward(g, ctx.relu_out)
         return _pool.max_pool2d_backward(g, idx, ctx.shape, layout=ctx.layout,
                                          device=devices.array_device(g))
 

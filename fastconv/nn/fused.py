@@ -23,10 +23,9 @@ array([1.5, 0. ])
 
 from __future__ import annotations
 
-from .. import _elementwise, devices
-from .. import pool as _pool
-from ..autograd import Function, Tensor, arrays
-from .functional import BatchNorm
+from .. import _elementwise
+from ..autograd import Function, Tensor
+from .functional import BatchNorm, MaxPool2d
 
 
 class AddReLU(Function):
@@ -63,45 +62,18 @@ def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None,
                            eps=eps, layout=layout, relu=True)
 
 
-class ReLUMaxPool(Function):
-    """max_pool2d(relu(x)) = relu(max_pool2d(x)), exactly: the maximum of a window is
-    positive where some input is, and then it is the maximum of the ReLU's outputs too;
-    elsewhere both are 0 (NaN propagates through both). The gradient goes to the
-    window's first maximum where y > 0, which is where the ReLU-then-pool pair sends it
-    (ties among positive inputs keep their order; where y is 0 the pair passes 0)."""
-
-    gpu = True
-
-    @staticmethod
-    def forward(ctx, x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
-                layout="NCHW"):
-        device = devices.array_device(x)
-        window = (kernel_size, stride, padding, dilation, ceil_mode)
-        if not ctx.needs_input_grad[0]:      # no graph: the indices are not needed
-            return arrays.relu(_pool.max_pool2d(x, *window, layout=layout, device=device))
-        m, idx = _pool.max_pool2d(x, *window, layout=layout, return_indices=True,
-                                  device=device)
-        y = arrays.relu(m)
-        ctx.save_for_backward(idx, y)
-        ctx.shape, ctx.layout = x.shape, layout
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        idx, y = ctx.saved_tensors
-        return _pool.max_pool2d_backward(arrays.relu_backward(g, y), idx, ctx.shape,
-                                         layout=ctx.layout, device=devices.array_device(g))
-
-
 def relu_max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1,
                     ceil_mode=False, *, layout="NCHW") -> Tensor:
     """max_pool2d(relu(input)) as one op (arguments as
-    :func:`fastconv.nn.functional.max_pool2d`), the ReLU on the pooled map.
+    :func:`fastconv.nn.functional.max_pool2d`), the ReLU on the pooled map. Exact: a
+    window's maximum is positive where some input is, and then it is the ReLU's maximum
+    too; elsewhere both give 0; NaN propagates through both; the gradient goes to the
+    window's first maximum where y > 0, where the ReLU-then-pool pair sends it.
 
     >>> import numpy as np
     >>> x = np.array([[[[-1.0, -2.0], [-3.0, -4.0]], [[1.0, -2.0], [3.0, 0.5]]]])
     >>> relu_max_pool2d(x, 2).data.ravel()
     array([0., 3.])
     """
-    return ReLUMaxPool.apply(input, kernel_size=kernel_size, stride=stride, padding=padding,
-                             dilation=dilation, ceil_mode=ceil_mode, layout=layout)
+    return MaxPool2d.apply(input, kernel_size=kernel_size, stride=stride, padding=padding,
+                           dilation=dilation, ceil_mode=ceil_mode, layout=layout, relu=True)

@@ -137,7 +137,7 @@ def _lanes_time(a, p: Profile, padded: bool) -> tuple[float, float, int]:
     d_pad = a.c_out / _lane_use(a)
     j_lo, j_hi = (0, a.w_out) if padded else interior_columns(a)
     slots = _run_slots(j_hi - j_lo) + 2 * (a.w_out - (j_hi - j_lo))
-    band = band_rows(a, 1 << 30, 0, (0, a.w_out)) if padded else \
+    band = band_rows(a, padded_size(a)[0], 0, (0, a.w_out)) if padded else \
         band_rows(a, a.h, a.padding[0][0], (j_lo, j_hi))
     if band:                                   # bands of rows: groups across the rows
         bands, last = divmod(a.h_out, band)
