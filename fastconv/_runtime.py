@@ -109,6 +109,10 @@ def _choose_threading_layer() -> str:
 
     user = os.environ.get("NUMBA_THREADING_LAYER")
     if user:
+        # numba's own choices that try TBB first need pip's libtbb preloaded too
+        # (else "tbb" and "safe" fail at the first parallel call)
+        if user.lower() not in ("omp", "workqueue"):
+            _tbb_available()
         return user
     for layer in config.THREADING_LAYER_PREFERENCE:
         if layer == "tbb" and _tbb_available():

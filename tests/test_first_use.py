@@ -74,6 +74,24 @@ def test_cache_is_the_user_cache_dir_unless_numba_cache_dir_is_set(tmp_path):
     assert out == [str(tmp_path / "mine")] * 2
 
 
+
+@pytest.mark.parametrize("layer", ["tbb", "safe"])
+def test_a_requested_tbb_threading_layer_loads(layer):
+    """NUMBA_THREADING_LAYER set to a layer that needs TBB: fastconv preloads pip's
+    libtbb for it as for its own choice, and a parallel kernel runs on TBB."""
+    if _runtime.threading_layer() != "tbb":
+        pytest.skip("TBB is not this environment's threading layer")
+    code = ("import numpy as np, numba, fastconv\n"
+            "x = np.ones((2, 3, 8, 8), np.float32)\n"
+            "fastconv.conv2d(x, np.ones((4, 3, 3, 3), np.float32), algo='im2col')\n"
+            "print(numba.threading_layer())")
+    env = dict(os.environ, PYTHONPATH=ROOT, NUMBA_THREADING_LAYER=layer)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-1] == "tbb"
+
+
 def _net_and_opt(seed):
     rng = np.random.default_rng(seed)
     net = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1, rng=rng), nn.BatchNorm2d(4),
