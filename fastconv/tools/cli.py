@@ -227,7 +227,7 @@ def add_train_parser(sub) -> None:
                          "front; the same parameters, results within float32 rounding); "
                          "NCHW, torch's layout, is the default: on these datasets the two "
                          "train about equally fast (LeNet-5 up to 9%% faster in NCHW), "
-                         "NHWC trains larger images faster")
+                         "NHWC trained the benchmark's ResNets on larger images faster")
     pt.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: train and evaluate on the GPU (lenet with sgd; the loss and "
                          "the logits read back once per batch)")
