@@ -56,7 +56,8 @@ def collect() -> dict:
     from fastconv import __version__, _runtime, config
 
     env_blas = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                           "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS")
+                                           "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                           "OMP_WAIT_POLICY")
                 if k in os.environ}
     return {
         "fastconv": __version__,
