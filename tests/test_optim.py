@@ -43,6 +43,40 @@ def test_sgd_formula(rng, momentum, nesterov, wd, damp):
         np.testing.assert_allclose(p.data, w, rtol=1e-12)
 
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("nesterov,wd,damp,maximize", [(False, 0.0, 0.0, False),
+                                                        (False, 5e-4, 0.0, False),
+                                                        (True, 1e-2, 0.0, True),
+                                                        (False, 0.1, 0.3, False)])
+def test_sgd_momentum_step_is_numpys_to_the_bit(rng, dtype, nesterov, wd, damp, maximize):
+    """The one-pass momentum step (``optim._sgd_momentum``) rounds as numpy's
+    whole-array operations, written out here, do: the same parameters and buffers to the
+    bit, in float32 and float64."""
+    params = _params(rng, dtype) + [Parameter(rng.standard_normal((4, 3, 5, 5)).astype(dtype))]
+    want = [p.data.copy() for p in params]
+    bufs = [None] * len(params)
+    lr, mom = 0.05, 0.9
+    opt = optim.SGD(params, lr=lr, momentum=mom, nesterov=nesterov, weight_decay=wd,
+                    dampening=damp, maximize=maximize)
+    for gs in _grads(rng, params, 4):
+        for i, (p, g) in enumerate(zip(params, gs, strict=True)):
+            p.grad = g
+            d = -g if maximize else g
+            if wd != 0:
+                d = d + wd * want[i]
+            if bufs[i] is None:
+                bufs[i] = np.array(d, copy=True)
+            else:
+                bufs[i] *= mom
+                bufs[i] += d if damp == 0 else (1 - damp) * d
+            want[i] -= lr * (d + mom * bufs[i] if nesterov else bufs[i])
+        opt.step()
+    for i, p in enumerate(params):
+        assert p.data.dtype == dtype
+        np.testing.assert_array_equal(p.data, want[i])
+        np.testing.assert_array_equal(opt.state[id(p)]["momentum_buffer"], bufs[i])
+
 @pytest.mark.parametrize("cls,wd,amsgrad", [(optim.Adam, 0.0, False), (optim.Adam, 0.1, False),
                                             (optim.Adam, 0.0, True), (optim.AdamW, 0.1, False),
                                             (optim.AdamW, 0.1, True)])
