@@ -219,10 +219,13 @@ class SGD(Optimizer):
                     continue
                 buf = state.get("momentum_buffer")
                 if mom != 0 and _fused_applies(p.data, g, buf):
+                    first = buf is None
+                    if first:
+                        buf = state["momentum_buffer"] = np.empty_like(p.data)
                     dt = p.data.dtype.type
                     _sgd_momentum(p.data.reshape(-1), g.reshape(-1), buf.reshape(-1), dt(lr),
-                                  dt(mom), dt(1 - damp), dt(wd), damp != 0, nesterov,
-                                  group["maximize"])
+                                  dt(mom), dt(1 - damp), dt(wd),
+                                  (first, damp != 0, nesterov, group["maximize"]))
                     continue
                 g = -g if group["maximize"] else g
                 if wd != 0:
@@ -238,28 +241,34 @@ class SGD(Optimizer):
 
 
 def _fused_applies(p, g, buf) -> bool:
-    """Whether ``_sgd_momentum`` runs an SGD step: a momentum buffer already there, and
-    parameter, gradient and buffer C-contiguous float32 or float64 arrays of one shape
-    and dtype."""
-    return (buf is not None and isinstance(g, np.ndarray) and p.dtype.char in "fd"
-            and g.dtype == p.dtype == buf.dtype and g.shape == p.shape == buf.shape
-            and p.flags.c_contiguous and g.flags.c_contiguous and buf.flags.c_contiguous)
+    """Whether ``_sgd_momentum`` runs an SGD step: parameter and gradient (and the
+    momentum buffer, when there is one) C-contiguous float32 or float64 arrays of one
+    shape and dtype."""
+    return (isinstance(g, np.ndarray) and p.dtype.char in "fd" and g.dtype == p.dtype
+            and g.shape == p.shape and p.flags.c_contiguous and g.flags.c_contiguous
+            and (buf is None or (buf.dtype == p.dtype and buf.shape == p.shape
+                                 and buf.flags.c_contiguous)))
 
 
 @njit(cache=True)
-def _sgd_momentum(p, g, buf, lr, mom, keep, wd, damped, nesterov, maximize):
+def _sgd_momentum(p, g, buf, lr, mom, keep, wd, flags):
     """One SGD step with momentum on flat arrays in one pass, rounding as numpy's
     sequence of whole-array operations does (each product and sum in the arrays' dtype;
     lr, mom, keep = 1 - dampening and wd already in it), so the result is the same to the
-    bit: g = -grad if maximize; g += wd * p; buf = mom * buf + (keep * g if damped else
-    g); p -= lr * (g + mom * buf if nesterov else buf). (Per parameter, numpy's four to
-    six calls and their temporaries took 60-140 us of a LeNet-5 training step.)"""
+    bit. flags = (first, damped, nesterov, maximize): g = -grad if maximize; g += wd * p;
+    buf = g on the first step, else mom * buf + (keep * g if damped else g); p -= lr *
+    (g + mom * buf if nesterov else buf). (Per parameter, numpy's four to six calls and
+    their temporaries took 60-140 us of a LeNet-5 training step.)"""
+    first, damped, nesterov, maximize = flags
     for i in range(p.size):
         gi = -g[i] if maximize else g[i]
         if wd != 0:
             gi = gi + wd * p[i]
-        b = buf[i] * mom
-        b = b + (keep * gi if damped else gi)
+        if first:
+            b = gi
+        else:
+            b = buf[i] * mom
+            b = b + (keep * gi if damped else gi)
         buf[i] = b
         p[i] = p[i] - lr * (gi + mom * b if nesterov else b)
 
