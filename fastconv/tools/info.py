@@ -55,10 +55,13 @@ def collect() -> dict:
 
     from fastconv import __version__, _runtime, config
 
-    env_blas = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
-                                           "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
-                                           "OMP_WAIT_POLICY")
-                if k in os.environ}
+    # the variables that change BLAS kernels and thread behaviour (OMP_WAIT_POLICY:
+    # torch's OpenMP threads in the same process, docs/guide/threads.md)
+    env = {k: os.environ[k] for k in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE",
+                                      "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS",
+                                      "OMP_WAIT_POLICY", "NUMBA_NUM_THREADS",
+                                      "NUMBA_THREADING_LAYER")
+           if k in os.environ}
     return {
         "fastconv": __version__,
         "python": platform.python_version(),
@@ -69,7 +72,7 @@ def collect() -> dict:
         "numba_threads": numba.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "blas": blas_summary(),
-        "blas_env": env_blas,
+        "thread_env": env,
         "numba_cache_dir": numba.config.CACHE_DIR or os.environ.get("NUMBA_CACHE_DIR")
         or "(beside the package, __pycache__)",
         "workspace_mib": config.WORKSPACE_BYTES / config.MIB,
@@ -80,15 +83,15 @@ def collect() -> dict:
 def as_text(data: dict) -> str:
     """``collect()``'s dict as aligned "key  value" lines, missing values in words.
 
-    >>> print(as_text({"fastconv": "0.1.0", "threading_layer": None, "blas_env": {}}))
+    >>> print(as_text({"fastconv": "0.1.0", "threading_layer": None, "thread_env": {}}))
     fastconv         0.1.0
     threading_layer  unknown
-    blas_env         none set
+    thread_env       none set
     """
     width = max(len(k) for k in data)
 
     def word(k, v):
-        if k == "blas_env":
+        if k == "thread_env":
             return " ".join(f"{n}={x}" for n, x in v.items()) or "none set"
         return "unknown" if v is None else v
     return "\n".join(f"{k:<{width}}  {word(k, v)}" for k, v in data.items())
