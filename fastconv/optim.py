@@ -218,7 +218,7 @@ class SGD(Optimizer):
                         state["momentum_buffer"] = buf
                     continue
                 buf = state.get("momentum_buffer")
-                if mom != 0 and _fused_applies(p.data, g, buf):
+                if mom != 0 and _one_pass_applies(p.data, g, buf):
                     first = buf is None
                     if first:
                         buf = state["momentum_buffer"] = np.empty_like(p.data)
@@ -240,7 +240,7 @@ class SGD(Optimizer):
                 p.data -= lr * g
 
 
-def _fused_applies(p, g, buf) -> bool:
+def _one_pass_applies(p, g, buf) -> bool:
     """Whether ``_sgd_momentum`` runs an SGD step: parameter and gradient (and the
     momentum buffer, when there is one) C-contiguous float32 or float64 arrays of one
     shape and dtype."""
