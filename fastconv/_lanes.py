@@ -15,6 +15,8 @@ which), so such a kernel keeps its accumulators in registers:
 * ``store_columns(a, i, step, vs)``: a[i + k*step + p] = vs[p][k] for the P vectors
   vs[p] (P = 2, 4 or 8) and every lane k: P vectors written as ``count`` runs of P (a
   transpose);
+* ``prefetch_write(a, i)``: ask for the cache line of a[i] for writing (a hint: no
+  effect on any value, never faults, whatever i);
 * ``fma(acc, s, v)``: acc + s * v, the scalar s in every lane (one fused multiply-add);
 * ``fma_lanes(acc, u, v)``: acc + u * v, lane by lane (u, v vectors);
 * ``splat(a, s)``: the scalar s in every lane of a vector of a's dtype;
@@ -184,6 +186,26 @@ def store_columns(typingctx, ary, idx, step, vs):
             builder.store(row, ptr, align=ary.dtype.bitwidth // 8)
         return context.get_dummy_value()
     return types.none(ary, idx, step, vs), codegen
+
+
+@intrinsic
+def prefetch_write(typingctx, ary, idx):
+    """Prefetch the cache line of ary[idx] for writing (1-D float array): LLVM's
+    ``llvm.prefetch`` (rw 1, locality 3, data cache), ``prefetchw`` on x86."""
+    if not _flat_float(ary, idx):
+        return None
+
+    def codegen(context, builder, sig, args):
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        data = context.make_array(sig.args[0])(context, builder, args[0]).data
+        ptr = builder.bitcast(builder.gep(data, [args[1]]), i8p)
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]),
+            "llvm.prefetch.p0i8")
+        builder.call(fn, [ptr, i32(1), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return types.none(ary, idx), codegen
 
 
 @intrinsic

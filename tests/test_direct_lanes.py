@@ -89,6 +89,42 @@ def test_lanes_kernel_matches_the_reference(layout, case, dtype, pair_pixels, rn
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_prefetching_the_output_leaves_the_result_alone(case, rng, monkeypatch):
+    """Every group's output prefetched for writing (``_prefetch_tile``, for big NHWC
+    outputs): the reference still, partial groups and blocks short of their lanes
+    included."""
+    monkeypatch.setattr(direct_lanes, "PREFETCH_BYTES", 0)
+    monkeypatch.setattr(direct_lanes, "PREFETCH_TAPS", 0)
+    monkeypatch.setattr(drivers, "lanes_chosen", lanes_applies)
+    fetched = []
+    real = direct_lanes._conv_rows
+    monkeypatch.setattr(direct_lanes, "_conv_rows",
+                        lambda *a: fetched.append(a[-1]) or real(*a))
+    x, w, b, kwargs = _problem(case, np.float32, rng)
+    xl, wl, back = _in_layout("NHWC", x, w)
+    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=np.float32, **kwargs)
+    want = ref.conv2d(x, w, b, canon.stride, canon.padding, canon.dilation)
+    got = fastconv.conv2d(xl, wl, b, layout="NHWC", algo="im2col", **kwargs)
+    assert fetched == [1]
+    assert ref.rel_error(back(got), want) <= ref.tolerance(np.float32, "im2col")
+
+
+def test_only_big_channels_last_outputs_of_many_taps_are_prefetched(monkeypatch):
+    seen = []
+    monkeypatch.setattr(direct_lanes, "_conv_rows", lambda *a: seen.append(a[-1]))
+    for layout, c, h, k in [("NHWC", 3, 224, 7), ("NCHW", 3, 224, 7), ("NHWC", 16, 28, 3),
+                            ("NHWC", 3, 130, 3)]:
+        x = np.zeros((8, h, h, c) if layout == "NHWC" else (8, c, h, h), np.float32)
+        w = np.zeros((k, k, c, 64) if layout == "NHWC" else (64, c, k, k), np.float32)
+        a = conv_args_from_shapes("t", x.shape, w.shape, layout=layout, dtype=np.float32,
+                                  padding=k // 2)
+        direct_lanes.forward_lanes(x, w, a, np.empty(a.dims.shape(8, 64, h, h), np.float32),
+                                   None)
+    # the stem's 25.7 MB channels-last output; not in NCHW, not 1.6 MB, not 27 taps
+    assert seen == [1, 0, 0, 0]
+
+
 @pytest.mark.parametrize("case,band", [(CASES[-3], 4), (CASES[-2], 8), (CASES[-1], 2),
                                        (CASES[0], 2), (CASES[1], 0)], ids=str)
 def test_lanes_kernel_runs_unpadded_rows_in_bands(case, band, rng):
