@@ -6,11 +6,12 @@ back to the system and maps it again on the next step, a page fault for every 4 
 touched (on the small ResNet's step about 3,600 faults and 7 ms of system time). The
 pool keeps the arrays it hands out (C-contiguous, at least ``MIN_BYTES``) and gives
 one again, for the same shape and dtype, once nothing but the pool refers to it: no
-variable, container or view holds it (a view refers to the array it was made from).
-That is read from the reference count, compared with the count of an array nobody
-else holds (measured once, ``_FREE_REFS``), under a lock. The pool holds at most
+variable, container or view holds it (a view refers to the array's buffer: arrays
+from ``MIN_BYTES`` on are views of a byte buffer, their data aligned to ``ALIGN``).
+That is read from the reference counts of the array and of its buffer, compared with
+those of an array nobody else holds (measured once, ``_FREE_REFS``), under a lock. The pool holds at most
 ``config.POOL_BYTES``; beyond that, free arrays of other shapes are let go first, and
-if that is not enough the new array is an ordinary one.
+if that is not enough the new array is an unpooled one.
 
 >>> import numpy as np
 >>> a = empty((256, 256), np.float32)
@@ -37,27 +38,44 @@ from . import config
 
 #: Arrays smaller than this come from malloc's arenas without page faults: not pooled.
 MIN_BYTES = 64 * 1024
+#: Bytes the data of an array of at least ``MIN_BYTES`` is aligned to, pooled or not: a
+#: cache line, so that kernels may write whole lines past the caches
+#: (``_lanes.store_stream``; malloc's large blocks start 16 bytes past a page boundary).
+ALIGN = 64
 
 _lock = threading.Lock()
 _arrays: dict[tuple, list[np.ndarray]] = {}   # (shape, dtype) -> the arrays handed out
 _held = [0]                                   # bytes in the pool
 
 
-def _refs_in_scan(arrays) -> int:
-    """The reference count of each array as a scan sees it (``_take``'s loop)."""
+def _aligned_empty(shape: tuple, dtype: np.dtype) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose data starts on an ``ALIGN``-byte boundary: a view
+    of a byte buffer, which is its ``base`` and the base of every view made from it."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    buf = np.empty(nbytes + ALIGN, np.uint8)
+    start = -buf.__array_interface__["data"][0] % ALIGN
+    return buf[start:start + nbytes].view(dtype).reshape(shape)
+
+
+def _refs_in_scan(arrays) -> tuple[int, int]:
+    """The reference counts of each array and of its buffer as a scan sees them
+    (``_take``'s loop)."""
     for a in arrays:
-        return sys.getrefcount(a)
-    return 0
+        return sys.getrefcount(a), sys.getrefcount(a.base)
+    return 0, 0
 
 
-#: An array that only the pool's list holds, seen from inside a scan.
-_FREE_REFS = _refs_in_scan([np.empty(0)])
+#: An array that only the pool's list holds, and its buffer that only the array holds,
+#: seen from inside a scan.
+_FREE_REFS, _FREE_BUFFER_REFS = _refs_in_scan([_aligned_empty((1,), np.dtype(np.float32))])
 
 
 def _take(arrays):
-    """The first array of ``arrays`` nothing else holds, or None."""
+    """The first array of ``arrays`` nothing else holds, or None. A view of a pooled
+    array refers to its buffer, not to it (numpy makes a view's base the array that
+    owns the memory): both counts are looked at."""
     for a in arrays:
-        if sys.getrefcount(a) == _FREE_REFS:
+        if sys.getrefcount(a) == _FREE_REFS and sys.getrefcount(a.base) == _FREE_BUFFER_REFS:
             return a
     return None
 
@@ -80,12 +98,15 @@ def _release(nbytes: int) -> None:
 
 def empty(shape, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` (C-contiguous, uninitialised), from the pool where one
-    of that shape and dtype is free, else new (and kept by the pool when it fits)."""
+    of that shape and dtype is free, else new (and kept by the pool when it fits); from
+    ``MIN_BYTES`` on, its data aligned to ``ALIGN`` bytes."""
     shape = tuple(map(int, shape))
     dtype = np.dtype(dtype)
     nbytes = math.prod(shape) * dtype.itemsize
-    if nbytes < MIN_BYTES or config.POOL_BYTES <= 0:
+    if nbytes < MIN_BYTES:
         return np.empty(shape, dtype)
+    if config.POOL_BYTES <= 0:
+        return _aligned_empty(shape, dtype)
     key = (shape, dtype.str)
     with _lock:
         arrays = _arrays.setdefault(key, [])
@@ -95,7 +116,7 @@ def empty(shape, dtype) -> np.ndarray:
         if _held[0] + nbytes > config.POOL_BYTES:
             _release(nbytes)
             arrays = _arrays.setdefault(key, [])
-        a = np.empty(shape, dtype)
+        a = _aligned_empty(shape, dtype)
         if _held[0] + nbytes <= config.POOL_BYTES:
             arrays.append(a)
             _held[0] += nbytes

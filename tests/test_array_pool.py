@@ -47,6 +47,20 @@ def test_held_arrays_and_arrays_with_views_are_not_handed_out_again():
     assert _pool.empty(SHAPE, np.float32).ctypes.data == addr
 
 
+def test_pooled_arrays_start_on_a_cache_line_and_views_of_views_keep_them_held():
+    a = _pool.empty(SHAPE, np.float32)
+    assert a.ctypes.data % _pool.ALIGN == 0
+    addr = a.ctypes.data
+    view = a.reshape(-1)[::2].reshape(8, -1).T     # refers to a's buffer, not to a
+    del a
+    assert _pool.empty(SHAPE, np.float32).ctypes.data != addr
+    view[0, 0] = 1.0
+    del view
+    assert _pool.empty(SHAPE, np.float32).ctypes.data == addr
+    other = _pool.empty((64, 64, 9), np.float64)  # another shape and dtype: aligned too
+    assert other.ctypes.data % _pool.ALIGN == 0
+
+
 def test_small_arrays_are_not_pooled_and_a_zero_budget_turns_the_pool_off(monkeypatch):
     _pool.empty((8, 8), np.float32)
     assert _pool.held_bytes() == 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import _lanes
+from fastconv import _lanes, _pool
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos import depthwise_lanes
 
@@ -55,6 +55,28 @@ def test_depthwise_lanes_kernel_matches_the_reference(case, dtype, rng, monkeypa
         assert got.dtype == dtype and got.flags.c_contiguous
         assert ref.rel_error(from_nhwc(got), want) <= ref.tolerance(dtype, "naive")
     assert len(calls) == 2
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_streamed_stores_leave_the_result_alone(case, dtype, rng, monkeypatch):
+    """Outputs streamed past the caches (``_lanes.store_stream``: big outputs of whole
+    blocks of channels on a vector boundary; here any size, every output from the
+    aligning pool) are the reference still; channels short of a block are not
+    streamed (the last block overlaps the one before)."""
+    monkeypatch.setattr(_lanes, "STREAM_BYTES", 0)
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
+    streamed = []
+    real = depthwise_lanes._depthwise_rows
+    monkeypatch.setattr(depthwise_lanes, "_depthwise_rows",
+                        lambda *a: streamed.append(a[-1]) or real(*a))
+    x, w, b, kwargs = _problem(case, dtype, rng)
+    xl, wl = to_nhwc(x, w)
+    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
+    want = ref.conv2d(x, w, b, canon.stride, canon.padding, canon.dilation, canon.groups)
+    got = fastconv.conv2d(xl, wl, b, layout="NHWC", algo="naive", **kwargs)
+    assert streamed == [int(x.shape[1] % (_lanes.LANE_BYTES // np.dtype(dtype).itemsize) == 0)]
+    assert ref.rel_error(from_nhwc(got), want) <= ref.tolerance(dtype, "naive")
 
 
 def test_depthwise_lanes_kernel_reads_strided_input_and_writes_strided_out(rng):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import Tensor, _lanes, gradcheck
+from fastconv import Tensor, _lanes, _pool, gradcheck
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos.im2col import direct_lanes, drivers, lanes_plan
 from fastconv.algos.im2col.lanes_plan import lanes_applies, lanes_chosen
@@ -89,40 +89,51 @@ def test_lanes_kernel_matches_the_reference(layout, case, dtype, pair_pixels, rn
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=str)
-def test_prefetching_the_output_leaves_the_result_alone(case, rng, monkeypatch):
-    """Every group's output prefetched for writing (``_prefetch_tile``, for big NHWC
-    outputs): the reference still, partial groups and blocks short of their lanes
-    included."""
-    monkeypatch.setattr(direct_lanes, "PREFETCH_BYTES", 0)
-    monkeypatch.setattr(direct_lanes, "PREFETCH_TAPS", 0)
+def test_streamed_stores_leave_the_result_alone(case, dtype, rng, monkeypatch):
+    """Every output streamed past the caches where it may be (``_lanes.store_stream``:
+    big channels-last outputs of whole blocks, on a vector boundary; here any size, and
+    every output from the aligning pool): the reference still, partial groups and edge
+    pixels included; outputs short of a block are not streamed."""
+    monkeypatch.setattr(_lanes, "STREAM_BYTES", 0)
+    monkeypatch.setattr(_pool, "MIN_BYTES", 0)
     monkeypatch.setattr(drivers, "lanes_chosen", lanes_applies)
-    fetched = []
+    streamed = []
     real = direct_lanes._conv_rows
     monkeypatch.setattr(direct_lanes, "_conv_rows",
-                        lambda *a: fetched.append(a[-1]) or real(*a))
-    x, w, b, kwargs = _problem(case, np.float32, rng)
+                        lambda *a: streamed.append(a[-1]) or real(*a))
+    x, w, b, kwargs = _problem(case, dtype, rng)
     xl, wl, back = _in_layout("NHWC", x, w)
-    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=np.float32, **kwargs)
+    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
     want = ref.conv2d(x, w, b, canon.stride, canon.padding, canon.dilation)
     got = fastconv.conv2d(xl, wl, b, layout="NHWC", algo="im2col", **kwargs)
-    assert fetched == [1]
-    assert ref.rel_error(back(got), want) <= ref.tolerance(np.float32, "im2col")
+    assert streamed == [int(w.shape[0] % (_lanes.LANE_BYTES // np.dtype(dtype).itemsize) == 0)]
+    assert ref.rel_error(back(got), want) <= ref.tolerance(dtype, "im2col")
 
 
-def test_only_big_channels_last_outputs_of_many_taps_are_prefetched(monkeypatch):
+def test_only_big_aligned_channels_last_outputs_of_whole_blocks_are_streamed(monkeypatch):
     seen = []
     monkeypatch.setattr(direct_lanes, "_conv_rows", lambda *a: seen.append(a[-1]))
-    for layout, c, h, k in [("NHWC", 3, 224, 7), ("NCHW", 3, 224, 7), ("NHWC", 16, 28, 3),
-                            ("NHWC", 3, 130, 3)]:
+
+    def stream(layout, c, h, d, out=None):
         x = np.zeros((8, h, h, c) if layout == "NHWC" else (8, c, h, h), np.float32)
-        w = np.zeros((k, k, c, 64) if layout == "NHWC" else (64, c, k, k), np.float32)
+        w = np.zeros((7, 7, c, d) if layout == "NHWC" else (d, c, 7, 7), np.float32)
         a = conv_args_from_shapes("t", x.shape, w.shape, layout=layout, dtype=np.float32,
-                                  padding=k // 2)
-        direct_lanes.forward_lanes(x, w, a, np.empty(a.dims.shape(8, 64, h, h), np.float32),
-                                   None)
-    # the stem's 25.7 MB channels-last output; not in NCHW, not 1.6 MB, not 27 taps
-    assert seen == [1, 0, 0, 0]
+                                  stride=2, padding=3)
+        shape = a.dims.shape(8, d, a.h_out, a.w_out)
+        direct_lanes.forward_lanes(x, w, a, _pool.empty(shape, np.float32) if out is None
+                                   else out(shape), None)
+        return seen.pop()
+
+    assert stream("NHWC", 3, 224, 64) == 1       # the stem: 25.7 MB
+    assert stream("NCHW", 3, 224, 64) == 0       # channels not contiguous
+    assert stream("NHWC", 3, 224, 56) == 0       # not whole blocks of lanes
+    assert stream("NHWC", 3, 112, 64) == 0       # 6.4 MB: under STREAM_BYTES
+
+    def misaligned(shape):                       # 4 bytes past a 16-byte boundary
+        return np.empty(np.prod(shape) + 1, np.float32)[1:].reshape(shape)
+    assert stream("NHWC", 3, 224, 64, misaligned) == 0
 
 
 @pytest.mark.parametrize("case,band", [(CASES[-3], 4), (CASES[-2], 8), (CASES[-1], 2),
@@ -300,4 +311,22 @@ def test_store_columns_writes_vectors_transposed(dtype):
     for k in range(n):
         want[3 + 16 * k: 3 + 16 * k + 8] = src.reshape(8, n)[:, k]
         want[11 + 16 * k: 11 + 16 * k + 4] = src.reshape(8, n)[:4, k]
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_store_stream_writes_a_vector_at_an_aligned_offset(dtype):
+    from numba import njit
+
+    @njit
+    def stream(src, out, at):
+        _lanes.store_stream(out, at, _lanes.load(src, 0))
+        _lanes.stream_fence()
+
+    n = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    out = _pool._aligned_empty((4 * n,), np.dtype(dtype))
+    out[:] = -1
+    stream(np.arange(n, dtype=dtype), out, 2 * n)
+    want = np.full(4 * n, -1, dtype)
+    want[2 * n:3 * n] = np.arange(n)
     np.testing.assert_array_equal(out, want)

@@ -78,9 +78,10 @@ def _edge_pixel(xf, wf, v, xrow, wrow, geo, c_all, col0):
 
 
 @njit(inline="always")
-def _group(xf, wf, fo, v0, x0, w0, o, taps, ps, c_all):
+def _group(xf, wf, fo, v0, x0, w0, o, taps, ps, c_all, stream):
     """fo[o + p*c_all : + count] = v0 + one block's sums of 8 pixels p, over the taps t
-    (x0 + taps[t] + p*ps: pixel p's input at tap t; w0 + t*c_all: the tap's weights)."""
+    (x0 + taps[t] + p*ps: pixel p's input at tap t; w0 + t*c_all: the tap's weights);
+    stream: past the caches (``_store``)."""
     v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
     for t in range(taps.shape[0]):
         wv = _lanes.load(wf, w0 + U(t) * c_all)
@@ -93,11 +94,11 @@ def _group(xf, wf, fo, v0, x0, w0, o, taps, ps, c_all):
         v5 = _lanes.fma_lanes(v5, _lanes.load(xf, xq + U(5) * ps), wv)
         v6 = _lanes.fma_lanes(v6, _lanes.load(xf, xq + U(6) * ps), wv)
         v7 = _lanes.fma_lanes(v7, _lanes.load(xf, xq + U(7) * ps), wv)
-    _store8(fo, o, c_all, v0, v1, v2, v3, v4, v5, v6, v7)
+    _store8(fo, o, c_all, v0, v1, v2, v3, v4, v5, v6, v7, stream)
 
 
 @njit(inline="always")
-def _slide3(xf, wf, fo, v0, x0, w0, o, rows, rstep, c_all):
+def _slide3(xf, wf, fo, v0, x0, w0, o, rows, rstep, c_all, stream):
     """``_group`` for a kernel 3 columns wide at column stride and dilation 1: pixel p's
     tap b reads input column p + b, so each of the 10 columns a kernel row spans is
     loaded once and feeds up to 3 pixels (13 loads for 24 multiply-adds instead of 27).
@@ -121,7 +122,7 @@ def _slide3(xf, wf, fo, v0, x0, w0, o, rows, rstep, c_all):
         u = _lanes.load(xf, xa + U(8) * c_all)
         v6, v7 = _lanes.fma_lanes(v6, u, k2), _lanes.fma_lanes(v7, u, k1)
         v7 = _lanes.fma_lanes(v7, _lanes.load(xf, xa + U(9) * c_all), k2)
-    _store8(fo, o, c_all, v0, v1, v2, v3, v4, v5, v6, v7)
+    _store8(fo, o, c_all, v0, v1, v2, v3, v4, v5, v6, v7, stream)
 
 
 @njit(inline="always")
@@ -134,20 +135,30 @@ def _feed3(xf, i, va, vb, vc, k0, k1, k2):
 
 
 @njit(inline="always")
-def _store8(fo, o, step, v0, v1, v2, v3, v4, v5, v6, v7):
-    """fo[o + p*step : + count] = vp for the 8 pixels p."""
-    _lanes.store(fo, o, v0)
-    _lanes.store(fo, o + step, v1)
-    _lanes.store(fo, o + U(2) * step, v2)
-    _lanes.store(fo, o + U(3) * step, v3)
-    _lanes.store(fo, o + U(4) * step, v4)
-    _lanes.store(fo, o + U(5) * step, v5)
-    _lanes.store(fo, o + U(6) * step, v6)
-    _lanes.store(fo, o + U(7) * step, v7)
+def _store(fo, o, v, stream):
+    """fo[o : o + count] = v, past the caches with ``stream`` (``_lanes.store_stream``:
+    every store on a vector boundary, ``forward_nhwc``)."""
+    if stream:
+        _lanes.store_stream(fo, o, v)
+    else:
+        _lanes.store(fo, o, v)
 
 
 @njit(inline="always")
-def _single(xf, wf, fo, fb, xs, os, geo, n, i, j, a_lo, a_hi):
+def _store8(fo, o, step, v0, v1, v2, v3, v4, v5, v6, v7, stream):
+    """fo[o + p*step : + count] = vp for the 8 pixels p (``_store``)."""
+    _store(fo, o, v0, stream)
+    _store(fo, o + step, v1, stream)
+    _store(fo, o + U(2) * step, v2, stream)
+    _store(fo, o + U(3) * step, v3, stream)
+    _store(fo, o + U(4) * step, v4, stream)
+    _store(fo, o + U(5) * step, v5, stream)
+    _store(fo, o + U(6) * step, v6, stream)
+    _store(fo, o + U(7) * step, v7, stream)
+
+
+@njit(inline="always")
+def _single(xf, wf, fo, fb, xs, os, geo, n, i, j, a_lo, a_hi, stream):
     """Output pixel (n, i, j) one block at a time, over its kernel's taps inside the image."""
     _, h, wd, c_all = xs
     kh, kw, sh, sw, pt, pl, rh, rw = geo
@@ -159,18 +170,19 @@ def _single(xf, wf, fo, fb, xs, os, geo, n, i, j, a_lo, a_hi):
             xrow = U((n * h + i * sh - pt + a * rh) * wd * c_all + c0)
             v = _edge_pixel(xf, wf, v, xrow, U(a * kw * c_all + c0), (kw, wd, rw), c_all,
                             j * sw - pl)
-        _lanes.store(fo, U(((n * os[1] + i) * os[2] + j) * c_all + c0), v)
+        _store(fo, U(((n * os[1] + i) * os[2] + j) * c_all + c0), v, stream)
 
 
 @njit(parallel=True, cache=True)
-def _depthwise_rows(xf, xs, wf, fb, fo, os, geo, j_lo, j_hi):
+def _depthwise_rows(xf, xs, wf, fb, fo, os, geo, j_lo, j_hi, stream):
     """out = depthwise conv(x, w) + bias, x (N, H, W, C) and out (N, Ho, Wo, C)
     C-contiguous, given flat (xf, fo) with their shapes xs, os; wf the HWIO weight
     (KH, KW, 1, C) flat, fb (C,) the bias (zeros without one). geo = (KH, KW, s_h, s_w,
     p_t, p_l, r_h, r_w); output columns j_lo <= j < j_hi have their whole kernel
     inside the image's columns. One task per image and group of 8 output columns, down
     all the output rows (the kernel's input rows stay in L1 from one output row to the
-    next); the first and last group's tasks also do the pixels in the padding."""
+    next); the first and last group's tasks also do the pixels in the padding. stream:
+    the stores go past the caches (``_store``), and each task ends with a fence."""
     n_img, h, wd, c_all = xs
     _, ho, wo, _ = os
     kh, kw, sh, sw, pt, pl, rh, rw = geo
@@ -189,9 +201,9 @@ def _depthwise_rows(xf, xs, wf, fb, fo, os, geo, j_lo, j_hi):
             a_lo = max(0, (pt - i * sh + rh - 1) // rh)       # rows of taps in the image
             a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
             for e in range(j_lo if groups else j_hi):
-                _single(xf, wf, fo, fb, xs, os, geo, n, i, e, a_lo, a_hi)
+                _single(xf, wf, fo, fb, xs, os, geo, n, i, e, a_lo, a_hi, stream)
             for e in range(j_hi, wo):
-                _single(xf, wf, fo, fb, xs, os, geo, n, i, e, a_lo, a_hi)
+                _single(xf, wf, fo, fb, xs, os, geo, n, i, e, a_lo, a_hi, stream)
         for g in range(groups):
             j = min(j_lo + g * PIXELS, j_hi - PIXELS)  # the last group ends at j_hi
             for i in range(i0, i1):
@@ -207,11 +219,13 @@ def _depthwise_rows(xf, xs, wf, fb, fo, os, geo, j_lo, j_hi):
                     if slide:
                         _slide3(xf, wf, fo, _lanes.load(fb, U(c0)), U(x0 + c0),
                                 U(a_lo * kw * c_all + c0), U(o + c0), a_hi - a_lo,
-                                U(rh * wd * c_all), U(c_all))
+                                U(rh * wd * c_all), U(c_all), stream)
                         continue
                     _group(xf, wf, fo, _lanes.load(fb, U(c0)), U(x0 + c0),
                            U(a_lo * kw * c_all + c0), U(o + c0), taps[:(a_hi - a_lo) * kw],
-                           U(ps), U(c_all))
+                           U(ps), U(c_all), stream)
+        if stream:
+            _lanes.stream_fence()
 
 
 def forward_nhwc(x, w, args, out, bias) -> None:
@@ -223,9 +237,13 @@ def forward_nhwc(x, w, args, out, bias) -> None:
     xc = np.ascontiguousarray(x, dt)
     (pt, _), (pl, _) = args.padding
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
+    # whole blocks of channels: every vector store on a vector boundary
+    stream = int(target is out and args.c_out % (_lanes.LANE_BYTES // dt.itemsize) == 0
+                 and _lanes.can_stream(out))
     with parallel_guard():
         _depthwise_rows(xc.reshape(-1), xc.shape, np.ascontiguousarray(w, dt).reshape(-1),
-                        fb, target.reshape(-1), target.shape, geo, *interior_columns(args))
+                        fb, target.reshape(-1), target.shape, geo, *interior_columns(args),
+                        stream)
     if target is not out:
         out[...] = target
 

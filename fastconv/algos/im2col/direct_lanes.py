@@ -70,23 +70,17 @@ from .padded import padded_channels_last, padded_size
 #: 1.00-1.12, 64 -> 64 at 7x7 1.64-1.66 -> 1.06-1.07.
 PAIR_PIXELS = 8 if _lanes.WIDE else 4
 
-#: Outputs of at least this many bytes with their channels contiguous (NHWC), from at
-#: least ``PREFETCH_TAPS`` taps a pixel, are prefetched for writing a group at a time
-#: (``_prefetch_tile``): well beyond the L2 caches, and enough taps for the lines to
-#: arrive while they run. Alternating in one process (2-core AMD EPYC, median of 21-25):
-#: the stem (3 -> 64 7x7 stride 2, 25.7 MB) 0.91-0.93x the time; 16 -> 16 channels 3x3
-#: at 28x28 batch 32 (1.6 MB) 1.03x; 3 -> 32 3x3 at 32x32 batch 64 (8.4 MB, 27 taps)
-#: 1.08x; 64 -> 128 3x3 stride 2 (576 taps) 1.00x.
-PREFETCH_BYTES = 4 << 20
-PREFETCH_TAPS = 64
-
 
 @njit(inline="always")
-def _put(fo, o, osd, v, m, nl):
+def _put(fo, o, osd, v, m, nl, stream):
     """fo[o + k*osd] = lane k of v for k < m: one vector store where the lanes are
-    contiguous and all kept, else one store per lane."""
+    contiguous and all kept (past the caches with ``stream``), else one store per
+    lane."""
     if osd == 1 and m == nl:
-        _lanes.store(fo, o, v)
+        if stream:
+            _lanes.store_stream(fo, o, v)
+        else:
+            _lanes.store(fo, o, v)
     else:
         for k in range(m):
             fo[o + U(k) * osd] = _lanes.lane(v, k)
@@ -165,7 +159,7 @@ def _group4(xf, fw, v0, rows, offs, nl):
 
 
 @njit(inline="always")
-def _write(fo, o, vs, k, m, osd, osw, nl):
+def _write(fo, o, vs, k, m, osd, osw, nl, stream):
     """A group's registers vs (4 or 8, one per pixel) into out at o: pixels p < k,
     lanes < m; osd, osw the output's channel and column strides."""
     if osw == 1 and osd > 1 and k == len(vs) and m == nl:
@@ -173,19 +167,7 @@ def _write(fo, o, vs, k, m, osd, osw, nl):
     else:
         for p, v in enumerate(vs):
             if p < k:
-                _put(fo, o + U(p) * U(osw), U(osd), v, m, nl)
-
-
-@njit(inline="always")
-def _prefetch_tile(fo, o, k, m, osd, osw):
-    """Prefetch for writing the output of a group of k pixels x m lanes at o (pixels
-    osw apart, their lanes contiguous: osd 1): the first and last lane of each pixel.
-    The lines then arrive while the group's taps run instead of stalling its stores
-    (outputs too big to stay in cache; ``PREFETCH_BYTES``)."""
-    if osd == 1:
-        for p in range(k):
-            _lanes.prefetch_write(fo, o + U(p) * U(osw))
-            _lanes.prefetch_write(fo, o + U(p) * U(osw) + U(m - 1))
+                _put(fo, o + U(p) * U(osw), U(osd), v, m, nl, stream)
 
 
 @njit(inline="always")
@@ -214,7 +196,7 @@ def _group8(xf, fw, v0, rows, offs, nl):
 def _group8x2(xf, fw, b0, b1, rows, offs, wlen, nl, fo, outs):
     """``_group8`` for two blocks of output channels at once (their weights wlen apart),
     written out by ``_write``: each input value loaded once feeds 2 multiply-adds, 16
-    accumulators. outs = (o, o_1, m_0, m_1, s_d, s_w): each block's output offset and
+    accumulators. outs = (o, o_1, m_0, m_1, s_d, s_w, stream): each block's output offset and
     lanes kept, the output's channel and column strides."""
     x0, toff, t_lo, t_hi, w0, k = rows
     _, o1, o2, o3, o4, o5, o6, o7 = offs
@@ -240,9 +222,9 @@ def _group8x2(xf, fw, b0, b1, rows, offs, wlen, nl, fo, outs):
         p6, q6 = _lanes.fma(p6, s, w0v), _lanes.fma(q6, s, w1v)
         s = xf[xq + o7]
         p7, q7 = _lanes.fma(p7, s, w0v), _lanes.fma(q7, s, w1v)
-    o, o_1, m0, m1, osd, osw = outs
-    _write(fo, o, (p0, p1, p2, p3, p4, p5, p6, p7), k, m0, osd, osw, nl)
-    _write(fo, o_1, (q0, q1, q2, q3, q4, q5, q6, q7), k, m1, osd, osw, nl)
+    o, o_1, m0, m1, osd, osw, stream = outs
+    _write(fo, o, (p0, p1, p2, p3, p4, p5, p6, p7), k, m0, osd, osw, nl, stream)
+    _write(fo, o_1, (q0, q1, q2, q3, q4, q5, q6, q7), k, m1, osd, osw, nl, stream)
 
 
 @njit(inline="always")
@@ -266,9 +248,9 @@ def _group4x2(xf, fw, b0, b1, rows, offs, wlen, nl, fo, outs):
         p2, q2 = _lanes.fma(p2, s, w0v), _lanes.fma(q2, s, w1v)
         s = xf[xq + o3]
         p3, q3 = _lanes.fma(p3, s, w0v), _lanes.fma(q3, s, w1v)
-    o, o_1, m0, m1, osd, osw = outs
-    _write(fo, o, (p0, p1, p2, p3), k, m0, osd, osw, nl)
-    _write(fo, o_1, (q0, q1, q2, q3), k, m1, osd, osw, nl)
+    o, o_1, m0, m1, osd, osw, stream = outs
+    _write(fo, o, (p0, p1, p2, p3), k, m0, osd, osw, nl, stream)
+    _write(fo, o_1, (q0, q1, q2, q3), k, m1, osd, osw, nl, stream)
 
 
 @njit(inline="always")
@@ -282,7 +264,7 @@ def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pai
     f_lo, f_hi, wrap, rstep, cstep = px
     x_base, o_base = base
     toff, t_lo, t_hi = rows
-    osd, osw, fetch = outs
+    osd, osw, stream = outs
     uosd, uosw = U(osd), U(osw)
     w0 = bp * wlen
     m0, m1 = min(nl, d_all - bp * nl), min(nl, d_all - (bp + 1) * nl)
@@ -293,21 +275,17 @@ def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pai
         x0 = x_base + (f // wrap) * rstep + (f % wrap) * cstep
         offs = _offsets(f, k, wrap, rstep, cstep)
         o = U(o_base + bp * nl * osd) + U(f) * uosw
-        if fetch:
-            _prefetch_tile(fo, o, k, m0, osd, osw)
-            if pair:
-                _prefetch_tile(fo, o + U(nl) * uosd, k, m1, osd, osw)
         if k <= PIXELS // 2:           # the last few: half a group
             if pair and pair_px < PIXELS:
                 _group4x2(xf, fw, b0, _lanes.load(fb, U((bp + 1) * nl)),
                           (x0, toff, t_lo, t_hi, w0, k), offs, wlen, nl, fo,
-                          (o, o + U(nl) * uosd, m0, m1, osd, osw))
+                          (o, o + U(nl) * uosd, m0, m1, osd, osw, stream))
                 break
             for half in range(1 + pair):
                 vs4 = _group4(xf, fw, _lanes.load(fb, U((bp + half) * nl)),
                               (x0, toff, t_lo, t_hi, w0 + half * wlen, k), offs, nl)
                 _write(fo, o + U(half * nl) * uosd, vs4, k, m1 if half else m0, osd, osw,
-                       nl)
+                       nl, stream)
             break
         rows8 = (x0, toff, t_lo, t_hi, w0, k)
         if pair and pair_px < PIXELS:  # two halves of 4 pixels x 2 blocks
@@ -318,18 +296,19 @@ def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pai
                 oh = o + U(quad * (PIXELS // 2)) * uosw
                 _group4x2(xf, fw, b0, _lanes.load(fb, U((bp + 1) * nl)), r4,
                           _offsets(f4, kh4, wrap, rstep, cstep), wlen, nl, fo,
-                          (oh, oh + U(nl) * uosd, m0, m1, osd, osw))
+                          (oh, oh + U(nl) * uosd, m0, m1, osd, osw, stream))
         elif pair:
             _group8x2(xf, fw, b0, _lanes.load(fb, U((bp + 1) * nl)), rows8, offs, wlen,
-                      nl, fo, (o, o + U(nl) * uosd, m0, m1, osd, osw))
+                      nl, fo, (o, o + U(nl) * uosd, m0, m1, osd, osw, stream))
         else:
-            _write(fo, o, _group8(xf, fw, b0, rows8, offs, nl), k, m0, osd, osw, nl)
+            _write(fo, o, _group8(xf, fw, b0, rows8, offs, nl), k, m0, osd, osw, nl,
+                   stream)
         f += k
 
 
 @njit(parallel=True, cache=True)
 def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, band,
-               fetch):
+               stream):
     """out = conv(x, w) + bias, x (N, C, H, W) and out (N, D, Ho, Wo) given as flat
     arrays xf, fo and the shape and element strides of their canonical views, xs =
     (N, C, H, W, s_n, s_c, s_h, s_w), os alike: one kernel for every layout. A kernel
@@ -344,8 +323,9 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, ban
     blocks' register tile (``PAIR_PIXELS``). One task per output row (module
     docstring), or, with band > 0 (every output pixel's kernel inside the image, the
     output's rows contiguous: ``lanes_plan.band_rows``), per band of ``band`` rows of
-    an image, whose pixels run as one sequence in groups of 8 across the rows. fetch:
-    prefetch each group's output lines for writing first (``PREFETCH_BYTES``)."""
+    an image, whose pixels run as one sequence in groups of 8 across the rows. stream:
+    whole vectors are stored past the caches (``_lanes.store_stream``; every one on a
+    vector boundary)."""
     n_img, c_all, h, wd, xsn, xsc, xsh, xsw = xs
     _, d_all, ho, wo, osn, osd, osh, osw = os
     kh, kw, sh, sw, pt, pl, rh, rw = geo
@@ -363,8 +343,10 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, ban
             base = (n * xsn - pt * xsh - pl * xsw, n * osn)
             for bp in range(0, blocks, 2):
                 _groups(xf, fw, fb, fo, px, base, (toff, 0, kh * nu * nv), bp,
-                        1 if bp + 1 < blocks else 0, wlen, nl, d_all, (osd, osw, fetch),
+                        1 if bp + 1 < blocks else 0, wlen, nl, d_all, (osd, osw, stream),
                         pair_px)
+            if stream:
+                _lanes.stream_fence()
             continue
         i = task % bands
         a_lo = max(0, (pt - i * sh + rh - 1) // rh)           # rows of taps in the image
@@ -389,12 +371,14 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, ban
                         xrow = n * xsn + (i * sh - pt + a * rh) * xsh
                         v = _edge_pixel(xf, fw, v, xrow, wb + U(a * nu * nv * nl), taps,
                                         cols, nl)
-                    _put(fo, ob + U(j) * uosw, uosd, v, m, nl)
+                    _put(fo, ob + U(j) * uosw, uosd, v, m, nl, stream)
             # groups of 8 pixels inside the image, along the row (wrap: never)
             px = (j_lo, j_hi, wo + 1, 0, sw * xsw)
             base = (n * xsn + (i * sh - pt) * xsh - pl * xsw, obase)
             _groups(xf, fw, fb, fo, px, base, (toff, t_lo, t_hi), bp, pair, wlen, nl,
-                    d_all, (osd, osw, fetch), pair_px)
+                    d_all, (osd, osw, stream), pair_px)
+        if stream:
+            _lanes.stream_fence()
 
 
 def _tap_order(args, xs) -> tuple[int, int, int, int, int]:
@@ -485,10 +469,11 @@ def forward_lanes(x, w, args, out, bias) -> None:
     fo, os = strided or _flat(target, args.dims)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
     band = band if os[6] == os[3] * os[7] else 0       # the output's rows contiguous
-    fetch = int(os[5] == 1 and out.nbytes >= PREFETCH_BYTES
-                and args.kh * args.kw * args.c_in >= PREFETCH_TAPS)
+    # channels last with whole blocks: every vector store on a vector boundary
+    stream = int(strided is None and target is out and os[5] == 1
+                 and args.c_out % nl == 0 and _lanes.can_stream(out))
     with parallel_guard():
         _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS, band,
-                   fetch)
+                   stream)
     if target is not out:
         out[...] = target

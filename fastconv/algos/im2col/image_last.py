@@ -173,14 +173,15 @@ def strided_flat(a, dims):
 
 def _span_view(a, span):
     """A 1-D view of the ``span`` elements of memory from a's first element: a slice of
-    the C-contiguous array a is a view of where there is one (numpy's ``as_strided``
-    took 12 us a call inside a training step), else ``as_strided``."""
+    the C-contiguous array a is a view of where there is one (its bytes: a pooled
+    array's base is a byte buffer, ``fastconv._pool``; numpy's ``as_strided`` took 12 us
+    a call inside a training step), else ``as_strided``."""
     base = a.base
-    if isinstance(base, np.ndarray) and base.flags.c_contiguous and base.dtype == a.dtype \
-            and base.flags.writeable:
+    if isinstance(base, np.ndarray) and base.flags.c_contiguous and base.flags.writeable:
         start = a.__array_interface__["data"][0] - base.__array_interface__["data"][0]
-        if start >= 0 and start % a.itemsize == 0 and start // a.itemsize + span <= base.size:
-            return base.reshape(-1)[start // a.itemsize:start // a.itemsize + span]
+        end = start + span * a.itemsize
+        if start >= 0 and start % a.itemsize == 0 and end <= base.nbytes:
+            return base.reshape(-1).view(np.uint8)[start:end].view(a.dtype)
     return np.lib.stride_tricks.as_strided(a, shape=(span,), strides=(a.itemsize,))
 
 
