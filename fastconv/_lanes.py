@@ -140,9 +140,9 @@ def _fma_call(builder, vec, dtype, args):
     return builder.call(fn, args)
 
 
-@intrinsic
-def store(typingctx, ary, idx, v):
-    """ary[idx : idx + count] = v (1-D contiguous float array of v's dtype)."""
+def _vector_store(ary, idx, v, stream: bool):
+    """The typing and code of ``store`` (``stream``: of ``store_stream``), or None for
+    arguments it does not take."""
     if not (isinstance(ary, types.Array) and ary.ndim == 1 and isinstance(v, Lanes)
             and ary.dtype == v.dtype and isinstance(idx, types.Integer)):
         return None
@@ -150,9 +150,19 @@ def store(typingctx, ary, idx, v):
     def codegen(context, builder, sig, args):
         vec = context.get_value_type(sig.args[2])
         ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vec)
-        builder.store(args[2], ptr, align=ary.dtype.bitwidth // 8)
+        if not stream:
+            builder.store(args[2], ptr, align=ary.dtype.bitwidth // 8)
+            return context.get_dummy_value()
+        inst = builder.store(args[2], ptr, align=LANE_BYTES)
+        inst.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
         return context.get_dummy_value()
     return types.none(ary, idx, v), codegen
+
+
+@intrinsic
+def store(typingctx, ary, idx, v):
+    """ary[idx : idx + count] = v (1-D contiguous float array of v's dtype)."""
+    return _vector_store(ary, idx, v, False)
 
 
 #: Outputs of at least this many bytes may be written past the caches
@@ -175,17 +185,7 @@ def can_stream(a) -> bool:
 def store_stream(typingctx, ary, idx, v):
     """ary[idx : idx + count] = v with a non-temporal store (``store``'s rules, and
     ary's element idx on a ``LANE_BYTES`` boundary)."""
-    if not (isinstance(ary, types.Array) and ary.ndim == 1 and isinstance(v, Lanes)
-            and ary.dtype == v.dtype and isinstance(idx, types.Integer)):
-        return None
-
-    def codegen(context, builder, sig, args):
-        vec = context.get_value_type(sig.args[2])
-        ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vec)
-        inst = builder.store(args[2], ptr, align=LANE_BYTES)
-        inst.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
-        return context.get_dummy_value()
-    return types.none(ary, idx, v), codegen
+    return _vector_store(ary, idx, v, True)
 
 
 @intrinsic

@@ -9,9 +9,9 @@ one again, for the same shape and dtype, once nothing but the pool refers to it:
 variable, container or view holds it (a view refers to the array's buffer: arrays
 from ``MIN_BYTES`` on are views of a byte buffer, their data aligned to ``ALIGN``).
 That is read from the reference counts of the array and of its buffer, compared with
-those of an array nobody else holds (measured once, ``_FREE_REFS``), under a lock. The pool holds at most
-``config.POOL_BYTES``; beyond that, free arrays of other shapes are let go first, and
-if that is not enough the new array is an unpooled one.
+those of an array nobody else holds (measured once, ``_FREE_REFS``), under a lock. The
+pool holds at most ``config.POOL_BYTES``; beyond that, free arrays of other shapes are
+let go first, and if that is not enough the new array is an unpooled one.
 
 >>> import numpy as np
 >>> a = empty((256, 256), np.float32)
