@@ -17,8 +17,9 @@ which), so such a kernel keeps its accumulators in registers:
   transpose);
 * ``store_stream(a, i, v)``: ``store`` past the caches (a non-temporal store: no read
   of the line first, and the line is not kept), a + i on a ``LANE_BYTES`` boundary
-  (the caller's guarantee: ``can_stream``); a kernel task that streams ends with
-  ``stream_fence()``, which orders its streamed stores before what follows;
+  (the caller's guarantee: ``can_stream``); ``put(a, i, v, stream)``: one or the other;
+  a kernel task that streams ends with ``stream_fence()``, which orders its streamed
+  stores before what follows;
 * ``fma(acc, s, v)``: acc + s * v, the scalar s in every lane (one fused multiply-add);
 * ``fma_lanes(acc, u, v)``: acc + u * v, lane by lane (u, v vectors);
 * ``splat(a, s)``: the scalar s in every lane of a vector of a's dtype;
@@ -43,7 +44,7 @@ from __future__ import annotations
 
 from llvmlite import binding as llvm
 from llvmlite import ir
-from numba import types
+from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic, models, register_model
 
@@ -150,11 +151,10 @@ def _vector_store(ary, idx, v, stream: bool):
     def codegen(context, builder, sig, args):
         vec = context.get_value_type(sig.args[2])
         ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], vec)
-        if not stream:
-            builder.store(args[2], ptr, align=ary.dtype.bitwidth // 8)
-            return context.get_dummy_value()
-        inst = builder.store(args[2], ptr, align=LANE_BYTES)
-        inst.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
+        inst = builder.store(args[2], ptr,
+                             align=LANE_BYTES if stream else ary.dtype.bitwidth // 8)
+        if stream:
+            inst.set_metadata("nontemporal", builder.module.add_metadata([ir.IntType(32)(1)]))
         return context.get_dummy_value()
     return types.none(ary, idx, v), codegen
 
@@ -174,11 +174,14 @@ STREAM_BYTES = 16 << 20
 _X86 = llvm.get_process_triple().startswith(("x86_64", "i386", "i686"))
 
 
-def can_stream(a) -> bool:
-    """Whether a kernel may write the array a with ``store_stream`` at offsets that are
-    multiples of a vector's lanes: at least ``STREAM_BYTES``, its data on a
-    ``LANE_BYTES`` boundary (``fastconv._pool`` aligns what it hands out)."""
-    return a.nbytes >= STREAM_BYTES and a.__array_interface__["data"][0] % LANE_BYTES == 0
+def can_stream(a, channels: int) -> bool:
+    """Whether a kernel may write the channels-last array a (``channels`` contiguous
+    values a pixel) with ``store_stream`` one block of lanes at a time: C-contiguous, at
+    least ``STREAM_BYTES``, its data on a ``LANE_BYTES`` boundary (``fastconv._pool``
+    aligns what it hands out) and whole blocks a pixel, so that every store is on one."""
+    return (a.flags.c_contiguous and a.nbytes >= STREAM_BYTES
+            and channels * a.itemsize % LANE_BYTES == 0
+            and a.__array_interface__["data"][0] % LANE_BYTES == 0)
 
 
 @intrinsic
@@ -186,6 +189,15 @@ def store_stream(typingctx, ary, idx, v):
     """ary[idx : idx + count] = v with a non-temporal store (``store``'s rules, and
     ary's element idx on a ``LANE_BYTES`` boundary)."""
     return _vector_store(ary, idx, v, True)
+
+
+@njit(inline="always")
+def put(a, i, v, stream):
+    """``store_stream(a, i, v)`` where ``stream``, else ``store(a, i, v)``."""
+    if stream:
+        store_stream(a, i, v)
+    else:
+        store(a, i, v)
 
 
 @intrinsic

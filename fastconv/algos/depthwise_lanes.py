@@ -81,7 +81,7 @@ def _edge_pixel(xf, wf, v, xrow, wrow, geo, c_all, col0):
 def _group(xf, wf, fo, v0, x0, w0, o, taps, ps, c_all, stream):
     """fo[o + p*c_all : + count] = v0 + one block's sums of 8 pixels p, over the taps t
     (x0 + taps[t] + p*ps: pixel p's input at tap t; w0 + t*c_all: the tap's weights);
-    stream: past the caches (``_store``)."""
+    stream: past the caches (``_store8``)."""
     v1, v2, v3, v4, v5, v6, v7 = v0, v0, v0, v0, v0, v0, v0
     for t in range(taps.shape[0]):
         wv = _lanes.load(wf, w0 + U(t) * c_all)
@@ -135,26 +135,17 @@ def _feed3(xf, i, va, vb, vc, k0, k1, k2):
 
 
 @njit(inline="always")
-def _store(fo, o, v, stream):
-    """fo[o : o + count] = v, past the caches with ``stream`` (``_lanes.store_stream``:
-    every store on a vector boundary, ``forward_nhwc``)."""
-    if stream:
-        _lanes.store_stream(fo, o, v)
-    else:
-        _lanes.store(fo, o, v)
-
-
-@njit(inline="always")
 def _store8(fo, o, step, v0, v1, v2, v3, v4, v5, v6, v7, stream):
-    """fo[o + p*step : + count] = vp for the 8 pixels p (``_store``)."""
-    _store(fo, o, v0, stream)
-    _store(fo, o + step, v1, stream)
-    _store(fo, o + U(2) * step, v2, stream)
-    _store(fo, o + U(3) * step, v3, stream)
-    _store(fo, o + U(4) * step, v4, stream)
-    _store(fo, o + U(5) * step, v5, stream)
-    _store(fo, o + U(6) * step, v6, stream)
-    _store(fo, o + U(7) * step, v7, stream)
+    """fo[o + p*step : + count] = vp for the 8 pixels p (past the caches with
+    ``stream``: ``_lanes.put``)."""
+    _lanes.put(fo, o, v0, stream)
+    _lanes.put(fo, o + step, v1, stream)
+    _lanes.put(fo, o + U(2) * step, v2, stream)
+    _lanes.put(fo, o + U(3) * step, v3, stream)
+    _lanes.put(fo, o + U(4) * step, v4, stream)
+    _lanes.put(fo, o + U(5) * step, v5, stream)
+    _lanes.put(fo, o + U(6) * step, v6, stream)
+    _lanes.put(fo, o + U(7) * step, v7, stream)
 
 
 @njit(inline="always")
@@ -170,7 +161,7 @@ def _single(xf, wf, fo, fb, xs, os, geo, n, i, j, a_lo, a_hi, stream):
             xrow = U((n * h + i * sh - pt + a * rh) * wd * c_all + c0)
             v = _edge_pixel(xf, wf, v, xrow, U(a * kw * c_all + c0), (kw, wd, rw), c_all,
                             j * sw - pl)
-        _store(fo, U(((n * os[1] + i) * os[2] + j) * c_all + c0), v, stream)
+        _lanes.put(fo, U(((n * os[1] + i) * os[2] + j) * c_all + c0), v, stream)
 
 
 @njit(parallel=True, cache=True)
@@ -182,7 +173,7 @@ def _depthwise_rows(xf, xs, wf, fb, fo, os, geo, j_lo, j_hi, stream):
     inside the image's columns. One task per image and group of 8 output columns, down
     all the output rows (the kernel's input rows stay in L1 from one output row to the
     next); the first and last group's tasks also do the pixels in the padding. stream:
-    the stores go past the caches (``_store``), and each task ends with a fence."""
+    the stores go past the caches (``_lanes.put``), and each task ends with a fence."""
     n_img, h, wd, c_all = xs
     _, ho, wo, _ = os
     kh, kw, sh, sw, pt, pl, rh, rw = geo
@@ -237,9 +228,7 @@ def forward_nhwc(x, w, args, out, bias) -> None:
     xc = np.ascontiguousarray(x, dt)
     (pt, _), (pl, _) = args.padding
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
-    # whole blocks of channels: every vector store on a vector boundary
-    stream = int(target is out and args.c_out % (_lanes.LANE_BYTES // dt.itemsize) == 0
-                 and _lanes.can_stream(out))
+    stream = int(_lanes.can_stream(out, args.c_out))
     with parallel_guard():
         _depthwise_rows(xc.reshape(-1), xc.shape, np.ascontiguousarray(w, dt).reshape(-1),
                         fb, target.reshape(-1), target.shape, geo, *interior_columns(args),

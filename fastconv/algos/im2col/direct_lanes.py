@@ -77,10 +77,7 @@ def _put(fo, o, osd, v, m, nl, stream):
     contiguous and all kept (past the caches with ``stream``), else one store per
     lane."""
     if osd == 1 and m == nl:
-        if stream:
-            _lanes.store_stream(fo, o, v)
-        else:
-            _lanes.store(fo, o, v)
+        _lanes.put(fo, o, v, stream)
     else:
         for k in range(m):
             fo[o + U(k) * osd] = _lanes.lane(v, k)
@@ -161,7 +158,8 @@ def _group4(xf, fw, v0, rows, offs, nl):
 @njit(inline="always")
 def _write(fo, o, vs, k, m, osd, osw, nl, stream):
     """A group's registers vs (4 or 8, one per pixel) into out at o: pixels p < k,
-    lanes < m; osd, osw the output's channel and column strides."""
+    lanes < m; osd, osw the output's channel and column strides; stream: whole
+    vectors past the caches (``_put``)."""
     if osw == 1 and osd > 1 and k == len(vs) and m == nl:
         _lanes.store_columns(fo, o, U(osd), vs)      # NCHW: runs of pixels
     else:
@@ -196,8 +194,9 @@ def _group8(xf, fw, v0, rows, offs, nl):
 def _group8x2(xf, fw, b0, b1, rows, offs, wlen, nl, fo, outs):
     """``_group8`` for two blocks of output channels at once (their weights wlen apart),
     written out by ``_write``: each input value loaded once feeds 2 multiply-adds, 16
-    accumulators. outs = (o, o_1, m_0, m_1, s_d, s_w, stream): each block's output offset and
-    lanes kept, the output's channel and column strides."""
+    accumulators. outs = (o, o_1, m_0, m_1, s_d, s_w, stream): each block's output
+    offset and lanes kept, the output's channel and column strides, ``_write``'s
+    stream."""
     x0, toff, t_lo, t_hi, w0, k = rows
     _, o1, o2, o3, o4, o5, o6, o7 = offs
     p0, p1, p2, p3, p4, p5, p6, p7 = b0, b0, b0, b0, b0, b0, b0, b0
@@ -345,38 +344,36 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, ban
                 _groups(xf, fw, fb, fo, px, base, (toff, 0, kh * nu * nv), bp,
                         1 if bp + 1 < blocks else 0, wlen, nl, d_all, (osd, osw, stream),
                         pair_px)
-            if stream:
-                _lanes.stream_fence()
-            continue
-        i = task % bands
-        a_lo = max(0, (pt - i * sh + rh - 1) // rh)           # rows of taps in the image
-        a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
-        obase = n * osn + i * osh
-        t_lo, t_hi = a_lo * nu * nv, max(a_lo, a_hi) * nu * nv
-        for bp in range(0, blocks, 2):         # pairs of blocks of output channels
-            pair = 1 if bp + 1 < blocks else 0
-            for d0 in range(bp * nl, (bp + 1 + pair) * nl, nl):
-                m = min(nl, d_all - d0)
-                wb = U(d0 // nl * wlen)
-                bias = _lanes.load(fb, U(d0))
-                ob = U(obase + d0 * osd)
-                for e in range(j_lo + wo - j_hi):  # pixels reaching into the padding
-                    j = e if e < j_lo else j_hi + e - j_lo
-                    col0 = j * sw - pl
-                    b_lo = max(0, (rw - 1 - col0) // rw)    # kernel columns in the image
-                    cols = (col0, rw, xsw, b_lo,
-                            max(b_lo, min(kw, (wd - col0 + rw - 1) // rw)))
-                    v = bias
-                    for a in range(a_lo, a_hi):
-                        xrow = n * xsn + (i * sh - pt + a * rh) * xsh
-                        v = _edge_pixel(xf, fw, v, xrow, wb + U(a * nu * nv * nl), taps,
-                                        cols, nl)
-                    _put(fo, ob + U(j) * uosw, uosd, v, m, nl, stream)
-            # groups of 8 pixels inside the image, along the row (wrap: never)
-            px = (j_lo, j_hi, wo + 1, 0, sw * xsw)
-            base = (n * xsn + (i * sh - pt) * xsh - pl * xsw, obase)
-            _groups(xf, fw, fb, fo, px, base, (toff, t_lo, t_hi), bp, pair, wlen, nl,
-                    d_all, (osd, osw, stream), pair_px)
+        else:                                  # a row, its edge pixels first
+            i = task % bands
+            a_lo = max(0, (pt - i * sh + rh - 1) // rh)           # rows of taps in the image
+            a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
+            obase = n * osn + i * osh
+            t_lo, t_hi = a_lo * nu * nv, max(a_lo, a_hi) * nu * nv
+            for bp in range(0, blocks, 2):         # pairs of blocks of output channels
+                pair = 1 if bp + 1 < blocks else 0
+                for d0 in range(bp * nl, (bp + 1 + pair) * nl, nl):
+                    m = min(nl, d_all - d0)
+                    wb = U(d0 // nl * wlen)
+                    bias = _lanes.load(fb, U(d0))
+                    ob = U(obase + d0 * osd)
+                    for e in range(j_lo + wo - j_hi):  # pixels reaching into the padding
+                        j = e if e < j_lo else j_hi + e - j_lo
+                        col0 = j * sw - pl
+                        b_lo = max(0, (rw - 1 - col0) // rw)    # kernel columns in the image
+                        cols = (col0, rw, xsw, b_lo,
+                                max(b_lo, min(kw, (wd - col0 + rw - 1) // rw)))
+                        v = bias
+                        for a in range(a_lo, a_hi):
+                            xrow = n * xsn + (i * sh - pt + a * rh) * xsh
+                            v = _edge_pixel(xf, fw, v, xrow, wb + U(a * nu * nv * nl), taps,
+                                            cols, nl)
+                        _put(fo, ob + U(j) * uosw, uosd, v, m, nl, stream)
+                # groups of 8 pixels inside the image, along the row (wrap: never)
+                px = (j_lo, j_hi, wo + 1, 0, sw * xsw)
+                base = (n * xsn + (i * sh - pt) * xsh - pl * xsw, obase)
+                _groups(xf, fw, fb, fo, px, base, (toff, t_lo, t_hi), bp, pair, wlen, nl,
+                        d_all, (osd, osw, stream), pair_px)
         if stream:
             _lanes.stream_fence()
 
@@ -469,9 +466,7 @@ def forward_lanes(x, w, args, out, bias) -> None:
     fo, os = strided or _flat(target, args.dims)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
     band = band if os[6] == os[3] * os[7] else 0       # the output's rows contiguous
-    # channels last with whole blocks: every vector store on a vector boundary
-    stream = int(strided is None and target is out and os[5] == 1
-                 and args.c_out % nl == 0 and _lanes.can_stream(out))
+    stream = int(os[5] == 1 and _lanes.can_stream(out, args.c_out))    # channels last
     with parallel_guard():
         _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS, band,
                    stream)
