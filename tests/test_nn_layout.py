@@ -28,8 +28,8 @@ def _train_steps(model, x, target, steps=2):
 
 @pytest.mark.parametrize("name", ["lenet", "resnet"])
 def test_model_trains_alike_in_both_layouts(rng, name):
-    """One state dict, one batch: the same losses, gradients (torch's shapes), running
-    statistics and outputs after two SGD steps in NCHW and NHWC."""
+    """One state dict, one batch: the same losses, gradients (torch's shapes, C-contiguous),
+    running statistics and outputs after two SGD steps in NCHW and NHWC."""
     if name == "lenet":
         def build(layout):
             return models.lenet5(1, 3, 8, rng=np.random.default_rng(3), layout=layout)
@@ -47,6 +47,8 @@ def test_model_trains_alike_in_both_layouts(rng, name):
     for k in ga:
         assert ga[k].shape == gb[k].shape, k
         np.testing.assert_allclose(ga[k], gb[k], rtol=1e-3, atol=1e-5, err_msg=k)
+        # C-contiguous as the parameter: the optimiser's one-pass step takes it
+        assert gb[k].flags.c_contiguous, k
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         np.testing.assert_allclose(va, vb, rtol=1e-4, atol=1e-5, err_msg=k)
     with fastconv.no_grad():

@@ -99,7 +99,8 @@ class Conv2d(Function):
                                                device=devices.array_device(g))
         ctx.padded = None
         if ctx.permute_weight and gw is not None:
-            gw = transpose(gw, LAYOUTS[ctx.layout].weight_to_canonical)
+            # contiguous like the weight: the optimisers' one-pass kernels take it so
+            gw = transpose(gw, LAYOUTS[ctx.layout].weight_to_canonical, contiguous=True)
         return gx, gw, gb
 
 

@@ -13,7 +13,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
-from ._common import C_BLOCK, n_blocks, task_block, window_row
+from ._common import n_blocks, task_block, window_row
 
 
 # Row helpers, run by ``_common.window_row`` (a literal stride 1 or 2 in the common
@@ -193,14 +193,17 @@ def _mean_planes(x, y):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _mean_pixels_nhwc(x, y):
-    """y[n, c] = mean over pixels of x (N, H*W, C); one task per (image, channel block)."""
+def _mean_pixels_nhwc(x, y, acc):
+    """y[n, c] = mean over pixels of x (N, H*W, C); one task per image, its float64
+    sums in acc[n] (N, C) (scratch, any values), the channels innermost so they run as
+    SIMD lanes. (One task per (image, block of 16 channels), each allocating its sums,
+    took 66 against 31 us on (32, 7, 7, 64), 279 against 70 us on (64, 8, 8, 128).)"""
     n_img, m, c_all = x.shape
-    for task in prange(n_img * n_blocks(c_all, C_BLOCK)):
-        n, c0, c1 = task_block(task, C_BLOCK, c_all)
-        acc = np.zeros(c1 - c0, np.float64)
+    for n in prange(n_img):
+        a = acc[n]
+        a[:] = 0.0
         for k in range(m):
-            for c in range(c0, c1):
-                acc[c - c0] += x[n, k, c]
-        for c in range(c0, c1):
-            y[n, c] = acc[c - c0] / m
+            for c in range(c_all):
+                a[c] += x[n, k, c]
+        for c in range(c_all):
+            y[n, c] = a[c] / m

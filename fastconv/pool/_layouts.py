@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from . import _avg_kernels as A
 from . import _max_kernels as M
 from ._common import row_block
@@ -113,7 +115,7 @@ def _nhwc_avg_unpool(a, gy, gx):
 
 
 def _nhwc_mean(s, x, y):
-    A._mean_pixels_nhwc(_pixels(s, x, s.h * s.w), y)
+    A._mean_pixels_nhwc(_pixels(s, x, s.h * s.w), y, np.empty((s.n, s.c)))
 
 
 KERNELS = {
