@@ -243,3 +243,18 @@ def test_autograd_conv_shares_the_padded_input_with_the_weight_gradient(layout, 
                                          algo="im2col")
     np.testing.assert_array_equal(wt.grad, gw)
     np.testing.assert_array_equal(xt.grad, gx)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("c,k", [(1, 3), (3, 3), (2, 5), (6, 5), (16, 3)])
+def test_weight_gradient_of_one_block_matches_the_reference(c, k, dtype, rng):
+    """One block of output channels (16 float32, 8 float64 lanes with AVX-512; 8 / 4 with
+    AVX2): 9, 27, 50, 150 and 144 taps, run 16 at a time (``_single16_band``, where
+    ``SINGLE16``) with a last group of 8 or fewer."""
+    d = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    case = (5, c, 9, 8, d, k, 1, 1, 1, None)
+    x, w, gy, a, kwargs, (_, gw0, _) = _problem(case, dtype, rng, "NHWC")
+    assert direct_backward_applies(a)
+    _, gw, _ = fastconv.conv2d_backward(gy, x, w, layout="NHWC", algo="im2col",
+                                        needs_input_grad=(False, True, False), **kwargs)
+    assert ref.rel_error(gw.transpose(3, 2, 0, 1), gw0) <= ref.tolerance(dtype, "im2col")

@@ -14,7 +14,11 @@ run of images (``part_images``): one load of grad_y's lanes feeds 8 fused multip
 each with one input value in every lane; blocks go in pairs where there are two, each
 input value loaded once for both (``_pair_band``: 16 registers; alternating, 2 threads,
 grad_w alone: 64 -> 64 3x3 at 7x7 (batch 32) 0.90 -> 0.77 ms NCHW, 0.77 -> 0.66 NHWC;
-32 -> 32 at 14x14 0.70-0.74 -> 0.64 ms; 16 -> 16, one block, level). With AVX2's 16
+32 -> 32 at 14x14 0.70-0.74 -> 0.64 ms; 16 -> 16, one block, level). A layer of one
+block holds 16 taps at once instead (``_single16_band``: one load of grad_y's lanes for
+16 multiply-adds; alternating with the 8-tap kernel, 2 threads, grad_w alone: LeNet's
+6 -> 16 5x5 at 14x14 (batch 64) 0.45 -> 0.34 ms, 16 -> 16 3x3 at 28x28 (batch 32)
+1.09 -> 0.89 NHWC, 1.24 -> 1.04 NCHW, 8 -> 16 0.72 -> 0.65). With AVX2's 16
 registers the pair's 16 accumulators spill, yet two passes of 4 taps x 2 blocks measured
 no faster (2-core AMD EPYC, calls alternating, 2 threads: 6 -> 16 5x5 at 8x8 (batch 64)
 0.67 against 0.60 ms, 64 -> 64 at 7x7 3.4 against 3.1, 32 -> 32 at 32x32 21.7 against
@@ -64,6 +68,10 @@ from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Taps accumulated at once (the weight-gradient kernel's 8 registers).
 TAPS = 8
+#: Whether a layer of one block of output channels sums 16 taps at once
+#: (``_single16_band``): where the host has 32 vector registers (AVX-512); its 16
+#: accumulators and 2 x 8 input offsets would spill out of AVX2's 16.
+SINGLE16 = _lanes.WIDE
 #: A run of images (one partial sum of the weight gradient) holds at most about this many
 #: bytes of padded input and grad_y ...
 PART_BYTES = 2 * 1024 * 1024
@@ -184,6 +192,28 @@ def _pair_band(part, a0, a1, k, xp, gf, o, rows, wo, step, d_all):
         _lanes.store(part, a1 + U(p * nl), u[p])
 
 
+@njit(cache=True)
+def _single16_band(part, a0, xp, gf, o, o2, rows, wo, step, d_all):
+    """The sums of 16 taps (offsets o, then o2) for one block at a0 in part, over a band
+    of output rows (``_pair_band``'s rows): each load of grad_y's lanes feeds 16
+    multiply-adds. A function of its own, as ``_pair_band``."""
+    x0, xrow, g0, grow, i_lo, i_hi = rows
+    nl = _lanes.count(part)
+    v, u = _sums8(part, a0, 8), _sums8(part, a0 + U(8 * nl), 8)
+    for i in range(i_lo, i_hi):
+        xb = U(x0 + i * xrow)
+        gb = U(g0 + i * grow)
+        for _j in range(wo):
+            gv = _lanes.load(gf, gb)
+            v = _fma8(v, xp, xb, o, gv)
+            u = _fma8(u, xp, xb, o2, gv)
+            xb += step
+            gb += U(d_all)
+    for p in range(8):
+        _lanes.store(part, a0 + U(p * nl), v[p])
+        _lanes.store(part, a0 + U((8 + p) * nl), u[p])
+
+
 @njit(inline="always")
 def _fma8x2(v, u, xp, xb, o, g0, g1):
     """``_fma8`` for two blocks of output channels: each input value loaded once for
@@ -234,7 +264,8 @@ def _grad_w_parts(xp, ps, gf, gs, toff, part, geo):
                 _lanes.store(part, other + U(t * nl), zero)
         for n in range(q * per, min(n_img, (q + 1) * per)):
             for i0 in range(0, ho, band):
-                for t0 in range(t_lo, t_hi, TAPS):
+                t0 = t_lo
+                while t0 < t_hi:
                     k = min(TAPS, t_hi - t0)
                     o = _taps8(toff, t0, k)
                     a0 = base + U(t0 * nl)
@@ -243,17 +274,22 @@ def _grad_w_parts(xp, ps, gf, gs, toff, part, geo):
                     if two:
                         _pair_band(part, a0, other + U(t0 * nl), k, xp, gf, o, rows, wo,
                                    step, d_all)
-                        continue
-                    v = _sums8(part, a0, k)
-                    for i in range(i0, min(ho, i0 + band)):
-                        xb = U(((n * hp + i * sh) * wp) * c_all)
-                        gb = U((n * ho + i) * wo * d_all + blk * nl)
-                        for _j in range(wo):
-                            v = _fma8(v, xp, xb, o, _lanes.load(gf, gb))
-                            xb += step
-                            gb += U(d_all)
-                    for p in range(k):
-                        _lanes.store(part, a0 + U(p * nl), v[p])
+                    elif SINGLE16 and t_hi - t0 >= 2 * TAPS:   # one block: 16 taps
+                        _single16_band(part, a0, xp, gf, o, _taps8(toff, t0 + TAPS, TAPS),
+                                       rows, wo, step, d_all)
+                        k = 2 * TAPS
+                    else:
+                        v = _sums8(part, a0, k)
+                        for i in range(i0, min(ho, i0 + band)):
+                            xb = U(((n * hp + i * sh) * wp) * c_all)
+                            gb = U((n * ho + i) * wo * d_all + blk * nl)
+                            for _j in range(wo):
+                                v = _fma8(v, xp, xb, o, _lanes.load(gf, gb))
+                                xb += step
+                                gb += U(d_all)
+                        for p in range(k):
+                            _lanes.store(part, a0 + U(p * nl), v[p])
+                    t0 += k
 
 
 def _chunk(a) -> int:
