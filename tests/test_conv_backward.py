@@ -222,19 +222,28 @@ IMAGE_LAST_CASES = [
 ]
 
 
+def _force_image_last(monkeypatch, real):
+    """Make im2col's backward run the image-last kernels on ``real`` (a ConvArgs): the
+    GEMMs take strided layers and batches of fewer than ``IMAGE_LAST_MIN_IMAGES``, the
+    kernels' form for them stays tested."""
+    from fastconv.algos.im2col import drivers, image_last_tile
+    from fastconv.algos.im2col.tiling import IMAGE_LAST_MIN_IMAGES
+
+    if max(real.stride) > 1 or real.n < IMAGE_LAST_MIN_IMAGES:
+        assert image_last_tile(real) == 0
+        monkeypatch.setattr(drivers, "image_last_tile", lambda args, with_grad_x=True: 2)
+    else:
+        assert image_last_tile(real) >= 2           # the path under test really runs
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", IMAGE_LAST_CASES, ids=_case_id)
 def test_image_last_backward_matches_reference(case, dtype, layout, monkeypatch):
-    from fastconv.algos.im2col import drivers, image_last_tile
 
     x, w, gy, kwargs, a = _problem(case, dtype)
     real = conv_args_from_shapes("test", x.shape, w.shape, **kwargs, dtype=dtype)
-    if max(real.stride) > 1:    # the GEMMs take strided layers; the kernels' strided
-        assert image_last_tile(real) == 0              # form stays tested
-        monkeypatch.setattr(drivers, "image_last_tile", lambda args, with_grad_x=True: 2)
-    else:
-        assert image_last_tile(real) >= 2           # the path under test really runs
+    _force_image_last(monkeypatch, real)
     want = _explicit(x, w, gy, a)
     for algo in ("im2col", "auto"):
         got = _backward(gy, x, w, kwargs, layout, algo)
@@ -280,8 +289,10 @@ FD_IMAGE_LAST = [c for c in IMAGE_LAST_CASES if c[0] * c[1] * c[2] * c[3] <= 300
 
 
 @pytest.mark.parametrize("case", FD_IMAGE_LAST, ids=_case_id)
-def test_image_last_backward_matches_finite_differences(case):
+def test_image_last_backward_matches_finite_differences(case, monkeypatch):
     x, w, gy, kwargs, a = _problem(case, np.float64)
+    _force_image_last(monkeypatch, conv_args_from_shapes("test", x.shape, w.shape,
+                                                         **kwargs, dtype=np.float64))
     b = np.zeros(a.c_out)
 
     def loss():
@@ -318,12 +329,14 @@ def test_image_last_backward_is_taken_for_thin_layers():
     assert tile((64, 1, 28, 28), (6, 1, 5, 5), padding=2) == 64          # LeNet
     assert tile((64, 16, 28, 28), (16, 16, 3, 3), padding=1) > 0
     assert tile((64, 64, 14, 14), (64, 64, 3, 3), padding=1) > 0
-    assert tile((64, 128, 7, 7), (128, 128, 3, 3), padding=1) > 0         # few pixels
-    assert tile((32, 128, 14, 14), (128, 128, 3, 3), padding=1) == 0      # wide GEMMs
+    assert tile((64, 128, 7, 7), (128, 128, 3, 3), padding=1) == 0        # wide GEMMs
+    assert tile((32, 128, 14, 14), (128, 128, 3, 3), padding=1) == 0
     assert tile((64, 16, 28, 28), (32, 16, 3, 3), padding=1, stride=2) == 0   # strided:
     assert tile((64, 32, 28, 28), (64, 32, 3, 3), padding=1, stride=2) == 0   # GEMMs
     assert tile((64, 16, 8, 8), (16, 16, 1, 1)) == 0                     # 1x1: GEMMs
     assert tile((1, 16, 8, 8), (16, 16, 3, 3)) == 0                      # one image
+    assert tile((3, 16, 8, 8), (16, 16, 3, 3)) == 0                      # or three
+    assert tile((4, 16, 8, 8), (16, 16, 3, 3)) == 4
     assert tile((4, 16, 200, 200), (16, 16, 3, 3)) == 0                  # large images
 
 

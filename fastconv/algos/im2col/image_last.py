@@ -19,7 +19,7 @@ from ..._runtime import parallel_guard
 from ...layout import permutation
 from .._common import U, geometry, valid_range, view, workspace
 from .image_last_grad import _grad_w_image_last, _grad_x_image_last
-from .tiling import column_buffer, tiling, unfold_params
+from .tiling import IMAGE_LAST_MIN_IMAGES, column_buffer, tiling, unfold_params
 from .unfold import _column_row, _zero_pad
 
 #: The axes of an image-last tile (channels, rows, columns, images).
@@ -211,32 +211,37 @@ def _to_last_any(a, n0, at, dims) -> None:
 def image_last_tile(args, with_grad_x: bool = True) -> int:
     """Images per tile of the image-last backward, or 0 when the per-image GEMMs are
     used. The image-last kernels run at a steady rate (about 30 GMAC/s on one core here)
-    whatever the shape; the per-image GEMMs are faster only when they are wide. So, on
-    batches of small images (the forward unfolds whole images per tile,
-    ``tiling(args).images > 1``), the image-last path runs for kernels larger than 1x1
-    with at most 64 output channels per group, or at most 8192 output channels per group
-    times output pixels, and never for strided layers (whose image-last runs are one
-    pixel's B images long). Measured on one core, batch 64 (image-last vs GEMMs): LeNet's
-    6 -> 16 5x5 at 14x14 1.0 vs 4.6 ms, 16 -> 16 3x3 at 28x28 11 vs 24 ms, 64 -> 64 3x3
-    at 14x14 37 vs 47 ms, 128 -> 128 3x3 at 7x7 29 vs 38 ms; the GEMMs win for 128 -> 128
-    at 14x14 and 256 -> 256 at 7x7 (batch 32: 88 vs 66, 70 vs 59 ms), 32 -> 64 stride 2
-    at 28x28 (48 vs 24 ms) and 1x1 layers of many channels (16 vs 8.8 ms for 64 -> 128
-    at 14x14). Since the GEMMs run on numba's threads (``_blas.matmul``, the weight
-    gradient's per-image terms summed a run per thread), they also win on every strided
-    layer measured (2 threads, batch 32, 3x3 stride 2, image-last vs GEMMs): 16 -> 32 at
-    28x28 3.0 vs 2.0 ms (NHWC 1.53 vs 1.43), 8 -> 16 at 28x28 2.0 vs 1.7 ms (NHWC 1.17 vs
-    0.78), 3 -> 16 at 32x32 (batch 64, no grad_x) 1.30 vs 0.65 ms.
+    on batches of many small images; the per-image GEMMs are faster only when they are
+    wide. So, on batches of small images (the forward unfolds whole images per tile,
+    ``tiling(args).images > 1``) of at least ``IMAGE_LAST_MIN_IMAGES``, the image-last
+    path runs for kernels larger than 1x1 with at most 64 output channels per group, and
+    never for strided layers (whose image-last runs are one pixel's B images long).
+    Measured on one core, batch 64 (image-last vs GEMMs): LeNet's 6 -> 16 5x5 at 14x14
+    1.0 vs 4.6 ms, 16 -> 16 3x3 at 28x28 11 vs 24 ms, 64 -> 64 3x3 at 14x14 37 vs 47 ms;
+    the GEMMs win for 128 -> 128 at 14x14 and 256 -> 256 at 7x7 (batch 32: 88 vs 66, 70
+    vs 59 ms), 32 -> 64 stride 2 at 28x28 (48 vs 24 ms) and 1x1 layers of many channels
+    (16 vs 8.8 ms for 64 -> 128 at 14x14). Since the GEMMs run on numba's threads
+    (``_blas.matmul``, the weight gradient's per-image terms summed a run per thread),
+    they also win on every strided layer measured (2 threads, batch 32, 3x3 stride 2,
+    image-last vs GEMMs): 16 -> 32 at 28x28 3.0 vs 2.0 ms (NHWC 1.53 vs 1.43), 8 -> 16
+    at 28x28 2.0 vs 1.7 ms (NHWC 1.17 vs 0.78), 3 -> 16 at 32x32 (batch 64, no grad_x)
+    1.30 vs 0.65 ms; on 128 -> 128 3x3 layers (at 8x8 and 7x7, batch 16 / 64: 13.7 /
+    30.9 and 11.7 / 25.2 ms against 6.4 / 26.4 and 5.7 / 22.0; on one core 128 -> 128
+    at 7x7 had run 29 vs 38 ms); and on batches of 2 or 3 images, whose image-last runs
+    are short (NCHW, both gradients, batch 2: 64 -> 64 3x3 at 7x7 1.40 vs 0.36 ms,
+    32 -> 32 at 14x14 1.12 vs 0.40, 16 -> 16 at 28x28 0.73 vs 0.49, LeNet's 6 -> 16 5x5
+    0.23 vs 0.16; its 1 -> 6, weight gradient only, 0.07 vs 0.11).
     NHWC layers of ``NHWC_IMAGE_LAST_BELOW_CHANNELS`` or more input channels per group
     take the GEMMs and the NHWC fold instead (their copies to image-last order cost
     more than the fold's runs of KW*C values).
     A tile holds x, grad_y (and grad_x) of its images, image-last, within
     ``config.IM2COL_CHUNK_BYTES``."""
-    if args.n < 2 or args.kh * args.kw == 1 or tiling(args).images < 2:
+    if args.n < IMAGE_LAST_MIN_IMAGES or args.kh * args.kw == 1 or tiling(args).images < 2:
         return 0
     if args.dims.channels_last and args.c_in // args.groups >= NHWC_IMAGE_LAST_BELOW_CHANNELS:
         return 0
     dg = args.c_out // args.groups
-    if max(args.stride) > 1 or (dg > 64 and dg * args.h_out * args.w_out > 8192):
+    if max(args.stride) > 1 or dg > 64:
         return 0
     per_image = (args.c_in * args.h * args.w * (2 if with_grad_x else 1)
                  + args.c_out * args.h_out * args.w_out) * args.dtype.itemsize
