@@ -227,8 +227,8 @@ def add_train_parser(sub) -> None:
                          "front; the same parameters, results within float32 rounding); "
                          "NCHW, torch's layout, is the default: on these datasets the two "
                          "train about equally fast; on the training benchmark's 28x28 and "
-                         "32x32 images NHWC trained the ResNets 2-22%% faster and LeNet-5 "
-                         "8-28%% slower")
+                         "32x32 images NHWC trained the ResNets 0-40%% faster and LeNet-5 "
+                         "between 23%% slower and 1%% faster")
     pt.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: train and evaluate on the GPU (lenet with sgd; the loss and "
                          "the logits read back once per batch)")
