@@ -99,7 +99,6 @@ class Conv2d(Function):
                                                device=devices.array_device(g))
         ctx.padded = None
         if ctx.permute_weight and gw is not None:
-            # contiguous like the weight: the optimisers' one-pass kernels take it so
             gw = transpose(gw, LAYOUTS[ctx.layout].weight_to_canonical, contiguous=True)
         return gx, gw, gb
 
@@ -110,8 +109,8 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, 
 
     ``weight_layout`` None: the weight is in ``layout``'s order (OIHW for NCHW, HWIO for
     NHWC); "OIHW": it is (out, in/groups, kh, kw) whatever ``layout`` (torch's order, that
-    of :class:`fastconv.nn.Conv2d`), and its gradient comes back in that order.
-    """
+    of :class:`fastconv.nn.Conv2d`), and its gradient comes back in that order,
+    C-contiguous (as the optimisers' one-pass steps take it)."""
     if weight_layout not in (None, "OIHW"):
         raise ValueError(f"conv2d: weight_layout={weight_layout!r} must be None or 'OIHW'")
     return Conv2d.apply(input, weight, bias, stride=stride, padding=padding,
