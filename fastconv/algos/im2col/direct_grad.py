@@ -15,10 +15,11 @@ each with one input value in every lane; blocks go in pairs where there are two,
 input value loaded once for both (``_pair_band``: 16 registers; alternating, 2 threads,
 grad_w alone: 64 -> 64 3x3 at 7x7 (batch 32) 0.90 -> 0.77 ms NCHW, 0.77 -> 0.66 NHWC;
 32 -> 32 at 14x14 0.70-0.74 -> 0.64 ms; 16 -> 16, one block, level). A layer of one
-block holds 16 taps at once instead (``_single16_band``: one load of grad_y's lanes for
-16 multiply-adds; alternating with the 8-tap kernel, 2 threads, grad_w alone: LeNet's
-6 -> 16 5x5 at 14x14 (batch 64) 0.45 -> 0.34 ms, 16 -> 16 3x3 at 28x28 (batch 32)
-1.09 -> 0.89 NHWC, 1.24 -> 1.04 NCHW, 8 -> 16 0.72 -> 0.65). With AVX2's 16
+block holds 16 taps at once instead, with AVX-512's 32 registers (``_single16_band``,
+``SINGLE16``: one load of grad_y's lanes for 16 multiply-adds; alternating with the
+8-tap kernel, 2 threads, grad_w alone: LeNet's 6 -> 16 5x5 at 14x14 (batch 64) 0.45
+-> 0.34 ms, 16 -> 16 3x3 at 28x28 (batch 32) 1.09 -> 0.89 NHWC, 1.24 -> 1.04 NCHW,
+8 -> 16 0.72 -> 0.65). With AVX2's 16
 registers the pair's 16 accumulators spill, yet two passes of 4 taps x 2 blocks measured
 no faster (2-core AMD EPYC, calls alternating, 2 threads: 6 -> 16 5x5 at 8x8 (batch 64)
 0.67 against 0.60 ms, 64 -> 64 at 7x7 3.4 against 3.1, 32 -> 32 at 32x32 21.7 against
@@ -278,11 +279,12 @@ def _grad_w_parts(xp, ps, gf, gs, toff, part, geo):
                         _single16_band(part, a0, xp, gf, o, _taps8(toff, t0 + TAPS, TAPS),
                                        rows, wo, step, d_all)
                         k = 2 * TAPS
-                    else:
+                    else:                             # one block, 8 taps or fewer
+                        x0, xrow, g0, grow, i_lo, i_hi = rows
                         v = _sums8(part, a0, k)
-                        for i in range(i0, min(ho, i0 + band)):
-                            xb = U(((n * hp + i * sh) * wp) * c_all)
-                            gb = U((n * ho + i) * wo * d_all + blk * nl)
+                        for i in range(i_lo, i_hi):
+                            xb = U(x0 + i * xrow)
+                            gb = U(g0 + i * grow)
                             for _j in range(wo):
                                 v = _fma8(v, xp, xb, o, _lanes.load(gf, gb))
                                 xb += step
