@@ -30,10 +30,7 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
-from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
-from .._common import view, workspace
-from .._nhwc import _swap_last2
 from .direct_lanes import forward_lanes
 from .lanes_plan import lanes_applies, lanes_cost
 
@@ -94,10 +91,9 @@ def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
     """grad_x (layout of ``a``, C-contiguous) of a layer with ``input_phases``: per phase,
     the direct forward of grad_y (N, Ho, Wo, D) with the phase's sub-kernel."""
     w_hwio = a.dims.weight_to_canonical_view(w).transpose(2, 3, 1, 0)   # (KH, KW, C, D)
-    if a.dims.channels_last:
-        out = grad_x
-    else:
-        out = view(workspace("direct_grad.gx", grad_x.size, a.dtype), (a.n, a.h, a.w, a.c_in))
+    # NCHW: the phases write the channels-last view of grad_x in place (``forward_lanes``
+    # takes any positive output strides), so no NHWC copy is transposed afterwards
+    out = grad_x if a.dims.channels_last else grad_x.transpose(0, 2, 3, 1)
     for ph, pw, g, rows, cols in input_phases(a):
         target = out[:, ph::a.stride[0], pw::a.stride[1], :]
         if not rows or not cols:
@@ -105,9 +101,6 @@ def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
             continue
         sub = w_hwio[_taps_slice(rows), _taps_slice(cols)].transpose(0, 1, 3, 2)  # (kh', kw', D, C)
         forward_lanes(gy_nhwc, sub, g, target, None)
-    if out is not grad_x:
-        with parallel_guard():
-            _swap_last2(view(out, (a.n, a.h * a.w, a.c_in)), view(grad_x, (a.n, a.c_in, -1)))
 
 
 def input_grad_cost(a, p: Profile) -> Estimate | None:
