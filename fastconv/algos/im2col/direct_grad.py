@@ -410,8 +410,8 @@ def direct_backward_cost(a, p: Profile, gemm_forward: Estimate) -> Estimate:
     """Model time of ``backward_direct`` with both gradients: ``grad_w_cost``, the
     direct forwards of ``input_phases`` for grad_x (``input_grad_cost``) or else
     ``BACKWARD_FACTOR``/2 times im2col's GEMM forward ``gemm_forward`` (its grad_x and
-    fold), and the copies (the padded input; NCHW: grad_y and grad_x transposed) at the
-    profile's copy bandwidth."""
+    fold), and the copies (the padded input; NCHW: grad_y transposed; grad_x is written
+    in place) at the profile's copy bandwidth."""
     call = p.call_us * 1e-6
     gw = grad_w_cost(a, p)
     gx = input_grad_cost(a, p)
@@ -426,7 +426,6 @@ def direct_backward_cost(a, p: Profile, gemm_forward: Estimate) -> Estimate:
         how = "grad_x by im2col's GEMMs and fold"
     if not a.dims.channels_last:
         moved += a.n * a.c_out * a.h_out * a.w_out * item
-        moved += a.n * a.c_in * a.h * a.w * item if direct_x else 0
     copies = moved / (p.copy_gbs * 1e9)
     secs = gw.seconds + gx.seconds - call + copies
     return Estimate(secs, 0 if direct_x else gemm_forward.workspace,

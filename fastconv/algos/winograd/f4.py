@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import config
-from .._common import U
+from .._common import U, scalar_only
 from .tasks import _scalars, _store_rows, _task_count, _task_plane
 
 
@@ -140,8 +140,11 @@ def _input_transform4(x, v, cg, cols, c0, r0, r1, th, tw, pt, pl):
                 o = _bt6_edge(src, 4 * j - pl, wd, two, four, five)
                 _put6(o, s0, s1, s2, s3, s4, s5, base + U(j))
             off = U(4 * jlo - pl)
+            end = U(src.size)
             for jj in range(U(jhi - jlo)):  # the inner tiles, no bounds to check
                 q = off + U(4) * jj
+                if scalar_only(q + U(5), end):
+                    break
                 o = _bt6(src[q], src[q + U(1)], src[q + U(2)], src[q + U(3)],
                          src[q + U(4)], src[q + U(5)], two, four, five)
                 _put6(o, s0, s1, s2, s3, s4, s5, base + U(jlo) + jj)

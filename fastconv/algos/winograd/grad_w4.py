@@ -15,7 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import config
-from .._common import U
+from .._common import U, scalar_only
 from .f4 import _at, _put6, _zero6
 from .tasks import _scalars, _task_count, _task_plane
 
@@ -61,8 +61,11 @@ def _grad_transform4(gy, p, dg, cols, d0, r0, r1, th, tw):
                 _zero6(s0, s1, s2, s3, s4, s5, base, U(tw), zero)
                 continue
             src = plane[top + rho]
+            end = U(src.size)
             for j in range(U(full)):  # tiles wholly inside the row
                 q = U(4) * j
+                if scalar_only(q + U(3), end):
+                    break
                 o = _a6(src[q], src[q + U(1)], src[q + U(2)], src[q + U(3)], two, four,
                         eight)
                 _put6(o, s0, s1, s2, s3, s4, s5, base + j)
