@@ -24,6 +24,9 @@ which), so such a kernel keeps its accumulators in registers:
 * ``fma_lanes(acc, u, v)``: acc + u * v, lane by lane (u, v vectors);
 * ``splat(a, s)``: the scalar s in every lane of a vector of a's dtype;
 * ``add(u, v)``: u + v, lane by lane; ``zeros(a)``: a vector of zeros of a's dtype;
+* the operators ``u + v``, ``u - v`` (lane by lane) and ``s * v``, ``v * s`` (a scalar
+  of the lanes' type in every lane), so that a formula written for floats (a Winograd
+  transform) runs on vectors unchanged;
 * ``lane(v, k)``: lane k of v (0 <= k < count);
 * ``count(a)``: how many lanes of a's dtype a vector holds.
 
@@ -42,11 +45,13 @@ which), so such a kernel keeps its accumulators in registers:
 
 from __future__ import annotations
 
+import operator
+
 from llvmlite import binding as llvm
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
-from numba.extending import intrinsic, models, register_model
+from numba.extending import intrinsic, models, overload, register_model
 
 
 def _vector_bytes() -> int:
@@ -335,3 +340,43 @@ def count(typingctx, ary):
     def codegen(context, builder, sig, args):
         return context.get_constant(types.intp, n)
     return types.intp(ary), codegen
+
+
+@intrinsic
+def _binary(typingctx, u, v, op):
+    """u op v lane by lane (op a literal: "+", "-" or "*"); for "*", u a scalar of v's
+    dtype or a vector like v."""
+    if not (isinstance(v, Lanes) and isinstance(op, types.StringLiteral)
+            and (u == v or (op.literal_value == "*" and u == v.dtype))):
+        return None
+    name = {"+": "fadd", "-": "fsub", "*": "fmul"}[op.literal_value]
+
+    def codegen(context, builder, sig, args):
+        left = args[0]
+        if not isinstance(sig.args[0], Lanes):
+            left = _splat(builder, context.get_value_type(sig.args[1]), left)
+        return getattr(builder, name)(left, args[1])
+    return v(u, v, op), codegen
+
+
+@overload(operator.add)
+def _add_lanes(u, v):
+    if isinstance(u, Lanes) and u == v:
+        return lambda u, v: _binary(u, v, "+")
+    return None
+
+
+@overload(operator.sub)
+def _sub_lanes(u, v):
+    if isinstance(u, Lanes) and u == v:
+        return lambda u, v: _binary(u, v, "-")
+    return None
+
+
+@overload(operator.mul)
+def _mul_lanes(u, v):
+    if isinstance(v, Lanes) and u == v.dtype:
+        return lambda u, v: _binary(u, v, "*")
+    if isinstance(u, Lanes) and v == u.dtype:
+        return lambda u, v: _binary(v, u, "*")
+    return None

@@ -27,10 +27,9 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ... import _blas, _small_gemm, config
+from ... import _blas, _lanes, _small_gemm, config
 from .._common import U
-from .f4 import _at6, _bt6
-from .tasks import _scalars
+from .nhwc_tiles import fused_applies, fused_forward, tile_in4, tile_out4
 from .tiling import _rows_per_chunk, chunk_planes, tile_grid, transformed
 
 #: Tile size m -> (B^T ((m+2) x (m+2)), A^T (m x (m+2))) of F(m x m, 3x3), as in the
@@ -43,17 +42,6 @@ TRANSFORMS = {
         [[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0],
          [0, 1, -1, 8, -8, 1]]),
 }
-
-
-@njit(inline="always")
-def _put6(o, dst, i, step):
-    """dst[i + e*step] = o[e] for the six values of o (one ``_bt6`` result)."""
-    dst[i] = o[0]
-    dst[i + step] = o[1]
-    dst[i + U(2) * step] = o[2]
-    dst[i + U(3) * step] = o[3]
-    dst[i + U(4) * step] = o[4]
-    dst[i + U(5) * step] = o[5]
 
 
 @njit(inline="always")
@@ -75,7 +63,8 @@ def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl, grid):
     """x (N, H, W, C); v (T, >= cols*Cg) planes: v[e, k*Cg + c] = (B^T d B)[e] of tile k
     of the chunk (tile rows r0..r1 of the whole batch, tw tiles each), channels
     c0..c0 + Cg - 1. One task per tile row; each tile's block d is copied with its
-    zero padding, combined down its columns, then along its rows.
+    zero padding, combined down its columns, then along its rows (F(4x4, 3x3):
+    ``nhwc_tiles.tile_in4``).
 
     grid (hp, wp, sigma_h, sigma_w, dh, dw): the tiles cover the hp x wp input phase
     x[:, sigma_h::dh, sigma_w::dw] (the whole input: (H, W, 0, 0, 1, 1))."""
@@ -83,7 +72,6 @@ def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl, grid):
     hp, wp, sig_h, sig_w, dh, dw = grid
     s = bt.shape[0]
     m = s - 2
-    two, four, five = _scalars(x, 2, 4, 5)
     ucg = U(cg)
     fx, fv, plane = x.reshape(x.size), v.reshape(v.size), U(v.shape[1])
     for task in prange(r1 - r0):
@@ -94,6 +82,10 @@ def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl, grid):
         tmp = np.empty(s * s * cg, x.dtype)
         for tj in range(tw):
             left = tj * m - pl
+            k = U(task * tw + tj) * ucg
+            if s == 6:
+                tile_in4(fx, x.shape, c0, cg, n, top, left, grid, d, tmp, fv, k, plane)
+                continue
             for a in range(s):
                 for b in range(s):
                     o = U(a * s + b) * ucg
@@ -106,26 +98,6 @@ def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl, grid):
                     else:
                         for c in range(ucg):
                             d[o + c] = 0
-            k = U(task * tw + tj) * ucg
-            if s == 6:  # F(4x4, 3x3): f4's B^T on six channel vectors at once
-                col = U(6) * ucg
-                for b in range(6):   # down the columns: tmp[a, b] = (B^T d)[a, b]
-                    i0 = U(b) * ucg
-                    for c in range(ucg):
-                        i = i0 + c
-                        o = _bt6(d[i], d[i + col], d[i + U(2) * col], d[i + U(3) * col],
-                                 d[i + U(4) * col], d[i + U(5) * col], two, four, five)
-                        _put6(o, tmp, i, col)
-                for a in range(6):   # along the rows: v[6a + e] = (B^T tmp^T)[e, a]
-                    i0 = U(a) * col
-                    o0 = U(6 * a) * plane + k
-                    for c in range(ucg):
-                        i = i0 + c
-                        o = _bt6(tmp[i], tmp[i + ucg], tmp[i + U(2) * ucg],
-                                 tmp[i + U(3) * ucg], tmp[i + U(4) * ucg],
-                                 tmp[i + U(5) * ucg], two, four, five)
-                        _put6(o, fv, o0 + c, plane)
-                continue
             for a in range(s):       # B^T down the columns: tmp[a, b] = sum_q B^T[a, q] d[q, b]
                 for b in range(s):
                     _combine(bt, a, d, U(b) * ucg, U(s) * ucg, tmp, U(a * s + b) * ucg, ucg)
@@ -139,39 +111,35 @@ def _input_transform_nhwc(x, bt, v, cg, c0, r0, r1, th, tw, pt, pl, grid):
 def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, flags, grid):
     """p (T, >= cols*Dg) planes of the GEMM results (entry e of tile k, channel d at
     p[e, k*Dg + d]) -> the m x m blocks A^T M A of y (N, Ho, Wo, D), channels
-    d0..d0 + Dg - 1, plus bias. flags[task] says whether a task wrote a NaN or Inf.
+    d0..d0 + Dg - 1, plus bias (F(4x4, 3x3): ``nhwc_tiles.tile_out4``). flags[task]
+    says whether a task wrote a NaN or Inf.
     grid (ho, wo, rho_h, rho_w, dh, dw): the tiles cover the ho x wo output phase
     y[:, rho_h::dh, rho_w::dw] (the whole output: (Ho, Wo, 0, 0, 1, 1))."""
     n_img, y_h, y_w, d_all = y.shape
     ho, wo, rho_h, rho_w, dh, dw = grid
     m, s = at.shape
-    two, four, eight = _scalars(y, 2, 4, 8)
-    udg, ud0 = U(dg), U(d0)
+    udg = U(dg)
     fy, fp, plane = y.reshape(y.size), p.reshape(p.size), U(p.shape[1])
     for task in prange(r1 - r0):
         r = r0 + task
         n = r // th
         top = (r % th) * m
+        add = np.zeros(dg, y.dtype)
+        if has_bias:
+            add[:] = bias[d0:d0 + dg]
+        buf = np.empty(28 * dg, y.dtype)
         tmp = np.empty(m * s * dg, y.dtype)
         line = np.empty(dg, y.dtype)
-        quad = np.empty(4 * dg, y.dtype)
+        nan = _lanes.zeros(add)
         bad = 0
         for tj in range(tw):
             k = U(task * tw + tj) * udg
-            if s == 6:  # F(4x4, 3x3): f4's A^T on six channel vectors at once
-                for col in range(6):
-                    i0 = U(col) * plane + k
-                    for c in range(udg):
-                        i = i0 + c
-                        o = _at6(fp[i], fp[i + U(6) * plane], fp[i + U(12) * plane],
-                                 fp[i + U(18) * plane], fp[i + U(24) * plane],
-                                 fp[i + U(30) * plane], two, four, eight)
-                        j = U(col) * udg + c
-                        tmp[j] = o[0]
-                        tmp[j + U(6) * udg] = o[1]
-                        tmp[j + U(12) * udg] = o[2]
-                        tmp[j + U(18) * udg] = o[3]
-            for a in range(m if s != 6 else 0):  # A^T down the columns (generic m)
+            if s == 6:
+                nan, b = tile_out4(fp, k, plane, dg, fy, y.shape, d0, n, top, tj * m, grid,
+                                   add, buf, nan)
+                bad += b
+                continue
+            for a in range(m):       # A^T down the columns
                 for col in range(s):
                     o = U(a * s + col) * udg
                     for c in range(udg):
@@ -183,31 +151,18 @@ def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, fla
                             for c in range(udg):
                                 tmp[o + c] += coef * fp[src + c]
             for a in range(min(m, ho - top)):    # A along the rows, into y
-                if s == 6:
-                    i0 = U(a * 6) * udg
-                    for c in range(udg):
-                        i = i0 + c
-                        o = _at6(tmp[i], tmp[i + udg], tmp[i + U(2) * udg],
-                                 tmp[i + U(3) * udg], tmp[i + U(4) * udg],
-                                 tmp[i + U(5) * udg], two, four, eight)
-                        quad[c] = o[0]
-                        quad[c + udg] = o[1]
-                        quad[c + U(2) * udg] = o[2]
-                        quad[c + U(3) * udg] = o[3]
                 for q in range(min(m, wo - tj * m)):
-                    if s == 6:
-                        for c in range(udg):
-                            line[c] = quad[U(q) * udg + c]
-                    else:
-                        _combine(at, q, tmp, U(a * s) * udg, udg, line, U(0), udg)
+                    _combine(at, q, tmp, U(a * s) * udg, udg, line, U(0), udg)
                     o = U(((n * y_h + rho_h + (top + a) * dh) * y_w + rho_w + (tj * m + q) * dw)
                           * d_all + d0)
                     for c in range(udg):
-                        val = line[c] + (bias[ud0 + c] if has_bias else 0)
+                        val = line[c] + add[c]
                         fy[o + c] = val
                         # NaN and +-Inf fail the comparison (math.isfinite gets folded
                         # away under the "reassoc" fastmath flag in this loop)
                         bad += not (abs(val) < math.inf)
+        for lane in range(_lanes.count(add)):
+            bad += not (abs(_lanes.lane(nan, lane)) < math.inf)
         flags[task] = bad > 0
 
 
@@ -222,6 +177,8 @@ def run_nhwc(x, u, y, bias, pads, groups: int, m: int, phase=None) -> bool:
     (one phase of a dilated layer, ``drivers._run``), read and written in place."""
     n, h, wd, c_in = x.shape
     c_out = y.shape[3]
+    if fused_applies(x.shape, y.shape, u, groups, m, phase):
+        return fused_forward(x, u, y, bias, pads)
     if phase is None:
         in_grid = (h, wd, 0, 0, 1, 1)
         out_grid = (*y.shape[1:3], 0, 0, 1, 1)

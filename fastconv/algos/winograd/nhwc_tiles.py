@@ -1,0 +1,281 @@
+"""F(4x4, 3x3) on NHWC, one tile at a time: the input transform of a tile
+(``tile_in4``), its output transform (``tile_out4``), and the fused forward
+(``fused_forward``) that runs both around the tile's products in one kernel.
+
+A tile's channels are contiguous in NHWC, so each transform runs ``f4``'s B^T or A^T on
+whole vectors of channels (``fastconv._lanes``; the compiler's own loops over a few dozen
+channels ran as scalar code, their vector bodies being longer), the channels beyond the
+last whole vector one at a time.
+
+The fused forward gives each task a block of consecutive tiles of the batch: it
+transforms them into a buffer of its own, multiplies the 36 planes by the transformed
+kernel in registers (``_small_gemm._tile``) and transforms the products into the output,
+so that the transformed tiles never leave the core's cache (through shared chunks they
+went to memory and back twice: cifar's 32 -> 32 layer at 32x32, batch 64, took 9.3-10 ms
+so, against 6 for torch).
+
+>>> import numpy as np
+>>> from fastconv import conv2d
+>>> x = np.ones((2, 8, 8, 32), np.float32)             # NHWC
+>>> w = np.ones((3, 3, 32, 32), np.float32)            # HWIO
+>>> y = conv2d(x, w, padding=1, layout="NHWC", algo="winograd")
+>>> float(y[0, 3, 3, 0]), float(y[1, 0, 0, 31])
+(288.0, 128.0)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ... import _lanes, config
+from ..._small_gemm import TILE_ROWS, _tile
+from .._common import U
+from .f4 import _at6, _bt6
+from .tasks import _scalars
+
+#: Bytes of transformed tiles and products a fused task aims at (``block_tiles``): they
+#: stay in the core's L2 cache between the transforms and the products.
+FUSED_TASK_BYTES = 256 << 10
+#: Channels per side the fused forward takes at most: every task reads the transformed
+#: kernel (36 * Cg * Dg values), which stops fitting in L2 beside the task's tiles (128
+#: -> 128 at 28x28, batch 16: 1.15x the time of shared chunks; 64 -> 64 at 56x56 0.77x).
+FUSED_MAX_CHANNELS = 64
+
+
+@njit(inline="always")
+def _put6(o, dst, i, step):
+    """dst[i + e*step] = o[e] for the six values of o (one ``_bt6`` result)."""
+    dst[i] = o[0]
+    dst[i + step] = o[1]
+    dst[i + U(2) * step] = o[2]
+    dst[i + U(3) * step] = o[3]
+    dst[i + U(4) * step] = o[4]
+    dst[i + U(5) * step] = o[5]
+
+
+@njit(inline="always")
+def _bt6_lanes(src, i, step, dst, o, out_step, two, four, five):
+    """dst[o + e*out_step + l] = B^T (src[i + q*step + l])_q [e] for the lanes l of one
+    vector (``f4._bt6`` on six vectors)."""
+    r = _bt6(_lanes.load(src, i), _lanes.load(src, i + step),
+             _lanes.load(src, i + U(2) * step), _lanes.load(src, i + U(3) * step),
+             _lanes.load(src, i + U(4) * step), _lanes.load(src, i + U(5) * step),
+             two, four, five)
+    for e in range(6):
+        _lanes.store(dst, o + U(e) * out_step, r[e])
+
+
+@njit(inline="always")
+def _at6_lanes(src, i, step, dst, o, out_step, two, four, eight):
+    """dst[o + e*out_step + l] = A^T (src[i + q*step + l])_q [e] for the lanes l of one
+    vector (``f4._at6`` on six vectors)."""
+    r = _at6(_lanes.load(src, i), _lanes.load(src, i + step),
+             _lanes.load(src, i + U(2) * step), _lanes.load(src, i + U(3) * step),
+             _lanes.load(src, i + U(4) * step), _lanes.load(src, i + U(5) * step),
+             two, four, eight)
+    for e in range(4):
+        _lanes.store(dst, o + U(e) * out_step, r[e])
+
+
+@njit(inline="always")
+def tile_in4(fx, xs, c0, cg, n, top, left, grid, d, tmp, fv, k, plane):
+    """fv[e*plane + k + c] = (B^T d B)[e] (e < 36, c < Cg) for the 6x6 input block d at
+    rows top.., columns left.. (zero outside the input) of image n, channels c0..;
+    fx = x (N, H, W, C).ravel() with xs its shape; d, tmp: scratch of 36*Cg values.
+
+    grid (hp, wp, sigma_h, sigma_w, dh, dw): the block lies in the hp x wp input phase
+    x[:, sigma_h::dh, sigma_w::dw] (the whole input: (H, W, 0, 0, 1, 1))."""
+    _, h, wd, c_all = xs
+    hp, wp, sig_h, sig_w, dh, dw = grid
+    two, four, five = _scalars(d, 2, 4, 5)
+    ucg = U(cg)
+    nl = U(_lanes.count(d))
+    full = ucg - ucg % nl        # channels in whole vectors; the rest one at a time
+    for a in range(6):           # the block, with its zero padding
+        for b in range(6):
+            o = U(a * 6 + b) * ucg
+            ii, jj = top + a, left + b
+            if 0 <= ii < hp and 0 <= jj < wp:
+                src = U(((n * h + sig_h + ii * dh) * wd + sig_w + jj * dw) * c_all + c0)
+                for q in range(full // nl):
+                    _lanes.store(d, o + q * nl, _lanes.load(fx, src + q * nl))
+                for c in range(full, ucg):
+                    d[o + c] = fx[src + c]
+            else:
+                for c in range(ucg):
+                    d[o + c] = 0
+    col = U(6) * ucg
+    for b in range(6):           # down the columns: tmp[a, b] = (B^T d)[a, b]
+        i0 = U(b) * ucg
+        for q in range(full // nl):
+            _bt6_lanes(d, i0 + q * nl, col, tmp, i0 + q * nl, col, two, four, five)
+        for c in range(full, ucg):
+            i = i0 + c
+            o = _bt6(d[i], d[i + col], d[i + U(2) * col], d[i + U(3) * col],
+                     d[i + U(4) * col], d[i + U(5) * col], two, four, five)
+            _put6(o, tmp, i, col)
+    for a in range(6):           # along the rows: v[6a + e] = (B^T tmp^T)[e, a]
+        i0 = U(a) * col
+        o0 = U(6 * a) * plane + k
+        for q in range(full // nl):
+            _bt6_lanes(tmp, i0 + q * nl, ucg, fv, o0 + q * nl, plane, two, four, five)
+        for c in range(full, ucg):
+            i = i0 + c
+            o = _bt6(tmp[i], tmp[i + ucg], tmp[i + U(2) * ucg], tmp[i + U(3) * ucg],
+                     tmp[i + U(4) * ucg], tmp[i + U(5) * ucg], two, four, five)
+            _put6(o, fv, o0 + c, plane)
+
+
+@njit(inline="always")
+def tile_out4(fp, k, plane, dg, fy, ys, d0, n, top, left, grid, add, buf, nan):
+    """The 4x4 block A^T M A (+ add, Dg values) of the tile whose products are
+    fp[e*plane + k + d] (e < 36, d < Dg), written into y's rows top.., columns left..
+    of image n, channels d0.. (cut at the output's edge); fy = y (N, Ho, Wo, D).ravel()
+    with ys its shape; buf: scratch of 28*Dg values. Returns (nan, bad): ``nan`` with
+    NaN in the lanes where a whole-vector output was NaN or +-Inf, ``bad`` how many
+    other outputs were.
+
+    grid (ho, wo, rho_h, rho_w, dh, dw): the block lies in the ho x wo output phase
+    y[:, rho_h::dh, rho_w::dw] (the whole output: (Ho, Wo, 0, 0, 1, 1))."""
+    _, y_h, y_w, d_all = ys
+    ho, wo, rho_h, rho_w, dh, dw = grid
+    two, four, eight = _scalars(buf, 2, 4, 8)
+    udg = U(dg)
+    nl = U(_lanes.count(buf))
+    full = udg - udg % nl
+    tmp = buf[:24 * dg]          # (A^T M)[a, col] for a < 4, col < 6
+    quad = buf[24 * dg:]         # row a of the block
+    bad = 0
+    for col in range(6):         # A^T down the columns
+        i0 = U(col) * plane + k
+        for q in range(full // nl):
+            _at6_lanes(fp, i0 + q * nl, U(6) * plane, tmp, U(col) * udg + q * nl,
+                       U(6) * udg, two, four, eight)
+        for c in range(full, udg):
+            i = i0 + c
+            o = _at6(fp[i], fp[i + U(6) * plane], fp[i + U(12) * plane],
+                     fp[i + U(18) * plane], fp[i + U(24) * plane], fp[i + U(30) * plane],
+                     two, four, eight)
+            j = U(col) * udg + c
+            tmp[j] = o[0]
+            tmp[j + U(6) * udg] = o[1]
+            tmp[j + U(12) * udg] = o[2]
+            tmp[j + U(18) * udg] = o[3]
+    for a in range(min(4, ho - top)):   # A along the rows, into y
+        i0 = U(a * 6) * udg
+        for q in range(full // nl):
+            _at6_lanes(tmp, i0 + q * nl, udg, quad, q * nl, udg, two, four, eight)
+        for c in range(full, udg):
+            i = i0 + c
+            o = _at6(tmp[i], tmp[i + udg], tmp[i + U(2) * udg], tmp[i + U(3) * udg],
+                     tmp[i + U(4) * udg], tmp[i + U(5) * udg], two, four, eight)
+            quad[c] = o[0]
+            quad[c + udg] = o[1]
+            quad[c + U(2) * udg] = o[2]
+            quad[c + U(3) * udg] = o[3]
+        for q in range(min(4, wo - left)):
+            o = U(((n * y_h + rho_h + (top + a) * dh) * y_w + rho_w + (left + q) * dw)
+                  * d_all + d0)
+            for v in range(full // nl):
+                val = _lanes.load(quad, U(q) * udg + v * nl) + _lanes.load(add, v * nl)
+                _lanes.store(fy, o + v * nl, val)
+                nan = nan + (val - val)      # NaN for NaN and +-Inf (IEEE: no fastmath)
+            for c in range(full, udg):
+                val = quad[U(q) * udg + c] + add[c]
+                fy[o + c] = val
+                # NaN and +-Inf fail the comparison (math.isfinite gets folded away
+                # under the "reassoc" fastmath flag)
+                bad += not (abs(val) < math.inf)
+    return nan, bad
+
+
+def block_tiles(cg: int, dg: int, itemsize: int) -> int:
+    """Tiles per task of the fused forward: transformed tiles and products of about
+    ``FUSED_TASK_BYTES``, in whole register tiles of rows (``TILE_ROWS``; else the last
+    one overlaps the one before and computes its rows twice), at most 60."""
+    per_tile = 36 * (cg + dg) * itemsize
+    return TILE_ROWS * max(1, min(10, FUSED_TASK_BYTES // per_tile // TILE_ROWS))
+
+
+def fused_applies(x_shape, y_shape, u, groups: int, m: int, phase) -> bool:
+    """Whether ``fused_forward`` runs this NHWC F(m x m, 3x3): F(4x4, 3x3), one group, no
+    phase of a dilated layer, at most ``FUSED_MAX_CHANNELS`` channels a side, output
+    channels in whole pairs of vectors (the register tile's columns) and at least one
+    register tile of tiles in the batch."""
+    nl = _lanes.LANE_BYTES // u.itemsize
+    c_in, c_out = x_shape[3], y_shape[3]
+    th, tw = -(-y_shape[1] // 4), -(-y_shape[2] // 4)
+    return (m == 4 and groups == 1 and phase is None and c_out % (2 * nl) == 0
+            and max(c_in, c_out) <= FUSED_MAX_CHANNELS
+            and y_shape[0] * th * tw >= TILE_ROWS)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _fused(x, ut, y, add, pads, block, flags):
+    """y = F(4x4, 3x3) of x (N, H, W, C) with the transformed kernel ut (36, C, D)
+    (C-contiguous), padding pads = (top, left), plus add (D,): one task per block of
+    ``block`` consecutive tiles of the batch (module docstring). flags[task]: whether
+    the task wrote a NaN or +-Inf."""
+    n_img, h, wd, c_all = x.shape
+    _, ho, wo, d_all = y.shape
+    th, tw = (ho + 3) // 4, (wo + 3) // 4
+    per_img = th * tw
+    total = n_img * per_img
+    rows = max(block, TILE_ROWS)
+    ucg, udg = U(c_all), U(d_all)
+    nl = _lanes.count(y)
+    fx, fy, fu = x.reshape(x.size), y.reshape(y.size), ut.reshape(ut.size)
+    in_grid = (h, wd, 0, 0, 1, 1)
+    out_grid = (ho, wo, 0, 0, 1, 1)
+    pt, pl = pads
+    for task in prange((total + block - 1) // block):
+        k0 = task * block
+        count = min(total, k0 + block) - k0
+        v = np.empty(36 * rows * c_all, x.dtype)
+        if count < TILE_ROWS:    # rows beyond the block's tiles are zeros
+            v[:] = 0
+        p = np.empty(36 * rows * d_all, x.dtype)
+        d = np.empty(36 * c_all, x.dtype)
+        tmp = np.empty(36 * c_all, x.dtype)
+        for t in range(count):
+            kk = k0 + t
+            r = kk % per_img
+            tile_in4(fx, x.shape, 0, c_all, kk // per_img, r // tw * 4 - pt,
+                     r % tw * 4 - pl, in_grid, d, tmp, v, U(t) * ucg, U(rows) * ucg)
+        used = max(count, TILE_ROWS)
+        for e in range(36):      # p[e] (used, D) = v[e] (used, C) @ ut[e] (C, D)
+            for j in range(0, d_all, 2 * nl):
+                for r0 in range(0, used, TILE_ROWS):
+                    i = U(min(r0, used - TILE_ROWS))
+                    _tile(v, fu, p, U(e * rows) * ucg + i * ucg, ucg,
+                          U(e) * ucg * udg + U(j), udg, U(e * rows) * udg + i * udg + U(j),
+                          c_all)
+        buf = np.empty(28 * d_all, x.dtype)
+        nan = _lanes.zeros(buf)
+        bad = 0
+        for t in range(count):
+            kk = k0 + t
+            r = kk % per_img
+            nan, b = tile_out4(p, U(t) * udg, U(rows) * udg, d_all, fy, y.shape, 0,
+                               kk // per_img, r // tw * 4, r % tw * 4, out_grid, add, buf,
+                               nan)
+            bad += b
+        for lane in range(nl):
+            bad += not (abs(_lanes.lane(nan, lane)) < math.inf)
+        flags[task] = bad > 0
+
+
+def fused_forward(x, u, y, bias, pads) -> bool:
+    """y (N, Ho, Wo, D) = F(4x4, 3x3) of x (N, H, W, C) (both C-contiguous) with the
+    transformed kernel u (1, 36, D, C), padding (top, left), plus bias; for layers
+    ``fused_applies`` accepts. Returns whether every output is finite."""
+    ut = np.ascontiguousarray(u[0].transpose(0, 2, 1))
+    add = np.zeros(y.shape[3], y.dtype) if bias is None else np.ascontiguousarray(bias, y.dtype)
+    block = block_tiles(x.shape[3], y.shape[3], x.itemsize)
+    tiles = y.shape[0] * -(-y.shape[1] // 4) * -(-y.shape[2] // 4)
+    flags = np.zeros(-(-tiles // block), np.bool_)
+    _fused(x, ut, y, add, pads, block, flags)
+    return not flags.any()

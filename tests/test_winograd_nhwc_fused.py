@@ -1,0 +1,101 @@
+"""The fused NHWC F(4x4, 3x3) forward (``winograd.nhwc_tiles``): where it runs, its
+results against the formula (block edges, channel tails, padding, bias, both float
+types), non-finite inputs, and the input gradient that runs through it."""
+
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv.algos.winograd import nhwc, nhwc_tiles
+from fastconv.algos.winograd.kernel import transform_kernel
+from tests import reference as ref
+from tests.conftest import count_calls, to_nhwc
+
+
+def _u(c_in, c_out, dtype=np.float32):
+    return transform_kernel(np.zeros((c_out, c_in, 3, 3), dtype), 1, 4)
+
+
+@pytest.mark.parametrize("x_shape, y_shape, groups, m, phase, want", [
+    ((8, 32, 32, 32), (8, 32, 32, 32), 1, 4, None, True),
+    ((2, 5, 5, 3), (2, 5, 5, 64), 1, 4, None, True),      # 8 tiles, 3 input channels
+    ((8, 32, 32, 32), (8, 32, 32, 16), 1, 4, None, False),  # 16 outputs: half a tile
+    ((8, 32, 32, 128), (8, 32, 32, 128), 1, 4, None, False),  # above the channel bound
+    ((8, 32, 32, 64), (8, 32, 32, 64), 2, 4, None, False),  # groups
+    ((8, 32, 32, 32), (8, 32, 32, 32), 1, 2, None, False),  # F(2x2, 3x3)
+    ((8, 32, 32, 32), (8, 16, 16, 32), 1, 4, ((0, 0, 16), (0, 0, 16), (2, 2)), False),
+    ((1, 4, 8, 32), (1, 4, 8, 32), 1, 4, None, False),      # 2 tiles: under a register tile
+])
+def test_where_the_fused_forward_runs(x_shape, y_shape, groups, m, phase, want):
+    u = _u(x_shape[3] // groups, y_shape[3] // groups)
+    assert nhwc_tiles.fused_applies(x_shape, y_shape, u, groups, m, phase) is want
+
+
+def test_blocks_are_whole_register_tiles():
+    for cg, dg in ((3, 32), (32, 32), (64, 64), (16, 64)):
+        block = nhwc_tiles.block_tiles(cg, dg, 4)
+        assert block % nhwc_tiles.TILE_ROWS == 0 and 6 <= block <= 60
+        assert block * 36 * (cg + dg) * 4 <= max(nhwc_tiles.FUSED_TASK_BYTES, 6 * 36 * 128 * 4)
+
+
+# (n, c_in, h, w, c_out, padding, bias): sides that are not multiples of 4, channel
+# counts with a tail beyond whole vectors, batches of fewer tiles than a block and of a
+# block and a few
+CASES = [
+    (1, 32, 8, 12, 32, 1, False),
+    (3, 17, 9, 7, 32, 1, True),
+    (2, 3, 6, 6, 64, 2, True),
+    (5, 64, 13, 11, 64, 0, False),
+    (4, 40, 16, 16, 32, (2, 0), True),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fused_forward_matches_the_formula(case, dtype, rng, monkeypatch):
+    n, c, h, wd, d, padding, with_bias = case
+    if dtype == np.float64:
+        d //= 2          # whole pairs of float64 vectors: 16 or 32 channels
+    x = rng.standard_normal((n, c, h, wd)).astype(dtype)
+    w = rng.standard_normal((d, c, 3, 3)).astype(dtype)
+    b = rng.standard_normal(d).astype(dtype) if with_bias else None
+    ph, pw = (padding, padding) if isinstance(padding, int) else padding
+    want = ref.conv2d(x, w, b, padding=((ph, ph), (pw, pw)))
+    calls = count_calls(monkeypatch, nhwc, "fused_forward")
+    xn, wn = to_nhwc(x, w)
+    y = fastconv.conv2d(xn, wn, b, padding=padding, layout="NHWC", algo="winograd")
+    assert len(calls) == 1 and y.dtype == dtype
+    assert ref.rel_error(y.transpose(0, 3, 1, 2), want) <= ref.tolerance(dtype, "winograd")
+
+
+def test_non_finite_inputs_are_flagged_and_stay_local(rng):
+    """The fused forward reports a NaN or Inf output (whole vectors and the channel
+    tail alike), and conv2d then gives the direct formula's pattern."""
+    x = rng.standard_normal((2, 12, 12, 35)).astype(np.float32)
+    x[1, 5, 6, 0] = np.nan
+    x[0, 2, 2, 34] = np.inf
+    w = rng.standard_normal((3, 3, 35, 32)).astype(np.float32)
+    u = transform_kernel(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), 1, 4)
+    y = np.empty((2, 12, 12, 32), np.float32)
+    assert nhwc_tiles.fused_forward(x, u, y, None, (1, 1)) is False
+    got = fastconv.conv2d(x, w, padding=1, layout="NHWC", algo="winograd")
+    want = fastconv.conv2d(x, w, padding=1, layout="NHWC", algo="naive")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert np.isnan(got[1, 4:7, 5:8]).all() and np.isnan(got[1]).sum() == 9 * 32
+    finite = rng.standard_normal((2, 12, 12, 35)).astype(np.float32)
+    assert nhwc_tiles.fused_forward(finite, u, y, None, (1, 1)) is True
+
+
+def test_input_gradient_runs_through_the_fused_forward(rng, monkeypatch):
+    x = rng.standard_normal((4, 32, 10, 10))
+    w = rng.standard_normal((32, 32, 3, 3))
+    gy = rng.standard_normal((4, 32, 10, 10))
+    gx0, _, _ = ref.conv2d_backward(gy, x, w, padding=((1, 1), (1, 1)))
+    calls = count_calls(monkeypatch, nhwc, "fused_forward")
+    xn, wn = to_nhwc(x, w)
+    gx, _, _ = fastconv.conv2d_backward(np.ascontiguousarray(gy.transpose(0, 2, 3, 1)), xn,
+                                        wn, padding=1, layout="NHWC", algo="winograd",
+                                        needs_input_grad=(True, False, False))
+    assert len(calls) == 1
+    assert ref.rel_error(gx.transpose(0, 3, 1, 2), gx0) <= ref.tolerance(np.float64,
+                                                                          "winograd")
