@@ -46,38 +46,38 @@ FUSED_MAX_CHANNELS = 64
 
 
 @njit(inline="always")
-def _put6(o, dst, i, step):
-    """dst[i + e*step] = o[e] for the six values of o (one ``_bt6`` result)."""
-    dst[i] = o[0]
-    dst[i + step] = o[1]
-    dst[i + U(2) * step] = o[2]
-    dst[i + U(3) * step] = o[3]
-    dst[i + U(4) * step] = o[4]
-    dst[i + U(5) * step] = o[5]
-
-
-@njit(inline="always")
-def _bt6_lanes(src, i, step, dst, o, out_step, two, four, five):
-    """dst[o + e*out_step + l] = B^T (src[i + q*step + l])_q [e] for the lanes l of one
-    vector (``f4._bt6`` on six vectors)."""
-    r = _bt6(_lanes.load(src, i), _lanes.load(src, i + step),
-             _lanes.load(src, i + U(2) * step), _lanes.load(src, i + U(3) * step),
-             _lanes.load(src, i + U(4) * step), _lanes.load(src, i + U(5) * step),
-             two, four, five)
-    for e in range(6):
+def _six_lanes(f, src, i, step, dst, o, out_step, c0, c1, c2):
+    """dst[o + e*out_step + l] = f(src[i + q*step + l] for q < 6)[e] for the lanes l of
+    one vector and every output e of the 6-point transform f (``f4._bt6``: six,
+    ``f4._at6``: four; coefficients c0, c1, c2)."""
+    r = f(_lanes.load(src, i), _lanes.load(src, i + step),
+          _lanes.load(src, i + U(2) * step), _lanes.load(src, i + U(3) * step),
+          _lanes.load(src, i + U(4) * step), _lanes.load(src, i + U(5) * step), c0, c1, c2)
+    for e in range(len(r)):
         _lanes.store(dst, o + U(e) * out_step, r[e])
 
 
 @njit(inline="always")
-def _at6_lanes(src, i, step, dst, o, out_step, two, four, eight):
-    """dst[o + e*out_step + l] = A^T (src[i + q*step + l])_q [e] for the lanes l of one
-    vector (``f4._at6`` on six vectors)."""
-    r = _at6(_lanes.load(src, i), _lanes.load(src, i + step),
-             _lanes.load(src, i + U(2) * step), _lanes.load(src, i + U(3) * step),
-             _lanes.load(src, i + U(4) * step), _lanes.load(src, i + U(5) * step),
-             two, four, eight)
-    for e in range(4):
-        _lanes.store(dst, o + U(e) * out_step, r[e])
+def _vectors(a, n):
+    """(n, the lanes of a vector of a's dtype, the first n' <= n in whole vectors) as
+    unsigned values: a tile's channels run in vectors up to n', the rest one at a time."""
+    un, nl = U(n), U(_lanes.count(a))
+    return un, nl, un - un % nl
+
+
+@njit(inline="always")
+def _pass6(f, src, i0, step, dst, o0, out_step, n, c0, c1, c2):
+    """dst[o0 + c + e*out_step] = f(src[i0 + c + q*step] for q < 6)[e] for the channels
+    c < n and every output e of f: whole vectors (``_six_lanes``), then one at a time."""
+    un, nl, full = _vectors(src, n)
+    for q in range(full // nl):
+        _six_lanes(f, src, i0 + q * nl, step, dst, o0 + q * nl, out_step, c0, c1, c2)
+    for c in range(full, un):
+        i = i0 + c
+        r = f(src[i], src[i + step], src[i + U(2) * step], src[i + U(3) * step],
+              src[i + U(4) * step], src[i + U(5) * step], c0, c1, c2)
+        for e in range(len(r)):
+            dst[o0 + c + U(e) * out_step] = r[e]
 
 
 @njit(inline="always")
@@ -90,10 +90,7 @@ def tile_in4(fx, xs, c0, cg, n, top, left, grid, d, tmp, fv, k, plane):
     x[:, sigma_h::dh, sigma_w::dw] (the whole input: (H, W, 0, 0, 1, 1))."""
     _, h, wd, c_all = xs
     hp, wp, sig_h, sig_w, dh, dw = grid
-    two, four, five = _scalars(d, 2, 4, 5)
-    ucg = U(cg)
-    nl = U(_lanes.count(d))
-    full = ucg - ucg % nl        # channels in whole vectors; the rest one at a time
+    ucg, nl, full = _vectors(d, cg)
     for a in range(6):           # the block, with its zero padding
         for b in range(6):
             o = U(a * 6 + b) * ucg
@@ -108,25 +105,12 @@ def tile_in4(fx, xs, c0, cg, n, top, left, grid, d, tmp, fv, k, plane):
                 for c in range(ucg):
                     d[o + c] = 0
     col = U(6) * ucg
+    two, four, five = _scalars(d, 2, 4, 5)
     for b in range(6):           # down the columns: tmp[a, b] = (B^T d)[a, b]
-        i0 = U(b) * ucg
-        for q in range(full // nl):
-            _bt6_lanes(d, i0 + q * nl, col, tmp, i0 + q * nl, col, two, four, five)
-        for c in range(full, ucg):
-            i = i0 + c
-            o = _bt6(d[i], d[i + col], d[i + U(2) * col], d[i + U(3) * col],
-                     d[i + U(4) * col], d[i + U(5) * col], two, four, five)
-            _put6(o, tmp, i, col)
+        _pass6(_bt6, d, U(b) * ucg, col, tmp, U(b) * ucg, col, cg, two, four, five)
     for a in range(6):           # along the rows: v[6a + e] = (B^T tmp^T)[e, a]
-        i0 = U(a) * col
-        o0 = U(6 * a) * plane + k
-        for q in range(full // nl):
-            _bt6_lanes(tmp, i0 + q * nl, ucg, fv, o0 + q * nl, plane, two, four, five)
-        for c in range(full, ucg):
-            i = i0 + c
-            o = _bt6(tmp[i], tmp[i + ucg], tmp[i + U(2) * ucg], tmp[i + U(3) * ucg],
-                     tmp[i + U(4) * ucg], tmp[i + U(5) * ucg], two, four, five)
-            _put6(o, fv, o0 + c, plane)
+        _pass6(_bt6, tmp, U(a) * col, ucg, fv, U(6 * a) * plane + k, plane, cg, two, four,
+               five)
 
 
 @njit(inline="always")
@@ -143,39 +127,15 @@ def tile_out4(fp, k, plane, dg, fy, ys, d0, n, top, left, grid, add, buf, nan):
     _, y_h, y_w, d_all = ys
     ho, wo, rho_h, rho_w, dh, dw = grid
     two, four, eight = _scalars(buf, 2, 4, 8)
-    udg = U(dg)
-    nl = U(_lanes.count(buf))
-    full = udg - udg % nl
+    udg, nl, full = _vectors(buf, dg)
     tmp = buf[:24 * dg]          # (A^T M)[a, col] for a < 4, col < 6
     quad = buf[24 * dg:]         # row a of the block
     bad = 0
     for col in range(6):         # A^T down the columns
-        i0 = U(col) * plane + k
-        for q in range(full // nl):
-            _at6_lanes(fp, i0 + q * nl, U(6) * plane, tmp, U(col) * udg + q * nl,
-                       U(6) * udg, two, four, eight)
-        for c in range(full, udg):
-            i = i0 + c
-            o = _at6(fp[i], fp[i + U(6) * plane], fp[i + U(12) * plane],
-                     fp[i + U(18) * plane], fp[i + U(24) * plane], fp[i + U(30) * plane],
-                     two, four, eight)
-            j = U(col) * udg + c
-            tmp[j] = o[0]
-            tmp[j + U(6) * udg] = o[1]
-            tmp[j + U(12) * udg] = o[2]
-            tmp[j + U(18) * udg] = o[3]
+        _pass6(_at6, fp, U(col) * plane + k, U(6) * plane, tmp, U(col) * udg, U(6) * udg,
+               dg, two, four, eight)
     for a in range(min(4, ho - top)):   # A along the rows, into y
-        i0 = U(a * 6) * udg
-        for q in range(full // nl):
-            _at6_lanes(tmp, i0 + q * nl, udg, quad, q * nl, udg, two, four, eight)
-        for c in range(full, udg):
-            i = i0 + c
-            o = _at6(tmp[i], tmp[i + udg], tmp[i + U(2) * udg], tmp[i + U(3) * udg],
-                     tmp[i + U(4) * udg], tmp[i + U(5) * udg], two, four, eight)
-            quad[c] = o[0]
-            quad[c + udg] = o[1]
-            quad[c + U(2) * udg] = o[2]
-            quad[c + U(3) * udg] = o[3]
+        _pass6(_at6, tmp, U(a * 6) * udg, udg, quad, U(0), udg, dg, two, four, eight)
         for q in range(min(4, wo - left)):
             o = U(((n * y_h + rho_h + (top + a) * dh) * y_w + rho_w + (left + q) * dw)
                   * d_all + d0)
