@@ -177,7 +177,7 @@ def run_nhwc(x, u, y, bias, pads, groups: int, m: int, phase=None) -> bool:
     (one phase of a dilated layer, ``drivers._run``), read and written in place."""
     n, h, wd, c_in = x.shape
     c_out = y.shape[3]
-    if fused_applies(x.shape, y.shape, u, groups, m, phase):
+    if fused_applies(x.shape, y.shape, x.itemsize, groups, m, phase):
         return fused_forward(x, u, y, bias, pads)
     if phase is None:
         in_grid = (h, wd, 0, 0, 1, 1)

@@ -160,12 +160,13 @@ def block_tiles(cg: int, dg: int, itemsize: int) -> int:
     return TILE_ROWS * max(1, min(10, FUSED_TASK_BYTES // per_tile // TILE_ROWS))
 
 
-def fused_applies(x_shape, y_shape, u, groups: int, m: int, phase) -> bool:
-    """Whether ``fused_forward`` runs this NHWC F(m x m, 3x3): F(4x4, 3x3), one group, no
-    phase of a dilated layer, at most ``FUSED_MAX_CHANNELS`` channels a side, output
-    channels in whole pairs of vectors (the register tile's columns) and at least one
-    register tile of tiles in the batch."""
-    nl = _lanes.LANE_BYTES // u.itemsize
+def fused_applies(x_shape, y_shape, itemsize: int, groups: int, m: int, phase) -> bool:
+    """Whether ``fused_forward`` runs this NHWC F(m x m, 3x3) (x (N, H, W, C), y (N, Ho,
+    Wo, D), items of ``itemsize`` bytes): F(4x4, 3x3), one group, no phase of a dilated
+    layer, at most ``FUSED_MAX_CHANNELS`` channels a side, output channels in whole
+    pairs of vectors (the register tile's columns) and at least one register tile of
+    tiles in the batch."""
+    nl = _lanes.LANE_BYTES // itemsize
     c_in, c_out = x_shape[3], y_shape[3]
     th, tw = -(-y_shape[1] // 4), -(-y_shape[2] // 4)
     return (m == 4 and groups == 1 and phase is None and c_out % (2 * nl) == 0
