@@ -40,6 +40,9 @@ from ._runtime import parallel_guard
 MAX_INNER = 64
 #: Rows of the register tile, and rows of a task (a multiple of it).
 TILE_ROWS = 6
+#: Rows of the one-register tile (``_tile1``: 12 sums in flight, as the two-register
+#: tile's 6 x 2).
+TILE_ROWS_1 = 12
 ROWS = 16 * TILE_ROWS
 #: The least size of the batch's left operands taken, in bytes: smaller batches stay
 #: in the two cores' L2 through OpenBLAS's packing, which then keeps up ((36, 128, 64,
@@ -158,3 +161,27 @@ def _put(cf, c, nl, v0, v1):
     """cf[c : c + 2 registers] = (v0, v1)."""
     _lanes.store(cf, c, v0)
     _lanes.store(cf, c + nl, v1)
+
+
+@njit(inline="always")
+def _tile1(af, bf, cf, a0, lda, b0, ldb, c0, k):
+    """As ``_tile`` for one register of columns and 12 rows (products whose N is one
+    register: a layer of 16 float32 output channels)."""
+    p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = p8 = p9 = p10 = p11 = _lanes.zeros(cf)
+    for q in range(k):
+        u = _lanes.load(bf, b0 + U(q) * ldb)
+        aq = a0 + U(q)
+        p0 = _lanes.fma(p0, af[aq], u)
+        p1 = _lanes.fma(p1, af[aq + lda], u)
+        p2 = _lanes.fma(p2, af[aq + U(2) * lda], u)
+        p3 = _lanes.fma(p3, af[aq + U(3) * lda], u)
+        p4 = _lanes.fma(p4, af[aq + U(4) * lda], u)
+        p5 = _lanes.fma(p5, af[aq + U(5) * lda], u)
+        p6 = _lanes.fma(p6, af[aq + U(6) * lda], u)
+        p7 = _lanes.fma(p7, af[aq + U(7) * lda], u)
+        p8 = _lanes.fma(p8, af[aq + U(8) * lda], u)
+        p9 = _lanes.fma(p9, af[aq + U(9) * lda], u)
+        p10 = _lanes.fma(p10, af[aq + U(10) * lda], u)
+        p11 = _lanes.fma(p11, af[aq + U(11) * lda], u)
+    for r, v in enumerate((p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11)):
+        _lanes.store(cf, c0 + U(r) * ldb, v)

@@ -98,13 +98,18 @@ def test_nhwc_direct_gradients_match_finite_differences(rng, case):
 
 def test_the_registry_and_cost_models_know_the_nhwc_kernels():
     """The direct and Winograd entries list NHWC; their models charge NHWC no copies
-    (Winograd's workspace is the same in both layouts, the direct kernel's none), and
-    "auto" runs a depthwise NHWC layer's backward with the direct kernels."""
+    (Winograd's workspace is the same in both layouts where NHWC goes in chunks, smaller
+    where it runs fused, the direct kernel's none), and "auto" runs a depthwise NHWC
+    layer's backward with the direct kernels."""
     assert registry.get("naive").layouts == ("NCHW", "NHWC")
     assert registry.get("winograd").layouts == ("NCHW", "NHWC")
+    nchw = fastconv.plan((8, 128, 20, 20), (128, 128, 3, 3), padding=1)
+    nhwc = fastconv.plan((8, 20, 20, 128), (3, 3, 128, 128), padding=1, layout="NHWC")
+    assert nhwc.workspaces["winograd"] == nchw.workspaces["winograd"]
     nchw = fastconv.plan((8, 16, 20, 20), (16, 16, 3, 3), padding=1)
     nhwc = fastconv.plan((8, 20, 20, 16), (3, 3, 16, 16), padding=1, layout="NHWC")
-    assert nhwc.workspaces["winograd"] == nchw.workspaces["winograd"]
+    assert "fused" in nhwc.why or nhwc.algorithm != "winograd"
+    assert 0 < nhwc.workspaces["winograd"] < nchw.workspaces["winograd"]
     assert nhwc.workspaces["naive"] == 0
     dw = fastconv.plan((8, 28, 28, 32), (3, 3, 1, 32), padding=1, groups=32,
                        layout="NHWC", backward=True)

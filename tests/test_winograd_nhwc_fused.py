@@ -14,13 +14,14 @@ from tests.conftest import count_calls, to_nhwc
 
 @pytest.mark.parametrize("x_shape, y_shape, groups, m, phase, want", [
     ((8, 32, 32, 32), (8, 32, 32, 32), 1, 4, None, True),
-    ((2, 5, 5, 3), (2, 5, 5, 64), 1, 4, None, True),      # 8 tiles, 3 input channels
-    ((8, 32, 32, 32), (8, 32, 32, 16), 1, 4, None, False),  # 16 outputs: half a tile
+    ((2, 9, 9, 3), (2, 9, 9, 64), 1, 4, None, True),      # 18 tiles, 3 input channels
+    ((8, 32, 32, 32), (8, 32, 32, 16), 1, 4, None, True),   # 16 outputs: one register
+    ((8, 32, 32, 32), (8, 32, 32, 24), 1, 4, None, False),  # 24: not whole registers
     ((8, 32, 32, 128), (8, 32, 32, 128), 1, 4, None, False),  # above the channel bound
     ((8, 32, 32, 64), (8, 32, 32, 64), 2, 4, None, False),  # groups
     ((8, 32, 32, 32), (8, 32, 32, 32), 1, 2, None, False),  # F(2x2, 3x3)
     ((8, 32, 32, 32), (8, 16, 16, 32), 1, 4, ((0, 0, 16), (0, 0, 16), (2, 2)), False),
-    ((1, 4, 8, 32), (1, 4, 8, 32), 1, 4, None, False),      # 2 tiles: under a register tile
+    ((2, 5, 5, 32), (2, 5, 5, 32), 1, 4, None, False),      # 8 tiles: under 12
 ])
 def test_where_the_fused_forward_runs(x_shape, y_shape, groups, m, phase, want):
     assert nhwc_tiles.fused_applies(x_shape, y_shape, 4, groups, m, phase) is want
@@ -29,17 +30,19 @@ def test_where_the_fused_forward_runs(x_shape, y_shape, groups, m, phase, want):
 def test_blocks_are_whole_register_tiles():
     for cg, dg in ((3, 32), (32, 32), (64, 64), (16, 64)):
         block = nhwc_tiles.block_tiles(cg, dg, 4)
-        assert block % nhwc_tiles.TILE_ROWS == 0 and 6 <= block <= 60
-        assert block * 36 * (cg + dg) * 4 <= max(nhwc_tiles.FUSED_TASK_BYTES, 6 * 36 * 128 * 4)
+        assert block % nhwc_tiles.TILE_ROWS_1 == 0 and 12 <= block <= 60
+        assert block * 36 * (cg + dg) * 4 <= max(nhwc_tiles.FUSED_TASK_BYTES,
+                                                  12 * 36 * 128 * 4)
 
 
 # (n, c_in, h, w, c_out, padding, bias): sides that are not multiples of 4, channel
 # counts with a tail beyond whole vectors, batches of fewer tiles than a block and of a
 # block and a few
 CASES = [
-    (1, 32, 8, 12, 32, 1, False),
+    (2, 32, 8, 12, 32, 1, False),
     (3, 17, 9, 7, 32, 1, True),
-    (2, 3, 6, 6, 64, 2, True),
+    (3, 3, 6, 6, 64, 2, True),
+    (3, 16, 14, 14, 16, 1, True),       # one register of output channels (float32)
     (5, 64, 13, 11, 64, 0, False),
     (4, 40, 16, 16, 32, (2, 0), True),
 ]
@@ -50,7 +53,7 @@ CASES = [
 def test_fused_forward_matches_the_formula(case, dtype, rng, monkeypatch):
     n, c, h, wd, d, padding, with_bias = case
     if dtype == np.float64:
-        d //= 2          # whole pairs of float64 vectors: 16 or 32 channels
+        d //= 2          # float64 vectors hold half as many: 8, 16 or 32 channels
     x = rng.standard_normal((n, c, h, wd)).astype(dtype)
     w = rng.standard_normal((d, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(d).astype(dtype) if with_bias else None

@@ -94,7 +94,8 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
 
 def _fused_cost(a, p: Profile, t: int) -> Estimate:
     """Model time of the fused NHWC forward (``nhwc_tiles.fused_forward``): its products
-    at the GEMM peak, its transforms at ``WINOGRAD_FUSED_PASSES``."""
+    at the GEMM peak, its transforms at ``WINOGRAD_FUSED_PASSES``; its workspace, each
+    thread's block of transformed tiles and products."""
     item = a.dtype.itemsize
     tiles = a.n * -(-a.h_out // 4) * -(-a.w_out // 4)
     gemm = 2.0 * t * tiles * a.c_in * a.c_out / (p.gemm_gflops * 1e9 * (4 / item))
@@ -103,7 +104,8 @@ def _fused_cost(a, p: Profile, t: int) -> Estimate:
     block = nhwc_tiles.block_tiles(a.c_in, a.c_out, item)
     detail = (f"F(4x4, 3x3) fused, {-(-tiles // block)} blocks of {block} tiles, "
               f"products in registers {1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms")
-    return Estimate(p.call_us * 1e-6 + gemm + transforms, 0, detail)
+    workspace = p.threads * block * t * (a.c_in + a.c_out) * item
+    return Estimate(p.call_us * 1e-6 + gemm + transforms, workspace, detail)
 
 
 def backward_cost(a, p: Profile) -> Estimate:

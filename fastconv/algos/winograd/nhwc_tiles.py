@@ -31,7 +31,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _lanes, config
-from ..._small_gemm import TILE_ROWS, _tile
+from ..._small_gemm import TILE_ROWS, TILE_ROWS_1, _tile, _tile1
 from .._common import U
 from .f4 import _at6, _bt6
 from .tasks import _scalars
@@ -154,24 +154,26 @@ def tile_out4(fp, k, plane, dg, fy, ys, d0, n, top, left, grid, add, buf, nan):
 
 def block_tiles(cg: int, dg: int, itemsize: int) -> int:
     """Tiles per task of the fused forward: transformed tiles and products of about
-    ``FUSED_TASK_BYTES``, in whole register tiles of rows (``TILE_ROWS``; else the last
-    one overlaps the one before and computes its rows twice), at most 60."""
+    ``FUSED_TASK_BYTES``, in whole register tiles of rows (12: two of ``_tile``'s, one
+    of ``_tile1``'s; else the last one overlaps the one before and computes its rows
+    twice), at most 60."""
     per_tile = 36 * (cg + dg) * itemsize
-    return TILE_ROWS * max(1, min(10, FUSED_TASK_BYTES // per_tile // TILE_ROWS))
+    return TILE_ROWS_1 * max(1, min(5, FUSED_TASK_BYTES // per_tile // TILE_ROWS_1))
 
 
 def fused_applies(x_shape, y_shape, itemsize: int, groups: int, m: int, phase) -> bool:
     """Whether ``fused_forward`` runs this NHWC F(m x m, 3x3) (x (N, H, W, C), y (N, Ho,
     Wo, D), items of ``itemsize`` bytes): F(4x4, 3x3), one group, no phase of a dilated
-    layer, at most ``FUSED_MAX_CHANNELS`` channels a side, output channels in whole
-    pairs of vectors (the register tile's columns) and at least one register tile of
-    tiles in the batch."""
+    layer, at most ``FUSED_MAX_CHANNELS`` channels a side, output channels in one vector
+    or whole pairs of vectors (the register tiles' columns) and at least
+    ``TILE_ROWS_1`` tiles in the batch."""
     nl = _lanes.LANE_BYTES // itemsize
     c_in, c_out = x_shape[3], y_shape[3]
     th, tw = -(-y_shape[1] // 4), -(-y_shape[2] // 4)
-    return (m == 4 and groups == 1 and phase is None and c_out % (2 * nl) == 0
+    return (m == 4 and groups == 1 and phase is None
+            and (c_out % (2 * nl) == 0 or c_out == nl)
             and max(c_in, c_out) <= FUSED_MAX_CHANNELS
-            and y_shape[0] * th * tw >= TILE_ROWS)
+            and y_shape[0] * th * tw >= TILE_ROWS_1)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -185,7 +187,7 @@ def _fused(x, ut, y, add, pads, block, flags):
     th, tw = (ho + 3) // 4, (wo + 3) // 4
     per_img = th * tw
     total = n_img * per_img
-    rows = max(block, TILE_ROWS)
+    rows = max(block, TILE_ROWS_1)
     ucg, udg = U(c_all), U(d_all)
     nl = _lanes.count(y)
     fx, fy, fu = x.reshape(x.size), y.reshape(y.size), ut.reshape(ut.size)
@@ -206,13 +208,18 @@ def _fused(x, ut, y, add, pads, block, flags):
             r = kk % per_img
             tile_in4(fx, x.shape, 0, c_all, kk // per_img, r // tw * 4 - pt,
                      r % tw * 4 - pl, in_grid, d, tmp, v, U(t) * ucg, U(rows) * ucg)
-        used = max(count, TILE_ROWS)
+        used = max(count, TILE_ROWS_1)
         for e in range(36):      # p[e] (used, D) = v[e] (used, C) @ ut[e] (C, D)
-            for j in range(0, d_all, 2 * nl):
+            a0, b0, c0 = U(e * rows) * ucg, U(e) * ucg * udg, U(e * rows) * udg
+            if d_all == nl:      # one register of output channels, 12 rows a tile
+                for r0 in range(0, used, TILE_ROWS_1):
+                    i = U(min(r0, used - TILE_ROWS_1))
+                    _tile1(v, fu, p, a0 + i * ucg, ucg, b0, udg, c0 + i * udg, c_all)
+                continue
+            for j in range(0, d_all, 2 * nl):   # two registers, 6 rows a tile
                 for r0 in range(0, used, TILE_ROWS):
                     i = U(min(r0, used - TILE_ROWS))
-                    _tile(v, fu, p, U(e * rows) * ucg + i * ucg, ucg,
-                          U(e) * ucg * udg + U(j), udg, U(e * rows) * udg + i * udg + U(j),
+                    _tile(v, fu, p, a0 + i * ucg, ucg, b0 + U(j), udg, c0 + i * udg + U(j),
                           c_all)
         buf = np.empty(28 * d_all, x.dtype)
         nan = _lanes.zeros(buf)
