@@ -143,3 +143,46 @@ def test_gradcheck_through_the_autograd_layer(tile):
     wt = fastconv.Tensor(rng.standard_normal((3, 2, 3, 3)), requires_grad=True)
     assert fastconv.gradcheck(lambda a, k: F.conv2d(a, k, padding=1, algo="winograd"),
                               [xt, wt])
+
+
+class _CountingGuard:
+    """Stands in for the workqueue layer's lock: counts the parallel calls it guards and
+    fails on a nested one (which would deadlock the real, non-reentrant lock)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.held = False
+
+    def __enter__(self):
+        assert not self.held, "a parallel kernel called inside another's guard"
+        self.held = True
+        self.calls += 1
+
+    def __exit__(self, *exc):
+        self.held = False
+
+
+@pytest.mark.parametrize("layout, c, dilation", [
+    ("NHWC", 32, 1),      # fused
+    ("NHWC", 72, 1),      # chunked: above the fused path's 64 channels
+    ("NCHW", 72, 1),      # chunks shared by the threads (72 + 72 channels)
+    ("NCHW", 72, 2),      # the dilated phases as one batch
+])
+def test_winograd_guards_its_parallel_kernels(layout, c, dilation, rng, monkeypatch):
+    """Under numba's workqueue layer concurrent parallel calls abort the process, so
+    every parallel kernel runs under ``parallel_guard``, never nested."""
+    from fastconv import _runtime
+
+    guard = _CountingGuard()
+    monkeypatch.setattr(_runtime, "REQUESTED_THREADING_LAYER", "workqueue")
+    monkeypatch.setattr(_runtime, "_workqueue_lock", guard)
+    x = rng.standard_normal((2, c, 12, 12)).astype(np.float32)
+    w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+    kw = dict(padding=dilation, dilation=dilation, algo="winograd")
+    if layout == "NHWC":
+        x, w = np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(
+            w.transpose(2, 3, 1, 0))
+    y = fastconv.conv2d(x, w, layout=layout, **kw)
+    forward = guard.calls
+    fastconv.conv2d_backward(np.ones_like(y), x, w, layout=layout, **kw)
+    assert forward >= 2 and guard.calls > forward and not guard.held

@@ -9,6 +9,7 @@ import numpy as np
 from numba import njit, uint64
 
 from .. import config
+from .._runtime import parallel_guard
 
 #: Index type for the inner loops of kernels. numba handles a negative signed index by
 #: wrapping it (``a[-1]``), and that per-element check stops LLVM from vectorising the
@@ -17,6 +18,17 @@ from .. import config
 #: Only cast values known to be >= 0, and keep both operands of +, * unsigned (uint64
 #: with int64 gives float64 in numba).
 U = uint64
+
+
+def guarded(kernel):
+    """``kernel`` (a parallel numba kernel) as a function that calls it under
+    ``parallel_guard``: concurrent parallel calls abort the process under numba's
+    workqueue layer. Serial twins running on ``_blas.on_threads`` take no guard (it
+    would serialise them)."""
+    def call(*args):
+        with parallel_guard():
+            return kernel(*args)
+    return call
 
 
 @njit(inline="always")

@@ -14,6 +14,7 @@ import numpy as np
 
 from ... import _blas, _lanes
 from .. import _nhwc
+from .._common import guarded
 from . import nhwc, phase_batch
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
@@ -90,7 +91,8 @@ def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
     threads (``_blas.split_matmul``)."""
     th, tw, cg, dg, threads, rows = problem(x.shape, y.shape, groups, m, x.itemsize)
     split = per_thread(cg, dg)
-    input_transform, output_transform = _SERIAL[m] if split else _KERNELS[m][1:]
+    input_transform, output_transform = (_SERIAL[m] if split
+                                         else map(guarded, _KERNELS[m][1:]))
     matmul = np.matmul if split else _blas.split_matmul
     pt, pl = pads
     has_bias = bias is not None

@@ -22,7 +22,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _blas, config
-from .._common import U, serial_twin
+from .._common import U, guarded, serial_twin
 from .grad_w4 import GT4, _grad_transform4
 from .tasks import _task_count, _task_plane
 from .tiling import (
@@ -134,8 +134,8 @@ def _grad_w_nchw(gy, x, grad_w, pads, groups, m) -> None:
     th, tw, cg, dg, threads, rows = problem(x.shape, gy.shape, groups, m, x.itemsize)
     split = per_thread(cg, dg)
     gt = _GRAD_KERNELS[m][1]
-    input_transform = _SERIAL[m][0] if split else _KERNELS[m][1]
-    grad_transform = _GRAD_SERIAL[m] if split else _GRAD_KERNELS[m][0]
+    input_transform = _SERIAL[m][0] if split else guarded(_KERNELS[m][1])
+    grad_transform = _GRAD_SERIAL[m] if split else guarded(_GRAD_KERNELS[m][0])
     matmul = np.matmul if split else _blas.split_matmul
     pt, pl = pads
     runs = thread_runs(x.shape[0] * th, threads)
@@ -161,4 +161,4 @@ def _grad_w_nchw(gy, x, grad_w, pads, groups, m) -> None:
     for k in range(1, threads):
         total += totals[k]
     for g in range(groups):
-        _weight_from_transform(total[g], gt, grad_w, g * dg)
+        guarded(_weight_from_transform)(total[g], gt, grad_w, g * dg)

@@ -28,7 +28,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _blas, _lanes, _small_gemm, config
-from .._common import U
+from .._common import U, guarded
 from .nhwc_tiles import fused_applies, fused_forward, tile_in4, tile_out4
 from .tiling import _rows_per_chunk, chunk_planes, tile_grid, transformed
 
@@ -205,9 +205,10 @@ def run_nhwc(x, u, y, bias, pads, groups: int, m: int, phase=None) -> bool:
         vv = v[:, :cols * cg].reshape(t, cols, cg)
         pv = prod[:, :cols * dg].reshape(t, cols, dg)
         for g in range(groups):
-            _input_transform_nhwc(x, bt, v, cg, g * cg, r0, r1, th, tw, *pads, in_grid)
+            guarded(_input_transform_nhwc)(x, bt, v, cg, g * cg, r0, r1, th, tw, *pads,
+                                           in_grid)
             _blas.split_matmul(vv, ut[g], pv)
-            _output_transform_nhwc(prod, at, y, dg, g * dg, r0, r1, th, tw, b, has_bias,
+            guarded(_output_transform_nhwc)(prod, at, y, dg, g * dg, r0, r1, th, tw, b, has_bias,
                                    flags, out_grid)
             finite = finite and not flags[:r1 - r0].any()
     return finite

@@ -32,7 +32,7 @@ from numba import njit, prange
 
 from ... import _lanes, config
 from ..._small_gemm import TILE_ROWS, TILE_ROWS_1, _tile, _tile1
-from .._common import U
+from .._common import U, guarded
 from .f4 import _at6, _bt6
 from .tasks import _scalars
 
@@ -245,5 +245,5 @@ def fused_forward(x, u, y, bias, pads) -> bool:
     block = block_tiles(x.shape[3], y.shape[3], x.itemsize)
     tiles = y.shape[0] * -(-y.shape[1] // 4) * -(-y.shape[2] // 4)
     flags = np.zeros(-(-tiles // block), np.bool_)
-    _fused(x, ut, y, add, pads, block, flags)
+    guarded(_fused)(x, ut, y, add, pads, block, flags)
     return not flags.any()

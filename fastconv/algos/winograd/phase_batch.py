@@ -37,7 +37,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import config
-from .._common import view, workspace
+from .._common import guarded, view, workspace
 from .tiling import phases
 
 
@@ -117,9 +117,9 @@ def forward_batched(x, u, y, bias, pads, groups, m, dilation, run) -> bool | Non
     xb = _buffer("winograd.phases_x", (dh * dw * n, c, h // dh, wd // dw), x.dtype)
     yb = _buffer("winograd.phases_gy", (dh * dw * n, y.shape[1], y.shape[2] // dh,
                                         y.shape[3] // dw), y.dtype)
-    _phase_copy(x, xb, np.arange(dh * dw).reshape(dh, dw), True)
+    guarded(_phase_copy)(x, xb, np.arange(dh * dw).reshape(dh, dw), True)
     finite = run(xb, u, yb, bias, (pt, pl), groups, m)
-    _phase_copy(y, yb, order, False)   # output phase rho from its input phase's block
+    guarded(_phase_copy)(y, yb, order, False)   # output phase rho from its input phase's block
     return finite
 
 
@@ -140,13 +140,13 @@ def backward_batched(gy, x, w, args, gx, gw, problems, run):
     order = uniform[2]
     sub = first.with_batch(dh * dw * n)
     gyb = _buffer("winograd.phases_gy", sub.y_shape, gy.dtype)
-    _phase_copy(gy, gyb, order, True)   # output phase rho where its input phase is
+    guarded(_phase_copy)(gy, gyb, order, True)   # output phase rho where its input phase is
     xb = None
     if gw is not None:
         xb = _buffer("winograd.phases_x", sub.x_shape, x.dtype)
-        _phase_copy(x, xb, np.arange(dh * dw).reshape(dh, dw), True)
+        guarded(_phase_copy)(x, xb, np.arange(dh * dw).reshape(dh, dw), True)
     gxb = None if gx is None else _buffer("winograd.phases_gx", sub.x_shape, gx.dtype)
     ok_x, ok_w = run(gyb, xb, w, sub, gxb, gw)
     if gx is not None:
-        _phase_copy(gx, gxb, np.arange(dh * dw).reshape(dh, dw), False)
+        guarded(_phase_copy)(gx, gxb, np.arange(dh * dw).reshape(dh, dw), False)
     return ok_x, ok_w
