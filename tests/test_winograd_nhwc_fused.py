@@ -14,7 +14,8 @@ from tests.conftest import count_calls, to_nhwc
 
 @pytest.mark.parametrize("x_shape, y_shape, groups, m, phase, want", [
     ((8, 32, 32, 32), (8, 32, 32, 32), 1, 4, None, True),
-    ((2, 9, 9, 3), (2, 9, 9, 64), 1, 4, None, True),      # 18 tiles, 3 input channels
+    ((2, 9, 9, 16), (2, 9, 9, 64), 1, 4, None, True),     # 18 tiles
+    ((2, 9, 9, 3), (2, 9, 9, 64), 1, 4, None, False),     # 3 inputs: under one vector
     ((8, 32, 32, 32), (8, 32, 32, 16), 1, 4, None, True),   # 16 outputs: one register
     ((8, 32, 32, 32), (8, 32, 32, 24), 1, 4, None, False),  # 24: not whole registers
     ((8, 32, 32, 128), (8, 32, 32, 128), 1, 4, None, False),  # above the channel bound
@@ -35,13 +36,13 @@ def test_blocks_are_whole_register_tiles():
                                                   12 * 36 * 128 * 4)
 
 
-# (n, c_in, h, w, c_out, padding, bias): sides that are not multiples of 4, channel
-# counts with a tail beyond whole vectors, batches of fewer tiles than a block and of a
+# (n, c_in, h, w, c_out, padding, bias): sides that are not multiples of 4, input
+# channel counts with a tail beyond whole vectors, batches of fewer tiles than a block and of a
 # block and a few
 CASES = [
     (2, 32, 8, 12, 32, 1, False),
     (3, 17, 9, 7, 32, 1, True),
-    (3, 3, 6, 6, 64, 2, True),
+    (3, 20, 6, 6, 64, 2, True),
     (3, 16, 14, 14, 16, 1, True),       # one register of output channels (float32)
     (5, 64, 13, 11, 64, 0, False),
     (4, 40, 16, 16, 32, (2, 0), True),
