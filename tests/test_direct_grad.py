@@ -156,15 +156,16 @@ def test_the_backward_runs_the_image_last_pass_where_preferred(rng, monkeypatch)
 
 
 def test_the_backward_plan_prices_the_direct_backward(monkeypatch):
-    x_shape, w_shape = (32, 28, 28, 16), (3, 3, 16, 16)
-    a = conv_args_from_shapes("t", x_shape, w_shape, padding=1, layout="NHWC")
+    # 5x5: a 3x3 layer of 16 channels now plans Winograd's fused grad_x beside it
+    x_shape, w_shape = (32, 28, 28, 16), (5, 5, 16, 16)
+    a = conv_args_from_shapes("t", x_shape, w_shape, padding=2, layout="NHWC")
     assert direct_backward_chosen(a)
-    plan = fastconv.plan(x_shape, w_shape, padding=1, layout="NHWC", backward=True)
+    plan = fastconv.plan(x_shape, w_shape, padding=2, layout="NHWC", backward=True)
     assert "direct weight gradient" in plan.why and "1 direct forward" in plan.why, plan.why
     try:      # the estimate follows the kernel's rate
         monkeypatch.setattr(direct_grad, "GRAD_W_GMACS", 1e-3)
         fastconv.autotune.clear_cache()
-        slow = fastconv.plan(x_shape, w_shape, padding=1, layout="NHWC", backward=True)
+        slow = fastconv.plan(x_shape, w_shape, padding=2, layout="NHWC", backward=True)
     finally:
         fastconv.autotune.clear_cache()
     assert slow.estimates["im2col"] > 10 * plan.estimates["im2col"]
