@@ -97,7 +97,7 @@ def _fused_cost(a, p: Profile, t: int) -> Estimate:
     at the GEMM peak, its transforms at ``WINOGRAD_FUSED_PASSES``; its workspace, each
     thread's block of transformed tiles and products."""
     item = a.dtype.itemsize
-    tiles = a.n * -(-a.h_out // 4) * -(-a.w_out // 4)
+    tiles = nhwc_tiles.tile_count((a.n, a.h_out, a.w_out, a.c_out))
     gemm = 2.0 * t * tiles * a.c_in * a.c_out / (p.gemm_gflops * 1e9 * (4 / item))
     transforms = WINOGRAD_FUSED_PASSES * t * (a.c_in + a.c_out) * tiles * item \
         / (p.copy_gbs * 1e9)

@@ -152,6 +152,11 @@ def tile_out4(fp, k, plane, dg, fy, ys, d0, n, top, left, grid, add, buf, nan):
     return nan, bad
 
 
+def tile_count(y_shape) -> int:
+    """4x4 output tiles of an NHWC output y (N, Ho, Wo, D), over the batch."""
+    return y_shape[0] * -(-y_shape[1] // 4) * -(-y_shape[2] // 4)
+
+
 def block_tiles(cg: int, dg: int, itemsize: int) -> int:
     """Tiles per task of the fused forward: transformed tiles and products of about
     ``FUSED_TASK_BYTES``, in whole register tiles of rows (12: two of ``_tile``'s, one
@@ -171,11 +176,10 @@ def fused_applies(x_shape, y_shape, itemsize: int, groups: int, m: int, phase) -
     at least ``TILE_ROWS_1`` tiles in the batch."""
     nl = _lanes.LANE_BYTES // itemsize
     c_in, c_out = x_shape[3], y_shape[3]
-    th, tw = -(-y_shape[1] // 4), -(-y_shape[2] // 4)
     return (m == 4 and groups == 1 and phase is None and c_in >= nl
             and (c_out % (2 * nl) == 0 or c_out == nl)
             and max(c_in, c_out) <= FUSED_MAX_CHANNELS
-            and y_shape[0] * th * tw >= TILE_ROWS_1)
+            and tile_count(y_shape) >= TILE_ROWS_1)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -245,7 +249,7 @@ def fused_forward(x, u, y, bias, pads) -> bool:
     ut = np.ascontiguousarray(u[0].transpose(0, 2, 1))
     add = np.zeros(y.shape[3], y.dtype) if bias is None else np.ascontiguousarray(bias, y.dtype)
     block = block_tiles(x.shape[3], y.shape[3], x.itemsize)
-    tiles = y.shape[0] * -(-y.shape[1] // 4) * -(-y.shape[2] // 4)
+    tiles = tile_count(y.shape)
     flags = np.zeros(-(-tiles // block), np.bool_)
     guarded(_fused)(x, ut, y, add, pads, block, flags)
     return not flags.any()
