@@ -14,6 +14,10 @@ outputs again with the same values. Batches that fit in cache (``MIN_BYTES``), w
 products (K or N above ``MAX_INNER``: (36, 1368, 128, 128) ran at 187 GFLOP/s here, 231
 through OpenBLAS) and the orientation with few rows and long ones stay with BLAS.
 
+:func:`panel_product` is the same register tiling for one larger product inside a numba
+kernel's task (the fused NHWC forward's panels): 6 rows x 4 registers of sums
+(``_tile4``), which needs AVX-512's 32 registers (``FOUR_REGISTER_TILES``).
+
 >>> import numpy as np
 >>> from fastconv import _small_gemm
 >>> rng = np.random.default_rng(0)
@@ -44,6 +48,9 @@ TILE_ROWS = 6
 #: tile's 6 x 2).
 TILE_ROWS_1 = 12
 ROWS = 16 * TILE_ROWS
+#: Whether ``panel_product``'s 6 x 4-register tile fits the host's registers (24 sums,
+#: 4 of b and a broadcast: AVX-512's 32; AVX2's 16 would spill).
+FOUR_REGISTER_TILES = _lanes.WIDE
 #: The least size of the batch's left operands taken, in bytes: smaller batches stay
 #: in the two cores' L2 through OpenBLAS's packing, which then keeps up ((36, 128, 64,
 #: 64), 1.2 MB: 0.125 ms against 0.140 here; (36, 768, 32, 32), 3.5 MB: level; (36, 1000,
@@ -185,3 +192,61 @@ def _tile1(af, bf, cf, a0, lda, b0, ldb, c0, k):
         p11 = _lanes.fma(p11, af[aq + U(11) * lda], u)
     for r, v in enumerate((p0, p1, p2, p3, p4, p5, p6, p7, p8, p9, p10, p11)):
         _lanes.store(cf, c0 + U(r) * ldb, v)
+
+
+@njit(inline="always")
+def panel_product(af, a0, lda, bf, b0, ldb, cf, c0, ldc, m, n, k):
+    """cf[c0 + i*ldc + j] = sum over q < k of af[a0 + i*lda + q] * bf[b0 + q*ldb + j]
+    for i < m, j < n (row-major operands in flat arrays; m >= 6 and n >= 4 registers,
+    the caller's guarantee), in 6 x 4-register tiles (``_tile4``), rows outer: a tile's
+    6 rows of a stay in L1 while every block of columns of b goes by. The last tile of
+    rows (of columns) ends at m (at n), overlapping the one before and writing those
+    outputs again with the same values (so cf must not alias af or bf)."""
+    width = 4 * _lanes.count(cf)
+    for r in range(0, m, TILE_ROWS):
+        i = min(r, m - TILE_ROWS)
+        for jj in range(0, n, width):
+            j = min(jj, n - width)
+            _tile4(af, bf, cf, U(a0 + i * lda), U(lda), U(b0 + j), U(ldb),
+                   U(c0 + i * ldc + j), U(ldc), k)
+
+
+@njit(inline="always")
+def _tile4(af, bf, cf, a0, lda, b0, ldb, c0, ldc, k):
+    """cf[c0 + r*ldc :][:4 registers] = sum over q < k of af[a0 + r*lda + q] *
+    bf[b0 + q*ldb :][:4 registers] for the 6 rows r: 24 sums, and for every k 4 loads
+    of b and 6 broadcasts of a (24 multiply-adds for 10 loads, where ``_tile`` does 12
+    for 8)."""
+    nl = U(_lanes.count(cf))
+    p00 = p01 = p02 = p03 = p10 = p11 = p12 = p13 = p20 = p21 = p22 = p23 = _lanes.zeros(cf)
+    p30 = p31 = p32 = p33 = p40 = p41 = p42 = p43 = p50 = p51 = p52 = p53 = _lanes.zeros(cf)
+    for q in range(k):
+        bq = b0 + U(q) * ldb
+        u0, u1 = _lanes.load(bf, bq), _lanes.load(bf, bq + nl)
+        u2, u3 = _lanes.load(bf, bq + U(2) * nl), _lanes.load(bf, bq + U(3) * nl)
+        aq = a0 + U(q)
+        p00, p01, p02, p03 = _four(p00, p01, p02, p03, af[aq], u0, u1, u2, u3)
+        p10, p11, p12, p13 = _four(p10, p11, p12, p13, af[aq + lda], u0, u1, u2, u3)
+        p20, p21, p22, p23 = _four(p20, p21, p22, p23, af[aq + U(2) * lda], u0, u1, u2, u3)
+        p30, p31, p32, p33 = _four(p30, p31, p32, p33, af[aq + U(3) * lda], u0, u1, u2, u3)
+        p40, p41, p42, p43 = _four(p40, p41, p42, p43, af[aq + U(4) * lda], u0, u1, u2, u3)
+        p50, p51, p52, p53 = _four(p50, p51, p52, p53, af[aq + U(5) * lda], u0, u1, u2, u3)
+    _put(cf, c0, nl, p00, p01)
+    _put(cf, c0 + U(2) * nl, nl, p02, p03)
+    _put(cf, c0 + ldc, nl, p10, p11)
+    _put(cf, c0 + ldc + U(2) * nl, nl, p12, p13)
+    _put(cf, c0 + U(2) * ldc, nl, p20, p21)
+    _put(cf, c0 + U(2) * ldc + U(2) * nl, nl, p22, p23)
+    _put(cf, c0 + U(3) * ldc, nl, p30, p31)
+    _put(cf, c0 + U(3) * ldc + U(2) * nl, nl, p32, p33)
+    _put(cf, c0 + U(4) * ldc, nl, p40, p41)
+    _put(cf, c0 + U(4) * ldc + U(2) * nl, nl, p42, p43)
+    _put(cf, c0 + U(5) * ldc, nl, p50, p51)
+    _put(cf, c0 + U(5) * ldc + U(2) * nl, nl, p52, p53)
+
+
+@njit(inline="always")
+def _four(v0, v1, v2, v3, s, u0, u1, u2, u3):
+    """One row's four registers plus s (broadcast) times u0..u3."""
+    return (_lanes.fma(v0, s, u0), _lanes.fma(v1, s, u1), _lanes.fma(v2, s, u2),
+            _lanes.fma(v3, s, u3))

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv import _lanes, _small_gemm
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos.im2col import drivers, fused_nhwc
 from fastconv.layout import LAYOUTS
@@ -124,3 +125,37 @@ def test_a_stem_on_two_images_runs_fused_by_default(monkeypatch):
     assert ref.rel_error(got.transpose(NHWC.to_canonical), want) <= \
         ref.tolerance(x.dtype, "im2col")
     assert calls == [1]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,kw,tiles", [
+    ((16, 56, 56, 64), (3, 3, 64, 128), dict(stride=2, padding=1), True),   # stride2
+    ((8, 224, 224, 3), (7, 7, 3, 64), dict(stride=2, padding=3), False),    # stem: 4 registers
+    ((16, 56, 56, 64), (3, 3, 32, 128), dict(stride=2, groups=2), False),   # two groups
+])
+def test_which_panels_multiply_in_registers(x_shape, w_shape, kw, tiles):
+    a = conv_args_from_shapes("t", x_shape, w_shape, layout="NHWC", **kw)
+    assert fused_nhwc.register_tiles(a) == (tiles and _small_gemm.FOUR_REGISTER_TILES)
+
+
+@pytest.mark.skipif(not _small_gemm.FOUR_REGISTER_TILES,
+                    reason="the 6 x 4-register tile needs AVX-512's registers")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("rows", [2, 3, 100])
+@pytest.mark.parametrize("d", [8, 9], ids=["8 registers", "8.5 registers"])
+def test_register_tile_panels_match_reference(d, rows, dtype, monkeypatch):
+    """Output channels of 8 registers and of 8.5 (the last block of columns overlaps the
+    one before), panels of 10, 15 and 50 pixels (not multiples of the tile's 6 rows) and
+    a last panel of 5 (under 6 rows: through BLAS in the same call), with and without a
+    bias, against the formula."""
+    lanes = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    case = (2, 5, 9, 9, d * lanes, 3, 3, 2, 1, 1, 1)
+    x, w, b, x_nchw, w_oihw, a = _nhwc_problem(case, dtype)
+    assert fused_nhwc.register_tiles(conv_args_from_shapes("t", x.shape, w.shape, 2, 1,
+                                                           layout="NHWC", dtype=dtype))
+    calls = _force(monkeypatch, rows)
+    for bias in (b, None):
+        got = fastconv.conv2d(x, w, bias, stride=2, padding=1, layout="NHWC", algo="im2col")
+        want = ref.conv2d(x_nchw, w_oihw, bias, a.stride, a.padding)
+        assert ref.rel_error(got.transpose(NHWC.to_canonical), want) <= \
+            ref.tolerance(x.dtype, "im2col")
+    assert calls == [1, 1]

@@ -4,6 +4,7 @@ stage."""
 
 import numpy as np
 import pytest
+from numba import njit
 
 import fastconv
 from fastconv import _blas, _lanes, _small_gemm
@@ -132,3 +133,33 @@ def test_product_refuses_shapes_its_tile_cannot_cover(shapes):
     a, b, out = (np.ones(s, np.float32) for s in shapes)
     with pytest.raises(ValueError, match="_small_gemm.product: needs"):
         _small_gemm.product(a, b, out)
+
+
+@njit
+def _panel(af, a0, lda, bf, b0, ldb, cf, c0, ldc, m, n, k):
+    _small_gemm.panel_product(af, a0, lda, bf, b0, ldb, cf, c0, ldc, m, n, k)
+
+
+@pytest.mark.skipif(not _small_gemm.FOUR_REGISTER_TILES,
+                    reason="the 6 x 4-register tile needs AVX-512's registers")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, registers", [(6, 1, 4), (13, 7, 4.5), (40, 64, 9)])
+def test_panel_product_matches_numpy_inside_larger_arrays(m, k, registers, dtype, rng):
+    """One tile, rows and columns off the tile (overlapping last tiles) and several
+    blocks of each, on operands that are blocks of larger flat arrays (leading dimensions
+    above the widths, nonzero offsets): the block of c equals a @ b and nothing around it
+    is written."""
+    n = int(registers * _lanes_of(dtype))
+    lda, ldb, ldc = k + 3, n + 5, n + 7
+    a = rng.standard_normal(2 + m * lda).astype(dtype)
+    b = rng.standard_normal(1 + k * ldb).astype(dtype)
+    c = np.full(4 + m * ldc, -7.0, dtype)
+    _panel(a, 2, lda, b, 1, ldb, c, 4, ldc, m, n, k)
+    am = np.lib.stride_tricks.as_strided(a[2:], (m, k), (lda * a.itemsize, a.itemsize))
+    bm = np.lib.stride_tricks.as_strided(b[1:], (k, n), (ldb * b.itemsize, b.itemsize))
+    block = np.lib.stride_tricks.as_strided(c[4:], (m, n), (ldc * c.itemsize, c.itemsize))
+    assert ref.rel_error(block, am @ bm) <= ref.tolerance(dtype, "im2col")
+    outside = np.ones(c.shape, bool)
+    for i in range(m):
+        outside[4 + i * ldc:4 + i * ldc + n] = False
+    assert np.all(c[outside] == -7.0)
