@@ -28,7 +28,8 @@ which), so such a kernel keeps its accumulators in registers:
   of the lanes' type in every lane), so that a formula written for floats (a Winograd
   transform) runs on vectors unchanged;
 * ``lane(v, k)``: lane k of v (0 <= k < count);
-* ``count(a)``: how many lanes of a's dtype a vector holds.
+* ``count(a)``: how many lanes of a's dtype a vector holds (in a kernel);
+  ``per_register(itemsize)`` the same for host code (planners, drivers).
 
 >>> import numpy as np
 >>> from numba import njit
@@ -37,7 +38,7 @@ which), so such a kernel keeps its accumulators in registers:
 ... def axpy_head(s, x, y):      # s * x + y over the first vector of lanes
 ...     v = _lanes.fma(_lanes.load(y, 0), s, _lanes.load(x, 0))
 ...     return [_lanes.lane(v, k) for k in range(_lanes.count(y))]
->>> n = LANE_BYTES // 4
+>>> n = per_register(4)
 >>> out = axpy_head(np.float32(2), np.ones(n, np.float32), np.arange(n, dtype=np.float32))
 >>> out[:3]
 [2.0, 3.0, 4.0]
@@ -70,12 +71,17 @@ LANE_BYTES = _vector_bytes()
 WIDE = LANE_BYTES == 64
 
 
+def per_register(itemsize: int) -> int:
+    """Floats of ``itemsize`` bytes that one vector holds (``count`` in host code)."""
+    return LANE_BYTES // itemsize
+
+
 class Lanes(types.Type):
     """numba type of a vector of ``LANE_BYTES // itemsize`` floats of ``dtype``."""
 
     def __init__(self, dtype):
         self.dtype = dtype
-        self.count = LANE_BYTES // (dtype.bitwidth // 8)
+        self.count = per_register(dtype.bitwidth // 8)
         super().__init__(name=f"Lanes({dtype}x{self.count})")
 
 

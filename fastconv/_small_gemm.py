@@ -77,7 +77,7 @@ def takes(e: int, m: int, k: int, n: int, itemsize: int) -> bool:
     is for :func:`product` (whatever its memory layout): K <= ``MAX_INNER``, N between
     two registers and ``MAX_INNER``, M >= 6, and left operands of ``MIN_BYTES`` or
     more."""
-    lanes = _lanes.LANE_BYTES // itemsize
+    lanes = _lanes.per_register(itemsize)
     return (m >= TILE_ROWS and 0 < k <= MAX_INNER and 2 * lanes <= n <= MAX_INNER
             and e * m * k * itemsize >= MIN_BYTES)
 
@@ -104,7 +104,7 @@ def product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
     """out = a @ b for operands that :func:`applies` accepts, on numba's threads. Shapes
     the register tile cannot cover (fewer than 6 rows or two registers of columns, or
     operands that do not match) raise ValueError: the tile would write outside out."""
-    lanes = _lanes.LANE_BYTES // out.itemsize
+    lanes = _lanes.per_register(out.itemsize)
     (e, m, k), n = a.shape, b.shape[2]
     if m < TILE_ROWS or n < 2 * lanes or b.shape[:2] != (e, k) or out.shape != (e, m, n):
         raise ValueError(f"_small_gemm.product: needs (E, M, K) @ (E, K, N) -> (E, M, N) "

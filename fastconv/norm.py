@@ -129,7 +129,7 @@ def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2):
 def _block_sums(u, u_shift, v, v_shift, part1, part2) -> None:
     """``_block_sums_nhwc``, in registers where C is a whole number of float64 vectors
     (``_block_sums_lanes``)."""
-    if u.shape[1] % (_lanes.LANE_BYTES // 8) == 0:
+    if u.shape[1] % (_lanes.per_register(8)) == 0:
         _block_sums_lanes(np.ascontiguousarray(u), -u_shift, np.ascontiguousarray(v),
                           -v_shift, part1, part2)
     else:

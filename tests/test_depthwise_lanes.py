@@ -75,7 +75,7 @@ def test_streamed_stores_leave_the_result_alone(case, dtype, rng, monkeypatch):
     canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
     want = ref.conv2d(x, w, b, canon.stride, canon.padding, canon.dilation, canon.groups)
     got = fastconv.conv2d(xl, wl, b, layout="NHWC", algo="naive", **kwargs)
-    assert streamed == [int(x.shape[1] % (_lanes.LANE_BYTES // np.dtype(dtype).itemsize) == 0)]
+    assert streamed == [int(x.shape[1] % (_lanes.per_register(np.dtype(dtype).itemsize)) == 0)]
     assert ref.rel_error(from_nhwc(got), want) <= ref.tolerance(dtype, "naive")
 
 
@@ -95,7 +95,7 @@ def test_depthwise_lanes_kernel_reads_strided_input_and_writes_strided_out(rng):
     assert np.isnan(out[..., 1::2]).all()
 
 
-LANES = _lanes.LANE_BYTES // 4        # float32 channels in one register
+LANES = _lanes.per_register(4)       # float32 channels in one register
 
 
 @pytest.mark.parametrize("c, groups, applies", [

@@ -44,7 +44,7 @@ CASES = [
 def _fills_lanes(c, dtype) -> bool:
     """Whether c channels use ``MIN_LANE_USE`` of the lanes of their registers on this
     host (the direct forward's rule, which grad_x's direct run follows)."""
-    lanes = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    lanes = _lanes.per_register(np.dtype(dtype).itemsize)
     return c / (-(-c // lanes) * lanes) >= lanes_plan.MIN_LANE_USE
 
 
@@ -252,7 +252,7 @@ def test_weight_gradient_of_one_block_matches_the_reference(c, k, dtype, rng):
     """One block of output channels (16 float32, 8 float64 lanes with AVX-512; 8 / 4 with
     AVX2): 9, 27, 50, 150 and 144 taps, run 16 at a time (``_single16_band``, where
     ``SINGLE16``) with a last group of 8 or fewer."""
-    d = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    d = _lanes.per_register(np.dtype(dtype).itemsize)
     case = (5, c, 9, 8, d, k, 1, 1, 1, None)
     x, w, gy, a, kwargs, (_, gw0, _) = _problem(case, dtype, rng, "NHWC")
     assert direct_backward_applies(a)

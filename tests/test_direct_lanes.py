@@ -108,7 +108,7 @@ def test_streamed_stores_leave_the_result_alone(case, dtype, rng, monkeypatch):
     canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
     want = ref.conv2d(x, w, b, canon.stride, canon.padding, canon.dilation)
     got = fastconv.conv2d(xl, wl, b, layout="NHWC", algo="im2col", **kwargs)
-    assert streamed == [int(w.shape[0] % (_lanes.LANE_BYTES // np.dtype(dtype).itemsize) == 0)]
+    assert streamed == [int(w.shape[0] % (_lanes.per_register(np.dtype(dtype).itemsize)) == 0)]
     assert ref.rel_error(back(got), want) <= ref.tolerance(dtype, "im2col")
 
 
@@ -303,7 +303,7 @@ def test_store_columns_writes_vectors_transposed(dtype):
         _lanes.store_columns(out, at, step, (v0, v1, v2, v3, v4, v5, v6, v7))
         _lanes.store_columns(out, at + 8, step, (v0, v1, v2, v3))
 
-    n = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    n = _lanes.per_register(np.dtype(dtype).itemsize)
     src = np.arange(8 * n, dtype=dtype)
     out = np.full(3 + 16 * n, -1, dtype)
     columns(src, out, 3, 16)
@@ -323,7 +323,7 @@ def test_store_stream_writes_a_vector_at_an_aligned_offset(dtype):
         _lanes.store_stream(out, at, _lanes.load(src, 0))
         _lanes.stream_fence()
 
-    n = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    n = _lanes.per_register(np.dtype(dtype).itemsize)
     out = _pool._aligned_empty((4 * n,), np.dtype(dtype))
     out[:] = -1
     stream(np.arange(n, dtype=dtype), out, 2 * n)

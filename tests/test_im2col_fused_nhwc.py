@@ -147,7 +147,7 @@ def test_register_tile_panels_match_reference(d, rows, dtype, monkeypatch):
     one before), panels of 10, 15 and 50 pixels (not multiples of the tile's 6 rows) and
     a last panel of 5 (under 6 rows: through BLAS in the same call), with and without a
     bias, against the formula."""
-    lanes = _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    lanes = _lanes.per_register(np.dtype(dtype).itemsize)
     case = (2, 5, 9, 9, d * lanes, 3, 3, 2, 1, 1, 1)
     x, w, b, x_nchw, w_oihw, a = _nhwc_problem(case, dtype)
     assert fused_nhwc.register_tiles(conv_args_from_shapes("t", x.shape, w.shape, 2, 1,

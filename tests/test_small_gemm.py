@@ -24,7 +24,7 @@ def any_size(monkeypatch):
 
 
 def _lanes_of(dtype) -> int:
-    return _lanes.LANE_BYTES // np.dtype(dtype).itemsize
+    return _lanes.per_register(np.dtype(dtype).itemsize)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

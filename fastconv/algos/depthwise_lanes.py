@@ -62,7 +62,7 @@ def nhwc_applies(args) -> bool:
     """Whether ``forward_nhwc`` runs the NHWC depthwise layer ``args``: one output channel
     per input channel and at least one register of channels."""
     return (args.dims.channels_last and args.c_in == args.groups == args.c_out
-            and args.c_in >= _lanes.LANE_BYTES // args.dtype.itemsize and args.w_out > 0)
+            and args.c_in >= _lanes.per_register(args.dtype.itemsize) and args.w_out > 0)
 
 
 @njit(inline="always")
@@ -286,7 +286,7 @@ def depthwise_nchw(x, w, out, sh, sw, pt, pl, rh, rw, bias, fallback) -> None:
     KH, KW) plus bias ((D,) or empty: none), x and w C-contiguous: ``_depthwise_planes``
     for stride 1, a C-contiguous out and rows of at least one register; else
     ``fallback`` (the direct algorithm's kernel, same arguments)."""
-    lanes = _lanes.LANE_BYTES // out.dtype.itemsize
+    lanes = _lanes.per_register(out.dtype.itemsize)
     if (sh, sw) != (1, 1) or not out.flags.c_contiguous or out.shape[3] < lanes:
         fallback(x, w, out, sh, sw, pt, pl, rh, rw, bias)
         return

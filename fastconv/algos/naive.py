@@ -322,7 +322,7 @@ def _depthwise_macs(a) -> tuple[int, float]:
     computes each output once, at the rate of NCHW stride 1."""
     unit = a.stride == (1, 1)
     width, factor = a.w_out, 1.0 if unit or _native_nhwc(a) else 0.5
-    lanes = _lanes.LANE_BYTES // a.dtype.itemsize
+    lanes = _lanes.per_register(a.dtype.itemsize)
     if unit and not _native_nhwc(a) and width >= lanes:
         step = depthwise_lanes.ROW_REGISTERS * lanes
         # rows of under 3 registers repeat some of a group's 4 (LeNet's 28 pixels: 2 of

@@ -101,7 +101,7 @@ def direct_backward_applies(args) -> bool:
     one group, a kernel larger than 1x1, at least ``IMAGE_LAST_MIN_IMAGES`` images, at
     most ``MAX_CHANNELS`` input and output channels, the output channels whole blocks
     of lanes."""
-    count = _lanes.LANE_BYTES // args.dtype.itemsize
+    count = _lanes.per_register(args.dtype.itemsize)
     return (args.groups == 1 and args.kh * args.kw > 1 and args.n >= IMAGE_LAST_MIN_IMAGES
             and args.c_in <= MAX_CHANNELS and args.c_out <= MAX_CHANNELS
             and args.c_out % count == 0 and args.h_out > 0 and args.w_out > 0)
@@ -132,7 +132,7 @@ def part_images(a) -> int:
     problem alone, never of the threads)."""
     hp, wp = padded_size(a)
     image = (hp * wp * a.c_in + a.h_out * a.w_out * a.c_out) * a.dtype.itemsize
-    nl = _lanes.LANE_BYTES // a.dtype.itemsize
+    nl = _lanes.per_register(a.dtype.itemsize)
     per_run = (a.c_out // nl) * -(-a.kh * a.kw * a.c_in // _chunk(a))
     runs = max(-(-a.n * image // PART_BYTES), -(-MIN_TASKS // per_run))
     return -(-a.n // min(a.n, runs))

@@ -413,7 +413,7 @@ def _packed_weight(w, dtype, taps) -> np.ndarray:
     order of ``_tap_order``'s ``taps``: (a, b, c), or (a, c, b) with the channels outer
     and the columns inner; zero beyond D."""
     d, c, kh, kw = w.shape
-    nl = _lanes.LANE_BYTES // dtype.itemsize
+    nl = _lanes.per_register(dtype.itemsize)
     blocks = -(-d // nl)
     src = w.transpose(*((2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0)))
     packed = (np.empty if d % nl == 0 else np.zeros)((blocks, kh * kw * c, nl), dtype)
@@ -451,7 +451,7 @@ def forward_lanes(x, w, args, out, bias) -> None:
     maps with pixels in the padding are padded first, into a channels-last copy
     (``_prepadded``)."""
     dt = args.dtype
-    nl = _lanes.LANE_BYTES // dt.itemsize
+    nl = _lanes.per_register(dt.itemsize)
     fb = np.zeros(-(-args.c_out // nl) * nl, dt)
     if bias is not None:
         fb[:args.c_out] = bias

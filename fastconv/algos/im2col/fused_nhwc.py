@@ -102,7 +102,7 @@ def register_tiles(args) -> bool:
     stride 2, padding 1) 8.9-9.6 ms against 10.2-10.8 through BLAS (torch 9.2-9.4); the
     stem (3 -> 64 7x7, stride 2, one block of 4 registers) 11.1 against 10.3, so it
     stays with BLAS."""
-    lanes = _lanes.LANE_BYTES // args.dtype.itemsize
+    lanes = _lanes.per_register(args.dtype.itemsize)
     return (_small_gemm.FOUR_REGISTER_TILES and args.groups == 1
             and args.c_out >= TILE_MIN_REGISTERS * lanes)
 

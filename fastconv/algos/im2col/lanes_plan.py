@@ -61,7 +61,7 @@ WINOGRAD_MAP = 256
 
 def _lane_use(args) -> float:
     """Output channels over the lanes computed for them (whole blocks)."""
-    count = _lanes.LANE_BYTES // args.dtype.itemsize
+    count = _lanes.per_register(args.dtype.itemsize)
     return args.c_out / (-(-args.c_out // count) * count)
 
 

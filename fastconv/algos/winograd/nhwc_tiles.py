@@ -174,7 +174,7 @@ def fused_applies(x_shape, y_shape, itemsize: int, groups: int, m: int, phase) -
     8 -> 32 channels ran 1.1-1.6x the time of im2col's path, 16 -> 16 0.65x), output
     channels in one vector or whole pairs of vectors (the register tiles' columns) and
     at least ``TILE_ROWS_1`` tiles in the batch."""
-    nl = _lanes.LANE_BYTES // itemsize
+    nl = _lanes.per_register(itemsize)
     c_in, c_out = x_shape[3], y_shape[3]
     return (m == 4 and groups == 1 and phase is None and c_in >= nl
             and (c_out % (2 * nl) == 0 or c_out == nl)
