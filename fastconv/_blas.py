@@ -81,9 +81,10 @@ def is_small(m: int, k: int, n: int, batch: int = 1) -> bool:
 
 def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``np.matmul(a, b, out=out)`` for operands of 2 or more dimensions, on one BLAS thread
-    when the product is small (:func:`is_small`), else cut into blocks on numba's
-    threads, one BLAS thread each (``_threaded_gemm.product``; numpy's BLAS threads
-    where that does not apply)."""
+    when the product is small (:func:`is_small`), else in register tiles on numba's
+    threads where the host runs them faster (``_small_gemm.tiled_product``), else cut
+    into blocks on numba's threads, one BLAS thread each (``_threaded_gemm.product``;
+    numpy's BLAS threads where that does not apply)."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     batch = max(a.size // max(m * k, 1), b.size // max(k * n, 1))
     if batch * m * k * n < _threaded_gemm.MIN_MACS:
@@ -92,6 +93,8 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     if out is None:
         out = np.empty(np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n),
                        np.result_type(a, b))
+    if _small_gemm.tiled_product(a, b, out):
+        return out
     with one_blas_thread():
         if _threaded_gemm.product(a, b, out):
             return out

@@ -71,6 +71,17 @@ LANE_BYTES = _vector_bytes()
 WIDE = LANE_BYTES == 64
 
 
+def _host_cpu() -> str:
+    try:
+        return llvm.get_host_cpu_name()
+    except RuntimeError:
+        return ""
+
+
+#: LLVM's name of the host CPU (e.g. "znver4", "sapphirerapids"; "" where unknown).
+HOST_CPU = _host_cpu()
+
+
 def per_register(itemsize: int) -> int:
     """Floats of ``itemsize`` bytes that one vector holds (``count`` in host code)."""
     return LANE_BYTES // itemsize

@@ -1,0 +1,106 @@
+"""fastconv._small_gemm.tiled_product: whole 2-D products in the 4-register tiles on
+numba's threads, against np.matmul; the operands it declines; its use by
+``_blas.matmul`` and the NHWC pointwise forward."""
+
+import numba
+import numpy as np
+import pytest
+
+import fastconv
+from fastconv import _blas, _lanes, _small_gemm
+
+from . import reference as ref
+from .conftest import count_calls, from_nhwc, to_nhwc
+
+THREADS = numba.get_num_threads() >= 2
+
+
+@pytest.fixture
+def tiles_on(monkeypatch):
+    """Products in tiles whatever the host (the kernel is correct on any host with
+    AVX-512 or AVX2; the host rule only says where it is faster)."""
+    monkeypatch.setattr(_small_gemm, "TILED_PRODUCTS", True)
+
+
+def _cols(dtype, registers: float) -> int:
+    return int(registers * _lanes.per_register(np.dtype(dtype).itemsize))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, k, registers", [
+    (24, 1, 4),          # 2 tasks of 12 rows, one inner step, one block of columns
+    (101, 7, 4.5),       # rows and columns off the tile: overlapping last tiles
+    (250, 64, 9),        # several blocks of columns, uneven tasks
+])
+def test_tiled_product_matches_numpy_in_slices_of_larger_arrays(m, k, registers, dtype,
+                                                                rng, tiles_on):
+    n = _cols(dtype, registers)
+    big_a = rng.standard_normal((m, k + 3)).astype(dtype)
+    big_b = rng.standard_normal((k + 2, n + 5)).astype(dtype)
+    a, b = big_a[:, 1:k + 1], big_b[2:, 3:n + 3]          # rows longer than the operands
+    big_out = np.full((m + 2, n + 9), 7.0, dtype)
+    out = big_out[1:m + 1, 4:n + 4]
+    assert _small_gemm.tiled_product(a, b, out) == THREADS
+    if not THREADS:
+        return
+    tol = 1e-4 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(out, a.astype(np.float64) @ b, rtol=tol, atol=tol * k)
+    outside = big_out.copy()
+    outside[1:m + 1, 4:n + 4] = 7.0
+    assert np.all(outside == 7.0)                          # nothing written outside out
+
+
+@pytest.mark.parametrize("case", ["narrow", "few rows", "transposed b", "dtypes",
+                                  "overlap", "large b", "3-D"])
+def test_tiled_product_declines_what_it_cannot_run(case, rng, tiles_on):
+    n = _cols(np.float32, 4)
+    a = rng.standard_normal((60, 8)).astype(np.float32)
+    b = rng.standard_normal((8, n)).astype(np.float32)
+    out = np.full((60, n), 3.0, np.float32)
+    if case == "narrow":
+        b, out = b[:, :n - 1], out[:, :n - 1]
+    elif case == "few rows":
+        a, out = a[:5], out[:5]
+    elif case == "transposed b":
+        b = np.ascontiguousarray(b.T).T
+    elif case == "dtypes":
+        b = b.astype(np.float64)
+    elif case == "overlap":
+        big = rng.standard_normal((60, n + 8)).astype(np.float32)
+        a, out = big[:, :8], big[:, 8:]
+    elif case == "large b":
+        k = _small_gemm.TILED_MAX_B_BYTES // (4 * n) + 1
+        a = rng.standard_normal((60, k)).astype(np.float32)
+        b = rng.standard_normal((k, n)).astype(np.float32)
+    else:
+        a, b, out = a[None], b[None], out[None]
+    before = out.copy()
+    assert not _small_gemm.tiled_product(a, b, out)
+    np.testing.assert_array_equal(out, before)
+
+
+def test_tiled_product_only_where_the_host_rule_allows(rng, monkeypatch):
+    monkeypatch.setattr(_small_gemm, "TILED_PRODUCTS", False)
+    n = _cols(np.float32, 4)
+    a, b = np.ones((60, 8), np.float32), np.ones((8, n), np.float32)
+    assert not _small_gemm.tiled_product(a, b, np.empty((60, n), np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_blas_matmul_and_the_nhwc_pointwise_forward_run_in_tiles(dtype, rng, tiles_on,
+                                                                 monkeypatch):
+    # (N*H*W, C) @ (C, D) above _threaded_gemm.MIN_MACS: the tiles, not BLAS
+    d = _cols(dtype, 4)
+    x = rng.standard_normal((4, 256, 16, 16)).astype(dtype)
+    w = rng.standard_normal((d, 256, 1, 1)).astype(dtype)
+    bias = rng.standard_normal(d).astype(dtype)
+    xl, wl = to_nhwc(x, w)
+    calls = count_calls(monkeypatch, _small_gemm, "_tiled")
+    y = from_nhwc(fastconv.conv2d(xl, wl, bias, layout="NHWC", algo="im2col"))
+    tol = 1e-3 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(y, ref.conv2d(x, w, bias), rtol=tol, atol=tol)
+    assert len(calls) == (1 if THREADS else 0)
+    a, b = xl.reshape(-1, 256), wl.reshape(256, d)
+    np.testing.assert_allclose(_blas.matmul(a, b), a.astype(np.float64) @ b, rtol=tol,
+                               atol=tol)
+    assert len(calls) == (2 if THREADS else 0)
