@@ -104,3 +104,21 @@ def test_blas_matmul_and_the_nhwc_pointwise_forward_run_in_tiles(dtype, rng, til
     np.testing.assert_allclose(_blas.matmul(a, b), a.astype(np.float64) @ b, rtol=tol,
                                atol=tol)
     assert len(calls) == (2 if THREADS else 0)
+
+
+def test_nhwc_pointwise_input_gradient_runs_in_tiles(rng, tiles_on, monkeypatch):
+    # grad_x = grad_y @ W^T over all pixels, (P, 64) @ (64, C) with C 4 registers wide,
+    # above _threaded_gemm.MIN_MACS: W^T copied contiguous so that the tiles can read its
+    # rows
+    c = _cols(np.float32, 4)
+    x = rng.standard_normal((5, c, 32, 32)).astype(np.float32)
+    w = rng.standard_normal((64, c, 1, 1)).astype(np.float32)
+    gy = rng.standard_normal((5, 64, 32, 32)).astype(np.float32)
+    xl, wl = to_nhwc(x, w)
+    calls = count_calls(monkeypatch, _small_gemm, "_tiled")
+    gx, gw, _ = fastconv.conv2d_backward(np.ascontiguousarray(gy.transpose(0, 2, 3, 1)), xl,
+                                         wl, layout="NHWC", algo="im2col")
+    want_gx, want_gw, _ = ref.conv2d_backward(gy, x, w)
+    np.testing.assert_allclose(from_nhwc(gx), want_gx, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gw.transpose(3, 2, 0, 1), want_gw, rtol=1e-4, atol=1e-3)
+    assert len(calls) == (1 if THREADS else 0)

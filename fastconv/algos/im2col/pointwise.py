@@ -154,8 +154,8 @@ def _nhwc(gy, x, w, args, grad_x, grad_w, g, dg, cg) -> None:
     gw = None if grad_w is None else view(grad_w, (cg, g, dg))
     xv = None if grad_w is None else view(x, (p, g, cg))
     for gi in range(g):  # row-strided operands go to BLAS as they are
-        if gx is not None:
-            _blas.matmul(gyv[:, gi], wmat[:, gi].T, out=gx[:, gi])
+        if gx is not None:  # W^T copied (Dg x Cg, small): rows the register tiles read
+            _blas.matmul(gyv[:, gi], np.ascontiguousarray(wmat[:, gi].T), out=gx[:, gi])
         if gw is not None:
             _blas.matmul(xv[:, gi].T, gyv[:, gi], out=gw[:, gi])
 
