@@ -17,6 +17,9 @@ through OpenBLAS) and the orientation with few rows and long ones stay with BLAS
 :func:`panel_product` is the same register tiling for one larger product inside a numba
 kernel's task (the fused NHWC forward's panels): 6 rows x 4 registers of sums
 (``_tile4``), which needs AVX-512's 32 registers (``FOUR_REGISTER_TILES``).
+:func:`tiled_product` runs it on a whole 2-D product, a run of rows per task, where the
+host multiplies faster that way than OpenBLAS (``TILED_PRODUCTS``; ``_blas.matmul``
+tries it first).
 
 >>> import numpy as np
 >>> from fastconv import _small_gemm
@@ -55,11 +58,12 @@ FOUR_REGISTER_TILES = _lanes.WIDE
 
 #: Whether whole products with at least 4 registers of columns run in the 4-register
 #: tiles instead of through numpy's BLAS (``tiled_product``): on hosts with AVX-512
-#: other than AMD's. On the Intel Xeon (AVX-512, 2 threads, alternating in blocks)
-#: (3136, 256) @ (256, 64) took 0.31 ms in tiles against 0.41 through OpenBLAS split
-#: over the threads, (16384, 32) @ (32, 64) 0.21 against 0.36, (3136, 64) @ (64, 256)
-#: 0.37 against 0.41; on AMD's Zen 4 (``znver4``), whose 512-bit multiply-adds run as
-#: two 256-bit halves, the first ran at 114 GFLOP/s in tiles against OpenBLAS's 186.
+#: other than AMD's. On a 2-core Intel Xeon (AVX-512, 2 threads, alternating in blocks,
+#: best medians) (3136, 256) @ (256, 64) took 0.31-0.38 ms in tiles (one to four tasks
+#: a thread) against 0.41-0.44 through OpenBLAS split over the threads, (16384, 32) @
+#: (32, 64) 0.21-0.28 against 0.36-0.44, (3136, 64) @ (64, 256) 0.37 against 0.41; on
+#: AMD's Zen 4 (``znver4``), whose 512-bit multiply-adds run as two 256-bit halves, the
+#: first ran at 114 GFLOP/s in tiles against OpenBLAS's 186.
 TILED_PRODUCTS = (FOUR_REGISTER_TILES and _lanes.HOST_CPU != ""
                   and not _lanes.HOST_CPU.startswith("znver"))
 #: The largest right operand ``tiled_product`` takes, in bytes: every tile of 6 rows
