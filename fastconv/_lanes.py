@@ -72,6 +72,7 @@ WIDE = LANE_BYTES == 64
 
 
 def _host_cpu() -> str:
+    """LLVM's name of the CPU numba compiles for ("" where LLVM cannot say)."""
     try:
         return llvm.get_host_cpu_name()
     except RuntimeError:
