@@ -36,6 +36,8 @@ True
 
 from __future__ import annotations
 
+import math
+
 import numba
 import numpy as np
 from numba import njit, prange
@@ -89,7 +91,7 @@ def applies(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
     (e, m, k), n = a.shape, b.shape[2]
     return (b.shape[:2] == (e, k) and out.shape == (e, m, n)
             and takes(e, m, k, n, a.dtype.itemsize)
-            and all(_flat_matrices(x) for x in (a, b, out)))
+            and all(_back_to_back(x) for x in (a, b, out)))
 
 
 def takes(e: int, m: int, k: int, n: int, itemsize: int) -> bool:
@@ -102,21 +104,24 @@ def takes(e: int, m: int, k: int, n: int, itemsize: int) -> bool:
             and e * m * k * itemsize >= MIN_BYTES)
 
 
-def _flat_matrices(x: np.ndarray) -> bool:
-    """Whether x's matrices have contiguous rows back to back, and a whole number of
-    items, at least a matrix, from one to the next."""
-    item, (rows, cols) = x.itemsize, x.shape[1:]
-    step = x.strides[0]
-    return (x.strides[1:] == (cols * item, item) and step % item == 0
-            and (step >= rows * cols * item or x.shape[0] == 1))
+def _back_to_back(x: np.ndarray) -> bool:
+    """Whether x's sub-arrays x[i] (the rows of a 2-D x, the matrices of a 3-D one) are
+    each contiguous, with a whole number of items, at least a sub-array's worth, from
+    one to the next (any step where there is one)."""
+    item, step = x.itemsize, x.strides[0]
+    inner = x.strides[-1] == item and (x.ndim == 2 or x.strides[1] == x.shape[2] * item)
+    return (inner and step % item == 0
+            and (step >= math.prod(x.shape[1:]) * item or x.shape[0] == 1))
 
 
 def _flat(x: np.ndarray) -> tuple[np.ndarray, int]:
-    """(1-D view of the items from x's first to its last, matrix step in items) of an
-    operand ``_flat_matrices`` accepts."""
-    e, rows, cols = x.shape
-    step = x.strides[0] // x.itemsize if e > 1 else rows * cols
-    span = (e - 1) * step + rows * cols
+    """(1-D view of the items from x's first to its last, step in items from one
+    sub-array to the next) of an operand ``_back_to_back`` accepts."""
+    block = math.prod(x.shape[1:])
+    step = x.strides[0] // x.itemsize if x.shape[0] > 1 else block
+    if x.flags.c_contiguous:
+        return x.reshape(-1), step
+    span = (x.shape[0] - 1) * step + block
     return np.lib.stride_tricks.as_strided(x, (span,), (x.itemsize,)), step
 
 
@@ -242,18 +247,12 @@ def tiled_product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
             or n < 4 * _lanes.per_register(dt.itemsize)
             or k * n * dt.itemsize > TILED_MAX_B_BYTES):
         return False
-    item = dt.itemsize
-    if any(x.strides[1] != item or x.strides[0] % item or x.strides[0] < x.shape[1] * item
-           for x in (a, b, out)):
+    if not all(_back_to_back(x) for x in (a, b, out)) or np.may_share_memory(out, a) \
+            or np.may_share_memory(out, b):
         return False
-    if np.may_share_memory(out, a) or np.may_share_memory(out, b):
-        return False
-    flat = [x.reshape(-1) if x.flags.c_contiguous else np.lib.stride_tricks.as_strided(
-        x, ((x.shape[0] - 1) * (x.strides[0] // item) + x.shape[1],), (item,))
-        for x in (a, b, out)]
+    (af, lda), (bf, ldb), (cf, ldc) = _flat(a), _flat(b), _flat(out)
     with parallel_guard():
-        _tiled(flat[0], a.strides[0] // item, flat[1], b.strides[0] // item, flat[2],
-               out.strides[0] // item, m, n, k, tasks)
+        _tiled(af, lda, bf, ldb, cf, ldc, m, n, k, tasks)
     return True
 
 
