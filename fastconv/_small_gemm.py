@@ -14,6 +14,10 @@ outputs again with the same values. Batches that fit in cache (``MIN_BYTES``), w
 products (K or N above ``MAX_INNER``: (36, 1368, 128, 128) ran at 187 GFLOP/s here, 231
 through OpenBLAS) and the orientation with few rows and long ones stay with BLAS.
 
+The right operand is read a whole register at a time for every k: it is copied onto a
+cache line first where it does not start on one (``_pool.aligned``; a register split
+over two lines costs two loads).
+
 :func:`panel_product` is the same register tiling for one larger product inside a numba
 kernel's task (the fused NHWC forward's panels): 6 rows x 4 registers of sums
 (``_tile4``), which needs AVX-512's 32 registers (``FOUR_REGISTER_TILES``).
@@ -43,7 +47,7 @@ import numpy as np
 from numba import njit, prange
 from numba import uint64 as U
 
-from . import _lanes
+from . import _lanes, _pool
 from ._runtime import parallel_guard
 
 #: The largest inner dimension K and column count N taken.
@@ -135,7 +139,7 @@ def product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> None:
         raise ValueError(f"_small_gemm.product: needs (E, M, K) @ (E, K, N) -> (E, M, N) "
                          f"with M >= {TILE_ROWS} and N >= {2 * lanes}; got {a.shape} @ "
                          f"{b.shape} -> {out.shape}")
-    (af, sa), (bf, sb), (cf, sc) = _flat(a), _flat(b), _flat(out)
+    (af, sa), (bf, sb), (cf, sc) = _flat(a), _flat(_pool.aligned(b)), _flat(out)
     with parallel_guard():
         _products(af, bf, cf, (sa, sb, sc), *a.shape, b.shape[2])
 
@@ -250,7 +254,7 @@ def tiled_product(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> bool:
     if not all(_back_to_back(x) for x in (a, b, out)) or np.may_share_memory(out, a) \
             or np.may_share_memory(out, b):
         return False
-    (af, lda), (bf, ldb), (cf, ldc) = _flat(a), _flat(b), _flat(out)
+    (af, lda), (bf, ldb), (cf, ldc) = _flat(a), _flat(_pool.aligned(b)), _flat(out)
     with parallel_guard():
         _tiled(af, lda, bf, ldb, cf, ldc, m, n, k, tasks)
     return True

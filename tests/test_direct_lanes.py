@@ -324,7 +324,7 @@ def test_store_stream_writes_a_vector_at_an_aligned_offset(dtype):
         _lanes.stream_fence()
 
     n = _lanes.per_register(np.dtype(dtype).itemsize)
-    out = _pool._aligned_empty((4 * n,), np.dtype(dtype))
+    out = _pool.aligned_empty((4 * n,), np.dtype(dtype))
     out[:] = -1
     stream(np.arange(n, dtype=dtype), out, 2 * n)
     want = np.full(4 * n, -1, dtype)

@@ -8,7 +8,7 @@ import types
 import numpy as np
 from numba import njit, uint64
 
-from .. import config
+from .. import _pool, config
 from .._runtime import parallel_guard
 
 #: Index type for the inner loops of kernels. numba handles a negative signed index by
@@ -107,6 +107,7 @@ def workspace(slot: str, size: int, dtype) -> np.ndarray:
     0.5 ms for 8 MiB); keeping one buffer per (thread, slot, dtype) avoids that. The
     buffer only grows, so a thread holds at most the largest tile it has used per slot.
     The caller must not keep the view beyond its own call (the next call reuses it).
+    Its data starts on a cache line (``fastconv._pool.aligned_empty``).
     """
     dtype = np.dtype(dtype)
     cache = getattr(_local, "buffers", None)
@@ -116,6 +117,6 @@ def workspace(slot: str, size: int, dtype) -> np.ndarray:
     buf = cache.get(key)
     if buf is None or buf.size < size:
         if size * dtype.itemsize > config.WORKSPACE_CACHE_BYTES:
-            return np.empty(size, dtype)  # too big to keep: a one-off buffer
-        buf = cache[key] = np.empty(size, dtype)
+            return _pool.aligned_empty(size, dtype)  # too big to keep: a one-off buffer
+        buf = cache[key] = _pool.aligned_empty(size, dtype)
     return buf[:size]

@@ -53,7 +53,7 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ... import _lanes
+from ... import _lanes, _pool
 from ..._runtime import parallel_guard
 from ...layout import NHWC
 from .._common import U, interior_columns
@@ -416,7 +416,9 @@ def _packed_weight(w, dtype, taps) -> np.ndarray:
     nl = _lanes.per_register(dtype.itemsize)
     blocks = -(-d // nl)
     src = w.transpose(*((2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0)))
-    packed = (np.empty if d % nl == 0 else np.zeros)((blocks, kh * kw * c, nl), dtype)
+    packed = _pool.aligned_empty((blocks, kh * kw * c, nl), dtype)   # whole-vector loads
+    if d % nl:
+        packed[...] = 0
     for b in range(blocks):  # one strided copy a block (no temporaries)
         cols = min(nl, d - b * nl)
         packed[b].reshape(*src.shape[:3], nl)[..., :cols] = src[..., b * nl:b * nl + cols]

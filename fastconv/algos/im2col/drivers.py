@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import _blas
+from ... import _blas, _pool
 from ..._runtime import parallel_guard
 from .._common import view
 from . import strided_pointwise
@@ -41,9 +41,10 @@ def _weights_nchw(w, args) -> np.ndarray:
 
 
 def _weights_nhwc(w, args) -> np.ndarray:
-    """HWIO (KH, KW, Cg, D) -> (G, KH*KW*Cg, Dg)."""
+    """HWIO (KH, KW, Cg, D) -> (G, KH*KW*Cg, Dg), its data on a cache line (the fused
+    panels' register tiles load its rows a vector at a time)."""
     g, dg, cgkk = gemm_sizes(args)
-    return np.ascontiguousarray(w.reshape(cgkk, g, dg).transpose(1, 0, 2))
+    return _pool.aligned(w.reshape(cgkk, g, dg).transpose(1, 0, 2))
 
 
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ... import _pool
 from .._common import guarded
 from .tiling import _KERNELS, transformed
 
@@ -12,7 +13,7 @@ from .tiling import _KERNELS, transformed
 def transform_kernel(w_oihw: np.ndarray, groups: int, m: int) -> np.ndarray:
     """(C_out, Cg, 3, 3) -> (G, (m+2)^2, Dg, Cg), contiguous."""
     c_out, cg = w_oihw.shape[:2]
-    u = np.empty((groups, transformed(m), c_out // groups, cg), w_oihw.dtype)
+    u = _pool.aligned_empty((groups, transformed(m), c_out // groups, cg), w_oihw.dtype)
     guarded(_KERNELS[m][0])(np.ascontiguousarray(w_oihw), u)
     return u
 
