@@ -72,9 +72,11 @@ FOUR_REGISTER_TILES = _lanes.WIDE
 #: first ran at 114 GFLOP/s in tiles against OpenBLAS's 186.
 TILED_PRODUCTS = (FOUR_REGISTER_TILES and _lanes.HOST_CPU != ""
                   and not _lanes.HOST_CPU.startswith("znver"))
-#: The largest right operand ``tiled_product`` takes, in bytes: every tile of 6 rows
-#: reads all of it, so it has to stay in the core's L2.
-TILED_MAX_B_BYTES = 256 << 10
+#: The largest right operand ``tiled_product`` takes with a in rows, in bytes: every
+#: tile of 6 rows reads all of it, so it has to stay in the core's L2 (1-2 MB on the
+#: Intel hosts that run tiles). The input gradient of a 64 -> 128 3x3 layer, (3136, 128)
+#: @ (128, 576) (288 KB), ran at 300-305 GFLOP/s in tiles, 255-265 through OpenBLAS.
+TILED_MAX_B_BYTES = 512 << 10
 #: Tasks per numba thread of ``tiled_product`` (its rows cut evenly).
 TILED_TASKS_PER_THREAD = 2
 #: The least size of the batch's left operands taken, in bytes: smaller batches stay

@@ -122,3 +122,22 @@ def test_nhwc_pointwise_input_gradient_runs_in_tiles(rng, tiles_on, monkeypatch)
     np.testing.assert_allclose(from_nhwc(gx), want_gx, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(gw.transpose(3, 2, 0, 1), want_gw, rtol=1e-4, atol=1e-3)
     assert len(calls) == (1 if THREADS else 0)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_nhwc_strided_input_gradient_runs_in_tiles(rng, tiles_on, monkeypatch, groups):
+    # the column gradient grad_y @ W^T of a 3x3 stride-2 layer's tiles, (P, 128) @ (128,
+    # 9 * C): W^T copied with its rows contiguous; grouped layers take the batched
+    # product (no tiles) and give the same gradients
+    x = rng.standard_normal((16, 32, 28, 28)).astype(np.float32)
+    w = rng.standard_normal((128, 32 // groups, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((16, 128, 14, 14)).astype(np.float32)
+    xl, wl = to_nhwc(x, w)
+    calls = count_calls(monkeypatch, _small_gemm, "_tiled")
+    gx, gw, _ = fastconv.conv2d_backward(np.ascontiguousarray(gy.transpose(0, 2, 3, 1)), xl,
+                                         wl, stride=2, padding=1, groups=groups,
+                                         layout="NHWC", algo="im2col")
+    want_gx, want_gw, _ = ref.conv2d_backward(gy, x, w, (2, 2), ((1, 1), (1, 1)), groups=groups)
+    np.testing.assert_allclose(from_nhwc(gx), want_gx, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(gw.transpose(3, 2, 0, 1), want_gw, rtol=1e-4, atol=1e-2)
+    assert len(calls) > 0 if THREADS and groups == 1 else not calls

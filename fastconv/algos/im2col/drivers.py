@@ -219,6 +219,8 @@ def _backward_nhwc(gy, x, w, args, grad_x, grad_w) -> None:
     conv = unfold_params(args)
     wmat = _weights_nhwc(w, args)
     gw = None if grad_w is None else np.zeros((g, cgkk, dg), args.dtype)
+    # W^T per group with its rows contiguous: gy @ W^T may then run in register tiles
+    wt = None if grad_x is None else _pool.aligned(wmat.transpose(0, 2, 1))
     buf = column_buffer(args, t)
     for n0, nb, i0, band in tiles(args, t):
         length = band * args.w_out
@@ -229,8 +231,10 @@ def _backward_nhwc(gy, x, w, args, grad_x, grad_w) -> None:
                 _im2col_nhwc(x, cols, n0, i0, *conv, band)
             gw += _blas.matmul(cols.transpose(1, 2, 0), gyt.transpose(1, 0, 2))
         if grad_x is not None:
-            _blas.matmul(gyt.transpose(1, 0, 2), wmat.transpose(0, 2, 1),
-                         out=cols.transpose(1, 0, 2))
+            if g == 1:              # 2-D operands (the register tiles take no batches)
+                _blas.matmul(gyt[:, 0], wt[0], out=cols[:, 0])
+            else:
+                _blas.matmul(gyt.transpose(1, 0, 2), wt, out=cols.transpose(1, 0, 2))
             with parallel_guard():
                 _col2im_nhwc(cols, grad_x, n0, i0, *conv, band)
     if gw is not None:
