@@ -61,13 +61,14 @@ def aligned_empty(shape, dtype) -> np.ndarray:
 
 
 def aligned(a: np.ndarray) -> np.ndarray:
-    """``a`` C-contiguous with its data on an ``ALIGN``-byte boundary: ``a`` itself where
-    it is, else a copy. For operands that kernels read a whole vector register at a time
+    """``a`` C-contiguous, writable and with its data on an ``ALIGN``-byte boundary: ``a``
+    itself where it is, else a copy (a read-only operand would compile numba kernels of
+    its own). For operands that kernels read a whole vector register at a time
     over and over (packed weights): a vector that straddles two cache lines costs two
     loads. (6 x 4-register tiles of (896, 576) @ (576, 128), one core of a 2-core Intel
     Xeon: 179 GFLOP/s with the right operand on a cache line, 156-158 16 bytes past one.)
     """
-    if a.flags.c_contiguous and a.ctypes.data % ALIGN == 0:
+    if a.flags.c_contiguous and a.flags.writeable and a.ctypes.data % ALIGN == 0:
         return a
     out = aligned_empty(a.shape, a.dtype)
     out[...] = a

@@ -291,14 +291,24 @@ def panel_product(af, a0, lda, bf, b0, ldb, cf, c0, ldc, m, n, k):
 
 
 @njit(inline="always")
-def _tile4(af, bf, cf, a0, lda, b0, ldb, c0, ldc, k):
+def _tile4(af, bf, cf, a0, lda, b0, ldb, c0, ldc, k, first=True):
     """cf[c0 + r*ldc :][:4 registers] = sum over q < k of af[a0 + r*lda + q] *
     bf[b0 + q*ldb :][:4 registers] for the 6 rows r: 24 sums, and for every k 4 loads
     of b and 6 broadcasts of a (24 multiply-adds for 10 loads, where ``_tile`` does 12
-    for 8)."""
+    for 8). first False: the sums start from cf's values instead of zero (a product
+    summed over several calls)."""
     nl = U(_lanes.count(cf))
-    p00 = p01 = p02 = p03 = p10 = p11 = p12 = p13 = p20 = p21 = p22 = p23 = _lanes.zeros(cf)
-    p30 = p31 = p32 = p33 = p40 = p41 = p42 = p43 = p50 = p51 = p52 = p53 = _lanes.zeros(cf)
+    if first:
+        p00 = p01 = p02 = p03 = p10 = p11 = p12 = p13 = _lanes.zeros(cf)
+        p20 = p21 = p22 = p23 = p30 = p31 = p32 = p33 = _lanes.zeros(cf)
+        p40 = p41 = p42 = p43 = p50 = p51 = p52 = p53 = _lanes.zeros(cf)
+    else:
+        p00, p01, p02, p03 = _row4(cf, c0, nl)
+        p10, p11, p12, p13 = _row4(cf, c0 + ldc, nl)
+        p20, p21, p22, p23 = _row4(cf, c0 + U(2) * ldc, nl)
+        p30, p31, p32, p33 = _row4(cf, c0 + U(3) * ldc, nl)
+        p40, p41, p42, p43 = _row4(cf, c0 + U(4) * ldc, nl)
+        p50, p51, p52, p53 = _row4(cf, c0 + U(5) * ldc, nl)
     for q in range(k):
         bq = b0 + U(q) * ldb
         u0, u1 = _lanes.load(bf, bq), _lanes.load(bf, bq + nl)
@@ -322,6 +332,13 @@ def _tile4(af, bf, cf, a0, lda, b0, ldb, c0, ldc, k):
     _put(cf, c0 + U(4) * ldc + U(2) * nl, nl, p42, p43)
     _put(cf, c0 + U(5) * ldc, nl, p50, p51)
     _put(cf, c0 + U(5) * ldc + U(2) * nl, nl, p52, p53)
+
+
+@njit(inline="always")
+def _row4(cf, c, nl):
+    """The 4 registers cf[c : c + 4 registers]."""
+    return (_lanes.load(cf, c), _lanes.load(cf, c + nl), _lanes.load(cf, c + U(2) * nl),
+            _lanes.load(cf, c + U(3) * nl))
 
 
 @njit(inline="always")

@@ -43,6 +43,9 @@ def test_aligned_keeps_an_aligned_array_and_copies_others(rng):
     assert c is not b and c.ctypes.data % LINE == 0 and np.array_equal(c, a)
     t = _pool.aligned(a.T)                   # not C-contiguous: a contiguous copy
     assert t.flags.c_contiguous and t.ctypes.data % LINE == 0 and np.array_equal(t, a.T)
+    a.flags.writeable = False                # read-only: a writable copy
+    r = _pool.aligned(a)
+    assert r is not a and r.flags.writeable and np.array_equal(r, a)
 
 
 @pytest.mark.parametrize("size", [10, 5000, 300_000])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
+from .._common import interior_columns
 from ..registry import Algorithm, register
 from . import strided_pointwise
 from .direct_grad import direct_backward_chosen, direct_backward_cost
@@ -10,6 +11,7 @@ from .drivers import backward, forward
 from .fused import fused_tiling
 from .fused_nhwc import fused_nhwc_tiling, panel_count
 from .image_last_direct import direct_cost, direct_forward_applies
+from .indirect_nhwc import indirect_applies
 from .lanes_plan import lanes_chosen, lanes_cost
 from .panels import panel_tiling
 from .pointwise import backward_cost_pointwise
@@ -39,7 +41,9 @@ def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
     several images add a scatter pass over their output. 1x1 layers are one batched
     GEMM (strided ones in NCHW after a copy of the pixels read). With ``fuse``, layers
     that run fused (``fused.fused_tiling``, ``fused_nhwc.fused_nhwc_tiling``) are priced
-    in their panels, without the per-tile cost (one kernel call runs them all)."""
+    in their panels, without the per-tile cost (one kernel call runs them all), and
+    those that read the input in place (``indirect_nhwc.indirect_applies``) without the
+    unfold but for their edge columns."""
     item = a.dtype.itemsize
     g, dg, cg = a.groups, a.c_out // a.groups, a.c_in // a.groups
     cgkk = cg * a.kh * a.kw
@@ -90,12 +94,19 @@ def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
         out_bytes = a.n * a.c_out * a.h_out * a.w_out * item
         scatter = 4 * (in_bytes + out_bytes) / (p.copy_gbs * 1e9)
         workspace += (a.c_out * a.h_out * a.w_out + a.c_in * a.h * a.w) * t.images * item
+    indirect = fuse and indirect_applies(a)
+    if indirect:     # no column matrix: only the edge columns' pixels are unfolded
+        j_lo, j_hi = interior_columns(a)
+        unfold *= 1 - (j_hi - j_lo) / a.w_out
     secs = (p.call_us + (0 if fused else n_tiles) * p.tile_us) * 1e-6 + unfold + gemm + scatter
     split = " split over the threads" if split_tiles(a) else ""
     if fused is not None:
         split = (f" of {t.col_bytes / 1e6:.2g} MB (L2-sized), each unfolded and multiplied"
                  " by one numba thread (fused)")
-    panel = panel_tiling(a) if split and fused is None else None
+    if indirect:
+        split = (" (bands of output rows) multiplied in register tiles read in place from"
+                 " the input (indirect: only the edge columns unfolded)")
+    panel = panel_tiling(a) if split and fused is None and not indirect else None
     if panel is not None:   # the same work, in cache-sized tiles (not priced apart)
         split += (f" as {tile_count(a, panel)} panels of {panel.col_bytes / 1e6:.2g} MB"
                   " (L2-sized)")

@@ -18,6 +18,7 @@ from .fused import forward_fused, fused_tiling
 from .fused_nhwc import forward_fused_nhwc, fused_nhwc_tiling
 from .image_last import backward_image_last, forward_image_last, image_last_tile
 from .image_last_direct import direct_forward_applies, forward_direct
+from .indirect_nhwc import forward_indirect, indirect_applies
 from .lanes_plan import lanes_chosen
 from .panels import panel_tiling
 from .pointwise import backward_pointwise, forward_pointwise
@@ -129,6 +130,9 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
     bias_g = None if bias is None else bias.reshape(g, dg)
     if is_pointwise(args):
         forward_pointwise(x, wmat, args, out, bias_g)
+        return
+    if indirect_applies(args) and _fusable(True, x, wmat, out):
+        forward_indirect(x, wmat, args, out, bias)
         return
     fused = fused_nhwc_tiling(args)
     if _fusable(fused, x, wmat, out):
