@@ -122,6 +122,8 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
     """NHWC: per tile, cols (B*band*Wo, G, KH*KW*Cg) and W (G, KH*KW*Cg, Dg); the GEMM
     writes (pixels, G, Dg), which is the output tile itself. A pointwise layer's input
     already is the column matrix (``pointwise``): no unfold.
+    Layers of 8+ registers of output channels whose weight fits L2 read the input in
+    place in register tiles (``indirect_nhwc.forward_indirect``: no column matrix).
     With several threads the others run in fused panels
     (``fused_nhwc.forward_fused_nhwc``; read-only inputs, which would compile kernels
     of their own, run the tile loop)."""

@@ -10,7 +10,9 @@ the next). The thread that takes it unfolds it into that thread's own column buf
 (KH*KW*Cg, Dg) per group with numpy's BLAS on one thread (``fastconv._cblas``),
 straight into the output rows; a bias is written into those rows first and the GEMM
 adds to it (beta = 1). The columns stay in the core's L2 cache between the unfold and
-the GEMM, and the panels are handed out by numba's scheduler.
+the GEMM, and the panels are handed out by numba's scheduler. Layers that
+``indirect_nhwc`` takes (the register tiles' layers whose weight fits L2) skip the
+column buffer altogether.
 
 Examples
 --------
