@@ -93,7 +93,7 @@ def _forward_nchw(x, w, args, out, bias) -> None:
         forward_image_last(x, wmat, args, out, bias, t)
         return
     fused = fused_tiling(args)
-    if _fusable(fused, x, wmat, out):
+    if fused is not None and _fusable(x, wmat, out):
         forward_fused(x, wmat, args, out, bias, fused.band)
         return
     if split_tiles(args):
@@ -111,10 +111,11 @@ def _forward_nchw(x, w, args, out, bias) -> None:
             y += bias_g
 
 
-def _fusable(fused, x, wmat, out) -> bool:
-    """Whether a fused tiling (or None) runs: writable x and weights (read-only ones
-    would compile kernels of their own) and a C-contiguous output."""
-    return fused is not None and x.flags.writeable and wmat.flags.writeable \
+def _fusable(x, wmat, out) -> bool:
+    """Whether the one-kernel forwards (fused, indirect) may run on these arrays:
+    writable x and weights (read-only ones would compile kernels of their own) and a
+    C-contiguous output."""
+    return x.flags.writeable and wmat.flags.writeable \
         and out.flags.c_contiguous
 
 
@@ -133,11 +134,11 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
     if is_pointwise(args):
         forward_pointwise(x, wmat, args, out, bias_g)
         return
-    if indirect_applies(args) and _fusable(True, x, wmat, out):
+    if indirect_applies(args) and _fusable(x, wmat, out):
         forward_indirect(x, wmat, args, out, bias)
         return
     fused = fused_nhwc_tiling(args)
-    if _fusable(fused, x, wmat, out):
+    if fused is not None and _fusable(x, wmat, out):
         forward_fused_nhwc(x, wmat, args, out, bias, fused.band)
         return
     t = tiling(args)
