@@ -2,9 +2,13 @@
 
 A bias gradient in NHWC is grad_y summed over every axis but the last, short one. numpy
 reduces such an array slowly (LeNet's (64, 28, 28, 6) output gradient: 0.75 ms, the
-NCHW one's planes first: a tenth of that); here fixed blocks of ``ROWS`` pixels are
+NCHW one's planes first: a tenth of that); here fixed blocks of ``ROWS`` rows are
 summed on numba's threads into float64 partial sums, added in block order (the same
-result for any thread count).
+result for any thread count). The rows are the array's elements in runs of lcm(C, L)
+(L float64 lanes: whole registers, each lane always the same channel), summed a
+register at a time and folded to C at the end; the last few pixels, short of a run,
+are added by numpy. (64, 24, 24, 6) float32, 2 threads: 66 us with a loop over the
+channels per pixel, 24 in runs of 24; (32, 28, 28, 16) 53 -> 36 us.
 
 >>> import numpy as np
 >>> g = np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3)
@@ -14,12 +18,16 @@ result for any thread count).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
+from numba import uint64 as U
 
+from . import _lanes
 from ._runtime import parallel_guard
 
-#: Pixels per partial sum.
+#: Rows (runs of lcm(C, L) elements) per partial sum.
 ROWS = 256
 
 #: Smaller arrays are summed by numpy (no parallel kernel to start).
@@ -28,14 +36,18 @@ MIN_SIZE = 1 << 14
 
 @njit(parallel=True, cache=True)
 def _block_sums(x, part):
-    """part[t, c] = the float64 sum of x[r, c] over the rows r of block t; x (P, C)."""
-    n_rows, c_all = x.shape
+    """part[t] = the float64 sums of the rows of block t (``ROWS`` rows) of x (R, W) flat
+    (W a whole number of float64 vectors), one register of columns at a time."""
+    width = part.shape[1]
+    n_rows = x.size // width
+    nl = _lanes.count(part)
     for t in prange(part.shape[0]):
         acc = part[t]
-        acc[:] = 0.0
-        for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
-            for c in range(c_all):
-                acc[c] += x[r, c]
+        for c0 in range(0, width, nl):
+            v = _lanes.zeros(acc)
+            for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
+                v = _lanes.add(v, _lanes.load_f64(x, U(r * width + c0)))
+            _lanes.store(acc, U(c0), v)
 
 
 def channel_sums_last(a: np.ndarray) -> np.ndarray:
@@ -45,8 +57,12 @@ def channel_sums_last(a: np.ndarray) -> np.ndarray:
     if a.size < MIN_SIZE or c == 0 or not a.flags.c_contiguous \
             or a.dtype.char not in "fd":
         return a.reshape(-1, c).sum(axis=0, dtype=np.float64)
-    x = a.reshape(-1, c)
-    part = np.empty((-(-x.shape[0] // ROWS), c), np.float64)
+    width = math.lcm(c, _lanes.per_register(8))
+    flat = a.reshape(-1)
+    n_rows = flat.size // width
+    part = np.empty((-(-n_rows // ROWS), width), np.float64)
     with parallel_guard():
-        _block_sums(x, part)
-    return part.sum(axis=0)
+        _block_sums(flat, part)
+    sums = part.sum(axis=0).reshape(width // c, c).sum(axis=0)
+    tail = flat[n_rows * width:]
+    return sums + tail.reshape(-1, c).sum(axis=0, dtype=np.float64) if tail.size else sums

@@ -10,9 +10,13 @@ from fastconv._channel_sums import channel_sums_last
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (9, 40, 47, 3), (70000, 1), (2, 300, 65)])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 6), (9, 40, 47, 3), (70000, 1), (2, 300, 65),
+                                   (7, 33, 35, 5), (64, 24, 24, 6)])
 def test_channel_sums_match_float64_sums(shape, dtype, rng):
-    a = rng.standard_normal(shape).astype(dtype)
+    """Small arrays by numpy; larger ones in runs of lcm(C, lanes) elements (several
+    blocks of rows), the last pixels short of a run (7 x 33 x 35 x 5: 5 of them) by
+    numpy."""
+    a = rng.standard_normal(shape).astype(dtype) + 3.0
     want = a.astype(np.float64).reshape(-1, shape[-1]).sum(axis=0)
     got = channel_sums_last(a)
     assert got.dtype == np.float64 and got.shape == (shape[-1],)

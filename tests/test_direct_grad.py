@@ -123,7 +123,6 @@ def test_direct_backward_reads_read_only_and_strided_arrays(rng):
     ((3, 8, 8, 16), (3, 3, 16, 16), {}),                      # too few images
     ((8, 8, 8, 80), (3, 3, 80, 16), {}),                      # too many input channels
     ((8, 8, 8, 16), (3, 3, 16, 80), {}),                      # too many output channels
-    ((8, 8, 8, 16), (3, 3, 16, 12), {}),                      # a partial block of lanes
 ])
 def test_direct_backward_does_not_apply(x_shape, w_shape, kwargs):
     assert not direct_backward_applies(conv_args_from_shapes("t", x_shape, w_shape,
@@ -259,3 +258,50 @@ def test_weight_gradient_of_one_block_matches_the_reference(c, k, dtype, rng):
     _, gw, _ = fastconv.conv2d_backward(gy, x, w, layout="NHWC", algo="im2col",
                                         needs_input_grad=(False, True, False), **kwargs)
     assert ref.rel_error(gw.transpose(3, 2, 0, 1), gw0) <= ref.tolerance(dtype, "im2col")
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [
+    (5, 1, 12, 11, 6, 5, 1, 0, 1, None),     # LeNet's first layer: 6 of a block's lanes
+    (4, 3, 9, 8, 21, 3, 2, 1, 1, None),      # a pair, its second block partly filled
+    (6, 2, 7, 7, 7, 3, 1, 2, 1, None),       # odd channels, pixels wholly in the padding
+    (4, 4, 6, 9, 37, (2, 3), 1, 1, (2, 1), None),   # three blocks, the last partial
+], ids=str)
+def test_weight_gradient_of_a_partial_block_matches_the_reference(case, dtype, layout, rng,
+                                                                  monkeypatch):
+    """Output channels that do not fill their last block of lanes: computed whole, the
+    lanes past C_out reading on into the next pixel and, for the last image, into a
+    copy with a block's slack; their sums are dropped."""
+    monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)
+    x, w, gy, a, kwargs, (_, gw0, _) = _problem(case, dtype, rng, layout)
+    assert a.c_out % _lanes.per_register(np.dtype(dtype).itemsize) != 0
+    assert direct_backward_applies(a) and direct_backward_chosen(a, False)
+    calls = count_calls(monkeypatch, direct_grad, "_grad_w_parts")
+    _, gw, gb = fastconv.conv2d_backward(gy, x, w, layout=layout, algo="im2col",
+                                         needs_input_grad=(False, True, True), **kwargs)
+    assert len(calls) == 1
+    gw = gw.transpose(3, 2, 0, 1) if layout == "NHWC" else gw
+    assert ref.rel_error(gw, gw0) <= ref.tolerance(dtype, "im2col")
+    axes = (0, 1, 2) if layout == "NHWC" else (0, 2, 3)
+    np.testing.assert_allclose(gb, gy.astype(np.float64).sum(axis=axes), rtol=1e-5)
+
+
+@pytest.mark.parametrize("layout,c,padding,copied", [
+    ("NHWC", 3, 0, False), ("NCHW", 1, 0, False),      # already (N, H, W, C), C-contiguous
+    ("NHWC", 3, 1, True), ("NCHW", 3, 0, True)])
+def test_an_unpadded_channels_last_input_is_read_in_place(layout, c, padding, copied, rng,
+                                                          monkeypatch):
+    from fastconv.algos.im2col import padded
+
+    x = rng.standard_normal((4, c, 9, 8)).astype(np.float32)
+    w = rng.standard_normal((16, c, 3, 3)).astype(np.float32)
+    xl, wl = to_nhwc(x, w) if layout == "NHWC" else (x, w)
+    a = conv_args_from_shapes("t", xl.shape, wl.shape, padding=padding, layout=layout,
+                              dtype=np.float32)
+    pads = count_calls(monkeypatch, padded, "_pad_images")
+    xp = padded.padded_channels_last(xl, a, "test.xp")
+    assert len(pads) == int(copied) and np.shares_memory(xp, xl) != copied
+    p = padding
+    want = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (p, p), (p, p), (0, 0)))
+    np.testing.assert_array_equal(xp, want[:, :xp.shape[1], :xp.shape[2]])
