@@ -129,7 +129,7 @@ def test_direct_backward_does_not_apply(x_shape, w_shape, kwargs):
                                                              layout="NHWC", **kwargs))
 
 
-def test_lenets_second_layer_keeps_the_image_last_pass_unless_grad_x_runs_direct(
+def test_lenets_second_layer_keeps_the_image_last_pass_in_nchw_unless_grad_x_is_direct(
         monkeypatch):
     a = conv_args_from_shapes("t", (64, 6, 14, 14), (16, 6, 5, 5))
     monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)
@@ -142,6 +142,10 @@ def test_lenets_second_layer_keeps_the_image_last_pass_unless_grad_x_runs_direct
     nhwc = conv_args_from_shapes("t", (32, 14, 14, 32), (3, 3, 32, 32), padding=1,
                                  layout="NHWC")      # no image-last pass: direct
     assert direct_backward_chosen(nhwc, False)
+    # NHWC: the direct grad_w beside the image-last grad_x (no copies of grad_y for it)
+    monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)
+    lenet = conv_args_from_shapes("t", (64, 14, 14, 6), (5, 5, 6, 16), layout="NHWC")
+    assert direct_backward_chosen(lenet) and direct_backward_chosen(lenet, False)
 
 
 def test_the_backward_runs_the_image_last_pass_where_preferred(rng, monkeypatch):

@@ -111,9 +111,10 @@ def direct_backward_applies(args) -> bool:
 
 def direct_backward_chosen(args, with_grad_x: bool = True) -> bool:
     """Whether im2col's backward runs ``backward_direct``: where it applies, unless
-    grad_x is wanted, the direct forward cannot run it (``input_phases``) and the
-    image-last path forms both gradients in one pass (``image_last_tile``: LeNet's 6 ->
-    16 5x5, NCHW, batch 64: 1.23 ms for both, direct grad_w + image-last grad_x 1.28).
+    grad_x is wanted, the direct forward cannot run it (``input_phases``), the layout is
+    NCHW and the image-last path forms both gradients in one pass (``image_last_tile``:
+    LeNet's 6 -> 16 5x5, NCHW, batch 64: 1.23 ms for both, direct grad_w + image-last
+    grad_x 1.28; at 14x14, 2 threads, AVX-512: 0.54 / 0.53 ms, NHWC 0.59-0.61 / 0.48-0.51).
     With 256-bit registers (AVX2, ``PREFER_IMAGE_LAST``) the image-last pass runs
     wherever it applies, for one gradient or both: 2-core AMD EPYC, 2 threads, calls
     alternating, direct / image-last with grad_x, grad_w alone: LeNet's 6 -> 16 5x5
@@ -125,7 +126,7 @@ def direct_backward_chosen(args, with_grad_x: bool = True) -> bool:
     if PREFER_IMAGE_LAST and image_last_tile(args, with_grad_x):
         return False
     return not with_grad_x or input_phases(args) is not None \
-        or not image_last_tile(args, True)
+        or args.dims.channels_last or not image_last_tile(args, True)
 
 
 def part_images(a) -> int:
