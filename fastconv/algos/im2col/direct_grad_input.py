@@ -32,7 +32,14 @@ from dataclasses import replace
 
 from ...costs import Estimate, Profile
 from .direct_lanes import forward_lanes
-from .lanes_plan import lanes_applies, lanes_cost
+from .lanes_plan import lanes_applies, lanes_cost, left_to_winograd
+
+#: The lanes kernel on the wide 3x3 layers the forward leaves to Winograd runs about this
+#: many times its model time (``lanes_plan.WINOGRAD_PAIRS``: measured 1.3-1.8x
+#: Winograd's time where the models say about 1). 32 -> 32 3x3 at 32x32 (batch 64),
+#: both gradients, 2 threads, the weight gradient direct in both: grad_x by the direct
+#: forward 8.4-8.6 ms, by Winograd 6.7-7.6; modelled 11.7 and 11.9 before this factor.
+WIDE_MAP_FACTOR = 1.5
 
 
 def _axis(phase, pad, k, s, r, n_in, n_g):
@@ -106,11 +113,14 @@ def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
 def input_grad_cost(a, p: Profile) -> Estimate | None:
     """Model time of ``input_grad_direct`` (None where it does not run): the phases'
     ``lanes_cost`` (the call's fixed cost once; each phase's output is written in its
-    strided place, ``image_last.strided_flat``)."""
+    strided place, ``image_last.strided_flat``), ``WIDE_MAP_FACTOR`` times that for a
+    phase the forward leaves to Winograd (``left_to_winograd``)."""
     phases = input_phases(a)
     if phases is None:
         return None
     call = p.call_us * 1e-6
-    secs = call + sum(lanes_cost(g, p).seconds - call for _, _, g, *_ in phases)
+    secs = call + sum((lanes_cost(g, p).seconds - call)
+                      * (WIDE_MAP_FACTOR if left_to_winograd(g) else 1.0)
+                      for _, _, g, *_ in phases)
     return Estimate(secs, 0, f"{len(phases)} direct forward{'s' if len(phases) > 1 else ''}"
                              " of grad_y")

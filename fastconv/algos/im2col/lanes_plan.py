@@ -174,7 +174,7 @@ def lanes_cost(a, p: Profile) -> Estimate:
                     f"{macs / 1e6:.3g}M multiply-adds {1e3 * seconds:.3g} ms")
 
 
-def _left_to_winograd(a) -> bool:
+def left_to_winograd(a) -> bool:
     """Whether ``a`` is a layer Winograd runs faster (``WINOGRAD_PAIRS``)."""
     return ((a.kh, a.kw) == (3, 3) and a.stride == (1, 1) and a.dilation == (1, 1)
             and a.c_in * a.c_out >= WINOGRAD_PAIRS and a.h_out * a.w_out > WINOGRAD_MAP)
@@ -193,7 +193,7 @@ def lanes_chosen(args) -> bool:
     lanes) 0.22 vs 0.19 ms. NCHW, alternating: 6 -> 16 5x5 at 12x12 0.155 vs 0.18 ms;
     batch 32, padding 1: 16 -> 16 3x3 at 28x28 0.85 vs 1.19 ms, 32 -> 32 3x3 at 14x14
     0.83 vs 1.02 ms (NHWC 0.62 vs 1.07 ms)."""
-    if not lanes_applies(args) or _left_to_winograd(args):
+    if not lanes_applies(args) or left_to_winograd(args):
         return False
     if not direct_forward_applies(args):
         return True

@@ -8,6 +8,7 @@ import math
 from ... import _small_gemm
 from ...costs import Estimate, Profile, gemm_seconds
 from ..im2col import cost as im2col_cost
+from ..im2col import direct_grad
 from ..registry import Algorithm, register
 from . import drivers, nhwc_tiles, phase_batch, tiling
 
@@ -111,14 +112,20 @@ def _fused_cost(a, p: Profile, t: int) -> Estimate:
 def backward_cost(a, p: Profile) -> Estimate:
     """Model time of the backward: Winograd's grad_x (the forward's transform of grad_y)
     and grad_w (the adjoint of the forward's F(m x m, 3x3), priced as that forward)
-    where it computes them, im2col's share for the rest (about one forward for grad_w,
-    two for grad_x)."""
+    where it computes them, im2col's share for the rest (its direct weight gradient, or
+    about one forward, for grad_w; two forwards for grad_x). 32 -> 32 3x3 at 32x32
+    (batch 64), NHWC, 2 threads: Winograd 6.5-6.7 ms, im2col 8.4-10.5; modelled 16.1
+    and 14.4 with grad_w priced as a forward."""
     call = p.call_us * 1e-6
     item = a.dtype.itemsize
     cols, cws, _ = im2col_cost.cost(a, p)
     by_x, by_w = drivers.grad_x_supported(a), drivers.grad_w_supported(a)
-    # what im2col still does: about one forward for grad_w, two for grad_x (the fold)
-    secs = call + ((0 if by_w else 1) + (0 if by_x else 2)) * (cols - call)
+    # what im2col still does: about one forward for grad_w (its direct kernel's time
+    # where that runs it), two for grad_x (the fold)
+    secs = call + (0 if by_x else 2) * (cols - call)
+    if not by_w:
+        secs += (direct_grad.grad_w_cost(a, p).seconds
+                 if direct_grad.direct_backward_chosen(a, False) else cols) - call
     ws, parts = cws, []
     if by_x:
         wino, wws, _ = cost(a, p)

@@ -1,0 +1,224 @@
+"""The weight gradient in register tiles that read the input in place: for layers whose
+kernel rows are whole vectors of taps (``tiles_apply``: KW*C a multiple of the lanes,
+undilated kernel columns, output channels in eights; the small ResNets' 16, 32 and 64
+channel 3x3 layers).
+
+With x zero-padded and channels last (xp (N, Hp, Wp, C)), a kernel row a's taps (b, c)
+for the output pixel (n, i, j) are one contiguous run of KW*C values,
+
+    xp[n, i*s_h + a*r_h, j*s_w*C : j*s_w*C + KW*C]   (flat over the row's (W, C)),
+
+so the weight gradient of kernel row a is a GEMM over the output pixels,
+
+    grad_w[a, t, d] = sum_{n, i, j} run(n, i, j, a)[t] * grad_y[n, i, j, d],
+
+whose left operand is read where it lies. A tile holds 3 vectors of taps x 8 output
+channels in 24 registers (AVX-512's 32): per pixel, 3 vector loads of the run and 8
+broadcasts of grad_y feed 24 fused multiply-adds, against one broadcast of the input
+per multiply-add in ``direct_grad``'s lanes-over-channels kernel. Each task sums a run
+of images (``direct_grad.part_images``) into its own float32 partial, band of output
+rows by band (the band's input and grad_y rows stay in L1 across its tiles); the
+partials are added in order in float64, so the result does not depend on the thread
+count.
+
+>>> import numpy as np
+>>> from fastconv import conv2d_backward
+>>> x = np.ones((8, 6, 6, 16), np.float32)                   # NHWC
+>>> w = np.ones((3, 3, 16, 16), np.float32)                  # HWIO
+>>> _, gw, _ = conv2d_backward(np.ones((8, 6, 6, 16), np.float32), x, w, padding=1,
+...                            layout="NHWC", algo="im2col",
+...                            needs_input_grad=(False, True, False))
+>>> float(gw[0, 0, 0, 0]), float(gw[1, 1, 0, 0])   # 8 images x 5x5 / 6x6 pixels
+(200.0, 288.0)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from ... import _lanes
+from ..._runtime import parallel_guard
+from .._common import U, workspace
+from .padded import padded_channels_last, padded_size
+
+#: Vectors of taps and output channels of a tile (24 accumulators).
+VECTORS = 3
+CHANNELS = 8
+#: Whether the tiles run: with AVX-512's 32 registers (24 accumulators spill out of
+#: AVX2's 16).
+ENABLED = _lanes.WIDE
+#: Multiply-adds per second per thread, for the cost model (float32; half for float64):
+#: 55-70 measured on the small ResNets' 3x3 layers (batch 32, 2 threads), against
+#: ``direct_grad``'s 40.
+TILES_GMACS = 60.0
+
+
+def tiles_apply(a) -> bool:
+    """Whether ``weight_grad_tiles`` runs the weight gradient of ``a``: a kernel row's
+    taps KW*C whole vectors of lanes (undilated columns), C_out a multiple of
+    ``CHANNELS``, on a host of 32 vector registers (``ENABLED``)."""
+    nl = _lanes.per_register(a.dtype.itemsize)
+    return (ENABLED and a.groups == 1 and a.dilation[1] == 1
+            and (a.kw * a.c_in) % nl == 0 and a.c_out % CHANNELS == 0)
+
+
+@njit(inline="always")
+def _fma3x8(p, q, r, gf, gb, x0, x1, x2):
+    """p[k] + g_k * x0, q[k] + g_k * x1, r[k] + g_k * x2 for the 8 registers k, g_k =
+    grad_y[gb + k]: channel by channel, each broadcast feeding its 3 multiply-adds
+    at once (28 registers live: with the broadcasts hoisted, 35 spilled)."""
+    f = _lanes.fma
+    s = gf[gb + U(0)]
+    p0, q0, r0 = f(p[0], s, x0), f(q[0], s, x1), f(r[0], s, x2)
+    s = gf[gb + U(1)]
+    p1, q1, r1 = f(p[1], s, x0), f(q[1], s, x1), f(r[1], s, x2)
+    s = gf[gb + U(2)]
+    p2, q2, r2 = f(p[2], s, x0), f(q[2], s, x1), f(r[2], s, x2)
+    s = gf[gb + U(3)]
+    p3, q3, r3 = f(p[3], s, x0), f(q[3], s, x1), f(r[3], s, x2)
+    s = gf[gb + U(4)]
+    p4, q4, r4 = f(p[4], s, x0), f(q[4], s, x1), f(r[4], s, x2)
+    s = gf[gb + U(5)]
+    p5, q5, r5 = f(p[5], s, x0), f(q[5], s, x1), f(r[5], s, x2)
+    s = gf[gb + U(6)]
+    p6, q6, r6 = f(p[6], s, x0), f(q[6], s, x1), f(r[6], s, x2)
+    s = gf[gb + U(7)]
+    p7, q7, r7 = f(p[7], s, x0), f(q[7], s, x1), f(r[7], s, x2)
+    return ((p0, p1, p2, p3, p4, p5, p6, p7), (q0, q1, q2, q3, q4, q5, q6, q7),
+            (r0, r1, r2, r3, r4, r5, r6, r7))
+
+
+@njit(inline="always")
+def _load8(part, o):
+    nl = _lanes.count(part)
+    return (_lanes.load(part, o), _lanes.load(part, o + U(nl)),
+            _lanes.load(part, o + U(2 * nl)), _lanes.load(part, o + U(3 * nl)),
+            _lanes.load(part, o + U(4 * nl)), _lanes.load(part, o + U(5 * nl)),
+            _lanes.load(part, o + U(6 * nl)), _lanes.load(part, o + U(7 * nl)))
+
+
+@njit(inline="always")
+def _store8(part, o, v):
+    nl = _lanes.count(part)
+    for k in range(8):
+        _lanes.store(part, o + U(k * nl), v[k])
+
+
+@njit(cache=True)
+def _tile_band(part, o, xp, gf, rows, vec, wo, step, d_all):
+    """One tile's sums (24 registers at o in part: 3 x 8, vector-major) over a band of
+    output rows: rows = (input offset of the band's first row's run, input elements per
+    output row, grad_y offset of its first pixel's 8 channels, grad_y elements per
+    output row, rows); vec = the input offsets of the tile's 3 vectors in the run
+    (the last repeated where the run has fewer left). A function of its own: numba's
+    parallel-loop analysis fails on the tuples of registers."""
+    x0, xrow, g0, grow, n_rows = rows
+    v0, v1, v2 = vec
+    nl = _lanes.count(part)
+    p = _load8(part, o)
+    q = _load8(part, o + U(8 * nl))
+    r = _load8(part, o + U(16 * nl))
+    for i in range(n_rows):
+        xb = U(x0 + i * xrow)
+        gb = U(g0 + i * grow)
+        for _j in range(wo):
+            p, q, r = _fma3x8(p, q, r, gf, gb, _lanes.load(xp, xb + v0),
+                              _lanes.load(xp, xb + v1), _lanes.load(xp, xb + v2))
+            xb += step
+            gb += U(d_all)
+    _store8(part, o, p)
+    _store8(part, o + U(8 * nl), q)
+    _store8(part, o + U(16 * nl), r)
+
+
+@njit(parallel=True, cache=True)
+def _grad_w_tiles(xp, ps, gf, gs, part, geo):
+    """part (runs, KH, G, D/8, 3, 8, L) flat, fully written: the sums over run q's
+    images (``per`` each) of the tile of kernel row a, vectors 3g .. 3g + 2 of the
+    row's run of taps (``vecs`` of them; G = ceil(vecs / 3)) and output channels 8c ..
+    8c + 7. xp (N, Hp, Wp, C) and gf (N, Ho, Wo, D) flat with shapes ps, gs; geo = (KH,
+    s_h, s_w, r_h, per, band, vecs). One task per run; per image and band of output
+    rows, every tile runs over the band's pixels."""
+    n_img, hp, wp, c_all = ps
+    _, ho, wo, d_all = gs
+    kh, sh, sw, rh, per, band, vecs = geo
+    nl = _lanes.count(part)
+    groups = (vecs + VECTORS - 1) // VECTORS
+    nch = d_all // CHANNELS
+    n_run = (n_img + per - 1) // per
+    tile = VECTORS * CHANNELS * nl
+    step = U(sw * c_all)
+    for task in prange(n_run * kh * nch):
+        q = task // (kh * nch)
+        a = task // nch % kh
+        c = task % nch
+        base = q * kh * groups * nch * tile
+        for m in range(groups):
+            o = base + ((a * groups + m) * nch + c) * tile
+            for t in range(tile):
+                part[o + t] = 0.0
+        for n in range(q * per, min(n_img, (q + 1) * per)):
+            for i0 in range(0, ho, band):
+                rows = (n * hp * wp * c_all + (i0 * sh + a * rh) * wp * c_all,
+                        sh * wp * c_all, (n * ho + i0) * wo * d_all + c * CHANNELS,
+                        wo * d_all, min(ho, i0 + band) - i0)
+                for m in range(groups):
+                    v0 = m * VECTORS
+                    vec = (U(v0 * nl), U(min(v0 + 1, vecs - 1) * nl),
+                           U(min(v0 + 2, vecs - 1) * nl))
+                    o = U(base + ((a * groups + m) * nch + c) * tile)
+                    _tile_band(part, o, xp, gf, rows, vec, wo, step, d_all)
+
+
+@njit(cache=True)
+def _sum_tiles(part, runs, dims, out, steps):
+    """out[a, b, c, d] (flat; element steps ``steps`` for a, b, c, d) = the sum over the
+    runs, in order and in float64, of the tile sums of ``_grad_w_tiles`` (dims = (KH,
+    KW, C, D, L)), rounded once to out's dtype."""
+    kh, kw, c_all, d_all, nl = dims
+    sa, sb, sc, sd = steps
+    vecs = kw * c_all // nl
+    groups = (vecs + VECTORS - 1) // VECTORS
+    nch = d_all // CHANNELS
+    tile = VECTORS * CHANNELS * nl
+    per_run = kh * groups * nch * tile
+    for a in range(kh):
+        for t in range(kw * c_all):
+            b, c = divmod(t, c_all)
+            v, lane = divmod(t, nl)
+            m, vi = divmod(v, VECTORS)
+            for d in range(d_all):
+                ch, k = divmod(d, CHANNELS)
+                src = ((a * groups + m) * nch + ch) * tile + (vi * CHANNELS + k) * nl + lane
+                acc = 0.0
+                for q in range(runs):
+                    acc += np.float64(part[q * per_run + src])
+                out[a * sa + b * sb + c * sc + d * sd] = acc
+
+
+def weight_grad_tiles(x, gy_nhwc, a, grad_w, per: int, band: int) -> None:
+    """grad_w (layout of ``a``) = the weight gradient of a ``tiles_apply`` problem for x
+    (layout of ``a``) and grad_y (N, Ho, Wo, D) C-contiguous, in runs of ``per`` images
+    and bands of ``band`` output rows. Wraps ``padded.padded_channels_last``,
+    ``_grad_w_tiles`` and ``_sum_tiles``."""
+    dt = a.dtype
+    nl = _lanes.per_register(dt.itemsize)
+    hp, wp = padded_size(a)
+    vecs = a.kw * a.c_in // nl
+    runs = -(-a.n // per)
+    size = runs * a.kh * -(-vecs // VECTORS) * a.c_out * VECTORS * nl
+    part = workspace("direct_grad_tiles.part", size, dt)
+    xp = padded_channels_last(x, a, "direct_grad.xp").reshape(-1)
+    with parallel_guard():
+        _grad_w_tiles(xp, (a.n, hp, wp, a.c_in), gy_nhwc.reshape(-1), gy_nhwc.shape,
+                      part, (a.kh, a.stride[0], a.stride[1], a.dilation[0], per, band,
+                             vecs))
+    target = grad_w if grad_w.flags.c_contiguous else np.empty(grad_w.shape, grad_w.dtype)
+    oihw = a.dims.weight_to_canonical_view(target)
+    steps = tuple(s // target.itemsize for s in oihw.strides)   # (d, c, a, b)
+    flat = target.reshape(-1)
+    _sum_tiles(part, runs, (a.kh, a.kw, a.c_in, a.c_out, nl), flat,
+               (steps[2], steps[3], steps[1], steps[0]))
+    if target is not grad_w:
+        grad_w[...] = target
