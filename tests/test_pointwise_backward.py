@@ -152,13 +152,48 @@ def test_strided_pointwise_gradcheck():
     assert gradcheck(lambda x, w, b: F.conv2d(x, w, b, **kwargs, algo="im2col"), inputs)
 
 
-@pytest.mark.parametrize("kwargs", [dict(stride=2, padding=1), dict(stride=1),
-                                    dict(stride=2, layout="NHWC")])
-def test_strided_pointwise_applies_to_unpadded_strided_nchw_only(kwargs):
+@pytest.mark.parametrize("kwargs,applies", [
+    (dict(stride=2, padding=1), False), (dict(stride=1), False),
+    (dict(stride=2, layout="NHWC"), True), (dict(stride=(1, 2), layout="NHWC"), True)])
+def test_strided_pointwise_applies_to_unpadded_strided_layers_only(kwargs, applies):
     from fastconv.algos.im2col import strided_pointwise
 
     layout = kwargs.get("layout", "NCHW")
     shape = (2, 4, 5, 5) if layout == "NCHW" else (2, 5, 5, 4)
     w_shape = (3, 4, 1, 1) if layout == "NCHW" else (1, 1, 4, 3)
     a = conv_args_from_shapes("test", shape, w_shape, **kwargs)
-    assert not strided_pointwise.applies(a)
+    assert strided_pointwise.applies(a) == applies
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", STRIDED + [(4, 16, 9, 8, 32, 1, 1, 2, 0, 1, 1),
+                                            (5, 8, 7, 10, 16, 1, 1, (2, 3), 0, 1, 1)],
+                         ids=str)
+def test_strided_pointwise_nhwc_matches_reference(case, dtype, monkeypatch):
+    """NHWC strided 1x1 layers: the forward reads the pixels in place in the direct
+    lanes kernel where it applies (several images, one group, 16+ output channels),
+    else copies them (``strided_pointwise``); the backward puts grad_x back in place and
+    forms grad_w in the direct kernel where it applies."""
+    from fastconv.algos.im2col import direct_grad, lanes_plan, strided_pointwise
+
+    x, w, gy, kwargs, a = _problem(case, dtype)
+    want_y = ref.conv2d(x, w, None, a.stride, a.padding, a.dilation, a.groups)
+    want = _explicit(x, w, gy, a)
+    xl, wl = to_nhwc(x, w)
+    gyl = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+    al = conv_args_from_shapes("t", xl.shape, wl.shape, layout="NHWC", dtype=dtype,
+                               **kwargs)
+    assert strided_pointwise.applies(al)
+    direct_w = direct_grad.direct_backward_applies(al)
+    assert lanes_plan.lanes_applies(al) == direct_w == (case[0] >= 4 and case[-1] == 1)
+    fwd = count_calls(monkeypatch, strided_pointwise, "forward")
+    gws = count_calls(monkeypatch, strided_pointwise, "weight_grad_into")
+    tol = ref.tolerance(dtype, "im2col")
+    y = fastconv.conv2d(xl, wl, **kwargs, layout="NHWC", algo="im2col")
+    assert ref.rel_error(y.transpose(0, 3, 1, 2), want_y) <= tol
+    assert len(fwd) == int(not lanes_plan.lanes_chosen(al))
+    gx, gw, _ = fastconv.conv2d_backward(gyl, xl, wl, **kwargs, layout="NHWC",
+                                         algo="im2col")
+    assert ref.rel_error(gx.transpose(0, 3, 1, 2), want[0]) <= tol
+    assert ref.rel_error(gw.transpose(3, 2, 0, 1), want[1]) <= tol
+    assert len(gws) == int(direct_w)

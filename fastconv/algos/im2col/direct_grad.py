@@ -74,7 +74,7 @@ from .._nhwc import _swap_last2
 from .direct_grad_input import input_grad_cost, input_grad_direct, input_phases
 from .direct_grad_tiles import TILES_GMACS, tiles_apply, weight_grad_tiles
 from .image_last import image_last_tile
-from .padded import padded_channels_last, padded_size
+from .padded import padded_channels_last, padded_size, unpadded_view
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Taps accumulated at once (the weight-gradient kernel's 8 registers).
@@ -106,12 +106,19 @@ GRAD_W_GMACS = 40.0
 PREFER_IMAGE_LAST = not _lanes.WIDE
 
 
+def _strided_pointwise_nhwc(a) -> bool:
+    """A strided 1x1 NHWC layer (its weight gradient here, ``strided_pointwise``)."""
+    return a.kh * a.kw == 1 and a.stride != (1, 1) and a.dims.channels_last
+
+
 def direct_backward_applies(args) -> bool:
     """Whether im2col's backward runs the direct weight gradient (``backward_direct``):
-    one group, a kernel larger than 1x1, at least ``IMAGE_LAST_MIN_IMAGES`` images, at
-    most ``MAX_CHANNELS`` input and output channels (a last block of lanes partly
-    filled is computed whole: ``_d_pad``)."""
-    return (args.groups == 1 and args.kh * args.kw > 1 and args.n >= IMAGE_LAST_MIN_IMAGES
+    one group, a kernel larger than 1x1 (or a strided 1x1 one in NHWC, whose grad_w
+    ``strided_pointwise`` runs here), at least ``IMAGE_LAST_MIN_IMAGES`` images, at most
+    ``MAX_CHANNELS`` input and output channels (a last block of lanes partly filled is
+    computed whole: ``_d_pad``)."""
+    return (args.groups == 1 and args.n >= IMAGE_LAST_MIN_IMAGES
+            and (args.kh * args.kw > 1 or _strided_pointwise_nhwc(args))
             and args.c_in <= MAX_CHANNELS and args.c_out <= MAX_CHANNELS
             and args.h_out > 0 and args.w_out > 0)
 
@@ -344,24 +351,27 @@ def _d_pad(a) -> int:
 def weight_grad_into(x, gy_nhwc, a, grad_w) -> None:
     """grad_w (layout of ``a``, a's dtype) = the weight gradient for x (layout of ``a``)
     and grad_y (N, Ho, Wo, D) C-contiguous: in the register tiles of
-    ``direct_grad_tiles`` where they apply, else by ``_grad_w_parts`` (after
-    ``padded.padded_channels_last``) and ``_sum_parts``."""
+    ``direct_grad_tiles`` where they apply, else by ``_grad_w_parts`` (on x itself
+    where unpadded and channels last, ``padded.unpadded_view``, else on
+    ``padded.padded_channels_last``'s copy) and ``_sum_parts``."""
     if tiles_apply(a):
         weight_grad_tiles(x, gy_nhwc, a, grad_w, part_images(a), _band(a))
         return
     dt = a.dtype
-    hp, wp = padded_size(a)
-    ps = (a.n, hp, wp, a.c_in)
     per = part_images(a)
     runs = -(-a.n // per)
     taps = a.kh * a.kw * a.c_in
     part = workspace("direct_grad.part", runs * _d_pad(a) * taps, dt)
-    xp = padded_channels_last(x, a, "direct_grad.xp").reshape(-1)
+    xp = unpadded_view(x, a)
+    if xp is None:
+        xp = padded_channels_last(x, a, "direct_grad.xp")
+    ps = xp.shape
+    xp = xp.reshape(-1)
     gf = gy_nhwc.reshape(-1)
     nl = _lanes.per_register(dt.itemsize)
     gl = np.zeros(0 if a.c_out % nl == 0 else gf.size // a.n + nl, dt)
     gl[:gl.size - nl] = gf[gf.size - gl.size + nl:]    # the last image, then slack
-    toff = _tap_offsets(a.kh, a.kw, a.dilation[0] * wp, a.dilation[1], a.c_in)
+    toff = _tap_offsets(a.kh, a.kw, a.dilation[0] * ps[2], a.dilation[1], a.c_in)
     with parallel_guard():
         _grad_w_parts(xp, ps, gf, gy_nhwc.shape, toff, part,
                       (a.stride[0], a.stride[1], per, _band(a), _chunk(a)), gl)

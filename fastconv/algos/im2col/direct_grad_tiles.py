@@ -40,7 +40,7 @@ from numba import njit, prange
 from ... import _lanes
 from ..._runtime import parallel_guard
 from .._common import U, workspace
-from .padded import padded_channels_last, padded_size
+from .padded import padded_channels_last, unpadded_view
 
 #: Vectors of taps and output channels of a tile (24 accumulators).
 VECTORS = 3
@@ -56,11 +56,12 @@ TILES_GMACS = 60.0
 
 def tiles_apply(a) -> bool:
     """Whether ``weight_grad_tiles`` runs the weight gradient of ``a``: a kernel row's
-    taps KW*C whole vectors of lanes (undilated columns), C_out a multiple of
-    ``CHANNELS``, on a host of 32 vector registers (``ENABLED``)."""
+    taps KW*C whole vectors of lanes, at least a tile's ``VECTORS`` (undilated columns),
+    C_out a multiple of ``CHANNELS``, on a host of 32 vector registers (``ENABLED``)."""
     nl = _lanes.per_register(a.dtype.itemsize)
     return (ENABLED and a.groups == 1 and a.dilation[1] == 1
-            and (a.kw * a.c_in) % nl == 0 and a.c_out % CHANNELS == 0)
+            and (a.kw * a.c_in) % nl == 0 and a.kw * a.c_in >= VECTORS * nl
+            and a.c_out % CHANNELS == 0)
 
 
 @njit(inline="always")
@@ -200,18 +201,20 @@ def _sum_tiles(part, runs, dims, out, steps):
 def weight_grad_tiles(x, gy_nhwc, a, grad_w, per: int, band: int) -> None:
     """grad_w (layout of ``a``) = the weight gradient of a ``tiles_apply`` problem for x
     (layout of ``a``) and grad_y (N, Ho, Wo, D) C-contiguous, in runs of ``per`` images
-    and bands of ``band`` output rows. Wraps ``padded.padded_channels_last``,
-    ``_grad_w_tiles`` and ``_sum_tiles``."""
+    and bands of ``band`` output rows. Wraps ``_grad_w_tiles`` (on x itself where
+    unpadded and channels last, ``padded.unpadded_view``, else on
+    ``padded.padded_channels_last``'s copy) and ``_sum_tiles``."""
     dt = a.dtype
     nl = _lanes.per_register(dt.itemsize)
-    hp, wp = padded_size(a)
     vecs = a.kw * a.c_in // nl
     runs = -(-a.n // per)
     size = runs * a.kh * -(-vecs // VECTORS) * a.c_out * VECTORS * nl
     part = workspace("direct_grad_tiles.part", size, dt)
-    xp = padded_channels_last(x, a, "direct_grad.xp").reshape(-1)
+    xp = unpadded_view(x, a)
+    if xp is None:
+        xp = padded_channels_last(x, a, "direct_grad.xp")
     with parallel_guard():
-        _grad_w_tiles(xp, (a.n, hp, wp, a.c_in), gy_nhwc.reshape(-1), gy_nhwc.shape,
+        _grad_w_tiles(xp.reshape(-1), xp.shape, gy_nhwc.reshape(-1), gy_nhwc.shape,
                       part, (a.kh, a.stride[0], a.stride[1], a.dilation[0], per, band,
                              vecs))
     target = grad_w if grad_w.flags.c_contiguous else np.empty(grad_w.shape, grad_w.dtype)

@@ -122,7 +122,8 @@ def _fusable(x, wmat, out) -> bool:
 def _forward_nhwc(x, w, args, out, bias) -> None:
     """NHWC: per tile, cols (B*band*Wo, G, KH*KW*Cg) and W (G, KH*KW*Cg, Dg); the GEMM
     writes (pixels, G, Dg), which is the output tile itself. A pointwise layer's input
-    already is the column matrix (``pointwise``): no unfold.
+    already is the column matrix (``pointwise``): no unfold (a strided one's pixels are
+    copied first, ``strided_pointwise``).
     Layers of 8+ registers of output channels whose weight fits L2 read the input in
     place in register tiles (``indirect_nhwc.forward_indirect``: no column matrix).
     With several threads the others run in fused panels
@@ -133,6 +134,9 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
     bias_g = None if bias is None else bias.reshape(g, dg)
     if is_pointwise(args):
         forward_pointwise(x, wmat, args, out, bias_g)
+        return
+    if strided_pointwise.applies(args):
+        strided_pointwise.forward(x, wmat, args, out, bias_g)
         return
     if indirect_applies(args) and _fusable(x, wmat, out):
         forward_indirect(x, wmat, args, out, bias)
@@ -164,7 +168,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     forward (``tiling``) is unfolded, used for grad_w, then overwritten by its column
     gradient and folded. Wraps ``_im2col_*``, ``_col2im_*`` and numpy's BLAS matmul.
     Pointwise layers skip the unfold and the fold (``pointwise.backward_pointwise``;
-    strided ones in NCHW on a copy of the pixels read, ``strided_pointwise``); the
+    strided ones on a copy of the pixels read, ``strided_pointwise``); the
     input gradient alone at a stride that divides the kernel folds by phases
     (``shared.input_gradient_by_phases``). Small layers run the direct backward
     (``direct_grad.backward_direct``: grad_w, and grad_x of stride-1 layers, without a

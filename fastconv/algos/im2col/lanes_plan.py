@@ -83,11 +83,18 @@ def _outer(args, channels_last: bool | None = None) -> int:
 
 def lanes_applies(args) -> bool:
     """Whether the forward of ``args`` (either layout) can run ``forward_lanes``: several
-    images (at least ``IMAGE_LAST_MIN_IMAGES``), one group, a kernel larger than 1x1, at
-    most ``MAX_CHANNELS`` output channels using at least ``MIN_LANE_USE`` of their lanes,
-    inner loops of at least ``MIN_RUN`` taps (``_run``) and at most ``MAX_TAPS`` taps
-    C_in*KH*KW. Any stride, padding and dilation."""
-    if args.groups != 1 or args.kh * args.kw == 1:
+    images (at least ``IMAGE_LAST_MIN_IMAGES``), one group, a kernel larger than 1x1 (or
+    a strided 1x1 kernel in NHWC), at most ``MAX_CHANNELS`` output channels using at
+    least ``MIN_LANE_USE`` of their lanes, inner loops of at least ``MIN_RUN`` taps
+    (``_run``) and at most ``MAX_TAPS`` taps C_in*KH*KW. Any stride, padding and
+    dilation. A strided 1x1 NHWC layer (a ResNet's shortcut) then reads its pixels in
+    place, where the pointwise path copies them and multiplies (pixels, C) @ (C, D) on
+    one BLAS thread: alternating, 2 threads, 16 -> 32 at 28x28 with stride 2 (batch 32)
+    0.061 ms against 0.21 (torch 0.064); 32 -> 64 at 14x14 0.076 against 0.116 (torch
+    0.059); 32 -> 64 at 32x32 (batch 64) 0.41 against 0.64 (torch 0.32)."""
+    if args.groups != 1:
+        return False
+    if args.kh * args.kw == 1 and (args.stride == (1, 1) or not args.dims.channels_last):
         return False
     return (args.n >= IMAGE_LAST_MIN_IMAGES and args.c_out <= MAX_CHANNELS
             and _lane_use(args) >= MIN_LANE_USE and _run(args) >= MIN_RUN

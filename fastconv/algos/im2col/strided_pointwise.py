@@ -1,11 +1,15 @@
-"""Strided pointwise layers in NCHW (1x1 kernel, no padding, stride above 1, e.g. a
-ResNet's downsampling shortcut): the pixels the kernel reads copied into a plain
+"""Strided pointwise layers in either layout (1x1 kernel, no padding, stride above 1,
+e.g. a ResNet's downsampling shortcut): the pixels the kernel reads copied into a plain
 pointwise problem (``pointwise``), and its input gradient put back in their places.
 
 The general path would unfold a column matrix (every s-th pixel of each channel) and
-multiply one small GEMM per image. Alternating, 2 threads, forward: 32 -> 64 at 14x14
-with stride 2 (batch 32) 0.28 -> 0.14 ms (torch 0.13); 16 -> 32 at 28x28 0.42 -> 0.20
-ms (torch 0.20); 32 -> 64 at 32x32 (batch 64) 1.95 -> 0.84 ms (torch 0.93).
+multiply one small GEMM per image. Alternating, 2 threads, NCHW forward: 32 -> 64 at
+14x14 with stride 2 (batch 32) 0.28 -> 0.14 ms (torch 0.13); 16 -> 32 at 28x28 0.42 ->
+0.20 ms (torch 0.20); 32 -> 64 at 32x32 (batch 64) 1.95 -> 0.84 ms (torch 0.93). NHWC
+layers of several images forward in the direct lanes kernel instead (the pixels read
+in place, ``lanes_plan.lanes_applies``); here their gradients: grad_x 0.31 -> 0.23 ms
+(16 -> 32 at 28x28, batch 32; torch 0.12-0.17), grad_w by the direct kernel on x
+itself (``direct_grad.weight_grad_into``).
 
 Examples
 --------
@@ -25,13 +29,14 @@ import numpy as np
 
 from ..._memory import allocate
 from ...costs import Estimate, Profile
+from .direct_grad import direct_backward_applies, weight_grad_into
 from .pointwise import backward_cost_pointwise, backward_pointwise, forward_pointwise
 
 
 def applies(args) -> bool:
-    """A 1x1 NCHW layer without padding at a stride above 1."""
-    return (not args.dims.channels_last and args.kh == args.kw == 1
-            and args.stride != (1, 1) and args.padding == ((0, 0), (0, 0)))
+    """A 1x1 layer without padding at a stride above 1."""
+    return (args.kh == args.kw == 1 and args.stride != (1, 1)
+            and args.padding == ((0, 0), (0, 0)))
 
 
 def plain(args):
@@ -56,9 +61,12 @@ def backward_cost(a, p: Profile) -> Estimate:
 
 
 def _pixels(x, args):
-    """The view of x (N, C, H, W) at the pixels the kernel reads, (N, C, Ho, Wo)."""
+    """The view of x (layout of ``args``) at the pixels the kernel reads: (N, C, Ho, Wo)
+    in that layout's order."""
     sh, sw = args.stride
-    return x[:, :, ::sh, ::sw][:, :, :args.h_out, :args.w_out]
+    dims = args.dims
+    return dims.from_canonical_view(
+        dims.to_canonical_view(x)[:, :, ::sh, ::sw][:, :, :args.h_out, :args.w_out])
 
 
 def forward(x, wmat, args, out, bias_g) -> None:
@@ -69,11 +77,16 @@ def forward(x, wmat, args, out, bias_g) -> None:
 
 def backward(gy, x, w, args, grad_x, grad_w) -> None:
     """``pointwise.backward_pointwise`` of the pixels read; grad_x (or None) zero but at
-    those pixels, grad_w (or None) fully written."""
+    those pixels, grad_w (or None) fully written (in NHWC by the direct weight gradient,
+    ``direct_grad.weight_grad_into``, where it applies: no copy of the pixels)."""
     sub = plain(args)
+    if grad_w is not None and direct_backward_applies(args):  # NHWC: pixels read in place
+        weight_grad_into(x, np.ascontiguousarray(gy, args.dtype), args, grad_w)
+        grad_w = None
     xs = None if grad_w is None else np.ascontiguousarray(_pixels(x, args))
-    gxs = None if grad_x is None else allocate("conv2d_backward", "grad_x", sub.x_shape,
-                                                args.dtype)
+    gxs = None if grad_x is None else allocate(
+        "conv2d_backward", "grad_x", sub.dims.shape(sub.n, sub.c_in, sub.h, sub.w),
+        args.dtype)
     backward_pointwise(gy, xs, w, sub, gxs, grad_w)
     if grad_x is not None:
         grad_x[...] = 0
