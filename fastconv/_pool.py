@@ -52,12 +52,11 @@ def aligned_empty(shape, dtype) -> np.ndarray:
     """``np.empty(shape, dtype)`` whose data starts on an ``ALIGN``-byte boundary: a view
     of a byte buffer, which is its ``base`` and the base of every view made from it.
     (numpy's own arrays of more than a few KB start 16 bytes past one.)"""
-    shape = tuple(map(int, shape)) if np.ndim(shape) else (int(shape),)
+    shape = (int(shape),) if isinstance(shape, (int, np.integer)) else \
+        tuple(map(int, shape))
     dtype = np.dtype(dtype)
-    nbytes = math.prod(shape) * dtype.itemsize
-    buf = np.empty(nbytes + ALIGN, np.uint8)
-    start = -buf.__array_interface__["data"][0] % ALIGN
-    return buf[start:start + nbytes].view(dtype).reshape(shape)
+    buf = np.empty(math.prod(shape) * dtype.itemsize + ALIGN, np.uint8)
+    return np.ndarray(shape, dtype, buf, -buf.ctypes.data % ALIGN)
 
 
 def aligned(a: np.ndarray) -> np.ndarray:
