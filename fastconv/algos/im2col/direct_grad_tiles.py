@@ -65,29 +65,28 @@ def tiles_apply(a) -> bool:
 
 
 @njit(inline="always")
+def _fma3(v, s, x0, x1, x2):
+    """(v[0] + s * x0, v[1] + s * x1, v[2] + s * x2): one broadcast for 3 multiply-adds."""
+    f = _lanes.fma
+    return f(v[0], s, x0), f(v[1], s, x1), f(v[2], s, x2)
+
+
+@njit(inline="always")
 def _fma3x8(p, q, r, gf, gb, x0, x1, x2):
     """p[k] + g_k * x0, q[k] + g_k * x1, r[k] + g_k * x2 for the 8 registers k, g_k =
     grad_y[gb + k]: channel by channel, each broadcast feeding its 3 multiply-adds
     at once (28 registers live: with the broadcasts hoisted, 35 spilled)."""
-    f = _lanes.fma
-    s = gf[gb + U(0)]
-    p0, q0, r0 = f(p[0], s, x0), f(q[0], s, x1), f(r[0], s, x2)
-    s = gf[gb + U(1)]
-    p1, q1, r1 = f(p[1], s, x0), f(q[1], s, x1), f(r[1], s, x2)
-    s = gf[gb + U(2)]
-    p2, q2, r2 = f(p[2], s, x0), f(q[2], s, x1), f(r[2], s, x2)
-    s = gf[gb + U(3)]
-    p3, q3, r3 = f(p[3], s, x0), f(q[3], s, x1), f(r[3], s, x2)
-    s = gf[gb + U(4)]
-    p4, q4, r4 = f(p[4], s, x0), f(q[4], s, x1), f(r[4], s, x2)
-    s = gf[gb + U(5)]
-    p5, q5, r5 = f(p[5], s, x0), f(q[5], s, x1), f(r[5], s, x2)
-    s = gf[gb + U(6)]
-    p6, q6, r6 = f(p[6], s, x0), f(q[6], s, x1), f(r[6], s, x2)
-    s = gf[gb + U(7)]
-    p7, q7, r7 = f(p[7], s, x0), f(q[7], s, x1), f(r[7], s, x2)
-    return ((p0, p1, p2, p3, p4, p5, p6, p7), (q0, q1, q2, q3, q4, q5, q6, q7),
-            (r0, r1, r2, r3, r4, r5, r6, r7))
+    c0 = _fma3((p[0], q[0], r[0]), gf[gb], x0, x1, x2)
+    c1 = _fma3((p[1], q[1], r[1]), gf[gb + U(1)], x0, x1, x2)
+    c2 = _fma3((p[2], q[2], r[2]), gf[gb + U(2)], x0, x1, x2)
+    c3 = _fma3((p[3], q[3], r[3]), gf[gb + U(3)], x0, x1, x2)
+    c4 = _fma3((p[4], q[4], r[4]), gf[gb + U(4)], x0, x1, x2)
+    c5 = _fma3((p[5], q[5], r[5]), gf[gb + U(5)], x0, x1, x2)
+    c6 = _fma3((p[6], q[6], r[6]), gf[gb + U(6)], x0, x1, x2)
+    c7 = _fma3((p[7], q[7], r[7]), gf[gb + U(7)], x0, x1, x2)
+    return ((c0[0], c1[0], c2[0], c3[0], c4[0], c5[0], c6[0], c7[0]),
+            (c0[1], c1[1], c2[1], c3[1], c4[1], c5[1], c6[1], c7[1]),
+            (c0[2], c1[2], c2[2], c3[2], c4[2], c5[2], c6[2], c7[2]))
 
 
 @njit(inline="always")

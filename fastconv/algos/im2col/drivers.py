@@ -82,11 +82,7 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     ckk = g * cgkk
     wmat = _weights_nchw(w, args)
     bias_g = None if bias is None else bias.reshape(g, dg, 1)
-    if is_pointwise(args):
-        forward_pointwise(x, wmat, args, out, bias_g)
-        return
-    if strided_pointwise.applies(args):
-        strided_pointwise.forward(x, wmat, args, out, bias_g)
+    if _forward_1x1(x, wmat, args, out, bias_g):
         return
     t = tiling(args)
     if t.image_last:
@@ -111,6 +107,19 @@ def _forward_nchw(x, w, args, out, bias) -> None:
             y += bias_g
 
 
+def _forward_1x1(x, wmat, args, out, bias_g) -> bool:
+    """The forward of a 1x1 layer without padding, either layout, with the layout's
+    weight matrix and bias: as GEMMs of its input (``pointwise``; a strided one's pixels
+    copied first, ``strided_pointwise``). False, with nothing done, for other layers."""
+    if is_pointwise(args):
+        forward_pointwise(x, wmat, args, out, bias_g)
+        return True
+    if strided_pointwise.applies(args):
+        strided_pointwise.forward(x, wmat, args, out, bias_g)
+        return True
+    return False
+
+
 def _fusable(x, wmat, out) -> bool:
     """Whether the one-kernel forwards (fused, indirect) may run on these arrays:
     writable x and weights (read-only ones would compile kernels of their own) and a
@@ -132,11 +141,7 @@ def _forward_nhwc(x, w, args, out, bias) -> None:
     g, dg, cgkk = gemm_sizes(args)
     wmat = _weights_nhwc(w, args)
     bias_g = None if bias is None else bias.reshape(g, dg)
-    if is_pointwise(args):
-        forward_pointwise(x, wmat, args, out, bias_g)
-        return
-    if strided_pointwise.applies(args):
-        strided_pointwise.forward(x, wmat, args, out, bias_g)
+    if _forward_1x1(x, wmat, args, out, bias_g):
         return
     if indirect_applies(args) and _fusable(x, wmat, out):
         forward_indirect(x, wmat, args, out, bias)
