@@ -16,10 +16,10 @@ whose left operand is read where it lies. A tile holds 3 vectors of taps x 8 out
 channels in 24 registers (AVX-512's 32): per pixel, 3 vector loads of the run and 8
 broadcasts of grad_y feed 24 fused multiply-adds, against one broadcast of the input
 per multiply-add in ``direct_grad``'s lanes-over-channels kernel. Each task sums a run
-of images (``direct_grad.part_images``) into its own float32 partial, band of output
-rows by band (the band's input and grad_y rows stay in L1 across its tiles); the
-partials are added in order in float64, so the result does not depend on the thread
-count.
+of images (``direct_grad.part_images``) for one kernel row and 8 output channels into
+its own float32 partial, band of output rows by band (the band's input and grad_y rows
+stay in L1 across its tiles); the runs' partials are added in order in float64, so the
+result does not depend on the thread count.
 
 >>> import numpy as np
 >>> from fastconv import conv2d_backward
@@ -138,8 +138,8 @@ def _grad_w_tiles(xp, ps, gf, gs, part, geo):
     images (``per`` each) of the tile of kernel row a, vectors 3g .. 3g + 2 of the
     row's run of taps (``vecs`` of them; G = ceil(vecs / 3)) and output channels 8c ..
     8c + 7. xp (N, Hp, Wp, C) and gf (N, Ho, Wo, D) flat with shapes ps, gs; geo = (KH,
-    s_h, s_w, r_h, per, band, vecs). One task per run; per image and band of output
-    rows, every tile runs over the band's pixels."""
+    s_h, s_w, r_h, per, band, vecs). One task per (run, kernel row, 8 output channels);
+    per image and band of output rows, its tiles run over the band's pixels."""
     n_img, hp, wp, c_all = ps
     _, ho, wo, d_all = gs
     kh, sh, sw, rh, per, band, vecs = geo
