@@ -53,10 +53,10 @@ import functools
 import numpy as np
 from numba import njit, prange
 
-from ... import _lanes, _pool
+from ... import _lanes
 from ..._runtime import parallel_guard
 from ...layout import NHWC
-from .._common import U, interior_columns
+from .._common import U, interior_columns, view, workspace
 from .image_last import _flat, contiguous_geometry, strided_flat
 from .lanes_plan import PIXELS, _prepadded, band_rows
 from .padded import padded_channels_last, padded_size
@@ -411,12 +411,14 @@ def _tap_offsets(kh: int, row_step: int, taps) -> np.ndarray:
 def _packed_weight(w, dtype, taps) -> np.ndarray:
     """OIHW (D, C, KH, KW) (any strides) -> (D_pad/L, KH*KW*C, L) flat, taps in the
     order of ``_tap_order``'s ``taps``: (a, b, c), or (a, c, b) with the channels outer
-    and the columns inner; zero beyond D."""
+    and the columns inner; zero beyond D. In the calling thread's workspace (on a cache
+    line, for whole-vector loads; valid until the next call)."""
     d, c, kh, kw = w.shape
     nl = _lanes.per_register(dtype.itemsize)
     blocks = -(-d // nl)
     src = w.transpose(*((2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0)))
-    packed = _pool.aligned_empty((blocks, kh * kw * c, nl), dtype)   # whole-vector loads
+    packed = view(workspace("direct_lanes.w", blocks * kh * kw * c * nl, dtype),
+                  (blocks, kh * kw * c, nl))
     if d % nl:
         packed[...] = 0
     for b in range(blocks):  # one strided copy a block (no temporaries)
@@ -454,7 +456,8 @@ def forward_lanes(x, w, args, out, bias) -> None:
     (``_prepadded``)."""
     dt = args.dtype
     nl = _lanes.per_register(dt.itemsize)
-    fb = np.zeros(-(-args.c_out // nl) * nl, dt)
+    fb = workspace("direct_lanes.bias", -(-args.c_out // nl) * nl, dt)
+    fb[:] = 0
     if bias is not None:
         fb[:args.c_out] = bias
     strided = strided_flat(out, args.dims)
