@@ -15,7 +15,8 @@ from fastconv.algos.im2col.direct_grad_tiles import tiles_apply
 from fastconv.nn import functional as F
 
 from . import reference as ref
-from .conftest import count_calls, to_nhwc
+from .conftest import count_calls
+from .test_direct_grad import _problem
 
 pytestmark = pytest.mark.skipif(not direct_grad_tiles.ENABLED,
                                 reason="the tiles run with 32 vector registers (AVX-512)")
@@ -25,29 +26,14 @@ pytestmark = pytest.mark.skipif(not direct_grad_tiles.ENABLED,
 # its other two repeated) at stride 2, 6 vectors (two groups) with row dilation and
 # asymmetric padding, a rectangular kernel of 5 columns, 40 output channels (5 tiles),
 # and 8 (one) with 64 input channels (12 vectors a row)
+# (and test_direct_grad's last field, unused here)
 CASES = [
-    (4, 16, 7, 9, 16, 3, 1, 1, 1),
-    (5, 32, 9, 8, 24, (2, 2), 2, 1, 1),
-    (4, 32, 9, 9, 16, 3, 1, ((2, 0), (1, 1)), (2, 1)),
-    (4, 16, 6, 11, 40, (2, 5), (1, 2), (0, 2), 1),
-    (6, 64, 5, 5, 8, 3, 1, 1, 1),
+    (4, 16, 7, 9, 16, 3, 1, 1, 1, None),
+    (5, 32, 9, 8, 24, (2, 2), 2, 1, 1, None),
+    (4, 32, 9, 9, 16, 3, 1, ((2, 0), (1, 1)), (2, 1), None),
+    (4, 16, 6, 11, 40, (2, 5), (1, 2), (0, 2), 1, None),
+    (6, 64, 5, 5, 8, 3, 1, 1, 1, None),
 ]
-
-
-def _problem(case, dtype, rng, layout):
-    n, c, h, wd, d, k, stride, padding, dilation = case
-    kh, kw = (k, k) if isinstance(k, int) else k
-    x = rng.standard_normal((n, c, h, wd)).astype(dtype)
-    w = rng.standard_normal((d, c, kh, kw)).astype(dtype)
-    kwargs = dict(stride=stride, padding=padding, dilation=dilation)
-    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
-    gy = rng.standard_normal(canon.y_shape).astype(dtype)
-    want = ref.conv2d_backward(gy, x, w, canon.stride, canon.padding, canon.dilation)[1]
-    if layout == "NHWC":
-        x, w = to_nhwc(x, w)
-        gy = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
-    a = conv_args_from_shapes("t", x.shape, w.shape, layout=layout, dtype=dtype, **kwargs)
-    return x, w, gy, a, kwargs, want
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
@@ -55,7 +41,7 @@ def _problem(case, dtype, rng, layout):
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_tiles_match_the_reference(case, dtype, layout, rng, monkeypatch):
     monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)
-    x, w, gy, a, kwargs, gw0 = _problem(case, dtype, rng, layout)
+    x, w, gy, a, kwargs, (_, gw0, _) = _problem(case, dtype, rng, layout)
     assert tiles_apply(a) and direct_grad.direct_backward_chosen(a, False)
     calls = count_calls(monkeypatch, direct_grad_tiles, "_grad_w_tiles")
     _, gw, _ = fastconv.conv2d_backward(gy, x, w, layout=layout, algo="im2col",
