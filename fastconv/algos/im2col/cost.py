@@ -39,7 +39,7 @@ def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
     fixed cost per copied row segment) and one GEMM per group, (C_out/G) x (C_in/G*KH*KW)
     x (tile pixels), at ``gemm_seconds``'s rate (skinny GEMMs are slow); tiles of
     several images add a scatter pass over their output. 1x1 layers are one batched
-    GEMM (strided ones in NCHW after a copy of the pixels read). With ``fuse``, layers
+    GEMM (strided ones after a copy of the pixels read). With ``fuse``, layers
     that run fused (``fused.fused_tiling``, ``fused_nhwc.fused_nhwc_tiling``) are priced
     in their panels, without the per-tile cost (one kernel call runs them all), and
     those that read the input in place (``indirect_nhwc.indirect_applies``) without the
