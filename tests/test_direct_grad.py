@@ -305,7 +305,7 @@ def test_an_unpadded_channels_last_input_is_read_in_place(layout, c, padding, co
     a = conv_args_from_shapes("t", xl.shape, wl.shape, padding=padding, layout=layout,
                               dtype=np.float32)
     pads = count_calls(monkeypatch, padded, "_pad_images")
-    xp = padded.padded_channels_last(xl, a, "test.xp")
+    xp = padded.channels_last_input(xl, a, "test.xp")
     assert len(pads) == int(copied) and np.shares_memory(xp, xl) != copied
     p = padding
     want = np.pad(x.transpose(0, 2, 3, 1), ((0, 0), (p, p), (p, p), (0, 0)))

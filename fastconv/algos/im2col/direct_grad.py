@@ -72,9 +72,9 @@ from ...costs import BACKWARD_FACTOR, Estimate, Profile
 from .._common import U, view, workspace
 from .._nhwc import _swap_last2
 from .direct_grad_input import input_grad_cost, input_grad_direct, input_phases
-from .direct_grad_tiles import TILES_GMACS, tiles_apply, weight_grad_tiles
+from .direct_grad_tiles import TILES_GMACS, into_weight, tiles_apply, weight_grad_tiles
 from .image_last import image_last_tile
-from .padded import padded_channels_last, padded_size, unpadded_view
+from .padded import channels_last_input, padded_size
 from .tiling import IMAGE_LAST_MIN_IMAGES
 
 #: Taps accumulated at once (the weight-gradient kernel's 8 registers).
@@ -351,9 +351,8 @@ def _d_pad(a) -> int:
 def weight_grad_into(x, gy_nhwc, a, grad_w) -> None:
     """grad_w (layout of ``a``, a's dtype) = the weight gradient for x (layout of ``a``)
     and grad_y (N, Ho, Wo, D) C-contiguous: in the register tiles of
-    ``direct_grad_tiles`` where they apply, else by ``_grad_w_parts`` (on x itself
-    where unpadded and channels last, ``padded.unpadded_view``, else on
-    ``padded.padded_channels_last``'s copy) and ``_sum_parts``."""
+    ``direct_grad_tiles`` where they apply, else by ``_grad_w_parts`` (on
+    ``padded.channels_last_input``) and ``_sum_parts``."""
     if tiles_apply(a):
         weight_grad_tiles(x, gy_nhwc, a, grad_w, part_images(a), _band(a))
         return
@@ -362,9 +361,7 @@ def weight_grad_into(x, gy_nhwc, a, grad_w) -> None:
     runs = -(-a.n // per)
     taps = a.kh * a.kw * a.c_in
     part = workspace("direct_grad.part", runs * _d_pad(a) * taps, dt)
-    xp = unpadded_view(x, a)
-    if xp is None:
-        xp = padded_channels_last(x, a, "direct_grad.xp")
+    xp = channels_last_input(x, a, "direct_grad.xp")
     ps = xp.shape
     xp = xp.reshape(-1)
     gf = gy_nhwc.reshape(-1)
@@ -375,13 +372,8 @@ def weight_grad_into(x, gy_nhwc, a, grad_w) -> None:
     with parallel_guard():
         _grad_w_parts(xp, ps, gf, gy_nhwc.shape, toff, part,
                       (a.stride[0], a.stride[1], per, _band(a), _chunk(a)), gl)
-    target = grad_w if grad_w.flags.c_contiguous else np.empty(grad_w.shape, grad_w.dtype)
-    oihw = a.dims.weight_to_canonical_view(target)
-    steps = tuple(s // target.itemsize for s in oihw.strides)   # (d, c, a, b)
-    _sum_parts(part, runs, (a.kw, a.c_in, a.c_out), view(target, (-1,)),
-               (steps[2], steps[3], steps[1], steps[0]))
-    if target is not grad_w:
-        grad_w[...] = target
+    into_weight(grad_w, a, lambda out, steps: _sum_parts(
+        part, runs, (a.kw, a.c_in, a.c_out), out, steps))
 
 
 @njit(cache=True)

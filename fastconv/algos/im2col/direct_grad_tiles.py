@@ -40,7 +40,7 @@ from numba import njit, prange
 from ... import _lanes
 from ..._runtime import parallel_guard
 from .._common import U, workspace
-from .padded import padded_channels_last, unpadded_view
+from .padded import channels_last_input
 
 #: Vectors of taps and output channels of a tile (24 accumulators).
 VECTORS = 3
@@ -200,27 +200,30 @@ def _sum_tiles(part, runs, dims, out, steps):
 def weight_grad_tiles(x, gy_nhwc, a, grad_w, per: int, band: int) -> None:
     """grad_w (layout of ``a``) = the weight gradient of a ``tiles_apply`` problem for x
     (layout of ``a``) and grad_y (N, Ho, Wo, D) C-contiguous, in runs of ``per`` images
-    and bands of ``band`` output rows. Wraps ``_grad_w_tiles`` (on x itself where
-    unpadded and channels last, ``padded.unpadded_view``, else on
-    ``padded.padded_channels_last``'s copy) and ``_sum_tiles``."""
+    and bands of ``band`` output rows. Wraps ``_grad_w_tiles`` (on
+    ``padded.channels_last_input``) and ``_sum_tiles``."""
     dt = a.dtype
     nl = _lanes.per_register(dt.itemsize)
     vecs = a.kw * a.c_in // nl
     runs = -(-a.n // per)
     size = runs * a.kh * -(-vecs // VECTORS) * a.c_out * VECTORS * nl
     part = workspace("direct_grad_tiles.part", size, dt)
-    xp = unpadded_view(x, a)
-    if xp is None:
-        xp = padded_channels_last(x, a, "direct_grad.xp")
+    xp = channels_last_input(x, a, "direct_grad.xp")
     with parallel_guard():
         _grad_w_tiles(xp.reshape(-1), xp.shape, gy_nhwc.reshape(-1), gy_nhwc.shape,
                       part, (a.kh, a.stride[0], a.stride[1], a.dilation[0], per, band,
                              vecs))
+    into_weight(grad_w, a, lambda out, steps: _sum_tiles(
+        part, runs, (a.kh, a.kw, a.c_in, a.c_out, nl), out, steps))
+
+
+def into_weight(grad_w, a, write) -> None:
+    """grad_w (layout of ``a``, any strides) fully written by ``write(out, steps)``: out
+    grad_w's data flat (a C-contiguous stand-in where grad_w is not), steps the element
+    steps of its (a, b, c, d) = (kernel row, column, input and output channel) axes."""
     target = grad_w if grad_w.flags.c_contiguous else np.empty(grad_w.shape, grad_w.dtype)
     oihw = a.dims.weight_to_canonical_view(target)
-    steps = tuple(s // target.itemsize for s in oihw.strides)   # (d, c, a, b)
-    flat = target.reshape(-1)
-    _sum_tiles(part, runs, (a.kh, a.kw, a.c_in, a.c_out, nl), flat,
-               (steps[2], steps[3], steps[1], steps[0]))
+    d, c, r, q = (s // target.itemsize for s in oihw.strides)
+    write(target.reshape(-1), (r, q, c, d))
     if target is not grad_w:
         grad_w[...] = target

@@ -91,15 +91,15 @@ def _flat_nhwc(x, a):
     return x.reshape(-1), tuple(v.shape) + tuple(s // x.itemsize for s in v.strides)
 
 
-def unpadded_view(x, a) -> np.ndarray | None:
-    """x itself as (N, H, W, C) where it is what a zero-padded channels-last copy would
-    hold but for the rows and columns beyond the reads (``padded_size``): no padding,
-    ``a``'s dtype, C-contiguous and channels last (or one channel); else None. A kernel
-    that takes it reads its rows H*W*C and W*C elements apart."""
+def channels_last_input(x, a, slot: str) -> np.ndarray:
+    """x for a kernel that reads it zero-padded and channels last: x itself as (N, H,
+    W, C) where it already is that (no padding, ``a``'s dtype, C-contiguous and channels
+    last, or one channel; the kernel reads its rows H*W*C and W*C elements apart: take
+    them from the returned shape), else ``padded_channels_last``'s copy in ``slot``."""
     if a.padding == ((0, 0), (0, 0)) and x.dtype == a.dtype and x.flags.c_contiguous \
             and (a.dims.channels_last or a.c_in == 1):
         return x.reshape(a.n, a.h, a.w, a.c_in)
-    return None
+    return padded_channels_last(x, a, slot)
 
 
 def padded_channels_last(x, a, slot: str) -> np.ndarray:
@@ -109,10 +109,6 @@ def padded_channels_last(x, a, slot: str) -> np.ndarray:
     layer's forward and backward (``shared_copies``); read-only for the caller."""
     hp, wp = padded_size(a)
     (pt, _), (pl, _) = a.padding
-    if (hp, wp) == (a.h, a.w):
-        xv = unpadded_view(x, a)
-        if xv is not None:
-            return xv                           # already what a copy would hold
     store, keep = getattr(_shared, "scope", None) or (None, False)
     if store is not None:
         key = (x.__array_interface__["data"][0], x.shape, x.strides, x.dtype.str,
