@@ -7,7 +7,12 @@ import pytest
 
 import fastconv
 from fastconv.algos.winograd import nhwc, nhwc_tiles
-from fastconv.algos.winograd.kernel import transform_kernel
+from fastconv.algos.winograd.kernel import (
+    _grad_x_kernel,
+    grad_x_kernel_io,
+    transform_kernel,
+    transform_kernel_io,
+)
 from tests import reference as ref
 from tests.conftest import count_calls, to_nhwc
 
@@ -74,7 +79,7 @@ def test_non_finite_inputs_are_flagged_and_stay_local(rng):
     x[1, 5, 6, 0] = np.nan
     x[0, 2, 2, 34] = np.inf
     w = rng.standard_normal((3, 3, 35, 32)).astype(np.float32)
-    u = transform_kernel(np.ascontiguousarray(w.transpose(3, 2, 0, 1)), 1, 4)
+    u = transform_kernel_io(w, 1, 4)
     y = np.empty((2, 12, 12, 32), np.float32)
     assert nhwc_tiles.fused_forward(x, u, y, None, (1, 1)) is False
     got = fastconv.conv2d(x, w, padding=1, layout="NHWC", algo="winograd")
@@ -98,3 +103,22 @@ def test_input_gradient_runs_through_the_fused_forward(rng, monkeypatch):
     assert len(calls) == 1
     assert ref.rel_error(gx.transpose(0, 3, 1, 2), gx0) <= ref.tolerance(np.float64,
                                                                           "winograd")
+
+
+@pytest.mark.parametrize("groups, m", [(1, 4), (2, 4), (1, 2), (2, 2)])
+def test_transform_kernel_io_is_the_transform_in_nhwc_order(rng, groups, m):
+    """NHWC's transformed kernel holds ``transform_kernel``'s values with each (Dg, Cg)
+    plane transposed, read from an HWIO weight of any strides."""
+    w_io = rng.standard_normal((3, 3, 6, 8)).astype(np.float32)
+    want = transform_kernel(np.ascontiguousarray(w_io.transpose(3, 2, 0, 1)), groups, m)
+    for w in (w_io, np.asfortranarray(w_io)):
+        got = transform_kernel_io(w, groups, m)
+        assert got.flags.c_contiguous and got.shape == (groups, (m + 2) ** 2, 6, 8 // groups)
+        np.testing.assert_array_equal(got, want.transpose(0, 1, 3, 2))
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_grad_x_kernel_io_is_the_flipped_kernel_in_hwio(rng, groups):
+    w_io = rng.standard_normal((3, 3, 4, 6))
+    want = _grad_x_kernel(w_io.transpose(3, 2, 0, 1), groups)        # (C_in, Dg, 3, 3)
+    np.testing.assert_array_equal(grad_x_kernel_io(w_io, groups).transpose(3, 2, 0, 1), want)

@@ -70,6 +70,36 @@ def _kernel_transform4(w, u):
                     ug[6 * a + b, d, c] = r[b]
 
 
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _kernel_transform4_io(w, ut):
+    """w (3, 3, Cg, C_out) (HWIO, any strides) -> ut (G, 36, Cg, Dg): ut[g, 6*a + b, c,
+    d] = (G w[:, :, c, g*Dg + d] G^T)[a, b], as ``_kernel_transform4`` (float64, rounded
+    once) in the order the NHWC products read it (C-contiguous (Cg, Dg) planes, no
+    transposed copy). One task per (group, input channel), every step over its Dg
+    output channels (contiguous; one kernel at a time ran 4x slower)."""
+    cg = w.shape[2]
+    n_groups, _, _, dg = ut.shape
+    for task in prange(n_groups * cg):
+        g, c = task // cg, task % cg
+        k = np.empty((3, 3, dg))         # k[i, j, d] = w[i, j, c, g*Dg + d]
+        for i in range(3):
+            for j in range(3):
+                for d in range(dg):
+                    k[i, j, d] = w[i, j, c, g * dg + d]
+        gk = np.empty((3, 6, dg))        # gk[j, a, d] = (G k)[a, j]
+        for j in range(3):
+            for d in range(dg):
+                r = _g6(k[0, j, d], k[1, j, d], k[2, j, d])
+                for a in range(6):
+                    gk[j, a, d] = r[a]
+        plane = ut[g]
+        for a in range(6):
+            for d in range(dg):
+                r = _g6(gk[0, a, d], gk[1, a, d], gk[2, a, d])
+                for b in range(6):
+                    plane[6 * a + b, c, d] = r[b]
+
+
 @njit(inline="always")
 def _bt6(e0, e1, e2, e3, e4, e5, two, four, five):
     """B^T e for F(4x4, 3x3) (one 6-point column or row)."""

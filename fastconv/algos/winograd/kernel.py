@@ -1,5 +1,5 @@
-"""The transformed kernel U = G w G^T (``_KERNELS[m][0]``), and the kernel whose
-correlation with grad_y gives grad_x."""
+"""The transformed kernel U = G w G^T (``_KERNELS[m][0]``; NHWC's in its own order,
+``transform_kernel_io``), and the kernel whose correlation with grad_y gives grad_x."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import numpy as np
 
 from ... import _pool
 from .._common import guarded
+from .f4 import _kernel_transform4_io
 from .tiling import _KERNELS, transformed
 
 
@@ -25,3 +26,29 @@ def _grad_x_kernel(w_oihw: np.ndarray, groups: int) -> np.ndarray:
     dg = c_out // groups
     k = w_oihw.reshape(groups, dg, cg, 3, 3)[:, :, :, ::-1, ::-1].transpose(0, 2, 1, 3, 4)
     return np.ascontiguousarray(k).reshape(groups * cg, dg, 3, 3)
+
+
+def transform_kernel_io(w_io: np.ndarray, groups: int, m: int) -> np.ndarray:
+    """(3, 3, Cg, C_out) HWIO (any strides) -> (G, (m+2)^2, Cg, Dg), contiguous: the
+    transformed kernel in the order NHWC's products read it (``transform_kernel``'s
+    values, each (Cg, Dg) plane transposed). F(4x4, 3x3) transforms into that order
+    directly; F(2x2, 3x3) transposes ``transform_kernel``'s planes."""
+    cg, c_out = w_io.shape[2:]
+    if m != 4:
+        oihw = w_io.transpose(3, 2, 0, 1)
+        return np.ascontiguousarray(transform_kernel(oihw, groups, m).transpose(0, 1, 3, 2))
+    ut = _pool.aligned_empty((groups, transformed(m), cg, c_out // groups), w_io.dtype)
+    guarded(_kernel_transform4_io)(w_io, ut)
+    return ut
+
+
+def grad_x_kernel_io(w_io: np.ndarray, groups: int) -> np.ndarray:
+    """``_grad_x_kernel`` in HWIO: (3, 3, Dg, C_in) with k[a, b, d, g*Cg + c] =
+    w[2 - a, 2 - b, c, g*Dg + d] for w (3, 3, Cg, C_out); a view of w for one group."""
+    cg, c_out = w_io.shape[2:]
+    flipped = w_io[::-1, ::-1]
+    if groups == 1:
+        return flipped.transpose(0, 1, 3, 2)
+    dg = c_out // groups
+    k = flipped.reshape(3, 3, cg, groups, dg).transpose(0, 1, 4, 3, 2)
+    return np.ascontiguousarray(k).reshape(3, 3, dg, groups * cg)

@@ -27,7 +27,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
-from ... import _blas, _lanes, _small_gemm, config
+from ... import _blas, _lanes, config
 from .._common import U, guarded
 from .nhwc_tiles import fused_applies, fused_forward, tile_in4, tile_out4
 from .tiling import _rows_per_chunk, chunk_planes, tile_grid, transformed
@@ -168,7 +168,7 @@ def _output_transform_nhwc(p, at, y, dg, d0, r0, r1, th, tw, bias, has_bias, fla
 
 def run_nhwc(x, u, y, bias, pads, groups: int, m: int, phase=None) -> bool:
     """y (N, Ho, Wo, C_out) = F(m x m, 3x3) of x (N, H, W, C_in), both C-contiguous, with
-    the transformed kernel u (G, (m+2)^2, Dg, Cg) (``kernel.transform_kernel``), padding
+    the transformed kernel u (G, (m+2)^2, Cg, Dg) (``kernel.transform_kernel_io``), padding
     (top, left), dilation 1. Returns whether every output is finite.
 
     ``phase`` ((rho_h, sigma_h, count_h), (rho_w, sigma_w, count_w), (dh, dw)): only
@@ -195,12 +195,7 @@ def run_nhwc(x, u, y, bias, pads, groups: int, m: int, phase=None) -> bool:
     b = bias if has_bias else np.zeros(1, x.dtype)
     flags = np.zeros(rows, np.bool_)
     finite = True
-    # the stage's right operands: (t, Cg, Dg) views of u, which OpenBLAS reads in place;
-    # products in registers (``_small_gemm``) need them C-contiguous: a copy (the copy
-    # for 128 -> 128 layers, which stay with OpenBLAS, cost 0.1-0.3 ms a call)
-    ut = u.transpose(0, 1, 3, 2)
-    if _small_gemm.takes(t, min(rows, n * th) * tw, cg, dg, x.itemsize):
-        ut = np.ascontiguousarray(ut)
+    ut = np.ascontiguousarray(u)    # the stage's right operands: (t, Cg, Dg) planes
     for r0, r1, cols, (_, v), (_, prod) in chunk_planes(n * th, rows, tw, cg, dg, m, x.dtype):
         vv = v[:, :cols * cg].reshape(t, cols, cg)
         pv = prod[:, :cols * dg].reshape(t, cols, dg)
