@@ -39,14 +39,31 @@ def _gk4(k, tmp, c):
             tmp[6 * a + b, c] = row[b]
 
 
+@njit(inline="always")
+def _gkg(k, gk, out):
+    """out[6*a + b, i] = (G k[:, :, i] G^T)[a, b] for the n kernels k (3, 3, n) (float64;
+    ``_g6`` down each kernel's columns into the scratch gk (3, 6, n), then along the
+    rows; rounded once on the store), every step over the n kernels (contiguous)."""
+    n = k.shape[2]
+    for j in range(3):
+        for i in range(n):
+            r = _g6(k[0, j, i], k[1, j, i], k[2, j, i])
+            for a in range(6):
+                gk[j, a, i] = r[a]
+    for a in range(6):
+        for i in range(n):
+            r = _g6(gk[0, a, i], gk[1, a, i], gk[2, a, i])
+            for b in range(6):
+                out[6 * a + b, i] = r[b]
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _kernel_transform4(w, u):
     """w (C_out, Cg, 3, 3) -> u (G, 36, Dg, Cg): u[g, 6*a + b, d, c] = (G w G^T)[a, b]
-    (``_g6`` down the kernel's columns, then along the rows; float64, rounded once).
-    One task per output channel; its kernels are copied to (3, 3, Cg) first, so that
-    every step runs over the input channels, contiguous (a kernel at a time, each of its
-    36 values stored a row of u apart, ran 2 ms for 256 -> 256 channels, 16% of the
-    layer's forward)."""
+    (``_gkg``). One task per output channel; its kernels are copied to (3, 3, Cg) first,
+    so that every step runs over the input channels, contiguous (a kernel at a time,
+    each of its 36 values stored a row of u apart, ran 2 ms for 256 -> 256 channels, 16%
+    of the layer's forward)."""
     c_out, cg = w.shape[0], w.shape[1]
     dg = u.shape[2]
     for o in prange(c_out):
@@ -55,28 +72,16 @@ def _kernel_transform4(w, u):
             for i in range(3):
                 for j in range(3):
                     k[i, j, c] = w[o, c, i, j]
-        gk = np.empty((3, 6, cg))        # gk[j, a, c] = (G k)[a, j]
-        for j in range(3):
-            for c in range(cg):
-                r = _g6(k[0, j, c], k[1, j, c], k[2, j, c])
-                for a in range(6):
-                    gk[j, a, c] = r[a]
-        ug = u[o // dg]
-        d = o % dg
-        for a in range(6):
-            for c in range(cg):
-                r = _g6(gk[0, a, c], gk[1, a, c], gk[2, a, c])
-                for b in range(6):
-                    ug[6 * a + b, d, c] = r[b]
+        _gkg(k, np.empty((3, 6, cg)), u[o // dg, :, o % dg, :])
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _kernel_transform4_io(w, ut):
     """w (3, 3, Cg, C_out) (HWIO, any strides) -> ut (G, 36, Cg, Dg): ut[g, 6*a + b, c,
-    d] = (G w[:, :, c, g*Dg + d] G^T)[a, b], as ``_kernel_transform4`` (float64, rounded
-    once) in the order the NHWC products read it (C-contiguous (Cg, Dg) planes, no
-    transposed copy). One task per (group, input channel), every step over its Dg
-    output channels (contiguous; one kernel at a time ran 4x slower)."""
+    d] = (G w[:, :, c, g*Dg + d] G^T)[a, b], as ``_kernel_transform4`` in the order the
+    NHWC products read it (C-contiguous (Cg, Dg) planes, no transposed copy). One task
+    per (group, input channel), every step over its Dg output channels (one kernel at a
+    time ran 4x slower)."""
     cg = w.shape[2]
     n_groups, _, _, dg = ut.shape
     for task in prange(n_groups * cg):
@@ -86,18 +91,7 @@ def _kernel_transform4_io(w, ut):
             for j in range(3):
                 for d in range(dg):
                     k[i, j, d] = w[i, j, c, g * dg + d]
-        gk = np.empty((3, 6, dg))        # gk[j, a, d] = (G k)[a, j]
-        for j in range(3):
-            for d in range(dg):
-                r = _g6(k[0, j, d], k[1, j, d], k[2, j, d])
-                for a in range(6):
-                    gk[j, a, d] = r[a]
-        plane = ut[g]
-        for a in range(6):
-            for d in range(dg):
-                r = _g6(gk[0, a, d], gk[1, a, d], gk[2, a, d])
-                for b in range(6):
-                    plane[6 * a + b, c, d] = r[b]
+        _gkg(k, np.empty((3, 6, dg)), ut[g, :, c, :])
 
 
 @njit(inline="always")
