@@ -32,11 +32,12 @@ WINOGRAD_GROUP_US = 60.0
 WINOGRAD_SPLIT_US = 150.0
 WINOGRAD_PLANE_NS = 140.0
 #: NHWC layers that run fused (``nhwc_tiles.fused_applies``) transform their tiles in
-#: cache at about 1/1.35 of the copy bandwidth, and multiply them in registers at the
-#: GEMM peak. Fitted on 32 -> 32 at 32x32 (batch 64) and 64 -> 64 at 56x56 (batch 16):
-#: 3.4 and 7.4 ms measured, 3.4 and 7.6 modelled; 32 -> 32 at 14x14 (batch 32) 0.41
-#: against 0.45, 64 -> 64 at 7x7 0.46 against 0.33.
-WINOGRAD_FUSED_PASSES = 1.35
+#: cache at about the copy bandwidth, and multiply them in registers at the GEMM peak.
+#: Fitted at 1.35 passes on 32 -> 32 at 32x32 (batch 64) and 64 -> 64 at 56x56 (batch
+#: 16): 3.4 and 7.4 ms measured, 3.4 and 7.6 modelled; 32 -> 32 at 14x14 (batch 32)
+#: 0.41 against 0.45, 64 -> 64 at 7x7 0.46 against 0.33. The transforms of whole
+#: vectors in registers then took 0.7-0.8x their time (``nhwc_tiles``): 1.0.
+WINOGRAD_FUSED_PASSES = 1.0
 
 
 def cost(a, p: Profile, m: int | None = None) -> Estimate:
