@@ -1,12 +1,13 @@
 """The fused NHWC F(4x4, 3x3) forward (``winograd.nhwc_tiles``): where it runs, its
 results against the formula (block edges, channel tails, padding, bias, both float
-types), non-finite inputs, and the input gradient that runs through it."""
+types), non-finite inputs (NCHW's fused forward too), the input gradient that runs
+through it, and the transformed kernel in its order."""
 
 import numpy as np
 import pytest
 
 import fastconv
-from fastconv.algos.winograd import nhwc, nhwc_tiles
+from fastconv.algos.winograd import nchw_fused, nhwc, nhwc_tiles
 from fastconv.algos.winograd.kernel import (
     _grad_x_kernel,
     grad_x_kernel_io,
@@ -54,9 +55,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_fused_forward_matches_the_formula(case, dtype, rng, monkeypatch):
+def case_problem(case, dtype, rng):
+    """A case of ``CASES`` in NCHW: x, w, bias, padding and the formula's result."""
     n, c, h, wd, d, padding, with_bias = case
     if dtype == np.float64:
         d //= 2          # float64 vectors hold half as many: 8, 16 or 32 channels
@@ -64,7 +64,13 @@ def test_fused_forward_matches_the_formula(case, dtype, rng, monkeypatch):
     w = rng.standard_normal((d, c, 3, 3)).astype(dtype)
     b = rng.standard_normal(d).astype(dtype) if with_bias else None
     ph, pw = (padding, padding) if isinstance(padding, int) else padding
-    want = ref.conv2d(x, w, b, padding=((ph, ph), (pw, pw)))
+    return x, w, b, padding, ref.conv2d(x, w, b, padding=((ph, ph), (pw, pw)))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_fused_forward_matches_the_formula(case, dtype, rng, monkeypatch):
+    x, w, b, padding, want = case_problem(case, dtype, rng)
     calls = count_calls(monkeypatch, nhwc, "fused_forward")
     xn, wn = to_nhwc(x, w)
     y = fastconv.conv2d(xn, wn, b, padding=padding, layout="NHWC", algo="winograd")
@@ -72,22 +78,31 @@ def test_fused_forward_matches_the_formula(case, dtype, rng, monkeypatch):
     assert ref.rel_error(y.transpose(0, 3, 1, 2), want) <= ref.tolerance(dtype, "winograd")
 
 
-def test_non_finite_inputs_are_flagged_and_stay_local(rng):
-    """The fused forward reports a NaN or Inf output (whole vectors and the channel
-    tail alike), and conv2d then gives the direct formula's pattern."""
+@pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
+def test_non_finite_inputs_are_flagged_and_stay_local(rng, layout):
+    """The fused forward (NCHW's through ``nchw_fused``) reports a NaN or Inf output
+    (whole vectors and the channel tail alike), and conv2d then gives the direct
+    formula's pattern."""
     x = rng.standard_normal((2, 12, 12, 35)).astype(np.float32)
     x[1, 5, 6, 0] = np.nan
     x[0, 2, 2, 34] = np.inf
     w = rng.standard_normal((3, 3, 35, 32)).astype(np.float32)
-    u = transform_kernel_io(w, 1, 4)
-    y = np.empty((2, 12, 12, 32), np.float32)
-    assert nhwc_tiles.fused_forward(x, u, y, None, (1, 1)) is False
-    got = fastconv.conv2d(x, w, padding=1, layout="NHWC", algo="winograd")
-    want = fastconv.conv2d(x, w, padding=1, layout="NHWC", algo="naive")
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
-    assert np.isnan(got[1, 4:7, 5:8]).all() and np.isnan(got[1]).sum() == 9 * 32
     finite = rng.standard_normal((2, 12, 12, 35)).astype(np.float32)
-    assert nhwc_tiles.fused_forward(finite, u, y, None, (1, 1)) is True
+    if layout == "NHWC":
+        u, y, run = transform_kernel_io(w, 1, 4), np.empty((2, 12, 12, 32), np.float32), \
+            nhwc_tiles.fused_forward
+    else:
+        x, finite = (np.ascontiguousarray(a.transpose(0, 3, 1, 2)) for a in (x, finite))
+        w = np.ascontiguousarray(w.transpose(3, 2, 0, 1))
+        u, y, run = transform_kernel(w, 1, 4), np.empty((2, 32, 12, 12), np.float32), \
+            nchw_fused.forward
+    assert run(x, u, y, None, (1, 1)) is False
+    got = fastconv.conv2d(x, w, padding=1, layout=layout, algo="winograd")
+    want = fastconv.conv2d(x, w, padding=1, layout=layout, algo="naive")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    hit = got[1, 4:7, 5:8] if layout == "NHWC" else got[1, :, 4:7, 5:8]
+    assert np.isnan(hit).all() and np.isnan(got[1]).sum() == 9 * 32
+    assert run(finite, u, y, None, (1, 1)) is True
 
 
 def test_input_gradient_runs_through_the_fused_forward(rng, monkeypatch):

@@ -10,7 +10,7 @@ from ...costs import Estimate, Profile, gemm_seconds
 from ..im2col import cost as im2col_cost
 from ..im2col import direct_grad
 from ..registry import Algorithm, register
-from . import drivers, nhwc_tiles, phase_batch, tiling
+from . import drivers, nchw_fused, nhwc_tiles, phase_batch, tiling
 
 #: The layouts whose forward and grad_x have transforms of their own (NHWC: ``nhwc``);
 #: the weight gradient runs in the Winograd domain on NCHW copies in NHWC, for wide
@@ -38,6 +38,12 @@ WINOGRAD_PLANE_NS = 140.0
 #: 0.41 against 0.45, 64 -> 64 at 7x7 0.46 against 0.33. The transforms of whole
 #: vectors in registers then took 0.7-0.8x their time (``nhwc_tiles``): 1.0.
 WINOGRAD_FUSED_PASSES = 1.0
+#: NCHW layers run through the same kernels (``nchw_fused``), staging each task's input
+#: rows channels last and its output rows back: about this many more passes over x and
+#: y at the copy bandwidth. Measured against the NHWC kernel, 2 threads: 64 -> 64 at
+#: 56x56 (batch 16) 6.0 against 3.7 ms, 32 -> 32 at 32x32 (batch 64) 2.8 against 1.65,
+#: 64 -> 64 at 16x16 1.9 against 1.25.
+NCHW_STAGE_PASSES = 3.0
 
 
 def cost(a, p: Profile, m: int | None = None) -> Estimate:
@@ -46,15 +52,21 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     item = a.dtype.itemsize
     m = tiling.tile_size() if m is None else m
     t = tiling.transformed(m)
-    if a.dims.channels_last and a.dilation == (1, 1) and nhwc_tiles.fused_applies(
-            (a.n, a.h, a.w, a.c_in), (a.n, a.h_out, a.w_out, a.c_out), item, a.groups, m,
-            None):
+    fused = nhwc_tiles.fused_applies(
+        (a.n, a.h, a.w, a.c_in), (a.n, a.h_out, a.w_out, a.c_out), item, a.groups, m, None)
+    if fused and a.dims.channels_last and a.dilation == (1, 1):
         return _fused_cost(a, p, t)
     # tile rows and columns over the phases of a dilated layer (one phase otherwise)
     th = sum(-(-count // m) for *_, count in tiling.phases(a.h_out, a.padding[0][0],
                                                              a.dilation[0]))
     tw = sum(-(-count // m) for *_, count in tiling.phases(a.w_out, a.padding[1][0],
                                                              a.dilation[1]))
+    batched = phase_batch.batches(a)
+    phased = "" if a.dilation == (1, 1) else \
+        f", {a.dilation[0] * a.dilation[1]} phases {'as one batch' if batched else 'in place'}"
+    if fused and a.layout == "NCHW":   # a dilated layer's phases gathered first
+        return _fused_cost(a, p, t, NCHW_STAGE_PASSES + 2 * int(batched), a.n * th * tw,
+                           phased)
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
     tiles = a.n * th * tw
     chunks = max(tiling.chunks(a, m), a.dilation[0] * a.dilation[1])
@@ -76,10 +88,7 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     # passes copying x and y: to NCHW and back for other layouts; a dilated NCHW layer's
     # phases gathered into one batch and scattered back when they are the same problem
     # (``drivers._run``)
-    batched = phase_batch.batches(a)
     copies = int(a.layout not in LAYOUTS) + int(batched)
-    phased = "" if a.dilation == (1, 1) else \
-        f", {a.dilation[0] * a.dilation[1]} phases {'as one batch' if batched else 'in place'}"
     io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
     transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
     secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US / threads) * 1e-6 + gemm \
@@ -94,19 +103,29 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     return Estimate(secs, tiling.workspace_bytes(a), detail)
 
 
-def _fused_cost(a, p: Profile, t: int) -> Estimate:
-    """Model time of the fused NHWC forward (``nhwc_tiles.fused_forward``): its products
-    at the GEMM peak, its transforms at ``WINOGRAD_FUSED_PASSES``; its workspace, each
-    thread's block of transformed tiles and products."""
+def _fused_cost(a, p: Profile, t: int, stage_passes: float = 0.0,
+                tiles: int | None = None, phased: str = "") -> Estimate:
+    """Model time of the fused forward (``nhwc_tiles.fused_forward``; NCHW's,
+    ``nchw_fused.forward``, with ``stage_passes`` over x and y for its staging copies):
+    its products at the GEMM peak, its transforms at ``WINOGRAD_FUSED_PASSES``; its
+    workspace, each thread's block of transformed tiles and products. ``tiles``: those
+    of a dilated layer's phases (default: the layer's), ``phased`` how they run."""
     item = a.dtype.itemsize
-    tiles = nhwc_tiles.tile_count((a.n, a.h_out, a.w_out, a.c_out))
+    if tiles is None:
+        tiles = nhwc_tiles.tile_count((a.n, a.h_out, a.w_out, a.c_out))
     gemm = 2.0 * t * tiles * a.c_in * a.c_out / (p.gemm_gflops * 1e9 * (4 / item))
     transforms = WINOGRAD_FUSED_PASSES * t * (a.c_in + a.c_out) * tiles * item \
         / (p.copy_gbs * 1e9)
+    io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
+    transforms += stage_passes * io_bytes / (p.copy_gbs * 1e9)
     block = nhwc_tiles.block_tiles(a.c_in, a.c_out, item)
-    detail = (f"F(4x4, 3x3) fused, {-(-tiles // block)} blocks of {block} tiles, "
-              f"products in registers {1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms")
+    staged = ", staged channels last" if stage_passes else ""
+    detail = (f"F(4x4, 3x3) fused{staged}, {-(-tiles // block)} blocks of {block} tiles, "
+              f"products in registers {1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms"
+              f"{phased}")
     workspace = p.threads * block * t * (a.c_in + a.c_out) * item
+    if stage_passes:
+        workspace += p.threads * nchw_fused.staging_bytes(a.c_in, a.c_out, a.w_out, item)
     return Estimate(p.call_us * 1e-6 + gemm + transforms, workspace, detail)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from ... import _blas, _lanes
 from .. import _nhwc
 from .._common import guarded
-from . import nhwc, phase_batch
+from . import nchw_fused, nhwc, phase_batch
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
 from .kernel import _grad_x_kernel, grad_x_kernel_io, transform_kernel, transform_kernel_io
@@ -88,7 +88,10 @@ def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
     the transforms (single-threaded kernels) and the chunk's GEMMs (on one BLAS thread)
     one after the other, so a chunk's transformed tiles stay in its core's cache. Wider
     layers go through one run, each chunk's transforms and GEMMs split over the
-    threads (``_blas.split_matmul``)."""
+    threads (``_blas.split_matmul``). Layers the fused kernels take
+    (``nchw_fused.applies``) run there instead."""
+    if nchw_fused.applies(x.shape, y.shape, x.itemsize, groups, m):
+        return nchw_fused.forward(x, u, y, bias, pads)
     th, tw, cg, dg, threads, rows = problem(x.shape, y.shape, groups, m, x.itemsize)
     split = per_thread(cg, dg)
     input_transform, output_transform = (_SERIAL[m] if split

@@ -244,6 +244,43 @@ def tile_out4(fp, k, plane, dg, fy, ys, d0, n, top, left, grid, add, buf, nan):
     return nan, bad
 
 
+@njit(inline="always")
+def block_buffers(x, count, rows, c_all, d_all):
+    """A fused task's scratch, of x's dtype: v and p, the transformed tiles (36 planes
+    of ``rows`` x C) and their products (x D), v zero where ``count`` tiles fill less
+    than a register tile; d and tmp (36 C each) for ``tile_in4``, buf (28 D) for
+    ``tile_out4``."""
+    v = np.empty(36 * rows * c_all, x.dtype)
+    if count < TILE_ROWS:    # rows beyond the block's tiles are zeros
+        v[:] = 0
+    return (v, np.empty(36 * rows * d_all, x.dtype), np.empty(36 * c_all, x.dtype),
+            np.empty(36 * c_all, x.dtype), np.empty(28 * d_all, x.dtype))
+
+
+@njit(inline="always")
+def tile_products(v, fu, p, count, rows, c_all, d_all):
+    """p[e] (count, D) = v[e] (count, C) @ ut[e] (C, D) for the 36 planes e of a block's
+    transformed tiles (v: planes of ``rows`` >= ``TILE_ROWS_1`` tiles x C, p alike x D,
+    fu = ut (36, C, D).ravel()), in register tiles (``_small_gemm``): 12 rows of one
+    register where D is one register, else 6 rows of two (rows beyond ``count`` are
+    computed too where fewer than a tile's; zeros in v from the caller)."""
+    ucg, udg = U(c_all), U(d_all)
+    nl = _lanes.count(p)
+    used = max(count, TILE_ROWS_1)
+    for e in range(36):
+        a0, b0, c0 = U(e * rows) * ucg, U(e) * ucg * udg, U(e * rows) * udg
+        if d_all == nl:      # one register of output channels, 12 rows a tile
+            for r0 in range(0, used, TILE_ROWS_1):
+                i = U(min(r0, used - TILE_ROWS_1))
+                _tile1(v, fu, p, a0 + i * ucg, ucg, b0, udg, c0 + i * udg, c_all)
+            continue
+        for j in range(0, d_all, 2 * nl):   # two registers, 6 rows a tile
+            for r0 in range(0, used, TILE_ROWS):
+                i = U(min(r0, used - TILE_ROWS))
+                _tile(v, fu, p, a0 + i * ucg, ucg, b0 + U(j), udg, c0 + i * udg + U(j),
+                      c_all)
+
+
 def tile_count(y_shape) -> int:
     """4x4 output tiles of an NHWC output y (N, Ho, Wo, D), over the batch."""
     return y_shape[0] * -(-y_shape[1] // 4) * -(-y_shape[2] // 4)
@@ -295,31 +332,13 @@ def _fused(x, ut, y, add, pads, block, flags):
     for task in prange((total + block - 1) // block):
         k0 = task * block
         count = min(total, k0 + block) - k0
-        v = np.empty(36 * rows * c_all, x.dtype)
-        if count < TILE_ROWS:    # rows beyond the block's tiles are zeros
-            v[:] = 0
-        p = np.empty(36 * rows * d_all, x.dtype)
-        d = np.empty(36 * c_all, x.dtype)
-        tmp = np.empty(36 * c_all, x.dtype)
+        v, p, d, tmp, buf = block_buffers(x, count, rows, c_all, d_all)
         for t in range(count):
             kk = k0 + t
             r = kk % per_img
             tile_in4(fx, x.shape, 0, c_all, kk // per_img, r // tw * 4 - pt,
                      r % tw * 4 - pl, in_grid, d, tmp, v, U(t) * ucg, U(rows) * ucg)
-        used = max(count, TILE_ROWS_1)
-        for e in range(36):      # p[e] (used, D) = v[e] (used, C) @ ut[e] (C, D)
-            a0, b0, c0 = U(e * rows) * ucg, U(e) * ucg * udg, U(e * rows) * udg
-            if d_all == nl:      # one register of output channels, 12 rows a tile
-                for r0 in range(0, used, TILE_ROWS_1):
-                    i = U(min(r0, used - TILE_ROWS_1))
-                    _tile1(v, fu, p, a0 + i * ucg, ucg, b0, udg, c0 + i * udg, c_all)
-                continue
-            for j in range(0, d_all, 2 * nl):   # two registers, 6 rows a tile
-                for r0 in range(0, used, TILE_ROWS):
-                    i = U(min(r0, used - TILE_ROWS))
-                    _tile(v, fu, p, a0 + i * ucg, ucg, b0 + U(j), udg, c0 + i * udg + U(j),
-                          c_all)
-        buf = np.empty(28 * d_all, x.dtype)
+        tile_products(v, fu, p, count, rows, c_all, d_all)
         nan = _lanes.zeros(buf)
         bad = 0
         for t in range(count):

@@ -1,0 +1,208 @@
+"""F(4x4, 3x3) on NCHW through the fused tile kernels of ``nhwc_tiles``: each task stages
+its band of input rows channels last, runs the NHWC tile transforms and register
+products on it, and writes its output rows back to NCHW.
+
+The NHWC transforms run on whole vectors of channels (``nhwc_tiles``), which NCHW holds
+one plane apart. A task takes ``band`` rows of 4x4 tiles of one image: it copies the
+input rows they read (4 * band + 2, zero padding included) into a channels-last buffer
+of its own, transforms its tiles from there, multiplies them by the transformed kernel
+in registers, transforms the products into a channels-last buffer of its output rows
+and copies those out to y's planes. Both copies stay in the core's cache; the chunked
+NCHW path (``drivers._run_nchw``: transforms over planes, then BLAS GEMMs) moved the
+transformed tiles through memory. x and y may be any strided views (a dilated layer's
+phases).
+
+>>> import numpy as np
+>>> from fastconv import conv2d
+>>> x = np.ones((2, 32, 8, 8), np.float32)             # NCHW
+>>> w = np.ones((32, 32, 3, 3), np.float32)            # OIHW
+>>> y = conv2d(x, w, padding=1, algo="winograd")
+>>> float(y[0, 0, 3, 3]), float(y[1, 31, 0, 0])
+(288.0, 128.0)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from ... import _lanes, config
+from ..._small_gemm import TILE_ROWS_1
+from .._common import U, guarded
+from .nhwc_tiles import (
+    block_buffers,
+    block_tiles,
+    fused_applies,
+    tile_in4,
+    tile_out4,
+    tile_products,
+)
+
+
+def applies(x_shape, y_shape, itemsize: int, groups: int, m: int) -> bool:
+    """Whether ``forward`` runs this NCHW F(m x m, 3x3) (x (N, C, H, W), y (N, D, Ho,
+    Wo)): where the NHWC fused forward would (``nhwc_tiles.fused_applies``)."""
+    n, c, h, w = x_shape
+    _, d, ho, wo = y_shape
+    return fused_applies((n, h, w, c), (n, ho, wo, d), itemsize, groups, m, None)
+
+
+def staging_bytes(c_in: int, c_out: int, w_out: int, itemsize: int) -> int:
+    """Bytes of a task's staging buffers (``_fused_nchw``): the input rows of the tile
+    rows a block touches and their output rows, channels last."""
+    tw = -(-w_out // 4)
+    slots = _slots(block_tiles(c_in, c_out, itemsize), tw)
+    return slots * (6 * (4 * tw + 2) * c_in + 4 * 4 * tw * c_out) * itemsize
+
+
+def _slots(block: int, tw: int) -> int:
+    """Tile rows of ``tw`` tiles that ``block`` consecutive tiles can touch."""
+    return (block + tw - 2) // tw + 1
+
+
+@njit(inline="always")
+def _stage_in(x, xf, n, top, left, rows, span, xs, o0):
+    """xs[o0:] (rows, cols, C) flat: columns span = (q0, q1, cols) of it hold
+    x[n, :, top + r, left + q] channels last, zero outside the image. xf: x.ravel()
+    where x is C-contiguous (else empty): then runs of a vector's lanes of columns of 8
+    channels are written transposed (``_lanes.store_columns``), the rest one value at a
+    time."""
+    _, c_all, h, wd = x.shape
+    q0, q1, cols = span
+    q_lo, q_hi = max(q0, -left), max(q0, min(q1, wd - left))
+    nl = _lanes.count(xs)
+    c8 = c_all - c_all % 8 if xf.size else 0
+    q_vec = q_lo + (q_hi - q_lo) // nl * nl
+    plane = h * wd
+    for r in range(rows):
+        i = top + r
+        o = o0 + r * cols * c_all
+        if i < 0 or i >= h:
+            xs[o + q0 * c_all:o + q1 * c_all] = 0
+            continue
+        xs[o + q0 * c_all:o + q_lo * c_all] = 0
+        xs[o + q_hi * c_all:o + q1 * c_all] = 0
+        for c0 in range(0, c8, 8):
+            src = U(((n * c_all + c0) * h + i) * wd + left)
+            for q in range(q_lo, q_vec, nl):
+                at = src + U(q)
+                vs = (_lanes.load(xf, at), _lanes.load(xf, at + U(plane)),
+                      _lanes.load(xf, at + U(2 * plane)), _lanes.load(xf, at + U(3 * plane)),
+                      _lanes.load(xf, at + U(4 * plane)), _lanes.load(xf, at + U(5 * plane)),
+                      _lanes.load(xf, at + U(6 * plane)), _lanes.load(xf, at + U(7 * plane)))
+                _lanes.store_columns(xs, U(o + q * c_all + c0), U(c_all), vs)
+            for c in range(c0, c0 + 8):
+                for q in range(q_vec, q_hi):
+                    xs[o + q * c_all + c] = x[n, c, i, left + q]
+        for c in range(c8, c_all):
+            for q in range(q_lo, q_hi):
+                xs[o + q * c_all + c] = x[n, c, i, left + q]
+
+
+@njit(inline="always")
+def _stage_out(ys, o0, span, y, yf, n, top, rows):
+    """y[n, d, top + r, q] = ys[o0 + (r * cols + q) * D + d] for r < rows and the
+    columns span = (q0, q1, cols) (q0 <= q < q1 <= Wo). yf: y.ravel() where y is
+    C-contiguous (else empty): then runs of 8 columns of a vector of channels are
+    written transposed (``_lanes.store_columns``), the rest one value at a time."""
+    _, d_all, ho, wo = y.shape
+    q0, q1, cols = span
+    nl = _lanes.count(ys)
+    q8 = q0 + (q1 - q0) // 8 * 8 if yf.size and d_all % nl == 0 else q0
+    plane = U(ho * wo)
+    for r in range(rows):
+        o = o0 + r * cols * d_all
+        for q in range(q0, q8, 8):
+            i = U(o + q * d_all)
+            dst = U((n * d_all * ho + top + r) * wo + q)
+            for d0 in range(0, d_all, nl):
+                at = i + U(d0)
+                vs = (_lanes.load(ys, at), _lanes.load(ys, at + U(d_all)),
+                      _lanes.load(ys, at + U(2 * d_all)), _lanes.load(ys, at + U(3 * d_all)),
+                      _lanes.load(ys, at + U(4 * d_all)), _lanes.load(ys, at + U(5 * d_all)),
+                      _lanes.load(ys, at + U(6 * d_all)), _lanes.load(ys, at + U(7 * d_all)))
+                _lanes.store_columns(yf, dst + U(d0) * plane, plane, vs)
+        for d in range(d_all):
+            for q in range(q8, q1):
+                y[n, d, top + r, q] = ys[o + q * d_all + d]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _fused_nchw(x, xf, ut, y, yf, add, pads, block, slots, flags):
+    """y (N, D, Ho, Wo) = F(4x4, 3x3) of x (N, C, H, W) (any strides) with the
+    transformed kernel ut (36, C, D) (C-contiguous), padding pads = (top, left), plus
+    add (D,): one task per block of ``block`` consecutive tiles of the batch, as
+    ``nhwc_tiles._fused``, each tile row it touches staged channels last (the task's
+    columns of its 6 input rows in, of its 4 output rows out; module docstring), at
+    most ``slots`` of them (``_slots``). xf, yf:
+    x and y raveled where C-contiguous, else empty (``_stage_in``, ``_stage_out``).
+    flags[task]: whether the task wrote a NaN or +-Inf."""
+    n_img, c_all, _, _ = x.shape
+    _, d_all, ho, wo = y.shape
+    th, tw = (ho + 3) // 4, (wo + 3) // 4
+    total = n_img * th * tw
+    rows = max(block, TILE_ROWS_1)
+    ucg, udg = U(c_all), U(d_all)
+    fu = ut.reshape(ut.size)
+    pt, pl = pads
+    in_cols, out_cols = 4 * tw + 2, 4 * tw
+    nl = _lanes.count(add)
+    for task in prange((total + block - 1) // block):
+        k0 = task * block
+        count = min(total, k0 + block) - k0
+        r_first = k0 // tw
+        n_rows = (k0 + count - 1) // tw - r_first + 1
+        xs = np.empty(slots * 6 * in_cols * c_all, x.dtype)
+        ys = np.empty(slots * 4 * out_cols * d_all, x.dtype)
+        for s in range(n_rows):              # stage the task's columns of each tile row
+            r = r_first + s
+            j_lo, j_hi = max(0, k0 - r * tw), min(tw, k0 + count - r * tw)
+            _stage_in(x, xf, r // th, r % th * 4 - pt, -pl, 6,
+                      (4 * j_lo, 4 * j_hi + 2, in_cols), xs, s * 6 * in_cols * c_all)
+        v, p, d, tmp, buf = block_buffers(x, count, rows, c_all, d_all)
+        in_shape = (1, slots * 6, in_cols, c_all)
+        in_grid = (slots * 6, in_cols, 0, 0, 1, 1)
+        for t in range(count):
+            kk = k0 + t
+            tile_in4(xs, in_shape, 0, c_all, 0, (kk // tw - r_first) * 6, kk % tw * 4,
+                     in_grid, d, tmp, v, U(t) * ucg, U(rows) * ucg)
+        tile_products(v, fu, p, count, rows, c_all, d_all)
+        nan = _lanes.zeros(buf)
+        bad = 0
+        out_shape = (1, slots * 4, out_cols, d_all)
+        for t in range(count):
+            kk = k0 + t
+            s = kk // tw - r_first
+            # (the tile row's last output row: the block is cut there, and at Wo)
+            last = s * 4 + min(4, ho - kk // tw % th * 4)
+            nan, b = tile_out4(p, U(t) * udg, U(rows) * udg, d_all, ys, out_shape, 0, 0,
+                               s * 4, kk % tw * 4, (last, wo, 0, 0, 1, 1), add, buf, nan)
+            bad += b
+        for s in range(n_rows):
+            r = r_first + s
+            j_lo, j_hi = max(0, k0 - r * tw), min(tw, k0 + count - r * tw)
+            _stage_out(ys, s * 4 * out_cols * d_all, (4 * j_lo, min(wo, 4 * j_hi), out_cols),
+                       y, yf, r // th, r % th * 4, min(4, ho - r % th * 4))
+        for lane in range(nl):
+            bad += not (abs(_lanes.lane(nan, lane)) < math.inf)
+        flags[task] = bad > 0
+
+
+def forward(x, u, y, bias, pads) -> bool:
+    """y (N, D, Ho, Wo) = F(4x4, 3x3) of x (N, C, H, W) (any strides) with the
+    transformed kernel u (1, 36, D, C) (``kernel.transform_kernel``), padding (top,
+    left), plus bias; for layers ``applies`` accepts. Returns whether every output is
+    finite."""
+    ut = np.ascontiguousarray(u[0].transpose(0, 2, 1))
+    add = np.zeros(y.shape[1], y.dtype) if bias is None else np.ascontiguousarray(bias, y.dtype)
+    block = block_tiles(x.shape[1], y.shape[1], x.itemsize)
+    tiles = y.shape[0] * -(-y.shape[2] // 4) * -(-y.shape[3] // 4)
+    flags = np.zeros(-(-tiles // block), np.bool_)
+    none = np.empty(0, x.dtype)
+    xf = x.reshape(-1) if x.flags.c_contiguous else none
+    yf = y.reshape(-1) if y.flags.c_contiguous else none
+    slots = _slots(block, -(-y.shape[3] // 4))
+    guarded(_fused_nchw)(x, xf, ut, y, yf, add, pads, block, slots, flags)
+    return not flags.any()
