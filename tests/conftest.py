@@ -7,6 +7,20 @@ def rng():
     return np.random.default_rng(12345)
 
 
+@pytest.fixture
+def nchw_winograd_grad_w(monkeypatch):
+    """Winograd computes the weight gradient of every NCHW layer it supports (tests of
+    that path on small layers, which the default bounds leave to im2col)."""
+    from fastconv import autotune
+    from fastconv.algos.winograd import drivers
+
+    monkeypatch.setattr(drivers, "NCHW_GRAD_W_MIN_CHANNELS", 1)
+    monkeypatch.setattr(drivers, "NCHW_GRAD_W_MIN_PIXELS", 1)
+    autotune.clear_cache()
+    yield
+    autotune.clear_cache()
+
+
 def to_nhwc(x, w):
     """NCHW input / OIHW weight -> NHWC input / HWIO weight."""
     return np.ascontiguousarray(x.transpose(0, 2, 3, 1)), np.ascontiguousarray(

@@ -229,6 +229,27 @@ def test_nhwc_im2col_backward_folds_like_the_reference(rng, monkeypatch, case, d
         assert ref.rel_error(gw.transpose(3, 2, 0, 1), gw_want) < tol, chunk
 
 
+def test_nchw_winograd_weight_gradient_routes():
+    """With AVX-512, NCHW layers narrower than ``NHWC_GRAD_W_MIN_CHANNELS`` leave the
+    weight gradient to im2col unless their maps have ``NCHW_GRAD_W_MIN_PIXELS`` output
+    pixels and ``NCHW_GRAD_W_MIN_CHANNELS`` channels; without AVX-512 Winograd takes
+    every NCHW layer's."""
+    from fastconv import _lanes
+    from fastconv._args import conv_args_from_shapes
+    from fastconv.algos import winograd
+
+    drivers = winograd.drivers
+
+    def supported(c, h):
+        return winograd.grad_w_supported(conv_args_from_shapes(
+            "t", (8, c, h, h), (c, c, 3, 3), padding=1, dtype=np.float32))
+
+    side = int(drivers.NCHW_GRAD_W_MIN_PIXELS ** 0.5)
+    low = drivers.NCHW_GRAD_W_MIN_CHANNELS
+    assert supported(low, side) and supported(drivers.NHWC_GRAD_W_MIN_CHANNELS, 6)
+    assert supported(low // 2, side) is supported(low, side - 1) is not _lanes.WIDE
+
+
 def test_nhwc_backward_routes_of_small_resnet_layers():
     """NHWC layers of 16 or more input channels per group run im2col's backward through
     its GEMMs and fold, not the image-last copies (LeNet-like layers of fewer channels
@@ -253,11 +274,11 @@ def test_nhwc_backward_routes_of_small_resnet_layers():
     wide = winograd.drivers.NHWC_GRAD_W_MIN_CHANNELS
     assert winograd.drivers.NHWC_GRAD_W_MIN_PIXELS <= 14 * 14
     narrow = wide // 2
-    assert winograd.grad_w_supported(args(narrow, narrow, "NCHW"))
-    assert not winograd.grad_w_supported(args(narrow, narrow, "NHWC"))
+    assert winograd.grad_w_supported(args(narrow, narrow, "NCHW", h=32))
+    assert not winograd.grad_w_supported(args(narrow, narrow, "NHWC", h=32))
     assert winograd.grad_w_supported(args(wide, wide, "NHWC"))    # wide: Winograd's
     assert not winograd.grad_w_supported(args(wide, wide, "NHWC", h=6))   # small images
-    assert registry.get("winograd").grads(args(narrow, narrow, "NCHW")) == (True, True)
+    assert registry.get("winograd").grads(args(narrow, narrow, "NCHW", h=32)) == (True, True)
     assert registry.get("winograd").grads(args(narrow, narrow, "NHWC")) == (True, False)
     assert "Winograd grad_x, the rest with im2col" in \
         registry.get("winograd").backward_cost(args(narrow, narrow, "NHWC"),

@@ -14,6 +14,9 @@ from fastconv.layout import LAYOUTS
 from . import reference as ref
 from .conftest import from_nhwc, to_nhwc
 
+#: Small NCHW layers' weight gradients in the Winograd domain, as these tests check them
+pytestmark = pytest.mark.usefixtures("nchw_winograd_grad_w")
+
 # (n, c_in, h, w, c_out, padding, groups, dilation)
 CASES = [
     (2, 3, 7, 7, 4, 1, 1, 1),

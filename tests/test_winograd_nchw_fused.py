@@ -14,18 +14,31 @@ from tests.conftest import count_calls
 from tests.test_winograd_nhwc_fused import CASES, case_problem
 
 
+@pytest.fixture
+def small_maps(monkeypatch):
+    """The fused path on maps of any size (these tests' maps are small)."""
+    from fastconv import autotune
+
+    monkeypatch.setattr(nchw_fused, "MIN_PIXELS", 1)
+    autotune.clear_cache()
+    yield
+    autotune.clear_cache()
+
+
 @pytest.mark.parametrize("x_shape, y_shape, groups, want", [
     ((8, 32, 32, 32), (8, 32, 32, 32), 1, True),
     ((2, 3, 9, 9), (2, 64, 9, 9), 1, False),        # 3 inputs: under one vector
     ((8, 32, 32, 32), (8, 24, 32, 32), 1, False),   # 24 outputs: not whole registers
     ((8, 128, 16, 16), (8, 128, 16, 16), 1, False),  # above the channel bound
     ((8, 64, 16, 16), (8, 64, 16, 16), 2, False),   # groups
+    ((32, 32, 14, 14), (32, 32, 14, 14), 1, False),  # a map under MIN_PIXELS
 ])
 def test_where_it_runs(x_shape, y_shape, groups, want):
     assert nchw_fused.applies(x_shape, y_shape, 4, groups, 4) is want
     assert not nchw_fused.applies(x_shape, y_shape, 4, groups, 2)
 
 
+@pytest.mark.usefixtures("small_maps")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_the_formula(case, dtype, rng, monkeypatch):
@@ -36,6 +49,7 @@ def test_matches_the_formula(case, dtype, rng, monkeypatch):
     assert ref.rel_error(y, want) <= ref.tolerance(dtype, "winograd")
 
 
+@pytest.mark.usefixtures("small_maps")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_strided_views_are_read_and_written_in_place(rng, dtype):
     """x and y as views with steps between rows and columns: the values go one at a
@@ -54,6 +68,7 @@ def test_strided_views_are_read_and_written_in_place(rng, dtype):
     assert (y_big[untouched] == 7.0).all()
 
 
+@pytest.mark.usefixtures("small_maps")
 def test_dilated_layers_and_input_gradients_run_through_it(rng, monkeypatch):
     x = rng.standard_normal((3, 16, 20, 20))
     w = rng.standard_normal((16, 16, 3, 3))

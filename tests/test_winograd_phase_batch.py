@@ -16,6 +16,9 @@ from . import reference as ref
 from .conftest import count_calls
 from .test_winograd import F32_TOL, _arrays, _ids, tile  # noqa: F401  (tile: a fixture)
 
+#: Small NCHW layers' weight gradients in the Winograd domain, as these tests check them
+pytestmark = pytest.mark.usefixtures("nchw_winograd_grad_w")
+
 # (n, c_in, h, w, c_out, padding, groups, dilation): every phase the same problem
 CASES = [
     (2, 3, 12, 10, 4, 2, 1, 2),                     # padding = dilation, even sides

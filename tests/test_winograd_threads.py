@@ -16,6 +16,9 @@ from fastconv.algos.winograd import grad_w4, tiling
 
 from . import reference as ref
 
+#: Small NCHW layers' weight gradients in the Winograd domain, as these tests check them
+pytestmark = pytest.mark.usefixtures("nchw_winograd_grad_w")
+
 # (n, c_in, h, w, c_out, padding, groups, dilation)
 CASES = [
     (3, 3, 9, 7, 4, 1, 1, 1),         # partial tiles at the bottom and right

@@ -46,16 +46,19 @@ WINOGRAD_FUSED_PASSES = 1.0
 NCHW_STAGE_PASSES = 3.0
 
 
-def cost(a, p: Profile, m: int | None = None) -> Estimate:
-    """Model time of the forward; with ``m``, of F(m x m, 3x3) whatever the setting (the
-    weight gradient's transforms and GEMMs cost as much as that forward)."""
+def cost(a, p: Profile, m: int | None = None, fused: bool = True) -> Estimate:
+    """Model time of the forward; with ``m``, of F(m x m, 3x3) whatever the setting;
+    without ``fused``, of the chunked path whatever the layer (the weight gradient's
+    transforms and GEMMs cost as much as that forward)."""
     item = a.dtype.itemsize
     m = tiling.tile_size() if m is None else m
     t = tiling.transformed(m)
-    fused = nhwc_tiles.fused_applies(
+    fused = fused and nhwc_tiles.fused_applies(
         (a.n, a.h, a.w, a.c_in), (a.n, a.h_out, a.w_out, a.c_out), item, a.groups, m, None)
     if fused and a.dims.channels_last and a.dilation == (1, 1):
         return _fused_cost(a, p, t)
+    fused = fused and a.layout == "NCHW" and nchw_fused.applies(
+        (a.n, a.c_in, a.h, a.w), (a.n, a.c_out, a.h_out, a.w_out), item, a.groups, m)
     # tile rows and columns over the phases of a dilated layer (one phase otherwise)
     th = sum(-(-count // m) for *_, count in tiling.phases(a.h_out, a.padding[0][0],
                                                              a.dilation[0]))
@@ -64,7 +67,7 @@ def cost(a, p: Profile, m: int | None = None) -> Estimate:
     batched = phase_batch.batches(a)
     phased = "" if a.dilation == (1, 1) else \
         f", {a.dilation[0] * a.dilation[1]} phases {'as one batch' if batched else 'in place'}"
-    if fused and a.layout == "NCHW":   # a dilated layer's phases gathered first
+    if fused:   # NCHW (a dilated layer's phases gathered first where they are alike)
         return _fused_cost(a, p, t, NCHW_STAGE_PASSES + 2 * int(batched), a.n * th * tw,
                            phased)
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
@@ -152,8 +155,8 @@ def backward_cost(a, p: Profile) -> Estimate:
         secs += wino - call
         ws = max(ws, wws)
         parts.append("grad_x")
-    if by_w:
-        wino, wws, _ = cost(a, p)
+    if by_w:   # its transforms and GEMMs in chunks, as the unfused forward's
+        wino, wws, _ = cost(a, p, fused=False)
         secs += wino - call
         if a.layout != "NCHW":  # grad_w's copies of grad_y and x to NCHW
             moved = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item

@@ -62,19 +62,32 @@ def grad_x_supported(args) -> bool:
 #: 128 -> 128 at 8x8 (batch 64) 0.97.
 NHWC_GRAD_W_MIN_CHANNELS = 128 if _lanes.WIDE else 32
 NHWC_GRAD_W_MIN_PIXELS = 14 * 14 if _lanes.WIDE else 7 * 7
+#: In NCHW (no copies either way) with AVX-512, narrower layers leave the weight gradient
+#: to im2col's direct kernel too, unless their maps have at least
+#: ``NCHW_GRAD_W_MIN_PIXELS`` output pixels and ``NCHW_GRAD_W_MIN_CHANNELS`` channels.
+#: Weight gradient alone, 2 threads, Winograd against im2col: 16 -> 16 at 28x28 (batch 32)
+#: 1.62 / 0.52 ms, 32 -> 32 at 14x14 1.85 / 0.50, 64 -> 64 at 7x7 1.28 / 0.60, 64 -> 64
+#: at 16x16 (batch 64) 4.86 / 4.56; 32 -> 32 at 32x32 (batch 64) 4.34 / 5.08, 64 -> 64 at
+#: 56x56 (batch 16) 10.5 / 17.4, 128 -> 128 at 8x8 (batch 64) 4.16 / 6.83, 256 -> 256
+#: at 14x14 (batch 16) 15.8 / 17.7.
+NCHW_GRAD_W_MIN_CHANNELS = 32
+NCHW_GRAD_W_MIN_PIXELS = 32 * 32
 
 
 def grad_w_supported(args) -> bool:
     """The weight gradient runs in the Winograd domain (a dilated layer's as the sum over
-    its undilated phase problems): in NCHW, and in NHWC for layers of at least
-    ``NHWC_GRAD_W_MIN_CHANNELS`` channels per group and ``NHWC_GRAD_W_MIN_PIXELS``
-    output pixels."""
+    its undilated phase problems) for layers of at least ``NHWC_GRAD_W_MIN_CHANNELS``
+    channels per group and ``NHWC_GRAD_W_MIN_PIXELS`` output pixels, and in NCHW also
+    for those of ``NCHW_GRAD_W_MIN_CHANNELS`` and ``NCHW_GRAD_W_MIN_PIXELS`` (any NCHW
+    layer without AVX-512)."""
     if not supports(args):
         return False
+    channels = min(args.c_in, args.c_out) // args.groups
+    pixels = args.h_out * args.w_out
     if not args.dims.channels_last:
-        return True
-    return (min(args.c_in, args.c_out) // args.groups >= NHWC_GRAD_W_MIN_CHANNELS
-            and args.h_out * args.w_out >= NHWC_GRAD_W_MIN_PIXELS)
+        return (not _lanes.WIDE or channels >= NHWC_GRAD_W_MIN_CHANNELS
+                or (channels >= NCHW_GRAD_W_MIN_CHANNELS and pixels >= NCHW_GRAD_W_MIN_PIXELS))
+    return channels >= NHWC_GRAD_W_MIN_CHANNELS and pixels >= NHWC_GRAD_W_MIN_PIXELS
 
 
 def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:

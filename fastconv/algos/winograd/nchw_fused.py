@@ -14,7 +14,7 @@ phases).
 
 >>> import numpy as np
 >>> from fastconv import conv2d
->>> x = np.ones((2, 32, 8, 8), np.float32)             # NCHW
+>>> x = np.ones((2, 32, 16, 16), np.float32)           # NCHW
 >>> w = np.ones((32, 32, 3, 3), np.float32)            # OIHW
 >>> y = conv2d(x, w, padding=1, algo="winograd")
 >>> float(y[0, 0, 3, 3]), float(y[1, 31, 0, 0])
@@ -40,13 +40,22 @@ from .nhwc_tiles import (
     tile_products,
 )
 
+#: Output maps of fewer pixels stay with the chunked path (and the planner's other
+#: algorithms): their blocks stage a few columns of many tile rows. Forward, 2 threads,
+#: calls back to back, fused Winograd / the direct lanes kernel: 32 -> 32 at 14x14
+#: (batch 32) 0.49 / 0.44 ms, 64 -> 64 at 7x7 0.49 / 0.50, in a training step 0.61 /
+#: 0.50 and 0.65 / 0.51; 64 -> 64 at 16x16 (batch 64) 2.07 / 4.06.
+MIN_PIXELS = 16 * 16
+
 
 def applies(x_shape, y_shape, itemsize: int, groups: int, m: int) -> bool:
     """Whether ``forward`` runs this NCHW F(m x m, 3x3) (x (N, C, H, W), y (N, D, Ho,
-    Wo)): where the NHWC fused forward would (``nhwc_tiles.fused_applies``)."""
+    Wo)): where the NHWC fused forward would (``nhwc_tiles.fused_applies``), on output
+    maps of at least ``MIN_PIXELS``."""
     n, c, h, w = x_shape
     _, d, ho, wo = y_shape
-    return fused_applies((n, h, w, c), (n, ho, wo, d), itemsize, groups, m, None)
+    return ho * wo >= MIN_PIXELS and fused_applies((n, h, w, c), (n, ho, wo, d), itemsize,
+                                                   groups, m, None)
 
 
 def staging_bytes(c_in: int, c_out: int, w_out: int, itemsize: int) -> int:
