@@ -9,6 +9,7 @@ from fastconv.algos import registry
 from fastconv.nn import functional as F
 
 from . import reference as ref
+from .conftest import count_calls
 
 #: (C_in, C_out, groups, kernel, stride, padding, dilation): dense, grouped, depthwise,
 #: depthwise with a channel multiplier, single channel, strided, dilated, rectangular.
@@ -248,6 +249,25 @@ def test_nchw_winograd_weight_gradient_routes():
     low = drivers.NCHW_GRAD_W_MIN_CHANNELS
     assert supported(low, side) and supported(drivers.NHWC_GRAD_W_MIN_CHANNELS, 6)
     assert supported(low // 2, side) is supported(low, side - 1) is not _lanes.WIDE
+
+
+def test_a_dilated_nchw_layer_keeps_its_winograd_weight_gradient(rng, monkeypatch):
+    """The bound is the layer's: a dilated layer whose maps pass it runs the weight
+    gradient of its phase problems in the Winograd domain, though each phase's map is
+    under the bound."""
+    from fastconv.algos.winograd import drivers
+
+    side = int(drivers.NCHW_GRAD_W_MIN_PIXELS ** 0.5) + 4
+    c = drivers.NCHW_GRAD_W_MIN_CHANNELS
+    x = rng.standard_normal((2, c, side, side))
+    w = rng.standard_normal((c, c, 3, 3))
+    gy = rng.standard_normal((2, c, side, side))
+    calls = count_calls(monkeypatch, drivers, "_grad_w_nchw")
+    _, gw, _ = fastconv.conv2d_backward(gy, x, w, padding=2, dilation=2, algo="winograd",
+                                        needs_input_grad=(False, True, False))
+    _, want, _ = ref.conv2d_backward(gy, x, w, padding=((2, 2), (2, 2)), dilation=(2, 2))
+    assert len(calls) == 1
+    assert ref.rel_error(gw, want) <= 1e-10
 
 
 def test_nhwc_backward_routes_of_small_resnet_layers():

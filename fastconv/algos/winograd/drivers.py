@@ -10,6 +10,8 @@ turns an infinity into NaN, unlike the direct formula).
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ... import _blas, _lanes
@@ -190,7 +192,7 @@ def _run(x, u, y, bias, pads, groups, m, dilation, channels_last=False) -> bool:
 
 
 def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
-             grad_w) -> tuple[bool, bool]:
+             grad_w, *, phase: bool = False) -> tuple[bool, bool]:
     """The gradients Winograd supports into ``grad_x`` / ``grad_w`` (caller's layout);
     pass None for one not wanted or not supported (``grad_x_supported``,
     ``grad_w_supported``).
@@ -199,14 +201,16 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
     is a 3x3 correlation of grad_y with the flipped kernel, channels transposed, padding
     (2 - p): the forward's transform applies. grad_w is the adjoint of F(m x m, 3x3) in the
     Winograd domain (``grad_w._grad_w_nchw``, the forward's tile size m). A dilated layer runs as
-    undilated problems, one per phase (``dilated.backward_phases``).
+    undilated problems, one per phase (``dilated.backward_phases``); ``phase``: args is
+    one of them, whose weight gradient runs here whatever its size (``grad_w_supported``
+    decided for the whole layer).
 
     Returns (ok_x, ok_w): False for a gradient the caller must compute itself, because
     its result here was non-finite (recompute it, e.g. with im2col, for the direct
     formula's NaN/Inf pattern) or because it was passed although not supported (then left
     unwritten); True otherwise, and for None."""
     by_x = grad_x is not None and grad_x_supported(args)
-    by_w = grad_w is not None and grad_w_supported(args)
+    by_w = grad_w is not None and (phase or grad_w_supported(args))
     ok_x, ok_w = grad_x is None or by_x, grad_w is None or by_w
     if not (by_x or by_w):
         return ok_x, ok_w
@@ -242,7 +246,7 @@ def _backward_dilated(gy, x, w, args, grad_x, grad_w, ok_x, ok_w) -> tuple[bool,
     gw = None if grad_w is None else _nhwc.oihw_target(grad_w, dims)
     xc = None if grad_w is None else _nhwc.nchw_copy(x, dims)
     px, pw = backward_phases(gy, xc, np.ascontiguousarray(dims.weight_to_canonical_view(w)),
-                             args, gx, gw, backward)
+                             args, gx, gw, functools.partial(backward, phase=True))
     if gx is not None:
         _nhwc.write_back(gx, grad_x, dims)
         ok_x = px
