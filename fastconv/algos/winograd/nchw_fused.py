@@ -1,16 +1,18 @@
 """F(4x4, 3x3) on NCHW through the fused tile kernels of ``nhwc_tiles``: each task stages
-its band of input rows channels last, runs the NHWC tile transforms and register
-products on it, and writes its output rows back to NCHW.
+the rows its tiles read channels last, runs the NHWC tile transforms and register
+products on them, and writes its output rows back to NCHW.
 
 The NHWC transforms run on whole vectors of channels (``nhwc_tiles``), which NCHW holds
-one plane apart. A task takes ``band`` rows of 4x4 tiles of one image: it copies the
-input rows they read (4 * band + 2, zero padding included) into a channels-last buffer
-of its own, transforms its tiles from there, multiplies them by the transformed kernel
-in registers, transforms the products into a channels-last buffer of its output rows
-and copies those out to y's planes. Both copies stay in the core's cache; the chunked
-NCHW path (``drivers._run_nchw``: transforms over planes, then BLAS GEMMs) moved the
-transformed tiles through memory. x and y may be any strided views (a dilated layer's
-phases).
+one plane apart. As in NHWC, a task takes a block of consecutive tiles of the batch
+(``nhwc_tiles.block_tiles``); for each tile row the block touches it copies the columns
+its tiles read of the row's 6 input rows (zero padding included) into a channels-last
+buffer of its own, 8 channels x a vector of columns at a time, transposed in registers
+(``_lanes.store_columns``); it transforms its tiles from there, multiplies them by the
+transformed kernel in registers, transforms the products into a channels-last buffer of
+its output rows and writes those back to y's planes the same way. Both copies stay in
+the core's cache, where the chunked NCHW path (``drivers._run_nchw``: transforms over
+planes, then BLAS GEMMs) moved the transformed tiles through memory. x and y may be any
+strided views (a dilated layer's phases; then one value at a time).
 
 >>> import numpy as np
 >>> from fastconv import conv2d
