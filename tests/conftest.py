@@ -7,18 +7,26 @@ def rng():
     return np.random.default_rng(12345)
 
 
+def planner_bounds(monkeypatch, module, **values):
+    """Set ``module``'s bounds to ``values`` for one test, the planner's cached choices
+    cleared before and after (a generator for a fixture to ``yield from``)."""
+    from fastconv import autotune
+
+    for name, value in values.items():
+        monkeypatch.setattr(module, name, value)
+    autotune.clear_cache()
+    yield
+    autotune.clear_cache()
+
+
 @pytest.fixture
 def nchw_winograd_grad_w(monkeypatch):
     """Winograd computes the weight gradient of every NCHW layer it supports (tests of
     that path on small layers, which the default bounds leave to im2col)."""
-    from fastconv import autotune
     from fastconv.algos.winograd import drivers
 
-    monkeypatch.setattr(drivers, "NCHW_GRAD_W_MIN_CHANNELS", 1)
-    monkeypatch.setattr(drivers, "NCHW_GRAD_W_MIN_PIXELS", 1)
-    autotune.clear_cache()
-    yield
-    autotune.clear_cache()
+    yield from planner_bounds(monkeypatch, drivers, NCHW_GRAD_W_MIN_CHANNELS=1,
+                              NCHW_GRAD_W_MIN_PIXELS=1)
 
 
 def to_nhwc(x, w):

@@ -10,19 +10,14 @@ import fastconv
 from fastconv.algos.winograd import nchw_fused
 from fastconv.algos.winograd.kernel import transform_kernel
 from tests import reference as ref
-from tests.conftest import count_calls
+from tests.conftest import count_calls, planner_bounds
 from tests.test_winograd_nhwc_fused import CASES, case_problem
 
 
 @pytest.fixture
 def small_maps(monkeypatch):
     """The fused path on maps of any size (these tests' maps are small)."""
-    from fastconv import autotune
-
-    monkeypatch.setattr(nchw_fused, "MIN_PIXELS", 1)
-    autotune.clear_cache()
-    yield
-    autotune.clear_cache()
+    yield from planner_bounds(monkeypatch, nchw_fused, MIN_PIXELS=1)
 
 
 @pytest.mark.parametrize("x_shape, y_shape, groups, want", [

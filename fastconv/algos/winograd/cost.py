@@ -53,9 +53,9 @@ def cost(a, p: Profile, m: int | None = None, fused: bool = True) -> Estimate:
     item = a.dtype.itemsize
     m = tiling.tile_size() if m is None else m
     t = tiling.transformed(m)
-    fused = fused and nhwc_tiles.fused_applies(
-        (a.n, a.h, a.w, a.c_in), (a.n, a.h_out, a.w_out, a.c_out), item, a.groups, m, None)
-    if fused and a.dims.channels_last and a.dilation == (1, 1):
+    if fused and a.dims.channels_last and a.dilation == (1, 1) and nhwc_tiles.fused_applies(
+            (a.n, a.h, a.w, a.c_in), (a.n, a.h_out, a.w_out, a.c_out), item, a.groups, m,
+            None):
         return _fused_cost(a, p, t)
     fused = fused and a.layout == "NCHW" and nchw_fused.applies(
         (a.n, a.c_in, a.h, a.w), (a.n, a.c_out, a.h_out, a.w_out), item, a.groups, m)

@@ -20,7 +20,7 @@ from .._common import guarded
 from . import nchw_fused, nhwc, phase_batch
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
-from .kernel import _grad_x_kernel, grad_x_kernel_io, transform_kernel, transform_kernel_io
+from .kernel import layer_kernel
 from .tiling import (
     _KERNELS,
     _SERIAL,
@@ -152,10 +152,7 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> b
         return True
     m = tile_size()
     dims = args.dims
-    if dims.channels_last:
-        u = transform_kernel_io(w, args.groups, m)
-    else:
-        u = transform_kernel(dims.weight_to_canonical_view(w), args.groups, m)
+    u = layer_kernel(w, args, m)
     return _run(np.ascontiguousarray(x), u, out, bias,
                 (args.padding[0][0], args.padding[1][0]), args.groups, m, args.dilation,
                 dims.channels_last)
@@ -163,8 +160,8 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> b
 
 def _run(x, u, y, bias, pads, groups, m, dilation, channels_last=False) -> bool:
     """F(m x m, 3x3) of x into y, both contiguous in one layout (``channels_last``:
-    NHWC, ``nhwc.run_nhwc``, u from ``transform_kernel_io``; else NCHW, ``_run_nchw``, u
-    from ``transform_kernel``), for any dilation (dh, dw).
+    NHWC, ``nhwc.run_nhwc``; else NCHW, ``_run_nchw``; u from ``kernel.layer_kernel``),
+    for any dilation (dh, dw).
     Dilated, the outputs y[.., rho_h::dh, rho_w::dw] of each phase are an undilated 3x3
     correlation of the input phase x[.., sigma_h::dh, sigma_w::dw] (``phases``): NHWC
     reads and writes them in place (its kernels' phase arguments); NCHW runs them as one
@@ -228,11 +225,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
         _nhwc.write_weight_back(gw, grad_w, dims)
         ok_w = bool(np.isfinite(gw).all())
     if by_x:
-        if dims.channels_last:
-            u = transform_kernel_io(grad_x_kernel_io(w, args.groups), args.groups, m)
-        else:
-            w_oihw = dims.weight_to_canonical_view(w)
-            u = transform_kernel(_grad_x_kernel(w_oihw, args.groups), args.groups, m)
+        u = layer_kernel(w, args, m, grad_x=True)
         ok_x = _run(np.ascontiguousarray(grad_y), u, grad_x, None, (2 - pt, 2 - pl),
                     args.groups, m, (1, 1), dims.channels_last)
     return ok_x, ok_w

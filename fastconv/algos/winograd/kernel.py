@@ -52,3 +52,15 @@ def grad_x_kernel_io(w_io: np.ndarray, groups: int) -> np.ndarray:
     dg = c_out // groups
     k = flipped.reshape(3, 3, cg, groups, dg).transpose(0, 1, 4, 3, 2)
     return np.ascontiguousarray(k).reshape(3, 3, dg, groups * cg)
+
+
+def layer_kernel(w: np.ndarray, args, m: int, *, grad_x: bool = False) -> np.ndarray:
+    """The transformed kernel a layer's run reads, w in the layer's layout (OIHW or
+    HWIO): the forward's, or with ``grad_x`` that of the correlation giving grad_x; in
+    NHWC's order (``transform_kernel_io``) for NHWC, ``transform_kernel``'s for NCHW."""
+    if args.dims.channels_last:
+        return transform_kernel_io(grad_x_kernel_io(w, args.groups) if grad_x else w,
+                                   args.groups, m)
+    w_oihw = args.dims.weight_to_canonical_view(w)
+    return transform_kernel(_grad_x_kernel(w_oihw, args.groups) if grad_x else w_oihw,
+                            args.groups, m)
