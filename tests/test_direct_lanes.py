@@ -25,8 +25,9 @@ LAYOUTS = ["NCHW", "NHWC"]
 # last odd block alone; narrow maps with pixels
 # in the padding (padded first, ``_prepadded``: the 7x7 and 14x14 cases below); fewer
 # channels than kernel columns (``_tap_order``: the channels outer); unpadded layers
-# whose rows are not a multiple of 8 pixels (groups across rows, ``band_rows``: the last
-# three, with pairs of blocks, a stride, a short last band)
+# whose rows are not a multiple of 8 pixels (groups across rows, ``band_rows``: three
+# cases, with pairs of blocks, a stride, a short last band); one block of output
+# channels in two groups of 8 pixels at once (``_group16``: the last two)
 CASES = [
     (4, 6, 8, 8, 16, 5, 1, 0, 1),                         # LeNet's second layer, smaller
     (5, 6, 9, 11, 13, 3, 1, 1, 1),
@@ -44,6 +45,8 @@ CASES = [
     (4, 6, 14, 14, 16, 5, 1, 0, 1),   # LeNet's second layer: 10 pixels a row, bands of 4
     (4, 8, 11, 13, 40, 3, 1, 0, 1),   # 11 a row, bands of 8 rows and of 1
     (4, 6, 13, 12, 32, 3, 2, 0, (1, 2)),  # strided: 6 rows of 4, bands of 2
+    (4, 6, 12, 12, 16, 5, 1, 0, 1),   # LeNet's second layer: rows of 8, bands of 16 pixels
+    (4, 6, 9, 22, 12, 3, 1, 1, 1),    # one block, 20 pixels inside a row: 16, then 4
 ]
 
 
@@ -136,12 +139,13 @@ def test_only_big_aligned_channels_last_outputs_of_whole_blocks_are_streamed(mon
     assert stream("NHWC", 3, 224, 64, misaligned) == 0
 
 
-@pytest.mark.parametrize("case,band", [(CASES[-3], 4), (CASES[-2], 8), (CASES[-1], 2),
-                                       (CASES[0], 2), (CASES[1], 0)], ids=str)
+@pytest.mark.parametrize("case,band", [(CASES[-5], 4), (CASES[-4], 8), (CASES[-3], 2),
+                                       (CASES[-2], 2 if _lanes.WIDE else 1), (CASES[0], 2),
+                                       (CASES[1], 0)], ids=str)
 def test_lanes_kernel_runs_unpadded_rows_in_bands(case, band, rng):
     """Layers whose every pixel's kernel lies inside the image run their rows' pixels as
-    one sequence (``band_rows`` rows a task: a multiple of 8 pixels); padded ones by
-    rows."""
+    one sequence (``band_rows`` rows a task: a multiple of 8 pixels, of 16 for
+    ``_group16``); padded ones by rows."""
     x, w, _, kwargs = _problem(case, np.float32, rng)
     a = conv_args_from_shapes("t", x.shape, w.shape, dtype=np.float32, **kwargs)
     assert direct_lanes._call_parts(a, False)[-1] == band
@@ -151,7 +155,7 @@ def test_lanes_kernel_runs_unpadded_rows_in_bands(case, band, rng):
 
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[-2]], ids=str)
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[-4]], ids=str)
 def test_lanes_kernel_on_a_padded_copy_or_not(case, layout, padded, rng, monkeypatch):
     """Both ways of handling the pixels in the padding (``_prepadded``) give the
     reference."""

@@ -123,13 +123,25 @@ def band_rows(a, h: int, pt: int, interior) -> int:
     every output pixel's kernel lies inside the input it reads (of height h, padded by
     pt on top as the kernel reads it; ``interior``: the output columns whose kernel
     lies inside its columns), else 0 (one task per row): the fewest rows holding a
-    multiple of 8 pixels. LeNet's 6 -> 16 5x5 at 14x14 (10x10 out, batch 64), 2
+    multiple of ``group_pixels``. LeNet's 6 -> 16 5x5 at 14x14 (10x10 out, batch 64), 2
     threads, alternating with torch: NHWC 0.45-0.48 ms by rows, 0.21-0.31 in bands of 4
     (torch 0.21-0.24); NCHW 0.53 -> 0.21-0.34; 13x13 NHWC 0.42 -> 0.17-0.28."""
     last = (a.h_out - 1) * a.stride[0] + (a.kh - 1) * a.dilation[0] - pt
     if tuple(interior) != (0, a.w_out) or pt != 0 or last >= h:
         return 0
-    return min(a.h_out, PIXELS // math.gcd(a.w_out, PIXELS))
+    run = group_pixels(a)
+    return min(a.h_out, run // math.gcd(a.w_out, run))
+
+
+def group_pixels(a) -> int:
+    """The pixels a band of rows of the direct lanes kernel holds a multiple of: 16
+    where two groups of 8 pixels can share each load of the weight
+    (``direct_lanes._group16``: the output channels fit one vector, the host has 32
+    vector registers, and whole groups lie along rows, the same offsets apart), else 8.
+    LeNet's 6 -> 16 5x5 at 12x12 (8x8 out, batch 64), 2 threads: NHWC 77 -> 72 us,
+    NCHW 81 -> 77 (the kernel alone, best of 7)."""
+    one_block = a.c_out <= _lanes.per_register(a.dtype.itemsize)
+    return 2 * PIXELS if one_block and _lanes.WIDE and a.w_out % PIXELS == 0 else PIXELS
 
 
 def _run_slots(pixels: int) -> int:
