@@ -11,6 +11,7 @@ entry in :mod:`fastconv.algos.registry` turns a problem and a profile into an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import threading
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from . import config
+from ._args.memo import HashOnce
 
 PROFILE_FILE = "profile.json"
 PROFILE_VERSION = 1
@@ -36,7 +38,7 @@ class Estimate(NamedTuple):
 
 # ------------------------------------------------------------------------- profile
 @dataclass(frozen=True)
-class Profile:
+class Profile(HashOnce):
     """Machine rates for the cost model (float32; float64 is derived from them)."""
 
     gemm_gflops: float       # SGEMM rate on a large, square-ish tile
@@ -55,6 +57,7 @@ class Profile:
     tile_us: float           # fixed cost of one more im2col tile (launches, GEMM call)
     threads: int             # numba threads the profile was measured with
     source: str = "default"  # "default" or "calibrated <when> on <cpu>"
+    __hash__ = HashOnce.__hash__
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -72,7 +75,12 @@ DEFAULT_PROFILE = Profile(
 
 def profile_path(path: str | None = None) -> str:
     """Where the calibration profile lives: ``path`` or ``config.CACHE_DIR/profile.json``."""
-    return path or os.path.join(config.CACHE_DIR, PROFILE_FILE)
+    return path or _default_path(config.CACHE_DIR)
+
+
+@functools.lru_cache(maxsize=8)
+def _default_path(cache_dir: str) -> str:
+    return os.path.join(cache_dir, PROFILE_FILE)
 
 
 _profile_lock = threading.Lock()

@@ -53,3 +53,24 @@ def test_nhwc_shapes_map_to_the_same_record():
 def test_flops_counts_multiply_adds_twice():
     a = conv_args_from_shapes("conv2d", (1, 4, 5, 5), (2, 2, 3, 3), groups=2, dtype=np.float64)
     assert a.flops == 2 * 1 * 2 * 3 * 3 * 2 * 9
+
+
+@pytest.mark.parametrize("good,bad", [(1, True), ((1, 1), (1, True)), (1, 1.0),
+                                      ((1, 1), "(1, 1)")], ids=str)
+def test_a_remembered_problem_keeps_apart_arguments_that_compare_equal(good, bad):
+    """A validated problem is remembered by its arguments: a stride that equals a
+    remembered one but is not an int (or pair of ints) still raises."""
+    a = conv_args_from_shapes("conv2d", (2, 3, 9, 9), (4, 3, 3, 3), stride=good)
+    assert a.stride == (1, 1)
+    with pytest.raises((TypeError, ValueError), match="conv2d: stride="):
+        conv_args_from_shapes("conv2d", (2, 3, 9, 9), (4, 3, 3, 3), stride=bad)
+
+
+def test_the_record_hashes_once_and_pickles_without_its_hash():
+    """The record's hash is kept after first use (a plan key hashes it every call) and
+    left out of a pickle (a string's hash differs between processes)."""
+    import pickle
+    a = conv_args_from_shapes("conv2d", (2, 3, 9, 9), (4, 3, 3, 3), padding=1)
+    assert hash(a) == hash(dataclasses.astuple(a)) and "_hash_once" in vars(a)
+    b = pickle.loads(pickle.dumps(a))
+    assert b == a and "_hash_once" not in vars(b) and hash(b) == hash(a)

@@ -25,7 +25,7 @@ from .checks import (
     padding_pairs,
     pair,
 )
-from .memo import remembered
+from .memo import HashOnce, remembered
 
 
 def conv_output_size(n: int, k: int, stride: int, pad_lo: int, pad_hi: int, dilation: int) -> int:
@@ -34,7 +34,7 @@ def conv_output_size(n: int, k: int, stride: int, pad_lo: int, pad_hi: int, dila
 
 
 @dataclass(frozen=True)
-class ConvArgs:
+class ConvArgs(HashOnce):
     """A conv2d problem in canonical form (NCHW / OIHW terms, whatever the layout)."""
 
     n: int
@@ -53,6 +53,7 @@ class ConvArgs:
     layout: str
     dtype: np.dtype
     unbatched: bool = False
+    __hash__ = HashOnce.__hash__
 
     @property
     def x_shape(self) -> tuple[int, int, int, int]:

@@ -57,7 +57,7 @@ from ... import _lanes
 from ..._runtime import parallel_guard
 from ...layout import NHWC
 from .._common import U, interior_columns, view, workspace
-from .image_last import _flat, contiguous_geometry, strided_flat
+from .image_last import _flat_view, contiguous_geometry, strided_flat
 from .lanes_plan import PIXELS, _prepadded, band_rows
 from .padded import padded_channels_last, padded_size
 
@@ -480,7 +480,8 @@ def _call_parts(args, prepadded: bool):
     """The parts of a ``forward_lanes`` call that depend on the problem (and on whether
     its input is padded first, ``_prepadded``) alone, worked out once per layer and
     shape: the input's canonical geometry (C-contiguous), the tap order and offsets,
-    the geometry tuple and the interior columns."""
+    the geometry tuple, the interior columns, the band of rows and the canonical
+    geometry of a C-contiguous output."""
     (pt, _), (pl, _) = args.padding
     if prepadded:      # channels last whatever the layout: the longer tap loops
         hp, wp = padded_size(args)
@@ -493,7 +494,8 @@ def _call_parts(args, prepadded: bool):
     taps = _tap_order(args, xs)
     geo = (args.kh, args.kw, *args.stride, pt, pl, *args.dilation)
     toff = _tap_offsets(args.kh, args.dilation[0] * xs[6], taps)
-    return xs, taps, toff, geo, interior, band_rows(args, xs[2], pt, interior)
+    out_geo = contiguous_geometry(args.y_layout_shape, args.dims)
+    return xs, taps, toff, geo, interior, band_rows(args, xs[2], pt, interior), out_geo
 
 
 def forward_lanes(x, w, args, out, bias) -> None:
@@ -508,15 +510,15 @@ def forward_lanes(x, w, args, out, bias) -> None:
     fb[:] = 0
     if bias is not None:
         fb[:args.c_out] = bias
-    strided = strided_flat(out, args.dims)
+    strided = None if out.flags.c_contiguous else strided_flat(out, args.dims)
     target = out if out.flags.c_contiguous or strided else np.empty(out.shape, dt)
     prepadded = _prepadded(args)
-    xs, taps, toff, geo, interior, band = _call_parts(args, prepadded)
+    xs, taps, toff, geo, interior, band, out_geo = _call_parts(args, prepadded)
     if prepadded:
         xf = padded_channels_last(x, args, "direct_lanes.xp").reshape(-1)
     else:
         xf = np.ascontiguousarray(x, dt).reshape(-1)
-    fo, os = strided or _flat(target, args.dims)
+    fo, os = strided or (_flat_view(target), out_geo)
     fw = _packed_weight(args.dims.weight_to_canonical_view(w), dt, taps)
     band = band if os[6] == os[3] * os[7] else 0       # the output's rows contiguous
     stream = int(os[5] == 1 and _lanes.can_stream(out, args.c_out))    # channels last

@@ -153,9 +153,15 @@ def contiguous_geometry(shape, dims) -> tuple[int, ...]:
 def _flat(a, dims):
     """A C-contiguous array of layout ``dims`` as (flat array, the shape and element
     strides of its canonical (N, C, H, W) view)."""
+    return _flat_view(a), _canonical_geometry(a, dims)
+
+
+def _flat_view(a):
+    """A C-contiguous array as a 1-D view (raises rather than copy: a kernel writes
+    through it)."""
     flat = a.view()
-    flat.shape = (a.size,)  # raises rather than copy: the kernel writes through it
-    return flat, _canonical_geometry(a, dims)
+    flat.shape = (a.size,)
+    return flat
 
 
 def strided_flat(a, dims):
