@@ -13,7 +13,10 @@ each with one input value in every lane, and the weight stays in L1. Blocks run 
 pairs where there are two, each input value loaded once for both: 8 pixels x 2 blocks
 (``_group8x2``, 16 accumulators; 5-18% faster on the small ResNets' stride-2 layers)
 with AVX-512's 32 registers, 4 pixels x 2 blocks twice (``_group4x2``) with AVX2's 16
-(``PAIR_PIXELS``). The 8 pixels' inputs lie s_w column strides apart. The taps are
+(``PAIR_PIXELS``). A layer of one block (LeNet's 16 channels) runs two groups of 8
+pixels whose inputs lie the same offsets apart at once instead (``_group16``, 16
+accumulators, AVX-512). The 8 pixels' inputs lie s_w column strides apart; a group's
+offsets step from pixel to pixel (``_offsets``). The taps are
 ordered per kernel row as two nested levels, each with its own input stride, and the
 weight is packed in the same order (layout as data, ``_tap_order``): NHWC without column
 dilation: one run of KW*C contiguous values; otherwise the longer of the kernel columns
