@@ -206,7 +206,7 @@ def test_lanes_kernel_keeps_the_formulas_nan_pattern(layout, rng, monkeypatch):
     ((3, 8, 8, 6), (5, 5, 6, 16), {}),                        # too few images
     ((8, 8, 8, 6), (5, 5, 6, 80), {}),                        # too many output channels
     ((8, 8, 8, 6), (5, 5, 6, 17), {}),                        # lanes left idle
-    ((8, 28, 28, 1), (5, 5, 1, 16), {}),                      # runs of 5 taps
+    ((8, 28, 28, 2), (1, 2, 2, 16), {}),                      # runs of 4 taps
     ((8, 8, 8, 4), (3, 3, 4, 16), dict(dilation=(1, 2))),     # runs of C = 4 taps
     ((8, 8, 8, 128), (3, 3, 128, 16), {}),                    # too many taps
 ])
@@ -214,6 +214,28 @@ def test_lanes_kernel_does_not_apply(x_shape, w_shape, kwargs):
     layout = "NCHW" if w_shape == (16, 4, 3, 3) else "NHWC"
     assert not lanes_applies(conv_args_from_shapes("t", x_shape, w_shape,
                                                    layout=layout, **kwargs))
+
+
+@pytest.mark.parametrize("kwargs", [dict(padding=1), dict(stride=2, padding=2),
+                                    dict(padding=(2, 1), dilation=(1, 2))], ids=str)
+@pytest.mark.parametrize("kernel", [(3, 3), (5, 5)], ids=str)
+def test_one_channel_nhwc_layers_run_the_lanes_kernel(kernel, kwargs, rng, monkeypatch):
+    """A gray image's first layer in NHWC (runs of a kernel row, under ``MIN_RUN``) runs
+    the direct lanes kernel, and matches the reference; in NCHW it does not apply."""
+    x = rng.standard_normal((4, 1, 11, 13))
+    w = rng.standard_normal((16, 1, *kernel))
+    b = rng.standard_normal(16)
+    xl, wl = to_nhwc(x, w)
+    a = conv_args_from_shapes("t", xl.shape, wl.shape, layout="NHWC", dtype=np.float64,
+                              **kwargs)
+    assert lanes_chosen(a)
+    assert not lanes_applies(conv_args_from_shapes("t", x.shape, w.shape, **kwargs))
+    calls = count_calls(monkeypatch, drivers, "forward_lanes")
+    got = fastconv.conv2d(xl, wl, b, layout="NHWC", **kwargs)
+    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=np.float64, **kwargs)
+    want = ref.conv2d(x, w, b, canon.stride, canon.padding, canon.dilation)
+    assert len(calls) == 1
+    assert ref.rel_error(from_nhwc(got), want) <= ref.tolerance(np.float64, "im2col")
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
