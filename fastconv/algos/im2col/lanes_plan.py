@@ -151,7 +151,7 @@ def band_rows(a, h: int, pt: int, interior) -> int:
 def group_pixels(a) -> int:
     """The pixels a band of rows of the direct lanes kernel holds a multiple of: 16
     where two groups of 8 pixels can share each load of the weight
-    (``direct_lanes._group16``: the output channels fit one vector, the host has 32
+    (``lanes_tiles._group16``: the output channels fit one vector, the host has 32
     vector registers, and whole groups lie along rows, the same offsets apart), else 8.
     LeNet's 6 -> 16 5x5 at 12x12 (8x8 out, batch 64), 2 threads: NHWC 77 -> 72 us,
     NCHW 81 -> 77 (the kernel alone, best of 7)."""
