@@ -9,22 +9,22 @@ layout (the kernel takes the input's and output's element strides).
     acc_p += x[n, c, i*s_h - p_t + a*r_h, (j + p)*s_w - p_l + b*r_w] * w[block, c, a, b]
 
 over the taps (a, b, c): one load of the weight's lanes feeds 8 fused multiply-adds,
-each with one input value in every lane, and the weight stays in L1. Blocks run in
-pairs where there are two, each input value loaded once for both: 8 pixels x 2 blocks
+each with one input value in every lane, and the weight stays in L1. Blocks run in pairs
+where there are two, each input value loaded once for both: 8 pixels x 2 blocks
 (``_group8x2``, 16 accumulators; 5-18% faster on the small ResNets' stride-2 layers)
 with AVX-512's 32 registers, 4 pixels x 2 blocks twice (``_group4x2``) with AVX2's 16
 (``PAIR_PIXELS``). A layer of one block (LeNet's 16 channels) runs two groups of 8
 pixels whose inputs lie the same offsets apart at once instead (``_group16``, 16
 accumulators, AVX-512). The 8 pixels' inputs lie s_w column strides apart; a group's
-offsets step from pixel to pixel (``_offsets``). The taps are
-ordered per kernel row as two nested levels, each with its own input stride, and the
-weight is packed in the same order (layout as data, ``_tap_order``): NHWC without column
-dilation: one run of KW*C contiguous values; otherwise the longer of the kernel columns
-and the channels inner. A register tile runs them as one flat loop over a table of their
-input offsets (``_tap_offsets``): with the levels as nested loops, LLVM kept one pointer
-per pixel as a loop variable, spilled them to the stack and updated them there on every
-tap (LeNet's 6 -> 16 5x5 layer ran 1.35-1.67x slower, 16 -> 16 3x3 at 28x28 1.25-1.5x; AMD EPYC
-with AVX-512).
+offsets step from pixel to pixel (``_offsets``). The taps are ordered per kernel row as
+two nested levels, each with its own input stride, and the weight is packed in the same
+order (layout as data, ``_tap_order``): NHWC without column dilation: one run of KW*C
+contiguous values; otherwise the longer of the kernel columns and the channels inner. A
+register tile runs them as one flat loop over a table of their input offsets
+(``_tap_offsets``): with the levels as nested loops, LLVM kept one pointer per pixel as
+a loop variable, spilled them to the stack and updated them there on every tap (LeNet's
+6 -> 16 5x5 layer ran 1.35-1.67x slower, 16 -> 16 3x3 at 28x28 1.25-1.5x; AMD EPYC with
+AVX-512).
 
 The 8 pixels must lie inside the image's columns (a row's last few repeat the first
 pixel's taps and drop those sums; at most 4 run in 4 accumulators, ``_group4``); pixels
