@@ -86,6 +86,13 @@ PAIR_PIXELS = 8 if _lanes.WIDE else 4
 
 
 @njit(inline="always")
+def _pixel_base(x_base, f, wrap, rstep, cstep):
+    """The input offset of pixel f's tap (0, 0, 0), pixels numbered along output rows of
+    ``wrap`` columns (``_groups``' px) from pixel 0's at x_base."""
+    return x_base + (f // wrap) * rstep + (f % wrap) * cstep
+
+
+@njit(inline="always")
 def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pair_px):
     """Output pixels f_lo <= f < f_hi of blocks bp and bp + pair (pair 0 or 1) in groups
     of 8, every pixel's kernel inside the image: px = (f_lo, f_hi, wrap, rstep, cstep),
@@ -104,7 +111,7 @@ def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pai
     f = f_lo
     while f < f_hi:
         k = min(PIXELS, f_hi - f)
-        x0 = x_base + (f // wrap) * rstep + (f % wrap) * cstep
+        x0 = _pixel_base(x_base, f, wrap, rstep, cstep)
         offs = _offsets(f, k, wrap, rstep, cstep)
         o = U(o_base + bp * nl * osd) + U(f) * uosw
         if k <= PIXELS // 2:           # the last few: half a group
@@ -134,8 +141,7 @@ def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pai
                       nl, fo, (o, o + U(nl) * uosd, m0, m1, osd, osw, stream))
         elif pair_px == PIXELS and f_hi - f >= 2 * PIXELS and \
                 _offsets(f + PIXELS, PIXELS, wrap, rstep, cstep) == offs:
-            f8 = f + PIXELS                   # one block: two groups alike, 16 pixels
-            x8 = x_base + (f8 // wrap) * rstep + (f8 % wrap) * cstep
+            x8 = _pixel_base(x_base, f + PIXELS, wrap, rstep, cstep)   # one block, 16 px
             _group16(xf, fw, b0, rows8, offs, x8, nl, fo,
                      (o, o + U(PIXELS) * uosw, m0, osd, osw, stream))
             k = 2 * PIXELS
@@ -326,7 +332,7 @@ def forward_lanes(x, w, args, out, bias) -> None:
     maps with pixels in the padding are padded first, into a channels-last copy
     (``_prepadded``)."""
     dt = args.dtype
-    strided = None if out.flags.c_contiguous else strided_flat(out, args.dims)
+    strided = strided_flat(out, args.dims)
     target = out if out.flags.c_contiguous or strided else np.empty(out.shape, dt)
     prepadded = _prepadded(args)
     xs, taps, toff, geo, interior, band, out_geo = _call_parts(args, prepadded)
