@@ -251,19 +251,25 @@ def _max_unpool_nhwc(gy, idx, gx):
     n_img, n_out, c_all = gy.shape
     hw = gx.shape[1]
     zero = gx.dtype.type(0)
-    bad = 0
-    for task in prange(n_img * n_blocks(c_all, C_BLOCK)):
+    n_tasks = n_img * n_blocks(c_all, C_BLOCK)
+    # Each task's count in its own slot, not a reduction: on Python 3.12 numba's parallel
+    # pass could not compile a reduction fed by the inlined _unpool_image ("unexpected
+    # cycle in lookup()").
+    bad = np.zeros(n_tasks, np.int64)
+    for task in prange(n_tasks):
         n, c0, c1 = task_block(task, C_BLOCK, c_all)
         if c1 - c0 == c_all:
-            bad += _unpool_image(gy[n].reshape(gy[n].size), idx[n].reshape(idx[n].size),
-                                 gx[n].reshape(gx[n].size), c_all, zero)
+            bad[task] = _unpool_image(gy[n].reshape(gy[n].size), idx[n].reshape(idx[n].size),
+                                      gx[n].reshape(gx[n].size), c_all, zero)
             continue
         gx[n, :, c0:c1] = zero
+        count = 0
         for k in range(n_out):
             for c in range(c0, c1):
                 t = idx[n, k, c]
                 if 0 <= t < hw:
                     gx[n, t, c] += gy[n, k, c]
                 elif t != -1:
-                    bad += 1
-    return bad
+                    count += 1
+        bad[task] = count
+    return bad.sum()
