@@ -11,7 +11,9 @@
   (TF32 off in both);
 - conv2d: ``fastconv.cuda.conv2d(algo="im2col")`` and ``"naive"`` beside torch's cuDNN
   (``cudnn.allow_tf32 = matmul.allow_tf32 = False``, ``cudnn.benchmark = True``) on every
-  layer of the suite, with each result's relative error against torch's.
+  layer of the suite, with each result's relative error against torch's and every
+  result's (cuDNN's too) against the CPU's in float64 (the largest difference over the
+  largest magnitude; float32 sums of a few thousand terms give about 1e-7 to 1e-6).
 
 Each call: one warm-up (compiles), then the median of ``--repeats`` synchronised calls.
 A peer that cannot be imported or run is reported as skipped with the reason. It writes
@@ -154,14 +156,21 @@ def measure_conv(shapes, peers, repeats):
     import numpy as np
     from numba import cuda
 
+    from fastconv import conv2d as cpu_conv2d
     from fastconv.cuda import conv2d
+
+    def rel(got, want):
+        scale = float(np.max(np.abs(want))) or 1.0
+        return float(np.max(np.abs(got.astype(np.float64) - want))) / scale
 
     torch = peers["torch"]
     rows = []
     for s in shapes:
         x, w = s.arrays(np.float32)
         dx, dw = cuda.to_device(x), cuda.to_device(w)
-        row = {"layer": s.name, "gflops": {}, "rel_error": {}}
+        exact = cpu_conv2d(x.astype(np.float64), w.astype(np.float64), algo="im2col",
+                           **s.kwargs())
+        row = {"layer": s.name, "gflops": {}, "rel_error": {}, "error_vs_float64": {}}
         want = None
         if isinstance(torch, str):
             row["gflops"]["cuDNN (torch)"] = torch
@@ -176,6 +185,7 @@ def measure_conv(shapes, peers, repeats):
                 secs = median_seconds(call, torch.cuda.synchronize, repeats)
                 row["gflops"]["cuDNN (torch)"] = s.flops() / secs / 1e9
                 want = call().cpu().numpy().astype(np.float64)
+                row["error_vs_float64"]["cuDNN (torch)"] = rel(want, exact)
             except Exception as exc:
                 row["gflops"]["cuDNN (torch)"] = _skip(exc)
         kwargs = s.kwargs()
@@ -185,10 +195,10 @@ def measure_conv(shapes, peers, repeats):
 
             secs = median_seconds(call, cuda.synchronize, repeats)
             row["gflops"][f"fastconv {algo}"] = s.flops() / secs / 1e9
+            got = call().copy_to_host()
+            row["error_vs_float64"][f"fastconv {algo}"] = rel(got, exact)
             if want is not None:
-                got = call().copy_to_host().astype(np.float64)
-                scale = float(np.max(np.abs(want))) or 1.0
-                row["rel_error"][f"fastconv {algo}"] = float(np.max(np.abs(got - want))) / scale
+                row["rel_error"][f"fastconv {algo}"] = rel(got, want)
         rows.append(row)
     return rows
 
@@ -282,6 +292,13 @@ def report(directory: str) -> str:
         if errors:
             lines += ["", f"Largest relative error of fastconv against cuDNN: "
                           f"{max(errors):.1e}."]
+        exact = {}
+        for r in conv:
+            for k, v in r.get("error_vs_float64", {}).items():
+                exact[k] = max(exact.get(k, 0.0), v)
+        if exact:
+            lines += ["", "Largest relative error against the CPU in float64: "
+                          + ", ".join(f"{k} {v:.1e}" for k, v in exact.items()) + "."]
     if skipped:
         lines += ["", "Skipped peers:", ""] + [f"- {s}" for s in sorted(skipped)]
     return "\n".join(lines) + "\n"

@@ -33,9 +33,9 @@ step() {
     tail -n 3 "$OUT/$name.log"
 }
 
-step tests 300 "$PY" -m pytest -q -p no:cacheprovider tests/cuda
-step bench 120 "$PY" -m fastconv.tools bench --device cuda --suite quick --out "$OUT"
-step compare 120 "$PY" bench/gpu_check.py measure --out "$OUT" --suite quick --repeats 10
+step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/cuda
+step bench 180 "$PY" -m fastconv.tools bench --device cuda --suite quick --out "$OUT"
+step compare 150 "$PY" bench/gpu_check.py measure --out "$OUT" --suite quick --repeats 10
 "$PY" bench/gpu_check.py report --dir "$OUT" >"$OUT/report.md"
 cat "$OUT/report.md"
 echo "report: $OUT/report.md"

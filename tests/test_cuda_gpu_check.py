@@ -75,7 +75,9 @@ def _fake_run(d: pathlib.Path):
         "conv": [{"layer": "cifar", "gflops": {"cuDNN (torch)": 15000.0,
                                                "fastconv im2col": 900.25,
                                                "fastconv naive": 300.0},
-                  "rel_error": {"fastconv im2col": 2e-7, "fastconv naive": 3e-7}}],
+                  "rel_error": {"fastconv im2col": 2e-7, "fastconv naive": 3e-7},
+                  "error_vs_float64": {"cuDNN (torch)": 4e-7, "fastconv im2col": 5e-7,
+                                       "fastconv naive": 6e-7}}],
     }
     (d / "compare.json").write_text(json.dumps(compare))
     (d / "cuda_results.md").write_text("| shape | algo |\n|---|---|\n| cifar | cuda/im2col |\n")
@@ -99,6 +101,8 @@ def test_report_on_made_up_numbers(gc, tmp_path):
     assert "| cifar | 32 | 288 | 16384 | 1234.5 | 456.7 | skipped | 20000.0 |" in text
     assert "| cifar | 15000.0 | 900.2 | 300.0 |" in text
     assert "Largest relative error of fastconv against cuDNN: 3.0e-07." in text
+    assert ("Largest relative error against the CPU in float64: cuDNN (torch) 4.0e-07, "
+            "fastconv im2col 5.0e-07, fastconv naive 6.0e-07.") in text
     assert "- cupy: skipped: ModuleNotFoundError: No module named 'cupy'" in text
 
 

@@ -102,6 +102,40 @@ def test_numba_builtin_cuda_target_is_refused(monkeypatch):
         fcuda.max_pool2d(np.ones((1, 1, 3, 3)), 2)
 
 
+def test_numba_cuda_that_cannot_compile_with_this_numpy_is_named(monkeypatch):
+    """A GPU is there but numba-cuda's compiler fails to load beside this numpy (seen:
+    numba-cuda 0.30.4 with numpy 2.5, whose np.row_stack is gone): the reason names both
+    versions and the attribute instead of a traceback from the first kernel's compile."""
+    import importlib
+    import types
+
+    import numba
+
+    gpu = types.ModuleType("numba.cuda")
+    gpu.implementation = "NVIDIA"
+    gpu.is_available = lambda: True
+    gpu.gpus = [object()]
+    monkeypatch.setattr(numba, "cuda", gpu, raising=False)
+    monkeypatch.setitem(sys.modules, "numba.cuda", gpu)
+    monkeypatch.setattr(_device, "simulated", lambda: False)
+    real_import = importlib.import_module
+
+    def fails(name, *a):
+        if name == "numba.cuda.cudaimpl":
+            raise AttributeError("module 'numpy' has no attribute 'row_stack'")
+        return real_import(name, *a)
+
+    monkeypatch.setattr(importlib, "import_module", fails)
+    reason = _device.unavailable_reason()
+    assert reason.startswith("numba-cuda ") and f"with numpy {np.__version__}" in reason
+    assert "no attribute 'row_stack'" in reason
+    with pytest.raises(fcuda.CudaUnavailableError, match=r"conv2d: device='cuda' is "
+                       r"unavailable: numba-cuda .* cannot compile kernels with numpy"):
+        fcuda.conv2d(np.ones((1, 1, 3, 3)), np.ones((1, 1, 2, 2)))
+    monkeypatch.setattr(importlib, "import_module", lambda name, *a: None)
+    assert _device.unavailable_reason() is None          # the compiler loads: usable
+
+
 def test_numba_cuda_is_the_installed_toolchain():
     """With numba-cuda installed (the cuda and test extras), numba.cuda is NVIDIA's."""
     cuda, reason = _device._import_cuda()

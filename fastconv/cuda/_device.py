@@ -6,7 +6,9 @@ every way it can fail into :class:`CudaUnavailableError`.
 
 from __future__ import annotations
 
+import importlib
 import os
+from importlib import metadata
 
 import numpy as np
 
@@ -53,6 +55,27 @@ def simulated() -> bool:
     return bool(getattr(cconf, "ENABLE_CUDASIM", False))
 
 
+def _compiler_reason() -> str | None:
+    """None when numba-cuda's kernel compiler loads beside this numpy, else why not.
+
+    numba-cuda loads its numpy typing at the first kernel's compile, where a numpy newer
+    than it knows can fail (numba-cuda 0.30.4 with numpy 2.5: ``np.row_stack`` is
+    gone); loading it here turns that into a reason instead of a traceback mid-call."""
+    try:
+        importlib.import_module("numba.cuda.cudaimpl")
+    except AttributeError as exc:
+        try:
+            version = metadata.version("numba-cuda")
+        except metadata.PackageNotFoundError:  # pragma: no cover - numba.cuda came from elsewhere
+            version = "?"
+        return (f"numba-cuda {version} cannot compile kernels with numpy {np.__version__} "
+                f"(AttributeError: {exc}); install a numba-cuda release that supports this "
+                "numpy, or a numpy it supports")
+    except ImportError:  # another layout of numba-cuda: its first compile will tell
+        return None
+    return None
+
+
 def unavailable_reason() -> str | None:
     """None when kernels can run (on a GPU or in the simulator), else why not."""
     cuda, reason = _import_cuda()
@@ -62,7 +85,7 @@ def unavailable_reason() -> str | None:
         return None
     try:
         if cuda.is_available() and len(cuda.gpus) > 0:
-            return None
+            return _compiler_reason()
     except Exception as exc:  # pragma: no cover - depends on the driver
         return f"no usable CUDA driver or GPU ({type(exc).__name__}: {' '.join(str(exc).split())})"
     # is_available() swallows the driver's error; ask again to get its words.
