@@ -92,6 +92,27 @@ def test_lanes_kernel_matches_the_reference(layout, case, dtype, pair_pixels, rn
     assert len(calls) == 2
 
 
+@pytest.mark.parametrize("chunks", [1, 3])
+@pytest.mark.parametrize("case", CASES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_runs_of_tasks_cover_every_row_once(layout, case, chunks, rng, monkeypatch):
+    """Few runs a thread (``CHUNKS_PER_THREAD``): several tasks a call of
+    ``_conv_tasks``, the last run short; every row or band computed once."""
+    monkeypatch.setattr(direct_lanes, "CHUNKS_PER_THREAD", chunks)
+    monkeypatch.setattr(drivers, "lanes_chosen", lanes_applies)
+    runs = []
+    real = direct_lanes._conv_rows
+    monkeypatch.setattr(direct_lanes, "_conv_rows",
+                        lambda *a: runs.append(a[-1]) or real(*a))
+    x, w, b, kwargs = _problem(case, np.float64, rng)
+    xl, wl, back = _in_layout(layout, x, w)
+    canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=np.float64, **kwargs)
+    want = ref.conv2d(x, w, b, canon.stride, canon.padding, canon.dilation)
+    got = fastconv.conv2d(xl, wl, b, layout=layout, algo="im2col", **kwargs)
+    assert len(runs) == 1 and runs[0] >= (2 if chunks == 1 else 1)   # tasks a run
+    assert ref.rel_error(back(got), want) <= ref.tolerance(np.float64, "im2col")
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_streamed_stores_leave_the_result_alone(case, dtype, rng, monkeypatch):
@@ -105,7 +126,7 @@ def test_streamed_stores_leave_the_result_alone(case, dtype, rng, monkeypatch):
     streamed = []
     real = direct_lanes._conv_rows
     monkeypatch.setattr(direct_lanes, "_conv_rows",
-                        lambda *a: streamed.append(a[-1]) or real(*a))
+                        lambda *a: streamed.append(a[-2]) or real(*a))   # stream, per
     x, w, b, kwargs = _problem(case, dtype, rng)
     xl, wl, back = _in_layout("NHWC", x, w)
     canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
@@ -117,7 +138,7 @@ def test_streamed_stores_leave_the_result_alone(case, dtype, rng, monkeypatch):
 
 def test_only_big_aligned_channels_last_outputs_of_whole_blocks_are_streamed(monkeypatch):
     seen = []
-    monkeypatch.setattr(direct_lanes, "_conv_rows", lambda *a: seen.append(a[-1]))
+    monkeypatch.setattr(direct_lanes, "_conv_rows", lambda *a: seen.append(a[-2]))   # stream, per
 
     def stream(layout, c, h, d, out=None):
         x = np.zeros((8, h, h, c) if layout == "NHWC" else (8, c, h, h), np.float32)

@@ -54,7 +54,7 @@ from __future__ import annotations
 import functools
 
 import numpy as np
-from numba import njit, prange
+from numba import get_num_threads, njit, prange
 
 from ... import _lanes
 from ..._runtime import parallel_guard
@@ -83,6 +83,20 @@ from .padded import padded_channels_last, padded_size
 #: at 28x28 (batch 32) 1.57-1.63 -> 1.19-1.27 ms NCHW, 32 -> 32 at 14x14 1.35-1.42 ->
 #: 1.00-1.12, 64 -> 64 at 7x7 1.64-1.66 -> 1.06-1.07.
 PAIR_PIXELS = 8 if _lanes.WIDE else 4
+
+#: ``_conv_rows`` hands each thread about this many runs of consecutive tasks.
+CHUNKS_PER_THREAD = 8
+
+
+@njit(inline="always")
+def _task_count(xs, os, band):
+    """``_conv_rows``' tasks: an image's output rows, or its bands of ``band`` rows."""
+    return xs[0] * ((os[2] + band - 1) // band if band > 0 else os[2])
+
+
+def _task_run(xs, os, band) -> int:
+    """Tasks a call of ``_conv_tasks`` runs: about CHUNKS_PER_THREAD runs a thread."""
+    return max(1, _task_count.py_func(xs, os, band) // (CHUNKS_PER_THREAD * get_num_threads()))
 
 
 @njit(inline="always")
@@ -153,7 +167,7 @@ def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pai
 
 @njit(parallel=True, cache=True)
 def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, band,
-               stream):
+               stream, per):
     """out = conv(x, w) + bias, x (N, C, H, W) and out (N, D, Ho, Wo) given as flat
     arrays xf, fo and the shape and element strides of their canonical views, xs =
     (N, C, H, W, s_n, s_c, s_h, s_w), os alike: one kernel for every layout. A kernel
@@ -170,20 +184,22 @@ def _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, ban
     output's rows contiguous: ``lanes_plan.band_rows``), per band of ``band`` rows of
     an image, whose pixels run as one sequence in groups of 8 across the rows. stream:
     whole vectors are stored past the caches (``_lanes.store_stream``; every one on a
-    vector boundary)."""
-    n_tasks = xs[0] * ((os[2] + band - 1) // band if band > 0 else os[2])
-    for task in prange(n_tasks):
-        _conv_task(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, band,
-                   stream, np.int64(task))   # one type: prange's index is unsigned
+    vector boundary). per: tasks a run (``_task_run``)."""
+    n_tasks = _task_count(xs, os, band)
+    for chunk in prange((n_tasks + per - 1) // per):
+        t0 = np.int64(chunk) * per           # one type: prange's index is unsigned
+        _conv_tasks(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, band,
+                    stream, t0, min(n_tasks, t0 + per))
 
 
 @njit(cache=True)
-def _conv_task(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, band,
-               stream, task):
-    """One task of ``_conv_rows`` (an image's output row or band of rows). Compiled on
-    its own, not inlined into the parallel loop: numba's parallel passes over the
-    inlined register tiles made the first call on LeNet's 6 -> 16 layer compile for 120 s
-    (38 s this way; the kernel's speed unchanged)."""
+def _conv_tasks(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, band,
+                stream, first, end):
+    """Tasks first <= task < end of ``_conv_rows`` (each an image's output row or band
+    of rows). Compiled on its own, not inlined into the parallel loop: numba's parallel
+    passes over the inlined register tiles made the first call on LeNet's 6 -> 16 layer
+    compile for 120 s (45 s this way); a run of tasks a call keeps the call's cost off
+    short rows (one task a call: 16 -> 16 3x3 at 28x28 NCHW 8% slower)."""
     n_img, c_all, h, wd, xsn, xsc, xsh, xsw = xs
     _, d_all, ho, wo, osn, osd, osh, osw = os
     kh, kw, sh, sw, pt, pl, rh, rw = geo
@@ -193,45 +209,46 @@ def _conv_task(xf, xs, fw, fb, fo, os, geo, taps, toff, j_lo, j_hi, pair_px, ban
     uosd, uosw = U(osd), U(osw)
     blocks = fb.shape[0] // nl
     bands = (ho + band - 1) // band if band > 0 else ho
-    n = task // bands
-    if band > 0:                       # a band's pixels as one sequence
-        i0 = task % bands * band
-        px = (i0 * wo, min(ho, i0 + band) * wo, wo, sh * xsh, sw * xsw)
-        base = (n * xsn - pt * xsh - pl * xsw, n * osn)
-        for bp in range(0, blocks, 2):
-            _groups(xf, fw, fb, fo, px, base, (toff, 0, kh * nu * nv), bp,
-                    1 if bp + 1 < blocks else 0, wlen, nl, d_all, (osd, osw, stream),
-                    pair_px)
-    else:                              # a row, its edge pixels first
-        i = task % bands
-        a_lo = max(0, (pt - i * sh + rh - 1) // rh)           # rows of taps in the image
-        a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
-        obase = n * osn + i * osh
-        t_lo, t_hi = a_lo * nu * nv, max(a_lo, a_hi) * nu * nv
-        for bp in range(0, blocks, 2):     # pairs of blocks of output channels
-            pair = 1 if bp + 1 < blocks else 0
-            for d0 in range(bp * nl, (bp + 1 + pair) * nl, nl):
-                m = min(nl, d_all - d0)
-                wb = U(d0 // nl * wlen)
-                bias = _lanes.load(fb, U(d0))
-                ob = U(obase + d0 * osd)
-                for e in range(j_lo + wo - j_hi):  # pixels reaching into the padding
-                    j = e if e < j_lo else j_hi + e - j_lo
-                    col0 = j * sw - pl
-                    b_lo = max(0, (rw - 1 - col0) // rw)    # kernel columns in the image
-                    cols = (col0, rw, xsw, b_lo,
-                            max(b_lo, min(kw, (wd - col0 + rw - 1) // rw)))
-                    v = bias
-                    for a in range(a_lo, a_hi):
-                        xrow = n * xsn + (i * sh - pt + a * rh) * xsh
-                        v = _edge_pixel(xf, fw, v, xrow, wb + U(a * nu * nv * nl), taps,
-                                        cols, nl)
-                    _put(fo, ob + U(j) * uosw, uosd, v, m, nl, stream)
-            # groups of 8 pixels inside the image, along the row (wrap: never)
-            px = (j_lo, j_hi, wo + 1, 0, sw * xsw)
-            base = (n * xsn + (i * sh - pt) * xsh - pl * xsw, obase)
-            _groups(xf, fw, fb, fo, px, base, (toff, t_lo, t_hi), bp, pair, wlen, nl,
-                    d_all, (osd, osw, stream), pair_px)
+    for task in range(first, end):
+        n = task // bands
+        if band > 0:                       # a band's pixels as one sequence
+            i0 = task % bands * band
+            px = (i0 * wo, min(ho, i0 + band) * wo, wo, sh * xsh, sw * xsw)
+            base = (n * xsn - pt * xsh - pl * xsw, n * osn)
+            for bp in range(0, blocks, 2):
+                _groups(xf, fw, fb, fo, px, base, (toff, 0, kh * nu * nv), bp,
+                        1 if bp + 1 < blocks else 0, wlen, nl, d_all, (osd, osw, stream),
+                        pair_px)
+        else:                              # a row, its edge pixels first
+            i = task % bands
+            a_lo = max(0, (pt - i * sh + rh - 1) // rh)           # rows of taps in the image
+            a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
+            obase = n * osn + i * osh
+            t_lo, t_hi = a_lo * nu * nv, max(a_lo, a_hi) * nu * nv
+            for bp in range(0, blocks, 2):     # pairs of blocks of output channels
+                pair = 1 if bp + 1 < blocks else 0
+                for d0 in range(bp * nl, (bp + 1 + pair) * nl, nl):
+                    m = min(nl, d_all - d0)
+                    wb = U(d0 // nl * wlen)
+                    bias = _lanes.load(fb, U(d0))
+                    ob = U(obase + d0 * osd)
+                    for e in range(j_lo + wo - j_hi):  # pixels reaching into the padding
+                        j = e if e < j_lo else j_hi + e - j_lo
+                        col0 = j * sw - pl
+                        b_lo = max(0, (rw - 1 - col0) // rw)    # kernel columns in the image
+                        cols = (col0, rw, xsw, b_lo,
+                                max(b_lo, min(kw, (wd - col0 + rw - 1) // rw)))
+                        v = bias
+                        for a in range(a_lo, a_hi):
+                            xrow = n * xsn + (i * sh - pt + a * rh) * xsh
+                            v = _edge_pixel(xf, fw, v, xrow, wb + U(a * nu * nv * nl), taps,
+                                            cols, nl)
+                        _put(fo, ob + U(j) * uosw, uosd, v, m, nl, stream)
+                # groups of 8 pixels inside the image, along the row (wrap: never)
+                px = (j_lo, j_hi, wo + 1, 0, sw * xsw)
+                base = (n * xsn + (i * sh - pt) * xsh - pl * xsw, obase)
+                _groups(xf, fw, fb, fo, px, base, (toff, t_lo, t_hi), bp, pair, wlen, nl,
+                        d_all, (osd, osw, stream), pair_px)
     if stream:
         _lanes.stream_fence()
 
@@ -358,6 +375,6 @@ def forward_lanes(x, w, args, out, bias) -> None:
     stream = int(os[5] == 1 and _lanes.can_stream(out, args.c_out))    # channels last
     with parallel_guard():
         _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS, band,
-                   stream)
+                   stream, _task_run(xs, os, band))
     if target is not out:
         out[...] = target
