@@ -168,8 +168,8 @@ def measure_conv(shapes, peers, repeats):
     for s in shapes:
         x, w = s.arrays(np.float32)
         dx, dw = cuda.to_device(x), cuda.to_device(w)
-        exact = cpu_conv2d(x.astype(np.float64), w.astype(np.float64), algo="im2col",
-                           **s.kwargs())
+        exact = cpu_conv2d(x.astype(np.float64), w.astype(np.float64), algo="naive",
+                           **s.kwargs())   # the direct algorithm: seconds to compile
         row = {"layer": s.name, "gflops": {}, "rel_error": {}, "error_vs_float64": {}}
         want = None
         if isinstance(torch, str):

@@ -2,12 +2,12 @@
 
 For each layer shape (``Shape`` records of the bench suites: ``name``, ``arrays(dtype)``,
 ``kwargs()``, ``flops()``) and each CUDA algorithm, the GPU result is compared with the
-CPU's (``fastconv.conv2d(algo="im2col")``, relative error; float32 passes at <= 1e-4) and
-the call is timed with the arrays already on the device: a warm-up call (which also
-compiles), then the median of ``repeats`` calls, each followed by ``cuda.synchronize()``.
-Host-device copies are not timed. The CPU side is im2col, not auto: auto's first calls on
-a fresh machine compile every CPU kernel it may choose (over two minutes on a GPU
-machine's first run, before any GPU timing).
+CPU's (``fastconv.conv2d(algo="naive")``, the direct algorithm; relative error; float32
+passes at <= 1e-4) and the call is timed with the arrays already on the device: a
+warm-up call (which also compiles), then the median of ``repeats`` calls, each followed
+by ``cuda.synchronize()``. Host-device copies are not timed. The CPU side is the direct
+algorithm because it compiles in seconds: auto's or im2col's first calls on a fresh
+machine compile CPU kernels for minutes (a GPU machine's first run timed out there).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def run_cuda_bench(shapes, progress=None, *, algos=("naive", "im2col"), dtype=np
             x, w = shape.arrays(dtype)
             cache.clear()  # one shape's arrays on the device at a time
             cache[shape.name] = (cuda.to_device(x), cuda.to_device(w),
-                                 cpu_conv2d(x, w, algo="im2col", **shape.kwargs()))
+                                 cpu_conv2d(x, w, algo="naive", **shape.kwargs()))
         dx, dw, want = cache[shape.name]
 
         def call(dx=dx, dw=dw, algo=algo, shape=shape):
