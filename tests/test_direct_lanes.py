@@ -377,3 +377,16 @@ def test_store_stream_writes_a_vector_at_an_aligned_offset(dtype):
     want = np.full(4 * n, -1, dtype)
     want[2 * n:3 * n] = np.arange(n)
     np.testing.assert_array_equal(out, want)
+
+
+def test_read_only_and_writable_inputs_share_one_compiled_kernel(rng):
+    """A read-only input (a memory-mapped dataset, say) runs the kernel compiled for a
+    writable one: the input is always passed read-only (each variant costs a compile of
+    tens of seconds)."""
+    x, w, b, kwargs = _problem(CASES[1], np.float32, rng)
+    want = fastconv.conv2d(x, w, b, algo="im2col", **kwargs)
+    seen = set(direct_lanes._conv_rows.signatures)
+    x.flags.writeable = False
+    got = fastconv.conv2d(x, w, b, algo="im2col", **kwargs)
+    assert set(direct_lanes._conv_rows.signatures) == seen
+    np.testing.assert_array_equal(got, want)

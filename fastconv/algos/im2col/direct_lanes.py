@@ -369,6 +369,9 @@ def forward_lanes(x, w, args, out, bias) -> None:
         xf = padded_channels_last(x, args, "direct_lanes.xp").reshape(-1)
     else:
         xf = np.ascontiguousarray(x, dt).reshape(-1)
+    if xf.flags.writeable:     # one compiled kernel for read-only and writable inputs
+        xf = xf.view()
+        xf.flags.writeable = False
     fo, os = strided or (_flat_view(target), out_geo)
     fw, fb = _packed_operands(args.dims.weight_to_canonical_view(w), bias, dt, taps)
     band = band if os[6] == os[3] * os[7] else 0       # the output's rows contiguous
