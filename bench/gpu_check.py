@@ -158,10 +158,7 @@ def measure_conv(shapes, peers, repeats):
 
     from fastconv import conv2d as cpu_conv2d
     from fastconv.cuda import conv2d
-
-    def rel(got, want):
-        scale = float(np.max(np.abs(want))) or 1.0
-        return float(np.max(np.abs(got.astype(np.float64) - want))) / scale
+    from fastconv.tools.bench.cuda import rel_error as rel
 
     torch = peers["torch"]
     rows = []

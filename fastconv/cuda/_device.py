@@ -72,7 +72,7 @@ def _compiler_reason() -> str | None:
                 f"(AttributeError: {exc}); install a numba-cuda release that supports this "
                 "numpy, or a numpy it supports")
     except ImportError:  # another layout of numba-cuda: its first compile will tell
-        return None
+        pass
     return None
 
 

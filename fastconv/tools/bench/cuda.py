@@ -26,7 +26,7 @@ from .runner import call_times
 TOLERANCE = {np.dtype(np.float32): 1e-4, np.dtype(np.float64): 1e-10}
 
 
-def _rel_error(got, want) -> float:
+def rel_error(got, want) -> float:
     """max |got - want| / max |want| (the absolute error when want is all zeros)."""
     got = np.asarray(got, np.float64)
     want = np.asarray(want, np.float64)
@@ -62,7 +62,7 @@ def run_cuda_bench(shapes, progress=None, *, algos=("naive", "im2col"), dtype=np
             cuda.synchronize()
             return out
 
-        err = _rel_error(call().copy_to_host(), want)  # also the warm-up call
+        err = rel_error(call().copy_to_host(), want)  # also the warm-up call
         secs = float(np.median(call_times(call, max(1, repeats), warmup=False)))
         rows.append({"shape": shape.name, "algo": algo, "seconds": secs,
                      "gflops": shape.flops() / secs / 1e9 if secs > 0 else float("nan"),
