@@ -10,7 +10,7 @@ import pytest
 import fastconv
 from fastconv import config
 from fastconv._args import conv_args_from_shapes
-from fastconv.algos.im2col import drivers, fused
+from fastconv.algos.im2col import drivers, fused, indirect_nchw
 from fastconv.algos.im2col.phased_unfold import phase_size, unfold_phased
 from fastconv.algos.im2col.tiling import unfold_params
 from fastconv.algos.im2col.unfold import _im2col_nchw_serial
@@ -53,6 +53,7 @@ def test_which_layers_take_it(x_shape, w_shape, kw, band):
 
 def test_plan_names_the_fused_panels(monkeypatch):
     monkeypatch.setattr(fused, "split_tiles", lambda args, threads=None: True)
+    monkeypatch.setattr(indirect_nchw, "applies", lambda args: False)   # staged otherwise
     why = fastconv.plan((16, 64, 56, 56), (128, 64, 3, 3), stride=2, padding=1).why
     assert why.startswith("im2col") and "16 tiles of 1.8 MB" in why and "(fused)" in why
 

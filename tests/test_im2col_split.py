@@ -107,7 +107,7 @@ def test_split_backward_needs_whole_image_tiles(monkeypatch):
 
 
 @pytest.mark.parametrize("x_shape,w_shape,padding,says", [
-    ((16, 64, 56, 56), (128, 64, 3, 3), 1,
+    ((16, 64, 56, 56), (96, 64, 3, 3), 1,     # (128 outputs: staged, im2col.indirect_nchw)
      "16 tiles of 1.8 MB (L2-sized), each unfolded and multiplied by one numba thread"),
     ((8, 3, 224, 224), (96, 3, 7, 7), 3,      # a stem too wide for the direct kernel
      "64 tiles of 0.92 MB (L2-sized), each unfolded and multiplied"),   # im2col.fused

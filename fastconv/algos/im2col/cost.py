@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from .._common import interior_columns
 from ..registry import Algorithm, register
-from . import strided_pointwise
+from . import indirect_nchw, strided_pointwise
 from .direct_grad import direct_backward_chosen, direct_backward_cost
 from .drivers import backward, forward
 from .fused import fused_tiling
@@ -25,12 +25,15 @@ CACHE_LINE = 64
 def cost(a, p: Profile) -> Estimate:
     """Model time of the forward: small layers run the direct lanes kernel
     (``lanes_plan.lanes_cost``), small stride-1 layers on tiles of many images the
-    direct image-last kernel (``image_last_direct.direct_cost``), the others the GEMM
+    direct image-last kernel (``image_last_direct.direct_cost``), NCHW layers the
+    register tiles take on staged rows (``indirect_nchw.cost``), the others the GEMM
     path (:func:`_gemm_cost`), as ``drivers.forward`` picks them."""
     if lanes_chosen(a):
         return lanes_cost(a, p)
     if direct_forward_applies(a):
         return direct_cost(a, p)
+    if indirect_nchw.applies(a):
+        return indirect_nchw.cost(a, p)
     return _gemm_cost(a, p)
 
 

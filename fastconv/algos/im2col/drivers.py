@@ -11,7 +11,7 @@ import numpy as np
 from ... import _blas, _pool
 from ..._runtime import parallel_guard
 from .._common import view
-from . import strided_pointwise
+from . import indirect_nchw, strided_pointwise
 from .direct_grad import backward_direct, direct_backward_chosen
 from .direct_lanes import forward_lanes
 from .fused import forward_fused, fused_tiling
@@ -76,8 +76,10 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     A tile of many images with short output rows (``Tiling.image_last``) runs
     ``forward_image_last``; several large tiles per thread run split over the threads
     (``split.forward_split``), strided ones in fused panels (``fused.forward_fused``;
-    read-only inputs, which would compile kernels of their own, stay split). 1x1 layers
-    run as GEMMs of their input (``pointwise``, ``strided_pointwise``)."""
+    read-only inputs, which would compile kernels of their own, stay split). Layers of
+    8+ registers of output channels whose weight fits L2 run the NHWC register tiles on
+    rows staged channels last (``indirect_nchw``). 1x1 layers run as GEMMs of their
+    input (``pointwise``, ``strided_pointwise``)."""
     g, dg, cgkk = gemm_sizes(args)
     ckk = g * cgkk
     wmat = _weights_nchw(w, args)
@@ -87,6 +89,9 @@ def _forward_nchw(x, w, args, out, bias) -> None:
     t = tiling(args)
     if t.image_last:
         forward_image_last(x, wmat, args, out, bias, t)
+        return
+    if indirect_nchw.applies(args):
+        indirect_nchw.forward(x, w, args, out, bias)
         return
     fused = fused_tiling(args)
     if fused is not None and _fusable(x, wmat, out):

@@ -47,29 +47,35 @@ from .unfold import unfold_pixel_nhwc
 BAND_ROWS = 8
 
 
-def indirect_applies(args) -> bool:
-    """Whether ``forward_indirect`` runs the forward of ``args``: NHWC, one group, kernel
-    columns undilated, output channels in the register tiles (``fused_nhwc.register_tiles``:
-    at least 8 registers), a weight of at most ``_small_gemm.TILED_MAX_B_BYTES`` (every
-    tile reads all of it, from L2), at least ``TILE_ROWS`` output columns whose kernel
-    row lies inside the image, at least ``BAND_ROWS`` output rows, and a kernel larger
-    than 1x1 (pointwise layers need no unfold anyway). Measured on the 2-core Intel Xeon
-    (alternating, best medians): (16, 56, 56, 64) -> 128 3x3 stride 2 6.16 ms against
-    6.55 in fused panels; (64, 32, 32, 32) -> 128 stride 2 4.14 against 4.40; a 128 ->
-    256 stride-2 layer (a 1.2 MB weight) 8.06 against 7.09 through BLAS, hence the
-    weight's bound."""
-    if not args.dims.channels_last or args.groups != 1 or args.dilation[1] != 1 \
-            or args.kh * args.kw == 1 or not register_tiles(args):
+def weight_fits(args) -> bool:
+    """Whether the register tiles can run ``args``' products, either layout: one group,
+    kernel columns undilated, a kernel larger than 1x1 (pointwise layers need no unfold
+    anyway), output channels in the register tiles (``fused_nhwc.register_tiles``: at
+    least 8 registers) and a weight of at most ``_small_gemm.TILED_MAX_B_BYTES`` (every
+    tile reads all of it, from L2)."""
+    if args.groups != 1 or args.dilation[1] != 1 or args.kh * args.kw == 1 \
+            or not register_tiles(args):
         return False
     weight = args.kh * args.kw * args.c_in * args.c_out * args.dtype.itemsize
-    if weight > _small_gemm.TILED_MAX_B_BYTES:
+    return weight <= _small_gemm.TILED_MAX_B_BYTES
+
+
+def indirect_applies(args) -> bool:
+    """Whether ``forward_indirect`` runs the forward of ``args``: NHWC, a weight the
+    register tiles take (``weight_fits``), at least ``TILE_ROWS`` output columns whose
+    kernel row lies inside the image, and at least ``BAND_ROWS`` output rows. Measured
+    on the 2-core Intel Xeon (alternating, best medians): (16, 56, 56, 64) -> 128 3x3
+    stride 2 6.16 ms against 6.55 in fused panels; (64, 32, 32, 32) -> 128 stride 2 4.14
+    against 4.40; a 128 -> 256 stride-2 layer (a 1.2 MB weight) 8.06 against 7.09
+    through BLAS, hence the weight's bound."""
+    if not args.dims.channels_last or not weight_fits(args):
         return False
     j_lo, j_hi = interior_columns(args)
     return j_hi - j_lo >= TILE_ROWS and args.n * args.h_out >= BAND_ROWS
 
 
 @njit(inline="always")
-def _interior(xf, wf, yf, x_row, y_row, a_rng, cols, geo, width):
+def interior_row(xf, wf, yf, x_row, y_row, a_rng, cols, geo, width):
     """Output pixels j_lo <= j < j_hi of one output row in tiles of 6 pixels x 4 registers,
     each the sum over kernel rows a_lo <= a < a_hi of one ``_tile4`` (the last tile of
     the row ends at j_hi, rewriting the pixels it shares with the one before, the last
@@ -118,7 +124,7 @@ def _forward_indirect(x, wf, out, bias, bufs, ho, wo, j_lo, j_hi, sh, sw, pt, pl
                 for q in range((r * wo + j_lo) * d_all, (r * wo + j_hi) * d_all):
                     yf[q] = zero
                 continue
-            _interior(xf, wf, yf, (n * h + i * sh - pt) * wd * c_all, r * wo * d_all,
+            interior_row(xf, wf, yf, (n * h + i * sh - pt) * wd * c_all, r * wo * d_all,
                       (a_lo, a_hi), (j_lo, j_hi), geo, width)
         cols = bufs[numba.get_thread_id()][:(r1 - r0) * kkc].reshape((r1 - r0, 1, kkc))
         fc = cols.reshape(cols.size)

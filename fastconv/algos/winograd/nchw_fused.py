@@ -33,6 +33,7 @@ from numba import njit, prange
 from ... import _lanes, config
 from ..._small_gemm import TILE_ROWS_1
 from .._common import U, guarded
+from ..staging import stage_in, stage_out
 from .nhwc_tiles import (
     block_buffers,
     block_tiles,
@@ -73,73 +74,6 @@ def _slots(block: int, tw: int) -> int:
     return (block + tw - 2) // tw + 1
 
 
-@njit(inline="always")
-def _stage_in(x, xf, n, top, left, rows, span, xs, o0):
-    """xs[o0:] (rows, cols, C) flat: columns span = (q0, q1, cols) of it hold
-    x[n, :, top + r, left + q] channels last, zero outside the image. xf: x.ravel()
-    where x is C-contiguous (else empty): then runs of a vector's lanes of columns of 8
-    channels are written transposed (``_lanes.store_columns``), the rest one value at a
-    time."""
-    _, c_all, h, wd = x.shape
-    q0, q1, cols = span
-    q_lo, q_hi = max(q0, -left), max(q0, min(q1, wd - left))
-    nl = _lanes.count(xs)
-    c8 = c_all - c_all % 8 if xf.size else 0
-    q_vec = q_lo + (q_hi - q_lo) // nl * nl
-    plane = h * wd
-    for r in range(rows):
-        i = top + r
-        o = o0 + r * cols * c_all
-        if i < 0 or i >= h:
-            xs[o + q0 * c_all:o + q1 * c_all] = 0
-            continue
-        xs[o + q0 * c_all:o + q_lo * c_all] = 0
-        xs[o + q_hi * c_all:o + q1 * c_all] = 0
-        for c0 in range(0, c8, 8):
-            src = U(((n * c_all + c0) * h + i) * wd + left)
-            for q in range(q_lo, q_vec, nl):
-                at = src + U(q)
-                vs = (_lanes.load(xf, at), _lanes.load(xf, at + U(plane)),
-                      _lanes.load(xf, at + U(2 * plane)), _lanes.load(xf, at + U(3 * plane)),
-                      _lanes.load(xf, at + U(4 * plane)), _lanes.load(xf, at + U(5 * plane)),
-                      _lanes.load(xf, at + U(6 * plane)), _lanes.load(xf, at + U(7 * plane)))
-                _lanes.store_columns(xs, U(o + q * c_all + c0), U(c_all), vs)
-            for c in range(c0, c0 + 8):
-                for q in range(q_vec, q_hi):
-                    xs[o + q * c_all + c] = x[n, c, i, left + q]
-        for c in range(c8, c_all):
-            for q in range(q_lo, q_hi):
-                xs[o + q * c_all + c] = x[n, c, i, left + q]
-
-
-@njit(inline="always")
-def _stage_out(ys, o0, span, y, yf, n, top, rows):
-    """y[n, d, top + r, q] = ys[o0 + (r * cols + q) * D + d] for r < rows and the
-    columns span = (q0, q1, cols) (q0 <= q < q1 <= Wo). yf: y.ravel() where y is
-    C-contiguous (else empty): then runs of 8 columns of a vector of channels are
-    written transposed (``_lanes.store_columns``), the rest one value at a time."""
-    _, d_all, ho, wo = y.shape
-    q0, q1, cols = span
-    nl = _lanes.count(ys)
-    q8 = q0 + (q1 - q0) // 8 * 8 if yf.size and d_all % nl == 0 else q0
-    plane = U(ho * wo)
-    for r in range(rows):
-        o = o0 + r * cols * d_all
-        for q in range(q0, q8, 8):
-            i = U(o + q * d_all)
-            dst = U((n * d_all * ho + top + r) * wo + q)
-            for d0 in range(0, d_all, nl):
-                at = i + U(d0)
-                vs = (_lanes.load(ys, at), _lanes.load(ys, at + U(d_all)),
-                      _lanes.load(ys, at + U(2 * d_all)), _lanes.load(ys, at + U(3 * d_all)),
-                      _lanes.load(ys, at + U(4 * d_all)), _lanes.load(ys, at + U(5 * d_all)),
-                      _lanes.load(ys, at + U(6 * d_all)), _lanes.load(ys, at + U(7 * d_all)))
-                _lanes.store_columns(yf, dst + U(d0) * plane, plane, vs)
-        for d in range(d_all):
-            for q in range(q8, q1):
-                y[n, d, top + r, q] = ys[o + q * d_all + d]
-
-
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _fused_nchw(x, xf, ut, y, yf, add, pads, block, slots, flags):
     """y (N, D, Ho, Wo) = F(4x4, 3x3) of x (N, C, H, W) (any strides) with the
@@ -148,7 +82,7 @@ def _fused_nchw(x, xf, ut, y, yf, add, pads, block, slots, flags):
     ``nhwc_tiles._fused``, each tile row it touches staged channels last (the task's
     columns of its 6 input rows in, of its 4 output rows out; module docstring), at
     most ``slots`` of them (``_slots``). xf, yf:
-    x and y raveled where C-contiguous, else empty (``_stage_in``, ``_stage_out``).
+    x and y raveled where C-contiguous, else empty (``stage_in``, ``stage_out``).
     flags[task]: whether the task wrote a NaN or +-Inf."""
     n_img, c_all, _, _ = x.shape
     _, d_all, ho, wo = y.shape
@@ -170,7 +104,7 @@ def _fused_nchw(x, xf, ut, y, yf, add, pads, block, slots, flags):
         for s in range(n_rows):              # stage the task's columns of each tile row
             r = r_first + s
             j_lo, j_hi = max(0, k0 - r * tw), min(tw, k0 + count - r * tw)
-            _stage_in(x, xf, r // th, r % th * 4 - pt, -pl, 6,
+            stage_in(x, xf, r // th, r % th * 4 - pt, -pl, 6,
                       (4 * j_lo, 4 * j_hi + 2, in_cols), xs, s * 6 * in_cols * c_all)
         v, p, d, tmp, buf = block_buffers(x, count, rows, c_all, d_all)
         in_shape = (1, slots * 6, in_cols, c_all)
@@ -194,7 +128,7 @@ def _fused_nchw(x, xf, ut, y, yf, add, pads, block, slots, flags):
         for s in range(n_rows):
             r = r_first + s
             j_lo, j_hi = max(0, k0 - r * tw), min(tw, k0 + count - r * tw)
-            _stage_out(ys, s * 4 * out_cols * d_all, (4 * j_lo, min(wo, 4 * j_hi), out_cols),
+            stage_out(ys, s * 4 * out_cols * d_all, (4 * j_lo, min(wo, 4 * j_hi), out_cols),
                        y, yf, r // th, r % th * 4, min(4, ho - r % th * 4))
         for lane in range(nl):
             bad += not (abs(_lanes.lane(nan, lane)) < math.inf)
