@@ -75,7 +75,7 @@ def cost(a, p: Profile) -> Estimate:
     gemm = bands * gemm_seconds(p, band * a.w_out, kkc, a.c_out, 1, item)
     read = bands * _staged_rows(a, band) * _staged_columns(a) * a.c_in
     staged = (read + a.n * a.c_out * a.h_out * a.w_out) * item / (p.copy_gbs * 1e9)
-    workspace = p.threads * _buffer_sizes(a, band) * item
+    workspace = p.threads * sum(_buffer_sizes(a, band)) * item
     return Estimate(p.call_us * 1e-6 + gemm + staged, workspace,
                     f"{bands} bands of output rows staged channels last "
                     f"({1e3 * staged:.3g} ms) and multiplied in register tiles (indirect), "
@@ -90,11 +90,12 @@ def _on_lines(size: int, dtype) -> int:
     return -(-size // per_line) * per_line
 
 
-def _buffer_sizes(args, band: int) -> int:
-    """Elements of a thread's two staging buffers: its band's input rows and output
-    rows."""
-    return _staged_rows(args, band) * _staged_columns(args) * args.c_in \
-        + band * args.w_out * args.c_out
+def _buffer_sizes(args, band: int) -> tuple[int, int]:
+    """Elements of a thread's two staging buffers, its band's input rows and its output
+    rows, each in whole cache lines."""
+    return (_on_lines(_staged_rows(args, band) * _staged_columns(args) * args.c_in,
+                      args.dtype),
+            _on_lines(band * args.w_out * args.c_out, args.dtype))
 
 
 def _staged_columns(args) -> int:
@@ -155,12 +156,10 @@ def forward(x, w, args, out, bias) -> None:
     dt = out.dtype
     threads = numba.get_num_threads()
     band = min(BAND_ROWS, args.h_out)
-    cols = _staged_columns(args)
-    x_size = _on_lines(_staged_rows(args, band) * cols * args.c_in, dt)
-    y_size = _on_lines(band * args.w_out * args.c_out, dt)
+    x_size, y_size = _buffer_sizes(args, band)
     xbufs = workspace("im2col.indirect_nchw.x", threads * x_size, dt).reshape(threads, x_size)
     ybufs = workspace("im2col.indirect_nchw.y", threads * y_size, dt).reshape(threads, y_size)
-    wf = _pool.aligned(w.transpose(2, 3, 1, 0)).reshape(-1)
+    wf = _pool.aligned(w.transpose(2, 3, 1, 0).astype(dt, copy=False)).reshape(-1)
     b = np.zeros(0, dt) if bias is None else np.ascontiguousarray(bias, dt)
     none = np.empty(0, dt)
     x = x.view()                     # one compiled kernel for read-only and writable x
@@ -168,5 +167,5 @@ def forward(x, w, args, out, bias) -> None:
     xf = x.reshape(-1) if x.flags.c_contiguous else none
     yf = out.reshape(-1) if out.flags.c_contiguous else none
     with parallel_guard():
-        _forward_staged(x, xf, wf, out, yf, b, xbufs, ybufs, band, cols,
+        _forward_staged(x, xf, wf, out, yf, b, xbufs, ybufs, band, _staged_columns(args),
                         unfold_params(args)[1:])

@@ -125,7 +125,7 @@ def _forward_indirect(x, wf, out, bias, bufs, ho, wo, j_lo, j_hi, sh, sw, pt, pl
                     yf[q] = zero
                 continue
             interior_row(xf, wf, yf, (n * h + i * sh - pt) * wd * c_all, r * wo * d_all,
-                      (a_lo, a_hi), (j_lo, j_hi), geo, width)
+                         (a_lo, a_hi), (j_lo, j_hi), geo, width)
         cols = bufs[numba.get_thread_id()][:(r1 - r0) * kkc].reshape((r1 - r0, 1, kkc))
         fc = cols.reshape(cols.size)
         for e in range(j_lo + wo - j_hi):                 # the edge columns, down the band
