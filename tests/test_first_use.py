@@ -9,11 +9,14 @@ import textwrap
 import numpy as np
 import pytest
 
-from fastconv import _runtime, config, nn, optim, training
+from fastconv import _runtime, _small_gemm, config, nn, optim, training
+from fastconv.algos.im2col import drivers, indirect_nchw
 from fastconv.autograd import Tensor
 from fastconv.nn import functional as F
 from fastconv.rng import default_generator, manual_seed
 from fastconv.tools import cli, warmup
+
+from .conftest import count_calls
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -226,3 +229,17 @@ def test_threaded_element_wise_kernel_loads_from_the_cache(tmp_path):
         assert lines[0].split() == ["True", "True", "True"]
         compiles.append(int(lines[1].split()[1]))
     assert compiles[0] > 0 and compiles[1] == 0
+
+
+@pytest.mark.parametrize("layout,module,kernel", [
+    ("NCHW", indirect_nchw, "forward"), ("NHWC", drivers, "forward_indirect")])
+def test_warmup_runs_the_register_tiles_of_wide_layers(layout, module, kernel, monkeypatch):
+    """The im2col task runs a layer of 128 output channels in each layout: its register
+    tiles are a kernel that the shrunk suite's 4 channels never reach."""
+    if not _small_gemm.FOUR_REGISTER_TILES:
+        pytest.skip("the 4-register tiles need AVX-512")
+    calls = count_calls(monkeypatch, module, kernel)
+    monkeypatch.setattr(warmup, "_shrunk_suite", lambda: ())
+    _, task = warmup._conv_task("im2col", np.float32, layout)
+    task()
+    assert calls == [1]

@@ -16,7 +16,8 @@ usual work calls:
   for the im2col path that tiles several small images) in each layout; with it (once,
   beside NCHW) ``conv3d`` and ``conv3d_backward`` of the algorithms conv3d has (their
   kernels run channels-first whatever the layout; conv1d runs conv2d's kernels), and
-  for NHWC Winograd the products in registers that only batches of megabytes take.
+  for NHWC Winograd the products in registers that only batches of megabytes take, and
+  for im2col the register tiles that only layers of 128 output channels take.
 
 Kernels are specialised on dtype and layout, not on sizes, so the tiny arrays compile
 what the real ones use. Each of those runs once per dtype (float32 and float64 by
@@ -119,6 +120,8 @@ def _conv_task(algo: str, dtype, layout: str):
             bias = np.zeros(shape.c_out, dtype)
             y = fc.conv2d(x, w, bias, **shape.kwargs(), layout=layout, algo=algo)
             fc.conv2d_backward(y, x, w, **shape.kwargs(), layout=layout, algo=algo)
+        if algo == "im2col":          # the register tiles' forwards: 128+ output channels
+            _register_tile_layer(fc, dtype, layout)
         if algo == "winograd" and layout == "NHWC":   # large batches' stage, uncalled
             from fastconv import _small_gemm
             _small_gemm.product(np.ones((1, 6, 1), dtype), np.ones((1, 1, 64), dtype),
@@ -128,6 +131,16 @@ def _conv_task(algo: str, dtype, layout: str):
             y = fc.conv3d(x, w, padding=1, algo=algo)
             fc.conv3d_backward(y, x, w, padding=1, algo=algo)
     return f"{algo} {np.dtype(dtype).name} {layout}", task
+
+
+def _register_tile_layer(fc, dtype, layout: str) -> None:
+    """The forward of a layer of 128 output channels, 3x3 at stride 2, in ``layout``: the
+    register tiles read in place (NHWC, ``im2col.indirect_nhwc``) or on rows staged
+    channels last (NCHW, ``im2col.indirect_nchw``), which the shrunk suite's 4 channels
+    do not reach."""
+    x = np.ones((1, 8, 16, 16) if layout == "NCHW" else (1, 16, 16, 8), dtype)
+    w = np.ones((128, 8, 3, 3) if layout == "NCHW" else (3, 3, 8, 128), dtype)
+    fc.conv2d(x, w, stride=2, padding=1, layout=layout, algo="im2col")
 
 
 def tasks(models=MODELS, dtypes=DTYPES, layouts=LAYOUT_NAMES, algos=CONV_ALGOS) -> list:
