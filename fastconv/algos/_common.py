@@ -89,6 +89,17 @@ def geometry(args) -> tuple[int, int, int, int, int, int]:
             args.dilation[0], args.dilation[1])
 
 
+def read_only(a: np.ndarray) -> np.ndarray:
+    """A read-only view of ``a`` (``a`` itself when it already is): kernels that never
+    write their input take it so, and then compile one variant for read-only inputs (a
+    memory-mapped dataset) and writable ones alike (tens of seconds each)."""
+    if not a.flags.writeable:
+        return a
+    out = a.view()
+    out.flags.writeable = False
+    return out
+
+
 def view(a: np.ndarray, shape) -> np.ndarray:
     """``a`` reshaped without copying (raises if a copy would be needed)."""
     v = a.view()

@@ -11,10 +11,17 @@ transposed in registers (``_lanes.store_columns``); the rest one value at a time
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from .. import _lanes
 from ._common import U
+
+
+def raveled(a: np.ndarray) -> np.ndarray:
+    """``a`` flat where it is C-contiguous (the copies' fast path, a vector at a time),
+    else an empty array of its dtype (one value at a time)."""
+    return a.reshape(-1) if a.flags.c_contiguous else np.empty(0, a.dtype)
 
 
 @njit(inline="always")

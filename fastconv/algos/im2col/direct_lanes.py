@@ -59,7 +59,7 @@ from numba import get_num_threads, njit, prange
 from ... import _lanes
 from ..._runtime import parallel_guard
 from ...layout import NHWC
-from .._common import U, interior_columns, view, workspace
+from .._common import U, interior_columns, read_only, view, workspace
 from .image_last import _flat_view, contiguous_geometry, strided_flat
 from .lanes_plan import PIXELS, _prepadded, band_rows
 from .lanes_tiles import (
@@ -369,9 +369,7 @@ def forward_lanes(x, w, args, out, bias) -> None:
         xf = padded_channels_last(x, args, "direct_lanes.xp").reshape(-1)
     else:
         xf = np.ascontiguousarray(x, dt).reshape(-1)
-    if xf.flags.writeable:     # one compiled kernel for read-only and writable inputs
-        xf = xf.view()
-        xf.flags.writeable = False
+    xf = read_only(xf)         # one compiled kernel for read-only and writable inputs
     fo, os = strided or (_flat_view(target), out_geo)
     fw, fb = _packed_operands(args.dims.weight_to_canonical_view(w), bias, dt, taps)
     band = band if os[6] == os[3] * os[7] else 0       # the output's rows contiguous

@@ -41,9 +41,9 @@ from ... import _lanes, _pool, config
 from ..._runtime import parallel_guard
 from ..._small_gemm import TILE_ROWS
 from ...costs import Estimate, Profile, gemm_seconds
-from .._common import workspace
-from ..staging import stage_in, stage_out
-from .indirect_nhwc import interior_row, weight_fits
+from .._common import read_only, workspace
+from ..staging import raveled, stage_in, stage_out
+from .indirect_nhwc import add_bias, interior_row, weight_fits
 from .tiling import tiling, unfold_params
 
 #: Output rows of one image a task takes.
@@ -143,10 +143,7 @@ def _forward_staged(x, xf, wf, y, yf, bias, xbufs, ybufs, band, cols, params):
                 continue
             interior_row(xs, wf, ys, r * sh * cols * c_all, y_row, (a_lo, a_hi), (0, wo),
                          geo, width)
-        if bias.shape[0] == d_all:
-            for q in range(0, rows * wo * d_all, d_all):
-                for d in range(d_all):
-                    ys[q + d] += bias[d]
+        add_bias(ys, 0, rows * wo * d_all, bias)
         stage_out(ys, 0, (0, wo, wo), y, yf, n, i0, rows)
 
 
@@ -161,11 +158,7 @@ def forward(x, w, args, out, bias) -> None:
     ybufs = workspace("im2col.indirect_nchw.y", threads * y_size, dt).reshape(threads, y_size)
     wf = _pool.aligned(w.transpose(2, 3, 1, 0).astype(dt, copy=False)).reshape(-1)
     b = np.zeros(0, dt) if bias is None else np.ascontiguousarray(bias, dt)
-    none = np.empty(0, dt)
-    x = x.view()                     # one compiled kernel for read-only and writable x
-    x.flags.writeable = False
-    xf = x.reshape(-1) if x.flags.c_contiguous else none
-    yf = out.reshape(-1) if out.flags.c_contiguous else none
+    x = read_only(x)                 # one compiled kernel for read-only and writable x
     with parallel_guard():
-        _forward_staged(x, xf, wf, out, yf, b, xbufs, ybufs, band, _staged_columns(args),
-                        unfold_params(args)[1:])
+        _forward_staged(x, raveled(x), wf, out, raveled(out), b, xbufs, ybufs, band,
+                        _staged_columns(args), unfold_params(args)[1:])

@@ -94,6 +94,18 @@ def interior_row(xf, wf, yf, x_row, y_row, a_rng, cols, geo, width):
                        U(d_all), U(y_row + j * d_all + d), U(d_all), run, a == a_lo)
 
 
+@njit(inline="always")
+def add_bias(yf, start, end, bias):
+    """yf[start:end], whole pixels of D channels last, plus bias (D,) at every pixel;
+    nothing when bias is empty (no bias)."""
+    d_all = bias.shape[0]
+    if d_all == 0:
+        return
+    for q in range(start, end, d_all):
+        for d in range(d_all):
+            yf[q + d] += bias[d]
+
+
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _forward_indirect(x, wf, out, bias, bufs, ho, wo, j_lo, j_hi, sh, sw, pt, pl, rh, rw,
                       kh, kw):
@@ -135,10 +147,7 @@ def _forward_indirect(x, wf, out, bias, bufs, ho, wo, j_lo, j_hi, sh, sw, pt, pl
                                   zero)
             panel_product(fc, 0, kkc, wf, 0, d_all, yf, (r0 * wo + j) * d_all, wo * d_all,
                           r1 - r0, d_all, kkc)
-        if bias.shape[0] == d_all:
-            for q in range(r0 * wo * d_all, r1 * wo * d_all, d_all):
-                for d in range(d_all):
-                    yf[q + d] += bias[d]
+        add_bias(yf, r0 * wo * d_all, r1 * wo * d_all, bias)
 
 
 def forward_indirect(x, wmat, args, out, bias) -> None:

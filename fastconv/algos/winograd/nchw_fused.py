@@ -33,7 +33,7 @@ from numba import njit, prange
 from ... import _lanes, config
 from ..._small_gemm import TILE_ROWS_1
 from .._common import U, guarded
-from ..staging import stage_in, stage_out
+from ..staging import raveled, stage_in, stage_out
 from .nhwc_tiles import (
     block_buffers,
     block_tiles,
@@ -145,9 +145,6 @@ def forward(x, u, y, bias, pads) -> bool:
     block = block_tiles(x.shape[1], y.shape[1], x.itemsize)
     tiles = y.shape[0] * -(-y.shape[2] // 4) * -(-y.shape[3] // 4)
     flags = np.zeros(-(-tiles // block), np.bool_)
-    none = np.empty(0, x.dtype)
-    xf = x.reshape(-1) if x.flags.c_contiguous else none
-    yf = y.reshape(-1) if y.flags.c_contiguous else none
     slots = _slots(block, -(-y.shape[3] // 4))
-    guarded(_fused_nchw)(x, xf, ut, y, yf, add, pads, block, slots, flags)
+    guarded(_fused_nchw)(x, raveled(x), ut, y, raveled(y), add, pads, block, slots, flags)
     return not flags.any()
