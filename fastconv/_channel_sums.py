@@ -1,4 +1,5 @@
-"""Per-channel sums of a channels-last array in float64: ``channel_sums_last``.
+"""Per-channel sums in float64: ``channel_sums_last`` (a channels-last array) and
+``channel_sums_first`` (channels first: (N, C, *spatial)).
 
 A bias gradient in NHWC is grad_y summed over every axis but the last, short one. numpy
 reduces such an array slowly (LeNet's (64, 28, 28, 6) output gradient: 0.75 ms, the
@@ -10,10 +11,17 @@ register at a time and folded to C at the end; the last few pixels, short of a r
 are added by numpy. (64, 24, 24, 6) float32, 2 threads: 66 us with a loop over the
 channels per pixel, 24 in runs of 24; (32, 28, 28, 16) 53 -> 36 us.
 
+Channels first, each (image, channel) plane is summed on numba's threads (a register
+of float64 sums along the plane), and the planes' sums are added over the images in
+order: LeNet's (64, 6, 28, 28) bias gradient, 2 threads: numpy's sums per plane then
+over the images 55 us, here 23.
+
 >>> import numpy as np
 >>> g = np.arange(24, dtype=np.float32).reshape(2, 2, 2, 3)
 >>> channel_sums_last(g).tolist()
 [84.0, 92.0, 100.0]
+>>> channel_sums_first(g.reshape(2, 3, 4)).tolist()
+[60.0, 92.0, 124.0]
 """
 
 from __future__ import annotations
@@ -66,3 +74,35 @@ def channel_sums_last(a: np.ndarray) -> np.ndarray:
     sums = part.sum(axis=0).reshape(width // c, c).sum(axis=0)
     tail = flat[n_rows * width:]
     return sums + tail.reshape(-1, c).sum(axis=0, dtype=np.float64) if tail.size else sums
+
+
+@njit(parallel=True, cache=True)
+def _plane_sums(x, plane, out):
+    """out[r] = the float64 sum of plane r of x (R planes of ``plane`` elements, flat):
+    a register of partial sums along the plane, its lanes added in order, then the
+    elements short of a register."""
+    nl = _lanes.count(out)
+    whole = plane - plane % nl
+    for r in prange(out.size):
+        base = r * plane
+        v = _lanes.zeros(out)
+        for p in range(0, whole, nl):
+            v = _lanes.add(v, _lanes.load_f64(x, U(base + p)))
+        acc = 0.0
+        for k in range(nl):
+            acc += _lanes.lane(v, k)
+        for p in range(whole, plane):
+            acc += x[base + p]
+        out[r] = acc
+
+
+def channel_sums_first(a: np.ndarray) -> np.ndarray:
+    """The float64 sums of ``a`` ((N, C, *spatial), float32 or float64) over every axis
+    but axis 1: shape (C,)."""
+    n, c = a.shape[:2]
+    if a.size < MIN_SIZE or not a.flags.c_contiguous or a.dtype.char not in "fd":
+        return a.sum(axis=(0, *range(2, a.ndim)), dtype=np.float64)
+    planes = np.empty(n * c, np.float64)
+    with parallel_guard():
+        _plane_sums(a.reshape(-1), a.size // (n * c), planes)
+    return planes.reshape(n, c).sum(axis=0)

@@ -18,6 +18,7 @@ import numpy as np
 
 from . import _args, autotune, conv, conv1d_window, devices
 from ._args.conv_nd import check_grad_y, conv_nd_args_from_shapes, conv_nd_arrays
+from ._channel_sums import channel_sums_first
 from ._memory import allocate
 from .algos import conv3d as _algos
 from .algos import registry
@@ -398,7 +399,7 @@ def conv3d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
         _algos.ALGORITHMS[chosen].backward(gyc, xc, wc, a, gx, gw)
     elif need_w:
         gw[...] = 0
-    gb = gyc.sum(axis=(0, 2, 3, 4), dtype=np.float64).astype(a.dtype) if need_b else None
+    gb = channel_sums_first(gyc).astype(a.dtype) if need_b else None
     if gx is not None:
         gx = np.ascontiguousarray(a.dims.from_canonical_view(gx))
         gx = gx[0] if a.unbatched else gx

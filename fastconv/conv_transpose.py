@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _args, autotune, devices
 from ._args.transpose import TransposeArgs, transpose_args_from_shapes
-from ._channel_sums import channel_sums_last
+from ._channel_sums import channel_sums_first, channel_sums_last
 from ._memory import allocate
 from .algos import registry
 
@@ -207,10 +207,9 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     grad_bias = None
     if need_b and sums is not None:
         grad_bias = sums.astype(dtype)
-    elif need_b and a.dims.channels_last:
-        grad_bias = channel_sums_last(grad_y).astype(dtype)
     elif need_b:
-        grad_bias = grad_y.sum(axis=(0, 2, 3), dtype=np.float64).astype(dtype)
+        sums = channel_sums_last if a.dims.channels_last else channel_sums_first
+        grad_bias = sums(grad_y).astype(dtype)
     if a.unbatched and need_x:
         grad_x = grad_x[0]
     result = (grad_x, grad_w, grad_bias)
