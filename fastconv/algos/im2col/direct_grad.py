@@ -72,6 +72,7 @@ from ...costs import BACKWARD_FACTOR, Estimate, Profile
 from .._common import U, view, workspace
 from .._nhwc import _swap_last2
 from .direct_grad_input import input_grad_cost, input_grad_direct, input_phases
+from .direct_grad_rows import ROWS_GMACS, rows_apply, rows_macs, weight_grad_rows
 from .direct_grad_tiles import TILES_GMACS, into_weight, tiles_apply, weight_grad_tiles
 from .image_last import image_last_tile
 from .padded import channels_last_input, padded_size
@@ -413,26 +414,33 @@ def _nhwc_grad_y(gy, a) -> np.ndarray:
 
 def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
     """The gradients of a ``direct_backward_applies`` problem: grad_w by the direct
-    kernel, grad_x by ``input_grad_direct`` where ``input_phases`` allows, else by
-    ``rest(grad_x)`` (im2col's other paths)."""
-    gy_nhwc = _nhwc_grad_y(gy, a)
-    if grad_w is not None:
-        weight_grad_into(x, gy_nhwc, a, grad_w)
-    if grad_x is None:
-        return
-    if input_phases(a) is not None:
-        input_grad_direct(gy_nhwc, w, a, grad_x)
-    else:
+    kernel (with the lanes along the output rows where ``rows_apply``: grad_y read in
+    its own layout), grad_x by ``input_grad_direct`` where ``input_phases`` allows, else
+    by ``rest(grad_x)`` (im2col's other paths)."""
+    rows = grad_w is not None and rows_apply(a)
+    if rows:
+        weight_grad_rows(x, gy, a, grad_w)
+    direct_x = grad_x is not None and input_phases(a) is not None
+    if (grad_w is not None and not rows) or direct_x:
+        gy_nhwc = _nhwc_grad_y(gy, a)
+        if grad_w is not None and not rows:
+            weight_grad_into(x, gy_nhwc, a, grad_w)
+        if direct_x:
+            input_grad_direct(gy_nhwc, w, a, grad_x)
+    if grad_x is not None and not direct_x:
         rest(grad_x)
 
 
 def grad_w_cost(a, p: Profile) -> Estimate:
     """Model time of ``weight_grad_into``: the multiply-adds (taps rounded up to whole
     groups of ``TAPS``) at ``GRAD_W_GMACS`` per thread (the register tiles':
-    ``TILES_GMACS``; half for float64), plus the call's fixed cost."""
+    ``TILES_GMACS``; the lanes along the rows: ``rows_macs`` at ``ROWS_GMACS``; half for
+    float64), plus the call's fixed cost."""
     taps = a.kh * a.kw * a.c_in
     macs = a.n * a.h_out * a.w_out * _d_pad(a) * -(-taps // TAPS) * TAPS
     gmacs = TILES_GMACS if tiles_apply(a) else GRAD_W_GMACS
+    if not tiles_apply(a) and rows_apply(a):
+        macs, gmacs = rows_macs(a), ROWS_GMACS
     rate = gmacs * 1e9 * p.threads * (4 / a.dtype.itemsize)
     return Estimate(p.call_us * 1e-6 + macs / rate, 0,
                     f"direct weight gradient {macs / 1e6:.3g}M multiply-adds "
