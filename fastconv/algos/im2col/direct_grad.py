@@ -71,6 +71,7 @@ from ..._runtime import parallel_guard
 from ...costs import BACKWARD_FACTOR, Estimate, Profile
 from .._common import U, view, workspace
 from .._nhwc import _swap_last2
+from . import grad_x_images
 from .direct_grad_input import input_grad_cost, input_grad_direct, input_phases
 from .direct_grad_rows import ROWS_GMACS, rows_apply, rows_macs, weight_grad_rows
 from .direct_grad_tiles import TILES_GMACS, into_weight, tiles_apply, weight_grad_tiles
@@ -416,7 +417,8 @@ def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
     """The gradients of a ``direct_backward_applies`` problem: grad_w by the direct
     kernel (with the lanes along the output rows where ``rows_apply``: grad_y read in
     its own layout), grad_x by ``input_grad_direct`` where ``input_phases`` allows, else
-    by ``rest(grad_x)`` (im2col's other paths)."""
+    image by image (``grad_x_images``) where that applies, else by ``rest(grad_x)``
+    (im2col's other paths)."""
     rows = grad_w is not None and rows_apply(a)
     if rows:
         weight_grad_rows(x, gy, a, grad_w)
@@ -427,7 +429,11 @@ def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
             weight_grad_into(x, gy_nhwc, a, grad_w)
         if direct_x:
             input_grad_direct(gy_nhwc, w, a, grad_x)
-    if grad_x is not None and not direct_x:
+    if grad_x is None or direct_x:
+        return
+    if grad_x_images.applies(a):
+        grad_x_images.input_grad_images(gy, w, a, grad_x)
+    else:
         rest(grad_x)
 
 
@@ -462,6 +468,9 @@ def direct_backward_cost(a, p: Profile, gemm_forward: Estimate) -> Estimate:
     direct_x = gx is not None
     if direct_x:
         how = f"grad_x as {gx.detail} with the flipped weight"
+    elif grad_x_images.applies(a):
+        gx = grad_x_images.cost(a, p)
+        how = "grad_x by " + gx.detail.rsplit(" ", 2)[0]
     else:
         gx = Estimate(call + BACKWARD_FACTOR / 2 * (gemm_forward.seconds - call), 0, "")
         how = "grad_x by im2col's GEMMs and fold"
