@@ -67,7 +67,8 @@ def _torch():
 def _torch_runner(shape: Shape, x, w, backward: bool, layout: str = "NCHW"):
     """torch.nn.functional.conv2d (conv_transpose2d for a transposed layer) on the same
     arrays; NHWC ones as torch's channels_last tensors (the weight made channels_last
-    once, untimed), so torch runs its NHWC path."""
+    once, untimed), so torch runs its NHWC path; with ``backward`` with a bias
+    (``_bias``) and autograd's backward of all three."""
     torch = _torch()
     if torch is None or x.dtype not in (np.float32, np.float64):
         return None
@@ -87,15 +88,22 @@ def _torch_runner(shape: Shape, x, w, backward: bool, layout: str = "NCHW"):
         return run
     xg = xt.clone().requires_grad_(True)
     wg = wt.clone().requires_grad_(True)
+    bg = torch.from_numpy(_bias(shape, x.dtype)).requires_grad_(True)
     gy = torch.from_numpy(np.random.default_rng(1).standard_normal(
         shape.y_shape(x.dtype, x.shape[0])).astype(x.dtype))
     if layout == "NHWC":
         gy = gy.contiguous(memory_format=torch.channels_last)
 
     def run_bw():
-        xg.grad = wg.grad = None
-        op(xg, wg, **kw).backward(gy)
+        xg.grad = wg.grad = bg.grad = None
+        op(xg, wg, bg, **kw).backward(gy)
     return run_bw
+
+
+def _bias(shape: Shape, dtype) -> np.ndarray:
+    """The bias of a layer timed with its backward (both libraries: all three gradients,
+    the bias's a sum of grad_y per channel)."""
+    return np.random.default_rng(2).standard_normal(shape.c_out).astype(dtype)
 
 
 def _scipy_runner(name: str, shape: Shape, x, w, layout: str = "NCHW"):
@@ -126,7 +134,8 @@ def _scipy_runner(name: str, shape: Shape, x, w, layout: str = "NCHW"):
 def _fastconv_runner(shape: Shape, algo: str, x, w, backward: bool, layout: str = "NCHW"):
     """fastconv's conv2d (conv_transpose2d for a transposed layer) with ``algo`` on x
     (n, c, h, w) and w (c_out, c // groups, k, k) (or NHWC / HWIO); with ``backward``
-    followed by its ``*_backward`` of a fixed random grad_y (the output's shape)."""
+    with a bias (``_bias``, as torch's runner) and followed by its ``*_backward`` of a
+    fixed random grad_y (the output's shape): all three gradients."""
     kw = dict(shape.kwargs(), layout=layout)
     op = getattr(fastconv, shape.op)
     if not backward:
@@ -137,8 +146,10 @@ def _fastconv_runner(shape: Shape, algo: str, x, w, backward: bool, layout: str 
     if layout == "NHWC":
         gy = np.ascontiguousarray(gy.transpose(NHWC_FROM_NCHW))
 
+    bias = _bias(shape, x.dtype)
+
     def run():
-        op(x, w, algo=algo, **kw)
+        op(x, w, bias, algo=algo, **kw)
         op_backward(gy, x, w, algo=algo, **kw)
     return run
 
