@@ -10,9 +10,9 @@ import pytest
 import fastconv
 from fastconv import _lanes
 from fastconv._args import conv_args_from_shapes
-from fastconv.costs import DEFAULT_PROFILE
 from fastconv.algos.im2col import direct_grad, direct_grad_rows
 from fastconv.algos.im2col.direct_grad_rows import rows_apply
+from fastconv.costs import DEFAULT_PROFILE
 
 from . import reference as ref
 from .conftest import count_calls

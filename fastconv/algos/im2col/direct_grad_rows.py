@@ -14,12 +14,15 @@ and ``CHANNELS`` output channels d, 24 registers of products
 
     acc[t, d] += xs[c, b, i*s_h + a*r_h, j : j + L] * gs[d, i, j : j + L]
 
-over the image's output rows i and registers j; every load is whole and aligned, and
-the zeros past W_out make the lanes past the row add nothing. A run of images sums into
-its own registers; at the end each register's lanes and the runs are added in order in
-float64 (the result does not depend on the thread count). The staged image (about 40
-KB for LeNet's layer) is read from L1 by all of its groups. Needs AVX-512's 32
-registers (24 sums, 4 input and 1 grad_y vector live) and stride 1 along the rows.
+over the image's output rows i and registers j (xp read from x with its padding as
+zeros; no padded copy); every load is a whole register at a row's start or a whole
+register on, and the zeros past W_out make the lanes past the row add nothing (0 * 0,
+so an infinite input next to a row's end stays out of the taps that do not read it).
+A run of images sums into its own registers; at the end each register's lanes and the
+runs are added in order in float64 (the result does not depend on the thread count).
+The staged image (about 40 KB for LeNet's layer) is read from L1 by all of its groups.
+Needs AVX-512's 32 registers (24 sums, 4 input and 1 grad_y vector live) and stride 1
+along the rows.
 
 LeNet's first layer (batch 64 of 28x28, padding 2), grad_w and the bias gradient, 2
 threads, calls alternating in one process, best of 100: NCHW 0.38-0.40 ms with the
@@ -57,8 +60,6 @@ CHANNELS = 6
 RUN_IMAGES = 8
 #: ... and an image's staged rows take at most this many bytes (in L1 and L2).
 STAGE_BYTES = 96 * 1024
-
-
 #: Multiply-adds per second per thread (lanes counted, the staging included; float32,
 #: half for float64), for the cost model: LeNet's first layer, 2 threads, 40.
 ROWS_GMACS = 40.0
