@@ -54,7 +54,8 @@ from .padded import padded_size
 
 #: Taps summed at once (4 input vectors live) ...
 TAPS = 4
-#: ... for this many output channels (6 grad_y rows): 24 registers of sums.
+#: ... for this many output channels (6 grad_y rows): 24 registers of sums. The kernels'
+#: tuples of registers (``_group_pass``) are written out for these two values.
 CHANNELS = 6
 #: A run of images (one set of sums) holds about this many images' multiply-adds ...
 RUN_IMAGES = 8
