@@ -240,8 +240,8 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
         grad_w[...] = 0
     grad_bias = None
     if need_b:
-        sums = channel_sums_last if args.dims.channels_last else channel_sums_first
-        grad_bias = sums(grad_y).astype(args.dtype)
+        channel_sums = channel_sums_last if args.dims.channels_last else channel_sums_first
+        grad_bias = channel_sums(grad_y).astype(args.dtype)
     if args.unbatched and need_x:
         grad_x = grad_x[0]
     return _args.narrow((grad_x, grad_w, grad_bias)) if half else (grad_x, grad_w, grad_bias)

@@ -208,8 +208,8 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     if need_b and sums is not None:
         grad_bias = sums.astype(dtype)
     elif need_b:
-        sums = channel_sums_last if a.dims.channels_last else channel_sums_first
-        grad_bias = sums(grad_y).astype(dtype)
+        channel_sums = channel_sums_last if a.dims.channels_last else channel_sums_first
+        grad_bias = channel_sums(grad_y).astype(dtype)
     if a.unbatched and need_x:
         grad_x = grad_x[0]
     result = (grad_x, grad_w, grad_bias)

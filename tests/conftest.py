@@ -86,3 +86,15 @@ def count_calls(monkeypatch, module, name: str) -> list:
     real = getattr(module, name)
     monkeypatch.setattr(module, name, lambda *a: calls.append(1) or real(*a))
     return calls
+
+
+def assert_read_only_input_shares_kernel(kernel, run, x) -> None:
+    """``run()`` (a conv2d call on x) gives the same result with x read-only and adds no
+    compiled signature to ``kernel`` (a numba dispatcher): the input is always passed
+    read-only (a read-only variant would cost another compile)."""
+    want = run()
+    seen = set(kernel.signatures)
+    x.flags.writeable = False
+    got = run()
+    assert set(kernel.signatures) == seen
+    np.testing.assert_array_equal(got, want)

@@ -280,7 +280,7 @@ def test_weight_gradient_of_a_partial_block_matches_the_reference(case, dtype, l
     copy with a block's slack; their sums are dropped. (Where more lanes are used along
     the output rows, ``direct_grad_rows`` takes these layers: switched off here.)"""
     monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)
-    monkeypatch.setattr(direct_grad, "rows_apply", lambda a: False)
+    monkeypatch.setattr(direct_grad, "by_rows", lambda a: False)
     x, w, gy, a, kwargs, (_, gw0, _) = _problem(case, dtype, rng, layout)
     assert a.c_out % _lanes.per_register(np.dtype(dtype).itemsize) != 0
     assert direct_backward_applies(a) and direct_backward_chosen(a, False)

@@ -12,6 +12,7 @@ from fastconv import _lanes
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos.im2col import direct_grad, direct_grad_rows
 from fastconv.algos.im2col.direct_grad_rows import rows_apply
+from fastconv.algos.im2col.direct_grad_tiles import tiles_apply
 from fastconv.costs import DEFAULT_PROFILE
 
 from . import reference as ref
@@ -36,6 +37,19 @@ def test_which_layers_take_it():
     assert not rows_apply(_args((4, 4, 28, 28), (6, 2, 3, 3), groups=2))
     assert not rows_apply(_args((4, 8, 100, 100), (6, 8, 5, 5)))
     assert not rows_apply(_args((4, 1, 5, 5), (6, 1, 3, 3)))
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+def test_the_register_tiles_keep_the_layers_they_take(layout, rng, monkeypatch):
+    """16 -> 8 3x3 at 14x14: both kernels apply, the tiles (lanes over taps) run it."""
+    x, w, gy, kwargs = _problem((4, 16, 14, 14, 8, 3, 1, 1, 1), np.float32, layout, rng)
+    a = _args(x.shape, w.shape, layout, **kwargs)
+    assert rows_apply(a) and tiles_apply(a) and not direct_grad.by_rows(a)
+    calls = count_calls(monkeypatch, direct_grad_rows, "_grad_w_rows")
+    gw = _weight_grad(x, w, gy, layout, kwargs)
+    assert not calls
+    assert ref.rel_error(gw, _reference(x, w, gy, layout, kwargs)) \
+        <= ref.tolerance(np.float32, "im2col")
 
 
 # (n, c, h, w, d, kernel, stride, padding, dilation): LeNet's first layer; 3 channels
@@ -85,7 +99,7 @@ def _reference(x, w, gy, layout, kwargs):
 def test_matches_the_reference(case, dtype, layout, rng, monkeypatch):
     x, w, gy, kwargs = _problem(case, dtype, layout, rng)
     a = _args(x.shape, w.shape, layout, dtype, **kwargs)
-    assert direct_grad.direct_backward_applies(a) and rows_apply(a)
+    assert direct_grad.direct_backward_applies(a) and direct_grad.by_rows(a)
     calls = count_calls(monkeypatch, direct_grad_rows, "_grad_w_rows")
     gw = _weight_grad(x, w, gy, layout, kwargs)
     assert len(calls) == 1

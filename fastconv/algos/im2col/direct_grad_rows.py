@@ -92,7 +92,8 @@ def rows_apply(a) -> bool:
     """Whether ``weight_grad_rows`` takes the weight gradient of ``a`` (a problem the
     direct backward takes): 32 vector registers, stride 1 along the rows, a staged image
     within ``STAGE_BYTES``, and more of the lanes used along a row than across the
-    output channels (LeNet's first layer: 28 of 32 against 6 of 16)."""
+    output channels (LeNet's first layer: 28 of 32 against 6 of 16). The direct
+    backward runs it where the register tiles do not apply (``direct_grad.by_rows``)."""
     if not _lanes.WIDE or a.stride[1] != 1 or a.groups != 1 or a.w_out == 0:
         return False
     nl = _lanes.per_register(a.dtype.itemsize)
