@@ -99,6 +99,37 @@ def test_split_backward_matches_reference(case, dtype, needs, monkeypatch):
         assert g is None or ref.rel_error(g, want) <= ref.tolerance(dtype, "im2col")
 
 
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("split_it", [False, True])
+def test_backward_writes_every_input_gradient_value(split_it, layout, monkeypatch):
+    # the result arrays may come from the pool holding an earlier array's values: each
+    # path zeroes grad_x itself (the split one image by image, in its threads)
+    from fastconv import conv as conv_module
+
+    from .test_conv_backward import _explicit, _problem
+
+    x, w, gy, kwargs, a = _problem(CASES[1], np.float64)
+    if layout == "NHWC":
+        x, gy = x.transpose(0, 2, 3, 1).copy(), gy.transpose(0, 2, 3, 1).copy()
+        w = w.transpose(2, 3, 1, 0).copy()
+    image = a.c_in * a.kh * a.kw * a.h_out * a.w_out * x.itemsize
+    monkeypatch.setattr(config, "IM2COL_CHUNK_BYTES", 2 * image)
+    monkeypatch.setattr(drivers, "split_backward", lambda args: split_it)
+    monkeypatch.setattr(drivers, "image_last_tile", lambda args, with_grad_x=True: 0)
+    _no_direct_backward(monkeypatch)
+    monkeypatch.setattr(conv_module, "allocate",
+                        lambda op, what, shape, dtype: np.full(shape, np.nan, dtype))
+    calls = count_calls(monkeypatch, drivers, "backward_split")
+    gx, gw, gb = fastconv.conv2d_backward(gy, x, w, **kwargs, layout=layout, algo="im2col")
+    assert calls == ([1] if split_it and layout == "NCHW" else [])
+    want = _explicit(x if layout == "NCHW" else x.transpose(0, 3, 1, 2),
+                     w if layout == "NCHW" else w.transpose(3, 2, 0, 1),
+                     gy if layout == "NCHW" else gy.transpose(0, 3, 1, 2), a)[0]
+    if layout == "NHWC":
+        want = want.transpose(0, 2, 3, 1)
+    assert np.isfinite(gx).all() and ref.rel_error(gx, want) <= 1e-12
+
+
 def test_split_backward_needs_whole_image_tiles(monkeypatch):
     a = conv_args_from_shapes("t", (8, 3, 224, 224), (64, 3, 7, 7), stride=2, padding=3)
     assert split.split_backward(a) is split.split_tiles(a)       # bands of 112 rows: all

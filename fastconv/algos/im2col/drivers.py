@@ -205,17 +205,15 @@ def _backward_gemms(grad_y, x, w, args, grad_x, grad_w) -> None:
     if grad_x is not None and grad_w is None and by_phases(args) and shared_applies(args):
         input_gradient_by_phases(np.ascontiguousarray(grad_y), w, args, grad_x)
         return
-    if grad_x is not None:
-        grad_x[...] = 0
     x = np.ascontiguousarray(x) if grad_w is not None else x   # read for grad_w only
     _BACKWARD[args.layout](np.ascontiguousarray(grad_y), x, w, args, grad_x, grad_w)
 
 
 def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:
     """NCHW tiles: grad_W (G, Dg, Cg*KH*KW), summed transposed (``split.backward_tile``),
-    and the column gradient W^T @ gy_tile folded (``split.backward_tile``). Several
-    large whole-image tiles per thread run split over the threads
-    (``split.backward_split``)."""
+    and the column gradient W^T @ gy_tile folded (``split.backward_tile``) into
+    grad_x, zeroed first. Several large whole-image tiles per thread run split over the
+    threads (``split.backward_split``), each thread zeroing its own images' gradient."""
     t = tiling(args)
     g, dg, cgkk = gemm_sizes(args)
     conv = unfold_params(args)
@@ -224,6 +222,8 @@ def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:
         backward_split(gy, x, wmat, args, grad_x,
                        None if grad_w is None else view(grad_w, (g, dg, cgkk)))
         return
+    if grad_x is not None:
+        grad_x[...] = 0
     gw_t = None if grad_w is None else np.zeros((g, cgkk, dg), args.dtype)
     buf = column_buffer(args, t)
     for tile in tiles(args, t):
@@ -234,12 +234,14 @@ def _backward_nchw(gy, x, w, args, grad_x, grad_w) -> None:
 
 def _backward_nhwc(gy, x, w, args, grad_x, grad_w) -> None:
     """NHWC tiles: grad_W (G, KH*KW*Cg, Dg) += cols^T @ gy_tile, and the column gradient
-    gy_tile @ W^T folded by ``_col2im_nhwc``."""
+    gy_tile @ W^T folded by ``_col2im_nhwc`` into grad_x, zeroed first."""
     t = tiling(args)
     g, dg, cgkk = gemm_sizes(args)
     conv = unfold_params(args)
     wmat = _weights_nhwc(w, args)
     gw = None if grad_w is None else np.zeros((g, cgkk, dg), args.dtype)
+    if grad_x is not None:
+        grad_x[...] = 0
     # W^T per group with its rows contiguous: gy @ W^T may then run in register tiles
     wt = None if grad_x is None else _pool.aligned(wmat.transpose(0, 2, 1))
     buf = column_buffer(args, t)

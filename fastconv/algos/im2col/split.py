@@ -131,8 +131,10 @@ def split_backward(args) -> bool:
 
 def backward_split(gy, x, wmat, args, grad_x, gw) -> None:
     """The NCHW tile loop of ``drivers._backward_nchw`` with runs of whole-image tiles
-    per thread (``split_backward``): grad_x (zero-filled, or None) folded by each thread
-    into its own images; gw (G, Dg, Cg*KH*KW) (or None) = the sum of the threads' parts
+    per thread (``split_backward``): grad_x (or None) zeroed and folded by each thread
+    in its own images, tile by tile (zeroing the stride-2 layer's 16 images on the
+    calling thread first took about 1 ms of the 17; a tile's images are in cache for
+    its fold); gw (G, Dg, Cg*KH*KW) (or None) = the sum of the threads' parts
     (each summed transposed, ``backward_tile``).
     """
     t, runs = _parts(args, SPLIT_BACKWARD_TILE_BYTES if gw is None else None)
@@ -143,6 +145,8 @@ def backward_split(gy, x, wmat, args, grad_x, gw) -> None:
         buf = column_buffer(args, t)  # per thread
         acc = None if gw is None else np.zeros(transposed_shape(gw), gw.dtype)
         for tile in runs[k]:
+            if grad_x is not None:
+                grad_x[tile[0]:tile[0] + tile[1]] = 0    # numpy releases the GIL here
             backward_tile(gy, x, wmat, grad_x, acc, buf, tile, conv, parallel=False)
         sums[k] = acc
 
