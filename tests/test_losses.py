@@ -182,3 +182,32 @@ def test_nll_loss_errors():
         F.nll_loss(np.float64(1.0), np.array(0))
     with pytest.raises(ValueError, match="NLLLoss: reduction='mea' is not known"):
         nn.NLLLoss(reduction="mea")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_softmax_cross_entropy_kernels_match_the_formula(dtype, rng):
+    # the kernels against numpy's whole-array formula in float64, with rows holding a
+    # NaN, an infinity and large logits (NaN and inf rows give NaN, as numpy's formula)
+    from fastconv.nn import _softmax_loss
+
+    logits = (rng.standard_normal((7, 5)) * 3).astype(dtype)
+    logits[1, 2] = np.nan
+    logits[2, 0] = np.inf
+    logits[3] = [1e4, -1e4, 0.0, 1e4, 3.0]
+    target = np.array([0, 1, 2, 3, 4, 0, 3], np.intp)
+    losses, logp = _softmax_loss.forward(logits[:, ::-1][:, ::-1], target)   # a view
+    x = logits.astype(np.float64)
+    with np.errstate(invalid="ignore"):
+        shifted = x - x.max(axis=1, keepdims=True)
+        want_logp = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    want = -want_logp[np.arange(7), target]
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    assert losses.dtype == logp.dtype == dtype
+    np.testing.assert_allclose(logp, want_logp, rtol=tol, atol=tol)
+    np.testing.assert_allclose(losses, want, rtol=tol, atol=tol)
+    assert np.isnan(logp[1]).all() and np.isnan(logp[2]).all()
+    scale = np.linspace(0.5, 2.0, 7).astype(dtype)
+    grad = _softmax_loss.backward(logp, target, scale)
+    want_grad = np.exp(want_logp)
+    want_grad[np.arange(7), target] -= 1
+    np.testing.assert_allclose(grad, want_grad * scale[:, None], rtol=tol, atol=tol)

@@ -30,7 +30,6 @@ from ..autograd import (
     Softmax,
     Tensor,
     arrays,
-    log_softmax_array,
 )
 from ..autograd import ReLU as _ReLU
 from ..autograd import Sigmoid as _Sigmoid
@@ -40,6 +39,7 @@ from ..autograd.dims import dim_index, flat_shape
 from ..layout import LAYOUTS
 from ..layout import get as _get_layout
 from ..rng import default_generator
+from . import _softmax_loss
 from ._conv_nd_ops import conv1d, conv3d  # noqa: F401
 from ._targets import class_targets
 from .interpolate import interpolate  # noqa: F401
@@ -458,15 +458,12 @@ class CrossEntropy(Function):
             loss, logp = gpu(logits, target, reduction)
             ctx.save_for_backward(logp, target)
             return loss
-        n = logits.shape[0]
-        logp = log_softmax_array(logits, axis=1)
-        losses = -logp[np.arange(n), target]
+        losses, logp = _softmax_loss.forward(logits, target)
         ctx.save_for_backward(logp, target)
-        ctx.reduction = reduction
         if reduction == "none":
             return losses
         total = losses.sum()
-        return total / logits.dtype.type(n) if reduction == "mean" else total
+        return total / logits.dtype.type(logits.shape[0]) if reduction == "mean" else total
 
     @staticmethod
     def backward(ctx, g):
@@ -475,13 +472,10 @@ class CrossEntropy(Function):
         if gpu is not None:
             return gpu(g, logp, target, ctx.reduction), None
         n = logp.shape[0]
-        grad = np.exp(logp)                      # softmax
-        grad[np.arange(n), target] -= 1
-        if ctx.reduction == "none":
-            return grad * g[:, None], None
         if ctx.reduction == "mean":
             g = g / logp.dtype.type(n)
-        return grad * g, None
+        scale = g if ctx.reduction == "none" else np.full(n, g, np.result_type(g, logp))
+        return _softmax_loss.backward(logp, target, scale), None
 
 
 def cross_entropy(input, target, reduction: str = "mean") -> Tensor:
