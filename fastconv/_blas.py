@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _small_gemm, _threaded_gemm, config
-from ._blas_libs import numpy_blas as _numpy_blas
+from ._blas_libs import thread_knobs as _thread_knobs
 
 _lock = threading.Lock()
 _active = 0            # small products running now (all threads)
@@ -48,12 +48,12 @@ class one_blas_thread:
 
     def __enter__(self):
         global _active, _saved
-        libs = _numpy_blas()
+        knobs = _thread_knobs()
         with _lock:
-            if _active == 0 and libs:
-                _saved = tuple(lib.get_num_threads() for lib in libs)
-                for lib in libs:
-                    lib.set_num_threads(1)
+            if _active == 0 and knobs:
+                _saved = tuple(get() for get, _ in knobs)
+                for _, put in knobs:
+                    put(1)
             _active += 1
         return self
 
@@ -62,8 +62,8 @@ class one_blas_thread:
         with _lock:
             _active -= 1
             if _active == 0:
-                for lib, n in zip(_numpy_blas(), _saved, strict=False):
-                    lib.set_num_threads(n)
+                for (_, put), n in zip(_thread_knobs(), _saved, strict=False):
+                    put(n)
         return False
 
 

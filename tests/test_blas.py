@@ -5,11 +5,12 @@ import threading
 import numpy as np
 import pytest
 
-from fastconv import _blas, config
+from fastconv import _blas, _blas_libs, config
+from fastconv._blas_libs import numpy_blas
 
 
 def _numpy_blas_threads():
-    return [lib.get_num_threads() for lib in _blas._numpy_blas()]
+    return [lib.get_num_threads() for lib in numpy_blas()]
 
 
 @pytest.mark.parametrize("shapes", [((64, 400), (400, 120)), ((3, 5, 7), (3, 7, 2)),
@@ -41,7 +42,7 @@ def test_small_products_are_small():
 
 def test_one_blas_thread_limits_and_restores():
     pytest.importorskip("threadpoolctl")
-    if not _blas._numpy_blas():
+    if not numpy_blas():
         pytest.skip("numpy's BLAS is not visible to threadpoolctl")
     before = _numpy_blas_threads()
     with _blas.one_blas_thread():
@@ -50,6 +51,23 @@ def test_one_blas_thread_limits_and_restores():
             assert _numpy_blas_threads() == [1] * len(before)
         assert _numpy_blas_threads() == [1] * len(before)
     assert _numpy_blas_threads() == before
+
+
+def test_thread_knobs_read_and_set_what_threadpoolctl_sees():
+    pytest.importorskip("threadpoolctl")
+    libs, knobs = numpy_blas(), _blas_libs.thread_knobs()
+    if not libs:
+        pytest.skip("numpy's BLAS is not visible to threadpoolctl")
+    assert len(knobs) == len(libs)
+    for lib, (get, put) in zip(libs, knobs, strict=True):
+        before = lib.get_num_threads()
+        assert get() == before
+        try:
+            put(1)
+            assert lib.get_num_threads() == 1 and get() == 1
+        finally:
+            put(before)
+        assert lib.get_num_threads() == before
 
 
 def test_concurrent_small_products_restore_the_limit(rng):
@@ -79,7 +97,7 @@ def test_concurrent_small_products_restore_the_limit(rng):
 
 def test_limit_for_small_and_large_products():
     pytest.importorskip("threadpoolctl")
-    if not _blas._numpy_blas():
+    if not numpy_blas():
         pytest.skip("numpy's BLAS is not visible to threadpoolctl")
     before = _numpy_blas_threads()
     with _blas.limit_for(config.SMALL_GEMM_MACS):
