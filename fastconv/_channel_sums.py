@@ -1,5 +1,6 @@
-"""Per-channel sums in float64: ``channel_sums_last`` (a channels-last array) and
-``channel_sums_first`` (channels first: (N, C, *spatial)).
+"""Per-channel sums in float64: ``channel_sums_last`` (a channels-last array),
+``channel_sums_first`` (channels first: (N, C, *spatial)) and ``channel_sums`` (either,
+by a layout's flag: a bias gradient).
 
 A bias gradient in NHWC is grad_y summed over every axis but the last, short one. numpy
 reduces such an array slowly (LeNet's (64, 28, 28, 6) output gradient: 0.75 ms, the
@@ -106,3 +107,9 @@ def channel_sums_first(a: np.ndarray) -> np.ndarray:
     with parallel_guard():
         _plane_sums(a.reshape(-1), a.size // (n * c), planes)
     return planes.reshape(n, c).sum(axis=0)
+
+
+def channel_sums(a: np.ndarray, channels_last: bool) -> np.ndarray:
+    """``channel_sums_last(a)`` or ``channel_sums_first(a)``: the float64 sums of every
+    channel of ``a``, its channels last or along axis 1."""
+    return channel_sums_last(a) if channels_last else channel_sums_first(a)

@@ -10,7 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import _args, autotune, devices
-from ._channel_sums import channel_sums_first, channel_sums_last
+from ._channel_sums import channel_sums
 from ._memory import allocate
 from .algos import registry
 from .algos.registry import ALGORITHMS  # noqa: F401  (re-exported as fastconv.ALGORITHMS)
@@ -240,8 +240,7 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
         grad_w[...] = 0
     grad_bias = None
     if need_b:
-        channel_sums = channel_sums_last if args.dims.channels_last else channel_sums_first
-        grad_bias = channel_sums(grad_y).astype(args.dtype)
+        grad_bias = channel_sums(grad_y, args.dims.channels_last).astype(args.dtype)
     if args.unbatched and need_x:
         grad_x = grad_x[0]
     return _args.narrow((grad_x, grad_w, grad_bias)) if half else (grad_x, grad_w, grad_bias)

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _args, autotune, devices
 from ._args.transpose import TransposeArgs, transpose_args_from_shapes
-from ._channel_sums import channel_sums_first, channel_sums_last
+from ._channel_sums import channel_sums
 from ._memory import allocate
 from .algos import registry
 
@@ -208,8 +208,7 @@ def conv_transpose2d_backward(grad_y, x, w, stride=1, padding=0, output_padding=
     if need_b and sums is not None:
         grad_bias = sums.astype(dtype)
     elif need_b:
-        channel_sums = channel_sums_last if a.dims.channels_last else channel_sums_first
-        grad_bias = channel_sums(grad_y).astype(dtype)
+        grad_bias = channel_sums(grad_y, a.dims.channels_last).astype(dtype)
     if a.unbatched and need_x:
         grad_x = grad_x[0]
     result = (grad_x, grad_w, grad_bias)

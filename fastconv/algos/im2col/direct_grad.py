@@ -420,12 +420,13 @@ def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
     image by image (``grad_x_images``) where that applies, else by ``rest(grad_x)``
     (im2col's other paths)."""
     rows = grad_w is not None and by_rows(a)
+    tiles_w = grad_w is not None and not rows      # these two read grad_y channels last
+    direct_x = grad_x is not None and input_phases(a) is not None
     if rows:
         weight_grad_rows(x, gy, a, grad_w)
-    direct_x = grad_x is not None and input_phases(a) is not None
-    if (grad_w is not None and not rows) or direct_x:
+    if tiles_w or direct_x:
         gy_nhwc = _nhwc_grad_y(gy, a)
-        if grad_w is not None and not rows:
+        if tiles_w:
             weight_grad_into(x, gy_nhwc, a, grad_w)
         if direct_x:
             input_grad_direct(gy_nhwc, w, a, grad_x)

@@ -57,6 +57,8 @@ TAPS = 4
 #: ... for this many output channels (6 grad_y rows): 24 registers of sums. The kernels'
 #: tuples of registers (``_group_pass``) are written out for these two values.
 CHANNELS = 6
+#: Registers of sums a group fills.
+SUMS = TAPS * CHANNELS
 #: A run of images (one set of sums) holds about this many images' multiply-adds ...
 RUN_IMAGES = 8
 #: ... and an image's staged rows take at most this many bytes (in L1 and L2).
@@ -223,9 +225,9 @@ def _grad_w_rows(xf, xsteps, gf, gsteps, geo, toff, images, stage, acc, sums):
     n_img, per = images
     kw, rw, ho, wo, d_all, d_pad, wv, sh, hs, _, _, c_all = geo
     nl = _lanes.count(acc)
-    n_tap = toff.size // 4
-    n_chan = d_pad // 6
-    per_run = n_chan * n_tap * 24 * nl
+    n_tap = toff.size // TAPS
+    n_chan = d_pad // CHANNELS
+    per_run = n_chan * n_tap * SUMS * nl
     x_size = c_all * kw * hs * wv
     img = x_size + d_pad * ho * wv
     plane = U(ho * wv)
@@ -239,12 +241,12 @@ def _grad_w_rows(xf, xsteps, gf, gsteps, geo, toff, images, stage, acc, sums):
         for n in range(q * per, min(n_img, (q + 1) * per)):
             _stage_image(xf, xsteps, n, gf, gsteps, geo, stage, s0)
             for ch in range(n_chan):
-                g0 = s0 + U(x_size) + U(ch * 6) * plane
+                g0 = s0 + U(x_size) + U(ch * CHANNELS) * plane
                 for t in range(n_tap):
-                    o = (s0 + U(toff[4 * t]), s0 + U(toff[4 * t + 1]),
-                         s0 + U(toff[4 * t + 2]), s0 + U(toff[4 * t + 3]))
+                    o = (s0 + U(toff[TAPS * t]), s0 + U(toff[TAPS * t + 1]),
+                         s0 + U(toff[TAPS * t + 2]), s0 + U(toff[TAPS * t + 3]))
                     _group_pass(stage, o, g0, plane, (ho, wv, step), acc,
-                                base + U((ch * n_tap + t) * 24 * nl))
+                                base + U((ch * n_tap + t) * SUMS * nl))
         for v in range(per_run // nl):
             total = 0.0
             for k in range(nl):
@@ -259,12 +261,13 @@ def _sum_runs(sums, dims, out, steps):
     dims = (KH, KW, C, D)), rounded once to out's dtype."""
     kh, kw, c_all, d_all = dims
     sa, sb, sc, sd = steps
-    n_tap = sums.shape[1] // 24 // ((d_all + 5) // 6)
+    n_tap = sums.shape[1] // SUMS // -(-d_all // CHANNELS)
     for t in range(kh * kw * c_all):
         c, rest = divmod(t, kh * kw)
         a, b = divmod(rest, kw)
         for d in range(d_all):
-            at = ((d // 6) * n_tap + t // 4) * 24 + (d % 6) * 4 + t % 4
+            at = (((d // CHANNELS) * n_tap + t // TAPS) * SUMS + (d % CHANNELS) * TAPS
+                  + t % TAPS)
             total = 0.0
             for q in range(sums.shape[0]):
                 total += sums[q, at]
@@ -301,7 +304,7 @@ def weight_grad_rows(x, gy, a, grad_w) -> None:
     xsteps = tuple(s // x.itemsize for s in a.dims.to_canonical_view(x).strides)
     gsteps = tuple(s // gy.itemsize for s in a.dims.to_canonical_view(gy).strides)
     stage = workspace("direct_grad_rows.stage", runs * (xs + gs), dt)
-    n_sums = d_pad // CHANNELS * taps // TAPS * 24
+    n_sums = d_pad // CHANNELS * taps // TAPS * SUMS
     acc = workspace("direct_grad_rows.acc", runs * n_sums * nl, dt)
     sums = np.empty((runs, n_sums), np.float64)
     (pt, _), (pl, _) = a.padding

@@ -118,4 +118,4 @@ def input_grad_images(gy, w, a, grad_x) -> None:
     geo = (a.n, a.h_out, a.w_out, a.c_out, a.h, a.w, a.c_in, a.kh, a.kw, pt, pl)
     with parallel_guard():
         _grad_x_nhwc(gy.reshape(-1), wt.reshape(-1), grad_x.reshape(-1),
-               bufs.reshape(numba.get_num_threads(), size), geo)
+                     bufs.reshape(numba.get_num_threads(), size), geo)
