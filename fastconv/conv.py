@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from . import _args, autotune, devices
+from ._args.memo import remembered
 from ._channel_sums import channel_sums
 from ._memory import allocate
 from .algos import registry
@@ -28,6 +29,42 @@ def conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
     if algo != "auto":
         registry.check_supported(op, algo, args)
     return x, w, bias, args
+
+
+def problem(x, w, bias, window, layout, algo: str = "auto"):
+    """The ConvArgs of ``conv2d(x, w, bias, *window, layout=layout, algo=algo)`` for
+    arrays that need no conversion (x 4-D; x, w and bias plain host ndarrays of one dtype,
+    float32 or float64), or None for any other call (it goes through ``conv2d``).
+    ``window`` is (stride, padding, dilation, groups). Validated as ``conv2d``
+    validates, with its errors, once per shapes and arguments: the autograd op asks on
+    every call of a layer, and the same few problems come back every training step."""
+    if not (type(x) is np.ndarray and type(w) is np.ndarray and x.ndim == 4
+            and (bias is None or type(bias) is np.ndarray)):
+        return None
+    dtype = x.dtype
+    if dtype not in _args.DTYPES or w.dtype != dtype or (bias is not None
+                                                         and bias.dtype != dtype):
+        return None
+    return _problem("conv2d", x.shape, w.shape, None if bias is None else bias.shape, dtype,
+                    *window, layout, algo)
+
+
+@remembered
+def _problem(op, x_shape, w_shape, bias_shape, dtype, stride, padding, dilation, groups,
+             layout, algo):
+    registry.check_algo(op, algo)
+    args = _args.conv_args_from_shapes(op, x_shape, w_shape, stride, padding, dilation,
+                                       groups, layout, dtype)
+    _args.check_bias_shape(op, bias_shape, args)
+    if algo != "auto":
+        registry.check_supported(op, algo, args)
+    return args
+
+
+def forward(x, w, bias, args, algo: str = "auto") -> np.ndarray:
+    """conv2d's output, a new array, on validated arrays (``conv_args`` or ``problem``)."""
+    out = allocate("conv2d", "output", args.y_layout_shape, args.dtype)
+    return forward_into(x, w, bias, args, out, algo)
 
 
 def forward_into(x, w, bias, args, out, algo: str = "auto", choice: str | None = None):
@@ -116,8 +153,7 @@ def conv2d(x, w, bias=None, stride=1, padding=0, dilation=1, groups=1, *, layout
     x, w, bias, args = conv_args(op, x, w, bias, stride, padding, dilation, groups, layout,
                                  algo=algo, half=True)
     half, args, (x, w, bias) = _float32(args, x, w, bias)
-    out = allocate(op, "output", args.y_layout_shape, args.dtype)
-    y = forward_into(x, w, bias, args, out, algo)
+    y = forward(x, w, bias, args, algo)
     return _args.narrow(y) if half else y
 
 
@@ -232,6 +268,19 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     _args.check_same_dtype(op, input=x, weight=w, grad_y=grad_y)
     half, args, (grad_y, x, w) = _float32(args, grad_y, x, w)
     grad_y = _args.batched_grad_y(op, grad_y, args, "conv2d")
+    grad_x, grad_w, grad_bias = gradients(grad_y, x, w, args, (need_x, need_w, need_b), algo)
+    if args.unbatched and need_x:
+        grad_x = grad_x[0]
+    return _args.narrow((grad_x, grad_w, grad_bias)) if half else (grad_x, grad_w, grad_bias)
+
+
+def gradients(grad_y, x, w, args, needs, algo: str = "auto"):
+    """``conv2d_backward``'s (grad_x, grad_w, grad_bias) on validated arrays: x 4-D and
+    w as ``conv_args`` returned them for problem ``args`` (float32 or float64), grad_y
+    of the batched output's shape; ``needs`` three bools (a gradient not needed is
+    None)."""
+    need_x, need_w, need_b = needs
+    op = "conv2d_backward"
     grad_x = allocate(op, "input gradient", x.shape, args.dtype) if need_x else None
     grad_w = allocate(op, "weight gradient", w.shape, args.dtype) if need_w else None
     if args.n > 0 and (need_x or need_w):
@@ -241,6 +290,4 @@ def conv2d_backward(grad_y, x, w, stride=1, padding=0, dilation=1, groups=1, *,
     grad_bias = None
     if need_b:
         grad_bias = channel_sums(grad_y, args.dims.channels_last).astype(args.dtype)
-    if args.unbatched and need_x:
-        grad_x = grad_x[0]
-    return _args.narrow((grad_x, grad_w, grad_bias)) if half else (grad_x, grad_w, grad_bias)
+    return grad_x, grad_w, grad_bias

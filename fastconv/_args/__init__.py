@@ -32,7 +32,13 @@ from .checks import (  # noqa: F401
     warn_channels_last,
     widen,
 )
-from .conv import ConvArgs, conv_args_from_shapes, conv_arrays, conv_output_size  # noqa: F401
+from .conv import (  # noqa: F401
+    ConvArgs,
+    check_bias_shape,
+    conv_args_from_shapes,
+    conv_arrays,
+    conv_output_size,
+)
 from .norm import (  # noqa: F401
     BatchNormArgs,
     batch_norm_args,

@@ -149,9 +149,14 @@ def conv_arrays(op, x, w, bias, stride, padding, dilation, groups, layout,
     dtype = check_same_dtype(op, input=x, weight=w, bias=bias)
     args = conv_args_from_shapes(op, x.shape, w.shape, stride, padding, dilation, groups,
                                  layout, dtype)
-    if bias is not None and bias.shape != (args.c_out,):
-        raise ValueError(f"{op}: bias must have shape (C_out,) = ({args.c_out},), got "
-                         f"{bias.shape}")
+    check_bias_shape(op, None if bias is None else bias.shape, args)
     if args.unbatched:
         x = x[None]
     return x, w, bias, args
+
+
+def check_bias_shape(op: str, bias_shape, args: ConvArgs) -> None:
+    """ValueError unless the bias shape is None (no bias) or (C_out,) of problem ``args``."""
+    if bias_shape is not None and bias_shape != (args.c_out,):
+        raise ValueError(f"{op}: bias must have shape (C_out,) = ({args.c_out},), got "
+                         f"{bias_shape}")

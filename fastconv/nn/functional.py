@@ -4,8 +4,9 @@ Each op is one :class:`~fastconv.autograd.Function`; conv2d, pooling and batch n
 fastconv's kernels for both directions (``fastconv.conv2d`` / ``conv2d_backward``,
 ``max_pool2d(return_indices=True)`` / ``max_pool2d_backward``, ``avg_pool2d`` /
 ``avg_pool2d_backward``, ``global_avg_pool2d`` / ``global_avg_pool2d_backward``,
-``batch_norm(return_stats=True)`` / ``batch_norm_backward``); conv1d and conv3d
-(``fastconv.nn._conv_nd_ops``) likewise. Inputs may be Tensors or
+``batch_norm(return_stats=True)`` / ``batch_norm_backward``); conv2d lives in
+``fastconv.nn._conv2d_op`` (a layer's problem validated once per shape), conv1d and
+conv3d in ``fastconv.nn._conv_nd_ops``. Inputs may be Tensors or
 ndarrays; results are Tensors. The losses live in ``fastconv.nn.losses``, resizing in
 ``fastconv.nn.interpolate`` and pad / unfold / fold in ``fastconv.nn.padfold``; all are
 re-exported here.
@@ -16,10 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _blas, _elementwise, devices
-from .. import conv as _conv
 from .. import norm as _norm
 from .. import pool as _pool
-from ..algos.im2col.padded import shared_copies
 from ..autograd import (
     GELU,
     Function,
@@ -34,12 +33,12 @@ from ..autograd import (
 from ..autograd import ReLU as _ReLU
 from ..autograd import Sigmoid as _Sigmoid
 from ..autograd import Tanh as _Tanh
-from ..autograd.arrays import on_gpu, transpose
+from ..autograd.arrays import on_gpu
 from ..autograd.dims import dim_index, flat_shape
-from ..layout import LAYOUTS
 from ..layout import get as _get_layout
 from ..rng import default_generator
 from . import _softmax_loss
+from ._conv2d_op import Conv2d, conv2d  # noqa: F401
 from ._conv_nd_ops import conv1d, conv3d  # noqa: F401
 from ._targets import class_targets
 from .interpolate import interpolate  # noqa: F401
@@ -56,66 +55,6 @@ from .transpose import conv_transpose2d  # noqa: F401
 
 def _tensor(x) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
-
-
-# ---------------------------------------------------------------------------- convolution
-class Conv2d(Function):
-    gpu = True
-
-    @staticmethod
-    def forward(ctx, x, w, b, stride=1, padding=0, dilation=1, groups=1, layout="NCHW",
-                algo="auto", canonical_weight=False):
-        # canonical_weight: w is OIHW whatever the layout (the nn layers' weights, as
-        # torch's); the kernels take the layout's own order (HWIO for NHWC)
-        ctx.permute_weight = canonical_weight and not LAYOUTS[layout].is_canonical
-        if ctx.permute_weight:
-            w = transpose(w, LAYOUTS[layout].weight_from_canonical, contiguous=True)
-        ctx.save_for_backward(x, w)
-        ctx.args = (stride, padding, dilation, groups)
-        ctx.layout, ctx.algo, ctx.has_bias = layout, algo, b is not None
-        # The forward's GEMMs of a small layer run on one BLAS thread, as fastconv's own
-        # small products do (fastconv._blas): a second thread gains little there and then
-        # spins on the core the following kernels need. Bound on the multiply-adds:
-        # (input pixels) * C_out * (C_in/groups) * kh * kw.
-        c_in = tuple(x.shape)[LAYOUTS[layout].channel_axis - 4] if x.ndim >= 3 else 1
-        # the zero-padded copy of x a direct kernel makes is kept for the weight gradient
-        ctx.padded = {}
-        with _blas.limit_for(x.size // max(c_in, 1) * w.size), \
-                shared_copies(ctx.padded, keep=ctx.needs_input_grad[1]):
-            return _conv.conv2d(x, w, b, stride, padding, dilation, groups, layout=layout,
-                                algo=algo, device=devices.array_device(x))
-
-    @staticmethod
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        need_x, need_w, need_b = ctx.needs_input_grad
-        # e.g. the first layer: its input (the data) needs no gradient, and grad_x is the
-        # larger half of the work
-        with shared_copies(ctx.padded, keep=False):
-            gx, gw, gb = _conv.conv2d_backward(g, x, w, *ctx.args, layout=ctx.layout,
-                                               algo=ctx.algo,
-                                               needs_input_grad=(need_x, need_w,
-                                                                 need_b and ctx.has_bias),
-                                               device=devices.array_device(g))
-        ctx.padded = None
-        if ctx.permute_weight and gw is not None:
-            gw = transpose(gw, LAYOUTS[ctx.layout].weight_to_canonical, contiguous=True)
-        return gx, gw, gb
-
-
-def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1, *,
-           layout="NCHW", algo="auto", weight_layout=None) -> Tensor:
-    """2-D cross-correlation (see :func:`fastconv.conv2d` for shapes and arguments).
-
-    ``weight_layout`` None: the weight is in ``layout``'s order (OIHW for NCHW, HWIO for
-    NHWC); "OIHW": it is (out, in/groups, kh, kw) whatever ``layout`` (torch's order, that
-    of :class:`fastconv.nn.Conv2d`), and its gradient comes back in that order,
-    C-contiguous (as the optimisers' one-pass steps take it)."""
-    if weight_layout not in (None, "OIHW"):
-        raise ValueError(f"conv2d: weight_layout={weight_layout!r} must be None or 'OIHW'")
-    return Conv2d.apply(input, weight, bias, stride=stride, padding=padding,
-                        dilation=dilation, groups=groups, layout=layout, algo=algo,
-                        canonical_weight=weight_layout == "OIHW")
 
 
 # -------------------------------------------------------------------------------- pooling
