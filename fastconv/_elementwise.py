@@ -90,6 +90,16 @@ def relu(a: np.ndarray) -> np.ndarray:
     return _run(RELU, a, a)
 
 
+def relu_in_place(a: np.ndarray) -> np.ndarray:
+    """a = max(a, 0) in place (NaN kept), for an array the caller owns; returns a."""
+    if a.dtype not in _FLOATS or not a.flags.c_contiguous:
+        return np.maximum(a, 0, out=a)
+    flat = a.reshape(-1)
+    kernel = _threaded if a.size >= PARALLEL_MIN else _serial
+    kernel(RELU, flat, flat, flat)
+    return a
+
+
 def relu_backward(g: np.ndarray, y: np.ndarray) -> np.ndarray:
     """The ReLU gradient: g where the output y is positive, else 0 (NaN outputs pass
     nothing). g and y have one shape; the result has g's dtype."""

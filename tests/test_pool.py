@@ -426,6 +426,12 @@ IDX = np.zeros((2, 3, 4, 4), np.int64)
     (dict(input_shape=None), TypeError, r"max_pool2d_backward: input_shape=None must be"),
     (dict(grad_y=Y.astype(np.int64)), TypeError, r"max_pool2d_backward: grad_y has dtype int64"),
     (dict(layout="CHW"), ValueError, r"max_pool2d_backward: layout='CHW' is not supported"),
+    (dict(mask=Y[..., :3]), ValueError,
+     r"max_pool2d_backward: mask must have grad_y's shape \(2, 3, 4, 4\) and dtype float32, "
+     r"got \(2, 3, 4, 3\) float32"),
+    (dict(mask=Y.astype(np.float64)), ValueError,
+     r"max_pool2d_backward: mask must have grad_y's shape .* got \(2, 3, 4, 4\) float64"),
+    (dict(mask=Y.astype(np.int64)), TypeError, r"max_pool2d_backward: mask has dtype int64"),
 ])
 def test_bad_max_pool_backward_arguments(kwargs, exc, match):
     call = dict(grad_y=Y, indices=IDX, input_shape=(2, 3, 8, 8))
@@ -495,3 +501,31 @@ def test_max_pool_2x2_nhwc_matches_nchw_with_ties_and_nans(channels, dtype, rng)
     np.testing.assert_array_equal(fastconv.max_pool2d(xn, 2, layout="NHWC"), yn)
     assert idx[1, -1, 1, 1] == 3 * 8 + 3                  # the last NaN of its window
     assert np.isnan(y[0, 0, 0, 0]) and idx[0, 0, 0, 0] == 1
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("window", [dict(kernel_size=2), dict(kernel_size=3, stride=2,
+                                                              padding=1)])
+def test_max_pool_backward_mask_passes_gradient_where_positive(layout, dtype, window, rng):
+    """mask: the gradient of the pooled values where mask > 0 only (NaN and -0.0 pass
+    nothing), as a separate masking of grad_y before the backward; for 4-D, unbatched
+    3-D and 2-D arrays."""
+    x = rng.standard_normal((2, 3, 7, 8)).astype(dtype)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    y, idx = fastconv.max_pool2d(x, **window, layout=layout, return_indices=True)
+    g = rng.standard_normal(y.shape).astype(dtype)
+    mask = rng.standard_normal(y.shape).astype(dtype)
+    mask.flat[:4] = [np.nan, -0.0, 0.0, np.inf]
+    want = fastconv.max_pool2d_backward(np.where(mask > 0, g, 0).astype(dtype), idx, x.shape,
+                                        layout=layout)
+    got = fastconv.max_pool2d_backward(g, idx, x.shape, layout=layout, mask=mask)
+    assert got.dtype == dtype and np.count_nonzero(got) > 0
+    np.testing.assert_array_equal(got, want)
+    one = fastconv.max_pool2d_backward(g[0], idx[0], x.shape[1:], layout=layout,
+                                       mask=mask[0])
+    np.testing.assert_array_equal(one, want[0])
+    if layout == "NCHW":        # one gray image
+        plane = fastconv.max_pool2d_backward(g[0, 0], idx[0, 0], x.shape[2:], mask=mask[0, 0])
+        np.testing.assert_array_equal(plane, want[0, 0])

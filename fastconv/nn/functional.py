@@ -60,7 +60,9 @@ def _tensor(x) -> Tensor:
 # -------------------------------------------------------------------------------- pooling
 class MaxPool2d(Function):
     """Max pooling; ``relu``: max_pool2d(relu(x)) as relu(max_pool2d(x)), which is exact
-    (``fastconv.nn.fused.relu_max_pool2d``)."""
+    (``fastconv.nn.fused.relu_max_pool2d``). On the host that ReLU runs in place on the
+    pooled map and its gradient inside the unpooling's scatter
+    (``max_pool2d_backward(mask=...)``): no pass and no array of their own."""
 
     gpu = True
 
@@ -71,20 +73,28 @@ class MaxPool2d(Function):
         window = (kernel_size, stride, padding, dilation, ceil_mode)
         if not ctx.needs_input_grad[0]:      # no graph: the indices are not needed
             y = _pool.max_pool2d(x, *window, layout=layout, device=device)
-            return arrays.relu(y) if relu else y
+            return _relu_of_own(y) if relu else y
         y, idx = _pool.max_pool2d(x, *window, layout=layout, return_indices=True,
                                   device=device)
         ctx.save_for_backward(idx)
-        ctx.shape, ctx.layout, ctx.relu_out = x.shape, layout, arrays.relu(y) if relu else None
+        ctx.shape, ctx.layout, ctx.relu_out = x.shape, layout, _relu_of_own(y) if relu else None
         return y if ctx.relu_out is None else ctx.relu_out
 
     @staticmethod
     def backward(ctx, g):
         (idx,) = ctx.saved_tensors
-        if ctx.relu_out is not None:
+        device = devices.array_device(g)
+        if ctx.relu_out is not None and device != "cpu":
             g = arrays.relu_backward(g, ctx.relu_out)
-        return _pool.max_pool2d_backward(g, idx, ctx.shape, layout=ctx.layout,
-                                         device=devices.array_device(g))
+        # on the host the ReLU's gradient is masked in the scatter
+        mask = ctx.relu_out if device == "cpu" else None
+        return _pool.max_pool2d_backward(g, idx, ctx.shape, layout=ctx.layout, device=device,
+                                         mask=mask)
+
+
+def _relu_of_own(y):
+    """ReLU of an array this op made (in place on the host, a new array on the GPU)."""
+    return _elementwise.relu_in_place(y) if isinstance(y, np.ndarray) else arrays.relu(y)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, *,

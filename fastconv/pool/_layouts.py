@@ -27,8 +27,9 @@ class LayoutKernels:
     - ``max_pool(a, x, y, idx, with_idx)``: y, the maxima; idx, their flat indices h*W + w
       (int64), computed when ``with_idx`` or when ``max_pool_scans_indices(a)``; else idx
       may be empty.
-    - ``max_unpool(s, gy, idx, gx) -> int``: gx = 0, then += gy at idx (gx fully
-      written); returns the count of indices outside [0, H*W) other than -1 (skipped).
+    - ``max_unpool(s, gy, idx, gx, mask) -> int``: gx = 0, then += gy at idx (gx fully
+      written), only where ``mask`` (None, or an array of gy's shape) is positive;
+      returns the count of indices outside [0, H*W) other than -1 (skipped).
     - ``avg_pool(a, x, y)`` and ``avg_unpool(a, gy, gx)`` (gx fully written).
     - ``mean(s, x, y)``: y (N, C), the mean over each plane.
     """
@@ -61,10 +62,12 @@ def _nchw_max_pool_scans_indices(a) -> bool:
     return not M.is_2x2_stride_2(a)  # the 2x2 kernel writes indices only when asked
 
 
-def _nchw_max_unpool(s, gy, idx, gx):
+def _nchw_max_unpool(s, gy, idx, gx, mask):
     out = s.h_out * s.w_out
-    return M._max_unpool_planes(_planes(s, gy, out), _planes(s, idx, out),
-                                _planes(s, gx, s.h * s.w))
+    gy2 = _planes(s, gy, out)
+    return M._max_unpool_planes(gy2, _planes(s, idx, out), _planes(s, gx, s.h * s.w),
+                                gy2 if mask is None else _planes(s, mask, out),
+                                mask is not None)
 
 
 def _nchw_avg_pool(a, x, y):
@@ -100,10 +103,12 @@ def _nhwc_max_pool_scans_indices(a) -> bool:
     return not M.is_2x2_stride_2(a)
 
 
-def _nhwc_max_unpool(s, gy, idx, gx):
+def _nhwc_max_unpool(s, gy, idx, gx, mask):
     out = s.h_out * s.w_out
-    return M._max_unpool_nhwc(_pixels(s, gy, out), _pixels(s, idx, out),
-                              _pixels(s, gx, s.h * s.w))
+    gy3 = _pixels(s, gy, out)
+    return M._max_unpool_nhwc(gy3, _pixels(s, idx, out), _pixels(s, gx, s.h * s.w),
+                              gy3 if mask is None else _pixels(s, mask, out),
+                              mask is not None)
 
 
 def _nhwc_avg_pool(a, x, y):

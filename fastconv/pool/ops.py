@@ -153,7 +153,8 @@ def max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=Fal
     return _as_given(a, y, idx, half=half) if with_idx else _as_given(a, y, half=half)
 
 
-def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="cpu"):
+def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="cpu",
+                        mask=None):
     """Gradient of ``max_pool2d``: grad_y[n, c, i, j] is added at indices[n, c, i, j].
 
     Parameters
@@ -164,6 +165,9 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     input_shape : shape of max_pool2d's input (same layout, 3-D when unbatched, 2-D for
         one gray image, with 2-D grad_y and indices).
     device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
+    mask : None (default), or an array of grad_y's shape and dtype (CPU): grad_y passes
+        only where it is positive. With the output of relu(max_pool2d(x)), the gradient
+        of that fused pair in the same pass.
 
     Returns
     -------
@@ -174,20 +178,42 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     op = "max_pool2d_backward"
     gpu = devices.gpu_op(op, device)
     if gpu is not None:
+        if mask is not None:
+            raise ValueError(f"{op}: mask is not supported on device='cuda'")
         return gpu(grad_y, indices, input_shape, layout=layout)
     if len(check_input_shape(op, input_shape)) == 2:
-        return _plane_backward(op, max_pool2d_backward, input_shape, layout,
-                               (("grad_y", grad_y), ("indices", indices)))
+        arrays = (("grad_y", grad_y), ("indices", indices))
+        if mask is None:
+            return _plane_backward(op, max_pool2d_backward, input_shape, layout, arrays)
+        return _plane_backward(op, _with_mask, input_shape, layout,
+                               arrays + (("mask", mask),))
     s, grad_y, indices = max_unpool_inputs(op, grad_y, indices, input_shape, layout, True,
                                            check_range=False)
-    half, (grad_y,) = widen(grad_y)
+    if mask is not None:
+        mask = _unpool_mask(op, mask, grad_y)
+    half, (grad_y, mask) = widen(grad_y, mask)
     gx = allocate(op, "gradient", s.x_shape4, grad_y.dtype)
     if not grad_y.size:
         gx[...] = 0      # the kernels zero gx themselves; with no output, nothing runs
     if _run(KERNELS[s.layout].max_unpool, grad_y.size, s, _batched(grad_y, s.unbatched),
-            _batched(indices, s.unbatched), gx):   # indices out of range, counted
+            _batched(indices, s.unbatched), gx,
+            None if mask is None else _batched(mask, s.unbatched)):  # bad indices, counted
         check_indices_range(op, indices, s.h * s.w)
     return _as_given(s, gx, half=half)
+
+
+def _with_mask(grad_y, indices, mask, input_shape, **kwargs):
+    """``max_pool2d_backward`` with the mask positional (``_plane_backward``'s arrays)."""
+    return max_pool2d_backward(grad_y, indices, input_shape, mask=mask, **kwargs)
+
+
+def _unpool_mask(op, mask, grad_y):
+    """``mask`` checked against grad_y: an array of its shape and dtype."""
+    mask = check_array(op, "mask", mask, half=True)
+    if mask.shape != grad_y.shape or mask.dtype != grad_y.dtype:
+        raise ValueError(f"{op}: mask must have grad_y's shape {grad_y.shape} and dtype "
+                         f"{grad_y.dtype}, got {mask.shape} {mask.dtype}")
+    return mask
 
 
 # ------------------------------------------------------------------------------ avg pool

@@ -167,3 +167,6 @@ def test_public_functions_take_device():
                                fastconv.avg_pool2d_backward(a, x.shape, 2), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match=r"avg_pool2d: device='tpu' is not supported"):
         fastconv.avg_pool2d(x, 2, device="tpu")
+    with pytest.raises(ValueError, match=r"max_pool2d_backward: mask is not supported on "
+                                         r"device='cuda'"):
+        fastconv.max_pool2d_backward(gy, idx, x.shape, device="cuda", mask=gy)
