@@ -62,12 +62,17 @@ def _nchw_max_pool_scans_indices(a) -> bool:
     return not M.is_2x2_stride_2(a)  # the 2x2 kernel writes indices only when asked
 
 
-def _nchw_max_unpool(s, gy, idx, gx, mask):
+def _unpool(kernel, view, s, gy, idx, gx, mask):
+    """A layout's unpooling ``kernel`` on its ``view`` of the arrays (``mask`` None:
+    grad_y stands in for it, unread)."""
     out = s.h_out * s.w_out
-    gy2 = _planes(s, gy, out)
-    return M._max_unpool_planes(gy2, _planes(s, idx, out), _planes(s, gx, s.h * s.w),
-                                gy2 if mask is None else _planes(s, mask, out),
-                                mask is not None)
+    g = view(s, gy, out)
+    return kernel(g, view(s, idx, out), view(s, gx, s.h * s.w),
+                  g if mask is None else view(s, mask, out), mask is not None)
+
+
+def _nchw_max_unpool(s, gy, idx, gx, mask):
+    return _unpool(M._max_unpool_planes, _planes, s, gy, idx, gx, mask)
 
 
 def _nchw_avg_pool(a, x, y):
@@ -104,11 +109,7 @@ def _nhwc_max_pool_scans_indices(a) -> bool:
 
 
 def _nhwc_max_unpool(s, gy, idx, gx, mask):
-    out = s.h_out * s.w_out
-    gy3 = _pixels(s, gy, out)
-    return M._max_unpool_nhwc(gy3, _pixels(s, idx, out), _pixels(s, gx, s.h * s.w),
-                              gy3 if mask is None else _pixels(s, mask, out),
-                              mask is not None)
+    return _unpool(M._max_unpool_nhwc, _pixels, s, gy, idx, gx, mask)
 
 
 def _nhwc_avg_pool(a, x, y):
