@@ -52,6 +52,7 @@ def problem(x, w, bias, window, layout, algo: str = "auto"):
 @remembered
 def _problem(op, x_shape, w_shape, bias_shape, dtype, stride, padding, dilation, groups,
              layout, algo):
+    """``conv_args``' checks on the shapes alone (its arrays already checked), kept."""
     registry.check_algo(op, algo)
     args = _args.conv_args_from_shapes(op, x_shape, w_shape, stride, padding, dilation,
                                        groups, layout, dtype)
