@@ -73,9 +73,14 @@ def _run(op: int, a, b) -> np.ndarray:
     """A new array of a's shape and dtype: ``op`` of a and b (contiguous copies where
     needed), serial or over the threads by size."""
     y = _pool.empty(a.shape, a.dtype)
-    kernel = _threaded if y.size >= PARALLEL_MIN else _serial
-    kernel(op, _flat(a), _flat(b), y.reshape(-1))
+    _launch(op, _flat(a), _flat(b), y.reshape(-1))
     return y
+
+
+def _launch(op: int, a, b, y) -> None:
+    """``op`` on flat arrays, serial or over the threads by size."""
+    kernel = _threaded if y.size >= PARALLEL_MIN else _serial
+    kernel(op, a, b, y)
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -95,8 +100,7 @@ def relu_in_place(a: np.ndarray) -> np.ndarray:
     if a.dtype not in _FLOATS or not a.flags.c_contiguous:
         return np.maximum(a, 0, out=a)
     flat = a.reshape(-1)
-    kernel = _threaded if a.size >= PARALLEL_MIN else _serial
-    kernel(RELU, flat, flat, flat)
+    _launch(RELU, flat, flat, flat)
     return a
 
 

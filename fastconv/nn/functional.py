@@ -84,10 +84,9 @@ class MaxPool2d(Function):
     def backward(ctx, g):
         (idx,) = ctx.saved_tensors
         device = devices.array_device(g)
-        if ctx.relu_out is not None and device != "cpu":
-            g = arrays.relu_backward(g, ctx.relu_out)
-        # on the host the ReLU's gradient is masked in the scatter
-        mask = ctx.relu_out if device == "cpu" else None
+        mask = ctx.relu_out     # on the host the ReLU's gradient is masked in the scatter
+        if mask is not None and device != "cpu":
+            g, mask = arrays.relu_backward(g, mask), None
         return _pool.max_pool2d_backward(g, idx, ctx.shape, layout=ctx.layout, device=device,
                                          mask=mask)
 
