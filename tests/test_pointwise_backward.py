@@ -167,13 +167,18 @@ def test_strided_pointwise_applies_to_unpadded_strided_layers_only(kwargs, appli
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", STRIDED + [(4, 16, 9, 8, 32, 1, 1, 2, 0, 1, 1),
-                                            (5, 8, 7, 10, 16, 1, 1, (2, 3), 0, 1, 1)],
+                                            (5, 8, 7, 10, 16, 1, 1, (2, 3), 0, 1, 1),
+                                            (2, 16, 5, 5, 8, 1, 1, 2, 0, 1, 1),
+                                            (3, 32, 4, 11, 6, 1, 1, (1, 2), 0, 1, 1)],
                          ids=str)
 def test_strided_pointwise_nhwc_matches_reference(case, dtype, monkeypatch):
     """NHWC strided 1x1 layers: the forward reads the pixels in place in the direct
     lanes kernel where it applies (several images, one group, 16+ output channels),
-    else copies them (``strided_pointwise``); the backward puts grad_x back in place and
-    forms grad_w in the direct kernel where it applies."""
+    else copies them (``strided_pointwise``); the backward forms grad_x in one lanes
+    kernel where the input channels are whole vectors (rows of 3, 6 and 4 pixels: fewer
+    than 4, and not a multiple of 4), else puts a GEMM's grad_x back in place, and
+    grad_w in the direct kernel where it applies."""
+    from fastconv import _lanes
     from fastconv.algos.im2col import direct_grad, lanes_plan, strided_pointwise
 
     x, w, gy, kwargs, a = _problem(case, dtype)
@@ -188,6 +193,9 @@ def test_strided_pointwise_nhwc_matches_reference(case, dtype, monkeypatch):
     assert lanes_plan.lanes_applies(al) == direct_w == (case[0] >= 4 and case[-1] == 1)
     fwd = count_calls(monkeypatch, strided_pointwise, "forward")
     gws = count_calls(monkeypatch, strided_pointwise, "weight_grad_into")
+    gxs = count_calls(monkeypatch, strided_pointwise, "_lanes_grad_x")
+    lanes_x = case[1] % _lanes.per_register(np.dtype(dtype).itemsize) == 0 and case[-1] == 1
+    assert strided_pointwise.lanes_grad_x_applies(al) == lanes_x
     tol = ref.tolerance(dtype, "im2col")
     y = fastconv.conv2d(xl, wl, **kwargs, layout="NHWC", algo="im2col")
     assert ref.rel_error(y.transpose(0, 3, 1, 2), want_y) <= tol
@@ -197,3 +205,9 @@ def test_strided_pointwise_nhwc_matches_reference(case, dtype, monkeypatch):
     assert ref.rel_error(gx.transpose(0, 3, 1, 2), want[0]) <= tol
     assert ref.rel_error(gw.transpose(3, 2, 0, 1), want[1]) <= tol
     assert len(gws) == int(direct_w)
+    assert len(gxs) == int(lanes_x)
+    gx_alone, _, _ = fastconv.conv2d_backward(gyl, xl, wl, **kwargs, layout="NHWC",
+                                              algo="im2col",
+                                              needs_input_grad=(True, False, False))
+    assert ref.rel_error(gx_alone.transpose(0, 3, 1, 2), want[0]) <= tol
+    assert len(gxs) == 2 * int(lanes_x)

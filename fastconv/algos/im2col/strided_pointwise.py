@@ -7,9 +7,13 @@ multiply one small GEMM per image. Alternating, 2 threads, NCHW forward: 32 -> 6
 14x14 with stride 2 (batch 32) 0.28 -> 0.14 ms (torch 0.13); 16 -> 32 at 28x28 0.42 ->
 0.20 ms (torch 0.20); 32 -> 64 at 32x32 (batch 64) 1.95 -> 0.84 ms (torch 0.93). NHWC
 layers of several images forward in the direct lanes kernel instead (the pixels read
-in place, ``lanes_plan.lanes_applies``); here their gradients: grad_x 0.31 -> 0.23 ms
-(16 -> 32 at 28x28, batch 32; torch 0.12-0.17), grad_w by the direct kernel on x
-itself (``direct_grad.weight_grad_into``).
+in place, ``lanes_plan.lanes_applies``); here their gradients: grad_w by the direct
+kernel on x itself (``direct_grad.weight_grad_into``), and grad_x, where its channels
+are whole vectors of lanes, in one parallel kernel (``_grad_x_lanes``): each pixel the
+kernel reads gets grad_y's pixel times W^T, in registers, every other pixel a zero, in
+one pass over grad_x (alternating, 2 threads: 16 -> 32 at 28x28, batch 32, 0.21 ms
+through a GEMM, a zeroed grad_x and a strided copy -> 0.07 ms, torch 0.15; 32 -> 64 at
+32x32, batch 64, 0.96 -> 0.45 ms).
 
 Examples
 --------
@@ -26,9 +30,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from numba import njit, prange
 
+from ... import _lanes, config
 from ..._memory import allocate
+from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
+from .._common import U
 from .direct_grad import direct_backward_applies, weight_grad_into
 from .pointwise import backward_cost_pointwise, backward_pointwise, forward_pointwise
 
@@ -78,11 +86,17 @@ def forward(x, wmat, args, out, bias_g) -> None:
 def backward(gy, x, w, args, grad_x, grad_w) -> None:
     """``pointwise.backward_pointwise`` of the pixels read; grad_x (or None) zero but at
     those pixels, grad_w (or None) fully written (in NHWC by the direct weight gradient,
-    ``direct_grad.weight_grad_into``, where it applies: no copy of the pixels)."""
+    ``direct_grad.weight_grad_into``, where it applies: no copy of the pixels; grad_x
+    by ``_grad_x_lanes`` where ``lanes_grad_x_applies``)."""
     sub = plain(args)
     if grad_w is not None and direct_backward_applies(args):  # NHWC: pixels read in place
         weight_grad_into(x, np.ascontiguousarray(gy, args.dtype), args, grad_w)
         grad_w = None
+    if grad_x is not None and lanes_grad_x_applies(args):
+        _lanes_grad_x(np.ascontiguousarray(gy, args.dtype), w, args, grad_x)
+        grad_x = None
+    if grad_x is None and grad_w is None:
+        return
     xs = None if grad_w is None else np.ascontiguousarray(_pixels(x, args))
     gxs = None if grad_x is None else allocate(
         "conv2d_backward", "grad_x", sub.dims.shape(sub.n, sub.c_in, sub.h, sub.w),
@@ -91,3 +105,71 @@ def backward(gy, x, w, args, grad_x, grad_w) -> None:
     if grad_x is not None:
         grad_x[...] = 0
         _pixels(grad_x, args)[...] = gxs
+
+
+def lanes_grad_x_applies(args) -> bool:
+    """Whether ``_grad_x_lanes`` runs grad_x: channels last, one group, the input
+    channels whole vectors of lanes."""
+    return (args.dims.channels_last and args.groups == 1
+            and args.c_in % _lanes.per_register(args.dtype.itemsize) == 0)
+
+
+def _lanes_grad_x(gy, w, args, grad_x) -> None:
+    """grad_x (N, H, W, C) C-contiguous, fully written, of a ``lanes_grad_x_applies``
+    layer; gy (N, Ho, Wo, D) C-contiguous, w HWIO (1, 1, C, D)."""
+    wt = np.ascontiguousarray(w.reshape(args.c_in, args.c_out).T, args.dtype)  # (D, C)
+    with parallel_guard():
+        _grad_x_lanes(gy.reshape(-1), wt.reshape(-1), grad_x.reshape(-1),
+                      (args.n, args.h, args.w, args.c_in, args.h_out, args.w_out,
+                       args.c_out) + tuple(args.stride))
+
+
+@njit(inline="always")
+def _pixels4(gf, g0, g_step, wf, c0, gx, o, o_step, d_all, c_all):
+    """gx[o + k*o_step + c0 :][:lanes] = sum over d of gf[g0 + k*g_step + d] * wt[d, c0 :]
+    for the 4 pixels k, wf = wt (D, C) flat: each row's vector loaded once for 4
+    multiply-adds."""
+    a0 = a1 = a2 = a3 = _lanes.zeros(gx)
+    for d in range(d_all):
+        u = _lanes.load(wf, U(d * c_all + c0))
+        gd = g0 + U(d)
+        a0 = _lanes.fma(a0, gf[gd], u)
+        a1 = _lanes.fma(a1, gf[gd + g_step], u)
+        a2 = _lanes.fma(a2, gf[gd + U(2) * g_step], u)
+        a3 = _lanes.fma(a3, gf[gd + U(3) * g_step], u)
+    _lanes.store(gx, o + U(c0), a0)
+    _lanes.store(gx, o + o_step + U(c0), a1)
+    _lanes.store(gx, o + U(2) * o_step + U(c0), a2)
+    _lanes.store(gx, o + U(3) * o_step + U(c0), a3)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _grad_x_lanes(gf, wf, gx, dims):
+    """gx (N, H, W, C) flat, fully written: gx[n, i*s_h, j*s_w] = gy[n, i, j] @ wt for
+    i < Ho, j < Wo (C a whole number of vectors of lanes), zero at every other pixel;
+    gf = gy (N, Ho, Wo, D) flat, wf = W^T (D, C) flat, dims = (N, H, W, C, Ho, Wo, D,
+    s_h, s_w). One task per row of grad_x; a row's pixels go 4 at a time (the last 4
+    overlap the 4 before where Wo is not a multiple of 4; written twice, same values)."""
+    n_img, h, wd, c_all, ho, wo, d_all, sh, sw = dims
+    nl = _lanes.count(gx)
+    zero = gx.dtype.type(0)
+    row = U(wd * c_all)
+    for task in prange(n_img * h):
+        n, r = task // h, task % h
+        dst = U(task) * row
+        if r % sh != 0 or r // sh >= ho:
+            for t in range(row):
+                gx[dst + t] = zero
+            continue
+        for q in range(wd):                 # the pixels the kernel does not read
+            if q % sw != 0 or q // sw >= wo:
+                for t in range(U(q * c_all), U((q + 1) * c_all)):
+                    gx[dst + t] = zero
+        g_row = U((n * ho + r // sh) * wo * d_all)
+        span = 4 if wo >= 4 else 1          # under 4 pixels: each one as 4 (step 0)
+        step = U(1 if wo >= 4 else 0)
+        for j0 in range(0, wo, span):
+            j = min(j0, wo - span)
+            for c0 in range(0, c_all, nl):
+                _pixels4(gf, g_row + U(j * d_all), step * U(d_all), wf, c0, gx,
+                         dst + U(j * sw * c_all), step * U(sw * c_all), d_all, c_all)
