@@ -14,10 +14,8 @@ element is normalised in float64 and rounded once, so a float32 channel whose sp
 tiny next to its mean (mean 1e4, std 1e-2) keeps its precision. Training thus reads x
 twice (the statistics, then the normalisation), the gradient reads grad_y and x twice.
 Parallel reductions own their writes: NCHW runs one task per channel; NHWC
-sums fixed blocks of ``_ROWS`` pixels into per-block partial sums (one task per block;
-in SIMD registers, a float64 vector of channels at a time, where C is a whole number of
-such vectors), then reduces the partials serially (the result does not depend on the
-thread count).
+sums fixed blocks of pixels into per-block partial sums, then reduces the partials
+serially (``fastconv._norm_nhwc``; the result does not depend on the thread count).
 """
 
 from __future__ import annotations
@@ -27,14 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
-from numba import uint64 as U
 
-from . import _lanes, config, devices
+from . import _norm_nhwc, config, devices
 from ._args import batch_norm_backward_inputs, batch_norm_inputs, narrow, widen
 from ._memory import allocate
 from ._runtime import parallel_guard
-
-_ROWS = 256  # pixels per partial sum in the NHWC reductions
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -85,71 +80,6 @@ def _bn_apply_nchw(x, mean, scale, shift, y, relu):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums_nhwc(u, u_shift, v, v_shift, part1, part2):
-    """Per block t of ``_ROWS`` rows: part1[t, c] = sum of du and part2[t, c] = sum of
-    du * dv over the block's rows r, du = u[r, c] - u_shift[c], dv = v[r, c] -
-    v_shift[c]; u, v (P, C), part1, part2 (T, C). Moments: u = v = x, both shifts the
-    shift; gradient sums: u = grad_y unshifted, v = x less the mean."""
-    n_rows, c_all = u.shape
-    for t in prange(part1.shape[0]):
-        s1 = part1[t]
-        s2 = part2[t]
-        s1[:] = 0.0
-        s2[:] = 0.0
-        for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-            for c in range(c_all):
-                du = u[r, c] - u_shift[c]
-                s1[c] += du
-                s2[c] += du * (v[r, c] - v_shift[c])
-
-
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2):
-    """``_block_sums_nhwc`` for C a whole number of float64 vectors, the shifts given
-    negated: each vector of channels' two sums accumulate in registers (float64 lanes,
-    float32 values widened), row by row as there (the loop over channels with the sums
-    in memory ran at about half this speed on 16-32 channels)."""
-    n_rows, c_all = u.shape
-    uf, vf = u.reshape(u.size), v.reshape(v.size)
-    nl = _lanes.count(part1)
-    for t in prange(part1.shape[0]):
-        s1, s2 = part1[t], part2[t]
-        for c0 in range(0, c_all, nl):
-            ku, kv = _lanes.load(neg_u_shift, U(c0)), _lanes.load(neg_v_shift, U(c0))
-            a1, a2 = _lanes.zeros(s1), _lanes.zeros(s2)
-            for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-                o = U(r * c_all + c0)
-                du = _lanes.add(_lanes.load_f64(uf, o), ku)
-                a1 = _lanes.add(a1, du)
-                a2 = _lanes.fma_lanes(a2, du, _lanes.add(_lanes.load_f64(vf, o), kv))
-            _lanes.store(s1, U(c0), a1)
-            _lanes.store(s2, U(c0), a2)
-
-
-def _block_sums(u, u_shift, v, v_shift, part1, part2) -> None:
-    """``_block_sums_nhwc``, in registers where C is a whole number of float64 vectors
-    (``_block_sums_lanes``)."""
-    if u.shape[1] % (_lanes.per_register(8)) == 0:
-        _block_sums_lanes(np.ascontiguousarray(u), -u_shift, np.ascontiguousarray(v),
-                          -v_shift, part1, part2)
-    else:
-        _block_sums_nhwc(u, u_shift, v, v_shift, part1, part2)
-
-
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_apply_nhwc(x, mean, scale, shift, y, relu):
-    """y = (x - mean[c]) * scale[c] + shift[c] for x, y (P, C), then max(y, 0) with
-    ``relu``; one task per row block."""
-    n_rows, c_all = x.shape
-    n_blocks = (n_rows + _ROWS - 1) // _ROWS
-    for t in prange(n_blocks):
-        for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-            for c in range(c_all):
-                v = (x[r, c] - mean[c]) * scale[c] + shift[c]
-                y[r, c] = 0.0 if relu and v <= 0.0 else v
-
-
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu):
     """gy, x, gx (N, C, M). Per channel (one task each): sum_dy = sum gy and sum_dy_xmu =
     sum gy * (x - mean) in float64, then
@@ -179,25 +109,15 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_
                 gx[n, c, k] = gy[n, c, k] * a + b + (x[n, c, k] - mu) * kx
 
 
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_backward_apply_nhwc(gy, x, mean, a, b, kx, gx):
-    """gx = gy * a[c] + b[c] + (x - mean[c]) * kx[c] for gy, x, gx (P, C); per row block."""
-    n_rows, c_all = x.shape
-    n_blocks = (n_rows + _ROWS - 1) // _ROWS
-    for t in prange(n_blocks):
-        for r in range(t * _ROWS, min((t + 1) * _ROWS, n_rows)):
-            for c in range(c_all):
-                gx[r, c] = gy[r, c] * a[c] + b[c] + (x[r, c] - mean[c]) * kx[c]
-
-
 # ------------------------------------------------------------------------ layouts
 @dataclass(frozen=True)
 class _LayoutKernels:
     """One layout's batch-norm kernels, each taking ``view``s of C-contiguous 4-D arrays
     in the layout (NCHW: (N, C, H*W); NHWC: (N*H*W, C)) and float64 (C,) vectors.
 
-    - ``train(x, weight, bias, eps, y, relu) -> (mean, var)``: the batch mean and biased
-      variance, and y normalised with them (then max(y, 0) with ``relu``).
+    - ``train(x, weight, bias, eps, y, relu) -> (mean, var, invstd)``: the batch mean,
+      biased variance and 1 / sqrt(var + eps), and y normalised with them (then max(y,
+      0) with ``relu``).
     - ``apply(x, mean, scale, shift, y, relu)``: y = (x - mean) * scale + shift (then
       max(y, 0) with ``relu``).
     - ``backward(gy, x, mean, invstd, weight, training, gx) -> (sum_dy, sum_dy_xmu)``:
@@ -218,7 +138,7 @@ def _nchw_view(a):
 def _nchw_train(x, weight, bias, eps, y, relu):
     mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
     _bn_train_nchw(x, weight, bias, eps, y, mean, var, relu)
-    return mean, var
+    return mean, var, 1.0 / np.sqrt(var + eps)
 
 
 def _nchw_backward(gy, x, mean, invstd, weight, training, gx):
@@ -227,84 +147,48 @@ def _nchw_backward(gy, x, mean, invstd, weight, training, gx):
     return sum_dy, sum_dy_xmu
 
 
-def _nhwc_view(a):
-    """(N*H*W, C): a pixel's channels lie in one row."""
-    return a.reshape(-1, a.shape[3])
-
-
-def _partials(x):
-    """Room for the per-block partial sums of the NHWC reductions of x (P, C)."""
-    return np.empty(((x.shape[0] + _ROWS - 1) // _ROWS, x.shape[1]))
-
-
-@njit(inline="always")
-def _partial_sums(p1, p2, c):
-    """Channel c's block partials of p1 and p2 (T, C) added in order (float64)."""
-    s1 = 0.0
-    s2 = 0.0
-    for t in range(p1.shape[0]):
-        s1 += p1[t, c]
-        s2 += p2[t, c]
-    return s1, s2
-
-
-@njit(cache=True)
-def _moments(p1, p2, shift, count, eps, weight, stats):
-    """The serial end of the NHWC statistics in one call (it was about ten numpy calls on
-    (C,) vectors, 25-40 us inside a training step): from the block partials p1, p2
-    (T, C) of ``_block_sums`` over x less ``shift``, stats (3, C) = the mean, the biased
-    variance and weight / sqrt(var + eps). The partials are added in order (the result
-    does not depend on the thread count)."""
-    for c in range(p1.shape[1]):
-        s1, s2 = _partial_sums(p1, p2, c)
-        ds = s1 / count
-        var = max(s2 / count - ds * ds, 0.0)
-        stats[0, c] = shift[c] + ds
-        stats[1, c] = var
-        stats[2, c] = weight[c] / np.sqrt(var + eps)
-
-
-@njit(cache=True)
-def _grad_coefficients(p1, p2, weight, invstd, count, training, out):
-    """The serial end of the NHWC gradient sums in one call: from the block partials p1,
-    p2 (T, C) of grad_y and grad_y * (x - mean), out (5, C) = sum_dy, sum_dy_xmu and
-    the coefficients a, b, kx of ``_bn_backward_apply_nhwc`` (b = kx = 0 outside
-    training)."""
-    for c in range(p1.shape[1]):
-        s1, s2 = _partial_sums(p1, p2, c)
-        a = weight[c] * invstd[c]
-        out[0, c] = s1
-        out[1, c] = s2
-        out[2, c] = a
-        out[3, c] = -a * s1 / count if training else 0.0
-        out[4, c] = -a * invstd[c] * invstd[c] * s2 / count if training else 0.0
-
-
 def _nhwc_train(x, weight, bias, eps, y, relu):
-    p1, p2 = _partials(x), _partials(x)
-    shift = x[0].astype(np.float64)
-    _block_sums(x, shift, x, shift, p1, p2)
     stats = np.empty((3, x.shape[1]))
-    _moments(p1, p2, shift, x.shape[0], eps, weight, stats)
-    _bn_apply_nhwc(x, stats[0], stats[2], bias, y, relu)
-    return stats[0], stats[1]
+    _norm_nhwc.train(x, weight, bias, eps, y, relu, stats,
+                     _norm_nhwc.in_registers(x.shape[1], x.dtype))
+    return stats[0], stats[1], stats[2]
 
 
 def _nhwc_backward(gy, x, mean, invstd, weight, training, gx):
-    p1, p2 = _partials(x), _partials(x)
-    _block_sums(gy, np.zeros(x.shape[1]), x, mean, p1, p2)
-    co = np.empty((5, x.shape[1]))
-    _grad_coefficients(p1, p2, weight, invstd, x.shape[0], training, co)
-    _bn_backward_apply_nhwc(gy, x, mean, co[2], co[3], co[4], gx)
-    return co[0], co[1]
+    sums = np.empty((2, x.shape[1]))
+    _norm_nhwc.backward(gy, x, mean, invstd, weight, training, gx, sums,
+                        _norm_nhwc.in_registers(x.shape[1], x.dtype))
+    return sums[0], sums[1]
 
 
 _KERNELS = {
     "NCHW": _LayoutKernels(view=_nchw_view, train=_nchw_train, apply=_bn_apply_nchw,
                            backward=_nchw_backward),
-    "NHWC": _LayoutKernels(view=_nhwc_view, train=_nhwc_train, apply=_bn_apply_nhwc,
+    "NHWC": _LayoutKernels(view=_norm_nhwc.view, train=_nhwc_train, apply=_norm_nhwc.apply,
                            backward=_nhwc_backward),
 }
+
+
+@njit(cache=True)
+def _move_running_kernel(running_mean, running_var, mean, var, count, momentum):
+    unbias = count / (count - 1)
+    for c in range(mean.shape[0]):
+        running_mean[c] = (1 - momentum) * np.float64(running_mean[c]) + momentum * mean[c]
+        running_var[c] = ((1 - momentum) * np.float64(running_var[c])
+                          + momentum * (var[c] * unbias))
+
+
+def _move_running(running_mean, running_var, mean, var, count, momentum) -> None:
+    """running = (1 - momentum) * running + momentum * the batch statistic (the mean; the
+    unbiased variance), in float64 and rounded once; one compiled call for float32 and
+    float64 statistics (numpy's dozen calls on (C,) vectors took 5 us), numpy for
+    float16."""
+    if running_mean.dtype.char in "fd":
+        _move_running_kernel(running_mean, running_var, mean, var, count, momentum)
+        return
+    running_mean[...] = (1 - momentum) * running_mean.astype(np.float64) + momentum * mean
+    running_var[...] = ((1 - momentum) * running_var.astype(np.float64)
+                        + momentum * (var * (count / (count - 1))))
 
 
 def _f64(a, c, fill):
@@ -370,13 +254,10 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         mean, invstd = np.full(a.c, np.nan), np.full(a.c, np.nan)
     elif a.training:
         with parallel_guard():
-            mean, var = k.train(k.view(np.ascontiguousarray(x)), w64, b64, a.eps, k.view(y),
-                                bool(fuse_relu))
-        invstd = 1.0 / np.sqrt(var + a.eps)
+            mean, var, invstd = k.train(k.view(np.ascontiguousarray(x)), w64, b64, a.eps,
+                                        k.view(y), bool(fuse_relu))
         if running_mean is not None:
-            unbiased = var * (a.count / (a.count - 1))
-            running_mean[...] = (1 - a.momentum) * running_mean + a.momentum * mean
-            running_var[...] = (1 - a.momentum) * running_var + a.momentum * unbiased
+            _move_running(running_mean, running_var, mean, var, a.count, a.momentum)
     else:
         mean = running_mean.astype(np.float64)
         invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + a.eps)
@@ -417,8 +298,7 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     -----
     Sums are float64. Array arguments may be array-likes, as in ``batch_norm``; float16
     is computed in float32 and the gradients rounded once to float16. Runs
-    ``_bn_backward_nchw`` (one task per channel) /
-    ``_block_sums_nhwc`` + ``_bn_backward_apply_nhwc``.
+    ``_bn_backward_nchw`` (one task per channel) / ``_norm_nhwc.backward``.
     """
     op = "batch_norm_backward"
     gpu = devices.gpu_op(op, device)

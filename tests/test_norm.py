@@ -5,14 +5,13 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import norm
+from fastconv import _norm_nhwc
 
 from . import reference as ref
-from .conftest import count_calls
 
 LAYOUTS = ["NCHW", "NHWC"]
 DTYPES = [np.float32, np.float64]
-# (N, C, H, W): one block of partial sums; several NHWC blocks (N*H*W > norm._ROWS);
+# (N, C, H, W): one block of partial sums; several NHWC blocks (N*H*W > _norm_nhwc.ROWS);
 # channels a whole number of float64 vectors (NHWC sums in registers, one vector of
 # channels and two)
 SHAPES = [(3, 4, 5, 6), (2, 3, 13, 12), (2, 8, 13, 12), (1, 16, 4, 5)]
@@ -37,7 +36,7 @@ def _problem(shape, dtype, seed=3):
 
 def test_several_nhwc_blocks_are_exercised():
     n, _, h, w = SHAPES[1]
-    assert n * h * w > norm._ROWS
+    assert n * h * w > _norm_nhwc.ROWS
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -271,13 +270,31 @@ def test_bad_batch_norm_backward_arguments(kwargs, exc, match):
                                      call.pop("invstd"), **call)
 
 
-@pytest.mark.parametrize("channels, lanes", [(16, 1), (3, 0)])
+@pytest.mark.parametrize("channels, lanes", [(16, True), (3, False)])
 def test_nhwc_sums_run_in_registers_for_whole_vectors_of_channels(channels, lanes,
                                                                    monkeypatch):
-    calls = count_calls(monkeypatch, norm, "_block_sums_lanes")
-    x, rm, rv, w, b, gy = _problem((2, channels, 5, 4), np.float32)
-    y, mean, invstd = fastconv.batch_norm(_to(x, "NHWC"), rm, rv, w, b, True, layout="NHWC",
-                                          return_stats=True)
-    fastconv.batch_norm_backward(_to(gy, "NHWC"), _to(x, "NHWC"), mean, invstd, w,
-                                 layout="NHWC")
-    assert len(calls) == 2 * lanes           # the moments, then the gradient's sums
+    """The register sums for whole float64 vectors of channels, the other kernel else;
+    with either forced on the other's layers, the same results (both paths correct)."""
+    calls = []
+    real = _norm_nhwc.in_registers
+
+    def spy(c, dtype):
+        calls.append(real(c, dtype))
+        return calls[-1]
+
+    monkeypatch.setattr(_norm_nhwc, "in_registers", spy)
+    shape = (2, channels, 13, 12)                 # several blocks of pixels
+    x, rm, rv, w, b, gy = _problem(shape, np.float32)
+
+    def run():
+        y, mean, invstd = fastconv.batch_norm(_to(x, "NHWC"), rm.copy(), rv.copy(), w, b,
+                                              True, layout="NHWC", return_stats=True)
+        return (y, mean, invstd) + fastconv.batch_norm_backward(
+            _to(gy, "NHWC"), _to(x, "NHWC"), mean, invstd, w, layout="NHWC")
+
+    got = run()
+    assert calls == [lanes, lanes]               # the moments, then the gradient's sums
+    if lanes:                                    # the scalar kernel on the same layer
+        monkeypatch.setattr(_norm_nhwc, "in_registers", lambda c, dtype: False)
+        for a, b_ in zip(got, run(), strict=True):
+            np.testing.assert_allclose(a, b_, rtol=1e-6, atol=1e-7)
