@@ -24,6 +24,8 @@ which), so such a kernel keeps its accumulators in registers:
 * ``fma_lanes(acc, u, v)``: acc + u * v, lane by lane (u, v vectors);
 * ``splat(a, s)``: the scalar s in every lane of a vector of a's dtype;
 * ``add(u, v)``: u + v, lane by lane; ``zeros(a)``: a vector of zeros of a's dtype;
+* ``where_positive(v, m)``: v in the lanes where m > 0, else 0 (a NaN in m gives 0: a
+  ReLU's gradient, m its output);
 * the operators ``u + v``, ``u - v`` (lane by lane) and ``s * v``, ``v * s`` (a scalar
   of the lanes' type in every lane), so that a formula written for floats (a Winograd
   transform) runs on vectors unchanged;
@@ -323,6 +325,18 @@ def add(typingctx, u, v):
     def codegen(context, builder, sig, args):
         return builder.fadd(args[0], args[1])
     return u(u, v), codegen
+
+
+@intrinsic
+def where_positive(typingctx, v, m):
+    """v where m > 0, else 0, lane by lane (m NaN: 0)."""
+    if not (isinstance(v, Lanes) and v == m):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(context.get_value_type(sig.args[0]), None)
+        return builder.select(builder.fcmp_ordered(">", args[1], zero), args[0], zero)
+    return v(v, m), codegen
 
 
 @intrinsic

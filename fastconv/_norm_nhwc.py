@@ -45,12 +45,14 @@ def in_registers(c: int, dtype) -> bool:
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums(u, u_shift, v, v_shift, part1, part2):
+def _block_sums(u, u_shift, v, v_shift, part1, part2, mask):
     """Per block t of ``ROWS`` rows: part1[t, c] = sum of du and part2[t, c] = sum of
     du * dv over the block's rows r, du = u[r, c] - u_shift[c], dv = v[r, c] -
     v_shift[c]; u, v (P, C), part1, part2 (T, C). Moments: u = v = x, both shifts the
-    shift; gradient sums: u = grad_y unshifted, v = x less the mean."""
+    shift; gradient sums: u = grad_y unshifted, v = x less the mean. mask: empty, or
+    (P*C,) flat: du is 0 where mask is not > 0 (a ReLU's gradient, mask its output)."""
     n_rows, c_all = u.shape
+    masked = mask.size > 0
     for t in prange(part1.shape[0]):
         s1 = part1[t]
         s2 = part2[t]
@@ -59,12 +61,14 @@ def _block_sums(u, u_shift, v, v_shift, part1, part2):
         for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
             for c in range(c_all):
                 du = u[r, c] - u_shift[c]
+                if masked and not mask[r * c_all + c] > 0:
+                    du = 0.0
                 s1[c] += du
                 s2[c] += du * (v[r, c] - v_shift[c])
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2):
+def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2, mask):
     """``_block_sums`` for C a whole number of float64 vectors, the shifts given negated
     and u, v C-contiguous: each vector of channels' two sums accumulate in registers
     (float64 lanes, float32 values widened), row by row as there (the loop over
@@ -72,6 +76,7 @@ def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2):
     n_rows, c_all = u.shape
     uf, vf = u.reshape(u.size), v.reshape(v.size)
     nl = _lanes.count(part1)
+    masked = mask.size > 0
     for t in prange(part1.shape[0]):
         s1, s2 = part1[t], part2[t]
         for c0 in range(0, c_all, nl):
@@ -80,6 +85,8 @@ def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2):
             for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
                 o = U(r * c_all + c0)
                 du = _lanes.add(_lanes.load_f64(uf, o), ku)
+                if masked:
+                    du = _lanes.where_positive(du, _lanes.load_f64(mask, o))
                 a1 = _lanes.add(a1, du)
                 a2 = _lanes.fma_lanes(a2, du, _lanes.add(_lanes.load_f64(vf, o), kv))
             _lanes.store(s1, U(c0), a1)
@@ -87,15 +94,15 @@ def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2):
 
 
 @njit(cache=True)
-def _sums(u, u_shift, v, v_shift, lanes):
+def _sums(u, u_shift, v, v_shift, lanes, mask):
     """The block partials (two (T, C) float64 arrays) of ``_block_sums``, in registers
     with ``lanes`` (``in_registers``)."""
     blocks = (u.shape[0] + ROWS - 1) // ROWS
     p1, p2 = np.empty((blocks, u.shape[1])), np.empty((blocks, u.shape[1]))
     if lanes:
-        _block_sums_lanes(u, -u_shift, v, -v_shift, p1, p2)
+        _block_sums_lanes(u, -u_shift, v, -v_shift, p1, p2, mask)
     else:
-        _block_sums(u, u_shift, v, v_shift, p1, p2)
+        _block_sums(u, u_shift, v, v_shift, p1, p2, mask)
     return p1, p2
 
 
@@ -113,14 +120,19 @@ def apply(x, mean, scale, shift, y, relu):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _backward_apply(gy, x, mean, a, b, kx, gx):
-    """gx = gy * a[c] + b[c] + (x - mean[c]) * kx[c] for gy, x, gx (P, C); per row block."""
+def _backward_apply(gy, x, mean, a, b, kx, gx, mask):
+    """gx = g * a[c] + b[c] + (x - mean[c]) * kx[c] for gy, x, gx (P, C), g = gy (0 where
+    a non-empty flat mask is not > 0); per row block."""
     n_rows, c_all = x.shape
     n_blocks = (n_rows + ROWS - 1) // ROWS
+    masked = mask.size > 0
     for t in prange(n_blocks):
         for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
             for c in range(c_all):
-                gx[r, c] = gy[r, c] * a[c] + b[c] + (x[r, c] - mean[c]) * kx[c]
+                g = gy[r, c]
+                if masked and not mask[r * c_all + c] > 0:
+                    g = 0.0
+                gx[r, c] = g * a[c] + b[c] + (x[r, c] - mean[c]) * kx[c]
 
 
 @njit(inline="always")
@@ -142,7 +154,7 @@ def train(x, weight, bias, eps, y, relu, stats, lanes):
     weight * invstd + bias (then max(y, 0) with ``relu``). ``lanes``: ``in_registers``."""
     count = x.shape[0]
     shift = x[0].astype(np.float64)
-    p1, p2 = _sums(x, shift, x, shift, lanes)
+    p1, p2 = _sums(x, shift, x, shift, lanes, np.empty(0, x.dtype))
     scale = np.empty(x.shape[1])
     for c in range(x.shape[1]):
         s1, s2 = _partial_sums(p1, p2, c)
@@ -156,12 +168,14 @@ def train(x, weight, bias, eps, y, relu, stats, lanes):
 
 
 @njit(cache=True)
-def backward(gy, x, mean, invstd, weight, training, gx, sums, lanes):
+def backward(gy, x, mean, invstd, weight, training, gx, sums, lanes, mask):
     """gy, x, gx (P, C) C-contiguous; mean, invstd, weight (C,) float64. gx = the
-    gradient (``fastconv.norm.batch_norm_backward``), sums (2, C) = sum gy and sum
-    gy * (x - mean) per channel. ``lanes``: ``in_registers``."""
+    gradient (``fastconv.norm.batch_norm_backward``), sums (2, C) = sum g and sum
+    g * (x - mean) per channel, g = gy, or with a non-empty mask (the ReLU's output
+    after the batch norm, (P*C,) flat) gy where mask > 0, else 0: the ReLU's gradient
+    in the same passes. ``lanes``: ``in_registers``."""
     count = x.shape[0]
-    p1, p2 = _sums(gy, np.zeros(x.shape[1]), x, mean, lanes)
+    p1, p2 = _sums(gy, np.zeros(x.shape[1]), x, mean, lanes, mask)
     co = np.empty((3, x.shape[1]))       # gx = gy * co[0] + co[1] + (x - mean) * co[2]
     for c in range(x.shape[1]):
         s1, s2 = _partial_sums(p1, p2, c)
@@ -171,4 +185,4 @@ def backward(gy, x, mean, invstd, weight, training, gx, sums, lanes):
         co[0, c] = a
         co[1, c] = -a * s1 / count if training else 0.0
         co[2, c] = -a * invstd[c] * invstd[c] * s2 / count if training else 0.0
-    _backward_apply(gy, x, mean, co[0], co[1], co[2], gx)
+    _backward_apply(gy, x, mean, co[0], co[1], co[2], gx, mask)

@@ -80,13 +80,15 @@ def _bn_apply_nchw(x, mean, scale, shift, y, relu):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu):
-    """gy, x, gx (N, C, M). Per channel (one task each): sum_dy = sum gy and sum_dy_xmu =
-    sum gy * (x - mean) in float64, then
-    gx = weight * invstd * (gy - [sum_dy + (x - mean) * invstd**2 * sum_dy_xmu] / count)
-    with the bracket only in training (the gradient through the batch statistics)."""
+def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu, mask):
+    """gy, x, gx (N, C, M). Per channel (one task each): sum_dy = sum g and sum_dy_xmu =
+    sum g * (x - mean) in float64, then
+    gx = weight * invstd * (g - [sum_dy + (x - mean) * invstd**2 * sum_dy_xmu] / count)
+    with the bracket only in training (the gradient through the batch statistics); g =
+    gy, or with a non-empty mask (N, C, M) (a ReLU's output) gy where mask > 0, else 0."""
     n_img, c_all, m = x.shape
     count = n_img * m
+    masked = mask.size > 0
     for c in prange(c_all):
         mu = mean[c]
         s1 = 0.0
@@ -94,6 +96,8 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_
         for n in range(n_img):
             for k in range(m):
                 g = gy[n, c, k]
+                if masked and not mask[n, c, k] > 0:
+                    g = 0.0
                 s1 += g
                 s2 += g * (x[n, c, k] - mu)
         sum_dy[c] = s1
@@ -106,7 +110,10 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_
             kx = -a * invstd[c] * invstd[c] * s2 / count
         for n in range(n_img):
             for k in range(m):
-                gx[n, c, k] = gy[n, c, k] * a + b + (x[n, c, k] - mu) * kx
+                g = gy[n, c, k]
+                if masked and not mask[n, c, k] > 0:
+                    g = 0.0
+                gx[n, c, k] = g * a + b + (x[n, c, k] - mu) * kx
 
 
 # ------------------------------------------------------------------------ layouts
@@ -120,8 +127,9 @@ class _LayoutKernels:
       0) with ``relu``).
     - ``apply(x, mean, scale, shift, y, relu)``: y = (x - mean) * scale + shift (then
       max(y, 0) with ``relu``).
-    - ``backward(gy, x, mean, invstd, weight, training, gx) -> (sum_dy, sum_dy_xmu)``:
-      gx, and the sums of gy and of gy * (x - mean) per channel.
+    - ``backward(gy, x, mean, invstd, weight, training, gx, mask) -> (sum_dy,
+      sum_dy_xmu)``: gx, and the sums of g and of g * (x - mean) per channel; g = gy, or
+      with a mask (a view like the others, or None) gy where mask > 0, else 0.
     """
 
     view: Callable
@@ -141,9 +149,10 @@ def _nchw_train(x, weight, bias, eps, y, relu):
     return mean, var, 1.0 / np.sqrt(var + eps)
 
 
-def _nchw_backward(gy, x, mean, invstd, weight, training, gx):
+def _nchw_backward(gy, x, mean, invstd, weight, training, gx, mask):
     sum_dy, sum_dy_xmu = np.empty(x.shape[1]), np.empty(x.shape[1])
-    _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu)
+    _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu,
+                      np.empty((0, 0, 0), x.dtype) if mask is None else mask)
     return sum_dy, sum_dy_xmu
 
 
@@ -154,10 +163,11 @@ def _nhwc_train(x, weight, bias, eps, y, relu):
     return stats[0], stats[1], stats[2]
 
 
-def _nhwc_backward(gy, x, mean, invstd, weight, training, gx):
+def _nhwc_backward(gy, x, mean, invstd, weight, training, gx, mask):
     sums = np.empty((2, x.shape[1]))
     _norm_nhwc.backward(gy, x, mean, invstd, weight, training, gx, sums,
-                        _norm_nhwc.in_registers(x.shape[1], x.dtype))
+                        _norm_nhwc.in_registers(x.shape[1], x.dtype),
+                        np.empty(0, x.dtype) if mask is None else mask.reshape(-1))
     return sums[0], sums[1]
 
 
@@ -271,7 +281,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
 
 # ---------------------------------------------------------------------------- backward
 def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
-                        layout="NCHW", device="cpu"):
+                        layout="NCHW", device="cpu", relu_output=None):
     """Gradient of ``batch_norm``.
 
     Parameters
@@ -287,6 +297,10 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
         with xhat = (x - mean) * invstd and means over (N, H, W); False for the affine
         map only (grad_x = weight * invstd * grad_y).
     device : "cpu" (default) or "cuda": the same op on the GPU (``fastconv.cuda``).
+    relu_output : None, or the forward's max(y, 0) (``batch_norm(..., fuse_relu=True)``;
+        x's shape and dtype): grad_y is then the gradient of that output, and the
+        ReLU's (grad_y where relu_output > 0, else 0) is applied in the same passes
+        (CPU only).
 
     Returns
     -------
@@ -302,20 +316,24 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     """
     op = "batch_norm_backward"
     gpu = devices.gpu_op(op, device)
+    if gpu is not None and relu_output is not None:
+        raise ValueError(f"{op}: relu_output runs on the CPU only, not on device={device!r}")
     if gpu is not None:
         return gpu(grad_y, x, mean, invstd, weight, training=training, layout=layout)
-    a, (grad_y, x, mean, invstd, weight) = batch_norm_backward_inputs(
-        op, grad_y, x, mean, invstd, weight, training, layout, half=True)
-    half, (grad_y, x) = widen(grad_y, x)   # float16: computed in float32
+    a, (grad_y, x, mean, invstd, weight, relu_output) = batch_norm_backward_inputs(
+        op, grad_y, x, mean, invstd, weight, training, layout, half=True,
+        relu_output=relu_output)
+    half, (grad_y, x, relu_output) = widen(grad_y, x, relu_output)   # float16: in float32
     k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64, copy=False), invstd.astype(np.float64, copy=False)
     gx = allocate(op, "gradient", x.shape, x.dtype)
     sum_dy, sum_dy_xmu = np.zeros(a.c), np.zeros(a.c)
     if a.count > 0:
         g3, x3 = k.view(np.ascontiguousarray(grad_y)), k.view(np.ascontiguousarray(x))
+        mask = None if relu_output is None else k.view(np.ascontiguousarray(relu_output))
         with parallel_guard():
             sum_dy, sum_dy_xmu = k.backward(g3, x3, mean64, invstd64, _f64(weight, a.c, 1.0),
-                                            a.training, k.view(gx))
+                                            a.training, k.view(gx), mask)
     grad_weight = (sum_dy_xmu * invstd64).astype(x.dtype)
     grad_bias = sum_dy.astype(x.dtype)
     return narrow((gx, grad_weight, grad_bias)) if half else (gx, grad_weight, grad_bias)

@@ -298,3 +298,58 @@ def test_nhwc_sums_run_in_registers_for_whole_vectors_of_channels(channels, lane
         monkeypatch.setattr(_norm_nhwc, "in_registers", lambda c, dtype: False)
         for a, b_ in zip(got, run(), strict=True):
             np.testing.assert_allclose(a, b_, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("dtype", DTYPES + [np.float16])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_backward_through_a_fused_relu_matches_reference(shape, training, dtype, layout):
+    """relu_output: the ReLU's gradient (grad_y where the fused output is positive)
+    applied in the batch norm's own passes, as the reference's chain rule through
+    max(y, 0); scalar and register sums (C = 3, 4, 8, 16), several blocks of pixels."""
+    x, rm, rv, w, b, gy = _problem(shape, dtype)
+    y, mean, invstd = fastconv.batch_norm(_to(x, layout), rm.copy(), rv.copy(), w, b,
+                                          training, layout=layout, return_stats=True,
+                                          fuse_relu=True)
+    assert (y == 0).any() and (y > 0).any()
+    got = fastconv.batch_norm_backward(_to(gy, layout), _to(x, layout), mean, invstd, w,
+                                       training=training, layout=layout, relu_output=y)
+    masked = np.where(_from(y, layout) > 0, gy, 0).astype(dtype)
+    want = ref.batch_norm_backward(masked, x, w, 1e-5, training, rm, rv)
+    tol = ref.tolerance(np.float32 if dtype == np.float16 else dtype, "bn")
+    tol = 2e-2 if dtype == np.float16 else tol
+    for g, wnt in zip((_from(got[0], layout), got[1], got[2]), want, strict=True):
+        assert g.dtype == dtype and ref.rel_error(g, wnt) <= tol
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("channels", [3, 16])
+def test_fused_relu_gradient_passes_nothing_where_the_output_is_nan(channels, layout):
+    x, _, _, w, _, gy = _problem((2, channels, 13, 12), np.float32)
+    _, mean, invstd = fastconv.batch_norm(_to(x, layout), None, None, w, training=True,
+                                          layout=layout, return_stats=True)
+    out = np.abs(_problem((2, channels, 13, 12), np.float32, seed=5)[0])
+    out[0, :, 1, ::3] = np.nan
+    out[1, :, 4, 1::5] = 0
+    got = fastconv.batch_norm_backward(_to(gy, layout), _to(x, layout), mean, invstd, w,
+                                       layout=layout, relu_output=_to(out, layout))
+    want = fastconv.batch_norm_backward(_to(np.where(out > 0, gy, 0), layout),
+                                        _to(x, layout), mean, invstd, w, layout=layout)
+    for g, wnt in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, wnt, rtol=1e-5, atol=1e-6)
+    assert np.isfinite(got[0]).all()
+
+
+@pytest.mark.parametrize("relu_output,exc,match", [
+    (X[..., :3], ValueError,
+     r"batch_norm_backward: relu_output must have the shape of the input \(2, 3, 4, 4\), "
+     r"got \(2, 3, 4, 3\)"),
+    (X.astype(np.float64), TypeError,
+     r"batch_norm_backward: inputs must share one dtype \(float32 or float64\), got "
+     r"relu_output=float64, input=float32"),
+    ("y", TypeError, r"batch_norm_backward: relu_output"),
+])
+def test_bad_relu_output_is_refused(relu_output, exc, match):
+    with pytest.raises(exc, match=match):
+        fastconv.batch_norm_backward(X, X, np.zeros(3), np.ones(3), relu_output=relu_output)

@@ -116,11 +116,11 @@ def batch_norm_args(op, x, running_mean, running_var, weight, bias, training, mo
 
 
 def batch_norm_backward_inputs(op, grad_y, x, mean, invstd, weight, training, layout,
-                               half=False):
-    """The checks of ``batch_norm_backward``: (record, (grad_y, x, mean, invstd, weight))
-    with every array a plain ndarray. grad_y of x's shape and dtype, mean and invstd
-    (C,) float arrays (required), weight (C,) of x's dtype or None; float16 too when
-    ``half``."""
+                               half=False, relu_output=None):
+    """The checks of ``batch_norm_backward``: (record, (grad_y, x, mean, invstd, weight,
+    relu_output)) with every array a plain ndarray. grad_y of x's shape and dtype, mean
+    and invstd (C,) float arrays (required), weight (C,) of x's dtype or None,
+    relu_output None or of x's shape and dtype; float16 too when ``half``."""
     x, c, count = _check_input(op, x, layout, half)
     grad_y = check_array(op, "grad_y", grad_y, half)
     check_same_dtype(op, grad_y=grad_y, input=x)
@@ -134,7 +134,14 @@ def batch_norm_backward_inputs(op, grad_y, x, mean, invstd, weight, training, la
         raise TypeError(f"{op}: mean and invstd are required (from batch_norm(..., "
                         "return_stats=True))")
     weight = _check_channel_vector(op, "weight", weight, c, x.dtype, half)
-    return BatchNormArgs(c, count, training, layout), (grad_y, x, mean, invstd, weight)
+    arrays = (grad_y, x, mean, invstd, weight)
+    if relu_output is not None:
+        relu_output = check_array(op, "relu_output", relu_output, half)
+        check_same_dtype(op, relu_output=relu_output, input=x)
+        if relu_output.shape != x.shape:
+            raise ValueError(f"{op}: relu_output must have the shape of the input "
+                             f"{x.shape}, got {relu_output.shape}")
+    return BatchNormArgs(c, count, training, layout), arrays + (relu_output,)
 
 
 def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training,

@@ -177,12 +177,12 @@ class BatchNorm(Function):
 
     @staticmethod
     def backward(ctx, g):
+        # y: the fused ReLU's output (host only), its gradient applied in the batch
+        # norm's own passes
         x, mean, invstd, weight, y = ctx.saved_tensors
-        if y is not None:               # the ReLU's gradient first
-            g = _elementwise.relu_backward(g, y)
         gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
                                                training=ctx.training, layout=ctx.layout,
-                                               device=devices.array_device(g))
+                                               device=devices.array_device(g), relu_output=y)
         return gx, None if weight is None else gw, gb if ctx.has_bias else None
 
 
