@@ -296,42 +296,57 @@ def _tile4(af, bf, cf, a0, lda, b0, ldb, c0, ldc, k, first=True):
     bf[b0 + q*ldb :][:4 registers] for the 6 rows r: 24 sums, and for every k 4 loads
     of b and 6 broadcasts of a (24 multiply-adds for 10 loads, where ``_tile`` does 12
     for 8). first False: the sums start from cf's values instead of zero (a product
-    summed over several calls)."""
+    summed over several calls). ``_tile4_at`` with rows equally spaced."""
+    _tile4_at(af, (a0, a0 + lda, a0 + U(2) * lda, a0 + U(3) * lda, a0 + U(4) * lda,
+                   a0 + U(5) * lda),
+              bf, cf, b0, ldb,
+              (c0, c0 + ldc, c0 + U(2) * ldc, c0 + U(3) * ldc, c0 + U(4) * ldc,
+               c0 + U(5) * ldc), k, first)
+
+
+@njit(inline="always")
+def _tile4_at(af, ar, bf, cf, b0, ldb, cr, k, first=True):
+    """``_tile4`` with its 6 rows anywhere: cf[cr[r] :][:4 registers] = sum over q < k
+    of af[ar[r] + q] * bf[b0 + q*ldb :][:4 registers] (ar, cr: 6 offsets each; the
+    indirect forwards' tiles of pixels taken across output rows)."""
     nl = U(_lanes.count(cf))
+    a0, a1, a2, a3, a4, a5 = ar
+    c0, c1, c2, c3, c4, c5 = cr
     if first:
         p00 = p01 = p02 = p03 = p10 = p11 = p12 = p13 = _lanes.zeros(cf)
         p20 = p21 = p22 = p23 = p30 = p31 = p32 = p33 = _lanes.zeros(cf)
         p40 = p41 = p42 = p43 = p50 = p51 = p52 = p53 = _lanes.zeros(cf)
     else:
         p00, p01, p02, p03 = _row4(cf, c0, nl)
-        p10, p11, p12, p13 = _row4(cf, c0 + ldc, nl)
-        p20, p21, p22, p23 = _row4(cf, c0 + U(2) * ldc, nl)
-        p30, p31, p32, p33 = _row4(cf, c0 + U(3) * ldc, nl)
-        p40, p41, p42, p43 = _row4(cf, c0 + U(4) * ldc, nl)
-        p50, p51, p52, p53 = _row4(cf, c0 + U(5) * ldc, nl)
+        p10, p11, p12, p13 = _row4(cf, c1, nl)
+        p20, p21, p22, p23 = _row4(cf, c2, nl)
+        p30, p31, p32, p33 = _row4(cf, c3, nl)
+        p40, p41, p42, p43 = _row4(cf, c4, nl)
+        p50, p51, p52, p53 = _row4(cf, c5, nl)
     for q in range(k):
         bq = b0 + U(q) * ldb
         u0, u1 = _lanes.load(bf, bq), _lanes.load(bf, bq + nl)
         u2, u3 = _lanes.load(bf, bq + U(2) * nl), _lanes.load(bf, bq + U(3) * nl)
-        aq = a0 + U(q)
-        p00, p01, p02, p03 = _four(p00, p01, p02, p03, af[aq], u0, u1, u2, u3)
-        p10, p11, p12, p13 = _four(p10, p11, p12, p13, af[aq + lda], u0, u1, u2, u3)
-        p20, p21, p22, p23 = _four(p20, p21, p22, p23, af[aq + U(2) * lda], u0, u1, u2, u3)
-        p30, p31, p32, p33 = _four(p30, p31, p32, p33, af[aq + U(3) * lda], u0, u1, u2, u3)
-        p40, p41, p42, p43 = _four(p40, p41, p42, p43, af[aq + U(4) * lda], u0, u1, u2, u3)
-        p50, p51, p52, p53 = _four(p50, p51, p52, p53, af[aq + U(5) * lda], u0, u1, u2, u3)
-    _put(cf, c0, nl, p00, p01)
-    _put(cf, c0 + U(2) * nl, nl, p02, p03)
-    _put(cf, c0 + ldc, nl, p10, p11)
-    _put(cf, c0 + ldc + U(2) * nl, nl, p12, p13)
-    _put(cf, c0 + U(2) * ldc, nl, p20, p21)
-    _put(cf, c0 + U(2) * ldc + U(2) * nl, nl, p22, p23)
-    _put(cf, c0 + U(3) * ldc, nl, p30, p31)
-    _put(cf, c0 + U(3) * ldc + U(2) * nl, nl, p32, p33)
-    _put(cf, c0 + U(4) * ldc, nl, p40, p41)
-    _put(cf, c0 + U(4) * ldc + U(2) * nl, nl, p42, p43)
-    _put(cf, c0 + U(5) * ldc, nl, p50, p51)
-    _put(cf, c0 + U(5) * ldc + U(2) * nl, nl, p52, p53)
+        uq = U(q)
+        p00, p01, p02, p03 = _four(p00, p01, p02, p03, af[a0 + uq], u0, u1, u2, u3)
+        p10, p11, p12, p13 = _four(p10, p11, p12, p13, af[a1 + uq], u0, u1, u2, u3)
+        p20, p21, p22, p23 = _four(p20, p21, p22, p23, af[a2 + uq], u0, u1, u2, u3)
+        p30, p31, p32, p33 = _four(p30, p31, p32, p33, af[a3 + uq], u0, u1, u2, u3)
+        p40, p41, p42, p43 = _four(p40, p41, p42, p43, af[a4 + uq], u0, u1, u2, u3)
+        p50, p51, p52, p53 = _four(p50, p51, p52, p53, af[a5 + uq], u0, u1, u2, u3)
+    _put4(cf, c0, nl, (p00, p01, p02, p03))
+    _put4(cf, c1, nl, (p10, p11, p12, p13))
+    _put4(cf, c2, nl, (p20, p21, p22, p23))
+    _put4(cf, c3, nl, (p30, p31, p32, p33))
+    _put4(cf, c4, nl, (p40, p41, p42, p43))
+    _put4(cf, c5, nl, (p50, p51, p52, p53))
+
+
+@njit(inline="always")
+def _put4(cf, c, nl, v):
+    """cf[c : c + 4 registers] = the 4 registers v."""
+    _put(cf, c, nl, v[0], v[1])
+    _put(cf, c + U(2) * nl, nl, v[2], v[3])
 
 
 @njit(inline="always")

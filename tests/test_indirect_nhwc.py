@@ -1,8 +1,8 @@
 """The NHWC forward in register tiles read straight from the input (``im2col.indirect_nhwc``):
 which layers take it, and its result against the reference over kernels, strides,
 paddings (rows and columns whose kernel reaches into them, rows whose kernel lies wholly
-in them), bias, dtypes, channel counts off the tile and batches whose rows do not fill
-the last band evenly."""
+in them), bias, dtypes, channel counts off the tile, batches whose rows do not fill
+the last band evenly, and tiles of pixels taken across rows and images."""
 
 import numpy as np
 import pytest
@@ -58,6 +58,10 @@ CASES = [   # (N, H, W, C, D, KH, KW, stride, padding, dilation)
     (3, 3, 30, 2, 128, 3, 3, 1, ((4, 4), (1, 1)), 1),     # rows wholly in the padding
     (2, 12, 16, 4, 128, 3, 3, 1, 2, (2, 1)),              # dilated rows
     (2, 10, 40, 6, 128, 7, 3, (2, 1), (3, 1), 1),
+    # tiles across rows: 7 inner columns a row (Wo 8); runs of whole rows that cross
+    # from one image into the next (no row padding, Ho 7 in bands of 8)
+    (3, 16, 16, 8, 128, 3, 3, 2, 1, 1),
+    (3, 9, 10, 8, 128, 3, 3, 1, ((0, 0), (1, 1)), 1),
 ]
 
 

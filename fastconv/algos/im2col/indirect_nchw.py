@@ -6,9 +6,11 @@ contiguous run of KW*C input values, which NCHW holds one plane apart. Here a ta
 a band of ``BAND_ROWS`` output rows of one image, copies the input rows they read into
 a channels-last buffer of its own, the zero padding included on every side (a vector of
 columns of 8 channels at a time, transposed in registers: ``staging.stage_in``), runs
-the same tiles of 6 pixels x 4 registers of output channels over it (every output
-column reads inside the buffer, so no edge column is unfolded), and writes the band's
-output rows, channels last in a second buffer, back to the output planes
+the same tiles of 6 pixels x 4 registers of output channels over it, the band's pixels
+taken 6 at a time across its rows (``_small_gemm._tile4_at``: every pixel reads inside
+the buffer, so no edge column is unfolded, and every kernel row runs, on zeros past the
+image; row by row, a row of 28 pixels computed 30), and writes the band's output
+rows, channels last in a second buffer, back to the output planes
 (``staging.stage_out``). Both buffers stay in the core's cache; the input is read from
 memory once, as by the NHWC forward.
 
@@ -39,11 +41,11 @@ from numba import njit, prange
 
 from ... import _lanes, _pool, config
 from ..._runtime import parallel_guard
-from ..._small_gemm import TILE_ROWS
+from ..._small_gemm import TILE_ROWS, _tile4_at
 from ...costs import Estimate, Profile, gemm_seconds
-from .._common import read_only, workspace
+from .._common import U, read_only, workspace
 from ..staging import raveled, stage_in, stage_out
-from .indirect_nhwc import add_bias, interior_row, weight_fits
+from .indirect_nhwc import add_bias, weight_fits
 from .tiling import tiling, unfold_params
 
 #: Output rows of one image a task takes.
@@ -123,7 +125,6 @@ def _forward_staged(x, xf, wf, y, yf, bias, xbufs, ybufs, band, cols, params):
     width = 4 * _lanes.count(wf)
     run = kw * c_all
     line = rh * cols * c_all
-    geo = (c_all, d_all, run, sw, 0, line)
     per = (ho + band - 1) // band
     for task in prange(n_img * per):
         n, i0 = task // per, task % per * band
@@ -133,18 +134,39 @@ def _forward_staged(x, xf, wf, y, yf, bias, xbufs, ybufs, band, cols, params):
         ys = ybufs[numba.get_thread_id()]
         stage_in(x, xf, n, top, -pl, (rows - 1) * sh + (kh - 1) * rh + 1, (0, cols, cols),
                  xs, 0)
-        for r in range(rows):
-            i = i0 + r
-            a_lo = max(0, (pt - i * sh + rh - 1) // rh)   # kernel rows inside the image
-            a_hi = min(kh, (h + pt - i * sh + rh - 1) // rh)
-            y_row = r * wo * d_all
-            if a_hi <= a_lo:                              # none: the row is zero
-                ys[y_row:y_row + wo * d_all] = 0
-                continue
-            interior_row(xs, wf, ys, r * sh * cols * c_all, y_row, (a_lo, a_hi), (0, wo),
-                         geo, width)
+        # the band's pixels in tiles of 6 across its rows (every kernel row reads
+        # inside the staged rows, zeros where it reaches past the image)
+        n_px = rows * wo
+        for t0 in range(0, n_px, TILE_ROWS):
+            p = min(t0, n_px - TILE_ROWS)
+            xr = _pixel_offsets(p, wo, sh * cols * c_all, sw * c_all)
+            cr = (U(p * d_all), U((p + 1) * d_all), U((p + 2) * d_all), U((p + 3) * d_all),
+                  U((p + 4) * d_all), U((p + 5) * d_all))
+            for dt in range(0, d_all, width):
+                d = min(dt, d_all - width)
+                for a in range(kh):
+                    o = U(a * line)
+                    _tile4_at(xs, (xr[0] + o, xr[1] + o, xr[2] + o, xr[3] + o, xr[4] + o,
+                                   xr[5] + o),
+                              wf, ys, U(a * run * d_all + d), U(d_all),
+                              (cr[0] + U(d), cr[1] + U(d), cr[2] + U(d), cr[3] + U(d),
+                               cr[4] + U(d), cr[5] + U(d)), run, a == 0)
         add_bias(ys, 0, rows * wo * d_all, bias)
         stage_out(ys, 0, (0, wo, wo), y, yf, n, i0, rows)
+
+
+@njit(inline="always")
+def _pixel_offsets(p, wo, row_step, col_step):
+    """The offsets r*row_step + j*col_step of the 6 pixels q = p .. p + 5, pixel q at
+    row q // wo, column q % wo."""
+    return (_at(p, wo, row_step, col_step), _at(p + 1, wo, row_step, col_step),
+            _at(p + 2, wo, row_step, col_step), _at(p + 3, wo, row_step, col_step),
+            _at(p + 4, wo, row_step, col_step), _at(p + 5, wo, row_step, col_step))
+
+
+@njit(inline="always")
+def _at(q, wo, row_step, col_step):
+    return U((q // wo) * row_step + (q % wo) * col_step)
 
 
 def forward(x, w, args, out, bias) -> None:
