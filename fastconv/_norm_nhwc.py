@@ -176,7 +176,7 @@ def backward(gy, x, mean, invstd, weight, training, gx, sums, lanes, mask):
     in the same passes. ``lanes``: ``in_registers``."""
     count = x.shape[0]
     p1, p2 = _sums(gy, np.zeros(x.shape[1]), x, mean, lanes, mask)
-    co = np.empty((3, x.shape[1]))       # gx = gy * co[0] + co[1] + (x - mean) * co[2]
+    co = np.empty((3, x.shape[1]))       # gx = g * co[0] + co[1] + (x - mean) * co[2]
     for c in range(x.shape[1]):
         s1, s2 = _partial_sums(p1, p2, c)
         a = weight[c] * invstd[c]

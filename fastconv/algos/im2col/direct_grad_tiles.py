@@ -223,8 +223,8 @@ def weight_grad_tiles(x, gy_nhwc, a, grad_w, per: int, band: int) -> None:
         _grad_w_tiles(xp.reshape(-1), xp.shape, gy_nhwc.reshape(-1), gy_nhwc.shape,
                       part, (a.kh, a.stride[0], a.stride[1], a.dilation[0], per, band,
                              vecs))
-    into_weight(grad_w, a, lambda out, steps: _sum_tiles(
-        part, runs, (a.kh, a.kw, a.c_in, a.c_out, nl), out, steps))
+        into_weight(grad_w, a, lambda out, steps: _sum_tiles(
+            part, runs, (a.kh, a.kw, a.c_in, a.c_out, nl), out, steps))
 
 
 def into_weight(grad_w, a, write) -> None:

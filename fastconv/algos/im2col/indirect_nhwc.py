@@ -94,8 +94,8 @@ def _interior_rows(xf, wf, yf, rows, cols, dims, geo, width, a_rng):
     all of them), in tiles of 6 pixels x 4 registers taken across the rows
     (``_tile4_at``), each the sum over those kernel rows (the last tile ends at the last
     pixel, rewriting those it shares with the one before; the last block of channels
-    at D likewise): a row of 7 or 8 pixels wasted 5 or 4 of 12 in tiles row by row, 1
-    or 2 of 66 over a band of 8 rows. dims = (Ho, Wo, H, W, s_h, p_t)."""
+    at D likewise): rows of 7 pixels tiled one by one computed 12 a row; a band of 8
+    such rows computes 60 for 56. dims = (Ho, Wo, H, W, s_h, p_t)."""
     r_lo, r_hi = rows
     j_lo, j_hi = cols
     c_all, d_all, run, sw, pl, line = geo
