@@ -57,6 +57,14 @@ def _ranges(op, a, b, y, lo, hi):
             y[i] = a[i] + b[i]
 
 
+@njit(inline="always")
+def relu_gradient(g, y, masked, zero):
+    """g, or zero where ``masked`` and the ReLU's output y is not positive (NaN: zero):
+    a fused ReLU's gradient applied inside another op's pass (the unpooling, batch
+    norm's backward), branch-free."""
+    return g if not masked or y > zero else zero
+
+
 @njit(cache=True, fastmath=config.FASTMATH)
 def _serial(op, a, b, y):
     """``_ranges`` over all of y (1-D arrays)."""

@@ -28,6 +28,7 @@ from numba import njit, prange
 from numba import uint64 as U
 
 from . import _lanes, config
+from ._elementwise import relu_gradient
 
 #: Pixels per partial sum.
 ROWS = 256
@@ -45,14 +46,14 @@ def in_registers(c: int, dtype) -> bool:
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums(u, u_shift, v, v_shift, part1, part2, mask):
+def _block_sums(u, u_shift, v, v_shift, part1, part2, mask, masked):
     """Per block t of ``ROWS`` rows: part1[t, c] = sum of du and part2[t, c] = sum of
     du * dv over the block's rows r, du = u[r, c] - u_shift[c], dv = v[r, c] -
     v_shift[c]; u, v (P, C), part1, part2 (T, C). Moments: u = v = x, both shifts the
-    shift; gradient sums: u = grad_y unshifted, v = x less the mean. mask: empty, or
-    (P*C,) flat: du is 0 where mask is not > 0 (a ReLU's gradient, mask its output)."""
+    shift; gradient sums: u = grad_y unshifted, v = x less the mean. With ``masked``,
+    du is 0 where mask (P*C,) flat is not > 0 (a ReLU's gradient, mask its output;
+    unmasked, any array of that size stands in, unread by the sums)."""
     n_rows, c_all = u.shape
-    masked = mask.size > 0
     for t in prange(part1.shape[0]):
         s1 = part1[t]
         s2 = part2[t]
@@ -60,15 +61,13 @@ def _block_sums(u, u_shift, v, v_shift, part1, part2, mask):
         s2[:] = 0.0
         for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
             for c in range(c_all):
-                du = u[r, c] - u_shift[c]
-                if masked and not mask[r * c_all + c] > 0:
-                    du = 0.0
+                du = relu_gradient(u[r, c] - u_shift[c], mask[r * c_all + c], masked, 0.0)
                 s1[c] += du
                 s2[c] += du * (v[r, c] - v_shift[c])
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2, mask):
+def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2, mask, masked):
     """``_block_sums`` for C a whole number of float64 vectors, the shifts given negated
     and u, v C-contiguous: each vector of channels' two sums accumulate in registers
     (float64 lanes, float32 values widened), row by row as there (the loop over
@@ -76,7 +75,6 @@ def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2, mask):
     n_rows, c_all = u.shape
     uf, vf = u.reshape(u.size), v.reshape(v.size)
     nl = _lanes.count(part1)
-    masked = mask.size > 0
     for t in prange(part1.shape[0]):
         s1, s2 = part1[t], part2[t]
         for c0 in range(0, c_all, nl):
@@ -94,15 +92,15 @@ def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2, mask):
 
 
 @njit(cache=True)
-def _sums(u, u_shift, v, v_shift, lanes, mask):
+def _sums(u, u_shift, v, v_shift, lanes, mask, masked):
     """The block partials (two (T, C) float64 arrays) of ``_block_sums``, in registers
     with ``lanes`` (``in_registers``)."""
     blocks = (u.shape[0] + ROWS - 1) // ROWS
     p1, p2 = np.empty((blocks, u.shape[1])), np.empty((blocks, u.shape[1]))
     if lanes:
-        _block_sums_lanes(u, -u_shift, v, -v_shift, p1, p2, mask)
+        _block_sums_lanes(u, -u_shift, v, -v_shift, p1, p2, mask, masked)
     else:
-        _block_sums(u, u_shift, v, v_shift, p1, p2, mask)
+        _block_sums(u, u_shift, v, v_shift, p1, p2, mask, masked)
     return p1, p2
 
 
@@ -120,18 +118,15 @@ def apply(x, mean, scale, shift, y, relu):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _backward_apply(gy, x, mean, a, b, kx, gx, mask):
-    """gx = g * a[c] + b[c] + (x - mean[c]) * kx[c] for gy, x, gx (P, C), g = gy (0 where
-    a non-empty flat mask is not > 0); per row block."""
+def _backward_apply(gy, x, mean, a, b, kx, gx, mask, masked):
+    """gx = g * a[c] + b[c] + (x - mean[c]) * kx[c] for gy, x, gx (P, C), g = gy (with
+    ``masked``, 0 where the flat mask is not > 0); per row block."""
     n_rows, c_all = x.shape
     n_blocks = (n_rows + ROWS - 1) // ROWS
-    masked = mask.size > 0
     for t in prange(n_blocks):
         for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
             for c in range(c_all):
-                g = gy[r, c]
-                if masked and not mask[r * c_all + c] > 0:
-                    g = 0.0
+                g = relu_gradient(gy[r, c], mask[r * c_all + c], masked, 0.0)
                 gx[r, c] = g * a[c] + b[c] + (x[r, c] - mean[c]) * kx[c]
 
 
@@ -154,7 +149,7 @@ def train(x, weight, bias, eps, y, relu, stats, lanes):
     weight * invstd + bias (then max(y, 0) with ``relu``). ``lanes``: ``in_registers``."""
     count = x.shape[0]
     shift = x[0].astype(np.float64)
-    p1, p2 = _sums(x, shift, x, shift, lanes, np.empty(0, x.dtype))
+    p1, p2 = _sums(x, shift, x, shift, lanes, x.reshape(x.size), False)
     scale = np.empty(x.shape[1])
     for c in range(x.shape[1]):
         s1, s2 = _partial_sums(p1, p2, c)
@@ -168,14 +163,14 @@ def train(x, weight, bias, eps, y, relu, stats, lanes):
 
 
 @njit(cache=True)
-def backward(gy, x, mean, invstd, weight, training, gx, sums, lanes, mask):
+def backward(gy, x, mean, invstd, weight, training, gx, sums, lanes, mask, masked):
     """gy, x, gx (P, C) C-contiguous; mean, invstd, weight (C,) float64. gx = the
     gradient (``fastconv.norm.batch_norm_backward``), sums (2, C) = sum g and sum
-    g * (x - mean) per channel, g = gy, or with a non-empty mask (the ReLU's output
-    after the batch norm, (P*C,) flat) gy where mask > 0, else 0: the ReLU's gradient
-    in the same passes. ``lanes``: ``in_registers``."""
+    g * (x - mean) per channel, g = gy, or with ``masked`` gy where mask (the ReLU's
+    output after the batch norm, (P*C,) flat) > 0, else 0: the ReLU's gradient in the
+    same passes. ``lanes``: ``in_registers``."""
     count = x.shape[0]
-    p1, p2 = _sums(gy, np.zeros(x.shape[1]), x, mean, lanes, mask)
+    p1, p2 = _sums(gy, np.zeros(x.shape[1]), x, mean, lanes, mask, masked)
     co = np.empty((3, x.shape[1]))       # gx = g * co[0] + co[1] + (x - mean) * co[2]
     for c in range(x.shape[1]):
         s1, s2 = _partial_sums(p1, p2, c)
@@ -185,4 +180,4 @@ def backward(gy, x, mean, invstd, weight, training, gx, sums, lanes, mask):
         co[0, c] = a
         co[1, c] = -a * s1 / count if training else 0.0
         co[2, c] = -a * invstd[c] * invstd[c] * s2 / count if training else 0.0
-    _backward_apply(gy, x, mean, co[0], co[1], co[2], gx, mask)
+    _backward_apply(gy, x, mean, co[0], co[1], co[2], gx, mask, masked)

@@ -28,6 +28,7 @@ from numba import njit, prange
 
 from . import _norm_nhwc, config, devices
 from ._args import batch_norm_backward_inputs, batch_norm_inputs, narrow, widen
+from ._elementwise import relu_gradient
 from ._memory import allocate
 from ._runtime import parallel_guard
 
@@ -80,24 +81,22 @@ def _bn_apply_nchw(x, mean, scale, shift, y, relu):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu, mask):
+def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu, mask,
+                      masked):
     """gy, x, gx (N, C, M). Per channel (one task each): sum_dy = sum g and sum_dy_xmu =
     sum g * (x - mean) in float64, then
     gx = weight * invstd * (g - [sum_dy + (x - mean) * invstd**2 * sum_dy_xmu] / count)
     with the bracket only in training (the gradient through the batch statistics); g =
-    gy, or with a non-empty mask (N, C, M) (a ReLU's output) gy where mask > 0, else 0."""
+    gy, or with ``masked`` gy where mask (N, C, M) (a ReLU's output) > 0, else 0."""
     n_img, c_all, m = x.shape
     count = n_img * m
-    masked = mask.size > 0
     for c in prange(c_all):
         mu = mean[c]
         s1 = 0.0
         s2 = 0.0
         for n in range(n_img):
             for k in range(m):
-                g = gy[n, c, k]
-                if masked and not mask[n, c, k] > 0:
-                    g = 0.0
+                g = relu_gradient(gy[n, c, k], mask[n, c, k], masked, 0.0)
                 s1 += g
                 s2 += g * (x[n, c, k] - mu)
         sum_dy[c] = s1
@@ -110,9 +109,7 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_
             kx = -a * invstd[c] * invstd[c] * s2 / count
         for n in range(n_img):
             for k in range(m):
-                g = gy[n, c, k]
-                if masked and not mask[n, c, k] > 0:
-                    g = 0.0
+                g = relu_gradient(gy[n, c, k], mask[n, c, k], masked, 0.0)
                 gx[n, c, k] = g * a + b + (x[n, c, k] - mu) * kx
 
 
@@ -152,7 +149,7 @@ def _nchw_train(x, weight, bias, eps, y, relu):
 def _nchw_backward(gy, x, mean, invstd, weight, training, gx, mask):
     sum_dy, sum_dy_xmu = np.empty(x.shape[1]), np.empty(x.shape[1])
     _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu,
-                      np.empty((0, 0, 0), x.dtype) if mask is None else mask)
+                      gy if mask is None else mask, mask is not None)
     return sum_dy, sum_dy_xmu
 
 
@@ -167,7 +164,7 @@ def _nhwc_backward(gy, x, mean, invstd, weight, training, gx, mask):
     sums = np.empty((2, x.shape[1]))
     _norm_nhwc.backward(gy, x, mean, invstd, weight, training, gx, sums,
                         _norm_nhwc.in_registers(x.shape[1], x.dtype),
-                        np.empty(0, x.dtype) if mask is None else mask.reshape(-1))
+                        (gy if mask is None else mask).reshape(-1), mask is not None)
     return sums[0], sums[1]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from numba import njit, prange
 
 from .. import config
+from .._elementwise import relu_gradient
 from ..algos._common import valid_range
 from ._common import C_BLOCK, n_blocks, task_block, window_row
 
@@ -202,12 +203,6 @@ def _max_pool_nhwc(x, y, idx, kh, kw, sh, sw, ph, pw, rh, rw):
                         best_k[c] = k if better else kc
 
 
-@njit(inline="always")
-def _masked(v, m, masked, zero):
-    """v, or zero where ``masked`` and the mask value m is not positive (branch-free)."""
-    return v if not masked or m > zero else zero
-
-
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _max_unpool_planes(gy, idx, gx, mask, masked):
     """gx (P, H*W) = 0, then gx[p, idx[p, k]] += gy[p, k] for gy, idx (P, Ho*Wo); with
@@ -226,7 +221,7 @@ def _max_unpool_planes(gy, idx, gx, mask, masked):
         for k in range(n_out):
             t = idx[p, k]
             if 0 <= t < hw:
-                gx[p, t] += _masked(gy[p, k], mask[p, k], masked, zero)
+                gx[p, t] += relu_gradient(gy[p, k], mask[p, k], masked, zero)
             elif t != -1:
                 bad += 1
     return bad
@@ -246,7 +241,7 @@ def _unpool_image(gy, idx, gx, c_all, mask, masked):
             e = k * c_all + c
             t = idx[e]
             if 0 <= t < hw:
-                gx[t * c_all + c] += _masked(gy[e], mask[e], masked, zero)
+                gx[t * c_all + c] += relu_gradient(gy[e], mask[e], masked, zero)
             elif t != -1:
                 bad += 1
     return bad
@@ -283,7 +278,7 @@ def _max_unpool_nhwc(gy, idx, gx, mask, masked):
             for c in range(c0, c1):
                 t = idx[n, k, c]
                 if 0 <= t < hw:
-                    gx[n, t, c] += _masked(gy[n, k, c], mask[n, k, c], masked, zero)
+                    gx[n, t, c] += relu_gradient(gy[n, k, c], mask[n, k, c], masked, zero)
                 elif t != -1:
                     count += 1
         bad[task] = count

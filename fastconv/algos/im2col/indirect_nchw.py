@@ -7,7 +7,7 @@ a band of ``BAND_ROWS`` output rows of one image, copies the input rows they rea
 a channels-last buffer of its own, the zero padding included on every side (a vector of
 columns of 8 channels at a time, transposed in registers: ``staging.stage_in``), runs
 the same tiles of 6 pixels x 4 registers of output channels over it, the band's pixels
-taken 6 at a time across its rows (``_small_gemm._tile4_at``: every pixel reads inside
+taken 6 at a time across its rows (``indirect_nhwc.interior_rows``: every pixel reads inside
 the buffer, so no edge column is unfolded, and every kernel row runs, on zeros past the
 image; row by row, a row of 28 pixels computed 30), and writes the band's output
 rows, channels last in a second buffer, back to the output planes
@@ -41,11 +41,11 @@ from numba import njit, prange
 
 from ... import _lanes, _pool, config
 from ..._runtime import parallel_guard
-from ..._small_gemm import TILE_ROWS, _tile4_at
+from ..._small_gemm import TILE_ROWS
 from ...costs import Estimate, Profile, gemm_seconds
-from .._common import U, read_only, workspace
+from .._common import read_only, workspace
 from ..staging import raveled, stage_in, stage_out
-from .indirect_nhwc import add_bias, weight_fits
+from .indirect_nhwc import add_bias, interior_rows, weight_fits
 from .tiling import tiling, unfold_params
 
 #: Output rows of one image a task takes.
@@ -119,7 +119,7 @@ def _forward_staged(x, xf, wf, y, yf, bias, xbufs, ybufs, band, cols, params):
     output rows, per thread; xf, yf: x and y raveled where C-contiguous, else empty
     (``staging``). params: ``unfold_params``' geometry (s_h, s_w, p_top, p_left, r_h,
     r_w, KH, KW)."""
-    n_img, c_all, h, _ = x.shape
+    n_img, c_all, _, _ = x.shape
     _, d_all, ho, wo = y.shape
     sh, sw, pt, pl, rh, _, kh, kw = params
     width = 4 * _lanes.count(wf)
@@ -132,41 +132,14 @@ def _forward_staged(x, xf, wf, y, yf, bias, xbufs, ybufs, band, cols, params):
         top = i0 * sh - pt
         xs = xbufs[numba.get_thread_id()]
         ys = ybufs[numba.get_thread_id()]
-        stage_in(x, xf, n, top, -pl, (rows - 1) * sh + (kh - 1) * rh + 1, (0, cols, cols),
-                 xs, 0)
-        # the band's pixels in tiles of 6 across its rows (every kernel row reads
-        # inside the staged rows, zeros where it reaches past the image)
-        n_px = rows * wo
-        for t0 in range(0, n_px, TILE_ROWS):
-            p = min(t0, n_px - TILE_ROWS)
-            xr = _pixel_offsets(p, wo, sh * cols * c_all, sw * c_all)
-            cr = (U(p * d_all), U((p + 1) * d_all), U((p + 2) * d_all), U((p + 3) * d_all),
-                  U((p + 4) * d_all), U((p + 5) * d_all))
-            for dt in range(0, d_all, width):
-                d = min(dt, d_all - width)
-                for a in range(kh):
-                    o = U(a * line)
-                    _tile4_at(xs, (xr[0] + o, xr[1] + o, xr[2] + o, xr[3] + o, xr[4] + o,
-                                   xr[5] + o),
-                              wf, ys, U(a * run * d_all + d), U(d_all),
-                              (cr[0] + U(d), cr[1] + U(d), cr[2] + U(d), cr[3] + U(d),
-                               cr[4] + U(d), cr[5] + U(d)), run, a == 0)
+        staged = (rows - 1) * sh + (kh - 1) * rh + 1
+        stage_in(x, xf, n, top, -pl, staged, (0, cols, cols), xs, 0)
+        # the staged band as one image of rows x cols, zero padded on every side: every
+        # kernel row of every pixel reads inside it
+        interior_rows(xs, wf, ys, (0, rows), (0, wo), (rows, wo, staged, cols, sh, 0),
+                      (c_all, d_all, run, sw, 0, line), width, (0, kh))
         add_bias(ys, 0, rows * wo * d_all, bias)
         stage_out(ys, 0, (0, wo, wo), y, yf, n, i0, rows)
-
-
-@njit(inline="always")
-def _pixel_offsets(p, wo, row_step, col_step):
-    """The offsets r*row_step + j*col_step of the 6 pixels q = p .. p + 5, pixel q at
-    row q // wo, column q % wo."""
-    return (_at(p, wo, row_step, col_step), _at(p + 1, wo, row_step, col_step),
-            _at(p + 2, wo, row_step, col_step), _at(p + 3, wo, row_step, col_step),
-            _at(p + 4, wo, row_step, col_step), _at(p + 5, wo, row_step, col_step))
-
-
-@njit(inline="always")
-def _at(q, wo, row_step, col_step):
-    return U((q // wo) * row_step + (q % wo) * col_step)
 
 
 def forward(x, w, args, out, bias) -> None:

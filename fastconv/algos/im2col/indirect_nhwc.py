@@ -18,7 +18,7 @@ multiplied in the same tiles (``_small_gemm.panel_product``), their output rows 
 apart. Rows whose kernel reaches above or below the image use the kernel rows inside
 it. The band's runs of rows with the same kernel rows inside the image (all of them,
 away from its top and bottom) take their pixels 6 at a time across the rows
-(``_interior_rows``; tiles of 6 pixels of one row recomputed 5 of 12 on rows of 7).
+(``interior_rows``; tiles of 6 pixels of one row recomputed 5 of 12 on rows of 7).
 Alternating, 2 threads, best of 20: (64, 16, 16, 64) -> 128 3x3 stride 2 (a wide
 ResNet's, 8x8 outputs) 2.30-2.33 -> 1.71-1.90 ms (torch 1.48-1.75); (16, 56, 56, 64)
 -> 128 stride 2 4.81-5.32 -> 4.42-4.50 ms.
@@ -88,7 +88,7 @@ def _kernel_rows(i, h, sh, pt, rh, kh):
 
 
 @njit(inline="always")
-def _interior_rows(xf, wf, yf, rows, cols, dims, geo, width, a_rng):
+def interior_rows(xf, wf, yf, rows, cols, dims, geo, width, a_rng):
     """Output pixels j_lo <= j < j_hi of the output rows r_lo <= r < r_hi of the batch
     (rows), whose kernel rows inside the image are a_lo <= a < a_hi (a_rng, the same for
     all of them), in tiles of 6 pixels x 4 registers taken across the rows
@@ -121,7 +121,7 @@ def _interior_rows(xf, wf, yf, rows, cols, dims, geo, width, a_rng):
 @njit(inline="always")
 def _pixel(q, rows, cols, dims, c_all, d_all, sw, pl):
     """(input offset of tap (0, 0, 0), output offset) of the q-th pixel of
-    ``_interior_rows``' tiles."""
+    ``interior_rows``' tiles."""
     j_lo, j_hi = cols
     ho, wo, h, wd, sh, pt = dims
     r = rows[0] + q // (j_hi - j_lo)
@@ -175,7 +175,7 @@ def _forward_indirect(x, wf, out, bias, bufs, ho, wo, j_lo, j_hi, sh, sw, pt, pl
                 for q in range(r, end):
                     yf[(q * wo + j_lo) * d_all:(q * wo + j_hi) * d_all] = zero
             else:
-                _interior_rows(xf, wf, yf, (r, end), (j_lo, j_hi), (ho, wo, h, wd, sh, pt),
+                interior_rows(xf, wf, yf, (r, end), (j_lo, j_hi), (ho, wo, h, wd, sh, pt),
                                geo, width, a_rng)
             r = end
         cols = bufs[numba.get_thread_id()][:(r1 - r0) * kkc].reshape((r1 - r0, 1, kkc))
