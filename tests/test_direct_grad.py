@@ -9,12 +9,11 @@ import pytest
 import fastconv
 from fastconv import Tensor, _lanes, gradcheck
 from fastconv._args import conv_args_from_shapes
-from fastconv.algos.im2col import direct_grad, drivers, lanes_plan
+from fastconv.algos.im2col import direct_grad, direct_grad_input, drivers, lanes_plan
 from fastconv.algos.im2col.direct_grad import (
     direct_backward_applies,
     direct_backward_chosen,
 )
-from fastconv.algos.im2col.direct_grad_input import input_phases
 from fastconv.nn import functional as F
 
 from . import reference as ref
@@ -75,7 +74,8 @@ def test_direct_backward_matches_the_reference(case, dtype, layout, rng, monkeyp
     monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)   # the direct kernels
     x, w, gy, a, kwargs, (gx0, gw0, _) = _problem(case, dtype, rng, layout)
     direct_x = _fills_lanes(case[1], dtype) if case[-1] is None else case[-1]
-    assert direct_backward_applies(a) and (input_phases(a) is not None) == direct_x
+    phases = direct_grad_input.input_phases(a)
+    assert direct_backward_applies(a) and (phases is not None) == direct_x
     both = direct_backward_chosen(a)    # else the image-last pass forms both gradients
     assert both or not direct_x
     calls = count_calls(monkeypatch, drivers, "backward_direct")
@@ -91,6 +91,33 @@ def test_direct_backward_matches_the_reference(case, dtype, layout, rng, monkeyp
                                          needs_input_grad=(False, True, False), **kwargs)
     gw1 = gw1.transpose(3, 2, 0, 1) if layout == "NHWC" else gw1
     assert ref.rel_error(gw1, gw0) <= tol and len(calls) == int(both) + 1
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("case", [CASES[2], CASES[6], CASES[7]], ids=str)
+def test_the_input_phases_run_in_one_call(case, layout, rng, monkeypatch):
+    """grad_x of a strided layer: its phases with taps in one call of ``_phase_rows``
+    (none through the single-phase ``forward_lanes``), phases without taps zeroed, and
+    its chunks cover every phase's row tasks once."""
+    monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)
+    x, w, gy, a, kwargs, (gx0, _, _) = _problem(case, np.float32, rng, layout)
+    fused, real = [], direct_grad_input._phase_rows
+    monkeypatch.setattr(direct_grad_input, "_phase_rows",
+                        lambda *args: fused.append(args) or real(*args))
+    single = count_calls(monkeypatch, direct_grad_input, "forward_lanes")
+    gx = np.full(x.shape, np.nan, np.float32)    # every value written, or the check fails
+    gy_nhwc = gy if layout == "NHWC" else np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+    direct_grad_input.input_grad_direct(gy_nhwc, w, a, gx)
+    assert len(fused) == 1 and not single
+    gx = from_nhwc(gx) if layout == "NHWC" else gx
+    assert ref.rel_error(gx, gx0) <= ref.tolerance(np.float32, "im2col")
+    chunks = fused[0][6]
+    phases = [g for _, _, g, rows, cols in direct_grad_input.input_phases(a) if rows and cols]
+    assert len(phases) > 1 and set(chunks[:, 0]) == set(range(len(phases)))
+    for p, g in enumerate(phases):
+        spans = sorted((lo, hi) for q, lo, hi in chunks if q == p)
+        assert spans[0][0] == 0 and spans[-1][1] == g.n * g.h_out
+        assert all(hi0 == lo1 for (_, hi0), (lo1, _) in zip(spans[:-1], spans[1:], strict=True))
 
 
 def test_weight_gradient_does_not_depend_on_the_thread_count(rng):
@@ -134,7 +161,8 @@ def test_lenets_second_layer_keeps_the_image_last_pass_in_nchw_unless_grad_x_is_
     a = conv_args_from_shapes("t", (64, 6, 14, 14), (16, 6, 5, 5))
     monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)
     fills = _fills_lanes(6, np.float32)      # grad_x's 6 channels: 8 lanes (AVX2), not 16
-    assert direct_backward_applies(a) and (input_phases(a) is not None) == fills
+    phases = direct_grad_input.input_phases(a)
+    assert direct_backward_applies(a) and (phases is not None) == fills
     assert direct_backward_chosen(a) == fills and direct_backward_chosen(a, False)
     # hosts of 256-bit registers: the image-last pass wherever it applies
     monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", True)

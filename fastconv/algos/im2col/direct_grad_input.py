@@ -12,7 +12,9 @@ at stride 1, dilation e_{a_1} - e_{a_0}, padding -e_{a_0} at the top: a forward 
 whose output is grad_x[:, ph::s_h, pw::s_w, :] (written there in place). A stride-1
 layer has one phase, the whole kernel flipped with its channel axes swapped and padding
 (K-1)*r - p; a 3x3 stride-2 layer has four, of 1x1, 1x2, 2x1 and 2x2 taps. A phase
-without taps is zero.
+without taps is zero. Two or more phases with taps run in one parallel call
+(``_phase_rows``): each image's phases one after another, each phase's rows as the
+lanes kernel's row tasks (``direct_lanes._conv_tasks``).
 
 >>> from fastconv._args import conv_args_from_shapes
 >>> a = conv_args_from_shapes("t", (8, 14, 14, 16), (3, 3, 16, 32), stride=2, padding=1,
@@ -30,8 +32,24 @@ from __future__ import annotations
 import functools
 from dataclasses import replace
 
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from ... import _lanes
+from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
-from .direct_lanes import forward_lanes
+from ...layout import NHWC
+from .._common import interior_columns, read_only, view, workspace
+from .direct_lanes import (
+    CHUNKS_PER_THREAD,
+    PAIR_PIXELS,
+    _conv_tasks,
+    _tap_offsets,
+    _tap_order,
+    forward_lanes,
+    pack_weight,
+)
+from .image_last import contiguous_geometry
 from .lanes_plan import lanes_applies, lanes_cost, left_to_winograd
 
 #: The lanes kernel on the wide 3x3 layers the forward leaves to Winograd runs about this
@@ -96,18 +114,113 @@ def _taps_slice(taps) -> slice:
 
 def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
     """grad_x (layout of ``a``, C-contiguous) of a layer with ``input_phases``: per phase,
-    the direct forward of grad_y (N, Ho, Wo, D) with the phase's sub-kernel."""
+    the direct forward of grad_y (N, Ho, Wo, D) with the phase's sub-kernel; two or more
+    phases with taps in one parallel call (``_phase_rows``)."""
     w_hwio = a.dims.weight_to_canonical_view(w).transpose(2, 3, 1, 0)   # (KH, KW, C, D)
     # NCHW: the phases write the channels-last view of grad_x in place (``forward_lanes``
     # takes any positive output strides), so no NHWC copy is transposed afterwards
     out = grad_x if a.dims.channels_last else grad_x.transpose(0, 2, 3, 1)
+    phases = []
     for ph, pw, g, rows, cols in input_phases(a):
         target = out[:, ph::a.stride[0], pw::a.stride[1], :]
         if not rows or not cols:
             target[...] = 0
             continue
         sub = w_hwio[_taps_slice(rows), _taps_slice(cols)].transpose(0, 1, 3, 2)  # (kh', kw', D, C)
+        phases.append((ph, pw, g, sub, target))
+    if len(phases) == 1:
+        _, _, g, sub, target = phases[0]
         forward_lanes(gy_nhwc, sub, g, target, None)
+    elif phases:
+        _phases_at_once(gy_nhwc, phases, a, grad_x)
+
+
+def _phases_at_once(gy_nhwc, phases, a, grad_x) -> None:
+    """The direct forwards of ``phases`` ((ph, pw, phase problem, its weight HWIO,
+    grad_x's view it writes)) in one parallel call of the lanes kernel's row tasks
+    (``_phase_rows``), each phase's weight packed side by side. One call where there
+    were one per phase: each paid the call's fixed cost and the threads' wake-up (a 3x3
+    stride-2 layer's 1-tap phase about half of its time) and read grad_y again."""
+    dt = a.dtype
+    gf = read_only(np.ascontiguousarray(gy_nhwc, dt).reshape(-1))
+    xs = contiguous_geometry(gy_nhwc.shape, NHWC)
+    og = contiguous_geometry(grad_x.shape, a.dims)
+    problems = tuple((ph, pw, g) for ph, pw, g, _, _ in phases)
+    spans, outs, geos, taps, toff, chunks = _phase_plan(a, problems, xs, og,
+                                                       get_num_threads())
+    nl = _lanes.per_register(dt.itemsize)
+    blocks = -(-a.c_in // nl)
+    fw = workspace("direct_grad_input.w", int(spans[-1, 1]), dt)
+    fb = workspace("direct_grad_input.bias", blocks * nl, dt)
+    for (*_, sub, _), span, tap in zip(phases, spans, taps, strict=True):
+        w_lo, w_hi = int(span[0]), int(span[1])
+        packed = view(fw[w_lo:w_hi], (blocks, (w_hi - w_lo) // (blocks * nl), nl))
+        pack_weight(sub.transpose(3, 2, 0, 1), None, tuple(int(t) for t in tap), packed, fb)
+    stream = int(a.dims.channels_last and _lanes.can_stream(grad_x, a.c_in))
+    with parallel_guard():
+        _phase_rows(gf, xs, fw, fb, grad_x.reshape(-1), toff, chunks,
+                    (spans, outs, geos, taps), PAIR_PIXELS, 0, stream)
+
+
+@functools.lru_cache(maxsize=64)
+def _phase_plan(a, problems, xs, og, threads):
+    """``_phase_rows``' tables for the phases of ``a`` (their ``problems``), grad_y of
+    geometry xs (NHWC) and grad_x of og (canonical shape and strides), one row per
+    phase: spans (w_lo, w_hi, o_lo, t_lo, t_hi, j_lo, j_hi): its packed weight in the
+    shared buffer, its first output element, its tap offsets in ``toff``, its output
+    columns whose kernel lies inside grad_y; outs and geos: ``_conv_rows``' os and
+    geo; taps: its tap order. chunks (p, first, last): phase p's row tasks of an image
+    (cut in pieces where that leaves a thread fewer than ``CHUNKS_PER_THREAD``), the
+    phases of an image one after another, while its grad_y is in cache. All read-only
+    (shared by every call of the layer)."""
+    nl = _lanes.per_register(a.dtype.itemsize)
+    blocks = -(-a.c_in // nl)
+    _, _, _, _, sn, sc, sh, sw = og
+    spans, outs, geos, taps, offsets = [], [], [], [], []
+    w_at = t_at = 0
+    for ph, pw, g in problems:
+        order = _tap_order(g, xs)
+        toff = _tap_offsets(g.kh, g.dilation[0] * xs[6], order)
+        size = blocks * g.kh * g.kw * g.c_in * nl
+        spans.append((w_at, w_at + size, ph * sh + pw * sw, t_at, t_at + toff.size,
+                      *interior_columns(g)))
+        outs.append((g.n, g.c_out, g.h_out, g.w_out, sn, sc, a.stride[0] * sh,
+                     a.stride[1] * sw))
+        (pt, _), (pl, _) = g.padding
+        geos.append((g.kh, g.kw, 1, 1, pt, pl, *g.dilation))
+        taps.append(order)
+        offsets.append(toff)
+        w_at, t_at = w_at + size, t_at + toff.size
+    pieces = max(1, -(-CHUNKS_PER_THREAD * threads // (a.n * len(problems))))
+    chunks = []
+    for n in range(a.n):
+        for p, (_, _, g) in enumerate(problems):
+            cut = np.linspace(0, g.h_out, min(pieces, g.h_out) + 1).astype(int)
+            chunks += [(p, n * g.h_out + lo, n * g.h_out + hi)
+                       for lo, hi in zip(cut[:-1], cut[1:], strict=True) if hi > lo]
+    tables = [np.array(t, np.int64) for t in (spans, outs, geos, taps)]
+    tables += [np.concatenate(offsets), np.array(chunks, np.int64)]
+    for t in tables:
+        t.flags.writeable = False
+    return tuple(tables)
+
+
+@njit(parallel=True, cache=True)
+def _phase_rows(xf, xs, fw, fb, fo, toff, chunks, tables, pair_px, band, stream):
+    """The row tasks of several direct forwards over one input (``_conv_tasks``' xf,
+    xs, fb, pair_px, band (0: one task a row) and stream), one task per chunk
+    (p, first, last): phase p's tasks first <= task < last, its packed weight, output,
+    tap offsets and geometry where ``_phase_plan``'s tables = (spans, outs, geos, taps)
+    put them in fw, fo and toff."""
+    spans, outs, geos, taps = tables
+    for c in prange(chunks.shape[0]):
+        p, first, last = chunks[c, 0], chunks[c, 1], chunks[c, 2]
+        sp, o, g, t = spans[p], outs[p], geos[p], taps[p]
+        _conv_tasks(xf, xs, fw[sp[0]:sp[1]], fb, fo[sp[2]:],
+                    (o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]),
+                    (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7]),
+                    (t[0], t[1], t[2], t[3], t[4]), toff[sp[3]:sp[4]], sp[5], sp[6],
+                    pair_px, band, stream, first, last)
 
 
 def input_grad_cost(a, p: Profile) -> Estimate | None:

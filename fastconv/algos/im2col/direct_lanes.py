@@ -299,12 +299,20 @@ def _packed_operands(w, bias, dtype, taps):
     d, c, kh, kw = w.shape
     nl = _lanes.per_register(dtype.itemsize)
     blocks = -(-d // nl)
-    src = w.transpose(*((2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0)))
     packed = view(workspace("direct_lanes.w", blocks * kh * kw * c * nl, dtype),
                   (blocks, kh * kw * c, nl))
     fb = workspace("direct_lanes.bias", blocks * nl, dtype)
-    _pack(src, packed, _NO_BIAS[dtype.char] if bias is None else bias, fb)
+    pack_weight(w, bias, taps, packed, fb)
     return packed.reshape(-1), fb
+
+
+def pack_weight(w, bias, taps, packed, fb) -> None:
+    """packed (D_pad/L, KH*KW*C, L) = the OIHW weight w (any strides) with its taps in
+    the order of ``_tap_order``'s ``taps``, zero beyond D; fb (D_pad,) = bias (D,),
+    zeros beyond it or without one (None)."""
+    c = w.shape[1]
+    src = w.transpose(*((2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0)))
+    _pack(src, packed, _NO_BIAS[packed.dtype.char] if bias is None else bias, fb)
 
 
 #: An empty bias per dtype for ``_pack`` (no bias: zeros).
