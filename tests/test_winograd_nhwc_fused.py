@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv.algos.winograd import nchw_fused, nhwc, nhwc_tiles
+from fastconv.algos.winograd import kernel, nchw_fused, nhwc, nhwc_tiles
 from fastconv.algos.winograd.kernel import (
     _grad_x_kernel,
     grad_x_kernel_io,
@@ -130,6 +130,21 @@ def test_transform_kernel_io_is_the_transform_in_nhwc_order(rng, groups, m):
         got = transform_kernel_io(w, groups, m)
         assert got.flags.c_contiguous and got.shape == (groups, (m + 2) ** 2, 6, 8 // groups)
         np.testing.assert_array_equal(got, want.transpose(0, 1, 3, 2))
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_small_kernels_transform_on_the_calling_thread(rng, m, monkeypatch):
+    """Up to ``SERIAL_KERNELS`` kernels the transform runs on the calling thread (its
+    serial twin), with the threads' values; more run on the threads."""
+    w_io = rng.standard_normal((3, 3, 24, 32)).astype(np.float32)      # 768 kernels
+    w_oihw = np.ascontiguousarray(w_io.transpose(3, 2, 0, 1))
+    serial = count_calls(monkeypatch, kernel, "_SERIAL_IO") if m == 4 else []
+    threads = (transform_kernel(w_oihw, 1, m), transform_kernel_io(w_io, 1, m))
+    assert not serial
+    monkeypatch.setattr(kernel, "SERIAL_KERNELS", 24 * 32)
+    np.testing.assert_array_equal(transform_kernel(w_oihw, 1, m), threads[0])
+    np.testing.assert_array_equal(transform_kernel_io(w_io, 1, m), threads[1])
+    assert len(serial) == int(m == 4)
 
 
 @pytest.mark.parametrize("groups", [1, 2])
