@@ -92,6 +92,7 @@ def stage_out(ys, o0, span, y, yf, n, top, rows):
     # one value at a time, the columns left over wrote D planes a value each: one
     # thread, 28 columns (4 left over) 0.61 -> 0.37 ms, 14 (6 left over) 0.47 -> 0.18
     last = q8 > q0 and q8 < q1
+    q_end = q1 if last else q8
     plane = U(ho * wo)
     for r in range(rows):
         o = o0 + r * cols * d_all
@@ -103,7 +104,7 @@ def stage_out(ys, o0, span, y, yf, n, top, rows):
             _columns_out(ys, U(o + q * d_all), d_all, yf,
                          U((n * d_all * ho + top + r) * wo + q), plane)
         for d in range(d_all):
-            for q in range(q1 if last else q8, q1):
+            for q in range(q_end, q1):
                 y[n, d, top + r, q] = ys[o + q * d_all + d]
 
 

@@ -38,14 +38,12 @@ from numba import get_num_threads, njit, prange
 from ... import _lanes
 from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
-from ...layout import NHWC
-from .._common import interior_columns, read_only, view, workspace
+from .._common import read_only, view, workspace
 from .direct_lanes import (
     CHUNKS_PER_THREAD,
     PAIR_PIXELS,
+    _call_parts,
     _conv_tasks,
-    _tap_offsets,
-    _tap_order,
     forward_lanes,
     pack_weight,
 )
@@ -143,11 +141,10 @@ def _phases_at_once(gy_nhwc, phases, a, grad_x) -> None:
     stride-2 layer's 1-tap phase about half of its time) and read grad_y again."""
     dt = a.dtype
     gf = read_only(np.ascontiguousarray(gy_nhwc, dt).reshape(-1))
-    xs = contiguous_geometry(gy_nhwc.shape, NHWC)
     og = contiguous_geometry(grad_x.shape, a.dims)
     problems = tuple((ph, pw, g) for ph, pw, g, _, _ in phases)
-    spans, outs, geos, taps, toff, chunks = _phase_plan(a, problems, xs, og,
-                                                       get_num_threads())
+    xs, (spans, outs, geos, taps, toff, chunks) = _phase_plan(a, problems, og,
+                                                             get_num_threads())
     nl = _lanes.per_register(dt.itemsize)
     blocks = -(-a.c_in // nl)
     fw = workspace("direct_grad_input.w", int(spans[-1, 1]), dt)
@@ -163,31 +160,30 @@ def _phases_at_once(gy_nhwc, phases, a, grad_x) -> None:
 
 
 @functools.lru_cache(maxsize=64)
-def _phase_plan(a, problems, xs, og, threads):
-    """``_phase_rows``' tables for the phases of ``a`` (their ``problems``), grad_y of
-    geometry xs (NHWC) and grad_x of og (canonical shape and strides), one row per
-    phase: spans (w_lo, w_hi, o_lo, t_lo, t_hi, j_lo, j_hi): its packed weight in the
-    shared buffer, its first output element, its tap offsets in ``toff``, its output
-    columns whose kernel lies inside grad_y; outs and geos: ``_conv_rows``' os and
-    geo; taps: its tap order. chunks (p, first, last): phase p's row tasks of an image
-    (cut in pieces where that leaves a thread fewer than ``CHUNKS_PER_THREAD``), the
-    phases of an image one after another, while its grad_y is in cache. All read-only
-    (shared by every call of the layer)."""
+def _phase_plan(a, problems, og, threads):
+    """(grad_y's geometry, ``_phase_rows``' tables) for the phases of ``a`` (their
+    ``problems``, each a direct forward of grad_y (N, Ho, Wo, D) C-contiguous, its
+    parts from ``direct_lanes._call_parts``) and grad_x of og (canonical shape and
+    strides), one row per phase: spans (w_lo, w_hi, o_lo, t_lo, t_hi, j_lo, j_hi): its
+    packed weight in the shared buffer, its first output element, its tap offsets in
+    ``toff``, its output columns whose kernel lies inside grad_y; outs and geos:
+    ``_conv_rows``' os and geo; taps: its tap order. chunks (p, first, last): phase p's
+    row tasks of an image (cut in pieces where that leaves a thread fewer than
+    ``CHUNKS_PER_THREAD``), the phases of an image one after another, while its grad_y
+    is in cache. All read-only (shared by every call of the layer)."""
     nl = _lanes.per_register(a.dtype.itemsize)
     blocks = -(-a.c_in // nl)
     _, _, _, _, sn, sc, sh, sw = og
     spans, outs, geos, taps, offsets = [], [], [], [], []
     w_at = t_at = 0
     for ph, pw, g in problems:
-        order = _tap_order(g, xs)
-        toff = _tap_offsets(g.kh, g.dilation[0] * xs[6], order)
+        xs, order, toff, geo, interior, _, _ = _call_parts(g, False)
         size = blocks * g.kh * g.kw * g.c_in * nl
         spans.append((w_at, w_at + size, ph * sh + pw * sw, t_at, t_at + toff.size,
-                      *interior_columns(g)))
+                      *interior))
         outs.append((g.n, g.c_out, g.h_out, g.w_out, sn, sc, a.stride[0] * sh,
                      a.stride[1] * sw))
-        (pt, _), (pl, _) = g.padding
-        geos.append((g.kh, g.kw, 1, 1, pt, pl, *g.dilation))
+        geos.append(geo)
         taps.append(order)
         offsets.append(toff)
         w_at, t_at = w_at + size, t_at + toff.size
@@ -202,7 +198,7 @@ def _phase_plan(a, problems, xs, og, threads):
     tables += [np.concatenate(offsets), np.array(chunks, np.int64)]
     for t in tables:
         t.flags.writeable = False
-    return tuple(tables)
+    return xs, tuple(tables)
 
 
 @njit(parallel=True, cache=True)
