@@ -11,7 +11,9 @@ Kernels work on NCHW planes (N*C, H, W) or on NHWC images (N, H, W, C); every pa
 loop owns what it writes: one task per (plane, output row block) or per (image, output
 row) forward, and one per plane, per (image, channel block), per (plane, input row
 block) or per (image, input row) backward, so overlapping windows (stride < kernel)
-never race.
+never race. The autograd op's 2x2, stride-2 layer keeps an int32 code per window (its
+winning tap) instead of an int64 index (``ops.max_pool2d_codes``), and its gradient
+runs per (image or plane, block of output rows), each owning its windows' input rows.
 
 Modules: ``ops`` (the public functions), ``_layouts`` (the kernels of each layout, in
 one table), ``_max_kernels``, ``_avg_kernels`` (average and global average) and

@@ -30,6 +30,10 @@ class LayoutKernels:
     - ``max_unpool(s, gy, idx, gx, mask) -> int``: gx = 0, then += gy at idx (gx fully
       written), only where ``mask`` (None, or an array of gy's shape) is positive;
       returns the count of indices outside [0, H*W) other than -1 (skipped).
+    - ``max_pool_codes(a, x, y, codes, relu)`` and ``max_unpool_codes(a, gy, codes, gx,
+      mask)``: the 2x2, stride-2 layer (``_max_kernels.is_2x2_stride_2``) with each
+      window's winning tap kept as an int32 code 2a + b, y relu'd with ``relu``, and its
+      gradient from the codes (gx fully written); the autograd op's path.
     - ``avg_pool(a, x, y)`` and ``avg_unpool(a, gy, gx)`` (gx fully written).
     - ``mean(s, x, y)``: y (N, C), the mean over each plane.
     """
@@ -37,9 +41,16 @@ class LayoutKernels:
     max_pool: Callable
     max_pool_scans_indices: Callable
     max_unpool: Callable
+    max_pool_codes: Callable
+    max_unpool_codes: Callable
     avg_pool: Callable
     avg_unpool: Callable
     mean: Callable
+
+
+#: Empty index and code arrays of 3 and 4 dimensions: the 2x2 kernels' "not wanted".
+_NO_INDICES = {d: np.zeros((0,) * d, np.int64) for d in (3, 4)}
+_NO_CODES = {d: np.zeros((0,) * d, np.int32) for d in (3, 4)}
 
 
 # ------------------------------------------------------------------------------- NCHW
@@ -52,10 +63,20 @@ def _nchw_max_pool(a, x, y, idx, with_idx):
     x3, y3 = _planes(a, x, a.h, a.w), _planes(a, y, a.h_out, a.w_out)
     idx3 = _planes(a, idx, a.h_out, a.w_out) if idx.size else idx.reshape(0, 0, 0)
     rows = row_block(a.n * a.c, a.h_out)
-    if M.is_2x2_stride_2(a):
-        M._max_pool_2x2_planes(x3, y3, idx3, with_idx, rows)
+    if M.is_2x2_stride_2(a):      # idx is empty unless with_idx
+        M._max_pool_2x2_planes(x3, y3, idx3, _NO_CODES[3], False, rows)
     else:
         M._max_pool_planes(x3, y3, idx3, *a.max_geometry, rows)
+
+
+def _nchw_max_pool_codes(a, x, y, codes, relu):
+    M._max_pool_2x2_planes(_planes(a, x, a.h, a.w), _planes(a, y, a.h_out, a.w_out),
+                           _NO_INDICES[3], _planes(a, codes, a.h_out, a.w_out), relu,
+                           row_block(a.n * a.c, a.h_out))
+
+
+def _nchw_max_unpool_codes(a, gy, codes, gx, mask):
+    _unpool_codes(a, gy, codes, gx, mask, a.n * a.c, 1, row_block(a.n * a.c, a.h_out))
 
 
 def _nchw_max_pool_scans_indices(a) -> bool:
@@ -96,10 +117,26 @@ def _pixels(s, arr, n_pixels):
 
 
 def _nhwc_max_pool(a, x, y, idx, with_idx):
-    if M.is_2x2_stride_2(a):
-        M._max_pool_2x2_nhwc(x, y, idx if idx.size else idx.reshape(0, 0, 0, 0), with_idx)
+    if M.is_2x2_stride_2(a):      # idx is empty unless with_idx
+        M._max_pool_2x2_nhwc(x, y, idx if idx.size else _NO_INDICES[4], _NO_CODES[4], False)
     else:
         M._max_pool_nhwc(x, y, idx, *a.max_geometry)
+
+
+def _nhwc_max_pool_codes(a, x, y, codes, relu):
+    M._max_pool_2x2_nhwc(x, y, _NO_INDICES[4], codes, relu)
+
+
+def _nhwc_max_unpool_codes(a, gy, codes, gx, mask):
+    _unpool_codes(a, gy, codes, gx, mask, a.n, a.c, row_block(a.n, a.h_out, 64))
+
+
+def _unpool_codes(a, gy, codes, gx, mask, images, channels, rows):
+    """``_max_unpool_2x2`` on the arrays as ``images`` flat images of ``channels``."""
+    g = gy.reshape(images, -1)
+    M._max_unpool_2x2(g, codes.reshape(images, -1), gx.reshape(images, -1),
+                      g if mask is None else mask.reshape(images, -1), mask is not None,
+                      (a.h, a.w, a.h_out, a.w_out, channels), rows)
 
 
 def _nhwc_max_pool_scans_indices(a) -> bool:
@@ -127,10 +164,12 @@ def _nhwc_mean(s, x, y):
 KERNELS = {
     "NCHW": LayoutKernels(
         max_pool=_nchw_max_pool, max_pool_scans_indices=_nchw_max_pool_scans_indices,
-        max_unpool=_nchw_max_unpool, avg_pool=_nchw_avg_pool, avg_unpool=_nchw_avg_unpool,
-        mean=_nchw_mean),
+        max_unpool=_nchw_max_unpool, max_pool_codes=_nchw_max_pool_codes,
+        max_unpool_codes=_nchw_max_unpool_codes, avg_pool=_nchw_avg_pool,
+        avg_unpool=_nchw_avg_unpool, mean=_nchw_mean),
     "NHWC": LayoutKernels(
         max_pool=_nhwc_max_pool, max_pool_scans_indices=_nhwc_max_pool_scans_indices,
-        max_unpool=_nhwc_max_unpool, avg_pool=_nhwc_avg_pool, avg_unpool=_nhwc_avg_unpool,
-        mean=_nhwc_mean),
+        max_unpool=_nhwc_max_unpool, max_pool_codes=_nhwc_max_pool_codes,
+        max_unpool_codes=_nhwc_max_unpool_codes, avg_pool=_nhwc_avg_pool,
+        avg_unpool=_nhwc_avg_unpool, mean=_nhwc_mean),
 }

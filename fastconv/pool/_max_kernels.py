@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 from numba import njit, prange
+from numba import uint64 as U
 
 from .. import config
 from .._elementwise import relu_gradient
@@ -72,10 +73,12 @@ def _max_tap(v, best, code, tap):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _max_pool_2x2_planes(x, y, idx, with_idx, rows):
+def _max_pool_2x2_planes(x, y, idx, codes, relu, rows):
     """2x2 windows, stride 2, no padding or dilation, every window inside the input:
-    x (P, H, W) -> y (P, Ho, Wo) and, when ``with_idx``, idx (P, Ho, Wo) (else idx is not
-    touched and may be empty). One task per (plane, block of ``rows`` output rows).
+    x (P, H, W) -> y (P, Ho, Wo), relu'd with ``relu`` (NaN kept); where they are not
+    empty, codes (P, Ho, Wo) int32 = the winning tap 2a + b of each window, and idx
+    (P, Ho, Wo) int64 = its flat index in the plane. One task per (plane, block of
+    ``rows`` output rows).
 
     The same rule as ``_max_pool_planes`` (taps in row-major order, the first maximum
     wins, a NaN is the maximum and a later NaN replaces it), written per output element
@@ -84,24 +87,27 @@ def _max_pool_2x2_planes(x, y, idx, with_idx, rows):
     pass over the row."""
     n_planes, _, wd = x.shape
     _, ho, wo = y.shape
+    with_idx, keep = idx.size > 0, codes.size > 0
+    zero = y.dtype.type(0)
     for task in prange(n_planes * n_blocks(ho, rows)):
         p, i0, i1 = task_block(task, rows, ho)
-        codes = np.empty(wo, np.int32)
+        scratch = np.empty(0 if keep else wo, np.int32)
         for i in range(i0, i1):
             r0 = x[p, 2 * i]
             r1 = x[p, 2 * i + 1]
             yrow = y[p, i]
             # (literal unsigned constants: hoisted into variables, the stride 2 is no
             # longer known to the vectoriser and the loop runs twice as long)
-            if not with_idx:
+            if not (with_idx or keep):
                 for j in range(wo):
                     k = np.uint64(j) * np.uint64(2)
                     best = r0[k]
                     best, _ = _max_tap(r0[k + np.uint64(1)], best, 0, 1)
                     best, _ = _max_tap(r1[k], best, 0, 2)
                     best, _ = _max_tap(r1[k + np.uint64(1)], best, 0, 3)
-                    yrow[np.uint64(j)] = best
+                    yrow[np.uint64(j)] = best if not relu or not best <= zero else zero
                 continue
+            crow = codes[p, i] if keep else scratch
             for j in range(wo):
                 k = np.uint64(j) * np.uint64(2)
                 best = r0[k]
@@ -109,56 +115,59 @@ def _max_pool_2x2_planes(x, y, idx, with_idx, rows):
                 best, code = _max_tap(r0[k + np.uint64(1)], best, code, np.int32(1))
                 best, code = _max_tap(r1[k], best, code, np.int32(2))
                 best, code = _max_tap(r1[k + np.uint64(1)], best, code, np.int32(3))
-                yrow[np.uint64(j)] = best
-                codes[np.uint64(j)] = code
-            krow = idx[p, i]
-            base = 2 * i * wd
-            for j in range(wo):
-                c = np.int64(codes[np.uint64(j)])
-                krow[np.uint64(j)] = base + 2 * j + (c & 1) + (c >> 1) * wd
+                yrow[np.uint64(j)] = best if not relu or not best <= zero else zero
+                crow[np.uint64(j)] = code
+            if with_idx:
+                krow = idx[p, i]
+                base = 2 * i * wd
+                for j in range(wo):
+                    c = np.int64(crow[np.uint64(j)])
+                    krow[np.uint64(j)] = base + 2 * j + (c & 1) + (c >> 1) * wd
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _max_pool_2x2_nhwc(x, y, idx, with_idx):
-    """``_max_pool_2x2_planes`` for x (N, H, W, C) -> y (N, Ho, Wo, C) and, when
-    ``with_idx``, idx (N, Ho, Wo, C) (else idx is not touched and may be empty): one task
-    per (image, output row), the four taps of a window read channel by channel (the
-    general NHWC kernel's per-pixel loop took 370 against 83 us for NCHW on LeNet's
-    (64, 28, 28, 6) input)."""
+def _max_pool_2x2_nhwc(x, y, idx, codes, relu):
+    """``_max_pool_2x2_planes`` for x (N, H, W, C) -> y (N, Ho, Wo, C), codes and idx
+    (N, Ho, Wo, C) (each written only where not empty): one task per (image, output
+    row), the four taps of a window read channel by channel (the general NHWC kernel's
+    per-pixel loop took 370 against 83 us for NCHW on LeNet's (64, 28, 28, 6) input)."""
     n_img, _, wd, c_all = x.shape
     _, ho, wo, _ = y.shape
+    with_idx, keep = idx.size > 0, codes.size > 0
+    zero = y.dtype.type(0)
     for task in prange(n_img * ho):
         n = task // ho
         i = task % ho
         r0 = x[n, 2 * i]
         r1 = x[n, 2 * i + 1]
         yrow = y[n, i]
-        if not with_idx:
+        if not (with_idx or keep):
             for j in range(wo):
                 for c in range(c_all):
                     best = r0[2 * j, c]
                     best, _ = _max_tap(r0[2 * j + 1, c], best, 0, 1)
                     best, _ = _max_tap(r1[2 * j, c], best, 0, 2)
                     best, _ = _max_tap(r1[2 * j + 1, c], best, 0, 3)
-                    yrow[j, c] = best
-        else:
-            # the winning tap as an int32 code first, then the int64 indices in a
-            # second pass over the row (one pass took 5x the time on 6 channels)
-            codes = np.empty((wo, c_all), np.int32)
-            for j in range(wo):
-                for c in range(c_all):
-                    best = r0[2 * j, c]
-                    code = np.int32(0)
-                    best, code = _max_tap(r0[2 * j + 1, c], best, code, np.int32(1))
-                    best, code = _max_tap(r1[2 * j, c], best, code, np.int32(2))
-                    best, code = _max_tap(r1[2 * j + 1, c], best, code, np.int32(3))
-                    yrow[j, c] = best
-                    codes[j, c] = code
+                    yrow[j, c] = best if not relu or not best <= zero else zero
+            continue
+        # the winning tap as an int32 code first, then the int64 indices in a second
+        # pass over the row (one pass took 5x the time on 6 channels)
+        crow = codes[n, i] if keep else np.empty((wo, c_all), np.int32)
+        for j in range(wo):
+            for c in range(c_all):
+                best = r0[2 * j, c]
+                code = np.int32(0)
+                best, code = _max_tap(r0[2 * j + 1, c], best, code, np.int32(1))
+                best, code = _max_tap(r1[2 * j, c], best, code, np.int32(2))
+                best, code = _max_tap(r1[2 * j + 1, c], best, code, np.int32(3))
+                yrow[j, c] = best if not relu or not best <= zero else zero
+                crow[j, c] = code
+        if with_idx:
             krow = idx[n, i]
             base = 2 * i * wd
             for j in range(wo):
                 for c in range(c_all):
-                    k = np.int64(codes[j, c])
+                    k = np.int64(crow[j, c])
                     krow[j, c] = base + 2 * j + (k & 1) + (k >> 1) * wd
 
 
@@ -283,3 +292,35 @@ def _max_unpool_nhwc(gy, idx, gx, mask, masked):
                     count += 1
         bad[task] = count
     return bad.sum()
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _max_unpool_2x2(gy, codes, gx, mask, masked, geometry, rows):
+    """The gradient of the 2x2 kernels from their codes, either layout: gx = 0, then
+    grad_y at each window's winning tap (with ``masked``, only where mask > 0: a fused
+    ReLU's gradient, as ``_max_unpool_planes``). Flat images: gy, codes, mask (P, Ho*Wo*C)
+    and gx (P, H*W*C), geometry = (H, W, Ho, Wo, C); NCHW planes as images of one channel
+    (C = 1, P = N*C). One task per (image, block of ``rows`` output rows), which owns the
+    input rows of its windows (and, for the last block, the rows below every window):
+    the windows do not overlap."""
+    h, wd, ho, wo, c_all = geometry
+    zero = gx.dtype.type(0)
+    uc, uw = U(c_all), U(wd)
+    for task in prange(gy.shape[0] * n_blocks(ho, rows)):
+        p, i0, i1 = task_block(task, rows, ho)
+        gx[p, 2 * i0 * wd * c_all:(2 * i1 if i1 < ho else h) * wd * c_all] = zero
+        for i in range(i0, i1):
+            if c_all == 1:          # NCHW planes: the loop over a row alone
+                e, pixel = U(i * wo), U(2 * i * wd)
+                for j in range(wo):
+                    code = U(codes[p, e + U(j)])
+                    gx[p, pixel + U(2 * j) + (code & U(1)) + (code >> U(1)) * uw] = \
+                        relu_gradient(gy[p, e + U(j)], mask[p, e + U(j)], masked, zero)
+                continue
+            for j in range(wo):
+                e = (U(i) * U(wo) + U(j)) * uc
+                pixel = U(2 * i) * uw + U(2 * j)
+                for c in range(c_all):
+                    code = U(codes[p, e + U(c)])
+                    gx[p, (pixel + (code & U(1)) + (code >> U(1)) * uw) * uc + U(c)] = \
+                        relu_gradient(gy[p, e + U(c)], mask[p, e + U(c)], masked, zero)

@@ -31,6 +31,7 @@ from .._args import (
 )
 from .._memory import allocate
 from .._runtime import parallel_guard
+from . import _max_kernels as M
 from ._layouts import KERNELS
 
 
@@ -200,6 +201,59 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
             None if mask is None else _batched(mask, s.unbatched)):  # bad indices, counted
         check_indices_range(op, indices, s.h * s.w)
     return _as_given(s, gx, half=half)
+
+
+def max_pool2d_codes(x, window, layout, relu: bool):
+    """The autograd op's max pooling where the layer is the common one (2x2 windows,
+    stride 2, no padding, dilation or partial windows: ``_max_kernels.is_2x2_stride_2``)
+    and x a 4-D float32/float64 host array: (y, codes), y as ``max_pool2d`` gives it
+    (relu'd with ``relu``, NaN kept) and codes (y's shape, int32) each window's winning
+    tap 2a + b, half the bytes of int64 indices and no pass to make them; None for any
+    other call. ``window``: max_pool2d's (kernel_size, stride, padding, dilation,
+    ceil_mode), validated as there.
+
+    >>> import numpy as np
+    >>> x = np.array([[[[1.0, 5.0], [-2.0, 5.0]]]])          # NCHW (1, 1, 2, 2)
+    >>> y, codes = max_pool2d_codes(x, (2, None, 0, 1, False), "NCHW", relu=False)
+    >>> float(y[0, 0, 0, 0]), int(codes[0, 0, 0, 0])        # the first 5 wins
+    (5.0, 1)
+    """
+    if not (type(x) is np.ndarray and x.ndim == 4 and x.dtype in _CODE_DTYPES):
+        return None
+    op = "max_pool2d"
+    a = pool_args(op, x.shape, *window, check_layout(op, layout))
+    if not M.is_2x2_stride_2(a):
+        return None
+    warn_channels_last(op, x.shape, layout)
+    y = allocate(op, "output", a.y_shape4, x.dtype)
+    codes = allocate(op, "window codes", a.y_shape4, np.int32)
+    _run(KERNELS[a.layout].max_pool_codes, y.size, a, np.ascontiguousarray(x), y, codes,
+         bool(relu))
+    return y, codes
+
+
+def max_pool2d_codes_backward(grad_y, codes, input_shape, layout, mask=None):
+    """The gradient of ``max_pool2d_codes``: grad_x (input_shape, grad_y's dtype) =
+    grad_y at each window's winning tap and 0 elsewhere, grad_y passing only where
+    ``mask`` (None, or the relu'd output) is positive."""
+    op = "max_pool2d_backward"
+    a = pool_args(op, tuple(input_shape), 2, 2, 0, 1, False, layout)
+    if codes.shape != a.y_shape4 or codes.dtype != np.int32 or grad_y.shape != codes.shape:
+        raise ValueError(f"{op}: grad_y {grad_y.shape} and codes {codes.shape} "
+                         f"{codes.dtype} must both have the output's shape {a.y_shape4} "
+                         "(codes int32, from max_pool2d_codes)")
+    gy = np.ascontiguousarray(grad_y)
+    if mask is not None:
+        mask = np.ascontiguousarray(_unpool_mask(op, mask, gy))
+    gx = allocate(op, "gradient", a.x_shape4, gy.dtype)
+    if not gy.size:
+        gx[...] = 0
+    _run(KERNELS[a.layout].max_unpool_codes, gy.size, a, gy, codes, gx, mask)
+    return gx
+
+
+#: The dtypes ``max_pool2d_codes`` takes (others go through ``max_pool2d``).
+_CODE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _with_mask(grad_y, indices, mask, input_shape, **kwargs):
