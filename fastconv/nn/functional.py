@@ -66,9 +66,11 @@ class MaxPool2d(Function):
     (``max_pool2d_backward(mask=...)``): no pass and no array of their own. The common
     layer (2x2 windows, stride 2) keeps each window's winning tap as an int32 code
     instead of an int64 index, with the ReLU inside the pooling's own pass
-    (``fastconv.pool.ops.max_pool2d_codes``; LeNet's pools, forward and ReLU, 2 threads,
-    NHWC: (64, 28, 28, 6) 178-203 -> 127-146 us, (64, 10, 10, 16) 59-68 -> 25-33 us;
-    NCHW 216-226 -> 183-197 and 158-164 -> 110-124 us; the backward level)."""
+    (``fastconv.pool.ops.max_pool2d_codes``). LeNet's pools, one thread, CPU time of
+    this op forward / backward, old and new code in alternating processes: NHWC
+    (64, 28, 28, 6) 337-352 / 240-251 -> 281-291 / 201-206 us, (64, 10, 10, 16) 51-56 /
+    73-76 -> 41-43 / 51-55; NCHW (64, 6, 28, 28) 274-277 / 191-205 -> 259-267 / 157-169,
+    (64, 16, 10, 10) 131-145 / 66-67 -> 119-124 / 61-65."""
 
     gpu = True
 

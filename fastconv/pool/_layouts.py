@@ -48,9 +48,9 @@ class LayoutKernels:
     mean: Callable
 
 
-#: Empty index and code arrays of 3 and 4 dimensions: the 2x2 kernels' "not wanted".
-_NO_INDICES = {d: np.zeros((0,) * d, np.int64) for d in (3, 4)}
-_NO_CODES = {d: np.zeros((0,) * d, np.int32) for d in (3, 4)}
+#: Empty index and code arrays of 2 and 4 dimensions: the 2x2 kernels' "not wanted".
+_NO_INDICES = {d: np.zeros((0,) * d, np.int64) for d in (2, 4)}
+_NO_CODES = {d: np.zeros((0,) * d, np.int32) for d in (2, 4)}
 
 
 # ------------------------------------------------------------------------------- NCHW
@@ -60,19 +60,20 @@ def _planes(s, arr, *plane_shape):
 
 
 def _nchw_max_pool(a, x, y, idx, with_idx):
-    x3, y3 = _planes(a, x, a.h, a.w), _planes(a, y, a.h_out, a.w_out)
-    idx3 = _planes(a, idx, a.h_out, a.w_out) if idx.size else idx.reshape(0, 0, 0)
     rows = row_block(a.n * a.c, a.h_out)
     if M.is_2x2_stride_2(a):      # idx is empty unless with_idx
-        M._max_pool_2x2_planes(x3, y3, idx3, _NO_CODES[3], False, rows)
-    else:
-        M._max_pool_planes(x3, y3, idx3, *a.max_geometry, rows)
+        flat = _planes(a, idx, a.h_out * a.w_out) if idx.size else _NO_INDICES[2]
+        M._max_pool_2x2_planes(_planes(a, x, a.h * a.w), _planes(a, y, a.h_out * a.w_out),
+                               flat, _NO_CODES[2], False, (a.w, a.h_out, a.w_out), rows)
+        return
+    M._max_pool_planes(_planes(a, x, a.h, a.w), _planes(a, y, a.h_out, a.w_out),
+                       _planes(a, idx, a.h_out, a.w_out), *a.max_geometry, rows)
 
 
 def _nchw_max_pool_codes(a, x, y, codes, relu):
-    M._max_pool_2x2_planes(_planes(a, x, a.h, a.w), _planes(a, y, a.h_out, a.w_out),
-                           _NO_INDICES[3], _planes(a, codes, a.h_out, a.w_out), relu,
-                           row_block(a.n * a.c, a.h_out))
+    M._max_pool_2x2_planes(_planes(a, x, a.h * a.w), _planes(a, y, a.h_out * a.w_out),
+                           _NO_INDICES[2], _planes(a, codes, a.h_out * a.w_out), relu,
+                           (a.w, a.h_out, a.w_out), row_block(a.n * a.c, a.h_out))
 
 
 def _nchw_max_unpool_codes(a, gy, codes, gx, mask):
