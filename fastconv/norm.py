@@ -164,7 +164,7 @@ def _nhwc_backward(gy, x, mean, invstd, weight, training, gx, mask):
     sums = np.empty((2, x.shape[1]))
     _norm_nhwc.backward(gy, x, mean, invstd, weight, training, gx, sums,
                         _norm_nhwc.in_registers(x.shape[1], x.dtype),
-                        (gy if mask is None else mask).reshape(-1), mask is not None)
+                        gy if mask is None else mask, mask is not None)
     return sums[0], sums[1]
 
 
