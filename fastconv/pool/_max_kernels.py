@@ -100,7 +100,7 @@ def _max_pool_2x2_planes(x, y, idx, codes, relu, geometry, rows):
     for task in prange(x.shape[0] * n_blocks(ho, rows)):
         p, i0, i1 = task_block(task, rows, ho)
         xp, yp = x[p], y[p]
-        cp = codes[p] if keep else np.empty(ho * wo, np.int32)
+        cp = codes[p] if keep else np.empty(ho * wo if with_idx else 0, np.int32)
         for i in range(i0, i1):
             r0, r1, o = U(2 * i * wd), U((2 * i + 1) * wd), U(i * wo)
             # (literal unsigned constants: hoisted into variables, the stride 2 is no
