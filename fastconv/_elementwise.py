@@ -58,6 +58,14 @@ def _ranges(op, a, b, y, lo, hi):
 
 
 @njit(inline="always")
+def relu_range(a, lo, hi):
+    """a[lo:hi] = max(a, 0) in place, NaN kept (``_ranges``' RELU, its own vectorised
+    loop): a fused ReLU applied by a kernel to the run it has just written (inside that
+    run's own loop, the select can keep it from vectorising)."""
+    _ranges(RELU, a, a, a, lo, hi)
+
+
+@njit(inline="always")
 def relu_gradient(g, y, masked, zero):
     """g, or zero where ``masked`` and the ReLU's output y is not positive (NaN: zero):
     a fused ReLU's gradient applied inside another op's pass (the unpooling, batch
