@@ -104,18 +104,16 @@ def _max_pool_2x2_planes(x, y, idx, codes, relu, geometry, rows):
                     best, _ = _max_tap(xp[r1 + k], best, 0, 2)
                     best, _ = _max_tap(xp[r1 + k + U(1)], best, 0, 3)
                     yp[o + U(j)] = best
-                if relu:
-                    relu_range(yp, o, o + U(wo))
-                continue
-            for j in range(wo):
-                k = U(j) * U(2)
-                best = xp[r0 + k]
-                code = np.int32(0)
-                best, code = _max_tap(xp[r0 + k + U(1)], best, code, np.int32(1))
-                best, code = _max_tap(xp[r1 + k], best, code, np.int32(2))
-                best, code = _max_tap(xp[r1 + k + U(1)], best, code, np.int32(3))
-                yp[o + U(j)] = best
-                cp[o + U(j)] = code
+            else:
+                for j in range(wo):
+                    k = U(j) * U(2)
+                    best = xp[r0 + k]
+                    code = np.int32(0)
+                    best, code = _max_tap(xp[r0 + k + U(1)], best, code, np.int32(1))
+                    best, code = _max_tap(xp[r1 + k], best, code, np.int32(2))
+                    best, code = _max_tap(xp[r1 + k + U(1)], best, code, np.int32(3))
+                    yp[o + U(j)] = best
+                    cp[o + U(j)] = code
             if relu:        # a loop of its own: inside the one above, 1.4x its time
                 relu_range(yp, o, o + U(wo))
             if with_idx:
@@ -148,23 +146,21 @@ def _max_pool_2x2_nhwc(x, y, idx, codes, relu):
                     best, _ = _max_tap(r1[2 * j, c], best, 0, 2)
                     best, _ = _max_tap(r1[2 * j + 1, c], best, 0, 3)
                     yrow[j, c] = best
-            if relu:
-                relu_range(y[n].reshape(ho * wo * c_all), i * wo * c_all, (i + 1) * wo * c_all)
-            continue
-        # the winning tap as an int32 code first, then the int64 indices in a second
-        # pass over the row (one pass took 5x the time on 6 channels)
-        crow = codes[n, i] if keep else np.empty((wo, c_all), np.int32)
-        for j in range(wo):
-            for c in range(c_all):
-                best = r0[2 * j, c]
-                code = np.int32(0)
-                best, code = _max_tap(r0[2 * j + 1, c], best, code, np.int32(1))
-                best, code = _max_tap(r1[2 * j, c], best, code, np.int32(2))
-                best, code = _max_tap(r1[2 * j + 1, c], best, code, np.int32(3))
-                yrow[j, c] = best
-                crow[j, c] = code
-        if relu:
-            relu_range(y[n].reshape(ho * wo * c_all), i * wo * c_all, (i + 1) * wo * c_all)
+        else:
+            # the winning tap as an int32 code first, then the int64 indices in a
+            # second pass over the row (one pass took 5x the time on 6 channels)
+            crow = codes[n, i] if keep else np.empty((wo, c_all), np.int32)
+            for j in range(wo):
+                for c in range(c_all):
+                    best = r0[2 * j, c]
+                    code = np.int32(0)
+                    best, code = _max_tap(r0[2 * j + 1, c], best, code, np.int32(1))
+                    best, code = _max_tap(r1[2 * j, c], best, code, np.int32(2))
+                    best, code = _max_tap(r1[2 * j + 1, c], best, code, np.int32(3))
+                    yrow[j, c] = best
+                    crow[j, c] = code
+        if relu:        # a loop of its own, as in the planes kernel
+            relu_range(yrow.reshape(wo * c_all), 0, wo * c_all)
         if with_idx:
             krow = idx[n, i]
             base = 2 * i * wd

@@ -203,6 +203,10 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     return _as_given(s, gx, half=half)
 
 
+#: The dtypes ``max_pool2d_codes`` takes (others go through ``max_pool2d``).
+_CODE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
 def max_pool2d_codes(x, window, layout, relu: bool):
     """The autograd op's max pooling where the layer is the common one (2x2 windows,
     stride 2, no padding, dilation or partial windows: ``_max_kernels.is_2x2_stride_2``)
@@ -221,7 +225,7 @@ def max_pool2d_codes(x, window, layout, relu: bool):
     if not (type(x) is np.ndarray and x.ndim == 4 and x.dtype in _CODE_DTYPES):
         return None
     op = "max_pool2d"
-    a = pool_args(op, x.shape, *window, check_layout(op, layout))
+    a = pool_args(op, x.shape, *window, layout)
     if not M.is_2x2_stride_2(a):
         return None
     warn_channels_last(op, x.shape, layout)
@@ -251,9 +255,6 @@ def max_pool2d_codes_backward(grad_y, codes, input_shape, layout, mask=None):
     _run(KERNELS[a.layout].max_unpool_codes, gy.size, a, gy, codes, gx, mask)
     return gx
 
-
-#: The dtypes ``max_pool2d_codes`` takes (others go through ``max_pool2d``).
-_CODE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 
 def _with_mask(grad_y, indices, mask, input_shape, **kwargs):
