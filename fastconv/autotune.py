@@ -277,7 +277,11 @@ def choose_algorithm(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1
 #: image-last path only from this many channels per group in and out: measured
 #: (float32, 3x3, padding 1, 2 threads) Winograd / image-last 2.4 at 64 x 16 x 8 x 8 and
 #: 1.4 at 64 x 16 x 28 x 28, 1.0 at 64 x 32 x 16 x 16 and 32 x 64 x 8 x 8, 0.71 at
-#: 64 x 32 x 32 x 32.
+#: 64 x 32 x 32 x 32. On fewer images than the image-last path takes, the same bound
+#: keeps narrower layers on im2col (its direct kernels; the cost model prices Winograd's
+#: grad_x of few channels too low there): 2 images, 2 threads, both gradients, Winograd
+#: / im2col: NCHW 3 -> 32 3x3 at 32x32 0.54 / 0.27 ms, 8 -> 16 at 28x28 0.48 / 0.30,
+#: 16 -> 16 0.35 / 0.33; NHWC 3 -> 32 0.34 / 0.31, 16 -> 16 0.28 / 0.28.
 WINOGRAD_OVER_IMAGE_LAST_CHANNELS = 32
 
 
@@ -289,8 +293,9 @@ def forward_choice(a, algo: str = "auto") -> str:
 def backward_choice(a, algo: str = "auto", need_x: bool = True) -> str:
     """The algorithm conv2d_backward runs for ``algo`` on problem ``a``: for "auto" the
     backward plan, except that im2col's image-last path (no column matrix; the cost
-    model does not price it) takes batches of small images unless the plan picked
-    Winograd for a layer of at least ``WINOGRAD_OVER_IMAGE_LAST_CHANNELS`` channels."""
+    model does not price it) takes batches of small images, and im2col batches of fewer
+    images than that path takes, unless the plan picked Winograd for a layer of at
+    least ``WINOGRAD_OVER_IMAGE_LAST_CHANNELS`` channels."""
     if algo != "auto":
         return algo
     planned = plan_for(a, backward=True).algorithm
@@ -298,6 +303,8 @@ def backward_choice(a, algo: str = "auto", need_x: bool = True) -> str:
     if planned == "winograd" and wide:
         return planned
     if im2col.image_last_tile(a, need_x):
+        return "im2col"
+    if planned == "winograd" and a.n < im2col.IMAGE_LAST_MIN_IMAGES:
         return "im2col"
     return planned
 

@@ -442,3 +442,26 @@ def test_auto_backward_prefers_winograd_on_wide_layers_only():
     assert backward_algo((64, 16, 8, 8), (16, 16, 3, 3), padding=1) == "im2col"
     assert backward_algo((64, 1, 28, 28), (6, 1, 5, 5), padding=2) == "im2col"   # LeNet
     assert backward_algo((16, 64, 56, 56), (64, 64, 3, 3), padding=1) == "winograd"
+
+
+def test_auto_backward_keeps_narrow_layers_of_few_images_on_im2col(monkeypatch):
+    """Where the plan picks Winograd, batches of fewer images than the image-last path
+    takes run im2col (its direct kernels) unless the layer has 32 channels or more."""
+    import types
+
+    from fastconv import autotune
+
+    monkeypatch.setattr(autotune, "plan_for", lambda a, measure=False, backward=False:
+                        types.SimpleNamespace(algorithm="winograd"))
+
+    def backward_algo(x_shape, w_shape, **kw):
+        return autotune.backward_choice(conv_args_from_shapes("t", x_shape, w_shape, **kw),
+                                        "auto", True)
+
+    assert backward_algo((2, 16, 28, 28), (16, 16, 3, 3), padding=1) == "im2col"
+    assert backward_algo((3, 8, 28, 28), (16, 8, 3, 3), padding=1) == "im2col"
+    assert backward_algo((2, 32, 14, 14), (32, 32, 3, 3), padding=1) == "winograd"
+    assert backward_algo((8, 28, 28, 16), (3, 3, 16, 16), padding=1,
+                         layout="NHWC") == "winograd"      # 8 images, no image-last pass
+    assert autotune.backward_choice(conv_args_from_shapes(
+        "t", (2, 16, 28, 28), (16, 16, 3, 3), padding=1), "winograd") == "winograd"

@@ -37,6 +37,8 @@ CASES = [
     (4, 16, 8, 7, 16, 2, 3, 0, 1, True),
     (4, 16, 7, 9, 16, 3, (2, 1), (1, 2), (1, 2), True),
     (4, 30, 5, 6, 16, 3, 1, 1, 1, True),    # 270 taps: a last group of 6
+    (2, 16, 6, 7, 16, 3, 1, 1, 1, True),    # two images (no image-last pass)
+    (3, 16, 9, 8, 32, 3, 2, 1, 1, True),    # three, strided
 ]
 
 
@@ -147,13 +149,40 @@ def test_direct_backward_reads_read_only_and_strided_arrays(rng):
 @pytest.mark.parametrize("x_shape,w_shape,kwargs", [
     ((8, 8, 8, 4), (3, 3, 2, 16), dict(groups=2)),
     ((8, 8, 8, 16), (1, 1, 16, 16), {}),                      # pointwise
-    ((3, 8, 8, 16), (3, 3, 16, 16), {}),                      # too few images
     ((8, 8, 8, 80), (3, 3, 80, 16), {}),                      # too many input channels
     ((8, 8, 8, 16), (3, 3, 16, 80), {}),                      # too many output channels
 ])
 def test_direct_backward_does_not_apply(x_shape, w_shape, kwargs):
     assert not direct_backward_applies(conv_args_from_shapes("t", x_shape, w_shape,
                                                              layout="NHWC", **kwargs))
+
+
+def test_few_images_keep_the_tile_loop_where_its_unfold_serves_both_gradients(
+        monkeypatch):
+    """On fewer images than the image-last pass takes: grad_w alone runs direct, as do
+    both gradients where grad_x runs direct too or an NHWC layer has at least
+    ``FEW_IMAGES_MIN_C_IN`` input channels; one NCHW image keeps the tile loop."""
+    monkeypatch.setattr(direct_grad, "PREFER_IMAGE_LAST", False)
+
+    def chosen(x_shape, w_shape, layout, with_grad_x):
+        a = conv_args_from_shapes("t", x_shape, w_shape, padding=1, layout=layout)
+        return direct_backward_chosen(a, with_grad_x)
+
+    wide = ((2, 16, 28, 28), (16, 16, 3, 3))
+    assert chosen(*wide, "NCHW", True) and chosen(*wide, "NCHW", False)
+    assert not chosen((1, 16, 28, 28), wide[1], "NCHW", True)
+    assert not chosen((1, 16, 28, 28), wide[1], "NCHW", False)
+    assert chosen((1, 28, 28, 16), (3, 3, 16, 16), "NHWC", True)
+    few = direct_grad.FEW_IMAGES_MIN_C_IN
+    for c, layout, x_shape, w_shape in [
+            (few, "NHWC", (2, 14, 14, few), (3, 3, few, 16)),
+            (few - 1, "NHWC", (2, 14, 14, few - 1), (3, 3, few - 1, 16)),
+            (few, "NCHW", (2, few, 14, 14), (16, few, 3, 3))]:
+        a = conv_args_from_shapes("t", x_shape, w_shape, padding=1, layout=layout)
+        direct_x = direct_grad_input.input_phases(a) is not None
+        assert chosen(x_shape, w_shape, layout, False)
+        assert chosen(x_shape, w_shape, layout, True) == (
+            direct_x or (layout == "NHWC" and c >= few)), (c, layout)
 
 
 def test_lenets_second_layer_keeps_the_image_last_pass_in_nchw_unless_grad_x_is_direct(

@@ -99,6 +99,9 @@ BAND_PIXELS = 48
 #: Layers of at most this many input and output channels run the direct backward
 #: (wider ones make GEMMs wide enough for BLAS).
 MAX_CHANNELS = 64
+#: On fewer images than the image-last pass takes, NHWC layers of at least this many
+#: input channels run the direct grad_w beside grad_x by GEMMs (``direct_backward_chosen``).
+FEW_IMAGES_MIN_C_IN = 6
 #: Multiply-adds per second per thread of ``_grad_w_parts`` (float32; half for float64),
 #: for the cost model: 35 to 48 measured on the small ResNets' layers (2 threads,
 #: batch 32, 16 -> 16 3x3 at 28x28 up to 64 -> 64 at 7x7).
@@ -116,10 +119,10 @@ def _strided_pointwise_nhwc(a) -> bool:
 def direct_backward_applies(args) -> bool:
     """Whether im2col's backward runs the direct weight gradient (``backward_direct``):
     one group, a kernel larger than 1x1 (or a strided 1x1 one in NHWC, whose grad_w
-    ``strided_pointwise`` runs here), at least ``IMAGE_LAST_MIN_IMAGES`` images, at most
-    ``MAX_CHANNELS`` input and output channels (a last block of lanes partly filled is
-    computed whole: ``_d_pad``)."""
-    return (args.groups == 1 and args.n >= IMAGE_LAST_MIN_IMAGES
+    ``strided_pointwise`` runs here), at most ``MAX_CHANNELS`` input and output
+    channels (a last block of lanes partly filled is computed whole: ``_d_pad``), any
+    number of images."""
+    return (args.groups == 1 and args.n > 0
             and (args.kh * args.kw > 1 or _strided_pointwise_nhwc(args))
             and args.c_in <= MAX_CHANNELS and args.c_out <= MAX_CHANNELS
             and args.h_out > 0 and args.w_out > 0)
@@ -136,13 +139,29 @@ def direct_backward_chosen(args, with_grad_x: bool = True) -> bool:
     alternating, direct / image-last with grad_x, grad_w alone: LeNet's 6 -> 16 5x5
     NCHW 2.51 / 0.90 ms, 1.11 / 0.41; NHWC 2.64 / 1.12, 1.26 / 0.53; 16 -> 16 3x3 at
     28x28 (batch 32) 8.8 / 5.4, 6.0 / 2.8; 16 -> 32 15.1 / 7.7; 32 -> 32 at 14x14 8.3 /
-    4.7; NHWC 8 -> 16 at 28x28 4.5 / 2.8."""
+    4.7; NHWC 8 -> 16 at 28x28 4.5 / 2.8.
+    On fewer than ``IMAGE_LAST_MIN_IMAGES`` images (no image-last pass) with grad_x
+    wanted and the direct forward unable to run it, the tile loop of unfold and GEMMs,
+    whose unfold serves both gradients, keeps layers of fewer than
+    ``FEW_IMAGES_MIN_C_IN`` input channels, and NCHW ones (batch 2, 2 threads, both
+    gradients, the tile loop against direct grad_w and grad_x by GEMMs: NCHW 1 -> 16 3x3
+    at 28x28 0.140 / 0.193 ms, 6 -> 16 5x5 at 14x14 0.186 / 0.246, 8 -> 16 3x3 at 28x28
+    0.30 / 0.34; NHWC 1 -> 16 0.175 / 0.20, 3 -> 32 at 32x32 0.31 / 0.34, but 6 -> 16
+    0.175 / 0.134 and 8 -> 16 0.40 / 0.22). A single NCHW image keeps the tile loop
+    for either gradient: one GEMM per gradient over the image's pixels (both gradients,
+    direct / tile loop: 16 -> 32 3x3 with stride 2 at 28x28 0.25 / 0.20 ms, 32 -> 64
+    with stride 2 at 14x14 0.31 / 0.22, 64 -> 64 at 7x7 0.42 / 0.33)."""
     if not direct_backward_applies(args):
         return False
     if PREFER_IMAGE_LAST and image_last_tile(args, with_grad_x):
         return False
-    return not with_grad_x or input_phases(args) is not None \
-        or args.dims.channels_last or not image_last_tile(args, True)
+    if args.n == 1 and not args.dims.channels_last:
+        return False
+    if not with_grad_x or input_phases(args) is not None:
+        return True
+    if args.n < IMAGE_LAST_MIN_IMAGES:
+        return args.dims.channels_last and args.c_in >= FEW_IMAGES_MIN_C_IN
+    return args.dims.channels_last or not image_last_tile(args, True)
 
 
 def part_images(a) -> int:
