@@ -85,12 +85,13 @@ def lanes_applies(args) -> bool:
     group, a kernel larger than 1x1 (or a strided 1x1 kernel in NHWC), at most
     ``MAX_CHANNELS`` output channels using at least ``MIN_LANE_USE`` of their lanes,
     inner loops of at least ``MIN_RUN`` taps (``_run``; or one NHWC input channel,
-    ``_single_channel_last``) and at most ``MAX_TAPS`` taps C_in*KH*KW. Any stride, padding and dilation. A strided 1x1 NHWC
-    layer (a ResNet's shortcut) then reads its pixels in place, where the pointwise
-    path copies them and multiplies (pixels, C) @ (C, D) on one BLAS thread:
-    alternating, 2 threads, 16 -> 32 at 28x28 with stride 2 (batch 32) 0.061 ms against
-    0.21 (torch 0.064); 32 -> 64 at 14x14 0.076 against 0.116 (torch 0.059); 32 -> 64 at
-    32x32 (batch 64) 0.41 against 0.64 (torch 0.32). Any number of images: on one
+    ``_single_channel_last``) and at most ``MAX_TAPS`` taps C_in*KH*KW. Any stride,
+    padding and dilation. A strided 1x1 NHWC layer (a ResNet's shortcut) then reads
+    its pixels in place, where the pointwise path copies them and multiplies
+    (pixels, C) @ (C, D) on one BLAS thread: alternating, 2 threads, 16 -> 32 at 28x28
+    with stride 2 (batch 32) 0.061 ms against 0.21 (torch 0.064); 32 -> 64 at 14x14
+    0.076 against 0.116 (torch 0.059); 32 -> 64 at 32x32 (batch 64) 0.41 against 0.64
+    (torch 0.32). Any number of images: on one
     image, 2 threads, against the layers' other paths (Winograd, the unfold and GEMM),
     NCHW 16 -> 16 3x3 at 28x28 0.121 -> 0.083 ms, 16 -> 32 with stride 2 0.119 ->
     0.072; NHWC 16 -> 32 with stride 2 0.131 -> 0.091, LeNet's 6 -> 16 5x5 at 14x14
