@@ -254,8 +254,17 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
         op, x, running_mean, running_var, weight, bias, training, momentum, eps, layout,
         return_stats, half=True)
     half, (x,) = widen(x)   # float16: computed in float32
+    y, mean, invstd = forward(x, running_mean, running_var, weight, bias, a, fuse_relu)
+    y = narrow(y) if half else y
+    return (y, mean, invstd) if return_stats else y
+
+
+def forward(x, running_mean, running_var, weight, bias, a, fuse_relu=False):
+    """``batch_norm``'s (y, mean, invstd) on checked arrays of float32 or float64
+    (``batch_norm_inputs``, or the record ``fastconv._args.batch_norm_record`` keeps):
+    the running statistics updated in training."""
     k = _KERNELS[a.layout]
-    y = allocate(op, "output", x.shape, x.dtype)
+    y = allocate("batch_norm", "output", x.shape, x.dtype)
     w64, b64 = _f64(weight, a.c, 1.0), _f64(bias, a.c, 0.0)
     if a.training and a.count == 0:
         mean, invstd = np.full(a.c, np.nan), np.full(a.c, np.nan)
@@ -272,8 +281,7 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
             with parallel_guard():
                 k.apply(k.view(np.ascontiguousarray(x)), mean, w64 * invstd, b64, k.view(y),
                         bool(fuse_relu))
-    y = narrow(y) if half else y
-    return (y, mean, invstd) if return_stats else y
+    return y, mean, invstd
 
 
 # ---------------------------------------------------------------------------- backward
@@ -321,9 +329,17 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
         op, grad_y, x, mean, invstd, weight, training, layout, half=True,
         relu_output=relu_output)
     half, (grad_y, x, relu_output) = widen(grad_y, x, relu_output)   # float16: in float32
+    grads = gradients(grad_y, x, mean, invstd, weight, a, relu_output)
+    return narrow(grads) if half else grads
+
+
+def gradients(grad_y, x, mean, invstd, weight, a, relu_output=None):
+    """``batch_norm_backward``'s (grad_x, grad_weight, grad_bias) on checked arrays of
+    float32 or float64 (``batch_norm_backward_inputs``, or the record
+    ``fastconv._args.batch_norm_backward_record`` keeps)."""
     k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64, copy=False), invstd.astype(np.float64, copy=False)
-    gx = allocate(op, "gradient", x.shape, x.dtype)
+    gx = allocate("batch_norm_backward", "gradient", x.shape, x.dtype)
     sum_dy, sum_dy_xmu = np.zeros(a.c), np.zeros(a.c)
     if a.count > 0:
         g3, x3 = k.view(np.ascontiguousarray(grad_y)), k.view(np.ascontiguousarray(x))
@@ -331,6 +347,4 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
         with parallel_guard():
             sum_dy, sum_dy_xmu = k.backward(g3, x3, mean64, invstd64, _f64(weight, a.c, 1.0),
                                             a.training, k.view(gx), mask)
-    grad_weight = (sum_dy_xmu * invstd64).astype(x.dtype)
-    grad_bias = sum_dy.astype(x.dtype)
-    return narrow((gx, grad_weight, grad_bias)) if half else (gx, grad_weight, grad_bias)
+    return gx, (sum_dy_xmu * invstd64).astype(x.dtype), sum_dy.astype(x.dtype)

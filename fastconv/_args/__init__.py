@@ -44,7 +44,9 @@ from .norm import (  # noqa: F401
     batch_norm_args,
     batch_norm_backward_args,
     batch_norm_backward_inputs,
+    batch_norm_backward_record,
     batch_norm_inputs,
+    batch_norm_record,
 )
 from .pool import (  # noqa: F401
     PoolArgs,

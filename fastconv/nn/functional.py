@@ -19,6 +19,7 @@ import numpy as np
 from .. import _blas, _elementwise, devices
 from .. import norm as _norm
 from .. import pool as _pool
+from .._args import batch_norm_backward_record, batch_norm_record
 from ..autograd import (
     GELU,
     Function,
@@ -184,11 +185,19 @@ class BatchNorm(Function):
     @staticmethod
     def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=False,
                 momentum=0.1, eps=1e-5, layout="NCHW", relu=False):
-        # relu: max(y, 0) in the normalising pass (fastconv.nn.fused.batch_norm_relu)
-        y, mean, invstd = _norm.batch_norm(x, running_mean, running_var, weight, bias,
-                                           training, momentum, eps, layout=layout,
-                                           return_stats=True, fuse_relu=relu,
-                                           device=devices.array_device(x))
+        # relu: max(y, 0) in the normalising pass (fastconv.nn.fused.batch_norm_relu).
+        # Host arrays the public function would take as they are: checked once per
+        # layer's shapes (the record kept), then the kernels.
+        a = batch_norm_record(x, running_mean, running_var, weight, bias, training,
+                              momentum, eps, layout)
+        if a is not None:
+            y, mean, invstd = _norm.forward(x, running_mean, running_var, weight, bias, a,
+                                            relu)
+        else:
+            y, mean, invstd = _norm.batch_norm(x, running_mean, running_var, weight, bias,
+                                               training, momentum, eps, layout=layout,
+                                               return_stats=True, fuse_relu=relu,
+                                               device=devices.array_device(x))
         ctx.save_for_backward(x, mean, invstd, weight, y if relu else None)
         ctx.training, ctx.layout, ctx.has_bias = training, layout, bias is not None
         return y
@@ -198,9 +207,15 @@ class BatchNorm(Function):
         # y: the fused ReLU's output (host only), its gradient applied in the batch
         # norm's own passes
         x, mean, invstd, weight, y = ctx.saved_tensors
-        gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
-                                               training=ctx.training, layout=ctx.layout,
-                                               device=devices.array_device(g), relu_output=y)
+        a = batch_norm_backward_record(g, x, mean, invstd, weight, ctx.training, ctx.layout,
+                                       y)
+        if a is not None:
+            gx, gw, gb = _norm.gradients(g, x, mean, invstd, weight, a, y)
+        else:
+            gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
+                                                   training=ctx.training, layout=ctx.layout,
+                                                   device=devices.array_device(g),
+                                                   relu_output=y)
         return gx, None if weight is None else gw, gb if ctx.has_bias else None
 
 
