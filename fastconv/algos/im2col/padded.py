@@ -81,7 +81,7 @@ def _pad_images(xf, xs, xp, ps, pt, pl):
         for t in range(U(q_hi * c_all), row):
             xp[dst + t] = zero
         src = U(n * sn + r * sh)
-        if c_all == 1 or (sc == 1 and sw == c_all):     # channels last: one run
+        if sw == c_all and (sc == 1 or c_all == 1):     # channels last: one run
             d = dst + U(q_lo * c_all)
             for t in range(U((q_hi - q_lo) * c_all)):
                 xp[d + t] = xf[src + t]
