@@ -302,9 +302,8 @@ def backward_choice(a, algo: str = "auto", need_x: bool = True) -> str:
     wide = min(a.c_in, a.c_out) // a.groups >= WINOGRAD_OVER_IMAGE_LAST_CHANNELS
     if planned == "winograd" and wide:
         return planned
-    if im2col.image_last_tile(a, need_x):
-        return "im2col"
-    if planned == "winograd" and a.n < im2col.IMAGE_LAST_MIN_IMAGES:
+    if im2col.image_last_tile(a, need_x) or (planned == "winograd"
+                                             and a.n < im2col.IMAGE_LAST_MIN_IMAGES):
         return "im2col"
     return planned
 

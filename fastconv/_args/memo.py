@@ -38,13 +38,32 @@ def remembered(check):
         hit = store.get(key)
         if hit is not None:
             return hit
-        result = check(op, *args, **kwargs)
-        if len(store) >= MAX_ENTRIES:
-            store.clear()
-        store[key] = result
-        return result
+        return _keep(store, key, check(op, *args, **kwargs))
 
     return wrapper
+
+
+def kept(store: dict, key, make):
+    """``store[key]``, else ``make()``'s result kept there (as ``remembered`` keeps its
+    records: the whole store dropped when full; an error from ``make`` is not kept), for
+    a check whose key is not simply its arguments."""
+    hit = store.get(key)
+    if hit is not None:
+        return hit
+    return _keep(store, key, make())
+
+
+def _keep(store: dict, key, result):
+    """``store[key] = result`` (the store dropped first when it holds ``MAX_ENTRIES``)."""
+    if len(store) >= MAX_ENTRIES:
+        store.clear()
+    store[key] = result
+    return result
+
+
+def key_of(*values) -> tuple:
+    """A record's key for ``values`` by ``_key``'s rules (True apart from 1, 2.0 from 2)."""
+    return tuple(map(_plain, values))
 
 
 def _key(args, kwargs) -> tuple:

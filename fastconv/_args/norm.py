@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import layout as _layout
-from .checks import check_array, check_flag, check_layout, check_same_dtype
+from .checks import DTYPES, check_array, check_flag, check_layout, check_same_dtype
+from .memo import kept, key_of
 
 
 @dataclass(frozen=True)
@@ -152,15 +153,7 @@ def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training,
 
 
 # ------------------------------------------------------- records kept per signature
-#: Records of ``batch_norm_record`` / ``batch_norm_backward_record``, by signature; the
-#: store is dropped when it holds this many.
-MAX_RECORDS = 1024
-_records: dict = {}
-
-
-def _scalar(value) -> tuple:
-    """A key's part for a flag or a real: its type with it (True is not 1, 2.0 not 2)."""
-    return type(value), value
+_records: dict = {}     # batch_norm_record's and batch_norm_backward_record's
 
 
 def _vector_signature(v, dtype):
@@ -173,15 +166,9 @@ def _vector_signature(v, dtype):
     return v.shape, v.flags.writeable
 
 
-def _kept(key, check):
-    """The record kept for ``key``, else ``check()``'s (kept; errors are not)."""
-    hit = _records.get(key)
-    if hit is None:
-        hit = check()
-        if len(_records) >= MAX_RECORDS:
-            _records.clear()
-        _records[key] = hit
-    return hit
+def _plain_float(a) -> bool:
+    """Whether ``a`` is a plain float32 or float64 ndarray (taken as it is)."""
+    return type(a) is np.ndarray and a.dtype in DTYPES
 
 
 def batch_norm_record(x, running_mean, running_var, weight, bias, training, momentum,
@@ -189,18 +176,18 @@ def batch_norm_record(x, running_mean, running_var, weight, bias, training, mome
     """``batch_norm``'s record for arrays it takes as they are (x a plain float32 or
     float64 ndarray, the vectors None or plain ndarrays of its dtype), checked as
     ``batch_norm_inputs`` checks them, with its errors, once per signature (shapes,
-    dtype, the running statistics' writeability, the arguments); None for any other
-    call (it goes through ``batch_norm``). The autograd op asks on every call of a
-    layer, and the same few layers come back every training step."""
-    if type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64):
+    dtype, the running statistics' writeability, the arguments; ``memo.kept``); None
+    for any other call (it goes through ``batch_norm``). The autograd op asks on every
+    call of a layer, and the same few layers come back every training step."""
+    if not _plain_float(x):
         return None
     vectors = tuple(_vector_signature(v, x.dtype)
                     for v in (running_mean, running_var, weight, bias))
     if False in vectors:
         return None
-    key = ("forward", x.shape, x.dtype.str, vectors, layout, _scalar(training),
-           _scalar(momentum), _scalar(eps))
-    return _kept(key, lambda: batch_norm_inputs(
+    key = ("forward", x.shape, x.dtype.str, vectors,
+           key_of(layout, training, momentum, eps))
+    return kept(_records, key, lambda: batch_norm_inputs(
         "batch_norm", x, running_mean, running_var, weight, bias, training, momentum,
         eps, layout, False)[0])
 
@@ -209,20 +196,15 @@ def batch_norm_backward_record(grad_y, x, mean, invstd, weight, training, layout
                                relu_output) -> BatchNormArgs | None:
     """``batch_norm_backward``'s record as ``batch_norm_record`` keeps the forward's:
     grad_y, x and relu_output (or None) plain ndarrays of one dtype, float32 or
-    float64, mean and invstd plain float ndarrays, weight None or of x's dtype; None
-    for any other call."""
-    if type(x) is not np.ndarray or x.dtype not in (np.float32, np.float64):
+    float64, mean and invstd plain float32 or float64 ndarrays, weight None or of x's
+    dtype; None for any other call."""
+    if not (_plain_float(x) and _plain_float(mean) and _plain_float(invstd)):
         return None
     arrays = tuple(_vector_signature(v, x.dtype) for v in (grad_y, relu_output, weight))
-    stats = tuple(_vector_signature(v, v.dtype if type(v) is np.ndarray else None)
-                  for v in (mean, invstd))
-    if False in arrays or None in stats or False in stats \
-            or mean.dtype not in (np.float32, np.float64) \
-            or invstd.dtype not in (np.float32, np.float64):
+    if False in arrays:
         return None
-    key = ("backward", x.shape, x.dtype.str, arrays, stats, mean.dtype.str,
-           invstd.dtype.str, layout, _scalar(training))
-    return _kept(key, lambda: batch_norm_backward_inputs(
+    key = ("backward", x.shape, x.dtype.str, arrays, mean.shape, mean.dtype.str,
+           invstd.shape, invstd.dtype.str, key_of(layout, training))
+    return kept(_records, key, lambda: batch_norm_backward_inputs(
         "batch_norm_backward", grad_y, x, mean, invstd, weight, training, layout,
         relu_output=relu_output)[0])
-

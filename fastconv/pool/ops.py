@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import devices
 from .._args import (
+    DTYPES,
     as_ndarray,
     avg_pool_args,
     check_array,
@@ -203,10 +204,6 @@ def max_pool2d_backward(grad_y, indices, input_shape, *, layout="NCHW", device="
     return _as_given(s, gx, half=half)
 
 
-#: The dtypes ``max_pool2d_codes`` takes (others go through ``max_pool2d``).
-_CODE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-
-
 def max_pool2d_codes(x, window, layout, relu: bool):
     """The autograd op's max pooling where the layer is the common one (2x2 windows,
     stride 2, no padding, dilation or partial windows: ``_max_kernels.is_2x2_stride_2``)
@@ -222,7 +219,7 @@ def max_pool2d_codes(x, window, layout, relu: bool):
     >>> float(y[0, 0, 0, 0]), int(codes[0, 0, 0, 0])        # the first 5 wins
     (5.0, 1)
     """
-    if not (type(x) is np.ndarray and x.ndim == 4 and x.dtype in _CODE_DTYPES):
+    if not (type(x) is np.ndarray and x.ndim == 4 and x.dtype in DTYPES):
         return None
     op = "max_pool2d"
     a = pool_args(op, x.shape, *window, layout)
@@ -254,7 +251,6 @@ def max_pool2d_codes_backward(grad_y, codes, input_shape, layout, mask=None):
         gx[...] = 0
     _run(KERNELS[a.layout].max_unpool_codes, gy.size, a, gy, codes, gx, mask)
     return gx
-
 
 
 def _with_mask(grad_y, indices, mask, input_shape, **kwargs):
