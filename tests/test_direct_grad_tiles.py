@@ -95,3 +95,41 @@ def test_gradients_through_the_tiles_match_finite_differences(rng, monkeypatch):
     assert gradcheck(lambda x, w: (F.conv2d(x, w, stride=2, padding=1, layout="NHWC",
                                             algo="im2col") ** 2).sum(), [x, w])
     assert calls
+
+
+@pytest.mark.parametrize("x_shape,w_shape,stride", [
+    ((16, 56, 56, 64), (3, 3, 64, 64), 1),        # 1.7 MB an image: one image a run
+    ((64, 32, 32, 32), (3, 3, 32, 32), 1),
+    ((32, 14, 14, 32), (3, 3, 32, 64), 2),
+    ((32, 28, 28, 16), (3, 3, 16, 16), 1),
+    ((64, 12, 12, 16), (3, 3, 16, 16), 1),        # small images: runs for the tasks
+    ((3, 8, 8, 16), (3, 3, 16, 16), 1),           # fewer images than runs wanted
+])
+def test_runs_fit_half_an_l2_and_give_the_tasks(x_shape, w_shape, stride):
+    """``tile_images``: runs of at most ``RUN_BYTES`` (or one image), a power of two of
+    them where the batch allows, and at least ``MIN_TASKS`` tasks where it allows."""
+    a = conv_args_from_shapes("t", x_shape, w_shape, stride=stride, padding=1,
+                              layout="NHWC")
+    per = direct_grad_tiles.tile_images(a)
+    runs = -(-a.n // per)
+    hp, wp = direct_grad.padded_size(a)
+    image = (hp * wp * a.c_in + a.h_out * a.w_out * a.c_out) * 4
+    assert per == 1 or per * image <= direct_grad_tiles.RUN_BYTES
+    assert runs == a.n or runs & (runs - 1) == 0
+    assert runs == a.n or runs * a.kh * a.c_out // 8 >= direct_grad_tiles.MIN_TASKS
+
+
+def test_tiles_with_their_runs_match_the_reference_on_one_image_a_run(rng):
+    """A batch run one image a run (each its own partial sum): the sum over the runs
+    against the reference, and the same on one thread."""
+    x = rng.standard_normal((3, 6, 6, 16)).astype(np.float32)
+    w = rng.standard_normal((3, 3, 16, 16)).astype(np.float32)
+    gy = rng.standard_normal((3, 6, 6, 16)).astype(np.float32)
+    a = conv_args_from_shapes("t", x.shape, w.shape, padding=1, layout="NHWC")
+    assert direct_grad_tiles.tile_images(a) == 1
+    gw = np.empty_like(w)
+    direct_grad.weight_grad_into(x, gy, a, gw)
+    _, gw0, _ = ref.conv2d_backward(gy.transpose(0, 3, 1, 2), x.transpose(0, 3, 1, 2),
+                                    w.transpose(3, 2, 0, 1), padding=((1, 1), (1, 1)))
+    assert ref.rel_error(gw.transpose(3, 2, 0, 1), gw0) <= ref.tolerance(np.float32,
+                                                                        "im2col")

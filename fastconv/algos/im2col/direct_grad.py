@@ -75,7 +75,13 @@ from . import grad_x_images
 from .direct_grad_bands import _fma8, _pair_band, _single16_band, _sums8, _taps8
 from .direct_grad_input import input_grad_cost, input_grad_direct, input_phases
 from .direct_grad_rows import ROWS_GMACS, rows_apply, rows_macs, weight_grad_rows
-from .direct_grad_tiles import TILES_GMACS, into_weight, tiles_apply, weight_grad_tiles
+from .direct_grad_tiles import (
+    TILES_GMACS,
+    into_weight,
+    tile_images,
+    tiles_apply,
+    weight_grad_tiles,
+)
 from .image_last import image_last_tile
 from .padded import channels_last_input, padded_size
 from .tiling import IMAGE_LAST_MIN_IMAGES
@@ -286,7 +292,7 @@ def weight_grad_into(x, gy_nhwc, a, grad_w) -> None:
     ``direct_grad_tiles`` where they apply, else by ``_grad_w_parts`` (on
     ``padded.channels_last_input``) and ``_sum_parts``."""
     if tiles_apply(a):
-        weight_grad_tiles(x, gy_nhwc, a, grad_w, part_images(a), _band(a))
+        weight_grad_tiles(x, gy_nhwc, a, grad_w, tile_images(a), _band(a))
         return
     dt = a.dtype
     per = part_images(a)

@@ -16,7 +16,7 @@ whose left operand is read where it lies. A tile holds 3 vectors of taps x 8 out
 channels in 24 registers (AVX-512's 32): per pixel, 3 vector loads of the run and 8
 broadcasts of grad_y feed 24 fused multiply-adds, against one broadcast of the input
 per multiply-add in ``direct_grad``'s lanes-over-channels kernel. Each task sums a run
-of images (``direct_grad.part_images``) for one kernel row and 8 output channels into
+of images (``tile_images``) for one kernel row and 8 output channels into
 its own float32 partial, band of output rows by band (the band's input and grad_y rows
 stay in L1 across its tiles); the runs' partials are added in order in float64, so the
 result does not depend on the thread count.
@@ -40,7 +40,7 @@ from numba import njit, prange
 from ... import _lanes
 from ..._runtime import parallel_guard
 from .._common import U, workspace
-from .padded import channels_last_input
+from .padded import channels_last_input, padded_size
 
 #: Vectors of taps and output channels of a tile (24 accumulators).
 VECTORS = 3
@@ -52,6 +52,36 @@ ENABLED = _lanes.WIDE
 #: 55-70 measured on the small ResNets' 3x3 layers (batch 32, 2 threads), against
 #: ``direct_grad``'s 40.
 TILES_GMACS = 60.0
+#: A run of images (one partial sum, ``tile_images``) holds at most about this many
+#: bytes of padded input and grad_y (half a core's L2: each task goes through its run's
+#: images for one kernel row and 8 output channels) ...
+RUN_BYTES = 1 << 20
+#: ... and there are runs enough for this many tasks (runs x KH x C_out/8).
+MIN_TASKS = 24
+
+
+def tile_images(a) -> int:
+    """Images per partial sum of ``weight_grad_tiles`` for problem ``a``: runs of at most
+    about ``RUN_BYTES`` of padded input and grad_y, at least ``MIN_TASKS`` tasks, the
+    runs a power of two (as equal as the batch allows); a function of the problem
+    alone, never of the threads. Against ``direct_grad.part_images`` (2 MB a run, 8
+    tasks), grad_w alone, NHWC, 2 threads, best of 5, three rounds alternating: 64 ->
+    64 3x3 at 56x56 (batch 16, one image a run instead of two) 15.4-15.8 -> 11.6-12.3
+    ms; 32 -> 32 at 32x32 (batch 64, 2 instead of 8) 4.2-4.3 -> 3.9-4.0; 32 -> 64 with
+    stride 2 at 14x14 (batch 32, 16 instead of 32) 0.30-0.31 -> 0.23-0.24; the small
+    ResNet's other layers level.
+
+    >>> from fastconv._args import conv_args_from_shapes
+    >>> tile_images(conv_args_from_shapes("t", (16, 56, 56, 64), (3, 3, 64, 64),
+    ...                                   padding=1, layout="NHWC"))
+    1
+    """
+    hp, wp = padded_size(a)
+    image = (hp * wp * a.c_in + a.h_out * a.w_out * a.c_out) * a.dtype.itemsize
+    tasks = a.kh * -(-a.c_out // CHANNELS)
+    runs = max(-(-a.n * image // RUN_BYTES), -(-MIN_TASKS // tasks))
+    runs = 1 << (runs - 1).bit_length()
+    return -(-a.n // min(a.n, runs))
 
 
 def tiles_apply(a) -> bool:
