@@ -65,11 +65,11 @@ def tile_images(a) -> int:
     about ``RUN_BYTES`` of padded input and grad_y, at least ``MIN_TASKS`` tasks, the
     runs a power of two (as equal as the batch allows); a function of the problem
     alone, never of the threads. Against ``direct_grad.part_images`` (2 MB a run, 8
-    tasks), grad_w alone, NHWC, 2 threads, best of 5, three rounds alternating: 64 ->
-    64 3x3 at 56x56 (batch 16, one image a run instead of two) 15.4-15.8 -> 11.6-12.3
-    ms; 32 -> 32 at 32x32 (batch 64, 2 instead of 8) 4.2-4.3 -> 3.9-4.0; 32 -> 64 with
-    stride 2 at 14x14 (batch 32, 16 instead of 32) 0.30-0.31 -> 0.23-0.24; the small
-    ResNet's other layers level.
+    tasks), grad_w alone, NHWC, 2 threads of an Intel Xeon with 2 MB of L2 a core, best
+    of 5, three rounds alternating: 64 -> 64 3x3 at 56x56 (batch 16, one image a run
+    instead of two) 15.4-15.8 -> 11.6-12.3 ms; 32 -> 32 at 32x32 (batch 64, 2 instead
+    of 8) 4.2-4.3 -> 3.9-4.0; 32 -> 64 with stride 2 at 14x14 (batch 32, 16 instead of
+    32) 0.30-0.31 -> 0.23-0.24; the small ResNet's other layers level.
 
     >>> from fastconv._args import conv_args_from_shapes
     >>> tile_images(conv_args_from_shapes("t", (16, 56, 56, 64), (3, 3, 64, 64),
