@@ -212,3 +212,26 @@ def test_strided_pointwise_nhwc_matches_reference(case, dtype, monkeypatch):
                                               needs_input_grad=(True, False, False))
     assert ref.rel_error(gx_alone.transpose(0, 3, 1, 2), want[0]) <= tol
     assert len(gxs) == 2 * int(lanes_x)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("case", [(4, 16, 9, 8, 32, 1, 1, 2, 0, 1, 1),
+                                  (5, 8, 7, 10, 16, 1, 1, (2, 3), 0, 1, 1),
+                                  (3, 32, 14, 14, 64, 1, 1, 2, 0, 1, 1),
+                                  (2, 6, 5, 11, 12, 1, 1, (3, 2), 0, 1, 1)], ids=str)
+def test_strided_pointwise_nchw_forwards_in_the_lanes_kernel(case, dtype, monkeypatch):
+    """NCHW strided 1x1 layers whose output channels fill their lanes forward in the
+    direct lanes kernel (the pixels read in place, no copy), with and without bias."""
+    from fastconv.algos.im2col import direct_lanes, lanes_plan, strided_pointwise
+
+    x, w, _, kwargs, a = _problem(case, dtype)
+    assert lanes_plan.lanes_chosen(a)             # 12 channels: 3/4 of their lanes
+    lanes = count_calls(monkeypatch, direct_lanes, "_conv_rows")
+    copies = count_calls(monkeypatch, strided_pointwise, "forward")
+    tol = ref.tolerance(dtype, "im2col")
+    b = np.arange(a.c_out, dtype=dtype)
+    for bias in (None, b):
+        got = fastconv.conv2d(x, w, bias, **kwargs, algo="im2col")
+        want = ref.conv2d(x, w, bias, a.stride, a.padding, a.dilation, a.groups)
+        assert got.dtype == dtype and ref.rel_error(got, want) <= tol
+    assert len(lanes) == 2 and not copies

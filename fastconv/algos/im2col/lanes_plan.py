@@ -82,23 +82,26 @@ def _outer(args, channels_last: bool | None = None) -> int:
 
 def lanes_applies(args) -> bool:
     """Whether the forward of ``args`` (either layout) can run ``forward_lanes``: one
-    group, a kernel larger than 1x1 (or a strided 1x1 kernel in NHWC), at most
+    group, a kernel larger than 1x1 (or a strided 1x1 kernel), at most
     ``MAX_CHANNELS`` output channels using at least ``MIN_LANE_USE`` of their lanes,
     inner loops of at least ``MIN_RUN`` taps (``_run``; or one NHWC input channel,
     ``_single_channel_last``) and at most ``MAX_TAPS`` taps C_in*KH*KW. Any stride,
-    padding and dilation. A strided 1x1 NHWC layer (a ResNet's shortcut) then reads
-    its pixels in place, where the pointwise path copies them and multiplies
-    (pixels, C) @ (C, D) on one BLAS thread: alternating, 2 threads, 16 -> 32 at 28x28
-    with stride 2 (batch 32) 0.061 ms against 0.21 (torch 0.064); 32 -> 64 at 14x14
-    0.076 against 0.116 (torch 0.059); 32 -> 64 at 32x32 (batch 64) 0.41 against 0.64
-    (torch 0.32). Any number of images: on one
+    padding and dilation. A strided 1x1 layer (a ResNet's shortcut) then reads its
+    pixels in place, where the pointwise path copies them and multiplies (pixels, C) @
+    (C, D) on one BLAS thread: alternating, 2 threads, 16 -> 32 at 28x28 with stride 2
+    (batch 32) NHWC 0.061 ms against 0.21 (torch 0.064); 32 -> 64 at 14x14 0.076
+    against 0.116 (torch 0.059); 32 -> 64 at 32x32 (batch 64) 0.41 against 0.64 (torch
+    0.32). NCHW, best of 5, against the pointwise path / torch: 16 -> 32 at 28x28 0.057
+    / 0.12-0.13 / 0.17; 32 -> 64 at 14x14 0.048-0.051 / 0.10 / 0.11; 32 -> 64 at 32x32
+    (batch 64) 0.45-0.51 / 0.72 / 0.83; 256 -> 64 at 14x14 (batch 16) 0.15 / 0.43 /
+    0.29. Any number of images: on one
     image, 2 threads, against the layers' other paths (Winograd, the unfold and GEMM),
     NCHW 16 -> 16 3x3 at 28x28 0.121 -> 0.083 ms, 16 -> 32 with stride 2 0.119 ->
     0.072; NHWC 16 -> 32 with stride 2 0.131 -> 0.091, LeNet's 6 -> 16 5x5 at 14x14
     0.094 -> 0.073."""
     if args.groups != 1:
         return False
-    if args.kh * args.kw == 1 and (args.stride == (1, 1) or not args.dims.channels_last):
+    if args.kh * args.kw == 1 and args.stride == (1, 1):
         return False
     return (args.c_out <= MAX_CHANNELS
             and _lane_use(args) >= MIN_LANE_USE

@@ -5,9 +5,10 @@ pointwise problem (``pointwise``), and its input gradient put back in their plac
 The general path would unfold a column matrix (every s-th pixel of each channel) and
 multiply one small GEMM per image. Alternating, 2 threads, NCHW forward: 32 -> 64 at
 14x14 with stride 2 (batch 32) 0.28 -> 0.14 ms (torch 0.13); 16 -> 32 at 28x28 0.42 ->
-0.20 ms (torch 0.20); 32 -> 64 at 32x32 (batch 64) 1.95 -> 0.84 ms (torch 0.93). NHWC
-layers of several images forward in the direct lanes kernel instead (the pixels read
-in place, ``lanes_plan.lanes_applies``); here their gradients: grad_w by the direct
+0.20 ms (torch 0.20); 32 -> 64 at 32x32 (batch 64) 1.95 -> 0.84 ms (torch 0.93). Layers
+whose output channels fill their lanes forward in the direct lanes kernel instead, in
+either layout (the pixels read in place, ``lanes_plan.lanes_applies``). Here the
+gradients; in NHWC: grad_w by the direct
 kernel on x itself (``direct_grad.weight_grad_into``), and grad_x, where its channels
 are whole vectors of lanes, in one parallel kernel (``_grad_x_lanes``): each pixel the
 kernel reads gets grad_y's pixel times W^T, in registers, every other pixel a zero, in
