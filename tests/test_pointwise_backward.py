@@ -218,16 +218,27 @@ def test_strided_pointwise_nhwc_matches_reference(case, dtype, monkeypatch):
 @pytest.mark.parametrize("case", [(4, 16, 9, 8, 32, 1, 1, 2, 0, 1, 1),
                                   (5, 8, 7, 10, 16, 1, 1, (2, 3), 0, 1, 1),
                                   (3, 32, 14, 14, 64, 1, 1, 2, 0, 1, 1),
-                                  (2, 6, 5, 11, 12, 1, 1, (3, 2), 0, 1, 1)], ids=str)
-def test_strided_pointwise_nchw_forwards_in_the_lanes_kernel(case, dtype, monkeypatch):
+                                  (2, 16, 5, 11, 12, 1, 1, (3, 2), 0, 1, 1),
+                                  (2, 16, 13, 5, 16, 1, 1, (1, 2), 0, 1, 1)], ids=str)
+def test_strided_pointwise_nchw_runs_the_direct_kernels(case, dtype, monkeypatch):
     """NCHW strided 1x1 layers whose output channels fill their lanes forward in the
-    direct lanes kernel (the pixels read in place, no copy), with and without bias."""
+    direct lanes kernel (the pixels read in place, no copy), with and without bias; the
+    backward takes grad_w in the direct kernel (grad_y channels last) and, where the
+    input channels are whole vectors of lanes, grad_x in one kernel over grad_x's rows
+    (``_grad_x_planes``: rows of 3, 4 and 7 pixels, fewer than 4 and not a multiple of
+    4; strides that leave rows and columns past the last pixel read), each gradient
+    alone or both."""
+    from fastconv import _lanes
     from fastconv.algos.im2col import direct_lanes, lanes_plan, strided_pointwise
 
-    x, w, _, kwargs, a = _problem(case, dtype)
+    x, w, gy, kwargs, a = _problem(case, dtype)
+    a = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)
     assert lanes_plan.lanes_chosen(a)             # 12 channels: 3/4 of their lanes
     lanes = count_calls(monkeypatch, direct_lanes, "_conv_rows")
     copies = count_calls(monkeypatch, strided_pointwise, "forward")
+    planes = count_calls(monkeypatch, strided_pointwise, "_grad_x_planes")
+    gws = count_calls(monkeypatch, strided_pointwise, "weight_grad_into")
+    gemms = count_calls(monkeypatch, strided_pointwise, "backward_pointwise")
     tol = ref.tolerance(dtype, "im2col")
     b = np.arange(a.c_out, dtype=dtype)
     for bias in (None, b):
@@ -235,3 +246,14 @@ def test_strided_pointwise_nchw_forwards_in_the_lanes_kernel(case, dtype, monkey
         want = ref.conv2d(x, w, bias, a.stride, a.padding, a.dilation, a.groups)
         assert got.dtype == dtype and ref.rel_error(got, want) <= tol
     assert len(lanes) == 2 and not copies
+    whole = a.c_in % _lanes.per_register(np.dtype(dtype).itemsize) == 0
+    assert strided_pointwise.lanes_grad_x_applies(a) == whole
+    want = _explicit(x, w, gy, a)
+    for needs in [(True, True, False), (True, False, False), (False, True, False)]:
+        got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col",
+                                       needs_input_grad=needs)
+        for g, wnt, k in zip(got, want, needs, strict=True):
+            assert (g is None) == (not k)
+            assert g is None or ref.rel_error(g, wnt) <= tol
+    assert len(planes) == 2 * whole and len(gws) == 2
+    assert len(gemms) == 2 * (not whole)          # grad_x by a GEMM, put back in place

@@ -118,19 +118,19 @@ GRAD_W_GMACS = 40.0
 PREFER_IMAGE_LAST = not _lanes.WIDE
 
 
-def _strided_pointwise_nhwc(a) -> bool:
-    """A strided 1x1 NHWC layer (its weight gradient here, ``strided_pointwise``)."""
-    return a.kh * a.kw == 1 and a.stride != (1, 1) and a.dims.channels_last
+def _strided_pointwise(a) -> bool:
+    """A strided 1x1 layer (its weight gradient here, ``strided_pointwise``)."""
+    return a.kh * a.kw == 1 and a.stride != (1, 1)
 
 
 def direct_backward_applies(args) -> bool:
     """Whether im2col's backward runs the direct weight gradient (``backward_direct``):
-    one group, a kernel larger than 1x1 (or a strided 1x1 one in NHWC, whose grad_w
-    ``strided_pointwise`` runs here), at most ``MAX_CHANNELS`` input and output
+    one group, a kernel larger than 1x1 (or a strided 1x1 one, whose grad_w
+    ``strided_pointwise`` runs here in either layout), at most ``MAX_CHANNELS`` input and output
     channels (a last block of lanes partly filled is computed whole: ``_d_pad``), any
     number of images."""
     return (args.groups == 1 and args.n > 0
-            and (args.kh * args.kw > 1 or _strided_pointwise_nhwc(args))
+            and (args.kh * args.kw > 1 or _strided_pointwise(args))
             and args.c_in <= MAX_CHANNELS and args.c_out <= MAX_CHANNELS
             and args.h_out > 0 and args.w_out > 0)
 
@@ -337,7 +337,7 @@ def _sum_parts(part, runs, dims, out, steps):
             out[base + d * sd] = acc
 
 
-def _nhwc_grad_y(gy, a) -> np.ndarray:
+def nhwc_grad_y(gy, a) -> np.ndarray:
     """grad_y (N, Ho, Wo, D) C-contiguous: gy itself in NHWC, a transposed copy of NCHW."""
     if a.dims.channels_last:
         return np.ascontiguousarray(gy, a.dtype)
@@ -361,7 +361,7 @@ def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
     if rows:
         weight_grad_rows(x, gy, a, grad_w)
     if tiles_w or direct_x:
-        gy_nhwc = _nhwc_grad_y(gy, a)
+        gy_nhwc = nhwc_grad_y(gy, a)
         if tiles_w:
             weight_grad_into(x, gy_nhwc, a, grad_w)
         if direct_x:

@@ -8,13 +8,18 @@ multiply one small GEMM per image. Alternating, 2 threads, NCHW forward: 32 -> 6
 0.20 ms (torch 0.20); 32 -> 64 at 32x32 (batch 64) 1.95 -> 0.84 ms (torch 0.93). Layers
 whose output channels fill their lanes forward in the direct lanes kernel instead, in
 either layout (the pixels read in place, ``lanes_plan.lanes_applies``). Here the
-gradients; in NHWC: grad_w by the direct
-kernel on x itself (``direct_grad.weight_grad_into``), and grad_x, where its channels
-are whole vectors of lanes, in one parallel kernel (``_grad_x_lanes``): each pixel the
-kernel reads gets grad_y's pixel times W^T, in registers, every other pixel a zero, in
-one pass over grad_x (alternating, 2 threads: 16 -> 32 at 28x28, batch 32, 0.21 ms
-through a GEMM, a zeroed grad_x and a strided copy -> 0.07 ms, torch 0.15; 32 -> 64 at
-32x32, batch 64, 0.96 -> 0.45 ms).
+gradients: grad_w by the direct kernel on x itself (``direct_grad.weight_grad_into``;
+grad_y transposed channels last in NCHW), and grad_x, where its channels are whole
+vectors of lanes, in one parallel kernel: each pixel the kernel reads gets grad_y's
+pixel times W^T, in registers, every other pixel a zero, in one pass over grad_x
+(``_grad_x_lanes``; NCHW's ``_grad_x_planes`` writes the registers' lanes into the
+channels' planes one value at a time). Alternating, 2 threads, NHWC: 16 -> 32 at
+28x28, batch 32, 0.21 ms through a GEMM, a zeroed grad_x and a strided copy -> 0.07
+ms, torch 0.15; 32 -> 64 at 32x32, batch 64, 0.96 -> 0.45 ms. NCHW, best of 5, the
+pixels' copy and GEMMs before: grad_x 16 -> 32 at 28x28 0.23-0.25 -> 0.13-0.14 ms,
+32 -> 64 at 32x32 (batch 64) 1.31-1.34 -> 0.77; grad_w 32 -> 64 at 14x14 0.23-0.25
+-> 0.17-0.18, at 32x32 1.72-1.74 -> 1.19-1.21; in the small ResNet's NCHW step both
+gradients of its two shortcuts 0.63 -> 0.40-0.42 ms and 0.76-0.86 -> 0.54-0.60.
 
 Examples
 --------
@@ -38,7 +43,7 @@ from ..._memory import allocate
 from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
 from .._common import U
-from .direct_grad import direct_backward_applies, weight_grad_into
+from .direct_grad import direct_backward_applies, nhwc_grad_y, weight_grad_into
 from .pointwise import backward_cost_pointwise, backward_pointwise, forward_pointwise
 
 
@@ -86,12 +91,13 @@ def forward(x, wmat, args, out, bias_g) -> None:
 
 def backward(gy, x, w, args, grad_x, grad_w) -> None:
     """``pointwise.backward_pointwise`` of the pixels read; grad_x (or None) zero but at
-    those pixels, grad_w (or None) fully written (in NHWC by the direct weight gradient,
-    ``direct_grad.weight_grad_into``, where it applies: no copy of the pixels; grad_x
-    by ``_grad_x_lanes`` where ``lanes_grad_x_applies``)."""
+    those pixels, grad_w (or None) fully written: by the direct weight gradient
+    (``direct_grad.weight_grad_into``, on grad_y channels last) where it applies, with
+    no copy of the pixels, and grad_x by ``_grad_x_lanes`` (NHWC) or ``_grad_x_planes``
+    (NCHW) where ``lanes_grad_x_applies``."""
     sub = plain(args)
-    if grad_w is not None and direct_backward_applies(args):  # NHWC: pixels read in place
-        weight_grad_into(x, np.ascontiguousarray(gy, args.dtype), args, grad_w)
+    if grad_w is not None and direct_backward_applies(args):  # the pixels read in place
+        weight_grad_into(x, nhwc_grad_y(gy, args), args, grad_w)
         grad_w = None
     if grad_x is not None and lanes_grad_x_applies(args):
         _lanes_grad_x(np.ascontiguousarray(gy, args.dtype), w, args, grad_x)
@@ -109,20 +115,21 @@ def backward(gy, x, w, args, grad_x, grad_w) -> None:
 
 
 def lanes_grad_x_applies(args) -> bool:
-    """Whether ``_grad_x_lanes`` runs grad_x: channels last, one group, the input
+    """Whether ``_grad_x_lanes`` / ``_grad_x_planes`` run grad_x: one group, the input
     channels whole vectors of lanes."""
-    return (args.dims.channels_last and args.groups == 1
-            and args.c_in % _lanes.per_register(args.dtype.itemsize) == 0)
+    return args.groups == 1 and args.c_in % _lanes.per_register(args.dtype.itemsize) == 0
 
 
 def _lanes_grad_x(gy, w, args, grad_x) -> None:
-    """grad_x (N, H, W, C) C-contiguous, fully written, of a ``lanes_grad_x_applies``
-    layer; gy (N, Ho, Wo, D) C-contiguous, w HWIO (1, 1, C, D)."""
-    wt = np.ascontiguousarray(w.reshape(args.c_in, args.c_out).T, args.dtype)  # (D, C)
+    """grad_x (layout of ``args``), C-contiguous, fully written, of a
+    ``lanes_grad_x_applies`` layer; gy C-contiguous in the same layout, w (1x1) in it."""
+    w_oi = args.dims.weight_to_canonical_view(w).reshape(args.c_out, args.c_in)
+    wt = np.ascontiguousarray(w_oi, args.dtype)                       # W^T: (D, C)
+    kernel = _grad_x_lanes if args.dims.channels_last else _grad_x_planes
     with parallel_guard():
-        _grad_x_lanes(gy.reshape(-1), wt.reshape(-1), grad_x.reshape(-1),
-                      (args.n, args.h, args.w, args.c_in, args.h_out, args.w_out,
-                       args.c_out) + tuple(args.stride))
+        kernel(gy.reshape(-1), wt.reshape(-1), grad_x.reshape(-1),
+               (args.n, args.h, args.w, args.c_in, args.h_out, args.w_out,
+                args.c_out) + tuple(args.stride))
 
 
 @njit(inline="always")
@@ -174,3 +181,47 @@ def _grad_x_lanes(gf, wf, gx, dims):
             for c0 in range(0, c_all, nl):
                 _pixels4(gf, g_row + U(j * d_all), step * U(d_all), wf, c0, gx,
                          dst + U(j * sw * c_all), step * U(sw * c_all), d_all, c_all)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _grad_x_planes(gf, wf, gx, dims):
+    """``_grad_x_lanes`` in NCHW: gx (N, C, H, W) flat, fully written: gx[n, :, i*s_h,
+    j*s_w] = gy[n, :, i, j] @ wt for i < Ho, j < Wo, zero at every other pixel; gf = gy
+    (N, D, Ho, Wo) flat, wf = W^T (D, C) flat, dims as ``_grad_x_lanes``'. One task per
+    row r of grad_x, in every plane: zeroed, then (r a row the kernel reads) its pixels
+    4 at a time, their channels' sums in registers as in NHWC, written lane by lane
+    into the planes."""
+    n_img, h, wd, c_all, ho, wo, d_all, sh, sw = dims
+    nl = _lanes.count(gx)
+    zero = gx.dtype.type(0)
+    plane, g_plane = U(h * wd), U(ho * wo)
+    for task in prange(n_img * h):
+        n, r = task // h, task % h
+        row0 = U(n * c_all) * plane + U(r * wd)             # gx[n, 0, r, 0]
+        for c in range(c_all):
+            for q in range(U(c) * plane + row0, U(c) * plane + row0 + U(wd)):
+                gx[q] = zero
+        if r % sh != 0 or r // sh >= ho:
+            continue
+        g_row = U(n * d_all) * g_plane + U(r // sh * wo)    # gy[n, 0, i, 0]
+        span = 4 if wo >= 4 else 1          # under 4 pixels: each one as 4 (step 0)
+        step = U(1 if wo >= 4 else 0)
+        for j0 in range(0, wo, span):
+            j = min(j0, wo - span)
+            for c0 in range(0, c_all, nl):
+                a0 = a1 = a2 = a3 = _lanes.zeros(gx)
+                for d in range(d_all):
+                    u = _lanes.load(wf, U(d * c_all + c0))
+                    gd = g_row + U(d) * g_plane + U(j)
+                    a0 = _lanes.fma(a0, gf[gd], u)
+                    a1 = _lanes.fma(a1, gf[gd + step], u)
+                    a2 = _lanes.fma(a2, gf[gd + U(2) * step], u)
+                    a3 = _lanes.fma(a3, gf[gd + U(3) * step], u)
+                o = row0 + U(j * sw)
+                o_step = step * U(sw)
+                for lane in range(nl):
+                    q = o + U(c0 + lane) * plane
+                    gx[q] = _lanes.lane(a0, lane)
+                    gx[q + o_step] = _lanes.lane(a1, lane)
+                    gx[q + U(2) * o_step] = _lanes.lane(a2, lane)
+                    gx[q + U(3) * o_step] = _lanes.lane(a3, lane)
