@@ -133,18 +133,28 @@ def _lanes_grad_x(gy, w, args, grad_x) -> None:
 
 
 @njit(inline="always")
-def _pixels4(gf, g0, g_step, wf, c0, gx, o, o_step, d_all, c_all):
-    """gx[o + k*o_step + c0 :][:lanes] = sum over d of gf[g0 + k*g_step + d] * wt[d, c0 :]
-    for the 4 pixels k, wf = wt (D, C) flat: each row's vector loaded once for 4
-    multiply-adds."""
-    a0 = a1 = a2 = a3 = _lanes.zeros(gx)
+def _sums4(gf, g0, steps, wf, c0, dims, like):
+    """The registers sum over d of gf[g0 + k*g_step + d*d_step] * wt[d, c0 :][:lanes] for
+    the 4 pixels k, steps = (g_step, d_step), dims = (D, C), wf = wt (D, C) flat, of
+    like's dtype: each row's vector loaded once for 4 multiply-adds."""
+    g_step, d_step = steps
+    d_all, c_all = dims
+    a0 = a1 = a2 = a3 = _lanes.zeros(like)
     for d in range(d_all):
         u = _lanes.load(wf, U(d * c_all + c0))
-        gd = g0 + U(d)
+        gd = g0 + U(d) * d_step
         a0 = _lanes.fma(a0, gf[gd], u)
         a1 = _lanes.fma(a1, gf[gd + g_step], u)
         a2 = _lanes.fma(a2, gf[gd + U(2) * g_step], u)
         a3 = _lanes.fma(a3, gf[gd + U(3) * g_step], u)
+    return a0, a1, a2, a3
+
+
+@njit(inline="always")
+def _pixels4(gf, g0, g_step, wf, c0, gx, o, o_step, d_all, c_all):
+    """gx[o + k*o_step + c0 :][:lanes] = sum over d of gf[g0 + k*g_step + d] * wt[d, c0 :]
+    for the 4 pixels k, wf = wt (D, C) flat (``_sums4``)."""
+    a0, a1, a2, a3 = _sums4(gf, g0, (g_step, U(1)), wf, c0, (d_all, c_all), gx)
     _lanes.store(gx, o + U(c0), a0)
     _lanes.store(gx, o + o_step + U(c0), a1)
     _lanes.store(gx, o + U(2) * o_step + U(c0), a2)
@@ -209,14 +219,8 @@ def _grad_x_planes(gf, wf, gx, dims):
         for j0 in range(0, wo, span):
             j = min(j0, wo - span)
             for c0 in range(0, c_all, nl):
-                a0 = a1 = a2 = a3 = _lanes.zeros(gx)
-                for d in range(d_all):
-                    u = _lanes.load(wf, U(d * c_all + c0))
-                    gd = g_row + U(d) * g_plane + U(j)
-                    a0 = _lanes.fma(a0, gf[gd], u)
-                    a1 = _lanes.fma(a1, gf[gd + step], u)
-                    a2 = _lanes.fma(a2, gf[gd + U(2) * step], u)
-                    a3 = _lanes.fma(a3, gf[gd + U(3) * step], u)
+                a0, a1, a2, a3 = _sums4(gf, g_row + U(j), (step, g_plane), wf, c0,
+                                        (d_all, c_all), gx)
                 o = row0 + U(j * sw)
                 o_step = step * U(sw)
                 for lane in range(nl):
