@@ -125,20 +125,33 @@ def test_strided_pointwise_matches_reference(case, dtype, monkeypatch):
     assert strided_pointwise.applies(a) and not is_pointwise(a)
     fwd = count_calls(monkeypatch, strided_pointwise, "forward")
     bwd = count_calls(monkeypatch, strided_pointwise, "backward")
-    tol = ref.tolerance(dtype, "im2col")
+    _forward_matches(x, w, kwargs, a, dtype)
+    _gradients_match(x, w, gy, kwargs, a, dtype, [(True, True, True), (True, False, False),
+                                                  (False, True, False)])
+    assert len(fwd) == 2 and len(bwd) == 3
+
+
+def _forward_matches(x, w, kwargs, a, dtype) -> None:
+    """conv2d's im2col forward of problem ``a``, without and with a bias, against the
+    reference."""
     b = np.arange(a.c_out, dtype=dtype)
     for bias in (None, b):
         got = fastconv.conv2d(x, w, bias, **kwargs, algo="im2col")
         want = ref.conv2d(x, w, bias, a.stride, a.padding, a.dilation, a.groups)
-        assert got.dtype == dtype and ref.rel_error(got, want) <= tol
+        assert got.dtype == dtype and ref.rel_error(got, want) <= ref.tolerance(dtype,
+                                                                              "im2col")
+
+
+def _gradients_match(x, w, gy, kwargs, a, dtype, needs_list) -> None:
+    """conv2d_backward's im2col gradients for each ``needs`` of ``needs_list`` against
+    the explicit ones (a gradient not asked for is None)."""
     want = _explicit(x, w, gy, a)
-    for needs in [(True, True, True), (True, False, False), (False, True, False)]:
+    for needs in needs_list:
         got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col",
                                        needs_input_grad=needs)
         for g, wnt, k in zip(got, want, needs, strict=True):
             assert (g is None) == (not k)
-            assert g is None or ref.rel_error(g, wnt) <= tol
-    assert len(fwd) == 2 and len(bwd) == 3
+            assert g is None or ref.rel_error(g, wnt) <= ref.tolerance(dtype, "im2col")
 
 
 def test_strided_pointwise_gradcheck():
@@ -239,21 +252,11 @@ def test_strided_pointwise_nchw_runs_the_direct_kernels(case, dtype, monkeypatch
     planes = count_calls(monkeypatch, strided_pointwise, "_grad_x_planes")
     gws = count_calls(monkeypatch, strided_pointwise, "weight_grad_into")
     gemms = count_calls(monkeypatch, strided_pointwise, "backward_pointwise")
-    tol = ref.tolerance(dtype, "im2col")
-    b = np.arange(a.c_out, dtype=dtype)
-    for bias in (None, b):
-        got = fastconv.conv2d(x, w, bias, **kwargs, algo="im2col")
-        want = ref.conv2d(x, w, bias, a.stride, a.padding, a.dilation, a.groups)
-        assert got.dtype == dtype and ref.rel_error(got, want) <= tol
+    _forward_matches(x, w, kwargs, a, dtype)
     assert len(lanes) == 2 and not copies
     whole = a.c_in % _lanes.per_register(np.dtype(dtype).itemsize) == 0
     assert strided_pointwise.lanes_grad_x_applies(a) == whole
-    want = _explicit(x, w, gy, a)
-    for needs in [(True, True, False), (True, False, False), (False, True, False)]:
-        got = fastconv.conv2d_backward(gy, x, w, **kwargs, algo="im2col",
-                                       needs_input_grad=needs)
-        for g, wnt, k in zip(got, want, needs, strict=True):
-            assert (g is None) == (not k)
-            assert g is None or ref.rel_error(g, wnt) <= tol
+    _gradients_match(x, w, gy, kwargs, a, dtype, [(True, True, False), (True, False, False),
+                                                  (False, True, False)])
     assert len(planes) == 2 * whole and len(gws) == 2
     assert len(gemms) == 2 * (not whole)          # grad_x by a GEMM, put back in place
