@@ -78,6 +78,7 @@ from .direct_grad_rows import ROWS_GMACS, rows_apply, rows_macs, weight_grad_row
 from .direct_grad_tiles import (
     TILES_GMACS,
     into_weight,
+    run_images,
     tile_images,
     tiles_apply,
     weight_grad_tiles,
@@ -174,13 +175,10 @@ def direct_backward_chosen(args, with_grad_x: bool = True) -> bool:
 def part_images(a) -> int:
     """Images per partial sum of the weight gradient: at most about ``PART_BYTES`` of
     padded input and grad_y, and runs enough for ``MIN_TASKS`` tasks (a function of the
-    problem alone, never of the threads)."""
-    hp, wp = padded_size(a)
-    image = (hp * wp * a.c_in + a.h_out * a.w_out * a.c_out) * a.dtype.itemsize
+    problem alone, never of the threads; ``direct_grad_tiles.run_images``)."""
     nl = _lanes.per_register(a.dtype.itemsize)
     per_run = -(-a.c_out // nl) * -(-a.kh * a.kw * a.c_in // _chunk(a))
-    runs = max(-(-a.n * image // PART_BYTES), -(-MIN_TASKS // per_run))
-    return -(-a.n // min(a.n, runs))
+    return run_images(a, PART_BYTES, MIN_TASKS, per_run)
 
 
 @njit(parallel=True, cache=True)

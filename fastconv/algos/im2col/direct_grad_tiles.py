@@ -76,11 +76,21 @@ def tile_images(a) -> int:
     ...                                   padding=1, layout="NHWC"))
     1
     """
+    return run_images(a, RUN_BYTES, MIN_TASKS, a.kh * -(-a.c_out // CHANNELS), True)
+
+
+def run_images(a, run_bytes: int, min_tasks: int, tasks_per_run: int,
+               power_of_two: bool = False) -> int:
+    """Images per run (one partial sum of a direct weight gradient, ``tile_images``,
+    ``direct_grad.part_images``): runs of at most about ``run_bytes`` of padded input
+    and grad_y an image, enough of them for ``min_tasks`` tasks of ``tasks_per_run``
+    each, their count rounded up to a power of two with ``power_of_two``; at most one
+    run an image."""
     hp, wp = padded_size(a)
     image = (hp * wp * a.c_in + a.h_out * a.w_out * a.c_out) * a.dtype.itemsize
-    tasks = a.kh * -(-a.c_out // CHANNELS)
-    runs = max(-(-a.n * image // RUN_BYTES), -(-MIN_TASKS // tasks))
-    runs = 1 << (runs - 1).bit_length()
+    runs = max(-(-a.n * image // run_bytes), -(-min_tasks // tasks_per_run))
+    if power_of_two:
+        runs = 1 << (runs - 1).bit_length()
     return -(-a.n // min(a.n, runs))
 
 
