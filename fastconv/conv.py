@@ -38,12 +38,9 @@ def problem(x, w, bias, window, layout, algo: str = "auto"):
     ``window`` is (stride, padding, dilation, groups). Validated as ``conv2d``
     validates, with its errors, once per shapes and arguments: the autograd op asks on
     every call of a layer, and the same few problems come back every training step."""
-    if not (type(x) is np.ndarray and type(w) is np.ndarray and x.ndim == 4
-            and (bias is None or type(bias) is np.ndarray)):
-        return None
-    dtype = x.dtype
-    if dtype not in _args.DTYPES or w.dtype != dtype or (bias is not None
-                                                         and bias.dtype != dtype):
+    dtype = x.dtype if _args.plain_float(x) and x.ndim == 4 else None
+    if dtype is None or not (type(w) is np.ndarray and w.dtype == dtype) or not (
+            bias is None or (type(bias) is np.ndarray and bias.dtype == dtype)):
         return None
     return _problem("conv2d", x.shape, w.shape, None if bias is None else bias.shape, dtype,
                     *window, layout, algo)

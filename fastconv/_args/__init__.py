@@ -27,6 +27,7 @@ from .checks import (  # noqa: F401
     narrow,
     padding_pairs,
     pair,
+    plain_float,
     plane_axis,
     same_padding,
     warn_channels_last,

@@ -18,6 +18,13 @@ HALF = np.dtype(np.float16)
 DEVICES = ("cpu", "cuda")
 
 
+def plain_float(a) -> bool:
+    """Whether ``a`` is a plain host ndarray of float32 or float64 (``DTYPES``): what
+    the autograd ops' fast paths take as it is, without the public functions'
+    conversions."""
+    return type(a) is np.ndarray and a.dtype in DTYPES
+
+
 def same_padding(k: int, dilation: int) -> tuple[int, int]:
     """'same' padding for one axis: r*(k-1) zeros in total, floor of half before."""
     total = dilation * (k - 1)

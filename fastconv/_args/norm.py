@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import layout as _layout
-from .checks import DTYPES, check_array, check_flag, check_layout, check_same_dtype
+from .checks import check_array, check_flag, check_layout, check_same_dtype, plain_float
 from .memo import kept, key_of
 
 
@@ -166,11 +166,6 @@ def _vector_signature(v, dtype):
     return v.shape, v.flags.writeable
 
 
-def _plain_float(a) -> bool:
-    """Whether ``a`` is a plain float32 or float64 ndarray (taken as it is)."""
-    return type(a) is np.ndarray and a.dtype in DTYPES
-
-
 def batch_norm_record(x, running_mean, running_var, weight, bias, training, momentum,
                       eps, layout) -> BatchNormArgs | None:
     """``batch_norm``'s record for arrays it takes as they are (x a plain float32 or
@@ -179,7 +174,7 @@ def batch_norm_record(x, running_mean, running_var, weight, bias, training, mome
     dtype, the running statistics' writeability, the arguments; ``memo.kept``); None
     for any other call (it goes through ``batch_norm``). The autograd op asks on every
     call of a layer, and the same few layers come back every training step."""
-    if not _plain_float(x):
+    if not plain_float(x):
         return None
     vectors = tuple(_vector_signature(v, x.dtype)
                     for v in (running_mean, running_var, weight, bias))
@@ -198,7 +193,7 @@ def batch_norm_backward_record(grad_y, x, mean, invstd, weight, training, layout
     grad_y, x and relu_output (or None) plain ndarrays of one dtype, float32 or
     float64, mean and invstd plain float32 or float64 ndarrays, weight None or of x's
     dtype; None for any other call."""
-    if not (_plain_float(x) and _plain_float(mean) and _plain_float(invstd)):
+    if not (plain_float(x) and plain_float(mean) and plain_float(invstd)):
         return None
     arrays = tuple(_vector_signature(v, x.dtype) for v in (grad_y, relu_output, weight))
     if False in arrays:

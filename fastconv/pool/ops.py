@@ -13,7 +13,6 @@ import numpy as np
 
 from .. import devices
 from .._args import (
-    DTYPES,
     as_ndarray,
     avg_pool_args,
     check_array,
@@ -25,6 +24,7 @@ from .._args import (
     global_pool_args,
     max_unpool_inputs,
     narrow,
+    plain_float,
     plane_axis,
     pool_args,
     warn_channels_last,
@@ -219,7 +219,7 @@ def max_pool2d_codes(x, window, layout, relu: bool):
     >>> float(y[0, 0, 0, 0]), int(codes[0, 0, 0, 0])        # the first 5 wins
     (5.0, 1)
     """
-    if not (type(x) is np.ndarray and x.ndim == 4 and x.dtype in DTYPES):
+    if not (plain_float(x) and x.ndim == 4):
         return None
     op = "max_pool2d"
     a = pool_args(op, x.shape, *window, layout)

@@ -95,7 +95,6 @@ def backward(gy, x, w, args, grad_x, grad_w) -> None:
     (``direct_grad.weight_grad_into``, on grad_y channels last) where it applies, with
     no copy of the pixels, and grad_x by ``_grad_x_lanes`` (NHWC) or ``_grad_x_planes``
     (NCHW) where ``lanes_grad_x_applies``."""
-    sub = plain(args)
     if grad_w is not None and direct_backward_applies(args):  # the pixels read in place
         weight_grad_into(x, nhwc_grad_y(gy, args), args, grad_w)
         grad_w = None
@@ -104,6 +103,7 @@ def backward(gy, x, w, args, grad_x, grad_w) -> None:
         grad_x = None
     if grad_x is None and grad_w is None:
         return
+    sub = plain(args)           # the pointwise problem of the pixels read
     xs = None if grad_w is None else np.ascontiguousarray(_pixels(x, args))
     gxs = None if grad_x is None else allocate(
         "conv2d_backward", "grad_x", sub.dims.shape(sub.n, sub.c_in, sub.h, sub.w),
