@@ -192,9 +192,10 @@ class BatchNorm2d(Module):
         use_batch_stats = self.training or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats:
-            self.num_batches_tracked += 1
+            tracked = self._buffers["num_batches_tracked"]   # 0-d, counted in place
+            tracked += 1
             if self.momentum is None:
-                momentum = 1.0 / float(self.num_batches_tracked)
+                momentum = 1.0 / float(tracked)
         # running_mean/var are None when not tracked: batch statistics, no update
         norm = fused.batch_norm_relu if relu else F.batch_norm
         return norm(x, self.running_mean, self.running_var, self.weight, self.bias,
