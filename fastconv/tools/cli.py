@@ -228,7 +228,7 @@ def add_train_parser(sub) -> None:
                          "NCHW, torch's layout, is the default: on these datasets the two "
                          "train about equally fast; on the training benchmark's 28x28 and "
                          "32x32 images NHWC trained the ResNets 0-40%% faster and LeNet-5 "
-                         "between 23%% slower and 1%% faster")
+                         "between 23%% slower and 4%% faster")
     pt.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                     help="cuda: train and evaluate on the GPU (lenet with sgd; the loss and "
                          "the logits read back once per batch)")
