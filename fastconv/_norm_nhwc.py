@@ -164,20 +164,21 @@ def train(x, weight, bias, eps, y, relu, stats, lanes):
 
 
 @njit(cache=True)
-def backward(gy, x, mean, invstd, weight, training, gx, sums, lanes, mask, masked):
+def backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, lanes, mask, masked):
     """gy, x, gx (P, C) C-contiguous; mean, invstd, weight (C,) float64. gx = the
-    gradient (``fastconv.norm.batch_norm_backward``), sums (2, C) = sum g and sum
-    g * (x - mean) per channel, g = gy, or with ``masked`` gy where mask (the ReLU's
-    output after the batch norm, (P, C)) > 0, else 0: the ReLU's gradient in the
-    same passes. ``lanes``: ``in_registers``."""
+    gradient (``fastconv.norm.batch_norm_backward``), grad_b = sum g and grad_w = sum
+    g * (x - mean) * invstd per channel ((C,) each, the sums in float64 rounded once to
+    their dtype), g = gy, or with ``masked`` gy where mask (the ReLU's output after the
+    batch norm, (P, C)) > 0, else 0: the ReLU's gradient in the same passes.
+    ``lanes``: ``in_registers``."""
     count = x.shape[0]
     p1, p2 = _sums(gy, np.zeros(x.shape[1]), x, mean, lanes, mask, masked)
     co = np.empty((3, x.shape[1]))       # gx = g * co[0] + co[1] + (x - mean) * co[2]
     for c in range(x.shape[1]):
         s1, s2 = _partial_sums(p1, p2, c)
         a = weight[c] * invstd[c]
-        sums[0, c] = s1
-        sums[1, c] = s2
+        grad_b[c] = s1
+        grad_w[c] = s2 * invstd[c]
         co[0, c] = a
         co[1, c] = -a * s1 / count if training else 0.0
         co[2, c] = -a * invstd[c] * invstd[c] * s2 / count if training else 0.0

@@ -81,10 +81,11 @@ def _bn_apply_nchw(x, mean, scale, shift, y, relu):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu, mask,
+def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, mask,
                       masked):
     """gy, x, gx (N, C, M). Per channel (one task each): sum_dy = sum g and sum_dy_xmu =
-    sum g * (x - mean) in float64, then
+    sum g * (x - mean) in float64, grad_b = sum_dy and grad_w = sum_dy_xmu * invstd
+    ((C,) each, rounded once to their dtype), then
     gx = weight * invstd * (g - [sum_dy + (x - mean) * invstd**2 * sum_dy_xmu] / count)
     with the bracket only in training (the gradient through the batch statistics); g =
     gy, or with ``masked`` gy where mask (N, C, M) (a ReLU's output) > 0, else 0."""
@@ -99,8 +100,8 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_
                 g = relu_gradient(gy[n, c, k], mask[n, c, k], masked, 0.0)
                 s1 += g
                 s2 += g * (x[n, c, k] - mu)
-        sum_dy[c] = s1
-        sum_dy_xmu[c] = s2
+        grad_b[c] = s1
+        grad_w[c] = s2 * invstd[c]
         a = weight[c] * invstd[c]
         b = 0.0
         kx = 0.0
@@ -124,9 +125,10 @@ class _LayoutKernels:
       0) with ``relu``).
     - ``apply(x, mean, scale, shift, y, relu)``: y = (x - mean) * scale + shift (then
       max(y, 0) with ``relu``).
-    - ``backward(gy, x, mean, invstd, weight, training, gx, mask) -> (sum_dy,
-      sum_dy_xmu)``: gx, and the sums of g and of g * (x - mean) per channel; g = gy, or
-      with a mask (a view like the others, or None) gy where mask > 0, else 0.
+    - ``backward(gy, x, mean, invstd, weight, training, gx, mask, grad_w, grad_b)``: gx,
+      grad_b = the sum of g and grad_w = the sum of g * (x - mean) times invstd per
+      channel ((C,) arrays of x's dtype); g = gy, or with a mask (a view like the
+      others, or None) gy where mask > 0, else 0.
     """
 
     view: Callable
@@ -146,11 +148,9 @@ def _nchw_train(x, weight, bias, eps, y, relu):
     return mean, var, 1.0 / np.sqrt(var + eps)
 
 
-def _nchw_backward(gy, x, mean, invstd, weight, training, gx, mask):
-    sum_dy, sum_dy_xmu = np.empty(x.shape[1]), np.empty(x.shape[1])
-    _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, sum_dy, sum_dy_xmu,
+def _nchw_backward(gy, x, mean, invstd, weight, training, gx, mask, grad_w, grad_b):
+    _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
                       gy if mask is None else mask, mask is not None)
-    return sum_dy, sum_dy_xmu
 
 
 def _nhwc_train(x, weight, bias, eps, y, relu):
@@ -160,12 +160,10 @@ def _nhwc_train(x, weight, bias, eps, y, relu):
     return stats[0], stats[1], stats[2]
 
 
-def _nhwc_backward(gy, x, mean, invstd, weight, training, gx, mask):
-    sums = np.empty((2, x.shape[1]))
-    _norm_nhwc.backward(gy, x, mean, invstd, weight, training, gx, sums,
+def _nhwc_backward(gy, x, mean, invstd, weight, training, gx, mask, grad_w, grad_b):
+    _norm_nhwc.backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
                         _norm_nhwc.in_registers(x.shape[1], x.dtype),
                         gy if mask is None else mask, mask is not None)
-    return sums[0], sums[1]
 
 
 _KERNELS = {
@@ -340,11 +338,12 @@ def gradients(grad_y, x, mean, invstd, weight, a, relu_output=None):
     k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64, copy=False), invstd.astype(np.float64, copy=False)
     gx = allocate("batch_norm_backward", "gradient", x.shape, x.dtype)
-    sum_dy, sum_dy_xmu = np.zeros(a.c), np.zeros(a.c)
-    if a.count > 0:
-        g3, x3 = k.view(np.ascontiguousarray(grad_y)), k.view(np.ascontiguousarray(x))
-        mask = None if relu_output is None else k.view(np.ascontiguousarray(relu_output))
-        with parallel_guard():
-            sum_dy, sum_dy_xmu = k.backward(g3, x3, mean64, invstd64, _f64(weight, a.c, 1.0),
-                                            a.training, k.view(gx), mask)
-    return gx, (sum_dy_xmu * invstd64).astype(x.dtype), sum_dy.astype(x.dtype)
+    if a.count == 0:        # nothing summed (invstd NaN in training: so is grad_weight)
+        return gx, (np.zeros(a.c) * invstd64).astype(x.dtype), np.zeros(a.c, x.dtype)
+    grad_w, grad_b = np.empty(a.c, x.dtype), np.empty(a.c, x.dtype)
+    g3, x3 = k.view(np.ascontiguousarray(grad_y)), k.view(np.ascontiguousarray(x))
+    mask = None if relu_output is None else k.view(np.ascontiguousarray(relu_output))
+    with parallel_guard():
+        k.backward(g3, x3, mean64, invstd64, _f64(weight, a.c, 1.0), a.training, k.view(gx),
+                   mask, grad_w, grad_b)
+    return gx, grad_w, grad_b
