@@ -35,11 +35,12 @@ from ._runtime import parallel_guard
 
 # ----------------------------------------------------------------------------- kernels
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_train_nchw(x, weight, bias, eps, y, mean, var, relu):
-    """x, y (N, C, M); weight, bias (C,) float64. Per channel (one task each): mean and
-    biased var (one pass of shifted float64 sums, see the module docstring) into mean,
-    var (C,), then y = (x - mean) * weight * invstd + bias while the channel is still in
-    cache; with ``relu``, max(y, 0) (NaN stays NaN) in the same pass."""
+def _bn_train_nchw(x, weight, bias, eps, y, stats, relu):
+    """x, y (N, C, M); weight, bias (C,) float64. Per channel (one task each): the mean,
+    the biased var (one pass of shifted float64 sums, see the module docstring) and
+    invstd = 1 / sqrt(var + eps) into stats (3, C), then y = (x - mean) * weight *
+    invstd + bias while the channel is still in cache; with ``relu``, max(y, 0) (NaN
+    stays NaN) in the same pass."""
     n_img, c_all, m = x.shape
     count = n_img * m
     for c in prange(c_all):
@@ -54,8 +55,9 @@ def _bn_train_nchw(x, weight, bias, eps, y, mean, var, relu):
         ds = s / count
         mu = shift + ds
         v = max(q / count - ds * ds, 0.0)
-        mean[c] = mu
-        var[c] = v
+        stats[0, c] = mu
+        stats[1, c] = v
+        stats[2, c] = 1.0 / np.sqrt(v + eps)
         scale = weight[c] / np.sqrt(v + eps)
         shift = bias[c]
         for n in range(n_img):
@@ -143,9 +145,9 @@ def _nchw_view(a):
 
 
 def _nchw_train(x, weight, bias, eps, y, relu):
-    mean, var = np.empty(x.shape[1]), np.empty(x.shape[1])
-    _bn_train_nchw(x, weight, bias, eps, y, mean, var, relu)
-    return mean, var, 1.0 / np.sqrt(var + eps)
+    stats = np.empty((3, x.shape[1]))
+    _bn_train_nchw(x, weight, bias, eps, y, stats, relu)
+    return stats[0], stats[1], stats[2]
 
 
 def _nchw_backward(gy, x, mean, invstd, weight, training, gx, mask, grad_w, grad_b):
