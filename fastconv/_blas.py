@@ -71,7 +71,11 @@ def limit_for(macs: int):
     """A context in which numpy's BLAS uses one thread when ``macs`` multiply-adds count
     as small (``config.SMALL_GEMM_MACS``), and a no-op context otherwise: for a caller
     that runs products of about that size through code it does not own."""
-    return one_blas_thread() if macs <= config.SMALL_GEMM_MACS else contextlib.nullcontext()
+    return one_blas_thread() if macs <= config.SMALL_GEMM_MACS else _NO_LIMIT
+
+
+#: ``limit_for``'s context for large products: one shared no-op (stateless).
+_NO_LIMIT = contextlib.nullcontext()
 
 
 def is_small(m: int, k: int, n: int, batch: int = 1) -> bool:

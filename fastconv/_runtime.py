@@ -168,6 +168,9 @@ REQUESTED_THREADING_LAYER = _choose_threading_layer()
 FIRST_COMPILE = _listen_for_compiles()
 
 _workqueue_lock = threading.Lock()
+#: ``parallel_guard``'s context outside workqueue: one shared no-op (stateless, so any
+#: number of threads and nested blocks may hold it), not a new one per kernel call.
+_NO_GUARD = contextlib.nullcontext()
 
 
 def threading_layer() -> str:
@@ -184,4 +187,4 @@ def parallel_guard():
     """Context for calling a parallel kernel: a lock under workqueue, nothing otherwise."""
     if REQUESTED_THREADING_LAYER == "workqueue":
         return _workqueue_lock
-    return contextlib.nullcontext()
+    return _NO_GUARD

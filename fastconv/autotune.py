@@ -36,6 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _args, config, numerics
+from ._args.memo import forget_per_problem
 from ._timing import median_time
 from .algos import im2col, registry
 from .algos.im2col import shared
@@ -139,9 +140,12 @@ _plans: OrderedDict = OrderedDict()
 
 
 def clear_cache() -> None:
-    """Forget cached plans and loaded profiles."""
+    """Forget cached plans, the entries they chose, the algorithms' choices kept per
+    problem (``_args.memo.per_problem``) and loaded profiles."""
     with _cache_lock:
         _plans.clear()
+        _entries.clear()
+    forget_per_problem()
     clear_profiles()
 
 
@@ -309,6 +313,37 @@ def backward_choice(a, algo: str = "auto", need_x: bool = True) -> str:
 
 
 # ---------------------------------------------------------------------- execution
+#: (problem, algo, direction, need_x) -> (profile, registry generation, entry, the
+#: gradients the entry computes): what ``run_forward`` and ``run_backward`` resolve on
+#: every call of a layer, kept while the profile and the registry stay the same (a
+#: training step asks the same few problems again and again; the plan cache's lookup,
+#: the profile check and the backward's image-last rule took about 30 Python calls a
+#: layer's backward).
+_entries: dict = {}
+
+
+def _entry(a, algo: str, backward: bool, need_x: bool, choice: str | None):
+    """(registry entry, (by_x, by_w)) for ``run_forward`` / ``run_backward``: the pinned
+    ``choice``, else ``forward_choice`` / ``backward_choice``'s algorithm, cached in
+    ``_entries``; (by_x, by_w) the entry's ``grads(a)`` (both True forward)."""
+    if choice is not None:
+        entry = registry.get(choice)
+        return entry, (entry.grads(a) if backward else (True, True))
+    key = (a, algo, backward, need_x)
+    prof, gen = load_profile(), registry.generation()
+    hit = _entries.get(key)
+    if hit is not None and hit[0] is prof and hit[1] == gen:
+        return hit[2], hit[3]
+    entry = registry.get(backward_choice(a, algo, need_x) if backward
+                         else forward_choice(a, algo))
+    grads = entry.grads(a) if backward else (True, True)
+    with _cache_lock:
+        if len(_entries) >= max(config.PLAN_CACHE_SIZE, 1):
+            _entries.clear()
+        _entries[key] = (prof, gen, entry, grads)
+    return entry, grads
+
+
 def run_forward(x, w, bias, a, out, *, algo: str = "auto", choice: str | None = None) -> str:
     """Run conv2d's forward for problem ``a`` into ``out`` (x 4-D; arrays in the
     caller's layout) and return the algorithm whose result ``out`` holds.
@@ -317,7 +352,7 @@ def run_forward(x, w, bias, a, out, *, algo: str = "auto", choice: str | None = 
     (fastconv.dask plans once for the whole array), else the plan decides. The
     fallbacks of the module docstring apply in both cases."""
     auto = algo == "auto"
-    entry = registry.get(choice or forward_choice(a, algo))
+    entry = _entry(a, algo, False, True, choice)[0]
     if entry.finite_input_only and not numerics.all_finite(x, w, bias):
         entry = registry.get(registry.FALLBACK)
     ok = entry.forward(x, w, a, out, bias)
@@ -339,10 +374,10 @@ def run_backward(grad_y, x, w, a, grad_x, grad_w, *, algo: str = "auto",
     """Fill ``grad_x`` and ``grad_w`` (None: not wanted) for problem ``a`` and return
     the algorithm chosen. Gradients the chosen algorithm does not compute, or flags as
     non-finite, are computed by ``registry.FALLBACK``."""
-    entry = registry.get(choice or backward_choice(a, algo, grad_x is not None))
+    entry, (by_x, by_w) = _entry(a, algo, True, grad_x is not None, choice)
     if entry.finite_input_only and not numerics.all_finite(grad_y, x, w):
         entry = registry.get(registry.FALLBACK)  # FFT would spread a NaN/Inf over planes
-    by_x, by_w = entry.grads(a)
+        by_x, by_w = entry.grads(a)
     mine_x = grad_x if by_x else None
     mine_w = grad_w if by_w else None
     ok_x = ok_w = True

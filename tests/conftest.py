@@ -2,6 +2,16 @@ import numpy as np
 import pytest
 
 
+@pytest.fixture(autouse=True)
+def _fresh_choices():
+    """Every test starts without the plans and per-problem choices of the tests before
+    it: a test that changes a bound or a decision function (monkeypatch) before its
+    first call then sees its change."""
+    from fastconv import autotune
+
+    autotune.clear_cache()
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)

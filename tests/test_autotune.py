@@ -137,6 +137,41 @@ def test_conv2d_auto_uses_the_cached_plan(rng, monkeypatch):
     assert fastconv.plan(x.shape, w.shape) is first
 
 
+def test_the_algorithm_a_call_runs_is_resolved_once_per_problem(rng, monkeypatch):
+    """run_forward keeps the entry the policy chose for a problem; clear_cache and a
+    change of the registry make it ask again."""
+    from fastconv.algos import registry
+
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
+    w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    asked = []
+    real = autotune.forward_choice
+    monkeypatch.setattr(autotune, "forward_choice",
+                        lambda a, algo="auto": asked.append(a) or real(a, algo))
+    for _ in range(3):
+        fastconv.conv2d(x, w)
+    assert len(asked) == 1
+    autotune.clear_cache()
+    fastconv.conv2d(x, w)
+    assert len(asked) == 2
+    with registry.replaced("im2col", forward=registry.get("im2col").forward):
+        fastconv.conv2d(x, w)
+    assert len(asked) == 3
+
+
+def test_choices_kept_per_problem_are_forgotten_with_the_plans(monkeypatch):
+    """``per_problem`` choices (here im2col's backward route) hold until clear_cache."""
+    from fastconv.algos.im2col import drivers
+
+    a = conv_args_from_shapes("t", (32, 14, 14, 32), (3, 3, 32, 64), stride=2, padding=1,
+                              layout="NHWC")
+    assert drivers._backward_route(a, True) == "direct"
+    monkeypatch.setattr(drivers, "direct_backward_chosen", lambda a, with_grad_x=True: False)
+    assert drivers._backward_route(a, True) == "direct"
+    autotune.clear_cache()
+    assert drivers._backward_route(a, True) == "gemms"
+
+
 # --------------------------------------------------------------------- calibration
 def test_calibration_profile_round_trip(tmp_path):
     prof = calibrate(budget=0.0)

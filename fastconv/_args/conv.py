@@ -8,6 +8,7 @@ rule and the values.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -35,7 +36,9 @@ def conv_output_size(n: int, k: int, stride: int, pad_lo: int, pad_hi: int, dila
 
 @dataclass(frozen=True)
 class ConvArgs(HashOnce):
-    """A conv2d problem in canonical form (NCHW / OIHW terms, whatever the layout)."""
+    """A conv2d problem in canonical form (NCHW / OIHW terms, whatever the layout).
+    Its layout record and layout shapes are worked out on first use and kept (the
+    kernels' drivers ask for them on every call of a layer)."""
 
     n: int
     c_in: int
@@ -73,22 +76,22 @@ class ConvArgs(HashOnce):
         return 2 * self.n * self.c_out * self.h_out * self.w_out * (self.c_in // self.groups) \
             * self.kh * self.kw
 
-    @property
+    @functools.cached_property
     def dims(self) -> _layout.Layout:
         """The caller's layout as a record (permutations and shape rules)."""
         return _layout.LAYOUTS[self.layout]
 
-    @property
+    @functools.cached_property
     def x_layout_shape(self) -> tuple[int, ...]:
         """The (batched) input shape in the caller's layout."""
         return self.dims.shape(self.n, self.c_in, self.h, self.w)
 
-    @property
+    @functools.cached_property
     def w_layout_shape(self) -> tuple[int, ...]:
         """The weight shape in the caller's layout (OIHW or HWIO)."""
         return self.dims.weight_shape(self.c_out, self.c_in // self.groups, self.kh, self.kw)
 
-    @property
+    @functools.cached_property
     def y_layout_shape(self) -> tuple[int, ...]:
         """The (batched) output shape in the caller's layout."""
         return self.dims.shape(self.n, self.c_out, self.h_out, self.w_out)

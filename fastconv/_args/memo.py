@@ -63,7 +63,7 @@ def _keep(store: dict, key, result):
 
 def key_of(*values) -> tuple:
     """A record's key for ``values`` by ``_key``'s rules (True apart from 1, 2.0 from 2)."""
-    return tuple(map(_plain, values))
+    return _key(values, None)
 
 
 def _key(args, kwargs) -> tuple:
@@ -71,8 +71,11 @@ def _key(args, kwargs) -> tuple:
     its type string (numpy's dtype repr runs Python code: 10 us a call), anything else
     (other tuples, floats, bools) as its repr in a 1-tuple, which tells True from 1, 2.0
     from 2 and (1, 1) from the string "(1, 1)". A conv2d call's key took 2.6 us as one
-    repr of everything, 1.3 us so."""
-    return (*map(_plain, args), *((k, _plain(v)) for k, v in kwargs.items()))
+    repr of everything, 1.3 us so; ints, strings and shapes go in without a call of
+    ``_plain`` each."""
+    key = tuple(v if (t := type(v)) is int or t is str or (
+        t is tuple and _INTS.issuperset(map(type, v))) else _plain(v) for v in args)
+    return (*key, *((k, _plain(v)) for k, v in kwargs.items())) if kwargs else key
 
 
 _INTS = frozenset((int,))
@@ -84,6 +87,37 @@ def _plain(value):
     if kind is int or kind is str or (kind is tuple and _INTS.issuperset(map(type, value))):
         return value                                  # a shape: a tuple of ints
     return value.str if isinstance(value, np.dtype) else (repr(value),)
+
+
+#: The ``cache_clear`` of every ``per_problem`` function (``forget_per_problem``).
+_PER_PROBLEM: list = []
+
+
+def per_problem(decide):
+    """``decide(problem, *flags)``, a choice that depends on a problem record, a few
+    hashable flags and module constants alone, with its results kept per arguments (256
+    at most, least recently used dropped): a training step makes the same few
+    problems' choices on every call of every layer. ``forget_per_problem`` (which
+    ``fastconv.autotune.clear_cache`` calls) forgets them all, e.g. after a bound was
+    changed.
+
+    >>> @per_problem
+    ... def wide(a, at_least):
+    ...     return a >= at_least
+    >>> wide(64, 32), wide.cache_info().currsize
+    (True, 1)
+    >>> forget_per_problem(); wide.cache_info().currsize
+    0
+    """
+    kept_fn = functools.lru_cache(maxsize=256)(decide)
+    _PER_PROBLEM.append(kept_fn.cache_clear)
+    return kept_fn
+
+
+def forget_per_problem() -> None:
+    """Forget every ``per_problem`` function's kept results."""
+    for clear in _PER_PROBLEM:
+        clear()
 
 
 class HashOnce:

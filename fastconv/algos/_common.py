@@ -8,7 +8,7 @@ import types
 import numpy as np
 from numba import njit, uint64
 
-from .. import _pool, config
+from .. import _pool, _runtime, config
 from .._runtime import parallel_guard
 
 #: Index type for the inner loops of kernels. numba handles a negative signed index by
@@ -24,7 +24,11 @@ def guarded(kernel):
     """``kernel`` (a parallel numba kernel) as a function that calls it under
     ``parallel_guard``: concurrent parallel calls abort the process under numba's
     workqueue layer. Serial twins running on ``_blas.on_threads`` take no guard (it
-    would serialise them)."""
+    would serialise them). Outside workqueue, where the guard does nothing, ``kernel``
+    itself."""
+    if _runtime.REQUESTED_THREADING_LAYER != "workqueue":
+        return kernel
+
     def call(*args):
         with parallel_guard():
             return kernel(*args)

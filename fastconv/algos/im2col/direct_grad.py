@@ -67,6 +67,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _lanes
+from ..._args.memo import per_problem
 from ..._runtime import parallel_guard
 from ...costs import BACKWARD_FACTOR, Estimate, Profile
 from .._common import U, view, workspace
@@ -289,8 +290,9 @@ def weight_grad_into(x, gy_nhwc, a, grad_w) -> None:
     and grad_y (N, Ho, Wo, D) C-contiguous: in the register tiles of
     ``direct_grad_tiles`` where they apply, else by ``_grad_w_parts`` (on
     ``padded.channels_last_input``) and ``_sum_parts``."""
-    if tiles_apply(a):
-        weight_grad_tiles(x, gy_nhwc, a, grad_w, tile_images(a), _band(a))
+    tiles = _tiles_plan(a)
+    if tiles is not None:
+        weight_grad_tiles(x, gy_nhwc, a, grad_w, *tiles)
         return
     dt = a.dtype
     per = part_images(a)
@@ -310,6 +312,13 @@ def weight_grad_into(x, gy_nhwc, a, grad_w) -> None:
                       (a.stride[0], a.stride[1], per, _band(a), _chunk(a)), gl)
     into_weight(grad_w, a, lambda out, steps: _sum_parts(
         part, runs, (a.kw, a.c_in, a.c_out), out, steps))
+
+
+@per_problem
+def _tiles_plan(a):
+    """(images per run, band of output rows) of ``weight_grad_tiles`` where its register
+    tiles take the weight gradient of ``a`` (``tiles_apply``), else None."""
+    return (tile_images(a), _band(a)) if tiles_apply(a) else None
 
 
 @njit(cache=True)
@@ -353,9 +362,8 @@ def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
     its own layout), grad_x by ``input_grad_direct`` where ``input_phases`` allows, else
     image by image (``grad_x_images``) where that applies, else by ``rest(grad_x)``
     (im2col's other paths)."""
-    rows = grad_w is not None and by_rows(a)
+    rows, direct_x = _direct_paths(a, grad_x is not None, grad_w is not None)
     tiles_w = grad_w is not None and not rows      # these two read grad_y channels last
-    direct_x = grad_x is not None and input_phases(a) is not None
     if rows:
         weight_grad_rows(x, gy, a, grad_w)
     if tiles_w or direct_x:
@@ -370,6 +378,12 @@ def backward_direct(gy, x, w, a, grad_x, grad_w, rest) -> None:
         grad_x_images.input_grad_images(gy, w, a, grad_x)
     else:
         rest(grad_x)
+
+
+@per_problem
+def _direct_paths(a, need_x: bool, need_w: bool) -> tuple[bool, bool]:
+    """``backward_direct``'s (grad_w ``by_rows``, grad_x by ``input_grad_direct``)."""
+    return need_w and by_rows(a), need_x and input_phases(a) is not None
 
 
 def by_rows(a) -> bool:

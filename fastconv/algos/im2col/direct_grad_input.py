@@ -36,6 +36,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from ... import _lanes
+from ..._args.memo import per_problem
 from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
 from .._common import read_only, view, workspace
@@ -113,50 +114,75 @@ def _taps_slice(taps) -> slice:
 def input_grad_direct(gy_nhwc, w, a, grad_x) -> None:
     """grad_x (layout of ``a``, C-contiguous) of a layer with ``input_phases``: per phase,
     the direct forward of grad_y (N, Ho, Wo, D) with the phase's sub-kernel; two or more
-    phases with taps in one parallel call (``_phase_rows``)."""
+    phases with taps in one parallel call (``_phases_at_once``)."""
     w_hwio = a.dims.weight_to_canonical_view(w).transpose(2, 3, 1, 0)   # (KH, KW, C, D)
     # NCHW: the phases write the channels-last view of grad_x in place (``forward_lanes``
     # takes any positive output strides), so no NHWC copy is transposed afterwards
     out = grad_x if a.dims.channels_last else grad_x.transpose(0, 2, 3, 1)
-    phases = []
+    with_taps, without = _phase_slices(a)
+    for ph, pw in without:
+        out[:, ph::a.stride[0], pw::a.stride[1], :] = 0
+    if len(with_taps) == 1:
+        ph, pw, g, rows, cols = with_taps[0]
+        forward_lanes(gy_nhwc, w_hwio[rows, cols].transpose(0, 1, 3, 2), g,
+                      out[:, ph::a.stride[0], pw::a.stride[1], :], None)
+    elif with_taps:
+        _phases_at_once(gy_nhwc, w_hwio, a, grad_x)
+
+
+@per_problem
+def _phase_slices(a):
+    """``input_phases(a)`` as (phases with taps: (ph, pw, phase problem, the slices of
+    the kernel's rows and columns it takes), phases without: (ph, pw))."""
+    with_taps, without = [], []
     for ph, pw, g, rows, cols in input_phases(a):
-        target = out[:, ph::a.stride[0], pw::a.stride[1], :]
-        if not rows or not cols:
-            target[...] = 0
-            continue
-        sub = w_hwio[_taps_slice(rows), _taps_slice(cols)].transpose(0, 1, 3, 2)  # (kh', kw', D, C)
-        phases.append((ph, pw, g, sub, target))
-    if len(phases) == 1:
-        _, _, g, sub, target = phases[0]
-        forward_lanes(gy_nhwc, sub, g, target, None)
-    elif phases:
-        _phases_at_once(gy_nhwc, phases, a, grad_x)
+        if rows and cols:
+            with_taps.append((ph, pw, g, _taps_slice(rows), _taps_slice(cols)))
+        else:
+            without.append((ph, pw))
+    return tuple(with_taps), tuple(without)
 
 
-def _phases_at_once(gy_nhwc, phases, a, grad_x) -> None:
-    """The direct forwards of ``phases`` ((ph, pw, phase problem, its weight HWIO,
-    grad_x's view it writes)) in one parallel call of the lanes kernel's row tasks
-    (``_phase_rows``), each phase's weight packed side by side. One call where there
-    were one per phase: each paid the call's fixed cost and the threads' wake-up (a 3x3
-    stride-2 layer's 1-tap phase about half of its time) and read grad_y again."""
+def _phases_at_once(gy_nhwc, w_hwio, a, grad_x) -> None:
+    """The direct forwards of the phases with taps (``_phase_slices``) in one parallel
+    call of the lanes kernel's row tasks (``_phase_rows``), each phase's weight (its
+    taps of w_hwio (KH, KW, C, D)) packed side by side. One call where there were one
+    per phase: each paid the call's fixed cost and the threads' wake-up (a 3x3 stride-2
+    layer's 1-tap phase about half of its time) and read grad_y again."""
     dt = a.dtype
     gf = read_only(np.ascontiguousarray(gy_nhwc, dt).reshape(-1))
-    og = contiguous_geometry(grad_x.shape, a.dims)
-    problems = tuple((ph, pw, g) for ph, pw, g, _, _ in phases)
-    xs, (spans, outs, geos, taps, toff, chunks) = _phase_plan(a, problems, og,
-                                                             get_num_threads())
-    nl = _lanes.per_register(dt.itemsize)
-    blocks = -(-a.c_in // nl)
+    xs, (spans, outs, geos, taps, toff, chunks), packing, bias, stream = _phase_call(
+        a, get_num_threads())
     fw = workspace("direct_grad_input.w", int(spans[-1, 1]), dt)
-    fb = workspace("direct_grad_input.bias", blocks * nl, dt)
-    for (*_, sub, _), span, tap in zip(phases, spans, taps, strict=True):
-        w_lo, w_hi = int(span[0]), int(span[1])
-        packed = view(fw[w_lo:w_hi], (blocks, (w_hi - w_lo) // (blocks * nl), nl))
-        pack_weight(sub.transpose(3, 2, 0, 1), None, tuple(int(t) for t in tap), packed, fb)
-    stream = int(a.dims.channels_last and _lanes.can_stream(grad_x, a.c_in))
+    fb = workspace("direct_grad_input.bias", bias, dt)
+    for rows, cols, w_lo, w_hi, shape, tap in packing:
+        pack_weight(w_hwio[rows, cols].transpose(2, 3, 0, 1), None, tap,
+                    view(fw[w_lo:w_hi], shape), fb)
     with parallel_guard():
         _phase_rows(gf, xs, fw, fb, grad_x.reshape(-1), toff, chunks,
-                    (spans, outs, geos, taps), PAIR_PIXELS, 0, stream)
+                    (spans, outs, geos, taps), PAIR_PIXELS, 0,
+                    int(stream and _lanes.can_stream(grad_x, a.c_in)))
+
+
+@per_problem
+def _phase_call(a, threads: int):
+    """``_phases_at_once``'s parts of a call that depend on the problem alone:
+    ``_phase_plan``'s (grad_y's geometry, tables) for the phases with taps, and each
+    phase's weight packing (its kernel rows and columns, its span of the packed buffer,
+    the span's shape (blocks, taps, L), its tap order), the packed bias's length, and
+    whether grad_x (C-contiguous) is channels last (streamed where ``can_stream``)."""
+    with_taps, _ = _phase_slices(a)
+    og = contiguous_geometry(a.dims.shape(a.n, a.c_in, a.h, a.w), a.dims)
+    xs, tables = _phase_plan(a, tuple((ph, pw, g) for ph, pw, g, _, _ in with_taps), og,
+                             threads)
+    nl = _lanes.per_register(a.dtype.itemsize)
+    blocks = -(-a.c_in // nl)
+    packing = []
+    for (_, _, _, rows, cols), span, tap in zip(with_taps, tables[0], tables[3], strict=True):
+        w_lo, w_hi = int(span[0]), int(span[1])
+        packing.append((rows, cols, w_lo, w_hi, (blocks, (w_hi - w_lo) // (blocks * nl), nl),
+                        tuple(int(t) for t in tap)))
+    return xs, tables, tuple(packing), blocks * nl, a.dims.channels_last
 
 
 @functools.lru_cache(maxsize=64)

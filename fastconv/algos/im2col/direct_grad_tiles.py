@@ -272,8 +272,9 @@ def into_weight(grad_w, a, write) -> None:
     grad_w's data flat (a C-contiguous stand-in where grad_w is not), steps the element
     steps of its (a, b, c, d) = (kernel row, column, input and output channel) axes."""
     target = grad_w if grad_w.flags.c_contiguous else np.empty(grad_w.shape, grad_w.dtype)
-    oihw = a.dims.weight_to_canonical_view(target)
-    d, c, r, q = (s // target.itemsize for s in oihw.strides)
-    write(target.reshape(-1), (r, q, c, d))
+    steps = a.dims.weight_to_canonical_view(target).strides     # (d, c, r, q) in bytes
+    size = target.itemsize
+    write(target.reshape(-1), (steps[2] // size, steps[3] // size, steps[1] // size,
+                               steps[0] // size))
     if target is not grad_w:
         grad_w[...] = target

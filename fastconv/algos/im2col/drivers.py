@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _blas, _pool
+from ..._args.memo import per_problem
 from ..._runtime import parallel_guard
 from .._common import view
 from . import indirect_nchw, strided_pointwise
@@ -183,17 +184,29 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     (``shared.input_gradient_by_phases``). Small layers run the direct backward
     (``direct_grad.backward_direct``: grad_w, and grad_x of stride-1 layers, without a
     GEMM)."""
-    if is_pointwise(args):
+    route = _backward_route(args, grad_x is not None)
+    if route == "pointwise":
         backward_pointwise(grad_y, x, w, args, grad_x, grad_w)
-        return
-    if strided_pointwise.applies(args):
+    elif route == "strided":
         strided_pointwise.backward(grad_y, x, w, args, grad_x, grad_w)
-        return
-    if direct_backward_chosen(args, grad_x is not None):
+    elif route == "direct":
         backward_direct(grad_y, x, w, args, grad_x, grad_w,
                         lambda gx: _backward_gemms(grad_y, x, w, args, gx, None))
-        return
-    _backward_gemms(grad_y, x, w, args, grad_x, grad_w)
+    else:
+        _backward_gemms(grad_y, x, w, args, grad_x, grad_w)
+
+
+@per_problem
+def _backward_route(args, with_grad_x: bool) -> str:
+    """Which of ``backward``'s paths runs ``args``: "pointwise", "strided" (a strided
+    1x1 layer), "direct" (``direct_backward_chosen``) or "gemms"."""
+    if is_pointwise(args):
+        return "pointwise"
+    if strided_pointwise.applies(args):
+        return "strided"
+    if direct_backward_chosen(args, with_grad_x):
+        return "direct"
+    return "gemms"
 
 
 def _backward_gemms(grad_y, x, w, args, grad_x, grad_w) -> None:

@@ -13,7 +13,6 @@ pass.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 
 import numpy as np
@@ -26,21 +25,28 @@ from .._common import U, workspace
 _shared = threading.local()
 
 
-@contextlib.contextmanager
-def shared_copies(store: dict, keep: bool):
+class shared_copies:
     """Within the block (this thread), ``padded_channels_last`` returns the copy in
     ``store`` of the same array and geometry when there is one, instead of making it
     again; with ``keep``, the copies it makes are arrays of their own (``_pool``), put
     in ``store`` with their source (held, so that no other array takes its address).
     The autograd Conv2d op keeps its forward's copies (``keep``) and hands them to its
     backward: the weight gradient reads the same padded input, with the values x had
-    at the forward."""
-    prev = getattr(_shared, "scope", None)
-    _shared.scope = (store, keep)
-    try:
-        yield
-    finally:
-        _shared.scope = prev
+    at the forward. (A class rather than a generator: every conv layer of a training
+    step enters it twice.)"""
+
+    __slots__ = ("_scope", "_prev")
+
+    def __init__(self, store: dict, keep: bool):
+        self._scope = (store, keep)
+
+    def __enter__(self):
+        self._prev = getattr(_shared, "scope", None)
+        _shared.scope = self._scope
+
+    def __exit__(self, *exc):
+        _shared.scope = self._prev
+        return False
 
 
 def padded_size(a) -> tuple[int, int]:
@@ -104,7 +110,9 @@ def _flat_nhwc(x, a):
     """x (layout of ``a``, C-contiguous) as (flat array, (N, H, W, C) shape and element
     strides of its channels-last view)."""
     v = a.dims.to_canonical_view(x).transpose(0, 2, 3, 1)
-    return x.reshape(-1), tuple(v.shape) + tuple(s // x.itemsize for s in v.strides)
+    st, size = v.strides, x.itemsize
+    return x.reshape(-1), (*v.shape, st[0] // size, st[1] // size, st[2] // size,
+                           st[3] // size)
 
 
 def channels_last_input(x, a, slot: str) -> np.ndarray:

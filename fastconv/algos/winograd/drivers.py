@@ -15,6 +15,7 @@ import functools
 import numpy as np
 
 from ... import _blas, _lanes
+from ..._args.memo import per_problem
 from .. import _nhwc
 from .._common import guarded
 from . import nchw_fused, nhwc, phase_batch
@@ -39,6 +40,7 @@ def supports(args) -> bool:
     return (args.kh, args.kw) == (3, 3) and args.stride == (1, 1)
 
 
+@per_problem
 def grad_x_supported(args) -> bool:
     """grad_x is a correlation with padding 2 - p: every padding must be at most 2 (for
     a dilated layer, every padding of its undilated phase problems,
@@ -76,6 +78,7 @@ NCHW_GRAD_W_MIN_CHANNELS = 32
 NCHW_GRAD_W_MIN_PIXELS = 32 * 32
 
 
+@per_problem
 def grad_w_supported(args) -> bool:
     """The weight gradient runs in the Winograd domain (a dilated layer's as the sum over
     its undilated phase problems) for layers of at least ``NHWC_GRAD_W_MIN_CHANNELS``

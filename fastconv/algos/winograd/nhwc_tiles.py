@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _lanes, config
+from ..._args.memo import per_problem
 from ..._small_gemm import TILE_ROWS, TILE_ROWS_1, _tile, _tile1
 from .._common import U, guarded
 from .f4 import _at6, _bt6
@@ -359,9 +360,16 @@ def fused_forward(x, u, y, bias, pads) -> bool:
     left), plus bias; for layers ``fused_applies`` accepts. Returns whether every output
     is finite."""
     ut = np.ascontiguousarray(u[0])
-    add = np.zeros(y.shape[3], y.dtype) if bias is None else np.ascontiguousarray(bias, y.dtype)
-    block = block_tiles(x.shape[3], y.shape[3], x.itemsize)
-    tiles = tile_count(y.shape)
-    flags = np.zeros(-(-tiles // block), np.bool_)
+    block, n_flags, zero = _fused_parts(x.shape[3], y.shape, y.dtype)
+    add = zero if bias is None else np.ascontiguousarray(bias, y.dtype)
+    flags = np.zeros(n_flags, np.bool_)
     guarded(_fused)(x, ut, y, add, pads, block, flags)
     return not flags.any()
+
+
+@per_problem
+def _fused_parts(c_in: int, y_shape, dtype):
+    """(tiles per task, tasks, a zero bias) of ``fused_forward`` for C_in input channels
+    and an output of ``y_shape`` and ``dtype`` (the zeros only ever read)."""
+    block = block_tiles(c_in, y_shape[3], dtype.itemsize)
+    return block, -(-tile_count(y_shape) // block), np.zeros(y_shape[3], dtype)
