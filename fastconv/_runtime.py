@@ -188,3 +188,19 @@ def parallel_guard():
     if REQUESTED_THREADING_LAYER == "workqueue":
         return _workqueue_lock
     return _NO_GUARD
+
+
+def guarded(kernel):
+    """``kernel`` (a parallel numba kernel) as a function that calls it under
+    ``parallel_guard``: concurrent parallel calls abort the process under numba's
+    workqueue layer. Outside workqueue, where the guard does nothing, ``kernel`` itself
+    (``guarded(kernel)(...)`` costs a layer's call one Python call, ``with
+    parallel_guard():`` three). Serial twins running on ``_blas.on_threads`` take no
+    guard (it would serialise them)."""
+    if REQUESTED_THREADING_LAYER != "workqueue":
+        return kernel
+
+    def call(*args):
+        with parallel_guard():
+            return kernel(*args)
+    return call

@@ -30,7 +30,7 @@ from . import _norm_nhwc, config, devices
 from ._args import batch_norm_backward_inputs, batch_norm_inputs, narrow, widen
 from ._elementwise import relu_gradient
 from ._memory import allocate
-from ._runtime import parallel_guard
+from ._runtime import guarded
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -269,18 +269,16 @@ def forward(x, running_mean, running_var, weight, bias, a, fuse_relu=False):
     if a.training and a.count == 0:
         mean, invstd = np.full(a.c, np.nan), np.full(a.c, np.nan)
     elif a.training:
-        with parallel_guard():
-            mean, var, invstd = k.train(k.view(np.ascontiguousarray(x)), w64, b64, a.eps,
-                                        k.view(y), bool(fuse_relu))
+        mean, var, invstd = guarded(k.train)(k.view(np.ascontiguousarray(x)), w64, b64,
+                                             a.eps, k.view(y), bool(fuse_relu))
         if running_mean is not None:
             _move_running(running_mean, running_var, mean, var, a.count, a.momentum)
     else:
         mean = running_mean.astype(np.float64)
         invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + a.eps)
         if y.size:
-            with parallel_guard():
-                k.apply(k.view(np.ascontiguousarray(x)), mean, w64 * invstd, b64, k.view(y),
-                        bool(fuse_relu))
+            guarded(k.apply)(k.view(np.ascontiguousarray(x)), mean, w64 * invstd, b64,
+                             k.view(y), bool(fuse_relu))
     return y, mean, invstd
 
 
@@ -345,7 +343,6 @@ def gradients(grad_y, x, mean, invstd, weight, a, relu_output=None):
     grad_w, grad_b = np.empty(a.c, x.dtype), np.empty(a.c, x.dtype)
     g3, x3 = k.view(np.ascontiguousarray(grad_y)), k.view(np.ascontiguousarray(x))
     mask = None if relu_output is None else k.view(np.ascontiguousarray(relu_output))
-    with parallel_guard():
-        k.backward(g3, x3, mean64, invstd64, _f64(weight, a.c, 1.0), a.training, k.view(gx),
-                   mask, grad_w, grad_b)
+    guarded(k.backward)(g3, x3, mean64, invstd64, _f64(weight, a.c, 1.0), a.training,
+                        k.view(gx), mask, grad_w, grad_b)
     return gx, grad_w, grad_b

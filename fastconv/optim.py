@@ -77,7 +77,9 @@ class Optimizer:
 
     def _params_with_grad(self, group):
         for p in group["params"]:
-            if p.grad is not None:
+            if p.grad is None:
+                continue
+            if type(p.data) is not np.ndarray or type(p.grad) is not np.ndarray:
                 if p.device != "cpu" and not self.gpu:
                     raise RuntimeError(f"{type(self).__name__}.step: this optimiser has no "
                                        "GPU path yet, and a parameter of shape "
@@ -87,7 +89,7 @@ class Optimizer:
                     raise RuntimeError(f"{type(self).__name__}.step: a parameter of shape "
                                        f"{p.shape} is on device={p.device!r} but its grad on "
                                        f"device={devices.array_device(p.grad)!r}")
-                yield p, p.grad, self.state.setdefault(id(p), {})
+            yield p, p.grad, self.state.setdefault(id(p), {})
 
     def step(self) -> None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -210,7 +212,7 @@ class SGD(Optimizer):
             lr, mom, damp = group["lr"], group["momentum"], group["dampening"]
             wd, nesterov = group["weight_decay"], group["nesterov"]
             for p, g, state in self._params_with_grad(group):
-                gpu = on_gpu("sgd_step", p.data)
+                gpu = None if type(p.data) is np.ndarray else on_gpu("sgd_step", p.data)
                 if gpu is not None:      # one kernel, in place on the GPU
                     buf = gpu(p.data, g, state.get("momentum_buffer"), lr, mom, damp, wd,
                               nesterov, group["maximize"])

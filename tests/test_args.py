@@ -66,6 +66,17 @@ def test_a_remembered_problem_keeps_apart_arguments_that_compare_equal(good, bad
         conv_args_from_shapes("conv2d", (2, 3, 9, 9), (4, 3, 3, 3), stride=bad)
 
 
+@pytest.mark.parametrize("good,bad", [(((1, 1), (1, 1)), ((1, True), (1, 1))), (1, 1.0),
+                                      (1, True)], ids=str)
+def test_a_remembered_padding_keeps_apart_values_that_compare_equal(good, bad):
+    """Pairs of (low, high) ints are remembered as they are, floats and bools by their
+    type too: a padding equal to a remembered one but of bools or floats still raises."""
+    a = conv_args_from_shapes("conv2d", (2, 3, 9, 9), (4, 3, 3, 3), padding=good)
+    assert a.padding == ((1, 1), (1, 1))
+    with pytest.raises((TypeError, ValueError), match="conv2d: padding="):
+        conv_args_from_shapes("conv2d", (2, 3, 9, 9), (4, 3, 3, 3), padding=bad)
+
+
 def test_the_record_hashes_once_and_pickles_without_its_hash():
     """The record's hash is kept after first use (a plan key hashes it every call) and
     left out of a pickle (a string's hash differs between processes)."""

@@ -69,10 +69,11 @@ def key_of(*values) -> tuple:
 def _key(args, kwargs) -> tuple:
     """The record's key: plain ints, strings and tuples of ints as they are, a dtype as
     its type string (numpy's dtype repr runs Python code: 10 us a call), anything else
-    (other tuples, floats, bools) as its repr in a 1-tuple, which tells True from 1, 2.0
-    from 2 and (1, 1) from the string "(1, 1)". A conv2d call's key took 2.6 us as one
-    repr of everything, 1.3 us so; ints, strings and shapes go in without a call of
-    ``_plain`` each."""
+    (other tuples, numpy scalars) as its repr in a 1-tuple, which tells (1, 1) from the
+    string "(1, 1)"; a float or bool as (its type, it), which tells True from 1 and 2.0
+    from 2; tuples of tuples of ints (a padding's pairs) as they are. A conv2d call's
+    key took 2.6 us as one repr of everything, 1.3 us so; ints, strings and shapes go in
+    without a call of ``_plain`` each."""
     key = tuple(v if (t := type(v)) is int or t is str or (
         t is tuple and _INTS.issuperset(map(type, v))) else _plain(v) for v in args)
     return (*key, *((k, _plain(v)) for k, v in kwargs.items())) if kwargs else key
@@ -86,6 +87,11 @@ def _plain(value):
     kind = type(value)
     if kind is int or kind is str or (kind is tuple and _INTS.issuperset(map(type, value))):
         return value                                  # a shape: a tuple of ints
+    if kind is float or kind is bool:
+        return kind, value                            # apart from ints, without a repr
+    if kind is tuple and all(type(v) is tuple and _INTS.issuperset(map(type, v))
+                             for v in value):
+        return value                # pairs of ints: ((top, bottom), (left, right))
     return value.str if isinstance(value, np.dtype) else (repr(value),)
 
 

@@ -8,8 +8,8 @@ import types
 import numpy as np
 from numba import njit, uint64
 
-from .. import _pool, _runtime, config
-from .._runtime import parallel_guard
+from .. import _pool, config
+from .._runtime import guarded  # noqa: F401  (the algorithms import it from here)
 
 #: Index type for the inner loops of kernels. numba handles a negative signed index by
 #: wrapping it (``a[-1]``), and that per-element check stops LLVM from vectorising the
@@ -18,21 +18,6 @@ from .._runtime import parallel_guard
 #: Only cast values known to be >= 0, and keep both operands of +, * unsigned (uint64
 #: with int64 gives float64 in numba).
 U = uint64
-
-
-def guarded(kernel):
-    """``kernel`` (a parallel numba kernel) as a function that calls it under
-    ``parallel_guard``: concurrent parallel calls abort the process under numba's
-    workqueue layer. Serial twins running on ``_blas.on_threads`` take no guard (it
-    would serialise them). Outside workqueue, where the guard does nothing, ``kernel``
-    itself."""
-    if _runtime.REQUESTED_THREADING_LAYER != "workqueue":
-        return kernel
-
-    def call(*args):
-        with parallel_guard():
-            return kernel(*args)
-    return call
 
 
 @njit(inline="always")

@@ -73,14 +73,27 @@ class Function:
         """Run the op on ``inputs`` (Tensors, array-likes or None) and return a Tensor;
         it records ``ctx`` for the backward pass when gradients are enabled and an input
         requires them."""
-        tensors = tuple(None if a is None else a if isinstance(a, Tensor) else Tensor(a)
-                        for a in inputs)
-        _check_device(cls, tensors)
+        # one loop over the inputs (every op of a training step passes here)
+        tensors, arrays, needs = [], [], []
+        host = True
+        for a in inputs:
+            if a is None:
+                tensors.append(None)
+                arrays.append(None)
+                needs.append(False)
+                continue
+            t = a if isinstance(a, Tensor) else Tensor(a)
+            tensors.append(t)
+            arrays.append(t.data)
+            needs.append(t.requires_grad)
+            host = host and type(t.data) is np.ndarray
+        tensors = tuple(tensors)
+        if not host:
+            _check_device(cls, tensors)
         ctx = cls()
-        needs = tuple(t is not None and t.requires_grad for t in tensors)
         track = any(needs) and is_grad_enabled()
-        ctx.needs_input_grad = needs if track else (False,) * len(needs)
-        out = cls.forward(ctx, *(None if t is None else t.data for t in tensors), **options)
+        ctx.needs_input_grad = tuple(needs) if track else (False,) * len(needs)
+        out = cls.forward(ctx, *arrays, **options)
         result = Tensor(out, requires_grad=track)
         if track:
             ctx.inputs = tensors

@@ -69,7 +69,8 @@ class Tensor:
     dtype = property(lambda self: self.data.dtype)
     ndim = property(lambda self: self.data.ndim)
     is_leaf = property(lambda self: self._ctx is None)
-    device = property(lambda self: devices.array_device(self.data),
+    device = property(lambda self: "cpu" if type(self.data) is np.ndarray
+                      else devices.array_device(self.data),
                       doc='"cpu" or "cuda": where ``data`` lives.')
 
     def size(self, dim=None):

@@ -68,7 +68,7 @@ from numba import njit, prange
 
 from ... import _lanes
 from ..._args.memo import per_problem
-from ..._runtime import parallel_guard
+from ..._runtime import guarded
 from ...costs import BACKWARD_FACTOR, Estimate, Profile
 from .._common import U, view, workspace
 from .._nhwc import _swap_last2
@@ -307,9 +307,8 @@ def weight_grad_into(x, gy_nhwc, a, grad_w) -> None:
     gl = np.zeros(0 if a.c_out % nl == 0 else gf.size // a.n + nl, dt)
     gl[:gl.size - nl] = gf[gf.size - gl.size + nl:]    # the last image, then slack
     toff = _tap_offsets(a.kh, a.kw, a.dilation[0] * ps[2], a.dilation[1], a.c_in)
-    with parallel_guard():
-        _grad_w_parts(xp, ps, gf, gy_nhwc.shape, toff, part,
-                      (a.stride[0], a.stride[1], per, _band(a), _chunk(a)), gl)
+    guarded(_grad_w_parts)(xp, ps, gf, gy_nhwc.shape, toff, part,
+                           (a.stride[0], a.stride[1], per, _band(a), _chunk(a)), gl)
     into_weight(grad_w, a, lambda out, steps: _sum_parts(
         part, runs, (a.kw, a.c_in, a.c_out), out, steps))
 
@@ -350,9 +349,8 @@ def nhwc_grad_y(gy, a) -> np.ndarray:
         return np.ascontiguousarray(gy, a.dtype)
     out = workspace("direct_grad.gy", gy.size, a.dtype)
     n, d, ho, wo = gy.shape
-    with parallel_guard():
-        _swap_last2(np.ascontiguousarray(gy, a.dtype).reshape(n, d, ho * wo),
-                    view(out, (n, ho * wo, d)))
+    guarded(_swap_last2)(np.ascontiguousarray(gy, a.dtype).reshape(n, d, ho * wo),
+                         view(out, (n, ho * wo, d)))
     return view(out, (n, ho, wo, d))
 
 

@@ -37,7 +37,7 @@ from numba import get_num_threads, njit, prange
 
 from ... import _lanes
 from ..._args.memo import per_problem
-from ..._runtime import parallel_guard
+from ..._runtime import guarded
 from ...costs import Estimate, Profile
 from .._common import read_only, view, workspace
 from .direct_lanes import (
@@ -158,10 +158,9 @@ def _phases_at_once(gy_nhwc, w_hwio, a, grad_x) -> None:
     for rows, cols, w_lo, w_hi, shape, tap in packing:
         pack_weight(w_hwio[rows, cols].transpose(2, 3, 0, 1), None, tap,
                     view(fw[w_lo:w_hi], shape), fb)
-    with parallel_guard():
-        _phase_rows(gf, xs, fw, fb, grad_x.reshape(-1), toff, chunks,
-                    (spans, outs, geos, taps), PAIR_PIXELS, 0,
-                    int(stream and _lanes.can_stream(grad_x, a.c_in)))
+    guarded(_phase_rows)(gf, xs, fw, fb, grad_x.reshape(-1), toff, chunks,
+                         (spans, outs, geos, taps), PAIR_PIXELS, 0,
+                         int(stream and _lanes.can_stream(grad_x, a.c_in)))
 
 
 @per_problem

@@ -38,7 +38,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _lanes
-from ..._runtime import parallel_guard
+from ..._runtime import guarded
 from .._common import U, workspace
 from .padded import channels_last_input, padded_size
 
@@ -259,12 +259,11 @@ def weight_grad_tiles(x, gy_nhwc, a, grad_w, per: int, band: int) -> None:
     size = runs * a.kh * -(-vecs // VECTORS) * a.c_out * VECTORS * nl
     part = workspace("direct_grad_tiles.part", size, dt)
     xp = channels_last_input(x, a, "direct_grad.xp")
-    with parallel_guard():
-        _grad_w_tiles(xp.reshape(-1), xp.shape, gy_nhwc.reshape(-1), gy_nhwc.shape,
-                      part, (a.kh, a.stride[0], a.stride[1], a.dilation[0], per, band,
-                             vecs))
-        into_weight(grad_w, a, lambda out, steps: _sum_tiles(
-            part, runs, (a.kh, a.kw, a.c_in, a.c_out, nl), out, steps))
+    guarded(_grad_w_tiles)(xp.reshape(-1), xp.shape, gy_nhwc.reshape(-1), gy_nhwc.shape,
+                           part, (a.kh, a.stride[0], a.stride[1], a.dilation[0], per, band,
+                                  vecs))
+    into_weight(grad_w, a, lambda out, steps: guarded(_sum_tiles)(
+        part, runs, (a.kh, a.kw, a.c_in, a.c_out, nl), out, steps))
 
 
 def into_weight(grad_w, a, write) -> None:

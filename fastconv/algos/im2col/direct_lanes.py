@@ -57,7 +57,7 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 
 from ... import _lanes
-from ..._runtime import parallel_guard
+from ..._runtime import guarded
 from ...layout import NHWC
 from .._common import U, interior_columns, read_only, view, workspace
 from .image_last import _flat_view, contiguous_geometry, strided_flat
@@ -382,8 +382,7 @@ def forward_lanes(x, w, args, out, bias) -> None:
     fw, fb = _packed_operands(args.dims.weight_to_canonical_view(w), bias, dt, taps)
     band = band if os[6] == os[3] * os[7] else 0       # the output's rows contiguous
     stream = int(os[5] == 1 and _lanes.can_stream(out, args.c_out))    # channels last
-    with parallel_guard():
-        _conv_rows(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS, band,
-                   stream, _task_run(xs, os, band))
+    guarded(_conv_rows)(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS,
+                        band, stream, _task_run(xs, os, band))
     if target is not out:
         out[...] = target

@@ -19,7 +19,7 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _pool
-from ..._runtime import parallel_guard
+from ..._runtime import guarded
 from .._common import U, workspace
 
 _shared = threading.local()
@@ -143,9 +143,8 @@ def padded_channels_last(x, a, slot: str) -> np.ndarray:
         xp = _pool.empty((a.n * hp * wp * a.c_in,), a.dtype)
     else:
         xp = workspace(slot, a.n * hp * wp * a.c_in, a.dtype)
-    with parallel_guard():
-        _pad_images(*_flat_nhwc(np.ascontiguousarray(x, a.dtype), a), xp,
-                    (a.n, hp, wp, a.c_in), pt, pl)
+    guarded(_pad_images)(*_flat_nhwc(np.ascontiguousarray(x, a.dtype), a), xp,
+                         (a.n, hp, wp, a.c_in), pt, pl)
     xp = xp.reshape(a.n, hp, wp, a.c_in)
     if keep:
         store[key] = (x, xp)

@@ -40,7 +40,7 @@ from numba import njit, prange
 
 from ... import _lanes, config
 from ..._memory import allocate
-from ..._runtime import parallel_guard
+from ..._runtime import guarded
 from ...costs import Estimate, Profile
 from .._common import U
 from .direct_grad import direct_backward_applies, nhwc_grad_y, weight_grad_into
@@ -126,10 +126,9 @@ def _lanes_grad_x(gy, w, args, grad_x) -> None:
     w_oi = args.dims.weight_to_canonical_view(w).reshape(args.c_out, args.c_in)
     wt = np.ascontiguousarray(w_oi, args.dtype)                       # W^T: (D, C)
     kernel = _grad_x_lanes if args.dims.channels_last else _grad_x_planes
-    with parallel_guard():
-        kernel(gy.reshape(-1), wt.reshape(-1), grad_x.reshape(-1),
-               (args.n, args.h, args.w, args.c_in, args.h_out, args.w_out,
-                args.c_out) + tuple(args.stride))
+    guarded(kernel)(gy.reshape(-1), wt.reshape(-1), grad_x.reshape(-1),
+                    (args.n, args.h, args.w, args.c_in, args.h_out, args.w_out,
+                     args.c_out) + tuple(args.stride))
 
 
 @njit(inline="always")
