@@ -108,3 +108,20 @@ def assert_read_only_input_shares_kernel(kernel, run, x) -> None:
     got = run()
     assert set(kernel.signatures) == seen
     np.testing.assert_array_equal(got, want)
+
+
+class CountingGuard:
+    """Stands in for the workqueue layer's lock: counts the parallel calls it guards and
+    fails on a nested one (which would deadlock the real, non-reentrant lock)."""
+
+    def __init__(self):
+        self.calls = 0
+        self.held = False
+
+    def __enter__(self):
+        assert not self.held, "a parallel kernel called inside another's guard"
+        self.held = True
+        self.calls += 1
+
+    def __exit__(self, *exc):
+        self.held = False

@@ -14,22 +14,7 @@ import fastconv
 from fastconv import _runtime, models, optim
 from fastconv.nn import functional as F
 
-
-class _CountingGuard:
-    """Stands in for the workqueue layer's lock: counts the calls it guards and fails on
-    a nested one (which would deadlock the real, non-reentrant lock)."""
-
-    def __init__(self):
-        self.calls = 0
-        self.held = False
-
-    def __enter__(self):
-        assert not self.held, "a parallel kernel called inside another's guard"
-        self.held = True
-        self.calls += 1
-
-    def __exit__(self, *exc):
-        self.held = False
+from .conftest import CountingGuard
 
 
 class _Checked:
@@ -56,7 +41,7 @@ def _host_modules():
 
 @pytest.mark.parametrize("layout", ["NHWC", "NCHW"])
 def test_a_training_step_calls_every_parallel_kernel_under_the_guard(layout, monkeypatch):
-    guard, unguarded = _CountingGuard(), []
+    guard, unguarded = CountingGuard(), []
     monkeypatch.setattr(_runtime, "REQUESTED_THREADING_LAYER", "workqueue")
     monkeypatch.setattr(_runtime, "_workqueue_lock", guard)
     checked = {}

@@ -15,6 +15,7 @@ from fastconv.algos import winograd
 from fastconv.algos.winograd import grad_w4, tiling
 
 from . import reference as ref
+from .conftest import CountingGuard
 
 #: Small NCHW layers' weight gradients in the Winograd domain, as these tests check them
 pytestmark = pytest.mark.usefixtures("nchw_winograd_grad_w")
@@ -149,23 +150,6 @@ def test_gradcheck_through_the_autograd_layer(tile):
                               [xt, wt])
 
 
-class _CountingGuard:
-    """Stands in for the workqueue layer's lock: counts the parallel calls it guards and
-    fails on a nested one (which would deadlock the real, non-reentrant lock)."""
-
-    def __init__(self):
-        self.calls = 0
-        self.held = False
-
-    def __enter__(self):
-        assert not self.held, "a parallel kernel called inside another's guard"
-        self.held = True
-        self.calls += 1
-
-    def __exit__(self, *exc):
-        self.held = False
-
-
 @pytest.mark.parametrize("layout, c, dilation", [
     ("NHWC", 32, 1),      # fused
     ("NHWC", 72, 1),      # chunked: above the fused path's 64 channels
@@ -177,7 +161,7 @@ def test_winograd_guards_its_parallel_kernels(layout, c, dilation, rng, monkeypa
     every parallel kernel runs under ``parallel_guard``, never nested."""
     from fastconv import _runtime
 
-    guard = _CountingGuard()
+    guard = CountingGuard()
     monkeypatch.setattr(_runtime, "REQUESTED_THREADING_LAYER", "workqueue")
     monkeypatch.setattr(_runtime, "_workqueue_lock", guard)
     x = rng.standard_normal((2, c, 12, 12)).astype(np.float32)
