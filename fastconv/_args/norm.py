@@ -156,14 +156,18 @@ def batch_norm_backward_args(op, grad_y, x, mean, invstd, weight, training,
 _records: dict = {}     # batch_norm_record's and batch_norm_backward_record's
 
 
-def _vector_signature(v, dtype):
-    """None for None; (shape, writeable) of a plain ndarray of ``dtype``; False for
-    anything else (a call that converts arrays, not kept)."""
-    if v is None:
-        return None
-    if type(v) is not np.ndarray or v.dtype != dtype:
-        return False
-    return v.shape, v.flags.writeable
+def _signatures(arrays, dtype):
+    """Per array, None for None and (shape, writeable) for a plain ndarray of ``dtype``;
+    None (a call that converts arrays, not kept) when any is something else."""
+    out = []
+    for v in arrays:
+        if v is None:
+            out.append(None)
+        elif type(v) is not np.ndarray or v.dtype != dtype:
+            return None
+        else:
+            out.append((v.shape, v.flags.writeable))
+    return tuple(out)
 
 
 def batch_norm_record(x, running_mean, running_var, weight, bias, training, momentum,
@@ -176,9 +180,8 @@ def batch_norm_record(x, running_mean, running_var, weight, bias, training, mome
     call of a layer, and the same few layers come back every training step."""
     if not plain_float(x):
         return None
-    vectors = tuple(_vector_signature(v, x.dtype)
-                    for v in (running_mean, running_var, weight, bias))
-    if False in vectors:
+    vectors = _signatures((running_mean, running_var, weight, bias), x.dtype)
+    if vectors is None:
         return None
     key = ("forward", x.shape, x.dtype.str, vectors,
            key_of(layout, training, momentum, eps))
@@ -195,8 +198,8 @@ def batch_norm_backward_record(grad_y, x, mean, invstd, weight, training, layout
     dtype; None for any other call."""
     if not (plain_float(x) and plain_float(mean) and plain_float(invstd)):
         return None
-    arrays = tuple(_vector_signature(v, x.dtype) for v in (grad_y, relu_output, weight))
-    if False in arrays:
+    arrays = _signatures((grad_y, relu_output, weight), x.dtype)
+    if arrays is None:
         return None
     key = ("backward", x.shape, x.dtype.str, arrays, mean.shape, mean.dtype.str,
            invstd.shape, invstd.dtype.str, key_of(layout, training))

@@ -349,8 +349,9 @@ def _topological_order(root: Tensor) -> list[Tensor]:
         seen.add(id(t))
         stack.append((t, True))
         if t._ctx is not None:
-            stack.extend((p, False) for p in t._ctx.inputs
-                         if p is not None and p.requires_grad and id(p) not in seen)
+            for p in t._ctx.inputs:
+                if p is not None and p.requires_grad and id(p) not in seen:
+                    stack.append((p, False))
     return order
 
 
