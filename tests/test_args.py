@@ -79,9 +79,12 @@ def test_a_remembered_padding_keeps_apart_values_that_compare_equal(good, bad):
 
 def test_the_record_hashes_once_and_pickles_without_its_hash():
     """The record's hash is kept after first use (a plan key hashes it every call) and
-    left out of a pickle (a string's hash differs between processes)."""
+    left out of a pickle (a string's hash differs between processes), as are the
+    layout shapes it keeps."""
     import pickle
     a = conv_args_from_shapes("conv2d", (2, 3, 9, 9), (4, 3, 3, 3), padding=1)
     assert hash(a) == hash(dataclasses.astuple(a)) and "_hash_once" in vars(a)
+    assert a.y_layout_shape == (2, 4, 9, 9) and "y_layout_shape" in vars(a)   # kept too
     b = pickle.loads(pickle.dumps(a))
     assert b == a and "_hash_once" not in vars(b) and hash(b) == hash(a)
+    assert "y_layout_shape" not in vars(b) and b.y_layout_shape == a.y_layout_shape

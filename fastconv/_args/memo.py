@@ -129,9 +129,10 @@ def forget_per_problem() -> None:
 class HashOnce:
     """For frozen dataclasses hashed on every call (a plan's key holds the problem and the
     profile): the hash of the fields, worked out on first use and kept (a frozen
-    dataclass's own hashes every field each time). The kept hash is not pickled: a
-    string's hash differs between processes. A class takes it with ``__hash__ =
-    HashOnce.__hash__`` in its own body (a dataclass replaces an inherited one).
+    dataclass's own hashes every field each time). The kept hash is not pickled (a
+    string's hash differs between processes), nor anything else but the fields. A
+    class takes it with ``__hash__ = HashOnce.__hash__`` in its own body (a dataclass
+    replaces an inherited one).
 
     >>> @dataclasses.dataclass(frozen=True)
     ... class Point(HashOnce):
@@ -150,6 +151,6 @@ class HashOnce:
         return h
 
     def __getstate__(self) -> dict:
-        state = dict(self.__dict__)
-        state.pop("_hash_once", None)
-        return state
+        # the fields alone: neither the kept hash nor values a subclass keeps
+        # (``functools.cached_property``) go into a pickle
+        return {f.name: self.__dict__[f.name] for f in dataclasses.fields(self)}
