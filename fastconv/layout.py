@@ -111,7 +111,7 @@ class Layout:
 
 
 def _reorder(values: tuple, perm: tuple[int, ...]) -> tuple:
-    return tuple(values[p] for p in perm)
+    return tuple(map(values.__getitem__, perm))      # no generator: shapes ask every call
 
 
 NCHW = Layout("NCHW", "OIHW", "NCHW", "OIHW")
