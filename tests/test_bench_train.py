@@ -34,6 +34,25 @@ def test_tiny_run_prints_the_table(capsys):
     assert float(row.split()[5]) > 0              # fastconv images/s
 
 
+def test_the_ratio_comes_with_its_spread_round_by_round(capsys):
+    """Beside torch, each row gives the quartiles of the ratio of the frameworks'
+    adjacent blocks, round by round, around the ratio of the medians."""
+    pytest.importorskip("torch")
+    assert train.throughput(models=("lenet",), layouts=("NCHW",), batch=2, steps=2,
+                            rounds=4, settle=0.0) == 0
+    out = capsys.readouterr().out
+    row = [line for line in out.splitlines() if line.startswith("LeNet-5")][-1].split()
+    q1, q3 = map(float, row[8].split("-"))
+    assert 0 < q1 <= q3 and float(row[7]) > 0
+    assert "images/s ratio round by round" in out
+
+
+def test_paired_ratios_take_each_round_alone():
+    # torch twice as slow in round 0, three times in round 1, whatever the drift between
+    np.testing.assert_allclose(train.paired_ratios([2, 2, 30, 30], [1, 1, 10, 10], 2),
+                               [2.0, 3.0])
+
+
 def test_unknown_model():
     with pytest.raises(ValueError, match="train throughput: unknown model 'vgg'"):
         train.throughput(models=("vgg",))

@@ -211,6 +211,20 @@ def _step_times(runners, kind: int, steps: int, rounds: int, interleave: str,
     return times
 
 
+def paired_ratios(theirs, ours, steps: int) -> np.ndarray:
+    """fastconv's images/s over torch's, round by round: the median of torch's step times
+    in each round's block of ``steps`` over fastconv's in the same round (the two blocks
+    ran one after the other, so a drift of the machine between rounds cancels); one
+    ratio per round.
+
+    >>> paired_ratios([2.0, 2.0, 4.0, 4.0], [1.0, 1.0, 1.0, 3.0], 2)
+    array([2., 2.])
+    """
+    t = np.asarray(theirs).reshape(-1, steps)
+    o = np.asarray(ours).reshape(-1, steps)
+    return np.median(t, axis=1) / np.median(o, axis=1)
+
+
 def _print_setup(torch, load_before) -> None:
     """The machine, the libraries and their threads, the allocator setting."""
     import numba
@@ -231,7 +245,8 @@ def _print_setup(torch, load_before) -> None:
 def _case(spec, layout, batch, steps, rounds, threads, interleave, settle, torch,
           profile) -> dict:
     """Time one network in one layout against torch; print its detail lines and return
-    {framework: (train ms median, q1, q3, eval ms median)}."""
+    {framework: (train ms median, q1, q3, eval ms median)}, with torch also "paired":
+    the quartiles (q1, median, q3) of ``paired_ratios``."""
     rng = np.random.default_rng(0)
     xs = rng.random((N_BATCHES, batch, *spec.input_shape), dtype=np.float32)
     ys = rng.integers(0, 10, (N_BATCHES, batch))
@@ -254,6 +269,11 @@ def _case(spec, layout, batch, steps, rounds, threads, interleave, settle, torch
         out[name] = (med, q1, q3, 1e3 * np.median(eval_t[name]))
         print(f"  {name:9s} train step ms q1 / median / q3 {q1:8.2f} / {med:8.2f} / {q3:8.2f};"
               f" eval ms {out[name][3]:8.2f}; page faults per step {faults[name]:.0f}")
+    if "torch" in runners:
+        paired = paired_ratios(train_t["torch"], train_t["fastconv"], steps)
+        out["paired"] = tuple(np.percentile(paired, [25, 50, 75]))
+        print("  images/s ratio round by round (the frameworks' blocks side by side) q1 / "
+              "median / q3 {:.2f} / {:.2f} / {:.2f}".format(*out["paired"]))
     if profile:
         profile_steps(ours, opt, ours_x, ys, rounds * steps)
     return out
@@ -263,18 +283,21 @@ def _table(rows) -> None:
     """The report: images/s of both frameworks and their ratio per case."""
     print(f"\n{'network':18s} {'layout':6s} {'batch':>5s} {'setting':14s} "
           f"{'fastconv img/s':>14s} {'torch img/s':>12s} {'ratio':>6s} "
-          f"{'eval fc/torch':>13s}")
+          f"{'rounds q1-q3':>12s} {'eval fc/torch':>13s}")
     for (title, layout, batch, setting), res in rows:
         fc = batch / res["fastconv"][0] * 1e3
         if "torch" in res:
             th = batch / res["torch"][0] * 1e3
             ev = res["torch"][3] / res["fastconv"][3]
-            tail = f"{th:12.0f} {fc / th:6.2f} {ev:13.2f}"
+            q1, _, q3 = res["paired"]
+            tail = f"{th:12.0f} {fc / th:6.2f} {f'{q1:.2f}-{q3:.2f}':>12s} {ev:13.2f}"
         else:
-            tail = f"{'-':>12s} {'-':>6s} {'-':>13s}"
+            tail = f"{'-':>12s} {'-':>6s} {'-':>12s} {'-':>13s}"
         print(f"{title:18s} {layout:6s} {batch:5d} {setting:14s} {fc:14.0f} {tail}")
     print("ratio: fastconv images/s / torch images/s in training (median step times); "
-          "eval fc/torch: the same for inference forwards")
+          "rounds q1-q3: the quartiles of that ratio round by round (each round's two "
+          "blocks side by side: how far one run's ratio can be trusted); eval fc/torch: "
+          "the same ratio for inference forwards")
 
 
 def _run(model_names, layouts, batch, steps, rounds, threads, interleave, settle,
