@@ -9,7 +9,6 @@ import numpy as np
 from numba import njit, uint64
 
 from .. import _pool, config
-from .._runtime import guarded  # noqa: F401  (the algorithms import it from here)
 
 #: Index type for the inner loops of kernels. numba handles a negative signed index by
 #: wrapping it (``a[-1]``), and that per-element check stops LLVM from vectorising the

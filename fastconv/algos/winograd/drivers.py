@@ -16,8 +16,8 @@ import numpy as np
 
 from ... import _blas, _lanes
 from ..._args.memo import per_problem
+from ..._runtime import guarded
 from .. import _nhwc
-from .._common import guarded
 from . import nchw_fused, nhwc, phase_batch
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw

@@ -22,7 +22,8 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _blas, config
-from .._common import U, guarded, serial_twin
+from ..._runtime import guarded
+from .._common import U, serial_twin
 from .grad_w4 import GT4, _grad_transform4
 from .tasks import _task_count, _task_plane
 from .tiling import (

@@ -6,7 +6,8 @@ from __future__ import annotations
 import numpy as np
 
 from ... import _pool
-from .._common import guarded, serial_twin
+from ..._runtime import guarded
+from .._common import serial_twin
 from .f4 import _kernel_transform4_io
 from .tiling import _KERNELS, transformed
 

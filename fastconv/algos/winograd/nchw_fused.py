@@ -31,8 +31,9 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _lanes, config
+from ..._runtime import guarded
 from ..._small_gemm import TILE_ROWS_1
-from .._common import U, guarded
+from .._common import U
 from ..staging import raveled, stage_in, stage_out
 from .nhwc_tiles import (
     block_buffers,

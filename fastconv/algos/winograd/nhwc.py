@@ -28,7 +28,8 @@ import numpy as np
 from numba import njit, prange
 
 from ... import _blas, _lanes, config
-from .._common import U, guarded
+from ..._runtime import guarded
+from .._common import U
 from .nhwc_tiles import fused_applies, fused_forward, tile_in4, tile_out4
 from .tiling import _rows_per_chunk, chunk_planes, tile_grid, transformed
 

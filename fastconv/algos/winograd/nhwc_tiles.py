@@ -37,8 +37,9 @@ from numba import njit, prange
 
 from ... import _lanes, config
 from ..._args.memo import per_problem
+from ..._runtime import guarded
 from ..._small_gemm import TILE_ROWS, TILE_ROWS_1, _tile, _tile1
-from .._common import U, guarded
+from .._common import U
 from .f4 import _at6, _bt6
 from .tasks import _scalars
 

@@ -37,7 +37,8 @@ import numpy as np
 from numba import njit, prange
 
 from ... import config
-from .._common import guarded, view, workspace
+from ..._runtime import guarded
+from .._common import view, workspace
 from .tiling import phases
 
 
