@@ -11,7 +11,10 @@ which), so such a kernel keeps its accumulators in registers:
 * ``load(a, i)``: the lanes a[i : i + count] of a 1-D contiguous float array (no bounds
   check: the caller keeps i + count <= a.size); ``load_f64(a, i)``: a[i : i + k] as a
   vector of float64 (k of them per vector: float32 values widened);
-* ``store(a, i, v)``: a[i : i + count] = v (the same rules);
+* ``store(a, i, v)``: a[i : i + count] = v (the same rules); ``store_f64(a, i, v)``:
+  a float64 vector v stored into a float32 array (each value rounded) or a float64 one;
+  ``as_stored(a, v)``: the float64 values ``store_f64(a, i, v)`` would keep (v rounded
+  to a's dtype and widened back; v a vector or a scalar);
 * ``store_columns(a, i, step, vs)``: a[i + k*step + p] = vs[p][k] for the P vectors
   vs[p] (P = 2, 4 or 8) and every lane k: P vectors written as ``count`` runs of P (a
   transpose);
@@ -25,7 +28,8 @@ which), so such a kernel keeps its accumulators in registers:
 * ``splat(a, s)``: the scalar s in every lane of a vector of a's dtype;
 * ``add(u, v)``: u + v, lane by lane; ``zeros(a)``: a vector of zeros of a's dtype;
 * ``where_positive(v, m)``: v in the lanes where m > 0, else 0 (a NaN in m gives 0: a
-  ReLU's gradient, m its output);
+  ReLU's gradient, m its output); ``relu(v)``: 0 in the lanes where v <= 0, v elsewhere
+  (NaN kept);
 * the operators ``u + v``, ``u - v`` (lane by lane) and ``s * v``, ``v * s`` (a scalar
   of the lanes' type in every lane), so that a formula written for floats (a Winograd
   transform) runs on vectors unchanged;
@@ -190,6 +194,43 @@ def store(typingctx, ary, idx, v):
     return _vector_store(ary, idx, v, False)
 
 
+@intrinsic
+def store_f64(typingctx, ary, idx, v):
+    """ary[idx : idx + k] = v for a float64 vector v (k lanes): ary a 1-D contiguous
+    float32 array (each value rounded to nearest) or float64 one; ``load_f64``'s
+    counterpart."""
+    if not (_flat_float(ary, idx) and isinstance(v, Lanes) and v.dtype == types.float64):
+        return None
+
+    def codegen(context, builder, sig, args):
+        value = args[2]
+        if ary.dtype != types.float64:
+            value = builder.fptrunc(value, ir.VectorType(ir.FloatType(), v.count))
+        ptr = _vector_pointer(context, builder, sig.args[0], args[0], args[1], value.type)
+        builder.store(value, ptr, align=ary.dtype.bitwidth // 8)
+        return context.get_dummy_value()
+    return types.none(ary, idx, v), codegen
+
+
+@intrinsic
+def as_stored(typingctx, ary, v):
+    """v (a float64 vector or scalar) as ``store_f64`` would keep it in ary: rounded to
+    ary's dtype and widened back (float64 arrays: v itself). Explicit casts, which no
+    fast-math flag lets LLVM drop: a kernel that recomputes a value another kernel
+    stored gets the stored value's sign."""
+    scalar = v == types.float64
+    if not (isinstance(ary, types.Array) and isinstance(ary.dtype, types.Float)
+            and (scalar or (isinstance(v, Lanes) and v.dtype == types.float64))):
+        return None
+
+    def codegen(context, builder, sig, args):
+        if ary.dtype == types.float64:
+            return args[1]
+        narrow = ir.FloatType() if scalar else ir.VectorType(ir.FloatType(), v.count)
+        return builder.fpext(builder.fptrunc(args[1], narrow), args[1].type)
+    return v(ary, v), codegen
+
+
 #: Outputs of at least this many bytes may be written past the caches
 #: (``store_stream``): they would not stay there, and a store that first reads its line
 #: costs twice the memory traffic. Alternating in one process (2-core AMD EPYC, median of
@@ -337,6 +378,19 @@ def where_positive(typingctx, v, m):
         zero = ir.Constant(context.get_value_type(sig.args[0]), None)
         return builder.select(builder.fcmp_ordered(">", args[1], zero), args[0], zero)
     return v(v, m), codegen
+
+
+@intrinsic
+def relu(typingctx, v):
+    """0 where v <= 0, else v, lane by lane (a NaN stays NaN, as ``max(v, 0)`` in the
+    scalar kernels)."""
+    if not isinstance(v, Lanes):
+        return None
+
+    def codegen(context, builder, sig, args):
+        zero = ir.Constant(context.get_value_type(sig.args[0]), None)
+        return builder.select(builder.fcmp_ordered("<=", args[0], zero), zero, args[0])
+    return v(v), codegen
 
 
 @intrinsic

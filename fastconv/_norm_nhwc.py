@@ -27,11 +27,13 @@ import numpy as np
 from numba import njit, prange
 from numba import uint64 as U
 
-from . import _lanes, config
-from ._elementwise import relu_gradient
+from . import _lanes, _norm_relu, config
 
 #: Pixels per partial sum.
 ROWS = 256
+#: Rows the element-wise passes run for one vector of channels before the next (a band
+#: of rows stays in the L1 cache: 8 KB at 64 float32 channels).
+_BAND = 32
 
 
 def view(a):
@@ -46,13 +48,14 @@ def in_registers(c: int, dtype) -> bool:
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums(u, u_shift, v, v_shift, part1, part2, mask, masked):
+def _block_sums(u, u_shift, v, v_shift, part1, part2, relu, mask, scale, shift):
     """Per block t of ``ROWS`` rows: part1[t, c] = sum of du and part2[t, c] = sum of
     du * dv over the block's rows r, du = u[r, c] - u_shift[c], dv = v[r, c] -
     v_shift[c]; u, v (P, C), part1, part2 (T, C). Moments: u = v = x, both shifts the
-    shift; gradient sums: u = grad_y unshifted, v = x less the mean. With ``masked``,
-    du is 0 where mask (P, C) is not > 0 (a ReLU's gradient, mask its output;
-    unmasked, any array of that shape stands in, unread by the sums)."""
+    shift; gradient sums: u = grad_y unshifted, v = x less the mean. du is 0 where a
+    fused ReLU did not pass it (``_norm_relu.gated``: relu ``OUTPUT``, mask (P, C) its
+    output; ``REDONE``, recomputed from v = x with the mean, scale and shift; mask,
+    scale and shift stand-ins the kernel does not read otherwise)."""
     n_rows, c_all = u.shape
     for t in prange(part1.shape[0]):
         s1 = part1[t]
@@ -61,17 +64,20 @@ def _block_sums(u, u_shift, v, v_shift, part1, part2, mask, masked):
         s2[:] = 0.0
         for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
             for c in range(c_all):
-                du = relu_gradient(u[r, c] - u_shift[c], mask[r, c], masked, 0.0)
+                du = _norm_relu.gated(u[r, c] - u_shift[c], relu, mask[r, c], v[r, c],
+                                      v_shift[c], scale[c], shift[c], v)
                 s1[c] += du
                 s2[c] += du * (v[r, c] - v_shift[c])
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2, mask, masked):
+def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2, relu, mask, scale,
+                      shift):
     """``_block_sums`` for C a whole number of float64 vectors, the shifts given negated
-    and u, v C-contiguous: each vector of channels' two sums accumulate in registers
-    (float64 lanes, float32 values widened), row by row as there (the loop over
-    channels with the sums in memory ran at about half this speed on 16-32 channels)."""
+    and u, v, mask C-contiguous (mask flat): each vector of channels' two sums
+    accumulate in registers (float64 lanes, float32 values widened), row by row as
+    there (the loop over channels with the sums in memory ran at about half this speed
+    on 16-32 channels)."""
     n_rows, c_all = u.shape
     uf, vf = u.reshape(u.size), v.reshape(v.size)
     nl = _lanes.count(part1)
@@ -79,56 +85,116 @@ def _block_sums_lanes(u, neg_u_shift, v, neg_v_shift, part1, part2, mask, masked
         s1, s2 = part1[t], part2[t]
         for c0 in range(0, c_all, nl):
             ku, kv = _lanes.load(neg_u_shift, U(c0)), _lanes.load(neg_v_shift, U(c0))
+            a, b = _lanes.load(scale, U(c0)), _lanes.load(shift, U(c0))
             a1, a2 = _lanes.zeros(s1), _lanes.zeros(s2)
             for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
                 o = U(r * c_all + c0)
                 du = _lanes.add(_lanes.load_f64(uf, o), ku)
-                if masked:
-                    du = _lanes.where_positive(du, _lanes.load_f64(mask, o))
+                dv = _lanes.add(_lanes.load_f64(vf, o), kv)
+                du = _norm_relu.gated_lanes(du, relu, mask, o, dv, a, b, vf)
                 a1 = _lanes.add(a1, du)
-                a2 = _lanes.fma_lanes(a2, du, _lanes.add(_lanes.load_f64(vf, o), kv))
+                a2 = _lanes.fma_lanes(a2, du, dv)
             _lanes.store(s1, U(c0), a1)
             _lanes.store(s2, U(c0), a2)
 
 
 @njit(cache=True)
-def _sums(u, u_shift, v, v_shift, lanes, mask, masked):
+def _sums(u, u_shift, v, v_shift, lanes, relu, mask, scale, shift):
     """The block partials (two (T, C) float64 arrays) of ``_block_sums``, in registers
     with ``lanes`` (``in_registers``)."""
     blocks = (u.shape[0] + ROWS - 1) // ROWS
     p1, p2 = np.empty((blocks, u.shape[1])), np.empty((blocks, u.shape[1]))
     if lanes:
-        _block_sums_lanes(u, -u_shift, v, -v_shift, p1, p2, mask.reshape(mask.size), masked)
+        _block_sums_lanes(u, -u_shift, v, -v_shift, p1, p2, relu, mask.reshape(mask.size),
+                          scale, shift)
     else:
-        _block_sums(u, u_shift, v, v_shift, p1, p2, mask, masked)
+        _block_sums(u, u_shift, v, v_shift, p1, p2, relu, mask, scale, shift)
     return p1, p2
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def apply(x, mean, scale, shift, y, relu):
-    """y = (x - mean[c]) * scale[c] + shift[c] for x, y (P, C), then max(y, 0) with
-    ``relu``; one task per row block."""
+def _apply_rows(x, mean, scale, shift, y, relu):
+    """y = ``normalised(x, mean[c], scale[c], shift[c])`` for x, y (P, C), then max(y,
+    0) with ``relu``; one task per row block."""
     n_rows, c_all = x.shape
     n_blocks = (n_rows + ROWS - 1) // ROWS
     for t in prange(n_blocks):
         for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
             for c in range(c_all):
-                v = (x[r, c] - mean[c]) * scale[c] + shift[c]
+                v = _norm_relu.normalised(x[r, c], mean[c], scale[c], shift[c])
                 y[r, c] = 0.0 if relu and v <= 0.0 else v
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _backward_apply(gy, x, mean, a, b, kx, gx, mask, masked):
-    """gx = g * a[c] + b[c] + (x - mean[c]) * kx[c] for gy, x, gx (P, C), g = gy (with
-    ``masked``, 0 where mask (P, C) is not > 0: indexed as gy, not flat, which took
-    1.4x the time on (25088, 16)); per row block."""
+def _apply_lanes(x, neg_mean, scale, shift, y, relu):
+    """``_apply_rows`` for C a whole number of float64 vectors, the mean negated, x and
+    y C-contiguous: a vector of channels at a time over a band of ``_BAND`` rows (LLVM's
+    vectorised loop over the channels of a row ran at 0.8x this speed on (25088, 16) and
+    (6272, 32); a whole block's rows for one vector after another re-read each row's
+    cache lines, 1.4x the time on (1568, 64); row by row, the short loop over the
+    vectors took 1.25x on (25088, 16))."""
+    n_rows, c_all = x.shape
+    xf, yf = x.reshape(x.size), y.reshape(y.size)
+    nl = _lanes.count(scale)
+    for t in prange((n_rows + ROWS - 1) // ROWS):
+        end = min((t + 1) * ROWS, n_rows)
+        for r0 in range(t * ROWS, end, _BAND):
+            for c0 in range(0, c_all, nl):
+                k, a, b = (_lanes.load(neg_mean, U(c0)), _lanes.load(scale, U(c0)),
+                           _lanes.load(shift, U(c0)))
+                for r in range(r0, min(r0 + _BAND, end)):
+                    o = U(r * c_all + c0)
+                    v = _norm_relu.normalised_lanes(_lanes.add(_lanes.load_f64(xf, o), k), a,
+                                                    b)
+                    _lanes.store_f64(yf, o, _lanes.relu(v) if relu else v)
+
+
+@njit(cache=True)
+def apply(x, mean, scale, shift, y, relu, lanes):
+    """y = (x - mean[c]) * scale[c] + shift[c] for x, y (P, C) C-contiguous, mean,
+    scale, shift (C,) float64, then max(y, 0) (NaN kept) with ``relu``; in registers
+    with ``lanes`` (``in_registers``)."""
+    if lanes:
+        _apply_lanes(x, -mean, scale, shift, y, relu)
+    else:
+        _apply_rows(x, mean, scale, shift, y, relu)
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _backward_apply(gy, x, mean, a, b, kx, gx, relu, mask, shift):
+    """gx = g * a[c] + b[c] + (x - mean[c]) * kx[c] for gy, x, gx (P, C), g = gy
+    ``_norm_relu.gated`` (a = weight * invstd: the forward's scale; mask indexed as gy,
+    not flat, which took 1.4x the time on (25088, 16)); per row block."""
     n_rows, c_all = x.shape
     n_blocks = (n_rows + ROWS - 1) // ROWS
     for t in prange(n_blocks):
         for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
             for c in range(c_all):
-                g = relu_gradient(gy[r, c], mask[r, c], masked, 0.0)
+                g = _norm_relu.gated(gy[r, c], relu, mask[r, c], x[r, c], mean[c], a[c],
+                                     shift[c], x)
                 gx[r, c] = g * a[c] + b[c] + (x[r, c] - mean[c]) * kx[c]
+
+
+@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+def _backward_lanes(gy, x, neg_mean, a, b, kx, gx, relu, mask, shift):
+    """``_backward_apply`` for C a whole number of float64 vectors, the mean negated,
+    every (P, C) array C-contiguous (mask flat)."""
+    n_rows, c_all = x.shape
+    gf, xf, of = gy.reshape(gy.size), x.reshape(x.size), gx.reshape(gx.size)
+    nl = _lanes.count(a)
+    for t in prange((n_rows + ROWS - 1) // ROWS):
+        end = min((t + 1) * ROWS, n_rows)
+        for r0 in range(t * ROWS, end, _BAND):
+            for c0 in range(0, c_all, nl):
+                k, va, vb, vk = (_lanes.load(neg_mean, U(c0)), _lanes.load(a, U(c0)),
+                                 _lanes.load(b, U(c0)), _lanes.load(kx, U(c0)))
+                vs = _lanes.load(shift, U(c0))
+                for r in range(r0, min(r0 + _BAND, end)):
+                    o = U(r * c_all + c0)
+                    g = _lanes.load_f64(gf, o)
+                    dx = _lanes.add(_lanes.load_f64(xf, o), k)
+                    g = _norm_relu.gated_lanes(g, relu, mask, o, dx, va, vs, xf)
+                    _lanes.store_f64(of, o, _lanes.fma_lanes(_lanes.fma_lanes(vb, g, va), dx, vk))
 
 
 @njit(inline="always")
@@ -147,10 +213,11 @@ def train(x, weight, bias, eps, y, relu, stats, lanes):
     """x, y (P, C) C-contiguous; weight, bias (C,) float64. stats (3, C) = the batch
     mean, the biased variance and invstd = 1 / sqrt(var + eps) (sums of x less its
     first pixel, the module docstring of ``fastconv.norm``), and y = (x - mean) *
-    weight * invstd + bias (then max(y, 0) with ``relu``). ``lanes``: ``in_registers``."""
+    scale + bias, scale = weight * invstd (then max(y, 0) with ``relu``). ``lanes``:
+    ``in_registers``."""
     count = x.shape[0]
     shift = x[0].astype(np.float64)
-    p1, p2 = _sums(x, shift, x, shift, lanes, x, False)
+    p1, p2 = _sums(x, shift, x, shift, lanes, _norm_relu.NONE, x, shift, shift)
     scale = np.empty(x.shape[1])
     for c in range(x.shape[1]):
         s1, s2 = _partial_sums(p1, p2, c)
@@ -160,26 +227,34 @@ def train(x, weight, bias, eps, y, relu, stats, lanes):
         stats[1, c] = var
         stats[2, c] = 1.0 / np.sqrt(var + eps)
         scale[c] = weight[c] * stats[2, c]
-    apply(x, stats[0], scale, bias, y, relu)
+    apply(x, stats[0], scale, bias, y, relu, lanes)
 
 
 @njit(cache=True)
-def backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, lanes, mask, masked):
-    """gy, x, gx (P, C) C-contiguous; mean, invstd, weight (C,) float64. gx = the
+def backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, lanes, relu, mask,
+             bias):
+    """gy, x, gx (P, C) C-contiguous; mean, invstd, weight, bias (C,) float64. gx = the
     gradient (``fastconv.norm.batch_norm_backward``), grad_b = sum g and grad_w = sum
     g * (x - mean) * invstd per channel ((C,) each, the sums in float64 rounded once to
-    their dtype), g = gy, or with ``masked`` gy where mask (the ReLU's output after the
-    batch norm, (P, C)) > 0, else 0: the ReLU's gradient in the same passes.
-    ``lanes``: ``in_registers``."""
+    their dtype), g = gy where the ReLU after the batch norm passed it
+    (``_norm_relu.gated``: ``relu`` ``OUTPUT``, mask its output (P, C); ``REDONE``,
+    from x with scale = weight * invstd and bias; ``NONE``: all of gy, mask and bias not
+    read), in the same passes. ``lanes``: ``in_registers``."""
     count = x.shape[0]
-    p1, p2 = _sums(gy, np.zeros(x.shape[1]), x, mean, lanes, mask, masked)
-    co = np.empty((3, x.shape[1]))       # gx = g * co[0] + co[1] + (x - mean) * co[2]
-    for c in range(x.shape[1]):
+    c_all = x.shape[1]
+    co = np.empty((3, c_all))            # gx = g * co[0] + co[1] + (x - mean) * co[2]
+    for c in range(c_all):
+        co[0, c] = weight[c] * invstd[c]   # the forward's scale
+    p1, p2 = _sums(gy, np.zeros(c_all), x, mean, lanes, relu, mask, co[0], bias)
+    for c in range(c_all):
         s1, s2 = _partial_sums(p1, p2, c)
-        a = weight[c] * invstd[c]
+        a = co[0, c]
         grad_b[c] = s1
         grad_w[c] = s2 * invstd[c]
-        co[0, c] = a
         co[1, c] = -a * s1 / count if training else 0.0
         co[2, c] = -a * invstd[c] * invstd[c] * s2 / count if training else 0.0
-    _backward_apply(gy, x, mean, co[0], co[1], co[2], gx, mask, masked)
+    if lanes:
+        _backward_lanes(gy, x, -mean, co[0], co[1], co[2], gx, relu, mask.reshape(mask.size),
+                        bias)
+    else:
+        _backward_apply(gy, x, mean, co[0], co[1], co[2], gx, relu, mask, bias)

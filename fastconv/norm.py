@@ -26,9 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 from numba import njit, prange
 
-from . import _norm_nhwc, config, devices
+from . import _norm_nhwc, _norm_relu, config, devices
 from ._args import batch_norm_backward_inputs, batch_norm_inputs, narrow, widen
-from ._elementwise import relu_gradient
 from ._memory import allocate
 from ._runtime import guarded
 
@@ -58,11 +57,11 @@ def _bn_train_nchw(x, weight, bias, eps, y, stats, relu):
         stats[0, c] = mu
         stats[1, c] = v
         stats[2, c] = 1.0 / np.sqrt(v + eps)
-        scale = weight[c] / np.sqrt(v + eps)
+        scale = weight[c] * stats[2, c]
         shift = bias[c]
         for n in range(n_img):
             for k in range(m):
-                v = (x[n, c, k] - mu) * scale + shift
+                v = _norm_relu.normalised(x[n, c, k], mu, scale, shift)
                 y[n, c, k] = 0.0 if relu and v <= 0.0 else v
 
 
@@ -78,33 +77,37 @@ def _bn_apply_nchw(x, mean, scale, shift, y, relu):
         a = scale[c]
         b = shift[c]
         for k in range(m):
-            v = (x[n, c, k] - mu) * a + b
+            v = _norm_relu.normalised(x[n, c, k], mu, a, b)
             y[n, c, k] = 0.0 if relu and v <= 0.0 else v
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, mask,
-                      masked):
+def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu,
+                      mask, bias):
     """gy, x, gx (N, C, M). Per channel (one task each): sum_dy = sum g and sum_dy_xmu =
     sum g * (x - mean) in float64, grad_b = sum_dy and grad_w = sum_dy_xmu * invstd
     ((C,) each, rounded once to their dtype), then
     gx = weight * invstd * (g - [sum_dy + (x - mean) * invstd**2 * sum_dy_xmu] / count)
     with the bracket only in training (the gradient through the batch statistics); g =
-    gy, or with ``masked`` gy where mask (N, C, M) (a ReLU's output) > 0, else 0."""
+    gy where the ReLU after the batch norm passed it (``_norm_relu.gated``: ``relu``
+    ``OUTPUT``, mask (N, C, M) its output; ``REDONE``, from x with scale = weight *
+    invstd and bias (C,) float64; ``NONE``, all of gy)."""
     n_img, c_all, m = x.shape
     count = n_img * m
     for c in prange(c_all):
         mu = mean[c]
+        a = weight[c] * invstd[c]
+        sh = bias[c]
         s1 = 0.0
         s2 = 0.0
         for n in range(n_img):
             for k in range(m):
-                g = relu_gradient(gy[n, c, k], mask[n, c, k], masked, 0.0)
+                g = _norm_relu.gated(gy[n, c, k], relu, mask[n, c, k], x[n, c, k], mu, a, sh,
+                                     x)
                 s1 += g
                 s2 += g * (x[n, c, k] - mu)
         grad_b[c] = s1
         grad_w[c] = s2 * invstd[c]
-        a = weight[c] * invstd[c]
         b = 0.0
         kx = 0.0
         if training:
@@ -112,7 +115,8 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
             kx = -a * invstd[c] * invstd[c] * s2 / count
         for n in range(n_img):
             for k in range(m):
-                g = relu_gradient(gy[n, c, k], mask[n, c, k], masked, 0.0)
+                g = _norm_relu.gated(gy[n, c, k], relu, mask[n, c, k], x[n, c, k], mu, a, sh,
+                                     x)
                 gx[n, c, k] = g * a + b + (x[n, c, k] - mu) * kx
 
 
@@ -127,10 +131,11 @@ class _LayoutKernels:
       0) with ``relu``).
     - ``apply(x, mean, scale, shift, y, relu)``: y = (x - mean) * scale + shift (then
       max(y, 0) with ``relu``).
-    - ``backward(gy, x, mean, invstd, weight, training, gx, mask, grad_w, grad_b)``: gx,
-      grad_b = the sum of g and grad_w = the sum of g * (x - mean) times invstd per
-      channel ((C,) arrays of x's dtype); g = gy, or with a mask (a view like the
-      others, or None) gy where mask > 0, else 0.
+    - ``backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu, mask,
+      bias)``: gx, grad_b = the sum of g and grad_w = the sum of g * (x - mean) times
+      invstd per channel ((C,) arrays of x's dtype); g = gy where a fused ReLU passed it
+      (``_norm_relu.gated``: mask a view like the others, its output, bias float64
+      (C,); each read only in its own ``relu`` mode, a stand-in otherwise).
     """
 
     view: Callable
@@ -150,9 +155,10 @@ def _nchw_train(x, weight, bias, eps, y, relu):
     return stats[0], stats[1], stats[2]
 
 
-def _nchw_backward(gy, x, mean, invstd, weight, training, gx, mask, grad_w, grad_b):
-    _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
-                      gy if mask is None else mask, mask is not None)
+def _nchw_backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu, mask,
+                   bias):
+    _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu,
+                      mask, bias)
 
 
 def _nhwc_train(x, weight, bias, eps, y, relu):
@@ -162,16 +168,21 @@ def _nhwc_train(x, weight, bias, eps, y, relu):
     return stats[0], stats[1], stats[2]
 
 
-def _nhwc_backward(gy, x, mean, invstd, weight, training, gx, mask, grad_w, grad_b):
+def _nhwc_apply(x, mean, scale, shift, y, relu):
+    _norm_nhwc.apply(x, mean, scale, shift, y, relu,
+                     _norm_nhwc.in_registers(x.shape[1], x.dtype))
+
+
+def _nhwc_backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu, mask,
+                   bias):
     _norm_nhwc.backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
-                        _norm_nhwc.in_registers(x.shape[1], x.dtype),
-                        gy if mask is None else mask, mask is not None)
+                        _norm_nhwc.in_registers(x.shape[1], x.dtype), relu, mask, bias)
 
 
 _KERNELS = {
     "NCHW": _LayoutKernels(view=_nchw_view, train=_nchw_train, apply=_bn_apply_nchw,
                            backward=_nchw_backward),
-    "NHWC": _LayoutKernels(view=_norm_nhwc.view, train=_nhwc_train, apply=_norm_nhwc.apply,
+    "NHWC": _LayoutKernels(view=_norm_nhwc.view, train=_nhwc_train, apply=_nhwc_apply,
                            backward=_nhwc_backward),
 }
 
@@ -331,10 +342,15 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
     return narrow(grads) if half else grads
 
 
-def gradients(grad_y, x, mean, invstd, weight, a, relu_output=None):
+def gradients(grad_y, x, mean, invstd, weight, a, relu_output=None, *, relu_from_x=False,
+              bias=None):
     """``batch_norm_backward``'s (grad_x, grad_weight, grad_bias) on checked arrays of
     float32 or float64 (``batch_norm_backward_inputs``, or the record
-    ``fastconv._args.batch_norm_backward_record`` keeps)."""
+    ``fastconv._args.batch_norm_backward_record`` keeps). A fused ReLU's gradient comes
+    from its output (``relu_output``), or with ``relu_from_x`` from x: where the
+    normalised value the forward stored was positive, recomputed with the forward's
+    ``bias`` (None: zeros), weight, mean and invstd (``fastconv._norm_relu``; the same
+    result, one array fewer read)."""
     k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64, copy=False), invstd.astype(np.float64, copy=False)
     gx = allocate("batch_norm_backward", "gradient", x.shape, x.dtype)
@@ -342,7 +358,11 @@ def gradients(grad_y, x, mean, invstd, weight, a, relu_output=None):
         return gx, (np.zeros(a.c) * invstd64).astype(x.dtype), np.zeros(a.c, x.dtype)
     grad_w, grad_b = np.empty(a.c, x.dtype), np.empty(a.c, x.dtype)
     g3, x3 = k.view(np.ascontiguousarray(grad_y)), k.view(np.ascontiguousarray(x))
-    mask = None if relu_output is None else k.view(np.ascontiguousarray(relu_output))
+    relu, mask, shift = _norm_relu.NONE, g3, mean64          # stand-ins, not read
+    if relu_from_x:
+        relu, shift = _norm_relu.REDONE, _f64(bias, a.c, 0.0)
+    elif relu_output is not None:
+        relu, mask = _norm_relu.OUTPUT, k.view(np.ascontiguousarray(relu_output))
     guarded(k.backward)(g3, x3, mean64, invstd64, _f64(weight, a.c, 1.0), a.training,
-                        k.view(gx), mask, grad_w, grad_b)
+                        k.view(gx), grad_w, grad_b, relu, mask, shift)
     return gx, grad_w, grad_b

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import fastconv
 from fastconv import nn
 from fastconv.autograd import Tensor, gradcheck
 from fastconv.nn import functional as F
@@ -45,6 +46,48 @@ def test_batch_norm_relu_is_relu_of_batch_norm(rng, layout, training):
     rm, rv = rng.standard_normal(c), rng.random(c) + 0.5
     assert gradcheck(lambda xx, ww, bb: fused.batch_norm_relu(
         xx, rm.copy(), rv.copy(), ww, bb, training, layout=layout), ts)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels", [3, 16])
+@pytest.mark.parametrize("training,with_bias", [(True, True), (True, False), (False, True)])
+def test_batch_norm_relu_gradient_from_x_is_the_one_from_its_output(rng, layout, dtype,
+                                                                    channels, training,
+                                                                    with_bias):
+    """The autograd op finds where its ReLU passed the gradient from x (the normalised
+    value recomputed, as stored); batch_norm_backward(relu_output=y) reads y. The same
+    gradients to the last bits the two kernels' arithmetic may order differently (a
+    value the ReLU passed in one and not the other would differ by itself), with values
+    at 0 (a constant channel, bias 0) and, in evaluation, NaN (16 channels: the vector
+    kernels of NHWC; 3: the row kernels)."""
+    x = rng.standard_normal((2, channels, 5, 6)).astype(dtype)
+    x[:, 1] = 0.75                                   # x - mean = 0: v = bias[1] = 0
+    if not training:
+        x[1, 2, 3, 4] = np.nan
+    w = rng.standard_normal(channels).astype(dtype)
+    b = rng.standard_normal(channels).astype(dtype) if with_bias else None
+    if b is not None:
+        b[1] = 0.0
+    rm, rv = rng.standard_normal(channels).astype(dtype), (rng.random(channels) + 0.5).astype(dtype)
+    if layout == "NHWC":
+        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    gy = rng.standard_normal(x.shape).astype(dtype)
+    xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
+    bt = None if b is None else Tensor(b, requires_grad=True)
+    y = fused.batch_norm_relu(xt, rm.copy(), rv.copy(), wt, bt, training, layout=layout)
+    y.backward(gy)
+    y2, mean, invstd = fastconv.batch_norm(x, rm.copy(), rv.copy(), w, b, training,
+                                           layout=layout, return_stats=True, fuse_relu=True)
+    np.testing.assert_array_equal(y.data, y2)
+    assert (y2 == 0).any() and (y2 > 0).any()
+    want = fastconv.batch_norm_backward(gy, x, mean, invstd, w, training=training,
+                                        layout=layout, relu_output=y2)
+    got = (xt.grad, wt.grad, None if bt is None else bt.grad)
+    tol = 1e-6 if dtype == np.float32 else 1e-13
+    for g, wnt in zip(got, want, strict=False):
+        if g is not None:
+            np.testing.assert_allclose(g, wnt, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("stride", [1, 2])

@@ -199,24 +199,25 @@ class BatchNorm(Function):
                                                return_stats=True, fuse_relu=relu,
                                                device=devices.array_device(x))
         ctx.save_for_backward(x, mean, invstd, weight, y if relu else None)
-        ctx.training, ctx.layout, ctx.has_bias = training, layout, bias is not None
+        ctx.training, ctx.layout, ctx.bias = training, layout, bias
         return y
 
     @staticmethod
     def backward(ctx, g):
         # y: the fused ReLU's output (host only), its gradient applied in the batch
-        # norm's own passes
+        # norm's own passes: recomputed there from x where the record is kept
         x, mean, invstd, weight, y = ctx.saved_tensors
         a = batch_norm_backward_record(g, x, mean, invstd, weight, ctx.training, ctx.layout,
                                        y)
         if a is not None:
-            gx, gw, gb = _norm.gradients(g, x, mean, invstd, weight, a, y)
+            gx, gw, gb = _norm.gradients(g, x, mean, invstd, weight, a,
+                                         relu_from_x=y is not None, bias=ctx.bias)
         else:
             gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
                                                    training=ctx.training, layout=ctx.layout,
                                                    device=devices.array_device(g),
                                                    relu_output=y)
-        return gx, None if weight is None else gw, gb if ctx.has_bias else None
+        return gx, None if weight is None else gw, None if ctx.bias is None else gb
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,
