@@ -16,7 +16,8 @@ after 50 us of other work: 58 -> 38 us; (32, 28, 28, 16): 130 -> 102 us).
 >>> import numpy as np
 >>> x = np.arange(8.0).reshape(4, 2)                    # 4 pixels, 2 channels
 >>> y, stats = np.empty_like(x), np.empty((3, 2))
->>> train(x, np.ones(2), np.zeros(2), 0.0, y, False, stats, in_registers(2, x.dtype))
+>>> train(x, np.ones(2), np.zeros(2), 0.0, y, False, stats, in_registers(2, x.dtype), x,
+...       False)
 >>> stats[0], stats[1]                                  # mean, biased variance
 (array([3., 4.]), array([5., 5.]))
 """
@@ -113,20 +114,21 @@ def _sums(u, u_shift, v, v_shift, lanes, relu, mask, scale, shift):
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _apply_rows(x, mean, scale, shift, y, relu):
-    """y = ``normalised(x, mean[c], scale[c], shift[c])`` for x, y (P, C), then max(y,
-    0) with ``relu``; one task per row block."""
+def _apply_rows(x, mean, scale, shift, y, relu, res, with_res):
+    """y = ``normalised(x, mean[c], scale[c], shift[c])`` for x, y (P, C), plus res (P,
+    C) with ``with_res`` (in float64, rounded once), then max(y, 0) with ``relu``; one
+    task per row block."""
     n_rows, c_all = x.shape
     n_blocks = (n_rows + ROWS - 1) // ROWS
     for t in prange(n_blocks):
         for r in range(t * ROWS, min((t + 1) * ROWS, n_rows)):
             for c in range(c_all):
-                v = _norm_relu.normalised(x[r, c], mean[c], scale[c], shift[c])
-                y[r, c] = 0.0 if relu and v <= 0.0 else v
+                y[r, c] = _norm_relu.output(x[r, c], mean[c], scale[c], shift[c], relu,
+                                            res[r, c], with_res)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _apply_lanes(x, neg_mean, scale, shift, y, relu):
+def _apply_lanes(x, neg_mean, scale, shift, y, relu, res, with_res):
     """``_apply_rows`` for C a whole number of float64 vectors, the mean negated, x and
     y C-contiguous: a vector of channels at a time over a band of ``_BAND`` rows (LLVM's
     vectorised loop over the channels of a row ran at 0.8x this speed on (25088, 16) and
@@ -134,7 +136,7 @@ def _apply_lanes(x, neg_mean, scale, shift, y, relu):
     cache lines, 1.4x the time on (1568, 64); row by row, the short loop over the
     vectors took 1.25x on (25088, 16))."""
     n_rows, c_all = x.shape
-    xf, yf = x.reshape(x.size), y.reshape(y.size)
+    xf, yf, rf = x.reshape(x.size), y.reshape(y.size), res.reshape(res.size)
     nl = _lanes.count(scale)
     for t in prange((n_rows + ROWS - 1) // ROWS):
         end = min((t + 1) * ROWS, n_rows)
@@ -146,25 +148,30 @@ def _apply_lanes(x, neg_mean, scale, shift, y, relu):
                     o = U(r * c_all + c0)
                     v = _norm_relu.normalised_lanes(_lanes.add(_lanes.load_f64(xf, o), k), a,
                                                     b)
+                    if with_res:
+                        v = _lanes.add(v, _lanes.load_f64(rf, o))
                     _lanes.store_f64(yf, o, _lanes.relu(v) if relu else v)
 
 
 @njit(cache=True)
-def apply(x, mean, scale, shift, y, relu, lanes):
+def apply(x, mean, scale, shift, y, relu, lanes, res, with_res):
     """y = (x - mean[c]) * scale[c] + shift[c] for x, y (P, C) C-contiguous, mean,
-    scale, shift (C,) float64, then max(y, 0) (NaN kept) with ``relu``; in registers
-    with ``lanes`` (``in_registers``)."""
+    scale, shift (C,) float64, plus res (P, C) C-contiguous with ``with_res`` (a
+    stand-in otherwise), then max(y, 0) (NaN kept) with ``relu``; in registers with
+    ``lanes`` (``in_registers``)."""
     if lanes:
-        _apply_lanes(x, -mean, scale, shift, y, relu)
+        _apply_lanes(x, -mean, scale, shift, y, relu, res, with_res)
     else:
-        _apply_rows(x, mean, scale, shift, y, relu)
+        _apply_rows(x, mean, scale, shift, y, relu, res, with_res)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _backward_apply(gy, x, mean, a, b, kx, gx, relu, mask, shift):
+def _backward_apply(gy, x, mean, a, b, kx, gx, relu, mask, shift, g_res, with_res):
     """gx = g * a[c] + b[c] + (x - mean[c]) * kx[c] for gy, x, gx (P, C), g = gy
     ``_norm_relu.gated`` (a = weight * invstd: the forward's scale; mask indexed as gy,
-    not flat, which took 1.4x the time on (25088, 16)); per row block."""
+    not flat, which took 1.4x the time on (25088, 16)), and g itself into g_res (P, C)
+    with ``with_res`` (the gradient of a residual added before the ReLU); per row
+    block."""
     n_rows, c_all = x.shape
     n_blocks = (n_rows + ROWS - 1) // ROWS
     for t in prange(n_blocks):
@@ -173,14 +180,17 @@ def _backward_apply(gy, x, mean, a, b, kx, gx, relu, mask, shift):
                 g = _norm_relu.gated(gy[r, c], relu, mask[r, c], x[r, c], mean[c], a[c],
                                      shift[c], x)
                 gx[r, c] = g * a[c] + b[c] + (x[r, c] - mean[c]) * kx[c]
+                if with_res:
+                    g_res[r, c] = g
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _backward_lanes(gy, x, neg_mean, a, b, kx, gx, relu, mask, shift):
+def _backward_lanes(gy, x, neg_mean, a, b, kx, gx, relu, mask, shift, g_res, with_res):
     """``_backward_apply`` for C a whole number of float64 vectors, the mean negated,
     every (P, C) array C-contiguous (mask flat)."""
     n_rows, c_all = x.shape
     gf, xf, of = gy.reshape(gy.size), x.reshape(x.size), gx.reshape(gx.size)
+    rf = g_res.reshape(g_res.size)
     nl = _lanes.count(a)
     for t in prange((n_rows + ROWS - 1) // ROWS):
         end = min((t + 1) * ROWS, n_rows)
@@ -195,6 +205,8 @@ def _backward_lanes(gy, x, neg_mean, a, b, kx, gx, relu, mask, shift):
                     dx = _lanes.add(_lanes.load_f64(xf, o), k)
                     g = _norm_relu.gated_lanes(g, relu, mask, o, dx, va, vs, xf)
                     _lanes.store_f64(of, o, _lanes.fma_lanes(_lanes.fma_lanes(vb, g, va), dx, vk))
+                    if with_res:
+                        _lanes.store_f64(rf, o, g)
 
 
 @njit(inline="always")
@@ -209,12 +221,12 @@ def _partial_sums(p1, p2, c):
 
 
 @njit(cache=True)
-def train(x, weight, bias, eps, y, relu, stats, lanes):
+def train(x, weight, bias, eps, y, relu, stats, lanes, res, with_res):
     """x, y (P, C) C-contiguous; weight, bias (C,) float64. stats (3, C) = the batch
     mean, the biased variance and invstd = 1 / sqrt(var + eps) (sums of x less its
     first pixel, the module docstring of ``fastconv.norm``), and y = (x - mean) *
-    scale + bias, scale = weight * invstd (then max(y, 0) with ``relu``). ``lanes``:
-    ``in_registers``."""
+    scale + bias, scale = weight * invstd (plus res with ``with_res``, then max(y, 0)
+    with ``relu``: ``apply``). ``lanes``: ``in_registers``."""
     count = x.shape[0]
     shift = x[0].astype(np.float64)
     p1, p2 = _sums(x, shift, x, shift, lanes, _norm_relu.NONE, x, shift, shift)
@@ -227,19 +239,20 @@ def train(x, weight, bias, eps, y, relu, stats, lanes):
         stats[1, c] = var
         stats[2, c] = 1.0 / np.sqrt(var + eps)
         scale[c] = weight[c] * stats[2, c]
-    apply(x, stats[0], scale, bias, y, relu, lanes)
+    apply(x, stats[0], scale, bias, y, relu, lanes, res, with_res)
 
 
 @njit(cache=True)
 def backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, lanes, relu, mask,
-             bias):
+             bias, g_res, with_res):
     """gy, x, gx (P, C) C-contiguous; mean, invstd, weight, bias (C,) float64. gx = the
     gradient (``fastconv.norm.batch_norm_backward``), grad_b = sum g and grad_w = sum
     g * (x - mean) * invstd per channel ((C,) each, the sums in float64 rounded once to
     their dtype), g = gy where the ReLU after the batch norm passed it
     (``_norm_relu.gated``: ``relu`` ``OUTPUT``, mask its output (P, C); ``REDONE``,
     from x with scale = weight * invstd and bias; ``NONE``: all of gy, mask and bias not
-    read), in the same passes. ``lanes``: ``in_registers``."""
+    read), in the same passes; with ``with_res``, g into g_res (P, C) too (a residual's
+    gradient). ``lanes``: ``in_registers``."""
     count = x.shape[0]
     c_all = x.shape[1]
     co = np.empty((3, c_all))            # gx = g * co[0] + co[1] + (x - mean) * co[2]
@@ -255,6 +268,7 @@ def backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, lanes, r
         co[2, c] = -a * invstd[c] * invstd[c] * s2 / count if training else 0.0
     if lanes:
         _backward_lanes(gy, x, -mean, co[0], co[1], co[2], gx, relu, mask.reshape(mask.size),
-                        bias)
+                        bias, g_res, with_res)
     else:
-        _backward_apply(gy, x, mean, co[0], co[1], co[2], gx, relu, mask, bias)
+        _backward_apply(gy, x, mean, co[0], co[1], co[2], gx, relu, mask, bias, g_res,
+                        with_res)

@@ -39,6 +39,17 @@ def normalised(x, mean, scale, shift):
 
 
 @njit(inline="always")
+def output(x, mean, scale, shift, relu, r, with_res):
+    """What a forward kernel stores (float64, rounded by the store): ``normalised(x,
+    ...)``, plus the residual value r with ``with_res``, then max(., 0) with ``relu``
+    (NaN kept)."""
+    v = normalised(x, mean, scale, shift)
+    if with_res:
+        v += r
+    return 0.0 if relu and v <= 0.0 else v
+
+
+@njit(inline="always")
 def normalised_lanes(dx, scale, shift):
     """``normalised`` on float64 vectors, given dx = x - mean: one fused multiply-add."""
     return _lanes.fma_lanes(shift, dx, scale)

@@ -34,12 +34,13 @@ from ._runtime import guarded
 
 # ----------------------------------------------------------------------------- kernels
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_train_nchw(x, weight, bias, eps, y, stats, relu):
+def _bn_train_nchw(x, weight, bias, eps, y, stats, relu, res, with_res):
     """x, y (N, C, M); weight, bias (C,) float64. Per channel (one task each): the mean,
     the biased var (one pass of shifted float64 sums, see the module docstring) and
     invstd = 1 / sqrt(var + eps) into stats (3, C), then y = (x - mean) * weight *
-    invstd + bias while the channel is still in cache; with ``relu``, max(y, 0) (NaN
-    stays NaN) in the same pass."""
+    invstd + bias while the channel is still in cache; with ``with_res``, plus res (N,
+    C, M) (in float64, rounded once); with ``relu``, max(y, 0) (NaN stays NaN) in the
+    same pass."""
     n_img, c_all, m = x.shape
     count = n_img * m
     for c in prange(c_all):
@@ -61,14 +62,14 @@ def _bn_train_nchw(x, weight, bias, eps, y, stats, relu):
         shift = bias[c]
         for n in range(n_img):
             for k in range(m):
-                v = _norm_relu.normalised(x[n, c, k], mu, scale, shift)
-                y[n, c, k] = 0.0 if relu and v <= 0.0 else v
+                y[n, c, k] = _norm_relu.output(x[n, c, k], mu, scale, shift, relu,
+                                               res[n, c, k], with_res)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
-def _bn_apply_nchw(x, mean, scale, shift, y, relu):
-    """y = (x - mean[c]) * scale[c] + shift[c] for x, y (N, C, M), then max(y, 0) with
-    ``relu``; one task per plane."""
+def _bn_apply_nchw(x, mean, scale, shift, y, relu, res, with_res):
+    """y = (x - mean[c]) * scale[c] + shift[c] for x, y (N, C, M), plus res (N, C, M)
+    with ``with_res``, then max(y, 0) with ``relu``; one task per plane."""
     n_img, c_all, m = x.shape
     for task in prange(n_img * c_all):
         n = task // c_all
@@ -77,13 +78,12 @@ def _bn_apply_nchw(x, mean, scale, shift, y, relu):
         a = scale[c]
         b = shift[c]
         for k in range(m):
-            v = _norm_relu.normalised(x[n, c, k], mu, a, b)
-            y[n, c, k] = 0.0 if relu and v <= 0.0 else v
+            y[n, c, k] = _norm_relu.output(x[n, c, k], mu, a, b, relu, res[n, c, k], with_res)
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu,
-                      mask, bias):
+                      mask, bias, g_res, with_res):
     """gy, x, gx (N, C, M). Per channel (one task each): sum_dy = sum g and sum_dy_xmu =
     sum g * (x - mean) in float64, grad_b = sum_dy and grad_w = sum_dy_xmu * invstd
     ((C,) each, rounded once to their dtype), then
@@ -91,7 +91,8 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
     with the bracket only in training (the gradient through the batch statistics); g =
     gy where the ReLU after the batch norm passed it (``_norm_relu.gated``: ``relu``
     ``OUTPUT``, mask (N, C, M) its output; ``REDONE``, from x with scale = weight *
-    invstd and bias (C,) float64; ``NONE``, all of gy)."""
+    invstd and bias (C,) float64; ``NONE``, all of gy); with ``with_res``, g itself into
+    g_res (N, C, M) (a residual's gradient)."""
     n_img, c_all, m = x.shape
     count = n_img * m
     for c in prange(c_all):
@@ -118,6 +119,8 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
                 g = _norm_relu.gated(gy[n, c, k], relu, mask[n, c, k], x[n, c, k], mu, a, sh,
                                      x)
                 gx[n, c, k] = g * a + b + (x[n, c, k] - mu) * kx
+                if with_res:
+                    g_res[n, c, k] = g
 
 
 # ------------------------------------------------------------------------ layouts
@@ -126,16 +129,17 @@ class _LayoutKernels:
     """One layout's batch-norm kernels, each taking ``view``s of C-contiguous 4-D arrays
     in the layout (NCHW: (N, C, H*W); NHWC: (N*H*W, C)) and float64 (C,) vectors.
 
-    - ``train(x, weight, bias, eps, y, relu) -> (mean, var, invstd)``: the batch mean,
-      biased variance and 1 / sqrt(var + eps), and y normalised with them (then max(y,
-      0) with ``relu``).
-    - ``apply(x, mean, scale, shift, y, relu)``: y = (x - mean) * scale + shift (then
-      max(y, 0) with ``relu``).
+    - ``train(x, weight, bias, eps, y, relu, res) -> (mean, var, invstd)``: the batch
+      mean, biased variance and 1 / sqrt(var + eps), and y normalised with them (plus
+      res, a view like x, unless None; then max(y, 0) with ``relu``).
+    - ``apply(x, mean, scale, shift, y, relu, res)``: y = (x - mean) * scale + shift
+      (plus res unless None; then max(y, 0) with ``relu``).
     - ``backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu, mask,
-      bias)``: gx, grad_b = the sum of g and grad_w = the sum of g * (x - mean) times
-      invstd per channel ((C,) arrays of x's dtype); g = gy where a fused ReLU passed it
-      (``_norm_relu.gated``: mask a view like the others, its output, bias float64
-      (C,); each read only in its own ``relu`` mode, a stand-in otherwise).
+      bias, g_res)``: gx, grad_b = the sum of g and grad_w = the sum of g * (x - mean)
+      times invstd per channel ((C,) arrays of x's dtype); g = gy where a fused ReLU
+      passed it (``_norm_relu.gated``: mask a view like the others, its output, bias
+      float64 (C,); each read only in its own ``relu`` mode, a stand-in otherwise); g
+      itself into g_res (a view like gx) unless None.
     """
 
     view: Callable
@@ -149,38 +153,49 @@ def _nchw_view(a):
     return a.reshape(a.shape[0], a.shape[1], -1)
 
 
-def _nchw_train(x, weight, bias, eps, y, relu):
+def _given(a, stand_in):
+    """(a, True), or (stand_in, False) for a None: a kernel's optional array and its flag
+    (the stand-in, of the same type, is not read)."""
+    return (stand_in, False) if a is None else (a, True)
+
+
+def _nchw_train(x, weight, bias, eps, y, relu, res):
     stats = np.empty((3, x.shape[1]))
-    _bn_train_nchw(x, weight, bias, eps, y, stats, relu)
+    _bn_train_nchw(x, weight, bias, eps, y, stats, relu, *_given(res, x))
     return stats[0], stats[1], stats[2]
+
+
+def _nchw_apply(x, mean, scale, shift, y, relu, res):
+    _bn_apply_nchw(x, mean, scale, shift, y, relu, *_given(res, x))
 
 
 def _nchw_backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu, mask,
-                   bias):
+                   bias, g_res):
     _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu,
-                      mask, bias)
+                      mask, bias, *_given(g_res, gx))
 
 
-def _nhwc_train(x, weight, bias, eps, y, relu):
+def _nhwc_train(x, weight, bias, eps, y, relu, res):
     stats = np.empty((3, x.shape[1]))
     _norm_nhwc.train(x, weight, bias, eps, y, relu, stats,
-                     _norm_nhwc.in_registers(x.shape[1], x.dtype))
+                     _norm_nhwc.in_registers(x.shape[1], x.dtype), *_given(res, x))
     return stats[0], stats[1], stats[2]
 
 
-def _nhwc_apply(x, mean, scale, shift, y, relu):
+def _nhwc_apply(x, mean, scale, shift, y, relu, res):
     _norm_nhwc.apply(x, mean, scale, shift, y, relu,
-                     _norm_nhwc.in_registers(x.shape[1], x.dtype))
+                     _norm_nhwc.in_registers(x.shape[1], x.dtype), *_given(res, x))
 
 
 def _nhwc_backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b, relu, mask,
-                   bias):
+                   bias, g_res):
     _norm_nhwc.backward(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
-                        _norm_nhwc.in_registers(x.shape[1], x.dtype), relu, mask, bias)
+                        _norm_nhwc.in_registers(x.shape[1], x.dtype), relu, mask, bias,
+                        *_given(g_res, gx))
 
 
 _KERNELS = {
-    "NCHW": _LayoutKernels(view=_nchw_view, train=_nchw_train, apply=_bn_apply_nchw,
+    "NCHW": _LayoutKernels(view=_nchw_view, train=_nchw_train, apply=_nchw_apply,
                            backward=_nchw_backward),
     "NHWC": _LayoutKernels(view=_norm_nhwc.view, train=_nhwc_train, apply=_nhwc_apply,
                            backward=_nhwc_backward),
@@ -270,18 +285,22 @@ def batch_norm(x, running_mean, running_var, weight=None, bias=None, training=Fa
     return (y, mean, invstd) if return_stats else y
 
 
-def forward(x, running_mean, running_var, weight, bias, a, fuse_relu=False):
+def forward(x, running_mean, running_var, weight, bias, a, fuse_relu=False, residual=None):
     """``batch_norm``'s (y, mean, invstd) on checked arrays of float32 or float64
     (``batch_norm_inputs``, or the record ``fastconv._args.batch_norm_record`` keeps):
-    the running statistics updated in training."""
+    the running statistics updated in training. ``residual``: None, or an array of x's
+    shape and dtype added to the normalised values (in float64, the sum rounded once)
+    before the fused ReLU: relu(batch_norm(x) + residual), a residual block's end, in
+    the normalising pass."""
     k = _KERNELS[a.layout]
+    res = None if residual is None else k.view(np.ascontiguousarray(residual))
     y = allocate("batch_norm", "output", x.shape, x.dtype)
     w64, b64 = _f64(weight, a.c, 1.0), _f64(bias, a.c, 0.0)
     if a.training and a.count == 0:
         mean, invstd = np.full(a.c, np.nan), np.full(a.c, np.nan)
     elif a.training:
         mean, var, invstd = guarded(k.train)(k.view(np.ascontiguousarray(x)), w64, b64,
-                                             a.eps, k.view(y), bool(fuse_relu))
+                                             a.eps, k.view(y), bool(fuse_relu), res)
         if running_mean is not None:
             _move_running(running_mean, running_var, mean, var, a.count, a.momentum)
     else:
@@ -289,7 +308,7 @@ def forward(x, running_mean, running_var, weight, bias, a, fuse_relu=False):
         invstd = 1.0 / np.sqrt(running_var.astype(np.float64) + a.eps)
         if y.size:
             guarded(k.apply)(k.view(np.ascontiguousarray(x)), mean, w64 * invstd, b64,
-                             k.view(y), bool(fuse_relu))
+                             k.view(y), bool(fuse_relu), res)
     return y, mean, invstd
 
 
@@ -343,19 +362,24 @@ def batch_norm_backward(grad_y, x, mean, invstd, weight=None, *, training=True,
 
 
 def gradients(grad_y, x, mean, invstd, weight, a, relu_output=None, *, relu_from_x=False,
-              bias=None):
+              bias=None, residual_grad=False):
     """``batch_norm_backward``'s (grad_x, grad_weight, grad_bias) on checked arrays of
     float32 or float64 (``batch_norm_backward_inputs``, or the record
     ``fastconv._args.batch_norm_backward_record`` keeps). A fused ReLU's gradient comes
     from its output (``relu_output``), or with ``relu_from_x`` from x: where the
     normalised value the forward stored was positive, recomputed with the forward's
     ``bias`` (None: zeros), weight, mean and invstd (``fastconv._norm_relu``; the same
-    result, one array fewer read)."""
+    result, one array fewer read). ``residual_grad``: also return the gradient of a
+    residual the forward added before its ReLU (grad_y where relu_output > 0), written
+    in the same pass: (grad_x, grad_weight, grad_bias, grad_residual)."""
     k = _KERNELS[a.layout]
     mean64, invstd64 = mean.astype(np.float64, copy=False), invstd.astype(np.float64, copy=False)
     gx = allocate("batch_norm_backward", "gradient", x.shape, x.dtype)
+    g_res = allocate("batch_norm_backward", "gradient", x.shape, x.dtype) \
+        if residual_grad else None
     if a.count == 0:        # nothing summed (invstd NaN in training: so is grad_weight)
-        return gx, (np.zeros(a.c) * invstd64).astype(x.dtype), np.zeros(a.c, x.dtype)
+        grads = gx, (np.zeros(a.c) * invstd64).astype(x.dtype), np.zeros(a.c, x.dtype)
+        return grads + (g_res,) if residual_grad else grads
     grad_w, grad_b = np.empty(a.c, x.dtype), np.empty(a.c, x.dtype)
     g3, x3 = k.view(np.ascontiguousarray(grad_y)), k.view(np.ascontiguousarray(x))
     relu, mask, shift = _norm_relu.NONE, g3, mean64          # stand-ins, not read
@@ -364,5 +388,6 @@ def gradients(grad_y, x, mean, invstd, weight, a, relu_output=None, *, relu_from
     elif relu_output is not None:
         relu, mask = _norm_relu.OUTPUT, k.view(np.ascontiguousarray(relu_output))
     guarded(k.backward)(g3, x3, mean64, invstd64, _f64(weight, a.c, 1.0), a.training,
-                        k.view(gx), grad_w, grad_b, relu, mask, shift)
-    return gx, grad_w, grad_b
+                        k.view(gx), grad_w, grad_b, relu, mask, shift,
+                        None if g_res is None else k.view(g_res))
+    return (gx, grad_w, grad_b, g_res) if residual_grad else (gx, grad_w, grad_b)

@@ -90,11 +90,79 @@ def test_batch_norm_relu_gradient_from_x_is_the_one_from_its_output(rng, layout,
             np.testing.assert_allclose(g, wnt, rtol=tol, atol=tol)
 
 
+def _bn_inputs(rng, layout, dtype, channels, with_bias=True):
+    """x (2, C, 5, 6) in ``layout``, a residual like it, weight, bias (None without),
+    running statistics; x and the residual with NaN in evaluation-friendly places."""
+    x = rng.standard_normal((2, channels, 5, 6)).astype(dtype)
+    r = rng.standard_normal(x.shape).astype(dtype)
+    if layout == "NHWC":
+        x, r = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (x, r))
+    w = rng.standard_normal(channels).astype(dtype)
+    b = rng.standard_normal(channels).astype(dtype) if with_bias else None
+    rm, rv = rng.standard_normal(channels).astype(dtype), (rng.random(channels) + 0.5).astype(dtype)
+    return x, r, w, b, rm, rv
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("channels", [3, 16])
+@pytest.mark.parametrize("training,with_bias", [(True, True), (True, False), (False, True)])
+def test_batch_norm_add_relu_is_add_relu_of_batch_norm(rng, layout, dtype, channels,
+                                                       training, with_bias):
+    """One op against batch norm then add_relu: the output (the fused sum rounded once,
+    the pair's twice), the running statistics, and all four gradients."""
+    x, r, w, b, rm, rv = _bn_inputs(rng, layout, dtype, channels, with_bias)
+    ts = [Tensor(a, requires_grad=True) for a in (x, r, w)]
+    bt = None if b is None else Tensor(b, requires_grad=True)
+    stats = [(rm.copy(), rv.copy()), (rm.copy(), rv.copy())]
+    got = fused.batch_norm_add_relu(ts[0], ts[1], *stats[0], ts[2], bt, training,
+                                    layout=layout)
+    assert type(got._ctx).__name__ == "BatchNorm" and got._ctx.residual
+    refs = [Tensor(a, requires_grad=True) for a in (x, r, w)]
+    bref = None if b is None else Tensor(b, requires_grad=True)
+    want = fused.add_relu(F.batch_norm(refs[0], *stats[1], refs[2], bref, training,
+                                       layout=layout), refs[1])
+    tol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(got.data, want.data, rtol=tol, atol=tol)
+    assert (got.data == 0).any() and (got.data > 0).any()
+    np.testing.assert_array_equal(stats[0][0], stats[1][0])
+    np.testing.assert_array_equal(stats[0][1], stats[1][1])
+    gz = rng.standard_normal(x.shape).astype(dtype)
+    got.backward(gz)
+    want.backward(gz)
+    pairs = list(zip(ts, refs, strict=True)) + ([(bt, bref)] if b is not None else [])
+    for t, ref in pairs:
+        np.testing.assert_allclose(t.grad, ref.grad, rtol=10 * tol, atol=10 * tol)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
+@pytest.mark.parametrize("training", [True, False])
+def test_batch_norm_add_relu_gradients_against_finite_differences(rng, layout, training):
+    x, r, w, b, rm, rv = _bn_inputs(rng, layout, np.float64, 3)
+    ts = [Tensor(a, requires_grad=True) for a in (x, r, w, b)]
+    assert gradcheck(lambda xx, rr, ww, bb: fused.batch_norm_add_relu(
+        xx, rr, rm.copy(), rv.copy(), ww, bb, training, layout=layout), ts)
+
+
+def test_batch_norm_add_relu_of_arrays_it_does_not_take_is_the_pair(rng):
+    """A float16 input or a residual of another dtype: batch norm, then add_relu."""
+    x, r, w, b, rm, rv = _bn_inputs(rng, "NCHW", np.float32, 3)
+    half = [a.astype(np.float16) for a in (x, r, w, b, rm, rv)]
+    for xx, rr, ww, bb, m, v in (half, (x, r.astype(np.float64), w, b, rm, rv)):
+        got = fused.batch_norm_add_relu(Tensor(xx, requires_grad=True), rr, m.copy(),
+                                        v.copy(), ww, bb, True)
+        assert type(got._ctx).__name__ == "AddReLU"
+        want = fused.add_relu(F.batch_norm(xx, m.copy(), v.copy(), ww, bb, True), rr)
+        np.testing.assert_array_equal(got.data, want.data)
+
+
+@pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("stride", [1, 2])
-def test_basic_block_matches_its_unfused_ops(rng, stride):
+def test_basic_block_matches_its_unfused_ops(rng, stride, layout):
     """BasicBlock's fused forward and gradients against its layers called one by one."""
-    block = nn.BasicBlock(2, 3, stride, rng=rng, dtype=np.float64)
-    x = Tensor(rng.standard_normal((2, 2, 5, 5)), requires_grad=True)
+    block = nn.BasicBlock(2, 3, stride, rng=rng, dtype=np.float64, layout=layout)
+    shape = (2, 2, 5, 5) if layout == "NCHW" else (2, 5, 5, 2)
+    x = Tensor(rng.standard_normal(shape), requires_grad=True)
     buffers = [b.copy() for b in block.buffers()]
     y = block(x)
     (y * Tensor(np.arange(y.data.size, dtype=float).reshape(y.shape))).sum().backward()

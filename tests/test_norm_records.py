@@ -45,8 +45,11 @@ def test_the_op_matches_the_public_functions(layout, dtype, relu, training, rng,
     y.backward(g)
     want = fastconv.batch_norm_backward(g, x, mean, invstd, w, training=training,
                                         layout=layout, relu_output=want_y if relu else None)
+    # with the ReLU the op finds where it passed the gradient from x, the public function
+    # from y: the same values, in arithmetic the compiler may order differently
+    tol = 0 if not relu else 1e-6 if dtype == np.float32 else 1e-13
     for got, exp in zip((xt.grad, wt.grad, bt.grad), want, strict=True):
-        np.testing.assert_array_equal(got, exp)
+        np.testing.assert_allclose(got, exp, rtol=tol, atol=tol)
     assert not public and not public_b                  # the op never called them
 
 

@@ -180,11 +180,16 @@ def check_adaptive_output_size(op: str, output_size) -> None:
 
 # ----------------------------------------------------------------------------- batch norm
 class BatchNorm(Function):
+    """Batch norm (then max(., 0) with ``relu``); with a ``residual`` (relu=True, host
+    arrays its record takes: ``fastconv.nn.fused.batch_norm_add_relu``), max(batch
+    norm + residual, 0) in the same pass, and the residual's gradient from the
+    backward's second pass."""
+
     gpu = True
 
     @staticmethod
-    def forward(ctx, x, weight, bias, running_mean=None, running_var=None, training=False,
-                momentum=0.1, eps=1e-5, layout="NCHW", relu=False):
+    def forward(ctx, x, weight, bias, residual=None, running_mean=None, running_var=None,
+                training=False, momentum=0.1, eps=1e-5, layout="NCHW", relu=False):
         # relu: max(y, 0) in the normalising pass (fastconv.nn.fused.batch_norm_relu).
         # Host arrays the public function would take as they are: checked once per
         # layer's shapes (the record kept), then the kernels.
@@ -192,32 +197,44 @@ class BatchNorm(Function):
                               momentum, eps, layout)
         if a is not None:
             y, mean, invstd = _norm.forward(x, running_mean, running_var, weight, bias, a,
-                                            relu)
+                                            relu, residual)
         else:
             y, mean, invstd = _norm.batch_norm(x, running_mean, running_var, weight, bias,
                                                training, momentum, eps, layout=layout,
-                                               return_stats=True, fuse_relu=relu,
+                                               return_stats=True,
+                                               fuse_relu=relu and residual is None,
                                                device=devices.array_device(x))
+            if residual is not None:
+                y = _elementwise.add_relu(y, residual)
         ctx.save_for_backward(x, mean, invstd, weight, y if relu else None)
         ctx.training, ctx.layout, ctx.bias = training, layout, bias
+        ctx.residual = residual is not None
         return y
 
     @staticmethod
     def backward(ctx, g):
         # y: the fused ReLU's output (host only), its gradient applied in the batch
-        # norm's own passes: recomputed there from x where the record is kept
+        # norm's own passes: recomputed there from x where the record is kept and no
+        # residual was added
         x, mean, invstd, weight, y = ctx.saved_tensors
         a = batch_norm_backward_record(g, x, mean, invstd, weight, ctx.training, ctx.layout,
                                        y)
         if a is not None:
-            gx, gw, gb = _norm.gradients(g, x, mean, invstd, weight, a,
-                                         relu_from_x=y is not None, bias=ctx.bias)
+            grads = _norm.gradients(g, x, mean, invstd, weight, a,
+                                    y if ctx.residual else None,
+                                    relu_from_x=y is not None and not ctx.residual,
+                                    bias=ctx.bias, residual_grad=ctx.residual)
         else:
-            gx, gw, gb = _norm.batch_norm_backward(g, x, mean, invstd, weight,
-                                                   training=ctx.training, layout=ctx.layout,
-                                                   device=devices.array_device(g),
-                                                   relu_output=y)
-        return gx, None if weight is None else gw, None if ctx.bias is None else gb
+            if ctx.residual:
+                g = _elementwise.relu_backward(g, y)
+            grads = _norm.batch_norm_backward(g, x, mean, invstd, weight,
+                                              training=ctx.training, layout=ctx.layout,
+                                              device=devices.array_device(g),
+                                              relu_output=None if ctx.residual else y)
+            grads += (g,) if ctx.residual else ()
+        gx, gw, gb = grads[:3]
+        return (gx, None if weight is None else gw, None if ctx.bias is None else gb,
+                *grads[3:])
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False,

@@ -7,6 +7,10 @@ output array instead of two, and the gradient of the pair:
   normalising pass (``fastconv.batch_norm(..., fuse_relu=True)``; the batch norm
   Function of ``fastconv.nn.functional`` with ``relu=True``);
 - :func:`add_relu`: max(a + b, 0), the residual connection and the ReLU after it;
+- :func:`batch_norm_add_relu`: max(batch_norm(x) + r, 0), a residual block's end (its
+  last batch norm, the residual connection and the ReLU) in batch norm's normalising
+  pass: two passes over the maps fewer than the batch norm and ``add_relu``, and one
+  op; the backward writes the residual's gradient in its second pass;
 - :func:`relu_max_pool2d`: max_pool2d(relu(x)), computed as relu(max_pool2d(x)), the
   ReLU on the pooled map (a quarter of x's size with 2x2 windows).
 
@@ -23,9 +27,13 @@ array([1.5, 0. ])
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import _elementwise
+from .._args import batch_norm_record
 from ..autograd import Function, Tensor
 from .functional import BatchNorm, MaxPool2d
+from .functional import batch_norm as _batch_norm
 
 
 class AddReLU(Function):
@@ -60,6 +68,32 @@ def batch_norm_relu(input, running_mean, running_var, weight=None, bias=None,
     return BatchNorm.apply(input, weight, bias, running_mean=running_mean,
                            running_var=running_var, training=training, momentum=momentum,
                            eps=eps, layout=layout, relu=True)
+
+
+def batch_norm_add_relu(input, residual, running_mean, running_var, weight=None, bias=None,
+                        training=False, momentum=0.1, eps=1e-5, *, layout="NCHW") -> Tensor:
+    """max(batch_norm(input, ...) + residual, 0) (batch norm's arguments as
+    :func:`fastconv.nn.functional.batch_norm`; residual of input's shape): one op and
+    one normalising pass where input and residual are plain host arrays of one dtype,
+    float32 or float64 (the sum taken in float64 and rounded once); otherwise
+    ``add_relu(batch_norm(...), residual)``.
+
+    >>> import numpy as np
+    >>> x = np.array([1.0, 3.0]).reshape(2, 1, 1, 1)        # mean 2, var 1
+    >>> batch_norm_add_relu(x, np.full_like(x, 0.5), None, None, training=True,
+    ...                     eps=0.0).data.ravel()
+    array([0. , 1.5])
+    """
+    x, r = (getattr(t, "data", t) for t in (input, residual))
+    if type(x) is np.ndarray and type(r) is np.ndarray and r.shape == x.shape \
+            and r.dtype == x.dtype and batch_norm_record(
+                x, running_mean, running_var, getattr(weight, "data", weight),
+                getattr(bias, "data", bias), training, momentum, eps, layout) is not None:
+        return BatchNorm.apply(input, weight, bias, residual, running_mean=running_mean,
+                               running_var=running_var, training=training,
+                               momentum=momentum, eps=eps, layout=layout, relu=True)
+    return add_relu(_batch_norm(input, running_mean, running_var, weight, bias, training,
+                                momentum, eps, layout=layout), residual)
 
 
 def relu_max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1,

@@ -186,8 +186,15 @@ class BatchNorm2d(Module):
         """relu(self(x)) in one pass (:func:`fastconv.nn.fused.batch_norm_relu`)."""
         return self._normalise(x, True)
 
-    def _normalise(self, x, relu: bool):
+    def forward_add_relu(self, x, residual):
+        """relu(self(x) + residual) in one pass (:func:`fastconv.nn.fused.
+        batch_norm_add_relu`): a residual block's end."""
+        return self._normalise(x, True, residual)
+
+    def _normalise(self, x, relu: bool, residual=None):
         if getattr(x, "ndim", 0) == 3:  # one unbatched image: a batch of one
+            if residual is not None:
+                return fused.add_relu(self(x), residual)
             return call_unbatched(lambda t: self._normalise(t, relu), x)
         use_batch_stats = self.training or not self.track_running_stats
         momentum = 0.0 if self.momentum is None else self.momentum
@@ -197,6 +204,11 @@ class BatchNorm2d(Module):
             if self.momentum is None:
                 momentum = 1.0 / float(tracked)
         # running_mean/var are None when not tracked: batch statistics, no update
+        if residual is not None:
+            return fused.batch_norm_add_relu(x, residual, self.running_mean,
+                                             self.running_var, self.weight, self.bias,
+                                             use_batch_stats, momentum, self.eps,
+                                             layout=self.layout)
         norm = fused.batch_norm_relu if relu else F.batch_norm
         return norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                     use_batch_stats, momentum, self.eps, layout=self.layout)
@@ -451,8 +463,8 @@ class BasicBlock(Module):
             self.downsample = None
 
     def forward(self, x):
-        # relu(bn1(.)) and relu(. + shortcut) each run as one fused op (fastconv.nn.fused)
+        # relu(bn1(.)) and relu(bn2(.) + shortcut) each run as one fused op
+        # (fastconv.nn.fused)
         out = self.bn1.forward_relu(self.conv1(x))
-        out = self.bn2(self.conv2(out))
         shortcut = x if self.downsample is None else self.downsample(x)
-        return fused.add_relu(out, shortcut)
+        return self.bn2.forward_add_relu(self.conv2(out), shortcut)
