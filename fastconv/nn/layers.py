@@ -187,8 +187,8 @@ class BatchNorm2d(Module):
         return self._normalise(x, True)
 
     def forward_add_relu(self, x, residual):
-        """relu(self(x) + residual) in one pass (:func:`fastconv.nn.fused.
-        batch_norm_add_relu`): a residual block's end."""
+        """relu(self(x) + residual) in one pass: a residual block's end
+        (:func:`fastconv.nn.fused.batch_norm_add_relu`)."""
         return self._normalise(x, True, residual)
 
     def _normalise(self, x, relu: bool, residual=None):
