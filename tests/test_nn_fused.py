@@ -91,8 +91,8 @@ def test_batch_norm_relu_gradient_from_x_is_the_one_from_its_output(rng, layout,
 
 
 def _bn_inputs(rng, layout, dtype, channels, with_bias=True):
-    """x (2, C, 5, 6) in ``layout``, a residual like it, weight, bias (None without),
-    running statistics; x and the residual with NaN in evaluation-friendly places."""
+    """x (2, C, 5, 6) in ``layout``, a residual like it, weight, bias (None without) and
+    running statistics, all of ``dtype``."""
     x = rng.standard_normal((2, channels, 5, 6)).astype(dtype)
     r = rng.standard_normal(x.shape).astype(dtype)
     if layout == "NHWC":
