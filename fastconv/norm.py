@@ -92,7 +92,10 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
     gy where the ReLU after the batch norm passed it (``_norm_relu.gated``: ``relu``
     ``OUTPUT``, mask (N, C, M) its output; ``REDONE``, from x with scale = weight *
     invstd and bias (C,) float64; ``NONE``, all of gy); with ``with_res``, g itself into
-    g_res (N, C, M) (a residual's gradient)."""
+    g_res (N, C, M) (a residual's gradient), in a loop of its own after gx's: written in
+    gx's loop, the code numba compiled in a process and the same kernel loaded from its
+    cache in another computed gx differently in the last bits (float32, grad_y of
+    ones), and processes that load the cache must give the compiling one's results."""
     n_img, c_all, m = x.shape
     count = n_img * m
     for c in prange(c_all):
@@ -119,8 +122,11 @@ def _bn_backward_nchw(gy, x, mean, invstd, weight, training, gx, grad_w, grad_b,
                 g = _norm_relu.gated(gy[n, c, k], relu, mask[n, c, k], x[n, c, k], mu, a, sh,
                                      x)
                 gx[n, c, k] = g * a + b + (x[n, c, k] - mu) * kx
-                if with_res:
-                    g_res[n, c, k] = g
+        if with_res:    # a loop of its own (the docstring)
+            for n in range(n_img):
+                for k in range(m):
+                    g_res[n, c, k] = _norm_relu.gated(gy[n, c, k], relu, mask[n, c, k],
+                                                      x[n, c, k], mu, a, sh, x)
 
 
 # ------------------------------------------------------------------------ layouts

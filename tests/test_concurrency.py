@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv.autograd import Tensor
+from fastconv.nn import fused
 
 N_THREADS = 8
 CALLS_PER_THREAD = 50
@@ -46,11 +48,21 @@ def _call(kind: int, seed: int):
         grads = fastconv.batch_norm_backward(np.ones_like(y), x, mean, invstd)
         return [y, rm, rv, *grads]
     xh = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    if kind == 3:   # a residual block's end and a batch norm + ReLU, through autograd
+        out = []
+        for layout, xx in (("NCHW", x), ("NHWC", xh)):
+            t = Tensor(xx, requires_grad=True)
+            y = fused.batch_norm_add_relu(t, xx[::-1].copy(), None, None, training=True,
+                                          layout=layout)
+            y = fused.batch_norm_relu(y, None, None, training=True, layout=layout)
+            y.backward(np.ones(y.shape, y.data.dtype))
+            out += [y.data, t.grad]
+        return out
     wh = np.ascontiguousarray(w.transpose(2, 3, 1, 0))
     return [fastconv.conv2d(xh, wh, **conv_kw, layout="NHWC", algo="im2col")]
 
 
-N_KINDS = 2 * len(fastconv.ALGORITHMS) + 4
+N_KINDS = 2 * len(fastconv.ALGORITHMS) + 5
 
 
 def _schedule(thread: int):
