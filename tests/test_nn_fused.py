@@ -48,6 +48,27 @@ def test_batch_norm_relu_is_relu_of_batch_norm(rng, layout, training):
         xx, rm.copy(), rv.copy(), ww, bb, training, layout=layout), ts)
 
 
+def _bn_inputs(rng, layout, dtype, channels, with_bias=True, *, zeros=False,
+               nan=False):
+    """x (2, C, 5, 6) in ``layout``, a residual like it, weight, bias (None without) and
+    running statistics, all of ``dtype``. ``zeros``: channel 1 constant, its bias 0, so
+    that its normalised values are exactly 0; ``nan``: one NaN in x (channel 2)."""
+    x = rng.standard_normal((2, channels, 5, 6)).astype(dtype)
+    if zeros:
+        x[:, 1] = 0.75                               # x - mean = 0: v = bias[1] = 0
+    if nan:
+        x[1, 2, 3, 4] = np.nan
+    r = rng.standard_normal(x.shape).astype(dtype)
+    if layout == "NHWC":
+        x, r = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (x, r))
+    w = rng.standard_normal(channels).astype(dtype)
+    b = rng.standard_normal(channels).astype(dtype) if with_bias else None
+    if zeros and b is not None:
+        b[1] = 0.0
+    rm, rv = rng.standard_normal(channels).astype(dtype), (rng.random(channels) + 0.5).astype(dtype)
+    return x, r, w, b, rm, rv
+
+
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("channels", [3, 16])
@@ -61,17 +82,8 @@ def test_batch_norm_relu_gradient_from_x_is_the_one_from_its_output(rng, layout,
     value the ReLU passed in one and not the other would differ by itself), with values
     at 0 (a constant channel, bias 0) and, in evaluation, NaN (16 channels: the vector
     kernels of NHWC; 3: the row kernels)."""
-    x = rng.standard_normal((2, channels, 5, 6)).astype(dtype)
-    x[:, 1] = 0.75                                   # x - mean = 0: v = bias[1] = 0
-    if not training:
-        x[1, 2, 3, 4] = np.nan
-    w = rng.standard_normal(channels).astype(dtype)
-    b = rng.standard_normal(channels).astype(dtype) if with_bias else None
-    if b is not None:
-        b[1] = 0.0
-    rm, rv = rng.standard_normal(channels).astype(dtype), (rng.random(channels) + 0.5).astype(dtype)
-    if layout == "NHWC":
-        x = np.ascontiguousarray(x.transpose(0, 2, 3, 1))
+    x, _, w, b, rm, rv = _bn_inputs(rng, layout, dtype, channels, with_bias, zeros=True,
+                                    nan=not training)
     gy = rng.standard_normal(x.shape).astype(dtype)
     xt, wt = Tensor(x, requires_grad=True), Tensor(w, requires_grad=True)
     bt = None if b is None else Tensor(b, requires_grad=True)
@@ -88,19 +100,6 @@ def test_batch_norm_relu_gradient_from_x_is_the_one_from_its_output(rng, layout,
     for g, wnt in zip(got, want, strict=False):
         if g is not None:
             np.testing.assert_allclose(g, wnt, rtol=tol, atol=tol)
-
-
-def _bn_inputs(rng, layout, dtype, channels, with_bias=True):
-    """x (2, C, 5, 6) in ``layout``, a residual like it, weight, bias (None without) and
-    running statistics, all of ``dtype``."""
-    x = rng.standard_normal((2, channels, 5, 6)).astype(dtype)
-    r = rng.standard_normal(x.shape).astype(dtype)
-    if layout == "NHWC":
-        x, r = (np.ascontiguousarray(a.transpose(0, 2, 3, 1)) for a in (x, r))
-    w = rng.standard_normal(channels).astype(dtype)
-    b = rng.standard_normal(channels).astype(dtype) if with_bias else None
-    rm, rv = rng.standard_normal(channels).astype(dtype), (rng.random(channels) + 0.5).astype(dtype)
-    return x, r, w, b, rm, rv
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
