@@ -120,16 +120,51 @@ def test_input_gradient_runs_through_the_fused_forward(rng, monkeypatch):
                                                                           "winograd")
 
 
+#: G of F(4x4, 3x3), float64.
+_G4 = np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6], [-1 / 6, 1 / 6, -1 / 6],
+                [1 / 24, 1 / 12, 1 / 6], [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]])
+
+
+def _assert_g_w_gt(got, w_io, groups):
+    """got (G, 36, Cg, Dg) is G w G^T of the HWIO kernels w_io (3, 3, Cg, G*Dg) computed
+    in float64 and rounded once: within a rounding of the float64 values."""
+    cg, c_out = w_io.shape[2:]
+    w = w_io.astype(np.float64).reshape(3, 3, cg, groups, c_out // groups)
+    exact = np.einsum("ai,bj,ijcgd->gabcd", _G4, _G4, w).reshape(got.shape)
+    eps = np.finfo(got.dtype).eps
+    np.testing.assert_allclose(got, exact, rtol=eps, atol=eps * np.abs(exact).max())
+
+
 @pytest.mark.parametrize("groups, m", [(1, 4), (2, 4), (1, 2), (2, 2)])
 def test_transform_kernel_io_is_the_transform_in_nhwc_order(rng, groups, m):
     """NHWC's transformed kernel holds ``transform_kernel``'s values with each (Dg, Cg)
-    plane transposed, read from an HWIO weight of any strides."""
+    plane transposed (F(2x2, 3x3): the same values; F(4x4, 3x3), its own kernel on
+    vectors: within a rounding of G w G^T), read from an HWIO weight of any strides."""
     w_io = rng.standard_normal((3, 3, 6, 8)).astype(np.float32)
     want = transform_kernel(np.ascontiguousarray(w_io.transpose(3, 2, 0, 1)), groups, m)
     for w in (w_io, np.asfortranarray(w_io)):
         got = transform_kernel_io(w, groups, m)
         assert got.flags.c_contiguous and got.shape == (groups, (m + 2) ** 2, 6, 8 // groups)
-        np.testing.assert_array_equal(got, want.transpose(0, 1, 3, 2))
+        if m == 2:
+            np.testing.assert_array_equal(got, want.transpose(0, 1, 3, 2))
+        else:
+            _assert_g_w_gt(got, w_io, groups)
+            np.testing.assert_array_equal(got, transform_kernel_io(w_io, groups, m))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("groups", [1, 3])
+def test_transform_kernel_io_of_grad_x_kernels(rng, dtype, groups):
+    """grad_x's kernel, a transposed view of the weight, transforms as its contiguous
+    copy does, within a rounding of G k G^T; 12 rows (more than a task's) of 13 columns
+    (not a whole vector)."""
+    w_io = rng.standard_normal((3, 3, 13, 12 * groups)).astype(dtype)
+    k = grad_x_kernel_io(w_io, groups)                          # (3, 3, 12, 13 * groups)
+    got = transform_kernel_io(k, groups, 4)
+    assert got.shape == (groups, 36, 12, 13) and got.dtype == dtype
+    np.testing.assert_array_equal(got, transform_kernel_io(np.ascontiguousarray(k), groups,
+                                                           4))
+    _assert_g_w_gt(got, k, groups)
 
 
 @pytest.mark.parametrize("m", [2, 4])

@@ -52,8 +52,12 @@ def transform_kernel_io(w_io: np.ndarray, groups: int, m: int) -> np.ndarray:
     if m != 4:
         oihw = w_io.transpose(3, 2, 0, 1)
         return np.ascontiguousarray(transform_kernel(oihw, groups, m).transpose(0, 1, 3, 2))
-    ut = _pool.aligned_empty((groups, transformed(m), cg, c_out // groups), w_io.dtype)
-    _transform(_kernel_transform4_io, _SERIAL_IO, c_out * cg)(w_io, ut)
+    dg = c_out // groups
+    ut = _pool.aligned_empty((groups, transformed(m), cg, dg), w_io.dtype)
+    # (G, 3, 3, Cg, Dg): each group's kernels as a view (grad_x's kernel, a transposed
+    # view of the weight, stays one)
+    wv = w_io.reshape(3, 3, cg, groups, dg).transpose(3, 0, 1, 2, 4)
+    _transform(_kernel_transform4_io, _SERIAL_IO, c_out * cg)(wv, ut)
     return ut
 
 
