@@ -95,23 +95,25 @@ def _gkg_row(fu, o, plane, c0, c1, c2):
 
 
 @njit(inline="always")
-def _gkg_lanes(k, i, n, fu, o, plane):
-    """fu[o + (6a + b)*plane] = (G k G^T)[a, b] for the float64 vector of kernels whose
-    tap (p, q) is k[i + (3p + q)*n ...] (k a flat float64 scratch): ``_g6`` down the
-    three columns, then along the six rows (straight-line code; the results stay in
+def _gkg_lanes(k, i, out, o):
+    """out[o + (6a + b)*n ...] = (G k G^T)[a, b] for the float64 vector of kernels whose
+    tap (p, q) is k[i + (3p + q)*n ...], n the lanes of a float64 vector (k a flat
+    float64 scratch laid out by vector, as ``_kernel_transform4_io``'s): ``_g6`` down
+    the three columns, then along the six rows (straight-line code; the results stay in
     registers)."""
+    n = U(_lanes.count(k))
     c0 = _g6(_lanes.load(k, i), _lanes.load(k, i + U(3) * n), _lanes.load(k, i + U(6) * n))
     c1 = _g6(_lanes.load(k, i + n), _lanes.load(k, i + U(4) * n),
              _lanes.load(k, i + U(7) * n))
     c2 = _g6(_lanes.load(k, i + U(2) * n), _lanes.load(k, i + U(5) * n),
              _lanes.load(k, i + U(8) * n))
-    p6 = U(6) * plane
-    _gkg_row(fu, o, plane, c0[0], c1[0], c2[0])
-    _gkg_row(fu, o + p6, plane, c0[1], c1[1], c2[1])
-    _gkg_row(fu, o + U(2) * p6, plane, c0[2], c1[2], c2[2])
-    _gkg_row(fu, o + U(3) * p6, plane, c0[3], c1[3], c2[3])
-    _gkg_row(fu, o + U(4) * p6, plane, c0[4], c1[4], c2[4])
-    _gkg_row(fu, o + U(5) * p6, plane, c0[5], c1[5], c2[5])
+    p6 = U(6) * n
+    _gkg_row(out, o, n, c0[0], c1[0], c2[0])
+    _gkg_row(out, o + p6, n, c0[1], c1[1], c2[1])
+    _gkg_row(out, o + U(2) * p6, n, c0[2], c1[2], c2[2])
+    _gkg_row(out, o + U(3) * p6, n, c0[3], c1[3], c2[3])
+    _gkg_row(out, o + U(4) * p6, n, c0[4], c1[4], c2[4])
+    _gkg_row(out, o + U(5) * p6, n, c0[5], c1[5], c2[5])
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -147,7 +149,7 @@ def _kernel_transform4_io(wv, ut):
                     for c in range(un):
                         k[(c // nl * U(9) + U(3 * p + q)) * nl + c % nl] = wv[g, p, q, r, c]
             for v in range(n_vec):
-                _gkg_lanes(k, v * U(9) * nl, nl, out, v * U(36) * nl, nl)
+                _gkg_lanes(k, v * U(9) * nl, out, v * U(36) * nl)
             o = U(g) * U(36) * plane + U(r) * un
             for e in range(36):
                 dst = o + U(e) * plane
