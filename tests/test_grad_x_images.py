@@ -1,6 +1,7 @@
 """The input gradient of small stride-1 NHWC layers image by image
 (``algos.im2col.grad_x_images``): which layers take it, its results against the float64
-reference, the path through conv2d_backward and the plan's sentence."""
+reference (non-finite values included), the path through conv2d_backward and the plan's
+sentence."""
 
 import numba
 import numpy as np
@@ -68,6 +69,29 @@ def test_matches_the_reference(case, dtype, rng):
     assert ref.rel_error(gx.transpose(0, 3, 1, 2), gx0) <= ref.tolerance(dtype, "im2col")
 
 
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_a_non_finite_gradient_reaches_only_its_own_elements(case, rng):
+    """An infinity in grad_y spreads to the input elements its pixel's taps reach, as
+    in the reference, and to none beside them: the padded taps of a register and the
+    taps in the padding are left out, not multiplied by it."""
+    x, w, gy, a, padding, _ = _problem(case, np.float64, rng)
+    gy[0, a.h_out // 2, a.w_out - 1, 1] = np.inf
+    gy[-1, 0, 0, 0] = -np.inf
+    want, _, _ = ref.conv2d_backward(gy.transpose(0, 3, 1, 2), x.transpose(0, 3, 1, 2),
+                                     w.transpose(3, 2, 0, 1), a.stride, a.padding,
+                                     a.dilation)
+    gx = np.full(x.shape, np.nan)
+    grad_x_images.input_grad_images(gy, w, a, gx)
+    got = gx.transpose(0, 3, 1, 2)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    # the last case's padding is wider than the kernel's reach: its grad_y edge pixels
+    # reach no input element, and nothing may come out non-finite
+    assert np.isfinite(want).all() == (case is CASES[-1])
+    np.testing.assert_array_equal(got[np.isinf(want)], want[np.isinf(want)])
+    finite = np.isfinite(want)
+    assert ref.rel_error(got[finite], want[finite]) <= ref.tolerance(np.float64, "im2col")
+
+
 @pytest.mark.parametrize("case", CASES[:3], ids=str)
 def test_conv2d_backward_takes_it_where_the_direct_forward_does_not(case, rng, monkeypatch):
     """float32 layers of 6-8 input channels (too few of a register's 16 lanes for the
@@ -105,4 +129,4 @@ def test_strided_operands_and_thread_counts(rng):
 
 def test_the_plan_says_so():
     why = fastconv.plan((64, 14, 14, 6), (5, 5, 6, 16), layout="NHWC", backward=True).why
-    assert "grad_x by per-image column gradients folded in cache" in why
+    assert "grad_x by per-image products added onto the input's rows in cache" in why
