@@ -6,9 +6,8 @@ TypeError or ValueError that names the bad argument.
 
 from __future__ import annotations
 
+import math
 import numbers
-
-import numpy as np
 
 
 def dim_index(d, ndim: int) -> int:
@@ -55,4 +54,4 @@ def flat_shape(shape, start_dim: int, end_dim: int) -> tuple:
     s, e = dim_index(start_dim, len(shape)), dim_index(end_dim, len(shape))
     if s > e:
         raise ValueError(f"flatten: start_dim={start_dim} comes after end_dim={end_dim}")
-    return tuple(shape[:s]) + (int(np.prod(shape[s:e + 1])),) + tuple(shape[e + 1:])
+    return tuple(shape[:s]) + (int(math.prod(shape[s:e + 1])),) + tuple(shape[e + 1:])
