@@ -38,11 +38,13 @@ def test_which_layers_take_it():
 
 # (n, c, h, w, d, kernel, padding): LeNet's second layer; 'same' padding (pixels whose
 # runs are clipped at both sides, rows wholly in the padding); asymmetric padding with a
-# rectangular kernel and odd channels; padding wider than the kernel's reach
+# rectangular kernel and odd channels; 7 output pixels (fewer than a register tile's 8)
+# and kernel rows of exactly two registers of taps; padding wider than the kernel's reach
 CASES = [
     (6, 6, 14, 14, 16, 5, 0),
     (4, 8, 9, 11, 12, 3, 1),
     (5, 7, 7, 10, 5, (3, 4), ((2, 0), (1, 3))),
+    (2, 16, 2, 8, 8, 2, 0),
     (4, 16, 5, 6, 8, 2, 3),
 ]
 

@@ -126,7 +126,8 @@ def _add_pixel(buf, pair, table, k, ka, t0, mask_a, mask_b, row):
     """Add the two registers of taps (from tap t0 of kernel row ka) of the grad_y pixel
     in row k of ``_pixel_table`` onto their run of the padded plane buf (row: its row
     Wp*C), each register's lanes outside the run (padded taps) zeroed by its mask
-    first (no branch: a branch here took 1.7x the time of the whole kernel)."""
+    first (no branch: a branch here on the lanes to keep made the whole kernel take
+    1.7x as long)."""
     nl = U(_lanes.count(buf))
     dst = U(table[k, 1] + ka * row + t0)
     _lanes.store(buf, dst, _lanes.load(buf, dst) + _lanes.where_positive(pair[0], mask_a))
