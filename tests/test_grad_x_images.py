@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import fastconv
-from fastconv import _small_gemm
+from fastconv import _lanes
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos.im2col import grad_x_images
 from fastconv.algos.im2col.direct_grad_input import input_phases
@@ -16,8 +16,8 @@ from fastconv.algos.im2col.direct_grad_input import input_phases
 from . import reference as ref
 from .conftest import count_calls
 
-pytestmark = pytest.mark.skipif(not _small_gemm.FOUR_REGISTER_TILES,
-                                reason="needs the 4-register tiles (32 vector registers)")
+pytestmark = pytest.mark.skipif(not _lanes.WIDE,
+                                reason="needs 32 vector registers (AVX-512)")
 
 
 def _args(x_shape, w_shape, layout="NHWC", dtype=np.float32, **kw):
@@ -26,7 +26,7 @@ def _args(x_shape, w_shape, layout="NHWC", dtype=np.float32, **kw):
 
 def test_which_layers_take_it():
     """LeNet's second layer in NHWC; not: NCHW, a stride, a dilation, groups, 27 taps
-    (fewer than 4 registers), an image's columns over ``MAX_COLUMN_BYTES``."""
+    (fewer than 4 registers), an image's taps times pixels over ``MAX_TAP_BYTES``."""
     assert grad_x_images.applies(_args((64, 14, 14, 6), (5, 5, 6, 16)))
     assert not grad_x_images.applies(_args((64, 6, 14, 14), (16, 6, 5, 5), "NCHW"))
     assert not grad_x_images.applies(_args((64, 14, 14, 6), (5, 5, 6, 16), stride=2))

@@ -13,7 +13,8 @@ kernel row, each row's KW*C taps padded with zeros to a whole pair of registers,
 register's lanes past the run are zeroed by a mask before the add (where a non-finite
 grad_y would otherwise reach the elements beside the run). A tile's pixels lie one under
 the other (bands of 8 rows taken column by column), so that consecutive adds go to
-different rows. Needs AVX-512's 32 vector registers (``_small_gemm.FOUR_REGISTER_TILES``).
+different rows. Needs AVX-512's 32 vector registers (``_lanes.WIDE``: 16 sums, 2 weight
+registers and a broadcast).
 
 Before, each image's column gradient (Ho*Wo, KH*KW*C) came from a GEMM and was then
 folded onto the input, its runs of KW*C values added mostly one at a time. LeNet's
@@ -39,15 +40,18 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ... import _lanes, _small_gemm
+from ... import _lanes
 from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
 from .._common import U, workspace
 
-#: The layers it runs on: an image's taps times output pixels (KH*KW*C * Ho*Wo) take at
-#: most this many bytes (the bound of the column gradient it once formed, which had to
-#: stay in the core's L2; the layers it has been measured on).
-MAX_COLUMN_BYTES = 256 * 1024
+#: The layers it runs on, the scope it has been measured on (kept from the per-image GEMM
+#: it replaced, whose column gradient had to stay in the core's L2 and whose tiles took
+#: at least 6 rows and 4 registers of columns): an image's taps times output pixels
+#: (KH*KW*C * Ho*Wo) at most this many bytes, ...
+MAX_TAP_BYTES = 256 * 1024
+#: ... at least this many output pixels, and at least 4 registers of taps KH*KW*C.
+MIN_PIXELS = 6
 #: grad_y pixels a register tile takes at once (two registers of taps each).
 GROUP = 8
 #: Multiply-adds (the layer's own, KH*KW*C*D per output pixel) per second per thread,
@@ -68,15 +72,15 @@ def cost(a, p: Profile) -> Estimate:
 def applies(a) -> bool:
     """Whether ``input_grad_images`` takes the input gradient of ``a``: NHWC, one
     group, stride 1, no dilation, an image's taps times pixels within
-    ``MAX_COLUMN_BYTES``, at least 6 output pixels and 4 registers of taps KH*KW*C, on
-    a host with 32 vector registers."""
-    if not _small_gemm.FOUR_REGISTER_TILES or not a.dims.channels_last or a.groups != 1 \
+    ``MAX_TAP_BYTES``, at least ``MIN_PIXELS`` output pixels and 4 registers of taps
+    KH*KW*C, on a host with 32 vector registers."""
+    if not _lanes.WIDE or not a.dims.channels_last or a.groups != 1 \
             or a.stride != (1, 1) or a.dilation != (1, 1) or a.n == 0:
         return False
     taps, pixels = a.kh * a.kw * a.c_in, a.h_out * a.w_out
-    return (pixels >= _small_gemm.TILE_ROWS
+    return (pixels >= MIN_PIXELS
             and taps >= 4 * _lanes.per_register(a.dtype.itemsize)
-            and taps * pixels * a.dtype.itemsize <= MAX_COLUMN_BYTES)
+            and taps * pixels * a.dtype.itemsize <= MAX_TAP_BYTES)
 
 
 @njit(inline="always")
