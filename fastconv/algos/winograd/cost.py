@@ -13,8 +13,9 @@ from ..registry import Algorithm, register
 from . import drivers, nchw_fused, nhwc_tiles, phase_batch, tiling
 
 #: The layouts whose forward and grad_x have transforms of their own (NHWC: ``nhwc``);
-#: the weight gradient runs in the Winograd domain on NCHW copies in NHWC, for wide
-#: layers only (``drivers.grad_w_supported``; im2col's otherwise).
+#: in NHWC the weight gradient runs fused (``grad_w_nhwc``) where it takes the layer,
+#: else in the Winograd domain on NCHW copies for wide layers only
+#: (``drivers.grad_w_supported``; im2col's otherwise).
 LAYOUTS = ("NCHW", "NHWC")
 #: Winograd's transforms move each element several times (a padded row copy, the column
 #: pass, the strided row pass): measured at about 1/1.6 of the unfold's copy bandwidth.
@@ -155,7 +156,12 @@ def backward_cost(a, p: Profile) -> Estimate:
         secs += wino - call
         ws = max(ws, wws)
         parts.append("grad_x")
-    if by_w:   # its transforms and GEMMs in chunks, as the unfused forward's
+    if by_w and drivers.grad_w_fused(a):   # fused as the forward, priced as it
+        wino, wws, _ = cost(a, p)
+        secs += wino - call
+        ws = max(ws, wws)
+        parts.append("grad_w")
+    elif by_w:   # its transforms and GEMMs in chunks, as the unfused forward's
         wino, wws, _ = cost(a, p, fused=False)
         secs += wino - call
         if a.layout != "NCHW":  # grad_w's copies of grad_y and x to NCHW

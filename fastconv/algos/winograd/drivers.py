@@ -18,7 +18,7 @@ from ... import _blas, _lanes
 from ..._args.memo import per_problem
 from ..._runtime import guarded
 from .. import _nhwc
-from . import nchw_fused, nhwc, phase_batch
+from . import grad_w_nhwc, nchw_fused, nhwc, phase_batch
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
 from .kernel import layer_kernel
@@ -81,18 +81,32 @@ NCHW_GRAD_W_MIN_PIXELS = 32 * 32
 @per_problem
 def grad_w_supported(args) -> bool:
     """The weight gradient runs in the Winograd domain (a dilated layer's as the sum over
-    its undilated phase problems) for layers of at least ``NHWC_GRAD_W_MIN_CHANNELS``
-    channels per group and ``NHWC_GRAD_W_MIN_PIXELS`` output pixels, and in NCHW also
-    for those of ``NCHW_GRAD_W_MIN_CHANNELS`` and ``NCHW_GRAD_W_MIN_PIXELS`` (any NCHW
-    layer without AVX-512)."""
+    its undilated phase problems) for NHWC layers ``grad_w_fused`` takes, for layers of
+    at least ``NHWC_GRAD_W_MIN_CHANNELS`` channels per group and
+    ``NHWC_GRAD_W_MIN_PIXELS`` output pixels, and in NCHW also for those of
+    ``NCHW_GRAD_W_MIN_CHANNELS`` and ``NCHW_GRAD_W_MIN_PIXELS`` (any NCHW layer without
+    AVX-512)."""
     if not supports(args):
         return False
+    if grad_w_fused(args):
+        return True
     channels = min(args.c_in, args.c_out) // args.groups
     pixels = args.h_out * args.w_out
     if not args.dims.channels_last:
         return (not _lanes.WIDE or channels >= NHWC_GRAD_W_MIN_CHANNELS
                 or (channels >= NCHW_GRAD_W_MIN_CHANNELS and pixels >= NCHW_GRAD_W_MIN_PIXELS))
     return channels >= NHWC_GRAD_W_MIN_CHANNELS and pixels >= NHWC_GRAD_W_MIN_PIXELS
+
+
+def grad_w_fused(args) -> bool:
+    """Whether the weight gradient runs fused on NHWC (``grad_w_nhwc``): F(4x4, 3x3),
+    undilated, one group, channels it takes. On 16 -> 16 at 28x28, 32 -> 32 at 14x14 and
+    64 -> 64 at 7x7 (batch 32, float32, 2 threads, AMD EPYC with AVX-512) 0.33, 0.33
+    and 0.33 ms against 0.61, 0.61 and 0.67 for im2col's direct weight gradient (and its
+    padded copy of x, 0.03-0.07 ms more); 32 -> 32 at 32x32 (batch 64) 2.4 against 6.3."""
+    return (args.dims.channels_last and args.groups == 1 and args.dilation == (1, 1)
+            and tile_size() == 4
+            and grad_w_nhwc.applies(args.c_in, args.c_out, args.dtype.itemsize))
 
 
 def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
@@ -221,7 +235,11 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
         return _backward_dilated(_nhwc.nchw_copy(grad_y, dims), x, w, args,
                                  grad_x if by_x else None, grad_w if by_w else None, ok_x,
                                  ok_w)
-    if by_w:  # NCHW, or NHWC on copies (wide layers, ``grad_w_supported``)
+    if by_w and grad_w_fused(args):
+        ok_w = grad_w_nhwc.fused_grad_w(np.ascontiguousarray(grad_y, args.dtype),
+                                        np.ascontiguousarray(x, args.dtype), grad_w,
+                                        (pt, pl))
+    elif by_w:  # NCHW, or NHWC on copies (wide layers, ``grad_w_supported``)
         gw = _nhwc.oihw_target(grad_w, dims)
         _grad_w_nchw(_nhwc.nchw_copy(grad_y, dims), _nhwc.nchw_copy(x, dims), gw, (pt, pl),
                      args.groups, m)
