@@ -172,7 +172,8 @@ def backward_cost(a, p: Profile) -> Estimate:
     how = f"Winograd {' and '.join(parts)}" if parts else "as im2col"
     if parts and phase_batch.batches(a):
         how += f" (its {a.dilation[0] * a.dilation[1]} phases as one batch)"
-    return Estimate(secs, ws, f"{how}, the rest with im2col")
+    rest = "" if len(parts) == 2 else ", the rest with im2col"
+    return Estimate(secs, ws, f"{how}{rest}")
 
 
 def why_not(a) -> str | None:
