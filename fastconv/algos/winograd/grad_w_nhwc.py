@@ -202,11 +202,12 @@ def _taps(sums, t0, t1, q_all, lo, hi, kron, out, col0):
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _grad_w(x, gy, sums, pads, block, groups, kron, out, flags):
     """The Winograd-domain weight gradient GW of x (N, H, W, C) and grad_y (N, Ho, Wo,
-    D), padding pads = (top, left), and with one group of input channels (``groups``
-    of them), grad_w itself: out (9, C D) = kron @ GW (``_taps``; flags[task]: whether
-    the task wrote a NaN or +-Inf). Task k takes input channels k % groups (C / groups
-    of them) and run k // groups of whole blocks of ``block`` consecutive tiles of the
-    batch; sums[k] (36 (C / groups) D) is its part of GW (module docstring)."""
+    D), padding pads = (top, left), in parts: task k takes the k % groups-th group of
+    C / groups input channels and the (k // groups)-th run of whole blocks of ``block``
+    consecutive tiles of the batch, and leaves its part in sums[k] (36 (C / groups) D;
+    module docstring). With one run (the groups cover the whole batch) each task also
+    writes its channels' columns of out (9, C D) = kron @ GW (``_taps``; flags[k]:
+    whether one of them is NaN or +-Inf); with several, ``_finish`` adds the runs."""
     n_img, h, wd, c_all = x.shape
     _, ho, wo, d_all = gy.shape
     tw = (wo + 3) // 4
