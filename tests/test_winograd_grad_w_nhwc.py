@@ -171,3 +171,25 @@ def test_autograd_weight_gradient_against_finite_differences(rng, monkeypatch):
     assert gradcheck(lambda wt: (conv2d(x, wt, padding=1, layout="NHWC", algo="winograd")
                                  * coefs).sum(), [w], atol=1e-6, rtol=1e-5)
     assert calls
+
+
+def test_the_smaller_tile_takes_the_nchw_copies(rng, monkeypatch):
+    """F(2x2, 3x3) (``config.WINOGRAD_TILE = 2``) has no fused weight gradient: the same
+    layer's runs in the Winograd domain on NCHW copies, as the reference; the tile size
+    read at each call, after a call with F(4x4, 3x3) asked the same problem."""
+    from fastconv import config
+
+    x, w = _problem(rng, 4, 32, 10, 10, 32, np.float64)
+    gy = rng.standard_normal((4, 32, 10, 10))
+    _, want, _ = ref.conv2d_backward(gy, x, w, padding=((1, 1), (1, 1)))
+    xn, wn = to_nhwc(x, w)
+    gyn = np.ascontiguousarray(gy.transpose(0, 2, 3, 1))
+    fused = count_calls(monkeypatch, grad_w_nhwc, "fused_grad_w")
+    copies = count_calls(monkeypatch, drivers, "_grad_w_nchw")
+    for m, n_fused, n_copies in ((4, 1, 0), (2, 1, 1)):
+        monkeypatch.setattr(config, "WINOGRAD_TILE", m)
+        _, gw, _ = fastconv.conv2d_backward(gyn, xn, wn, padding=1, layout="NHWC",
+                                            algo="winograd",
+                                            needs_input_grad=(False, True, False))
+        assert (len(fused), len(copies)) == (n_fused, n_copies)
+        assert ref.rel_error(gw.transpose(3, 2, 0, 1), want) <= 1e-10

@@ -88,7 +88,7 @@ def grad_w_supported(args) -> bool:
     AVX-512)."""
     if not supports(args):
         return False
-    if grad_w_fused(args):
+    if _fused_layer(args):      # whatever the tile size: F(2x2, 3x3) takes NCHW copies
         return True
     channels = min(args.c_in, args.c_out) // args.groups
     pixels = args.h_out * args.w_out
@@ -104,8 +104,13 @@ def grad_w_fused(args) -> bool:
     64 -> 64 at 7x7 (batch 32, float32, 2 threads, AMD EPYC with AVX-512) 0.33, 0.33
     and 0.33 ms against 0.61, 0.61 and 0.67 for im2col's direct weight gradient (and its
     padded copy of x, 0.03-0.07 ms more); 32 -> 32 at 32x32 (batch 64) 2.4 against 6.3."""
+    return tile_size() == 4 and _fused_layer(args)
+
+
+def _fused_layer(args) -> bool:
+    """``grad_w_fused`` but for the tile size (a check kept per problem may not read
+    ``config.WINOGRAD_TILE``, which can change between calls)."""
     return (args.dims.channels_last and args.groups == 1 and args.dilation == (1, 1)
-            and tile_size() == 4
             and grad_w_nhwc.applies(args.c_in, args.c_out, args.dtype.itemsize))
 
 
