@@ -231,10 +231,10 @@ def test_nhwc_im2col_backward_folds_like_the_reference(rng, monkeypatch, case, d
 
 
 def test_nchw_winograd_weight_gradient_routes():
-    """With AVX-512, NCHW layers narrower than ``NHWC_GRAD_W_MIN_CHANNELS`` leave the
-    weight gradient to im2col unless their maps have ``NCHW_GRAD_W_MIN_PIXELS`` output
-    pixels and ``NCHW_GRAD_W_MIN_CHANNELS`` channels; without AVX-512 Winograd takes
-    every NCHW layer's."""
+    """With AVX-512, NCHW layers narrower than ``NHWC_GRAD_W_MIN_CHANNELS`` that the
+    fused weight gradient does not take leave it to im2col unless their maps have
+    ``NCHW_GRAD_W_MIN_PIXELS`` output pixels and ``NCHW_GRAD_W_MIN_CHANNELS`` channels;
+    without AVX-512 Winograd takes every NCHW layer's."""
     from fastconv import _lanes
     from fastconv._args import conv_args_from_shapes
     from fastconv.algos import winograd
@@ -248,7 +248,8 @@ def test_nchw_winograd_weight_gradient_routes():
     side = int(drivers.NCHW_GRAD_W_MIN_PIXELS ** 0.5)
     low = drivers.NCHW_GRAD_W_MIN_CHANNELS
     assert supported(low, side) and supported(drivers.NHWC_GRAD_W_MIN_CHANNELS, 6)
-    assert supported(low // 2, side) is supported(low, side - 1) is not _lanes.WIDE
+    # (channel counts the fused weight gradient does not take: not whole eights)
+    assert supported(low // 2 + 4, side) is supported(low + 4, side - 1) is not _lanes.WIDE
 
 
 def test_a_dilated_nchw_layer_keeps_its_winograd_weight_gradient(rng, monkeypatch):
@@ -258,7 +259,7 @@ def test_a_dilated_nchw_layer_keeps_its_winograd_weight_gradient(rng, monkeypatc
     from fastconv.algos.winograd import drivers
 
     side = int(drivers.NCHW_GRAD_W_MIN_PIXELS ** 0.5) + 4
-    c = drivers.NCHW_GRAD_W_MIN_CHANNELS
+    c = drivers.NCHW_GRAD_W_MIN_CHANNELS + 4     # not whole eights: not the fused kernel's
     x = rng.standard_normal((2, c, side, side))
     w = rng.standard_normal((c, c, 3, 3))
     gy = rng.standard_normal((2, c, side, side))

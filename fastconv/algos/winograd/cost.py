@@ -45,6 +45,9 @@ WINOGRAD_FUSED_PASSES = 1.0
 #: 56x56 (batch 16) 6.0 against 3.7 ms, 32 -> 32 at 32x32 (batch 64) 2.8 against 1.65,
 #: 64 -> 64 at 16x16 1.9 against 1.25.
 NCHW_STAGE_PASSES = 3.0
+#: The fused weight gradient on NCHW stages x and grad_y channels last and writes no
+#: rows back: one pass over them.
+GRAD_W_STAGE_PASSES = 1.0
 
 
 def cost(a, p: Profile, m: int | None = None, fused: bool = True) -> Estimate:
@@ -156,8 +159,10 @@ def backward_cost(a, p: Profile) -> Estimate:
         secs += wino - call
         ws = max(ws, wws)
         parts.append("grad_x")
-    if by_w and drivers.grad_w_fused(a):   # fused as the forward, priced as it
-        wino, wws, _ = cost(a, p)
+    if by_w and drivers.grad_w_fused(a):   # fused, priced as the NHWC fused forward
+        # (NCHW: one more pass over x and grad_y, staged channels last)
+        wino, wws, _ = _fused_cost(a, p, tiling.transformed(4),
+                                   GRAD_W_STAGE_PASSES if a.layout == "NCHW" else 0.0)
         secs += wino - call
         ws = max(ws, wws)
         parts.append("grad_w")

@@ -18,7 +18,7 @@ from ... import _blas, _lanes
 from ..._args.memo import per_problem
 from ..._runtime import guarded
 from .. import _nhwc
-from . import grad_w_nhwc, nchw_fused, nhwc, phase_batch
+from . import grad_w_nchw, grad_w_nhwc, nchw_fused, nhwc, phase_batch
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
 from .kernel import layer_kernel
@@ -81,11 +81,10 @@ NCHW_GRAD_W_MIN_PIXELS = 32 * 32
 @per_problem
 def grad_w_supported(args) -> bool:
     """The weight gradient runs in the Winograd domain (a dilated layer's as the sum over
-    its undilated phase problems) for NHWC layers ``grad_w_fused`` takes, for layers of
-    at least ``NHWC_GRAD_W_MIN_CHANNELS`` channels per group and
-    ``NHWC_GRAD_W_MIN_PIXELS`` output pixels, and in NCHW also for those of
-    ``NCHW_GRAD_W_MIN_CHANNELS`` and ``NCHW_GRAD_W_MIN_PIXELS`` (any NCHW layer without
-    AVX-512)."""
+    its undilated phase problems) for layers ``grad_w_fused`` takes, for layers of at
+    least ``NHWC_GRAD_W_MIN_CHANNELS`` channels per group and ``NHWC_GRAD_W_MIN_PIXELS``
+    output pixels, and in NCHW also for those of ``NCHW_GRAD_W_MIN_CHANNELS`` and
+    ``NCHW_GRAD_W_MIN_PIXELS`` (any NCHW layer without AVX-512)."""
     if not supports(args):
         return False
     if _fused_layer(args):      # whatever the tile size: F(2x2, 3x3) takes NCHW copies
@@ -99,18 +98,21 @@ def grad_w_supported(args) -> bool:
 
 
 def grad_w_fused(args) -> bool:
-    """Whether the weight gradient runs fused on NHWC (``grad_w_nhwc``): F(4x4, 3x3),
-    undilated, one group, channels it takes. On 16 -> 16 at 28x28, 32 -> 32 at 14x14 and
-    64 -> 64 at 7x7 (batch 32, float32, 2 threads, AMD EPYC with AVX-512) 0.33, 0.33
-    and 0.33 ms against 0.61, 0.61 and 0.67 for im2col's direct weight gradient (and its
-    padded copy of x, 0.03-0.07 ms more); 32 -> 32 at 32x32 (batch 64) 2.4 against 6.3."""
+    """Whether the weight gradient runs fused (``grad_w_nhwc``; ``grad_w_nchw`` on rows
+    staged channels last): F(4x4, 3x3), undilated, one group, channels it takes. NHWC,
+    on 16 -> 16 at 28x28, 32 -> 32 at 14x14 and 64 -> 64 at 7x7 (batch 32, float32, 2
+    threads, AMD EPYC with AVX-512): 0.33, 0.33 and 0.33 ms against 0.61, 0.61 and 0.67
+    for im2col's direct weight gradient (and its padded copy of x, 0.03-0.07 ms more);
+    32 -> 32 at 32x32 (batch 64) 2.4 against 6.3. NCHW, the same layers: 0.66-0.81x the
+    direct kernel's time (with its copies of x and grad_y channels last), 0.9x the
+    chunked Winograd path's on 32 -> 32 at 32x32."""
     return tile_size() == 4 and _fused_layer(args)
 
 
 def _fused_layer(args) -> bool:
     """``grad_w_fused`` but for the tile size (a check kept per problem may not read
     ``config.WINOGRAD_TILE``, which can change between calls)."""
-    return (args.dims.channels_last and args.groups == 1 and args.dilation == (1, 1)
+    return (args.groups == 1 and args.dilation == (1, 1)
             and grad_w_nhwc.applies(args.c_in, args.c_out, args.dtype.itemsize))
 
 
@@ -240,10 +242,13 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
         return _backward_dilated(_nhwc.nchw_copy(grad_y, dims), x, w, args,
                                  grad_x if by_x else None, grad_w if by_w else None, ok_x,
                                  ok_w)
-    if by_w and grad_w_fused(args):
+    if by_w and grad_w_fused(args) and dims.channels_last:
         ok_w = grad_w_nhwc.fused_grad_w(np.ascontiguousarray(grad_y, args.dtype),
                                         np.ascontiguousarray(x, args.dtype), grad_w,
                                         (pt, pl))
+    elif by_w and grad_w_fused(args):       # NCHW, any strides: staged by the kernel
+        ok_w = grad_w_nchw.fused_grad_w(np.asarray(grad_y, args.dtype),
+                                        np.asarray(x, args.dtype), grad_w, (pt, pl))
     elif by_w:  # NCHW, or NHWC on copies (wide layers, ``grad_w_supported``)
         gw = _nhwc.oihw_target(grad_w, dims)
         _grad_w_nchw(_nhwc.nchw_copy(grad_y, dims), _nhwc.nchw_copy(x, dims), gw, (pt, pl),

@@ -168,6 +168,17 @@ def block_sums(v, p, fa, count, rows, c_all, d_all):
 
 
 @njit(inline="always")
+def task_buffers(x, block, c_all, d_all):
+    """A task's scratch, of x's dtype: v and p, a block's transformed tiles of x and of
+    grad_y (36 planes of ``block`` tiles x C, x D), d and tmp (36 C each) for
+    ``tile_in4``, tv (24 vectors) for ``tile_gy4``."""
+    v = np.empty(36 * block * c_all, x.dtype)
+    p = np.empty(36 * block * d_all, x.dtype)
+    return (v, p, np.empty(36 * c_all, x.dtype), np.empty(36 * c_all, x.dtype),
+            np.empty(24 * _lanes.count(p), x.dtype))
+
+
+@njit(inline="always")
 def _taps(sums, t0, t1, q_all, lo, hi, kron, out, col0):
     """out[3i + j, col0 + q] = sum over e of kron[3i + j, e] * (sum over the rows t0 <=
     t < t1 of sums[t, e*q_all + q]) for lo <= q < hi, in float64 (the rows added in
@@ -225,11 +236,7 @@ def _grad_w(x, gy, sums, pads, block, groups, kron, out, flags):
         run, g = task // groups, task % groups
         fa = sums[task]
         fa[:] = 0
-        v = np.empty(36 * block * cg, x.dtype)
-        p = np.empty(36 * block * d_all, x.dtype)
-        d = np.empty(36 * cg, x.dtype)
-        tmp = np.empty(36 * cg, x.dtype)
-        tv = np.empty(24 * _lanes.count(p), x.dtype)
+        v, p, d, tmp, tv = task_buffers(x, block, cg, d_all)
         for b in range(run * blocks // runs, (run + 1) * blocks // runs):
             k0 = b * block
             count = min(total, k0 + block) - k0
