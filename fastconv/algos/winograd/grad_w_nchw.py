@@ -38,6 +38,7 @@ from .grad_w_nhwc import (
     task_buffers,
     tile_gy4,
 )
+from .nchw_fused import _slots
 from .nhwc_tiles import block_tiles, tile_in4
 
 
@@ -105,7 +106,7 @@ def fused_grad_w(grad_y, x, grad_w, pads) -> bool:
     taps = np.empty((3, 3, c_all, d_all), grad_w.dtype)
     flat = taps.reshape(9, c_all * d_all)
     flags = np.zeros(max(runs, -(-c_all * d_all // FINISH_COLUMNS)), np.bool_)
-    slots = (block + tw - 2) // tw + 1      # tile rows a block can touch
+    slots = _slots(block, tw)
     guarded(_grad_w)(x, raveled(x), grad_y, raveled(grad_y), sums, pads, block, slots,
                      _KRON, flat, flags)
     if runs > 1:
