@@ -242,13 +242,14 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x,
         return _backward_dilated(_nhwc.nchw_copy(grad_y, dims), x, w, args,
                                  grad_x if by_x else None, grad_w if by_w else None, ok_x,
                                  ok_w)
-    if by_w and grad_w_fused(args) and dims.channels_last:
-        ok_w = grad_w_nhwc.fused_grad_w(np.ascontiguousarray(grad_y, args.dtype),
-                                        np.ascontiguousarray(x, args.dtype), grad_w,
-                                        (pt, pl))
-    elif by_w and grad_w_fused(args):       # NCHW, any strides: staged by the kernel
-        ok_w = grad_w_nchw.fused_grad_w(np.asarray(grad_y, args.dtype),
-                                        np.asarray(x, args.dtype), grad_w, (pt, pl))
+    if by_w and grad_w_fused(args):
+        if dims.channels_last:
+            ok_w = grad_w_nhwc.fused_grad_w(np.ascontiguousarray(grad_y, args.dtype),
+                                            np.ascontiguousarray(x, args.dtype), grad_w,
+                                            (pt, pl))
+        else:       # any strides: staged by the kernel
+            ok_w = grad_w_nchw.fused_grad_w(np.asarray(grad_y, args.dtype),
+                                            np.asarray(x, args.dtype), grad_w, (pt, pl))
     elif by_w:  # NCHW, or NHWC on copies (wide layers, ``grad_w_supported``)
         gw = _nhwc.oihw_target(grad_w, dims)
         _grad_w_nchw(_nhwc.nchw_copy(grad_y, dims), _nhwc.nchw_copy(x, dims), gw, (pt, pl),
