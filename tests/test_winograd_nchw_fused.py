@@ -8,16 +8,10 @@ import pytest
 
 import fastconv
 from fastconv.algos.winograd import nchw_fused
-from fastconv.algos.winograd.kernel import transform_kernel
+from fastconv.algos.winograd.kernel import transform_kernel_io
 from tests import reference as ref
-from tests.conftest import count_calls, planner_bounds
+from tests.conftest import count_calls
 from tests.test_winograd_nhwc_fused import CASES, case_problem
-
-
-@pytest.fixture
-def small_maps(monkeypatch):
-    """The fused path on maps of any size (these tests' maps are small)."""
-    yield from planner_bounds(monkeypatch, nchw_fused, MIN_PIXELS=1)
 
 
 @pytest.mark.parametrize("x_shape, y_shape, groups, want", [
@@ -26,14 +20,14 @@ def small_maps(monkeypatch):
     ((8, 32, 32, 32), (8, 24, 32, 32), 1, False),   # 24 outputs: not whole registers
     ((8, 128, 16, 16), (8, 128, 16, 16), 1, False),  # above the channel bound
     ((8, 64, 16, 16), (8, 64, 16, 16), 2, False),   # groups
-    ((32, 32, 14, 14), (32, 32, 14, 14), 1, False),  # a map under MIN_PIXELS
+    ((32, 32, 14, 14), (32, 32, 14, 14), 1, True),   # small maps too
+    ((1, 32, 4, 4), (1, 32, 4, 4), 1, False),        # one tile: under a row of tiles
 ])
 def test_where_it_runs(x_shape, y_shape, groups, want):
     assert nchw_fused.applies(x_shape, y_shape, 4, groups, 4) is want
     assert not nchw_fused.applies(x_shape, y_shape, 4, groups, 2)
 
 
-@pytest.mark.usefixtures("small_maps")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_matches_the_formula(case, dtype, rng, monkeypatch):
@@ -44,7 +38,6 @@ def test_matches_the_formula(case, dtype, rng, monkeypatch):
     assert ref.rel_error(y, want) <= ref.tolerance(dtype, "winograd")
 
 
-@pytest.mark.usefixtures("small_maps")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_strided_views_are_read_and_written_in_place(rng, dtype):
     """x and y as views with steps between rows and columns: the values go one at a
@@ -55,7 +48,8 @@ def test_strided_views_are_read_and_written_in_place(rng, dtype):
     y_big = np.full((3, 16, 13, 34), 7.0, dtype)
     y = y_big[:, :, 1:12, ::2][..., :15]              # (3, 16, 11, 15)
     assert nchw_fused.applies(x.shape, y.shape, x.itemsize, 1, 4)
-    assert nchw_fused.forward(x, transform_kernel(w, 1, 4), y, None, (1, 1)) is True
+    ut = transform_kernel_io(w.transpose(2, 3, 1, 0), 1, 4)     # the tile kernels' order
+    assert nchw_fused.forward(x, ut, y, None, (1, 1)) is True
     want = ref.conv2d(x, w, None, padding=((1, 1), (1, 1)))
     assert ref.rel_error(y, want) <= ref.tolerance(dtype, "winograd")
     untouched = np.ones(y_big.shape, bool)
@@ -63,7 +57,6 @@ def test_strided_views_are_read_and_written_in_place(rng, dtype):
     assert (y_big[untouched] == 7.0).all()
 
 
-@pytest.mark.usefixtures("small_maps")
 def test_dilated_layers_and_input_gradients_run_through_it(rng, monkeypatch):
     x = rng.standard_normal((3, 16, 20, 20))
     w = rng.standard_normal((16, 16, 3, 3))

@@ -41,10 +41,15 @@ WINOGRAD_PLANE_NS = 140.0
 WINOGRAD_FUSED_PASSES = 1.0
 #: NCHW layers run through the same kernels (``nchw_fused``), staging each task's input
 #: rows channels last and its output rows back: about this many more passes over x and
-#: y at the copy bandwidth. Measured against the NHWC kernel, 2 threads: 64 -> 64 at
-#: 56x56 (batch 16) 6.0 against 3.7 ms, 32 -> 32 at 32x32 (batch 64) 2.8 against 1.65,
-#: 64 -> 64 at 16x16 1.9 against 1.25.
-NCHW_STAGE_PASSES = 3.0
+#: y at the copy bandwidth. Measured against the NHWC kernel, 2 threads: on an Intel
+#: Xeon, 64 -> 64 at 56x56 (batch 16) 6.0 against 3.7 ms, 32 -> 32 at 32x32 (batch 64)
+#: 2.8 against 1.65, 64 -> 64 at 16x16 1.9 against 1.25 (2.4-3.6 passes); on an AMD
+#: EPYC 8.9 against 6.8, 3.8 against 2.8, 2.9 against 2.6 (1.2-2.2 passes), 16 -> 16 at
+#: 28x28 (batch 32) 0.49 against 0.37 (1.0). With 2 the model ranks the fused kernel
+#: and the direct lanes kernel as measured on the AMD machine for 18 of 20 NCHW layers
+#: of 16-64 channels, 7x7 to 56x56, batch 2-128 (the other two: 2 and 4 images, under
+#: 0.2 ms, where the fused call's fixed costs are not modelled).
+NCHW_STAGE_PASSES = 2.0
 #: The fused weight gradient on NCHW stages x and grad_y channels last and writes no
 #: rows back: one pass over them.
 GRAD_W_STAGE_PASSES = 1.0

@@ -73,12 +73,17 @@ def grad_x_kernel_io(w_io: np.ndarray, groups: int) -> np.ndarray:
     return np.ascontiguousarray(k).reshape(3, 3, dg, groups * cg)
 
 
-def layer_kernel(w: np.ndarray, args, m: int, *, grad_x: bool = False) -> np.ndarray:
+def layer_kernel(w: np.ndarray, args, m: int, *, grad_x: bool = False,
+                 io: bool | None = None) -> np.ndarray:
     """The transformed kernel a layer's run reads, w in the layer's layout (OIHW or
     HWIO): the forward's, or with ``grad_x`` that of the correlation giving grad_x; in
-    NHWC's order (``transform_kernel_io``) for NHWC, ``transform_kernel``'s for NCHW."""
-    if args.dims.channels_last:
-        return transform_kernel_io(grad_x_kernel_io(w, args.groups) if grad_x else w,
+    NHWC's order (``transform_kernel_io``) for NHWC or with ``io`` (the fused tile
+    kernels' order, which NCHW layers run through too), ``transform_kernel``'s for NCHW
+    otherwise."""
+    if args.dims.channels_last or io:
+        w_io = w if args.dims.channels_last else \
+            args.dims.weight_to_canonical_view(w).transpose(2, 3, 1, 0)
+        return transform_kernel_io(grad_x_kernel_io(w_io, args.groups) if grad_x else w_io,
                                    args.groups, m)
     w_oihw = args.dims.weight_to_canonical_view(w)
     return transform_kernel(_grad_x_kernel(w_oihw, args.groups) if grad_x else w_oihw,

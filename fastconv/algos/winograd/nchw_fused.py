@@ -44,22 +44,16 @@ from .nhwc_tiles import (
     tile_products,
 )
 
-#: Output maps of fewer pixels stay with the chunked path (and the planner's other
-#: algorithms): their blocks stage a few columns of many tile rows. Forward, 2 threads,
-#: calls back to back, fused Winograd / the direct lanes kernel: 32 -> 32 at 14x14
-#: (batch 32) 0.49 / 0.44 ms, 64 -> 64 at 7x7 0.49 / 0.50, in a training step 0.61 /
-#: 0.50 and 0.65 / 0.51; 64 -> 64 at 16x16 (batch 64) 2.07 / 4.06.
-MIN_PIXELS = 16 * 16
-
 
 def applies(x_shape, y_shape, itemsize: int, groups: int, m: int) -> bool:
     """Whether ``forward`` runs this NCHW F(m x m, 3x3) (x (N, C, H, W), y (N, D, Ho,
-    Wo)): where the NHWC fused forward would (``nhwc_tiles.fused_applies``), on output
-    maps of at least ``MIN_PIXELS``."""
+    Wo)): where the NHWC fused forward would (``nhwc_tiles.fused_applies``). On small
+    maps too: forward, 2 threads, batch 32, fused / the chunked path it replaces: 32 ->
+    32 at 14x14 0.54 / 0.73 ms, 64 -> 64 at 7x7 0.57 / 0.88 (AMD EPYC, AVX-512); the
+    cost model weighs it against the other algorithms."""
     n, c, h, w = x_shape
     _, d, ho, wo = y_shape
-    return ho * wo >= MIN_PIXELS and fused_applies((n, h, w, c), (n, ho, wo, d), itemsize,
-                                                   groups, m, None)
+    return fused_applies((n, h, w, c), (n, ho, wo, d), itemsize, groups, m, None)
 
 
 def staging_bytes(c_in: int, c_out: int, w_out: int, itemsize: int) -> int:
@@ -136,12 +130,12 @@ def _fused_nchw(x, xf, ut, y, yf, add, pads, block, slots, flags):
         flags[task] = bad > 0
 
 
-def forward(x, u, y, bias, pads) -> bool:
+def forward(x, ut, y, bias, pads) -> bool:
     """y (N, D, Ho, Wo) = F(4x4, 3x3) of x (N, C, H, W) (any strides) with the
-    transformed kernel u (1, 36, D, C) (``kernel.transform_kernel``), padding (top,
-    left), plus bias; for layers ``applies`` accepts. Returns whether every output is
-    finite."""
-    ut = np.ascontiguousarray(u[0].transpose(0, 2, 1))
+    transformed kernel ut (1, 36, C, D) in the tile kernels' order
+    (``kernel.transform_kernel_io``), padding (top, left), plus bias; for layers
+    ``applies`` accepts. Returns whether every output is finite."""
+    ut = ut[0]
     add = np.zeros(y.shape[1], y.dtype) if bias is None else np.ascontiguousarray(bias, y.dtype)
     block = block_tiles(x.shape[1], y.shape[1], x.itemsize)
     tiles = y.shape[0] * -(-y.shape[2] // 4) * -(-y.shape[3] // 4)
