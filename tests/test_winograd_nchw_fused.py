@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import fastconv
+from fastconv import _args
 from fastconv.algos.winograd import nchw_fused
-from fastconv.algos.winograd.kernel import transform_kernel_io
+from fastconv.algos.winograd.kernel import layer_kernel, transform_kernel_io
 from tests import reference as ref
 from tests.conftest import count_calls
 from tests.test_winograd_nhwc_fused import CASES, case_problem
@@ -72,3 +73,36 @@ def test_dilated_layers_and_input_gradients_run_through_it(rng, monkeypatch):
     assert len(calls) == 1
     want, _, _ = ref.conv2d_backward(gy, x, w, padding=((1, 1), (1, 1)))
     assert ref.rel_error(gx, want) <= ref.tolerance(np.float64, "winograd")
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("grad_x", [False, True])
+def test_nchw_kernel_in_the_tile_kernels_order(rng, groups, grad_x):
+    """``layer_kernel(..., io=True)`` of an OIHW weight: the NCHW transformed kernel's
+    values, each (Dg, Cg) plane transposed (the fused kernels' order), made without
+    the NCHW order first."""
+    w = rng.standard_normal((32, 16 // groups, 3, 3))
+    a = _args.conv_args_from_shapes("t", (2, 16, 8, 8), w.shape, 1, 1, 1, groups, "NCHW",
+                                    np.dtype(np.float64))
+    got = layer_kernel(w, a, 4, grad_x=grad_x, io=True)
+    want = layer_kernel(w, a, 4, grad_x=grad_x)
+    assert got.flags.c_contiguous
+    np.testing.assert_allclose(got, want.transpose(0, 1, 3, 2), rtol=1e-12, atol=1e-12)
+
+
+def test_small_maps_run_through_it(rng, monkeypatch):
+    """A 7x7 map of 64 channels (the small ResNet's last stage): forward and grad_x in
+    the fused kernels, against the formula in float32."""
+    x = rng.standard_normal((4, 64, 7, 7)).astype(np.float32)
+    w = rng.standard_normal((64, 64, 3, 3)).astype(np.float32)
+    gy = rng.standard_normal((4, 64, 7, 7)).astype(np.float32)
+    calls = count_calls(monkeypatch, nchw_fused, "forward")
+    y = fastconv.conv2d(x, w, padding=1, algo="winograd")
+    gx, _, _ = fastconv.conv2d_backward(gy, x, w, padding=1, algo="winograd",
+                                        needs_input_grad=(True, False, False))
+    assert len(calls) == 2
+    x64, w64, gy64 = (v.astype(np.float64) for v in (x, w, gy))
+    assert ref.rel_error(y, ref.conv2d(x64, w64, None, padding=((1, 1), (1, 1)))) \
+        <= ref.tolerance(np.float32, "winograd")
+    want, _, _ = ref.conv2d_backward(gy64, x64, w64, padding=((1, 1), (1, 1)))
+    assert ref.rel_error(gx, want) <= ref.tolerance(np.float32, "winograd")
