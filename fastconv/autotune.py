@@ -41,6 +41,7 @@ from ._timing import median_time
 from .algos import im2col, registry
 from .algos.im2col import shared
 from .algos.registry import ALGORITHMS, applicable  # noqa: F401
+from .algos.winograd import drivers as winograd_drivers
 from .costs import (  # noqa: F401  (the profile is part of the policy's public face)
     DEFAULT_PROFILE,
     Profile,
@@ -287,6 +288,13 @@ def choose_algorithm(x_shape, w_shape, stride=1, padding=0, dilation=1, groups=1
 #: / im2col: NCHW 3 -> 32 3x3 at 32x32 0.54 / 0.27 ms, 8 -> 16 at 28x28 0.48 / 0.30,
 #: 16 -> 16 0.35 / 0.33; NHWC 3 -> 32 0.34 / 0.31, 16 -> 16 0.28 / 0.28.
 WINOGRAD_OVER_IMAGE_LAST_CHANNELS = 32
+#: ... and narrower layers whose Winograd weight gradient runs fused
+#: (``winograd.drivers.grad_w_fused``: 16 channels a side and more) from this many output
+#: pixels: NCHW, 2 threads, both gradients, Winograd / image-last (min of 15 alternating
+#: rounds, AMD EPYC): 16 -> 16 at 28x28 (batch 32) 0.74, at 16x16 0.72, at 20x20 0.78,
+#: at 24x24 0.86, at 56x56 (batch 8) 0.74, 16 -> 32 at 16x16 0.63; at 14x14 1.18 (its
+#: tiles' last columns wasted), at 8x8 (batch 64) 1.00.
+WINOGRAD_FUSED_OVER_IMAGE_LAST_PIXELS = 16 * 16
 
 
 def forward_choice(a, algo: str = "auto") -> str:
@@ -299,12 +307,17 @@ def backward_choice(a, algo: str = "auto", need_x: bool = True) -> str:
     backward plan, except that im2col's image-last path (no column matrix; the cost
     model does not price it) takes batches of small images, and im2col batches of fewer
     images than that path takes, unless the plan picked Winograd for a layer of at
-    least ``WINOGRAD_OVER_IMAGE_LAST_CHANNELS`` channels."""
+    least ``WINOGRAD_OVER_IMAGE_LAST_CHANNELS`` channels, or, on as many images as the
+    image-last path takes, for a layer of a fused weight gradient and at least
+    ``WINOGRAD_FUSED_OVER_IMAGE_LAST_PIXELS`` output pixels."""
     if algo != "auto":
         return algo
     planned = plan_for(a, backward=True).algorithm
     wide = min(a.c_in, a.c_out) // a.groups >= WINOGRAD_OVER_IMAGE_LAST_CHANNELS
-    if planned == "winograd" and wide:
+    fused = (a.n >= im2col.IMAGE_LAST_MIN_IMAGES
+             and a.h_out * a.w_out >= WINOGRAD_FUSED_OVER_IMAGE_LAST_PIXELS
+             and winograd_drivers.grad_w_fused(a))
+    if planned == "winograd" and (wide or fused):
         return planned
     if im2col.image_last_tile(a, need_x) or (planned == "winograd"
                                              and a.n < im2col.IMAGE_LAST_MIN_IMAGES):

@@ -444,6 +444,29 @@ def test_auto_backward_prefers_winograd_on_wide_layers_only():
     assert backward_algo((16, 64, 56, 56), (64, 64, 3, 3), padding=1) == "winograd"
 
 
+def test_auto_backward_keeps_winograd_on_narrow_fused_layers_of_large_maps(monkeypatch):
+    """Where the plan picks Winograd, a layer of 16 channels whose weight gradient runs
+    fused keeps it over the image-last path from 16x16 output pixels and 4 images;
+    smaller maps, fewer channels or fewer images go to im2col."""
+    import types
+
+    from fastconv import autotune
+
+    monkeypatch.setattr(autotune, "plan_for", lambda a, measure=False, backward=False:
+                        types.SimpleNamespace(algorithm="winograd"))
+
+    def backward_algo(x_shape, w_shape, **kw):
+        return autotune.backward_choice(conv_args_from_shapes("t", x_shape, w_shape, **kw),
+                                        "auto", True)
+
+    assert backward_algo((32, 16, 28, 28), (16, 16, 3, 3), padding=1) == "winograd"
+    assert backward_algo((32, 16, 16, 16), (32, 16, 3, 3), padding=1) == "winograd"
+    assert backward_algo((32, 16, 14, 14), (16, 16, 3, 3), padding=1) == "im2col"
+    assert backward_algo((64, 16, 8, 8), (16, 16, 3, 3), padding=1) == "im2col"
+    assert backward_algo((32, 8, 28, 28), (16, 8, 3, 3), padding=1) == "im2col"  # not fused
+    assert backward_algo((3, 16, 28, 28), (16, 16, 3, 3), padding=1) == "im2col"
+
+
 def test_auto_backward_keeps_narrow_layers_of_few_images_on_im2col(monkeypatch):
     """Where the plan picks Winograd, batches of fewer images than the image-last path
     takes run im2col (its direct kernels) unless the layer has 32 channels or more."""
