@@ -74,7 +74,7 @@ def grad_x_kernel_io(w_io: np.ndarray, groups: int) -> np.ndarray:
 
 
 def layer_kernel(w: np.ndarray, args, m: int, *, grad_x: bool = False,
-                 io: bool | None = None) -> np.ndarray:
+                 io: bool = False) -> np.ndarray:
     """The transformed kernel a layer's run reads, w in the layer's layout (OIHW or
     HWIO): the forward's, or with ``grad_x`` that of the correlation giving grad_x; in
     NHWC's order (``transform_kernel_io``) for NHWC or with ``io`` (the fused tile
