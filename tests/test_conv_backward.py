@@ -444,10 +444,10 @@ def test_auto_backward_prefers_winograd_on_wide_layers_only():
     assert backward_algo((16, 64, 56, 56), (64, 64, 3, 3), padding=1) == "winograd"
 
 
-def test_auto_backward_keeps_winograd_on_narrow_fused_layers_of_large_maps(monkeypatch):
-    """Where the plan picks Winograd, a layer of 16 channels whose weight gradient runs
-    fused keeps it over the image-last path from 16x16 output pixels and 4 images;
-    smaller maps, fewer channels or fewer images go to im2col."""
+@pytest.fixture
+def winograd_planned(monkeypatch):
+    """``backward_choice``'s algorithm for "auto" where the backward plan picks Winograd
+    (the plan replaced): a function of conv2d's shapes and keywords."""
     import types
 
     from fastconv import autotune
@@ -458,7 +458,14 @@ def test_auto_backward_keeps_winograd_on_narrow_fused_layers_of_large_maps(monke
     def backward_algo(x_shape, w_shape, **kw):
         return autotune.backward_choice(conv_args_from_shapes("t", x_shape, w_shape, **kw),
                                         "auto", True)
+    return backward_algo
 
+
+def test_auto_backward_keeps_winograd_on_narrow_fused_layers_of_large_maps(winograd_planned):
+    """Where the plan picks Winograd, a layer of 16 channels whose weight gradient runs
+    fused keeps it over the image-last path from 16x16 output pixels and 4 images;
+    smaller maps, fewer channels or fewer images go to im2col."""
+    backward_algo = winograd_planned
     assert backward_algo((32, 16, 28, 28), (16, 16, 3, 3), padding=1) == "winograd"
     assert backward_algo((32, 16, 16, 16), (32, 16, 3, 3), padding=1) == "winograd"
     assert backward_algo((32, 16, 14, 14), (16, 16, 3, 3), padding=1) == "im2col"
@@ -467,20 +474,12 @@ def test_auto_backward_keeps_winograd_on_narrow_fused_layers_of_large_maps(monke
     assert backward_algo((3, 16, 28, 28), (16, 16, 3, 3), padding=1) == "im2col"
 
 
-def test_auto_backward_keeps_narrow_layers_of_few_images_on_im2col(monkeypatch):
+def test_auto_backward_keeps_narrow_layers_of_few_images_on_im2col(winograd_planned):
     """Where the plan picks Winograd, batches of fewer images than the image-last path
     takes run im2col (its direct kernels) unless the layer has 32 channels or more."""
-    import types
-
     from fastconv import autotune
 
-    monkeypatch.setattr(autotune, "plan_for", lambda a, measure=False, backward=False:
-                        types.SimpleNamespace(algorithm="winograd"))
-
-    def backward_algo(x_shape, w_shape, **kw):
-        return autotune.backward_choice(conv_args_from_shapes("t", x_shape, w_shape, **kw),
-                                        "auto", True)
-
+    backward_algo = winograd_planned
     assert backward_algo((2, 16, 28, 28), (16, 16, 3, 3), padding=1) == "im2col"
     assert backward_algo((3, 8, 28, 28), (16, 8, 3, 3), padding=1) == "im2col"
     assert backward_algo((2, 32, 14, 14), (32, 32, 3, 3), padding=1) == "winograd"
