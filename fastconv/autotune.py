@@ -313,16 +313,23 @@ def backward_choice(a, algo: str = "auto", need_x: bool = True) -> str:
     if algo != "auto":
         return algo
     planned = plan_for(a, backward=True).algorithm
-    wide = min(a.c_in, a.c_out) // a.groups >= WINOGRAD_OVER_IMAGE_LAST_CHANNELS
-    fused = (a.n >= im2col.IMAGE_LAST_MIN_IMAGES
-             and a.h_out * a.w_out >= WINOGRAD_FUSED_OVER_IMAGE_LAST_PIXELS
-             and winograd_drivers.grad_w_fused(a))
-    if planned == "winograd" and (wide or fused):
+    if planned == "winograd" and _winograd_kept(a):
         return planned
     if im2col.image_last_tile(a, need_x) or (planned == "winograd"
                                              and a.n < im2col.IMAGE_LAST_MIN_IMAGES):
         return "im2col"
     return planned
+
+
+def _winograd_kept(a) -> bool:
+    """Whether a layer whose backward plan picked Winograd keeps it over im2col's
+    image-last path and its few-images rule (``backward_choice``): asked of Winograd's
+    problems only (3x3, stride 1; ``grad_w_fused`` assumes one)."""
+    if min(a.c_in, a.c_out) // a.groups >= WINOGRAD_OVER_IMAGE_LAST_CHANNELS:
+        return True
+    return (a.n >= im2col.IMAGE_LAST_MIN_IMAGES
+            and a.h_out * a.w_out >= WINOGRAD_FUSED_OVER_IMAGE_LAST_PIXELS
+            and winograd_drivers.grad_w_fused(a))
 
 
 # ---------------------------------------------------------------------- execution
