@@ -27,7 +27,8 @@ LAYOUTS = ["NCHW", "NHWC"]
 # channels than kernel columns (``_tap_order``: the channels outer); unpadded layers
 # whose rows are not a multiple of 8 pixels (groups across rows, ``band_rows``: three
 # cases, with pairs of blocks, a stride, a short last band); one block of output
-# channels in two groups of 8 pixels at once (``_group16``: the last two)
+# channels in two groups of 8 pixels at once (``_group16``: the last three), and in
+# NCHW each of a pair of blocks so (whole lines of a channel's row; the last case)
 CASES = [
     (4, 6, 8, 8, 16, 5, 1, 0, 1),                         # LeNet's second layer, smaller
     (5, 6, 9, 11, 13, 3, 1, 1, 1),
@@ -47,6 +48,7 @@ CASES = [
     (4, 6, 13, 12, 32, 3, 2, 0, (1, 2)),  # strided: 6 rows of 4, bands of 2
     (4, 6, 12, 12, 16, 5, 1, 0, 1),   # LeNet's second layer: rows of 8, bands of 16 pixels
     (4, 6, 9, 22, 12, 3, 1, 1, 1),    # one block, 20 pixels inside a row: 16, then 4
+    (4, 6, 8, 36, 28, 3, 1, 1, 1),    # 34 inside a row: 16, 16, 2; the pair's second short
 ]
 
 
@@ -180,8 +182,8 @@ def test_only_big_aligned_channels_last_outputs_of_whole_blocks_are_streamed(mon
     assert stream("NHWC", 3, 224, 64, misaligned) == 0
 
 
-@pytest.mark.parametrize("case,band", [(CASES[-5], 4), (CASES[-4], 8), (CASES[-3], 2),
-                                       (CASES[-2], 2 if _lanes.WIDE else 1), (CASES[0], 2),
+@pytest.mark.parametrize("case,band", [(CASES[-6], 4), (CASES[-5], 8), (CASES[-4], 2),
+                                       (CASES[-3], 2 if _lanes.WIDE else 1), (CASES[0], 2),
                                        (CASES[1], 0)], ids=str)
 def test_lanes_kernel_runs_unpadded_rows_in_bands(case, band, rng):
     """Layers whose every pixel's kernel lies inside the image run their rows' pixels as
@@ -196,7 +198,7 @@ def test_lanes_kernel_runs_unpadded_rows_in_bands(case, band, rng):
 
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[-4]], ids=str)
+@pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[-5]], ids=str)
 def test_lanes_kernel_on_a_padded_copy_or_not(case, layout, padded, rng, monkeypatch):
     """Both ways of handling the pixels in the padding (``_prepadded``) give the
     reference."""

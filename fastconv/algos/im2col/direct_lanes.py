@@ -15,16 +15,19 @@ where there are two, each input value loaded once for both: 8 pixels x 2 blocks
 with AVX-512's 32 registers, 4 pixels x 2 blocks twice (``_group4x2``) with AVX2's 16
 (``PAIR_PIXELS``). A layer of one block (LeNet's 16 channels) runs two groups of 8
 pixels whose inputs lie the same offsets apart at once instead (``_group16``, 16
-accumulators, AVX-512). The 8 pixels' inputs lie s_w column strides apart; a group's
-offsets step from pixel to pixel (``_offsets``). The taps are ordered per kernel row as
-two nested levels, each with its own input stride, and the weight is packed in the same
-order (layout as data, ``_tap_order``): NHWC without column dilation: one run of KW*C
-contiguous values; otherwise the longer of the kernel columns and the channels inner. A
-register tile runs them as one flat loop over a table of their input offsets
-(``_tap_offsets``): with the levels as nested loops, LLVM kept one pointer per pixel as
-a loop variable, spilled them to the stack and updated them there on every tap (LeNet's
-6 -> 16 5x5 layer ran 1.35-1.67x slower, 16 -> 16 3x3 at 28x28 1.25-1.5x; AMD EPYC with
-AVX-512).
+accumulators, AVX-512), and so does each block of a pair in NCHW where 16 pixels of a
+row lie alike: a channel's 16 pixels are one whole 64-byte line of its row, where
+``_group8x2`` wrote halves of lines (the stem, 3 -> 64 7x7 stride 2 on 8 images,
+alternating processes: 9.93-10.06 -> 9.70-9.81 ms, AMD EPYC). The 8 pixels' inputs lie
+s_w column strides apart; a group's offsets step from pixel to pixel (``_offsets``). The
+taps are ordered per kernel row as two nested levels, each with its own input stride,
+and the weight is packed in the same order (layout as data, ``_tap_order``): NHWC
+without column dilation: one run of KW*C contiguous values; otherwise the longer of the
+kernel columns and the channels inner. A register tile runs them as one flat loop over a
+table of their input offsets (``_tap_offsets``): with the levels as nested loops, LLVM
+kept one pointer per pixel as a loop variable, spilled them to the stack and updated
+them there on every tap (LeNet's 6 -> 16 5x5 layer ran 1.35-1.67x slower, 16 -> 16 3x3
+at 28x28 1.25-1.5x; AMD EPYC with AVX-512).
 
 The 8 pixels must lie inside the image's columns (a row's last few repeat the first
 pixel's taps and drop those sums; at most 4 run in 4 accumulators, ``_group4``); pixels
@@ -107,6 +110,16 @@ def _pixel_base(x_base, f, wrap, rstep, cstep):
 
 
 @njit(inline="always")
+def _sixteen(f, f_hi, offs, px, pair_px):
+    """Whether pixels f .. f + 15 of ``_groups``' run can go as two groups of 8 alike
+    (``_group16``): 32 vector registers (pair_px is ``PIXELS``), 16 pixels left, and
+    the second 8 the same offsets apart as the first (offs, ``_offsets``)."""
+    _, _, wrap, rstep, cstep = px
+    return pair_px == PIXELS and f_hi - f >= 2 * PIXELS and \
+        _offsets(f + PIXELS, PIXELS, wrap, rstep, cstep) == offs
+
+
+@njit(inline="always")
 def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pair_px):
     """Output pixels f_lo <= f < f_hi of blocks bp and bp + pair (pair 0 or 1) in groups
     of 8, every pixel's kernel inside the image: px = (f_lo, f_hi, wrap, rstep, cstep),
@@ -141,7 +154,16 @@ def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pai
                        nl, stream)
             break
         rows8 = (x0, toff, t_lo, t_hi, w0, k)
-        if pair and pair_px < PIXELS:  # two halves of 4 pixels x 2 blocks
+        if (not pair or (osw == 1 and osd > 1)) and _sixteen(f, f_hi, offs, px, pair_px):
+            # one block, or NCHW: each block's 16 pixels, whole cache lines of its rows
+            x8 = _pixel_base(x_base, f + PIXELS, wrap, rstep, cstep)
+            for half in range(1 + pair):
+                oh = o + U(half * nl) * uosd
+                _group16(xf, fw, _lanes.load(fb, U((bp + half) * nl)),
+                         (x0, toff, t_lo, t_hi, w0 + half * wlen, k), offs, x8, nl, fo,
+                         (oh, oh + U(PIXELS) * uosw, m1 if half else m0, osd, osw, stream))
+            k = 2 * PIXELS
+        elif pair and pair_px < PIXELS:  # two halves of 4 pixels x 2 blocks
             for quad in range(2):
                 kh4 = min(PIXELS // 2, k - quad * (PIXELS // 2))
                 f4 = f + quad * (PIXELS // 2)
@@ -153,12 +175,6 @@ def _groups(xf, fw, fb, fo, px, base, rows, bp, pair, wlen, nl, d_all, outs, pai
         elif pair:
             _group8x2(xf, fw, b0, _lanes.load(fb, U((bp + 1) * nl)), rows8, offs, wlen,
                       nl, fo, (o, o + U(nl) * uosd, m0, m1, osd, osw, stream))
-        elif pair_px == PIXELS and f_hi - f >= 2 * PIXELS and \
-                _offsets(f + PIXELS, PIXELS, wrap, rstep, cstep) == offs:
-            x8 = _pixel_base(x_base, f + PIXELS, wrap, rstep, cstep)   # one block, 16 px
-            _group16(xf, fw, b0, rows8, offs, x8, nl, fo,
-                     (o, o + U(PIXELS) * uosw, m0, osd, osw, stream))
-            k = 2 * PIXELS
         else:
             _write(fo, o, _group8(xf, fw, b0, rows8, offs, nl), k, m0, osd, osw, nl,
                    stream)
