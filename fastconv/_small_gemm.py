@@ -63,19 +63,22 @@ ROWS = 16 * TILE_ROWS
 FOUR_REGISTER_TILES = _lanes.WIDE
 
 #: Whether whole products with at least 4 registers of columns run in the 4-register
-#: tiles instead of through numpy's BLAS (``tiled_product``): on hosts with AVX-512
-#: other than AMD's. On a 2-core Intel Xeon (AVX-512, 2 threads, alternating in blocks,
-#: best medians) (3136, 256) @ (256, 64) took 0.31-0.38 ms in tiles (one to four tasks
-#: a thread) against 0.41-0.44 through OpenBLAS split over the threads, (16384, 32) @
-#: (32, 64) 0.21-0.28 against 0.36-0.44, (3136, 64) @ (64, 256) 0.37 against 0.41; on
-#: AMD's Zen 4 (``znver4``), whose 512-bit multiply-adds run as two 256-bit halves, the
-#: first ran at 114 GFLOP/s in tiles against OpenBLAS's 186.
-TILED_PRODUCTS = (FOUR_REGISTER_TILES and _lanes.HOST_CPU != ""
-                  and not _lanes.HOST_CPU.startswith("znver"))
+#: tiles instead of through numpy's BLAS (``tiled_product``): on hosts with AVX-512 that
+#: LLVM names. On a 2-core Intel Xeon (AVX-512, 2 threads, alternating in blocks, best
+#: medians) (3136, 256) @ (256, 64) took 0.31-0.38 ms in tiles (one to four tasks a
+#: thread) against 0.41-0.44 through OpenBLAS split over the threads, (16384, 32) @ (32,
+#: 64) 0.21-0.28 against 0.36-0.44, (3136, 64) @ (64, 256) 0.37 against 0.41. On a
+#: 2-core AMD EPYC (Zen 4, ``znver4``; OpenBLAS's SkylakeX kernel), the tiles' time over
+#: OpenBLAS's in two runs: (3136, 256) @ (256, 64) 0.83-0.85, (16384, 32) @ (32, 64)
+#: 0.81-0.85, (12544, 64) @ (64, 64) 0.82-0.84, (3136, 64) @ (64, 256) 0.87-0.96,
+#: (2048, 2048) @ (2048, 64) 0.73-0.86, (1568, 576) @ (576, 128) 0.91-1.04, (3136, 128)
+#: @ (128, 576) 0.95-1.04. (Zen 4 hosts were left out until then on a measurement taken
+#: before right operands were put on a cache line: 114 GFLOP/s against OpenBLAS's 186.)
+TILED_PRODUCTS = FOUR_REGISTER_TILES and _lanes.HOST_CPU != ""
 #: The largest right operand ``tiled_product`` takes with a in rows, in bytes: every
 #: tile of 6 rows reads all of it, so it has to stay in the core's L2 (1-2 MB on the
-#: Intel hosts that run tiles). The input gradient of a 64 -> 128 3x3 layer, (3136, 128)
-#: @ (128, 576) (288 KB), ran at 300-305 GFLOP/s in tiles, 255-265 through OpenBLAS.
+#: hosts measured). The input gradient of a 64 -> 128 3x3 layer, (3136, 128) @ (128,
+#: 576) (288 KB), ran at 300-305 GFLOP/s in tiles, 255-265 through OpenBLAS (Intel).
 TILED_MAX_B_BYTES = 512 << 10
 #: Tasks per numba thread of ``tiled_product`` (its rows cut evenly).
 TILED_TASKS_PER_THREAD = 2
