@@ -308,6 +308,30 @@ def test_nhwc_backward_routes_of_small_resnet_layers():
                                                fastconv.costs.DEFAULT_PROFILE).detail
 
 
+@pytest.mark.parametrize("n,side,runs", [(32, 8, True), (64, 8, True), (8, 8, False),
+                                          (32, 7, False), (64, 4, False), (16, 12, True),
+                                          (64, 6, False)])
+def test_nhwc_winograd_weight_gradient_on_small_maps_of_whole_tiles(n, side, runs):
+    """Wide NHWC layers on maps under ``NHWC_GRAD_W_MIN_PIXELS`` keep the weight gradient
+    in the Winograd domain where the maps are whole 4x4 tiles of at least
+    ``NHWC_GRAD_W_TILED_MIN_PIXELS`` pixels and the batch holds
+    ``NHWC_GRAD_W_TILED_MIN_BATCH`` of them (a wide ResNet's 128 -> 128 at 8x8)."""
+    from fastconv import _lanes
+    from fastconv._args import conv_args_from_shapes
+    from fastconv.algos.winograd import drivers
+
+    if not _lanes.WIDE:
+        pytest.skip("without AVX-512 the bounds are lower (32 channels, 7x7)")
+    c = drivers.NHWC_GRAD_W_MIN_CHANNELS
+    assert side * side < drivers.NHWC_GRAD_W_MIN_PIXELS
+    a = conv_args_from_shapes("t", (n, side, side, c), (3, 3, c, c), padding=1,
+                              layout="NHWC", dtype=np.float32)
+    assert drivers.grad_w_supported(a) is runs
+    narrower = conv_args_from_shapes("t", (n, side, side, c + 4), (3, 3, c + 4, c - 4),
+                                     padding=1, layout="NHWC", dtype=np.float32)
+    assert drivers.grad_w_supported(narrower) is False     # under the channels' bound
+
+
 @pytest.mark.parametrize("winograd_w", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_nhwc_winograd_backward_weight_gradient_routes(rng, monkeypatch, dtype, winograd_w):

@@ -66,6 +66,14 @@ def grad_x_supported(args) -> bool:
 #: 128 -> 128 at 8x8 (batch 64) 0.97.
 NHWC_GRAD_W_MIN_CHANNELS = 128 if _lanes.WIDE else 32
 NHWC_GRAD_W_MIN_PIXELS = 14 * 14 if _lanes.WIDE else 7 * 7
+#: ... or on maps of whole 4x4 tiles of at least ``NHWC_GRAD_W_TILED_MIN_PIXELS`` output
+#: pixels, ``NHWC_GRAD_W_TILED_MIN_BATCH`` in the batch (a wide ResNet's last stage).
+#: 2 threads, AMD EPYC with AVX-512, alternating, Winograd / im2col: 128 -> 128 at 8x8
+#: (batch 32, 64, 128) 0.78, 0.80, 0.79, batch 8 1.17; at 7x7 (batch 32) 0.99, 256 ->
+#: 256 1.14, 512 -> 512 (batch 16) 1.26 (tiles a third empty); 128 -> 128 at 4x4 (batch
+#: 64) 3.5.
+NHWC_GRAD_W_TILED_MIN_PIXELS = 8 * 8
+NHWC_GRAD_W_TILED_MIN_BATCH = 32 * 8 * 8
 #: In NCHW (no copies either way) with AVX-512, narrower layers leave the weight gradient
 #: to im2col's direct kernel too, unless their maps have at least
 #: ``NCHW_GRAD_W_MIN_PIXELS`` output pixels and ``NCHW_GRAD_W_MIN_CHANNELS`` channels.
@@ -83,7 +91,8 @@ def grad_w_supported(args) -> bool:
     """The weight gradient runs in the Winograd domain (a dilated layer's as the sum over
     its undilated phase problems) for layers ``grad_w_fused`` takes, for layers of at
     least ``NHWC_GRAD_W_MIN_CHANNELS`` channels per group and ``NHWC_GRAD_W_MIN_PIXELS``
-    output pixels, and in NCHW also for those of ``NCHW_GRAD_W_MIN_CHANNELS`` and
+    output pixels (or smaller maps of whole tiles, ``NHWC_GRAD_W_TILED_MIN_PIXELS``),
+    and in NCHW also for those of ``NCHW_GRAD_W_MIN_CHANNELS`` and
     ``NCHW_GRAD_W_MIN_PIXELS`` (any NCHW layer without AVX-512)."""
     if not supports(args):
         return False
@@ -94,7 +103,11 @@ def grad_w_supported(args) -> bool:
     if not args.dims.channels_last:
         return (not _lanes.WIDE or channels >= NHWC_GRAD_W_MIN_CHANNELS
                 or (channels >= NCHW_GRAD_W_MIN_CHANNELS and pixels >= NCHW_GRAD_W_MIN_PIXELS))
-    return channels >= NHWC_GRAD_W_MIN_CHANNELS and pixels >= NHWC_GRAD_W_MIN_PIXELS
+    whole_tiles = (args.h_out % 4 == 0 and args.w_out % 4 == 0
+                   and pixels >= NHWC_GRAD_W_TILED_MIN_PIXELS
+                   and args.n * pixels >= NHWC_GRAD_W_TILED_MIN_BATCH)
+    return channels >= NHWC_GRAD_W_MIN_CHANNELS and (pixels >= NHWC_GRAD_W_MIN_PIXELS
+                                                     or whole_tiles)
 
 
 def grad_w_fused(args) -> bool:
