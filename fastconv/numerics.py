@@ -27,6 +27,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
+
+from . import config
 
 #: Documented accuracy of algo="fft": max |y - y_direct| / max |y_direct| per call.
 FFT_TOLERANCE = {np.dtype(np.float32): 1e-3, np.dtype(np.float64): 1e-10}
@@ -47,13 +50,37 @@ def fft_error_bound(x: np.ndarray, w: np.ndarray, transform_points: int, batch_a
     output-channel axes (0 for NCHW input and OIHW weight; 3 for an HWIO weight)."""
     if x.size == 0 or w.size == 0:
         return 0.0
-    x64 = x.astype(np.float64, copy=False)
-    w64 = w.astype(np.float64, copy=False)
-    x_norm = np.sqrt(np.square(x64).sum(axis=tuple(a for a in range(x.ndim) if a != batch_axis)))
-    w_norm = np.sqrt(np.square(w64).sum(axis=tuple(a for a in range(w.ndim) if a != out_axis)))
     eps = float(np.finfo(x.dtype).eps)
-    return _BOUND_CONSTANT * eps * math.log2(max(transform_points, 2)) * float(x_norm.max()) \
-        * float(w_norm.max())
+    return _BOUND_CONSTANT * eps * math.log2(max(transform_points, 2)) \
+        * _largest_norm(x, batch_axis) * _largest_norm(w, out_axis)
+
+
+def _largest_norm(a: np.ndarray, axis: int) -> float:
+    """The largest Euclidean norm, summed in float64, of a's slices along ``axis`` (one
+    image's values, one output channel's kernel). 4-D arrays in one compiled pass: numpy's
+    float64 copy, square and sum took 60-460 us of an ``algo="auto"`` FFT call of 0.5 ms
+    on a 256 x 256 image (each a fresh array that malloc maps and unmaps)."""
+    v = np.moveaxis(a, axis, 0)
+    if v.ndim == 4:
+        return _largest_norm4(v)
+    squares = np.square(v.astype(np.float64, copy=False))
+    return float(np.sqrt(squares.sum(axis=tuple(range(1, v.ndim))).max()))
+
+
+@njit(cache=True, fastmath=config.FASTMATH)
+def _largest_norm4(a):
+    """max over i of sqrt(sum of a[i]**2) for a 4-D array (any strides), in float64 (finite
+    values: the FFT runs on finite input only)."""
+    best = 0.0
+    for i in range(a.shape[0]):
+        s = 0.0
+        for j in range(a.shape[1]):
+            for k in range(a.shape[2]):
+                for q in range(a.shape[3]):
+                    v = np.float64(a[i, j, k, q])
+                    s += v * v
+        best = max(best, s)
+    return math.sqrt(best)
 
 
 SAMPLES = 256

@@ -115,6 +115,36 @@ def test_error_bound_covers_measured_fft_errors(rng):
         assert err <= numerics.fft_error_bound(x, w, fh * fw)
 
 
+@pytest.mark.parametrize("x_shape,w_shape,axes,strided", [
+    ((3, 5, 20, 30), (4, 5, 3, 3), (0, 0), False),
+    ((3, 20, 30, 5), (3, 3, 5, 4), (0, 3), False),     # NHWC input, HWIO weight
+    ((3, 5, 20, 30), (4, 5, 3, 3), (1, 0), False),
+    ((2, 64, 64, 3), (4, 3, 5, 5), (0, 0), True),      # an NCHW view of NHWC data
+    ((4, 7, 9), (2, 4, 3), (0, 0), False),             # other ranks: numpy's sums
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_error_bound_is_the_norms_formula(x_shape, w_shape, axes, strided, dtype, rng):
+    """The bound's norms (one compiled pass for 4-D arrays) are the formula's:
+    eps * log2(P) * max over images of ||x_n|| * max over outputs of ||w_d||, summed in
+    float64, on C-contiguous arrays and strided views alike."""
+    import math
+
+    x = rng.standard_normal(x_shape).astype(dtype) * 1e3
+    w = rng.standard_normal(w_shape).astype(dtype)
+    if strided:
+        x = x.transpose(0, 3, 1, 2)
+    ba, oa = axes
+
+    def norms(a, axis):
+        a64 = a.astype(np.float64)
+        return np.sqrt((a64 * a64).sum(axis=tuple(i for i in range(a.ndim) if i != axis)))
+
+    want = (float(np.finfo(dtype).eps) * math.log2(4096) * norms(x, ba).max()
+            * norms(w, oa).max())
+    got = numerics.fft_error_bound(x, w, 4096, batch_axis=ba, out_axis=oa)
+    assert got == pytest.approx(want, rel=1e-12)
+
+
 def test_all_finite():
     assert numerics.all_finite(np.ones(3), None)
     assert not numerics.all_finite(np.ones(3), np.array([1.0, np.inf]))
