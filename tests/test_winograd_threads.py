@@ -174,3 +174,26 @@ def test_winograd_guards_its_parallel_kernels(layout, c, dilation, rng, monkeypa
     forward = guard.calls
     fastconv.conv2d_backward(np.ones_like(y), x, w, layout=layout, **kw)
     assert forward >= 2 and guard.calls > forward and not guard.held
+
+
+@pytest.mark.parametrize("chunk_bytes", [1, 1 << 30])
+@pytest.mark.parametrize("groups", [1, 2])
+def test_wide_weight_gradient_sums_in_reused_workspaces(chunk_bytes, groups, tile,
+                                                        monkeypatch):
+    """A layer too wide to split its tile rows (one run, each chunk's products on the
+    threads) sums its chunks in a workspace kept between calls: one tile row per chunk
+    or one chunk, two calls in a row on different arrays, each as the formula."""
+    from fastconv.algos.winograd.grad_w import _grad_w_nchw
+
+    c = d = 72 * groups                       # (C + D) / G = 144 > PER_THREAD_MAX_CHANNELS
+    assert not tiling.per_thread(c // groups, d // groups)
+    monkeypatch.setattr(config, "WINOGRAD_CHUNK_BYTES", chunk_bytes)
+    rng = np.random.default_rng(7)
+    for n, h, wd in ((2, 9, 7), (3, 6, 10)):
+        x = rng.standard_normal((n, c, h, wd))
+        w = rng.standard_normal((d, c // groups, 3, 3))
+        gy = rng.standard_normal((n, d, h, wd))
+        _, want, _ = ref.conv2d_backward(gy, x, w, padding=((1, 1), (1, 1)), groups=groups)
+        got = np.full(w.shape, np.nan)
+        _grad_w_nchw(gy, x, got, (1, 1), groups, tile)
+        assert ref.rel_error(got, want) <= 1e-12
