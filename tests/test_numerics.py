@@ -120,11 +120,12 @@ def test_error_bound_covers_measured_fft_errors(rng):
     ((3, 20, 30, 5), (3, 3, 5, 4), (0, 3), False),     # NHWC input, HWIO weight
     ((3, 5, 20, 30), (4, 5, 3, 3), (1, 0), False),
     ((2, 64, 64, 3), (4, 3, 5, 5), (0, 0), True),      # an NCHW view of NHWC data
-    ((4, 7, 9), (2, 4, 3), (0, 0), False),             # other ranks: numpy's sums
+    ((4, 7, 9), (2, 4, 3), (0, 0), False),             # fewer axes
+    ((2, 3, 4, 5, 6), (2, 3, 3, 2, 2), (0, 0), False),  # more axes
 ])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_error_bound_is_the_norms_formula(x_shape, w_shape, axes, strided, dtype, rng):
-    """The bound's norms (one compiled pass for 4-D arrays) are the formula's:
+    """The bound's norms (one compiled pass over a 4-D view) are the formula's:
     eps * log2(P) * max over images of ||x_n|| * max over outputs of ||w_d||, summed in
     float64, on C-contiguous arrays and strided views alike."""
     import math

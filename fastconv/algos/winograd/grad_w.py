@@ -18,6 +18,8 @@ of the largest gradient instead of 7e-7 (im2col: 4e-7), the forward's own trade.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit, prange
 
@@ -142,14 +144,13 @@ def _grad_w_nchw(gy, x, grad_w, pads, groups, m) -> None:
     runs = thread_runs(x.shape[0] * th, threads)     # threads: 1 unless split
     # the sums in workspaces: fresh (G, (m+2)^2, Dg, Cg) arrays were page faults on every
     # call (2.4 MB each at 128 channels; 128 -> 128 at 8x8, 8 images: 4.2 ms a call)
-    shape = (groups, transformed(m), dg, cg)
-    totals = view(workspace("winograd.grad_w.totals", threads * groups * transformed(m)
-                            * dg * cg, x.dtype), (threads, *shape))
+    shape = (threads, groups, transformed(m), dg, cg)
+    totals = view(workspace("winograd.grad_w.totals", math.prod(shape), x.dtype), shape)
 
     def run(k):
         total = totals[k]
-        part = view(workspace("winograd.grad_w.part", transformed(m) * dg * cg, x.dtype),
-                    shape[1:])
+        part = view(workspace("winograd.grad_w.part", math.prod(shape[2:]), x.dtype),
+                    shape[2:])
         lo, hi = runs[k]
         first = True
         for r0, r1, cols, (v, v_planes), (yt, yt_planes) in chunk_planes(
