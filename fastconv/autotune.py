@@ -157,7 +157,9 @@ def cache_info() -> dict:
 
 
 def plan_for(a, measure: bool = False, backward: bool = False) -> Plan:
-    """The (cached) plan for a canonical ConvArgs: for conv2d, or for conv2d_backward."""
+    """The (cached) plan for a canonical ConvArgs: for conv2d, or for conv2d_backward
+    (that of its ``memory_twin``: the problem that runs)."""
+    a = a.memory_twin
     prof = load_profile()
     key = (a, bool(measure), bool(backward), prof, registry.generation())
     with _cache_lock:
@@ -364,6 +366,15 @@ def _entry(a, algo: str, backward: bool, need_x: bool, choice: str | None):
     return entry, grads
 
 
+def _twin(a, activations, weights):
+    """(``a.memory_twin``, its views of ``activations`` and of ``weights`` (None kept)):
+    the same memory in the twin's layout (transposed views, written through)."""
+    dims = a.dims
+    return (a.memory_twin,
+            tuple(None if v is None else dims.to_canonical_view(v) for v in activations),
+            tuple(None if v is None else dims.weight_to_canonical_view(v) for v in weights))
+
+
 def run_forward(x, w, bias, a, out, *, algo: str = "auto", choice: str | None = None) -> str:
     """Run conv2d's forward for problem ``a`` into ``out`` (x 4-D; arrays in the
     caller's layout) and return the algorithm whose result ``out`` holds.
@@ -372,6 +383,8 @@ def run_forward(x, w, bias, a, out, *, algo: str = "auto", choice: str | None = 
     (fastconv.dask plans once for the whole array), else the plan decides. The
     fallbacks of the module docstring apply in both cases."""
     auto = algo == "auto"
+    if a.memory_twin is not a:
+        a, (x, out), (w,) = _twin(a, (x, out), (w,))
     entry = _entry(a, algo, False, True, choice)[0]
     if entry.finite_input_only and not numerics.all_finite(x, w, bias):
         entry = registry.get(registry.FALLBACK)
@@ -394,6 +407,8 @@ def run_backward(grad_y, x, w, a, grad_x, grad_w, *, algo: str = "auto",
     """Fill ``grad_x`` and ``grad_w`` (None: not wanted) for problem ``a`` and return
     the algorithm chosen. Gradients the chosen algorithm does not compute, or flags as
     non-finite, are computed by ``registry.FALLBACK``."""
+    if a.memory_twin is not a:
+        a, (grad_y, x, grad_x), (w, grad_w) = _twin(a, (grad_y, x, grad_x), (w, grad_w))
     entry, (by_x, by_w) = _entry(a, algo, True, grad_x is not None, choice)
     if entry.finite_input_only and not numerics.all_finite(grad_y, x, w):
         entry = registry.get(registry.FALLBACK)  # FFT would spread a NaN/Inf over planes
@@ -418,6 +433,8 @@ def run_forward_and_weight_grad(x, w, grad_y, a, out, grad_w, *, algo: str = "au
     transposed op's bias gradient). Where both would run im2col's per-image GEMMs, each
     image is unfolded once for the two products and summed while in cache
     (``im2col.shared``); otherwise ``run_forward`` and ``run_backward``."""
+    if a.memory_twin is not a:
+        a, (x, grad_y, out), (w, grad_w) = _twin(a, (x, grad_y, out), (w, grad_w))
     if (forward_choice(a, algo) == "im2col" and backward_choice(a, algo, False) == "im2col"
             and not im2col.image_last_tile(a, False) and shared.applies(a)):
         shared.forward_and_weight_grad(x, w, grad_y, a, out, grad_w, x_sums)

@@ -67,7 +67,7 @@ class Profile(HashOnce):
 #: OpenBLAS SkylakeX kernel), rounded: a sound default where nothing was calibrated.
 DEFAULT_PROFILE = Profile(
     gemm_gflops=198.0, gemm_half_m=17.0, gemm_half_k=30.0, gemm_half_n=3.0,
-    copy_gbs=27.0, copy_row_ns=6.2, fft_ns=0.10, fft_plane_us=0.1, fft_call_us=295.0,
+    copy_gbs=27.0, copy_row_ns=6.2, fft_ns=0.10, fft_plane_us=0.1, fft_call_us=190.0,
     fft_gmacs=2.1, direct_gflops=2.6, depthwise_gmacs=11.8, call_us=24.0, tile_us=4.0,
     threads=2,
 )

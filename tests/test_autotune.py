@@ -324,3 +324,53 @@ def test_measured_backward_plan():
     p = fastconv.plan((2, 4, 10, 10), (4, 4, 3, 3), padding=1, measure=True, backward=True)
     assert p.measured and p.why.startswith(f"{p.algorithm}: measured") and "(backward)" in p.why
     assert p.algorithm == min(p.estimates, key=p.estimates.get)
+
+
+# ------------------------------------------------- one channel last: the NCHW twin
+def test_one_channel_nhwc_problems_are_planned_as_their_nchw_twin():
+    """An NHWC problem of one input and one output channel lies in memory as the NCHW
+    one: its plan is the twin's (the NHWC direct kernel vectorises over channels, so
+    its 1-channel rate is not the model's), and only then."""
+    for k in (3, 5, 16):
+        nhwc = fastconv.plan((1, 64, 64, 1), (k, k, 1, 1), padding=1, layout="NHWC")
+        nchw = fastconv.plan((1, 1, 64, 64), (1, 1, k, k), padding=1)
+        assert nhwc == nchw
+        back = fastconv.plan((2, 64, 64, 1), (k, k, 1, 1), layout="NHWC", backward=True)
+        assert back == fastconv.plan((2, 1, 64, 64), (1, 1, k, k), backward=True)
+    a = conv_args_from_shapes("conv2d", (2, 9, 9, 3), (3, 3, 3, 1), layout="NHWC")
+    assert a.memory_twin is a                                # 3 input channels: itself
+    b = conv_args_from_shapes("conv2d", (2, 9, 9, 1), (3, 3, 1, 2), layout="NHWC")
+    assert b.memory_twin is b                                # 2 output channels
+    c = conv_args_from_shapes("conv2d", (2, 1, 9, 9), (1, 1, 3, 3))
+    assert c.memory_twin is c                                # NCHW already
+
+
+@pytest.mark.parametrize("algo", ["auto", "naive", "im2col", "fft", "winograd"])
+@pytest.mark.parametrize("stride, padding, dilation", [
+    ((1, 1), ((1, 1), (1, 1)), (1, 1)), ((2, 2), ((2, 2), (1, 1)), (1, 1)),
+    ((1, 1), ((2, 2), (2, 2)), (2, 2))])
+def test_one_channel_nhwc_runs_as_nchw_with_the_formulas_results(algo, stride, padding,
+                                                                  dilation):
+    """Forward and both gradients of a 1 -> 1 channel NHWC layer, run as the NCHW
+    twin on views of the caller's arrays: the reference's values, written into the
+    caller's (NHWC) arrays, for a strided input too."""
+    k = 3 if algo == "winograd" else 5
+    if algo == "winograd" and (stride, dilation) != ((1, 1), (1, 1)):
+        pytest.skip("Winograd runs 3x3 kernels of stride and dilation 1")
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 20, 34, 1))[:, ::2, 1::2]    # (3, 10, 17, 1), strided
+    w = rng.standard_normal((k, k, 1, 1))
+    bias = rng.standard_normal(1)
+    window = dict(stride=stride, padding=padding, dilation=dilation)
+    oihw = w.transpose(3, 2, 0, 1)
+    want = ref.conv2d(from_nhwc(x), oihw, bias, **window).transpose(0, 2, 3, 1)
+    y = fastconv.conv2d(x, w, bias, layout="NHWC", algo=algo, **window)
+    assert y.shape == want.shape
+    assert ref.rel_error(y, want) < ref.tolerance(np.float64, algo)
+    gy = rng.standard_normal(y.shape)
+    gx, gw, gb = fastconv.conv2d_backward(gy, x, w, layout="NHWC", algo=algo, **window)
+    rgx, rgw, rgb = ref.conv2d_backward(from_nhwc(gy), from_nhwc(x), oihw, **window)
+    assert gx.shape == x.shape and gw.shape == w.shape
+    assert ref.rel_error(gx, rgx.transpose(0, 2, 3, 1)) < ref.tolerance(np.float64, algo)
+    assert ref.rel_error(gw, rgw.transpose(2, 3, 1, 0)) < ref.tolerance(np.float64, algo)
+    assert ref.rel_error(gb, rgb) < 1e-12

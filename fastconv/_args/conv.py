@@ -99,6 +99,22 @@ class ConvArgs(HashOnce):
     def with_batch(self, n: int) -> ConvArgs:
         return replace(self, n=n)
 
+    @functools.cached_property
+    def memory_twin(self) -> ConvArgs:
+        """The canonical-layout problem whose arrays lie in memory as this one's: a
+        channels-last problem of one input and one output channel is its NCHW twin (x
+        (N, H, W, 1) is (N, 1, H, W), the HWIO weight (KH, KW, 1, 1) is OIHW (1, 1, KH,
+        KW): transposed views, no copy), and runs as one (``fastconv.autotune``). The
+        problem itself otherwise.
+
+        >>> a = conv_args_from_shapes("conv2d", (2, 9, 9, 1), (3, 3, 1, 1), layout="NHWC")
+        >>> a.memory_twin.layout, a.memory_twin.y_layout_shape
+        ('NCHW', (2, 1, 7, 7))
+        """
+        if self.dims.is_canonical or self.c_in != 1 or self.c_out != 1:
+            return self
+        return replace(self, layout=self.dims.canonical)
+
 
 @remembered
 def conv_args_from_shapes(op: str, x_shape, w_shape, stride=1, padding=0, dilation=1,
