@@ -130,9 +130,10 @@ def _max_pool_2x2_nhwc(x, y, idx, codes, relu):
     row), the four taps of a window read channel by channel (the general NHWC kernel's
     per-pixel loop took 370 against 83 us for NCHW on LeNet's (64, 28, 28, 6) input).
     Rows are flat (W*C,) runs indexed by offsets (2-D (W, C) rows indexed [j, c] took
-    1.3x the time on that input), each row's maximum and code the later of its two
-    taps' (``_max_tap``) and the window's the lower row's where it is larger or NaN:
-    the taps in row-major order, as the planes kernel scans them."""
+    1.3x the time on that input). Each input row's pair of taps is reduced first
+    (``_max_tap``), then the lower row's winner replaces the upper's where it is larger
+    or NaN: the result of scanning the four taps in row-major order, as the planes
+    kernel does."""
     n_img, h, wd, c_all = x.shape
     _, ho, wo, _ = y.shape
     with_idx, keep = idx.size > 0, codes.size > 0
