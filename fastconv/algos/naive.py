@@ -299,8 +299,18 @@ LAYOUTS = ("NCHW", "NHWC")
 #: The NHWC direct kernel's rate over the NCHW one's (``Profile.direct_gflops``): its
 #: inner loop runs over contiguous output channels and vectorises. Single-threaded it ran
 #: 8-30x faster on 3x3 and 7x7 layers; counted at 4x so that im2col keeps every layer it
-#: runs faster.
+#: runs faster. That loop fills a SIMD register only from a register's width of output
+#: channels per group: below it the speedup is counted in proportion
+#: (``_nhwc_direct_speedup``; one output channel ran at 1.1 GFLOP/s, 0.2x the NCHW
+#: kernel's modelled rate: 16 -> 1 channels 3x3 on 8 x 64 x 64, 8.5 ms).
 NHWC_DIRECT_SPEEDUP = 4.0
+
+
+def _nhwc_direct_speedup(a) -> float:
+    """``NHWC_DIRECT_SPEEDUP`` scaled by the share of a SIMD register that the output
+    channels of a group fill (at most all of it)."""
+    lanes = _lanes.per_register(a.dtype.itemsize)
+    return NHWC_DIRECT_SPEEDUP * min(1.0, (a.c_out // a.groups) / lanes)
 
 
 #: NCHW depthwise planes in SIMD registers (``depthwise_lanes._depthwise_planes``) over
@@ -366,7 +376,7 @@ def cost(a, p: Profile) -> Estimate:
                         f"depthwise kernel, {macs / 1e6:.3g} M multiply-adds")
     rate = p.direct_gflops * 1e9 * (4 / item) * busy
     if _native_nhwc(a):
-        rate *= NHWC_DIRECT_SPEEDUP
+        rate *= _nhwc_direct_speedup(a)
     secs = p.call_us * 1e-6 + a.flops / rate
     return Estimate(secs, 0, f"direct loops at {rate / 1e9:.3g} GFLOP/s")
 
