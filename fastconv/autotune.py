@@ -314,6 +314,7 @@ def backward_choice(a, algo: str = "auto", need_x: bool = True) -> str:
     ``WINOGRAD_FUSED_OVER_IMAGE_LAST_PIXELS`` output pixels."""
     if algo != "auto":
         return algo
+    a = a.memory_twin                    # the problem that runs (``plan_for``)
     planned = plan_for(a, backward=True).algorithm
     if planned == "winograd" and _winograd_kept(a):
         return planned
