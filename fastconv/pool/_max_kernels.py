@@ -155,6 +155,8 @@ def _max_pool_2x2_nhwc(x, y, idx, codes, relu):
                     b1, _ = _max_tap(r1[s + c_all + c], r1[s + c], 0, 1)
                     yrow[o + c] = b1 if (b1 > b0) | (b1 != b1) else b0
                 continue
+            # the winning tap as an int32 code first, then the int64 indices in a
+            # second pass over the row (one pass took 5x the time on 6 channels)
             for c in range(c_all):
                 b0, k0 = _max_tap(r0[s + c_all + c], r0[s + c], np.int32(0), np.int32(1))
                 b1, k1 = _max_tap(r1[s + c_all + c], r1[s + c], np.int32(2), np.int32(3))
