@@ -140,13 +140,15 @@ def _max_pool_2x2_nhwc(x, y, idx, codes, relu):
     xf = x.reshape(n_img * h, wd * c_all)
     yf = y.reshape(n_img * ho, wo * c_all)
     cf = codes.reshape(n_img * ho, wo * c_all) if keep else codes.reshape(0, 0)
+    unused = np.empty(0, np.int32)   # the codes' row where neither codes nor indices
     for task in prange(n_img * ho):
         n = task // ho
         i = task % ho
         r0 = xf[n * h + 2 * i]
         r1 = xf[n * h + 2 * i + 1]
         yrow = yf[task]
-        crow = cf[task] if keep else np.empty(wo * c_all if with_idx else 0, np.int32)
+        # a task allocates a row of codes only for indices without kept codes
+        crow = cf[task] if keep else (np.empty(wo * c_all, np.int32) if with_idx else unused)
         for j in range(wo):
             s, o = 2 * j * c_all, j * c_all
             if not (with_idx or keep):
