@@ -47,7 +47,8 @@ class Profile(HashOnce):
     gemm_half_n: float
     copy_gbs: float          # unfold bandwidth (bytes of columns written per second / 1e9)
     copy_row_ns: float       # extra cost per copied row segment of the unfold
-    fft_ns: float            # real 2-D transform: ns per point * log2(points)
+    fft_ns: float            # real 2-D transform in an FFT convolution, power-of-two
+                             # lengths: ns per point * log2(points)
     fft_plane_us: float      # fixed cost per transformed plane
     fft_call_us: float       # fixed cost of one FFT convolution beyond a conv2d call
     fft_gmacs: float         # channel-sum complex multiply-adds per second / 1e9
@@ -64,11 +65,18 @@ class Profile(HashOnce):
 
 
 #: Rates measured with ``fastconv calibrate`` on a 2-core AVX-512 machine (AMD EPYC,
-#: OpenBLAS SkylakeX kernel), rounded: a sound default where nothing was calibrated.
+#: OpenBLAS SkylakeX kernel), rounded: a sound default where nothing was calibrated. The
+#: unfold's and the FFT's rates (copy_*, fft_ns, fft_call_us, fft_gmacs) are fitted
+#: instead to whole layers timed as a user calls them: 591 random layers (1-64 channels,
+#: 16-256 pixels, kernels 1-31, both layouts), each algorithm's best call of two or three
+#: runs; auto's choice within 10% of the fastest on 92.7% of them with these rates and
+#: ``gemm_seconds``'s roofline, 83.4% before (the probes' 27 GB/s and 6.2 ns a row;
+#: transforms at 0.10 ns, the bare probe's hot loop on two workers, against 0.15-0.22
+#: inside convolutions; the GEMM's memory added to its arithmetic).
 DEFAULT_PROFILE = Profile(
     gemm_gflops=198.0, gemm_half_m=17.0, gemm_half_k=30.0, gemm_half_n=3.0,
-    copy_gbs=27.0, copy_row_ns=6.2, fft_ns=0.10, fft_plane_us=0.1, fft_call_us=190.0,
-    fft_gmacs=2.1, direct_gflops=2.6, depthwise_gmacs=11.8, call_us=24.0, tile_us=4.0,
+    copy_gbs=44.0, copy_row_ns=3.1, fft_ns=0.15, fft_plane_us=0.1, fft_call_us=60.0,
+    fft_gmacs=1.6, direct_gflops=2.6, depthwise_gmacs=11.8, call_us=24.0, tile_us=4.0,
     threads=2,
 )
 
@@ -176,15 +184,18 @@ def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
     """Model time of ``batch`` GEMMs (m x k) @ (k x n): the arithmetic at the peak rate
     scaled by the efficiency of the skinniest dimension, min(f(m), f(k), f(n)) (a
     product of the three undercounts GEMMs skinny in two dimensions by about 2x here),
-    plus reading and writing the operands once at the copy bandwidth (what bounds a
-    GEMM with m or k of 1 or 2)."""
+    or, where that is longer, reading and writing the operands once at the copy
+    bandwidth (what bounds a GEMM with m or k of 1 or 2). The larger of the two, not
+    their sum: the skinny rates come from GEMMs timed with their memory traffic in
+    them (``fastconv calibrate``), and the sum priced im2col's GEMMs on 1-16 output
+    channels at 1.5-3x their measured time."""
     if m * k * n == 0:
         return 0.0
     eff = min(efficiency(m, p.gemm_half_m), efficiency(k, p.gemm_half_k),
               efficiency(n, p.gemm_half_n))
     arithmetic = 2.0 * m * k * n / (p.gemm_gflops * 1e9 * (4 / itemsize) * eff)
     memory = (m * k + k * n + m * n) * itemsize / (p.copy_gbs * 1e9)
-    return batch * (arithmetic + memory)
+    return batch * max(arithmetic, memory)
 
 
 def fmt_seconds(s: float) -> str:

@@ -307,7 +307,8 @@ def test_auto_plans_the_lanes_kernel_for_lenets_second_layer():
     ((64, 12, 12, 6), (5, 5, 6, 16), 0, "NHWC", True),      # LeNet's second layer
     ((64, 6, 12, 12), (16, 6, 5, 5), 0, "NCHW", True),
     ((64, 14, 14, 6), (5, 5, 6, 16), 2, "NHWC", True),      # 4 of 14 pixels in the padding:
-    ((64, 6, 14, 14), (16, 6, 5, 5), 2, "NCHW", False),     # a padded copy (NHWC's is cheaper)
+    ((64, 6, 14, 14), (16, 6, 5, 5), 2, "NCHW", True),      # a padded copy (NCHW: 0.37-0.45
+    # ms, the image-last kernel 0.42-0.51)
     ((32, 14, 14, 32), (3, 3, 32, 32), 1, "NHWC", True),    # 32 -> 32 channels 3x3
     ((64, 16, 16, 16), (3, 3, 16, 32), 1, "NHWC", True),    # the image-last kernel does not apply
 ])

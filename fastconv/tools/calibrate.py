@@ -86,6 +86,7 @@ def _probes(rng) -> dict:
         return run
 
     probes["fft_conv"] = algo(fft, *FFT_CONV_PROBE)
+    probes["fft_conv_big"] = algo(fft, *FFT_CONV_BIG_PROBE)
     probes["direct"] = algo(naive, *DIRECT_PROBE, padding=1)
     probes["depthwise"] = algo(naive, *DEPTHWISE_PROBE)
     (n, c, h, w), wshape = TILE_PROBE
@@ -111,6 +112,9 @@ def gemm_reps(m: int, k: int, n: int) -> int:
 UNFOLD_PROBES = {"unfold_long": (1, 64, 56), "unfold_short": (16, 64, 7)}
 FFT_PROBES = {"fft_big": (16, 256, 256), "fft_small": (2048, 8, 8)}
 FFT_CONV_PROBE = ((1, 1, 64, 64), (1, 1, 5, 5))
+#: An FFT convolution of several channels: its transforms, not the fixed cost, dominate
+#: (128 x 128 transforms on one worker).
+FFT_CONV_BIG_PROBE = ((2, 8, 128, 128), (8, 8, 5, 5))
 DIRECT_PROBE = ((2, 16, 32, 32), (16, 16, 3, 3))
 DEPTHWISE_PROBE = ((1, 1, 256, 256), (1, 1, 9, 9))   # one task: one thread's rate
 TILE_PROBE = ((8, 8, 24, 24), (8, 8, 3, 3))
@@ -123,10 +127,11 @@ def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0
 
     Probes: SGEMM on a large tile and on tiles skinny in M, K and N; the im2col unfold on
     long and on short rows; real 2-D FFTs of large and of tiny planes, the FFT channel
-    sum and a small FFT convolution; the direct kernel and (on one thread) the depthwise
-    kernel; im2col with 1 and with 8 tiles; a burst of tiny conv2d calls. They run in
-    interleaved rounds for about ``budget`` seconds (at least 3 rounds) and each keeps
-    its fastest run, the one least disturbed by other processes on a shared machine.
+    sum, a small FFT convolution and one of several channels; the direct kernel and (on
+    one thread) the depthwise kernel; im2col with 1 and with 8 tiles; a burst of tiny
+    conv2d calls. They run in interleaved rounds for about ``budget`` seconds (at least 3
+    rounds) and each keeps its fastest run, the one least disturbed by other processes
+    on a shared machine.
     ``progress(str)`` is called per round. Returns the profile; writes it to ``path``
     (default ``config.CACHE_DIR/profile.json``) when ``save``.
     """
@@ -161,10 +166,8 @@ def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0
         n, c, hw = UNFOLD_PROBES[name]
         return c * 9 * n * hw * hw * 4, c * 9 * n * hw
 
-    b1, _ = unfold_bytes_rows("unfold_long")
-    b2, s2 = unfold_bytes_rows("unfold_short")
-    inv_bw = best["unfold_long"] / b1   # long rows: the bandwidth
-    row = max((best["unfold_short"] - b2 * inv_bw) / s2, 0.0)  # short rows: cost per row
+    inv_bw, row = _unfold_rates(unfold_bytes_rows("unfold_long"), best["unfold_long"],
+                                unfold_bytes_rows("unfold_short"), best["unfold_short"])
 
     def plane_work(name):
         count, h, w = FFT_PROBES[name]
@@ -194,10 +197,45 @@ def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0
         tile_us=round(tile_us, 2), threads=threads,
         source=f"calibrated {time.strftime('%Y-%m-%d %H:%M')} on {cpu_name()}",
     )
-    # what the small FFT convolution took beyond the modelled transforms and channel sum
-    a = conv_args_from_shapes("calibrate", *FFT_CONV_PROBE)
-    fft_call_us = max(best["fft_conv"] - fft.cost(a, prof).seconds, 0.0) * 1e6
-    prof = dataclasses.replace(prof, fft_call_us=round(fft_call_us, 2))
+    fft_ns, fft_call_us = _fft_conv_rates(prof, best["fft_conv"], best["fft_conv_big"])
+    prof = dataclasses.replace(prof, fft_ns=round(fft_ns, 4), fft_call_us=round(fft_call_us, 2))
     if save:
         save_profile(prof, path)
     return prof
+
+
+def _unfold_rates(long, t_long, short, t_short) -> tuple[float, float]:
+    """(seconds per byte, seconds per copied row) of the unfold from its two probes,
+    ``long`` and ``short`` each (column bytes, row segments): both probes pay both
+    costs, so the two equations are solved together (the long rows' time taken as
+    bandwidth alone priced long-row unfolds at 2-3x their time)."""
+    (b1, s1), (b2, s2) = long, short
+    det = b1 * s2 - b2 * s1
+    inv_bw = (t_long * s2 - t_short * s1) / det if det else 0.0
+    row = (b1 * t_short - b2 * t_long) / det if det else 0.0
+    if inv_bw <= 0 or row < 0:  # noise swamped one term: the long time all bandwidth
+        inv_bw = t_long / b1
+        row = max((t_short - b2 * inv_bw) / s2, 0.0)
+    return inv_bw, row
+
+
+def _fft_conv_rates(prof: Profile, t_small: float, t_big: float) -> tuple[float, float]:
+    """(fft_ns, fft_call_us) that make ``fft.cost`` match the two FFT convolution
+    probes: the small one (the fixed cost dominates) and the one of several channels
+    (the transforms dominate). Transforms inside a convolution ran about twice the rate
+    of the bare transform probe here (fresh spectra, one worker below a million
+    points), so the rate comes from whole convolutions; the bare probe's rate
+    (``prof.fft_ns``) stands where noise leaves no positive solution."""
+    def parts(shapes):
+        a = conv_args_from_shapes("calibrate", *shapes)
+        base = fft.cost(a, dataclasses.replace(prof, fft_ns=0.0, fft_call_us=0.0)).seconds
+        unit = fft.cost(a, dataclasses.replace(prof, fft_ns=1.0, fft_call_us=0.0)).seconds
+        return base, unit - base
+
+    base_s, unit_s = parts(FFT_CONV_PROBE)
+    base_b, unit_b = parts(FFT_CONV_BIG_PROBE)
+    fft_ns = ((t_big - base_b) - (t_small - base_s)) / (unit_b - unit_s)
+    if fft_ns <= 0:
+        fft_ns = prof.fft_ns
+    fixed = max(t_small - base_s - fft_ns * unit_s, 0.0)
+    return fft_ns, fixed * 1e6

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from ... import _small_gemm
+from ... import _lanes, _small_gemm
 from ...costs import Estimate, Profile, gemm_seconds
 from ..im2col import cost as im2col_cost
 from ..im2col import direct_grad
@@ -95,7 +95,7 @@ def cost(a, p: Profile, m: int | None = None, fused: bool = True) -> Estimate:
         # (cifar's 32 -> 32 NHWC: 1.2 ms measured, 2.2 modelled, 4.4 at OpenBLAS's rate)
         peak = dataclasses.replace(p, gemm_half_m=0.0, gemm_half_k=0.0, gemm_half_n=0.0)
         gemm = gemm_seconds(peak, cols, cg, dg, t * a.groups * chunks, item)
-    moved = t * (a.c_in + a.c_out) * tiles * item
+    moved = t * a.groups * (_vector_channels(a, cg) + _vector_channels(a, dg)) * tiles * item
     transforms = WINOGRAD_TRANSFORM_PASSES * moved / (p.copy_gbs * 1e9)
     # passes copying x and y: to NCHW and back for other layouts; a dilated NCHW layer's
     # phases gathered into one batch and scattered back when they are the same problem
@@ -113,6 +113,17 @@ def cost(a, p: Profile, m: int | None = None, fused: bool = True) -> Estimate:
     detail = (f"F({m}x{m}, 3x3), {chunks} chunks{where}, {t} GEMMs {dg}x{cg}x{cols}{groups} "
               f"{1e3 * gemm:.3g} ms, transforms {1e3 * transforms:.3g} ms{phased}")
     return Estimate(secs, tiling.workspace_bytes(a), detail)
+
+
+def _vector_channels(a, per_group: int) -> int:
+    """The channels a group's transforms move per tile for ``per_group`` channels (in
+    or out): those in NCHW; in NHWC, whose transforms run a tile's channels as SIMD
+    vectors (``nhwc``), at least a register's lanes (2 x 128 x 128, 8 -> 1-8 channels:
+    0.56-1.4 ms measured, 0.29-0.48 modelled by the channels alone, 2-4x the NCHW
+    kernels' time)."""
+    if not a.dims.channels_last:
+        return per_group
+    return max(per_group, _lanes.per_register(a.dtype.itemsize))
 
 
 def _fused_cost(a, p: Profile, t: int, stage_passes: float = 0.0,

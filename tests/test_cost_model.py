@@ -1,0 +1,117 @@
+"""The cost model's pieces: the GEMM roofline, the FFT's transform lengths, and the
+calibration's solves for the unfold and FFT rates (synthetic probe times from known
+rates must give those rates back); bench/auto_survey.py, which measures auto's choices
+against every algorithm, on tiny layers."""
+
+import dataclasses
+import importlib.util
+import json
+import math
+import pathlib
+
+import numpy as np
+import pytest
+
+from fastconv._args import conv_args_from_shapes
+from fastconv.algos import fft
+from fastconv.costs import DEFAULT_PROFILE, gemm_seconds
+from fastconv.tools import calibrate
+
+
+def test_gemm_time_is_the_larger_of_arithmetic_and_memory():
+    p = DEFAULT_PROFILE
+    fast_memory = dataclasses.replace(p, copy_gbs=1e12)
+    slow_memory = dataclasses.replace(p, copy_gbs=1e-3)
+    # a square product: its arithmetic alone when memory is fast
+    arithmetic = gemm_seconds(fast_memory, 256, 1152, 1024)
+    assert gemm_seconds(p, 256, 1152, 1024) == pytest.approx(arithmetic)
+    # a matrix-vector product is priced at its traffic when that takes longer
+    m, k, n = 1, 1296, 1440
+    memory = (m * k + k * n + m * n) * 4 / (slow_memory.copy_gbs * 1e9)
+    assert gemm_seconds(slow_memory, m, k, n) == pytest.approx(memory)
+    assert gemm_seconds(p, m, k, n, batch=3) == pytest.approx(3 * gemm_seconds(p, m, k, n))
+
+
+def test_fft_prices_lengths_with_factors_3_and_5_higher():
+    unit = dataclasses.replace(DEFAULT_PROFILE, fft_ns=1.0, fft_plane_us=0.0)
+    none = dataclasses.replace(DEFAULT_PROFILE, fft_ns=0.0, fft_plane_us=0.0)
+
+    def transforms(padding):
+        """(transform shape, modelled transform time per point * log2(points))"""
+        a = conv_args_from_shapes("conv2d", (1, 1, 128, 128), (1, 1, 5, 5), padding=padding)
+        fh, fw = fft.forward_transform_shape(a)
+        t = fft.cost(a, unit).seconds - fft.cost(a, none).seconds
+        return (fh, fw), t / (fh * fw * math.log2(fh * fw))
+
+    (valid, per_valid), (same, per_same) = transforms(0), transforms(2)
+    assert (valid, same) == ((128, 128), (135, 135))     # 132 -> 135 = 3^3 * 5
+    assert per_same / per_valid == pytest.approx(fft.MIXED_RADIX_COST, rel=0.01)
+    assert per_same > 1.2 * per_valid
+
+
+def test_unfold_rates_solve_both_probes_together():
+    inv_bw, row = 1 / 40e9, 3e-9
+    long, short = (7_225_344, 32_256), (1_806_336, 64_512)
+    times = [b * inv_bw + s * row for b, s in (long, short)]
+    got = calibrate._unfold_rates(long, times[0], short, times[1])
+    assert got == pytest.approx((inv_bw, row))
+    # noise that leaves no positive solution: the long probe's time is all bandwidth
+    got = calibrate._unfold_rates(long, 1e-4, short, 1e-6)
+    assert got == (pytest.approx(1e-4 / long[0]), 0.0)
+
+
+def test_fft_rates_come_from_the_two_convolution_probes():
+    prof = dataclasses.replace(DEFAULT_PROFILE, fft_ns=0.5, fft_call_us=0.0)
+    want = dataclasses.replace(prof, fft_ns=0.17, fft_call_us=80.0)
+
+    def probe_time(shapes):
+        return fft.cost(conv_args_from_shapes("calibrate", *shapes), want).seconds
+
+    ns, call_us = calibrate._fft_conv_rates(prof, probe_time(calibrate.FFT_CONV_PROBE),
+                                            probe_time(calibrate.FFT_CONV_BIG_PROBE))
+    assert (ns, call_us) == (pytest.approx(0.17), pytest.approx(80.0))
+    # a big probe no slower than the small one: the bare transforms' rate stands
+    small = probe_time(calibrate.FFT_CONV_PROBE)
+    ns, call_us = calibrate._fft_conv_rates(prof, small, small)
+    assert ns == prof.fft_ns and call_us >= 0
+
+
+# ------------------------------------------------------------ bench/auto_survey.py
+@pytest.fixture(scope="module")
+def survey():
+    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "auto_survey.py"
+    spec = importlib.util.spec_from_file_location("auto_survey", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("kind", ["survey", "fft"])
+def test_survey_layers_stay_in_their_kind(survey, kind):
+    rng = np.random.default_rng(3)
+    for _ in range(50):
+        layer = survey.random_layer(rng, kind)
+        xs, ws = survey.shapes(layer)
+        assert len(xs) == len(ws) == 4 and np.prod(xs) <= 4e6
+        assert layer["k"] <= 7 if kind == "survey" else 5 <= layer["k"] <= 15
+
+
+def test_survey_times_every_algorithm_and_reports_misses(survey, monkeypatch, tmp_path,
+                                                         capsys):
+    tiny = [dict(n=1, ci=2, co=3, h=12, k=3, stride=1, padding=1, layout="NHWC"),
+            dict(n=2, ci=1, co=2, h=10, k=5, stride=1, padding=0, layout="NCHW")]
+    monkeypatch.setattr(survey, "random_layer", lambda rng, kind: dict(tiny[0]) if
+                        rng.random() < 0.5 else dict(tiny[1]))
+    out = tmp_path / "rows.json"
+    assert survey.main(["--layers", "4", "--runs", "2", "--calls", "1",
+                        "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert len(rows) == 4
+    for r in rows:
+        assert r["auto"] in r["times"] and {"im2col", "fft"} <= set(r["times"])
+        assert all(t > 0 for t in r["times"].values())
+    assert capsys.readouterr().out.startswith("4 layers: auto within 10% of the fastest")
+    rows = [dict(auto="fft", times={"fft": 3.0, "im2col": 1.0}),
+            dict(auto="naive", times={"naive": 1.0, "fft": 2.0})]
+    assert survey.summary(rows).startswith("2 layers: auto within 10% of the fastest on "
+                                           "50.0%")
