@@ -70,20 +70,25 @@ def best_ms(fn, calls: int) -> float:
     return best * 1e3
 
 
-def time_layer(layer: dict, rng, calls: int) -> dict:
-    """{algorithm: best ms} for the algorithms that apply, and auto's plan."""
+def time_layer(layer: dict, rng, calls: int, backward: bool = False) -> dict:
+    """{algorithm: best ms} for the algorithms that apply, and auto's plan (of the
+    forward, or with ``backward`` of conv2d_backward's three gradients)."""
     xs, ws = shapes(layer)
     kw = dict(stride=layer["stride"], padding=layer["padding"], layout=layer["layout"])
-    plan = fastconv.plan(xs, ws, **kw)
+    plan = fastconv.plan(xs, ws, backward=backward, **kw)
     x = rng.standard_normal(xs).astype(np.float32)
     w = rng.standard_normal(ws).astype(np.float32)
+    op, operands = fastconv.conv2d, (x, w)
+    if backward:
+        gy = rng.standard_normal(fastconv.conv2d(x, w, **kw).shape).astype(np.float32)
+        op, operands = fastconv.conv2d_backward, (gy, x, w)
     low = min(plan.estimates.values())
     times = {}
     for algo in ALGORITHMS:
         est = plan.estimates.get(algo)
         if est is None or (algo == "naive" and est > 20 * low and est > 5e-5):
             continue
-        times[algo] = best_ms(lambda a=algo: fastconv.conv2d(x, w, algo=a, **kw), calls)
+        times[algo] = best_ms(lambda a=algo: op(*operands, algo=a, **kw), calls)
     return dict(layer, auto=plan.algorithm, times=times)
 
 
@@ -102,6 +107,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=int, default=2)
     ap.add_argument("--calls", type=int, default=3)
+    ap.add_argument("--backward", action="store_true",
+                    help="time conv2d_backward against auto's backward plan")
     ap.add_argument("--json", default=None, help="write every layer's times here")
     args = ap.parse_args(argv)
     layer_rng = np.random.default_rng(args.seed)
@@ -109,7 +116,7 @@ def main(argv=None) -> int:
     rows = None
     for _ in range(args.runs):
         data_rng = np.random.default_rng(args.seed + 1)
-        run = [time_layer(layer, data_rng, args.calls) for layer in layers]
+        run = [time_layer(layer, data_rng, args.calls, args.backward) for layer in layers]
         rows = run if rows is None else [
             dict(old, times={a: min(t, new["times"][a]) for a, t in old["times"].items()})
             for old, new in zip(rows, run, strict=True)]

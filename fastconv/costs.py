@@ -69,7 +69,7 @@ class Profile(HashOnce):
 #: unfold's and the FFT's rates (copy_*, fft_ns, fft_call_us, fft_gmacs) are fitted
 #: instead to whole layers timed as a user calls them: 591 random layers (1-64 channels,
 #: 16-256 pixels, kernels 1-31, both layouts), each algorithm's best call of two or three
-#: runs; auto's choice within 10% of the fastest on 92.7% of them with these rates and
+#: runs; auto's choice within 10% of the fastest on 93.1% of them with these rates and
 #: ``gemm_seconds``'s roofline, 83.4% before (the probes' 27 GB/s and 6.2 ns a row;
 #: transforms at 0.10 ns, the bare probe's hot loop on two workers, against 0.15-0.22
 #: inside convolutions; the GEMM's memory added to its arithmetic).

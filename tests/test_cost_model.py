@@ -105,6 +105,10 @@ def test_survey_times_every_algorithm_and_reports_misses(survey, monkeypatch, tm
     out = tmp_path / "rows.json"
     assert survey.main(["--layers", "4", "--runs", "2", "--calls", "1",
                         "--json", str(out)]) == 0
+    back = tmp_path / "backward.json"
+    assert survey.main(["--layers", "2", "--runs", "1", "--calls", "1", "--backward",
+                        "--json", str(back)]) == 0
+    assert all(r["auto"] in r["times"] for r in json.loads(back.read_text()))
     rows = json.loads(out.read_text())
     assert len(rows) == 4
     for r in rows:

@@ -222,10 +222,11 @@ def _unfold_rates(long, t_long, short, t_short) -> tuple[float, float]:
 def _fft_conv_rates(prof: Profile, t_small: float, t_big: float) -> tuple[float, float]:
     """(fft_ns, fft_call_us) that make ``fft.cost`` match the two FFT convolution
     probes: the small one (the fixed cost dominates) and the one of several channels
-    (the transforms dominate). Transforms inside a convolution ran about twice the rate
-    of the bare transform probe here (fresh spectra, one worker below a million
-    points), so the rate comes from whole convolutions; the bare probe's rate
-    (``prof.fft_ns``) stands where noise leaves no positive solution."""
+    (the transforms dominate). Transforms inside a convolution took 1.5-2.2x the bare
+    transform probe's time per point here (fresh spectra; one worker below a million
+    points, where the probe runs two), so the rate comes from whole convolutions; the
+    bare probe's rate (``prof.fft_ns``) stands where noise leaves no positive
+    solution."""
     def parts(shapes):
         a = conv_args_from_shapes("calibrate", *shapes)
         base = fft.cost(a, dataclasses.replace(prof, fft_ns=0.0, fft_call_us=0.0)).seconds
