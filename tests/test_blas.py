@@ -14,7 +14,8 @@ def _numpy_blas_threads():
 
 
 @pytest.mark.parametrize("shapes", [((64, 400), (400, 120)), ((3, 5, 7), (3, 7, 2)),
-                                    ((2, 1, 4, 6), (3, 6, 5)), ((300, 200), (200, 300))])
+                                    ((2, 1, 4, 6), (3, 6, 5)), ((300, 200), (200, 300)),
+                                    ((3000, 1), (1, 200)), ((2, 1, 4, 1), (3, 1, 5))])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_matmul_matches_numpy(shapes, dtype, rng):
     a = rng.standard_normal(shapes[0]).astype(dtype)
