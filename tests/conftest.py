@@ -1,5 +1,20 @@
+import importlib.util
+import pathlib
+
 import numpy as np
 import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_script(relative_path: str):
+    """A script of the repository that is not in a package (bench/, notebooks/), e.g.
+    ``load_script("bench/auto_survey.py")``, imported as a module under its file name."""
+    path = ROOT / relative_path
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(autouse=True)

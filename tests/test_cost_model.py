@@ -4,10 +4,8 @@ rates must give those rates back); bench/auto_survey.py, which measures auto's c
 against every algorithm, on tiny layers."""
 
 import dataclasses
-import importlib.util
 import json
 import math
-import pathlib
 
 import numpy as np
 import pytest
@@ -16,6 +14,8 @@ from fastconv._args import conv_args_from_shapes
 from fastconv.algos import fft
 from fastconv.costs import DEFAULT_PROFILE, gemm_seconds
 from fastconv.tools import calibrate
+
+from .conftest import load_script
 
 
 def test_gemm_time_is_the_larger_of_arithmetic_and_memory():
@@ -79,11 +79,7 @@ def test_fft_rates_come_from_the_two_convolution_probes():
 # ------------------------------------------------------------ bench/auto_survey.py
 @pytest.fixture(scope="module")
 def survey():
-    path = pathlib.Path(__file__).resolve().parents[1] / "bench" / "auto_survey.py"
-    spec = importlib.util.spec_from_file_location("auto_survey", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/auto_survey.py")
 
 
 @pytest.mark.parametrize("kind", ["survey", "fft"])

@@ -1,7 +1,6 @@
 """bench/gpu_check.sh and bench/gpu_check.py without a GPU: the script's syntax and steps,
 the helper's arguments, its GEMM shapes and its report on made-up measurements."""
 
-import importlib.util
 import json
 import pathlib
 import shutil
@@ -9,16 +8,14 @@ import subprocess
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from .conftest import ROOT, load_script
+
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 
 
 @pytest.fixture(scope="module")
 def gc():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench/gpu_check.py")
 
 
 def test_script_is_valid_bash_and_runs_every_step():

@@ -1,18 +1,14 @@
 """Every notebook runs top to bottom in a fresh kernel (small-size mode)."""
 
-import importlib.util
-import pathlib
-
 import pytest
+
+from .conftest import load_script
 
 pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 pytest.importorskip("matplotlib")
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-spec = importlib.util.spec_from_file_location("nb_run", ROOT / "notebooks" / "run.py")
-nb_run = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(nb_run)
+nb_run = load_script("notebooks/run.py")
 
 
 def test_there_are_notebooks():
