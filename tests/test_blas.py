@@ -130,7 +130,7 @@ def test_split_matmul_matches_numpy(shared_left, dtype, rng):
     """Batches above and below the small-product limit, split over threads or not; the
     BLAS thread counts are restored afterwards."""
     before = _numpy_blas_threads()
-    for batch, m, k, n in ((16, 64, 64, 3000), (3, 4, 5, 6), (1, 8, 8, 8)):
+    for batch, m, k, n in ((16, 64, 64, 3000), (3, 4, 5, 6), (1, 8, 8, 8), (36, 500, 1, 64)):
         a = rng.standard_normal((m, k) if shared_left else (batch, m, k)).astype(dtype)
         b = rng.standard_normal((batch, k, n)).astype(dtype)
         out = np.full((batch, m, n), np.nan, dtype)
