@@ -88,13 +88,14 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     when the product is small (:func:`is_small`), else in register tiles on numba's
     threads where the host runs them faster (``_small_gemm.tiled_product``), else cut
     into blocks on numba's threads, one BLAS thread each (``_threaded_gemm.product``;
-    numpy's BLAS threads where that does not apply). Outer products (K = 1) run as
-    numpy's broadcast multiply."""
+    numpy's BLAS threads where that does not apply). Outer products (K = 1) run in
+    ``_small_gemm.outer``."""
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     if k == 1:
-        # OpenBLAS's GEMM took 2.8-3.6x the multiply's time on (784-10000, 1) @ (1,
-        # 144-200) (an NHWC input gradient of one output channel: 38 -> 12 ms)
-        return np.multiply(a, b, out=out)
+        # OpenBLAS's GEMM took 2.8-3.6x numpy's multiply's time on (784-10000, 1) @ (1,
+        # 144-200) (an NHWC input gradient of one output channel: 38 -> 12 ms), and the
+        # multiply 8-10x _small_gemm.outer's on tall products of few columns
+        return _small_gemm.outer(a, b, out)
     batch = max(a.size // max(m * k, 1), b.size // max(k * n, 1))
     if batch * m * k * n < _threaded_gemm.MIN_MACS:
         with one_blas_thread():
@@ -155,7 +156,7 @@ def split_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     (``_threaded_gemm.product``), or where that does not apply on Python threads
     (``on_threads``). Batches of narrow products (``_small_gemm.applies``: K and N at
     most 64) run in SIMD registers on numba's threads instead, outer products (K = 1)
-    as numpy's broadcast multiply.
+    in ``_small_gemm.outer``.
 
     On the 2-core machine a Winograd F(2x2, 3x3) prototype ran the four dense 3x3 layers
     of the benchmark suite 10-22% faster this way than with one 2-thread BLAS call: no
@@ -167,7 +168,7 @@ def split_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     batch = b.shape[0]
     m, k, n = a.shape[-2], a.shape[-1], b.shape[-1]
     if k == 1:      # outer products, as in ``matmul`` (1.3-2x faster than the split GEMMs)
-        return np.multiply(a, b, out=out)
+        return _small_gemm.outer(a, b, out)
     threads = min(numba.get_num_threads(), batch)
     if batch * m * k * n >= _threaded_gemm.MIN_MACS and _small_gemm.applies(a, b, out):
         _small_gemm.product(a, b, out)

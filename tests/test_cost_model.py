@@ -1,4 +1,5 @@
-"""The cost model's pieces: the GEMM roofline, the FFT's transform lengths, and the
+"""The cost model's pieces: the GEMM roofline, the FFT's transform lengths, Winograd's
+input gradient priced as its own problem, and the
 calibration's solves for the unfold and FFT rates (synthetic probe times from known
 rates must give those rates back); bench/auto_survey.py, which measures auto's choices
 against every algorithm, on tiny layers."""
@@ -12,6 +13,7 @@ import pytest
 
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos import fft
+from fastconv.algos.winograd import cost as winograd_cost
 from fastconv.costs import DEFAULT_PROFILE, gemm_seconds
 from fastconv.tools import calibrate
 
@@ -30,6 +32,38 @@ def test_gemm_time_is_the_larger_of_arithmetic_and_memory():
     memory = (m * k + k * n + m * n) * 4 / (slow_memory.copy_gbs * 1e9)
     assert gemm_seconds(slow_memory, m, k, n) == pytest.approx(memory)
     assert gemm_seconds(p, m, k, n, batch=3) == pytest.approx(3 * gemm_seconds(p, m, k, n))
+
+
+def test_an_outer_product_is_priced_at_its_memory_traffic():
+    # K = 1 runs as one multiply an output: its traffic, however fast the arithmetic
+    fast_arithmetic = dataclasses.replace(DEFAULT_PROFILE, gemm_gflops=1e9)
+    m, n = 16384, 64
+    memory = (m + n + m * n) * 4 / (DEFAULT_PROFILE.copy_gbs * 1e9)
+    assert gemm_seconds(DEFAULT_PROFILE, m, 1, n) == pytest.approx(memory)
+    assert gemm_seconds(fast_arithmetic, m, 1, n, batch=2) == pytest.approx(2 * memory)
+    # two terms are a GEMM again, priced by its skinny inner dimension
+    assert gemm_seconds(DEFAULT_PROFILE, m, 2, n) > 3 * memory
+
+
+@pytest.mark.parametrize("x_shape, w_shape, padding, layout", [
+    ((32, 1, 28, 28), (16, 1, 3, 3), 1, "NCHW"),
+    ((2, 10, 12, 4), (3, 3, 4, 8), 0, "NHWC"),
+    ((2, 4, 11, 9), (8, 4, 3, 3), ((2, 0), (1, 2)), "NCHW"),
+])
+def test_winograd_prices_grad_x_as_the_forward_of_its_own_problem(x_shape, w_shape, padding,
+                                                                   layout):
+    """grad_x is grad_y correlated with the flipped kernel, channels swapped: the
+    problem conv2d would build from grad_y's shape (its GEMMs differ from the forward's
+    where the channel counts do)."""
+    a = conv_args_from_shapes("conv2d", x_shape, w_shape, padding=padding, layout=layout)
+    (pt, pb), (pl, pr) = a.padding
+    adjoint = winograd_cost._adjoint(a)
+    w_adjoint = (a.c_in, a.c_out, 3, 3) if layout == "NCHW" else (3, 3, a.c_out, a.c_in)
+    assert adjoint == conv_args_from_shapes("conv2d", a.y_layout_shape, w_adjoint,
+                                            padding=((2 - pt, 2 - pb), (2 - pl, 2 - pr)),
+                                            layout=layout)
+    assert adjoint.y_layout_shape == a.x_layout_shape
+    assert winograd_cost._adjoint(adjoint) == a
 
 
 def test_fft_prices_lengths_with_factors_3_and_5_higher():

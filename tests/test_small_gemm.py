@@ -163,3 +163,39 @@ def test_panel_product_matches_numpy_inside_larger_arrays(m, k, registers, dtype
     for i in range(m):
         outside[4 + i * ldc:4 + i * ldc + n] = False
     assert np.all(c[outside] == -7.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shapes", [((3000, 1), (1, 7)), ((5, 1), (1, 9000)),
+                                    ((4, 300, 1), (1, 70)), ((300, 1), (4, 1, 70)),
+                                    ((4, 300, 1), (4, 1, 70)), ((1, 0, 1), (3, 1, 5))])
+def test_outer_products_match_numpy(shapes, dtype, rng):
+    """K = 1 products in numba's tasks: each batch's own rows and columns or one shared,
+    exactly numpy's multiply (one rounding an output)."""
+    a = rng.standard_normal(shapes[0]).astype(dtype)
+    b = rng.standard_normal(shapes[1]).astype(dtype)
+    want = np.matmul(a, b)
+    np.testing.assert_array_equal(_small_gemm.outer(a, b), want)
+    # a strided out (the grouped NHWC layout: each group's rows a group's width apart)
+    wide = np.full(want.shape[:-1] + (2 * want.shape[-1],), np.nan, dtype)
+    out = wide[..., ::2]
+    assert _small_gemm.outer(a, b, out) is out
+    np.testing.assert_array_equal(out, want)
+    assert np.isnan(wide[..., 1::2]).all()
+
+
+def test_outer_products_numba_declines_go_to_numpy():
+    """Integer and mixed dtypes, outputs of more than 3 dimensions and an out over its
+    own operand: numpy's multiply, the same result as np.matmul."""
+    a = np.arange(6, dtype=np.int64).reshape(6, 1)
+    b = np.arange(3, dtype=np.int64).reshape(1, 3)
+    np.testing.assert_array_equal(_small_gemm.outer(a, b), a @ b)
+    np.testing.assert_array_equal(_small_gemm.outer(a.astype(np.float32), b * 0.5),
+                                  a.astype(np.float32) @ (b * 0.5))
+    a4 = np.ones((2, 3, 4, 1), np.float32)
+    np.testing.assert_array_equal(_small_gemm.outer(a4, b.astype(np.float32)),
+                                  a4 @ b.astype(np.float32))
+    square = np.arange(4, dtype=np.float32).reshape(4, 1) * np.ones((1, 4), np.float32)
+    want = square[:, :1] @ square[:1, :]
+    np.testing.assert_array_equal(_small_gemm.outer(square[:, :1], square[:1, :], square),
+                                  want)
