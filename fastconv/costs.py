@@ -185,14 +185,18 @@ def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
     scaled by the efficiency of the skinniest dimension, min(f(m), f(k), f(n)) (a
     product of the three undercounts GEMMs skinny in two dimensions by about 2x here),
     or, where that is longer, reading and writing the operands once at the copy
-    bandwidth (what bounds a GEMM with m or k of 1 or 2, and all an outer product, k =
-    1, costs). The larger of the two, not their sum: the skinny rates come from GEMMs
-    timed with their memory traffic in them (``fastconv calibrate``), and the sum
-    priced im2col's GEMMs on 1-16 output channels at 1.5-3x their measured time."""
+    bandwidth (what bounds a GEMM with m or k of 1 or 2, and all that an outer product,
+    k = 1, or a matrix-vector product costs). The larger of the two, not their sum: the
+    skinny rates come from GEMMs timed with their memory traffic in them (``fastconv
+    calibrate``), and the sum priced im2col's GEMMs on 1-16 output channels at 1.5-3x
+    their measured time."""
     if m * k * n == 0:
         return 0.0
     memory = (m * k + k * n + m * n) * itemsize / (p.copy_gbs * 1e9)
-    if k == 1:  # an outer product: one multiply an output (``_small_gemm.outer``)
+    if k == 1 or min(m, n) == 1:
+        # an outer product (one multiply an output, ``_small_gemm.outer``) or a
+        # matrix-vector product: their traffic ((1, 75) @ (75, 16384): 0.07 ms, 0.11 at
+        # the copy bandwidth, 0.22 at the rate of a GEMM of one row)
         return batch * memory
     eff = min(efficiency(m, p.gemm_half_m), efficiency(k, p.gemm_half_k),
               efficiency(n, p.gemm_half_n))

@@ -34,15 +34,22 @@ def test_gemm_time_is_the_larger_of_arithmetic_and_memory():
     assert gemm_seconds(p, m, k, n, batch=3) == pytest.approx(3 * gemm_seconds(p, m, k, n))
 
 
-def test_an_outer_product_is_priced_at_its_memory_traffic():
-    # K = 1 runs as one multiply an output: its traffic, however fast the arithmetic
-    fast_arithmetic = dataclasses.replace(DEFAULT_PROFILE, gemm_gflops=1e9)
-    m, n = 16384, 64
-    memory = (m + n + m * n) * 4 / (DEFAULT_PROFILE.copy_gbs * 1e9)
-    assert gemm_seconds(DEFAULT_PROFILE, m, 1, n) == pytest.approx(memory)
-    assert gemm_seconds(fast_arithmetic, m, 1, n, batch=2) == pytest.approx(2 * memory)
-    # two terms are a GEMM again, priced by its skinny inner dimension
-    assert gemm_seconds(DEFAULT_PROFILE, m, 2, n) > 3 * memory
+@pytest.mark.parametrize("m, k, n", [(16384, 1, 64), (1, 75, 16384), (1024, 1600, 1)])
+def test_outer_and_matrix_vector_products_are_priced_at_their_memory_traffic(m, k, n):
+    # K = 1 runs as one multiply an output, M or N = 1 as a matrix-vector product: their
+    # traffic, however fast the arithmetic and whatever a GEMM of one row would take
+    p = DEFAULT_PROFILE
+    fast_arithmetic = dataclasses.replace(p, gemm_gflops=1e9)
+    memory = (m * k + k * n + m * n) * 4 / (p.copy_gbs * 1e9)
+    assert gemm_seconds(p, m, k, n) == pytest.approx(memory)
+    assert gemm_seconds(fast_arithmetic, m, k, n, batch=2) == pytest.approx(2 * memory)
+    # two of each are a GEMM again: at least its traffic, more where its skinniest
+    # dimension slows the arithmetic (two terms a sum)
+    two = [max(d, 2) for d in (m, k, n)]
+    memory_two = (two[0] * two[1] + two[1] * two[2] + two[0] * two[2]) * 4 / (p.copy_gbs * 1e9)
+    assert gemm_seconds(p, *two) >= memory_two
+    assert gemm_seconds(p, 16384, 2, 64) > 1.5 * (2 * 16384 + 2 * 64 + 16384 * 64) * 4 / (
+        p.copy_gbs * 1e9)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, padding, layout", [
