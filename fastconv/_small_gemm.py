@@ -278,6 +278,12 @@ def _tiled(af, lda, bf, ldb, cf, ldc, m, n, k, tasks):
 
 #: Output items a task of :func:`outer` writes (a run of whole rows).
 OUTER_TASK_ITEMS = 4096
+#: Outer products of fewer output rows (all batches together) or items stay with
+#: numpy's multiply, whose cost is mostly a step per row, below the launch of a
+#: parallel kernel (about 7 us here): (1, 1) @ (1, 65536) 5.7 us against 11.9, (4, 1)
+#: @ (1, 16384) 5.8 against 10.3; (64, 1) @ (1, 1024) 16.7 against 9.6.
+OUTER_MIN_ROWS = 32
+OUTER_MIN_ITEMS = 16384
 
 
 def outer(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -286,8 +292,8 @@ def outer(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nda
     steps its inner loop once an output row, so tall products of few columns ran 8-10x
     slower ((32768, 1) @ (1, 64): 0.79 against 0.10 ms; (64, 1) @ (1, 32768) 0.19
     against 0.10; 2-core AMD EPYC). Other than one float32 or float64 dtype, more than
-    one batch dimension, an out that is not the broadcast shape or that overlaps a or b:
-    numpy's multiply.
+    one batch dimension, an out that is not the broadcast shape or that overlaps a or b,
+    and small products (``OUTER_MIN_ROWS``, ``OUTER_MIN_ITEMS``): numpy's multiply.
 
     >>> import numpy as np
     >>> a = np.arange(3, dtype=np.float32).reshape(3, 1)
@@ -295,7 +301,11 @@ def outer(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nda
     >>> outer(a, b).tolist()
     [[0.0, 0.0], [1.0, 10.0], [2.0, 20.0]]
     """
-    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+    m, n = a.shape[-2], b.shape[-1]
+    rows = m * max(math.prod(a.shape[:-2]), math.prod(b.shape[:-2]))
+    if rows < OUTER_MIN_ROWS or rows * n < OUTER_MIN_ITEMS:
+        return np.multiply(a, b, out=out)
+    shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (m, n)
     if out is None:
         out = np.empty(shape, np.result_type(a, b))
     dt = out.dtype
@@ -303,13 +313,12 @@ def outer(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nda
             or out.ndim > 3 or not out.flags.writeable or np.may_share_memory(out, a)
             or np.may_share_memory(out, b)):
         return np.multiply(a, b, out=out)
-    m, n = shape[-2:]
     if out.size == 0:
         return out
-    rows = np.ascontiguousarray(a[..., 0].reshape(-1, m))     # (1 or E, M)
-    cols = np.ascontiguousarray(b[..., 0, :].reshape(-1, n))  # (1 or E, N)
+    left = np.ascontiguousarray(a[..., 0].reshape(-1, m))      # (1 or E, M)
+    right = np.ascontiguousarray(b[..., 0, :].reshape(-1, n))  # (1 or E, N)
     with parallel_guard():
-        _outer(rows, cols, out[None] if out.ndim == 2 else out,
+        _outer(left, right, out[None] if out.ndim == 2 else out,
                max(1, OUTER_TASK_ITEMS // max(n, 1)))
     return out
 

@@ -169,9 +169,14 @@ def test_panel_product_matches_numpy_inside_larger_arrays(m, k, registers, dtype
 @pytest.mark.parametrize("shapes", [((3000, 1), (1, 7)), ((5, 1), (1, 9000)),
                                     ((4, 300, 1), (1, 70)), ((300, 1), (4, 1, 70)),
                                     ((4, 300, 1), (4, 1, 70)), ((1, 0, 1), (3, 1, 5))])
-def test_outer_products_match_numpy(shapes, dtype, rng):
-    """K = 1 products in numba's tasks: each batch's own rows and columns or one shared,
-    exactly numpy's multiply (one rounding an output)."""
+@pytest.mark.parametrize("in_numba", [True, False])
+def test_outer_products_match_numpy(shapes, dtype, in_numba, rng, monkeypatch):
+    """K = 1 products in numba's tasks (every size, with the small-product limits off)
+    or as the limits send them: each batch's own rows and columns or one shared, exactly
+    numpy's multiply (one rounding an output)."""
+    if in_numba:
+        monkeypatch.setattr(_small_gemm, "OUTER_MIN_ROWS", 0)
+        monkeypatch.setattr(_small_gemm, "OUTER_MIN_ITEMS", 0)
     a = rng.standard_normal(shapes[0]).astype(dtype)
     b = rng.standard_normal(shapes[1]).astype(dtype)
     want = np.matmul(a, b)
@@ -184,9 +189,11 @@ def test_outer_products_match_numpy(shapes, dtype, rng):
     assert np.isnan(wide[..., 1::2]).all()
 
 
-def test_outer_products_numba_declines_go_to_numpy():
+def test_outer_products_numba_declines_go_to_numpy(monkeypatch):
     """Integer and mixed dtypes, outputs of more than 3 dimensions and an out over its
-    own operand: numpy's multiply, the same result as np.matmul."""
+    own operand (whatever their size): numpy's multiply, the same result as np.matmul."""
+    monkeypatch.setattr(_small_gemm, "OUTER_MIN_ROWS", 0)
+    monkeypatch.setattr(_small_gemm, "OUTER_MIN_ITEMS", 0)
     a = np.arange(6, dtype=np.int64).reshape(6, 1)
     b = np.arange(3, dtype=np.int64).reshape(1, 3)
     np.testing.assert_array_equal(_small_gemm.outer(a, b), a @ b)
