@@ -18,6 +18,7 @@ POINTWISE = [
     (2, 4, 3, 5, 6, 1, 1, 1, 0, 1, 1),
     (3, 6, 4, 4, 9, 1, 1, 1, 0, 1, 3),
     (1, 5, 2, 3, 5, 1, 1, 1, 0, 2, 5),        # depthwise 1x1 (dilation changes nothing)
+    (2, 3, 4, 5, 1, 1, 1, 1, 0, 1, 1),        # one output channel: grad_x's outer products
     (0, 4, 3, 3, 2, 1, 1, 1, 0, 1, 1),        # empty batch: grad_w is zero
 ]
 
@@ -75,7 +76,8 @@ def test_pointwise_backward_gradcheck(layout):
 @pytest.mark.parametrize("needs", [(True, True, False), (True, False, False),
                                    (False, True, False)])
 @pytest.mark.parametrize("case", [(5, 4, 3, 3, 3, 1, 1, 1, 0, 1, 1),
-                                  (3, 6, 2, 3, 4, 1, 1, 1, 0, 1, 2)], ids=str)
+                                  (3, 6, 2, 3, 4, 1, 1, 1, 0, 1, 2),
+                                  (3, 4, 3, 3, 1, 1, 1, 1, 0, 1, 1)], ids=str)
 def test_pointwise_backward_split_over_threads(case, needs, monkeypatch):
     """Products no longer counted as small: the images split over the threads, each
     thread summing its own grad_w (an odd batch, groups)."""
