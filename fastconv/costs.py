@@ -179,11 +179,27 @@ def efficiency(x: float, half: float) -> float:
     return x / (x + half)
 
 
+#: Products of many rows and at least ``TALL_MIN_N`` columns, but m >= ``TALL_RATIO``
+#: n (the pixels as rows, as channels-last layers multiply), lose less to a short k and
+#: more to a short n than the profile's halves say, which come from products with the
+#: pixels as columns: (16384, 9) @ (9, 64) ran at 120-150 GFLOP/s, 45 modelled with the
+#: profile's halves. These halves fit 108 such products (1024-16384 rows, k 3-576, n
+#: 16-128; numpy's matmul and ``_blas.matmul``, 2-core AMD EPYC, OpenBLAS SkylakeX
+#: kernel): measured / modelled 0.79-1.88 from the 10th to the 90th percentile, median
+#: 1.02, against 0.34-1.25, median 0.82. Narrower products keep the profile's halves
+#: (with 4 columns, 11-62 GFLOP/s, neither fits).
+TALL_RATIO = 8
+TALL_MIN_N = 16
+TALL_HALF_K = 8.0
+TALL_HALF_N = 6.0
+
+
 def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
                  itemsize: int = 4) -> float:
     """Model time of ``batch`` GEMMs (m x k) @ (k x n): the arithmetic at the peak rate
     scaled by the efficiency of the skinniest dimension, min(f(m), f(k), f(n)) (a
-    product of the three undercounts GEMMs skinny in two dimensions by about 2x here),
+    product of the three undercounts GEMMs skinny in two dimensions by about 2x here;
+    tall products with their own halves for k and n, ``TALL_HALF_K``),
     or, where that is longer, reading and writing the operands once at the copy
     bandwidth (what bounds a GEMM with m or k of 1 or 2, and all that an outer product,
     k = 1, or a matrix-vector product costs). The larger of the two, not their sum: the
@@ -198,8 +214,10 @@ def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
         # matrix-vector product: their traffic ((1, 75) @ (75, 16384): 0.07 ms, 0.11 at
         # the copy bandwidth, 0.22 at the rate of a GEMM of one row)
         return batch * memory
-    eff = min(efficiency(m, p.gemm_half_m), efficiency(k, p.gemm_half_k),
-              efficiency(n, p.gemm_half_n))
+    tall = m >= TALL_RATIO * n and n >= TALL_MIN_N
+    eff = min(efficiency(m, p.gemm_half_m),
+              efficiency(k, TALL_HALF_K if tall else p.gemm_half_k),
+              efficiency(n, TALL_HALF_N if tall else p.gemm_half_n))
     arithmetic = 2.0 * m * k * n / (p.gemm_gflops * 1e9 * (4 / itemsize) * eff)
     return batch * max(arithmetic, memory)
 

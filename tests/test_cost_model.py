@@ -11,6 +11,7 @@ import math
 import numpy as np
 import pytest
 
+from fastconv import costs
 from fastconv._args import conv_args_from_shapes
 from fastconv.algos import fft
 from fastconv.algos.winograd import cost as winograd_cost
@@ -34,6 +35,26 @@ def test_gemm_time_is_the_larger_of_arithmetic_and_memory():
     assert gemm_seconds(p, m, k, n, batch=3) == pytest.approx(3 * gemm_seconds(p, m, k, n))
 
 
+def test_tall_products_have_their_own_halves_for_k_and_n():
+    """The pixels as rows (many rows, at least TALL_MIN_N columns): a short k costs less
+    than with the pixels as columns; fewer columns keep the profile's halves."""
+    p = dataclasses.replace(DEFAULT_PROFILE, copy_gbs=1e12)   # the arithmetic alone
+    eff = costs.efficiency
+
+    def arithmetic(m, k, n, half_k, half_n):
+        e = min(eff(m, p.gemm_half_m), eff(k, half_k), eff(n, half_n))
+        return 2.0 * m * k * n / (p.gemm_gflops * 1e9 * e)
+
+    tall = gemm_seconds(p, 16384, 9, 64)
+    assert tall == pytest.approx(arithmetic(16384, 9, 64, costs.TALL_HALF_K,
+                                            costs.TALL_HALF_N))
+    assert tall < gemm_seconds(p, 64, 9, 16384) / 2     # the same product, pixels as columns
+    assert gemm_seconds(p, 16384, 9, 4) == pytest.approx(
+        arithmetic(16384, 9, 4, p.gemm_half_k, p.gemm_half_n))
+    assert gemm_seconds(p, 256, 9, 64) == pytest.approx(     # not 8x taller than wide
+        arithmetic(256, 9, 64, p.gemm_half_k, p.gemm_half_n))
+
+
 @pytest.mark.parametrize("m, k, n", [(16384, 1, 64), (1, 75, 16384), (1024, 1600, 1)])
 def test_outer_and_matrix_vector_products_are_priced_at_their_memory_traffic(m, k, n):
     # K = 1 runs as one multiply an output, M or N = 1 as a matrix-vector product: their
@@ -44,11 +65,11 @@ def test_outer_and_matrix_vector_products_are_priced_at_their_memory_traffic(m, 
     assert gemm_seconds(p, m, k, n) == pytest.approx(memory)
     assert gemm_seconds(fast_arithmetic, m, k, n, batch=2) == pytest.approx(2 * memory)
     # two of each are a GEMM again: at least its traffic, more where its skinniest
-    # dimension slows the arithmetic (two terms a sum)
+    # dimension slows the arithmetic (two terms a sum, the pixels as columns)
     two = [max(d, 2) for d in (m, k, n)]
     memory_two = (two[0] * two[1] + two[1] * two[2] + two[0] * two[2]) * 4 / (p.copy_gbs * 1e9)
     assert gemm_seconds(p, *two) >= memory_two
-    assert gemm_seconds(p, 16384, 2, 64) > 1.5 * (2 * 16384 + 2 * 64 + 16384 * 64) * 4 / (
+    assert gemm_seconds(p, 64, 2, 16384) > 1.5 * (2 * 16384 + 2 * 64 + 16384 * 64) * 4 / (
         p.copy_gbs * 1e9)
 
 

@@ -52,7 +52,11 @@ def _gemm_cost(a, p: Profile, fuse: bool = True) -> Estimate:
     cgkk = cg * a.kh * a.kw
     if is_pointwise(a) or strided_pointwise.applies(a):
         hw = a.h_out * a.w_out
-        secs = gemm_seconds(p, dg, cg, hw, a.n * g, item) + p.call_us * 1e-6
+        if a.dims.channels_last:    # one product over all pixels (rows) a group
+            secs = gemm_seconds(p, a.n * hw, cg, dg, g, item)
+        else:                       # one a group and image, the pixels as columns
+            secs = gemm_seconds(p, dg, cg, hw, a.n * g, item)
+        secs += p.call_us * 1e-6
         if not is_pointwise(a):
             secs += strided_pointwise.copy_seconds(a, p)
         return Estimate(secs, 0, f"batched GEMM {dg}x{cg}x{hw} x{a.n * g}")

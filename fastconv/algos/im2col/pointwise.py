@@ -165,11 +165,16 @@ def _nhwc(gy, x, w, args, grad_x, grad_w, g, dg, cg) -> None:
 
 def backward_cost_pointwise(a, p: Profile) -> Estimate:
     """Model time of ``backward_pointwise``: per image and group a (Cg x Dg x HW)
-    product for grad_x and a (Cg x HW x Dg) one for grad_w; the workspace is a grad_w
-    sum and a product buffer per thread."""
+    product for grad_x and a (Cg x HW x Dg) one for grad_w (NHWC: per group, one over
+    all N*HW pixels each, the pixels as grad_x's rows); the workspace is a grad_w sum
+    and a product buffer per thread."""
     g, dg, cg = gemm_sizes(a)
     hw, item = a.h * a.w, a.dtype.itemsize
-    gx = gemm_seconds(p, cg, dg, hw, a.n * g, item)
-    gw = gemm_seconds(p, cg, hw, dg, a.n * g, item)
+    if a.dims.channels_last:    # over all pixels at once, the pixels as grad_x's rows
+        gx = gemm_seconds(p, a.n * hw, dg, cg, g, item)
+        gw = gemm_seconds(p, cg, a.n * hw, dg, g, item)
+    else:
+        gx = gemm_seconds(p, cg, dg, hw, a.n * g, item)
+        gw = gemm_seconds(p, cg, hw, dg, a.n * g, item)
     return Estimate(p.call_us * 1e-6 + gx + gw, 2 * p.threads * g * dg * cg * item,
                     f"pointwise: GEMMs {cg}x{dg}x{hw} and {cg}x{hw}x{dg} x{a.n * g}")

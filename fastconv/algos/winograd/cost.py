@@ -89,7 +89,10 @@ def cost(a, p: Profile, m: int | None = None, fused: bool = True) -> Estimate:
     split = not a.dims.channels_last and tiling.per_thread(cg, dg)
     threads = tiling.split_rows(a.n * th, tw, cg, dg, item, m)[0] if split else 1
     in_cache = dataclasses.replace(p, copy_gbs=math.inf) if split else p
-    gemm = gemm_seconds(in_cache, dg, cg, cols, t * a.groups * chunks, item)
+    if a.dims.channels_last:    # a chunk's tiles as rows (``nhwc``)
+        gemm = gemm_seconds(in_cache, cols, cg, dg, t * a.groups * chunks, item)
+    else:
+        gemm = gemm_seconds(in_cache, dg, cg, cols, t * a.groups * chunks, item)
     if a.dims.channels_last and _small_gemm.takes(t, cols, cg, dg, item):
         # in SIMD registers (``_blas.split_matmul``): the peak rate whatever the shape
         # (cifar's 32 -> 32 NHWC: 1.2 ms measured, 2.2 modelled, 4.4 at OpenBLAS's rate)
