@@ -190,6 +190,11 @@ def efficiency(x: float, half: float) -> float:
 #: (with 4 columns, 11-62 GFLOP/s, neither fits).
 TALL_RATIO = 8
 TALL_MIN_N = 16
+#: Matrix-vector products run at about this share of the GEMM rate where their operands
+#: are in cache: 27-35 GFLOP/s on one BLAS thread for batches of (1, 8-64) @ (8-64,
+#: 392-784), 35 for one (1, 75) @ (75, 16384) on two (2-core AMD EPYC, 198 GFLOP/s
+#: GEMMs).
+GEMV_SHARE = 0.15
 TALL_HALF_K = 8.0
 TALL_HALF_N = 6.0
 
@@ -209,11 +214,14 @@ def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
     if m * k * n == 0:
         return 0.0
     memory = (m * k + k * n + m * n) * itemsize / (p.copy_gbs * 1e9)
-    if k == 1 or min(m, n) == 1:
-        # an outer product (one multiply an output, ``_small_gemm.outer``) or a
-        # matrix-vector product: their traffic ((1, 75) @ (75, 16384): 0.07 ms, 0.11 at
-        # the copy bandwidth, 0.22 at the rate of a GEMM of one row)
+    if k == 1:  # an outer product: one multiply an output (``_small_gemm.outer``)
         return batch * memory
+    if min(m, n) == 1:
+        # a matrix-vector product: its traffic, or in cache ``GEMV_SHARE`` of the peak
+        # rate ((1, 75) @ (75, 16384): 0.07 ms, 0.11 at the copy bandwidth, 0.22 at the
+        # rate of a GEMM of one row)
+        return batch * max(memory, 2.0 * m * k * n / (
+            p.gemm_gflops * 1e9 * (4 / itemsize) * GEMV_SHARE))
     tall = m >= TALL_RATIO * n and n >= TALL_MIN_N
     eff = min(efficiency(m, p.gemm_half_m),
               efficiency(k, TALL_HALF_K if tall else p.gemm_half_k),

@@ -58,12 +58,17 @@ def test_tall_products_have_their_own_halves_for_k_and_n():
 @pytest.mark.parametrize("m, k, n", [(16384, 1, 64), (1, 75, 16384), (1024, 1600, 1)])
 def test_outer_and_matrix_vector_products_are_priced_at_their_memory_traffic(m, k, n):
     # K = 1 runs as one multiply an output, M or N = 1 as a matrix-vector product: their
-    # traffic, however fast the arithmetic and whatever a GEMM of one row would take
+    # traffic from memory, whatever a GEMM of one row would take
     p = DEFAULT_PROFILE
     fast_arithmetic = dataclasses.replace(p, gemm_gflops=1e9)
     memory = (m * k + k * n + m * n) * 4 / (p.copy_gbs * 1e9)
     assert gemm_seconds(p, m, k, n) == pytest.approx(memory)
     assert gemm_seconds(fast_arithmetic, m, k, n, batch=2) == pytest.approx(2 * memory)
+    # in cache an outer product costs nothing here, a matrix-vector product its
+    # arithmetic at GEMV_SHARE of the GEMM rate
+    in_cache = dataclasses.replace(p, copy_gbs=math.inf)
+    gemv = 2.0 * m * k * n / (p.gemm_gflops * 1e9 * costs.GEMV_SHARE)
+    assert gemm_seconds(in_cache, m, k, n) == pytest.approx(0.0 if k == 1 else gemv)
     # two of each are a GEMM again: at least its traffic, more where its skinniest
     # dimension slows the arithmetic (two terms a sum, the pixels as columns)
     two = [max(d, 2) for d in (m, k, n)]
