@@ -71,7 +71,7 @@ from ..._args.memo import per_problem
 from ..._runtime import guarded
 from ...costs import BACKWARD_FACTOR, Estimate, Profile
 from .._common import U, view, workspace
-from .._nhwc import _swap_last2
+from .._nhwc import swap_last2
 from . import grad_x_images
 from .direct_grad_bands import _fma8, _pair_band, _single16_band, _sums8, _taps8
 from .direct_grad_input import input_grad_cost, input_grad_direct, input_phases
@@ -349,8 +349,8 @@ def nhwc_grad_y(gy, a) -> np.ndarray:
         return np.ascontiguousarray(gy, a.dtype)
     out = workspace("direct_grad.gy", gy.size, a.dtype)
     n, d, ho, wo = gy.shape
-    guarded(_swap_last2)(np.ascontiguousarray(gy, a.dtype).reshape(n, d, ho * wo),
-                         view(out, (n, ho * wo, d)))
+    swap_last2(np.ascontiguousarray(gy, a.dtype).reshape(n, d, ho * wo),
+               view(out, (n, ho * wo, d)))
     return view(out, (n, ho, wo, d))
 
 
