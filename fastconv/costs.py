@@ -190,13 +190,13 @@ def efficiency(x: float, half: float) -> float:
 #: (with 4 columns, 11-62 GFLOP/s, neither fits).
 TALL_RATIO = 8
 TALL_MIN_N = 16
+TALL_HALF_K = 8.0
+TALL_HALF_N = 6.0
 #: Matrix-vector products run at about this share of the GEMM rate where their operands
 #: are in cache: 27-35 GFLOP/s on one BLAS thread for batches of (1, 8-64) @ (8-64,
 #: 392-784), 35 for one (1, 75) @ (75, 16384) on two (2-core AMD EPYC, 198 GFLOP/s
 #: GEMMs).
 GEMV_SHARE = 0.15
-TALL_HALF_K = 8.0
-TALL_HALF_N = 6.0
 
 
 def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
@@ -204,22 +204,22 @@ def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
     """Model time of ``batch`` GEMMs (m x k) @ (k x n): the arithmetic at the peak rate
     scaled by the efficiency of the skinniest dimension, min(f(m), f(k), f(n)) (a
     product of the three undercounts GEMMs skinny in two dimensions by about 2x here;
-    tall products with their own halves for k and n, ``TALL_HALF_K``),
-    or, where that is longer, reading and writing the operands once at the copy
-    bandwidth (what bounds a GEMM with m or k of 1 or 2, and all that an outer product,
-    k = 1, or a matrix-vector product costs). The larger of the two, not their sum: the
-    skinny rates come from GEMMs timed with their memory traffic in them (``fastconv
-    calibrate``), and the sum priced im2col's GEMMs on 1-16 output channels at 1.5-3x
-    their measured time."""
+    tall products with their own halves for k and n, ``TALL_HALF_K``), or, where that
+    is longer, reading and writing the operands once at the copy bandwidth (what bounds
+    a GEMM with m or k of 1 or 2, and all that an outer product, k = 1, costs; a
+    matrix-vector product's arithmetic runs at ``GEMV_SHARE`` of the peak). The larger
+    of the two, not their sum: the skinny rates come from GEMMs timed with their memory
+    traffic in them (``fastconv calibrate``), and the sum priced im2col's GEMMs on 1-16
+    output channels at 1.5-3x their measured time."""
     if m * k * n == 0:
         return 0.0
     memory = (m * k + k * n + m * n) * itemsize / (p.copy_gbs * 1e9)
     if k == 1:  # an outer product: one multiply an output (``_small_gemm.outer``)
         return batch * memory
     if min(m, n) == 1:
-        # a matrix-vector product: its traffic, or in cache ``GEMV_SHARE`` of the peak
-        # rate ((1, 75) @ (75, 16384): 0.07 ms, 0.11 at the copy bandwidth, 0.22 at the
-        # rate of a GEMM of one row)
+        # a matrix-vector product: the longer of its traffic and its arithmetic at
+        # GEMV_SHARE of the peak, which bounds it in cache ((1, 75) @ (75, 16384):
+        # 0.07 ms, 0.11 at the copy bandwidth, 0.22 at the rate of a GEMM of one row)
         return batch * max(memory, 2.0 * m * k * n / (
             p.gemm_gflops * 1e9 * (4 / itemsize) * GEMV_SHARE))
     tall = m >= TALL_RATIO * n and n >= TALL_MIN_N

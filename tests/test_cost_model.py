@@ -84,11 +84,18 @@ def test_outer_and_matrix_vector_products_are_priced_at_their_memory_traffic(m, 
     ((2, 4, 11, 9), (8, 4, 3, 3), ((2, 0), (1, 2)), "NCHW"),
 ])
 def test_winograd_prices_grad_x_as_the_forward_of_its_own_problem(x_shape, w_shape, padding,
-                                                                   layout):
+                                                                   layout, monkeypatch):
     """grad_x is grad_y correlated with the flipped kernel, channels swapped: the
     problem conv2d would build from grad_y's shape (its GEMMs differ from the forward's
-    where the channel counts do)."""
+    where the channel counts do), and the backward's model prices that forward."""
     a = conv_args_from_shapes("conv2d", x_shape, w_shape, padding=padding, layout=layout)
+    priced = []
+    forward_cost = winograd_cost.cost
+    monkeypatch.setattr(winograd_cost, "cost",
+                        lambda args, *rest, **kw: (priced.append(args),
+                                                   forward_cost(args, *rest, **kw))[1])
+    winograd_cost.backward_cost(a, DEFAULT_PROFILE)
+    assert (winograd_cost._adjoint(a) in priced) == winograd_cost.grads(a)[0]
     (pt, pb), (pl, pr) = a.padding
     adjoint = winograd_cost._adjoint(a)
     w_adjoint = (a.c_in, a.c_out, 3, 3) if layout == "NCHW" else (3, 3, a.c_out, a.c_in)
