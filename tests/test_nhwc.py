@@ -23,22 +23,24 @@ def test_round_trip_equals_numpy_transposes(shape, dtype):
 @pytest.mark.parametrize("shape, staged", [((2, 40, 512), True), ((1, 16, 1024), True),
                                            ((2, 15, 1024), False), ((3, 40, 100), False),
                                            ((2, 33, 7), False)])
-def test_batched_transposes_both_kernels(shape, staged, dtype, monkeypatch):
-    """swap_last2 equals numpy's transpose, whichever kernel its rule picks (rows a
-    multiple of STAGED_ROW_BYTES apart, at least STAGED_MIN_ROWS of them: staged),
-    with a partial block of rows."""
+def test_batched_transposes_both_ways(shape, staged, dtype, monkeypatch):
+    """swap_last2 equals numpy's transpose, staged or not as its rule says (rows a
+    multiple of STAGED_ROW_BYTES apart, at least STAGED_MIN_ROWS of them), with a
+    partial block of rows; and each way forced on the other's shapes."""
     calls = []
-    for name in ("_swap_rows", "_swap_staged"):
-        kernel = getattr(_nhwc, name)
-        monkeypatch.setattr(_nhwc, name, lambda s, d, k=kernel, n=name: (calls.append(n),
-                                                                        k(s, d)))
+    kernel = _nhwc._swap
+    monkeypatch.setattr(_nhwc, "_swap", lambda s, d, st: (calls.append(st), kernel(s, d, st)))
     if dtype == np.float64:
         shape = (shape[0], shape[1], shape[2] // 2) if staged else shape
     src = np.random.default_rng(1).standard_normal(shape).astype(dtype)
-    dst = np.full((shape[0], shape[2], shape[1]), np.nan, dtype)
+    want = src.transpose(0, 2, 1)
+    dst = np.full(want.shape, np.nan, dtype)
     _nhwc.swap_last2(src, dst)
-    assert calls == ["_swap_staged" if staged else "_swap_rows"]
-    assert np.array_equal(dst, src.transpose(0, 2, 1))
+    assert calls == [staged]
+    assert np.array_equal(dst, want)
+    other = np.full(want.shape, np.nan, dtype)
+    kernel(src, other, not staged)
+    assert np.array_equal(other, want)
 
 
 def test_to_nchw_accepts_a_strided_view():

@@ -25,7 +25,7 @@ from ._common import U
 BLOCK = 32
 #: Source rows this many bytes apart (or a multiple) fall into few cache sets: a block's
 #: strided reads then evict each other, and ``swap_last2`` stages each block through a
-#: contiguous tile (``_swap_staged``) where there are at least ``STAGED_MIN_ROWS`` rows:
+#: contiguous tile where there are at least ``STAGED_MIN_ROWS`` rows:
 #: (2, 32, 16384) float32 0.89 -> 0.28 ms, (64, 32, 1024) 1.8 -> 0.58, (16, 64, 4096)
 #: 3.6 -> 2.0, (32, 32, 512) 0.22 -> 0.13 (2-core AMD EPYC); other shapes ran 1.1-4x
 #: slower staged ((64, 64, 256) 0.16 -> 0.25, (8, 50176, 3) 0.21 -> 0.83).
@@ -35,8 +35,8 @@ STAGED_MIN_ROWS = 16
 
 def swap_last2(src: np.ndarray, dst: np.ndarray) -> None:
     """dst[b, s, r] = src[b, r, s] for src (B, R, S) and dst (B, S, R), both contiguous,
-    on numba's threads (``_swap_rows``, or ``_swap_staged`` for rows a multiple of
-    ``STAGED_ROW_BYTES`` apart).
+    on numba's threads (``_swap``; staged for rows a multiple of ``STAGED_ROW_BYTES``
+    apart).
 
     >>> src = np.arange(6, dtype=np.float32).reshape(1, 2, 3)
     >>> dst = np.empty((1, 3, 2), np.float32)
@@ -47,60 +47,45 @@ def swap_last2(src: np.ndarray, dst: np.ndarray) -> None:
     _, r_all, s_all = src.shape
     staged = (s_all * src.itemsize) % STAGED_ROW_BYTES == 0 and r_all >= STAGED_MIN_ROWS
     with parallel_guard():
-        (_swap_staged if staged else _swap_rows)(src, dst)
+        _swap(src, dst, staged)
 
 
 @njit(parallel=True, cache=True)
-def _swap_rows(src, dst):
+def _swap(src, dst, staged):
     """``swap_last2``: one task per (b, block of BLOCK rows of src); within it, BLOCK x
     BLOCK blocks, so the strided side of each block stays in cache (writes contiguous:
-    the other order, with strided writes, was up to 2x slower). Flat arrays and unsigned
-    offsets: no negative-index checks in the inner loop."""
+    the other order, with strided writes, was up to 2x slower). ``staged``: each block
+    read row by row into a contiguous tile first and written from there, the strided
+    reads within the tile, whose rows lie in distinct cache sets. Flat arrays and
+    unsigned offsets: no negative-index checks in the inner loops."""
     nb, r_all, s_all = src.shape
     fs = src.reshape(src.size)
     fd = dst.reshape(dst.size)
     plane = U(r_all * s_all)
     strips = (r_all + BLOCK - 1) // BLOCK
+    unused = np.empty((0, BLOCK), src.dtype)
     for task in prange(nb * strips):
         b = task // strips
         r0 = (task % strips) * BLOCK
         rn = U(min(r0 + BLOCK, r_all) - r0)
         base = U(b) * plane
+        tile = np.empty((BLOCK, BLOCK), src.dtype) if staged else unused
         for s0 in range(0, s_all, BLOCK):
             sn = U(min(s0 + BLOCK, s_all) - s0)
+            if staged:
+                for ri in range(rn):
+                    row = base + (U(r0) + ri) * U(s_all) + U(s0)
+                    for si in range(sn):
+                        tile[ri, si] = fs[row + si]
             for si in range(sn):
                 d0 = base + (U(s0) + si) * U(r_all) + U(r0)
-                s_col = base + U(r0) * U(s_all) + U(s0) + si
-                for ri in range(rn):
-                    fd[d0 + ri] = fs[s_col + ri * U(s_all)]
-
-
-@njit(parallel=True, cache=True)
-def _swap_staged(src, dst):
-    """``_swap_rows`` with each block read row by row into a contiguous tile first and
-    written from there: the strided reads stay within the tile, whose rows lie in
-    distinct cache sets."""
-    nb, r_all, s_all = src.shape
-    fs = src.reshape(src.size)
-    fd = dst.reshape(dst.size)
-    plane = U(r_all * s_all)
-    strips = (r_all + BLOCK - 1) // BLOCK
-    for task in prange(nb * strips):
-        b = task // strips
-        r0 = (task % strips) * BLOCK
-        rn = U(min(r0 + BLOCK, r_all) - r0)
-        base = U(b) * plane
-        tile = np.empty((BLOCK, BLOCK), src.dtype)
-        for s0 in range(0, s_all, BLOCK):
-            sn = U(min(s0 + BLOCK, s_all) - s0)
-            for ri in range(rn):
-                row = base + (U(r0) + ri) * U(s_all) + U(s0)
-                for si in range(sn):
-                    tile[ri, si] = fs[row + si]
-            for si in range(sn):
-                d0 = base + (U(s0) + si) * U(r_all) + U(r0)
-                for ri in range(rn):
-                    fd[d0 + ri] = tile[ri, si]
+                if staged:
+                    for ri in range(rn):
+                        fd[d0 + ri] = tile[ri, si]
+                else:
+                    s_col = base + U(r0) * U(s_all) + U(s0) + si
+                    for ri in range(rn):
+                        fd[d0 + ri] = fs[s_col + ri * U(s_all)]
 
 
 def to_nchw(x: np.ndarray) -> np.ndarray:
