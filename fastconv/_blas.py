@@ -113,6 +113,18 @@ def matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.nd
     return np.matmul(a, b, out=out)
 
 
+def thread_matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """``np.matmul(a, b, out=out)`` for a caller that already is one of several threads
+    (``on_threads``, one BLAS thread each; no numba kernel inside): outer products (K =
+    1) as numpy's broadcast multiply, which ran BLAS's GEMM on them 5-15x faster (a 1x1
+    layer's grad_x of one output channel, one 256 x 256 image: 0.09 against 0.006 ms;
+    Winograd's chunks of one input channel: 1 -> 8 channels at 64 x 64, batch 32, 2.0-2.9
+    against 1.2 ms for the whole layer)."""
+    if a.shape[-1] == 1:
+        return np.multiply(a, b, out=out)
+    return np.matmul(a, b, out=out)
+
+
 def matmul_sum(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
     """``out[...] = np.matmul(a, b).sum(axis=0)`` term by term (no (E, ...) temporary):
     one run of terms per numba thread when the products are not small

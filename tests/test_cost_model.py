@@ -95,15 +95,15 @@ def test_winograd_prices_grad_x_as_the_forward_of_its_own_problem(x_shape, w_sha
                         lambda args, *rest, **kw: (priced.append(args),
                                                    forward_cost(args, *rest, **kw))[1])
     winograd_cost.backward_cost(a, DEFAULT_PROFILE)
-    assert (winograd_cost._adjoint(a) in priced) == winograd_cost.grads(a)[0]
+    assert (a.grad_x_problem in priced) == winograd_cost.grads(a)[0]
     (pt, pb), (pl, pr) = a.padding
-    adjoint = winograd_cost._adjoint(a)
+    adjoint = a.grad_x_problem
     w_adjoint = (a.c_in, a.c_out, 3, 3) if layout == "NCHW" else (3, 3, a.c_out, a.c_in)
     assert adjoint == conv_args_from_shapes("conv2d", a.y_layout_shape, w_adjoint,
                                             padding=((2 - pt, 2 - pb), (2 - pl, 2 - pr)),
                                             layout=layout)
     assert adjoint.y_layout_shape == a.x_layout_shape
-    assert winograd_cost._adjoint(adjoint) == a
+    assert adjoint.grad_x_problem == a
 
 
 def test_fft_prices_lengths_with_factors_3_and_5_higher():

@@ -100,6 +100,23 @@ class ConvArgs(HashOnce):
         return replace(self, n=n)
 
     @functools.cached_property
+    def grad_x_problem(self) -> ConvArgs:
+        """grad_x as a forward problem at stride 1: grad_y correlated with the flipped
+        kernel, the channels swapped, padding d*(k-1) - p (exact for a stride-1 layer;
+        a strided one's grad_x runs it over the input's phases).
+
+        >>> a = conv_args_from_shapes("conv2d", (2, 1, 9, 9), (16, 1, 3, 3), padding=1)
+        >>> g = a.grad_x_problem
+        >>> (g.c_in, g.c_out, g.x_shape, g.y_shape, g.padding)
+        (16, 1, (2, 16, 9, 9), (2, 1, 9, 9), ((1, 1), (1, 1)))
+        """
+        (pt, pb), (pl, pr) = self.padding
+        eh, ew = self.dilation[0] * (self.kh - 1), self.dilation[1] * (self.kw - 1)
+        return replace(self, c_in=self.c_out, c_out=self.c_in, h=self.h_out, w=self.w_out,
+                       h_out=self.h, w_out=self.w, stride=(1, 1),
+                       padding=((eh - pt, eh - pb), (ew - pl, ew - pr)))
+
+    @functools.cached_property
     def memory_twin(self) -> ConvArgs:
         """The canonical-layout problem whose arrays lie in memory as this one's: a
         channels-last problem of one input and one output channel is its NCHW twin (x

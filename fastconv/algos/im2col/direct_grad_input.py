@@ -81,10 +81,7 @@ def input_phases(a):
     if a.groups != 1:
         return None
     (pt, _), (pl, _) = a.padding
-    eh, ew = (a.kh - 1) * a.dilation[0], (a.kw - 1) * a.dilation[1]
-    whole = replace(a, c_in=a.c_out, h=a.h_out, w=a.w_out, c_out=a.c_in, stride=(1, 1),
-                    padding=((eh - pt, eh - a.padding[0][1]), (ew - pl, ew - a.padding[1][1])),
-                    h_out=a.h, w_out=a.w, layout="NHWC", unbatched=False)
+    whole = replace(a.grad_x_problem, layout="NHWC", unbatched=False)
     if not lanes_applies(whole):
         return None
     phases = []

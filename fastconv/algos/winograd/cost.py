@@ -174,7 +174,11 @@ def backward_cost(a, p: Profile) -> Estimate:
                  if direct_grad.direct_backward_chosen(a, False) else cols) - call
     ws, parts = cws, []
     if by_x:
-        wino, wws, _ = cost(_adjoint(a), p)
+        # grad_x's own problem: its GEMMs differ from the forward's where the channels
+        # do (a 1 -> 16 layer's grad_x multiplies (1 x 16) @ (16 x tiles), not an outer
+        # product; the small ResNet's stem at 28x28, batch 32, both gradients: 0.94-1.0
+        # ms with Winograd's grad_x, 0.33-0.50 with im2col's)
+        wino, wws, _ = cost(a.grad_x_problem, p)
         secs += wino - call
         ws = max(ws, wws)
         parts.append("grad_x")
@@ -198,20 +202,6 @@ def backward_cost(a, p: Profile) -> Estimate:
         how += f" (its {a.dilation[0] * a.dilation[1]} phases as one batch)"
     rest = "" if len(parts) == 2 else ", the rest with im2col"
     return Estimate(secs, ws, f"{how}{rest}")
-
-
-def _adjoint(a):
-    """grad_x's problem, which Winograd runs as a forward (``drivers.backward``): grad_y
-    correlated with the flipped kernel, the channels swapped, padding d*(k-1) - p. Its
-    GEMMs differ from the forward's where the channels do: a layer of one input channel
-    multiplies (1 x C_out) @ (C_out x tiles) there, not an outer product (the small
-    ResNet's 1 -> 16 stem at 28x28, batch 32, both gradients: 0.94-1.0 ms with
-    Winograd's grad_x, 0.33-0.50 with im2col's)."""
-    (pt, pb), (pl, pr) = a.padding
-    rh, rw = a.dilation[0] * (a.kh - 1), a.dilation[1] * (a.kw - 1)
-    return dataclasses.replace(a, c_in=a.c_out, c_out=a.c_in, h=a.h_out, w=a.w_out,
-                               h_out=a.h, w_out=a.w,
-                               padding=((rh - pt, rh - pb), (rw - pl, rw - pr)))
 
 
 def why_not(a) -> str | None:

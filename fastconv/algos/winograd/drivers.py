@@ -151,9 +151,7 @@ def _run_nchw(x, u, y, bias, pads, groups, m) -> bool:
     split = per_thread(cg, dg)
     input_transform, output_transform = (_SERIAL[m] if split
                                          else map(guarded, _KERNELS[m][1:]))
-    # one BLAS thread a chunk, or split over the threads; one input channel a group:
-    # outer products, which numpy's multiply runs faster than BLAS in a chunk's thread
-    matmul = (np.multiply if cg == 1 else np.matmul) if split else _blas.split_matmul
+    matmul = _blas.thread_matmul if split else _blas.split_matmul
     pt, pl = pads
     has_bias = bias is not None
     b = bias if has_bias else np.zeros(1, x.dtype)
