@@ -43,15 +43,22 @@ def stage_in(x, xf, n, top, left, rows, span, xs, o0):
     last = q_vec > q_lo and q_hi - q_vec > nl // 2
     q_end = q_hi if last else q_vec
     plane = h * wd
-    for r in range(rows):
-        i = top + r
+    r_lo, r_hi = max(0, -top), max(0, min(rows, h - top))   # the rows inside the image
+    for r in range(rows):       # the padding: rows outside the image, columns at its sides
         o = o0 + r * cols * c_all
-        if i < 0 or i >= h:
+        if r < r_lo or r >= r_hi:
             xs[o + q0 * c_all:o + q1 * c_all] = 0
             continue
         xs[o + q0 * c_all:o + q_lo * c_all] = 0
         xs[o + q_hi * c_all:o + q1 * c_all] = 0
-        for c0 in range(0, c8, 8):
+    # channels outer: each group of 8 planes is read down its rows, 8 streams at a time
+    # (rows outer read a row of every plane before the next row: the staging alone of
+    # the indirect stride-2 layer, 16 x 64 x 56 x 56 -> 128, 2 threads, 0.54-0.62 ->
+    # 0.49-0.52 ms; the whole layer within the noise, 10.9-11.8 ms either way)
+    for c0 in range(0, c8, 8):
+        for r in range(r_lo, r_hi):
+            i = top + r
+            o = o0 + r * cols * c_all
             src = U(((n * c_all + c0) * h + i) * wd + left)
             for q in range(q_lo, q_vec, nl):
                 _columns_in(xf, src + U(q), plane, xs, U(o + q * c_all + c0), c_all)
@@ -61,9 +68,11 @@ def stage_in(x, xf, n, top, left, rows, span, xs, o0):
             for c in range(c0, c0 + 8):
                 for q in range(q_end, q_hi):
                     xs[o + q * c_all + c] = x[n, c, i, left + q]
-        for c in range(c8, c_all):
+    for c in range(c8, c_all):
+        for r in range(r_lo, r_hi):
+            o = o0 + r * cols * c_all
             for q in range(q_lo, q_hi):
-                xs[o + q * c_all + c] = x[n, c, i, left + q]
+                xs[o + q * c_all + c] = x[n, c, top + r, left + q]
 
 
 @njit(inline="always")
