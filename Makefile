@@ -5,7 +5,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # numba's kernel cache: the one every way of running fastconv shares (the user cache
-# directory, $XDG_CACHE_HOME/fastconv/numba) unless NUMBA_CACHE_DIR is set.
+# directory, $XDG_CACHE_HOME/fastconv/numba/<hash of the kernel sources>) unless
+# NUMBA_CACHE_DIR is set.
 
 .PHONY: test test-slow bench notebooks lint clean info docs
 

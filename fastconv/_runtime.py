@@ -8,10 +8,14 @@
   serialises them.
 * Cache: kernels use ``cache=True``. One cache serves every way of running fastconv
   (the CLI, the tests, a user's scripts, from any checkout or install): numba's
-  ``NUMBA_CACHE_DIR`` when set, else ``config.CACHE_DIR/numba`` (the user's cache
-  directory, never the package directory). When that is not writable, a temporary
-  directory is used and one warning says so (numba refuses to import cached kernels
-  without a writable location).
+  ``NUMBA_CACHE_DIR`` when set, else ``config.CACHE_DIR/numba/<sources>`` (the user's
+  cache directory, never the package directory), where ``<sources>`` is a hash of
+  fastconv's kernel modules (``source_fingerprint``): numba checks only the file a
+  kernel is written in, so a kernel that calls or inlines a helper of another module
+  would keep running the helper's old code after an upgrade or an edit. The
+  ``KEEP_CACHES`` most recently used of those directories are kept, older ones removed.
+  When none is writable, a temporary directory is used and one warning says so (numba
+  refuses to import cached kernels without a writable location).
 * First use: the first time a kernel of fastconv actually compiles (not found in the
   cache) in a process, one line on stderr says so (``NOTICE``), unless
   ``config.QUIET`` (``FASTCONV_QUIET=1``). It listens to numba's compile event, which
@@ -22,7 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import os
+import re
+import shutil
 import sys
 import threading
 import warnings
@@ -54,12 +61,56 @@ def cache_dir() -> str:
     return os.environ.get("NUMBA_CACHE_DIR", "")
 
 
+#: Kernel caches of other sources (older versions, other checkouts) kept beside the one
+#: in use, the most recently used first.
+KEEP_CACHES = 3
+#: Entries of ``config.CACHE_DIR/numba`` that ``_prune_caches`` may remove: source
+#: hashes, and the per-directory caches numba wrote there before them ("im2col_<sha1>").
+_CACHE_ENTRY = re.compile(r"[0-9a-f]{16}|\w+_[0-9a-f]{40}")
+
+
+def source_fingerprint(root: str = _PKG_DIR) -> str:
+    """A hash of the modules under ``root`` that use numba (their paths and contents):
+    the name of the kernel cache these sources compile into.
+
+    >>> len(source_fingerprint()), source_fingerprint() == source_fingerprint()
+    (16, True)
+    """
+    digest = hashlib.sha1()
+    for path, dirs, files in os.walk(root):
+        dirs.sort()
+        for name in sorted(files):
+            if not name.endswith(".py"):
+                continue
+            with open(os.path.join(path, name), "rb") as f:
+                data = f.read()
+            if b"numba" in data:
+                digest.update(os.path.relpath(os.path.join(path, name), root).encode())
+                digest.update(data)
+    return digest.hexdigest()[:16]
+
+
+def _prune_caches(root: str, current: str, keep: int = KEEP_CACHES) -> None:
+    """Remove the entries of ``root`` other than ``current`` and the ``keep`` most
+    recently used (by modification time; ``current`` is touched first)."""
+    with contextlib.suppress(OSError):
+        os.utime(os.path.join(root, current))
+        entries = [e for e in os.scandir(root) if e.is_dir() and e.name != current
+                   and _CACHE_ENTRY.fullmatch(e.name)]
+        entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+        for entry in entries[keep:]:
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
 def _choose_cache_dir() -> None:
     """Make sure numba has a writable cache location (set before numba is imported)."""
     if os.environ.get("NUMBA_CACHE_DIR"):
         return
-    default = os.path.join(config.CACHE_DIR, "numba")
+    root = os.path.join(config.CACHE_DIR, "numba")
+    fingerprint = source_fingerprint()
+    default = os.path.join(root, fingerprint)
     if _writable_dir(default):
+        _prune_caches(root, fingerprint)
         _set_cache_dir(default)
         return
     # Nothing writable: numba would fail to import our modules. A fresh temporary dir

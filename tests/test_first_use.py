@@ -70,11 +70,40 @@ def test_cache_is_the_user_cache_dir_unless_numba_cache_dir_is_set(tmp_path):
     env.update(PYTHONPATH=ROOT, XDG_CACHE_HOME=str(tmp_path / "xdg"))
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=120, cwd=tmp_path, check=True).stdout.split()
-    assert out == [str(tmp_path / "xdg" / "fastconv" / "numba")] * 2
+    cache = tmp_path / "xdg" / "fastconv" / "numba" / _runtime.source_fingerprint()
+    assert out == [str(cache)] * 2
     env["NUMBA_CACHE_DIR"] = str(tmp_path / "mine")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                          text=True, timeout=120, cwd=tmp_path, check=True).stdout.split()
     assert out == [str(tmp_path / "mine")] * 2
+
+
+def test_kernel_cache_follows_every_kernel_module(tmp_path):
+    """numba checks only a kernel's own file: the cache is named by all of fastconv's
+    kernel modules, so an edit to a helper another module's kernel inlines gives a new
+    cache; modules without numba do not count."""
+    pkg = tmp_path / "pkg"
+    (pkg / "algos").mkdir(parents=True)
+    (pkg / "algos" / "helper.py").write_text("from numba import njit\n")
+    (pkg / "kernel.py").write_text("import numba\n")
+    (pkg / "docs.py").write_text("x = 1\n")
+    before = _runtime.source_fingerprint(str(pkg))
+    (pkg / "docs.py").write_text("x = 2\n")
+    assert _runtime.source_fingerprint(str(pkg)) == before
+    (pkg / "algos" / "helper.py").write_text("from numba import njit  # edited\n")
+    assert _runtime.source_fingerprint(str(pkg)) != before
+
+
+def test_old_kernel_caches_are_pruned(tmp_path):
+    names = [f"{k:016x}" for k in range(6)] + ["im2col_" + "a" * 40]
+    for age, name in enumerate(names):
+        (tmp_path / name).mkdir()
+        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))   # names[0] the newest
+    (tmp_path / "notes").mkdir()                              # not a cache: kept
+    current = names[-2]
+    _runtime._prune_caches(str(tmp_path), current, keep=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [current, names[0], names[1], "notes"])
 
 
 
