@@ -106,7 +106,6 @@ def test_old_kernel_caches_are_pruned(tmp_path):
         [current, names[0], names[1], "notes"])
 
 
-
 @pytest.mark.parametrize("layer", ["tbb", "safe"])
 def test_a_requested_tbb_threading_layer_loads(layer):
     """NUMBA_THREADING_LAYER set to a layer that needs TBB: fastconv preloads pip's

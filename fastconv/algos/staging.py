@@ -54,7 +54,7 @@ def stage_in(x, xf, n, top, left, rows, span, xs, o0):
     # channels outer: each group of 8 planes is read down its rows, 8 streams at a time
     # (rows outer read a row of every plane before the next row: the staging alone of
     # the indirect stride-2 layer, 16 x 64 x 56 x 56 -> 128, 2 threads, 0.54-0.62 ->
-    # 0.49-0.52 ms; the whole layer within the noise, 10.9-11.8 ms either way)
+    # 0.49-0.52 ms; the whole layer within the noise, 10.9-11.9 ms either way)
     for c0 in range(0, c8, 8):
         for r in range(r_lo, r_hi):
             i = top + r
