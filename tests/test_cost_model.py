@@ -91,9 +91,12 @@ def test_winograd_prices_grad_x_as_the_forward_of_its_own_problem(x_shape, w_sha
     a = conv_args_from_shapes("conv2d", x_shape, w_shape, padding=padding, layout=layout)
     priced = []
     forward_cost = winograd_cost.cost
-    monkeypatch.setattr(winograd_cost, "cost",
-                        lambda args, *rest, **kw: (priced.append(args),
-                                                   forward_cost(args, *rest, **kw))[1])
+
+    def recording_cost(args, *rest, **kw):
+        priced.append(args)
+        return forward_cost(args, *rest, **kw)
+
+    monkeypatch.setattr(winograd_cost, "cost", recording_cost)
     winograd_cost.backward_cost(a, DEFAULT_PROFILE)
     assert (a.grad_x_problem in priced) == winograd_cost.grads(a)[0]
     (pt, pb), (pl, pr) = a.padding
