@@ -17,7 +17,7 @@ which), so such a kernel keeps its accumulators in registers:
   to a's dtype and widened back; v a vector or a scalar);
 * ``store_columns(a, i, step, vs)``: a[i + k*step + p] = vs[p][k] for the P vectors
   vs[p] (P = 2, 4 or 8) and every lane k: P vectors written as ``count`` runs of P (a
-  transpose);
+  transpose); a part of a vector or of such runs: ``fastconv._lanes_part``;
 * ``store_stream(a, i, v)``: ``store`` past the caches (a non-temporal store: no read
   of the line first, and the line is not kept), a + i on a ``LANE_BYTES`` boundary
   (the caller's guarantee: ``can_stream``); ``put(a, i, v, stream)``: one or the other;
@@ -285,35 +285,51 @@ def stream_fence(typingctx):
 def store_columns(typingctx, ary, idx, step, vs):
     """ary[idx + k*step + p] = vs[p][k] for p < P, k < count (vs: P = 2, 4 or 8
     vectors)."""
-    if not (isinstance(ary, types.Array) and ary.ndim == 1
-            and isinstance(vs, types.UniTuple) and vs.count in (2, 4, 8)
-            and isinstance(vs.dtype, Lanes) and ary.dtype == vs.dtype.dtype
-            and isinstance(idx, types.Integer) and isinstance(step, types.Integer)):
+    if not columns_apply(ary, idx, step, vs):
         return None
-    n, cols = vs.dtype.count, vs.count
 
     def codegen(context, builder, sig, args):
-        i32 = ir.IntType(32)
-
-        def shuffle(u, v, picks):
-            return builder.shuffle_vector(u, v, ir.Constant(ir.VectorType(i32, len(picks)),
-                                                            list(picks)))
-        parts = [builder.extract_value(args[3], p) for p in range(cols)]
-        while len(parts) > 1:        # concatenate: <P*n> = vs[0] | vs[1] | ... | vs[P-1]
-            size = parts[0].type.count
-            parts = [shuffle(parts[q], parts[q + 1], range(2 * size))
-                     for q in range(0, len(parts), 2)]
-        row_type = ir.VectorType(context.get_value_type(vs.dtype.dtype), cols)
-        data = context.make_array(sig.args[0])(context, builder, args[0]).data
-        idx_v = context.cast(builder, args[1], sig.args[1], types.intp)
-        step_v = context.cast(builder, args[2], sig.args[2], types.intp)
-        for k in range(n):
-            row = shuffle(parts[0], parts[0], [p * n + k for p in range(cols)])
-            at = builder.add(idx_v, builder.mul(step_v, ir.Constant(idx_v.type, k)))
-            ptr = builder.bitcast(builder.gep(data, [at]), row_type.as_pointer())
-            builder.store(row, ptr, align=ary.dtype.bitwidth // 8)
+        rows, row_at = transposed_rows(context, builder, sig, args)
+        for k, row in enumerate(rows):
+            builder.store(row, row_at(k), align=ary.dtype.bitwidth // 8)
         return context.get_dummy_value()
     return types.none(ary, idx, step, vs), codegen
+
+
+def columns_apply(ary, idx, step, vs) -> bool:
+    """Whether ``store_columns`` takes these argument types."""
+    return (isinstance(ary, types.Array) and ary.ndim == 1
+            and isinstance(vs, types.UniTuple) and vs.count in (2, 4, 8)
+            and isinstance(vs.dtype, Lanes) and ary.dtype == vs.dtype.dtype
+            and isinstance(idx, types.Integer) and isinstance(step, types.Integer))
+
+
+def transposed_rows(context, builder, sig, args):
+    """``store_columns``' code up to its stores: the ``count`` runs (row k: vs[p][k]
+    for p < P, a vector of P values) and a function of k giving run k's pointer
+    (ary + idx + k*step)."""
+    ary, vs = sig.args[0], sig.args[3]
+    n, cols = vs.dtype.count, vs.count
+    i32 = ir.IntType(32)
+
+    def shuffle(u, v, picks):
+        return builder.shuffle_vector(u, v, ir.Constant(ir.VectorType(i32, len(picks)),
+                                                        list(picks)))
+    parts = [builder.extract_value(args[3], p) for p in range(cols)]
+    while len(parts) > 1:            # concatenate: <P*n> = vs[0] | vs[1] | ... | vs[P-1]
+        size = parts[0].type.count
+        parts = [shuffle(parts[q], parts[q + 1], range(2 * size))
+                 for q in range(0, len(parts), 2)]
+    row_type = ir.VectorType(context.get_value_type(vs.dtype.dtype), cols)
+    data = context.make_array(ary)(context, builder, args[0]).data
+    idx_v = context.cast(builder, args[1], sig.args[1], types.intp)
+    step_v = context.cast(builder, args[2], sig.args[2], types.intp)
+
+    def row_at(k):
+        at = builder.add(idx_v, builder.mul(step_v, ir.Constant(idx_v.type, k)))
+        return builder.bitcast(builder.gep(data, [at]), row_type.as_pointer())
+    rows = [shuffle(parts[0], parts[0], [p * n + k for p in range(cols)]) for k in range(n)]
+    return rows, row_at
 
 
 @intrinsic
