@@ -33,8 +33,8 @@ def stage_in(x, xf, n, top, left, rows, span, xs, o0):
     x[n, :, top + r, left + q] channels last, zero outside the image. xf: x.ravel()
     where x is C-contiguous (else empty): then runs of a vector's lanes of columns of 8
     channels are written transposed (``_lanes.store_columns``; the columns left over at
-    the end as one masked run, ``_lanes_part``), the channels left over (C % 8) one
-    value at a time."""
+    the end as one masked run, ``_lanes_part``); the other channels (C % 8, or all
+    where x is not C-contiguous) one value at a time."""
     _, c_all, h, wd = x.shape
     q0, q1, cols = span
     q_lo = min(q1, max(q0, -left))                  # [q_lo, q_hi): the image's columns
@@ -61,7 +61,9 @@ def stage_in(x, xf, n, top, left, rows, span, xs, o0):
             src = U(((n * c_all + c0) * h + top + r) * wd + left)
             for q in range(q_lo, q_vec, nl):
                 _columns_in(xf, src + U(q), plane, xs, U(o + q * c_all + c0), c_all)
-            if q_vec < q_hi:    # the columns left over: masked (a 7x7 map has no others)
+            if q_vec < q_hi:
+                # the columns left over, masked: a 7x7 map's rows are shorter than a
+                # vector (64 channels, batch 32, 2 threads: staged in 0.138 -> 0.042 ms)
                 _columns_in_part(xf, src + U(q_vec), plane, xs,
                                  U(o + q_vec * c_all + c0), c_all, q_hi - q_vec)
     for c in range(c8, c_all):
@@ -113,10 +115,10 @@ def stage_out(ys, o0, span, y, yf, n, top, rows):
                     y[n, d, top + r, q] = ys[o + q * d_all + d]
         return
     q8 = q0 + (q1 - q0) // 8 * 8
-    # (one value at a time, the columns left over wrote D planes a value each: one
-    # thread, 28 columns (4 left over) 0.61 -> 0.37 ms as a run, 14 (6 left over) 0.47
-    # -> 0.18; a 7-column row has no whole run: masked, a 64 -> 64 layer at 7x7, batch
-    # 32, 2 threads, staged out 0.098 -> 0.032 ms and in 0.138 -> 0.042)
+    # the columns left over as one run: one value at a time they wrote D planes a value
+    # each (one thread, 28 columns, 4 left over: 0.61 -> 0.37 ms as a run); a 7x7 map's
+    # rows hold no whole run (64 -> 64 channels, batch 32, 2 threads, staged out
+    # 0.098 -> 0.032 ms masked)
     for r in range(rows):
         o = o0 + r * cols * d_all
         to = U((n * d_all * ho + top + r) * wo)
