@@ -30,7 +30,14 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from ._lanes import Lanes, _flat_float, _vector_pointer, columns_apply, transposed_rows
+from ._lanes import (
+    Lanes,
+    _flat_float,
+    _splat,
+    _vector_pointer,
+    columns_apply,
+    transposed_rows,
+)
 
 
 def _first_lanes(builder, n: int, k):
@@ -41,10 +48,7 @@ def _first_lanes(builder, n: int, k):
     elif k.type.width > 64:
         k = builder.trunc(k, i64)
     vec = ir.VectorType(i64, n)
-    one = builder.insert_element(ir.Constant(vec, ir.Undefined), k, ir.IntType(32)(0))
-    every = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined),
-                                   ir.Constant(ir.VectorType(ir.IntType(32), n), [0] * n))
-    return builder.icmp_signed("<", ir.Constant(vec, list(range(n))), every)
+    return builder.icmp_signed("<", ir.Constant(vec, list(range(n))), _splat(builder, vec, k))
 
 
 def _masked(builder, op: str, vec, ptr):
