@@ -10,6 +10,16 @@ its tiles from there (``nhwc_tiles.tile_in4``, ``grad_w_nhwc.tile_gy4``) and add
 products into its sum (``grad_w_nhwc.block_sums``); the tasks' sums become grad_w as in
 NHWC. x and grad_y may be any strided views (then staged one value at a time).
 
+Where the NHWC kernel splits the input channels over the threads (few tiles for the
+channels: ``grad_w_nhwc.channel_groups``) and there are at most ``COPY_MAX_CHANNELS`` of
+them, the layer runs on channels-last copies of x and grad_y in the NHWC kernel instead
+(``_on_copies``): the staging then costs more than the two copies, and the runs' sums
+(36 C D values each) are not added after the kernel. 2 threads, alternating, NCHW, batch
+32 (AMD EPYC): 64 -> 64 at 7x7 (the small ResNet's last stage) 1.12-1.19 -> 0.62-0.73 ms,
+at 8x8 1.13-1.17 -> 0.68-0.73, at 5x5 and 6x6 1.1-1.2 -> 0.54-0.64, at 4x4 0.42 -> 0.40;
+at 128 channels the two ran alike or the copies slower (128 at 8x8, batch 64: 5.2 and
+5.4 ms; at 4x4 2.0 and 2.3), so those stay staged.
+
 >>> import numpy as np
 >>> ones = np.ones((2, 48, 4, 4), np.float32)          # NCHW, two images
 >>> grad_w = np.empty((32, 16, 3, 3), np.float32)      # OIHW, 16 -> 32 channels
@@ -27,8 +37,10 @@ from numba import njit, prange
 
 from ... import config
 from ..._runtime import guarded
-from .._common import U
+from .._common import U, view, workspace
+from .._nhwc import swap_last2
 from ..staging import raveled, stage_in
+from . import grad_w_nhwc
 from .grad_w_nhwc import (
     _KRON,
     FINISH_COLUMNS,
@@ -101,7 +113,11 @@ def fused_grad_w(grad_y, x, grad_w, pads) -> bool:
     block = block_tiles(c_all, d_all, x.itemsize)
     tw = -(-grad_y.shape[3] // 4)
     tiles = grad_y.shape[0] * -(-grad_y.shape[2] // 4) * tw
-    runs = max(1, min(numba.get_num_threads(), -(-tiles // block)))
+    threads = numba.get_num_threads()
+    if c_all <= COPY_MAX_CHANNELS and \
+            grad_w_nhwc.channel_groups(c_all, tiles, threads, x.itemsize) > 1:
+        return _on_copies(grad_y, x, grad_w, pads)
+    runs = max(1, min(threads, -(-tiles // block)))
     sums = np.empty((runs, 36 * c_all * d_all), x.dtype)
     taps = np.empty((3, 3, c_all, d_all), grad_w.dtype)
     flat = taps.reshape(9, c_all * d_all)
@@ -113,3 +129,26 @@ def fused_grad_w(grad_y, x, grad_w, pads) -> bool:
         guarded(_finish)(sums, _KRON, flat, flags)
     grad_w[...] = taps.transpose(3, 2, 0, 1)
     return not flags.any()
+
+
+#: Input channels up to which ``fused_grad_w`` runs on channels-last copies where the
+#: NHWC kernel's channel groups apply (module docstring).
+COPY_MAX_CHANNELS = 64
+
+
+def _on_copies(grad_y, x, grad_w, pads) -> bool:
+    """``fused_grad_w`` by ``grad_w_nhwc.fused_grad_w`` on channels-last copies of x
+    and grad_y (in this thread's workspace), its (3, 3, C, D) result written back as
+    (D, C, 3, 3)."""
+    n, c, h, w = x.shape
+    d, ho, wo = grad_y.shape[1:]
+    dt = x.dtype
+    xn = view(workspace("grad_w_nchw.x", x.size, dt), (n, h * w, c))
+    gn = view(workspace("grad_w_nchw.gy", grad_y.size, dt), (n, ho * wo, d))
+    swap_last2(np.ascontiguousarray(x).reshape(n, c, h * w), xn)
+    swap_last2(np.ascontiguousarray(grad_y).reshape(n, d, ho * wo), gn)
+    taps = np.empty((3, 3, c, d), grad_w.dtype)
+    ok = grad_w_nhwc.fused_grad_w(gn.reshape(n, ho, wo, d), xn.reshape(n, h, w, c), taps,
+                                  pads)
+    grad_w[...] = taps.transpose(3, 2, 0, 1)
+    return ok
