@@ -14,11 +14,12 @@ Where the NHWC kernel splits the input channels over the threads (few tiles for 
 channels: ``grad_w_nhwc.channel_groups``) and there are at most ``COPY_MAX_CHANNELS`` of
 them, the layer runs on channels-last copies of x and grad_y in the NHWC kernel instead
 (``_on_copies``): the staging then costs more than the two copies, and the runs' sums
-(36 C D values each) are not added after the kernel. 2 threads, alternating, NCHW, batch
-32 (AMD EPYC): 64 -> 64 at 7x7 (the small ResNet's last stage) 1.12-1.19 -> 0.62-0.73 ms,
-at 8x8 1.13-1.17 -> 0.68-0.73, at 5x5 and 6x6 1.1-1.2 -> 0.54-0.64, at 4x4 0.42 -> 0.40;
-at 128 channels the two ran alike or the copies slower (128 at 8x8, batch 64: 5.2 and
-5.4 ms; at 4x4 2.0 and 2.3), so those stay staged.
+(36 C D values each) are not added after the kernel. The weight gradient alone, 2
+threads, alternating, NCHW, batch 32 (AMD EPYC), five runs each: 64 -> 64 at 7x7 (the
+small ResNet's last stage) 1.12-1.19 -> 0.62-0.75 ms, at 8x8 1.09-1.17 -> 0.68-0.73 in
+four (0.68 either way in one), at 5x5 and 6x6 (one run) 1.1-1.2 -> 0.54-0.64, at 4x4
+0.42 -> 0.40; at 128 channels the two ran alike or the copies slower (128 at 8x8, batch
+64: 5.2 and 5.4 ms; at 4x4 2.0 and 2.3), so those stay staged.
 
 >>> import numpy as np
 >>> ones = np.ones((2, 48, 4, 4), np.float32)          # NCHW, two images
@@ -52,6 +53,10 @@ from .grad_w_nhwc import (
 )
 from .nchw_fused import _slots
 from .nhwc_tiles import block_tiles, tile_in4
+
+#: Input channels up to which ``fused_grad_w`` runs on channels-last copies where the
+#: NHWC kernel's channel groups apply (module docstring).
+COPY_MAX_CHANNELS = 64
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -130,10 +135,6 @@ def fused_grad_w(grad_y, x, grad_w, pads) -> bool:
     grad_w[...] = taps.transpose(3, 2, 0, 1)
     return not flags.any()
 
-
-#: Input channels up to which ``fused_grad_w`` runs on channels-last copies where the
-#: NHWC kernel's channel groups apply (module docstring).
-COPY_MAX_CHANNELS = 64
 
 
 def _on_copies(grad_y, x, grad_w, pads) -> bool:
