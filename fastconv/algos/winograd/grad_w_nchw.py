@@ -39,7 +39,7 @@ from numba import njit, prange
 from ... import config
 from ..._runtime import guarded
 from .._common import U, view, workspace
-from .._nhwc import swap_last2
+from .._nhwc import write_nhwc
 from ..staging import raveled, stage_in
 from . import grad_w_nhwc
 from .grad_w_nhwc import (
@@ -139,17 +139,15 @@ def fused_grad_w(grad_y, x, grad_w, pads) -> bool:
 
 def _on_copies(grad_y, x, grad_w, pads) -> bool:
     """``fused_grad_w`` by ``grad_w_nhwc.fused_grad_w`` on channels-last copies of x
-    and grad_y (in this thread's workspace), its (3, 3, C, D) result written back as
-    (D, C, 3, 3)."""
+    and grad_y (``write_nhwc``, into this thread's workspace), its (3, 3, C, D) result
+    written back as (D, C, 3, 3)."""
     n, c, h, w = x.shape
     d, ho, wo = grad_y.shape[1:]
-    dt = x.dtype
-    xn = view(workspace("grad_w_nchw.x", x.size, dt), (n, h * w, c))
-    gn = view(workspace("grad_w_nchw.gy", grad_y.size, dt), (n, ho * wo, d))
-    swap_last2(np.ascontiguousarray(x).reshape(n, c, h * w), xn)
-    swap_last2(np.ascontiguousarray(grad_y).reshape(n, d, ho * wo), gn)
+    xn = view(workspace("grad_w_nchw.x", x.size, x.dtype), (n, h, w, c))
+    gn = view(workspace("grad_w_nchw.gy", grad_y.size, x.dtype), (n, ho, wo, d))
+    write_nhwc(x, xn)
+    write_nhwc(grad_y, gn)
     taps = np.empty((3, 3, c, d), grad_w.dtype)
-    ok = grad_w_nhwc.fused_grad_w(gn.reshape(n, ho, wo, d), xn.reshape(n, h, w, c), taps,
-                                  pads)
+    ok = grad_w_nhwc.fused_grad_w(gn, xn, taps, pads)
     grad_w[...] = taps.transpose(3, 2, 0, 1)
     return ok
