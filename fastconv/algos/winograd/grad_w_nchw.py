@@ -115,13 +115,13 @@ def fused_grad_w(grad_y, x, grad_w, pads) -> bool:
     = (top, left), for channels ``grad_w_nhwc.applies`` accepts. Returns whether every
     value is finite."""
     c_all, d_all = x.shape[1], grad_y.shape[1]
-    block = block_tiles(c_all, d_all, x.itemsize)
     tw = -(-grad_y.shape[3] // 4)
     tiles = grad_y.shape[0] * -(-grad_y.shape[2] // 4) * tw
     threads = numba.get_num_threads()
     if c_all <= COPY_MAX_CHANNELS and \
             grad_w_nhwc.channel_groups(c_all, tiles, threads, x.itemsize) > 1:
         return _on_copies(grad_y, x, grad_w, pads)
+    block = block_tiles(c_all, d_all, x.itemsize)
     runs = max(1, min(threads, -(-tiles // block)))
     sums = np.empty((runs, 36 * c_all * d_all), x.dtype)
     taps = np.empty((3, 3, c_all, d_all), grad_w.dtype)
@@ -134,7 +134,6 @@ def fused_grad_w(grad_y, x, grad_w, pads) -> bool:
         guarded(_finish)(sums, _KRON, flat, flags)
     grad_w[...] = taps.transpose(3, 2, 0, 1)
     return not flags.any()
-
 
 
 def _on_copies(grad_y, x, grad_w, pads) -> bool:
