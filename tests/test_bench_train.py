@@ -58,3 +58,24 @@ def test_unknown_model():
         train.throughput(models=("vgg",))
     with pytest.raises(ValueError, match="train throughput: clock='gpu' must be one of wall, cpu"):
         train.throughput(clock="gpu")
+
+
+def test_the_eval_forward_runs_in_eval_mode_and_leaves_training_on():
+    """The eval forward is an inference forward: batch norm on its running averages,
+    which it does not move; the next training step finds the model in training mode."""
+    spec = train_models.SPECS["resnet-small"]
+    rng = np.random.default_rng(0)
+    xs = rng.random((train.N_BATCHES, 2, *spec.input_shape), dtype=np.float32)
+    ys = rng.integers(0, 10, (train.N_BATCHES, 2))
+    runners, model, _, _ = train._runners(spec, "NCHW", xs, ys, 1, None)
+    step, evaluate = runners["fastconv"]
+    norms = [m for m in model.modules() if hasattr(m, "running_mean")]
+    assert norms
+    before = [m.running_mean.copy() for m in norms]
+    evaluate(0)
+    for m, was in zip(norms, before, strict=True):
+        np.testing.assert_array_equal(m.running_mean, was)
+    assert all(m.training for m in model.modules())
+    step(0)                        # a training step moves them again
+    assert any(not np.array_equal(m.running_mean, was)
+               for m, was in zip(norms, before, strict=True))

@@ -130,7 +130,9 @@ def profile_steps(model, opt, xs, ys, steps):
 def _step_and_eval(model, opt, loss_fn, no_grad, xs, ys):
     """(train step(i), eval forward(i)) of ``model`` on batch i % N_BATCHES of xs and ys:
     the same calls in fastconv and torch, whose modules, optimisers and tensors share
-    these methods."""
+    these methods. The eval forward runs as inference does, in eval mode (batch norm on
+    its running averages, which it leaves alone) without a graph; the model is back in
+    training mode after it."""
     def step(i):
         opt.zero_grad()
         loss = loss_fn(model(xs[i % N_BATCHES]), ys[i % N_BATCHES])
@@ -139,8 +141,12 @@ def _step_and_eval(model, opt, loss_fn, no_grad, xs, ys):
         return loss.item()
 
     def evaluate(i):
-        with no_grad():
-            model(xs[i % N_BATCHES])
+        model.eval()
+        try:
+            with no_grad():
+                model(xs[i % N_BATCHES])
+        finally:
+            model.train()
 
     return step, evaluate
 
