@@ -60,9 +60,9 @@ def test_unknown_model():
         train.throughput(clock="gpu")
 
 
-def test_the_eval_forward_runs_in_eval_mode_and_leaves_training_on():
+def test_the_eval_forward_runs_in_eval_mode_and_training_steps_in_training_mode():
     """The eval forward is an inference forward: batch norm on its running averages,
-    which it does not move; the next training step finds the model in training mode."""
+    which it does not move; the next training step runs in training mode again."""
     spec = train_models.SPECS["resnet-small"]
     rng = np.random.default_rng(0)
     xs = rng.random((train.N_BATCHES, 2, *spec.input_shape), dtype=np.float32)
@@ -73,9 +73,11 @@ def test_the_eval_forward_runs_in_eval_mode_and_leaves_training_on():
     assert norms
     before = [m.running_mean.copy() for m in norms]
     evaluate(0)
+    evaluate(1)
     for m, was in zip(norms, before, strict=True):
         np.testing.assert_array_equal(m.running_mean, was)
-    assert all(m.training for m in model.modules())
+    assert not any(m.training for m in model.modules())
     step(0)                        # a training step moves them again
+    assert all(m.training for m in model.modules())
     assert any(not np.array_equal(m.running_mean, was)
                for m, was in zip(norms, before, strict=True))

@@ -131,9 +131,14 @@ def _step_and_eval(model, opt, loss_fn, no_grad, xs, ys):
     """(train step(i), eval forward(i)) of ``model`` on batch i % N_BATCHES of xs and ys:
     the same calls in fastconv and torch, whose modules, optimisers and tensors share
     these methods. The eval forward runs as inference does, in eval mode (batch norm on
-    its running averages, which it leaves alone) without a graph; the model is back in
-    training mode after it."""
+    its running averages, which it leaves alone) without a graph; a training step runs in
+    training mode. Each switches the mode only when the other ran last, which in the
+    timed blocks is their untimed first call (``_step_times``): switching every module
+    took 56 us a call in fastconv and 145 in torch (the small ResNet's 33 modules), 1-3%
+    of an eval forward."""
     def step(i):
+        if not model.training:
+            model.train()
         opt.zero_grad()
         loss = loss_fn(model(xs[i % N_BATCHES]), ys[i % N_BATCHES])
         loss.backward()
@@ -141,12 +146,10 @@ def _step_and_eval(model, opt, loss_fn, no_grad, xs, ys):
         return loss.item()
 
     def evaluate(i):
-        model.eval()
-        try:
-            with no_grad():
-                model(xs[i % N_BATCHES])
-        finally:
-            model.train()
+        if model.training:
+            model.eval()
+        with no_grad():
+            model(xs[i % N_BATCHES])
 
     return step, evaluate
 
