@@ -11,8 +11,12 @@ import fastconv
 import fastconv.nn.functional as F
 from fastconv import config
 from fastconv._args import conv_args_from_shapes
+from fastconv._args.memo import forget_per_problem
 from fastconv.algos import winograd
-from fastconv.algos.winograd import grad_w4, tiling
+from fastconv.algos.winograd import cost as winograd_cost
+from fastconv.algos.winograd import drivers, grad_w4, tiling
+from fastconv.algos.winograd.kernel import layer_kernel
+from fastconv.costs import DEFAULT_PROFILE
 
 from . import reference as ref
 from .conftest import CountingGuard
@@ -23,6 +27,7 @@ pytestmark = pytest.mark.usefixtures("nchw_winograd_grad_w")
 # (n, c_in, h, w, c_out, padding, groups, dilation)
 CASES = [
     (3, 3, 9, 7, 4, 1, 1, 1),         # partial tiles at the bottom and right
+    (2, 5, 6, 5, 3, ((0, 1), (2, 0)), 1, 1),    # uneven padding
     (2, 4, 6, 11, 6, ((2, 0), (1, 1)), 2, 1),
     (2, 3, 12, 10, 2, 2, 1, 2),       # dilated: phases, strided views, a batched backward
 ]
@@ -34,12 +39,18 @@ def tile(request, monkeypatch):
     return request.param
 
 
-@pytest.fixture(params=["per-thread", "shared"])
+@pytest.fixture(params=["per-thread", "shared", "copies"])
 def split(request, monkeypatch):
-    """Every layer splits its tile rows over the threads, or none does."""
+    """Every layer splits its tile rows over the threads, or none does: all share the
+    chunks, or the undilated one-group layers run on channels-last copies
+    (``drivers.on_nhwc_copies``)."""
     limit = 1 << 20 if request.param == "per-thread" else 0
     monkeypatch.setattr(tiling, "PER_THREAD_MAX_CHANNELS", limit)
-    return request.param
+    pixels = 1 << 30 if request.param == "copies" else 0
+    monkeypatch.setattr(drivers, "COPIES_MAX_PIXELS", pixels)
+    forget_per_problem()
+    yield request.param
+    forget_per_problem()
 
 
 @pytest.mark.parametrize("case", CASES, ids=str)
@@ -57,6 +68,48 @@ def test_both_ways_match_the_reference(case, tile, split):
     wants = ref.conv2d_backward(gy, x, w, a.stride, a.padding, a.dilation, a.groups)
     for got, exact in zip(fastconv.conv2d_backward(gy, x, w, **kw), wants, strict=True):
         assert ref.rel_error(got, exact) <= 1e-13
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_wide_layers_on_small_maps_run_on_channels_last_copies(dtype, rng, monkeypatch):
+    """72 -> 80 channels (too wide to split over the threads) on a 6x5 map: the forward
+    and grad_x run on channels-last copies by default, with the bias, and match the
+    formula; a wider map, or two groups, keeps the NCHW chunks."""
+    x = rng.standard_normal((2, 72, 6, 5)).astype(dtype)
+    w = rng.standard_normal((80, 72, 3, 3)).astype(dtype)
+    b = rng.standard_normal(80).astype(dtype)
+    a = conv_args_from_shapes("t", x.shape, w.shape, 1, 1, 1, 1)
+    assert drivers.on_nhwc_copies(a) and drivers.on_nhwc_copies(a.grad_x_problem)
+    assert not drivers.on_nhwc_copies(conv_args_from_shapes(
+        "t", (2, 72, 17, 16), w.shape, 1, 1, 1, 1))
+    assert not drivers.on_nhwc_copies(conv_args_from_shapes(
+        "t", x.shape, (80, 36, 3, 3), 1, 1, 1, 2))
+    assert "on channels-last copies" in winograd_cost.cost(a, DEFAULT_PROFILE).detail
+    calls = []
+    real = drivers._run_on_copies
+    monkeypatch.setattr(drivers, "_run_on_copies", lambda *v: calls.append(1) or real(*v))
+    want = ref.conv2d(x, w, b, a.stride, a.padding)
+    got = fastconv.conv2d(x, w, b, padding=1, algo="winograd")
+    assert got.dtype == dtype and ref.rel_error(got, want) <= ref.tolerance(dtype, "winograd")
+    gy = rng.standard_normal(want.shape).astype(dtype)
+    gx, _, _ = fastconv.conv2d_backward(gy, x, w, padding=1, algo="winograd",
+                                        needs_input_grad=(True, False, False))
+    want_gx = ref.conv2d_backward(gy, x, w, a.stride, a.padding)[0]
+    assert ref.rel_error(gx, want_gx) <= ref.tolerance(dtype, "winograd")
+    assert len(calls) == 2
+
+
+def test_copies_write_a_strided_output_in_place(rng):
+    """An output that is not C-contiguous gets the result, and the memory around it
+    keeps its values."""
+    x = rng.standard_normal((2, 72, 6, 5))
+    w = rng.standard_normal((72, 72, 3, 3))
+    a = conv_args_from_shapes("t", x.shape, w.shape, 1, 1, 1, 1)
+    u = layer_kernel(w, a, 4, io=True)
+    big = np.full((2, 72, 6, 10), 7.0)
+    assert drivers._run_on_copies(x, u, big[..., ::2], None, (1, 1), 4)
+    assert ref.rel_error(big[..., ::2], ref.conv2d(x, w, None, a.stride, a.padding)) <= 1e-13
+    assert (big[..., 1::2] == 7.0).all()
 
 
 def test_threads_and_chunks_do_not_change_the_result(tile, monkeypatch):

@@ -62,6 +62,12 @@ def cost(a, p: Profile, m: int | None = None, fused: bool = True) -> Estimate:
     item = a.dtype.itemsize
     m = tiling.tile_size() if m is None else m
     t = tiling.transformed(m)
+    if fused and drivers.on_nhwc_copies(a):
+        # NHWC's chunked transforms on copies of x and y (read and written once each)
+        nhwc, ws, detail = cost(dataclasses.replace(a, layout="NHWC"), p, m)
+        io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
+        return Estimate(nhwc + 2 * io_bytes / (p.copy_gbs * 1e9), ws + io_bytes,
+                        f"{detail}, on channels-last copies")
     if fused and a.dims.channels_last and a.dilation == (1, 1) and nhwc_tiles.fused_applies(
             (a.n, a.h, a.w, a.c_in), (a.n, a.h_out, a.w_out, a.c_out), item, a.groups, m,
             None):

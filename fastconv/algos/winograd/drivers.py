@@ -18,6 +18,7 @@ from ... import _blas, _lanes
 from ..._args.memo import per_problem
 from ..._runtime import guarded
 from .. import _nhwc
+from .._common import workspace
 from . import grad_w_nchw, grad_w_nhwc, nchw_fused, nhwc, phase_batch
 from .dilated import backward_phases, phase_problems
 from .grad_w import _grad_w_nchw
@@ -202,11 +203,54 @@ def _run_layer(x, w, args, y, bias, pads, grad_x: bool = False) -> bool:
     m = tile_size()
     fused_nchw = (not args.dims.channels_last and args.dilation == (1, 1)
                   and nchw_fused.applies(x.shape, y.shape, x.itemsize, args.groups, m))
-    u = layer_kernel(w, args, m, grad_x=grad_x, io=fused_nchw)
+    copies = not fused_nchw and on_nhwc_copies(args.grad_x_problem if grad_x else args)
+    u = layer_kernel(w, args, m, grad_x=grad_x, io=fused_nchw or copies)
     if fused_nchw:
         return nchw_fused.forward(x, u, y, bias, pads)
+    if copies:
+        return _run_on_copies(x, u, y, bias, pads, m)
     return _run(x, u, y, bias, pads, args.groups, m, args.dilation,
                 args.dims.channels_last)
+
+
+#: Output pixels per image up to which ``on_nhwc_copies`` takes a layer. Forward and
+#: grad_x, NCHW chunks / copies (ms), 2 threads, alternating, best of 5 (Intel Xeon,
+#: AVX-512): 256 -> 256 at 14x14 (batch 16) 14.9-15.1 / 11.7 and 16.6-16.7 / 11.0-11.3,
+#: at 10x10 9.6 / 6.7 and 9.6 / 6.9, at 16x16 11.7 / 12.5 and 16.3 / 12.5; at 7x7 (batch
+#: 32) 9.0 / 6.4 and 9.7 / 6.6; 128 -> 128 (batch 32) at 14x14 8.3 / 5.7 and 10.2 / 5.8,
+#: at 16x16 8.7 / 7.2 and 9.0 / 6.7. Larger maps ran alike or slower on copies (batch
+#: 16): 128 -> 128 at 20x20 5.2 / 5.5 and 5.7 / 5.3, at 28x28 8.8-10.0 / 9.7-11.2; at
+#: 54x54 (batch 4) 7.5 / 9.4 and 8.7 / 10.3.
+COPIES_MAX_PIXELS = 16 * 16
+
+
+def on_nhwc_copies(args) -> bool:
+    """Whether an NCHW layer's forward (and grad_x) runs on channels-last copies of its
+    input and output through NHWC's chunked transforms (``nhwc.run_nhwc``): undilated,
+    one group, too wide to split its tile rows over the threads (``tiling.per_thread``,
+    and so outside the fused kernels), on maps of at most ``COPIES_MAX_PIXELS``. On
+    small maps the NCHW transforms, a few tiles a plane, took more of the call than
+    NHWC's, which run whole vectors of channels; the two copies
+    (``_nhwc.swap_last2``) cost about 0.2-0.5 ms on these layers."""
+    return (not args.dims.channels_last and args.dilation == (1, 1) and args.groups == 1
+            and not per_thread(args.c_in, args.c_out)
+            and args.h_out * args.w_out <= COPIES_MAX_PIXELS)
+
+
+def _run_on_copies(x, u, y, bias, pads, m) -> bool:
+    """``_run`` of an undilated one-group NCHW layer (x C-contiguous; u in NHWC's
+    order) on channels-last copies of x and y (``on_nhwc_copies``)."""
+    n, c, h, wd = x.shape
+    _, d, ho, wo = y.shape
+    xl = workspace("winograd.x_nhwc", x.size, x.dtype).reshape(n, h, wd, c)
+    _nhwc.swap_last2(x.reshape(n, c, h * wd), xl.reshape(n, h * wd, c))
+    yl = workspace("winograd.y_nhwc", y.size, y.dtype).reshape(n, ho, wo, d)
+    finite = nhwc.run_nhwc(xl, u, yl, bias, pads, 1, m)
+    target = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
+    _nhwc.swap_last2(yl.reshape(n, ho * wo, d), target.reshape(n, d, ho * wo))
+    if target is not y:
+        y[...] = target
+    return finite
 
 
 def _run(x, u, y, bias, pads, groups, m, dilation, channels_last=False) -> bool:
