@@ -24,8 +24,9 @@ LANES = _lanes.per_register(4)
     (8, 16, 8, True),             # float64: 8 lanes (AVX-512)
     (12, 32, 4, False),           # inputs not whole eights
     (32, 24, 4, False),           # outputs not whole registers
-    (72, 64, 4, False),           # above the channel bound
-    (64, 128, 4, False),
+    (grad_w_nhwc.MAX_CHANNELS + 8, 64, 4, False),     # above the channel bound
+    (64, grad_w_nhwc.MAX_CHANNELS + 32, 4, False),
+    (grad_w_nhwc.MAX_CHANNELS, grad_w_nhwc.MAX_CHANNELS, 4, True),
 ])
 def test_which_channels_it_takes(c_in, c_out, itemsize, want):
     if itemsize == 8 and _lanes.per_register(8) != 8:

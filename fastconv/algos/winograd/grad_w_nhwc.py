@@ -44,8 +44,14 @@ from .tasks import _scalars
 #: G^T (x) G^T: grad_w[3i + j] = sum over e = 6a + b of KRON[3i + j, e] GW[e].
 _KRON = np.kron(GT4, GT4)
 #: The most channels a side: every task keeps a sum of 36 C D values beside its tiles
-#: in L2 (64 -> 64: 576 KB in float32).
-MAX_CHANNELS = 64
+#: (64 -> 64: 576 KB in float32; 128 -> 128, 2.4 MB, or half that in channel groups).
+#: With AVX-512, 128 channels (Intel Xeon, 2 MB of L2 a core; 2 threads, alternating,
+#: best of 5, weight gradient alone, the chunked path / this kernel): NHWC 128 -> 128
+#: at 8x8 (batch 64) 7.6 / 3.4 ms, at 14x14 (batch 32) 16.0 / 8.1, at 28x28 (batch 16)
+#: 19.9 / 10.2; NCHW (staged, ``grad_w_nchw``) 9.0 / 5.2, 15.7 / 10.0, 11.3 / 11.2. At
+#: 256 channels the chunked path ran as fast or faster (14x14, batch 16: NHWC 22.2 /
+#: 23.9, NCHW 15.2 / 17.4). Without AVX-512 (not measured at 128): 64.
+MAX_CHANNELS = 128 if _lanes.WIDE else 64
 
 
 def applies(c_in: int, c_out: int, itemsize: int) -> bool:
