@@ -17,6 +17,9 @@ def test_round_trip_equals_numpy_transposes(shape, dtype):
     back = np.full(shape, np.nan, dtype)
     _nhwc.write_nhwc(nchw, back)
     assert np.array_equal(back, x)
+    again = np.full(nchw.shape, np.nan, dtype)
+    _nhwc.write_nchw(back, again)
+    assert np.array_equal(again, nchw)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -55,6 +58,15 @@ def test_write_nhwc_into_a_non_contiguous_destination():
     _nhwc.write_nhwc(src, dst)
     assert np.array_equal(dst, src.transpose(0, 2, 3, 1))
     assert not big[:, 1::2].any()                       # nothing written in between
+
+
+def test_write_nchw_into_a_non_contiguous_destination():
+    src = np.random.default_rng(2).standard_normal((2, 4, 5, 3))
+    big = np.zeros((2, 3, 8, 5))
+    dst = big[:, :, ::2]                                # (2, 3, 4, 5), strided
+    _nhwc.write_nchw(src, dst)
+    assert np.array_equal(dst, src.transpose(0, 3, 1, 2))
+    assert not big[:, :, 1::2].any()
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

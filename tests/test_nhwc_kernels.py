@@ -293,10 +293,11 @@ def test_nhwc_backward_routes_of_small_resnet_layers():
     assert image_last_tile(args(16, 32, "NCHW")) >= 2
     assert image_last_tile(args(16, 32, "NHWC")) == 0
     assert image_last_tile(args(below - 1, 16, "NHWC")) >= 2
-    wide = winograd.drivers.NHWC_GRAD_W_MIN_CHANNELS
+    bound = winograd.drivers.NHWC_GRAD_W_MIN_CHANNELS
     assert winograd.drivers.NHWC_GRAD_W_MIN_PIXELS <= 14 * 14
-    narrow = wide // 2
+    narrow = bound // 2
     odd = narrow + 4        # not whole eights: not for the fused weight gradient either
+    wide = bound + 8        # not whole pairs of registers: not fused either
     assert winograd.grad_w_supported(args(narrow, narrow, "NCHW", h=32))
     assert not winograd.grad_w_supported(args(odd, odd, "NHWC", h=32))
     assert winograd.grad_w_supported(args(wide, wide, "NHWC"))    # wide: Winograd's
@@ -312,22 +313,25 @@ def test_nhwc_backward_routes_of_small_resnet_layers():
                                           (32, 7, False), (64, 4, False), (16, 12, True),
                                           (64, 6, False)])
 def test_nhwc_winograd_weight_gradient_on_small_maps_of_whole_tiles(n, side, runs):
-    """Wide NHWC layers on maps under ``NHWC_GRAD_W_MIN_PIXELS`` keep the weight gradient
-    in the Winograd domain where the maps are whole 4x4 tiles of at least
-    ``NHWC_GRAD_W_TILED_MIN_PIXELS`` pixels and the batch holds
-    ``NHWC_GRAD_W_TILED_MIN_BATCH`` of them (a wide ResNet's 128 -> 128 at 8x8)."""
+    """Wide NHWC layers that the fused kernel does not take (136 channels: not whole
+    pairs of registers; a wide ResNet's 128 -> 128 at 8x8 runs fused) on maps under
+    ``NHWC_GRAD_W_MIN_PIXELS`` keep the weight gradient in the Winograd domain where the
+    maps are whole 4x4 tiles of at least ``NHWC_GRAD_W_TILED_MIN_PIXELS`` pixels and the
+    batch holds ``NHWC_GRAD_W_TILED_MIN_BATCH`` of them."""
     from fastconv import _lanes
     from fastconv._args import conv_args_from_shapes
     from fastconv.algos.winograd import drivers
 
     if not _lanes.WIDE:
         pytest.skip("without AVX-512 the bounds are lower (32 channels, 7x7)")
-    c = drivers.NHWC_GRAD_W_MIN_CHANNELS
+    bound = drivers.NHWC_GRAD_W_MIN_CHANNELS
+    c = bound + 8
     assert side * side < drivers.NHWC_GRAD_W_MIN_PIXELS
     a = conv_args_from_shapes("t", (n, side, side, c), (3, 3, c, c), padding=1,
                               layout="NHWC", dtype=np.float32)
+    assert not drivers.grad_w_fused(a)
     assert drivers.grad_w_supported(a) is runs
-    narrower = conv_args_from_shapes("t", (n, side, side, c + 4), (3, 3, c + 4, c - 4),
+    narrower = conv_args_from_shapes("t", (n, side, side, c), (3, 3, c, bound - 8),
                                      padding=1, layout="NHWC", dtype=np.float32)
     assert drivers.grad_w_supported(narrower) is False     # under the channels' bound
 

@@ -10,6 +10,8 @@ blocks on all threads.
 ``write_weight_back`` (weight gradients) are what those algorithms call: they pick the
 copy for the caller's layout from one table (``_TO_NCHW``, ``_FROM_NCHW``) or its
 ``Layout`` record, and do nothing for an array that already is a C-contiguous NCHW one.
+``write_nhwc`` and ``write_nchw`` copy an activation into a given array of the other
+layout (an NCHW layer computed channels last: ``winograd.drivers.on_nhwc_copies``).
 """
 
 from __future__ import annotations
@@ -104,6 +106,16 @@ def write_nhwc(src: np.ndarray, dst: np.ndarray) -> None:
         swap_last2(src.reshape(n, c, h * w), dst.reshape(n, h * w, c))
     else:
         dst[...] = NHWC.from_canonical_view(src)
+
+
+def write_nchw(src: np.ndarray, dst: np.ndarray) -> None:
+    """dst (N, C, H, W)[...] = src (N, H, W, C) transposed (``write_nhwc``'s other
+    way)."""
+    n, h, w, c = src.shape
+    if src.size and src.flags.c_contiguous and dst.flags.c_contiguous:
+        swap_last2(src.reshape(n, h * w, c), dst.reshape(n, c, h * w))
+    else:
+        dst[...] = NHWC.to_canonical_view(src)
 
 
 def _write_nchw(src: np.ndarray, dst: np.ndarray) -> None:

@@ -238,18 +238,15 @@ def on_nhwc_copies(args) -> bool:
 
 
 def _run_on_copies(x, u, y, bias, pads, m) -> bool:
-    """``_run`` of an undilated one-group NCHW layer (x C-contiguous; u in NHWC's
-    order) on channels-last copies of x and y (``on_nhwc_copies``)."""
+    """``_run`` of an undilated one-group NCHW layer (u in NHWC's order) on
+    channels-last copies of x and y (``on_nhwc_copies``)."""
     n, c, h, wd = x.shape
     _, d, ho, wo = y.shape
     xl = workspace("winograd.x_nhwc", x.size, x.dtype).reshape(n, h, wd, c)
-    _nhwc.swap_last2(x.reshape(n, c, h * wd), xl.reshape(n, h * wd, c))
+    _nhwc.write_nhwc(x, xl)
     yl = workspace("winograd.y_nhwc", y.size, y.dtype).reshape(n, ho, wo, d)
     finite = nhwc.run_nhwc(xl, u, yl, bias, pads, 1, m)
-    target = y if y.flags.c_contiguous else np.empty(y.shape, y.dtype)
-    _nhwc.swap_last2(yl.reshape(n, ho * wo, d), target.reshape(n, d, ho * wo))
-    if target is not y:
-        y[...] = target
+    _nhwc.write_nchw(yl, y)
     return finite
 
 
