@@ -199,6 +199,11 @@ TALL_HALF_N = 6.0
 GEMV_SHARE = 0.15
 
 
+def io_bytes(a) -> int:
+    """Bytes of a conv problem's input read and output written once (``a``: ConvArgs)."""
+    return a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * a.dtype.itemsize
+
+
 def gemm_seconds(p: Profile, m: int, k: int, n: int, batch: int = 1,
                  itemsize: int = 4) -> float:
     """Model time of ``batch`` GEMMs (m x k) @ (k x n): the arithmetic at the peak rate

@@ -19,7 +19,7 @@ from fastconv.algos.winograd.kernel import layer_kernel
 from fastconv.costs import DEFAULT_PROFILE
 
 from . import reference as ref
-from .conftest import CountingGuard
+from .conftest import CountingGuard, count_calls
 
 #: Small NCHW layers' weight gradients in the Winograd domain, as these tests check them
 pytestmark = pytest.mark.usefixtures("nchw_winograd_grad_w")
@@ -85,9 +85,7 @@ def test_wide_layers_on_small_maps_run_on_channels_last_copies(dtype, rng, monke
     assert not drivers.on_nhwc_copies(conv_args_from_shapes(
         "t", x.shape, (80, 36, 3, 3), 1, 1, 1, 2))
     assert "on channels-last copies" in winograd_cost.cost(a, DEFAULT_PROFILE).detail
-    calls = []
-    real = drivers._run_on_copies
-    monkeypatch.setattr(drivers, "_run_on_copies", lambda *v: calls.append(1) or real(*v))
+    calls = count_calls(monkeypatch, drivers, "_run_on_copies")
     want = ref.conv2d(x, w, b, a.stride, a.padding)
     got = fastconv.conv2d(x, w, b, padding=1, algo="winograd")
     assert got.dtype == dtype and ref.rel_error(got, want) <= ref.tolerance(dtype, "winograd")

@@ -26,7 +26,7 @@ from numba import njit, prange
 
 from .. import _lanes, config, numerics
 from .._runtime import parallel_guard
-from ..costs import Estimate, Profile
+from ..costs import Estimate, Profile, io_bytes
 from . import _nhwc, depthwise_lanes, direct_nhwc
 from ._common import U, geometry, valid_range
 from .depthwise_grad import applies as depthwise_grad_applies
@@ -352,11 +352,6 @@ def _busy(a, p: Profile) -> int:
     return min(max(tasks, 1), p.threads)
 
 
-def _io_bytes(a) -> int:
-    """Bytes of the input read and the output written once."""
-    return a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * a.dtype.itemsize
-
-
 def cost(a, p: Profile) -> Estimate:
     """Model time of the forward: FLOPs at the direct-loop rate (NHWC:
     ``NHWC_DIRECT_SPEEDUP`` times it; depthwise layers: multiply-adds at the depthwise
@@ -364,7 +359,7 @@ def cost(a, p: Profile) -> Estimate:
     item = a.dtype.itemsize
     busy = _busy(a, p)
     copies = a.dims.channels_last and not _native_nhwc(a)
-    io = _io_bytes(a)
+    io = io_bytes(a)
     if is_depthwise(a):
         macs, factor = _depthwise_macs(a)
         rate = p.depthwise_gmacs * 1e9 * (4 / item) * busy * factor
@@ -394,7 +389,7 @@ def backward_cost(a, p: Profile) -> Estimate:
         item = a.dtype.itemsize
         planes = a.n * a.c_out * a.h_out * (a.w_out + a.dilation[1] * (a.kw - 1))
         rate = p.depthwise_gmacs * 1e9 * (4 / item) * _busy(a, p)
-        io = _io_bytes(a)
+        io = io_bytes(a)
         grad_w = planes * a.kh * a.kw / rate + io / (p.copy_gbs * 1e9)
         return Estimate(fwd.seconds + grad_w, fwd.workspace,
                         f"depthwise kernels: grad_x as the forward ({fwd.detail}), grad_w "

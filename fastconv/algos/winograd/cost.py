@@ -6,7 +6,7 @@ import dataclasses
 import math
 
 from ... import _lanes, _small_gemm
-from ...costs import Estimate, Profile, gemm_seconds
+from ...costs import Estimate, Profile, gemm_seconds, io_bytes
 from ..im2col import cost as im2col_cost
 from ..im2col import direct_grad
 from ..registry import Algorithm, register
@@ -65,8 +65,8 @@ def cost(a, p: Profile, m: int | None = None, fused: bool = True) -> Estimate:
     if fused and drivers.on_nhwc_copies(a):
         # NHWC's chunked transforms on copies of x and y (read and written once each)
         nhwc, ws, detail = cost(dataclasses.replace(a, layout="NHWC"), p, m)
-        io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
-        return Estimate(nhwc + 2 * io_bytes / (p.copy_gbs * 1e9), ws + io_bytes,
+        io = io_bytes(a)
+        return Estimate(nhwc + 2 * io / (p.copy_gbs * 1e9), ws + io,
                         f"{detail}, on channels-last copies")
     if fused and a.dims.channels_last and a.dilation == (1, 1) and nhwc_tiles.fused_applies(
             (a.n, a.h, a.w, a.c_in), (a.n, a.h_out, a.w_out, a.c_out), item, a.groups, m,
@@ -110,8 +110,7 @@ def cost(a, p: Profile, m: int | None = None, fused: bool = True) -> Estimate:
     # phases gathered into one batch and scattered back when they are the same problem
     # (``drivers._run``)
     copies = int(a.layout not in LAYOUTS) + int(batched)
-    io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
-    transforms += copies * 2 * io_bytes / (p.copy_gbs * 1e9)
+    transforms += copies * 2 * io_bytes(a) / (p.copy_gbs * 1e9)
     secs = (p.call_us + chunks * a.groups * WINOGRAD_GROUP_US / threads) * 1e-6 + gemm \
         + transforms
     if split:
@@ -148,8 +147,7 @@ def _fused_cost(a, p: Profile, t: int, stage_passes: float = 0.0,
     gemm = 2.0 * t * tiles * a.c_in * a.c_out / (p.gemm_gflops * 1e9 * (4 / item))
     transforms = WINOGRAD_FUSED_PASSES * t * (a.c_in + a.c_out) * tiles * item \
         / (p.copy_gbs * 1e9)
-    io_bytes = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
-    transforms += stage_passes * io_bytes / (p.copy_gbs * 1e9)
+    transforms += stage_passes * io_bytes(a) / (p.copy_gbs * 1e9)
     block = nhwc_tiles.block_tiles(a.c_in, a.c_out, item)
     staged = ", staged channels last" if stage_passes else ""
     detail = (f"F(4x4, 3x3) fused{staged}, {-(-tiles // block)} blocks of {block} tiles, "
@@ -169,7 +167,6 @@ def backward_cost(a, p: Profile) -> Estimate:
     (batch 64), NHWC, 2 threads: Winograd 6.5-6.7 ms, im2col 8.4-10.5; modelled 16.1
     and 14.4 with grad_w priced as a forward."""
     call = p.call_us * 1e-6
-    item = a.dtype.itemsize
     cols, cws, _ = im2col_cost.cost(a, p)
     by_x, by_w = drivers.grad_x_supported(a), drivers.grad_w_supported(a)
     # what im2col still does: about one forward for grad_w (its direct kernel's time
@@ -199,8 +196,7 @@ def backward_cost(a, p: Profile) -> Estimate:
         wino, wws, _ = cost(a, p, fused=False)
         secs += wino - call
         if a.layout != "NCHW":  # grad_w's copies of grad_y and x to NCHW
-            moved = a.n * (a.c_in * a.h * a.w + a.c_out * a.h_out * a.w_out) * item
-            secs += 2 * moved / (p.copy_gbs * 1e9)
+            secs += 2 * io_bytes(a) / (p.copy_gbs * 1e9)
         ws = max(ws, wws)
         parts.append("grad_w")
     how = f"Winograd {' and '.join(parts)}" if parts else "as im2col"
