@@ -8,11 +8,13 @@ and read ratios, not absolute times).
 
 "before" runs, in NCHW, the strided split forward through Python threads
 (``im2col.split.forward_split``, in L2-sized panels) instead of the fused kernel
-(``im2col.fused``), and in NHWC (input NHWC, weight HWIO; torch's tensors
-channels_last) the tile loop (a parallel unfold, then one threaded GEMM) instead of the
-fused kernel (``im2col.fused_nhwc``; layers the direct NHWC kernel takes, the stem on
-8 images, run it on both sides); prints
-each contender's best milliseconds and its time over torch's (1.0: as fast as torch).
+(``im2col.fused``), and the stem in the direct lanes kernel (``im2col.direct_lanes``)
+instead of the row lanes kernel (``im2col.row_lanes``); in NHWC (input NHWC, weight
+HWIO; torch's tensors channels_last) the tile loop (a parallel unfold, then one
+threaded GEMM) instead of the fused kernel (``im2col.fused_nhwc``; layers the direct
+NHWC kernel takes, the stem on 8 images, run it on both sides); prints each
+contender's best milliseconds and its time over torch's (1.0: as fast as torch).
+malloc is first settled as ``fastconv bench`` does (``malloc.settle_allocator``).
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import time
 import numpy as np
 
 import fastconv
-from fastconv.algos.im2col import drivers
+from fastconv.algos.im2col import drivers, row_lanes
 from fastconv.layout import LAYOUTS
+from fastconv.tools.bench.malloc import settle_allocator
 
 LAYERS = {
     "stem": ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
@@ -50,18 +53,20 @@ def contenders(name: str, backward: bool, layout: str = "NCHW") -> dict:
         x = np.ascontiguousarray(x.transpose(LAYOUTS["NHWC"].from_canonical))
         w = np.ascontiguousarray(w.transpose(LAYOUTS["NHWC"].weight_from_canonical))
         slot = "fused_nhwc_tiling"
-    saved = getattr(drivers, slot)
+    saved, applies = getattr(drivers, slot), row_lanes.applies
 
     def ours(new: bool):
         def run():
             if not new:
                 setattr(drivers, slot, lambda args: None)
+                row_lanes.applies = lambda args: False
             try:
                 y = fastconv.conv2d(x, w, layout=layout, **kw)
                 if backward:
                     fastconv.conv2d_backward(np.ones_like(y), x, w, layout=layout, **kw)
             finally:
                 setattr(drivers, slot, saved)
+                row_lanes.applies = applies
         return run
 
     def theirs():
@@ -103,6 +108,7 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown layers {sorted(unknown)}; choose from {', '.join(LAYERS)}")
     torch.set_num_threads(2)
+    settle_allocator()
     for name in opts.layers or LAYERS:
         best = best_times(contenders(name, opts.backward, opts.layout), opts.rounds)
         what = "forward+backward" if opts.backward else "forward"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ...costs import Estimate, Profile, backward_from_forward, gemm_seconds
 from .._common import interior_columns
 from ..registry import Algorithm, register
-from . import indirect_nchw, strided_pointwise
+from . import indirect_nchw, row_lanes, strided_pointwise
 from .direct_grad import direct_backward_chosen, direct_backward_cost
 from .drivers import backward, forward
 from .fused import fused_tiling
@@ -23,11 +23,14 @@ CACHE_LINE = 64
 
 
 def cost(a, p: Profile) -> Estimate:
-    """Model time of the forward: small layers run the direct lanes kernel
+    """Model time of the forward: an image network's NCHW input layer runs the row lanes
+    kernel (``row_lanes.cost``), small layers the direct lanes kernel
     (``lanes_plan.lanes_cost``), small stride-1 layers on tiles of many images the
     direct image-last kernel (``image_last_direct.direct_cost``), NCHW layers the
     register tiles take on staged rows (``indirect_nchw.cost``), the others the GEMM
     path (:func:`_gemm_cost`), as ``drivers.forward`` picks them."""
+    if row_lanes.applies(a):
+        return row_lanes.cost(a, p)
     if lanes_chosen(a):
         return lanes_cost(a, p)
     if direct_forward_applies(a):

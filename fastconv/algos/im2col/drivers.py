@@ -12,7 +12,7 @@ from ... import _blas, _pool
 from ..._args.memo import per_problem
 from ..._runtime import parallel_guard
 from .._common import view
-from . import indirect_nchw, strided_pointwise
+from . import indirect_nchw, row_lanes, strided_pointwise
 from .direct_grad import backward_direct, direct_backward_chosen
 from .direct_lanes import forward_lanes
 from .fused import forward_fused, fused_tiling
@@ -58,8 +58,12 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     run the direct image-last kernel without a GEMM
     (``image_last_direct.forward_direct``), small layers of either layout the direct
     lanes kernel where its model time is lower (``direct_lanes.forward_lanes``: no
-    layout copy either). Always exact: returns None."""
+    layout copy either), an image network's NCHW input layer the row lanes kernel
+    (``row_lanes``). Always exact: returns None."""
     if args.n == 0:
+        return
+    if row_lanes.applies(args):
+        row_lanes.forward(x, w, args, out, bias)
         return
     if lanes_chosen(args):
         forward_lanes(x, w, args, out, bias)

@@ -1,0 +1,297 @@
+"""The NCHW forward of an image network's input layer (a few input channels, a kernel
+of many taps, wide output rows: ResNet's stem, 3 -> 64 channels 7x7 with stride 2 at
+224 x 224) with an output row's pixels in the lanes of a vector register.
+
+The direct lanes kernel (``direct_lanes``) holds a pixel's block of output channels in
+a register and, in NCHW, writes each group of pixels transposed; here a register holds
+``count`` consecutive output pixels of one output channel, so an output row is written
+as whole vectors (past the caches where its rows start on cache lines and the output
+is large, ``_lanes.can_stream``). The input is first split into its stride phases,
+zero-padded (``_split_phases``): phase (p, q) of an image's channel holds the padded
+input's rows p, p + s_h, ... and columns q, q + s_w, ..., so that the output pixels j
+.. j + count - 1 of row i read, for tap (c, a, b), ``count`` contiguous values:
+
+    y[n, d, i, j] = bias[d] + sum_{c, a, b} w[d, c, a, b]
+                    * phase(n, c, (a*r_h) % s_h, (b*r_w) % s_w)[i + (a*r_h) // s_h,
+                                                                 j + (b*r_w) // s_w]
+
+A tile (``_tile3``) accumulates 3 vectors of a row's pixels for ``BLOCK`` = 8 output
+channels (24 of AVX-512's 32 registers): per tap, 3 loads of the input, 8 broadcasts of
+the weight and 24 fused multiply-adds. The rest of a row runs in one-vector tiles of 8
+channels (``_tile1``), the last ending at the row's end (it then overlaps the tile
+before and writes those outputs again with the same values). Output channels beyond
+C_out (up to a whole block) are computed from zero weights and not written.
+
+Measured on the 2-core Intel Xeon (AVX-512), 2 threads, alternating with the direct
+lanes kernel in one process, best of rounds, float32 NCHW (this kernel / the lanes
+kernel or, where marked, the unfold and GEMM): the stem on 8 images 0.62-0.68
+(streamed stores; 0.83 without them), on 1 image 0.92, at 112 x 112 0.87; 3 -> 32 5x5
+stride 2 at 128 x 128 (batch 8) 0.58 (GEMM); 3 -> 16 5x5 at 64 x 64 (batch 16) 0.51
+(GEMM); 1 -> 64 7x7 stride 2 at 224 x 224 (batch 4) 0.65. Left to the other paths:
+kernels of fewer than ``MIN_TAPS`` taps (3 -> 64 3x3 at 224 x 224, batch 4: 1.7;
+CIFAR's 3 -> 32 3x3 at 32 x 32: 1.07; LeNet's 1 -> 6 5x5: 1.18), wider inputs
+(16 -> 64 3x3 stride 2 at 112 x 112: 1.29, its phases as large as its input, 12.8 MB),
+rows shorter than a tile and hosts without AVX-512's 32 registers.
+
+>>> import numpy as np
+>>> from fastconv import conv2d
+>>> x = np.ones((1, 3, 120, 120), np.float32)
+>>> y = conv2d(x, np.ones((8, 3, 7, 7), np.float32), stride=2, padding=3)
+>>> y.shape, float(y[0, 0, 0, 0]), float(y[0, 7, 30, 30])   # a corner: 3 x 4 x 4 taps
+((1, 8, 60, 60), 48.0, 147.0)
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+from numba import njit, prange
+
+from ... import _lanes
+from ..._runtime import guarded
+from ...costs import Estimate, Profile
+from .._common import U, read_only, workspace
+
+#: Output channels of a tile.
+BLOCK = 8
+#: Vectors of pixels of the wide tile (``_tile3``).
+TILE_VECTORS = 3
+#: The layers taken (``applies``): at most this many input channels and output channels
+#: (a block's weight, taps x 8 values, stays in L1), and kernels of this many taps
+#: C_in*KH*KW at least (fewer: the per-tile costs outweigh the taps' multiply-adds) and
+#: at most.
+MAX_IN_CHANNELS, MAX_OUT_CHANNELS, MIN_TAPS, MAX_TAPS = 4, 64, 48, 600
+#: Multiply-adds per second per thread (float32; half for float64) for the cost model:
+#: the stem on 8 images, kernel alone, 2 threads, Intel Xeon (AVX-512): 944M in 7.6-8.0
+#: ms of 9.8 GMAC per thread (one-vector tiles count as whole ones).
+ROW_GMACS = 60.0
+
+
+def applies(a) -> bool:
+    """Whether im2col's forward of ``a`` runs here: NCHW, one group, float32 or float64,
+    at most ``MAX_IN_CHANNELS`` input and ``MAX_OUT_CHANNELS`` output channels, a kernel
+    of ``MIN_TAPS`` to ``MAX_TAPS`` taps, output rows of at least one wide tile, on a
+    host with AVX-512's registers (``_lanes.WIDE``). Any stride, padding and dilation.
+
+    >>> from fastconv._args import conv_args_from_shapes
+    >>> stem = conv_args_from_shapes("t", (8, 3, 224, 224), (64, 3, 7, 7), 2, 3)
+    >>> applies(stem) == _lanes.WIDE
+    True
+    >>> applies(conv_args_from_shapes("t", (8, 3, 224, 224), (64, 3, 3, 3), 1, 1))
+    False
+    """
+    taps = a.c_in * a.kh * a.kw
+    return (_lanes.WIDE and not a.dims.channels_last and a.groups == 1
+            and a.dtype in (np.float32, np.float64)
+            and a.c_in <= MAX_IN_CHANNELS and a.c_out <= MAX_OUT_CHANNELS
+            and MIN_TAPS <= taps <= MAX_TAPS
+            and a.w_out >= TILE_VECTORS * _lanes.per_register(a.dtype.itemsize))
+
+
+@functools.lru_cache(maxsize=64)
+def _geometry(a) -> tuple[int, int, np.ndarray]:
+    """(Hq, Wq, toff): the rows and columns of a phase (the padded input's, over the
+    strides, rounded up) and each tap's offset (c, a, b order, the weight's) in an
+    image's phases from output pixel (0, 0)'s, which every tap's read of pixel (i, j)
+    adds i*Wq + j to."""
+    (sh, sw), (dh, dw) = a.stride, a.dilation
+    (pt, pb), (pl, pr) = a.padding
+    hq, wq = -(-(a.h + pt + pb) // sh), -(-(a.w + pl + pr) // sw)
+    c, ka, kb = np.meshgrid(np.arange(a.c_in), np.arange(a.kh) * dh, np.arange(a.kw) * dw,
+                            indexing="ij")
+    plane = ((c * sh + ka % sh) * sw + kb % sw) * hq * wq
+    toff = (plane + (ka // sh) * wq + kb // sw).reshape(-1).astype(np.int64)
+    toff.flags.writeable = False
+    return hq, wq, toff
+
+
+def _row_slots(a) -> int:
+    """Output pixels a row's tiles compute (whole vectors, the last one overlapping)."""
+    lanes = _lanes.per_register(a.dtype.itemsize)
+    wide, rest = divmod(a.w_out, TILE_VECTORS * lanes)
+    return wide * TILE_VECTORS * lanes + -(-rest // lanes) * lanes
+
+
+def cost(a, p: Profile) -> Estimate:
+    """Model time of ``forward``: the multiply-adds of whole tiles (blocks of 8 output
+    channels, rows in whole vectors) at ``ROW_GMACS`` per thread, the phases' copy at
+    the profile's copy rate, and the call's fixed cost."""
+    hq, wq, _ = _geometry(a)
+    blocks = -(-a.c_out // BLOCK)
+    macs = a.n * a.h_out * _row_slots(a) * blocks * BLOCK * a.c_in * a.kh * a.kw
+    phases = a.n * a.c_in * a.stride[0] * a.stride[1] * hq * wq * a.dtype.itemsize
+    seconds = (p.call_us * 1e-6 + phases / (p.copy_gbs * 1e9)
+               + macs / (ROW_GMACS * 1e9 * p.threads * (4 / a.dtype.itemsize)))
+    return Estimate(seconds, phases,
+                    f"row lanes kernel (no GEMM, the input in its stride phases), "
+                    f"{macs / 1e6:.3g}M multiply-adds {1e3 * seconds:.3g} ms")
+
+
+def forward(x, w, args, out, bias) -> None:
+    """out (N, C_out, Ho, Wo) = conv(x, w) + bias (C_out,) when given, for an
+    ``applies`` problem; x (N, C_in, H, W) and w (C_out, C_in, KH, KW). Splits x into
+    its phases in the calling thread's workspace, then runs ``_rows``."""
+    dt = args.dtype
+    hq, wq, toff = _geometry(args)
+    (sh, sw), ((pt, _), (pl, _)) = args.stride, args.padding
+    size = args.n * args.c_in * sh * sw * hq * wq
+    xp = workspace("row_lanes.phases", size, dt)
+    guarded(_split_phases)(read_only(np.ascontiguousarray(x, dt)), xp,
+                           (sh, sw, hq, wq, pt, pl))
+    target = out if out.flags.c_contiguous else np.empty(out.shape, dt)
+    blocks = -(-args.c_out // BLOCK)
+    packed = np.zeros((blocks * BLOCK, toff.size), dt)
+    packed[:args.c_out] = np.asarray(w, dt).reshape(args.c_out, -1)
+    fw = np.ascontiguousarray(packed.reshape(blocks, BLOCK, -1).transpose(0, 2, 1))
+    fb = np.zeros(blocks * BLOCK, dt)
+    if bias is not None:
+        fb[:args.c_out] = bias
+    stream = int(_lanes.can_stream(target, args.w_out))
+    geo = (args.n, args.c_out, args.h_out, args.w_out, size // max(args.n, 1), wq, blocks)
+    guarded(_rows)(xp, fw.reshape(-1), fb, target.reshape(-1), toff, geo, stream)
+    if target is not out:
+        out[...] = target
+
+
+@njit(parallel=True, cache=True)
+def _split_phases(x, xp, geo):
+    """xp (N, C, s_h, s_w, Hq, Wq), flat = the phases of x (N, C, H, W) zero-padded by
+    p_t rows on top and p_l columns on the left (and as far as the phases reach on the
+    other sides); geo = (s_h, s_w, Hq, Wq, p_t, p_l). One task per image, channel and
+    row phase (one task a phase row: the stem's phases in 1.3 ms, against 1.0)."""
+    n, c, h, w = x.shape
+    sh, sw, hq, wq, pt, pl = geo
+    for task in prange(n * c * sh):
+        plane = np.int64(task)                # one type: prange's index is unsigned
+        p = plane % sh
+        ci = (plane // sh) % c
+        i = plane // (sh * c)
+        for q in range(sw):
+            lo = max(0, -((q - pl) // sw))    # the columns inside the input
+            hi = max(lo, min(wq, (w - 1 - q + pl) // sw + 1))
+            for r in range(hq):
+                start = ((plane * sw + q) * hq + r) * wq
+                dst = xp[start:start + wq]
+                src_row = r * sh + p - pt
+                if src_row < 0 or src_row >= h:
+                    dst[:] = 0
+                    continue
+                src = x[i, ci, src_row]
+                dst[:lo] = 0
+                for col in range(lo, hi):
+                    dst[col] = src[col * sw + q - pl]
+                dst[hi:] = 0
+
+
+@njit(parallel=True, cache=True)
+def _rows(xp, fw, fb, fo, toff, geo, stream):
+    """fo (N, D, Ho, Wo), flat = the convolution of the phases xp (``_split_phases``)
+    by fw (D_pad/8, taps, 8), flat, plus fb (D_pad,); toff: each tap's phase offset
+    (``_geometry``); geo = (N, D, Ho, Wo, elements of an image's phases, Wq, D_pad/8).
+    One task per output row of an image: its blocks of output channels in turn, each
+    in tiles along the row. stream: every row starts on a vector boundary and whole
+    vectors go past the caches."""
+    n, d, ho, wo, image, wq, blocks = geo
+    nl = _lanes.count(fo)
+    wide = TILE_VECTORS * nl
+    for task in prange(n * ho):
+        row = np.int64(task)
+        img, i = row // ho, row % ho
+        x_row = img * image + i * wq
+        for blk in range(blocks):
+            d0 = blk * BLOCK
+            w0 = d0 * toff.size
+            o_row = ((img * d + d0) * ho + i) * wo
+            j = 0
+            while j + wide <= wo:
+                _tile3(xp, x_row + j, toff, fw, w0, fo, o_row + j, ho * wo, d - d0, fb,
+                       d0, stream)
+                j += wide
+            while j < wo:
+                j = min(j, wo - nl)           # the last vector ends at the row's end
+                _tile1(xp, x_row + j, toff, fw, w0, fo, o_row + j, ho * wo, d - d0, fb,
+                       d0, stream)
+                j += nl
+        if stream:
+            _lanes.stream_fence()
+
+
+@njit(inline="always")
+def _put3(fo, o, plane, nl, left, fb, d, v0, v1, v2, r, stream):
+    """Output channel d + r's three vectors (plus its bias) at o + r*plane, where r <
+    left (a real channel)."""
+    if r < left:
+        at = U(o) + U(r) * U(plane)
+        b = _lanes.splat(fo, fb[d + r])
+        _lanes.put(fo, at, _lanes.add(v0, b), stream)
+        _lanes.put(fo, at + U(nl), _lanes.add(v1, b), stream)
+        _lanes.put(fo, at + U(2 * nl), _lanes.add(v2, b), stream)
+
+
+@njit(inline="always")
+def _put1(fo, o, plane, left, fb, d, v, r, stream):
+    """``_put3`` for one vector."""
+    if r < left:
+        _lanes.put(fo, U(o) + U(r) * U(plane), _lanes.add(v, _lanes.splat(fo, fb[d + r])),
+                   stream)
+
+
+@njit(inline="always")
+def _fma3(a0, a1, a2, s, v0, v1, v2):
+    """(a0 + s*v0, a1 + s*v1, a2 + s*v2): one weight's scalar times three vectors."""
+    return _lanes.fma(a0, s, v0), _lanes.fma(a1, s, v1), _lanes.fma(a2, s, v2)
+
+
+@njit
+def _tile3(xp, x0, toff, fw, w0, fo, o, plane, left, fb, d, stream):
+    """Three vectors of pixels (input from x0, output at o) of output channels d .. d +
+    7 (the weight's block at w0), over every tap."""
+    nl = _lanes.count(fo)
+    z = _lanes.zeros(fo)
+    a0, a1, a2, b0, b1, b2, c0, c1, c2, e0, e1, e2 = z, z, z, z, z, z, z, z, z, z, z, z
+    f0, f1, f2, g0, g1, g2, h0, h1, h2, k0, k1, k2 = z, z, z, z, z, z, z, z, z, z, z, z
+    for t in range(U(toff.size)):
+        at = U(x0) + U(toff[t])
+        v0 = _lanes.load(xp, at)
+        v1 = _lanes.load(xp, at + U(nl))
+        v2 = _lanes.load(xp, at + U(2 * nl))
+        wt = U(w0) + t * U(BLOCK)
+        a0, a1, a2 = _fma3(a0, a1, a2, fw[wt], v0, v1, v2)
+        b0, b1, b2 = _fma3(b0, b1, b2, fw[wt + U(1)], v0, v1, v2)
+        c0, c1, c2 = _fma3(c0, c1, c2, fw[wt + U(2)], v0, v1, v2)
+        e0, e1, e2 = _fma3(e0, e1, e2, fw[wt + U(3)], v0, v1, v2)
+        f0, f1, f2 = _fma3(f0, f1, f2, fw[wt + U(4)], v0, v1, v2)
+        g0, g1, g2 = _fma3(g0, g1, g2, fw[wt + U(5)], v0, v1, v2)
+        h0, h1, h2 = _fma3(h0, h1, h2, fw[wt + U(6)], v0, v1, v2)
+        k0, k1, k2 = _fma3(k0, k1, k2, fw[wt + U(7)], v0, v1, v2)
+    _put3(fo, o, plane, nl, left, fb, d, a0, a1, a2, 0, stream)
+    _put3(fo, o, plane, nl, left, fb, d, b0, b1, b2, 1, stream)
+    _put3(fo, o, plane, nl, left, fb, d, c0, c1, c2, 2, stream)
+    _put3(fo, o, plane, nl, left, fb, d, e0, e1, e2, 3, stream)
+    _put3(fo, o, plane, nl, left, fb, d, f0, f1, f2, 4, stream)
+    _put3(fo, o, plane, nl, left, fb, d, g0, g1, g2, 5, stream)
+    _put3(fo, o, plane, nl, left, fb, d, h0, h1, h2, 6, stream)
+    _put3(fo, o, plane, nl, left, fb, d, k0, k1, k2, 7, stream)
+
+
+@njit
+def _tile1(xp, x0, toff, fw, w0, fo, o, plane, left, fb, d, stream):
+    """``_tile3`` for one vector of pixels."""
+    z = _lanes.zeros(fo)
+    a, b, c, e, f, g, h, k = z, z, z, z, z, z, z, z
+    for t in range(U(toff.size)):
+        v = _lanes.load(xp, U(x0) + U(toff[t]))
+        wt = U(w0) + t * U(BLOCK)
+        a, b = _lanes.fma(a, fw[wt], v), _lanes.fma(b, fw[wt + U(1)], v)
+        c, e = _lanes.fma(c, fw[wt + U(2)], v), _lanes.fma(e, fw[wt + U(3)], v)
+        f, g = _lanes.fma(f, fw[wt + U(4)], v), _lanes.fma(g, fw[wt + U(5)], v)
+        h, k = _lanes.fma(h, fw[wt + U(6)], v), _lanes.fma(k, fw[wt + U(7)], v)
+    _put1(fo, o, plane, left, fb, d, a, 0, stream)
+    _put1(fo, o, plane, left, fb, d, b, 1, stream)
+    _put1(fo, o, plane, left, fb, d, c, 2, stream)
+    _put1(fo, o, plane, left, fb, d, e, 3, stream)
+    _put1(fo, o, plane, left, fb, d, f, 4, stream)
+    _put1(fo, o, plane, left, fb, d, g, 5, stream)
+    _put1(fo, o, plane, left, fb, d, h, 6, stream)
+    _put1(fo, o, plane, left, fb, d, k, 7, stream)
