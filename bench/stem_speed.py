@@ -1,15 +1,16 @@
-"""The stem, stride2 and dilated bench layers (float32, algo auto, 2 threads):
+"""The stem, stride2 and dilated bench layers, and other input layers of image networks
+(float32, algo auto, 2 threads):
 before and after a change against torch, one process, wall time, the contenders
 alternating in blocks, best of rounds (the machine is shared: run it on a quiet one,
 and read ratios, not absolute times).
 
-    python bench/stem_speed.py [stem stride2 dilated] [--rounds 9] [--backward]
-                               [--layout NHWC]
+    python bench/stem_speed.py [stem stride2 dilated stem_1 rgb_5x5_s2 rgb_5x5
+                                gray_7x7_s2] [--rounds 9] [--backward] [--layout NHWC]
 
 "before" runs, in NCHW, the strided split forward through Python threads
 (``im2col.split.forward_split``, in L2-sized panels) instead of the fused kernel
-(``im2col.fused``), and the stem in the direct lanes kernel (``im2col.direct_lanes``)
-instead of the row lanes kernel (``im2col.row_lanes``); in NHWC (input NHWC, weight
+(``im2col.fused``), and the input layers without the row lanes kernel
+(``im2col.row_lanes``: the stem then runs the direct lanes kernel); in NHWC (input NHWC, weight
 HWIO; torch's tensors channels_last) the tile loop (a parallel unfold, then one
 threaded GEMM) instead of the fused kernel (``im2col.fused_nhwc``; layers the direct
 NHWC kernel takes, the stem on 8 images, run it on both sides); prints each
@@ -33,6 +34,10 @@ LAYERS = {
     "stem": ((8, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
     "stride2": ((16, 64, 56, 56), (128, 64, 3, 3), dict(stride=2, padding=1)),
     "dilated": ((16, 64, 56, 56), (64, 64, 3, 3), dict(padding=2, dilation=2)),
+    "stem_1": ((1, 3, 224, 224), (64, 3, 7, 7), dict(stride=2, padding=3)),
+    "rgb_5x5_s2": ((8, 3, 128, 128), (32, 3, 5, 5), dict(stride=2, padding=2)),
+    "rgb_5x5": ((16, 3, 64, 64), (16, 3, 5, 5), dict(padding=2)),
+    "gray_7x7_s2": ((4, 1, 224, 224), (64, 1, 7, 7), dict(stride=2, padding=3)),
 }
 
 

@@ -132,3 +132,15 @@ def test_cost_counts_whole_tiles_and_the_phases():
     assert "944M multiply-adds" in est.detail                 # 112 = 48 + 48 + 16 a row
     b = conv_args_from_shapes("t", (8, 3, 220, 224), (60, 3, 7, 7), stride=2, padding=3)
     assert row_lanes.cost(b, fastconv.costs.DEFAULT_PROFILE).seconds < est.seconds
+
+
+@pytest.mark.parametrize("tasks, rows", [(64, 112), (8, 112), (1, 112), (2, 5), (3, 1)])
+def test_bands_give_each_thread_tasks(tasks, rows):
+    # images x blocks of channels, split into bands of rows where they are too few
+    import numba
+    band = row_lanes._band(tasks, rows)
+    assert 1 <= band <= rows
+    want = min(tasks * rows, row_lanes.TASKS_PER_THREAD * numba.get_num_threads())
+    assert tasks * -(-rows // band) >= want
+    if tasks >= want:
+        assert band == rows                 # whole images where there are tasks enough
