@@ -22,16 +22,19 @@ channels (``_tile1``), the last ending at the row's end (it then overlaps the ti
 before and writes those outputs again with the same values). Output channels beyond
 C_out (up to a whole block) are computed from zero weights and not written.
 
-Measured on the 2-core Intel Xeon (AVX-512), 2 threads, alternating with the direct
-lanes kernel in one process, best of rounds, float32 NCHW (this kernel / the lanes
-kernel or, where marked, the unfold and GEMM): the stem on 8 images 0.62-0.68
-(streamed stores; 0.83 without them), on 1 image 0.92, at 112 x 112 0.87; 3 -> 32 5x5
-stride 2 at 128 x 128 (batch 8) 0.58 (GEMM); 3 -> 16 5x5 at 64 x 64 (batch 16) 0.51
-(GEMM); 1 -> 64 7x7 stride 2 at 224 x 224 (batch 4) 0.65. Left to the other paths:
-kernels of fewer than ``MIN_TAPS`` taps (3 -> 64 3x3 at 224 x 224, batch 4: 1.7;
-CIFAR's 3 -> 32 3x3 at 32 x 32: 1.07; LeNet's 1 -> 6 5x5: 1.18), wider inputs
-(16 -> 64 3x3 stride 2 at 112 x 112: 1.29, its phases as large as its input, 12.8 MB),
-rows shorter than a tile and hosts without AVX-512's 32 registers.
+Measured on the 2-core Intel Xeon (AVX-512), 2 threads, float32 NCHW, alternating in
+one process, best of 11 rounds (``bench/stem_speed.py stem stem_1 rgb_5x5_s2 rgb_5x5
+gray_7x7_s2``): this kernel's time over the path each layer took before (the direct
+lanes kernel; for the 5x5 layers the unfold and GEMM), and over torch's: the stem on 8
+images 0.88 and 1.07 (7.06 ms, torch 6.58), on 1 image 0.86 and 1.42; 3 -> 32 5x5
+stride 2 at 128 x 128 (batch 8) 0.54 and 1.23; 3 -> 16 5x5 at 64 x 64 (batch 16) 0.40
+and 1.11; 1 -> 64 7x7 stride 2 (batch 4) 0.81 and 1.06 (a busier minute before: 0.68,
+0.66, 0.56, 0.47, 0.65 over the paths before). Left to the other paths, after a
+prototype ran them slower than those: kernels of fewer than ``MIN_TAPS`` taps (3 -> 64
+3x3 at 224 x 224, batch 4: 1.7x the GEMM's time; CIFAR's 3 -> 32 3x3: 1.07x; LeNet's
+1 -> 6 5x5: 1.18x), wider inputs (16 -> 64 3x3 stride 2 at 112 x 112: 1.29x, its phases
+as large as its input, 12.8 MB), rows shorter than a tile, and hosts without AVX-512's
+32 registers (the tile's 24 sums would spill).
 
 >>> import numpy as np
 >>> from fastconv import conv2d
@@ -63,9 +66,10 @@ TILE_VECTORS = 3
 #: C_in*KH*KW at least (fewer: the per-tile costs outweigh the taps' multiply-adds) and
 #: at most.
 MAX_IN_CHANNELS, MAX_OUT_CHANNELS, MIN_TAPS, MAX_TAPS = 4, 64, 48, 600
-#: Multiply-adds per second per thread (float32; half for float64) for the cost model:
-#: the stem on 8 images, kernel alone, 2 threads, Intel Xeon (AVX-512): 944M in 7.6-8.0
-#: ms of 9.8 GMAC per thread (one-vector tiles count as whole ones).
+#: Multiply-adds per second per thread (float32; half for float64) for the cost model
+#: (one-vector tiles counted as whole ones): the stem on 8 images, the kernel alone
+#: (944M multiply-adds), Intel Xeon, 2 threads: 6.4-6.6 ms in quiet minutes, 9.5-10 in
+#: busy ones (72 and 48 GMAC/s a thread).
 ROW_GMACS = 60.0
 #: Tasks per numba thread of ``_rows`` at least (bands of rows where images x blocks of
 #: output channels are fewer).
