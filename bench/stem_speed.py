@@ -10,10 +10,10 @@ and read ratios, not absolute times).
 "before" runs, in NCHW, the strided split forward through Python threads
 (``im2col.split.forward_split``, in L2-sized panels) instead of the fused kernel
 (``im2col.fused``), and the input layers without the row lanes kernel
-(``im2col.row_lanes``: the stem then runs the direct lanes kernel); in NHWC (input NHWC, weight
-HWIO; torch's tensors channels_last) the tile loop (a parallel unfold, then one
-threaded GEMM) instead of the fused kernel (``im2col.fused_nhwc``; layers the direct
-NHWC kernel takes, the stem on 8 images, run it on both sides); prints each
+(``im2col.row_lanes``: the stem then runs the direct lanes kernel); in NHWC (input
+NHWC, weight HWIO; torch's tensors channels_last) the tile loop (a parallel unfold,
+then one threaded GEMM) instead of the fused kernel (``im2col.fused_nhwc``; layers the
+direct NHWC kernel takes, the stem on 8 images, run it on both sides); prints each
 contender's best milliseconds and its time over torch's (1.0: as fast as torch).
 malloc is first settled as ``fastconv bench`` does (``malloc.settle_allocator``).
 """
