@@ -86,6 +86,8 @@ def _split_rows(plane, ph, r0, left, full, zero):
             for m in range(full):
                 d0[m] = line[2 * m]
                 d1[m] = line[2 * m + 1]
+        elif sw == 1:               # one phase: a copy (the row lanes kernel's stride 1)
+            dst[0, left:left + full] = line[:full]
         else:
             for m in range(full):
                 for q in range(sw):

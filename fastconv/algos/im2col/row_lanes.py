@@ -6,14 +6,16 @@ The direct lanes kernel (``direct_lanes``) holds a pixel's block of output chann
 a register and, in NCHW, writes each group of pixels transposed; here a register holds
 ``count`` consecutive output pixels of one output channel, so an output row is written
 as whole vectors (past the caches where its rows start on cache lines and the output
-is large, ``_lanes.can_stream``). The input is first split into its stride phases,
-zero-padded (``_split_phases``): phase (p, q) of an image's channel holds the padded
-input's rows p, p + s_h, ... and columns q, q + s_w, ..., so that the output pixels j
-.. j + count - 1 of row i read, for tap (c, a, b), ``count`` contiguous values:
+is large, ``_lanes.can_stream``). The input's rows are first split into their column
+phases, zero-padded (``_split_phases``, with ``phased_unfold``'s row splitter): phase q
+of a padded row holds its columns q, q + s_w, ..., so that the output pixels j .. j +
+count - 1 of row i read, for tap (c, a, b), ``count`` contiguous values:
 
     y[n, d, i, j] = bias[d] + sum_{c, a, b} w[d, c, a, b]
-                    * phase(n, c, (a*r_h) % s_h, (b*r_w) % s_w)[i + (a*r_h) // s_h,
-                                                                 j + (b*r_w) // s_w]
+                    * phase(n, c, i*s_h + a*r_h, (b*r_w - p_l) % s_w)[j + k_b]
+
+with k_b = (b*r_w - p_l) // s_w + ceil(p_l / s_w) (the phase rows start with that many
+zero columns).
 
 A tile (``_tile3``) accumulates 3 vectors of a row's pixels for ``BLOCK`` = 8 output
 channels (24 of AVX-512's 32 registers): per tap, 3 loads of the input, 8 broadcasts of
@@ -56,6 +58,7 @@ from ... import _lanes
 from ..._runtime import guarded
 from ...costs import Estimate, Profile
 from .._common import U, read_only, workspace
+from .phased_unfold import _phase_geometry, _split_rows
 
 #: Output channels of a tile.
 BLOCK = 8
@@ -104,20 +107,22 @@ def _fits(a) -> bool:
 
 
 @functools.lru_cache(maxsize=64)
-def _geometry(a) -> tuple[int, int, np.ndarray]:
-    """(Hq, Wq, toff): the rows and columns of a phase (the padded input's, over the
-    strides, rounded up) and each tap's offset (c, a, b order, the weight's) in an
-    image's phases from output pixel (0, 0)'s, which every tap's read of pixel (i, j)
-    adds i*Wq + j to."""
+def _geometry(a) -> tuple[int, int, int, np.ndarray]:
+    """(rows, left, width, toff): the padded rows of an image's channel that are split
+    (every row the output reads), the zero columns that start a phase row and its
+    length (``phased_unfold``'s geometry of a band of all output rows), and each tap's
+    offset (c, a, b order, the weight's) in an image's phases from output pixel (0,
+    0)'s, which the read of pixel (i, j) adds i*s_h*s_w*width + j to."""
     (sh, sw), (dh, dw) = a.stride, a.dilation
-    (pt, pb), (pl, pr) = a.padding
-    hq, wq = -(-(a.h + pt + pb) // sh), -(-(a.w + pl + pr) // sw)
-    c, ka, kb = np.meshgrid(np.arange(a.c_in), np.arange(a.kh) * dh, np.arange(a.kw) * dw,
-                            indexing="ij")
-    plane = ((c * sh + ka % sh) * sw + kb % sw) * hq * wq
-    toff = (plane + (ka // sh) * wq + kb // sw).reshape(-1).astype(np.int64)
+    pl = a.padding[1][0]
+    rows, left, width = _phase_geometry.py_func(a.h_out, a.kh, a.kw, sh, sw, pl, dh, dw,
+                                                a.w_out)
+    c, ka, kb = np.meshgrid(np.arange(a.c_in), np.arange(a.kh) * dh,
+                            np.arange(a.kw) * dw - pl, indexing="ij")
+    toff = ((c * rows + ka) * sw + kb % sw) * width + kb // sw + left
+    toff = toff.reshape(-1).astype(np.int64)
     toff.flags.writeable = False
-    return hq, wq, toff
+    return rows, left, width, toff
 
 
 def _row_slots(a) -> int:
@@ -131,14 +136,14 @@ def cost(a, p: Profile) -> Estimate:
     """Model time of ``forward``: the multiply-adds of whole tiles (blocks of 8 output
     channels, rows in whole vectors) at ``ROW_GMACS`` per thread, the phases' copy at
     the profile's copy rate, and the call's fixed cost."""
-    hq, wq, _ = _geometry(a)
+    rows, _, width, _ = _geometry(a)
     blocks = -(-a.c_out // BLOCK)
     macs = a.n * a.h_out * _row_slots(a) * blocks * BLOCK * a.c_in * a.kh * a.kw
-    phases = a.n * a.c_in * a.stride[0] * a.stride[1] * hq * wq * a.dtype.itemsize
+    phases = a.n * a.c_in * rows * a.stride[1] * width * a.dtype.itemsize
     seconds = (p.call_us * 1e-6 + phases / (p.copy_gbs * 1e9)
                + macs / (ROW_GMACS * 1e9 * p.threads * (4 / a.dtype.itemsize)))
     return Estimate(seconds, phases,
-                    f"row lanes kernel (no GEMM, the input in its stride phases), "
+                    f"row lanes kernel (no GEMM, the input in column phases), "
                     f"{macs / 1e6:.3g}M multiply-adds {1e3 * seconds:.3g} ms")
 
 
@@ -147,12 +152,13 @@ def forward(x, w, args, out, bias) -> None:
     ``applies`` problem; x (N, C_in, H, W) and w (C_out, C_in, KH, KW). Splits x into
     its phases in the calling thread's workspace, then runs ``_rows``."""
     dt = args.dtype
-    hq, wq, toff = _geometry(args)
-    (sh, sw), ((pt, _), (pl, _)) = args.stride, args.padding
-    size = args.n * args.c_in * sh * sw * hq * wq
+    rows, left, width, toff = _geometry(args)
+    (sh, sw), pt = args.stride, args.padding[0][0]
+    size = args.n * args.c_in * rows * sw * width
     xp = workspace("row_lanes.phases", size, dt)
+    full = min(args.w // sw, width - left)
     guarded(_split_phases)(read_only(np.ascontiguousarray(x, dt)), xp,
-                           (sh, sw, hq, wq, pt, pl))
+                           (rows, sw, width, pt, left, full))
     target = out if out.flags.c_contiguous else np.empty(out.shape, dt)
     blocks = -(-args.c_out // BLOCK)
     packed = np.zeros((blocks * BLOCK, toff.size), dt)
@@ -162,8 +168,8 @@ def forward(x, w, args, out, bias) -> None:
     if bias is not None:
         fb[:args.c_out] = bias
     stream = int(_lanes.can_stream(target, args.w_out))
-    geo = (args.n, args.c_out, args.h_out, args.w_out, size // max(args.n, 1), wq, blocks,
-           _band(args.n * blocks, args.h_out))
+    geo = (args.n, args.c_out, args.h_out, args.w_out, size // max(args.n, 1),
+           sh * sw * width, blocks, _band(args.n * blocks, args.h_out))
     guarded(_rows)(xp, fw.reshape(-1), fb, target.reshape(-1), toff, geo, stream)
     if target is not out:
         out[...] = target
@@ -177,48 +183,43 @@ def _band(tasks: int, rows: int) -> int:
     return max(1, rows // bands)
 
 
+#: Phase rows a task of ``_split_phases`` splits.
+SPLIT_ROWS = 32
+
+
 @njit(parallel=True, cache=True)
 def _split_phases(x, xp, geo):
-    """xp (N, C, s_h, s_w, Hq, Wq), flat = the phases of x (N, C, H, W) zero-padded by
-    p_t rows on top and p_l columns on the left (and as far as the phases reach on the
-    other sides); geo = (s_h, s_w, Hq, Wq, p_t, p_l). One task per image, channel and
-    row phase (one task a phase row: the stem's phases in 1.3 ms, against 1.0)."""
-    n, c, h, w = x.shape
-    sh, sw, hq, wq, pt, pl = geo
-    for task in prange(n * c * sh):
-        plane = np.int64(task)                # one type: prange's index is unsigned
-        p = plane % sh
-        ci = (plane // sh) % c
-        i = plane // (sh * c)
-        for q in range(sw):
-            lo = max(0, -((q - pl) // sw))    # the columns inside the input
-            hi = max(lo, min(wq, (w - 1 - q + pl) // sw + 1))
-            for r in range(hq):
-                start = ((plane * sw + q) * hq + r) * wq
-                dst = xp[start:start + wq]
-                src_row = r * sh + p - pt
-                if src_row < 0 or src_row >= h:
-                    dst[:] = 0
-                    continue
-                src = x[i, ci, src_row]
-                dst[:lo] = 0
-                for col in range(lo, hi):
-                    dst[col] = src[col * sw + q - pl]
-                dst[hi:] = 0
+    """xp (N, C, rows, s_w, width), flat = the rows -p_t .. rows - p_t - 1 of x (N, C, H,
+    W) split into their column phases after ``left`` zero columns, zero outside the
+    image (``phased_unfold._split_rows``; ``full``: the whole groups of s_w input
+    columns read); geo = (rows, s_w, width, p_t, left, full). One task per
+    ``SPLIT_ROWS`` rows of an image's channel."""
+    n, c = x.shape[:2]
+    rows, sw, width, pt, left, full = geo
+    chunks = -(-rows // SPLIT_ROWS)
+    zero = xp.dtype.type(0)
+    for task in prange(n * c * chunks):
+        t = np.int64(task)                    # one type: prange's index is unsigned
+        plane, r0 = t // chunks, t % chunks * SPLIT_ROWS
+        r1 = min(rows, r0 + SPLIT_ROWS)
+        start = (plane * rows + r0) * sw * width
+        ph = xp[start:start + (r1 - r0) * sw * width].reshape((r1 - r0, sw, width))
+        _split_rows(x[plane // c, plane % c], ph, r0 - pt, left, full, zero)
 
 
 @njit(parallel=True, cache=True)
 def _rows(xp, fw, fb, fo, toff, geo, stream):
     """fo (N, D, Ho, Wo), flat = the convolution of the phases xp (``_split_phases``)
     by fw (D_pad/8, taps, 8), flat, plus fb (D_pad,); toff: each tap's phase offset
-    (``_geometry``); geo = (N, D, Ho, Wo, elements of an image's phases, Wq, D_pad/8,
-    rows of a band). One task per image, block of output channels and band of output
-    rows: row by row, in tiles along the row, so that a task writes its 8 channels'
-    planes as 8 runs and keeps its block's weight in L1 (against one task per output row
-    of all 64 channels, alternating, best of 45: the stem on 8 images 0.96-0.99 of the
-    time, on one image 0.84). stream: every row starts on a vector boundary and whole
-    vectors go past the caches."""
-    n, d, ho, wo, image, wq, blocks, band = geo
+    (``_geometry``); geo = (N, D, Ho, Wo, elements of an image's phases, elements from
+    one output row's phase rows to the next's, D_pad/8, rows of a band). One task per
+    image, block of output channels and band of output rows: row by row, in tiles along
+    the row, so that a task writes its 8 channels' planes as 8 runs and keeps its
+    block's weight in L1 (against one task per output row of all 64 channels,
+    alternating, best of 45: the stem on 8 images 0.96-0.99 of the time, on one image
+    0.84). stream: every row starts on a vector boundary and whole vectors go past the
+    caches."""
+    n, d, ho, wo, image, row_step, blocks, band = geo
     nl = _lanes.count(fo)
     wide = TILE_VECTORS * nl
     bands = -(-ho // band)
@@ -228,7 +229,7 @@ def _rows(xp, fw, fb, fo, toff, geo, stream):
         d0 = blk * BLOCK
         w0 = d0 * toff.size
         for i in range(b * band, min(ho, (b + 1) * band)):
-            x_row = img * image + i * wq
+            x_row = img * image + i * row_step
             o_row = ((img * d + d0) * ho + i) * wo
             j = 0
             while j + wide <= wo:
