@@ -327,7 +327,14 @@ def pack_weight(w, bias, taps, packed, fb) -> None:
     the order of ``_tap_order``'s ``taps``, zero beyond D; fb (D_pad,) = bias (D,),
     zeros beyond it or without one (None)."""
     c = w.shape[1]
-    src = w.transpose(*((2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0)))
+    pack_blocks(w.transpose(*((2, 1, 3, 0) if taps[0] == c and taps[4] == 1 else (2, 3, 1, 0))),
+                bias, packed, fb)
+
+
+def pack_blocks(src, bias, packed, fb) -> None:
+    """packed (D_pad/L, taps, L) = src (three axes of taps in the packed order, then
+    D; any strides) in blocks of L = packed.shape[2] output channels, zero beyond D; fb
+    (D_pad,) = bias (D,), zeros beyond it or without one (None)."""
     _pack(src, packed, _NO_BIAS[packed.dtype.char] if bias is None else bias, fb)
 
 

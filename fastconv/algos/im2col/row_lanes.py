@@ -57,7 +57,8 @@ from numba import njit, prange
 from ... import _lanes
 from ..._runtime import guarded
 from ...costs import Estimate, Profile
-from .._common import U, read_only, workspace
+from .._common import U, read_only, view, workspace
+from .direct_lanes import pack_blocks
 from .phased_unfold import _phase_geometry, _split_rows
 
 #: Output channels of a tile.
@@ -161,12 +162,10 @@ def forward(x, w, args, out, bias) -> None:
                            (rows, sw, width, pt, left, full))
     target = out if out.flags.c_contiguous else np.empty(out.shape, dt)
     blocks = -(-args.c_out // BLOCK)
-    packed = np.zeros((blocks * BLOCK, toff.size), dt)
-    packed[:args.c_out] = np.asarray(w, dt).reshape(args.c_out, -1)
-    fw = np.ascontiguousarray(packed.reshape(blocks, BLOCK, -1).transpose(0, 2, 1))
-    fb = np.zeros(blocks * BLOCK, dt)
-    if bias is not None:
-        fb[:args.c_out] = bias
+    fw = view(workspace("row_lanes.w", blocks * toff.size * BLOCK, dt),
+              (blocks, toff.size, BLOCK))
+    fb = workspace("row_lanes.bias", blocks * BLOCK, dt)
+    pack_blocks(w.transpose(1, 2, 3, 0), bias, fw, fb)     # taps in (c, a, b) order
     stream = int(_lanes.can_stream(target, args.w_out))
     geo = (args.n, args.c_out, args.h_out, args.w_out, size // max(args.n, 1),
            sh * sw * width, blocks, _band(args.n * blocks, args.h_out))
