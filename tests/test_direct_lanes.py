@@ -8,7 +8,7 @@ import pytest
 import fastconv
 from fastconv import Tensor, _lanes, _pool, gradcheck
 from fastconv._args import conv_args_from_shapes
-from fastconv.algos.im2col import direct_lanes, drivers, lanes_plan
+from fastconv.algos.im2col import direct_lanes, drivers, lanes_bands, lanes_plan
 from fastconv.algos.im2col.lanes_plan import lanes_applies, lanes_chosen
 from fastconv.nn import functional as F
 
@@ -146,9 +146,10 @@ def test_streamed_stores_leave_the_result_alone(case, dtype, rng, monkeypatch):
     monkeypatch.setattr(_pool, "MIN_BYTES", 0)
     monkeypatch.setattr(drivers, "lanes_chosen", lanes_applies)
     streamed = []
-    real = direct_lanes._conv_rows
-    monkeypatch.setattr(direct_lanes, "_conv_rows",
-                        lambda *a: streamed.append(a[-2]) or real(*a))   # stream, per
+    for module, name in ((direct_lanes, "_conv_rows"), (lanes_bands, "conv_bands")):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name,           # both kernels end with stream, per
+                            lambda *a, real=real: streamed.append(a[-2]) or real(*a))
     x, w, b, kwargs = _problem(case, dtype, rng)
     xl, wl, back = _in_layout("NHWC", x, w)
     canon = conv_args_from_shapes("t", x.shape, w.shape, dtype=dtype, **kwargs)

@@ -63,6 +63,7 @@ from ... import _lanes
 from ..._runtime import guarded
 from ...layout import NHWC
 from .._common import U, interior_columns, read_only, view, workspace
+from . import lanes_bands
 from .image_last import _flat_view, contiguous_geometry, strided_flat
 from .lanes_plan import PIXELS, _prepadded, band_rows
 from .lanes_tiles import (
@@ -405,7 +406,12 @@ def forward_lanes(x, w, args, out, bias) -> None:
     fw, fb = _packed_operands(args.dims.weight_to_canonical_view(w), bias, dt, taps)
     band = band if os[6] == os[3] * os[7] else 0       # the output's rows contiguous
     stream = int(os[5] == 1 and _lanes.can_stream(out, args.c_out))    # channels last
-    guarded(_conv_rows)(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior, PAIR_PIXELS,
-                        band, stream, _task_run(xs, os, band))
+    if lanes_bands.applies(band, fb.size // _lanes.per_register(dt.itemsize), PAIR_PIXELS,
+                           args.w_out, geo[3] * xs[7]):
+        guarded(lanes_bands.conv_bands)(xf, xs, fw, fb, fo, os, geo, toff, band, stream,
+                                        _task_run(xs, os, band))
+    else:
+        guarded(_conv_rows)(xf, xs, fw, fb, fo, os, geo, taps, toff, *interior,
+                            PAIR_PIXELS, band, stream, _task_run(xs, os, band))
     if target is not out:
         out[...] = target
