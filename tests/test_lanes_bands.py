@@ -81,3 +81,20 @@ def test_lenets_second_layer_runs_the_bands(rng, monkeypatch):
     assert ref.rel_error(from_nhwc(y), ref.conv2d(x, w)) <= ref.tolerance(np.float32,
                                                                           "im2col")
     assert (len(bands), len(rows)) == ((1, 1) if _lanes.WIDE else (0, 2))
+
+
+@pytest.mark.skipif(not _lanes.WIDE, reason="bands of 16 pixels need 32 vector registers")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("hw", [12, 20])
+def test_one_channel_nhwc_layers_run_the_bands_into_channels_last_outputs(hw, dtype, rng,
+                                                                          monkeypatch):
+    """One NHWC input channel: a row's pixels are adjacent values as in NCHW, and the
+    output (channels last) is written a pixel's vector at a time."""
+    d = 16 if dtype == np.float32 else 8
+    x = rng.standard_normal((2, 1, hw, hw)).astype(dtype)
+    w = rng.standard_normal((d, 1, 5, 5)).astype(dtype)
+    monkeypatch.setattr(drivers, "lanes_chosen", lanes_applies)
+    calls = count_calls(monkeypatch, lanes_bands, "conv_bands")
+    got = fastconv.conv2d(*to_nhwc(x, w), layout="NHWC", algo="im2col")
+    assert ref.rel_error(from_nhwc(got), ref.conv2d(x, w)) <= ref.tolerance(dtype, "im2col")
+    assert len(calls) == 1

@@ -7,10 +7,11 @@ task loop of their own.
 ``direct_lanes._conv_tasks`` runs these bands through ``_groups``, one function that
 holds every register tile, whose registers LLVM allocates for all of them at once;
 here a task's loop holds ``_group16``, and ``_group8`` for a band's last 8 pixels, on
-groups of pixels in adjacent input columns (NCHW at column stride 1), their offsets
-constants. LeNet's second layer on 64 images, 2 threads, the kernel alone (Intel Xeon,
-best of 200 calls): 0.096-0.114 ms through ``_conv_tasks``, 0.087-0.098 in a loop of
-``_group16`` alone with its offsets in registers, 0.073-0.083 with constant offsets.
+groups of pixels in adjacent input columns (NCHW at column stride 1, or one input
+channel channels last), their offsets constants. LeNet's second layer on 64 images, 2
+threads, the kernel alone (Intel Xeon, best of 200 calls): 0.096-0.114 ms through
+``_conv_tasks``, 0.087-0.098 in a loop of ``_group16`` alone with its offsets in
+registers, 0.073-0.083 with constant offsets.
 
 >>> import numpy as np
 >>> from fastconv import conv2d
@@ -37,8 +38,9 @@ def applies(band: int, blocks: int, pair_pixels: int, w_out: int, step: int) -> 
     the registers (``pair_pixels``, ``direct_lanes.PAIR_PIXELS``, is 8), output rows
     of whole groups of 8 pixels, and pixels in adjacent input columns (``step``, the
     input elements from one output pixel's to the next's along a row, is 1: NCHW at
-    column stride 1; channels last, where groups read every C-th value, ran no faster
-    here than through ``_conv_tasks``: LeNet's second layer 0.98-1.25x its time).
+    column stride 1, or one input channel channels last; channels last, where groups
+    read every C-th value, ran no faster here than through ``_conv_tasks``: LeNet's
+    second layer 0.98-1.25x its time).
 
     >>> applies(2, 1, 8, 8, 1), applies(2, 1, 8, 10, 1), applies(2, 1, 8, 8, 6)
     (True, False, False)
