@@ -74,6 +74,7 @@ from .lanes_tiles import (
     _group8x2,
     _group16,
     _offsets,
+    _pixel_base,
     _put,
     _write,
 )
@@ -101,13 +102,6 @@ def _task_count(xs, os, band):
 def _task_run(xs, os, band) -> int:
     """Tasks a call of ``_conv_tasks`` runs: about CHUNKS_PER_THREAD runs a thread."""
     return max(1, _task_count.py_func(xs, os, band) // (CHUNKS_PER_THREAD * get_num_threads()))
-
-
-@njit(inline="always")
-def _pixel_base(x_base, f, wrap, rstep, cstep):
-    """The input offset of pixel f's tap (0, 0, 0), pixels numbered along output rows of
-    ``wrap`` columns (``_groups``' px) from pixel 0's at x_base."""
-    return x_base + (f // wrap) * rstep + (f % wrap) * cstep
 
 
 @njit(inline="always")

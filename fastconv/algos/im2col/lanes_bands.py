@@ -29,7 +29,7 @@ from numba import njit, prange
 from ... import _lanes
 from .._common import U
 from .lanes_plan import PIXELS
-from .lanes_tiles import _group8, _group16, _write
+from .lanes_tiles import _group8, _group16, _pixel_base, _write
 
 
 def applies(band: int, blocks: int, pair_pixels: int, w_out: int, step: int) -> bool:
@@ -84,7 +84,7 @@ def _tasks(xf, xs, fw, fb, fo, os, geo, toff, band, stream, first, end):
         x_base = n * xsn - pt * xsh - pl * xsw
         f, f_hi = i0 * wo, min(ho, i0 + band) * wo
         while f < f_hi:
-            x0 = x_base + (f // wo) * rstep + f % wo
+            x0 = _pixel_base(x_base, f, wo, rstep, 1)
             o = U(n * osn) + U(f) * U(osw)
             rows = (x0, toff, 0, toff.size, 0, PIXELS)
             if f_hi - f < 2 * PIXELS:          # a band's last 8 pixels
@@ -93,7 +93,7 @@ def _tasks(xf, xs, fw, fb, fo, os, geo, toff, band, stream, first, end):
                 f += PIXELS
                 continue
             g = f + PIXELS
-            x8 = x_base + (g // wo) * rstep + g % wo
+            x8 = _pixel_base(x_base, g, wo, rstep, 1)
             _group16(xf, fw, bias, rows, offs, x8, nl, fo,
                      (o, o + U(PIXELS) * U(osw), m, osd, osw, stream))
             f += 2 * PIXELS

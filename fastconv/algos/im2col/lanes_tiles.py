@@ -48,6 +48,14 @@ def _next(col, off, k, wrap, cstep, back):
 
 
 @njit(inline="always")
+def _pixel_base(x_base, f, wrap, rstep, cstep):
+    """The input offset of pixel f's tap (0, 0, 0), pixels numbered along output rows of
+    ``wrap`` columns, rstep / cstep input elements apart a row / a column, from pixel 0's
+    at x_base."""
+    return x_base + (f // wrap) * rstep + (f % wrap) * cstep
+
+
+@njit(inline="always")
 def _offsets(f0, k, wrap, rstep, cstep):
     """The input offsets of pixels f0 .. f0 + 7 of a group of k from pixel f0's, as an
     8-tuple (uint64: a step back to the next row's first column wraps around, and so
