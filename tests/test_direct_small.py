@@ -25,6 +25,9 @@ CASES = [
     (6, 4, 9, 9, 7, 3, "same", 2),
     (4, 2, 5, 7, 3, (1, 3), (0, 2), (1, 2)),
     (5, 8, 6, 7, 9, 3, 1, 1),                       # 72 taps, 9 output channels
+    # tiles of 17 images: runs of 3 vectors, then single vectors and single values
+    (33, 2, 9, 12, 6, 3, 1, 1),
+    (34, 1, 8, 8, 4, 3, 1, 1),
 ]
 
 
@@ -90,11 +93,28 @@ def test_direct_kernel_keeps_the_formulas_nan_pattern(rng):
     ((8, 3, 8, 40), (4, 3, 3, 3), {}),                        # rows too wide
     ((8, 3, 8, 8), (128, 3, 3, 3), {}),                       # too many output channels
     ((8, 64, 8, 8), (8, 64, 3, 3), {}),                       # too many taps
-    ((8, 3, 8, 8), (16, 3, 3, 3), {}),                        # few taps, many channels
+    ((8, 3, 8, 8), (32, 3, 3, 3), {}),                        # few taps, many channels
+    ((8, 8, 8, 1), (3, 3, 1, 16), dict(layout="NHWC")),       # NHWC: at most 8 of them
     ((8, 8, 8, 3), (3, 3, 3, 4), dict(layout="NHWC", stride=2)),
 ])
 def test_direct_kernel_does_not_apply(x_shape, w_shape, kwargs, rng):
     assert not direct_forward_applies(conv_args_from_shapes("t", x_shape, w_shape, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_thin_nchw_layers_of_16_channels_run_the_direct_kernel(dtype, rng, monkeypatch):
+    """A gray image's 3x3 stem of 16 channels (9 taps; a small ResNet's first layer)
+    runs the direct kernel in NCHW, and matches the reference, its tiles' runs ending
+    in single vectors and values (10 images: tiles of 5, rows of 9 pixels)."""
+    x = rng.standard_normal((10, 1, 9, 9)).astype(dtype)
+    w = rng.standard_normal((16, 1, 3, 3)).astype(dtype)
+    b = rng.standard_normal(16).astype(dtype)
+    assert direct_forward_applies(_args(x, w, 1, 1))
+    calls = count_calls(monkeypatch, drivers, "forward_direct")
+    got = fastconv.conv2d(x, w, b, padding=1)
+    want = ref.conv2d(x, w, b, (1, 1), ((1, 1), (1, 1)))
+    assert len(calls) == 1
+    assert ref.rel_error(got, want) <= ref.tolerance(dtype, "im2col")
 
 
 def test_auto_plans_the_direct_kernel_for_lenets_first_layer():

@@ -11,11 +11,14 @@ numba's threads, one task per tile of B images:
 2. for each block of 4 output channels and output row i, accumulate the output row
    image-last, acc[k, j*B + n] for j < Wo, n < B (one run of Wo*B values), as
 
-       acc[k, :] += sum of w[d0 + k, c, a, b] * xp[c, i + a*r_h, b*r_w :, :] (a run)
+       acc[k, :] = bias[d0 + k] + sum of w[d0 + k, c, a, b] * xp[c, i + a*r_h, b*r_w :, :]
 
-   over the taps (c, a, b), 4 taps per pass: one load of each input run feeds 4 output
-   channels, and each pass over the accumulators adds 16 products per element;
-3. write the 4 rows to out[n, d0 + k, i, :] (bias added first).
+   over the taps (c, a, b), 3 vectors of the run at a time with their 4 x 3 sums held
+   in registers through every tap (``_rows4``): one load of the input feeds 4 output
+   channels, one weight 3 vectors. Accumulating in memory instead, 4 taps per pass
+   over the run, took 1.4x the time on LeNet's 1 -> 6 5x5 layer (batch 64, NCHW,
+   2 threads, best of 9 rounds alternating: 0.161-0.166 against 0.114 ms; torch 0.185);
+3. write the 4 rows to out[n, d0 + k, i, :].
 
 x and out may be NCHW or NHWC (the kernel takes their element strides), the weight
 OIHW.
@@ -37,7 +40,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ... import config
+from ... import _lanes, config
 from ..._runtime import parallel_guard
 from ...costs import Estimate, Profile
 from ...layout import NCHW
@@ -56,11 +59,16 @@ DIRECT_MAX_TAPS = 400
 #: ... and at least this many taps, unless at most ``THIN_CHANNELS`` output channels:
 #: with few taps per output the fixed work per output (bias fill, write-back, the last
 #: taps' single passes) dominates, and only the thinnest GEMMs lose to it. Measured
-#: (batch 64, 2 threads, direct vs the GEMM path): 3 -> 32 channels 3x3 at 32x32
-#: 2.5 vs 1.6 ms, 3 -> 16 1.15 vs 1.0 ms; LeNet's 1 -> 6 5x5 (25 taps) 0.27 vs 0.42 ms,
-#: 3 -> 6 5x5 (75 taps) 1.1 vs 1.4 ms, 16 -> 32 3x3 at 16x16 (144 taps) 2.9 vs 5.0 ms.
+#: (batch 64, 2 threads, direct vs the GEMM path): LeNet's 1 -> 6 5x5 (25 taps) 0.27 vs
+#: 0.42 ms, 3 -> 6 5x5 (75 taps) 1.1 vs 1.4 ms, 16 -> 32 3x3 at 16x16 (144 taps) 2.9 vs
+#: 5.0 ms; with the sums in registers (``_rows4``), NCHW, alternating, best of 7 rounds:
+#: 3 -> 16 3x3 at 32x32 0.50 vs 0.59 ms (NHWC 0.44 vs 0.44), batch 32 0.24 vs 0.33,
+#: 1 -> 16 3x3 at 28x28, batch 32 (a small ResNet's stem) 0.14 vs 0.20 (torch 0.12),
+#: but 3 -> 32 3x3 at 32x32 0.92 vs 0.78. NHWC keeps 8: its output channels are written
+#: one value a line, and 1 -> 16 5x5 at 28x28 (padding 2, batch 64) ran 0.72 ms against
+#: torch's 0.28 (the direct lanes kernel's layer there).
 DIRECT_MIN_TAPS = 64
-THIN_CHANNELS = 8
+THIN_CHANNELS = {"NCHW": 16, "NHWC": 8}
 #: Widest output row (wider rows make long GEMM rows).
 MAX_WIDTH = 32
 #: Images per task: at most this many, fewer when the padded tile would exceed
@@ -70,13 +78,13 @@ TILE_BYTES = 256 * 1024
 
 
 def direct_forward_applies(args) -> bool:
-    """Whether the forward of ``args`` (either layout) runs ``forward_direct``: several small images
-    (at least ``IMAGE_LAST_MIN_IMAGES``, output rows of at most ``MAX_WIDTH`` pixels, a
-    padded image within a quarter of ``TILE_BYTES``), one group, stride 1, a kernel
-    larger than 1x1, at most ``DIRECT_MAX_CHANNELS`` output channels, at most
-    ``DIRECT_MAX_TAPS`` taps C*KH*KW and at least ``DIRECT_MIN_TAPS`` (any number for
-    at most ``THIN_CHANNELS`` output channels), and leading padding within the kernel's
-    reach ((KH-1)*r_h, (KW-1)*r_w; the padded tile starts there)."""
+    """Whether the forward of ``args`` (either layout) runs ``forward_direct``: several
+    small images (at least ``IMAGE_LAST_MIN_IMAGES``, output rows of at most
+    ``MAX_WIDTH`` pixels, a padded image within a quarter of ``TILE_BYTES``), one group,
+    stride 1, a kernel larger than 1x1, at most ``DIRECT_MAX_CHANNELS`` output channels,
+    at most ``DIRECT_MAX_TAPS`` taps C*KH*KW and at least ``DIRECT_MIN_TAPS`` (any number
+    for at most ``THIN_CHANNELS[layout]`` output channels), and leading padding within
+    the kernel's reach ((KH-1)*r_h, (KW-1)*r_w; the padded tile starts there)."""
     if (args.groups != 1 or args.stride != (1, 1)
             or args.n < IMAGE_LAST_MIN_IMAGES or args.kh * args.kw == 1):
         return False
@@ -84,7 +92,7 @@ def direct_forward_applies(args) -> bool:
     hp, wp = args.h_out + (args.kh - 1) * rh, args.w_out + (args.kw - 1) * rw
     taps = args.c_in * args.kh * args.kw
     return (args.c_out <= DIRECT_MAX_CHANNELS and 0 < args.w_out <= MAX_WIDTH
-            and (DIRECT_MIN_TAPS <= taps or args.c_out <= THIN_CHANNELS)
+            and (DIRECT_MIN_TAPS <= taps or args.c_out <= THIN_CHANNELS[args.layout])
             and taps <= DIRECT_MAX_TAPS
             and 4 * args.c_in * hp * wp * args.dtype.itemsize <= TILE_BYTES
             and args.padding[0][0] <= (args.kh - 1) * rh
@@ -92,38 +100,80 @@ def direct_forward_applies(args) -> bool:
 
 
 @njit(inline="always")
-def _pass4(fx, fy, fw, offs, ib, run, wr, taps):
-    """fy[k*run + t] += sum over taps q of fw[wr + k*taps + q] * fx[offs[q] + ib + t] for
-    the 4 accumulator rows k and t < run: 4 taps per pass, then single taps."""
-    t4 = taps - taps % 4
-    y1, y2, y3 = run, U(2) * run, U(3) * run
+def _rows4(fx, fy, fw, offs, ib, run, wr, taps, b0, b1, b2, b3):
+    """fy[k*run + t] = b_k + sum over taps q of fw[wr + k*taps + q] * fx[offs[q] + ib + t]
+    for the 4 rows k and t < run: runs of 3 vectors of t with the 12 sums in registers
+    over every tap (each input load feeds 4 output channels, each weight 3 vectors),
+    then single vectors, then single values (``_tail``)."""
+    nl = U(_lanes.count(fy))
     w1 = wr + U(taps)
     w2 = w1 + U(taps)
     w3 = w2 + U(taps)
-    for q in range(0, t4, 4):
-        uq = U(q)
-        x0, x1 = offs[q] + ib, offs[q + 1] + ib
-        x2, x3 = offs[q + 2] + ib, offs[q + 3] + ib
-        a00, a01, a02, a03 = fw[wr + uq], fw[wr + uq + U(1)], fw[wr + uq + U(2)], fw[wr + uq + U(3)]
-        a10, a11, a12, a13 = fw[w1 + uq], fw[w1 + uq + U(1)], fw[w1 + uq + U(2)], fw[w1 + uq + U(3)]
-        a20, a21, a22, a23 = fw[w2 + uq], fw[w2 + uq + U(1)], fw[w2 + uq + U(2)], fw[w2 + uq + U(3)]
-        a30, a31, a32, a33 = fw[w3 + uq], fw[w3 + uq + U(1)], fw[w3 + uq + U(2)], fw[w3 + uq + U(3)]
-        for t in range(run):
-            v0, v1, v2, v3 = fx[x0 + t], fx[x1 + t], fx[x2 + t], fx[x3 + t]
-            fy[t] += (a00 * v0 + a01 * v1) + (a02 * v2 + a03 * v3)
-            fy[y1 + t] += (a10 * v0 + a11 * v1) + (a12 * v2 + a13 * v3)
-            fy[y2 + t] += (a20 * v0 + a21 * v1) + (a22 * v2 + a23 * v3)
-            fy[y3 + t] += (a30 * v0 + a31 * v1) + (a32 * v2 + a33 * v3)
-    for q in range(t4, taps):
-        uq = U(q)
-        x0 = offs[q] + ib
-        a0, a1, a2, a3 = fw[wr + uq], fw[w1 + uq], fw[w2 + uq], fw[w3 + uq]
-        for t in range(run):
-            v0 = fx[x0 + t]
-            fy[t] += a0 * v0
-            fy[y1 + t] += a1 * v0
-            fy[y2 + t] += a2 * v0
-            fy[y3 + t] += a3 * v0
+    y1, y2, y3 = run, U(2) * run, U(3) * run
+    t3 = run - run % (U(3) * nl)
+    for t in range(U(0), t3, U(3) * nl):
+        s0, s1 = _lanes.splat(fy, b0), _lanes.splat(fy, b1)
+        s2, s3 = _lanes.splat(fy, b2), _lanes.splat(fy, b3)
+        a00 = a01 = a02 = s0
+        a10 = a11 = a12 = s1
+        a20 = a21 = a22 = s2
+        a30 = a31 = a32 = s3
+        for q in range(taps):
+            uq = U(q)
+            xo = offs[q] + ib + t
+            v0 = _lanes.load(fx, xo)
+            v1 = _lanes.load(fx, xo + nl)
+            v2 = _lanes.load(fx, xo + U(2) * nl)
+            c0, c1, c2, c3 = fw[wr + uq], fw[w1 + uq], fw[w2 + uq], fw[w3 + uq]
+            a00, a01, a02 = _fma3(a00, a01, a02, c0, v0, v1, v2)
+            a10, a11, a12 = _fma3(a10, a11, a12, c1, v0, v1, v2)
+            a20, a21, a22 = _fma3(a20, a21, a22, c2, v0, v1, v2)
+            a30, a31, a32 = _fma3(a30, a31, a32, c3, v0, v1, v2)
+        _store3(fy, t, nl, a00, a01, a02)
+        _store3(fy, y1 + t, nl, a10, a11, a12)
+        _store3(fy, y2 + t, nl, a20, a21, a22)
+        _store3(fy, y3 + t, nl, a30, a31, a32)
+    t1 = run - run % nl
+    for t in range(t3, t1, nl):
+        a0, a1 = _lanes.splat(fy, b0), _lanes.splat(fy, b1)
+        a2, a3 = _lanes.splat(fy, b2), _lanes.splat(fy, b3)
+        for q in range(taps):
+            uq = U(q)
+            v = _lanes.load(fx, offs[q] + ib + t)
+            a0, a1 = _lanes.fma(a0, fw[wr + uq], v), _lanes.fma(a1, fw[w1 + uq], v)
+            a2, a3 = _lanes.fma(a2, fw[w2 + uq], v), _lanes.fma(a3, fw[w3 + uq], v)
+        _lanes.store(fy, t, a0)
+        _lanes.store(fy, y1 + t, a1)
+        _lanes.store(fy, y2 + t, a2)
+        _lanes.store(fy, y3 + t, a3)
+    _tail(fx, fy, fw, offs, ib, run, wr, taps, t1, (b0, b1, b2, b3))
+
+
+@njit(inline="always")
+def _fma3(a0, a1, a2, c, v0, v1, v2):
+    """(a0 + c*v0, a1 + c*v1, a2 + c*v2) for vectors a, v and a scalar c."""
+    return _lanes.fma(a0, c, v0), _lanes.fma(a1, c, v1), _lanes.fma(a2, c, v2)
+
+
+@njit(inline="always")
+def _store3(fy, i, nl, u0, u1, u2):
+    """fy[i : i + 3*nl] = the vectors u0, u1, u2 (nl lanes each)."""
+    _lanes.store(fy, i, u0)
+    _lanes.store(fy, i + nl, u1)
+    _lanes.store(fy, i + U(2) * nl, u2)
+
+
+@njit(inline="always")
+def _tail(fx, fy, fw, offs, ib, run, wr, taps, t0, biases):
+    """``_rows4`` for t0 <= t < run (fewer than one vector), value by value."""
+    for k in range(4):
+        y, wk = U(k) * run, wr + U(k * taps)
+        for t in range(t0, run):
+            fy[y + t] = biases[k]
+        for q in range(taps):
+            c, xo = fw[wk + U(q)], offs[q] + ib
+            for t in range(t0, run):
+                fy[y + t] += c * fx[xo + t]
 
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
@@ -142,7 +192,6 @@ def _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pt, pl, bias):
     d4, taps = w4.shape
     fw = w4.reshape(w4.size)
     z = fo.dtype.type(0)
-    with_bias = bias.shape[0] == d_all
     ut, run, step = U(tile), U(wo * tile), U(wp * tile)
     rows, cols = min(h, hp - pt), min(wd, wp - pl)
     for tt in prange((n_img + tile - 1) // tile):
@@ -160,16 +209,21 @@ def _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pt, pl, bias):
                         xp[dst + b] = xf[sj + b * U(xsn)]
         for i in range(ho):          # the input rows of output row i stay in cache
             for d0 in range(0, d4, 4):
-                for k in range(4):
-                    bv = bias[d0 + k] if with_bias and d0 + k < d_all else z
-                    for t in range(run):
-                        acc[U(k) * run + t] = bv
-                _pass4(xp, acc, fw, offs, U(i) * step, run, U(d0 * taps), taps)
+                b0, b1 = _bias(bias, d0, d_all, z), _bias(bias, d0 + 1, d_all, z)
+                b2, b3 = _bias(bias, d0 + 2, d_all, z), _bias(bias, d0 + 3, d_all, z)
+                _rows4(xp, acc, fw, offs, U(i) * step, run, U(d0 * taps), taps, b0, b1,
+                       b2, b3)
                 for k in range(min(4, d_all - d0)):
                     for b in range(nb):
                         o = U((n0 + b) * osn + (d0 + k) * osd + i * osh)
                         for j in range(U(wo)):
                             fo[o + j * U(osw)] = acc[U(k) * run + j * ut + U(b)]
+
+
+@njit(inline="always")
+def _bias(bias, d, d_all, z):
+    """bias[d], or z past the last channel or where bias is empty."""
+    return bias[d] if bias.shape[0] == d_all and d < d_all else z
 
 
 def _tile(n: int, image_bytes: int) -> int:
