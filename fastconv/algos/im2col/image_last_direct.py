@@ -100,12 +100,14 @@ def direct_forward_applies(args) -> bool:
 
 
 @njit(inline="always")
-def _rows4(fx, fy, fw, offs, ib, run, wr, taps, b0, b1, b2, b3):
-    """fy[k*run + t] = b_k + sum over taps q of fw[wr + k*taps + q] * fx[offs[q] + ib + t]
-    for the 4 rows k and t < run: runs of 3 vectors of t with the 12 sums in registers
-    over every tap (each input load feeds 4 output channels, each weight 3 vectors),
-    then single vectors, then single values (``_tail``)."""
+def _rows4(fx, fy, fw, fb, offs, ib, run, d0, taps):
+    """fy[k*run + t] = fb[d0 + k] + sum over taps q of fw[(d0 + k)*taps + q] *
+    fx[offs[q] + ib + t] for the 4 rows k and t < run: runs of 3 vectors of t with the 12
+    sums in registers over every tap (each input load feeds 4 output channels, each
+    weight 3 vectors), then single vectors, then single values (``_tail``)."""
     nl = U(_lanes.count(fy))
+    b0, b1, b2, b3 = fb[d0], fb[d0 + 1], fb[d0 + 2], fb[d0 + 3]
+    wr = U(d0 * taps)
     w1 = wr + U(taps)
     w2 = w1 + U(taps)
     w3 = w2 + U(taps)
@@ -146,7 +148,7 @@ def _rows4(fx, fy, fw, offs, ib, run, wr, taps, b0, b1, b2, b3):
         _lanes.store(fy, y1 + t, a1)
         _lanes.store(fy, y2 + t, a2)
         _lanes.store(fy, y3 + t, a3)
-    _tail(fx, fy, fw, offs, ib, run, wr, taps, t1, (b0, b1, b2, b3))
+    _tail(fx, fy, fw, fb, offs, ib, run, d0, taps, t1)
 
 
 @njit(inline="always")
@@ -164,12 +166,12 @@ def _store3(fy, i, nl, u0, u1, u2):
 
 
 @njit(inline="always")
-def _tail(fx, fy, fw, offs, ib, run, wr, taps, t0, biases):
+def _tail(fx, fy, fw, fb, offs, ib, run, d0, taps, t0):
     """``_rows4`` for t0 <= t < run (fewer than one vector), value by value."""
     for k in range(4):
-        y, wk = U(k) * run, wr + U(k * taps)
+        y, wk = U(k) * run, U((d0 + k) * taps)
         for t in range(t0, run):
-            fy[y + t] = biases[k]
+            fy[y + t] = fb[d0 + k]
         for q in range(taps):
             c, xo = fw[wk + U(q)], offs[q] + ib
             for t in range(t0, run):
@@ -178,7 +180,7 @@ def _tail(fx, fy, fw, offs, ib, run, wr, taps, t0, biases):
 
 @njit(parallel=True, cache=True, fastmath=config.FASTMATH)
 def _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pt, pl, bias):
-    """The stride-1 convolution of x, plus bias (D,) (an empty bias adds nothing), into
+    """The stride-1 convolution of x, plus bias (D4,) (zero past the D channels), into
     out. x (N, C, H, W) and out (N, D, Ho, Wo) are given as flat arrays xf, fo and the
     shape and element strides of their (N, C, H, W) views, xs = (N, C, H, W, s_n, s_c,
     s_h, s_w), os alike: one kernel for every layout. w4 (D4, T): the weight
@@ -191,7 +193,6 @@ def _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pt, pl, bias):
     _, d_all, ho, wo, osn, osd, osh, osw = os
     d4, taps = w4.shape
     fw = w4.reshape(w4.size)
-    z = fo.dtype.type(0)
     ut, run, step = U(tile), U(wo * tile), U(wp * tile)
     rows, cols = min(h, hp - pt), min(wd, wp - pl)
     for tt in prange((n_img + tile - 1) // tile):
@@ -209,21 +210,12 @@ def _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pt, pl, bias):
                         xp[dst + b] = xf[sj + b * U(xsn)]
         for i in range(ho):          # the input rows of output row i stay in cache
             for d0 in range(0, d4, 4):
-                b0, b1 = _bias(bias, d0, d_all, z), _bias(bias, d0 + 1, d_all, z)
-                b2, b3 = _bias(bias, d0 + 2, d_all, z), _bias(bias, d0 + 3, d_all, z)
-                _rows4(xp, acc, fw, offs, U(i) * step, run, U(d0 * taps), taps, b0, b1,
-                       b2, b3)
+                _rows4(xp, acc, fw, bias, offs, U(i) * step, run, d0, taps)
                 for k in range(min(4, d_all - d0)):
                     for b in range(nb):
                         o = U((n0 + b) * osn + (d0 + k) * osd + i * osh)
                         for j in range(U(wo)):
                             fo[o + j * U(osw)] = acc[U(k) * run + j * ut + U(b)]
-
-
-@njit(inline="always")
-def _bias(bias, d, d_all, z):
-    """bias[d], or z past the last channel or where bias is empty."""
-    return bias[d] if bias.shape[0] == d_all and d < d_all else z
 
 
 def _tile(n: int, image_bytes: int) -> int:
@@ -259,9 +251,11 @@ def direct_conv(x, w, out, pads, dilation, bias, dims=NCHW) -> None:
         w4 = np.zeros((-(-d // 4) * 4, c * kh * kw), out.dtype)
         w4[:d] = w.reshape(d, c * kh * kw)
     offs = _tap_offsets(c, kh, kw, rh, rw, hp, wp, tile)
-    bias = np.zeros(0, out.dtype) if bias is None else np.ascontiguousarray(bias, out.dtype)
+    b4 = np.zeros(w4.shape[0], out.dtype)      # the bias, zero up to w4's rows
+    if bias is not None:
+        b4[:d] = bias
     with parallel_guard():
-        _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pads[0], pads[1], bias)
+        _conv_tiles(xf, xs, w4, offs, fo, os, tile, hp, wp, pads[0], pads[1], b4)
     if target is not out:
         out[...] = target
 
