@@ -191,6 +191,26 @@ def test_calibration_profile_round_trip(tmp_path):
     assert not (tmp_path / "dry.json").exists()
 
 
+def test_calibrated_depthwise_rate_reproduces_its_probe_through_the_model():
+    """The depthwise rate is solved from the probe's time through ``naive.cost``: the
+    probe's rows run in SIMD registers, which the model prices at
+    ``LANES_DEPTHWISE_SPEEDUP`` times the profile's rate, so the raw multiply-add rate
+    would count that speed-up twice."""
+    from fastconv.algos import naive
+    from fastconv.tools import calibrate as cal
+
+    a = conv_args_from_shapes("t", *cal.DEPTHWISE_PROBE)
+    assert naive._depthwise_macs(a)[1] == naive.LANES_DEPTHWISE_SPEEDUP
+    truth = dataclasses.replace(autotune.DEFAULT_PROFILE, depthwise_gmacs=7.5)
+    t = naive.cost(a, truth).seconds           # the time a machine of that rate takes
+    start = dataclasses.replace(truth, depthwise_gmacs=30.0)
+    assert cal._depthwise_rate(start, t) == pytest.approx(7.5, rel=1e-9)
+    macs = naive._depthwise_macs(a)[0]
+    assert macs / t / 1e9 > 2 * 7.5            # the raw rate, the speed-up counted twice
+    # a time at or below the model's fixed cost leaves the given rate
+    assert cal._depthwise_rate(start, truth.call_us * 1e-6 / 2) == 30.0
+
+
 def test_custom_profile_changes_the_choice():
     shape = ((1, 1, 256, 256), (1, 1, 25, 25))
     assert fastconv.choose_algorithm(*shape) == "fft"

@@ -19,7 +19,7 @@ from .. import config
 from .._args import conv_args_from_shapes
 from ..algos import fft, im2col, naive
 from ..conv import conv2d
-from ..costs import Profile, efficiency, save_profile
+from ..costs import DEFAULT_PROFILE, Profile, efficiency, save_profile
 
 
 def cpu_name() -> str:
@@ -116,7 +116,10 @@ FFT_CONV_PROBE = ((1, 1, 64, 64), (1, 1, 5, 5))
 #: (128 x 128 transforms on one worker).
 FFT_CONV_BIG_PROBE = ((2, 8, 128, 128), (8, 8, 5, 5))
 DIRECT_PROBE = ((2, 16, 32, 32), (16, 16, 3, 3))
-DEPTHWISE_PROBE = ((1, 1, 256, 256), (1, 1, 9, 9))   # one task: one thread's rate
+#: One task (one thread's rate) whose rows run in SIMD registers, as the single-channel
+#: layers that the depthwise rate decides for (the direct loops against the FFT): a 16x16
+#: kernel, among those ``naive.LANES_DEPTHWISE_SPEEDUP`` was measured on.
+DEPTHWISE_PROBE = ((1, 1, 256, 256), (1, 1, 16, 16))
 TILE_PROBE = ((8, 8, 24, 24), (8, 8, 3, 3))
 CALLS = 20
 
@@ -181,9 +184,6 @@ def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0
     (n, c, h, w), (d, _, kh, kw) = DIRECT_PROBE
     threads = numba.get_num_threads()
     direct = 2 * n * d * h * w * c * kh * kw / best["direct"] / 1e9 / threads
-    (n, c, h, w), (d, _, kh, kw) = DEPTHWISE_PROBE
-    macs = n * d * (h - kh + 1) * w * kh * kw
-    depthwise = macs / best["depthwise"] / 1e9
     call_us = best["call"] / CALLS * 1e6
     tile_us = max((best["tiles_many"] - best["tiles_one"]) / (TILE_PROBE[0][0] - 1), 0) * 1e6
 
@@ -193,12 +193,13 @@ def calibrate(path: str | None = None, *, save: bool = True, budget: float = 4.0
         copy_gbs=round(1e-9 / inv_bw, 2), copy_row_ns=round(row * 1e9, 3),
         fft_ns=round(fft_ns, 4), fft_plane_us=round(plane_us, 3), fft_call_us=0.0,
         fft_gmacs=round(fft_gmacs, 3), direct_gflops=round(direct, 3),
-        depthwise_gmacs=round(depthwise, 3), call_us=round(call_us, 2),
+        depthwise_gmacs=DEFAULT_PROFILE.depthwise_gmacs, call_us=round(call_us, 2),
         tile_us=round(tile_us, 2), threads=threads,
         source=f"calibrated {time.strftime('%Y-%m-%d %H:%M')} on {cpu_name()}",
     )
     fft_ns, fft_call_us = _fft_conv_rates(prof, best["fft_conv"], best["fft_conv_big"])
-    prof = dataclasses.replace(prof, fft_ns=round(fft_ns, 4), fft_call_us=round(fft_call_us, 2))
+    prof = dataclasses.replace(prof, fft_ns=round(fft_ns, 4), fft_call_us=round(fft_call_us, 2),
+                               depthwise_gmacs=round(_depthwise_rate(prof, best["depthwise"]), 3))
     if save:
         save_profile(prof, path)
     return prof
@@ -217,6 +218,21 @@ def _unfold_rates(long, t_long, short, t_short) -> tuple[float, float]:
         inv_bw = t_long / b1
         row = max((t_short - b2 * inv_bw) / s2, 0.0)
     return inv_bw, row
+
+
+def _depthwise_rate(prof: Profile, t: float) -> float:
+    """The profile's depthwise rate (``depthwise_gmacs``) that makes ``naive.cost`` of the
+    probe match its time ``t``. The probe's rows run in SIMD registers, which the model
+    prices at ``naive.LANES_DEPTHWISE_SPEEDUP`` times the profile's rate (and over rows
+    padded to whole registers): the probe's raw multiply-add rate would count that
+    speed-up twice (a 9x9 probe's raw rate, 22 GMAC/s on the 2-core Intel Xeon, made
+    the 256 x 256 single-channel layers' direct loops look 1.6-1.8x faster than they ran,
+    and auto took them over the FFT up to 26x26 kernels where they won up to 18x18).
+    ``prof``'s rate stands where noise leaves no positive solution."""
+    a = conv_args_from_shapes("calibrate", *DEPTHWISE_PROBE)
+    fixed = naive.cost(a, dataclasses.replace(prof, depthwise_gmacs=math.inf)).seconds
+    per_rate = naive.cost(a, dataclasses.replace(prof, depthwise_gmacs=1.0)).seconds - fixed
+    return per_rate / (t - fixed) if t > fixed else prof.depthwise_gmacs
 
 
 def _fft_conv_rates(prof: Profile, t_small: float, t_big: float) -> tuple[float, float]:
