@@ -230,9 +230,11 @@ def _depthwise_rate(prof: Profile, t: float) -> float:
     and auto took them over the FFT up to 26x26 kernels where they won up to 18x18).
     ``prof``'s rate stands where noise leaves no positive solution."""
     a = conv_args_from_shapes("calibrate", *DEPTHWISE_PROBE)
+    # the model's time is fixed + at_unit_rate / rate: its part that the rate divides,
+    # taken at a rate of 1
     fixed = naive.cost(a, dataclasses.replace(prof, depthwise_gmacs=math.inf)).seconds
-    per_rate = naive.cost(a, dataclasses.replace(prof, depthwise_gmacs=1.0)).seconds - fixed
-    return per_rate / (t - fixed) if t > fixed else prof.depthwise_gmacs
+    at_unit_rate = naive.cost(a, dataclasses.replace(prof, depthwise_gmacs=1.0)).seconds - fixed
+    return at_unit_rate / (t - fixed) if t > fixed else prof.depthwise_gmacs
 
 
 def _fft_conv_rates(prof: Profile, t_small: float, t_big: float) -> tuple[float, float]:
