@@ -229,12 +229,20 @@ def _depthwise_rate(prof: Profile, t: float) -> float:
     the 256 x 256 single-channel layers' direct loops look 1.6-1.8x faster than they ran,
     and auto took them over the FFT up to 26x26 kernels where they won up to 18x18).
     ``prof``'s rate stands where noise leaves no positive solution."""
-    a = conv_args_from_shapes("calibrate", *DEPTHWISE_PROBE)
-    # the model's time is fixed + at_unit_rate / rate: its part that the rate divides,
-    # taken at a rate of 1
-    fixed = naive.cost(a, dataclasses.replace(prof, depthwise_gmacs=math.inf)).seconds
-    at_unit_rate = naive.cost(a, dataclasses.replace(prof, depthwise_gmacs=1.0)).seconds - fixed
+    fixed, at_unit_rate = _model_parts(naive.cost, DEPTHWISE_PROBE, prof, "depthwise_gmacs",
+                                       math.inf)
     return at_unit_rate / (t - fixed) if t > fixed else prof.depthwise_gmacs
+
+
+def _model_parts(cost, shapes, prof: Profile, field: str, without: float
+                 ) -> tuple[float, float]:
+    """(fixed, at_one): ``cost`` of the probe of ``shapes`` split by one field of
+    ``prof``, its time with ``field`` at ``without`` (its term gone: 0 for a time per
+    unit, inf for a rate) and what the term adds at 1; the model is then fixed + at_one
+    * value (a time per unit) or fixed + at_one / value (a rate)."""
+    a = conv_args_from_shapes("calibrate", *shapes)
+    fixed = cost(a, dataclasses.replace(prof, **{field: without})).seconds
+    return fixed, cost(a, dataclasses.replace(prof, **{field: 1.0})).seconds - fixed
 
 
 def _fft_conv_rates(prof: Profile, t_small: float, t_big: float) -> tuple[float, float]:
@@ -245,14 +253,9 @@ def _fft_conv_rates(prof: Profile, t_small: float, t_big: float) -> tuple[float,
     points, where the probe runs two), so the rate comes from whole convolutions; the
     bare probe's rate (``prof.fft_ns``) stands where noise leaves no positive
     solution."""
-    def parts(shapes):
-        a = conv_args_from_shapes("calibrate", *shapes)
-        base = fft.cost(a, dataclasses.replace(prof, fft_ns=0.0, fft_call_us=0.0)).seconds
-        unit = fft.cost(a, dataclasses.replace(prof, fft_ns=1.0, fft_call_us=0.0)).seconds
-        return base, unit - base
-
-    base_s, unit_s = parts(FFT_CONV_PROBE)
-    base_b, unit_b = parts(FFT_CONV_BIG_PROBE)
+    no_call = dataclasses.replace(prof, fft_call_us=0.0)
+    base_s, unit_s = _model_parts(fft.cost, FFT_CONV_PROBE, no_call, "fft_ns", 0.0)
+    base_b, unit_b = _model_parts(fft.cost, FFT_CONV_BIG_PROBE, no_call, "fft_ns", 0.0)
     fft_ns = ((t_big - base_b) - (t_small - base_s)) / (unit_b - unit_s)
     if fft_ns <= 0:
         fft_ns = prof.fft_ns
