@@ -2,6 +2,7 @@
 finite differences, both layouts and dtypes; tiling, batching, views, errors."""
 
 import functools
+import itertools
 
 import numpy as np
 import pytest
@@ -166,6 +167,21 @@ def test_non_contiguous_views(algo, rng):
     got = fastconv.conv2d_backward(gy, x, w, **kw, algo=algo)
     for g, wnt in zip(got, want, strict=True):
         assert ref.rel_error(g, wnt) <= 1e-10
+
+
+def test_fft_scatter_slices_follow_the_position_formula():
+    """The FFT backward scatters grad_y into G through slices: output i goes to t = s*i
+    - p_lo + keff - 1 when 0 <= t < size + keff - 1. Every small geometry, against the
+    formula (outputs lying wholly in the padding dropped, none at all included)."""
+    from fastconv.algos.fft import _scatter_slices
+
+    for n_out, s, p, size, keff in itertools.product(range(1, 9), range(1, 4), range(6),
+                                                     range(1, 9), range(1, 7)):
+        t = np.arange(n_out) * s - p + keff - 1
+        keep = (t >= 0) & (t < size + keff - 1)
+        at, outs = _scatter_slices(n_out, s, p, size, keff)
+        np.testing.assert_array_equal(np.arange(size + keff - 1)[at], t[keep])
+        np.testing.assert_array_equal(np.arange(n_out)[outs], np.flatnonzero(keep))
 
 
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])

@@ -20,6 +20,7 @@ import scipy.fft as sfft
 from numba import njit, prange
 
 from .. import config, numerics
+from .._args.memo import per_problem
 from .._runtime import parallel_guard
 from ..costs import Estimate, Profile, backward_from_forward
 from ._common import U
@@ -110,9 +111,12 @@ def _axis_length(size: int, n_out: int, stride: int, pad_lo: int, keff: int) -> 
 
 
 def fft_workers(planes: int, points: int) -> int:
-    """Threads for scipy.fft: one for less than about a million points in all (a single
-    512x512 plane ran no faster in the median with two here, only less steadily: the
-    second thread's wake-up costs about what it saves), else ``config.FFT_WORKERS``."""
+    """Threads for scipy.fft, forward and backward: one for less than about a million
+    points in all (a single 512x512 plane ran no faster in the median with two here,
+    only less steadily: the second thread's wake-up costs about what it saves; the
+    backward of a one-channel 256 x 256 layer, five transforms of 288 x 288, took 3.1-5.1
+    ms with two against 1.8-2.0 with one and its other savings, Intel Xeon, 2 cores),
+    else ``config.FFT_WORKERS``."""
     return 1 if planes * points < (1 << 20) else config.FFT_WORKERS
 
 
@@ -135,6 +139,42 @@ def image_bytes(args, shape: tuple[int, int] | None = None) -> int:
     return (args.c_in + args.c_out) * fh * (fw // 2 + 1) * complex_item
 
 
+def _kernel_spectrum(w: np.ndarray, args, shape: tuple[int, int], workers: int):
+    """rfft2 of the dilated kernel w (C_out, Cg, kh, kw) zero-padded to ``shape`` (fh,
+    fw): (C_out, Cg, fh, fw // 2 + 1). Only keff_h of the fh rows are non-zero, so the
+    row transforms run on those rows alone (a whole rfft2 of the padded kernel took 0.38
+    ms of a one-channel 256 x 256 backward, 16 x 16 kernel, on one worker)."""
+    fh, fw = shape
+    rh, rw = args.dilation
+    keff_h, keff_w = rh * (args.kh - 1) + 1, rw * (args.kw - 1) + 1
+    wd = np.zeros((args.c_out, args.c_in // args.groups, keff_h, keff_w), args.dtype)
+    wd[:, :, ::rh, ::rw] = w
+    return sfft.fft(sfft.rfft(wd, n=fw, axis=-1, workers=workers), n=fh, axis=-2,
+                    workers=workers, overwrite_x=True)
+
+
+@per_problem
+def _forward_geometry(args):
+    """((fh, fw), rows, cols, outside, bytes per image) of ``forward``: the transform
+    shape (``forward_transform_shape``), where the outputs' rows and columns sit in the
+    circular correlation (``_axis_take``: slices or read-only index arrays), the
+    read-only mask of outputs whose window lies wholly in the padding (None when there
+    are none) and the spectra's bytes per image. Worked out once per problem: they took
+    40-50 us of a one-channel 256 x 256 forward of about 0.6 ms."""
+    fh, fw = forward_transform_shape(args)
+    keff_h = args.dilation[0] * (args.kh - 1) + 1
+    keff_w = args.dilation[1] * (args.kw - 1) + 1
+    rows, rows_in = _axis_take(args.h_out, args.stride[0], args.padding[0][0], args.h,
+                               keff_h, fh)
+    cols, cols_in = _axis_take(args.w_out, args.stride[1], args.padding[1][0], args.w,
+                               keff_w, fw)
+    outside = None if rows_in.all() and cols_in.all() else ~np.outer(rows_in, cols_in)
+    for a in (rows, cols, outside):
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+    return (fh, fw), rows, cols, outside, max(image_bytes(args, (fh, fw)), 1)
+
+
 def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> None:
     """FFT convolution into ``out`` (caller's layout), plus ``bias`` when given.
     Wraps ``_freq_correlate_sum``; any layout through its NCHW / OIHW views (no copies).
@@ -145,29 +185,15 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
     x = dims.to_canonical_view(x)
     w = dims.weight_to_canonical_view(w)
     y_all = dims.to_canonical_view(out)
-    fh, fw = forward_transform_shape(args)
-    rh, rw = args.dilation
-    keff_h, keff_w = rh * (args.kh - 1) + 1, rw * (args.kw - 1) + 1
+    (fh, fw), rows, cols, outside, per_image = _forward_geometry(args)
     g, cg, dg = args.groups, args.c_in // args.groups, args.c_out // args.groups
     workers = fft_workers(args.n * (args.c_in + args.c_out), fh * fw)
 
-    # Kernel spectrum (G, Dg, Cg, P) of the dilated kernel. Only keff_h of the fh rows
-    # are non-zero, so the row transforms run on those rows alone.
-    wd = np.zeros((args.c_out, cg, keff_h, keff_w), args.dtype)
-    wd[:, :, ::rh, ::rw] = w
-    wf = sfft.fft(sfft.rfft(wd, n=fw, axis=-1, workers=workers), n=fh, axis=-2,
-                  workers=workers, overwrite_x=True)
+    wf = _kernel_spectrum(w, args, (fh, fw), workers)
     n_freq = wf.shape[-2] * wf.shape[-1]
     wf = wf.reshape(g, dg, cg, n_freq)
-
-    rows, rows_in = _axis_take(args.h_out, args.stride[0], args.padding[0][0], args.h,
-                               keff_h, fh)
-    cols, cols_in = _axis_take(args.w_out, args.stride[1], args.padding[1][0], args.w,
-                               keff_w, fw)
-    outside = None if rows_in.all() and cols_in.all() else ~np.outer(rows_in, cols_in)
     bias_b = None if bias is None else bias[:, None, None]
 
-    per_image = max(image_bytes(args, (fh, fw)), 1)
     batch = max(1, min(args.n, config.WORKSPACE_BYTES // per_image))
     for n0 in range(0, args.n, batch):
         nb = min(batch, args.n - n0)
@@ -218,12 +244,21 @@ def _freq_batch_sum(gf, xf, acc):
                 a[p] += gs[p].conjugate() * xs[p]
 
 
-def _scatter_index(n_out: int, stride: int, pad_lo: int, size: int, keff: int):
-    """Positions t = s*i - p_lo + keff - 1 in G for the outputs i that touch the input, and
-    the mask of those outputs."""
-    t = np.arange(n_out) * stride - pad_lo + keff - 1
-    keep = (t >= 0) & (t < size + keff - 1)
-    return t[keep], keep
+def _scatter_slices(n_out: int, stride: int, pad_lo: int, size: int, keff: int):
+    """(positions, outputs) as slices: the positions t = s*i - p_lo + keff - 1 in G of
+    the outputs i that touch the input (0 <= t < size + keff - 1), and those outputs, a
+    run of consecutive i (t grows with i). Slices, not index arrays: numpy's scatter
+    through index arrays took 0.25 ms of a one-channel 256 x 256 backward.
+
+    >>> _scatter_slices(5, 2, 3, 4, 3)     # t = -1, 1, 3, 5, 7; G holds 0..5
+    (slice(1, 6, 2), slice(1, 4, None))
+    """
+    first = max(0, -(-(pad_lo - keff + 1) // stride))    # the least i with t >= 0
+    last = min(n_out, -(-(size + pad_lo) // stride))       # ... with t >= size + keff - 1
+    if last <= first:
+        return slice(0, 0), slice(0, 0)
+    t0 = first * stride - pad_lo + keff - 1
+    return slice(t0, t0 + (last - first - 1) * stride + 1, stride), slice(first, last)
 
 
 def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, grad_w) -> None:
@@ -242,20 +277,18 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     rh, rw = args.dilation
     keff_h, keff_w = rh * (args.kh - 1) + 1, rw * (args.kw - 1) + 1
     g, cg, dg = args.groups, args.c_in // args.groups, args.c_out // args.groups
-    workers = config.FFT_WORKERS
+    workers = fft_workers(args.n * (args.c_in + args.c_out), fh * fw)
 
     # Kernel spectrum (not conjugated), channel axes swapped for the sum over d: (G, Cg, Dg, P)
-    wd = np.zeros((args.c_out, cg, keff_h, keff_w), args.dtype)
-    wd[:, :, ::rh, ::rw] = w
-    kf = sfft.rfft2(wd, s=(fh, fw), workers=workers)
+    kf = _kernel_spectrum(w, args, (fh, fw), workers)
     n_freq = kf.shape[-2] * kf.shape[-1]
     kf = np.ascontiguousarray(kf.reshape(g, dg, cg, n_freq).transpose(0, 2, 1, 3))
 
-    t_rows, keep_rows = _scatter_index(args.h_out, args.stride[0], args.padding[0][0],
-                                       args.h, keff_h)
-    t_cols, keep_cols = _scatter_index(args.w_out, args.stride[1], args.padding[1][0],
-                                       args.w, keff_w)
-    gy_kept = grad_y[:, :, keep_rows][:, :, :, keep_cols]
+    t_rows, keep_rows = _scatter_slices(args.h_out, args.stride[0], args.padding[0][0],
+                                        args.h, keff_h)
+    t_cols, keep_cols = _scatter_slices(args.w_out, args.stride[1], args.padding[1][0],
+                                        args.w, keff_w)
+    gy_kept = grad_y[:, :, keep_rows, keep_cols]
     acc = np.zeros((g, dg, cg, n_freq), kf.dtype)
 
     # Per image the backward holds the spectra of grad_y, x and grad_x and two real arrays
@@ -266,7 +299,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
         nb = min(batch, args.n - n0)
         big_g = np.zeros((nb, args.c_out, args.h + keff_h - 1, args.w + keff_w - 1),
                          args.dtype)
-        big_g[:, :, t_rows[:, None], t_cols[None, :]] = gy_kept[n0:n0 + nb]
+        big_g[:, :, t_rows, t_cols] = gy_kept[n0:n0 + nb]
         gf = sfft.rfft2(big_g, s=(fh, fw), workers=workers)
         gf = np.ascontiguousarray(gf.reshape(nb, g, dg, n_freq))
         if need_w:
@@ -284,11 +317,14 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
                                    keff_w - 1:keff_w - 1 + args.w]
     if not need_w:
         return
-    zk = sfft.irfft2(acc.reshape(args.c_out, cg, fh, fw // 2 + 1), s=(fh, fw),
-                     workers=workers)
+    # grad_k needs keff of the fh rows of the inverse: the column transforms first (as
+    # irfft2 runs them), then the row transforms of those rows alone
     rows = np.mod(np.arange(0, keff_h, rh) - (keff_h - 1), fh)
     cols = np.mod(np.arange(0, keff_w, rw) - (keff_w - 1), fw)
-    gw_all[...] = zk[:, :, rows[:, None], cols[None, :]]
+    zc = sfft.ifft(acc.reshape(args.c_out, cg, fh, fw // 2 + 1), axis=-2, workers=workers,
+                   overwrite_x=True)
+    zk = sfft.irfft(zc[:, :, rows], n=fw, axis=-1, workers=workers, overwrite_x=True)
+    gw_all[...] = zk[:, :, :, cols]
 
 
 # ------------------------------------------------------------------------ registry
