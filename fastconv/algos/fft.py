@@ -169,9 +169,9 @@ def _forward_geometry(args):
     cols, cols_in = _axis_take(args.w_out, args.stride[1], args.padding[1][0], args.w,
                                keff_w, fw)
     outside = None if rows_in.all() and cols_in.all() else ~np.outer(rows_in, cols_in)
-    for a in (rows, cols, outside):
-        if isinstance(a, np.ndarray):
-            a.flags.writeable = False
+    for kept in (rows, cols, outside):     # shared by every call of the problem
+        if isinstance(kept, np.ndarray):
+            kept.flags.writeable = False
     return (fh, fw), rows, cols, outside, max(image_bytes(args, (fh, fw)), 1)
 
 
