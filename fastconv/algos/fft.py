@@ -226,9 +226,12 @@ def forward(x: np.ndarray, w: np.ndarray, args, out: np.ndarray, bias=None) -> N
 # free of wrap-around at the positions read.
 
 
-@njit(parallel=True, cache=True, fastmath=config.FASTMATH)
+@njit(parallel=True, cache=True)
 def _freq_batch_sum(gf, xf, acc):
     """acc[g, d, c, p] += sum_n conj(gf[n, g, d, p]) * xf[n, g, c, p] (per frequency p).
+    Without fastmath: compiled with it, the kernel a process compiled and the one
+    numba's cache loads in another rounded grad_w differently in the last bits (a
+    spawned worker disagreed with its parent on an empty cache, tests/test_concurrency).
 
     gf (N, G, Dg, P), xf (N, G, Cg, P), acc (G, Dg, Cg, P); one task per (g, d, c, tile),
     each owning its slice of acc."""
