@@ -92,9 +92,13 @@ def _axis_take(n_out: int, stride: int, pad_lo: int, size: int, keff: int, lengt
     return np.mod(m, length), inside
 
 
+def extent(args) -> tuple[int, int]:
+    """(keff_h, keff_w): the dilated kernel's rows and columns, r*(k-1)+1 per axis."""
+    return (args.dilation[0] * (args.kh - 1) + 1, args.dilation[1] * (args.kw - 1) + 1)
+
+
 def transform_shape(args) -> tuple[int, int]:
-    keff_h = args.dilation[0] * (args.kh - 1) + 1
-    keff_w = args.dilation[1] * (args.kw - 1) + 1
+    keff_h, keff_w = extent(args)
     return (sfft.next_fast_len(args.h + keff_h - 1, real=True),
             sfft.next_fast_len(args.w + keff_w - 1, real=True))
 
@@ -124,8 +128,7 @@ def forward_transform_shape(args) -> tuple[int, int]:
     """(fh, fw) used by ``forward``: the shortest fast lengths that avoid wrap-around on
     the outputs asked for (a 'valid' correlation needs only the input size, where the
     full linear correlation of ``transform_shape`` needs H + keff - 1)."""
-    keff_h = args.dilation[0] * (args.kh - 1) + 1
-    keff_w = args.dilation[1] * (args.kw - 1) + 1
+    keff_h, keff_w = extent(args)
     lh = _axis_length(args.h, args.h_out, args.stride[0], args.padding[0][0], keff_h)
     lw = _axis_length(args.w, args.w_out, args.stride[1], args.padding[1][0], keff_w)
     return sfft.next_fast_len(lh, real=True), sfft.next_fast_len(lw, real=True)
@@ -146,7 +149,7 @@ def _kernel_spectrum(w: np.ndarray, args, shape: tuple[int, int], workers: int):
     ms of a one-channel 256 x 256 backward, 16 x 16 kernel, on one worker)."""
     fh, fw = shape
     rh, rw = args.dilation
-    keff_h, keff_w = rh * (args.kh - 1) + 1, rw * (args.kw - 1) + 1
+    keff_h, keff_w = extent(args)
     wd = np.zeros((args.c_out, args.c_in // args.groups, keff_h, keff_w), args.dtype)
     wd[:, :, ::rh, ::rw] = w
     return sfft.fft(sfft.rfft(wd, n=fw, axis=-1, workers=workers), n=fh, axis=-2,
@@ -162,8 +165,7 @@ def _forward_geometry(args):
     are none) and the spectra's bytes per image. Worked out once per problem: they took
     40-50 us of a one-channel 256 x 256 forward of about 0.6 ms."""
     fh, fw = forward_transform_shape(args)
-    keff_h = args.dilation[0] * (args.kh - 1) + 1
-    keff_w = args.dilation[1] * (args.kw - 1) + 1
+    keff_h, keff_w = extent(args)
     rows, rows_in = _axis_take(args.h_out, args.stride[0], args.padding[0][0], args.h,
                                keff_h, fh)
     cols, cols_in = _axis_take(args.w_out, args.stride[1], args.padding[1][0], args.w,
@@ -278,7 +280,7 @@ def backward(grad_y: np.ndarray, x: np.ndarray, w: np.ndarray, args, grad_x, gra
     gw_all = dims.weight_to_canonical_view(grad_w) if need_w else None
     fh, fw = transform_shape(args)
     rh, rw = args.dilation
-    keff_h, keff_w = rh * (args.kh - 1) + 1, rw * (args.kw - 1) + 1
+    keff_h, keff_w = extent(args)
     g, cg, dg = args.groups, args.c_in // args.groups, args.c_out // args.groups
     workers = fft_workers(args.n * (args.c_in + args.c_out), fh * fw)
 
@@ -353,7 +355,7 @@ def cost(a, p: Profile) -> Estimate:
     if a.dtype.itemsize == 8:
         per_plane *= 1.4
     per_plane += p.fft_plane_us * 1e-6
-    keff_h = a.dilation[0] * (a.kh - 1) + 1
+    keff_h = extent(a)[0]
     cg, dg = a.c_in // a.groups, a.c_out // a.groups
     kernel_planes = a.c_out * cg * (0.5 + 0.5 * keff_h / fh)  # pruned row transforms
     transforms = (a.n * (a.c_in + a.c_out) + kernel_planes) * per_plane
